@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with Python 3.11 and make:
+#   make demo [INPUT=path/to/image.tif] [OUT=demo-output]   set up, then segment with the default model
+#   make test                                               set up, then run the tests
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+SAMPLE := demo-output/synthetic_sample.tif
+INPUT  ?= $(SAMPLE)
+OUT    ?= demo-output
+
+.PHONY: env demo test test-fast bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "geoseg needs Python 3.11+; set PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@
+
+demo: env
+	@if [ "$(INPUT)" = "$(SAMPLE)" ]; then $(BIN)/python scripts/make_sample.py $(SAMPLE); fi
+	$(BIN)/geoseg segment "$(INPUT)" -o "$(OUT)" --vector --confidence --overwrite
+	@echo "Outputs are in $(OUT)/ (mask GeoTIFF, polygons GeoPackage, preview PNG)."
+
+test: env
+	$(BIN)/python -m pytest -q --runslow
+
+test-fast: env
+	$(BIN)/python -m pytest -q
+
+bench: env
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,150 @@
+"""`geoseg segment`: rasters in, georeferenced class masks (and polygons, previews) out."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import BandsType, emit_json, fail_cleanly
+
+__all__ = ["segment"]
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the outputs (created if missing).")
+@click.option("-m", "--model", default=None, metavar="NAME|PATH",
+              help="Model name from `geoseg models` or a .keras bundle path. Default: landcover-unet.")
+@click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
+              help="1-based input bands in model order. Default: the model card's.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Chunk (core) size in pixels; memory grows with it. Default 1024.")
+@click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Model input size; fixed-size models set it. Default: whole chunk.")
+@click.option("--margin", type=click.IntRange(min=0), default=None, metavar="PX",
+              help="Context each side of a chunk. Default: the model's receptive field (seam-free).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tiles per model call when chunks are cut into tiles.")
+@click.option("--confidence", is_flag=True, help="Also write STEM_confidence.tif (winning class, %).")
+@click.option("--probabilities", is_flag=True, help="Also write STEM_probabilities.tif (one band per class, %).")
+@click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_mask.gpkg.")
+@click.option("--preview/--no-preview", default=True, show_default=True,
+              help="Write STEM_preview.png: image | mask with a legend.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Start a local dask.distributed cluster with this many worker processes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Join an existing dask.distributed scheduler, e.g. tcp://host:8786.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+def segment(inputs, output_dir, model, bands, chunk, tile, margin, batch_size, confidence, probabilities,
+            vector, preview, overwrite, workers, scheduler, as_json, quiet):
+    """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
+
+    Each input gives STEM_mask.tif: a uint8 Cloud-Optimized GeoTIFF with the input's
+    CRS and transform, 255 where the input is nodata, a class colour table and the
+    class names. Rasters of any size are read chunk by chunk.
+
+    \b
+    Examples:
+      geoseg segment scene.tif -o out/
+      geoseg segment a.tif b.tif -o out/ --vector --confidence --json
+      geoseg segment big.tif -o out/ --chunk 2048 --workers 4
+    """
+    from geoseg.errors import GeosegError, OutputError
+    from geoseg.pipeline import segment as run_segment
+
+    if workers and scheduler:
+        raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
+    results, failures = [], []
+    with fail_cleanly(), _client(workers, scheduler) as client:
+        for path in inputs:
+            try:
+                with _bar(path, quiet) as progress:
+                    result = run_segment(
+                        path, output_dir, model=model, bands=bands, chunk=chunk, tile=tile, margin=margin,
+                        batch_size=batch_size, confidence=confidence, probabilities=probabilities,
+                        vector=vector, preview=preview, overwrite=overwrite, client=client, progress=progress,
+                    )
+            except GeosegError as exc:
+                if isinstance(exc, OutputError) or len(inputs) == 1:
+                    raise
+                failures.append({"input": path, "error": str(exc)})
+                click.echo(f"Error: {exc}", err=True)
+                continue
+            results.append(result.to_dict())
+            if not quiet and not as_json:
+                _summary(result)
+    if as_json:
+        emit_json(results[0] if len(inputs) == 1 else {"results": results, "errors": failures})
+    if failures:
+        raise SystemExit(1)
+
+
+def _summary(result) -> None:
+    click.echo(f"{result.input} -> {result.outputs['mask']}", err=True)
+    for name, path in result.outputs.items():
+        if name != "mask":
+            click.echo(f"  {name}: {path}", err=True)
+    click.echo(
+        f"  {result.width}x{result.height} px in {result.seconds:.1f} s "
+        f"({result.pixels_per_second / 1e6:.2f} Mpx/s, peak {result.peak_memory_mb:.0f} MB, {result.device})",
+        err=True,
+    )
+    total = sum(c["pixels"] for c in result.classes) or 1
+    for c in result.classes:
+        area = f"  {c['area_m2'] / 1e6:10.4f} km²" if c["area_m2"] is not None else ""
+        click.echo(f"  {c['name']:>12}: {100 * c['pixels'] / total:5.1f}%{area}", err=True)
+
+
+class _bar:
+    """A tqdm bar on stderr driven by the library's progress callback; shown after 1 s."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet, self.bar = label, quiet, None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=click.format_filename(self.label, shorten=True), unit="%",
+                        delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        return self._update
+
+    def _update(self, fraction: float) -> None:
+        self.bar.n = round(100 * fraction, 1)
+        self.bar.refresh()
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _client:
+    """None for in-process threads, or a distributed Client for --workers/--scheduler."""
+
+    def __init__(self, workers, scheduler) -> None:
+        self.workers, self.scheduler, self.cluster, self.client = workers, scheduler, None, None
+
+    def __enter__(self):
+        if not (self.workers or self.scheduler):
+            return None
+        from distributed import Client, LocalCluster
+
+        if self.workers:
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address=None)
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(self.scheduler, timeout="10s")
+            except OSError as exc:
+                raise click.BadParameter(f"cannot reach {self.scheduler} ({exc})", param_hint="--scheduler")
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -1,0 +1,198 @@
+"""The model card: plain JSON beside the weights that says how to feed and read a model."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.errors import CardError
+
+__all__ = ["SCHEMA_VERSION", "ClassInfo", "ModelCard", "read_card", "write_card"]
+
+SCHEMA_VERSION = 1
+_COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_NORMALISATIONS = ("scale", "meanstd", "none")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: its index in the model output, name and display colour."""
+
+    id: int
+    name: str
+    color: str
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour as an (r, g, b) tuple of 0-255 ints."""
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model needs as input and what its output means.
+
+    Attributes
+    ----------
+    name, version : str
+        Registry name and version of the weights.
+    classes : tuple of ClassInfo
+        Output channels in order; ``classes[i].id == i``.
+    bands : tuple of int
+        1-based band indexes of the input raster the model reads, in model order.
+    normalization : dict
+        ``{"method": "scale", "scale": s, "offset": o}`` (x * s + o),
+        ``{"method": "meanstd", "mean": [...], "std": [...]}`` per band, or
+        ``{"method": "none"}``.
+    tile_size : int or None
+        Fixed input size in pixels, or None for a fully convolutional model.
+    multiple_of : int
+        Input height and width must be multiples of this (``2**depth`` for a U-Net).
+    margin : int
+        Receptive-field radius in pixels: the context each side of a kept pixel.
+    """
+
+    name: str
+    version: str
+    classes: tuple[ClassInfo, ...]
+    bands: tuple[int, ...]
+    normalization: dict[str, Any]
+    margin: int
+    tile_size: int | None = None
+    multiple_of: int = 1
+    description: str = ""
+    pixel_size: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output channels."""
+        return len(self.classes)
+
+    @property
+    def n_bands(self) -> int:
+        """Number of input bands."""
+        return len(self.bands)
+
+    def normalize(self, block: np.ndarray) -> np.ndarray:
+        """Return `block` (..., bands) as float32 normalised the way this card says."""
+        x = block.astype(np.float32, copy=False)
+        norm = self.normalization
+        if norm["method"] == "scale":
+            return x * np.float32(norm.get("scale", 1.0)) + np.float32(norm.get("offset", 0.0))
+        if norm["method"] == "meanstd":
+            mean = np.asarray(norm["mean"], np.float32)
+            std = np.asarray(norm["std"], np.float32)
+            return (x - mean) / std
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the card as plain JSON-ready data."""
+        data = asdict(self)
+        data["classes"] = [asdict(c) for c in self.classes]
+        data["bands"] = list(self.bands)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "card") -> "ModelCard":
+        """Validate `data` and build a card; `source` names the file in error messages."""
+        if not isinstance(data, dict):
+            raise CardError(f"{source}: a model card must be a JSON object, got {type(data).__name__}.")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise CardError(
+                f"{source}: field 'schema_version' is {version!r}; this geoseg reads version "
+                f"{SCHEMA_VERSION}. Upgrade geoseg or rewrite the card."
+            )
+        for key in ("name", "classes", "bands", "normalization", "margin"):
+            if key not in data:
+                raise CardError(f"{source}: required field '{key}' is missing from the model card.")
+        classes = tuple(_parse_class(i, c, source) for i, c in enumerate(data["classes"]))
+        if not classes:
+            raise CardError(f"{source}: field 'classes' is empty; list at least one class.")
+        bands = data["bands"]
+        if not (isinstance(bands, list) and bands and all(isinstance(b, int) and b >= 1 for b in bands)):
+            raise CardError(
+                f"{source}: field 'bands' must be a non-empty list of 1-based band indexes. "
+                f"Received: bands={bands!r}"
+            )
+        norm = _parse_normalization(data["normalization"], len(bands), source)
+        margin = data["margin"]
+        if not isinstance(margin, int) or margin < 0:
+            raise CardError(f"{source}: field 'margin' must be an int >= 0. Received: margin={margin!r}")
+        tile_size = data.get("tile_size")
+        if tile_size is not None and (not isinstance(tile_size, int) or tile_size <= 2 * margin):
+            raise CardError(
+                f"{source}: field 'tile_size' must be an int larger than 2 * margin ({2 * margin}). "
+                f"Received: tile_size={tile_size!r}"
+            )
+        return cls(
+            name=str(data["name"]),
+            version=str(data.get("version", "0")),
+            classes=classes,
+            bands=tuple(bands),
+            normalization=norm,
+            margin=margin,
+            tile_size=tile_size,
+            multiple_of=int(data.get("multiple_of", 1)),
+            description=str(data.get("description", "")),
+            pixel_size=data.get("pixel_size"),
+            training=dict(data.get("training", {})),
+            metrics=dict(data.get("metrics", {})),
+        )
+
+
+def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
+    if not isinstance(data, dict) or "name" not in data:
+        raise CardError(f"{source}: classes[{index}] must be an object with 'id', 'name' and 'color'.")
+    if data.get("id", index) != index:
+        raise CardError(
+            f"{source}: classes[{index}] has id {data.get('id')!r}; ids must be 0, 1, 2, ... in "
+            "the order of the model's output channels."
+        )
+    color = data.get("color", "#808080")
+    if not _COLOUR.match(str(color)):
+        raise CardError(f"{source}: classes[{index}].color must look like '#3C1098'. Received: {color!r}")
+    return ClassInfo(index, str(data["name"]), str(color).upper())
+
+
+def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]:
+    method = data.get("method") if isinstance(data, dict) else None
+    if method not in _NORMALISATIONS:
+        raise CardError(
+            f"{source}: field 'normalization.method' must be one of {', '.join(_NORMALISATIONS)}. "
+            f"Received: {method!r}"
+        )
+    if method == "meanstd":
+        for key in ("mean", "std"):
+            values = data.get(key)
+            if not isinstance(values, list) or len(values) != n_bands:
+                raise CardError(
+                    f"{source}: field 'normalization.{key}' needs one value per band ({n_bands}). "
+                    f"Received: {values!r}"
+                )
+    return dict(data)
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read and validate the JSON card at `path`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CardError(f"{path}: model card not found; a bundle is NAME.keras plus NAME.json.") from None
+    except json.JSONDecodeError as exc:
+        raise CardError(f"{path}: not valid JSON ({exc}).") from None
+    return ModelCard.from_dict(data, source=str(path))
+
+
+def write_card(card: ModelCard, path: str | Path) -> None:
+    """Write `card` as indented JSON to `path`."""
+    Path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")

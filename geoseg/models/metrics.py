@@ -1,0 +1,54 @@
+"""Segmentation metrics from a confusion matrix: IoU, F1, precision, recall, accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["confusion_matrix", "scores"]
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int, *, ignore: int = 255) -> np.ndarray:
+    """Count (truth, prediction) pairs; pixels where either is `ignore` or out of range are skipped.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_classes, n_classes) int64, rows are truth, columns prediction.
+
+    Examples
+    --------
+    >>> confusion_matrix(np.array([0, 1, 1, 255]), np.array([0, 1, 0, 1]), 2).tolist()
+    [[1, 0], [1, 1]]
+    """
+    truth, pred = np.ravel(truth).astype(np.int64), np.ravel(pred).astype(np.int64)
+    keep = (truth != ignore) & (pred != ignore) & (truth < n_classes) & (pred < n_classes)
+    flat = truth[keep] * n_classes + pred[keep]
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Per-class IoU, F1, precision and recall, mean IoU over classes present, pixel accuracy.
+
+    Classes absent from both truth and prediction get NaN and are left out of the mean.
+
+    >>> s = scores(np.array([[1, 0], [1, 1]]))
+    >>> s["iou"].round(3).tolist(), round(s["mean_iou"], 3)
+    ([0.5, 0.5], 0.5)
+    """
+    matrix = np.asarray(matrix, np.float64)
+    tp = np.diag(matrix)
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (tp + fp + fn)
+        precision = tp / (tp + fp)
+        recall = tp / (tp + fn)
+        f1 = 2 * tp / (2 * tp + fp + fn)
+    total = matrix.sum()
+    return {
+        "iou": iou,
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+    }

@@ -1,0 +1,101 @@
+"""Find models by name: the shipped zoo, folders on GEOSEG_MODEL_PATH, and plugins."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from geoseg.errors import ModelNotFoundError
+from geoseg.models.card import ModelCard, read_card
+from geoseg.models.segmenter import Segmenter, load_bundle
+
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "list_models", "resolve_model", "get_segmenter"]
+
+DEFAULT_MODEL = "landcover-unet"
+ZOO = Path(__file__).resolve().parent.parent / "zoo"
+_CACHE: dict[str, Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the registry knows: its name, card, bundle path and where it was found."""
+
+    name: str
+    card: ModelCard
+    path: Path
+    source: str
+
+
+def _bundles_in(folder: Path, source: str) -> list[ModelEntry]:
+    entries = []
+    for card_path in sorted(folder.glob("*.json")):
+        if card_path.with_suffix(".keras").is_file():
+            card = read_card(card_path)
+            entries.append(ModelEntry(card.name, card, card_path.with_suffix(".keras"), source))
+    return entries
+
+
+def _plugin_folders() -> list[tuple[Path, str]]:
+    folders = []
+    for ep in entry_points(group="geoseg.models"):
+        target = ep.load()
+        folder = Path(target() if callable(target) else target)
+        folders.append((folder, f"plugin {ep.name}"))
+    return folders
+
+
+def list_models() -> list[ModelEntry]:
+    """Return every model found, the zoo first; a later duplicate name is skipped."""
+    places = [(ZOO, "zoo")]
+    for part in os.environ.get("GEOSEG_MODEL_PATH", "").split(os.pathsep):
+        if part:
+            places.append((Path(part), "GEOSEG_MODEL_PATH"))
+    places += _plugin_folders()
+    seen, entries = set(), []
+    for folder, source in places:
+        if not folder.is_dir():
+            continue
+        for entry in _bundles_in(folder, source):
+            if entry.name not in seen:
+                seen.add(entry.name)
+                entries.append(entry)
+    return entries
+
+
+def resolve_model(ref: str | os.PathLike | None) -> Path:
+    """Return the bundle path for a model name or a path to ``.keras``/``.json``."""
+    ref = DEFAULT_MODEL if ref is None else ref
+    path = Path(ref)
+    if path.suffix in (".keras", ".json"):
+        if not path.with_suffix(".keras").is_file():
+            raise ModelNotFoundError(
+                f"model file {path.with_suffix('.keras')} not found. Pass an existing bundle "
+                "or a name from `geoseg models`."
+            )
+        return path.with_suffix(".keras").resolve()
+    entries = list_models()
+    for entry in entries:
+        if entry.name == str(ref):
+            return entry.path
+    names = ", ".join(e.name for e in entries) or "none"
+    raise ModelNotFoundError(
+        f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "
+        "or the path of a .keras bundle."
+    )
+
+
+def get_segmenter(ref: str | os.PathLike | None) -> Segmenter:
+    """Load a model once per process and return it; later calls reuse it.
+
+    Dask workers call this from the chunk function, so each process loads each
+    model once, by path, instead of receiving it pickled with every task.
+    """
+    key = str(resolve_model(ref))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_bundle(key)
+        return _CACHE[key]

@@ -1,0 +1,111 @@
+"""The Segmenter protocol and its Keras implementation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from geoseg.errors import ModelError
+from geoseg.models.card import ModelCard, read_card
+
+__all__ = ["Segmenter", "KerasSegmenter", "load_bundle"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Anything with a card that turns a normalised batch into class probabilities."""
+
+    card: ModelCard
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Map float32 (N, H, W, bands) to float32 (N, H, W, classes) probabilities."""
+        ...
+
+
+class KerasSegmenter:
+    """A Keras model plus its card.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Takes (N, H, W, bands) and returns (N, H, W, classes) probabilities.
+    card : ModelCard
+        Must agree with the model on bands and classes.
+    source : str
+        Where the model came from, for messages.
+    """
+
+    def __init__(self, model, card: ModelCard, *, source: str = "model") -> None:
+        _check_model_matches_card(model, card, source)
+        self.model = model
+        self.card = card
+        self.source = source
+        self._lock = threading.Lock()
+        self._fn = None
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Map float32 (N, H, W, bands) to float32 (N, H, W, classes) probabilities."""
+        fn = self._fn or self._build()
+        return np.asarray(fn(np.ascontiguousarray(batch, np.float32)))
+
+    def _build(self):
+        import tensorflow as tf
+
+        with self._lock:
+            if self._fn is None:
+                model = self.model
+                spec = tf.TensorSpec([None, None, None, self.card.n_bands], tf.float32)
+                self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        return self._fn
+
+
+def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
+    in_shape = tuple(model.inputs[0].shape)
+    out_shape = tuple(model.outputs[0].shape)
+    if len(in_shape) != 4 or len(out_shape) != 4:
+        raise ModelError(
+            f"{source}: expected a model from (N, H, W, bands) to (N, H, W, classes); "
+            f"it maps {in_shape} to {out_shape}."
+        )
+    if in_shape[-1] != card.n_bands:
+        raise ModelError(
+            f"{source}: the model takes {in_shape[-1]} bands but its card lists {card.n_bands} "
+            f"(bands={list(card.bands)}). Fix 'bands' in the card."
+        )
+    if out_shape[-1] != card.n_classes:
+        raise ModelError(
+            f"{source}: the model outputs {out_shape[-1]} channels but its card lists "
+            f"{card.n_classes} classes. Fix 'classes' in the card."
+        )
+    fixed = in_shape[1]
+    if fixed is not None and card.tile_size != fixed:
+        raise ModelError(
+            f"{source}: the model takes fixed {fixed}x{fixed} tiles but its card says "
+            f"tile_size={card.tile_size}. Set 'tile_size': {fixed} in the card."
+        )
+
+
+def load_bundle(path: str | Path) -> KerasSegmenter:
+    """Load a bundle ``NAME.keras`` + ``NAME.json`` given either file's path.
+
+    Keras loads it in safe mode, so a bundle cannot run arbitrary code.
+    """
+    import keras
+
+    path = Path(path)
+    weights, card_path = path.with_suffix(".keras"), path.with_suffix(".json")
+    if not weights.is_file():
+        raise ModelError(f"{weights}: model file not found; a bundle is NAME.keras plus NAME.json.")
+    card = read_card(card_path)
+    try:
+        model = keras.saving.load_model(weights, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
+    log.debug("loaded %s (%s %s)", weights, card.name, card.version)
+    return KerasSegmenter(model, card, source=str(weights))

@@ -1,0 +1,481 @@
+"""segment(): raster -> Dask chunks with margins -> model -> stitched mask -> files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.callbacks import Callback
+
+from geoseg.errors import InputError, OutputError, TilingError
+from geoseg.inference import describe_device, predict_block
+from geoseg.models.card import ModelCard
+from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.raster import (
+    NODATA,
+    RasterInfo,
+    ValidReader,
+    WindowReader,
+    check_bands,
+    class_pixel_counts,
+    create_outputs,
+    describe_mask,
+    finalize_cog,
+    inspect_raster,
+    pixel_areas_m2,
+)
+from geoseg.tiling import chunk_lengths, coerce_size, overlap_map, round_up
+
+__all__ = ["Plan", "SegmentResult", "plan_run", "segment", "segment_chunk"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 1024
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a raster is cut: chunk (core) size, margin, model tile size, batch size, bands."""
+
+    chunk: tuple[int, int]
+    margin: int
+    tile: int | None
+    batch_size: int
+    bands: tuple[int, ...]
+
+    def overlap_factor(self, shape: tuple[int, int]) -> float:
+        """Pixels the model sees per output pixel (margins included), for a raster of `shape`."""
+        rows, cols = (chunk_lengths(n, c, self.margin) for n, c in zip(shape, self.chunk))
+        seen = sum(r + 2 * self.margin for r in rows) * sum(c + 2 * self.margin for c in cols)
+        return seen / (shape[0] * shape[1])
+
+
+def plan_run(
+    info: RasterInfo,
+    card: ModelCard,
+    *,
+    bands: Sequence[int] | None = None,
+    chunk: int | tuple[int, int] | None = None,
+    margin: int | None = None,
+    tile: int | None = None,
+    batch_size: int = 8,
+) -> Plan:
+    """Choose chunk, margin, tile and bands for `info` and the model `card`; check they fit.
+
+    Chunks are rounded up to a multiple of the model's step (``multiple_of`` for a
+    fully convolutional model, ``tile - 2 margin`` when it is fed tiles) so that
+    every chunk starts on the same grid as a whole-image run.
+
+    Raises
+    ------
+    TilingError
+        A margin the tile cannot hold, or a tile the model cannot take.
+    BandError
+        Bands the raster does not have or the model cannot use.
+    """
+    bands = check_bands(info, card.bands if bands is None else bands, needed=card.n_bands)
+    margin = card.margin if margin is None else int(margin)
+    if margin < 0:
+        raise TilingError(f"`margin` cannot be negative. Received: margin={margin}")
+    if margin < card.margin:
+        log.warning(
+            "margin %d is below the model's receptive field (%d px): chunk edges may show seams",
+            margin, card.margin,
+        )
+    if batch_size < 1:
+        raise TilingError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
+    tile = _check_tile(card, tile, margin)
+    step = card.multiple_of if tile is None else tile - 2 * margin
+    rows, cols = coerce_size(chunk, "chunk", default=(DEFAULT_CHUNK, DEFAULT_CHUNK))
+    rows, cols = round_up(min(rows, info.height), step), round_up(min(cols, info.width), step)
+    return Plan((rows, cols), margin, tile, int(batch_size), bands)
+
+
+def _check_tile(card: ModelCard, tile: int | None, margin: int) -> int | None:
+    if card.tile_size is not None:
+        if tile not in (None, card.tile_size):
+            raise TilingError(
+                f"model {card.name} takes fixed {card.tile_size}px tiles. Received: tile={tile}. "
+                "Leave --tile unset for this model."
+            )
+        tile = card.tile_size
+    if tile is None:
+        return None
+    step = tile - 2 * margin
+    if step < max(1, card.multiple_of):
+        raise TilingError(
+            f"tile {tile}px leaves no core after a {margin}px margin each side. Use a tile larger "
+            f"than {2 * margin + card.multiple_of} or a smaller --margin."
+        )
+    if card.tile_size is None and step % card.multiple_of:
+        raise TilingError(
+            f"tile - 2 * margin must be a multiple of {card.multiple_of} for model {card.name}. "
+            f"Received: tile={tile}, margin={margin}. Try tile={round_up(step, card.multiple_of) + 2 * margin}."
+        )
+    return tile
+
+
+def segment_chunk(
+    block: np.ndarray,
+    valid: np.ndarray,
+    *,
+    model_ref: str,
+    margin: int,
+    tile: int | None,
+    batch_size: int,
+    confidence: bool,
+    probabilities: bool,
+) -> np.ndarray:
+    """Segment one chunk with its margins; the Dask task that runs on any worker.
+
+    The model is looked up by `model_ref` (a bundle path) in a per-process cache,
+    never captured in a closure, so distributed workers load it once.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        (rows + 2 margin, cols + 2 margin, bands), raw raster values.
+    valid : numpy.ndarray
+        (rows + 2 margin, cols + 2 margin, 1) bool, False where the input is nodata.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols, 1 + confidence + classes * probabilities) uint8: the class
+        (255 = nodata), then confidence and class probabilities in percent (255 = nodata).
+    """
+    segmenter = get_segmenter(model_ref)
+    valid = valid[..., 0]
+    x = segmenter.card.normalize(block)
+    x[~valid] = 0.0
+    proba = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size)
+    rows, cols = proba.shape[:2]
+    nodata = ~valid[margin : margin + rows, margin : margin + cols]
+    layers = [proba.argmax(-1).astype(np.uint8)]
+    if confidence:
+        layers.append(np.rint(proba.max(-1) * 100).astype(np.uint8))
+    if probabilities:
+        layers.extend(np.rint(np.moveaxis(proba, -1, 0) * 100).astype(np.uint8))
+    out = np.stack(layers, axis=-1)
+    out[nodata] = NODATA
+    return out
+
+
+@dataclass
+class SegmentResult:
+    """What a run wrote and measured."""
+
+    input: str
+    outputs: dict[str, str]
+    model: str
+    model_version: str
+    classes: list[dict[str, Any]]
+    width: int
+    height: int
+    seconds: float
+    pixels_per_second: float
+    peak_memory_mb: float
+    device: str
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+class _Writer:
+    """`da.store` target that sends a (rows, cols, bands) block to the open output datasets."""
+
+    def __init__(self, datasets: dict, layout: dict[str, slice]) -> None:
+        self.datasets, self.layout = datasets, layout
+
+    def __setitem__(self, key, value: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        window = Window.from_slices(key[0], key[1])
+        for name, bands in self.layout.items():
+            self.datasets[name].write(np.moveaxis(value[..., bands], -1, 0), window=window)
+
+
+class _TaskProgress(Callback):
+    """Report the finished fraction of a local Dask computation to a callback."""
+
+    def __init__(self, report: Progress) -> None:
+        super().__init__()
+        self.report, self.total, self.done = report, 1, 0
+
+    def _start_state(self, dsk, state):
+        self.total = max(1, sum(len(state[k]) for k in ("ready", "waiting", "running", "finished")))
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.done += 1
+        self.report(min(1.0, self.done / self.total))
+
+
+def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress | None = None) -> None:
+    report = progress or (lambda fraction: None)
+    if client is None:
+        with _TaskProgress(report), dask.config.set(scheduler="threads"):
+            da.store(result, writer, lock=threading.Lock())
+        return
+    from distributed import as_completed
+
+    blocks = result.to_delayed()
+    starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
+    futures = {}
+    for index in np.ndindex(blocks.shape):
+        future = client.compute(blocks[index])
+        futures[future] = tuple(slice(s[i], s[i] + result.chunks[a][i]) for a, (s, i) in enumerate(zip(starts, index)))
+    for done, future in enumerate(as_completed(futures), start=1):
+        writer[futures[future]] = future.result()
+        del future
+        report(done / len(futures))
+
+
+def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: bool, vector: bool,
+                  preview: bool) -> dict[str, Path]:
+    names = {"mask": f"{stem}_mask.tif"}
+    if confidence:
+        names["confidence"] = f"{stem}_confidence.tif"
+    if probabilities:
+        names["probabilities"] = f"{stem}_probabilities.tif"
+    if vector:
+        names["vector"] = f"{stem}_mask.gpkg"
+    if preview:
+        names["preview"] = f"{stem}_preview.png"
+    return {k: out_dir / v for k, v in names.items()}
+
+
+def _prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
+                        overwrite: bool) -> dict[str, Path]:
+    out_dir = Path(output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror}).") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir}: output folder is not writable. Pick another folder with -o.")
+    paths = paths_of(out_dir)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]} already exists. Pass --overwrite (overwrite=True) to replace it.")
+    return paths
+
+
+def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dict[str, Any]]:
+    counts = class_pixel_counts(mask_path, card.n_classes)
+    areas = pixel_areas_m2(info)
+    table = []
+    for c in card.classes:
+        row = {"id": c.id, "name": c.name, "color": c.color, "pixels": int(counts[:, c.id].sum())}
+        row["area_m2"] = None if areas is None else round(float(counts[:, c.id] @ areas), 3)
+        table.append(row)
+    return table
+
+
+def segment(
+    input: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    bands: Sequence[int] | None = None,
+    chunk: int | tuple[int, int] | None = None,
+    margin: int | None = None,
+    tile: int | None = None,
+    batch_size: int = 8,
+    confidence: bool = False,
+    probabilities: bool = False,
+    vector: bool = False,
+    preview: bool = True,
+    overwrite: bool = False,
+    client=None,
+    progress: Progress | None = None,
+) -> SegmentResult:
+    """Segment a raster of any size into a georeferenced class mask.
+
+    Parameters
+    ----------
+    input : path
+        Any raster GDAL reads (GeoTIFF, COG, VRT, JPEG, PNG): uint8, uint16, int16,
+        float32 and more, any band count and CRS.
+    output_dir : path
+        Folder for the outputs; created if missing.
+    model : str or path, optional
+        A name from `geoseg.models.list_models` or a ``.keras`` bundle path;
+        defaults to the shipped land-cover U-Net.
+    bands : sequence of int, optional
+        1-based bands to feed the model, in model order; defaults to the card's.
+    chunk : int or (rows, cols), optional
+        Core size of a Dask chunk in pixels (default 1024); rounded up to the
+        model's step. Peak memory grows with it, not with the raster.
+    margin : int, optional
+        Context each side of a chunk; defaults to the model's receptive field,
+        which makes the result identical to a whole-image run.
+    tile : int, optional
+        Model input size; fixed-size models set it themselves. Fully
+        convolutional models take the whole chunk unless it is given.
+    batch_size : int
+        Tiles per model call when chunks are cut into tiles.
+    confidence, probabilities : bool
+        Also write the winning class's probability, or every class's, in percent.
+    vector : bool
+        Also write the mask's polygons as a GeoPackage.
+    preview : bool
+        Write a PNG of the image beside the mask, with a legend.
+    overwrite : bool
+        Replace existing outputs; without it an existing output is an error.
+    client : distributed.Client, optional
+        Run the chunks on this Dask cluster; default is Dask's threads in-process.
+    progress : callable, optional
+        Called with the finished fraction (0 to 1) as chunks complete.
+
+    Returns
+    -------
+    SegmentResult
+
+    Raises
+    ------
+    RasterReadError, BandError, InputError, OutputError, ModelError, TilingError
+        Each names the value at fault and the fix. Nothing is left at the final
+        output paths when a run fails: files are written under a temporary name
+        and renamed when complete.
+
+    Notes
+    -----
+    Memory is bounded by the chunk size and the number of Dask workers: the raster
+    is never read whole. Outputs: ``STEM_mask.tif`` (uint8 COG, 255 = nodata,
+    colour table, class names in the metadata), optionally
+    ``STEM_confidence.tif``, ``STEM_probabilities.tif``, ``STEM_mask.gpkg`` and
+    ``STEM_preview.png``.
+    """
+    started = time.perf_counter()
+    info = inspect_raster(input)
+    model_path = resolve_model(model)
+    card = get_segmenter(model_path).card
+    plan = plan_run(info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
+    stem = Path(info.path).stem
+    paths = _prepare_output_dir(
+        output_dir,
+        lambda d: _output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
+                                preview=preview),
+        overwrite,
+    )
+    if client is not None:
+        _check_workers_see(client, info.path)
+    result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities)
+    log.info(
+        "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
+        info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
+    )
+    layers, layout = _layers(card, paths, confidence=confidence, probabilities=probabilities)
+    with tempfile.TemporaryDirectory(dir=paths["mask"].parent, prefix=".geoseg-") as tmp:
+        tmp_paths = {name: Path(tmp) / p.name for name, (p, _, _) in layers.items()}
+        datasets = create_outputs(info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
+        try:
+            describe_mask(datasets["mask"], card.classes)
+            for name in ("confidence", "probabilities"):
+                if name in datasets:
+                    _describe_percent(datasets[name], card, name)
+            _store(result, _Writer(datasets, layout), client=client, progress=progress)
+        finally:
+            for ds in datasets.values():
+                ds.close()
+        for name, (final, _, _) in layers.items():
+            finalize_cog(tmp_paths[name], final, resampling="MODE" if name == "mask" else "AVERAGE")
+    classes = _class_table(card, paths["mask"], info)
+    if vector:
+        from geoseg.vector import polygonize
+
+        polygonize(paths["mask"], paths["vector"], card.classes)
+    if preview:
+        from geoseg.preview import write_preview
+
+        write_preview(info.path, paths["mask"], paths["preview"], card.classes, classes, plan.bands)
+    seconds = time.perf_counter() - started
+    return SegmentResult(
+        input=info.path,
+        outputs={k: str(v) for k, v in paths.items()},
+        model=card.name,
+        model_version=card.version,
+        classes=classes,
+        width=info.width,
+        height=info.height,
+        seconds=round(seconds, 3),
+        pixels_per_second=round(info.pixels / seconds, 1),
+        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        device=describe_device(),
+        plan={
+            "chunk": list(plan.chunk),
+            "margin": plan.margin,
+            "tile": plan.tile,
+            "batch_size": plan.batch_size,
+            "bands": list(plan.bands),
+            "overlap_factor": round(plan.overlap_factor((info.height, info.width)), 3),
+        },
+    )
+
+
+def _check_workers_see(client, path: str) -> None:
+    seen = client.run(os.path.isfile, path)
+    blind = [worker for worker, ok in seen.items() if not ok]
+    if blind:
+        raise InputError(
+            f"{path}: Dask worker(s) {', '.join(blind)} cannot see this file. Put the raster on a path "
+            "every worker can read (shared disk) or run without --scheduler."
+        )
+
+
+def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool) -> da.Array:
+    shape = (info.height, info.width)
+    chunks = tuple(chunk_lengths(n, c, plan.margin) for n, c in zip(shape, plan.chunk))
+    image = da.from_array(
+        WindowReader(info.path, plan.bands, shape, info.dtype),
+        chunks=chunks + ((len(plan.bands),),), lock=False, asarray=True, fancy=False, name=f"read-{info.path}",
+    )
+    if info.has_mask:
+        valid = da.from_array(ValidReader(info.path, plan.bands, shape), chunks=chunks + ((1,),), lock=False,
+                              asarray=True, fancy=False, name=f"mask-{info.path}")
+    else:
+        valid = da.ones(shape + (1,), dtype=bool, chunks=chunks + ((1,),))
+    card = get_segmenter(model_ref).card
+    out_bands = 1 + int(confidence) + card.n_classes * int(probabilities)
+    return overlap_map(
+        segment_chunk, image, valid, margin=plan.margin, out_bands=out_bands, model_ref=model_ref,
+        tile=plan.tile, batch_size=plan.batch_size, confidence=confidence, probabilities=probabilities,
+    )
+
+
+def _layers(card: ModelCard, paths: dict[str, Path], *, confidence: bool, probabilities: bool):
+    layers = {"mask": (paths["mask"], 1, NODATA)}
+    layout = {"mask": slice(0, 1)}
+    band = 1
+    if confidence:
+        layers["confidence"] = (paths["confidence"], 1, NODATA)
+        layout["confidence"] = slice(band, band + 1)
+        band += 1
+    if probabilities:
+        layers["probabilities"] = (paths["probabilities"], card.n_classes, NODATA)
+        layout["probabilities"] = slice(band, band + card.n_classes)
+    return layers, layout
+
+
+def _describe_percent(ds, card: ModelCard, name: str) -> None:
+    if name == "confidence":
+        ds.set_band_description(1, "confidence of the winning class (%)")
+    else:
+        for c in card.classes:
+            ds.set_band_description(c.id + 1, f"probability of {c.name} (%)")
+    ds.update_tags(UNITS="percent", NODATA_MEANS="no input data")

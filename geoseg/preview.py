@@ -1,0 +1,62 @@
+"""A PNG preview: the image beside its mask, with a legend of classes and areas."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from geoseg.raster import NODATA, read_preview
+
+__all__ = ["stretch", "colorize", "write_preview"]
+
+MAX_SIDE = 1024
+
+
+def stretch(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Scale (rows, cols, bands) of any dtype to uint8 by each band's 2-98 percentiles."""
+    out = np.zeros(image.shape, np.uint8)
+    for b in range(image.shape[-1]):
+        band = image[..., b].astype(np.float64)
+        values = band[valid] if valid is not None and valid.any() else band.ravel()
+        lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
+        out[..., b] = np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def colorize(mask: np.ndarray, classes: Sequence) -> np.ndarray:
+    """Map a (rows, cols) class mask to (rows, cols, 3) uint8 colours; nodata is black."""
+    lut = np.zeros((256, 3), np.uint8)
+    for c in classes:
+        lut[c.id] = c.rgb
+    return lut[mask]
+
+
+def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
+                  classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int]) -> None:
+    """Write ``image | mask`` side by side, at most 1024 px a side each, with a legend below."""
+    shown = list(bands)[:3] if len(bands) >= 3 else [bands[0]] * 3
+    image = read_preview(image_path, shown, MAX_SIDE)
+    mask = read_preview(str(mask_path), [1], MAX_SIDE, resampling="nearest")[..., 0]
+    rgb = stretch(image, mask != NODATA)
+    rgb[mask == NODATA] = 0
+    panels = np.concatenate([rgb, np.full((rgb.shape[0], 8, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
+    font = ImageFont.load_default()
+    line = 18
+    legend_h = 10 + line * len(classes)
+    canvas = Image.new("RGB", (max(panels.shape[1], 360), panels.shape[0] + legend_h), "white")
+    canvas.paste(Image.fromarray(panels), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    total = sum(row["pixels"] for row in table) or 1
+    for i, (c, row) in enumerate(zip(classes, table)):
+        y = panels.shape[0] + 6 + i * line
+        draw.rectangle([8, y, 22, y + 12], fill=c.rgb, outline="black")
+        area = f", {row['area_m2'] / 1e6:.3f} km²" if row.get("area_m2") is not None else ""
+        draw.text((30, y), f"{c.name}: {100 * row['pixels'] / total:.1f}%{area}", fill="black", font=font)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, out_path)

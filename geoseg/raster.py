@@ -1,0 +1,300 @@
+"""Raster I/O at the edges: open and check inputs, read windows, write class masks as COGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError
+
+__all__ = [
+    "NODATA",
+    "SUPPORTED_DTYPES",
+    "RasterInfo",
+    "inspect_raster",
+    "check_bands",
+    "WindowReader",
+    "ValidReader",
+    "create_outputs",
+    "finalize_cog",
+    "class_pixel_counts",
+    "pixel_areas_m2",
+    "read_preview",
+]
+
+log = logging.getLogger(__name__)
+
+NODATA = 255
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geoseg needs to know of an input raster before planning a run."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: object
+    transform: object
+    has_mask: bool
+    block_shape: tuple[int, int]
+
+    @property
+    def pixels(self) -> int:
+        """Pixels per band."""
+        return self.width * self.height
+
+
+def inspect_raster(path: str | os.PathLike) -> RasterInfo:
+    """Open `path` with rasterio, check it can be segmented, and describe it; nothing is read.
+
+    Raises
+    ------
+    RasterReadError
+        The path is missing or GDAL cannot read it as a raster.
+    InputError
+        The data type is not supported.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise RasterReadError(f"{path}: no such file. Check the path.")
+    if os.path.isdir(path):
+        raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                flags = ds.mask_flag_enums
+                info = RasterInfo(
+                    path=path,
+                    width=ds.width,
+                    height=ds.height,
+                    count=ds.count,
+                    dtype=ds.dtypes[0],
+                    crs=ds.crs,
+                    transform=ds.transform,
+                    has_mask=any(MaskFlags.all_valid not in f for f in flags),
+                    block_shape=tuple(ds.block_shapes[0]),
+                )
+    except RasterioIOError as exc:
+        raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
+        )
+    return info
+
+
+def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple[int, ...]:
+    """Check that `bands` (1-based) exist in the raster and number `needed`.
+
+    Raises
+    ------
+    BandError
+        With the raster's band count and the fix (``--bands``).
+    """
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != needed:
+        raise BandError(
+            f"{info.path}: the model reads {needed} band(s) but {len(bands)} were selected "
+            f"(bands={list(bands)}). Pass --bands with {needed} band indexes."
+        )
+    missing = [b for b in bands if not 1 <= b <= info.count]
+    if missing:
+        raise BandError(
+            f"{info.path}: has {info.count} band(s) but the model reads band(s) {list(bands)}. "
+            f"Pass --bands with {needed} indexes between 1 and {info.count}."
+        )
+    return bands
+
+
+class WindowReader:
+    """Array-like over a raster's bands for `dask.array.from_array`: each slice is one windowed read.
+
+    It holds only the path, so it pickles to distributed workers; each read opens
+    the file, reads one window and closes it.
+
+    Parameters
+    ----------
+    path : str
+        The raster.
+    bands : sequence of int
+        1-based band indexes, in the order the model wants them.
+    shape : (rows, cols)
+        The raster size.
+    dtype : str
+        The raster's data type.
+    """
+
+    def __init__(self, path: str, bands: Sequence[int], shape: tuple[int, int], dtype: str) -> None:
+        self.path, self.bands = path, list(bands)
+        self.shape = (shape[0], shape[1], len(self.bands))
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+
+    def _window(self, key) -> Window:
+        rows, cols = key[0], key[1]
+        return Window.from_slices(rows, cols, height=self.shape[0], width=self.shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        window = self._window(key)
+        if window.width == 0 or window.height == 0:
+            return np.empty((int(window.height), int(window.width), len(self.bands)), self.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.path) as ds:
+                data = ds.read(self.bands, window=window)
+        return np.moveaxis(data, 0, -1)
+
+
+class ValidReader(WindowReader):
+    """Like `WindowReader`, but reads GDAL's mask: (rows, cols, 1) bool, False where nodata.
+
+    The mask covers nodata values, internal masks and alpha bands alike.
+    """
+
+    def __init__(self, path: str, bands: Sequence[int], shape: tuple[int, int]) -> None:
+        super().__init__(path, bands, shape, "bool")
+        self.shape = (shape[0], shape[1], 1)
+
+    def __getitem__(self, key) -> np.ndarray:
+        window = self._window(key)
+        if window.width == 0 or window.height == 0:
+            return np.empty((int(window.height), int(window.width), 1), bool)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(self.path) as ds:
+                masks = ds.read_masks(self.bands, window=window)
+        return np.all(masks > 0, axis=0)[..., None]
+
+
+def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
+    return {
+        "driver": "GTiff",
+        "width": info.width,
+        "height": info.height,
+        "count": count,
+        "dtype": dtype,
+        "crs": info.crs,
+        "transform": info.transform,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "bigtiff": "if_safer",
+    }
+
+
+def create_outputs(info: RasterInfo, layers: dict[str, tuple[Path, int, int | None]]) -> dict:
+    """Create empty tiled GeoTIFFs for each layer ``name -> (path, bands, nodata)``; return open datasets."""
+    datasets = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for name, (path, count, nodata) in layers.items():
+            profile = _profile(info, count, "uint8")
+            if nodata is not None:
+                profile["nodata"] = nodata
+            try:
+                datasets[name] = rasterio.open(path, "w", **profile)
+            except RasterioIOError as exc:
+                for ds in datasets.values():
+                    ds.close()
+                raise OutputError(f"{path}: cannot write here ({exc}). Pick a writable output folder.") from None
+    return datasets
+
+
+def describe_mask(ds, classes) -> None:
+    """Attach the class colour table, names and band description to an open mask dataset."""
+    colormap = {c.id: c.rgb + (255,) for c in classes}
+    colormap[NODATA] = (0, 0, 0, 0)
+    ds.write_colormap(1, colormap)
+    ds.set_band_description(1, "class")
+    ds.update_tags(
+        CLASS_NAMES=json.dumps({c.id: c.name for c in classes}),
+        **{f"CLASS_{c.id}": c.name for c in classes},
+        NODATA_MEANS="no input data",
+    )
+
+
+def finalize_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> None:
+    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF with overviews, then move it into place."""
+    from rasterio.shutil import copy as rio_copy
+
+    staged = tmp_path.with_name(tmp_path.stem + ".cog.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        rio_copy(
+            tmp_path,
+            staged,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            OVERVIEW_RESAMPLING=resampling,
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+    os.replace(staged, final_path)
+
+
+def class_pixel_counts(path: str | os.PathLike, n_classes: int) -> np.ndarray:
+    """Count pixels of each class in a mask, per row: (rows, n_classes) int64, block by block."""
+    with rasterio.open(path) as ds:
+        counts = np.zeros((ds.height, n_classes), np.int64)
+        for _, window in ds.block_windows(1):
+            data = ds.read(1, window=window)
+            rows = np.repeat(np.arange(data.shape[0]), data.shape[1])
+            flat = data.ravel()
+            keep = flat < n_classes
+            binned = np.bincount(rows[keep] * n_classes + flat[keep], minlength=data.shape[0] * n_classes)
+            r0 = int(window.row_off)
+            counts[r0 : r0 + data.shape[0]] += binned.reshape(data.shape[0], n_classes)
+    return counts
+
+
+def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
+    """Area of one pixel in m² for each row: constant in projected CRSs, geodesic in geographic ones.
+
+    Returns None when the raster has no CRS (plain JPEG/PNG).
+    """
+    crs, t = info.crs, info.transform
+    if crs is None or t.is_identity:
+        return None
+    if crs.is_geographic:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+        areas = np.empty(info.height)
+        for row in range(info.height):
+            corners = [t * (0, row), t * (1, row), t * (1, row + 1), t * (0, row + 1)]
+            lons, lats = zip(*corners)
+            areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
+        return areas
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return np.full(info.height, abs(t.a * t.e - t.b * t.d) * factor**2)
+
+
+def read_preview(path: str, bands: Sequence[int], max_side: int, *, resampling: str = "average") -> np.ndarray:
+    """Read a decimated copy of `bands` no larger than `max_side`: (rows, cols, bands)."""
+    from rasterio.enums import Resampling
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            scale = max(ds.width, ds.height) / max_side
+            shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
+            data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling[resampling])
+    return np.moveaxis(data, 0, -1)

@@ -1,0 +1,107 @@
+"""The geoseg command, driven through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.cli import main
+
+
+@pytest.fixture
+def run():
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def test_segment_json(run, make_raster, tiny_fcn, tmp_path):
+    path = make_raster(shape=(90, 110))
+    out = tmp_path / "out"
+    result = run("segment", path, "-o", out, "--model", tiny_fcn, "--json", "--vector", "--confidence", "--quiet")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["outputs"]) == {"mask", "confidence", "vector", "preview"}
+    assert all(os.path.exists(p) for p in data["outputs"].values())
+    assert sum(c["pixels"] for c in data["classes"]) == 90 * 110
+    assert data["pixels_per_second"] > 0 and data["peak_memory_mb"] > 0
+    assert {"area_m2", "name", "pixels"} <= set(data["classes"][0])
+
+
+def test_segment_many_inputs_one_bad(run, make_raster, tiny_fcn, tmp_path):
+    good = make_raster(name="good.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_text("nope")
+    result = run("segment", good, bad, "-o", tmp_path / "out", "-m", tiny_fcn, "--json", "--quiet")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert [r["input"] for r in data["results"]] == [str(good)]
+    assert "not a raster" in data["errors"][0]["error"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.tif"], "no such file"),
+        (["--bands", "1,2", "IMG"], "reads 3 band"),
+        (["--bands", "0", "IMG"], "band indexes start at 1"),
+        (["--model", "no-such-model", "IMG"], "no model named 'no-such-model'"),
+    ],
+)
+def test_segment_errors_are_one_line(run, make_raster, tiny_fcn, tmp_path, args, message):
+    image = make_raster()
+    args = [str(image) if a == "IMG" else a for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_fcn)]
+    result = run("segment", *args, "-o", tmp_path / "out")
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(run, make_raster, tiny_fcn, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run("segment", make_raster(), "-o", locked, "-m", tiny_fcn)
+    assert result.exit_code == 1 and "not writable" in result.output
+
+
+def test_output_under_a_file_is_refused(run, make_raster, tiny_fcn, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    result = run("segment", make_raster(), "-o", blocker / "out", "-m", tiny_fcn)
+    assert result.exit_code == 1 and "cannot create the output folder" in result.output
+
+
+def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    result = run("models", "--json")
+    assert result.exit_code == 0
+    names = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert {"tiny-fcn", "tiny-tiled", "tiny-1band"} <= set(names)
+    assert names["tiny-fcn"]["source"] == "GEOSEG_MODEL_PATH"
+    assert "tiny-fcn" in run("models").output
+
+
+def test_model_by_name_from_model_path(run, make_raster, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "tiny-tiled", "--quiet")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out" / "image_mask.tif") as ds:
+        assert ds.read(1).max() < 3
+
+
+def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
+    path = make_raster(shape=(100, 120))
+    threads = run("segment", path, "-o", tmp_path / "a", "-m", tiny_fcn, "--chunk", "32", "--quiet", "--no-preview")
+    cluster = run("segment", path, "-o", tmp_path / "b", "-m", tiny_fcn, "--chunk", "32", "--quiet",
+                  "--no-preview", "--workers", "2")
+    assert threads.exit_code == 0 and cluster.exit_code == 0, cluster.output
+    with rasterio.open(tmp_path / "a" / "image_mask.tif") as a, rasterio.open(tmp_path / "b" / "image_mask.tif") as b:
+        assert (a.read(1) == b.read(1)).all()

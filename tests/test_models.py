@@ -1,0 +1,108 @@
+"""Model cards, bundles, the U-Net receptive field and the registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from geoseg.errors import CardError, ModelError, ModelNotFoundError
+from geoseg.models import ModelCard, build_unet, load_bundle, resolve_model, unet_receptive_radius
+
+CARD = {
+    "name": "m",
+    "classes": [{"id": 0, "name": "a", "color": "#000000"}, {"id": 1, "name": "b", "color": "#FFFFFF"}],
+    "bands": [1, 2, 3],
+    "normalization": {"method": "scale", "scale": 0.5},
+    "margin": 4,
+}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"schema_version": 9}, "schema_version"),  # from a newer geoseg
+        ({"margin": -1}, "margin"),
+        ({"bands": []}, "bands"),
+        ({"bands": [0, 1]}, "bands"),  # bands are 1-based
+        ({"normalization": {"method": "zscore"}}, "normalization.method"),
+        ({"normalization": {"method": "meanstd", "mean": [1], "std": [1, 1, 1]}}, "normalization.mean"),
+        ({"classes": [{"id": 1, "name": "a"}]}, r"classes\[0\]"),  # ids out of order
+        ({"classes": [{"id": 0, "name": "a", "color": "red"}]}, "color"),
+        ({"tile_size": 6}, "tile_size"),  # no room for the margin
+    ],
+)
+def test_card_validation_names_the_field(change, match):
+    with pytest.raises(CardError, match=match):
+        ModelCard.from_dict({**CARD, **change}, source="x.json")
+
+
+@pytest.mark.parametrize("field", ["name", "classes", "bands", "normalization", "margin"])
+def test_card_missing_field(field):
+    data = {k: v for k, v in CARD.items() if k != field}
+    with pytest.raises(CardError, match=f"'{field}' is missing"):
+        ModelCard.from_dict(data, source="x.json")
+
+
+def test_card_round_trip_and_normalize():
+    card = ModelCard.from_dict(CARD)
+    assert ModelCard.from_dict(card.to_dict()) == card
+    assert card.normalize(np.array([[2, 4]], np.uint8)).tolist() == [[1.0, 2.0]]
+    mean_std = ModelCard.from_dict({**CARD, "normalization": {"method": "meanstd", "mean": [1, 2, 3],
+                                                              "std": [1, 2, 4]}})
+    assert mean_std.normalize(np.array([[3, 4, 7]])).tolist() == [[2.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_receptive_radius_is_tight(depth):
+    """Perturbing a pixel at the radius changes the centre output; one pixel further never does."""
+    import keras
+
+    keras.utils.set_random_seed(depth)
+    model = build_unet(2, 1, depth=depth, filters=2, batch_norm=False)
+    radius = unet_receptive_radius(depth)
+    size = (2 * radius // 2**depth + 4) * 2**depth
+    x = np.random.default_rng(0).random((1, size, size, 1)).astype("float32")
+    base = model(x).numpy()[0, :, :, 0]
+    reach = 0
+    for row in range(size):
+        bumped = x.copy()
+        bumped[0, row, :, 0] += 10
+        changed = np.nonzero(np.abs(model(bumped).numpy()[0, :, :, 0] - base).max(axis=1) > 0)[0]
+        if changed.size:
+            reach = max(reach, np.abs(changed - row).max())
+    assert reach <= radius
+    assert reach >= radius - 2**depth  # within one pooling step of the bound
+
+
+def test_bundle_checks_model_against_card(tmp_path):
+    from geoseg.models import write_card
+
+    model = build_unet(2, 3, depth=1, filters=2)
+    model.save(tmp_path / "m.keras")
+    write_card(ModelCard.from_dict({**CARD, "classes": CARD["classes"] + [{"id": 2, "name": "c"}]}),
+               tmp_path / "m.json")
+    with pytest.raises(ModelError, match="outputs 2 channels but its card lists 3"):
+        load_bundle(tmp_path / "m.keras")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(CardError, match="not valid JSON"):
+        load_bundle(tmp_path / "m.keras")
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(CardError, match="card not found"):
+        load_bundle(tmp_path / "m.keras")
+
+
+def test_bundle_rejects_a_non_keras_file(tmp_path):
+    (tmp_path / "m.keras").write_text("junk")
+    (tmp_path / "m.json").write_text(json.dumps(CARD))
+    with pytest.raises(ModelError, match="Keras cannot load"):
+        load_bundle(tmp_path / "m.keras")
+
+
+def test_resolve_unknown_model_lists_names(model_dir, monkeypatch):
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    with pytest.raises(ModelNotFoundError, match="Available: .*tiny-fcn"):
+        resolve_model("nope")
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        resolve_model("/no/such/model.keras")

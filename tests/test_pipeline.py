@@ -1,0 +1,226 @@
+"""segment(): seams, georeferencing, nodata, dtypes, band selection, atomic outputs, COG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geoseg import segment
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, TilingError
+from geoseg.inference import predict_image
+from geoseg.models import get_segmenter
+
+
+def _read(path, band=1):
+    with rasterio.open(path) as ds:
+        return ds.read(band)
+
+
+def _whole_image_mask(model, path, bands=None):
+    segmenter = get_segmenter(model)
+    with rasterio.open(path) as ds:
+        image = np.moveaxis(ds.read(list(bands or segmenter.card.bands)), 0, -1)
+    return predict_image(segmenter, image).argmax(-1)
+
+
+@pytest.mark.parametrize(
+    "shape, chunk",
+    [
+        ((150, 170), 32),  # many chunks, neither side a multiple of the chunk
+        ((150, 170), 64),  # fewer, larger chunks
+        ((97, 203), 48),  # chunk not a multiple of the model's step: rounded up
+        ((150, 170), 1024),  # a single chunk
+        ((131, 140), 40),  # last chunk shorter than the margin: merged into its neighbour
+    ],
+)
+def test_tiled_run_equals_whole_image_run(make_raster, tiny_fcn, tmp_path, shape, chunk):
+    path = make_raster(shape=shape, seed=shape[0])
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=chunk, preview=False)
+    mask = _read(result.outputs["mask"])
+    reference = _whole_image_mask(tiny_fcn, path)
+    identical = (mask == reference).mean()
+    assert identical >= 0.9999, f"identical fraction {identical}"
+    assert len(np.unique(reference)) > 1  # the check is not vacuous
+
+
+@pytest.mark.parametrize("chunk", [30, 60, 90])
+def test_fixed_tile_model_is_independent_of_chunk(make_raster, tiny_tiled, tmp_path, chunk):
+    path = make_raster(shape=(101, 77), seed=4)
+    result = segment(path, tmp_path / f"out{chunk}", model=tiny_tiled, chunk=chunk, preview=False)
+    reference = _whole_image_mask(tiny_tiled, path)
+    assert (_read(result.outputs["mask"]) == reference).mean() >= 0.9999
+    assert result.plan["tile"] == 48
+
+
+@pytest.mark.parametrize("tile", [70, 94])  # cores of 24 and 48 px, inputs padded to the pooling step
+def test_fully_convolutional_model_fed_tiles(make_raster, tiny_fcn, tmp_path, tile):
+    path = make_raster(shape=(123, 99), seed=7)
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=96, tile=tile, batch_size=3, preview=False)
+    assert (_read(result.outputs["mask"]) == _whole_image_mask(tiny_fcn, path)).mean() >= 0.9999
+
+
+def test_output_keeps_georeferencing_and_describes_classes(make_raster, tiny_fcn, tmp_path):
+    transform = from_origin(300000.0, 5000000.0, 2.0, 2.0)
+    path = make_raster(shape=(600, 700), crs="EPSG:32633", transform=transform)
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=256, confidence=True, probabilities=True)
+    with rasterio.open(path) as src, rasterio.open(result.outputs["mask"]) as ds:
+        assert (ds.width, ds.height, ds.crs, ds.transform) == (src.width, src.height, src.crs, src.transform)
+        assert ds.dtypes == ("uint8",) and ds.nodata == 255
+        assert ds.colormap(1)[0][:3] == (0, 128, 64)
+        assert json.loads(ds.tags()["CLASS_NAMES"]) == {"0": "class0", "1": "class1", "2": "class2"}
+        assert ds.profile["tiled"] and ds.compression.name.lower() == "deflate"
+        assert ds.overviews(1), "COG should carry overviews"
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    with rasterio.open(result.outputs["probabilities"]) as ds:
+        proba = ds.read()
+    assert proba.shape[0] == 3
+    assert np.abs(proba.astype(int).sum(0) - 100).max() <= 2  # percent, rounding
+    confidence = _read(result.outputs["confidence"])
+    assert (confidence == proba.max(0)).all()
+    areas = {c["name"]: c["area_m2"] for c in result.classes}
+    pixels = {c["name"]: c["pixels"] for c in result.classes}
+    assert sum(pixels.values()) == 600 * 700
+    assert all(areas[k] == pytest.approx(4.0 * pixels[k]) for k in areas)  # 2 m pixels
+
+
+@pytest.mark.parametrize("how", ["nodata", "internal_mask", "alpha"])
+def test_nodata_becomes_255(make_raster, tiny_fcn, tmp_path, how):
+    data = np.full((3, 70, 90), 120, np.uint8)
+    data[:, :, :30] = 200
+    hole = np.zeros((70, 90), bool)
+    hole[10:30, 40:70] = True
+    kwargs = {}
+    if how == "nodata":
+        data[:, hole] = 0
+        kwargs["nodata"] = 0
+    elif how == "internal_mask":
+        kwargs["internal_mask"] = ~hole
+    else:
+        data = np.concatenate([data, np.where(hole, 0, 255).astype(np.uint8)[None]])
+        kwargs["photometric"] = "rgb"
+        kwargs["alpha"] = "YES"
+    path = make_raster(data=data, **kwargs)
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=32, confidence=True)
+    mask = _read(result.outputs["mask"])
+    assert (mask[hole] == 255).all()
+    assert (mask[~hole] < 3).all()
+    assert (_read(result.outputs["confidence"])[hole] == 255).all()
+    assert sum(c["pixels"] for c in result.classes) == (~hole).sum()
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+def test_other_dtypes(make_raster, tiny_fcn, tmp_path, dtype):
+    path = make_raster(dtype=dtype, shape=(50, 60))
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=32, preview=True)
+    assert _read(result.outputs["mask"]).shape == (50, 60)
+    assert (tmp_path / "out" / "image_preview.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (5, 5),  # smaller than one model step and than the margin
+        (3, 400),  # a thin strip
+        (400, 2),  # a thin column
+    ],
+)
+def test_tiny_and_thin_rasters(make_raster, tiny_fcn, tmp_path, shape):
+    path = make_raster(shape=shape)
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
+    mask = _read(result.outputs["mask"])
+    assert mask.shape == shape
+    assert (mask == _whole_image_mask(tiny_fcn, path)).all()
+
+
+def test_geographic_crs_areas_are_geodesic(make_raster, tiny_fcn, tmp_path):
+    # 0.0001 degree pixels at 60N: about 5.57 m x 11.13 m
+    path = make_raster(shape=(40, 40), crs="EPSG:4326", transform=from_origin(10.0, 60.002, 0.0001, 0.0001))
+    result = segment(path, tmp_path / "out", model=tiny_fcn, preview=False)
+    total = sum(c["area_m2"] for c in result.classes)
+    assert total == pytest.approx(1600 * 5.58 * 11.13, rel=0.01)
+
+
+def test_band_selection(make_raster, tiny_1band, tmp_path):
+    path = make_raster(bands=4, dtype="uint16")
+    result = segment(path, tmp_path / "out", model=tiny_1band, bands=[4], preview=False)
+    assert result.plan["bands"] == [4]
+    assert (_read(result.outputs["mask"]) == _whole_image_mask(tiny_1band, path, bands=[4])).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"bands": [1, 2]}, BandError, "reads 3 band"),  # wrong count
+        ({"bands": [1, 2, 7]}, BandError, "has 3 band"),  # band does not exist
+        ({"margin": -1}, TilingError, "margin"),
+        ({"tile": 30}, TilingError, "no core"),  # tile smaller than twice the margin
+        ({"tile": 72}, TilingError, "multiple of 4"),  # core not on the pooling grid
+    ],
+)
+def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error, match):
+    path = make_raster()
+    with pytest.raises(error, match=match):
+        segment(path, tmp_path / "out", model=tiny_fcn, **kwargs)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_single_band_raster_for_rgb_model(make_raster, tiny_fcn, tmp_path):
+    with pytest.raises(BandError, match="--bands"):
+        segment(make_raster(bands=1), tmp_path / "out", model=tiny_fcn)
+
+
+def test_missing_and_non_raster_inputs(tmp_path, tiny_fcn):
+    with pytest.raises(RasterReadError, match="no such file"):
+        segment(tmp_path / "nope.tif", tmp_path / "out", model=tiny_fcn)
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    with pytest.raises(RasterReadError, match="not a raster"):
+        segment(text, tmp_path / "out", model=tiny_fcn)
+
+
+def test_refuses_to_overwrite(make_raster, tiny_fcn, tmp_path):
+    path = make_raster()
+    segment(path, tmp_path / "out", model=tiny_fcn, preview=False)
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment(path, tmp_path / "out", model=tiny_fcn, preview=False)
+    segment(path, tmp_path / "out", model=tiny_fcn, preview=False, overwrite=True)
+
+
+def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_path):
+    path = make_raster(shape=(200, 200))
+    out = tmp_path / "out"
+
+    def stop_midway(fraction):
+        if fraction > 0.3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        segment(path, out, model=tiny_fcn, chunk=32, progress=stop_midway)
+    assert list(out.iterdir()) == []
+
+
+def test_unwritable_output_dir(make_raster, tiny_fcn, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        segment(make_raster(), blocker, model=tiny_fcn)
+
+
+def test_memory_does_not_read_whole_raster(make_raster, tiny_fcn, tmp_path, monkeypatch):
+    from geoseg import raster
+
+    reads = []
+    original = raster.WindowReader.__getitem__
+
+    def spy(self, key):
+        out = original(self, key)
+        reads.append(out.shape)
+        return out
+
+    monkeypatch.setattr(raster.WindowReader, "__getitem__", spy)
+    segment(make_raster(shape=(300, 300)), tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
+    assert reads and max(r[0] * r[1] for r in reads) <= 64 * 64 * 2  # chunk-sized windows only
