@@ -209,24 +209,22 @@ class _Writer:
 
 
 class _TaskProgress(Callback):
-    """Report the finished fraction of a local Dask computation to a callback."""
+    """Report the fraction of chunks written by a local Dask computation to a callback."""
 
-    def __init__(self, report: Progress) -> None:
+    def __init__(self, report: Progress, total: int) -> None:
         super().__init__()
-        self.report, self.total, self.done = report, 1, 0
-
-    def _start_state(self, dsk, state):
-        self.total = max(1, sum(len(state[k]) for k in ("ready", "waiting", "running", "finished")))
+        self.report, self.total, self.done = report, max(1, total), 0
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        self.done += 1
-        self.report(min(1.0, self.done / self.total))
+        if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
+            self.done += 1
+            self.report(min(1.0, self.done / self.total))
 
 
 def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress | None = None) -> None:
     report = progress or (lambda fraction: None)
     if client is None:
-        with _TaskProgress(report), dask.config.set(scheduler="threads"):
+        with _TaskProgress(report, result.npartitions), dask.config.set(scheduler="threads"):
             da.store(result, writer, lock=threading.Lock())
         return
     from distributed import as_completed

@@ -41,11 +41,11 @@ def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str |
     shown = list(bands)[:3] if len(bands) >= 3 else [bands[0]] * 3
     image = read_preview(image_path, shown, MAX_SIDE)
     mask = read_preview(str(mask_path), [1], MAX_SIDE, resampling="nearest")[..., 0]
-    rgb = stretch(image, mask != NODATA)
+    rgb = image if image.dtype == np.uint8 else stretch(image, mask != NODATA)
     rgb[mask == NODATA] = 0
     panels = np.concatenate([rgb, np.full((rgb.shape[0], 8, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
-    font = ImageFont.load_default()
-    line = 18
+    font = ImageFont.load_default(size=15)
+    line = 20
     legend_h = 10 + line * len(classes)
     canvas = Image.new("RGB", (max(panels.shape[1], 360), panels.shape[0] + legend_h), "white")
     canvas.paste(Image.fromarray(panels), (0, 0))
@@ -53,8 +53,8 @@ def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str |
     total = sum(row["pixels"] for row in table) or 1
     for i, (c, row) in enumerate(zip(classes, table)):
         y = panels.shape[0] + 6 + i * line
-        draw.rectangle([8, y, 22, y + 12], fill=c.rgb, outline="black")
-        area = f", {row['area_m2'] / 1e6:.3f} km²" if row.get("area_m2") is not None else ""
+        draw.rectangle([8, y, 22, y + 14], fill=c.rgb, outline="black")
+        area = f", {row['area_m2'] / 1e4:,.2f} ha" if row.get("area_m2") is not None else ""
         draw.text((30, y), f"{c.name}: {100 * row['pixels'] / total:.1f}%{area}", fill="black", font=font)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")

@@ -105,3 +105,35 @@ def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
     assert threads.exit_code == 0 and cluster.exit_code == 0, cluster.output
     with rasterio.open(tmp_path / "a" / "image_mask.tif") as a, rasterio.open(tmp_path / "b" / "image_mask.tif") as b:
         assert (a.read(1) == b.read(1)).all()
+
+
+def test_models_show_prints_the_card(run, model_dir, monkeypatch):
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    result = run("models", "show", "tiny-tiled")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["tile_size"] == 48
+    missing = run("models", "show", "nope")
+    assert missing.exit_code == 1 and "no model named 'nope'" in missing.output
+
+
+def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
+    """A package that registers the geoseg.models entry point adds its folder of bundles."""
+    import shutil
+
+    site = tmp_path / "site"
+    bundles = site / "geoseg_demo_plugin" / "bundles"
+    bundles.mkdir(parents=True)
+    for suffix in (".keras", ".json"):
+        shutil.copy(model_dir / f"tiny-fcn{suffix}", bundles / f"plugged{suffix}")
+    card = json.loads((bundles / "plugged.json").read_text())
+    (bundles / "plugged.json").write_text(json.dumps({**card, "name": "plugged"}))
+    (site / "geoseg_demo_plugin" / "__init__.py").write_text(
+        "from pathlib import Path\n\ndef bundles():\n    return Path(__file__).parent / 'bundles'\n"
+    )
+    info = site / "geoseg_demo_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: geoseg-demo-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[geoseg.models]\ndemo = geoseg_demo_plugin:bundles\n")
+    monkeypatch.syspath_prepend(str(site))
+    names = {m["name"]: m for m in json.loads(run("models", "--json").stdout)["models"]}
+    assert names["plugged"]["source"] == "plugin demo"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from contextlib import contextmanager
 
 import click
 
@@ -20,6 +22,34 @@ def configure_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+@contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines ignore every log setting."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def load_tensorflow(verbosity: int) -> None:
+    """Import TensorFlow and probe for a GPU once, hiding its start-up chatter unless -vv."""
+    if verbosity >= 2:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+        return
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geoseg")
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
@@ -28,6 +58,8 @@ def configure_logging(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
+    if ctx.invoked_subcommand in ("segment",):
+        load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 
 

@@ -1,4 +1,4 @@
-"""`geoseg models`: list the models the registry finds."""
+"""`geoseg models`: list the models the registry finds, or show one card."""
 
 from __future__ import annotations
 
@@ -9,33 +9,38 @@ from geoseg.cli.options import emit_json, fail_cleanly
 __all__ = ["models"]
 
 
-@click.command()
+def _row(entry, default: str) -> dict:
+    card = entry.card
+    return {
+        "name": entry.name,
+        "version": card.version,
+        "default": entry.name == default,
+        "classes": [c.name for c in card.classes],
+        "bands": list(card.bands),
+        "tile_size": card.tile_size,
+        "margin": card.margin,
+        "source": entry.source,
+        "path": str(entry.path),
+        "description": card.description,
+    }
+
+
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def models(as_json: bool) -> None:
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
     """List available models: name, version, classes, bands and where each was found.
 
     Models come from the shipped zoo, folders on GEOSEG_MODEL_PATH and packages
-    that register the `geoseg.models` entry point.
+    that register the `geoseg.models` entry point. `geoseg models show NAME`
+    prints one model's card.
     """
+    if ctx.invoked_subcommand:
+        return
     from geoseg.models import DEFAULT_MODEL, list_models
 
     with fail_cleanly():
-        entries = list_models()
-    rows = [
-        {
-            "name": e.name,
-            "version": e.card.version,
-            "default": e.name == DEFAULT_MODEL,
-            "classes": [c.name for c in e.card.classes],
-            "bands": list(e.card.bands),
-            "tile_size": e.card.tile_size,
-            "margin": e.card.margin,
-            "source": e.source,
-            "path": str(e.path),
-            "description": e.card.description,
-        }
-        for e in entries
-    ]
+        rows = [_row(e, DEFAULT_MODEL) for e in list_models()]
     if as_json:
         emit_json({"models": rows})
         return
@@ -46,3 +51,14 @@ def models(as_json: bool) -> None:
         click.echo(f"    bands: {row['bands']}  margin: {row['margin']} px  path: {row['path']}")
     if not rows:
         click.echo("no models found", err=True)
+
+
+@models.command()
+@click.argument("name", metavar="NAME|PATH")
+def show(name: str) -> None:
+    """Print the card (JSON) of model NAME or of the bundle at PATH."""
+    from geoseg.models import read_card, resolve_model
+
+    with fail_cleanly():
+        card = read_card(resolve_model(name).with_suffix(".json"))
+    emit_json(card.to_dict())

@@ -114,8 +114,7 @@ class _bar:
         return self._update
 
     def _update(self, fraction: float) -> None:
-        self.bar.n = round(100 * fraction, 1)
-        self.bar.refresh()
+        self.bar.update(round(100 * fraction, 1) - self.bar.n)
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -1,0 +1,94 @@
+"""End to end with the shipped default model: the real U-Net, real files, real data when present."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from PIL import Image
+
+from geoseg import segment
+from geoseg.cli import main
+from geoseg.inference import predict_image
+from geoseg.models import DEFAULT_MODEL, get_segmenter, list_models
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_card_is_real():
+    entry = next(e for e in list_models() if e.name == DEFAULT_MODEL)
+    card = entry.card
+    assert [c.name for c in card.classes] == ["building", "land", "road", "vegetation", "water"]
+    assert card.training["held_out_tiles"] and card.metrics["held_out"]["mean_iou"] > 0.4
+    assert entry.path.stat().st_size < 30e6
+
+
+def test_demo_sample_end_to_end(tmp_path):
+    sample = tmp_path / "synthetic_sample.tif"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample.py"), str(sample), "--size", "600"],
+                   check=True, capture_output=True)
+    result = CliRunner().invoke(main, ["segment", str(sample), "-o", str(tmp_path / "out"), "--vector",
+                                       "--chunk", "256", "--json", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    with rasterio.open(sample) as src, rasterio.open(data["outputs"]["mask"]) as ds:
+        image, mask = np.moveaxis(src.read(), 0, -1), ds.read(1)
+        assert (ds.crs, ds.transform) == (src.crs, src.transform)
+    nodata_corner = (image == 0).all(-1)
+    assert (mask[nodata_corner] == 255).all() and (mask[~nodata_corner] < 5).all()
+    # no seams: chunked (256 px) against one whole-image prediction of the same model
+    reference = predict_image(get_segmenter(DEFAULT_MODEL), image).argmax(-1)
+    identical = (mask[~nodata_corner] == reference[~nodata_corner]).mean()
+    assert identical >= 0.999, identical
+    preview = Image.open(data["outputs"]["preview"])
+    assert preview.width > 1000  # image | mask side by side
+    import geopandas as gpd
+
+    layer = gpd.read_file(data["outputs"]["vector"])
+    assert set(layer["class_name"]) <= {"building", "land", "road", "vegetation", "water"}
+    assert layer.crs == "EPSG:32640"
+
+
+@pytest.mark.data
+def test_held_out_dubai_tile_scores_like_its_card(shared_data, tmp_path):
+    """Tile 2 was held out of training: the pipeline's mean IoU on it must be that of a real model."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_default import decode_mask
+
+    from geoseg.models.metrics import confusion_matrix, scores
+
+    matrix = np.zeros((5, 5), np.int64)
+    for name in ("image_part_002.jpg", "image_part_006.jpg"):
+        image = shared_data / "dubai_aerial" / "Tile 2" / "images" / name
+        result = segment(image, tmp_path / "out", chunk=256, preview=False)
+        with rasterio.open(result.outputs["mask"]) as ds:
+            pred = ds.read(1)
+        truth = decode_mask(image.parent.parent / "masks" / (image.stem + ".png"))[: pred.shape[0], : pred.shape[1]]
+        matrix += confusion_matrix(truth, pred, 5)
+    assert scores(matrix)["mean_iou"] > 0.35
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "landsat_rgb_byte/RGB.byte.tif",  # nodata 0 around a rotated footprint, UTM
+        "buildings_clips/tiles/tiled_image_1.tif",  # EPSG:2949, 0.3 m
+        "buildings_clips/massachusetts_buildings_kaggle/23429155_15_uint8_clipped.tif",  # 67 x 93, nodata 255
+    ],
+)
+def test_real_geotiffs_keep_georeferencing_and_nodata(shared_data, tmp_path, relative):
+    path = shared_data / relative
+    result = segment(path, tmp_path / "out", chunk=512, preview=False)
+    with rasterio.open(path) as src, rasterio.open(result.outputs["mask"]) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        valid = src.dataset_mask() > 0
+        mask = ds.read(1)
+    assert (mask[~valid] == 255).all() and (mask[valid] < 5).all()
