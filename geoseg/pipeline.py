@@ -35,6 +35,7 @@ from geoseg.raster import (
     pixel_areas_m2,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, overlap_map, round_up
+from geoseg.vector import vectorize, write_qml
 
 __all__ = ["Plan", "SegmentResult", "plan_run", "segment", "segment_chunk"]
 
@@ -249,7 +250,7 @@ def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: 
     if probabilities:
         names["probabilities"] = f"{stem}_probabilities.tif"
     if vector:
-        names["vector"] = f"{stem}_mask.gpkg"
+        names["vector"] = f"{stem}_polygons.gpkg"
     if preview:
         names["preview"] = f"{stem}_preview.png"
     return {k: out_dir / v for k, v in names.items()}
@@ -356,8 +357,8 @@ def segment(
     Memory is bounded by the chunk size and the number of Dask workers: the raster
     is never read whole. Outputs: ``STEM_mask.tif`` (uint8 COG, 255 = nodata,
     colour table, class names in the metadata), optionally
-    ``STEM_confidence.tif``, ``STEM_probabilities.tif``, ``STEM_mask.gpkg`` and
-    ``STEM_preview.png``.
+    ``STEM_confidence.tif``, ``STEM_probabilities.tif``, ``STEM_polygons.gpkg`` and
+    ``STEM_preview.png``; QGIS styles ``STEM_mask.qml`` and ``STEM_polygons.qml``.
     """
     started = time.perf_counter()
     info = inspect_raster(input)
@@ -394,10 +395,10 @@ def segment(
         for name, (final, _, _) in layers.items():
             finalize_cog(tmp_paths[name], final, resampling="MODE" if name == "mask" else "AVERAGE")
     classes = _class_table(card, paths["mask"], info)
+    names = {c.id: (c.name, c.rgb) for c in card.classes}
+    write_qml(paths["mask"].with_suffix(".qml"), names, kind="raster")
     if vector:
-        from geoseg.vector import polygonize
-
-        polygonize(paths["mask"], paths["vector"], card.classes)
+        vectorize(paths["mask"], paths["vector"], confidence=paths.get("confidence"), overwrite=True)
     if preview:
         from geoseg.preview import write_preview
 

@@ -1,71 +1,361 @@
-"""Mask -> polygons with class, name and area, written atomically as GeoPackage."""
+"""Mask -> polygons, block by block in parallel, merged across block edges, simplified, measured."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
-from geoseg.raster import NODATA
+from geoseg.errors import InputError, OutputError
+from geoseg.raster import NODATA, inspect_raster
 
-__all__ = ["polygonize"]
+__all__ = ["VECTOR_FORMATS", "VectorResult", "vectorize", "polygonize_block", "mask_classes", "write_qml"]
 
 log = logging.getLogger(__name__)
 
+VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf",
+                  ".parquet": "GeoParquet"}
+DEFAULT_BLOCK = 2048
 
-def polygonize(mask_path: str | os.PathLike, out_path: str | os.PathLike, classes: Sequence) -> int:
-    """Turn a class mask into one polygon per connected region of a class; return the count.
 
-    Attributes: ``class_id``, ``class_name``, ``area_m2`` (planar in projected CRSs,
-    geodesic in geographic ones; None without a CRS). Nodata (255) is skipped.
+@dataclass
+class VectorResult:
+    """What `vectorize` wrote: path, polygon count per class, time."""
 
-    Notes
-    -----
-    This first version polygonises the whole mask in one pass, so it holds the
-    uint8 mask in memory (a quarter of an RGB input of the same size).
+    path: str
+    polygons: int
+    per_class: dict[str, int]
+    seconds: float
+
+
+def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """Class id -> (name, rgb) from a geoseg mask's metadata and colour table."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(mask_path) as ds:
+            names = json.loads(ds.tags().get("CLASS_NAMES", "{}"))
+            try:
+                colours = ds.colormap(1)
+            except ValueError:
+                colours = {}
+    if names:
+        ids = sorted(int(k) for k in names)
+    else:  # a mask from elsewhere: classes are the coloured entries of its table
+        ids = sorted(k for k, c in colours.items() if k != NODATA and c[3] > 0 and c[:3] != (0, 0, 0))
+    return {i: (names.get(str(i), f"class {i}"), tuple(colours.get(i, (128, 128, 128, 255))[:3])) for i in ids}
+
+
+def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bool, bool],
+                     keep: tuple[int, ...] | None, confidence_path: str | None) -> dict[str, Any]:
+    """Polygonise one window of a mask: one polygon per 4-connected region of a class.
+
+    Parameters
+    ----------
+    inner : (top, bottom, left, right)
+        Which sides of the window border another block; regions touching those
+        sides are flagged ``cut`` so that `vectorize` can merge them.
+
+    Returns
+    -------
+    dict
+        ``geometry`` (shapely array, map coordinates), ``class_id``, ``cut`` (bool),
+        ``conf_sum`` and ``pixels`` per polygon.
     """
-    import geopandas as gpd
-    import shapely
+    import shapely.geometry
     from rasterio.features import shapes
+    from scipy import ndimage
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
-            mask = ds.read(1)
-            transform, crs = ds.transform, ds.crs
-    names = {c.id: c.name for c in classes}
+            data = ds.read(1, window=window)
+            transform = ds.window_transform(window)
+        conf = None
+        if confidence_path:
+            with rasterio.open(confidence_path) as ds:
+                conf = ds.read(1, window=window).astype(np.float64)
+    labels = np.zeros(data.shape, np.int32)
+    classes = [0]
+    wanted = np.unique(data[data != NODATA])
+    if keep is not None:
+        wanted = [c for c in wanted if c in keep]
+    for value in wanted:
+        component, count = ndimage.label(data == value)  # 4-connectivity, as GDAL's default
+        labels[component > 0] = component[component > 0] + len(classes) - 1
+        classes.extend([int(value)] * count)
+    n = len(classes)
+    pixels = np.bincount(labels.ravel(), minlength=n)
+    conf_sum = np.bincount(labels.ravel(), weights=conf.ravel(), minlength=n) if conf is not None else np.zeros(n)
+    border = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    cut = np.zeros(n, bool)
+    for side, is_inner in zip(border, inner):
+        if is_inner:
+            cut[side] = True
     geoms, ids = [], []
-    for geom, value in shapes(mask, mask=mask != NODATA, transform=transform, connectivity=4):
+    for geom, label in shapes(labels, mask=labels > 0, transform=transform, connectivity=4):
         geoms.append(shapely.geometry.shape(geom))
-        ids.append(int(value))
-    frame = gpd.GeoDataFrame(
-        {"class_id": np.array(ids, np.uint8), "class_name": [names.get(i, str(i)) for i in ids]},
-        geometry=geoms,
-        crs=crs,
-    )
-    frame["area_m2"] = _areas_m2(frame)
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    tmp.unlink(missing_ok=True)
-    frame.to_file(tmp, driver="GPKG", layer=out_path.stem, engine="pyogrio")
-    os.replace(tmp, out_path)
-    log.info("wrote %d polygons to %s", len(frame), out_path)
-    return len(frame)
+        ids.append(int(label))
+    ids = np.asarray(ids, np.int64)
+    return {
+        "geometry": np.asarray(geoms, object),
+        "class_id": np.asarray(classes, np.int64)[ids],
+        "cut": cut[ids],
+        "conf_sum": conf_sum[ids],
+        "pixels": pixels[ids],
+    }
 
 
-def _areas_m2(frame) -> list[float | None]:
+def _block_windows(width: int, height: int, block: int):
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            window = Window(col, row, min(block, width - col), min(block, height - row))
+            inner = (row > 0, row + block < height, col > 0, col + block < width)
+            yield window, inner
+
+
+def _merge_cut(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Union polygons that share an edge across block borders (same class); points do not join."""
+    import shapely
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    geoms = parts["geometry"]
+    if len(geoms) == 0:
+        return parts
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    same = (left < right) & (parts["class_id"][left] == parts["class_id"][right])
+    left, right = left[same], right[same]
+    shared = shapely.intersection(geoms[left], geoms[right])
+    edge = shapely.get_dimensions(shared) >= 1
+    left, right = left[edge], right[edge]
+    n = len(geoms)
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+    count, group = connected_components(graph, directed=False)
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    members = np.split(order, bounds)  # one array of polygon indexes per group, groups 0..count-1
+    return {
+        "geometry": np.asarray([shapely.union_all(geoms[idx]) for idx in members], object),
+        "class_id": parts["class_id"][[idx[0] for idx in members]],
+        "conf_sum": np.bincount(group, weights=parts["conf_sum"], minlength=count),
+        "pixels": np.bincount(group, weights=parts["pixels"], minlength=count),
+    }
+
+
+def _concat(results: list[dict[str, np.ndarray]], mask: str | None) -> dict[str, np.ndarray]:
+    keys = ("geometry", "class_id", "conf_sum", "pixels")
+    out = {}
+    for key in keys:
+        arrays = [r[key][r["cut"] if mask == "cut" else ~r["cut"]] if mask else r[key] for r in results]
+        out[key] = np.concatenate(arrays) if arrays else np.empty(0)
+    out["geometry"] = out["geometry"].astype(object)
+    return out
+
+
+def _measure(frame) -> tuple[list[float | None], list[float | None]]:
+    """Areas in m² and perimeters in m: planar in projected CRSs, geodesic in geographic ones."""
     if frame.crs is None or len(frame) == 0:
-        return [None] * len(frame)
+        return [None] * len(frame), [None] * len(frame)
     if frame.crs.is_geographic:
         from pyproj import Geod
 
         geod = Geod(ellps="WGS84")
-        return [abs(geod.geometry_area_perimeter(g)[0]) for g in frame.geometry]
+        measured = [geod.geometry_area_perimeter(g) for g in frame.geometry]
+        return [abs(a) for a, _ in measured], [p for _, p in measured]
     factor = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
-    return list(frame.geometry.area * factor**2)
+    return list(frame.geometry.area * factor**2), list(frame.geometry.length * factor)
+
+
+def _metres_to_crs_units(crs, metres: float) -> float:
+    if crs is None:
+        return metres
+    if crs.is_geographic:
+        return metres / 111_320.0
+    return metres / crs.linear_units_factor[1]
+
+
+def _resolve_keep(keep, names: dict[int, tuple[str, Any]]) -> tuple[int, ...] | None:
+    if keep is None:
+        return None
+    by_name = {name: i for i, (name, _) in names.items()}
+    out = []
+    for item in keep:
+        if isinstance(item, (int, np.integer)) or str(item).isdigit():
+            out.append(int(item))
+        elif item in by_name:
+            out.append(by_name[item])
+        else:
+            raise InputError(f"class {item!r} is not in this mask. Classes: {', '.join(by_name) or 'none named'}.")
+    return tuple(out)
+
+
+def vectorize(
+    mask_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    keep: Sequence[int | str] | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    to_crs: Any = None,
+    confidence: str | os.PathLike | None = None,
+    block: int = DEFAULT_BLOCK,
+    overwrite: bool = False,
+    style: bool = True,
+) -> VectorResult:
+    """Polygonise a class mask block by block and write a GIS layer.
+
+    Parameters
+    ----------
+    mask_path : path
+        A uint8 class mask (255 = nodata), e.g. from `geoseg.segment`.
+    out_path : path
+        ``.gpkg`` (GeoPackage), ``.geojson``, ``.fgb`` (FlatGeobuf) or ``.parquet`` (GeoParquet).
+    keep : sequence of int or str, optional
+        Class ids or names to keep; default all.
+    min_area : float
+        Drop polygons smaller than this many m² (pixels without a CRS).
+    simplify : float
+        Simplification tolerance in metres; neighbouring polygons keep their shared
+        edges (`shapely.coverage_simplify`), so no gaps or overlaps appear.
+    to_crs : CRS-like, optional
+        Reproject the layer, e.g. ``"EPSG:4326"``.
+    confidence : path, optional
+        A confidence raster (percent, as `segment` writes) to average per polygon.
+    block : int
+        Block size in pixels; blocks are polygonised in parallel with Dask threads.
+    overwrite : bool
+        Replace an existing output.
+    style : bool
+        Also write a QGIS style (``.qml``) beside the layer, in class colours.
+
+    Returns
+    -------
+    VectorResult
+
+    Notes
+    -----
+    Regions that touch a block border are merged with their neighbours across it,
+    so the layer equals one polygonisation of the whole mask: same polygons, same
+    areas. Only polygons, never the whole mask, are held in memory.
+    """
+    import dask
+    import geopandas as gpd
+    import shapely
+
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    driver = VECTOR_FORMATS.get(out_path.suffix.lower())
+    if driver is None:
+        raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
+    if out_path.exists() and not overwrite:
+        raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")
+    if not out_path.parent.is_dir() or not os.access(out_path.parent, os.W_OK):
+        raise OutputError(f"{out_path.parent}: not a writable folder. Pick another output path.")
+    info = inspect_raster(mask_path)
+    if info.dtype != "uint8" or info.count != 1:
+        raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
+    names = mask_classes(mask_path)
+    keep_ids = _resolve_keep(keep, names)
+    conf_path = None if confidence is None else inspect_raster(confidence).path
+    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path)
+             for w, inner in _block_windows(info.width, info.height, block)]
+    results = dask.compute(*tasks, scheduler="threads")
+    whole = _concat(results, "whole")
+    merged = _merge_cut(_concat(results, "cut"))
+    parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
+    frame = gpd.GeoDataFrame(
+        {
+            "class_id": parts["class_id"].astype(np.uint8),
+            "class_name": [names.get(int(i), (str(i), None))[0] for i in parts["class_id"]],
+        },
+        geometry=gpd.GeoSeries(parts["geometry"], crs=info.crs),
+    )
+    if conf_path:
+        frame["confidence"] = np.round(parts["conf_sum"] / np.maximum(parts["pixels"], 1), 2)
+    frame["area_m2"], frame["perimeter_m"] = _measure(frame)
+    if min_area > 0:
+        size = frame["area_m2"] if info.crs is not None else parts["pixels"]
+        frame = frame[np.asarray(size, float) >= min_area].reset_index(drop=True)
+    if simplify > 0 and len(frame):
+        tolerance = _metres_to_crs_units(info.crs, simplify)
+        frame["geometry"] = shapely.coverage_simplify(frame.geometry.values, tolerance)
+        frame["area_m2"], frame["perimeter_m"] = _measure(frame)
+    if to_crs is not None:
+        frame = frame.to_crs(to_crs)
+    _write_layer(frame, out_path, driver)
+    if style:
+        write_qml(out_path.with_suffix(".qml"), names, kind="vector")
+    per_class = frame["class_name"].value_counts().to_dict()
+    seconds = time.perf_counter() - started
+    log.info("wrote %d polygons to %s in %.1f s", len(frame), out_path, seconds)
+    return VectorResult(str(out_path), len(frame), {str(k): int(v) for k, v in per_class.items()}, round(seconds, 3))
+
+
+def _write_layer(frame, out_path: Path, driver: str) -> None:
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
+    tmp.unlink(missing_ok=True)
+    try:
+        if driver == "GeoParquet":
+            frame.to_parquet(tmp)
+        else:
+            frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio")
+    except ImportError as exc:
+        raise OutputError(f"{out_path}: writing {driver} needs an extra package ({exc}).") from None
+    os.replace(tmp, out_path)
+
+
+def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:
+    """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
+    if kind == "raster":
+        entries = "\n".join(
+            f'          <paletteEntry value="{i}" label="{name}" color="#{r:02x}{g:02x}{b:02x}" alpha="255"/>'
+            for i, (name, (r, g, b)) in classes.items()
+        )
+        body = f"""  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>"""
+    else:
+        categories = "\n".join(
+            f'      <category value="{i}" label="{name}" symbol="{i}" render="true"/>' for i, (name, _) in classes.items()
+        )
+        symbols = "\n".join(
+            f'''      <symbol type="fill" name="{i}" alpha="1">
+        <layer class="SimpleFill">
+          <Option type="Map">
+            <Option type="QString" name="color" value="{r},{g},{b},255"/>
+            <Option type="QString" name="outline_color" value="{r // 2},{g // 2},{b // 2},255"/>
+            <Option type="QString" name="outline_width" value="0.1"/>
+          </Option>
+        </layer>
+      </symbol>'''
+            for i, (_, (r, g, b)) in classes.items()
+        )
+        body = f"""  <renderer-v2 type="categorizedSymbol" attr="class_id" forceraster="0" enableorderby="0">
+    <categories>
+{categories}
+    </categories>
+    <symbols>
+{symbols}
+    </symbols>
+  </renderer-v2>"""
+    text = f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.28\">\n{body}\n</qgis>\n"
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+

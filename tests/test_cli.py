@@ -137,3 +137,14 @@ def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     names = {m["name"]: m for m in json.loads(run("models", "--json").stdout)["models"]}
     assert names["plugged"]["source"] == "plugin demo"
+
+
+def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
+    out = tmp_path / "out"
+    assert run("segment", make_raster(shape=(80, 90)), "-o", out, "-m", tiny_fcn, "--quiet").exit_code == 0
+    result = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "layer.fgb", "--block", "32", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["polygons"] > 0 and (tmp_path / "layer.fgb").exists() and (tmp_path / "layer.qml").exists()
+    again = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "layer.fgb")
+    assert again.exit_code == 1 and "--overwrite" in again.output

@@ -65,6 +65,8 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
+from geoseg.cli.vectorize import vectorize  # noqa: E402
 
 main.add_command(segment)
 main.add_command(models)
+main.add_command(vectorize)

@@ -1,0 +1,147 @@
+"""Vectorisation: blockwise equals whole, attributes, areas, formats, simplification, styles."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import from_origin
+
+from geoseg.errors import InputError, OutputError
+from geoseg.vector import vectorize
+
+
+@pytest.fixture
+def make_mask(tmp_path):
+    def make(data, *, crs="EPSG:32633", transform=None, name="mask.tif", names=("a", "b", "c")):
+        path = tmp_path / name
+        transform = transform or from_origin(400000.0, 6000000.0, 2.0, 2.0)
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                           dtype="uint8", crs=crs, transform=transform, nodata=255) as ds:
+            ds.write(data, 1)
+            ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255)})
+            ds.update_tags(CLASS_NAMES=json.dumps({str(i): n for i, n in enumerate(names)}))
+        return path
+
+    return make
+
+
+def noisy_mask(shape, seed=0, smooth=3):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.normal(size=(3,) + shape), (0, smooth, smooth))
+    mask = field.argmax(0).astype(np.uint8)
+    mask[rng.random(shape) < 0.01] = 255  # scattered nodata
+    return mask
+
+
+def _signature(frame):
+    return sorted(zip(frame["class_id"], np.round(frame["area_m2"], 6)))
+
+
+@pytest.mark.parametrize(
+    "shape, block",
+    [
+        ((200, 230), 32),  # many blocks, objects cross many block edges
+        ((200, 230), 7),  # tiny blocks: most objects are cut several times
+        ((64, 300), 50),  # strip
+    ],
+)
+@pytest.mark.parametrize("smooth", [1, 4])  # noisy and smooth masks
+def test_blockwise_equals_whole(make_mask, tmp_path, shape, block, smooth):
+    path = make_mask(noisy_mask(shape, seed=block, smooth=smooth))
+    tiled = vectorize(path, tmp_path / "tiled.gpkg", block=block)
+    whole = vectorize(path, tmp_path / "whole.gpkg", block=10_000)
+    a, b = gpd.read_file(tmp_path / "tiled.gpkg"), gpd.read_file(tmp_path / "whole.gpkg")
+    assert tiled.polygons == whole.polygons == len(a) == len(b)
+    assert _signature(a) == _signature(b)
+    assert a.geometry.is_valid.all()
+    # the polygons also cover exactly the same ground
+    assert shapely.union_all(a.geometry.values).symmetric_difference(
+        shapely.union_all(b.geometry.values)).area == pytest.approx(0, abs=1e-6)
+
+
+def test_attributes_areas_and_confidence(make_mask, tmp_path):
+    data = np.full((40, 50), 0, np.uint8)
+    data[10:20, 10:30] = 1  # 10 x 20 px of 2 m = 800 m²
+    data[30:40, 0:50] = 255
+    path = make_mask(data)
+    conf = tmp_path / "conf.tif"
+    with rasterio.open(path) as src:
+        profile = src.profile
+    with rasterio.open(conf, "w", **profile) as ds:
+        ds.write(np.where(data == 1, 80, 60).astype(np.uint8), 1)
+    result = vectorize(path, tmp_path / "out.gpkg", confidence=conf, block=16)
+    frame = gpd.read_file(tmp_path / "out.gpkg")
+    b = frame[frame.class_name == "b"].iloc[0]
+    assert b.area_m2 == pytest.approx(800) and b.perimeter_m == pytest.approx(120)
+    assert b.confidence == pytest.approx(80)
+    a = frame[frame.class_name == "a"].iloc[0]
+    assert a.area_m2 == pytest.approx((30 * 50 - 200) * 4) and a.confidence == pytest.approx(60)
+    assert result.per_class == {"a": 1, "b": 1}
+    assert (tmp_path / "out.qml").read_text().count("<category ") == 3
+
+
+def test_keep_min_area_and_to_crs(make_mask, tmp_path):
+    data = np.zeros((30, 30), np.uint8)
+    data[2:4, 2:4] = 1  # 16 m² speck
+    data[10:25, 10:25] = 1  # 900 m²
+    data[26:28, 26:28] = 2
+    path = make_mask(data)
+    vectorize(path, tmp_path / "b.geojson", keep=["b"], min_area=50, to_crs="EPSG:4326", block=8)
+    frame = gpd.read_file(tmp_path / "b.geojson")
+    assert len(frame) == 1 and frame.crs == "EPSG:4326"
+    assert frame.area_m2.iloc[0] == pytest.approx(900)
+    with pytest.raises(InputError, match="class 'roads' is not in this mask"):
+        vectorize(path, tmp_path / "x.gpkg", keep=["roads"])
+
+
+def test_geographic_areas_are_geodesic(make_mask, tmp_path):
+    data = np.zeros((10, 10), np.uint8)
+    path = make_mask(data, crs="EPSG:4326", transform=from_origin(10.0, 60.001, 0.0001, 0.0001))
+    vectorize(path, tmp_path / "g.gpkg")
+    frame = gpd.read_file(tmp_path / "g.gpkg")
+    assert frame.area_m2.sum() == pytest.approx(100 * 5.58 * 11.13, rel=0.01)
+
+
+def test_simplify_keeps_a_valid_coverage(make_mask, tmp_path):
+    data = noisy_mask((120, 120), seed=3, smooth=4)
+    data[data == 255] = 0  # a full coverage: no nodata holes
+    path = make_mask(data)
+    vectorize(path, tmp_path / "raw.gpkg", block=40)
+    vectorize(path, tmp_path / "simple.gpkg", block=40, simplify=3.0)
+    raw, simple = gpd.read_file(tmp_path / "raw.gpkg"), gpd.read_file(tmp_path / "simple.gpkg")
+    assert len(simple) == len(raw)
+    assert shapely.get_num_coordinates(simple.geometry.values).sum() < shapely.get_num_coordinates(
+        raw.geometry.values).sum()
+    assert simple.geometry.is_valid.all()
+    union = shapely.union_all(simple.geometry.values).area
+    assert union == pytest.approx(simple.geometry.area.sum(), rel=1e-9)  # no overlaps
+    assert union == pytest.approx(120 * 120 * 4.0, rel=1e-9)  # no gaps: still covers the raster
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".fgb", ".parquet"])
+def test_formats(make_mask, tmp_path, suffix):
+    path = make_mask(noisy_mask((40, 40), smooth=4))
+    result = vectorize(path, tmp_path / f"layer{suffix}")
+    reader = gpd.read_parquet if suffix == ".parquet" else gpd.read_file
+    assert len(reader(tmp_path / f"layer{suffix}")) == result.polygons > 0
+
+
+def test_bad_requests(make_mask, tmp_path):
+    path = make_mask(np.zeros((5, 5), np.uint8))
+    with pytest.raises(InputError, match="unknown vector format"):
+        vectorize(path, tmp_path / "x.shp")
+    (tmp_path / "x.gpkg").write_text("")
+    with pytest.raises(OutputError, match="--overwrite"):
+        vectorize(path, tmp_path / "x.gpkg")
+    rgb = tmp_path / "rgb.tif"
+    with rasterio.open(rgb, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8") as ds:
+        ds.write(np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(InputError, match="one uint8 band"):
+        vectorize(rgb, tmp_path / "y.gpkg")
