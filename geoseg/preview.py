@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from geoseg.raster import NODATA, read_preview
 
-__all__ = ["stretch", "colorize", "write_preview"]
+__all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
 
 MAX_SIDE = 1024
 
@@ -35,28 +35,67 @@ def colorize(mask: np.ndarray, classes: Sequence) -> np.ndarray:
     return lut[mask]
 
 
-def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
-                  classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int]) -> None:
-    """Write ``image | mask`` side by side, at most 1024 px a side each, with a legend below."""
+def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence, table: Sequence[dict[str, Any]],
+               bands: Sequence[int], *, outlines=None, title: str | None = None) -> Image.Image:
+    """Draw ``image | mask`` side by side, at most 1024 px a side each, with a legend below.
+
+    Parameters
+    ----------
+    classes : sequence of ClassInfo
+        Legend entries (id, name, rgb), in the order of `table`.
+    table : sequence of dict
+        ``pixels`` and optional ``area_m2`` per class, for the legend.
+    outlines : geopandas.GeoSeries, optional
+        Polygons in the raster's CRS (zones, an area of interest) drawn on both panels.
+    """
     shown = list(bands)[:3] if len(bands) >= 3 else [bands[0]] * 3
     image = read_preview(image_path, shown, MAX_SIDE)
     mask = read_preview(str(mask_path), [1], MAX_SIDE, resampling="nearest")[..., 0]
     rgb = image if image.dtype == np.uint8 else stretch(image, mask != NODATA)
     rgb[mask == NODATA] = 0
-    panels = np.concatenate([rgb, np.full((rgb.shape[0], 8, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
+    gap = 8
+    panels = np.concatenate([rgb, np.full((rgb.shape[0], gap, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
     font = ImageFont.load_default(size=15)
-    line = 20
+    line, top = 20, (24 if title else 0)
     legend_h = 10 + line * len(classes)
-    canvas = Image.new("RGB", (max(panels.shape[1], 360), panels.shape[0] + legend_h), "white")
-    canvas.paste(Image.fromarray(panels), (0, 0))
+    canvas = Image.new("RGB", (max(panels.shape[1], 360), top + panels.shape[0] + legend_h), "white")
+    canvas.paste(Image.fromarray(panels), (0, top))
     draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((8, 4), title, fill="black", font=font)
+    if outlines is not None:
+        _draw_outlines(draw, outlines, mask_path, mask.shape, offsets=(0, rgb.shape[1] + gap), top=top)
     total = sum(row["pixels"] for row in table) or 1
     for i, (c, row) in enumerate(zip(classes, table)):
-        y = panels.shape[0] + 6 + i * line
+        y = top + panels.shape[0] + 6 + i * line
         draw.rectangle([8, y, 22, y + 14], fill=c.rgb, outline="black")
         area = f", {row['area_m2'] / 1e4:,.2f} ha" if row.get("area_m2") is not None else ""
         draw.text((30, y), f"{c.name}: {100 * row['pixels'] / total:.1f}%{area}", fill="black", font=font)
+    return canvas
+
+
+def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
+    import rasterio
+    import shapely
+
+    with rasterio.open(mask_path) as ds:
+        inverse, sy, sx = ~ds.transform, shape[0] / ds.height, shape[1] / ds.width
+    for geom in outlines:
+        for ring in shapely.get_parts(shapely.boundary(geom)):
+            coords = [inverse * xy for xy in shapely.get_coordinates(ring)]
+            for dx in offsets:
+                draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
+
+
+def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
+    """Save a PNG under a temporary name, then rename it into place."""
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    canvas.save(tmp, format="PNG")
+    image.save(tmp, format="PNG")
     os.replace(tmp, out_path)
+
+
+def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
+                  classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int]) -> None:
+    """Write the `render_map` of an image and its mask to `out_path` as PNG."""
+    save_png(render_map(image_path, mask_path, classes, table, bands), out_path)

@@ -287,14 +287,17 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
     return np.full(info.height, abs(t.a * t.e - t.b * t.d) * factor**2)
 
 
-def read_preview(path: str, bands: Sequence[int], max_side: int, *, resampling: str = "average") -> np.ndarray:
-    """Read a decimated copy of `bands` no larger than `max_side`: (rows, cols, bands)."""
+def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: int = 384,
+                 resampling: str = "average") -> np.ndarray:
+    """Read `bands` resized so the longer side is between `min_side` and `max_side`: (rows, cols, bands)."""
     from rasterio.enums import Resampling
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
-            scale = max(ds.width, ds.height) / max_side
-            shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
-            data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling[resampling])
+            longest = max(ds.width, ds.height)
+            scale = longest / min(max(longest, min_side), max_side)  # shrink big rasters, enlarge tiny ones
+            shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
+            method = Resampling[resampling] if scale >= 1 else Resampling.nearest
+            data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)

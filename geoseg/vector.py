@@ -19,7 +19,15 @@ from rasterio.windows import Window
 from geoseg.errors import InputError, OutputError
 from geoseg.raster import NODATA, inspect_raster
 
-__all__ = ["VECTOR_FORMATS", "VectorResult", "vectorize", "polygonize_block", "mask_classes", "write_qml"]
+__all__ = [
+    "VECTOR_FORMATS",
+    "VectorResult",
+    "mask_classes",
+    "polygonize_block",
+    "vectorize",
+    "write_qml",
+    "zonal_composition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -359,3 +367,55 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
     tmp.write_text(text)
     os.replace(tmp, path)
 
+
+
+def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, block: int = 1024):
+    """Pixels and m² of every class inside every zone, block by block.
+
+    Parameters
+    ----------
+    mask_path : path
+        A class mask (255 = nodata).
+    zones : geopandas.GeoSeries or GeoDataFrame
+        Zone polygons; reprojected to the mask's CRS. Zones may overlap.
+    n_classes : int
+        Classes 0 .. n_classes - 1 are counted.
+
+    Returns
+    -------
+    (pixels, area_m2) : tuple of numpy.ndarray
+        Each (n_zones, n_classes); ``area_m2`` is None when the mask has no CRS.
+        A pixel counts for a zone when its centre lies inside it.
+    """
+    import shapely
+    from rasterio.features import geometry_mask
+    from rasterio.windows import from_bounds, intersection
+
+    from geoseg.raster import pixel_areas_m2
+
+    info = inspect_raster(mask_path)
+    geoms = zones.geometry if hasattr(zones, "geometry") else zones
+    if info.crs is not None and geoms.crs is not None and geoms.crs != info.crs:
+        geoms = geoms.to_crs(info.crs)
+    geoms = np.asarray(geoms.values, object)
+    row_area = pixel_areas_m2(info)
+    pixels = np.zeros((len(geoms), n_classes), np.int64)
+    areas = np.zeros((len(geoms), n_classes))
+    tree = shapely.STRtree(geoms)
+    with rasterio.open(info.path) as ds:
+        for window, _ in _block_windows(info.width, info.height, block):
+            bounds = rasterio.windows.bounds(window, ds.transform)
+            for z in tree.query(shapely.box(*bounds)):
+                zw = from_bounds(*geoms[z].bounds, transform=ds.transform).round_offsets().round_lengths()
+                try:
+                    sub = intersection(window, Window(zw.col_off - 1, zw.row_off - 1, zw.width + 2, zw.height + 2))
+                except rasterio.errors.WindowError:
+                    continue
+                data = ds.read(1, window=sub)
+                inside = ~geometry_mask([geoms[z]], out_shape=data.shape, transform=ds.window_transform(sub))
+                keep = inside & (data < n_classes)
+                pixels[z] += np.bincount(data[keep], minlength=n_classes)[:n_classes]
+                if row_area is not None:
+                    rows = np.nonzero(keep)[0] + int(sub.row_off)
+                    areas[z] += np.bincount(data[keep], weights=row_area[rows], minlength=n_classes)[:n_classes]
+    return pixels, (areas if row_area is not None else None)

@@ -145,3 +145,26 @@ def test_bad_requests(make_mask, tmp_path):
         ds.write(np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(InputError, match="one uint8 band"):
         vectorize(rgb, tmp_path / "y.gpkg")
+
+
+def test_zonal_composition_counts_pixel_centres(make_mask):
+    from geoseg.vector import zonal_composition
+
+    data = np.zeros((20, 20), np.uint8)
+    data[:, 10:] = 1
+    data[0, 0] = 255
+    path = make_mask(data)  # 2 m pixels from (400000, 6000000)
+    x0, y0 = 400000.0, 6000000.0
+    zones = gpd.GeoSeries(
+        [
+            shapely.box(x0, y0 - 40, x0 + 40, y0),  # the whole raster
+            shapely.box(x0 + 16, y0 - 8, x0 + 24, y0),  # 4 x 4 px straddling the class edge
+            shapely.box(x0 + 15.5, y0 - 6.5, x0 + 24.5, y0 - 0.5),  # overlaps the previous zone
+        ],
+        crs="EPSG:32633",
+    ).to_crs("EPSG:4326")  # zones in another CRS are reprojected
+    pixels, areas = zonal_composition(path, zones, 2, block=6)
+    assert pixels[0].tolist() == [199, 200]
+    assert pixels[1].tolist() == [8, 8]
+    assert pixels[2].tolist() == [6, 6]
+    assert areas[1].tolist() == pytest.approx([32.0, 32.0])

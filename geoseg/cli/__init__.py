@@ -58,15 +58,17 @@ def load_tensorflow(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
-    if ctx.invoked_subcommand in ("segment",):
+    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey"):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 
 
 from geoseg.cli.models import models  # noqa: E402
+from geoseg.cli.scene import scene  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
 from geoseg.cli.vectorize import vectorize  # noqa: E402
 
 main.add_command(segment)
 main.add_command(models)
 main.add_command(vectorize)
+main.add_command(scene)

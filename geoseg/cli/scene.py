@@ -1,0 +1,42 @@
+"""`geoseg scene`: land-cover composition of a raster, overall and per zone."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import BandsType, emit_json, fail_cleanly
+
+__all__ = ["scene"]
+
+
+@click.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
+@click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
+@click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size (default 1024).")
+@click.option("--zones", type=click.Path(dir_okay=False), default=None,
+              help="Polygon layer of zones (districts, parcels) in any CRS.")
+@click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
+@click.option("--quiet", is_flag=True, help="No summary.")
+def scene(input, output_dir, model, bands, chunk, zones, zone_field, overwrite, as_json, quiet):
+    """Area and share of every class in INPUT; with --zones, per zone too.
+
+    Writes the mask, STEM_composition.csv, STEM_scene.png (map with legend and
+    zone outlines), STEM_scene.json and, with zones, STEM_zones.gpkg (zones with
+    CLASS_m2 and CLASS_pct attributes) and STEM_zones.csv.
+    """
+    from geoseg.workflows.scene import scene as run_scene
+
+    with fail_cleanly():
+        result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
+                           model=model, bands=bands, chunk=chunk)
+    if as_json:
+        emit_json(result.to_dict())
+    elif not quiet:
+        for row in result.composition:
+            area = f"  {row['area_m2'] / 1e6:10.4f} km2" if row["area_m2"] is not None else ""
+            click.echo(f"{row['class']:>12}: {row['share_pct']:6.2f}%{area}", err=True)
+        click.echo(f"map: {result.outputs['map']}", err=True)
