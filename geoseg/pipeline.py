@@ -37,7 +37,7 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, overlap_map, round_up
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "plan_run", "segment", "segment_chunk"]
+__all__ = ["Plan", "SegmentResult", "plan_run", "prepare_output_dir", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,12 @@ def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: 
     return {k: out_dir / v for k, v in names.items()}
 
 
-def _prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
-                        overwrite: bool) -> dict[str, Path]:
+def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
+                       overwrite: bool) -> dict[str, Path]:
+    """Create `output_dir`, check it is writable, and refuse existing outputs unless `overwrite`.
+
+    ``paths_of(folder)`` names the outputs; their paths are returned.
+    """
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
@@ -366,7 +370,7 @@ def segment(
     card = get_segmenter(model_path).card
     plan = plan_run(info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     stem = Path(info.path).stem
-    paths = _prepare_output_dir(
+    paths = prepare_output_dir(
         output_dir,
         lambda d: _output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
                                 preview=preview),

@@ -31,6 +31,7 @@ __all__ = [
     "class_pixel_counts",
     "pixel_areas_m2",
     "read_preview",
+    "write_class_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -301,3 +302,26 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)
+
+
+def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, block_fn, *, block: int = 1024) -> None:
+    """Write a uint8 class mask COG on the grid of `like`, one window at a time.
+
+    ``block_fn(window)`` returns the (rows, cols) uint8 classes of that window
+    (255 = nodata). The file appears at `out_path` only when complete.
+    """
+    import tempfile
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".geoseg-") as tmp:
+        staged = Path(tmp) / out_path.name
+        ds = create_outputs(like, {"mask": (staged, 1, NODATA)})["mask"]
+        try:
+            describe_mask(ds, classes)
+            for row in range(0, like.height, block):
+                for col in range(0, like.width, block):
+                    window = Window(col, row, min(block, like.width - col), min(block, like.height - row))
+                    ds.write(block_fn(window), 1, window=window)
+        finally:
+            ds.close()
+        finalize_cog(staged, out_path)

@@ -52,3 +52,76 @@ def test_scene_cli_and_bad_zones(make_raster, tiny_fcn, tmp_path):
     bad = CliRunner().invoke(main, ["scene", str(path), "-o", str(tmp_path / "o3"), "-m", str(tiny_fcn),
                                     "--zones", str(tmp_path / "missing.gpkg")])
     assert bad.exit_code == 1 and "no such zones layer" in bad.output
+
+
+def _write(path, data, crs, transform, nodata=None):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as ds:
+        ds.write(data)
+    return path
+
+
+def _scene_4band(water):
+    """(4, rows, cols) uint16: green > NIR over water, NIR > green elsewhere."""
+    green = np.where(water, 1200, 600).astype(np.uint16)
+    nir = np.where(water, 300, 2500).astype(np.uint16)
+    return np.stack([green // 2, green, green // 3, nir])
+
+
+def test_flood_with_pre_event_image_on_another_grid(tmp_path):
+    from rasterio.transform import from_origin
+    from rasterio.warp import calculate_default_transform, reproject
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    rows, cols = 60, 80
+    river = np.zeros((rows, cols), bool)
+    river[:, 30:40] = True
+    pond = np.zeros_like(river)
+    pond[5:15, 60:70] = True
+    post_water = river.copy()
+    post_water[:, 20:50] = True  # the river spread 10 columns each way; the pond dried up
+    post = _write(tmp_path / "post.tif", _scene_4band(post_water), crs, transform)
+    pre_data = _scene_4band(river | pond)
+    # the pre-event image comes in geographic coordinates at its own resolution
+    dst_transform, width, height = calculate_default_transform(crs, "EPSG:4326", cols, rows,
+                                                               *rasterio.transform.array_bounds(rows, cols, transform))
+    warped = np.zeros((4, height, width), np.uint16)
+    reproject(pre_data, warped, src_transform=transform, src_crs=crs, dst_transform=dst_transform,
+              dst_crs="EPSG:4326", resampling=rasterio.enums.Resampling.nearest, dst_nodata=0)
+    pre = _write(tmp_path / "pre.tif", warped, "EPSG:4326", dst_transform, nodata=0)
+    x0, y0 = 300000.0, 2800000.0
+    gpd.GeoDataFrame(geometry=[shapely.box(x0, y0 - 600, x0 + 400, y0)], crs=crs).to_crs("EPSG:3857").to_file(
+        tmp_path / "aoi.gpkg")
+    result = flood(post, tmp_path / "out", pre=pre, aoi=tmp_path / "aoi.gpkg", method="ndwi")
+    km2 = {c["name"]: c["area_km2"] for c in result.classes}
+    pixel_km2 = 100 / 1e6
+    assert km2["flooded"] == pytest.approx(20 * rows * pixel_km2, rel=0.06)
+    assert km2["permanent water"] == pytest.approx(10 * rows * pixel_km2, rel=0.06)
+    assert km2["receded water"] == pytest.approx(100 * pixel_km2, rel=0.15)
+    # the AOI covers columns 0-39: flooded columns 20-29 only
+    aoi = result.aoi[0]
+    assert aoi["flooded_km2"] == pytest.approx(10 * rows * pixel_km2, rel=0.08)
+    assert aoi["flooded_pct"] == pytest.approx(25, abs=2)
+    with rasterio.open(result.outputs["tif"]) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (rasterio.crs.CRS.from_string(crs), transform, (rows, cols))
+        assert json.loads(ds.tags()["CLASS_NAMES"])["1"] == "flooded"
+    layer = gpd.read_file(result.outputs["gpkg"])
+    assert set(layer.class_name) == {"flooded", "permanent water", "receded water"}
+    assert "NDWI" in result.water_source
+    with open(result.outputs["md"]) as f:
+        assert "| flooded |" in f.read()
+
+
+def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
+    from geoseg.workflows.flood import flood
+
+    path = make_raster(shape=(50, 60))
+    result = flood(path, tmp_path / "out", model=str(tiny_fcn), water_class="class1")
+    assert [c["name"] for c in result.classes] == ["dry", "water"]
+    assert "class 'class1'" in result.water_source and "tiny-fcn" in result.water_source
+    with pytest.raises(InputError, match="has no class 'water'"):
+        flood(path, tmp_path / "out2", model=str(tiny_fcn))
+    bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
+    assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output

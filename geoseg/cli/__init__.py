@@ -63,6 +63,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.obj = {"verbosity": verbose - quiet}
 
 
+from geoseg.cli.flood import flood  # noqa: E402
 from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.scene import scene  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
@@ -72,3 +73,4 @@ main.add_command(segment)
 main.add_command(models)
 main.add_command(vectorize)
 main.add_command(scene)
+main.add_command(flood)

@@ -1,0 +1,226 @@
+"""Flood mapping: water after an event, and with an image before it, new, permanent and receded water."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from geoseg.errors import BandError, InputError, OutputError
+from geoseg.models.card import ClassInfo
+from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.pipeline import prepare_output_dir, segment
+from geoseg.preview import render_map, save_png
+from geoseg.raster import NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, write_class_mask
+from geoseg.vector import vectorize, write_qml, zonal_composition
+from geoseg.workflows.common import read_layer, write_json, write_text
+
+__all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
+
+Method = Literal["model", "ndwi"]
+WATER_CLASSES = (ClassInfo(0, "dry", "#D9D0B8"), ClassInfo(1, "water", "#1F5FBF"))
+FLOOD_CLASSES = (
+    ClassInfo(0, "dry", "#D9D0B8"),
+    ClassInfo(1, "flooded", "#E8282B"),
+    ClassInfo(2, "permanent water", "#1F5FBF"),
+    ClassInfo(3, "receded water", "#F2B134"),
+)
+
+
+@dataclass
+class FloodResult:
+    """Areas of each flood class, overall and per area of interest, and the files written."""
+
+    water_source: str
+    classes: list[dict[str, Any]]
+    outputs: dict[str, str]
+    aoi: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+def water_index_mask(path: str, out_path: Path, *, green: int, nir: int, threshold: float = 0.0) -> None:
+    """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255."""
+    info = inspect_raster(path)
+    for band in (green, nir):
+        if not 1 <= band <= info.count:
+            raise BandError(f"{path}: has {info.count} band(s); NDWI needs green and NIR bands. "
+                            f"Pass --green-band and --nir-band between 1 and {info.count}.")
+    with rasterio.open(path) as src:
+
+        def block(window):
+            g, n = src.read([green, nir], window=window).astype(np.float32)
+            valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ndwi = (g - n) / (g + n)
+            out = (ndwi > threshold).astype(np.uint8)
+            out[~valid | ~np.isfinite(ndwi)] = NODATA
+            return out
+
+        write_class_mask(out_path, info, WATER_CLASSES, block)
+
+
+def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_class: str, green: int, nir: int,
+                  overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
+    """Return (mask path, id of water in it, a sentence saying where water came from)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if method == "ndwi":
+        out = out_dir / f"{Path(image).stem}_water.tif"
+        if out.exists() and not overwrite:
+            raise OutputError(f"{out} already exists. Pass --overwrite to replace it.")
+        water_index_mask(image, out, green=green, nir=nir)
+        return out, 1, f"NDWI > 0 from bands green={green}, nir={nir}"
+    card = get_segmenter(resolve_model(model)).card
+    ids = [c.id for c in card.classes if c.name == water_class]
+    if not ids:
+        raise InputError(
+            f"model {card.name} has no class {water_class!r} (classes: {', '.join(c.name for c in card.classes)}). "
+            "Pass --water-class with one of them, or --method ndwi for imagery with a NIR band."
+        )
+    result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
+    return Path(result.outputs["mask"]), ids[0], f"class {water_class!r} (id {ids[0]}) of model {card.name} {card.version}"
+
+
+def flood(
+    post: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    pre: str | os.PathLike | None = None,
+    aoi: str | os.PathLike | None = None,
+    method: Method = "model",
+    model: str | None = None,
+    water_class: str = "water",
+    green_band: int = 2,
+    nir_band: int = 4,
+    overwrite: bool = False,
+    **segment_options: Any,
+) -> FloodResult:
+    """Map water after an event and, given an image from before, what is newly flooded.
+
+    Parameters
+    ----------
+    post : path
+        Image after the event; its grid is the grid of every output.
+    pre : path, optional
+        Image before the event, on any grid and CRS; its water mask is warped
+        (nearest neighbour) onto the post-event grid.
+    aoi : path, optional
+        Polygons (any CRS): flooded area (km²) and share of each.
+    method : {"model", "ndwi"}
+        Water from a segmentation model's `water_class`, or from NDWI on
+        `green_band` and `nir_band` (multispectral imagery with NIR).
+
+    Returns
+    -------
+    FloodResult
+        Writes ``flood.tif`` (classes dry / water, or dry / flooded / permanent water /
+        receded water; 255 = nodata), ``flood.gpkg`` (polygons of the wet classes),
+        ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`.
+    """
+    post_info = inspect_raster(post)
+    aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
+    paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in ("tif", "gpkg", "json", "md", "png")},
+                                overwrite)
+    out_dir = paths["tif"].parent
+    common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
+                  overwrite=overwrite, segment_options=segment_options)
+    post_mask, post_water, source = _water_raster(post_info.path, out_dir / "post", **common)
+    classes = WATER_CLASSES
+    pre_mask = pre_water = None
+    if pre is not None:
+        pre_mask, pre_water, _ = _water_raster(inspect_raster(pre).path, out_dir / "pre", **common)
+        classes = FLOOD_CLASSES
+    _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
+    names = {c.id: (c.name, c.rgb) for c in classes}
+    write_qml(paths["tif"].with_suffix(".qml"), names, kind="raster")
+    vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
+    table = _class_areas(paths["tif"], post_info, classes)
+    aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes) if aoi_frame is not None else []
+    result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows)
+    outlines = aoi_frame.geometry.to_crs(post_info.crs) if aoi_frame is not None and post_info.crs else None
+    save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
+                        title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
+    write_json(paths["json"], result.to_dict())
+    write_text(paths["md"], _markdown(result, post_info.path, pre))
+    return result
+
+
+def _display_bands(info) -> list[int]:
+    return [1, 2, 3] if info.count >= 3 else [1]
+
+
+def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes) -> None:
+    with rasterio.open(post_mask) as post_ds:
+        pre_ds = rasterio.open(pre_mask) if pre_mask is not None else None
+        try:
+            aligned = None
+            if pre_ds is not None:
+                aligned = WarpedVRT(pre_ds, crs=post_info.crs or pre_ds.crs, transform=post_info.transform,
+                                    width=post_info.width, height=post_info.height, resampling=Resampling.nearest,
+                                    nodata=NODATA)
+
+            def block(window):
+                now = post_ds.read(1, window=window)
+                wet = now == post_water
+                if aligned is None:
+                    out = wet.astype(np.uint8)
+                    out[now == NODATA] = NODATA
+                    return out
+                before = aligned.read(1, window=window)
+                was = before == pre_water
+                out = np.select([wet & ~was, wet & was, ~wet & was], [1, 2, 3], 0).astype(np.uint8)
+                out[(now == NODATA) | (before == NODATA)] = NODATA
+                return out
+
+            write_class_mask(out, post_info, classes, block)
+        finally:
+            if pre_ds is not None:
+                pre_ds.close()
+
+
+def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
+    counts = class_pixel_counts(mask, len(classes))
+    areas = pixel_areas_m2(info)
+    return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(counts[:, c.id].sum()),
+             "area_m2": None if areas is None else float(counts[:, c.id] @ areas),
+             "area_km2": None if areas is None else round(float(counts[:, c.id] @ areas) / 1e6, 6)}
+            for c in classes]
+
+
+def _aoi_table(mask: Path, frame, classes) -> list[dict[str, Any]]:
+    pixels, areas = zonal_composition(mask, frame, len(classes))
+    rows = []
+    for z in range(len(frame)):
+        total = pixels[z].sum()
+        row: dict[str, Any] = {"aoi": z, "pixels": int(total)}
+        for c in classes:
+            key = c.name.replace(" ", "_")
+            row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)
+            row[f"{key}_pct"] = round(100 * pixels[z, c.id] / total, 3) if total else None
+        rows.append(row)
+    return rows
+
+
+def _markdown(result: FloodResult, post: str, pre) -> str:
+    lines = [f"# Flood report: {Path(post).name}", "",
+             f"- After the event: `{post}`", f"- Before the event: `{pre}`" if pre else "- Before the event: none",
+             f"- Water from: {result.water_source}", "", "![map](flood.png)", "",
+             "| class | km² | pixels |", "|---|---:|---:|"]
+    for c in result.classes:
+        km2 = "n/a" if c["area_km2"] is None else f"{c['area_km2']:.4f}"
+        lines.append(f"| {c['name']} | {km2} | {c['pixels']} |")
+    if result.aoi:
+        keys = [k for k in result.aoi[0] if k.endswith("_km2") or k.endswith("_pct")]
+        lines += ["", "## Areas of interest", "", "| aoi | " + " | ".join(keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for row in result.aoi:
+            lines.append(f"| {row['aoi']} | " + " | ".join(str(row[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
