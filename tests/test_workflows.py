@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -125,3 +126,64 @@ def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
         flood(path, tmp_path / "out2", model=str(tiny_fcn))
     bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
     assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output
+
+
+def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_path):
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    src = tmp_path / "survey"
+    src.mkdir()
+    for i in range(3):  # three neighbouring strips of one survey
+        make_raster(name=f"survey/strip{i}.tif", shape=(40, 50), seed=i,
+                    transform=from_origin(500000.0 + 25.0 * i, 2800000.0, 0.5, 0.5))
+    (src / "broken.tif").write_text("not a raster")
+    out = tmp_path / "out"
+    first = survey([src], out, model=str(tiny_fcn), chunk=32)
+    assert len(first.done) == 3 and len(first.failed) == 1
+    assert "broken.tif: not a raster" in first.failed[0]["error"]
+    with rasterio.open(first.outputs["masks"]) as vrt:
+        assert vrt.width == 50 * 3 and vrt.height == 40 and vrt.crs == "EPSG:32640"
+        with rasterio.open(out / "strip2" / "strip2_mask.tif") as one:
+            assert (vrt.read(1)[:, 100:] == one.read(1)).all()
+    layer = gpd.read_file(first.outputs["polygons"])
+    assert {Path(s).name for s in layer.source} == {"strip0.tif", "strip1.tif", "strip2.tif"}
+    import csv
+
+    with open(first.outputs["summary_csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    # rerun: the three good rasters are skipped, the broken one is tried again
+    second = survey([src], out, model=str(tiny_fcn), chunk=32)
+    assert len(second.skipped) == 3 and len(second.done) == 0 and len(second.failed) == 1
+    # an interrupted run left strip1 without its mask; strip0 changed; other options redo everything
+    (out / "strip1" / "strip1_mask.tif").unlink()
+    make_raster(name="survey/strip0.tif", shape=(40, 50), seed=9)
+    third = survey([src], out, model=str(tiny_fcn), chunk=32)
+    assert sorted(Path(e["input"]).name for e in third.done) == ["strip0.tif", "strip1.tif"]
+    fourth = survey([src], out, model=str(tiny_fcn), chunk=64)
+    assert len(fourth.done) == 3
+
+
+def test_expand_inputs(tmp_path, make_raster):
+    from geoseg.workflows import expand_inputs
+
+    a, b = make_raster(name="a.tif"), make_raster(name="b.tif")
+    (tmp_path / "list.txt").write_text("a.tif\n# a comment\n\nb.tif\n")
+    assert expand_inputs([tmp_path / "list.txt"]) == [str(a), str(b)]
+    assert expand_inputs([str(tmp_path / "*.tif"), a]) == [str(a), str(b)]
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
+                   f'<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
+                   f'</SimpleSource></VRTRasterBand></VRTDataset>')
+    assert expand_inputs([vrt]) == [str(b)]
+
+
+def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):
+    good = make_raster(name="good.tif")
+    result = CliRunner().invoke(main, ["survey", str(good), str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o"),
+                                       "-m", str(tiny_fcn), "--json", "--quiet"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert len(data["done"]) == 1 and "no such file" in data["failed"][0]["error"]

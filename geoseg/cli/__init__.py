@@ -67,6 +67,7 @@ from geoseg.cli.flood import flood  # noqa: E402
 from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.scene import scene  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
+from geoseg.cli.survey import survey  # noqa: E402
 from geoseg.cli.vectorize import vectorize  # noqa: E402
 
 main.add_command(segment)
@@ -74,3 +75,4 @@ main.add_command(models)
 main.add_command(vectorize)
 main.add_command(scene)
 main.add_command(flood)
+main.add_command(survey)

@@ -2,5 +2,6 @@
 
 from geoseg.workflows.flood import FloodResult, flood
 from geoseg.workflows.scene import SceneResult, scene
+from geoseg.workflows.survey import SurveyResult, expand_inputs, survey
 
-__all__ = ["FloodResult", "SceneResult", "flood", "scene"]
+__all__ = ["FloodResult", "SceneResult", "SurveyResult", "expand_inputs", "flood", "scene", "survey"]

@@ -1,0 +1,62 @@
+"""`geoseg survey`: segment many rasters; resumable; failures reported, not fatal."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import BandsType, emit_json, fail_cleanly
+
+__all__ = ["survey"]
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
+@click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
+@click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size (default 1024).")
+@click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rasters segmented at once; memory grows with it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+def survey(inputs, output_dir, model, bands, chunk, vector, jobs, as_json, quiet):
+    """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
+
+    Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
+    masks.vrt, survey_polygons.gpkg (with a source attribute), survey_summary.csv,
+    survey_summary.json and survey_report.md. Rerunning skips rasters already done
+    with the same model and options (manifest.json) and redoes anything partial.
+    Exit status 1 when any raster failed; the others still complete.
+    """
+    from geoseg.workflows.survey import survey as run_survey
+
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, desc="survey", unit="%", delay=1.0, leave=False,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(fraction: float, name: str) -> None:
+        bar.update(round(100 * fraction, 1) - bar.n)
+        bar.set_postfix_str(name, refresh=False)
+
+    options = {k: v for k, v in {"bands": bands, "chunk": chunk}.items() if v is not None}
+    try:
+        with fail_cleanly():
+            result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs,
+                                progress=progress if bar else None, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        emit_json(result.to_dict())
+    elif not quiet:
+        click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped (already done), "
+                   f"{len(result.failed)} failed", err=True)
+        for entry in result.failed:
+            click.echo(f"  failed: {entry['error']}", err=True)
+        click.echo(f"report: {result.outputs['report']}", err=True)
+    if result.failed:
+        raise SystemExit(1)

@@ -1,0 +1,321 @@
+"""Survey batches: many rasters, resumable, one failure never stops the rest."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from geoseg.errors import GeosegError, InputError
+from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.pipeline import segment
+from geoseg.workflows.common import write_csv, write_json, write_text
+
+__all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class SurveyResult:
+    """Per-raster status and the batch outputs."""
+
+    done: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
+    """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
+
+    A folder gives its rasters (recursively); a ``.txt`` file one path per line
+    (relative to the file, ``#`` starts a comment); a ``.vrt`` its source rasters;
+    anything else is taken as a raster path, even a missing one, so that the batch
+    reports it. Duplicates are dropped, order kept.
+    """
+    out: list[str] = []
+    for item in map(str, items):
+        path = Path(item)
+        if any(ch in item for ch in "*?[") and not path.exists():
+            out += sorted(glob.glob(item, recursive=True))
+        elif path.is_dir():
+            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    out.append(str(path.parent / line) if not os.path.isabs(line) else line)
+        elif path.suffix.lower() == ".vrt" and path.is_file():
+            out += _vrt_sources(path)
+        else:
+            out.append(item)
+    seen: set[str] = set()
+    return [p for p in (os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
+
+
+def _vrt_sources(path: Path) -> list[str]:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            return [f for f in ds.files if os.path.abspath(f) != os.path.abspath(path)]
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{path}: cannot read this VRT ({exc}).") from None
+
+
+def _fingerprint(path: str) -> dict[str, Any]:
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _folder_names(paths: list[str]) -> dict[str, str]:
+    """One output folder per raster: its stem, with a short hash where stems collide."""
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[Path(p).stem] = stems.get(Path(p).stem, 0) + 1
+    return {p: Path(p).stem if stems[Path(p).stem] == 1 else f"{Path(p).stem}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+            for p in paths}
+
+
+class _Manifest:
+    """The record of what is done, rewritten atomically after every raster."""
+
+    def __init__(self, path: Path) -> None:
+        import json
+
+        self.path, self.lock = path, threading.Lock()
+        self.entries: dict[str, Any] = json.loads(path.read_text()).get("entries", {}) if path.exists() else {}
+
+    def is_done(self, source: str, key: dict[str, Any]) -> bool:
+        entry = self.entries.get(source)
+        return bool(entry and entry["status"] == "done" and entry["key"] == key
+                    and all(os.path.exists(p) for p in entry["outputs"].values()))
+
+    def record(self, source: str, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.entries[source] = entry
+            write_json(self.path, {"version": 1, "entries": self.entries})
+
+
+def survey(
+    inputs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    vector: bool = True,
+    jobs: int = 1,
+    progress: Callable[[float, str], None] | None = None,
+    **segment_options: Any,
+) -> SurveyResult:
+    """Segment every raster of a survey; resume where an earlier run stopped.
+
+    Parameters
+    ----------
+    inputs : sequence
+        Rasters, folders, globs, ``.txt`` lists or ``.vrt`` mosaics (see `expand_inputs`).
+    output_dir : path
+        Each raster's outputs go to ``output_dir/STEM/``; batch outputs beside them.
+    jobs : int
+        Rasters processed at once (Dask threads); memory grows with it.
+    progress : callable, optional
+        ``progress(fraction_of_batch, message)``, fraction counting partly done rasters.
+    **segment_options
+        Passed to `geoseg.segment` and recorded in the manifest.
+
+    Returns
+    -------
+    SurveyResult
+        ``failed`` lists rasters with their errors; the others still complete.
+        Batch outputs: ``masks.vrt`` (one per CRS when they differ),
+        ``survey_polygons.gpkg`` (with a ``source`` attribute), ``survey_summary.csv``,
+        ``survey_summary.json`` and ``survey_report.md``.
+
+    Notes
+    -----
+    ``manifest.json`` records for each raster its size and mtime, the model name and
+    version and the options. A rerun skips rasters whose record matches and whose
+    outputs exist, and redoes anything else, including runs cut off midway.
+    """
+    import dask
+
+    sources = expand_inputs(inputs)
+    if not sources:
+        raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = get_segmenter(resolve_model(model)).card
+    options = {"model": card.name, "model_version": card.version, "vector": vector,
+               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
+    manifest = _Manifest(out_dir / MANIFEST)
+    folders = _folder_names(sources)
+    fractions = dict.fromkeys(sources, 0.0)
+    result = SurveyResult()
+    report = progress or (lambda fraction, message: None)
+
+    def tick(source: str, fraction: float) -> None:
+        fractions[source] = fraction
+        report(sum(fractions.values()) / len(sources), Path(source).name)
+
+    def one(source: str) -> tuple[str, dict[str, Any]]:
+        try:
+            key = {**_fingerprint(source), **options}
+        except OSError:
+            return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
+        if manifest.is_done(source, key):
+            tick(source, 1.0)
+            return "skipped", manifest.entries[source]
+        started = time.perf_counter()
+        try:
+            res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
+                          progress=lambda f: tick(source, f), **segment_options)
+        except GeosegError as exc:
+            entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
+        except Exception as exc:  # one broken raster must not stop the survey
+            log.exception("unexpected failure on %s", source)
+            entry = {"input": source, "status": "failed", "key": key, "outputs": {},
+                     "error": f"{source}: {type(exc).__name__}: {exc}"}
+        else:
+            entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
+                     "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
+                     "crs": _crs_of(res.outputs["mask"])}
+        manifest.record(source, entry)
+        tick(source, 1.0)
+        return entry["status"], entry
+
+    outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads", num_workers=max(1, jobs))
+    for status, entry in outcomes:
+        getattr(result, status).append(entry)
+    finished = result.done + result.skipped
+    result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
+    return result
+
+
+def _crs_of(path: str) -> str | None:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.crs.to_string() if ds.crs else None
+
+
+def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
+    outputs = {}
+    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes))
+    if vector and finished:
+        outputs["polygons"] = str(_merge_layers(out_dir / "survey_polygons.gpkg", finished))
+    rows = []
+    for e in finished + failed:
+        row = {"input": e["input"], "status": e.get("status", "failed"), "error": e.get("error", ""),
+               "seconds": e.get("seconds", ""), "mask": e.get("outputs", {}).get("mask", "")}
+        for c in e.get("classes", []) or [{"name": c.name} for c in classes]:
+            row[f"{c['name']}_m2"] = c.get("area_m2", "")
+        rows.append(row)
+    outputs["summary_csv"] = str(out_dir / "survey_summary.csv")
+    outputs["summary_json"] = str(out_dir / "survey_summary.json")
+    outputs["report"] = str(out_dir / "survey_report.md")
+    write_csv(outputs["summary_csv"], rows)
+    write_json(outputs["summary_json"], {"rasters": rows})
+    write_text(outputs["report"], _report(rows, classes, outputs))
+    return outputs
+
+
+def _report(rows: list[dict], classes, outputs: dict[str, str]) -> str:
+    ok = [r for r in rows if r["status"] == "done"]
+    bad = [r for r in rows if r["status"] != "done"]
+    lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented, {len(bad)} failed.", ""]
+    totals = {c.name: sum(float(r.get(f"{c.name}_m2") or 0) for r in ok) for c in classes}
+    lines += ["| class | total km² |", "|---|---:|"] + [f"| {k} | {v / 1e6:.4f} |" for k, v in totals.items()]
+    if bad:
+        lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
+    lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mosaics(out_dir: Path, masks: list[str], classes) -> dict[str, str]:
+    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours."""
+    import rasterio
+
+    by_crs: dict[str, list[tuple[str, Any, int, int]]] = {}
+    for path in masks:
+        with rasterio.open(path) as ds:
+            by_crs.setdefault(ds.crs.to_string() if ds.crs else "none", []).append(
+                (path, ds.transform, ds.width, ds.height))
+    out = {}
+    for crs, items in by_crs.items():
+        name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
+        write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
+        out[name.removesuffix(".vrt")] = str(out_dir / name)
+    return out
+
+
+def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
+    from rasterio.crs import CRS
+
+    res = min(abs(t.a) for _, t, _, _ in items)
+    left = min(t.c for _, t, _, _ in items)
+    top = max(t.f for _, t, _, _ in items)
+    right = max(t.c + t.a * w for _, t, w, _ in items)
+    bottom = min(t.f + t.e * h for _, t, _, h in items)
+    width, height = int(np.ceil((right - left) / res)), int(np.ceil((top - bottom) / res))
+    colours = {c.id: c.rgb for c in classes}
+    entries = "".join(
+        f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{255 if i in colours else 0}"/>'
+        for i, (r, g, b) in ((i, colours.get(i, (0, 0, 0))) for i in range(256))
+    )
+    sources = []
+    for path, t, w, h in items:
+        rel = os.path.relpath(path, out_dir)
+        sources.append(
+            f'    <ComplexSource><SourceFilename relativeToVRT="1">{escape(rel)}</SourceFilename>'
+            f"<SourceBand>1</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" ySize=\"{h}\"/>"
+            f'<DstRect xOff="{(t.c - left) / res}" yOff="{(top - t.f) / res}" '
+            f'xSize="{w * abs(t.a) / res}" ySize="{h * abs(t.e) / res}"/><NODATA>255</NODATA></ComplexSource>'
+        )
+    srs = f"  <SRS>{escape(CRS.from_string(crs).to_wkt())}</SRS>\n" if crs != "none" else ""
+    return (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
+        f"  <GeoTransform>{left}, {res}, 0, {top}, 0, {-res}</GeoTransform>\n"
+        '  <VRTRasterBand dataType="Byte" band="1">\n    <NoDataValue>255</NoDataValue>\n'
+        "    <ColorInterp>Palette</ColorInterp>\n"
+        f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
+    )
+
+
+def _merge_layers(out: Path, finished: list[dict]) -> Path:
+    """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time."""
+    import geopandas as gpd
+    import pyogrio
+
+    tmp = out.with_name(f".{out.stem}.tmp.gpkg")
+    tmp.unlink(missing_ok=True)
+    target_crs = None
+    for entry in finished:
+        path = entry["outputs"].get("vector")
+        if not path or not os.path.exists(path):
+            continue
+        frame = gpd.read_file(path)
+        frame.insert(0, "source", entry["input"])
+        if target_crs is None:
+            target_crs = frame.crs if len({e.get("crs") for e in finished}) == 1 else "EPSG:4326"
+        if frame.crs is not None and frame.crs != target_crs:
+            frame = frame.to_crs(target_crs)
+        pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+    if tmp.exists():
+        os.replace(tmp, out)
+    return out
