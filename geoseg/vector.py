@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import rasterio
@@ -79,7 +79,7 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
         ``geometry`` (shapely array, map coordinates), ``class_id``, ``cut`` (bool),
         ``conf_sum`` and ``pixels`` per polygon.
     """
-    import shapely.geometry
+    import shapely
     from rasterio.features import shapes
     from scipy import ndimage
 
@@ -109,11 +109,19 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
     for side, is_inner in zip(border, inner):
         if is_inner:
             cut[side] = True
-    geoms, ids = [], []
+    coords: list = []
+    ring_ends, geom_ends, ids = [0], [0], []
     for geom, label in shapes(labels, mask=labels > 0, transform=transform, connectivity=4):
-        geoms.append(shapely.geometry.shape(geom))
+        for ring in geom["coordinates"]:
+            coords.extend(ring)
+            ring_ends.append(len(coords))
+        geom_ends.append(len(ring_ends) - 1)
         ids.append(int(label))
     ids = np.asarray(ids, np.int64)
+    geoms = np.empty(0, object)
+    if ids.size:  # one vectorised construction instead of a shapely object per GeoJSON dict
+        geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, np.float64),
+                                          (np.asarray(ring_ends), np.asarray(geom_ends)))
     return {
         "geometry": np.asarray(geoms, object),
         "class_id": np.asarray(classes, np.int64)[ids],
@@ -171,6 +179,37 @@ def _concat(results: list[dict[str, np.ndarray]], mask: str | None) -> dict[str,
     return out
 
 
+def _merge_specks(frame, small: np.ndarray):
+    """Union each small polygon into the neighbour sharing its longest edge; smallest specks first."""
+    import shapely
+
+    geoms = list(frame.geometry.values)
+    alive = np.ones(len(geoms), bool)
+    tree = shapely.STRtree(frame.geometry.values)
+    order = np.flatnonzero(small)[np.argsort(shapely.area(frame.geometry.values[small]))]
+    owner = np.arange(len(geoms))  # where a merged polygon went
+
+    def find(i: int) -> int:
+        while owner[i] != i:
+            i = owner[i]
+        return i
+
+    for i in order:
+        best, best_len = -1, 0.0
+        for j in {find(j) for j in tree.query(frame.geometry.values[i], predicate="intersects")}:
+            if j == i or not alive[j]:
+                continue
+            shared = shapely.length(shapely.intersection(shapely.boundary(geoms[i]), geoms[j]))
+            if shared > best_len:
+                best, best_len = j, shared
+        if best >= 0:
+            geoms[best] = shapely.union(geoms[best], geoms[i])
+            alive[i], owner[i] = False, best
+    out = frame.copy()
+    out["geometry"] = geoms
+    return out[alive].reset_index(drop=True)
+
+
 def _measure(frame) -> tuple[list[float | None], list[float | None]]:
     """Areas in m² and perimeters in m: planar in projected CRSs, geodesic in geographic ones."""
     if frame.crs is None or len(frame) == 0:
@@ -214,6 +253,7 @@ def vectorize(
     *,
     keep: Sequence[int | str] | None = None,
     min_area: float = 0.0,
+    specks: Literal["drop", "merge"] = "drop",
     simplify: float = 0.0,
     to_crs: Any = None,
     confidence: str | os.PathLike | None = None,
@@ -232,7 +272,10 @@ def vectorize(
     keep : sequence of int or str, optional
         Class ids or names to keep; default all.
     min_area : float
-        Drop polygons smaller than this many m² (pixels without a CRS).
+        Polygons smaller than this many m² (pixels without a CRS) are specks.
+    specks : {"drop", "merge"}
+        Drop specks (leaving holes), or merge each into the neighbour it shares
+        the longest edge with, which then grows by its area.
     simplify : float
         Simplification tolerance in metres; neighbouring polygons keep their shared
         edges (`shapely.coverage_simplify`), so no gaps or overlaps appear.
@@ -293,8 +336,12 @@ def vectorize(
         frame["confidence"] = np.round(parts["conf_sum"] / np.maximum(parts["pixels"], 1), 2)
     frame["area_m2"], frame["perimeter_m"] = _measure(frame)
     if min_area > 0:
-        size = frame["area_m2"] if info.crs is not None else parts["pixels"]
-        frame = frame[np.asarray(size, float) >= min_area].reset_index(drop=True)
+        size = np.asarray(frame["area_m2"] if info.crs is not None else parts["pixels"], float)
+        if specks == "merge":
+            frame = _merge_specks(frame, size < min_area)
+            frame["area_m2"], frame["perimeter_m"] = _measure(frame)
+        else:
+            frame = frame[size >= min_area].reset_index(drop=True)
     if simplify > 0 and len(frame):
         tolerance = _metres_to_crs_units(info.crs, simplify)
         frame["geometry"] = shapely.coverage_simplify(frame.geometry.values, tolerance)

@@ -168,3 +168,18 @@ def test_zonal_composition_counts_pixel_centres(make_mask):
     assert pixels[1].tolist() == [8, 8]
     assert pixels[2].tolist() == [6, 6]
     assert areas[1].tolist() == pytest.approx([32.0, 32.0])
+
+
+def test_specks_merge_into_their_neighbour(make_mask, tmp_path):
+    data = np.zeros((30, 30), np.uint8)
+    data[10:25, 10:25] = 1  # 900 m²
+    data[12:14, 12:14] = 2  # a 16 m² speck inside it
+    data[2:4, 2:4] = 1  # a 16 m² speck in class 0
+    path = make_mask(data)
+    vectorize(path, tmp_path / "m.gpkg", min_area=50, specks="merge", block=8)
+    frame = gpd.read_file(tmp_path / "m.gpkg")
+    assert sorted(frame.class_name) == ["a", "b"]
+    areas = dict(zip(frame.class_name, frame.area_m2))
+    assert areas == {"a": pytest.approx(900 * 4 - 900), "b": pytest.approx(900)}
+    assert frame.geometry.is_valid.all()
+    assert shapely.union_all(frame.geometry.values).area == pytest.approx(30 * 30 * 4)  # no holes left

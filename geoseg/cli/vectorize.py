@@ -16,7 +16,9 @@ __all__ = ["vectorize"]
 @click.option("--classes", default=None, metavar="NAME,...",
               help="Class names or ids to keep, comma-separated. Default: all.")
 @click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M2",
-              help="Drop polygons smaller than this many m².")
+              help="Polygons smaller than this many m² are specks (see --specks).")
+@click.option("--specks", type=click.Choice(["drop", "merge"]), default="drop", show_default=True,
+              help="Drop specks, or merge each into the neighbour sharing its longest edge.")
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M",
               help="Simplification tolerance in metres; shared edges stay shared (no gaps or overlaps).")
 @click.option("--to-crs", default=None, metavar="CRS", help="Reproject the layer, e.g. EPSG:4326.")
@@ -26,7 +28,7 @@ __all__ = ["vectorize"]
               help="Block size; blocks are polygonised in parallel and merged across their edges.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: path, polygon counts, seconds.")
-def vectorize(mask, output, classes, min_area, simplify, to_crs, confidence, block, overwrite, as_json):
+def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confidence, block, overwrite, as_json):
     """Turn class mask MASK into polygons with class, area (m²), perimeter (m) and confidence.
 
     Areas are planar in projected CRSs and geodesic in geographic ones. A QGIS
@@ -42,7 +44,7 @@ def vectorize(mask, output, classes, min_area, simplify, to_crs, confidence, blo
 
     keep = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
     with fail_cleanly():
-        result = run_vectorize(mask, output, keep=keep, min_area=min_area, simplify=simplify, to_crs=to_crs,
+        result = run_vectorize(mask, output, keep=keep, min_area=min_area, specks=specks, simplify=simplify, to_crs=to_crs,
                                confidence=confidence, block=block, overwrite=overwrite)
     if as_json:
         emit_json(asdict(result))

@@ -1,0 +1,81 @@
+"""Benchmark vectorisation: Mpx/s on a large noisy mask and a clean one, peak RSS, block sizes.
+
+Run by hand: ``.venv/bin/python benchmarks/bench_vectorize.py [--size 8192]``. Each run is a
+fresh process so its peak RSS is its own. Compare the Mpx/s with the segmentation
+throughput printed by bench_pipeline.py: the goal is that vectorising a mask never takes
+longer than segmenting the image that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_mask(path: Path, size: int, kind: str) -> None:
+    """A 5-class uint8 mask written block by block: 'noisy' (blobs of a few px) or 'clean' (large regions)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from scipy.ndimage import gaussian_filter
+
+    sigma = 1.5 if kind == "noisy" else 40
+    rng = np.random.default_rng(0)
+    tile = 2048
+    field = gaussian_filter(rng.normal(size=(5, tile + 200, tile + 200)), (0, sigma, sigma))
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8",
+                       crs="EPSG:32640", transform=from_origin(325000.0, 2788000.0, 0.5, 0.5), nodata=255,
+                       tiled=True, compress="deflate") as ds:
+        for r in range(0, size, tile):
+            for c in range(0, size, tile):
+                h, w = min(tile, size - r), min(tile, size - c)
+                shift = (r // 3 + c // 7) % 200
+                ds.write(field[:, shift : shift + h, shift : shift + w].argmax(0).astype("uint8"), 1,
+                         window=Window(c, r, w, h))
+
+
+def run(mask: str, block: int) -> dict:
+    from geoseg.vector import vectorize
+
+    started = time.perf_counter()
+    result = vectorize(mask, Path(mask).with_name(f"layer_{block}.gpkg"), block=block, overwrite=True)
+    seconds = time.perf_counter() - started
+    return {"polygons": result.polygons, "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--blocks", default="1024,2048")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run(args.child[0], int(args.child[1]))))
+        return
+    print(f"Vectorisation of a {args.size}x{args.size} 5-class mask ({args.size ** 2 / 1e6:.1f} Mpx)")
+    print(f"{'mask':<8}{'block':>7}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
+        for kind in ("clean", "noisy"):
+            mask = Path(tmp) / f"{kind}.tif"
+            make_mask(mask, args.size, kind)
+            for block in (int(b) for b in args.blocks.split(",")):
+                done = subprocess.run([sys.executable, __file__, "--child", str(mask), str(block)],
+                                      capture_output=True, text=True, check=True)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"{kind:<8}{block:>7}{r['polygons']:>10}{r['seconds']:>10.1f}"
+                      f"{args.size ** 2 / 1e6 / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
