@@ -13,6 +13,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -76,7 +77,7 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
     Returns
     -------
     dict
-        ``geometry`` (shapely array, map coordinates), ``class_id``, ``cut`` (bool),
+        ``geometry`` (shapely array, in pixel coordinates of the whole mask), ``class_id``, ``cut`` (bool),
         ``conf_sum`` and ``pixels`` per polygon.
     """
     import shapely
@@ -87,7 +88,8 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
             data = ds.read(1, window=window)
-            transform = ds.window_transform(window)
+        # pixel coordinates of the whole mask: integers, so edges cut by blocks match exactly
+        transform = Affine.translation(window.col_off, window.row_off)
         conf = None
         if confidence_path:
             with rasterio.open(confidence_path) as ds:
@@ -325,6 +327,9 @@ def vectorize(
     whole = _concat(results, "whole")
     merged = _merge_cut(_concat(results, "cut"))
     parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
+    t = info.transform
+    parts["geometry"] = shapely.transform(  # pixel to map coordinates, all vertices in one call
+        parts["geometry"], lambda xy: xy @ np.array([[t.a, t.d], [t.b, t.e]]) + np.array([t.c, t.f]))
     frame = gpd.GeoDataFrame(
         {
             "class_id": parts["class_id"].astype(np.uint8),

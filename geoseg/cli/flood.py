@@ -22,9 +22,12 @@ __all__ = ["flood"]
 @click.option("--water-class", default="water", show_default=True, help="Name of the model's water class.")
 @click.option("--green-band", type=click.IntRange(min=1), default=2, show_default=True, help="Green band for NDWI.")
 @click.option("--nir-band", type=click.IntRange(min=1), default=4, show_default=True, help="NIR band for NDWI.")
+@click.option("--ndwi-threshold", default="otsu", show_default=True, metavar="otsu|VALUE",
+              help="NDWI above this is water; 'otsu' picks it from the image's histogram.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
-def flood(post, output_dir, pre, aoi, method, model, water_class, green_band, nir_band, overwrite, as_json):
+def flood(post, output_dir, pre, aoi, method, model, water_class, green_band, nir_band, ndwi_threshold, overwrite,
+          as_json):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
     Writes flood.tif (class mask on POST's grid), flood.gpkg (polygons), flood.png
@@ -33,9 +36,15 @@ def flood(post, output_dir, pre, aoi, method, model, water_class, green_band, ni
     """
     from geoseg.workflows.flood import flood as run_flood
 
+    if ndwi_threshold != "otsu":
+        try:
+            ndwi_threshold = float(ndwi_threshold)
+        except ValueError:
+            raise click.BadParameter("use 'otsu' or a number between -1 and 1", param_hint="--ndwi-threshold")
     with fail_cleanly():
         result = run_flood(post, output_dir, pre=pre, aoi=aoi, method=method, model=model, water_class=water_class,
-                           green_band=green_band, nir_band=nir_band, overwrite=overwrite)
+                           green_band=green_band, nir_band=nir_band, ndwi_threshold=ndwi_threshold,
+                           overwrite=overwrite)
     if as_json:
         emit_json(result.to_dict())
         return

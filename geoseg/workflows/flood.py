@@ -14,6 +14,7 @@ from rasterio.vrt import WarpedVRT
 
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
+from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.preview import render_map, save_png
@@ -47,8 +48,14 @@ class FloodResult:
         return asdict(self)
 
 
-def water_index_mask(path: str, out_path: Path, *, green: int, nir: int, threshold: float = 0.0) -> None:
-    """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255."""
+def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
+                     threshold: float | Literal["otsu"] = "otsu") -> float:
+    """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255.
+
+    With ``threshold="otsu"`` a first pass over the raster's windows builds an NDWI
+    histogram and Otsu's method picks the cut, which adapts to raw digital numbers
+    and to reflectance alike. Returns the threshold used.
+    """
     info = inspect_raster(path)
     for band in (green, nir):
         if not 1 <= band <= info.count:
@@ -56,28 +63,40 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int, thresho
                             f"Pass --green-band and --nir-band between 1 and {info.count}.")
     with rasterio.open(path) as src:
 
-        def block(window):
-            g, n = src.read([green, nir], window=window).astype(np.float32)
+        def ndwi(window):
+            g, n = src.read([green, nir], window=window)
             valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ndwi = (g - n) / (g + n)
-            out = (ndwi > threshold).astype(np.uint8)
-            out[~valid | ~np.isfinite(ndwi)] = NODATA
+            index = normalized_difference(g, n)
+            return index, valid & np.isfinite(index)
+
+        if threshold == "otsu":
+            counts, edges = np.zeros(400), np.linspace(-1, 1, 401)
+            for _, window in src.block_windows(1):
+                index, valid = ndwi(window)
+                counts += np.histogram(index[valid], bins=edges)[0]
+            threshold = otsu_threshold(counts, edges)
+
+        def block(window):
+            index, valid = ndwi(window)
+            out = (index > threshold).astype(np.uint8)
+            out[~valid] = NODATA
             return out
 
         write_class_mask(out_path, info, WATER_CLASSES, block)
+    return float(threshold)
 
 
 def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_class: str, green: int, nir: int,
-                  overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
+                  threshold, overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
     """Return (mask path, id of water in it, a sentence saying where water came from)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "ndwi":
         out = out_dir / f"{Path(image).stem}_water.tif"
         if out.exists() and not overwrite:
             raise OutputError(f"{out} already exists. Pass --overwrite to replace it.")
-        water_index_mask(image, out, green=green, nir=nir)
-        return out, 1, f"NDWI > 0 from bands green={green}, nir={nir}"
+        cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
+        how = " (Otsu)" if threshold == "otsu" else ""
+        return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
     card = get_segmenter(resolve_model(model)).card
     ids = [c.id for c in card.classes if c.name == water_class]
     if not ids:
@@ -100,6 +119,7 @@ def flood(
     water_class: str = "water",
     green_band: int = 2,
     nir_band: int = 4,
+    ndwi_threshold: float | Literal["otsu"] = "otsu",
     overwrite: bool = False,
     **segment_options: Any,
 ) -> FloodResult:
@@ -116,7 +136,8 @@ def flood(
         Polygons (any CRS): flooded area (km²) and share of each.
     method : {"model", "ndwi"}
         Water from a segmentation model's `water_class`, or from NDWI on
-        `green_band` and `nir_band` (multispectral imagery with NIR).
+        `green_band` and `nir_band` (multispectral imagery with NIR), thresholded by
+        Otsu's method over the whole image unless `ndwi_threshold` gives a value.
 
     Returns
     -------
@@ -131,7 +152,7 @@ def flood(
                                 overwrite)
     out_dir = paths["tif"].parent
     common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
-                  overwrite=overwrite, segment_options=segment_options)
+                  threshold=ndwi_threshold, overwrite=overwrite, segment_options=segment_options)
     post_mask, post_water, source = _water_raster(post_info.path, out_dir / "post", **common)
     classes = WATER_CLASSES
     pre_mask = pre_water = None
