@@ -187,3 +187,28 @@ def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert len(data["done"]) == 1 and "no such file" in data["failed"][0]["error"]
+
+
+def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):
+    from geoseg.workflows import survey
+
+    (tmp_path / "s").mkdir()
+    for i in range(3):
+        make_raster(name=f"s/r{i}.tif", shape=(64, 64), seed=i)
+    seen = set()
+
+    def interrupt(fraction, name):
+        seen.add(name)
+        if len(seen) > 1:  # the second raster has started: the user presses Ctrl-C
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        survey([tmp_path / "s"], tmp_path / "out", model=str(tiny_fcn), chunk=32, progress=interrupt)
+    with open(tmp_path / "out" / "manifest.json") as f:
+        recorded = json.load(f)["entries"]
+    finished = [Path(k).name for k, v in recorded.items() if v["status"] == "done"]
+    assert len(finished) == 1
+    assert not any((tmp_path / "out").rglob("*.tmp*"))  # nothing half-written left at a final path
+    again = survey([tmp_path / "s"], tmp_path / "out", model=str(tiny_fcn), chunk=32)
+    assert [Path(e["input"]).name for e in again.skipped] == finished
+    assert len(again.done) == 2 and not again.failed
