@@ -58,7 +58,7 @@ def load_tensorflow(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
-    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey"):
+    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train"):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 
@@ -68,6 +68,7 @@ from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.scene import scene  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
 from geoseg.cli.survey import survey  # noqa: E402
+from geoseg.cli.train import train  # noqa: E402
 from geoseg.cli.vectorize import vectorize  # noqa: E402
 
 main.add_command(segment)
@@ -76,3 +77,4 @@ main.add_command(vectorize)
 main.add_command(scene)
 main.add_command(flood)
 main.add_command(survey)
+main.add_command(train)

@@ -1,0 +1,44 @@
+"""`geoseg train`: a U-Net bundle from images and labels described by a TOML config."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import fail_cleanly
+
+__all__ = ["train"]
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Training config (TOML): data, classes, model and training settings.")
+@click.option("--name", default=None, help="Override the model name.")
+@click.option("--output", default=None, type=click.Path(file_okay=False), help="Override the output folder.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the number of epochs.")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
+@click.option("--max-minutes", type=click.FloatRange(min=0), default=None, help="Stop after this much time.")
+@click.option("--resume/--restart", default=True, show_default=True,
+              help="Continue an interrupted run from its checkpoints, or start afresh.")
+def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resume):
+    """Train a U-Net and write NAME.keras + NAME.json (card with validation IoU) + NAME.toml.
+
+    Labels may be index rasters, colour-coded masks (colours from the config's
+    classes) or vector polygons with a class field, rasterised onto each image.
+    Validation is split by file: images whose path contains a 'validation' pattern.
+
+    \b
+    Example:
+      geoseg train --config configs/landcover-unet.toml
+    """
+    import os
+
+    from geoseg.models.training import load_config
+    from geoseg.models.training import train as run_train
+
+    if output is not None:
+        output = os.path.abspath(output)
+    with fail_cleanly():
+        config = load_config(config_path, name=name, output=output, epochs=epochs,
+                             steps_per_epoch=steps_per_epoch, max_minutes=max_minutes)
+        path = run_train(config, resume=resume)
+    click.echo(f"wrote {path} and its card {path.with_suffix('.json')}", err=True)

@@ -1,0 +1,363 @@
+"""Train a U-Net bundle from images and labels described by a TOML config."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import logging
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from geoseg.errors import InputError
+from geoseg.models.card import ModelCard, write_card
+from geoseg.models.metrics import confusion_matrix, scores
+
+__all__ = ["TrainConfig", "load_config", "load_pairs", "train"]
+
+log = logging.getLogger(__name__)
+IGNORE = 255
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `load_config` reads it from TOML."""
+
+    name: str
+    classes: list[dict[str, Any]]
+    images: list[str]
+    labels: str
+    label_format: str = "index"
+    validation: list[str] = field(default_factory=list)
+    ignore_colors: list[str] = field(default_factory=list)
+    vector_field: str = "class"
+    bands: list[int] = field(default_factory=lambda: [1, 2, 3])
+    normalization: dict[str, Any] = field(default_factory=lambda: {"method": "scale", "scale": 1 / 255})
+    depth: int = 4
+    filters: int = 16
+    batch_norm: bool = True
+    dropout: float = 0.0
+    chip: int = 256
+    batch: int = 8
+    steps_per_epoch: int = 100
+    epochs: int = 60
+    max_minutes: float | None = None
+    lr: float = 2e-3
+    patience: int = 12
+    dice_weight: float = 1.0
+    class_weighting: str = "sqrt"
+    seed: int = 0
+    version: str = ""
+    description: str = ""
+    output: str = "."
+    source: str = ""
+
+    def resolve(self, path: str) -> str:
+        """A path from the config, relative to the config file."""
+        base = Path(self.source).parent if self.source else Path(".")
+        return path if os.path.isabs(path) else str(base / path)
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """Read a training TOML; keys may sit at the top level or in [data], [model] and [train] tables."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such config file.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    flat = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    for table in ("data", "model", "train"):
+        flat.update(raw.get(table, {}))
+    flat.update({k: v for k, v in overrides.items() if v is not None})
+    known = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+    for key in ("name", "classes", "images", "labels"):
+        if key not in flat:
+            raise InputError(f"{path}: required setting '{key}' is missing.")
+    if flat.get("label_format", "index") not in ("index", "color", "vector"):
+        raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
+    return TrainConfig(**flat, source=str(path))
+
+
+def _label_path(config: TrainConfig, image: str) -> str:
+    p = Path(image)
+    return config.resolve(config.labels.format(stem=p.stem, name=p.name, image_dir=str(p.parent)))
+
+
+def _read_image(path: str, bands: list[int]) -> np.ndarray:
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return np.moveaxis(ds.read(bands), 0, -1)
+
+
+def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.ndarray:
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    path = _label_path(config, image)
+    if not os.path.exists(path):
+        raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
+    names = {c["name"]: i for i, c in enumerate(config.classes)}
+    if config.label_format == "vector":
+        return _rasterize_label(config, image, path, names, shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            data = ds.read()
+    if config.label_format == "index":
+        label = data[0].astype(np.int64)
+        out = np.where((label >= 0) & (label < len(config.classes)), label, IGNORE).astype(np.uint8)
+    else:
+        rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)
+        code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+        out = np.full(code.shape, IGNORE, np.uint8)
+        for i, c in enumerate(config.classes):
+            out[code == int(c["color"][1:], 16)] = i
+    return out[: shape[0], : shape[1]]
+
+
+def _rasterize_label(config, image, path, names, shape) -> np.ndarray:
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    frame = gpd.read_file(path)
+    if config.vector_field not in frame.columns:
+        raise InputError(f"{path}: no field {config.vector_field!r} for the class. Set vector_field in the config.")
+    with rasterio.open(image) as ds:
+        if ds.crs is None:
+            raise InputError(f"{image}: vector labels need a georeferenced image.")
+        frame = frame.to_crs(ds.crs)
+        transform = ds.transform
+    values = [names.get(v, v) if not isinstance(v, (int, np.integer)) else int(v) for v in frame[config.vector_field]]
+    shapes = [(g, int(v)) for g, v in zip(frame.geometry, values) if isinstance(v, (int, np.integer))]
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+
+
+def load_pairs(config: TrainConfig) -> tuple[list, list]:
+    """Read every (image, label, path) pair and split them by the config's validation patterns."""
+    paths = sorted({os.path.abspath(p) for pattern in config.images
+                    for p in glob.glob(config.resolve(pattern), recursive=True)})
+    if not paths:
+        raise InputError(f"{config.source}: no images match {config.images}.")
+    train, val = [], []
+    for path in paths:
+        image = _read_image(path, config.bands)
+        label = _read_label(config, path, image.shape[:2])
+        image = image[: label.shape[0], : label.shape[1]]
+        held = any(part in path for part in config.validation)
+        (val if held else train).append((image, label, path))
+    if not train or (config.validation and not val):
+        raise InputError(f"{config.source}: validation patterns {config.validation} leave train={len(train)}, "
+                         f"validation={len(val)} images; both need at least one.")
+    return train, val
+
+
+def chip_stream(pairs, chip: int, seed: int):
+    """Endless random chips, in proportion to image area, with D4 flips and rotations."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([p[0].shape[0] * p[0].shape[1] for p in pairs], np.float64)
+    weights /= weights.sum()
+    while True:
+        image, label, _ = pairs[rng.choice(len(pairs), p=weights)]
+        if min(image.shape[:2]) < chip:
+            pad = ((0, max(0, chip - image.shape[0])), (0, max(0, chip - image.shape[1])))
+            image, label = np.pad(image, pad + ((0, 0),), mode="reflect"), np.pad(label, pad, constant_values=IGNORE)
+        r = rng.integers(0, image.shape[0] - chip + 1)
+        c = rng.integers(0, image.shape[1] - chip + 1)
+        x, y = image[r : r + chip, c : c + chip], label[r : r + chip, c : c + chip]
+        k = rng.integers(4)
+        x, y = np.rot90(x, k), np.rot90(y, k)
+        if rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, ::-1]
+        yield np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def class_weights(pairs, n_classes: int, how: str) -> np.ndarray:
+    """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1."""
+    counts = np.zeros(n_classes)
+    for _, label, _ in pairs:
+        counts += np.bincount(label[label != IGNORE], minlength=n_classes)[:n_classes]
+    freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
+    weights = {"none": np.ones(n_classes), "sqrt": 1 / np.sqrt(freq), "inverse": 1 / freq}[how]
+    return weights / (weights * freq).sum()
+
+
+def make_loss(n_classes: int, weights: np.ndarray, dice_weight: float) -> Callable:
+    """Class-weighted cross-entropy plus soft Dice, both skipping pixels labelled 255."""
+    from keras import ops
+
+    w = ops.convert_to_tensor(weights.astype("float32"))
+
+    def loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        valid = ops.cast(ops.not_equal(y_true, IGNORE), "float32")
+        onehot = ops.one_hot(ops.where(y_true == IGNORE, 0, y_true), n_classes) * valid[..., None]
+        p = ops.clip(y_pred, 1e-7, 1.0)
+        ce = -ops.sum(onehot * ops.log(p) * w, axis=-1)
+        ce = ops.sum(ce) / ops.maximum(ops.sum(valid), 1.0)
+        inter = ops.sum(p * onehot, axis=(0, 1, 2))
+        total = ops.sum(p * valid[..., None], axis=(0, 1, 2)) + ops.sum(onehot, axis=(0, 1, 2))
+        dice = 1.0 - ops.mean((2 * inter + 1.0) / (total + 1.0))
+        return ce + dice_weight * dice
+
+    return loss
+
+
+def evaluate_pairs(segmenter, pairs, n_classes: int) -> dict[str, Any]:
+    """Mean and per-class IoU of whole-image predictions against labels."""
+    from geoseg.inference import predict_image
+
+    matrix = np.zeros((n_classes, n_classes), np.int64)
+    for image, label, _ in pairs:
+        matrix += confusion_matrix(label, predict_image(segmenter, image).argmax(-1), n_classes)
+    s = scores(matrix)
+    return {"mean_iou": round(s["mean_iou"], 4), "pixel_accuracy": round(s["pixel_accuracy"], 4),
+            "confusion_matrix": matrix.tolist(), "iou": s["iou"]}
+
+
+def train(config: TrainConfig, *, resume: bool = True) -> Path:
+    """Train, keep the weights with the best validation mean IoU, and write ``NAME.keras`` + ``NAME.json``.
+
+    Checkpoints live in ``OUTPUT/NAME.checkpoints/``; with `resume` an interrupted run
+    continues from its last epoch. The config is written beside the model as ``NAME.toml``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from geoseg.models.segmenter import KerasSegmenter
+    from geoseg.models.unet import build_unet, unet_receptive_radius
+
+    keras.utils.set_random_seed(config.seed)
+    train_pairs, val_pairs = load_pairs(config)
+    n_classes, n_bands = len(config.classes), len(config.bands)
+    log.info("training on %d images, validating on %d", len(train_pairs), len(val_pairs))
+    card_data = {
+        "name": config.name, "version": config.version or dt.date.today().isoformat(),
+        "description": config.description, "bands": config.bands, "normalization": config.normalization,
+        "classes": [{"id": i, "name": c["name"], "color": c.get("color", "#808080")} for i, c in enumerate(config.classes)],
+        "margin": unet_receptive_radius(config.depth), "tile_size": None, "multiple_of": 2**config.depth,
+    }
+    card = ModelCard.from_dict(card_data, source=config.source)
+    weights = class_weights(train_pairs, n_classes, config.class_weighting)
+    spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(train_pairs[0][0].dtype)),
+            tf.TensorSpec((config.chip, config.chip), tf.uint8))
+
+    def prepare(x, y):
+        x = tf.numpy_function(lambda a: card.normalize(a), [x], tf.float32)
+        x = tf.reshape(x, (config.chip, config.chip, n_bands))
+        gain = tf.random.uniform((), 0.85, 1.15)
+        bias = tf.random.uniform((), -0.06, 0.06)
+        x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias  # radiometric jitter
+        return x, y
+
+    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(train_pairs, config.chip, config.seed),
+                                         output_signature=spec)
+          .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
+    model = build_unet(n_classes, n_bands, depth=config.depth, filters=config.filters,
+                       batch_norm=config.batch_norm, dropout=config.dropout, name=config.name)
+    schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps_per_epoch * config.epochs)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=make_loss(n_classes, weights, config.dice_weight))
+    out = Path(config.resolve(config.output))
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f"{config.name}.checkpoints"
+    if not resume and work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    work.mkdir(exist_ok=True)
+    callback = _ValidationIoU(KerasSegmenter(model, card), val_pairs or train_pairs[:2], n_classes, work,
+                              config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
+    started = time.monotonic()
+    model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=2, shuffle=False,
+              callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")), callback])
+    model.load_weights(work / "best.weights.h5")
+    metrics = evaluate_pairs(KerasSegmenter(model, card), val_pairs or train_pairs[:2], n_classes)
+    card = ModelCard.from_dict({
+        **card.to_dict(),
+        "training": {"config": _config_dict(config), "train_images": len(train_pairs),
+                     "validation_images": [p for _, _, p in val_pairs], "split": "by file: validation patterns "
+                     f"{config.validation}; best epoch chosen on validation mean IoU",
+                     "epochs": callback.epoch, "best_epoch": callback.best_epoch,
+                     "seconds": round(time.monotonic() - started), "class_weights": weights.round(4).tolist()},
+        "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
+                                   "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
+    }, source=config.source)
+    tmp = out / f".{config.name}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, out / f"{config.name}.keras")
+    write_card(card, out / f"{config.name}.json")
+    (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
+    log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
+    return out / f"{config.name}.keras"
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in TrainConfig.__dataclass_fields__ if k != "source"}
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    lines, tables = [], []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key == "classes":
+            tables += ["", *sum(([f"[[classes]]", *(f"{k} = {json.dumps(v)}" for k, v in c.items())] for c in value), [])]
+        elif isinstance(value, dict):
+            lines.append(f"{key} = {{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+class _ValidationIoU:
+    """Keras callback: validation mean IoU each epoch, best weights kept, early stop, time budget."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(self, segmenter, pairs, n_classes, work, patience, deadline):
+                super().__init__()
+                self.segmenter, self.pairs, self.n_classes = segmenter, pairs, n_classes
+                self.work, self.patience, self.deadline = work, patience, deadline
+                state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
+                self.best, self.best_epoch, self.epoch = state.get("best", -1.0), state.get("best_epoch", 0), 0
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.epoch = epoch + 1
+                miou = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
+                if logs is not None:
+                    logs["val_mean_iou"] = miou
+                if miou > self.best:
+                    self.best, self.best_epoch = miou, epoch + 1
+                    self.model.save_weights(self.work / "best.weights.h5")
+                (self.work / "state.json").write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch}))
+                log.info("epoch %d: loss %.4f, validation mean IoU %.4f (best %.4f at %d)", epoch + 1,
+                         (logs or {}).get("loss", float("nan")), miou, self.best, self.best_epoch)
+                if epoch + 1 - self.best_epoch >= self.patience:
+                    log.info("no gain for %d epochs: stopping", self.patience)
+                    self.model.stop_training = True
+                if self.deadline and time.monotonic() > self.deadline:
+                    log.info("time budget reached: stopping")
+                    self.model.stop_training = True
+
+        return Callback(*args, **kwargs)

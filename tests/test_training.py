@@ -1,0 +1,100 @@
+"""geoseg train on tiny synthetic data: index, colour and vector labels; the bundle it writes works."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+
+from geoseg.cli import main
+from geoseg.errors import InputError
+from geoseg.models.training import load_config
+
+COLOURS = ["#FF0000", "#00FF00"]
+
+
+def _dataset(tmp_path, label_format):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    transform = from_origin(500000.0, 2800000.0, 1.0, 1.0)
+    for i in range(3):
+        label = np.zeros((48, 48), np.uint8)
+        label[:, 10 + 5 * i : 30 + 5 * i] = 1
+        image = np.where(label[None] == 1, 200, 40).astype(np.uint8) + rng.integers(0, 20, (3, 48, 48), np.uint8)
+        with rasterio.open(folder / f"img{i}.tif", "w", driver="GTiff", width=48, height=48, count=3,
+                           dtype="uint8", crs="EPSG:32640", transform=transform) as ds:
+            ds.write(image)
+        if label_format == "index":
+            with rasterio.open(folder / f"img{i}_label.tif", "w", driver="GTiff", width=48, height=48, count=1,
+                               dtype="uint8") as ds:
+                ds.write(label, 1)
+        elif label_format == "color":
+            rgb = np.stack([np.where(label == 0, 255, 0), np.where(label == 1, 255, 0), np.zeros_like(label)])
+            with rasterio.open(folder / f"img{i}_label.png", "w", driver="PNG", width=48, height=48, count=3,
+                               dtype="uint8") as ds:
+                ds.write(rgb.astype(np.uint8))
+        else:
+            import geopandas as gpd
+            import shapely
+
+            x0 = 500000.0 + 10 + 5 * i
+            gpd.GeoDataFrame({"kind": ["b", "a"]},
+                             geometry=[shapely.box(x0, 2800000.0 - 48, x0 + 20, 2800000.0),
+                                       shapely.box(500000.0, 2800000.0 - 48, x0, 2800000.0)],
+                             crs="EPSG:32640").to_file(folder / f"img{i}_label.gpkg")
+    suffix = {"index": "tif", "color": "png", "vector": "gpkg"}[label_format]
+    config = tmp_path / "train.toml"
+    config.write_text(f"""
+name = "toy"
+output = "models"
+[data]
+images = ["data/img?.tif"]
+labels = "{{image_dir}}/{{stem}}_label.{suffix}"
+label_format = "{label_format}"
+vector_field = "kind"
+validation = ["img2"]
+[[classes]]
+name = "a"
+color = "{COLOURS[0]}"
+[[classes]]
+name = "b"
+color = "{COLOURS[1]}"
+[model]
+depth = 2
+filters = 4
+[train]
+chip = 32
+batch = 4
+steps_per_epoch = 3
+epochs = 2
+""")
+    return config
+
+
+@pytest.mark.parametrize("label_format", ["index", "color", "vector"])
+def test_train_writes_a_working_bundle(tmp_path, label_format):
+    config = _dataset(tmp_path, label_format)
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert [c["name"] for c in card["classes"]] == ["a", "b"]
+    assert set(card["metrics"]["validation"]["iou"]) == {"a", "b"}
+    assert card["training"]["validation_images"][0].endswith("img2.tif")
+    assert (tmp_path / "models" / "toy.toml").exists()
+    seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
+                                    "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
+    assert seg.exit_code == 0, seg.output
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nimages = []\nlabels = "y"\nclasses = []\nwibble = 1\n')
+    with pytest.raises(InputError, match="unknown setting.*wibble"):
+        load_config(bad)
+    with pytest.raises(InputError, match="no such config"):
+        load_config(tmp_path / "missing.toml")
