@@ -58,11 +58,12 @@ def load_tensorflow(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
-    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train"):
+    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare"):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 
 
+from geoseg.cli.evaluate import compare, evaluate  # noqa: E402
 from geoseg.cli.flood import flood  # noqa: E402
 from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.scene import scene  # noqa: E402
@@ -78,3 +79,5 @@ main.add_command(scene)
 main.add_command(flood)
 main.add_command(survey)
 main.add_command(train)
+main.add_command(evaluate)
+main.add_command(compare)

@@ -17,12 +17,12 @@ import numpy as np
 
 from geoseg.errors import InputError
 from geoseg.models.card import ModelCard, write_card
+from geoseg.models.labels import IGNORE, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 
 __all__ = ["TrainConfig", "load_config", "load_pairs", "train"]
 
 log = logging.getLogger(__name__)
-IGNORE = 255
 
 
 @dataclass
@@ -107,49 +107,11 @@ def _read_image(path: str, bands: list[int]) -> np.ndarray:
 
 
 def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.ndarray:
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     path = _label_path(config, image)
     if not os.path.exists(path):
         raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
-    names = {c["name"]: i for i, c in enumerate(config.classes)}
-    if config.label_format == "vector":
-        return _rasterize_label(config, image, path, names, shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            data = ds.read()
-    if config.label_format == "index":
-        label = data[0].astype(np.int64)
-        out = np.where((label >= 0) & (label < len(config.classes)), label, IGNORE).astype(np.uint8)
-    else:
-        rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)
-        code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
-        out = np.full(code.shape, IGNORE, np.uint8)
-        for i, c in enumerate(config.classes):
-            out[code == int(c["color"][1:], 16)] = i
-    return out[: shape[0], : shape[1]]
-
-
-def _rasterize_label(config, image, path, names, shape) -> np.ndarray:
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import rasterize
-
-    frame = gpd.read_file(path)
-    if config.vector_field not in frame.columns:
-        raise InputError(f"{path}: no field {config.vector_field!r} for the class. Set vector_field in the config.")
-    with rasterio.open(image) as ds:
-        if ds.crs is None:
-            raise InputError(f"{image}: vector labels need a georeferenced image.")
-        frame = frame.to_crs(ds.crs)
-        transform = ds.transform
-    values = [names.get(v, v) if not isinstance(v, (int, np.integer)) else int(v) for v in frame[config.vector_field]]
-    shapes = [(g, int(v)) for g, v in zip(frame.geometry, values) if isinstance(v, (int, np.integer))]
-    return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+    return read_labels(path, fmt=config.label_format, classes=config.classes, image=image, shape=shape,
+                       vector_field=config.vector_field)
 
 
 def load_pairs(config: TrainConfig) -> tuple[list, list]:

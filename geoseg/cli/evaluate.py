@@ -1,0 +1,111 @@
+"""`geoseg evaluate` and `geoseg compare`: models scored on whole rasters through the real pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import emit_json, fail_cleanly
+
+__all__ = ["evaluate", "compare"]
+
+
+def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[list[str], list[str] | None]:
+    from geoseg.errors import InputError
+    from geoseg.workflows.survey import expand_inputs
+
+    image_paths = expand_inputs(images)
+    if not labels:
+        return image_paths, None
+    if len(labels) == 1 and "{" in labels[0]:
+        template = labels[0]
+        return image_paths, [template.format(stem=Path(p).stem, name=Path(p).name, image_dir=str(Path(p).parent))
+                             for p in image_paths]
+    label_paths = expand_inputs(labels)
+    if len(label_paths) != len(image_paths):
+        raise InputError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s). Pass as many labels, "
+                         "or a template such as '{image_dir}/../masks/{stem}.png'.")
+    return image_paths, label_paths
+
+
+label_options = [
+    click.option("--images", multiple=True, required=True, help="Images: files, folders or globs (repeatable)."),
+    click.option("--label-format", type=click.Choice(["index", "color", "vector"]), default="index",
+                 show_default=True, help="Index raster, colour-coded mask, or polygons with a class field."),
+    click.option("--label-names", default=None, metavar="NAME,...",
+                 help="Label classes in id order; matched to the model's classes by name."),
+    click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
+    click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
+    click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+]
+
+
+def _with(options):
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _split(value):
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command()
+@click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
+@click.option("--labels", multiple=True, required=True,
+              help="Labels: files/globs in the images' order, or a template like '{image_dir}/../masks/{stem}.png'.")
+@_with(label_options)
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write a Markdown table here.")
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json, markdown):
+    """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
+
+    Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
+    labelled 255 are ignored; label classes are matched to model classes by name
+    and those the model lacks are reported as not scored.
+    """
+    from geoseg.workflows.evaluate import evaluate as run, markdown_table
+
+    with fail_cleanly():
+        image_paths, label_paths = _pairs(images, labels)
+        result = run(model, image_paths, label_paths, label_format=label_format, label_names=_split(label_names),
+                     label_colors=_split(label_colors), vector_field=vector_field,
+                     **({"chunk": chunk} if chunk else {}))
+    table = markdown_table([result])
+    if markdown:
+        Path(markdown).write_text(table)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(table)
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+
+
+@click.command()
+@click.option("--models", required=True, metavar="A,B,...", help="Two or more models, comma-separated.")
+@click.option("--labels", multiple=True, default=None, help="Labels (optional): as for `geoseg evaluate`.")
+@_with(label_options)
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep each model's masks and write disagreement rasters here.")
+def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json,
+            output_dir):
+    """Put models side by side on the same rasters: a score table and disagreement rasters."""
+    from geoseg.workflows.evaluate import compare as run, markdown_table
+
+    with fail_cleanly():
+        image_paths, label_paths = _pairs(images, labels)
+        result = run(_split(models), image_paths, label_paths, output_dir=output_dir, label_format=label_format,
+                     label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
+                     **({"chunk": chunk} if chunk else {}))
+    if as_json:
+        emit_json(result)
+        return
+    if result["evaluations"]:
+        click.echo(markdown_table(result["evaluations"]))
+    for path in result["disagreement"]:
+        click.echo(f"disagreement: {path}", err=True)

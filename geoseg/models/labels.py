@@ -1,0 +1,96 @@
+"""Reference labels as class-index arrays: index rasters, colour-coded masks, or vector polygons."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from geoseg.errors import InputError
+
+__all__ = ["IGNORE", "LabelFormat", "read_labels", "label_class_names"]
+
+IGNORE = 255
+LabelFormat = Literal["index", "color", "vector"]
+
+
+def label_class_names(path: str | os.PathLike) -> list[str] | None:
+    """Class names stored in an index raster's metadata (as geoseg writes them), if any."""
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path) as ds:
+            names = ds.tags().get("CLASS_NAMES")
+    if not names:
+        return None
+    table = json.loads(names)
+    return [table[str(i)] for i in range(max(map(int, table)) + 1) if str(i) in table]
+
+
+def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
+                image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class") -> np.ndarray:
+    """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
+
+    Parameters
+    ----------
+    fmt : {"index", "color", "vector"}
+        An index raster (values are class ids), a colour-coded mask (colours from
+        `classes`), or polygons whose `vector_field` holds a class name or id,
+        rasterised onto the image's grid (the image must be georeferenced).
+    classes : sequence of dict
+        ``{"name": ..., "color": "#RRGGBB"}`` in class-id order.
+    """
+    import rasterio
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: label file not found (labels for {image}).")
+    if fmt == "vector":
+        return _rasterize(path, classes, str(image), shape, vector_field)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with rasterio.open(path) as ds:
+                data = ds.read()
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
+    if fmt == "index":
+        label = data[0].astype(np.int64)
+        out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
+    else:
+        rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)
+        code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+        out = np.full(code.shape, IGNORE, np.uint8)
+        for i, c in enumerate(classes):
+            out[code == int(c["color"][1:], 16)] = i
+    if out.shape[0] < shape[0] or out.shape[1] < shape[1]:
+        out = np.pad(out, ((0, max(0, shape[0] - out.shape[0])), (0, max(0, shape[1] - out.shape[1]))),
+                     constant_values=IGNORE)
+    return out[: shape[0], : shape[1]]
+
+
+def _rasterize(path: str, classes, image: str, shape, field: str) -> np.ndarray:
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    frame = gpd.read_file(path)
+    if field not in frame.columns:
+        raise InputError(f"{path}: no field {field!r} holding the class. Fields: {', '.join(frame.columns[:-1])}.")
+    with rasterio.open(image) as ds:
+        if ds.crs is None:
+            raise InputError(f"{image}: vector labels need a georeferenced image.")
+        if frame.crs is not None:
+            frame = frame.to_crs(ds.crs)
+        transform = ds.transform
+    names = {c["name"]: i for i, c in enumerate(classes)}
+    values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
+    shapes = [(g, int(v)) for g, v in zip(frame.geometry, values)
+              if isinstance(v, (int, np.integer)) and 0 <= v < len(classes)]
+    if not shapes:
+        return np.full(shape, IGNORE, np.uint8)
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")

@@ -1,0 +1,208 @@
+"""Evaluate and compare models on whole rasters through the real tiled pipeline."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import rasterio
+
+from geoseg.errors import InputError
+from geoseg.models.labels import IGNORE, LabelFormat, label_class_names, read_labels
+from geoseg.models.metrics import confusion_matrix, scores
+from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.pipeline import segment
+
+__all__ = ["Evaluation", "evaluate", "compare", "markdown_table"]
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model over a set of rasters."""
+
+    model: str
+    version: str
+    classes: list[str]
+    per_class: dict[str, dict[str, float | None]]
+    mean_iou: float
+    pixel_accuracy: float
+    confusion_matrix: list[list[int]]
+    pixels_scored: int
+    not_scored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
+    if label_names is None:
+        return [{"name": c.name, "color": c.color} for c in card.classes]
+    colors = list(label_colors or [])
+    return [{"name": n, "color": colors[i] if i < len(colors) else "#000000"} for i, n in enumerate(label_names)]
+
+
+def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
+    """Lookup from label ids to model ids by class name; label classes the model lacks go to 255."""
+    model_ids = {c.name: c.id for c in card.classes}
+    lut = np.full(256, IGNORE, np.uint8)
+    missing = []
+    for i, c in enumerate(label_classes):
+        if c["name"] in model_ids:
+            lut[i] = model_ids[c["name"]]
+        else:
+            missing.append(c["name"])
+    return lut, missing
+
+
+def evaluate(
+    model: str | os.PathLike | None,
+    images: Sequence[str | os.PathLike],
+    labels: Sequence[str | os.PathLike],
+    *,
+    label_format: LabelFormat = "index",
+    label_names: Sequence[str] | None = None,
+    label_colors: Sequence[str] | None = None,
+    vector_field: str = "class",
+    keep_masks: str | os.PathLike | None = None,
+    **segment_options: Any,
+) -> Evaluation:
+    """Segment each image with `model` through the tiled pipeline and score it against its labels.
+
+    Parameters
+    ----------
+    images, labels : sequences of paths
+        Pairs, in the same order.
+    label_format : {"index", "color", "vector"}
+        How labels are stored (see `geoseg.models.labels.read_labels`).
+    label_names, label_colors : sequences of str, optional
+        The label set, in id order; default the names stored in an index raster,
+        else the model's own classes. Classes are matched by name; label classes
+        the model does not have are not scored and are listed in ``not_scored``.
+    keep_masks : path, optional
+        Folder to keep the predicted masks in (default: a temporary folder).
+
+    Returns
+    -------
+    Evaluation
+        Per-class IoU, F1, precision and recall, mean IoU over classes present,
+        pixel accuracy and the confusion matrix (rows truth, columns prediction);
+        pixels labelled 255 (unlabelled) are ignored.
+    """
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
+    if not images:
+        raise InputError("no images to evaluate on.")
+    card = get_segmenter(resolve_model(model)).card
+    n = card.n_classes
+    matrix = np.zeros((n, n), np.int64)
+    missing: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
+        out_dir = Path(keep_masks) if keep_masks else Path(tmp)
+        for image, label in zip(images, labels):
+            names = label_names or (label_class_names(label) if label_format == "index" else None)
+            label_classes = _label_classes(names, label_colors, card)
+            lut, not_in_model = _remap(label_classes, card)
+            missing.update(not_in_model)
+            result = segment(image, out_dir, model=model, preview=False, overwrite=True, **segment_options)
+            with rasterio.open(result.outputs["mask"]) as ds:
+                pred = ds.read(1)
+            truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
+                                vector_field=vector_field)
+            matrix += confusion_matrix(lut[truth], pred, n)
+    s = scores(matrix)
+    per_class = {
+        c.name: {k: (None if np.isnan(s[k][c.id]) else round(float(s[k][c.id]), 4))
+                 for k in ("iou", "f1", "precision", "recall")}
+        for c in card.classes
+    }
+    notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
+    absent = [c.name for c in card.classes if matrix[c.id].sum() == 0]
+    if absent:
+        notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
+                     f"{', '.join(absent)}")
+    return Evaluation(card.name, card.version, [c.name for c in card.classes], per_class, round(s["mean_iou"], 4),
+                      round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), sorted(missing), notes)
+
+
+def compare(
+    models: Sequence[str],
+    images: Sequence[str | os.PathLike],
+    labels: Sequence[str | os.PathLike] | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
+
+    With `output_dir`, each model's masks go to ``output_dir/MODEL/`` and each image
+    gets ``STEM_disagreement.tif``: the number of distinct classes the models
+    predicted at each pixel minus one (0 = all agree; 255 = nodata).
+    """
+    if len(models) < 2:
+        raise InputError(f"compare needs two or more models. Received: {list(models)}")
+    out = Path(output_dir) if output_dir else None
+    evaluations = []
+    if labels is not None:
+        for m in models:
+            keep = out / Path(str(m)).stem if out else None
+            evaluations.append(evaluate(m, images, labels, keep_masks=keep, **options))
+    disagreement = _disagreement(models, images, out, options) if out else []
+    return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
+
+
+def _disagreement(models, images, out: Path, options: dict) -> list[str]:
+    from geoseg.models.card import ClassInfo
+    from geoseg.raster import inspect_raster, write_class_mask
+
+    seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
+                                                                   "vector_field")}
+    paths = []
+    for image in images:
+        masks = []
+        for m in models:
+            folder = out / Path(str(m)).stem
+            mask = folder / f"{Path(image).stem}_mask.tif"
+            if not mask.exists():
+                segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
+            masks.append(mask)
+        info = inspect_raster(masks[0])
+        classes = [ClassInfo(i, f"{i + 1} classes" if i else "all agree", c)
+                   for i, c in enumerate(["#FFFFFF", "#FDD49E", "#FC8D59", "#D7301F", "#7F0000"][: len(models)])]
+        handles = [rasterio.open(p) for p in masks]
+        try:
+            def block(window):
+                stack = np.stack([h.read(1, window=window) for h in handles])
+                distinct = np.zeros(stack.shape[1:], np.uint8)
+                for value in np.unique(stack[stack != IGNORE]):
+                    distinct += (stack == value).any(axis=0)
+                out_block = np.clip(distinct.astype(np.int16) - 1, 0, 254).astype(np.uint8)
+                out_block[(stack == IGNORE).any(axis=0)] = IGNORE
+                return out_block
+
+            target = out / f"{Path(image).stem}_disagreement.tif"
+            write_class_mask(target, info, classes, block)
+        finally:
+            for h in handles:
+                h.close()
+        paths.append(str(target))
+    return paths
+
+
+def markdown_table(evaluations: Sequence[Evaluation | dict]) -> str:
+    """Per-class IoU of one or more evaluations as a Markdown table, models as columns."""
+    evals = [e.to_dict() if isinstance(e, Evaluation) else e for e in evaluations]
+    classes = list(dict.fromkeys(c for e in evals for c in e["per_class"]))
+    head = "| class | " + " | ".join(e["model"] for e in evals) + " |"
+    lines = [head, "|---|" + "---:|" * len(evals)]
+    for c in classes:
+        cells = [e["per_class"].get(c, {}).get("iou") for e in evals]
+        lines.append(f"| {c} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+    lines.append("| **mean IoU** | " + " | ".join(f"**{e['mean_iou']:.3f}**" for e in evals) + " |")
+    lines.append("| pixel accuracy | " + " | ".join(f"{e['pixel_accuracy']:.3f}" for e in evals) + " |")
+    return "\n".join(lines) + "\n"

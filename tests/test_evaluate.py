@@ -1,0 +1,84 @@
+"""Evaluation and comparison through the real pipeline, against labels made beside the images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.cli import main
+from geoseg.workflows.evaluate import compare, evaluate
+
+
+def _predicted(model, image, tmp_path):
+    from geoseg import segment
+
+    result = segment(image, tmp_path / "ref", model=model, preview=False, overwrite=True)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        return ds.read(1), ds.profile
+
+
+def test_perfect_labels_score_one_and_unlabelled_is_ignored(make_raster, tiny_fcn, tmp_path):
+    image = make_raster(shape=(60, 70))
+    pred, profile = _predicted(tiny_fcn, image, tmp_path)
+    truth = pred.copy()
+    truth[:10] = 255  # unlabelled rows
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **profile) as ds:
+        ds.write(truth, 1)
+    result = evaluate(tiny_fcn, [image], [label])
+    assert result.pixel_accuracy == 1.0 and result.mean_iou == 1.0
+    assert result.pixels_scored == 50 * 70
+
+
+def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, tmp_path):
+    image = make_raster(shape=(60, 70))
+    pred, _ = _predicted(tiny_fcn, image, tmp_path)
+    # a label set in another order, with a class the model lacks
+    names = ["clouds", "class1", "class0"]
+    truth = np.select([pred == 0, pred == 1], [2, 1], 0).astype(np.uint8)
+    truth[:, :5] = 0  # "clouds": not scored
+    wrong = np.zeros_like(pred, bool)
+    wrong[30:40, 20:30] = True
+    truth[wrong] = np.where(truth[wrong] == 2, 1, 2)  # 100 pixels swapped between class0 and class1
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=70, height=60, count=1, dtype="uint8") as ds:
+        ds.write(truth, 1)
+    result = evaluate(tiny_fcn, [image], [label], label_names=names)
+    assert result.not_scored == ["clouds"]
+    assert result.pixels_scored == 60 * 65
+    assert result.pixel_accuracy == pytest.approx(1 - 100 / (60 * 65), abs=1e-4)
+    matrix = np.array(result.confusion_matrix)
+    assert matrix.sum() - np.trace(matrix) == 100
+
+
+def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
+    image = make_raster(shape=(50, 60))
+    other = model_dir / "tiny-tiled.keras"
+    result = compare([str(tiny_fcn), str(other)], [image], output_dir=tmp_path / "cmp")
+    with rasterio.open(result["disagreement"][0]) as ds:
+        disagreement = ds.read(1)
+    with rasterio.open(tmp_path / "cmp" / "tiny-fcn" / "image_mask.tif") as a, \
+            rasterio.open(tmp_path / "cmp" / "tiny-tiled" / "image_mask.tif") as b:
+        assert ((disagreement == 1) == (a.read(1) != b.read(1))).all()
+    pred, profile = _predicted(tiny_fcn, image, tmp_path)
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **profile) as ds:
+        ds.write(pred, 1)
+    out = CliRunner().invoke(main, ["compare", "--models", f"{tiny_fcn},{other}", "--images", str(image),
+                                    "--labels", str(label), "--json"])
+    assert out.exit_code == 0, out.output
+    scores = [e["mean_iou"] for e in json.loads(out.stdout)["evaluations"]]
+    assert scores[0] == 1.0 and scores[1] < 1.0
+    table = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
+                                      str(label)])
+    assert table.exit_code == 0 and "**mean IoU**" in table.output
+    import shutil
+
+    shutil.copy(label, tmp_path / "label2.tif")
+    bad = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
+                                    str(label), "--labels", str(tmp_path / "label2.tif")])
+    assert bad.exit_code == 1 and "1 image(s) but 2 label file(s)" in bad.output
