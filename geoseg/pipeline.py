@@ -369,6 +369,7 @@ def segment(
     model_path = resolve_model(model)
     card = get_segmenter(model_path).card
     plan = plan_run(info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
+    model_path = _calibrated(model_path, info, plan)
     stem = Path(info.path).stem
     paths = prepare_output_dir(
         output_dir,
@@ -429,6 +430,26 @@ def segment(
             "overlap_factor": round(plan.overlap_factor((info.height, info.width)), 3),
         },
     )
+
+
+def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
+    """Let a segmenter with a `calibrate` hook (classical thresholds) fix its parameters on the whole raster.
+
+    It sees a decimated read (at most 1024 px a side) and its parameters join the
+    model reference, so every chunk, on any worker, uses the same ones.
+    """
+    from urllib.parse import urlencode
+
+    segmenter = get_segmenter(ref)
+    if not hasattr(segmenter, "calibrate") or "?" in ref:
+        return ref
+    from geoseg.raster import read_preview
+
+    sample = read_preview(info.path, plan.bands, 1024, min_side=1)
+    valid = read_preview(info.path, plan.bands, 1024, min_side=1, mask=True)
+    params = segmenter.calibrate(sample, valid)
+    log.info("%s calibrated on %s: %s", ref, info.path, params)
+    return f"{ref}?{urlencode(params)}"
 
 
 def _check_workers_see(client, path: str) -> None:

@@ -289,8 +289,11 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
 
 
 def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: int = 384,
-                 resampling: str = "average") -> np.ndarray:
-    """Read `bands` resized so the longer side is between `min_side` and `max_side`: (rows, cols, bands)."""
+                 resampling: str = "average", mask: bool = False) -> np.ndarray:
+    """Read `bands` resized so the longer side is between `min_side` and `max_side`: (rows, cols, bands).
+
+    With `mask`, return instead the (rows, cols) bool validity of those bands.
+    """
     from rasterio.enums import Resampling
 
     with warnings.catch_warnings():
@@ -300,6 +303,9 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
             scale = longest / min(max(longest, min_side), max_side)  # shrink big rasters, enlarge tiny ones
             shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
+            if mask:
+                masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
+                return np.all(masks > 0, axis=0)
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)
 

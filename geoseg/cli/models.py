@@ -20,7 +20,7 @@ def _row(entry, default: str) -> dict:
         "tile_size": card.tile_size,
         "margin": card.margin,
         "source": entry.source,
-        "path": str(entry.path),
+        "path": str(entry.path) if entry.path else None,
         "description": card.description,
     }
 
@@ -57,8 +57,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name", metavar="NAME|PATH")
 def show(name: str) -> None:
     """Print the card (JSON) of model NAME or of the bundle at PATH."""
-    from geoseg.models import read_card, resolve_model
+    from geoseg.models import get_segmenter
 
     with fail_cleanly():
-        card = read_card(resolve_model(name).with_suffix(".json"))
+        card = get_segmenter(name).card
     emit_json(card.to_dict())

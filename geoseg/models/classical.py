@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalized_difference", "otsu_threshold"]
+__all__ = ["BASELINES", "ClassicalSegmenter", "normalized_difference", "otsu_threshold"]
 
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -38,3 +38,99 @@ def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
         mean1 = (cum_mean[-1] - cum_mean) / weight1
         between = weight0 * weight1 * (mean0 - mean1) ** 2
     return float(edges[1:][np.nanargmax(between[:-1])])
+
+
+# --- classical segmenters: thresholds, region growing and edges, as registered models -------------
+
+BASELINES = {
+    "threshold": "Otsu thresholds: water by a water index, vegetation by a greenness index, the rest 'other'",
+    "region-growing": "region growing by hysteresis: confident index seeds grow into connected pixels above a "
+                      "lower cut",
+    "edges-watershed": "Sobel edges of the indices, flooded by watershed from confident seeds",
+}
+_CLASSES = [{"id": 0, "name": "other", "color": "#BDB7A4"}, {"id": 1, "name": "water", "color": "#E2A929"},
+            {"id": 2, "name": "vegetation", "color": "#FEDD3A"}]
+
+
+def _indices(batch: np.ndarray, nir: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Water and vegetation indices of (..., bands): NDWI/NDVI with a 4th NIR band, else RGB indices."""
+    r, g, b = batch[..., 0], batch[..., 1], batch[..., 2]
+    if nir:
+        n = batch[..., 3]
+        return normalized_difference(g, n), normalized_difference(n, r)
+    total = r + g + b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        greenness = (2 * g - r - b) / total  # excess green, normalised
+    return normalized_difference(b, r), greenness
+
+
+class ClassicalSegmenter:
+    """A classical method behind the Segmenter protocol, for comparison with deep models.
+
+    Thresholds come from the whole raster, not the tile: the pipeline calls
+    `calibrate` on a decimated read before tiling, and the chosen cuts travel in
+    the model reference, so every chunk uses the same ones.
+    """
+
+    margin = 16
+
+    def __init__(self, method: str, *, nir: bool = False, water: float | None = None,
+                 vegetation: float | None = None) -> None:
+        from geoseg.models.card import ModelCard
+
+        if method not in BASELINES:
+            raise ValueError(f"method must be one of {', '.join(BASELINES)}. Received: method={method!r}")
+        self.method, self.nir = method, nir
+        self.water, self.vegetation = water, vegetation
+        name = f"{method}{'-nir' if nir else ''}"
+        self.card = ModelCard.from_dict({
+            "name": name, "version": "1", "description": BASELINES[method] + (" (NDWI/NDVI from NIR)" if nir else ""),
+            "classes": _CLASSES, "bands": [1, 2, 3, 4] if nir else [1, 2, 3],
+            "normalization": {"method": "none"}, "margin": 0 if method == "threshold" else self.margin,
+            "training": {"data": "none: unsupervised classical method"},
+        })
+
+    def calibrate(self, sample: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+        """Otsu cuts over a decimated (rows, cols, bands) read of the whole raster: water first, then
+        vegetation among the pixels that are not water (one cut per index cannot split three modes)."""
+        water, veg = _indices(sample.astype(np.float32), self.nir)
+
+        def cut(index, where):
+            values = index[where & np.isfinite(index)]
+            counts, edges = np.histogram(values, bins=256, range=(-1, 1))
+            return otsu_threshold(counts, edges) if values.size else 1.0
+
+        cuts = {"water": cut(water, valid)}
+        cuts["vegetation"] = cut(veg, valid & ~(water > cuts["water"]))  # vegetation among what is not water
+        return cuts
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """One-hot (N, H, W, 3) of other, water, vegetation."""
+        if self.water is None or self.vegetation is None:
+            raise ValueError("calibrate() first: thresholds come from the whole raster")
+        out = np.zeros(batch.shape[:3] + (3,), np.float32)
+        for i, image in enumerate(batch):
+            out[i] = np.eye(3, dtype=np.float32)[self._classify(image.astype(np.float32))]
+        return out
+
+    def _classify(self, image: np.ndarray) -> np.ndarray:
+        water, veg = (np.nan_to_num(v, nan=-1.0) for v in _indices(image, self.nir))
+        if self.method == "threshold":
+            return np.select([water > self.water, veg > self.vegetation], [1, 2], 0)
+        if self.method == "region-growing":
+            from skimage.filters import apply_hysteresis_threshold
+
+            grow = [apply_hysteresis_threshold(index, cut - 0.05, cut + 0.05)
+                    for index, cut in ((water, self.water), (veg, self.vegetation))]
+            return np.select(grow, [1, 2], 0)
+        from skimage.filters import sobel
+        from skimage.segmentation import watershed
+
+        markers = np.zeros(water.shape, np.int32)
+        markers[(water < self.water - 0.05) & (veg < self.vegetation - 0.05)] = 1
+        markers[water > self.water + 0.05] = 2
+        markers[(veg > self.vegetation + 0.05) & (markers == 0)] = 3
+        if not markers.any():
+            return np.zeros(water.shape, np.int64)
+        regions = watershed(np.maximum(sobel(water), sobel(veg)), markers)
+        return np.choose(regions - 1, [0, 1, 2])

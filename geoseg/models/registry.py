@@ -20,14 +20,29 @@ _CACHE: dict[str, Segmenter] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+BUILTIN = "builtin:"
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model the registry knows: its name, card, bundle path and where it was found."""
+    """A model the registry knows: its name, card, bundle path (None for built-ins) and where it was found."""
 
     name: str
     card: ModelCard
-    path: Path
+    path: Path | None
     source: str
+
+    @property
+    def ref(self) -> str:
+        """What `get_segmenter` takes: the bundle path, or ``builtin:NAME``."""
+        return str(self.path) if self.path is not None else BUILTIN + self.name
+
+
+def _builtins() -> list[ModelEntry]:
+    from geoseg.models.classical import BASELINES, ClassicalSegmenter
+
+    return [ModelEntry(seg.card.name, seg.card, None, "built-in")
+            for seg in (ClassicalSegmenter(m, nir=nir) for m in BASELINES for nir in (False, True))]
 
 
 def _bundles_in(folder: Path, source: str) -> list[ModelEntry]:
@@ -49,13 +64,19 @@ def _plugin_folders() -> list[tuple[Path, str]]:
 
 
 def list_models() -> list[ModelEntry]:
-    """Return every model found, the zoo first; a later duplicate name is skipped."""
+    """Return every model found: built-in baselines, then the zoo, GEOSEG_MODEL_PATH and plugins.
+
+    A later duplicate name is skipped.
+    """
     places = [(ZOO, "zoo")]
     for part in os.environ.get("GEOSEG_MODEL_PATH", "").split(os.pathsep):
         if part:
             places.append((Path(part), "GEOSEG_MODEL_PATH"))
     places += _plugin_folders()
     seen, entries = set(), []
+    for entry in _builtins():
+        seen.add(entry.name)
+        entries.append(entry)
     for folder, source in places:
         if not folder.is_dir():
             continue
@@ -66,9 +87,14 @@ def list_models() -> list[ModelEntry]:
     return entries
 
 
-def resolve_model(ref: str | os.PathLike | None) -> Path:
-    """Return the bundle path for a model name or a path to ``.keras``/``.json``."""
+def resolve_model(ref: str | os.PathLike | None) -> str:
+    """Return the reference `get_segmenter` takes: a bundle path, or ``builtin:NAME`` for a baseline.
+
+    `ref` is a model name, a path to ``.keras``/``.json``, or None for the default.
+    """
     ref = DEFAULT_MODEL if ref is None else ref
+    if str(ref).startswith(BUILTIN):
+        return str(ref)
     path = Path(ref)
     if path.suffix in (".keras", ".json"):
         if not path.with_suffix(".keras").is_file():
@@ -76,11 +102,11 @@ def resolve_model(ref: str | os.PathLike | None) -> Path:
                 f"model file {path.with_suffix('.keras')} not found. Pass an existing bundle "
                 "or a name from `geoseg models`."
             )
-        return path.with_suffix(".keras").resolve()
+        return str(path.with_suffix(".keras").resolve())
     entries = list_models()
     for entry in entries:
         if entry.name == str(ref):
-            return entry.path
+            return entry.ref
     names = ", ".join(e.name for e in entries) or "none"
     raise ModelNotFoundError(
         f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "
@@ -93,9 +119,23 @@ def get_segmenter(ref: str | os.PathLike | None) -> Segmenter:
 
     Dask workers call this from the chunk function, so each process loads each
     model once, by path, instead of receiving it pickled with every task.
+    Built-in references may carry parameters: ``builtin:threshold?water=0.1&vegetation=0.2``.
     """
-    key = str(resolve_model(ref))
+    key = resolve_model(ref)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_bundle(key)
+            _CACHE[key] = _builtin(key) if key.startswith(BUILTIN) else load_bundle(key)
         return _CACHE[key]
+
+
+def _builtin(key: str) -> Segmenter:
+    from urllib.parse import parse_qsl
+
+    from geoseg.models.classical import BASELINES, ClassicalSegmenter
+
+    name, _, query = key[len(BUILTIN):].partition("?")
+    params = {k: float(v) for k, v in parse_qsl(query)}
+    method, nir = (name[:-4], True) if name.endswith("-nir") else (name, False)
+    if method not in BASELINES:
+        raise ModelNotFoundError(f"no built-in model {name!r}. Built-ins: {', '.join(BASELINES)} (and -nir).")
+    return ClassicalSegmenter(method, nir=nir, **params)

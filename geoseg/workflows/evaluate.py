@@ -48,14 +48,20 @@ def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str
 
 
 def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
-    """Lookup from label ids to model ids by class name; label classes the model lacks go to 255."""
+    """Lookup from label ids to model ids by class name.
+
+    Label classes the model lacks are scored as the model's 'other' class when it
+    has one (classical baselines), else left out (255).
+    """
     model_ids = {c.name: c.id for c in card.classes}
+    other = model_ids.get("other", IGNORE)
     lut = np.full(256, IGNORE, np.uint8)
     missing = []
     for i, c in enumerate(label_classes):
         if c["name"] in model_ids:
             lut[i] = model_ids[c["name"]]
         else:
+            lut[i] = other
             missing.append(c["name"])
     return lut, missing
 
@@ -121,13 +127,17 @@ def evaluate(
                  for k in ("iou", "f1", "precision", "recall")}
         for c in card.classes
     }
-    notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
+    if missing and any(c.name == "other" for c in card.classes):
+        notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
+    else:
+        notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
     absent = [c.name for c in card.classes if matrix[c.id].sum() == 0]
     if absent:
         notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
                      f"{', '.join(absent)}")
+    not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, [c.name for c in card.classes], per_class, round(s["mean_iou"], 4),
-                      round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), sorted(missing), notes)
+                      round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
 
 
 def compare(
