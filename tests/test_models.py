@@ -106,3 +106,44 @@ def test_resolve_unknown_model_lists_names(model_dir, monkeypatch):
         resolve_model("nope")
     with pytest.raises(ModelNotFoundError, match="not found"):
         resolve_model("/no/such/model.keras")
+
+
+def _legacy_h5(tmp_path):
+    """A model in the original system's shape: 128x128x3 input, softmax over 6 classes, saved as .h5."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((128, 128, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    outputs = keras.layers.Conv2D(6, 1, activation="softmax")(x)
+    path = tmp_path / "custom_unet_v1.h5"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+LEGACY_CARD = {
+    "name": "legacy-unet", "bands": [1, 2, 3], "tile_size": 128, "margin": 8,
+    "normalization": {"method": "scale", "scale": 1 / 255},
+    "classes": [{"id": i, "name": n, "color": "#808080"}
+                for i, n in enumerate(["building", "land", "road", "vegetation", "water", "unlabeled"])],
+}
+
+
+def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    h5 = _legacy_h5(tmp_path)
+    image = make_raster(shape=(150, 170))
+    no_card = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "a"), "-m", str(h5)])
+    assert no_card.exit_code == 1 and "carries no card" in no_card.output and "--card" in no_card.output
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(LEGACY_CARD))
+    ok = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "b"), "-m", str(h5),
+                                   "--card", str(card), "--json", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    data = json.loads(ok.stdout)
+    assert data["plan"]["tile"] == 128 and sum(c["pixels"] for c in data["classes"]) == 150 * 170
+    (tmp_path / "custom_unet_v1.json").write_text(json.dumps(LEGACY_CARD))  # a card beside it works too
+    assert load_bundle(h5).card.tile_size == 128

@@ -15,6 +15,8 @@ __all__ = ["segment"]
               help="Folder for the outputs (created if missing).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH",
               help="Model name from `geoseg models` or a .keras bundle path. Default: landcover-unet.")
+@click.option("--card", type=click.Path(dir_okay=False), default=None,
+              help="Model card (JSON) for a legacy Keras .h5 model that has none beside it.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
@@ -38,7 +40,7 @@ __all__ = ["segment"]
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def segment(inputs, output_dir, model, bands, chunk, tile, margin, batch_size, confidence, probabilities,
+def segment(inputs, output_dir, model, card, bands, chunk, tile, margin, batch_size, confidence, probabilities,
             vector, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
@@ -53,8 +55,10 @@ def segment(inputs, output_dir, model, bands, chunk, tile, margin, batch_size, c
       geoseg segment big.tif -o out/ --chunk 2048 --workers 4
     """
     from geoseg.errors import GeosegError, OutputError
+    from geoseg.models.registry import with_card
     from geoseg.pipeline import segment as run_segment
 
+    model = with_card(model, card)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
     results, failures = [], []

@@ -12,7 +12,7 @@ from geoseg.errors import ModelNotFoundError
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "list_models", "resolve_model", "get_segmenter"]
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "get_segmenter", "list_models", "resolve_model", "with_card"]
 
 DEFAULT_MODEL = "landcover-unet"
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -95,7 +95,12 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
     ref = DEFAULT_MODEL if ref is None else ref
     if str(ref).startswith(BUILTIN):
         return str(ref)
-    path = Path(ref)
+    text, _, query = str(ref).partition("?")
+    path = Path(text)
+    if path.suffix == ".h5":  # legacy Keras model; its card may come as ?card=PATH
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file {path} not found. Pass an existing .h5 or .keras model.")
+        return str(path.resolve()) + (f"?{query}" if query else "")
     if path.suffix in (".keras", ".json"):
         if not path.with_suffix(".keras").is_file():
             raise ModelNotFoundError(
@@ -124,8 +129,25 @@ def get_segmenter(ref: str | os.PathLike | None) -> Segmenter:
     key = resolve_model(ref)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _builtin(key) if key.startswith(BUILTIN) else load_bundle(key)
+            _CACHE[key] = _builtin(key) if key.startswith(BUILTIN) else _bundle(key)
         return _CACHE[key]
+
+
+def _bundle(key: str) -> Segmenter:
+    from urllib.parse import parse_qs
+
+    path, _, query = key.partition("?")
+    card = parse_qs(query).get("card", [None])[0]
+    return load_bundle(path, card=card)
+
+
+def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None) -> str | os.PathLike | None:
+    """A model reference that carries an explicit card (for legacy .h5 models)."""
+    from urllib.parse import urlencode
+
+    if card is None:
+        return ref
+    return f"{ref}?{urlencode({'card': os.path.abspath(card)})}"
 
 
 def _builtin(key: str) -> Segmenter:

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.errors import ModelError
+from geoseg.errors import CardError, ModelError
 from geoseg.models.card import ModelCard, read_card
 
 __all__ = ["Segmenter", "KerasSegmenter", "load_bundle"]
@@ -91,21 +91,30 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         )
 
 
-def load_bundle(path: str | Path) -> KerasSegmenter:
-    """Load a bundle ``NAME.keras`` + ``NAME.json`` given either file's path.
+def load_bundle(path: str | Path, *, card: str | Path | None = None) -> KerasSegmenter:
+    """Load a bundle ``NAME.keras`` + ``NAME.json`` given either file's path, or a legacy ``NAME.h5``.
 
-    Keras loads it in safe mode, so a bundle cannot run arbitrary code.
+    Keras loads it in safe mode, so a bundle cannot run arbitrary code. A legacy
+    ``.h5`` model needs a card: `card`, or ``NAME.json`` beside it.
     """
     import keras
 
     path = Path(path)
-    weights, card_path = path.with_suffix(".keras"), path.with_suffix(".json")
+    legacy = path.suffix == ".h5"
+    weights = path if legacy else path.with_suffix(".keras")
+    card_path = Path(card) if card is not None else weights.with_suffix(".json")
     if not weights.is_file():
         raise ModelError(f"{weights}: model file not found; a bundle is NAME.keras plus NAME.json.")
-    card = read_card(card_path)
+    if legacy and not card_path.is_file():
+        raise CardError(
+            f"{weights}: a legacy Keras .h5 model carries no card. Write one (classes, bands, normalization, "
+            f"tile_size, margin; `geoseg models show landcover-unet` shows the format) and pass it with --card, "
+            f"or save it as {card_path}."
+        )
+    model_card = read_card(card_path)
     try:
         model = keras.saving.load_model(weights, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
-    log.debug("loaded %s (%s %s)", weights, card.name, card.version)
-    return KerasSegmenter(model, card, source=str(weights))
+    log.debug("loaded %s (%s %s)", weights, model_card.name, model_card.version)
+    return KerasSegmenter(model, model_card, source=str(weights))
