@@ -8,7 +8,7 @@ SAMPLE := demo-output/synthetic_sample.tif
 INPUT  ?= $(SAMPLE)
 OUT    ?= demo-output
 
-.PHONY: env demo test test-fast bench clean
+.PHONY: env demo test test-fast browser bench clean
 
 env: $(VENV)/.installed
 
@@ -24,8 +24,15 @@ demo: env
 	$(BIN)/geoseg segment "$(INPUT)" -o "$(OUT)" --vector --confidence --overwrite
 	@echo "Outputs are in $(OUT)/ (mask GeoTIFF, polygons GeoPackage, preview PNG)."
 
-test: env
+test: env browser
 	$(BIN)/python -m pytest -q --runslow
+
+# Debian's chromium for the web page's browser test (needs root or sudo; skipped tests say so otherwise)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "could not install chromium: the browser test will be skipped"; }
 
 test-fast: env
 	$(BIN)/python -m pytest -q

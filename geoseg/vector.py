@@ -366,10 +366,12 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
     tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
     tmp.unlink(missing_ok=True)
     try:
-        if driver == "GeoParquet":
-            frame.to_parquet(tmp)
-        else:
-            frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio")
+        with warnings.catch_warnings():  # a mask without a CRS gives a layer without one, as it should
+            warnings.filterwarnings("ignore", message=".*crs.*was not provided", category=UserWarning)
+            if driver == "GeoParquet":
+                frame.to_parquet(tmp)
+            else:
+                frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio")
     except ImportError as exc:
         raise OutputError(f"{out_path}: writing {driver} needs an extra package ({exc}).") from None
     os.replace(tmp, out_path)

@@ -58,7 +58,7 @@ def load_tensorflow(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
-    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare"):
+    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare", "serve"):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 
@@ -68,6 +68,7 @@ from geoseg.cli.flood import flood  # noqa: E402
 from geoseg.cli.models import models  # noqa: E402
 from geoseg.cli.scene import scene  # noqa: E402
 from geoseg.cli.segment import segment  # noqa: E402
+from geoseg.cli.serve import serve  # noqa: E402
 from geoseg.cli.survey import survey  # noqa: E402
 from geoseg.cli.train import train  # noqa: E402
 from geoseg.cli.vectorize import vectorize  # noqa: E402
@@ -81,3 +82,4 @@ main.add_command(survey)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(compare)
+main.add_command(serve)

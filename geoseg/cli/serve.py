@@ -1,0 +1,30 @@
+"""`geoseg serve`: the web page and JSON API."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--max-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
+@click.option("--max-mpx", type=click.FloatRange(min=0.01), default=50.0, show_default=True,
+              help="Largest image in megapixels.")
+@click.option("--ttl", type=click.IntRange(min=60), default=3600, show_default=True,
+              help="Seconds before uploads and results are deleted.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Jobs run at once.")
+def serve(host, port, max_mb, max_mpx, ttl, workers):
+    """Serve the page: upload an image, segment it, switch and compare models, download outputs.
+
+    JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
+    'label'), GET /api/jobs/ID. Bind to 127.0.0.1 unless you mean to share it.
+    """
+    from geoseg.web import create_app
+
+    app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
+                      "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
+    click.echo(f"geoseg serving on http://{host}:{port}/", err=True)
+    app.run(host=host, port=port, threaded=True)

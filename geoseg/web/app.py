@@ -1,0 +1,167 @@
+"""The Flask app: thin routes over the registry, segment() and background jobs."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, abort, jsonify, render_template, request, send_file
+
+from geoseg.errors import GeosegError, ModelNotFoundError
+from geoseg.web.jobs import Job, JobManager
+from geoseg.web.uploads import UploadError, check_pixels, display_name, sniff
+
+__all__ = ["create_app"]
+
+DEFAULTS = {
+    "MAX_CONTENT_LENGTH": 200 * 1024 * 1024,  # bytes per request
+    "GEOSEG_MAX_PIXELS": 50_000_000,
+    "GEOSEG_RESULT_TTL": 3600,  # seconds before uploads and results are deleted
+    "GEOSEG_WORKERS": 2,
+    "GEOSEG_DATA_DIR": None,  # default: a folder in the system temp dir
+}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; `config` overrides DEFAULTS (e.g. GEOSEG_MAX_PIXELS, GEOSEG_RESULT_TTL)."""
+    app = Flask(__name__)
+    app.config.update(DEFAULTS)
+    app.config.update(config or {})
+    root = Path(app.config["GEOSEG_DATA_DIR"] or Path(tempfile.gettempdir()) / "geoseg-web")
+    jobs = JobManager(root, workers=int(app.config["GEOSEG_WORKERS"]), ttl=float(app.config["GEOSEG_RESULT_TTL"]))
+    app.extensions["geoseg_jobs"] = jobs
+
+    @app.errorhandler(UploadError)
+    def upload_error(exc: UploadError):
+        return jsonify(error=str(exc)), exc.status
+
+    @app.errorhandler(ModelNotFoundError)
+    def model_error(exc):
+        return jsonify(error=str(exc)), 404
+
+    @app.errorhandler(GeosegError)
+    def geoseg_error(exc):
+        return jsonify(error=str(exc)), 400
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        limit = app.config["MAX_CONTENT_LENGTH"] / 1024**2
+        return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", models=_models(), max_mb=app.config["MAX_CONTENT_LENGTH"] // 1024**2,
+                               max_mpx=app.config["GEOSEG_MAX_PIXELS"] / 1e6)
+
+    @app.get("/api/models")
+    def api_models():
+        return jsonify(models=_models())
+
+    @app.post("/api/segment")
+    def api_segment():
+        job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
+        return jsonify(job.to_dict()), 202
+
+    @app.get("/api/jobs/<job_id>")
+    def api_job(job_id: str):
+        job = jobs.get(job_id)
+        if job is None:
+            return jsonify(error=f"no job {job_id!r}: it never existed or has expired."), 404
+        return jsonify(job.to_dict())
+
+    @app.get("/jobs/<job_id>/files/<name>")
+    def job_file(job_id: str, name: str):
+        job = jobs.get(job_id)
+        if job is None or name not in job.files:  # only names the job made; no path from the user
+            abort(404)
+        path = job.files[name]
+        return send_file(path, as_attachment=not name.endswith(".png"),
+                         download_name=f"{Path(job.name).stem}_{name}")
+
+    @app.get("/models/<name>/download")
+    def model_download(name: str):
+        entry = next((m for m in _registry() if m.name == name), None)
+        if entry is None or entry.path is None:
+            abort(404)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for suffix in (".keras", ".json"):
+                archive.write(entry.path.with_suffix(suffix), f"{name}{suffix}")
+        buffer.seek(0)
+        return send_file(buffer, mimetype="application/zip", as_attachment=True, download_name=f"{name}.zip")
+
+    return app
+
+
+def _registry():
+    from geoseg.models import list_models
+
+    return list_models()
+
+
+def _models() -> list[dict[str, Any]]:
+    from geoseg.models import DEFAULT_MODEL
+
+    return [{"name": m.name, "description": m.card.description, "source": m.source,
+             "classes": [{"name": c.name, "color": c.color} for c in m.card.classes],
+             "bands": list(m.card.bands), "default": m.name == DEFAULT_MODEL,
+             "download": f"/models/{m.name}/download" if m.path is not None else None}
+            for m in _registry()]
+
+
+def _save_upload(storage, folder: Path, stem: str) -> Path:
+    head = storage.stream.read(16)
+    kind = sniff(head)
+    storage.stream.seek(0)
+    path = folder / f"{stem}.{kind}"
+    storage.save(path)
+    return path
+
+
+def _new_job(jobs: JobManager, max_pixels: int) -> Job:
+    image = request.files.get("image")
+    if image is None or not image.filename:
+        raise UploadError("no image in the request: send it as multipart field 'image'.", 400)
+    names = [n for value in request.form.getlist("models") for n in value.split(",") if n.strip()]
+    known = {m.name for m in _registry()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UploadError(f"unknown model(s) {', '.join(unknown)}; GET /api/models lists them.", 400)
+    job_id, folder = jobs.new_folder()
+    try:
+        path = _save_upload(image, folder, "input")
+        check_pixels(path, max_pixels)
+        job = Job(job_id, folder, display_name(image.filename), names or ["landcover-unet"], False)
+        job.files["input"] = path
+        job.files["original.png"] = _original_png(path, folder)
+        label = request.files.get("label")
+        if label is not None and label.filename:
+            job.files["label"] = _save_upload(label, folder, "label")
+            job.has_label = True
+    except Exception:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return jobs.submit(job)
+
+
+def _original_png(path: Path, folder: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from geoseg.preview import save_png, stretch
+    from geoseg.raster import read_preview
+
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
+    data = read_preview(str(path), bands, 1024)
+    rgb = data if data.dtype == np.uint8 else stretch(data)
+    out = folder / "original.png"
+    save_png(Image.fromarray(rgb), out)
+    return out

@@ -1,0 +1,175 @@
+"""Background segmentation jobs for the web app: a thread pool, per-job folders, expiry."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Job", "JobManager"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One upload and the models run on it."""
+
+    id: str
+    folder: Path
+    name: str
+    models: list[str]
+    has_label: bool
+    created: float = field(default_factory=time.time)
+    status: str = "queued"
+    progress: float = 0.0
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What GET /api/jobs/ID returns (file URLs, never paths)."""
+        return {"id": self.id, "name": self.name, "models": self.models, "status": self.status,
+                "progress": round(self.progress, 3), "error": self.error, "result": self.result,
+                "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
+
+
+class JobManager:
+    """Runs jobs on a small thread pool so that requests stay fast; forgets them after `ttl` seconds."""
+
+    def __init__(self, root: Path, *, workers: int = 2, ttl: float = 3600.0) -> None:
+        self.root, self.ttl = Path(root), ttl
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-job")
+
+    def new_folder(self) -> tuple[str, Path]:
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir()
+        return job_id, folder
+
+    def submit(self, job: Job) -> Job:
+        with self.lock:
+            self.jobs[job.id] = job
+        self.pool.submit(self._run, job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        self.expire()
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def expire(self) -> None:
+        """Delete jobs (and their files) older than the time to live."""
+        now = time.time()
+        with self.lock:
+            old = [j for j in self.jobs.values() if now - j.created > self.ttl and j.status in ("done", "failed")]
+            for job in old:
+                del self.jobs[job.id]
+        for job in old:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        for folder in self.root.iterdir():  # leftovers of an earlier server
+            if folder.is_dir() and folder.name not in self.jobs and now - folder.stat().st_mtime > self.ttl:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _run(self, job: Job) -> None:
+        job.status = "running"
+        try:
+            run_job(job)
+            job.status, job.progress = "done", 1.0
+        except Exception as exc:  # reported to the page; the server carries on
+            from geoseg.errors import GeosegError
+
+            if not isinstance(exc, GeosegError):
+                log.exception("job %s failed", job.id)
+            job.status, job.error = "failed", str(exc)
+
+
+def run_job(job: Job) -> None:
+    """Segment the upload with every model, then describe, compare and (with a label) score them."""
+    from geoseg import segment
+    from geoseg.models import get_segmenter
+    from geoseg.preview import colorize, save_png
+    from geoseg.raster import read_preview
+    from geoseg.vector import vectorize
+
+    image = job.files["input"]
+    per_model, masks = [], {}
+    for i, model in enumerate(job.models):
+        card = get_segmenter(model).card
+        out = job.folder / f"m{i}"
+
+        def progress(fraction, i=i):
+            job.progress = (i + 0.9 * fraction) / len(job.models)
+
+        res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress)
+        key = f"m{i}"
+        job.files[f"{key}_mask.tif"] = Path(res.outputs["mask"])
+        job.files[f"{key}_polygons.gpkg"] = Path(res.outputs["vector"])
+        geojson = out / "polygons.geojson"
+        vectorize(res.outputs["mask"], geojson, overwrite=True, style=False)
+        job.files[f"{key}_polygons.geojson"] = geojson
+        mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
+        masks[model] = (mask, card)
+        rgba = np.dstack([colorize(mask, card.classes), np.where(mask == 255, 0, 255).astype(np.uint8)])
+        from PIL import Image
+
+        save_png(Image.fromarray(rgba, "RGBA"), out / "mask.png")
+        job.files[f"{key}_mask.png"] = out / "mask.png"
+        save_png(_overlay(job.files["original.png"], rgba), out / "overlay.png")
+        job.files[f"{key}_overlay.png"] = out / "overlay.png"
+        total = sum(c["pixels"] for c in res.classes) or 1
+        per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
+                          "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
+                          "seconds": res.seconds})
+    job.result["models"] = per_model
+    if len(masks) > 1:
+        stack = np.stack([m for m, _ in masks.values()])
+        valid = (stack != 255).all(0)
+        same = (stack == stack[:1]).all(0) & valid
+        job.result["agreement_pct"] = round(100 * same.sum() / max(valid.sum(), 1), 2)
+    if job.has_label:
+        job.result["iou"] = _label_iou(job, masks)
+
+
+def _overlay(original: Path, rgba: np.ndarray):
+    from PIL import Image
+
+    base = Image.open(original).convert("RGBA").resize((rgba.shape[1], rgba.shape[0]))
+    top = Image.fromarray(rgba, "RGBA")
+    top.putalpha(Image.fromarray((rgba[..., 3] * 0.55).astype(np.uint8)))
+    return Image.alpha_composite(base, top).convert("RGB")
+
+
+def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
+    """Per-class IoU of each model against the uploaded label (index or the model's colours)."""
+    import rasterio
+
+    from geoseg.models.labels import read_labels
+    from geoseg.models.metrics import confusion_matrix, scores
+
+    rows = []
+    label = job.files["label"]
+    with rasterio.open(label) as ds:
+        bands = ds.count
+    for i, model in enumerate(job.models):
+        with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
+            pred = ds.read(1)
+        card = masks[model][1]
+        classes = [{"name": c.name, "color": c.color} for c in card.classes]
+        truth = read_labels(label, fmt="color" if bands >= 3 else "index", classes=classes,
+                            image=job.files["input"], shape=pred.shape)
+        s = scores(confusion_matrix(truth, pred, card.n_classes))
+        rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),
+                     "iou": {c.name: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(card.classes, s["iou"])}})
+    return rows

@@ -1,0 +1,76 @@
+// geoseg page: upload, poll the job, show and compare the results. No build step.
+const $ = (id) => document.getElementById(id);
+const form = $("upload"), drop = $("drop"), input = $("image");
+let job = null;
+
+["dragenter", "dragover"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (ev) => { input.files = ev.dataTransfer.files; showChosen(); });
+input.addEventListener("change", showChosen);
+function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
+
+function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
+
+form.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const data = new FormData(form);
+  if (!data.getAll("models").length) { say("Pick at least one model.", true); return; }
+  $("results").hidden = true; $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
+  const response = await fetch("/api/segment", { method: "POST", body: data });
+  const body = await response.json();
+  if (!response.ok) { $("bar").hidden = true; say(body.error, true); return; }
+  job = body; poll();
+});
+
+async function poll() {
+  const response = await fetch(`/api/jobs/${job.id}`);
+  job = await response.json();
+  if (!response.ok) { say(job.error, true); return; }
+  $("bar").value = job.progress;
+  if (job.status === "failed") { $("bar").hidden = true; say(job.error, true); return; }
+  if (job.status !== "done") { say(`Segmenting with ${job.models.join(", ")}… ${Math.round(job.progress * 100)}%`); setTimeout(poll, 500); return; }
+  $("bar").hidden = true; say("Done."); show();
+}
+
+function show() {
+  const models = job.result.models;
+  const select = $("view-model");
+  select.innerHTML = models.map((m, i) => `<option value="${i}">${m.model}</option>`).join("");
+  select.onchange = () => view(models[select.value]);
+  $("original").src = job.files["original.png"];
+  $("agreement").textContent = job.result.agreement_pct !== undefined ? `Models agree on ${job.result.agreement_pct}% of pixels` : "";
+  $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}">
+    <figcaption>${m.model} (${m.seconds.toFixed(1)} s)</figcaption></figure>`).join("");
+  areas(models); iou(job.result.iou);
+  view(models[0]);
+  $("results").hidden = false;
+}
+
+function view(m) {
+  $("overlay").src = job.files[m.key + "_mask.png"];
+  $("legend").innerHTML = m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
+    (c.area_m2 !== null ? ` (${(c.area_m2 / 1e4).toFixed(2)} ha)` : "") + "</span>").join(" ");
+  const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]];
+  $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
+    `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join("");
+}
+
+function areas(models) {
+  const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
+  const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c ? `${c.share_pct}%` : "–"; };
+  $("areas").innerHTML = `<tr><th>class</th>${models.map((m) => `<th>${m.model}</th>`).join("")}</tr>` +
+    names.map((n) => `<tr><td>${n}</td>${models.map((m) => `<td>${cell(m, n)}</td>`).join("")}</tr>`).join("");
+}
+
+function iou(rows) {
+  if (!rows) { $("iou").hidden = true; return; }
+  const names = [...new Set(rows.flatMap((r) => Object.keys(r.iou)))];
+  const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
+  $("iou").innerHTML = `<tr><th>IoU</th>${rows.map((r) => `<th>${r.model}</th>`).join("")}</tr>` +
+    names.map((n) => `<tr><td>${n}</td>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
+    `<tr><th>mean IoU</th>${rows.map((r) => `<th>${fmt(r.mean_iou)}</th>`).join("")}</tr>`;
+  $("iou").hidden = false;
+}
+
+$("opacity").addEventListener("input", (ev) => { $("overlay").style.opacity = ev.target.value; });
+$("overlay").style.opacity = $("opacity").value;

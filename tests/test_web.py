@@ -1,0 +1,172 @@
+"""The web app: routes and errors with Flask's test client, and one run in a real headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from geoseg.web import create_app
+
+
+@pytest.fixture
+def app(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    return create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_MAX_PIXELS": 200_000,
+                       "MAX_CONTENT_LENGTH": 5 * 1024 * 1024, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def _png(rows=60, cols=80, seed=0, flat=False) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    pixels = np.zeros((rows, cols, 3), np.uint8) if flat else rng.integers(0, 255, (rows, cols, 3), np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _wait(client, job_id, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").get_json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError("job did not finish")
+
+
+def test_models_api_lists_registry(client):
+    models = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}
+    assert {"tiny-fcn", "threshold", "edges-watershed"} <= set(models)
+    assert models["tiny-fcn"]["download"] == "/models/tiny-fcn/download" and models["threshold"]["download"] is None
+
+
+def test_segment_compare_and_download(client, make_raster):
+    tif = make_raster(shape=(60, 80))
+    label = io.BytesIO()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(label, format="PNG")
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(tif.read_bytes()), "../../etc/passwd.tif"), "models": "tiny-fcn,threshold",
+        "label": (io.BytesIO(label.getvalue()), "label.png")}, content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["name"] == "etc_passwd.tif"  # the user's name is sanitised and only ever displayed
+    assert [m["model"] for m in job["result"]["models"]] == ["tiny-fcn", "threshold"]
+    assert 0 <= job["result"]["agreement_pct"] <= 100
+    assert {r["model"] for r in job["result"]["iou"]} == {"tiny-fcn", "threshold"}
+    with client.get(job["files"]["m0_mask.tif"]) as mask:
+        assert mask.status_code == 200
+        with rasterio.MemoryFile(mask.data) as memfile, memfile.open() as ds, rasterio.open(tif) as src:
+            assert (ds.crs, ds.transform) == (src.crs, src.transform)  # georeferenced like the upload
+    with client.get(job["files"]["m0_polygons.gpkg"]) as gpkg:
+        assert gpkg.status_code == 200 and gpkg.data[:15] == b"SQLite format 3"
+    with client.get(job["files"]["m1_polygons.geojson"]) as geojson:
+        assert geojson.get_json()["type"] == "FeatureCollection"
+    with client.get("/models/tiny-fcn/download") as bundle:
+        assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
+
+
+@pytest.mark.parametrize(
+    "data, status, message",
+    [
+        ({}, 400, "no image"),
+        ({"image": (io.BytesIO(b"hello, not an image"), "photo.png")}, 415, "checked from its content"),
+        ({"image": (io.BytesIO(_png(600, 600, flat=True)), "big.png")}, 413, "at most 0.2 Mpx"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "models": "nope"}, 400, "unknown model"),
+    ],
+)
+def test_upload_errors(client, data, status, message):
+    with client.post("/api/segment", data=data, content_type="multipart/form-data") as response:
+        assert response.status_code == status
+        assert message in response.get_json()["error"]
+
+
+def test_too_many_bytes(client):
+    # the request announces 6 MB; the server refuses it from the header, before reading the body
+    with client.post("/api/segment", data=b"--x--", content_type="multipart/form-data; boundary=x",
+                     environ_overrides={"CONTENT_LENGTH": str(6 * 1024 * 1024)}) as response:
+        assert response.status_code == 413 and "limit of 5 MB" in response.get_json()["error"]
+
+
+def test_no_user_path_reaches_the_filesystem(client):
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"), "models": "tiny-fcn"},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    for name in ("../../../etc/passwd", "..%2f..%2finput.png", "input.png"):
+        assert client.get(f"/jobs/{job['id']}/files/{name}").status_code == 404
+    assert client.get("/api/jobs/not-a-job").status_code == 404
+    assert client.get("/models/threshold/download").status_code == 404  # built-ins have no bundle
+
+
+def test_results_expire(app, client):
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"), "models": "tiny-fcn"},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    app.extensions["geoseg_jobs"].ttl = 0.0
+    folder = next(Path(app.extensions["geoseg_jobs"].root).iterdir())
+    time.sleep(0.05)
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 404
+    assert not folder.exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_in_a_real_browser(app, make_raster, tmp_path):
+    """Upload, switch model, compare, download the mask: in headless Chromium, with screenshots."""
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    image = make_raster(name="field.tif", shape=(120, 160))
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic"])
+            page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)  # phone width
+            page.goto(url)
+            page.screenshot(path=shots / "1-start.png", full_page=True)
+            page.set_input_files("#image", str(image))
+            page.check("input[value='threshold']")
+            page.check("input[value='tiny-fcn']")
+            chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
+            page.click("#go")
+            page.wait_for_selector("#results:not([hidden])", timeout=60_000)
+            page.screenshot(path=shots / "2-results.png", full_page=True)
+            assert page.locator("#compare figure").count() == chosen >= 2
+            assert "agree" in page.inner_text("#agreement")
+            shown = page.get_attribute("#overlay", "src")
+            page.select_option("#view-model", index=1)  # switch model
+            assert page.get_attribute("#overlay", "src").endswith("/m1_mask.png") and not shown.endswith("/m1_mask.png")
+            page.fill("#opacity", "0.2")
+            page.screenshot(path=shots / "3-switched.png", full_page=True)
+            with page.expect_download() as download:
+                page.click("#downloads a:has-text('mask GeoTIFF')")
+            saved = tmp_path / "mask.tif"
+            download.value.save_as(saved)
+            with rasterio.open(saved) as ds, rasterio.open(image) as src:
+                assert ds.shape == src.shape and ds.crs == src.crs
+            browser.close()
+    finally:
+        server.shutdown()
+    assert len(list(shots.glob("*.png"))) == 3
