@@ -137,6 +137,7 @@ def segment_chunk(
     batch_size: int,
     confidence: bool,
     probabilities: bool,
+    normalization: dict | None = None,
 ) -> np.ndarray:
     """Segment one chunk with its margins; the Dask task that runs on any worker.
 
@@ -158,7 +159,7 @@ def segment_chunk(
     """
     segmenter = get_segmenter(model_ref)
     valid = valid[..., 0]
-    x = segmenter.card.normalize(block)
+    x = segmenter.card.normalize(block, normalization)
     x[~valid] = 0.0
     proba = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size)
     rows, cols = proba.shape[:2]
@@ -304,6 +305,7 @@ def segment(
     vector: bool = False,
     preview: bool = True,
     overwrite: bool = False,
+    normalization: dict | None = None,
     client=None,
     progress: Progress | None = None,
 ) -> SegmentResult:
@@ -340,6 +342,10 @@ def segment(
         Write a PNG of the image beside the mask, with a legend.
     overwrite : bool
         Replace existing outputs; without it an existing output is an error.
+    normalization : dict, optional
+        Override the card's normalisation, e.g. ``{"method": "percentile", "low": 2,
+        "high": 98}`` (computed on the whole raster), ``{"method": "scale", "scale":
+        1 / 10000}`` or ``{"method": "meanstd", "mean": [...], "std": [...]}``.
     client : distributed.Client, optional
         Run the chunks on this Dask cluster; default is Dask's threads in-process.
     progress : callable, optional
@@ -370,6 +376,7 @@ def segment(
     card = get_segmenter(model_path).card
     plan = plan_run(info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
+    norm = _normalization(card, normalization, info, plan)
     stem = Path(info.path).stem
     paths = prepare_output_dir(
         output_dir,
@@ -379,7 +386,8 @@ def segment(
     )
     if client is not None:
         _check_workers_see(client, info.path)
-    result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities)
+    result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
+                          normalization=norm)
     log.info(
         "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
         info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
@@ -427,9 +435,24 @@ def segment(
             "tile": plan.tile,
             "batch_size": plan.batch_size,
             "bands": list(plan.bands),
+            "normalization": norm or card.normalization,
             "overlap_factor": round(plan.overlap_factor((info.height, info.width)), 3),
         },
     )
+
+
+def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, plan: Plan) -> dict | None:
+    """The normalisation for this raster: the override or the card's, percentiles resolved on the raster."""
+    from geoseg.models.card import parse_normalization, resolve_normalization
+    from geoseg.raster import read_preview
+
+    norm = card.normalization if override is None else parse_normalization(override, card.n_bands)
+    if norm["method"] == "percentile":
+        sample = read_preview(info.path, plan.bands, 1024, min_side=1)
+        valid = read_preview(info.path, plan.bands, 1024, min_side=1, mask=True)
+        norm = resolve_normalization(norm, sample, valid)
+        log.info("%s: stretch %s", info.path, norm)
+    return None if norm == card.normalization else norm
 
 
 def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
@@ -462,7 +485,8 @@ def _check_workers_see(client, path: str) -> None:
         )
 
 
-def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool) -> da.Array:
+def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,
+                 normalization: dict | None = None) -> da.Array:
     shape = (info.height, info.width)
     chunks = tuple(chunk_lengths(n, c, plan.margin) for n, c in zip(shape, plan.chunk))
     image = da.from_array(
@@ -479,6 +503,7 @@ def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bo
     return overlap_map(
         segment_chunk, image, valid, margin=plan.margin, out_bands=out_bands, model_ref=model_ref,
         tile=plan.tile, batch_size=plan.batch_size, confidence=confidence, probabilities=probabilities,
+        normalization=normalization,
     )
 
 

@@ -224,3 +224,27 @@ def test_memory_does_not_read_whole_raster(make_raster, tiny_fcn, tmp_path, monk
     monkeypatch.setattr(raster.WindowReader, "__getitem__", spy)
     segment(make_raster(shape=(300, 300)), tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
     assert reads and max(r[0] * r[1] for r in reads) <= 64 * 64 * 2  # chunk-sized windows only
+
+
+def test_percentile_normalisation_from_the_whole_raster(make_raster, tiny_fcn, tmp_path):
+    """A uint16 raster stretched by its own 2-98 percentiles: same result whatever the chunk."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    path = make_raster(dtype="uint16", shape=(90, 100))
+    norm = {"method": "percentile", "low": 2, "high": 98}
+    a = segment(path, tmp_path / "a", model=tiny_fcn, chunk=32, normalization=norm, preview=False)
+    b = segment(path, tmp_path / "b", model=tiny_fcn, chunk=128, normalization=norm, preview=False)
+    assert a.plan["normalization"]["method"] == "stretch"
+    assert (_read(a.outputs["mask"]) == _read(b.outputs["mask"])).all()
+    with rasterio.open(path) as ds:
+        data = ds.read()
+    expected_low = np.percentile(data.reshape(3, -1), 2, axis=1)
+    assert np.allclose(a.plan["normalization"]["low"], expected_low, rtol=0.05)
+    result = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "c"), "-m", str(tiny_fcn),
+                                       "--normalize", "percentile:2,98", "--json", "--quiet"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["plan"]["normalization"]["method"] == "stretch"
+    bad = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "d"), "-m", str(tiny_fcn),
+                                    "--normalize", "zscore"])
+    assert bad.exit_code == 2 and "percentile:2,98" in bad.output

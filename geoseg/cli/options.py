@@ -10,7 +10,7 @@ import click
 
 from geoseg.errors import GeosegError
 
-__all__ = ["BandsType", "fail_cleanly", "emit_json"]
+__all__ = ["BandsType", "NormalizationType", "fail_cleanly", "emit_json"]
 
 
 class BandsType(click.ParamType):
@@ -28,6 +28,34 @@ class BandsType(click.ParamType):
         if not bands or min(bands) < 1:
             self.fail(f"band indexes start at 1. Received: {value!r}", param, ctx)
         return bands
+
+
+class NormalizationType(click.ParamType):
+    """``scale:S[,OFFSET]``, ``percentile:LOW,HIGH``, ``meanstd:M1,M2,../S1,S2,..`` or ``none``."""
+
+    name = "normalization"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        method, _, args = str(value).partition(":")
+        try:
+            if method == "none":
+                return {"method": "none"}
+            if method == "scale":
+                numbers = [float(v) for v in args.split(",")]
+                return {"method": "scale", "scale": numbers[0], "offset": numbers[1] if len(numbers) > 1 else 0.0}
+            if method == "percentile":
+                low, high = (float(v) for v in args.split(","))
+                return {"method": "percentile", "low": low, "high": high}
+            if method == "meanstd":
+                mean, std = args.split("/")
+                return {"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
+                        "std": [float(v) for v in std.split(",")]}
+        except ValueError:
+            pass
+        self.fail("use scale:0.0001, percentile:2,98, meanstd:M1,M2,M3/S1,S2,S3 or none. "
+                  f"Received: {value!r}", param, ctx)
 
 
 @contextmanager

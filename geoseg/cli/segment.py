@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, NormalizationType, emit_json, fail_cleanly
 
 __all__ = ["segment"]
 
@@ -19,6 +19,9 @@ __all__ = ["segment"]
               help="Model card (JSON) for a legacy Keras .h5 model that has none beside it.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
+@click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
+              help="Override the card's normalisation: scale:0.0001, percentile:2,98 (of the whole raster), "
+                   "meanstd:M1,M2,M3/S1,S2,S3 or none.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
               help="Chunk (core) size in pixels; memory grows with it. Default 1024.")
 @click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
@@ -40,7 +43,7 @@ __all__ = ["segment"]
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def segment(inputs, output_dir, model, card, bands, chunk, tile, margin, batch_size, confidence, probabilities,
+def segment(inputs, output_dir, model, card, bands, normalize, chunk, tile, margin, batch_size, confidence, probabilities,
             vector, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
@@ -70,6 +73,7 @@ def segment(inputs, output_dir, model, card, bands, chunk, tile, margin, batch_s
                         path, output_dir, model=model, bands=bands, chunk=chunk, tile=tile, margin=margin,
                         batch_size=batch_size, confidence=confidence, probabilities=probabilities,
                         vector=vector, preview=preview, overwrite=overwrite, client=client, progress=progress,
+                        normalization=normalize,
                     )
             except GeosegError as exc:
                 if isinstance(exc, OutputError) or len(inputs) == 1:

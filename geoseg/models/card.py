@@ -12,11 +12,12 @@ import numpy as np
 
 from geoseg.errors import CardError
 
-__all__ = ["SCHEMA_VERSION", "ClassInfo", "ModelCard", "read_card", "write_card"]
+__all__ = ["SCHEMA_VERSION", "ClassInfo", "ModelCard", "parse_normalization", "read_card", "resolve_normalization",
+           "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
-_NORMALISATIONS = ("scale", "meanstd", "none")
+_NORMALISATIONS = ("scale", "meanstd", "percentile", "stretch", "none")
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,26 @@ class ModelCard:
         """Number of input bands."""
         return len(self.bands)
 
-    def normalize(self, block: np.ndarray) -> np.ndarray:
-        """Return `block` (..., bands) as float32 normalised the way this card says."""
+    def normalize(self, block: np.ndarray, normalization: dict[str, Any] | None = None) -> np.ndarray:
+        """Return `block` (..., bands) as float32 normalised as the card (or `normalization`) says.
+
+        A ``percentile`` declaration must first be turned into a ``stretch`` for the
+        raster at hand by `resolve_normalization`.
+        """
         x = block.astype(np.float32, copy=False)
-        norm = self.normalization
+        norm = normalization or self.normalization
         if norm["method"] == "scale":
             return x * np.float32(norm.get("scale", 1.0)) + np.float32(norm.get("offset", 0.0))
         if norm["method"] == "meanstd":
             mean = np.asarray(norm["mean"], np.float32)
             std = np.asarray(norm["std"], np.float32)
             return (x - mean) / std
+        if norm["method"] == "stretch":
+            low, high = np.asarray(norm["low"], np.float32), np.asarray(norm["high"], np.float32)
+            return np.clip((x - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+        if norm["method"] == "percentile":
+            raise CardError("a 'percentile' normalisation must be resolved on the raster first "
+                            "(resolve_normalization); segment() does this.")
         return x
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,8 +181,8 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
             f"{source}: field 'normalization.method' must be one of {', '.join(_NORMALISATIONS)}. "
             f"Received: {method!r}"
         )
-    if method == "meanstd":
-        for key in ("mean", "std"):
+    if method in ("meanstd", "stretch"):
+        for key in ("mean", "std") if method == "meanstd" else ("low", "high"):
             values = data.get(key)
             if not isinstance(values, list) or len(values) != n_bands:
                 raise CardError(
@@ -179,6 +190,25 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
                     f"Received: {values!r}"
                 )
     return dict(data)
+
+
+def parse_normalization(data: Any, n_bands: int, *, source: str = "normalization") -> dict[str, Any]:
+    """Validate a normalisation declaration (as in a card) and return it as a dict."""
+    return _parse_normalization(data, n_bands, source)
+
+
+def resolve_normalization(norm: dict[str, Any], sample: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+    """Turn ``{"method": "percentile", "low": 2, "high": 98}`` into a per-band ``stretch`` for one raster.
+
+    `sample` is a decimated (rows, cols, bands) read of the whole raster and `valid`
+    its (rows, cols) mask, so every chunk is stretched alike. Other methods pass through.
+    """
+    if norm["method"] != "percentile":
+        return norm
+    values = sample[valid] if valid.any() else sample.reshape(-1, sample.shape[-1])
+    low, high = np.percentile(values.astype(np.float64), [norm.get("low", 2), norm.get("high", 98)], axis=0)
+    return {"method": "stretch", "low": low.round(6).tolist(), "high": high.round(6).tolist(),
+            "from": f"percentiles {norm.get('low', 2)}-{norm.get('high', 98)} of the raster"}
 
 
 def read_card(path: str | Path) -> ModelCard:
