@@ -165,7 +165,8 @@ class WindowReader:
 class ValidReader(WindowReader):
     """Like `WindowReader`, but reads GDAL's mask: (rows, cols, 1) bool, False where nodata.
 
-    The mask covers nodata values, internal masks and alpha bands alike.
+    The mask covers nodata values, internal masks and alpha bands alike; as in
+    GDAL's dataset mask, a pixel is nodata when all the selected bands are.
     """
 
     def __init__(self, path: str, bands: Sequence[int], shape: tuple[int, int]) -> None:
@@ -180,7 +181,8 @@ class ValidReader(WindowReader):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(self.path) as ds:
                 masks = ds.read_masks(self.bands, window=window)
-        return np.all(masks > 0, axis=0)[..., None]
+        # as GDAL's dataset mask: a pixel is nodata only where every band is (a pixel black in one band is data)
+        return np.any(masks > 0, axis=0)[..., None]
 
 
 def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
@@ -305,7 +307,7 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
             if mask:
                 masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
-                return np.all(masks > 0, axis=0)
+                return np.any(masks > 0, axis=0)
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)
 

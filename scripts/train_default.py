@@ -206,7 +206,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / f".{args.name}.tmp.keras"
-    model.save(tmp)
+    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
     tmp.replace(args.out / f"{args.name}.keras")
     write_card(card, args.out / f"{args.name}.json")
     log.info("wrote %s", args.out / f"{args.name}.keras")

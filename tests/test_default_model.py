@@ -47,8 +47,8 @@ def test_demo_sample_end_to_end(tmp_path):
     reference = predict_image(get_segmenter(DEFAULT_MODEL), image).argmax(-1)
     identical = (mask[~nodata_corner] == reference[~nodata_corner]).mean()
     assert identical >= 0.999, identical
-    preview = Image.open(data["outputs"]["preview"])
-    assert preview.width > 1000  # image | mask side by side
+    with Image.open(data["outputs"]["preview"]) as preview:
+        assert preview.width > 1000  # image | mask side by side
     import geopandas as gpd
 
     layer = gpd.read_file(data["outputs"]["vector"])

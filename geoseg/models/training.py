@@ -264,7 +264,7 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
     }, source=config.source)
     tmp = out / f".{config.name}.tmp.keras"
-    model.save(tmp)
+    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
     os.replace(tmp, out / f"{config.name}.keras")
     write_card(card, out / f"{config.name}.json")
     (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
