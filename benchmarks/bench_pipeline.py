@@ -76,18 +76,17 @@ def run_model_only(raster: str, model: str, chunk: int, samples: int) -> dict:
     from geoseg.inference import predict_block
     from geoseg.models import get_segmenter
     from geoseg.pipeline import plan_run
-    from geoseg.raster import WindowReader, inspect_raster
-    from geoseg.tiling import mirror_pad
+    from geoseg.raster import WindowSource, inspect_raster
 
     info = inspect_raster(raster)
     segmenter = get_segmenter(model)
     plan = plan_run(info, segmenter.card, chunk=chunk)
-    reader = WindowReader(info.path, plan.bands, (info.height, info.width), info.dtype)
+    reader = WindowSource(info.path, plan.bands, has_mask=info.has_mask)
     m, (ch, cw) = plan.margin, plan.chunk
     blocks = []
     for i in range(samples):
         r, c = (i * ch) % (info.height - ch - 2 * m), (i * 3 * cw) % (info.width - cw - 2 * m)
-        raw = reader[slice(r, r + ch + 2 * m), slice(c, c + cw + 2 * m)]
+        raw, _ = reader(slice(r, r + ch + 2 * m), slice(c, c + cw + 2 * m))
         blocks.append(segmenter.card.normalize(raw))
     predict_block(segmenter, blocks[0], margin=m, tile=plan.tile)  # warm up (graph tracing)
     started = time.perf_counter()

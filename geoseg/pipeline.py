@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import dask
 import dask.array as da
 import numpy as np
+import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import InputError, OutputError, TilingError
@@ -24,8 +25,7 @@ from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.raster import (
     NODATA,
     RasterInfo,
-    ValidReader,
-    WindowReader,
+    WindowSource,
     check_bands,
     class_pixel_counts,
     create_outputs,
@@ -34,7 +34,7 @@ from geoseg.raster import (
     inspect_raster,
     pixel_areas_m2,
 )
-from geoseg.tiling import chunk_lengths, coerce_size, overlap_map, round_up
+from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
 __all__ = ["Plan", "SegmentResult", "plan_run", "prepare_output_dir", "segment", "segment_chunk"]
@@ -370,6 +370,27 @@ def segment(
     ``STEM_confidence.tif``, ``STEM_probabilities.tif``, ``STEM_polygons.gpkg`` and
     ``STEM_preview.png``; QGIS styles ``STEM_mask.qml`` and ``STEM_polygons.qml``.
     """
+    with rasterio.Env(**_gdal_options()):
+        return _segment(input, output_dir, model=model, bands=bands, chunk=chunk, margin=margin, tile=tile,
+                        batch_size=batch_size, confidence=confidence, probabilities=probabilities, vector=vector,
+                        preview=preview, overwrite=overwrite, normalization=normalization, client=client,
+                        progress=progress)
+
+
+GDAL_CACHE_MB = 128
+
+
+def _gdal_options() -> dict[str, Any]:
+    """Cap GDAL's block cache (default 5% of RAM), which otherwise grows with the raster read.
+
+    Tasks read their own windows once, so a small cache loses nothing; a
+    GDAL_CACHEMAX set by the user wins.
+    """
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+
+
+def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size, confidence, probabilities,
+             vector, preview, overwrite, normalization, client, progress) -> SegmentResult:
     started = time.perf_counter()
     info = inspect_raster(input)
     model_path = resolve_model(model)
@@ -489,21 +510,12 @@ def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bo
                  normalization: dict | None = None) -> da.Array:
     shape = (info.height, info.width)
     chunks = tuple(chunk_lengths(n, c, plan.margin) for n, c in zip(shape, plan.chunk))
-    image = da.from_array(
-        WindowReader(info.path, plan.bands, shape, info.dtype),
-        chunks=chunks + ((len(plan.bands),),), lock=False, asarray=True, fancy=False, name=f"read-{info.path}",
-    )
-    if info.has_mask:
-        valid = da.from_array(ValidReader(info.path, plan.bands, shape), chunks=chunks + ((1,),), lock=False,
-                              asarray=True, fancy=False, name=f"mask-{info.path}")
-    else:
-        valid = da.ones(shape + (1,), dtype=bool, chunks=chunks + ((1,),))
     card = get_segmenter(model_ref).card
     out_bands = 1 + int(confidence) + card.n_classes * int(probabilities)
-    return overlap_map(
-        segment_chunk, image, valid, margin=plan.margin, out_bands=out_bands, model_ref=model_ref,
-        tile=plan.tile, batch_size=plan.batch_size, confidence=confidence, probabilities=probabilities,
-        normalization=normalization,
+    return windowed_map(
+        segment_chunk, WindowSource(info.path, plan.bands, has_mask=info.has_mask), shape, chunks,
+        margin=plan.margin, out_bands=out_bands, model_ref=model_ref, tile=plan.tile, batch_size=plan.batch_size,
+        confidence=confidence, probabilities=probabilities, normalization=normalization,
     )
 
 

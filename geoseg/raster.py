@@ -24,8 +24,7 @@ __all__ = [
     "RasterInfo",
     "inspect_raster",
     "check_bands",
-    "WindowReader",
-    "ValidReader",
+    "WindowSource",
     "create_outputs",
     "finalize_cog",
     "class_pixel_counts",
@@ -123,66 +122,35 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
     return bands
 
 
-class WindowReader:
-    """Array-like over a raster's bands for `dask.array.from_array`: each slice is one windowed read.
+class WindowSource:
+    """``read(rows, cols) -> (block, valid)`` for `geoseg.tiling.windowed_map`: one open, two reads.
 
-    It holds only the path, so it pickles to distributed workers; each read opens
-    the file, reads one window and closes it.
+    Holds only the path, so it pickles to distributed workers.
 
     Parameters
     ----------
     path : str
         The raster.
     bands : sequence of int
-        1-based band indexes, in the order the model wants them.
-    shape : (rows, cols)
-        The raster size.
-    dtype : str
-        The raster's data type.
+        1-based band indexes in model order.
+    has_mask : bool
+        Whether to read GDAL's mask; otherwise every pixel is valid.
     """
 
-    def __init__(self, path: str, bands: Sequence[int], shape: tuple[int, int], dtype: str) -> None:
-        self.path, self.bands = path, list(bands)
-        self.shape = (shape[0], shape[1], len(self.bands))
-        self.dtype = np.dtype(dtype)
-        self.ndim = 3
+    def __init__(self, path: str, bands: Sequence[int], *, has_mask: bool) -> None:
+        self.path, self.bands, self.has_mask = path, list(bands), has_mask
 
-    def _window(self, key) -> Window:
-        rows, cols = key[0], key[1]
-        return Window.from_slices(rows, cols, height=self.shape[0], width=self.shape[1])
-
-    def __getitem__(self, key) -> np.ndarray:
-        window = self._window(key)
-        if window.width == 0 or window.height == 0:
-            return np.empty((int(window.height), int(window.width), len(self.bands)), self.dtype)
+    def __call__(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        window = Window.from_slices(rows, cols)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(self.path) as ds:
-                data = ds.read(self.bands, window=window)
-        return np.moveaxis(data, 0, -1)
-
-
-class ValidReader(WindowReader):
-    """Like `WindowReader`, but reads GDAL's mask: (rows, cols, 1) bool, False where nodata.
-
-    The mask covers nodata values, internal masks and alpha bands alike; as in
-    GDAL's dataset mask, a pixel is nodata when all the selected bands are.
-    """
-
-    def __init__(self, path: str, bands: Sequence[int], shape: tuple[int, int]) -> None:
-        super().__init__(path, bands, shape, "bool")
-        self.shape = (shape[0], shape[1], 1)
-
-    def __getitem__(self, key) -> np.ndarray:
-        window = self._window(key)
-        if window.width == 0 or window.height == 0:
-            return np.empty((int(window.height), int(window.width), 1), bool)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(self.path) as ds:
-                masks = ds.read_masks(self.bands, window=window)
-        # as GDAL's dataset mask: a pixel is nodata only where every band is (a pixel black in one band is data)
-        return np.any(masks > 0, axis=0)[..., None]
+                data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
+                if self.has_mask:  # nodata only where every band is, as GDAL's dataset mask
+                    valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
+                else:
+                    valid = np.ones(data.shape[:2] + (1,), bool)
+        return data, valid
 
 
 def _profile(info: RasterInfo, count: int, dtype: str) -> dict:

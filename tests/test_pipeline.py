@@ -210,20 +210,22 @@ def test_unwritable_output_dir(make_raster, tiny_fcn, tmp_path):
         segment(make_raster(), blocker, model=tiny_fcn)
 
 
-def test_memory_does_not_read_whole_raster(make_raster, tiny_fcn, tmp_path, monkeypatch):
+def test_each_task_reads_only_its_window(make_raster, tiny_fcn, tmp_path, monkeypatch):
     from geoseg import raster
 
     reads = []
-    original = raster.WindowReader.__getitem__
+    original = raster.WindowSource.__call__
 
-    def spy(self, key):
-        out = original(self, key)
-        reads.append(out.shape)
-        return out
+    def spy(self, rows, cols):
+        block, valid = original(self, rows, cols)
+        reads.append(block.shape[:2])
+        return block, valid
 
-    monkeypatch.setattr(raster.WindowReader, "__getitem__", spy)
-    segment(make_raster(shape=(300, 300)), tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
-    assert reads and max(r[0] * r[1] for r in reads) <= 64 * 64 * 2  # chunk-sized windows only
+    monkeypatch.setattr(raster.WindowSource, "__call__", spy)
+    result = segment(make_raster(shape=(300, 300)), tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
+    margin = result.plan["margin"]
+    assert len(reads) == 25  # one read per chunk: 5 x 5 chunks of 64 px (the last one 44 px)
+    assert max(r * c for r, c in reads) <= (64 + 2 * margin) ** 2  # a chunk and its margins, never more
 
 
 def test_percentile_normalisation_from_the_whole_raster(make_raster, tiny_fcn, tmp_path):

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geoseg.errors import TilingError
-from geoseg.tiling import chunk_lengths, coerce_size, mirror_pad, overlap_map, pad_to_multiple
+from geoseg.tiling import chunk_lengths, coerce_size, mirror_pad, pad_to_multiple, windowed_map
 
 
 @given(length=st.integers(1, 5000), chunk=st.integers(1, 700), margin=st.integers(0, 300))
@@ -76,16 +76,36 @@ def _neighbour_sum(block, valid, *, margin):
     return (out % 251).astype(np.uint8)[..., None]
 
 
+class _ArrayRead:
+    """A `windowed_map` reader over an in-memory array, counting what it reads."""
+
+    def __init__(self, image):
+        self.image, self.pixels = image, 0
+
+    def __call__(self, rows, cols):
+        block = self.image[rows, cols]
+        self.pixels += block.shape[0] * block.shape[1]
+        return block, np.ones(block.shape[:2] + (1,), bool)
+
+
 @pytest.mark.parametrize("chunk", [5, 8, 13, 64])
 @pytest.mark.parametrize("shape", [(37, 23), (4, 50), (1, 1)])
-def test_overlap_map_matches_whole_array(chunk, shape):
+def test_windowed_map_matches_whole_array(chunk, shape):
     margin = 4
     image = np.random.default_rng(0).integers(0, 200, shape + (2,)).astype(np.uint8)
-    chunks = (chunk_lengths(shape[0], chunk, margin), chunk_lengths(shape[1], chunk, margin), (2,))
-    dimage = da.from_array(image, chunks=chunks)
-    valid = da.ones(shape + (1,), bool, chunks=chunks[:2] + ((1,),))
-    tiled = overlap_map(_neighbour_sum, dimage, valid, margin=margin, out_bands=1).compute()
+    chunks = (chunk_lengths(shape[0], chunk, margin), chunk_lengths(shape[1], chunk, margin))
+    read = _ArrayRead(image)
+    tiled = windowed_map(_neighbour_sum, read, shape, chunks, margin=margin, out_bands=1).compute()
     whole = _neighbour_sum(mirror_pad(image, ((margin, margin), (margin, margin))), None, margin=margin)
     np.testing.assert_array_equal(tiled, whole)
-    plain = overlap_map(_core_plus_one, dimage, valid, margin=margin, out_bands=1).compute()
+    plain = windowed_map(_core_plus_one, read, shape, chunks, margin=margin, out_bands=1).compute()
     np.testing.assert_array_equal(plain[..., 0], image[..., 0] + 1)
+
+
+def test_windowed_map_tasks_are_independent():
+    """No task depends on another: each reads its own window, so nothing but results travels."""
+    shape, chunks = (64, 64), ((16,) * 4, (16,) * 4)
+    array = windowed_map(_core_plus_one, _ArrayRead(np.zeros(shape + (1,), np.uint8)), shape, chunks, margin=3,
+                         out_bands=1)
+    graph = dict(array.__dask_graph__())
+    assert len(graph) == 16

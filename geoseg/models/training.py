@@ -53,6 +53,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     class_weighting: str = "sqrt"
     seed: int = 0
+    init_weights: str | None = None
     version: str = ""
     description: str = ""
     output: str = "."
@@ -236,6 +237,13 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     model = build_unet(n_classes, n_bands, depth=config.depth, filters=config.filters,
                        batch_norm=config.batch_norm, dropout=config.dropout, name=config.name)
+    if config.init_weights:  # fine-tune: start from a bundle of the same architecture
+        source = keras.saving.load_model(config.resolve(config.init_weights), compile=False, safe_mode=True)
+        try:
+            model.set_weights(source.get_weights())
+        except ValueError as exc:
+            raise InputError(f"init_weights {config.init_weights}: not the same architecture ({exc}).") from None
+        log.info("initialised from %s", config.init_weights)
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps_per_epoch * config.epochs)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=make_loss(n_classes, weights, config.dice_weight))
     out = Path(config.resolve(config.output))

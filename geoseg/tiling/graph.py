@@ -1,4 +1,4 @@
-"""The Dask graph of a tiled run: chunks plus neighbours' margins, mirrored at the outer edge."""
+"""The Dask graph of a tiled run: each task reads a chunk plus margins, mirrored at the raster's edge."""
 
 from __future__ import annotations
 
@@ -10,71 +10,61 @@ import numpy as np
 
 from geoseg.tiling.grid import mirror_pad
 
-__all__ = ["overlap_map"]
+__all__ = ["windowed_map"]
 
 
-def overlap_map(
+def windowed_map(
     func: Callable[..., np.ndarray],
-    image: da.Array,
-    valid: da.Array,
+    read: Callable[[slice, slice], tuple[np.ndarray, np.ndarray]],
+    shape: tuple[int, int],
+    chunks: tuple[tuple[int, ...], tuple[int, ...]],
     *,
     margin: int,
     out_bands: int,
     dtype: Any = np.uint8,
     **kwargs: Any,
 ) -> da.Array:
-    """Apply `func` to every chunk of `image` with `margin` pixels of context each side.
+    """Apply `func` to every chunk of a raster with `margin` pixels of context each side, mirrored at its edge.
 
     Parameters
     ----------
-    func : callable
-        ``func(block, valid_block, margin=margin, **kwargs)`` gets (rows + 2 margin, cols + 2 margin,
-        bands) and (..., 1) arrays and returns the chunk's core, (rows, cols, out_bands).
-        It must be a module-level function so that distributed workers can import it.
-    image : dask.array.Array
-        (rows, cols, bands), one chunk along bands.
-    valid : dask.array.Array
-        (rows, cols, 1) bool, chunked like `image`; False where the input is nodata.
-    margin : int
-        Context width in pixels.
-    out_bands : int
-        Bands of the result.
+    read : callable
+        ``read(rows, cols)`` returns ``(block, valid)`` for a window given as two
+        slices inside the raster: (rows, cols, bands) and (rows, cols, 1) bool. It
+        must pickle (e.g. an object holding only a path) to run on distributed workers.
+    shape : (rows, cols)
+        Raster size.
+    chunks : (row_chunks, col_chunks)
+        Core sizes, as from `chunk_lengths`.
 
     Returns
     -------
     dask.array.Array
-        (rows, cols, out_bands) of `dtype`, chunked like `image` in rows and cols.
+        (rows, cols, out_bands) of `dtype`.
 
     Notes
     -----
-    Neighbouring chunks lend their pixels through `dask.array.map_overlap`. At the
-    raster's outer edge the block is mirrored (``reflect``) by `mirror_pad`, which,
-    unlike Dask's ``boundary="reflect"``, also works when the raster is thinner than
-    the margin. Chunks are at least `margin` long (see `chunk_lengths`) unless the
-    axis has a single chunk, which borrows nothing.
+    ``func(block, valid, margin=margin, **kwargs)`` gets (rows + 2 margin, cols + 2
+    margin, bands) and returns the chunk's core, (rows, cols, out_bands). It must be
+    a module-level function so that distributed workers can import it.
+
+    This is `dask.array.map_overlap` with a mirrored (``reflect``) boundary, done
+    inside each task: the task reads its chunk plus margins clipped to the raster
+    and mirrors what lies outside it. Unlike `map_overlap`, no task depends on its
+    neighbours, so the threaded scheduler never holds their reads in memory,
+    distributed workers exchange only their uint8 results, and rasters thinner
+    than the margin need no special case. Margins are read by both neighbours:
+    cheap next to a model.
     """
-    depth = {0: margin if image.numblocks[0] > 1 else 0, 1: margin if image.numblocks[1] > 1 else 0, 2: 0}
-    call = partial(_mirrored_call, func=func, margin=margin, kwargs=kwargs)
-    return da.map_overlap(
-        call,
-        image,
-        valid,
-        depth=depth,
-        boundary="none",
-        trim=False,
-        align_arrays=False,
-        dtype=dtype,
-        chunks=(image.chunks[0], image.chunks[1], (out_bands,)),
-        meta=np.empty((0, 0, 0), dtype),
-    )
+    call = partial(_read_and_call, func=func, read=read, shape=shape, margin=margin, kwargs=kwargs)
+    return da.map_blocks(call, chunks=chunks + ((out_bands,),), dtype=dtype, meta=np.empty((0, 0, 0), dtype),
+                         name=f"windowed-{getattr(func, '__name__', 'func')}")
 
 
-def _mirrored_call(block, valid, block_info=None, *, func, margin, kwargs):
-    where, count = block_info[0]["chunk-location"], block_info[0]["num-chunks"]
-    pads = tuple(
-        (margin if where[axis] == 0 else 0, margin if where[axis] == count[axis] - 1 else 0)
-        for axis in (0, 1)
-    )
-    block = mirror_pad(block, pads)
-    valid = mirror_pad(valid, pads)
-    return func(block, valid, margin=margin, **kwargs)
+def _read_and_call(block_info=None, *, func, read, shape, margin, kwargs):
+    (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
+    rows = slice(max(0, r0 - margin), min(shape[0], r1 + margin))
+    cols = slice(max(0, c0 - margin), min(shape[1], c1 + margin))
+    block, valid = read(rows, cols)
+    pads = ((margin - (r0 - rows.start), margin - (rows.stop - r1)), (margin - (c0 - cols.start), margin - (cols.stop - c1)))
+    return func(mirror_pad(block, pads), mirror_pad(valid, pads), margin=margin, **kwargs)

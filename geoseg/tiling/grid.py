@@ -49,7 +49,7 @@ def chunk_lengths(length: int, chunk: int, margin: int) -> tuple[int, ...]:
 
     Every chunk starts at a multiple of `chunk`, which keeps a U-Net's pooling grid
     aligned with a whole-image run. A last chunk shorter than `margin` is merged into
-    the one before it, so each neighbour can lend a full margin.
+    the one before it: a sliver would cost a full margin of context for few pixels.
 
     Examples
     --------
