@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--samples", type=int, default=6, help="chunks timed in the model-only run")
     parser.add_argument("--memory-sizes", default="4096,16384", help="raster sizes for the memory runs")
+    parser.add_argument("--only", choices=["throughput", "memory"], help="run one of the two parts")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -135,29 +136,41 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
         tmp = Path(tmp)
-        raster = tmp / f"bench_{args.size}.tif"
-        make_raster(raster, args.size)
-        model_only = child("model", [str(raster), args.model, str(args.chunk), str(args.samples)])
-        pipeline = child("pipeline", [str(raster), args.model, str(args.chunk), str(tmp / "out")])
-        print(f"\nThroughput, {args.size}x{args.size} RGB uint8, model {args.model}, chunk {args.chunk}, "
-              f"{os.cpu_count()} CPUs")
-        print(f"{'run':<12}{'Mpx/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
-        print(f"{'model only':<12}{model_only['core_px_per_s'] / 1e6:>10.3f}{model_only['seconds']:>10.1f}"
-              f"{model_only['peak_rss_mb']:>14.0f}")
-        print(f"{'pipeline':<12}{pipeline['px_per_s'] / 1e6:>10.3f}{pipeline['seconds']:>10.1f}"
-              f"{pipeline['peak_rss_mb']:>14.0f}")
-        print(f"ratio pipeline / model only: {pipeline['px_per_s'] / model_only['core_px_per_s']:.3f} (goal >= 0.85)")
-        print(f"overlap overhead: the model sees {pipeline['overlap_factor']:.3f} px per output px")
+        if args.only != "memory":
+            throughput(args, tmp)
+        if args.only != "throughput":
+            memory(args, tmp)
 
-        cheap = cheap_model(tmp)
-        print(f"\nPeak RSS against raster size, cheap model, chunk {args.chunk}")
-        print(f"{'raster':<14}{'Mpx':>8}{'seconds':>10}{'peak RSS MB':>14}")
-        for size in (int(s) for s in args.memory_sizes.split(",")):
-            path = tmp / f"mem_{size}.tif"
-            make_raster(path, size)
-            run = child("pipeline", [str(path), str(cheap), str(args.chunk), str(tmp / f"mem_out_{size}")])
-            print(f"{size}x{size:<9}{size * size / 1e6:>8.1f}{run['seconds']:>10.1f}{run['peak_rss_mb']:>14.0f}")
-            path.unlink()
+
+def throughput(args, tmp: Path) -> None:
+    """Model only against the whole pipeline on one raster, in one run."""
+    raster = tmp / f"bench_{args.size}.tif"
+    make_raster(raster, args.size)
+    model_only = child("model", [str(raster), args.model, str(args.chunk), str(args.samples)])
+    pipeline = child("pipeline", [str(raster), args.model, str(args.chunk), str(tmp / "out")])
+    print(f"\nThroughput, {args.size}x{args.size} RGB uint8, model {args.model}, chunk {args.chunk}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'run':<12}{'Mpx/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
+    print(f"{'model only':<12}{model_only['core_px_per_s'] / 1e6:>10.3f}{model_only['seconds']:>10.1f}"
+          f"{model_only['peak_rss_mb']:>14.0f}")
+    print(f"{'pipeline':<12}{pipeline['px_per_s'] / 1e6:>10.3f}{pipeline['seconds']:>10.1f}"
+          f"{pipeline['peak_rss_mb']:>14.0f}")
+    print(f"ratio pipeline / model only: {pipeline['px_per_s'] / model_only['core_px_per_s']:.3f} (goal >= 0.85)")
+    print(f"overlap overhead: the model sees {pipeline['overlap_factor']:.3f} px per output px")
+    raster.unlink()
+
+
+def memory(args, tmp: Path) -> None:
+    """Peak RSS of whole runs with a cheap model as the raster grows."""
+    cheap = cheap_model(tmp)
+    print(f"\nPeak RSS against raster size, cheap model, chunk {args.chunk}")
+    print(f"{'raster':<14}{'Mpx':>8}{'seconds':>10}{'peak RSS MB':>14}")
+    for size in (int(s) for s in args.memory_sizes.split(",")):
+        path = tmp / f"mem_{size}.tif"
+        make_raster(path, size)
+        run = child("pipeline", [str(path), str(cheap), str(args.chunk), str(tmp / f"mem_out_{size}")])
+        print(f"{size}x{size:<9}{size * size / 1e6:>8.1f}{run['seconds']:>10.1f}{run['peak_rss_mb']:>14.0f}")
+        path.unlink()
 
 
 if __name__ == "__main__":
