@@ -65,7 +65,8 @@ def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int
 
 
 def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bool, bool],
-                     keep: tuple[int, ...] | None, confidence_path: str | None) -> dict[str, Any]:
+                     keep: tuple[int, ...] | None, confidence_path: str | None,
+                     to_map: Affine = Affine.identity()) -> dict[str, Any]:
     """Polygonise one window of a mask: one polygon per 4-connected region of a class.
 
     Parameters
@@ -77,8 +78,10 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
     Returns
     -------
     dict
-        ``geometry`` (shapely array, in pixel coordinates of the whole mask), ``class_id``, ``cut`` (bool),
-        ``conf_sum`` and ``pixels`` per polygon.
+        ``geometry`` (shapely array), ``class_id``, ``cut`` (bool), ``conf_sum`` and
+        ``pixels`` per polygon. Whole polygons are in map coordinates (`to_map` applied);
+        cut ones stay in integer pixel coordinates of the whole mask, so that the edges
+        two blocks share match exactly when `vectorize` merges them.
     """
     import shapely
     from rasterio.features import shapes
@@ -122,7 +125,12 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
     ids = np.asarray(ids, np.int64)
     geoms = np.empty(0, object)
     if ids.size:  # one vectorised construction instead of a shapely object per GeoJSON dict
-        geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, np.float64),
+        xy = np.asarray(coords, np.float64)
+        ring_of_vertex = np.repeat(np.arange(len(ring_ends) - 1), np.diff(ring_ends))
+        polygon_of_ring = np.repeat(np.arange(len(ids)), np.diff(geom_ends))
+        whole = ~cut[ids][polygon_of_ring[ring_of_vertex]]
+        xy[whole] = _apply(to_map, xy[whole])
+        geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy,
                                           (np.asarray(ring_ends), np.asarray(geom_ends)))
     return {
         "geometry": np.asarray(geoms, object),
@@ -131,6 +139,11 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
         "conf_sum": conf_sum[ids],
         "pixels": pixels[ids],
     }
+
+
+def _apply(t: Affine, xy: np.ndarray) -> np.ndarray:
+    """Affine `t` on (n, 2) coordinates."""
+    return xy @ np.array([[t.a, t.d], [t.b, t.e]]) + np.array([t.c, t.f])
 
 
 def _block_windows(width: int, height: int, block: int):
@@ -321,20 +334,17 @@ def vectorize(
     names = mask_classes(mask_path)
     keep_ids = _resolve_keep(keep, names)
     conf_path = None if confidence is None else inspect_raster(confidence).path
-    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path)
+    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, info.transform)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
     whole = _concat(results, "whole")
     merged = _merge_cut(_concat(results, "cut"))
+    if len(merged["geometry"]):  # merged polygons: pixel to map coordinates
+        merged["geometry"] = shapely.transform(merged["geometry"], lambda xy: _apply(info.transform, xy))
     parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
-    t = info.transform
-    parts["geometry"] = shapely.transform(  # pixel to map coordinates, all vertices in one call
-        parts["geometry"], lambda xy: xy @ np.array([[t.a, t.d], [t.b, t.e]]) + np.array([t.c, t.f]))
+    name_of = np.array([names.get(i, (str(i), None))[0] for i in range(256)], object)
     frame = gpd.GeoDataFrame(
-        {
-            "class_id": parts["class_id"].astype(np.uint8),
-            "class_name": [names.get(int(i), (str(i), None))[0] for i in parts["class_id"]],
-        },
+        {"class_id": parts["class_id"].astype(np.uint8), "class_name": name_of[parts["class_id"].astype(np.int64)]},
         geometry=gpd.GeoSeries(parts["geometry"], crs=info.crs),
     )
     if conf_path:
@@ -371,7 +381,7 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
             if driver == "GeoParquet":
                 frame.to_parquet(tmp)
             else:
-                frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio")
+                frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio", use_arrow=True)
     except ImportError as exc:
         raise OutputError(f"{out_path}: writing {driver} needs an extra package ({exc}).") from None
     os.replace(tmp, out_path)
