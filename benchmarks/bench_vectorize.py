@@ -58,23 +58,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--blocks", default="1024,2048")
+    parser.add_argument("--mask", action="append", default=[], help="also time this mask (e.g. a model's output)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run(args.child[0], int(args.child[1]))))
         return
-    print(f"Vectorisation of a {args.size}x{args.size} 5-class mask ({args.size ** 2 / 1e6:.1f} Mpx)")
+    print(f"Vectorisation of {args.size}x{args.size} 5-class masks ({args.size ** 2 / 1e6:.1f} Mpx) "
+          f"and of {len(args.mask)} given mask(s)")
     print(f"{'mask':<8}{'block':>7}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
+    import rasterio
+
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
-        for kind in ("clean", "noisy"):
-            mask = Path(tmp) / f"{kind}.tif"
-            make_mask(mask, args.size, kind)
+        masks = []
+        for kind in ("clean", "noisy") if args.size else ():
+            masks.append((kind, Path(tmp) / f"{kind}.tif"))
+            make_mask(masks[-1][1], args.size, kind)
+        for path in args.mask:  # copy: the layer is written beside the mask
+            masks.append(("given", Path(tmp) / Path(path).name))
+            masks[-1][1].write_bytes(Path(path).read_bytes())
+        for kind, mask in masks:
+            with rasterio.open(mask) as ds:
+                mpx = ds.width * ds.height / 1e6
             for block in (int(b) for b in args.blocks.split(",")):
                 done = subprocess.run([sys.executable, __file__, "--child", str(mask), str(block)],
                                       capture_output=True, text=True, check=True)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"{kind:<8}{block:>7}{r['polygons']:>10}{r['seconds']:>10.1f}"
-                      f"{args.size ** 2 / 1e6 / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}")
+                      f"{mpx / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}")
 
 
 if __name__ == "__main__":

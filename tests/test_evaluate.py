@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 from click.testing import CliRunner
 
 from geoseg.cli import main
@@ -82,3 +83,16 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     bad = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
                                     str(label), "--labels", str(tmp_path / "label2.tif")])
     assert bad.exit_code == 1 and "1 image(s) but 2 label file(s)" in bad.output
+
+
+def test_palette_png_labels_are_read_by_colour(tmp_path):
+    """Some Dubai masks are palette PNGs: their indexes must go through the colour table."""
+    from geoseg.models.labels import read_labels
+
+    index = np.array([[0, 1], [2, 1]], np.uint8)
+    image = Image.fromarray(index, mode="P")
+    image.putpalette([60, 16, 152, 226, 169, 41, 155, 155, 155] + [0] * 759)  # building, water, unlabeled
+    image.save(tmp_path / "mask.png")
+    classes = [{"name": "building", "color": "#3C1098"}, {"name": "water", "color": "#E2A929"}]
+    labels = read_labels(tmp_path / "mask.png", fmt="color", classes=classes, image=tmp_path / "mask.png", shape=(2, 2))
+    assert labels.tolist() == [[0, 1], [255, 1]]

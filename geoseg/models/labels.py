@@ -56,8 +56,11 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         try:
             with rasterio.open(path) as ds:
                 data = ds.read()
+                palette = _palette(ds) if fmt == "color" and ds.count == 1 else None
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
+    if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
+        data = np.moveaxis(palette[data[0]], -1, 0)
     if fmt == "index":
         label = data[0].astype(np.int64)
         out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
@@ -71,6 +74,17 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         out = np.pad(out, ((0, max(0, shape[0] - out.shape[0])), (0, max(0, shape[1] - out.shape[1]))),
                      constant_values=IGNORE)
     return out[: shape[0], : shape[1]]
+
+
+def _palette(ds) -> np.ndarray | None:
+    try:
+        table = ds.colormap(1)
+    except ValueError:  # no colour table: a grey mask
+        return None
+    lut = np.zeros((256, 3), np.int64)
+    for index, rgba in table.items():
+        lut[index] = rgba[:3]
+    return lut
 
 
 def _rasterize(path: str, classes, image: str, shape, field: str) -> np.ndarray:
