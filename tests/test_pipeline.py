@@ -250,3 +250,18 @@ def test_percentile_normalisation_from_the_whole_raster(make_raster, tiny_fcn, t
     bad = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "d"), "-m", str(tiny_fcn),
                                     "--normalize", "zscore"])
     assert bad.exit_code == 2 and "percentile:2,98" in bad.output
+
+
+def test_bfloat16_precision_is_close_to_float32(make_raster, tiny_fcn, tmp_path):
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    path = make_raster(shape=(80, 90))
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        result = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / precision), "-m", str(tiny_fcn),
+                                           "--precision", precision, "--quiet"])
+        assert result.exit_code == 0, result.output
+        runs[precision] = _read(tmp_path / precision / "image_mask.tif")
+    assert (runs["float32"] == runs["bfloat16"]).mean() > 0.9

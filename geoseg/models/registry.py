@@ -107,11 +107,11 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
                 f"model file {path.with_suffix('.keras')} not found. Pass an existing bundle "
                 "or a name from `geoseg models`."
             )
-        return str(path.with_suffix(".keras").resolve())
+        return str(path.with_suffix(".keras").resolve()) + (f"?{query}" if query else "")
     entries = list_models()
     for entry in entries:
-        if entry.name == str(ref):
-            return entry.ref
+        if entry.name == text:
+            return entry.ref + (f"?{query}" if query else "")
     names = ", ".join(e.name for e in entries) or "none"
     raise ModelNotFoundError(
         f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "
@@ -137,17 +137,24 @@ def _bundle(key: str) -> Segmenter:
     from urllib.parse import parse_qs
 
     path, _, query = key.partition("?")
-    card = parse_qs(query).get("card", [None])[0]
-    return load_bundle(path, card=card)
+    options = parse_qs(query)
+    return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0])
 
 
-def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None) -> str | os.PathLike | None:
-    """A model reference that carries an explicit card (for legacy .h5 models)."""
+def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None = None,
+              precision: str | None = None) -> str | os.PathLike | None:
+    """A model reference that carries an explicit card (legacy .h5 models) or a compute precision."""
     from urllib.parse import urlencode
 
-    if card is None:
+    options = {}
+    if card is not None:
+        options["card"] = os.path.abspath(card)
+    if precision not in (None, "float32"):
+        options["precision"] = precision
+    if not options:
         return ref
-    return f"{ref}?{urlencode({'card': os.path.abspath(card)})}"
+    base = resolve_model(ref)
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(options)}"
 
 
 def _builtin(key: str) -> Segmenter:

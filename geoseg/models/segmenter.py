@@ -91,11 +91,33 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         )
 
 
-def load_bundle(path: str | Path, *, card: str | Path | None = None) -> KerasSegmenter:
+PRECISIONS = ("float32", "bfloat16")
+
+
+def with_precision(model, precision: str):
+    """A copy of a Keras model computing in bfloat16 (weights kept in float32, output in float32)."""
+    import keras
+
+    if precision == "float32":
+        return model
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    config = model.get_config()
+    last = model.layers[-1].name
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and layer["config"]["name"] != last:
+            layer["config"]["dtype"] = "mixed_bfloat16"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: str = "float32") -> KerasSegmenter:
     """Load a bundle ``NAME.keras`` + ``NAME.json`` given either file's path, or a legacy ``NAME.h5``.
 
     Keras loads it in safe mode, so a bundle cannot run arbitrary code. A legacy
-    ``.h5`` model needs a card: `card`, or ``NAME.json`` beside it.
+    ``.h5`` model needs a card: `card`, or ``NAME.json`` beside it. ``precision="bfloat16"``
+    computes in bfloat16 (see the card's metrics for what that costs in IoU).
     """
     import keras
 
@@ -117,4 +139,4 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None) -> KerasSeg
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
     log.debug("loaded %s (%s %s)", weights, model_card.name, model_card.version)
-    return KerasSegmenter(model, model_card, source=str(weights))
+    return KerasSegmenter(with_precision(model, precision), model_card, source=str(weights))
