@@ -170,3 +170,18 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
     finally:
         server.shutdown()
     assert len(list(shots.glob("*.png"))) == 3
+
+
+def test_page_stays_responsive_while_a_job_runs(client):
+    """A slow job runs in the pool; the page and the API answer meanwhile."""
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png(400, 400)), "a.png"),
+                                                 "models": "tiny-fcn,threshold,edges-watershed"},
+                           content_type="multipart/form-data")
+    job_id = response.get_json()["id"]
+    started = time.perf_counter()
+    assert client.get("/").status_code == 200
+    assert client.get("/api/models").status_code == 200
+    first = client.get(f"/api/jobs/{job_id}").get_json()
+    assert time.perf_counter() - started < 2.0
+    assert first["status"] in ("queued", "running", "done")
+    assert _wait(client, job_id)["status"] == "done"
