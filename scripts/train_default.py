@@ -26,9 +26,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from geoseg.inference import predict_image  # noqa: E402
-from geoseg.models import KerasSegmenter, ModelCard, build_unet, unet_receptive_radius, write_card  # noqa: E402
-from geoseg.models.metrics import confusion_matrix, scores  # noqa: E402
+from geoseg.models import KerasSegmenter, ModelCard, build_unet, training, unet_receptive_radius, write_card  # noqa: E402
+from geoseg.models.labels import read_labels  # noqa: E402
 
 log = logging.getLogger("train_default")
 
@@ -39,18 +38,16 @@ CLASSES = [
     ("vegetation", "#FEDD3A"),
     ("water", "#E2A929"),
 ]
+CLASS_TABLE = [{"name": n, "color": c} for n, c in CLASSES]
 HELD_OUT = ("Tile 2", "Tile 3")
 IGNORE = 255
 
 
 def decode_mask(path: Path) -> np.ndarray:
-    """Colour-coded PNG to class indexes; unlabeled (#9B9B9B, #000000) and unknown colours -> 255."""
-    rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.int32)
-    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    out = np.full(code.shape, IGNORE, np.uint8)
-    for index, (_, colour) in enumerate(CLASSES):
-        out[code == int(colour[1:], 16)] = index
-    return out
+    """Colour-coded PNG (RGB or palette) to class indexes; unlabeled (#9B9B9B, #000000) -> 255."""
+    with Image.open(path) as mask:
+        shape = mask.size[::-1]
+    return read_labels(path, fmt="color", classes=CLASS_TABLE, image=path, shape=shape)
 
 
 def load_tiles(data: Path, tiles) -> list[tuple[np.ndarray, np.ndarray, str]]:
@@ -66,45 +63,18 @@ def load_tiles(data: Path, tiles) -> list[tuple[np.ndarray, np.ndarray, str]]:
 
 
 def chip_stream(pairs, chip: int, seed: int):
-    """Endless random chips with D4 flips/rotations and brightness/contrast jitter."""
-    rng = np.random.default_rng(seed)
-    weights = np.array([p[0].shape[0] * p[0].shape[1] for p in pairs], np.float64)
-    weights /= weights.sum()
-    while True:
-        image, mask, _ = pairs[rng.choice(len(pairs), p=weights)]
-        r = rng.integers(0, image.shape[0] - chip + 1)
-        c = rng.integers(0, image.shape[1] - chip + 1)
-        x = image[r : r + chip, c : c + chip].astype(np.float32) / 255.0
-        y = mask[r : r + chip, c : c + chip]
-        k = rng.integers(4)
-        x, y = np.rot90(x, k), np.rot90(y, k)
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
+    """`geoseg.models.training.chip_stream` scaled to 0-1, with brightness/contrast jitter."""
+    rng = np.random.default_rng(seed + 1)
+    for x, y in training.chip_stream(pairs, chip, seed):
+        x = x.astype(np.float32) / 255.0
         x = np.clip((x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08), 0, 1)
-        yield np.ascontiguousarray(x), np.ascontiguousarray(y)
-
-
-def class_weights(pairs) -> np.ndarray:
-    counts = np.zeros(len(CLASSES))
-    for _, mask, _ in pairs:
-        counts += np.bincount(mask[mask != IGNORE], minlength=len(CLASSES))[: len(CLASSES)]
-    freq = counts / counts.sum()
-    weights = 1 / np.sqrt(freq)
-    return weights / (weights * freq).sum()
+        yield x, y
 
 
 def evaluate(segmenter, pairs) -> dict:
-    matrix = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
-    for image, mask, _ in pairs:
-        pred = predict_image(segmenter, image).argmax(-1)
-        matrix += confusion_matrix(mask, pred, len(CLASSES))
-    s = scores(matrix)
-    return {
-        "mean_iou": round(s["mean_iou"], 4),
-        "pixel_accuracy": round(s["pixel_accuracy"], 4),
-        "iou": {name: round(float(v), 4) for (name, _), v in zip(CLASSES, s["iou"])},
-        "confusion_matrix": matrix.tolist(),
-    }
+    metrics = training.evaluate_pairs(segmenter, pairs, len(CLASSES))
+    metrics["iou"] = {name: round(float(v), 4) for (name, _), v in zip(CLASSES, metrics["iou"])}
+    return metrics
 
 
 def main() -> None:
@@ -131,7 +101,7 @@ def main() -> None:
     train_tiles = [t for t in tiles if t not in HELD_OUT]
     train, held = load_tiles(args.data, train_tiles), load_tiles(args.data, HELD_OUT)
     log.info("train tiles %s (%d images), held-out tiles %s (%d images)", train_tiles, len(train), HELD_OUT, len(held))
-    cw = class_weights(train).astype(np.float32)
+    cw = training.class_weights(train, len(CLASSES), "sqrt").astype(np.float32)
     log.info("class weights %s", cw.round(3).tolist())
 
     def with_weights(x, y):
