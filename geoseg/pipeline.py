@@ -32,7 +32,9 @@ from geoseg.raster import (
     describe_mask,
     finalize_cog,
     inspect_raster,
+    model_grid,
     pixel_areas_m2,
+    regrid,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
@@ -306,6 +308,7 @@ def segment(
     preview: bool = True,
     overwrite: bool = False,
     normalization: dict | None = None,
+    resample: bool = True,
     client=None,
     progress: Progress | None = None,
 ) -> SegmentResult:
@@ -346,6 +349,11 @@ def segment(
         Override the card's normalisation, e.g. ``{"method": "percentile", "low": 2,
         "high": 98}`` (computed on the whole raster), ``{"method": "scale", "scale":
         1 / 10000}`` or ``{"method": "meanstd", "mean": [...], "std": [...]}``.
+    resample : bool
+        When the card gives a ``pixel_size`` and a projected raster's pixels differ
+        from it by more than 5%, read the raster resampled (bilinear) to the model's
+        pixel size and bring the outputs back onto the input grid (nearest for the
+        mask). False runs on the input's pixels as they are.
     client : distributed.Client, optional
         Run the chunks on this Dask cluster; default is Dask's threads in-process.
     progress : callable, optional
@@ -373,8 +381,8 @@ def segment(
     with rasterio.Env(**_gdal_options()):
         return _segment(input, output_dir, model=model, bands=bands, chunk=chunk, margin=margin, tile=tile,
                         batch_size=batch_size, confidence=confidence, probabilities=probabilities, vector=vector,
-                        preview=preview, overwrite=overwrite, normalization=normalization, client=client,
-                        progress=progress)
+                        preview=preview, overwrite=overwrite, normalization=normalization, resample=resample,
+                        client=client, progress=progress)
 
 
 GDAL_CACHE_MB = 128
@@ -390,12 +398,13 @@ def _gdal_options() -> dict[str, Any]:
 
 
 def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size, confidence, probabilities,
-             vector, preview, overwrite, normalization, client, progress) -> SegmentResult:
+             vector, preview, overwrite, normalization, resample, client, progress) -> SegmentResult:
     started = time.perf_counter()
     info = inspect_raster(input)
     model_path = resolve_model(model)
     card = get_segmenter(model_path).card
-    plan = plan_run(info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
+    work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
+    plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
     norm = _normalization(card, normalization, info, plan)
     stem = Path(info.path).stem
@@ -408,7 +417,7 @@ def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size
     if client is not None:
         _check_workers_see(client, info.path)
     result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
-                          normalization=norm)
+                          normalization=norm, grid=work)
     log.info(
         "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
         info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
@@ -416,7 +425,7 @@ def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size
     layers, layout = _layers(card, paths, confidence=confidence, probabilities=probabilities)
     with tempfile.TemporaryDirectory(dir=paths["mask"].parent, prefix=".geoseg-") as tmp:
         tmp_paths = {name: Path(tmp) / p.name for name, (p, _, _) in layers.items()}
-        datasets = create_outputs(info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
+        datasets = create_outputs(work or info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
         try:
             describe_mask(datasets["mask"], card.classes)
             for name in ("confidence", "probabilities"):
@@ -427,7 +436,11 @@ def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size
             for ds in datasets.values():
                 ds.close()
         for name, (final, _, _) in layers.items():
-            finalize_cog(tmp_paths[name], final, resampling="MODE" if name == "mask" else "AVERAGE")
+            staged = tmp_paths[name]
+            if work is not None:  # back onto the input's grid
+                staged = staged.with_name(f"input-grid-{staged.name}")
+                regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
+            finalize_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
     classes = _class_table(card, paths["mask"], info)
     names = {c.id: (c.name, c.rgb) for c in card.classes}
     write_qml(paths["mask"].with_suffix(".qml"), names, kind="raster")
@@ -457,7 +470,9 @@ def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size
             "batch_size": plan.batch_size,
             "bands": list(plan.bands),
             "normalization": norm or card.normalization,
-            "overlap_factor": round(plan.overlap_factor((info.height, info.width)), 3),
+            "overlap_factor": round(plan.overlap_factor(((work or info).height, (work or info).width)), 3),
+            "model_grid": None if work is None else {"pixel_size": card.pixel_size, "width": work.width,
+                                                     "height": work.height},
         },
     )
 
@@ -507,13 +522,13 @@ def _check_workers_see(client, path: str) -> None:
 
 
 def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,
-                 normalization: dict | None = None) -> da.Array:
-    shape = (info.height, info.width)
+                 normalization: dict | None = None, grid: RasterInfo | None = None) -> da.Array:
+    shape = ((grid or info).height, (grid or info).width)
     chunks = tuple(chunk_lengths(n, c, plan.margin) for n, c in zip(shape, plan.chunk))
     card = get_segmenter(model_ref).card
     out_bands = 1 + int(confidence) + card.n_classes * int(probabilities)
     return windowed_map(
-        segment_chunk, WindowSource(info.path, plan.bands, has_mask=info.has_mask), shape, chunks,
+        segment_chunk, WindowSource(info.path, plan.bands, has_mask=info.has_mask, grid=grid), shape, chunks,
         margin=plan.margin, out_bands=out_bands, model_ref=model_ref, tile=plan.tile, batch_size=plan.batch_size,
         confidence=confidence, probabilities=probabilities, normalization=normalization,
     )

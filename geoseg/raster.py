@@ -29,7 +29,9 @@ __all__ = [
     "finalize_cog",
     "class_pixel_counts",
     "pixel_areas_m2",
+    "model_grid",
     "read_preview",
+    "regrid",
     "write_class_mask",
 ]
 
@@ -137,20 +139,73 @@ class WindowSource:
         Whether to read GDAL's mask; otherwise every pixel is valid.
     """
 
-    def __init__(self, path: str, bands: Sequence[int], *, has_mask: bool) -> None:
-        self.path, self.bands, self.has_mask = path, list(bands), has_mask
+    def __init__(self, path: str, bands: Sequence[int], *, has_mask: bool, grid: RasterInfo | None = None) -> None:
+        self.path, self.bands, self.has_mask, self.grid = path, list(bands), has_mask, grid
 
     def __call__(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        from contextlib import ExitStack
+
         window = Window.from_slices(rows, cols)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(self.path) as ds:
-                data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
-                if self.has_mask:  # nodata only where every band is, as GDAL's dataset mask
-                    valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
-                else:
-                    valid = np.ones(data.shape[:2] + (1,), bool)
+            ds = stack.enter_context(rasterio.open(self.path))
+            if self.grid is not None:  # resampled on the fly to the model's pixel size
+                ds = stack.enter_context(_warped(ds, self.grid, "bilinear"))
+            data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
+            if self.has_mask or self.grid is not None:  # nodata only where every band is, as GDAL's dataset mask
+                valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
+            else:
+                valid = np.ones(data.shape[:2] + (1,), bool)
         return data, valid
+
+
+def _warped(ds, grid: RasterInfo, resampling: str):
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    return WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                     resampling=Resampling[resampling])
+
+
+def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float = 0.05) -> RasterInfo | None:
+    """The grid of `info` at `pixel_size` metres, or None when no resampling is needed or possible.
+
+    Resampling happens for projected rasters whose pixel differs from the model's by
+    more than `tolerance` (relative); rasters without a CRS or in degrees are left as they are.
+    """
+    from dataclasses import replace
+
+    from affine import Affine
+
+    if not pixel_size or info.crs is None or info.crs.is_geographic or info.transform.is_identity:
+        return None
+    factor = info.crs.linear_units_factor[1]
+    res = (abs(info.transform.a) * factor, abs(info.transform.e) * factor)
+    if all(abs(r - pixel_size) / pixel_size <= tolerance for r in res):
+        return None
+    width = max(1, round(info.width * res[0] / pixel_size))
+    height = max(1, round(info.height * res[1] / pixel_size))
+    transform = info.transform * Affine.scale(info.width / width, info.height / height)
+    return replace(info, width=width, height=height, transform=transform)
+
+
+def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: int = 1024) -> None:
+    """Warp a finished output raster onto `like`'s grid, window by window, keeping its colours and tags."""
+    with rasterio.open(src) as ds, _warped(ds, like, resampling) as vrt:
+        profile = _profile(like, ds.count, ds.dtypes[0])
+        profile["nodata"] = ds.nodata
+        with rasterio.open(dst, "w", **profile) as out:
+            for row in range(0, like.height, block):
+                for col in range(0, like.width, block):
+                    window = Window(col, row, min(block, like.width - col), min(block, like.height - row))
+                    out.write(vrt.read(window=window), window=window)
+            out.update_tags(**ds.tags())
+            for band in range(1, ds.count + 1):
+                out.set_band_description(band, ds.descriptions[band - 1] or "")
+            try:
+                out.write_colormap(1, ds.colormap(1))
+            except ValueError:  # no colour table
+                pass
 
 
 def _profile(info: RasterInfo, count: int, dtype: str) -> dict:

@@ -265,3 +265,29 @@ def test_bfloat16_precision_is_close_to_float32(make_raster, tiny_fcn, tmp_path)
         assert result.exit_code == 0, result.output
         runs[precision] = _read(tmp_path / precision / "image_mask.tif")
     assert (runs["float32"] == runs["bfloat16"]).mean() > 0.9
+
+
+def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp_path):
+    """A model trained at 1 m on a 0.5 m raster: it sees a 1 m grid; the mask comes back on the 0.5 m grid."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", folder / "one-metre.keras")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (folder / "one-metre.json").write_text(json.dumps({**card, "name": "one-metre", "pixel_size": 1.0}))
+    path = make_raster(shape=(100, 120))  # 0.5 m pixels
+    result = segment(path, tmp_path / "out", model=folder / "one-metre.keras", chunk=32, preview=False)
+    assert result.plan["model_grid"] == {"pixel_size": 1.0, "width": 60, "height": 50}
+    with rasterio.open(path) as src, rasterio.open(result.outputs["mask"]) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        mask = ds.read(1)
+    assert (mask[0::2, 0::2] == mask[1::2, 1::2]).all()  # nearest from a grid of half the resolution
+    assert len(np.unique(mask)) > 1
+    plain = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "plain"), "-m",
+                                      str(folder / "one-metre.keras"), "--no-resample", "--json", "--quiet"])
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["plan"]["model_grid"] is None

@@ -25,6 +25,8 @@ __all__ = ["segment"]
 @click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
               help="Override the card's normalisation: scale:0.0001, percentile:2,98 (of the whole raster), "
                    "meanstd:M1,M2,M3/S1,S2,S3 or none.")
+@click.option("--resample/--no-resample", default=True, show_default=True,
+              help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
               help="Chunk (core) size in pixels; memory grows with it. Default 1024.")
 @click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
@@ -46,7 +48,7 @@ __all__ = ["segment"]
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def segment(inputs, output_dir, model, card, precision, bands, normalize, chunk, tile, margin, batch_size, confidence, probabilities,
+def segment(inputs, output_dir, model, card, precision, bands, normalize, resample, chunk, tile, margin, batch_size, confidence, probabilities,
             vector, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
@@ -77,7 +79,7 @@ def segment(inputs, output_dir, model, card, precision, bands, normalize, chunk,
                         path, output_dir, model=model, bands=bands, chunk=chunk, tile=tile, margin=margin,
                         batch_size=batch_size, confidence=confidence, probabilities=probabilities,
                         vector=vector, preview=preview, overwrite=overwrite, client=client, progress=progress,
-                        normalization=normalize,
+                        normalization=normalize, resample=resample,
                     )
             except GeosegError as exc:
                 if isinstance(exc, OutputError) or len(inputs) == 1:
