@@ -98,3 +98,17 @@ def test_config_errors(tmp_path):
         load_config(bad)
     with pytest.raises(InputError, match="no such config"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_train_an_encoder_unet(tmp_path):
+    config = _dataset(tmp_path, "index")
+    text = config.read_text().replace("[model]\ndepth = 2\nfilters = 4",
+                                      '[model]\narchitecture = "mobilenet_v2"\nalpha = 0.35\nfilters = 4')
+    config.write_text(text.replace("chip = 32", "chip = 64"))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert card["multiple_of"] == 32 and card["margin"] >= 32 and card["margin"] % 32 == 0
+    seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
+                                    "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
+    assert seg.exit_code == 0, seg.output

@@ -39,6 +39,9 @@ class TrainConfig:
     vector_field: str = "class"
     bands: list[int] = field(default_factory=lambda: [1, 2, 3])
     normalization: dict[str, Any] = field(default_factory=lambda: {"method": "scale", "scale": 1 / 255})
+    architecture: str = "unet"
+    encoder_weights: str | None = None
+    alpha: float = 1.0
     depth: int = 4
     filters: int = 16
     batch_norm: bool = True
@@ -85,6 +88,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     for key in ("name", "classes", "images", "labels"):
         if key not in flat:
             raise InputError(f"{path}: required setting '{key}' is missing.")
+    if flat.get("architecture", "unet") not in ("unet", "mobilenet_v2"):
+        raise InputError(f"{path}: architecture must be unet or mobilenet_v2. Received: {flat['architecture']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
     return TrainConfig(**flat, source=str(path))
@@ -207,17 +212,17 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     import tensorflow as tf
 
     from geoseg.models.segmenter import KerasSegmenter
-    from geoseg.models.unet import build_unet, unet_receptive_radius
 
     keras.utils.set_random_seed(config.seed)
     train_pairs, val_pairs = load_pairs(config)
     n_classes, n_bands = len(config.classes), len(config.bands)
     log.info("training on %d images, validating on %d", len(train_pairs), len(val_pairs))
+    model, margin, multiple = _build(config, n_classes, n_bands)
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
         "classes": [{"id": i, "name": c["name"], "color": c.get("color", "#808080")} for i, c in enumerate(config.classes)],
-        "margin": unet_receptive_radius(config.depth), "tile_size": None, "multiple_of": 2**config.depth,
+        "margin": margin, "tile_size": None, "multiple_of": multiple,
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     weights = class_weights(train_pairs, n_classes, config.class_weighting)
@@ -235,8 +240,6 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     ds = (tf.data.Dataset.from_generator(lambda: chip_stream(train_pairs, config.chip, config.seed),
                                          output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
-    model = build_unet(n_classes, n_bands, depth=config.depth, filters=config.filters,
-                       batch_norm=config.batch_norm, dropout=config.dropout, name=config.name)
     if config.init_weights:  # fine-tune: start from a bundle of the same architecture
         source = keras.saving.load_model(config.resolve(config.init_weights), compile=False, safe_mode=True)
         try:
@@ -278,6 +281,25 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def _build(config: TrainConfig, n_classes: int, n_bands: int):
+    """The network, its margin (receptive-field radius) and the multiple its input sides must be."""
+    from geoseg.models.unet import build_unet, unet_receptive_radius
+
+    if config.architecture == "unet":
+        model = build_unet(n_classes, n_bands, depth=config.depth, filters=config.filters,
+                           batch_norm=config.batch_norm, dropout=config.dropout, name=config.name)
+        return model, unet_receptive_radius(config.depth), 2**config.depth
+    from geoseg.models.encoders import build_encoder_unet, measured_receptive_radius
+
+    if n_bands != 3:
+        raise InputError(f"{config.source}: a {config.architecture} encoder takes 3 bands; the config lists {n_bands}.")
+    weights = config.resolve(config.encoder_weights) if config.encoder_weights else None
+    model = build_encoder_unet(n_classes, encoder=config.architecture, weights=weights, alpha=config.alpha,
+                               filters=config.filters, name=config.name)
+    radius = measured_receptive_radius(model, n_bands, size=1024)
+    return model, int(np.ceil(radius / 32) * 32), 32
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
