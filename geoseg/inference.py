@@ -90,7 +90,12 @@ def predict_image(segmenter: Segmenter, image: np.ndarray, *, margin: int | None
     card = segmenter.card
     margin = card.margin if margin is None else margin
     tile = card.tile_size if tile is None else tile
-    block = mirror_pad(card.normalize(image), ((margin, margin), (margin, margin)))
+    norm = card.normalization
+    if norm["method"] == "percentile":  # the stretch of this image, as segment() takes the raster's
+        from geoseg.models.card import resolve_normalization
+
+        norm = resolve_normalization(norm, image, np.ones(image.shape[:2], bool))
+    block = mirror_pad(card.normalize(image, norm), ((margin, margin), (margin, margin)))
     return predict_block(segmenter, block, margin=margin, tile=tile, batch_size=batch_size)
 
 

@@ -112,3 +112,17 @@ def test_train_an_encoder_unet(tmp_path):
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
     assert seg.exit_code == 0, seg.output
+
+
+def test_train_with_a_percentile_stretch(tmp_path):
+    """The card declares a percentile stretch; training stretches each image by its own, as inference does."""
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace(
+        'vector_field = "kind"', 'vector_field = "kind"\nnormalization = { method = "percentile", low = 2, high = 98 }'))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert card["normalization"]["method"] == "percentile"
+    seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
+                                    "-m", str(tmp_path / "models" / "toy.keras"), "--json", "--quiet"])
+    assert seg.exit_code == 0 and json.loads(seg.stdout)["plan"]["normalization"]["method"] == "stretch"

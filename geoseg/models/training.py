@@ -226,18 +226,20 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     weights = class_weights(train_pairs, n_classes, config.class_weighting)
-    spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(train_pairs[0][0].dtype)),
+    chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
+    spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(chips[0][0].dtype)),
             tf.TensorSpec((config.chip, config.chip), tf.uint8))
 
     def prepare(x, y):
-        x = tf.numpy_function(lambda a: card.normalize(a), [x], tf.float32)
+        if chips is train_pairs:
+            x = tf.numpy_function(lambda a: card.normalize(a), [x], tf.float32)
         x = tf.reshape(x, (config.chip, config.chip, n_bands))
         gain = tf.random.uniform((), 0.85, 1.15)
         bias = tf.random.uniform((), -0.06, 0.06)
         x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias  # radiometric jitter
         return x, y
 
-    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(train_pairs, config.chip, config.seed),
+    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(chips, config.chip, config.seed),
                                          output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     if config.init_weights:  # fine-tune: start from a bundle of the same architecture
@@ -281,6 +283,17 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def _stretched(pairs, card: ModelCard) -> list:
+    """Images stretched by their own percentiles (float32), as inference stretches each raster by its own."""
+    from geoseg.models.card import resolve_normalization
+
+    out = []
+    for image, label, path in pairs:
+        norm = resolve_normalization(card.normalization, image, np.ones(image.shape[:2], bool))
+        out.append((card.normalize(image, norm), label, path))
+    return out
 
 
 def _build(config: TrainConfig, n_classes: int, n_bands: int):
