@@ -37,7 +37,7 @@ def _png(rows=60, cols=80, seed=0, flat=False) -> bytes:
     return buffer.getvalue()
 
 
-def _wait(client, job_id, timeout=60):
+def _wait(client, job_id, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = client.get(f"/api/jobs/{job_id}").get_json()
@@ -151,7 +151,7 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.check("input[value='tiny-fcn']")
             chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
             page.click("#go")
-            page.wait_for_selector("#results:not([hidden])", timeout=60_000)
+            page.wait_for_selector("#results:not([hidden])", timeout=180_000)
             page.screenshot(path=shots / "2-results.png", full_page=True)
             assert page.locator("#compare figure").count() == chosen >= 2
             assert "agree" in page.inner_text("#agreement")
