@@ -185,3 +185,16 @@ def test_page_stays_responsive_while_a_job_runs(client):
     assert time.perf_counter() - started < 2.0
     assert first["status"] in ("queued", "running", "done")
     assert _wait(client, job_id)["status"] == "done"
+
+
+def test_agreement_compares_class_names_not_ids():
+    from geoseg.models.card import ClassInfo
+    from geoseg.web.jobs import _agreement
+
+    class Card:
+        def __init__(self, names):
+            self.classes = [ClassInfo(i, n, "#000000") for i, n in enumerate(names)]
+
+    a = np.array([[0, 1], [1, 255]], np.uint8)  # water, land, land, nodata
+    b = np.array([[1, 0], [2, 2]], np.uint8)  # water, land, other, other
+    assert _agreement([(a, Card(["water", "land"])), (b, Card(["land", "water", "other"]))]) == 66.67  # 2 of 3 valid pixels

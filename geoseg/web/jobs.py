@@ -134,12 +134,24 @@ def run_job(job: Job) -> None:
                           "seconds": res.seconds})
     job.result["models"] = per_model
     if len(masks) > 1:
-        stack = np.stack([m for m, _ in masks.values()])
-        valid = (stack != 255).all(0)
-        same = (stack == stack[:1]).all(0) & valid
-        job.result["agreement_pct"] = round(100 * same.sum() / max(valid.sum(), 1), 2)
+        job.result["agreement_pct"] = _agreement(list(masks.values()))
     if job.has_label:
         job.result["iou"] = _label_iou(job, masks)
+
+
+def _agreement(masks: list) -> float:
+    """Percent of valid pixels where every model names the same class (by class name, not id)."""
+    names = sorted({c.name for _, card in masks for c in card.classes})
+    stack = []
+    for mask, card in masks:
+        lut = np.full(256, 255, np.uint8)
+        for c in card.classes:
+            lut[c.id] = names.index(c.name)
+        stack.append(lut[mask])
+    stack = np.stack(stack)
+    valid = (stack != 255).all(0)
+    same = (stack == stack[:1]).all(0) & valid
+    return round(100 * same.sum() / max(valid.sum(), 1), 2)
 
 
 def _overlay(original: Path, rgba: np.ndarray):
