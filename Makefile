@@ -8,7 +8,7 @@ SAMPLE := demo-output/synthetic_sample.tif
 INPUT  ?= $(SAMPLE)
 OUT    ?= demo-output
 
-.PHONY: env demo test test-fast browser bench clean
+.PHONY: env demo test test-fast browser lint bench clean
 
 env: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ browser:
 
 test-fast: env
 	$(BIN)/python -m pytest -q
+
+lint: env
+	$(BIN)/ruff check geoseg tests benchmarks scripts
 
 bench: env
 	$(BIN)/python benchmarks/bench_pipeline.py

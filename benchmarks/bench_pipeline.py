@@ -71,7 +71,6 @@ def cheap_model(folder: Path) -> Path:
 
 def run_model_only(raster: str, model: str, chunk: int, samples: int) -> dict:
     """Predict `samples` padded chunks read beforehand; return core px/s."""
-    import numpy as np
 
     from geoseg.inference import predict_block
     from geoseg.models import get_segmenter

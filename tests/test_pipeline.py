@@ -10,7 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geoseg import segment
-from geoseg.errors import BandError, InputError, OutputError, RasterReadError, TilingError
+from geoseg.errors import BandError, OutputError, RasterReadError, TilingError
 from geoseg.inference import predict_image
 from geoseg.models import get_segmenter
 

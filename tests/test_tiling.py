@@ -1,6 +1,5 @@
 """Tile geometry: chunk lengths, mirrored margins, size coercion, the overlap graph."""
 
-import dask.array as da
 import numpy as np
 import pytest
 from hypothesis import given

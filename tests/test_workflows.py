@@ -174,9 +174,9 @@ def test_expand_inputs(tmp_path, make_raster):
     assert expand_inputs([tmp_path / "list.txt"]) == [str(a), str(b)]
     assert expand_inputs([str(tmp_path / "*.tif"), a]) == [str(a), str(b)]
     vrt = tmp_path / "mosaic.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
-                   f'<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
-                   f'</SimpleSource></VRTRasterBand></VRTDataset>')
+    vrt.write_text('<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
+                   '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
+                   '</SimpleSource></VRTRasterBand></VRTDataset>')
     assert expand_inputs([vrt]) == [str(b)]
 
 

@@ -325,7 +325,7 @@ def _to_toml(data: dict[str, Any]) -> str:
         if value is None:
             continue
         if key == "classes":
-            tables += ["", *sum(([f"[[classes]]", *(f"{k} = {json.dumps(v)}" for k, v in c.items())] for c in value), [])]
+            tables += ["", *sum((["[[classes]]", *(f"{k} = {json.dumps(v)}" for k, v in c.items())] for c in value), [])]
         elif isinstance(value, dict):
             lines.append(f"{key} = {{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
         else:
