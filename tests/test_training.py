@@ -126,3 +126,38 @@ def test_train_with_a_percentile_stretch(tmp_path):
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--json", "--quiet"])
     assert seg.exit_code == 0 and json.loads(seg.stdout)["plan"]["normalization"]["method"] == "stretch"
+
+
+@pytest.mark.parametrize("label_format", ["color", "index"])
+def test_train_from_rasters_left_on_disk(tmp_path, label_format):
+    """in_memory = false: chips and labels are read by window, never whole images."""
+    from geoseg.models.training import LazyImage
+
+    config = _dataset(tmp_path, label_format)
+    config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false\nvalidation_chips = 3"))
+    reads = []
+    original = LazyImage.__getitem__
+
+    def spy(self, key):
+        out = original(self, key)
+        reads.append(out.shape)
+        return out
+
+    LazyImage.__getitem__ = spy
+    try:
+        result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    finally:
+        LazyImage.__getitem__ = original
+    assert result.exit_code == 0, result.output
+    assert reads and max(shape[0] * shape[1] for shape in reads) < 48 * 48  # windows, never whole images
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert card["training"]["validation_images"][0].endswith("img2.tif")
+
+
+def test_vector_labels_need_images_in_memory(tmp_path):
+    from geoseg.models.training import load_pairs
+
+    config = _dataset(tmp_path, "vector")
+    config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false"))
+    with pytest.raises(InputError, match="vector labels need in_memory = true"):
+        load_pairs(load_config(config))

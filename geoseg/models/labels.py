@@ -32,7 +32,8 @@ def label_class_names(path: str | os.PathLike) -> list[str] | None:
 
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
-                image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class") -> np.ndarray:
+                image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
+                window=None) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -43,6 +44,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         rasterised onto the image's grid (the image must be georeferenced).
     classes : sequence of dict
         ``{"name": ..., "color": "#RRGGBB"}`` in class-id order.
+    window : rasterio.windows.Window, optional
+        Read only this window of the image's grid; `shape` is then the window's.
     """
     import rasterio
 
@@ -50,12 +53,12 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if not os.path.exists(path):
         raise InputError(f"{path}: label file not found (labels for {image}).")
     if fmt == "vector":
-        return _rasterize(path, classes, str(image), shape, vector_field)
+        return _rasterize(path, classes, str(image), shape, vector_field, window)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with rasterio.open(path) as ds:
-                data = ds.read()
+                data = ds.read(window=window)
                 palette = _palette(ds) if fmt == "color" and ds.count == 1 else None
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
@@ -87,7 +90,7 @@ def _palette(ds) -> np.ndarray | None:
     return lut
 
 
-def _rasterize(path: str, classes, image: str, shape, field: str) -> np.ndarray:
+def _rasterize(path: str, classes, image: str, shape, field: str, window=None) -> np.ndarray:
     import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
@@ -100,7 +103,7 @@ def _rasterize(path: str, classes, image: str, shape, field: str) -> np.ndarray:
             raise InputError(f"{image}: vector labels need a georeferenced image.")
         if frame.crs is not None:
             frame = frame.to_crs(ds.crs)
-        transform = ds.transform
+        transform = ds.transform if window is None else ds.window_transform(window)
     names = {c["name"]: i for i, c in enumerate(classes)}
     values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
     shapes = [(g, int(v)) for g, v in zip(frame.geometry, values)

@@ -56,6 +56,8 @@ class TrainConfig:
     dice_weight: float = 1.0
     class_weighting: str = "sqrt"
     seed: int = 0
+    in_memory: bool = True
+    validation_chips: int = 8
     init_weights: str | None = None
     version: str = ""
     description: str = ""
@@ -120,17 +122,71 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
                        vector_field=config.vector_field)
 
 
+class LazyImage:
+    """An image read by window on demand: ``image[rows, cols]`` -> (rows, cols, bands); never whole."""
+
+    def __init__(self, path: str, bands: list[int]) -> None:
+        import rasterio
+
+        self.path, self.bands = path, bands
+        with rasterio.open(path) as ds:
+            self.shape, self.dtype = (ds.height, ds.width, len(bands)), np.dtype(ds.dtypes[0])
+
+    def __getitem__(self, key) -> np.ndarray:
+        import rasterio
+        from rasterio.windows import Window
+
+        with rasterio.open(self.path) as ds:
+            return np.moveaxis(ds.read(self.bands, window=Window.from_slices(*key[:2])), 0, -1)
+
+
+class LazyLabels:
+    """Labels of a `LazyImage`, read and decoded by window."""
+
+    def __init__(self, config: TrainConfig, image: LazyImage) -> None:
+        if config.label_format == "vector":  # rasterising in tf.data's thread crashed pyproj (bus error)
+            raise InputError(f"{config.source}: vector labels need in_memory = true for now; rasterise them to "
+                             "an index raster for images larger than memory.")
+        self.config, self.image, self.shape = config, image, image.shape[:2]
+        self.path = _label_path(config, image.path)
+        if not os.path.exists(self.path):
+            raise InputError(f"{image.path}: its label {self.path} does not exist. Check 'labels' in the config.")
+
+    def __getitem__(self, key) -> np.ndarray:
+        from rasterio.windows import Window
+
+        window = Window.from_slices(*key[:2])
+        return read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
+                           image=self.image.path, shape=(int(window.height), int(window.width)),
+                           vector_field=self.config.vector_field, window=window)
+
+
+def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
+    """`count` chips per lazy image held in memory: the validation set when images stay on disk."""
+    stream = chip_stream(pairs, chip, seed)
+    return [(x, y, f"chip {i}") for i, (x, y) in zip(range(count * len(pairs)), stream)]
+
+
 def load_pairs(config: TrainConfig) -> tuple[list, list]:
-    """Read every (image, label, path) pair and split them by the config's validation patterns."""
+    """Read every (image, label, path) pair and split them by the config's validation patterns.
+
+    With ``in_memory = false`` images and labels stay on disk and are read by window
+    (rasters larger than memory); `train` then validates on `validation_chips` random
+    chips per validation image.
+    """
     paths = sorted({os.path.abspath(p) for pattern in config.images
                     for p in glob.glob(config.resolve(pattern), recursive=True)})
     if not paths:
         raise InputError(f"{config.source}: no images match {config.images}.")
     train, val = [], []
     for path in paths:
-        image = _read_image(path, config.bands)
-        label = _read_label(config, path, image.shape[:2])
-        image = image[: label.shape[0], : label.shape[1]]
+        if config.in_memory:
+            image = _read_image(path, config.bands)
+            label = _read_label(config, path, image.shape[:2])
+            image = image[: label.shape[0], : label.shape[1]]
+        else:
+            image = LazyImage(path, config.bands)
+            label = LazyLabels(config, image)
         held = any(part in path for part in config.validation)
         (val if held else train).append((image, label, path))
     if not train or (config.validation and not val):
@@ -146,7 +202,7 @@ def chip_stream(pairs, chip: int, seed: int):
     weights /= weights.sum()
     while True:
         image, label, _ = pairs[rng.choice(len(pairs), p=weights)]
-        if min(image.shape[:2]) < chip:
+        if min(image.shape[:2]) < chip and isinstance(image, np.ndarray):
             pad = ((0, max(0, chip - image.shape[0])), (0, max(0, chip - image.shape[1])))
             image, label = np.pad(image, pad + ((0, 0),), mode="reflect"), np.pad(label, pad, constant_values=IGNORE)
         r = rng.integers(0, image.shape[0] - chip + 1)
@@ -162,6 +218,9 @@ def chip_stream(pairs, chip: int, seed: int):
 def class_weights(pairs, n_classes: int, how: str) -> np.ndarray:
     """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1."""
     counts = np.zeros(n_classes)
+    if pairs and isinstance(pairs[0][1], LazyLabels):  # labels on disk: estimate from 64 random chips
+        size = max(1, min(256, *(min(p[0].shape[:2]) // 2 for p in pairs)))
+        pairs = _sample_chips(pairs, size, max(1, 64 // len(pairs)), 0)
     for _, label, _ in pairs:
         counts += np.bincount(label[label != IGNORE], minlength=n_classes)[:n_classes]
     freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
@@ -226,6 +285,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     weights = class_weights(train_pairs, n_classes, config.class_weighting)
+    if card.normalization["method"] == "percentile" and not config.in_memory:
+        raise InputError(f"{config.source}: a percentile normalisation needs in_memory = true for now.")
     chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
     spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(chips[0][0].dtype)),
             tf.TensorSpec((config.chip, config.chip), tf.uint8))
@@ -259,13 +320,16 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
 
         shutil.rmtree(work)
     work.mkdir(exist_ok=True)
-    callback = _ValidationIoU(KerasSegmenter(model, card), val_pairs or train_pairs[:2], n_classes, work,
+    scored = val_pairs or train_pairs[:2]
+    if not config.in_memory:  # images on disk: validate on random chips of them, the same each epoch
+        scored = _sample_chips(scored, config.chip, config.validation_chips, config.seed + 1)
+    callback = _ValidationIoU(KerasSegmenter(model, card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
     started = time.monotonic()
     model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=2, shuffle=False,
               callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")), callback])
     model.load_weights(work / "best.weights.h5")
-    metrics = evaluate_pairs(KerasSegmenter(model, card), val_pairs or train_pairs[:2], n_classes)
+    metrics = evaluate_pairs(KerasSegmenter(model, card), scored, n_classes)
     card = ModelCard.from_dict({
         **card.to_dict(),
         "training": {"config": _config_dict(config), "train_images": len(train_pairs),
