@@ -292,6 +292,31 @@ def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dic
     return table
 
 
+GDAL_CACHE_MB = 128
+
+
+def _under_gdal_options(func):
+    """Run `func` inside ``rasterio.Env(**_gdal_options())``."""
+    from functools import wraps
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        with rasterio.Env(**_gdal_options()):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _gdal_options() -> dict[str, Any]:
+    """Cap GDAL's block cache (default 5% of RAM), which otherwise grows with the raster read.
+
+    Tasks read their own windows once, so a small cache loses nothing; a
+    GDAL_CACHEMAX set by the user wins.
+    """
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+
+
+@_under_gdal_options
 def segment(
     input: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -378,27 +403,6 @@ def segment(
     ``STEM_confidence.tif``, ``STEM_probabilities.tif``, ``STEM_polygons.gpkg`` and
     ``STEM_preview.png``; QGIS styles ``STEM_mask.qml`` and ``STEM_polygons.qml``.
     """
-    with rasterio.Env(**_gdal_options()):
-        return _segment(input, output_dir, model=model, bands=bands, chunk=chunk, margin=margin, tile=tile,
-                        batch_size=batch_size, confidence=confidence, probabilities=probabilities, vector=vector,
-                        preview=preview, overwrite=overwrite, normalization=normalization, resample=resample,
-                        client=client, progress=progress)
-
-
-GDAL_CACHE_MB = 128
-
-
-def _gdal_options() -> dict[str, Any]:
-    """Cap GDAL's block cache (default 5% of RAM), which otherwise grows with the raster read.
-
-    Tasks read their own windows once, so a small cache loses nothing; a
-    GDAL_CACHEMAX set by the user wins.
-    """
-    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
-
-
-def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size, confidence, probabilities,
-             vector, preview, overwrite, normalization, resample, client, progress) -> SegmentResult:
     started = time.perf_counter()
     info = inspect_raster(input)
     model_path = resolve_model(model)
@@ -477,15 +481,21 @@ def _segment(input, output_dir, *, model, bands, chunk, margin, tile, batch_size
     )
 
 
+def _whole_raster_sample(info: RasterInfo, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """A decimated read of the whole raster (at most 1024 px a side) and its validity, for global statistics."""
+    from geoseg.raster import read_preview
+
+    return (read_preview(info.path, plan.bands, 1024, min_side=1),
+            read_preview(info.path, plan.bands, 1024, min_side=1, mask=True))
+
+
 def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, plan: Plan) -> dict | None:
     """The normalisation for this raster: the override or the card's, percentiles resolved on the raster."""
     from geoseg.models.card import parse_normalization, resolve_normalization
-    from geoseg.raster import read_preview
 
     norm = card.normalization if override is None else parse_normalization(override, card.n_bands)
     if norm["method"] == "percentile":
-        sample = read_preview(info.path, plan.bands, 1024, min_side=1)
-        valid = read_preview(info.path, plan.bands, 1024, min_side=1, mask=True)
+        sample, valid = _whole_raster_sample(info, plan)
         norm = resolve_normalization(norm, sample, valid)
         log.info("%s: stretch %s", info.path, norm)
     return None if norm == card.normalization else norm
@@ -502,10 +512,8 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
     segmenter = get_segmenter(ref)
     if not hasattr(segmenter, "calibrate") or "?" in ref:
         return ref
-    from geoseg.raster import read_preview
 
-    sample = read_preview(info.path, plan.bands, 1024, min_side=1)
-    valid = read_preview(info.path, plan.bands, 1024, min_side=1, mask=True)
+    sample, valid = _whole_raster_sample(info, plan)
     params = segmenter.calibrate(sample, valid)
     log.info("%s calibrated on %s: %s", ref, info.path, params)
     return f"{ref}?{urlencode(params)}"
