@@ -120,11 +120,13 @@ def test_train_an_encoder_unet(tmp_path, model):
     assert seg.exit_code == 0, seg.output
 
 
-def test_train_with_a_percentile_stretch(tmp_path):
+@pytest.mark.parametrize("in_memory", ["true", "false"])  # false: percentiles of a decimated read, chips by window
+def test_train_with_a_percentile_stretch(tmp_path, in_memory):
     """The card declares a percentile stretch; training stretches each image by its own, as inference does."""
     config = _dataset(tmp_path, "index")
     config.write_text(config.read_text().replace(
-        'vector_field = "kind"', 'vector_field = "kind"\nnormalization = { method = "percentile", low = 2, high = 98 }'))
+        'vector_field = "kind"', 'vector_field = "kind"\nnormalization = { method = "percentile", low = 2, high = 98 }'
+    ).replace("[train]", f"[train]\nin_memory = {in_memory}"))
     result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
@@ -134,7 +136,7 @@ def test_train_with_a_percentile_stretch(tmp_path):
     assert seg.exit_code == 0 and json.loads(seg.stdout)["plan"]["normalization"]["method"] == "stretch"
 
 
-@pytest.mark.parametrize("label_format", ["color", "index"])
+@pytest.mark.parametrize("label_format", ["color", "index", "vector"])
 def test_train_from_rasters_left_on_disk(tmp_path, label_format):
     """in_memory = false: chips and labels are read by window, never whole images."""
     from geoseg.models.training import LazyImage
@@ -160,10 +162,25 @@ def test_train_from_rasters_left_on_disk(tmp_path, label_format):
     assert card["training"]["validation_images"][0].endswith("img2.tif")
 
 
-def test_vector_labels_need_images_in_memory(tmp_path):
-    from geoseg.models.training import load_pairs
+def test_vector_labels_by_window_equal_the_whole_rasterisation(tmp_path):
+    """Windows of vector labels (reprojected once, burnt per window) match one whole-grid rasterisation."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
 
-    config = _dataset(tmp_path, "vector")
-    config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false"))
-    with pytest.raises(InputError, match="vector labels need in_memory = true"):
-        load_pairs(load_config(config))
+    from geoseg.models.labels import VectorLabels, read_labels
+
+    _dataset(tmp_path, "vector")
+    image, labels = tmp_path / "data" / "img1.tif", tmp_path / "data" / "img1_label.gpkg"
+    classes = [{"name": "a"}, {"name": "b"}]
+    frame = gpd.read_file(labels)
+    with rasterio.open(image) as ds:  # reference: one plain rasterisation of every polygon on the whole grid
+        whole = rasterize([(g, "ab".index(k)) for g, k in zip(frame.geometry, frame["kind"])], out_shape=(48, 48),
+                          transform=ds.transform, fill=255, dtype="uint8")
+    assert set(np.unique(whole)) == {0, 1, 255}
+    np.testing.assert_array_equal(
+        read_labels(labels, fmt="vector", classes=classes, image=image, shape=(48, 48), vector_field="kind"), whole)
+    vector = VectorLabels(str(labels), classes, str(image), "kind")
+    for row, col, h, w in [(0, 0, 48, 48), (5, 13, 17, 9), (40, 40, 8, 8)]:  # whole, inside, corner
+        part = vector.window((h, w), Window(col, row, w, h))
+        np.testing.assert_array_equal(part, whole[row : row + h, col : col + w])

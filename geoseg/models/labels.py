@@ -11,7 +11,7 @@ import numpy as np
 
 from geoseg.errors import InputError
 
-__all__ = ["IGNORE", "LabelFormat", "read_labels", "label_class_names"]
+__all__ = ["IGNORE", "LabelFormat", "VectorLabels", "read_labels", "label_class_names"]
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
@@ -90,24 +90,54 @@ def _palette(ds) -> np.ndarray | None:
     return lut
 
 
-def _rasterize(path: str, classes, image: str, shape, field: str, window=None) -> np.ndarray:
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import rasterize
+class VectorLabels:
+    """Polygons of one image, read and moved into its CRS once; `window` rasterises any window of its grid.
 
-    frame = gpd.read_file(path)
-    if field not in frame.columns:
-        raise InputError(f"{path}: no field {field!r} holding the class. Fields: {', '.join(frame.columns[:-1])}.")
-    with rasterio.open(image) as ds:
-        if ds.crs is None:
-            raise InputError(f"{image}: vector labels need a georeferenced image.")
-        if frame.crs is not None:
-            frame = frame.to_crs(ds.crs)
-        transform = ds.transform if window is None else ds.window_transform(window)
-    names = {c["name"]: i for i, c in enumerate(classes)}
-    values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
-    shapes = [(g, int(v)) for g, v in zip(frame.geometry, values)
-              if isinstance(v, (int, np.integer)) and 0 <= v < len(classes)]
-    if not shapes:
-        return np.full(shape, IGNORE, np.uint8)
-    return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+    Rasterising a window uses GDAL only (no pyproj), so it is safe in tf.data's
+    worker threads, and only the polygons that touch the window are burnt.
+    """
+
+    def __init__(self, path: str, classes, image: str, field: str = "class") -> None:
+        import geopandas as gpd
+        import rasterio
+        import shapely
+
+        frame = gpd.read_file(path)
+        if field not in frame.columns:
+            raise InputError(f"{path}: no field {field!r} holding the class. "
+                             f"Fields: {', '.join(frame.columns[:-1])}.")
+        with rasterio.open(image) as ds:
+            if ds.crs is None:
+                raise InputError(f"{image}: vector labels need a georeferenced image.")
+            if frame.crs is not None:
+                frame = frame.to_crs(ds.crs)
+            self.transform = ds.transform
+        names = {c["name"]: i for i, c in enumerate(classes)}
+        values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
+        keep = [(g, int(v)) for g, v in zip(frame.geometry, values)
+                if g is not None and isinstance(v, (int, np.integer)) and 0 <= v < len(classes)]
+        self.geometries = [g for g, _ in keep]
+        self.values = [v for _, v in keep]
+        self.tree = shapely.STRtree(self.geometries)
+
+    def window(self, shape: tuple[int, int], window=None) -> np.ndarray:
+        """(rows, cols) uint8 class ids of `window` (the whole grid when None); 255 outside every polygon."""
+        import shapely
+        from rasterio.features import rasterize
+        from rasterio.windows import bounds
+
+        transform = self.transform
+        if window is not None:
+            from rasterio.windows import transform as window_transform
+
+            transform = window_transform(window, self.transform)
+        left, bottom, right, top = bounds(((0, shape[0]), (0, shape[1])), transform)
+        hits = self.tree.query(shapely.box(min(left, right), min(bottom, top), max(left, right), max(bottom, top)))
+        if hits.size == 0:
+            return np.full(shape, IGNORE, np.uint8)
+        shapes = [(self.geometries[i], self.values[i]) for i in sorted(hits)]  # file order: later polygons win
+        return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+
+
+def _rasterize(path: str, classes, image: str, shape, field: str, window=None) -> np.ndarray:
+    return VectorLabels(path, classes, image, field).window(shape, window)

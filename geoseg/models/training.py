@@ -128,37 +128,44 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
 class LazyImage:
     """An image read by window on demand: ``image[rows, cols]`` -> (rows, cols, bands); never whole."""
 
-    def __init__(self, path: str, bands: list[int]) -> None:
+    def __init__(self, path: str, bands: list[int], normalize: Callable | None = None) -> None:
         import rasterio
 
-        self.path, self.bands = path, bands
+        self.path, self.bands, self.normalize = path, bands, normalize
         with rasterio.open(path) as ds:
             self.shape, self.dtype = (ds.height, ds.width, len(bands)), np.dtype(ds.dtypes[0])
+        if normalize is not None:
+            self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key) -> np.ndarray:
         import rasterio
         from rasterio.windows import Window
 
         with rasterio.open(self.path) as ds:
-            return np.moveaxis(ds.read(self.bands, window=Window.from_slices(*key[:2])), 0, -1)
+            chip = np.moveaxis(ds.read(self.bands, window=Window.from_slices(*key[:2])), 0, -1)
+        return chip if self.normalize is None else self.normalize(chip)
 
 
 class LazyLabels:
     """Labels of a `LazyImage`, read and decoded by window."""
 
     def __init__(self, config: TrainConfig, image: LazyImage) -> None:
-        if config.label_format == "vector":  # rasterising in tf.data's thread crashed pyproj (bus error)
-            raise InputError(f"{config.source}: vector labels need in_memory = true for now; rasterise them to "
-                             "an index raster for images larger than memory.")
         self.config, self.image, self.shape = config, image, image.shape[:2]
         self.path = _label_path(config, image.path)
         if not os.path.exists(self.path):
             raise InputError(f"{image.path}: its label {self.path} does not exist. Check 'labels' in the config.")
+        self.vector = None
+        if config.label_format == "vector":  # reproject here, once: pyproj in tf.data's threads crashed (bus error)
+            from geoseg.models.labels import VectorLabels
+
+            self.vector = VectorLabels(self.path, config.classes, image.path, config.vector_field)
 
     def __getitem__(self, key) -> np.ndarray:
         from rasterio.windows import Window
 
         window = Window.from_slices(*key[:2])
+        if self.vector is not None:
+            return self.vector.window((int(window.height), int(window.width)), window)
         return read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
                            image=self.image.path, shape=(int(window.height), int(window.width)),
                            vector_field=self.config.vector_field, window=window)
@@ -288,8 +295,6 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     weights = class_weights(train_pairs, n_classes, config.class_weighting)
-    if card.normalization["method"] == "percentile" and not config.in_memory:
-        raise InputError(f"{config.source}: a percentile normalisation needs in_memory = true for now.")
     chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
     spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(chips[0][0].dtype)),
             tf.TensorSpec((config.chip, config.chip), tf.uint8))
@@ -362,8 +367,18 @@ def _stretched(pairs, card: ModelCard) -> list:
 
     out = []
     for image, label, path in pairs:
-        norm = resolve_normalization(card.normalization, image, np.ones(image.shape[:2], bool))
-        out.append((card.normalize(image, norm), label, path))
+        if isinstance(image, LazyImage):  # on disk: percentiles of a decimated read, as inference takes them
+            from functools import partial
+
+            from geoseg.raster import read_preview
+
+            sample = read_preview(path, image.bands, 1024, min_side=1)
+            valid = read_preview(path, image.bands, 1024, min_side=1, mask=True)
+            norm = resolve_normalization(card.normalization, sample, valid)
+            out.append((LazyImage(path, image.bands, partial(card.normalize, normalization=norm)), label, path))
+        else:
+            norm = resolve_normalization(card.normalization, image, np.ones(image.shape[:2], bool))
+            out.append((card.normalize(image, norm), label, path))
     return out
 
 
