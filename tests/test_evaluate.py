@@ -85,6 +85,13 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     table = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
                                       str(label)])
     assert table.exit_code == 0 and "**mean IoU**" in table.output
+    # the same model with flips averaged is another model: it no longer reproduces the plain mask exactly;
+    # a baseline beside it ignores --tta and --precision
+    tta = CliRunner().invoke(main, ["compare", "--models", f"{tiny_fcn},threshold", "--images", str(image),
+                                    "--labels", str(label), "--tta", "flips", "--precision", "bfloat16", "--json"])
+    assert tta.exit_code == 0, tta.output
+    assert json.loads(tta.stdout)["models"][0].endswith("?precision=bfloat16&tta=flips")
+    assert json.loads(tta.stdout)["evaluations"][0]["mean_iou"] < 1.0
     import shutil
 
     shutil.copy(label, tmp_path / "label2.tif")

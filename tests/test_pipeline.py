@@ -291,3 +291,31 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
     plain = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "plain"), "-m",
                                       str(folder / "one-metre.keras"), "--no-resample", "--json", "--quiet"])
     assert plain.exit_code == 0 and json.loads(plain.stdout)["plan"]["model_grid"] is None
+
+
+def test_flip_tta_averages_the_four_flips_and_stays_seam_free(make_raster, tiny_fcn, tmp_path):
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+    from geoseg.inference import predict_image
+    from geoseg.models import load_bundle
+    from geoseg.models.segmenter import FlipAveraged
+
+    plain = load_bundle(tiny_fcn)
+    tta = load_bundle(tiny_fcn, tta="flips")
+    assert isinstance(tta, FlipAveraged)
+    batch = np.random.default_rng(0).random((2, 32, 48, 3), dtype=np.float32)
+    reference = np.mean([np.flip(plain.predict_proba(np.flip(batch, a)), a) for a in [(), (1,), (2,), (1, 2)]], 0)
+    np.testing.assert_allclose(tta.predict_proba(batch), reference, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(reference, plain.predict_proba(batch), atol=1e-3)  # the flips do change the answer
+
+    path = make_raster(shape=(80, 90))
+    result = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "t"), "-m", str(tiny_fcn),
+                                       "--tta", "flips", "--chunk", "32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(path) as ds:
+        whole = predict_image(tta, np.moveaxis(ds.read(), 0, -1)).argmax(-1)
+    assert (_read(tmp_path / "t" / "image_mask.tif") == whole).all()  # tiled (32 px chunks) == whole image
+    bad = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "u"), "-m", str(tiny_fcn),
+                                    "--tta", "d8"])
+    assert bad.exit_code == 2 and "'flips'" in bad.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import emit_json, fail_cleanly
+from geoseg.cli.options import emit_json, fail_cleanly, precision_option, tta_option
 
 __all__ = ["evaluate", "compare"]
 
@@ -39,6 +39,8 @@ label_options = [
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
     click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+    precision_option,
+    tta_option,
 ]
 
 
@@ -55,13 +57,21 @@ def _split(value):
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _variant(model, precision: str, tta: str):
+    """The model reference with the chosen precision and test-time augmentation."""
+    from geoseg.models.registry import with_card
+
+    return with_card(model, None, precision, tta)
+
+
 @click.command()
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--labels", multiple=True, required=True,
               help="Labels: files/globs in the images' order, or a template like '{image_dir}/../masks/{stem}.png'.")
 @_with(label_options)
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write a Markdown table here.")
-def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json, markdown):
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json, precision,
+             tta, markdown):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -72,7 +82,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
-        result = run(model, image_paths, label_paths, label_format=label_format, label_names=_split(label_names),
+        result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format, label_names=_split(label_names),
                      label_colors=_split(label_colors), vector_field=vector_field,
                      **({"chunk": chunk} if chunk else {}))
     table = markdown_table([result])
@@ -93,13 +103,14 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
               help="Keep each model's masks and write disagreement rasters here.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json,
-            output_dir):
+            precision, tta, output_dir):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
-        result = run(_split(models), image_paths, label_paths, output_dir=output_dir, label_format=label_format,
+        refs = [_variant(m, precision, tta) for m in _split(models)]
+        result = run(refs, image_paths, label_paths, output_dir=output_dir, label_format=label_format,
                      label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
                      **({"chunk": chunk} if chunk else {}))
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, NormalizationType, emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, NormalizationType, emit_json, fail_cleanly, precision_option, tta_option
 
 __all__ = ["segment"]
 
@@ -17,9 +17,8 @@ __all__ = ["segment"]
               help="Model name from `geoseg models` or a .keras bundle path. Default: landcover-unet.")
 @click.option("--card", type=click.Path(dir_okay=False), default=None,
               help="Model card (JSON) for a legacy Keras .h5 model that has none beside it.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Compute precision; bfloat16 is faster on CPUs with AVX512-BF16 and on GPUs "
-                   "(the model card says what it costs in IoU).")
+@precision_option
+@tta_option
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
 @click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
@@ -48,7 +47,7 @@ __all__ = ["segment"]
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def segment(inputs, output_dir, model, card, precision, bands, normalize, resample, chunk, tile, margin, batch_size, confidence, probabilities,
+def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, resample, chunk, tile, margin, batch_size, confidence, probabilities,
             vector, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
@@ -67,7 +66,7 @@ def segment(inputs, output_dir, model, card, precision, bands, normalize, resamp
     from geoseg.pipeline import segment as run_segment
 
     with fail_cleanly():
-        model = with_card(model, card, precision)
+        model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
     results, failures = [], []

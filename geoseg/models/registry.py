@@ -138,12 +138,14 @@ def _bundle(key: str) -> Segmenter:
 
     path, _, query = key.partition("?")
     options = parse_qs(query)
-    return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0])
+    return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0],
+                       tta=options.get("tta", ["none"])[0])
 
 
 def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None = None,
-              precision: str | None = None) -> str | os.PathLike | None:
-    """A model reference that carries an explicit card (legacy .h5 models) or a compute precision."""
+              precision: str | None = None, tta: str | None = None) -> str | os.PathLike | None:
+    """A model reference that carries an explicit card (legacy .h5 models), a compute precision or a
+    test-time augmentation (``tta="flips"``). Built-in baselines take neither precision nor tta."""
     from urllib.parse import urlencode
 
     options = {}
@@ -151,9 +153,13 @@ def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None = No
         options["card"] = os.path.abspath(card)
     if precision not in (None, "float32"):
         options["precision"] = precision
+    if tta not in (None, "none"):
+        options["tta"] = tta
     if not options:
         return ref
     base = resolve_model(ref)
+    if base.startswith(BUILTIN):
+        return ref if card is None else base
     return f"{base}{'&' if '?' in base else '?'}{urlencode(options)}"
 
 

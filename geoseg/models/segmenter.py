@@ -12,7 +12,7 @@ import numpy as np
 from geoseg.errors import CardError, ModelError
 from geoseg.models.card import ModelCard, read_card
 
-__all__ = ["Segmenter", "KerasSegmenter", "load_bundle"]
+__all__ = ["FlipAveraged", "KerasSegmenter", "Segmenter", "TTA_MODES", "load_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,31 @@ class KerasSegmenter:
                 spec = tf.TensorSpec([None, None, None, self.card.n_bands], tf.float32)
                 self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         return self._fn
+
+
+TTA_MODES = ("none", "flips")
+
+
+class FlipAveraged:
+    """Test-time augmentation: a segmenter's probabilities averaged over the four flips of each batch.
+
+    Each flipped batch is predicted and flipped back, so every output pixel still
+    comes from the same window of context: tiled runs stay seam-free. Costs four
+    model calls per batch.
+    """
+
+    FLIPS = ((), (2,), (1,), (1, 2))  # identity, left-right, up-down, both (axes of (N, H, W, C))
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter, self.card = segmenter, segmenter.card
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Map float32 (N, H, W, bands) to the mean of the four flips' (N, H, W, classes) probabilities."""
+        total = np.zeros(batch.shape[:3] + (self.card.n_classes,), np.float32)
+        for axes in self.FLIPS:
+            proba = self.segmenter.predict_proba(np.flip(batch, axes) if axes else batch)
+            total += np.flip(proba, axes) if axes else proba
+        return total / len(self.FLIPS)
 
 
 def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
@@ -118,15 +143,19 @@ def _set_compute_dtype(config: dict, policy: str, *, keep: str | None = None) ->
             layer["config"]["dtype"] = policy
 
 
-def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: str = "float32") -> KerasSegmenter:
+def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: str = "float32",
+                tta: str = "none") -> Segmenter:
     """Load a bundle ``NAME.keras`` + ``NAME.json`` given either file's path, or a legacy ``NAME.h5``.
 
     Keras loads it in safe mode, so a bundle cannot run arbitrary code. A legacy
     ``.h5`` model needs a card: `card`, or ``NAME.json`` beside it. ``precision="bfloat16"``
-    computes in bfloat16 (see the card's metrics for what that costs in IoU).
+    computes in bfloat16 (see the card's metrics for what that costs in IoU); ``tta="flips"``
+    averages the four flips of every batch (`FlipAveraged`, four times the work).
     """
     import keras
 
+    if tta not in TTA_MODES:
+        raise ModelError(f"tta must be one of {', '.join(TTA_MODES)}. Received: tta={tta!r}")
     path = Path(path)
     legacy = path.suffix == ".h5"
     weights = path if legacy else path.with_suffix(".keras")
@@ -145,4 +174,5 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
     log.debug("loaded %s (%s %s)", weights, model_card.name, model_card.version)
-    return KerasSegmenter(with_precision(model, precision), model_card, source=str(weights))
+    segmenter = KerasSegmenter(with_precision(model, precision), model_card, source=str(weights))
+    return FlipAveraged(segmenter) if tta == "flips" else segmenter
