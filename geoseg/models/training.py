@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class TrainConfig:
     patience: int = 12
     dice_weight: float = 1.0
     class_weighting: str = "sqrt"
+    band_jitter: float = 0.0
+    ema: float = 0.0
     seed: int = 0
     in_memory: bool = True
     validation_chips: int = 8
@@ -306,6 +309,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
         gain = tf.random.uniform((), 0.85, 1.15)
         bias = tf.random.uniform((), -0.06, 0.06)
         x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias  # radiometric jitter
+        if config.band_jitter:  # each band its own gain: colour casts differ between scenes
+            x = x * tf.random.uniform((n_bands,), 1 - config.band_jitter, 1 + config.band_jitter)
         return x, y
 
     ds = (tf.data.Dataset.from_generator(lambda: chip_stream(chips, config.chip, config.seed),
@@ -319,7 +324,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
             raise InputError(f"init_weights {config.init_weights}: not the same architecture ({exc}).") from None
         log.info("initialised from %s", config.init_weights)
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps_per_epoch * config.epochs)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=make_loss(n_classes, weights, config.dice_weight))
+    optimizer = keras.optimizers.Adam(schedule, use_ema=bool(config.ema), ema_momentum=config.ema or 0.99)
+    model.compile(optimizer=optimizer, loss=make_loss(n_classes, weights, config.dice_weight))
     out = Path(config.resolve(config.output))
     out.mkdir(parents=True, exist_ok=True)
     work = out / f"{config.name}.checkpoints"
@@ -334,8 +340,11 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     callback = _ValidationIoU(KerasSegmenter(model, card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
     started = time.monotonic()
-    model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=2, shuffle=False,
-              callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")), callback])
+    bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
+    model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
+              callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
+                         # validate (and keep) the moving average of the weights, not the last step's
+                         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []), callback])
     final_miou = callback.last
     model.load_weights(work / "best.weights.h5")
     if config.architecture != "unet":  # trained weights reach further than random ones: measure again
