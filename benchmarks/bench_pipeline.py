@@ -5,6 +5,7 @@ a table and ratios. Each measurement runs in its own process so that its peak RS
 
     python benchmarks/bench_pipeline.py                 # 8k x 8k, default model + memory runs
     python benchmarks/bench_pipeline.py --size 4096 --memory-sizes 2048,4096
+    python benchmarks/bench_pipeline.py --only throughput --model 'landcover-unet?precision=bfloat16'
 
 Measured:
 - model only: the same model on the same padded chunks the pipeline feeds it, already in
@@ -79,7 +80,7 @@ def run_model_only(raster: str, model: str, chunk: int, samples: int) -> dict:
 
     info = inspect_raster(raster)
     segmenter = get_segmenter(model)
-    plan = plan_run(info, segmenter.card, chunk=chunk)
+    plan = plan_run(info, segmenter.card, chunk=chunk or None)
     reader = WindowSource(info.path, plan.bands, has_mask=info.has_mask)
     m, (ch, cw) = plan.margin, plan.chunk
     blocks = []
@@ -100,10 +101,11 @@ def run_pipeline(raster: str, model: str, chunk: int, out: str) -> dict:
     import geoseg
 
     geoseg.models.get_segmenter(model)  # load outside the timing, as model-only does
-    result = geoseg.segment(raster, out, model=model, chunk=chunk, preview=False, overwrite=True)
+    result = geoseg.segment(raster, out, model=model, chunk=chunk or None, preview=False, overwrite=True)
     seconds = result.seconds
     return {"px_per_s": result.width * result.height / seconds, "seconds": seconds,
-            "overlap_factor": result.plan["overlap_factor"]}
+            "overlap_factor": result.plan["overlap_factor"], "chunk": result.plan["chunk"][0],
+            "margin": result.plan["margin"]}
 
 
 def child(kind: str, args: list[str]) -> dict:
@@ -119,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--model", default="landcover-unet")
-    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--chunk", type=int, default=0, help="chunk size; 0: the pipeline's default for the model")
     parser.add_argument("--samples", type=int, default=6, help="chunks timed in the model-only run")
     parser.add_argument("--memory-sizes", default="4096,16384", help="raster sizes for the memory runs")
     parser.add_argument("--only", choices=["throughput", "memory"], help="run one of the two parts")
@@ -147,8 +149,8 @@ def throughput(args, tmp: Path) -> None:
     make_raster(raster, args.size)
     model_only = child("model", [str(raster), args.model, str(args.chunk), str(args.samples)])
     pipeline = child("pipeline", [str(raster), args.model, str(args.chunk), str(tmp / "out")])
-    print(f"\nThroughput, {args.size}x{args.size} RGB uint8, model {args.model}, chunk {args.chunk}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"\nThroughput, {args.size}x{args.size} RGB uint8, model {args.model}, chunk {pipeline['chunk']}, "
+          f"margin {pipeline['margin']}, {os.cpu_count()} CPUs")
     print(f"{'run':<12}{'Mpx/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
     print(f"{'model only':<12}{model_only['core_px_per_s'] / 1e6:>10.3f}{model_only['seconds']:>10.1f}"
           f"{model_only['peak_rss_mb']:>14.0f}")
@@ -162,7 +164,7 @@ def throughput(args, tmp: Path) -> None:
 def memory(args, tmp: Path) -> None:
     """Peak RSS of whole runs with a cheap model as the raster grows."""
     cheap = cheap_model(tmp)
-    print(f"\nPeak RSS against raster size, cheap model, chunk {args.chunk}")
+    print(f"\nPeak RSS against raster size, cheap model, chunk {args.chunk or 'default'}")
     print(f"{'raster':<14}{'Mpx':>8}{'seconds':>10}{'peak RSS MB':>14}")
     for size in (int(s) for s in args.memory_sizes.split(",")):
         path = tmp / f"mem_{size}.tif"

@@ -27,7 +27,8 @@ __all__ = ["segment"]
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
 @click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
-              help="Chunk (core) size in pixels; memory grows with it. Default 1024.")
+              help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most "
+                   "2048) for models with wide margins.")
 @click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")
 @click.option("--margin", type=click.IntRange(min=0), default=None, metavar="PX",
