@@ -26,7 +26,10 @@ def test_default_model_card_is_real():
     entry = next(e for e in list_models() if e.name == DEFAULT_MODEL)
     card = entry.card
     assert [c.name for c in card.classes] == ["building", "land", "road", "vegetation", "water"]
-    assert card.training["held_out_tiles"] and card.metrics["held_out"]["mean_iou"] > 0.4
+    held_out = card.training["validation_images"]
+    assert len(held_out) == 18 and all("/Tile 2/" in p or "/Tile 3/" in p for p in held_out)  # whole tiles
+    assert card.metrics["validation"]["mean_iou"] > 0.6 and card.training["config"]["encoder_weights"] == "imagenet"
+    assert card.metrics["inference"]["float32"]["held_out_mean_iou"] > 0.6  # measured through the pipeline
     assert entry.path.stat().st_size < 30e6
 
 
@@ -43,8 +46,13 @@ def test_demo_sample_end_to_end(tmp_path):
         assert (ds.crs, ds.transform) == (src.crs, src.transform)
     nodata_corner = (image == 0).all(-1)
     assert (mask[nodata_corner] == 255).all() and (mask[~nodata_corner] < 5).all()
-    # no seams: chunked (256 px) against one whole-image prediction of the same model
-    reference = predict_image(get_segmenter(DEFAULT_MODEL), image).argmax(-1)
+    # no seams: chunked (256 px) against one whole-image prediction of the same model. The pipeline feeds
+    # nodata pixels as 0 after normalisation; the reference gets the raw value that normalises to 0.
+    segmenter = get_segmenter(DEFAULT_MODEL)
+    norm = segmenter.card.normalization
+    assert norm["method"] == "scale"
+    filled = np.where(nodata_corner[..., None], -norm["offset"] / norm["scale"], image.astype(np.float32))
+    reference = predict_image(segmenter, filled).argmax(-1)
     identical = (mask[~nodata_corner] == reference[~nodata_corner]).mean()
     assert identical >= 0.999, identical
     with Image.open(data["outputs"]["preview"]) as preview:
@@ -73,7 +81,7 @@ def test_held_out_dubai_tile_scores_like_its_card(shared_data, tmp_path):
         truth = read_labels(image.parent.parent / "masks" / (image.stem + ".png"), fmt="color", classes=classes,
                             image=image, shape=pred.shape)
         matrix += confusion_matrix(truth, pred, 5)
-    assert scores(matrix)["mean_iou"] > 0.35
+    assert scores(matrix)["mean_iou"] > 0.5  # the card's 0.63 is over all 18 held-out images
 
 
 @pytest.mark.data

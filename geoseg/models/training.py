@@ -66,6 +66,7 @@ class TrainConfig:
     init_weights: str | None = None
     version: str = ""
     description: str = ""
+    data_description: str = ""
     output: str = "."
     source: str = ""
 
@@ -352,8 +353,9 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     metrics = evaluate_pairs(KerasSegmenter(model, card), scored, n_classes)
     card = ModelCard.from_dict({
         **card.to_dict(), "margin": margin,
-        "training": {"config": _config_dict(config), "train_images": len(train_pairs),
-                     "validation_images": [p for _, _, p in val_pairs], "split": "by file: validation patterns "
+        "training": {"config": _config_dict(config), "data": config.data_description,
+                     "train_images": len(train_pairs),
+                     "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": "by file: validation patterns "
                      f"{config.validation}; best epoch chosen on validation mean IoU",
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch,
                      "final_epoch_mean_iou": final_miou,
@@ -417,6 +419,12 @@ def _encoder_margin(model, n_bands: int) -> int:
 
     radius = measured_receptive_radius(model, n_bands, size=1024)
     return int(np.ceil(max(radius, 1) / 32) * 32)
+
+
+def _relative(config: TrainConfig, path: str) -> str:
+    """`path` relative to the config file, as the config's own paths are (no absolute paths in a card)."""
+    base = Path(config.source).parent if config.source else Path(".")
+    return os.path.relpath(path, base.resolve())
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
