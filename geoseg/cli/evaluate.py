@@ -82,7 +82,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
-        result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format, label_names=_split(label_names),
+        result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
+                     label_names=_split(label_names),
                      label_colors=_split(label_colors), vector_field=vector_field,
                      **({"chunk": chunk} if chunk else {}))
     table = markdown_table([result])

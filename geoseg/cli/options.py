@@ -9,16 +9,17 @@ from contextlib import contextmanager
 import click
 
 from geoseg.errors import GeosegError
+from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
 __all__ = ["BandsType", "NormalizationType", "fail_cleanly", "emit_json", "precision_option", "tta_option"]
 
-# choices shared by segment, evaluate and compare (the same tuples the model loader checks)
+# choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
-    "--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+    "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
     help="Compute precision; bfloat16 is faster on CPUs with AVX512-BF16 and on GPUs "
          "(the model card says what it costs in IoU).")
 tta_option = click.option(
-    "--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+    "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
     help="Test-time augmentation: 'flips' averages the model over the four flips of each chunk "
          "(4x the compute; the model card says what it gains). Baselines ignore it.")
 
