@@ -86,12 +86,30 @@ def test_segment_compare_and_download(client, make_raster):
         ({"image": (io.BytesIO(b"hello, not an image"), "photo.png")}, 415, "checked from its content"),
         ({"image": (io.BytesIO(_png(600, 600, flat=True)), "big.png")}, 413, "at most 0.2 Mpx"),
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "nope"}, 400, "unknown model"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
     ],
 )
 def test_upload_errors(client, data, status, message):
     with client.post("/api/segment", data=data, content_type="multipart/form-data") as response:
         assert response.status_code == status
         assert message in response.get_json()["error"]
+
+
+def test_tta_and_precision_reach_the_model(client, make_raster):
+    tif = make_raster(shape=(60, 80))
+    masks = {}
+    for tta in ("none", "flips"):
+        response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"),
+                                                     "models": "tiny-fcn", "tta": tta},
+                               content_type="multipart/form-data")
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert (job["tta"], job["precision"]) == (tta, "float32")
+        with client.get(job["files"]["m0_mask.tif"]) as mask, rasterio.MemoryFile(mask.data) as memfile, \
+                memfile.open() as ds:
+            masks[tta] = ds.read(1)
+    assert (masks["none"] != masks["flips"]).any()  # the untrained tiny-fcn is not flip-invariant
 
 
 def test_too_many_bytes(client):
@@ -150,7 +168,9 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.check("input[value='threshold']")
             page.check("input[value='tiny-fcn']")
             chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
+            page.select_option("#tta", "flips")
             page.click("#go")
+            page.wait_for_function("document.getElementById('message').textContent.includes('flips TTA')")
             page.wait_for_selector("#results:not([hidden])", timeout=180_000)
             page.screenshot(path=shots / "2-results.png", full_page=True)
             assert page.locator("#compare figure").count() == chosen >= 2

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, abort, jsonify, render_template, request, send_file
 
 from geoseg.errors import GeosegError, ModelNotFoundError
+from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.web.jobs import Job, JobManager
 from geoseg.web.uploads import UploadError, check_pixels, display_name, sniff
 
@@ -130,11 +131,18 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UploadError(f"unknown model(s) {', '.join(unknown)}; GET /api/models lists them.", 400)
+    precision = request.form.get("precision") or "float32"
+    tta = request.form.get("tta") or "none"
+    if precision not in PRECISIONS:
+        raise UploadError(f"precision must be one of {', '.join(PRECISIONS)}; received {precision!r}.", 400)
+    if tta not in TTA_MODES:
+        raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400)
     job_id, folder = jobs.new_folder()
     try:
         path = _save_upload(image, folder, "input")
         check_pixels(path, max_pixels)
-        job = Job(job_id, folder, display_name(image.filename), names or ["landcover-unet"], False)
+        job = Job(job_id, folder, display_name(image.filename), names or ["landcover-unet"], False,
+                  precision=precision, tta=tta)
         job.files["input"] = path
         job.files["original.png"] = _original_png(path, folder)
         label = request.files.get("label")

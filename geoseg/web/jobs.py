@@ -28,6 +28,8 @@ class Job:
     name: str
     models: list[str]
     has_label: bool
+    precision: str = "float32"
+    tta: str = "none"
     created: float = field(default_factory=time.time)
     status: str = "queued"
     progress: float = 0.0
@@ -37,7 +39,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
-        return {"id": self.id, "name": self.name, "models": self.models, "status": self.status,
+        return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
+                "tta": self.tta, "status": self.status,
                 "progress": round(self.progress, 3), "error": self.error, "result": self.result,
                 "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
 
@@ -99,13 +102,15 @@ def run_job(job: Job) -> None:
     """Segment the upload with every model, then describe, compare and (with a label) score them."""
     from geoseg import segment
     from geoseg.models import get_segmenter
+    from geoseg.models.registry import with_card
     from geoseg.preview import colorize, save_png
     from geoseg.raster import read_preview
     from geoseg.vector import vectorize
 
     image = job.files["input"]
     per_model, masks = [], {}
-    for i, model in enumerate(job.models):
+    for i, name in enumerate(job.models):
+        model = with_card(name, precision=job.precision, tta=job.tta)  # baselines ignore both
         card = get_segmenter(model).card
         out = job.folder / f"m{i}"
 
@@ -120,7 +125,7 @@ def run_job(job: Job) -> None:
         vectorize(res.outputs["mask"], geojson, overwrite=True, style=False)
         job.files[f"{key}_polygons.geojson"] = geojson
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
-        masks[model] = (mask, card)
+        masks[name] = (mask, card)
         rgba = np.dstack([colorize(mask, card.classes), np.where(mask == 255, 0, 255).astype(np.uint8)])
         from PIL import Image
 

@@ -9,6 +9,11 @@ drop.addEventListener("drop", (ev) => { input.files = ev.dataTransfer.files; sho
 input.addEventListener("change", showChosen);
 function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
 
+function modeText() {
+  const parts = [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : ""].filter(Boolean);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
 function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
 
 form.addEventListener("submit", async (ev) => {
@@ -28,8 +33,8 @@ async function poll() {
   if (!response.ok) { say(job.error, true); return; }
   $("bar").value = job.progress;
   if (job.status === "failed") { $("bar").hidden = true; say(job.error, true); return; }
-  if (job.status !== "done") { say(`Segmenting with ${job.models.join(", ")}… ${Math.round(job.progress * 100)}%`); setTimeout(poll, 500); return; }
-  $("bar").hidden = true; say("Done."); show();
+  if (job.status !== "done") { say(`Segmenting with ${job.models.join(", ")}${modeText()}… ${Math.round(job.progress * 100)}%`); setTimeout(poll, 500); return; }
+  $("bar").hidden = true; say(`Done${modeText()}.`); show();
 }
 
 function show() {
