@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli import main
 from geoseg.errors import InputError
-from geoseg.models.training import load_config
+from geoseg.models.training import chip_stream, load_config
 
 COLOURS = ["#FF0000", "#00FF00"]
 
@@ -98,6 +98,40 @@ def test_config_errors(tmp_path):
         load_config(bad)
     with pytest.raises(InputError, match="no such config"):
         load_config(tmp_path / "missing.toml")
+    bad.write_text('name = "x"\nimages = []\nlabels = "y"\nclasses = []\nsampling = "pixel"\n')
+    with pytest.raises(InputError, match="sampling must be one of area, image"):
+        load_config(bad)
+    bad.write_text('name = "x"\nimages = []\nlabels = "y"\nclasses = []\nscale_jitter = -0.2\n')
+    with pytest.raises(InputError, match="scale_jitter must be between 0 and 3"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("sampling, small_share", [("area", 0.01), ("image", 0.5)])
+def test_chip_sampling_by_area_or_by_image(sampling, small_share):
+    big = (np.zeros((1000, 1000, 1), np.uint8), np.zeros((1000, 1000), np.uint8), "big")
+    small = (np.ones((100, 100, 1), np.uint8), np.ones((100, 100), np.uint8), "small")
+    stream = chip_stream([big, small], 32, seed=0, sampling=sampling)
+    share = np.mean([y[0, 0] == 1 for _, (_, y) in zip(range(2000), stream)])
+    assert share == pytest.approx(small_share, abs=0.03)
+
+
+def test_scale_jitter_resamples_chips():
+    rows, cols = np.mgrid[:512, :512]
+    label = (((rows // 8) + (cols // 8)) % 2).astype(np.uint8)  # 8 px checkerboard
+    pair = (label[..., None] * np.uint8(200), label, "board")
+
+    def transitions(jitter):
+        stream = chip_stream([pair], 64, seed=1, scale_jitter=jitter)
+        out = []
+        for _, (x, y) in zip(range(60), stream):
+            assert x.shape == (64, 64, 1) and y.shape == (64, 64) and x.dtype == np.uint8
+            assert set(np.unique(y)) <= {0, 1}  # nearest neighbour: no invented classes
+            out.append(int(np.count_nonzero(np.diff(y[0].astype(int)))))
+        return out
+
+    assert set(transitions(0.0)) <= {7, 8}
+    jittered = transitions(1.0)  # chips cut at 32..128 px: 4..16 squares across
+    assert min(jittered) <= 5 and max(jittered) >= 12
 
 
 @pytest.mark.parametrize("model", [

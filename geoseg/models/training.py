@@ -26,6 +26,7 @@ __all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "train"]
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0")
+SAMPLING = ("area", "image")  # chips per image in proportion to its area, or the same for every image
 
 
 @dataclass
@@ -58,6 +59,8 @@ class TrainConfig:
     patience: int = 12
     dice_weight: float = 1.0
     class_weighting: str = "sqrt"
+    sampling: str = "area"
+    scale_jitter: float = 0.0
     band_jitter: float = 0.0
     ema: float = 0.0
     seed: int = 0
@@ -99,6 +102,12 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if flat.get("architecture", "unet") not in ARCHITECTURES:
         raise InputError(f"{path}: architecture must be one of {', '.join(ARCHITECTURES)}. "
                          f"Received: {flat['architecture']!r}")
+    if flat.get("sampling", "area") not in SAMPLING:
+        raise InputError(f"{path}: sampling must be one of {', '.join(SAMPLING)}. Received: {flat['sampling']!r}")
+    if not 0 <= flat.get("band_jitter", 0) < 1:
+        raise InputError(f"{path}: band_jitter must be at least 0 and below 1. Received: {flat['band_jitter']!r}")
+    if not 0 <= flat.get("scale_jitter", 0) <= 3:
+        raise InputError(f"{path}: scale_jitter must be between 0 and 3. Received: {flat['scale_jitter']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
     return TrainConfig(**flat, source=str(path))
@@ -209,19 +218,36 @@ def load_pairs(config: TrainConfig) -> tuple[list, list]:
     return train, val
 
 
-def chip_stream(pairs, chip: int, seed: int):
-    """Endless random chips, in proportion to image area, with D4 flips and rotations."""
+def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitter: float = 0.0):
+    """Endless random chips with D4 flips and rotations.
+
+    `sampling` 'area' draws images in proportion to their area (every pixel equally
+    likely); 'image' draws every image equally often, so a few large scenes do not
+    crowd out many small ones. With `scale_jitter` j each chip is cut at a random
+    size between chip/(1+j) and chip*(1+j) (log-uniform) and resampled to `chip`
+    (bilinear image, nearest labels): ground resolutions differ between scenes.
+    """
+    from skimage.transform import resize
+
     rng = np.random.default_rng(seed)
-    weights = np.array([p[0].shape[0] * p[0].shape[1] for p in pairs], np.float64)
+    weights = np.array([p[0].shape[0] * p[0].shape[1] if sampling == "area" else 1 for p in pairs], np.float64)
     weights /= weights.sum()
     while True:
         image, label, _ = pairs[rng.choice(len(pairs), p=weights)]
-        if min(image.shape[:2]) < chip and isinstance(image, np.ndarray):
-            pad = ((0, max(0, chip - image.shape[0])), (0, max(0, chip - image.shape[1])))
+        size = chip
+        if scale_jitter:
+            size = max(8, round(chip * float(np.exp(rng.uniform(-1, 1) * np.log1p(scale_jitter)))))
+        if min(image.shape[:2]) < size and isinstance(image, np.ndarray):
+            pad = ((0, max(0, size - image.shape[0])), (0, max(0, size - image.shape[1])))
             image, label = np.pad(image, pad + ((0, 0),), mode="reflect"), np.pad(label, pad, constant_values=IGNORE)
-        r = rng.integers(0, image.shape[0] - chip + 1)
-        c = rng.integers(0, image.shape[1] - chip + 1)
-        x, y = image[r : r + chip, c : c + chip], label[r : r + chip, c : c + chip]
+        size = min(size, *image.shape[:2])  # a lazy image smaller than the jittered size
+        r = rng.integers(0, image.shape[0] - size + 1)
+        c = rng.integers(0, image.shape[1] - size + 1)
+        x, y = image[r : r + size, c : c + size], label[r : r + size, c : c + size]
+        if size != chip:
+            xr = resize(x, (chip, chip), order=1, preserve_range=True, anti_aliasing=size > chip)
+            x = (np.rint(xr) if np.issubdtype(x.dtype, np.integer) else xr).astype(x.dtype)
+            y = resize(y, (chip, chip), order=0, preserve_range=True, anti_aliasing=False).astype(y.dtype)
         k = rng.integers(4)
         x, y = np.rot90(x, k), np.rot90(y, k)
         if rng.random() < 0.5:
@@ -314,7 +340,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
             x = x * tf.random.uniform((n_bands,), 1 - config.band_jitter, 1 + config.band_jitter)
         return x, y
 
-    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(chips, config.chip, config.seed),
+    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(chips, config.chip, config.seed, config.sampling,
+                                                                 config.scale_jitter),
                                          output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     if config.init_weights:  # fine-tune: start from a bundle of the same architecture
