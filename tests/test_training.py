@@ -243,3 +243,29 @@ def test_ema_weights_are_the_ones_validated_and_kept(tmp_path):
     assert drift["0.999"] < 0.06 < 0.1 < drift["0.0"], drift  # one Adam step of 0.05, against several
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["training"]["config"]["band_jitter"] == 0.1
+
+
+def test_lazy_validation_chips_are_stretched_by_their_raster(tmp_path):
+    """in_memory = false with a percentile stretch: a validation chip gets its raster's stretch, not its own."""
+    from geoseg.models.card import ModelCard
+    from geoseg.models.training import LazyImage, LazyLabels, TrainConfig, validation_set
+
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([rng.integers(10, 40, (3, 64, 64)), rng.integers(200, 240, (3, 64, 64))], axis=2)
+    profile = {"driver": "GTiff", "width": 128, "height": 64, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": from_origin(500000, 4000000, 1, 1)}
+    with rasterio.open(tmp_path / "img.tif", "w", count=3, **profile) as ds:
+        ds.write(pixels.astype(np.uint8))
+    with rasterio.open(tmp_path / "img_label.tif", "w", count=1, **profile) as ds:
+        ds.write(np.zeros((1, 64, 128), np.uint8))
+    norm = {"method": "percentile", "low": 2, "high": 98}
+    config = TrainConfig(name="t", classes=[{"name": "a"}], images=[str(tmp_path / "img.tif")],
+                         labels="{image_dir}/{stem}_label.tif", normalization=norm, in_memory=False, chip=16,
+                         validation_chips=20, source=str(tmp_path / "t.toml"))
+    card = ModelCard.from_dict({"name": "t", "classes": [{"id": 0, "name": "a", "color": "#000000"}],
+                                "bands": [1, 2, 3], "normalization": norm, "margin": 0, "tile_size": None})
+    image = LazyImage(str(tmp_path / "img.tif"), [1, 2, 3])
+    chips, val_card = validation_set(config, card, [], [(image, LazyLabels(config, image), image.path)])
+    assert len(chips) == 20 and val_card.normalization == {"method": "none"}
+    for x, _, _ in chips:  # dark pixels near 0, bright near 1: a chip's own stretch would spread them over 0..1
+        assert x.dtype == np.float32 and np.all((x < 0.2) | (x > 0.8))

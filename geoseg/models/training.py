@@ -362,10 +362,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
 
         shutil.rmtree(work)
     work.mkdir(exist_ok=True)
-    scored = val_pairs or train_pairs[:2]
-    if not config.in_memory:  # images on disk: validate on random chips of them, the same each epoch
-        scored = _sample_chips(scored, config.chip, config.validation_chips, config.seed + 1)
-    callback = _ValidationIoU(KerasSegmenter(model, card), scored, n_classes, work,
+    scored, val_card = validation_set(config, card, train_pairs, val_pairs)
+    callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
     started = time.monotonic()
     bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
@@ -377,7 +375,7 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     model.load_weights(work / "best.weights.h5")
     if config.architecture != "unet":  # trained weights reach further than random ones: measure again
         margin = max(margin, _encoder_margin(model, n_bands))
-    metrics = evaluate_pairs(KerasSegmenter(model, card), scored, n_classes)
+    metrics = evaluate_pairs(KerasSegmenter(model, val_card), scored, n_classes)
     card = ModelCard.from_dict({
         **card.to_dict(), "margin": margin,
         "training": {"config": _config_dict(config), "data": config.data_description,
@@ -397,6 +395,23 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def validation_set(config: TrainConfig, card: ModelCard, train_pairs, val_pairs) -> tuple[list, ModelCard]:
+    """What each epoch is scored on, and the card to score it with.
+
+    In memory: the validation images whole. On disk: `validation_chips` random chips of
+    each, the same every epoch; with a percentile stretch the chips are cut from images
+    already stretched by their own raster's percentiles (as inference stretches a raster),
+    not by each chip's, so they are scored with a card that normalises nothing.
+    """
+    scored = val_pairs or train_pairs[:2]
+    if config.in_memory:
+        return scored, card
+    if card.normalization["method"] == "percentile":
+        scored = _stretched(scored, card)
+        card = ModelCard.from_dict({**card.to_dict(), "normalization": {"method": "none"}}, source=config.source)
+    return _sample_chips(scored, config.chip, config.validation_chips, config.seed + 1), card
 
 
 def _stretched(pairs, card: ModelCard) -> list:
