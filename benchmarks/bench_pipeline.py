@@ -6,13 +6,14 @@ a table and ratios. Each measurement runs in its own process so that its peak RS
     python benchmarks/bench_pipeline.py                 # 8k x 8k, default model + memory runs
     python benchmarks/bench_pipeline.py --size 4096 --memory-sizes 2048,4096
     python benchmarks/bench_pipeline.py --only throughput --model 'landcover-unet?precision=bfloat16'
+    python benchmarks/bench_pipeline.py --only throughput --model-calls 1,2,4   # concurrent model calls
 
 Measured:
 - model only: the same model on the same padded chunks the pipeline feeds it, already in
   memory (no reading, no Dask, no writing), as core (output) pixels per second;
 - pipeline: geoseg.segment end to end (read, Dask, predict, write, COG), output px/s;
 - their ratio (goal: >= 0.85 on the CPU), the overlap overhead (pixels the model sees per
-  output pixel) and peak RSS;
+  output pixel) and peak RSS, once per number of concurrent model calls (GEOSEG_MODEL_CALLS);
 - peak RSS of whole runs with a cheap model on rasters of growing size: it should stay flat.
 """
 
@@ -108,10 +109,10 @@ def run_pipeline(raster: str, model: str, chunk: int, out: str) -> dict:
             "margin": result.plan["margin"]}
 
 
-def child(kind: str, args: list[str]) -> dict:
+def child(kind: str, args: list[str], env: dict | None = None) -> dict:
     """Run one measurement in a fresh process; return its JSON plus its peak RSS."""
     cmd = [sys.executable, __file__, "--child", kind, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode:
         sys.exit(f"{kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6, help="chunks timed in the model-only run")
     parser.add_argument("--memory-sizes", default="4096,16384", help="raster sizes for the memory runs")
     parser.add_argument("--only", choices=["throughput", "memory"], help="run one of the two parts")
+    parser.add_argument("--model-calls", default="1,2",
+                        help="GEOSEG_MODEL_CALLS values for the pipeline runs (concurrent model calls)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -148,15 +151,21 @@ def throughput(args, tmp: Path) -> None:
     raster = tmp / f"bench_{args.size}.tif"
     make_raster(raster, args.size)
     model_only = child("model", [str(raster), args.model, str(args.chunk), str(args.samples)])
-    pipeline = child("pipeline", [str(raster), args.model, str(args.chunk), str(tmp / "out")])
+    calls = [c.strip() for c in args.model_calls.split(",") if c.strip()]
+    runs = {c: child("pipeline", [str(raster), args.model, str(args.chunk), str(tmp / "out")],
+                     {"GEOSEG_MODEL_CALLS": c}) for c in calls}
+    pipeline = runs[calls[0]]
     print(f"\nThroughput, {args.size}x{args.size} RGB uint8, model {args.model}, chunk {pipeline['chunk']}, "
           f"margin {pipeline['margin']}, {os.cpu_count()} CPUs")
-    print(f"{'run':<12}{'Mpx/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
-    print(f"{'model only':<12}{model_only['core_px_per_s'] / 1e6:>10.3f}{model_only['seconds']:>10.1f}"
+    print(f"{'run':<28}{'Mpx/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
+    print(f"{'model only':<28}{model_only['core_px_per_s'] / 1e6:>10.3f}{model_only['seconds']:>10.1f}"
           f"{model_only['peak_rss_mb']:>14.0f}")
-    print(f"{'pipeline':<12}{pipeline['px_per_s'] / 1e6:>10.3f}{pipeline['seconds']:>10.1f}"
-          f"{pipeline['peak_rss_mb']:>14.0f}")
-    print(f"ratio pipeline / model only: {pipeline['px_per_s'] / model_only['core_px_per_s']:.3f} (goal >= 0.85)")
+    for c, run in runs.items():
+        print(f"{f'pipeline, {c} model call(s)':<28}{run['px_per_s'] / 1e6:>10.3f}{run['seconds']:>10.1f}"
+              f"{run['peak_rss_mb']:>14.0f}")
+    for c, run in runs.items():
+        print(f"ratio pipeline ({c} call(s)) / model only: {run['px_per_s'] / model_only['core_px_per_s']:.3f} "
+              "(goal >= 0.85)")
     print(f"overlap overhead: the model sees {pipeline['overlap_factor']:.3f} px per output px")
     raster.unlink()
 

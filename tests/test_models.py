@@ -147,3 +147,43 @@ def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
     assert data["plan"]["tile"] == 128 and sum(c["pixels"] for c in data["classes"]) == 150 * 170
     (tmp_path / "custom_unet_v1.json").write_text(json.dumps(LEGACY_CARD))  # a card beside it works too
     assert load_bundle(h5).card.tile_size == 128
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_concurrent_model_calls_are_bounded(monkeypatch, calls):
+    """Dask runs a chunk per core; only MODEL_CALLS of them may hold a model call's activations at once."""
+    import threading
+    import time
+
+    import geoseg.models.segmenter as segmenter
+
+    monkeypatch.setattr(segmenter, "MODEL_CALLS", calls)
+    seg = segmenter.KerasSegmenter(build_unet(2, 3, depth=1, filters=2), ModelCard.from_dict(CARD))
+    running, most, guard = [0], [0], threading.Lock()
+
+    def fake(batch):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+        return batch
+
+    seg._fn = fake
+    threads = [threading.Thread(target=seg.predict_proba, args=(np.zeros((1, 8, 8, 3)),)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == calls
+
+
+def test_model_calls_from_the_environment(monkeypatch):
+    from geoseg.models.segmenter import model_calls
+
+    monkeypatch.setenv("GEOSEG_MODEL_CALLS", "3")
+    assert model_calls() == 3
+    monkeypatch.setenv("GEOSEG_MODEL_CALLS", "lots")
+    with pytest.raises(ModelError, match="GEOSEG_MODEL_CALLS must be a whole number of at least 1. Received: 'lots'"):
+        model_calls()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,6 +16,23 @@ from geoseg.models.card import ModelCard, read_card
 __all__ = ["FlipAveraged", "KerasSegmenter", "Segmenter", "TTA_MODES", "load_bundle"]
 
 log = logging.getLogger(__name__)
+
+# Model calls that may run at once in one process; None: GEOSEG_MODEL_CALLS, default 1.
+# TensorFlow already spreads one call over every core (and a GPU runs one at a time), while
+# Dask runs a chunk per core: more concurrent calls mostly multiply the activations held.
+# 8192^2 px, default model, 2 cores: 1.19 Mpx/s at 3.4 GB peak RSS with one call, 1.23 Mpx/s
+# at 5.2 GB with two (benchmarks/bench_pipeline.py).
+MODEL_CALLS: int | None = None
+
+
+def model_calls() -> int:
+    """How many calls of one model may run at once: `MODEL_CALLS` or ``GEOSEG_MODEL_CALLS``."""
+    if MODEL_CALLS is not None:
+        return MODEL_CALLS
+    value = os.environ.get("GEOSEG_MODEL_CALLS", "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ModelError(f"GEOSEG_MODEL_CALLS must be a whole number of at least 1. Received: {value!r}")
+    return int(value)
 
 
 @runtime_checkable
@@ -47,12 +65,19 @@ class KerasSegmenter:
         self.card = card
         self.source = source
         self._lock = threading.Lock()
+        self._calls = threading.BoundedSemaphore(model_calls())
         self._fn = None
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Map float32 (N, H, W, bands) to float32 (N, H, W, classes) probabilities."""
+        """Map float32 (N, H, W, bands) to float32 (N, H, W, classes) probabilities.
+
+        At most `model_calls()` (``GEOSEG_MODEL_CALLS``, default 1) run at once; other
+        threads meanwhile read and write their chunks.
+        """
         fn = self._fn or self._build()
-        return np.asarray(fn(np.ascontiguousarray(batch, np.float32)))
+        batch = np.ascontiguousarray(batch, np.float32)
+        with self._calls:
+            return np.asarray(fn(batch))
 
     def _build(self):
         import tensorflow as tf
