@@ -36,6 +36,27 @@ def test_perfect_labels_score_one_and_unlabelled_is_ignored(make_raster, tmp_pat
     assert result.pixels_scored == 50 * 70
 
 
+def test_labels_off_the_image_grid_are_refused_before_any_segmentation(make_raster, tmp_path):
+    from geoseg.errors import InputError
+
+    image = make_raster(shape=(60, 70))
+    small = tmp_path / "small.tif"
+    with rasterio.open(small, "w", driver="GTiff", width=70, height=50, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((50, 70), np.uint8), 1)
+    broken = tmp_path / "broken.tif"
+    broken.write_text("not a raster")
+    out = tmp_path / "masks"
+    with pytest.raises(InputError, match=r"small.tif: labels are 70 x 50 px but their image .* is 70 x 60 px"):
+        evaluate("threshold", [image, image], [small, small], keep_masks=out)
+    with pytest.raises(InputError, match="broken.tif: labels are not a raster GDAL can read"):
+        evaluate("threshold", [image], [broken], keep_masks=out)
+    assert not out.exists() or not any(out.iterdir())  # nothing was segmented
+    result = CliRunner().invoke(main, ["evaluate", "--model", "threshold", "--images", str(image),
+                                       "--labels", str(broken)])
+    assert result.exit_code == 1 and "labels are not a raster GDAL can read" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, tmp_path):
     image = make_raster(shape=(60, 70))
     pred, _ = _predicted(tiny_fcn, image, tmp_path)

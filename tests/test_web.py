@@ -88,6 +88,8 @@ def test_segment_compare_and_download(client, make_raster):
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "nope"}, 400, "unknown model"),
         ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
+         "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
     ],
 )
 def test_upload_errors(client, data, status, message):

@@ -11,7 +11,7 @@ import numpy as np
 
 from geoseg.errors import InputError
 
-__all__ = ["IGNORE", "LabelFormat", "VectorLabels", "read_labels", "label_class_names"]
+__all__ = ["IGNORE", "LabelFormat", "VectorLabels", "check_label_grid", "read_labels", "label_class_names"]
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
@@ -19,16 +19,55 @@ LabelFormat = Literal["index", "color", "vector"]
 
 def label_class_names(path: str | os.PathLike) -> list[str] | None:
     """Class names stored in an index raster's metadata (as geoseg writes them), if any."""
+    with _open_label(path) as ds:
+        names = ds.tags().get("CLASS_NAMES")
+    if not names:
+        return None
+    try:
+        table = json.loads(names)
+        return [table[str(i)] for i in range(max(map(int, table)) + 1) if str(i) in table]
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"{path}: its CLASS_NAMES tag is not a JSON object of class id -> name "
+                         f"(received {names[:80]!r}); pass --label-names instead.") from None
+
+
+def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
+                     name: str | None = None, image_name: str | None = None) -> None:
+    """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size.
+
+    Polygons are rasterised onto the image's grid, so for ``fmt="vector"`` only the file's
+    presence is checked. `name` and `image_name` are how messages call the two files
+    (default their path and file name).
+    """
+    import rasterio
+
+    name = name or str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{name}: label file not found (labels for {image}).")
+    if fmt == "vector":
+        return
+    with _open_label(path, name) as ds:
+        size = (ds.width, ds.height)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(image) as ds:
+            expected = (ds.width, ds.height)
+    if size != expected:
+        raise InputError(f"{name}: labels are {size[0]} x {size[1]} px but their image "
+                         f"{image_name or os.path.basename(image)} is "
+                         f"{expected[0]} x {expected[1]} px; labels must be on the image's pixel grid "
+                         "(is this the label of another image?).")
+
+
+def _open_label(path: str | os.PathLike, name: str | None = None):
     import rasterio
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with rasterio.open(path) as ds:
-            names = ds.tags().get("CLASS_NAMES")
-    if not names:
-        return None
-    table = json.loads(names)
-    return [table[str(i)] for i in range(max(map(int, table)) + 1) if str(i) in table]
+        try:
+            return rasterio.open(path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"{name or path}: labels are not a raster GDAL can read ({exc}).") from None
 
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
@@ -73,10 +112,10 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         out = np.full(code.shape, IGNORE, np.uint8)
         for i, c in enumerate(classes):
             out[code == int(c["color"][1:], 16)] = i
-    if out.shape[0] < shape[0] or out.shape[1] < shape[1]:
-        out = np.pad(out, ((0, max(0, shape[0] - out.shape[0])), (0, max(0, shape[1] - out.shape[1]))),
-                     constant_values=IGNORE)
-    return out[: shape[0], : shape[1]]
+    if out.shape != tuple(shape):
+        raise InputError(f"{path}: labels are {out.shape[1]} x {out.shape[0]} px where {shape[1]} x {shape[0]} px "
+                         f"were expected (the pixel grid of {image}); labels must be on the image's grid.")
+    return out
 
 
 def _palette(ds) -> np.ndarray | None:

@@ -149,12 +149,24 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         if label is not None and label.filename:
             job.files["label"] = _save_upload(label, folder, "label")
             job.has_label = True
+            _check_label(job.files["label"], path, display_name(label.filename), display_name(image.filename))
     except Exception:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return jobs.submit(job)
+
+
+def _check_label(label: Path, image: Path, name: str, image_name: str) -> None:
+    """A 400 now, not a failed job later, for a label that is unreadable or not on the image's grid."""
+    from geoseg.errors import InputError
+    from geoseg.models.labels import check_label_grid
+
+    try:
+        check_label_grid(label, "index", image, name=f"label {name}", image_name=image_name)
+    except InputError as exc:
+        raise UploadError(str(exc), 400) from None
 
 
 def _original_png(path: Path, folder: Path) -> Path:

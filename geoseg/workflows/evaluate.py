@@ -12,7 +12,7 @@ import numpy as np
 import rasterio
 
 from geoseg.errors import InputError
-from geoseg.models.labels import IGNORE, LabelFormat, label_class_names, read_labels
+from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_class_names, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
@@ -104,6 +104,8 @@ def evaluate(
         raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
     if not images:
         raise InputError("no images to evaluate on.")
+    for image, label in zip(images, labels):  # every label before the first image is segmented
+        check_label_grid(label, label_format, image)
     card = get_segmenter(resolve_model(model)).card
     n = card.n_classes
     matrix = np.zeros((n, n), np.int64)
