@@ -104,6 +104,17 @@ def test_config_errors(tmp_path):
     bad.write_text('name = "x"\nimages = []\nlabels = "y"\nclasses = []\nscale_jitter = -0.2\n')
     with pytest.raises(InputError, match="scale_jitter must be between 0 and 3"):
         load_config(bad)
+    for setting, message in [('epochs = "30"', "epochs must be a whole number. Received: '30'"),
+                             ("lr = true", "lr must be a number"),
+                             ("validation = [2, 3]", "validation must be a list of strings"),
+                             ("normalization = 3", "normalization must be a table"),
+                             ("freeze_encoder_bn = true", "freeze_encoder_bn needs a pretrained encoder")]:
+        bad.write_text(f'name = "x"\nimages = []\nlabels = "y"\nclasses = []\n{setting}\n')
+        with pytest.raises(InputError, match=message):
+            load_config(bad)
+    bad.write_text('name = "x"\nimages = "a/*.tif"\nlabels = "y"\nclasses = []\nvalidation = "Tile 2/"\n')
+    config = load_config(bad)  # one pattern stands for a list of one
+    assert config.images == ["a/*.tif"] and config.validation == ["Tile 2/"]
 
 
 @pytest.mark.parametrize("sampling, small_share", [("area", 0.01), ("image", 0.5)])
@@ -152,6 +163,28 @@ def test_train_an_encoder_unet(tmp_path, model):
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
     assert seg.exit_code == 0, seg.output
+
+
+def test_freeze_encoder_bn_keeps_the_encoder_statistics(tmp_path):
+    import keras
+
+    from geoseg.models.training import _encoder_bn_layers
+
+    config = _dataset(tmp_path, "index")
+    text = config.read_text().replace("[model]\ndepth = 2\nfilters = 4",
+                                      '[model]\narchitecture = "mobilenet_v2"\nalpha = 0.35\nfilters = 4\n'
+                                      "freeze_encoder_bn = true")
+    config.write_text(text.replace("chip = 32", "chip = 64").replace("epochs = 2", "epochs = 1"))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model = keras.saving.load_model(tmp_path / "models" / "toy.keras", compile=False)
+    frozen = _encoder_bn_layers(model)
+    assert len(frozen) > 10
+    for layer in frozen:  # random encoder: fresh statistics are mean 0, variance 1, and stay so
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), 0)
+        np.testing.assert_array_equal(layer.moving_variance.numpy(), 1)
+    decoder = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert decoder and any(np.abs(layer.moving_mean.numpy()).max() > 0 for layer in decoder)
 
 
 @pytest.mark.parametrize("in_memory", ["true", "false"])  # false: percentiles of a decimated read, chips by window

@@ -10,6 +10,8 @@ import os
 import sys
 import time
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +20,7 @@ import numpy as np
 
 from geoseg.errors import InputError
 from geoseg.models.card import ModelCard, write_card
-from geoseg.models.labels import IGNORE, read_labels
+from geoseg.models.labels import IGNORE, check_label_grid, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "train"]
@@ -46,6 +48,7 @@ class TrainConfig:
     architecture: str = "unet"
     encoder_weights: str | None = None
     alpha: float = 1.0
+    freeze_encoder_bn: bool = False
     depth: int = 4
     filters: int = 16
     batch_norm: bool = True
@@ -99,6 +102,10 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     for key in ("name", "classes", "images", "labels"):
         if key not in flat:
             raise InputError(f"{path}: required setting '{key}' is missing.")
+    for key in ("images", "validation", "ignore_colors"):  # one pattern for a list of one
+        if isinstance(flat.get(key), str):
+            flat[key] = [flat[key]]
+    _check_types(path, flat)
     if flat.get("architecture", "unet") not in ARCHITECTURES:
         raise InputError(f"{path}: architecture must be one of {', '.join(ARCHITECTURES)}. "
                          f"Received: {flat['architecture']!r}")
@@ -110,7 +117,51 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise InputError(f"{path}: scale_jitter must be between 0 and 3. Received: {flat['scale_jitter']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
+    if flat.get("freeze_encoder_bn") and flat.get("architecture", "unet") == "unet":
+        raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
+                         f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
     return TrainConfig(**flat, source=str(path))
+
+
+def _check_types(path: Path, flat: dict[str, Any]) -> None:
+    """Each setting has the TOML type its field declares: a clear error instead of a failure epochs later."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in flat.items():
+        if not _is_a(value, hints[key]):
+            raise InputError(f"{path}: {key} must be {_type_name(hints[key])}. Received: {value!r}")
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is type(None):
+        return value is None
+    return isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             type(None): "absent"}
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    origin = typing.get_origin(kind)
+    if origin is list:
+        return f"a list of {_type_name(args[0]).removeprefix('a ')}s"
+    if origin is dict:
+        return "a table"
+    if args and origin is not None:  # X | None
+        return _type_name(args[0])
+    return names.get(kind, str(kind))
 
 
 def _label_path(config: TrainConfig, image: str) -> str:
@@ -172,6 +223,8 @@ class LazyLabels:
             from geoseg.models.labels import VectorLabels
 
             self.vector = VectorLabels(self.path, config.classes, image.path, config.vector_field)
+        else:
+            check_label_grid(self.path, config.label_format, image.path)
 
     def __getitem__(self, key) -> np.ndarray:
         from rasterio.windows import Window
@@ -452,7 +505,18 @@ def _build(config: TrainConfig, n_classes: int, n_bands: int):
         weights = config.resolve(weights)
     model = build_encoder_unet(n_classes, encoder=config.architecture, weights=weights, alpha=config.alpha,
                                filters=config.filters, name=config.name)
+    if config.freeze_encoder_bn:  # keep the encoder's ImageNet statistics: batches of 8 chips estimate them badly
+        for layer in _encoder_bn_layers(model):
+            layer.trainable = False
     return model, _encoder_margin(model, n_bands), 32
+
+
+def _encoder_bn_layers(model) -> list:
+    """The BatchNormalization layers inside the encoder sub-model of an encoder U-Net."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return [layer for sub in nested for layer in sub.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _encoder_margin(model, n_bands: int) -> int:
