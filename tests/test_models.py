@@ -28,6 +28,9 @@ CARD = {
         ({"bands": [0, 1]}, "bands"),  # bands are 1-based
         ({"normalization": {"method": "zscore"}}, "normalization.method"),
         ({"normalization": {"method": "meanstd", "mean": [1], "std": [1, 1, 1]}}, "normalization.mean"),
+        ({"normalization": {"method": "meanstd", "mean": [1, 2, 3], "std": [1, 0, 1]}}, "normalization.std' must be above 0"),
+        ({"normalization": {"method": "scale", "scale": "1/255"}}, "normalization.scale' must be a number"),
+        ({"normalization": {"method": "percentile", "low": 98, "high": 2}}, "0 <= low < high <= 100"),
         ({"classes": [{"id": 1, "name": "a"}]}, r"classes\[0\]"),  # ids out of order
         ({"classes": [{"id": 0, "name": "a", "color": "red"}]}, "color"),
         ({"tile_size": 6}, "tile_size"),  # no room for the margin

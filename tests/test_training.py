@@ -108,11 +108,28 @@ def test_config_errors(tmp_path):
                              ("lr = true", "lr must be a number"),
                              ("validation = [2, 3]", "validation must be a list of strings"),
                              ("normalization = 3", "normalization must be a table"),
-                             ("freeze_encoder_bn = true", "freeze_encoder_bn needs a pretrained encoder")]:
-        bad.write_text(f'name = "x"\nimages = []\nlabels = "y"\nclasses = []\n{setting}\n')
+                             ("freeze_encoder_bn = true", "freeze_encoder_bn needs a pretrained encoder"),
+                             ("epochs = 0", "epochs must be at least 1. Received: 0"),
+                             ("dropout = 1.5", "dropout must be at least 0 and below 1"),
+                             ("lr = 0.0", "lr must be above 0"),
+                             ('class_weighting = "log"', "class_weighting must be one of none, sqrt, inverse"),
+                             ("chip = 100", r"chip must be a multiple of 16 for this network \(2\^depth\)"),
+                             ('architecture = "mobilenet_v2"\nchip = 80', "chip must be a multiple of 32"),
+                             ("bands = [0, 1]", "bands are numbered from 1"),
+                             ('source = "x.toml"', "unknown setting.*source"),
+                             ('labels = "{dir}/{stem}.png"', r"unknown placeholder \('dir'\); it may use {stem}"),
+                             ("classes = []", "no classes"),
+                             ('classes = [{name = "a"}, {name = "a"}]', "names must differ"),
+                             ('normalization = {method = "scale", scale = "x"}', "normalization.scale' must be a number"),
+                             ('normalization = {method = "meanstd", mean = [0], std = [0]}\nbands = [1]',
+                              "normalization.std' must be above 0")]:
+        text = f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{setting}\n'
+        lines = text.splitlines()  # a setting given twice: the later one stands
+        keys = [line.split(" = ")[0] for line in lines]
+        bad.write_text("\n".join(line for i, line in enumerate(lines) if line.split(" = ")[0] not in keys[i + 1:]))
         with pytest.raises(InputError, match=message):
             load_config(bad)
-    bad.write_text('name = "x"\nimages = "a/*.tif"\nlabels = "y"\nclasses = []\nvalidation = "Tile 2/"\n')
+    bad.write_text('name = "x"\nimages = "a/*.tif"\nlabels = "y"\nclasses = [{name = "a"}]\nvalidation = "Tile 2/"\n')
     config = load_config(bad)  # one pattern stands for a list of one
     assert config.images == ["a/*.tif"] and config.validation == ["Tile 2/"]
 

@@ -184,12 +184,26 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
     if method in ("meanstd", "stretch"):
         for key in ("mean", "std") if method == "meanstd" else ("low", "high"):
             values = data.get(key)
-            if not isinstance(values, list) or len(values) != n_bands:
+            if not isinstance(values, list) or len(values) != n_bands or not all(map(_is_number, values)):
                 raise CardError(
-                    f"{source}: field 'normalization.{key}' needs one value per band ({n_bands}). "
+                    f"{source}: field 'normalization.{key}' needs one number per band ({n_bands}). "
                     f"Received: {values!r}"
                 )
+        if method == "meanstd" and any(v <= 0 for v in data["std"]):
+            raise CardError(f"{source}: field 'normalization.std' must be above 0 in every band. "
+                            f"Received: {data['std']!r}")
+    keys = {"scale": ("scale", "offset"), "percentile": ("low", "high")}.get(method, ())
+    for key in keys:
+        if key in data and not _is_number(data[key]):
+            raise CardError(f"{source}: field 'normalization.{key}' must be a number. Received: {data[key]!r}")
+    if method == "percentile" and not 0 <= data.get("low", 2) < data.get("high", 98) <= 100:
+        raise CardError(f"{source}: percentiles must satisfy 0 <= low < high <= 100. "
+                        f"Received: low={data.get('low', 2)!r}, high={data.get('high', 98)!r}")
     return dict(data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def parse_normalization(data: Any, n_bands: int, *, source: str = "normalization") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from geoseg.errors import InputError
+from geoseg.errors import InputError, ModelError
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
@@ -28,7 +28,8 @@ __all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "train"]
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0")
-SAMPLING = ("area", "image")  # chips per image in proportion to its area, or the same for every image
+SAMPLING = ("area", "image")
+CLASS_WEIGHTING = ("none", "sqrt", "inverse")  # chips per image in proportion to its area, or the same for every image
 
 
 @dataclass
@@ -91,11 +92,14 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise InputError(f"{path}: no such config file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc}).") from None
-    flat = {k: v for k, v in raw.items() if not isinstance(v, dict)}
-    for table in ("data", "model", "train"):
+    tables = ("data", "model", "train")
+    flat = {k: v for k, v in raw.items() if k not in tables}  # normalization = {...} may sit at the top too
+    for table in tables:
+        if not isinstance(raw.get(table, {}), dict):
+            raise InputError(f"{path}: '{table}' must be a table ([{table}]). Received: {raw[table]!r}")
         flat.update(raw.get(table, {}))
     flat.update({k: v for k, v in overrides.items() if v is not None})
-    known = TrainConfig.__dataclass_fields__
+    known = set(TrainConfig.__dataclass_fields__) - {"source"}  # source: where the config was read from
     unknown = sorted(set(flat) - set(known))
     if unknown:
         raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
@@ -111,16 +115,68 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
                          f"Received: {flat['architecture']!r}")
     if flat.get("sampling", "area") not in SAMPLING:
         raise InputError(f"{path}: sampling must be one of {', '.join(SAMPLING)}. Received: {flat['sampling']!r}")
-    if not 0 <= flat.get("band_jitter", 0) < 1:
-        raise InputError(f"{path}: band_jitter must be at least 0 and below 1. Received: {flat['band_jitter']!r}")
-    if not 0 <= flat.get("scale_jitter", 0) <= 3:
-        raise InputError(f"{path}: scale_jitter must be between 0 and 3. Received: {flat['scale_jitter']!r}")
+    for key, (low, high, closed) in _RANGES.items():
+        if key in flat and not _in_range(flat[key], low, high, closed):
+            raise InputError(f"{path}: {key} must be {_range_text(low, high, closed)}. Received: {flat[key]!r}")
+    if flat.get("class_weighting", "sqrt") not in CLASS_WEIGHTING:
+        raise InputError(f"{path}: class_weighting must be one of {', '.join(CLASS_WEIGHTING)}. "
+                         f"Received: {flat['class_weighting']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
-    if flat.get("freeze_encoder_bn") and flat.get("architecture", "unet") == "unet":
+    if any(b < 1 for b in flat.get("bands", [1])):
+        raise InputError(f"{path}: bands are numbered from 1, as in GDAL. Received: {flat['bands']}")
+    try:
+        flat["labels"].format(stem="s", name="n", image_dir="d")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"{path}: labels {flat['labels']!r} uses an unknown placeholder ({exc}); "
+                         "it may use {stem}, {name} and {image_dir}.") from None
+    if "normalization" in flat:
+        from geoseg.models.card import parse_normalization
+
+        try:
+            parse_normalization(flat["normalization"], len(flat.get("bands", [1, 2, 3])), source=str(path))
+        except ModelError as exc:
+            raise InputError(str(exc)) from None
+    names = [c.get("name") for c in flat["classes"]]
+    if not names:
+        raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+        raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
+    plain = flat.get("architecture", "unet") == "unet"
+    multiple = 2 ** flat.get("depth", 4) if plain else 32
+    if flat.get("chip", 256) % multiple:
+        raise InputError(f"{path}: chip must be a multiple of {multiple} for this network "
+                         f"({'2^depth' if plain else 'the encoder stride'}). Received: {flat.get('chip', 256)}")
+    if flat.get("freeze_encoder_bn") and plain:
         raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
                          f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
     return TrainConfig(**flat, source=str(path))
+
+
+# setting -> (lowest, highest, whether the bounds themselves are allowed); None: unbounded
+_RANGES = {
+    "epochs": (1, None, True), "batch": (1, None, True), "steps_per_epoch": (1, None, True),
+    "patience": (1, None, True), "validation_chips": (1, None, True), "depth": (1, 8, True),
+    "filters": (1, None, True), "chip": (1, None, True), "lr": (0, None, False), "alpha": (0, None, False),
+    "max_minutes": (0, None, False), "dice_weight": (0, None, True), "dropout": (0, 1, "low"),
+    "ema": (0, 1, "low"), "band_jitter": (0, 1, "low"), "scale_jitter": (0, 3, True),
+}
+
+
+def _in_range(value: Any, low, high, closed) -> bool:
+    if value is None:
+        return True
+    above = value >= low if closed in (True, "low") else value > low
+    below = high is None or (value <= high if closed is True else value < high)
+    return above and below
+
+
+def _range_text(low, high, closed) -> str:
+    if high is None:
+        return f"at least {low}" if closed in (True, "low") else f"above {low}"
+    if closed is True:
+        return f"between {low} and {high}"
+    return f"at least {low} and below {high}"
 
 
 def _check_types(path: Path, flat: dict[str, Any]) -> None:
@@ -172,13 +228,26 @@ def _label_path(config: TrainConfig, image: str) -> str:
 def _read_image(path: str, bands: list[int]) -> np.ndarray:
     import warnings
 
-    import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
+        with _open_image(path, bands) as ds:
             return np.moveaxis(ds.read(bands), 0, -1)
+
+
+def _open_image(path: str, bands: list[int]):
+    """The training image at `path`, opened, once it is known to be readable and to have `bands`."""
+    import rasterio
+
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{path}: not a raster GDAL can read ({exc}).") from None
+    if max(bands) > ds.count:
+        ds.close()
+        raise InputError(f"{path}: has {ds.count} band(s) but the config's bands are {bands}.")
+    return ds
 
 
 def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.ndarray:
@@ -193,10 +262,8 @@ class LazyImage:
     """An image read by window on demand: ``image[rows, cols]`` -> (rows, cols, bands); never whole."""
 
     def __init__(self, path: str, bands: list[int], normalize: Callable | None = None) -> None:
-        import rasterio
-
         self.path, self.bands, self.normalize = path, bands, normalize
-        with rasterio.open(path) as ds:
+        with _open_image(path, bands) as ds:
             self.shape, self.dtype = (ds.height, ds.width, len(bands)), np.dtype(ds.dtypes[0])
         if normalize is not None:
             self.dtype = np.dtype(np.float32)
@@ -398,6 +465,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                                          output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     if config.init_weights:  # fine-tune: start from a bundle of the same architecture
+        if not os.path.exists(config.resolve(config.init_weights)):
+            raise InputError(f"{config.source}: init_weights {config.init_weights} does not exist.")
         source = keras.saving.load_model(config.resolve(config.init_weights), compile=False, safe_mode=True)
         try:
             model.set_weights(source.get_weights())
