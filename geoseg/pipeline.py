@@ -21,7 +21,8 @@ from dask.callbacks import Callback
 from geoseg.errors import InputError, OutputError, TilingError
 from geoseg.inference import describe_device, predict_block
 from geoseg.models.card import ModelCard
-from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.models.registry import get_segmenter, resolve_model, with_card
+from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.raster import (
     NODATA,
     RasterInfo,
@@ -350,6 +351,8 @@ def segment(
     overwrite: bool = False,
     normalization: dict | None = None,
     resample: bool = True,
+    precision: str = "float32",
+    tta: str = "none",
     client=None,
     progress: Progress | None = None,
 ) -> SegmentResult:
@@ -396,6 +399,12 @@ def segment(
         from it by more than 5%, read the raster resampled (bilinear) to the model's
         pixel size and bring the outputs back onto the input grid (nearest for the
         mask). False runs on the input's pixels as they are.
+    precision : {"float32", "bfloat16"}
+        Compute precision of a Keras model; the card's ``metrics.inference`` says
+        what bfloat16 costs in IoU. Baselines ignore it.
+    tta : {"none", "flips"}
+        ``"flips"`` averages the model over the four flips of each chunk (4x the
+        compute). Baselines ignore it.
     client : distributed.Client, optional
         Run the chunks on this Dask cluster; default is Dask's threads in-process.
     progress : callable, optional
@@ -421,8 +430,12 @@ def segment(
     ``STEM_preview.png``; QGIS styles ``STEM_mask.qml`` and ``STEM_polygons.qml``.
     """
     started = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
+    if tta not in TTA_MODES:
+        raise InputError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {tta!r}")
     info = inspect_raster(input)
-    model_path = resolve_model(model)
+    model_path = resolve_model(with_card(model, precision=precision, tta=tta))
     card = get_segmenter(model_path).card
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)

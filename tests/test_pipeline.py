@@ -10,7 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geoseg import segment
-from geoseg.errors import BandError, OutputError, RasterReadError, TilingError
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, TilingError
 from geoseg.inference import predict_image
 from geoseg.models import get_segmenter
 
@@ -159,6 +159,8 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"margin": -1}, TilingError, "margin"),
         ({"tile": 30}, TilingError, "no core"),  # tile smaller than twice the margin
         ({"tile": 72}, TilingError, "multiple of 4"),  # core not on the pooling grid
+        ({"tta": "d8"}, InputError, "tta must be one of none, flips"),
+        ({"precision": "int8"}, InputError, "precision must be one of float32, bfloat16"),
     ],
 )
 def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error, match):
@@ -319,3 +321,20 @@ def test_flip_tta_averages_the_four_flips_and_stays_seam_free(make_raster, tiny_
     bad = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "u"), "-m", str(tiny_fcn),
                                     "--tta", "d8"])
     assert bad.exit_code == 2 and "'flips'" in bad.output
+
+
+def test_python_api_takes_tta_and_precision(make_raster, tiny_fcn, tmp_path):
+    from geoseg.inference import predict_image
+    from geoseg.models import load_bundle
+
+    path = make_raster(shape=(80, 90))
+    with rasterio.open(path) as ds:
+        image = np.moveaxis(ds.read(), 0, -1)
+    tta = segment(path, tmp_path / "t", model=tiny_fcn, tta="flips", preview=False)
+    assert (_read(tta.outputs["mask"]) == predict_image(load_bundle(tiny_fcn, tta="flips"), image).argmax(-1)).all()
+    plain = segment(path, tmp_path / "p", model=tiny_fcn, preview=False)
+    assert (_read(tta.outputs["mask"]) != _read(plain.outputs["mask"])).any()
+    half = segment(path, tmp_path / "b", model=tiny_fcn, precision="bfloat16", preview=False)
+    assert (_read(half.outputs["mask"]) == _read(plain.outputs["mask"])).mean() > 0.9
+    baseline = segment(path, tmp_path / "c", model="threshold", tta="flips", precision="bfloat16", preview=False)
+    assert baseline.outputs["mask"]  # baselines ignore both
