@@ -50,6 +50,8 @@ def test_labels_off_the_image_grid_are_refused_before_any_segmentation(make_rast
         evaluate("threshold", [image, image], [small, small], keep_masks=out)
     with pytest.raises(InputError, match="broken.tif: labels are not a raster GDAL can read"):
         evaluate("threshold", [image], [broken], keep_masks=out)
+    with pytest.raises(InputError, match="broken.tif: not a raster GDAL can read"):
+        evaluate("threshold", [broken], [small], keep_masks=out)
     assert not out.exists() or not any(out.iterdir())  # nothing was segmented
     result = CliRunner().invoke(main, ["evaluate", "--model", "threshold", "--images", str(image),
                                        "--labels", str(broken)])

@@ -50,8 +50,11 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
         size = (ds.width, ds.height)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with rasterio.open(image) as ds:
-            expected = (ds.width, ds.height)
+        try:
+            with rasterio.open(image) as ds:
+                expected = (ds.width, ds.height)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"{image_name or image}: not a raster GDAL can read ({exc}).") from None
     if size != expected:
         raise InputError(f"{name}: labels are {size[0]} x {size[1]} px but their image "
                          f"{image_name or os.path.basename(image)} is "
