@@ -105,6 +105,11 @@ def plan_run(
     default = default_chunk(margin) if tile is None else DEFAULT_CHUNK
     rows, cols = coerce_size(chunk, "chunk", default=(default, default))
     rows, cols = round_up(min(rows, info.height), step), round_up(min(cols, info.width), step)
+    seen = (rows + 2 * margin) * (cols + 2 * margin) / (rows * cols)
+    if chunk is not None and (rows < info.height or cols < info.width) and seen > 4:
+        log.warning("chunk %dx%d with a %d px margin: the model sees %.0fx the pixels of the raster; "
+                    "the default chunk (%d) sees %.1fx", rows, cols, margin, seen, default,
+                    ((default + 2 * margin) / default) ** 2)
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
 
 

@@ -338,3 +338,19 @@ def test_python_api_takes_tta_and_precision(make_raster, tiny_fcn, tmp_path):
     assert (_read(half.outputs["mask"]) == _read(plain.outputs["mask"])).mean() > 0.9
     baseline = segment(path, tmp_path / "c", model="threshold", tta="flips", precision="bfloat16", preview=False)
     assert baseline.outputs["mask"]  # baselines ignore both
+
+
+def test_a_chunk_much_smaller_than_its_margins_is_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
+    from geoseg.models import load_bundle
+    from geoseg.pipeline import plan_run
+    from geoseg.raster import inspect_raster
+
+    info, card = inspect_raster(make_raster(shape=(200, 200))), load_bundle(tiny_fcn).card
+    with caplog.at_level("WARNING", logger="geoseg.pipeline"):
+        plan_run(info, card, chunk=card.multiple_of)
+    assert "the model sees" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoseg.pipeline"):
+        plan_run(info, card)  # the default chunk
+        plan_run(info, card, chunk=1024)  # larger than the raster: the chunk is the raster
+    assert "the model sees" not in caplog.text
