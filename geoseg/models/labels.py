@@ -39,7 +39,7 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     presence is checked. `name` and `image_name` are how messages call the two files
     (default their path and file name).
     """
-    import rasterio
+    from geoseg.raster import inspect_raster
 
     name = name or str(path)
     if not os.path.exists(path):
@@ -48,13 +48,8 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
         return
     with _open_label(path, name) as ds:
         size = (ds.width, ds.height)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with rasterio.open(image) as ds:
-                expected = (ds.width, ds.height)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"{image_name or image}: not a raster GDAL can read ({exc}).") from None
+    info = inspect_raster(image)
+    expected = (info.width, info.height)
     if size != expected:
         raise InputError(f"{name}: labels are {size[0]} x {size[1]} px but their image "
                          f"{image_name or os.path.basename(image)} is "

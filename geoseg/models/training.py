@@ -228,26 +228,24 @@ def _label_path(config: TrainConfig, image: str) -> str:
 def _read_image(path: str, bands: list[int]) -> np.ndarray:
     import warnings
 
+    import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
+    _image_info(path, bands)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with _open_image(path, bands) as ds:
+        with rasterio.open(path) as ds:
             return np.moveaxis(ds.read(bands), 0, -1)
 
 
-def _open_image(path: str, bands: list[int]):
-    """The training image at `path`, opened, once it is known to be readable and to have `bands`."""
-    import rasterio
+def _image_info(path: str, bands: list[int]):
+    """`inspect_raster` of a training image, which must also have the config's `bands`."""
+    from geoseg.raster import inspect_raster
 
-    try:
-        ds = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{path}: not a raster GDAL can read ({exc}).") from None
-    if max(bands) > ds.count:
-        ds.close()
-        raise InputError(f"{path}: has {ds.count} band(s) but the config's bands are {bands}.")
-    return ds
+    info = inspect_raster(path)
+    if max(bands) > info.count:
+        raise InputError(f"{path}: has {info.count} band(s) but the config's bands are {bands}.")
+    return info
 
 
 def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.ndarray:
@@ -263,8 +261,8 @@ class LazyImage:
 
     def __init__(self, path: str, bands: list[int], normalize: Callable | None = None) -> None:
         self.path, self.bands, self.normalize = path, bands, normalize
-        with _open_image(path, bands) as ds:
-            self.shape, self.dtype = (ds.height, ds.width, len(bands)), np.dtype(ds.dtypes[0])
+        info = _image_info(path, bands)
+        self.shape, self.dtype = (info.height, info.width, len(bands)), np.dtype(info.dtype)
         if normalize is not None:
             self.dtype = np.dtype(np.float32)
 
