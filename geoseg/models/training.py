@@ -27,7 +27,7 @@ __all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "train"]
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0")
+ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SAMPLING = ("area", "image")  # chips per image in proportion to its area, or the same for every image
 CLASS_WEIGHTING = ("none", "sqrt", "inverse")  # loss weight per class: 1, 1/sqrt(frequency), 1/frequency
 
