@@ -134,3 +134,42 @@ def test_palette_png_labels_are_read_by_colour(tmp_path):
     classes = [{"name": "building", "color": "#3C1098"}, {"name": "water", "color": "#E2A929"}]
     labels = read_labels(tmp_path / "mask.png", fmt="color", classes=classes, image=tmp_path / "mask.png", shape=(2, 2))
     assert labels.tolist() == [[0, 1], [255, 1]]
+
+
+def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_raster, tmp_path):
+    """Names without colours, bad colours, an RGB mask read as ids, nothing scorable: clear errors, nothing run."""
+    from geoseg.errors import InputError
+
+    image = make_raster(shape=(40, 50))
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    rgb[:, :30] = (0x84, 0x29, 0xF6)  # Dubai's "land" colour, which the threshold baseline's classes lack
+    Image.fromarray(rgb).save(tmp_path / "mask.png")
+    mask, out = tmp_path / "mask.png", tmp_path / "masks"
+    cases = [
+        (dict(label_format="color", label_names=["land"]), "need their colours too"),
+        (dict(label_format="color", label_names=["land", "water"], label_colors=["#8429F6"]),
+         "2 label name.s. but 1 colour"),
+        (dict(label_format="color", label_names=["land"], label_colors=["#zzz"]), "must be #RRGGBB.*'#zzz'"),
+        (dict(label_format="color", label_colors=["#8429F6"]), "need the label names"),
+        (dict(label_format="color", label_names=["land", "land"], label_colors=["#8429F6"] * 2), "must differ"),
+        (dict(label_format="index"), "labels have 3 bands, but index labels are one band"),
+        (dict(label_format="color"), "nothing to score: the label colours are .*most common colours in .*mask.png "
+                                     "are #8429F6, #000000"),
+    ]
+    for options, message in cases:
+        with pytest.raises(InputError, match=message):
+            evaluate("threshold", [image], [mask], keep_masks=out, **options)
+    assert not out.exists()  # refused before the first segmentation
+    result = evaluate("threshold", [image], [mask], label_format="color", label_names=["land"],
+                      label_colors=["#8429F6"])
+    assert result.pixels_scored == 40 * 30  # "land" counts as the baseline's "other"; black is unlabelled
+    with pytest.raises(InputError, match="threshold more than once"):
+        compare(["threshold", "threshold"], [image], [mask])
+    cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
+                                    "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
+                                    "--markdown", str(tmp_path / "missing" / "table.md")])
+    assert cli.exit_code == 1 and "folder" in cli.output and "does not exist" in cli.output
+    cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
+                                    "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
+                                    "--markdown", str(tmp_path / "table.md")])
+    assert cli.exit_code == 0 and "| other |" in (tmp_path / "table.md").read_text()

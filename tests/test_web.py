@@ -79,6 +79,24 @@ def test_segment_compare_and_download(client, make_raster):
         assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
 
 
+def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster):
+    from geoseg.models import get_segmenter
+
+    water = get_segmenter("threshold").card.classes[1]
+    tif = make_raster(shape=(60, 80))
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:] = [int(water.color[i:i + 2], 16) for i in (1, 3, 5)]
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "threshold",
+        "label": (io.BytesIO(label.getvalue()), "label.png")}, content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert set(job["result"]["iou"][0]["iou"]) == {c.name for c in get_segmenter("threshold").card.classes}
+
+
 @pytest.mark.parametrize(
     "data, status, message",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -27,6 +28,19 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
         raise InputError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s). Pass as many labels, "
                          "or a template such as '{image_dir}/../masks/{stem}.png'.")
     return image_paths, label_paths
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail before the long part when an output file's folder is missing or read-only."""
+    from geoseg.errors import InputError
+
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: the folder {folder} does not exist; create it or pick another path.")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option} {path}: the folder {folder} is not writable; pick another path.")
 
 
 label_options = [
@@ -78,9 +92,11 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     labelled 255 are ignored; label classes are matched to model classes by name
     and those the model lacks are reported as not scored.
     """
+    from geoseg.workflows.common import write_text
     from geoseg.workflows.evaluate import evaluate as run, markdown_table
 
     with fail_cleanly():
+        _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names),
@@ -88,7 +104,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                      **({"chunk": chunk} if chunk else {}))
     table = markdown_table([result])
     if markdown:
-        Path(markdown).write_text(table)
+        write_text(markdown, table)
     if as_json:
         emit_json(result.to_dict())
     else:

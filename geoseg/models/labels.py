@@ -33,7 +33,8 @@ def label_class_names(path: str | os.PathLike) -> list[str] | None:
 
 def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
                      name: str | None = None, image_name: str | None = None) -> None:
-    """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size.
+    """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size,
+    and one band when they are class ids.
 
     Polygons are rasterised onto the image's grid, so for ``fmt="vector"`` only the file's
     presence is checked. `name` and `image_name` are how messages call the two files
@@ -47,7 +48,10 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     if fmt == "vector":
         return
     with _open_label(path, name) as ds:
-        size = (ds.width, ds.height)
+        size, bands = (ds.width, ds.height), ds.count
+    if fmt == "index" and bands > 1:
+        raise InputError(f"{name}: labels have {bands} bands, but index labels are one band of class ids. "
+                         "For a colour-coded mask pass --label-format color (label_format='color').")
     info = inspect_raster(image)
     expected = (info.width, info.height)
     if size != expected:

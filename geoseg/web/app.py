@@ -164,7 +164,8 @@ def _check_label(label: Path, image: Path, name: str, image_name: str) -> None:
     from geoseg.models.labels import check_label_grid
 
     try:
-        check_label_grid(label, "index", image, name=f"label {name}", image_name=image_name)
+        # the job reads a label of 3+ bands by the models' colours and one band as class ids: any band count goes
+        check_label_grid(label, "color", image, name=f"label {name}", image_name=image_name)
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +18,7 @@ from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_cl
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
+from geoseg.raster import inspect_raster
 
 __all__ = ["Evaluation", "evaluate", "compare", "markdown_table"]
 
@@ -43,8 +46,33 @@ class Evaluation:
 def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
     if label_names is None:
         return [{"name": c.name, "color": c.color} for c in card.classes]
-    colors = list(label_colors or [])
-    return [{"name": n, "color": colors[i] if i < len(colors) else "#000000"} for i, n in enumerate(label_names)]
+    colors = list(label_colors or [None] * len(label_names))
+    return [{"name": n, "color": colors[i]} for i, n in enumerate(label_names)]
+
+
+def _check_label_set(label_format: str, label_names, label_colors) -> None:
+    """The label names and colours make sense together, before any image is read."""
+    if label_names is not None and (not label_names or not all(isinstance(n, str) and n for n in label_names)):
+        raise InputError(f"label names must be non-empty names, one per label class. Received: {label_names}")
+    if label_names is not None and len(set(label_names)) < len(label_names):
+        raise InputError(f"label names must differ. Received: {label_names}")
+    if label_colors is None:
+        if label_names is not None and label_format == "color":
+            raise InputError("colour-coded labels with label names need their colours too: pass --label-colors "
+                             "#RRGGBB,... (label_colors=) in the order of the names.")
+        return
+    if label_names is None:
+        raise InputError("label colours need the label names they stand for: pass --label-names "
+                         "(label_names=) in the same order, or leave both out to use the model's classes.")
+    if label_format != "color":
+        raise InputError(f"label colours are for colour-coded labels; these are {label_format!r}. Pass "
+                         "--label-format color or leave the colours out.")
+    if len(label_colors) != len(label_names):
+        raise InputError(f"{len(label_names)} label name(s) but {len(label_colors)} colour(s); give one "
+                         "#RRGGBB colour per name.")
+    bad = [c for c in label_colors if not (isinstance(c, str) and re.fullmatch(r"#[0-9A-Fa-f]{6}", c))]
+    if bad:
+        raise InputError(f"label colours must be #RRGGBB. Received: {', '.join(map(repr, bad))}")
 
 
 def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
@@ -104,19 +132,33 @@ def evaluate(
         raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
     if not images:
         raise InputError("no images to evaluate on.")
+    _check_label_set(label_format, label_names, label_colors)
     for image, label in zip(images, labels):  # every label before the first image is segmented
         check_label_grid(label, label_format, image)
     card = get_segmenter(resolve_model(model)).card
+    label_sets = []  # per image: its label classes and their lookup to model ids
+    missing: set[str] = set()
+    for label in labels:
+        names = label_names or (label_class_names(label) if label_format == "index" else None)
+        label_classes = _label_classes(names, label_colors, card)
+        lut, not_in_model = _remap(label_classes, card)
+        missing.update(not_in_model)
+        label_sets.append((label_classes, lut))
+    scorable = False
+    for image, label, (label_classes, lut) in zip(images, labels, label_sets):  # usually the first one answers
+        info = inspect_raster(image)
+        truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=(info.height, info.width),
+                            vector_field=vector_field)
+        if (lut[truth] != IGNORE).any():
+            scorable = True
+            break
+    if not scorable:
+        raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
     n = card.n_classes
     matrix = np.zeros((n, n), np.int64)
-    missing: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
-        for image, label in zip(images, labels):
-            names = label_names or (label_class_names(label) if label_format == "index" else None)
-            label_classes = _label_classes(names, label_colors, card)
-            lut, not_in_model = _remap(label_classes, card)
-            missing.update(not_in_model)
+        for image, label, (label_classes, lut) in zip(images, labels, label_sets):
             result = segment(image, out_dir, model=model, preview=False, overwrite=True, **segment_options)
             with rasterio.open(result.outputs["mask"]) as ds:
                 pred = ds.read(1)
@@ -142,6 +184,38 @@ def evaluate(
                       round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
 
 
+def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
+    """Why no pixel was scored, with the colours the first mask does hold when it is colour-coded."""
+    hint = {"index": "are the label values class ids (0, 1, ...) of the label names, 255 for unlabelled?",
+            "vector": "do the polygons cover the images, and does their class field hold label names or ids?",
+            "color": f"the label colours are {', '.join(colors)}"}[label_format]
+    if label_format == "color":
+        found = _common_colors(labels[0])
+        if found:
+            hint += f"; the most common colours in {labels[0]} are {', '.join(found)}: pass --label-names and " \
+                    "--label-colors"
+    return f"no labelled pixel matched a class the model scores, so there is nothing to score: {hint}."
+
+
+def _common_colors(path, n: int = 6) -> list[str]:
+    from rasterio.enums import Resampling
+
+    with warnings.catch_warnings(), rasterio.open(path) as ds:
+        warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
+        data = ds.read(out_shape=(ds.count, min(ds.height, 512), min(ds.width, 512)), resampling=Resampling.nearest)
+        if ds.count == 1:
+            try:
+                table = ds.colormap(1)
+            except ValueError:
+                return []
+            data = np.moveaxis(np.array([table.get(i, (0, 0, 0, 0))[:3] for i in range(256)])[data[0]], -1, 0)
+    if data.shape[0] < 3:
+        return []
+    code = (data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8) | data[2]
+    values, counts = np.unique(code, return_counts=True)
+    return [f"#{v:06X}" for v in values[np.argsort(-counts)][:n]]
+
+
 def compare(
     models: Sequence[str],
     images: Sequence[str | os.PathLike],
@@ -158,6 +232,9 @@ def compare(
     """
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
+    twice = sorted({str(m) for m in models if [str(x) for x in models].count(str(m)) > 1})
+    if twice:
+        raise InputError(f"compare lists {', '.join(twice)} more than once; name each model once.")
     out = Path(output_dir) if output_dir else None
     evaluations = []
     if labels is not None:
@@ -170,7 +247,7 @@ def compare(
 
 def _disagreement(models, images, out: Path, options: dict) -> list[str]:
     from geoseg.models.card import ClassInfo
-    from geoseg.raster import inspect_raster, write_class_mask
+    from geoseg.raster import write_class_mask
 
     seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
                                                                    "vector_field")}
