@@ -89,6 +89,30 @@ def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):
     assert "tiny-fcn" in run("models").output
 
 
+def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_raster, model_dir, tmp_path,
+                                                                     monkeypatch):
+    """One broken bundle in a shared folder used to make every command fail, the default model's too."""
+    import os
+    import shutil
+
+    shared = tmp_path / "shared"
+    shutil.copytree(model_dir, shared)
+    (shared / "broken.json").write_text('{"name": "broken"}')
+    (shared / "broken.keras").write_text("junk")
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", os.pathsep.join([str(shared), str(tmp_path / "gone")]))
+    listing = run("models", "--json")
+    assert listing.exit_code == 0, listing.output
+    assert "tiny-fcn" in {m["name"] for m in json.loads(listing.stdout)["models"]}
+    reasons = [s["reason"] for s in json.loads(listing.stdout)["skipped"]]
+    assert any("broken.json: required field 'classes'" in r for r in reasons)
+    assert any("gone: GEOSEG_MODEL_PATH names this, but it is not a folder" in r for r in reasons)
+    assert "warning: skipped:" in run("models").stderr
+    ok = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "tiny-fcn", "--quiet")
+    assert ok.exit_code == 0, ok.output
+    broken = run("segment", make_raster(), "-o", tmp_path / "out2", "-m", "broken", "--quiet")
+    assert broken.exit_code == 1 and "broken.json: required field 'classes' is missing" in broken.output
+
+
 def test_model_by_name_from_model_path(run, make_raster, model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "tiny-tiled", "--quiet")
@@ -133,10 +157,13 @@ def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
     info = site / "geoseg_demo_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: geoseg-demo-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[geoseg.models]\ndemo = geoseg_demo_plugin:bundles\n")
+    (info / "entry_points.txt").write_text("[geoseg.models]\ndemo = geoseg_demo_plugin:bundles\n"
+                                           "broken = geoseg_demo_plugin:nothing_here\n")
     monkeypatch.syspath_prepend(str(site))
-    names = {m["name"]: m for m in json.loads(run("models", "--json").stdout)["models"]}
-    assert names["plugged"]["source"] == "plugin demo"
+    listing = json.loads(run("models", "--json").stdout)
+    names = {m["name"]: m for m in listing["models"]}
+    assert names["plugged"]["source"] == "plugin demo"  # a broken plugin beside it hides nothing
+    assert any("plugin broken (geoseg_demo_plugin:nothing_here) failed" in s["reason"] for s in listing["skipped"])
 
 
 def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):

@@ -39,11 +39,15 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     from geoseg.models import DEFAULT_MODEL, list_models
 
+    problems = []
     with fail_cleanly():
-        rows = [_row(e, DEFAULT_MODEL) for e in list_models()]
+        rows = [_row(e, DEFAULT_MODEL) for e in list_models(problems)]
     if as_json:
-        emit_json({"models": rows})
+        emit_json({"models": rows, "skipped": [{"path": str(p.path) if p.path else None, "reason": p.message}
+                                               for p in problems]})
         return
+    for problem in problems:
+        click.echo(f"warning: skipped: {problem.message}", err=True)
     for row in rows:
         mark = " (default)" if row["default"] else ""
         click.echo(f"{row['name']}{mark}  v{row['version']}  [{row['source']}]")

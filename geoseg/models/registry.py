@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from geoseg.errors import ModelNotFoundError
+from geoseg.errors import ModelError, ModelNotFoundError
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "get_segmenter", "list_models", "resolve_model", "with_card"]
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "Problem", "get_segmenter", "list_models", "resolve_model", "with_card"]
 
 DEFAULT_MODEL = "landcover-unet"
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -45,42 +45,63 @@ def _builtins() -> list[ModelEntry]:
             for seg in (ClassicalSegmenter(m, nir=nir) for m in BASELINES for nir in (False, True))]
 
 
-def _bundles_in(folder: Path, source: str) -> list[ModelEntry]:
+@dataclass(frozen=True)
+class Problem:
+    """Something the registry skipped: a bundle with a bad card, a folder that is not there, a broken plugin."""
+
+    path: Path | None
+    message: str
+
+
+def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[ModelEntry]:
     entries = []
     for card_path in sorted(folder.glob("*.json")):
         if card_path.with_suffix(".keras").is_file():
-            card = read_card(card_path)
+            try:
+                card = read_card(card_path)
+            except ModelError as exc:  # one bad bundle must not hide the others
+                problems.append(Problem(card_path, str(exc)))
+                continue
             entries.append(ModelEntry(card.name, card, card_path.with_suffix(".keras"), source))
     return entries
 
 
-def _plugin_folders() -> list[tuple[Path, str]]:
+def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
     folders = []
     for ep in entry_points(group="geoseg.models"):
-        target = ep.load()
-        folder = Path(target() if callable(target) else target)
+        try:
+            target = ep.load()
+            folder = Path(target() if callable(target) else target)
+        except Exception as exc:  # a plugin's import or folder function can fail in any way
+            problems.append(Problem(None, f"plugin {ep.name} ({ep.value}) failed to give its model folder: "
+                                          f"{type(exc).__name__}: {exc}"))
+            continue
         folders.append((folder, f"plugin {ep.name}"))
     return folders
 
 
-def list_models() -> list[ModelEntry]:
+def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
     """Return every model found: built-in baselines, then the zoo, GEOSEG_MODEL_PATH and plugins.
 
-    A later duplicate name is skipped.
+    A later duplicate name is skipped. Bundles whose card is unusable, GEOSEG_MODEL_PATH
+    entries that are not folders and plugins that fail are skipped too, so that one bad
+    bundle does not hide the rest; pass a list as `problems` to learn what was skipped.
     """
+    problems = [] if problems is None else problems
     places = [(ZOO, "zoo")]
     for part in os.environ.get("GEOSEG_MODEL_PATH", "").split(os.pathsep):
         if part:
             places.append((Path(part), "GEOSEG_MODEL_PATH"))
-    places += _plugin_folders()
+    places += _plugin_folders(problems)
     seen, entries = set(), []
     for entry in _builtins():
         seen.add(entry.name)
         entries.append(entry)
     for folder, source in places:
         if not folder.is_dir():
+            problems.append(Problem(folder, f"{folder}: {source} names this, but it is not a folder."))
             continue
-        for entry in _bundles_in(folder, source):
+        for entry in _bundles_in(folder, source, problems):
             if entry.name not in seen:
                 seen.add(entry.name)
                 entries.append(entry)
@@ -108,10 +129,14 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
                 "or a name from `geoseg models`."
             )
         return str(path.with_suffix(".keras").resolve()) + (f"?{query}" if query else "")
-    entries = list_models()
+    problems: list[Problem] = []
+    entries = list_models(problems)
     for entry in entries:
         if entry.name == text:
             return entry.ref + (f"?{query}" if query else "")
+    for problem in problems:  # a bundle of that name that was skipped: say why
+        if problem.path is not None and problem.path.suffix == ".json" and problem.path.stem == text:
+            raise ModelError(problem.message)
     names = ", ".join(e.name for e in entries) or "none"
     raise ModelNotFoundError(
         f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "

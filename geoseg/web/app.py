@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import zipfile
 from pathlib import Path
@@ -100,7 +101,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def _registry():
     from geoseg.models import list_models
 
-    return list_models()
+    problems = []
+    entries = list_models(problems)
+    for problem in problems:  # the page shows the usable models; the server log says what was skipped
+        logging.getLogger(__name__).warning("skipped: %s", problem.message)
+    return entries
 
 
 def _models() -> list[dict[str, Any]]:
