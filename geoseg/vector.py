@@ -326,7 +326,9 @@ def vectorize(
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")
-    if not out_path.parent.is_dir() or not os.access(out_path.parent, os.W_OK):
+    if not out_path.parent.is_dir():
+        raise OutputError(f"{out_path.parent}: no such folder. Create it or pick another output path.")
+    if not os.access(out_path.parent, os.W_OK):
         raise OutputError(f"{out_path.parent}: not a writable folder. Pick another output path.")
     info = inspect_raster(mask_path)
     if info.dtype != "uint8" or info.count != 1:

@@ -140,6 +140,8 @@ def test_bad_requests(make_mask, tmp_path):
     (tmp_path / "x.gpkg").write_text("")
     with pytest.raises(OutputError, match="--overwrite"):
         vectorize(path, tmp_path / "x.gpkg")
+    with pytest.raises(OutputError, match="missing: no such folder. Create it"):
+        vectorize(path, tmp_path / "missing" / "x.gpkg")
     rgb = tmp_path / "rgb.tif"
     with rasterio.open(rgb, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8") as ds:
         ds.write(np.zeros((3, 4, 4), np.uint8))
