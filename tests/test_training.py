@@ -319,3 +319,39 @@ def test_lazy_validation_chips_are_stretched_by_their_raster(tmp_path):
     assert len(chips) == 20 and val_card.normalization == {"method": "none"}
     for x, _, _ in chips:  # dark pixels near 0, bright near 1: a chip's own stretch would spread them over 0..1
         assert x.dtype == np.float32 and np.all((x < 0.2) | (x > 0.8))
+
+
+def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkeypatch):
+    """Interrupted after epoch 2 of 3, the rerun trains epoch 3 only. Other settings cannot resume those
+    checkpoints. A finished run leaves none: rerunning it with another width used to load the old
+    run's best weights (a shape-mismatch traceback, or silently the old model)."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    real, calls = training.evaluate_pairs, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the end of epoch 2, after Keras backed it up
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(config))
+    work = tmp_path / "models" / "toy.checkpoints"
+    assert (work / "run.json").exists() and not (tmp_path / "models" / "toy.keras").exists()
+    wider = tmp_path / "wider.toml"
+    wider.write_text(config.read_text().replace("filters = 4", "filters = 8"))
+    with pytest.raises(InputError, match=r"interrupted run with other settings \(filters\). Pass --restart"):
+        training.train(load_config(wider))
+    calls.clear()
+    monkeypatch.setattr(training, "evaluate_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    training.train(load_config(config))
+    assert len(calls) == 2  # epoch 3, then the kept weights' final score
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert card["training"]["epochs"] == 3 and not work.exists()
+    result = CliRunner().invoke(main, ["train", "--config", str(wider)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["config"]["filters"] == 8

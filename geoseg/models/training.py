@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -423,7 +424,9 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     """Train, keep the weights with the best validation mean IoU, and write ``NAME.keras`` + ``NAME.json``.
 
     Checkpoints live in ``OUTPUT/NAME.checkpoints/``; with `resume` an interrupted run
-    continues from its last epoch. The config is written beside the model as ``NAME.toml``.
+    continues from its last epoch, provided its settings are the same (`max_minutes` and
+    `patience` may change), else an InputError asks for ``resume=False``. A finished run
+    removes its checkpoints, so the next run of the same name starts afresh. The config is written beside the model as ``NAME.toml``.
     """
     import keras
     import tensorflow as tf
@@ -431,6 +434,11 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     from geoseg.models.segmenter import KerasSegmenter
 
     keras.utils.set_random_seed(config.seed)
+    work = Path(config.resolve(config.output)) / f"{config.name}.checkpoints"
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    if work.exists():  # before any data is read
+        _check_resumable(work, config)
     train_pairs, val_pairs = load_pairs(config)
     n_classes, n_bands = len(config.classes), len(config.bands)
     log.info("training on %d images, validating on %d", len(train_pairs), len(val_pairs))
@@ -476,12 +484,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     model.compile(optimizer=optimizer, loss=make_loss(n_classes, weights, config.dice_weight))
     out = Path(config.resolve(config.output))
     out.mkdir(parents=True, exist_ok=True)
-    work = out / f"{config.name}.checkpoints"
-    if not resume and work.exists():
-        import shutil
-
-        shutil.rmtree(work)
     work.mkdir(exist_ok=True)
+    (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     scored, val_card = validation_set(config, card, train_pairs, val_pairs)
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
@@ -513,8 +517,33 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     os.replace(tmp, out / f"{config.name}.keras")
     write_card(card, out / f"{config.name}.json")
     (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
+    shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+# settings that may change when an interrupted run resumes; any other change means another run
+_RESUMABLE = ("max_minutes", "patience", "output", "description", "version", "data_description")
+
+
+def _resume_settings(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in _config_dict(config).items() if k not in _RESUMABLE}))
+
+
+def _check_resumable(work: Path, config: TrainConfig) -> None:
+    """Refuse to resume checkpoints that were made with other settings."""
+    settings = _resume_settings(config)
+    run_file = work / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if changed:
+            raise InputError(f"{work} holds the checkpoints of an interrupted run with other settings "
+                             f"({', '.join(changed)}). Pass --restart (resume=False) to discard them and start "
+                             "afresh, or put those settings back to resume it.")
+    elif any(work.iterdir()):
+        raise InputError(f"{work} holds checkpoints that do not say which settings made them (an older geoseg "
+                         "kept them after a finished run). Pass --restart (resume=False) to discard them.")
 
 
 def validation_set(config: TrainConfig, card: ModelCard, train_pairs, val_pairs) -> tuple[list, ModelCard]:
