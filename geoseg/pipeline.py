@@ -435,6 +435,9 @@ def segment(
     ``STEM_preview.png``; QGIS styles ``STEM_mask.qml`` and ``STEM_polygons.qml``.
     """
     started = time.perf_counter()
+    if not isinstance(input, (str, os.PathLike)):
+        raise TypeError(f"segment takes one raster path. Received: {type(input).__name__}"
+                        + ("; for several rasters use geoseg.survey" if isinstance(input, (list, tuple)) else ""))
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
     if tta not in TTA_MODES:

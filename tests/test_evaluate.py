@@ -34,6 +34,7 @@ def test_perfect_labels_score_one_and_unlabelled_is_ignored(make_raster, tmp_pat
     result = evaluate("threshold", [image], [label])
     assert result.pixel_accuracy == 1.0 and result.mean_iou == 1.0
     assert result.pixels_scored == 50 * 70
+    assert evaluate("threshold", image, str(label)).mean_iou == 1.0  # one path each, not their characters
 
 
 def test_labels_off_the_image_grid_are_refused_before_any_segmentation(make_raster, tmp_path):

@@ -178,6 +178,8 @@ def test_single_band_raster_for_rgb_model(make_raster, tiny_fcn, tmp_path):
 def test_missing_and_non_raster_inputs(tmp_path, tiny_fcn):
     with pytest.raises(RasterReadError, match="no such file"):
         segment(tmp_path / "nope.tif", tmp_path / "out", model=tiny_fcn)
+    with pytest.raises(TypeError, match="one raster path. Received: list; for several rasters use geoseg.survey"):
+        segment([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", model=tiny_fcn)
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     with pytest.raises(RasterReadError, match="not a raster"):

@@ -173,6 +173,7 @@ def test_expand_inputs(tmp_path, make_raster):
     (tmp_path / "list.txt").write_text("a.tif\n# a comment\n\nb.tif\n")
     assert expand_inputs([tmp_path / "list.txt"]) == [str(a), str(b)]
     assert expand_inputs([str(tmp_path / "*.tif"), a]) == [str(a), str(b)]
+    assert expand_inputs(str(tmp_path / "*.tif")) == expand_inputs(tmp_path) == [str(a), str(b)]  # one, not chars
     vrt = tmp_path / "mosaic.vrt"
     vrt.write_text('<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
                    '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'

@@ -50,6 +50,11 @@ def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str
     return [{"name": n, "color": colors[i]} for i, n in enumerate(label_names)]
 
 
+def _paths(paths) -> list:
+    """One path stands for a list of one (a str is not a sequence of paths)."""
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
 def _check_label_set(label_format: str, label_names, label_colors) -> None:
     """The label names and colours make sense together, before any image is read."""
     if label_names is not None and (not label_names or not all(isinstance(n, str) and n for n in label_names)):
@@ -111,7 +116,7 @@ def evaluate(
     Parameters
     ----------
     images, labels : sequences of paths
-        Pairs, in the same order.
+        Pairs, in the same order; a single path stands for a list of one.
     label_format : {"index", "color", "vector"}
         How labels are stored (see `geoseg.models.labels.read_labels`).
     label_names, label_colors : sequences of str, optional
@@ -128,6 +133,7 @@ def evaluate(
         pixel accuracy and the confusion matrix (rows truth, columns prediction);
         pixels labelled 255 (unlabelled) are ignored.
     """
+    images, labels = _paths(images), _paths(labels)
     if len(images) != len(labels):
         raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
     if not images:
@@ -235,6 +241,8 @@ def compare(
     twice = sorted({str(m) for m in models if [str(x) for x in models].count(str(m)) > 1})
     if twice:
         raise InputError(f"compare lists {', '.join(twice)} more than once; name each model once.")
+    images = _paths(images)
+    labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None
     evaluations = []
     if labels is not None:

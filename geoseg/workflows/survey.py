@@ -45,12 +45,14 @@ class SurveyResult:
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
-    A folder gives its rasters (recursively); a ``.txt`` file one path per line
-    (relative to the file, ``#`` starts a comment); a ``.vrt`` its source rasters;
-    anything else is taken as a raster path, even a missing one, so that the batch
-    reports it. Duplicates are dropped, order kept.
+    A single str or path counts as a list of one. A folder gives its rasters (recursively);
+    a ``.txt`` file one path per line (relative to the file, ``#`` starts a comment); a
+    ``.vrt`` its source rasters; anything else is taken as a raster path, even a missing
+    one, so that the batch reports it. Duplicates are dropped, order kept.
     """
     out: list[str] = []
+    if isinstance(items, (str, os.PathLike)):  # one folder, glob or file, not a sequence of characters
+        items = [items]
     for item in map(str, items):
         path = Path(item)
         if any(ch in item for ch in "*?[") and not path.exists():
@@ -155,6 +157,8 @@ def survey(
     """
     import dask
 
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     sources = expand_inputs(inputs)
     if not sources:
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
