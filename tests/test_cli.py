@@ -175,3 +175,8 @@ def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
     assert data["polygons"] > 0 and (tmp_path / "layer.fgb").exists() and (tmp_path / "layer.qml").exists()
     again = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "layer.fgb")
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_serve_refuses_a_host_it_cannot_listen_on(run):
+    result = run("serve", "--host", "a..b", "--port", "5099")  # rejected before any DNS lookup or bind
+    assert result.exit_code == 2 and "Invalid value for --host: 'a..b' is not an address" in result.output

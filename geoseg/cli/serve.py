@@ -22,8 +22,15 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
     'label'), GET /api/jobs/ID. Bind to 127.0.0.1 unless you mean to share it.
     """
+    import socket
+
     from geoseg.web import create_app
 
+    try:  # a clear error before "serving on" is printed, not werkzeug's bare resolver message
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise click.BadParameter(f"{host!r} is not an address this machine can listen on ({exc}). "
+                                 "Use 127.0.0.1, 0.0.0.0 or one of its own addresses.", param_hint="--host") from None
     app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                       "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
     click.echo(f"geoseg serving on http://{host}:{port}/", err=True)
