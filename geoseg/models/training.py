@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -111,6 +112,10 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         if isinstance(flat.get(key), str):
             flat[key] = [flat[key]]
     _check_types(path, flat)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", flat["name"]):
+        raise InputError(f"{path}: name must start with a letter or digit and hold only letters, digits, '_', '.' "
+                         f"and '-': it names the model and its files NAME.keras and NAME.json. "
+                         f"Received: {flat['name']!r}")
     if flat.get("architecture", "unet") not in ARCHITECTURES:
         raise InputError(f"{path}: architecture must be one of {', '.join(ARCHITECTURES)}. "
                          f"Received: {flat['architecture']!r}")
