@@ -99,6 +99,8 @@ def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_r
     shutil.copytree(model_dir, shared)
     (shared / "broken.json").write_text('{"name": "broken"}')
     (shared / "broken.keras").write_text("junk")
+    (shared / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')  # not UTF-8
+    (shared / "latin1.keras").write_text("junk")
     monkeypatch.setenv("GEOSEG_MODEL_PATH", os.pathsep.join([str(shared), str(tmp_path / "gone")]))
     listing = run("models", "--json")
     assert listing.exit_code == 0, listing.output
@@ -106,6 +108,7 @@ def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_r
     reasons = [s["reason"] for s in json.loads(listing.stdout)["skipped"]]
     assert any("broken.json: required field 'classes'" in r for r in reasons)
     assert any("gone: GEOSEG_MODEL_PATH names this, but it is not a folder" in r for r in reasons)
+    assert any("latin1.json: not valid JSON" in r for r in reasons)
     assert "warning: skipped:" in run("models").stderr
     ok = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "tiny-fcn", "--quiet")
     assert ok.exit_code == 0, ok.output

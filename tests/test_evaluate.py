@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,7 +138,7 @@ def test_palette_png_labels_are_read_by_colour(tmp_path):
     assert labels.tolist() == [[0, 1], [255, 1]]
 
 
-def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_raster, tmp_path):
+def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_raster, tiny_fcn, tmp_path):
     """Names without colours, bad colours, an RGB mask read as ids, nothing scorable: clear errors, nothing run."""
     from geoseg.errors import InputError
 
@@ -164,8 +165,20 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     result = evaluate("threshold", [image], [mask], label_format="color", label_names=["land"],
                       label_colors=["#8429F6"])
     assert result.pixels_scored == 40 * 30  # "land" counts as the baseline's "other"; black is unlabelled
-    with pytest.raises(InputError, match="threshold more than once"):
-        compare(["threshold", "threshold"], [image], [mask])
+    for models in (["threshold", "threshold"], [f"a/{Path(tiny_fcn).name}", str(tiny_fcn)]):
+        with pytest.raises(InputError, match="would share one"):
+            compare(models, [image], [mask])
+    rgb[:] = (0x00, 0x80, 0x40)  # the tiny network's class0 colour, none of the baseline's
+    Image.fromarray(rgb).save(tmp_path / "tiny_mask.png")
+    with pytest.raises(InputError, match="nothing to score: the label colours are #BDB7A4"):
+        compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "tiny_mask.png"], label_format="color",
+                output_dir=out)
+    assert not out.exists()  # the baseline's check ran before the tiny network segmented anything
+    from geoseg.models.registry import with_card
+
+    flips = with_card(str(tiny_fcn), tta="flips")  # a model against its own flips: two folders
+    compare([str(tiny_fcn), flips], [image], output_dir=tmp_path / "cmp")
+    assert {p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir()} == {"tiny-fcn", "tiny-fcn_tta-flips"}
     cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "missing" / "table.md")])

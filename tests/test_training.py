@@ -119,7 +119,8 @@ def test_config_errors(tmp_path):
                              ('source = "x.toml"', "unknown setting.*source"),
                              ('labels = "{dir}/{stem}.png"', r"unknown placeholder \('dir'\); it may use {stem}"),
                              ("classes = []", "no classes"),
-                             ('name = "a/b"', "name must start with a letter or digit .* Received: 'a/b'"),
+                             ('name = "a/b"', "name must start with a letter or digit.* Received: 'a/b'"),
+                             ('name = "roads.keras"', "not end in a file suffix"),
                              ('name = ""', "name must start with a letter or digit"),
                              ('name = "my model"', "name must start with a letter or digit"),
                              ('classes = [{name = "a"}, {name = "a"}]', "names must differ"),
@@ -358,3 +359,7 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     result = CliRunner().invoke(main, ["train", "--config", str(wider)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["config"]["filters"] == 8
+    work.mkdir()  # stopped during epoch 1 of another configuration: nothing to resume, nothing to refuse
+    (work / "run.json").write_text('{"filters": 2}')
+    training._check_resumable(work, load_config(config))
+    assert not work.exists()

@@ -94,7 +94,9 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     assert response.status_code == 202, response.get_json()
     job = _wait(client, response.get_json()["id"])
     assert job["status"] == "done", job["error"]
-    assert set(job["result"]["iou"][0]["iou"]) == {c.name for c in get_segmenter("threshold").card.classes}
+    iou = job["result"]["iou"][0]["iou"]
+    assert set(iou) == {c.name for c in get_segmenter("threshold").card.classes}
+    assert iou[water.name] is not None  # every pixel labelled water, so water is scored (0 if never predicted)
 
 
 @pytest.mark.parametrize(

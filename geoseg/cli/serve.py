@@ -27,10 +27,17 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
     from geoseg.web import create_app
 
     try:  # a clear error before "serving on" is printed, not werkzeug's bare resolver message
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as exc:
         raise click.BadParameter(f"{host!r} is not an address this machine can listen on ({exc}). "
                                  "Use 127.0.0.1, 0.0.0.0 or one of its own addresses.", param_hint="--host") from None
+    with socket.socket(family, kind, proto) as trial:  # the port in use, or an address of another machine
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            trial.bind(address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Pick another "
+                                       "--port, or a --host that is an address of this machine.") from None
     app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                       "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
     click.echo(f"geoseg serving on http://{host}:{port}/", err=True)

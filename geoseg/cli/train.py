@@ -18,8 +18,8 @@ __all__ = ["train"]
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0), default=None, help="Stop after this much time.")
 @click.option("--resume/--restart", default=True, show_default=True,
-              help="Continue an interrupted run from its checkpoints (same settings but "
-                   "--max-minutes), or discard them and start afresh.")
+              help="Continue an interrupted run from its checkpoints (same settings; only "
+                   "max_minutes and patience may change), or discard them and start afresh.")
 def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resume):
     """Train a U-Net and write NAME.keras + NAME.json (card with validation IoU) + NAME.toml.
 

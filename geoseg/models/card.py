@@ -232,8 +232,10 @@ def read_card(path: str | Path) -> ModelCard:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CardError(f"{path}: model card not found; a bundle is NAME.keras plus NAME.json.") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CardError(f"{path}: not valid JSON ({exc}).") from None
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read the model card ({exc.strerror or exc}).") from None
     return ModelCard.from_dict(data, source=str(path))
 
 

@@ -34,7 +34,7 @@ def label_class_names(path: str | os.PathLike) -> list[str] | None:
 def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
                      name: str | None = None, image_name: str | None = None) -> None:
     """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size,
-    and one band when they are class ids.
+    and not three or more bands (colours) when they should be class ids.
 
     Polygons are rasterised onto the image's grid, so for ``fmt="vector"`` only the file's
     presence is checked. `name` and `image_name` are how messages call the two files
@@ -49,9 +49,10 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
         return
     with _open_label(path, name) as ds:
         size, bands = (ds.width, ds.height), ds.count
-    if fmt == "index" and bands > 1:
+    if fmt == "index" and bands >= 3:  # a second band may be alpha; three or more are colours
         raise InputError(f"{name}: labels have {bands} bands, but index labels are one band of class ids. "
-                         "For a colour-coded mask pass --label-format color (label_format='color').")
+                         "For a colour-coded mask use the colour format (--label-format color, or "
+                         "label_format = \"color\" in a training config).")
     info = inspect_raster(image)
     expected = (info.width, info.height)
     if size != expected:

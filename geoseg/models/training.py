@@ -112,10 +112,12 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         if isinstance(flat.get(key), str):
             flat[key] = [flat[key]]
     _check_types(path, flat)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", flat["name"]):
-        raise InputError(f"{path}: name must start with a letter or digit and hold only letters, digits, '_', '.' "
-                         f"and '-': it names the model and its files NAME.keras and NAME.json. "
-                         f"Received: {flat['name']!r}")
+    if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", flat["name"])
+            or flat["name"].lower().endswith((".keras", ".json", ".h5", ".toml"))):
+        where = "--name" if overrides.get("name") is not None else f"{path}: name"
+        raise InputError(f"{where} must start with a letter or digit, hold only letters, digits, '_', '.' "
+                         f"and '-', and not end in a file suffix (.keras, .json, .h5, .toml): it names the model "
+                         f"and its files NAME.keras and NAME.json. Received: {flat['name']!r}")
     if flat.get("architecture", "unet") not in ARCHITECTURES:
         raise InputError(f"{path}: architecture must be one of {', '.join(ARCHITECTURES)}. "
                          f"Received: {flat['architecture']!r}")
@@ -539,6 +541,9 @@ def _check_resumable(work: Path, config: TrainConfig) -> None:
     """Refuse to resume checkpoints that were made with other settings."""
     settings = _resume_settings(config)
     run_file = work / "run.json"
+    if run_file.exists() and not (work / "state.json").exists():  # stopped during epoch 1: nothing to resume
+        shutil.rmtree(work)
+        return
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
@@ -548,7 +553,8 @@ def _check_resumable(work: Path, config: TrainConfig) -> None:
                              "afresh, or put those settings back to resume it.")
     elif any(work.iterdir()):
         raise InputError(f"{work} holds checkpoints that do not say which settings made them (an older geoseg "
-                         "kept them after a finished run). Pass --restart (resume=False) to discard them.")
+                         "made them, and kept them even after a finished run). Pass --restart (resume=False) to "
+                         "discard them.")
 
 
 def validation_set(config: TrainConfig, card: ModelCard, train_pairs, val_pairs) -> tuple[list, ModelCard]:

@@ -50,6 +50,16 @@ def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str
     return [{"name": n, "color": colors[i]} for i, n in enumerate(label_names)]
 
 
+def _folder(model) -> str:
+    """The folder of a model's masks in compare: the bundle's file stem or the model's name, and the
+    inference mode when not the default (``landcover-unet_tta-flips``)."""
+    from urllib.parse import parse_qsl
+
+    ref, _, query = str(model).partition("?")
+    modes = [f"{k}-{v}" for k, v in parse_qsl(query) if k != "card"]
+    return "_".join([Path(ref).stem, *modes])
+
+
 def _paths(paths) -> list:
     """One path stands for a list of one (a str is not a sequence of paths)."""
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -134,32 +144,8 @@ def evaluate(
         pixels labelled 255 (unlabelled) are ignored.
     """
     images, labels = _paths(images), _paths(labels)
-    if len(images) != len(labels):
-        raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
-    if not images:
-        raise InputError("no images to evaluate on.")
-    _check_label_set(label_format, label_names, label_colors)
-    for image, label in zip(images, labels):  # every label before the first image is segmented
-        check_label_grid(label, label_format, image)
-    card = get_segmenter(resolve_model(model)).card
-    label_sets = []  # per image: its label classes and their lookup to model ids
-    missing: set[str] = set()
-    for label in labels:
-        names = label_names or (label_class_names(label) if label_format == "index" else None)
-        label_classes = _label_classes(names, label_colors, card)
-        lut, not_in_model = _remap(label_classes, card)
-        missing.update(not_in_model)
-        label_sets.append((label_classes, lut))
-    scorable = False
-    for image, label, (label_classes, lut) in zip(images, labels, label_sets):  # usually the first one answers
-        info = inspect_raster(image)
-        truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=(info.height, info.width),
-                            vector_field=vector_field)
-        if (lut[truth] != IGNORE).any():
-            scorable = True
-            break
-    if not scorable:
-        raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
+    card, label_sets, missing = _prepare(model, images, labels, label_format, label_names, label_colors,
+                                         vector_field)
     n = card.n_classes
     matrix = np.zeros((n, n), np.int64)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
@@ -188,6 +174,39 @@ def evaluate(
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, [c.name for c in card.classes], per_class, round(s["mean_iou"], 4),
                       round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
+
+
+def _prepare(model, images: list, labels: list, label_format: str, label_names, label_colors,
+             vector_field: str) -> tuple[Any, list[tuple[list[dict], np.ndarray]], set[str]]:
+    """Every check that needs no segmentation: the model's card, per image its label classes and their
+    lookup to model ids, and the label classes the model lacks. Raises unless some pixel can be scored."""
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
+    if not images:
+        raise InputError("no images to evaluate on.")
+    _check_label_set(label_format, label_names, label_colors)
+    for image, label in zip(images, labels):  # every label before the first image is segmented
+        check_label_grid(label, label_format, image)
+    card = get_segmenter(resolve_model(model)).card
+    label_sets = []  # per image: its label classes and their lookup to model ids
+    missing: set[str] = set()
+    for label in labels:
+        names = label_names or (label_class_names(label) if label_format == "index" else None)
+        label_classes = _label_classes(names, label_colors, card)
+        lut, not_in_model = _remap(label_classes, card)
+        missing.update(not_in_model)
+        label_sets.append((label_classes, lut))
+    scorable = False
+    for image, label, (label_classes, lut) in zip(images, labels, label_sets):  # usually the first one answers
+        info = inspect_raster(image)
+        truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=(info.height, info.width),
+                            vector_field=vector_field)
+        if (lut[truth] != IGNORE).any():
+            scorable = True
+            break
+    if not scorable:
+        raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
+    return card, label_sets, missing
 
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
@@ -236,18 +255,27 @@ def compare(
     gets ``STEM_disagreement.tif``: the number of distinct classes the models
     predicted at each pixel minus one (0 = all agree; 255 = nodata).
     """
+    models = _paths(models)
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
-    twice = sorted({str(m) for m in models if [str(x) for x in models].count(str(m)) > 1})
+    folders = [_folder(m) for m in models]  # each model's masks go to a folder of its own
+    twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:
-        raise InputError(f"compare lists {', '.join(twice)} more than once; name each model once.")
+        raise InputError(f"compare keeps each model's masks in a folder named after it, and "
+                         f"{', '.join(str(m) for m, f in zip(models, folders) if f in twice)} would share one "
+                         f"({', '.join(twice)}); name each model once, and rename bundles of the same name.")
     images = _paths(images)
     labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None
     evaluations = []
     if labels is not None:
+        label_options = {k: options[k] for k in ("label_format", "label_names", "label_colors", "vector_field")
+                         if k in options}
+        for m in models:  # every model's label checks before the first one segments anything
+            _prepare(m, images, labels, **{"label_format": "index", "label_names": None, "label_colors": None,
+                                           "vector_field": "class", **label_options})
         for m in models:
-            keep = out / Path(str(m)).stem if out else None
+            keep = out / _folder(m) if out else None
             evaluations.append(evaluate(m, images, labels, keep_masks=keep, **options))
     disagreement = _disagreement(models, images, out, options) if out else []
     return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
@@ -263,7 +291,7 @@ def _disagreement(models, images, out: Path, options: dict) -> list[str]:
     for image in images:
         masks = []
         for m in models:
-            folder = out / Path(str(m)).stem
+            folder = out / _folder(m)
             mask = folder / f"{Path(image).stem}_mask.tif"
             if not mask.exists():
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
