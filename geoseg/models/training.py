@@ -433,7 +433,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     Checkpoints live in ``OUTPUT/NAME.checkpoints/``; with `resume` an interrupted run
     continues from its last epoch, provided its settings are the same (`max_minutes` and
     `patience` may change), else an InputError asks for ``resume=False``. A finished run
-    removes its checkpoints, so the next run of the same name starts afresh. The config is written beside the model as ``NAME.toml``.
+    removes its checkpoints, so the next run of the same name starts afresh. The config is
+    written beside the model as ``NAME.toml``.
     """
     import keras
     import tensorflow as tf
@@ -441,7 +442,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     from geoseg.models.segmenter import KerasSegmenter
 
     keras.utils.set_random_seed(config.seed)
-    work = Path(config.resolve(config.output)) / f"{config.name}.checkpoints"
+    out = Path(config.resolve(config.output))
+    work = out / f"{config.name}.checkpoints"
     if not resume and work.exists():
         shutil.rmtree(work)
     if work.exists():  # before any data is read
@@ -489,7 +491,6 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps_per_epoch * config.epochs)
     optimizer = keras.optimizers.Adam(schedule, use_ema=bool(config.ema), ema_momentum=config.ema or 0.99)
     model.compile(optimizer=optimizer, loss=make_loss(n_classes, weights, config.dice_weight))
-    out = Path(config.resolve(config.output))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))

@@ -225,15 +225,14 @@ def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
 def _common_colors(path, n: int = 6) -> list[str]:
     from rasterio.enums import Resampling
 
+    from geoseg.models.labels import _palette
+
     with warnings.catch_warnings(), rasterio.open(path) as ds:
         warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
         data = ds.read(out_shape=(ds.count, min(ds.height, 512), min(ds.width, 512)), resampling=Resampling.nearest)
-        if ds.count == 1:
-            try:
-                table = ds.colormap(1)
-            except ValueError:
-                return []
-            data = np.moveaxis(np.array([table.get(i, (0, 0, 0, 0))[:3] for i in range(256)])[data[0]], -1, 0)
+        palette = _palette(ds) if ds.count == 1 else None
+    if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
+        data = np.moveaxis(palette[data[0]], -1, 0)
     if data.shape[0] < 3:
         return []
     code = (data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8) | data[2]
