@@ -144,8 +144,8 @@ def evaluate(
         pixels labelled 255 (unlabelled) are ignored.
     """
     images, labels = _paths(images), _paths(labels)
-    card, label_sets, missing = _prepare(model, images, labels, label_format, label_names, label_colors,
-                                         vector_field)
+    card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
+                                         label_colors=label_colors, vector_field=vector_field)
     n = card.n_classes
     matrix = np.zeros((n, n), np.int64)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
@@ -176,8 +176,8 @@ def evaluate(
                       round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
 
 
-def _prepare(model, images: list, labels: list, label_format: str, label_names, label_colors,
-             vector_field: str) -> tuple[Any, list[tuple[list[dict], np.ndarray]], set[str]]:
+def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "index", label_names=None,
+             label_colors=None, vector_field: str = "class") -> tuple[Any, list[tuple[list[dict], np.ndarray]], set[str]]:
     """Every check that needs no segmentation: the model's card, per image its label classes and their
     lookup to model ids, and the label classes the model lacks. Raises unless some pixel can be scored."""
     if len(images) != len(labels):
@@ -271,8 +271,7 @@ def compare(
         label_options = {k: options[k] for k in ("label_format", "label_names", "label_colors", "vector_field")
                          if k in options}
         for m in models:  # every model's label checks before the first one segments anything
-            _prepare(m, images, labels, **{"label_format": "index", "label_names": None, "label_colors": None,
-                                           "vector_field": "class", **label_options})
+            _prepare(m, images, labels, **label_options)
         for m in models:
             keep = out / _folder(m) if out else None
             evaluations.append(evaluate(m, images, labels, keep_masks=keep, **options))
