@@ -180,6 +180,9 @@ def test_train_an_encoder_unet(tmp_path, model):
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["multiple_of"] == 32 and card["margin"] >= 32 and card["margin"] % 32 == 0
+    check = card["training"]["margin_check"]  # the margin was checked on the validation image
+    assert check["images"] == 1 and check["margin_px"] == card["margin"] >= check["impulse_response_px"]
+    assert check["agreement"] >= 0.9999 or card["margin"] == 512
     assert 0 <= card["training"]["final_epoch_mean_iou"] <= 1
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
@@ -363,3 +366,25 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     (work / "run.json").write_text('{"filters": 2}')
     training._check_resumable(work, load_config(config))
     assert not work.exists()
+
+
+def test_seam_free_margin_climbs_to_the_receptive_field():
+    """A 33x33 convolution reaches 16 px: with less margin 32 px chunks differ from the whole image
+    along their seams, with 16 px they are the same, and a limit below that gives up there."""
+    import keras
+
+    from geoseg.models.card import ModelCard
+    from geoseg.models.segmenter import KerasSegmenter
+    from geoseg.models.training import seam_free_margin
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 33, padding="same"),
+                              keras.layers.Softmax()])
+    card = ModelCard.from_dict({"name": "t", "classes": [{"id": i, "name": f"c{i}"} for i in range(4)],
+                                "bands": [1, 2, 3], "normalization": {"method": "none"}, "margin": 0,
+                                "tile_size": None})
+    images = [np.random.default_rng(i).random((96, 128, 3), np.float32) for i in range(2)]
+    seg = KerasSegmenter(model, card)
+    assert seam_free_margin(seg, images, 0, chunk=32, step=4) == (16, 1.0)
+    margin, agreement = seam_free_margin(seg, images, 0, chunk=32, step=4, limit=12)
+    assert margin == 12 and 0.5 < agreement < 0.9999
