@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,9 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     result = evaluate("threshold", [image], [mask], label_format="color", label_names=["land"],
                       label_colors=["#8429F6"])
     assert result.pixels_scored == 40 * 30  # "land" counts as the baseline's "other"; black is unlabelled
-    for models in (["threshold", "threshold"], [f"a/{Path(tiny_fcn).name}", str(tiny_fcn)]):
+    one = evaluate("threshold", image, mask, label_format="color", label_names="land", label_colors="#8429F6")
+    assert one.pixels_scored == 40 * 30  # one name is a list of one, not four one-letter names
+    for models in (["threshold", "threshold"], ["x/run/m.keras", "y/run/m.keras"]):
         with pytest.raises(InputError, match="would share one"):
             compare(models, [image], [mask])
     rgb[:] = (0x00, 0x80, 0x40)  # the tiny network's class0 colour, none of the baseline's
@@ -179,6 +182,13 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     flips = with_card(str(tiny_fcn), tta="flips")  # a model against its own flips: two folders
     compare([str(tiny_fcn), flips], [image], output_dir=tmp_path / "cmp")
     assert {p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir()} == {"tiny-fcn", "tiny-fcn_tta-flips"}
+    other = tmp_path / "runB"  # two training runs of one name: folders named by their parents
+    other.mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copy(Path(tiny_fcn).with_suffix(suffix), other)
+    compare([str(tiny_fcn), str(other / Path(tiny_fcn).name)], [image], output_dir=tmp_path / "runs")
+    assert {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()} == {
+        f"{Path(tiny_fcn).parent.name}_tiny-fcn", "runB_tiny-fcn"}
     cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "missing" / "table.md")])

@@ -34,6 +34,13 @@ CARD = {
         ({"classes": [{"id": 1, "name": "a"}]}, r"classes\[0\]"),  # ids out of order
         ({"classes": [{"id": 0, "name": "a", "color": "red"}]}, "color"),
         ({"tile_size": 6}, "tile_size"),  # no room for the margin
+        # wrong types gave TypeErrors, which stopped `geoseg models` instead of skipping the bundle
+        ({"classes": 5}, "field 'classes' must be a list"),
+        ({"multiple_of": None}, "multiple_of"),
+        ({"multiple_of": "x"}, "multiple_of"),
+        ({"pixel_size": [1, 1]}, "pixel_size"),
+        ({"training": None}, "field 'training' must be an object"),
+        ({"metrics": [1]}, "field 'metrics' must be an object"),
     ],
 )
 def test_card_validation_names_the_field(change, match):

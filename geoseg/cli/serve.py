@@ -24,20 +24,23 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
     """
     import socket
 
+    from werkzeug.serving import select_address_family
+
     from geoseg.web import create_app
 
+    family = select_address_family(host, port)  # as werkzeug will bind: IPv4 unless the host has a ':'
     try:  # a clear error before "serving on" is printed, not werkzeug's bare resolver message
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as exc:
         raise click.BadParameter(f"{host!r} is not an address this machine can listen on ({exc}). "
                                  "Use 127.0.0.1, 0.0.0.0 or one of its own addresses.", param_hint="--host") from None
-    with socket.socket(family, kind, proto) as trial:  # the port in use, or an address of another machine
-        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:  # the port in use, an address of another machine, or IPv6 where the machine has none
+        with socket.socket(family, kind, proto) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             trial.bind(address)
-        except OSError as exc:
-            raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Pick another "
-                                       "--port, or a --host that is an address of this machine.") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Pick another "
+                                   "--port, or a --host that is an address of this machine.") from None
     app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                       "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
     click.echo(f"geoseg serving on http://{host}:{port}/", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,6 +126,9 @@ class ModelCard:
         for key in ("name", "classes", "bands", "normalization", "margin"):
             if key not in data:
                 raise CardError(f"{source}: required field '{key}' is missing from the model card.")
+        if not isinstance(data["classes"], list):
+            raise CardError(f"{source}: field 'classes' must be a list of objects with 'id', 'name' and 'color'. "
+                            f"Received: classes={data['classes']!r}")
         classes = tuple(_parse_class(i, c, source) for i, c in enumerate(data["classes"]))
         if not classes:
             raise CardError(f"{source}: field 'classes' is empty; list at least one class.")
@@ -144,6 +148,16 @@ class ModelCard:
                 f"{source}: field 'tile_size' must be an int larger than 2 * margin ({2 * margin}). "
                 f"Received: tile_size={tile_size!r}"
             )
+        multiple_of = data.get("multiple_of", 1)
+        if not isinstance(multiple_of, int) or isinstance(multiple_of, bool) or multiple_of < 1:
+            raise CardError(f"{source}: field 'multiple_of' must be an int >= 1. Received: multiple_of={multiple_of!r}")
+        pixel_size = data.get("pixel_size")
+        if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
+            raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (map units per pixel) or absent. "
+                            f"Received: pixel_size={pixel_size!r}")
+        for key in ("training", "metrics"):
+            if not isinstance(data.get(key, {}), dict):
+                raise CardError(f"{source}: field '{key}' must be an object or absent. Received: {key}={data[key]!r}")
         return cls(
             name=str(data["name"]),
             version=str(data.get("version", "0")),
@@ -152,9 +166,9 @@ class ModelCard:
             normalization=norm,
             margin=margin,
             tile_size=tile_size,
-            multiple_of=int(data.get("multiple_of", 1)),
+            multiple_of=multiple_of,
             description=str(data.get("description", "")),
-            pixel_size=data.get("pixel_size"),
+            pixel_size=pixel_size,
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
         )
@@ -240,5 +254,8 @@ def read_card(path: str | Path) -> ModelCard:
 
 
 def write_card(card: ModelCard, path: str | Path) -> None:
-    """Write `card` as indented JSON to `path`."""
-    Path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    """Write `card` as indented JSON to `path`, atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)

@@ -499,10 +499,15 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
     started = time.monotonic()
     bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
-    model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
-              callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
-                         # validate (and keep) the moving average of the weights, not the last step's
-                         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []), callback])
+    if callback.fitted:  # interrupted after the last epoch (Keras has dropped its backup): keep what it trained
+        log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
+        optimizer.build(model.trainable_variables)  # the kept weights file holds the optimizer's state too
+    else:
+        model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
+                  callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
+                             # validate (and keep) the moving average of the weights, not the last step's
+                             *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []), callback])
+        callback.save_state(fitted=True)
     final_miou = callback.last
     model.load_weights(work / "best.weights.h5")
     seams = None
@@ -532,7 +537,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
     os.replace(tmp, out / f"{config.name}.keras")
     write_card(card, out / f"{config.name}.json")
-    (out / f"{config.name}.toml").write_text(_to_toml(_config_dict(config)))
+    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_config_dict(config)))
+    os.replace(out / f".{config.name}.toml.tmp", out / f"{config.name}.toml")
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
@@ -707,8 +713,15 @@ class _ValidationIoU:
                 self.segmenter, self.pairs, self.n_classes = segmenter, pairs, n_classes
                 self.work, self.patience, self.deadline = work, patience, deadline
                 state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
-                self.best, self.best_epoch, self.epoch = state.get("best", -1.0), state.get("best_epoch", 0), 0
-                self.last = state.get("last")
+                self.best, self.best_epoch = state.get("best", -1.0), state.get("best_epoch", 0)
+                self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
+
+            def save_state(self, fitted: bool = False) -> None:
+                self.fitted = fitted
+                tmp = self.work / "state.json.tmp"
+                tmp.write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch, "last": self.last,
+                                           "epoch": self.epoch, "fitted": fitted}))
+                os.replace(tmp, self.work / "state.json")
 
             def on_epoch_end(self, epoch, logs=None):
                 self.epoch = epoch + 1
@@ -718,8 +731,7 @@ class _ValidationIoU:
                 if miou > self.best:
                     self.best, self.best_epoch = miou, epoch + 1
                     self.model.save_weights(self.work / "best.weights.h5")
-                (self.work / "state.json").write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch,
-                                                                "last": self.last}))
+                self.save_state()
                 log.info("epoch %d: loss %.4f, validation mean IoU %.4f (best %.4f at %d)", epoch + 1,
                          (logs or {}).get("loss", float("nan")), miou, self.best, self.best_epoch)
                 if epoch + 1 - self.best_epoch >= self.patience:

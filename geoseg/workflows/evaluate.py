@@ -60,6 +60,21 @@ def _folder(model) -> str:
     return "_".join([Path(ref).stem, *modes])
 
 
+def _folders(models: list) -> list[str]:
+    """Each model's folder in compare: `_folder`, with the bundle's parent folder in front where two
+    would share one (``runA_landcover-unet``, ``runB_landcover-unet``: two training runs of one name)."""
+    folders = [_folder(m) for m in models]
+    folders = [f"{Path(str(m).partition('?')[0]).parent.name}_{f}" if folders.count(f) > 1
+               and Path(str(m).partition("?")[0]).parent.name else f for m, f in zip(models, folders)]
+    twice = sorted({f for f in folders if folders.count(f) > 1})
+    if twice:
+        raise InputError(f"compare keeps each model's masks in a folder of its own, and "
+                         f"{', '.join(str(m) for m, f in zip(models, folders) if f in twice)} would share one "
+                         f"({', '.join(twice)}); name each model once, or keep bundles of the same name in "
+                         "folders of different names.")
+    return folders
+
+
 def _paths(paths) -> list:
     """One path stands for a list of one (a str is not a sequence of paths)."""
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -184,6 +199,8 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
         raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
     if not images:
         raise InputError("no images to evaluate on.")
+    label_names = None if label_names is None else _paths(label_names)  # one name is a list of one
+    label_colors = None if label_colors is None else _paths(label_colors)
     _check_label_set(label_format, label_names, label_colors)
     for image, label in zip(images, labels):  # every label before the first image is segmented
         check_label_grid(label, label_format, image)
@@ -257,12 +274,7 @@ def compare(
     models = _paths(models)
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
-    folders = [_folder(m) for m in models]  # each model's masks go to a folder of its own
-    twice = sorted({f for f in folders if folders.count(f) > 1})
-    if twice:
-        raise InputError(f"compare keeps each model's masks in a folder named after it, and "
-                         f"{', '.join(str(m) for m, f in zip(models, folders) if f in twice)} would share one "
-                         f"({', '.join(twice)}); name each model once, and rename bundles of the same name.")
+    folders = _folders(models)  # each model's masks go to a folder of its own
     images = _paths(images)
     labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None
@@ -272,14 +284,13 @@ def compare(
                          if k in options}
         for m in models:  # every model's label checks before the first one segments anything
             _prepare(m, images, labels, **label_options)
-        for m in models:
-            keep = out / _folder(m) if out else None
-            evaluations.append(evaluate(m, images, labels, keep_masks=keep, **options))
-    disagreement = _disagreement(models, images, out, options) if out else []
+        for m, folder in zip(models, folders):
+            evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
+    disagreement = _disagreement(models, folders, images, out, options) if out else []
     return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
 
 
-def _disagreement(models, images, out: Path, options: dict) -> list[str]:
+def _disagreement(models, folders, images, out: Path, options: dict) -> list[str]:
     from geoseg.models.card import ClassInfo
     from geoseg.raster import write_class_mask
 
@@ -288,8 +299,8 @@ def _disagreement(models, images, out: Path, options: dict) -> list[str]:
     paths = []
     for image in images:
         masks = []
-        for m in models:
-            folder = out / _folder(m)
+        for m, name in zip(models, folders):
+            folder = out / name
             mask = folder / f"{Path(image).stem}_mask.tif"
             if not mask.exists():
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
