@@ -359,6 +359,9 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     assert len(calls) == 2  # epoch 3, then the kept weights' final score
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["training"]["epochs"] == 3 and not work.exists()
+    history = card["training"]["epoch_mean_iou"]  # epoch 1 from the interrupted run (stopped while scoring 2), 3
+    assert len(history) == 3 and history[1] is None and history[2] == card["training"]["final_epoch_mean_iou"]
+    assert history[card["training"]["best_epoch"] - 1] == max(history[0], history[2])
     result = CliRunner().invoke(main, ["train", "--config", str(wider)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["config"]["filters"] == 8

@@ -527,7 +527,7 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                      "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": "by file: validation patterns "
                      f"{config.validation}; best epoch chosen on validation mean IoU",
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch,
-                     "final_epoch_mean_iou": final_miou,
+                     "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
                      "seconds": round(time.monotonic() - started), "class_weights": weights.round(4).tolist(),
                      **({"margin_check": seams} if seams else {})},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
@@ -715,17 +715,19 @@ class _ValidationIoU:
                 state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
                 self.best, self.best_epoch = state.get("best", -1.0), state.get("best_epoch", 0)
                 self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
+                self.history = state.get("history", [])  # validation mean IoU of every epoch
 
             def save_state(self, fitted: bool = False) -> None:
                 self.fitted = fitted
                 tmp = self.work / "state.json.tmp"
                 tmp.write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch, "last": self.last,
-                                           "epoch": self.epoch, "fitted": fitted}))
+                                           "epoch": self.epoch, "fitted": fitted, "history": self.history}))
                 os.replace(tmp, self.work / "state.json")
 
             def on_epoch_end(self, epoch, logs=None):
                 self.epoch = epoch + 1
                 miou = self.last = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
+                self.history = [*(self.history + [None] * epoch)[:epoch], miou]  # None: not scored before a resume
                 if logs is not None:
                     logs["val_mean_iou"] = miou
                 if miou > self.best:
