@@ -1,12 +1,34 @@
 """geoseg: segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
 
+import importlib.abc
 import logging
+import sys
 
-from geoseg.errors import GeosegError
-from geoseg.models import DEFAULT_MODEL, list_models
-from geoseg.pipeline import SegmentResult, segment
-from geoseg.vector import vectorize
-from geoseg.workflows import flood, scene, survey
+
+class _GdalBeforeTensorFlow(importlib.abc.MetaPathFinder):
+    """Loads GDAL's vector library (pyogrio) just before TensorFlow is first imported.
+
+    TensorFlow's library exports a SQLite of its own, built without R*Tree; a GDAL loaded after
+    it binds to that SQLite and writes every GeoPackage without its spatial index (and the survey's
+    appends print "no such module: rtree"). Loading GDAL first keeps its own SQLite. A finder
+    rather than an import here, so commands that never load a model do not pay for GDAL's start.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow":
+            sys.meta_path.remove(self)
+            import pyogrio  # noqa: F401
+        return None
+
+
+if "tensorflow" not in sys.modules:
+    sys.meta_path.insert(0, _GdalBeforeTensorFlow())
+
+from geoseg.errors import GeosegError  # noqa: E402
+from geoseg.models import DEFAULT_MODEL, list_models  # noqa: E402
+from geoseg.pipeline import SegmentResult, segment  # noqa: E402
+from geoseg.vector import vectorize  # noqa: E402
+from geoseg.workflows import flood, scene, survey  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -54,11 +54,23 @@ class RasterInfo:
     transform: object
     has_mask: bool
     block_shape: tuple[int, int]
+    gcps: tuple = ()  # ground control points, for rasters georeferenced by them instead of a transform
+    gcp_crs: object = None
+    rpcs: object = None  # rational polynomial coefficients (satellite scenes before orthorectification)
 
     @property
     def pixels(self) -> int:
         """Pixels per band."""
         return self.width * self.height
+
+    def map_georeferencing(self) -> tuple[object, object]:
+        """(transform, crs) placing pixels on the map: the raster's own, or the best-fit affine
+        transform of its ground control points; (identity, None) when it has neither."""
+        if self.crs is None and self.gcps and self.gcp_crs is not None:
+            from rasterio.transform import from_gcps
+
+            return from_gcps(list(self.gcps)), self.gcp_crs
+        return self.transform, self.crs
 
 
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
@@ -91,6 +103,9 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     transform=ds.transform,
                     has_mask=any(MaskFlags.all_valid not in f for f in flags),
                     block_shape=tuple(ds.block_shapes[0]),
+                    gcps=tuple(ds.gcps[0]),
+                    gcp_crs=ds.gcps[1],
+                    rpcs=ds.rpcs,
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
@@ -209,7 +224,7 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
 
 
 def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
-    return {
+    profile = {
         "driver": "GTiff",
         "width": info.width,
         "height": info.height,
@@ -222,7 +237,13 @@ def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
         "blockysize": 512,
         "compress": "deflate",
         "bigtiff": "if_safer",
+        # outputs are georeferenced as the input is: by ground control points or RPCs where it has them
+        **({"gcps": list(info.gcps), "crs": info.gcp_crs} if info.gcps and info.crs is None else {}),
+        **({"rpcs": info.rpcs} if info.rpcs else {}),
     }
+    if "gcps" in profile:
+        del profile["transform"]  # GDAL would clear it (with a warning) when the GCPs are set
+    return profile
 
 
 def create_outputs(info: RasterInfo, layers: dict[str, tuple[Path, int, int | None]]) -> dict:
@@ -294,9 +315,10 @@ def class_pixel_counts(path: str | os.PathLike, n_classes: int) -> np.ndarray:
 def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
     """Area of one pixel in m² for each row: constant in projected CRSs, geodesic in geographic ones.
 
-    Returns None when the raster has no CRS (plain JPEG/PNG).
+    Returns None when the raster has no CRS (plain JPEG/PNG). A raster placed by ground control
+    points is measured with their best-fit affine transform.
     """
-    crs, t = info.crs, info.transform
+    t, crs = info.map_georeferencing()
     if crs is None or t.is_identity:
         return None
     if crs.is_geographic:

@@ -334,33 +334,40 @@ def vectorize(
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
     names = mask_classes(mask_path)
+    transform, crs = info.map_georeferencing()
+    if info.gcps and info.crs is None:
+        log.info("%s is placed by %d ground control points: polygons take their best-fit affine transform",
+                 info.path, len(info.gcps))
+    elif crs is None and info.rpcs:
+        log.warning("%s is georeferenced by RPCs only: the polygons are in pixel coordinates. Orthorectify "
+                    "the input first (gdalwarp -rpc) for polygons on the map.", info.path)
     keep_ids = _resolve_keep(keep, names)
     conf_path = None if confidence is None else inspect_raster(confidence).path
-    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, info.transform)
+    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
     whole = _concat(results, "whole")
     merged = _merge_cut(_concat(results, "cut"))
     if len(merged["geometry"]):  # merged polygons: pixel to map coordinates
-        merged["geometry"] = shapely.transform(merged["geometry"], lambda xy: _apply(info.transform, xy))
+        merged["geometry"] = shapely.transform(merged["geometry"], lambda xy: _apply(transform, xy))
     parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
     name_of = np.array([names.get(i, (str(i), None))[0] for i in range(256)], object)
     frame = gpd.GeoDataFrame(
         {"class_id": parts["class_id"].astype(np.uint8), "class_name": name_of[parts["class_id"].astype(np.int64)]},
-        geometry=gpd.GeoSeries(parts["geometry"], crs=info.crs),
+        geometry=gpd.GeoSeries(parts["geometry"], crs=crs),
     )
     if conf_path:
         frame["confidence"] = np.round(parts["conf_sum"] / np.maximum(parts["pixels"], 1), 2)
     frame["area_m2"], frame["perimeter_m"] = _measure(frame)
     if min_area > 0:
-        size = np.asarray(frame["area_m2"] if info.crs is not None else parts["pixels"], float)
+        size = np.asarray(frame["area_m2"] if crs is not None else parts["pixels"], float)
         if specks == "merge":
             frame = _merge_specks(frame, size < min_area)
             frame["area_m2"], frame["perimeter_m"] = _measure(frame)
         else:
             frame = frame[size >= min_area].reset_index(drop=True)
     if simplify > 0 and len(frame):
-        tolerance = _metres_to_crs_units(info.crs, simplify)
+        tolerance = _metres_to_crs_units(crs, simplify)
         frame["geometry"] = shapely.coverage_simplify(frame.geometry.values, tolerance)
         frame["area_m2"], frame["perimeter_m"] = _measure(frame)
     if to_crs is not None:

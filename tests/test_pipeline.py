@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -356,3 +357,41 @@ def test_a_chunk_much_smaller_than_its_margins_is_warned_about(make_raster, tiny
         plan_run(info, card)  # the default chunk
         plan_run(info, card, chunk=1024)  # larger than the raster: the chunk is the raster
     assert "the model sees" not in caplog.text
+
+
+def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_path, caplog):
+    """Scanned maps and drone or satellite scenes before orthorectification carry ground control points
+    or RPCs instead of a transform: the outputs used to lose them (a mask nowhere on the map)."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+    from rasterio.rpc import RPC
+
+    path = make_raster("gcp.tif", crs=None, transform=rasterio.Affine.identity())
+    gcps = [GroundControlPoint(row, col, 500000.0 + col / 2, 2800000.0 - row / 2)  # 0.5 m pixels
+            for row, col in ((0, 0), (0, 80), (64, 0), (64, 80))]
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = (gcps, CRS.from_epsg(32640))
+    result = segment(path, tmp_path / "out", model=tiny_fcn, confidence=True, vector=True, preview=False)
+    for output in ("mask", "confidence"):
+        with rasterio.open(result.outputs[output]) as ds:
+            assert ds.crs is None and ds.gcps[1] == CRS.from_epsg(32640)
+            assert [(g.row, g.col, g.x, g.y) for g in ds.gcps[0]] == [(g.row, g.col, g.x, g.y) for g in gcps]
+    assert sum(c["area_m2"] for c in result.classes) == pytest.approx(64 * 80 * 0.25)
+    layer = gpd.read_file(result.outputs["vector"])
+    assert layer.crs == "EPSG:32640" and layer.area_m2.sum() == pytest.approx(64 * 80 * 0.25)
+    assert np.allclose(layer.total_bounds, [500000, 2800000 - 32, 500040, 2800000])
+
+    rpcs = RPC(height_off=0, height_scale=100, lat_off=25.2, lat_scale=0.01, line_off=32, line_scale=32,
+               long_off=55.3, long_scale=0.01, line_num_coeff=[0, 0, -1] + [0] * 17,
+               line_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19,
+               samp_off=40, samp_scale=40)
+    path = make_raster("rpc.tif", crs=None, transform=rasterio.Affine.identity(), seed=1)
+    with rasterio.open(path, "r+") as ds:
+        ds.rpcs = rpcs
+    with caplog.at_level("WARNING", logger="geoseg.vector"):
+        result = segment(path, tmp_path / "out", model=tiny_fcn, vector=True, preview=False)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        assert ds.rpcs is not None
+        kept = ds.rpcs.to_dict()
+        assert all(np.allclose(kept[k], v) for k, v in rpcs.to_dict().items() if v is not None)
+    assert "georeferenced by RPCs only: the polygons are in pixel coordinates" in caplog.text

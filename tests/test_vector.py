@@ -185,3 +185,19 @@ def test_specks_merge_into_their_neighbour(make_mask, tmp_path):
     assert areas == {"a": pytest.approx(900 * 4 - 900), "b": pytest.approx(900)}
     assert frame.geometry.is_valid.all()
     assert shapely.union_all(frame.geometry.values).area == pytest.approx(30 * 30 * 4)  # no holes left
+
+
+def test_geopackages_keep_their_spatial_index_once_tensorflow_is_loaded(make_mask, tmp_path):
+    """TensorFlow exports a SQLite without R*Tree; a GDAL loaded after it wrote GeoPackages without
+    a spatial index. A fresh interpreter, as the `geoseg` command is: geoseg, then Keras, then a layer."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    mask = make_mask(np.arange(64, dtype=np.uint8).reshape(8, 8) % 3)
+    out = tmp_path / "layer.gpkg"
+    code = f"import geoseg, keras; geoseg.vectorize({str(mask)!r}, {str(out)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    with sqlite3.connect(out) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'rtree_%'")}
+    assert "rtree_layer_geom" in tables

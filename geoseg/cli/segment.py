@@ -53,8 +53,8 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
     Each input gives STEM_mask.tif: a uint8 Cloud-Optimized GeoTIFF with the input's
-    CRS and transform, 255 where the input is nodata, a class colour table and the
-    class names. Rasters of any size are read chunk by chunk, one per core, with one
+    CRS and transform (or its ground control points or RPCs), 255 where the input is
+    nodata, a class colour table and the class names. Rasters of any size are read chunk by chunk, one per core, with one
     model call at a time per process (GEOSEG_MODEL_CALLS=N allows N; each holds its
     activations in memory).
 
