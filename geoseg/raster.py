@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -57,6 +57,7 @@ class RasterInfo:
     gcps: tuple = ()  # ground control points, for rasters georeferenced by them instead of a transform
     gcp_crs: object = None
     rpcs: object = None  # rational polynomial coefficients (satellite scenes before orthorectification)
+    paletted: bool = False  # one band of colour-table indexes (a GIF, a 256-colour PNG or GeoTIFF)
 
     @property
     def pixels(self) -> int:
@@ -106,6 +107,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     gcps=tuple(ds.gcps[0]),
                     gcp_crs=ds.gcps[1],
                     rpcs=ds.rpcs,
+                    paletted=ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette,
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
@@ -131,6 +133,12 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
             f"(bands={list(bands)}). Pass --bands with {needed} band indexes."
         )
     missing = [b for b in bands if not 1 <= b <= info.count]
+    if missing and info.paletted:
+        raise BandError(
+            f"{info.path}: a paletted image (one band of colour-table indexes), but the model reads "
+            f"{needed} bands. Expand it to RGB first: gdal_translate -expand rgb {os.path.basename(info.path)} "
+            "rgb.tif, or in QGIS Raster > Conversion > PCT to RGB."
+        )
     if missing:
         raise BandError(
             f"{info.path}: has {info.count} band(s) but the model reads band(s) {list(bands)}. "

@@ -174,6 +174,12 @@ def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error
 def test_single_band_raster_for_rgb_model(make_raster, tiny_fcn, tmp_path):
     with pytest.raises(BandError, match="--bands"):
         segment(make_raster(bands=1), tmp_path / "out", model=tiny_fcn)
+    from PIL import Image  # a 16-colour PNG: --bands 1,1,1 would feed the model colour-table indexes
+
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)
+    Image.fromarray(rgb).quantize(16).save(tmp_path / "pal.png")
+    with pytest.raises(BandError, match="a paletted image .* Expand it to RGB first: gdal_translate -expand rgb"):
+        segment(tmp_path / "pal.png", tmp_path / "out", model=tiny_fcn)
 
 
 def test_missing_and_non_raster_inputs(tmp_path, tiny_fcn):
