@@ -115,6 +115,36 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
         assert "| flooded |" in f.read()
 
 
+def test_flood_pre_event_images_that_cannot_be_aligned_are_refused_first(tmp_path):
+    """A pre-event image elsewhere, or one without georeferencing, used to give 0 km2 of every class."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    water = np.zeros((40, 50), bool)
+    water[:, 10:25] = True
+    crs = "EPSG:32640"
+    post = _write(tmp_path / "post.tif", _scene_4band(water), crs, from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    far = _write(tmp_path / "far.tif", _scene_4band(water), crs, from_origin(400000.0, 2800000.0, 10.0, 10.0))
+    plain = _write(tmp_path / "plain.tif", _scene_4band(water), None, rasterio.Affine.identity())
+    small = _write(tmp_path / "small.tif", _scene_4band(water[:20]), None, rasterio.Affine.identity())
+    for pre_post, match in [((far, post), "does not overlap .*Check that both show the same place"),
+                            ((plain, post), "plain.tif has no CRS"),
+                            ((small, plain), "sizes differ \\(50x40 and 50x20\\)")]:
+        with pytest.raises(InputError, match=match):
+            flood(pre_post[1], tmp_path / "out", pre=pre_post[0], method="ndwi")
+        assert not (tmp_path / "out").exists()  # refused before segmenting
+    gcps = [GroundControlPoint(r, c, 300000.0 + 10 * c, 2800000.0 - 10 * r) for r, c in ((0, 0), (0, 50), (40, 0))]
+    for name in ("gcp_post.tif", "gcp_pre.tif"):  # placed by GCPs: warped by their best-fit affine
+        with rasterio.open(_write(tmp_path / name, _scene_4band(water), None, rasterio.Affine.identity()), "r+") as ds:
+            ds.gcps = (gcps, rasterio.crs.CRS.from_string(crs))
+    result = flood(tmp_path / "gcp_post.tif", tmp_path / "gcp", pre=tmp_path / "gcp_pre.tif", method="ndwi")
+    km2 = {c["name"]: c["area_km2"] for c in result.classes}
+    assert km2["flooded"] == 0 and km2["permanent water"] == pytest.approx(15 * 40 * 100 / 1e6)
+    assert plain.exists() and flood(plain, tmp_path / "plain", pre=plain, method="ndwi").classes[2]["pixels"] == 600
+
+
 def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
     from geoseg.workflows.flood import flood
 

@@ -147,6 +147,8 @@ def flood(
         ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`.
     """
     post_info = inspect_raster(post)
+    if pre is not None:  # before either image is segmented
+        _check_alignable(post_info, inspect_raster(pre))
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
     paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in ("tif", "gpkg", "json", "md", "png")},
                                 overwrite)
@@ -174,6 +176,42 @@ def flood(
     return result
 
 
+def _corners(info, crs=None) -> tuple[np.ndarray, np.ndarray]:
+    """The map coordinates of the raster's four corners, in `crs` when given."""
+    transform, own = info.map_georeferencing()
+    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (info.width, 0), (0, info.height),
+                                                    (info.width, info.height))))
+    if crs is not None and crs != own:
+        from rasterio.warp import transform as reproject_points
+
+        xs, ys = reproject_points(own, crs, xs, ys)
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _check_alignable(post_info, pre_info) -> None:
+    """The pre-event image can be put on the post-event grid: both georeferenced and overlapping,
+    or neither georeferenced and of the same size (compared pixel by pixel)."""
+    post_crs, pre_crs = post_info.map_georeferencing()[1], pre_info.map_georeferencing()[1]
+    if post_crs is None and pre_crs is None:
+        if (pre_info.width, pre_info.height) != (post_info.width, post_info.height):
+            raise InputError(f"neither {post_info.path} nor {pre_info.path} is georeferenced, so they can only be "
+                             f"compared pixel by pixel, but their sizes differ ({post_info.width}x{post_info.height} "
+                             f"and {pre_info.width}x{pre_info.height}). Georeference them, or crop both to one grid.")
+        return
+    if post_crs is None or pre_crs is None:
+        missing = post_info.path if post_crs is None else pre_info.path
+        raise InputError(f"{missing} has no CRS (nor ground control points), so the other image cannot be placed "
+                         "on it. Georeference it, or pass two images of the same size without CRS.")
+    post_x, post_y = _corners(post_info)
+    pre_x, pre_y = _corners(pre_info, post_crs)
+    if pre_x.max() <= post_x.min() or pre_x.min() >= post_x.max() or pre_y.max() <= post_y.min() \
+            or pre_y.min() >= post_y.max():
+        raise InputError(f"{pre_info.path} does not overlap {post_info.path}: in {post_crs} they span "
+                         f"x {pre_x.min():.6g}..{pre_x.max():.6g}, y {pre_y.min():.6g}..{pre_y.max():.6g} and "
+                         f"x {post_x.min():.6g}..{post_x.max():.6g}, y {post_y.min():.6g}..{post_y.max():.6g}. "
+                         "Check that both show the same place.")
+
+
 def _display_bands(info) -> list[int]:
     return [1, 2, 3] if info.count >= 3 else [1]
 
@@ -183,10 +221,14 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
         pre_ds = rasterio.open(pre_mask) if pre_mask is not None else None
         try:
             aligned = None
-            if pre_ds is not None:
-                aligned = WarpedVRT(pre_ds, crs=post_info.crs or pre_ds.crs, transform=post_info.transform,
-                                    width=post_info.width, height=post_info.height, resampling=Resampling.nearest,
-                                    nodata=NODATA)
+            transform, crs = post_info.map_georeferencing()
+            if pre_ds is not None and crs is None:  # neither georeferenced: the same grid (_check_alignable)
+                aligned = pre_ds
+            elif pre_ds is not None:  # a mask placed by GCPs warps by their best-fit affine, as its polygons are
+                src_transform, src_crs = inspect_raster(pre_mask).map_georeferencing()
+                aligned = WarpedVRT(pre_ds, src_crs=src_crs, src_transform=src_transform, crs=crs,
+                                    transform=transform, width=post_info.width, height=post_info.height,
+                                    resampling=Resampling.nearest, nodata=NODATA)
 
             def block(window):
                 now = post_ds.read(1, window=window)
