@@ -13,7 +13,7 @@ __all__ = ["flood"]
 @click.argument("post", type=click.Path(dir_okay=False))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
 @click.option("--pre", type=click.Path(dir_okay=False), default=None,
-              help="Image from before the event (any grid or CRS; aligned onto POST).")
+              help="Image from before the event (any grid or CRS, overlapping POST; aligned onto it).")
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
               help="Polygons of areas of interest (any CRS): flooded km² and share of each.")
 @click.option("--method", type=click.Choice(["model", "ndwi"]), default="model", show_default=True,
