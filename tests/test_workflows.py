@@ -53,6 +53,20 @@ def test_scene_cli_and_bad_zones(make_raster, tiny_fcn, tmp_path):
     bad = CliRunner().invoke(main, ["scene", str(path), "-o", str(tmp_path / "o3"), "-m", str(tiny_fcn),
                                     "--zones", str(tmp_path / "missing.gpkg")])
     assert bad.exit_code == 1 and "no such zones layer" in bad.output
+    # zones of another place (or a wrong CRS) gave rows of 0 pixels; now refused before segmenting
+    x0, y0 = 500000.0, 2800000.0
+    far = gpd.GeoDataFrame(geometry=[shapely.box(x0 + 1000, y0, x0 + 1100, y0 + 100)], crs="EPSG:32640")
+    far.to_file(tmp_path / "far.gpkg")
+    with pytest.raises(InputError, match="none of the 1 polygon.s. of the zones layer overlaps .*Check the layer"):
+        scene(path, tmp_path / "o4", zones=tmp_path / "far.gpkg", model=tiny_fcn)
+    assert not (tmp_path / "o4").exists()
+    from geoseg.workflows.flood import flood
+
+    with pytest.raises(InputError, match="area-of-interest layer overlaps"):
+        flood(path, tmp_path / "o5", aoi=tmp_path / "far.gpkg", model=str(tiny_fcn), water_class="class1")
+    plain = make_raster("plain.tif", shape=(40, 40), crs=None, transform=rasterio.Affine.identity())
+    with pytest.raises(InputError, match="plain.tif has no CRS, so the zones layer cannot be placed on it"):
+        scene(plain, tmp_path / "o6", zones=tmp_path / "far.gpkg", model=tiny_fcn)
 
 
 def _write(path, data, crs, transform, nodata=None):

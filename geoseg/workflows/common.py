@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import InputError
 
-__all__ = ["read_layer", "write_csv", "write_json", "write_text"]
+log = logging.getLogger(__name__)
+
+__all__ = ["check_layer_overlaps", "read_layer", "write_csv", "write_json", "write_text"]
 
 
 def read_layer(path: str | os.PathLike, *, what: str):
@@ -31,6 +34,32 @@ def read_layer(path: str | os.PathLike, *, what: str):
     if frame.crs is None:
         raise InputError(f"{path}: the {what} layer has no CRS; assign one (e.g. in QGIS) and retry.")
     return frame
+
+
+def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None:
+    """Refuse a zones or AOI layer none of whose polygons touches `raster` (a wrong layer or CRS
+    gave rows of 0 pixels); warn about the polygons outside it. Before anything is segmented."""
+    import shapely
+
+    from geoseg.raster import inspect_raster
+
+    info = inspect_raster(raster)
+    transform, crs = info.map_georeferencing()
+    if crs is None:
+        raise InputError(f"{info.path} has no CRS, so the {what} layer cannot be placed on it. "
+                         "Georeference the raster first.")
+    footprint = shapely.Polygon([transform * (c, r) for c, r in ((0, 0), (info.width, 0), (info.width, info.height),
+                                                                  (0, info.height))])
+    geoms = frame.geometry.to_crs(crs)
+    inside = geoms.intersects(footprint).to_numpy()
+    if not inside.any():
+        bounds = ", ".join(f"{v:.6g}" for v in geoms.total_bounds)
+        raster_bounds = ", ".join(f"{v:.6g}" for v in footprint.bounds)
+        raise InputError(f"none of the {len(frame)} polygon(s) of the {what} layer overlaps {info.path}: in {crs} "
+                         f"the layer spans ({bounds}) and the raster ({raster_bounds}). Check the layer and its CRS.")
+    if not inside.all():
+        log.warning("%d of %d %s polygons lie outside %s: their rows count 0 pixels", (~inside).sum(), len(frame),
+                    what, info.path)
 
 
 def _replace(path: Path, write) -> None:

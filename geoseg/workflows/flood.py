@@ -20,7 +20,7 @@ from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.preview import render_map, save_png
 from geoseg.raster import NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, write_class_mask
 from geoseg.vector import vectorize, write_qml, zonal_composition
-from geoseg.workflows.common import read_layer, write_json, write_text
+from geoseg.workflows.common import check_layer_overlaps, read_layer, write_json, write_text
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -150,6 +150,8 @@ def flood(
     if pre is not None:  # before either image is segmented
         _check_alignable(post_info, inspect_raster(pre))
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
+    if aoi_frame is not None:
+        check_layer_overlaps(aoi_frame, post_info.path, what="area-of-interest")
     paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in ("tif", "gpkg", "json", "md", "png")},
                                 overwrite)
     out_dir = paths["tif"].parent

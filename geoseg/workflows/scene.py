@@ -11,7 +11,7 @@ from geoseg.models.card import ClassInfo
 from geoseg.pipeline import SegmentResult, segment
 from geoseg.preview import render_map, save_png
 from geoseg.vector import zonal_composition
-from geoseg.workflows.common import read_layer, write_csv, write_json
+from geoseg.workflows.common import check_layer_overlaps, read_layer, write_csv, write_json
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -72,6 +72,8 @@ def scene(
         from geoseg.errors import InputError
 
         raise InputError(f"{zones}: no field {zone_field!r}; fields are {', '.join(map(str, frame.columns[:-1]))}.")
+    if frame is not None:
+        check_layer_overlaps(frame, input, what="zones")
     result: SegmentResult = segment(input, output_dir, overwrite=overwrite, preview=False, **segment_options)
     out_dir, stem = Path(result.outputs["mask"]).parent, Path(result.input).stem
     rows = composition_rows(result.classes)
