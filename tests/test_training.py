@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli import main
 from geoseg.errors import InputError
-from geoseg.models.training import chip_stream, load_config
+from geoseg.models.training import chip_stream, load_config, load_pairs
 
 COLOURS = ["#FF0000", "#00FF00"]
 
@@ -369,6 +369,21 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     (work / "run.json").write_text('{"filters": 2}')
     training._check_resumable(work, load_config(config))
     assert not work.exists()
+
+
+def test_labels_that_leave_no_pixel_labelled_are_refused_before_training(tmp_path):
+    """Polygons of another place, or colours of no class, gave a traceback after the first epoch."""
+    config = _dataset(tmp_path, "index")
+    for i in range(3):
+        with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
+            ds.write(np.full((1, 48, 48), 255 if i == 2 else i % 2, np.uint8))  # the validation image: unlabelled
+    with pytest.raises(InputError, match=r"none of the 1 validation image\(s\) has a labelled pixel \(img2.tif\)"):
+        load_pairs(load_config(config))
+    for i in range(2):
+        with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
+            ds.write(np.full((1, 48, 48), 255, np.uint8))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)])
+    assert result.exit_code == 1 and "none of the 2 training image(s) has a labelled pixel" in result.output
 
 
 def test_a_run_interrupted_after_its_last_epoch_is_not_trained_again(tmp_path, monkeypatch):

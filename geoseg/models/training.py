@@ -341,6 +341,14 @@ def load_pairs(config: TrainConfig) -> tuple[list, list]:
     if not train or (config.validation and not val):
         raise InputError(f"{config.source}: validation patterns {config.validation} leave train={len(train)}, "
                          f"validation={len(val)} images; both need at least one.")
+    if config.in_memory:  # labels that miss their images gave a traceback after the first epoch
+        for what, pairs in (("training", train), ("validation", val or train[:2])):
+            if not any((label != IGNORE).any() for _, label, _ in pairs):
+                raise InputError(
+                    f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel "
+                    f"({', '.join(os.path.basename(p) for _, _, p in pairs[:3])}{', ...' if len(pairs) > 3 else ''}). "
+                    "Check 'labels' and 'label_format': polygons must cover the images, colours must be the "
+                    "classes' colours, index values their ids.")
     return train, val
 
 
@@ -509,6 +517,10 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                              *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []), callback])
         callback.save_state(fitted=True)
     final_miou = callback.last
+    if not (work / "best.weights.h5").exists():  # on disk, the validation chips held no labelled pixel
+        raise InputError(f"{config.source}: no epoch could be scored: the validation chips hold no labelled pixel. "
+                         "Check that the validation images' labels cover them, or raise validation_chips; then rerun "
+                         "with --restart.")
     model.load_weights(work / "best.weights.h5")
     seams = None
     if config.architecture != "unet":  # trained weights reach further than random ones, and argmax ties further still
