@@ -386,6 +386,10 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
     layer = gpd.read_file(result.outputs["vector"])
     assert layer.crs == "EPSG:32640" and layer.area_m2.sum() == pytest.approx(64 * 80 * 0.25)
     assert np.allclose(layer.total_bounds, [500000, 2800000 - 32, 500040, 2800000])
+    from geoseg.workflows.evaluate import evaluate  # its own polygons, as vector labels, score 1
+
+    scored = evaluate(tiny_fcn, path, result.outputs["vector"], label_format="vector", vector_field="class_name")
+    assert scored.pixel_accuracy == 1.0 and scored.pixels_scored == 64 * 80
 
     rpcs = RPC(height_off=0, height_scale=100, lat_off=25.2, lat_scale=0.01, line_off=32, line_scale=32,
                long_off=55.3, long_scale=0.01, line_num_coeff=[0, 0, -1] + [0] * 17,

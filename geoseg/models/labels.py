@@ -141,19 +141,19 @@ class VectorLabels:
 
     def __init__(self, path: str, classes, image: str, field: str = "class") -> None:
         import geopandas as gpd
-        import rasterio
         import shapely
 
         frame = gpd.read_file(path)
         if field not in frame.columns:
             raise InputError(f"{path}: no field {field!r} holding the class. "
                              f"Fields: {', '.join(frame.columns[:-1])}.")
-        with rasterio.open(image) as ds:
-            if ds.crs is None:
-                raise InputError(f"{image}: vector labels need a georeferenced image.")
-            if frame.crs is not None:
-                frame = frame.to_crs(ds.crs)
-            self.transform = ds.transform
+        from geoseg.raster import inspect_raster
+
+        self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
+        if crs is None:
+            raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
+        if frame.crs is not None:
+            frame = frame.to_crs(crs)
         names = {c["name"]: i for i, c in enumerate(classes)}
         values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
         keep = [(g, int(v)) for g, v in zip(frame.geometry, values)
