@@ -208,6 +208,14 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert sorted(Path(e["input"]).name for e in third.done) == ["strip0.tif", "strip1.tif"]
     fourth = survey([src], out, model=str(tiny_fcn), chunk=64)
     assert len(fourth.done) == 3
+    # a photo without CRS among them used to be stacked at the map origin of masks_none.vrt and,
+    # in pixel coordinates, among the polygons; now it is left out of both and the report says so
+    make_raster(name="survey/photo.tif", shape=(30, 30), crs=None, transform=rasterio.Affine.identity())
+    fifth = survey([src], out, model=str(tiny_fcn), chunk=64, vector=True)
+    assert "masks" in fifth.outputs and not list(out.glob("masks_*.vrt"))
+    assert {Path(s).name for s in gpd.read_file(fifth.outputs["polygons"]).source} == {
+        "strip0.tif", "strip1.tif", "strip2.tif"}
+    assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
 
 
 def test_expand_inputs(tmp_path, make_raster):

@@ -219,8 +219,8 @@ def _crs_of(path: str) -> str | None:
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
-    outputs = {}
-    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes))
+    outputs, left_out = {}, []
+    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out))
     if vector and finished:
         outputs["polygons"] = str(_merge_layers(out_dir / "survey_polygons.gpkg", finished))
     rows = []
@@ -235,11 +235,11 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outputs["report"] = str(out_dir / "survey_report.md")
     write_csv(outputs["summary_csv"], rows)
     write_json(outputs["summary_json"], {"rasters": rows})
-    write_text(outputs["report"], _report(rows, classes, outputs))
+    write_text(outputs["report"], _report(rows, classes, outputs, left_out))
     return outputs
 
 
-def _report(rows: list[dict], classes, outputs: dict[str, str]) -> str:
+def _report(rows: list[dict], classes, outputs: dict[str, str], left_out: list[str]) -> str:
     ok = [r for r in rows if r["status"] == "done"]
     bad = [r for r in rows if r["status"] != "done"]
     lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented, {len(bad)} failed.", ""]
@@ -247,19 +247,30 @@ def _report(rows: list[dict], classes, outputs: dict[str, str]) -> str:
     lines += ["| class | total km² |", "|---|---:|"] + [f"| {k} | {v / 1e6:.4f} |" for k, v in totals.items()]
     if bad:
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
+    if left_out:
+        lines += ["", "## Not in the mosaic (no CRS, or not north-up)", ""] + [f"- `{p}`" for p in left_out]
     lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
 
 
-def _mosaics(out_dir: Path, masks: list[str], classes) -> dict[str, str]:
-    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours."""
+def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str]) -> dict[str, str]:
+    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours.
+
+    A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
+    GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
+    """
     import rasterio
 
     by_crs: dict[str, list[tuple[str, Any, int, int]]] = {}
     for path in masks:
         with rasterio.open(path) as ds:
-            by_crs.setdefault(ds.crs.to_string() if ds.crs else "none", []).append(
-                (path, ds.transform, ds.width, ds.height))
+            if ds.crs is None or ds.transform.b or ds.transform.d:
+                left_out.append(path)
+                continue
+            by_crs.setdefault(ds.crs.to_string(), []).append((path, ds.transform, ds.width, ds.height))
+    if left_out:
+        log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
+                    ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
     out = {}
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
@@ -291,7 +302,7 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
             f'<DstRect xOff="{(t.c - left) / res}" yOff="{(top - t.f) / res}" '
             f'xSize="{w * abs(t.a) / res}" ySize="{h * abs(t.e) / res}"/><NODATA>255</NODATA></ComplexSource>'
         )
-    srs = f"  <SRS>{escape(CRS.from_string(crs).to_wkt())}</SRS>\n" if crs != "none" else ""
+    srs = f"  <SRS>{escape(CRS.from_string(crs).to_wkt())}</SRS>\n"
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
         f"  <GeoTransform>{left}, {res}, 0, {top}, 0, {-res}</GeoTransform>\n"
@@ -302,21 +313,26 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
 
 
 def _merge_layers(out: Path, finished: list[dict]) -> Path:
-    """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time."""
+    """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time.
+
+    The layer takes the polygons' CRS when they share one, else EPSG:4326; polygons without a CRS
+    (pixel coordinates) are left out when others have one.
+    """
     import geopandas as gpd
     import pyogrio
 
     tmp = out.with_name(f".{out.stem}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
-    target_crs = None
-    for entry in finished:
-        path = entry["outputs"].get("vector")
-        if not path or not os.path.exists(path):
-            continue
+    layers = [(e, e["outputs"].get("vector")) for e in finished]
+    layers = [(e, path) for e, path in layers if path and os.path.exists(path)]
+    crss = {pyogrio.read_info(path)["crs"] for _, path in layers} - {None}
+    target_crs = None if not crss else crss.pop() if len(crss) == 1 else "EPSG:4326"
+    for entry, path in layers:
         frame = gpd.read_file(path)
         frame.insert(0, "source", entry["input"])
-        if target_crs is None:
-            target_crs = frame.crs if len({e.get("crs") for e in finished}) == 1 else "EPSG:4326"
+        if frame.crs is None and target_crs is not None:  # pixel coordinates would land at the map's origin
+            log.warning("%s: its polygons have no CRS and are left out of %s", entry["input"], out.name)
+            continue
         if frame.crs is not None and frame.crs != target_crs:
             frame = frame.to_crs(target_crs)
         pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
