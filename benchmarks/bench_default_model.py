@@ -113,8 +113,10 @@ def main() -> None:
                 entry["note"] = (f"geoseg segment {flag}: mean IoU {delta:+.4f} against float32 ({verdict}), "
                                  f"{speed:.2f}x its speed")
             inference[m] = entry
+        kept = {k: v for k, v in data.get("metrics", {}).get("inference", {}).items()  # e.g. large_raster,
+                if k not in MODES and k != "measured"}                                 # from bench_pipeline.py
         data.setdefault("metrics", {})["inference"] = {
-            **inference, "measured": f"benchmarks/bench_default_model.py, held-out {args.tiles} "
+            **inference, **kept, "measured": f"benchmarks/bench_default_model.py, held-out {args.tiles} "
                                      f"({len(images)} images of 0.3-0.5 Mpx) through the tiled pipeline, "
                                      f"{os.cpu_count()}-core CPU; small images carry the whole margin, so "
                                      "their Mpx/s is below a large raster's (bench_pipeline.py)"}
