@@ -14,15 +14,21 @@ class _GdalBeforeTensorFlow(importlib.abc.MetaPathFinder):
     rather than an import here, so commands that never load a model do not pay for GDAL's start.
     """
 
+    done = False
+
     def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow":
-            sys.meta_path.remove(self)
+        if name == "tensorflow" and not self.done:  # stays in sys.meta_path: removing itself mid-search
+            self.done = True                        # would skip the finder after it
             import pyogrio  # noqa: F401
         return None
 
 
 if "tensorflow" not in sys.modules:
     sys.meta_path.insert(0, _GdalBeforeTensorFlow())
+elif "pyogrio" not in sys.modules:
+    logging.getLogger(__name__).warning(
+        "TensorFlow was imported before geoseg: GeoPackages written in this process will lack their spatial "
+        "index (TensorFlow's SQLite has no R*Tree). Import geoseg first to keep it.")
 
 from geoseg.errors import GeosegError  # noqa: E402
 from geoseg.models import DEFAULT_MODEL, list_models  # noqa: E402

@@ -75,11 +75,12 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
 
 
 def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
-    import rasterio
     import shapely
 
-    with rasterio.open(mask_path) as ds:
-        inverse, sy, sx = ~ds.transform, shape[0] / ds.height, shape[1] / ds.width
+    from geoseg.raster import inspect_raster
+
+    info = inspect_raster(mask_path)
+    inverse, sy, sx = ~info.map_georeferencing()[0], shape[0] / info.height, shape[1] / info.width
     for geom in outlines:
         for ring in shapely.get_parts(shapely.boundary(geom)):
             coords = [inverse * xy for xy in shapely.get_coordinates(ring)]

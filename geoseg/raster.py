@@ -66,12 +66,27 @@ class RasterInfo:
 
     def map_georeferencing(self) -> tuple[object, object]:
         """(transform, crs) placing pixels on the map: the raster's own, or the best-fit affine
-        transform of its ground control points; (identity, None) when it has neither."""
-        if self.crs is None and self.gcps and self.gcp_crs is not None:
-            from rasterio.transform import from_gcps
-
-            return from_gcps(list(self.gcps)), self.gcp_crs
+        transform of its ground control points; (identity, None) when it has neither (or its
+        points are too few, or on one line, to span an area)."""
+        if self.crs is None and self.gcp_crs is not None:
+            fit = _gcp_fit(self.gcps)
+            if fit is not None:
+                return fit, self.gcp_crs
         return self.transform, self.crs
+
+
+def _gcp_fit(gcps) -> object | None:
+    """The best-fit affine transform of ground control points, or None when they do not span an area:
+    rasterio's fit of fewer than 3, or of points on one line, returns uninitialised numbers."""
+    from rasterio.transform import from_gcps
+
+    if len(gcps) < 3:
+        return None
+    points = np.array([(g.col, g.row) for g in gcps], float)
+    if np.linalg.matrix_rank(points[1:] - points[0]) < 2:
+        return None
+    fit = from_gcps(list(gcps))
+    return fit if np.all(np.isfinite(tuple(fit))) and abs(fit.determinant) > 0 else None
 
 
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
@@ -111,6 +126,10 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
+    if info.crs is None and info.gcps and _gcp_fit(info.gcps) is None:
+        log.warning("%s: its %d ground control point(s) do not span an area (3 or more, not on one line, are "
+                    "needed), so areas and polygons stay in pixels. Add points, or warp it (gdalwarp).",
+                    path, len(info.gcps))
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
             f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
@@ -133,10 +152,10 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
             f"(bands={list(bands)}). Pass --bands with {needed} band indexes."
         )
     missing = [b for b in bands if not 1 <= b <= info.count]
-    if missing and info.paletted:
+    if info.paletted:  # indexes into a colour table are no reflectance, whatever --bands says
         raise BandError(
-            f"{info.path}: a paletted image (one band of colour-table indexes), but the model reads "
-            f"{needed} bands. Expand it to RGB first: gdal_translate -expand rgb {os.path.basename(info.path)} "
+            f"{info.path}: a paletted image (one band of colour-table indexes, not colours); the model reads "
+            f"{needed} band(s) of values. Expand it to RGB first: gdal_translate -expand rgb {os.path.basename(info.path)} "
             "rgb.tif, or in QGIS Raster > Conversion > PCT to RGB."
         )
     if missing:

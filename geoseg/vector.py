@@ -467,9 +467,10 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     from geoseg.raster import pixel_areas_m2
 
     info = inspect_raster(mask_path)
+    transform, crs = info.map_georeferencing()  # a mask placed by GCPs: their best-fit affine
     geoms = zones.geometry if hasattr(zones, "geometry") else zones
-    if info.crs is not None and geoms.crs is not None and geoms.crs != info.crs:
-        geoms = geoms.to_crs(info.crs)
+    if crs is not None and geoms.crs is not None and geoms.crs != crs:
+        geoms = geoms.to_crs(crs)
     geoms = np.asarray(geoms.values, object)
     row_area = pixel_areas_m2(info)
     pixels = np.zeros((len(geoms), n_classes), np.int64)
@@ -477,15 +478,16 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     tree = shapely.STRtree(geoms)
     with rasterio.open(info.path) as ds:
         for window, _ in _block_windows(info.width, info.height, block):
-            bounds = rasterio.windows.bounds(window, ds.transform)
+            bounds = rasterio.windows.bounds(window, transform)
             for z in tree.query(shapely.box(*bounds)):
-                zw = from_bounds(*geoms[z].bounds, transform=ds.transform).round_offsets().round_lengths()
+                zw = from_bounds(*geoms[z].bounds, transform=transform).round_offsets().round_lengths()
                 try:
                     sub = intersection(window, Window(zw.col_off - 1, zw.row_off - 1, zw.width + 2, zw.height + 2))
                 except rasterio.errors.WindowError:
                     continue
                 data = ds.read(1, window=sub)
-                inside = ~geometry_mask([geoms[z]], out_shape=data.shape, transform=ds.window_transform(sub))
+                inside = ~geometry_mask([geoms[z]], out_shape=data.shape,
+                                        transform=rasterio.windows.transform(sub, transform))
                 keep = inside & (data < n_classes)
                 pixels[z] += np.bincount(data[keep], minlength=n_classes)[:n_classes]
                 if row_area is not None:

@@ -8,6 +8,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from rasterio.transform import from_origin
 
 from geoseg import segment
@@ -178,8 +179,9 @@ def test_single_band_raster_for_rgb_model(make_raster, tiny_fcn, tmp_path):
 
     rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)
     Image.fromarray(rgb).quantize(16).save(tmp_path / "pal.png")
-    with pytest.raises(BandError, match="a paletted image .* Expand it to RGB first: gdal_translate -expand rgb"):
-        segment(tmp_path / "pal.png", tmp_path / "out", model=tiny_fcn)
+    for bands in (None, [1, 1, 1]):
+        with pytest.raises(BandError, match="a paletted image .* Expand it to RGB first: gdal_translate -expand rgb"):
+            segment(tmp_path / "pal.png", tmp_path / "out", model=tiny_fcn, bands=bands)
 
 
 def test_missing_and_non_raster_inputs(tmp_path, tiny_fcn):
@@ -390,6 +392,15 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
 
     scored = evaluate(tiny_fcn, path, result.outputs["vector"], label_format="vector", vector_field="class_name")
     assert scored.pixel_accuracy == 1.0 and scored.pixels_scored == 64 * 80
+    from geoseg.raster import inspect_raster
+    from geoseg.vector import zonal_composition  # zones are placed by the GCPs too (they used to count 0)
+
+    west = gpd.GeoSeries([shapely.box(500000, 2800000 - 32, 500020, 2800000)], crs="EPSG:32640").to_crs(4326)
+    pixels, areas = zonal_composition(result.outputs["mask"], west, 3)
+    assert pixels.sum() == 64 * 40 and areas.sum() == pytest.approx(64 * 40 * 0.25)
+    with rasterio.open(path, "r+") as ds:  # two points span no area: rasterio's fit would be garbage
+        ds.gcps = (gcps[:2], CRS.from_epsg(32640))
+    assert inspect_raster(path).map_georeferencing() == (rasterio.Affine.identity(), None)
 
     rpcs = RPC(height_off=0, height_scale=100, lat_off=25.2, lat_scale=0.01, line_off=32, line_scale=32,
                long_off=55.3, long_scale=0.01, line_num_coeff=[0, 0, -1] + [0] * 17,

@@ -379,6 +379,12 @@ def test_labels_that_leave_no_pixel_labelled_are_refused_before_training(tmp_pat
             ds.write(np.full((1, 48, 48), 255 if i == 2 else i % 2, np.uint8))  # the validation image: unlabelled
     with pytest.raises(InputError, match=r"none of the 1 validation image\(s\) has a labelled pixel \(img2.tif\)"):
         load_pairs(load_config(config))
+    on_disk = tmp_path / "on_disk.toml"  # labels read by window: the validation chips are checked before fit
+    on_disk.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false\nvalidation_chips = 3"))
+    from geoseg.models.training import train
+
+    with pytest.raises(InputError, match="the 3 validation chips hold no labelled pixel"):
+        train(load_config(on_disk))
     for i in range(2):
         with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
             ds.write(np.full((1, 48, 48), 255, np.uint8))

@@ -342,7 +342,8 @@ def load_pairs(config: TrainConfig) -> tuple[list, list]:
         raise InputError(f"{config.source}: validation patterns {config.validation} leave train={len(train)}, "
                          f"validation={len(val)} images; both need at least one.")
     if config.in_memory:  # labels that miss their images gave a traceback after the first epoch
-        for what, pairs in (("training", train), ("validation", val or train[:2])):
+        for what, pairs in (("training", train), ("validation" if val else "validation (with no validation "
+                                                 "patterns, the first two training)", val or train[:2])):
             if not any((label != IGNORE).any() for _, label, _ in pairs):
                 raise InputError(
                     f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel "
@@ -503,6 +504,10 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     work.mkdir(exist_ok=True)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     scored, val_card = validation_set(config, card, train_pairs, val_pairs)
+    if not config.in_memory and not any((label != IGNORE).any() for _, label, _ in scored):
+        raise InputError(f"{config.source}: the {len(scored)} validation chips hold no labelled pixel, so no "
+                         "epoch could be scored. Check that the validation images' labels cover them, or raise "
+                         "validation_chips.")
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
     started = time.monotonic()
@@ -676,7 +681,11 @@ def seam_free_margin(segmenter, images: list[np.ndarray], start: int, *, chunk: 
             segmenter, image, margin=margin, tile=chunk + 2 * margin, batch_size=2).argmax(-1)).sum()) for image in images)
         agreement = same / max(1, sum(image.shape[0] * image.shape[1] for image in images))
         log.info("margin %d px: tiled and whole-image masks agree on %.4f%% of the pixels", margin, 100 * agreement)
-        if agreement >= target or margin + step > limit:
+        if agreement >= target:
+            return margin, float(agreement)
+        if margin + step > limit:
+            log.warning("tiled and whole-image masks still differ on %.4f%% of the pixels at the %d px limit; "
+                        "the margin stays %d px", 100 * (1 - agreement), limit, margin)
             return margin, float(agreement)
         margin += step
 
@@ -744,7 +753,8 @@ class _ValidationIoU:
                     logs["val_mean_iou"] = miou
                 if miou > self.best:
                     self.best, self.best_epoch = miou, epoch + 1
-                    self.model.save_weights(self.work / "best.weights.h5")
+                    self.model.save_weights(self.work / "best.tmp.weights.h5")  # whole, then in place
+                    os.replace(self.work / "best.tmp.weights.h5", self.work / "best.weights.h5")
                 self.save_state()
                 log.info("epoch %d: loss %.4f, validation mean IoU %.4f (best %.4f at %d)", epoch + 1,
                          (logs or {}).get("loss", float("nan")), miou, self.best, self.best_epoch)

@@ -170,7 +170,8 @@ def flood(
     table = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes) if aoi_frame is not None else []
     result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows)
-    outlines = aoi_frame.geometry.to_crs(post_info.crs) if aoi_frame is not None and post_info.crs else None
+    post_crs = post_info.map_georeferencing()[1]
+    outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
     write_json(paths["json"], result.to_dict())

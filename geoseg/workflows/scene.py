@@ -98,10 +98,9 @@ def scene(
 
 
 def _mask_crs(result: SegmentResult):
-    import rasterio
+    from geoseg.raster import inspect_raster
 
-    with rasterio.open(result.outputs["mask"]) as ds:
-        return ds.crs
+    return inspect_raster(result.outputs["mask"]).map_georeferencing()[1]  # its CRS, or its GCPs
 
 
 def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[dict[str, Any]]:

@@ -221,8 +221,9 @@ def _crs_of(path: str) -> str | None:
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
     outputs, left_out = {}, []
     outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out))
-    if vector and finished:
-        outputs["polygons"] = str(_merge_layers(out_dir / "survey_polygons.gpkg", finished))
+    merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
+    if merged is not None:
+        outputs["polygons"] = str(merged)
     rows = []
     for e in finished + failed:
         row = {"input": e["input"], "status": e.get("status", "failed"), "error": e.get("error", ""),
@@ -312,7 +313,7 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     )
 
 
-def _merge_layers(out: Path, finished: list[dict]) -> Path:
+def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
     """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time.
 
     The layer takes the polygons' CRS when they share one, else EPSG:4326; polygons without a CRS
@@ -338,4 +339,6 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path:
         pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
     if tmp.exists():
         os.replace(tmp, out)
-    return out
+        return out
+    out.unlink(missing_ok=True)  # nothing to merge: no stale layer of an earlier run under this name
+    return None
