@@ -35,6 +35,7 @@ from geoseg.raster import (
     inspect_raster,
     model_grid,
     pixel_areas_m2,
+    raster_stem,
     regrid,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
@@ -449,7 +450,7 @@ def segment(
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
     norm = _normalization(card, normalization, info, plan)
-    stem = Path(info.path).stem
+    stem = raster_stem(info.path)
     paths = prepare_output_dir(
         output_dir,
         lambda d: _output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,

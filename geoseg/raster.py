@@ -23,6 +23,8 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "RasterInfo",
     "inspect_raster",
+    "is_gdal_path",
+    "raster_stem",
     "check_bands",
     "WindowSource",
     "create_outputs",
@@ -89,6 +91,17 @@ def _gcp_fit(gcps) -> object | None:
     return fit if np.all(np.isfinite(tuple(fit))) and abs(fit.determinant) > 0 else None
 
 
+def is_gdal_path(path: str) -> bool:
+    """A GDAL virtual path (``/vsizip/a.zip/b.tif``) or a rasterio URL (``zip://a.zip!b.tif``, ``https://``)."""
+    return path.startswith("/vsi") or "://" in path
+
+
+def raster_stem(path: str | os.PathLike) -> str:
+    """The file name without extension that outputs are named after; ``zip://a.zip!b/c.tif`` -> ``c``."""
+    path = os.fspath(path)
+    return Path(path.rsplit("!", 1)[-1] if "://" in path else path).stem
+
+
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     """Open `path` with rasterio, check it can be segmented, and describe it; nothing is read.
 
@@ -99,10 +112,12 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     InputError
         The data type is not supported.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
+    path = os.fspath(path)
+    if is_gdal_path(path):  # /vsizip/..., zip://...!x.tif, https://...: GDAL finds it, or says why not
+        pass
+    elif not os.path.exists(path := os.path.abspath(path)):
         raise RasterReadError(f"{path}: no such file. Check the path.")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
     try:
         with warnings.catch_warnings():

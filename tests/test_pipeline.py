@@ -416,3 +416,20 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
         kept = ds.rpcs.to_dict()
         assert all(np.allclose(kept[k], v) for k, v in rpcs.to_dict().items() if v is not None)
     assert "georeferenced by RPCs only: the polygons are in pixel coordinates" in caplog.text
+
+
+def test_rasters_inside_zip_archives_through_gdal_paths(make_raster, tiny_fcn, tmp_path):
+    """QGIS users keep zipped rasters; GDAL reads them as /vsizip/... or rasterio's zip://...!...
+    They used to be refused as 'no such file' (the path went through os.path.abspath)."""
+    import zipfile
+
+    path = make_raster("scene.tif")
+    with zipfile.ZipFile(tmp_path / "survey.zip", "w") as archive:
+        archive.write(path, "tiles/scene.tif")
+    for name in (f"/vsizip/{tmp_path}/survey.zip/tiles/scene.tif", f"zip://{tmp_path}/survey.zip!tiles/scene.tif"):
+        result = segment(name, tmp_path / "out", model=tiny_fcn, preview=False, overwrite=True)
+        assert result.outputs["mask"].endswith("out/scene_mask.tif")  # named after the raster, not the archive
+        assert (_read(result.outputs["mask"]) == _read(segment(path, tmp_path / "plain", model=tiny_fcn,
+                                                                preview=False, overwrite=True).outputs["mask"])).all()
+    with pytest.raises(RasterReadError, match="not a raster GDAL can read"):
+        segment(f"/vsizip/{tmp_path}/survey.zip/tiles/missing.tif", tmp_path / "out", model=tiny_fcn)

@@ -218,6 +218,21 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
 
 
+def test_survey_of_zipped_rasters_resumes_and_a_missing_archive_fails(make_raster, tiny_fcn, tmp_path):
+    """A GDAL path to a missing archive used to hang the survey (its fingerprint climbed '//' forever)."""
+    import zipfile
+
+    from geoseg.workflows import survey
+
+    with zipfile.ZipFile(tmp_path / "flight.zip", "w") as archive:
+        archive.write(make_raster("a.tif"), "a.tif")
+    inputs = [f"/vsizip/{tmp_path}/flight.zip/a.tif", f"/vsizip/{tmp_path}/missing.zip/b.tif"]
+    first = survey(inputs, tmp_path / "out", model=str(tiny_fcn))
+    assert [Path(e["input"]).name for e in first.done] == ["a.tif"] and "no such file" in first.failed[0]["error"]
+    assert (tmp_path / "out" / "a" / "a_mask.tif").exists()
+    assert len(survey(inputs[:1], tmp_path / "out", model=str(tiny_fcn)).skipped) == 1
+
+
 def test_expand_inputs(tmp_path, make_raster):
     from geoseg.workflows import expand_inputs
 

@@ -18,7 +18,7 @@ from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_cl
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
-from geoseg.raster import inspect_raster
+from geoseg.raster import inspect_raster, raster_stem
 
 __all__ = ["Evaluation", "evaluate", "compare", "markdown_table"]
 
@@ -301,7 +301,7 @@ def _disagreement(models, folders, images, out: Path, options: dict) -> list[str
         masks = []
         for m, name in zip(models, folders):
             folder = out / name
-            mask = folder / f"{Path(image).stem}_mask.tif"
+            mask = folder / f"{raster_stem(image)}_mask.tif"
             if not mask.exists():
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
             masks.append(mask)
@@ -319,7 +319,7 @@ def _disagreement(models, folders, images, out: Path, options: dict) -> list[str
                 out_block[(stack == IGNORE).any(axis=0)] = IGNORE
                 return out_block
 
-            target = out / f"{Path(image).stem}_disagreement.tif"
+            target = out / f"{raster_stem(image)}_disagreement.tif"
             write_class_mask(target, info, classes, block)
         finally:
             for h in handles:

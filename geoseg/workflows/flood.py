@@ -18,7 +18,8 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.preview import render_map, save_png
-from geoseg.raster import NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, write_class_mask
+from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem,
+                           write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import check_layer_overlaps, read_layer, write_json, write_text
 
@@ -91,7 +92,7 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
     """Return (mask path, id of water in it, a sentence saying where water came from)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "ndwi":
-        out = out_dir / f"{Path(image).stem}_water.tif"
+        out = out_dir / f"{raster_stem(image)}_water.tif"
         if out.exists() and not overwrite:
             raise OutputError(f"{out} already exists. Pass --overwrite to replace it.")
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)

@@ -10,6 +10,7 @@ from typing import Any
 from geoseg.models.card import ClassInfo
 from geoseg.pipeline import SegmentResult, segment
 from geoseg.preview import render_map, save_png
+from geoseg.raster import raster_stem
 from geoseg.vector import zonal_composition
 from geoseg.workflows.common import check_layer_overlaps, read_layer, write_csv, write_json
 
@@ -75,7 +76,7 @@ def scene(
     if frame is not None:
         check_layer_overlaps(frame, input, what="zones")
     result: SegmentResult = segment(input, output_dir, overwrite=overwrite, preview=False, **segment_options)
-    out_dir, stem = Path(result.outputs["mask"]).parent, Path(result.input).stem
+    out_dir, stem = Path(result.outputs["mask"]).parent, raster_stem(result.input)
     rows = composition_rows(result.classes)
     outputs = dict(result.outputs)
     outputs["composition"] = str(out_dir / f"{stem}_composition.csv")

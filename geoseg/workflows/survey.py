@@ -18,6 +18,7 @@ import numpy as np
 from geoseg.errors import GeosegError, InputError
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
+from geoseg.raster import is_gdal_path, raster_stem
 from geoseg.workflows.common import write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -55,7 +56,9 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
         items = [items]
     for item in map(str, items):
         path = Path(item)
-        if any(ch in item for ch in "*?[") and not path.exists():
+        if is_gdal_path(item):  # /vsizip/..., zip://...: GDAL reads it
+            out.append(item)
+        elif any(ch in item for ch in "*?[") and not path.exists():
             out += sorted(glob.glob(item, recursive=True))
         elif path.is_dir():
             out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
@@ -69,7 +72,7 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
         else:
             out.append(item)
     seen: set[str] = set()
-    return [p for p in (os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
+    return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
 
 
 def _vrt_sources(path: Path) -> list[str]:
@@ -83,7 +86,21 @@ def _vrt_sources(path: Path) -> list[str]:
 
 
 def _fingerprint(path: str) -> dict[str, Any]:
-    stat = os.stat(path)
+    """Size and time of the file, or of the archive that holds it (``/vsizip/a.zip/b.tif``); a remote
+    raster (``https://``) gets a fresh token, so it is redone on every run."""
+    local = path
+    if is_gdal_path(path):
+        local = path.split("://", 1)[-1].replace("!", "/") if "://" in path else "/" + path.split("/", 2)[-1]
+        local = os.path.normpath(local)
+        while not os.path.isfile(local) and os.path.dirname(local) != local:  # up to the archive, or to '/'
+            local = os.path.dirname(local)
+        if not os.path.isfile(local):
+            scheme = path.split("://", 1)[0].split("+")[-1] if "://" in path else ""
+            if path.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")) \
+                    or scheme in ("http", "https", "ftp", "s3", "gs", "az"):
+                return {"remote": time.time_ns()}
+            raise FileNotFoundError(path)
+    stat = os.stat(local)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
@@ -91,8 +108,8 @@ def _folder_names(paths: list[str]) -> dict[str, str]:
     """One output folder per raster: its stem, with a short hash where stems collide."""
     stems: dict[str, int] = {}
     for p in paths:
-        stems[Path(p).stem] = stems.get(Path(p).stem, 0) + 1
-    return {p: Path(p).stem if stems[Path(p).stem] == 1 else f"{Path(p).stem}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+        stems[raster_stem(p)] = stems.get(raster_stem(p), 0) + 1
+    return {p: raster_stem(p) if stems[raster_stem(p)] == 1 else f"{raster_stem(p)}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
             for p in paths}
 
 
