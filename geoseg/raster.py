@@ -76,6 +76,11 @@ class RasterInfo:
                 return fit, self.gcp_crs
         return self.transform, self.crs
 
+    def map_corners(self) -> list[tuple[float, float]]:
+        """The four corners' map coordinates (clockwise from the top left), by `map_georeferencing`."""
+        transform = self.map_georeferencing()[0]
+        return [transform * xy for xy in ((0, 0), (self.width, 0), (self.width, self.height), (0, self.height))]
+
 
 def _gcp_fit(gcps) -> object | None:
     """The best-fit affine transform of ground control points, or None when they do not span an area:

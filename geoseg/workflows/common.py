@@ -44,12 +44,11 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
     from geoseg.raster import inspect_raster
 
     info = inspect_raster(raster)
-    transform, crs = info.map_georeferencing()
+    crs = info.map_georeferencing()[1]
     if crs is None:
         raise InputError(f"{info.path} has no CRS, so the {what} layer cannot be placed on it. "
                          "Georeference the raster first.")
-    footprint = shapely.Polygon([transform * (c, r) for c, r in ((0, 0), (info.width, 0), (info.width, info.height),
-                                                                  (0, info.height))])
+    footprint = shapely.Polygon(info.map_corners())
     geoms = frame.geometry.to_crs(crs)
     inside = geoms.intersects(footprint).to_numpy()
     if not inside.any():

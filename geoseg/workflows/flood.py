@@ -182,9 +182,8 @@ def flood(
 
 def _corners(info, crs=None) -> tuple[np.ndarray, np.ndarray]:
     """The map coordinates of the raster's four corners, in `crs` when given."""
-    transform, own = info.map_georeferencing()
-    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (info.width, 0), (0, info.height),
-                                                    (info.width, info.height))))
+    own = info.map_georeferencing()[1]
+    xs, ys = zip(*info.map_corners())
     if crs is not None and crs != own:
         from rasterio.warp import transform as reproject_points
 
