@@ -197,3 +197,10 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "table.md")])
     assert cli.exit_code == 0 and "| other |" in (tmp_path / "table.md").read_text()
+
+
+def test_label_template_names_a_zipped_image_by_the_raster_inside():
+    from geoseg.cli.evaluate import _pairs
+
+    images, labels = _pairs(("zip:///data/flight.zip!scene.tif",), ("masks/{stem}.png",))
+    assert labels == ["masks/scene.png"]  # not 'flight.zip!scene'

@@ -14,6 +14,7 @@ __all__ = ["evaluate", "compare"]
 
 def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[list[str], list[str] | None]:
     from geoseg.errors import InputError
+    from geoseg.raster import raster_stem
     from geoseg.workflows.survey import expand_inputs
 
     image_paths = expand_inputs(images)
@@ -21,7 +22,7 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
         return image_paths, None
     if len(labels) == 1 and "{" in labels[0]:
         template = labels[0]
-        return image_paths, [template.format(stem=Path(p).stem, name=Path(p).name, image_dir=str(Path(p).parent))
+        return image_paths, [template.format(stem=raster_stem(p), name=Path(p).name, image_dir=str(Path(p).parent))
                              for p in image_paths]
     label_paths = expand_inputs(labels)
     if len(label_paths) != len(image_paths):
