@@ -69,3 +69,77 @@ def test_otsu_splits_two_modes():
     values = np.r_[np.random.default_rng(0).normal(-0.5, 0.05, 1000), np.random.default_rng(1).normal(0.4, 0.05, 300)]
     counts, edges = np.histogram(values, bins=200, range=(-1, 1))
     assert -0.35 < otsu_threshold(counts, edges) < 0.25
+
+
+# --- unlabeled regions (watershed-regions), scored by each region's majority label class --------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])  # random Voronoi-like regions of varied size and degree
+def test_region_colours_keep_neighbours_apart(seed):
+    from scipy.ndimage import distance_transform_edt
+    from skimage.measure import label
+
+    from geoseg.models.classical import colour_regions
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros((90, 110), np.int32)
+    seeds[rng.integers(0, 90, 150), rng.integers(0, 110, 150)] = np.arange(1, 151)
+    _, (r, c) = distance_transform_edt(seeds == 0, return_indices=True)
+    regions = label(seeds[r, c], connectivity=1)  # 4-connected regions, as the watershed draws them
+    colours = colour_regions(regions)
+    assert colours.max() < 6  # a planar adjacency in smallest-last order needs at most 6
+    # the reference: connected components of the colours are exactly the regions again
+    again = label(colours.astype(np.int32) + 1, connectivity=1)
+    pairs = np.unique(np.stack([regions.ravel(), again.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(regions)) == len(np.unique(again))
+
+
+def test_watershed_regions_follow_edges_and_are_scored_by_majority(make_raster, tmp_path):
+    from skimage.measure import label
+
+    from geoseg.workflows.evaluate import evaluate
+
+    image, truth = _scene(rows=130, cols=170)
+    path = make_raster(data=image)
+    result = segment(path, tmp_path / "out", model="watershed-regions", chunk=64, preview=False)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        colours = ds.read(1)
+    regions = label(colours.astype(np.int32) + 1, connectivity=1)
+    assert 40 < regions.max() < 200  # about one region per 16 x 16 px seed cell, cut at chunk edges
+    majority_share = sum(np.bincount(truth[regions == r]).max() for r in range(1, regions.max() + 1)) / truth.size
+    # regions stop at the lake's and the park's edges (0.98 in one chunk; at 64 px chunks a few regions that
+    # chunk edges cut and that share a colour with their neighbour across the seam merge)
+    assert majority_share > 0.95
+    label_path = tmp_path / "label.tif"
+    with rasterio.open(label_path, "w", driver="GTiff", width=170, height=130, count=1, dtype="uint8") as ds:
+        ds.write(truth, 1)
+    scored = evaluate("watershed-regions", [path], [label_path], label_names=["sand", "water", "vegetation"])
+    assert scored.classes == ["sand", "water", "vegetation"]
+    assert scored.per_class["water"]["iou"] > 0.9 and scored.mean_iou > 0.9
+    assert "majority label class" in scored.notes[0]
+
+
+def test_region_models_need_named_labels_and_stay_out_of_compare(make_raster, tmp_path):
+    from geoseg.errors import InputError
+    from geoseg.workflows.evaluate import compare, evaluate
+
+    image, truth = _scene()
+    path = make_raster(data=image)
+    label_path = tmp_path / "label.tif"
+    with rasterio.open(label_path, "w", driver="GTiff", width=150, height=120, count=1, dtype="uint8") as ds:
+        ds.write(truth, 1)
+    with pytest.raises(InputError, match="watershed-regions draws unlabeled regions .* pass --label-names"):
+        evaluate("watershed-regions", [path], [label_path])
+    with pytest.raises(InputError, match="watershed-regions draw.* score it on its own with geoseg evaluate"):
+        compare(["threshold", "watershed-regions"], [path], output_dir=tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_card_output_is_classes_or_regions():
+    from geoseg.errors import CardError
+    from geoseg.models import ModelCard
+
+    card = {"name": "m", "classes": [{"name": "a"}], "bands": [1], "normalization": {"method": "none"}, "margin": 0}
+    assert ModelCard.from_dict(card).output == "classes"
+    assert ModelCard.from_dict({**card, "output": "regions"}).to_dict()["output"] == "regions"
+    with pytest.raises(CardError, match=r"field 'output' must be one of classes, regions .* output='objects'"):
+        ModelCard.from_dict({**card, "output": "objects"})

@@ -58,15 +58,15 @@ def test_segment_compare_and_download(client, make_raster):
     label = io.BytesIO()
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(label, format="PNG")
     response = client.post("/api/segment", data={
-        "image": (io.BytesIO(tif.read_bytes()), "../../etc/passwd.tif"), "models": "tiny-fcn,threshold",
+        "image": (io.BytesIO(tif.read_bytes()), "../../etc/passwd.tif"), "models": "tiny-fcn,threshold,watershed-regions",
         "label": (io.BytesIO(label.getvalue()), "label.png")}, content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
     job = _wait(client, response.get_json()["id"])
     assert job["status"] == "done", job["error"]
     assert job["name"] == "etc_passwd.tif"  # the user's name is sanitised and only ever displayed
-    assert [m["model"] for m in job["result"]["models"]] == ["tiny-fcn", "threshold"]
+    assert [m["model"] for m in job["result"]["models"]] == ["tiny-fcn", "threshold", "watershed-regions"]
     assert 0 <= job["result"]["agreement_pct"] <= 100
-    assert {r["model"] for r in job["result"]["iou"]} == {"tiny-fcn", "threshold"}
+    assert {r["model"] for r in job["result"]["iou"]} == {"tiny-fcn", "threshold"}  # regions have no classes
     with client.get(job["files"]["m0_mask.tif"]) as mask:
         assert mask.status_code == 200
         with rasterio.MemoryFile(mask.data) as memfile, memfile.open() as ds, rasterio.open(tif) as src:

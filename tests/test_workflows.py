@@ -60,6 +60,9 @@ def test_scene_cli_and_bad_zones(make_raster, tiny_fcn, tmp_path):
     with pytest.raises(InputError, match="none of the 1 polygon.s. of the zones layer overlaps .*Check the layer"):
         scene(path, tmp_path / "o4", zones=tmp_path / "far.gpkg", model=tiny_fcn)
     assert not (tmp_path / "o4").exists()
+    with pytest.raises(InputError, match="watershed-regions draws unlabeled regions, not classes, and a land-cover"):
+        scene(path, tmp_path / "o7", model="watershed-regions")
+    assert not (tmp_path / "o7").exists()
     from geoseg.workflows.flood import flood
 
     with pytest.raises(InputError, match="area-of-interest layer overlaps"):
@@ -168,6 +171,9 @@ def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
     assert "class 'class1'" in result.water_source and "tiny-fcn" in result.water_source
     with pytest.raises(InputError, match="has no class 'water'"):
         flood(path, tmp_path / "out2", model=str(tiny_fcn))
+    with pytest.raises(InputError, match="watershed-regions draws unlabeled regions, not classes, and flood mapping"):
+        flood(path, tmp_path / "out3", model="watershed-regions")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()  # refused before any folder
     bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
     assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output
 

@@ -91,7 +91,9 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
     labelled 255 are ignored; label classes are matched to model classes by name
-    and those the model lacks are reported as not scored.
+    and those the model lacks are reported as not scored. A model of unlabeled
+    regions (watershed-regions) gives each region its majority label class, which
+    the report says: a bound for classifying those regions, not a classifier.
     """
     from geoseg.workflows.common import write_text
     from geoseg.workflows.evaluate import evaluate as run, markdown_table

@@ -16,6 +16,7 @@ def _row(entry, default: str) -> dict:
         "version": card.version,
         "default": entry.name == default,
         "classes": [c.name for c in card.classes],
+        "output": card.output,
         "bands": list(card.bands),
         "tile_size": card.tile_size,
         "margin": card.margin,
@@ -51,7 +52,10 @@ def models(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         mark = " (default)" if row["default"] else ""
         click.echo(f"{row['name']}{mark}  v{row['version']}  [{row['source']}]")
-        click.echo(f"    classes: {', '.join(row['classes'])}")
+        if row["output"] == "regions":
+            click.echo(f"    output: unlabeled regions in {len(row['classes'])} colours (no classes)")
+        else:
+            click.echo(f"    classes: {', '.join(row['classes'])}")
         click.echo(f"    bands: {row['bands']}  margin: {row['margin']} px  path: {row['path']}")
     if not rows:
         click.echo("no models found", err=True)

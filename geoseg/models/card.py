@@ -13,12 +13,13 @@ import numpy as np
 
 from geoseg.errors import CardError
 
-__all__ = ["SCHEMA_VERSION", "ClassInfo", "ModelCard", "parse_normalization", "read_card", "resolve_normalization",
+__all__ = ["OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "parse_normalization", "read_card", "resolve_normalization",
            "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _NORMALISATIONS = ("scale", "meanstd", "percentile", "stretch", "none")
+OUTPUTS = ("classes", "regions")  # what a model's output channels mean (ModelCard.output)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class ModelCard:
         Input height and width must be multiples of this (``2**depth`` for a U-Net).
     margin : int
         Receptive-field radius in pixels: the context each side of a kept pixel.
+    output : {"classes", "regions"}
+        What the output channels mean: ``classes`` (land cover, say), or ``regions``:
+        unlabeled regions, each drawn in one of the "classes" as a colour that its
+        neighbours do not share (`geoseg evaluate` gives each its majority label class).
     """
 
     name: str
@@ -71,6 +76,7 @@ class ModelCard:
     pixel_size: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    output: str = "classes"
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -155,6 +161,10 @@ class ModelCard:
         if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
             raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (map units per pixel) or absent. "
                             f"Received: pixel_size={pixel_size!r}")
+        output = data.get("output", "classes")
+        if output not in OUTPUTS:
+            raise CardError(f"{source}: field 'output' must be one of {', '.join(OUTPUTS)} or absent. "
+                            f"Received: output={output!r}")
         for key in ("training", "metrics"):
             if not isinstance(data.get(key, {}), dict):
                 raise CardError(f"{source}: field '{key}' must be an object or absent. Received: {key}={data[key]!r}")
@@ -171,6 +181,7 @@ class ModelCard:
             pixel_size=pixel_size,
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
+            output=output,
         )
 
 

@@ -39,10 +39,11 @@ class ModelEntry:
 
 
 def _builtins() -> list[ModelEntry]:
-    from geoseg.models.classical import BASELINES, ClassicalSegmenter
+    from geoseg.models.classical import BASELINES, REGION_BASELINES, ClassicalSegmenter, RegionSegmenter
 
-    return [ModelEntry(seg.card.name, seg.card, None, "built-in")
-            for seg in (ClassicalSegmenter(m, nir=nir) for m in BASELINES for nir in (False, True))]
+    segmenters = [*(ClassicalSegmenter(m, nir=nir) for m in BASELINES for nir in (False, True)),
+                  *(RegionSegmenter(m) for m in REGION_BASELINES)]
+    return [ModelEntry(seg.card.name, seg.card, None, "built-in") for seg in segmenters]
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,14 @@ def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None = No
 def _builtin(key: str) -> Segmenter:
     from urllib.parse import parse_qsl
 
-    from geoseg.models.classical import BASELINES, ClassicalSegmenter
+    from geoseg.models.classical import BASELINES, REGION_BASELINES, ClassicalSegmenter, RegionSegmenter
 
     name, _, query = key[len(BUILTIN):].partition("?")
     params = {k: float(v) for k, v in parse_qsl(query)}
+    if name in REGION_BASELINES:
+        return RegionSegmenter(name, **params)
     method, nir = (name[:-4], True) if name.endswith("-nir") else (name, False)
     if method not in BASELINES:
-        raise ModelNotFoundError(f"no built-in model {name!r}. Built-ins: {', '.join(BASELINES)} (and -nir).")
+        raise ModelNotFoundError(f"no built-in model {name!r}. Built-ins: {', '.join(BASELINES)} (and -nir), "
+                                 f"{', '.join(REGION_BASELINES)}.")
     return ClassicalSegmenter(method, nir=nir, **params)

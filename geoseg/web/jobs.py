@@ -138,10 +138,11 @@ def run_job(job: Job) -> None:
                           "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
                           "seconds": res.seconds})
     job.result["models"] = per_model
-    if len(masks) > 1:
-        job.result["agreement_pct"] = _agreement(list(masks.values()))
+    classes = {name: m for name, m in masks.items() if m[1].output == "classes"}  # not unlabeled regions
+    if len(classes) > 1:
+        job.result["agreement_pct"] = _agreement(list(classes.values()))
     if job.has_label:
-        job.result["iou"] = _label_iou(job, masks)
+        job.result["iou"] = _label_iou(job, classes)
 
 
 def _agreement(masks: list) -> float:
@@ -169,7 +170,7 @@ def _overlay(original: Path, rgba: np.ndarray):
 
 
 def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
-    """Per-class IoU of each model against the uploaded label (index or the model's colours)."""
+    """Per-class IoU of each model in `masks` against the uploaded label (index or the model's colours)."""
     import rasterio
 
     from geoseg.models.labels import read_labels
@@ -180,6 +181,8 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
     with rasterio.open(label) as ds:
         bands = ds.count
     for i, model in enumerate(job.models):
+        if model not in masks:  # a model of unlabeled regions has no classes to score
+            continue
         with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
             pred = ds.read(1)
         card = masks[model][1]

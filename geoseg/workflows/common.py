@@ -1,4 +1,4 @@
-"""Small helpers the workflows share: reading vector layers, writing tables atomically."""
+"""Small helpers the workflows share: model checks, reading vector layers, writing tables atomically."""
 
 from __future__ import annotations
 
@@ -13,7 +13,19 @@ from geoseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_layer_overlaps", "read_layer", "write_csv", "write_json", "write_text"]
+__all__ = ["check_layer_overlaps", "class_card", "read_layer", "write_csv", "write_json", "write_text"]
+
+
+def class_card(model, *, what: str):
+    """The card of `model`, refused if the model draws unlabeled regions: `what` needs classes."""
+    from geoseg.models.registry import get_segmenter, resolve_model
+
+    card = get_segmenter(resolve_model(model)).card
+    if card.output == "regions":
+        raise InputError(f"model {card.name} draws unlabeled regions, not classes, and {what} needs classes: use "
+                         "a land-cover model such as the default landcover-unet (geoseg segment --vector turns "
+                         "the regions into polygons).")
+    return card
 
 
 def read_layer(path: str | os.PathLike, *, what: str):

@@ -20,7 +20,7 @@ from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
 from geoseg.raster import inspect_raster, raster_stem
 
-__all__ = ["Evaluation", "evaluate", "compare", "markdown_table"]
+__all__ = ["Evaluation", "evaluate", "compare", "majority_classes", "markdown_table"]
 
 
 @dataclass
@@ -161,7 +161,9 @@ def evaluate(
     images, labels = _paths(images), _paths(labels)
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
-    n = card.n_classes
+    regions = card.output == "regions"
+    class_names = [c["name"] for c in label_sets[0][0]] if regions else [c.name for c in card.classes]
+    n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
@@ -171,23 +173,27 @@ def evaluate(
                 pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
                                 vector_field=vector_field)
+            if regions:  # each region takes its majority label class
+                pred = majority_classes(pred, lut[truth], n)
             matrix += confusion_matrix(lut[truth], pred, n)
     s = scores(matrix)
     per_class = {
-        c.name: {k: (None if np.isnan(s[k][c.id]) else round(float(s[k][c.id]), 4))
-                 for k in ("iou", "f1", "precision", "recall")}
-        for c in card.classes
+        name: {k: (None if np.isnan(s[k][i]) else round(float(s[k][i]), 4)) for k in ("iou", "f1", "precision", "recall")}
+        for i, name in enumerate(class_names)
     }
-    if missing and any(c.name == "other" for c in card.classes):
+    if regions:
+        notes = ["each region was given its majority label class: the labels chose the classes, so these scores "
+                 "bound what a classifier of these regions could reach; they do not measure a classifier"]
+    elif missing and any(c.name == "other" for c in card.classes):
         notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
     else:
         notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
-    absent = [c.name for c in card.classes if matrix[c.id].sum() == 0]
-    if absent:
+    absent = [name for i, name in enumerate(class_names) if matrix[i].sum() == 0]
+    if absent and not regions:
         notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
                      f"{', '.join(absent)}")
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
-    return Evaluation(card.name, card.version, [c.name for c in card.classes], per_class, round(s["mean_iou"], 4),
+    return Evaluation(card.name, card.version, class_names, per_class, round(s["mean_iou"], 4),
                       round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
 
 
@@ -209,6 +215,9 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     missing: set[str] = set()
     for label in labels:
         names = label_names or (label_class_names(label) if label_format == "index" else None)
+        if card.output == "regions":
+            label_sets.append(_region_label_set(card, label, names, label_colors, label_sets))
+            continue
         label_classes = _label_classes(names, label_colors, card)
         lut, not_in_model = _remap(label_classes, card)
         missing.update(not_in_model)
@@ -224,6 +233,44 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     if not scorable:
         raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
     return card, label_sets, missing
+
+
+def _region_label_set(card, label, names, label_colors, earlier: list) -> tuple[list[dict], np.ndarray]:
+    """A region model's label set: the labels' own classes, scored as they are (the regions have none)."""
+    if names is None:
+        raise InputError(f"{card.name} draws unlabeled regions and has no classes of its own, so the labels must "
+                         f"name theirs: pass --label-names (label_names=), and --label-colors for colour masks; "
+                         f"{label} names none.")
+    label_classes = [{"name": n, "color": c} for n, c in zip(names, label_colors or [None] * len(names))]
+    if earlier and [c["name"] for c in earlier[0][0]] != list(names):
+        raise InputError(f"{card.name} is scored on the labels' classes, so every label file must have the same "
+                         f"ones; {label} has {', '.join(names)}, the first has "
+                         f"{', '.join(c['name'] for c in earlier[0][0])}. Pass --label-names to set them.")
+    lut = np.full(256, IGNORE, np.uint8)
+    lut[: len(names)] = np.arange(len(names))
+    return label_classes, lut
+
+
+def majority_classes(regions: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Give each connected region of `regions` its majority class in `truth` (255 = unlabelled, not counted).
+
+    `regions` is a (rows, cols) uint8 mask of region colours in which neighbouring regions
+    differ (255 = nodata); returns (rows, cols) uint8 classes, 255 where a region holds no
+    labelled pixel or is nodata.
+
+    >>> regions = np.array([[0, 0, 1], [0, 0, 1]], np.uint8)
+    >>> majority_classes(regions, np.array([[2, 2, 0], [2, 1, 255]], np.uint8), 3).tolist()
+    [[2, 2, 0], [2, 2, 0]]
+    """
+    from skimage.measure import label
+
+    ids = label(regions.astype(np.int32) + 1, background=IGNORE + 1, connectivity=1)
+    valid = (truth != IGNORE) & (ids > 0)
+    counts = np.bincount(ids[valid].astype(np.int64) * n_classes + truth[valid],
+                         minlength=(ids.max() + 1) * n_classes).reshape(-1, n_classes)
+    lookup = np.where(counts.any(axis=1), counts.argmax(axis=1), IGNORE).astype(np.uint8)
+    lookup[0] = IGNORE
+    return lookup[ids]
 
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
@@ -275,6 +322,11 @@ def compare(
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
     folders = _folders(models)  # each model's masks go to a folder of its own
+    regions = [str(m) for m in models if get_segmenter(resolve_model(m)).card.output == "regions"]
+    if regions:
+        raise InputError(f"{', '.join(regions)} draw(s) unlabeled regions, whose colours mean nothing next to "
+                         "another model's classes; score it on its own with geoseg evaluate, which gives each "
+                         "region its majority label class.")
     images = _paths(images)
     labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None

@@ -15,13 +15,12 @@ from rasterio.vrt import WarpedVRT
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
-from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem,
                            write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
-from geoseg.workflows.common import check_layer_overlaps, read_layer, write_json, write_text
+from geoseg.workflows.common import check_layer_overlaps, class_card, read_layer, write_json, write_text
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -98,15 +97,21 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
         how = " (Otsu)" if threshold == "otsu" else ""
         return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
-    card = get_segmenter(resolve_model(model)).card
+    card, water_id = _water_class(model, water_class)
+    result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
+    return Path(result.outputs["mask"]), water_id, f"class {water_class!r} (id {water_id}) of model {card.name} {card.version}"
+
+
+def _water_class(model, water_class: str):
+    """The model's card and the id of its `water_class`, or a clear error."""
+    card = class_card(model, what="flood mapping")
     ids = [c.id for c in card.classes if c.name == water_class]
     if not ids:
         raise InputError(
             f"model {card.name} has no class {water_class!r} (classes: {', '.join(c.name for c in card.classes)}). "
             "Pass --water-class with one of them, or --method ndwi for imagery with a NIR band."
         )
-    result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
-    return Path(result.outputs["mask"]), ids[0], f"class {water_class!r} (id {ids[0]}) of model {card.name} {card.version}"
+    return card, ids[0]
 
 
 def flood(
@@ -148,6 +153,8 @@ def flood(
         ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`.
     """
     post_info = inspect_raster(post)
+    if method == "model":  # before an output folder is made
+        _water_class(model, water_class)
     if pre is not None:  # before either image is segmented
         _check_alignable(post_info, inspect_raster(pre))
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None

@@ -12,7 +12,7 @@ from geoseg.pipeline import SegmentResult, segment
 from geoseg.preview import render_map, save_png
 from geoseg.raster import raster_stem
 from geoseg.vector import zonal_composition
-from geoseg.workflows.common import check_layer_overlaps, read_layer, write_csv, write_json
+from geoseg.workflows.common import check_layer_overlaps, class_card, read_layer, write_csv, write_json
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -68,6 +68,7 @@ def scene(
         with legend and zone outlines) and, with zones, ``STEM_zones.gpkg`` and
         ``STEM_zones.csv``, beside the mask.
     """
+    class_card(segment_options.get("model"), what="a land-cover report")
     frame = read_layer(zones, what="zones") if zones is not None else None
     if frame is not None and zone_field is not None and zone_field not in frame.columns:
         from geoseg.errors import InputError

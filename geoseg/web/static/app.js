@@ -68,7 +68,7 @@ function areas(models) {
 }
 
 function iou(rows) {
-  if (!rows) { $("iou").hidden = true; return; }
+  if (!rows || !rows.length) { $("iou").hidden = true; return; }
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.iou)))];
   const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
   $("iou").innerHTML = `<tr><th>IoU</th>${rows.map((r) => `<th>${r.model}</th>`).join("")}</tr>` +
