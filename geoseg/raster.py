@@ -25,6 +25,7 @@ __all__ = [
     "inspect_raster",
     "is_gdal_path",
     "raster_stem",
+    "unique_stems",
     "check_bands",
     "WindowSource",
     "create_outputs",
@@ -105,6 +106,23 @@ def raster_stem(path: str | os.PathLike) -> str:
     """The file name without extension that outputs are named after; ``zip://a.zip!b/c.tif`` -> ``c``."""
     path = os.fspath(path)
     return Path(path.rsplit("!", 1)[-1] if "://" in path else path).stem
+
+
+def unique_stems(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """A name per raster to file its outputs under: its stem, with a short hash of the path where
+    stems collide (``Tile 2/images/part_1.jpg`` and ``Tile 3/images/part_1.jpg``). Keys are ``str(path)``.
+
+    >>> unique_stems(["a/x.tif", "b/y.tif"])
+    {'a/x.tif': 'x', 'b/y.tif': 'y'}
+    >>> sorted(unique_stems(["a/x.tif", "b/x.tif"]).values())
+    ['x-d65097', 'x-eb5db2']
+    """
+    import hashlib
+
+    paths = [os.fspath(p) for p in paths]
+    stems = [raster_stem(p) for p in paths]
+    return {p: s if stems.count(s) == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+            for p, s in zip(paths, stems)}
 
 
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:

@@ -44,6 +44,17 @@ def test_segment_many_inputs_one_bad(run, make_raster, tiny_fcn, tmp_path):
     assert "not a raster" in data["errors"][0]["error"]
 
 
+def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp_path):
+    """Tile 2/images/part_1.jpg and Tile 3/images/part_1.jpg would both write part_1_mask.tif."""
+    first = make_raster(name="x.tif")
+    (tmp_path / "b").mkdir()
+    second = make_raster(name="b/x.tif", shape=(30, 40))
+    for extra in ([], ["--overwrite"]):  # --overwrite used to keep only the second mask, silently
+        result = run("segment", first, second, "-o", tmp_path / "out", "-m", "threshold", "--quiet", *extra)
+        assert result.exit_code == 2 and "share a file name, so their outputs would overwrite each other" in result.output
+        assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

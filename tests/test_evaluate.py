@@ -126,6 +126,24 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     assert bad.exit_code == 1 and "1 image(s) but 2 label file(s)" in bad.output
 
 
+def test_images_of_one_name_in_two_folders_keep_their_own_masks(make_raster, tmp_path):
+    """Dubai's layout: Tile 2/images/part_1.jpg and Tile 3/images/part_1.jpg. Each mask used to overwrite the
+    other, and compare's disagreement of the second image was computed from the first image's masks."""
+    (tmp_path / "t2").mkdir()
+    (tmp_path / "t3").mkdir()
+    images = [make_raster(name="t2/part.tif", shape=(40, 50), seed=1), make_raster(name="t3/part.tif", shape=(30, 60),
+                                                                                   seed=2)]
+    result = compare(["threshold", "region-growing"], images, output_dir=tmp_path / "cmp")
+    assert len(set(result["disagreement"])) == 2
+    for image, path in zip(images, result["disagreement"]):
+        with rasterio.open(image) as src, rasterio.open(path) as ds:
+            assert ds.shape == src.shape
+        mask = _predicted("threshold", image, tmp_path)[0]
+        name = Path(path).name.replace("_disagreement.tif", "")
+        with rasterio.open(tmp_path / "cmp" / "threshold" / name / "part_mask.tif") as ds:
+            assert (ds.read(1) == mask).all()
+
+
 def test_palette_png_labels_are_read_by_colour(tmp_path):
     """Some Dubai masks are palette PNGs: their indexes must go through the colour table."""
     from geoseg.models.labels import read_labels

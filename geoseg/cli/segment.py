@@ -52,7 +52,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
             vector, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
-    Each input gives STEM_mask.tif: a uint8 Cloud-Optimized GeoTIFF with the input's
+    Each input gives STEM_mask.tif (so inputs must differ in file name): a uint8 Cloud-Optimized GeoTIFF with the input's
     CRS and transform (or its ground control points or RPCs), 255 where the input is
     nodata, a class colour table and the class names. Rasters of any size are read chunk by chunk, one per core, with one
     model call at a time per process (GEOSEG_MODEL_CALLS=N allows N; each holds its
@@ -72,6 +72,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
+    _check_stems(inputs, output_dir)
     results, failures = [], []
     with fail_cleanly(), _client(workers, scheduler) as client:
         for path in inputs:
@@ -96,6 +97,19 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         emit_json(results[0] if len(inputs) == 1 else {"results": results, "errors": failures})
     if failures:
         raise SystemExit(1)
+
+
+def _check_stems(inputs, output_dir) -> None:
+    """Refuse inputs whose outputs would overwrite each other, before the first one is segmented."""
+    from geoseg.raster import raster_stem, unique_stems
+
+    names = unique_stems(inputs)
+    clashing = sorted({p for p in inputs if names[p] != raster_stem(p)})
+    if clashing:
+        raise click.BadParameter(
+            f"{', '.join(clashing)} share a file name, so their outputs would overwrite each other in "
+            f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
+            "raster a folder of its own.", param_hint="INPUTS")
 
 
 def _summary(result) -> None:

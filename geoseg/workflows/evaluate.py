@@ -18,7 +18,7 @@ from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_cl
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
-from geoseg.raster import inspect_raster, raster_stem
+from geoseg.raster import inspect_raster, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "majority_classes", "markdown_table"]
 
@@ -73,6 +73,13 @@ def _folders(models: list) -> list[str]:
                          f"({', '.join(twice)}); name each model once, or keep bundles of the same name in "
                          "folders of different names.")
     return folders
+
+
+def _mask_dir(folder: Path, image, images: list) -> Path:
+    """Where an image's mask goes: `folder`, or a subfolder named apart where another image has its stem
+    (``Tile 2/images/part_1.jpg`` and ``Tile 3/images/part_1.jpg``: one would overwrite the other)."""
+    name = unique_stems(images)[os.fspath(image)]
+    return folder if name == raster_stem(image) else folder / name
 
 
 def _paths(paths) -> list:
@@ -168,7 +175,8 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
-            result = segment(image, out_dir, model=model, preview=False, overwrite=True, **segment_options)
+            result = segment(image, _mask_dir(out_dir, image, images), model=model, preview=False, overwrite=True,
+                             **segment_options)
             with rasterio.open(result.outputs["mask"]) as ds:
                 pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
@@ -316,7 +324,10 @@ def compare(
 
     With `output_dir`, each model's masks go to ``output_dir/MODEL/`` and each image
     gets ``STEM_disagreement.tif``: the number of distinct classes the models
-    predicted at each pixel minus one (0 = all agree; 255 = nodata).
+    predicted at each pixel minus one (0 = all agree; 255 = nodata). Images that
+    share a stem (``Tile 2/images/part_1.jpg``, ``Tile 3/images/part_1.jpg``) are
+    told apart by a short hash of their path: ``STEM-HASH_disagreement.tif``, with
+    their masks in ``MODEL/STEM-HASH/``.
     """
     models = _paths(models)
     if len(models) < 2:
@@ -349,10 +360,11 @@ def _disagreement(models, folders, images, out: Path, options: dict) -> list[str
     seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
                                                                    "vector_field")}
     paths = []
+    names = unique_stems(images)
     for image in images:
         masks = []
         for m, name in zip(models, folders):
-            folder = out / name
+            folder = _mask_dir(out / name, image, images)
             mask = folder / f"{raster_stem(image)}_mask.tif"
             if not mask.exists():
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
@@ -371,7 +383,7 @@ def _disagreement(models, folders, images, out: Path, options: dict) -> list[str
                 out_block[(stack == IGNORE).any(axis=0)] = IGNORE
                 return out_block
 
-            target = out / f"{raster_stem(image)}_disagreement.tif"
+            target = out / f"{names[os.fspath(image)]}_disagreement.tif"
             write_class_mask(target, info, classes, block)
         finally:
             for h in handles:

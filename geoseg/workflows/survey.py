@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 from geoseg.errors import GeosegError, InputError
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
-from geoseg.raster import is_gdal_path, raster_stem
+from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -104,15 +103,6 @@ def _fingerprint(path: str) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _folder_names(paths: list[str]) -> dict[str, str]:
-    """One output folder per raster: its stem, with a short hash where stems collide."""
-    stems: dict[str, int] = {}
-    for p in paths:
-        stems[raster_stem(p)] = stems.get(raster_stem(p), 0) + 1
-    return {p: raster_stem(p) if stems[raster_stem(p)] == 1 else f"{raster_stem(p)}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
-            for p in paths}
-
-
 class _Manifest:
     """The record of what is done, rewritten atomically after every raster."""
 
@@ -185,7 +175,7 @@ def survey(
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
     manifest = _Manifest(out_dir / MANIFEST)
-    folders = _folder_names(sources)
+    folders = unique_stems(sources)  # one output folder per raster
     fractions = dict.fromkeys(sources, 0.0)
     result = SurveyResult()
     report = progress or (lambda fraction, message: None)
