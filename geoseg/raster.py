@@ -118,10 +118,12 @@ def unique_stems(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     ['x-d65097', 'x-eb5db2']
     """
     import hashlib
+    from collections import Counter
 
     paths = [os.fspath(p) for p in paths]
     stems = [raster_stem(p) for p in paths]
-    return {p: s if stems.count(s) == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+    counts = Counter(stems)
+    return {p: s if counts[s] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
             for p, s in zip(paths, stems)}
 
 

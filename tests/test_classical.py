@@ -132,6 +132,11 @@ def test_region_models_need_named_labels_and_stay_out_of_compare(make_raster, tm
     with pytest.raises(InputError, match="watershed-regions draw.* score it on its own with geoseg evaluate"):
         compare(["threshold", "watershed-regions"], [path], output_dir=tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
+    from geoseg.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"spacing must be >= 1 px .* spacing=0.0"):
+        segment(path, tmp_path / "out", model="watershed-regions?spacing=0")  # was a traceback from inside Dask
+    assert not (tmp_path / "out").exists()
 
 
 def test_card_output_is_classes_or_regions():

@@ -53,6 +53,17 @@ def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp
         result = run("segment", first, second, "-o", tmp_path / "out", "-m", "threshold", "--quiet", *extra)
         assert result.exit_code == 2 and "share a file name, so their outputs would overwrite each other" in result.output
         assert not (tmp_path / "out").exists()
+    again = run("segment", first, tmp_path / ".." / tmp_path.name / "x.tif", "-o", tmp_path / "out", "-m", "threshold")
+    assert again.exit_code == 2 and "x.tif is given twice" in again.output
+
+
+def test_evaluate_refuses_a_label_template_that_gives_two_images_one_label(run, make_raster, tmp_path):
+    (tmp_path / "t2").mkdir()
+    (tmp_path / "t3").mkdir()
+    images = [make_raster(name="t2/part.tif"), make_raster(name="t3/part.tif")]
+    result = run("evaluate", "-m", "threshold", "--images", images[0], "--images", images[1],
+                 "--labels", f"{tmp_path}/masks/{{stem}}.tif")
+    assert result.exit_code == 1 and "the same label file" in result.output and "{image_dir}" in result.output
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,11 @@ def test_images_of_one_name_in_two_folders_keep_their_own_masks(make_raster, tmp
         name = Path(path).name.replace("_disagreement.tif", "")
         with rasterio.open(tmp_path / "cmp" / "threshold" / name / "part_mask.tif") as ds:
             assert (ds.read(1) == mask).all()
+    # one at a time into one folder: each run segments its image instead of reusing the last run's part_mask.tif
+    for image in images:
+        again = compare(["threshold", "region-growing"], [image], output_dir=tmp_path / "cmp2")
+        with rasterio.open(image) as src, rasterio.open(again["disagreement"][0]) as ds:
+            assert ds.shape == src.shape
 
 
 def test_palette_png_labels_are_read_by_colour(tmp_path):

@@ -79,6 +79,25 @@ def test_segment_compare_and_download(client, make_raster):
         assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
 
 
+def test_region_colours_stay_out_of_the_agreement(client, make_raster):
+    from geoseg.models import get_segmenter
+    from geoseg.web.jobs import _agreement
+
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"),
+        "models": "threshold,region-growing,watershed-regions"}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    masks = []
+    for key, model in (("m0", "threshold"), ("m1", "region-growing")):
+        with client.get(job["files"][f"{key}_mask.tif"]) as mask, rasterio.MemoryFile(mask.data) as memfile, \
+                memfile.open() as ds:
+            masks.append((ds.read(1), get_segmenter(model).card))
+    # counted with the regions, whose colours share no name with a class, the models would agree nowhere;
+    # the page counts on its preview-sized masks, hence approx
+    assert job["result"]["agreement_pct"] == pytest.approx(_agreement(masks), abs=0.5) and _agreement(masks) > 50
+
+
 def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster):
     from geoseg.models import get_segmenter
 

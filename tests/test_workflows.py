@@ -173,7 +173,11 @@ def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
         flood(path, tmp_path / "out2", model=str(tiny_fcn))
     with pytest.raises(InputError, match="watershed-regions draws unlabeled regions, not classes, and flood mapping"):
         flood(path, tmp_path / "out3", model="watershed-regions")
-    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()  # refused before any folder
+    from geoseg.workflows import survey
+
+    with pytest.raises(InputError, match="watershed-regions draws unlabeled regions, not classes, and a survey"):
+        survey([path], tmp_path / "out4", model="watershed-regions")
+    assert not any((tmp_path / f"out{i}").exists() for i in (2, 3, 4))  # refused before any folder
     bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
     assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output
 

@@ -22,13 +22,29 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
         return image_paths, None
     if len(labels) == 1 and "{" in labels[0]:
         template = labels[0]
-        return image_paths, [template.format(stem=raster_stem(p), name=Path(p).name, image_dir=str(Path(p).parent))
-                             for p in image_paths]
+        label_paths = [template.format(stem=raster_stem(p), name=Path(p).name, image_dir=str(Path(p).parent))
+                       for p in image_paths]
+        _check_one_label_each(template, image_paths, label_paths)
+        return image_paths, label_paths
     label_paths = expand_inputs(labels)
     if len(label_paths) != len(image_paths):
         raise InputError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s). Pass as many labels, "
                          "or a template such as '{image_dir}/../masks/{stem}.png'.")
     return image_paths, label_paths
+
+
+def _check_one_label_each(template: str, images: list[str], labels: list[str]) -> None:
+    """A template that gives two images one label file (``masks/{stem}.png`` for ``t2/a.jpg`` and ``t3/a.jpg``)
+    would score both against the same labels."""
+    from geoseg.errors import InputError
+
+    first: dict[str, str] = {}
+    for image, label in zip(images, labels):
+        if label in first:
+            raise InputError(f"--labels {template} gives {first[label]} and {image} the same label file {label}; "
+                             "images that share a file name need their folder in the template, such as "
+                             "'{image_dir}/../masks/{stem}.png'.")
+        first[label] = image
 
 
 def _check_writable(path: str | None, option: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from geoseg.cli.options import BandsType, NormalizationType, emit_json, fail_cleanly, precision_option, tta_option
@@ -101,8 +103,15 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
 
 def _check_stems(inputs, output_dir) -> None:
     """Refuse inputs whose outputs would overwrite each other, before the first one is segmented."""
-    from geoseg.raster import raster_stem, unique_stems
+    from geoseg.raster import is_gdal_path, raster_stem, unique_stems
 
+    seen: dict[str, str] = {}
+    for path in inputs:  # one file given twice (a glob and its name, x.tif and ./x.tif)
+        key = path if is_gdal_path(path) else os.path.realpath(path)
+        if key in seen:
+            raise click.BadParameter(f"{path} is given twice ({seen[key]}); pass each raster once.",
+                                     param_hint="INPUTS")
+        seen[key] = path
     names = unique_stems(inputs)
     clashing = sorted({p for p in inputs if names[p] != raster_stem(p)})
     if clashing:

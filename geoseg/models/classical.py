@@ -187,8 +187,13 @@ class RegionSegmenter:
     def __init__(self, method: str = "watershed-regions", *, spacing: float = 16, compactness: float = 0.01) -> None:
         from geoseg.models.card import ModelCard
 
+        from geoseg.errors import ModelError
+
         if method not in REGION_BASELINES:
             raise ValueError(f"method must be one of {', '.join(REGION_BASELINES)}. Received: method={method!r}")
+        if not spacing >= 1 or not compactness >= 0:
+            raise ModelError(f"{method}: spacing must be >= 1 px and compactness >= 0. "
+                             f"Received: spacing={spacing!r}, compactness={compactness!r}")
         self.method, self.spacing, self.compactness = method, int(spacing), float(compactness)
         self.card = ModelCard.from_dict({
             "name": method, "version": "1", "description": REGION_BASELINES[method], "output": "regions",

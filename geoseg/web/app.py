@@ -113,7 +113,7 @@ def _models() -> list[dict[str, Any]]:
 
     return [{"name": m.name, "description": m.card.description, "source": m.source,
              "classes": [{"name": c.name, "color": c.color} for c in m.card.classes],
-             "bands": list(m.card.bands), "default": m.name == DEFAULT_MODEL,
+             "bands": list(m.card.bands), "output": m.card.output, "default": m.name == DEFAULT_MODEL,
              "download": f"/models/{m.name}/download" if m.path is not None else None}
             for m in _registry()]
 

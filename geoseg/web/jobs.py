@@ -135,6 +135,7 @@ def run_job(job: Job) -> None:
         job.files[f"{key}_overlay.png"] = out / "overlay.png"
         total = sum(c["pixels"] for c in res.classes) or 1
         per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
+                          "output": card.output,
                           "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
                           "seconds": res.seconds})
     job.result["models"] = per_model

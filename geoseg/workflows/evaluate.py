@@ -75,10 +75,10 @@ def _folders(models: list) -> list[str]:
     return folders
 
 
-def _mask_dir(folder: Path, image, images: list) -> Path:
-    """Where an image's mask goes: `folder`, or a subfolder named apart where another image has its stem
-    (``Tile 2/images/part_1.jpg`` and ``Tile 3/images/part_1.jpg``: one would overwrite the other)."""
-    name = unique_stems(images)[os.fspath(image)]
+def _mask_dir(folder: Path, image, names: dict[str, str]) -> Path:
+    """Where an image's mask goes: `folder`, or a subfolder named apart (`names`, from `unique_stems`) where
+    another image has its stem (``Tile 2/images/part_1.jpg`` and ``Tile 3/images/part_1.jpg``)."""
+    name = names[os.fspath(image)]
     return folder if name == raster_stem(image) else folder / name
 
 
@@ -172,10 +172,11 @@ def evaluate(
     class_names = [c["name"] for c in label_sets[0][0]] if regions else [c.name for c in card.classes]
     n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
+    names = unique_stems(images)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
-            result = segment(image, _mask_dir(out_dir, image, images), model=model, preview=False, overwrite=True,
+            result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
                              **segment_options)
             with rasterio.open(result.outputs["mask"]) as ds:
                 pred = ds.read(1)
@@ -349,11 +350,12 @@ def compare(
             _prepare(m, images, labels, **label_options)
         for m, folder in zip(models, folders):
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
-    disagreement = _disagreement(models, folders, images, out, options) if out else []
+    disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
     return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
 
 
-def _disagreement(models, folders, images, out: Path, options: dict) -> list[str]:
+def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[str]:
+    """Each image's disagreement raster; `scored`: this run's evaluations already left every mask in `out`."""
     from geoseg.models.card import ClassInfo
     from geoseg.raster import write_class_mask
 
@@ -364,9 +366,9 @@ def _disagreement(models, folders, images, out: Path, options: dict) -> list[str
     for image in images:
         masks = []
         for m, name in zip(models, folders):
-            folder = _mask_dir(out / name, image, images)
+            folder = _mask_dir(out / name, image, names)
             mask = folder / f"{raster_stem(image)}_mask.tif"
-            if not mask.exists():
+            if not scored:  # masks from an earlier run may be of other images or settings
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
             masks.append(mask)
         info = inspect_raster(masks[0])

@@ -15,10 +15,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from geoseg.errors import GeosegError, InputError
-from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import segment
 from geoseg.raster import is_gdal_path, unique_stems
-from geoseg.workflows.common import write_csv, write_json, write_text
+from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
 
@@ -169,9 +168,9 @@ def survey(
     sources = expand_inputs(inputs)
     if not sources:
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
+    card = class_card(model, what="a survey's class areas")
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    card = get_segmenter(resolve_model(model)).card
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
     manifest = _Manifest(out_dir / MANIFEST)

@@ -61,6 +61,7 @@ function view(m) {
 }
 
 function areas(models) {
+  models = models.filter((m) => m.output !== "regions"); // region colours are not classes
   const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
   const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c ? `${c.share_pct}%` : "–"; };
   $("areas").innerHTML = `<tr><th>class</th>${models.map((m) => `<th>${m.model}</th>`).join("")}</tr>` +
