@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli import main
 from geoseg.errors import InputError
-from geoseg.models.training import chip_stream, load_config, load_pairs
+from geoseg.models.training import chip_stream, load_config, load_pairs, train
 
 COLOURS = ["#FF0000", "#00FF00"]
 
@@ -89,6 +89,35 @@ def test_train_writes_a_working_bundle(tmp_path, label_format):
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
     assert seg.exit_code == 0, seg.output
+
+
+def test_a_selection_split_chooses_the_epoch_and_validation_is_scored_unseen(tmp_path):
+    from geoseg.models import get_segmenter
+    from geoseg.models.training import evaluate_pairs
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace('validation = ["img2"]', 'validation = ["img2"]\nselection = "img1"')
+                      .replace("epochs = 2", "epochs = 3"))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    training = card["training"]
+    assert training["train_images"] == 1 and training["selection_images"][0].endswith("img1.tif")
+    assert "chosen on the mean IoU of the selection patterns ['img1']" in training["split"]
+    assert training["selection_mean_iou"] == max(training["epoch_mean_iou"])  # the epochs were scored on img1
+    with rasterio.open(tmp_path / "data" / "img2.tif") as ds, \
+            rasterio.open(tmp_path / "data" / "img2_label.tif") as lab:  # the reference: img2 scored by hand
+        pair = (np.moveaxis(ds.read(), 0, -1), lab.read(1), "img2")
+    expected = evaluate_pairs(get_segmenter(str(tmp_path / "models" / "toy.keras")), [pair], 2)["mean_iou"]
+    assert card["metrics"]["validation"]["mean_iou"] == expected
+    both = tmp_path / "both.toml"
+    both.write_text(config.read_text().replace('selection = "img1"', 'selection = "img2"'))
+    with pytest.raises(InputError, match="img2.tif matches both the validation patterns .* and the selection"):
+        train(load_config(both))
+    alone = tmp_path / "alone.toml"
+    alone.write_text(config.read_text().replace('validation = ["img2"]', ""))
+    with pytest.raises(InputError, match="give validation patterns too"):
+        load_config(alone)
 
 
 def test_config_errors(tmp_path):

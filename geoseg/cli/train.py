@@ -26,6 +26,8 @@ def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resum
     Labels may be index rasters, colour-coded masks (colours from the config's
     classes) or vector polygons with a class field, rasterised onto each image.
     Validation is split by file: images whose path contains a 'validation' pattern.
+    With 'selection' patterns too, the best epoch is chosen on those images and the
+    validation images are scored once, after training, unseen by that choice.
 
     \b
     Example:

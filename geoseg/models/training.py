@@ -44,6 +44,7 @@ class TrainConfig:
     labels: str
     label_format: str = "index"
     validation: list[str] = field(default_factory=list)
+    selection: list[str] = field(default_factory=list)
     ignore_colors: list[str] = field(default_factory=list)
     vector_field: str = "class"
     bands: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -108,7 +109,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     for key in ("name", "classes", "images", "labels"):
         if key not in flat:
             raise InputError(f"{path}: required setting '{key}' is missing.")
-    for key in ("images", "validation", "ignore_colors"):  # one pattern for a list of one
+    for key in ("images", "validation", "selection", "ignore_colors"):  # one pattern for a list of one
         if isinstance(flat.get(key), str):
             flat[key] = [flat[key]]
     _check_types(path, flat)
@@ -155,6 +156,9 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if flat.get("chip", 256) % multiple:
         raise InputError(f"{path}: chip must be a multiple of {multiple} for this network "
                          f"({'2^depth' if plain else 'the encoder stride'}). Received: {flat.get('chip', 256)}")
+    if flat.get("selection") and not flat.get("validation"):
+        raise InputError(f"{path}: selection images choose the epoch so that the validation images are scored "
+                         "unseen; give validation patterns too, or leave selection out.")
     if flat.get("freeze_encoder_bn") and plain:
         raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
                          f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
@@ -316,8 +320,9 @@ def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
     return [(x, y, f"chip {i}") for i, (x, y) in zip(range(count * len(pairs)), stream)]
 
 
-def load_pairs(config: TrainConfig) -> tuple[list, list]:
-    """Read every (image, label, path) pair and split them by the config's validation patterns.
+def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[list, ...]:
+    """Read every (image, label, path) pair and split them by the config's validation patterns:
+    (train, validation), and with `with_selection` the images of the selection patterns third.
 
     With ``in_memory = false`` images and labels stay on disk and are read by window
     (rasters larger than memory); `train` then validates on `validation_chips` random
@@ -327,7 +332,7 @@ def load_pairs(config: TrainConfig) -> tuple[list, list]:
                     for p in glob.glob(config.resolve(pattern), recursive=True)})
     if not paths:
         raise InputError(f"{config.source}: no images match {config.images}.")
-    train, val = [], []
+    train, val, select = [], [], []
     for path in paths:
         if config.in_memory:
             image = _read_image(path, config.bands)
@@ -337,20 +342,27 @@ def load_pairs(config: TrainConfig) -> tuple[list, list]:
             image = LazyImage(path, config.bands)
             label = LazyLabels(config, image)
         held = any(part in path for part in config.validation)
-        (val if held else train).append((image, label, path))
-    if not train or (config.validation and not val):
-        raise InputError(f"{config.source}: validation patterns {config.validation} leave train={len(train)}, "
-                         f"validation={len(val)} images; both need at least one.")
+        chosen = any(part in path for part in config.selection)
+        if held and chosen:
+            raise InputError(f"{config.source}: {path} matches both the validation patterns {config.validation} "
+                             f"and the selection patterns {config.selection}; an image can be only one of them.")
+        (val if held else select if chosen else train).append((image, label, path))
+    if not train or (config.validation and not val) or (config.selection and not select):
+        raise InputError(f"{config.source}: validation patterns {config.validation}"
+                         f"{f' and selection patterns {config.selection}' if config.selection else ''} leave "
+                         f"train={len(train)}, validation={len(val)}"
+                         f"{f', selection={len(select)}' if config.selection else ''} images; each needs at least one.")
     if config.in_memory:  # labels that miss their images gave a traceback after the first epoch
         for what, pairs in (("training", train), ("validation" if val else "validation (with no validation "
-                                                 "patterns, the first two training)", val or train[:2])):
+                                                 "patterns, the first two training)", val or train[:2]),
+                            *([("selection", select)] if select else [])):
             if not any((label != IGNORE).any() for _, label, _ in pairs):
                 raise InputError(
                     f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel "
                     f"({', '.join(os.path.basename(p) for _, _, p in pairs[:3])}{', ...' if len(pairs) > 3 else ''}). "
                     "Check 'labels' and 'label_format': polygons must cover the images, colours must be the "
                     "classes' colours, index values their ids.")
-    return train, val
+    return (train, val, select) if with_selection else (train, val)
 
 
 def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitter: float = 0.0):
@@ -457,9 +469,10 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
         shutil.rmtree(work)
     if work.exists():  # before any data is read
         _check_resumable(work, config)
-    train_pairs, val_pairs = load_pairs(config)
+    train_pairs, val_pairs, select_pairs = load_pairs(config, with_selection=True)
     n_classes, n_bands = len(config.classes), len(config.bands)
-    log.info("training on %d images, validating on %d", len(train_pairs), len(val_pairs))
+    log.info("training on %d images, validating on %d%s", len(train_pairs), len(val_pairs),
+             f", choosing the epoch on {len(select_pairs)}" if select_pairs else "")
     model, margin, multiple = _build(config, n_classes, n_bands)
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
@@ -503,9 +516,10 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
-    scored, val_card = validation_set(config, card, train_pairs, val_pairs)
+    scored, val_card = validation_set(config, card, train_pairs, select_pairs or val_pairs)  # chooses the epoch
     if not config.in_memory and not any((label != IGNORE).any() for _, label, _ in scored):
-        raise InputError(f"{config.source}: the {len(scored)} validation chips hold no labelled pixel, so no "
+        raise InputError(f"{config.source}: the {len(scored)} {'selection' if select_pairs else 'validation'} "
+                         "chips hold no labelled pixel, so no "
                          "epoch could be scored. Check that the validation images' labels cover them, or raise "
                          "validation_chips.")
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
@@ -536,13 +550,19 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
         margin, agreement = seam_free_margin(KerasSegmenter(model, card), crops, impulse)
         seams = {"margin_px": margin, "impulse_response_px": impulse, "chunk": 256, "images": len(crops),
                  "agreement": round(agreement, 6)}
-    metrics = evaluate_pairs(KerasSegmenter(model, val_card), scored, n_classes)
+    held, held_card = validation_set(config, card, train_pairs, val_pairs) if select_pairs else (scored, val_card)
+    metrics = evaluate_pairs(KerasSegmenter(model, held_card), held, n_classes)  # unseen by the choice with selection
+    split = f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU"
+    if select_pairs:
+        split = (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
+                 f"the mean IoU of the selection patterns {config.selection}")
     card = ModelCard.from_dict({
         **card.to_dict(), "margin": margin,
         "training": {"config": _config_dict(config), "data": config.data_description,
                      "train_images": len(train_pairs),
-                     "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": "by file: validation patterns "
-                     f"{config.validation}; best epoch chosen on validation mean IoU",
+                     "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": split,
+                     **({"selection_images": [_relative(config, p) for _, _, p in select_pairs],
+                         "selection_mean_iou": callback.best} if select_pairs else {}),
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch,
                      "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
                      "seconds": round(time.monotonic() - started), "class_weights": weights.round(4).tolist(),

@@ -164,6 +164,12 @@ def evaluate(
         Per-class IoU, F1, precision and recall, mean IoU over classes present,
         pixel accuracy and the confusion matrix (rows truth, columns prediction);
         pixels labelled 255 (unlabelled) are ignored.
+
+    Notes
+    -----
+    A model of unlabeled regions (card ``"output": "regions"``, e.g. ``watershed-regions``)
+    is scored on the labels' own classes, which must be named: each region takes its
+    majority label class (`majority_classes`) and ``notes`` says so.
     """
     images, labels = _paths(images), _paths(labels)
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
