@@ -16,8 +16,8 @@ __all__ = ["BandsType", "NormalizationType", "fail_cleanly", "emit_json", "preci
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
-    help="Compute precision; bfloat16 is faster on CPUs with AVX512-BF16 and on GPUs "
-         "(the model card says what it costs in IoU).")
+    help="Compute precision; bfloat16 is faster on GPUs and on CPUs with AMX, slower on other CPUs, "
+         "even with AVX512-BF16 (the model card says what it costs in IoU and gains in speed).")
 tta_option = click.option(
     "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
     help="Test-time augmentation: 'flips' averages the model over the four flips of each chunk "
