@@ -185,9 +185,8 @@ class RegionSegmenter:
     margin = 16
 
     def __init__(self, method: str = "watershed-regions", *, spacing: float = 16, compactness: float = 0.01) -> None:
-        from geoseg.models.card import ModelCard
-
         from geoseg.errors import ModelError
+        from geoseg.models.card import ModelCard
 
         if method not in REGION_BASELINES:
             raise ValueError(f"method must be one of {', '.join(REGION_BASELINES)}. Received: method={method!r}")
