@@ -518,9 +518,9 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     scored, val_card = validation_set(config, card, train_pairs, select_pairs or val_pairs)  # chooses the epoch
     if not config.in_memory and not any((label != IGNORE).any() for _, label, _ in scored):
-        raise InputError(f"{config.source}: the {len(scored)} {'selection' if select_pairs else 'validation'} "
-                         "chips hold no labelled pixel, so no "
-                         "epoch could be scored. Check that the validation images' labels cover them, or raise "
+        which = "selection" if select_pairs else "validation"
+        raise InputError(f"{config.source}: the {len(scored)} {which} chips hold no labelled pixel, so no epoch "
+                         f"could be scored. Check that the {which} images' labels cover them, or raise "
                          "validation_chips.")
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
@@ -552,10 +552,9 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                  "agreement": round(agreement, 6)}
     held, held_card = validation_set(config, card, train_pairs, val_pairs) if select_pairs else (scored, val_card)
     metrics = evaluate_pairs(KerasSegmenter(model, held_card), held, n_classes)  # unseen by the choice with selection
-    split = f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU"
-    if select_pairs:
-        split = (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
-                 f"the mean IoU of the selection patterns {config.selection}")
+    split = (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
+             f"the mean IoU of the selection patterns {config.selection}" if select_pairs else
+             f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU")
     card = ModelCard.from_dict({
         **card.to_dict(), "margin": margin,
         "training": {"config": _config_dict(config), "data": config.data_description,
