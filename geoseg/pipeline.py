@@ -282,6 +282,17 @@ def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: 
     return {k: out_dir / v for k, v in names.items()}
 
 
+def _remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
+    """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
+    confidence raster of the old mask sat beside the new one, with other classes."""
+    every = _output_paths(paths["mask"].parent, stem, confidence=True, probabilities=True, vector=True, preview=True)
+    for name, path in every.items():
+        for stale in (path, path.with_suffix(".qml")) if name not in paths else ():
+            if stale.exists():
+                stale.unlink()
+                log.warning("removed %s: it came from an earlier run and no longer matches the new mask", stale)
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
                        overwrite: bool) -> dict[str, Path]:
     """Create `output_dir`, check it is writable, and refuse existing outputs unless `overwrite`.
@@ -484,6 +495,8 @@ def segment(
                 staged = staged.with_name(f"input-grid-{staged.name}")
                 regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
             finalize_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
+    if overwrite:
+        _remove_stale_outputs(paths, stem)
     classes = _class_table(card, paths["mask"], info)
     names = {c.id: (c.name, c.rgb) for c in card.classes}
     write_qml(paths["mask"].with_suffix(".qml"), names, kind="raster")
@@ -492,7 +505,8 @@ def segment(
     if preview:
         from geoseg.preview import write_preview
 
-        write_preview(info.path, paths["mask"], paths["preview"], card.classes, classes, plan.bands)
+        write_preview(info.path, paths["mask"], paths["preview"], card.classes, classes, plan.bands,
+                      regions=card.output == "regions")
     seconds = time.perf_counter() - started
     return SegmentResult(
         input=info.path,

@@ -36,7 +36,8 @@ def colorize(mask: np.ndarray, classes: Sequence) -> np.ndarray:
 
 
 def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence, table: Sequence[dict[str, Any]],
-               bands: Sequence[int], *, outlines=None, title: str | None = None) -> Image.Image:
+               bands: Sequence[int], *, outlines=None, title: str | None = None,
+               regions: bool = False) -> Image.Image:
     """Draw ``image | mask`` side by side, at most 1024 px a side each, with a legend below.
 
     Parameters
@@ -47,6 +48,9 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
         ``pixels`` and optional ``area_m2`` per class, for the legend.
     outlines : geopandas.GeoSeries, optional
         Polygons in the raster's CRS (zones, an area of interest) drawn on both panels.
+    regions : bool
+        The mask holds unlabeled regions (a card with ``"output": "regions"``): its colours only
+        tell neighbouring regions apart, so the legend says that instead of listing colour shares.
     """
     shown = list(bands)[:3] if len(bands) >= 3 else [bands[0]] * 3
     image = read_preview(image_path, shown, MAX_SIDE)
@@ -57,7 +61,7 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     panels = np.concatenate([rgb, np.full((rgb.shape[0], gap, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
     font = ImageFont.load_default(size=15)
     line, top = 20, (24 if title else 0)
-    legend_h = 10 + line * len(classes)
+    legend_h = 10 + line * (1 if regions else len(classes))
     canvas = Image.new("RGB", (max(panels.shape[1], 360), top + panels.shape[0] + legend_h), "white")
     canvas.paste(Image.fromarray(panels), (0, top))
     draw = ImageDraw.Draw(canvas)
@@ -65,6 +69,10 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
         draw.text((8, 4), title, fill="black", font=font)
     if outlines is not None:
         _draw_outlines(draw, outlines, mask_path, mask.shape, offsets=(0, rgb.shape[1] + gap), top=top)
+    if regions:
+        draw.text((8, top + panels.shape[0] + 6), "unlabeled regions: colours only tell neighbouring regions apart",
+                  fill="black", font=font)
+        return canvas
     total = sum(row["pixels"] for row in table) or 1
     for i, (c, row) in enumerate(zip(classes, table)):
         y = top + panels.shape[0] + 6 + i * line
@@ -97,6 +105,7 @@ def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
 
 
 def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
-                  classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int]) -> None:
+                  classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int], *,
+                  regions: bool = False) -> None:
     """Write the `render_map` of an image and its mask to `out_path` as PNG."""
-    save_png(render_map(image_path, mask_path, classes, table, bands), out_path)
+    save_png(render_map(image_path, mask_path, classes, table, bands, regions=regions), out_path)

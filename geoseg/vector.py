@@ -254,6 +254,9 @@ def _resolve_keep(keep, names: dict[int, tuple[str, Any]]) -> tuple[int, ...] | 
     out = []
     for item in keep:
         if isinstance(item, (int, np.integer)) or str(item).isdigit():
+            if names and int(item) not in names:  # was silently 0 polygons
+                raise InputError(f"class id {item} is not in this mask. Classes: "
+                                 f"{', '.join(f'{i} {name}' for i, (name, _) in sorted(names.items()))}.")
             out.append(int(item))
         elif item in by_name:
             out.append(by_name[item])
@@ -326,6 +329,8 @@ def vectorize(
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")
+    if out_path.parent.exists() and not out_path.parent.is_dir():
+        raise OutputError(f"{out_path.parent}: a file, not a folder. Pick another output path.")
     if not out_path.parent.is_dir():
         raise OutputError(f"{out_path.parent}: no such folder. Create it or pick another output path.")
     if not os.access(out_path.parent, os.W_OK):
@@ -342,6 +347,14 @@ def vectorize(
         log.warning("%s is georeferenced by RPCs only: the polygons are in pixel coordinates. Orthorectify "
                     "the input first (gdalwarp -rpc) for polygons on the map.", info.path)
     keep_ids = _resolve_keep(keep, names)
+    if to_crs is not None:  # before any block is polygonised (pyproj's CRSError was a traceback)
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError
+
+        try:
+            CRS.from_user_input(to_crs)
+        except CRSError as exc:
+            raise InputError(f"--to-crs (to_crs=) {to_crs!r} is not a CRS ({exc}). Use e.g. EPSG:4326.") from None
     conf_path = None if confidence is None else inspect_raster(confidence).path
     tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform)
              for w, inner in _block_windows(info.width, info.height, block)]

@@ -71,6 +71,33 @@ def test_otsu_splits_two_modes():
     assert -0.35 < otsu_threshold(counts, edges) < 0.25
 
 
+@pytest.mark.parametrize("name", ["threshold", "region-growing", "edges-watershed"])
+def test_baselines_on_a_grey_image_call_everything_other_and_say_why(make_raster, tmp_path, caplog, name):
+    image, _ = _scene()
+    path = make_raster(data=np.repeat(image[:1], 3, axis=0))  # R = G = B: every index is constant
+    result = segment(path, tmp_path / "out", model=name, preview=False)  # was "All-NaN slice encountered"
+    with rasterio.open(result.outputs["mask"]) as ds:
+        assert (ds.read(1) == 0).all()
+    assert "the water index takes one value over the whole raster" in caplog.text
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("watershed-regions?spacing=abc", "spacing must be a number. Received: spacing=abc"),
+    ("watershed-regions?foo=1", "takes the option.s. spacing and compactness. Received: foo=1"),
+    ("threshold?spacing=3", "takes the option.s. water and vegetation"),
+    ("threshold?water=0.1", "both cuts .water and vegetation. or neither"),
+    ("landcover-unet?tta=flip", "tta must be one of none, flips"),
+    ("landcover-unet?x=1", "unknown model option.s. x; a bundle takes card, precision and tta"),
+])
+def test_bad_model_options_are_model_errors_before_any_chunk(make_raster, tmp_path, ref, message):
+    from geoseg.errors import ModelError
+
+    path = make_raster(data=_scene()[0])
+    with pytest.raises(ModelError, match=message):  # were a TypeError or ValueError from inside Dask, or ignored
+        segment(path, tmp_path / "out", model=ref)
+    assert not (tmp_path / "out").exists()
+
+
 # --- unlabeled regions (watershed-regions), scored by each region's majority label class --------------
 
 @pytest.mark.parametrize("seed", [0, 1, 2])  # random Voronoi-like regions of varied size and degree
@@ -91,6 +118,22 @@ def test_region_colours_keep_neighbours_apart(seed):
     again = label(colours.astype(np.int32) + 1, connectivity=1)
     pairs = np.unique(np.stack([regions.ravel(), again.ravel()]), axis=1)
     assert pairs.shape[1] == len(np.unique(regions)) == len(np.unique(again))
+
+
+def test_region_preview_legend_says_colours_are_not_classes(make_raster, tmp_path):
+    from PIL import Image
+
+    from geoseg.models.classical import RegionSegmenter
+    from geoseg.preview import render_map
+
+    image, _ = _scene(rows=130, cols=170)
+    path = make_raster(data=image)
+    result = segment(path, tmp_path / "out", model="watershed-regions", chunk=64)  # with its preview
+    classes = RegionSegmenter().card.classes
+    with Image.open(result.outputs["preview"]) as png:
+        height = png.height
+    as_classes = render_map(path, result.outputs["mask"], classes, result.classes, [1, 2, 3])
+    assert as_classes.height - height == 20 * (len(classes) - 1)  # one legend line, not a share per colour
 
 
 def test_watershed_regions_follow_edges_and_are_scored_by_majority(make_raster, tmp_path):

@@ -64,6 +64,8 @@ def test_evaluate_refuses_a_label_template_that_gives_two_images_one_label(run, 
     result = run("evaluate", "-m", "threshold", "--images", images[0], "--images", images[1],
                  "--labels", f"{tmp_path}/masks/{{stem}}.tif")
     assert result.exit_code == 1 and "the same label file" in result.output and "{image_dir}" in result.output
+    none = run("evaluate", "-m", "threshold", "--images", f"{tmp_path}/nomatch/*.tif", "--labels", images[0])
+    assert none.exit_code == 1 and "nomatch/*.tif: no image found" in none.output  # was "0 image(s) but 1 label"
 
 
 @pytest.mark.parametrize(
@@ -99,6 +101,37 @@ def test_output_under_a_file_is_refused(run, make_raster, tiny_fcn, tmp_path):
     blocker.write_text("")
     result = run("segment", make_raster(), "-o", blocker / "out", "-m", tiny_fcn)
     assert result.exit_code == 1 and "cannot create the output folder" in result.output
+
+
+@pytest.mark.parametrize("command", [["segment"], ["scene"], ["survey"], ["flood"]])
+def test_an_output_folder_that_is_a_file_is_exit_status_1(run, make_raster, tmp_path, command):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    result = run(*command, make_raster(), "-o", blocker, "-m", "threshold")
+    assert result.exit_code == 1 and "blocker: exists and is not a folder" in result.output  # was click's usage, 2
+    assert "Traceback" not in result.output and blocker.read_text() == ""
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(make_raster, tmp_path):
+    """Python's default SIGTERM ended at once and left OUT/.geoseg-XXXX/ with empty GeoTIFFs behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    image = make_raster(shape=(2500, 2500))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "segment", str(image), "-o", str(out),
+                             "-m", "edges-watershed", "--chunk", "256", "--quiet"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".geoseg-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped; give it a larger raster"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert list(out.iterdir()) == []  # no temporary folder, no half-written output
 
 
 def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):

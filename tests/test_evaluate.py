@@ -90,6 +90,24 @@ def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, 
     assert abs(errors - 100) <= 100 * 0.5  # the 100 swapped pixels, give or take near-ties
 
 
+def test_compare_reads_unnamed_labels_by_the_first_model_for_every_model(make_raster, tiny_fcn, tmp_path):
+    """A baseline read colour labels by its own palette and scored a few per cent of the U-Net's pixels."""
+    from geoseg.models.segmenter import load_bundle
+
+    image = make_raster(shape=(50, 60))
+    pred, profile = _predicted(tiny_fcn, image, tmp_path)
+    pred[:5] = 255  # a strip of unlabelled (a colour of no class)
+    palette = np.array([[int(c.color[i : i + 2], 16) for i in (1, 3, 5)] for c in load_bundle(tiny_fcn).card.classes]
+                       + [[155, 155, 155]] * 253, np.uint8)
+    colour = tmp_path / "label_rgb.tif"
+    with rasterio.open(colour, "w", **{**profile, "count": 3, "nodata": None}) as ds:
+        ds.write(np.moveaxis(palette[np.minimum(pred, 3)], -1, 0))
+    result = compare([str(tiny_fcn), "threshold"], [image], [colour], label_format="color")
+    unet, baseline = result["evaluations"]
+    assert unet["mean_iou"] == 1.0 and unet["pixels_scored"] == baseline["pixels_scored"] == 45 * 60
+    assert "scored as its 'other' class: class0, class1, class2" in " ".join(baseline["notes"])
+
+
 def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     image = make_raster(shape=(50, 60))
     other = model_dir / "tiny-tiled.keras"
@@ -197,9 +215,9 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     rgb[:] = (0x00, 0x80, 0x40)  # the tiny network's class0 colour, none of the baseline's
     Image.fromarray(rgb).save(tmp_path / "tiny_mask.png")
     with pytest.raises(InputError, match="nothing to score: the label colours are #BDB7A4"):
-        compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "tiny_mask.png"], label_format="color",
-                output_dir=out)
-    assert not out.exists()  # the baseline's check ran before the tiny network segmented anything
+        compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "tiny_mask.png"], label_format="color",
+                output_dir=out)  # read by the first model's colours, which the mask does not hold
+    assert not out.exists()  # refused before anything was segmented
     from geoseg.models.registry import with_card
 
     flips = with_card(str(tiny_fcn), tta="flips")  # a model against its own flips: two folders

@@ -203,6 +203,14 @@ def test_refuses_to_overwrite(make_raster, tiny_fcn, tmp_path):
     segment(path, tmp_path / "out", model=tiny_fcn, preview=False, overwrite=True)
 
 
+def test_overwrite_removes_outputs_of_an_earlier_run_that_no_longer_match(make_raster, tiny_fcn, tmp_path, caplog):
+    path = make_raster()
+    first = segment(path, tmp_path / "out", model=tiny_fcn, vector=True, confidence=True)
+    second = segment(path, tmp_path / "out", model="threshold", preview=False, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif"]
+    assert second.outputs["mask"] == first.outputs["mask"] and "image_polygons.gpkg: it came from an earlier" in caplog.text
+
+
 def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_path):
     path = make_raster(shape=(200, 200))
     out = tmp_path / "out"

@@ -99,6 +99,11 @@ def test_keep_min_area_and_to_crs(make_mask, tmp_path):
     assert frame.area_m2.iloc[0] == pytest.approx(900)
     with pytest.raises(InputError, match="class 'roads' is not in this mask"):
         vectorize(path, tmp_path / "x.gpkg", keep=["roads"])
+    with pytest.raises(InputError, match="class id 9 is not in this mask. Classes: 0 a, 1 b"):  # was 0 polygons
+        vectorize(path, tmp_path / "x.gpkg", keep=[9])
+    with pytest.raises(InputError, match="'EPSG:999999' is not a CRS"):  # was pyproj's traceback
+        vectorize(path, tmp_path / "x.gpkg", to_crs="EPSG:999999")
+    assert not (tmp_path / "x.gpkg").exists()
 
 
 def test_geographic_areas_are_geodesic(make_mask, tmp_path):
@@ -142,6 +147,8 @@ def test_bad_requests(make_mask, tmp_path):
         vectorize(path, tmp_path / "x.gpkg")
     with pytest.raises(OutputError, match="missing: no such folder. Create it"):
         vectorize(path, tmp_path / "missing" / "x.gpkg")
+    with pytest.raises(OutputError, match="x.gpkg: a file, not a folder"):
+        vectorize(path, tmp_path / "x.gpkg" / "y.gpkg")
     rgb = tmp_path / "rgb.tif"
     with rasterio.open(rgb, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8") as ds:
         ds.write(np.zeros((3, 4, 4), np.uint8))

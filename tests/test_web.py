@@ -208,6 +208,7 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.set_input_files("#image", str(image))
             page.check("input[value='threshold']")
             page.check("input[value='tiny-fcn']")
+            page.check("input[value='watershed-regions']")
             chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
             page.select_option("#tta", "flips")
             page.click("#go")
@@ -219,6 +220,10 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             shown = page.get_attribute("#overlay", "src")
             page.select_option("#view-model", index=1)  # switch model
             assert page.get_attribute("#overlay", "src").endswith("/m1_mask.png") and not shown.endswith("/m1_mask.png")
+            page.select_option("#view-model", label="threshold")
+            assert "%" in page.inner_text("#legend")  # class shares
+            page.select_option("#view-model", label="watershed-regions")
+            assert page.inner_text("#legend") == "unlabeled regions: colours only tell neighbouring regions apart"
             page.fill("#opacity", "0.2")
             page.screenshot(path=shots / "3-switched.png", full_page=True)
             with page.expect_download() as download:

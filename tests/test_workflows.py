@@ -13,7 +13,7 @@ import shapely
 from click.testing import CliRunner
 
 from geoseg.cli import main
-from geoseg.errors import InputError
+from geoseg.errors import BandError, InputError
 from geoseg.workflows import scene
 
 
@@ -86,6 +86,27 @@ def _scene_4band(water):
     return np.stack([green // 2, green, green // 3, nir])
 
 
+def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
+    """A cut per image reported receded water where the pre image was an exact crop of the post image."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    ndwi = np.tile(np.linspace(-0.5, 0.5, 80, dtype=np.float32), (60, 1))  # a gradient: Otsu cuts mid-range
+    bands = np.stack([np.zeros_like(ndwi), 1000 * (1 + ndwi), np.zeros_like(ndwi), 1000 * (1 - ndwi)])
+    post = _write(tmp_path / "post.tif", bands, crs, transform)
+    pre = _write(tmp_path / "pre.tif", bands[:, :, :60], crs, transform)  # the same pixels, the west 60 columns
+    result = flood(post, tmp_path / "out", pre=pre, method="ndwi")
+    with rasterio.open(result.outputs["tif"]) as ds:
+        west = ds.read(1)[:, :60]  # where both dates are seen
+    assert (west == 2).any() and not np.isin(west, [1, 3]).any()  # permanent water, but none flooded or receded
+    assert "Otsu over the pre- and post-event images together" in result.water_source
+    with pytest.raises(BandError, match="NDWI needs green and NIR"):
+        flood(post, tmp_path / "bad", pre=pre, method="ndwi", nir_band=7)
+    assert not (tmp_path / "bad").exists()  # refused before any folder was made
+
+
 def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     from rasterio.transform import from_origin
     from rasterio.warp import calculate_default_transform, reproject
@@ -110,9 +131,12 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
               dst_crs="EPSG:4326", resampling=rasterio.enums.Resampling.nearest, dst_nodata=0)
     pre = _write(tmp_path / "pre.tif", warped, "EPSG:4326", dst_transform, nodata=0)
     x0, y0 = 300000.0, 2800000.0
-    gpd.GeoDataFrame(geometry=[shapely.box(x0, y0 - 600, x0 + 400, y0)], crs=crs).to_crs("EPSG:3857").to_file(
-        tmp_path / "aoi.gpkg")
-    result = flood(post, tmp_path / "out", pre=pre, aoi=tmp_path / "aoi.gpkg", method="ndwi")
+    gpd.GeoDataFrame({"town": ["Old Town"]}, geometry=[shapely.box(x0, y0 - 600, x0 + 400, y0)],
+                     crs=crs).to_crs("EPSG:3857").to_file(tmp_path / "aoi.gpkg")
+    with pytest.raises(InputError, match="no field 'name'; fields are town"):
+        flood(post, tmp_path / "bad", pre=pre, aoi=tmp_path / "aoi.gpkg", aoi_field="name", method="ndwi")
+    assert not (tmp_path / "bad").exists()
+    result = flood(post, tmp_path / "out", pre=pre, aoi=tmp_path / "aoi.gpkg", aoi_field="town", method="ndwi")
     km2 = {c["name"]: c["area_km2"] for c in result.classes}
     pixel_km2 = 100 / 1e6
     assert km2["flooded"] == pytest.approx(20 * rows * pixel_km2, rel=0.06)
@@ -120,6 +144,7 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     assert km2["receded water"] == pytest.approx(100 * pixel_km2, rel=0.15)
     # the AOI covers columns 0-39: flooded columns 20-29 only
     aoi = result.aoi[0]
+    assert aoi["aoi"] == "Old Town"  # named by --aoi-field, not its index
     assert aoi["flooded_km2"] == pytest.approx(10 * rows * pixel_km2, rel=0.08)
     assert aoi["flooded_pct"] == pytest.approx(25, abs=2)
     with rasterio.open(result.outputs["tif"]) as ds:

@@ -50,6 +50,19 @@ def load_tensorflow(verbosity: int) -> None:
         tf.config.list_physical_devices("GPU")
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """Let SIGTERM (kill, a batch scheduler's time limit) unwind like Ctrl-C: temporary folders and
+    half-written files are removed on the way out. Python's default ends at once and left them."""
+    import signal
+    import threading
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geoseg")
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
@@ -58,6 +71,7 @@ def load_tensorflow(verbosity: int) -> None:
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
+    _exit_cleanly_on_sigterm()
     if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare", "serve"):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}

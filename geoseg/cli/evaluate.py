@@ -18,6 +18,8 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
     from geoseg.workflows.survey import expand_inputs
 
     image_paths = expand_inputs(images)
+    if not image_paths:  # said "0 image(s) but 1 label file(s)"
+        raise InputError(f"--images {' '.join(images)}: no image found; check the paths and quote globs.")
     if not labels:
         return image_paths, None
     if len(labels) == 1 and "{" in labels[0]:
@@ -136,7 +138,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @click.option("--models", required=True, metavar="A,B,...", help="Two or more models, comma-separated.")
 @click.option("--labels", multiple=True, default=None, help="Labels (optional): as for `geoseg evaluate`.")
 @_with(label_options)
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output-dir", type=click.Path(), default=None,
               help="Keep each model's masks and write disagreement rasters here.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json,
             precision, tta, output_dir):

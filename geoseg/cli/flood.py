@@ -11,11 +11,12 @@ __all__ = ["flood"]
 
 @click.command()
 @click.argument("post", type=click.Path(dir_okay=False))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
+@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
 @click.option("--pre", type=click.Path(dir_okay=False), default=None,
               help="Image from before the event (any grid or CRS, overlapping POST; aligned onto it).")
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
               help="Polygons of areas of interest (any CRS): flooded km² and share of each.")
+@click.option("--aoi-field", default=None, help="AOI attribute that names rows in the tables (default: 0, 1, ...).")
 @click.option("--method", type=click.Choice(["model", "ndwi"]), default="model", show_default=True,
               help="Water from a model's water class, or from NDWI (needs a NIR band).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model for --method model.")
@@ -23,11 +24,12 @@ __all__ = ["flood"]
 @click.option("--green-band", type=click.IntRange(min=1), default=2, show_default=True, help="Green band for NDWI.")
 @click.option("--nir-band", type=click.IntRange(min=1), default=4, show_default=True, help="NIR band for NDWI.")
 @click.option("--ndwi-threshold", default="otsu", show_default=True, metavar="otsu|VALUE",
-              help="NDWI above this is water; 'otsu' picks it from the image's histogram.")
+              help="NDWI above this is water; 'otsu' picks it from the image's histogram (with --pre, from both "
+                   "images' together).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
-def flood(post, output_dir, pre, aoi, method, model, water_class, green_band, nir_band, ndwi_threshold, overwrite,
-          as_json):
+def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, green_band, nir_band, ndwi_threshold,
+          overwrite, as_json):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
     Writes flood.tif (class mask on POST's grid), flood.gpkg (polygons), flood.png
@@ -42,14 +44,14 @@ def flood(post, output_dir, pre, aoi, method, model, water_class, green_band, ni
         except ValueError:
             raise click.BadParameter("use 'otsu' or a number between -1 and 1", param_hint="--ndwi-threshold")
     with fail_cleanly():
-        result = run_flood(post, output_dir, pre=pre, aoi=aoi, method=method, model=model, water_class=water_class,
-                           green_band=green_band, nir_band=nir_band, ndwi_threshold=ndwi_threshold,
-                           overwrite=overwrite)
+        result = run_flood(post, output_dir, pre=pre, aoi=aoi, aoi_field=aoi_field, method=method, model=model,
+                           water_class=water_class, green_band=green_band, nir_band=nir_band,
+                           ndwi_threshold=ndwi_threshold, overwrite=overwrite)
     if as_json:
         emit_json(result.to_dict())
         return
     click.echo(f"water from {result.water_source}", err=True)
     for c in result.classes:
-        area = "n/a (no CRS)" if c["area_km2"] is None else f"{c['area_km2']:.4f} km2"
+        area = "n/a (no CRS)" if c["area_km2"] is None else f"{c['area_km2']:.4f} km²"
         click.echo(f"  {c['name']:>16}: {area}", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

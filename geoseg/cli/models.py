@@ -65,8 +65,12 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name", metavar="NAME|PATH")
 def show(name: str) -> None:
     """Print the card (JSON) of model NAME or of the bundle at PATH."""
+    from geoseg.cli import load_tensorflow
     from geoseg.models import get_segmenter
+    from geoseg.models.registry import BUILTIN, resolve_model
 
     with fail_cleanly():
+        if not resolve_model(name).startswith(BUILTIN):  # a bundle loads Keras: hide TensorFlow's start-up lines
+            load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
         card = get_segmenter(name).card
     emit_json(card.to_dict())

@@ -11,10 +11,10 @@ __all__ = ["scene"]
 
 @click.command()
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
+@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
-@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size (default 1024).")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk (core) size in pixels. Default 1024, or eight margins (at most 2048) for models with wide margins.")
 @click.option("--zones", type=click.Path(dir_okay=False), default=None,
               help="Polygon layer of zones (districts, parcels) in any CRS.")
 @click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
@@ -37,6 +37,6 @@ def scene(input, output_dir, model, bands, chunk, zones, zone_field, overwrite, 
         emit_json(result.to_dict())
     elif not quiet:
         for row in result.composition:
-            area = f"  {row['area_m2'] / 1e6:10.4f} km2" if row["area_m2"] is not None else ""
+            area = f"  {row['area_m2'] / 1e6:10.4f} km²" if row["area_m2"] is not None else ""
             click.echo(f"{row['class']:>12}: {row['share_pct']:6.2f}%{area}", err=True)
         click.echo(f"map: {result.outputs['map']}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
@@ -13,7 +14,7 @@ __all__ = ["segment"]
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output-dir", required=True, type=click.Path(),
               help="Folder for the outputs (created if missing).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH",
               help="Model name from `geoseg models` or a .keras bundle path. Default: landcover-unet.")
@@ -42,7 +43,8 @@ __all__ = ["segment"]
 @click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with areas).")
 @click.option("--preview/--no-preview", default=True, show_default=True,
               help="Write STEM_preview.png: image | mask with a legend.")
-@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist, and remove the input's "
+              "outputs of an earlier run that this run does not write (they would not match the new mask).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Start a local dask.distributed cluster with this many worker processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -171,8 +173,12 @@ class _client:
             return None
         from distributed import Client, LocalCluster
 
+        quiet = max(logging.getLogger().level, logging.WARNING)  # distributed sets its loggers to INFO on import
+        for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+            logging.getLogger(name).setLevel(quiet)
         if self.workers:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address=None)
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address=None,
+                                        silence_logs=quiet)
             self.client = Client(self.cluster)
         else:
             try:

@@ -11,10 +11,10 @@ __all__ = ["survey"]
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the outputs.")
+@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
-@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size (default 1024).")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk (core) size in pixels. Default 1024, or eight margins (at most 2048) for models with wide margins.")
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
@@ -24,7 +24,8 @@ def survey(inputs, output_dir, model, bands, chunk, vector, jobs, as_json, quiet
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
-    masks.vrt, survey_polygons.gpkg (with a source attribute), survey_summary.csv,
+    masks.vrt (one masks_EPSG_n.vrt per CRS when they differ), survey_polygons.gpkg
+    (with a source attribute; EPSG:4326 when the CRSs differ), survey_summary.csv,
     survey_summary.json and survey_report.md. Rerunning skips rasters already done
     with the same model and options (manifest.json) and redoes anything partial.
     Exit status 1 when any raster failed; the others still complete.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 __all__ = ["BASELINES", "REGION_BASELINES", "ClassicalSegmenter", "RegionSegmenter", "colour_regions",
            "normalized_difference", "otsu_threshold"]
+
+log = logging.getLogger(__name__)
 
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,6 +34,8 @@ def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
     True
     """
     counts = np.asarray(counts, np.float64)
+    if np.count_nonzero(counts) < 2:  # one value (a grey or uniform image): nothing to split, nothing above
+        return float(edges[-1])
     centres = (edges[:-1] + edges[1:]) / 2
     weight0 = np.cumsum(counts)
     weight1 = weight0[-1] - weight0
@@ -96,13 +102,16 @@ class ClassicalSegmenter:
         vegetation among the pixels that are not water (one cut per index cannot split three modes)."""
         water, veg = _indices(sample.astype(np.float32), self.nir)
 
-        def cut(index, where):
+        def cut(index, where, name):
             values = index[where & np.isfinite(index)]
             counts, edges = np.histogram(values, bins=256, range=(-1, 1))
+            if values.size and np.count_nonzero(counts) < 2:
+                log.warning("%s: the %s index takes one value over the whole raster (are the bands copies of one "
+                            "band, or is the image uniform?), so no pixel is called %s", self.method, name, name)
             return otsu_threshold(counts, edges) if values.size else 1.0
 
-        cuts = {"water": cut(water, valid)}
-        cuts["vegetation"] = cut(veg, valid & ~(water > cuts["water"]))  # vegetation among what is not water
+        cuts = {"water": cut(water, valid, "water")}
+        cuts["vegetation"] = cut(veg, valid & ~(water > cuts["water"]), "vegetation")  # among what is not water
         return cuts
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:

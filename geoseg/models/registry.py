@@ -164,6 +164,10 @@ def _bundle(key: str) -> Segmenter:
 
     path, _, query = key.partition("?")
     options = parse_qs(query)
+    unknown = sorted(set(options) - {"card", "precision", "tta"})
+    if unknown:  # were ignored: landcover-unet?tta=flip ran without flips
+        raise ModelError(f"{path}: unknown model option(s) {', '.join(unknown)}; a bundle takes card, precision "
+                         "and tta (e.g. 'landcover-unet?precision=bfloat16&tta=flips').")
     return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0],
                        tta=options.get("tta", ["none"])[0])
 
@@ -195,11 +199,22 @@ def _builtin(key: str) -> Segmenter:
     from geoseg.models.classical import BASELINES, REGION_BASELINES, ClassicalSegmenter, RegionSegmenter
 
     name, _, query = key[len(BUILTIN):].partition("?")
-    params = {k: float(v) for k, v in parse_qsl(query)}
-    if name in REGION_BASELINES:
-        return RegionSegmenter(name, **params)
     method, nir = (name[:-4], True) if name.endswith("-nir") else (name, False)
-    if method not in BASELINES:
+    if name not in REGION_BASELINES and method not in BASELINES:
         raise ModelNotFoundError(f"no built-in model {name!r}. Built-ins: {', '.join(BASELINES)} (and -nir), "
                                  f"{', '.join(REGION_BASELINES)}.")
+    allowed = ("spacing", "compactness") if name in REGION_BASELINES else ("water", "vegetation")
+    params = {}
+    for k, v in parse_qsl(query):  # a bad one was a TypeError or ValueError from inside Dask
+        if k not in allowed:
+            raise ModelError(f"{name} takes the option(s) {' and '.join(allowed)}. Received: {k}={v}")
+        try:
+            params[k] = float(v)
+        except ValueError:
+            raise ModelError(f"{name}: {k} must be a number. Received: {k}={v}") from None
+    if name in REGION_BASELINES:
+        return RegionSegmenter(name, **params)
+    if len(params) == 1:  # the pipeline calibrates only a reference without options
+        raise ModelError(f"{name} takes both cuts (water and vegetation) or neither, and then computes them "
+                         f"on the whole raster. Received: {query}")
     return ClassicalSegmenter(method, nir=nir, **params)

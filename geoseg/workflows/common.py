@@ -69,8 +69,8 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
         raise InputError(f"none of the {len(frame)} polygon(s) of the {what} layer overlaps {info.path}: in {crs} "
                          f"the layer spans ({bounds}) and the raster ({raster_bounds}). Check the layer and its CRS.")
     if not inside.all():
-        log.warning("%d of %d %s polygons lie outside %s: their rows count 0 pixels", (~inside).sum(), len(frame),
-                    what, info.path)
+        log.warning("%d of the %d polygons of the %s layer lie outside %s: their rows count 0 pixels",
+                    (~inside).sum(), len(frame), what, info.path)
 
 
 def _replace(path: Path, write) -> None:

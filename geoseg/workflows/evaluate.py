@@ -350,6 +350,7 @@ def compare(
     out = Path(output_dir) if output_dir else None
     evaluations = []
     if labels is not None:
+        options = {**options, **_shared_label_set(models[0], labels, options)}
         label_options = {k: options[k] for k in ("label_format", "label_names", "label_colors", "vector_field")
                          if k in options}
         for m in models:  # every model's label checks before the first one segments anything
@@ -358,6 +359,22 @@ def compare(
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
     disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
     return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
+
+
+def _shared_label_set(model, labels: list, options: dict) -> dict:
+    """Label names (and colours) that make every model of a comparison read the labels alike.
+
+    Unnamed index labels and colour labels are read by the evaluated model's own classes. In a
+    comparison each model would then read them differently (a baseline's palette matches few of a
+    land-cover mask's colours, and scored 5% of the pixels the U-Net scored): the first model's
+    classes name them for all, and each other model scores them by name.
+    """
+    fmt = options.get("label_format", "index")
+    if options.get("label_names") is not None or fmt == "vector" or (fmt == "index" and label_class_names(labels[0])):
+        return {}
+    classes = get_segmenter(resolve_model(model)).card.classes
+    return {"label_names": [c.name for c in classes], **({"label_colors": [c.color for c in classes]}
+                                                         if fmt == "color" else {})}
 
 
 def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[str]:

@@ -48,6 +48,34 @@ class FloodResult:
         return asdict(self)
 
 
+NDWI_EDGES = np.linspace(-1, 1, 401)  # the bins of the NDWI histograms that Otsu's method cuts
+
+
+def _check_ndwi_bands(info, green: int, nir: int) -> None:
+    for band in (green, nir):
+        if not 1 <= band <= info.count:
+            raise BandError(f"{info.path}: has {info.count} band(s); NDWI needs green and NIR bands. "
+                            f"Pass --green-band and --nir-band between 1 and {info.count}.")
+
+
+def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
+    g, n = src.read([green, nir], window=window)
+    valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
+    index = normalized_difference(g, n)
+    return index, valid & np.isfinite(index)
+
+
+def ndwi_histogram(path: str, *, green: int, nir: int) -> np.ndarray:
+    """Counts of a raster's valid NDWI values in the bins of `NDWI_EDGES`, read window by window."""
+    _check_ndwi_bands(inspect_raster(path), green, nir)
+    counts = np.zeros(len(NDWI_EDGES) - 1)
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            index, valid = _ndwi(src, window, green, nir)
+            counts += np.histogram(index[valid], bins=NDWI_EDGES)[0]
+    return counts
+
+
 def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
                      threshold: float | Literal["otsu"] = "otsu") -> float:
     """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255.
@@ -57,27 +85,13 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
     and to reflectance alike. Returns the threshold used.
     """
     info = inspect_raster(path)
-    for band in (green, nir):
-        if not 1 <= band <= info.count:
-            raise BandError(f"{path}: has {info.count} band(s); NDWI needs green and NIR bands. "
-                            f"Pass --green-band and --nir-band between 1 and {info.count}.")
+    _check_ndwi_bands(info, green, nir)
+    if threshold == "otsu":
+        threshold = otsu_threshold(ndwi_histogram(path, green=green, nir=nir), NDWI_EDGES)
     with rasterio.open(path) as src:
 
-        def ndwi(window):
-            g, n = src.read([green, nir], window=window)
-            valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
-            index = normalized_difference(g, n)
-            return index, valid & np.isfinite(index)
-
-        if threshold == "otsu":
-            counts, edges = np.zeros(400), np.linspace(-1, 1, 401)
-            for _, window in src.block_windows(1):
-                index, valid = ndwi(window)
-                counts += np.histogram(index[valid], bins=edges)[0]
-            threshold = otsu_threshold(counts, edges)
-
         def block(window):
-            index, valid = ndwi(window)
+            index, valid = _ndwi(src, window, green, nir)
             out = (index > threshold).astype(np.uint8)
             out[~valid] = NODATA
             return out
@@ -87,7 +101,7 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
 
 
 def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_class: str, green: int, nir: int,
-                  threshold, overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
+                  threshold, how: str, overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
     """Return (mask path, id of water in it, a sentence saying where water came from)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "ndwi":
@@ -95,7 +109,6 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
         if out.exists() and not overwrite:
             raise OutputError(f"{out} already exists. Pass --overwrite to replace it.")
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
-        how = " (Otsu)" if threshold == "otsu" else ""
         return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
     card, water_id = _water_class(model, water_class)
     result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
@@ -120,6 +133,7 @@ def flood(
     *,
     pre: str | os.PathLike | None = None,
     aoi: str | os.PathLike | None = None,
+    aoi_field: str | None = None,
     method: Method = "model",
     model: str | None = None,
     water_class: str = "water",
@@ -140,10 +154,14 @@ def flood(
         (nearest neighbour) onto the post-event grid.
     aoi : path, optional
         Polygons (any CRS): flooded area (km²) and share of each.
+    aoi_field : str, optional
+        Attribute of `aoi` that names its rows in the tables (default: the polygon's index).
     method : {"model", "ndwi"}
         Water from a segmentation model's `water_class`, or from NDWI on
         `green_band` and `nir_band` (multispectral imagery with NIR), thresholded by
-        Otsu's method over the whole image unless `ndwi_threshold` gives a value.
+        Otsu's method over the whole image unless `ndwi_threshold` gives a value. With
+        `pre`, one Otsu cut is taken over both images' NDWI, so that water present on
+        both dates is not reported as changed.
 
     Returns
     -------
@@ -155,28 +173,40 @@ def flood(
     post_info = inspect_raster(post)
     if method == "model":  # before an output folder is made
         _water_class(model, water_class)
-    if pre is not None:  # before either image is segmented
-        _check_alignable(post_info, inspect_raster(pre))
+    pre_info = inspect_raster(pre) if pre is not None else None
+    if pre_info is not None:  # before either image is segmented
+        _check_alignable(post_info, pre_info)
+    threshold, how = ndwi_threshold, " (Otsu)" if ndwi_threshold == "otsu" else ""
+    if method == "ndwi":  # bands checked before an output folder is made
+        dates = [post_info, *([pre_info] if pre_info else [])]
+        for info in dates:
+            _check_ndwi_bands(info, green_band, nir_band)
+        if pre_info is not None and ndwi_threshold == "otsu":  # one cut for both: a cut each made unchanged water "recede"
+            counts = sum(ndwi_histogram(info.path, green=green_band, nir=nir_band) for info in dates)
+            threshold, how = otsu_threshold(counts, NDWI_EDGES), " (Otsu over the pre- and post-event images together)"
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
+    if aoi_frame is not None and aoi_field is not None and aoi_field not in aoi_frame.columns:
+        raise InputError(f"{aoi}: no field {aoi_field!r}; fields are "
+                         f"{', '.join(map(str, aoi_frame.columns.drop(aoi_frame.geometry.name)))}.")
     if aoi_frame is not None:
         check_layer_overlaps(aoi_frame, post_info.path, what="area-of-interest")
     paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in ("tif", "gpkg", "json", "md", "png")},
                                 overwrite)
     out_dir = paths["tif"].parent
     common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
-                  threshold=ndwi_threshold, overwrite=overwrite, segment_options=segment_options)
+                  threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
     post_mask, post_water, source = _water_raster(post_info.path, out_dir / "post", **common)
     classes = WATER_CLASSES
     pre_mask = pre_water = None
     if pre is not None:
-        pre_mask, pre_water, _ = _water_raster(inspect_raster(pre).path, out_dir / "pre", **common)
+        pre_mask, pre_water, _ = _water_raster(pre_info.path, out_dir / "pre", **common)
         classes = FLOOD_CLASSES
     _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
     names = {c.id: (c.name, c.rgb) for c in classes}
     write_qml(paths["tif"].with_suffix(".qml"), names, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table = _class_areas(paths["tif"], post_info, classes)
-    aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes) if aoi_frame is not None else []
+    aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
     result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows)
     post_crs = post_info.map_georeferencing()[1]
     outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
@@ -268,12 +298,12 @@ def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
             for c in classes]
 
 
-def _aoi_table(mask: Path, frame, classes) -> list[dict[str, Any]]:
+def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
     pixels, areas = zonal_composition(mask, frame, len(classes))
     rows = []
     for z in range(len(frame)):
         total = pixels[z].sum()
-        row: dict[str, Any] = {"aoi": z, "pixels": int(total)}
+        row: dict[str, Any] = {"aoi": str(frame[field].iloc[z]) if field else z, "pixels": int(total)}
         for c in classes:
             key = c.name.replace(" ", "_")
             row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from geoseg.errors import GeosegError, InputError
+from geoseg.errors import GeosegError, InputError, OutputError
 from geoseg.pipeline import segment
 from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
@@ -168,9 +168,14 @@ def survey(
     sources = expand_inputs(inputs)
     if not sources:
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
-    card = class_card(model, what="a survey's class areas")
+    card = class_card(model, what="a survey")
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror}).") from None
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
     manifest = _Manifest(out_dir / MANIFEST)

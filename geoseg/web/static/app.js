@@ -53,7 +53,8 @@ function show() {
 
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
-  $("legend").innerHTML = m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
+  $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
+    m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
     (c.area_m2 !== null ? ` (${(c.area_m2 / 1e4).toFixed(2)} ha)` : "") + "</span>").join(" ");
   const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]];
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
