@@ -14,8 +14,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from geoseg.errors import GeosegError, InputError, OutputError
-from geoseg.pipeline import segment
+from geoseg.errors import GeosegError, InputError
+from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
@@ -170,12 +170,7 @@ def survey(
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
     card = class_card(model, what="a survey")
     out_dir = Path(output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror}).") from None
+    prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
     manifest = _Manifest(out_dir / MANIFEST)
