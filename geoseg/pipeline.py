@@ -287,7 +287,9 @@ def _remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
     confidence raster of the old mask sat beside the new one, with other classes."""
     every = _output_paths(paths["mask"].parent, stem, confidence=True, probabilities=True, vector=True, preview=True)
     for name, path in every.items():
-        for stale in (path, path.with_suffix(".qml")) if name not in paths else ():
+        if name in paths:
+            continue
+        for stale in (path, path.with_suffix(".qml")):
             if stale.exists():
                 stale.unlink()
                 log.warning("removed %s: it came from an earlier run and no longer matches the new mask", stale)

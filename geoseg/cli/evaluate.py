@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import emit_json, fail_cleanly, precision_option, tta_option
+from geoseg.cli.options import chunk_option, emit_json, fail_cleanly, precision_option, tta_option
 
 __all__ = ["evaluate", "compare"]
 
@@ -70,7 +70,7 @@ label_options = [
                  help="Label classes in id order; matched to the model's classes by name."),
     click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
-    click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk size."),
+    chunk_option,
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     precision_option,
     tta_option,

@@ -11,13 +11,18 @@ import click
 from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
-__all__ = ["BandsType", "NormalizationType", "fail_cleanly", "emit_json", "precision_option", "tta_option"]
+__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "precision_option",
+           "tta_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
     help="Compute precision; bfloat16 is faster on GPUs and on CPUs with AMX, slower on other CPUs, "
          "even with AVX512-BF16 (the model card says what it costs in IoU and gains in speed).")
+chunk_option = click.option(
+    "--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
+    help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most 2048) "
+         "for models with wide margins.")
 tta_option = click.option(
     "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
     help="Test-time augmentation: 'flips' averages the model over the four flips of each chunk "

@@ -7,7 +7,8 @@ import os
 
 import click
 
-from geoseg.cli.options import BandsType, NormalizationType, emit_json, fail_cleanly, precision_option, tta_option
+from geoseg.cli.options import (BandsType, NormalizationType, chunk_option, emit_json, fail_cleanly, precision_option,
+                                tta_option)
 
 __all__ = ["segment"]
 
@@ -29,9 +30,7 @@ __all__ = ["segment"]
                    "meanstd:M1,M2,M3/S1,S2,S3 or none.")
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
-@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
-              help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most "
-                   "2048) for models with wide margins.")
+@chunk_option
 @click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")
 @click.option("--margin", type=click.IntRange(min=0), default=None, metavar="PX",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly
 
 __all__ = ["survey"]
 
@@ -14,7 +14,7 @@ __all__ = ["survey"]
 @click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
-@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="PX", help="Chunk (core) size in pixels. Default 1024, or eight margins (at most 2048) for models with wide margins.")
+@chunk_option
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
