@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
@@ -69,12 +70,15 @@ class RasterInfo:
 
     def map_georeferencing(self) -> tuple[object, object]:
         """(transform, crs) placing pixels on the map: the raster's own, or the best-fit affine
-        transform of its ground control points; (identity, None) when it has neither (or its
-        points are too few, or on one line, to span an area)."""
+        transform of its ground control points. A raster with neither (or with points too few, or
+        on one line, to span an area) is placed as QGIS places it: x = column, y = -row, so that its
+        polygons overlay it there (GDAL reports a y-down identity for it, which QGIS flips)."""
         if self.crs is None and self.gcp_crs is not None:
             fit = _gcp_fit(self.gcps)
             if fit is not None:
                 return fit, self.gcp_crs
+        if self.crs is None and self.transform.is_identity:
+            return Affine(1, 0, 0, 0, -1, 0), None
         return self.transform, self.crs
 
     def map_corners(self) -> list[tuple[float, float]]:
@@ -257,8 +261,6 @@ def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float =
     """
     from dataclasses import replace
 
-    from affine import Affine
-
     if not pixel_size or info.crs is None or info.crs.is_geographic or info.transform.is_identity:
         return None
     factor = info.crs.linear_units_factor[1]
@@ -308,8 +310,10 @@ def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
         **({"gcps": list(info.gcps), "crs": info.gcp_crs} if info.gcps and info.crs is None else {}),
         **({"rpcs": info.rpcs} if info.rpcs else {}),
     }
-    if "gcps" in profile:
-        del profile["transform"]  # GDAL would clear it (with a warning) when the GCPs are set
+    if "gcps" in profile or (info.crs is None and info.transform.is_identity):
+        # GDAL would clear it (with a warning) when GCPs are set; and an input without georeferencing
+        # gets none either: an explicit y-down identity shows upside down in QGIS beside the input
+        del profile["transform"]
     return profile
 
 

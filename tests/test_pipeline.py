@@ -408,7 +408,7 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
     assert pixels.sum() == 64 * 40 and areas.sum() == pytest.approx(64 * 40 * 0.25)
     with rasterio.open(path, "r+") as ds:  # two points span no area: rasterio's fit would be garbage
         ds.gcps = (gcps[:2], CRS.from_epsg(32640))
-    assert inspect_raster(path).map_georeferencing() == (rasterio.Affine.identity(), None)
+    assert inspect_raster(path).map_georeferencing() == (rasterio.Affine(1, 0, 0, 0, -1, 0), None)  # as QGIS
 
     rpcs = RPC(height_off=0, height_scale=100, lat_off=25.2, lat_scale=0.01, line_off=32, line_scale=32,
                long_off=55.3, long_scale=0.01, line_num_coeff=[0, 0, -1] + [0] * 17,
@@ -424,6 +424,25 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
         kept = ds.rpcs.to_dict()
         assert all(np.allclose(kept[k], v) for k, v in rpcs.to_dict().items() if v is not None)
     assert "georeferenced by RPCs only: the polygons are in pixel coordinates" in caplog.text
+
+
+def test_an_image_without_georeferencing_gets_outputs_that_overlay_it_in_qgis(tmp_path):
+    """QGIS places a raster without geotransform at x = column, y = -row. The mask used to carry an explicit
+    y-down identity (shown upside down beside the JPEG there) and its polygons y = +row."""
+    from PIL import Image
+    from rasterio.errors import NotGeoreferencedWarning
+
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, :20] = (30, 80, 110)  # water in the west half
+    rgb[:, 20:] = (200, 175, 130)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    result = segment(tmp_path / "photo.png", tmp_path / "out", model="threshold?water=0&vegetation=0.5",
+                     vector=True, preview=False)
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(result.outputs["mask"]) as ds:
+        assert ds.crs is None and not ds.gcps[0]  # no geotransform, as the input has none
+    layer = gpd.read_file(result.outputs["vector"])
+    water = layer[layer.class_name == "water"]
+    assert np.allclose(water.total_bounds, [0, -30, 20, 0]) and water.area.sum() == 30 * 20  # y = -row
 
 
 def test_rasters_inside_zip_archives_through_gdal_paths(make_raster, tiny_fcn, tmp_path):
