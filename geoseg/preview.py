@@ -14,6 +14,7 @@ from geoseg.raster import NODATA, read_preview
 __all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
 
 MAX_SIDE = 1024
+REGIONS_LEGEND = "unlabeled regions: colours only tell neighbouring regions apart"  # colours are not classes
 
 
 def stretch(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -62,7 +63,8 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     font = ImageFont.load_default(size=15)
     line, top = 20, (24 if title else 0)
     legend_h = 10 + line * (1 if regions else len(classes))
-    canvas = Image.new("RGB", (max(panels.shape[1], 360), top + panels.shape[0] + legend_h), "white")
+    width = max(panels.shape[1], 360, 16 + int(font.getlength(REGIONS_LEGEND)) if regions else 0)
+    canvas = Image.new("RGB", (width, top + panels.shape[0] + legend_h), "white")
     canvas.paste(Image.fromarray(panels), (0, top))
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -70,8 +72,7 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     if outlines is not None:
         _draw_outlines(draw, outlines, mask_path, mask.shape, offsets=(0, rgb.shape[1] + gap), top=top)
     if regions:
-        draw.text((8, top + panels.shape[0] + 6), "unlabeled regions: colours only tell neighbouring regions apart",
-                  fill="black", font=font)
+        draw.text((8, top + panels.shape[0] + 6), REGIONS_LEGEND, fill="black", font=font)
         return canvas
     total = sum(row["pixels"] for row in table) or 1
     for i, (c, row) in enumerate(zip(classes, table)):

@@ -247,14 +247,15 @@ def _metres_to_crs_units(crs, metres: float) -> float:
     return metres / crs.linear_units_factor[1]
 
 
-def _resolve_keep(keep, names: dict[int, tuple[str, Any]]) -> tuple[int, ...] | None:
+def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool) -> tuple[int, ...] | None:
+    """Class ids to keep from ids or names; with `named` (the mask's CLASS_NAMES) ids must be classes of it."""
     if keep is None:
         return None
     by_name = {name: i for i, (name, _) in names.items()}
     out = []
     for item in keep:
         if isinstance(item, (int, np.integer)) or str(item).isdigit():
-            if names and int(item) not in names:  # was silently 0 polygons
+            if named and int(item) not in names:  # was silently 0 polygons
                 raise InputError(f"class id {item} is not in this mask. Classes: "
                                  f"{', '.join(f'{i} {name}' for i, (name, _) in sorted(names.items()))}.")
             out.append(int(item))
@@ -346,11 +347,18 @@ def vectorize(
     elif crs is None and info.rpcs:
         log.warning("%s is georeferenced by RPCs only: the polygons are in pixel coordinates. Orthorectify "
                     "the input first (gdalwarp -rpc) for polygons on the map.", info.path)
-    keep_ids = _resolve_keep(keep, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(info.path) as ds:
+            named = "CLASS_NAMES" in ds.tags()  # ids of a mask from elsewhere may lack a colour-table entry
+    keep_ids = _resolve_keep(keep, names, named)
     if to_crs is not None:  # before any block is polygonised (pyproj's CRSError was a traceback)
         from pyproj import CRS
         from pyproj.exceptions import CRSError
 
+        if crs is None:
+            raise InputError(f"{info.path} has no CRS, so its polygons cannot be reprojected (--to-crs). "
+                             "Georeference the mask first, or leave --to-crs out.")
         try:
             CRS.from_user_input(to_crs)
         except CRSError as exc:

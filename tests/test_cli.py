@@ -103,17 +103,20 @@ def test_output_under_a_file_is_refused(run, make_raster, tiny_fcn, tmp_path):
     assert result.exit_code == 1 and "cannot create the output folder" in result.output
 
 
-@pytest.mark.parametrize("command", [["segment"], ["scene"], ["survey"], ["flood"]])
+@pytest.mark.parametrize("command", [["segment"], ["scene"], ["survey"], ["flood"],
+                                     ["compare", "--models", "threshold,region-growing", "--images"]])
 def test_an_output_folder_that_is_a_file_is_exit_status_1(run, make_raster, tmp_path, command):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    result = run(*command, make_raster(), "-o", blocker, "-m", "threshold")
+    result = run(*command, make_raster(), "-o", blocker, *([] if "compare" in command else ["-m", "threshold"]))
     assert result.exit_code == 1 and "blocker: exists and is not a folder" in result.output  # was click's usage, 2
     assert "Traceback" not in result.output and blocker.read_text() == ""
 
 
-def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(make_raster, tmp_path):
-    """Python's default SIGTERM ended at once and left OUT/.geoseg-XXXX/ with empty GeoTIFFs behind."""
+@pytest.mark.parametrize("command", ["segment", "survey"])
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(make_raster, tmp_path, command):
+    """Python's default SIGTERM ended at once and left OUT/.geoseg-XXXX/ with empty GeoTIFFs behind;
+    a survey then logged a traceback and recorded the raster it was on as failed."""
     import signal
     import subprocess
     import sys
@@ -122,16 +125,17 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(make_raster,
 
     image = make_raster(shape=(2500, 2500))
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "segment", str(image), "-o", str(out),
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), command, str(image), "-o", str(out),
                              "-m", "edges-watershed", "--chunk", "256", "--quiet"], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(out.glob(".geoseg-*")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.rglob(".geoseg-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be stopped; give it a larger raster"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
-    assert list(out.iterdir()) == []  # no temporary folder, no half-written output
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary folder, no half-written output
+    assert not list(out.rglob(".geoseg-*")) and "Traceback" not in stderr.decode()
 
 
 def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):

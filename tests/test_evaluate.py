@@ -13,6 +13,7 @@ from PIL import Image
 from click.testing import CliRunner
 
 from geoseg.cli import main
+from geoseg.errors import InputError
 from geoseg.workflows.evaluate import compare, evaluate
 
 
@@ -106,6 +107,16 @@ def test_compare_reads_unnamed_labels_by_the_first_model_for_every_model(make_ra
     unet, baseline = result["evaluations"]
     assert unet["mean_iou"] == 1.0 and unet["pixels_scored"] == baseline["pixels_scored"] == 45 * 60
     assert "scored as its 'other' class: class0, class1, class2" in " ".join(baseline["notes"])
+    with pytest.raises(InputError, match="label colours need the label names"):  # were replaced silently
+        compare([str(tiny_fcn), "threshold"], [image], [colour], label_format="color", label_colors=["#000000"])
+    named, unnamed = tmp_path / "named.tif", tmp_path / "unnamed.tif"
+    for path in (named, unnamed):
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(pred, 1)
+    with rasterio.open(named, "r+") as ds:
+        ds.update_tags(CLASS_NAMES=json.dumps({"0": "class2", "1": "class1", "2": "class0"}))
+    with pytest.raises(InputError, match="1 of the 2 label files name their classes"):  # scored 0.77, not 1.0
+        compare([str(tiny_fcn), "threshold"], [image, image], [named, unnamed])
 
 
 def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):

@@ -149,6 +149,13 @@ def test_bad_requests(make_mask, tmp_path):
         vectorize(path, tmp_path / "missing" / "x.gpkg")
     with pytest.raises(OutputError, match="x.gpkg: a file, not a folder"):
         vectorize(path, tmp_path / "x.gpkg" / "y.gpkg")
+    foreign = tmp_path / "foreign.tif"  # another tool's binary mask: no CLASS_NAMES, black 0 in its table
+    with rasterio.open(foreign, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8") as ds:
+        ds.write(np.eye(4, dtype=np.uint8), 1)
+        ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 255, 255, 255)})
+    assert vectorize(foreign, tmp_path / "bg.gpkg", keep=[0]).per_class == {"0": 2}  # its ids are not refused
+    with pytest.raises(InputError, match="has no CRS, so its polygons cannot be reprojected"):  # was a traceback
+        vectorize(foreign, tmp_path / "z.gpkg", to_crs="EPSG:4326")                              # after the work
     rgb = tmp_path / "rgb.tif"
     with rasterio.open(rgb, "w", driver="GTiff", width=4, height=4, count=3, dtype="uint8") as ds:
         ds.write(np.zeros((3, 4, 4), np.uint8))

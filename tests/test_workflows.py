@@ -133,6 +133,8 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     x0, y0 = 300000.0, 2800000.0
     gpd.GeoDataFrame({"town": ["Old Town"]}, geometry=[shapely.box(x0, y0 - 600, x0 + 400, y0)],
                      crs=crs).to_crs("EPSG:3857").to_file(tmp_path / "aoi.gpkg")
+    with pytest.raises(InputError, match="names the rows of --aoi"):
+        flood(post, tmp_path / "bad", pre=pre, aoi_field="town", method="ndwi")
     with pytest.raises(InputError, match="no field 'name'; fields are town"):
         flood(post, tmp_path / "bad", pre=pre, aoi=tmp_path / "aoi.gpkg", aoi_field="name", method="ndwi")
     assert not (tmp_path / "bad").exists()

@@ -17,7 +17,7 @@ from geoseg.errors import InputError
 from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_class_names, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
-from geoseg.pipeline import segment
+from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.raster import inspect_raster, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "majority_classes", "markdown_table"]
@@ -355,6 +355,9 @@ def compare(
                          if k in options}
         for m in models:  # every model's label checks before the first one segments anything
             _prepare(m, images, labels, **label_options)
+    if out is not None:  # a file there was "OUT/MODEL: cannot create the output folder (Not a directory)"
+        prepare_output_dir(out, lambda d: {}, overwrite=True)
+    if labels is not None:
         for m, folder in zip(models, folders):
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
     disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
@@ -370,8 +373,19 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
     classes name them for all, and each other model scores them by name.
     """
     fmt = options.get("label_format", "index")
-    if options.get("label_names") is not None or fmt == "vector" or (fmt == "index" and label_class_names(labels[0])):
-        return {}
+    if options.get("label_names") is not None or options.get("label_colors") is not None or fmt == "vector":
+        return {}  # colours without names are refused by the label checks, as evaluate refuses them
+    if fmt == "index":
+        try:
+            named = [bool(label_class_names(label)) for label in labels]
+        except InputError:  # an unreadable label: the label checks say which, and why
+            return {}
+        if all(named):
+            return {}
+        if any(named):
+            raise InputError(f"{sum(named)} of the {len(labels)} label files name their classes (CLASS_NAMES) and "
+                             "the others do not, so the models would read them differently; pass --label-names "
+                             "(label_names=) for all of them.")
     classes = get_segmenter(resolve_model(model)).card.classes
     return {"label_names": [c.name for c in classes], **({"label_colors": [c.color for c in classes]}
                                                          if fmt == "color" else {})}

@@ -184,6 +184,8 @@ def flood(
         if pre_info is not None and ndwi_threshold == "otsu":  # one cut for both: a cut each made unchanged water "recede"
             counts = sum(ndwi_histogram(info.path, green=green_band, nir=nir_band) for info in dates)
             threshold, how = otsu_threshold(counts, NDWI_EDGES), " (Otsu over the pre- and post-event images together)"
+    if aoi_field is not None and aoi is None:
+        raise InputError("--aoi-field (aoi_field=) names the rows of --aoi (aoi=); pass the AOI layer too.")
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
     if aoi_frame is not None and aoi_field is not None and aoi_field not in aoi_frame.columns:
         raise InputError(f"{aoi}: no field {aoi_field!r}; fields are "

@@ -183,6 +183,8 @@ def survey(
         fractions[source] = fraction
         report(sum(fractions.values()) / len(sources), Path(source).name)
 
+    stopping = threading.Event()
+
     def one(source: str) -> tuple[str, dict[str, Any]]:
         try:
             key = {**_fingerprint(source), **options}
@@ -198,6 +200,8 @@ def survey(
         except GeosegError as exc:
             entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
         except Exception as exc:  # one broken raster must not stop the survey
+            if stopping.is_set():  # the survey itself is stopping: not this raster's failure
+                raise
             log.exception("unexpected failure on %s", source)
             entry = {"input": source, "status": "failed", "key": key, "outputs": {},
                      "error": f"{source}: {type(exc).__name__}: {exc}"}
@@ -209,7 +213,12 @@ def survey(
         tick(source, 1.0)
         return entry["status"], entry
 
-    outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads", num_workers=max(1, jobs))
+    try:
+        outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
+                                num_workers=max(1, jobs))
+    except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
+        stopping.set()
+        raise
     for status, entry in outcomes:
         getattr(result, status).append(entry)
     finished = result.done + result.skipped

@@ -32,7 +32,8 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     config = load_config(config_path, **run["overrides"])
     config.epochs = run["config"]["epochs"]  # as fitted to the run's time
     n_classes = len(config.classes)
-    model, margin, multiple = _build(load_config(config_path, **run["overrides"], encoder_weights=None), n_classes, 3)
+    model, margin, multiple = _build(load_config(config_path, **{**run["overrides"], "encoder_weights": None}),
+                                     n_classes, 3)  # random encoder weights: the run's replace them all
     variables = list(model.trainable_variables) + list(model.non_trainable_variables)
     if [v.path for v in variables] != run["paths"]:
         raise SystemExit(f"{run_json}: the weights were trained on another network than {config_path} builds")

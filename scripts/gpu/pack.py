@@ -26,7 +26,9 @@ def main(config_path: str, out: str) -> None:
     config = load_config(config_path)
     train, val, select = load_pairs(config, with_selection=True)
     root = os.path.commonpath([p for _, _, p in train + val + select])
-    if os.path.exists(out):
+    if os.path.exists(out):  # only an earlier pack is replaced: a typo must not delete a data folder
+        if not os.path.exists(os.path.join(out, "split.json")):
+            raise SystemExit(f"{out} exists and is not a pack (no split.json): pick a new folder")
         shutil.rmtree(out)
     labels, split = {}, {"root": root, "train": [], "validation": [], "selection": []}
     for what, pairs in (("train", train), ("validation", val), ("selection", select)):

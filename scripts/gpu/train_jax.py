@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     config = training.load_config(args.config, **overrides)
     if config.encoder_weights == "imagenet":  # the pack's float16 arrays, widened
         arrays = np.load(args.pack / "encoder.npz")
-        path = Path(tempfile.mkdtemp()) / "encoder.npz"
+        scratch = tempfile.TemporaryDirectory()  # removed when the run ends
+        path = Path(scratch.name) / "encoder.npz"
         np.savez(path, **{k: arrays[k].astype(np.float32) for k in arrays.files})
         config.encoder_weights = str(path.resolve())
     norm = config.normalization
