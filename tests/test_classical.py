@@ -88,6 +88,10 @@ def test_baselines_on_a_grey_image_call_everything_other_and_say_why(make_raster
     ("threshold?water=0.1", "both cuts .water and vegetation. or neither"),
     ("landcover-unet?tta=flip", "tta must be one of none, flips"),
     ("landcover-unet?x=1", "unknown model option.s. x; a bundle takes card, precision and tta"),
+    ("landcover-unet?tta=", "tta must be one of none, flips. Received: tta=''"),
+    ("landcover-unet?tta=flips&tta=none", "model option.s. given twice: tta"),
+    ("threshold?water=0.1&water=0.2", "water is given twice"),
+    ("watershed-regions?spacing=", "spacing must be a number. Received: spacing="),
 ])
 def test_bad_model_options_are_model_errors_before_any_chunk(make_raster, tmp_path, ref, message):
     from geoseg.errors import ModelError

@@ -163,11 +163,14 @@ def _bundle(key: str) -> Segmenter:
     from urllib.parse import parse_qs
 
     path, _, query = key.partition("?")
-    options = parse_qs(query)
+    options = parse_qs(query, keep_blank_values=True)  # '?tta=' was dropped, as if not given
     unknown = sorted(set(options) - {"card", "precision", "tta"})
-    if unknown:  # were ignored: landcover-unet?tta=flip ran without flips
+    if unknown:  # were ignored: landcover-unet?x=1 ran as if the option were not there
         raise ModelError(f"{path}: unknown model option(s) {', '.join(unknown)}; a bundle takes card, precision "
                          "and tta (e.g. 'landcover-unet?precision=bfloat16&tta=flips').")
+    twice = sorted(k for k, v in options.items() if len(v) > 1)
+    if twice:
+        raise ModelError(f"{path}: model option(s) given twice: {', '.join(twice)}. Received: {query}")
     return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0],
                        tta=options.get("tta", ["none"])[0])
 
@@ -205,9 +208,11 @@ def _builtin(key: str) -> Segmenter:
                                  f"{', '.join(REGION_BASELINES)}.")
     allowed = ("spacing", "compactness") if name in REGION_BASELINES else ("water", "vegetation")
     params = {}
-    for k, v in parse_qsl(query):  # a bad one was a TypeError or ValueError from inside Dask
+    for k, v in parse_qsl(query, keep_blank_values=True):  # a bad one was a TypeError or ValueError inside Dask
         if k not in allowed:
             raise ModelError(f"{name} takes the option(s) {' and '.join(allowed)}. Received: {k}={v}")
+        if k in params:
+            raise ModelError(f"{name}: {k} is given twice. Received: {query}")
         try:
             params[k] = float(v)
         except ValueError:
