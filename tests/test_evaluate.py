@@ -229,6 +229,17 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
         compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "tiny_mask.png"], label_format="color",
                 output_dir=out)  # read by the first model's colours, which the mask does not hold
     assert not out.exists()  # refused before anything was segmented
+    other = tmp_path / "coast"  # the tiny network under other class names, and without 'other'
+    other.mkdir()
+    shutil.copy(tiny_fcn, other / "coast.keras")
+    card = json.loads(tiny_fcn.with_suffix(".json").read_text())
+    card["classes"] = [{**c, "name": n} for c, n in zip(card["classes"], ("sand", "sea", "trees"))]
+    (other / "coast.json").write_text(json.dumps({**card, "name": "coast"}))
+    tiny_mask = tmp_path / "tiny_mask.png"  # in the tiny network's colours, which the first model reads
+    with pytest.raises(InputError, match="nothing to score"):
+        compare([str(tiny_fcn), str(other / "coast.keras")], [image], [tiny_mask], label_format="color",
+                output_dir=out)
+    assert not out.exists()  # the second model's check ran before the first one segmented anything
     from geoseg.models.registry import with_card
 
     flips = with_card(str(tiny_fcn), tta="flips")  # a model against its own flips: two folders
