@@ -49,6 +49,11 @@ class VectorResult:
 
 def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:
     """Class id -> (name, rgb) from a geoseg mask's metadata and colour table."""
+    return _classes(*_class_tables(mask_path))
+
+
+def _class_tables(mask_path: str | os.PathLike) -> tuple[dict[str, str], dict]:
+    """A mask's CLASS_NAMES tag (empty for masks from elsewhere) and colour table."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
@@ -57,6 +62,10 @@ def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int
                 colours = ds.colormap(1)
             except ValueError:
                 colours = {}
+    return names, colours
+
+
+def _classes(names: dict[str, str], colours: dict) -> dict[int, tuple[str, tuple[int, int, int]]]:
     if names:
         ids = sorted(int(k) for k in names)
     else:  # a mask from elsewhere: classes are the coloured entries of its table
@@ -339,7 +348,8 @@ def vectorize(
     info = inspect_raster(mask_path)
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
-    names = mask_classes(mask_path)
+    tag_names, colours = _class_tables(mask_path)
+    names = _classes(tag_names, colours)
     transform, crs = info.map_georeferencing()
     if info.gcps and info.crs is None:
         log.info("%s is placed by %d ground control points: polygons take their best-fit affine transform",
@@ -347,11 +357,7 @@ def vectorize(
     elif crs is None and info.rpcs:
         log.warning("%s is georeferenced by RPCs only: the polygons are in pixel coordinates. Orthorectify "
                     "the input first (gdalwarp -rpc) for polygons on the map.", info.path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(info.path) as ds:
-            named = "CLASS_NAMES" in ds.tags()  # ids of a mask from elsewhere may lack a colour-table entry
-    keep_ids = _resolve_keep(keep, names, named)
+    keep_ids = _resolve_keep(keep, names, named=bool(tag_names))  # a foreign mask's ids may lack a colour entry
     if to_crs is not None:  # before any block is polygonised (pyproj's CRSError was a traceback)
         from pyproj import CRS
         from pyproj.exceptions import CRSError
