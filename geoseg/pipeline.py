@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from geoseg.raster import (
     pixel_areas_m2,
     raster_stem,
     regrid,
+    staging_dir,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
@@ -479,8 +479,8 @@ def segment(
         info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
     )
     layers, layout = _layers(card, paths, confidence=confidence, probabilities=probabilities)
-    with tempfile.TemporaryDirectory(dir=paths["mask"].parent, prefix=".geoseg-") as tmp:
-        tmp_paths = {name: Path(tmp) / p.name for name, (p, _, _) in layers.items()}
+    with staging_dir(paths["mask"].parent) as tmp:
+        tmp_paths = {name: tmp / p.name for name, (p, _, _) in layers.items()}
         datasets = create_outputs(work or info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
         try:
             describe_mask(datasets["mask"], card.classes)

@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -428,17 +429,52 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
     return np.moveaxis(data, 0, -1)
 
 
+STAGING_PREFIX = ".geoseg-"
+
+
+@contextmanager
+def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder in `parent` for outputs that appear only when complete; removed on exit.
+
+    Its name carries this host and process id. A run killed outright (SIGKILL, the
+    out-of-memory killer) cannot remove its folder, so each new one first removes the
+    folders of this host whose process no longer exists: those of live processes, and of
+    other hosts sharing the folder, are left alone.
+    """
+    import shutil
+    import socket
+    import tempfile
+
+    parent = Path(parent)
+    host = socket.gethostname().replace("-", "_")
+    for stale in parent.glob(f"{STAGING_PREFIX}{host}-*-*"):
+        pid = stale.name[len(STAGING_PREFIX) + len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s, left by a run that was killed", stale)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f"{STAGING_PREFIX}{host}-{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, block_fn, *, block: int = 1024) -> None:
     """Write a uint8 class mask COG on the grid of `like`, one window at a time.
 
     ``block_fn(window)`` returns the (rows, cols) uint8 classes of that window
     (255 = nodata). The file appears at `out_path` only when complete.
     """
-    import tempfile
-
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".geoseg-") as tmp:
-        staged = Path(tmp) / out_path.name
+    with staging_dir(out_path.parent) as tmp:
+        staged = tmp / out_path.name
         ds = create_outputs(like, {"mask": (staged, 1, NODATA)})["mask"]
         try:
             describe_mask(ds, classes)

@@ -224,6 +224,31 @@ def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_pat
     assert list(out.iterdir()) == []
 
 
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(make_raster, tiny_fcn, tmp_path):
+    """SIGKILL (or the out-of-memory killer) leaves OUT/.geoseg-*/ with partial GeoTIFFs behind."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folders = {name: out / f".geoseg-{h}-{pid}-abc" for name, h, pid in
+                   (("killed", host, dead.stdout.strip()), ("running", host, live.pid), ("other host", "elsewhere", 1))}
+        for folder in folders.values():
+            folder.mkdir()
+            (folder / "image_mask.tif").write_bytes(b"partial")
+        segment(make_raster(), out, model=tiny_fcn, preview=False)
+    finally:
+        live.kill()
+        live.wait()
+    assert not folders["killed"].exists() and folders["running"].exists() and folders["other host"].exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["image_mask.qml", "image_mask.tif"]
+
+
 def test_unwritable_output_dir(make_raster, tiny_fcn, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
