@@ -30,13 +30,13 @@ from geoseg.raster import (
     class_pixel_counts,
     create_outputs,
     describe_mask,
-    finalize_cog,
     inspect_raster,
     model_grid,
     pixel_areas_m2,
     raster_stem,
     regrid,
     staging_dir,
+    write_cog,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
@@ -230,9 +230,18 @@ class _Writer:
     def __setitem__(self, key, value: np.ndarray) -> None:
         from rasterio.windows import Window
 
+        from rasterio._err import CPLE_BaseError
+        from rasterio.errors import RasterioError
+
         window = Window.from_slices(key[0], key[1])
         for name, bands in self.layout.items():
-            self.datasets[name].write(np.moveaxis(value[..., bands], -1, 0), window=window)
+            ds = self.datasets[name]
+            try:
+                ds.write(np.moveaxis(value[..., bands], -1, 0), window=window)
+            except (RasterioError, CPLE_BaseError, OSError) as exc:  # a full disk, a folder gone: not the input's fault
+                raise OutputError(f"{Path(ds.name).parent.parent}: writing the {name} layer failed "
+                                  f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}). "
+                                  "Free some disk space or pick another output folder.") from None
 
 
 class _TaskProgress(Callback):
@@ -243,7 +252,8 @@ class _TaskProgress(Callback):
         self.report, self.total, self.done = report, max(1, total), 0
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(key, tuple) and str(key[0]).startswith("store-map"):
+        # one task per chunk, ("store-map-...", i, j); a raster of one chunk is fused into "store-map-finalize-..."
+        if str(key[0] if isinstance(key, tuple) else key).startswith("store-map"):
             self.done += 1
             self.report(min(1.0, self.done / self.total))
 
@@ -309,7 +319,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror}).") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"{out_dir}: output folder is not writable. Pick another folder with -o.")
+        raise OutputError(f"{out_dir}: output folder is not writable. Pick another output folder.")
     paths = paths_of(out_dir)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
@@ -463,6 +473,7 @@ def segment(
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
     norm = _normalization(card, normalization, info, plan)
+    _check_value_range(info, plan, card, norm)
     stem = raster_stem(info.path)
     paths = prepare_output_dir(
         output_dir,
@@ -491,12 +502,15 @@ def segment(
         finally:
             for ds in datasets.values():
                 ds.close()
-        for name, (final, _, _) in layers.items():
+        cogs = {}
+        for name, (final, _, _) in layers.items():  # every layer is written and checked before any appears
             staged = tmp_paths[name]
             if work is not None:  # back onto the input's grid
                 staged = staged.with_name(f"input-grid-{staged.name}")
                 regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
-            finalize_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
+            cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
+        for final, cog in cogs.items():
+            os.replace(cog, final)
     if overwrite:
         _remove_stale_outputs(paths, stem)
     classes = _class_table(card, paths["mask"], info)
@@ -554,6 +568,37 @@ def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, pla
         norm = resolve_normalization(norm, sample, valid)
         log.info("%s: stretch %s", info.path, norm)
     return None if norm == card.normalization else norm
+
+
+OUT_OF_RANGE = 8.0  # |normalised value| that no 'scale' or 'meanstd' model sees from data in its own units
+
+
+def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict | None) -> None:
+    """Warn when the normalised pixels are far outside what the model was trained on.
+
+    A 16-bit raster through a model of 8-bit RGB (scale 1/255) reaches values in the
+    tens: the model still runs and calls nearly everything one class. One central window
+    (at most 512 px a side) is read, so the check costs little on any raster.
+    """
+    method = (norm or card.normalization)["method"]
+    if method not in ("scale", "meanstd"):  # stretches are clipped to 0..1; 'none' declares nothing
+        return
+    rows, cols = min(512, info.height), min(512, info.width)
+    top, left = (info.height - rows) // 2, (info.width - cols) // 2
+    block, valid = WindowSource(info.path, plan.bands, has_mask=info.has_mask)(slice(top, top + rows),
+                                                                             slice(left, left + cols))
+    values = np.abs(card.normalize(block, norm)[valid[..., 0]])
+    if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE:
+        log.warning(
+            "%s: after the model's normalisation (%s) its %s pixels reach %.0f, far outside what %s was trained "
+            "on, so expect nearly one class. The raster is probably in other units than the model's training data "
+            "(16-bit reflectance into a model of 8-bit RGB?): convert it (for an 8-bit model: gdal_translate -ot "
+            "Byte -scale IN.tif OUT.tif), or pass --normalize (normalization= in Python) with a scale that maps its values as the card's does.",
+            info.path, _describe(norm or card.normalization), info.dtype, high, card.name)
+
+
+def _describe(norm: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in norm.items())
 
 
 def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:

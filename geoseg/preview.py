@@ -23,8 +23,9 @@ def stretch(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     for b in range(image.shape[-1]):
         band = image[..., b].astype(np.float64)
         values = band[valid] if valid is not None and valid.any() else band.ravel()
+        values = values[np.isfinite(values)]  # NaN and inf (float nodata) are drawn black
         lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
-        out[..., b] = np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+        out[..., b] = np.nan_to_num(np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255), nan=0.0).astype(np.uint8)
     return out
 
 

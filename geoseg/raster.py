@@ -190,11 +190,14 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
     BandError
         With the raster's band count and the fix (``--bands``).
     """
+    if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in bands):
+        raise BandError(f"bands must be a list of 1-based band indexes, e.g. [3, 2, 1]. Received: {bands!r}")
     bands = tuple(int(b) for b in bands)
     if len(bands) != needed:
         raise BandError(
             f"{info.path}: the model reads {needed} band(s) but {len(bands)} were selected "
-            f"(bands={list(bands)}). Pass --bands with {needed} band indexes."
+            f"(bands={list(bands)}). Pass --bands (bands= in Python) with {needed} band indexes."
         )
     missing = [b for b in bands if not 1 <= b <= info.count]
     if info.paletted:  # indexes into a colour table are no reflectance, whatever --bands says
@@ -206,7 +209,7 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
     if missing:
         raise BandError(
             f"{info.path}: has {info.count} band(s) but the model reads band(s) {list(bands)}. "
-            f"Pass --bands with {needed} indexes between 1 and {info.count}."
+            f"Pass --bands (bands= in Python) with {needed} indexes between 1 and {info.count}."
         )
     return bands
 
@@ -243,6 +246,8 @@ class WindowSource:
                 valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
             else:
                 valid = np.ones(data.shape[:2] + (1,), bool)
+        if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
+            valid &= np.isfinite(data).all(-1, keepdims=True)
         return data, valid
 
 
@@ -351,27 +356,57 @@ def describe_mask(ds, classes) -> None:
 
 def finalize_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> None:
     """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF with overviews, then move it into place."""
+    os.replace(write_cog(tmp_path, final_path, resampling=resampling), final_path)
+
+
+def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> Path:
+    """Copy a finished GeoTIFF into a checked Cloud-Optimized GeoTIFF beside it; return its path.
+
+    The caller moves it to `final_path` (named in errors), so several layers can all be
+    written before any appears. A full disk is an OutputError: GDAL may report it only as
+    a warning and leave a short file, so the copy's last block is read back.
+    """
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
+    from rasterio.errors import RasterioError
     from rasterio.shutil import copy as rio_copy
 
     staged = tmp_path.with_name(tmp_path.stem + ".cog.tif")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        rio_copy(
-            tmp_path,
-            staged,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            BLOCKSIZE=512,
-            OVERVIEW_RESAMPLING=resampling,
-            BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS",
-        )
-    os.replace(staged, final_path)
+    step = "copy"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rio_copy(
+                tmp_path,
+                staged,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=resampling,
+                BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",
+            )
+            step = "check"
+            with rasterio.open(staged) as ds:  # full-resolution tiles come last in a COG
+                rows, cols = ds.block_shapes[0]
+                top, left = (ds.height - 1) // rows * rows, (ds.width - 1) // cols * cols
+                ds.read(window=Window(left, top, ds.width - left, ds.height - top))
+    except (RasterioError, CPLE_BaseError, OSError) as exc:
+        reason = _first_line(exc) if step == "copy" else "the copy came out short: is the disk full?"
+        raise OutputError(f"{final_path}: could not be written ({reason}). Free some disk space "
+                          "or pick another output folder; nothing was left at that path.") from None
+    return staged
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def class_pixel_counts(path: str | os.PathLike, n_classes: int) -> np.ndarray:
     """Count pixels of each class in a mask, per row: (rows, n_classes) int64, block by block."""
-    with rasterio.open(path) as ds:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a mask of a photo has no geotransform
+        ds = rasterio.open(path)
+    with ds:
         counts = np.zeros((ds.height, n_classes), np.int64)
         for _, window in ds.block_windows(1):
             data = ds.read(1, window=window)
@@ -424,7 +459,11 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
             if mask:
                 masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
-                return np.any(masks > 0, axis=0)
+                valid = np.any(masks > 0, axis=0)
+                if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":  # as WindowSource: non-finite values are nodata
+                    valid &= np.isfinite(ds.read(list(bands), out_shape=(len(bands),) + shape,
+                                                 resampling=Resampling.nearest)).all(0)
+                return valid
             data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)
 
@@ -438,8 +477,22 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
 
     Its name carries this host and process id. A run killed outright (SIGKILL, the
     out-of-memory killer) cannot remove its folder, so each new one first removes the
-    folders of this host whose process no longer exists: those of live processes, and of
-    other hosts sharing the folder, are left alone.
+    folders of this host whose process no longer exists (`owned_temp_dir`).
+    """
+    import shutil
+
+    folder = owned_temp_dir(parent, STAGING_PREFIX)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """Make ``parent/PREFIXHOST-PID-XXXX`` after removing the folders of that pattern left by dead processes.
+
+    Only this host's folders whose process is gone are removed: those of live processes,
+    and of other hosts sharing `parent` (a network drive), are left alone.
     """
     import shutil
     import socket
@@ -447,13 +500,12 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
 
     parent = Path(parent)
     host = socket.gethostname().replace("-", "_")
-    for stale in parent.glob(f"{STAGING_PREFIX}{host}-*-*"):
-        pid = stale.name[len(STAGING_PREFIX) + len(host) + 1:].split("-", 1)[0]
+    for stale in parent.glob(f"{prefix}{host}-*-*"):
+        pid = stale.name[len(prefix) + len(host) + 1:].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-            log.info("removed %s, left by a run that was killed", stale)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f"{STAGING_PREFIX}{host}-{os.getpid()}-") as tmp:
-        yield Path(tmp)
+            log.info("removed %s, left by a process that was killed", stale)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{host}-{os.getpid()}-"))
 
 
 def _pid_alive(pid: int) -> bool:

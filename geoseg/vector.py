@@ -334,6 +334,15 @@ def vectorize(
 
     started = time.perf_counter()
     out_path = Path(out_path)
+    if isinstance(keep, (str, int)):  # one class: a name was read letter by letter ("class 'w' is not in ...")
+        keep = [keep]
+    if specks not in ("drop", "merge"):
+        raise InputError(f"specks must be 'drop' or 'merge'. Received: {specks!r}")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise InputError(f"block must be a positive number of pixels (default {DEFAULT_BLOCK}). Received: {block!r}")
+    for name, value in (("min_area", min_area), ("simplify", simplify)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value >= 0:
+            raise InputError(f"{name} must be a number of m² or m, 0 or more. Received: {value!r}")
     driver = VECTOR_FORMATS.get(out_path.suffix.lower())
     if driver is None:
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
@@ -369,7 +378,14 @@ def vectorize(
             CRS.from_user_input(to_crs)
         except CRSError as exc:
             raise InputError(f"--to-crs (to_crs=) {to_crs!r} is not a CRS ({exc}). Use e.g. EPSG:4326.") from None
-    conf_path = None if confidence is None else inspect_raster(confidence).path
+    conf_path = None
+    if confidence is not None:
+        conf = inspect_raster(confidence)
+        if (conf.width, conf.height) != (info.width, info.height):
+            raise InputError(f"{conf.path}: the confidence raster is {conf.width} x {conf.height} px but the mask "
+                             f"{info.path} is {info.width} x {info.height} px. Pass the confidence raster written "
+                             "with this mask.")
+        conf_path = conf.path
     tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
@@ -419,7 +435,14 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
             else:
                 frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio", use_arrow=True)
     except ImportError as exc:
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"{out_path}: writing {driver} needs an extra package ({exc}).") from None
+    except Exception as exc:  # a full disk, a folder gone: pyogrio's and pyarrow's errors have no common base
+        tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
+            raise
+        raise OutputError(f"{out_path}: could not be written ({str(exc).strip().splitlines()[0]}). Free some "
+                          "disk space or pick another output folder; nothing was left at that path.") from None
     os.replace(tmp, out_path)
 
 

@@ -173,6 +173,16 @@ def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_r
     assert ok.exit_code == 0, ok.output
     broken = run("segment", make_raster(), "-o", tmp_path / "out2", "-m", "broken", "--quiet")
     assert broken.exit_code == 1 and "broken.json: required field 'classes' is missing" in broken.output
+    # a second bundle whose card reuses a name was hidden without a word, and "-m dupe" said "no model named"
+    shutil.copy(shared / "tiny-fcn.keras", shared / "zz-copy.keras")  # found after tiny-fcn.json
+    shutil.copy(shared / "tiny-fcn.json", shared / "zz-copy.json")
+    reasons = [s["reason"] for s in json.loads(run("models", "--json").stdout)["skipped"]]
+    assert any("zz-copy.json: its card's name 'tiny-fcn' is taken by" in r for r in reasons)
+    dupe = run("segment", make_raster(), "-o", tmp_path / "out3", "-m", "zz-copy", "--quiet")
+    assert dupe.exit_code == 1 and "pass this bundle by its path: -m" in dupe.output
+    (shared / "zz-copy.json").write_text((shared / "zz-copy.json").read_text().replace('"tiny-fcn"', '"renamed"'))
+    stem = run("segment", make_raster(), "-o", tmp_path / "out3", "-m", "zz-copy", "--quiet")
+    assert stem.exit_code == 1 and "calls itself 'renamed' in its card. Pass -m renamed" in stem.output
 
 
 def test_model_by_name_from_model_path(run, make_raster, model_dir, tmp_path, monkeypatch):

@@ -262,6 +262,17 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     assert cli.exit_code == 0 and "| other |" in (tmp_path / "table.md").read_text()
 
 
+def test_label_names_that_match_no_model_class_say_so(make_raster, tiny_fcn, tmp_path):
+    """Said "are the label values class ids (0, 1, ...)?" when the names differed from the model's only in case."""
+    from geoseg.errors import InputError
+
+    image = make_raster(shape=(40, 50))
+    truth = make_raster(name="truth.tif", data=np.zeros((1, 40, 50), np.uint8))
+    with pytest.raises(InputError, match=r"none of the label names \(Class0, Class1\) is a class of model "
+                                         r"tiny-fcn .* case included \(Class0, Class1 differ only in case\)"):
+        evaluate(tiny_fcn, [image], [truth], label_names=["Class0", "Class1"])
+
+
 def test_label_template_names_a_zipped_image_by_the_raster_inside():
     from geoseg.cli.evaluate import _pairs
 

@@ -12,7 +12,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from geoseg import segment
-from geoseg.errors import BandError, InputError, OutputError, RasterReadError, TilingError
+from geoseg.errors import BandError, CardError, InputError, OutputError, RasterReadError, TilingError
 from geoseg.inference import predict_image
 from geoseg.models import get_segmenter
 
@@ -114,6 +114,39 @@ def test_nodata_becomes_255(make_raster, tiny_fcn, tmp_path, how):
     assert sum(c["pixels"] for c in result.classes) == (~hole).sum()
 
 
+def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path):
+    """NaN without a nodata tag was fed to the model: it spread through every window that saw it
+    (the default model called a whole raster land) and the preview came out black."""
+    from scipy.ndimage import gaussian_filter
+
+    data = gaussian_filter(np.random.default_rng(0).normal(size=(3, 70, 90)), (0, 4, 4)).astype(np.float32)
+    data = (data - data.min()) / np.ptp(data) * 255
+    hole = np.zeros((70, 90), bool)
+    hole[10:30, 40:70] = True
+    nan = data.copy()
+    nan[0, hole] = np.nan  # one band is enough
+    tagged = data.copy()
+    tagged[:, hole] = -1.0
+    runs = [segment(make_raster(name, data=d, **kw), tmp_path / f"out-{name}", model=tiny_fcn, chunk=32, preview=True)
+            for name, d, kw in (("nan.tif", nan, {}), ("tagged.tif", tagged, {"nodata": -1.0}))]
+    masks = [_read(r.outputs["mask"]) for r in runs]
+    assert (masks[0][hole] == 255).all() and (masks[0][~hole] < 3).all()
+    np.testing.assert_array_equal(masks[0], masks[1])  # as if the NaN pixels were tagged nodata
+    assert runs[0].classes == runs[1].classes
+    from PIL import Image
+
+    preview = np.asarray(Image.open(tmp_path / "out-nan.tif" / "nan_preview.png").convert("L"))
+    assert preview[:, : preview.shape[1] // 2].mean() > 20  # the image panel is not black
+
+
+@pytest.mark.parametrize("dtype, warned", [("uint16", True), ("uint8", False)])
+def test_values_far_outside_the_models_range_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog, dtype, warned):
+    """16-bit values through a model of 8-bit imagery ran silently and called nearly everything one class."""
+    segment(make_raster(dtype=dtype), tmp_path / "out", model=tiny_fcn, preview=False)
+    assert ("far outside what tiny-fcn was trained on" in caplog.text) == warned
+    assert "uint16 pixels reach 1" in caplog.text if warned else True  # 99th percentile of 0..4000, / 255
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
 def test_other_dtypes(make_raster, tiny_fcn, tmp_path, dtype):
     path = make_raster(dtype=dtype, shape=(50, 60))
@@ -163,6 +196,11 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"tile": 72}, TilingError, "multiple of 4"),  # core not on the pooling grid
         ({"tta": "d8"}, InputError, "tta must be one of none, flips"),
         ({"precision": "int8"}, InputError, "precision must be one of float32, bfloat16"),
+        # Python callers: were int()'s ValueError, a TypeError, or floats silently truncated
+        ({"bands": "3,2,1"}, BandError, r"a list of 1-based band indexes, e.g. \[3, 2, 1\]"),
+        ({"bands": 3}, BandError, "a list of 1-based band indexes"),
+        ({"bands": [1.7, 2.2, 3.9]}, BandError, "a list of 1-based band indexes"),
+        ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
     ],
 )
 def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error, match):
@@ -211,6 +249,15 @@ def test_overwrite_removes_outputs_of_an_earlier_run_that_no_longer_match(make_r
     assert second.outputs["mask"] == first.outputs["mask"] and "image_polygons.gpkg: it came from an earlier" in caplog.text
 
 
+@pytest.mark.parametrize("chunk, calls", [(None, [1.0]), (32, [0.25, 0.5, 0.75, 1.0])])
+def test_progress_reports_each_chunk(make_raster, tiny_fcn, tmp_path, chunk, calls):
+    """A raster of one chunk (most web uploads) reported no progress at all: Dask fuses its task."""
+    reported = []
+    segment(make_raster(shape=(64, 64)), tmp_path / "out", model=tiny_fcn, chunk=chunk, preview=False,
+            progress=reported.append)
+    assert reported == calls
+
+
 def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_path):
     path = make_raster(shape=(200, 200))
     out = tmp_path / "out"
@@ -249,6 +296,52 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(make_raster, ti
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["image_mask.qml", "image_mask.tif"]
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 40 KB filesystem (tmpfs); needs root and mount, so it skips elsewhere."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_an_output_error_and_leaves_no_output(make_raster, tiny_fcn, tiny_disk):
+    """GDAL reported the full disk only as a warning: a short confidence layer was renamed into place
+    beside a complete mask, and the error was rasterio's."""
+    noise = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)  # compresses badly
+    with pytest.raises(OutputError, match="could not be written .*Free some disk space"):
+        segment(make_raster(data=noise), tiny_disk, model=tiny_fcn, confidence=True, probabilities=True,
+                preview=False)
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_a_short_layer_keeps_every_layer_from_appearing(make_raster, tiny_fcn, tmp_path, monkeypatch):
+    """The same as a full disk, where no small filesystem can be mounted: the confidence copy comes out short."""
+    import os
+
+    import rasterio.shutil
+
+    copy = rasterio.shutil.copy
+
+    def short_confidence(src, dst, **kwargs):
+        copy(src, dst, **kwargs)
+        if "confidence" in str(dst):
+            with open(dst, "r+b") as f:
+                f.truncate(os.path.getsize(dst) // 2)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", short_confidence)
+    noise = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
+    with pytest.raises(OutputError, match="image_confidence.tif: could not be written"):
+        segment(make_raster(data=noise), tmp_path / "out", model=tiny_fcn, confidence=True, preview=False)
+    assert list((tmp_path / "out").iterdir()) == []  # not even the complete mask
+
+
 def test_unwritable_output_dir(make_raster, tiny_fcn, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -270,6 +363,7 @@ def test_each_task_reads_only_its_window(make_raster, tiny_fcn, tmp_path, monkey
     monkeypatch.setattr(raster.WindowSource, "__call__", spy)
     result = segment(make_raster(shape=(300, 300)), tmp_path / "out", model=tiny_fcn, chunk=64, preview=False)
     margin = result.plan["margin"]
+    assert reads.pop(0) == (300, 300)  # first the value-range check's central sample, at most 512 px a side
     assert len(reads) == 25  # one read per chunk: 5 x 5 chunks of 64 px (the last one 44 px)
     assert max(r * c for r, c in reads) <= (64 + 2 * margin) ** 2  # a chunk and its margins, never more
 

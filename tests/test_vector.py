@@ -161,6 +161,14 @@ def test_bad_requests(make_mask, tmp_path):
         ds.write(np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(InputError, match="one uint8 band"):
         vectorize(rgb, tmp_path / "y.gpkg")
+    # were range()'s ValueError, an empty layer, a silent "drop", and numpy's "weights and list" error
+    for kwargs, match in (({"block": 0}, "block must be a positive"), ({"block": -3}, "block must be a positive"),
+                          ({"specks": "bogus", "min_area": 1}, "specks must be 'drop' or 'merge'"),
+                          ({"min_area": -5}, "min_area must be"), ({"confidence": rgb}, "the confidence raster is 4 x 4 px")):
+        with pytest.raises(InputError, match=match):
+            vectorize(path, tmp_path / "k.gpkg", **kwargs)
+    assert not (tmp_path / "k.gpkg").exists()
+    assert vectorize(path, tmp_path / "one.gpkg", keep="a").per_class == {"a": 1}  # was "class 'a'"... by letters
 
 
 def test_zonal_composition_counts_pixel_centres(make_mask):

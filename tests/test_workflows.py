@@ -159,6 +159,17 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
         assert "| flooded |" in f.read()
 
 
+@pytest.mark.parametrize("kwargs, match", [({"method": "magic"}, "method must be 'model' or 'ndwi'"),
+                                           ({"method": "ndwi", "ndwi_threshold": "0.2"}, "ndwi_threshold must be")])
+def test_flood_refuses_bad_arguments_before_any_folder(make_raster, tmp_path, kwargs, match):
+    """method='magic' ran the model; a string threshold was numpy's UFuncTypeError after post/ was made."""
+    from geoseg.workflows import flood
+
+    with pytest.raises(InputError, match=match):
+        flood(make_raster(bands=4), tmp_path / "out", model="threshold", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 def test_flood_pre_event_images_that_cannot_be_aligned_are_refused_first(tmp_path):
     """A pre-event image elsewhere, or one without georeferencing, used to give 0 km2 of every class."""
     from rasterio.control import GroundControlPoint
@@ -253,6 +264,21 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert {Path(s).name for s in gpd.read_file(fifth.outputs["polygons"]).source} == {
         "strip0.tif", "strip1.tif", "strip2.tif"}
     assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
+
+
+def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):
+    """The client went into the manifest's key by its repr, whose port is new each run: nothing was ever skipped."""
+    from distributed import Client, LocalCluster
+
+    from geoseg.workflows import survey
+
+    paths = [make_raster(name=f"s{i}.tif", shape=(40, 50), seed=i) for i in range(2)]
+    runs = []
+    for _ in range(2):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            runs.append(survey(paths, tmp_path / "out", model=str(tiny_fcn), chunk=32, client=client))
+    assert len(runs[0].done) == 2 and len(runs[1].skipped) == 2 and not runs[1].done
 
 
 def test_survey_of_zipped_rasters_resumes_and_a_missing_archive_fails(make_raster, tiny_fcn, tmp_path):

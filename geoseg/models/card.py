@@ -200,7 +200,10 @@ def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
 
 
 def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]:
-    method = data.get("method") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise CardError(f"{source}: a normalisation is a dict such as {{'method': 'scale', 'scale': 0.0001}} "
+                        f"(the command line's METHOD:ARGS is --normalize's syntax). Received: {data!r}")
+    method = data.get("method")
     if method not in _NORMALISATIONS:
         raise CardError(
             f"{source}: field 'normalization.method' must be one of {', '.join(_NORMALISATIONS)}. "

@@ -94,9 +94,9 @@ def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
         if part:
             places.append((Path(part), "GEOSEG_MODEL_PATH"))
     places += _plugin_folders(problems)
-    seen, entries = set(), []
+    seen, entries = {}, []
     for entry in _builtins():
-        seen.add(entry.name)
+        seen[entry.name] = entry
         entries.append(entry)
     for folder, source in places:
         if not folder.is_dir():
@@ -104,8 +104,14 @@ def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
             continue
         for entry in _bundles_in(folder, source, problems):
             if entry.name not in seen:
-                seen.add(entry.name)
+                seen[entry.name] = entry
                 entries.append(entry)
+            else:  # said nothing: `geoseg models` hid it and `-m STEM` said "no model named"
+                first = seen[entry.name]
+                problems.append(Problem(entry.path.with_suffix(".json"), (
+                    f"{entry.path.with_suffix('.json')}: its card's name {entry.name!r} is taken by "
+                    f"{first.path or 'a built-in model'} ({first.source}), found first. Rename one (the card's "
+                    f"'name'), or pass this bundle by its path: -m {entry.path}.")))
     return entries
 
 
@@ -138,6 +144,10 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
     for problem in problems:  # a bundle of that name that was skipped: say why
         if problem.path is not None and problem.path.suffix == ".json" and problem.path.stem == text:
             raise ModelError(problem.message)
+    for entry in entries:  # a file name is not a model name
+        if entry.path is not None and entry.path.stem == text:
+            raise ModelNotFoundError(f"no model named {text!r}: the bundle {entry.path} calls itself {entry.name!r} "
+                                     f"in its card. Pass -m {entry.name}, or the bundle's path.")
     names = ", ".join(e.name for e in entries) or "none"
     raise ModelNotFoundError(
         f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "

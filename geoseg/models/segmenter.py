@@ -194,10 +194,16 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
             f"or save it as {card_path}."
         )
     model_card = read_card(card_path)
+    import zipfile
+
+    if not legacy and not zipfile.is_zipfile(weights):  # Keras says "File not found" of a file that is there
+        raise ModelError(f"{weights}: not a Keras .keras file (those are zip archives); it may be damaged or cut "
+                         "short. Copy the bundle again, or save the model with model.save('NAME.keras').")
     try:
         model = keras.saving.load_model(weights, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
+    _check_model_matches_card(model, model_card, f"{weights} (card {card_path})")
     log.debug("loaded %s (%s %s)", weights, model_card.name, model_card.version)
     segmenter = KerasSegmenter(with_precision(model, precision), model_card, source=str(weights))
     return FlipAveraged(segmenter) if tta == "flips" else segmenter

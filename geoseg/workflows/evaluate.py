@@ -246,6 +246,15 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
             scorable = True
             break
     if not scorable:
+        named = {c["name"] for label_classes, _ in label_sets for c in label_classes}
+        if card.output != "regions" and named and named <= missing:  # said "are the label values class ids?"
+            model_names = [c.name for c in card.classes]
+            near, sep = sorted(n for n in named if n.lower() in {m.lower() for m in model_names}), ", "
+            raise InputError(
+                f"none of the label names ({', '.join(sorted(named))}) is a class of model {card.name} "
+                f"({', '.join(model_names)}), so there is nothing to score. Names must match exactly"
+                f"{f', case included ({sep.join(near)} differ only in case)' if near else ''}: "
+                "pass --label-names (label_names=) with the model's names.")
         raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
     return card, label_sets, missing
 

@@ -55,7 +55,7 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
     for band in (green, nir):
         if not 1 <= band <= info.count:
             raise BandError(f"{info.path}: has {info.count} band(s); NDWI needs green and NIR bands. "
-                            f"Pass --green-band and --nir-band between 1 and {info.count}.")
+                            f"Pass --green-band and --nir-band (green_band=, nir_band=) between 1 and {info.count}.")
 
 
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
     if method == "ndwi":
         out = out_dir / f"{raster_stem(image)}_water.tif"
         if out.exists() and not overwrite:
-            raise OutputError(f"{out} already exists. Pass --overwrite to replace it.")
+            raise OutputError(f"{out} already exists. Pass --overwrite (overwrite=True) to replace it.")
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
         return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
     card, water_id = _water_class(model, water_class)
@@ -122,7 +122,8 @@ def _water_class(model, water_class: str):
     if not ids:
         raise InputError(
             f"model {card.name} has no class {water_class!r} (classes: {', '.join(c.name for c in card.classes)}). "
-            "Pass --water-class with one of them, or --method ndwi for imagery with a NIR band."
+            "Pass --water-class (water_class=) with one of them, or --method ndwi (method='ndwi') for imagery "
+            "with a NIR band."
         )
     return card, ids[0]
 
@@ -170,6 +171,11 @@ def flood(
         receded water; 255 = nodata), ``flood.gpkg`` (polygons of the wet classes),
         ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`.
     """
+    if method not in ("model", "ndwi"):
+        raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
+    if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float))
+                                     or not -1 <= ndwi_threshold <= 1):
+        raise InputError(f"ndwi_threshold must be 'otsu' or a number from -1 to 1. Received: {ndwi_threshold!r}")
     post_info = inspect_raster(post)
     if method == "model":  # before an output folder is made
         _water_class(model, water_class)

@@ -172,7 +172,8 @@ def survey(
     out_dir = Path(output_dir)
     prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
     options = {"model": card.name, "model_version": card.version, "vector": vector,
-               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())}}
+               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
+                  if k != "client"}}  # where it ran does not change the outputs (its repr has a fresh port each run)
     manifest = _Manifest(out_dir / MANIFEST)
     folders = unique_stems(sources)  # one output folder per raster
     fractions = dict.fromkeys(sources, 0.0)
