@@ -29,11 +29,11 @@ def client(app):
     return app.test_client()
 
 
-def _png(rows=60, cols=80, seed=0, flat=False) -> bytes:
+def _png(rows=60, cols=80, seed=0, flat=False, grey=False) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     pixels = np.zeros((rows, cols, 3), np.uint8) if flat else rng.integers(0, 255, (rows, cols, 3), np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels[..., 0] if grey else pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -129,12 +129,77 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
+        # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"
+        ({"image": (io.BytesIO(_png(200, 200)[:2000]), "cut.png")}, 400, "its pixels cannot be read. Is it truncated?"),
+        ({"image": (io.BytesIO(b""), "empty.png")}, 400, "the image file is empty"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(b"nope"), "l.png")}, 415,
+         "the label file is not a PNG"),
+        # a model that cannot read the upload: was a failed job after the other models ran, with the server's path
+        ({"image": (io.BytesIO(_png(grey=True)), "grey.png"), "models": "threshold,tiny-fcn"}, 400,
+         "grey.png has 1 band(s), but threshold reads band(s) 1, 2, 3; tiny-fcn reads band(s) 1, 2, 3. Untick"),
     ],
 )
 def test_upload_errors(client, data, status, message):
     with client.post("/api/segment", data=data, content_type="multipart/form-data") as response:
         assert response.status_code == status
         assert message in response.get_json()["error"]
+
+
+def test_warnings_reach_the_page(client, make_raster):
+    """A 16-bit upload into a model of 8-bit imagery ran silently; the warning was only in the server's log."""
+    tif = make_raster(name="survey16.tif", dtype="uint16")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "survey16.tif"),
+                                                 "models": "tiny-fcn"}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert len(job["warnings"]) == 1 and job["warnings"][0].startswith("survey16.tif: after the model's normalisation")
+    assert "far outside what tiny-fcn was trained on" in job["warnings"][0]
+
+
+def test_errors_of_api_and_file_routes_are_json(client):
+    for method, url, status in (("get", "/api/nothing", 404), ("get", "/api/segment", 405),
+                                ("get", "/jobs/abc/files/m0_mask.tif", 404), ("get", "/models/threshold/download", 404)):
+        with getattr(client, method)(url) as response:
+            assert response.status_code == status and response.is_json and response.get_json()["error"]
+    assert client.get("/nothing").status_code == 404
+
+
+def test_paletted_png_is_segmented_as_the_colours_it_shows(client):
+    """A 256-colour PNG was refused with gdal_translate advice naming the server's copy of the file."""
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:, 40:] = [30, 90, 200]
+    paletted = io.BytesIO()
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(paletted, format="PNG")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(paletted.getvalue()), "map.png"),
+                                                 "models": " tiny-fcn , threshold,tiny-fcn"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["models"] == ["tiny-fcn", "threshold"]  # spaces stripped, each model once
+    with client.get(job["files"]["original.png"]) as png:
+        original = np.asarray(Image.open(io.BytesIO(png.data)).convert("RGB"))
+    assert (original[:, -1] == [30, 90, 200]).all()
+    assert "m0_polygons.geojson" not in job["files"]  # no CRS: GeoJSON would put pixel coordinates at lon/lat
+    assert "m0_polygons.gpkg" in job["files"]
+
+
+def test_two_servers_sharing_a_folder_keep_their_own_jobs(tmp_path, model_dir, monkeypatch, make_raster):
+    """Each server used to sweep every folder it did not know that was older than its own --ttl."""
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    apps = [create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_RESULT_TTL": ttl, "TESTING": True})
+            for ttl in (0.0, 3600)]
+    short, long = (a.test_client() for a in apps)
+    response = long.post("/api/segment", data={"image": (io.BytesIO(make_raster().read_bytes()), "a.tif"),
+                                               "models": "threshold"}, content_type="multipart/form-data")
+    job = _wait(long, response.get_json()["id"])
+    time.sleep(0.05)
+    assert short.get("/api/jobs/other").status_code == 404  # the short-lived server expires its own jobs
+    with long.get(job["files"]["m0_mask.tif"]) as mask:
+        assert mask.status_code == 200
+    shutil.rmtree(apps[1].extensions["geoseg_jobs"].root / job["id"] / "m0")
+    with long.get(job["files"]["m0_mask.tif"]) as gone:  # was a 500 with a FileNotFoundError traceback
+        assert gone.status_code == 404 and "is gone" in gone.get_json()["error"]
 
 
 def test_tta_and_precision_reach_the_model(client, make_raster):
@@ -232,6 +297,13 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             download.value.save_as(saved)
             with rasterio.open(saved) as ds, rasterio.open(image) as src:
                 assert ds.shape == src.shape and ds.crs == src.crs
+            assert page.is_enabled("#go")  # disabled while a job runs (a double click posted two jobs)
+            cut = tmp_path / "cut.png"
+            cut.write_bytes(_png(200, 200)[:2000])
+            page.set_input_files("#image", str(cut))
+            page.click("#go")
+            page.wait_for_selector("#message.error")  # was stuck on "Uploading…" after a 500 HTML page
+            assert "truncated" in page.inner_text("#message") and page.is_enabled("#go")
             browser.close()
     finally:
         server.shutdown()

@@ -43,5 +43,10 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
                                    "--port, or a --host that is an address of this machine.") from None
     app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                       "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
+    import logging
+
+    # the page polls each job twice a second: log those answers only when they are not 200
+    logging.getLogger("werkzeug").addFilter(
+        lambda record: not ("GET /api/jobs/" in record.getMessage() and '" 200 ' in record.getMessage()))
     click.echo(f"geoseg serving on http://{host}:{port}/", err=True)
     app.run(host=host, port=port, threaded=True)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
+import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, abort, jsonify, render_template, request, send_file
+from werkzeug.exceptions import HTTPException
 
 from geoseg.errors import GeosegError, ModelNotFoundError
+from geoseg.models.registry import DEFAULT_MODEL
+from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.web.jobs import Job, JobManager
 from geoseg.web.uploads import UploadError, check_pixels, display_name, sniff
@@ -32,9 +38,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(DEFAULTS)
     app.config.update(config or {})
-    root = Path(app.config["GEOSEG_DATA_DIR"] or Path(tempfile.gettempdir()) / "geoseg-web")
+    base = Path(app.config["GEOSEG_DATA_DIR"] or Path(tempfile.gettempdir()) / "geoseg-web")
+    base.mkdir(parents=True, exist_ok=True)
+    root = owned_temp_dir(base, "server-")  # a folder per server: two servers never expire each other's jobs
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     jobs = JobManager(root, workers=int(app.config["GEOSEG_WORKERS"]), ttl=float(app.config["GEOSEG_RESULT_TTL"]))
     app.extensions["geoseg_jobs"] = jobs
+
+    @app.before_request
+    def expire_old_jobs():  # on every request, so files go after --ttl even if nobody polls
+        jobs.expire()
 
     @app.errorhandler(UploadError)
     def upload_error(exc: UploadError):
@@ -52,6 +65,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def too_large(exc):
         limit = app.config["MAX_CONTENT_LENGTH"] / 1024**2
         return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # the API and file routes answer JSON, as scripts and the page expect
+        if request.path.startswith(("/api/", "/jobs/", "/models/")):
+            return jsonify(error=f"{exc.name}: {exc.description}"), exc.code
+        return exc
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        logging.getLogger(__name__).exception("%s %s failed", request.method, request.path)
+        return jsonify(error="the server failed on this request; its log has the details."), 500
 
     @app.get("/")
     def index():
@@ -80,6 +104,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if job is None or name not in job.files:  # only names the job made; no path from the user
             abort(404)
         path = job.files[name]
+        if not path.exists():
+            abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
         return send_file(path, as_attachment=not name.endswith(".png"),
                          download_name=f"{Path(job.name).stem}_{name}")
 
@@ -118,9 +144,9 @@ def _models() -> list[dict[str, Any]]:
             for m in _registry()]
 
 
-def _save_upload(storage, folder: Path, stem: str) -> Path:
+def _save_upload(storage, folder: Path, stem: str, *, what: str = "image") -> Path:
     head = storage.stream.read(16)
-    kind = sniff(head)
+    kind = sniff(head, what=what)
     storage.stream.seek(0)
     path = folder / f"{stem}.{kind}"
     storage.save(path)
@@ -131,9 +157,10 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     image = request.files.get("image")
     if image is None or not image.filename:
         raise UploadError("no image in the request: send it as multipart field 'image'.", 400)
-    names = [n for value in request.form.getlist("models") for n in value.split(",") if n.strip()]
-    known = {m.name for m in _registry()}
-    unknown = [n for n in names if n not in known]
+    names = list(dict.fromkeys(n.strip() for value in request.form.getlist("models") for n in value.split(",")
+                               if n.strip()))  # in order, each once
+    registry = {m.name: m for m in _registry()}
+    unknown = [n for n in names if n not in registry]
     if unknown:
         raise UploadError(f"unknown model(s) {', '.join(unknown)}; GET /api/models lists them.", 400)
     precision = request.form.get("precision") or "float32"
@@ -142,19 +169,22 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         raise UploadError(f"precision must be one of {', '.join(PRECISIONS)}; received {precision!r}.", 400)
     if tta not in TTA_MODES:
         raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400)
+    names = names or [DEFAULT_MODEL]
     job_id, folder = jobs.new_folder()
     try:
+        shown = display_name(image.filename)
         path = _save_upload(image, folder, "input")
-        check_pixels(path, max_pixels)
-        job = Job(job_id, folder, display_name(image.filename), names or ["landcover-unet"], False,
-                  precision=precision, tta=tta)
+        _, _, count = check_pixels(path, max_pixels)
+        path, count = _expand_palette(path, count)
+        _check_bands(shown, count, [registry[n] for n in names if n in registry])
+        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta)
         job.files["input"] = path
         job.files["original.png"] = _original_png(path, folder)
         label = request.files.get("label")
         if label is not None and label.filename:
-            job.files["label"] = _save_upload(label, folder, "label")
+            job.files["label"] = _save_upload(label, folder, "label", what="label")
             job.has_label = True
-            _check_label(job.files["label"], path, display_name(label.filename), display_name(image.filename))
+            _check_label(job.files["label"], path, display_name(label.filename), shown)
     except Exception:
         import shutil
 
@@ -175,18 +205,67 @@ def _check_label(label: Path, image: Path, name: str, image_name: str) -> None:
         raise UploadError(str(exc), 400) from None
 
 
+def _check_bands(name: str, count: int, entries) -> None:
+    """A 400 now, naming the model, rather than a failed job after the other models ran."""
+    unfit = [f"{m.name} reads band(s) {', '.join(map(str, m.card.bands))}" for m in entries if max(m.card.bands) > count]
+    if unfit:
+        raise UploadError(f"{name} has {count} band(s), but {'; '.join(unfit)}. Untick "
+                          f"{'that model' if len(unfit) == 1 else 'those models'}, or upload an image with more "
+                          "bands (the U-Nets read RGB; -nir baselines need a near-infrared band 4).", 400)
+
+
+def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
+    """A paletted upload (a 256-colour PNG, a GIF-like GeoTIFF) becomes the RGB GeoTIFF that it shows.
+
+    Its georeferencing is kept; colour-table entries that are transparent become nodata.
+    """
+    import numpy as np
+    import rasterio
+
+    from geoseg.raster import inspect_raster
+
+    if not inspect_raster(path).paletted:
+        return path, count
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            index, table = ds.read(1), ds.colormap(1)
+            crs, transform = ds.crs, ds.transform
+    georef = {"crs": crs, "transform": transform} if crs is not None or not transform.is_identity else {}
+    lut = np.zeros((max(max(table), int(index.max())) + 1, 4), np.uint8)
+    for value, rgba in table.items():
+        lut[value] = rgba
+    rgba = lut[index]
+    out = path.with_name("input.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(out, "w", driver="GTiff", width=index.shape[1], height=index.shape[0], count=3,
+                           dtype="uint8", photometric="RGB", **georef) as dst:
+            dst.write(np.moveaxis(rgba[..., :3], -1, 0))
+            if (rgba[..., 3] == 0).any():
+                dst.write_mask(np.where(rgba[..., 3] == 0, 0, 255).astype(np.uint8))
+    if out != path:
+        path.unlink()
+    return out, 3
+
+
 def _original_png(path: Path, folder: Path) -> Path:
     import numpy as np
+    import rasterio
     from PIL import Image
 
     from geoseg.preview import save_png, stretch
     from geoseg.raster import read_preview
 
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
-    data = read_preview(str(path), bands, 1024)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
+            data = read_preview(str(path), bands, 1024)
+    except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
+        raise UploadError("the file looks like an image but its pixels cannot be read. Is it truncated? "
+                          "Upload it again, or a copy that opens in an image viewer.", 400) from None
     rgb = data if data.dtype == np.uint8 else stretch(data)
     out = folder / "original.png"
     save_png(Image.fromarray(rgb), out)

@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class Job:
     status: str = "queued"
     progress: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -41,7 +43,8 @@ class Job:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
         return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
                 "tta": self.tta, "status": self.status,
-                "progress": round(self.progress, 3), "error": self.error, "result": self.result,
+                "progress": round(self.progress, 3), "error": self.error, "warnings": self.warnings,
+                "result": self.result,
                 "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
 
 
@@ -81,12 +84,11 @@ class JobManager:
                 del self.jobs[job.id]
         for job in old:
             shutil.rmtree(job.folder, ignore_errors=True)
-        for folder in self.root.iterdir():  # leftovers of an earlier server
-            if folder.is_dir() and folder.name not in self.jobs and now - folder.stat().st_mtime > self.ttl:
-                shutil.rmtree(folder, ignore_errors=True)
 
     def _run(self, job: Job) -> None:
         job.status = "running"
+        caught = _ThreadWarnings()  # what the log tells a command-line user, the page shows too
+        logging.getLogger("geoseg").addHandler(caught)
         try:
             run_job(job)
             job.status, job.progress = "done", 1.0
@@ -95,12 +97,36 @@ class JobManager:
 
             if not isinstance(exc, GeosegError):
                 log.exception("job %s failed", job.id)
-            job.status, job.error = "failed", str(exc)
+            message = str(exc) if isinstance(exc, GeosegError) else "the server failed on this job; its log has the details."
+            job.status, job.error = "failed", _for_user(message, job)
+        finally:
+            logging.getLogger("geoseg").removeHandler(caught)
+            job.warnings = list(dict.fromkeys(_for_user(m, job) for m in caught.messages))
+
+
+def _for_user(message: str, job: Job) -> str:
+    """The user knows the upload by its name, not by the server's folder."""
+    return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
+
+
+class _ThreadWarnings(logging.Handler):
+    """Collects the warnings logged by the thread that made it (a job's; other jobs run beside it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread, self.messages = threading.get_ident(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
 
 
 def run_job(job: Job) -> None:
     """Segment the upload with every model, then describe, compare and (with a label) score them."""
+    import rasterio
+
     from geoseg import segment
+    from geoseg.errors import GeosegError
     from geoseg.models import get_segmenter
     from geoseg.models.registry import with_card
     from geoseg.preview import colorize, save_png
@@ -117,13 +143,21 @@ def run_job(job: Job) -> None:
         def progress(fraction, i=i):
             job.progress = (i + 0.9 * fraction) / len(job.models)
 
-        res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress)
+        try:
+            res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress)
+        except GeosegError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
         key = f"m{i}"
         job.files[f"{key}_mask.tif"] = Path(res.outputs["mask"])
         job.files[f"{key}_polygons.gpkg"] = Path(res.outputs["vector"])
-        geojson = out / "polygons.geojson"
-        vectorize(res.outputs["mask"], geojson, overwrite=True, style=False)
-        job.files[f"{key}_polygons.geojson"] = geojson
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(res.outputs["mask"]) as ds:
+                has_crs = ds.crs is not None
+        if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
+            geojson = out / "polygons.geojson"
+            vectorize(res.outputs["mask"], geojson, overwrite=True, style=False)
+            job.files[f"{key}_polygons.geojson"] = geojson
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
         masks[name] = (mask, card)
         rgba = np.dstack([colorize(mask, card.classes), np.where(mask == 255, 0, 255).astype(np.uint8)])
@@ -179,18 +213,21 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
 
     rows = []
     label = job.files["label"]
-    with rasterio.open(label) as ds:
-        bands = ds.count
-    for i, model in enumerate(job.models):
-        if model not in masks:  # a model of unlabeled regions has no classes to score
-            continue
-        with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
-            pred = ds.read(1)
-        card = masks[model][1]
-        classes = [{"name": c.name, "color": c.color} for c in card.classes]
-        truth = read_labels(label, fmt="color" if bands >= 3 else "index", classes=classes,
-                            image=job.files["input"], shape=pred.shape)
-        s = scores(confusion_matrix(truth, pred, card.n_classes))
-        rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),
-                     "iou": {c.name: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(card.classes, s["iou"])}})
+    with warnings.catch_warnings():  # PNG and JPEG labels have no georeferencing; that is fine here
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(label) as ds:
+            bands = ds.count
+        for i, model in enumerate(job.models):
+            if model not in masks:  # a model of unlabeled regions has no classes to score
+                continue
+            with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
+                pred = ds.read(1)
+            card = masks[model][1]
+            classes = [{"name": c.name, "color": c.color} for c in card.classes]
+            truth = read_labels(label, fmt="color" if bands >= 3 else "index", classes=classes,
+                                image=job.files["input"], shape=pred.shape)
+            s = scores(confusion_matrix(truth, pred, card.n_classes))
+            rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),
+                         "iou": {c.name: (None if np.isnan(v) else round(float(v), 4))
+                                 for c, v in zip(card.classes, s["iou"])}})
     return rows

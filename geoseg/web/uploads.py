@@ -27,12 +27,17 @@ class UploadError(InputError):
         self.status = status
 
 
-def sniff(head: bytes) -> str:
-    """Return 'png', 'jpg' or 'tif' from a file's first bytes, or raise UploadError (415)."""
+def sniff(head: bytes, *, what: str = "image") -> str:
+    """Return 'png', 'jpg' or 'tif' from a file's first bytes, or raise UploadError (415).
+
+    `what` names the upload in the message ("image", "label").
+    """
+    if not head:
+        raise UploadError(f"the {what} file is empty (0 bytes). Upload it again.", 400)
     for magic, kind in SIGNATURES.items():
         if head.startswith(magic):
             return kind
-    raise UploadError("this file is not a PNG, JPEG or GeoTIFF (checked from its content, not its name). "
+    raise UploadError(f"the {what} file is not a PNG, JPEG or GeoTIFF (checked from its content, not its name). "
                       "Upload one of those.", 415)
 
 

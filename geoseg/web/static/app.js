@@ -16,25 +16,40 @@ function modeText() {
 
 function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
 
+// JSON from the server, or {error} when the answer is not JSON (a proxy's page, a dropped connection)
+async function call(url, options) {
+  try {
+    const response = await fetch(url, options);
+    const body = await response.json().catch(() => ({ error: `the server answered ${response.status} ${response.statusText}.` }));
+    return { ok: response.ok, body };
+  } catch (err) { return { ok: false, body: { error: `no answer from the server (${err.message}).` } }; }
+}
+
+function finish(text, isError) { $("bar").hidden = true; $("go").disabled = false; say(text, isError); }
+
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const data = new FormData(form);
   if (!data.getAll("models").length) { say("Pick at least one model.", true); return; }
+  $("go").disabled = true; // one job at a time from this page
   $("results").hidden = true; $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
-  const response = await fetch("/api/segment", { method: "POST", body: data });
-  const body = await response.json();
-  if (!response.ok) { $("bar").hidden = true; say(body.error, true); return; }
+  const { ok, body } = await call("/api/segment", { method: "POST", body: data });
+  if (!ok) { finish(body.error, true); return; }
   job = body; poll();
 });
 
 async function poll() {
-  const response = await fetch(`/api/jobs/${job.id}`);
-  job = await response.json();
-  if (!response.ok) { say(job.error, true); return; }
+  const { ok, body } = await call(`/api/jobs/${job.id}`);
+  if (!ok) { finish(body.error, true); return; }
+  job = body;
   $("bar").value = job.progress;
-  if (job.status === "failed") { $("bar").hidden = true; say(job.error, true); return; }
-  if (job.status !== "done") { say(`Segmenting with ${job.models.join(", ")}${modeText()}… ${Math.round(job.progress * 100)}%`); setTimeout(poll, 500); return; }
-  $("bar").hidden = true; say(`Done${modeText()}.`); show();
+  if (job.status === "failed") { finish(job.error, true); return; }
+  if (job.status !== "done") {
+    const n = job.models.length, i = Math.min(n - 1, Math.floor(job.progress * n));
+    say(`Segmenting with ${job.models[i]}${n > 1 ? ` (model ${i + 1} of ${n})` : ""}${modeText()}… ${Math.round(job.progress * 100)}%`);
+    setTimeout(poll, 500); return;
+  }
+  finish(`Done${modeText()}.` + (job.warnings.length ? ` Note: ${job.warnings.join(" ")}` : "")); show();
 }
 
 function show() {
@@ -56,7 +71,9 @@ function view(m) {
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
     (c.area_m2 !== null ? ` (${(c.area_m2 / 1e4).toFixed(2)} ha)` : "") + "</span>").join(" ");
-  const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]];
+  // no GeoJSON for an image without a CRS: GeoJSON coordinates are longitude and latitude
+  const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
+    .filter(([, suffix]) => job.files[m.key + suffix]);
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
     `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join("");
 }
