@@ -466,3 +466,197 @@ def test_seam_free_margin_climbs_to_the_receptive_field():
     assert seam_free_margin(seg, images, 0, chunk=32, step=4) == (16, 1.0)
     margin, agreement = seam_free_margin(seg, images, 0, chunk=32, step=4, limit=12)
     assert margin == 12 and 0.5 < agreement < 0.9999
+
+
+def test_colour_labels_need_a_colour_for_every_class(tmp_path):
+    """A class without a colour gave a KeyError traceback from read_labels once the data was read."""
+    config = _dataset(tmp_path, "color")
+    config.write_text(config.read_text().replace(f'color = "{COLOURS[1]}"\n', ""))
+    with pytest.raises(InputError, match=r'label_format "color" needs a color for every class.*\'b\' have none'):
+        load_config(config)
+    result = CliRunner().invoke(main, ["train", "--config", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "'b' have none" in result.output
+    config.write_text(config.read_text().replace(f'color = "{COLOURS[0]}"', 'color = "red"'))
+    with pytest.raises(InputError, match=r"classes\[0\] \(a\) color must look like '#3C1098'. Received: 'red'"):
+        load_config(config)
+
+
+def _polygons(path, values, field="kind"):
+    """Two boxes over img-sized ground (48 x 48 m from 500000, 2800000) whose `field` holds `values`."""
+    import geopandas as gpd
+    import shapely
+
+    boxes = [shapely.box(500000.0, 2800000.0 - 48, 500024.0, 2800000.0),
+             shapely.box(500024.0, 2800000.0 - 48, 500048.0, 2800000.0)]
+    gpd.GeoDataFrame({field: values}, geometry=boxes, crs="EPSG:32640").to_file(path)
+
+
+def test_vector_values_that_match_no_class_are_reported(tmp_path, caplog):
+    """Polygons whose class matched no config class (a renamed class, a REAL field) were dropped without a word."""
+    from geoseg.models.labels import VectorLabels
+
+    _dataset(tmp_path, "vector")
+    image, labels = str(tmp_path / "data" / "img0.tif"), str(tmp_path / "data" / "img0_label.gpkg")
+    renamed = [{"name": "A"}, {"name": "b"}]
+    with caplog.at_level("WARNING", logger="geoseg.models.labels"):
+        VectorLabels(labels, renamed, image, "kind")
+        VectorLabels(labels, renamed, image, "kind")  # the same file for another image: warned once
+    warned = [r.getMessage() for r in caplog.records if "matches no class" in r.getMessage()]
+    assert len(warned) == 1 and "img0_label.gpkg: 1 of 2 polygons have a 'kind' value" in warned[0]
+    assert "('a')" in warned[0] and "'A', 'b'" in warned[0] and "case-sensitive" in warned[0]
+    with pytest.raises(InputError, match=r"img0_label.gpkg: no polygon's 'kind' value matches a class: it holds "
+                                         r"'b', 'a', and the classes are 'water', 'land'"):
+        VectorLabels(labels, [{"name": "water"}, {"name": "land"}], image, "kind")
+    real = str(tmp_path / "real.gpkg")
+    _polygons(real, [1.0, 0.0])  # ids stored as REAL: whole numbers are the class ids
+    burnt = VectorLabels(real, renamed, image, "kind").window((48, 48))
+    assert (burnt[:, :24] == 1).all() and (burnt[:, 24:] == 0).all()
+    _polygons(real, [0.5, 7.0])  # a REAL of no id
+    with pytest.raises(InputError, match=r"it holds 0.5, 7.0, and the classes are 'A', 'b' \(or their ids 0 to 1\)"):
+        VectorLabels(real, renamed, image, "kind")
+
+
+def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
+    """NAME.toml kept the original config's relative paths, so `geoseg train --config NAME.toml` found no images."""
+    config = _dataset(tmp_path, "index")
+    deep = tmp_path / "deep" / "a" / "b"
+    args = ["--epochs", "1", "--steps-per-epoch", "1"]
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--output", str(deep), *args])
+    assert result.exit_code == 0, result.output
+    written = load_config(deep / "toy.toml")
+    assert written.images == ["../../../data/img?.tif"] and written.labels == "{image_dir}/{stem}_label.tif"
+    assert [p for *_, p in load_pairs(written)[0]] == [p for *_, p in load_pairs(load_config(config))[0]]
+    again = CliRunner().invoke(main, ["train", "--config", str(deep / "toy.toml"), "--name", "again", *args])
+    assert again.exit_code == 0, again.output
+    assert (deep / "again.keras").exists() and load_config(deep / "again.toml").output == "."
+    from geoseg.models.training import TrainConfig, _rebased_config
+
+    original = TrainConfig(name="t", classes=[{"name": "a"}], images=["img/*.tif"], labels="labels/{stem}.png",
+                           output="/abs/out", init_weights="../zoo/m.keras", encoder_weights="w.pth",
+                           source=str(tmp_path / "cfg" / "t.toml"))
+    moved = _rebased_config(original, tmp_path / "runs" / "t")
+    assert (moved["images"], moved["labels"]) == (["../../cfg/img/*.tif"], "../../cfg/labels/{stem}.png")
+    assert (moved["init_weights"], moved["encoder_weights"]) == ("../../zoo/m.keras", "../../cfg/w.pth")
+
+
+def test_training_without_validation_patterns_says_the_score_is_on_training_images(tmp_path, caplog):
+    """No `validation`: the card said "validation patterns []" and scored the first two training images."""
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace('validation = ["img2"]\n', "").replace("epochs = 2", "epochs = 1"))
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        train(load_config(config))
+    assert any("no validation patterns, so the validation score" in r.getMessage() and "validation = [" in
+               r.getMessage() for r in caplog.records)
+    training = json.loads((tmp_path / "models" / "toy.json").read_text())["training"]
+    assert training["split"].startswith("no held-out split (no validation patterns): validation metrics")
+    assert "first two training images (data/img0.tif, data/img1.tif)" in training["split"]
+
+
+def test_max_minutes_zero_is_refused_by_the_flag(tmp_path):
+    """--max-minutes 0 passed click's [x>=0] and was then blamed on the config file."""
+    config = _dataset(tmp_path, "index")
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--max-minutes", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--max-minutes'" in result.output
+    assert "x>0" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_missing_weights_files_are_refused_when_the_config_is_read(tmp_path):
+    """A missing encoder_weights said only "nope.pth: no such weights file." and only after loading the data."""
+    config = _dataset(tmp_path, "index")
+    base = config.read_text()
+    text = base.replace("[model]\ndepth = 2\nfilters = 4",
+                        '[model]\narchitecture = "mobilenet_v2"\nencoder_weights = "nope.pth"')
+    config.write_text(text.replace("chip = 32", "chip = 64"))
+    expected = str(tmp_path / "nope.pth").replace("\\", "\\\\")
+    with pytest.raises(InputError, match=rf"train.toml: encoder_weights = 'nope.pth': no such file \({expected}\)"):
+        load_config(config)
+    config.write_text(base.replace("[train]", '[train]\ninit_weights = "old/toy.keras"'))
+    with pytest.raises(InputError, match=r"train.toml: init_weights = 'old/toy.keras': no such file \(.*old.toy.keras"):
+        load_config(config)
+
+
+def test_ignore_colors_marks_unlabelled_colours_and_others_are_reported(tmp_path, caplog):
+    """`ignore_colors` was read and never used; colours of no class were dropped without a word."""
+    config = _dataset(tmp_path, "color")
+    with rasterio.open(tmp_path / "data" / "img0_label.png", "r+") as ds:  # a black border and an off-red patch
+        rgb = ds.read()
+        rgb[:, :2, :] = 0
+        rgb[:, 10:14, :4] = np.array([250, 0, 0], np.uint8)[:, None, None]
+        ds.write(rgb)
+    base = config.read_text()
+    config.write_text(base.replace('vector_field = "kind"', 'ignore_colors = ["#000000", "#FA0000"]'))
+    with caplog.at_level("WARNING", logger="geoseg.models.labels"):
+        train_pairs, _ = load_pairs(load_config(config))
+    assert not [r for r in caplog.records if "colour(s) of no class" in r.getMessage()]
+    assert (train_pairs[0][1][:2] == 255).all() and (train_pairs[0][1][10:14, :4] == 255).all()
+    config.write_text(base.replace('vector_field = "kind"', 'ignore_colors = "#000000"'))
+    with caplog.at_level("WARNING", logger="geoseg.models.labels"):
+        load_pairs(load_config(config))
+    warned = [r.getMessage() for r in caplog.records if "colour(s) of no class" in r.getMessage()]
+    assert len(warned) == 1 and "img0_label.png: 0.7% of the pixels have 1 colour(s) of no class (#FA0000 (0.7%))" \
+        in warned[0] and "ignore_colors" in warned[0]
+    for setting, message in [('ignore_colors = ["#ff0000"]', r"holds the colour of a class: #ff0000 \(class 'a'\)"),
+                             ('ignore_colors = ["black"]', "ignore_colors must be colours like '#000000'")]:
+        config.write_text(base.replace('vector_field = "kind"', setting))
+        with pytest.raises(InputError, match=message):
+            load_config(config)
+    config.write_text(base.replace('label_format = "color"', 'label_format = "index"')
+                      .replace('vector_field = "kind"', 'ignore_colors = ["#000000"]'))
+    with pytest.raises(InputError, match="ignore_colors applies to colour labels only"):
+        load_config(config)
+
+
+def test_an_interrupted_train_says_whether_a_rerun_resumes(tmp_path, monkeypatch):
+    """Ctrl-C printed only "Aborted!"; the written path read "cfg/../models/toy.keras"."""
+    import geoseg.models.training as training
+
+    _dataset(tmp_path, "index")
+    config = str(tmp_path / "data" / ".." / "train.toml")
+    real, calls = training.evaluate_pairs, []
+
+    def interrupt_at(n):
+        def scored(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        calls.clear()
+        monkeypatch.setattr(training, "evaluate_pairs", scored)
+
+    interrupt_at(1)  # scoring epoch 1: nothing checkpointed yet
+    result = CliRunner().invoke(main, ["train", "--config", config])
+    assert result.exit_code == 1 and "before the end of the first epoch: nothing to resume" in result.output
+    interrupt_at(2)  # scoring epoch 2, which Keras has backed up already
+    result = CliRunner().invoke(main, ["train", "--config", config, "--restart", "--epochs", "3"])
+    work = tmp_path / "models" / "toy.checkpoints"
+    assert result.exit_code == 1 and f"Interrupted: {work} keeps the checkpoints of 2 epoch(s); rerunning the same " \
+        "command without --restart (which discards them) resumes" in result.output
+    interrupt_at(0)
+    result = CliRunner().invoke(main, ["train", "--config", config, "--epochs", "3"])
+    assert result.exit_code == 0 and len(calls) == 2  # epoch 3 only, then the final score
+    assert f"wrote {tmp_path / 'models' / 'toy.keras'} and its card" in result.output
+
+
+def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
+    """After a resume the card's training.seconds counted only the last session."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    real, calls = training.evaluate_pairs, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the final score, after both epochs were trained and checkpointed
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(config))
+    state_file = tmp_path / "models" / "toy.checkpoints" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["seconds"] > 0  # the first session's time is kept with the checkpoints
+    state_file.write_text(json.dumps({**state, "seconds": 1000.0}))  # as if the first session had taken long
+    monkeypatch.setattr(training, "evaluate_pairs", real)
+    training.train(load_config(config))
+    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["seconds"] >= 1000

@@ -16,7 +16,8 @@ __all__ = ["train"]
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Override the output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the number of epochs.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
-@click.option("--max-minutes", type=click.FloatRange(min=0), default=None, help="Stop after this much time.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this much time (minutes, above 0).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an interrupted run from its checkpoints (same settings; only "
                    "max_minutes and patience may change), or discard them and start afresh.")
@@ -43,5 +44,22 @@ def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resum
     with fail_cleanly():
         config = load_config(config_path, name=name, output=output, epochs=epochs,
                              steps_per_epoch=steps_per_epoch, max_minutes=max_minutes)
-        path = run_train(config, resume=resume)
+        try:
+            path = run_train(config, resume=resume)
+        except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (exit status 143)
+            if isinstance(exc, KeyboardInterrupt) or exc.code == 143:
+                click.echo(_resume_hint(config, resume), err=True)
+            raise
     click.echo(f"wrote {path} and its card {path.with_suffix('.json')}", err=True)
+
+
+def _resume_hint(config, resume: bool) -> str:
+    """What rerunning an interrupted run does: resume after its checkpointed epochs, or start afresh."""
+    from geoseg.models.training import checkpoint_folder, checkpointed_epochs
+
+    epochs = checkpointed_epochs(config)
+    if not epochs:
+        return "Interrupted before the end of the first epoch: nothing to resume, so a rerun starts afresh."
+    again = "the same command" if resume else "the same command without --restart (which discards them)"
+    return (f"Interrupted: {checkpoint_folder(config)} keeps the checkpoints of {epochs} epoch(s); rerunning "
+            f"{again} resumes from the last of them.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from typing import Any, Literal, Sequence
@@ -15,6 +16,15 @@ __all__ = ["IGNORE", "LabelFormat", "VectorLabels", "check_label_grid", "read_la
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()  # (file, what) warned about already: once per file, not once per image or window
+
+
+def _warn_once(key: tuple, message: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
 
 
 def label_class_names(path: str | os.PathLike) -> list[str] | None:
@@ -75,7 +85,7 @@ def _open_label(path: str | os.PathLike, name: str | None = None):
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
                 image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
-                window=None) -> np.ndarray:
+                window=None, ignore_colors: Sequence[str] | None = None) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -88,6 +98,10 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         ``{"name": ..., "color": "#RRGGBB"}`` in class-id order.
     window : rasterio.windows.Window, optional
         Read only this window of the image's grid; `shape` is then the window's.
+    ignore_colors : sequence of str, optional
+        Colour labels: ``"#RRGGBB"`` colours that mark unlabelled pixels. Every colour of no
+        class is left unlabelled (255) either way; given this list, a whole-file read also logs
+        a warning (once per file) naming the colours that are neither a class's nor listed.
     """
     import rasterio
 
@@ -115,10 +129,27 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         out = np.full(code.shape, IGNORE, np.uint8)
         for i, c in enumerate(classes):
             out[code == int(c["color"][1:], 16)] = i
+        if ignore_colors is not None and window is None:
+            _warn_stray_colours(path, code[out == IGNORE], ignore_colors, code.size)
     if out.shape != tuple(shape):
         raise InputError(f"{path}: labels are {out.shape[1]} x {out.shape[0]} px where {shape[1]} x {shape[0]} px "
                          f"were expected (the pixel grid of {image}); labels must be on the image's grid.")
     return out
+
+
+def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int) -> None:
+    """Warn about colours of no class that `ignore_colors` does not list: a class colour that is a little
+    off, or an anti-aliased edge, would otherwise leave those pixels unlabelled without a word."""
+    listed = {int(c[1:], 16) for c in ignore_colors}
+    values, counts = np.unique(codes, return_counts=True)
+    stray = sorted(((int(n), int(v)) for v, n in zip(values, counts) if int(v) not in listed), reverse=True)
+    if not stray:
+        return
+    shown = ", ".join(f"#{v:06X} ({n / total:.1%})" for n, v in stray[:5]) + (", ..." if len(stray) > 5 else "")
+    _warn_once((os.path.abspath(path), "colours"),
+               "%s: %.1f%% of the pixels have %d colour(s) of no class (%s); they are left unlabelled. List "
+               "the colours that mark unlabelled pixels in ignore_colors, or fix the classes' colours.",
+               path, 100 * sum(n for n, _ in stray) / total, len(stray), shown)
 
 
 def _palette(ds) -> np.ndarray | None:
@@ -154,10 +185,10 @@ class VectorLabels:
             raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
         if frame.crs is not None:
             frame = frame.to_crs(crs)
-        names = {c["name"]: i for i, c in enumerate(classes)}
-        values = [names.get(v, v) if isinstance(v, str) else v for v in frame[field]]
-        keep = [(g, int(v)) for g, v in zip(frame.geometry, values)
-                if g is not None and isinstance(v, (int, np.integer)) and 0 <= v < len(classes)]
+        frame = frame[frame.geometry.notna()]
+        ids = [_class_id(v, classes) for v in frame[field]]
+        _check_matches(path, field, classes, list(frame[field]), ids)
+        keep = [(g, i) for g, i in zip(frame.geometry, ids) if i is not None]
         self.geometries = [g for g, _ in keep]
         self.values = [v for _, v in keep]
         self.tree = shapely.STRtree(self.geometries)
@@ -179,6 +210,49 @@ class VectorLabels:
             return np.full(shape, IGNORE, np.uint8)
         shapes = [(self.geometries[i], self.values[i]) for i in sorted(hits)]  # file order: later polygons win
         return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
+
+
+def _class_id(value: Any, classes) -> int | None:
+    """The class a polygon's field value stands for: a class name, or an id (a whole number, also stored as
+    a real such as 1.0); None for anything else."""
+    if isinstance(value, str):
+        return next((i for i, c in enumerate(classes) if c["name"] == value), None)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if not float(value).is_integer() or not 0 <= value < len(classes):
+        return None
+    return int(value)
+
+
+def _check_matches(path: str, field: str, classes, values: list, ids: list) -> None:
+    """Refuse a file none of whose polygons is of a class; warn (once per file) about the values that match
+    none, which would otherwise be dropped without a word."""
+    unmatched = [v for v, i in zip(values, ids) if i is None]
+    if not unmatched:
+        return
+    names = ", ".join(repr(c["name"]) for c in classes)
+    found = _few(unmatched)
+    lowered = {c["name"].lower() for c in classes}
+    hint = (" Class names are case-sensitive." if any(isinstance(v, str) and v.lower() in lowered
+                                                     for v in unmatched) else "")
+    if len(unmatched) == len(values):
+        raise InputError(f"{path}: no polygon's {field!r} value matches a class: it holds {found}, and the "
+                         f"classes are {names} (or their ids 0 to {len(classes) - 1}).{hint} Rename the classes in "
+                         "the config to the values of the file, or point vector_field at the field that holds them.")
+    _warn_once((os.path.abspath(path), field, tuple(c["name"] for c in classes)),
+               "%s: %d of %d polygons have a %r value that matches no class (%s); they are left unlabelled. The "
+               "classes are %s (or their ids 0 to %d).%s", path, len(unmatched), len(values), field, found, names,
+               len(classes) - 1, hint)
+
+
+def _few(values: list, limit: int = 5) -> str:
+    """The distinct values, most frequent first, at most `limit` of them."""
+    counts: dict[str, int] = {}
+    for v in values:
+        text = repr(v.item() if isinstance(v, np.generic) else v)
+        counts[text] = counts.get(text, 0) + 1
+    shown = sorted(counts, key=counts.get, reverse=True)
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
 
 
 def _rasterize(path: str, classes, image: str, shape, field: str, window=None) -> np.ndarray:

@@ -25,7 +25,8 @@ from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 
-__all__ = ["ARCHITECTURES", "TrainConfig", "load_config", "load_pairs", "seam_free_margin", "train"]
+__all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
+           "seam_free_margin", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
             parse_normalization(flat["normalization"], len(flat.get("bands", [1, 2, 3])), source=str(path))
         except ModelError as exc:
             raise InputError(str(exc)) from None
-    names = [c.get("name") for c in flat["classes"]]
-    if not names:
-        raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
-    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
-        raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
+    _check_classes(path, flat)
+    _check_weight_files(path, flat)
     plain = flat.get("architecture", "unet") == "unet"
     multiple = 2 ** flat.get("depth", 4) if plain else 32
     if flat.get("chip", 256) % multiple:
@@ -163,6 +161,55 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
                          f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
     return TrainConfig(**flat, source=str(path))
+
+
+_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+
+
+def _check_classes(path: Path, flat: dict[str, Any]) -> None:
+    """Names that differ; with colour labels a colour per class; `ignore_colors` only there, and no class's."""
+    names = [c.get("name") for c in flat["classes"]]
+    if not names:
+        raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+        raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
+    for i, c in enumerate(flat["classes"]):
+        if "color" in c and not (isinstance(c["color"], str) and _COLOUR.fullmatch(c["color"])):
+            raise InputError(f"{path}: classes[{i}] ({c['name']}) color must look like '#3C1098'. "
+                             f"Received: {c['color']!r}")
+    colour_labels = flat.get("label_format", "index") == "color"
+    uncoloured = [c["name"] for c in flat["classes"] if "color" not in c]
+    if colour_labels and uncoloured:
+        raise InputError(f"{path}: label_format \"color\" needs a color for every class, to tell which pixels "
+                         f"belong to it; class(es) {', '.join(repr(n) for n in uncoloured)} have none. Add "
+                         "color = \"#RRGGBB\" (the colour of that class in the label masks) to each.")
+    ignored = flat.get("ignore_colors", [])
+    if ignored and not colour_labels:
+        raise InputError(f"{path}: ignore_colors applies to colour labels only (label_format = \"color\"); "
+                         "index labels leave pixels unlabelled with 255 and polygons by not covering them. "
+                         f"Remove ignore_colors. Received: {ignored}")
+    bad = [c for c in ignored if not _COLOUR.fullmatch(c)]
+    if bad:
+        raise InputError(f"{path}: ignore_colors must be colours like '#000000'. Received: {bad}")
+    taken = {c["color"].upper(): c["name"] for c in flat["classes"] if "color" in c}
+    clash = [f"{c} (class {taken[c.upper()]!r})" for c in ignored if c.upper() in taken]
+    if clash:
+        raise InputError(f"{path}: ignore_colors holds the colour of a class: {', '.join(clash)}; a colour "
+                         "either names a class or marks unlabelled pixels. Remove it from one of them.")
+
+
+def _check_weight_files(path: Path, flat: dict[str, Any]) -> None:
+    """`encoder_weights` (unless "imagenet") and `init_weights` name files that exist, relative to the config."""
+    what = {"encoder_weights": "an encoder weights file (.pth, .pt, .npz or .weights.h5) or \"imagenet\"",
+            "init_weights": "a .keras bundle to fine-tune from"}
+    for key, kind in what.items():
+        value = flat.get(key)
+        if not value or (key == "encoder_weights" and value == "imagenet"):
+            continue
+        resolved = value if os.path.isabs(value) else str(path.parent / value)
+        if not os.path.isfile(resolved):
+            raise InputError(f"{path}: {key} = {value!r}: no such file ({os.path.abspath(resolved)}). Give the path "
+                             f"of {kind}, absolute or relative to the config's folder.")
 
 
 # setting -> (lowest, highest, whether the bounds themselves are allowed); None: unbounded
@@ -265,7 +312,7 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
     if not os.path.exists(path):
         raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
     return read_labels(path, fmt=config.label_format, classes=config.classes, image=image, shape=shape,
-                       vector_field=config.vector_field)
+                       vector_field=config.vector_field, ignore_colors=config.ignore_colors)
 
 
 class LazyImage:
@@ -455,7 +502,9 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     continues from its last epoch, provided its settings are the same (`max_minutes` and
     `patience` may change), else an InputError asks for ``resume=False``. A finished run
     removes its checkpoints, so the next run of the same name starts afresh. The config is
-    written beside the model as ``NAME.toml``.
+    written beside the model as ``NAME.toml``, its paths relative to that folder, so that it
+    reproduces the run from there. ``training.seconds`` in the card adds up every session of
+    a resumed run (up to each one's last checkpoint).
     """
     import keras
     import tensorflow as tf
@@ -463,12 +512,17 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     from geoseg.models.segmenter import KerasSegmenter
 
     keras.utils.set_random_seed(config.seed)
-    out = Path(config.resolve(config.output))
-    work = out / f"{config.name}.checkpoints"
+    work = checkpoint_folder(config)
+    out = work.parent
     if not resume and work.exists():
         shutil.rmtree(work)
     if work.exists():  # before any data is read
         _check_resumable(work, config)
+    if not config.validation:
+        log.warning("%s: no validation patterns, so the validation score (and the choice of the best epoch) is "
+                    "measured on the first two training images and says nothing about unseen data. Hold images "
+                    "out with validation = [\"PART\"] in [data]: images whose path contains PART (e.g. "
+                    "\"Tile 2/\") are kept out of training and scored.", config.source)
     train_pairs, val_pairs, select_pairs = load_pairs(config, with_selection=True)
     n_classes, n_bands = len(config.classes), len(config.bands)
     log.info("training on %d images, validating on %d%s", len(train_pairs), len(val_pairs),
@@ -524,7 +578,6 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                          "validation_chips.")
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
-    started = time.monotonic()
     bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
     if callback.fitted:  # interrupted after the last epoch (Keras has dropped its backup): keep what it trained
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
@@ -552,9 +605,7 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                  "agreement": round(agreement, 6)}
     held, held_card = validation_set(config, card, train_pairs, val_pairs) if select_pairs else (scored, val_card)
     metrics = evaluate_pairs(KerasSegmenter(model, held_card), held, n_classes)  # unseen by the choice with selection
-    split = (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
-             f"the mean IoU of the selection patterns {config.selection}" if select_pairs else
-             f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU")
+    split = _split_text(config, train_pairs, select_pairs)
     card = ModelCard.from_dict({
         **card.to_dict(), "margin": margin,
         "training": {"config": _config_dict(config), "data": config.data_description,
@@ -564,7 +615,7 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
                          "selection_mean_iou": callback.best} if select_pairs else {}),
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch,
                      "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
-                     "seconds": round(time.monotonic() - started), "class_weights": weights.round(4).tolist(),
+                     "seconds": round(callback.seconds()), "class_weights": weights.round(4).tolist(),
                      **({"margin_check": seams} if seams else {})},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
@@ -573,11 +624,81 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
     os.replace(tmp, out / f"{config.name}.keras")
     write_card(card, out / f"{config.name}.json")
-    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_config_dict(config)))
+    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_rebased_config(config, out)))
     os.replace(out / f".{config.name}.toml.tmp", out / f"{config.name}.toml")
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def checkpoint_folder(config: TrainConfig) -> Path:
+    """``OUTPUT/NAME.checkpoints``: where a run keeps what an interrupted rerun resumes from (absolute)."""
+    return Path(os.path.abspath(config.resolve(config.output))) / f"{config.name}.checkpoints"
+
+
+def checkpointed_epochs(config: TrainConfig) -> int:
+    """How many epochs of an interrupted run of `config` are checkpointed, so that rerunning it with
+    ``resume=True`` goes on after them; 0 when there is nothing to resume (stopped during epoch 1)."""
+    work = checkpoint_folder(config)
+    state = _read_json(work / "state.json")
+    if not state:  # stopped during epoch 1: `_check_resumable` discards the folder
+        return 0
+    backup = _read_json(work / "backup" / "training_metadata.json") or _read_json(
+        work / "backup" / "training_metadata.json.bkp")  # Keras resumes after its backup's epoch
+    return int((backup or state).get("epoch", 0))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _split_text(config: TrainConfig, train_pairs, select_pairs) -> str:
+    """How the card's validation metrics were held out, in words."""
+    if select_pairs:
+        return (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
+                f"the mean IoU of the selection patterns {config.selection}")
+    if config.validation:
+        return f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU"
+    names = ", ".join(_relative(config, p) for _, _, p in train_pairs[:2])
+    return ("no held-out split (no validation patterns): validation metrics, and the choice of the best epoch, are "
+            f"on the first two training images ({names}), so they say nothing about unseen data")
+
+
+def _rebased_config(config: TrainConfig, folder: Path) -> dict[str, Any]:
+    """The config's settings with its relative paths made relative to `folder` instead of the config's own
+    folder: a copy written there reproduces the run. Absolute paths stay as they are, except `output`,
+    which is always relative (``"."`` when `folder` is the output folder)."""
+    source = Path(config.source).parent if config.source else Path(".")
+    try:
+        base = os.path.relpath(source.resolve(), Path(folder).resolve())
+    except ValueError:  # another drive: no relative path leads there
+        base = str(source.resolve())
+    data = _config_dict(config)
+    data["images"] = [_rebased(p, base) for p in config.images]
+    if not config.labels.startswith("{image_dir}"):  # {image_dir} stands for an absolute folder
+        data["labels"] = _rebased(config.labels, base)
+    for key in ("init_weights", "encoder_weights"):
+        if data[key] and not (key == "encoder_weights" and data[key] == "imagenet"):
+            data[key] = _rebased(data[key], base)
+    try:
+        data["output"] = os.path.relpath(Path(config.resolve(config.output)).resolve(), Path(folder).resolve())
+    except ValueError:
+        data["output"] = str(Path(config.resolve(config.output)).resolve())
+    return data
+
+
+def _rebased(path: str, base: str) -> str:
+    """`path` (relative to a folder that is `base` from here) relative to here; '..' after a wildcard stays."""
+    if os.path.isabs(path):
+        return path
+    joined = os.path.join(base, path)
+    parts = Path(path).parts
+    wild = next((i for i, part in enumerate(parts) if re.search(r"[*?[]", part)), len(parts))
+    return joined if ".." in parts[wild:] else os.path.normpath(joined)
 
 
 # settings that may change when an interrupted run resumes; any other change means another run
@@ -756,12 +877,19 @@ class _ValidationIoU:
                 self.best, self.best_epoch = state.get("best", -1.0), state.get("best_epoch", 0)
                 self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
                 self.history = state.get("history", [])  # validation mean IoU of every epoch
+                # training time of the sessions before this one (up to their last checkpoint), and this one's start
+                self.earlier, self.started = state.get("seconds", 0.0), time.monotonic()
+
+            def seconds(self) -> float:
+                """Seconds trained over every session of this run: the earlier ones' and this one's so far."""
+                return self.earlier + time.monotonic() - self.started
 
             def save_state(self, fitted: bool = False) -> None:
                 self.fitted = fitted
                 tmp = self.work / "state.json.tmp"
                 tmp.write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch, "last": self.last,
-                                           "epoch": self.epoch, "fitted": fitted, "history": self.history}))
+                                           "epoch": self.epoch, "fitted": fitted, "history": self.history,
+                                           "seconds": round(self.seconds(), 3)}))
                 os.replace(tmp, self.work / "state.json")
 
             def on_epoch_end(self, epoch, logs=None):

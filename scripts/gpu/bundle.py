@@ -24,8 +24,9 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     import keras
     from geoseg.models.card import ModelCard, write_card
     from geoseg.models.segmenter import KerasSegmenter
-    from geoseg.models.training import (SEAM_CROP, SEAM_IMAGES, _build, _config_dict, _encoder_margin, _relative,
-                                        _to_toml, evaluate_pairs, load_config, load_pairs, seam_free_margin)
+    from geoseg.models.training import (SEAM_CROP, SEAM_IMAGES, _build, _config_dict, _encoder_margin,
+                                        _rebased_config, _relative, _to_toml, evaluate_pairs, load_config, load_pairs,
+                                        seam_free_margin)
 
     run = json.loads(Path(run_json).read_text())
     arrays = np.load(Path(run_json).with_suffix(".npz"))
@@ -73,7 +74,7 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
     os.replace(tmp, out / f"{config.name}.keras")
     write_card(card, out / f"{config.name}.json")
-    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_config_dict(config)))
+    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_rebased_config(config, out)))
     os.replace(out / f".{config.name}.toml.tmp", out / f"{config.name}.toml")
     print(f"{out / config.name}.keras: validation mean IoU {held['mean_iou']:.4f} "
           f"({', '.join(f'{c}: {v}' for c, v in card.to_dict()['metrics']['validation']['iou'].items())}), "
