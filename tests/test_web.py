@@ -53,7 +53,7 @@ def test_models_api_lists_registry(client):
     assert models["tiny-fcn"]["download"] == "/models/tiny-fcn/download" and models["threshold"]["download"] is None
 
 
-def test_segment_compare_and_download(client, make_raster):
+def test_segment_compare_and_download(client, make_raster, tmp_path):
     tif = make_raster(shape=(60, 80))
     label = io.BytesIO()
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(label, format="PNG")
@@ -73,6 +73,13 @@ def test_segment_compare_and_download(client, make_raster):
             assert (ds.crs, ds.transform) == (src.crs, src.transform)  # georeferenced like the upload
     with client.get(job["files"]["m0_polygons.gpkg"]) as gpkg:
         assert gpkg.status_code == 200 and gpkg.data[:15] == b"SQLite format 3"
+        import pyogrio
+
+        (tmp_path / "p.gpkg").write_bytes(gpkg.data)
+        assert [name for name, _ in pyogrio.list_layers(tmp_path / "p.gpkg")] == ["etc_passwd_polygons"]  # was input_
+    with client.get(job["files"]["input"]) as upload:
+        assert "etc_passwd.tif" in upload.headers["Content-Disposition"]  # was "etc_passwd_input", no extension
+    assert [m["keras"] for m in job["result"]["models"]] == [True, False, False]  # tta/precision apply to the first
     with client.get(job["files"]["m1_polygons.geojson"]) as geojson:
         assert geojson.get_json()["type"] == "FeatureCollection"
     with client.get("/models/tiny-fcn/download") as bundle:

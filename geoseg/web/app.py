@@ -107,7 +107,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if not path.exists():
             abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
         return send_file(path, as_attachment=not name.endswith(".png"),
-                         download_name=f"{Path(job.name).stem}_{name}")
+                         download_name=f"{Path(job.name).stem}{path.suffix}" if name == "input" else
+                         f"{Path(job.name).stem}_{name}")
 
     @app.get("/models/<name>/download")
     def model_download(name: str):
@@ -173,7 +174,8 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     job_id, folder = jobs.new_folder()
     try:
         shown = display_name(image.filename)
-        path = _save_upload(image, folder, "input")
+        (folder / "upload").mkdir()  # by the user's name: layers in the GeoPackage are named after it
+        path = _save_upload(image, folder / "upload", Path(shown).stem or "upload")
         _, _, count = check_pixels(path, max_pixels)
         path, count = _expand_palette(path, count)
         _check_bands(shown, count, [registry[n] for n in names if n in registry])
@@ -236,7 +238,7 @@ def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
     for value, rgba in table.items():
         lut[value] = rgba
     rgba = lut[index]
-    out = path.with_name("input.tif")
+    out = path.with_suffix(".tif")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(out, "w", driver="GTiff", width=index.shape[1], height=index.shape[0], count=3,

@@ -129,6 +129,7 @@ def run_job(job: Job) -> None:
     from geoseg.errors import GeosegError
     from geoseg.models import get_segmenter
     from geoseg.models.registry import with_card
+    from geoseg.models.segmenter import FlipAveraged, KerasSegmenter
     from geoseg.preview import colorize, save_png
     from geoseg.raster import read_preview
     from geoseg.vector import vectorize
@@ -169,7 +170,8 @@ def run_job(job: Job) -> None:
         job.files[f"{key}_overlay.png"] = out / "overlay.png"
         total = sum(c["pixels"] for c in res.classes) or 1
         per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
-                          "output": card.output,
+                          "output": card.output,  # tta and precision apply to Keras models only
+                          "keras": isinstance(get_segmenter(model), (KerasSegmenter, FlipAveraged)),
                           "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
                           "seconds": res.seconds})
     job.result["models"] = per_model

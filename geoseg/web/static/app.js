@@ -10,6 +10,7 @@ input.addEventListener("change", showChosen);
 function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
 
 function modeText() {
+  if (job.result && job.result.models && !job.result.models.some((m) => m.keras)) return ""; // baselines ignore both
   const parts = [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : ""].filter(Boolean);
   return parts.length ? ` (${parts.join(", ")})` : "";
 }
@@ -80,6 +81,7 @@ function view(m) {
 
 function areas(models) {
   models = models.filter((m) => m.output !== "regions"); // region colours are not classes
+  $("areas").hidden = !models.length;
   const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
   const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c ? `${c.share_pct}%` : "–"; };
   $("areas").innerHTML = `<tr><th>class</th>${models.map((m) => `<th>${m.model}</th>`).join("")}</tr>` +
