@@ -38,6 +38,12 @@ def test_perfect_labels_score_one_and_unlabelled_is_ignored(make_raster, tmp_pat
     assert result.pixel_accuracy == 1.0 and result.mean_iou == 1.0
     assert result.pixels_scored == 50 * 70
     assert evaluate("threshold", image, str(label)).mean_iou == 1.0  # one path each, not their characters
+    truth[10:15] = 7  # values no label name stands for: were left out without a word
+    with rasterio.open(label, "w", **profile) as ds:
+        ds.write(truth, 1)
+    result = evaluate("threshold", [image], [label])
+    assert result.pixels_scored == 45 * 70 and any(
+        n.startswith("350 labelled pixels have values past the 3 label names") for n in result.notes)
 
 
 def test_labels_off_the_image_grid_are_refused_before_any_segmentation(make_raster, tmp_path):

@@ -63,7 +63,7 @@ def test_segment_compare_and_download(client, make_raster, tmp_path):
     assert response.status_code == 202, response.get_json()
     job = _wait(client, response.get_json()["id"])
     assert job["status"] == "done", job["error"]
-    assert job["name"] == "etc_passwd.tif"  # the user's name is sanitised and only ever displayed
+    assert job["name"] == "passwd.tif"  # the user's name is sanitised: its last part, no path
     assert [m["model"] for m in job["result"]["models"]] == ["tiny-fcn", "threshold", "watershed-regions"]
     assert 0 <= job["result"]["agreement_pct"] <= 100
     assert {r["model"] for r in job["result"]["iou"]} == {"tiny-fcn", "threshold"}  # regions have no classes
@@ -76,9 +76,9 @@ def test_segment_compare_and_download(client, make_raster, tmp_path):
         import pyogrio
 
         (tmp_path / "p.gpkg").write_bytes(gpkg.data)
-        assert [name for name, _ in pyogrio.list_layers(tmp_path / "p.gpkg")] == ["etc_passwd_polygons"]  # was input_
+        assert [name for name, _ in pyogrio.list_layers(tmp_path / "p.gpkg")] == ["passwd_polygons"]  # was input_
     with client.get(job["files"]["input"]) as upload:
-        assert "etc_passwd.tif" in upload.headers["Content-Disposition"]  # was "etc_passwd_input", no extension
+        assert "passwd.tif" in upload.headers["Content-Disposition"]  # was "etc_passwd_input", no extension
     assert [m["keras"] for m in job["result"]["models"]] == [True, False, False]  # tta/precision apply to the first
     with client.get(job["files"]["m1_polygons.geojson"]) as geojson:
         assert geojson.get_json()["type"] == "FeatureCollection"
@@ -161,6 +161,21 @@ def test_warnings_reach_the_page(client, make_raster):
     assert job["status"] == "done", job["error"]
     assert len(job["warnings"]) == 1 and job["warnings"][0].startswith("survey16.tif: after the model's normalisation")
     assert "far outside what tiny-fcn was trained on" in job["warnings"][0]
+
+
+def test_file_names_in_any_script_are_kept(client):
+    """werkzeug's secure_filename turned 文件.png into 'png'."""
+    from geoseg.web.uploads import display_name
+
+    assert display_name("文件 (1).png") == "文件 (1).png" and display_name("../../x/.a.tif") == "a.tif"
+    assert display_name("..") == display_name("") == "upload"
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "洪水 map.png"), "models": "threshold"},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["name"] == "洪水 map.png"
+    with client.get(job["files"]["m0_mask.tif"]) as mask:
+        assert mask.status_code == 200 and "%E6%B4%AA%E6%B0%B4" in mask.headers["Content-Disposition"]
 
 
 def test_errors_of_api_and_file_routes_are_json(client):

@@ -59,7 +59,12 @@ def check_pixels(path: Path, max_pixels: int) -> tuple[int, int, int]:
 
 
 def display_name(name: str | None) -> str:
-    """A safe name to show (never used as a path)."""
-    from werkzeug.utils import secure_filename
+    """A safe file name to show and to store the upload under: the last part of `name`, letters (of any
+    script), digits, ``-_.()`` and spaces kept, anything else ``_``; no leading dot. werkzeug's
+    `secure_filename` dropped every non-ASCII letter, so ``文件.tif`` became ``tif``."""
+    import re
+    import unicodedata
 
-    return secure_filename(name or "") or "upload"
+    base = unicodedata.normalize("NFC", (name or "").replace("\\", "/")).rsplit("/", 1)[-1]
+    safe = re.sub(r"[^\w\-. ()]", "_", base).strip(" .")[:120]
+    return safe if Path(safe).stem.strip("_ ") else "upload"

@@ -179,6 +179,7 @@ def evaluate(
     n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
     names = unique_stems(images)
+    unnamed = 0  # index labels: pixels whose value is past the label names, and not 255
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
@@ -188,6 +189,8 @@ def evaluate(
                 pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
                                 vector_field=vector_field)
+            if label_format == "index":
+                unnamed += _unnamed_pixels(label, len(label_classes))
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
             matrix += confusion_matrix(lut[truth], pred, n)
@@ -207,6 +210,10 @@ def evaluate(
     if absent and not regions:
         notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
                      f"{', '.join(absent)}")
+    if unnamed:  # were left out without a word
+        notes.append(f"{unnamed} labelled pixels have values past the {len(label_sets[0][0])} label names (ids "
+                     f"{len(label_sets[0][0])} and up, not 255) and were not scored: name every value with "
+                     "--label-names (label_names=)")
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, round(s["mean_iou"], 4),
                       round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
@@ -295,6 +302,15 @@ def majority_classes(regions: np.ndarray, truth: np.ndarray, n_classes: int) -> 
     lookup = np.where(counts.any(axis=1), counts.argmax(axis=1), IGNORE).astype(np.uint8)
     lookup[0] = IGNORE
     return lookup[ids]
+
+
+def _unnamed_pixels(label, n_names: int) -> int:
+    """Pixels of an index label whose value names no label class (>= `n_names`) and is not 255 (unlabelled)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
+        with rasterio.open(label) as ds:
+            values = ds.read(1)
+    return int(((values >= n_names) & (values != IGNORE)).sum())
 
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
