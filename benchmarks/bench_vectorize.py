@@ -1,6 +1,7 @@
-"""Benchmark vectorisation: Mpx/s on a large noisy mask and a clean one, peak RSS, block sizes.
+"""Benchmark vectorisation: Mpx/s on a large noisy mask and a clean one, peak RSS, block sizes,
+and speck removal (``--min-area`` with ``--specks drop`` and ``merge``) at the first block size.
 
-Run by hand: ``.venv/bin/python benchmarks/bench_vectorize.py [--size 8192]``. Each run is a
+Run by hand: ``.venv/bin/python benchmarks/bench_vectorize.py [--size 8192] [--min-area 50]``. Each run is a
 fresh process so its peak RSS is its own. Compare the Mpx/s with the segmentation
 throughput printed by bench_pipeline.py: the goal is that vectorising a mask never takes
 longer than segmenting the image that made it.
@@ -44,11 +45,12 @@ def make_mask(path: Path, size: int, kind: str) -> None:
                          window=Window(c, r, w, h))
 
 
-def run(mask: str, block: int) -> dict:
+def run(mask: str, block: int, min_area: float = 0.0, specks: str = "drop") -> dict:
     from geoseg.vector import vectorize
 
     started = time.perf_counter()
-    result = vectorize(mask, Path(mask).with_name(f"layer_{block}.gpkg"), block=block, overwrite=True)
+    result = vectorize(mask, Path(mask).with_name(f"layer_{block}.gpkg"), block=block, overwrite=True,
+                       min_area=min_area, specks=specks)
     seconds = time.perf_counter() - started
     return {"polygons": result.polygons, "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -59,14 +61,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--blocks", default="1024,2048")
     parser.add_argument("--mask", action="append", default=[], help="also time this mask (e.g. a model's output)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--min-area", type=float, default=50.0,
+                        help="m² below which polygons are specks, for the drop and merge rows (0: no such rows)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run(args.child[0], int(args.child[1]))))
+        print(json.dumps(run(args.child[0], int(args.child[1]), float(args.child[2]), args.child[3])))
         return
     print(f"Vectorisation of {args.size}x{args.size} 5-class masks ({args.size ** 2 / 1e6:.1f} Mpx) "
           f"and of {len(args.mask)} given mask(s)")
-    print(f"{'mask':<8}{'block':>7}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
+    print(f"{'mask':<8}{'block':>7}{'specks':>14}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
     import rasterio
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
@@ -80,11 +84,16 @@ def main() -> None:
         for kind, mask in masks:
             with rasterio.open(mask) as ds:
                 mpx = ds.width * ds.height / 1e6
-            for block in (int(b) for b in args.blocks.split(",")):
-                done = subprocess.run([sys.executable, __file__, "--child", str(mask), str(block)],
+            blocks = [int(b) for b in args.blocks.split(",")]
+            runs = [(b, 0.0, "drop") for b in blocks]
+            if args.min_area > 0:
+                runs += [(blocks[0], args.min_area, "drop"), (blocks[0], args.min_area, "merge")]
+            for block, min_area, specks in runs:
+                done = subprocess.run([sys.executable, __file__, "--child", str(mask), str(block), str(min_area), specks],
                                       capture_output=True, text=True, check=True)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"{kind:<8}{block:>7}{r['polygons']:>10}{r['seconds']:>10.1f}"
+                label = f"{specks} <{min_area:g} m²" if min_area else "kept"
+                print(f"{kind:<8}{block:>7}{label:>14}{r['polygons']:>10}{r['seconds']:>10.1f}"
                       f"{mpx / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}")
 
 

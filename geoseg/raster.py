@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         The data type is not supported.
     """
     path = os.fspath(path)
+    if relative := re.match(r"(zip|tar|gzip)://(?!/)([^!]+)(!.*)?$", path):  # rasterio reads these only absolute
+        path = f"{relative[1]}://{os.path.abspath(relative[2])}{relative[3] or ''}"
     if is_gdal_path(path):  # /vsizip/..., zip://...!x.tif, https://...: GDAL finds it, or says why not
         pass
     elif not os.path.exists(path := os.path.abspath(path)):

@@ -51,10 +51,11 @@ def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp
     second = make_raster(name="b/x.tif", shape=(30, 40))
     for extra in ([], ["--overwrite"]):  # --overwrite used to keep only the second mask, silently
         result = run("segment", first, second, "-o", tmp_path / "out", "-m", "threshold", "--quiet", *extra)
-        assert result.exit_code == 2 and "share a file name, so their outputs would overwrite each other" in result.output
+        assert result.exit_code == 1 and "share a file name, so their outputs would overwrite each other" in result.output
+        assert "Usage:" not in result.output  # bad input: one line and status 1, as the README says
         assert not (tmp_path / "out").exists()
     again = run("segment", first, tmp_path / ".." / tmp_path.name / "x.tif", "-o", tmp_path / "out", "-m", "threshold")
-    assert again.exit_code == 2 and "x.tif is given twice" in again.output
+    assert again.exit_code == 1 and "x.tif is given twice (also as " in again.output
 
 
 def test_evaluate_refuses_a_label_template_that_gives_two_images_one_label(run, make_raster, tmp_path):

@@ -109,17 +109,17 @@ def _check_stems(inputs, output_dir) -> None:
     seen: dict[str, str] = {}
     for path in inputs:  # one file given twice (a glob and its name, x.tif and ./x.tif)
         key = path if is_gdal_path(path) else os.path.realpath(path)
-        if key in seen:
-            raise click.BadParameter(f"{path} is given twice ({seen[key]}); pass each raster once.",
-                                     param_hint="INPUTS")
+        if key in seen:  # exit status 1 with one line, as any bad input (a usage error is 2, with the usage)
+            same = "" if seen[key] == path else f" (also as {seen[key]})"
+            raise click.ClickException(f"{path} is given twice{same}; pass each raster once.")
         seen[key] = path
     names = unique_stems(inputs)
     clashing = sorted({p for p in inputs if names[p] != raster_stem(p)})
     if clashing:
-        raise click.BadParameter(
+        raise click.ClickException(
             f"{', '.join(clashing)} share a file name, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
-            "raster a folder of its own.", param_hint="INPUTS")
+            "raster a folder of its own.")
 
 
 def _summary(result) -> None:
