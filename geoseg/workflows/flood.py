@@ -221,7 +221,7 @@ def flood(
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
     write_json(paths["json"], result.to_dict())
-    write_text(paths["md"], _markdown(result, post_info.path, pre))
+    write_text(paths["md"], _markdown(result, post_info.path, pre_info.path if pre_info else None))
     return result
 
 
