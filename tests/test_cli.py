@@ -204,6 +204,12 @@ def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
         assert (a.read(1) == b.read(1)).all()
 
 
+def test_an_unreachable_scheduler_is_one_line_and_status_1(run, make_raster, tmp_path):
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler", "tcp://127.0.0.1:9")
+    assert result.exit_code == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in result.output
+    assert "Usage:" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_models_show_prints_the_card(run, model_dir, monkeypatch):
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
     result = run("models", "show", "tiny-tiled")

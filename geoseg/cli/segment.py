@@ -183,7 +183,9 @@ class _client:
             try:
                 self.client = Client(self.scheduler, timeout="10s")
             except OSError as exc:
-                raise click.BadParameter(f"cannot reach {self.scheduler} ({exc})", param_hint="--scheduler")
+                raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
+                    f"--scheduler: cannot reach a Dask scheduler at {self.scheduler} ({exc}). Check the address "
+                    "(tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to run here.") from None
         return self.client
 
     def __exit__(self, *exc):
