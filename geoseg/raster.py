@@ -193,6 +193,8 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
     BandError
         With the raster's band count and the fix (``--bands``).
     """
+    if isinstance(bands, np.ndarray) and bands.ndim == 1:
+        bands = bands.tolist()
     if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or not all(
             isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in bands):
         raise BandError(f"bands must be a list of 1-based band indexes, e.g. [3, 2, 1]. Received: {bands!r}")

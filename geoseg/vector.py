@@ -351,7 +351,7 @@ def vectorize(
 
     started = time.perf_counter()
     out_path = Path(out_path)
-    if isinstance(keep, (str, int)):  # one class: a name was read letter by letter ("class 'w' is not in ...")
+    if isinstance(keep, (str, int, np.integer)):  # one class: a name was read letter by letter ("class 'w' is not in ...")
         keep = [keep]
     if specks not in ("drop", "merge"):
         raise InputError(f"specks must be 'drop' or 'merge'. Received: {specks!r}")
@@ -374,7 +374,7 @@ def vectorize(
     info = inspect_raster(mask_path)
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
-    tag_names, colours = _class_tables(mask_path)
+    tag_names, colours = _class_tables(info.path)  # info.path: a relative zip:// made absolute
     names = _classes(tag_names, colours)
     transform, crs = info.map_georeferencing()
     if info.gcps and info.crs is None:

@@ -186,6 +186,13 @@ def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_r
     assert stem.exit_code == 1 and "calls itself 'renamed' in its card. Pass -m renamed" in stem.output
 
 
+def test_the_zoo_on_the_model_path_is_not_a_clash_with_itself(run, monkeypatch):
+    from geoseg.models.registry import ZOO
+
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(ZOO))  # each bundle was reported as taking its own name
+    assert json.loads(run("models", "--json").stdout)["skipped"] == []
+
+
 def test_model_by_name_from_model_path(run, make_raster, model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "tiny-tiled", "--quiet")

@@ -200,6 +200,7 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"bands": "3,2,1"}, BandError, r"a list of 1-based band indexes, e.g. \[3, 2, 1\]"),
         ({"bands": 3}, BandError, "a list of 1-based band indexes"),
         ({"bands": [1.7, 2.2, 3.9]}, BandError, "a list of 1-based band indexes"),
+        ({"bands": np.array([1, 2, 9])}, BandError, "has 3 band"),  # an array is a list of indexes too
         ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
     ],
 )

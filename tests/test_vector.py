@@ -169,6 +169,18 @@ def test_bad_requests(make_mask, tmp_path):
             vectorize(path, tmp_path / "k.gpkg", **kwargs)
     assert not (tmp_path / "k.gpkg").exists()
     assert vectorize(path, tmp_path / "one.gpkg", keep="a").per_class == {"a": 1}  # was "class 'a'"... by letters
+    assert vectorize(path, tmp_path / "one.gpkg", keep=np.int64(0), overwrite=True).per_class == {"a": 1}
+
+
+def test_a_mask_in_a_zip_archive_by_a_relative_path(make_mask, tmp_path, monkeypatch):
+    """The class tables were read from the path as given: rasterio's error for a relative zip:// path."""
+    import zipfile
+
+    path = make_mask(np.zeros((5, 5), np.uint8))
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as archive:
+        archive.write(path, "mask.tif")
+    monkeypatch.chdir(tmp_path)
+    assert vectorize("zip://m.zip!mask.tif", tmp_path / "z.gpkg").per_class == {"a": 1}
 
 
 def test_zonal_composition_counts_pixel_centres(make_mask):

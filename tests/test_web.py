@@ -29,11 +29,12 @@ def client(app):
     return app.test_client()
 
 
-def _png(rows=60, cols=80, seed=0, flat=False, grey=False) -> bytes:
+def _png(rows=60, cols=80, seed=0, flat=False, grey=False, paletted=False) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     pixels = np.zeros((rows, cols, 3), np.uint8) if flat else rng.integers(0, 255, (rows, cols, 3), np.uint8)
-    Image.fromarray(pixels[..., 0] if grey else pixels).save(buffer, format="PNG")
+    image = Image.fromarray(pixels[..., 0] if grey else pixels)
+    (image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if paletted else image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -139,6 +140,7 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
         # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"
         ({"image": (io.BytesIO(_png(200, 200)[:2000]), "cut.png")}, 400, "its pixels cannot be read. Is it truncated?"),
         ({"image": (io.BytesIO(b""), "empty.png")}, 400, "the image file is empty"),
+        ({"image": (io.BytesIO(_png(200, 200, paletted=True)[:700]), "cut.png")}, 400, "Is it truncated?"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(b"nope"), "l.png")}, 415,
          "the label file is not a PNG"),
         # a model that cannot read the upload: was a failed job after the other models ran, with the server's path
@@ -169,6 +171,8 @@ def test_file_names_in_any_script_are_kept(client):
 
     assert display_name("文件 (1).png") == "文件 (1).png" and display_name("../../x/.a.tif") == "a.tif"
     assert display_name("..") == display_name("") == "upload"
+    long = display_name("文" * 130 + ".png")  # was a 500 (and 80 of them a failed job): file names end at 255 bytes
+    assert long.endswith(".png") and len(long.encode()) <= 160
     response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "洪水 map.png"), "models": "threshold"},
                            content_type="multipart/form-data")
     job = _wait(client, response.get_json()["id"])

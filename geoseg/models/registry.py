@@ -103,6 +103,9 @@ def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
             problems.append(Problem(folder, f"{folder}: {source} names this, but it is not a folder."))
             continue
         for entry in _bundles_in(folder, source, problems):
+            if entry.name in seen and seen[entry.name].path is not None and \
+                    seen[entry.name].path.resolve() == entry.path.resolve():
+                continue  # the same bundle, its folder listed twice (the zoo on GEOSEG_MODEL_PATH too)
             if entry.name not in seen:
                 seen[entry.name] = entry
                 entries.append(entry)

@@ -207,6 +207,11 @@ def _check_label(label: Path, image: Path, name: str, image_name: str) -> None:
         raise UploadError(str(exc), 400) from None
 
 
+def _unreadable() -> UploadError:
+    return UploadError("the file looks like an image but its pixels cannot be read. Is it truncated? "
+                       "Upload it again, or a copy that opens in an image viewer.", 400)
+
+
 def _check_bands(name: str, count: int, entries) -> None:
     """A 400 now, naming the model, rather than a failed job after the other models ran."""
     unfit = [f"{m.name} reads band(s) {', '.join(map(str, m.card.bands))}" for m in entries if max(m.card.bands) > count]
@@ -228,11 +233,14 @@ def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
 
     if not inspect_raster(path).paletted:
         return path, count
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            index, table = ds.read(1), ds.colormap(1)
-            crs, transform = ds.crs, ds.transform
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                index, table = ds.read(1), ds.colormap(1)
+                crs, transform = ds.crs, ds.transform
+    except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
+        raise _unreadable() from None
     georef = {"crs": crs, "transform": transform} if crs is not None or not transform.is_identity else {}
     lut = np.zeros((max(max(table), int(index.max())) + 1, 4), np.uint8)
     for value, rgba in table.items():
@@ -266,8 +274,7 @@ def _original_png(path: Path, folder: Path) -> Path:
                 bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
             data = read_preview(str(path), bands, 1024)
     except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
-        raise UploadError("the file looks like an image but its pixels cannot be read. Is it truncated? "
-                          "Upload it again, or a copy that opens in an image viewer.", 400) from None
+        raise _unreadable() from None
     rgb = data if data.dtype == np.uint8 else stretch(data)
     out = folder / "original.png"
     save_png(Image.fromarray(rgb), out)

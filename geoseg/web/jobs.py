@@ -89,19 +89,25 @@ class JobManager:
         job.status = "running"
         caught = _ThreadWarnings()  # what the log tells a command-line user, the page shows too
         logging.getLogger("geoseg").addHandler(caught)
+        status, error = "done", None
         try:
             run_job(job)
-            job.status, job.progress = "done", 1.0
         except Exception as exc:  # reported to the page; the server carries on
             from geoseg.errors import GeosegError
 
             if not isinstance(exc, GeosegError):
                 log.exception("job %s failed", job.id)
-            message = str(exc) if isinstance(exc, GeosegError) else "the server failed on this job; its log has the details."
-            job.status, job.error = "failed", _for_user(message, job)
+            status = "failed"
+            error = _for_user(str(exc) if isinstance(exc, GeosegError) else
+                              "the server failed on this job; its log has the details.", job)
         finally:
             logging.getLogger("geoseg").removeHandler(caught)
-            job.warnings = list(dict.fromkeys(_for_user(m, job) for m in caught.messages))
+        # everything first, the status last: a poll that sees "done" stops polling
+        job.warnings = list(dict.fromkeys(_for_user(m, job) for m in caught.messages))
+        job.error = error
+        if status == "done":
+            job.progress = 1.0
+        job.status = status
 
 
 def _for_user(message: str, job: Job) -> str:

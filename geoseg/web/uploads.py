@@ -9,6 +9,8 @@ from geoseg.errors import InputError
 
 __all__ = ["UploadError", "sniff", "check_pixels", "display_name"]
 
+MAX_STEM_BYTES = 150  # of a stored upload's name, in UTF-8: 文 is 3 bytes
+
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "png",
     b"\xff\xd8\xff": "jpg",
@@ -66,5 +68,8 @@ def display_name(name: str | None) -> str:
     import unicodedata
 
     base = unicodedata.normalize("NFC", (name or "").replace("\\", "/")).rsplit("/", 1)[-1]
-    safe = re.sub(r"[^\w\-. ()]", "_", base).strip(" .")[:120]
-    return safe if Path(safe).stem.strip("_ ") else "upload"
+    safe = re.sub(r"[^\w\-. ()]", "_", base).strip(" .")
+    stem, suffix = Path(safe).stem, Path(safe).suffix[:10]
+    while len(stem.encode()) > MAX_STEM_BYTES:  # outputs add up to ~30 bytes; file names end at 255 bytes
+        stem = stem[:-1]
+    return f"{stem}{suffix}" if stem.strip("_ ") else "upload"

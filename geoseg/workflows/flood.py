@@ -173,7 +173,7 @@ def flood(
     """
     if method not in ("model", "ndwi"):
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
-    if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float))
+    if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float, np.number))
                                      or not -1 <= ndwi_threshold <= 1):
         raise InputError(f"ndwi_threshold must be 'otsu' or a number from -1 to 1. Received: {ndwi_threshold!r}")
     post_info = inspect_raster(post)
