@@ -30,6 +30,7 @@ from geoseg.raster import (
     class_pixel_counts,
     create_outputs,
     describe_mask,
+    first_line,
     inspect_raster,
     model_grid,
     pixel_areas_m2,
@@ -240,7 +241,7 @@ class _Writer:
                 ds.write(np.moveaxis(value[..., bands], -1, 0), window=window)
             except (RasterioError, CPLE_BaseError, OSError) as exc:  # a full disk, a folder gone: not the input's fault
                 raise OutputError(f"{Path(ds.name).parent.parent}: writing the {name} layer failed "
-                                  f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}). "
+                                  f"({first_line(exc)}). "
                                   "Free some disk space or pick another output folder.") from None
 
 

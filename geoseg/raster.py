@@ -396,13 +396,14 @@ def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> 
                 top, left = (ds.height - 1) // rows * rows, (ds.width - 1) // cols * cols
                 ds.read(window=Window(left, top, ds.width - left, ds.height - top))
     except (RasterioError, CPLE_BaseError, OSError) as exc:
-        reason = _first_line(exc) if step == "copy" else "the copy came out short: is the disk full?"
+        reason = first_line(exc) if step == "copy" else "the copy came out short: is the disk full?"
         raise OutputError(f"{final_path}: could not be written ({reason}). Free some disk space "
                           "or pick another output folder; nothing was left at that path.") from None
     return staged
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (GDAL's run to several), or its type's name."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 

@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError
-from geoseg.raster import NODATA, inspect_raster
+from geoseg.raster import NODATA, first_line, inspect_raster
 
 __all__ = [
     "VECTOR_FORMATS",
@@ -458,7 +458,7 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
         tmp.unlink(missing_ok=True)
         if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
             raise
-        raise OutputError(f"{out_path}: could not be written ({str(exc).strip().splitlines()[0]}). Free some "
+        raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). Free some "
                           "disk space or pick another output folder; nothing was left at that path.") from None
     os.replace(tmp, out_path)
 
