@@ -186,6 +186,65 @@ def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_r
     assert stem.exit_code == 1 and "calls itself 'renamed' in its card. Pass -m renamed" in stem.output
 
 
+def _logits_bundle(folder, name):
+    """A bundle whose model ends without a softmax: its confidence wrapped around in uint8."""
+    import keras
+
+    from geoseg.models import ModelCard, write_card
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(2, 3, padding="same", kernel_initializer=keras.initializers.Constant(5.0))(inputs)
+    keras.Model(inputs, outputs).save(folder / f"{name}.keras")
+    write_card(ModelCard.from_dict({"name": name, "bands": [1, 2, 3], "margin": 1, "normalization": {"method": "none"},
+                                    "classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]}),
+               folder / f"{name}.json")
+
+
+def test_models_check_loads_every_bundle(run, model_dir, tmp_path, monkeypatch):
+    """`geoseg models` reads cards only: a bundle whose model is unusable was listed and failed when used."""
+    import shutil
+
+    shared = tmp_path / "shared"
+    shutil.copytree(model_dir, shared)
+    _logits_bundle(shared, "logits")
+    (shared / "broken.json").write_text('{"name": "broken"}')
+    (shared / "broken.keras").write_text("junk")
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(shared))
+    assert "logits" in run("models").output  # the listing cannot tell
+    result = run("models", "check", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    by_name = {m["name"]: m for m in data["models"]}
+    assert not data["ok"]
+    assert by_name["tiny-fcn"]["ok"] and by_name["landcover-unet"]["ok"] and by_name["threshold"]["ok"]
+    assert not by_name["logits"]["ok"] and "outputs are not probabilities" in by_name["logits"]["message"]
+    assert not by_name["broken"]["ok"] and "required field 'classes'" in by_name["broken"]["message"]
+    text = run("models", "check", "tiny-fcn", "logits", "nothere")
+    assert text.exit_code == 1
+    assert "ok      tiny-fcn  [GEOSEG_MODEL_PATH]: loads and predicts" in text.output
+    assert "FAILED  logits" in text.output and "FAILED  nothere: no model named 'nothere'" in text.output
+    assert run("models", "check", "tiny-fcn", "threshold").exit_code == 0
+
+
+def test_models_check_finds_a_margin_too_small(run, make_raster, model_dir, tmp_path):
+    """A card whose margin is below the model's reach gives seams that no message named."""
+    import shutil
+
+    image = make_raster(shape=(160, 192))
+    good = run("models", "check", model_dir / "tiny-fcn.keras", "--image", image, "--chunk", "32", "--json")
+    assert good.exit_code == 0, good.output
+    assert json.loads(good.stdout)["models"][0]["seam_agreement"] == 100.0  # the U-Net's exact receptive field
+    shutil.copy(model_dir / "tiny-fcn.keras", tmp_path / "narrow.keras")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (tmp_path / "narrow.json").write_text(json.dumps({**card, "name": "narrow", "margin": 0}))
+    narrow = run("models", "check", tmp_path / "narrow.keras", "--image", image, "--chunk", "32")
+    assert narrow.exit_code == 0  # a warning, not a failure
+    assert "whole-window run on only" in narrow.stderr and "at the card's margin of 0 px" in narrow.stderr
+    assert "on 100.0% at 64 px. Raise 'margin' in the card to 64" in narrow.stderr
+    missing = run("models", "check", "tiny-fcn", "--image", tmp_path / "nothere.tif")
+    assert missing.exit_code == 1 and "nothere.tif" in missing.output and "Traceback" not in missing.output
+
+
 def test_the_zoo_on_the_model_path_is_not_a_clash_with_itself(run, monkeypatch):
     from geoseg.models.registry import ZOO
 

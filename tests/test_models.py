@@ -103,6 +103,28 @@ def test_bundle_checks_model_against_card(tmp_path):
         load_bundle(tmp_path / "m.keras")
 
 
+@pytest.mark.parametrize("ending, match", [
+    ("logits", r"outputs are not probabilities \(from -.* to .*\).*softmax"),  # confidence wrapped in uint8
+    ("nan", "NaN or infinity"),
+    ("half", "maps a 64x64 input to 32x32"),
+])
+def test_bundle_refuses_outputs_that_are_not_probabilities(tmp_path, ending, match):
+    import keras
+
+    from geoseg.models import write_card
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(2, 3, padding="same", kernel_initializer=keras.initializers.Constant(5.0))(inputs)
+    if ending == "nan":
+        x = keras.layers.Softmax()(keras.layers.Rescaling(float("nan"))(x))
+    elif ending == "half":
+        x = keras.layers.Softmax()(keras.layers.MaxPooling2D()(x))
+    keras.Model(inputs, x).save(tmp_path / "m.keras")
+    write_card(ModelCard.from_dict(CARD), tmp_path / "m.json")
+    with pytest.raises(ModelError, match=match):
+        load_bundle(tmp_path / "m.keras")
+
+
 def test_bundle_rejects_a_non_keras_file(tmp_path):
     (tmp_path / "m.keras").write_text("junk")
     (tmp_path / "m.json").write_text(json.dumps(CARD))

@@ -1,4 +1,4 @@
-"""`geoseg models`: list the models the registry finds, or show one card."""
+"""`geoseg models`: list the models the registry finds, show one card, or check that models load."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
     Models come from the shipped zoo, folders on GEOSEG_MODEL_PATH and packages
     that register the `geoseg.models` entry point. `geoseg models show NAME`
-    prints one model's card.
+    prints one model's card; `geoseg models check` loads each model and says which fail.
     """
     if ctx.invoked_subcommand:
         return
@@ -74,3 +74,47 @@ def show(name: str) -> None:
             load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
         card = get_segmenter(name).card
     emit_json(card.to_dict())
+
+
+@models.command()
+@click.argument("names", nargs=-1, metavar="[NAME|PATH]...")
+@click.option("--image", type=click.Path(dir_okay=False), default=None, metavar="RASTER",
+              help="Also run each bundle on this raster's central window, in small chunks and in one chunk, "
+                   "and report how many pixels agree: a card whose margin is too small shows seams.")
+@click.option("--window", type=click.IntRange(min=64), default=1024, show_default=True, metavar="PX",
+              help="Side of the central window of --image that the seam check runs on.")
+@click.option("--chunk", type=click.IntRange(min=16), default=256, show_default=True, metavar="PX",
+              help="Chunk size of the seam check's tiled run (many seams).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def check(names: tuple[str, ...], image: str | None, window: int, chunk: int, as_json: bool) -> None:
+    """Load models as a run would and say which fail: card, weights, bands, classes, and that the
+    outputs are probabilities. Without NAME, every model found, and the bundles `geoseg models`
+    skipped. Exit status 1 when any model fails.
+
+    \b
+    geoseg models check                         # everything on GEOSEG_MODEL_PATH, the zoo, plugins
+    geoseg models check my-model.keras --image scene.tif
+    """
+    from geoseg.cli import load_tensorflow
+    from geoseg.models.check import SEAM_FLOOR, check_models, exit_status
+
+    load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
+    with fail_cleanly():
+        results = check_models(list(names) or None, image=image, window=window, chunk=chunk)
+    if as_json:
+        emit_json({"models": [r.to_dict() for r in results], "seam_floor": SEAM_FLOOR if image else None,
+                   "ok": not exit_status(results)})
+    else:
+        for r in results:
+            where = f"  [{r.source}]" if r.source else ""
+            if not r.ok:
+                click.echo(f"FAILED  {r.name}{where}: {r.message}")
+                continue
+            seams = "" if r.seam_agreement is None else f"; tiled and whole runs agree on {r.seam_agreement}% of pixels"
+            click.echo(f"ok      {r.name}{where}: {r.message} ({r.seconds:.1f} s){seams}")
+            for warning in r.warnings:
+                click.echo(f"warning: {r.name}: {warning}", err=True)
+        if not results:
+            click.echo("no models found", err=True)
+    ctx = click.get_current_context()
+    ctx.exit(exit_status(results))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from geoseg.errors import CardError, ModelError
 from geoseg.models.card import ModelCard, read_card
+from geoseg.raster import first_line
 
 __all__ = ["FlipAveraged", "KerasSegmenter", "Segmenter", "TTA_MODES", "load_bundle"]
 
@@ -141,6 +143,41 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         )
 
 
+def probe_batch(card: ModelCard, *, seed: int = 0) -> np.ndarray:
+    """A small float32 batch of standard-normal noise in a shape the model takes (2, side, side, bands)."""
+    side = card.tile_size or card.multiple_of * -(-64 // card.multiple_of)
+    return np.random.default_rng(seed).standard_normal((2, side, side, card.n_bands)).astype(np.float32)
+
+
+def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> None:
+    """Refuse a model whose outputs are not probabilities: one call on a small batch of noise.
+
+    A model ending in logits gives the right argmax but a confidence of rint(12.3 * 100) stored
+    in a uint8 (it wraps), and flips averaged in the wrong space; a NaN model gives class 0.
+    """
+    batch = probe_batch(card)
+    try:
+        with warnings.catch_warnings():  # Keras: "structure of `inputs` doesn't match" for a named input
+            warnings.simplefilter("ignore", UserWarning)
+            out = np.asarray(model(batch, training=False), np.float32)
+    except Exception as exc:  # a model that cannot run on its card's input: name the shape
+        raise ModelError(f"{source}: the model fails on a {batch.shape[1]}x{batch.shape[2]} input of "
+                         f"{card.n_bands} bands ({type(exc).__name__}: {first_line(exc)}). Check 'tile_size', "
+                         "'multiple_of' and 'bands' in the card.") from None
+    if out.shape[:3] != batch.shape[:3]:
+        raise ModelError(f"{source}: the model maps a {batch.shape[1]}x{batch.shape[2]} input to "
+                         f"{out.shape[1]}x{out.shape[2]}; geoseg needs an output of the input's size "
+                         "(pad or upsample inside the model).")
+    if not np.isfinite(out).all():
+        raise ModelError(f"{source}: the model outputs NaN or infinity on a small input of noise; "
+                         "its weights may be damaged. Retrain it, or copy the bundle again.")
+    low, high = float(out.min()), float(out.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ModelError(f"{source}: the model's outputs are not probabilities (from {low:.3g} to {high:.3g}); "
+                         "geoseg reads each output channel as a class probability in 0-1. End the model with a "
+                         "softmax, e.g. keras.layers.Softmax(), and save it again.")
+
+
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -204,6 +241,7 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
     except Exception as exc:  # Keras raises many types for a bad file
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
     _check_model_matches_card(model, model_card, f"{weights} (card {card_path})")
+    _check_outputs_are_probabilities(model, model_card, f"{weights} (card {card_path})")
     log.debug("loaded %s (%s %s)", weights, model_card.name, model_card.version)
     segmenter = KerasSegmenter(with_precision(model, precision), model_card, source=str(weights))
     return FlipAveraged(segmenter) if tta == "flips" else segmenter
