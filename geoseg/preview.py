@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from geoseg.files import replaced_atomically
 from geoseg.raster import NODATA, read_preview
 
 __all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
@@ -100,10 +100,8 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
 
 def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
     """Save a PNG under a temporary name, then rename it into place."""
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,

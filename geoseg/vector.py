@@ -18,6 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError
+from geoseg.files import replaced_atomically
 from geoseg.raster import NODATA, first_line, inspect_raster
 
 __all__ = [
@@ -442,25 +443,21 @@ def vectorize(
 
 
 def _write_layer(frame, out_path: Path, driver: str) -> None:
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    tmp.unlink(missing_ok=True)
     try:
-        with warnings.catch_warnings():  # a mask without a CRS gives a layer without one, as it should
+        with replaced_atomically(out_path, suffix=f".tmp{out_path.suffix}") as tmp, warnings.catch_warnings():
+            # a mask without a CRS gives a layer without one, as it should
             warnings.filterwarnings("ignore", message=".*crs.*was not provided", category=UserWarning)
             if driver == "GeoParquet":
                 frame.to_parquet(tmp)
             else:
                 frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio", use_arrow=True)
     except ImportError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"{out_path}: writing {driver} needs an extra package ({exc}).") from None
     except Exception as exc:  # a full disk, a folder gone: pyogrio's and pyarrow's errors have no common base
-        tmp.unlink(missing_ok=True)
         if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
             raise
         raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). Free some "
                           "disk space or pick another output folder; nothing was left at that path.") from None
-    os.replace(tmp, out_path)
 
 
 def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:
@@ -502,10 +499,8 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
     </symbols>
   </renderer-v2>"""
     text = f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.28\">\n{body}\n</qgis>\n"
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text)
 
 
 

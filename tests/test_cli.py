@@ -325,3 +325,15 @@ def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
 def test_serve_refuses_a_host_it_cannot_listen_on(run):
     result = run("serve", "--host", "a..b", "--port", "5099")  # rejected before any DNS lookup or bind
     assert result.exit_code == 2 and "Invalid value for --host: 'a..b' is not an address" in result.output
+
+
+def test_ctrl_c_exits_130(run, make_raster, tmp_path, monkeypatch):
+    """Click's "Aborted!" exited 1, the status of a survey with a failed raster: scripts could not tell."""
+    import geoseg.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geoseg.pipeline, "segment", interrupted)
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold")
+    assert result.exit_code == 130 and "Interrupted" in result.stderr

@@ -235,3 +235,18 @@ def test_geopackages_keep_their_spatial_index_once_tensorflow_is_loaded(make_mas
     with sqlite3.connect(out) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'rtree_%'")}
     assert "rtree_layer_geom" in tables
+
+
+def test_an_interrupted_write_leaves_no_temporary_layer(make_mask, tmp_path, monkeypatch):
+    """Ctrl-C while the layer was written left a hidden .NAME.tmp.gpkg (55 MB on a large mask) behind."""
+    mask = make_mask(noisy_mask((40, 50), smooth=4))
+
+    def interrupted(self, path, **kwargs):
+        path.write_bytes(b"half a layer")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", interrupted)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        vectorize(mask, tmp_path / "out" / "v.gpkg")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -72,6 +72,31 @@ def test_scene_cli_and_bad_zones(make_raster, tiny_fcn, tmp_path):
         scene(plain, tmp_path / "o6", zones=tmp_path / "far.gpkg", model=tiny_fcn)
 
 
+def test_zones_with_null_geometries_or_several_layers(make_raster, tiny_fcn, tmp_path):
+    """A feature without geometry was a TypeError traceback; a second layer was ignored without a word."""
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    zones = gpd.GeoDataFrame({"name": ["a", "none", "b"]},
+                             geometry=[shapely.box(x0, y0 - 20, x0 + 10, y0), None, shapely.box(x0 + 10, y0 - 20, x0 + 20, y0)],
+                             crs="EPSG:32640")
+    zones.to_file(tmp_path / "z.gpkg", layer="districts")
+    result = scene(path, tmp_path / "out", zones=tmp_path / "z.gpkg", zone_field="name", model=tiny_fcn)
+    assert [z["zone"] for z in result.zones] == ["a", "b"]
+    zones.iloc[[0]].to_file(tmp_path / "z.gpkg", layer="parcels")
+    with pytest.raises(InputError, match=r"holds 2 layers \(districts, parcels\); name the zones layer, e.g. '.*z.gpkg"
+                                         r"\|layername=districts'"):
+        scene(path, tmp_path / "o2", zones=tmp_path / "z.gpkg", model=tiny_fcn)
+    assert not (tmp_path / "o2").exists()
+    one = scene(path, tmp_path / "o3", zones=f"{tmp_path / 'z.gpkg'}|layername=parcels", zone_field="name",
+                model=tiny_fcn)
+    assert [z["zone"] for z in one.zones] == ["a"]
+    with pytest.raises(InputError, match="has no zones layer 'roads'; its layers: districts, parcels"):
+        scene(path, tmp_path / "o4", zones=f"{tmp_path / 'z.gpkg'}|layername=roads", model=tiny_fcn)
+    gpd.GeoDataFrame({"name": ["x"]}, geometry=[None], crs="EPSG:32640").to_file(tmp_path / "empty.gpkg")
+    with pytest.raises(InputError, match="none of the 1 features of the zones layer has a geometry"):
+        scene(path, tmp_path / "o5", zones=tmp_path / "empty.gpkg", model=tiny_fcn)
+
+
 def _write(path, data, crs, transform, nodata=None):
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as ds:
@@ -102,6 +127,10 @@ def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
         west = ds.read(1)[:, :60]  # where both dates are seen
     assert (west == 2).any() and not np.isin(west, [1, 3]).any()  # permanent water, but none flooded or receded
     assert "Otsu over the pre- and post-event images together" in result.water_source
+    # the 20 columns the pre image misses were nodata in flood.tif, and nothing said so
+    assert result.pre_coverage_pct == 75.0
+    assert "covers only 75.0% of the post-event image" in Path(result.outputs["md"]).read_text()
+    assert json.loads(Path(result.outputs["json"]).read_text())["pre_coverage_pct"] == 75.0
     with pytest.raises(BandError, match="NDWI needs green and NIR"):
         flood(post, tmp_path / "bad", pre=pre, method="ndwi", nir_band=7)
     assert not (tmp_path / "bad").exists()  # refused before any folder was made
@@ -264,6 +293,37 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert {Path(s).name for s in gpd.read_file(fifth.outputs["polygons"]).source} == {
         "strip0.tif", "strip1.tif", "strip2.tif"}
     assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
+
+
+def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, tmp_path):
+    """A rerun scanned the folder again and segmented its own masks and previews (and failed on them)."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    src = tmp_path / "flights"
+    src.mkdir()
+    for i in range(2):
+        make_raster(name=f"flights/f{i}.tif", shape=(40, 50), seed=i,
+                    transform=from_origin(500000.0, 2800000.0 - 20.0 * i, 0.5, 0.5))
+    out = src / "survey"
+    first = survey([src], out, model=str(tiny_fcn), chunk=32)
+    assert len(first.done) == 2 and not first.failed
+    second = survey([src, str(src / "**" / "*.tif")], out, model=str(tiny_fcn), chunk=32)
+    assert len(second.skipped) == 2 and not second.done and not second.failed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["f0", "f1"]
+    with pytest.raises(InputError, match="no rasters found in .* outside the output folder"):
+        survey([out], out, model=str(tiny_fcn))
+    # a mask cut short was "skipped" as done, and the mosaic then failed with a traceback
+    (out / "f1" / "f1_mask.tif").write_text("garbage")
+    third = survey([src], out, model=str(tiny_fcn), chunk=32)
+    assert [Path(e["input"]).name for e in third.done] == ["f1.tif"] and len(third.skipped) == 1
+    # outputs of an earlier run that this one does not write are not left beside it
+    make_raster(name="flights/g.tif", shape=(30, 30), crs="EPSG:4326",
+                transform=from_origin(57.0, 25.3, 1e-5, 1e-5))
+    fourth = survey([src], out, model=str(tiny_fcn), chunk=32, vector=False)
+    assert sorted(p.name for p in out.glob("masks*.vrt")) == ["masks_EPSG_32640.vrt", "masks_EPSG_4326.vrt"]
+    assert "polygons" not in fourth.outputs and not (out / "survey_polygons.gpkg").exists()
 
 
 def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):

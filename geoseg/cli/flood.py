@@ -15,7 +15,8 @@ __all__ = ["flood"]
 @click.option("--pre", type=click.Path(dir_okay=False), default=None,
               help="Image from before the event (any grid or CRS, overlapping POST; aligned onto it).")
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
-              help="Polygons of areas of interest (any CRS): flooded km² and share of each.")
+              help="Polygons of areas of interest (any CRS): flooded km² and share of each; in a file of several "
+                   "layers name one: 'towns.gpkg|layername=towns'.")
 @click.option("--aoi-field", default=None, help="AOI attribute that names rows in the tables (default: 0, 1, ...).")
 @click.option("--method", type=click.Choice(["model", "ndwi"]), default="model", show_default=True,
               help="Water from a model's water class, or from NDWI (needs a NIR band).")

@@ -16,7 +16,7 @@ __all__ = ["scene"]
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option
 @click.option("--zones", type=click.Path(dir_okay=False), default=None,
-              help="Polygon layer of zones (districts, parcels) in any CRS.")
+              help="Polygon layer of zones (districts, parcels) in any CRS; in a file of several layers name one: 'city.gpkg|layername=districts'.")
 @click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import CardError
+from geoseg.files import replaced_atomically
 
 __all__ = ["OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "parse_normalization", "read_card", "resolve_normalization",
            "write_card"]
@@ -269,7 +269,5 @@ def read_card(path: str | Path) -> ModelCard:
 
 def write_card(card: ModelCard, path: str | Path) -> None:
     """Write `card` as indented JSON to `path`, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import InputError
+from geoseg.files import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,44 @@ def class_card(model, *, what: str):
 
 
 def read_layer(path: str | os.PathLike, *, what: str):
-    """Read a vector layer (any format pyogrio reads) of polygons, with a clear error."""
-    import geopandas as gpd
+    """Read a vector layer (any format pyogrio reads) of polygons, with a clear error.
 
-    path = Path(path)
+    A file of several layers needs one named, as QGIS writes it: ``zones.gpkg|layername=districts``.
+    Features without a geometry (NULL or empty, common in edited layers) are left out with a warning.
+    """
+    import geopandas as gpd
+    import pyogrio
+
+    text, _, option = str(path).partition("|")
+    path = Path(text)
     if not path.exists():
         raise InputError(f"{path}: no such {what} layer. Check the path.")
+    layer = None
+    if option:
+        key, _, layer = option.partition("=")
+        if key.strip().lower() != "layername" or not layer:
+            raise InputError(f"{path}: after '|' name a layer as 'layername=NAME'. Received: {option!r}")
     try:
-        frame = gpd.read_file(path, engine="pyogrio")
+        layers = [name for name, kind in pyogrio.list_layers(path) if kind is not None]
+        if layer is not None and layer not in layers:
+            raise InputError(f"{path} has no {what} layer {layer!r}; its layers: {', '.join(layers) or 'none'}.")
+        if layer is None and len(layers) > 1:
+            raise InputError(f"{path} holds {len(layers)} layers ({', '.join(layers)}); name the {what} layer, "
+                             f"e.g. '{path}|layername={layers[0]}'.")
+        frame = gpd.read_file(path, engine="pyogrio", layer=layer)
+    except InputError:
+        raise
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
         raise InputError(f"{path}: cannot read this {what} layer ({exc}).") from None
     if len(frame) == 0:
         raise InputError(f"{path}: the {what} layer has no features.")
+    empty = (frame.geometry.isna() | frame.geometry.is_empty).to_numpy()
+    if empty.all():
+        raise InputError(f"{path}: none of the {len(frame)} features of the {what} layer has a geometry.")
+    if empty.any():  # sorted(geom_type) of a NULL geometry was a TypeError traceback
+        log.warning("%s: left out %d of the %d features of the %s layer: they have no geometry",
+                    path, empty.sum(), len(frame), what)
+        frame = frame[~empty].reset_index(drop=True)
     if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
         raise InputError(f"{path}: the {what} layer must hold polygons; found {sorted(set(frame.geom_type))}.")
     if frame.crs is None:
@@ -74,9 +101,8 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
 
 
 def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        write(tmp)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from geoseg.workflows.common import check_layer_overlaps, class_card, read_layer
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
+log = logging.getLogger(__name__)
+
 Method = Literal["model", "ndwi"]
 WATER_CLASSES = (ClassInfo(0, "dry", "#D9D0B8"), ClassInfo(1, "water", "#1F5FBF"))
 FLOOD_CLASSES = (
@@ -42,6 +45,7 @@ class FloodResult:
     classes: list[dict[str, Any]]
     outputs: dict[str, str]
     aoi: list[dict[str, Any]] = field(default_factory=list)
+    pre_coverage_pct: float | None = None  # share of the post image's data pixels that the pre image covers
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -209,13 +213,17 @@ def flood(
     if pre is not None:
         pre_mask, pre_water, _ = _water_raster(pre_info.path, out_dir / "pre", **common)
         classes = FLOOD_CLASSES
-    _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
+    covered, data = _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
+    coverage = None if pre is None else round(100 * covered / max(data, 1), 3)
+    if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
+        log.warning("the pre-event image covers %.1f%% of the post-event image's data; the rest (%d px) is nodata "
+                    "in flood.tif and counts in no class", coverage, data - covered)
     names = {c.id: (c.name, c.rgb) for c in classes}
     write_qml(paths["tif"].with_suffix(".qml"), names, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
-    result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows)
+    result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows, coverage)
     post_crs = post_info.map_georeferencing()[1]
     outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
@@ -264,7 +272,9 @@ def _display_bands(info) -> list[int]:
     return [1, 2, 3] if info.count >= 3 else [1]
 
 
-def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes) -> None:
+def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes) -> tuple[int, int]:
+    """Write the flood classes; return the post image's data pixels that the pre image covers, and all of them."""
+    counts = [0, 0]
     with rasterio.open(post_mask) as post_ds:
         pre_ds = rasterio.open(pre_mask) if pre_mask is not None else None
         try:
@@ -281,11 +291,14 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
             def block(window):
                 now = post_ds.read(1, window=window)
                 wet = now == post_water
+                counts[1] += int((now != NODATA).sum())
                 if aligned is None:
                     out = wet.astype(np.uint8)
                     out[now == NODATA] = NODATA
+                    counts[0] = counts[1]
                     return out
                 before = aligned.read(1, window=window)
+                counts[0] += int(((now != NODATA) & (before != NODATA)).sum())
                 was = before == pre_water
                 out = np.select([wet & ~was, wet & was, ~wet & was], [1, 2, 3], 0).astype(np.uint8)
                 out[(now == NODATA) | (before == NODATA)] = NODATA
@@ -295,6 +308,7 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
         finally:
             if pre_ds is not None:
                 pre_ds.close()
+    return counts[0], counts[1]
 
 
 def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
@@ -323,7 +337,11 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
 def _markdown(result: FloodResult, post: str, pre) -> str:
     lines = [f"# Flood report: {Path(post).name}", "",
              f"- After the event: `{post}`", f"- Before the event: `{pre}`" if pre else "- Before the event: none",
-             f"- Water from: {result.water_source}", "", "![map](flood.png)", "",
+             f"- Water from: {result.water_source}",
+             *([] if result.pre_coverage_pct in (None, 100.0) else [
+                 f"- **The pre-event image covers only {result.pre_coverage_pct}% of the post-event image**; "
+                 "the rest is nodata and counts in no class"]),
+             "", "![map](flood.png)", "",
              "| class | km² | pixels |", "|---|---:|---:|"]
     for c in result.classes:
         km2 = "n/a" if c["area_km2"] is None else f"{c['area_km2']:.4f}"

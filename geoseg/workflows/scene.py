@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
 from geoseg.pipeline import SegmentResult, segment
 from geoseg.preview import render_map, save_png
@@ -119,16 +120,13 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
 
 
 def _write_zones(out_dir: Path, stem: str, frame, rows: list[dict[str, Any]]) -> dict[str, str]:
-    import os
 
     import pandas as pd
 
     table = pd.DataFrame(rows).drop(columns=["zone"])
     layer = frame.reset_index(drop=True).join(table)
     paths = {"zones": str(out_dir / f"{stem}_zones.gpkg"), "zones_csv": str(out_dir / f"{stem}_zones.csv")}
-    tmp = out_dir / f".{stem}_zones.tmp.gpkg"
-    tmp.unlink(missing_ok=True)
-    layer.to_file(tmp, driver="GPKG", layer=f"{stem}_zones", engine="pyogrio")
-    os.replace(tmp, paths["zones"])
+    with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
+        layer.to_file(tmp, driver="GPKG", layer=f"{stem}_zones", engine="pyogrio")
     write_csv(paths["zones_csv"], rows)
     return paths

@@ -102,6 +102,29 @@ def _fingerprint(path: str) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _readable(path: str) -> bool:
+    """Whether an output of an earlier run is there and opens: a damaged or cut-short mask is redone
+    (it was taken as done, and the mosaic then failed with rasterio's traceback)."""
+    if not os.path.exists(path):
+        return False
+    if Path(path).suffix.lower() not in (".tif", ".gpkg"):
+        return True
+    try:
+        if path.lower().endswith(".gpkg"):
+            import pyogrio
+
+            pyogrio.read_info(path)
+        else:
+            import rasterio
+
+            with rasterio.open(path):
+                pass
+    except Exception:  # rasterio and pyogrio raise several types for a damaged file
+        log.warning("%s: cannot be read; its raster is segmented again", path)
+        return False
+    return True
+
+
 class _Manifest:
     """The record of what is done, rewritten atomically after every raster."""
 
@@ -114,7 +137,7 @@ class _Manifest:
     def is_done(self, source: str, key: dict[str, Any]) -> bool:
         entry = self.entries.get(source)
         return bool(entry and entry["status"] == "done" and entry["key"] == key
-                    and all(os.path.exists(p) for p in entry["outputs"].values()))
+                    and all(_readable(p) for p in entry["outputs"].values()))
 
     def record(self, source: str, entry: dict[str, Any]) -> None:
         with self.lock:
@@ -165,11 +188,17 @@ def survey(
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    sources = expand_inputs(inputs)
-    if not sources:
-        raise InputError(f"no rasters found in {', '.join(map(str, inputs))}. Pass files, folders or globs.")
-    card = class_card(model, what="a survey")
     out_dir = Path(output_dir)
+    sources = expand_inputs(inputs)
+    inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
+    ours = [s for s in sources if not is_gdal_path(s) and inside in Path(s).parents]
+    if ours:
+        log.info("left out %d raster(s) under the output folder %s", len(ours), out_dir)
+        sources = [s for s in sources if s not in ours]
+    if not sources:
+        raise InputError(f"no rasters found in {', '.join(map(str, inputs))}"
+                         + (f" outside the output folder {out_dir}" if ours else "") + ". Pass files, folders or globs.")
+    card = class_card(model, what="a survey")
     prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
@@ -238,6 +267,8 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outputs, left_out = {}, []
     outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out))
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
+    if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
+        (out_dir / "survey_polygons.gpkg").unlink(missing_ok=True)
     if merged is not None:
         outputs["polygons"] = str(merged)
     rows = []
@@ -293,6 +324,9 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str]) -> d
         name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         out[name.removesuffix(".vrt")] = str(out_dir / name)
+    for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
+        if str(stale) not in out.values():
+            stale.unlink()
     return out
 
 
