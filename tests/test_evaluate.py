@@ -284,3 +284,128 @@ def test_label_template_names_a_zipped_image_by_the_raster_inside():
 
     images, labels = _pairs(("zip:///data/flight.zip!scene.tif",), ("masks/{stem}.png",))
     assert labels == ["masks/scene.png"]  # not 'flight.zip!scene'
+
+
+def _label_like(path, image, data, **changes):
+    """A one-band label raster on `image`'s profile, with `changes` (crs, transform) applied."""
+    with rasterio.open(image) as ds:
+        profile = {**ds.profile, "count": 1, **changes}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data, 1)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    # shifted by 50 m (100 px): the same size, the same CRS, another place
+    (dict(transform=rasterio.transform.from_origin(500050.0, 2800000.0, 0.5, 0.5)), "their pixel grid is 100 px off"),
+    # labels in another CRS at another place
+    (dict(crs="EPSG:4326", transform=rasterio.transform.from_origin(55.0, 25.0, 1e-5, 1e-5)),
+     "their CRS EPSG:4326 is not the image's EPSG:32640"),
+])
+def test_georeferenced_labels_off_the_image_grid_are_refused(make_raster, tmp_path, changes, message):
+    """Labels of the image's size but of another place, or another CRS, scored IoU 1.0 as if they were its own."""
+    image = make_raster(shape=(60, 70))
+    pred, _ = _predicted("threshold", image, tmp_path)
+    label = _label_like(tmp_path / "label.tif", image, pred, **changes)
+    out = tmp_path / "masks"
+    expected = rf"label.tif: labels must be on the pixel grid of their image image.tif, but {message}.*gdalwarp"
+    with pytest.raises(InputError, match=expected):
+        evaluate("threshold", [image], [label], keep_masks=out)
+    with pytest.raises(InputError, match=expected):
+        compare(["threshold", "region-growing"], [image], [label], output_dir=out)
+    assert not out.exists()  # refused before anything was segmented
+    result = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(label)])
+    assert result.exit_code == 1 and "-te 500000 2799970 500035 2800000 -ts 70 60" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_labels_on_the_grid_or_without_georeferencing_are_accepted(make_raster, tmp_path):
+    image = make_raster(shape=(60, 70))
+    pred, _ = _predicted("threshold", image, tmp_path)
+    nudged = _label_like(tmp_path / "nudged.tif", image, pred,  # 0.001 px: rounding, not another grid
+                         transform=rasterio.transform.from_origin(500000.0005, 2800000.0, 0.5, 0.5))
+    assert evaluate("threshold", image, nudged).mean_iou == 1.0
+    plain = tmp_path / "plain.png"  # a PNG mask beside its image: no georeferencing, taken by its size
+    Image.fromarray(pred).save(plain)
+    assert evaluate("threshold", image, plain).mean_iou == 1.0
+
+
+def test_compare_needs_labels_or_an_output_folder(make_raster):
+    """Loaded every model, then printed nothing and exited 0."""
+    image = make_raster(shape=(40, 50))
+    with pytest.raises(InputError, match=r"compare needs labels .*\(--labels, labels=\) or an output folder"):
+        compare(["threshold", "region-growing"], [image])
+    result = CliRunner().invoke(main, ["compare", "--models", "threshold,region-growing", "--images", str(image)])
+    assert result.exit_code == 1 and "needs labels to score the models (--labels" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_compare_checks_every_models_bands_before_running_any(make_raster, tmp_path):
+    """The first model segmented every image before the second one's bands failed, leaving its masks behind,
+    without naming the model, and suggesting --bands, which compare lacks."""
+    images = [make_raster(name="a.tif", shape=(40, 50)), make_raster(name="b.tif", shape=(40, 50), bands=4)]
+    label = _label_like(tmp_path / "label.tif", images[0], np.zeros((40, 50), np.uint8))
+    out = tmp_path / "cmp"
+    with pytest.raises(InputError, match=r"model threshold-nir reads band\(s\) \[1, 2, 3, 4\], but .*a.tif has 3 "
+                                         r"band\(s\): leave threshold-nir out of the comparison \(--models\)"):
+        compare(["threshold", "threshold-nir"], images, [label, label], output_dir=out)
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(images[0]),
+                                       "--images", str(images[1]), "-o", str(out)])
+    assert result.exit_code == 1 and "model threshold-nir reads band(s)" in result.output
+    assert "--bands" not in result.output and not out.exists()
+    result = CliRunner().invoke(main, ["evaluate", "-m", "threshold-nir", "--images", str(images[0]),
+                                       "--labels", str(label)])
+    assert result.exit_code == 1 and "model threshold-nir reads band(s)" in result.output
+    assert "--bands" not in result.output
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{foo}/x.tif", "unknown placeholder {foo}"),  # a KeyError traceback
+    ("{stem", "not a template (expected '}' before end of string)"),  # a ValueError traceback
+    ("{0}.tif", "a placeholder needs a name"),  # an IndexError traceback
+])
+@pytest.mark.parametrize("command", [["evaluate", "-m", "threshold"], ["compare", "--models", "threshold,region-growing"]])
+def test_label_templates_that_cannot_be_filled_are_one_line(make_raster, template, message, command):
+    image = make_raster(shape=(40, 50))
+    result = CliRunner().invoke(main, [*command, "--images", str(image), "--labels", template])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--labels {template!r}: {message}; it may use {{stem}}, {{name}} and {{image_dir}}" in result.output
+
+
+def test_compare_prints_the_notes_evaluate_prints(make_raster, tmp_path):
+    """compare's table left out the notes evaluate prints under it."""
+    image = make_raster(shape=(40, 50))
+    pred, _ = _predicted("threshold", image, tmp_path)
+    pred[:5] = 7  # values past the label names
+    label = _label_like(tmp_path / "label.tif", image, pred)
+    args = ["--images", str(image), "--labels", str(label), "--label-names", "other,water,vegetation"]
+    single = CliRunner().invoke(main, ["evaluate", "-m", "threshold", *args])
+    both = CliRunner().invoke(main, ["compare", "--models", "threshold,region-growing", *args])
+    assert single.exit_code == both.exit_code == 0, both.output
+    note = "note: 250 labelled pixels have values past the 3 label names"
+    assert single.stderr.count(note) == 1 and both.stderr.count(note) == 1  # once: both models have it
+    assert note not in both.stdout
+
+
+def test_label_names_may_be_one_comma_separated_string(make_raster, tmp_path):
+    """'other,water,vegetation' was one class of that name."""
+    image = make_raster(shape=(40, 50))
+    pred, _ = _predicted("threshold", image, tmp_path)
+    label = _label_like(tmp_path / "label.tif", image, pred)
+    result = evaluate("threshold", image, label, label_names="other, water,vegetation")
+    assert result.mean_iou == 1.0 and result.pixels_scored == 40 * 50 and not result.not_scored
+
+
+def test_vector_labels_of_no_class_say_how_to_fix_it_in_evaluate(make_raster, tmp_path):
+    """The advice was "Rename the classes in the config", and evaluate has no config."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    gpd.GeoDataFrame({"class": ["lake"]}, geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "labels.gpkg")
+    with pytest.raises(InputError, match="no polygon's 'class' value matches a class") as caught:
+        evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
+    assert "Pass --label-names (label_names=) with the names the file uses" in str(caught.value)
+    assert "config" not in str(caught.value)

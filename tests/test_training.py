@@ -113,7 +113,7 @@ def test_a_selection_split_chooses_the_epoch_and_validation_is_scored_unseen(tmp
     both = tmp_path / "both.toml"
     both.write_text(config.read_text().replace('selection = "img1"', 'selection = "img2"'))
     with pytest.raises(InputError, match="img2.tif matches both the validation patterns .* and the selection"):
-        train(load_config(both))
+        train(load_config(both), overwrite=True)
     alone = tmp_path / "alone.toml"
     alone.write_text(config.read_text().replace('validation = ["img2"]', ""))
     with pytest.raises(InputError, match="give validation patterns too"):
@@ -146,7 +146,9 @@ def test_config_errors(tmp_path):
                              ('architecture = "mobilenet_v2"\nchip = 80', "chip must be a multiple of 32"),
                              ("bands = [0, 1]", "bands are numbered from 1"),
                              ('source = "x.toml"', "unknown setting.*source"),
-                             ('labels = "{dir}/{stem}.png"', r"unknown placeholder \('dir'\); it may use {stem}"),
+                             ('labels = "{dir}/{stem}.png"', r"labels '{dir}/{stem}.png': unknown placeholder {dir}; "
+                                                             "it may use {stem}"),
+                             ('labels = "{stem"', r"labels '{stem': not a template"),
                              ("classes = []", "no classes"),
                              ('name = "a/b"', "name must start with a letter or digit.* Received: 'a/b'"),
                              ('name = "roads.keras"', "not end in a file suffix"),
@@ -318,7 +320,8 @@ def test_ema_weights_are_the_ones_validated_and_kept(tmp_path):
     drift = {}
     for ema in ("0.999", "0.0"):
         config.write_text(text.replace("[train]", f"[train]\nema = {ema}\nband_jitter = 0.1"))
-        result = CliRunner().invoke(main, ["train", "--config", str(config), "--restart"], catch_exceptions=False)
+        result = CliRunner().invoke(main, ["train", "--config", str(config), "--restart", "--overwrite"],
+                                    catch_exceptions=False)
         assert result.exit_code == 0, result.output
         cfg = load_config(config)
         keras.utils.set_random_seed(cfg.seed)
@@ -391,7 +394,7 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     history = card["training"]["epoch_mean_iou"]  # epoch 1 from the interrupted run (stopped while scoring 2), 3
     assert len(history) == 3 and history[1] is None and history[2] == card["training"]["final_epoch_mean_iou"]
     assert history[card["training"]["best_epoch"] - 1] == max(history[0], history[2])
-    result = CliRunner().invoke(main, ["train", "--config", str(wider)], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["train", "--config", str(wider), "--overwrite"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["config"]["filters"] == 8
     work.mkdir()  # stopped during epoch 1 of another configuration: nothing to resume, nothing to refuse
@@ -625,11 +628,11 @@ def test_an_interrupted_train_says_whether_a_rerun_resumes(tmp_path, monkeypatch
 
     interrupt_at(1)  # scoring epoch 1: nothing checkpointed yet
     result = CliRunner().invoke(main, ["train", "--config", config])
-    assert result.exit_code == 1 and "before the end of the first epoch: nothing to resume" in result.output
+    assert result.exit_code == 130 and "before the end of the first epoch: nothing to resume" in result.output
     interrupt_at(2)  # scoring epoch 2, which Keras has backed up already
     result = CliRunner().invoke(main, ["train", "--config", config, "--restart", "--epochs", "3"])
     work = tmp_path / "models" / "toy.checkpoints"
-    assert result.exit_code == 1 and f"Interrupted: {work} keeps the checkpoints of 2 epoch(s); rerunning the same " \
+    assert result.exit_code == 130 and f"Interrupted: {work} keeps the checkpoints of 2 epoch(s); rerunning the same " \
         "command without --restart (which discards them) resumes" in result.output
     interrupt_at(0)
     result = CliRunner().invoke(main, ["train", "--config", config, "--epochs", "3"])
@@ -660,3 +663,65 @@ def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "evaluate_pairs", real)
     training.train(load_config(config))
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["seconds"] >= 1000
+
+
+def test_a_finished_bundle_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
+    """Rerunning a config (or a bundle's NAME.toml in its folder) replaced the finished bundle without a word.
+    Resuming an interrupted run over it needs no --overwrite."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 1"))
+    train(load_config(config))
+    bundle = tmp_path / "models" / "toy.keras"
+    before = bundle.stat().st_mtime_ns
+    with pytest.raises(InputError, match=r"toy.keras is the bundle of a finished run, which this run would "
+                                         r"replace; pass --overwrite \(overwrite=True\)"):
+        train(load_config(config))
+    again = CliRunner().invoke(main, ["train", "--config", str(tmp_path / "models" / "toy.toml")])
+    assert again.exit_code == 1 and "pass --overwrite" in again.output and "Traceback" not in again.output
+    assert bundle.stat().st_mtime_ns == before
+    assert "--overwrite" in CliRunner().invoke(main, ["train", "--help"]).output
+    config.write_text(config.read_text().replace("epochs = 1", "epochs = 3"))
+    real, calls = training.evaluate_pairs, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the end of epoch 2, after Keras backed it up
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(config), overwrite=True)
+    monkeypatch.setattr(training, "evaluate_pairs", real)
+    result = CliRunner().invoke(main, ["train", "--config", str(config)])  # resumes: no --overwrite needed
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["epochs"] == 3
+
+
+def test_an_output_that_is_a_file_is_refused_when_the_config_is_read(tmp_path):
+    """output = "ok.toml" (an existing file) gave a FileExistsError traceback once the data was loaded."""
+    config = _dataset(tmp_path, "index")
+    (tmp_path / "ok.toml").write_text("")
+    config.write_text(config.read_text().replace('output = "models"', 'output = "ok.toml"'))
+    with pytest.raises(InputError, match=r"train.toml: output = 'ok.toml': .*ok.toml is a file, and the bundle goes "
+                                         "in a folder"):
+        load_config(config)
+    result = CliRunner().invoke(main, ["train", "--config", str(config)])
+    assert result.exit_code == 1 and "is a file" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--output", str(tmp_path / "ok.toml" / "x")])
+    assert result.exit_code == 1 and "--output = " in result.output and "is a file" in result.output
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_georeferenced_labels_off_their_image_are_refused(tmp_path, in_memory):
+    """An index label of the image's size in another place was trained on as the image's labels."""
+    config = _dataset(tmp_path, "index")
+    if not in_memory:
+        config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false"))
+    with rasterio.open(tmp_path / "data" / "img1_label.tif", "r+") as ds:  # 48 m east of its image
+        ds.crs, ds.transform = "EPSG:32640", from_origin(500048.0, 2800000.0, 1.0, 1.0)
+    with pytest.raises(InputError, match=r"img1_label.tif: labels must be on the pixel grid of their image "
+                                         r"img1.tif, but their pixel grid is 48 px off"):
+        load_pairs(load_config(config))

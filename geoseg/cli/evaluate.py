@@ -14,6 +14,7 @@ __all__ = ["evaluate", "compare"]
 
 def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[list[str], list[str] | None]:
     from geoseg.errors import InputError
+    from geoseg.models.labels import check_label_template
     from geoseg.raster import raster_stem
     from geoseg.workflows.survey import expand_inputs
 
@@ -24,6 +25,7 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
         return image_paths, None
     if len(labels) == 1 and "{" in labels[0]:
         template = labels[0]
+        check_label_template(template, "--labels")
         label_paths = [template.format(stem=raster_stem(p), name=Path(p).name, image_dir=str(Path(p).parent))
                        for p in image_paths]
         _check_one_label_each(template, image_paths, label_paths)
@@ -130,8 +132,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         emit_json(result.to_dict())
     else:
         click.echo(table)
-        for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+        _echo_notes([result.to_dict()])
 
 
 @click.command()
@@ -156,5 +157,17 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         return
     if result["evaluations"]:
         click.echo(markdown_table(result["evaluations"]))
+        _echo_notes(result["evaluations"])
     for path in result["disagreement"]:
         click.echo(f"disagreement: {path}", err=True)
+
+
+def _echo_notes(evaluations: list[dict]) -> None:
+    """Each evaluation's notes on stderr: once when every model has it, else once per model that has it."""
+    shared = [n for n in evaluations[0]["notes"] if all(n in e["notes"] for e in evaluations)]
+    for note in shared:
+        click.echo(f"note: {note}", err=True)
+    for e in evaluations:
+        for note in e["notes"]:
+            if note not in shared:
+                click.echo(f"note: {e['model']}: {note}", err=True)

@@ -21,7 +21,10 @@ __all__ = ["train"]
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an interrupted run from its checkpoints (same settings; only "
                    "max_minutes and patience may change), or discard them and start afresh.")
-def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resume):
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle (NAME.keras, .json, .toml) of a finished run in the output folder; "
+                   "without it such a run is refused. Resuming an interrupted run needs no --overwrite.")
+def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resume, overwrite):
     """Train a U-Net and write NAME.keras + NAME.json (card with validation IoU) + NAME.toml.
 
     Labels may be index rasters, colour-coded masks (colours from the config's
@@ -29,6 +32,9 @@ def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resum
     Validation is split by file: images whose path contains a 'validation' pattern.
     With 'selection' patterns too, the best epoch is chosen on those images and the
     validation images are scored once, after training, unseen by that choice.
+
+    A bundle of the same name already in the output folder is not replaced
+    without --overwrite: rerun a bundle's NAME.toml with --output or --name.
 
     \b
     Example:
@@ -45,7 +51,7 @@ def train(config_path, name, output, epochs, steps_per_epoch, max_minutes, resum
         config = load_config(config_path, name=name, output=output, epochs=epochs,
                              steps_per_epoch=steps_per_epoch, max_minutes=max_minutes)
         try:
-            path = run_train(config, resume=resume)
+            path = run_train(config, resume=resume, overwrite=overwrite)
         except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (exit status 143)
             if isinstance(exc, KeyboardInterrupt) or exc.code == 143:
                 click.echo(_resume_hint(config, resume), err=True)

@@ -12,10 +12,19 @@ import numpy as np
 
 from geoseg.errors import InputError
 
-__all__ = ["IGNORE", "LabelFormat", "VectorLabels", "check_label_grid", "read_labels", "label_class_names"]
+__all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
+           "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "read_labels",
+           "label_class_names"]
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
+LABEL_PLACEHOLDERS = ("stem", "name", "image_dir")  # what a labels template may hold: {stem}, {name}, {image_dir}
+GRID_TOLERANCE = 0.01  # px: georeferenced labels farther than this from their image's grid are refused
+# the fix for polygons none of whose class values is a class: in a training config, and in geoseg evaluate
+RENAME_IN_CONFIG = ("Rename the classes in the config to the values of the file, or point vector_field at the field "
+                    "that holds them.")
+RENAME_LABEL_NAMES = ("Pass --label-names (label_names=) with the names the file uses (they are matched to the "
+                      "model's classes by name), or point --vector-field (vector_field=) at the field that holds them.")
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (file, what) warned about already: once per file, not once per image or window
@@ -41,14 +50,40 @@ def label_class_names(path: str | os.PathLike) -> list[str] | None:
                          f"(received {names[:80]!r}); pass --label-names instead.") from None
 
 
+def check_label_template(template: str, where: str) -> None:
+    """Refuse a labels template that `str.format` cannot fill from `LABEL_PLACEHOLDERS`; `where` names it
+    in the message (``"--labels"``, ``"train.toml: labels"``).
+
+    >>> check_label_template("{image_dir}/../masks/{stem}.png", "--labels")
+    >>> check_label_template("{dir}/{stem}.png", "--labels")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    geoseg.errors.InputError: --labels '{dir}/{stem}.png': unknown placeholder {dir}; it may use {stem}, ...
+    """
+    try:
+        template.format(**{key: key for key in LABEL_PLACEHOLDERS})
+    except KeyError as exc:
+        reason = f"unknown placeholder {{{exc.args[0]}}}"
+    except IndexError:  # "{0}" or "{}"
+        reason = "a placeholder needs a name"
+    except (ValueError, AttributeError, TypeError) as exc:  # "{stem", "{stem.x}", "{stem!z}"
+        reason = f"not a template ({exc})"
+    else:
+        return
+    allowed = ", ".join(f"{{{key}}}" for key in LABEL_PLACEHOLDERS[:-1]) + f" and {{{LABEL_PLACEHOLDERS[-1]}}}"
+    raise InputError(f"{where} {template!r}: {reason}; it may use {allowed} (and {{{{ or }}}} for a brace).")
+
+
 def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
                      name: str | None = None, image_name: str | None = None) -> None:
     """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size,
-    and not three or more bands (colours) when they should be class ids.
+    georeferenced alike where both are georeferenced, and not three or more bands (colours) when they
+    should be class ids.
 
     Polygons are rasterised onto the image's grid, so for ``fmt="vector"`` only the file's
-    presence is checked. `name` and `image_name` are how messages call the two files
-    (default their path and file name).
+    presence is checked. A label raster without georeferencing (a PNG mask beside a JPEG)
+    is taken to be on its image's grid when it has its size. `name` and `image_name` are
+    how messages call the two files (default their path and file name).
     """
     from geoseg.raster import inspect_raster
 
@@ -58,7 +93,7 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     if fmt == "vector":
         return
     with _open_label(path, name) as ds:
-        size, bands = (ds.width, ds.height), ds.count
+        size, bands, crs, transform = (ds.width, ds.height), ds.count, ds.crs, ds.transform
     if fmt == "index" and bands >= 3:  # a second band may be alpha; three or more are colours
         raise InputError(f"{name}: labels have {bands} bands, but index labels are one band of class ids. "
                          "For a colour-coded mask use the colour format (--label-format color, or "
@@ -70,6 +105,52 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
                          f"{image_name or os.path.basename(image)} is "
                          f"{expected[0]} x {expected[1]} px; labels must be on the image's pixel grid "
                          "(is this the label of another image?).")
+    _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image), path)
+
+
+def _georeferenced(crs, transform) -> bool:
+    return crs is not None and not transform.is_identity and not transform.is_degenerate
+
+
+def grid_offset(image_transform, label_transform, width: int, height: int) -> float:
+    """The largest distance, in label pixels along a row or column, between an image's corners and the
+    same places on the label's pixel grid (0 when both transforms are the same).
+
+    >>> from affine import Affine
+    >>> grid_offset(Affine(0.5, 0, 100, 0, -0.5, 200), Affine(0.5, 0, 125, 0, -0.5, 200), 80, 60)
+    50.0
+    """
+    to_label = ~label_transform * image_transform
+    corners = [(0, 0), (width, 0), (0, height), (width, height)]
+    return max(max(abs(lx - x), abs(ly - y)) for (x, y), (lx, ly) in zip(corners, (to_label * c for c in corners)))
+
+
+def _check_georeferencing(name: str, crs, transform, info, image_name: str, path) -> None:
+    """Labels that say where they lie must lie on their image's grid: the same size alone let labels of
+    another place, or shifted by 50 m, score IoU 1.0 as if they were the image's."""
+    if not (_georeferenced(crs, transform) and _georeferenced(info.crs, info.transform)):
+        return
+    if crs == info.crs:
+        offset = grid_offset(info.transform, transform, info.width, info.height)
+        if offset <= GRID_TOLERANCE:
+            return
+        why = f"their pixel grid is {offset:.3g} px off the image's"
+    else:
+        why = f"their CRS {_crs_text(crs)} is not the image's {_crs_text(info.crs)}"
+    from rasterio.transform import array_bounds
+
+    west, south, east, north = (f"{v:.10g}" for v in array_bounds(info.height, info.width, info.transform))
+    epsg = info.crs.to_epsg()
+    target = f"-t_srs EPSG:{epsg} " if epsg else ""
+    raise InputError(f"{name}: labels must be on the pixel grid of their image {image_name}, but {why}. Warp them "
+                     f"onto it (gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} "
+                     f"-r near {os.path.basename(path)} on_grid.tif) or give polygons (--label-format vector), "
+                     "which are rasterised onto each image.")
+
+
+def _crs_text(crs) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else repr(crs.to_string()[:60])
 
 
 def _open_label(path: str | os.PathLike, name: str | None = None):
@@ -85,7 +166,7 @@ def _open_label(path: str | os.PathLike, name: str | None = None):
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
                 image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
-                window=None, ignore_colors: Sequence[str] | None = None) -> np.ndarray:
+                window=None, ignore_colors: Sequence[str] | None = None, rename: str = RENAME_IN_CONFIG) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -102,6 +183,9 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         Colour labels: ``"#RRGGBB"`` colours that mark unlabelled pixels. Every colour of no
         class is left unlabelled (255) either way; given this list, a whole-file read also logs
         a warning (once per file) naming the colours that are neither a class's nor listed.
+    rename : str
+        Polygons: how to name the classes after the file's values, in the message that refuses a
+        file none of whose values is a class (`RENAME_IN_CONFIG` or `RENAME_LABEL_NAMES`).
     """
     import rasterio
 
@@ -109,7 +193,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if not os.path.exists(path):
         raise InputError(f"{path}: label file not found (labels for {image}).")
     if fmt == "vector":
-        return _rasterize(path, classes, str(image), shape, vector_field, window)
+        return VectorLabels(path, classes, str(image), vector_field, rename=rename).window(shape, window)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -170,7 +254,8 @@ class VectorLabels:
     worker threads, and only the polygons that touch the window are burnt.
     """
 
-    def __init__(self, path: str, classes, image: str, field: str = "class") -> None:
+    def __init__(self, path: str, classes, image: str, field: str = "class", *,
+                 rename: str = RENAME_IN_CONFIG) -> None:
         import geopandas as gpd
         import shapely
 
@@ -187,7 +272,7 @@ class VectorLabels:
             frame = frame.to_crs(crs)
         frame = frame[frame.geometry.notna()]
         ids = [_class_id(v, classes) for v in frame[field]]
-        _check_matches(path, field, classes, list(frame[field]), ids)
+        _check_matches(path, field, classes, list(frame[field]), ids, rename)
         keep = [(g, i) for g, i in zip(frame.geometry, ids) if i is not None]
         self.geometries = [g for g, _ in keep]
         self.values = [v for _, v in keep]
@@ -224,7 +309,7 @@ def _class_id(value: Any, classes) -> int | None:
     return int(value)
 
 
-def _check_matches(path: str, field: str, classes, values: list, ids: list) -> None:
+def _check_matches(path: str, field: str, classes, values: list, ids: list, rename: str = RENAME_IN_CONFIG) -> None:
     """Refuse a file none of whose polygons is of a class; warn (once per file) about the values that match
     none, which would otherwise be dropped without a word."""
     unmatched = [v for v, i in zip(values, ids) if i is None]
@@ -237,8 +322,7 @@ def _check_matches(path: str, field: str, classes, values: list, ids: list) -> N
                                                      for v in unmatched) else "")
     if len(unmatched) == len(values):
         raise InputError(f"{path}: no polygon's {field!r} value matches a class: it holds {found}, and the "
-                         f"classes are {names} (or their ids 0 to {len(classes) - 1}).{hint} Rename the classes in "
-                         "the config to the values of the file, or point vector_field at the field that holds them.")
+                         f"classes are {names} (or their ids 0 to {len(classes) - 1}).{hint} {rename}")
     _warn_once((os.path.abspath(path), field, tuple(c["name"] for c in classes)),
                "%s: %d of %d polygons have a %r value that matches no class (%s); they are left unlabelled. The "
                "classes are %s (or their ids 0 to %d).%s", path, len(unmatched), len(values), field, found, names,
@@ -253,7 +337,3 @@ def _few(values: list, limit: int = 5) -> str:
         counts[text] = counts.get(text, 0) + 1
     shown = sorted(counts, key=counts.get, reverse=True)
     return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
-
-
-def _rasterize(path: str, classes, image: str, shape, field: str, window=None) -> np.ndarray:
-    return VectorLabels(path, classes, image, field).window(shape, window)

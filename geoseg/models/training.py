@@ -22,7 +22,7 @@ import numpy as np
 
 from geoseg.errors import InputError, ModelError
 from geoseg.models.card import ModelCard, write_card
-from geoseg.models.labels import IGNORE, check_label_grid, read_labels
+from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
@@ -135,11 +135,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
     if any(b < 1 for b in flat.get("bands", [1])):
         raise InputError(f"{path}: bands are numbered from 1, as in GDAL. Received: {flat['bands']}")
-    try:
-        flat["labels"].format(stem="s", name="n", image_dir="d")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InputError(f"{path}: labels {flat['labels']!r} uses an unknown placeholder ({exc}); "
-                         "it may use {stem}, {name} and {image_dir}.") from None
+    check_label_template(flat["labels"], f"{path}: labels")
     if "normalization" in flat:
         from geoseg.models.card import parse_normalization
 
@@ -149,6 +145,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
             raise InputError(str(exc)) from None
     _check_classes(path, flat)
     _check_weight_files(path, flat)
+    _check_output(path, flat, "--output" if overrides.get("output") is not None else f"{path}: output")
     plain = flat.get("architecture", "unet") == "unet"
     multiple = 2 ** flat.get("depth", 4) if plain else 32
     if flat.get("chip", 256) % multiple:
@@ -210,6 +207,17 @@ def _check_weight_files(path: Path, flat: dict[str, Any]) -> None:
         if not os.path.isfile(resolved):
             raise InputError(f"{path}: {key} = {value!r}: no such file ({os.path.abspath(resolved)}). Give the path "
                              f"of {kind}, absolute or relative to the config's folder.")
+
+
+def _check_output(path: Path, flat: dict[str, Any], where: str) -> None:
+    """`output` (relative to the config) is a folder, or can become one: a file there gave a FileExistsError
+    traceback once the data was loaded."""
+    value = flat.get("output", ".")
+    folder = Path(os.path.abspath(value if os.path.isabs(value) else path.parent / value))
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        raise InputError(f"{where} = {value!r}: {existing} is a file, and the bundle goes in a folder; point output "
+                         "at a folder (it is created if missing).")
 
 
 # setting -> (lowest, highest, whether the bounds themselves are allowed); None: unbounded
@@ -311,6 +319,8 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
     path = _label_path(config, image)
     if not os.path.exists(path):
         raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
+    if config.label_format != "vector":  # labels of another place or CRS, of the same size, were read as the image's
+        check_label_grid(path, config.label_format, image)
     return read_labels(path, fmt=config.label_format, classes=config.classes, image=image, shape=shape,
                        vector_field=config.vector_field, ignore_colors=config.ignore_colors)
 
@@ -495,13 +505,14 @@ def evaluate_pairs(segmenter, pairs, n_classes: int) -> dict[str, Any]:
             "confusion_matrix": matrix.tolist(), "iou": s["iou"]}
 
 
-def train(config: TrainConfig, *, resume: bool = True) -> Path:
+def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) -> Path:
     """Train, keep the weights with the best validation mean IoU, and write ``NAME.keras`` + ``NAME.json``.
 
     Checkpoints live in ``OUTPUT/NAME.checkpoints/``; with `resume` an interrupted run
     continues from its last epoch, provided its settings are the same (`max_minutes` and
     `patience` may change), else an InputError asks for ``resume=False``. A finished run
-    removes its checkpoints, so the next run of the same name starts afresh. The config is
+    removes its checkpoints, so the next run of the same name starts afresh; where its bundle
+    is still there, that run is refused unless `overwrite` (resuming needs no `overwrite`). The config is
     written beside the model as ``NAME.toml``, its paths relative to that folder, so that it
     reproduces the run from there. ``training.seconds`` in the card adds up every session of
     a resumed run (up to each one's last checkpoint).
@@ -514,6 +525,8 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     keras.utils.set_random_seed(config.seed)
     work = checkpoint_folder(config)
     out = work.parent
+    if not overwrite and not (resume and work.exists()):  # a fresh run, before any checkpoint is discarded
+        _check_no_bundle(out, config.name)
     if not resume and work.exists():
         shutil.rmtree(work)
     if work.exists():  # before any data is read
@@ -629,6 +642,16 @@ def train(config: TrainConfig, *, resume: bool = True) -> Path:
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def _check_no_bundle(out: Path, name: str) -> None:
+    """Refuse to start a run that would replace the bundle of a finished one (rerunning a config, or
+    ``geoseg train --config NAME.toml`` in the bundle's folder, replaced it without a word)."""
+    found = [out / f"{name}{suffix}" for suffix in (".keras", ".json") if (out / f"{name}{suffix}").exists()]
+    if found:
+        raise InputError(f"{found[0]} is the bundle of a finished run, which this run would replace; pass "
+                         "--overwrite (overwrite=True) to replace it, or write the new one elsewhere (--output, "
+                         "--name).")
 
 
 def checkpoint_folder(config: TrainConfig) -> Path:

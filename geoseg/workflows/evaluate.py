@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import rasterio
 
-from geoseg.errors import InputError
-from geoseg.models.labels import IGNORE, LabelFormat, check_label_grid, label_class_names, read_labels
+from geoseg.errors import BandError, InputError
+from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check_label_grid, label_class_names,
+                                  read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
-from geoseg.raster import inspect_raster, raster_stem, unique_stems
+from geoseg.raster import check_bands, inspect_raster, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "majority_classes", "markdown_table"]
 
@@ -87,6 +88,14 @@ def _paths(paths) -> list:
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
+def _names(value) -> list | None:
+    """Label names or colours as a list: a str is split at commas, as the CLI splits ``--label-names a,b``
+    (``"other,water"`` was taken for one class of that name)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()] or [value]
+    return None if value is None else list(value)
+
+
 def _check_label_set(label_format: str, label_names, label_colors) -> None:
     """The label names and colours make sense together, before any image is read."""
     if label_names is not None and (not label_names or not all(isinstance(n, str) and n for n in label_names)):
@@ -152,9 +161,10 @@ def evaluate(
     label_format : {"index", "color", "vector"}
         How labels are stored (see `geoseg.models.labels.read_labels`).
     label_names, label_colors : sequences of str, optional
-        The label set, in id order; default the names stored in an index raster,
-        else the model's own classes. Classes are matched by name; label classes
-        the model does not have are not scored and are listed in ``not_scored``.
+        The label set, in id order (a str is split at commas: ``"other,water"``); default
+        the names stored in an index raster, else the model's own classes. Classes are
+        matched by name; label classes the model does not have are not scored and are
+        listed in ``not_scored``.
     keep_masks : path, optional
         Folder to keep the predicted masks in (default: a temporary folder).
 
@@ -174,6 +184,8 @@ def evaluate(
     images, labels = _paths(images), _paths(labels)
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
+    _check_model_bands(model, images, segment_options.get("bands"), fix="score it on images that have those bands, "
+                       "or pick a model of their bands (-m)")
     regions = card.output == "regions"
     class_names = [c["name"] for c in label_sets[0][0]] if regions else [c.name for c in card.classes]
     n = len(class_names)
@@ -185,10 +197,12 @@ def evaluate(
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
             result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
                              **segment_options)
-            with rasterio.open(result.outputs["mask"]) as ds:
-                pred = ds.read(1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
+                with rasterio.open(result.outputs["mask"]) as ds:
+                    pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
-                                vector_field=vector_field)
+                                vector_field=vector_field, rename=RENAME_LABEL_NAMES)
             if label_format == "index":
                 unnamed += _unnamed_pixels(label, len(label_classes))
             if regions:  # each region takes its majority label class
@@ -227,8 +241,7 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
         raise InputError(f"{len(images)} image(s) but {len(labels)} label file(s); pass one label file per image.")
     if not images:
         raise InputError("no images to evaluate on.")
-    label_names = None if label_names is None else _paths(label_names)  # one name is a list of one
-    label_colors = None if label_colors is None else _paths(label_colors)
+    label_names, label_colors = _names(label_names), _names(label_colors)  # "a,b" is two names, as on the CLI
     _check_label_set(label_format, label_names, label_colors)
     for image, label in zip(images, labels):  # every label before the first image is segmented
         check_label_grid(label, label_format, image)
@@ -248,7 +261,7 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     for image, label, (label_classes, lut) in zip(images, labels, label_sets):  # usually the first one answers
         info = inspect_raster(image)
         truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=(info.height, info.width),
-                            vector_field=vector_field)
+                            vector_field=vector_field, rename=RENAME_LABEL_NAMES)
         if (lut[truth] != IGNORE).any():
             scorable = True
             break
@@ -264,6 +277,28 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
                 "pass --label-names (label_names=) with the model's names.")
         raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
     return card, label_sets, missing
+
+
+def _reference(model) -> str:
+    """A model as the user named it, without the precision and test-time augmentation the CLI adds."""
+    return str(model).partition("?")[0]
+
+
+def _check_model_bands(model, images: list, bands, *, fix: str) -> None:
+    """Refuse an image that lacks bands the model reads before any image is segmented: the third image's
+    BandError came after two segmentations, did not name the model, and suggested --bands, which evaluate
+    and compare lack; `fix` says what to do instead."""
+    card = get_segmenter(resolve_model(model)).card
+    wanted = card.bands if bands is None else bands
+    for image in images:
+        info = inspect_raster(image)
+        try:
+            check_bands(info, wanted, needed=card.n_bands)
+        except BandError as exc:
+            if bands is not None or info.paletted:  # bands= of the Python API, or colour-table indexes
+                raise BandError(f"model {_reference(model)}: {exc}") from None
+            raise BandError(f"model {_reference(model)} reads band(s) {list(wanted)}, but {image} has "
+                            f"{info.count} band(s): {fix}.") from None
 
 
 def _region_label_set(card, label, names, label_colors, earlier: list) -> tuple[list[dict], np.ndarray]:
@@ -359,11 +394,15 @@ def compare(
     predicted at each pixel minus one (0 = all agree; 255 = nodata). Images that
     share a stem (``Tile 2/images/part_1.jpg``, ``Tile 3/images/part_1.jpg``) are
     told apart by a short hash of their path: ``STEM-HASH_disagreement.tif``, with
-    their masks in ``MODEL/STEM-HASH/``.
+    their masks in ``MODEL/STEM-HASH/``. It needs `labels`, `output_dir` or both; every
+    model's bands are checked in every image before any model runs.
     """
     models = _paths(models)
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
+    if labels is None and output_dir is None:  # ran every model, then had nothing to show
+        raise InputError("compare needs labels to score the models (--labels, labels=) or an output folder for "
+                         "their masks and disagreement rasters (-o, output_dir=), or both.")
     folders = _folders(models)  # each model's masks go to a folder of its own
     regions = [str(m) for m in models if get_segmenter(resolve_model(m)).card.output == "regions"]
     if regions:
@@ -373,6 +412,9 @@ def compare(
     images = _paths(images)
     labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None
+    for m in models:  # every model's bands in every image before the first model segments anything
+        _check_model_bands(m, images, options.get("bands"), fix=f"leave {_reference(m)} out of the comparison "
+                           "(--models), or compare on images that have those bands")
     evaluations = []
     if labels is not None:
         options = {**options, **_shared_label_set(models[0], labels, options)}
