@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.raster import (
+    IO_LOCK,
     NODATA,
     RasterInfo,
     WindowSource,
@@ -238,7 +238,8 @@ class _Writer:
         for name, bands in self.layout.items():
             ds = self.datasets[name]
             try:
-                ds.write(np.moveaxis(value[..., bands], -1, 0), window=window)
+                with IO_LOCK:  # GDAL lost a write when another thread read meanwhile (see IO_LOCK)
+                    ds.write(np.moveaxis(value[..., bands], -1, 0), window=window)
             except (RasterioError, CPLE_BaseError, OSError) as exc:  # a full disk, a folder gone: not the input's fault
                 raise OutputError(f"{Path(ds.name).parent.parent}: writing the {name} layer failed "
                                   f"({first_line(exc)}). "
@@ -263,7 +264,7 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
     report = progress or (lambda fraction: None)
     if client is None:
         with _TaskProgress(report, result.npartitions), dask.config.set(scheduler="threads"):
-            da.store(result, writer, lock=threading.Lock())
+            da.store(result, writer, lock=False)  # the writer takes IO_LOCK
         return
     from distributed import as_completed
 
