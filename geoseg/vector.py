@@ -378,6 +378,8 @@ def vectorize(
     tag_names, colours = _class_tables(info.path)  # info.path: a relative zip:// made absolute
     names = _classes(tag_names, colours)
     transform, crs = info.map_georeferencing()
+    if min_area > 0 and crs is None:  # taken in pixels without a word, while the option says m²
+        log.warning("%s has no CRS, so --min-area (min_area=) %g counts pixels, not m²", info.path, min_area)
     if info.gcps and info.crs is None:
         log.info("%s is placed by %d ground control points: polygons take their best-fit affine transform",
                  info.path, len(info.gcps))

@@ -44,6 +44,11 @@ def test_perfect_labels_score_one_and_unlabelled_is_ignored(make_raster, tmp_pat
     result = evaluate("threshold", [image], [label])
     assert result.pixels_scored == 45 * 70 and any(
         n.startswith("350 labelled pixels have values past the 3 label names") for n in result.notes)
+    # the label raster's own nodata (here a class id, 0) was scored as class 0
+    truth[10:15] = 0
+    with rasterio.open(label, "w", **{**profile, "nodata": 0}) as ds:
+        ds.write(truth, 1)
+    assert evaluate("threshold", [image], [label]).pixels_scored == int((truth[10:] != 0).sum())
 
 
 def test_labels_off_the_image_grid_are_refused_before_any_segmentation(make_raster, tmp_path):

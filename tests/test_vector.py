@@ -250,3 +250,9 @@ def test_an_interrupted_write_leaves_no_temporary_layer(make_mask, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         vectorize(mask, tmp_path / "out" / "v.gpkg")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_min_area_without_a_crs_says_it_counts_pixels(make_mask, tmp_path, caplog):
+    mask = make_mask(noisy_mask((40, 50), smooth=2), crs=None, transform=rasterio.Affine.identity())
+    vectorize(mask, tmp_path / "v.gpkg", min_area=5)
+    assert "has no CRS, so --min-area (min_area=) 5 counts pixels, not m²" in caplog.text

@@ -314,6 +314,8 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["f0", "f1"]
     with pytest.raises(InputError, match="no rasters found in .* outside the output folder"):
         survey([out], out, model=str(tiny_fcn))
+    with pytest.raises(InputError, match=r"jobs \(--jobs\) must be a whole number of at least 1. Received: 0"):
+        survey([src], out, model=str(tiny_fcn), jobs=0)  # ran as jobs=1
     # a mask cut short was "skipped" as done, and the mosaic then failed with a traceback
     (out / "f1" / "f1_mask.tif").write_text("garbage")
     third = survey([src], out, model=str(tiny_fcn), chunk=32)

@@ -64,15 +64,24 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @models.command()
 @click.argument("name", metavar="NAME|PATH")
 def show(name: str) -> None:
-    """Print the card (JSON) of model NAME or of the bundle at PATH."""
+    """Print the card (JSON) of model NAME or of the bundle at PATH, read without loading the model
+    (`geoseg models check NAME` loads it)."""
+    from pathlib import Path
+
     from geoseg.cli import load_tensorflow
     from geoseg.models import get_segmenter
+    from geoseg.models.card import read_card
     from geoseg.models.registry import BUILTIN, resolve_model
 
     with fail_cleanly():
-        if not resolve_model(name).startswith(BUILTIN):  # a bundle loads Keras: hide TensorFlow's start-up lines
-            load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
-        card = get_segmenter(name).card
+        ref = resolve_model(name)
+        path = Path(ref.partition("?")[0])
+        if not ref.startswith(BUILTIN) and path.suffix == ".keras":  # a card that does not match its model
+            card = read_card(path.with_suffix(".json"))                 # is still shown: it is what to fix
+        else:
+            if not ref.startswith(BUILTIN):  # a legacy .h5 with --card: hide TensorFlow's start-up lines
+                load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
+            card = get_segmenter(name).card
     emit_json(card.to_dict())
 
 

@@ -200,6 +200,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
             with rasterio.open(path) as ds:
                 data = ds.read(window=window)
                 palette = _palette(ds) if fmt == "color" and ds.count == 1 else None
+                nodata = ds.nodata
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
@@ -207,6 +208,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if fmt == "index":
         label = data[0].astype(np.int64)
         out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
+        if nodata is not None and np.isfinite(nodata):  # the raster's nodata was scored as that class id
+            out[data[0] == nodata] = IGNORE
     else:
         rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)
         code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]

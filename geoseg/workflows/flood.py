@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,9 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
     g, n = src.read([green, nir], window=window)
-    valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
+    with warnings.catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
+        warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
+        valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
     index = normalized_difference(g, n)
     return index, valid & np.isfinite(index)
 

@@ -188,6 +188,8 @@ def survey(
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:  # jobs=0 ran as 1
+        raise InputError(f"jobs (--jobs) must be a whole number of at least 1. Received: {jobs!r}")
     out_dir = Path(output_dir)
     sources = expand_inputs(inputs)
     inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
