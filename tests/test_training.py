@@ -76,6 +76,23 @@ epochs = 2
     return config
 
 
+def _interrupt_at_score(monkeypatch, n: int):
+    """Raise KeyboardInterrupt at the `n`-th validation score of a training run (the end of epoch n, or
+    the final score after n - 1 epochs); return the real `evaluate_pairs` and the list counting its calls."""
+    import geoseg.models.training as training
+
+    real, calls = training.evaluate_pairs, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    return real, calls
+
+
 @pytest.mark.parametrize("label_format", ["index", "color", "vector"])
 def test_train_writes_a_working_bundle(tmp_path, label_format):
     config = _dataset(tmp_path, label_format)
@@ -368,15 +385,7 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
 
     config = _dataset(tmp_path, "index")
     config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
-    real, calls = training.evaluate_pairs, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # the end of epoch 2, after Keras backed it up
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    real, calls = _interrupt_at_score(monkeypatch, 2)  # the end of epoch 2, after Keras backed it up
     with pytest.raises(KeyboardInterrupt):
         training.train(load_config(config))
     work = tmp_path / "models" / "toy.checkpoints"
@@ -430,15 +439,7 @@ def test_a_run_interrupted_after_its_last_epoch_is_not_trained_again(tmp_path, m
     import geoseg.models.training as training
 
     config = _dataset(tmp_path, "index")
-    real, calls = training.evaluate_pairs, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # the kept weights' final score, after both epochs
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    real, calls = _interrupt_at_score(monkeypatch, 3)  # the kept weights' final score, after both epochs
     with pytest.raises(KeyboardInterrupt):
         training.train(load_config(config))
     calls.clear()
@@ -645,15 +646,7 @@ def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
     import geoseg.models.training as training
 
     config = _dataset(tmp_path, "index")
-    real, calls = training.evaluate_pairs, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # the final score, after both epochs were trained and checkpointed
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    real, calls = _interrupt_at_score(monkeypatch, 3)  # the final score, after both epochs were trained and checkpointed
     with pytest.raises(KeyboardInterrupt):
         training.train(load_config(config))
     state_file = tmp_path / "models" / "toy.checkpoints" / "state.json"
@@ -683,15 +676,7 @@ def test_a_finished_bundle_is_replaced_only_with_overwrite(tmp_path, monkeypatch
     assert bundle.stat().st_mtime_ns == before
     assert "--overwrite" in CliRunner().invoke(main, ["train", "--help"]).output
     config.write_text(config.read_text().replace("epochs = 1", "epochs = 3"))
-    real, calls = training.evaluate_pairs, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # the end of epoch 2, after Keras backed it up
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_pairs", interrupted)
+    real, calls = _interrupt_at_score(monkeypatch, 2)  # the end of epoch 2, after Keras backed it up
     with pytest.raises(KeyboardInterrupt):
         train(load_config(config), overwrite=True)
     monkeypatch.setattr(training, "evaluate_pairs", real)
