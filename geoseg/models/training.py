@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from geoseg.errors import InputError, ModelError
+from geoseg.files import replaced_atomically
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, read_labels
 from geoseg.models.metrics import confusion_matrix, scores
@@ -633,12 +634,11 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
     }, source=config.source)
-    tmp = out / f".{config.name}.tmp.keras"
-    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
-    os.replace(tmp, out / f"{config.name}.keras")
+    with replaced_atomically(out / f"{config.name}.keras", suffix=".tmp.keras") as tmp:  # Keras wants .keras last
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
     write_card(card, out / f"{config.name}.json")
-    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_rebased_config(config, out)))
-    os.replace(out / f".{config.name}.toml.tmp", out / f"{config.name}.toml")
+    with replaced_atomically(out / f"{config.name}.toml") as tmp:
+        tmp.write_text(_to_toml(_rebased_config(config, out)))
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
