@@ -71,15 +71,14 @@ def show(name: str) -> None:
     from geoseg.cli import load_tensorflow
     from geoseg.models import get_segmenter
     from geoseg.models.card import read_card
-    from geoseg.models.registry import BUILTIN, resolve_model
+    from geoseg.models.registry import resolve_model
 
     with fail_cleanly():
-        ref = resolve_model(name)
-        path = Path(ref.partition("?")[0])
-        if not ref.startswith(BUILTIN) and path.suffix == ".keras":  # a card that does not match its model
-            card = read_card(path.with_suffix(".json"))                 # is still shown: it is what to fix
+        path = Path(resolve_model(name).partition("?")[0])  # builtin:NAME has no suffix
+        if path.suffix == ".keras":  # a card that does not match its model is still shown: it is what to fix
+            card = read_card(path.with_suffix(".json"))
         else:
-            if not ref.startswith(BUILTIN):  # a legacy .h5 with --card: hide TensorFlow's start-up lines
+            if path.suffix == ".h5":  # a legacy model with --card loads Keras: hide TensorFlow's start-up lines
                 load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
             card = get_segmenter(name).card
     emit_json(card.to_dict())

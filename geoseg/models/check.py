@@ -50,7 +50,7 @@ def _central_window(image: str, side: int, folder: Path) -> str:
                    "transform": ds.window_transform(window), "tiled": False}
         for key in ("blockxsize", "blockysize", "compress", "photometric", "interleave"):
             profile.pop(key, None)
-        path = folder / f"window{Path(image).suffix if Path(image).suffix.lower() in ('.tif', '.tiff') else '.tif'}"
+        path = folder / "window.tif"  # written as a GeoTIFF whatever the input's format
         with rasterio.open(path, "w", **profile) as out:
             out.write(ds.read(window=window))
             if ds.nodata is None and rasterio.enums.MaskFlags.per_dataset in ds.mask_flag_enums[0]:
