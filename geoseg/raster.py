@@ -424,13 +424,18 @@ def class_pixel_counts(path: str | os.PathLike, n_classes: int) -> np.ndarray:
         counts = np.zeros((ds.height, n_classes), np.int64)
         for _, window in ds.block_windows(1):
             data = ds.read(1, window=window)
-            rows = np.repeat(np.arange(data.shape[0]), data.shape[1])
-            flat = data.ravel()
-            keep = flat < n_classes
-            binned = np.bincount(rows[keep] * n_classes + flat[keep], minlength=data.shape[0] * n_classes)
             r0 = int(window.row_off)
-            counts[r0 : r0 + data.shape[0]] += binned.reshape(data.shape[0], n_classes)
+            counts[r0 : r0 + data.shape[0]] += row_class_counts(data, n_classes)
     return counts
+
+
+def row_class_counts(data: np.ndarray, n_classes: int) -> np.ndarray:
+    """Pixels of each class in each row of a 2-D mask: (rows, n_classes); other values are not counted."""
+    rows = np.repeat(np.arange(data.shape[0]), data.shape[1])
+    flat = data.ravel()
+    keep = flat < n_classes
+    binned = np.bincount(rows[keep] * n_classes + flat[keep], minlength=data.shape[0] * n_classes)
+    return binned.reshape(data.shape[0], n_classes)
 
 
 def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:

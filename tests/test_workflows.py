@@ -295,6 +295,36 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
 
 
+def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp_path):
+    """The report added every raster's areas, so ground seen by two flights counted twice."""
+    import json
+
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    (tmp_path / "flights").mkdir()
+    for i, x in enumerate((0.0, 10.0)):  # 50 px wide at 0.5 m, 10 m apart: 30 px columns seen twice
+        make_raster(name=f"flights/f{i}.tif", shape=(40, 50), seed=i,
+                    transform=from_origin(500000.0 + x, 2800000.0, 0.5, 0.5))
+    make_raster(name="flights/far.tif", shape=(30, 30), seed=5,  # 700 km away: the mosaic is mostly empty
+                transform=from_origin(1200000.0, 2100000.0, 0.5, 0.5))
+    out = tmp_path / "out"
+    result = survey([tmp_path / "flights"], out, model=str(tiny_fcn), chunk=32, vector=False)
+    masks = {Path(e["input"]).stem: rasterio.open(e["outputs"]["mask"]).read(1) for e in result.done}
+    with rasterio.open(result.outputs["masks"]) as vrt:  # f1 is listed after f0: it wins where both are
+        assert vrt.width > 1_000_000 and vrt.height > 1_000_000
+    seen = np.concatenate([masks["f0"][:, :20], masks["f1"]], axis=1)  # the ground, each place once
+    summary = json.loads(Path(result.outputs["summary_json"]).read_text())
+    for c in range(3):
+        name = result.done[0]["classes"][c]["name"]
+        once = ((seen == c).sum() + (masks["far"] == c).sum()) * 0.25
+        assert summary["total_m2"][name] == pytest.approx(once)
+        assert summary["sum_of_rasters_m2"][name] == pytest.approx(sum((m == c).sum() for m in masks.values()) * 0.25)
+    report = (out / "survey_report.md").read_text()
+    assert "The rasters overlap" in report and f"{40 * 30 * 0.25 / 1e6:.4f} km² more" in report
+
+
 def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, tmp_path):
     """A rerun scanned the folder again and segmented its own masks and previews (and failed on them)."""
     from rasterio.transform import from_origin

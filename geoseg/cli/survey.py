@@ -26,7 +26,8 @@ def survey(inputs, output_dir, model, bands, chunk, vector, jobs, as_json, quiet
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
     masks.vrt (one masks_EPSG_n.vrt per CRS when they differ), survey_polygons.gpkg
     (with a source attribute; EPSG:4326 when the CRSs differ), survey_summary.csv,
-    survey_summary.json and survey_report.md. Rerunning skips rasters already done
+    survey_summary.json and survey_report.md, whose km² per class count ground that
+    several rasters cover once. Rerunning skips rasters already done
     with the same model and options (manifest.json) and redoes anything partial.
     Exit status 1 when any raster failed; the others still complete.
     """

@@ -176,7 +176,8 @@ def survey(
         ``failed`` lists rasters with their errors; the others still complete.
         Batch outputs: ``masks.vrt`` (one per CRS when they differ),
         ``survey_polygons.gpkg`` (with a ``source`` attribute), ``survey_summary.csv``,
-        ``survey_summary.json`` and ``survey_report.md``.
+        ``survey_summary.json`` (with ``total_m2``, each place counted once where rasters
+        overlap, and ``sum_of_rasters_m2``) and ``survey_report.md``.
 
     Notes
     -----
@@ -266,8 +267,8 @@ def _crs_of(path: str) -> str | None:
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
-    outputs, left_out = {}, []
-    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out))
+    outputs, left_out, mosaic_m2 = {}, [], np.zeros(max((c.id for c in classes), default=-1) + 1)
+    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out, mosaic_m2))
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
     if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
         (out_dir / "survey_polygons.gpkg").unlink(missing_ok=True)
@@ -283,18 +284,30 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outputs["summary_csv"] = str(out_dir / "survey_summary.csv")
     outputs["summary_json"] = str(out_dir / "survey_summary.json")
     outputs["report"] = str(out_dir / "survey_report.md")
+    ok = [r for r in rows if r["status"] == "done"]
+    summed = {c.name: sum(float(r.get(f"{c.name}_m2") or 0) for r in ok) for c in classes}
+    outside = [r for r in ok if r["mask"] in left_out]  # not in a mosaic: only their own areas can be added
+    totals = {c.name: float(mosaic_m2[c.id]) + sum(float(r.get(f"{c.name}_m2") or 0) for r in outside)
+              for c in classes}
     write_csv(outputs["summary_csv"], rows)
-    write_json(outputs["summary_json"], {"rasters": rows})
-    write_text(outputs["report"], _report(rows, classes, outputs, left_out))
+    write_json(outputs["summary_json"], {"rasters": rows, "total_m2": {k: round(v, 3) for k, v in totals.items()},
+                                         "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
+    write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed))
     return outputs
 
 
-def _report(rows: list[dict], classes, outputs: dict[str, str], left_out: list[str]) -> str:
+def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], totals: dict[str, float],
+            summed: dict[str, float]) -> str:
     ok = [r for r in rows if r["status"] == "done"]
     bad = [r for r in rows if r["status"] != "done"]
     lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented, {len(bad)} failed.", ""]
-    totals = {c.name: sum(float(r.get(f"{c.name}_m2") or 0) for r in ok) for c in classes}
     lines += ["| class | total km² |", "|---|---:|"] + [f"| {k} | {v / 1e6:.4f} |" for k, v in totals.items()]
+    twice = sum(summed.values()) - sum(totals.values())
+    if twice > 1e-3 * max(sum(totals.values()), 1.0):
+        lines += ["", f"The rasters overlap: their own areas (survey_summary.csv) add up to "
+                  f"{sum(summed.values()) / 1e6:.4f} km², {twice / 1e6:.4f} km² more than the ground they cover. "
+                  "The totals count each place once, as the mosaic shows it: where rasters overlap, the one listed "
+                  "last in the mosaic decides its class."]
     if bad:
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
     if left_out:
@@ -303,8 +316,9 @@ def _report(rows: list[dict], classes, outputs: dict[str, str], left_out: list[s
     return "\n".join(lines) + "\n"
 
 
-def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str]) -> dict[str, str]:
-    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours.
+def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], areas_m2: np.ndarray) -> dict[str, str]:
+    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours,
+    and add each class's m² in them to `areas_m2` (indexed by class id).
 
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
     GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
@@ -326,18 +340,52 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str]) -> d
         name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         out[name.removesuffix(".vrt")] = str(out_dir / name)
+        areas_m2 += _mosaic_areas(out_dir / name, items, len(areas_m2))
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
         if str(stale) not in out.values():
             stale.unlink()
     return out
 
 
+def _mosaic_areas(vrt: Path, items, n_classes: int, block: int = 2048) -> np.ndarray:
+    """m² of each class in a mosaic, each place counted once however many masks cover it.
+
+    Only the blocks that some mask touches are read: the masks of a survey can lie far apart
+    in a mosaic that is mostly empty.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from geoseg.raster import RasterInfo, pixel_areas_m2, row_class_counts
+
+    res, left, top = _vrt_origin(items)
+    wanted = set()
+    for _, t, w, h in items:
+        cols = ((t.c - left) / res, (t.c - left + w * abs(t.a)) / res)
+        rows = ((top - t.f) / res, (top - t.f + h * abs(t.e)) / res)
+        wanted.update((r, c) for r in range(int(rows[0] // block), int(np.ceil(rows[1] / block)))
+                      for c in range(int(cols[0] // block), int(np.ceil(cols[1] / block))))
+    areas = np.zeros(n_classes)
+    with rasterio.open(vrt) as ds:
+        for r, c in sorted(wanted):
+            window = Window(c * block, r * block, block, block).intersection(Window(0, 0, ds.width, ds.height))
+            data = ds.read(1, window=window)
+            part = RasterInfo(str(vrt), data.shape[1], data.shape[0], 1, "uint8", ds.crs,
+                              ds.window_transform(window), False, (1, 1))
+            areas += pixel_areas_m2(part) @ row_class_counts(data, n_classes)
+    return areas
+
+
+def _vrt_origin(items) -> tuple[float, float, float]:
+    """The mosaic's pixel size and top-left corner: the finest mask's pixels, over all masks."""
+    return (min(abs(t.a) for _, t, _, _ in items), min(t.c for _, t, _, _ in items),
+            max(t.f for _, t, _, _ in items))
+
+
 def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     from rasterio.crs import CRS
 
-    res = min(abs(t.a) for _, t, _, _ in items)
-    left = min(t.c for _, t, _, _ in items)
-    top = max(t.f for _, t, _, _ in items)
+    res, left, top = _vrt_origin(items)
     right = max(t.c + t.a * w for _, t, w, _ in items)
     bottom = min(t.f + t.e * h for _, t, _, h in items)
     width, height = int(np.ceil((right - left) / res)), int(np.ceil((top - bottom) / res))
