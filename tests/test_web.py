@@ -126,6 +126,22 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     assert iou[water.name] is not None  # every pixel labelled water, so water is scored (0 if never predicted)
 
 
+def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, make_raster, tmp_path):
+    """The gdalwarp command in the message named the server's stored copy, label.tif."""
+    from rasterio.transform import from_origin
+
+    tif = make_raster(shape=(60, 80))
+    shifted = make_raster(name="truth.tif", shape=(60, 80), bands=1,
+                          transform=from_origin(500050.0, 2800000.0, 0.5, 0.5))  # 100 px east of the image
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(tif.read_bytes()), "scene.tif"), "models": "threshold",
+        "label": (io.BytesIO(shifted.read_bytes()), "flood truth.tif")}, content_type="multipart/form-data")
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert "label flood truth.tif: labels must be on the pixel grid of their image scene.tif" in error
+    assert "-r near 'flood truth.tif' on_grid.tif" in error and "label.tif" not in error
+
+
 @pytest.mark.parametrize(
     "data, status, message",
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import warnings
 from typing import Any, Literal, Sequence
 
@@ -75,7 +76,7 @@ def check_label_template(template: str, where: str) -> None:
 
 
 def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
-                     name: str | None = None, image_name: str | None = None) -> None:
+                     name: str | None = None, image_name: str | None = None, file_name: str | None = None) -> None:
     """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size,
     georeferenced alike where both are georeferenced, and not three or more bands (colours) when they
     should be class ids.
@@ -83,7 +84,8 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     Polygons are rasterised onto the image's grid, so for ``fmt="vector"`` only the file's
     presence is checked. A label raster without georeferencing (a PNG mask beside a JPEG)
     is taken to be on its image's grid when it has its size. `name` and `image_name` are
-    how messages call the two files (default their path and file name).
+    how messages call the two files (default their path and file name), `file_name` the label
+    in the command they suggest (default its file name; the web page passes the upload's).
     """
     from geoseg.raster import inspect_raster
 
@@ -105,7 +107,8 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
                          f"{image_name or os.path.basename(image)} is "
                          f"{expected[0]} x {expected[1]} px; labels must be on the image's pixel grid "
                          "(is this the label of another image?).")
-    _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image), path)
+    _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image),
+                          file_name or os.path.basename(path))
 
 
 def _georeferenced(crs, transform) -> bool:
@@ -125,7 +128,7 @@ def grid_offset(image_transform, label_transform, width: int, height: int) -> fl
     return max(max(abs(lx - x), abs(ly - y)) for (x, y), (lx, ly) in zip(corners, (to_label * c for c in corners)))
 
 
-def _check_georeferencing(name: str, crs, transform, info, image_name: str, path) -> None:
+def _check_georeferencing(name: str, crs, transform, info, image_name: str, file_name: str) -> None:
     """Labels that say where they lie must lie on their image's grid: the same size alone let labels of
     another place, or shifted by 50 m, score IoU 1.0 as if they were the image's."""
     if not (_georeferenced(crs, transform) and _georeferenced(info.crs, info.transform)):
@@ -144,7 +147,7 @@ def _check_georeferencing(name: str, crs, transform, info, image_name: str, path
     target = f"-t_srs EPSG:{epsg} " if epsg else ""
     raise InputError(f"{name}: labels must be on the pixel grid of their image {image_name}, but {why}. Warp them "
                      f"onto it (gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} "
-                     f"-r near {os.path.basename(path)} on_grid.tif) or give polygons (--label-format vector), "
+                     f"-r near {shlex.quote(file_name)} on_grid.tif) or give polygons (--label-format vector), "
                      "which are rasterised onto each image.")
 
 

@@ -186,7 +186,7 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         if label is not None and label.filename:
             job.files["label"] = _save_upload(label, folder, "label", what="label")
             job.has_label = True
-            _check_label(job.files["label"], path, display_name(label.filename), shown)
+            _check_label(job.files["label"], path, label.filename, shown)
     except Exception:
         import shutil
 
@@ -195,14 +195,15 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     return jobs.submit(job)
 
 
-def _check_label(label: Path, image: Path, name: str, image_name: str) -> None:
+def _check_label(label: Path, image: Path, filename: str, image_name: str) -> None:
     """A 400 now, not a failed job later, for a label that is unreadable or not on the image's grid."""
     from geoseg.errors import InputError
     from geoseg.models.labels import check_label_grid
 
     try:
         # the job reads a label of 3+ bands by the models' colours and one band as class ids: any band count goes
-        check_label_grid(label, "color", image, name=f"label {name}", image_name=image_name)
+        check_label_grid(label, "color", image, name=f"label {display_name(filename)}", image_name=image_name,
+                         file_name=display_name(filename))  # the gdalwarp hint named our stored copy
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
 
