@@ -42,7 +42,8 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "default_chunk", "plan_run", "prepare_output_dir", "segment", "segment_chunk"]
+__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "prepare_output_dir",
+           "remove_stale_outputs", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,17 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
         report(done / len(futures))
 
 
-def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: bool, vector: bool,
-                  preview: bool) -> dict[str, Path]:
+def output_paths(out_dir: Path, stem: str, *, confidence: bool = False, probabilities: bool = False,
+                 vector: bool = False, preview: bool = True) -> dict[str, Path]:
+    """The files `segment` writes for a raster named `stem` into `out_dir` with these options.
+
+    QGIS styles (``.qml``) go beside the mask and the polygons.
+
+    Examples
+    --------
+    >>> {name: path.name for name, path in output_paths(Path("out"), "scene", vector=True, preview=False).items()}
+    {'mask': 'scene_mask.tif', 'vector': 'scene_polygons.gpkg'}
+    """
     names = {"mask": f"{stem}_mask.tif"}
     if confidence:
         names["confidence"] = f"{stem}_confidence.tif"
@@ -294,10 +304,13 @@ def _output_paths(out_dir: Path, stem: str, *, confidence: bool, probabilities: 
     return {k: out_dir / v for k, v in names.items()}
 
 
-def _remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
+def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
     """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
-    confidence raster of the old mask sat beside the new one, with other classes."""
-    every = _output_paths(paths["mask"].parent, stem, confidence=True, probabilities=True, vector=True, preview=True)
+    confidence raster of the old mask sat beside the new one, with other classes.
+
+    `paths` are this run's `output_paths` (other keys are ignored), in the final folder.
+    """
+    every = output_paths(paths["mask"].parent, stem, confidence=True, probabilities=True, vector=True, preview=True)
     for name, path in every.items():
         if name in paths:
             continue
@@ -479,8 +492,8 @@ def segment(
     stem = raster_stem(info.path)
     paths = prepare_output_dir(
         output_dir,
-        lambda d: _output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
-                                preview=preview),
+        lambda d: output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
+                               preview=preview),
         overwrite,
     )
     if client is not None:
@@ -514,7 +527,7 @@ def segment(
         for final, cog in cogs.items():
             os.replace(cog, final)
     if overwrite:
-        _remove_stale_outputs(paths, stem)
+        remove_stale_outputs(paths, stem)
     classes = _class_table(card, paths["mask"], info)
     names = {c.id: (c.name, c.rgb) for c in card.classes}
     write_qml(paths["mask"].with_suffix(".qml"), names, kind="raster")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import shapely
 from click.testing import CliRunner
 
 from geoseg.cli import main
-from geoseg.errors import BandError, InputError
+from geoseg.errors import BandError, InputError, OutputError
 from geoseg.workflows import scene
 
 
@@ -247,6 +248,90 @@ def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
     assert not any((tmp_path / f"out{i}").exists() for i in (2, 3, 4))  # refused before any folder
     bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
     assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt  # the user presses Ctrl-C (the CLI turns SIGTERM into an exit the same way)
+
+
+@pytest.mark.parametrize("step", ["save_png",  # the map, after the mask, polygons, tables and zones
+                                  "write_json"])  # the report, the very last file
+def test_scene_interrupted_leaves_no_output_and_the_same_command_reruns(make_raster, tiny_fcn, tmp_path, monkeypatch,
+                                                                       step):
+    """The mask stayed without STEM_scene.json, and the same command was refused: "already exists. Pass --overwrite"."""
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    gpd.GeoDataFrame({"name": ["a"]}, geometry=[shapely.box(x0, y0 - 10, x0 + 10, y0)],
+                     crs="EPSG:32640").to_file(tmp_path / "zones.gpkg")
+    out = tmp_path / "out"
+    command = ["scene", str(path), "-o", str(out), "-m", str(tiny_fcn), "--zones", str(tmp_path / "zones.gpkg"),
+               "--json"]
+    with monkeypatch.context() as patched:
+        # importlib: geoseg.workflows.scene also names the function the package exports
+        patched.setattr(importlib.import_module("geoseg.workflows.scene"), step, _ctrl_c)
+        stopped = CliRunner().invoke(main, command)
+    assert stopped.exit_code == 130
+    assert list(out.iterdir()) == []  # no output and no hidden staging folder
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png",
+        "image_zones.csv", "image_zones.gpkg"]
+    report = (out / "image_scene.json").read_text()
+    assert ".geoseg-" not in report and ".geoseg-" not in again.stdout  # final paths, never the staging ones
+    data = json.loads(report)
+    assert data == json.loads(again.stdout)
+    assert data["outputs"]["report"] == str(out / "image_scene.json")
+    assert data["segment"]["outputs"] == {"mask": str(out / "image_mask.tif")}
+    assert all(Path(p).is_file() for p in data["outputs"].values())
+
+
+def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn, tmp_path):
+    path = make_raster(shape=(40, 40))
+    first = scene(path, tmp_path / "out", model=tiny_fcn, vector=True, confidence=True)
+    assert Path(first.outputs["vector"]).with_suffix(".qml").exists()
+    with pytest.raises(OutputError, match="image_mask.tif already exists. Pass --overwrite"):
+        scene(path, tmp_path / "out", model=tiny_fcn)
+    (tmp_path / "out" / "image_mask.tif").unlink()  # every file of the run is checked, not just the mask
+    with pytest.raises(OutputError, match="image_confidence.tif already exists"):
+        scene(path, tmp_path / "out", model=tiny_fcn, confidence=True)
+    second = scene(path, tmp_path / "out", model=tiny_fcn, overwrite=True)
+    assert set(second.outputs) == {"mask", "composition", "map", "report"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png"]
+
+
+def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
+    """flood.tif, flood.gpkg and post/ stayed without flood.md; the rerun was refused without --overwrite."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    water = np.zeros((40, 50), bool)
+    water[:, 10:25] = True
+    post = _write(tmp_path / "post.tif", _scene_4band(water), crs, transform)
+    pre = _write(tmp_path / "before.tif", _scene_4band(water[:, ::-1]), crs, transform)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr(importlib.import_module("geoseg.workflows.flood"), "write_text", _ctrl_c)  # the markdown report, written last
+        with pytest.raises(KeyboardInterrupt):
+            flood(post, out, pre=pre, method="ndwi")
+    assert list(out.iterdir()) == []  # no output, no post/ or pre/ folder, no hidden staging folder
+    result = flood(post, out, pre=pre, method="ndwi")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "flood.gpkg", "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "post", "post/post_water.tif",
+        "pre", "pre/before_water.tif"]
+    assert result.outputs == {k: str(out / f"flood.{k}") for k in ("tif", "gpkg", "json", "md", "png")}
+    for name in ("flood.json", "flood.md"):
+        assert ".geoseg-" not in (out / name).read_text()  # final paths, never the staging ones
+    assert json.loads((out / "flood.json").read_text())["outputs"] == result.outputs
+    assert "![map](flood.png)" in (out / "flood.md").read_text()  # beside it after the move
+    for report in out.glob("flood.*"):
+        report.unlink()
+    with pytest.raises(OutputError, match=r"post_water.tif already exists"):  # checked up front, not overwritten
+        flood(post, out, pre=pre, method="ndwi")
+    assert sorted(p.name for p in out.iterdir()) == ["post", "pre"]
 
 
 def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_path):

@@ -1,4 +1,4 @@
-"""Small helpers the workflows share: model checks, reading vector layers, writing tables atomically."""
+"""Small helpers the workflows share: model checks, reading vector layers, writing tables and output sets atomically."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import csv
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from geoseg.errors import InputError
 from geoseg.files import replaced_atomically
+from geoseg.raster import staging_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_layer_overlaps", "class_card", "read_layer", "write_csv", "write_json", "write_text"]
+__all__ = ["check_layer_overlaps", "class_card", "read_layer", "segment_paths", "staged_outputs", "write_csv",
+           "write_json", "write_text"]
 
 
 def class_card(model, *, what: str):
@@ -125,3 +128,33 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text, atomically."""
     _replace(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def segment_paths(folder: Path, image: str, options: dict[str, Any]) -> dict[str, Path]:
+    """The files ``segment(image, folder, preview=False, **options)`` writes: the mask and what `options` add."""
+    from geoseg.pipeline import output_paths
+    from geoseg.raster import raster_stem
+
+    flags = {name: bool(options.get(name)) for name in ("confidence", "probabilities", "vector")}
+    return output_paths(folder, raster_stem(image), preview=False, **flags)
+
+
+@contextmanager
+def staged_outputs(out_dir: Path, *, last: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a hidden folder in `out_dir` to write every output of one run into; move them into place at the end.
+
+    Files and subfolders are written in the yielded folder as they will lie in `out_dir`. Only when
+    the block ends are the files moved (``os.replace``: a rename, same file system) to the same
+    relative paths in `out_dir`, those of `last` (a report that marks the set complete) last. On an
+    error, Ctrl-C or SIGTERM inside the block the folder is removed and `out_dir` holds nothing new,
+    so the same command runs again without --overwrite. The folder is a `staging_dir`: one left by
+    a killed process is removed by the next run into `out_dir`.
+    """
+    with staging_dir(out_dir) as tmp:
+        yield tmp
+        order = {tmp / Path(path).relative_to(out_dir): i for i, path in enumerate(last)}
+        staged = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: order.get(p, -1))
+        for path in staged:
+            final = out_dir / path.relative_to(tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)

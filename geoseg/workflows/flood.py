@@ -17,18 +17,20 @@ from rasterio.vrt import WarpedVRT
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
-from geoseg.pipeline import prepare_output_dir, segment
+from geoseg.pipeline import prepare_output_dir, remove_stale_outputs, segment
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem,
                            write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
-from geoseg.workflows.common import check_layer_overlaps, class_card, read_layer, write_json, write_text
+from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
+                                     write_json, write_text)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
 log = logging.getLogger(__name__)
 
 Method = Literal["model", "ndwi"]
+FILES = ("tif", "gpkg", "json", "md", "png")  # flood.EXT, the keys of FloodResult.outputs
 WATER_CLASSES = (ClassInfo(0, "dry", "#D9D0B8"), ClassInfo(1, "water", "#1F5FBF"))
 FLOOD_CLASSES = (
     ClassInfo(0, "dry", "#D9D0B8"),
@@ -176,7 +178,10 @@ def flood(
     FloodResult
         Writes ``flood.tif`` (classes dry / water, or dry / flooded / permanent water /
         receded water; 255 = nodata), ``flood.gpkg`` (polygons of the wet classes),
-        ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`.
+        ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`,
+        and each image's water mask under ``post/`` and ``pre/``. All of them are
+        written in a hidden folder inside `output_dir` and moved into place only when
+        every one is complete: an interrupted run leaves none of them.
     """
     if method not in ("model", "ndwi"):
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
@@ -205,19 +210,42 @@ def flood(
                          f"{', '.join(map(str, aoi_frame.columns.drop(aoi_frame.geometry.name)))}.")
     if aoi_frame is not None:
         check_layer_overlaps(aoi_frame, post_info.path, what="area-of-interest")
-    paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in ("tif", "gpkg", "json", "md", "png")},
-                                overwrite)
-    out_dir = paths["tif"].parent
+    images = {"post": post_info.path, **({"pre": pre_info.path} if pre_info is not None else {})}
+    water = {when: _water_paths(Path(output_dir) / when, image, method, segment_options)
+             for when, image in images.items()}
+    masks = {f"{when}_{name}": path for when in water for name, path in water[when].items()}
+    # every file, the per-image masks too, is refused before anything is segmented
+    paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in FILES} | masks, overwrite)
     common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                   threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
-    post_mask, post_water, source = _water_raster(post_info.path, out_dir / "post", **common)
+    with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]]) as tmp:  # all files appear, or none
+        result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
+                            outputs={k: str(paths[k]) for k in FILES})
+    if overwrite and method == "model":
+        for when, image in images.items():
+            remove_stale_outputs(water[when], raster_stem(image))
+    return result
+
+
+def _water_paths(folder: Path, image: str, method: Method, segment_options: dict[str, Any]) -> dict[str, Path]:
+    """The files `_water_raster` writes for `image` into `folder`."""
+    if method == "ndwi":
+        return {"mask": folder / f"{raster_stem(image)}_water.tif"}
+    return segment_paths(folder, image, segment_options)
+
+
+def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | None, common: dict[str, Any], *,
+               outputs: dict[str, str]) -> FloodResult:
+    """Write flood.* and the per-image masks (post/, pre/) into `folder`; the result names the final `outputs`."""
+    paths = {k: folder / f"flood.{k}" for k in FILES}
+    post_mask, post_water, source = _water_raster(post_info.path, folder / "post", **common)
     classes = WATER_CLASSES
     pre_mask = pre_water = None
-    if pre is not None:
-        pre_mask, pre_water, _ = _water_raster(pre_info.path, out_dir / "pre", **common)
+    if pre_info is not None:
+        pre_mask, pre_water, _ = _water_raster(pre_info.path, folder / "pre", **common)
         classes = FLOOD_CLASSES
     covered, data = _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
-    coverage = None if pre is None else round(100 * covered / max(data, 1), 3)
+    coverage = None if pre_info is None else round(100 * covered / max(data, 1), 3)
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
         log.warning("the pre-event image covers %.1f%% of the post-event image's data; the rest (%d px) is nodata "
                     "in flood.tif and counts in no class", coverage, data - covered)
@@ -226,7 +254,7 @@ def flood(
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
-    result = FloodResult(source, table, {k: str(v) for k, v in paths.items()}, aoi_rows, coverage)
+    result = FloodResult(source, table, outputs, aoi_rows, coverage)
     post_crs = post_info.map_georeferencing()[1]
     outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,

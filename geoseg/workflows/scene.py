@@ -9,11 +9,12 @@ from typing import Any
 
 from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
-from geoseg.pipeline import SegmentResult, segment
+from geoseg.pipeline import SegmentResult, prepare_output_dir, remove_stale_outputs, segment
 from geoseg.preview import render_map, save_png
-from geoseg.raster import raster_stem
+from geoseg.raster import inspect_raster, raster_stem
 from geoseg.vector import zonal_composition
-from geoseg.workflows.common import check_layer_overlaps, class_card, read_layer, write_csv, write_json
+from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
+                                     write_csv, write_json)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -67,7 +68,9 @@ def scene(
     SceneResult
         Writes ``STEM_composition.csv``, ``STEM_scene.json``, ``STEM_scene.png`` (map
         with legend and zone outlines) and, with zones, ``STEM_zones.gpkg`` and
-        ``STEM_zones.csv``, beside the mask.
+        ``STEM_zones.csv``, beside the mask. All of them, the mask included, are
+        written in a hidden folder inside `output_dir` and moved into place only
+        when every one is complete: an interrupted run leaves none of them.
     """
     class_card(segment_options.get("model"), what="a land-cover report")
     frame = read_layer(zones, what="zones") if zones is not None else None
@@ -77,32 +80,47 @@ def scene(
         raise InputError(f"{zones}: no field {zone_field!r}; fields are {', '.join(map(str, frame.columns[:-1]))}.")
     if frame is not None:
         check_layer_overlaps(frame, input, what="zones")
-    result: SegmentResult = segment(input, output_dir, overwrite=overwrite, preview=False, **segment_options)
-    out_dir, stem = Path(result.outputs["mask"]).parent, raster_stem(result.input)
+    image = inspect_raster(input).path
+    paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
+                               overwrite)
+    with staged_outputs(paths["report"].parent, last=[paths["report"]]) as tmp:  # all files appear, or none
+        result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
+        scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
+    if overwrite:
+        remove_stale_outputs(paths, raster_stem(image))
+    return scene_result
+
+
+def _output_paths(out_dir: Path, image: str, zones: bool, segment_options: dict[str, Any]) -> dict[str, Path]:
+    """Every file a run writes, in the order of `SceneResult.outputs`."""
+    files = {"composition": "composition.csv", **({"zones": "zones.gpkg", "zones_csv": "zones.csv"} if zones else {}),
+             "map": "scene.png", "report": "scene.json"}
+    stem = raster_stem(image)
+    return segment_paths(out_dir, image, segment_options) | {k: out_dir / f"{stem}_{v}" for k, v in files.items()}
+
+
+def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: dict[str, Path],
+                  paths: dict[str, Path]) -> SceneResult:
+    """Write the tables, map and report of `result` at the `staged` paths; the report names the final `paths`."""
+    stem = raster_stem(result.input)
     rows = composition_rows(result.classes)
-    outputs = dict(result.outputs)
-    outputs["composition"] = str(out_dir / f"{stem}_composition.csv")
-    write_csv(outputs["composition"], rows)
-    zone_rows = []
+    write_csv(staged["composition"], rows)
+    zone_rows, outlines = [], None
     if frame is not None:
         zone_rows = _zone_table(result, frame, zone_field)
-        outputs.update(_write_zones(out_dir, stem, frame, zone_rows))
-    classes = [ClassInfo(c["id"], c["name"], c["color"]) for c in result.classes]
-    outlines = None
-    if frame is not None:
+        _write_zones(staged, stem, frame, zone_rows)
         outlines = frame.geometry.to_crs(_mask_crs(result)) if _mask_crs(result) else frame.geometry
-    outputs["map"] = str(out_dir / f"{stem}_scene.png")
+    classes = [ClassInfo(c["id"], c["name"], c["color"]) for c in result.classes]
     save_png(render_map(result.input, result.outputs["mask"], classes, result.classes, result.plan["bands"],
-                        outlines=outlines, title=f"{stem}: land cover by {result.model}"), outputs["map"])
-    outputs["report"] = str(out_dir / f"{stem}_scene.json")
-    scene_result = SceneResult(result.to_dict(), rows, outputs, zone_rows)
-    write_json(outputs["report"], scene_result.to_dict())
+                        outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
+    outputs = {name: str(path) for name, path in paths.items()}
+    segmented = result.to_dict() | {"outputs": {name: outputs[name] for name in result.outputs}}
+    scene_result = SceneResult(segmented, rows, outputs, zone_rows)
+    write_json(staged["report"], scene_result.to_dict())
     return scene_result
 
 
 def _mask_crs(result: SegmentResult):
-    from geoseg.raster import inspect_raster
-
     return inspect_raster(result.outputs["mask"]).map_georeferencing()[1]  # its CRS, or its GCPs
 
 
@@ -119,14 +137,11 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
     return rows
 
 
-def _write_zones(out_dir: Path, stem: str, frame, rows: list[dict[str, Any]]) -> dict[str, str]:
-
+def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, Any]]) -> None:
     import pandas as pd
 
     table = pd.DataFrame(rows).drop(columns=["zone"])
     layer = frame.reset_index(drop=True).join(table)
-    paths = {"zones": str(out_dir / f"{stem}_zones.gpkg"), "zones_csv": str(out_dir / f"{stem}_zones.csv")}
     with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
         layer.to_file(tmp, driver="GPKG", layer=f"{stem}_zones", engine="pyogrio")
     write_csv(paths["zones_csv"], rows)
-    return paths
