@@ -1,5 +1,6 @@
 """Benchmark vectorisation: Mpx/s on a large noisy mask and a clean one, peak RSS, block sizes,
-and speck removal (``--min-area`` with ``--specks drop`` and ``merge``) at the first block size.
+and speck removal (``--min-area`` with ``--specks drop`` and ``merge``, and the raster sieve of
+``geoseg segment --sieve`` at the same area followed by vectorising) at the first block size.
 
 Run by hand: ``.venv/bin/python benchmarks/bench_vectorize.py [--size 8192] [--min-area 50]``. Each run is a
 fresh process so its peak RSS is its own. Compare the Mpx/s with the segmentation
@@ -49,11 +50,27 @@ def run(mask: str, block: int, min_area: float = 0.0, specks: str = "drop") -> d
     from geoseg.vector import vectorize
 
     started = time.perf_counter()
+    sieve_seconds = 0.0
+    if specks == "sieve":  # the mask sieved to the same area in pixels, then vectorised as it is
+        mask, min_area, specks = sieve(mask, min_area), 0.0, "drop"
+        sieve_seconds = time.perf_counter() - started
     result = vectorize(mask, Path(mask).with_name(f"layer_{block}.gpkg"), block=block, overwrite=True,
                        min_area=min_area, specks=specks)
     seconds = time.perf_counter() - started
-    return {"polygons": result.polygons, "seconds": seconds,
+    return {"polygons": result.polygons, "seconds": seconds, "sieve_seconds": sieve_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def sieve(mask: str, min_area: float) -> str:
+    import rasterio
+
+    from geoseg.sieve import sieve_mask
+
+    out = Path(mask).with_name(f"sieved-{Path(mask).name}")
+    with rasterio.open(mask) as ds, rasterio.open(out, "w", **ds.profile) as dst:
+        pixels = round(min_area / abs(ds.transform.a * ds.transform.e))
+        sieve_mask(mask, dst, pixels)
+    return str(out)
 
 
 def main() -> None:
@@ -70,7 +87,7 @@ def main() -> None:
         return
     print(f"Vectorisation of {args.size}x{args.size} 5-class masks ({args.size ** 2 / 1e6:.1f} Mpx) "
           f"and of {len(args.mask)} given mask(s)")
-    print(f"{'mask':<8}{'block':>7}{'specks':>14}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
+    print(f"{'mask':<8}{'block':>7}{'specks':>15}{'polygons':>10}{'seconds':>10}{'Mpx/s':>9}{'peak RSS MB':>13}")
     import rasterio
 
     with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp:
@@ -87,14 +104,15 @@ def main() -> None:
             blocks = [int(b) for b in args.blocks.split(",")]
             runs = [(b, 0.0, "drop") for b in blocks]
             if args.min_area > 0:
-                runs += [(blocks[0], args.min_area, "drop"), (blocks[0], args.min_area, "merge")]
+                runs += [(blocks[0], args.min_area, s) for s in ("drop", "merge", "sieve")]
             for block, min_area, specks in runs:
                 done = subprocess.run([sys.executable, __file__, "--child", str(mask), str(block), str(min_area), specks],
                                       capture_output=True, text=True, check=True)
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 label = f"{specks} <{min_area:g} m²" if min_area else "kept"
-                print(f"{kind:<8}{block:>7}{label:>14}{r['polygons']:>10}{r['seconds']:>10.1f}"
-                      f"{mpx / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}")
+                print(f"{kind:<8}{block:>7}{label:>15}{r['polygons']:>10}{r['seconds']:>10.1f}"
+                      f"{mpx / r['seconds']:>9.2f}{r['peak_rss_mb']:>13.0f}"
+                      + (f"  (sieve {r['sieve_seconds']:.1f} s)" if specks == "sieve" else ""))
 
 
 if __name__ == "__main__":

@@ -391,6 +391,7 @@ def segment(
     confidence: bool = False,
     probabilities: bool = False,
     vector: bool = False,
+    sieve: int = 0,
     preview: bool = True,
     overwrite: bool = False,
     normalization: dict | None = None,
@@ -430,6 +431,11 @@ def segment(
         Also write the winning class's probability, or every class's, in percent.
     vector : bool
         Also write the mask's polygons as a GeoPackage.
+    sieve : int
+        A minimum mapping unit: regions of one class smaller than this many mask pixels
+        (8-connected; the model's pixels when the run resamples) take the classes of the
+        regions around them (`geoseg.sieve.sieve_array`). Polygons, areas and the preview
+        follow the sieved mask; confidence and probabilities stay the model's. 0 keeps every pixel.
     preview : bool
         Write a PNG of the image beside the mask, with a legend.
     overwrite : bool
@@ -481,6 +487,8 @@ def segment(
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
     if tta not in TTA_MODES:
         raise InputError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {tta!r}")
+    if isinstance(sieve, bool) or not isinstance(sieve, (int, np.integer)) or sieve < 0:
+        raise InputError(f"sieve (--sieve) is a region size in pixels, a whole number of at least 0. Received: {sieve!r}")
     info = inspect_raster(input)
     model_path = resolve_model(with_card(model, precision=precision, tta=tta))
     card = get_segmenter(model_path).card
@@ -517,6 +525,8 @@ def segment(
         finally:
             for ds in datasets.values():
                 ds.close()
+        if sieve:
+            tmp_paths["mask"] = _sieved(tmp_paths["mask"], work or info, card, sieve)
         cogs = {}
         for name, (final, _, _) in layers.items():  # every layer is written and checked before any appears
             staged = tmp_paths[name]
@@ -559,10 +569,28 @@ def segment(
             "bands": list(plan.bands),
             "normalization": norm or card.normalization,
             "overlap_factor": round(plan.overlap_factor(((work or info).height, (work or info).width)), 3),
+            "sieve": sieve,
             "model_grid": None if work is None else {"pixel_size": card.pixel_size, "width": work.width,
                                                      "height": work.height},
         },
     )
+
+
+def _sieved(mask: Path, grid: RasterInfo, card: ModelCard, min_pixels: int) -> Path:
+    """The staged `mask` with its specks under `min_pixels` filled, as a new staged file beside it."""
+    from geoseg.sieve import sieve_mask
+
+    started = time.perf_counter()
+    out = mask.with_name(f"sieved-{mask.name}")
+    ds = create_outputs(grid, {"mask": (out, 1, NODATA)})["mask"]
+    try:
+        describe_mask(ds, card.classes)
+        changed = sieve_mask(mask, ds, min_pixels)
+    finally:
+        ds.close()
+    log.info("sieve %d px: %d px (%.2f%%) changed in %.1f s", min_pixels, changed,
+             100 * changed / max(1, grid.pixels), time.perf_counter() - started)
+    return out
 
 
 def _whole_raster_sample(info: RasterInfo, plan: Plan) -> tuple[np.ndarray, np.ndarray]:

@@ -202,6 +202,8 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"bands": [1.7, 2.2, 3.9]}, BandError, "a list of 1-based band indexes"),
         ({"bands": np.array([1, 2, 9])}, BandError, "has 3 band"),  # an array is a list of indexes too
         ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
+        ({"sieve": -1}, InputError, "sieve .--sieve. is a region size in pixels"),
+        ({"sieve": 2.5}, InputError, "a whole number of at least 0. Received: 2.5"),
     ],
 )
 def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error, match):

@@ -12,7 +12,7 @@ from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
 __all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "precision_option",
-           "tta_option"]
+           "sieve_option", "tta_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
@@ -23,6 +23,10 @@ chunk_option = click.option(
     "--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
     help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most 2048) "
          "for models with wide margins.")
+sieve_option = click.option(
+    "--sieve", type=click.IntRange(min=0), default=0, show_default=True, metavar="PX",
+    help="Minimum mapping unit: regions of one class smaller than PX mask pixels (8-connected) take the classes "
+         "around them, before areas and polygons are made. 0 keeps every pixel.")
 tta_option = click.option(
     "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
     help="Test-time augmentation: 'flips' averages the model over the four flips of each chunk "

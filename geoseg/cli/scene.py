@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["scene"]
 
@@ -15,13 +15,14 @@ __all__ = ["scene"]
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option
+@sieve_option
 @click.option("--zones", type=click.Path(dir_okay=False), default=None,
               help="Polygon layer of zones (districts, parcels) in any CRS; in a file of several layers name one: 'city.gpkg|layername=districts'.")
 @click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
 @click.option("--quiet", is_flag=True, help="No summary.")
-def scene(input, output_dir, model, bands, chunk, zones, zone_field, overwrite, as_json, quiet):
+def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
     """Area and share of every class in INPUT; with --zones, per zone too.
 
     Writes the mask, STEM_composition.csv, STEM_scene.png (map with legend and
@@ -32,7 +33,7 @@ def scene(input, output_dir, model, bands, chunk, zones, zone_field, overwrite, 
 
     with fail_cleanly():
         result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
-                           model=model, bands=bands, chunk=chunk)
+                           model=model, bands=bands, chunk=chunk, sieve=sieve)
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:

@@ -8,7 +8,7 @@ import os
 import click
 
 from geoseg.cli.options import (BandsType, NormalizationType, chunk_option, emit_json, fail_cleanly, precision_option,
-                                tta_option)
+                                sieve_option, tta_option)
 
 __all__ = ["segment"]
 
@@ -40,6 +40,7 @@ __all__ = ["segment"]
 @click.option("--confidence", is_flag=True, help="Also write STEM_confidence.tif (winning class, %).")
 @click.option("--probabilities", is_flag=True, help="Also write STEM_probabilities.tif (one band per class, %).")
 @click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with areas).")
+@sieve_option
 @click.option("--preview/--no-preview", default=True, show_default=True,
               help="Write STEM_preview.png: image | mask with a legend.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist, and remove the input's "
@@ -52,7 +53,7 @@ __all__ = ["segment"]
               help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, resample, chunk, tile, margin, batch_size, confidence, probabilities,
-            vector, preview, overwrite, workers, scheduler, as_json, quiet):
+            vector, sieve, preview, overwrite, workers, scheduler, as_json, quiet):
     """Segment INPUT rasters (GeoTIFF, COG, VRT, JPEG, PNG) into class masks in OUTPUT_DIR.
 
     Each input gives STEM_mask.tif (so inputs must differ in file name): a uint8 Cloud-Optimized GeoTIFF with the input's
@@ -84,7 +85,8 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
                     result = run_segment(
                         path, output_dir, model=model, bands=bands, chunk=chunk, tile=tile, margin=margin,
                         batch_size=batch_size, confidence=confidence, probabilities=probabilities,
-                        vector=vector, preview=preview, overwrite=overwrite, client=client, progress=progress,
+                        vector=vector, sieve=sieve, preview=preview, overwrite=overwrite, client=client,
+                        progress=progress,
                         normalization=normalize, resample=resample,
                     )
             except GeosegError as exc:

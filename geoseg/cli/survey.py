@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["survey"]
 
@@ -15,12 +15,13 @@ __all__ = ["survey"]
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option
+@sieve_option
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def survey(inputs, output_dir, model, bands, chunk, vector, jobs, as_json, quiet):
+def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
@@ -44,7 +45,7 @@ def survey(inputs, output_dir, model, bands, chunk, vector, jobs, as_json, quiet
         bar.update(round(100 * fraction, 1) - bar.n)
         bar.set_postfix_str(name, refresh=False)
 
-    options = {k: v for k, v in {"bands": bands, "chunk": chunk}.items() if v is not None}
+    options = {k: v for k, v in {"bands": bands, "chunk": chunk, "sieve": sieve or None}.items() if v is not None}
     try:
         with fail_cleanly():
             result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs,
