@@ -468,8 +468,8 @@ def segment(
     ------
     RasterReadError, BandError, InputError, OutputError, ModelError, TilingError
         Each names the value at fault and the fix. Nothing is left at the final
-        output paths when a run fails: files are written under a temporary name
-        and renamed when complete.
+        output paths when a run fails or is interrupted: every file is written in
+        a staging folder and all are moved into place when complete, the mask last.
 
     Notes
     -----
@@ -534,20 +534,29 @@ def segment(
                 staged = staged.with_name(f"input-grid-{staged.name}")
                 regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
             cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
-        for final, cog in cogs.items():
-            os.replace(cog, final)
+        # the styles, polygons and preview too are made from the staged layers: all files appear, or none
+        mask = cogs[paths["mask"]]
+        classes = _class_table(card, mask, info)
+        names = {c.id: (c.name, c.rgb) for c in card.classes}
+        write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
+        if vector:
+            vectorize(mask, tmp / paths["vector"].name, confidence=cogs.get(paths.get("confidence")), overwrite=True)
+        if preview:
+            from geoseg.preview import write_preview
+
+            write_preview(info.path, mask, tmp / paths["preview"].name, card.classes, classes, plan.bands,
+                          regions=card.output == "regions")
+        extra = [paths["mask"].with_suffix(".qml")]
+        if vector:
+            extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
+        if preview:
+            extra.append(paths["preview"])
+        moves = [(cog, final) for final, cog in cogs.items()] + [(tmp / final.name, final) for final in extra]
+        for staged, final in sorted(moves, key=lambda move: move[1] == paths["mask"]):  # the mask, last, marks a whole run
+            if staged.exists():  # a layer format without a style file
+                os.replace(staged, final)
     if overwrite:
         remove_stale_outputs(paths, stem)
-    classes = _class_table(card, paths["mask"], info)
-    names = {c.id: (c.name, c.rgb) for c in card.classes}
-    write_qml(paths["mask"].with_suffix(".qml"), names, kind="raster")
-    if vector:
-        vectorize(paths["mask"], paths["vector"], confidence=paths.get("confidence"), overwrite=True)
-    if preview:
-        from geoseg.preview import write_preview
-
-        write_preview(info.path, paths["mask"], paths["preview"], card.classes, classes, plan.bands,
-                      regions=card.output == "regions")
     seconds = time.perf_counter() - started
     return SegmentResult(
         input=info.path,

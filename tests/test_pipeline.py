@@ -584,3 +584,30 @@ def test_rasters_inside_zip_archives_through_gdal_paths(make_raster, tiny_fcn, t
                                                                 preview=False, overwrite=True).outputs["mask"])).all()
     with pytest.raises(RasterReadError, match="not a raster GDAL can read"):
         segment(f"/vsizip/{tmp_path}/survey.zip/tiles/missing.tif", tmp_path / "out", model=tiny_fcn)
+
+
+@pytest.mark.parametrize("step", ["vectorize", "write_preview"])
+def test_an_interrupted_run_leaves_nothing_and_the_same_call_runs_again(make_raster, tiny_fcn, tmp_path, monkeypatch,
+                                                                         step):
+    """The mask appeared before the polygons and preview were made: after Ctrl-C there, a mask without
+    its polygons stayed, and the same command was refused with "already exists. Pass --overwrite"."""
+    import geoseg.pipeline
+    import geoseg.preview
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    path = make_raster(shape=(40, 50))
+    out = tmp_path / "out"
+    options = dict(model=tiny_fcn, chunk=32, vector=True, confidence=True, preview=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(geoseg.pipeline if step == "vectorize" else geoseg.preview, step, ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            segment(path, out, **options)
+    assert list(out.iterdir()) == []  # no output and no hidden staging folder
+    result = segment(path, out, **options)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",
+        "image_preview.png"]
+    assert all(".geoseg-" not in p for p in result.outputs.values())
+    assert (gpd.read_file(result.outputs["vector"])["confidence"] > 0).all()  # read from the staged confidence
