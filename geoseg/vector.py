@@ -436,8 +436,13 @@ def vectorize(
     if to_crs is not None:
         frame = frame.to_crs(to_crs)
     _write_layer(frame, out_path, driver)
-    if style:
-        write_qml(out_path.with_suffix(".qml"), names, kind="vector")
+    qml = out_path.with_suffix(".qml")
+    if style and qml.exists() and "<rasterrenderer" in qml.read_text(errors="replace"):
+        log.warning("%s is the style of the raster of that name, so the polygons' style was not written over it: "
+                    "QGIS finds a style by the layer's file name. Name the layer otherwise, e.g. %s, for both "
+                    "to open in class colours.", qml, out_path.with_name(f"{out_path.stem}_polygons{out_path.suffix}"))
+    elif style:
+        write_qml(qml, names, kind="vector")
     per_class = frame["class_name"].value_counts().to_dict()
     seconds = time.perf_counter() - started
     log.info("wrote %d polygons to %s in %.1f s", len(frame), out_path, seconds)

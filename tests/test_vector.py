@@ -256,3 +256,17 @@ def test_min_area_without_a_crs_says_it_counts_pixels(make_mask, tmp_path, caplo
     mask = make_mask(noisy_mask((40, 50), smooth=2), crs=None, transform=rasterio.Affine.identity())
     vectorize(mask, tmp_path / "v.gpkg", min_area=5)
     assert "has no CRS, so --min-area (min_area=) 5 counts pixels, not m²" in caplog.text
+
+
+def test_a_layer_named_as_its_mask_keeps_the_masks_style(make_mask, tmp_path, caplog):
+    """vectorize mask.tif -o mask.gpkg wrote its categorised style over mask.qml, the raster's palette."""
+    from geoseg.vector import write_qml
+
+    path = make_mask(noisy_mask((30, 30)))
+    write_qml(path.with_suffix(".qml"), {0: ("a", (1, 2, 3))}, kind="raster")
+    raster_style = path.with_suffix(".qml").read_text()
+    vectorize(path, path.with_suffix(".gpkg"))
+    assert path.with_suffix(".qml").read_text() == raster_style
+    assert "so the polygons' style was not written over it" in caplog.text and "_polygons.gpkg" in caplog.text
+    vectorize(path, tmp_path / "other.gpkg")
+    assert "<renderer-v2" in (tmp_path / "other.qml").read_text()

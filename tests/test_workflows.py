@@ -302,7 +302,8 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
 
 
 def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
-    """flood.tif, flood.gpkg and post/ stayed without flood.md; the rerun was refused without --overwrite."""
+    """flood.tif, flood.gpkg (now flood_polygons.gpkg) and post/ stayed without flood.md; the rerun was refused
+    without --overwrite."""
     from rasterio.transform import from_origin
 
     from geoseg.workflows.flood import flood
@@ -320,14 +321,19 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     assert list(out.iterdir()) == []  # no output, no post/ or pre/ folder, no hidden staging folder
     result = flood(post, out, pre=pre, method="ndwi")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "flood.gpkg", "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "post", "post/post_water.tif",
-        "pre", "pre/before_water.tif"]
-    assert result.outputs == {k: str(out / f"flood.{k}") for k in ("tif", "gpkg", "json", "md", "png")}
+        "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "flood_polygons.gpkg", "flood_polygons.qml",
+        "post", "post/post_water.tif", "pre", "pre/before_water.tif"]
+    # the raster's style and the polygons' were one flood.qml, the polygons' written last
+    assert "<rasterrenderer" in (out / "flood.qml").read_text()
+    assert "<renderer-v2" in (out / "flood_polygons.qml").read_text()
+    assert result.outputs == {k: str(out / name) for k, name in {
+        "tif": "flood.tif", "gpkg": "flood_polygons.gpkg", "json": "flood.json", "md": "flood.md",
+        "png": "flood.png"}.items()}
     for name in ("flood.json", "flood.md"):
         assert ".geoseg-" not in (out / name).read_text()  # final paths, never the staging ones
     assert json.loads((out / "flood.json").read_text())["outputs"] == result.outputs
     assert "![map](flood.png)" in (out / "flood.md").read_text()  # beside it after the move
-    for report in out.glob("flood.*"):
+    for report in out.glob("flood*.*"):
         report.unlink()
     with pytest.raises(OutputError, match=r"post_water.tif already exists"):  # checked up front, not overwritten
         flood(post, out, pre=pre, method="ndwi")

@@ -33,7 +33,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
           overwrite, as_json):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
-    Writes flood.tif (class mask on POST's grid), flood.gpkg (polygons), flood.png
+    Writes flood.tif (class mask on POST's grid), flood_polygons.gpkg, flood.png
     (map with legend), flood.json and flood.md (report) in OUTPUT_DIR, and the
     per-image masks under post/ and pre/.
     """

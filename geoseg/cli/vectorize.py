@@ -32,7 +32,8 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     """Turn class mask MASK into polygons with class, area (m²), perimeter (m) and confidence.
 
     Areas are planar in projected CRSs and geodesic in geographic ones. A QGIS
-    style (.qml) is written beside the layer.
+    style (.qml) is written beside the layer, unless a raster's style of that name
+    is there (name the layer MASK_polygons.gpkg rather than MASK.gpkg).
 
     \b
     Example:

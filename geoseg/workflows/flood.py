@@ -30,7 +30,9 @@ __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_inde
 log = logging.getLogger(__name__)
 
 Method = Literal["model", "ndwi"]
-FILES = ("tif", "gpkg", "json", "md", "png")  # flood.EXT, the keys of FloodResult.outputs
+# the keys of FloodResult.outputs and their files; the polygons are not flood.gpkg, whose style flood.qml would be
+# the raster's (QGIS finds a style by the layer's stem)
+FILES = {"tif": "flood.tif", "gpkg": "flood_polygons.gpkg", "json": "flood.json", "md": "flood.md", "png": "flood.png"}
 WATER_CLASSES = (ClassInfo(0, "dry", "#D9D0B8"), ClassInfo(1, "water", "#1F5FBF"))
 FLOOD_CLASSES = (
     ClassInfo(0, "dry", "#D9D0B8"),
@@ -177,7 +179,7 @@ def flood(
     -------
     FloodResult
         Writes ``flood.tif`` (classes dry / water, or dry / flooded / permanent water /
-        receded water; 255 = nodata), ``flood.gpkg`` (polygons of the wet classes),
+        receded water; 255 = nodata), ``flood_polygons.gpkg`` (polygons of the wet classes),
         ``flood.json``, ``flood.md`` and ``flood.png`` (map with legend) in `output_dir`,
         and each image's water mask under ``post/`` and ``pre/``. All of them are
         written in a hidden folder inside `output_dir` and moved into place only when
@@ -215,7 +217,7 @@ def flood(
              for when, image in images.items()}
     masks = {f"{when}_{name}": path for when in water for name, path in water[when].items()}
     # every file, the per-image masks too, is refused before anything is segmented
-    paths = prepare_output_dir(output_dir, lambda d: {k: d / f"flood.{k}" for k in FILES} | masks, overwrite)
+    paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite)
     common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                   threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
     with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]]) as tmp:  # all files appear, or none
@@ -224,6 +226,10 @@ def flood(
     if overwrite and method == "model":
         for when, image in images.items():
             remove_stale_outputs(water[when], raster_stem(image))
+    old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
+    if overwrite and old.exists():
+        old.unlink()
+        log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
     return result
 
 
@@ -237,7 +243,7 @@ def _water_paths(folder: Path, image: str, method: Method, segment_options: dict
 def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | None, common: dict[str, Any], *,
                outputs: dict[str, str]) -> FloodResult:
     """Write flood.* and the per-image masks (post/, pre/) into `folder`; the result names the final `outputs`."""
-    paths = {k: folder / f"flood.{k}" for k in FILES}
+    paths = {k: folder / name for k, name in FILES.items()}
     post_mask, post_water, source = _water_raster(post_info.path, folder / "post", **common)
     classes = WATER_CLASSES
     pre_mask = pre_water = None
