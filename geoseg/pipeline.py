@@ -432,10 +432,11 @@ def segment(
     vector : bool
         Also write the mask's polygons as a GeoPackage.
     sieve : int
-        A minimum mapping unit: regions of one class smaller than this many mask pixels
-        (8-connected; the model's pixels when the run resamples) take the classes of the
-        regions around them (`geoseg.sieve.sieve_array`). Polygons, areas and the preview
-        follow the sieved mask; confidence and probabilities stay the model's. 0 keeps every pixel.
+        A minimum mapping unit: regions of one class smaller than this many pixels of the
+        mask (8-connected, on the input's grid) take the classes of the regions around them
+        (`geoseg.sieve.sieve_array`). Polygons, areas and the preview follow the sieved mask;
+        confidence and probabilities stay the model's. 0 keeps every pixel. Models of
+        unlabeled regions refuse it.
     preview : bool
         Write a PNG of the image beside the mask, with a legend.
     overwrite : bool
@@ -489,9 +490,13 @@ def segment(
         raise InputError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {tta!r}")
     if isinstance(sieve, bool) or not isinstance(sieve, (int, np.integer)) or sieve < 0:
         raise InputError(f"sieve (--sieve) is a region size in pixels, a whole number of at least 0. Received: {sieve!r}")
+    sieve = int(sieve)  # a numpy integer is no JSON
     info = inspect_raster(input)
     model_path = resolve_model(with_card(model, precision=precision, tta=tta))
     card = get_segmenter(model_path).card
+    if sieve and card.output == "regions":
+        raise InputError(f"model {card.name} draws unlabeled regions, whose mask values are colours, not classes: "
+                         "--sieve (sieve=) would join regions that share a colour. Leave it out for this model.")
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
@@ -525,14 +530,14 @@ def segment(
         finally:
             for ds in datasets.values():
                 ds.close()
-        if sieve:
-            tmp_paths["mask"] = _sieved(tmp_paths["mask"], work or info, card, sieve)
         cogs = {}
         for name, (final, _, _) in layers.items():  # every layer is written and checked before any appears
             staged = tmp_paths[name]
             if work is not None:  # back onto the input's grid
                 staged = staged.with_name(f"input-grid-{staged.name}")
                 regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
+            if name == "mask" and sieve:  # on the output's grid, so that PX counts its pixels
+                staged = _sieved(staged, info, card, sieve)
             cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
         # the styles, polygons and preview too are made from the staged layers: all files appear, or none
         mask = cogs[paths["mask"]]

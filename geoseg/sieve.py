@@ -73,8 +73,13 @@ def sieve_array(mask: np.ndarray, min_pixels: int, *, open_edges: tuple[bool, bo
     if rows.size:  # a field of specks, far from any larger region: the nearest known pixel, in one pass
         from scipy import ndimage
 
-        nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
-        out[rows, cols] = out[nearest[0][rows, cols], nearest[1][rows, cols]]
+        parts = label(mask != NODATA, connectivity=2)  # specks that nodata cuts off from every known pixel stay
+        reachable = np.zeros(parts.max() + 1, bool)
+        reachable[parts[known]] = True
+        rows, cols = rows[reachable[parts[rows, cols]]], cols[reachable[parts[rows, cols]]]
+        if rows.size:
+            nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+            out[rows, cols] = out[nearest[0][rows, cols], nearest[1][rows, cols]]
     return out
 
 

@@ -204,12 +204,13 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
         ({"sieve": -1}, InputError, "sieve .--sieve. is a region size in pixels"),
         ({"sieve": 2.5}, InputError, "a whole number of at least 0. Received: 2.5"),
+        ({"sieve": 9, "model": "watershed-regions"}, InputError, "would join regions that share a colour"),
     ],
 )
 def test_bad_options_name_the_fix(make_raster, tiny_fcn, tmp_path, kwargs, error, match):
     path = make_raster()
     with pytest.raises(error, match=match):
-        segment(path, tmp_path / "out", model=tiny_fcn, **kwargs)
+        segment(path, tmp_path / "out", **{"model": tiny_fcn, **kwargs})
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -431,6 +432,11 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
         mask = ds.read(1)
     assert (mask[0::2, 0::2] == mask[1::2, 1::2]).all()  # nearest from a grid of half the resolution
     assert len(np.unique(mask)) > 1
+    from geoseg.sieve import sieve_array  # --sieve counts the output's pixels, not the model's (4 times larger)
+
+    sieved = segment(path, tmp_path / "sieved", model=folder / "one-metre.keras", chunk=32, preview=False, sieve=40)
+    with rasterio.open(sieved.outputs["mask"]) as ds:
+        assert (ds.read(1) == sieve_array(mask, 40)).all() and (sieve_array(mask, 40) != mask).any()
     plain = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "plain"), "-m",
                                       str(folder / "one-metre.keras"), "--no-resample", "--json", "--quiet"])
     assert plain.exit_code == 0 and json.loads(plain.stdout)["plan"]["model_grid"] is None

@@ -123,3 +123,19 @@ def test_a_field_of_specks_takes_the_nearest_larger_regions():
     out = sieve_array(mask, 50)
     assert set(np.unique(out)) == {0, 1} and _region_sizes(out).min() >= 50
     assert (out[:, :25] == 0).all() and (out[:, -25:] == 1).all()  # split down the middle
+
+
+def test_where_no_region_is_large_enough_nothing_changes_and_nodata_never_spreads():
+    """With no region of the size, the distance transform had nothing to measure from and copied one corner
+    pixel everywhere: a cloud-masked scene came out all nodata."""
+    rng = np.random.default_rng(5)
+    mask = rng.integers(0, 5, (64, 64)).astype(np.uint8)
+    mask[-10:] = 255
+    assert (sieve_array(mask, 1000) == mask).all()
+    islands = np.full((60, 60), 255, np.uint8)  # data in islands of specks between clouds, one island larger
+    islands[2:27, 2:27] = rng.integers(0, 5, (25, 25))  # more than 1/8 specks: the distance transform
+    islands[30:60, 30:60] = 1
+    islands[40:45, 40:45] = rng.integers(2, 5, (5, 5))
+    out = sieve_array(islands, 200)
+    assert (out[2:27, 2:27] == islands[2:27, 2:27]).all()  # cut off by nodata from any large region: kept
+    assert (out[30:60, 30:60] == 1).all() and (out == 255).sum() == (islands == 255).sum()
