@@ -396,16 +396,19 @@ def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp
 
     (tmp_path / "flights").mkdir()
     for i, x in enumerate((0.0, 10.0)):  # 50 px wide at 0.5 m, 10 m apart: 30 px columns seen twice
-        make_raster(name=f"flights/f{i}.tif", shape=(40, 50), seed=i,
+        valid = np.ones((40, 50), bool)
+        valid[:, :10] = i == 0  # f1's first 10 columns are nodata: f0 shows through them, as in the mosaic
+        make_raster(name=f"flights/f{i}.tif", shape=(40, 50), seed=i, internal_mask=valid,
                     transform=from_origin(500000.0 + x, 2800000.0, 0.5, 0.5))
     make_raster(name="flights/far.tif", shape=(30, 30), seed=5,  # 700 km away: the mosaic is mostly empty
                 transform=from_origin(1200000.0, 2100000.0, 0.5, 0.5))
     out = tmp_path / "out"
-    result = survey([tmp_path / "flights"], out, model=str(tiny_fcn), chunk=32, vector=False)
+    command = dict(model=str(tiny_fcn), chunk=32, vector=False)
+    result = survey([tmp_path / "flights"], out, **command)
     masks = {Path(e["input"]).stem: rasterio.open(e["outputs"]["mask"]).read(1) for e in result.done}
     with rasterio.open(result.outputs["masks"]) as vrt:  # f1 is listed after f0: it wins where both are
         assert vrt.width > 1_000_000 and vrt.height > 1_000_000
-    seen = np.concatenate([masks["f0"][:, :20], masks["f1"]], axis=1)  # the ground, each place once
+    seen = np.concatenate([masks["f0"][:, :30], masks["f1"][:, 10:]], axis=1)  # the ground, each place once
     summary = json.loads(Path(result.outputs["summary_json"]).read_text())
     for c in range(3):
         name = result.done[0]["classes"][c]["name"]
@@ -413,7 +416,12 @@ def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp
         assert summary["total_m2"][name] == pytest.approx(once)
         assert summary["sum_of_rasters_m2"][name] == pytest.approx(sum((m == c).sum() for m in masks.values()) * 0.25)
     report = (out / "survey_report.md").read_text()
-    assert "The rasters overlap" in report and f"{40 * 30 * 0.25 / 1e6:.4f} km² more" in report
+    assert "The rasters overlap" in report and f"{40 * 20 * 0.25 / 1e6:.4f} km² more" in report
+    # f1 redone and f0 skipped: the mosaic still stacks them in input order (it put f0 on top), so the totals stay
+    Path(tmp_path / "flights" / "f1.tif").touch()
+    again = survey([tmp_path / "flights"], out, **command)
+    assert [Path(e["input"]).name for e in again.done] == ["f1.tif"]
+    assert json.loads(Path(again.outputs["summary_json"]).read_text())["total_m2"] == summary["total_m2"]
 
 
 def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, tmp_path):
@@ -501,6 +509,11 @@ def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert len(data["done"]) == 1 and "no such file" in data["failed"][0]["error"]
+    # the command line leaves out --sieve 0 and Python's sieve=0 is no sieve either: the same run, skipped
+    from geoseg.workflows import survey
+
+    again = survey([good], tmp_path / "o", model=str(tiny_fcn), sieve=0)
+    assert len(again.skipped) == 1 and not again.done
 
 
 def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):

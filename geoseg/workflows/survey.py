@@ -205,7 +205,9 @@ def survey(
     prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
     options = {"model": card.name, "model_version": card.version, "vector": vector,
                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
-                  if k != "client"}}  # where it ran does not change the outputs (its repr has a fresh port each run)
+                  # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
+                  # no sieve, which the command line leaves out
+                  if k != "client" and not (k == "sieve" and not v)}}
     manifest = _Manifest(out_dir / MANIFEST)
     folders = unique_stems(sources)  # one output folder per raster
     fractions = dict.fromkeys(sources, 0.0)
@@ -254,7 +256,8 @@ def survey(
         raise
     for status, entry in outcomes:
         getattr(result, status).append(entry)
-    finished = result.done + result.skipped
+    order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
+    finished = sorted(result.done + result.skipped, key=lambda e: order[e["input"]])
     result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
     return result
 
@@ -267,8 +270,15 @@ def _crs_of(path: str) -> str | None:
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
-    outputs, left_out, mosaic_m2 = {}, [], np.zeros(max((c.id for c in classes), default=-1) + 1)
-    outputs.update(_mosaics(out_dir, [e["outputs"]["mask"] for e in finished], classes, left_out, mosaic_m2))
+    n_classes = max((c.id for c in classes), default=-1) + 1
+    own = {}  # each mask's m² per class id, as segment measured it
+    for e in finished:
+        own[e["outputs"]["mask"]] = np.zeros(n_classes)
+        for c in e.get("classes") or []:
+            own[e["outputs"]["mask"]][c["id"]] += c.get("area_m2") or 0.0
+    outputs, left_out, groups = {}, [], {}
+    outputs.update(_mosaics(out_dir, list(own), classes, left_out, groups))
+    mosaic_m2 = sum((_counted_once(items, own) for items in groups.values()), np.zeros(n_classes))
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
     if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
         (out_dir / "survey_polygons.gpkg").unlink(missing_ok=True)
@@ -292,12 +302,12 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     write_csv(outputs["summary_csv"], rows)
     write_json(outputs["summary_json"], {"rasters": rows, "total_m2": {k: round(v, 3) for k, v in totals.items()},
                                          "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
-    write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed))
+    write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed, len(groups)))
     return outputs
 
 
 def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], totals: dict[str, float],
-            summed: dict[str, float]) -> str:
+            summed: dict[str, float], n_crs: int) -> str:
     ok = [r for r in rows if r["status"] == "done"]
     bad = [r for r in rows if r["status"] != "done"]
     lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented, {len(bad)} failed.", ""]
@@ -308,6 +318,9 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
                   f"{sum(summed.values()) / 1e6:.4f} km², {twice / 1e6:.4f} km² more than the ground they cover. "
                   "The totals count each place once, as the mosaic shows it: where rasters overlap, the one listed "
                   "last in the mosaic decides its class."]
+    if n_crs > 1:
+        lines += ["", f"The rasters are in {n_crs} CRSs, with a mosaic each: ground that rasters of two CRSs both "
+                  "cover is counted in both."]
     if bad:
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
     if left_out:
@@ -316,16 +329,16 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
     return "\n".join(lines) + "\n"
 
 
-def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], areas_m2: np.ndarray) -> dict[str, str]:
-    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours,
-    and add each class's m² in them to `areas_m2` (indexed by class id).
+def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], groups: dict) -> dict[str, str]:
+    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours;
+    `groups` gets each mosaic's (path, transform, width, height) of its masks, in stacking order.
 
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
     GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
     """
     import rasterio
 
-    by_crs: dict[str, list[tuple[str, Any, int, int]]] = {}
+    by_crs = groups  # CRS -> [(path, transform, width, height)]
     for path in masks:
         with rasterio.open(path) as ds:
             if ds.crs is None or ds.transform.b or ds.transform.d:
@@ -340,40 +353,61 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], area
         name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         out[name.removesuffix(".vrt")] = str(out_dir / name)
-        areas_m2 += _mosaic_areas(out_dir / name, items, len(areas_m2))
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
         if str(stale) not in out.values():
             stale.unlink()
     return out
 
 
-def _mosaic_areas(vrt: Path, items, n_classes: int, block: int = 2048) -> np.ndarray:
-    """m² of each class in a mosaic, each place counted once however many masks cover it.
+def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.ndarray:
+    """m² of each class over the masks of one mosaic, each place counted once.
 
-    Only the blocks that some mask touches are read: the masks of a survey can lie far apart
-    in a mosaic that is mostly empty.
+    As in the mosaic, where masks overlap the one listed later decides (where it has data).
+    A mask that no later one overlaps adds its own areas (`own`); the others are read block
+    by block at their own resolution, less the pixels that a later mask covers, read onto
+    the block's grid: coarse and fine masks mixed cost no more than reading each once.
     """
+    from contextlib import ExitStack
+    from dataclasses import replace
+
     import rasterio
-    from rasterio.windows import Window
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window, from_bounds
+    from rasterio.windows import bounds as window_bounds
 
-    from geoseg.raster import RasterInfo, pixel_areas_m2, row_class_counts
+    from geoseg.raster import NODATA, inspect_raster, pixel_areas_m2, row_class_counts
 
-    res, left, top = _vrt_origin(items)
-    wanted = set()
-    for _, t, w, h in items:
-        cols = ((t.c - left) / res, (t.c - left + w * abs(t.a)) / res)
-        rows = ((top - t.f) / res, (top - t.f + h * abs(t.e)) / res)
-        wanted.update((r, c) for r in range(int(rows[0] // block), int(np.ceil(rows[1] / block)))
-                      for c in range(int(cols[0] // block), int(np.ceil(cols[1] / block))))
-    areas = np.zeros(n_classes)
-    with rasterio.open(vrt) as ds:
-        for r, c in sorted(wanted):
-            window = Window(c * block, r * block, block, block).intersection(Window(0, 0, ds.width, ds.height))
-            data = ds.read(1, window=window)
-            part = RasterInfo(str(vrt), data.shape[1], data.shape[0], 1, "uint8", ds.crs,
-                              ds.window_transform(window), False, (1, 1))
-            areas += pixel_areas_m2(part) @ row_class_counts(data, n_classes)
-    return areas
+    def box(t, width, height):  # (left, bottom, right, top) of a north-up grid
+        return t.c, t.f + t.e * height, t.c + t.a * width, t.f
+
+    def overlap(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    boxes = [box(t, w, h) for _, t, w, h in items]
+    total = np.zeros(len(next(iter(own.values()))))
+    for i, (path, t, w, h) in enumerate(items):
+        later = [(items[j][0], boxes[j]) for j in range(i + 1, len(items)) if overlap(boxes[i], boxes[j])]
+        if not later:
+            total += own[path]
+            continue
+        info = inspect_raster(path)
+        with ExitStack() as stack:
+            ds = stack.enter_context(rasterio.open(path))
+            others = [(stack.enter_context(rasterio.open(other)), other_box) for other, other_box in later]
+            for row in range(0, h, block):
+                for col in range(0, w, block):
+                    window = Window(col, row, min(block, w - col), min(block, h - row))
+                    data = ds.read(1, window=window)
+                    here = window_bounds(window, t)
+                    for other, other_box in others:
+                        if overlap(here, other_box):
+                            seen = other.read(1, window=from_bounds(*here, transform=other.transform),
+                                              out_shape=data.shape, resampling=Resampling.nearest, boundless=True,
+                                              fill_value=NODATA)
+                            data[seen != NODATA] = NODATA
+                    part = replace(info, width=data.shape[1], height=data.shape[0], transform=ds.window_transform(window))
+                    total += pixel_areas_m2(part) @ row_class_counts(data, len(total))
+    return total
 
 
 def _vrt_origin(items) -> tuple[float, float, float]:
