@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["replaced_atomically"]
+__all__ = ["move_all", "replaced_atomically", "signals_held"]
 
 
 @contextmanager
@@ -28,3 +28,36 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then act on the first that came.
+
+    For the few renames that put a finished set of outputs in place: a signal between two of
+    them left half a set. Python runs signal handlers in the main thread only, so elsewhere
+    (the web page's jobs) the block runs as it is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if came:
+            signal.raise_signal(came[0])  # now to the handler that was in place: KeyboardInterrupt, SystemExit(143)
+
+
+def move_all(moves: list[tuple[Path, Path]]) -> None:
+    """``os.replace`` each (staged, final) pair in order, the whole list under `signals_held`."""
+    with signals_held():
+        for staged, final in moves:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)

@@ -17,6 +17,7 @@ import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import InputError, OutputError, TilingError
+from geoseg.files import move_all
 from geoseg.inference import describe_device, predict_block
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
@@ -556,10 +557,9 @@ def segment(
             extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
         if preview:
             extra.append(paths["preview"])
-        moves = [(cog, final) for final, cog in cogs.items()] + [(tmp / final.name, final) for final in extra]
-        for staged, final in sorted(moves, key=lambda move: move[1] == paths["mask"]):  # the mask, last, marks a whole run
-            if staged.exists():  # a layer format without a style file
-                os.replace(staged, final)
+        moves = [(cog, final) for final, cog in cogs.items()]
+        moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]  # a style may be left out
+        move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
     if overwrite:
         remove_stale_outputs(paths, stem)
     seconds = time.perf_counter() - started

@@ -617,3 +617,31 @@ def test_an_interrupted_run_leaves_nothing_and_the_same_call_runs_again(make_ras
         "image_preview.png"]
     assert all(".geoseg-" not in p for p in result.outputs.values())
     assert (gpd.read_file(result.outputs["vector"])["confidence"] > 0).all()  # read from the staged confidence
+
+
+def test_ctrl_c_while_the_outputs_are_moved_into_place_waits_for_the_last(make_raster, tiny_fcn, tmp_path,
+                                                                         monkeypatch):
+    """A signal between two of the final renames left half a set, e.g. the confidence without its mask."""
+    import os
+    import signal
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    replace, fired = os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        replace(src, dst)
+        if Path(dst).parent == out and not fired:  # the first output put in place
+            fired.append(dst)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: earlier tests may change it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            segment(make_raster(shape=(40, 50)), out, model=tiny_fcn, chunk=32, vector=True, confidence=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert fired and sorted(p.name for p in out.iterdir()) == [
+        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",
+        "image_preview.png"]  # all of them, and no staging folder

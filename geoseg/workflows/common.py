@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from geoseg.errors import InputError
-from geoseg.files import replaced_atomically
+from geoseg.files import move_all, replaced_atomically
 from geoseg.raster import staging_dir
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,4 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = ()) -> Iterator[Path
         yield tmp
         order = {tmp / Path(path).relative_to(out_dir): i for i, path in enumerate(last)}
         staged = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: order.get(p, -1))
-        for path in staged:
-            final = out_dir / path.relative_to(tmp)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
+        move_all([(path, out_dir / path.relative_to(tmp)) for path in staged])  # Ctrl-C waits for the last one
