@@ -288,8 +288,11 @@ def test_scene_interrupted_leaves_no_output_and_the_same_command_reruns(make_ras
 
 def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn, tmp_path):
     path = make_raster(shape=(40, 40))
-    first = scene(path, tmp_path / "out", model=tiny_fcn, vector=True, confidence=True)
-    assert Path(first.outputs["vector"]).with_suffix(".qml").exists()
+    x0, y0 = 500000.0, 2800000.0
+    gpd.GeoDataFrame({"name": ["a"]}, geometry=[shapely.box(x0, y0 - 10, x0 + 10, y0)],
+                     crs="EPSG:32640").to_file(tmp_path / "zones.gpkg")
+    first = scene(path, tmp_path / "out", model=tiny_fcn, vector=True, confidence=True, zones=tmp_path / "zones.gpkg")
+    assert Path(first.outputs["vector"]).with_suffix(".qml").exists() and Path(first.outputs["zones"]).exists()
     with pytest.raises(OutputError, match="image_mask.tif already exists. Pass --overwrite"):
         scene(path, tmp_path / "out", model=tiny_fcn)
     (tmp_path / "out" / "image_mask.tif").unlink()  # every file of the run is checked, not just the mask

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from geoseg.workflows.common import (check_layer_overlaps, class_card, read_laye
                                      write_csv, write_json)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +91,11 @@ def scene(
         scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
     if overwrite:
         remove_stale_outputs(paths, raster_stem(image))
+        for name, stale in _output_paths(paths["report"].parent, image, True, {}).items():  # zones of an earlier run
+            if name.startswith("zones") and name not in paths and stale.exists():
+                stale.unlink()
+                log.warning("removed %s: it came from an earlier run with --zones and no longer matches the new mask",
+                            stale)
     return scene_result
 
 
