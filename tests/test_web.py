@@ -126,6 +126,21 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     assert iou[water.name] is not None  # every pixel labelled water, so water is scored (0 if never predicted)
 
 
+def test_minimum_region_sieves_each_class_model(client):
+    from skimage.measure import label
+
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png(120, 120)), "noise.png"),
+                                                 "models": "threshold", "sieve": "30"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done" and job["sieve"] == 30, job["error"]
+    with client.get(job["files"]["m0_mask.tif"]) as mask, rasterio.MemoryFile(mask.data) as memfile, \
+            memfile.open() as ds:
+        regions = label(ds.read(1), background=255, connectivity=2)
+    assert np.bincount(regions.ravel())[1:].min() >= 30  # random pixels: thousands of specks without it
+
+
 def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, make_raster, tmp_path):
     """The gdalwarp command in the message named the server's stored copy, label.tif."""
     from rasterio.transform import from_origin
@@ -151,6 +166,7 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "nope"}, 400, "unknown model"),
         ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "-3"}, 400, "sieve (minimum region) is a whole number"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
         # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"
@@ -318,8 +334,10 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.check("input[value='watershed-regions']")
             chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
             page.select_option("#tta", "flips")
+            page.fill("#sieve", "4")  # the region model ignores it
             page.click("#go")
-            page.wait_for_function("document.getElementById('message').textContent.includes('flips TTA')")
+            page.wait_for_function("document.getElementById('message').textContent"
+                                   ".includes('flips TTA, regions of 4 px or more')")
             page.wait_for_selector("#results:not([hidden])", timeout=180_000)
             page.screenshot(path=shots / "2-results.png", full_page=True)
             assert page.locator("#compare figure").count() == chosen >= 2

@@ -170,6 +170,9 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         raise UploadError(f"precision must be one of {', '.join(PRECISIONS)}; received {precision!r}.", 400)
     if tta not in TTA_MODES:
         raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400)
+    sieve = (request.form.get("sieve") or "0").strip()
+    if not sieve.isdigit():
+        raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
     names = names or [DEFAULT_MODEL]
     job_id, folder = jobs.new_folder()
     try:
@@ -179,7 +182,7 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         _, _, count = check_pixels(path, max_pixels)
         path, count = _expand_palette(path, count)
         _check_bands(shown, count, [registry[n] for n in names if n in registry])
-        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta)
+        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve))
         job.files["input"] = path
         job.files["original.png"] = _original_png(path, folder)
         label = request.files.get("label")

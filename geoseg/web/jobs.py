@@ -31,6 +31,7 @@ class Job:
     has_label: bool
     precision: str = "float32"
     tta: str = "none"
+    sieve: int = 0  # minimum region in pixels, for models of classes
     created: float = field(default_factory=time.time)
     status: str = "queued"
     progress: float = 0.0
@@ -42,7 +43,7 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
         return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
-                "tta": self.tta, "status": self.status,
+                "tta": self.tta, "sieve": self.sieve, "status": self.status,
                 "progress": round(self.progress, 3), "error": self.error, "warnings": self.warnings,
                 "result": self.result,
                 "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
@@ -151,7 +152,8 @@ def run_job(job: Job) -> None:
             job.progress = (i + 0.9 * fraction) / len(job.models)
 
         try:
-            res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress)
+            res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress,
+                          sieve=job.sieve if card.output == "classes" else 0)  # region models refuse it
         except GeosegError as exc:
             raise type(exc)(f"{name}: {exc}") from None
         key = f"m{i}"

@@ -10,9 +10,10 @@ input.addEventListener("change", showChosen);
 function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
 
 function modeText() {
-  if (job.result && job.result.models && !job.result.models.some((m) => m.keras)) return ""; // baselines ignore both
-  const parts = [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : ""].filter(Boolean);
-  return parts.length ? ` (${parts.join(", ")})` : "";
+  const keras = !(job.result && job.result.models && !job.result.models.some((m) => m.keras)); // baselines ignore both
+  const parts = keras ? [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : ""] : [];
+  if (job.sieve > 0) parts.push(`regions of ${job.sieve} px or more`);
+  return parts.filter(Boolean).length ? ` (${parts.filter(Boolean).join(", ")})` : "";
 }
 
 function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
