@@ -151,6 +151,14 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     table = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
                                       str(label)])
     assert table.exit_code == 0 and "**mean IoU**" in table.output
+    from geoseg.sieve import sieve_array  # --sieve scores the masks as segment --sieve writes them
+
+    assert (sieve_array(pred, 20) != pred).any()
+    with rasterio.open(tmp_path / "sieved.tif", "w", **profile) as ds:
+        ds.write(sieve_array(pred, 20), 1)
+    sieved = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
+                                       str(tmp_path / "sieved.tif"), "--sieve", "20", "--json"])
+    assert sieved.exit_code == 0 and json.loads(sieved.stdout)["mean_iou"] == 1.0, sieved.output
     # the same model with flips averaged is another model: it no longer reproduces the plain mask exactly;
     # a baseline beside it ignores --tta and --precision
     tta = CliRunner().invoke(main, ["compare", "--models", f"{tiny_fcn},threshold", "--images", str(image),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import chunk_option, emit_json, fail_cleanly, precision_option, tta_option
+from geoseg.cli.options import chunk_option, emit_json, fail_cleanly, precision_option, sieve_option, tta_option
 
 __all__ = ["evaluate", "compare"]
 
@@ -73,6 +73,7 @@ label_options = [
     click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
     chunk_option,
+    sieve_option,
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     precision_option,
     tta_option,
@@ -86,6 +87,10 @@ def _with(options):
         return f
 
     return wrap
+
+
+def _segment_options(chunk, sieve) -> dict:
+    return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {})}
 
 
 def _split(value):
@@ -105,8 +110,8 @@ def _variant(model, precision: str, tta: str):
               help="Labels: files/globs in the images' order, or a template like '{image_dir}/../masks/{stem}.png'.")
 @_with(label_options)
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write a Markdown table here.")
-def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json, precision,
-             tta, markdown):
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
+             precision, tta, markdown):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -123,8 +128,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         image_paths, label_paths = _pairs(images, labels)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names),
-                     label_colors=_split(label_colors), vector_field=vector_field,
-                     **({"chunk": chunk} if chunk else {}))
+                     label_colors=_split(label_colors), vector_field=vector_field, **_segment_options(chunk, sieve))
     table = markdown_table([result])
     if markdown:
         write_text(markdown, table)
@@ -141,7 +145,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @_with(label_options)
 @click.option("-o", "--output-dir", type=click.Path(), default=None,
               help="Keep each model's masks and write disagreement rasters here.")
-def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, as_json,
+def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
             precision, tta, output_dir):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
@@ -151,7 +155,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         refs = [_variant(m, precision, tta) for m in _split(models)]
         result = run(refs, image_paths, label_paths, output_dir=output_dir, label_format=label_format,
                      label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
-                     **({"chunk": chunk} if chunk else {}))
+                     **_segment_options(chunk, sieve))
     if as_json:
         emit_json(result)
         return
