@@ -45,12 +45,15 @@ def sieve_array(mask: np.ndarray, min_pixels: int, *, open_edges: tuple[bool, bo
     labels, n = label(mask, background=NODATA, connectivity=2, return_num=True)  # every class in one pass
     small = np.bincount(labels.ravel(), minlength=n + 1) < min_pixels
     small[0] = False  # nodata
+    unsure = np.zeros(n + 1, bool)  # at an open edge and small here: how large they are is not known here
     for edge, is_open in zip((labels[0], labels[-1], labels[:, 0], labels[:, -1]), open_edges):
         if is_open:
-            small[edge] = False
+            unsure[edge] = True
+    unsure &= small
+    small &= ~unsure  # neither specks nor sources
     speck = np.take(small, labels)
     out = mask.copy()
-    known = (mask != NODATA) & ~speck
+    known = (mask != NODATA) & ~speck & ~np.take(unsure, labels)
     rows, cols = np.nonzero(speck)
     for _ in range(MAX_RINGS):
         if not rows.size:
@@ -73,13 +76,22 @@ def sieve_array(mask: np.ndarray, min_pixels: int, *, open_edges: tuple[bool, bo
     if rows.size:  # a field of specks, far from any larger region: the nearest known pixel, in one pass
         from scipy import ndimage
 
-        parts = label(mask != NODATA, connectivity=2)  # specks that nodata cuts off from every known pixel stay
-        reachable = np.zeros(parts.max() + 1, bool)
-        reachable[parts[known]] = True
-        rows, cols = rows[reachable[parts[rows, cols]]], cols[reachable[parts[rows, cols]]]
-        if rows.size:
-            nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
-            out[rows, cols] = out[nearest[0][rows, cols], nearest[1][rows, cols]]
+        # within each part of the data that nodata bounds: specks never take a class from across nodata,
+        # and those of a part without a known pixel keep theirs
+        parts = label(mask != NODATA, connectivity=2)
+        boxes = ndimage.find_objects(parts)
+        part_of = parts[rows, cols]
+        order = np.argsort(part_of, kind="stable")
+        ids, starts = np.unique(part_of[order], return_index=True)
+        for part, pick in zip(ids, np.split(order, starts[1:])):
+            box = boxes[part - 1]
+            sources = known[box] & (parts[box] == part)
+            if not sources.any():
+                continue
+            nearest = ndimage.distance_transform_edt(~sources, return_distances=False, return_indices=True)
+            r, c = rows[pick] - box[0].start, cols[pick] - box[1].start
+            window = out[box]
+            window[r, c] = window[nearest[0][r, c], nearest[1][r, c]]
     return out
 
 

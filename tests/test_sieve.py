@@ -139,3 +139,25 @@ def test_where_no_region_is_large_enough_nothing_changes_and_nodata_never_spread
     out = sieve_array(islands, 200)
     assert (out[2:27, 2:27] == islands[2:27, 2:27]).all()  # cut off by nodata from any large region: kept
     assert (out[30:60, 30:60] == 1).all() and (out == 255).sum() == (islands == 255).sum()
+
+
+def test_a_size_above_every_region_changes_nothing_block_by_block(tmp_path):
+    """Regions at a block's inner edge were taken as sources: PX 10**12 rewrote most of a multi-block mask."""
+    mask = _noisy_mask((150, 170), noise=0.0)  # blobs of 100 px
+    profile = dict(driver="GTiff", width=170, height=150, count=1, dtype="uint8", nodata=255, tiled=True,
+                   blockxsize=16, blockysize=16, crs="EPSG:32640", transform=from_origin(0, 0, 1, 1))
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as ds:
+        ds.write(mask, 1)
+    with rasterio.open(tmp_path / "sieved.tif", "w", **profile) as out:
+        assert sieve_mask(tmp_path / "mask.tif", out, 10**12, block=48, margin=8) == 0  # as MAX_SIEVE_MARGIN on large masks
+
+
+def test_specks_never_take_a_class_from_across_nodata():
+    """The one-pass fill for fields of specks took the nearest known pixel, across a line of nodata."""
+    rng = np.random.default_rng(7)
+    mask = rng.integers(2, 20, (40, 40)).astype(np.uint8)  # a field of specks on the right
+    mask[:, :10] = 1  # a large region on the left, behind
+    mask[:, 10] = 255  # a line of nodata
+    mask[15:25, 25:35] = 0  # the large region on the specks' side
+    out = sieve_array(mask, 50)
+    assert (out[:, 11:] == 0).all() and (out[:, :10] == 1).all() and (out[:, 10] == 255).all()
