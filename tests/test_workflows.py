@@ -542,3 +542,28 @@ def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):
     again = survey([tmp_path / "s"], tmp_path / "out", model=str(tiny_fcn), chunk=32)
     assert [Path(e["input"]).name for e in again.skipped] == finished
     assert len(again.done) == 2 and not again.failed
+
+
+def test_survey_totals_sample_a_later_mask_at_the_pixel_centres(tmp_path):
+    """Read boundless onto a 10 m grid, a 0.5 m drone mask (a COG, with overviews) covered 101 x 101 coarse
+    pixels where 100 x 100 have their centres in it: 20,100 m² of ground went missing from the totals."""
+    from rasterio.transform import from_origin
+
+    from geoseg.raster import write_cog
+    from geoseg.workflows.survey import _counted_once
+
+    def cog(name, value, size, transform):
+        plain = tmp_path / f"{name}-plain.tif"
+        with rasterio.open(plain, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8", nodata=255,
+                           crs="EPSG:32640", transform=transform) as ds:
+            ds.write(np.full((size, size), value, np.uint8), 1)
+        return str(write_cog(plain, tmp_path / f"{name}.tif"))
+
+    x0, y0 = 500000.0, 2800000.0
+    scene = cog("scene", 0, 300, from_origin(x0, y0, 10, 10))  # 3 km at 10 m
+    drone = cog("drone", 1, 2000, from_origin(x0 + 1003.7, y0 - 1003.7, 0.5, 0.5))  # 1 km at 0.5 m, off the grid
+    with rasterio.open(drone) as ds:
+        assert ds.overviews(1)
+    items = [(path, rasterio.open(path).transform, size, size) for path, size in ((scene, 300), (drone, 2000))]
+    total = _counted_once(items, {scene: np.array([9e6, 0.0]), drone: np.array([0.0, 1e6])})
+    assert total.tolist() == [9e6 - 100 * 100 * 100.0, 1e6]

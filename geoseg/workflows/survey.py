@@ -363,16 +363,17 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     """m² of each class over the masks of one mosaic, each place counted once.
 
     As in the mosaic, where masks overlap the one listed later decides (where it has data).
-    A mask that no later one overlaps adds its own areas (`own`); the others are read block
-    by block at their own resolution, less the pixels that a later mask covers, read onto
-    the block's grid: coarse and fine masks mixed cost no more than reading each once.
+    Each mask adds its own areas (`own`) less those of its pixels whose centres a later mask's
+    data covers: only its blocks that a later mask overlaps are read, at its own resolution,
+    and the later masks are sampled at those pixels' centres (nearest), so coarse and fine
+    masks mixed cost no more than reading the overlaps once.
     """
-    from contextlib import ExitStack
     from dataclasses import replace
 
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.windows import Window, from_bounds
+    from rasterio.warp import reproject
+    from rasterio.windows import Window
     from rasterio.windows import bounds as window_bounds
 
     from geoseg.raster import NODATA, inspect_raster, pixel_areas_m2, row_class_counts
@@ -386,27 +387,30 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     boxes = [box(t, w, h) for _, t, w, h in items]
     total = np.zeros(len(next(iter(own.values()))))
     for i, (path, t, w, h) in enumerate(items):
+        total += own[path]
         later = [(items[j][0], boxes[j]) for j in range(i + 1, len(items)) if overlap(boxes[i], boxes[j])]
         if not later:
-            total += own[path]
             continue
         info = inspect_raster(path)
-        with ExitStack() as stack:
-            ds = stack.enter_context(rasterio.open(path))
-            others = [(stack.enter_context(rasterio.open(other)), other_box) for other, other_box in later]
+        with rasterio.open(path) as ds:
             for row in range(0, h, block):
                 for col in range(0, w, block):
                     window = Window(col, row, min(block, w - col), min(block, h - row))
+                    above = [other for other, other_box in later if overlap(window_bounds(window, t), other_box)]
+                    if not above:
+                        continue
                     data = ds.read(1, window=window)
-                    here = window_bounds(window, t)
-                    for other, other_box in others:
-                        if overlap(here, other_box):
-                            seen = other.read(1, window=from_bounds(*here, transform=other.transform),
-                                              out_shape=data.shape, resampling=Resampling.nearest, boundless=True,
-                                              fill_value=NODATA)
-                            data[seen != NODATA] = NODATA
+                    covered = np.zeros(data.shape, bool)
+                    for other in above:  # opened one at a time: a survey may hold thousands
+                        seen = np.full(data.shape, NODATA, np.uint8)
+                        with rasterio.open(other) as src:
+                            reproject(rasterio.band(src, 1), seen, src_nodata=NODATA, dst_nodata=NODATA,
+                                      dst_transform=ds.window_transform(window), dst_crs=ds.crs,
+                                      resampling=Resampling.nearest)
+                        covered |= seen != NODATA
+                    data[~covered] = NODATA  # left: this mask's pixels under a later mask's data, counted there
                     part = replace(info, width=data.shape[1], height=data.shape[0], transform=ds.window_transform(window))
-                    total += pixel_areas_m2(part) @ row_class_counts(data, len(total))
+                    total -= pixel_areas_m2(part) @ row_class_counts(data, len(total))
     return total
 
 
