@@ -17,7 +17,7 @@ import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import InputError, OutputError, TilingError
-from geoseg.files import move_all
+from geoseg.files import move_all, signals_held
 from geoseg.inference import describe_device, predict_block
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
@@ -559,9 +559,10 @@ def segment(
             extra.append(paths["preview"])
         moves = [(cog, final) for final, cog in cogs.items()]
         moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]  # a style may be left out
-        move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
-    if overwrite:
-        remove_stale_outputs(paths, stem)
+        with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
+            if overwrite:
+                remove_stale_outputs(paths, stem)
+            move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
     seconds = time.perf_counter() - started
     return SegmentResult(
         input=info.path,

@@ -167,6 +167,7 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
         ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "-3"}, 400, "sieve (minimum region) is a whole number"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "²"}, 400, "sieve (minimum region) is a whole number"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
         # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"

@@ -71,7 +71,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("Interrupted: outputs of this run that were not complete are removed.", err=True)
+            click.echo("Interrupted: outputs of this run that were not complete are removed (a set that was being "
+                       "moved into place when the signal came is complete).", err=True)
             ctx.exit(130)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -171,7 +172,7 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     if tta not in TTA_MODES:
         raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400)
     sieve = (request.form.get("sieve") or "0").strip()
-    if not sieve.isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", sieve):  # str.isdigit() took '²', which int() refuses
         raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
     names = names or [DEFAULT_MODEL]
     job_id, folder = jobs.new_folder()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from geoseg.errors import InputError
-from geoseg.files import move_all, replaced_atomically
+from geoseg.files import move_all, replaced_atomically, signals_held
 from geoseg.raster import staging_dir
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def segment_paths(folder: Path, image: str, options: dict[str, Any]) -> dict[str
 
 
 @contextmanager
-def staged_outputs(out_dir: Path, *, last: Sequence[Path] = ()) -> Iterator[Path]:
+def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=None) -> Iterator[Path]:
     """Yield a hidden folder in `out_dir` to write every output of one run into; move them into place at the end.
 
     Files and subfolders are written in the yielded folder as they will lie in `out_dir`. Only when
@@ -154,4 +154,7 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = ()) -> Iterator[Path
         yield tmp
         order = {tmp / Path(path).relative_to(out_dir): i for i, path in enumerate(last)}
         staged = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: order.get(p, -1))
-        move_all([(path, out_dir / path.relative_to(tmp)) for path in staged])  # Ctrl-C waits for the last one
+        with signals_held():  # Ctrl-C waits for the last move
+            if before_moves is not None:  # e.g. remove an earlier run's outputs that this run does not write
+                before_moves()
+            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged])

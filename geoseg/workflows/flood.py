@@ -220,16 +220,18 @@ def flood(
     paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite)
     common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                   threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
-    with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]]) as tmp:  # all files appear, or none
+    def remove_stale() -> None:  # an earlier run's outputs that this run does not write
+        for when, image in images.items() if method == "model" else ():
+            remove_stale_outputs(water[when], raster_stem(image))
+        old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
+        if old.exists():
+            old.unlink()
+            log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
+
+    with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
+                        before_moves=remove_stale if overwrite else None) as tmp:
         result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
                             outputs={k: str(paths[k]) for k in FILES})
-    if overwrite and method == "model":
-        for when, image in images.items():
-            remove_stale_outputs(water[when], raster_stem(image))
-    old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
-    if overwrite and old.exists():
-        old.unlink()
-        log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
     return result
 
 

@@ -86,17 +86,20 @@ def scene(
     image = inspect_raster(input).path
     paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
                                overwrite)
-    with staged_outputs(paths["report"].parent, last=[paths["report"]]) as tmp:  # all files appear, or none
+    with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
+                        before_moves=(lambda: _remove_stale(paths, image)) if overwrite else None) as tmp:
         result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
         scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
-    if overwrite:
-        remove_stale_outputs(paths, raster_stem(image))
-        for name, stale in _output_paths(paths["report"].parent, image, True, {}).items():  # zones of an earlier run
-            if name.startswith("zones") and name not in paths and stale.exists():
-                stale.unlink()
-                log.warning("removed %s: it came from an earlier run with --zones and no longer matches the new mask",
-                            stale)
     return scene_result
+
+
+def _remove_stale(paths: dict[str, Path], image: str) -> None:
+    """Remove an earlier run's outputs that this run does not write: segment's, and zones tables."""
+    remove_stale_outputs(paths, raster_stem(image))
+    for name, stale in _output_paths(paths["report"].parent, image, True, {}).items():
+        if name.startswith("zones") and name not in paths and stale.exists():
+            stale.unlink()
+            log.warning("removed %s: it came from an earlier run with --zones and no longer matches the new mask", stale)
 
 
 def _output_paths(out_dir: Path, image: str, zones: bool, segment_options: dict[str, Any]) -> dict[str, Path]:
