@@ -56,8 +56,7 @@ def signals_held() -> Iterator[None]:
 
 
 def move_all(moves: list[tuple[Path, Path]]) -> None:
-    """``os.replace`` each (staged, final) pair in order, the whole list under `signals_held`."""
-    with signals_held():
-        for staged, final in moves:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
+    """``os.replace`` each (staged, final) pair in order; callers hold signals around it (`signals_held`)."""
+    for staged, final in moves:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)

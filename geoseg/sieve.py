@@ -33,7 +33,8 @@ def sieve_array(mask: np.ndarray, min_pixels: int, *, open_edges: tuple[bool, bo
         Regions of fewer pixels are specks.
     open_edges : (top, bottom, left, right)
         Edges where the mask continues beyond the array (a block of a larger mask): regions
-        touching them are never specks, since their size is unknown here.
+        touching them that are small here are left as they are and fill nothing, since their
+        size is unknown here.
 
     Returns
     -------

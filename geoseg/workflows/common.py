@@ -147,8 +147,9 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
     the block ends are the files moved (``os.replace``: a rename, same file system) to the same
     relative paths in `out_dir`, those of `last` (a report that marks the set complete) last. On an
     error, Ctrl-C or SIGTERM inside the block the folder is removed and `out_dir` holds nothing new,
-    so the same command runs again without --overwrite. The folder is a `staging_dir`: one left by
-    a killed process is removed by the next run into `out_dir`.
+    so the same command runs again without --overwrite. `before_moves()` (removing an earlier
+    run's leftovers) runs just before the moves, both with signals held. The folder is a
+    `staging_dir`: one left by a killed process is removed by the next run into `out_dir`.
     """
     with staging_dir(out_dir) as tmp:
         yield tmp
