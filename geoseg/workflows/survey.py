@@ -414,16 +414,12 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     return total
 
 
-def _vrt_origin(items) -> tuple[float, float, float]:
-    """The mosaic's pixel size and top-left corner: the finest mask's pixels, over all masks."""
-    return (min(abs(t.a) for _, t, _, _ in items), min(t.c for _, t, _, _ in items),
-            max(t.f for _, t, _, _ in items))
-
-
 def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     from rasterio.crs import CRS
 
-    res, left, top = _vrt_origin(items)
+    res = min(abs(t.a) for _, t, _, _ in items)
+    left = min(t.c for _, t, _, _ in items)
+    top = max(t.f for _, t, _, _ in items)
     right = max(t.c + t.a * w for _, t, w, _ in items)
     bottom = min(t.f + t.e * h for _, t, _, h in items)
     width, height = int(np.ceil((right - left) / res)), int(np.ceil((top - bottom) / res))
