@@ -457,6 +457,7 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
                 transform=from_origin(57.0, 25.3, 1e-5, 1e-5))
     fourth = survey([src], out, model=str(tiny_fcn), chunk=32, vector=False)
     assert sorted(p.name for p in out.glob("masks*.vrt")) == ["masks_EPSG_32640.vrt", "masks_EPSG_4326.vrt"]
+    assert "in 2 CRSs, with a mosaic each. The totals still count each place once" in (out / "survey_report.md").read_text()
     assert "polygons" not in fourth.outputs and not (out / "survey_polygons.gpkg").exists()
 
 
@@ -564,6 +565,35 @@ def test_survey_totals_sample_a_later_mask_at_the_pixel_centres(tmp_path):
     drone = cog("drone", 1, 2000, from_origin(x0 + 1003.7, y0 - 1003.7, 0.5, 0.5))  # 1 km at 0.5 m, off the grid
     with rasterio.open(drone) as ds:
         assert ds.overviews(1)
-    items = [(path, rasterio.open(path).transform, size, size) for path, size in ((scene, 300), (drone, 2000))]
+    items = [(path, "EPSG:32640", rasterio.open(path).transform, size, size)
+             for path, size in ((scene, 300), (drone, 2000))]
     total = _counted_once(items, {scene: np.array([9e6, 0.0]), drone: np.array([0.0, 1e6])})
     assert total.tolist() == [9e6 - 100 * 100 * 100.0, 1e6]
+
+
+def test_survey_totals_count_ground_once_across_crss(tmp_path):
+    """Each CRS has its own mosaic, and ground that rasters in two CRSs both covered was counted twice."""
+    from rasterio.transform import from_origin
+
+    from geoseg.raster import inspect_raster, pixel_areas_m2, row_class_counts
+    from geoseg.workflows.survey import _counted_once
+
+    def mask(name, value, crs, transform, size):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8", nodata=255,
+                           crs=crs, transform=transform) as ds:
+            ds.write(np.full((size, size), value, np.uint8), 1)
+        own = pixel_areas_m2(inspect_raster(path)) @ row_class_counts(rasterio.open(path).read(1), 2)
+        return (str(path), crs, transform, size, size), own
+
+    utm, utm_m2 = mask("utm", 0, "EPSG:32640", from_origin(500000.0, 2800000.0, 10, 10), 100)  # 1 km² of class 0
+    # 1.6 km of class 1 in degrees, 2.2 m pixels, around it: every UTM pixel's centre lies in its data
+    lonlat, lonlat_m2 = mask("lonlat", 1, "EPSG:4326", from_origin(56.9995, 25.3175, 2e-5, 2e-5), 800)
+    far, far_m2 = mask("far", 1, "EPSG:4326", from_origin(10.0, 50.0, 2e-5, 2e-5), 50)
+    own = {utm[0]: utm_m2, lonlat[0]: lonlat_m2, far[0]: far_m2}
+    assert utm_m2[0] == pytest.approx(1e6)
+    # the degrees are listed later: they decide everywhere the UTM mask is
+    assert _counted_once([utm, far, lonlat], own) == pytest.approx([0.0, lonlat_m2[1] + far_m2[1]], abs=1e-3)
+    # the UTM mask listed later: the degrees' pixels under it give way, about 1 km² of them
+    total = _counted_once([lonlat, utm, far], own)
+    assert total[0] == pytest.approx(1e6) and total[1] == pytest.approx(lonlat_m2[1] + far_m2[1] - 1e6, rel=2e-3)

@@ -278,7 +278,10 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
             own[e["outputs"]["mask"]][c["id"]] += c.get("area_m2") or 0.0
     outputs, left_out, groups = {}, [], {}
     outputs.update(_mosaics(out_dir, list(own), classes, left_out, groups))
-    mosaic_m2 = sum((_counted_once(items, own) for items in groups.values()), np.zeros(n_classes))
+    order = {path: i for i, path in enumerate(own)}  # input order: the later raster decides, across CRSs too
+    stacked = sorted(((path, crs, t, w, h) for crs, items in groups.items() for path, t, w, h in items),
+                     key=lambda item: order[item[0]])
+    mosaic_m2 = _counted_once(stacked, own) if stacked else np.zeros(n_classes)
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
     if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
         (out_dir / "survey_polygons.gpkg").unlink(missing_ok=True)
@@ -319,8 +322,8 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
                   "The totals count each place once, as the mosaic shows it: where rasters overlap, the one listed "
                   "last in the mosaic decides its class."]
     if n_crs > 1:
-        lines += ["", f"The rasters are in {n_crs} CRSs, with a mosaic each: ground that rasters of two CRSs both "
-                  "cover is counted in both."]
+        lines += ["", f"The rasters are in {n_crs} CRSs, with a mosaic each. The totals still count each place once: "
+                  "where rasters in two CRSs overlap, the one listed later decides, as within a mosaic."]
     if bad:
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
     if left_out:
@@ -360,13 +363,14 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
 
 
 def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.ndarray:
-    """m² of each class over the masks of one mosaic, each place counted once.
+    """m² of each class over masks given as (path, crs, transform, width, height), each place counted once.
 
-    As in the mosaic, where masks overlap the one listed later decides (where it has data).
-    Each mask adds its own areas (`own`) less those of its pixels whose centres a later mask's
-    data covers: only its blocks that a later mask overlaps are read, at its own resolution,
-    and the later masks are sampled at those pixels' centres (nearest), so coarse and fine
-    masks mixed cost no more than reading the overlaps once.
+    As in the mosaic, where masks overlap the one listed later decides (where it has data), and so
+    across CRSs, which the mosaics cannot stack. Each mask adds its own areas (`own`) less those of
+    its pixels whose centres a later mask's data covers: only its blocks that a later mask overlaps
+    are read, at its own resolution, and the later masks are sampled at those pixels' centres
+    (nearest, reprojected where the CRSs differ), so coarse and fine masks mixed cost no more than
+    reading the overlaps once.
     """
     from dataclasses import replace
 
@@ -384,11 +388,23 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     def overlap(a, b) -> bool:
         return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
-    boxes = [box(t, w, h) for _, t, w, h in items]
+    boxes = [box(t, w, h) for _, _, t, w, h in items]
+    crss = [crs for _, crs, _, _, _ in items]
+    several = len(set(crss)) > 1
+    lonlat = [_box_in(crs, b, "EPSG:4326") for crs, b in zip(crss, boxes)] if several else []
+
+    def seen_from(i: int, j: int):  # mask j's box in mask i's CRS, or None where they cannot overlap
+        if crss[i] == crss[j]:
+            return boxes[j] if overlap(boxes[i], boxes[j]) else None
+        if not overlap(lonlat[i], lonlat[j]):
+            return None
+        other = _box_in(crss[j], boxes[j], crss[i])
+        return other if overlap(boxes[i], other) else None
+
     total = np.zeros(len(next(iter(own.values()))))
-    for i, (path, t, w, h) in enumerate(items):
+    for i, (path, _, t, w, h) in enumerate(items):
         total += own[path]
-        later = [(items[j][0], boxes[j]) for j in range(i + 1, len(items)) if overlap(boxes[i], boxes[j])]
+        later = [(items[j][0], other) for j in range(i + 1, len(items)) if (other := seen_from(i, j)) is not None]
         if not later:
             continue
         info = inspect_raster(path)
@@ -412,6 +428,22 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
                     part = replace(info, width=data.shape[1], height=data.shape[0], transform=ds.window_transform(window))
                     total -= pixel_areas_m2(part) @ row_class_counts(data, len(total))
     return total
+
+
+def _box_in(src_crs: str, box, dst_crs: str):
+    """`box` (left, bottom, right, top) in `src_crs` as a box in `dst_crs`; everywhere where that
+    cannot be said (outside the projection's area, or across the antimeridian), so that a possible
+    overlap is read rather than missed."""
+    from rasterio.warp import transform_bounds
+
+    everywhere = (-np.inf, -np.inf, np.inf, np.inf)
+    try:
+        out = transform_bounds(src_crs, dst_crs, *box, densify_pts=21)
+    except Exception:  # noqa: BLE001 - PROJ errors vary by version; reading the blocks decides instead
+        return everywhere
+    if not np.all(np.isfinite(out)) or out[0] > out[2] or out[1] > out[3]:
+        return everywhere
+    return out
 
 
 def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
