@@ -6,9 +6,10 @@ import logging
 import os
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import dask
 import dask.array as da
@@ -43,7 +44,7 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "prepare_output_dir",
+__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error", "prepare_output_dir",
            "remove_stale_outputs", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,26 @@ def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
                 log.warning("removed %s: it came from an earlier run and no longer matches the new mask", stale)
 
 
+@contextmanager
+def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Remove the folders of `output_dir` that the block creates, if it fails and they are still empty.
+
+    Input found bad after the output folder was made (a scene's bands, a Dask worker that cannot
+    see the file) or Ctrl-C mid-run then leave nothing behind. Folders that existed are kept.
+    """
+    folder = Path(output_dir).absolute()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()
+            except OSError:  # not empty: something else writes there, or it is gone already
+                break
+        raise
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
                        overwrite: bool) -> dict[str, Path]:
     """Create `output_dir`, check it is writable, and refuse existing outputs unless `overwrite`.
@@ -504,65 +525,68 @@ def segment(
     norm = _normalization(card, normalization, info, plan)
     _check_value_range(info, plan, card, norm)
     stem = raster_stem(info.path)
-    paths = prepare_output_dir(
-        output_dir,
-        lambda d: output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
-                               preview=preview),
-        overwrite,
-    )
-    if client is not None:
-        _check_workers_see(client, info.path)
-    result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
-                          normalization=norm, grid=work)
-    log.info(
-        "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
-        info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
-    )
-    layers, layout = _layers(card, paths, confidence=confidence, probabilities=probabilities)
-    with staging_dir(paths["mask"].parent) as tmp:
-        tmp_paths = {name: tmp / p.name for name, (p, _, _) in layers.items()}
-        datasets = create_outputs(work or info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
-        try:
-            describe_mask(datasets["mask"], card.classes)
-            for name in ("confidence", "probabilities"):
-                if name in datasets:
-                    _describe_percent(datasets[name], card, name)
-            _store(result, _Writer(datasets, layout), client=client, progress=progress)
-        finally:
-            for ds in datasets.values():
-                ds.close()
-        cogs = {}
-        for name, (final, _, _) in layers.items():  # every layer is written and checked before any appears
-            staged = tmp_paths[name]
-            if work is not None:  # back onto the input's grid
-                staged = staged.with_name(f"input-grid-{staged.name}")
-                regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
-            if name == "mask" and sieve:  # on the output's grid, so that PX counts its pixels
-                staged = _sieved(staged, info, card, sieve)
-            cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
-        # the styles, polygons and preview too are made from the staged layers: all files appear, or none
-        mask = cogs[paths["mask"]]
-        classes = _class_table(card, mask, info)
-        names = {c.id: (c.name, c.rgb) for c in card.classes}
-        write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
-        if vector:
-            vectorize(mask, tmp / paths["vector"].name, confidence=cogs.get(paths.get("confidence")), overwrite=True)
-        if preview:
-            from geoseg.preview import write_preview
+    with new_folders_removed_on_error(output_dir):  # bad input or Ctrl-C from here on leave no empty folder
+        paths = prepare_output_dir(
+            output_dir,
+            lambda d: output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
+                                   preview=preview),
+            overwrite,
+        )
+        if client is not None:
+            _check_workers_see(client, info.path)
+        result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
+                              normalization=norm, grid=work)
+        log.info(
+            "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
+            info.path, info.width, info.height, card.name, plan.chunk, plan.margin, result.npartitions,
+        )
+        layers, layout = _layers(card, paths, confidence=confidence, probabilities=probabilities)
+        with staging_dir(paths["mask"].parent) as tmp:
+            tmp_paths = {name: tmp / p.name for name, (p, _, _) in layers.items()}
+            datasets = create_outputs(work or info, {n: (tmp_paths[n], b, nd) for n, (_, b, nd) in layers.items()})
+            try:
+                describe_mask(datasets["mask"], card.classes)
+                for name in ("confidence", "probabilities"):
+                    if name in datasets:
+                        _describe_percent(datasets[name], card, name)
+                _store(result, _Writer(datasets, layout), client=client, progress=progress)
+            finally:
+                for ds in datasets.values():
+                    ds.close()
+            cogs = {}
+            for name, (final, _, _) in layers.items():  # every layer is written and checked before any appears
+                staged = tmp_paths[name]
+                if work is not None:  # back onto the input's grid
+                    staged = staged.with_name(f"input-grid-{staged.name}")
+                    regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
+                if name == "mask" and sieve:  # on the output's grid, so that PX counts its pixels
+                    staged = _sieved(staged, info, card, sieve)
+                cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
+            # the styles, polygons and preview too are made from the staged layers: all files appear, or none
+            mask = cogs[paths["mask"]]
+            classes = _class_table(card, mask, info)
+            names = {c.id: (c.name, c.rgb) for c in card.classes}
+            write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
+            if vector:
+                vectorize(mask, tmp / paths["vector"].name, confidence=cogs.get(paths.get("confidence")),
+                          overwrite=True)
+            if preview:
+                from geoseg.preview import write_preview
 
-            write_preview(info.path, mask, tmp / paths["preview"].name, card.classes, classes, plan.bands,
-                          regions=card.output == "regions")
-        extra = [paths["mask"].with_suffix(".qml")]
-        if vector:
-            extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
-        if preview:
-            extra.append(paths["preview"])
-        moves = [(cog, final) for final, cog in cogs.items()]
-        moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]  # a style may be left out
-        with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
-            if overwrite:
-                remove_stale_outputs(paths, stem)
-            move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
+                write_preview(info.path, mask, tmp / paths["preview"].name, card.classes, classes, plan.bands,
+                              regions=card.output == "regions")
+            extra = [paths["mask"].with_suffix(".qml")]
+            if vector:
+                extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
+            if preview:
+                extra.append(paths["preview"])
+            moves = [(cog, final) for final, cog in cogs.items()]
+            # a style may be left out
+            moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]
+            with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
+                if overwrite:
+                    remove_stale_outputs(paths, stem)
+                move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
     seconds = time.perf_counter() - started
     return SegmentResult(
         input=info.path,

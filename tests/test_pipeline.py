@@ -270,9 +270,13 @@ def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_pat
         if fraction > 0.3:
             raise KeyboardInterrupt
 
+    out.mkdir()
     with pytest.raises(KeyboardInterrupt):
         segment(path, out, model=tiny_fcn, chunk=32, progress=stop_midway)
     assert list(out.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):  # the folders it made go too, if nothing else is in them
+        segment(path, tmp_path / "new" / "out", model=tiny_fcn, chunk=32, progress=stop_midway)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(make_raster, tiny_fcn, tmp_path):
@@ -343,7 +347,7 @@ def test_a_short_layer_keeps_every_layer_from_appearing(make_raster, tiny_fcn, t
     noise = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
     with pytest.raises(OutputError, match="image_confidence.tif: could not be written"):
         segment(make_raster(data=noise), tmp_path / "out", model=tiny_fcn, confidence=True, preview=False)
-    assert list((tmp_path / "out").iterdir()) == []  # not even the complete mask
+    assert not (tmp_path / "out").exists()  # not even the complete mask, nor the folder the run made
 
 
 def test_unwritable_output_dir(make_raster, tiny_fcn, tmp_path):
@@ -610,7 +614,7 @@ def test_an_interrupted_run_leaves_nothing_and_the_same_call_runs_again(make_ras
         patched.setattr(geoseg.pipeline if step == "vectorize" else geoseg.preview, step, ctrl_c)
         with pytest.raises(KeyboardInterrupt):
             segment(path, out, **options)
-    assert list(out.iterdir()) == []  # no output and no hidden staging folder
+    assert not out.exists()  # no output, no hidden staging folder, nor the folder the run made
     result = segment(path, out, **options)
     assert sorted(p.name for p in out.iterdir()) == [
         "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",

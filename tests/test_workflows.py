@@ -271,7 +271,7 @@ def test_scene_interrupted_leaves_no_output_and_the_same_command_reruns(make_ras
         patched.setattr(importlib.import_module("geoseg.workflows.scene"), step, _ctrl_c)
         stopped = CliRunner().invoke(main, command)
     assert stopped.exit_code == 130
-    assert list(out.iterdir()) == []  # no output and no hidden staging folder
+    assert not out.exists()  # no output, no hidden staging folder, and not the folder the run made
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.iterdir()) == [
@@ -321,7 +321,7 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
         patched.setattr(importlib.import_module("geoseg.workflows.flood"), "write_text", _ctrl_c)  # the markdown report, written last
         with pytest.raises(KeyboardInterrupt):
             flood(post, out, pre=pre, method="ndwi")
-    assert list(out.iterdir()) == []  # no output, no post/ or pre/ folder, no hidden staging folder
+    assert not out.exists()  # no output, no post/ or pre/ folder, no staging folder, nor the folder itself
     result = flood(post, out, pre=pre, method="ndwi")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "flood_polygons.gpkg", "flood_polygons.qml",
@@ -597,3 +597,19 @@ def test_survey_totals_count_ground_once_across_crss(tmp_path):
     # the UTM mask listed later: the degrees' pixels under it give way, about 1 km² of them
     total = _counted_once([lonlat, utm, far], own)
     assert total[0] == pytest.approx(1e6) and total[1] == pytest.approx(lonlat_m2[1] + far_m2[1] - 1e6, rel=2e-3)
+
+
+def test_scene_and_flood_leave_no_folder_when_segment_refuses_the_bands(make_raster, tiny_fcn, tmp_path):
+    """segment checks a model's bands after scene and flood made the output folder: an empty one was left."""
+    from geoseg.workflows import flood
+
+    path = make_raster(shape=(40, 50), bands=1)
+    for name, run in (("scene", lambda out: scene(path, out, model=str(tiny_fcn))),
+                      ("flood", lambda out: flood(path, out, method="model", model=str(tiny_fcn), water_class="class0"))):
+        with pytest.raises(BandError, match="has 1 band"):
+            run(tmp_path / name / "out")
+        assert not (tmp_path / name).exists(), name
+        (tmp_path / "kept").mkdir(exist_ok=True)  # a folder the user made stays
+        with pytest.raises(BandError, match="has 1 band"):
+            run(tmp_path / "kept")
+        assert (tmp_path / "kept").is_dir()

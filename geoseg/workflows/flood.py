@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
-from geoseg.pipeline import prepare_output_dir, remove_stale_outputs, segment
+from geoseg.pipeline import new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs, segment
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem,
                            write_class_mask)
@@ -217,21 +217,22 @@ def flood(
              for when, image in images.items()}
     masks = {f"{when}_{name}": path for when in water for name, path in water[when].items()}
     # every file, the per-image masks too, is refused before anything is segmented
-    paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite)
-    common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
-                  threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
-    def remove_stale() -> None:  # an earlier run's outputs that this run does not write
-        for when, image in images.items() if method == "model" else ():
-            remove_stale_outputs(water[when], raster_stem(image))
-        old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
-        if old.exists():
-            old.unlink()
-            log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
+    with new_folders_removed_on_error(output_dir):  # the model's bands are checked after the folder is made
+        paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite)
+        common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
+                      threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
+        def remove_stale() -> None:  # an earlier run's outputs that this run does not write
+            for when, image in images.items() if method == "model" else ():
+                remove_stale_outputs(water[when], raster_stem(image))
+            old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
+            if old.exists():
+                old.unlink()
+                log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
 
-    with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
-                        before_moves=remove_stale if overwrite else None) as tmp:
-        result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
-                            outputs={k: str(paths[k]) for k in FILES})
+        with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
+                            before_moves=remove_stale if overwrite else None) as tmp:
+            result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
+                                outputs={k: str(paths[k]) for k in FILES})
     return result
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
-from geoseg.pipeline import SegmentResult, prepare_output_dir, remove_stale_outputs, segment
+from geoseg.pipeline import (SegmentResult, new_folders_removed_on_error, prepare_output_dir,
+                             remove_stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem
 from geoseg.vector import zonal_composition
@@ -84,12 +85,13 @@ def scene(
     if frame is not None:
         check_layer_overlaps(frame, input, what="zones")
     image = inspect_raster(input).path
-    paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
-                               overwrite)
-    with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
-                        before_moves=(lambda: _remove_stale(paths, image)) if overwrite else None) as tmp:
-        result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
-        scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
+    with new_folders_removed_on_error(output_dir):  # segment checks bands and tile after the folder is made
+        paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
+                                   overwrite)
+        with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
+                            before_moves=(lambda: _remove_stale(paths, image)) if overwrite else None) as tmp:
+            result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
+            scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
     return scene_result
 
 
