@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
 import threading
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,15 @@ def _png(rows=60, cols=80, seed=0, flat=False, grey=False, paletted=False) -> by
     image = Image.fromarray(pixels[..., 0] if grey else pixels)
     (image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16) if paletted else image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _short_png(cols, rows) -> bytes:
+    """A PNG whose header says `cols` x `rows` RGB pixels but whose pixel data (IDAT) is 10 zero bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", cols, rows, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
 
 
 def _wait(client, job_id, timeout=180):
@@ -171,9 +182,12 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
         # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"
-        ({"image": (io.BytesIO(_png(200, 200)[:2000]), "cut.png")}, 400, "its pixels cannot be read. Is it truncated?"),
+        ({"image": (io.BytesIO(_png(200, 200)[:2000]), "cut.png")}, 400,
+         "cut.png: the file looks like an image, but its pixels cannot be read: it looks truncated or damaged"),
         ({"image": (io.BytesIO(b""), "empty.png")}, 400, "the image file is empty"),
-        ({"image": (io.BytesIO(_png(200, 200, paletted=True)[:700]), "cut.png")}, 400, "Is it truncated?"),
+        ({"image": (io.BytesIO(_png(200, 200, paletted=True)[:700]), "cut.png")}, 400, "looks truncated or damaged"),
+        # 10 bytes of pixel data for 400 x 400 px: GDAL filled the rest with zeros after some earlier requests
+        ({"image": (io.BytesIO(_short_png(400, 400)), "short.png")}, 400, "short.png: the file looks like an image"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(b"nope"), "l.png")}, 415,
          "the label file is not a PNG"),
         # a model that cannot read the upload: was a failed job after the other models ran, with the server's path
@@ -397,3 +411,105 @@ def test_agreement_compares_class_names_not_ids():
     a = np.array([[0, 1], [1, 255]], np.uint8)  # water, land, land, nodata
     b = np.array([[1, 0], [2, 2]], np.uint8)  # water, land, other, other
     assert _agreement([(a, Card(["water", "land"])), (b, Card(["land", "water", "other"]))]) == 66.67  # 2 of 3 valid pixels
+
+
+def test_request_errors_name_the_upload_not_the_server_path(app, client, make_raster):
+    """An int8 GeoTIFF was refused with the server's copy: '/tmp/.../upload/a.tif: data type int8 ...'."""
+    tif = make_raster(data=np.zeros((3, 60, 80), np.int8))
+    with client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "threshold"},
+                     content_type="multipart/form-data") as response:
+        error = response.get_json()["error"]
+    assert response.status_code == 400 and error.startswith("a.tif: data type int8 is not supported; use one of")
+    assert str(app.extensions["geoseg_jobs"].root) not in error and "/upload/" not in error
+
+
+def test_a_truncated_cog_is_refused_before_any_model_runs(client, tmp_path):
+    """Its overviews (first in the file) made the preview, so it was accepted; the job then failed."""
+    import rasterio.shutil
+
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 60, 2100), np.uint8)  # noise: deflate keeps its size
+    with rasterio.MemoryFile() as memfile:
+        with memfile.open(driver="GTiff", width=2100, height=60, count=3, dtype="uint8") as ds:
+            ds.write(pixels)
+        rasterio.shutil.copy(memfile.name, tmp_path / "cog.tif", driver="COG", blocksize=256, compress="deflate")
+    data = (tmp_path / "cog.tif").read_bytes()
+    with client.post("/api/segment", data={"image": (io.BytesIO(data[:len(data) * 4 // 5]), "ortho.tif"),
+                                           "models": "threshold"}, content_type="multipart/form-data") as response:
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("ortho.tif: the file looks like an image, but its pixels "
+                                                       "cannot be read: it looks truncated or damaged.")
+
+
+@pytest.mark.parametrize("kind", ["png", "tif"])
+def test_a_truncated_label_is_refused_naming_the_upload(client, make_raster, kind):
+    """A PNG label cut to 300 bytes was scored on GDAL's garbage; a TIFF one cut in half failed the job
+    after every model ran, naming the server's label.tif."""
+    tif = make_raster(shape=(60, 80))
+    ids = np.random.default_rng(0).integers(0, 3, (60, 80), np.uint8)
+    if kind == "png":
+        buffer = io.BytesIO()
+        Image.fromarray(ids).save(buffer, format="PNG")
+        label = buffer.getvalue()[:300]
+    else:
+        full = make_raster(name="truth.tif", data=ids[None]).read_bytes()
+        label = full[:len(full) // 2]
+    with client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "threshold",
+                                           "label": (io.BytesIO(label), f"truth.{kind}")},
+                     content_type="multipart/form-data") as response:
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith(f"label truth.{kind}: the file looks like an image, but")
+
+
+def test_a_short_png_is_refused_whatever_gdal_read_before(client):
+    """After a PNG that GDAL cannot open, one with 10 bytes of pixel data was taken for a black image."""
+    answers = []
+    for png in (_short_png(2**31 - 1, 1), _short_png(400, 400)):  # GDAL cannot open the first
+        with client.post("/api/segment", data={"image": (io.BytesIO(png), "a.png"), "models": "threshold"},
+                         content_type="multipart/form-data") as response:
+            answers.append((response.status_code, response.get_json()["error"] or ""))
+    assert [status for status, _ in answers] == [400, 400]
+    assert all(error.startswith("a.png: the file looks like an image, but") for _, error in answers)
+
+
+def test_server_log_lines_never_become_warnings(client, monkeypatch):
+    """The server's 'job ID failed' (with its traceback in the log) was shown on the page as a warning."""
+    def fail(job):
+        raise RuntimeError(f"boom in {job.folder}")
+
+    monkeypatch.setattr("geoseg.web.jobs.run_job", fail)
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"), "models": "threshold"},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert (job["status"], job["warnings"]) == ("failed", [])
+    assert job["error"] == "the server failed on this job; its log has the details."
+
+
+def test_a_geoseg_error_in_a_job_reaches_the_page_by_the_upload_name(client, monkeypatch):
+    """A read that fails in the job (a file damaged past the upload check) says why, not 'the server failed'."""
+    from geoseg.errors import RasterReadError
+
+    def segment(path, *args, **kwargs):
+        raise RasterReadError(f"{path}: cannot read rows 0-59; the file looks truncated.")
+
+    monkeypatch.setattr("geoseg.segment", segment)
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"), "models": "threshold"},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert (job["status"], job["error"]) == ("failed", "threshold: a.png: cannot read rows 0-59; the file looks truncated.")
+
+
+def test_a_failed_label_read_in_a_job_names_the_label_upload(client, monkeypatch):
+    """Errors of the label in a job named the server's copy, label.png."""
+    from geoseg.errors import InputError
+
+    def read_labels(path, **kwargs):
+        raise InputError(f"{path}: cannot read rows 0-59; the file looks truncated.")
+
+    monkeypatch.setattr("geoseg.models.labels.read_labels", read_labels)
+    label = io.BytesIO()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(label, format="PNG")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"), "models": "threshold",
+                                                 "label": (io.BytesIO(label.getvalue()), "my truth.png")},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert (job["status"], job["error"]) == ("failed", "my truth.png: cannot read rows 0-59; the file looks truncated.")

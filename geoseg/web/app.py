@@ -21,7 +21,7 @@ from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.web.jobs import Job, JobManager
-from geoseg.web.uploads import UploadError, check_pixels, display_name, sniff
+from geoseg.web.uploads import UploadError, check_pixels, check_readable, display_name, sniff
 
 __all__ = ["create_app"]
 
@@ -52,15 +52,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(UploadError)
     def upload_error(exc: UploadError):
-        return jsonify(error=str(exc)), exc.status
+        return jsonify(error=_without_root(str(exc), root)), exc.status
 
     @app.errorhandler(ModelNotFoundError)
     def model_error(exc):
-        return jsonify(error=str(exc)), 404
+        return jsonify(error=_without_root(str(exc), root)), 404
 
     @app.errorhandler(GeosegError)
-    def geoseg_error(exc):
-        return jsonify(error=str(exc)), 400
+    def geoseg_error(exc):  # _new_job names the uploads already; this is for errors it did not foresee
+        return jsonify(error=_without_root(str(exc), root)), 400
 
     @app.errorhandler(413)
     def too_large(exc):
@@ -126,6 +126,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def _without_root(message: str, root: Path) -> str:
+    """No server path in an answer: a job's files are known to the user by their names alone."""
+    message = re.sub(rf"{re.escape(str(root))}/[0-9a-f]{{32}}/(upload/)?", "", message)
+    return message.replace(str(root), "the server's folder")
+
+
+def _for_user(message: str, folder: Path, stem: str, image_name: str, label_name: str | None) -> str:
+    """The user knows the uploads by their names (as in jobs' messages), not by the server's copies."""
+    for kind in ("png", "jpg", "tif"):  # _save_upload's names; a paletted upload becomes a .tif
+        message = message.replace(str(folder / "upload" / f"{stem}.{kind}"), image_name)
+        if label_name is not None:
+            message = message.replace(str(folder / f"label.{kind}"), label_name)
+    return message.replace(f"{folder}/", "").replace(str(folder), "the upload")
+
+
 def _registry():
     from geoseg.models import list_models
 
@@ -175,46 +190,52 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     if not re.fullmatch(r"[0-9]{1,12}", sieve):  # str.isdigit() took '²', which int() refuses
         raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
     names = names or [DEFAULT_MODEL]
+    shown = display_name(image.filename)
+    stem = Path(shown).stem or "upload"
+    label = request.files.get("label")
+    label_name = display_name(label.filename) if label is not None and label.filename else None
     job_id, folder = jobs.new_folder()
     try:
-        shown = display_name(image.filename)
         (folder / "upload").mkdir()  # by the user's name: layers in the GeoPackage are named after it
-        path = _save_upload(image, folder / "upload", Path(shown).stem or "upload")
-        _, _, count = check_pixels(path, max_pixels)
-        path, count = _expand_palette(path, count)
+        path = _save_upload(image, folder / "upload", stem)
+        _, _, count = check_pixels(path, max_pixels, name=shown)
+        check_readable(path, path.suffix[1:], name=shown)  # a truncated COG showed its overviews, then failed
+        path, count = _expand_palette(path, count, shown)
         _check_bands(shown, count, [registry[n] for n in names if n in registry])
         job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve))
         job.files["input"] = path
-        job.files["original.png"] = _original_png(path, folder)
-        label = request.files.get("label")
-        if label is not None and label.filename:
+        job.files["original.png"] = _original_png(path, folder, shown)
+        if label_name is not None:
             job.files["label"] = _save_upload(label, folder, "label", what="label")
-            job.has_label = True
-            _check_label(job.files["label"], path, label.filename, shown)
-    except Exception:
-        import shutil
-
+            job.has_label, job.label_name = True, label_name
+            _check_label(job.files["label"], path, label_name, shown)
+    except Exception as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, GeosegError) and not isinstance(exc, ModelNotFoundError):  # e.g. inspect_raster's
+            raise UploadError(_for_user(str(exc), folder, stem, shown, label_name),
+                              getattr(exc, "status", 400)) from None
         raise
     return jobs.submit(job)
 
 
-def _check_label(label: Path, image: Path, filename: str, image_name: str) -> None:
+def _check_label(label: Path, image: Path, label_name: str, image_name: str) -> None:
     """A 400 now, not a failed job later, for a label that is unreadable or not on the image's grid."""
     from geoseg.errors import InputError
     from geoseg.models.labels import check_label_grid
 
     try:
         # the job reads a label of 3+ bands by the models' colours and one band as class ids: any band count goes
-        check_label_grid(label, "color", image, name=f"label {display_name(filename)}", image_name=image_name,
-                         file_name=display_name(filename))  # the gdalwarp hint named our stored copy
+        check_label_grid(label, "color", image, name=f"label {label_name}", image_name=image_name,
+                         file_name=label_name)  # the gdalwarp hint named our stored copy
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
+    # after the grid check, which bounds its size by the image's: a cut label was scored on GDAL's garbage
+    check_readable(label, label.suffix[1:], name=f"label {label_name}")
 
 
-def _unreadable() -> UploadError:
-    return UploadError("the file looks like an image but its pixels cannot be read. Is it truncated? "
-                       "Upload it again, or a copy that opens in an image viewer.", 400)
+def _unreadable(name: str) -> UploadError:
+    return UploadError(f"{name}: the file looks like an image, but its pixels cannot be read: it looks truncated "
+                       "or damaged. Upload it again, or a copy that opens in an image viewer.", 400)
 
 
 def _check_bands(name: str, count: int, entries) -> None:
@@ -226,7 +247,7 @@ def _check_bands(name: str, count: int, entries) -> None:
                           "bands (the U-Nets read RGB; -nir baselines need a near-infrared band 4).", 400)
 
 
-def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
+def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
     """A paletted upload (a 256-colour PNG, a GIF-like GeoTIFF) becomes the RGB GeoTIFF that it shows.
 
     Its georeferencing is kept; colour-table entries that are transparent become nodata.
@@ -245,7 +266,7 @@ def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
                 index, table = ds.read(1), ds.colormap(1)
                 crs, transform = ds.crs, ds.transform
     except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
-        raise _unreadable() from None
+        raise _unreadable(name) from None
     georef = {"crs": crs, "transform": transform} if crs is not None or not transform.is_identity else {}
     lut = np.zeros((max(max(table), int(index.max())) + 1, 4), np.uint8)
     for value, rgba in table.items():
@@ -264,7 +285,7 @@ def _expand_palette(path: Path, count: int) -> tuple[Path, int]:
     return out, 3
 
 
-def _original_png(path: Path, folder: Path) -> Path:
+def _original_png(path: Path, folder: Path, name: str) -> Path:
     import numpy as np
     import rasterio
     from PIL import Image
@@ -279,7 +300,7 @@ def _original_png(path: Path, folder: Path) -> Path:
                 bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
             data = read_preview(str(path), bands, 1024)
     except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
-        raise _unreadable() from None
+        raise _unreadable(name) from None
     rgb = data if data.dtype == np.uint8 else stretch(data)
     out = folder / "original.png"
     save_png(Image.fromarray(rgb), out)

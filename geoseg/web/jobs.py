@@ -32,6 +32,7 @@ class Job:
     precision: str = "float32"
     tta: str = "none"
     sieve: int = 0  # minimum region in pixels, for models of classes
+    label_name: str | None = None  # the label upload's file name, as messages call it
     created: float = field(default_factory=time.time)
     status: str = "queued"
     progress: float = 0.0
@@ -87,32 +88,35 @@ class JobManager:
             shutil.rmtree(job.folder, ignore_errors=True)
 
     def _run(self, job: Job) -> None:
+        from geoseg.errors import GeosegError
+
         job.status = "running"
         caught = _ThreadWarnings()  # what the log tells a command-line user, the page shows too
         logging.getLogger("geoseg").addHandler(caught)
-        status, error = "done", None
+        failure = None
         try:
             run_job(job)
         except Exception as exc:  # reported to the page; the server carries on
-            from geoseg.errors import GeosegError
-
-            if not isinstance(exc, GeosegError):
-                log.exception("job %s failed", job.id)
-            status = "failed"
-            error = _for_user(str(exc) if isinstance(exc, GeosegError) else
-                              "the server failed on this job; its log has the details.", job)
+            failure = exc
         finally:
             logging.getLogger("geoseg").removeHandler(caught)
+        status, error = ("done", None) if failure is None else ("failed", str(failure))
+        if failure is not None and not isinstance(failure, GeosegError):
+            # logged once the handler is gone: "job ... failed" was shown on the page as a warning
+            log.error("job %s failed", job.id, exc_info=failure)
+            error = "the server failed on this job; its log has the details."
         # everything first, the status last: a poll that sees "done" stops polling
         job.warnings = list(dict.fromkeys(_for_user(m, job) for m in caught.messages))
-        job.error = error
+        job.error = None if error is None else _for_user(error, job)
         if status == "done":
             job.progress = 1.0
         job.status = status
 
 
 def _for_user(message: str, job: Job) -> str:
-    """The user knows the upload by its name, not by the server's folder."""
+    """The user knows the uploads by their names, not by the server's folder."""
+    if "label" in job.files and job.label_name:
+        message = message.replace(str(job.files["label"]), job.label_name)
     return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
 
 
@@ -124,7 +128,7 @@ class _ThreadWarnings(logging.Handler):
         self.thread, self.messages = threading.get_ident(), []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
+        if record.thread == self.thread and not record.name.startswith("geoseg.web"):  # the server's own log
             self.messages.append(record.getMessage())
 
 
