@@ -17,6 +17,11 @@ __all__ = [
 class GeosegError(Exception):
     """Root of every error geoseg raises on purpose."""
 
+    def __reduce__(self):
+        # rebuilt from the message: tblib, which Dask's workers send errors back with, cannot rebuild a class
+        # with both ValueError and OSError among its bases (RasterReadError) and sent a bare Exception instead
+        return type(self), self.args
+
 
 class InputError(GeosegError, ValueError):
     """An argument or input file cannot be used as given."""

@@ -324,29 +324,41 @@ def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
 
 @contextmanager
 def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None]:
-    """Remove the folders of `output_dir` that the block creates, if it fails and they are still empty.
+    """Create `output_dir`; if the block fails, remove the folders this call created while they are empty.
 
     Input found bad after the output folder was made (a scene's bands, a Dask worker that cannot
-    see the file) or Ctrl-C mid-run then leave nothing behind. Folders that existed are kept.
+    see the file) or Ctrl-C mid-run then leave nothing behind. Folders that existed, or that
+    another process made meanwhile (two runs into one new folder), are kept.
     """
-    folder = Path(output_dir).absolute()
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    folder = Path(output_dir).absolute()  # '..' kept: 'runs/../out' needs runs/, which is removed too
+    made = []
+    for path in reversed([folder, *folder.parents]):  # outermost first, each by this process or not
+        if path.exists():  # 'runs/..' once runs/ is made
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # made by another process just now: theirs
+            continue
+        except OSError as exc:
+            raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror}).") from None
+        made.append(path)
     try:
         yield
     except BaseException:
-        for path in made:
+        for path in reversed(made):  # innermost first
             try:
                 path.rmdir()
-            except OSError:  # not empty: something else writes there, or it is gone already
+            except OSError:  # not empty: another run writes there too, or it is gone already
                 break
         raise
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
-                       overwrite: bool) -> dict[str, Path]:
+                       overwrite: bool, inputs: Sequence[str | os.PathLike | None] = ()) -> dict[str, Path]:
     """Create `output_dir`, check it is writable, and refuse existing outputs unless `overwrite`.
 
-    ``paths_of(folder)`` names the outputs; their paths are returned.
+    ``paths_of(folder)`` names the outputs; their paths are returned. An output that is one of
+    the `inputs` (``flood flood.tif -o .``) is refused even with `overwrite`: it would destroy it.
     """
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -358,10 +370,25 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"{out_dir}: output folder is not writable. Pick another output folder.")
     paths = paths_of(out_dir)
+    _refuse_inputs_as_outputs(paths, inputs)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} already exists. Pass --overwrite (overwrite=True) to replace it.")
     return paths
+
+
+def _refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.PathLike | None]) -> None:
+    """Raise OutputError when an output path is one of the input files (by path or as the same file)."""
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(str(given).split("|", 1)[0])  # 'towns.gpkg|layername=towns' names a file too
+        if not source.is_file():  # /vsizip/..., a URL: no output can be it
+            continue
+        for output in paths.values():
+            if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source)):
+                raise OutputError(f"{output}: is the input {given}; writing the outputs there would destroy it. "
+                                  "Pick another output folder (-o) or rename the input.")
 
 
 def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dict[str, Any]]:
@@ -531,6 +558,7 @@ def segment(
             lambda d: output_paths(d, stem, confidence=confidence, probabilities=probabilities, vector=vector,
                                    preview=preview),
             overwrite,
+            inputs=[info.path],
         )
         if client is not None:
             _check_workers_see(client, info.path)
@@ -565,6 +593,9 @@ def segment(
             # the styles, polygons and preview too are made from the staged layers: all files appear, or none
             mask = cogs[paths["mask"]]
             classes = _class_table(card, mask, info)
+            if not any(row["pixels"] for row in classes):
+                log.warning("%s: no valid pixels (nodata or NaN everywhere), so the mask is all nodata. Check the "
+                            "raster's nodata value and mask (gdalinfo)", info.path)
             names = {c.id: (c.name, c.rgb) for c in card.classes}
             write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
             if vector:

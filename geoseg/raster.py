@@ -38,6 +38,7 @@ __all__ = [
     "pixel_areas_m2",
     "model_grid",
     "read_preview",
+    "reading_pixels",
     "regrid",
     "write_class_mask",
 ]
@@ -252,16 +253,67 @@ class WindowSource:
         with IO_LOCK, warnings.catch_warnings(), ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = stack.enter_context(rasterio.open(self.path))
+            where = window
             if self.grid is not None:  # resampled on the fly to the model's pixel size
+                sy, sx = ds.height / self.grid.height, ds.width / self.grid.width  # errors name the input's pixels
+                where = Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
                 ds = stack.enter_context(_warped(ds, self.grid, "bilinear"))
-            data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
-            if self.has_mask or self.grid is not None:  # nodata only where every band is, as GDAL's dataset mask
-                valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
-            else:
-                valid = np.ones(data.shape[:2] + (1,), bool)
+            with reading_pixels(self.path, where):
+                data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
+                if self.has_mask or self.grid is not None:  # nodata only where every band is, as GDAL's dataset mask
+                    valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
+                else:
+                    valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
             valid &= np.isfinite(data).all(-1, keepdims=True)
         return data, valid
+
+
+@contextmanager
+def reading_pixels(path: str | os.PathLike, window: Window | None = None) -> Iterator[None]:
+    """Turn GDAL's failure to read pixels of `path` into a RasterReadError naming the file, the window and the fix.
+
+    A truncated or damaged file opens (its header is whole) and fails only where a read
+    reaches the missing or broken blocks, possibly inside a Dask task: the error travels
+    back to the caller as it is. Wrap reads of inputs; writes and checks of outputs raise
+    OutputError where they happen.
+
+    Parameters
+    ----------
+    path : path
+        The raster, as the user named it.
+    window : Window, optional
+        The pixels read (in the file's own rows and columns); None for the whole raster.
+
+    Raises
+    ------
+    RasterReadError
+        In place of rasterio's RasterioIOError or GDAL's own errors raised in the block.
+    """
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
+
+    try:
+        yield
+    except (RasterioIOError, CPLE_BaseError) as exc:
+        message = _read_failure(os.fspath(path), window, exc)
+        exc.__cause__ = exc.__context__ = None  # GDAL's error, which a Dask worker cannot send back: it sent a
+        raise RasterReadError(message) from None  # bare Exception instead (a traceback, and the batch stopped)
+
+
+def _read_failure(path: str, window: Window | None, exc: Exception) -> str:
+    """The message of a failed pixel read: file, window, GDAL's reason (rasterio's "Read failed" keeps it in
+    ``__cause__``) and what to do."""
+    import math
+    import shlex
+
+    where = "its pixels"
+    if window is not None:
+        (r0, r1), (c0, c1) = window.toranges()
+        where = f"rows {math.floor(r0)}-{max(math.floor(r0), math.ceil(r1) - 1)}, " \
+                f"cols {math.floor(c0)}-{max(math.floor(c0), math.ceil(c1) - 1)}"
+    reason = first_line(exc.__cause__ if exc.__cause__ is not None else exc).rstrip(".")
+    return (f"{path}: cannot read {where} ({reason}); the file may be truncated or damaged. Check it "
+            f"with gdalinfo -checksum {shlex.quote(path)}, and download or export it again.")
 
 
 def _warped(ds, grid: RasterInfo, resampling: str):
@@ -476,14 +528,15 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
             scale = longest / min(max(longest, min_side), max_side)  # shrink big rasters, enlarge tiny ones
             shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
-            if mask:
-                masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
-                valid = np.any(masks > 0, axis=0)
-                if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":  # as WindowSource: non-finite values are nodata
-                    valid &= np.isfinite(ds.read(list(bands), out_shape=(len(bands),) + shape,
-                                                 resampling=Resampling.nearest)).all(0)
-                return valid
-            data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
+            with reading_pixels(path):  # statistics, calibration and previews read whole inputs this way
+                if mask:
+                    masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
+                    valid = np.any(masks > 0, axis=0)
+                    if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":  # as WindowSource: non-finite values are nodata
+                        valid &= np.isfinite(ds.read(list(bands), out_shape=(len(bands),) + shape,
+                                                     resampling=Resampling.nearest)).all(0)
+                    return valid
+                data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
     return np.moveaxis(data, 0, -1)
 
 
@@ -500,6 +553,8 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
     """
     import shutil
 
+    # another run into the same new folder may have removed it on failing, while it was empty
+    Path(parent).mkdir(parents=True, exist_ok=True)
     folder = owned_temp_dir(parent, STAGING_PREFIX)
     try:
         yield folder

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError
 from geoseg.files import replaced_atomically
-from geoseg.raster import NODATA, first_line, inspect_raster
+from geoseg.raster import NODATA, RasterInfo, first_line, inspect_raster, raster_stem, reading_pixels
 
 __all__ = [
     "VECTOR_FORMATS",
@@ -99,13 +99,13 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(mask_path) as ds:
+        with rasterio.open(mask_path) as ds, reading_pixels(mask_path, window):
             data = ds.read(1, window=window)
         # pixel coordinates of the whole mask: integers, so edges cut by blocks match exactly
         transform = Affine.translation(window.col_off, window.row_off)
         conf = None
         if confidence_path:
-            with rasterio.open(confidence_path) as ds:
+            with rasterio.open(confidence_path) as ds, reading_pixels(confidence_path, window):
                 conf = ds.read(1, window=window).astype(np.float64)
     labels = np.zeros(data.shape, np.int32)
     classes = [0]
@@ -398,14 +398,7 @@ def vectorize(
             CRS.from_user_input(to_crs)
         except CRSError as exc:
             raise InputError(f"--to-crs (to_crs=) {to_crs!r} is not a CRS ({exc}). Use e.g. EPSG:4326.") from None
-    conf_path = None
-    if confidence is not None:
-        conf = inspect_raster(confidence)
-        if (conf.width, conf.height) != (info.width, info.height):
-            raise InputError(f"{conf.path}: the confidence raster is {conf.width} x {conf.height} px but the mask "
-                             f"{info.path} is {info.width} x {info.height} px. Pass the confidence raster written "
-                             "with this mask.")
-        conf_path = conf.path
+    conf_path = None if confidence is None else _check_confidence(inspect_raster(confidence), info)
     tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
@@ -447,6 +440,43 @@ def vectorize(
     seconds = time.perf_counter() - started
     log.info("wrote %d polygons to %s in %.1f s", len(frame), out_path, seconds)
     return VectorResult(str(out_path), len(frame), {str(k): int(v) for k, v in per_class.items()}, round(seconds, 3))
+
+
+def _check_confidence(conf: RasterInfo, mask: RasterInfo) -> str:
+    """The path of `conf` once it is a confidence raster for `mask`: one uint8 band (percent, 255 = nodata,
+    as `segment` writes it) on the mask's grid. Otherwise an InputError naming every difference.
+    """
+    differences = []
+    if (conf.count, conf.dtype) != (1, "uint8"):
+        differences.append(f"it has {conf.count} {conf.dtype} band(s) where a confidence raster has 1 uint8 band")
+    if (conf.width, conf.height) != (mask.width, mask.height):
+        differences.append(f"the confidence raster is {conf.width} x {conf.height} px but the mask is "
+                           f"{mask.width} x {mask.height} px")
+    else:
+        (t_conf, crs_conf), (t_mask, crs_mask) = conf.map_georeferencing(), mask.map_georeferencing()
+        pixel = max(abs(t_mask.a), abs(t_mask.b), abs(t_mask.d), abs(t_mask.e))
+        if not np.allclose(tuple(t_conf)[:6], tuple(t_mask)[:6], rtol=0, atol=1e-6 * pixel):  # a millionth of a pixel
+            differences.append(f"its transform {_affine(t_conf)} differs from the mask's {_affine(t_mask)}")
+        if (crs_conf is None) != (crs_mask is None) or (crs_conf is not None and crs_conf != crs_mask):
+            differences.append(f"its CRS ({_crs_name(crs_conf)}) differs from the mask's ({_crs_name(crs_mask)})")
+    if differences:
+        stem = raster_stem(mask.path)
+        expected = Path(mask.path).with_name(f"{stem.removesuffix('_mask')}_confidence.tif")
+        raise InputError(f"{conf.path}: not a confidence raster of the mask {mask.path}: "
+                         f"{'; '.join(differences)}. Pass the confidence raster written with this mask by "
+                         f"`geoseg segment --confidence` (e.g. {expected}).")
+    return conf.path
+
+
+def _affine(t: Affine) -> str:
+    return "(" + ", ".join(f"{v:.10g}" for v in tuple(t)[:6]) + ")"
+
+
+def _crs_name(crs) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_string()[:80]
 
 
 def _write_layer(frame, out_path: Path, driver: str) -> None:
@@ -554,7 +584,8 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
                     sub = intersection(window, Window(zw.col_off - 1, zw.row_off - 1, zw.width + 2, zw.height + 2))
                 except rasterio.errors.WindowError:
                     continue
-                data = ds.read(1, window=sub)
+                with reading_pixels(info.path, sub):
+                    data = ds.read(1, window=sub)
                 inside = ~geometry_mask([geoms[z]], out_shape=data.shape,
                                         transform=rasterio.windows.transform(sub, transform))
                 keep = inside & (data < n_classes)

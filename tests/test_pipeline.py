@@ -649,3 +649,110 @@ def test_ctrl_c_while_the_outputs_are_moved_into_place_waits_for_the_last(make_r
     assert fired and sorted(p.name for p in out.iterdir()) == [
         "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",
         "image_preview.png"]  # all of them, and no staging folder
+
+
+def test_a_raster_without_valid_pixels_says_so(make_raster, tiny_fcn, tmp_path, caplog):
+    """Nodata everywhere gave 0 km² of every class, an empty layer and not a word."""
+    path = make_raster(shape=(40, 50), nodata=0, data=np.zeros((3, 40, 50), np.uint8))
+    with caplog.at_level("WARNING", logger="geoseg"):
+        result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=32, preview=False)
+    assert not any(row["pixels"] for row in result.classes)
+    assert "no valid pixels (nodata or NaN everywhere), so the mask is all nodata" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoseg"):
+        segment(make_raster(name="fine.tif", shape=(40, 50)), tmp_path / "out", model=tiny_fcn, chunk=32, preview=False)
+    assert "no valid pixels" not in caplog.text
+
+
+def _truncated(path, keep=0.6):
+    """Cut a GeoTIFF to `keep` of its bytes: GDAL still opens its header, and fails on the blocks cut off."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with rasterio.open(path) as ds:
+        ds.read(1, window=((0, 16), (0, 16)))  # the first block is whole
+        with pytest.raises(rasterio.errors.RasterioIOError):
+            ds.read()
+    return path
+
+
+@pytest.mark.parametrize("normalization, where", [
+    (None, r"rows \d+-\d+, cols \d+-\d+"),  # the card's scale: the value-range check reads a central window first
+    ({"method": "none"}, r"rows \d+-\d+, cols \d+-\d+"),  # no check: a chunk read inside a Dask task fails
+    ({"method": "percentile", "low": 2, "high": 98}, "its pixels"),  # the whole-raster statistics fail
+])
+def test_a_truncated_input_is_a_read_error_naming_the_file_and_window(make_raster, tiny_fcn, tmp_path,
+                                                                        normalization, where):
+    """Was rasterio's RasterioIOError "Read failed" as a traceback."""
+    path = _truncated(make_raster(tiled=True, blockxsize=16, blockysize=16))
+    out = tmp_path / "out"
+    with pytest.raises(RasterReadError, match=rf"image\.tif: cannot read {where} \(.*IReadBlock failed.*\); the "
+                                              r"file may be truncated or damaged\. Check it with gdalinfo -checksum"):
+        segment(path, out, model=tiny_fcn, chunk=32, normalization=normalization, preview=False)
+    assert not out.exists() or list(out.iterdir()) == []  # no half-written output
+
+
+def test_a_truncated_raster_is_one_line_and_a_batch_goes_on(make_raster, tiny_fcn, tmp_path):
+    """Was a traceback that ended the batch: good.tif never ran and no JSON came out."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    bad = _truncated(make_raster(name="bad.tif", tiled=True, blockxsize=16, blockysize=16))
+    good = make_raster(name="good.tif", shape=(20, 24))
+
+    def run(*args):
+        return CliRunner().invoke(main, ["segment", *map(str, args), "-o", str(tmp_path / "out"), "-m", str(tiny_fcn),
+                                         "--quiet", "--no-preview"], catch_exceptions=False)
+
+    alone = run(bad)
+    assert alone.exit_code == 1 and "Traceback" not in alone.output
+    assert alone.output.startswith(f"Error: {bad}: cannot read rows ") and alone.output.count("\n") == 1
+    batch = run(bad, good, "--json")
+    assert batch.exit_code == 1
+    data = json.loads(batch.stdout)
+    assert [r["input"] for r in data["results"]] == [str(good)]
+    assert [e["input"] for e in data["errors"]] == [str(bad)]
+    assert "bad.tif: cannot read rows" in data["errors"][0]["error"]
+    assert "truncated or damaged" in data["errors"][0]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_mask.qml", "good_mask.tif"]
+
+
+def test_a_read_error_on_a_dask_worker_reaches_the_caller_as_itself(make_raster):
+    """On a cluster (--workers, --scheduler) a truncated raster came back as a bare Exception: a traceback, and
+    the batch stopped. Dask's workers send errors with tblib, which could not rebuild RasterReadError (ValueError
+    and OSError among its bases) nor GDAL's error in its context."""
+    from distributed.core import clean_exception, error_message
+
+    from geoseg.raster import WindowSource, inspect_raster
+
+    info = inspect_raster(_truncated(make_raster(name="bad.tif", tiled=True, blockxsize=16, blockysize=16)))
+    with pytest.raises(RasterReadError) as raised:
+        WindowSource(info.path, [1, 2, 3], has_mask=info.has_mask)(slice(0, 64), slice(0, 80))
+    sent = error_message(raised.value)  # what a worker sends back, pickled
+    _, error, _ = clean_exception(sent["exception"].data)  # what the client raises
+    assert type(error) is RasterReadError and str(error) == str(raised.value)
+    assert "bad.tif: cannot read rows 0-63, cols 0-79" in str(error)
+
+
+def test_output_folders_made_by_a_failed_run_go_and_those_of_others_stay(tmp_path, monkeypatch):
+    """'runs/../out' left an empty runs/ behind; a run that failed removed the new folder another run had made
+    and was about to write into."""
+    from geoseg.pipeline import new_folders_removed_on_error, prepare_output_dir
+    from geoseg.raster import staging_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError), new_folders_removed_on_error("runs/../out/a"):
+        prepare_output_dir("runs/../out/a", lambda d: {"mask": d / "x_mask.tif"}, False)
+        raise ValueError("bad bands, found after the folder was made")
+    assert list(tmp_path.iterdir()) == []
+    first = new_folders_removed_on_error("out")  # two runs into one new folder, their steps interleaved
+    first.__enter__()
+    second = new_folders_removed_on_error("out")
+    second.__enter__()
+    paths = prepare_output_dir("out", lambda d: {"mask": d / "x_mask.tif"}, False)
+    error = ValueError("the first run's bad input")
+    first.__exit__(ValueError, error, None)  # it made out/, empty still: removed
+    with staging_dir(paths["mask"].parent) as staged:  # the second goes on
+        assert staged.is_dir() and staged.parent.resolve() == tmp_path / "out"
+    second.__exit__(None, None, None)
+    assert (tmp_path / "out").is_dir()

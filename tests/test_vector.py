@@ -270,3 +270,67 @@ def test_a_layer_named_as_its_mask_keeps_the_masks_style(make_mask, tmp_path, ca
     assert "so the polygons' style was not written over it" in caplog.text and "_polygons.gpkg" in caplog.text
     vectorize(path, tmp_path / "other.gpkg")
     assert "<renderer-v2" in (tmp_path / "other.qml").read_text()
+
+
+def _tiled_like(mask, name, data, **changes):
+    """A tiled, uncompressed copy of `mask`'s profile holding `data`, so that cutting it loses whole blocks."""
+    with rasterio.open(mask) as src:
+        profile = {**src.profile, "tiled": True, "blockxsize": 16, "blockysize": 16, "compress": None, **changes}
+    path = mask.with_name(name)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data, 1)
+    return path
+
+
+@pytest.mark.parametrize("damaged", ["mask", "confidence"])
+def test_a_truncated_mask_or_confidence_is_a_read_error(make_mask, tmp_path, damaged):
+    """Was rasterio's RasterioIOError "Read failed" as a traceback, from a Dask task."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+    from geoseg.errors import RasterReadError
+
+    data = noisy_mask((64, 80))
+    mask = _tiled_like(make_mask(data), "tiled_mask.tif", data)
+    conf = _tiled_like(mask, "tiled_confidence.tif", np.full((64, 80), 70, np.uint8))
+    cut = mask if damaged == "mask" else conf
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    with rasterio.open(cut) as ds:  # the header opens; the pixels fail
+        with pytest.raises(rasterio.errors.RasterioIOError):
+            ds.read()
+    with pytest.raises(RasterReadError, match=rf"{cut.name}: cannot read rows \d+-\d+, cols \d+-\d+ \(.*\); the file "
+                                              r"may be truncated or damaged\. Check it with gdalinfo -checksum"):
+        vectorize(mask, tmp_path / "v.gpkg", confidence=conf, block=32)
+    assert not (tmp_path / "v.gpkg").exists()
+    result = CliRunner().invoke(main, ["vectorize", str(mask), "-o", str(tmp_path / "v.gpkg"), "--confidence", str(conf)],
+                                catch_exceptions=False)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {cut}: cannot read rows ")
+    assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("changes, match", [
+    # the RGB input beside the mask: band 1 was averaged as 'confidence'
+    ({"count": 3}, r"it has 3 uint8 band\(s\) where a confidence raster has 1 uint8 band"),
+    ({"dtype": "float32"}, r"it has 1 float32 band\(s\) where a confidence raster has 1 uint8 band"),  # probabilities as fractions, from elsewhere
+    ({"transform": from_origin(400010.0, 6000000.0, 2.0, 2.0)},  # 5 pixels east
+     r"its transform \(2, 0, 400010, 0, -2, 6000000\) differs from the mask's \(2, 0, 400000, 0, -2, 6000000\)"),
+    ({"crs": "EPSG:32634"}, r"its CRS \(EPSG:32634\) differs from the mask's \(EPSG:32633\)"),  # another UTM zone
+    ({"transform": from_origin(400000.0 + 1e-9, 6000000.0, 2.0, 2.0)}, None),  # float noise: accepted
+    ({"nodata": 255}, None),  # as segment --confidence writes it: one uint8 band, 255 = nodata
+])
+def test_confidence_must_be_one_uint8_band_on_the_masks_grid(make_mask, tmp_path, changes, match):
+    mask = make_mask(noisy_mask((40, 50)), name="scene_mask.tif")
+    with rasterio.open(mask) as src:
+        profile = {**src.profile, **changes}
+    conf = tmp_path / "other.tif"
+    with rasterio.open(conf, "w", **profile) as ds:
+        ds.write(np.full((profile["count"], 40, 50), 70, profile["dtype"]))
+    if match is None:
+        vectorize(mask, tmp_path / "v.gpkg", confidence=conf)
+        assert (gpd.read_file(tmp_path / "v.gpkg").confidence == 70).all()
+        return
+    with pytest.raises(InputError, match=rf"other\.tif: not a confidence raster of the mask .*scene_mask\.tif: {match}\. "
+                                         r"Pass the confidence raster written with this mask by `geoseg segment "
+                                         r"--confidence` \(e\.g\. .*scene_confidence\.tif\)"):
+        vectorize(mask, tmp_path / "v.gpkg", confidence=conf)
+    assert not (tmp_path / "v.gpkg").exists()

@@ -40,6 +40,15 @@ def test_scene_with_zones_in_another_crs(make_raster, tiny_fcn, tmp_path):
     assert {"class0_m2", "class0_pct", "district"} <= set(layer.columns) and layer.crs == "EPSG:4326"
     with open(result.outputs["report"]) as f:
         assert json.load(f)["zones"][0]["zone"] == "west"
+    # the zones table fed back as zones: its columns pixels, class0_m2, ... joined twice, a traceback after segmenting
+    again = scene(path, tmp_path / "again", zones=result.outputs["zones"], zone_field="district", model=tiny_fcn)
+    layer = gpd.read_file(again.outputs["zones"])
+    assert (layer["pixels"] == layer["pixels_1"]).all() and (layer["class0_pct"] == layer["class0_pct_1"]).all()
+    # GeoPackage field names ignore case: PIXELS beside pixels was a raw pyogrio FieldError
+    zones.assign(PIXELS=1, Class0_M2=2.0, pixels_1=3).to_file(tmp_path / "upper.gpkg")
+    upper = gpd.read_file(scene(path, tmp_path / "upper", zones=tmp_path / "upper.gpkg", model=tiny_fcn).outputs["zones"])
+    assert {"PIXELS_2", "Class0_M2_1", "pixels_1", "pixels", "class0_m2"} <= set(upper.columns)
+    assert (upper["PIXELS_2"] == 1).all() and (upper["pixels_1"] == 3).all()
 
 
 def test_scene_cli_and_bad_zones(make_raster, tiny_fcn, tmp_path):
@@ -331,7 +340,7 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     assert "<renderer-v2" in (out / "flood_polygons.qml").read_text()
     assert result.outputs == {k: str(out / name) for k, name in {
         "tif": "flood.tif", "gpkg": "flood_polygons.gpkg", "json": "flood.json", "md": "flood.md",
-        "png": "flood.png"}.items()}
+        "png": "flood.png", "post_mask": "post/post_water.tif", "pre_mask": "pre/before_water.tif"}.items()}
     for name in ("flood.json", "flood.md"):
         assert ".geoseg-" not in (out / name).read_text()  # final paths, never the staging ones
     assert json.loads((out / "flood.json").read_text())["outputs"] == result.outputs
@@ -599,6 +608,30 @@ def test_survey_totals_count_ground_once_across_crss(tmp_path):
     assert total[0] == pytest.approx(1e6) and total[1] == pytest.approx(lonlat_m2[1] + far_m2[1] - 1e6, rel=2e-3)
 
 
+def test_survey_totals_of_crss_that_cannot_be_related_count_both_and_say_so(tmp_path, caplog):
+    """A later mask in a CRS that PROJ cannot relate to the earlier one's (another body's) raised GDAL's
+    CPLE_NotSupportedError at the very end of the survey, after every raster was segmented."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.survey import _counted_once
+
+    mars = ('PROJCS["Mars eqc",GEOGCS["Mars 2000",DATUM["D_Mars_2000",SPHEROID["Mars_2000_IAU_IAG",3396190,'
+            '169.894447223612]],PRIMEM["Greenwich",0],UNIT["Decimal_Degree",0.0174532925199433]],'
+            'PROJECTION["Equirectangular"],PARAMETER["standard_parallel_1",0],PARAMETER["central_meridian",0],'
+            'PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["Meter",1]]')
+    items = []
+    for name, crs, value in (("earth", "EPSG:32633", 0), ("mars", mars, 1)):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=100, height=100, count=1, dtype="uint8", nodata=255,
+                           crs=crs, transform=from_origin(500000, 4000000, 10, 10)) as ds:
+            ds.write(np.full((1, 100, 100), value, np.uint8))
+            items.append((str(path), ds.crs.to_string(), ds.transform, 100, 100))
+    own = {items[0][0]: np.array([1e6, 0.0]), items[1][0]: np.array([0.0, 1e6])}
+    with caplog.at_level("WARNING", logger="geoseg"):
+        assert _counted_once(items, own).tolist() == [1e6, 1e6]
+    assert "mars.tif cannot be reprojected onto" in caplog.text and "both are counted" in caplog.text
+
+
 def test_scene_and_flood_leave_no_folder_when_segment_refuses_the_bands(make_raster, tiny_fcn, tmp_path):
     """segment checks a model's bands after scene and flood made the output folder: an empty one was left."""
     from geoseg.workflows import flood
@@ -613,3 +646,73 @@ def test_scene_and_flood_leave_no_folder_when_segment_refuses_the_bands(make_ras
         with pytest.raises(BandError, match="has 1 band"):
             run(tmp_path / "kept")
         assert (tmp_path / "kept").is_dir()
+
+
+def test_an_input_named_like_an_output_is_refused_even_with_overwrite(make_raster, tiny_fcn, tmp_path, monkeypatch):
+    """`flood flood.tif -o .` said "flood.tif already exists. Pass --overwrite", and --overwrite replaced the image."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    water = np.zeros((30, 40), bool)
+    water[:, :10] = True
+    image = _write(tmp_path / "flood.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10, 10))
+    before = image.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"flood.tif: is the input .*flood.tif; writing the outputs there would "
+                                              r"destroy it. Pick another output folder"):
+            flood(image, tmp_path, method="ndwi", overwrite=overwrite)
+    monkeypatch.chdir(tmp_path)  # the same file by another path
+    with pytest.raises(OutputError, match=r"is the input .*flood.tif"):
+        flood("flood.tif", ".", method="ndwi", overwrite=True)
+    assert image.read_bytes() == before
+    # a scene's zones fed back from its own earlier run
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    gpd.GeoDataFrame({"name": ["a"]}, geometry=[shapely.box(x0, y0 - 10, x0 + 10, y0)],
+                     crs="EPSG:32640").to_file(tmp_path / "image_zones.gpkg")
+    with pytest.raises(OutputError, match="image_zones.gpkg: is the input"):
+        scene(path, tmp_path, zones=f"{tmp_path / 'image_zones.gpkg'}|layername=image_zones", model=str(tiny_fcn),
+              overwrite=True)
+
+
+def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, tmp_path):
+    """A model run with --pre, then an NDWI run without: post/STEM_mask.tif and all of pre/ stayed beside the new
+    flood.tif, whose report says there was no pre-event image."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    water = np.zeros((30, 40), bool)
+    water[:, :10] = True
+    image = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10, 10))
+    out = tmp_path / "out"
+    (out / "post").mkdir(parents=True)
+    (out / "post" / "notes.txt").write_text("the user's")  # not flood's: kept
+    (out / "post" / "S2_cloud_mask.tif").write_text("the user's too, named like a mask: kept")
+    flood(image, out, pre=image, method="model", model=str(tiny_fcn), water_class="class0", overwrite=True)
+    assert (out / "pre" / "post_mask.tif").exists() and (out / "post" / "post_mask.qml").exists()
+    flood(image, out, method="ndwi", overwrite=True)
+    assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "notes.txt", "post_water.tif"]
+    assert not (out / "pre").exists()
+    # the first fix removed files by their names' endings: an input kept in post/ went too
+    lake = out / "post" / "lake_mask.tif"
+    lake.write_bytes(image.read_bytes())
+    for _ in range(2):
+        flood(lake, out, method="ndwi", overwrite=True)
+    assert lake.exists() and (out / "post" / "S2_cloud_mask.tif").exists()
+    assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "lake_mask.tif",
+                                                                 "lake_mask_water.tif", "notes.txt"]
+
+
+def test_flood_of_an_image_without_valid_pixels_says_so(tmp_path, caplog):
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    image = _write(tmp_path / "post.tif", np.zeros((4, 30, 40), np.uint16), "EPSG:32640",
+                   from_origin(300000.0, 2800000.0, 10, 10), nodata=0)
+    with caplog.at_level("WARNING", logger="geoseg"):
+        result = flood(image, tmp_path / "out", method="ndwi")
+    assert all(not row["area_m2"] for row in result.classes)
+    assert "no valid pixels (nodata or NaN everywhere), so flood.tif is all nodata" in caplog.text

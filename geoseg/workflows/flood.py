@@ -218,12 +218,14 @@ def flood(
     masks = {f"{when}_{name}": path for when in water for name, path in water[when].items()}
     # every file, the per-image masks too, is refused before anything is segmented
     with new_folders_removed_on_error(output_dir):  # the model's bands are checked after the folder is made
-        paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite)
+        paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite,
+                                   inputs=[*images.values(), aoi])
         common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                       threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
         def remove_stale() -> None:  # an earlier run's outputs that this run does not write
             for when, image in images.items() if method == "model" else ():
                 remove_stale_outputs(water[when], raster_stem(image))
+            _remove_stale_image_masks(paths["json"], water, list(images.values()))
             old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
             if old.exists():
                 old.unlink()
@@ -232,8 +234,40 @@ def flood(
         with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
                             before_moves=remove_stale if overwrite else None) as tmp:
             result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
-                                outputs={k: str(paths[k]) for k in FILES})
+                                outputs={k: str(p) for k, p in paths.items()})  # the per-image masks too
     return result
+
+
+def _remove_stale_image_masks(report: Path, water: dict[str, dict[str, Path]], inputs: list[str]) -> None:
+    """Remove the post/ and pre/ masks that the earlier run's `report` (flood.json) lists and this run
+    does not write (another image or method, or a pre-event image this run has not); a folder left
+    empty goes too. Files the report does not list (the user's, an input kept there) stay."""
+    import json
+
+    try:
+        earlier = json.loads(report.read_text())["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):  # no earlier run, or one that did not list them
+        return
+    if not isinstance(earlier, dict):
+        return
+    kept = {p.resolve() for when in water.values() for p in when.values()} | {Path(p).resolve() for p in inputs}
+    folders = set()
+    for key, value in earlier.items():
+        when = str(key).split("_", 1)[0]
+        if when not in ("post", "pre") or not isinstance(value, str):
+            continue
+        folder = report.parent / when  # by name: the earlier run may have named its folder from another cwd
+        folders.add(folder)
+        stale = folder / Path(value).name
+        if stale.resolve() in kept:  # written again (its style too), or an input now
+            continue
+        for path in (stale, stale.with_suffix(".qml")) if stale.suffix in (".tif", ".gpkg") else (stale,):
+            if path.is_file():
+                path.unlink()
+                log.warning("removed %s: it came from an earlier run and does not belong to this one", path)
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _water_paths(folder: Path, image: str, method: Method, segment_options: dict[str, Any]) -> dict[str, Path]:
@@ -255,6 +289,9 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
         classes = FLOOD_CLASSES
     covered, data = _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
     coverage = None if pre_info is None else round(100 * covered / max(data, 1), 3)
+    if not data and common["method"] == "ndwi":  # segment says so for a model's masks
+        log.warning("%s: no valid pixels (nodata or NaN everywhere), so flood.tif is all nodata. Check the "
+                    "image's nodata value and mask (gdalinfo)", post_info.path)
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
         log.warning("the pre-event image covers %.1f%% of the post-event image's data; the rest (%d px) is nodata "
                     "in flood.tif and counts in no class", coverage, data - covered)

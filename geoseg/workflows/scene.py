@@ -87,7 +87,7 @@ def scene(
     image = inspect_raster(input).path
     with new_folders_removed_on_error(output_dir):  # segment checks bands and tile after the folder is made
         paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
-                                   overwrite)
+                                   overwrite, inputs=[image, zones])
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
                             before_moves=(lambda: _remove_stale(paths, image)) if overwrite else None) as tmp:
             result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
@@ -154,7 +154,20 @@ def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, 
     import pandas as pd
 
     table = pd.DataFrame(rows).drop(columns=["zone"])
-    layer = frame.reset_index(drop=True).join(table)
+    zones = frame.reset_index(drop=True)
+    # e.g. the zones table of an earlier run; GeoPackage field names ignore case (PIXELS is pixels)
+    added = {str(c).lower() for c in table.columns}
+    clash = [c for c in zones.columns if str(c).lower() in added and c != zones.geometry.name]
+    if clash:
+        taken = {str(c).lower() for c in zones.columns} | added
+        renamed = {}
+        for c in clash:
+            renamed[c] = next(f"{c}_{i}" for i in range(1, len(taken) + 2) if f"{c}_{i}".lower() not in taken)
+            taken.add(renamed[c].lower())
+        zones = zones.rename(columns=renamed)
+        log.warning("the zones' own field(s) %s are kept as %s beside this run's columns of the same name",
+                    ", ".join(clash), ", ".join(renamed.values()))
+    layer = zones.join(table)
     with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
         layer.to_file(tmp, driver="GPKG", layer=f"{stem}_zones", engine="pyogrio")
     write_csv(paths["zones_csv"], rows)

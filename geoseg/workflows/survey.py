@@ -380,7 +380,10 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     from rasterio.windows import Window
     from rasterio.windows import bounds as window_bounds
 
-    from geoseg.raster import NODATA, inspect_raster, pixel_areas_m2, row_class_counts
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
+    from rasterio.errors import RasterioError
+
+    from geoseg.raster import NODATA, first_line, inspect_raster, pixel_areas_m2, row_class_counts
 
     def box(t, width, height):  # (left, bottom, right, top) of a north-up grid
         return t.c, t.f + t.e * height, t.c + t.a * width, t.f
@@ -402,6 +405,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
         return other if overlap(boxes[i], other) else None
 
     total = np.zeros(len(next(iter(own.values()))))
+    unrelated: set[tuple[str, str]] = set()  # pairs warned about
     for i, (path, _, t, w, h) in enumerate(items):
         total += own[path]
         later = [(items[j][0], other) for j in range(i + 1, len(items)) if (other := seen_from(i, j)) is not None]
@@ -420,9 +424,16 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
                     for other in above:  # opened one at a time: a survey may hold thousands
                         seen = np.full(data.shape, NODATA, np.uint8)
                         with rasterio.open(other) as src:
-                            reproject(rasterio.band(src, 1), seen, src_nodata=NODATA, dst_nodata=NODATA,
-                                      dst_transform=ds.window_transform(window), dst_crs=ds.crs,
-                                      resampling=Resampling.nearest)
+                            try:
+                                reproject(rasterio.band(src, 1), seen, src_nodata=NODATA, dst_nodata=NODATA,
+                                          dst_transform=ds.window_transform(window), dst_crs=ds.crs,
+                                          resampling=Resampling.nearest)
+                            except (CPLE_BaseError, RasterioError) as exc:  # CRSs that PROJ cannot relate
+                                if (other, path) not in unrelated:
+                                    unrelated.add((other, path))
+                                    log.warning("%s cannot be reprojected onto %s (%s): where they overlap, both "
+                                                "are counted in the totals", other, path, first_line(exc))
+                                continue
                         covered |= seen != NODATA
                     data[~covered] = NODATA  # left: this mask's pixels under a later mask's data, counted there
                     part = replace(info, width=data.shape[1], height=data.shape[0], transform=ds.window_transform(window))
