@@ -422,3 +422,142 @@ def test_vector_labels_of_no_class_say_how_to_fix_it_in_evaluate(make_raster, tm
         evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
     assert "Pass --label-names (label_names=) with the names the file uses" in str(caught.value)
     assert "config" not in str(caught.value)
+
+
+def _renamed_bundle(bundle, folder, name, names):
+    """`bundle`'s weights under another card name and other class names (the same ids)."""
+    from geoseg.models import ModelCard, read_card, write_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bundle, folder / f"{name}.keras")
+    data = read_card(bundle.with_suffix(".json")).to_dict()
+    data["name"] = name
+    data["classes"] = [{**c, "name": n} for c, n in zip(data["classes"], names)]
+    write_card(ModelCard.from_dict(data), folder / f"{name}.json")
+    return folder / f"{name}.keras"
+
+
+def test_compare_disagreement_matches_classes_by_name_not_id(make_raster, tiny_fcn, tmp_path):
+    """Two models of the same weights whose class tables are reversed agreed wherever their ids were equal."""
+    image = make_raster(shape=(32, 40))
+    reversed_ = _renamed_bundle(tiny_fcn, tmp_path / "rev", "tiny-rev", ["class2", "class1", "class0"])
+    result = compare([str(tiny_fcn), str(reversed_)], [image], output_dir=tmp_path / "cmp")
+    with rasterio.open(result["disagreement"][0]) as ds:
+        disagreement = ds.read(1)
+    with rasterio.open(tmp_path / "cmp" / "tiny-fcn" / "image_mask.tif") as ds:
+        ids = ds.read(1)
+    assert (ids != 1).any() and (ids == 1).any()
+    # the same id means another class except for id 1 (class1 in both)
+    assert ((disagreement == 1) == (ids != 1)).all()
+
+
+def test_disagreement_counts_class_names_and_other_covers_the_classes_it_lacks():
+    from geoseg.models import ModelCard
+    from geoseg.workflows.evaluate import _Disagreement
+
+    def card(name, classes):
+        return ModelCard.from_dict({"name": name, "classes": [{"name": c} for c in classes], "bands": [1],
+                                    "normalization": {"method": "none"}, "margin": 0})
+
+    baseline = card("b", ["water", "vegetation", "other"])
+    unet = card("u", ["building", "land", "water", "vegetation"])
+    count = _Disagreement([baseline, unet])
+    stack = np.array([[[2, 2, 0, 1, 255]],  # baseline: other, other, water, vegetation, nodata
+                      [[1, 2, 2, 1, 0]]], np.uint8)  # unet: land, water, water, land, building
+    # other vs land: other stands for land; other vs water: two classes; water vs water (ids 0 and 2): agree;
+    # vegetation vs land (both id 1): two classes; nodata in any mask: 255
+    assert count(stack).tolist() == [[0, 1, 0, 1, 255]]
+    three = _Disagreement([baseline, unet, unet])  # land and road of two U-Nets stay two classes beside other
+    assert three(np.array([[[2]], [[1]], [[0]]], np.uint8)).tolist() == [[1]]
+
+
+def test_disagreement_raster_names_and_colours_every_value_of_six_models(make_raster, tiny_fcn, tmp_path):
+    """The colour table had five entries, so six models' value 5 had no colour and no name."""
+    image = make_raster(shape=(24, 24))
+    models = ["threshold", "region-growing", "edges-watershed"]
+    models += [str(_renamed_bundle(tiny_fcn, tmp_path / f"run{i}", "tiny", [f"c{i}{j}" for j in range(3)]))
+               for i in range(3)]
+    result = compare(models, [image], output_dir=tmp_path / "cmp")
+    with rasterio.open(result["disagreement"][0]) as ds:
+        colormap, names = ds.colormap(1), json.loads(ds.tags()["CLASS_NAMES"])
+        assert ds.read(1).max() <= 5
+    assert sorted(map(int, names)) == list(range(6)) and names["5"] == "6 classes"
+    assert all(colormap[v][3] == 255 for v in range(6)) and len({colormap[v] for v in range(6)}) == 6
+
+
+def test_index_labels_with_gaps_in_their_class_names_keep_their_ids(make_raster, tmp_path):
+    """CLASS_NAMES {"0": a, "2": c}: value 2 was read as id 1 (nothing) and value 1 (unnamed) as c."""
+    image = make_raster(shape=(60, 70))
+    pred, profile = _predicted("threshold", image, tmp_path)
+    from geoseg.models.registry import get_segmenter
+
+    names = [c.name for c in get_segmenter("threshold").card.classes]
+    assert all((pred == i).any() for i in range(3))
+    label = tmp_path / "sparse.tif"
+    with rasterio.open(label, "w", **profile) as ds:
+        ds.write(pred, 1)
+        ds.update_tags(CLASS_NAMES=json.dumps({"0": names[0], "2": names[2]}))
+    result = evaluate("threshold", [image], [label])
+    assert result.pixel_accuracy == 1.0 and result.pixels_scored == int((pred != 1).sum())
+    assert result.confusion_matrix[2][2] == int((pred == 2).sum())
+    assert f"{int((pred == 1).sum())} labelled pixels have ids that no label name stands for (1)" in \
+        " ".join(result.notes)
+
+
+def test_duplicate_label_colours_are_refused(make_raster, tmp_path):
+    """Two names of one colour: the later took every pixel of that colour and the earlier had none."""
+    from geoseg.models.labels import read_labels
+
+    image = make_raster(shape=(20, 24))
+    colour = make_raster(name="colour.tif", shape=(20, 24), data=np.full((3, 20, 24), 0x22, np.uint8))
+    with pytest.raises(InputError, match="label colours must differ.*#222222 for water and other"):
+        evaluate("threshold", [image], [colour], label_format="color", label_names=["water", "other"],
+                 label_colors=["#222222", "#222222"])
+    classes = [{"name": "a", "color": "#222222"}, {"name": "b", "color": "#222222"}, {"name": "c", "color": "#000000"}]
+    with pytest.raises(InputError, match="#222222 is the colour of 'a', 'b'"):  # a card's or a training config's
+        read_labels(colour, fmt="color", classes=classes, image=image, shape=(20, 24))
+
+
+def test_masked_label_pixels_are_unlabelled(make_raster, tmp_path):
+    """A label raster's internal mask was ignored: its masked pixels were scored as their stored value."""
+    from geoseg.models.labels import read_labels
+
+    image = make_raster(shape=(20, 24))
+    mask = np.ones((20, 24), bool)
+    mask[:, :10] = False
+    index = make_raster(name="index.tif", shape=(20, 24), data=np.ones((1, 20, 24), np.uint8), internal_mask=mask)
+    truth = read_labels(index, fmt="index", classes=[{"name": "a"}, {"name": "b"}], image=image, shape=(20, 24))
+    assert (truth[:, :10] == 255).all() and (truth[:, 10:] == 1).all()
+    assert evaluate("threshold", [image], [index]).pixels_scored == 20 * 14
+    colour = make_raster(name="colour.tif", shape=(20, 24), data=np.full((3, 20, 24), 0x22, np.uint8),
+                         internal_mask=mask)
+    truth = read_labels(colour, fmt="color", classes=[{"name": "a", "color": "#222222"}], image=image,
+                        shape=(20, 24))
+    assert (truth[:, :10] == 255).all() and (truth[:, 10:] == 0).all()
+
+
+def test_labels_only_on_the_images_nodata_are_an_error_not_nan(make_raster, tmp_path):
+    """Nothing scored gave exit 0 and "mean_iou": NaN, which is not JSON, with a wrong note."""
+    pixels = np.full((3, 20, 24), 120, np.uint8)
+    pixels[:, :, :10] = 0
+    image = make_raster(name="half.tif", shape=(20, 24), data=pixels, nodata=0)
+    labels = np.full((1, 20, 24), 255, np.uint8)
+    labels[0, :, :10] = 1
+    label = make_raster(name="left.tif", shape=(20, 24), data=labels)
+    with pytest.raises(InputError, match="every labelled pixel falls on the nodata of its image"):
+        evaluate("threshold", [image], [label])
+    out = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(label),
+                                    "--json"])
+    assert out.exit_code == 1 and "falls on the nodata" in out.output and "NaN" not in out.output
+    assert "Traceback" not in out.output
+
+
+def test_label_nodata_pixels_are_not_called_unnamed(make_raster, tmp_path):
+    """Pixels equal to the label's declared nodata (200) were reported as values past the label names."""
+    image = make_raster(shape=(20, 24))
+    labels = np.zeros((1, 20, 24), np.uint8)
+    labels[0, :5] = 200
+    label = make_raster(name="nd.tif", shape=(20, 24), data=labels, nodata=200)
+    result = evaluate("threshold", [image], [label])
+    assert result.pixels_scored == 15 * 24
+    assert not any("no label name" in n or "past the" in n for n in result.notes), result.notes

@@ -41,6 +41,18 @@ CARD = {
         ({"pixel_size": [1, 1]}, "pixel_size"),
         ({"training": None}, "field 'training' must be an object"),
         ({"metrics": [1]}, "field 'metrics' must be an object"),
+        # two classes of one name: labels matched the name to one of them, and the other scored nothing
+        ({"classes": [{"name": "a"}, {"name": "a"}, {"name": "b"}]}, "own name.*; 'a' is classes 0, 1"),
+        # sizes past any model: multiple_of 100000 allocated 447 GiB in `models check`, margin 10**9 failed in segment
+        ({"multiple_of": 100000}, "'multiple_of' must be an int from 1 to 1024"),
+        ({"margin": 10**9}, "'margin' must be an int from 0 to 2048"),
+        ({"tile_size": 10**12}, "'tile_size' must be an int from 1 to 2048"),
+        ({"margin": True}, "'margin' must be an int"),
+        # names -m NAME cannot pick: '?' starts options, ',' splits --models, a suffix is taken for a file
+        ({"name": "my?model"}, "field 'name' must start with a letter or digit and hold only letters"),
+        ({"name": "a,b"}, "field 'name'"),
+        ({"name": "v1.keras"}, "not end in .keras, .json or .h5"),
+        ({"name": None}, "field 'name'"),
     ],
 )
 def test_card_validation_names_the_field(change, match):
@@ -219,3 +231,41 @@ def test_model_calls_from_the_environment(monkeypatch):
     monkeypatch.setenv("GEOSEG_MODEL_CALLS", "lots")
     with pytest.raises(ModelError, match="GEOSEG_MODEL_CALLS must be a whole number of at least 1. Received: 'lots'"):
         model_calls()
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "m", "margin": ' + "9" * 5000 + "}",  # ValueError: Python's int digit limit
+    '{"name": "m", "training": ' + "[" * 100000 + "]" * 100000 + "}",  # RecursionError
+])
+def test_unreadable_cards_are_skipped_and_hide_no_other_bundle(tmp_path, monkeypatch, text):
+    """A card of a huge integer or deep nesting crashed `geoseg models` and every model lookup."""
+    from geoseg.models.card import read_card
+    from geoseg.models.registry import Problem, list_models
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.json").write_text(text)
+    (bad / "bad.keras").write_bytes(b"")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "good.json").write_text(json.dumps({**CARD, "name": "good"}))
+    (good / "good.keras").write_bytes(b"")
+    with pytest.raises(CardError, match="bad.json: not a usable model card"):
+        read_card(bad / "bad.json")
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", f"{bad}{__import__('os').pathsep}{good}")
+    problems: list[Problem] = []
+    assert "good" in [e.name for e in list_models(problems)]
+    assert [p.path.name for p in problems] == ["bad.json"]
+    assert resolve_model("good").endswith("good.keras")
+
+
+def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatch):
+    """The probe batch was built outside the error handling: a card's sizes could make it a MemoryError."""
+    from geoseg.models import segmenter
+
+    def fail(card, **kwargs):
+        raise MemoryError("Unable to allocate 447. GiB for an array")
+
+    monkeypatch.setattr(segmenter, "probe_batch", fail)
+    with pytest.raises(ModelError, match="fails on a 64x64 input of 3 bands .*MemoryError"):
+        load_bundle(tiny_fcn)

@@ -144,7 +144,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @click.option("--labels", multiple=True, default=None, help="Labels (optional): as for `geoseg evaluate`.")
 @_with(label_options)
 @click.option("-o", "--output-dir", type=click.Path(), default=None,
-              help="Keep each model's masks and write disagreement rasters here.")
+              help="Keep each model's masks and write disagreement rasters here: per pixel the number of "
+                   "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
             precision, tta, output_dir):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""

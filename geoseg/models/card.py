@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,21 @@ import numpy as np
 from geoseg.errors import CardError
 from geoseg.files import replaced_atomically
 
-__all__ = ["OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "parse_normalization", "read_card", "resolve_normalization",
-           "write_card"]
+__all__ = ["LIMITS", "NAME_PATTERN", "OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "check_model_name",
+           "parse_normalization", "read_card", "resolve_normalization", "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _NORMALISATIONS = ("scale", "meanstd", "percentile", "stretch", "none")
 OUTPUTS = ("classes", "regions")  # what a model's output channels mean (ModelCard.output)
+# A model's name, as `-m NAME` resolves it: a name with '?' (options follow it), ',' (--models A,B), a space or a
+# file suffix (taken for a path) was listed by `geoseg models` and could never be picked. As `geoseg train` names.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PATH_SUFFIXES = (".keras", ".json", ".h5")  # `resolve_model` reads a reference ending so as a file
+# Upper bounds of a card's sizes (px): past them a card is damaged, not a model. Training chooses margins up to
+# 512 px and multiples up to 256 (2**8); `multiple_of: 100000` made `geoseg models check` allocate 447 GiB,
+# and `margin: 10**9` made segment fail with "array is too big".
+LIMITS = {"margin": (0, 2048), "multiple_of": (1, 1024), "tile_size": (1, 2048)}
 
 
 @dataclass(frozen=True)
@@ -135,28 +144,26 @@ class ModelCard:
         if not isinstance(data["classes"], list):
             raise CardError(f"{source}: field 'classes' must be a list of objects with 'id', 'name' and 'color'. "
                             f"Received: classes={data['classes']!r}")
+        check_model_name(data["name"], source)
         classes = tuple(_parse_class(i, c, source) for i, c in enumerate(data["classes"]))
         if not classes:
             raise CardError(f"{source}: field 'classes' is empty; list at least one class.")
+        _check_distinct_names(classes, source)
         bands = data["bands"]
-        if not (isinstance(bands, list) and bands and all(isinstance(b, int) and b >= 1 for b in bands)):
+        if not (isinstance(bands, list) and bands and all(_is_int(b) and b >= 1 for b in bands)):
             raise CardError(
                 f"{source}: field 'bands' must be a non-empty list of 1-based band indexes. "
                 f"Received: bands={bands!r}"
             )
         norm = _parse_normalization(data["normalization"], len(bands), source)
-        margin = data["margin"]
-        if not isinstance(margin, int) or margin < 0:
-            raise CardError(f"{source}: field 'margin' must be an int >= 0. Received: margin={margin!r}")
-        tile_size = data.get("tile_size")
-        if tile_size is not None and (not isinstance(tile_size, int) or tile_size <= 2 * margin):
+        margin = _bounded(data, "margin", None, source)
+        tile_size = _bounded(data, "tile_size", None, source)
+        if tile_size is not None and tile_size <= 2 * margin:
             raise CardError(
                 f"{source}: field 'tile_size' must be an int larger than 2 * margin ({2 * margin}). "
                 f"Received: tile_size={tile_size!r}"
             )
-        multiple_of = data.get("multiple_of", 1)
-        if not isinstance(multiple_of, int) or isinstance(multiple_of, bool) or multiple_of < 1:
-            raise CardError(f"{source}: field 'multiple_of' must be an int >= 1. Received: multiple_of={multiple_of!r}")
+        multiple_of = _bounded(data, "multiple_of", 1, source)
         pixel_size = data.get("pixel_size")
         if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
             raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (map units per pixel) or absent. "
@@ -183,6 +190,48 @@ class ModelCard:
             metrics=dict(data.get("metrics", {})),
             output=output,
         )
+
+
+def check_model_name(name: Any, source: str = "card") -> None:
+    """Refuse a model name that `-m NAME` could never pick (`source` names the file in the message).
+
+    >>> check_model_name("landcover-unet")
+    >>> check_model_name("my?model", "x.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    geoseg.errors.CardError: x.json: field 'name' must start with a letter or digit and hold only ...
+    """
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name) and not name.lower().endswith(PATH_SUFFIXES):
+        return
+    raise CardError(f"{source}: field 'name' must start with a letter or digit and hold only letters, digits, "
+                    f"'_', '.' and '-', and not end in {', '.join(PATH_SUFFIXES[:-1])} or {PATH_SUFFIXES[-1]} (a model is picked by this name "
+                    f"with -m NAME, and such a name cannot be picked). Received: name={name!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded(data: dict[str, Any], key: str, default: int | None, source: str) -> int | None:
+    """`data[key]`, an int within `LIMITS[key]`, or `default` when absent (None: may be null)."""
+    value = data.get(key, default)
+    if value is None and default is None and key != "margin":
+        return None
+    low, high = LIMITS[key]
+    if not (_is_int(value) and low <= value <= high):
+        shown = f"{value!r}" if not isinstance(value, int) or abs(value) < 10**12 else f"{str(value)[:12]}..."
+        raise CardError(f"{source}: field '{key}' must be an int from {low} to {high} (pixels). "
+                        f"Received: {key}={shown}")
+    return value
+
+
+def _check_distinct_names(classes: tuple[ClassInfo, ...], source: str) -> None:
+    """Two classes of one name were scored as one: labels matched the name to only one of them."""
+    twice = sorted({c.name for c in classes if sum(d.name == c.name for d in classes) > 1})
+    if twice:
+        ids = "; ".join(f"{n!r} is classes {', '.join(str(c.id) for c in classes if c.name == n)}" for n in twice)
+        raise CardError(f"{source}: field 'classes' must give each class its own name, since labels and other "
+                        f"models are matched to classes by name; {ids}. Rename them.")
 
 
 def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
@@ -262,6 +311,12 @@ def read_card(path: str | Path) -> ModelCard:
         raise CardError(f"{path}: model card not found; a bundle is NAME.keras plus NAME.json.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CardError(f"{path}: not valid JSON ({exc}).") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise CardError(f"{path}: not a usable model card: it holds a number too long to read (over "
+                        f"{sys.get_int_max_str_digits()} digits); check the card's numbers.") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise CardError(f"{path}: not a usable model card (its JSON is nested too deeply to read); "
+                        "rewrite the card.") from None
     except OSError as exc:
         raise CardError(f"{path}: cannot read the model card ({exc.strerror or exc}).") from None
     return ModelCard.from_dict(data, source=str(path))

@@ -15,7 +15,7 @@ from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "read_labels",
-           "label_class_names"]
+           "label_class_names", "label_nodata"]
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
@@ -37,18 +37,27 @@ def _warn_once(key: tuple, message: str, *args: Any) -> None:
         log.warning(message, *args)
 
 
-def label_class_names(path: str | os.PathLike) -> list[str] | None:
-    """Class names stored in an index raster's metadata (as geoseg writes them), if any."""
+def label_class_names(path: str | os.PathLike) -> list[str | None] | None:
+    """Class names stored in an index raster's metadata (as geoseg writes them), if any.
+
+    Item ``i`` names class id ``i``; an id the table skips is None (unlabelled): ``{"0": "a", "2": "b"}``
+    gives ``["a", None, "b"]``, so that value 2 stays class b (squeezing the gap out scored it as nothing,
+    and value 1 as b).
+    """
     with _open_label(path) as ds:
         names = ds.tags().get("CLASS_NAMES")
     if not names:
         return None
     try:
-        table = json.loads(names)
-        return [table[str(i)] for i in range(max(map(int, table)) + 1) if str(i) in table]
-    except (ValueError, TypeError, AttributeError):
+        table = {int(k): v for k, v in json.loads(names).items()}
+    except (ValueError, TypeError, AttributeError, RecursionError):
         raise InputError(f"{path}: its CLASS_NAMES tag is not a JSON object of class id -> name "
                          f"(received {names[:80]!r}); pass --label-names instead.") from None
+    bad = sorted(k for k in table if not 0 <= k < IGNORE)
+    if bad or not table or not all(isinstance(v, str) and v for v in table.values()):
+        raise InputError(f"{path}: its CLASS_NAMES tag must map class ids 0 to {IGNORE - 1} ({IGNORE} is unlabelled) "
+                         f"to non-empty names (received {names[:80]!r}); pass --label-names instead.")
+    return [table.get(i) for i in range(max(table) + 1)]
 
 
 def check_label_template(template: str, where: str) -> None:
@@ -197,13 +206,15 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         raise InputError(f"{path}: label file not found (labels for {image}).")
     if fmt == "vector":
         return VectorLabels(path, classes, str(image), vector_field, rename=rename).window(shape, window)
+    if fmt == "color":
+        _check_distinct_colours(path, classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with rasterio.open(path) as ds:
                 data = ds.read(window=window)
                 palette = _palette(ds) if fmt == "color" and ds.count == 1 else None
-                nodata = ds.nodata
+                masked = label_nodata(ds, window=window, fmt=fmt)
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
@@ -211,20 +222,52 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if fmt == "index":
         label = data[0].astype(np.int64)
         out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
-        if nodata is not None and np.isfinite(nodata):  # the raster's nodata was scored as that class id
-            out[data[0] == nodata] = IGNORE
     else:
         rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)
         code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
         out = np.full(code.shape, IGNORE, np.uint8)
         for i, c in enumerate(classes):
             out[code == int(c["color"][1:], 16)] = i
-        if ignore_colors is not None and window is None:
-            _warn_stray_colours(path, code[out == IGNORE], ignore_colors, code.size)
+    if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
+        out[masked] = IGNORE
+    if fmt == "color" and ignore_colors is not None and window is None:
+        stray = out == IGNORE if masked is None else (out == IGNORE) & ~masked
+        _warn_stray_colours(path, code[stray], ignore_colors, code.size)
     if out.shape != tuple(shape):
         raise InputError(f"{path}: labels are {out.shape[1]} x {out.shape[0]} px where {shape[1]} x {shape[0]} px "
                          f"were expected (the pixel grid of {image}); labels must be on the image's grid.")
     return out
+
+
+def label_nodata(ds, *, window=None, fmt: LabelFormat = "index") -> np.ndarray | None:
+    """(rows, cols) bool: where the open label raster `ds` has no data (its nodata value, internal mask or
+    alpha band, as GDAL's masks give them), or None when every pixel has data.
+
+    Index labels are their first band's mask; a colour pixel is nodata only where every band
+    holds the nodata value (GDAL's dataset mask).
+    """
+    from rasterio.enums import MaskFlags
+
+    flags = ds.mask_flag_enums
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return None
+    if fmt == "index" or ds.count == 1 or any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+        return ds.read_masks(1, window=window) == 0
+    return ds.dataset_mask(window=window) == 0
+
+
+def _check_distinct_colours(path: str, classes: Sequence[dict[str, Any]]) -> None:
+    """Two classes of one colour: every pixel of that colour went to the later class, and the earlier had none."""
+    by_colour: dict[str, list[str]] = {}
+    for c in classes:
+        if c.get("color"):
+            by_colour.setdefault(str(c["color"]).upper(), []).append(repr(c["name"]))
+    twice = {colour: names for colour, names in sorted(by_colour.items()) if len(names) > 1}
+    if twice:
+        which = "; ".join(f"{colour} is the colour of {', '.join(names)}" for colour, names in twice.items())
+        raise InputError(f"{path}: colour-coded labels need a colour per class that no other class has, to tell "
+                         f"which class a pixel is; {which}. Give each class its own colour (--label-colors, or "
+                         "the classes' color in a training config).")
 
 
 def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int) -> None:

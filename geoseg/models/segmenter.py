@@ -143,9 +143,14 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         )
 
 
+def _probe_side(card: ModelCard) -> int:
+    """The side of `probe_batch`: the card's tile, else the smallest multiple of `multiple_of` from 64 px."""
+    return card.tile_size or card.multiple_of * -(-64 // card.multiple_of)
+
+
 def probe_batch(card: ModelCard, *, seed: int = 0) -> np.ndarray:
     """A small float32 batch of standard-normal noise in a shape the model takes (2, side, side, bands)."""
-    side = card.tile_size or card.multiple_of * -(-64 // card.multiple_of)
+    side = _probe_side(card)
     return np.random.default_rng(seed).standard_normal((2, side, side, card.n_bands)).astype(np.float32)
 
 
@@ -155,13 +160,14 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
     A model ending in logits gives the right argmax but a confidence of rint(12.3 * 100) stored
     in a uint8 (it wraps), and flips averaged in the wrong space; a NaN model gives class 0.
     """
-    batch = probe_batch(card)
-    try:
+    side = _probe_side(card)
+    try:  # the batch too: a card's sizes decide how large it is
+        batch = probe_batch(card)
         with warnings.catch_warnings():  # Keras: "structure of `inputs` doesn't match" for a named input
             warnings.simplefilter("ignore", UserWarning)
             out = np.asarray(model(batch, training=False), np.float32)
-    except Exception as exc:  # a model that cannot run on its card's input: name the shape
-        raise ModelError(f"{source}: the model fails on a {batch.shape[1]}x{batch.shape[2]} input of "
+    except Exception as exc:  # a model that cannot run on its card's input (or out of memory): name the shape
+        raise ModelError(f"{source}: the model fails on a {side}x{side} input of "
                          f"{card.n_bands} bands ({type(exc).__name__}: {first_line(exc)}). Check 'tile_size', "
                          "'multiple_of' and 'bands' in the card.") from None
     if out.shape[:3] != batch.shape[:3]:

@@ -15,13 +15,13 @@ import rasterio
 
 from geoseg.errors import BandError, InputError
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check_label_grid, label_class_names,
-                                  read_labels)
+                                  label_nodata, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
 from geoseg.raster import check_bands, inspect_raster, raster_stem, unique_stems
 
-__all__ = ["Evaluation", "evaluate", "compare", "majority_classes", "markdown_table"]
+__all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
 
 @dataclass
@@ -32,8 +32,8 @@ class Evaluation:
     version: str
     classes: list[str]
     per_class: dict[str, dict[str, float | None]]
-    mean_iou: float
-    pixel_accuracy: float
+    mean_iou: float | None  # None, never NaN (not JSON), when no class could be scored
+    pixel_accuracy: float | None
     confusion_matrix: list[list[int]]
     pixels_scored: int
     not_scored: list[str] = field(default_factory=list)
@@ -44,11 +44,17 @@ class Evaluation:
         return asdict(self)
 
 
-def _label_classes(label_names: Sequence[str] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
+def _label_classes(label_names: Sequence[str | None] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
+    """The label classes in id order; a name of None (an id an index raster's CLASS_NAMES skips) is unlabelled."""
     if label_names is None:
         return [{"name": c.name, "color": c.color} for c in card.classes]
     colors = list(label_colors or [None] * len(label_names))
     return [{"name": n, "color": colors[i]} for i, n in enumerate(label_names)]
+
+
+def _rounded(value: float) -> float | None:
+    """A score rounded for the report, None for NaN (a class never seen), which JSON cannot hold."""
+    return None if not np.isfinite(value) else round(float(value), 4)
 
 
 def _folder(model) -> str:
@@ -119,6 +125,12 @@ def _check_label_set(label_format: str, label_names, label_colors) -> None:
     bad = [c for c in label_colors if not (isinstance(c, str) and re.fullmatch(r"#[0-9A-Fa-f]{6}", c))]
     if bad:
         raise InputError(f"label colours must be #RRGGBB. Received: {', '.join(map(repr, bad))}")
+    upper = [c.upper() for c in label_colors]
+    twice = sorted({c for c in upper if upper.count(c) > 1})
+    if twice:  # every pixel of that colour went to the later name, and the earlier one had none
+        which = "; ".join(f"{c} for {' and '.join(n for n, u in zip(label_names, upper) if u == c)}" for c in twice)
+        raise InputError(f"label colours must differ, one per label name, to tell the classes apart. Received: "
+                         f"{which}; fix --label-colors (label_colors=).")
 
 
 def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
@@ -132,6 +144,8 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
     lut = np.full(256, IGNORE, np.uint8)
     missing = []
     for i, c in enumerate(label_classes):
+        if c["name"] is None:  # an id the label's CLASS_NAMES skips: unlabelled
+            continue
         if c["name"] in model_ids:
             lut[i] = model_ids[c["name"]]
         else:
@@ -187,11 +201,12 @@ def evaluate(
     _check_model_bands(model, images, segment_options.get("bands"), fix="score it on images that have those bands, "
                        "or pick a model of their bands (-m)")
     regions = card.output == "regions"
-    class_names = [c["name"] for c in label_sets[0][0]] if regions else [c.name for c in card.classes]
+    class_names = ([c["name"] for c in label_sets[0][0] if c["name"] is not None] if regions
+                   else [c.name for c in card.classes])
     n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
     names = unique_stems(images)
-    unnamed = 0  # index labels: pixels whose value is past the label names, and not 255
+    unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
@@ -204,13 +219,16 @@ def evaluate(
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
                                 vector_field=vector_field, rename=RENAME_LABEL_NAMES)
             if label_format == "index":
-                unnamed += _unnamed_pixels(label, len(label_classes))
+                for value, count in _unnamed_pixels(label, label_classes).items():
+                    unnamed[value] = unnamed.get(value, 0) + count
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
             matrix += confusion_matrix(lut[truth], pred, n)
+    if not matrix.any():  # every labelled pixel lay where the model gives no class: "mean_iou": NaN, exit 0
+        raise InputError(_nothing_on_data(images, labels))
     s = scores(matrix)
     per_class = {
-        name: {k: (None if np.isnan(s[k][i]) else round(float(s[k][i]), 4)) for k in ("iou", "f1", "precision", "recall")}
+        name: {k: _rounded(s[k][i]) for k in ("iou", "f1", "precision", "recall")}
         for i, name in enumerate(class_names)
     }
     if regions:
@@ -225,12 +243,34 @@ def evaluate(
         notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
                      f"{', '.join(absent)}")
     if unnamed:  # were left out without a word
-        notes.append(f"{unnamed} labelled pixels have values past the {len(label_sets[0][0])} label names (ids "
-                     f"{len(label_sets[0][0])} and up, not 255) and were not scored: name every value with "
-                     "--label-names (label_names=)")
+        notes.append(_unnamed_note(unnamed, label_sets))
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
-    return Evaluation(card.name, card.version, class_names, per_class, round(s["mean_iou"], 4),
-                      round(s["pixel_accuracy"], 4), matrix.tolist(), int(matrix.sum()), not_scored, notes)
+    return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
+                      _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes)
+
+
+def _unnamed_note(unnamed: dict[int, int], label_sets: list) -> str:
+    """The note on index label values that no label name stands for (`unnamed`: pixels per value)."""
+    total = sum(unnamed.values())
+    sizes = {len(label_classes) for label_classes, _ in label_sets}
+    gaps = any(c["name"] is None for label_classes, _ in label_sets for c in label_classes)
+    if len(sizes) == 1 and not gaps:
+        k = sizes.pop()
+        return (f"{total} labelled pixels have values past the {k} label names (ids {k} and up, not 255) and were "
+                "not scored: name every value with --label-names (label_names=)")
+    values = sorted(unnamed)
+    shown = ", ".join(map(str, values[:8])) + (f" and {len(values) - 8} more" if len(values) > 8 else "")
+    return (f"{total} labelled pixels have ids that no label name stands for ({shown}) and were not scored: name "
+            "every id with --label-names (label_names=)")
+
+
+def _nothing_on_data(images: list, labels: list) -> str:
+    """Why an evaluation scored no pixel although its labels match the model's classes."""
+    pairs = ", ".join(f"{label} on {image}" for image, label in list(zip(images, labels))[:3])
+    more = f" and {len(images) - 3} more" if len(images) > 3 else ""
+    return (f"no pixel could be scored: every labelled pixel falls on the nodata of its image (or outside its data), "
+            f"where the model gives no class ({pairs}{more}). Check that the labels belong to these images, or "
+            "label pixels where the images have data.")
 
 
 def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "index", label_names=None,
@@ -266,7 +306,7 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
             scorable = True
             break
     if not scorable:
-        named = {c["name"] for label_classes, _ in label_sets for c in label_classes}
+        named = {c["name"] for label_classes, _ in label_sets for c in label_classes if c["name"] is not None}
         if card.output != "regions" and named and named <= missing:  # said "are the label values class ids?"
             model_names = [c.name for c in card.classes]
             near, sep = sorted(n for n in named if n.lower() in {m.lower() for m in model_names}), ", "
@@ -308,13 +348,23 @@ def _region_label_set(card, label, names, label_colors, earlier: list) -> tuple[
                          f"name theirs: pass --label-names (label_names=), and --label-colors for colour masks; "
                          f"{label} names none.")
     label_classes = [{"name": n, "color": c} for n, c in zip(names, label_colors or [None] * len(names))]
+    twice = sorted({n for n in names if n is not None and list(names).count(n) > 1})
+    if twice:  # would be two scored classes of one name
+        raise InputError(f"{card.name} is scored on the labels' classes, so each needs a name of its own; {label} "
+                         f"names several ids {', '.join(twice)}. Pass --label-names with a name per id.")
     if earlier and [c["name"] for c in earlier[0][0]] != list(names):
         raise InputError(f"{card.name} is scored on the labels' classes, so every label file must have the same "
-                         f"ones; {label} has {', '.join(names)}, the first has "
-                         f"{', '.join(c['name'] for c in earlier[0][0])}. Pass --label-names to set them.")
-    lut = np.full(256, IGNORE, np.uint8)
-    lut[: len(names)] = np.arange(len(names))
+                         f"ones; {label} has {_listed(names)}, the first has "
+                         f"{_listed(c['name'] for c in earlier[0][0])}. Pass --label-names to set them.")
+    lut = np.full(256, IGNORE, np.uint8)  # label ids to scored classes: the named ones, in id order
+    named = [i for i, n in enumerate(names) if n is not None]
+    lut[named] = np.arange(len(named))
     return label_classes, lut
+
+
+def _listed(names) -> str:
+    """Label names for a message; an id without a name (a gap in CLASS_NAMES) shows as ``-``."""
+    return ", ".join("-" if n is None else n for n in names)
 
 
 def majority_classes(regions: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
@@ -339,13 +389,23 @@ def majority_classes(regions: np.ndarray, truth: np.ndarray, n_classes: int) -> 
     return lookup[ids]
 
 
-def _unnamed_pixels(label, n_names: int) -> int:
-    """Pixels of an index label whose value names no label class (>= `n_names`) and is not 255 (unlabelled)."""
+def _unnamed_pixels(label, label_classes: list[dict]) -> dict[int, int]:
+    """Pixels per value of an index label that no label class names (past the names, or a gap in them), not
+    counting 255 (unlabelled) and the label's nodata (its nodata value, internal mask or alpha)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
         with rasterio.open(label) as ds:
             values = ds.read(1)
-    return int(((values >= n_names) & (values != IGNORE)).sum())
+            masked = label_nodata(ds)
+    named = np.zeros(len(label_classes), bool)
+    named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
+    in_range = (values >= 0) & (values < len(label_classes))
+    unnamed = ~in_range & (values != IGNORE) & np.isfinite(values)  # NaN is no value, as read_labels reads it
+    unnamed[in_range] = ~named[values[in_range].astype(np.int64)]
+    if masked is not None:
+        unnamed &= ~masked
+    found, counts = np.unique(values[unnamed], return_counts=True)
+    return {int(v) if float(v).is_integer() else float(v): int(n) for v, n in zip(found, counts)}
 
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
@@ -390,8 +450,10 @@ def compare(
     """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
 
     With `output_dir`, each model's masks go to ``output_dir/MODEL/`` and each image
-    gets ``STEM_disagreement.tif``: the number of distinct classes the models
-    predicted at each pixel minus one (0 = all agree; 255 = nodata). Images that
+    gets ``STEM_disagreement.tif``: the number of different classes the models
+    predicted at each pixel minus one (0 = all agree; 255 = nodata in any mask), classes
+    told apart by name, not id, and a model's ``other`` agreeing with any class it lacks
+    (`_Disagreement`). Images that
     share a stem (``Tile 2/images/part_1.jpg``, ``Tile 3/images/part_1.jpg``) are
     told apart by a short hash of their path: ``STEM-HASH_disagreement.tif``, with
     their masks in ``MODEL/STEM-HASH/``. It needs `labels`, `output_dir` or both; every
@@ -460,11 +522,13 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
 
 def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[str]:
     """Each image's disagreement raster; `scored`: this run's evaluations already left every mask in `out`."""
-    from geoseg.models.card import ClassInfo
     from geoseg.raster import write_class_mask
 
     seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
                                                                    "vector_field")}
+    cards = [get_segmenter(resolve_model(m)).card for m in models]
+    count = _Disagreement(cards)
+    classes = disagreement_classes(len(models))
     paths = []
     names = unique_stems(images)
     for image in images:
@@ -476,26 +540,77 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
             masks.append(mask)
         info = inspect_raster(masks[0])
-        classes = [ClassInfo(i, f"{i + 1} classes" if i else "all agree", c)
-                   for i, c in enumerate(["#FFFFFF", "#FDD49E", "#FC8D59", "#D7301F", "#7F0000"][: len(models)])]
         handles = [rasterio.open(p) for p in masks]
         try:
-            def block(window):
-                stack = np.stack([h.read(1, window=window) for h in handles])
-                distinct = np.zeros(stack.shape[1:], np.uint8)
-                for value in np.unique(stack[stack != IGNORE]):
-                    distinct += (stack == value).any(axis=0)
-                out_block = np.clip(distinct.astype(np.int16) - 1, 0, 254).astype(np.uint8)
-                out_block[(stack == IGNORE).any(axis=0)] = IGNORE
-                return out_block
-
             target = out / f"{names[os.fspath(image)]}_disagreement.tif"
-            write_class_mask(target, info, classes, block)
+            write_class_mask(target, info, classes,
+                             lambda window: count(np.stack([h.read(1, window=window) for h in handles])))
         finally:
             for h in handles:
                 h.close()
         paths.append(str(target))
     return paths
+
+
+def disagreement_classes(n_models: int) -> list:
+    """The colour table of a disagreement raster of `n_models` models: a colour and a name for each of its
+    values 0 ("all agree") to ``n_models - 1`` (every model predicts another class), white to dark red."""
+    from geoseg.models.card import ClassInfo
+
+    ramp = np.array([[0xFF, 0xFF, 0xFF], [0xFD, 0xD4, 0x9E], [0xFC, 0x8D, 0x59], [0xD7, 0x30, 0x1F], [0x7F, 0, 0]])
+    n = max(1, min(n_models, IGNORE))
+    at = np.linspace(0, len(ramp) - 1, n) if n > len(ramp) else np.arange(n)
+    rgb = [np.array([np.interp(t, np.arange(len(ramp)), ramp[:, k]) for k in range(3)]).round().astype(int) for t in at]
+    return [ClassInfo(i, f"{i + 1} classes" if i else "all agree", "#{:02X}{:02X}{:02X}".format(*c))
+            for i, c in enumerate(rgb)]
+
+
+class _Disagreement:
+    """Counts, per pixel of a (models, rows, cols) stack of masks, the classes the models predict minus one.
+
+    Classes are told apart by name, never by id (threshold's id 1 is another class than landcover-unet's).
+    A model's ``other`` stands for every class it lacks, so it agrees with a model that predicts one of
+    those (``land`` of landcover-unet against ``other`` of threshold): it is a class of its own only where
+    no model predicts a class it lacks. 255 where any model has nodata.
+    """
+
+    def __init__(self, cards) -> None:
+        table = list(dict.fromkeys(c.name for card in cards for c in card.classes))  # every name, once
+        index = {name: i for i, name in enumerate(table)}
+        self.luts = []
+        for card in cards:
+            lut = np.full(256, IGNORE, np.int16)
+            lut[[c.id for c in card.classes]] = [index[c.name] for c in card.classes]
+            self.luts.append(lut)
+        self.size = len(table)
+        self.other = index.get("other")
+        # per model with an `other`: the shared indexes of the classes it lacks, which its `other` covers
+        self.covers = [None if "other" not in {c.name for c in card.classes} else
+                       np.array([index[n] not in {index[c.name] for c in card.classes} for n in table] + [False])
+                       for card in cards]
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        shared = np.stack([lut[s] for lut, s in zip(self.luts, stack)])  # (models, rows, cols); IGNORE stays
+        nodata = (shared == IGNORE).any(axis=0)
+        shared[:, nodata] = self.size  # out of the way of every class
+        present = np.zeros((self.size + 1,) + shared.shape[1:], bool)
+        for s in shared:
+            np.put_along_axis(present, s[None], True, axis=0)
+        if self.other is not None:  # an `other` that another model's prediction explains is no class of its own
+            alone = np.zeros(shared.shape[1:], bool)
+            for i, covers in enumerate(self.covers):
+                if covers is None:
+                    continue
+                explained = np.zeros(shared.shape[1:], bool)
+                for j, s in enumerate(shared):
+                    if j != i:
+                        explained |= covers[s]
+                alone |= (shared[i] == self.other) & ~explained
+            present[self.other] = alone
+        distinct = present[: self.size].sum(axis=0)
+        out = np.clip(distinct - 1, 0, IGNORE - 1).astype(np.uint8)
+        out[nodata] = IGNORE
+        return out
 
 
 def markdown_table(evaluations: Sequence[Evaluation | dict]) -> str:
@@ -507,6 +622,8 @@ def markdown_table(evaluations: Sequence[Evaluation | dict]) -> str:
     for c in classes:
         cells = [e["per_class"].get(c, {}).get("iou") for e in evals]
         lines.append(f"| {c} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
-    lines.append("| **mean IoU** | " + " | ".join(f"**{e['mean_iou']:.3f}**" for e in evals) + " |")
-    lines.append("| pixel accuracy | " + " | ".join(f"{e['pixel_accuracy']:.3f}" for e in evals) + " |")
+    lines.append("| **mean IoU** | " + " | ".join("–" if e["mean_iou"] is None else f"**{e['mean_iou']:.3f}**"
+                                                 for e in evals) + " |")
+    lines.append("| pixel accuracy | " + " | ".join("–" if e["pixel_accuracy"] is None else f"{e['pixel_accuracy']:.3f}"
+                                                   for e in evals) + " |")
     return "\n".join(lines) + "\n"
