@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["move_all", "replaced_atomically", "signals_held"]
+__all__ = ["move_all", "replace_set", "replaced_atomically", "signals_held"]
 
 
 @contextmanager
@@ -15,7 +16,8 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     """Yield ``.NAME`` + `suffix` beside `path` to write; it replaces `path` when the block ends.
 
     On any failure, Ctrl-C or SIGTERM (which the CLI turns into SystemExit) inside the
-    block the temporary file is removed: a 55 MB ``.layer.tmp.gpkg`` was left behind.
+    block, or a failure of the final rename (a folder in the way, no permission), the
+    temporary file is removed: a 55 MB ``.layer.tmp.gpkg`` was left behind.
     Drivers that pick a format by extension need it last: ``suffix=".tmp.gpkg"`` with
     the name's stem.
     """
@@ -24,10 +26,10 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -60,3 +62,35 @@ def move_all(moves: list[tuple[Path, Path]]) -> None:
     for staged, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)
+
+
+def replace_set(moves: list[tuple[Path, Path]], aside: Path) -> None:
+    """``os.replace`` each (staged, final) pair in order so that the set appears whole or not at all.
+
+    The files the moves would replace are first renamed into `aside` (an empty folder on the
+    same file system, which the caller removes afterwards). If any rename fails, the files
+    already moved in are removed, those set aside are put back, and the error is raised: a
+    failed last rename left a new model beside the old model's card. A folder where a file
+    goes is refused (IsADirectoryError) before anything moves. Callers hold signals around
+    it (`signals_held`).
+    """
+    for _, final in moves:
+        if final.is_dir() and not final.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(final))
+    kept: list[tuple[Path, Path]] = []
+    moved: list[Path] = []
+    try:
+        for i, (_, final) in enumerate(moves):
+            if os.path.lexists(final):
+                backup = aside / f"{i}-{final.name}"
+                os.replace(final, backup)
+                kept.append((backup, final))
+        for staged, final in moves:
+            os.replace(staged, final)
+            moved.append(final)
+    except BaseException:
+        for final in moved:
+            final.unlink(missing_ok=True)
+        for backup, final in kept:
+            os.replace(backup, final)
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from geoseg.cli import main
-from geoseg.errors import InputError
+from geoseg.errors import InputError, OutputError
 from geoseg.models.training import chip_stream, load_config, load_pairs, train
 
 COLOURS = ["#FF0000", "#00FF00"]
@@ -709,4 +710,191 @@ def test_georeferenced_labels_off_their_image_are_refused(tmp_path, in_memory):
         ds.crs, ds.transform = "EPSG:32640", from_origin(500048.0, 2800000.0, 1.0, 1.0)
     with pytest.raises(InputError, match=r"img1_label.tif: labels must be on the pixel grid of their image "
                                          r"img1.tif, but their pixel grid is 48 px off"):
+        load_pairs(load_config(config))
+
+
+def _quick(config):
+    """The `_dataset` config trained for a single step: enough to write a bundle."""
+    config.write_text(config.read_text().replace("steps_per_epoch = 3", "steps_per_epoch = 1")
+                      .replace("epochs = 2", "epochs = 1"))
+    return config
+
+
+def _retype(path, dtype, factor=1, offset=0):
+    """Rewrite the raster at `path` as `dtype`, its values times `factor` plus `offset`."""
+    with rasterio.open(path) as ds:
+        profile, data = ds.profile, ds.read().astype(np.float64) * factor + offset
+    profile.update(dtype=dtype)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data.astype(dtype))
+
+
+def test_images_of_different_types_are_each_read_whole(tmp_path, monkeypatch):
+    """A uint16 image after a uint8 one was cut to uint8 by the chip spec of the first image: 256 became 0."""
+    from geoseg.models import card as cardmod
+
+    config = _quick(_dataset(tmp_path, "index"))
+    config.write_text(config.read_text().replace("[train]", '[train]\nsampling = "image"'))
+    _retype(tmp_path / "data" / "img1.tif", "uint16", offset=256)  # 8-bit units, stored above 8 bits: 296..475
+    seen, real = [], cardmod.ModelCard.normalize
+
+    def spy(self, block, normalization=None):
+        if block.shape == (32, 32, 3):  # a training chip
+            seen.append(float(block.max()))
+        return real(self, block, normalization)
+
+    monkeypatch.setattr(cardmod.ModelCard, "normalize", spy)
+    train(load_config(config))
+    assert seen and max(seen) >= 296  # img1's chips keep their values (wrapped, they stayed below 256)
+
+
+def test_images_of_different_units_are_refused(tmp_path):
+    """16-bit reflectance beside 8-bit RGB under one 'scale' normalisation would train on two scales."""
+    config = _quick(_dataset(tmp_path, "index"))
+    _retype(tmp_path / "data" / "img1.tif", "uint16", factor=40)  # 0..10000, as reflectance
+    with pytest.raises(InputError, match=r"img0.tif \(uint8\) and .*img1.tif \(uint16\) reach .* different units.*"
+                                         r"gdal_translate -ot Byte -scale.*percentile"):
+        train(load_config(config))
+    config.write_text(config.read_text().replace("[train]", '[train]\nnormalization = {method = "percentile"}'))
+    train(load_config(config))  # each image stretched by its own percentiles: types may mix
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lr = inf", "lr must be a finite number. Received: inf"),  # trained to a NaN loss and a bundle of NaN
+    ("lr = 5.0", "lr must be above 0 and at most 1. Received: 5.0"),  # Adam only diverges there
+    ("dice_weight = nan", "dice_weight must be a finite number"),
+    ("ema = nan", "ema must be a finite number"),
+    ("band_jitter = -inf", "band_jitter must be a finite number"),
+    ("max_minutes = inf", "max_minutes must be a finite number"),
+    ("alpha = inf", "alpha must be a finite number"),
+    ("seed = -1", r"seed must be between 0 and 4294967295. Received: -1"),  # ValueError traceback in Keras
+    ("bands = []", r"bands must list at least one band .* Received: \[\]"),  # max() of an empty list
+    ('normalization = {method = "scale", scael = 0.0001}',  # trained with scale 1
+     r"unknown key\(s\) scael in normalization. Known: method, offset, scale"),
+    ('classes = [{name = "a", colour = "#FF0000"}]', r"unknown key\(s\) colour in classes\[0\]. Known: color, name"),
+    # every pixel of the shared colour trained as b, and a had none
+    ('label_format = "color"\nclasses = [{name = "a", color = "#FF0000"}, {name = "b", color = "#ff0000"}]',
+     r"classes share one: #FF0000 \('a', 'b'\)"),
+])
+def test_bad_settings_are_refused_when_the_config_is_read(tmp_path, setting, message):
+    bad = tmp_path / "bad.toml"
+    text = f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{setting}\n'
+    if "classes" in setting:
+        text = text.replace('classes = [{name = "a"}]\n', "")
+    bad.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(bad)
+
+
+def test_unreadable_configs_and_weights_are_refused_when_the_config_is_read(tmp_path):
+    """A config that is not UTF-8 and init_weights that Keras cannot load gave tracebacks, the latter only after
+    the data was loaded."""
+    config = _dataset(tmp_path, "index")
+    base = config.read_text()
+    config.write_bytes(base.replace("toy", "t\xf6y").encode("latin-1"))
+    with pytest.raises(InputError, match=r"train.toml: not a UTF-8 text file .* save it as UTF-8"):
+        load_config(config)
+    (tmp_path / "old.keras").write_text("not a zip")
+    (tmp_path / "old.json").write_text("{}")
+    for weights in ("old.keras", "old.json"):
+        config.write_text(base.replace("[train]", f'[train]\ninit_weights = "{weights}"'))
+        with pytest.raises(InputError, match=rf"init_weights = '{weights}' is not a Keras model file"):
+            load_config(config)
+        result = CliRunner().invoke(main, ["train", "--config", str(config)])
+        assert result.exit_code == 1 and "is not a Keras model file" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_diverging_run_fails_and_writes_no_bundle(tmp_path):
+    """A NaN loss (lr = inf then; NaN pixels here) still wrote a bundle, which geoseg then refused to load."""
+    config = _quick(_dataset(tmp_path, "index"))
+    for i in range(3):
+        _retype(tmp_path / "data" / f"img{i}.tif", "float32", factor=np.nan)
+    with pytest.raises(InputError, match=r"training diverged: the loss became nan at step 1 of epoch 1, so no bundle "
+                                         r"was written. Lower lr .* rerun with --restart"):
+        train(load_config(config))
+    assert not list((tmp_path / "models").glob("toy.*[!s]"))  # only toy.checkpoints
+
+
+def test_a_card_holds_null_for_a_class_scored_nowhere(tmp_path, monkeypatch):
+    """The IoU of a class absent from the validation labels and predictions was NaN: not JSON."""
+    import geoseg.models.training as training
+    from geoseg.models.card import read_card
+
+    config = _quick(_dataset(tmp_path, "index"))
+    real = training.evaluate_pairs
+
+    def class_b_absent(*args, **kwargs):  # as `scores` gives it for a class in neither truth nor prediction
+        result = real(*args, **kwargs)
+        return {**result, "iou": np.array([result["iou"][0], np.nan])}
+
+    monkeypatch.setattr(training, "evaluate_pairs", class_b_absent)
+    train(load_config(config))
+    path = tmp_path / "models" / "toy.json"
+    card = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the card"))
+    assert card["metrics"]["validation"]["iou"]["b"] is None
+    assert read_card(path).metrics["validation"]["iou"]["b"] is None
+
+
+def test_the_bundle_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The three files were written one by one: a failed card left the new model beside the old card."""
+    import os
+
+    import geoseg.models.training as training
+    from geoseg.models.card import read_card
+
+    config = _quick(_dataset(tmp_path, "index"))
+    out = tmp_path / "models"
+    (out / "toy.json").mkdir(parents=True)  # a folder where the card goes: refused before any data is read
+    with pytest.raises(InputError, match=r"toy.json is a folder, where the bundle's .json file goes"):
+        load_config(config)
+    (out / "toy.json").rmdir()
+    for suffix in (".keras", ".json", ".toml"):  # an earlier bundle
+        (out / f"toy{suffix}").write_text(f"old {suffix}")
+    real = os.replace
+
+    def card_fails(src, dst):
+        if Path(dst).name == "toy.json" and Path(src).parent.name != "replaced":
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", card_fails)
+    with pytest.raises(OutputError, match=r"toy.json: cannot write the bundle toy there \(Permission denied\); none "
+                                          r"of its files was put in place. .* without training again"):
+        train(load_config(config), overwrite=True)
+    assert {p.name: p.read_text() for p in out.glob("toy.*") if p.is_file()} == {
+        "toy.keras": "old .keras", "toy.json": "old .json", "toy.toml": "old .toml"}
+    assert sorted(p.name for p in out.iterdir()) == ["toy.checkpoints", "toy.json", "toy.keras", "toy.toml"]
+    monkeypatch.setattr(os, "replace", real)
+    _, calls = _interrupt_at_score(monkeypatch, 0)
+    training.train(load_config(config))  # the same command again: writes the kept weights, trains nothing
+    assert len(calls) == 1  # the final score only: no epoch
+    assert read_card(out / "toy.json").name == "toy" and (out / "toy.keras").stat().st_size > 1000
+    assert sorted(p.name for p in out.iterdir()) == ["toy.json", "toy.keras", "toy.toml"]
+
+
+def test_an_atomic_write_whose_rename_fails_leaves_no_temporary_file(tmp_path):
+    """`replaced_atomically` removed its temporary file on errors inside the block, not when the rename failed."""
+    from geoseg.files import replaced_atomically
+
+    (tmp_path / "card.json").mkdir()  # a folder in the way
+    with pytest.raises(IsADirectoryError):
+        with replaced_atomically(tmp_path / "card.json") as tmp:
+            tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
+
+
+def test_a_truncated_training_image_is_named(tmp_path):
+    """A training image cut short gave rasterio's "Read failed" traceback while the chips were loaded."""
+    from geoseg.errors import RasterReadError
+    from geoseg.models.training import load_pairs
+
+    config = _dataset(tmp_path, "index")
+    image = tmp_path / "data" / "img0.tif"
+    with rasterio.open(image) as ds:
+        profile, data = ds.profile, ds.read()
+    with rasterio.open(image, "w", **{**profile, "tiled": True, "blockxsize": 16, "blockysize": 16}) as ds:
+        ds.write(data)
+    image.write_bytes(image.read_bytes()[: int(image.stat().st_size * 0.6)])
+    with pytest.raises(RasterReadError, match=r"img0.tif: cannot read its pixels .* truncated or damaged"):
         load_pairs(load_config(config))

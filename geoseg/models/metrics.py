@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
-__all__ = ["confusion_matrix", "scores"]
+__all__ = ["confusion_matrix", "json_ready", "scores"]
 
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int, *, ignore: int = 255) -> np.ndarray:
@@ -52,3 +55,24 @@ def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
         "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
     }
+
+
+def json_ready(value: Any, digits: int | None = None) -> Any:
+    """`value` (a number, or lists, tuples and dicts of them) with NaN and infinities as None, floats
+    optionally rounded to `digits`: JSON has no NaN, and `scores` gives NaN to classes absent from both
+    truth and prediction, so a card holding one was not valid JSON. Reports write such a class as null.
+
+    >>> json_ready({"iou": [0.51234, float("nan")], "mean_iou": np.float64(0.5)}, 2)
+    {'iou': [0.51, None], 'mean_iou': 0.5}
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_ready(v, digits) for v in value]
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return None
+        return float(value) if digits is None else round(float(value), digits)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

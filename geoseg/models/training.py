@@ -20,11 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from geoseg.errors import InputError, ModelError
-from geoseg.files import replaced_atomically
+from geoseg.errors import InputError, ModelError, OutputError
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, read_labels
-from geoseg.models.metrics import confusion_matrix, scores
+from geoseg.models.metrics import confusion_matrix, json_ready, scores
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
            "seam_free_margin", "train"]
@@ -32,6 +31,7 @@ __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_ep
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BUNDLE_SUFFIXES = (".keras", ".toml", ".json")  # the files of a bundle, in the order they are put in place: the card last
 SAMPLING = ("area", "image")  # chips per image in proportion to its area, or the same for every image
 CLASS_WEIGHTING = ("none", "sqrt", "inverse")  # loss weight per class: 1, 1/sqrt(frequency), 1/frequency
 
@@ -92,11 +92,16 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Read a training TOML; keys may sit at the top level or in [data], [model] and [train] tables."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file.") from None
+    except UnicodeDecodeError as exc:  # a binary file, or text saved in another encoding
+        raise InputError(f"{path}: not a UTF-8 text file (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "a training config is TOML text: save it as UTF-8, or check the path.") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    except OSError as exc:  # a folder, no permission
+        raise InputError(f"{path}: cannot read the config ({exc.strerror or exc}).") from None
     tables = ("data", "model", "train")
     flat = {k: v for k, v in raw.items() if k not in tables}  # normalization = {...} may sit at the top too
     for table in tables:
@@ -134,6 +139,9 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
                          f"Received: {flat['class_weighting']!r}")
     if flat.get("label_format", "index") not in ("index", "color", "vector"):
         raise InputError(f"{path}: label_format must be index, color or vector. Received: {flat['label_format']!r}")
+    if not flat.get("bands", [1]):  # max(bands) of no bands was a traceback once the images were read
+        raise InputError(f"{path}: bands must list at least one band (numbered from 1, as in GDAL), such as "
+                         "[1, 2, 3]. Received: []")
     if any(b < 1 for b in flat.get("bands", [1])):
         raise InputError(f"{path}: bands are numbered from 1, as in GDAL. Received: {flat['bands']}")
     check_label_template(flat["labels"], f"{path}: labels")
@@ -144,6 +152,8 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
             parse_normalization(flat["normalization"], len(flat.get("bands", [1, 2, 3])), source=str(path))
         except ModelError as exc:
             raise InputError(str(exc)) from None
+        _check_table_keys(path, "normalization", flat["normalization"],
+                          _NORMALIZATION_KEYS.get(flat["normalization"]["method"], ()))
     _check_classes(path, flat)
     _check_weight_files(path, flat)
     _check_output(path, flat, "--output" if overrides.get("output") is not None else f"{path}: output")
@@ -166,6 +176,8 @@ _COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 def _check_classes(path: Path, flat: dict[str, Any]) -> None:
     """Names that differ; with colour labels a colour per class; `ignore_colors` only there, and no class's."""
+    for i, c in enumerate(flat["classes"]):
+        _check_table_keys(path, f"classes[{i}]", c, ("name", "color"))
     names = [c.get("name") for c in flat["classes"]]
     if not names:
         raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
@@ -181,6 +193,14 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
         raise InputError(f"{path}: label_format \"color\" needs a color for every class, to tell which pixels "
                          f"belong to it; class(es) {', '.join(repr(n) for n in uncoloured)} have none. Add "
                          "color = \"#RRGGBB\" (the colour of that class in the label masks) to each.")
+    if colour_labels:  # a pixel of a shared colour went to the later class, and the earlier had none
+        by_colour: dict[str, list[str]] = {}
+        for c in flat["classes"]:
+            by_colour.setdefault(c["color"].upper(), []).append(repr(c["name"]))
+        shared = [f"{colour} ({', '.join(n)})" for colour, n in by_colour.items() if len(n) > 1]
+        if shared:
+            raise InputError(f"{path}: label_format \"color\" tells classes apart by colour, and classes share one: "
+                             f"{'; '.join(shared)}. Give each class the colour it has in the label masks.")
     ignored = flat.get("ignore_colors", [])
     if ignored and not colour_labels:
         raise InputError(f"{path}: ignore_colors applies to colour labels only (label_format = \"color\"); "
@@ -196,6 +216,20 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
                          "either names a class or marks unlabelled pixels. Remove it from one of them.")
 
 
+# the keys of each normalisation method besides 'method' ('from' says where a resolved stretch came from)
+_NORMALIZATION_KEYS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),
+                       "stretch": ("low", "high", "from"), "none": ()}
+
+
+def _check_table_keys(path: Path, where: str, table: dict[str, Any], known: typing.Iterable[str]) -> None:
+    """Refuse keys a nested table does not know, as the top level does: a misspelt
+    ``normalization = {method = "scale", scael = 0.0001}`` trained with scale 1."""
+    known = sorted({"method", *known}) if where == "normalization" else sorted(known)
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} in {where}. Known: {', '.join(known)}.")
+
+
 def _check_weight_files(path: Path, flat: dict[str, Any]) -> None:
     """`encoder_weights` (unless "imagenet") and `init_weights` name files that exist, relative to the config."""
     what = {"encoder_weights": "an encoder weights file (.pth, .pt, .npz or .weights.h5) or \"imagenet\"",
@@ -208,6 +242,23 @@ def _check_weight_files(path: Path, flat: dict[str, Any]) -> None:
         if not os.path.isfile(resolved):
             raise InputError(f"{path}: {key} = {value!r}: no such file ({os.path.abspath(resolved)}). Give the path "
                              f"of {kind}, absolute or relative to the config's folder.")
+        if key == "init_weights" and not _is_keras_file(resolved):  # else a traceback once all data was loaded
+            raise InputError(f"{path}: init_weights = {value!r} is not a Keras model file ({os.path.abspath(resolved)}: "
+                             "neither a .keras zip archive nor a legacy .h5). Give the NAME.keras of a bundle that "
+                             "geoseg train wrote (not its .json card).")
+
+
+def _is_keras_file(path: str) -> bool:
+    """Whether `path` is what ``keras.saving.load_model`` reads: a ``.keras`` zip or a legacy HDF5 ``.h5``."""
+    import zipfile
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".keras":
+        return zipfile.is_zipfile(path)
+    if suffix in (".h5", ".hdf5"):
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    return False
 
 
 def _check_output(path: Path, flat: dict[str, Any], where: str) -> None:
@@ -219,15 +270,22 @@ def _check_output(path: Path, flat: dict[str, Any], where: str) -> None:
     if not existing.is_dir():
         raise InputError(f"{where} = {value!r}: {existing} is a file, and the bundle goes in a folder; point output "
                          "at a folder (it is created if missing).")
+    for suffix in BUNDLE_SUFFIXES:  # a folder where a bundle file goes failed after training, half the bundle written
+        target = folder / f"{flat['name']}{suffix}"
+        if os.path.isdir(target):
+            raise InputError(f"{target} is a folder, where the bundle's {suffix} file goes; move it away, or write the "
+                             "bundle elsewhere (--output, --name).")
 
 
-# setting -> (lowest, highest, whether the bounds themselves are allowed); None: unbounded
+# setting -> (lowest, highest, which bounds are allowed: True both, "low", "high", False neither); None: unbounded.
+# lr: Adam's step; above 1 it only diverges (a NaN loss), so such a value is a typo
 _RANGES = {
     "epochs": (1, None, True), "batch": (1, None, True), "steps_per_epoch": (1, None, True),
     "patience": (1, None, True), "validation_chips": (1, None, True), "depth": (1, 8, True),
-    "filters": (1, None, True), "chip": (1, None, True), "lr": (0, None, False), "alpha": (0, None, False),
+    "filters": (1, None, True), "chip": (1, None, True), "lr": (0, 1, "high"), "alpha": (0, None, False),
     "max_minutes": (0, None, False), "dice_weight": (0, None, True), "dropout": (0, 1, "low"),
     "ema": (0, 1, "low"), "band_jitter": (0, 1, "low"), "scale_jitter": (0, 3, True),
+    "seed": (0, 2**32 - 1, True),  # what keras.utils.set_random_seed takes
 }
 
 
@@ -235,7 +293,7 @@ def _in_range(value: Any, low, high, closed) -> bool:
     if value is None:
         return True
     above = value >= low if closed in (True, "low") else value > low
-    below = high is None or (value <= high if closed is True else value < high)
+    below = high is None or (value <= high if closed in (True, "high") else value < high)
     return above and below
 
 
@@ -244,6 +302,8 @@ def _range_text(low, high, closed) -> str:
         return f"at least {low}" if closed in (True, "low") else f"above {low}"
     if closed is True:
         return f"between {low} and {high}"
+    if closed == "high":
+        return f"above {low} and at most {high}"
     return f"at least {low} and below {high}"
 
 
@@ -253,6 +313,8 @@ def _check_types(path: Path, flat: dict[str, Any]) -> None:
     for key, value in flat.items():
         if not _is_a(value, hints[key]):
             raise InputError(f"{path}: {key} must be {_type_name(hints[key])}. Received: {value!r}")
+        if isinstance(value, float) and not np.isfinite(value):  # TOML's inf and nan: lr = inf trained to NaN
+            raise InputError(f"{path}: {key} must be a finite number. Received: {value!r}")
 
 
 def _is_a(value: Any, kind: Any) -> bool:
@@ -299,10 +361,12 @@ def _read_image(path: str, bands: list[int]) -> np.ndarray:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
+    from geoseg.raster import reading_pixels
+
     _image_info(path, bands)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
+        with rasterio.open(path) as ds, reading_pixels(path):  # a truncated image: named, not a traceback
             return np.moveaxis(ds.read(bands), 0, -1)
 
 
@@ -340,8 +404,11 @@ class LazyImage:
         import rasterio
         from rasterio.windows import Window
 
-        with rasterio.open(self.path) as ds:
-            chip = np.moveaxis(ds.read(self.bands, window=Window.from_slices(*key[:2])), 0, -1)
+        from geoseg.raster import reading_pixels
+
+        window = Window.from_slices(*key[:2])
+        with rasterio.open(self.path) as ds, reading_pixels(self.path, window):
+            chip = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
         return chip if self.normalize is None else self.normalize(chip)
 
 
@@ -537,6 +604,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                     "measured on the first two training images and says nothing about unseen data. Hold images "
                     "out with validation = [\"PART\"] in [data]: images whose path contains PART (e.g. "
                     "\"Tile 2/\") are kept out of training and scored.", config.source)
+    source = _load_init_weights(keras, config)  # a file Keras cannot read fails here, before the data is loaded
     train_pairs, val_pairs, select_pairs = load_pairs(config, with_selection=True)
     n_classes, n_bands = len(config.classes), len(config.bands)
     log.info("training on %d images, validating on %d%s", len(train_pairs), len(val_pairs),
@@ -550,8 +618,12 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     weights = class_weights(train_pairs, n_classes, config.class_weighting)
+    _check_mixed_types(config, card, [*train_pairs, *val_pairs, *select_pairs])
     chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
-    spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.as_dtype(chips[0][0].dtype)),
+    # Chips go to tf.data as float32 whatever each image's type: one spec of the first image's type wrapped a
+    # uint16 image's 256 to 0 after a uint8 one. float32 holds every 8- and 16-bit value exactly, and it is
+    # what card.normalize computes in anyway; the conversion is per chip, so images stay in memory as read.
+    spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.float32),
             tf.TensorSpec((config.chip, config.chip), tf.uint8))
 
     def prepare(x, y):
@@ -565,14 +637,10 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
             x = x * tf.random.uniform((n_bands,), 1 - config.band_jitter, 1 + config.band_jitter)
         return x, y
 
-    ds = (tf.data.Dataset.from_generator(lambda: chip_stream(chips, config.chip, config.seed, config.sampling,
-                                                                 config.scale_jitter),
-                                         output_signature=spec)
+    ds = (tf.data.Dataset.from_generator(lambda: ((x.astype(np.float32), y) for x, y in chip_stream(
+              chips, config.chip, config.seed, config.sampling, config.scale_jitter)), output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
-    if config.init_weights:  # fine-tune: start from a bundle of the same architecture
-        if not os.path.exists(config.resolve(config.init_weights)):
-            raise InputError(f"{config.source}: init_weights {config.init_weights} does not exist.")
-        source = keras.saving.load_model(config.resolve(config.init_weights), compile=False, safe_mode=True)
+    if source is not None:  # fine-tune: start from a bundle of the same architecture
         try:
             model.set_weights(source.get_weights())
         except ValueError as exc:
@@ -597,10 +665,15 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
         optimizer.build(model.trainable_variables)  # the kept weights file holds the optimizer's state too
     else:
-        model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
-                  callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
-                             # validate (and keep) the moving average of the weights, not the last step's
-                             *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []), callback])
+        try:
+            model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
+                      callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
+                                 # validate (and keep) the moving average of the weights, not the last step's
+                                 *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
+                                 callback])
+        except _Diverged as exc:  # a NaN loss wrote a bundle of NaN weights that geoseg then refused to load
+            raise _diverged_error(config, work, f"the loss became {exc.loss} at step {exc.step} of epoch "
+                                                f"{exc.epoch}") from None
         callback.save_state(fitted=True)
     final_miou = callback.last
     if not (work / "best.weights.h5").exists():  # on disk, the validation chips held no labelled pixel
@@ -608,6 +681,8 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                          "Check that the validation images' labels cover them, or raise validation_chips; then rerun "
                          "with --restart.")
     model.load_weights(work / "best.weights.h5")
+    if not all(np.isfinite(w).all() for w in model.get_weights()):  # whatever the loss said: no bundle of NaN
+        raise _diverged_error(config, work, "the kept weights hold NaN or infinite values")
     seams = None
     if config.architecture != "unet":  # trained weights reach further than random ones, and argmax ties further still
         impulse = max(margin, _encoder_margin(model, n_bands))
@@ -620,8 +695,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     held, held_card = validation_set(config, card, train_pairs, val_pairs) if select_pairs else (scored, val_card)
     metrics = evaluate_pairs(KerasSegmenter(model, held_card), held, n_classes)  # unseen by the choice with selection
     split = _split_text(config, train_pairs, select_pairs)
-    card = ModelCard.from_dict({
-        **card.to_dict(), "margin": margin,
+    report = json_ready({  # null, not NaN (which is not JSON), for a class absent from the labels and predictions
         "training": {"config": _config_dict(config), "data": config.data_description,
                      "train_images": len(train_pairs),
                      "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": split,
@@ -633,15 +707,116 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                      **({"margin_check": seams} if seams else {})},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
-    }, source=config.source)
-    with replaced_atomically(out / f"{config.name}.keras", suffix=".tmp.keras") as tmp:  # Keras wants .keras last
-        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)  # weights only, no optimizer state
-    write_card(card, out / f"{config.name}.json")
-    with replaced_atomically(out / f"{config.name}.toml") as tmp:
-        tmp.write_text(_to_toml(_rebased_config(config, out)))
+    })
+    card = ModelCard.from_dict({**card.to_dict(), "margin": margin, **report}, source=config.source)
+    _write_bundle(config, out, model, card)
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def _load_init_weights(keras, config: TrainConfig):
+    """The model `init_weights` names, or None; a file Keras cannot load is an InputError."""
+    if not config.init_weights:
+        return None
+    path = config.resolve(config.init_weights)
+    if not os.path.isfile(path):
+        raise InputError(f"{config.source}: init_weights {config.init_weights} does not exist.")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, KeyError, ... for a file that is not its model
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputError(f"{config.source}: init_weights = {config.init_weights!r}: Keras cannot load it as a model "
+                         f"({reason}). Give the NAME.keras of a bundle that geoseg train wrote.") from None
+
+
+MIXED_TYPES_SPREAD = 8.0  # how far the normalised values of images of different types may differ (see below)
+
+
+def _check_mixed_types(config: TrainConfig, card: ModelCard, pairs) -> None:
+    """Refuse images of several data types where the one normalisation cannot suit them all.
+
+    A 'percentile' stretch maps each image by its own percentiles, so types mix freely. A
+    'scale', 'meanstd' or 'none' normalisation maps raw values alike in every image: right for
+    a uint16 image that holds 8-bit values beside uint8 ones, but 16-bit reflectance beside
+    8-bit RGB would teach the model two scales at once, and the card's normalisation would
+    then fit only one of them at inference. So where types differ, the 99th percentile of
+    the normalised |values| of the first image of each type must agree within a factor of
+    `MIXED_TYPES_SPREAD` (scenes of the same units differ by far less); else the error names
+    two of the files, their types and values, and how to bring them to one scale.
+    """
+    from geoseg.raster import read_preview
+
+    if card.normalization["method"] == "percentile":
+        return
+    first: dict[np.dtype, tuple[Any, str]] = {}
+    for image, _, path in pairs:
+        first.setdefault(np.dtype(image.dtype), (image, path))
+    if len(first) < 2:
+        return
+    levels = []
+    for dtype, (image, path) in first.items():
+        sample = read_preview(path, config.bands, 256, min_side=1) if isinstance(image, LazyImage) else image[::4, ::4]
+        values = np.abs(card.normalize(sample))
+        level = float(np.percentile(values[np.isfinite(values)], 99)) if np.isfinite(values).any() else 0.0
+        if level > 0:  # an all-zero image says nothing about its units
+            levels.append((level, dtype, path))
+    if len(levels) < 2:
+        return
+    (low, low_type, low_path), (high, high_type, high_path) = (f(levels, key=lambda t: t[0]) for f in (min, max))
+    if high > MIXED_TYPES_SPREAD * low:
+        raise InputError(
+            f"{config.source}: images of different types need one normalisation, and {low_path} ({low_type}) and "
+            f"{high_path} ({high_type}) reach {low:.3g} and {high:.3g} after it ({card.normalization}): they are in "
+            "different units, and the model would learn two scales. Convert the images to one type and range (for "
+            "8-bit: gdal_translate -ot Byte -scale IN.tif OUT.tif), or use normalization = {method = \"percentile\"}, "
+            "which stretches each image by its own percentiles.")
+
+
+def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> None:
+    """Write NAME.keras, NAME.toml and NAME.json as one set.
+
+    Each is written whole in a hidden folder in `out` (a `staging_dir`: removed on an error,
+    Ctrl-C or SIGTERM, and by the next run after a SIGKILL), then all are renamed into place
+    with signals held, the card last, by `replace_set`, which puts back what was there if a
+    rename fails. So `out` holds the whole new bundle or whatever it held before.
+    """
+    import keras
+
+    from geoseg.files import replace_set, signals_held
+    from geoseg.raster import staging_dir
+
+    final = [out / f"{config.name}{suffix}" for suffix in BUNDLE_SUFFIXES]
+    try:
+        with staging_dir(out) as tmp:
+            staged = [tmp / path.name for path in final]
+            keras.Model(model.inputs, model.outputs, name=model.name).save(staged[0])  # weights only, no optimizer
+            staged[1].write_text(_to_toml(_rebased_config(config, out)))
+            write_card(card, staged[2])
+            (tmp / "replaced").mkdir()
+            with signals_held():  # Ctrl-C waits for the last rename
+                replace_set(list(zip(staged, final)), tmp / "replaced")
+    except OSError as exc:
+        where = exc.filename or out
+        raise OutputError(f"{where}: cannot write the bundle {config.name} there ({exc.strerror or exc}); none of its "
+                          f"files was put in place. Fix that and rerun the same command: it writes the bundle from "
+                          f"the checkpoints in {checkpoint_folder(config)} without training again.") from None
+
+
+class _Diverged(Exception):
+    """Raised by the training callback at the first step whose loss is NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"loss {loss} at step {step} of epoch {epoch}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def _diverged_error(config: TrainConfig, work: Path, what: str) -> InputError:
+    """The error of a run whose training diverged: no bundle is written."""
+    return InputError(f"{config.source}: training diverged: {what}, so no bundle was written. Lower lr (now "
+                      f"{config.lr}), and check that the images hold no NaN or infinite pixels and that the "
+                      f"normalisation ({config.normalization}) maps them to small values; then rerun with --restart, "
+                      f"which discards the checkpoints of this run in {work}.")
 
 
 def _check_no_bundle(out: Path, name: str) -> None:
@@ -900,6 +1075,7 @@ class _ValidationIoU:
                 self.best, self.best_epoch = state.get("best", -1.0), state.get("best_epoch", 0)
                 self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
                 self.history = state.get("history", [])  # validation mean IoU of every epoch
+                self.running = self.epoch + 1  # the epoch being trained
                 # training time of the sessions before this one (up to their last checkpoint), and this one's start
                 self.earlier, self.started = state.get("seconds", 0.0), time.monotonic()
 
@@ -914,6 +1090,14 @@ class _ValidationIoU:
                                            "epoch": self.epoch, "fitted": fitted, "history": self.history,
                                            "seconds": round(self.seconds(), 3)}))
                 os.replace(tmp, self.work / "state.json")
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.running = epoch + 1
+
+            def on_train_batch_end(self, batch, logs=None):
+                loss = (logs or {}).get("loss")  # as keras.callbacks.TerminateOnNaN, but an error, not a stop
+                if loss is not None and not np.isfinite(float(loss)):
+                    raise _Diverged(self.running, batch + 1, float(loss))
 
             def on_epoch_end(self, epoch, logs=None):
                 self.epoch = epoch + 1

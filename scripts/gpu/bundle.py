@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,12 +20,11 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     import numpy as np
 
     import geoseg  # noqa: F401  (before TensorFlow: GDAL keeps its own SQLite)
-    import keras
-    from geoseg.models.card import ModelCard, write_card
+    from geoseg.models.card import ModelCard
+    from geoseg.models.metrics import json_ready
     from geoseg.models.segmenter import KerasSegmenter
-    from geoseg.models.training import (SEAM_CROP, SEAM_IMAGES, _build, _config_dict, _encoder_margin,
-                                        _rebased_config, _relative, _to_toml, evaluate_pairs, load_config, load_pairs,
-                                        seam_free_margin)
+    from geoseg.models.training import (SEAM_CROP, SEAM_IMAGES, _build, _config_dict, _encoder_margin, _relative,
+                                        _write_bundle, evaluate_pairs, load_config, load_pairs, seam_free_margin)
 
     run = json.loads(Path(run_json).read_text())
     arrays = np.load(Path(run_json).with_suffix(".npz"))
@@ -65,17 +63,12 @@ def main(run_json: str, config_path: str, dest: str) -> None:
                      f"(Keras on JAX, {run['device']})",
                      "margin_check": {"margin_px": margin, "impulse_response_px": impulse, "chunk": 256,
                                       "images": len(crops), "agreement": round(agreement, 6)}},
-        "metrics": {"validation": {**{k: v for k, v in held.items() if k != "iou"},
-                                   "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, held["iou"])}}},
+        "metrics": {"validation": json_ready({**{k: v for k, v in held.items() if k != "iou"},  # NaN: not JSON
+                                              "iou": {c["name"]: v for c, v in zip(config.classes, held["iou"])}}, 4)},
     }, source=config_path)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{config.name}.tmp.keras"
-    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
-    os.replace(tmp, out / f"{config.name}.keras")
-    write_card(card, out / f"{config.name}.json")
-    (out / f".{config.name}.toml.tmp").write_text(_to_toml(_rebased_config(config, out)))
-    os.replace(out / f".{config.name}.toml.tmp", out / f"{config.name}.toml")
+    _write_bundle(config, out, model, card)  # the three files as one set, the card last
     print(f"{out / config.name}.keras: validation mean IoU {held['mean_iou']:.4f} "
           f"({', '.join(f'{c}: {v}' for c, v in card.to_dict()['metrics']['validation']['iou'].items())}), "
           f"selection {chosen['mean_iou']:.4f}, margin {margin} px")
