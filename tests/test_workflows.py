@@ -716,3 +716,23 @@ def test_flood_of_an_image_without_valid_pixels_says_so(tmp_path, caplog):
         result = flood(image, tmp_path / "out", method="ndwi")
     assert all(not row["area_m2"] for row in result.classes)
     assert "no valid pixels (nodata or NaN everywhere), so flood.tif is all nodata" in caplog.text
+
+
+def test_flood_of_a_truncated_image_names_it(tmp_path):
+    """NDWI read the image in windows without the read check of segment: a RasterioIOError traceback."""
+    from rasterio.transform import from_origin
+
+    from geoseg.errors import RasterReadError
+    from geoseg.workflows.flood import flood
+
+    water = np.zeros((64, 64), bool)
+    water[:, :20] = True
+    image = tmp_path / "post.tif"
+    with rasterio.open(image, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:32640",
+                       transform=from_origin(300000.0, 2800000.0, 10, 10), tiled=True, blockxsize=16,
+                       blockysize=16) as ds:
+        ds.write(_scene_4band(water))
+    image.write_bytes(image.read_bytes()[: int(image.stat().st_size * 0.6)])
+    with pytest.raises(RasterReadError, match=r"post.tif: cannot read rows \d+-\d+, cols \d+-\d+ .* truncated"):
+        flood(image, tmp_path / "out", method="ndwi")
+    assert not (tmp_path / "out").exists()

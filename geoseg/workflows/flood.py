@@ -19,7 +19,7 @@ from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs, segment
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem,
+from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem, reading_pixels,
                            write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
@@ -68,10 +68,11 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 
 
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
-    g, n = src.read([green, nir], window=window)
-    with warnings.catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
-        warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
-        valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
+    with reading_pixels(src.name, window):  # a truncated image: its name and window, not a traceback
+        g, n = src.read([green, nir], window=window)
+        with warnings.catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
+            warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
+            valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
     index = normalized_difference(g, n)
     return index, valid & np.isfinite(index)
 
