@@ -561,3 +561,18 @@ def test_label_nodata_pixels_are_not_called_unnamed(make_raster, tmp_path):
     result = evaluate("threshold", [image], [label])
     assert result.pixels_scored == 15 * 24
     assert not any("no label name" in n or "past the" in n for n in result.notes), result.notes
+
+
+def test_compare_of_plain_images_warns_nothing_about_georeferencing(tmp_path):
+    """Every image of a comparison with -o printed rasterio's NotGeoreferencedWarning for its masks."""
+    import warnings
+
+    from PIL import Image
+
+    from geoseg.workflows.evaluate import compare
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare(["threshold", "region-growing"], [str(tmp_path / "a.png")], output_dir=tmp_path / "out")
+    assert not [w for w in caught if "geotransform" in str(w.message)]

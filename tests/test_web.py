@@ -513,3 +513,37 @@ def test_a_failed_label_read_in_a_job_names_the_label_upload(client, monkeypatch
                            content_type="multipart/form-data")
     job = _wait(client, response.get_json()["id"])
     assert (job["status"], job["error"]) == ("failed", "my truth.png: cannot read rows 0-59; the file looks truncated.")
+
+
+def test_a_label_is_scored_as_compare_scores_it_paletted_or_not(client, make_raster, tmp_path):
+    """A paletted PNG label (as the Dubai masks of tiles 2 and 4) was read as class ids, its palette indexes,
+    and each model read the label by its own colours, so threshold left the U-Net's classes unscored; the
+    agreement counted threshold's `other` as a class of its own."""
+    from geoseg.models import get_segmenter
+    from geoseg.workflows.evaluate import compare
+
+    tif = make_raster(shape=(60, 80))
+    classes = get_segmenter("tiny-fcn").card.classes
+    ids = (np.arange(80)[None, :] // 27 + np.zeros((60, 1), int)).astype(np.uint8)  # three bands of classes
+    paletted = Image.fromarray(ids[:, ::-1].copy(), "P")  # palette index i is class 2 - i: not the class ids
+    paletted.putpalette([v for c in classes[::-1] for v in (int(c.color[k:k + 2], 16) for k in (1, 3, 5))])
+    rgb = paletted.convert("RGB")
+    expected = compare(["tiny-fcn", "threshold"], [str(tif)], labels=[str(_saved(rgb, tmp_path / "l.png"))],
+                       label_format="color")["evaluations"]
+    for label in (paletted, rgb):
+        response = client.post("/api/segment", data={
+            "image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "tiny-fcn,threshold",
+            "label": (io.BytesIO(_saved(label, tmp_path / "upload.png").read_bytes()), "label.png")},
+            content_type="multipart/form-data")
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        for row, evaluation in zip(job["result"]["iou"], expected):
+            assert row["model"] == evaluation["model"]
+            assert row["iou"] == {name: scores["iou"] for name, scores in evaluation["per_class"].items()
+                                  if name in row["iou"]}
+    assert job["result"]["agreement_pct"] > 0
+
+
+def _saved(image, path):
+    image.save(path, format="PNG")
+    return path

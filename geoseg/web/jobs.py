@@ -195,18 +195,14 @@ def run_job(job: Job) -> None:
 
 
 def _agreement(masks: list) -> float:
-    """Percent of valid pixels where every model names the same class (by class name, not id)."""
-    names = sorted({c.name for _, card in masks for c in card.classes})
-    stack = []
-    for mask, card in masks:
-        lut = np.full(256, 255, np.uint8)
-        for c in card.classes:
-            lut[c.id] = names.index(c.name)
-        stack.append(lut[mask])
-    stack = np.stack(stack)
-    valid = (stack != 255).all(0)
-    same = (stack == stack[:1]).all(0) & valid
-    return round(100 * same.sum() / max(valid.sum(), 1), 2)
+    """Percent of valid pixels where the models name one class, as `geoseg compare` counts it: by class name,
+    not id, a baseline's `other` agreeing with any class it lacks (strict names gave 0.02% for a U-Net and
+    the threshold baseline, whose `other` is everything but water and vegetation)."""
+    from geoseg.workflows.evaluate import _Disagreement
+
+    count = _Disagreement([card for _, card in masks])(np.stack([mask for mask, _ in masks]))
+    valid = count != 255
+    return round(100 * (valid & (count == 0)).sum() / max(valid.sum(), 1), 2)
 
 
 def _overlay(original: Path, rgba: np.ndarray):
@@ -219,28 +215,43 @@ def _overlay(original: Path, rgba: np.ndarray):
 
 
 def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
-    """Per-class IoU of each model in `masks` against the uploaded label (index or the model's colours)."""
+    """Per-class IoU of each model in `masks` against the uploaded label, read as `geoseg compare` reads it.
+
+    A label of 3+ bands, or one band with a colour table (a paletted PNG), holds colours; one band
+    without, class ids (named by its CLASS_NAMES tag when it has one). Either is read once, by the
+    first model's classes, and each model scores the label classes by name: a baseline scores those
+    it lacks as its `other`. A paletted PNG was read as class ids (its palette indexes), and each model
+    read the label by its own colours, so a baseline left building, land and road unscored.
+    """
     import rasterio
+    from rasterio.enums import ColorInterp
 
-    from geoseg.models.labels import read_labels
+    from geoseg.models.labels import label_class_names, read_labels
     from geoseg.models.metrics import confusion_matrix, scores
+    from geoseg.workflows.evaluate import _remap
 
-    rows = []
+    if not masks:
+        return []
     label = job.files["label"]
     with warnings.catch_warnings():  # PNG and JPEG labels have no georeferencing; that is fine here
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(label) as ds:
-            bands = ds.count
+            colours = ds.count >= 3 or ds.colorinterp[0] == ColorInterp.palette
+        first = next(iter(masks.values()))[1]
+        names = None if colours else label_class_names(label)
+        label_classes = ([{"name": n, "color": None} for n in names] if names else
+                         [{"name": c.name, "color": c.color} for c in first.classes])
+        rows = []
         for i, model in enumerate(job.models):
             if model not in masks:  # a model of unlabeled regions has no classes to score
                 continue
             with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
                 pred = ds.read(1)
             card = masks[model][1]
-            classes = [{"name": c.name, "color": c.color} for c in card.classes]
-            truth = read_labels(label, fmt="color" if bands >= 3 else "index", classes=classes,
+            truth = read_labels(label, fmt="color" if colours else "index", classes=label_classes,
                                 image=job.files["input"], shape=pred.shape)
-            s = scores(confusion_matrix(truth, pred, card.n_classes))
+            lut, _ = _remap(label_classes, card)
+            s = scores(confusion_matrix(lut[truth], pred, card.n_classes))
             rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),
                          "iou": {c.name: (None if np.isnan(v) else round(float(v), 4))
                                  for c, v in zip(card.classes, s["iou"])}})

@@ -540,7 +540,9 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
             masks.append(mask)
         info = inspect_raster(masks[0])
-        handles = [rasterio.open(p) for p in masks]
+        with warnings.catch_warnings():  # a JPEG's masks have no georeferencing, and the raster says so itself
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            handles = [rasterio.open(p) for p in masks]
         try:
             target = out / f"{names[os.fspath(image)]}_disagreement.tif"
             write_class_mask(target, info, classes,
