@@ -491,7 +491,8 @@ def row_class_counts(data: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
-    """Area of one pixel in m² for each row: constant in projected CRSs, geodesic in geographic ones.
+    """Area of one pixel in m² for each row: geodesic in geographic CRSs, and in projected ones whose
+    areal scale strays over 1% from 1 over the raster (Web Mercator); planar in the others (UTM).
 
     Returns None when the raster has no CRS (plain JPEG/PNG). A raster placed by ground control
     points is measured with their best-fit affine transform.
@@ -509,8 +510,45 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
             lons, lats = zip(*corners)
             areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
         return areas
+    if areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE:  # Web Mercator: on the ground
+        from pyproj import Geod, Transformer
+
+        geod, to_lonlat = Geod(ellps="WGS84"), Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
+        middle = info.width // 2  # a row's pixels share its latitude in Mercator; close elsewhere
+        areas = np.empty(info.height)
+        for row in range(info.height):
+            corners = [t * (middle, row), t * (middle + 1, row), t * (middle + 1, row + 1), t * (middle, row + 1)]
+            lons, lats = to_lonlat.transform(*zip(*corners))
+            areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
+        return areas
     factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
     return np.full(info.height, abs(t.a * t.e - t.b * t.d) * factor**2)
+
+
+AREAL_TOLERANCE = 0.01  # planar areas of a projected CRS are used where they are within 1% of the ground's
+
+
+def areal_distortion(crs, transform, width: float, height: float) -> float:
+    """How far the projection's areal scale (planar area / ground area) strays from 1 over a projected
+    grid, probed at its corners, edges' middles and centre; 0 where PROJ cannot say.
+
+    UTM stays within 0.0015 in its zone; Web Mercator (EPSG:3857) is 0.61 at 38° latitude, where
+    planar m² overstated the ground by 61%.
+    """
+    from pyproj import CRS as ProjCRS
+    from pyproj import Proj, Transformer
+
+    try:
+        wkt = crs.to_wkt()
+        proj, to_lonlat = Proj(ProjCRS.from_wkt(wkt)), Transformer.from_crs(wkt, "EPSG:4326", always_xy=True)
+        rows = np.array([0, height / 2, height] * 3, float)
+        cols = np.repeat([0, width / 2, width], 3).astype(float)
+        xs = transform.c + transform.a * cols + transform.b * rows
+        ys = transform.f + transform.d * cols + transform.e * rows
+        scales = np.asarray(proj.get_factors(*to_lonlat.transform(xs, ys)).areal_scale, float)
+    except Exception:  # noqa: BLE001 - a CRS PROJ cannot invert: planar areas, as before
+        return 0.0
+    return float(np.max(np.abs(scales - 1))) if np.all(np.isfinite(scales)) else 0.0
 
 
 def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: int = 384,

@@ -253,17 +253,35 @@ def _merge_specks(frame, small: np.ndarray):
 
 
 def _measure(frame) -> tuple[list[float | None], list[float | None]]:
-    """Areas in m² and perimeters in m: planar in projected CRSs, geodesic in geographic ones."""
+    """Areas in m² and perimeters in m: geodesic in geographic CRSs and in projected ones whose areal
+    scale strays over 1% from 1 over the layer (Web Mercator), planar in the others (UTM)."""
     if frame.crs is None or len(frame) == 0:
         return [None] * len(frame), [None] * len(frame)
-    if frame.crs.is_geographic:
+    geographic = frame if frame.crs.is_geographic else None
+    if geographic is None and _distorted(frame):
+        geographic = frame.to_crs("EPSG:4326")
+    if geographic is not None:
         from pyproj import Geod
 
         geod = Geod(ellps="WGS84")
-        measured = [geod.geometry_area_perimeter(g) for g in frame.geometry]
+        measured = [geod.geometry_area_perimeter(g) for g in geographic.geometry]
         return [abs(a) for a, _ in measured], [p for _, p in measured]
     factor = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
     return list(frame.geometry.area * factor**2), list(frame.geometry.length * factor)
+
+
+def _distorted(frame) -> bool:
+    """Whether the projected CRS of `frame` misstates areas by over 1% somewhere in the layer's bounds."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from geoseg.raster import AREAL_TOLERANCE, areal_distortion
+
+    left, bottom, right, top = frame.total_bounds
+    if not np.all(np.isfinite([left, bottom, right, top])):
+        return False
+    grid = Affine(max(right - left, 1e-9), 0, left, 0, -max(top - bottom, 1e-9), top)  # the bounds as one pixel
+    return areal_distortion(CRS.from_user_input(frame.crs), grid, 1, 1) > AREAL_TOLERANCE
 
 
 def _metres_to_crs_units(crs, metres: float) -> float:
@@ -380,6 +398,9 @@ def vectorize(
     transform, crs = info.map_georeferencing()
     if min_area > 0 and crs is None:  # taken in pixels without a word, while the option says m²
         log.warning("%s has no CRS, so --min-area (min_area=) %g counts pixels, not m²", info.path, min_area)
+    if crs is None and driver == "GeoJSON" and to_crs is None:  # RFC 7946: longitude and latitude, always
+        log.warning("%s has no CRS, so %s holds pixel coordinates, which GIS software reads as longitude and "
+                    "latitude (GeoJSON has no other CRS); write .gpkg or .fgb instead", info.path, out_path.name)
     if info.gcps and info.crs is None:
         log.info("%s is placed by %d ground control points: polygons take their best-fit affine transform",
                  info.path, len(info.gcps))

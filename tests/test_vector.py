@@ -334,3 +334,47 @@ def test_confidence_must_be_one_uint8_band_on_the_masks_grid(make_mask, tmp_path
                                          r"--confidence` \(e\.g\. .*scene_confidence\.tif\)"):
         vectorize(mask, tmp_path / "v.gpkg", confidence=conf)
     assert not (tmp_path / "v.gpkg").exists()
+
+
+def test_web_mercator_areas_are_the_grounds_not_the_maps(tmp_path):
+    """EPSG:3857 areas were planar: at 38° latitude 1.61 times the ground (SpaceNet 7's clips, web tiles).
+    UTM stays planar: its areal scale is within 0.15% of 1 in its zone."""
+    from pyproj import Geod, Transformer
+    from rasterio.transform import from_origin
+
+    from geoseg.raster import inspect_raster, pixel_areas_m2
+    from geoseg.vector import vectorize
+
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(-77.0, 38.0)
+    path = tmp_path / "mercator_mask.tif"
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:, 50:] = 1
+    with rasterio.open(path, "w", driver="GTiff", width=100, height=100, count=1, dtype="uint8", nodata=255,
+                       crs="EPSG:3857", transform=from_origin(x, y, 10, 10)) as ds:
+        ds.write(mask, 1)
+    lons, lats = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(
+        [x, x + 1000, x + 1000, x], [y, y, y - 1000, y - 1000])
+    ground = abs(Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)[0])  # about 1e6 / 1.61 m²
+    assert ground == pytest.approx(1e6 / 1.61, rel=0.01)
+    assert pixel_areas_m2(inspect_raster(path)).sum() * 100 == pytest.approx(ground, rel=1e-3)
+    frame = gpd.read_file(vectorize(path, tmp_path / "mercator.gpkg").path)
+    assert frame["area_m2"].sum() == pytest.approx(ground, rel=1e-3)
+    assert frame.crs == "EPSG:3857"  # measured on the ground, kept in the raster's CRS
+    utm = tmp_path / "utm_mask.tif"
+    with rasterio.open(utm, "w", driver="GTiff", width=100, height=100, count=1, dtype="uint8", nodata=255,
+                       crs="EPSG:32640", transform=from_origin(500000, 2800000, 10, 10)) as ds:
+        ds.write(mask, 1)
+    assert pixel_areas_m2(inspect_raster(utm)).tolist() == [100.0] * 100
+
+
+def test_geojson_of_a_mask_without_crs_warns_that_it_reads_as_degrees(tmp_path, caplog):
+    """Pixel coordinates in a GeoJSON, which has no CRS but WGS84: read back at latitude -544, without a word."""
+    path = tmp_path / "plain_mask.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=10, count=1, dtype="uint8", nodata=255) as ds:
+        ds.write(np.ones((1, 10, 20), np.uint8))
+    with caplog.at_level("WARNING", logger="geoseg"):
+        vectorize(path, tmp_path / "plain.gpkg")
+    assert "GeoJSON" not in caplog.text
+    with caplog.at_level("WARNING", logger="geoseg"):
+        vectorize(path, tmp_path / "plain.geojson")
+    assert "holds pixel coordinates, which GIS software reads as longitude and latitude" in caplog.text

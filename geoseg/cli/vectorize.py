@@ -31,7 +31,8 @@ __all__ = ["vectorize"]
 def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confidence, block, overwrite, as_json):
     """Turn class mask MASK into polygons with class, area (m²), perimeter (m) and confidence.
 
-    Areas are planar in projected CRSs and geodesic in geographic ones. A QGIS
+    Areas are planar in projected CRSs (UTM), geodesic in geographic ones and in
+    projections that misstate areas by over 1% (Web Mercator). A QGIS
     style (.qml) is written beside the layer, unless a raster's style of that name
     is there (name the layer MASK_polygons.gpkg rather than MASK.gpkg).
 
