@@ -547,3 +547,19 @@ def test_a_label_is_scored_as_compare_scores_it_paletted_or_not(client, make_ras
 def _saved(image, path):
     image.save(path, format="PNG")
     return path
+
+
+def test_a_truncated_12_bit_jpeg_is_refused(client, tmp_path):
+    """Pillow cannot open 12-bit JPEGs, so GDAL reads them, and libjpeg only warned on a cut one: accepted."""
+    from rasterio.shutil import copy
+
+    with rasterio.open(tmp_path / "src.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16") as ds:
+        ds.write(np.random.default_rng(0).integers(0, 4095, (1, 64, 64)).astype(np.uint16))
+    copy(tmp_path / "src.tif", tmp_path / "j12.jpg", driver="JPEG", NBITS=12)
+    whole = (tmp_path / "j12.jpg").read_bytes()
+    unreadable = "scan.jpg: the file looks like an image, but its pixels cannot be read"
+    answers = [client.post("/api/segment", data={"image": (io.BytesIO(data), "scan.jpg"), "models": "threshold"},
+                           content_type="multipart/form-data").get_json()
+               for data in (whole, whole[: len(whole) * 6 // 10])]
+    assert unreadable not in answers[0].get("error", "")  # whole: read (then refused for its one band)
+    assert answers[1]["error"].startswith(unreadable)

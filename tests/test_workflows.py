@@ -413,13 +413,13 @@ def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp
         make_raster(name=f"flights/f{i}.tif", shape=(40, 50), seed=i, internal_mask=valid,
                     transform=from_origin(500000.0 + x, 2800000.0, 0.5, 0.5))
     make_raster(name="flights/far.tif", shape=(30, 30), seed=5,  # 700 km away: the mosaic is mostly empty
-                transform=from_origin(1200000.0, 2100000.0, 0.5, 0.5))
+                transform=from_origin(560000.0, 2100000.0, 0.5, 0.5))  # in the UTM zone: planar m²
     out = tmp_path / "out"
     command = dict(model=str(tiny_fcn), chunk=32, vector=False)
     result = survey([tmp_path / "flights"], out, **command)
     masks = {Path(e["input"]).stem: rasterio.open(e["outputs"]["mask"]).read(1) for e in result.done}
     with rasterio.open(result.outputs["masks"]) as vrt:  # f1 is listed after f0: it wins where both are
-        assert vrt.width > 1_000_000 and vrt.height > 1_000_000
+        assert vrt.width > 100_000 and vrt.height > 1_000_000
     seen = np.concatenate([masks["f0"][:, :30], masks["f1"][:, 10:]], axis=1)  # the ground, each place once
     summary = json.loads(Path(result.outputs["summary_json"]).read_text())
     for c in range(3):
@@ -527,6 +527,11 @@ def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):
 
     again = survey([good], tmp_path / "o", model=str(tiny_fcn), sieve=0)
     assert len(again.skipped) == 1 and not again.done
+    # --quiet alone said nothing at all, and exited 1
+    quiet = CliRunner().invoke(main, ["survey", str(good), str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o"),
+                                      "-m", str(tiny_fcn), "--quiet"])
+    assert quiet.exit_code == 1 and "failed:" in quiet.output and "missing.tif" in quiet.output
+    assert "skipped" not in quiet.output  # no summary
 
 
 def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):
@@ -736,3 +741,41 @@ def test_flood_of_a_truncated_image_names_it(tmp_path):
     with pytest.raises(RasterReadError, match=r"post.tif: cannot read rows \d+-\d+, cols \d+-\d+ .* truncated"):
         flood(image, tmp_path / "out", method="ndwi")
     assert not (tmp_path / "out").exists()
+
+
+def test_survey_mosaic_of_pixels_that_are_not_square_is_the_mask(tmp_path):
+    """The mosaic took the x resolution for both axes: a 413 x 426 mask of 0.3 x 0.31 m pixels became a
+    414 x 427 mosaic with repeated rows, whose class counts differed from the mask's."""
+    from rasterio.transform import Affine
+
+    from geoseg.models.card import ClassInfo
+    from geoseg.workflows.survey import _vrt_xml
+
+    transform = Affine(0.2999999, 0, 663000.1, 0, -0.3100001, 4004000.7)  # WorldView-like, not square
+    mask = np.random.default_rng(0).integers(0, 3, (426, 413)).astype(np.uint8)
+    path = tmp_path / "m_mask.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=413, height=426, count=1, dtype="uint8", nodata=255,
+                       crs="EPSG:26911", transform=transform) as ds:
+        ds.write(mask, 1)
+    classes = [ClassInfo(i, f"c{i}", "#112233") for i in range(3)]
+    (tmp_path / "masks.vrt").write_text(_vrt_xml("EPSG:26911", [(str(path), transform, 413, 426)], classes, tmp_path))
+    with rasterio.open(tmp_path / "masks.vrt") as vrt:
+        assert (vrt.width, vrt.height) == (413, 426)
+        assert np.array_equal(vrt.read(1), mask)
+
+
+def test_plain_images_give_no_georeferencing_warnings_when_sieved_or_surveyed(tmp_path):
+    """`segment --sieve` on a JPEG and `survey` with a JPEG printed rasterio's NotGeoreferencedWarning."""
+    import warnings
+
+    from PIL import Image
+
+    from geoseg import segment
+    from geoseg.workflows import survey
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment(tmp_path / "a.png", tmp_path / "seg", model="threshold", sieve=10, preview=False)
+        survey([tmp_path / "a.png"], tmp_path / "survey", model="threshold", vector=False)
+    assert not [str(w.message) for w in caught if "geotransform" in str(w.message)]

@@ -20,7 +20,7 @@ __all__ = ["survey"]
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
 def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
@@ -58,8 +58,10 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json
     elif not quiet:
         click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped (already done), "
                    f"{len(result.failed)} failed", err=True)
+    if not as_json:  # failures even with --quiet: exit status 1 and not a word said why
         for entry in result.failed:
             click.echo(f"  failed: {entry['error']}", err=True)
+    if not as_json and not quiet:
         click.echo(f"report: {result.outputs['report']}", err=True)
     if result.failed:
         raise SystemExit(1)

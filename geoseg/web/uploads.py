@@ -110,8 +110,8 @@ def _read_by_gdal(path: Path, pixels: int = 1 << 20) -> bool:
     import rasterio
     from rasterio.windows import Window
 
-    try:
-        with warnings.catch_warnings():
+    try:  # libjpeg only warns on a cut file (a 12-bit JPEG, which Pillow cannot open, came here): an error
+        with warnings.catch_warnings(), rasterio.Env(GDAL_ERROR_ON_LIBJPEG_WARNING=True):
             warnings.simplefilter("ignore")
             with rasterio.open(path) as ds:
                 block_rows = ds.block_shapes[0][0]

@@ -263,10 +263,14 @@ def survey(
 
 
 def _crs_of(path: str) -> str | None:
+    import warnings
+
     import rasterio
 
-    with rasterio.open(path) as ds:
-        return ds.crs.to_string() if ds.crs else None
+    with warnings.catch_warnings():  # a JPEG's mask: no CRS is the answer, not a warning
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return ds.crs.to_string() if ds.crs else None
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
@@ -339,11 +343,16 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
     GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
     """
+    import warnings
+
     import rasterio
 
     by_crs = groups  # CRS -> [(path, transform, width, height)]
     for path in masks:
-        with rasterio.open(path) as ds:
+        with warnings.catch_warnings():  # a JPEG's mask is left out below, with a warning of its own
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
             if ds.crs is None or ds.transform.b or ds.transform.d:
                 left_out.append(path)
                 continue
@@ -460,12 +469,14 @@ def _box_in(src_crs: str, box, dst_crs: str):
 def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     from rasterio.crs import CRS
 
-    res = min(abs(t.a) for _, t, _, _ in items)
+    # each axis its own finest pixel: one resolution for both resampled masks of pixels that are not square
+    res_x, res_y = min(abs(t.a) for _, t, _, _ in items), min(abs(t.e) for _, t, _, _ in items)
     left = min(t.c for _, t, _, _ in items)
     top = max(t.f for _, t, _, _ in items)
     right = max(t.c + t.a * w for _, t, w, _ in items)
     bottom = min(t.f + t.e * h for _, t, _, h in items)
-    width, height = int(np.ceil((right - left) / res)), int(np.ceil((top - bottom) / res))
+    # a grid's width in pixels is a float sum that may land a hair over the whole number
+    width, height = (int(np.ceil((right - left) / res_x - 1e-6)), int(np.ceil((top - bottom) / res_y - 1e-6)))
     colours = {c.id: c.rgb for c in classes}
     entries = "".join(
         f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{255 if i in colours else 0}"/>'
@@ -477,13 +488,13 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
         sources.append(
             f'    <ComplexSource><SourceFilename relativeToVRT="1">{escape(rel)}</SourceFilename>'
             f"<SourceBand>1</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" ySize=\"{h}\"/>"
-            f'<DstRect xOff="{(t.c - left) / res}" yOff="{(top - t.f) / res}" '
-            f'xSize="{w * abs(t.a) / res}" ySize="{h * abs(t.e) / res}"/><NODATA>255</NODATA></ComplexSource>'
+            f'<DstRect xOff="{(t.c - left) / res_x}" yOff="{(top - t.f) / res_y}" '
+            f'xSize="{w * abs(t.a) / res_x}" ySize="{h * abs(t.e) / res_y}"/><NODATA>255</NODATA></ComplexSource>'
         )
     srs = f"  <SRS>{escape(CRS.from_string(crs).to_wkt())}</SRS>\n"
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
-        f"  <GeoTransform>{left}, {res}, 0, {top}, 0, {-res}</GeoTransform>\n"
+        f"  <GeoTransform>{left}, {res_x}, 0, {top}, 0, {-res_y}</GeoTransform>\n"
         '  <VRTRasterBand dataType="Byte" band="1">\n    <NoDataValue>255</NoDataValue>\n'
         "    <ColorInterp>Palette</ColorInterp>\n"
         f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
