@@ -37,6 +37,7 @@ __all__ = [
     "class_pixel_counts",
     "pixel_areas_m2",
     "model_grid",
+    "open_quietly",
     "read_preview",
     "reading_pixels",
     "regrid",
@@ -267,6 +268,14 @@ class WindowSource:
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
             valid &= np.isfinite(data).all(-1, keepdims=True)
         return data, valid
+
+
+def open_quietly(path: str | os.PathLike):
+    """``rasterio.open(path)`` without rasterio's NotGeoreferencedWarning: a JPEG or PNG and its masks have
+    no georeferencing, which geoseg says itself where it matters (no m², no mosaic)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 @contextmanager

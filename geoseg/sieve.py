@@ -116,17 +116,13 @@ def sieve_mask(src: str | os.PathLike, out, min_pixels: int, *, block: int = 204
     int
         Pixels changed.
     """
-    import warnings
-
-    import rasterio
     from rasterio.windows import Window
+
+    from geoseg.raster import open_quietly
 
     margin = min(min_pixels, MAX_SIEVE_MARGIN) if margin is None else margin
     changed = 0
-    with warnings.catch_warnings():  # a JPEG's mask has no georeferencing, and its output says so itself
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        ds = rasterio.open(src)
-    with ds:
+    with open_quietly(src) as ds:
         for top in range(0, ds.height, block):
             for left in range(0, ds.width, block):
                 rows, cols = min(block, ds.height - top), min(block, ds.width - left)

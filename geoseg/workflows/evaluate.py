@@ -19,7 +19,7 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
-from geoseg.raster import check_bands, inspect_raster, raster_stem, unique_stems
+from geoseg.raster import check_bands, inspect_raster, open_quietly, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
@@ -540,9 +540,7 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
                 segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
             masks.append(mask)
         info = inspect_raster(masks[0])
-        with warnings.catch_warnings():  # a JPEG's masks have no georeferencing, and the raster says so itself
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            handles = [rasterio.open(p) for p in masks]
+        handles = [open_quietly(p) for p in masks]  # a JPEG's masks: no georeferencing, and no warning of it
         try:
             target = out / f"{names[os.fspath(image)]}_disagreement.tif"
             write_class_mask(target, info, classes,

@@ -263,14 +263,10 @@ def survey(
 
 
 def _crs_of(path: str) -> str | None:
-    import warnings
+    from geoseg.raster import open_quietly
 
-    import rasterio
-
-    with warnings.catch_warnings():  # a JPEG's mask: no CRS is the answer, not a warning
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            return ds.crs.to_string() if ds.crs else None
+    with open_quietly(path) as ds:  # a JPEG's mask: no CRS is the answer, not a warning
+        return ds.crs.to_string() if ds.crs else None
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
@@ -343,16 +339,11 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
     GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
     """
-    import warnings
-
-    import rasterio
+    from geoseg.raster import open_quietly
 
     by_crs = groups  # CRS -> [(path, transform, width, height)]
     for path in masks:
-        with warnings.catch_warnings():  # a JPEG's mask is left out below, with a warning of its own
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(path)
-        with ds:
+        with open_quietly(path) as ds:  # a JPEG's mask is left out below, with a warning of its own
             if ds.crs is None or ds.transform.b or ds.transform.d:
                 left_out.append(path)
                 continue
