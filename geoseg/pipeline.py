@@ -683,7 +683,9 @@ def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, pla
     return None if norm == card.normalization else norm
 
 
-OUT_OF_RANGE = 8.0  # |normalised value| that no 'scale' or 'meanstd' model sees from data in its own units
+# |normalised value| that a model sees from no data in its own units: a 'scale' model maps its training data's
+# whole range (8-bit 0..255 to -1..1 or 0..1, reflectance to about 0..1.5), a 'meanstd' one has tails of a few std
+OUT_OF_RANGE = {"scale": 4.0, "meanstd": 8.0}
 
 
 def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict | None) -> None:
@@ -701,7 +703,7 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
     block, valid = WindowSource(info.path, plan.bands, has_mask=info.has_mask)(slice(top, top + rows),
                                                                              slice(left, left + cols))
     values = np.abs(card.normalize(block, norm)[valid[..., 0]])
-    if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE:
+    if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
         log.warning(
             "%s: after the model's normalisation (%s) its %s pixels reach %.0f, far outside what %s was trained "
             "on, so expect nearly one class. The raster is probably in other units than the model's training data "

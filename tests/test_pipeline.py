@@ -147,6 +147,13 @@ def test_values_far_outside_the_models_range_are_warned_about(make_raster, tiny_
     assert "uint16 pixels reach 1" in caplog.text if warned else True  # 99th percentile of 0..4000, / 255
 
 
+def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
+    """11-bit satellite values (SpaceNet's 0..2047, most below 1500) reached 7 after /255 and passed a limit of 8."""
+    data = np.random.default_rng(0).integers(0, 1500, (3, 64, 64)).astype(np.uint16)
+    segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False)
+    assert "far outside what tiny-fcn was trained on" in caplog.text
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
 def test_other_dtypes(make_raster, tiny_fcn, tmp_path, dtype):
     path = make_raster(dtype=dtype, shape=(50, 60))

@@ -17,8 +17,9 @@ __all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "em
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
-    help="Compute precision; bfloat16 is faster on GPUs and on CPUs with AMX, slower on other CPUs, "
-         "even with AVX512-BF16 (the model card says what it costs in IoU and gains in speed).")
+    help="Compute precision; bfloat16 is faster on CPUs with AMX, slower on other CPUs (even with AVX512-BF16), "
+         "and no faster for the default model on an H200 GPU (the model card says what it costs in IoU and "
+         "gains in speed).")
 chunk_option = click.option(
     "--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
     help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most 2048) "
