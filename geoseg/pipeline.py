@@ -19,7 +19,7 @@ from dask.callbacks import Callback
 
 from geoseg.errors import InputError, OutputError, TilingError
 from geoseg.files import move_all, signals_held
-from geoseg.inference import describe_device, predict_block
+from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
@@ -34,7 +34,9 @@ from geoseg.raster import (
     describe_mask,
     first_line,
     inspect_raster,
+    is_gdal_path,
     model_grid,
+    open_quietly,
     pixel_areas_m2,
     raster_stem,
     regrid,
@@ -44,8 +46,8 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error", "prepare_output_dir",
-           "remove_stale_outputs", "segment", "segment_chunk"]
+__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error",
+           "prepare_output_dir", "remove_stale_outputs", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +97,14 @@ def plan_run(
         Bands the raster does not have or the model cannot use.
     """
     bands = check_bands(info, card.bands if bands is None else bands, needed=card.n_bands)
-    margin = card.margin if margin is None else int(margin)
-    if margin < 0:
-        raise TilingError(f"`margin` cannot be negative. Received: margin={margin}")
+    margin = card.margin if margin is None else _whole("margin", margin, 0, MAX_MARGIN)
+    batch_size = _whole("batch_size", batch_size, 1, None)
+    tile = None if tile is None else _whole("tile", tile, 1, MAX_TILE)
     if margin < card.margin:
         log.warning(
             "margin %d is below the model's receptive field (%d px): chunk edges may show seams",
             margin, card.margin,
         )
-    if batch_size < 1:
-        raise TilingError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
     tile = _check_tile(card, tile, margin)
     step = card.multiple_of if tile is None else tile - 2 * margin
     default = default_chunk(margin) if tile is None else DEFAULT_CHUNK
@@ -116,6 +116,19 @@ def plan_run(
                     "the default chunk (%d) sees %.1fx", rows, cols, margin, seen, default,
                     ((default + 2 * margin) / default) ** 2)
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
+
+
+MAX_MARGIN, MAX_TILE = 2048, 8192  # px; a margin of 10**6 asked numpy for 10.9 TiB
+
+
+def _whole(name: str, value, low: int, high: int | None) -> int:
+    """`value` as an int within low..high, or a TilingError naming it (1.5, '16' and True are no sizes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TilingError(f"`{name}` must be a whole number of pixels. Received: {name}={value!r}")
+    if value < low or (high is not None and value > high):
+        within = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise TilingError(f"`{name}` must be {within} px. Received: {name}={value}")
+    return int(value)
 
 
 def default_chunk(margin: int) -> int:
@@ -190,12 +203,14 @@ def segment_chunk(
     valid = valid[..., 0]
     x = segmenter.card.normalize(block, normalization)
     x[~valid] = 0.0
-    proba = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size)
+    # Without --probabilities only the winning class and its probability come back from the model
+    proba = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size, top=not probabilities)
     rows, cols = proba.shape[:2]
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
-    layers = [proba.argmax(-1).astype(np.uint8)]
+    best = top_of(proba) if probabilities else proba
+    layers = [best[..., 0].astype(np.uint8)]
     if confidence:
-        layers.append(np.rint(proba.max(-1) * 100).astype(np.uint8))
+        layers.append(np.rint(best[..., 1] * 100).astype(np.uint8))
     if probabilities:
         layers.extend(np.rint(np.moveaxis(proba, -1, 0) * 100).astype(np.uint8))
     out = np.stack(layers, axis=-1)
@@ -205,7 +220,12 @@ def segment_chunk(
 
 @dataclass
 class SegmentResult:
-    """What a run wrote and measured."""
+    """What a run wrote and measured.
+
+    ``peak_memory_mb`` is this process's peak resident memory so far (``ru_maxrss``): earlier
+    runs in the same process count, Dask workers of a ``client`` do not. ``device`` is where
+    this process ran models, 'GPU: ...' or 'CPU'; with a ``client``, the workers' ('Dask workers: CPU').
+    """
 
     input: str
     outputs: dict[str, str]
@@ -540,6 +560,16 @@ def segment(
     if isinstance(sieve, bool) or not isinstance(sieve, (int, np.integer)) or sieve < 0:
         raise InputError(f"sieve (--sieve) is a region size in pixels, a whole number of at least 0. Received: {sieve!r}")
     sieve = int(sieve)  # a numpy integer is no JSON
+    flags = {"confidence": confidence, "probabilities": probabilities, "vector": vector, "preview": preview,
+             "overwrite": overwrite, "resample": resample}
+    for name, value in flags.items():  # resample="no" is truthy, confidence="yes" failed deep in Dask
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    if client is not None and not (hasattr(client, "run") and hasattr(client, "compute")):
+        raise InputError(f"`client` takes a dask.distributed Client, e.g. Client('tcp://host:8786'). "
+                         f"Received: client={client!r}")
+    if progress is not None and not callable(progress):
+        raise InputError(f"`progress` takes a function of one argument, the fraction done. Received: {progress!r}")
     info = inspect_raster(input)
     model_path = resolve_model(with_card(model, precision=precision, tta=tta))
     card = get_segmenter(model_path).card
@@ -605,7 +635,7 @@ def segment(
                 from geoseg.preview import write_preview
 
                 write_preview(info.path, mask, tmp / paths["preview"].name, card.classes, classes, plan.bands,
-                              regions=card.output == "regions")
+                              regions=card.output == "regions", shown=paths["preview"])
             extra = [paths["mask"].with_suffix(".qml")]
             if vector:
                 extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
@@ -619,6 +649,8 @@ def segment(
                     remove_stale_outputs(paths, stem)
                 move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
     seconds = time.perf_counter() - started
+    device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
+        client.run(describe_device).values())))
     return SegmentResult(
         input=info.path,
         outputs={k: str(v) for k, v in paths.items()},
@@ -629,8 +661,8 @@ def segment(
         height=info.height,
         seconds=round(seconds, 3),
         pixels_per_second=round(info.pixels / seconds, 1),
-        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        device=describe_device(),
+        device=device,
+        peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # after all the work
         plan={
             "chunk": list(plan.chunk),
             "margin": plan.margin,
@@ -735,13 +767,24 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
 
 
 def _check_workers_see(client, path: str) -> None:
-    seen = client.run(os.path.isfile, path)
+    seen = client.run(_readable_here, path)
     blind = [worker for worker, ok in seen.items() if not ok]
     if blind:
         raise InputError(
             f"{path}: Dask worker(s) {', '.join(blind)} cannot see this file. Put the raster on a path "
             "every worker can read (shared disk) or run without --scheduler."
         )
+
+
+def _readable_here(path: str) -> bool:
+    """Whether this process (a Dask worker) can open `path`: a file, or a GDAL path such as /vsizip/."""
+    if not is_gdal_path(path):
+        return os.path.isfile(path)
+    try:
+        with open_quietly(path):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means this worker cannot read it
+        return False
 
 
 def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,

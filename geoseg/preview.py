@@ -8,8 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from geoseg.errors import OutputError
 from geoseg.files import replaced_atomically
-from geoseg.raster import NODATA, read_preview
+from geoseg.raster import NODATA, first_line, read_preview
 
 __all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
 
@@ -98,14 +99,22 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
                 draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
 
 
-def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
-    """Save a PNG under a temporary name, then rename it into place."""
-    with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
-        image.save(tmp, format="PNG")
+def save_png(image: Image.Image, out_path: str | os.PathLike, *, shown: str | os.PathLike | None = None) -> None:
+    """Save a PNG under a temporary name, then rename it into place.
+
+    A full disk or a folder gone is an OutputError naming `shown` (the final path, where
+    `out_path` is in a staging folder), not Pillow's OSError.
+    """
+    try:
+        with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
+            image.save(tmp, format="PNG")
+    except OSError as exc:
+        raise OutputError(f"{shown or out_path}: could not be written ({first_line(exc)}). Free some disk space or "
+                          "pick another output folder; nothing was left at that path.") from None
 
 
 def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
                   classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int], *,
-                  regions: bool = False) -> None:
-    """Write the `render_map` of an image and its mask to `out_path` as PNG."""
-    save_png(render_map(image_path, mask_path, classes, table, bands, regions=regions), out_path)
+                  regions: bool = False, shown: str | os.PathLike | None = None) -> None:
+    """Write the `render_map` of an image and its mask to `out_path` as PNG (`shown` in messages)."""
+    save_png(render_map(image_path, mask_path, classes, table, bands, regions=regions), out_path, shown=shown)

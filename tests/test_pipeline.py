@@ -763,3 +763,89 @@ def test_output_folders_made_by_a_failed_run_go_and_those_of_others_stay(tmp_pat
         assert staged.is_dir() and staged.parent.resolve() == tmp_path / "out"
     second.__exit__(None, None, None)
     assert (tmp_path / "out").is_dir()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_models_own_top_class_is_the_argmax_of_its_probabilities(tiny_fcn, precision):
+    """predict_top computes the class and its probability inside the model's graph (a GPU then sends back
+    two values a pixel, not one per class); it must agree with the probabilities it replaces."""
+    from geoseg.inference import top_of
+    from geoseg.models import load_bundle
+
+    segmenter = load_bundle(tiny_fcn, precision=precision)
+    batch = np.random.default_rng(3).normal(size=(2, 48, 64, 3)).astype(np.float32)
+    np.testing.assert_array_equal(segmenter.predict_top(batch), top_of(segmenter.predict_proba(batch)))
+
+
+@pytest.mark.parametrize("model", ["tiny_fcn", "tiny_tiled"])
+def test_mask_and_confidence_do_not_depend_on_writing_probabilities(make_raster, tmp_path, request, model):
+    """Without --probabilities only the class and its probability come back from the model; with it, all of
+    them: both ways must write the same mask and confidence, for whole-chunk and fixed-tile models."""
+    image, ref = make_raster(shape=(90, 110)), request.getfixturevalue(model)
+    runs = [segment(image, tmp_path / f"out{i}", model=ref, chunk=40, confidence=True, probabilities=bool(i),
+                    preview=False) for i in (0, 1)]
+    for name in ("mask", "confidence"):
+        np.testing.assert_array_equal(*(_read(r.outputs[name]) for r in runs))
+
+
+@pytest.mark.parametrize("options", [
+    {"chunk": 1.5}, {"chunk": True}, {"margin": "a"}, {"margin": float("inf")}, {"margin": 1.5}, {"margin": True},
+    {"margin": 10**6}, {"tile": "x"}, {"tile": 10**6}, {"batch_size": "8"}, {"batch_size": None},
+    {"confidence": "yes"}, {"resample": "no"}, {"client": "tcp://127.0.0.1:1"}, {"progress": 5},
+])
+def test_api_arguments_of_the_wrong_kind_are_named_before_anything_runs(make_raster, tmp_path, options):
+    """These raised TypeError, ValueError or OverflowError from deep inside (confidence='yes' and progress=5 only
+    inside Dask), numpy asked for 10.9 TiB for margin=10**6, and margin=1.5 or resample='no' ran as something else."""
+    with pytest.raises((InputError, TilingError), match=next(iter(options))):
+        segment(make_raster(), tmp_path / "out", model="threshold", **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_zipped_input_on_a_process_cluster_is_read_by_the_workers(make_raster, tmp_path):
+    """Workers were asked os.path.isfile('/vsizip/...'), always False: every zipped raster was refused on a cluster."""
+    import zipfile
+
+    from distributed import Client, LocalCluster
+
+    from geoseg.pipeline import _check_workers_see
+
+    with zipfile.ZipFile(tmp_path / "flight.zip", "w") as archive:
+        archive.write(make_raster("a.tif"), "a.tif")
+    path = f"/vsizip/{tmp_path}/flight.zip/a.tif"
+    alone = segment(path, tmp_path / "alone", model="threshold", preview=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        shared = segment(path, tmp_path / "shared", model="threshold", preview=False, client=client)
+        assert shared.device == "Dask workers: CPU"
+        with pytest.raises(InputError, match="cannot see this file"):  # and a missing archive is still refused
+            _check_workers_see(client, f"/vsizip/{tmp_path}/missing.zip/a.tif")
+    np.testing.assert_array_equal(_read(alone.outputs["mask"]), _read(shared.outputs["mask"]))
+
+
+def test_a_run_without_a_keras_model_does_not_import_tensorflow(make_raster, tmp_path):
+    """Saying 'CPU' imported TensorFlow (3 s, 550 MB) after a baseline's run, and peak_memory_mb was read before it."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys, geoseg; r = geoseg.segment(sys.argv[1], sys.argv[2], model='threshold', preview=False); "
+            "print('tensorflow' in sys.modules, r.device, r.peak_memory_mb >= resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss / 1024 - 1)")
+    out = subprocess.run([sys.executable, "-c", code, str(make_raster()), str(tmp_path / "out")], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["False", "CPU", "True"]
+
+
+def test_a_full_disk_while_writing_the_preview_is_an_output_error_and_leaves_nothing(make_raster, tmp_path,
+                                                                                     monkeypatch):
+    """Pillow's OSError (No space left on device) came out raw, and named no file of the user's."""
+    import errno
+
+    from PIL import Image
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OutputError, match=r"out/image_preview\.png: could not be written \(.*No space left"):
+        segment(make_raster(), tmp_path / "out", model="threshold")
+    assert not (tmp_path / "out").exists()

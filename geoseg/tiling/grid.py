@@ -27,8 +27,11 @@ def coerce_size(value: int | tuple[int, int] | None, name: str, *, default: tupl
     """
     if value is None:
         return default
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+    try:
+        pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:  # 1.5 is not iterable
+        pair = (value,)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
         raise TilingError(f"`{name}` must be an int or a (rows, cols) pair of ints. Received: {name}={value!r}")
     if min(pair) <= 0:
         raise TilingError(f"`{name}` must be positive. Received: {name}={value!r}")
