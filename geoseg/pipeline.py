@@ -46,7 +46,7 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error",
+__all__ = ["Plan", "SegmentResult", "check_options", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error",
            "prepare_output_dir", "remove_stale_outputs", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
@@ -446,6 +446,44 @@ def _gdal_options() -> dict[str, Any]:
     return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
 
 
+def check_options(options: dict[str, Any], *, caller: str = "segment()", taken: Sequence[str] = ()) -> None:
+    """Check `segment`'s keyword arguments that need no raster; survey and scene check theirs before any run.
+
+    Raises an InputError or TilingError naming the argument: an unknown one (``chunks=``), one
+    that `caller` sets itself (`taken`), or a value of the wrong kind (``chunk=1.5``,
+    ``confidence="yes"``, ``client="tcp://..."``).
+    """
+    import inspect
+
+    known = set(inspect.signature(segment).parameters) - {"input", "output_dir"} - set(taken)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"{caller} has no option {', '.join(map(repr, unknown))}; it passes on to segment() "
+                         f"{', '.join(sorted(known))}.")
+    precision, tta = options.get("precision", "float32"), options.get("tta", "none")
+    sieve, client, progress = options.get("sieve", 0), options.get("client"), options.get("progress")
+    flags = {k: options[k] for k in ("confidence", "probabilities", "vector", "preview", "overwrite", "resample")
+             if k in options}
+    for name, value in flags.items():  # resample="no" is truthy, confidence="yes" failed deep in Dask
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    coerce_size(options.get("chunk"), "chunk", default=(1, 1))
+    for name, low, high in (("margin", 0, MAX_MARGIN), ("tile", 1, MAX_TILE), ("batch_size", 1, None)):
+        if options.get(name) is not None or name == "batch_size" and name in options:
+            _whole(name, options[name], low, high)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
+    if tta not in TTA_MODES:
+        raise InputError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {tta!r}")
+    if isinstance(sieve, bool) or not isinstance(sieve, (int, np.integer)) or sieve < 0:
+        raise InputError(f"sieve (--sieve) is a region size in pixels, a whole number of at least 0. Received: {sieve!r}")
+    if client is not None and not (hasattr(client, "run") and hasattr(client, "compute")):
+        raise InputError(f"`client` takes a dask.distributed Client, e.g. Client('tcp://host:8786'). "
+                         f"Received: client={client!r}")
+    if progress is not None and not callable(progress):
+        raise InputError(f"`progress` takes a function of one argument, the fraction done. Received: {progress!r}")
+
+
 @_under_gdal_options
 def segment(
     input: str | os.PathLike,
@@ -553,23 +591,10 @@ def segment(
     if not isinstance(input, (str, os.PathLike)):
         raise TypeError(f"segment takes one raster path. Received: {type(input).__name__}"
                         + ("; for several rasters use geoseg.survey" if isinstance(input, (list, tuple)) else ""))
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
-    if tta not in TTA_MODES:
-        raise InputError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {tta!r}")
-    if isinstance(sieve, bool) or not isinstance(sieve, (int, np.integer)) or sieve < 0:
-        raise InputError(f"sieve (--sieve) is a region size in pixels, a whole number of at least 0. Received: {sieve!r}")
+    check_options(dict(chunk=chunk, margin=margin, tile=tile, batch_size=batch_size, confidence=confidence,
+                       probabilities=probabilities, vector=vector, sieve=sieve, preview=preview, overwrite=overwrite,
+                       resample=resample, precision=precision, tta=tta, client=client, progress=progress))
     sieve = int(sieve)  # a numpy integer is no JSON
-    flags = {"confidence": confidence, "probabilities": probabilities, "vector": vector, "preview": preview,
-             "overwrite": overwrite, "resample": resample}
-    for name, value in flags.items():  # resample="no" is truthy, confidence="yes" failed deep in Dask
-        if not isinstance(value, (bool, np.bool_)):
-            raise InputError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    if client is not None and not (hasattr(client, "run") and hasattr(client, "compute")):
-        raise InputError(f"`client` takes a dask.distributed Client, e.g. Client('tcp://host:8786'). "
-                         f"Received: client={client!r}")
-    if progress is not None and not callable(progress):
-        raise InputError(f"`progress` takes a function of one argument, the fraction done. Received: {progress!r}")
     info = inspect_raster(input)
     model_path = resolve_model(with_card(model, precision=precision, tta=tta))
     card = get_segmenter(model_path).card
@@ -736,12 +761,18 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
                                                                              slice(left, left + cols))
     values = np.abs(card.normalize(block, norm)[valid[..., 0]])
     if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
+        declared = norm or card.normalization
+        fix = "pass --normalize (normalization= in Python) with a scale that maps its values as the card's does"
+        top = float(np.percentile(block[valid[..., 0]], 99.5))
+        if declared["method"] == "scale" and top > 0:  # the raster's 99.5th percentile where the card puts 8-bit 255
+            fix = (f"pass --normalize scale:{declared['scale'] * 255 / top:.6g},{declared.get('offset', 0.0):g} "
+                   f"(normalization= in Python), which maps this raster's 99.5th percentile ({top:g}) where the "
+                   "card maps 8-bit 255")
         log.warning(
             "%s: after the model's normalisation (%s) its %s pixels reach %.0f, far outside what %s was trained "
             "on, so expect nearly one class. The raster is probably in other units than the model's training data "
             "(16-bit reflectance into a model of 8-bit RGB?): convert it (for an 8-bit model: gdal_translate -ot "
-            "Byte -scale IN.tif OUT.tif), or pass --normalize (normalization= in Python) with a scale that maps its values as the card's does.",
-            info.path, _describe(norm or card.normalization), info.dtype, high, card.name)
+            "Byte -scale IN.tif OUT.tif), or %s.", info.path, _describe(declared), info.dtype, high, card.name, fix)
 
 
 def _describe(norm: dict) -> str:

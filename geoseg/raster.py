@@ -214,10 +214,12 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
             f"{needed} band(s) of values. Expand it to RGB first: gdal_translate -expand rgb {os.path.basename(info.path)} "
             "rgb.tif, or in QGIS Raster > Conversion > PCT to RGB."
         )
-    if missing:
+    if missing:  # the card's bands or the user's --bands: say which do not exist, and what would
+        repeat = f", e.g. {','.join(['1'] * needed)} to give the model its one band {needed} times" if (
+            info.count == 1 < needed) else ""
         raise BandError(
-            f"{info.path}: has {info.count} band(s) but the model reads band(s) {list(bands)}. "
-            f"Pass --bands (bands= in Python) with {needed} indexes between 1 and {info.count}."
+            f"{info.path}: has {info.count} band(s), so band(s) {missing} of {list(bands)} do not exist (bands "
+            f"count from 1). Pass --bands (bands= in Python) with {needed} indexes between 1 and {info.count}{repeat}."
         )
     return bands
 

@@ -152,6 +152,7 @@ def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_ra
     data = np.random.default_rng(0).integers(0, 1500, (3, 64, 64)).astype(np.uint16)
     segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False)
     assert "far outside what tiny-fcn was trained on" in caplog.text
+    assert "pass --normalize scale:0.00066" in caplog.text  # 1/255 * 255 / its 99.5th percentile (~1493), offset 0
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])

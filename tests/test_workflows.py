@@ -779,3 +779,24 @@ def test_plain_images_give_no_georeferencing_warnings_when_sieved_or_surveyed(tm
         segment(tmp_path / "a.png", tmp_path / "seg", model="threshold", sieve=10, preview=False)
         survey([tmp_path / "a.png"], tmp_path / "survey", model="threshold", vector=False)
     assert not [str(w.message) for w in caught if "geotransform" in str(w.message)]
+
+
+@pytest.mark.parametrize("call, options, message", [
+    ("survey", {"chunks": 5}, "survey() has no option 'chunks'"),
+    ("survey", {"chunk": -1}, "`chunk` must be positive"),
+    ("survey", {"overwrite": False}, "survey() has no option 'overwrite'"),
+    ("scene", {"chunks": 5}, "scene() has no option 'chunks'"),
+    ("scene", {"preview": True}, "scene() has no option 'preview'"),
+    ("scene", {"confidence": "yes"}, "`confidence` must be True or False"),
+])
+def test_segment_options_of_survey_and_scene_are_checked_before_any_raster(make_raster, tmp_path, call, options,
+                                                                             message):
+    """Each raster of a survey failed on its own (a TypeError for chunks=5) and a report of failures was written;
+    scene(chunks=5) raised a bare TypeError."""
+    from geoseg.errors import GeosegError
+    from geoseg.workflows import survey
+
+    with pytest.raises(GeosegError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        (survey if call == "survey" else scene)(make_raster() if call == "scene" else [make_raster()],
+                                                tmp_path / "out", model="threshold", **options)
+    assert not (tmp_path / "out").exists()

@@ -425,9 +425,9 @@ def _common_colors(path, n: int = 6) -> list[str]:
     from rasterio.enums import Resampling
 
     from geoseg.models.labels import _palette
+    from geoseg.raster import open_quietly
 
-    with warnings.catch_warnings(), rasterio.open(path) as ds:
-        warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
+    with open_quietly(path) as ds:  # a plain PNG is not georeferenced
         data = ds.read(out_shape=(ds.count, min(ds.height, 512), min(ds.width, 512)), resampling=Resampling.nearest)
         palette = _palette(ds) if ds.count == 1 else None
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table

@@ -10,7 +10,7 @@ from typing import Any
 
 from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
-from geoseg.pipeline import (SegmentResult, new_folders_removed_on_error, prepare_output_dir,
+from geoseg.pipeline import (SegmentResult, check_options, new_folders_removed_on_error, prepare_output_dir,
                              remove_stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem
@@ -76,6 +76,7 @@ def scene(
         written in a hidden folder inside `output_dir` and moved into place only
         when every one is complete: an interrupted run leaves none of them.
     """
+    check_options({**segment_options, "overwrite": overwrite}, caller="scene()", taken=("preview",))
     class_card(segment_options.get("model"), what="a land-cover report")
     frame = read_layer(zones, what="zones") if zones is not None else None
     if frame is not None and zone_field is not None and zone_field not in frame.columns:

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from geoseg.errors import GeosegError, InputError
-from geoseg.pipeline import prepare_output_dir, segment
+from geoseg.pipeline import check_options, prepare_output_dir, segment
 from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
@@ -191,6 +191,8 @@ def survey(
         inputs = [inputs]
     if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:  # jobs=0 ran as 1
         raise InputError(f"jobs (--jobs) must be a whole number of at least 1. Received: {jobs!r}")
+    # chunks=5 or chunk=-1 failed on every raster, one by one, and still wrote a report of failures
+    check_options({**segment_options, "vector": vector}, caller="survey()", taken=("overwrite", "progress"))
     out_dir = Path(output_dir)
     sources = expand_inputs(inputs)
     inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
