@@ -4,9 +4,9 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-SAMPLE := demo-output/synthetic_sample.tif
-INPUT  ?= $(SAMPLE)
 OUT    ?= demo-output
+SAMPLE  = $(OUT)/synthetic_sample.tif
+INPUT  ?= $(SAMPLE)
 
 .PHONY: env demo test test-fast browser lint bench clean
 

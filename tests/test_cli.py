@@ -33,6 +33,23 @@ def test_segment_json(run, make_raster, tiny_fcn, tmp_path):
     assert {"area_m2", "name", "pixels"} <= set(data["classes"][0])
 
 
+@pytest.mark.parametrize("name", ["b_mask.tif", "b_preview.png", "b_confidence.tif", "b_polygons.qml"])
+def test_segment_refuses_an_input_that_another_inputs_run_would_write_or_remove(run, make_raster, tmp_path, name):
+    """segment b.tif b_mask.tif -o . --overwrite wrote b's mask over the input b_mask.tif; b_preview.png was
+    replaced by b's preview (exit 0); b_confidence.tif was removed as 'from an earlier run'."""
+    b = make_raster(name="b.tif")
+    other = tmp_path / name
+    if name.endswith(".qml"):
+        other.write_text("<qgis/>")
+    else:
+        make_raster(name=name)
+    before = other.read_bytes()
+    result = run("segment", b, other, "-o", tmp_path, "-m", "threshold", "--overwrite", "--quiet")
+    assert result.exit_code == 1 and f"{other} is also where {b}'s run writes" in result.output
+    assert other.read_bytes() == before  # nothing ran: b's mask is not there either, unless it is the input
+    assert not (tmp_path / "b_mask.tif").exists() or name == "b_mask.tif"
+
+
 def test_segment_many_inputs_one_bad(run, make_raster, tiny_fcn, tmp_path):
     good = make_raster(name="good.tif")
     bad = tmp_path / "bad.tif"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import click
 
@@ -26,8 +27,9 @@ __all__ = ["segment"]
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
 @click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
-              help="Override the card's normalisation: scale:0.0001, percentile:2,98 (of the whole raster), "
-                   "meanstd:M1,M2,M3/S1,S2,S3 or none.")
+              help="Override the card's normalisation: scale:S[,OFFSET] (value x S + OFFSET), percentile:2,98 (of "
+                   "the whole raster, to 0..1), meanstd:M1,M2,M3/S1,S2,S3 or none. The model still expects the "
+                   "range it was trained on (the default model: -1..1, i.e. scale:0.00784313725490196,-1 of 8-bit).")
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
 @chunk_option
@@ -106,6 +108,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
 
 def _check_stems(inputs, output_dir) -> None:
     """Refuse inputs whose outputs would overwrite each other, before the first one is segmented."""
+    from geoseg.pipeline import output_paths
     from geoseg.raster import is_gdal_path, raster_stem, unique_stems
 
     seen: dict[str, str] = {}
@@ -122,6 +125,17 @@ def _check_stems(inputs, output_dir) -> None:
             f"{', '.join(clashing)} share a file name, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
             "raster a folder of its own.")
+    # b.tif's run wrote (or, with --overwrite, removed as stale) the input b_mask.tif or b_preview.png
+    files = {os.path.realpath(p): p for p in inputs if not is_gdal_path(p)}
+    for path in inputs:
+        every = output_paths(Path(output_dir), raster_stem(path), confidence=True, probabilities=True, vector=True)
+        for output in [*every.values(), every["mask"].with_suffix(".qml"), every["vector"].with_suffix(".qml")]:
+            other = files.get(os.path.realpath(output))
+            if other is not None:
+                raise click.ClickException(
+                    f"{other} is also where {path}'s run writes (or, with --overwrite, removes) {output.name}; "
+                    f"segmenting both into {output_dir} would destroy it. Use another output folder (-o), "
+                    "or rename the input.")
 
 
 def _summary(result) -> None:
@@ -152,7 +166,8 @@ class _bar:
         from tqdm import tqdm
 
         self.bar = tqdm(total=100, desc=click.format_filename(self.label, shorten=True), unit="%",
-                        delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+                        delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+                        disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
         return self._update
 
     def _update(self, fraction: float) -> None:

@@ -39,7 +39,8 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json
         from tqdm import tqdm
 
         bar = tqdm(total=100, desc="survey", unit="%", delay=1.0, leave=False,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+                   disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
 
     def progress(fraction: float, name: str) -> None:
         bar.update(round(100 * fraction, 1) - bar.n)
