@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: env
-	@if [ "$(INPUT)" = "$(SAMPLE)" ]; then $(BIN)/python scripts/make_sample.py $(SAMPLE); fi
+	@if [ "$(INPUT)" = "$(SAMPLE)" ]; then $(BIN)/python scripts/make_sample.py "$(SAMPLE)"; fi
 	$(BIN)/geoseg segment "$(INPUT)" -o "$(OUT)" --vector --confidence --overwrite
 	@echo "Outputs are in $(OUT)/ (mask and confidence GeoTIFFs, polygons GeoPackage, QGIS styles, preview PNG)."
 

@@ -112,9 +112,10 @@ def plan_run(
     rows, cols = round_up(min(rows, info.height), step), round_up(min(cols, info.width), step)
     seen = (rows + 2 * margin) * (cols + 2 * margin) / (rows * cols)
     if chunk is not None and (rows < info.height or cols < info.width) and seen > 4:
+        d_rows, d_cols = round_up(min(default, info.height), step), round_up(min(default, info.width), step)
         log.warning("chunk %dx%d with a %d px margin: the model sees %.0fx the pixels of the raster; "
-                    "the default chunk (%d) sees %.1fx", rows, cols, margin, seen, default,
-                    ((default + 2 * margin) / default) ** 2)
+                    "the default chunk (%dx%d on this raster) sees %.1fx", rows, cols, margin, seen, d_rows, d_cols,
+                    (d_rows + 2 * margin) * (d_cols + 2 * margin) / (d_rows * d_cols))
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
 
 
@@ -156,10 +157,14 @@ def _check_tile(card: ModelCard, tile: int | None, margin: int) -> int | None:
     if tile is None:
         return None
     step = tile - 2 * margin
+    if step < max(1, card.multiple_of) and card.tile_size is not None:  # the tile is the model's: only the margin moves
+        raise TilingError(f"model {card.name} takes fixed {tile}px tiles, which a {margin}px margin each side leaves "
+                          f"no core of. Use a --margin of at most {(tile - max(1, card.multiple_of)) // 2}.")
     if step < max(1, card.multiple_of):
         raise TilingError(
-            f"tile {tile}px leaves no core after a {margin}px margin each side. Use a tile larger "
-            f"than {2 * margin + card.multiple_of} or a smaller --margin."
+            f"tile {tile}px leaves no core after a {margin}px margin each side. Use a tile of at least "
+            f"{2 * margin + max(1, card.multiple_of)} (2 margins and a multiple of {max(1, card.multiple_of)}) "
+            "or a smaller --margin."
         )
     if card.tile_size is None and step % card.multiple_of:
         raise TilingError(
@@ -761,13 +766,13 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
                                                                              slice(left, left + cols))
     values = np.abs(card.normalize(block, norm)[valid[..., 0]])
     if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
-        declared = norm or card.normalization
+        declared, own = norm or card.normalization, card.normalization
         fix = "pass --normalize (normalization= in Python) with a scale that maps its values as the card's does"
         top = float(np.percentile(block[valid[..., 0]], 99.5))
-        if declared["method"] == "scale" and top > 0:  # the raster's 99.5th percentile where the card puts 8-bit 255
-            fix = (f"pass --normalize scale:{declared['scale'] * 255 / top:.6g},{declared.get('offset', 0.0):g} "
-                   f"(normalization= in Python), which maps this raster's 99.5th percentile ({top:g}) where the "
-                   "card maps 8-bit 255")
+        scale, offset = own.get("scale", 0.0), own.get("offset", 0.0)
+        if own["method"] == "scale" and top > 0 and abs(scale * 255 + offset - 1) < 0.05:  # a card of 8-bit data
+            fix = (f"pass --normalize scale:{scale * 255 / top:.6g},{offset:g} (normalization= in Python), which "
+                   f"maps this raster's 99.5th percentile ({top:g}) where the card maps 8-bit 255")
         log.warning(
             "%s: after the model's normalisation (%s) its %s pixels reach %.0f, far outside what %s was trained "
             "on, so expect nearly one class. The raster is probably in other units than the model's training data "

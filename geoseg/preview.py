@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from geoseg.errors import OutputError
 from geoseg.files import replaced_atomically
-from geoseg.raster import NODATA, first_line, read_preview
+from geoseg.raster import NODATA, STAGING_PREFIX, first_line, read_preview
 
 __all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
 
@@ -80,7 +81,8 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     for i, (c, row) in enumerate(zip(classes, table)):
         y = top + panels.shape[0] + 6 + i * line
         draw.rectangle([8, y, 22, y + 14], fill=c.rgb, outline="black")
-        area = f", {row['area_m2'] / 1e4:,.2f} ha" if row.get("area_m2") is not None else ""
+        area = "" if row.get("area_m2") is None else (f", {row['area_m2'] / 1e4:,.2f} ha" if row["area_m2"] >= 1e4
+                                                        else f", {row['area_m2']:,.0f} m²")  # 35 m² was '0.00 ha'
         draw.text((30, y), f"{c.name}: {100 * row['pixels'] / total:.1f}%{area}", fill="black", font=font)
     return canvas
 
@@ -102,15 +104,16 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
 def save_png(image: Image.Image, out_path: str | os.PathLike, *, shown: str | os.PathLike | None = None) -> None:
     """Save a PNG under a temporary name, then rename it into place.
 
-    A full disk or a folder gone is an OutputError naming `shown` (the final path, where
-    `out_path` is in a staging folder), not Pillow's OSError.
+    A full disk or a folder gone is an OutputError naming `shown`, or the path where a staging
+    folder's file will lie (the user's, not the hidden folder's), not Pillow's OSError.
     """
     try:
         with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
             image.save(tmp, format="PNG")
     except OSError as exc:
-        raise OutputError(f"{shown or out_path}: could not be written ({first_line(exc)}). Free some disk space or "
-                          "pick another output folder; nothing was left at that path.") from None
+        final = Path(*(part for part in Path(out_path).parts if not part.startswith(STAGING_PREFIX)))
+        raise OutputError(f"{shown or final}: could not be written ({first_line(exc)}); no file of this run was "
+                          "put in place. Free some disk space or pick another output folder.") from None
 
 
 def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,

@@ -67,6 +67,7 @@ class RasterInfo:
     gcp_crs: object = None
     rpcs: object = None  # rational polynomial coefficients (satellite scenes before orthorectification)
     paletted: bool = False  # one band of colour-table indexes (a GIF, a 256-colour PNG or GeoTIFF)
+    class_mask: bool = False  # a class mask with CLASS_NAMES tags, as segment writes them: no image to segment
 
     @property
     def pixels(self) -> int:
@@ -174,6 +175,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     gcp_crs=ds.gcps[1],
                     rpcs=ds.rpcs,
                     paletted=ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette,
+                    class_mask="CLASS_NAMES" in ds.tags(),
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
@@ -208,6 +210,9 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
             f"(bands={list(bands)}). Pass --bands (bands= in Python) with {needed} band indexes."
         )
     missing = [b for b in bands if not 1 <= b <= info.count]
+    if info.paletted and info.class_mask:  # survey masks.vrt: "expand it to RGB" was the wrong advice
+        raise BandError(f"{info.path}: a class mask (its CLASS_NAMES tag names the classes, as geoseg writes masks), "
+                        "not an image: segment the image it was made from, or open it in QGIS as it is.")
     if info.paletted:  # indexes into a colour table are no reflectance, whatever --bands says
         raise BandError(
             f"{info.path}: a paletted image (one band of colour-table indexes, not colours); the model reads "

@@ -50,6 +50,17 @@ def test_segment_refuses_an_input_that_another_inputs_run_would_write_or_remove(
     assert not (tmp_path / "b_mask.tif").exists() or name == "b_mask.tif"
 
 
+def test_segment_without_overwrite_runs_beside_an_input_named_like_an_output_it_does_not_write(run, make_raster,
+                                                                                               tmp_path):
+    """Without --overwrite nothing is replaced or removed: b_confidence.tif is only at risk with --confidence."""
+    b, other = make_raster(name="b.tif"), make_raster(name="b_confidence.tif")
+    before = other.read_bytes()
+    assert run("segment", b, other, "-o", tmp_path, "-m", "threshold", "--quiet").exit_code == 0
+    assert other.read_bytes() == before and (tmp_path / "b_mask.tif").exists()
+    refused = run("segment", b, other, "-o", tmp_path, "-m", "threshold", "--quiet", "--confidence")
+    assert refused.exit_code == 1 and "is also where" in refused.output
+
+
 def test_segment_many_inputs_one_bad(run, make_raster, tiny_fcn, tmp_path):
     good = make_raster(name="good.tif")
     bad = tmp_path / "bad.tif"
@@ -356,3 +367,35 @@ def test_ctrl_c_exits_130(run, make_raster, tmp_path, monkeypatch):
     monkeypatch.setattr(geoseg.pipeline, "segment", interrupted)
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold")
     assert result.exit_code == 130 and "Interrupted" in result.stderr
+
+
+@pytest.mark.parametrize("command, args, keras", [
+    ("segment", ["a.tif", "-m", "threshold"], False),
+    ("segment", ["a.tif", "-mthreshold?water=0.1"], False),
+    ("segment", ["a.tif", "--model=builtin:edges-watershed"], False),
+    ("segment", ["a.tif"], True),  # the default model
+    ("segment", ["a.tif", "-m", "landcover-unet"], True),
+    ("compare", ["--models", "threshold,landcover-unet", "--images", "a.tif"], True),
+    ("compare", ["--models=threshold,edges-watershed", "--images", "a.tif"], False),
+    ("flood", ["a.tif", "-o", "f", "--method", "ndwi"], False),
+    ("flood", ["a.tif", "-o", "f"], True),
+    ("evaluate", ["-h"], False),
+    ("train", ["-c", "x.toml"], True),
+])
+def test_tensorflow_is_loaded_up_front_only_where_a_keras_model_may_run(command, args, keras):
+    from geoseg.cli import _may_run_keras
+
+    assert _may_run_keras(command, args) is keras
+
+
+def test_a_baseline_run_from_the_command_line_does_not_import_tensorflow(make_raster, tmp_path):
+    """Every segment/compare/flood run imported TensorFlow first (3 s, 550 MB), baselines and --help too."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from geoseg.cli import main\n"
+            "try: main(sys.argv[1:], standalone_mode=False)\n"
+            "finally: print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, "segment", str(make_raster()), "-o", str(tmp_path / "o"), "-m",
+                          "threshold", "--quiet"], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False" and (tmp_path / "o" / "image_mask.tif").exists()

@@ -850,3 +850,67 @@ def test_a_full_disk_while_writing_the_preview_is_an_output_error_and_leaves_not
     with pytest.raises(OutputError, match=r"out/image_preview\.png: could not be written \(.*No space left"):
         segment(make_raster(), tmp_path / "out", model="threshold")
     assert not (tmp_path / "out").exists()
+    from geoseg.workflows import scene
+
+    with pytest.raises(OutputError, match=r"sc/image_scene\.png: could not be written") as caught:  # not .geoseg-*/
+        scene(make_raster(), tmp_path / "sc", model="threshold")
+    assert ".geoseg-" not in str(caught.value)
+
+
+def test_tile_and_chunk_messages_give_figures_that_hold(make_raster, tiny_fcn, tmp_path, caplog):
+    """'Use a tile larger than 608' was followed by 'Try tile=640' for 620; the small-chunk warning quoted the
+    default chunk's overlap on a large raster (1.6x), not on the raster at hand."""
+    path = make_raster()  # 64 x 80, tiny-fcn: margin 23, multiple of 4
+    with pytest.raises(TilingError, match=r"Use a tile of at least 50 \(2 margins and a multiple of 4\)"):
+        segment(path, tmp_path / "a", model=tiny_fcn, tile=40, preview=False)
+    segment(path, tmp_path / "b", model=tiny_fcn, tile=50, preview=False)  # the figure given works
+    segment(path, tmp_path / "c", model=tiny_fcn, chunk=4, preview=False)
+    assert "the default chunk (64x80 on this raster) sees 2.7x" in caplog.text
+
+
+def test_a_class_mask_given_as_input_is_named_as_one(make_raster, tmp_path):
+    """A survey of masks.vrt advised expanding geoseg's own masks to RGB and segmenting them."""
+    from geoseg.workflows import survey
+
+    first = segment(make_raster(), tmp_path / "out", model="threshold", preview=False)
+    survey([make_raster("a.tif"), make_raster("b.tif", seed=1)], tmp_path / "sv", model="threshold", vector=False)
+    for mask in (first.outputs["mask"], tmp_path / "sv" / "masks.vrt"):
+        with pytest.raises(BandError, match="a class mask .*not an image: segment the image it was made from"):
+            segment(mask, tmp_path / "again", model="threshold", preview=False)
+
+
+def test_top_class_of_a_bfloat16_model_that_ends_in_a_nested_head():
+    """with_precision keeps only a top-level last layer in float32: a nested head returned bfloat16, and predict_top
+    stacked it with the float32 class ids (TypeError), where predict_proba worked."""
+    import keras
+
+    from geoseg.inference import top_of
+    from geoseg.models import ModelCard
+    from geoseg.models.segmenter import KerasSegmenter, with_precision
+
+    keras.utils.set_random_seed(0)
+    head_in = keras.Input((None, None, 4))
+    head = keras.Model(head_in, keras.layers.Softmax()(keras.layers.Conv2D(2, 1)(head_in)), name="head")
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, head(keras.layers.Conv2D(4, 3, padding="same")(inputs)))
+    card = ModelCard.from_dict({"name": "m", "classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}],
+                                "bands": [1, 2, 3], "normalization": {"method": "scale", "scale": 0.5}, "margin": 1})
+    segmenter = KerasSegmenter(with_precision(model, "bfloat16"), card)
+    batch = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(segmenter.predict_top(batch), top_of(segmenter.predict_proba(batch)))
+
+
+def test_the_suggested_normalisation_comes_from_the_card_whatever_was_overridden(make_raster, tiny_fcn, tmp_path,
+                                                                                 caplog):
+    """With normalization= given, the suggestion was built on the override's scale and offset, not the card's."""
+    data = np.random.default_rng(0).integers(0, 1500, (3, 64, 64)).astype(np.uint16)
+    segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False,
+            normalization={"method": "scale", "scale": 0.01, "offset": -1.0})
+    assert "pass --normalize scale:0.00066" in caplog.text and ",-1 (normalization" not in caplog.text
+
+
+def test_a_fixed_tile_model_is_told_which_margin_fits(make_raster, tiny_tiled, tmp_path):
+    """'Use a tile of at least 50' was advised for a model that takes only 48 px tiles."""
+    with pytest.raises(TilingError, match="takes fixed 48px tiles.*Use a --margin of at most 23"):
+        segment(make_raster(), tmp_path / "out", model=tiny_tiled, margin=24, preview=False)
+    segment(make_raster(), tmp_path / "ok", model=tiny_tiled, margin=23, preview=False)

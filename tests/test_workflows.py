@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -195,7 +196,10 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     assert set(layer.class_name) == {"flooded", "permanent water", "receded water"}
     assert "NDWI" in result.water_source
     with open(result.outputs["md"]) as f:
-        assert "| flooded |" in f.read()
+        md = f.read()
+    assert "| flooded |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| Old Town |"))
+    assert re.fullmatch(r"\| Old Town \|( \d+\.\d{6} \| [\d.]+ \|)+", row), row  # km² as 0.000003, not 3e-06
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "magic"}, "method must be 'model' or 'ndwi'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import click
@@ -75,6 +76,48 @@ class _Group(click.Group):
                        "moved into place when the signal came is complete).", err=True)
             ctx.exit(130)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        ctx.meta["geoseg.command_args"] = list(args[1:])  # for _may_run_keras, before the command parses them
+        return super().resolve_command(ctx, args)
+
+
+def _option_values(args: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """The values given to any of `flags` in raw command-line `args` ('-m X', '--model=X', '-mX')."""
+    values = []
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                values.append(args[i + 1])
+            elif arg.startswith(flag + "=") and flag.startswith("--"):
+                values.append(arg[len(flag) + 1:])
+            elif len(flag) == 2 and arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
+                values.append(arg[2:])
+    return values
+
+
+def _may_run_keras(command: str, args: Sequence[str]) -> bool:
+    """Whether a command may load a Keras model, so that TensorFlow is imported (quietly) up front.
+
+    Not for --help, flood --method ndwi, or models that are all built-in baselines (numpy): their runs
+    then skip TensorFlow's import, 3 s and 550 MB. A guess wrong the other way only lets TensorFlow's
+    start-up lines through.
+    """
+    if "--help" in args or "-h" in args:
+        return False
+    if command in ("train", "serve"):
+        return True
+    if command == "flood" and "ndwi" in _option_values(args, ("--method",)):
+        return False
+    if command == "compare":
+        names = [n for value in _option_values(args, ("--models",)) for n in value.split(",")]
+    else:
+        names = _option_values(args, ("-m", "--model"))
+    if not names:  # the default model
+        return True
+    from geoseg.models.registry import BUILTIN, builtin_names
+
+    return not all(n.strip().partition("?")[0].removeprefix(BUILTIN) in builtin_names() for n in names)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geoseg")
@@ -85,7 +128,8 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Segment aerial, drone and satellite rasters of any size into georeferenced class masks."""
     configure_logging(verbose - quiet)
     _exit_cleanly_on_sigterm()
-    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare", "serve"):
+    if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare", "serve") \
+            and _may_run_keras(ctx.invoked_subcommand, ctx.meta.get("geoseg.command_args", [])):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
 

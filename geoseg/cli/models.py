@@ -56,7 +56,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    output: unlabeled regions in {len(row['classes'])} colours (no classes)")
         else:
             click.echo(f"    classes: {', '.join(row['classes'])}")
-        click.echo(f"    bands: {row['bands']}  margin: {row['margin']} px  path: {row['path']}")
+        click.echo(f"    bands: {row['bands']}  margin: {row['margin']} px  path: {row['path'] or '(built in)'}")
     if not rows:
         click.echo("no models found", err=True)
 

@@ -78,7 +78,8 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
-    _check_stems(inputs, output_dir)
+    _check_stems(inputs, output_dir, written=None if overwrite else dict(
+        confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))
     results, failures = [], []
     with fail_cleanly(), _client(workers, scheduler) as client:
         for path in inputs:
@@ -106,7 +107,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         raise SystemExit(1)
 
 
-def _check_stems(inputs, output_dir) -> None:
+def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
     """Refuse inputs whose outputs would overwrite each other, before the first one is segmented."""
     from geoseg.pipeline import output_paths
     from geoseg.raster import is_gdal_path, raster_stem, unique_stems
@@ -125,11 +126,14 @@ def _check_stems(inputs, output_dir) -> None:
             f"{', '.join(clashing)} share a file name, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
             "raster a folder of its own.")
-    # b.tif's run wrote (or, with --overwrite, removed as stale) the input b_mask.tif or b_preview.png
+    # b.tif's run wrote (or, with --overwrite, removed as stale) the input b_mask.tif or b_preview.png;
+    # `written`: the outputs' flags, or None for all of them (--overwrite removes those it does not write)
     files = {os.path.realpath(p): p for p in inputs if not is_gdal_path(p)}
+    flags = written or dict(confidence=True, probabilities=True, vector=True, preview=True)
     for path in inputs:
-        every = output_paths(Path(output_dir), raster_stem(path), confidence=True, probabilities=True, vector=True)
-        for output in [*every.values(), every["mask"].with_suffix(".qml"), every["vector"].with_suffix(".qml")]:
+        outputs = output_paths(Path(output_dir), raster_stem(path), **flags)
+        styles = [outputs[k].with_suffix(".qml") for k in ("mask", "vector") if k in outputs]
+        for output in [*outputs.values(), *styles]:
             other = files.get(os.path.realpath(output))
             if other is not None:
                 raise click.ClickException(

@@ -12,7 +12,8 @@ from geoseg.errors import ModelError, ModelNotFoundError
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "Problem", "get_segmenter", "list_models", "resolve_model", "with_card"]
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "Problem", "builtin_names", "get_segmenter", "list_models", "resolve_model",
+           "with_card"]
 
 DEFAULT_MODEL = "landcover-unet"
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -36,6 +37,11 @@ class ModelEntry:
     def ref(self) -> str:
         """What `get_segmenter` takes: the bundle path, or ``builtin:NAME``."""
         return str(self.path) if self.path is not None else BUILTIN + self.name
+
+
+def builtin_names() -> set[str]:
+    """Names of the built-in baselines, which run on numpy alone (no TensorFlow)."""
+    return {entry.name for entry in _builtins()}
 
 
 def _builtins() -> list[ModelEntry]:

@@ -99,7 +99,7 @@ class KerasSegmenter:
         model = self.model
 
         def classes(x):  # argmax and max of the probabilities, as inference.top_of takes them
-            proba = model(x, training=False)
+            proba = tf.cast(model(x, training=False), tf.float32)  # a nested head stays bfloat16 in bfloat16
             return tf.stack([tf.cast(tf.argmax(proba, axis=-1), tf.float32), tf.reduce_max(proba, axis=-1)], axis=-1)
 
         with self._lock:

@@ -94,8 +94,8 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
     geoms = frame.geometry.to_crs(crs)
     inside = geoms.intersects(footprint).to_numpy()
     if not inside.any():
-        bounds = ", ".join(f"{v:.6g}" for v in geoms.total_bounds)
-        raster_bounds = ", ".join(f"{v:.6g}" for v in footprint.bounds)
+        bounds = ", ".join(f"{v:.10g}" for v in geoms.total_bounds)  # .6g printed 5173001 and 5173099 alike
+        raster_bounds = ", ".join(f"{v:.10g}" for v in footprint.bounds)
         raise InputError(f"none of the {len(frame)} polygon(s) of the {what} layer overlaps {info.path}: in {crs} "
                          f"the layer spans ({bounds}) and the raster ({raster_bounds}). Check the layer and its CRS.")
     if not inside.all():

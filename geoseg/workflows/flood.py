@@ -341,8 +341,8 @@ def _check_alignable(post_info, pre_info) -> None:
     if pre_x.max() <= post_x.min() or pre_x.min() >= post_x.max() or pre_y.max() <= post_y.min() \
             or pre_y.min() >= post_y.max():
         raise InputError(f"{pre_info.path} does not overlap {post_info.path}: in {post_crs} they span "
-                         f"x {pre_x.min():.6g}..{pre_x.max():.6g}, y {pre_y.min():.6g}..{pre_y.max():.6g} and "
-                         f"x {post_x.min():.6g}..{post_x.max():.6g}, y {post_y.min():.6g}..{post_y.max():.6g}. "
+                         f"x {pre_x.min():.10g}..{pre_x.max():.10g}, y {pre_y.min():.10g}..{pre_y.max():.10g} and "
+                         f"x {post_x.min():.10g}..{post_x.max():.10g}, y {post_y.min():.10g}..{post_y.max():.10g}. "
                          "Check that both show the same place.")
 
 
@@ -429,5 +429,12 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
         lines += ["", "## Areas of interest", "", "| aoi | " + " | ".join(keys) + " |",
                   "|---|" + "---:|" * len(keys)]
         for row in result.aoi:
-            lines.append(f"| {row['aoi']} | " + " | ".join(str(row[k]) for k in keys) + " |")
+            lines.append(f"| {row['aoi']} | " + " | ".join(_cell(row[k], k) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value, key: str) -> str:
+    """A table cell: km² to 6 decimals (3e-06 was printed for 3 m²), shares as they are, n/a for none."""
+    if value is None:
+        return "n/a"
+    return f"{value:.6f}" if key.endswith("_km2") else str(value)

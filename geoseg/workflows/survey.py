@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import threading
@@ -488,6 +489,8 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
         f"  <GeoTransform>{left}, {res_x}, 0, {top}, 0, {-res_y}</GeoTransform>\n"
+        # as segment tags its masks: the mosaic reads as a class mask (evaluate, a later survey, QGIS)
+        f'  <Metadata><MDI key="CLASS_NAMES">{escape(json.dumps({c.id: c.name for c in classes}))}</MDI></Metadata>\n'
         '  <VRTRasterBand dataType="Byte" band="1">\n    <NoDataValue>255</NoDataValue>\n'
         "    <ColorInterp>Palette</ColorInterp>\n"
         f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
