@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["move_all", "replace_set", "replaced_atomically", "signals_held"]
+__all__ = ["move_all", "named_as_final", "replace_set", "replaced_atomically", "signals_held"]
 
 
 @contextmanager
@@ -30,6 +30,34 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def named_as_final(logger_name: str, staged: dict[str, str]) -> Iterator[None]:
+    """Within the block, warnings of `logger_name` and geoseg errors name the user's files: each key of
+    `staged` (a copy in a staging folder, ``out/.geoseg-vm-…/x_mask.cog.tif``) becomes its value."""
+    import logging
+
+    from geoseg.errors import GeosegError
+
+    def final(text: str) -> str:
+        for copy, path in staged.items():
+            text = text.replace(copy, path)
+        return text
+
+    class Renamed(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg, record.args = final(record.getMessage()), None
+            return True
+
+    logger, renamed = logging.getLogger(logger_name), Renamed()
+    logger.addFilter(renamed)
+    try:
+        yield
+    except GeosegError as exc:
+        raise type(exc)(final(str(exc))) from None
+    finally:
+        logger.removeFilter(renamed)
 
 
 @contextmanager

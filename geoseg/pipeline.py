@@ -18,7 +18,7 @@ import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import InputError, OutputError, TilingError
-from geoseg.files import move_all, signals_held
+from geoseg.files import move_all, named_as_final, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
@@ -658,9 +658,11 @@ def segment(
                             "raster's nodata value and mask (gdalinfo)", info.path)
             names = {c.id: (c.name, c.rgb) for c in card.classes}
             write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
-            if vector:
-                vectorize(mask, tmp / paths["vector"].name, confidence=cogs.get(paths.get("confidence")),
-                          overwrite=True)
+            if vector:  # its warnings and errors name the outputs as they will lie, not their staged copies
+                staged = {str(cog): str(final) for final, cog in cogs.items()}
+                with named_as_final("geoseg.vector", {**staged, str(tmp / paths["vector"].name): str(paths["vector"])}):
+                    vectorize(mask, tmp / paths["vector"].name, confidence=cogs.get(paths.get("confidence")),
+                              overwrite=True)
             if preview:
                 from geoseg.preview import write_preview
 

@@ -564,6 +564,7 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
         kept = ds.rpcs.to_dict()
         assert all(np.allclose(kept[k], v) for k, v in rpcs.to_dict().items() if v is not None)
     assert "georeferenced by RPCs only: the polygons are in pixel coordinates" in caplog.text
+    assert f"{tmp_path / 'out' / 'rpc_mask.tif'} is georeferenced" in caplog.text  # not .geoseg-…/rpc_mask.cog.tif
 
 
 def test_an_image_without_georeferencing_gets_outputs_that_overlay_it_in_qgis(tmp_path):

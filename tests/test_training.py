@@ -232,6 +232,7 @@ def test_train_an_encoder_unet(tmp_path, model):
     check = card["training"]["margin_check"]  # the margin was checked on the validation image
     assert check["images"] == 1 and check["margin_px"] == card["margin"] >= check["impulse_response_px"]
     assert check["agreement"] >= 0.9999 and card["margin"] < 512  # found, not given up at the limit
+    assert "checking the seam-free margin on 1 image crop(s)" in result.output  # minutes without a word, before
     assert 0 <= card["training"]["final_epoch_mean_iou"] <= 1
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])

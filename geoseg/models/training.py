@@ -689,6 +689,8 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         pairs = val_pairs or train_pairs
         crops = [np.asarray(image[:SEAM_CROP, :SEAM_CROP])  # spread over the list, which runs tile by tile
                  for image, _, _ in pairs[:: max(1, len(pairs) // SEAM_IMAGES)][:SEAM_IMAGES]]
+        print(f"checking the seam-free margin on {len(crops)} image crop(s), then scoring the validation images "
+              "(minutes on a CPU)", flush=True)  # after Keras's last epoch line, as that bar is printed
         margin, agreement = seam_free_margin(KerasSegmenter(model, card), crops, impulse)
         seams = {"margin_px": margin, "impulse_response_px": impulse, "chunk": 256, "images": len(crops),
                  "agreement": round(agreement, 6)}
