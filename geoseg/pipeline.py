@@ -46,8 +46,8 @@ from geoseg.raster import (
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
-__all__ = ["Plan", "SegmentResult", "check_options", "default_chunk", "output_paths", "plan_run", "new_folders_removed_on_error",
-           "prepare_output_dir", "remove_stale_outputs", "segment", "segment_chunk"]
+__all__ = ["Plan", "SegmentResult", "check_options", "default_chunk", "output_paths", "plan_run",
+           "new_folders_removed_on_error", "prepare_output_dir", "remove_stale_outputs", "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +209,15 @@ def segment_chunk(
     x = segmenter.card.normalize(block, normalization)
     x[~valid] = 0.0
     # Without --probabilities only the winning class and its probability come back from the model
-    proba = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size, top=not probabilities)
-    rows, cols = proba.shape[:2]
+    predicted = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size, top=not probabilities)
+    rows, cols = predicted.shape[:2]
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
-    best = top_of(proba) if probabilities else proba
+    best = top_of(predicted) if probabilities else predicted  # (rows, cols, 2): class, its probability
     layers = [best[..., 0].astype(np.uint8)]
     if confidence:
         layers.append(np.rint(best[..., 1] * 100).astype(np.uint8))
     if probabilities:
-        layers.extend(np.rint(np.moveaxis(proba, -1, 0) * 100).astype(np.uint8))
+        layers.extend(np.rint(np.moveaxis(predicted, -1, 0) * 100).astype(np.uint8))
     out = np.stack(layers, axis=-1)
     out[nodata] = NODATA
     return out
