@@ -139,6 +139,10 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     with rasterio.open(tmp_path / "cmp" / "tiny-fcn" / "image_mask.tif") as a, \
             rasterio.open(tmp_path / "cmp" / "tiny-tiled" / "image_mask.tif") as b:
         assert ((disagreement == 1) == (a.read(1) != b.read(1))).all()
+    assert result["agreement_pct"] == [round(100 * float((disagreement == 0).mean()), 2)]  # no nodata here
+    printed = CliRunner().invoke(main, ["compare", "--models", f"{tiny_fcn},{other}", "--images", str(image),
+                                        "-o", str(tmp_path / "cmp2")])
+    assert f"(all models agree on {result['agreement_pct'][0]}% of the valid pixels)" in printed.output
     pred, profile = _predicted(tiny_fcn, image, tmp_path)
     label = tmp_path / "label.tif"
     with rasterio.open(label, "w", **profile) as ds:

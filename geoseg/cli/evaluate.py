@@ -163,8 +163,9 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
     if result["evaluations"]:
         click.echo(markdown_table(result["evaluations"]))
         _echo_notes(result["evaluations"])
-    for path in result["disagreement"]:
-        click.echo(f"disagreement: {path}", err=True)
+    for path, agree in zip(result["disagreement"], result["agreement_pct"]):
+        share = "no valid pixel" if agree is None else f"all models agree on {agree}% of the valid pixels"
+        click.echo(f"disagreement: {path} ({share})", err=True)
 
 
 def _echo_notes(evaluations: list[dict]) -> None:

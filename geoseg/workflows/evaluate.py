@@ -19,7 +19,7 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import prepare_output_dir, segment
-from geoseg.raster import check_bands, inspect_raster, open_quietly, raster_stem, unique_stems
+from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
@@ -490,7 +490,9 @@ def compare(
         for m, folder in zip(models, folders):
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
     disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
-    return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations], "disagreement": disagreement}
+    return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations],
+            "disagreement": [path for path, _ in disagreement],
+            "agreement_pct": [pct for _, pct in disagreement]}
 
 
 def _shared_label_set(model, labels: list, options: dict) -> dict:
@@ -520,8 +522,9 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
                                                          if fmt == "color" else {})}
 
 
-def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[str]:
-    """Each image's disagreement raster; `scored`: this run's evaluations already left every mask in `out`."""
+def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[tuple[str, float | None]]:
+    """Each image's disagreement raster and the share of its valid pixels (%) on which all models agree (None
+    where none is valid); `scored`: this run's evaluations already left every mask in `out`."""
     from geoseg.raster import write_class_mask
 
     seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
@@ -548,7 +551,8 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
         finally:
             for h in handles:
                 h.close()
-        paths.append(str(target))
+        counts = class_pixel_counts(target, len(classes)).sum(axis=0)
+        paths.append((str(target), round(100 * float(counts[0]) / counts.sum(), 2) if counts.sum() else None))
     return paths
 
 
