@@ -667,7 +667,7 @@ def segment(
                 from geoseg.preview import write_preview
 
                 write_preview(info.path, mask, tmp / paths["preview"].name, card.classes, classes, plan.bands,
-                              regions=card.output == "regions", shown=paths["preview"])
+                              regions=card.output == "regions")
             extra = [paths["mask"].with_suffix(".qml")]
             if vector:
                 extra += [paths["vector"], paths["vector"].with_suffix(".qml")]

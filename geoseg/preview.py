@@ -101,23 +101,23 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
                 draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
 
 
-def save_png(image: Image.Image, out_path: str | os.PathLike, *, shown: str | os.PathLike | None = None) -> None:
+def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
     """Save a PNG under a temporary name, then rename it into place.
 
-    A full disk or a folder gone is an OutputError naming `shown`, or the path where a staging
-    folder's file will lie (the user's, not the hidden folder's), not Pillow's OSError.
+    A full disk or a folder gone is an OutputError naming the path where the file will lie (for
+    a file in a staging folder the user's path, not the hidden folder's), not Pillow's OSError.
     """
     try:
         with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
             image.save(tmp, format="PNG")
     except OSError as exc:
         final = Path(*(part for part in Path(out_path).parts if not part.startswith(STAGING_PREFIX)))
-        raise OutputError(f"{shown or final}: could not be written ({first_line(exc)}); no file of this run was "
+        raise OutputError(f"{final}: could not be written ({first_line(exc)}); no file of this run was "
                           "put in place. Free some disk space or pick another output folder.") from None
 
 
 def write_preview(image_path: str, mask_path: str | os.PathLike, out_path: str | os.PathLike,
                   classes: Sequence, table: Sequence[dict[str, Any]], bands: Sequence[int], *,
-                  regions: bool = False, shown: str | os.PathLike | None = None) -> None:
-    """Write the `render_map` of an image and its mask to `out_path` as PNG (`shown` in messages)."""
-    save_png(render_map(image_path, mask_path, classes, table, bands, regions=regions), out_path, shown=shown)
+                  regions: bool = False) -> None:
+    """Write the `render_map` of an image and its mask to `out_path` as PNG."""
+    save_png(render_map(image_path, mask_path, classes, table, bands, regions=regions), out_path)
