@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import rasterio
@@ -70,6 +73,22 @@ def test_segment_many_inputs_one_bad(run, make_raster, tiny_fcn, tmp_path):
     data = json.loads(result.stdout)
     assert [r["input"] for r in data["results"]] == [str(good)]
     assert "not a raster" in data["errors"][0]["error"]
+
+
+def test_segment_finds_a_missing_input_or_an_earlier_output_before_the_first_run(run, make_raster, tmp_path):
+    """A typo in the last of many names, or the last raster's mask from an earlier run, stopped the
+    run only after the rasters before it were segmented."""
+    first, last = make_raster(name="a.tif"), make_raster(name="b.tif")
+    missing = run("segment", first, tmp_path / "nope.tif", last, tmp_path / "gone.tif", "-o", tmp_path / "out",
+                  "-m", "threshold", "--quiet")
+    assert missing.exit_code == 1 and "nope.tif, " in missing.output and "gone.tif: no such files" in missing.output
+    assert "nothing was segmented" in missing.output and not (tmp_path / "out").exists()
+    assert run("segment", last, "-o", tmp_path / "out", "-m", "threshold", "--quiet").exit_code == 0
+    again = run("segment", first, last, "-o", tmp_path / "out", "-m", "threshold", "--quiet")
+    assert again.exit_code == 1 and "b_mask.tif already exists (from an earlier run on " in again.output
+    assert not (tmp_path / "out" / "a_mask.tif").exists()
+    replaced = run("segment", first, last, "-o", tmp_path / "out", "-m", "threshold", "--quiet", "--overwrite")
+    assert replaced.exit_code == 0 and (tmp_path / "out" / "a_mask.tif").exists()
 
 
 def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp_path):
@@ -147,10 +166,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(make_raster,
     """Python's default SIGTERM ended at once and left OUT/.geoseg-XXXX/ with empty GeoTIFFs behind;
     a survey then logged a traceback and recorded the raster it was on as failed."""
     import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     image = make_raster(shape=(2500, 2500))
     out = tmp_path / "out"
@@ -291,11 +307,15 @@ def test_model_by_name_from_model_path(run, make_raster, model_dir, tmp_path, mo
 
 
 def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
+    """As a user runs it (a process of its own): the same mask, and only geoseg's warning on stderr. Each worker printed
+    TensorFlow's C++ start-up lines, and the nanny a warning when it killed a slow-to-exit worker."""
     path = make_raster(shape=(100, 120))
     threads = run("segment", path, "-o", tmp_path / "a", "-m", tiny_fcn, "--chunk", "32", "--quiet", "--no-preview")
-    cluster = run("segment", path, "-o", tmp_path / "b", "-m", tiny_fcn, "--chunk", "32", "--quiet",
-                  "--no-preview", "--workers", "2")
-    assert threads.exit_code == 0 and cluster.exit_code == 0, cluster.output
+    cluster = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", str(path), "-o",
+                              str(tmp_path / "b"), "-m", str(tiny_fcn), "--chunk", "32", "--quiet", "--no-preview",
+                              "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert threads.exit_code == 0 and cluster.returncode == 0, cluster.stderr
+    assert [line for line in cluster.stderr.splitlines() if "chunk 32x32 with a 23 px margin" not in line] == []
     with rasterio.open(tmp_path / "a" / "image_mask.tif") as a, rasterio.open(tmp_path / "b" / "image_mask.tif") as b:
         assert (a.read(1) == b.read(1)).all()
 
@@ -390,8 +410,6 @@ def test_tensorflow_is_loaded_up_front_only_where_a_keras_model_may_run(command,
 
 def test_a_baseline_run_from_the_command_line_does_not_import_tensorflow(make_raster, tmp_path):
     """Every segment/compare/flood run imported TensorFlow first (3 s, 550 MB), baselines and --help too."""
-    import subprocess
-    import sys
 
     code = ("import sys; from geoseg.cli import main\n"
             "try: main(sys.argv[1:], standalone_mode=False)\n"

@@ -70,6 +70,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
       geoseg segment a.tif b.tif -o out/ --vector --confidence --json
       geoseg segment big.tif -o out/ --chunk 2048 --workers 4
     """
+    from geoseg.cli import _may_run_keras
     from geoseg.errors import GeosegError, OutputError
     from geoseg.models.registry import with_card
     from geoseg.pipeline import segment as run_segment
@@ -78,10 +79,12 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
-    _check_stems(inputs, output_dir, written=None if overwrite else dict(
+    _check_inputs(inputs, output_dir, overwrite, dict(
         confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))
     results, failures = [], []
-    with fail_cleanly(), _client(workers, scheduler) as client:
+    keras = _may_run_keras("segment", [] if model is None else ["-m", os.fspath(model)])
+    verbosity = (click.get_current_context().find_root().obj or {}).get("verbosity", 0)
+    with fail_cleanly(), _client(workers, scheduler, keras, verbosity) as client:
         for path in inputs:
             try:
                 with _bar(path, quiet) as progress:
@@ -107,8 +110,32 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         raise SystemExit(1)
 
 
+def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
+    """What can be told before the first input is segmented: missing files, outputs that would
+    overwrite each other or an input, and (without --overwrite) outputs of an earlier run.
+
+    A run over many rasters then stops at once on a typo in the last name, not hours later.
+    """
+    from geoseg.pipeline import output_paths
+    from geoseg.raster import is_gdal_path, raster_stem
+
+    missing = [p for p in inputs if not is_gdal_path(p) and not os.path.exists(p)]
+    if missing:
+        raise click.ClickException(f"{', '.join(missing)}: no such file{'s' if len(missing) > 1 else ''}. "
+                                   "Check the path; nothing was segmented.")
+    _check_stems(inputs, output_dir, written=None if overwrite else flags)
+    if overwrite:
+        return
+    for path in inputs:
+        existing = [p for p in output_paths(Path(output_dir), raster_stem(path), **flags).values() if p.exists()]
+        if existing:
+            raise click.ClickException(f"{existing[0]} already exists (from an earlier run on {path}). Pass "
+                                       "--overwrite to replace it, or use another output folder (-o); nothing "
+                                       "was segmented.")
+
+
 def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
-    """Refuse inputs whose outputs would overwrite each other, before the first one is segmented."""
+    """Refuse inputs whose outputs would overwrite each other."""
     from geoseg.pipeline import output_paths
     from geoseg.raster import is_gdal_path, raster_stem, unique_stems
 
@@ -185,8 +212,9 @@ class _bar:
 class _client:
     """None for in-process threads, or a distributed Client for --workers/--scheduler."""
 
-    def __init__(self, workers, scheduler) -> None:
+    def __init__(self, workers, scheduler, keras: bool = False, verbosity: int = 0) -> None:
         self.workers, self.scheduler, self.cluster, self.client = workers, scheduler, None, None
+        self.keras, self.verbosity = keras, verbosity
 
     def __enter__(self):
         if not (self.workers or self.scheduler):
@@ -200,6 +228,10 @@ class _client:
             self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address=None,
                                         silence_logs=quiet)
             self.client = Client(self.cluster)
+            if self.keras:  # each worker process imports TensorFlow for the model; its C++ start-up
+                from geoseg.cli.workers import QuietTensorFlow  # lines would run into the bar, once per worker
+
+                self.client.register_plugin(QuietTensorFlow(self.verbosity), name="geoseg-quiet-tensorflow")
         else:
             try:
                 self.client = Client(self.scheduler, timeout="10s")
@@ -213,4 +245,12 @@ class _client:
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            # a worker with TensorFlow loaded may take over 4 s to exit; the nanny then kills it, after
+            # every output was written, with a warning that asks nothing of the user
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(logging.ERROR)
+            try:
+                self.cluster.close()
+            finally:
+                nanny.setLevel(level)

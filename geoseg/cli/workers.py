@@ -1,0 +1,20 @@
+"""What the processes of `geoseg segment --workers` set up before their first chunk (imports distributed)."""
+
+from __future__ import annotations
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+__all__ = ["QuietTensorFlow"]
+
+
+class QuietTensorFlow(WorkerPlugin):
+    """Import TensorFlow in each worker process as the CLI does in its own: its C++ start-up lines (oneDNN,
+    CUDA probes) hidden unless -vv. Without it each worker printed them into the run's output."""
+
+    def __init__(self, verbosity: int) -> None:
+        self.verbosity = verbosity
+
+    def setup(self, worker) -> None:
+        from geoseg.cli import load_tensorflow
+
+        load_tensorflow(self.verbosity)
