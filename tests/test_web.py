@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import struct
 import threading
@@ -92,8 +93,13 @@ def test_segment_compare_and_download(client, make_raster, tmp_path):
     with client.get(job["files"]["input"]) as upload:
         assert "passwd.tif" in upload.headers["Content-Disposition"]  # was "etc_passwd_input", no extension
     assert [m["keras"] for m in job["result"]["models"]] == [True, False, False]  # tta/precision apply to the first
-    with client.get(job["files"]["m1_polygons.geojson"]) as geojson:
-        assert geojson.get_json()["type"] == "FeatureCollection"
+    with client.get(job["files"]["m1_polygons.geojson"]) as geojson:  # RFC 7946: longitude and latitude
+        data = geojson.get_json()
+        assert data["type"] == "FeatureCollection" and data["crs"]["properties"]["name"].endswith("CRS84")
+        lon, lat = data["features"][0]["geometry"]["coordinates"][0][0]
+        assert -180 <= lon <= 180 and -90 <= lat <= 90  # it held the upload's UTM metres
+    with client.get(job["files"]["m1_mask.tif"]) as mask:  # saved files say which model made them
+        assert "passwd_threshold_mask.tif" in mask.headers["Content-Disposition"]
     with client.get("/models/tiny-fcn/download") as bundle:
         assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
 
@@ -137,6 +143,44 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     assert iou[water.name] is not None  # every pixel labelled water, so water is scored (0 if never predicted)
 
 
+def test_a_label_is_read_in_the_colours_of_the_model_it_matches_whatever_the_order(client, make_raster):
+    """The label was read by the first ticked model's colours, and the page lists the baselines first: a
+    label in the U-Net's colours then scored it 0 (or nothing), and the IoU changed with the model order."""
+    from geoseg.models import get_segmenter
+
+    classes = get_segmenter("tiny-fcn").card.classes
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    for i, rows in enumerate((slice(0, 20), slice(20, 40), slice(40, 60))):
+        rgb[rows] = [int(classes[i].color[k:k + 2], 16) for k in (1, 3, 5)]
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    rows = {}
+    for order in ("threshold,tiny-fcn", "tiny-fcn,threshold"):
+        response = client.post("/api/segment", data={
+            "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": order,
+            "label": (io.BytesIO(label.getvalue()), "truth.png")}, content_type="multipart/form-data")
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["label_read_as"] == "tiny-fcn" and job["warnings"] == []
+        rows[order] = {r["model"]: r for r in job["result"]["iou"]}
+    assert rows["threshold,tiny-fcn"] == rows["tiny-fcn,threshold"]
+    assert all(v is not None for v in rows["threshold,tiny-fcn"]["tiny-fcn"]["iou"].values())
+
+
+def test_a_label_in_no_model_colours_says_so_instead_of_a_table_of_dashes(client, make_raster):
+    label = io.BytesIO()
+    Image.fromarray(np.full((60, 80, 3), [1, 2, 3], np.uint8)).save(label, format="PNG")
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": "threshold",
+        "label": (io.BytesIO(label.getvalue()), "grey truth.png")}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert job["result"]["iou"] == []
+    assert job["warnings"] == ["no pixel of the label grey truth.png is in a class colour of threshold's classes, so "
+                               "nothing is scored: upload a label in a model's class colours, or an index raster of "
+                               "its class ids (255 for unlabelled)."]
+
+
 def test_minimum_region_sieves_each_class_model(client):
     from skimage.measure import label
 
@@ -165,7 +209,8 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert "label flood truth.tif: labels must be on the pixel grid of their image scene.tif" in error
-    assert "-r near 'flood truth.tif' on_grid.tif" in error and "label.tif" not in error
+    assert "-r near 'flood truth.tif' on_grid.tif)." in error and "label.tif" not in error
+    assert "100 px off" in error and "--label-format" not in error  # the page takes no polygons
 
 
 @pytest.mark.parametrize(
@@ -178,6 +223,8 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
         ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "-3"}, 400, "sieve (minimum region) is a whole number"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "normalize": "scale:1/255"}, 400,
+         "normalisation: use scale:0.0001[,OFFSET], percentile:2,98, meanstd:M1,M2,M3/S1,S2,S3 or none. Received"),
         ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "²"}, 400, "sieve (minimum region) is a whole number"),
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
@@ -210,6 +257,14 @@ def test_warnings_reach_the_page(client, make_raster):
     assert job["status"] == "done", job["error"]
     assert len(job["warnings"]) == 1 and job["warnings"][0].startswith("survey16.tif: after the model's normalisation")
     assert "far outside what tiny-fcn was trained on" in job["warnings"][0]
+    # the fix it names is the page's field, not the command line's --normalize, which a web user cannot pass
+    assert "--normalize" not in job["warnings"][0] and "normalization=" not in job["warnings"][0]
+    value = re.search(r"set Normalisation to (scale:\S+?), which maps", job["warnings"][0])[1]
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "survey16.tif"),
+                                                 "models": "tiny-fcn,threshold", "normalize": value},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done" and job["normalize"] == value and job["warnings"] == [], job
 
 
 def test_file_names_in_any_script_are_kept(client):
@@ -316,7 +371,10 @@ def test_results_expire(app, client):
     app.extensions["geoseg_jobs"].ttl = 0.0
     folder = next(Path(app.extensions["geoseg_jobs"].root).iterdir())
     time.sleep(0.05)
-    assert client.get(f"/api/jobs/{job['id']}").status_code == 404
+    with client.get(f"/api/jobs/{job['id']}") as gone, client.get(job["files"]["m0_mask.tif"]) as link:
+        for answer in (gone, link):  # the link said "Not Found ... check your spelling"
+            assert answer.status_code == 410 and "has expired: this server deletes uploads and results 0 s after" \
+                in answer.get_json()["error"]
     assert not folder.exists()
 
 
@@ -350,13 +408,19 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             chosen = page.locator("input[name='models']:checked").count()  # the default model is pre-checked
             page.select_option("#tta", "flips")
             page.fill("#sieve", "4")  # the region model ignores it
+            label = tmp_path / "truth.png"
+            Image.fromarray(np.zeros((120, 160), np.uint8)).save(label)  # class 0 everywhere
+            page.set_input_files("#label", str(label))
             page.click("#go")
-            page.wait_for_function("document.getElementById('message').textContent"
-                                   ".includes('flips TTA, regions of 4 px or more')")
             page.wait_for_selector("#results:not([hidden])", timeout=180_000)
+            assert page.inner_text("#message").startswith("Done (flips TTA, regions of 4 px or more).")
             page.screenshot(path=shots / "2-results.png", full_page=True)
             assert page.locator("#compare figure").count() == chosen >= 2
             assert "agree" in page.inner_text("#agreement")
+            assert page.inner_text("#iou caption").startswith("IoU against the label, read as ")
+            page.reload()  # the results stay: the job is in the address (#job=ID)
+            page.wait_for_selector("#results:not([hidden])")
+            assert page.locator("#compare figure").count() == chosen and page.is_enabled("#go")
             shown = page.get_attribute("#overlay", "src")
             page.select_option("#view-model", index=1)  # switch model
             assert page.get_attribute("#overlay", "src").endswith("/m1_mask.png") and not shown.endswith("/m1_mask.png")

@@ -57,26 +57,14 @@ class NormalizationType(click.ParamType):
     name = "normalization"
 
     def convert(self, value, param, ctx):
+        from geoseg.models.card import normalization_from_text
+
         if isinstance(value, dict):
             return value
-        method, _, args = str(value).partition(":")
         try:
-            if method == "none":
-                return {"method": "none"}
-            if method == "scale":
-                numbers = [float(v) for v in args.split(",")]
-                return {"method": "scale", "scale": numbers[0], "offset": numbers[1] if len(numbers) > 1 else 0.0}
-            if method == "percentile":
-                low, high = (float(v) for v in args.split(","))
-                return {"method": "percentile", "low": low, "high": high}
-            if method == "meanstd":
-                mean, std = args.split("/")
-                return {"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
-                        "std": [float(v) for v in std.split(",")]}
-        except ValueError:
-            pass
-        self.fail("use scale:0.0001, percentile:2,98, meanstd:M1,M2,M3/S1,S2,S3 or none. "
-                  f"Received: {value!r}", param, ctx)
+            return normalization_from_text(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @contextmanager

@@ -20,8 +20,8 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
     """Serve the page: upload an image, segment it, switch and compare models, download outputs.
 
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
-    'label', 'tta' none|flips, 'precision' float32|bfloat16, 'sieve' PX), GET /api/jobs/ID.
-    Bind to 127.0.0.1 unless you mean to share it.
+    'label', 'tta' none|flips, 'precision' float32|bfloat16, 'normalize' as --normalize, 'sieve' PX),
+    GET /api/jobs/ID (410 once expired). Bind to 127.0.0.1 unless you mean to share it.
     """
     import socket
 

@@ -15,7 +15,7 @@ from geoseg.errors import CardError
 from geoseg.files import replaced_atomically
 
 __all__ = ["LIMITS", "NAME_PATTERN", "OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "check_model_name",
-           "parse_normalization", "read_card", "resolve_normalization", "write_card"]
+           "normalization_from_text", "parse_normalization", "read_card", "resolve_normalization", "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -286,6 +286,36 @@ def _is_number(value: Any) -> bool:
 def parse_normalization(data: Any, n_bands: int, *, source: str = "normalization") -> dict[str, Any]:
     """Validate a normalisation declaration (as in a card) and return it as a dict."""
     return _parse_normalization(data, n_bands, source)
+
+
+NORMALIZATION_SYNTAX = "scale:0.0001[,OFFSET], percentile:2,98, meanstd:M1,M2,M3/S1,S2,S3 or none"
+
+
+def normalization_from_text(text: str) -> dict[str, Any]:
+    """``scale:S[,OFFSET]``, ``percentile:LOW,HIGH``, ``meanstd:M1,M2,../S1,S2,..`` or ``none`` (the command
+    line's --normalize, the web page's field) as a declaration; ValueError naming the syntax otherwise.
+
+    >>> normalization_from_text("scale:0.00392156862745098,-0.5")
+    {'method': 'scale', 'scale': 0.00392156862745098, 'offset': -0.5}
+    """
+    method, _, args = text.strip().partition(":")
+    try:
+        if method == "none" and not args:
+            return {"method": "none"}
+        if method == "scale":
+            numbers = [float(v) for v in args.split(",")]
+            if len(numbers) <= 2:
+                return {"method": "scale", "scale": numbers[0], "offset": numbers[1] if len(numbers) > 1 else 0.0}
+        if method == "percentile":
+            low, high = (float(v) for v in args.split(","))
+            return {"method": "percentile", "low": low, "high": high}
+        if method == "meanstd":
+            mean, std = args.split("/")
+            return {"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
+                    "std": [float(v) for v in std.split(",")]}
+    except ValueError:
+        pass
+    raise ValueError(f"use {NORMALIZATION_SYNTAX}. Received: {text!r}")
 
 
 def resolve_normalization(norm: dict[str, Any], sample: np.ndarray, valid: np.ndarray) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def check_label_template(template: str, where: str) -> None:
 
 
 def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.PathLike, *,
-                     name: str | None = None, image_name: str | None = None, file_name: str | None = None) -> None:
+                     name: str | None = None, image_name: str | None = None, file_name: str | None = None,
+                     polygons: bool = True) -> None:
     """Fail early unless `path` holds labels on `image`'s pixel grid: present, readable, the same size,
     georeferenced alike where both are georeferenced, and not three or more bands (colours) when they
     should be class ids.
@@ -94,7 +95,8 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     presence is checked. A label raster without georeferencing (a PNG mask beside a JPEG)
     is taken to be on its image's grid when it has its size. `name` and `image_name` are
     how messages call the two files (default their path and file name), `file_name` the label
-    in the command they suggest (default its file name; the web page passes the upload's).
+    in the command they suggest (default its file name; the web page passes the upload's). `polygons`:
+    whether the message may suggest polygon labels instead (the web page takes none).
     """
     from geoseg.raster import inspect_raster
 
@@ -117,7 +119,7 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
                          f"{expected[0]} x {expected[1]} px; labels must be on the image's pixel grid "
                          "(is this the label of another image?).")
     _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image),
-                          file_name or os.path.basename(path))
+                          file_name or os.path.basename(path), polygons)
 
 
 def _georeferenced(crs, transform) -> bool:
@@ -137,7 +139,8 @@ def grid_offset(image_transform, label_transform, width: int, height: int) -> fl
     return max(max(abs(lx - x), abs(ly - y)) for (x, y), (lx, ly) in zip(corners, (to_label * c for c in corners)))
 
 
-def _check_georeferencing(name: str, crs, transform, info, image_name: str, file_name: str) -> None:
+def _check_georeferencing(name: str, crs, transform, info, image_name: str, file_name: str,
+                          polygons: bool = True) -> None:
     """Labels that say where they lie must lie on their image's grid: the same size alone let labels of
     another place, or shifted by 50 m, score IoU 1.0 as if they were the image's."""
     if not (_georeferenced(crs, transform) and _georeferenced(info.crs, info.transform)):
@@ -146,7 +149,8 @@ def _check_georeferencing(name: str, crs, transform, info, image_name: str, file
         offset = grid_offset(info.transform, transform, info.width, info.height)
         if offset <= GRID_TOLERANCE:
             return
-        why = f"their pixel grid is {offset:.3g} px off the image's"
+        why = f"their pixel grid is {offset:,.0f} px off the image's" if offset >= 10 else \
+            f"their pixel grid is {offset:.2g} px off the image's"  # '6e+04 px' read poorly
     else:
         why = f"their CRS {_crs_text(crs)} is not the image's {_crs_text(info.crs)}"
     from rasterio.transform import array_bounds
@@ -154,10 +158,11 @@ def _check_georeferencing(name: str, crs, transform, info, image_name: str, file
     west, south, east, north = (f"{v:.10g}" for v in array_bounds(info.height, info.width, info.transform))
     epsg = info.crs.to_epsg()
     target = f"-t_srs EPSG:{epsg} " if epsg else ""
+    warp = (f"gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} -r near "
+            f"{shlex.quote(file_name)} on_grid.tif")
     raise InputError(f"{name}: labels must be on the pixel grid of their image {image_name}, but {why}. Warp them "
-                     f"onto it (gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} "
-                     f"-r near {shlex.quote(file_name)} on_grid.tif) or give polygons (--label-format vector), "
-                     "which are rasterised onto each image.")
+                     f"onto it ({warp})" + (" or give polygons (--label-format vector), which are rasterised onto "
+                                            "each image." if polygons else "."))
 
 
 def _crs_text(crs) -> str:

@@ -17,6 +17,7 @@ from flask import Flask, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from geoseg.errors import GeosegError, ModelNotFoundError
+from geoseg.models.card import normalization_from_text
 from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
@@ -96,20 +97,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def api_job(job_id: str):
         job = jobs.get(job_id)
         if job is None:
-            return jsonify(error=f"no job {job_id!r}: it never existed or has expired."), 404
+            return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
         return jsonify(job.to_dict())
 
     @app.get("/jobs/<job_id>/files/<name>")
     def job_file(job_id: str, name: str):
         job = jobs.get(job_id)
-        if job is None or name not in job.files:  # only names the job made; no path from the user
+        if job is None:  # the expiry removed the record and the files together: say so, not "check your spelling"
+            return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
+        if name not in job.files:  # only names the job made; no path from the user
             abort(404)
         path = job.files[name]
         if not path.exists():
             abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
-        return send_file(path, as_attachment=not name.endswith(".png"),
-                         download_name=f"{Path(job.name).stem}{path.suffix}" if name == "input" else
-                         f"{Path(job.name).stem}_{name}")
+        return send_file(path, as_attachment=not name.endswith(".png"), download_name=_download_name(job, name))
 
     @app.get("/models/<name>/download")
     def model_download(name: str):
@@ -124,6 +125,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return send_file(buffer, mimetype="application/zip", as_attachment=True, download_name=f"{name}.zip")
 
     return app
+
+
+def _missing_job(jobs: JobManager, job_id: str) -> str:
+    if job_id in jobs.expired:
+        return (f"job {job_id} has expired: this server deletes uploads and results {jobs.ttl:.0f} s after a job "
+                "ends. Upload the image again.")
+    return f"no job {job_id!r} on this server (a restarted server forgets its jobs). Upload the image again."
+
+
+def _download_name(job: Job, name: str) -> str:
+    """`scene_landcover-unet_mask.tif`, not `scene_m0_mask.tif`: saved files say which model made them."""
+    stem = Path(job.name).stem
+    if name == "input":
+        return f"{stem}{job.files[name].suffix}"
+    key, sep, rest = name.partition("_")
+    if sep and re.fullmatch(r"m[0-9]+", key) and int(key[1:]) < len(job.models):
+        return f"{stem}_{job.models[int(key[1:])]}_{rest}"
+    return f"{stem}_{name}"
 
 
 def _without_root(message: str, root: Path) -> str:
@@ -189,6 +208,12 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     sieve = (request.form.get("sieve") or "0").strip()
     if not re.fullmatch(r"[0-9]{1,12}", sieve):  # str.isdigit() took '²', which int() refuses
         raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
+    normalize = (request.form.get("normalize") or "").strip()
+    try:
+        if normalize:
+            normalization_from_text(normalize)
+    except ValueError as exc:
+        raise UploadError(f"normalisation: {exc} (empty: each model's own)", 400) from None
     names = names or [DEFAULT_MODEL]
     shown = display_name(image.filename)
     stem = Path(shown).stem or "upload"
@@ -202,7 +227,9 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         check_readable(path, path.suffix[1:], name=shown)  # a truncated COG showed its overviews, then failed
         path, count = _expand_palette(path, count, shown)
         _check_bands(shown, count, [registry[n] for n in names if n in registry])
-        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve))
+        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve),
+                  normalize=normalize, keras=[registry[n].path is not None for n in names],
+                  regions=[registry[n].card.output == "regions" for n in names])
         job.files["input"] = path
         job.files["original.png"] = _original_png(path, folder, shown)
         if label_name is not None:
@@ -226,7 +253,7 @@ def _check_label(label: Path, image: Path, label_name: str, image_name: str) -> 
     try:
         # the job reads a label of 3+ bands by the models' colours and one band as class ids: any band count goes
         check_label_grid(label, "color", image, name=f"label {label_name}", image_name=image_name,
-                         file_name=label_name)  # the gdalwarp hint named our stored copy
+                         file_name=label_name, polygons=False)  # the gdalwarp hint named our stored copy
     except InputError as exc:
         raise UploadError(str(exc), 400) from None
     # after the grid check, which bounds its size by the image's: a cut label was scored on GDAL's garbage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -32,6 +33,9 @@ class Job:
     precision: str = "float32"
     tta: str = "none"
     sieve: int = 0  # minimum region in pixels, for models of classes
+    normalize: str = ""  # --normalize's syntax, for the Keras models; empty: each card's own
+    keras: list[bool] = field(default_factory=list)  # per model: a bundle (tta, precision, normalize apply)
+    regions: list[bool] = field(default_factory=list)  # per model: unlabeled regions (the sieve does not apply)
     label_name: str | None = None  # the label upload's file name, as messages call it
     created: float = field(default_factory=time.time)
     status: str = "queued"
@@ -44,7 +48,8 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
         return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
-                "tta": self.tta, "sieve": self.sieve, "status": self.status,
+                "tta": self.tta, "sieve": self.sieve, "normalize": self.normalize, "keras": self.keras,
+                "regions": self.regions, "status": self.status,
                 "progress": round(self.progress, 3), "error": self.error, "warnings": self.warnings,
                 "result": self.result,
                 "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
@@ -57,6 +62,7 @@ class JobManager:
         self.root, self.ttl = Path(root), ttl
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
+        self.expired: dict[str, None] = {}  # the ids of the last jobs deleted, so that their links say so
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-job")
 
@@ -84,6 +90,9 @@ class JobManager:
             old = [j for j in self.jobs.values() if now - j.created > self.ttl and j.status in ("done", "failed")]
             for job in old:
                 del self.jobs[job.id]
+                self.expired[job.id] = None
+            for job_id in list(self.expired)[:-10_000]:  # a long-running server forgets the oldest
+                del self.expired[job_id]
         for job in old:
             shutil.rmtree(job.folder, ignore_errors=True)
 
@@ -106,7 +115,7 @@ class JobManager:
             log.error("job %s failed", job.id, exc_info=failure)
             error = "the server failed on this job; its log has the details."
         # everything first, the status last: a poll that sees "done" stops polling
-        job.warnings = list(dict.fromkeys(_for_user(m, job) for m in caught.messages))
+        job.warnings = list(dict.fromkeys(_for_user(m, job) for m in [*caught.messages, *job.warnings]))
         job.error = None if error is None else _for_user(error, job)
         if status == "done":
             job.progress = 1.0
@@ -114,9 +123,12 @@ class JobManager:
 
 
 def _for_user(message: str, job: Job) -> str:
-    """The user knows the uploads by their names, not by the server's folder."""
+    """The user knows the uploads by their names, not by the server's folder, and the page's fields,
+    not the command line's options."""
     if "label" in job.files and job.label_name:
         message = message.replace(str(job.files["label"]), job.label_name)
+    message = re.sub(r"pass --normalize (\S+) \(normalization= in Python\)", r"set Normalisation to \1", message)
+    message = message.replace("pass --normalize (normalization= in Python)", "set Normalisation")
     return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
 
 
@@ -139,6 +151,7 @@ def run_job(job: Job) -> None:
     from geoseg import segment
     from geoseg.errors import GeosegError
     from geoseg.models import get_segmenter
+    from geoseg.models.card import normalization_from_text
     from geoseg.models.registry import with_card
     from geoseg.models.segmenter import FlipAveraged, KerasSegmenter
     from geoseg.preview import colorize, save_png
@@ -149,7 +162,9 @@ def run_job(job: Job) -> None:
     per_model, masks = [], {}
     for i, name in enumerate(job.models):
         model = with_card(name, precision=job.precision, tta=job.tta)  # baselines ignore both
-        card = get_segmenter(model).card
+        segmenter = get_segmenter(model)
+        card, keras = segmenter.card, isinstance(segmenter, (KerasSegmenter, FlipAveraged))
+        normalization = normalization_from_text(job.normalize) if job.normalize and keras else None
         out = job.folder / f"m{i}"
 
         def progress(fraction, i=i):
@@ -157,7 +172,8 @@ def run_job(job: Job) -> None:
 
         try:
             res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress,
-                          sieve=job.sieve if card.output == "classes" else 0)  # region models refuse it
+                          sieve=job.sieve if card.output == "classes" else 0,  # region models refuse it
+                          normalization=normalization)
         except GeosegError as exc:
             raise type(exc)(f"{name}: {exc}") from None
         key = f"m{i}"
@@ -166,10 +182,10 @@ def run_job(job: Job) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(res.outputs["mask"]) as ds:
-                has_crs = ds.crs is not None
+                has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
         if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
-            geojson = out / "polygons.geojson"
-            vectorize(res.outputs["mask"], geojson, overwrite=True, style=False)
+            geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
+            vectorize(res.outputs["mask"], geojson, overwrite=True, style=False, to_crs="EPSG:4326")
             job.files[f"{key}_polygons.geojson"] = geojson
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
         masks[name] = (mask, card)
@@ -183,7 +199,7 @@ def run_job(job: Job) -> None:
         total = sum(c["pixels"] for c in res.classes) or 1
         per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
                           "output": card.output,  # tta and precision apply to Keras models only
-                          "keras": isinstance(get_segmenter(model), (KerasSegmenter, FlipAveraged)),
+                          "keras": keras,
                           "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
                           "seconds": res.seconds})
     job.result["models"] = per_model
@@ -218,10 +234,12 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
     """Per-class IoU of each model in `masks` against the uploaded label, read as `geoseg compare` reads it.
 
     A label of 3+ bands, or one band with a colour table (a paletted PNG), holds colours; one band
-    without, class ids (named by its CLASS_NAMES tag when it has one). Either is read once, by the
-    first model's classes, and each model scores the label classes by name: a baseline scores those
-    it lacks as its `other`. A paletted PNG was read as class ids (its palette indexes), and each model
-    read the label by its own colours, so a baseline left building, land and road unscored.
+    without, class ids (named by its CLASS_NAMES tag when it has one). Either is read once, by one
+    model's classes, and each model scores the label classes by name: a baseline scores those it lacks
+    as its `other`. Colours are read by the model whose colours most label pixels have, ids by the
+    first model (bundles first) with a class for the label's largest id; `result["label_read_as"]` names it. The first
+    ticked model's classes were used, and the page lists the baselines first: a U-Net then scored 0 on
+    a label in its own colours.
     """
     import rasterio
     from rasterio.enums import ColorInterp
@@ -233,14 +251,52 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
     if not masks:
         return []
     label = job.files["label"]
+    cards = list({card.name: card for _, card in masks.values()}.values())
     with warnings.catch_warnings():  # PNG and JPEG labels have no georeferencing; that is fine here
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(job.files["input"]) as ds:
+            shape = ds.height, ds.width
         with rasterio.open(label) as ds:
             colours = ds.count >= 3 or ds.colorinterp[0] == ColorInterp.palette
-        first = next(iter(masks.values()))[1]
+            ids = None if colours else ds.read(1, masked=True)
         names = None if colours else label_class_names(label)
-        label_classes = ([{"name": n, "color": None} for n in names] if names else
-                         [{"name": c.name, "color": c.color} for c in first.classes])
+
+        def read(classes):
+            return read_labels(label, fmt="color" if colours else "index", classes=classes,
+                               image=job.files["input"], shape=shape)
+
+        def classes_of(card):
+            return [{"name": c.name, "color": c.color} for c in card.classes]
+
+        if names:
+            label_classes, source = [{"name": n, "color": None} for n in names], "its CLASS_NAMES"
+        elif colours:  # the model in whose colours most pixels are; the first such model on a tie
+            counts = [int((read(classes_of(card)) != 255).sum()) for card in cards]
+            card = cards[counts.index(max(counts))]
+            label_classes, source = classes_of(card), card.name
+        else:  # the first model with a class for every id, bundles before baselines (labels are made for a
+            # U-Net's classes, rarely a baseline's other/water/vegetation): ids 0..4 were read as a baseline's 0..2
+            values = ids.compressed()
+            top = int(values[values != 255].max()) if (values != 255).any() else -1
+            bundles = {name for name, keras in zip(job.models, job.keras) if keras}
+            ranked = sorted(cards, key=lambda c: c.name not in bundles)
+            card = next((c for c in ranked if c.n_classes > top), max(ranked, key=lambda c: c.n_classes))
+            label_classes, source = classes_of(card), card.name
+        truth = read(label_classes)
+        labelled = int((truth != 255).sum())
+        matched = "is in a class colour" if colours else "holds a class id"
+        if labelled == 0:
+            models = "the models'" if len(cards) > 1 else f"{cards[0].name}'s"
+            job.warnings.append(f"no pixel of the label {job.label_name} {matched} of {models} classes, so nothing "
+                                "is scored: upload a label in a model's class colours, or an index raster of its "
+                                "class ids (255 for unlabelled).")
+            return []
+        if labelled < 0.5 * truth.size:
+            whose = "its CLASS_NAMES" if names else f"{source}'s classes"
+            job.warnings.append(f"only {100 * labelled / truth.size:.0f}% of the label's pixels "
+                                f"{'are in a class colour' if colours else 'hold a class id'} of {whose}; the others "
+                                "are not scored.")
+        job.result["label_read_as"] = source
         rows = []
         for i, model in enumerate(job.models):
             if model not in masks:  # a model of unlabeled regions has no classes to score
@@ -248,8 +304,6 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
             with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
                 pred = ds.read(1)
             card = masks[model][1]
-            truth = read_labels(label, fmt="color" if colours else "index", classes=label_classes,
-                                image=job.files["input"], shape=pred.shape)
             lut, _ = _remap(label_classes, card)
             s = scores(confusion_matrix(lut[truth], pred, card.n_classes))
             rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),

@@ -9,12 +9,16 @@ drop.addEventListener("drop", (ev) => { input.files = ev.dataTransfer.files; sho
 input.addEventListener("change", showChosen);
 function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
 
-function modeText() {
-  const keras = !(job.result && job.result.models && !job.result.models.some((m) => m.keras)); // baselines ignore both
-  const parts = keras ? [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : ""] : [];
-  if (job.sieve > 0) parts.push(`regions of ${job.sieve} px or more`);
-  return parts.filter(Boolean).length ? ` (${parts.filter(Boolean).join(", ")})` : "";
+// what applies to model i (the one running), or to the job as a whole when i is undefined
+function modeParts(i) {
+  const all = i === undefined, keras = all ? job.keras.some(Boolean) : job.keras[i]; // baselines ignore these
+  const parts = keras ? [job.tta !== "none" ? `${job.tta} TTA` : "", job.precision !== "float32" ? job.precision : "",
+    job.normalize ? `normalised ${job.normalize}` : ""] : [];
+  const classes = all ? !job.regions.every(Boolean) : !job.regions[i]; // regions ignore the sieve
+  if (job.sieve > 0 && classes) parts.push(`regions of ${job.sieve} px or more`);
+  return parts.filter(Boolean);
 }
+function inParentheses(parts) { return parts.length ? ` (${parts.join(", ")})` : ""; }
 
 function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
 
@@ -37,8 +41,12 @@ form.addEventListener("submit", async (ev) => {
   $("results").hidden = true; $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
   if (!ok) { finish(body.error, true); return; }
-  job = body; poll();
+  job = body; history.replaceState(null, "", `#job=${job.id}`); poll(); // a reload or Back finds the job again
 });
+
+// a reloaded page (or a shared link) shows its job: the results were lost on reload, the job still ran
+const resumed = new URLSearchParams(location.hash.slice(1)).get("job");
+if (resumed) { job = { id: resumed }; $("go").disabled = true; $("bar").hidden = false; say("Loading the job…"); poll(); }
 
 async function poll() {
   const { ok, body } = await call(`/api/jobs/${job.id}`);
@@ -48,10 +56,10 @@ async function poll() {
   if (job.status === "failed") { finish(job.error, true); return; }
   if (job.status !== "done") {
     const n = job.models.length, i = Math.min(n - 1, Math.floor(job.progress * n));
-    say(`Segmenting with ${job.models[i]}${n > 1 ? ` (model ${i + 1} of ${n})` : ""}${modeText()}… ${Math.round(job.progress * 100)}%`);
+    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.round(job.progress * 100)}%`);
     setTimeout(poll, 500); return;
   }
-  finish(`Done${modeText()}.` + (job.warnings.length ? ` Note: ${job.warnings.join(" ")}` : "")); show();
+  finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? ` Note: ${job.warnings.join(" ")}` : "")); show();
 }
 
 function show() {
@@ -72,13 +80,16 @@ function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
-    (c.area_m2 !== null ? ` (${(c.area_m2 / 1e4).toFixed(2)} ha)` : "") + "</span>").join(" ");
+    (c.area_m2 !== null ? ` (${area(c.area_m2)})` : "") + "</span>").join(" ");
   // no GeoJSON for an image without a CRS: GeoJSON coordinates are longitude and latitude
   const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
     .filter(([, suffix]) => job.files[m.key + suffix]);
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
     `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join("");
 }
+
+// m² under a hectare, km² from 100 ha up (the page showed 1253285.93 ha)
+function area(m2) { return m2 < 1e4 ? `${Math.round(m2)} m²` : m2 < 1e6 ? `${(m2 / 1e4).toFixed(2)} ha` : `${(m2 / 1e6).toFixed(2)} km²`; }
 
 function areas(models) {
   models = models.filter((m) => m.output !== "regions"); // region colours are not classes
@@ -93,7 +104,9 @@ function iou(rows) {
   if (!rows || !rows.length) { $("iou").hidden = true; return; }
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.iou)))];
   const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
-  $("iou").innerHTML = `<tr><th>IoU</th>${rows.map((r) => `<th>${r.model}</th>`).join("")}</tr>` +
+  const from = job.result.label_read_as;
+  $("iou").innerHTML = `<caption>IoU against the label, ${from === "its CLASS_NAMES" ? "classes named by its CLASS_NAMES" :
+    `read as ${from}'s classes`}</caption><tr><th>IoU</th>${rows.map((r) => `<th>${r.model}</th>`).join("")}</tr>` +
     names.map((n) => `<tr><td>${n}</td>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
     `<tr><th>mean IoU</th>${rows.map((r) => `<th>${fmt(r.mean_iou)}</th>`).join("")}</tr>`;
   $("iou").hidden = false;
