@@ -47,7 +47,8 @@ from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
 __all__ = ["Plan", "SegmentResult", "check_options", "default_chunk", "output_paths", "plan_run",
-           "new_folders_removed_on_error", "prepare_output_dir", "remove_stale_outputs", "segment", "segment_chunk"]
+           "new_folders_removed_on_error", "prepare_output_dir", "refuse_inputs_as_outputs", "remove_stale_outputs",
+           "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -395,14 +396,14 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"{out_dir}: output folder is not writable. Pick another output folder.")
     paths = paths_of(out_dir)
-    _refuse_inputs_as_outputs(paths, inputs)
+    refuse_inputs_as_outputs(paths, inputs)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} already exists. Pass --overwrite (overwrite=True) to replace it.")
     return paths
 
 
-def _refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.PathLike | None]) -> None:
+def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.PathLike | None]) -> None:
     """Raise OutputError when an output path is one of the input files (by path or as the same file)."""
     for given in inputs:
         if given is None:

@@ -283,17 +283,60 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "table.md")])
     assert cli.exit_code == 0 and "| other |" in (tmp_path / "table.md").read_text()
+    # with the notes, which the terminal gets on stderr
+    assert "- Note: label classes not in the model, scored as its 'other' class: land" in (tmp_path / "table.md").read_text()
 
 
-def test_label_names_that_match_no_model_class_say_so(make_raster, tiny_fcn, tmp_path):
-    """Said "are the label values class ids (0, 1, ...)?" when the names differed from the model's only in case."""
+def test_compare_columns_of_one_model_name_are_told_apart(make_raster, tiny_fcn):
+    """A model against its own flips gave the table `| tiny-fcn | tiny-fcn |`, and --json no way to tell."""
+    from geoseg.models.registry import with_card
+    from geoseg.workflows.evaluate import markdown_table
+
+    image = make_raster(shape=(40, 50))
+    truth = make_raster(name="truth.tif", data=np.zeros((1, 40, 50), np.uint8))
+    flips = with_card(str(tiny_fcn), tta="flips")
+    result = compare([str(tiny_fcn), flips], [image], [truth])
+    assert [e["column"] for e in result["evaluations"]] == ["tiny-fcn", "tiny-fcn_tta-flips"]
+    assert [e["reference"] for e in result["evaluations"]] == [str(tiny_fcn), flips]
+    assert markdown_table(result["evaluations"]).startswith("| class | tiny-fcn | tiny-fcn_tta-flips |")
+    alone = compare([str(tiny_fcn), "threshold"], [image], [truth])
+    assert [e["column"] for e in alone["evaluations"]] == ["tiny-fcn", "threshold"]  # names that differ stay
+
+
+def test_the_markdown_report_replaces_no_input_and_no_file_without_overwrite(make_raster, tiny_fcn, tmp_path):
+    """`evaluate --markdown img.tif` turned the image (or the label, or the model's card) into a text file."""
+    image = make_raster(shape=(40, 50))
+    truth = make_raster(name="truth.tif", data=np.zeros((1, 40, 50), np.uint8))
+    card = Path(tiny_fcn).with_suffix(".json")
+    before = {p: p.read_bytes() for p in (image, truth, card)}
+    for target in (image, truth, card):
+        cli = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
+                                        str(truth), "--markdown", str(target)])
+        assert cli.exit_code == 1 and f"--markdown {target}: is the input" in cli.output, cli.output
+    assert all(p.read_bytes() == data for p, data in before.items())
+    report = tmp_path / "report.md"
+    report.write_text("an earlier report")
+    args = ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels", str(truth), "--markdown", str(report)]
+    cli = CliRunner().invoke(main, args)
+    assert cli.exit_code == 1 and "report.md already exists. Pass --overwrite" in cli.output
+    assert report.read_text() == "an earlier report"
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0 and "| class0 |" in report.read_text()
+
+
+def test_label_names_match_model_classes_case_aside_and_others_say_so(make_raster, tiny_fcn, tmp_path):
+    """Said "are the label values class ids (0, 1, ...)?" when no name was a model class. Names that differed
+    only in case were refused, and vector labels whose field says 'Building' then had no way to be scored:
+    --label-names had to hold the file's names, which were no model class."""
     from geoseg.errors import InputError
 
     image = make_raster(shape=(40, 50))
     truth = make_raster(name="truth.tif", data=np.zeros((1, 40, 50), np.uint8))
-    with pytest.raises(InputError, match=r"none of the label names \(Class0, Class1\) is a class of model "
-                                         r"tiny-fcn .* case included \(Class0, Class1 differ only in case\)"):
-        evaluate(tiny_fcn, [image], [truth], label_names=["Class0", "Class1"])
+    cased = evaluate(tiny_fcn, [image], [truth], label_names=["Class0", "Class1"])
+    exact = evaluate(tiny_fcn, [image], [truth], label_names=["class0", "class1"])
+    assert cased.confusion_matrix == exact.confusion_matrix and cased.mean_iou == exact.mean_iou
+    with pytest.raises(InputError, match=r"none of the label names \(forest, lake\) is a class of model "
+                                         r"tiny-fcn \(class0, class1, class2\), so there is nothing to score"):
+        evaluate(tiny_fcn, [image], [truth], label_names=["forest", "lake"])
 
 
 def test_label_template_names_a_zipped_image_by_the_raster_inside():
@@ -308,7 +351,7 @@ def _label_like(path, image, data, **changes):
     with rasterio.open(image) as ds:
         profile = {**ds.profile, "count": 1, **changes}
     with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data, 1)
+        ds.write(data[:profile["height"], :profile["width"]], 1)
     return path
 
 
@@ -317,6 +360,9 @@ def _label_like(path, image, data, **changes):
     (dict(transform=rasterio.transform.from_origin(500050.0, 2800000.0, 0.5, 0.5)), "their pixel grid is 100 px off"),
     # labels in another CRS at another place
     (dict(crs="EPSG:4326", transform=rasterio.transform.from_origin(55.0, 25.0, 1e-5, 1e-5)),
+     "their CRS EPSG:4326 is not the image's EPSG:32640"),
+    # warped to another CRS, which changed its size too: was "is this the label of another image?", no gdalwarp
+    (dict(crs="EPSG:4326", transform=rasterio.transform.from_origin(55.0, 25.0, 1e-5, 1e-5), width=61, height=52),
      "their CRS EPSG:4326 is not the image's EPSG:32640"),
 ])
 def test_georeferenced_labels_off_the_image_grid_are_refused(make_raster, tmp_path, changes, message):

@@ -23,6 +23,12 @@ CARD = {
     "change, match",
     [
         ({"schema_version": 9}, "schema_version"),  # from a newer geoseg
+        ({"schema_version": "1"}, "'schema_version' must be a whole number"),  # was "is '1'; this geoseg reads 1"
+        # near misses ran with the default: scale 1.0 on 8-bit data, every pixel one class, and no warning
+        ({"normalization": {"method": "scale", "scael": 0.0039}}, r"unknown field\(s\) 'scael' in 'normalization'; "
+                                                                 "method 'scale' takes scale, offset"),
+        ({"multiple-of": 32}, "unknown field 'multiple-of'; did you mean 'multiple_of'"),
+        ({"tilesize": 256}, "did you mean 'tile_size'"),
         ({"margin": -1}, "margin"),
         ({"bands": []}, "bands"),
         ({"bands": [0, 1]}, "bands"),  # bands are 1-based
@@ -183,6 +189,9 @@ def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
     no_card = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "a"), "-m", str(h5)])
     assert no_card.exit_code == 1 and "carries no card" in no_card.output and "--card" in no_card.output
     card = tmp_path / "card.json"
+    typo = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "a"), "-m", str(h5), "--card",
+                                     str(card)])  # was "carries no card... save it as card.json"
+    assert typo.exit_code == 1 and f"{card}: card file not found" in typo.output
     card.write_text(json.dumps(LEGACY_CARD))
     ok = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "b"), "-m", str(h5),
                                    "--card", str(card), "--json", "--quiet"])
@@ -259,6 +268,22 @@ def test_unreadable_cards_are_skipped_and_hide_no_other_bundle(tmp_path, monkeyp
     assert resolve_model("good").endswith("good.keras")
 
 
+def test_model_files_without_a_card_are_reported_and_legacy_h5_with_one_is_listed(tmp_path, monkeypatch):
+    """nocard.keras was neither listed nor skipped ("no model named"); old.h5 with old.json was not found."""
+    from geoseg.models.registry import Problem, list_models
+
+    (tmp_path / "nocard.keras").write_bytes(b"")
+    (tmp_path / "old.h5").write_bytes(b"")
+    (tmp_path / "old.json").write_text(json.dumps({**CARD, "name": "old"}))
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(tmp_path))
+    problems: list[Problem] = []
+    entries = {e.name: e for e in list_models(problems)}
+    assert entries["old"].path == tmp_path / "old.h5" and resolve_model("old").endswith("old.h5")
+    assert [p.path.name for p in problems] == ["nocard.json"] and "no card nocard.json beside it" in problems[0].message
+    with pytest.raises(ModelError, match="nocard.keras: no card nocard.json beside it"):
+        resolve_model("nocard")
+
+
 def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatch):
     """The probe batch was built outside the error handling: a card's sizes could make it a MemoryError."""
     from geoseg.models import segmenter
@@ -269,3 +294,13 @@ def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatc
     monkeypatch.setattr(segmenter, "probe_batch", fail)
     with pytest.raises(ModelError, match="fails on a 64x64 input of 3 bands .*MemoryError"):
         load_bundle(tiny_fcn)
+
+
+def test_classes_without_a_colour_get_distinct_ones():
+    """Every class without a colour was #808080: masks, previews and QGIS styles showed them in one grey."""
+    from geoseg.models.training import _class_colours
+
+    card = ModelCard.from_dict({**CARD, "classes": [{"name": "a"}, {"name": "b"}]}, source="x.json")
+    assert len({c.color for c in card.classes}) == 2
+    colours = _class_colours([{"name": "a"}, {"name": "b", "color": "#F28E2B"}, {"name": "c"}, {"name": "d"}])
+    assert len(set(colours)) == 4 and colours[1] == "#F28E2B"

@@ -182,6 +182,11 @@ def test_config_errors(tmp_path):
         bad.write_text("\n".join(line for i, line in enumerate(lines) if line.split(" = ")[0] not in keys[i + 1:]))
         with pytest.raises(InputError, match=message):
             load_config(bad)
+    for twice, message in [("epochs = 1\n[train]\nepochs = 2", r"epochs is set twice, in the top level and in \[train\]"),
+                           ("[model]\nchip = 32\n[train]\nchip = 64", r"chip is set twice, in \[model\] and in \[train\]")]:
+        bad.write_text(f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{twice}\n')
+        with pytest.raises(InputError, match=message):  # the later one stood, silently
+            load_config(bad)
     bad.write_text('name = "x"\nimages = "a/*.tif"\nlabels = "y"\nclasses = [{name = "a"}]\nvalidation = "Tile 2/"\n')
     config = load_config(bad)  # one pattern stands for a list of one
     assert config.images == ["a/*.tif"] and config.validation == ["Tile 2/"]
@@ -612,6 +617,37 @@ def test_ignore_colors_marks_unlabelled_colours_and_others_are_reported(tmp_path
         load_config(config)
 
 
+@pytest.mark.parametrize("in_memory", ["true", "false"])
+def test_index_labels_with_class_names_are_read_by_name(tmp_path, caplog, in_memory):
+    """A geoseg mask names its ids (CLASS_NAMES); training read them by position, so masks of a model whose
+    classes are other, water, vegetation trained a config of water, vegetation, other to call `other` water."""
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("[train]", f"[train]\nin_memory = {in_memory}"))
+    with rasterio.open(tmp_path / "data" / "img0_label.tif") as ds:
+        ids = ds.read(1)
+    with rasterio.open(tmp_path / "data" / "img0_label.tif", "r+") as ds:
+        ds.update_tags(CLASS_NAMES='{"0": "b", "1": "a"}')  # the config lists a, b
+    with rasterio.open(tmp_path / "data" / "img1_label.tif", "r+") as ds:
+        ds.update_tags(CLASS_NAMES='{"0": "a", "1": "c"}')  # c is no class here
+
+    def label_of(pair):
+        labels = pair[1]
+        return labels if isinstance(labels, np.ndarray) else labels[0:48, 0:48]
+
+    with caplog.at_level("WARNING", logger="geoseg.models.labels"):
+        train, _ = load_pairs(load_config(config))
+    first, second = (label_of(p) for p in sorted(train, key=lambda p: str(p[2])))
+    np.testing.assert_array_equal(first, 1 - ids)  # b is class 1, a class 0
+    assert set(np.unique(second)) == {0, 255}
+    assert any("img1_label.tif: its CLASS_NAMES tag names ids of c, which are not classes here" in r.getMessage()
+               for r in caplog.records)
+    with rasterio.open(tmp_path / "data" / "img1_label.tif", "r+") as ds:
+        ds.update_tags(CLASS_NAMES='{"0": "x", "1": "y"}')
+    with pytest.raises(InputError, match="img1_label.tif: its CLASS_NAMES tag names its ids x, y, none of which is a "
+                                         r"class here \(a, b\)"):
+        load_pairs(load_config(config))
+
+
 def test_an_interrupted_train_says_whether_a_rerun_resumes(tmp_path, monkeypatch):
     """Ctrl-C printed only "Aborted!"; the written path read "cfg/../models/toy.keras"."""
     import geoseg.models.training as training
@@ -771,7 +807,7 @@ def test_images_of_different_units_are_refused(tmp_path):
     ("seed = -1", r"seed must be between 0 and 4294967295. Received: -1"),  # ValueError traceback in Keras
     ("bands = []", r"bands must list at least one band .* Received: \[\]"),  # max() of an empty list
     ('normalization = {method = "scale", scael = 0.0001}',  # trained with scale 1
-     r"unknown key\(s\) scael in normalization. Known: method, offset, scale"),
+     r"unknown field\(s\) 'scael' in 'normalization'; method 'scale' takes scale, offset"),
     ('classes = [{name = "a", colour = "#FF0000"}]', r"unknown key\(s\) colour in classes\[0\]. Known: color, name"),
     # every pixel of the shared colour trained as b, and a had none
     ('label_format = "color"\nclasses = [{name = "a", color = "#FF0000"}, {name = "b", color = "#ff0000"}]',
@@ -899,3 +935,22 @@ def test_a_truncated_training_image_is_named(tmp_path):
     image.write_bytes(image.read_bytes()[: int(image.stat().st_size * 0.6)])
     with pytest.raises(RasterReadError, match=r"img0.tif: cannot read its pixels .* truncated or damaged"):
         load_pairs(load_config(config))
+
+
+def test_a_class_without_labelled_pixels_is_warned_about(caplog):
+    """A class no training label holds got no word, and a weight of hundreds in the card."""
+    from geoseg.models.training import class_weights
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:4] = 2
+    pairs = [(np.zeros((8, 8, 3), np.uint8), labels, "a.tif")]
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        weights = class_weights(pairs, 3, "sqrt", ["land", "water", "road"])
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "class(es) water have no labelled pixel in the training images"]
+    assert weights[0] == pytest.approx(weights[2])
+    caplog.clear()
+    labels[0, 0] = 1
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        class_weights(pairs, 3, "sqrt", ["land", "water", "road"])
+    assert not caplog.records

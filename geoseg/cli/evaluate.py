@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import click
 
@@ -64,6 +65,26 @@ def _check_writable(path: str | None, option: str) -> None:
         raise InputError(f"{option} {path}: the folder {folder} is not writable; pick another path.")
 
 
+def _check_report(path: str | None, overwrite: bool, model, images: list[str], labels: list[str] | None) -> None:
+    """The report may replace neither an input (the image, a label, the model's files: `--markdown img.tif`
+    turned the image into text) nor, without --overwrite, a file that exists."""
+    from geoseg.errors import OutputError
+    from geoseg.models.registry import BUILTIN, resolve_model
+    from geoseg.pipeline import refuse_inputs_as_outputs
+
+    if path is None:
+        return
+    ref = resolve_model(model).partition("?")[0]
+    card = dict(parse_qsl(resolve_model(model).partition("?")[2])).get("card")
+    bundle = [] if ref.startswith(BUILTIN) else [ref, str(Path(ref).with_suffix(".json")), *([card] if card else [])]
+    try:
+        refuse_inputs_as_outputs({"report": Path(path)}, [*images, *(labels or []), *bundle])
+    except OutputError as exc:
+        raise OutputError(f"--markdown {exc}") from None
+    if Path(path).exists() and not overwrite:
+        raise OutputError(f"--markdown {path} already exists. Pass --overwrite to replace it, or pick another path.")
+
+
 label_options = [
     click.option("--images", multiple=True, required=True, help="Images: files, folders or globs (repeatable)."),
     click.option("--label-format", type=click.Choice(["index", "color", "vector"]), default="index",
@@ -109,9 +130,11 @@ def _variant(model, precision: str, tta: str):
 @click.option("--labels", multiple=True, required=True,
               help="Labels: files/globs in the images' order, or a template like '{image_dir}/../masks/{stem}.png'.")
 @_with(label_options)
-@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write a Markdown table here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Also write the table and its notes to this Markdown file.")
+@click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
 def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
-             precision, tta, markdown):
+             precision, tta, markdown, overwrite):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -126,12 +149,13 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels)
+        _check_report(markdown, overwrite, model, image_paths, label_paths)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names),
                      label_colors=_split(label_colors), vector_field=vector_field, **_segment_options(chunk, sieve))
     table = markdown_table([result])
-    if markdown:
-        write_text(markdown, table)
+    if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
+        write_text(markdown, markdown_table([result], notes=True))
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -176,4 +200,4 @@ def _echo_notes(evaluations: list[dict]) -> None:
     for e in evaluations:
         for note in e["notes"]:
             if note not in shared:
-                click.echo(f"note: {e['model']}: {note}", err=True)
+                click.echo(f"note: {e.get('column', e['model'])}: {note}", err=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from geoseg.errors import CardError
 from geoseg.files import replaced_atomically
 
 __all__ = ["LIMITS", "NAME_PATTERN", "OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "check_model_name",
-           "normalization_from_text", "parse_normalization", "read_card", "resolve_normalization", "write_card"]
+           "default_color", "normalization_from_text", "parse_normalization", "read_card", "resolve_normalization", "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -133,11 +135,15 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"{source}: a model card must be a JSON object, got {type(data).__name__}.")
         version = data.get("schema_version", SCHEMA_VERSION)
+        if not _is_int(version):  # "1" was told "is '1'; this geoseg reads version 1"
+            raise CardError(f"{source}: field 'schema_version' must be a whole number (this geoseg reads "
+                            f"{SCHEMA_VERSION}, without quotes). Received: {version!r}")
         if version != SCHEMA_VERSION:
             raise CardError(
                 f"{source}: field 'schema_version' is {version!r}; this geoseg reads version "
                 f"{SCHEMA_VERSION}. Upgrade geoseg or rewrite the card."
             )
+        _check_typos(data, _FIELDS, source)
         for key in ("name", "classes", "bands", "normalization", "margin"):
             if key not in data:
                 raise CardError(f"{source}: required field '{key}' is missing from the model card.")
@@ -234,6 +240,23 @@ def _check_distinct_names(classes: tuple[ClassInfo, ...], source: str) -> None:
                         f"models are matched to classes by name; {ids}. Rename them.")
 
 
+# Tableau 10, then two more: for classes whose card or training config gives no colour (all were #808080,
+# so masks, previews and QGIS styles showed every class in one grey)
+_DEFAULT_COLOURS = ("#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7",
+                    "#9C755F", "#BAB0AC", "#17BECF", "#BCBD22")
+
+
+def default_color(index: int, taken: Sequence[str] = ()) -> str:
+    """The colour of class `index` when none is given: the first palette colour from `index` on that no other
+    class has (`taken`, as '#RRGGBB')."""
+    used = {c.upper() for c in taken}
+    for step in range(len(_DEFAULT_COLOURS)):
+        colour = _DEFAULT_COLOURS[(index + step) % len(_DEFAULT_COLOURS)]
+        if colour not in used:
+            return colour
+    return _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]
+
+
 def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
     if not isinstance(data, dict) or "name" not in data:
         raise CardError(f"{source}: classes[{index}] must be an object with 'id', 'name' and 'color'.")
@@ -242,7 +265,7 @@ def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
             f"{source}: classes[{index}] has id {data.get('id')!r}; ids must be 0, 1, 2, ... in "
             "the order of the model's output channels."
         )
-    color = data.get("color", "#808080")
+    color = data.get("color", default_color(index))
     if not _COLOUR.match(str(color)):
         raise CardError(f"{source}: classes[{index}].color must look like '#3C1098'. Received: {color!r}")
     return ClassInfo(index, str(data["name"]), str(color).upper())
@@ -269,6 +292,11 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
         if method == "meanstd" and any(v <= 0 for v in data["std"]):
             raise CardError(f"{source}: field 'normalization.std' must be above 0 in every band. "
                             f"Received: {data['std']!r}")
+    unknown = sorted(set(map(str, data)) - {"method", *_NORMALISATION_FIELDS[method]})
+    if unknown:  # {"method": "scale", "scael": 0.0039} ran with scale 1.0
+        allowed = ", ".join(_NORMALISATION_FIELDS[method]) or "no other field"
+        raise CardError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} in 'normalization'; method "
+                        f"{method!r} takes {allowed}.")
     keys = {"scale": ("scale", "offset"), "percentile": ("low", "high")}.get(method, ())
     for key in keys:
         if key in data and not _is_number(data[key]):
@@ -277,6 +305,20 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
         raise CardError(f"{source}: percentiles must satisfy 0 <= low < high <= 100. "
                         f"Received: low={data.get('low', 2)!r}, high={data.get('high', 98)!r}")
     return dict(data)
+
+
+_FIELDS = ("schema_version", "name", "version", "classes", "bands", "normalization", "margin", "tile_size",
+           "multiple_of", "description", "pixel_size", "output", "training", "metrics")
+_NORMALISATION_FIELDS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),
+                         "stretch": ("low", "high", "from"), "none": ()}
+
+
+def _check_typos(data: dict[str, Any], fields: Sequence[str], source: str) -> None:
+    """Refuse a field that is a near miss of a known one ('multiple-of', 'tilesize'): it was ignored, and the
+    model ran with the default. Other extra fields (a licence, an author) are the card owner's to add."""
+    for key in data:
+        if key not in fields and (near := difflib.get_close_matches(str(key).replace("-", "_").lower(), fields, 1, 0.8)):
+            raise CardError(f"{source}: unknown field {key!r}; did you mean {near[0]!r}?")
 
 
 def _is_number(value: Any) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
-           "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "read_labels",
+           "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
            "label_class_names", "label_nodata"]
 
 IGNORE = 255
@@ -58,6 +58,32 @@ def label_class_names(path: str | os.PathLike) -> list[str | None] | None:
         raise InputError(f"{path}: its CLASS_NAMES tag must map class ids 0 to {IGNORE - 1} ({IGNORE} is unlabelled) "
                          f"to non-empty names (received {names[:80]!r}); pass --label-names instead.")
     return [table.get(i) for i in range(max(table) + 1)]
+
+
+def ids_by_name(path: str | os.PathLike, classes: Sequence[dict[str, Any]]) -> np.ndarray | None:
+    """A lookup from an index label's ids to the ids of `classes`, by the names of its CLASS_NAMES tag
+    (a geoseg mask's); None when it has no tag or names the classes in their own order.
+
+    Masks of a model whose classes are ``other, water, vegetation`` trained a config listing ``water,
+    vegetation, other`` to call `other` water. Names the classes lack become unlabelled, with a
+    warning; a tag that names none of them is refused.
+    """
+    names = label_class_names(path)
+    wanted = [c["name"] for c in classes]
+    if names is None or all(n is None or (i < len(wanted) and wanted[i] == n) for i, n in enumerate(names)):
+        return None
+    lut = np.full(256, IGNORE, np.uint8)
+    for i, name in enumerate(names):
+        if name in wanted:
+            lut[i] = wanted.index(name)
+    others = [n for n in names if n is not None and n not in wanted]
+    if len(others) == len([n for n in names if n is not None]):
+        raise InputError(f"{path}: its CLASS_NAMES tag names its ids {', '.join(n for n in names if n)}, none of "
+                         f"which is a class here ({', '.join(wanted)}); name the classes as the labels do.")
+    if others:
+        _warn_once((os.path.abspath(path), "names"), "%s: its CLASS_NAMES tag names ids of %s, which are not "
+                   "classes here; those pixels are left unlabelled.", path, ", ".join(others))
+    return lut
 
 
 def check_label_template(template: str, where: str) -> None:
@@ -112,14 +138,15 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
                          "For a colour-coded mask use the colour format (--label-format color, or "
                          "label_format = \"color\" in a training config).")
     info = inspect_raster(image)
+    # the CRS and grid first: a label warped to EPSG:4326 (another size too) was "the label of another image?"
+    _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image),
+                          file_name or os.path.basename(path), polygons)
     expected = (info.width, info.height)
     if size != expected:
         raise InputError(f"{name}: labels are {size[0]} x {size[1]} px but their image "
                          f"{image_name or os.path.basename(image)} is "
                          f"{expected[0]} x {expected[1]} px; labels must be on the image's pixel grid "
                          "(is this the label of another image?).")
-    _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image),
-                          file_name or os.path.basename(path), polygons)
 
 
 def _georeferenced(crs, transform) -> bool:
@@ -183,7 +210,8 @@ def _open_label(path: str | os.PathLike, name: str | None = None):
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
                 image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
-                window=None, ignore_colors: Sequence[str] | None = None, rename: str = RENAME_IN_CONFIG) -> np.ndarray:
+                window=None, ignore_colors: Sequence[str] | None = None, rename: str = RENAME_IN_CONFIG,
+                id_map: np.ndarray | None = None) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -203,6 +231,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     rename : str
         Polygons: how to name the classes after the file's values, in the message that refuses a
         file none of whose values is a class (`RENAME_IN_CONFIG` or `RENAME_LABEL_NAMES`).
+    id_map : numpy.ndarray, optional
+        Index labels: a lookup from the file's values to class ids (`ids_by_name`), applied first.
     """
     import rasterio
 
@@ -226,6 +256,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         data = np.moveaxis(palette[data[0]], -1, 0)
     if fmt == "index":
         label = data[0].astype(np.int64)
+        if id_map is not None:
+            label = np.where((label >= 0) & (label < len(id_map)), id_map[np.clip(label, 0, len(id_map) - 1)], IGNORE)
         out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
     else:
         rgb = data[:3].astype(np.int64) if data.shape[0] >= 3 else np.repeat(data[:1].astype(np.int64), 3, 0)

@@ -61,15 +61,27 @@ class Problem:
 
 
 def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[ModelEntry]:
+    """The bundles in `folder` (NAME.keras + NAME.json), and legacy NAME.h5 models with a NAME.json card.
+
+    A model file without its card is a problem to report, not a file to pass over: it vanished from
+    `geoseg models` and `models check` without a word.
+    """
     entries = []
     for card_path in sorted(folder.glob("*.json")):
-        if card_path.with_suffix(".keras").is_file():
-            try:
-                card = read_card(card_path)
-            except ModelError as exc:  # one bad bundle must not hide the others
-                problems.append(Problem(card_path, str(exc)))
-                continue
-            entries.append(ModelEntry(card.name, card, card_path.with_suffix(".keras"), source))
+        model = next((m for m in (card_path.with_suffix(".keras"), card_path.with_suffix(".h5")) if m.is_file()), None)
+        if model is None:
+            continue
+        try:
+            card = read_card(card_path)
+        except ModelError as exc:  # one bad bundle must not hide the others
+            problems.append(Problem(card_path, str(exc)))
+            continue
+        entries.append(ModelEntry(card.name, card, model, source))
+    for model in sorted([*folder.glob("*.keras"), *folder.glob("*.h5")]):
+        if not model.with_suffix(".json").is_file():
+            problems.append(Problem(model.with_suffix(".json"), f"{model}: no card {model.with_suffix('.json').name} "
+                                    "beside it; a model here is NAME.keras (or a legacy NAME.h5) plus its card "
+                                    "NAME.json (`geoseg models show landcover-unet` shows the format)."))
     return entries
 
 

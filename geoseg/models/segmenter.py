@@ -249,11 +249,13 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
     card_path = Path(card) if card is not None else weights.with_suffix(".json")
     if not weights.is_file():
         raise ModelError(f"{weights}: model file not found; a bundle is NAME.keras plus NAME.json.")
-    if legacy and not card_path.is_file():
+    if card is not None and not card_path.is_file():  # was "carries no card... save it as" the mistyped path
+        raise CardError(f"{card_path}: card file not found (the card of {weights}). Check the --card path.")
+    if legacy and not card_path.is_file():  # models show/check, evaluate and compare have no --card
         raise CardError(
             f"{weights}: a legacy Keras .h5 model carries no card. Write one (classes, bands, normalization, "
-            f"tile_size, margin; `geoseg models show landcover-unet` shows the format) and pass it with --card, "
-            f"or save it as {card_path}."
+            f"tile_size, margin; `geoseg models show landcover-unet` shows the format) and save it as {card_path}, "
+            "where every command finds it (`geoseg segment` also takes it as --card)."
         )
     model_card = read_card(card_path)
     import zipfile

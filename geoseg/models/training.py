@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from geoseg.errors import InputError, ModelError, OutputError
-from geoseg.models.card import ModelCard, write_card
-from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, read_labels
+from geoseg.models.card import ModelCard, default_color, write_card
+from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, ids_by_name, read_labels
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
@@ -104,10 +104,14 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
         raise InputError(f"{path}: cannot read the config ({exc.strerror or exc}).") from None
     tables = ("data", "model", "train")
     flat = {k: v for k, v in raw.items() if k not in tables}  # normalization = {...} may sit at the top too
+    where = dict.fromkeys(flat, "the top level")
     for table in tables:
         if not isinstance(raw.get(table, {}), dict):
             raise InputError(f"{path}: '{table}' must be a table ([{table}]). Received: {raw[table]!r}")
-        flat.update(raw.get(table, {}))
+        for key, value in raw.get(table, {}).items():
+            if key in flat:  # `epochs` at the top and in [train]: the last one won, silently
+                raise InputError(f"{path}: {key} is set twice, in {where[key]} and in [{table}]; keep one.")
+            flat[key], where[key] = value, f"[{table}]"
     flat.update({k: v for k, v in overrides.items() if v is not None})
     known = set(TrainConfig.__dataclass_fields__) - {"source"}  # source: where the config was read from
     unknown = sorted(set(flat) - set(known))
@@ -152,8 +156,6 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
             parse_normalization(flat["normalization"], len(flat.get("bands", [1, 2, 3])), source=str(path))
         except ModelError as exc:
             raise InputError(str(exc)) from None
-        _check_table_keys(path, "normalization", flat["normalization"],
-                          _NORMALIZATION_KEYS.get(flat["normalization"]["method"], ()))
     _check_classes(path, flat)
     _check_weight_files(path, flat)
     _check_output(path, flat, "--output" if overrides.get("output") is not None else f"{path}: output")
@@ -216,15 +218,10 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
                          "either names a class or marks unlabelled pixels. Remove it from one of them.")
 
 
-# the keys of each normalisation method besides 'method' ('from' says where a resolved stretch came from)
-_NORMALIZATION_KEYS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),
-                       "stretch": ("low", "high", "from"), "none": ()}
-
-
 def _check_table_keys(path: Path, where: str, table: dict[str, Any], known: typing.Iterable[str]) -> None:
-    """Refuse keys a nested table does not know, as the top level does: a misspelt
-    ``normalization = {method = "scale", scael = 0.0001}`` trained with scale 1."""
-    known = sorted({"method", *known}) if where == "normalization" else sorted(known)
+    """Refuse keys a nested table does not know, as the top level does (a class's `colour`); the card's
+    check refuses those of a normalisation (``scael = 0.0001`` trained with scale 1)."""
+    known = sorted(known)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} in {where}. Known: {', '.join(known)}.")
@@ -387,7 +384,8 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
     if config.label_format != "vector":  # labels of another place or CRS, of the same size, were read as the image's
         check_label_grid(path, config.label_format, image)
     return read_labels(path, fmt=config.label_format, classes=config.classes, image=image, shape=shape,
-                       vector_field=config.vector_field, ignore_colors=config.ignore_colors)
+                       vector_field=config.vector_field, ignore_colors=config.ignore_colors,
+                       id_map=ids_by_name(path, config.classes) if config.label_format == "index" else None)
 
 
 class LazyImage:
@@ -421,6 +419,7 @@ class LazyLabels:
         if not os.path.exists(self.path):
             raise InputError(f"{image.path}: its label {self.path} does not exist. Check 'labels' in the config.")
         self.vector = None
+        self.id_map = ids_by_name(self.path, config.classes) if config.label_format == "index" else None
         if config.label_format == "vector":  # reproject here, once: pyproj in tf.data's threads crashed (bus error)
             from geoseg.models.labels import VectorLabels
 
@@ -436,7 +435,7 @@ class LazyLabels:
             return self.vector.window((int(window.height), int(window.width)), window)
         return read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
                            image=self.image.path, shape=(int(window.height), int(window.width)),
-                           vector_field=self.config.vector_field, window=window)
+                           vector_field=self.config.vector_field, window=window, id_map=self.id_map)
 
 
 def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
@@ -527,14 +526,24 @@ def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitte
         yield np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
-def class_weights(pairs, n_classes: int, how: str) -> np.ndarray:
-    """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1."""
+def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] | None = None) -> np.ndarray:
+    """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1.
+
+    A class without a labelled pixel is warned about (by its name in `names`): the model cannot learn
+    it, and its weight (of a frequency floored at 1e-6) only looked like a strong one in the card.
+    """
     counts = np.zeros(n_classes)
-    if pairs and isinstance(pairs[0][1], LazyLabels):  # labels on disk: estimate from 64 random chips
+    lazy = bool(pairs) and isinstance(pairs[0][1], LazyLabels)
+    if lazy:  # labels on disk: estimate from 64 random chips
         size = max(1, min(256, *(min(p[0].shape[:2]) // 2 for p in pairs)))
         pairs = _sample_chips(pairs, size, max(1, 64 // len(pairs)), 0)
     for _, label, _ in pairs:
         counts += np.bincount(label[label != IGNORE], minlength=n_classes)[:n_classes]
+    absent = [names[i] if names else str(i) for i in range(n_classes) if counts[i] == 0]
+    if absent and counts.sum():
+        log.warning("class(es) %s have no labelled pixel in the training images%s: the model cannot learn them. "
+                    "Check the labels (colours, ids, class names), or leave those classes out.", ", ".join(absent),
+                    " (in the chips sampled to weigh the classes)" if lazy else "")
     freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
     weights = {"none": np.ones(n_classes), "sqrt": 1 / np.sqrt(freq), "inverse": 1 / freq}[how]
     return weights / (weights * freq).sum()
@@ -613,11 +622,12 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
-        "classes": [{"id": i, "name": c["name"], "color": c.get("color", "#808080")} for i, c in enumerate(config.classes)],
+        "classes": [{"id": i, "name": c["name"], "color": colour} for i, (c, colour) in
+                    enumerate(zip(config.classes, _class_colours(config.classes)))],
         "margin": margin, "tile_size": None, "multiple_of": multiple,
     }
     card = ModelCard.from_dict(card_data, source=config.source)
-    weights = class_weights(train_pairs, n_classes, config.class_weighting)
+    weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes])
     _check_mixed_types(config, card, [*train_pairs, *val_pairs, *select_pairs])
     chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
     # Chips go to tf.data as float32 whatever each image's type: one spec of the first image's type wrapped a
@@ -733,6 +743,17 @@ def _load_init_weights(keras, config: TrainConfig):
 
 
 MIXED_TYPES_SPREAD = 8.0  # how far the normalised values of images of different types may differ (see below)
+
+
+def _class_colours(classes: list[dict]) -> list[str]:
+    """Each class's colour: its own, else a palette colour that no other class has (all were grey)."""
+    taken = [c["color"] for c in classes if "color" in c]
+    colours = []
+    for i, c in enumerate(classes):
+        if "color" not in c:
+            taken.append(default_color(i, taken))
+        colours.append(c.get("color") or taken[-1])
+    return colours
 
 
 def _check_mixed_types(config: TrainConfig, card: ModelCard, pairs) -> None:

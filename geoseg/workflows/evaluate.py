@@ -134,12 +134,17 @@ def _check_label_set(label_format: str, label_names, label_colors) -> None:
 
 
 def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
-    """Lookup from label ids to model ids by class name.
+    """Lookup from label ids to model ids by class name; a name that differs from one model class's
+    only in case is that class ('Building' in a vector file's field: --label-names had to hold the
+    file's names, and then they were no model class: no way to score such a file).
 
     Label classes the model lacks are scored as the model's 'other' class when it
     has one (classical baselines), else left out (255).
     """
     model_ids = {c.name: c.id for c in card.classes}
+    folded: dict[str, list[str]] = {}
+    for c in card.classes:
+        folded.setdefault(c.name.casefold(), []).append(c.name)
     other = model_ids.get("other", IGNORE)
     lut = np.full(256, IGNORE, np.uint8)
     missing = []
@@ -148,6 +153,8 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
             continue
         if c["name"] in model_ids:
             lut[i] = model_ids[c["name"]]
+        elif len(near := folded.get(c["name"].casefold(), [])) == 1:
+            lut[i] = model_ids[near[0]]
         else:
             lut[i] = other
             missing.append(c["name"])
@@ -309,11 +316,9 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
         named = {c["name"] for label_classes, _ in label_sets for c in label_classes if c["name"] is not None}
         if card.output != "regions" and named and named <= missing:  # said "are the label values class ids?"
             model_names = [c.name for c in card.classes]
-            near, sep = sorted(n for n in named if n.lower() in {m.lower() for m in model_names}), ", "
             raise InputError(
                 f"none of the label names ({', '.join(sorted(named))}) is a class of model {card.name} "
-                f"({', '.join(model_names)}), so there is nothing to score. Names must match exactly"
-                f"{f', case included ({sep.join(near)} differ only in case)' if near else ''}: "
+                f"({', '.join(model_names)}), so there is nothing to score. Names match whole, case aside: "
                 "pass --label-names (label_names=) with the model's names.")
         raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
     return card, label_sets, missing
@@ -490,7 +495,10 @@ def compare(
         for m, folder in zip(models, folders):
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
     disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
-    return {"models": list(models), "evaluations": [e.to_dict() for e in evaluations],
+    names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
+    rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m)}
+            for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
+    return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
             "agreement_pct": [pct for _, pct in disagreement]}
 
@@ -617,11 +625,12 @@ class _Disagreement:
         return out
 
 
-def markdown_table(evaluations: Sequence[Evaluation | dict]) -> str:
-    """Per-class IoU of one or more evaluations as a Markdown table, models as columns."""
+def markdown_table(evaluations: Sequence[Evaluation | dict], *, notes: bool = False) -> str:
+    """Per-class IoU of one or more evaluations as a Markdown table, models as columns; with `notes`,
+    each evaluation's notes below it (classes not scored, majority-assigned regions)."""
     evals = [e.to_dict() if isinstance(e, Evaluation) else e for e in evaluations]
     classes = list(dict.fromkeys(c for e in evals for c in e["per_class"]))
-    head = "| class | " + " | ".join(e["model"] for e in evals) + " |"
+    head = "| class | " + " | ".join(e.get("column", e["model"]) for e in evals) + " |"
     lines = [head, "|---|" + "---:|" * len(evals)]
     for c in classes:
         cells = [e["per_class"].get(c, {}).get("iou") for e in evals]
@@ -630,4 +639,6 @@ def markdown_table(evaluations: Sequence[Evaluation | dict]) -> str:
                                                  for e in evals) + " |")
     lines.append("| pixel accuracy | " + " | ".join("–" if e["pixel_accuracy"] is None else f"{e['pixel_accuracy']:.3f}"
                                                    for e in evals) + " |")
-    return "\n".join(lines) + "\n"
+    remarks = [f"{e.get('column', e['model']) + ': ' if len(evals) > 1 else ''}{n}"
+               for e in evals for n in e["notes"]] if notes else []
+    return "\n".join(lines + ([""] + [f"- Note: {r}" for r in remarks] if remarks else [])) + "\n"
