@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["move_all", "named_as_final", "replace_set", "replaced_atomically", "signals_held"]
+__all__ = ["move_all", "named_as_final", "refuse_folders", "replace_set", "replaced_atomically", "signals_held"]
 
 
 @contextmanager
@@ -22,6 +22,7 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     the name's stem.
     """
     path = Path(path)
+    refuse_folders([path])
     tmp = path.with_name(f".{path.name}{suffix}" if suffix == ".tmp" else f".{path.stem}{suffix}")
     tmp.unlink(missing_ok=True)
     try:
@@ -85,8 +86,21 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(came[0])  # now to the handler that was in place: KeyboardInterrupt, SystemExit(143)
 
 
+def refuse_folders(paths) -> None:
+    """OutputError when a folder stands where one of `paths`, a file, goes: `os.replace` then failed
+    with IsADirectoryError, a traceback, after the moves before it (a style without its mask)."""
+    from geoseg.errors import OutputError
+
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            raise OutputError(f"{path}: is a folder, where this run writes a file. Move or rename the folder, "
+                              "or pick another output folder.")
+
+
 def move_all(moves: list[tuple[Path, Path]]) -> None:
-    """``os.replace`` each (staged, final) pair in order; callers hold signals around it (`signals_held`)."""
+    """``os.replace`` each (staged, final) pair in order; callers hold signals around it (`signals_held`).
+    A folder where a file goes is refused (`refuse_folders`) before anything moves."""
+    refuse_folders(final for _, final in moves)
     for staged, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)

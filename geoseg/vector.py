@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -66,6 +67,31 @@ def _class_tables(mask_path: str | os.PathLike) -> tuple[dict[str, str], dict]:
     return names, colours
 
 
+def _foreign_nodata(mask_path: str) -> int | None:
+    """The nodata value a mask declares when it is not 255 (geoseg's), which is then nodata instead: a
+    label raster of nodata 0 gave polygons of class 0. Without a declared value 255 is nodata, and a
+    mask that holds 255 is warned about (a road mask of 0 and 255 gave only the background's polygons)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(mask_path) as ds:
+            declared = ds.nodata
+            if declared is None and _holds(ds, NODATA):
+                log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in "
+                            "geoseg's masks) and get no polygons. If 255 is a class there, declare its nodata value "
+                            "(gdal_edit.py -a_nodata 0 %s, say) and run again.", mask_path, mask_path)
+    if declared is None or declared == NODATA or not float(declared).is_integer() or not 0 <= declared <= 255:
+        return None
+    return int(declared)
+
+
+def _holds(ds, value: int) -> bool:
+    """Whether band 1 of the open uint8 raster `ds` holds `value`, read block by block (it stops at the first)."""
+    for _, window in ds.block_windows(1):
+        if (ds.read(1, window=window) == value).any():
+            return True
+    return False
+
+
 def _classes(names: dict[str, str], colours: dict) -> dict[int, tuple[str, tuple[int, int, int]]]:
     if names:
         ids = sorted(int(k) for k in names)
@@ -76,7 +102,7 @@ def _classes(names: dict[str, str], colours: dict) -> dict[int, tuple[str, tuple
 
 def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bool, bool],
                      keep: tuple[int, ...] | None, confidence_path: str | None,
-                     to_map: Affine = Affine.identity()) -> dict[str, Any]:
+                     to_map: Affine = Affine.identity(), nodata: int | None = None) -> dict[str, Any]:
     """Polygonise one window of a mask: one polygon per 4-connected region of a class.
 
     Parameters
@@ -109,7 +135,8 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
                 conf = ds.read(1, window=window).astype(np.float64)
     labels = np.zeros(data.shape, np.int32)
     classes = [0]
-    wanted = np.unique(data[data != NODATA])
+    wanted = np.unique(data[data != (NODATA if nodata is None else nodata)])  # a mask from elsewhere may declare
+    # another nodata value than 255, which is then a class like any other
     if keep is not None:
         wanted = [c for c in wanted if c in keep]
     for value in wanted:
@@ -126,7 +153,10 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
             cut[side] = True
     coords: list = []
     ring_ends, geom_ends, ids = [0], [0], []
-    for geom, label in shapes(labels, mask=labels > 0, transform=transform, connectivity=4):
+    with warnings.catch_warnings():  # the first block's transform is the identity, which rasterio warns of
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        found = list(shapes(labels, mask=labels > 0, transform=transform, connectivity=4))
+    for geom, label in found:
         for ring in geom["coordinates"]:
             coords.extend(ring)
             ring_ends.append(len(coords))
@@ -394,7 +424,8 @@ def vectorize(
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
     tag_names, colours = _class_tables(info.path)  # info.path: a relative zip:// made absolute
-    names = _classes(tag_names, colours)
+    nodata = _foreign_nodata(info.path)
+    names = {i: c for i, c in _classes(tag_names, colours).items() if i != nodata}
     transform, crs = info.map_georeferencing()
     if min_area > 0 and crs is None:  # taken in pixels without a word, while the option says m²
         log.warning("%s has no CRS, so --min-area (min_area=) %g counts pixels, not m²", info.path, min_area)
@@ -420,7 +451,7 @@ def vectorize(
         except CRSError as exc:
             raise InputError(f"--to-crs (to_crs=) {to_crs!r} is not a CRS ({exc}). Use e.g. EPSG:4326.") from None
     conf_path = None if confidence is None else _check_confidence(inspect_raster(confidence), info)
-    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform)
+    tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform, nodata)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
     whole = _concat(results, "whole")
@@ -562,6 +593,23 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
 
 
 
+def _footprint(window: Window, transform):
+    """The polygon a window of pixels covers on the map, for any affine (rotated, south-up)."""
+    import shapely
+
+    c0, r0 = window.col_off, window.row_off
+    c1, r1 = c0 + window.width, r0 + window.height
+    return shapely.Polygon([transform * corner for corner in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
+
+
+def _covering_window(bounds: tuple[float, float, float, float], transform) -> Window:
+    """The whole pixels that a map box (minx, miny, maxx, maxy) touches, for any affine (rotated, south-up)."""
+    inverse = ~transform
+    cols, rows = zip(*(inverse * (x, y) for x in bounds[::2] for y in bounds[1::2]))
+    col, row = math.floor(min(cols)), math.floor(min(rows))
+    return Window(col, row, math.ceil(max(cols)) - col, math.ceil(max(rows)) - row)
+
+
 def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, block: int = 1024):
     """Pixels and m² of every class inside every zone, block by block.
 
@@ -582,7 +630,7 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     """
     import shapely
     from rasterio.features import geometry_mask
-    from rasterio.windows import from_bounds, intersection
+    from rasterio.windows import intersection
 
     from geoseg.raster import pixel_areas_m2
 
@@ -598,9 +646,11 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     tree = shapely.STRtree(geoms)
     with rasterio.open(info.path) as ds:
         for window, _ in _block_windows(info.width, info.height, block):
-            bounds = rasterio.windows.bounds(window, transform)
-            for z in tree.query(shapely.box(*bounds)):
-                zw = from_bounds(*geoms[z].bounds, transform=transform).round_offsets().round_lengths()
+            # the block's footprint from its four corners, and each zone's pixels from its box's four corners:
+            # rasterio's windows.bounds and from_bounds take two corners, which on a rotated raster missed
+            # whole zones (0 pixels, silently) and on a south-up one raised "Bounds and transform are inconsistent"
+            for z in tree.query(_footprint(window, transform)):
+                zw = _covering_window(geoms[z].bounds, transform)
                 try:
                     sub = intersection(window, Window(zw.col_off - 1, zw.row_off - 1, zw.width + 2, zw.height + 2))
                 except rasterio.errors.WindowError:

@@ -910,13 +910,24 @@ def test_the_bundle_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["toy.json", "toy.keras", "toy.toml"]
 
 
-def test_an_atomic_write_whose_rename_fails_leaves_no_temporary_file(tmp_path):
+def test_an_atomic_write_whose_rename_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
     """`replaced_atomically` removed its temporary file on errors inside the block, not when the rename failed."""
+    import geoseg.files
+    from geoseg.errors import OutputError
     from geoseg.files import replaced_atomically
 
-    (tmp_path / "card.json").mkdir()  # a folder in the way
-    with pytest.raises(IsADirectoryError):
+    (tmp_path / "card.json").mkdir()  # a folder in the way: one clear error before anything is written
+    with pytest.raises(OutputError, match="card.json: is a folder, where this run writes a file"):
         with replaced_atomically(tmp_path / "card.json") as tmp:
+            tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
+
+    def refused(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(geoseg.files.os, "replace", refused)
+    with pytest.raises(PermissionError):
+        with replaced_atomically(tmp_path / "other.json") as tmp:
             tmp.write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from rasterio.transform import from_origin
 
 from geoseg.errors import InputError, OutputError
@@ -206,6 +207,29 @@ def test_zonal_composition_counts_pixel_centres(make_mask):
     assert areas[1].tolist() == pytest.approx([32.0, 32.0])
 
 
+@pytest.mark.parametrize("transform", [
+    Affine.translation(500000, 2800000) * Affine.rotation(30) * Affine.scale(2, -2),  # zones of 0 pixels, silently
+    Affine(2, 0, 500000, 0, 2, 2799872),  # south-up: "Bounds and transform are inconsistent", a traceback
+])
+def test_zonal_composition_on_rotated_and_south_up_rasters(tmp_path, transform):
+    from geoseg.vector import zonal_composition
+
+    data = np.random.default_rng(0).integers(0, 3, (64, 64)).astype(np.uint8)
+    path = tmp_path / "m.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:32640",
+                       transform=transform, nodata=255) as ds:
+        ds.write(data, 1)
+    rows, cols = np.mgrid[0:64, 0:64]
+    xs, ys = transform * (cols + 0.5, rows + 0.5)
+    corner = transform * (0, 0)  # boxes at the first pixel's corner (the rotated raster's top left), and inside
+    boxes = [shapely.box(corner[0], corner[1] - 20, corner[0] + 20, corner[1] + 20),
+             *(shapely.box(x - 14.9, y - 14.9, x + 14.9, y + 14.9) for x, y in (transform * (20, 20), transform * (50, 30)))]
+    pixels, _ = zonal_composition(path, gpd.GeoSeries(boxes, crs="EPSG:32640"), 3, block=24)
+    for box, counted in zip(boxes, pixels):
+        expected = np.bincount(data[shapely.contains_xy(box, xs, ys)], minlength=3)
+        assert counted.tolist() == expected.tolist() and expected.sum() > 0
+
+
 def test_specks_merge_into_their_neighbour(make_mask, tmp_path):
     data = np.zeros((30, 30), np.uint8)
     data[10:25, 10:25] = 1  # 900 m²
@@ -378,3 +402,24 @@ def test_geojson_of_a_mask_without_crs_warns_that_it_reads_as_degrees(tmp_path, 
     with caplog.at_level("WARNING", logger="geoseg"):
         vectorize(path, tmp_path / "plain.geojson")
     assert "holds pixel coordinates, which GIS software reads as longitude and latitude" in caplog.text
+
+
+def test_a_foreign_mask_s_own_nodata_is_honoured_and_255_without_one_is_warned_about(tmp_path, caplog):
+    """A label raster of nodata 0 gave polygons of 'class 0'; a road mask of 0 and 255 without a nodata
+    value gave only the background's polygons, without a word."""
+    data = np.zeros((20, 20), np.uint8)
+    data[5:10, 5:10] = 1
+    data[12:18, 12:18] = 255
+    paths = {}
+    for nodata in (0, None):
+        paths[nodata] = tmp_path / f"labels_{nodata}.tif"
+        with rasterio.open(paths[nodata], "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8",
+                           crs="EPSG:32633", transform=from_origin(400000.0, 6000000.0, 2.0, 2.0), nodata=nodata) as ds:
+            ds.write(data, 1)
+    vectorize(paths[0], tmp_path / "a.gpkg")
+    assert sorted(gpd.read_file(tmp_path / "a.gpkg").class_id.unique()) == [1, 255]  # 255 is a class there
+    with caplog.at_level("WARNING", logger="geoseg.vector"):
+        vectorize(paths[None], tmp_path / "b.gpkg")
+    assert sorted(gpd.read_file(tmp_path / "b.gpkg").class_id.unique()) == [0, 1]
+    assert any("declares no nodata value, so its pixels of value 255 are taken as nodata" in r.getMessage()
+               for r in caplog.records)

@@ -317,6 +317,22 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
         "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png"]
 
 
+def test_a_folder_where_an_output_goes_is_one_error_and_nothing_moves(make_raster, tmp_path):
+    """`--overwrite` with a folder named like an output: IsADirectoryError from the moves, a traceback, and
+    the styles moved in without their mask (scene: mask, CSV and map without the report)."""
+    from geoseg import segment
+
+    path = make_raster(shape=(40, 40))
+    (tmp_path / "a" / "image_polygons.gpkg").mkdir(parents=True)  # found before the run
+    with pytest.raises(OutputError, match=r"image_polygons.gpkg: is a folder, where this run writes a file"):
+        segment(path, tmp_path / "a", model="threshold", vector=True, overwrite=True)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["image_polygons.gpkg"]
+    (tmp_path / "b" / "image_scene.json").mkdir(parents=True)  # found when the set is moved into place
+    with pytest.raises(OutputError, match=r"image_scene.json: is a folder"):
+        scene(path, tmp_path / "b", model="threshold", overwrite=True)
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["image_scene.json"]
+
+
 def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     """flood.tif, flood.gpkg (now flood_polygons.gpkg) and post/ stayed without flood.md; the rerun was refused
     without --overwrite."""
@@ -400,6 +416,52 @@ def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_pat
     assert {Path(s).name for s in gpd.read_file(fifth.outputs["polygons"]).source} == {
         "strip0.tif", "strip1.tif", "strip2.tif"}
     assert "## Not in the mosaic" in (out / "survey_report.md").read_text()
+
+
+def test_a_survey_resumes_from_another_folder_and_with_absolute_paths(make_raster, tmp_path, monkeypatch):
+    """The manifest kept paths relative to where the first run started: the same survey started elsewhere,
+    or given absolute paths, segmented every raster again."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "work").mkdir()
+    for i in range(2):
+        make_raster(name=f"work/s{i}.tif", shape=(30, 40), seed=i)
+    monkeypatch.chdir(tmp_path / "work")
+    first = survey(["s0.tif", "s1.tif"], "out", model="threshold")
+    assert len(first.done) == 2
+    monkeypatch.chdir(tmp_path)
+    again = survey([str(tmp_path / "work" / "s0.tif"), "work/s1.tif"], tmp_path / "work" / "out", model="threshold")
+    assert len(again.skipped) == 2 and not again.done
+    assert [Path(e["outputs"]["mask"]).exists() for e in again.skipped] == [True, True]
+
+
+def test_a_survey_stopped_before_its_first_raster_leaves_no_folder(make_raster, tmp_path, monkeypatch):
+    """segment, scene and flood removed the output folder they made when stopped; survey left it, empty."""
+    module = importlib.import_module("geoseg.workflows.survey")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "segment", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        module.survey([make_raster()], tmp_path / "new" / "out", model="threshold")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_south_up_raster_is_left_out_of_the_survey_mosaic(make_raster, tmp_path):
+    """A south-up grid (rows running north) gave masks.vrt a negative height, which GDAL refused to open,
+    and its mask lay outside the mosaic without being listed as left out."""
+    from geoseg.workflows import survey
+
+    north = make_raster(name="north.tif", shape=(40, 50))
+    south = make_raster(name="south.tif", shape=(40, 50),
+                        transform=rasterio.Affine(0.5, 0, 500000.0, 0, 0.5, 2799980.0))
+    result = survey([north, south], tmp_path / "out", model="threshold")
+    assert len(result.done) == 2
+    with rasterio.open(result.outputs["masks"]) as vrt:
+        assert (vrt.width, vrt.height) == (50, 40)
+    report = (tmp_path / "out" / "survey_report.md").read_text()
+    assert "## Not in the mosaic" in report and "south_mask.tif" in report and "counted twice" in report
 
 
 def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp_path):
@@ -504,6 +566,17 @@ def test_survey_of_zipped_rasters_resumes_and_a_missing_archive_fails(make_raste
     assert len(survey(inputs[:1], tmp_path / "out", model=str(tiny_fcn)).skipped) == 1
 
 
+def test_a_glob_of_nothing_and_a_folder_without_rasters_are_warned_about(tmp_path, make_raster, caplog):
+    from geoseg.workflows import expand_inputs
+
+    a = make_raster(name="a.tif")
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level("WARNING", logger="geoseg.workflows.survey"):
+        assert expand_inputs([a, str(tmp_path / "zz*.tif"), tmp_path / "empty"]) == [str(a)]
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "no file matches this pattern", "a folder without rasters (.img, .jp2, .jpeg, .jpg, .png, .tif, .tiff, .vrt)"]
+
+
 def test_expand_inputs(tmp_path, make_raster):
     from geoseg.workflows import expand_inputs
 
@@ -512,6 +585,10 @@ def test_expand_inputs(tmp_path, make_raster):
     assert expand_inputs([tmp_path / "list.txt"]) == [str(a), str(b)]
     assert expand_inputs([str(tmp_path / "*.tif"), a]) == [str(a), str(b)]
     assert expand_inputs(str(tmp_path / "*.tif")) == expand_inputs(tmp_path) == [str(a), str(b)]  # one, not chars
+    (tmp_path / "sub").mkdir()
+    c = make_raster(name="sub/c.tif")
+    (tmp_path / "lists.txt").write_text("sub\n*.tif\n")  # a folder and a glob line were each one missing raster
+    assert expand_inputs([tmp_path / "lists.txt"]) == [str(c), str(a), str(b)]
     vrt = tmp_path / "mosaic.vrt"
     vrt.write_text('<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
                    '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'

@@ -17,11 +17,13 @@ __all__ = ["survey"]
 @chunk_option
 @sieve_option
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
+@click.option("--preview/--no-preview", default=True, show_default=True,
+              help="STEM_preview.png per raster (on large rasters it can take longer than a baseline's run).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
-def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json, quiet):
+def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs, as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
@@ -46,7 +48,8 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, jobs, as_json
         bar.update(round(100 * fraction, 1) - bar.n)
         bar.set_postfix_str(name, refresh=False)
 
-    options = {k: v for k, v in {"bands": bands, "chunk": chunk, "sieve": sieve or None}.items() if v is not None}
+    options = {k: v for k, v in {"bands": bands, "chunk": chunk, "sieve": sieve or None,
+                                 "preview": None if preview else False}.items() if v is not None}
     try:
         with fail_cleanly():
             result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs,

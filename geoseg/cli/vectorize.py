@@ -12,7 +12,7 @@ __all__ = ["vectorize"]
 @click.command()
 @click.argument("mask", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Layer to write: .gpkg (default format), .geojson, .fgb or .parquet.")
+              help="Layer to write; its extension picks the format: .gpkg, .geojson (or .json), .fgb or .parquet.")
 @click.option("--classes", default=None, metavar="NAME,...",
               help="Class names or ids to keep, comma-separated. Default: all.")
 @click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M2",

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from geoseg.errors import GeosegError, InputError
-from geoseg.pipeline import check_options, prepare_output_dir, segment
+from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
 from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
@@ -42,13 +42,14 @@ class SurveyResult:
         return asdict(self)
 
 
-def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
+def expand_inputs(items: Sequence[str | os.PathLike], _depth: int = 0) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
     A single str or path counts as a list of one. A folder gives its rasters (recursively);
-    a ``.txt`` file one path per line (relative to the file, ``#`` starts a comment); a
-    ``.vrt`` its source rasters; anything else is taken as a raster path, even a missing
-    one, so that the batch reports it. Duplicates are dropped, order kept.
+    a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
+    to the file, ``#`` starts a comment); a ``.vrt`` its source rasters; anything else is taken as
+    a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
+    and a folder without rasters are warned about. Duplicates are dropped, order kept.
     """
     out: list[str] = []
     if isinstance(items, (str, os.PathLike)):  # one folder, glob or file, not a sequence of characters
@@ -58,14 +59,22 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
         if is_gdal_path(item):  # /vsizip/..., zip://...: GDAL reads it
             out.append(item)
         elif any(ch in item for ch in "*?[") and not path.exists():
-            out += sorted(glob.glob(item, recursive=True))
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:  # beside other inputs it vanished without a word
+                log.warning("%s: no file matches this pattern", item)
+            out += found
         elif path.is_dir():
-            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                log.warning("%s: a folder without rasters (%s)", item, ", ".join(sorted(RASTER_SUFFIXES)))
+            out += found
         elif path.suffix.lower() == ".txt" and path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    out.append(str(path.parent / line) if not os.path.isabs(line) else line)
+            lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+            listed = [line if os.path.isabs(line) or is_gdal_path(line) else str(path.parent / line)
+                      for line in lines if line]
+            # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded
+            # too, to a depth of 4 (a list that names itself would not end)
+            out += expand_inputs(listed, _depth + 1) if _depth < 4 else listed
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
         else:
@@ -116,9 +125,9 @@ def _readable(path: str) -> bool:
 
             pyogrio.read_info(path)
         else:
-            import rasterio
+            from geoseg.raster import open_quietly  # a JPEG's mask has no CRS: no warning on every rerun
 
-            with rasterio.open(path):
+            with open_quietly(path):
                 pass
     except Exception:  # rasterio and pyogrio raise several types for a damaged file
         log.warning("%s: cannot be read; its raster is segmented again", path)
@@ -127,23 +136,40 @@ def _readable(path: str) -> bool:
 
 
 class _Manifest:
-    """The record of what is done, rewritten atomically after every raster."""
+    """The record of what is done, rewritten atomically after every raster.
+
+    Rasters are keyed by their absolute path and outputs stored relative to the output folder: paths
+    as given (relative to where the first run started) made a run from another folder, or with
+    absolute paths, segment every raster again.
+    """
 
     def __init__(self, path: Path) -> None:
         import json
 
-        self.path, self.lock = path, threading.Lock()
-        self.entries: dict[str, Any] = json.loads(path.read_text()).get("entries", {}) if path.exists() else {}
+        self.path, self.lock, self.base = path, threading.Lock(), path.parent
+        stored = json.loads(path.read_text()).get("entries", {}) if path.exists() else {}
+        self.entries: dict[str, Any] = {key: {**e, "outputs": {k: str(self.base / v) if not os.path.isabs(v) else v
+                                                               for k, v in e.get("outputs", {}).items()}}
+                                        for key, e in stored.items()}
+
+    @staticmethod
+    def key_of(source: str) -> str:
+        return source if is_gdal_path(source) else os.path.abspath(source)
 
     def is_done(self, source: str, key: dict[str, Any]) -> bool:
-        entry = self.entries.get(source)
+        entry = self.entries.get(self.key_of(source))
         return bool(entry and entry["status"] == "done" and entry["key"] == key
                     and all(_readable(p) for p in entry["outputs"].values()))
 
+    def entry(self, source: str) -> dict[str, Any]:
+        return {**self.entries[self.key_of(source)], "input": source}
+
     def record(self, source: str, entry: dict[str, Any]) -> None:
         with self.lock:
-            self.entries[source] = entry
-            write_json(self.path, {"version": 1, "entries": self.entries})
+            self.entries[self.key_of(source)] = entry
+            stored = {key: {**e, "outputs": {k: os.path.relpath(v, self.base) for k, v in e["outputs"].items()}}
+                      for key, e in self.entries.items()}
+            write_json(self.path, {"version": 2, "entries": stored})
 
 
 def survey(
@@ -205,58 +231,59 @@ def survey(
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}"
                          + (f" outside the output folder {out_dir}" if ours else "") + ". Pass files, folders or globs.")
     card = class_card(model, what="a survey")
-    prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
-    options = {"model": card.name, "model_version": card.version, "vector": vector,
-               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
-                  # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
-                  # no sieve, which the command line leaves out
-                  if k != "client" and not (k == "sieve" and not v)}}
-    manifest = _Manifest(out_dir / MANIFEST)
-    folders = unique_stems(sources)  # one output folder per raster
-    fractions = dict.fromkeys(sources, 0.0)
-    result = SurveyResult()
-    report = progress or (lambda fraction, message: None)
+    with new_folders_removed_on_error(out_dir):  # Ctrl-C before the first raster left an empty folder
+        prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
+        options = {"model": card.name, "model_version": card.version, "vector": vector,
+                   **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
+                      # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
+                      # no sieve, which the command line leaves out
+                      if k != "client" and not (k == "sieve" and not v)}}
+        manifest = _Manifest(out_dir / MANIFEST)
+        folders = unique_stems(sources)  # one output folder per raster
+        fractions = dict.fromkeys(sources, 0.0)
+        result = SurveyResult()
+        report = progress or (lambda fraction, message: None)
 
-    def tick(source: str, fraction: float) -> None:
-        fractions[source] = fraction
-        report(sum(fractions.values()) / len(sources), Path(source).name)
+        def tick(source: str, fraction: float) -> None:
+            fractions[source] = fraction
+            report(sum(fractions.values()) / len(sources), Path(source).name)
 
-    stopping = threading.Event()
+        stopping = threading.Event()
 
-    def one(source: str) -> tuple[str, dict[str, Any]]:
-        try:
-            key = {**_fingerprint(source), **options}
-        except OSError:
-            return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
-        if manifest.is_done(source, key):
+        def one(source: str) -> tuple[str, dict[str, Any]]:
+            try:
+                key = {**_fingerprint(source), **options}
+            except OSError:
+                return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
+            if manifest.is_done(source, key):
+                tick(source, 1.0)
+                return "skipped", manifest.entry(source)
+            started = time.perf_counter()
+            try:
+                res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
+                              progress=lambda f: tick(source, f), **segment_options)
+            except GeosegError as exc:
+                entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
+            except Exception as exc:  # one broken raster must not stop the survey
+                if stopping.is_set():  # the survey itself is stopping: not this raster's failure
+                    raise
+                log.exception("unexpected failure on %s", source)
+                entry = {"input": source, "status": "failed", "key": key, "outputs": {},
+                         "error": f"{source}: {type(exc).__name__}: {exc}"}
+            else:
+                entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
+                         "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
+                         "crs": _crs_of(res.outputs["mask"])}
+            manifest.record(source, entry)
             tick(source, 1.0)
-            return "skipped", manifest.entries[source]
-        started = time.perf_counter()
-        try:
-            res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
-                          progress=lambda f: tick(source, f), **segment_options)
-        except GeosegError as exc:
-            entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
-        except Exception as exc:  # one broken raster must not stop the survey
-            if stopping.is_set():  # the survey itself is stopping: not this raster's failure
-                raise
-            log.exception("unexpected failure on %s", source)
-            entry = {"input": source, "status": "failed", "key": key, "outputs": {},
-                     "error": f"{source}: {type(exc).__name__}: {exc}"}
-        else:
-            entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
-                     "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
-                     "crs": _crs_of(res.outputs["mask"])}
-        manifest.record(source, entry)
-        tick(source, 1.0)
-        return entry["status"], entry
+            return entry["status"], entry
 
-    try:
-        outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
-                                num_workers=max(1, jobs))
-    except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
-        stopping.set()
-        raise
+        try:
+            outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
+                                    num_workers=max(1, jobs))
+        except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
+            stopping.set()
+            raise
     for status, entry in outcomes:
         getattr(result, status).append(entry)
     order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
@@ -330,7 +357,9 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
     if bad:
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
     if left_out:
-        lines += ["", "## Not in the mosaic (no CRS, or not north-up)", ""] + [f"- `{p}`" for p in left_out]
+        lines += ["", "## Not in the mosaic (no CRS, or not north-up)", "",
+                  "Their own areas are added to the totals as they are: ground they share with other rasters is "
+                  "counted twice.", ""] + [f"- `{p}`" for p in left_out]
     lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
 
@@ -347,7 +376,9 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
     by_crs = groups  # CRS -> [(path, transform, width, height)]
     for path in masks:
         with open_quietly(path) as ds:  # a JPEG's mask is left out below, with a warning of its own
-            if ds.crs is None or ds.transform.b or ds.transform.d:
+            # rotated, south-up (rows run north) or mirrored grids: the VRT's placement assumes north-up, and a
+            # south-up one gave masks.vrt a negative height that GDAL refuses to open
+            if ds.crs is None or ds.transform.b or ds.transform.d or ds.transform.e >= 0 or ds.transform.a <= 0:
                 left_out.append(path)
                 continue
             by_crs.setdefault(ds.crs.to_string(), []).append((path, ds.transform, ds.width, ds.height))
