@@ -343,7 +343,7 @@ def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
         if name in paths:
             continue
         for stale in (path, path.with_suffix(".qml")):
-            if stale.exists():
+            if stale.is_file() or stale.is_symlink():  # a folder of that name is not an earlier run's: kept
                 stale.unlink()
                 log.warning("removed %s: it came from an earlier run and no longer matches the new mask", stale)
 
@@ -404,8 +404,10 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     return paths
 
 
-def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.PathLike | None]) -> None:
-    """Raise OutputError when an output path is one of the input files (by path or as the same file)."""
+def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.PathLike | None],
+                             fix: str = "Pick another output folder (-o) or rename the input.") -> None:
+    """Raise OutputError when an output path is one of the input files (by path or as the same file);
+    `fix` says what to do instead."""
     for given in inputs:
         if given is None:
             continue
@@ -414,8 +416,7 @@ def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.P
             continue
         for output in paths.values():
             if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source)):
-                raise OutputError(f"{output}: is the input {given}; writing the outputs there would destroy it. "
-                                  "Pick another output folder (-o) or rename the input.")
+                raise OutputError(f"{output}: is the input {given}; writing the outputs there would destroy it. {fix}")
 
 
 def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dict[str, Any]]:

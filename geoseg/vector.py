@@ -84,19 +84,18 @@ def _foreign_nodata(mask_path: str) -> int | None:
     return int(declared)
 
 
-def _holds(ds, value: int) -> bool:
-    """Whether band 1 of the open uint8 raster `ds` holds `value`, read block by block (it stops at the first)."""
-    for _, window in ds.block_windows(1):
-        if (ds.read(1, window=window) == value).any():
-            return True
-    return False
+def _holds(ds, value: int, side: int = 1024) -> bool:
+    """Whether band 1 of the open raster `ds` holds `value`, judged on a read decimated to at most `side`²
+    pixels (nearest): a whole extra pass over a large mask only for a warning cost as much as the polygons."""
+    shape = (min(ds.height, side), min(ds.width, side))
+    return bool((ds.read(1, out_shape=shape) == value).any())
 
 
-def _classes(names: dict[str, str], colours: dict) -> dict[int, tuple[str, tuple[int, int, int]]]:
+def _classes(names: dict[str, str], colours: dict, nodata: int = NODATA) -> dict[int, tuple[str, tuple[int, int, int]]]:
     if names:
         ids = sorted(int(k) for k in names)
-    else:  # a mask from elsewhere: classes are the coloured entries of its table
-        ids = sorted(k for k, c in colours.items() if k != NODATA and c[3] > 0 and c[:3] != (0, 0, 0))
+    else:  # a mask from elsewhere: classes are the coloured entries of its table (255 too, under another nodata)
+        ids = sorted(k for k, c in colours.items() if k != nodata and c[3] > 0 and c[:3] != (0, 0, 0))
     return {i: (names.get(str(i), f"class {i}"), tuple(colours.get(i, (128, 128, 128, 255))[:3])) for i in ids}
 
 
@@ -425,7 +424,8 @@ def vectorize(
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
     tag_names, colours = _class_tables(info.path)  # info.path: a relative zip:// made absolute
     nodata = _foreign_nodata(info.path)
-    names = {i: c for i, c in _classes(tag_names, colours).items() if i != nodata}
+    names = {i: c for i, c in _classes(tag_names, colours, NODATA if nodata is None else nodata).items()
+             if i != nodata}
     transform, crs = info.map_georeferencing()
     if min_area > 0 and crs is None:  # taken in pixels without a word, while the option says m²
         log.warning("%s has no CRS, so --min-area (min_area=) %g counts pixels, not m²", info.path, min_area)

@@ -28,7 +28,7 @@ CARD = {
         ({"normalization": {"method": "scale", "scael": 0.0039}}, r"unknown field\(s\) 'scael' in 'normalization'; "
                                                                  "method 'scale' takes scale, offset"),
         ({"multiple-of": 32}, "unknown field 'multiple-of'; did you mean 'multiple_of'"),
-        ({"tilesize": 256}, "did you mean 'tile_size'"),
+        ({"tilesize": 256}, "did you mean 'tile_size'"),  # ('description_fr' beside 'description' is no typo)
         ({"margin": -1}, "margin"),
         ({"bands": []}, "bands"),
         ({"bands": [0, 1]}, "bands"),  # bands are 1-based
@@ -298,9 +298,14 @@ def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatc
 
 def test_classes_without_a_colour_get_distinct_ones():
     """Every class without a colour was #808080: masks, previews and QGIS styles showed them in one grey."""
-    from geoseg.models.training import _class_colours
-
     card = ModelCard.from_dict({**CARD, "classes": [{"name": "a"}, {"name": "b"}]}, source="x.json")
     assert len({c.color for c in card.classes}) == 2
-    colours = _class_colours([{"name": "a"}, {"name": "b", "color": "#F28E2B"}, {"name": "c"}, {"name": "d"}])
+    classes = [{"name": "a"}, {"name": "b", "color": "#F28E2B"}, {"name": "c"}, {"name": "d"}]  # as train passes them
+    colours = [c.color for c in ModelCard.from_dict({**CARD, "classes": classes}, source="x.json").classes]
     assert len(set(colours)) == 4 and colours[1] == "#F28E2B"
+
+
+def test_extra_card_fields_beside_the_field_they_resemble_are_kept():
+    """'description_fr' was refused as a typo of 'description', which the card also has."""
+    card = ModelCard.from_dict({**CARD, "description": "x", "description_fr": "y", "margins": [1, 2]}, source="x.json")
+    assert card.name == CARD["name"]

@@ -628,7 +628,7 @@ def test_index_labels_with_class_names_are_read_by_name(tmp_path, caplog, in_mem
     with rasterio.open(tmp_path / "data" / "img0_label.tif", "r+") as ds:
         ds.update_tags(CLASS_NAMES='{"0": "b", "1": "a"}')  # the config lists a, b
     with rasterio.open(tmp_path / "data" / "img1_label.tif", "r+") as ds:
-        ds.update_tags(CLASS_NAMES='{"0": "a", "1": "c"}')  # c is no class here
+        ds.update_tags(CLASS_NAMES='{"0": "A", "1": "c"}')  # A is a (case aside, as evaluate reads it); c no class
 
     def label_of(pair):
         labels = pair[1]

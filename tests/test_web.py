@@ -378,6 +378,21 @@ def test_results_expire(app, client):
     assert not folder.exists()
 
 
+def test_results_live_ttl_seconds_from_the_job_s_end_not_its_upload(tmp_path):
+    """A job that ran longer than --ttl lost its results as soon as it finished: expiry counted from the upload."""
+    from geoseg.web.jobs import Job, JobManager
+
+    jobs = JobManager(tmp_path / "jobs", workers=1, ttl=50)
+    job_id, folder = jobs.new_folder()
+    job = Job(job_id, folder, "a.png", ["threshold"], False, created=time.time() - 100, ended=time.time(), status="done")
+    jobs.jobs[job_id] = job
+    jobs.expire()
+    assert jobs.get(job_id) is job and folder.exists()
+    job.ended = time.time() - 60
+    jobs.expire()
+    assert jobs.get(job_id) is None and not folder.exists() and job_id in jobs.expired
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -462,6 +462,7 @@ def test_a_south_up_raster_is_left_out_of_the_survey_mosaic(make_raster, tmp_pat
         assert (vrt.width, vrt.height) == (50, 40)
     report = (tmp_path / "out" / "survey_report.md").read_text()
     assert "## Not in the mosaic" in report and "south_mask.tif" in report and "counted twice" in report
+    assert "those without one have no m² and add nothing" in report
 
 
 def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp_path):
@@ -564,6 +565,27 @@ def test_survey_of_zipped_rasters_resumes_and_a_missing_archive_fails(make_raste
     assert [Path(e["input"]).name for e in first.done] == ["a.tif"] and "no such file" in first.failed[0]["error"]
     assert (tmp_path / "out" / "a" / "a_mask.tif").exists()
     assert len(survey(inputs[:1], tmp_path / "out", model=str(tiny_fcn)).skipped) == 1
+
+
+def test_list_lines_of_archives_are_relative_to_the_list_and_a_list_naming_itself_ends(tmp_path, make_raster,
+                                                                                        monkeypatch, caplog):
+    """zip:// and /vsizip/ lines were read from the working folder, not the list's; a list that named itself
+    made itself an input raster ("not a raster"); a relative /vsizip/ input was "no such file" to survey."""
+    import zipfile
+
+    from geoseg.workflows import expand_inputs, survey
+
+    (tmp_path / "sv").mkdir()
+    raster = make_raster(name="y.tif", shape=(20, 30))
+    with zipfile.ZipFile(tmp_path / "sv" / "z.zip", "w") as archive:
+        archive.write(raster, "y.tif")
+    (tmp_path / "sv" / "list.txt").write_text("zip://z.zip!y.tif\nlist.txt\n")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="geoseg.workflows.survey"):
+        assert expand_inputs(["sv/list.txt"]) == [f"zip://{tmp_path / 'sv' / 'z.zip'}!y.tif"]
+    assert any("a list that names itself" in r.getMessage() for r in caplog.records)
+    result = survey(["/vsizip/sv/z.zip/y.tif"], tmp_path / "out", model="threshold", vector=False)
+    assert len(result.done) == 1 and not result.failed
 
 
 def test_a_glob_of_nothing_and_a_folder_without_rasters_are_warned_about(tmp_path, make_raster, caplog):

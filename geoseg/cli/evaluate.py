@@ -78,7 +78,8 @@ def _check_report(path: str | None, overwrite: bool, model, images: list[str], l
     card = dict(parse_qsl(resolve_model(model).partition("?")[2])).get("card")
     bundle = [] if ref.startswith(BUILTIN) else [ref, str(Path(ref).with_suffix(".json")), *([card] if card else [])]
     try:
-        refuse_inputs_as_outputs({"report": Path(path)}, [*images, *(labels or []), *bundle])
+        refuse_inputs_as_outputs({"report": Path(path)}, [*images, *(labels or []), *bundle],
+                                 fix="Pick another path for the report (evaluate has no -o).")
     except OutputError as exc:
         raise OutputError(f"--markdown {exc}") from None
     if Path(path).exists() and not overwrite:

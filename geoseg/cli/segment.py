@@ -124,6 +124,15 @@ def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
         raise click.ClickException(f"{', '.join(missing)}: no such file{'s' if len(missing) > 1 else ''}. "
                                    "Check the path; nothing was segmented.")
     _check_stems(inputs, output_dir, written=None if overwrite else flags)
+    from geoseg.errors import OutputError
+    from geoseg.files import refuse_folders
+
+    for path in inputs:  # a folder where an output goes stopped the run at that input, and was "already exists"
+        outputs = output_paths(Path(output_dir), raster_stem(path), **flags)
+        try:
+            refuse_folders([*outputs.values(), *(outputs[k].with_suffix(".qml") for k in ("mask", "vector") if k in outputs)])
+        except OutputError as exc:
+            raise click.ClickException(f"{exc} Nothing was segmented.") from None
     if overwrite:
         return
     for path in inputs:

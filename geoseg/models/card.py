@@ -151,7 +151,8 @@ class ModelCard:
             raise CardError(f"{source}: field 'classes' must be a list of objects with 'id', 'name' and 'color'. "
                             f"Received: classes={data['classes']!r}")
         check_model_name(data["name"], source)
-        classes = tuple(_parse_class(i, c, source) for i, c in enumerate(data["classes"]))
+        taken = [str(c["color"]) for c in data["classes"] if isinstance(c, dict) and c.get("color")]
+        classes = tuple(_parse_class(i, c, source, taken) for i, c in enumerate(data["classes"]))
         if not classes:
             raise CardError(f"{source}: field 'classes' is empty; list at least one class.")
         _check_distinct_names(classes, source)
@@ -257,7 +258,9 @@ def default_color(index: int, taken: Sequence[str] = ()) -> str:
     return _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]
 
 
-def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
+def _parse_class(index: int, data: Any, source: str, taken: list[str] | None = None) -> ClassInfo:
+    """Class `index` of a card; one without a colour gets a palette colour no other class has (`taken`,
+    which grows by it)."""
     if not isinstance(data, dict) or "name" not in data:
         raise CardError(f"{source}: classes[{index}] must be an object with 'id', 'name' and 'color'.")
     if data.get("id", index) != index:
@@ -265,7 +268,11 @@ def _parse_class(index: int, data: Any, source: str) -> ClassInfo:
             f"{source}: classes[{index}] has id {data.get('id')!r}; ids must be 0, 1, 2, ... in "
             "the order of the model's output channels."
         )
-    color = data.get("color", default_color(index))
+    color = data.get("color")
+    if color is None:
+        color = default_color(index, taken or ())
+        if taken is not None:
+            taken.append(color)
     if not _COLOUR.match(str(color)):
         raise CardError(f"{source}: classes[{index}].color must look like '#3C1098'. Received: {color!r}")
     return ClassInfo(index, str(data["name"]), str(color).upper())
@@ -316,8 +323,9 @@ _NORMALISATION_FIELDS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"
 def _check_typos(data: dict[str, Any], fields: Sequence[str], source: str) -> None:
     """Refuse a field that is a near miss of a known one ('multiple-of', 'tilesize'): it was ignored, and the
     model ran with the default. Other extra fields (a licence, an author) are the card owner's to add."""
-    for key in data:
-        if key not in fields and (near := difflib.get_close_matches(str(key).replace("-", "_").lower(), fields, 1, 0.8)):
+    for key in data:  # 'description_fr' beside 'description', or 'margins' beside 'margin', are extra fields
+        near = difflib.get_close_matches(str(key).replace("-", "_").lower(), fields, 1, 0.8)
+        if key not in fields and near and near[0] not in data:
             raise CardError(f"{source}: unknown field {key!r}; did you mean {near[0]!r}?")
 
 

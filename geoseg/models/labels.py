@@ -62,7 +62,8 @@ def label_class_names(path: str | os.PathLike) -> list[str | None] | None:
 
 def ids_by_name(path: str | os.PathLike, classes: Sequence[dict[str, Any]]) -> np.ndarray | None:
     """A lookup from an index label's ids to the ids of `classes`, by the names of its CLASS_NAMES tag
-    (a geoseg mask's); None when it has no tag or names the classes in their own order.
+    (a geoseg mask's), a name that differs only in case matching; None when it has no tag or names the
+    classes in their own order.
 
     Masks of a model whose classes are ``other, water, vegetation`` trained a config listing ``water,
     vegetation, other`` to call `other` water. Names the classes lack become unlabelled, with a
@@ -70,13 +71,22 @@ def ids_by_name(path: str | os.PathLike, classes: Sequence[dict[str, Any]]) -> n
     """
     names = label_class_names(path)
     wanted = [c["name"] for c in classes]
-    if names is None or all(n is None or (i < len(wanted) and wanted[i] == n) for i, n in enumerate(names)):
+    if names is None or (len(names) <= len(wanted) and all(n == w for n, w in zip(names, wanted))):
         return None
-    lut = np.full(256, IGNORE, np.uint8)
+    folded: dict[str, list[int]] = {}
+    for i, name in enumerate(wanted):
+        folded.setdefault(name.casefold(), []).append(i)
+    lut = np.full(256, IGNORE, np.uint8)  # ids the tag leaves unnamed stay unlabelled, as evaluate reads them
+    others = []
     for i, name in enumerate(names):
+        if name is None:
+            continue
         if name in wanted:
             lut[i] = wanted.index(name)
-    others = [n for n in names if n is not None and n not in wanted]
+        elif len(folded.get(name.casefold(), [])) == 1:  # 'Other' is other, as evaluate matches names
+            lut[i] = folded[name.casefold()][0]
+        else:
+            others.append(name)
     if len(others) == len([n for n in names if n is not None]):
         raise InputError(f"{path}: its CLASS_NAMES tag names its ids {', '.join(n for n in names if n)}, none of "
                          f"which is a class here ({', '.join(wanted)}); name the classes as the labels do.")

@@ -63,8 +63,9 @@ class Problem:
 def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[ModelEntry]:
     """The bundles in `folder` (NAME.keras + NAME.json), and legacy NAME.h5 models with a NAME.json card.
 
-    A model file without its card is a problem to report, not a file to pass over: it vanished from
-    `geoseg models` and `models check` without a word.
+    A .keras file without its card is a problem to report, not a file to pass over: it vanished from
+    `geoseg models` and `models check` without a word. A .h5 without a card is left alone: Keras saves
+    weights (an encoder's ``.weights.h5``) under that suffix too.
     """
     entries = []
     for card_path in sorted(folder.glob("*.json")):
@@ -77,7 +78,7 @@ def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[Mode
             problems.append(Problem(card_path, str(exc)))
             continue
         entries.append(ModelEntry(card.name, card, model, source))
-    for model in sorted([*folder.glob("*.keras"), *folder.glob("*.h5")]):
+    for model in sorted(folder.glob("*.keras")):  # a .h5 may be anything Keras saved (encoder weights, .weights.h5)
         if not model.with_suffix(".json").is_file():
             problems.append(Problem(model.with_suffix(".json"), f"{model}: no card {model.with_suffix('.json').name} "
                                     "beside it; a model here is NAME.keras (or a legacy NAME.h5) plus its card "

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from geoseg.errors import InputError, ModelError, OutputError
-from geoseg.models.card import ModelCard, default_color, write_card
+from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, ids_by_name, read_labels
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
 
@@ -622,8 +622,9 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
-        "classes": [{"id": i, "name": c["name"], "color": colour} for i, (c, colour) in
-                    enumerate(zip(config.classes, _class_colours(config.classes)))],
+        # a class without a colour gets one no other class has from the card (all were #808080)
+        "classes": [{"id": i, "name": c["name"], **({"color": c["color"]} if "color" in c else {})}
+                    for i, c in enumerate(config.classes)],
         "margin": margin, "tile_size": None, "multiple_of": multiple,
     }
     card = ModelCard.from_dict(card_data, source=config.source)
@@ -743,17 +744,6 @@ def _load_init_weights(keras, config: TrainConfig):
 
 
 MIXED_TYPES_SPREAD = 8.0  # how far the normalised values of images of different types may differ (see below)
-
-
-def _class_colours(classes: list[dict]) -> list[str]:
-    """Each class's colour: its own, else a palette colour that no other class has (all were grey)."""
-    taken = [c["color"] for c in classes if "color" in c]
-    colours = []
-    for i, c in enumerate(classes):
-        if "color" not in c:
-            taken.append(default_color(i, taken))
-        colours.append(c.get("color") or taken[-1])
-    return colours
 
 
 def _check_mixed_types(config: TrainConfig, card: ModelCard, pairs) -> None:

@@ -38,6 +38,7 @@ class Job:
     regions: list[bool] = field(default_factory=list)  # per model: unlabeled regions (the sieve does not apply)
     label_name: str | None = None  # the label upload's file name, as messages call it
     created: float = field(default_factory=time.time)
+    ended: float | None = None  # when it finished: results live `ttl` seconds from then, not from the upload
     status: str = "queued"
     progress: float = 0.0
     error: str | None = None
@@ -87,7 +88,8 @@ class JobManager:
         """Delete jobs (and their files) older than the time to live."""
         now = time.time()
         with self.lock:
-            old = [j for j in self.jobs.values() if now - j.created > self.ttl and j.status in ("done", "failed")]
+            old = [j for j in self.jobs.values()
+                   if j.status in ("done", "failed") and now - (j.ended or j.created) > self.ttl]
             for job in old:
                 del self.jobs[job.id]
                 self.expired[job.id] = None
@@ -119,6 +121,7 @@ class JobManager:
         job.error = None if error is None else _for_user(error, job)
         if status == "done":
             job.progress = 1.0
+        job.ended = time.time()
         job.status = status
 
 

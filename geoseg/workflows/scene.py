@@ -100,7 +100,7 @@ def _remove_stale(paths: dict[str, Path], image: str) -> None:
     """Remove an earlier run's outputs that this run does not write: segment's, and zones tables."""
     remove_stale_outputs(paths, raster_stem(image))
     for name, stale in _output_paths(paths["report"].parent, image, True, {}).items():
-        if name.startswith("zones") and name not in paths and stale.exists():
+        if name.startswith("zones") and name not in paths and (stale.is_file() or stale.is_symlink()):
             stale.unlink()
             log.warning("removed %s: it came from an earlier run with --zones and no longer matches the new mask", stale)
 

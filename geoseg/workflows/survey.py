@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from geoseg.errors import GeosegError, InputError
+from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
 from geoseg.raster import is_gdal_path, unique_stems
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
@@ -42,7 +44,7 @@ class SurveyResult:
         return asdict(self)
 
 
-def expand_inputs(items: Sequence[str | os.PathLike], _depth: int = 0) -> list[str]:
+def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = frozenset()) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
     A single str or path counts as a list of one. A folder gives its rasters (recursively);
@@ -69,18 +71,29 @@ def expand_inputs(items: Sequence[str | os.PathLike], _depth: int = 0) -> list[s
                 log.warning("%s: a folder without rasters (%s)", item, ", ".join(sorted(RASTER_SUFFIXES)))
             out += found
         elif path.suffix.lower() == ".txt" and path.is_file():
+            if os.path.realpath(path) in _lists:  # a list that names itself, or two that name each other
+                log.warning("%s: a list that names itself (or a list that names it): not read again", item)
+                continue
             lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-            listed = [line if os.path.isabs(line) or is_gdal_path(line) else str(path.parent / line)
-                      for line in lines if line]
-            # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded
-            # too, to a depth of 4 (a list that names itself would not end)
-            out += expand_inputs(listed, _depth + 1) if _depth < 4 else listed
+            # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
+            out += expand_inputs([_beside(line, path.parent) for line in lines if line],
+                                 _lists | {os.path.realpath(path)})
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
         else:
             out.append(item)
     seen: set[str] = set()
     return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
+
+
+def _beside(line: str, folder: Path) -> str:
+    """A list's line as a path: relative ones are relative to the list's folder, GDAL's too
+    (``zip://z.zip!y.tif``, ``/vsizip/z.zip/y.tif``); absolute ones and URLs stay as they are."""
+    if relative := re.match(r"((?:zip|tar|gzip)://|/vsi(?:zip|tar|gzip)/)(?!/)(.*)$", line):
+        return f"{relative[1]}{os.path.abspath(folder / relative[2])}"  # absolute, as other paths end up
+    if is_gdal_path(line) or os.path.isabs(line):
+        return line
+    return str(folder / line)
 
 
 def _vrt_sources(path: Path) -> list[str]:
@@ -97,8 +110,8 @@ def _fingerprint(path: str) -> dict[str, Any]:
     """Size and time of the file, or of the archive that holds it (``/vsizip/a.zip/b.tif``); a remote
     raster (``https://``) gets a fresh token, so it is redone on every run."""
     local = path
-    if is_gdal_path(path):
-        local = path.split("://", 1)[-1].replace("!", "/") if "://" in path else "/" + path.split("/", 2)[-1]
+    if is_gdal_path(path):  # /vsizip/z.zip/y.tif is relative to the working folder, /vsizip//data/z.zip/y.tif not
+        local = path.split("://", 1)[-1].replace("!", "/") if "://" in path else path.split("/", 2)[-1]
         local = os.path.normpath(local)
         while not os.path.isfile(local) and os.path.dirname(local) != local:  # up to the archive, or to '/'
             local = os.path.dirname(local)
@@ -233,6 +246,9 @@ def survey(
     card = class_card(model, what="a survey")
     with new_folders_removed_on_error(out_dir):  # Ctrl-C before the first raster left an empty folder
         prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
+        # the batch's files, written after every raster: a folder in the way was a traceback at the very end
+        refuse_folders(out_dir / name for name in (MANIFEST, "masks.vrt", "survey_polygons.gpkg", "survey_summary.csv",
+                                                   "survey_summary.json", "survey_report.md"))
         options = {"model": card.name, "model_version": card.version, "vector": vector,
                    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
                       # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
@@ -358,8 +374,9 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
         lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
     if left_out:
         lines += ["", "## Not in the mosaic (no CRS, or not north-up)", "",
-                  "Their own areas are added to the totals as they are: ground they share with other rasters is "
-                  "counted twice.", ""] + [f"- `{p}`" for p in left_out]
+                  "Those with a CRS add their own areas to the totals as they are, so ground they share with other "
+                  "rasters is counted twice; those without one have no m² and add nothing.", ""] + \
+            [f"- `{p}`" for p in left_out]
     lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
 
