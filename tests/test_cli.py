@@ -320,6 +320,17 @@ def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
         assert (a.read(1) == b.read(1)).all()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--method", "ndwi", "-m", "threshold"], "-m/--model only applies to --method model"),
+    (["--method", "ndwi", "--water-class", "sea"], "--water-class only applies to --method model"),
+    (["--ndwi-threshold", "0.3", "--green-band", "3"], "--green-band, --ndwi-threshold only apply to --method ndwi"),
+])
+def test_flood_refuses_options_of_the_other_method(run, make_raster, tmp_path, args, message):
+    """They were ignored without a word: an NDWI run with -m, a model run with an NDWI cut."""
+    result = run("flood", make_raster(), "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
+
+
 def test_an_unreachable_scheduler_is_one_line_and_status_1(run, make_raster, tmp_path):
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in result.output

@@ -147,6 +147,26 @@ def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before any folder was made
 
 
+@pytest.mark.parametrize("ndwi, water", [(-0.72, 0), (0.5, 100)])
+def test_ndwi_of_one_mode_is_cut_at_zero_not_split_by_otsu(tmp_path, caplog, ndwi, water):
+    """Otsu always splits in two: an all-land scene came out 55% water, with a pre-event image of it 25%
+    flooded, and an all-water scene 62% dry, without a word."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    rng = np.random.default_rng(0)
+    index = (ndwi + rng.normal(0, 0.005, (60, 80))).astype(np.float32)
+    bands = np.stack([np.zeros_like(index), 1000 * (1 + index), np.zeros_like(index), 1000 * (1 - index)])
+    post = _write(tmp_path / "post.tif", bands, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    with caplog.at_level("WARNING", logger="geoseg.workflows.flood"):
+        result = flood(post, tmp_path / "out", method="ndwi")
+    with rasterio.open(result.outputs["tif"]) as ds:
+        assert 100 * (ds.read(1) == 1).mean() == water
+    assert "(0: Otsu's cut" in result.water_source and "NDWI > 0.000" in result.water_source
+    assert any("so water is NDWI > 0 (McFeeters)" in r.getMessage() for r in caplog.records)
+
+
 def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     from rasterio.transform import from_origin
     from rasterio.warp import calculate_default_transform, reproject
@@ -315,6 +335,17 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
     assert set(second.outputs) == {"mask", "composition", "map", "report"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png"]
+
+
+def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_out(make_raster, tmp_path):
+    """Features a, (no geometry), c were reported as zones 0 and 1: c took the number of the one left out."""
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    gpd.GeoDataFrame({"name": ["a", "b", "c"]}, geometry=[shapely.box(x0, y0 - 10, x0 + 10, y0), None,
+                                                          shapely.box(x0 + 10, y0 - 10, x0 + 20, y0)],
+                     crs="EPSG:32640").to_file(tmp_path / "zones.gpkg")
+    result = scene(path, tmp_path / "out", model="threshold", zones=tmp_path / "zones.gpkg")
+    assert [z["zone"] for z in result.zones] == [0, 2]
 
 
 def test_a_folder_where_an_output_goes_is_one_error_and_nothing_moves(make_raster, tmp_path):

@@ -37,8 +37,17 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
     (map with legend), flood.json and flood.md (report) in OUTPUT_DIR, and the
     per-image masks under post/ and pre/.
     """
+    from click.core import ParameterSource
+
     from geoseg.workflows.flood import flood as run_flood
 
+    ctx = click.get_current_context()  # options of the other method were ignored without a word
+    given = [f"--{name.replace('_', '-')}" if name != "model" else "-m/--model" for name in
+             (("model", "water_class") if method == "ndwi" else ("green_band", "nir_band", "ndwi_threshold"))
+             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --method "
+                               f"{'model' if method == 'ndwi' else 'ndwi'}; this run uses --method {method}.")
     if ndwi_threshold != "otsu":
         try:
             ndwi_threshold = float(ndwi_threshold)
@@ -53,6 +62,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
         return
     click.echo(f"water from {result.water_source}", err=True)
     for c in result.classes:
-        area = "n/a (no CRS)" if c["area_km2"] is None else f"{c['area_km2']:.4f} km²"
+        area = ("n/a (no CRS)" if c["area_m2"] is None else f"{c['area_m2'] / 1e6:.4f} km²" if c["area_m2"] >= 1e4
+                else f"{c['area_m2']:,.1f} m²")  # 12 m² of a drone image read 0.0000 km²
         click.echo(f"  {c['name']:>16}: {area}", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

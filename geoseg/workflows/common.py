@@ -70,7 +70,7 @@ def read_layer(path: str | os.PathLike, *, what: str):
     if empty.any():  # sorted(geom_type) of a NULL geometry was a TypeError traceback
         log.warning("%s: left out %d of the %d features of the %s layer: they have no geometry",
                     path, empty.sum(), len(frame), what)
-        frame = frame[~empty].reset_index(drop=True)
+        frame = frame[~empty]  # the index keeps each feature's number in the layer: rows are numbered by it
     if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
         raise InputError(f"{path}: the {what} layer must hold polygons; found {sorted(set(frame.geom_type))}.")
     if frame.crs is None:

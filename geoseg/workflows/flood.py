@@ -88,6 +88,31 @@ def ndwi_histogram(path: str, *, green: int, nir: int) -> np.ndarray:
     return counts
 
 
+def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
+    """The NDWI cut for a histogram in the bins of `NDWI_EDGES`, and how it was chosen (for the report).
+
+    Otsu's method always splits a histogram in two. Water's NDWI lies above 0 and land's below
+    (McFeeters 1996), so its two classes must straddle 0; where both lie below (a scene without water)
+    or both above (all water), the cut is 0, with a warning. Otsu alone called 25% of an all-land
+    scene flooded and 62% of an all-water one dry.
+    """
+    cut = otsu_threshold(counts, NDWI_EDGES)
+    counts = np.asarray(counts, np.float64)
+    centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
+    low, high = centres <= cut, centres > cut
+    if not counts[low].sum() or not counts[high].sum():  # one value, or nothing valid: nothing to split
+        return cut, f" (Otsu{over})"
+    mean_low = float((counts[low] * centres[low]).sum() / counts[low].sum())
+    mean_high = float((counts[high] * centres[high]).sum() / counts[high].sum())
+    if mean_low < 0 < mean_high:
+        return cut, f" (Otsu{over})"
+    side = "land from land: no water" if mean_high <= 0 else "water from water: no land"
+    log.warning("Otsu's NDWI cut (%.3f%s) splits %s mode (mean NDWI %.3f and %.3f, both %s 0), so water is NDWI > 0 "
+                "(McFeeters). Pass --ndwi-threshold (ndwi_threshold=) to choose another cut.", cut, over, side,
+                mean_low, mean_high, "below" if mean_high <= 0 else "above")
+    return 0.0, f" (0: Otsu's cut {cut:.3f}{over} split {side.split(':')[0]})"
+
+
 def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
                      threshold: float | Literal["otsu"] = "otsu") -> float:
     """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255.
@@ -99,7 +124,7 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
     info = inspect_raster(path)
     _check_ndwi_bands(info, green, nir)
     if threshold == "otsu":
-        threshold = otsu_threshold(ndwi_histogram(path, green=green, nir=nir), NDWI_EDGES)
+        threshold, _ = ndwi_cut(ndwi_histogram(path, green=green, nir=nir))
     with rasterio.open(path) as src:
 
         def block(window):
@@ -197,14 +222,14 @@ def flood(
     pre_info = inspect_raster(pre) if pre is not None else None
     if pre_info is not None:  # before either image is segmented
         _check_alignable(post_info, pre_info)
-    threshold, how = ndwi_threshold, " (Otsu)" if ndwi_threshold == "otsu" else ""
+    threshold, how = ndwi_threshold, ""
     if method == "ndwi":  # bands checked before an output folder is made
         dates = [post_info, *([pre_info] if pre_info else [])]
         for info in dates:
             _check_ndwi_bands(info, green_band, nir_band)
-        if pre_info is not None and ndwi_threshold == "otsu":  # one cut for both: a cut each made unchanged water "recede"
+        if ndwi_threshold == "otsu":  # one cut for both dates: a cut each made unchanged water "recede"
             counts = sum(ndwi_histogram(info.path, green=green_band, nir=nir_band) for info in dates)
-            threshold, how = otsu_threshold(counts, NDWI_EDGES), " (Otsu over the pre- and post-event images together)"
+            threshold, how = ndwi_cut(counts, " over the pre- and post-event images together" if pre_info else "")
     if aoi_field is not None and aoi is None:
         raise InputError("--aoi-field (aoi_field=) names the rows of --aoi (aoi=); pass the AOI layer too.")
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
@@ -290,12 +315,14 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
         classes = FLOOD_CLASSES
     covered, data = _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
     coverage = None if pre_info is None else round(100 * covered / max(data, 1), 3)
+    if coverage == 100.0 and covered < data:  # 22 px missing read "covers 100.0%", and the report said nothing
+        coverage = 99.999
     if not data and common["method"] == "ndwi":  # segment says so for a model's masks
         log.warning("%s: no valid pixels (nodata or NaN everywhere), so flood.tif is all nodata. Check the "
                     "image's nodata value and mask (gdalinfo)", post_info.path)
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
-        log.warning("the pre-event image covers %.1f%% of the post-event image's data; the rest (%d px) is nodata "
-                    "in flood.tif and counts in no class", coverage, data - covered)
+        log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%d px) is nodata "
+                    "in flood.tif and counts in no class", coverage, data - covered)  # as flood.md and flood.json
     names = {c.id: (c.name, c.rgb) for c in classes}
     write_qml(paths["tif"].with_suffix(".qml"), names, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
@@ -403,7 +430,7 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
     rows = []
     for z in range(len(frame)):
         total = pixels[z].sum()
-        row: dict[str, Any] = {"aoi": str(frame[field].iloc[z]) if field else z, "pixels": int(total)}
+        row: dict[str, Any] = {"aoi": str(frame[field].iloc[z]) if field else int(frame.index[z]), "pixels": int(total)}
         for c in classes:
             key = c.name.replace(" ", "_")
             row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)
@@ -422,8 +449,7 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
              "", "![map](flood.png)", "",
              "| class | km² | pixels |", "|---|---:|---:|"]
     for c in result.classes:
-        km2 = "n/a" if c["area_km2"] is None else f"{c['area_km2']:.4f}"
-        lines.append(f"| {c['name']} | {km2} | {c['pixels']} |")
+        lines.append(f"| {c['name']} | {_cell(c['area_km2'], '_km2')} | {c['pixels']} |")  # 12 m² read 0.0000
     if result.aoi:
         keys = [k for k in result.aoi[0] if k.endswith("_km2") or k.endswith("_pct")]
         lines += ["", "## Areas of interest", "", "| aoi | " + " | ".join(keys) + " |",

@@ -143,7 +143,7 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
     rows = []
     for z in range(len(frame)):
         total = pixels[z].sum()
-        row: dict[str, Any] = {"zone": str(frame[zone_field].iloc[z]) if zone_field else z, "pixels": int(total)}
+        row: dict[str, Any] = {"zone": str(frame[zone_field].iloc[z]) if zone_field else int(frame.index[z]), "pixels": int(total)}
         for c in result.classes:
             row[f"{c['name']}_m2"] = None if areas is None else round(float(areas[z, c["id"]]), 3)
             row[f"{c['name']}_pct"] = round(100 * pixels[z, c["id"]] / total, 3) if total else None
