@@ -34,6 +34,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# rasterio's shapes() reads the transform of the in-memory raster it makes of the array, which has none, and
+# warns of that whatever transform it is given. A warnings.catch_warnings() around it is not thread-safe: in
+# the threads that polygonise the blocks the warning came through now and then (3 runs in 10). Only that
+# message from rasterio.features is silenced, for the process, as it concerns no dataset of the user's.
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning,
+                        module="rasterio.features")
+
 VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf",
                   ".parquet": "GeoParquet"}
 DEFAULT_BLOCK = 2048
@@ -67,28 +74,19 @@ def _class_tables(mask_path: str | os.PathLike) -> tuple[dict[str, str], dict]:
     return names, colours
 
 
-def _foreign_nodata(mask_path: str) -> int | None:
-    """The nodata value a mask declares when it is not 255 (geoseg's), which is then nodata instead: a
-    label raster of nodata 0 gave polygons of class 0. Without a declared value 255 is nodata, and a
-    mask that holds 255 is warned about (a road mask of 0 and 255 gave only the background's polygons)."""
+def _foreign_nodata(mask_path: str) -> tuple[int | None, bool]:
+    """(the nodata value a mask declares when it is not 255, geoseg's; whether it declares one at all).
+
+    Another declared value is nodata instead of 255: a label raster of nodata 0 gave polygons of
+    class 0. A mask that declares none and holds 255 is warned about once its blocks are read (a
+    road mask of 0 and 255 gave only the background's polygons)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
             declared = ds.nodata
-            if declared is None and _holds(ds, NODATA):
-                log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in "
-                            "geoseg's masks) and get no polygons. If 255 is a class there, declare its nodata value "
-                            "(gdal_edit.py -a_nodata 0 %s, say) and run again.", mask_path, mask_path)
     if declared is None or declared == NODATA or not float(declared).is_integer() or not 0 <= declared <= 255:
-        return None
-    return int(declared)
-
-
-def _holds(ds, value: int, side: int = 1024) -> bool:
-    """Whether band 1 of the open raster `ds` holds `value`, judged on a read decimated to at most `side`²
-    pixels (nearest): a whole extra pass over a large mask only for a warning cost as much as the polygons."""
-    shape = (min(ds.height, side), min(ds.width, side))
-    return bool((ds.read(1, out_shape=shape) == value).any())
+        return None, declared is not None
+    return int(declared), True
 
 
 def _classes(names: dict[str, str], colours: dict, nodata: int = NODATA) -> dict[int, tuple[str, tuple[int, int, int]]]:
@@ -152,10 +150,7 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
             cut[side] = True
     coords: list = []
     ring_ends, geom_ends, ids = [0], [0], []
-    with warnings.catch_warnings():  # the first block's transform is the identity, which rasterio warns of
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        found = list(shapes(labels, mask=labels > 0, transform=transform, connectivity=4))
-    for geom, label in found:
+    for geom, label in shapes(labels, mask=labels > 0, transform=transform, connectivity=4):
         for ring in geom["coordinates"]:
             coords.extend(ring)
             ring_ends.append(len(coords))
@@ -177,6 +172,7 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
         "cut": cut[ids],
         "conf_sum": conf_sum[ids],
         "pixels": pixels[ids],
+        "nodata_pixels": int((data == (NODATA if nodata is None else nodata)).sum()),
     }
 
 
@@ -423,7 +419,7 @@ def vectorize(
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
     tag_names, colours = _class_tables(info.path)  # info.path: a relative zip:// made absolute
-    nodata = _foreign_nodata(info.path)
+    nodata, declared = _foreign_nodata(info.path)
     names = {i: c for i, c in _classes(tag_names, colours, NODATA if nodata is None else nodata).items()
              if i != nodata}
     transform, crs = info.map_georeferencing()
@@ -454,6 +450,10 @@ def vectorize(
     tasks = [dask.delayed(polygonize_block)(info.path, w, inner, keep_ids, conf_path, transform, nodata)
              for w, inner in _block_windows(info.width, info.height, block)]
     results = dask.compute(*tasks, scheduler="threads")
+    if not declared and any(r["nodata_pixels"] for r in results):
+        log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in geoseg's "
+                    "masks) and get no polygons. If 255 is a class there, declare its nodata value "
+                    "(gdal_edit.py -a_nodata 0 %s, say) and run again.", info.path, info.path)
     whole = _concat(results, "whole")
     merged = _merge_cut(_concat(results, "cut"))
     if len(merged["geometry"]):  # merged polygons: pixel to map coordinates

@@ -273,6 +273,7 @@ def test_model_files_without_a_card_are_reported_and_legacy_h5_with_one_is_liste
     from geoseg.models.registry import Problem, list_models
 
     (tmp_path / "nocard.keras").write_bytes(b"")
+    (tmp_path / "encoder.weights.h5").write_bytes(b"")  # weights alone: no model, and no problem
     (tmp_path / "old.h5").write_bytes(b"")
     (tmp_path / "old.json").write_text(json.dumps({**CARD, "name": "old"}))
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(tmp_path))

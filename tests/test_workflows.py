@@ -147,8 +147,11 @@ def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before any folder was made
 
 
-@pytest.mark.parametrize("ndwi, water", [(-0.72, 0), (0.5, 100)])
-def test_ndwi_of_one_mode_is_cut_at_zero_not_split_by_otsu(tmp_path, caplog, ndwi, water):
+@pytest.mark.parametrize("ndwi, noise, water, how", [
+    (-0.72, 0.005, 0, "no water mode"), (0.5, 0.005, 100, "one water mode"),
+    (0.5, 0.0, 100, "one NDWI value"),  # Otsu answered +1: 0% water
+])
+def test_ndwi_of_one_mode_is_cut_at_zero_not_split_by_otsu(tmp_path, caplog, ndwi, noise, water, how):
     """Otsu always splits in two: an all-land scene came out 55% water, with a pre-event image of it 25%
     flooded, and an all-water scene 62% dry, without a word."""
     from rasterio.transform import from_origin
@@ -156,15 +159,44 @@ def test_ndwi_of_one_mode_is_cut_at_zero_not_split_by_otsu(tmp_path, caplog, ndw
     from geoseg.workflows.flood import flood
 
     rng = np.random.default_rng(0)
-    index = (ndwi + rng.normal(0, 0.005, (60, 80))).astype(np.float32)
+    index = (ndwi + rng.normal(0, noise, (60, 80))).astype(np.float32)
     bands = np.stack([np.zeros_like(index), 1000 * (1 + index), np.zeros_like(index), 1000 * (1 - index)])
     post = _write(tmp_path / "post.tif", bands, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
     with caplog.at_level("WARNING", logger="geoseg.workflows.flood"):
         result = flood(post, tmp_path / "out", method="ndwi")
     with rasterio.open(result.outputs["tif"]) as ds:
         assert 100 * (ds.read(1) == 1).mean() == water
-    assert "(0: Otsu's cut" in result.water_source and "NDWI > 0.000" in result.water_source
+    assert f"NDWI > 0.000 (0, McFeeters: {how}; Otsu's cut" in result.water_source
     assert any("so water is NDWI > 0 (McFeeters)" in r.getMessage() for r in caplog.records)
+
+
+def test_flood_from_python_refuses_options_of_the_other_method(make_raster, tmp_path):
+    from geoseg.workflows.flood import flood
+
+    path = make_raster()
+    with pytest.raises(InputError, match=r"model, water_class only apply to method='model'; this run uses "
+                                         r"method='ndwi'"):
+        flood(path, tmp_path / "a", method="ndwi", model="no-such-model", water_class="sea")
+    with pytest.raises(InputError, match=r"green_band only applies to method='ndwi'"):
+        flood(path, tmp_path / "b", method="model", model="threshold", green_band=9)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_ndwi_of_built_up_land_and_water_both_above_zero_keeps_otsu_s_cut(tmp_path):
+    """Built-up land can lie above NDWI 0 too, well apart from water: that split is Otsu's to make."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    rng = np.random.default_rng(0)
+    index = np.where(np.arange(80) < 40, 0.08, 0.5)[None].repeat(60, 0) + rng.normal(0, 0.01, (60, 80))
+    index = index.astype(np.float32)
+    bands = np.stack([np.zeros_like(index), 1000 * (1 + index), np.zeros_like(index), 1000 * (1 - index)])
+    post = _write(tmp_path / "post.tif", bands, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    result = flood(post, tmp_path / "out", method="ndwi")
+    with rasterio.open(result.outputs["tif"]) as ds:
+        assert (ds.read(1) == 1).mean() == 0.5
+    assert result.water_source.startswith("NDWI > 0.") and "(Otsu)" in result.water_source
 
 
 def test_flood_with_pre_event_image_on_another_grid(tmp_path):
@@ -610,10 +642,11 @@ def test_list_lines_of_archives_are_relative_to_the_list_and_a_list_naming_itsel
     raster = make_raster(name="y.tif", shape=(20, 30))
     with zipfile.ZipFile(tmp_path / "sv" / "z.zip", "w") as archive:
         archive.write(raster, "y.tif")
-    (tmp_path / "sv" / "list.txt").write_text("zip://z.zip!y.tif\nlist.txt\n")
+    (tmp_path / "sv" / "list.txt").write_text("zip://z.zip!y.tif\nlist.txt\n/vsizip/{z.zip}/y.tif\n")
     monkeypatch.chdir(tmp_path)
     with caplog.at_level("WARNING", logger="geoseg.workflows.survey"):
-        assert expand_inputs(["sv/list.txt"]) == [f"zip://{tmp_path / 'sv' / 'z.zip'}!y.tif"]
+        assert expand_inputs(["sv/list.txt"]) == [f"zip://{tmp_path / 'sv' / 'z.zip'}!y.tif",
+                                                  f"/vsizip/{{{tmp_path / 'sv' / 'z.zip'}}}/y.tif"]
     assert any("a list that names itself" in r.getMessage() for r in caplog.records)
     result = survey(["/vsizip/sv/z.zip/y.tif"], tmp_path / "out", model="threshold", vector=False)
     assert len(result.done) == 1 and not result.failed

@@ -63,9 +63,9 @@ class Problem:
 def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[ModelEntry]:
     """The bundles in `folder` (NAME.keras + NAME.json), and legacy NAME.h5 models with a NAME.json card.
 
-    A .keras file without its card is a problem to report, not a file to pass over: it vanished from
-    `geoseg models` and `models check` without a word. A .h5 without a card is left alone: Keras saves
-    weights (an encoder's ``.weights.h5``) under that suffix too.
+    A model file without its card is a problem to report, not a file to pass over: it vanished from
+    `geoseg models` and `models check` without a word. Weights alone (``NAME.weights.h5``, as Keras
+    saves an encoder's) are no model and are passed over.
     """
     entries = []
     for card_path in sorted(folder.glob("*.json")):
@@ -78,7 +78,9 @@ def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[Mode
             problems.append(Problem(card_path, str(exc)))
             continue
         entries.append(ModelEntry(card.name, card, model, source))
-    for model in sorted(folder.glob("*.keras")):  # a .h5 may be anything Keras saved (encoder weights, .weights.h5)
+    for model in sorted([*folder.glob("*.keras"), *folder.glob("*.h5")]):
+        if model.name.endswith(".weights.h5"):  # weights alone (an encoder's, as the README keeps them): no model
+            continue
         if not model.with_suffix(".json").is_file():
             problems.append(Problem(model.with_suffix(".json"), f"{model}: no card {model.with_suffix('.json').name} "
                                     "beside it; a model here is NAME.keras (or a legacy NAME.h5) plus its card "

@@ -91,26 +91,41 @@ def ndwi_histogram(path: str, *, green: int, nir: int) -> np.ndarray:
 def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
     """The NDWI cut for a histogram in the bins of `NDWI_EDGES`, and how it was chosen (for the report).
 
-    Otsu's method always splits a histogram in two. Water's NDWI lies above 0 and land's below
-    (McFeeters 1996), so its two classes must straddle 0; where both lie below (a scene without water)
-    or both above (all water), the cut is 0, with a warning. Otsu alone called 25% of an all-land
-    scene flooded and 62% of an all-water one dry.
+    Otsu's method always splits a histogram in two, so a scene of one mode was split within it: an
+    all-land scene came out a quarter water, an all-water one largely dry. Water's NDWI lies above 0
+    and land's mostly below (McFeeters 1996), so the cut is 0, with a warning, where Otsu's two sides
+    both lie below 0 (no water) or the histogram holds one value; where both lie above 0, only when
+    they are barely apart (Otsu's separability under 0.8: one mode of water), since built-up land
+    can lie above 0 too, well apart from water.
     """
     cut = otsu_threshold(counts, NDWI_EDGES)
     counts = np.asarray(counts, np.float64)
     centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
     low, high = centres <= cut, centres > cut
-    if not counts[low].sum() or not counts[high].sum():  # one value, or nothing valid: nothing to split
+    total = counts.sum()
+    if not total:  # nothing valid: nothing to cut
         return cut, f" (Otsu{over})"
-    mean_low = float((counts[low] * centres[low]).sum() / counts[low].sum())
-    mean_high = float((counts[high] * centres[high]).sum() / counts[high].sum())
-    if mean_low < 0 < mean_high:
-        return cut, f" (Otsu{over})"
-    side = "land from land: no water" if mean_high <= 0 else "water from water: no land"
-    log.warning("Otsu's NDWI cut (%.3f%s) splits %s mode (mean NDWI %.3f and %.3f, both %s 0), so water is NDWI > 0 "
-                "(McFeeters). Pass --ndwi-threshold (ndwi_threshold=) to choose another cut.", cut, over, side,
-                mean_low, mean_high, "below" if mean_high <= 0 else "above")
-    return 0.0, f" (0: Otsu's cut {cut:.3f}{over} split {side.split(':')[0]})"
+    if not counts[low].sum() or not counts[high].sum():  # one value: Otsu answered +1, and water was nowhere
+        short, detail = "one NDWI value", ""
+    else:
+        mean_low = float((counts[low] * centres[low]).sum() / counts[low].sum())
+        mean_high = float((counts[high] * centres[high]).sum() / counts[high].sum())
+        mean = float((counts * centres).sum() / total)
+        variance = float((counts * (centres - mean) ** 2).sum() / total)
+        share = counts[low].sum() / total
+        separability = share * (1 - share) * (mean_high - mean_low) ** 2 / variance if variance else 0.0
+        if mean_high <= 0:
+            short = "no water mode"
+            detail = f": both of its sides lie below 0 (mean NDWI {mean_low:.3f} and {mean_high:.3f})"
+        elif mean_low >= 0 and separability < 0.8:
+            short = "one water mode"
+            detail = (f": both of its sides lie above 0 and barely apart (mean NDWI {mean_low:.3f} and "
+                      f"{mean_high:.3f}, separability {separability:.2f})")
+        else:
+            return cut, f" (Otsu{over})"
+    log.warning("Otsu's NDWI cut (%.3f%s) would not separate water from land%s, so water is NDWI > 0 "
+                "(McFeeters). Pass --ndwi-threshold (ndwi_threshold=) to choose another cut.", cut, over, detail)
+    return 0.0, f" (0, McFeeters: {short}; Otsu's cut {cut:.3f}{over} would not separate water from land)"
 
 
 def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
@@ -118,8 +133,8 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
     """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255.
 
     With ``threshold="otsu"`` a first pass over the raster's windows builds an NDWI
-    histogram and Otsu's method picks the cut, which adapts to raw digital numbers
-    and to reflectance alike. Returns the threshold used.
+    histogram and `ndwi_cut` picks the cut: Otsu's, which adapts to raw digital numbers
+    and to reflectance alike, or 0 for a scene of one mode. Returns the threshold used.
     """
     info = inspect_raster(path)
     _check_ndwi_bands(info, green, nir)
@@ -216,6 +231,12 @@ def flood(
     if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float, np.number))
                                      or not -1 <= ndwi_threshold <= 1):
         raise InputError(f"ndwi_threshold must be 'otsu' or a number from -1 to 1. Received: {ndwi_threshold!r}")
+    other = ({"model": model is not None, "water_class": water_class != "water"} if method == "ndwi" else
+             {"green_band": green_band != 2, "nir_band": nir_band != 4, "ndwi_threshold": ndwi_threshold != "otsu"})
+    if any(other.values()):  # they were ignored without a word (the command line refuses them too)
+        raise InputError(f"{', '.join(k for k, given in other.items() if given)} only appl"
+                         f"{'y' if sum(other.values()) > 1 else 'ies'} to method="
+                         f"'{'model' if method == 'ndwi' else 'ndwi'}'; this run uses method={method!r}.")
     post_info = inspect_raster(post)
     if method == "model":  # before an output folder is made
         _water_class(model, water_class)
@@ -447,9 +468,10 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
                  f"- **The pre-event image covers only {result.pre_coverage_pct}% of the post-event image**; "
                  "the rest is nodata and counts in no class"]),
              "", "![map](flood.png)", "",
-             "| class | km² | pixels |", "|---|---:|---:|"]
-    for c in result.classes:
-        lines.append(f"| {c['name']} | {_cell(c['area_km2'], '_km2')} | {c['pixels']} |")  # 12 m² read 0.0000
+             "| class | km² | m² | pixels |", "|---|---:|---:|---:|"]
+    for c in result.classes:  # m² too: 12 m² read 0.0000 km², and a drone image's 0.1 m² 0.000000
+        m2 = "n/a" if c["area_m2"] is None else f"{c['area_m2']:,.1f}"
+        lines.append(f"| {c['name']} | {_cell(c['area_km2'], '_km2')} | {m2} | {c['pixels']} |")
     if result.aoi:
         keys = [k for k in result.aoi[0] if k.endswith("_km2") or k.endswith("_pct")]
         lines += ["", "## Areas of interest", "", "| aoi | " + " | ".join(keys) + " |",

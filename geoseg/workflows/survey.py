@@ -89,6 +89,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
 def _beside(line: str, folder: Path) -> str:
     """A list's line as a path: relative ones are relative to the list's folder, GDAL's too
     (``zip://z.zip!y.tif``, ``/vsizip/z.zip/y.tif``); absolute ones and URLs stay as they are."""
+    if braced := re.match(r"(/vsi(?:zip|tar|gzip)/)\{([^}]*)\}(.*)$", line):  # /vsizip/{a/b.zip}/c.tif
+        return f"{braced[1]}{{{os.path.abspath(folder / braced[2])}}}{braced[3]}"  # an absolute inside stays
     if relative := re.match(r"((?:zip|tar|gzip)://|/vsi(?:zip|tar|gzip)/)(?!/)(.*)$", line):
         return f"{relative[1]}{os.path.abspath(folder / relative[2])}"  # absolute, as other paths end up
     if is_gdal_path(line) or os.path.isabs(line):
@@ -408,7 +410,7 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         out[name.removesuffix(".vrt")] = str(out_dir / name)
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
-        if str(stale) not in out.values():
+        if str(stale) not in out.values() and (stale.is_file() or stale.is_symlink()):  # a folder is not one
             stale.unlink()
     return out
 
