@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+from urllib.parse import parse_qsl
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -245,6 +246,7 @@ class SegmentResult:
     peak_memory_mb: float
     device: str
     plan: dict[str, Any] = field(default_factory=dict)
+    output: str = "classes"  # the card's: "regions" for models of unlabeled regions, whose colours are no classes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -709,7 +711,11 @@ def segment(
             "sieve": sieve,
             "model_grid": None if work is None else {"pixel_size": card.pixel_size, "width": work.width,
                                                      "height": work.height},
+            # a run with --tta flips --precision bfloat16 read the same as a plain one
+            "precision": "float32", "tta": "none",
+            **{k: v for k, v in parse_qsl(model_path.partition("?")[2]) if k in ("precision", "tta")},
         },
+        output=card.output,
     )
 
 

@@ -331,6 +331,18 @@ def test_flood_refuses_options_of_the_other_method(run, make_raster, tmp_path, a
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
 
 
+def test_segment_json_says_how_the_model_ran_and_regions_are_not_summed_as_classes(run, make_raster, tiny_fcn,
+                                                                                     tmp_path):
+    """`--json` of a run with --tta flips read the same as a plain run; region colours were listed as classes."""
+    image = make_raster()
+    flips = run("segment", image, "-o", tmp_path / "a", "-m", tiny_fcn, "--tta", "flips", "--json", "--quiet")
+    plain = run("segment", image, "-o", tmp_path / "b", "-m", tiny_fcn, "--json", "--quiet")
+    assert (json.loads(flips.stdout)["plan"]["tta"], json.loads(plain.stdout)["plan"]["tta"]) == ("flips", "none")
+    assert json.loads(plain.stdout)["plan"]["precision"] == "float32" and json.loads(plain.stdout)["output"] == "classes"
+    regions = run("segment", image, "-o", tmp_path / "c", "-m", "watershed-regions", "--no-preview")
+    assert "unlabeled regions: 8 colours" in regions.stderr and "region colour 1:" not in regions.stderr
+
+
 def test_an_unreachable_scheduler_is_one_line_and_status_1(run, make_raster, tmp_path):
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in result.output

@@ -458,6 +458,7 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.click("#go")
             page.wait_for_selector("#message.error")  # was stuck on "Uploading…" after a 500 HTML page
             assert "truncated" in page.inner_text("#message") and page.is_enabled("#go")
+            assert page.is_visible("#results")  # a refused upload hid the results of the job before it
             browser.close()
     finally:
         server.shutdown()

@@ -61,8 +61,9 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
         emit_json(result.to_dict())
         return
     click.echo(f"water from {result.water_source}", err=True)
+    large = max((c["area_m2"] or 0 for c in result.classes), default=0) >= 1e6  # one unit for the whole list
     for c in result.classes:
-        area = ("n/a (no CRS)" if c["area_m2"] is None else f"{c['area_m2'] / 1e6:.4f} km²" if c["area_m2"] >= 1e4
+        area = ("n/a (no CRS)" if c["area_m2"] is None else f"{c['area_m2'] / 1e6:.4f} km²" if large
                 else f"{c['area_m2']:,.1f} m²")  # 12 m² of a drone image read 0.0000 km²
         click.echo(f"  {c['name']:>16}: {area}", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

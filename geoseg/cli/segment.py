@@ -188,6 +188,9 @@ def _summary(result) -> None:
         f"({result.pixels_per_second / 1e6:.2f} Mpx/s, peak {result.peak_memory_mb:.0f} MB, {result.device})",
         err=True,
     )
+    if result.output == "regions":  # shares of region colours were printed as if they were classes
+        click.echo(f"  unlabeled regions: {len(result.classes)} colours tell neighbouring regions apart", err=True)
+        return
     total = sum(c["pixels"] for c in result.classes) or 1
     for c in result.classes:
         area = f"  {c['area_m2'] / 1e6:10.4f} km²" if c["area_m2"] is not None else ""

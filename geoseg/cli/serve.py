@@ -14,7 +14,7 @@ __all__ = ["serve"]
 @click.option("--max-mpx", type=click.FloatRange(min=0.01), default=50.0, show_default=True,
               help="Largest image in megapixels.")
 @click.option("--ttl", type=click.IntRange(min=60), default=3600, show_default=True,
-              help="Seconds before uploads and results are deleted.")
+              help="Seconds from a job's end before its upload and results are deleted.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Jobs run at once.")
 def serve(host, port, max_mb, max_mpx, ttl, workers):
     """Serve the page: upload an image, segment it, switch and compare models, download outputs.

@@ -5,9 +5,7 @@ let job = null;
 
 ["dragenter", "dragover"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
-drop.addEventListener("drop", (ev) => { input.files = ev.dataTransfer.files; showChosen(); });
-input.addEventListener("change", showChosen);
-function showChosen() { $("chosen").textContent = input.files.length ? input.files[0].name : ""; }
+drop.addEventListener("drop", (ev) => { input.files = ev.dataTransfer.files; }); // the file input shows its name
 
 // what applies to model i (the one running), or to the job as a whole when i is undefined
 function modeParts(i) {
@@ -38,10 +36,10 @@ form.addEventListener("submit", async (ev) => {
   const data = new FormData(form);
   if (!data.getAll("models").length) { say("Pick at least one model.", true); return; }
   $("go").disabled = true; // one job at a time from this page
-  $("results").hidden = true; $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
+  $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
-  if (!ok) { finish(body.error, true); return; }
-  job = body; history.replaceState(null, "", `#job=${job.id}`); poll(); // a reload or Back finds the job again
+  if (!ok) { finish(body.error, true); return; } // the earlier results stay on the page
+  $("results").hidden = true; job = body; history.replaceState(null, "", `#job=${job.id}`); poll(); // a reload or Back finds the job again
 });
 
 // a reloaded page (or a shared link) shows its job: the results were lost on reload, the job still ran
