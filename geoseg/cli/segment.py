@@ -112,10 +112,13 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
 
 def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
     """What can be told before the first input is segmented: missing files, outputs that would
-    overwrite each other or an input, and (without --overwrite) outputs of an earlier run.
+    overwrite each other or an input, folders where outputs go, and (without --overwrite) outputs of
+    an earlier run.
 
     A run over many rasters then stops at once on a typo in the last name, not hours later.
     """
+    from geoseg.errors import OutputError
+    from geoseg.files import refuse_folders
     from geoseg.pipeline import output_paths
     from geoseg.raster import is_gdal_path, raster_stem
 
@@ -124,20 +127,15 @@ def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
         raise click.ClickException(f"{', '.join(missing)}: no such file{'s' if len(missing) > 1 else ''}. "
                                    "Check the path; nothing was segmented.")
     _check_stems(inputs, output_dir, written=None if overwrite else flags)
-    from geoseg.errors import OutputError
-    from geoseg.files import refuse_folders
-
-    for path in inputs:  # a folder where an output goes stopped the run at that input, and was "already exists"
+    for path in inputs:
         outputs = output_paths(Path(output_dir), raster_stem(path), **flags)
-        try:
-            refuse_folders([*outputs.values(), *(outputs[k].with_suffix(".qml") for k in ("mask", "vector") if k in outputs)])
+        styles = [outputs[k].with_suffix(".qml") for k in ("mask", "vector") if k in outputs]
+        try:  # a folder where an output goes stopped the run at that input (and was "already exists")
+            refuse_folders([*outputs.values(), *styles])
         except OutputError as exc:
             raise click.ClickException(f"{exc} Nothing was segmented.") from None
-    if overwrite:
-        return
-    for path in inputs:
-        existing = [p for p in output_paths(Path(output_dir), raster_stem(path), **flags).values() if p.exists()]
-        if existing:
+        existing = [p for p in outputs.values() if p.exists()]
+        if existing and not overwrite:
             raise click.ClickException(f"{existing[0]} already exists (from an earlier run on {path}). Pass "
                                        "--overwrite to replace it, or use another output folder (-o); nothing "
                                        "was segmented.")
