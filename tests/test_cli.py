@@ -343,6 +343,28 @@ def test_segment_json_says_how_the_model_ran_and_regions_are_not_summed_as_class
     assert "unlabeled regions: 8 colours" in regions.stderr and "region colour 1:" not in regions.stderr
 
 
+def test_a_cluster_started_while_port_8787_is_taken_leaks_no_socket():
+    """distributed starts its HTTP server even without a dashboard, on 8787 by default; with another cluster
+    there (two runs, or two test sessions, at once) it retried and leaked the socket: a ResourceWarning,
+    which failed whichever test it surfaced in."""
+    import gc
+    import socket
+    from contextlib import suppress
+
+    from geoseg.cli.segment import _client
+
+    taken = socket.socket()
+    with suppress(OSError):  # taken already, by someone else: as good
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    try:
+        with _client(1, None) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+        gc.collect()  # the leaked socket's ResourceWarning comes when it is collected
+    finally:
+        taken.close()
+
+
 def test_an_unreachable_scheduler_is_one_line_and_status_1(run, make_raster, tmp_path):
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in result.output

@@ -815,7 +815,7 @@ def test_zipped_input_on_a_process_cluster_is_read_by_the_workers(make_raster, t
         archive.write(make_raster("a.tif"), "a.tif")
     path = f"/vsizip/{tmp_path}/flight.zip/a.tif"
     alone = segment(path, tmp_path / "alone", model="threshold", preview=False)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         shared = segment(path, tmp_path / "shared", model="threshold", preview=False, client=client)
         assert shared.device == "Dask workers: CPU"

@@ -609,7 +609,7 @@ def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):
     paths = [make_raster(name=f"s{i}.tif", shape=(40, 50), seed=i) for i in range(2)]
     runs = []
     for _ in range(2):
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
                 Client(cluster) as client:
             runs.append(survey(paths, tmp_path / "out", model=str(tiny_fcn), chunk=32, client=client))
     assert len(runs[0].done) == 2 and len(runs[1].skipped) == 2 and not runs[1].done

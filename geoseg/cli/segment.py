@@ -235,7 +235,9 @@ class _client:
         for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
             logging.getLogger(name).setLevel(quiet)
         if self.workers:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address=None,
+            # distributed starts its HTTP server even without a dashboard, on port 8787 unless told otherwise:
+            # with another cluster there (a second run), it retried and leaked the socket. Any free local port.
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                                         silence_logs=quiet)
             self.client = Client(self.cluster)
             if self.keras:  # each worker process imports TensorFlow for the model; its C++ start-up
