@@ -167,6 +167,8 @@ def test_ndwi_of_one_mode_is_cut_at_zero_not_split_by_otsu(tmp_path, caplog, ndw
     with rasterio.open(result.outputs["tif"]) as ds:
         assert 100 * (ds.read(1) == 1).mean() == water
     assert f"NDWI > 0.000 (0, McFeeters: {how}; Otsu's cut" in result.water_source
+    saved = json.loads(Path(result.outputs["json"]).read_text())  # it named neither image nor the cut as a number
+    assert (saved["ndwi_threshold"], saved["post"], saved["pre"]) == (0.0, str(post), None)
     assert any("so water is NDWI > 0 (McFeeters)" in r.getMessage() for r in caplog.records)
 
 

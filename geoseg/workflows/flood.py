@@ -51,6 +51,9 @@ class FloodResult:
     outputs: dict[str, str]
     aoi: list[dict[str, Any]] = field(default_factory=list)
     pre_coverage_pct: float | None = None  # share of the post image's data pixels that the pre image covers
+    post: str | None = None  # the images, as flood.md names them (flood.json named neither)
+    pre: str | None = None
+    ndwi_threshold: float | None = None  # the NDWI cut used (method 'ndwi'), as a number, not only in words
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -349,7 +352,9 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
-    result = FloodResult(source, table, outputs, aoi_rows, coverage)
+    result = FloodResult(source, table, outputs, aoi_rows, coverage, post=post_info.path,
+                         pre=pre_info.path if pre_info is not None else None,
+                         ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None)
     post_crs = post_info.map_georeferencing()[1]
     outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
