@@ -271,11 +271,14 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
         def classes_of(card):
             return [{"name": c.name, "color": c.color} for c in card.classes]
 
+        truth = None
         if names:
             label_classes, source = [{"name": n, "color": None} for n in names], "its CLASS_NAMES"
         elif colours:  # the model in whose colours most pixels are; the first such model on a tie
-            counts = [int((read(classes_of(card)) != 255).sum()) for card in cards]
-            card = cards[counts.index(max(counts))]
+            readings = [read(classes_of(card)) for card in cards]
+            counts = [int((r != 255).sum()) for r in readings]
+            best = counts.index(max(counts))
+            card, truth = cards[best], readings[best]  # read once per model, not once more for the winner
             label_classes, source = classes_of(card), card.name
         else:  # the first model with a class for every id, bundles before baselines (labels are made for a
             # U-Net's classes, rarely a baseline's other/water/vegetation): ids 0..4 were read as a baseline's 0..2
@@ -285,7 +288,8 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
             ranked = sorted(cards, key=lambda c: c.name not in bundles)
             card = next((c for c in ranked if c.n_classes > top), max(ranked, key=lambda c: c.n_classes))
             label_classes, source = classes_of(card), card.name
-        truth = read(label_classes)
+        if truth is None:
+            truth = read(label_classes)
         labelled = int((truth != 255).sum())
         matched = "is in a class colour" if colours else "holds a class id"
         if labelled == 0:
