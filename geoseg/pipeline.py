@@ -334,13 +334,21 @@ def output_paths(out_dir: Path, stem: str, *, confidence: bool = False, probabil
     return {k: out_dir / v for k, v in names.items()}
 
 
+# What `geoseg scene` writes beside the mask (STEM_composition.csv, ...): tables and a map of one mask
+SCENE_FILES = {"composition": "composition.csv", "zones": "zones.gpkg", "zones_csv": "zones.csv", "map": "scene.png",
+               "report": "scene.json"}
+
+
 def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
     """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
-    confidence raster of the old mask sat beside the new one, with other classes.
+    confidence raster of the old mask sat beside the new one, with other classes, and so did the tables,
+    map and report of an earlier `geoseg scene` (`SCENE_FILES`) after a `geoseg segment --overwrite`.
 
-    `paths` are this run's `output_paths` (other keys are ignored), in the final folder.
+    `paths` are this run's files (`output_paths`, and `SCENE_FILES`' keys for a scene), in the final folder.
     """
-    every = output_paths(paths["mask"].parent, stem, confidence=True, probabilities=True, vector=True, preview=True)
+    folder = paths["mask"].parent
+    every = (output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
+             | {name: folder / f"{stem}_{file}" for name, file in SCENE_FILES.items()})
     for name, path in every.items():
         if name in paths:
             continue

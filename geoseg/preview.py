@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from geoseg.errors import OutputError
 from geoseg.files import replaced_atomically
@@ -107,9 +107,13 @@ def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:
     A full disk or a folder gone is an OutputError naming the path where the file will lie (for
     a file in a staging folder the user's path, not the hidden folder's), not Pillow's OSError.
     """
+    from geoseg import __version__
+
     try:
         with replaced_atomically(out_path, suffix=".tmp.png") as tmp:
-            image.save(tmp, format="PNG")
+            info = PngImagePlugin.PngInfo()  # so that a survey of the folder knows it for geoseg's, not an image
+            info.add_text("Software", f"geoseg {__version__}")
+            image.save(tmp, format="PNG", pnginfo=info)
     except OSError as exc:
         final = Path(*(part for part in Path(out_path).parts if not part.startswith(STAGING_PREFIX)))
         raise OutputError(f"{final}: could not be written ({first_line(exc)}); no file of this run was "

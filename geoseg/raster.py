@@ -422,6 +422,18 @@ def create_outputs(info: RasterInfo, layers: dict[str, tuple[Path, int, int | No
     return datasets
 
 
+def written_by_geoseg(path: str | os.PathLike) -> bool:
+    """Whether `path` is a raster geoseg wrote: a mask, confidence or probabilities raster, a survey's mosaic
+    (their ``NODATA_MEANS`` tag) or a preview or map PNG (its ``Software`` text). False for anything else,
+    including a file GDAL cannot open."""
+    try:
+        with open_quietly(path) as ds:
+            tags = ds.tags()
+    except rasterio.errors.RasterioError:
+        return False
+    return tags.get("NODATA_MEANS") == "no input data" or tags.get("Software", "").startswith("geoseg")
+
+
 def describe_mask(ds, classes) -> None:
     """Attach the class colour table, names and band description to an open mask dataset."""
     colormap = {c.id: c.rgb + (255,) for c in classes}

@@ -13,7 +13,7 @@ from PIL import Image
 from click.testing import CliRunner
 
 from geoseg.cli import main
-from geoseg.errors import InputError
+from geoseg.errors import InputError, OutputError
 from geoseg.workflows.evaluate import compare, evaluate
 
 
@@ -196,7 +196,7 @@ def test_images_of_one_name_in_two_folders_keep_their_own_masks(make_raster, tmp
             assert (ds.read(1) == mask).all()
     # one at a time into one folder: each run segments its image instead of reusing the last run's part_mask.tif
     for image in images:
-        again = compare(["threshold", "region-growing"], [image], output_dir=tmp_path / "cmp2")
+        again = compare(["threshold", "region-growing"], [image], output_dir=tmp_path / "cmp2", overwrite=True)
         with rasterio.open(image) as src, rasterio.open(again["disagreement"][0]) as ds:
             assert ds.shape == src.shape
 
@@ -391,6 +391,23 @@ def test_labels_on_the_grid_or_without_georeferencing_are_accepted(make_raster, 
     plain = tmp_path / "plain.png"  # a PNG mask beside its image: no georeferencing, taken by its size
     Image.fromarray(pred).save(plain)
     assert evaluate("threshold", image, plain).mean_iou == 1.0
+
+
+def test_compare_refuses_an_earlier_comparisons_outputs_unless_overwrite(make_raster, tmp_path):
+    """compare -o replaced an earlier run's masks and disagreement rasters without --overwrite, unlike segment."""
+    image = make_raster(shape=(40, 50))
+    out = tmp_path / "cmp"
+    first = compare(["threshold", "region-growing"], [image], output_dir=out)
+    before = Path(first["disagreement"][0]).stat().st_mtime_ns
+    with pytest.raises(OutputError, match=r"disagreement.tif.*already exist\(s\) from an earlier comparison. Pass "
+                                          r"--overwrite"):
+        compare(["threshold", "edges-watershed"], [image], output_dir=out)
+    assert not (out / "edges-watershed").exists() and Path(first["disagreement"][0]).stat().st_mtime_ns == before
+    args = ["compare", "--models", "threshold,region-growing", "--images", str(image), "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Pass --overwrite" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
 
 
 def test_compare_needs_labels_or_an_output_folder(make_raster):

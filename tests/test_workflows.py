@@ -11,10 +11,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 import shapely
 from click.testing import CliRunner
 
 from geoseg.cli import main
+from geoseg import segment
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.workflows import scene
 
@@ -181,7 +183,43 @@ def test_flood_from_python_refuses_options_of_the_other_method(make_raster, tmp_
         flood(path, tmp_path / "a", method="ndwi", model="no-such-model", water_class="sea")
     with pytest.raises(InputError, match=r"green_band only applies to method='ndwi'"):
         flood(path, tmp_path / "b", method="model", model="threshold", green_band=9)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(InputError, match=r"chunk, sieve only apply to method='model'"):  # segment's, ignored
+        flood(path, tmp_path / "c", method="ndwi", chunk=512, sieve=4)
+    with pytest.raises(InputError, match=r"flood\(\) has no option 'chunks'"):
+        flood(path, tmp_path / "d", model="threshold", chunks=512)
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_flood_takes_the_models_bands_and_sieve_and_styles_every_mask(tmp_path, monkeypatch):
+    """flood had no --bands, --chunk or --sieve; its map showed bands 1, 2, 3 of a blue, green, red, NIR image
+    whatever the model read; the NDWI masks under post/ had no QGIS style, unlike the model's."""
+    from rasterio.transform import from_origin
+
+    module = importlib.import_module("geoseg.workflows.flood")  # the package's `flood` is the function
+    water = np.zeros((40, 50), bool)
+    water[:, 10:25] = True
+    water[5, 40] = True  # a one-pixel pond, which --sieve 4 removes
+    bands = _scene_4band(water)  # blue, green, red, NIR (so its bands 1, 2, 3 are not red, green, blue)
+    post = _write(tmp_path / "post.tif", bands, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    shown = []
+    render = module.render_map
+    monkeypatch.setattr(module, "render_map", lambda *a, **k: shown.append(a[4]) or render(*a, **k))
+    result = CliRunner().invoke(main, ["flood", str(post), "-o", str(tmp_path / "a"), "-m", "threshold-nir",
+                                       "--bands", "3,2,1,4", "--sieve", "4", "--chunk", "32"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "a" / "post" / "post_mask.tif") as ds:
+        mask = ds.read(1)
+    assert mask[5, 40] == mask[5, 41]  # sieved into its neighbours
+    unsieved = module.flood(post, tmp_path / "b", model="threshold-nir", bands=(3, 2, 1, 4))
+    with rasterio.open(unsieved.outputs["post_mask"]) as ds:
+        assert ds.read(1)[5, 40] != ds.read(1)[5, 41]  # the pond is there without --sieve
+    ndwi = module.flood(post, tmp_path / "c", method="ndwi")
+    assert Path(ndwi.outputs["post_mask"]).with_suffix(".qml").is_file()
+    assert shown == [[3, 2, 1], [3, 2, 1], [1, 2, 3]]  # the model's bands; NDWI of untagged bands: 1, 2, 3
+    with rasterio.open(post, "r+") as ds:  # tagged bands: the map shows them as colours
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    module.flood(post, tmp_path / "d", method="ndwi")
+    assert shown[-1] == [3, 2, 1]
 
 
 def test_ndwi_of_built_up_land_and_water_both_above_zero_keeps_otsu_s_cut(tmp_path):
@@ -369,6 +407,9 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
     assert set(second.outputs) == {"mask", "composition", "map", "report"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png"]
+    # a segment --overwrite left that scene's tables, map and report, which describe the old mask, beside the new one
+    segment(path, tmp_path / "out", model=tiny_fcn, overwrite=True, preview=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif"]
 
 
 def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_out(make_raster, tmp_path):
@@ -419,7 +460,7 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     result = flood(post, out, pre=pre, method="ndwi")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "flood_polygons.gpkg", "flood_polygons.qml",
-        "post", "post/post_water.tif", "pre", "pre/before_water.tif"]
+        "post", "post/post_water.qml", "post/post_water.tif", "pre", "pre/before_water.qml", "pre/before_water.tif"]
     # the raster's style and the polygons' were one flood.qml, the polygons' written last
     assert "<rasterrenderer" in (out / "flood.qml").read_text()
     assert "<renderer-v2" in (out / "flood_polygons.qml").read_text()
@@ -585,8 +626,8 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
     second = survey([src, str(src / "**" / "*.tif")], out, model=str(tiny_fcn), chunk=32)
     assert len(second.skipped) == 2 and not second.done and not second.failed
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["f0", "f1"]
-    with pytest.raises(InputError, match="no rasters found in .* outside the output folder"):
-        survey([out], out, model=str(tiny_fcn))
+    with pytest.raises(InputError, match="no rasters found in .*survey other than files geoseg wrote"):
+        survey([out], out, model=str(tiny_fcn))  # all of it geoseg wrote, too
     with pytest.raises(InputError, match=r"jobs \(--jobs\) must be a whole number of at least 1. Received: 0"):
         survey([src], out, model=str(tiny_fcn), jobs=0)  # ran as jobs=1
     # a mask cut short was "skipped" as done, and the mosaic then failed with a traceback
@@ -600,6 +641,34 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
     assert sorted(p.name for p in out.glob("masks*.vrt")) == ["masks_EPSG_32640.vrt", "masks_EPSG_4326.vrt"]
     assert "in 2 CRSs, with a mosaic each. The totals still count each place once" in (out / "survey_report.md").read_text()
     assert "polygons" not in fourth.outputs and not (out / "survey_polygons.gpkg").exists()
+
+
+def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp_path, caplog):
+    """A `segment -o flights/` or an earlier survey elsewhere left masks, confidence rasters, previews and a
+    mosaic in the folder: the survey segmented each of them as an image."""
+    from geoseg.workflows import survey
+
+    src = tmp_path / "flights"
+    src.mkdir()
+    image = make_raster(name="flights/f0.tif", shape=(40, 50))
+    segment(image, src, model="threshold", confidence=True)
+    survey([src], tmp_path / "old", model="threshold")
+    (src / "old").mkdir()  # a survey's folder moved under the images: its mosaic and masks
+    for p in (tmp_path / "old").iterdir():
+        p.rename(src / "old" / p.name)
+    user_mask = make_raster(name="flights/site_mask.tif", shape=(40, 50), seed=3)  # the user's own image
+    caplog.set_level("WARNING", logger="geoseg")
+    caplog.clear()
+    result = survey([src, str(src / "*.png")], tmp_path / "out", model="threshold")
+    assert sorted(Path(e["input"]).name for e in result.done) == ["f0.tif", "site_mask.tif"] and not result.failed
+    assert re.search(r"flights: left out 6 file\(s\) that geoseg wrote \(f0_confidence.tif, f0_mask.tif, "
+                     r"f0_preview.png, \.\.\.\)", caplog.text)  # and old/masks.vrt, old/f0/f0_mask.tif, ...
+    assert "*.png: left out 1 file(s) that geoseg wrote (f0_preview.png)" in caplog.text
+    named = survey([src / "f0_preview.png"], tmp_path / "named", model="threshold")  # named on its own: segmented
+    assert len(named.done) == 1, named.failed
+    with pytest.raises(InputError, match=r"no rasters found in .*old other than files geoseg wrote \(name one"):
+        survey([src / "old"], tmp_path / "none", model="threshold")
+    assert str(user_mask) in {e["input"] for e in result.done}
 
 
 def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):
@@ -867,7 +936,8 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
     flood(image, out, pre=image, method="model", model=str(tiny_fcn), water_class="class0", overwrite=True)
     assert (out / "pre" / "post_mask.tif").exists() and (out / "post" / "post_mask.qml").exists()
     flood(image, out, method="ndwi", overwrite=True)
-    assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "notes.txt", "post_water.tif"]
+    assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "notes.txt", "post_water.qml",
+                                                                 "post_water.tif"]
     assert not (out / "pre").exists()
     # the first fix removed files by their names' endings: an input kept in post/ went too
     lake = out / "post" / "lake_mask.tif"
@@ -876,7 +946,8 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
         flood(lake, out, method="ndwi", overwrite=True)
     assert lake.exists() and (out / "post" / "S2_cloud_mask.tif").exists()
     assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "lake_mask.tif",
-                                                                 "lake_mask_water.tif", "notes.txt"]
+                                                                 "lake_mask_water.qml", "lake_mask_water.tif",
+                                                                 "notes.txt"]
 
 
 def test_flood_of_an_image_without_valid_pixels_says_so(tmp_path, caplog):
@@ -947,7 +1018,8 @@ def test_plain_images_give_no_georeferencing_warnings_when_sieved_or_surveyed(tm
         warnings.simplefilter("always")
         segment(tmp_path / "a.png", tmp_path / "seg", model="threshold", sieve=10, preview=False)
         survey([tmp_path / "a.png"], tmp_path / "survey", model="threshold", vector=False)
-    assert not [str(w.message) for w in caught if "geotransform" in str(w.message)]
+        survey([tmp_path / "a.png"], tmp_path / "survey-vector", model="threshold")  # pyogrio: 'crs' was not provided
+    assert not [str(w.message) for w in caught if "geotransform" in str(w.message) or "crs" in str(w.message)]
 
 
 @pytest.mark.parametrize("call, options, message", [

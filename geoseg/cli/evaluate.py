@@ -171,15 +171,18 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @click.option("-o", "--output-dir", type=click.Path(), default=None,
               help="Keep each model's masks and write disagreement rasters here: per pixel the number of "
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
+@click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
+                                                "in the -o folder (otherwise they are an error).")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
-            precision, tta, output_dir):
+            precision, tta, output_dir, overwrite):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
         refs = [_variant(m, precision, tta) for m in _split(models)]
-        result = run(refs, image_paths, label_paths, output_dir=output_dir, label_format=label_format,
+        result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
+                     label_format=label_format,
                      label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
                      **_segment_options(chunk, sieve))
     if as_json:

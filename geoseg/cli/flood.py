@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import emit_json, fail_cleanly
+from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["flood"]
 
@@ -22,6 +22,10 @@ __all__ = ["flood"]
               help="Water from a model's water class, or from NDWI (needs a NIR band).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model for --method model.")
 @click.option("--water-class", default="water", show_default=True, help="Name of the model's water class.")
+@click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
+              help="Input bands in the model's order (--method model); also the map's.")
+@chunk_option
+@sieve_option
 @click.option("--green-band", type=click.IntRange(min=1), default=2, show_default=True, help="Green band for NDWI.")
 @click.option("--nir-band", type=click.IntRange(min=1), default=4, show_default=True, help="NIR band for NDWI.")
 @click.option("--ndwi-threshold", default="otsu", show_default=True, metavar="otsu|VALUE",
@@ -29,8 +33,8 @@ __all__ = ["flood"]
                    "images' together).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
-def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, green_band, nir_band, ndwi_threshold,
-          overwrite, as_json):
+def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, bands, chunk, sieve, green_band, nir_band,
+          ndwi_threshold, overwrite, as_json):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
     Writes flood.tif (class mask on POST's grid), flood_polygons.gpkg, flood.png
@@ -43,7 +47,8 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
 
     ctx = click.get_current_context()  # options of the other method were ignored without a word
     given = [f"--{name.replace('_', '-')}" if name != "model" else "-m/--model" for name in
-             (("model", "water_class") if method == "ndwi" else ("green_band", "nir_band", "ndwi_threshold"))
+             (("model", "water_class", "bands", "chunk", "sieve") if method == "ndwi"
+              else ("green_band", "nir_band", "ndwi_threshold"))
              if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
     if given:
         raise click.UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --method "
@@ -56,7 +61,8 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, gre
     with fail_cleanly():
         result = run_flood(post, output_dir, pre=pre, aoi=aoi, aoi_field=aoi_field, method=method, model=model,
                            water_class=water_class, green_band=green_band, nir_band=nir_band,
-                           ndwi_threshold=ndwi_threshold, overwrite=overwrite)
+                           ndwi_threshold=ndwi_threshold, overwrite=overwrite,
+                           **{k: v for k, v in (("bands", bands), ("chunk", chunk), ("sieve", sieve)) if v})
     if as_json:
         emit_json(result.to_dict())
         return

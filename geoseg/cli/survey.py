@@ -32,6 +32,7 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs
     survey_summary.json and survey_report.md, whose km² per class count ground that
     several rasters cover once. Rerunning skips rasters already done
     with the same model and options (manifest.json) and redoes anything partial.
+    Masks, previews and mosaics that geoseg wrote are left out of folders and globs.
     Exit status 1 when any raster failed; the others still complete.
     """
     from geoseg.workflows.survey import survey as run_survey

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import rasterio
 
-from geoseg.errors import BandError, InputError
+from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check_label_grid, label_class_names,
                                   label_nodata, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
@@ -450,6 +450,7 @@ def compare(
     labels: Sequence[str | os.PathLike] | None = None,
     *,
     output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
@@ -462,7 +463,8 @@ def compare(
     share a stem (``Tile 2/images/part_1.jpg``, ``Tile 3/images/part_1.jpg``) are
     told apart by a short hash of their path: ``STEM-HASH_disagreement.tif``, with
     their masks in ``MODEL/STEM-HASH/``. It needs `labels`, `output_dir` or both; every
-    model's bands are checked in every image before any model runs.
+    model's bands are checked in every image before any model runs. Masks and disagreement rasters of an
+    earlier run in `output_dir` are refused before anything runs, unless `overwrite`.
     """
     models = _paths(models)
     if len(models) < 2:
@@ -491,6 +493,8 @@ def compare(
             _prepare(m, images, labels, **label_options)
     if out is not None:  # a file there was "OUT/MODEL: cannot create the output folder (Not a directory)"
         prepare_output_dir(out, lambda d: {}, overwrite=True)
+        if not overwrite:
+            _refuse_earlier_outputs(out, folders, images)
     if labels is not None:
         for m, folder in zip(models, folders):
             evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
@@ -501,6 +505,21 @@ def compare(
     return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
             "agreement_pct": [pct for _, pct in disagreement]}
+
+
+def _refuse_earlier_outputs(out: Path, folders: list[str], images: list) -> None:
+    """An earlier comparison's masks or disagreement rasters in `out`, which this one would replace: an
+    OutputError naming them, raised before any model runs (as `geoseg segment` refuses its outputs)."""
+    names = unique_stems(images)
+    found = [path for image in images for path in
+             [out / f"{names[os.fspath(image)]}_disagreement.tif"]
+             + [_mask_dir(out / folder, image, names) / f"{raster_stem(image)}_mask.tif" for folder in folders]
+             if path.exists()]
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise OutputError(f"{', '.join(str(p) for p in found[:3])}{more} already exist(s) from an earlier "
+                          "comparison. Pass --overwrite (overwrite=True) to replace them, or pick another output "
+                          "folder.")
 
 
 def _shared_label_set(model, labels: list, options: dict) -> dict:

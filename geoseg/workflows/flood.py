@@ -11,16 +11,17 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
-from geoseg.pipeline import new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs, segment
+from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs,
+                             segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, pixel_areas_m2, raster_stem, reading_pixels,
-                           write_class_mask)
+from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, open_quietly, pixel_areas_m2, raster_stem,
+                           reading_pixels, write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text)
@@ -164,6 +165,7 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
         if out.exists() and not overwrite:
             raise OutputError(f"{out} already exists. Pass --overwrite (overwrite=True) to replace it.")
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
+        write_qml(out.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in WATER_CLASSES}, kind="raster")
         return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
     card, water_id = _water_class(model, water_class)
     result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
@@ -231,6 +233,10 @@ def flood(
     """
     if method not in ("model", "ndwi"):
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
+    check_options({**segment_options, "overwrite": overwrite}, caller="flood()", taken=("preview", "progress"))
+    if method == "ndwi" and segment_options:  # they were ignored without a word
+        raise InputError(f"{', '.join(sorted(segment_options))} only appl{'y' if len(segment_options) > 1 else 'ies'} "
+                         "to method='model' (the model's run); this run uses method='ndwi'.")
     if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float, np.number))
                                      or not -1 <= ndwi_threshold <= 1):
         raise InputError(f"ndwi_threshold must be 'otsu' or a number from -1 to 1. Received: {ndwi_threshold!r}")
@@ -357,7 +363,7 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
                          ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None)
     post_crs = post_info.map_georeferencing()[1]
     outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
-    save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info), outlines=outlines,
+    save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info, common), outlines=outlines,
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
     write_json(paths["json"], result.to_dict())
     write_text(paths["md"], _markdown(result, post_info.path, pre_info.path if pre_info else None))
@@ -399,8 +405,16 @@ def _check_alignable(post_info, pre_info) -> None:
                          "Check that both show the same place.")
 
 
-def _display_bands(info) -> list[int]:
-    return [1, 2, 3] if info.count >= 3 else [1]
+def _display_bands(info, common: dict[str, Any]) -> list[int]:
+    """The map's bands: those the model reads (its card's, or ``bands=``); for NDWI the bands tagged red,
+    green and blue, else 1, 2, 3. Bands 1, 2, 3 of a blue, green, red, NIR image were shown as its colours."""
+    if common["method"] == "model":
+        bands = common["segment_options"].get("bands") or class_card(common["model"], what="flood mapping").bands
+        return list(bands)[:3] if len(bands) >= 3 else [bands[0]]
+    with open_quietly(info.path) as ds:
+        order = {ci: band for band, ci in enumerate(ds.colorinterp, start=1)}
+    rgb = [order.get(ci) for ci in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)]
+    return rgb if None not in rgb else [1, 2, 3] if info.count >= 3 else [1]
 
 
 def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes) -> tuple[int, int]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
-from geoseg.pipeline import (SegmentResult, check_options, new_folders_removed_on_error, prepare_output_dir,
-                             remove_stale_outputs, segment)
+from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_folders_removed_on_error,
+                             prepare_output_dir, remove_stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem
 from geoseg.vector import zonal_composition
@@ -90,25 +90,17 @@ def scene(
         paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
                                    overwrite, inputs=[image, zones])
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
-                            before_moves=(lambda: _remove_stale(paths, image)) if overwrite else None) as tmp:
+                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image))) if overwrite else None) as tmp:
             result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
             scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
     return scene_result
 
 
-def _remove_stale(paths: dict[str, Path], image: str) -> None:
-    """Remove an earlier run's outputs that this run does not write: segment's, and zones tables."""
-    remove_stale_outputs(paths, raster_stem(image))
-    for name, stale in _output_paths(paths["report"].parent, image, True, {}).items():
-        if name.startswith("zones") and name not in paths and (stale.is_file() or stale.is_symlink()):
-            stale.unlink()
-            log.warning("removed %s: it came from an earlier run with --zones and no longer matches the new mask", stale)
 
 
 def _output_paths(out_dir: Path, image: str, zones: bool, segment_options: dict[str, Any]) -> dict[str, Path]:
     """Every file a run writes, in the order of `SceneResult.outputs`."""
-    files = {"composition": "composition.csv", **({"zones": "zones.gpkg", "zones_csv": "zones.csv"} if zones else {}),
-             "map": "scene.png", "report": "scene.json"}
+    files = {k: v for k, v in SCENE_FILES.items() if zones or not k.startswith("zones")}
     stem = raster_stem(image)
     return segment_paths(out_dir, image, segment_options) | {k: out_dir / f"{stem}_{v}" for k, v in files.items()}
 

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 from geoseg.errors import GeosegError, InputError
 from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
-from geoseg.raster import is_gdal_path, unique_stems
+from geoseg.raster import is_gdal_path, unique_stems, written_by_geoseg
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -44,18 +45,33 @@ class SurveyResult:
         return asdict(self)
 
 
-def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = frozenset()) -> list[str]:
+def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = frozenset(), *,
+                  left_out: list[str] | None = None) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
     A single str or path counts as a list of one. A folder gives its rasters (recursively);
     a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
     to the file, ``#`` starts a comment); a ``.vrt`` its source rasters; anything else is taken as
     a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
-    and a folder without rasters are warned about. Duplicates are dropped, order kept.
+    and a folder without rasters are warned about. Duplicates are dropped, order kept. Given a
+    `left_out` list, what folders and globs find that geoseg wrote (`written_by_geoseg`: masks,
+    previews, an earlier survey's mosaic) is left out, with a warning, and appended to it; a file
+    named on its own is kept.
     """
     out: list[str] = []
     if isinstance(items, (str, os.PathLike)):  # one folder, glob or file, not a sequence of characters
         items = [items]
+
+    def found_in(item: str, found: list[str]) -> list[str]:
+        if left_out is None:
+            return found
+        ours = [f for f in found if Path(f).suffix.lower() != ".txt" and written_by_geoseg(f)]
+        left_out.extend(ours)
+        if ours:  # a segment -o into the image folder: its masks and previews were segmented as images
+            log.warning("%s: left out %d file(s) that geoseg wrote (%s); name one on its own to segment it",
+                        item, len(ours), ", ".join(Path(f).name for f in ours[:3]) + (", ..." if len(ours) > 3 else ""))
+        return [f for f in found if f not in ours]
+
     for item in map(str, items):
         path = Path(item)
         if is_gdal_path(item):  # /vsizip/..., zip://...: GDAL reads it
@@ -64,12 +80,12 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             found = sorted(glob.glob(item, recursive=True))
             if not found:  # beside other inputs it vanished without a word
                 log.warning("%s: no file matches this pattern", item)
-            out += found
+            out += found_in(item, found)
         elif path.is_dir():
             found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
             if not found:
                 log.warning("%s: a folder without rasters (%s)", item, ", ".join(sorted(RASTER_SUFFIXES)))
-            out += found
+            out += found_in(item, found)
         elif path.suffix.lower() == ".txt" and path.is_file():
             if os.path.realpath(path) in _lists:  # a list that names itself, or two that name each other
                 log.warning("%s: a list that names itself (or a list that names it): not read again", item)
@@ -77,7 +93,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
             out += expand_inputs([_beside(line, path.parent) for line in lines if line],
-                                 _lists | {os.path.realpath(path)})
+                                 _lists | {os.path.realpath(path)}, left_out=left_out)
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
         else:
@@ -236,7 +252,8 @@ def survey(
     # chunks=5 or chunk=-1 failed on every raster, one by one, and still wrote a report of failures
     check_options({**segment_options, "vector": vector}, caller="survey()", taken=("overwrite", "progress"))
     out_dir = Path(output_dir)
-    sources = expand_inputs(inputs)
+    written: list[str] = []  # a segment -o into an image folder: its masks and previews are no images
+    sources = expand_inputs(inputs, left_out=written)
     inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
     ours = [s for s in sources if not is_gdal_path(s) and inside in Path(s).parents]
     if ours:
@@ -244,7 +261,9 @@ def survey(
         sources = [s for s in sources if s not in ours]
     if not sources:
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}"
-                         + (f" outside the output folder {out_dir}" if ours else "") + ". Pass files, folders or globs.")
+                         + (f" outside the output folder {out_dir}" if ours else "")
+                         + (" other than files geoseg wrote (name one on its own to segment it)" if written else "")
+                         + ". Pass files, folders or globs.")
     card = class_card(model, what="a survey")
     with new_folders_removed_on_error(out_dir):  # Ctrl-C before the first raster left an empty folder
         prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
@@ -540,7 +559,8 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n{srs}'
         f"  <GeoTransform>{left}, {res_x}, 0, {top}, 0, {-res_y}</GeoTransform>\n"
         # as segment tags its masks: the mosaic reads as a class mask (evaluate, a later survey, QGIS)
-        f'  <Metadata><MDI key="CLASS_NAMES">{escape(json.dumps({c.id: c.name for c in classes}))}</MDI></Metadata>\n'
+        f'  <Metadata><MDI key="CLASS_NAMES">{escape(json.dumps({c.id: c.name for c in classes}))}</MDI>'
+        '<MDI key="NODATA_MEANS">no input data</MDI></Metadata>\n'
         '  <VRTRasterBand dataType="Byte" band="1">\n    <NoDataValue>255</NoDataValue>\n'
         "    <ColorInterp>Palette</ColorInterp>\n"
         f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
@@ -570,7 +590,9 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
             continue
         if frame.crs is not None and frame.crs != target_crs:
             frame = frame.to_crs(target_crs)
-        pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+        with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
+            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+            pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
     if tmp.exists():
         os.replace(tmp, out)
         return out
