@@ -123,6 +123,8 @@ def test_a_selection_split_chooses_the_epoch_and_validation_is_scored_unseen(tmp
     assert training["train_images"] == 1 and training["selection_images"][0].endswith("img1.tif")
     assert "chosen on the mean IoU of the selection patterns ['img1']" in training["split"]
     assert training["selection_mean_iou"] == max(training["epoch_mean_iou"])  # the epochs were scored on img1
+    # the per-epoch line said val_mean_iou while it scored the selection images
+    assert "selection_mean_iou: " in result.output and "val_mean_iou" not in result.output
     with rasterio.open(tmp_path / "data" / "img2.tif") as ds, \
             rasterio.open(tmp_path / "data" / "img2_label.tif") as lab:  # the reference: img2 scored by hand
         pair = (np.moveaxis(ds.read(), 0, -1), lab.read(1), "img2")
@@ -306,6 +308,8 @@ def test_train_from_rasters_left_on_disk(tmp_path, label_format):
     assert reads and max(shape[0] * shape[1] for shape in reads) < 48 * 48  # windows, never whole images
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["training"]["validation_images"][0].endswith("img2.tif")
+    # the card's validation metrics come from chips, which its split text did not say
+    assert "scored on 3 random" in card["training"]["split"] and "not the whole images" in card["training"]["split"]
 
 
 def test_vector_labels_by_window_equal_the_whole_rasterisation(tmp_path):

@@ -670,7 +670,8 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                          f"could be scored. Check that the {which} images' labels cover them, or raise "
                          "validation_chips.")
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
-                              config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None)
+                              config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None,
+                              split="selection" if select_pairs else "validation")
     bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
     if callback.fitted:  # interrupted after the last epoch (Keras has dropped its backup): keep what it trained
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
@@ -868,15 +869,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _split_text(config: TrainConfig, train_pairs, select_pairs) -> str:
-    """How the card's validation metrics were held out, in words."""
+    """How the card's validation metrics were held out, in words; on disk, that they come from chips."""
+    chips = "" if config.in_memory else (
+        f"; scored on {config.validation_chips} random {config.chip}x{config.chip} chips of each image "
+        "(in_memory = false), not the whole images: geoseg evaluate scores whole images")
     if select_pairs:
         return (f"by file: validation patterns {config.validation}, scored once after training; best epoch chosen on "
-                f"the mean IoU of the selection patterns {config.selection}")
+                f"the mean IoU of the selection patterns {config.selection}{chips}")
     if config.validation:
-        return f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU"
+        return f"by file: validation patterns {config.validation}; best epoch chosen on validation mean IoU{chips}"
     names = ", ".join(_relative(config, p) for _, _, p in train_pairs[:2])
     return ("no held-out split (no validation patterns): validation metrics, and the choice of the best epoch, are "
-            f"on the first two training images ({names}), so they say nothing about unseen data")
+            f"on the first two training images ({names}), so they say nothing about unseen data{chips}")
 
 
 def _rebased_config(config: TrainConfig, folder: Path) -> dict[str, Any]:
@@ -1080,8 +1084,9 @@ class _ValidationIoU:
         import keras
 
         class Callback(keras.callbacks.Callback):
-            def __init__(self, segmenter, pairs, n_classes, work, patience, deadline):
+            def __init__(self, segmenter, pairs, n_classes, work, patience, deadline, split="validation"):
                 super().__init__()
+                self.split = split  # "selection" where selection images choose the epoch: the bar and log say so
                 self.segmenter, self.pairs, self.n_classes = segmenter, pairs, n_classes
                 self.work, self.patience, self.deadline = work, patience, deadline
                 state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
@@ -1117,14 +1122,14 @@ class _ValidationIoU:
                 miou = self.last = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
                 self.history = [*(self.history + [None] * epoch)[:epoch], miou]  # None: not scored before a resume
                 if logs is not None:
-                    logs["val_mean_iou"] = miou
+                    logs["val_mean_iou" if self.split == "validation" else f"{self.split}_mean_iou"] = miou
                 if miou > self.best:
                     self.best, self.best_epoch = miou, epoch + 1
                     self.model.save_weights(self.work / "best.tmp.weights.h5")  # whole, then in place
                     os.replace(self.work / "best.tmp.weights.h5", self.work / "best.weights.h5")
                 self.save_state()
-                log.info("epoch %d: loss %.4f, validation mean IoU %.4f (best %.4f at %d)", epoch + 1,
-                         (logs or {}).get("loss", float("nan")), miou, self.best, self.best_epoch)
+                log.info("epoch %d: loss %.4f, %s mean IoU %.4f (best %.4f at %d)", epoch + 1,
+                         (logs or {}).get("loss", float("nan")), self.split, miou, self.best, self.best_epoch)
                 if epoch + 1 - self.best_epoch >= self.patience:
                     log.info("no gain for %d epochs: stopping", self.patience)
                     self.model.stop_training = True
