@@ -216,10 +216,10 @@ def segment_chunk(
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
     best = top_of(predicted) if probabilities else predicted  # (rows, cols, 2): class, its probability
     layers = [best[..., 0].astype(np.uint8)]
-    if confidence:
-        layers.append(np.rint(best[..., 1] * 100).astype(np.uint8))
+    if confidence:  # clipped: a probability a hair over 1 is 100%, never a byte that wraps or reads as nodata
+        layers.append(np.rint(np.clip(best[..., 1], 0, 1) * 100).astype(np.uint8))
     if probabilities:
-        layers.extend(np.rint(np.moveaxis(predicted, -1, 0) * 100).astype(np.uint8))
+        layers.extend(np.rint(np.clip(np.moveaxis(predicted, -1, 0), 0, 1) * 100).astype(np.uint8))
     out = np.stack(layers, axis=-1)
     out[nodata] = NODATA
     return out

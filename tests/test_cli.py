@@ -407,6 +407,39 @@ def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
     assert any("plugin broken (geoseg_demo_plugin:nothing_here) failed" in s["reason"] for s in listing["skipped"])
 
 
+def test_a_plugins_keras_layers_load_in_a_bundle_given_by_path(model_dir, tmp_path, make_raster):
+    """Only listing the models imported the plugins, so a bundle with a layer a plugin registers failed by
+    path, and in Dask workers ("Could not locate class 'Gain'")."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "gain_plugin").mkdir(parents=True)
+    (site / "gain_plugin" / "__init__.py").write_text(
+        "from pathlib import Path\nimport keras\n\n"
+        "@keras.saving.register_keras_serializable(package='gain_plugin')\n"
+        "class Gain(keras.layers.Layer):\n    def call(self, x):\n        return x * 1.0\n\n"
+        "def bundles():\n    return Path(__file__).parent\n")
+    info = site / "gain_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gain-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[geoseg.models]\ngain = gain_plugin:bundles\n")
+    elsewhere = tmp_path / "models"
+    elsewhere.mkdir()
+    build = ("import sys, keras; sys.path.insert(0, sys.argv[1]); from gain_plugin import Gain; "
+             "i = keras.Input((None, None, 3)); "
+             "keras.Model(i, Gain()(keras.layers.Conv2D(3, 1, activation='softmax')(i))).save(sys.argv[2])")
+    subprocess.run([sys.executable, "-c", build, str(site), str(elsewhere / "gain.keras")], check=True, timeout=300)
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (elsewhere / "gain.json").write_text(json.dumps({**card, "name": "gain", "margin": 0}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", str(make_raster(shape=(30, 40))), "-o",
+                             str(tmp_path / "out"), "-m", str(elsewhere / "gain.keras"), "--quiet", "--no-preview"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "image_mask.tif").is_file()
+
+
 def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
     out = tmp_path / "out"
     assert run("segment", make_raster(shape=(80, 90)), "-o", out, "-m", tiny_fcn, "--quiet").exit_code == 0

@@ -111,7 +111,7 @@ def test_bundle_checks_model_against_card(tmp_path):
     model.save(tmp_path / "m.keras")
     write_card(ModelCard.from_dict({**CARD, "classes": CARD["classes"] + [{"id": 2, "name": "c"}]}),
                tmp_path / "m.json")
-    with pytest.raises(ModelError, match=r"m.keras \(card .*m.json\): the model outputs 2 channels but its card lists 3"):
+    with pytest.raises(ModelError, match=r"m.keras \(card .*m.json\): the model outputs 2 channel\(s\) but its card lists 3"):
         load_bundle(tmp_path / "m.keras")
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(CardError, match="not valid JSON"):
@@ -125,6 +125,8 @@ def test_bundle_checks_model_against_card(tmp_path):
     ("logits", r"outputs are not probabilities \(from -.* to .*\).*softmax"),  # confidence wrapped in uint8
     ("nan", "NaN or infinity"),
     ("half", "maps a 64x64 input to 32x32"),
+    # scores under 1 on noise of the probe, 20 on 8-bit pixels: a confidence of 2000% wrapped to 208
+    ("relu", r"outputs are not probabilities \(from 0 to .*\)"),
 ])
 def test_bundle_refuses_outputs_that_are_not_probabilities(tmp_path, ending, match):
     import keras
@@ -137,10 +139,92 @@ def test_bundle_refuses_outputs_that_are_not_probabilities(tmp_path, ending, mat
         x = keras.layers.Softmax()(keras.layers.Rescaling(float("nan"))(x))
     elif ending == "half":
         x = keras.layers.Softmax()(keras.layers.MaxPooling2D()(x))
+    elif ending == "relu":
+        x = keras.layers.Conv2D(2, 1, activation="relu", kernel_initializer=keras.initializers.Constant(0.01),
+                                bias_initializer=keras.initializers.Constant(0.1))(inputs)
     keras.Model(inputs, x).save(tmp_path / "m.keras")
     write_card(ModelCard.from_dict(CARD), tmp_path / "m.json")
     with pytest.raises(ModelError, match=match):
         load_bundle(tmp_path / "m.keras")
+
+
+def _binary_model(path):
+    """One sigmoid channel: P(water) = sigmoid(band 1 - 0.5), so water where band 1 is over 0.5."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant([[[[1.0], [0.0],
+                            [0.0]]]]), bias_initializer=keras.initializers.Constant(-0.5))(inputs)
+    keras.Model(inputs, x).save(path)
+    return path
+
+
+def test_a_one_channel_sigmoid_model_is_the_second_of_two_classes(tmp_path, make_raster):
+    """A one-channel model's argmax was always 0: every pixel 'water', even those below 0.5; a card of two
+    classes was refused ("outputs 1 channels but its card lists 2 classes")."""
+    import rasterio
+
+    from geoseg import segment
+    from geoseg.models import write_card
+
+    _binary_model(tmp_path / "bin.keras")
+    card = {**CARD, "normalization": {"method": "scale", "scale": 1 / 255},
+            "classes": [{"id": 0, "name": "land"}, {"id": 1, "name": "water"}], "margin": 0}
+    write_card(ModelCard.from_dict({**card, "classes": [{"id": 0, "name": "water"}]}), tmp_path / "bin.json")
+    with pytest.raises(ModelError, match="outputs one channel, which geoseg reads as the probability of the second of "
+                                         r"two classes .* but its card lists 1 class\(es\). List two classes"):
+        load_bundle(tmp_path / "bin.keras")
+    write_card(ModelCard.from_dict(card), tmp_path / "bin.json")
+    image = make_raster(shape=(40, 50), seed=4)
+    result = segment(image, tmp_path / "out", model=str(tmp_path / "bin.keras"), confidence=True, probabilities=True)
+    with rasterio.open(image) as src:
+        p = 1 / (1 + np.exp(-(src.read(1).astype(np.float64) / 255 - 0.5)))
+    with rasterio.open(result.outputs["mask"]) as ds:
+        assert (ds.read(1) == (p > 0.5)).mean() > 0.999  # float32 ties at 0.5 aside
+    with rasterio.open(result.outputs["confidence"]) as ds:
+        assert np.abs(ds.read(1).astype(int) - np.rint(100 * np.maximum(p, 1 - p))).max() <= 1
+    with rasterio.open(result.outputs["probabilities"]) as ds:
+        assert ds.count == 2 and np.abs(ds.read(2).astype(int) - np.rint(100 * p)).max() <= 1
+
+
+def test_a_model_of_two_outputs_is_told_so(tmp_path):
+    """It got "fails on a 64x64 input ... Check 'tile_size'" or "outputs 1 channels" of its second head."""
+    import keras
+
+    from geoseg.models import write_card
+
+    inputs = keras.Input((None, None, 3))
+    seg = keras.layers.Conv2D(2, 1, activation="softmax")(inputs)
+    aux = keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    keras.Model(inputs, [seg, aux]).save(tmp_path / "m.keras")
+    write_card(ModelCard.from_dict(CARD), tmp_path / "m.json")
+    with pytest.raises(ModelError, match=r"the model has 1 input\(s\) and 2 output\(s\); geoseg needs one"):
+        load_bundle(tmp_path / "m.keras")
+
+
+def test_code_in_a_model_is_refused_and_an_unknown_layer_named(tmp_path):
+    """Loading never runs a model's code (Keras safe mode), with geoseg's words: Keras's own advised
+    safe_mode=False, which no geoseg user can pass, or dumped a custom layer's whole config."""
+    import subprocess
+    import sys
+
+    from geoseg.models import write_card
+
+    build = ("import sys, keras; i = keras.Input((None, None, 3)); x = keras.layers.Conv2D(2, 1, activation='softmax')(i)\n"
+             "keras.Model(i, keras.layers.Lambda(lambda t: t * 1.0)(x)).save(sys.argv[1] + '/code.keras')\n"
+             "@keras.saving.register_keras_serializable(package='elsewhere')\n"
+             "class Gain(keras.layers.Layer):\n    def call(self, t):\n        return t\n"
+             "keras.Model(i, Gain()(x)).save(sys.argv[1] + '/custom.keras')\n")
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], check=True, timeout=300)  # Gain unknown here
+    for name in ("code", "custom"):
+        write_card(ModelCard.from_dict({**CARD, "name": name}), tmp_path / f"{name}.json")
+    with pytest.raises(ModelError, match=r"code.keras: the model holds a Lambda layer \(Python code\), which geoseg "
+                                         "does not load") as refused:
+        load_bundle(tmp_path / "code.keras")
+    assert "safe_mode" not in str(refused.value)
+    with pytest.raises(ModelError, match=r"custom.keras: the model uses the layer class '.*Gain', which no installed "
+                                         r"package registers. Install the package .* as a geoseg.models plugin"):
+        load_bundle(tmp_path / "custom.keras")
 
 
 def test_bundle_rejects_a_non_keras_file(tmp_path):
@@ -200,6 +284,10 @@ def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
     assert data["plan"]["tile"] == 128 and sum(c["pixels"] for c in data["classes"]) == 150 * 170
     (tmp_path / "custom_unet_v1.json").write_text(json.dumps(LEGACY_CARD))  # a card beside it works too
     assert load_bundle(h5).card.tile_size == 128
+    # `models show` reads the card only, as of a .keras bundle: a card that does not fit its model is shown
+    (tmp_path / "custom_unet_v1.json").write_text(json.dumps({**LEGACY_CARD, "bands": [1, 2, 3, 4]}))
+    shown = CliRunner().invoke(main, ["models", "show", str(h5)])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["bands"] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("calls", [1, 2])
@@ -310,3 +398,15 @@ def test_extra_card_fields_beside_the_field_they_resemble_are_kept():
     """'description_fr' was refused as a typo of 'description', which the card also has."""
     card = ModelCard.from_dict({**CARD, "description": "x", "description_fr": "y", "margins": [1, 2]}, source="x.json")
     assert card.name == CARD["name"]
+    # the README says extra fields are kept: `models show` and a card written again dropped them
+    owned = ModelCard.from_dict({**CARD, "license": "CC-BY-4.0", "author": "survey team"}).to_dict()
+    assert (owned["license"], owned["author"]) == ("CC-BY-4.0", "survey team")
+    assert ModelCard.from_dict(owned).to_dict() == owned
+
+
+@pytest.mark.parametrize("key", ["colour", "colors"])
+def test_a_near_miss_of_a_class_field_is_refused(key):
+    """'colour' (the README's own word) was dropped: every class took a palette colour, without a word."""
+    classes = [{"id": 0, "name": "a", key: "#FF0000"}, {"id": 1, "name": "b"}]
+    with pytest.raises(CardError, match=rf"x.json: classes\[0\]: unknown field '{key}'; did you mean 'color'"):
+        ModelCard.from_dict({**CARD, "classes": classes}, source="x.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import struct
@@ -102,6 +103,23 @@ def test_segment_compare_and_download(client, make_raster, tmp_path):
         assert "passwd_threshold_mask.tif" in mask.headers["Content-Disposition"]
     with client.get("/models/tiny-fcn/download") as bundle:
         assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
+
+
+def test_a_legacy_h5_model_downloads_with_its_card(tmp_path, model_dir, monkeypatch):
+    """The page lists a legacy NAME.h5 with a download link, which answered 500: it zipped NAME.keras."""
+    import keras
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax")(inputs)).save(folder / "old.h5")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (folder / "old.json").write_text(json.dumps({**card, "name": "old", "margin": 0}))
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(folder))
+    client = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "TESTING": True}).test_client()
+    with client.get("/models/old/download") as bundle:
+        assert bundle.status_code == 200
+        assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["old.h5", "old.json"]
 
 
 def test_region_colours_stay_out_of_the_agreement(client, make_raster):

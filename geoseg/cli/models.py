@@ -73,12 +73,17 @@ def show(name: str) -> None:
     from geoseg.models.card import read_card
     from geoseg.models.registry import resolve_model
 
+    from urllib.parse import parse_qs
+
     with fail_cleanly():
-        path = Path(resolve_model(name).partition("?")[0])  # builtin:NAME has no suffix
-        if path.suffix == ".keras":  # a card that does not match its model is still shown: it is what to fix
-            card = read_card(path.with_suffix(".json"))
+        ref, _, query = resolve_model(name).partition("?")  # builtin:NAME has no suffix
+        path = Path(ref)
+        given = parse_qs(query).get("card", [None])[0]  # a legacy .h5 model's ?card=PATH
+        card_path = Path(given) if given else path.with_suffix(".json")
+        if path.suffix == ".keras" or (path.suffix == ".h5" and card_path.is_file()):
+            card = read_card(card_path)  # a card that does not match its model is still shown: it is what to fix
         else:
-            if path.suffix == ".h5":  # a legacy model with --card loads Keras: hide TensorFlow's start-up lines
+            if path.suffix == ".h5":  # no card: loading says what to write (and Keras's start-up lines are hidden)
                 load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
             card = get_segmenter(name).card
     emit_json(card.to_dict())

@@ -89,6 +89,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     output: str = "classes"
     schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of the card's owner (a licence, an author): kept
 
     @property
     def n_classes(self) -> int:
@@ -125,9 +126,10 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """Return the card as plain JSON-ready data."""
         data = asdict(self)
+        extra = data.pop("extra")
         data["classes"] = [asdict(c) for c in self.classes]
         data["bands"] = list(self.bands)
-        return data
+        return {**data, **{k: v for k, v in extra.items() if k not in data}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "card") -> "ModelCard":
@@ -196,6 +198,7 @@ class ModelCard:
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             output=output,
+            extra={str(k): v for k, v in data.items() if k not in _FIELDS},
         )
 
 
@@ -268,6 +271,7 @@ def _parse_class(index: int, data: Any, source: str, taken: list[str] | None = N
             f"{source}: classes[{index}] has id {data.get('id')!r}; ids must be 0, 1, 2, ... in "
             "the order of the model's output channels."
         )
+    _check_typos(data, ("id", "name", "color"), f"{source}: classes[{index}]")  # 'colour' was dropped: a grey
     color = data.get("color")
     if color is None:
         color = default_color(index, taken or ())

@@ -102,6 +102,25 @@ def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
     return folders
 
 
+_PLUGINS_IMPORTED = False
+
+
+def _import_plugins() -> None:
+    """Import every `geoseg.models` plugin once per process, before a bundle loads: the Keras layers a plugin
+    registers (``keras.saving.register_keras_serializable``) were unknown to a model loaded by path, or in a
+    Dask worker ("Could not locate class"), since only listing the models imported them. A plugin that fails
+    is left to `list_models` to report."""
+    global _PLUGINS_IMPORTED
+    if _PLUGINS_IMPORTED:
+        return
+    _PLUGINS_IMPORTED = True
+    for ep in entry_points(group="geoseg.models"):
+        try:
+            ep.load()
+        except Exception:  # reported where the models are listed, with the reason
+            pass
+
+
 def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
     """Return every model found: built-in baselines, then the zoo, GEOSEG_MODEL_PATH and plugins.
 
@@ -205,6 +224,7 @@ def _bundle(key: str) -> Segmenter:
     twice = sorted(k for k, v in options.items() if len(v) > 1)
     if twice:
         raise ModelError(f"{path}: model option(s) given twice: {', '.join(twice)}. Received: {query}")
+    _import_plugins()
     return load_bundle(path, card=options.get("card", [None])[0], precision=options.get("precision", ["float32"])[0],
                        tta=options.get("tta", ["none"])[0])
 

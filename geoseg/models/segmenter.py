@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -63,6 +64,8 @@ class KerasSegmenter:
 
     def __init__(self, model, card: ModelCard, *, source: str = "model") -> None:
         _check_model_matches_card(model, card, source)
+        # one sigmoid channel, P(second class): the first class is 1 - p (an argmax of one channel was always 0)
+        self.binary = tuple(model.outputs[0].shape)[-1] == 1
         self.model = model
         self.card = card
         self.source = source
@@ -96,10 +99,14 @@ class KerasSegmenter:
     def _build(self, *, top: bool = False):
         import tensorflow as tf
 
-        model = self.model
+        model, binary = self.model, self.binary
+
+        def probabilities(x):
+            proba = tf.cast(model(x, training=False), tf.float32)  # a nested head stays bfloat16 in bfloat16
+            return tf.concat([1.0 - proba, proba], axis=-1) if binary else proba
 
         def classes(x):  # argmax and max of the probabilities, as inference.top_of takes them
-            proba = tf.cast(model(x, training=False), tf.float32)  # a nested head stays bfloat16 in bfloat16
+            proba = probabilities(x)
             return tf.stack([tf.cast(tf.argmax(proba, axis=-1), tf.float32), tf.reduce_max(proba, axis=-1)], axis=-1)
 
         with self._lock:
@@ -107,7 +114,7 @@ class KerasSegmenter:
             if top and self._top is None:
                 self._top = tf.function(classes, input_signature=[spec])
             if not top and self._fn is None:
-                self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+                self._fn = tf.function(probabilities, input_signature=[spec])
         return self._top if top else self._fn
 
 
@@ -137,6 +144,10 @@ class FlipAveraged:
 
 
 def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:  # was "fails on a 64x64 input" or "outputs 1 channels"
+        raise ModelError(f"{source}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
+                         "geoseg needs one (N, H, W, bands) input and one (N, H, W, classes) output. Save a model "
+                         "of the segmentation head alone, e.g. keras.Model(model.input, model.outputs[0]).")
     in_shape = tuple(model.inputs[0].shape)
     out_shape = tuple(model.outputs[0].shape)
     if len(in_shape) != 4 or len(out_shape) != 4:
@@ -145,13 +156,21 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
             f"it maps {in_shape} to {out_shape}."
         )
     if in_shape[-1] != card.n_bands:
+        first = (f" (it looks channels-first: {in_shape[1:]}; geoseg feeds (N, H, W, bands))"
+                 if in_shape[1] == card.n_bands and in_shape[-1] not in (None, card.n_bands) else "")
         raise ModelError(
             f"{source}: the model takes {in_shape[-1]} bands but its card lists {card.n_bands} "
-            f"(bands={list(card.bands)}). Fix 'bands' in the card."
+            f"(bands={list(card.bands)}){first}. Fix 'bands' in the card."
         )
-    if out_shape[-1] != card.n_classes:
+    if out_shape[-1] == 1 and card.n_classes != 2:  # one class: every pixel was that class
         raise ModelError(
-            f"{source}: the model outputs {out_shape[-1]} channels but its card lists "
+            f"{source}: the model outputs one channel, which geoseg reads as the probability of the second of two "
+            f"classes (a sigmoid: the first class where it is 0.5 or less), but its card lists {card.n_classes} "
+            "class(es). List two classes in the card, e.g. background then water."
+        )
+    if out_shape[-1] != card.n_classes and out_shape[-1] != 1:
+        raise ModelError(
+            f"{source}: the model outputs {out_shape[-1]} channel(s) but its card lists "
             f"{card.n_classes} classes. Fix 'classes' in the card."
         )
     fixed = in_shape[1]
@@ -185,6 +204,9 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
         with warnings.catch_warnings():  # Keras: "structure of `inputs` doesn't match" for a named input
             warnings.simplefilter("ignore", UserWarning)
             out = np.asarray(model(batch, training=False), np.float32)
+            # and noise 100 times as large: scores that end in a ReLU stayed under 1 on the first, and then
+            # reached 20 on 8-bit images (a confidence of 2000% wrapped in a byte); probabilities stay in 0-1
+            large = np.asarray(model(batch * 100, training=False), np.float32)
     except Exception as exc:  # a model that cannot run on its card's input (or out of memory): name the shape
         raise ModelError(f"{source}: the model fails on a {side}x{side} input of "
                          f"{card.n_bands} bands ({type(exc).__name__}: {first_line(exc)}). Check 'tile_size', "
@@ -196,11 +218,12 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
     if not np.isfinite(out).all():
         raise ModelError(f"{source}: the model outputs NaN or infinity on a small input of noise; "
                          "its weights may be damaged. Retrain it, or copy the bundle again.")
-    low, high = float(out.min()), float(out.max())
+    seen = np.concatenate([out.ravel(), large[np.isfinite(large)]])
+    low, high = float(seen.min()), float(seen.max())
     if low < -1e-3 or high > 1 + 1e-3:
         raise ModelError(f"{source}: the model's outputs are not probabilities (from {low:.3g} to {high:.3g}); "
                          "geoseg reads each output channel as a class probability in 0-1. End the model with a "
-                         "softmax, e.g. keras.layers.Softmax(), and save it again.")
+                         "softmax, e.g. keras.layers.Softmax() (or a sigmoid for one channel), and save it again.")
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -266,6 +289,16 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
     try:
         model = keras.saving.load_model(weights, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file
+        if "safe_mode" in str(exc) or "unsafe_deserialization" in str(exc):  # Keras's advice is not geoseg's to take
+            raise ModelError(f"{weights}: the model holds a Lambda layer (Python code), which geoseg does not load "
+                             "(Keras safe mode: a model file must not run code). Rebuild it from Keras layers, or a "
+                             "layer a plugin registers (keras.saving.register_keras_serializable; see README, "
+                             "Models), and save it again.") from None
+        unknown = re.search(r"Could not locate class '([^']+)'", str(exc))
+        if unknown:  # Keras's message went on with the layer's whole config
+            raise ModelError(f"{weights}: the model uses the layer class {unknown[1]!r}, which no installed package "
+                             "registers. Install the package that defines it as a geoseg.models plugin (see README, "
+                             "Models), or rebuild the model from Keras layers.") from None
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
     _check_model_matches_card(model, model_card, f"{weights} (card {card_path})")
     _check_outputs_are_probabilities(model, model_card, f"{weights} (card {card_path})")

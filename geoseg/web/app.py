@@ -119,8 +119,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             abort(404)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for suffix in (".keras", ".json"):
-                archive.write(entry.path.with_suffix(suffix), f"{name}{suffix}")
+            for path in (entry.path, entry.path.with_suffix(".json")):  # a legacy NAME.h5 is no NAME.keras
+                archive.write(path, f"{name}{path.suffix}")
         buffer.seek(0)
         return send_file(buffer, mimetype="application/zip", as_attachment=True, download_name=f"{name}.zip")
 
