@@ -659,7 +659,8 @@ def segment(
                 staged = tmp_paths[name]
                 if work is not None:  # back onto the input's grid
                     staged = staged.with_name(f"input-grid-{staged.name}")
-                    regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear")
+                    regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear",
+                           valid=WindowSource(info.path, plan.bands, has_mask=info.has_mask))
                 if name == "mask" and sieve:  # on the output's grid, so that PX counts its pixels
                     staged = _sieved(staged, info, card, sieve)
                 cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")

@@ -35,6 +35,7 @@ __all__ = [
     "create_outputs",
     "finalize_cog",
     "class_pixel_counts",
+    "metres_per_unit",
     "pixel_areas_m2",
     "model_grid",
     "open_quietly",
@@ -350,8 +351,9 @@ def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float =
 
     if not pixel_size or info.crs is None or info.crs.is_geographic or info.transform.is_identity:
         return None
-    factor = info.crs.linear_units_factor[1]
-    res = (abs(info.transform.a) * factor, abs(info.transform.e) * factor)
+    factor, t = metres_per_unit(info.crs), info.transform
+    # a pixel's sides, rotated grids too: |a| and |e| were 0 at 90 degrees, and the work grid 1 x 1
+    res = (float(np.hypot(t.a, t.d)) * factor, float(np.hypot(t.b, t.e)) * factor)
     if all(abs(r - pixel_size) / pixel_size <= tolerance for r in res):
         return None
     width = max(1, round(info.width * res[0] / pixel_size))
@@ -360,8 +362,13 @@ def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float =
     return replace(info, width=width, height=height, transform=transform)
 
 
-def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: int = 1024) -> None:
-    """Warp a finished output raster onto `like`'s grid, window by window, keeping its colours and tags."""
+def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: int = 1024,
+           valid: WindowSource | None = None) -> None:
+    """Warp a finished output raster onto `like`'s grid, window by window, keeping its colours and tags.
+
+    With `valid` (the input's `WindowSource`), pixels the input has no data for are nodata, exactly: a
+    nodata strip narrower than a model pixel got classes, and its polygons and areas, without it.
+    """
     with rasterio.open(src) as ds, _warped(ds, like, resampling) as vrt:
         profile = _profile(like, ds.count, ds.dtypes[0])
         profile["nodata"] = ds.nodata
@@ -369,7 +376,10 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
             for row in range(0, like.height, block):
                 for col in range(0, like.width, block):
                     window = Window(col, row, min(block, like.width - col), min(block, like.height - row))
-                    out.write(vrt.read(window=window), window=window)
+                    data = vrt.read(window=window)
+                    if valid is not None and ds.nodata is not None:
+                        data[:, ~valid(*window.toslices())[1][..., 0]] = ds.nodata
+                    out.write(data, window=window)
             out.update_tags(**ds.tags())
             for band in range(1, ds.count + 1):
                 out.set_band_description(band, ds.descriptions[band - 1] or "")
@@ -549,8 +559,24 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
             lons, lats = to_lonlat.transform(*zip(*corners))
             areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
         return areas
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return np.full(info.height, abs(t.a * t.e - t.b * t.d) * factor**2)
+    return np.full(info.height, abs(t.a * t.e - t.b * t.d) * metres_per_unit(crs) ** 2)
+
+
+def metres_per_unit(crs) -> float:
+    """Metres in one unit of a projected CRS's axes (0.3048 for feet), or of a local engineering one
+    (``LOCAL_CS``, a drone survey's site grid), whose rasterio `linear_units_factor` raises; `crs` is
+    rasterio's or pyproj's."""
+    try:
+        return float(crs.linear_units_factor[1])
+    except (AttributeError, rasterio.errors.CRSError):
+        from pyproj import CRS as ProjCRS
+        from pyproj.exceptions import CRSError as ProjCRSError
+
+        try:
+            axes = ProjCRS.from_wkt(crs.to_wkt()).axis_info
+        except ProjCRSError:
+            return 1.0
+        return float(axes[0].unit_conversion_factor) if axes and axes[0].unit_conversion_factor else 1.0
 
 
 AREAL_TOLERANCE = 0.01  # planar areas of a projected CRS are used where they are within 1% of the ground's

@@ -282,9 +282,11 @@ def _measure(frame) -> tuple[list[float | None], list[float | None]]:
     scale strays over 1% from 1 over the layer (Web Mercator), planar in the others (UTM)."""
     if frame.crs is None or len(frame) == 0:
         return [None] * len(frame), [None] * len(frame)
-    geographic = frame if frame.crs.is_geographic else None
+    geographic = _densified(frame, 0.001) if frame.crs.is_geographic else None
     if geographic is None and _distorted(frame):
-        geographic = frame.to_crs("EPSG:4326")
+        from geoseg.raster import metres_per_unit
+
+        geographic = _densified(frame, 100 / metres_per_unit(frame.crs)).to_crs("EPSG:4326")
     if geographic is not None:
         from pyproj import Geod
 
@@ -293,6 +295,18 @@ def _measure(frame) -> tuple[list[float | None], list[float | None]]:
         return [abs(a) for a, _ in measured], [p for _, p in measured]
     factor = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
     return list(frame.geometry.area * factor**2), list(frame.geometry.length * factor)
+
+
+def _densified(frame, floor: float):
+    """`frame` with vertices added along its edges, at most 1/2000 of the layer's extent apart (and no closer
+    than `floor`, in its CRS's units). A pixel's top and bottom edges run along parallels, which the geodesic
+    between their corners does not follow: a 20 degree wide polygon at 60-70 degrees north lost 1.5% of its
+    area, a 90 degree wide one 30%, and block edges (more vertices) changed the areas with `block`."""
+    import shapely
+
+    left, bottom, right, top = frame.total_bounds
+    step = max((right - left) / 2000, (top - bottom) / 2000, floor)
+    return frame.set_geometry(shapely.segmentize(frame.geometry.values, step))
 
 
 def _distorted(frame) -> bool:
@@ -314,7 +328,9 @@ def _metres_to_crs_units(crs, metres: float) -> float:
         return metres
     if crs.is_geographic:
         return metres / 111_320.0
-    return metres / crs.linear_units_factor[1]
+    from geoseg.raster import metres_per_unit
+
+    return metres / metres_per_unit(crs)
 
 
 def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool) -> tuple[int, ...] | None:

@@ -452,6 +452,25 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
     plain = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "plain"), "-m",
                                       str(folder / "one-metre.keras"), "--no-resample", "--json", "--quiet"])
     assert plain.exit_code == 0 and json.loads(plain.stdout)["plan"]["model_grid"] is None
+    # nodata narrower than a model pixel: the input's 3 columns of nodata got classes (or valid pixels lost theirs)
+    data = rasterio.open(path).read()
+    data[:, :, :3] = 0
+    for pixel in (0.5, 0.6):
+        again = make_raster(name=f"holed{pixel}.tif", data=data, nodata=0,
+                            transform=from_origin(500000.0, 2800000.0, pixel, pixel))
+        result = segment(again, tmp_path / f"holed{pixel}", model=folder / "one-metre.keras", chunk=32, preview=False,
+                         confidence=True)
+        for name in ("mask", "confidence"):
+            with rasterio.open(result.outputs[name]) as ds:
+                assert ((ds.read(1) == 255) == (data == 0).all(axis=0)).all(), (pixel, name)  # nodata in every band
+    # a rotated grid's pixel size is not |a| and |e|: at 90 degrees they are 0, and the work grid was 1 x 1
+    rotated = make_raster(name="rotated.tif", shape=(60, 80), transform=rasterio.Affine(0.0, 1.0, 500000.0,
+                                                                                        1.0, 0.0, 2800000.0))
+    assert segment(rotated, tmp_path / "rot", model=folder / "one-metre.keras", preview=False).plan["model_grid"] is None
+    tilted = make_raster(name="tilted.tif", shape=(60, 80), transform=rasterio.Affine.translation(500000.0, 2800000.0)
+                         * rasterio.Affine.rotation(30) * rasterio.Affine.scale(0.5, -0.5))
+    grid = segment(tilted, tmp_path / "tilt", model=folder / "one-metre.keras", preview=False).plan["model_grid"]
+    assert (grid["width"], grid["height"]) == (40, 30)  # 0.5 m pixels: half as many; it was 35 x 26 (0.433 m)
 
 
 def test_flip_tta_averages_the_four_flips_and_stays_seam_free(make_raster, tiny_fcn, tmp_path):
@@ -915,3 +934,20 @@ def test_a_fixed_tile_model_is_told_which_margin_fits(make_raster, tiny_tiled, t
     with pytest.raises(TilingError, match="takes fixed 48px tiles.*Use a --margin of at most 23"):
         segment(make_raster(), tmp_path / "out", model=tiny_tiled, margin=24, preview=False)
     segment(make_raster(), tmp_path / "ok", model=tiny_tiled, margin=23, preview=False)
+
+
+def test_a_local_engineering_crs_gets_areas_in_its_unit(make_raster, tmp_path):
+    """A drone survey's site grid (LOCAL_CS) was a traceback after the segmentation had run: rasterio's
+    linear_units_factor raises for a CRS neither projected nor geographic (so did vectorize --simplify)."""
+    from rasterio.crs import CRS
+
+    from geoseg import vectorize
+
+    for unit, factor in (('"metre",1', 1.0), ('"US survey foot",0.304800609601219', 0.304800609601219)):
+        crs = CRS.from_wkt(f'LOCAL_CS["site grid",UNIT[{unit}],AXIS["Easting",EAST],AXIS["Northing",NORTH]]')
+        path = make_raster(name=f"site{factor}.tif", shape=(30, 40), crs=crs)
+        result = segment(path, tmp_path / "out", model="threshold", preview=False, overwrite=True)
+        assert sum(c["area_m2"] for c in result.classes) == pytest.approx(30 * 40 * 0.25 * factor**2, abs=0.01)
+        layer = vectorize(result.outputs["mask"], tmp_path / "site.gpkg", simplify=1.0, overwrite=True)
+        assert layer.polygons > 0
+

@@ -115,6 +115,23 @@ def test_geographic_areas_are_geodesic(make_mask, tmp_path):
     assert frame.area_m2.sum() == pytest.approx(100 * 5.58 * 11.13, rel=0.01)
 
 
+def test_geodesic_areas_of_wide_polygons_follow_the_parallels_whatever_the_block(make_mask, tmp_path):
+    """Geodesics between a polygon's corners cut across the parallels its pixels' edges follow: a 90 degree wide
+    band at 60-70 north read 30% small, and block edges (more vertices) changed the areas with --block."""
+    from pyproj import Geod
+
+    data = np.zeros((10, 90), np.uint8)  # 1 degree pixels, 0 to 90 east, 70 to 60 north
+    data[:, 45:] = 1
+    path = make_mask(data, crs="EPSG:4326", transform=from_origin(0.0, 70.0, 1.0, 1.0))
+    geod = Geod(ellps="WGS84")
+    truth = [abs(geod.geometry_area_perimeter(shapely.segmentize(shapely.box(x0, 60, x0 + 45, 70), 0.001))[0])
+             for x0 in (0, 45)]
+    for block in (2048, 16, 7):
+        vectorize(path, tmp_path / f"g{block}.gpkg", block=block)
+        frame = gpd.read_file(tmp_path / f"g{block}.gpkg").sort_values("class_id")
+        assert list(frame.area_m2) == pytest.approx(truth, rel=2e-5)
+
+
 def test_simplify_keeps_a_valid_coverage(make_mask, tmp_path):
     data = noisy_mask((120, 120), seed=3, smooth=4)
     data[data == 255] = 0  # a full coverage: no nodata holes
