@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,11 +64,16 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     rgb[mask == NODATA] = 0
     gap = 8
     panels = np.concatenate([rgb, np.full((rgb.shape[0], gap, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
-    font = ImageFont.load_default(size=15)
+    font = legend_font(15)
     line, top = 20, (24 if title else 0)
-    legend_h = 10 + line * (1 if regions else len(classes))
-    width = max(panels.shape[1], 360, 16 + int(font.getlength(REGIONS_LEGEND)) if regions else 0)
-    canvas = Image.new("RGB", (width, top + panels.shape[0] + legend_h), "white")
+    total = sum(row["pixels"] for row in table) or 1
+    legend = [REGIONS_LEGEND] if regions else [_drawable(f"{c.name}: {100 * row['pixels'] / total:.1f}%"
+                                                         f"{_area_text(row.get('area_m2'))}", font)
+                                               for c, row in zip(classes, table)]
+    title = _drawable(title, font) if title else title
+    # wide enough for the title and the longest legend line (a wider font cut them at the edge)
+    width = max(panels.shape[1], 360, *(38 + int(font.getlength(text)) for text in legend + ([title] if title else [])))
+    canvas = Image.new("RGB", (width, top + panels.shape[0] + 10 + line * len(legend)), "white")
     canvas.paste(Image.fromarray(panels), (0, top))
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -77,14 +83,18 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     if regions:
         draw.text((8, top + panels.shape[0] + 6), REGIONS_LEGEND, fill="black", font=font)
         return canvas
-    total = sum(row["pixels"] for row in table) or 1
-    for i, (c, row) in enumerate(zip(classes, table)):
+    for i, (c, text) in enumerate(zip(classes, legend)):
         y = top + panels.shape[0] + 6 + i * line
         draw.rectangle([8, y, 22, y + 14], fill=c.rgb, outline="black")
-        area = "" if row.get("area_m2") is None else (f", {row['area_m2'] / 1e4:,.2f} ha" if row["area_m2"] >= 1e4
-                                                        else f", {row['area_m2']:,.0f} m²")  # 35 m² was '0.00 ha'
-        draw.text((30, y), f"{c.name}: {100 * row['pixels'] / total:.1f}%{area}", fill="black", font=font)
+        draw.text((30, y), text, fill="black", font=font)
     return canvas
+
+
+def _area_text(area: float | None) -> str:
+    """', 1.25 ha', ', 35 m²' or ', 0.25 m²' (35 m² was '0.00 ha', and a 0.25 m² pixel '0 m²'); '' without one."""
+    if area is None:
+        return ""
+    return f", {area / 1e4:,.2f} ha" if area >= 1e4 else f", {area:,.0f} m²" if area >= 10 else f", {area:.2g} m²"
 
 
 def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
@@ -99,6 +109,28 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
             coords = [inverse * xy for xy in shapely.get_coordinates(ring)]
             for dx in offsets:
                 draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
+
+
+# Fonts that draw the legend's "m²" and accented class names (forêt, Gewässer), tried in turn: Debian's
+# fonts-dejavu-core and fonts-liberation, Windows and macOS. Pillow's own font has neither (empty boxes).
+FONTS = ("DejaVuSans.ttf", "LiberationSans-Regular.ttf", "Arial.ttf", "Helvetica.ttc")
+
+
+@functools.cache
+def legend_font(size: int):
+    """The first of `FONTS` that Pillow finds, else Pillow's built-in font."""
+    for name in FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def _drawable(text: str, font) -> str:
+    """`text` with "²" written "2" where the font (Pillow's built-in) has no glyph for it."""
+    return text if isinstance(font, ImageFont.FreeTypeFont) and font.getname()[0] != "Aileron" else \
+        text.replace("²", "2")
 
 
 def save_png(image: Image.Image, out_path: str | os.PathLike) -> None:

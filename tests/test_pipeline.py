@@ -951,3 +951,24 @@ def test_a_local_engineering_crs_gets_areas_in_its_unit(make_raster, tmp_path):
         layer = vectorize(result.outputs["mask"], tmp_path / "site.gpkg", simplify=1.0, overwrite=True)
         assert layer.polygons > 0
 
+
+def test_the_legend_draws_square_metres_and_accents_and_fits_its_lines(make_raster, tmp_path):
+    """Pillow's own font has no "²" nor "ê": previews read "m□" and "for□t"; a 0.25 m² class read "0 m²", and a
+    long class name ran off the image."""
+    from PIL import ImageFont
+
+    from geoseg.models.card import ClassInfo
+    from geoseg.preview import _area_text, _drawable, legend_font, render_map
+
+    assert [_area_text(a) for a in (0.25, 3.5, 35, 12_345)] == [", 0.25 m²", ", 3.5 m²", ", 35 m²", ", 1.23 ha"]
+    assert _drawable("1 m²", ImageFont.load_default(size=15)) == "1 m2"  # no glyph: written so it reads
+    image = make_raster(shape=(20, 30))
+    mask = make_raster(name="mask.tif", shape=(20, 30), bands=1, data=np.zeros((1, 20, 30), np.uint8))
+    name = "forêt de feuillus et de résineux mélangés, à basse altitude"
+    canvas = render_map(str(image), mask, [ClassInfo(0, name, "#00AA00")], [{"pixels": 600, "area_m2": 150.0}],
+                        [1, 2, 3])
+    font = legend_font(15)
+    assert canvas.width >= 30 + font.getlength(f"{name}: 100.0%, 150 m²")
+    if font.getname()[0] == "Aileron":
+        pytest.skip("no DejaVu, Liberation, Arial or Helvetica font on this machine: Pillow's own is used")
+    assert _drawable("1 m²", font) == "1 m²"

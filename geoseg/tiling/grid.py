@@ -91,12 +91,17 @@ def mirror_pad(block: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]])
 
     >>> mirror_pad(np.arange(3)[None, :], ((0, 0), (2, 2))).tolist()
     [[2, 1, 0, 1, 2, 1, 0]]
+    >>> mirror_pad(np.arange(4)[None, :], ((1, 1), (2, 2))).tolist()[1]  # rows repeated, columns still mirrored
+    [2, 1, 0, 1, 2, 3, 2, 1]
     """
     if not any(a or b for a, b in pads):
         return block
-    width = list(pads) + [(0, 0)] * (block.ndim - 2)
-    modes_ok = all(n > 1 or not (a or b) for n, (a, b) in zip(block.shape, pads))
-    return np.pad(block, width, mode="reflect" if modes_ok else "edge")
+    for axis, (a, b) in enumerate(pads):  # axis by axis: a one-pixel axis once made the other repeat its edge too
+        if a or b:
+            width = [(0, 0)] * block.ndim
+            width[axis] = (a, b)
+            block = np.pad(block, width, mode="reflect" if block.shape[axis] > 1 else "edge")
+    return block
 
 
 def pad_to_multiple(block: np.ndarray, multiple: int) -> np.ndarray:
