@@ -84,6 +84,9 @@ def run_model_only(raster: str, model: str, chunk: int, samples: int) -> dict:
     plan = plan_run(info, segmenter.card, chunk=chunk or None)
     reader = WindowSource(info.path, plan.bands, has_mask=info.has_mask)
     m, (ch, cw) = plan.margin, plan.chunk
+    if info.height <= ch + 2 * m or info.width <= cw + 2 * m:  # the sampling below divided by <= 0
+        raise SystemExit(f"--size must exceed the chunk plus its margins ({ch} + 2 x {m} = {ch + 2 * m} px) for the "
+                         f"model-only samples; pass --size {2 * (ch + 2 * m)} or a smaller --chunk.")
     blocks = []
     for i in range(samples):
         r, c = (i * ch) % (info.height - ch - 2 * m), (i * 3 * cw) % (info.width - cw - 2 * m)

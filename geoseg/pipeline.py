@@ -30,15 +30,15 @@ from geoseg.raster import (
     RasterInfo,
     WindowSource,
     check_bands,
-    class_pixel_counts,
+    class_pixels_and_areas,
     create_outputs,
     describe_mask,
     first_line,
+    gdal_cache_options,
     inspect_raster,
     is_gdal_path,
     model_grid,
     open_quietly,
-    pixel_areas_m2,
     raster_stem,
     regrid,
     staging_dir,
@@ -430,38 +430,21 @@ def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.P
 
 
 def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dict[str, Any]]:
-    counts = class_pixel_counts(mask_path, card.n_classes)
-    areas = pixel_areas_m2(info)
-    table = []
-    for c in card.classes:
-        row = {"id": c.id, "name": c.name, "color": c.color, "pixels": int(counts[:, c.id].sum())}
-        row["area_m2"] = None if areas is None else round(float(counts[:, c.id] @ areas), 3)
-        table.append(row)
-    return table
-
-
-GDAL_CACHE_MB = 128
+    pixels, areas = class_pixels_and_areas(mask_path, info, card.n_classes)
+    return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(pixels[c.id]),
+             "area_m2": None if areas is None else round(float(areas[c.id]), 3)} for c in card.classes]
 
 
 def _under_gdal_options(func):
-    """Run `func` inside ``rasterio.Env(**_gdal_options())``."""
+    """Run `func` inside ``rasterio.Env(**gdal_cache_options())``."""
     from functools import wraps
 
     @wraps(func)
     def wrapper(*args, **kwargs):
-        with rasterio.Env(**_gdal_options()):
+        with rasterio.Env(**gdal_cache_options()):
             return func(*args, **kwargs)
 
     return wrapper
-
-
-def _gdal_options() -> dict[str, Any]:
-    """Cap GDAL's block cache (default 5% of RAM), which otherwise grows with the raster read.
-
-    Tasks read their own windows once, so a small cache loses nothing; a
-    GDAL_CACHEMAX set by the user wins.
-    """
-    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
 
 
 def check_options(options: dict[str, Any], *, caller: str = "segment()", taken: Sequence[str] = ()) -> None:

@@ -648,7 +648,7 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     from rasterio.features import geometry_mask
     from rasterio.windows import intersection
 
-    from geoseg.raster import pixel_areas_m2
+    from geoseg.raster import PixelAreas
 
     info = inspect_raster(mask_path)
     transform, crs = info.map_georeferencing()  # a mask placed by GCPs: their best-fit affine
@@ -656,7 +656,7 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     if crs is not None and geoms.crs is not None and geoms.crs != crs:
         geoms = geoms.to_crs(crs)
     geoms = np.asarray(geoms.values, object)
-    row_area = pixel_areas_m2(info)
+    pixel_areas = PixelAreas(info)
     pixels = np.zeros((len(geoms), n_classes), np.int64)
     areas = np.zeros((len(geoms), n_classes))
     tree = shapely.STRtree(geoms)
@@ -677,7 +677,7 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
                                         transform=rasterio.windows.transform(sub, transform))
                 keep = inside & (data < n_classes)
                 pixels[z] += np.bincount(data[keep], minlength=n_classes)[:n_classes]
-                if row_area is not None:
-                    rows = np.nonzero(keep)[0] + int(sub.row_off)
-                    areas[z] += np.bincount(data[keep], weights=row_area[rows], minlength=n_classes)[:n_classes]
-    return pixels, (areas if row_area is not None else None)
+                if pixel_areas.rows is not None:
+                    weights = np.broadcast_to(pixel_areas(sub), data.shape)[keep]
+                    areas[z] += np.bincount(data[keep], weights=weights, minlength=n_classes)[:n_classes]
+    return pixels, (areas if pixel_areas.rows is not None else None)

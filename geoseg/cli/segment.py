@@ -41,7 +41,8 @@ __all__ = ["segment"]
               help="Tiles per model call when chunks are cut into tiles.")
 @click.option("--confidence", is_flag=True, help="Also write STEM_confidence.tif (winning class, %).")
 @click.option("--probabilities", is_flag=True, help="Also write STEM_probabilities.tif (one band per class, %).")
-@click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with areas).")
+@click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with areas; "
+                                           "held in memory, which grows with their number).")
 @sieve_option
 @click.option("--preview/--no-preview", default=True, show_default=True,
               help="Write STEM_preview.png: image | mask with a legend.")

@@ -20,8 +20,8 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, class_pixel_counts, inspect_raster, open_quietly, pixel_areas_m2, raster_stem,
-                           reading_pixels, write_class_mask)
+from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, reading_pixels,
+                           write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text)
@@ -457,11 +457,10 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
 
 
 def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
-    counts = class_pixel_counts(mask, len(classes))
-    areas = pixel_areas_m2(info)
-    return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(counts[:, c.id].sum()),
-             "area_m2": None if areas is None else float(counts[:, c.id] @ areas),
-             "area_km2": None if areas is None else round(float(counts[:, c.id] @ areas) / 1e6, 6)}
+    pixels, areas = class_pixels_and_areas(mask, info, len(classes))
+    return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(pixels[c.id]),
+             "area_m2": None if areas is None else float(areas[c.id]),
+             "area_km2": None if areas is None else round(float(areas[c.id]) / 1e6, 6)}
             for c in classes]
 
 

@@ -444,7 +444,6 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     (nearest, reprojected where the CRSs differ), so coarse and fine masks mixed cost no more than
     reading the overlaps once.
     """
-    from dataclasses import replace
 
     import rasterio
     from rasterio.enums import Resampling
@@ -455,7 +454,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
     from rasterio.errors import RasterioError
 
-    from geoseg.raster import NODATA, first_line, inspect_raster, pixel_areas_m2, row_class_counts
+    from geoseg.raster import NODATA, PixelAreas, class_areas, first_line, inspect_raster
 
     def box(t, width, height):  # (left, bottom, right, top) of a north-up grid
         return t.c, t.f + t.e * height, t.c + t.a * width, t.f
@@ -483,7 +482,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
         later = [(items[j][0], other) for j in range(i + 1, len(items)) if (other := seen_from(i, j)) is not None]
         if not later:
             continue
-        info = inspect_raster(path)
+        areas = PixelAreas(inspect_raster(path))
         with rasterio.open(path) as ds:
             for row in range(0, h, block):
                 for col in range(0, w, block):
@@ -508,8 +507,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
                                 continue
                         covered |= seen != NODATA
                     data[~covered] = NODATA  # left: this mask's pixels under a later mask's data, counted there
-                    part = replace(info, width=data.shape[1], height=data.shape[0], transform=ds.window_transform(window))
-                    total -= pixel_areas_m2(part) @ row_class_counts(data, len(total))
+                    total -= class_areas(data, areas(window), len(total))
     return total
 
 
