@@ -7,6 +7,7 @@ import os
 import resource
 from urllib.parse import parse_qsl
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from geoseg.files import move_all, named_as_final, refuse_folders, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
+from geoseg.models.segmenter import calls_of_run, cancel_run
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.raster import (
     IO_LOCK,
@@ -187,6 +189,7 @@ def segment_chunk(
     confidence: bool,
     probabilities: bool,
     normalization: dict | None = None,
+    run: str | None = None,
 ) -> np.ndarray:
     """Segment one chunk with its margins; the Dask task that runs on any worker.
 
@@ -211,7 +214,9 @@ def segment_chunk(
     x = segmenter.card.normalize(block, normalization)
     x[~valid] = 0.0
     # Without --probabilities only the winning class and its probability come back from the model
-    predicted = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size, top=not probabilities)
+    with calls_of_run(run):  # an interrupted run's queued calls are not made (`_store`)
+        predicted = predict_block(segmenter, x, margin=margin, tile=tile, batch_size=batch_size,
+                                  top=not probabilities)
     rows, cols = predicted.shape[:2]
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
     best = top_of(predicted) if probabilities else predicted  # (rows, cols, 2): class, its probability
@@ -291,11 +296,17 @@ class _TaskProgress(Callback):
             self.report(min(1.0, self.done / self.total))
 
 
-def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress | None = None) -> None:
+def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress | None = None,
+           run: str | None = None) -> None:
     report = progress or (lambda fraction: None)
     if client is None:
-        with _TaskProgress(report, result.npartitions), dask.config.set(scheduler="threads"):
-            da.store(result, writer, lock=False)  # the writer takes IO_LOCK
+        try:
+            with _TaskProgress(report, result.npartitions), dask.config.set(scheduler="threads"):
+                da.store(result, writer, lock=False)  # the writer takes IO_LOCK
+        except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: the threads' queued model calls are not made
+            if run is not None:
+                cancel_run(run)
+            raise
         return
     from distributed import as_completed
 
@@ -618,7 +629,9 @@ def segment(
         )
         if client is not None:
             _check_workers_see(client, info.path)
+        run = uuid.uuid4().hex  # the chunks' model calls are this run's: an interrupt cancels those not yet made
         result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
+                              run=run,
                               normalization=norm, grid=work)
         log.info(
             "%s: %dx%d px, model %s, chunk %s, margin %d, %d chunks",
@@ -633,7 +646,7 @@ def segment(
                 for name in ("confidence", "probabilities"):
                     if name in datasets:
                         _describe_percent(datasets[name], card, name)
-                _store(result, _Writer(datasets, layout), client=client, progress=progress)
+                _store(result, _Writer(datasets, layout), client=client, progress=progress, run=run)
             finally:
                 for ds in datasets.values():
                     ds.close()
@@ -827,7 +840,7 @@ def _readable_here(path: str) -> bool:
 
 
 def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,
-                 normalization: dict | None = None, grid: RasterInfo | None = None) -> da.Array:
+                 normalization: dict | None = None, grid: RasterInfo | None = None, run: str | None = None) -> da.Array:
     shape = ((grid or info).height, (grid or info).width)
     chunks = tuple(chunk_lengths(n, c, plan.margin) for n, c in zip(shape, plan.chunk))
     card = get_segmenter(model_ref).card
@@ -835,7 +848,7 @@ def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bo
     return windowed_map(
         segment_chunk, WindowSource(info.path, plan.bands, has_mask=info.has_mask, grid=grid), shape, chunks,
         margin=plan.margin, out_bands=out_bands, model_ref=model_ref, tile=plan.tile, batch_size=plan.batch_size,
-        confidence=confidence, probabilities=probabilities, normalization=normalization,
+        confidence=confidence, probabilities=probabilities, normalization=normalization, run=run,
     )
 
 

@@ -264,7 +264,12 @@ class WindowSource:
         window = Window.from_slices(rows, cols)
         with IO_LOCK, warnings.catch_warnings(), ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = stack.enter_context(rasterio.open(self.path))
+            try:
+                ds = stack.enter_context(rasterio.open(self.path))
+            except RasterioIOError as exc:  # a traceback, and the other inputs of the run were not segmented
+                raise RasterReadError(f"{self.path}: could not be opened again while it was being segmented "
+                                      f"({first_line(exc)}): was it moved, deleted or replaced during the run? "
+                                      "Put it back and run again.") from None
             where = window
             if self.grid is not None:  # resampled on the fly to the model's pixel size
                 sy, sx = ds.height / self.grid.height, ds.width / self.grid.width  # errors name the input's pixels
@@ -739,11 +744,14 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
 
     # another run into the same new folder may have removed it on failing, while it was empty
     Path(parent).mkdir(parents=True, exist_ok=True)
+    from geoseg.files import signals_held
+
     folder = owned_temp_dir(parent, STAGING_PREFIX)
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        with signals_held():  # a Ctrl-C just after the final renames cut the removal short and left the folder
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:

@@ -496,3 +496,12 @@ def test_a_baseline_run_from_the_command_line_does_not_import_tensorflow(make_ra
     out = subprocess.run([sys.executable, "-c", code, "segment", str(make_raster()), "-o", str(tmp_path / "o"), "-m",
                           "threshold", "--quiet"], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False" and (tmp_path / "o" / "image_mask.tif").exists()
+
+
+def test_a_signal_while_python_shuts_down_after_a_run_ends_it_at_once():
+    """A Ctrl-C just after a run had finished printed "Exception ignored ... KeyboardInterrupt" and exited 0."""
+    code = ("import atexit, os, signal, sys; atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT)); "
+            "from geoseg.cli import entry; sys.argv = ['geoseg', '--version']; entry()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "geoseg" in done.stdout
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr

@@ -972,3 +972,45 @@ def test_the_legend_draws_square_metres_and_accents_and_fits_its_lines(make_rast
     if font.getname()[0] == "Aileron":
         pytest.skip("no DejaVu, Liberation, Arial or Helvetica font on this machine: Pillow's own is used")
     assert _drawable("1 m²", font) == "1 m²"
+
+
+def test_an_interrupted_run_makes_no_more_model_calls(make_raster, tiny_fcn, tmp_path, monkeypatch):
+    """After Ctrl-C a thread waiting for the model still ran a whole chunk (45 s after "Interrupted", past a
+    batch scheduler's grace period before SIGKILL); the calls of an interrupted run are now refused."""
+    import geoseg.models.segmenter as segmenter_module
+    import geoseg.pipeline as pipeline
+    from geoseg.models.segmenter import RunCancelled, calls_of_run, cancel_run
+
+    model = get_segmenter(str(tiny_fcn))
+    batch = np.zeros((1, 32, 32, 3), np.float32)
+    with calls_of_run("a"):
+        assert model.predict_top(batch).shape == (1, 32, 32, 2)
+    cancel_run("a")
+    with calls_of_run("a"), pytest.raises(RunCancelled):
+        model.predict_proba(batch)
+    with calls_of_run("b"):  # another run, or none, is not held up
+        model.predict_proba(batch)
+    model.predict_proba(batch)
+
+    def interrupted(self, key, value):
+        raise KeyboardInterrupt
+
+    before = set(segmenter_module._CANCELLED)
+    monkeypatch.setattr(pipeline._Writer, "__setitem__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        segment(make_raster(shape=(96, 96)), tmp_path / "out", model=tiny_fcn, chunk=32, preview=False)
+    assert len(segmenter_module._CANCELLED - before) == 1  # this run's queued calls are refused
+
+
+def test_an_input_gone_during_the_run_is_a_read_error_naming_it(make_raster, tmp_path):
+    """Deleted (or moved) mid-run: rasterio's traceback, and the run's other inputs were not segmented."""
+    from geoseg.errors import RasterReadError
+    from geoseg.raster import WindowSource
+
+    path = make_raster(shape=(40, 50))
+    source = WindowSource(str(path), [1, 2, 3], has_mask=False)
+    assert source(slice(0, 10), slice(0, 10))[0].shape == (10, 10, 3)
+    path.unlink()
+    with pytest.raises(RasterReadError, match=r"image.tif: could not be opened again while it was being segmented .*"
+                                              "moved, deleted or replaced during the run"):
+        source(slice(0, 10), slice(0, 10))

@@ -423,6 +423,32 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     assert not work.exists()
 
 
+def test_a_backup_cut_short_by_a_kill_falls_back_to_the_epoch_before(tmp_path, monkeypatch):
+    """A SIGKILL while Keras wrote its backup (in place) left a file no rerun could open: a traceback, every
+    epoch lost. Two backups are kept now; with both unreadable the error names --restart."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    work = tmp_path / "models" / "toy.checkpoints"
+    latest = work / "backup" / "latest.weights.h5"
+    for damaged in ([latest], [latest, latest.with_name("latest.weights.h5.bkp")]):
+        with monkeypatch.context() as patched:
+            patched.setattr(training, "evaluate_pairs", training.evaluate_pairs)
+            _interrupt_at_score(patched, 2)  # the end of epoch 2, after Keras backed it up
+            with pytest.raises(KeyboardInterrupt):
+                training.train(load_config(config), resume=False, overwrite=True)
+        for path in damaged:
+            path.write_bytes(path.read_bytes()[:200])  # killed while it was written
+        if len(damaged) == 1:
+            training.train(load_config(config), overwrite=True)  # from epoch 1's backup: epochs 2 and 3 again
+            assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["epochs"] == 3
+        else:
+            with pytest.raises(InputError, match=r"backup: the interrupted run's backup cannot be read .* Pass "
+                                                 "--restart to train afresh"):
+                training.train(load_config(config), overwrite=True)
+
+
 def test_labels_that_leave_no_pixel_labelled_are_refused_before_training(tmp_path):
     """Polygons of another place, or colours of no class, gave a traceback after the first epoch."""
     config = _dataset(tmp_path, "index")

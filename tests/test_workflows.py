@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -669,6 +670,31 @@ def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp
     with pytest.raises(InputError, match=r"no rasters found in .*old other than files geoseg wrote \(name one"):
         survey([src / "old"], tmp_path / "none", model="threshold")
     assert str(user_mask) in {e["input"] for e in result.done}
+
+
+def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_raster, tmp_path, monkeypatch):
+    """A Ctrl-C while survey_polygons.gpkg was merged left a partial .survey_polygons.tmp.gpkg, whose fixed name
+    a second survey into the folder also removed under the first's feet (a traceback)."""
+    import pyogrio
+
+    from geoseg.workflows import survey
+
+    images = [make_raster(name=f"r{i}.tif", shape=(30, 40), seed=i) for i in range(3)]
+    written = []
+    real = pyogrio.write_dataframe
+
+    def stopped(*args, **kwargs):
+        if "survey_polygons" in Path(args[1]).name:  # not each raster's own polygons
+            written.append(args[1])
+            if len(written) == 2:
+                raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyogrio, "write_dataframe", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        survey(images, tmp_path / "out", model="threshold")
+    assert str(os.getpid()) in Path(written[0]).name  # this process's own temporary file
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp.gpkg")]
 
 
 def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -12,7 +13,7 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 
 def configure_logging(verbosity: int) -> None:
@@ -154,3 +155,18 @@ main.add_command(train)
 main.add_command(evaluate)
 main.add_command(compare)
 main.add_command(serve)
+
+
+def entry() -> None:
+    """The `geoseg` console script: `main`, after which a Ctrl-C or SIGTERM that comes while Python shuts
+    down ends the process at once with status 128 + the signal. It printed "Exception ignored in: <module
+    'threading'> ... KeyboardInterrupt" and exited 0, or hung joining threads; every file of the run is
+    complete or removed by then."""
+    import signal
+
+    try:
+        main()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: os._exit(128 + signum))

@@ -7,8 +7,9 @@ import os
 import re
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,6 +37,35 @@ def model_calls() -> int:
     if not value.isdigit() or int(value) < 1:
         raise ModelError(f"GEOSEG_MODEL_CALLS must be a whole number of at least 1. Received: {value!r}")
     return int(value)
+
+
+class RunCancelled(Exception):
+    """The run a model call belongs to was interrupted: the call is not made."""
+
+
+_CANCELLED: set[str] = set()  # runs interrupted (Ctrl-C, SIGTERM) whose queued model calls are not to be made
+_RUN = threading.local()  # the run of this thread's model calls
+
+
+@contextmanager
+def calls_of_run(run: str | None) -> Iterator[None]:
+    """Mark this thread's model calls in the block as `run`'s, so that `cancel_run` stops those not yet made."""
+    before, _RUN.id = getattr(_RUN, "id", None), run
+    try:
+        yield
+    finally:
+        _RUN.id = before
+
+
+def cancel_run(run: str) -> None:
+    """Refuse the model calls of `run` that have not started: after a Ctrl-C, a thread waiting for the model
+    ran a whole chunk more (45 s after "Interrupted", past a batch scheduler's grace before SIGKILL)."""
+    _CANCELLED.add(run)
+
+
+def _check_run() -> None:
+    if getattr(_RUN, "id", None) in _CANCELLED:
+        raise RunCancelled(f"run {_RUN.id} was interrupted")
 
 
 @runtime_checkable
@@ -83,6 +113,7 @@ class KerasSegmenter:
         fn = self._fn or self._build()
         batch = np.ascontiguousarray(batch, np.float32)
         with self._calls:
+            _check_run()
             return np.asarray(fn(batch))
 
     def predict_top(self, batch: np.ndarray) -> np.ndarray:
@@ -94,6 +125,7 @@ class KerasSegmenter:
         fn = self._top or self._build(top=True)
         batch = np.ascontiguousarray(batch, np.float32)
         with self._calls:
+            _check_run()
             return np.asarray(fn(batch))
 
     def _build(self, *, top: bool = False):

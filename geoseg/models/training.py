@@ -24,6 +24,7 @@ from geoseg.errors import InputError, ModelError, OutputError
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, ids_by_name, read_labels
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
+from geoseg.raster import first_line
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
            "seam_free_margin", "train"]
@@ -677,15 +678,21 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
         optimizer.build(model.trainable_variables)  # the kept weights file holds the optimizer's state too
     else:
-        try:
+        try:  # two backups: a kill while Keras wrote one (in place) left a file that no rerun could open
             model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
-                      callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup")),
+                      callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
                                  # validate (and keep) the moving average of the weights, not the last step's
                                  *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
                                  callback])
         except _Diverged as exc:  # a NaN loss wrote a bundle of NaN weights that geoseg then refused to load
             raise _diverged_error(config, work, f"the loss became {exc.loss} at step {exc.step} of epoch "
                                                 f"{exc.epoch}") from None
+        except OSError as exc:
+            if callback.began:  # not the backup: an epoch was under way
+                raise
+            raise InputError(f"{work / 'backup'}: the interrupted run's backup cannot be read ({first_line(exc)}; "
+                             "the run was killed while it was being written). Pass --restart to train afresh."
+                             ) from None
         callback.save_state(fitted=True)
     final_miou = callback.last
     if not (work / "best.weights.h5").exists():  # on disk, the validation chips held no labelled pixel
@@ -1094,6 +1101,7 @@ class _ValidationIoU:
                 self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
                 self.history = state.get("history", [])  # validation mean IoU of every epoch
                 self.running = self.epoch + 1  # the epoch being trained
+                self.began = False  # whether this session started an epoch (a backup was restored before)
                 # training time of the sessions before this one (up to their last checkpoint), and this one's start
                 self.earlier, self.started = state.get("seconds", 0.0), time.monotonic()
 
@@ -1110,7 +1118,7 @@ class _ValidationIoU:
                 os.replace(tmp, self.work / "state.json")
 
             def on_epoch_begin(self, epoch, logs=None):
-                self.running = epoch + 1
+                self.running, self.began = epoch + 1, True
 
             def on_train_batch_end(self, batch, logs=None):
                 loss = (logs or {}).get("loss")  # as keras.callbacks.TerminateOnNaN, but an error, not a stop

@@ -574,23 +574,29 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
     import geopandas as gpd
     import pyogrio
 
-    tmp = out.with_name(f".{out.stem}.tmp.gpkg")
+    # this process's own name (a second survey into the folder removed the first's file mid-write), removed when
+    # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
     layers = [(e, path) for e, path in layers if path and os.path.exists(path)]
     crss = {pyogrio.read_info(path)["crs"] for _, path in layers} - {None}
     target_crs = None if not crss else crss.pop() if len(crss) == 1 else "EPSG:4326"
-    for entry, path in layers:
-        frame = gpd.read_file(path)
-        frame.insert(0, "source", entry["input"])
-        if frame.crs is None and target_crs is not None:  # pixel coordinates would land at the map's origin
-            log.warning("%s: its polygons have no CRS and are left out of %s", entry["input"], out.name)
-            continue
-        if frame.crs is not None and frame.crs != target_crs:
-            frame = frame.to_crs(target_crs)
-        with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
-            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
-            pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+    try:
+        for entry, path in layers:
+            frame = gpd.read_file(path)
+            frame.insert(0, "source", entry["input"])
+            if frame.crs is None and target_crs is not None:  # pixel coordinates would land at the map's origin
+                log.warning("%s: its polygons have no CRS and are left out of %s", entry["input"], out.name)
+                continue
+            if frame.crs is not None and frame.crs != target_crs:
+                frame = frame.to_crs(target_crs)
+            with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
+                warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+                pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if tmp.exists():
         os.replace(tmp, out)
         return out
