@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -353,20 +354,30 @@ SCENE_FILES = {"composition": "composition.csv", "zones": "zones.gpkg", "zones_c
 def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
     """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
     confidence raster of the old mask sat beside the new one, with other classes, and so did the tables,
-    map and report of an earlier `geoseg scene` (`SCENE_FILES`) after a `geoseg segment --overwrite`.
+    map and report of an earlier `geoseg scene` after a `geoseg segment --overwrite` (those its report
+    lists: a zones layer of the user's named ``STEM_zones.gpkg`` is not a scene's).
 
     `paths` are this run's files (`output_paths`, and `SCENE_FILES`' keys for a scene), in the final folder.
     """
     folder = paths["mask"].parent
-    every = (output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
-             | {name: folder / f"{stem}_{file}" for name, file in SCENE_FILES.items()})
-    for name, path in every.items():
-        if name in paths:
-            continue
-        for stale in (path, path.with_suffix(".qml")):
-            if stale.is_file() or stale.is_symlink():  # a folder of that name is not an earlier run's: kept
-                stale.unlink()
-                log.warning("removed %s: it came from an earlier run and no longer matches the new mask", stale)
+    every = output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
+    stale = [p for name, path in every.items() if name not in paths for p in (path, path.with_suffix(".qml"))]
+    stale += [path for name, path in _scene_files_of(folder, stem).items() if name not in paths]
+    for path in stale:
+        if path.is_file() or path.is_symlink():  # a folder of that name is not an earlier run's: kept
+            path.unlink()
+            log.warning("removed %s: it came from an earlier run and no longer matches the new mask", path)
+
+
+def _scene_files_of(folder: Path, stem: str) -> dict[str, Path]:
+    """The files an earlier `geoseg scene` of `stem` wrote in `folder`, as its report (``STEM_scene.json``)
+    lists them; none without a readable report."""
+    try:
+        outputs = json.loads((folder / f"{stem}_{SCENE_FILES['report']}").read_text())["outputs"]
+        listed = {Path(str(value)).name for value in outputs.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {name: folder / f"{stem}_{file}" for name, file in SCENE_FILES.items() if f"{stem}_{file}" in listed}
 
 
 @contextmanager
@@ -656,7 +667,9 @@ def segment(
                 if work is not None:  # back onto the input's grid
                     staged = staged.with_name(f"input-grid-{staged.name}")
                     regrid(tmp_paths[name], staged, info, resampling="nearest" if name == "mask" else "bilinear",
-                           valid=WindowSource(info.path, plan.bands, has_mask=info.has_mask))
+                           # an input without a mask or NaN has no nodata to match: no second read
+                           valid=WindowSource(info.path, plan.bands, has_mask=info.has_mask)
+                           if info.has_mask or np.dtype(info.dtype).kind == "f" else None)
                 if name == "mask" and sieve:  # on the output's grid, so that PX counts its pixels
                     staged = _sieved(staged, info, card, sieve)
                 cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")

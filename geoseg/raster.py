@@ -374,8 +374,9 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
            valid: WindowSource | None = None) -> None:
     """Warp a finished output raster onto `like`'s grid, window by window, keeping its colours and tags.
 
-    With `valid` (the input's `WindowSource`), pixels the input has no data for are nodata, exactly: a
-    nodata strip narrower than a model pixel got classes, and its polygons and areas, without it.
+    With `valid` (the input's `WindowSource`), the output's nodata is exactly the input's: a nodata strip
+    narrower than a model pixel got classes (areas, polygons) without it, and the valid pixels beside one,
+    whose model pixel was nodata, none; those take the nearest pixel's value.
     """
     with rasterio.open(src) as ds, _warped(ds, like, resampling) as vrt:
         profile = _profile(like, ds.count, ds.dtypes[0])
@@ -386,7 +387,7 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
                     window = Window(col, row, min(block, like.width - col), min(block, like.height - row))
                     data = vrt.read(window=window)
                     if valid is not None and ds.nodata is not None:
-                        data[:, ~valid(*window.toslices())[1][..., 0]] = ds.nodata
+                        _match_nodata(data, valid(*window.toslices())[1][..., 0], ds.nodata)
                     out.write(data, window=window)
             out.update_tags(**ds.tags())
             for band in range(1, ds.count + 1):
@@ -395,6 +396,19 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
                 out.write_colormap(1, ds.colormap(1))
             except ValueError:  # no colour table
                 pass
+
+
+def _match_nodata(data: np.ndarray, valid: np.ndarray, nodata) -> None:
+    """Make `data` (bands, rows, cols) nodata exactly where `valid` is False, in place; valid pixels that were
+    nodata take the value of the nearest pixel that is not (none where no pixel is)."""
+    data[:, ~valid] = nodata
+    missing = data[0] == nodata
+    lost = valid & missing
+    if lost.any() and not missing.all():
+        from scipy import ndimage
+
+        rows, cols = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+        data[:, lost] = data[:, rows[lost], cols[lost]]
 
 
 def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
@@ -603,8 +617,10 @@ class PixelAreas:
         t, crs = info.map_georeferencing()
         if self.rows is None:
             return
-        # measured on the ground (rows of different areas) in a projected CRS, or a rotated geographic grid
-        if (not crs.is_geographic and np.ptp(self.rows) > 0) or (crs.is_geographic and (t.b or t.d)):
+        # a rotated geographic grid, or a projected one measured on the ground whose pixels differ along a row
+        # (polar stereographic; not north-up Mercator, whose rows are exact as they are)
+        if (t.b or t.d) if crs.is_geographic else (
+                areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE and _varies_along_rows(info, t, crs)):
             self.lattice = _area_lattice(info, t, crs)
 
     def __call__(self, window: Window) -> np.ndarray | None:
@@ -623,21 +639,35 @@ class PixelAreas:
         return along[i] * (1 - f) + along[i + 1] * f
 
 
-def _area_lattice(info: RasterInfo, t, crs, points: int = 65) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ground area (m², geodesic) of the pixels at most `points` x `points` rows and columns of the grid."""
+def _varies_along_rows(info: RasterInfo, t, crs) -> bool:
+    """Whether the ground area of a pixel changes along the grid's rows (by over 1e-6), probed at the first,
+    middle and last columns of its first, middle and last rows."""
+    rows = sorted({0, info.height // 2, info.height - 1})
+    cols = sorted({0, info.width // 2, info.width - 1})
+    areas = _pixel_areas_at(np.asarray(rows, float), np.asarray(cols, float), t, crs).reshape(len(rows), len(cols))
+    return bool((np.ptp(areas, axis=1) > 1e-6 * areas.max(axis=1)).any())
+
+
+def _pixel_areas_at(rows: np.ndarray, cols: np.ndarray, t, crs) -> np.ndarray:
+    """The ground area (m², geodesic) of the pixels at every (row, col) of `rows` x `cols`, flattened."""
     from pyproj import Geod, Transformer
 
-    step = max(1, -(-max(info.height, info.width) // (points - 1)))
-    rows = np.unique(np.r_[np.arange(0, info.height, step), info.height - 1])
-    cols = np.unique(np.r_[np.arange(0, info.width, step), info.width - 1])
-    r, c = (a.ravel().astype(float) for a in np.meshgrid(rows, cols, indexing="ij"))
+    r, c = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
     corners = [t * (c + dc, r + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
     if not crs.is_geographic:
         to_lonlat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
         corners = [to_lonlat.transform(x, y) for x, y in corners]
     geod = Geod(ellps="WGS84")
     lons, lats = np.stack([xy[0] for xy in corners], 1), np.stack([xy[1] for xy in corners], 1)
-    areas = np.array([abs(geod.polygon_area_perimeter(lo, la)[0]) for lo, la in zip(lons, lats)])
+    return np.array([abs(geod.polygon_area_perimeter(lo, la)[0]) for lo, la in zip(lons, lats)])
+
+
+def _area_lattice(info: RasterInfo, t, crs, points: int = 65) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ground area (m², geodesic) of the pixels at most `points` x `points` rows and columns of the grid."""
+    step = max(1, -(-max(info.height, info.width) // (points - 1)))
+    rows = np.unique(np.r_[np.arange(0, info.height, step), info.height - 1])
+    cols = np.unique(np.r_[np.arange(0, info.width, step), info.width - 1])
+    areas = _pixel_areas_at(rows.astype(float), cols.astype(float), t, crs)
     return rows, cols, areas.reshape(len(rows), len(cols))
 
 
@@ -768,13 +798,13 @@ def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     host = socket.gethostname().replace("-", "_")
     for stale in parent.glob(f"{prefix}{host}-*-*"):
         pid = stale.name[len(prefix) + len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and stale.is_dir():
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, left by a process that was killed", stale)
     return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{host}-{os.getpid()}-"))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

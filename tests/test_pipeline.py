@@ -452,9 +452,10 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
     plain = CliRunner().invoke(main, ["segment", str(path), "-o", str(tmp_path / "plain"), "-m",
                                       str(folder / "one-metre.keras"), "--no-resample", "--json", "--quiet"])
     assert plain.exit_code == 0 and json.loads(plain.stdout)["plan"]["model_grid"] is None
-    # nodata narrower than a model pixel: the input's 3 columns of nodata got classes (or valid pixels lost theirs)
+    # nodata narrower than a model pixel: the input's 3 columns of nodata got classes, and valid pixels lost theirs
     data = rasterio.open(path).read()
     data[:, :, :3] = 0
+    data[:, 7, :] = 0  # one row: its model pixel's other row, valid, lost its class
     for pixel in (0.5, 0.6):
         again = make_raster(name=f"holed{pixel}.tif", data=data, nodata=0,
                             transform=from_origin(500000.0, 2800000.0, pixel, pixel))

@@ -411,6 +411,11 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
     # a segment --overwrite left that scene's tables, map and report, which describe the old mask, beside the new one
     segment(path, tmp_path / "out", model=tiny_fcn, overwrite=True, preview=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif"]
+    # files of those names that no scene report lists are the user's (a zones layer kept beside the image): kept
+    (tmp_path / "out" / "image_zones.gpkg").write_bytes((tmp_path / "zones.gpkg").read_bytes())
+    (tmp_path / "out" / "image_composition.csv").write_text("the user's own table")
+    segment(path, tmp_path / "out", model=tiny_fcn, overwrite=True, preview=False)
+    assert (tmp_path / "out" / "image_zones.gpkg").exists() and (tmp_path / "out" / "image_composition.csv").exists()
 
 
 def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_out(make_raster, tmp_path):
@@ -695,6 +700,15 @@ def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_ras
         survey(images, tmp_path / "out", model="threshold")
     assert str(os.getpid()) in Path(written[0]).name  # this process's own temporary file
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp.gpkg")]
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = tmp_path / "out" / f".survey_polygons.{gone.pid}.tmp.gpkg"  # a survey's killed outright (SIGKILL)
+    killed.write_bytes(b"partial")
+    monkeypatch.setattr(pyogrio, "write_dataframe", real)
+    survey(images, tmp_path / "out", model="threshold")
+    assert not killed.exists() and (tmp_path / "out" / "survey_polygons.gpkg").exists()
 
 
 def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):

@@ -169,4 +169,13 @@ def entry() -> None:
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda signum, frame: os._exit(128 + signum))
+                signal.signal(sig, _exit_now)
+
+
+def _exit_now(signum, frame) -> None:
+    for stream in (sys.stdout, sys.stderr):  # a --json object still buffered for a pipe
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + signum)

@@ -20,7 +20,7 @@ import numpy as np
 from geoseg.errors import GeosegError, InputError
 from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
-from geoseg.raster import is_gdal_path, unique_stems, written_by_geoseg
+from geoseg.raster import is_gdal_path, pid_alive, unique_stems, written_by_geoseg
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -578,6 +578,10 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
     # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
+    for left in out.parent.glob(f".{out.stem}.*.tmp.gpkg"):  # of a survey killed outright (SIGKILL): kept forever
+        pid = left.name.split(".")[-3]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            left.unlink(missing_ok=True)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
     layers = [(e, path) for e, path in layers if path and os.path.exists(path)]
     crss = {pyogrio.read_info(path)["crs"] for _, path in layers} - {None}
