@@ -560,27 +560,10 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
     t, crs = info.map_georeferencing()
     if crs is None or t.is_identity:
         return None
-    if crs.is_geographic:
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")
-        areas = np.empty(info.height)
-        for row in range(info.height):
-            corners = [t * (0, row), t * (1, row), t * (1, row + 1), t * (0, row + 1)]
-            lons, lats = zip(*corners)
-            areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
-        return areas
-    if areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE:  # Web Mercator: on the ground
-        from pyproj import Geod, Transformer
-
-        geod, to_lonlat = Geod(ellps="WGS84"), Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
-        middle = info.width // 2  # a row's pixels share its latitude in Mercator; close elsewhere
-        areas = np.empty(info.height)
-        for row in range(info.height):
-            corners = [t * (middle, row), t * (middle + 1, row), t * (middle + 1, row + 1), t * (middle, row + 1)]
-            lons, lats = to_lonlat.transform(*zip(*corners))
-            areas[row] = abs(geod.polygon_area_perimeter(lons, lats)[0])
-        return areas
+    if crs.is_geographic or areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE:  # on the ground
+        # a row's pixels share its latitude north-up in degrees or Mercator; `PixelAreas` where they do not
+        column = 0 if crs.is_geographic else info.width // 2
+        return _pixel_areas_at(np.arange(info.height, dtype=float), np.array([column], float), t, crs)
     return np.full(info.height, abs(t.a * t.e - t.b * t.d) * metres_per_unit(crs) ** 2)
 
 
