@@ -6,7 +6,7 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 __all__ = ["move_all", "named_as_final", "refuse_folders", "replace_set", "replaced_atomically", "signals_held"]
 
@@ -97,10 +97,20 @@ def refuse_folders(paths) -> None:
                               "or pick another output folder.")
 
 
-def move_all(moves: list[tuple[Path, Path]]) -> None:
+def move_all(moves: list[tuple[Path, Path]], *, refuse_existing: Sequence[Path] = ()) -> None:
     """``os.replace`` each (staged, final) pair in order; callers hold signals around it (`signals_held`).
-    A folder where a file goes is refused (`refuse_folders`) before anything moves."""
+    A folder where a file goes is refused (`refuse_folders`) before anything moves, and so is a file at
+    one of `refuse_existing` (the outputs a run without --overwrite found absent when it started): another
+    run into the same folder put it there meanwhile (both runs succeeded, the second silently replacing the
+    first's files)."""
     refuse_folders(final for _, final in moves)
+    there = [str(path) for path in refuse_existing if os.path.lexists(path)]
+    if there:
+        from geoseg.errors import OutputError
+
+        raise OutputError(f"{there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''} appeared while this "
+                          "run worked (another run into the same folder?); nothing of this run was put in place. "
+                          "Pass --overwrite to replace them, or use another output folder.")
     for staged, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)

@@ -702,7 +702,8 @@ def segment(
             with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
                 if overwrite:
                     remove_stale_outputs(paths, stem)
-                move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]))  # the mask, last, marks a whole run
+                move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last, marks a whole run
+                         refuse_existing=() if overwrite else list(paths.values()))
     seconds = time.perf_counter() - started
     device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
         client.run(describe_device).values())))

@@ -289,6 +289,9 @@ def test_models_check_finds_a_margin_too_small(run, make_raster, model_dir, tmp_
     assert "on 100.0% at 64 px. Raise 'margin' in the card to 64" in narrow.stderr
     missing = run("models", "check", "tiny-fcn", "--image", tmp_path / "nothere.tif")
     assert missing.exit_code == 1 and "nothere.tif" in missing.output and "Traceback" not in missing.output
+    grey = run("models", "check", model_dir / "tiny-fcn.keras", "--image", make_raster(name="grey.tif", bands=1))
+    assert grey.exit_code == 0 and "seam check not run" in grey.stderr  # it said "Pass --bands", which check lacks
+    assert "--bands" not in grey.stderr and "an image that has the model's bands" in grey.stderr
 
 
 def test_the_zoo_on_the_model_path_is_not_a_clash_with_itself(run, monkeypatch):

@@ -1015,3 +1015,24 @@ def test_an_input_gone_during_the_run_is_a_read_error_naming_it(make_raster, tmp
     with pytest.raises(RasterReadError, match=r"image.tif: could not be opened again while it was being segmented .*"
                                               "moved, deleted or replaced during the run"):
         source(slice(0, 10), slice(0, 10))
+
+
+def test_outputs_that_another_run_puts_in_place_meanwhile_are_not_replaced(make_raster, tmp_path, monkeypatch):
+    """Two runs into one folder without --overwrite both succeeded, the second replacing the first's files: the
+    check for existing outputs ran minutes before the moves."""
+    import geoseg.pipeline as pipeline
+
+    image, out = make_raster(shape=(40, 50)), tmp_path / "out"
+    real = pipeline._class_table
+
+    def meanwhile(card, mask, info):  # after the check at the start, before the moves
+        (out / "image_mask.tif").write_text("the other run's mask")
+        return real(card, mask, info)
+
+    monkeypatch.setattr(pipeline, "_class_table", meanwhile)
+    with pytest.raises(OutputError, match=r"image_mask.tif appeared while this run worked \(another run into the same "
+                                          r"folder\?\); nothing of this run was put in place. Pass --overwrite"):
+        segment(image, out, model="threshold")
+    assert (out / "image_mask.tif").read_text() == "the other run's mask"
+    assert sorted(p.name for p in out.iterdir()) == ["image_mask.tif"]  # no preview, style or staging folder
+    segment(image, out, model="threshold", overwrite=True)  # --overwrite replaces it, as asked

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoseg.errors import GeosegError
+from geoseg.errors import BandError, GeosegError
 
 __all__ = ["CheckResult", "SEAM_FLOOR", "check_models", "exit_status", "seam_agreement"]
 
@@ -111,6 +111,10 @@ def _check_one(ref: str, name: str, source: str, path: str | None, image: str | 
         return result
     try:
         result.seam_agreement = seam_agreement(ref, image, window=window, chunk=chunk)
+    except BandError as exc:  # check has no --bands: its advice to pass them was for segment
+        text = str(exc).split(" Pass --bands", 1)[0]
+        result.warnings.append(f"seam check not run: {text} Check it with an image that has the model's bands.")
+        return result
     except GeosegError as exc:
         result.warnings.append(f"seam check not run: {exc}")
         return result

@@ -140,7 +140,8 @@ def segment_paths(folder: Path, image: str, options: dict[str, Any]) -> dict[str
 
 
 @contextmanager
-def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=None) -> Iterator[Path]:
+def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=None,
+                   refuse_existing: Sequence[Path] = ()) -> Iterator[Path]:
     """Yield a hidden folder in `out_dir` to write every output of one run into; move them into place at the end.
 
     Files and subfolders are written in the yielded folder as they will lie in `out_dir`. Only when
@@ -149,7 +150,8 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
     error, Ctrl-C or SIGTERM inside the block the folder is removed and `out_dir` holds nothing new,
     so the same command runs again without --overwrite. `before_moves()` (removing an earlier
     run's leftovers) runs just before the moves, both with signals held. The folder is a
-    `staging_dir`: one left by a killed process is removed by the next run into `out_dir`.
+    `staging_dir`: one left by a killed process is removed by the next run into `out_dir`. A file at one of
+    `refuse_existing` (a run without --overwrite: its outputs) that appeared meanwhile stops the moves.
     """
     with staging_dir(out_dir) as tmp:
         yield tmp
@@ -158,4 +160,4 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
         with signals_held():  # Ctrl-C waits for the last move
             if before_moves is not None:  # e.g. remove an earlier run's outputs that this run does not write
                 before_moves()
-            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged])
+            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], refuse_existing=refuse_existing)

@@ -288,7 +288,8 @@ def flood(
                 log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
 
         with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
-                            before_moves=remove_stale if overwrite else None) as tmp:
+                            before_moves=remove_stale if overwrite else None,
+                            refuse_existing=() if overwrite else list(paths.values())) as tmp:
             result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
                                 outputs={k: str(p) for k, p in paths.items()})  # the per-image masks too
     return result

@@ -90,7 +90,8 @@ def scene(
         paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
                                    overwrite, inputs=[image, zones])
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
-                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image))) if overwrite else None) as tmp:
+                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image))) if overwrite else None,
+                            refuse_existing=() if overwrite else list(paths.values())) as tmp:
             result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
             scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
     return scene_result
