@@ -104,7 +104,8 @@ def move_all(moves: list[tuple[Path, Path]], *, refuse_existing: Sequence[Path] 
     run into the same folder put it there meanwhile (both runs succeeded, the second silently replacing the
     first's files)."""
     refuse_folders(final for _, final in moves)
-    there = [str(path) for path in refuse_existing if os.path.lexists(path)]
+    there = [str(path) for path in refuse_existing if os.path.exists(path)]  # as the check at the start: a dangling
+    # link there is replaced, not "appeared"
     if there:
         from geoseg.errors import OutputError
 

@@ -385,10 +385,18 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
             for row in range(0, like.height, block):
                 for col in range(0, like.width, block):
                     window = Window(col, row, min(block, like.width - col), min(block, like.height - row))
-                    data = vrt.read(window=window)
-                    if valid is not None and ds.nodata is not None:
-                        _match_nodata(data, valid(*window.toslices())[1][..., 0], ds.nodata)
-                    out.write(data, window=window)
+                    if valid is None or ds.nodata is None:
+                        out.write(vrt.read(window=window), window=window)
+                        continue
+                    # with a halo: the nearest value of a pixel at the block's edge may lie across it (a block
+                    # with none left its valid pixels nodata)
+                    top, left = max(0, row - REGRID_HALO), max(0, col - REGRID_HALO)
+                    outer = Window(left, top, min(like.width, col + window.width + REGRID_HALO) - left,
+                                   min(like.height, row + window.height + REGRID_HALO) - top)
+                    data = vrt.read(window=outer)
+                    _match_nodata(data, valid(*outer.toslices())[1][..., 0], ds.nodata)
+                    out.write(data[:, row - top:row - top + window.height, col - left:col - left + window.width],
+                              window=window)
             out.update_tags(**ds.tags())
             for band in range(1, ds.count + 1):
                 out.set_band_description(band, ds.descriptions[band - 1] or "")
@@ -396,6 +404,9 @@ def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: in
                 out.write_colormap(1, ds.colormap(1))
             except ValueError:  # no colour table
                 pass
+
+
+REGRID_HALO = 64  # px of the input grid read around each block of `regrid`: a model pixel up to 64 input pixels
 
 
 def _match_nodata(data: np.ndarray, valid: np.ndarray, nodata) -> None:

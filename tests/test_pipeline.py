@@ -239,6 +239,8 @@ def test_missing_and_non_raster_inputs(tmp_path, tiny_fcn):
         segment(tmp_path / "nope.tif", tmp_path / "out", model=tiny_fcn)
     with pytest.raises(TypeError, match="one raster path. Received: list; for several rasters use geoseg.survey"):
         segment([tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out", model=tiny_fcn)
+    with pytest.raises(TypeError, match="segment takes an output folder path. Received: NoneType"):
+        segment(tmp_path / "a.tif", None, model=tiny_fcn)  # was pathlib's "expected str, bytes or os.PathLike"
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     with pytest.raises(RasterReadError, match="not a raster"):
@@ -1036,3 +1038,27 @@ def test_outputs_that_another_run_puts_in_place_meanwhile_are_not_replaced(make_
     assert (out / "image_mask.tif").read_text() == "the other run's mask"
     assert sorted(p.name for p in out.iterdir()) == ["image_mask.tif"]  # no preview, style or staging folder
     segment(image, out, model="threshold", overwrite=True)  # --overwrite replaces it, as asked
+    dangling = tmp_path / "again" / "image_preview.png"  # a link to nothing passes the first check, so the second
+    dangling.parent.mkdir()
+    dangling.symlink_to(tmp_path / "nothing.png")
+    monkeypatch.setattr(pipeline, "_class_table", real)
+    segment(image, tmp_path / "again", model="threshold")  # took it for an output that "appeared while this run worked"
+    assert dangling.is_file() and not dangling.is_symlink()
+
+
+def test_regrid_fills_a_valid_pixel_from_across_its_blocks_edge(make_raster, tmp_path):
+    """Valid input pixels whose model pixel is nodata take the nearest class, found within each block only: in a
+    block with no model value they stayed nodata, so the mask's nodata depended on where blocks fell."""
+    from geoseg.raster import WindowSource, inspect_raster, regrid
+
+    model = np.full((1, 3, 10), 255, np.uint8)
+    model[:, :, :6] = 1  # the model's pixels (2 m): classes in columns 0-5, nodata after
+    coarse = make_raster(name="coarse.tif", data=model, nodata=255, transform=from_origin(500000.0, 2800000.0, 2, 2))
+    data = np.full((1, 6, 20), 9, np.uint8)
+    data[:, :, 14:] = 0  # the input (1 m): valid in columns 0-13, two beyond the model's classes
+    fine = make_raster(name="fine.tif", data=data, nodata=0, transform=from_origin(500000.0, 2800000.0, 1, 1))
+    regrid(coarse, tmp_path / "out.tif", inspect_raster(fine), resampling="nearest", block=4,
+           valid=WindowSource(str(fine), [1], has_mask=True))
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        out = ds.read(1)
+    assert ((out == 255) == (data[0] == 0)).all() and (out[:, :14] == 1).all()  # columns 12-13: a block of their own

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import geopandas as gpd
@@ -191,6 +192,31 @@ def test_flood_from_python_refuses_options_of_the_other_method(make_raster, tmp_
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
+def test_python_arguments_of_flood_survey_evaluate_and_compare_are_checked_first(make_raster, tmp_path):
+    """From a Python user: each was a traceback from deep inside (rasterio's IndexError, numpy's TypeError, a bare
+    KeyError, segment()'s TypeError), or ran: progress=3 failed on every raster, equal bands made an all-dry map."""
+    from geoseg.workflows import flood, survey
+    from geoseg.workflows.evaluate import compare, evaluate
+
+    image = make_raster(bands=4)
+    for kwargs, message in [({"green_band": 1.5}, r"green_band must be a whole band number \(1-based\). Received: 1.5"),
+                            ({"nir_band": "4"}, "nir_band must be a whole band number"),
+                            ({"green_band": True}, "green_band must be a whole band number"),
+                            ({"green_band": 4}, "green_band and nir_band are both band 4; NDWI needs two bands")]:
+        with pytest.raises(InputError, match=message):
+            flood(image, tmp_path / "f", method="ndwi", **kwargs)
+    with pytest.raises(InputError, match=r"progress must be a function of \(fraction, message\), or None"):
+        survey([image], tmp_path / "s", model="threshold", progress=3)
+    for call in (lambda **k: evaluate("threshold", [image], [image], **k),
+                 lambda **k: compare(["threshold", "region-growing"], [image], [image], **k)):
+        with pytest.raises(InputError, match=r"label_format must be 'index', 'color' or 'vector' \(--label-format\). "
+                                             "Received: 'png'"):
+            call(label_format="png")
+        with pytest.raises(InputError, match=r"\(\) has no option 'chunks'"):
+            call(chunks=3)
+    assert not any((tmp_path / name).exists() for name in "fs")
+
+
 def test_flood_takes_the_models_bands_and_sieve_and_styles_every_mask(tmp_path, monkeypatch):
     """flood had no --bands, --chunk or --sieve; its map showed bands 1, 2, 3 of a blue, green, red, NIR image
     whatever the model read; the NDWI masks under post/ had no QGIS style, unlike the model's."""
@@ -238,6 +264,27 @@ def test_ndwi_of_built_up_land_and_water_both_above_zero_keeps_otsu_s_cut(tmp_pa
     with rasterio.open(result.outputs["tif"]) as ds:
         assert (ds.read(1) == 1).mean() == 0.5
     assert result.water_source.startswith("NDWI > 0.") and "(Otsu)" in result.water_source
+
+
+@pytest.mark.parametrize("vegetation_cols, water_px, warned", [(20, 2500, ""), (70, 26000, "holds two modes apart")])
+def test_ndwi_with_vegetation_built_up_land_and_water(tmp_path, caplog, vegetation_cols, water_px, warned):
+    """A little vegetation beside built-up land and water lowered Otsu's separability under the cut-off, so its
+    clean cut gave way to 0 and built-up land became water (36,000 px for 2,500). More vegetation puts Otsu's
+    cut below built-up land, which NDWI cannot tell from water: a warning says so, with the cut to pass."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    image = np.zeros((4, 200, 200), np.int64)
+    image[:] = np.array([150, 130, 120, 100])[:, None, None]  # built-up land: NDWI 0.13
+    image[:, :, :vegetation_cols] = np.array([60, 120, 50, 230])[:, None, None]  # vegetation: -0.31
+    image[:, :50, 150:] = np.array([30, 70, 110, 12])[:, None, None]  # water, 50 x 50: 0.71
+    image = np.clip(image + np.random.default_rng(1).integers(-6, 6, image.shape), 0, 255).astype(np.uint8)
+    post = _write(tmp_path / "post.tif", image, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    with caplog.at_level("WARNING", logger="geoseg.workflows.flood"):
+        result = flood(post, tmp_path / "out", method="ndwi")
+    assert next(c["pixels"] for c in result.classes if c["name"] == "water") == water_px
+    assert "McFeeters" not in caplog.text and (warned in caplog.text if warned else not caplog.text)
 
 
 def test_flood_with_pre_event_image_on_another_grid(tmp_path):
@@ -698,17 +745,20 @@ def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_ras
     monkeypatch.setattr(pyogrio, "write_dataframe", stopped)
     with pytest.raises(KeyboardInterrupt):
         survey(images, tmp_path / "out", model="threshold")
-    assert str(os.getpid()) in Path(written[0]).name  # this process's own temporary file
+    assert f"{socket.gethostname()}-{os.getpid()}" in Path(written[0]).name  # this process's own temporary file
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp.gpkg")]
     import subprocess
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    killed = tmp_path / "out" / f".survey_polygons.{gone.pid}.tmp.gpkg"  # a survey's killed outright (SIGKILL)
+    host = socket.gethostname()
+    killed = tmp_path / "out" / f".survey_polygons.{host}-{gone.pid}.tmp.gpkg"  # a survey's killed outright (SIGKILL)
+    elsewhere = tmp_path / "out" / f".survey_polygons.another-host-{gone.pid}.tmp.gpkg"  # its process is not ours
+    elsewhere.write_bytes(b"partial")
     killed.write_bytes(b"partial")
     monkeypatch.setattr(pyogrio, "write_dataframe", real)
     survey(images, tmp_path / "out", model="threshold")
-    assert not killed.exists() and (tmp_path / "out" / "survey_polygons.gpkg").exists()
+    assert not killed.exists() and elsewhere.exists() and (tmp_path / "out" / "survey_polygons.gpkg").exists()
 
 
 def test_survey_on_a_dask_cluster_resumes(make_raster, tiny_fcn, tmp_path):

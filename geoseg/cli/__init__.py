@@ -173,9 +173,10 @@ def entry() -> None:
 
 
 def _exit_now(signum, frame) -> None:
-    for stream in (sys.stdout, sys.stderr):  # a --json object still buffered for a pipe
-        try:
+    for stream in (sys.stdout, sys.stderr):  # a --json object still buffered for a pipe, as far as it takes it now:
+        try:  # a blocking flush into a full pipe held the exit until the reader went (or SIGKILL came)
+            os.set_blocking(stream.fileno(), False)
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError, AttributeError):  # RuntimeError: inside a flush it interrupted
             pass
     os._exit(128 + signum)

@@ -18,7 +18,7 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check
                                   label_nodata, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
-from geoseg.pipeline import prepare_output_dir, segment
+from geoseg.pipeline import check_options, prepare_output_dir, segment
 from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
 
 __all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
@@ -202,6 +202,9 @@ def evaluate(
     is scored on the labels' own classes, which must be named: each region takes its
     majority label class (`majority_classes`) and ``notes`` says so.
     """
+    # a bad label_format was a bare KeyError, and chunks= segment()'s TypeError, after the labels were read
+    _check_label_format(label_format)
+    check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
@@ -444,6 +447,12 @@ def _common_colors(path, n: int = 6) -> list[str]:
     return [f"#{v:06X}" for v in values[np.argsort(-counts)][:n]]
 
 
+def _check_label_format(label_format) -> None:
+    if label_format not in ("index", "color", "vector"):
+        raise InputError(f"label_format must be 'index', 'color' or 'vector' (--label-format). Received: "
+                         f"{label_format!r}")
+
+
 def compare(
     models: Sequence[str],
     images: Sequence[str | os.PathLike],
@@ -467,6 +476,10 @@ def compare(
     earlier run in `output_dir` are refused before anything runs, unless `overwrite`.
     """
     models = _paths(models)
+    _check_label_format(options.get("label_format", "index"))
+    check_options({k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
+                                                                   "vector_field")},
+                  caller="compare()", taken=("overwrite", "preview", "progress"))
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
     if labels is None and output_dir is None:  # ran every model, then had nothing to show

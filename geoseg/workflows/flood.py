@@ -65,6 +65,12 @@ NDWI_EDGES = np.linspace(-1, 1, 401)  # the bins of the NDWI histograms that Ots
 
 
 def _check_ndwi_bands(info, green: int, nir: int) -> None:
+    for name, band in (("green_band", green), ("nir_band", nir)):  # 1.5 and "2" were rasterio's and numpy's errors
+        if isinstance(band, bool) or not isinstance(band, (int, np.integer)):
+            raise InputError(f"{name} must be a whole band number (1-based). Received: {band!r}")
+    if green == nir:  # NDWI 0 everywhere: an all-dry map, with a warning about Otsu
+        raise InputError(f"green_band and nir_band are both band {green}; NDWI needs two bands. Pass --green-band and "
+                         "--nir-band (green_band=, nir_band=).")
     for band in (green, nir):
         if not 1 <= band <= info.count:
             raise BandError(f"{info.path}: has {info.count} band(s); NDWI needs green and NIR bands. "
@@ -99,7 +105,7 @@ def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
     all-land scene came out a quarter water, an all-water one largely dry. Water's NDWI lies above 0
     and land's mostly below (McFeeters 1996), so the cut is 0, with a warning, where Otsu's two sides
     both lie below 0 (no water) or the histogram holds one value; where both lie above 0, only when
-    they are barely apart (Otsu's separability under 0.8: one mode of water), since built-up land
+    the histogram does not dip between their peaks (`_dip`: one mode of water), since built-up land
     can lie above 0 too, well apart from water.
     """
     cut = otsu_threshold(counts, NDWI_EDGES)
@@ -114,22 +120,52 @@ def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
     else:
         mean_low = float((counts[low] * centres[low]).sum() / counts[low].sum())
         mean_high = float((counts[high] * centres[high]).sum() / counts[high].sum())
-        mean = float((counts * centres).sum() / total)
-        variance = float((counts * (centres - mean) ** 2).sum() / total)
-        share = counts[low].sum() / total
-        separability = share * (1 - share) * (mean_high - mean_low) ** 2 / variance if variance else 0.0
+        dip = _dip(counts, low, high)
         if mean_high <= 0:
             short = "no water mode"
             detail = f": both of its sides lie below 0 (mean NDWI {mean_low:.3f} and {mean_high:.3f})"
-        elif mean_low >= 0 and separability < 0.8:
+        elif mean_low >= 0 and dip > 0.5:
             short = "one water mode"
-            detail = (f": both of its sides lie above 0 and barely apart (mean NDWI {mean_low:.3f} and "
-                      f"{mean_high:.3f}, separability {separability:.2f})")
+            detail = (f": both of its sides lie above 0 with no dip between them (mean NDWI {mean_low:.3f} and "
+                      f"{mean_high:.3f}; the histogram between their peaks keeps {100 * dip:.0f}% of the lower)")
         else:
+            _warn_of_two_modes_above(counts, high, cut)
             return cut, f" (Otsu{over})"
     log.warning("Otsu's NDWI cut (%.3f%s) would not separate water from land%s, so water is NDWI > 0 "
                 "(McFeeters). Pass --ndwi-threshold (ndwi_threshold=) to choose another cut.", cut, over, detail)
     return 0.0, f" (0, McFeeters: {short}; Otsu's cut {cut:.3f}{over} would not separate water from land)"
+
+
+def _warn_of_two_modes_above(counts: np.ndarray, high: np.ndarray, cut: float) -> None:
+    """Warn where the NDWI above Otsu's `cut` holds two modes apart, the upper above 0: vegetation, built-up
+    land and water make three, and Otsu cut between the first two, so built-up land counted as water
+    (26,000 px for 2,500 of water) without a word. Which of them is water is not NDWI's to say (turbid
+    flood water lies low too): the warning gives the cut between them to pass."""
+    above = np.where(high, counts, 0)
+    if np.count_nonzero(above) < 2:
+        return
+    second = otsu_threshold(above, NDWI_EDGES)
+    centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
+    lower, upper = high & (centres <= second), high & (centres > second)
+    if not above[lower].sum() or not above[upper].sum() or _dip(above, lower, upper) > 0.2 or second <= 0:
+        return
+    log.warning("the NDWI above the cut (%.3f) holds two modes apart, around %.2f and %.2f: built-up land beside "
+                "water, or two kinds of water? All of it is water here; pass --ndwi-threshold %.2f "
+                "(ndwi_threshold=) if the lower mode is land.", cut, float(centres[lower][np.argmax(above[lower])]),
+                float(centres[upper][np.argmax(above[upper])]), second)
+
+
+def _dip(counts: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """The least of the (smoothed) histogram between the peaks of Otsu's two sides, over the lower peak: near 1
+    where Otsu split one mode, near 0 where two modes lie apart. Otsu's separability measured this before, and
+    a third mode (vegetation beside built-up land and water) lowered it below the cut-off though water stood
+    clear: the cut went to 0 and built-up land became water (14 times the water there was)."""
+    smooth = np.convolve(counts, np.ones(9) / 9, mode="same")  # 9 bins: 0.045 NDWI
+    # the peaks in the counts themselves: smoothed, a large mode's tail across the cut outweighed a small one
+    peak_low = np.flatnonzero(low)[np.argmax(counts[low])]
+    peak_high = np.flatnonzero(high)[np.argmax(counts[high])]
+    lower = min(smooth[peak_low], smooth[peak_high])
+    return float(smooth[peak_low:peak_high + 1].min() / lower) if lower > 0 else 1.0
 
 
 def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,

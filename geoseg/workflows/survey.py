@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import warnings
@@ -247,6 +248,8 @@ def survey(
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if progress is not None and not callable(progress):  # progress=3 failed on every raster, with a traceback each
+        raise InputError(f"progress must be a function of (fraction, message), or None. Received: {progress!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:  # jobs=0 ran as 1
         raise InputError(f"jobs (--jobs) must be a whole number of at least 1. Received: {jobs!r}")
     # chunks=5 or chunk=-1 failed on every raster, one by one, and still wrote a report of failures
@@ -576,10 +579,11 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
 
     # this process's own name (a second survey into the folder removed the first's file mid-write), removed when
     # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gpkg")
+    host = socket.gethostname()  # a folder shared over the network: another host's process ids are not ours
+    tmp = out.with_name(f".{out.stem}.{host}-{os.getpid()}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
-    for left in out.parent.glob(f".{out.stem}.*.tmp.gpkg"):  # of a survey killed outright (SIGKILL): kept forever
-        pid = left.name.split(".")[-3]
+    for left in out.parent.glob(f".{out.stem}.{glob.escape(host)}-*.tmp.gpkg"):  # a survey's killed outright (SIGKILL)
+        pid = left.name[:-len(".tmp.gpkg")].rsplit("-", 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):
             left.unlink(missing_ok=True)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
