@@ -62,6 +62,7 @@ class FloodResult:
 
 
 NDWI_EDGES = np.linspace(-1, 1, 401)  # the bins of the NDWI histograms that Otsu's method cuts
+NDWI_CENTRES = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
 
 
 def _check_ndwi_bands(info, green: int, nir: int) -> None:
@@ -110,7 +111,7 @@ def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
     """
     cut = otsu_threshold(counts, NDWI_EDGES)
     counts = np.asarray(counts, np.float64)
-    centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
+    centres = NDWI_CENTRES
     low, high = centres <= cut, centres > cut
     total = counts.sum()
     if not total:  # nothing valid: nothing to cut
@@ -145,7 +146,7 @@ def _warn_of_two_modes_above(counts: np.ndarray, high: np.ndarray, cut: float) -
     if np.count_nonzero(above) < 2:
         return
     second = otsu_threshold(above, NDWI_EDGES)
-    centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
+    centres = NDWI_CENTRES
     lower, upper = high & (centres <= second), high & (centres > second)
     if not above[lower].sum() or not above[upper].sum() or _dip(above, lower, upper) > 0.2 or second <= 0:
         return
