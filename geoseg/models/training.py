@@ -24,7 +24,6 @@ from geoseg.errors import InputError, ModelError, OutputError
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, ids_by_name, read_labels
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
-from geoseg.raster import first_line
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
            "seam_free_margin", "train"]
@@ -690,6 +689,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         except OSError as exc:
             if callback.began:  # not the backup: an epoch was under way
                 raise
+            from geoseg.raster import first_line  # here: scripts/gpu imports this module where rasterio is absent
             raise InputError(f"{work / 'backup'}: the interrupted run's backup cannot be read ({first_line(exc)}; "
                              "the run was killed while it was being written). Pass --restart to train afresh."
                              ) from None
