@@ -408,12 +408,12 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     calls.clear()
     monkeypatch.setattr(training, "evaluate_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
     training.train(load_config(config))
-    assert len(calls) == 2  # epoch 3, then the kept weights' final score
+    assert len(calls) == 3  # epoch 2 (backed up, its score cut off), epoch 3, then the kept weights' final score
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["training"]["epochs"] == 3 and not work.exists()
-    history = card["training"]["epoch_mean_iou"]  # epoch 1 from the interrupted run (stopped while scoring 2), 3
-    assert len(history) == 3 and history[1] is None and history[2] == card["training"]["final_epoch_mean_iou"]
-    assert history[card["training"]["best_epoch"] - 1] == max(history[0], history[2])
+    history = card["training"]["epoch_mean_iou"]  # epoch 2 was null in the card, and could never be kept
+    assert len(history) == 3 and None not in history and history[2] == card["training"]["final_epoch_mean_iou"]
+    assert history[card["training"]["best_epoch"] - 1] == max(history)
     result = CliRunner().invoke(main, ["train", "--config", str(wider), "--overwrite"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["config"]["filters"] == 8
@@ -421,6 +421,32 @@ def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkey
     (work / "run.json").write_text('{"filters": 2}')
     training._check_resumable(work, load_config(config))
     assert not work.exists()
+
+
+def test_an_epoch_whose_score_was_cut_off_is_scored_on_resume_with_its_moving_average(tmp_path, monkeypatch):
+    """Killed while epoch 2 was scored (Keras had backed it up), the epoch stayed null in the card and could
+    never be kept. The rerun scores it first, on the same weights as the cut-off score: the moving average."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3\nema = 0.5"))
+    real, scored = training.evaluate_pairs, []
+
+    def recorded(segmenter, *args, **kwargs):  # the weights each score is given, and a kill at the second
+        scored.append([w.copy() for w in segmenter.model.get_weights()])
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        return real(segmenter, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_pairs", recorded)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(config))
+    training.train(load_config(config))
+    assert len(scored) == 5  # epochs 1 and 2 (cut off); then 2 again, 3 and the kept weights' final score
+    assert all(np.array_equal(a, b) for a, b in zip(scored[1], scored[2]))  # epoch 2's averaged weights again
+    assert not all(np.array_equal(a, b) for a, b in zip(scored[2], scored[3]))
+    history = json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["epoch_mean_iou"]
+    assert len(history) == 3 and None not in history
 
 
 def test_a_backup_cut_short_by_a_kill_falls_back_to_the_epoch_before(tmp_path, monkeypatch):
@@ -463,11 +489,42 @@ def test_labels_that_leave_no_pixel_labelled_are_refused_before_training(tmp_pat
 
     with pytest.raises(InputError, match="the 3 validation chips hold no labelled pixel"):
         train(load_config(on_disk))
+    assert not (tmp_path / "models").exists()  # a refused run left toy.checkpoints/run.json
     for i in range(2):
         with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
             ds.write(np.full((1, 48, 48), 255, np.uint8))
     result = CliRunner().invoke(main, ["train", "--config", str(config)])
     assert result.exit_code == 1 and "none of the 2 training image(s) has a labelled pixel" in result.output
+    with rasterio.open(tmp_path / "data" / "img2_label.tif", "r+") as ds:
+        ds.write(np.ones((1, 48, 48), np.uint8))  # on disk, unlabelled training images trained at loss 0 into a bundle
+    with pytest.raises(InputError, match=r"on_disk.toml: none of the 2 training image\(s\) holds a labelled pixel"):
+        train(load_config(on_disk))
+    assert not (tmp_path / "models").exists()
+
+
+def test_sparse_labels_on_disk_are_weighed_equally_not_refused(tmp_path, monkeypatch, caplog):
+    """With labels on disk, the chips sampled to weigh the classes can all miss sparse labels (a 64 px patch in
+    a 4096 px scene): that is no reason to refuse the run, only to weigh the classes equally."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    for i in range(3):
+        with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
+            label = np.full((1, 48, 48), 255, np.uint8)
+            label[0, 40, 40] = 1  # one labelled pixel each
+            ds.write(label)
+    config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false"))
+    train_pairs, _ = load_pairs(load_config(config))
+    monkeypatch.setattr(training, "_sample_chips", lambda pairs, size, count, seed: [
+        (np.zeros((size, size, 3), np.uint8), np.full((size, size), 255, np.uint8), "chip")] * 64)
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        weights = training.class_weights(train_pairs, 2, "sqrt", ["a", "b"])
+    assert list(weights) == [1.0, 1.0] and "the labels are sparse" in caplog.text
+    for i in range(3):
+        with rasterio.open(tmp_path / "data" / f"img{i}_label.tif", "r+") as ds:
+            ds.write(np.full((1, 48, 48), 255, np.uint8))
+    with pytest.raises(InputError, match=r"none of the 2 training image\(s\) holds a labelled pixel"):
+        training.class_weights(train_pairs, 2, "sqrt", ["a", "b"])
 
 
 def test_a_run_interrupted_after_its_last_epoch_is_not_trained_again(tmp_path, monkeypatch):
@@ -555,6 +612,17 @@ def test_vector_values_that_match_no_class_are_reported(tmp_path, caplog):
     _polygons(real, [0.5, 7.0])  # a REAL of no id
     with pytest.raises(InputError, match=r"it holds 0.5, 7.0, and the classes are 'A', 'b' \(or their ids 0 to 1\)"):
         VectorLabels(real, renamed, image, "kind")
+    import geopandas as gpd
+    import shapely
+
+    # a pool (no class) over the background polygon: it took the background's class, not "left unlabelled"
+    gpd.GeoDataFrame({"kind": ["A", "pool", "b"]}, crs="EPSG:32640", geometry=[
+        shapely.box(500000.0, 2800000.0 - 48, 500048.0, 2800000.0), shapely.box(500010.0, 2800000.0 - 20, 500020.0,
+                                                                             2800000.0 - 10),
+        shapely.box(500015.0, 2800000.0 - 20, 500030.0, 2800000.0 - 10)]).to_file(tmp_path / "pool.gpkg")
+    burnt = VectorLabels(str(tmp_path / "pool.gpkg"), renamed, image, "kind").window((48, 48))
+    assert (burnt[10:20, 10:15] == 255).all() and (burnt[10:20, 15:30] == 1).all()  # in file order: b over the pool
+    assert (burnt[:10] == 0).all() and (burnt[20:] == 0).all()
 
 
 def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
@@ -705,7 +773,7 @@ def test_an_interrupted_train_says_whether_a_rerun_resumes(tmp_path, monkeypatch
         "command without --restart (which discards them) resumes" in result.output
     interrupt_at(0)
     result = CliRunner().invoke(main, ["train", "--config", config, "--epochs", "3"])
-    assert result.exit_code == 0 and len(calls) == 2  # epoch 3 only, then the final score
+    assert result.exit_code == 0 and len(calls) == 3  # epoch 3 only (and epoch 2, whose score was cut off), the final
     assert f"wrote {tmp_path / 'models' / 'toy.keras'} and its card" in result.output
 
 
@@ -873,10 +941,11 @@ def test_unreadable_configs_and_weights_are_refused_when_the_config_is_read(tmp_
 
 
 def test_a_diverging_run_fails_and_writes_no_bundle(tmp_path):
-    """A NaN loss (lr = inf then; NaN pixels here) still wrote a bundle, which geoseg then refused to load."""
+    """A NaN loss (lr = inf then; values that overflow float32 here: NaN pixels are nodata now) still wrote a
+    bundle, which geoseg then refused to load."""
     config = _quick(_dataset(tmp_path, "index"))
     for i in range(3):
-        _retype(tmp_path / "data" / f"img{i}.tif", "float32", factor=np.nan)
+        _retype(tmp_path / "data" / f"img{i}.tif", "float32", factor=1e36)
     with pytest.raises(InputError, match=r"training diverged: the loss became nan at step 1 of epoch 1, so no bundle "
                                          r"was written. Lower lr .* rerun with --restart"):
         train(load_config(config))
@@ -995,3 +1064,85 @@ def test_a_class_without_labelled_pixels_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="geoseg.models.training"):
         class_weights(pairs, 3, "sqrt", ["land", "water", "road"])
     assert not caplog.records
+
+
+def test_the_written_config_is_toml_for_any_text():
+    """A description with an emoji was written as JSON's surrogate escapes (\\ud83c\\udfe0), which TOML refuses:
+    `geoseg train --config NAME.toml` could not rerun the run."""
+    import tomllib
+
+    from geoseg.models.training import _to_toml
+
+    data = {"name": "x", "description": 'roofs 🏠 "quoted" \\ tab\t é', "normalization": {"method": "scale", "scale": 0.5},
+            "bands": [1, 2], "classes": [{"name": "forêt 🌲", "color": "#000000"}]}
+    assert tomllib.loads(_to_toml(data)) == data
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_image_nodata_is_left_out_of_training(tmp_path, in_memory):
+    """Float images with NaN nodata "diverged" at the first step (the error blamed lr), and a nodata collar of
+    0 was trained on as ground: the image's nodata is now zeros to the model and unlabelled to the loss."""
+    from geoseg.models.training import load_pairs, train
+
+    config = _dataset(tmp_path, "index")
+    for i in range(3):  # the images as float32 with a NaN collar, and as uint8 with nodata 0 (img2)
+        path = tmp_path / "data" / f"img{i}.tif"
+        with rasterio.open(path) as ds:
+            data, profile = ds.read().astype(np.float32), ds.profile
+        data[:, :, :6] = np.nan if i < 2 else 0
+        profile.update(dtype="float32" if i < 2 else "uint8", nodata=np.nan if i < 2 else 0)
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data.astype(profile["dtype"]))
+    config.write_text(config.read_text().replace("[data]", '[data]\nnormalization = { method = "scale", scale = '
+                                                  '0.00392156862745098 }').replace(
+        "[train]", f"[train]\nin_memory = {str(in_memory).lower()}\nvalidation_chips = 4"))
+    train_pairs, val_pairs = load_pairs(load_config(config))
+    for image, label, _ in [*train_pairs, *val_pairs]:
+        assert (np.asarray(label[0:48, 0:6]) == 255).all() and (np.asarray(label[0:48, 6:48]) != 255).all()
+        window = np.asarray(image[0:48, 0:48], np.float32)
+        assert np.isfinite(window).all() and (window[:, :6] == 0).all()
+    bundle = train(load_config(config))
+    history = json.loads(bundle.with_suffix(".json").read_text())["training"]["epoch_mean_iou"]
+    assert all(np.isfinite(h) for h in history)
+
+
+def test_percentile_stretch_leaves_image_nodata_out_in_memory_and_on_disk(tmp_path):
+    """In memory, the image's nodata (read as 0) counted in its percentiles: valid pixels stretched to 0.51-1.0
+    there and to 0-1 on disk and at inference."""
+    from geoseg.models.card import ModelCard
+    from geoseg.models.training import _stretched
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        image = rng.uniform(1000, 2000, (64, 64)).astype(np.float32)
+        image[:, :32] = np.nan
+        for path, data, dtype, nodata in ((f"{name}.tif", image, "float32", np.nan),
+                                          (f"{name}_label.tif", (rng.random((64, 64)) > 0.5), "uint8", None)):
+            with rasterio.open(tmp_path / path, "w", driver="GTiff", width=64, height=64, count=1, dtype=dtype,
+                               crs="EPSG:32640", transform=from_origin(500000.0, 2800000.0, 1.0, 1.0),
+                               nodata=nodata) as ds:
+                ds.write(data.astype(dtype), 1)
+    stretched = []
+    for in_memory in ("true", "false"):
+        (tmp_path / "t.toml").write_text(f"""
+name = "toy"
+[data]
+images = ["a.tif", "b.tif"]
+labels = "{{image_dir}}/{{stem}}_label.tif"
+bands = [1]
+validation = ["b.tif"]
+normalization = {{ method = "percentile", low = 2, high = 98 }}
+[[classes]]
+name = "x"
+[[classes]]
+name = "y"
+[train]
+in_memory = {in_memory}
+""")
+        config = load_config(tmp_path / "t.toml")
+        card = ModelCard.from_dict({"name": "t", "bands": [1], "normalization": config.normalization, "margin": 4,
+                                    "classes": [{"id": 0, "name": "x"}, {"id": 1, "name": "y"}]})
+        image = np.asarray(_stretched(load_pairs(config)[0], card)[0][0][0:64, 0:64])[:, 32:]
+        stretched.append(image)
+        assert image.min() == pytest.approx(0, abs=0.01) and image.max() == pytest.approx(1, abs=0.01)
+    np.testing.assert_allclose(stretched[0], stretched[1], atol=1e-6)

@@ -15,7 +15,7 @@ from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
-           "label_class_names", "label_nodata"]
+           "label_class_names", "label_file", "label_nodata", "read_vector_labels", "vector_source"]
 
 IGNORE = 255
 LabelFormat = Literal["index", "color", "vector"]
@@ -137,9 +137,10 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     from geoseg.raster import inspect_raster
 
     name = name or str(path)
-    if not os.path.exists(path):
+    if not os.path.exists(label_file(path)):
         raise InputError(f"{name}: label file not found (labels for {image}).")
     if fmt == "vector":
+        vector_source(path)  # a bad '|...' after the file
         return
     with _open_label(path, name) as ds:
         size, bands, crs, transform = (ds.width, ds.height), ds.count, ds.crs, ds.transform
@@ -247,7 +248,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     import rasterio
 
     path = str(path)
-    if not os.path.exists(path):
+    if not os.path.exists(label_file(path)):
         raise InputError(f"{path}: label file not found (labels for {image}).")
     if fmt == "vector":
         return VectorLabels(path, classes, str(image), vector_field, rename=rename).window(shape, window)
@@ -343,6 +344,46 @@ def _palette(ds) -> np.ndarray | None:
     return lut
 
 
+def label_file(path: str | os.PathLike) -> str:
+    """The file of a label path: a vector one may name its layer after it, ``labels.gpkg|layername=roofs``."""
+    text = str(path)
+    head = text.split("|", 1)[0]
+    return head if "|" in text and ("|layername=" in text.lower() or os.path.exists(head)) else text
+
+
+def vector_source(path: str | os.PathLike) -> tuple[str, str | None]:
+    """(file, layer) of a vector label path; the layer is None unless named as QGIS names it after '|'."""
+    text, sep, option = str(path).partition("|")
+    if not sep:
+        return text, None
+    key, _, layer = option.partition("=")
+    if key.strip().lower() != "layername" or not layer:
+        raise InputError(f"{text}: after '|' name a layer as 'layername=NAME'. Received: {option!r}")
+    return text, layer
+
+
+def read_vector_labels(path: str | os.PathLike, field: str | None = None):
+    """The label layer of a vector file (a GeoDataFrame): the one named after '|layername=', or the file's
+    only layer. A file of several layers needs one named: the first was read silently (pyogrio warned);
+    the error suggests a layer that has `field`."""
+    import geopandas as gpd
+    import pyogrio
+
+    file, layer = vector_source(path)
+    try:
+        layers = [name for name, kind in pyogrio.list_layers(file) if kind is not None]
+    except Exception as exc:  # noqa: BLE001 - pyogrio's DataSourceError and friends
+        raise InputError(f"{file}: cannot read these vector labels ({(str(exc).strip().splitlines() or [exc])[0]})."
+                         ) from None
+    if layer is not None and layer not in layers:
+        raise InputError(f"{file} has no layer {layer!r}; its layers: {', '.join(layers) or 'none'}.")
+    if layer is None and len(layers) > 1:
+        with_field = [name for name in layers if field in pyogrio.read_info(file, layer=name)["fields"]]
+        raise InputError(f"{file} holds {len(layers)} layers ({', '.join(layers)}); name the label layer, "
+                         f"e.g. '{file}|layername={(with_field or layers)[0]}'.")
+    return gpd.read_file(file, engine="pyogrio", layer=layer)
+
+
 class VectorLabels:
     """Polygons of one image, read and moved into its CRS once; `window` rasterises any window of its grid.
 
@@ -352,10 +393,9 @@ class VectorLabels:
 
     def __init__(self, path: str, classes, image: str, field: str = "class", *,
                  rename: str = RENAME_IN_CONFIG) -> None:
-        import geopandas as gpd
         import shapely
 
-        frame = gpd.read_file(path)
+        frame = read_vector_labels(path, field)
         if field not in frame.columns:
             raise InputError(f"{path}: no field {field!r} holding the class. "
                              f"Fields: {', '.join(frame.columns[:-1])}.")
@@ -369,9 +409,10 @@ class VectorLabels:
         frame = frame[frame.geometry.notna()]
         ids = [_class_id(v, classes) for v in frame[field]]
         _check_matches(path, field, classes, list(frame[field]), ids, rename)
-        keep = [(g, i) for g, i in zip(frame.geometry, ids) if i is not None]
-        self.geometries = [g for g, _ in keep]
-        self.values = [v for _, v in keep]
+        # polygons of no class are burnt as unlabelled, in file order as the others: dropped, one over a
+        # background polygon took the background's class (the warning said "left unlabelled")
+        self.geometries = list(frame.geometry)
+        self.values = [IGNORE if i is None else i for i in ids]
         self.tree = shapely.STRtree(self.geometries)
 
     def window(self, shape: tuple[int, int], window=None) -> np.ndarray:

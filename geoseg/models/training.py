@@ -22,7 +22,8 @@ import numpy as np
 
 from geoseg.errors import InputError, ModelError, OutputError
 from geoseg.models.card import ModelCard, write_card
-from geoseg.models.labels import IGNORE, check_label_grid, check_label_template, ids_by_name, read_labels
+from geoseg.models.labels import (IGNORE, check_label_grid, check_label_template, ids_by_name, label_file,
+                                  read_labels)
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
 
 __all__ = ["ARCHITECTURES", "TrainConfig", "checkpoint_folder", "checkpointed_epochs", "load_config", "load_pairs",
@@ -183,7 +184,7 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
     names = [c.get("name") for c in flat["classes"]]
     if not names:
         raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
-    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+    if not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) < len(names):
         raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
     for i, c in enumerate(flat["classes"]):
         if "color" in c and not (isinstance(c["color"], str) and _COLOUR.fullmatch(c["color"])):
@@ -352,7 +353,8 @@ def _label_path(config: TrainConfig, image: str) -> str:
     return config.resolve(config.labels.format(stem=p.stem, name=p.name, image_dir=str(p.parent)))
 
 
-def _read_image(path: str, bands: list[int]) -> np.ndarray:
+def _read_image(path: str, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(image, valid): the bands (rows, cols, bands), 0 where they are nodata, and where they are not."""
     import warnings
 
     import rasterio
@@ -364,7 +366,26 @@ def _read_image(path: str, bands: list[int]) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds, reading_pixels(path):  # a truncated image: named, not a traceback
-            return np.moveaxis(ds.read(bands), 0, -1)
+            return _without_nodata(ds, bands)
+
+
+def _without_nodata(ds, bands: list[int], window=None) -> tuple[np.ndarray, np.ndarray]:
+    """Read `bands` of an open dataset as segment reads them: nodata where every band's mask says so (nodata
+    values, internal masks, alpha) or where any band is NaN or infinite. Those pixels read 0, and training
+    leaves their labels out: a NaN collar made the loss NaN at the first step ("lower lr"), and a 0 collar
+    was learnt as ground."""
+    from rasterio.enums import MaskFlags  # here: scripts/gpu imports this module where rasterio is absent
+
+    data = np.moveaxis(ds.read(bands, window=window), 0, -1)
+    if all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in bands):
+        valid = np.ones(data.shape[:2], bool)
+    else:
+        valid = np.any(ds.read_masks(bands, window=window) > 0, axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(-1)
+    if not valid.all():
+        data = np.where(valid[..., None], data, 0).astype(data.dtype)
+    return data, valid
 
 
 def _image_info(path: str, bands: list[int]):
@@ -379,7 +400,7 @@ def _image_info(path: str, bands: list[int]):
 
 def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.ndarray:
     path = _label_path(config, image)
-    if not os.path.exists(path):
+    if not os.path.exists(label_file(path)):
         raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
     if config.label_format != "vector":  # labels of another place or CRS, of the same size, were read as the image's
         check_label_grid(path, config.label_format, image)
@@ -395,10 +416,17 @@ class LazyImage:
         self.path, self.bands, self.normalize = path, bands, normalize
         info = _image_info(path, bands)
         self.shape, self.dtype = (info.height, info.width, len(bands)), np.dtype(info.dtype)
+        # whether a window can hold nodata: its labels are then read beside the image's mask
+        self.may_hold_nodata = self.dtype.kind == "f" or info.has_mask  # nodata values, masks, alpha: has_mask
         if normalize is not None:
             self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key) -> np.ndarray:
+        chip, _ = self.read(key)
+        return chip if self.normalize is None else self.normalize(chip)
+
+    def read(self, key) -> tuple[np.ndarray, np.ndarray]:
+        """(chip, valid) of ``image[rows, cols]``, as `_without_nodata` reads them."""
         import rasterio
         from rasterio.windows import Window
 
@@ -406,8 +434,7 @@ class LazyImage:
 
         window = Window.from_slices(*key[:2])
         with rasterio.open(self.path) as ds, reading_pixels(self.path, window):
-            chip = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
-        return chip if self.normalize is None else self.normalize(chip)
+            return _without_nodata(ds, self.bands, window)
 
 
 class LazyLabels:
@@ -416,7 +443,7 @@ class LazyLabels:
     def __init__(self, config: TrainConfig, image: LazyImage) -> None:
         self.config, self.image, self.shape = config, image, image.shape[:2]
         self.path = _label_path(config, image.path)
-        if not os.path.exists(self.path):
+        if not os.path.exists(label_file(self.path)):
             raise InputError(f"{image.path}: its label {self.path} does not exist. Check 'labels' in the config.")
         self.vector = None
         self.id_map = ids_by_name(self.path, config.classes) if config.label_format == "index" else None
@@ -432,10 +459,15 @@ class LazyLabels:
 
         window = Window.from_slices(*key[:2])
         if self.vector is not None:
-            return self.vector.window((int(window.height), int(window.width)), window)
-        return read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
-                           image=self.image.path, shape=(int(window.height), int(window.width)),
-                           vector_field=self.config.vector_field, window=window, id_map=self.id_map)
+            label = self.vector.window((int(window.height), int(window.width)), window)
+        else:
+            label = read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
+                                image=self.image.path, shape=(int(window.height), int(window.width)),
+                                vector_field=self.config.vector_field, window=window, id_map=self.id_map)
+        if not self.image.may_hold_nodata:
+            return label
+        _, valid = self.image.read(key)  # the image's nodata is no ground truth
+        return np.where(valid, label, IGNORE).astype(np.uint8)
 
 
 def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
@@ -459,9 +491,10 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     train, val, select = [], [], []
     for path in paths:
         if config.in_memory:
-            image = _read_image(path, config.bands)
+            image, valid = _read_image(path, config.bands)
             label = _read_label(config, path, image.shape[:2])
             image = image[: label.shape[0], : label.shape[1]]
+            label = np.where(valid[: label.shape[0], : label.shape[1]], label, IGNORE).astype(np.uint8)
         else:
             image = LazyImage(path, config.bands)
             label = LazyLabels(config, image)
@@ -533,12 +566,20 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
     it, and its weight (of a frequency floored at 1e-6) only looked like a strong one in the card.
     """
     counts = np.zeros(n_classes)
-    lazy = bool(pairs) and isinstance(pairs[0][1], LazyLabels)
+    lazy, whole = bool(pairs) and isinstance(pairs[0][1], LazyLabels), pairs
     if lazy:  # labels on disk: estimate from 64 random chips
         size = max(1, min(256, *(min(p[0].shape[:2]) // 2 for p in pairs)))
         pairs = _sample_chips(pairs, size, max(1, 64 // len(pairs)), 0)
     for _, label, _ in pairs:
         counts += np.bincount(label[label != IGNORE], minlength=n_classes)[:n_classes]
+    if lazy and not counts.sum():  # in memory, load_pairs refuses it; on disk it trained at loss 0 into a bundle
+        if not _holds_a_label(whole):
+            raise InputError(f"none of the {len(whole)} training image(s) holds a labelled pixel. Check 'labels' and "
+                             "'label_format': polygons must cover the images, colours must be the classes' colours, "
+                             "index values their ids.")
+        log.warning("the %d chips sampled to weigh the classes hold no labelled pixel (the labels are sparse), so "
+                    "the classes are weighed equally", len(pairs))
+        return np.ones(n_classes)
     absent = [names[i] if names else str(i) for i in range(n_classes) if counts[i] == 0]
     if absent and counts.sum():
         log.warning("class(es) %s have no labelled pixel in the training images%s: the model cannot learn them. "
@@ -547,6 +588,18 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
     freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
     weights = {"none": np.ones(n_classes), "sqrt": 1 / np.sqrt(freq), "inverse": 1 / freq}[how]
     return weights / (weights * freq).sum()
+
+
+def _holds_a_label(pairs, block: int = 2048) -> bool:
+    """Whether any label of (image, label, path) pairs read by window holds a labelled pixel, block by block."""
+    for _, label, _ in pairs:
+        rows, cols = label.shape[:2]
+        for top in range(0, rows, block):
+            for left in range(0, cols, block):
+                window = label[top : min(top + block, rows), left : min(left + block, cols)]  # windows do not clip
+                if (np.asarray(window) != IGNORE).any():
+                    return True
+    return False
 
 
 def make_loss(n_classes: int, weights: np.ndarray, dice_weight: float) -> Callable:
@@ -628,7 +681,10 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         "margin": margin, "tile_size": None, "multiple_of": multiple,
     }
     card = ModelCard.from_dict(card_data, source=config.source)
-    weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes])
+    try:
+        weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes])
+    except InputError as exc:
+        raise InputError(f"{config.source}: {exc}") from None
     _check_mixed_types(config, card, [*train_pairs, *val_pairs, *select_pairs])
     chips = _stretched(train_pairs, card) if card.normalization["method"] == "percentile" else train_pairs
     # Chips go to tf.data as float32 whatever each image's type: one spec of the first image's type wrapped a
@@ -660,18 +716,19 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.steps_per_epoch * config.epochs)
     optimizer = keras.optimizers.Adam(schedule, use_ema=bool(config.ema), ema_momentum=config.ema or 0.99)
     model.compile(optimizer=optimizer, loss=make_loss(n_classes, weights, config.dice_weight))
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(exist_ok=True)
-    (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     scored, val_card = validation_set(config, card, train_pairs, select_pairs or val_pairs)  # chooses the epoch
     if not config.in_memory and not any((label != IGNORE).any() for _, label, _ in scored):
         which = "selection" if select_pairs else "validation"
         raise InputError(f"{config.source}: the {len(scored)} {which} chips hold no labelled pixel, so no epoch "
                          f"could be scored. Check that the {which} images' labels cover them, or raise "
                          "validation_chips.")
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run left NAME.checkpoints/run.json
+    work.mkdir(exist_ok=True)
+    (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
+    ema = keras.callbacks.SwapEMAWeights(swap_on_epoch=True) if config.ema else None
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None,
-                              split="selection" if select_pairs else "validation")
+                              split="selection" if select_pairs else "validation", ema=ema)
     bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
     if callback.fitted:  # interrupted after the last epoch (Keras has dropped its backup): keep what it trained
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
@@ -681,7 +738,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
             model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
                       callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
                                  # validate (and keep) the moving average of the weights, not the last step's
-                                 *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
+                                 *([ema] if ema is not None else []),
                                  callback])
         except _Diverged as exc:  # a NaN loss wrote a bundle of NaN weights that geoseg then refused to load
             raise _diverged_error(config, work, f"the loss became {exc.loss} at step {exc.step} of epoch "
@@ -812,7 +869,7 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
         with staging_dir(out) as tmp:
             staged = [tmp / path.name for path in final]
             keras.Model(model.inputs, model.outputs, name=model.name).save(staged[0])  # weights only, no optimizer
-            staged[1].write_text(_to_toml(_rebased_config(config, out)))
+            staged[1].write_text(_to_toml(_rebased_config(config, out)), encoding="utf-8")  # as load_config reads it
             write_card(card, staged[2])
             (tmp / "replaced").mkdir()
             with signals_held():  # Ctrl-C waits for the last rename
@@ -983,8 +1040,9 @@ def _stretched(pairs, card: ModelCard) -> list:
             valid = read_preview(path, image.bands, 1024, min_side=1, mask=True)
             norm = resolve_normalization(card.normalization, sample, valid)
             out.append((LazyImage(path, image.bands, partial(card.normalize, normalization=norm)), label, path))
-        else:
-            norm = resolve_normalization(card.normalization, image, np.ones(image.shape[:2], bool))
+        else:  # the image's nodata (read as 0) is left out of its percentiles, as inference leaves it out
+            valid = _read_image(path, list(card.bands))[1][: image.shape[0], : image.shape[1]]
+            norm = resolve_normalization(card.normalization, image, valid)
             out.append((card.normalize(image, norm), label, path))
     return out
 
@@ -1071,16 +1129,19 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def _to_toml(data: dict[str, Any]) -> str:
+    def dumps(value) -> str:  # JSON's escapes are TOML's, but for \uD83C\uDFE0 (surrogates), which TOML refuses
+        return json.dumps(value, ensure_ascii=False)
+
     lines, tables = [], []
     for key, value in data.items():
         if value is None:
             continue
         if key == "classes":
-            tables += ["", *sum((["[[classes]]", *(f"{k} = {json.dumps(v)}" for k, v in c.items())] for c in value), [])]
+            tables += ["", *sum((["[[classes]]", *(f"{k} = {dumps(v)}" for k, v in c.items())] for c in value), [])]
         elif isinstance(value, dict):
-            lines.append(f"{key} = {{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
+            lines.append(f"{key} = {{ " + ", ".join(f"{k} = {dumps(v)}" for k, v in value.items()) + " }")
         else:
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {dumps(value)}")
     return "\n".join(lines + tables) + "\n"
 
 
@@ -1091,8 +1152,9 @@ class _ValidationIoU:
         import keras
 
         class Callback(keras.callbacks.Callback):
-            def __init__(self, segmenter, pairs, n_classes, work, patience, deadline, split="validation"):
+            def __init__(self, segmenter, pairs, n_classes, work, patience, deadline, split="validation", ema=None):
                 super().__init__()
+                self.ema = ema  # the SwapEMAWeights callback, whose weights are the ones scored
                 self.split = split  # "selection" where selection images choose the epoch: the bar and log say so
                 self.segmenter, self.pairs, self.n_classes = segmenter, pairs, n_classes
                 self.work, self.patience, self.deadline = work, patience, deadline
@@ -1117,6 +1179,25 @@ class _ValidationIoU:
                                            "seconds": round(self.seconds(), 3)}))
                 os.replace(tmp, self.work / "state.json")
 
+            def on_train_begin(self, logs=None):
+                restored = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore
+                if restored <= self.epoch:
+                    return
+                # killed while epoch `restored` was scored, after Keras had backed it up: score those weights now,
+                # or the epoch stayed null in the card's history and could never be the one kept
+                swap = getattr(self.ema, "_swap_variables", None)
+                if self.ema is not None and swap is None:
+                    log.warning("epoch %d was not scored before the interruption and cannot be now (this Keras "
+                                "has no SwapEMAWeights._swap_variables): it cannot be the epoch kept", restored)
+                    return
+                if swap is not None:
+                    swap()  # the moving average, as at the end of an epoch
+                try:
+                    self._score(restored - 1)
+                finally:
+                    if swap is not None:
+                        swap()
+
             def on_epoch_begin(self, epoch, logs=None):
                 self.running, self.began = epoch + 1, True
 
@@ -1126,6 +1207,16 @@ class _ValidationIoU:
                     raise _Diverged(self.running, batch + 1, float(loss))
 
             def on_epoch_end(self, epoch, logs=None):
+                self._score(epoch, logs)
+                if epoch + 1 - self.best_epoch >= self.patience:
+                    log.info("no gain for %d epochs: stopping", self.patience)
+                    self.model.stop_training = True
+                if self.deadline and time.monotonic() > self.deadline:
+                    log.info("time budget reached: stopping")
+                    self.model.stop_training = True
+
+            def _score(self, epoch, logs=None):
+                """Score the model's weights as those of `epoch` (0-based), keep them if best, save the state."""
                 self.epoch = epoch + 1
                 miou = self.last = evaluate_pairs(self.segmenter, self.pairs, self.n_classes)["mean_iou"]
                 self.history = [*(self.history + [None] * epoch)[:epoch], miou]  # None: not scored before a resume
@@ -1138,11 +1229,5 @@ class _ValidationIoU:
                 self.save_state()
                 log.info("epoch %d: loss %.4f, %s mean IoU %.4f (best %.4f at %d)", epoch + 1,
                          (logs or {}).get("loss", float("nan")), self.split, miou, self.best, self.best_epoch)
-                if epoch + 1 - self.best_epoch >= self.patience:
-                    log.info("no gain for %d epochs: stopping", self.patience)
-                    self.model.stop_training = True
-                if self.deadline and time.monotonic() > self.deadline:
-                    log.info("time budget reached: stopping")
-                    self.model.stop_training = True
 
         return Callback(*args, **kwargs)
