@@ -35,11 +35,14 @@ from geoseg.models import DEFAULT_MODEL, list_models  # noqa: E402
 from geoseg.pipeline import SegmentResult, segment  # noqa: E402
 from geoseg.vector import vectorize  # noqa: E402
 from geoseg.workflows import flood, scene, survey  # noqa: E402
+from geoseg.workflows.evaluate import compare, evaluate  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
     "GeosegError",
     "SegmentResult",
+    "compare",
+    "evaluate",
     "flood",
     "list_models",
     "scene",

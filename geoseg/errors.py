@@ -10,7 +10,6 @@ __all__ = [
     "ModelNotFoundError",
     "CardError",
     "TilingError",
-    "GeosegWarning",
 ]
 
 
@@ -53,7 +52,3 @@ class CardError(ModelError):
 
 class TilingError(GeosegError, ValueError):
     """Chunk, tile or margin sizes that cannot work together."""
-
-
-class GeosegWarning(UserWarning):
-    """Something geoseg worked around and the user should know about."""

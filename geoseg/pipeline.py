@@ -129,11 +129,12 @@ MAX_MARGIN, MAX_TILE = 2048, 8192  # px; a margin of 10**6 asked numpy for 10.9 
 
 def _whole(name: str, value, low: int, high: int | None) -> int:
     """`value` as an int within low..high, or a TilingError naming it (1.5, '16' and True are no sizes)."""
+    unit = ("tiles", "") if name == "batch_size" else ("pixels", " px")  # a batch is no number of pixels
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TilingError(f"`{name}` must be a whole number of pixels. Received: {name}={value!r}")
+        raise TilingError(f"`{name}` must be a whole number of {unit[0]}. Received: {name}={value!r}")
     if value < low or (high is not None and value > high):
         within = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise TilingError(f"`{name}` must be {within} px. Received: {name}={value}")
+        raise TilingError(f"`{name}` must be {within}{unit[1]}. Received: {name}={value}")
     return int(value)
 
 
@@ -536,7 +537,7 @@ def segment(
     Parameters
     ----------
     input : path
-        Any raster GDAL reads (GeoTIFF, COG, VRT, JPEG, PNG): uint8, uint16, int16,
+        Any raster GDAL reads (GeoTIFF, COG, VRT, JPEG, PNG): uint8, int8, uint16, int16,
         float32 and more, any band count and CRS.
     output_dir : path
         Folder for the outputs; created if missing.
@@ -803,8 +804,9 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
         top = float(np.percentile(block[valid[..., 0]], 99.5))
         scale, offset = own.get("scale", 0.0), own.get("offset", 0.0)
         if own["method"] == "scale" and top > 0 and abs(scale * 255 + offset - 1) < 0.05:  # a card of 8-bit data
-            fix = (f"pass --normalize scale:{scale * 255 / top:.6g},{offset:g} (normalization= in Python), which "
-                   f"maps this raster's 99.5th percentile ({top:g}) where the card maps 8-bit 255")
+            fix = (f"pass --normalize scale:{scale * 255 / top:.6g},{offset:g} (normalization={{'method': 'scale', "
+                   f"'scale': {scale * 255 / top:.6g}, 'offset': {offset:g}}} in Python), which maps this raster's "
+                   f"99.5th percentile ({top:g}) where the card maps 8-bit 255")
         log.warning(
             "%s: after the model's normalisation (%s) its %s pixels reach %.0f, far outside what %s was trained "
             "on, so expect nearly one class. The raster is probably in other units than the model's training data "
@@ -888,4 +890,8 @@ def _describe_percent(ds, card: ModelCard, name: str) -> None:
     else:
         for c in card.classes:
             ds.set_band_description(c.id + 1, f"probability of {c.name} (%)")
+        if ds.count > 1:  # 3 or 4 byte bands are RGB(A) to GDAL, and QGIS drew the probabilities as a colour image
+            from rasterio.enums import ColorInterp
+
+            ds.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (ds.count - 1)
     ds.update_tags(UNITS="percent", NODATA_MEANS="no input data")

@@ -14,7 +14,7 @@ from geoseg.errors import OutputError
 from geoseg.files import replaced_atomically
 from geoseg.raster import NODATA, STAGING_PREFIX, first_line, read_preview
 
-__all__ = ["colorize", "render_map", "save_png", "stretch", "write_preview"]
+__all__ = ["colorize", "north_up_flips", "render_map", "save_png", "stretch", "write_preview"]
 
 MAX_SIDE = 1024
 REGIONS_LEGEND = "unlabeled regions: colours only tell neighbouring regions apart"  # colours are not classes
@@ -60,6 +60,8 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     shown = list(bands)[:3] if len(bands) >= 3 else [bands[0]] * 3
     image = read_preview(image_path, shown, MAX_SIDE)
     mask = read_preview(str(mask_path), [1], MAX_SIDE, resampling="nearest")[..., 0]
+    flip = north_up_flips(mask_path)
+    image, mask = image[flip], mask[flip]  # as QGIS shows them: a south-up raster was drawn upside down
     rgb = image if image.dtype == np.uint8 else stretch(image, mask != NODATA)
     rgb[mask == NODATA] = 0
     gap = 8
@@ -79,7 +81,7 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     if title:
         draw.text((8, 4), title, fill="black", font=font)
     if outlines is not None:
-        _draw_outlines(draw, outlines, mask_path, mask.shape, offsets=(0, rgb.shape[1] + gap), top=top)
+        _draw_outlines(draw, outlines, mask_path, mask.shape, offsets=(0, rgb.shape[1] + gap), top=top, flip=flip)
     if regions:
         draw.text((8, top + panels.shape[0] + 6), REGIONS_LEGEND, fill="black", font=font)
         return canvas
@@ -97,7 +99,18 @@ def _area_text(area: float | None) -> str:
     return f", {area / 1e4:,.2f} ha" if area >= 1e4 else f", {area:,.0f} m²" if area >= 10 else f", {area:.2g} m²"
 
 
-def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
+def north_up_flips(mask_path) -> tuple[slice, slice]:
+    """The slices that show a raster north up and east right: rows reversed where they run north (a
+    south-up grid), columns where they run west. Rotated grids and those without georeferencing stay."""
+    from geoseg.raster import inspect_raster
+
+    transform, crs = inspect_raster(mask_path).map_georeferencing()
+    if crs is None or transform.b or transform.d:
+        return slice(None), slice(None)
+    return slice(None, None, -1 if transform.e > 0 else 1), slice(None, None, -1 if transform.a < 0 else 1)
+
+
+def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top, flip=(slice(None), slice(None))) -> None:
     import shapely
 
     from geoseg.raster import inspect_raster
@@ -107,6 +120,8 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top) -> None:
     for geom in outlines:
         for ring in shapely.get_parts(shapely.boundary(geom)):
             coords = [inverse * xy for xy in shapely.get_coordinates(ring)]
+            coords = [(info.width - c if flip[1].step == -1 else c, info.height - r if flip[0].step == -1 else r)
+                      for c, r in coords]
             for dx in offsets:
                 draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
 

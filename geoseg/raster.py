@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NODATA = 255
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
 @dataclass(frozen=True)

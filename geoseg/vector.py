@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -95,6 +96,26 @@ def _classes(names: dict[str, str], colours: dict, nodata: int = NODATA) -> dict
     else:  # a mask from elsewhere: classes are the coloured entries of its table (255 too, under another nodata)
         ids = sorted(k for k, c in colours.items() if k != nodata and c[3] > 0 and c[:3] != (0, 0, 0))
     return {i: (names.get(str(i), f"class {i}"), tuple(colours.get(i, (128, 128, 128, 255))[:3])) for i in ids}
+
+
+def _present_classes(names: dict, colours: dict, present) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """A mask from elsewhere: its coloured classes and every other class it holds, named ``class N`` and
+    coloured by its table where the entry is not transparent, else from geoseg's palette. A mask without a
+    colour table got a style of no category (QGIS drew nothing), and a black class 0 none (drawn nowhere)."""
+    from geoseg.models.card import default_color
+
+    out, taken = dict(names), [f"#{r:02X}{g:02X}{b:02X}" for _, (r, g, b) in names.values()]
+    for i in map(int, present):
+        if i in out:
+            continue
+        entry = colours.get(i)
+        if entry is not None and entry[3] > 0:
+            rgb = tuple(entry[:3])
+        else:
+            taken.append(default_color(i, taken))
+            rgb = tuple(int(taken[-1][k:k + 2], 16) for k in (1, 3, 5))
+        out[i] = (f"class {i}", rgb)
+    return dict(sorted(out.items()))
 
 
 def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bool, bool],
@@ -347,6 +368,8 @@ def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool) -> tuple
             out.append(int(item))
         elif item in by_name:
             out.append(by_name[item])
+        elif not named and (found := re.fullmatch(r"class (\d+)", str(item))):  # the name a foreign mask's polygons
+            out.append(int(found[1]))                                             # get (`_present_classes`)
         else:
             raise InputError(f"class {item!r} is not in this mask. Classes: {', '.join(by_name) or 'none named'}.")
     return tuple(out)
@@ -420,6 +443,9 @@ def vectorize(
     for name, value in (("min_area", min_area), ("simplify", simplify)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value >= 0:
             raise InputError(f"{name} must be a number of m² or m, 0 or more. Received: {value!r}")
+    for name, value in (("overwrite", overwrite), ("style", style)):  # overwrite=1 replaced a layer, as segment's does not
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"`{name}` must be True or False. Received: {name}={value!r}")
     driver = VECTOR_FORMATS.get(out_path.suffix.lower())
     if driver is None:
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
@@ -475,6 +501,8 @@ def vectorize(
     if len(merged["geometry"]):  # merged polygons: pixel to map coordinates
         merged["geometry"] = shapely.transform(merged["geometry"], lambda xy: _apply(transform, xy))
     parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
+    if not tag_names:
+        names = _present_classes(names, colours, np.unique(parts["class_id"]))
     name_of = np.array([names.get(i, (str(i), None))[0] for i in range(256)], object)
     frame = gpd.GeoDataFrame(
         {"class_id": parts["class_id"].astype(np.uint8), "class_name": name_of[parts["class_id"].astype(np.int64)]},
@@ -496,6 +524,8 @@ def vectorize(
         frame["area_m2"], frame["perimeter_m"] = _measure(frame)
     if to_crs is not None:
         frame = frame.to_crs(to_crs)
+    if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged
+        frame["geometry"] = shapely.orient_polygons(frame.geometry.values, exterior_cw=False)  # specks reversed some
     _write_layer(frame, out_path, driver)
     qml = out_path.with_suffix(".qml")
     if style and qml.exists() and "<rasterrenderer" in qml.read_text(errors="replace"):
@@ -567,9 +597,11 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
 
 def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:
     """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
+    from xml.sax.saxutils import quoteattr  # "sand & gravel" made a file QGIS could not parse
+
     if kind == "raster":
         entries = "\n".join(
-            f'          <paletteEntry value="{i}" label="{name}" color="#{r:02x}{g:02x}{b:02x}" alpha="255"/>'
+            f'          <paletteEntry value="{i}" label={quoteattr(str(name))} color="#{r:02x}{g:02x}{b:02x}" alpha="255"/>'
             for i, (name, (r, g, b)) in classes.items()
         )
         body = f"""  <pipe>
@@ -581,7 +613,8 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
   </pipe>"""
     else:
         categories = "\n".join(
-            f'      <category value="{i}" label="{name}" symbol="{i}" render="true"/>' for i, (name, _) in classes.items()
+            f'      <category value="{i}" label={quoteattr(str(name))} symbol="{i}" render="true"/>'
+            for i, (name, _) in classes.items()
         )
         symbols = "\n".join(
             f'''      <symbol type="fill" name="{i}" alpha="1">
@@ -605,7 +638,7 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
   </renderer-v2>"""
     text = f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.28\">\n{body}\n</qgis>\n"
     with replaced_atomically(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # class names (forêt) in any locale
 
 
 

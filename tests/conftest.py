@@ -35,7 +35,7 @@ def smooth_image(shape, bands, dtype="uint8", seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     field = gaussian_filter(rng.normal(size=(bands,) + tuple(shape)), sigma=(0, 4, 4))
     field = (field - field.min()) / (np.ptp(field) + 1e-9)
-    top = {"uint8": 255, "uint16": 4000, "int16": 3000, "float32": 1.0}[str(dtype)]
+    top = {"uint8": 255, "int8": 127, "uint16": 4000, "int16": 3000, "float32": 1.0}[str(dtype)]
     return (field * top).astype(dtype)
 
 

@@ -130,6 +130,63 @@ def test_compare_reads_unnamed_labels_by_the_first_model_for_every_model(make_ra
         compare([str(tiny_fcn), "threshold"], [image, image], [named, unnamed])
 
 
+def test_compare_reads_vector_ids_by_the_first_model_for_every_model(make_raster, tiny_fcn, tmp_path):
+    """Polygons whose field holds ids were read by each model's own classes: class1 of the U-Net was a
+    baseline's "water", without a note; names in the field were matched by name, as they still are."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(50, 60))  # 0.5 m pixels from (500000, 2800000)
+    boxes = [shapely.box(500000.0, 2799975.0, 500015.0, 2800000.0), shapely.box(500015.0, 2799975.0, 500030.0, 2800000.0)]
+    for name, values in (("ids", [0, 1]), ("names", ["class0", "class1"])):
+        gpd.GeoDataFrame({"class": values}, geometry=boxes, crs="EPSG:32640").to_file(tmp_path / f"{name}.gpkg")
+    by_id = compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "ids.gpkg"], label_format="vector")
+    by_name = compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "names.gpkg"], label_format="vector")
+    for result in (by_id, by_name):
+        baseline = result["evaluations"][1]
+        assert baseline["confusion_matrix"][1] == [0, 0, 0] and baseline["confusion_matrix"][2] == [0, 0, 0], baseline
+        assert "scored as its 'other' class: class0, class1" in " ".join(baseline["notes"])
+    assert by_id["evaluations"][0]["confusion_matrix"] == by_name["evaluations"][0]["confusion_matrix"]
+    gpd.GeoDataFrame({"class": ["class0", "class1"]}, geometry=boxes, crs="EPSG:32640").to_file(tmp_path / "mixed.gpkg")
+    with pytest.raises(InputError, match="1 of the 2 label files hold class ids in their field and the others class "
+                                         "names"):
+        compare([str(tiny_fcn), "threshold"], [image, image], [tmp_path / "ids.gpkg", tmp_path / "mixed.gpkg"],
+                label_format="vector")
+
+
+def test_vector_labels_of_a_file_of_several_layers_name_their_layer(make_raster, tmp_path):
+    """The first layer of a GeoPackage was read silently (a raw pyogrio warning), and 'file|layername=' was
+    "label file not found"."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(50, 60))
+    box = shapely.box(500000.0, 2799975.0, 500030.0, 2800000.0)
+    multi = tmp_path / "multi.gpkg"
+    gpd.GeoDataFrame({"name": ["town"]}, geometry=[box], crs="EPSG:32640").to_file(multi, layer="aoi")
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[box], crs="EPSG:32640").to_file(multi, layer="labels")
+    with pytest.raises(InputError, match=r"multi.gpkg holds 2 layers \(aoi, labels\); name the label layer, e.g. "
+                                         r"'.*multi.gpkg\|layername=labels'"):  # the one with a 'class' field
+        evaluate("threshold", [image], [multi], label_format="vector")
+    with pytest.raises(InputError, match=r"after '\|' name a layer as 'layername=NAME'. Received: 'layer=labels'"):
+        evaluate("threshold", [image], [f"{multi}|layer=labels"], label_format="vector")  # "label file not found"
+    import warnings
+
+    with warnings.catch_warnings():  # compare named the layer itself, not pyogrio's "More than one layer found"
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="holds 2 layers"):
+            compare(["threshold", "region-growing"], [image], [multi], label_format="vector")
+    with pytest.raises(InputError, match="has no layer 'roofs'; its layers: aoi, labels"):
+        evaluate("threshold", [image], [f"{multi}|layername=roofs"], label_format="vector")
+    far = tmp_path / "far.gpkg"  # polygons elsewhere: the message named no file and ended in "?."
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(0, 0, 10, 10)], crs="EPSG:32640").to_file(far)
+    with pytest.raises(InputError, match=r"far.gpkg: no labelled pixel matched a class the model scores, so there is "
+                                         r"nothing to score: check that the polygons cover the images .*names or ids\.$"):
+        evaluate("threshold", [image], [far], label_format="vector")
+    result = evaluate("threshold", [image], [f"{multi}|layername=labels"], label_format="vector")
+    assert result.pixels_scored == 50 * 60  # the box covers the image
+
+
 def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     image = make_raster(shape=(50, 60))
     other = model_dir / "tiny-tiled.keras"

@@ -36,9 +36,14 @@ CARD = {
         ({"normalization": {"method": "meanstd", "mean": [1], "std": [1, 1, 1]}}, "normalization.mean"),
         ({"normalization": {"method": "meanstd", "mean": [1, 2, 3], "std": [1, 0, 1]}}, "normalization.std' must be above 0"),
         ({"normalization": {"method": "scale", "scale": "1/255"}}, "normalization.scale' must be a number"),
+        ({"normalization": {"method": "scale", "offset": -1.0}}, r"method 'scale' needs field 'normalization.scale' "
+                                                                 r"\(x \* scale \+ offset\)"),
         ({"normalization": {"method": "percentile", "low": 98, "high": 2}}, "0 <= low < high <= 100"),
         ({"classes": [{"id": 1, "name": "a"}]}, r"classes\[0\]"),  # ids out of order
         ({"classes": [{"id": 0, "name": "a", "color": "red"}]}, "color"),
+        ({"classes": [{"id": 0, "name": " "}]}, r"classes\[0\].name must be a non-empty text, such as 'water'. "
+                                                "Received: ' '"),
+        ({"classes": [{"id": 0, "name": 7}]}, r"classes\[0\].name must be a non-empty text"),
         ({"tile_size": 6}, "tile_size"),  # no room for the margin
         # wrong types gave TypeErrors, which stopped `geoseg models` instead of skipping the bundle
         ({"classes": 5}, "field 'classes' must be a list"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 import shapely
 from rasterio.transform import from_origin
 
@@ -79,6 +81,7 @@ def test_output_keeps_georeferencing_and_describes_classes(make_raster, tiny_fcn
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     with rasterio.open(result.outputs["probabilities"]) as ds:
         proba = ds.read()
+        assert ds.colorinterp[0] == ColorInterp.gray  # 3 byte bands: GDAL's RGB, which QGIS showed as a colour image
     assert proba.shape[0] == 3
     assert np.abs(proba.astype(int).sum(0) - 100).max() <= 2  # percent, rounding
     confidence = _read(result.outputs["confidence"])
@@ -153,9 +156,11 @@ def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_ra
     segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False)
     assert "far outside what tiny-fcn was trained on" in caplog.text
     assert "pass --normalize scale:0.00066" in caplog.text  # 1/255 * 255 / its 99.5th percentile (~1493), offset 0
+    # in Python the dict, not the command line's text, which segment(normalization=) refuses
+    assert re.search(r"normalization=\{'method': 'scale', 'scale': 0.00066\d*, 'offset': 0\} in Python", caplog.text)
 
 
-@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "int8"])  # GDAL's Int8 (3.7+) was refused
 def test_other_dtypes(make_raster, tiny_fcn, tmp_path, dtype):
     path = make_raster(dtype=dtype, shape=(50, 60))
     result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=32, preview=True)
@@ -212,6 +217,8 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
         ({"sieve": -1}, InputError, "sieve .--sieve. is a region size in pixels"),
         ({"sieve": 2.5}, InputError, "a whole number of at least 0. Received: 2.5"),
+        ({"batch_size": "8"}, TilingError, "`batch_size` must be a whole number of tiles. Received: batch_size='8'"),
+        ({"margin": 4.0}, TilingError, "`margin` must be a whole number of pixels"),
         ({"sieve": 9, "model": "watershed-regions"}, InputError, "would join regions that share a colour"),
     ],
 )
@@ -930,6 +937,7 @@ def test_the_suggested_normalisation_comes_from_the_card_whatever_was_overridden
     segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False,
             normalization={"method": "scale", "scale": 0.01, "offset": -1.0})
     assert "pass --normalize scale:0.00066" in caplog.text and ",-1 (normalization" not in caplog.text
+    assert "'offset': -1}" not in caplog.text
 
 
 def test_a_fixed_tile_model_is_told_which_margin_fits(make_raster, tiny_tiled, tmp_path):
@@ -975,6 +983,32 @@ def test_the_legend_draws_square_metres_and_accents_and_fits_its_lines(make_rast
     if font.getname()[0] == "Aileron":
         pytest.skip("no DejaVu, Liberation, Arial or Helvetica font on this machine: Pillow's own is used")
     assert _drawable("1 m²", font) == "1 m²"
+
+
+@pytest.mark.parametrize("south_up", [False, True])
+def test_maps_show_a_south_up_raster_north_up_with_its_outlines(make_raster, south_up):
+    """A south-up grid (rows running north) was drawn upside down, unlike QGIS, and outlines with it."""
+    import geopandas as gpd
+    import shapely
+    from affine import Affine
+
+    from geoseg.models.card import ClassInfo
+    from geoseg.preview import render_map
+
+    rows = np.arange(400)[:, None].repeat(300, 1)
+    north = rows < 100 if not south_up else rows >= 300  # the northern quarter, wherever the grid stores it
+    transform = Affine(1.0, 0, 500000.0, 0, 1.0, 2799600.0) if south_up else Affine(1.0, 0, 500000.0, 0, -1.0, 2800000.0)
+    image = make_raster(shape=(400, 300), transform=transform, data=np.where(north, 250, 10)[None].repeat(3, 0).astype(np.uint8))
+    mask = make_raster(name="mask.tif", shape=(400, 300), bands=1, transform=transform,
+                       data=north[None].astype(np.uint8))
+    zone = gpd.GeoSeries([shapely.box(500050.0, 2799920.0, 500250.0, 2799980.0)], crs="EPSG:32640")  # in the north
+    classes = [ClassInfo(0, "south", "#0000FF"), ClassInfo(1, "north", "#FF0000")]
+    canvas = np.asarray(render_map(str(image), mask, classes, [{"pixels": 90000}, {"pixels": 30000}], [1, 2, 3],
+                                   outlines=zone))
+    left = canvas[:400, :300]  # the image panel (the legend below has a red swatch)
+    assert (left[20, 10] > 200).all() and (left[380, 10] < 40).all()  # the bright north at the top
+    red = np.argwhere((left[..., 0] == 255) & (left[..., 1] == 0) & (left[..., 2] == 0))
+    assert len(red) and red[:, 0].max() < 100  # the zone's outline in the top quarter too
 
 
 def test_an_interrupted_run_makes_no_more_model_calls(make_raster, tiny_fcn, tmp_path, monkeypatch):

@@ -171,7 +171,7 @@ def test_bad_requests(make_mask, tmp_path):
     with rasterio.open(foreign, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8") as ds:
         ds.write(np.eye(4, dtype=np.uint8), 1)
         ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 255, 255, 255)})
-    assert vectorize(foreign, tmp_path / "bg.gpkg", keep=[0]).per_class == {"0": 2}  # its ids are not refused
+    assert vectorize(foreign, tmp_path / "bg.gpkg", keep=[0]).per_class == {"class 0": 2}  # its ids are not refused
     with pytest.raises(InputError, match="has no CRS, so its polygons cannot be reprojected"):  # was a traceback
         vectorize(foreign, tmp_path / "z.gpkg", to_crs="EPSG:4326")                              # after the work
     rgb = tmp_path / "rgb.tif"
@@ -488,3 +488,51 @@ def test_class_areas_in_a_polar_projection_are_measured_per_pixel(make_mask, tmp
         lon, lat = to_lonlat.transform(*zip(*(transform * (c + dc, dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1)))))
         one_row[data[0, c]] += abs(geod.polygon_area_perimeter(lon, lat)[0])
     assert class_pixels_and_areas(strip, inspect_raster(strip), 3)[1][:2] == pytest.approx(one_row, rel=2e-4)
+
+
+def test_styles_are_valid_xml_and_cover_every_class_of_a_mask_from_elsewhere(make_mask, tmp_path):
+    """A class named "sand & gravel" made styles QGIS could not parse; a label raster without a colour table got
+    a style of no category (QGIS drew nothing), and one whose class 0 is black left class 0 out of it."""
+    import xml.etree.ElementTree as ET
+
+    def categories(qml):
+        root = ET.parse(qml).getroot()
+        found = root.iter("category") if root.find(".//categories") is not None else root.iter("paletteEntry")
+        return {int(e.get("value")): e.get("label") for e in found}
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:10, 5:15], mask[12:18, 2:8] = 1, 2
+    named = make_mask(mask, names=("sand & gravel", 'water <deep>', 'the "rest"'))
+    vectorize(named, tmp_path / "named.gpkg")
+    assert categories(tmp_path / "named.qml") == {0: "sand & gravel", 1: "water <deep>", 2: 'the "rest"'}
+    from geoseg.vector import write_qml
+
+    write_qml(tmp_path / "r.qml", {0: ("a & b", (1, 2, 3))}, kind="raster")
+    assert categories(tmp_path / "r.qml") == {0: "a & b"}
+    for table in (None, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (0, 0, 255, 255)}):
+        path = tmp_path / f"label_{table is None}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8",
+                           crs="EPSG:32633", transform=from_origin(400000.0, 6000000.0, 2.0, 2.0)) as ds:
+            ds.write(mask, 1)
+            if table:
+                ds.write_colormap(1, table)
+        result = vectorize(path, path.with_suffix(".gpkg"))
+        assert categories(path.with_suffix(".qml")) == {0: "class 0", 1: "class 1", 2: "class 2"}
+        assert vectorize(path, tmp_path / "kept.gpkg", keep=["class 1"], overwrite=True).per_class == {"class 1": 1}
+        assert result.per_class == {"class 0": 1, "class 1": 1, "class 2": 1}
+        layer = gpd.read_file(path.with_suffix(".gpkg"))
+        assert sorted(set(layer["class_name"])) == ["class 0", "class 1", "class 2"]
+
+
+@pytest.mark.parametrize("south_up, specks", [(False, "drop"), (True, "drop"), (False, "merge")])
+def test_polygons_have_anticlockwise_exteriors_and_clockwise_holes(make_mask, tmp_path, south_up, specks):
+    """RFC 7946 asks for anticlockwise exterior rings: a south-up mask gave none, merged specks reversed 59%."""
+    mask = noisy_mask((60, 60), seed=2)
+    transform = Affine(2.0, 0, 400000.0, 0, 2.0, 6000000.0) if south_up else None
+    path = make_mask(mask, transform=transform)
+    vectorize(path, tmp_path / "p.geojson", to_crs="EPSG:4326", min_area=20, specks=specks)
+    geoms = gpd.read_file(tmp_path / "p.geojson").geometry.values
+    assert len(geoms) > 10
+    assert shapely.is_ccw(shapely.get_exterior_ring(geoms)).all()
+    holes = [ring for g in geoms for ring in g.interiors]
+    assert holes and not any(shapely.is_ccw(ring) for ring in holes)

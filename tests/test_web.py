@@ -330,6 +330,48 @@ def test_paletted_png_is_segmented_as_the_colours_it_shows(client):
     assert "m0_polygons.gpkg" in job["files"]
 
 
+def test_a_paletted_upload_placed_by_ground_control_points_keeps_them(client, tmp_path):
+    """A scanned map in 256 colours, placed by GCPs, lost them when expanded to RGB: its mask had no
+    georeferencing and no GeoJSON, while the same image in RGB kept both."""
+    from rasterio.control import GroundControlPoint
+
+    index = np.zeros((60, 80), np.uint8)
+    index[:, 40:] = 1
+    path = tmp_path / "scan.tif"
+    gcps = [GroundControlPoint(row, col, 500000.0 + col, 2800000.0 - row) for row, col in ((0, 0), (0, 80), (60, 0), (60, 80))]
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8") as ds:
+        ds.write(index, 1)
+        ds.write_colormap(1, {0: (200, 180, 140, 255), 1: (30, 90, 200, 255)})
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32640))
+    response = client.post("/api/segment", data={"image": (io.BytesIO(path.read_bytes()), "scan.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    assert "m0_polygons.geojson" in job["files"]
+    with client.get(job["files"]["m0_mask.tif"]) as mask:
+        (tmp_path / "mask.tif").write_bytes(mask.data)
+    with rasterio.open(tmp_path / "mask.tif") as ds:
+        placed, crs = ds.gcps
+        assert len(placed) == 4 and crs == "EPSG:32640"
+
+
+def test_a_south_up_upload_is_shown_north_up(client, make_raster):
+    """A south-up raster (rows running north) was shown upside down on the page, unlike QGIS."""
+    from affine import Affine
+
+    north = np.arange(60)[:, None].repeat(80, 1) >= 45  # rows 45-59 are the north of a south-up grid
+    data = np.where(north, 240, 20)[None].repeat(3, 0).astype(np.uint8)
+    tif = make_raster(data=data, transform=Affine(0.5, 0, 500000.0, 0, 0.5, 2799970.0))
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    with client.get(job["files"]["original.png"]) as png:
+        shown = np.asarray(Image.open(io.BytesIO(png.data)).convert("L"))
+    assert shown[: shown.shape[0] // 5].mean() > 200 and shown[-shown.shape[0] // 5 :].mean() < 60
+
+
 def test_two_servers_sharing_a_folder_keep_their_own_jobs(tmp_path, model_dir, monkeypatch, make_raster):
     """Each server used to sweep every folder it did not know that was older than its own --ttl."""
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
@@ -512,12 +554,12 @@ def test_agreement_compares_class_names_not_ids():
 
 
 def test_request_errors_name_the_upload_not_the_server_path(app, client, make_raster):
-    """An int8 GeoTIFF was refused with the server's copy: '/tmp/.../upload/a.tif: data type int8 ...'."""
-    tif = make_raster(data=np.zeros((3, 60, 80), np.int8))
+    """An int64 GeoTIFF was refused with the server's copy: '/tmp/.../upload/a.tif: data type int64 ...'."""
+    tif = make_raster(data=np.zeros((3, 60, 80), np.int64))
     with client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "threshold"},
                      content_type="multipart/form-data") as response:
         error = response.get_json()["error"]
-    assert response.status_code == 400 and error.startswith("a.tif: data type int8 is not supported; use one of")
+    assert response.status_code == 400 and error.startswith("a.tif: data type int64 is not supported; use one of")
     assert str(app.extensions["geoseg_jobs"].root) not in error and "/upload/" not in error
 
 

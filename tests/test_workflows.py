@@ -679,8 +679,8 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
     second = survey([src, str(src / "**" / "*.tif")], out, model=str(tiny_fcn), chunk=32)
     assert len(second.skipped) == 2 and not second.done and not second.failed
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["f0", "f1"]
-    with pytest.raises(InputError, match="no rasters found in .*survey other than files geoseg wrote"):
-        survey([out], out, model=str(tiny_fcn))  # all of it geoseg wrote, too
+    with pytest.raises(InputError, match="no rasters found in .*survey outside the output folder .*survey. Pass"):
+        survey([out], out, model=str(tiny_fcn))  # all of it under the output folder (and geoseg's, which goes unsaid)
     with pytest.raises(InputError, match=r"jobs \(--jobs\) must be a whole number of at least 1. Received: 0"):
         survey([src], out, model=str(tiny_fcn), jobs=0)  # ran as jobs=1
     # a mask cut short was "skipped" as done, and the mosaic then failed with a traceback
@@ -722,6 +722,13 @@ def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp
     with pytest.raises(InputError, match=r"no rasters found in .*old other than files geoseg wrote \(name one"):
         survey([src / "old"], tmp_path / "none", model="threshold")
     assert str(user_mask) in {e["input"] for e in result.done}
+    survey([src], src / "survey", model="threshold")
+    caplog.clear()  # a rerun into a folder among the images: its own outputs are no files to warn of
+    again = survey([src], src / "survey", model="threshold")
+    assert len(again.skipped) == 2 and not again.done
+    warned = [r.getMessage() for r in caplog.records if "that geoseg wrote" in r.getMessage()]
+    assert len(warned) == 1 and "flights: left out 6 file(s) that geoseg wrote" in warned[0], warned  # not 9
+    assert "survey/" not in warned[0]
 
 
 def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_raster, tmp_path, monkeypatch):
@@ -1131,3 +1138,81 @@ def test_segment_options_of_survey_and_scene_are_checked_before_any_raster(make_
         (survey if call == "survey" else scene)(make_raster() if call == "scene" else [make_raster()],
                                                 tmp_path / "out", model="threshold", **options)
     assert not (tmp_path / "out").exists()
+
+
+def _numpy_scalars(value, where="result") -> list[str]:
+    """Where a result holds numpy scalars (np.float64 prints as np.float64(12.5) and fails some JSON encoders)."""
+    if isinstance(value, np.generic):
+        return [f"{where}: {type(value).__name__}"]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _numpy_scalars(v, f"{where}[{k!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [found for i, v in enumerate(value) for found in _numpy_scalars(v, f"{where}[{i}]")]
+    return []
+
+
+def test_python_results_hold_plain_numbers_and_flood_reports_progress(make_raster, tmp_path):
+    """From a Python user: zone and AOI shares and compare's agreement were np.float64; flood() refused progress=,
+    so a model's run over a large raster was silent; vectorize(overwrite=1) replaced a layer, which README says
+    no flag does; evaluate and compare were missing from the package's top level."""
+    import geoseg
+
+    path = make_raster(shape=(60, 80), bands=4)
+    x0, y0 = 500000.0, 2800000.0
+    zones = gpd.GeoDataFrame({"name": ["a", "b"]}, geometry=[shapely.box(x0, y0 - 30, x0 + 20, y0),
+                                                             shapely.box(x0 + 20, y0 - 30, x0 + 40, y0)], crs="EPSG:32640")
+    zones.to_file(tmp_path / "zones.gpkg")
+    scene_steps = []
+    made = geoseg.scene(path, tmp_path / "scene", zones=tmp_path / "zones.gpkg", zone_field="name", model="threshold",
+                        progress=scene_steps.append)
+    assert scene_steps[-2:] == [pytest.approx(0.95), 1.0]  # 100% only once the tables and map are written
+    steps = []
+    flooded = geoseg.flood(path, tmp_path / "flood", pre=path, aoi=tmp_path / "zones.gpkg", model="threshold",
+                           bands=(1, 2, 3), progress=steps.append)
+    compared = geoseg.compare(["threshold", "region-growing"], [path], output_dir=tmp_path / "cmp")
+    assert "all agree" in (tmp_path / "cmp" / "image_disagreement.qml").read_text()  # styled, as the masks are
+    evaluated = geoseg.evaluate("threshold", [path], [made.outputs["mask"]])
+    found = [*_numpy_scalars(made.to_dict(), "scene"), *_numpy_scalars(flooded.to_dict(), "flood"),
+             *_numpy_scalars(compared, "compare"), *_numpy_scalars(evaluated.to_dict(), "evaluate")]
+    assert not found, found
+    # two images of one size: the post-event mask is done at 0.475, the pre-event one at 0.95, then the map
+    assert steps == sorted(steps) and steps[-1] == 1.0, steps
+    assert pytest.approx(0.475) in steps and max(s for s in steps if s < 1) == pytest.approx(0.95), steps
+    with pytest.raises(InputError, match=r"`progress` takes a function of one argument"):
+        geoseg.flood(path, tmp_path / "f2", progress=3)
+    ndwi = []
+    geoseg.flood(path, tmp_path / "ndwi", method="ndwi", progress=ndwi.append)
+    assert ndwi[-1] == 1.0 and ndwi == sorted(ndwi)
+    geoseg.vectorize(made.outputs["mask"], tmp_path / "layer.gpkg")
+    for flag in ("overwrite", "style"):
+        with pytest.raises(InputError, match=rf"`{flag}` must be True or False. Received: {flag}=1"):
+            geoseg.vectorize(made.outputs["mask"], tmp_path / "layer.gpkg", **{flag: 1})
+    assert {"evaluate", "compare"} <= set(geoseg.__all__)
+
+
+def test_survey_mosaics_of_crss_without_an_epsg_code_get_file_names(make_raster, tmp_path):
+    """A compound or custom CRS has no EPSG code, so its mosaic was named by its whole WKT: 'No such file' or
+    'File name too long' after every raster was segmented, and the rerun skipped them all into the same crash."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    custom = CRS.from_wkt(
+        'PROJCS["custom TM",GEOGCS["GRS 1980",DATUM["unknown",SPHEROID["GRS80",6378137,298.257222101]],'
+        'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+        'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-74.5],PARAMETER["scale_factor",0.9999],'
+        'PARAMETER["false_easting",150000],PARAMETER["false_northing",0],UNIT["metre",1]]')
+    (tmp_path / "in").mkdir()
+    make_raster(name="in/utm.tif", shape=(30, 30))
+    make_raster(name="in/custom.tif", shape=(30, 30), crs=custom, transform=from_origin(150000.0, 2800000.0, 1.0, 1.0))
+    make_raster(name="in/compound.tif", shape=(30, 30), crs=CRS.from_string("EPSG:32618+5703"),
+                transform=from_origin(150000.0, 2800000.0, 1.0, 1.0))
+    result = survey([tmp_path / "in"], tmp_path / "out", model="threshold", preview=False)
+    assert not result.failed and len(result.done) == 3
+    names = sorted(p.name for p in (tmp_path / "out").glob("masks*.vrt"))
+    assert len(names) == 3 and "masks_EPSG_32640.vrt" in names, names
+    assert all(re.fullmatch(r"masks_(EPSG_32640|crs_[0-9a-f]{8})\.vrt", n) for n in names), names
+    for name in names:
+        with rasterio.open(tmp_path / "out" / name) as ds:
+            assert ds.crs is not None and ds.read(1).shape == (30, 30)

@@ -113,11 +113,14 @@ def _may_run_keras(command: str, args: Sequence[str]) -> bool:
         names = [n for value in _option_values(args, ("--models",)) for n in value.split(",")]
     else:
         names = _option_values(args, ("-m", "--model"))
-    if not names:  # the default model
-        return True
+    return not all_baselines(names)
+
+
+def all_baselines(names: Sequence[str]) -> bool:
+    """Whether every model named is a built-in baseline (numpy, no TensorFlow); no names: the default model."""
     from geoseg.models.registry import BUILTIN, builtin_names
 
-    return not all(n.strip().partition("?")[0].removeprefix(BUILTIN) in builtin_names() for n in names)
+    return bool(names) and all(n.strip().partition("?")[0].removeprefix(BUILTIN) in builtin_names() for n in names)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

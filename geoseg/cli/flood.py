@@ -33,8 +33,9 @@ __all__ = ["flood"]
                    "images' together).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, bands, chunk, sieve, green_band, nir_band,
-          ndwi_threshold, overwrite, as_json):
+          ndwi_threshold, overwrite, as_json, quiet):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
     Writes flood.tif (class mask on POST's grid), flood_polygons.gpkg, flood.png
@@ -43,6 +44,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
     """
     from click.core import ParameterSource
 
+    from geoseg.cli.segment import _bar
     from geoseg.workflows.flood import flood as run_flood
 
     ctx = click.get_current_context()  # options of the other method were ignored without a word
@@ -58,13 +60,15 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
             ndwi_threshold = float(ndwi_threshold)
         except ValueError:
             raise click.BadParameter("use 'otsu' or a number between -1 and 1", param_hint="--ndwi-threshold")
-    with fail_cleanly():
+    with fail_cleanly(), _bar(post, quiet) as progress:
         result = run_flood(post, output_dir, pre=pre, aoi=aoi, aoi_field=aoi_field, method=method, model=model,
                            water_class=water_class, green_band=green_band, nir_band=nir_band,
-                           ndwi_threshold=ndwi_threshold, overwrite=overwrite,
+                           ndwi_threshold=ndwi_threshold, overwrite=overwrite, progress=progress,
                            **{k: v for k, v in (("bands", bands), ("chunk", chunk), ("sieve", sieve)) if v})
     if as_json:
         emit_json(result.to_dict())
+        return
+    if quiet:
         return
     click.echo(f"water from {result.water_source}", err=True)
     large = max((c["area_m2"] or 0 for c in result.classes), default=0) >= 1e6  # one unit for the whole list

@@ -108,10 +108,11 @@ def check(names: tuple[str, ...], image: str | None, window: int, chunk: int, as
     geoseg models check                         # everything on GEOSEG_MODEL_PATH, the zoo, plugins
     geoseg models check my-model.keras --image scene.tif
     """
-    from geoseg.cli import load_tensorflow
+    from geoseg.cli import all_baselines, load_tensorflow
     from geoseg.models.check import SEAM_FLOOR, check_models, exit_status
 
-    load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
+    if not all_baselines(names):  # baselines need none: 3 s and 550 MB
+        load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
     with fail_cleanly():
         results = check_models(list(names) or None, image=image, window=window, chunk=chunk)
     if as_json:

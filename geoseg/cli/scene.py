@@ -21,7 +21,7 @@ __all__ = ["scene"]
 @click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
-@click.option("--quiet", is_flag=True, help="No summary.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
     """Area and share of every class in INPUT; with --zones, per zone too.
 
@@ -29,11 +29,12 @@ def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, over
     zone outlines), STEM_scene.json and, with zones, STEM_zones.gpkg (zones with
     CLASS_m2 and CLASS_pct attributes) and STEM_zones.csv.
     """
+    from geoseg.cli.segment import _bar
     from geoseg.workflows.scene import scene as run_scene
 
-    with fail_cleanly():
+    with fail_cleanly(), _bar(input, quiet) as progress:
         result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
-                           model=model, bands=bands, chunk=chunk, sieve=sieve)
+                           model=model, bands=bands, chunk=chunk, sieve=sieve, progress=progress)
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:

@@ -272,6 +272,9 @@ def _parse_class(index: int, data: Any, source: str, taken: list[str] | None = N
             "the order of the model's output channels."
         )
     _check_typos(data, ("id", "name", "color"), f"{source}: classes[{index}]")  # 'colour' was dropped: a grey
+    if not isinstance(data["name"], str) or not data["name"].strip():  # "" headed tables and layers' fields as "_m2"
+        raise CardError(f"{source}: classes[{index}].name must be a non-empty text, such as 'water'. "
+                        f"Received: {data['name']!r}")
     color = data.get("color")
     if color is None:
         color = default_color(index, taken or ())
@@ -308,6 +311,9 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
         allowed = ", ".join(_NORMALISATION_FIELDS[method]) or "no other field"
         raise CardError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} in 'normalization'; method "
                         f"{method!r} takes {allowed}.")
+    if method == "scale" and "scale" not in data:  # it ran as scale 1, which is 'none', without a word
+        raise CardError(f"{source}: method 'scale' needs field 'normalization.scale' (x * scale + offset), e.g. "
+                        "0.00392156862745098 to take 8-bit values to 0..1; use {'method': 'none'} for no scaling.")
     keys = {"scale": ("scale", "offset"), "percentile": ("low", "high")}.get(method, ())
     for key in keys:
         if key in data and not _is_number(data[key]):

@@ -277,7 +277,8 @@ def _check_bands(name: str, count: int, entries) -> None:
 def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
     """A paletted upload (a 256-colour PNG, a GIF-like GeoTIFF) becomes the RGB GeoTIFF that it shows.
 
-    Its georeferencing is kept; colour-table entries that are transparent become nodata.
+    Its georeferencing is kept (a CRS and transform, or ground control points, or RPCs: a scanned map
+    placed by GCPs lost them); colour-table entries that are transparent become nodata.
     """
     import numpy as np
     import rasterio
@@ -292,6 +293,7 @@ def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
             with rasterio.open(path) as ds:
                 index, table = ds.read(1), ds.colormap(1)
                 crs, transform = ds.crs, ds.transform
+                (gcps, gcp_crs), rpcs = ds.gcps, ds.rpcs
     except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
         raise _unreadable(name) from None
     georef = {"crs": crs, "transform": transform} if crs is not None or not transform.is_identity else {}
@@ -305,6 +307,10 @@ def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
         with rasterio.open(out, "w", driver="GTiff", width=index.shape[1], height=index.shape[0], count=3,
                            dtype="uint8", photometric="RGB", **georef) as dst:
             dst.write(np.moveaxis(rgba[..., :3], -1, 0))
+            if gcps and not georef:
+                dst.gcps = (gcps, gcp_crs)
+            if rpcs is not None:
+                dst.rpcs = rpcs
             if (rgba[..., 3] == 0).any():
                 dst.write_mask(np.where(rgba[..., 3] == 0, 0, 255).astype(np.uint8))
     if out != path:
@@ -317,7 +323,7 @@ def _original_png(path: Path, folder: Path, name: str) -> Path:
     import rasterio
     from PIL import Image
 
-    from geoseg.preview import save_png, stretch
+    from geoseg.preview import north_up_flips, save_png, stretch
     from geoseg.raster import read_preview
 
     try:
@@ -326,6 +332,7 @@ def _original_png(path: Path, folder: Path, name: str) -> Path:
             with rasterio.open(path) as ds:
                 bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
             data = read_preview(str(path), bands, 1024)
+            data = data[north_up_flips(path)]  # a south-up raster as QGIS shows it, as the masks are drawn
     except rasterio.errors.RasterioIOError:  # the header was fine (check_pixels), the pixels are not
         raise _unreadable(name) from None
     rgb = data if data.dtype == np.uint8 else stretch(data)

@@ -130,7 +130,7 @@ def _for_user(message: str, job: Job) -> str:
     not the command line's options."""
     if "label" in job.files and job.label_name:
         message = message.replace(str(job.files["label"]), job.label_name)
-    message = re.sub(r"pass --normalize (\S+) \(normalization= in Python\)", r"set Normalisation to \1", message)
+    message = re.sub(r"pass --normalize (\S+) \(normalization=\{[^}]*\} in Python\)", r"set Normalisation to \1", message)
     message = message.replace("pass --normalize (normalization= in Python)", "set Normalisation")
     return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
 
@@ -157,7 +157,7 @@ def run_job(job: Job) -> None:
     from geoseg.models.card import normalization_from_text
     from geoseg.models.registry import with_card
     from geoseg.models.segmenter import FlipAveraged, KerasSegmenter
-    from geoseg.preview import colorize, save_png
+    from geoseg.preview import colorize, north_up_flips, save_png
     from geoseg.raster import read_preview
     from geoseg.vector import vectorize
 
@@ -191,6 +191,7 @@ def run_job(job: Job) -> None:
             vectorize(res.outputs["mask"], geojson, overwrite=True, style=False, to_crs="EPSG:4326")
             job.files[f"{key}_polygons.geojson"] = geojson
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
+        mask = mask[north_up_flips(res.outputs["mask"])]  # as original.png (and QGIS) show a south-up raster
         masks[name] = (mask, card)
         rgba = np.dstack([colorize(mask, card.classes), np.where(mask == 255, 0, 255).astype(np.uint8)])
         from PIL import Image
@@ -221,7 +222,7 @@ def _agreement(masks: list) -> float:
 
     count = _Disagreement([card for _, card in masks])(np.stack([mask for mask, _ in masks]))
     valid = count != 255
-    return round(100 * (valid & (count == 0)).sum() / max(valid.sum(), 1), 2)
+    return round(100 * int((valid & (count == 0)).sum()) / max(int(valid.sum()), 1), 2)  # a float, not np.float64
 
 
 def _overlay(original: Path, rgba: np.ndarray):

@@ -112,7 +112,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
     """Write dict rows as CSV with a header, atomically."""
 
     def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
+        with tmp.open("w", newline="", encoding="utf-8") as f:  # class names and m² in any locale
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
             writer.writeheader()
             writer.writerows(rows)
@@ -127,7 +127,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text, atomically."""
-    _replace(Path(path), lambda tmp: tmp.write_text(text))
+    _replace(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))  # "m²" failed in a C locale
 
 
 def segment_paths(folder: Path, image: str, options: dict[str, Any]) -> dict[str, Path]:

@@ -20,6 +20,7 @@ from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
 from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
+from geoseg.vector import write_qml
 
 __all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
@@ -418,15 +419,17 @@ def _unnamed_pixels(label, label_classes: list[dict]) -> dict[int, int]:
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
     """Why no pixel was scored, with the colours the first mask does hold when it is colour-coded."""
-    hint = {"index": "are the label values class ids (0, 1, ...) of the label names, 255 for unlabelled?",
-            "vector": "do the polygons cover the images, and does their class field hold label names or ids?",
+    hint = {"index": "check that the label values are class ids (0, 1, ...) of the label names, 255 for unlabelled",
+            "vector": "check that the polygons cover the images (in the layer's CRS; a layer without one is taken "
+                      "to be in the image's), and that their class field holds label names or ids",
             "color": f"the label colours are {', '.join(colors)}"}[label_format]
     if label_format == "color":
         found = _common_colors(labels[0])
         if found:
             hint += f"; the most common colours in {labels[0]} are {', '.join(found)}: pass --label-names and " \
                     "--label-colors"
-    return f"no labelled pixel matched a class the model scores, so there is nothing to score: {hint}."
+    where = f"{labels[0]}{' and the others' if len(labels) > 1 else ''}: "  # the message named no file
+    return f"{where}no labelled pixel matched a class the model scores, so there is nothing to score: {hint}."
 
 
 def _common_colors(path, n: int = 6) -> list[str]:
@@ -544,8 +547,20 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
     classes name them for all, and each other model scores them by name.
     """
     fmt = options.get("label_format", "index")
-    if options.get("label_names") is not None or options.get("label_colors") is not None or fmt == "vector":
+    if options.get("label_names") is not None or options.get("label_colors") is not None:
         return {}  # colours without names are refused by the label checks, as evaluate refuses them
+    if fmt == "vector":  # ids were read by each model's own classes, and names refused by a model without them
+        fields = _vector_fields(labels, options.get("vector_field", "class"))
+        if fields is None:
+            return {}
+        numeric = [values.dtype.kind in "iuf" for values in fields]
+        if any(numeric) and not all(numeric):
+            raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
+                             "the others class names, so the models would read them differently; pass "
+                             "--label-names (label_names=) for all of them.")
+        if not any(numeric):  # the files' own names, for every model to match by name
+            names = sorted({str(v) for values in fields for v in values.dropna()})
+            return {"label_names": names} if 0 < len(names) < IGNORE else {}
     if fmt == "index":
         try:
             named = [bool(label_class_names(label)) for label in labels]
@@ -560,6 +575,28 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
     classes = get_segmenter(resolve_model(model)).card.classes
     return {"label_names": [c.name for c in classes], **({"label_colors": [c.color for c in classes]}
                                                          if fmt == "color" else {})}
+
+
+def _vector_fields(labels: list, field: str) -> list | None:
+    """Each vector label file's class field (a pandas Series); None where a file or its field cannot be
+    read (the label checks then say which, and why)."""
+    import pyogrio
+
+    from geoseg.models.labels import vector_source
+
+    found = []
+    for label in labels:
+        try:
+            file, layer = vector_source(label)
+            if layer is None and len(pyogrio.list_layers(file)) > 1:  # the label checks ask for one, not pyogrio
+                return None
+            frame = pyogrio.read_dataframe(file, layer=layer, columns=[field], read_geometry=False)
+        except Exception:  # noqa: BLE001 - any reading error is reported by the label checks, with the file
+            return None
+        if field not in frame.columns:
+            return None
+        found.append(frame[field])
+    return found
 
 
 def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[tuple[str, float | None]]:
@@ -588,11 +625,12 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
             target = out / f"{names[os.fspath(image)]}_disagreement.tif"
             write_class_mask(target, info, classes,
                              lambda window: count(np.stack([h.read(1, window=window) for h in handles])))
+            write_qml(target.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="raster")  # as masks
         finally:
             for h in handles:
                 h.close()
-        counts = class_pixel_counts(target, len(classes)).sum(axis=0)
-        paths.append((str(target), round(100 * float(counts[0]) / counts.sum(), 2) if counts.sum() else None))
+        counts = class_pixel_counts(target, len(classes)).sum(axis=0).tolist()  # Python ints: np.float64 shares
+        paths.append((str(target), round(100 * counts[0] / sum(counts), 2) if sum(counts) else None))
     return paths
 
 

@@ -7,7 +7,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import rasterio
@@ -194,8 +194,11 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
 
 
 def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_class: str, green: int, nir: int,
-                  threshold, how: str, overwrite: bool, segment_options: dict) -> tuple[Path, int, str]:
-    """Return (mask path, id of water in it, a sentence saying where water came from)."""
+                  threshold, how: str, overwrite: bool, segment_options: dict,
+                  progress: Callable[[float], None] | None = None) -> tuple[Path, int, str]:
+    """Return (mask path, id of water in it, a sentence saying where water came from).
+
+    `progress(fraction)` follows the model's run; NDWI reports only its end."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "ndwi":
         out = out_dir / f"{raster_stem(image)}_water.tif"
@@ -203,9 +206,12 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
             raise OutputError(f"{out} already exists. Pass --overwrite (overwrite=True) to replace it.")
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
         write_qml(out.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in WATER_CLASSES}, kind="raster")
+        if progress is not None:
+            progress(1.0)
         return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
     card, water_id = _water_class(model, water_class)
-    result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, **segment_options)
+    result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, progress=progress,
+                     **segment_options)
     return Path(result.outputs["mask"]), water_id, f"class {water_class!r} (id {water_id}) of model {card.name} {card.version}"
 
 
@@ -236,6 +242,7 @@ def flood(
     nir_band: int = 4,
     ndwi_threshold: float | Literal["otsu"] = "otsu",
     overwrite: bool = False,
+    progress: Callable[[float], None] | None = None,
     **segment_options: Any,
 ) -> FloodResult:
     """Map water after an event and, given an image from before, what is newly flooded.
@@ -257,6 +264,11 @@ def flood(
         Otsu's method over the whole image unless `ndwi_threshold` gives a value. With
         `pre`, one Otsu cut is taken over both images' NDWI, so that water present on
         both dates is not reported as changed.
+    progress : callable, optional
+        ``progress(fraction)`` from 0 to 1 over both images' water masks (by their
+        pixels) and then the flood map; as `geoseg.segment`'s.
+    **segment_options
+        Passed to `geoseg.segment` for `method="model"` (bands, chunk, sieve, ...).
 
     Returns
     -------
@@ -270,7 +282,8 @@ def flood(
     """
     if method not in ("model", "ndwi"):
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
-    check_options({**segment_options, "overwrite": overwrite}, caller="flood()", taken=("preview", "progress"))
+    check_options({**segment_options, "overwrite": overwrite, "progress": progress}, caller="flood()",
+                  taken=("preview",))
     if method == "ndwi" and segment_options:  # they were ignored without a word
         raise InputError(f"{', '.join(sorted(segment_options))} only appl{'y' if len(segment_options) > 1 else 'ies'} "
                          "to method='model' (the model's run); this run uses method='ndwi'.")
@@ -314,7 +327,8 @@ def flood(
         paths = prepare_output_dir(output_dir, lambda d: {k: d / name for k, name in FILES.items()} | masks, overwrite,
                                    inputs=[*images.values(), aoi])
         common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
-                      threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options)
+                      threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options,
+                      progress=progress)
         def remove_stale() -> None:  # an earlier run's outputs that this run does not write
             for when, image in images.items() if method == "model" else ():
                 remove_stale_outputs(water[when], raster_stem(image))
@@ -375,11 +389,17 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
                outputs: dict[str, str]) -> FloodResult:
     """Write flood.* and the per-image masks (post/, pre/) into `folder`; the result names the final `outputs`."""
     paths = {k: folder / name for k, name in FILES.items()}
-    post_mask, post_water, source = _water_raster(post_info.path, folder / "post", **common)
+    common = dict(common)
+    report = common.pop("progress") or (lambda fraction: None)
+    sizes = [info.width * info.height for info in (post_info, pre_info) if info is not None]
+    total = sum(sizes) / 0.95  # the last 5%: the flood mask, its polygons, tables and map
+    post_mask, post_water, source = _water_raster(post_info.path, folder / "post", **common,
+                                                  progress=lambda f: report(f * sizes[0] / total))
     classes = WATER_CLASSES
     pre_mask = pre_water = None
     if pre_info is not None:
-        pre_mask, pre_water, _ = _water_raster(pre_info.path, folder / "pre", **common)
+        pre_mask, pre_water, _ = _water_raster(pre_info.path, folder / "pre", **common,
+                                               progress=lambda f: report((sizes[0] + f * sizes[1]) / total))
         classes = FLOOD_CLASSES
     covered, data = _write_flood(paths["tif"], post_info, post_mask, post_water, pre_mask, pre_water, classes)
     coverage = None if pre_info is None else round(100 * covered / max(data, 1), 3)
@@ -405,6 +425,7 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
     write_json(paths["json"], result.to_dict())
     write_text(paths["md"], _markdown(result, post_info.path, pre_info.path if pre_info else None))
+    report(1.0)
     return result
 
 
@@ -506,12 +527,12 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
     pixels, areas = zonal_composition(mask, frame, len(classes))
     rows = []
     for z in range(len(frame)):
-        total = pixels[z].sum()
+        total = int(pixels[z].sum())
         row: dict[str, Any] = {"aoi": str(frame[field].iloc[z]) if field else int(frame.index[z]), "pixels": int(total)}
         for c in classes:
             key = c.name.replace(" ", "_")
             row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)
-            row[f"{key}_pct"] = round(100 * pixels[z, c.id] / total, 3) if total else None
+            row[f"{key}_pct"] = round(100 * int(pixels[z, c.id]) / total, 3) if total else None
         rows.append(row)
     return rows
 

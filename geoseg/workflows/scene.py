@@ -92,10 +92,15 @@ def scene(
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
                             before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image))) if overwrite else None,
                             refuse_existing=() if overwrite else list(paths.values())) as tmp:
-            result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False, **segment_options)
+            # the segmentation is 95% of the run: the bar stood at 100% while the zones and the map were made
+            progress = segment_options.pop("progress", None)
+            result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False,
+                                            progress=None if progress is None else lambda f: progress(0.95 * f),
+                                            **segment_options)
             scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
+            if progress is not None:
+                progress(1.0)
     return scene_result
-
 
 
 
@@ -135,11 +140,11 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
     pixels, areas = zonal_composition(result.outputs["mask"], frame, len(result.classes))
     rows = []
     for z in range(len(frame)):
-        total = pixels[z].sum()
+        total = int(pixels[z].sum())
         row: dict[str, Any] = {"zone": str(frame[zone_field].iloc[z]) if zone_field else int(frame.index[z]), "pixels": int(total)}
         for c in result.classes:
             row[f"{c['name']}_m2"] = None if areas is None else round(float(areas[z, c["id"]]), 3)
-            row[f"{c['name']}_pct"] = round(100 * pixels[z, c["id"]] / total, 3) if total else None
+            row[f"{c['name']}_pct"] = round(100 * int(pixels[z, c["id"]]) / total, 3) if total else None
         rows.append(row)
     return rows
 

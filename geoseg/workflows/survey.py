@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ class SurveyResult:
 
 
 def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = frozenset(), *,
-                  left_out: list[str] | None = None) -> list[str]:
+                  left_out: list[str] | None = None, output_dir: str | os.PathLike | None = None) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
     A single str or path counts as a list of one. A folder gives its rasters (recursively);
@@ -57,8 +58,10 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     and a folder without rasters are warned about. Duplicates are dropped, order kept. Given a
     `left_out` list, what folders and globs find that geoseg wrote (`written_by_geoseg`: masks,
     previews, an earlier survey's mosaic) is left out, with a warning, and appended to it; a file
-    named on its own is kept.
+    named on its own is kept. Files under `output_dir` are not counted among them: the survey leaves
+    those out itself (a rerun's warning counted its own outputs, and named f1_mask.tif twice).
     """
+    inside = Path(os.path.abspath(output_dir)) if output_dir is not None else None
     out: list[str] = []
     if isinstance(items, (str, os.PathLike)):  # one folder, glob or file, not a sequence of characters
         items = [items]
@@ -66,11 +69,13 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     def found_in(item: str, found: list[str]) -> list[str]:
         if left_out is None:
             return found
-        ours = [f for f in found if Path(f).suffix.lower() != ".txt" and written_by_geoseg(f)]
+        ours = [f for f in found if Path(f).suffix.lower() != ".txt" and not (inside and inside in Path(
+                os.path.abspath(f)).parents) and written_by_geoseg(f)]
         left_out.extend(ours)
         if ours:  # a segment -o into the image folder: its masks and previews were segmented as images
+            shown = [os.path.relpath(f, item) if os.path.isdir(item) else Path(f).name for f in ours[:3]]
             log.warning("%s: left out %d file(s) that geoseg wrote (%s); name one on its own to segment it",
-                        item, len(ours), ", ".join(Path(f).name for f in ours[:3]) + (", ..." if len(ours) > 3 else ""))
+                        item, len(ours), ", ".join(shown) + (", ..." if len(ours) > 3 else ""))
         return [f for f in found if f not in ours]
 
     for item in map(str, items):
@@ -94,7 +99,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
             out += expand_inputs([_beside(line, path.parent) for line in lines if line],
-                                 _lists | {os.path.realpath(path)}, left_out=left_out)
+                                 _lists | {os.path.realpath(path)}, left_out=left_out, output_dir=output_dir)
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
         else:
@@ -256,7 +261,7 @@ def survey(
     check_options({**segment_options, "vector": vector}, caller="survey()", taken=("overwrite", "progress"))
     out_dir = Path(output_dir)
     written: list[str] = []  # a segment -o into an image folder: its masks and previews are no images
-    sources = expand_inputs(inputs, left_out=written)
+    sources = expand_inputs(inputs, left_out=written, output_dir=out_dir)
     inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
     ours = [s for s in sources if not is_gdal_path(s) and inside in Path(s).parents]
     if ours:
@@ -428,13 +433,22 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
                     ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
     out = {}
     for crs, items in by_crs.items():
-        name = "masks.vrt" if len(by_crs) == 1 else f"masks_{crs.replace(':', '_')}.vrt"
+        name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         out[name.removesuffix(".vrt")] = str(out_dir / name)
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
         if str(stale) not in out.values() and (stale.is_file() or stale.is_symlink()):  # a folder is not one
             stale.unlink()
     return out
+
+
+def _mosaic_stem(crs: str) -> str:
+    """The mosaic of one CRS among several: ``masks_EPSG_32640``; a CRS without an authority code (a compound
+    or custom one, which rasterio writes as its whole WKT: a file name of brackets and quotes, or too long) is
+    named by a short hash of its WKT, ``masks_crs_1a2b3c4d``."""
+    if re.fullmatch(r"[A-Za-z]+:\d+", crs):
+        return f"masks_{crs.replace(':', '_')}"
+    return f"masks_crs_{hashlib.sha1(crs.encode()).hexdigest()[:8]}"
 
 
 def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.ndarray:
