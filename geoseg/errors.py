@@ -10,6 +10,7 @@ __all__ = [
     "ModelNotFoundError",
     "CardError",
     "TilingError",
+    "ClusterError",
 ]
 
 
@@ -52,3 +53,7 @@ class CardError(ModelError):
 
 class TilingError(GeosegError, ValueError):
     """Chunk, tile or margin sizes that cannot work together."""
+
+
+class ClusterError(GeosegError, RuntimeError):
+    """A Dask cluster failed a run: its workers died, or its scheduler went away."""

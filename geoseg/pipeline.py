@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 from dask.callbacks import Callback
 
-from geoseg.errors import InputError, OutputError, TilingError
+from geoseg.errors import ClusterError, GeosegError, InputError, OutputError, TilingError
 from geoseg.files import move_all, named_as_final, refuse_folders, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
@@ -299,7 +299,7 @@ class _TaskProgress(Callback):
 
 
 def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress | None = None,
-           run: str | None = None) -> None:
+           run: str | None = None, source: str = "the raster") -> None:
     report = progress or (lambda fraction: None)
     if client is None:
         try:
@@ -318,10 +318,37 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
     for index in np.ndindex(blocks.shape):
         future = client.compute(blocks[index])
         futures[future] = tuple(slice(s[i], s[i] + result.chunks[a][i]) for a, (s, i) in enumerate(zip(starts, index)))
-    for done, future in enumerate(as_completed(futures), start=1):
-        writer[futures[future]] = future.result()
-        del future
-        report(done / len(futures))
+    try:
+        for done, future in enumerate(as_completed(futures), start=1):
+            writer[futures[future]] = future.result()
+            del future
+            report(done / len(futures))
+    except GeosegError:
+        raise
+    except Exception as exc:  # the cluster's own failures were tracebacks that stopped the batch
+        _raise_cluster_error(exc, source)
+    finally:
+        try:
+            client.cancel(list(futures))  # what is left of a failed run is not run on
+        except Exception:  # noqa: BLE001 - a scheduler already gone has nothing left to cancel
+            pass
+
+
+def _raise_cluster_error(exc: Exception, what: str) -> None:
+    """A ClusterError for distributed's own failures (a worker killed, the scheduler gone); others unchanged."""
+    from concurrent.futures import CancelledError  # distributed's FutureCancelledError is one
+
+    from distributed.comm import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        raise ClusterError(f"{what}: Dask workers died running one of its chunks ({first_line(exc)}). A worker's "
+                           "memory limit is the usual cause: give the workers more memory (dask worker --memory-limit), "
+                           "fewer threads each, or pass a smaller --chunk.") from None
+    if isinstance(exc, (CancelledError, CommClosedError)):
+        raise ClusterError(f"{what}: the Dask scheduler was lost while it was segmented ({first_line(exc)}). "
+                           "Check the scheduler and run again.") from None
+    raise exc
 
 
 def output_paths(out_dir: Path, stem: str, *, confidence: bool = False, probabilities: bool = False,
@@ -660,7 +687,7 @@ def segment(
                 for name in ("confidence", "probabilities"):
                     if name in datasets:
                         _describe_percent(datasets[name], card, name)
-                _store(result, _Writer(datasets, layout), client=client, progress=progress, run=run)
+                _store(result, _Writer(datasets, layout), client=client, progress=progress, run=run, source=info.path)
             finally:
                 for ds in datasets.values():
                     ds.close()
@@ -836,8 +863,21 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
     return f"{ref}?{urlencode(params)}"
 
 
+WORKER_WAIT_S = 60  # how long a run waits for a cluster without workers to get one
+
+
 def _check_workers_see(client, path: str) -> None:
     seen = client.run(_readable_here, path)
+    if not seen:  # a scheduler without workers: the run waited forever without a word
+        log.warning("the Dask scheduler %s has no workers yet; waiting up to %d s for one",
+                    getattr(client.scheduler, "address", "") or "", WORKER_WAIT_S)
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise InputError(f"the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} has no workers "
+                             f"(none came in {WORKER_WAIT_S} s). Start some (dask worker ADDRESS) or run with "
+                             "--workers N instead of --scheduler.") from None
+        seen = client.run(_readable_here, path)
     blind = [worker for worker, ok in seen.items() if not ok]
     if blind:
         raise InputError(

@@ -267,9 +267,10 @@ class WindowSource:
             try:
                 ds = stack.enter_context(rasterio.open(self.path))
             except RasterioIOError as exc:  # a traceback, and the other inputs of the run were not segmented
-                raise RasterReadError(f"{self.path}: could not be opened again while it was being segmented "
-                                      f"({first_line(exc)}): was it moved, deleted or replaced during the run? "
-                                      "Put it back and run again.") from None
+                message = (f"{self.path}: could not be opened again while it was being segmented ({first_line(exc)}): "
+                           "was it moved, deleted or replaced during the run? Put it back and run again.")
+                exc.__cause__ = exc.__context__ = None  # GDAL's error, which a Dask worker cannot send back (it
+                raise RasterReadError(message) from None  # sent a bare Exception: a traceback, the batch stopped)
             where = window
             if self.grid is not None:  # resampled on the fly to the model's pixel size
                 sy, sx = ds.height / self.grid.height, ds.width / self.grid.width  # errors name the input's pixels

@@ -853,6 +853,40 @@ def test_zipped_input_on_a_process_cluster_is_read_by_the_workers(make_raster, t
     np.testing.assert_array_equal(_read(alone.outputs["mask"]), _read(shared.outputs["mask"]))
 
 
+def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster, tmp_path, monkeypatch):
+    """`--scheduler` at a scheduler with no workers waited forever without a word."""
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        with pytest.raises(InputError, match=r"the Dask scheduler .* has no workers \(none came in 1 s\). Start some"):
+            segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_clusters_own_failures_are_geoseg_errors():
+    """A worker killed for memory, or a scheduler lost, was distributed's traceback: the CLI stopped the batch
+    there (no --json, the other inputs not segmented), and survey logged a traceback per raster."""
+    from concurrent.futures import CancelledError
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    from geoseg.errors import ClusterError, GeosegError
+    from geoseg.pipeline import _raise_cluster_error
+
+    with pytest.raises(ClusterError, match=r"big.tif: Dask workers died running one of its chunks \(.*\). A "
+                                           "worker's memory limit is the usual cause") as caught:
+        _raise_cluster_error(KilledWorker("task", SimpleNamespace(address="tcp://w:1"), 3), "big.tif")
+    assert isinstance(caught.value, GeosegError)
+    with pytest.raises(ClusterError, match="big.tif: the Dask scheduler was lost while it was segmented"):
+        _raise_cluster_error(CancelledError("scheduler-connection-lost"), "big.tif")
+    with pytest.raises(ZeroDivisionError):  # a bug is no cluster failure: its traceback stays
+        _raise_cluster_error(ZeroDivisionError(), "big.tif")
+
+
 def test_a_run_without_a_keras_model_does_not_import_tensorflow(make_raster, tmp_path):
     """Saying 'CPU' imported TensorFlow (3 s, 550 MB) after a baseline's run, and peak_memory_mb was read before it."""
     import subprocess

@@ -101,6 +101,55 @@ def test_windowed_map_matches_whole_array(chunk, shape):
     np.testing.assert_array_equal(plain[..., 0], image[..., 0] + 1)
 
 
+def test_two_rasters_computed_together_keep_their_own_chunks():
+    """Every raster's chunk (i, j) had the same task key, so rasters run at once on one cluster (survey --jobs 2
+    on a client, two runs on one --scheduler) got each other's chunks: wrong masks without an error."""
+    import dask
+
+    chunks = (chunk_lengths(20, 8, 2), chunk_lengths(20, 8, 2))
+    images = [np.full((20, 20, 1), value, np.uint8) for value in (10, 200)]
+    arrays = [windowed_map(_core_plus_one, _ArrayRead(image), (20, 20), chunks, margin=2, out_bands=1)
+              for image in images]
+    first, second = dask.compute(*arrays)  # one graph of both, as a scheduler holds them
+    assert (first == 11).all() and (second == 201).all()
+
+
+def test_errors_of_a_task_reach_a_distributed_client_as_geoseg_errors(tmp_path):
+    """A raster moved mid-run raised RasterReadError in a worker with rasterio's error in its chain, which tblib
+    cannot rebuild: the client got a bare Exception, and the CLI a traceback that stopped the batch."""
+    from distributed.core import error_message
+    from distributed.protocol import pickle
+
+    from geoseg.errors import InputError, RasterReadError
+    from geoseg.raster import WindowSource
+    from geoseg.tiling.graph import _read_and_call
+
+    def sent(exc):
+        message = error_message(exc)["exception"]
+        return pickle.loads(getattr(message, "data", message))
+
+    try:
+        WindowSource(str(tmp_path / "gone.tif"), [1, 2, 3], has_mask=False)(slice(0, 8), slice(0, 8))
+    except RasterReadError as exc:
+        assert isinstance(sent(exc), RasterReadError) and "could not be opened again" in str(sent(exc))
+
+    class Unbuildable(Exception):  # as rasterio's CPLE errors: tblib cannot set its args
+        @property
+        def args(self):
+            return ("gdal",)
+
+    def read(rows, cols):
+        try:
+            raise Unbuildable()
+        except Unbuildable:
+            raise InputError("a window could not be read")
+
+    info = {None: {"array-location": [(0, 4), (0, 4), (0, 1)]}}
+    with pytest.raises(InputError) as caught:
+        _read_and_call(info, func=_core_plus_one, read=read, shape=(4, 4), margin=0, kwargs={})
+    assert isinstance(sent(caught.value), InputError)
+
+
 def test_windowed_map_tasks_are_independent():
     """No task depends on another: each reads its own window, so nothing but results travels."""
     shape, chunks = (64, 64), ((16,) * 4, (16,) * 4)

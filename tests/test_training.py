@@ -1146,3 +1146,23 @@ in_memory = {in_memory}
         stretched.append(image)
         assert image.min() == pytest.approx(0, abs=0.01) and image.max() == pytest.approx(1, abs=0.01)
     np.testing.assert_allclose(stretched[0], stretched[1], atol=1e-6)
+
+
+def test_image_globs_leave_out_gdals_sidecars(tmp_path):
+    """`images = ["data/img?.t*"]` matched img0.tif.aux.xml (GDAL's statistics) and stopped the run."""
+    config = _dataset(tmp_path, "index")
+    for name in ("img0.tif.aux.xml", "img1.tif.ovr", "Thumbs.db"):
+        (tmp_path / "data" / name).write_text("<PAMDataset/>")
+    (tmp_path / "data" / "img9.d").mkdir()
+    config.write_text(config.read_text().replace('images = ["data/img?.tif"]',
+                                                 'images = ["data/img?.t*", "data/T*", "data/img9*"]'))
+    train_pairs, val_pairs = load_pairs(load_config(config))
+    assert sorted(Path(p).name for _, _, p in train_pairs + val_pairs) == ["img0.tif", "img1.tif", "img2.tif"]
+
+
+def test_a_model_named_as_a_baseline_is_refused_before_training(tmp_path):
+    """`geoseg train --name threshold` trained, then `geoseg models` skipped the bundle as a clash."""
+    config = _dataset(tmp_path, "index")
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--name", "threshold"])
+    assert result.exit_code == 1 and "name 'threshold' is a built-in baseline's" in result.output
+    assert not (tmp_path / "models").exists()

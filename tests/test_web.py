@@ -244,6 +244,13 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "normalize": "scale:1/255"}, 400,
          "normalisation: use scale:0.0001[,OFFSET], percentile:2,98, meanstd:M1,M2,M3/S1,S2,S3 or none. Received"),
         ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "²"}, 400, "sieve (minimum region) is a whole number"),
+        # values the syntax takes but a model cannot: were a 202, then a failed job after the other models ran
+        ({"image": (io.BytesIO(_png()), "a.png"), "models": "threshold,tiny-fcn", "normalize": "scale:nan"}, 400,
+         "normalisation for tiny-fcn: field 'normalization.scale' must be a number. Received: nan"),
+        ({"image": (io.BytesIO(_png()), "a.png"), "models": "tiny-fcn", "normalize": "percentile:98,2"}, 400,
+         "percentiles must satisfy 0 <= low < high <= 100"),
+        ({"models": ["threshold"] * 1200}, 413,
+         "the form's fields are too large or too many"),  # said "larger than this server's limit of 5 MB"
         ({"image": (io.BytesIO(_png()), "a.png"), "label": (io.BytesIO(_png(40, 80)), "l.png")}, 400,
          "label l.png: labels are 80 x 40 px but their image a.png is 80 x 60 px"),
         # the header read fine, the pixels did not: was a 500 HTML page that left the page stuck on "Uploading"
@@ -354,6 +361,18 @@ def test_a_paletted_upload_placed_by_ground_control_points_keeps_them(client, tm
     with rasterio.open(tmp_path / "mask.tif") as ds:
         placed, crs = ds.gcps
         assert len(placed) == 4 and crs == "EPSG:32640"
+
+
+def test_an_upload_of_many_bands_is_refused_by_its_decoded_size(client, make_raster):
+    """The limit counted pixels only: 3000 float64 bands of 1024 x 1024 px in a 400 KB file asked the request
+    for 23 GB (a 500, or the server killed for memory)."""
+    tif = make_raster(data=np.zeros((50, 100, 100), np.float64), compress="deflate")  # 4 MB decoded, 3.2 MB allowed
+    assert tif.stat().st_size < 100_000
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "bands.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    assert response.status_code == 413, response.get_json()
+    assert response.get_json()["error"].startswith("bands.tif has 50 band(s) of 100x100 px, 4.0 MB decoded; this "
+                                                   "server takes at most 3.2 MB")
 
 
 def test_a_south_up_upload_is_shown_north_up(client, make_raster):

@@ -831,12 +831,15 @@ def test_a_glob_of_nothing_and_a_folder_without_rasters_are_warned_about(tmp_pat
         "no file matches this pattern", "a folder without rasters (.img, .jp2, .jpeg, .jpg, .png, .tif, .tiff, .vrt)"]
 
 
-def test_expand_inputs(tmp_path, make_raster):
+def test_expand_inputs(tmp_path, make_raster, monkeypatch):
     from geoseg.workflows import expand_inputs
 
     a, b = make_raster(name="a.tif"), make_raster(name="b.tif")
     (tmp_path / "list.txt").write_text("a.tif\n# a comment\n\nb.tif\n")
     assert expand_inputs([tmp_path / "list.txt"]) == [str(a), str(b)]
+    (tmp_path / "home.txt").write_text("~/b.tif\n")  # was LIST_FOLDER/~/b.tif: no such file
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_inputs([tmp_path / "home.txt"]) == [str(b)]
     assert expand_inputs([str(tmp_path / "*.tif"), a]) == [str(a), str(b)]
     assert expand_inputs(str(tmp_path / "*.tif")) == expand_inputs(tmp_path) == [str(a), str(b)]  # one, not chars
     (tmp_path / "sub").mkdir()

@@ -476,6 +476,10 @@ def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
     return [(x, y, f"chip {i}") for i, (x, y) in zip(range(count * len(pairs)), stream)]
 
 
+# GDAL's sidecars beside an image (statistics, overviews, masks) and what file managers leave in folders
+SIDECARS = (".aux.xml", ".ovr", ".msk", ".tif.xml", "thumbs.db", ".ds_store", "desktop.ini")
+
+
 def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[list, ...]:
     """Read every (image, label, path) pair and split them by the config's validation patterns:
     (train, validation), and with `with_selection` the images of the selection patterns third.
@@ -486,6 +490,11 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     """
     paths = sorted({os.path.abspath(p) for pattern in config.images
                     for p in glob.glob(config.resolve(pattern), recursive=True)})
+    litter = [p for p in paths if p.lower().endswith(SIDECARS) or os.path.isdir(p)]
+    if litter:  # "images/*" matched GDAL's statistics beside each image: "not a raster" stopped the run
+        log.info("%s: left out %d file(s) that are no images (%s)", config.source, len(litter),
+                 ", ".join(os.path.basename(p) for p in litter[:3]) + (", ..." if len(litter) > 3 else ""))
+        paths = [p for p in paths if p not in litter]
     if not paths:
         raise InputError(f"{config.source}: no images match {config.images}.")
     train, val, select = [], [], []
@@ -653,6 +662,11 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     from geoseg.models.segmenter import KerasSegmenter
 
     keras.utils.set_random_seed(config.seed)
+    from geoseg.models.registry import builtin_names  # here: scripts/gpu loads configs where rasterio is absent
+
+    if config.name in builtin_names():  # the bundle was then skipped by `geoseg models` as a clash, after training
+        raise InputError(f"{config.source}: name {config.name!r} is a built-in baseline's, so `geoseg models` would "
+                         "skip the bundle as a clash. Pick another name (name = ... or --name).")
     work = checkpoint_folder(config)
     out = work.parent
     if not overwrite and not (resume and work.exists()):  # a fresh run, before any checkpoint is discarded

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from functools import partial
 from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
 
+from geoseg.errors import GeosegError
 from geoseg.tiling.grid import mirror_pad
 
 __all__ = ["windowed_map"]
@@ -57,14 +59,21 @@ def windowed_map(
     cheap next to a model.
     """
     call = partial(_read_and_call, func=func, read=read, shape=shape, margin=margin, kwargs=kwargs)
+    # a name of its own per graph: one fixed name gave every raster's chunk (i, j) the same key, so rasters
+    # run at once on one cluster (survey --jobs, two runs on one --scheduler) got each other's chunks
     return da.map_blocks(call, chunks=chunks + ((out_bands,),), dtype=dtype, meta=np.empty((0, 0, 0), dtype),
-                         name=f"windowed-{getattr(func, '__name__', 'func')}")
+                         name=f"windowed-{getattr(func, '__name__', 'func')}-{uuid.uuid4().hex}")
 
 
 def _read_and_call(block_info=None, *, func, read, shape, margin, kwargs):
     (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
     rows = slice(max(0, r0 - margin), min(shape[0], r1 + margin))
     cols = slice(max(0, c0 - margin), min(shape[1], c1 + margin))
-    block, valid = read(rows, cols)
-    pads = ((margin - (r0 - rows.start), margin - (rows.stop - r1)), (margin - (c0 - cols.start), margin - (cols.stop - c1)))
-    return func(mirror_pad(block, pads), mirror_pad(valid, pads), margin=margin, **kwargs)
+    try:
+        block, valid = read(rows, cols)
+        pads = ((margin - (r0 - rows.start), margin - (rows.stop - r1)),
+                (margin - (c0 - cols.start), margin - (cols.stop - c1)))
+        return func(mirror_pad(block, pads), mirror_pad(valid, pads), margin=margin, **kwargs)
+    except GeosegError as exc:  # sent back from a Dask worker with its chain, which GDAL's errors break: the
+        exc.__cause__ = exc.__context__ = None  # client then got a bare Exception, no GeosegError to report
+        raise

@@ -17,7 +17,7 @@ from flask import Flask, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from geoseg.errors import GeosegError, ModelNotFoundError
-from geoseg.models.card import normalization_from_text
+from geoseg.models.card import normalization_from_text, parse_normalization
 from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
@@ -66,6 +66,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(413)
     def too_large(exc):
         limit = app.config["MAX_CONTENT_LENGTH"] / 1024**2
+        if (request.content_length or 0) <= app.config["MAX_CONTENT_LENGTH"]:  # werkzeug's form limits, not the size
+            return jsonify(error="the form's fields are too large or too many (a field over 500 KB, or over 1000 "
+                                 "parts); send the image, a label and the documented fields."), 413
         return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
 
     @app.errorhandler(HTTPException)
@@ -209,12 +212,16 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     if not re.fullmatch(r"[0-9]{1,12}", sieve):  # str.isdigit() took '²', which int() refuses
         raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
     normalize = (request.form.get("normalize") or "").strip()
-    try:
-        if normalize:
-            normalization_from_text(normalize)
-    except ValueError as exc:
-        raise UploadError(f"normalisation: {exc} (empty: each model's own)", 400) from None
     names = names or [DEFAULT_MODEL]
+    try:
+        if normalize:  # its values too, for each Keras model's bands: scale:nan failed inside the job
+            declared = normalization_from_text(normalize)
+            for n in names:
+                if registry[n].path is not None:
+                    parse_normalization(declared, registry[n].card.n_bands, source=f"normalisation for {n}")
+    except ValueError as exc:  # a CardError is one
+        raise UploadError(f"normalisation: {exc} (empty: each model's own)" if "normalisation for" not in str(exc)
+                          else f"{exc} (empty: each model's own)", 400) from None
     shown = display_name(image.filename)
     stem = Path(shown).stem or "upload"
     label = request.files.get("label")

@@ -188,8 +188,13 @@ def run_job(job: Job) -> None:
                 has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
         if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
             geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
-            vectorize(res.outputs["mask"], geojson, overwrite=True, style=False, to_crs="EPSG:4326")
-            job.files[f"{key}_polygons.geojson"] = geojson
+            try:
+                vectorize(res.outputs["mask"], geojson, overwrite=True, style=False, to_crs="EPSG:4326")
+                job.files[f"{key}_polygons.geojson"] = geojson
+            except Exception as exc:  # noqa: BLE001 - a local CRS or collinear GCPs failed the whole job here
+                job.warnings.append(f"{name}: no GeoJSON of the polygons: they cannot be placed in longitude and "
+                                    f"latitude ({type(exc).__name__}); the GeoPackage holds them in the image's own "
+                                    "coordinates.")
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
         mask = mask[north_up_flips(res.outputs["mask"])]  # as original.png (and QGIS) show a south-up raster
         masks[name] = (mask, card)

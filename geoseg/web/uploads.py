@@ -43,11 +43,15 @@ def sniff(head: bytes, *, what: str = "image") -> str:
                       "Upload one of those.", 415)
 
 
+BYTES_PER_PIXEL = 16  # the decoded size an upload may have per pixel of the limit: four float32 bands
+
+
 def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tuple[int, int, int]:
     """Open the saved upload with rasterio; refuse unreadable files and ones over `max_pixels`.
 
     `name` is how messages call the upload (the user's file name, never `path`).
     """
+    import numpy as np
     import rasterio
 
     try:
@@ -55,12 +59,17 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
             warnings.simplefilter("ignore")
             with rasterio.open(path) as ds:
                 size = (ds.width, ds.height, ds.count)
+                decoded = ds.width * ds.height * sum(np.dtype(t).itemsize for t in ds.dtypes)
     except rasterio.errors.RasterioIOError:
         raise UploadError(f"{name}: the file looks like an image, but it cannot be read: it looks truncated or "
                           "damaged. Upload it again, or a copy that opens in an image viewer.", 400) from None
     if size[0] * size[1] > max_pixels:
         raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.1f} Mpx; this server "
                           f"takes at most {max_pixels / 1e6:.1f} Mpx. Use the command line for larger rasters.", 413)
+    if decoded > max_pixels * BYTES_PER_PIXEL:  # 3000 float64 bands in a 400 KB file asked the server for 23 GB
+        raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {decoded / 1e6:,.1f} MB decoded; "
+                          f"this server takes at most {max_pixels * BYTES_PER_PIXEL / 1e6:,.1f} MB (four 32-bit bands "
+                          "at its pixel limit). Upload the bands a model reads, or use the command line.", 413)
     return size
 
 

@@ -98,7 +98,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                 continue
             lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
-            out += expand_inputs([_beside(line, path.parent) for line in lines if line],
+            out += expand_inputs([_beside(os.path.expanduser(line), path.parent) for line in lines if line],  # ~/a.tif
                                  _lists | {os.path.realpath(path)}, left_out=left_out, output_dir=output_dir)
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
