@@ -21,7 +21,8 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError
 from geoseg.files import replaced_atomically
-from geoseg.raster import NODATA, RasterInfo, first_line, inspect_raster, raster_stem, reading_pixels
+from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem,
+                           reading_pixels)
 
 __all__ = [
     "VECTOR_FORMATS",
@@ -593,6 +594,23 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
             raise
         raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). Free some "
                           "disk space or pick another output folder; nothing was left at that path.") from None
+
+
+def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:
+    """An upper bound on the polygons of a class mask: its 4-connected regions of a class (nodata left out),
+    counted block by block, so a region that crosses a block's edge counts once per block it touches."""
+    from scipy import ndimage
+
+    total = 0
+    with open_quietly(mask_path) as ds:
+        nodata = NODATA if ds.nodata is None else int(ds.nodata)
+        for top in range(0, ds.height, block):
+            for left in range(0, ds.width, block):
+                mask = ds.read(1, window=Window(left, top, min(block, ds.width - left), min(block, ds.height - top)))
+                for value in np.unique(mask):
+                    if value != nodata:
+                        total += ndimage.label(mask == value)[1]
+    return total
 
 
 def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:

@@ -722,3 +722,24 @@ def test_a_truncated_12_bit_jpeg_is_refused(client, tmp_path):
                for data in (whole, whole[: len(whole) * 6 // 10])]
     assert unreadable not in answers[0].get("error", "")  # whole: read (then refused for its one band)
     assert answers[1]["error"].startswith(unreadable)
+
+
+def test_a_mask_of_too_many_regions_gets_no_polygons(client, make_raster, monkeypatch):
+    """Polygons were unbounded: a 27 KB checkerboard upload cost 2.5 GB and 46 s, and 2000 x 2000 ran out of
+    memory. Past MAX_POLYGONS regions the job keeps its mask and says why it has no polygons."""
+    import geoseg.web.jobs as jobs
+    from geoseg.vector import count_regions
+
+    board = (np.indices((60, 80)) // 4).sum(0) % 2  # 15 x 20 squares of 4 px, alike ones touching at corners
+    assert count_regions(make_raster(name="board.tif", bands=1, data=board[None].astype(np.uint8))) == 300
+    assert count_regions(make_raster(name="board.tif", bands=1, data=board[None].astype(np.uint8)), block=40) == 300
+    tif = make_raster()
+    for cap, polygons in ((0, False), (100_000, True)):
+        monkeypatch.setattr(jobs, "MAX_POLYGONS", cap)
+        response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"),
+                                                     "models": "threshold"}, content_type="multipart/form-data")
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert "m0_mask.tif" in job["files"] and ("m0_polygons.gpkg" in job["files"]) is polygons
+        warned = any("regions, too many for polygons on this server (at most 0)" in w for w in job["warnings"])
+        assert warned is not polygons

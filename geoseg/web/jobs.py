@@ -20,6 +20,10 @@ __all__ = ["Job", "JobManager"]
 
 log = logging.getLogger(__name__)
 
+# the regions a web job makes polygons of at most: a 1000^2 checkerboard (500,000 regions, a 27 KB upload) cost
+# 2.5 GB and 46 s; the default model makes about 1,200 a megapixel of the Dubai scenes. Past it, none are made.
+MAX_POLYGONS = 100_000
+
 
 @dataclass
 class Job:
@@ -149,7 +153,6 @@ class _ThreadWarnings(logging.Handler):
 
 def run_job(job: Job) -> None:
     """Segment the upload with every model, then describe, compare and (with a label) score them."""
-    import rasterio
 
     from geoseg import segment
     from geoseg.errors import GeosegError
@@ -159,7 +162,7 @@ def run_job(job: Job) -> None:
     from geoseg.models.segmenter import FlipAveraged, KerasSegmenter
     from geoseg.preview import colorize, north_up_flips, save_png
     from geoseg.raster import read_preview
-    from geoseg.vector import vectorize
+    from geoseg.vector import count_regions
 
     image = job.files["input"]
     per_model, masks = [], {}
@@ -174,27 +177,20 @@ def run_job(job: Job) -> None:
             job.progress = (i + 0.9 * fraction) / len(job.models)
 
         try:
-            res = segment(image, out, model=model, vector=True, preview=False, overwrite=True, progress=progress,
+            res = segment(image, out, model=model, preview=False, overwrite=True, progress=progress,
                           sieve=job.sieve if card.output == "classes" else 0,  # region models refuse it
                           normalization=normalization)
         except GeosegError as exc:
             raise type(exc)(f"{name}: {exc}") from None
         key = f"m{i}"
         job.files[f"{key}_mask.tif"] = Path(res.outputs["mask"])
-        job.files[f"{key}_polygons.gpkg"] = Path(res.outputs["vector"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(res.outputs["mask"]) as ds:
-                has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
-        if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
-            geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
-            try:
-                vectorize(res.outputs["mask"], geojson, overwrite=True, style=False, to_crs="EPSG:4326")
-                job.files[f"{key}_polygons.geojson"] = geojson
-            except Exception as exc:  # noqa: BLE001 - a local CRS or collinear GCPs failed the whole job here
-                job.warnings.append(f"{name}: no GeoJSON of the polygons: they cannot be placed in longitude and "
-                                    f"latitude ({type(exc).__name__}); the GeoPackage holds them in the image's own "
-                                    "coordinates.")
+        regions = count_regions(res.outputs["mask"])
+        if regions > MAX_POLYGONS:  # a 27 KB checkerboard upload cost 2.5 GB and 46 s of polygons; 2000^2 ran out
+            job.warnings.append(f"{name}: {regions:,} regions, too many for polygons on this server (at most "
+                                f"{MAX_POLYGONS:,}): no GeoPackage or GeoJSON. Set a Minimum region to merge the "
+                                "specks, or use the command line.")
+        else:
+            _polygons(job, key, name, Path(res.outputs["mask"]), out)
         mask = read_preview(res.outputs["mask"], [1], 1024, resampling="nearest")[..., 0]
         mask = mask[north_up_flips(res.outputs["mask"])]  # as original.png (and QGIS) show a south-up raster
         masks[name] = (mask, card)
@@ -217,6 +213,30 @@ def run_job(job: Job) -> None:
         job.result["agreement_pct"] = _agreement(list(classes.values()))
     if job.has_label:
         job.result["iou"] = _label_iou(job, classes)
+
+
+def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
+    """The mask's polygons as a GeoPackage and, where they can be placed on the globe, as GeoJSON."""
+    import rasterio
+
+    from geoseg.vector import vectorize
+
+    gpkg = mask.with_name(mask.name.replace("_mask.tif", "_polygons.gpkg"))
+    vectorize(mask, gpkg, overwrite=True)
+    job.files[f"{key}_polygons.gpkg"] = gpkg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(mask) as ds:
+            has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
+    if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
+        geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
+        try:
+            vectorize(mask, geojson, overwrite=True, style=False, to_crs="EPSG:4326")
+            job.files[f"{key}_polygons.geojson"] = geojson
+        except Exception as exc:  # noqa: BLE001 - a local CRS or collinear GCPs failed the whole job here
+            job.warnings.append(f"{name}: no GeoJSON of the polygons: they cannot be placed in longitude and "
+                                f"latitude ({type(exc).__name__}); the GeoPackage holds them in the image's own "
+                                "coordinates.")
 
 
 def _agreement(masks: list) -> float:
