@@ -138,11 +138,13 @@ def test_compare_reads_vector_ids_by_the_first_model_for_every_model(make_raster
 
     image = make_raster(shape=(50, 60))  # 0.5 m pixels from (500000, 2800000)
     boxes = [shapely.box(500000.0, 2799975.0, 500015.0, 2800000.0), shapely.box(500015.0, 2799975.0, 500030.0, 2800000.0)]
-    for name, values in (("ids", [0, 1]), ("names", ["class0", "class1"])):
+    for name, values in (("ids", [0, 1]), ("names", ["class0", "class1"]), ("text_ids", ["0", "1"])):
         gpd.GeoDataFrame({"class": values}, geometry=boxes, crs="EPSG:32640").to_file(tmp_path / f"{name}.gpkg")
     by_id = compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "ids.gpkg"], label_format="vector")
     by_name = compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "names.gpkg"], label_format="vector")
-    for result in (by_id, by_name):
+    by_text = compare([str(tiny_fcn), "threshold"], [image], [tmp_path / "text_ids.gpkg"], label_format="vector")
+    assert by_text["evaluations"][0]["confusion_matrix"] == by_id["evaluations"][0]["confusion_matrix"]
+    for result in (by_id, by_name, by_text):
         baseline = result["evaluations"][1]
         assert baseline["confusion_matrix"][1] == [0, 0, 0] and baseline["confusion_matrix"][2] == [0, 0, 0], baseline
         assert "scored as its 'other' class: class0, class1" in " ".join(baseline["notes"])

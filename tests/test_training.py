@@ -609,6 +609,9 @@ def test_vector_values_that_match_no_class_are_reported(tmp_path, caplog):
     _polygons(real, [1.0, 0.0])  # ids stored as REAL: whole numbers are the class ids
     burnt = VectorLabels(real, renamed, image, "kind").window((48, 48))
     assert (burnt[:, :24] == 1).all() and (burnt[:, 24:] == 0).all()
+    _polygons(real, ["1", " 0"])  # ids as text, as some tools write a Shapefile's class codes: were refused
+    burnt = VectorLabels(real, renamed, image, "kind").window((48, 48))
+    assert (burnt[:, :24] == 1).all() and (burnt[:, 24:] == 0).all()
     _polygons(real, [0.5, 7.0])  # a REAL of no id
     with pytest.raises(InputError, match=r"it holds 0.5, 7.0, and the classes are 'A', 'b' \(or their ids 0 to 1\)"):
         VectorLabels(real, renamed, image, "kind")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import warnings
 from typing import Any, Literal, Sequence
@@ -436,9 +437,12 @@ class VectorLabels:
 
 def _class_id(value: Any, classes) -> int | None:
     """The class a polygon's field value stands for: a class name, or an id (a whole number, also stored as
-    a real such as 1.0); None for anything else."""
-    if isinstance(value, str):
-        return next((i for i, c in enumerate(classes) if c["name"] == value), None)
+    a real such as 1.0, or as text such as '1' when no class has that name); None for anything else."""
+    if isinstance(value, str):  # a name; else an id written as text ('1' in a Shapefile's text field)
+        named = next((i for i, c in enumerate(classes) if c["name"] == value), None)
+        if named is None and re.fullmatch(r"\s*[0-9]{1,3}\s*", value) and int(value) < len(classes):
+            return int(value)
+        return named
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
     if not float(value).is_integer() or not 0 <= value < len(classes):

@@ -553,7 +553,8 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
         fields = _vector_fields(labels, options.get("vector_field", "class"))
         if fields is None:
             return {}
-        numeric = [values.dtype.kind in "iuf" for values in fields]
+        numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(r"\s*[0-9]{1,3}\s*").all()
+                   for values in fields]  # ids, also written as text ('1')
         if any(numeric) and not all(numeric):
             raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
                              "the others class names, so the models would read them differently; pass "
