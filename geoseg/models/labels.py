@@ -16,9 +16,10 @@ from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
-           "label_class_names", "label_file", "label_nodata", "read_vector_labels", "vector_source"]
+           "label_class_names", "label_file", "label_nodata", "read_vector_labels", "vector_source", "TEXT_ID"]
 
 IGNORE = 255
+TEXT_ID = re.compile(r"\s*[0-9]{1,3}\s*")  # a class id written as text in a vector field ('1')
 LabelFormat = Literal["index", "color", "vector"]
 LABEL_PLACEHOLDERS = ("stem", "name", "image_dir")  # what a labels template may hold: {stem}, {name}, {image_dir}
 GRID_TOLERANCE = 0.01  # px: georeferenced labels farther than this from their image's grid are refused
@@ -440,7 +441,7 @@ def _class_id(value: Any, classes) -> int | None:
     a real such as 1.0, or as text such as '1' when no class has that name); None for anything else."""
     if isinstance(value, str):  # a name; else an id written as text ('1' in a Shapefile's text field)
         named = next((i for i, c in enumerate(classes) if c["name"] == value), None)
-        if named is None and re.fullmatch(r"\s*[0-9]{1,3}\s*", value) and int(value) < len(classes):
+        if named is None and TEXT_ID.fullmatch(value) and int(value) < len(classes):
             return int(value)
         return named
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):

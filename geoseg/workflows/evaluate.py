@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 
 from geoseg.errors import BandError, InputError, OutputError
-from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, LabelFormat, check_label_grid, label_class_names,
+from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, TEXT_ID, LabelFormat, check_label_grid, label_class_names,
                                   label_nodata, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
@@ -553,7 +553,7 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
         fields = _vector_fields(labels, options.get("vector_field", "class"))
         if fields is None:
             return {}
-        numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(r"\s*[0-9]{1,3}\s*").all()
+        numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(TEXT_ID.pattern).all()
                    for values in fields]  # ids, also written as text ('1')
         if any(numeric) and not all(numeric):
             raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
