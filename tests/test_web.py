@@ -743,3 +743,30 @@ def test_a_mask_of_too_many_regions_gets_no_polygons(client, make_raster, monkey
         assert "m0_mask.tif" in job["files"] and ("m0_polygons.gpkg" in job["files"]) is polygons
         warned = any("regions, too many for polygons on this server (at most 0)" in w for w in job["warnings"])
         assert warned is not polygons
+
+
+def test_a_full_queue_refuses_uploads_until_a_worker_is_free(tmp_path, model_dir, monkeypatch, make_raster):
+    """Every upload used to be queued: a burst of them filled the disk before any ran."""
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    app = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_WORKERS": 1, "GEOSEG_MAX_QUEUED": 1,
+                      "TESTING": True})
+    client, jobs = app.test_client(), app.extensions["geoseg_jobs"]
+    busy = threading.Event()
+    blocker = jobs.pool.submit(busy.wait, 60)  # the one worker is taken
+    tif = make_raster().read_bytes()
+
+    def post():
+        return client.post("/api/segment", data={"image": (io.BytesIO(tif), "a.tif"), "models": "threshold"},
+                           content_type="multipart/form-data")
+
+    first = post()
+    assert first.status_code == 202 and first.get_json()["status"] == "queued"
+    folders = sorted(p.name for p in jobs.root.iterdir())
+    refused = post()
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
+    assert "1 jobs are waiting" in refused.get_json()["error"]
+    assert sorted(p.name for p in jobs.root.iterdir()) == folders  # nothing of the refused upload was kept
+    busy.set()
+    blocker.result(timeout=60)
+    assert _wait(client, first.get_json()["id"])["status"] == "done"
+    assert post().status_code == 202

@@ -16,7 +16,9 @@ __all__ = ["serve"]
 @click.option("--ttl", type=click.IntRange(min=60), default=3600, show_default=True,
               help="Seconds from a job's end before its upload and results are deleted.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Jobs run at once.")
-def serve(host, port, max_mb, max_mpx, ttl, workers):
+@click.option("--max-queued", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Jobs that may wait for a worker; past it, uploads are refused (503) until one starts.")
+def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     """Serve the page: upload an image, segment it, switch and compare models, download outputs.
 
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
@@ -43,7 +45,8 @@ def serve(host, port, max_mb, max_mpx, ttl, workers):
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Pick another "
                                    "--port, or a --host that is an address of this machine.") from None
     app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
-                      "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers})
+                      "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
+                      "GEOSEG_MAX_QUEUED": max_queued})
     import logging
 
     # the page polls each job twice a second: log those answers only when they are not 200

@@ -31,6 +31,7 @@ DEFAULTS = {
     "GEOSEG_MAX_PIXELS": 50_000_000,
     "GEOSEG_RESULT_TTL": 3600,  # seconds before uploads and results are deleted
     "GEOSEG_WORKERS": 2,
+    "GEOSEG_MAX_QUEUED": 20,  # jobs waiting for a worker; past it, uploads get 503 and Retry-After
     "GEOSEG_DATA_DIR": None,  # default: a folder in the system temp dir
 }
 
@@ -93,6 +94,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.post("/api/segment")
     def api_segment():
+        waiting = jobs.waiting()
+        if waiting >= int(app.config["GEOSEG_MAX_QUEUED"]):  # before the upload is saved: a full queue keeps no files
+            return (jsonify(error=f"this server is busy: {waiting} jobs are waiting for a worker. Try again in a "
+                                  "minute."), 503, {"Retry-After": "60"})
         job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
         return jsonify(job.to_dict()), 202
 
@@ -123,7 +128,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in (entry.path, entry.path.with_suffix(".json")):  # a legacy NAME.h5 is no NAME.keras
-                archive.write(path, f"{name}{path.suffix}")
+                # A .keras file is a zip already: deflating it again took 1.5 s per download of the
+                # 28 MB default model to save 10%; stored, 0.06 s.
+                packed = zipfile.ZIP_STORED if path.suffix == ".keras" else zipfile.ZIP_DEFLATED
+                archive.write(path, f"{name}{path.suffix}", compress_type=packed)
         buffer.seek(0)
         return send_file(buffer, mimetype="application/zip", as_attachment=True, download_name=f"{name}.zip")
 

@@ -83,6 +83,11 @@ class JobManager:
         self.pool.submit(self._run, job)
         return job
 
+    def waiting(self) -> int:
+        """How many jobs wait for a worker."""
+        with self.lock:
+            return sum(j.status == "queued" for j in self.jobs.values())
+
     def get(self, job_id: str) -> Job | None:
         self.expire()
         with self.lock:
