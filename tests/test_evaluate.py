@@ -550,6 +550,25 @@ def test_vector_labels_of_no_class_say_how_to_fix_it_in_evaluate(make_raster, tm
     assert "config" not in str(caught.value)
 
 
+def test_polygons_of_no_class_are_in_the_report_notes_of_every_run(make_raster, tmp_path):
+    """They were said once in the log, never in the report: a second evaluation of the file said nothing."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    gpd.GeoDataFrame({"class": ["water", "lake"]},
+                     geometry=[shapely.box(500000, 2799980, 500012, 2800000), shapely.box(500012, 2799980, 500025, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "labels.gpkg")
+    for _ in range(2):
+        result = evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
+        said = [n for n in result.notes if "matches no class" in n]
+        assert len(said) == 1 and "1 of 2 polygons have a 'class' value that matches no class ('lake')" in said[0]
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(500000, 2799980, 500012, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "clean.gpkg")
+    clean = evaluate("threshold", image, tmp_path / "clean.gpkg", label_format="vector")
+    assert not [n for n in clean.notes if "no class" in n]  # nothing carried over from the other file
+
+
 def _renamed_bundle(bundle, folder, name, names):
     """`bundle`'s weights under another card name and other class names (the same ids)."""
     from geoseg.models import ModelCard, read_card, write_card

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import re
 import shlex
 import warnings
-from typing import Any, Literal, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -16,7 +18,8 @@ from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
-           "label_class_names", "label_file", "label_nodata", "read_vector_labels", "vector_source", "TEXT_ID"]
+           "label_class_names", "label_file", "label_nodata", "label_warnings", "read_vector_labels", "vector_source",
+           "TEXT_ID"]
 
 IGNORE = 255
 TEXT_ID = re.compile(r"\s*[0-9]{1,3}\s*")  # a class id written as text in a vector field ('1')
@@ -33,7 +36,26 @@ log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (file, what) warned about already: once per file, not once per image or window
 
 
+_HEARD: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("geoseg_label_warnings", default=None)
+
+
+@contextmanager
+def label_warnings() -> Iterator[list[str]]:
+    """Collect what is said about label files inside (polygons or colours of no class, a CLASS_NAMES tag
+    of ids the file lacks), each once, for a report's notes: also what the log said already for an
+    earlier run, which it does not repeat."""
+    heard: list[str] = []
+    token = _HEARD.set(heard)
+    try:
+        yield heard
+    finally:
+        _HEARD.reset(token)
+
+
 def _warn_once(key: tuple, message: str, *args: Any) -> None:
+    heard = _HEARD.get()
+    if heard is not None and (message % args) not in heard:
+        heard.append(message % args)
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning(message, *args)

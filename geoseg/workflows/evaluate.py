@@ -15,7 +15,7 @@ import rasterio
 
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, TEXT_ID, LabelFormat, check_label_grid, label_class_names,
-                                  label_nodata, read_labels)
+                                  label_nodata, label_warnings, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
@@ -207,6 +207,14 @@ def evaluate(
     _check_label_format(label_format)
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
+    with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
+        return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
+                         label_colors=label_colors, vector_field=vector_field, keep_masks=keep_masks,
+                         **segment_options)
+
+
+def _evaluate(model, images: list, labels: list, heard: list[str], *, label_format, label_names, label_colors,
+              vector_field, keep_masks, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
     _check_model_bands(model, images, segment_options.get("bands"), fix="score it on images that have those bands, "
@@ -255,6 +263,7 @@ def evaluate(
                      f"{', '.join(absent)}")
     if unnamed:  # were left out without a word
         notes.append(_unnamed_note(unnamed, label_sets))
+    notes.extend(heard)
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes)
