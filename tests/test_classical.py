@@ -71,6 +71,20 @@ def test_otsu_splits_two_modes():
     assert -0.35 < otsu_threshold(counts, edges) < 0.25
 
 
+def test_pure_green_is_in_the_greenness_histogram(caplog):
+    """Excess green reaches 2 (pure green), but the histogram stopped at 1: a scene of strong green and grey
+    was said to take one value, with a cut at 1.0, and the green was then called vegetation all the same."""
+    from geoseg.models.classical import ClassicalSegmenter
+
+    scene = np.zeros((20, 50, 3), np.float32)
+    scene[:, :20] = (10, 200, 10)  # greenness 1.86
+    scene[:, 20:] = (100, 110, 100)  # greenness 0.06
+    with caplog.at_level("WARNING"):
+        cuts = ClassicalSegmenter("threshold").calibrate(scene, np.ones((20, 50), bool))
+    assert "vegetation index takes one value" not in caplog.text
+    assert 0.06 < cuts["vegetation"] < 1.86
+
+
 @pytest.mark.parametrize("name", ["threshold", "region-growing", "edges-watershed"])
 def test_baselines_on_a_grey_image_call_everything_other_and_say_why(make_raster, tmp_path, caplog, name):
     image, _ = _scene()

@@ -100,6 +100,20 @@ def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, 
     assert matrix.sum() - np.trace(matrix) == errors
     assert result.pixel_accuracy == pytest.approx(1 - errors / (60 * 65), abs=1e-4)
     assert abs(errors - 100) <= 100 * 0.5  # the 100 swapped pixels, give or take near-ties
+    # every number from the masks themselves, not from geoseg's metrics: rows truth, columns prediction
+    assert matrix.tolist() == [[int(((as_model == t) & (kept == p) & scored).sum()) for p in range(3)]
+                               for t in range(3)]
+    for c, name in enumerate(result.classes):
+        tp = int(((as_model == c) & (kept == c)).sum())
+        fp = int(((as_model != c) & scored & (kept == c)).sum())
+        fn = int(((as_model == c) & (kept != c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        got = result.per_class[name]
+        assert got["iou"] == pytest.approx(tp / (tp + fp + fn), abs=1e-4)
+        assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+        assert got["precision"] == (pytest.approx(tp / (tp + fp), abs=1e-4) if tp + fp else None)
+        assert got["recall"] == (pytest.approx(tp / (tp + fn), abs=1e-4) if tp + fn else None)
 
 
 def test_compare_reads_unnamed_labels_by_the_first_model_for_every_model(make_raster, tiny_fcn, tmp_path):
@@ -542,12 +556,32 @@ def test_vector_labels_of_no_class_say_how_to_fix_it_in_evaluate(make_raster, tm
     import shapely
 
     image = make_raster(shape=(40, 50))
-    gpd.GeoDataFrame({"class": ["lake"]}, geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
+    gpd.GeoDataFrame({"class": [9]}, geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
                      crs="EPSG:32640").to_file(tmp_path / "labels.gpkg")
     with pytest.raises(InputError, match="no polygon's 'class' value matches a class") as caught:
         evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
     assert "Pass --label-names (label_names=) with the names the file uses" in str(caught.value)
     assert "config" not in str(caught.value)
+
+
+def test_vector_labels_are_read_by_their_own_names_as_compare_reads_them(make_raster, tiny_fcn, tmp_path):
+    """evaluate read a field of names by the model's classes: 'lake' polygons were left out unlabelled where
+    compare scored them as the baseline's 'other', 'Building' was refused, and a model without the names
+    said only that polygons matched no class."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    gpd.GeoDataFrame({"class": ["Water", "lake"]},
+                     geometry=[shapely.box(500000, 2799980, 500012, 2800000), shapely.box(500012, 2799980, 500025, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "labels.gpkg")
+    alone = evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
+    beside = compare(["threshold", "region-growing"], [image], [tmp_path / "labels.gpkg"], label_format="vector")
+    assert alone.confusion_matrix == beside["evaluations"][0]["confusion_matrix"]
+    assert alone.pixels_scored == 40 * 50  # both polygons, lake as 'other'
+    assert "label classes not in the model, scored as its 'other' class: lake" in alone.notes
+    with pytest.raises(InputError, match=r"none of the label names \(Water, lake\) is a class of model tiny"):
+        evaluate(tiny_fcn, image, tmp_path / "labels.gpkg", label_format="vector")
 
 
 def test_polygons_of_no_class_are_in_the_report_notes_of_every_run(make_raster, tmp_path):
@@ -556,17 +590,18 @@ def test_polygons_of_no_class_are_in_the_report_notes_of_every_run(make_raster, 
     import shapely
 
     image = make_raster(shape=(40, 50))
-    gpd.GeoDataFrame({"class": ["water", "lake"]},
+    gpd.GeoDataFrame({"class": [1, 7]},  # ids: threshold has 0 to 2
                      geometry=[shapely.box(500000, 2799980, 500012, 2800000), shapely.box(500012, 2799980, 500025, 2800000)],
                      crs="EPSG:32640").to_file(tmp_path / "labels.gpkg")
     for _ in range(2):
         result = evaluate("threshold", image, tmp_path / "labels.gpkg", label_format="vector")
         said = [n for n in result.notes if "matches no class" in n]
-        assert len(said) == 1 and "1 of 2 polygons have a 'class' value that matches no class ('lake')" in said[0]
-    gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(500000, 2799980, 500012, 2800000)],
+        assert len(said) == 1 and "1 of 2 polygons have a 'class' value that matches no class (7)" in said[0]
+    gpd.GeoDataFrame({"class": [1]}, geometry=[shapely.box(500000, 2799980, 500012, 2800000)],
                      crs="EPSG:32640").to_file(tmp_path / "clean.gpkg")
     clean = evaluate("threshold", image, tmp_path / "clean.gpkg", label_format="vector")
     assert not [n for n in clean.notes if "no class" in n]  # nothing carried over from the other file
+    assert "the labels' values were read as threshold's class ids (0 other, 1 water, 2 vegetation)" in clean.notes[-1]
 
 
 def _renamed_bundle(bundle, folder, name, names):
@@ -721,3 +756,39 @@ def test_compare_of_plain_images_warns_nothing_about_georeferencing(tmp_path):
         warnings.simplefilter("always")
         compare(["threshold", "region-growing"], [str(tmp_path / "a.png")], output_dir=tmp_path / "out")
     assert not [w for w in caught if "geotransform" in str(w.message)]
+
+
+def test_bands_reach_every_model_of_evaluate_and_compare(make_raster, tmp_path):
+    """evaluate and compare had no --bands: a stack in blue, green, red order was scored as red, green, blue."""
+    rgb = make_raster("rgb.tif", shape=(40, 50))
+    with rasterio.open(rgb) as ds:
+        data = ds.read()
+    bgr = make_raster("bgr.tif", data=data[::-1].copy())
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=50, height=40, count=1, dtype="uint8") as ds:
+        ds.write(np.indices((40, 50))[1].astype(np.uint8) * 3 // 50, 1)
+    as_is = json.loads(CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(rgb), "--labels",
+                                                 str(label), "--json"]).stdout)
+    args = ["--images", str(bgr), "--labels", str(label), "--bands", "3,2,1", "--json"]
+    picked = CliRunner().invoke(main, ["evaluate", "-m", "threshold", *args])
+    both = CliRunner().invoke(main, ["compare", "--models", "threshold,region-growing", *args])
+    assert picked.exit_code == 0 and both.exit_code == 0, picked.output + both.output
+    assert json.loads(picked.stdout)["confusion_matrix"] == as_is["confusion_matrix"]
+    assert json.loads(both.stdout)["evaluations"][0]["confusion_matrix"] == as_is["confusion_matrix"]
+    unordered = json.loads(CliRunner().invoke(main, ["evaluate", "-m", "threshold", *args[:4], "--json"]).stdout)
+    assert unordered["confusion_matrix"] != as_is["confusion_matrix"]  # the order matters on this image
+
+
+def test_colours_of_no_class_are_in_the_notes(make_raster, tmp_path):
+    """A land-cover mask scored against a baseline's three colours left its building, land and road pixels
+    out without a word, and the scores looked better for it."""
+    image = make_raster(shape=(40, 50))
+    mask = np.zeros((40, 50, 3), np.uint8)
+    mask[:, :25] = (0xE2, 0xA9, 0x29)  # water, a class of threshold
+    mask[:, 25:] = (0x3C, 0x10, 0x98)  # building, which threshold has no colour for
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    result = evaluate("threshold", image, tmp_path / "mask.png", label_format="color")
+    assert result.pixels_scored == 40 * 25
+    said = [n for n in result.notes if "colour(s) of no class" in n]
+    assert len(said) == 1 and "50.0% of the pixels have 1 colour(s) of no class (#3C1098 (50.0%))" in said[0]
+    assert "pass --label-names and --label-colors" in said[0]

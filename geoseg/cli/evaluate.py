@@ -8,7 +8,8 @@ from urllib.parse import parse_qsl
 
 import click
 
-from geoseg.cli.options import chunk_option, emit_json, fail_cleanly, precision_option, sieve_option, tta_option
+from geoseg.cli.options import (BandsType, chunk_option, emit_json, fail_cleanly, precision_option, sieve_option,
+                                tta_option)
 
 __all__ = ["evaluate", "compare"]
 
@@ -94,6 +95,9 @@ label_options = [
                  help="Label classes in id order; matched to the model's classes by name."),
     click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
+    click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
+                 help="1-based input bands in model order, for every model (the -nir baselines take red, green, "
+                      "blue, NIR). Default: each card's."),
     chunk_option,
     sieve_option,
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
@@ -111,8 +115,9 @@ def _with(options):
     return wrap
 
 
-def _segment_options(chunk, sieve) -> dict:
-    return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {})}
+def _segment_options(chunk, sieve, bands) -> dict:
+    return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {}),
+            **({"bands": bands} if bands else {})}
 
 
 def _split(value):
@@ -134,8 +139,8 @@ def _variant(model, precision: str, tta: str):
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None,
               help="Also write the table and its notes to this Markdown file.")
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
-def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
-             precision, tta, markdown, overwrite):
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, bands, chunk, sieve,
+             as_json, precision, tta, markdown, overwrite):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -153,7 +158,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         _check_report(markdown, overwrite, model, image_paths, label_paths)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names),
-                     label_colors=_split(label_colors), vector_field=vector_field, **_segment_options(chunk, sieve))
+                     label_colors=_split(label_colors), vector_field=vector_field,
+                     **_segment_options(chunk, sieve, bands))
     table = markdown_table([result])
     if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
         write_text(markdown, markdown_table([result], notes=True))
@@ -173,8 +179,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
                                                 "in the -o folder (otherwise they are an error).")
-def compare(models, labels, images, label_format, label_names, label_colors, vector_field, chunk, sieve, as_json,
-            precision, tta, output_dir, overwrite):
+def compare(models, labels, images, label_format, label_names, label_colors, vector_field, bands, chunk, sieve,
+            as_json, precision, tta, output_dir, overwrite):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
@@ -184,7 +190,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
                      label_format=label_format,
                      label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
-                     **_segment_options(chunk, sieve))
+                     **_segment_options(chunk, sieve, bands))
     if as_json:
         emit_json(result)
         return

@@ -60,7 +60,8 @@ _CLASSES = [{"id": 0, "name": "other", "color": "#BDB7A4"}, {"id": 1, "name": "w
 
 
 def _indices(batch: np.ndarray, nir: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Water and vegetation indices of (..., bands): NDWI/NDVI with a 4th NIR band, else RGB indices."""
+    """Water and vegetation indices of (..., bands): NDWI/NDVI with a 4th NIR band, else RGB indices
+    (blue-red normalised difference, in -1..1, and normalised excess green, in -1..2)."""
     r, g, b = batch[..., 0], batch[..., 1], batch[..., 2]
     if nir:
         n = batch[..., 3]
@@ -102,16 +103,19 @@ class ClassicalSegmenter:
         vegetation among the pixels that are not water (one cut per index cannot split three modes)."""
         water, veg = _indices(sample.astype(np.float32), self.nir)
 
-        def cut(index, where, name):
+        def cut(index, where, name, top=1.0):
             values = index[where & np.isfinite(index)]
-            counts, edges = np.histogram(values, bins=256, range=(-1, 1))
+            # bins of 2/256 as over (-1, 1), on to the index's top: greenness reaches 2 (pure green), and values
+            # over 1 were left out of the histogram, whose one bin then said "takes one value" of a green image
+            counts, edges = np.histogram(values, bins=round(128 * (top + 1)), range=(-1, top))
             if values.size and np.count_nonzero(counts) < 2:
                 log.warning("%s: the %s index takes one value over the whole raster (are the bands copies of one "
                             "band, or is the image uniform?), so no pixel is called %s", self.method, name, name)
             return otsu_threshold(counts, edges) if values.size else 1.0
 
         cuts = {"water": cut(water, valid, "water")}
-        cuts["vegetation"] = cut(veg, valid & ~(water > cuts["water"]), "vegetation")  # among what is not water
+        cuts["vegetation"] = cut(veg, valid & ~(water > cuts["water"]), "vegetation",  # among what is not water
+                                 1.0 if self.nir else 2.0)
         return cuts
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:

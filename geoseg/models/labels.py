@@ -17,6 +17,7 @@ import numpy as np
 from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
+           "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE",
            "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
            "label_class_names", "label_file", "label_nodata", "label_warnings", "read_vector_labels", "vector_source",
            "TEXT_ID"]
@@ -29,6 +30,10 @@ GRID_TOLERANCE = 0.01  # px: georeferenced labels farther than this from their i
 # the fix for polygons none of whose class values is a class: in a training config, and in geoseg evaluate
 RENAME_IN_CONFIG = ("Rename the classes in the config to the values of the file, or point vector_field at the field "
                     "that holds them.")
+# the fix for colours of no class: in a training config, and in geoseg evaluate
+STRAY_IN_CONFIG = "List the colours that mark unlabelled pixels in ignore_colors, or fix the classes' colours."
+STRAY_IN_EVALUATE = ("If they are classes, pass --label-names and --label-colors (label_names=, label_colors=) "
+                     "with the mask's classes and colours.")
 RENAME_LABEL_NAMES = ("Pass --label-names (label_names=) with the names the file uses (they are matched to the "
                       "model's classes by name), or point --vector-field (vector_field=) at the field that holds them.")
 
@@ -42,8 +47,8 @@ _HEARD: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("geose
 @contextmanager
 def label_warnings() -> Iterator[list[str]]:
     """Collect what is said about label files inside (polygons or colours of no class, a CLASS_NAMES tag
-    of ids the file lacks), each once, for a report's notes: also what the log said already for an
-    earlier run, which it does not repeat."""
+    of ids the file lacks), each once, for a report's notes, instead of logging it (the log says each
+    once per file and process: a second report of the file said nothing)."""
     heard: list[str] = []
     token = _HEARD.set(heard)
     try:
@@ -54,8 +59,10 @@ def label_warnings() -> Iterator[list[str]]:
 
 def _warn_once(key: tuple, message: str, *args: Any) -> None:
     heard = _HEARD.get()
-    if heard is not None and (message % args) not in heard:
-        heard.append(message % args)
+    if heard is not None:  # the report's notes say it: the log said it twice on the terminal
+        if (message % args) not in heard:
+            heard.append(message % args)
+        return
     if key not in _WARNED:
         _WARNED.add(key)
         log.warning(message, *args)
@@ -246,7 +253,7 @@ def _open_label(path: str | os.PathLike, name: str | None = None):
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
                 image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
                 window=None, ignore_colors: Sequence[str] | None = None, rename: str = RENAME_IN_CONFIG,
-                id_map: np.ndarray | None = None) -> np.ndarray:
+                id_map: np.ndarray | None = None, stray: str = STRAY_IN_CONFIG) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -266,6 +273,9 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     rename : str
         Polygons: how to name the classes after the file's values, in the message that refuses a
         file none of whose values is a class (`RENAME_IN_CONFIG` or `RENAME_LABEL_NAMES`).
+    stray : str
+        Colour labels: the advice of the warning on colours of no class (`STRAY_IN_CONFIG` or
+        `STRAY_IN_EVALUATE`).
     id_map : numpy.ndarray, optional
         Index labels: a lookup from the file's values to class ids (`ids_by_name`), applied first.
     """
@@ -303,8 +313,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
     if fmt == "color" and ignore_colors is not None and window is None:
-        stray = out == IGNORE if masked is None else (out == IGNORE) & ~masked
-        _warn_stray_colours(path, code[stray], ignore_colors, code.size)
+        unclassed = out == IGNORE if masked is None else (out == IGNORE) & ~masked
+        _warn_stray_colours(path, code[unclassed], ignore_colors, code.size, stray)
     if out.shape != tuple(shape):
         raise InputError(f"{path}: labels are {out.shape[1]} x {out.shape[0]} px where {shape[1]} x {shape[0]} px "
                          f"were expected (the pixel grid of {image}); labels must be on the image's grid.")
@@ -342,7 +352,7 @@ def _check_distinct_colours(path: str, classes: Sequence[dict[str, Any]]) -> Non
                          "the classes' color in a training config).")
 
 
-def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int) -> None:
+def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int, fix: str) -> None:
     """Warn about colours of no class that `ignore_colors` does not list: a class colour that is a little
     off, or an anti-aliased edge, would otherwise leave those pixels unlabelled without a word."""
     listed = {int(c[1:], 16) for c in ignore_colors}
@@ -351,10 +361,9 @@ def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[st
     if not stray:
         return
     shown = ", ".join(f"#{v:06X} ({n / total:.1%})" for n, v in stray[:5]) + (", ..." if len(stray) > 5 else "")
-    _warn_once((os.path.abspath(path), "colours"),
-               "%s: %.1f%% of the pixels have %d colour(s) of no class (%s); they are left unlabelled. List "
-               "the colours that mark unlabelled pixels in ignore_colors, or fix the classes' colours.",
-               path, 100 * sum(n for n, _ in stray) / total, len(stray), shown)
+    _warn_once((os.path.abspath(path), "colours", fix),
+               "%s: %.1f%% of the pixels have %d colour(s) of no class (%s); they are left unlabelled. %s",
+               path, 100 * sum(n for n, _ in stray) / total, len(stray), shown, fix)
 
 
 def _palette(ds) -> np.ndarray | None:

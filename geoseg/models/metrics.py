@@ -37,6 +37,12 @@ def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
     >>> s = scores(np.array([[1, 0], [1, 1]]))
     >>> s["iou"].round(3).tolist(), round(s["mean_iou"], 3)
     ([0.5, 0.5], 0.5)
+
+    Rows are truth, columns prediction: class 0 below has 3 right, 1 missed, none falsely found.
+
+    >>> s = scores(np.array([[3, 1], [0, 2]]))
+    >>> [s[k].round(3).tolist() for k in ("precision", "recall", "f1", "iou")], s["pixel_accuracy"]
+    ([[1.0, 0.667], [0.75, 1.0], [0.857, 0.8], [0.75, 0.667]], 0.8333333333333334)
     """
     matrix = np.asarray(matrix, np.float64)
     tp = np.diag(matrix)

@@ -14,8 +14,8 @@ import numpy as np
 import rasterio
 
 from geoseg.errors import BandError, InputError, OutputError
-from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, TEXT_ID, LabelFormat, check_label_grid, label_class_names,
-                                  label_nodata, label_warnings, read_labels)
+from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, check_label_grid,
+                                  label_class_names, label_nodata, label_warnings, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
@@ -207,6 +207,11 @@ def evaluate(
     _check_label_format(label_format)
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
+    if label_format == "vector" and label_names is None and label_colors is None:
+        # names in the field are the label set, matched to the model's by name as compare matches them: read by
+        # the model's classes, a file's 'forest' polygons were left out unlabelled and a baseline's 'other' was
+        # never scored (compare scored them as 'other'), and 'Building' was refused as no 'building'
+        label_names = _vector_names(labels, vector_field) or None
     with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
         return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
                          label_colors=label_colors, vector_field=vector_field, keep_masks=keep_masks,
@@ -217,6 +222,8 @@ def _evaluate(model, images: list, labels: list, heard: list[str], *, label_form
               vector_field, keep_masks, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
+    by_ids = label_names is None and (label_format == "vector"
+                                      or label_format == "index" and not all(map(label_class_names, labels)))
     _check_model_bands(model, images, segment_options.get("bands"), fix="score it on images that have those bands, "
                        "or pick a model of their bands (-m)")
     regions = card.output == "regions"
@@ -226,6 +233,7 @@ def _evaluate(model, images: list, labels: list, heard: list[str], *, label_form
     matrix = np.zeros((n, n), np.int64)
     names = unique_stems(images)
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
+    off_data = 0  # labelled pixels (of a class the model scores) where the model gives no class: image nodata
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
@@ -236,10 +244,12 @@ def _evaluate(model, images: list, labels: list, heard: list[str], *, label_form
                 with rasterio.open(result.outputs["mask"]) as ds:
                     pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
-                                vector_field=vector_field, rename=RENAME_LABEL_NAMES)
+                                vector_field=vector_field, rename=RENAME_LABEL_NAMES, stray=STRAY_IN_EVALUATE,
+                                ignore_colors=[])  # colours of no class: were left out without a word
             if label_format == "index":
                 for value, count in _unnamed_pixels(label, label_classes).items():
                     unnamed[value] = unnamed.get(value, 0) + count
+            off_data += int(((pred == IGNORE) & (lut[truth] != IGNORE)).sum())
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
             matrix += confusion_matrix(lut[truth], pred, n)
@@ -263,6 +273,13 @@ def _evaluate(model, images: list, labels: list, heard: list[str], *, label_form
                      f"{', '.join(absent)}")
     if unnamed:  # were left out without a word
         notes.append(_unnamed_note(unnamed, label_sets))
+    if off_data:  # were left out without a word too
+        notes.append(f"{off_data} labelled pixels lie on image nodata, where the model gives no class, and were not "
+                     "scored")
+    if by_ids and not regions:  # a file whose 1 means building was scored as the model's class 1 without a word
+        ids = ", ".join(f"{c.id} {c.name}" for c in card.classes)
+        notes.append(f"the labels' values were read as {card.name}'s class ids ({ids}); if they stand for other "
+                     "classes, pass --label-names (label_names=) in id order")
     notes.extend(heard)
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
@@ -559,18 +576,11 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
     if options.get("label_names") is not None or options.get("label_colors") is not None:
         return {}  # colours without names are refused by the label checks, as evaluate refuses them
     if fmt == "vector":  # ids were read by each model's own classes, and names refused by a model without them
-        fields = _vector_fields(labels, options.get("vector_field", "class"))
-        if fields is None:
+        names = _vector_names(labels, options.get("vector_field", "class"))
+        if names is None:
             return {}
-        numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(TEXT_ID.pattern).all()
-                   for values in fields]  # ids, also written as text ('1')
-        if any(numeric) and not all(numeric):
-            raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
-                             "the others class names, so the models would read them differently; pass "
-                             "--label-names (label_names=) for all of them.")
-        if not any(numeric):  # the files' own names, for every model to match by name
-            names = sorted({str(v) for values in fields for v in values.dropna()})
-            return {"label_names": names} if 0 < len(names) < IGNORE else {}
+        if names:  # the files' own names, for every model to match by name
+            return {"label_names": names}
     if fmt == "index":
         try:
             named = [bool(label_class_names(label)) for label in labels]
@@ -585,6 +595,25 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
     classes = get_segmenter(resolve_model(model)).card.classes
     return {"label_names": [c.name for c in classes], **({"label_colors": [c.color for c in classes]}
                                                          if fmt == "color" else {})}
+
+
+def _vector_names(labels: list, field: str) -> list[str] | None:
+    """The class names that vector label files hold in `field`, sorted; [] where they hold class ids (also
+    written as text, '1'), None where a file or its field cannot be read or the names are too many (the label
+    checks then say which file, and why)."""
+    fields = _vector_fields(labels, field)
+    if fields is None:
+        return None
+    numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(TEXT_ID.pattern).all()
+               for values in fields]
+    if any(numeric) and not all(numeric):
+        raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
+                         "the others class names, so they would be read differently; pass --label-names "
+                         "(label_names=) for all of them.")
+    if any(numeric):
+        return []
+    names = sorted({str(v) for values in fields for v in values.dropna()})
+    return names if 0 < len(names) < IGNORE else None
 
 
 def _vector_fields(labels: list, field: str) -> list | None:
