@@ -128,10 +128,9 @@ def test_errors_of_a_task_reach_a_distributed_client_as_geoseg_errors(tmp_path):
         message = error_message(exc)["exception"]
         return pickle.loads(getattr(message, "data", message))
 
-    try:
+    with pytest.raises(RasterReadError) as raised:  # a try/except passed when nothing was raised
         WindowSource(str(tmp_path / "gone.tif"), [1, 2, 3], has_mask=False)(slice(0, 8), slice(0, 8))
-    except RasterReadError as exc:
-        assert isinstance(sent(exc), RasterReadError) and "could not be opened again" in str(sent(exc))
+    assert isinstance(sent(raised.value), RasterReadError) and "could not be opened again" in str(sent(raised.value))
 
     class Unbuildable(Exception):  # as rasterio's CPLE errors: tblib cannot set its args
         @property
