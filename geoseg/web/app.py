@@ -96,17 +96,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def api_segment():
         waiting = jobs.waiting()
         if waiting >= int(app.config["GEOSEG_MAX_QUEUED"]):  # before the upload is saved: a full queue keeps no files
-            return (jsonify(error=f"this server is busy: {waiting} jobs are waiting for a worker. Try again in a "
-                                  "minute."), 503, {"Retry-After": "60"})
+            jobs_are = "1 job is" if waiting == 1 else f"{waiting} jobs are"
+            return (jsonify(error=f"this server is busy: {jobs_are} waiting for a worker. Try again in a minute."),
+                    503, {"Retry-After": "60"})
         job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
-        return jsonify(job.to_dict()), 202
+        return jsonify(jobs.describe(job)), 202
 
     @app.get("/api/jobs/<job_id>")
     def api_job(job_id: str):
         job = jobs.get(job_id)
         if job is None:
             return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
-        return jsonify(job.to_dict())
+        return jsonify(jobs.describe(job))
 
     @app.get("/jobs/<job_id>/files/<name>")
     def job_file(job_id: str, name: str):

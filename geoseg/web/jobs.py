@@ -45,6 +45,7 @@ class Job:
     ended: float | None = None  # when it finished: results live `ttl` seconds from then, not from the upload
     status: str = "queued"
     progress: float = 0.0
+    running: int | None = None  # the index in `models` of the model running now
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class Job:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
         return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
                 "tta": self.tta, "sieve": self.sieve, "normalize": self.normalize, "keras": self.keras,
-                "regions": self.regions, "status": self.status,
+                "regions": self.regions, "status": self.status, "running": self.running,
                 "progress": round(self.progress, 3), "error": self.error, "warnings": self.warnings,
                 "result": self.result,
                 "files": {k: f"/jobs/{self.id}/files/{k}" for k in self.files}}
@@ -83,10 +84,21 @@ class JobManager:
         self.pool.submit(self._run, job)
         return job
 
-    def waiting(self) -> int:
-        """How many jobs wait for a worker."""
+    def waiting(self, before: Job | None = None) -> int:
+        """How many jobs wait for a worker (that were submitted before `before`)."""
         with self.lock:
-            return sum(j.status == "queued" for j in self.jobs.values())
+            return sum(j.status == "queued" and (before is None or j.created < before.created)
+                       for j in self.jobs.values())
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """What GET /api/jobs/ID returns: the job, the jobs waiting ahead of a queued one, and the seconds
+        before the files of an ended one are deleted (the page then says so, not a silently failed download)."""
+        extra: dict[str, Any] = {}
+        if job.status == "queued":
+            extra["ahead"] = self.waiting(before=job)
+        if job.ended is not None:
+            extra["expires_in"] = max(0.0, round(self.ttl - (time.time() - job.ended), 1))
+        return {**job.to_dict(), **extra}
 
     def get(self, job_id: str) -> Job | None:
         self.expire()
@@ -181,6 +193,8 @@ def run_job(job: Job) -> None:
         def progress(fraction, i=i):
             job.progress = (i + 0.9 * fraction) / len(job.models)
 
+        job.running, job.progress = i, i / len(job.models)  # a U-Net said the last model's name while it loaded
+
         try:
             res = segment(image, out, model=model, preview=False, overwrite=True, progress=progress,
                           sieve=job.sieve if card.output == "classes" else 0,  # region models refuse it
@@ -206,11 +220,12 @@ def run_job(job: Job) -> None:
         job.files[f"{key}_mask.png"] = out / "mask.png"
         save_png(_overlay(job.files["original.png"], rgba), out / "overlay.png")
         job.files[f"{key}_overlay.png"] = out / "overlay.png"
-        total = sum(c["pixels"] for c in res.classes) or 1
+        total = sum(c["pixels"] for c in res.classes)  # 0: all nodata, and every share is None, not 0%
         per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
                           "output": card.output,  # tta and precision apply to Keras models only
                           "keras": keras,
-                          "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2)} for c in res.classes],
+                          "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2) if total else None}
+                                      for c in res.classes],
                           "seconds": res.seconds})
     job.result["models"] = per_model
     classes = {name: m for name, m in masks.items() if m[1].output == "classes"}  # not unlabeled regions
@@ -244,7 +259,7 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
                                 "coordinates.")
 
 
-def _agreement(masks: list) -> float:
+def _agreement(masks: list) -> float | None:
     """Percent of valid pixels where the models name one class, as `geoseg compare` counts it: by class name,
     not id, a baseline's `other` agreeing with any class it lacks (strict names gave 0.02% for a U-Net and
     the threshold baseline, whose `other` is everything but water and vegetation)."""
@@ -252,7 +267,9 @@ def _agreement(masks: list) -> float:
 
     count = _Disagreement([card for _, card in masks])(np.stack([mask for mask, _ in masks]))
     valid = count != 255
-    return round(100 * int((valid & (count == 0)).sum()) / max(int(valid.sum()), 1), 2)  # a float, not np.float64
+    if not valid.any():  # all nodata: "agree on 0%" said they disagreed everywhere
+        return None
+    return round(100 * int((valid & (count == 0)).sum()) / int(valid.sum()), 2)  # a float, not np.float64
 
 
 def _overlay(original: Path, rgba: np.ndarray):

@@ -64,8 +64,10 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
         raise UploadError(f"{name}: the file looks like an image, but it cannot be read: it looks truncated or "
                           "damaged. Upload it again, or a copy that opens in an image viewer.", 400) from None
     if size[0] * size[1] > max_pixels:
-        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.1f} Mpx; this server "
-                          f"takes at most {max_pixels / 1e6:.1f} Mpx. Use the command line for larger rasters.", 413)
+        # in pixels, then Mpx to 3 digits: both were 0.6 Mpx at one decimal for 791x718 against a 0.55 Mpx limit
+        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels ({size[0] * size[1] / 1e6:.3g} "
+                          f"Mpx); this server takes at most {max_pixels:,} ({max_pixels / 1e6:.3g} Mpx). Use the "
+                          "command line for larger rasters.", 413)
     if decoded > max_pixels * BYTES_PER_PIXEL:  # 3000 float64 bands in a 400 KB file asked the server for 23 GB
         raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {decoded / 1e6:,.1f} MB decoded; "
                           f"this server takes at most {max_pixels * BYTES_PER_PIXEL / 1e6:,.1f} MB (four 32-bit bands "

@@ -1,7 +1,7 @@
 // geoseg page: upload, poll the job, show and compare the results. No build step.
 const $ = (id) => document.getElementById(id);
 const form = $("upload"), drop = $("drop"), input = $("image");
-let job = null;
+let job = null, ticket = 0, expiry = null; // ticket: the job the page follows now; an older job's polls stop
 
 ["dragenter", "dragover"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
@@ -19,14 +19,15 @@ function modeParts(i) {
 function inParentheses(parts) { return parts.length ? ` (${parts.join(", ")})` : ""; }
 
 function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 // JSON from the server, or {error} when the answer is not JSON (a proxy's page, a dropped connection)
 async function call(url, options) {
   try {
     const response = await fetch(url, options);
     const body = await response.json().catch(() => ({ error: `the server answered ${response.status} ${response.statusText}.` }));
-    return { ok: response.ok, body };
-  } catch (err) { return { ok: false, body: { error: `no answer from the server (${err.message}).` } }; }
+    return { ok: response.ok, status: response.status, body };
+  } catch (err) { return { ok: false, status: 0, body: { error: `no answer from the server (${err.message}).` } }; }
 }
 
 function finish(text, isError) { $("bar").hidden = true; $("go").disabled = false; say(text, isError); }
@@ -39,25 +40,58 @@ form.addEventListener("submit", async (ev) => {
   $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
   if (!ok) { finish(body.error, true); return; } // the earlier results stay on the page
-  $("results").hidden = true; job = body; history.replaceState(null, "", `#job=${job.id}`); poll(); // a reload or Back finds the job again
+  $("results").hidden = true; job = body; ticket += 1;
+  history.pushState(null, "", `#job=${job.id}`); poll(ticket); // a reload finds the job again, Back the one before
 });
 
-// a reloaded page (or a shared link) shows its job: the results were lost on reload, the job still ran
-const resumed = new URLSearchParams(location.hash.slice(1)).get("job");
-if (resumed) { job = { id: resumed }; $("go").disabled = true; $("bar").hidden = false; say("Loading the job…"); poll(); }
+// a reloaded page, a shared link or Back shows the job in the address: its results were lost on reload, the job
+// still ran; the form is set as that job was, so that the next upload runs what the results show
+function jobInHash() { return new URLSearchParams(location.hash.slice(1)).get("job"); }
+function load(id) {
+  job = { id }; ticket += 1; clearTimeout(expiry);
+  $("go").disabled = true; $("bar").hidden = false; $("results").hidden = true; say("Loading the job…");
+  poll(ticket, 0, true);
+}
+if (jobInHash()) load(jobInHash());
+window.addEventListener("hashchange", () => { const id = jobInHash(); if (id && (!job || id !== job.id)) load(id); });
 
-async function poll() {
-  const { ok, body } = await call(`/api/jobs/${job.id}`);
+function restoreForm() {
+  document.querySelectorAll("input[name='models']").forEach((box) => { box.checked = job.models.includes(box.value); });
+  $("tta").value = job.tta; $("precision").value = job.precision; $("normalize").value = job.normalize; $("sieve").value = job.sieve;
+}
+
+async function poll(t, misses = 0, restore = false) {
+  if (t !== ticket) return; // the page follows another job now
+  const { ok, status, body } = await call(`/api/jobs/${job.id}`);
+  if (t !== ticket) return;
+  if (!ok && (status === 0 || status >= 502) && misses < 12) { // a dropped connection or a proxy's hiccup: the job runs on
+    say(`No answer from the server; trying again (${misses + 1})…`, true);
+    setTimeout(() => poll(t, misses + 1, restore), Math.min(10000, 500 * 2 ** misses)); return;
+  }
   if (!ok) { finish(body.error, true); return; }
   job = body;
+  if (restore) { restoreForm(); restore = false; }
   $("bar").value = job.progress;
   if (job.status === "failed") { finish(job.error, true); return; }
-  if (job.status !== "done") {
-    const n = job.models.length, i = Math.min(n - 1, Math.floor(job.progress * n));
-    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.round(job.progress * 100)}%`);
-    setTimeout(poll, 500); return;
+  if (job.status === "queued") {
+    say(`Waiting for a free worker${job.ahead ? ` (${plural(job.ahead, "job")} ahead)` : ""}…`);
+    setTimeout(() => poll(t), 1000); return;
   }
-  finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? ` Note: ${job.warnings.join(" ")}` : "")); show();
+  if (job.status !== "done") {
+    const n = job.models.length, i = job.running ?? 0;
+    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.round(job.progress * 100)}%`);
+    setTimeout(() => poll(t), 500); return;
+  }
+  finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? `\nNote:\n${job.warnings.map((w) => `• ${w}`).join("\n")}` : ""));
+  show();
+  clearTimeout(expiry); // the server deletes the files then: say so, rather than links whose downloads fail silently
+  if (job.expires_in !== undefined) expiry = setTimeout(() => { if (t === ticket) expire(); }, job.expires_in * 1000);
+}
+
+function expire() {
+  job.expired = true;
+  $("downloads").textContent = "";
+  say("These results have been deleted from the server (it keeps them for a while after a job ends): upload the image again to download them.", true);
 }
 
 function show() {
@@ -66,22 +100,27 @@ function show() {
   select.innerHTML = models.map((m, i) => `<option value="${i}">${m.model}</option>`).join("");
   select.onchange = () => view(models[select.value]);
   $("original").src = job.files["original.png"];
-  $("agreement").textContent = job.result.agreement_pct !== undefined ? `Models agree on ${job.result.agreement_pct}% of pixels` : "";
+  const agree = job.result.agreement_pct; // null: no valid pixel (all nodata)
+  $("agreement").textContent = agree === undefined ? "" : agree === null ? "No valid pixel to compare the models on" :
+    `Models agree on ${agree}% of pixels`;
   $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}">
     <figcaption>${m.model} (${m.seconds.toFixed(1)} s)</figcaption></figure>`).join("");
   areas(models); iou(job.result.iou);
-  view(models[0]);
+  const first = Math.max(0, models.findIndex((m) => m.keras)); // a trained model before the baselines it is compared with
+  select.value = first; view(models[first]);
   $("results").hidden = false;
 }
 
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
+    m.classes.every((c) => c.share_pct === null) ? "no valid pixel: the image is all nodata" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
     (c.area_m2 !== null ? ` (${area(c.area_m2)})` : "") + "</span>").join(" ");
   // no GeoJSON for an image without a CRS: GeoJSON coordinates are longitude and latitude
   const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
     .filter(([, suffix]) => job.files[m.key + suffix]);
+  if (job.expired) return; // expire() said so
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
     `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join("");
 }
@@ -93,7 +132,7 @@ function areas(models) {
   models = models.filter((m) => m.output !== "regions"); // region colours are not classes
   $("areas").hidden = !models.length;
   const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
-  const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c ? `${c.share_pct}%` : "–"; };
+  const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c && c.share_pct !== null ? `${c.share_pct}%` : "–"; };
   $("areas").innerHTML = `<tr><th>class</th>${models.map((m) => `<th>${m.model}</th>`).join("")}</tr>` +
     names.map((n) => `<tr><td>${n}</td>${models.map((m) => `<td>${cell(m, n)}</td>`).join("")}</tr>`).join("");
 }
