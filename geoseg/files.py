@@ -24,6 +24,10 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     path = Path(path)
     refuse_folders([path])
     tmp = path.with_name(f".{path.name}{suffix}" if suffix == ".tmp" else f".{path.stem}{suffix}")
+    if len(tmp.name.encode()) > 255:  # a legal name of 250 bytes was refused for its temporary one's length
+        import hashlib
+
+        tmp = path.with_name(f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}{suffix}")
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
@@ -97,8 +101,11 @@ def refuse_folders(paths) -> None:
                               "or pick another output folder.")
 
 
-def move_all(moves: list[tuple[Path, Path]], *, refuse_existing: Sequence[Path] = ()) -> None:
-    """``os.replace`` each (staged, final) pair in order; callers hold signals around it (`signals_held`).
+def move_all(moves: list[tuple[Path, Path]], *, staging: Path, refuse_existing: Sequence[Path] = ()) -> None:
+    """``os.replace`` each (staged, final) pair in order, the set whole or not at all (`replace_set`, with the
+    files it replaces set aside in `staging`, the folder the staged files are in); callers hold signals around
+    it (`signals_held`). A failed rename (a file that cannot be replaced) was a traceback that left new
+    files beside old ones; it is now an OutputError, with the earlier files as they were.
     A folder where a file goes is refused (`refuse_folders`) before anything moves, and so is a file at
     one of `refuse_existing` (the outputs a run without --overwrite found absent when it started): another
     run into the same folder put it there meanwhile (both runs succeeded, the second silently replacing the
@@ -112,9 +119,22 @@ def move_all(moves: list[tuple[Path, Path]], *, refuse_existing: Sequence[Path] 
         raise OutputError(f"{there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''} appeared while this "
                           "run worked (another run into the same folder?); nothing of this run was put in place. "
                           "Pass --overwrite to replace them, or use another output folder.")
-    for staged, final in moves:
+    import tempfile
+
+    from geoseg.errors import OutputError
+
+    for _, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
+    aside = Path(tempfile.mkdtemp(prefix=".aside-", dir=staging))
+    try:
+        replace_set(moves, aside)
+    except OSError as exc:
+        inside = (Path(staging), aside)  # name the user's file, not a staged copy or a backup
+        where = next((f for f in (exc.filename2, exc.filename) if f and not any(p in Path(f).parents for p in inside)),
+                     exc.filename)
+        raise OutputError(f"{where}: could not be replaced ({exc.strerror or exc}); nothing of this run was put in "
+                          "place, and the earlier files are as they were. Check that the file is not read-only "
+                          "or open in another program, and that the disk has space.") from None
 
 
 def replace_set(moves: list[tuple[Path, Path]], aside: Path) -> None:

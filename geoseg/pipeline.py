@@ -379,20 +379,26 @@ SCENE_FILES = {"composition": "composition.csv", "zones": "zones.gpkg", "zones_c
                "report": "scene.json"}
 
 
-def remove_stale_outputs(paths: dict[str, Path], stem: str) -> None:
+def remove_stale_outputs(paths: dict[str, Path], stem: str, *, inputs: Sequence[Any] = ()) -> None:
     """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
     confidence raster of the old mask sat beside the new one, with other classes, and so did the tables,
     map and report of an earlier `geoseg scene` after a `geoseg segment --overwrite` (those its report
     lists: a zones layer of the user's named ``STEM_zones.gpkg`` is not a scene's).
 
-    `paths` are this run's files (`output_paths`, and `SCENE_FILES`' keys for a scene), in the final folder.
+    `paths` are this run's files (`output_paths`, and `SCENE_FILES`' keys for a scene), in the final folder;
+    `inputs` (the image, a zones or AOI layer, ``file|layername=x`` too) are never removed: `scene --zones
+    out/a_polygons.gpkg --overwrite` deleted the layer it had just read.
     """
+    kept = {os.path.realpath(str(p).split("|")[0]) for p in inputs if p is not None}
     folder = paths["mask"].parent
     every = output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
     stale = [p for name, path in every.items() if name not in paths for p in (path, path.with_suffix(".qml"))]
     stale += [path for name, path in _scene_files_of(folder, stem).items() if name not in paths]
     for path in stale:
-        if path.is_file() or path.is_symlink():  # a folder of that name is not an earlier run's: kept
+        if os.path.realpath(path) in kept:
+            log.warning("kept %s: an earlier run's output, which no longer matches the new mask, but an input of "
+                        "this run", path)
+        elif path.is_file() or path.is_symlink():  # a folder of that name is not an earlier run's: kept
             path.unlink()
             log.warning("removed %s: it came from an earlier run and no longer matches the new mask", path)
 
@@ -731,9 +737,9 @@ def segment(
             moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]
             with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
                 if overwrite:
-                    remove_stale_outputs(paths, stem)
+                    remove_stale_outputs(paths, stem, inputs=[info.path])
                 move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last, marks a whole run
-                         refuse_existing=() if overwrite else list(paths.values()))
+                         staging=tmp, refuse_existing=() if overwrite else list(paths.values()))
     seconds = time.perf_counter() - started
     device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
         client.run(describe_device).values())))

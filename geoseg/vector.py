@@ -20,7 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import InputError, OutputError
-from geoseg.files import replaced_atomically
+from geoseg.files import refuse_folders, replaced_atomically
 from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem,
                            reading_pixels)
 
@@ -458,6 +458,8 @@ def vectorize(
         raise OutputError(f"{out_path.parent}: no such folder. Create it or pick another output path.")
     if not os.access(out_path.parent, os.W_OK):
         raise OutputError(f"{out_path.parent}: not a writable folder. Pick another output path.")
+    if style:  # a folder there was a traceback after the layer was written
+        refuse_folders([out_path.with_suffix(".qml")])
     info = inspect_raster(mask_path)
     if info.dtype != "uint8" or info.count != 1:
         raise InputError(f"{info.path}: a class mask is one uint8 band; this has {info.count} {info.dtype} band(s).")
@@ -534,7 +536,11 @@ def vectorize(
                     "QGIS finds a style by the layer's file name. Name the layer otherwise, e.g. %s, for both "
                     "to open in class colours.", qml, out_path.with_name(f"{out_path.stem}_polygons{out_path.suffix}"))
     elif style:
-        write_qml(qml, names, kind="vector")
+        try:
+            write_qml(qml, names, kind="vector")
+        except OSError as exc:  # the layer is whole and in place: a style that cannot be written is no failure of it
+            log.warning("%s: the QGIS style could not be written (%s); the layer %s is complete, and QGIS shows it "
+                        "in its own colours", qml, exc.strerror or exc, out_path)
     per_class = frame["class_name"].value_counts().to_dict()
     seconds = time.perf_counter() - started
     log.info("wrote %d polygons to %s in %.1f s", len(frame), out_path, seconds)

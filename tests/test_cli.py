@@ -524,3 +524,18 @@ def test_reports_are_written_in_utf8_whatever_the_locale(make_raster, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "km²" in (tmp_path / "f" / "flood.md").read_text(encoding="utf-8")
+
+
+def test_names_too_long_for_the_file_system_are_errors_not_tracebacks(run, make_raster, tmp_path):
+    """A legal input name of 250 bytes gave an OSError (ENAMETOOLONG) traceback once '_mask.tif' was added."""
+    image = make_raster(name="z" * 250 + ".tif", shape=(30, 40))
+    for command in (["segment", str(image), "-o", str(tmp_path / "out")], ["scene", str(image), "-o", str(tmp_path / "s")]):
+        result = run(*command, "-m", "threshold")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "a file name too long for this file system" in result.output
+    short = make_raster(name="m.tif", shape=(30, 40))
+    mask = run("segment", str(short), "-o", str(tmp_path / "m"), "-m", "threshold", "--quiet")
+    assert mask.exit_code == 0, mask.output
+    longest = tmp_path / ("y" * 250 + ".gpkg")  # 255 bytes: legal, though its temporary name was not
+    layer = run("vectorize", str(tmp_path / "m" / "m_mask.tif"), "-o", str(longest))
+    assert layer.exit_code == 0 and longest.exists(), layer.output

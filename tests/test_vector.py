@@ -313,6 +313,17 @@ def test_a_layer_named_as_its_mask_keeps_the_masks_style(make_mask, tmp_path, ca
     assert "<renderer-v2" in (tmp_path / "other.qml").read_text()
 
 
+def test_a_folder_where_the_style_goes_is_refused_before_the_layer_is_written(make_mask, tmp_path):
+    """It was an IsADirectoryError traceback after the layer was written."""
+    path = make_mask(noisy_mask((30, 30)))
+    (tmp_path / "v.qml").mkdir()
+    with pytest.raises(OutputError, match=r"v.qml: is a folder, where this run writes a file"):
+        vectorize(path, tmp_path / "v.gpkg")
+    assert not (tmp_path / "v.gpkg").exists()
+    vectorize(path, tmp_path / "v.gpkg", style=False)  # no style, no folder in the way
+    assert (tmp_path / "v.gpkg").exists()
+
+
 def _tiled_like(mask, name, data, **changes):
     """A tiled, uncompressed copy of `mask`'s profile holding `data`, so that cutting it loses whole blocks."""
     with rasterio.open(mask) as src:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from geoseg.cli import main
 from geoseg import segment
 from geoseg.errors import BandError, InputError, OutputError
-from geoseg.workflows import scene
+from geoseg.workflows import flood, scene
 
 
 def test_scene_with_zones_in_another_crs(make_raster, tiny_fcn, tmp_path):
@@ -463,6 +463,17 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
     (tmp_path / "out" / "image_composition.csv").write_text("the user's own table")
     segment(path, tmp_path / "out", model=tiny_fcn, overwrite=True, preview=False)
     assert (tmp_path / "out" / "image_zones.gpkg").exists() and (tmp_path / "out" / "image_composition.csv").exists()
+
+
+def test_an_earlier_runs_output_given_as_an_input_is_never_removed(make_raster, tiny_fcn, tmp_path, caplog):
+    """scene --zones out/image_polygons.gpkg --overwrite deleted the layer it had just read, as a stale output."""
+    path = make_raster(shape=(40, 40))
+    first = segment(path, tmp_path / "out", model=tiny_fcn, vector=True, preview=False)
+    polygons = Path(first.outputs["vector"])
+    scene(path, tmp_path / "out", model=tiny_fcn, zones=polygons, overwrite=True)
+    assert polygons.exists() and "kept" in caplog.text and "an input of this run" in caplog.text
+    flood(path, tmp_path / "out", model=tiny_fcn, water_class="class1", aoi=polygons, overwrite=True)
+    assert polygons.exists()
 
 
 def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_out(make_raster, tmp_path):
@@ -1219,3 +1230,30 @@ def test_survey_mosaics_of_crss_without_an_epsg_code_get_file_names(make_raster,
     for name in names:
         with rasterio.open(tmp_path / "out" / name) as ds:
             assert ds.crs is not None and ds.read(1).shape == (30, 30)
+
+
+def test_a_set_of_outputs_that_cannot_all_be_replaced_leaves_the_earlier_set(tmp_path, monkeypatch):
+    """A file that could not be replaced (chattr +i, a file open on Windows) was a PermissionError traceback,
+    with the new files moved before it beside the old ones after it."""
+    import geoseg.files as files
+
+    out, staging = tmp_path / "out", tmp_path / "out" / ".geoseg-vm-1"
+    staging.mkdir(parents=True)
+    moves = []
+    for name in ("a_confidence.tif", "a_polygons.gpkg", "a_mask.tif"):
+        (out / name).write_text("old")
+        (staging / name).write_text("new")
+        moves.append((staging / name, out / name))
+    real = os.replace
+
+    def refused(src, dst):
+        if Path(dst) == out / "a_polygons.gpkg" and Path(src).parent == staging:
+            raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", refused)
+    with pytest.raises(OutputError, match=r"out/a_polygons.gpkg: could not be replaced \(Operation not permitted\); "
+                                          "nothing of this run was put in place"):
+        files.move_all(moves, staging=staging)
+    assert [(out / n).read_text() for n in ("a_confidence.tif", "a_polygons.gpkg", "a_mask.tif")] == ["old"] * 3
+    assert sorted(p.name for p in out.iterdir()) == [".geoseg-vm-1", "a_confidence.tif", "a_mask.tif", "a_polygons.gpkg"]

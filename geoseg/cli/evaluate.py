@@ -160,9 +160,9 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                      label_names=_split(label_names),
                      label_colors=_split(label_colors), vector_field=vector_field,
                      **_segment_options(chunk, sieve, bands))
+        if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
+            write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
     table = markdown_table([result])
-    if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
-        write_text(markdown, markdown_table([result], notes=True))
     if as_json:
         emit_json(result.to_dict())
     else:

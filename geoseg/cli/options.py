@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -74,6 +76,14 @@ def fail_cleanly():
         yield
     except GeosegError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # from any path test (Path.exists raises it): a traceback from segment, scene, flood, evaluate, vectorize
+        name = Path(str(exc.filename or "")).name
+        raise click.ClickException(f"{exc.filename}: a file name too long for this file system ({len(name.encode())} "
+                                   "bytes, where outputs add their own suffix to the input's name). Use a shorter "
+                                   "name for the input or the output.") from None
 
 
 def emit_json(data) -> None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from geoseg.errors import InputError
+from geoseg.errors import GeosegError, InputError, OutputError
 from geoseg.files import move_all, replaced_atomically, signals_held
 from geoseg.raster import staging_dir
 
@@ -104,8 +104,12 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
 
 
 def _replace(path: Path, write) -> None:
-    with replaced_atomically(path) as tmp:
-        write(tmp)
+    try:
+        with replaced_atomically(path) as tmp:
+            write(tmp)
+    except OSError as exc:  # a full disk was an OSError traceback, from scene, survey and evaluate --markdown
+        raise OutputError(f"{path}: could not be written ({exc.strerror or exc}). Free some disk space or pick "
+                          "another output folder; nothing was left at that path.") from None
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
@@ -154,10 +158,14 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
     `refuse_existing` (a run without --overwrite: its outputs) that appeared meanwhile stops the moves.
     """
     with staging_dir(out_dir) as tmp:
-        yield tmp
+        try:
+            yield tmp
+        except GeosegError as exc:  # "out/.geoseg-vm-11042-swg00m1u/x_mask.tif could not be written": a path never asked for
+            raise type(exc)(str(exc).replace(f"{tmp}{os.sep}", f"{out_dir}{os.sep}")) from None
         order = {tmp / Path(path).relative_to(out_dir): i for i, path in enumerate(last)}
         staged = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: order.get(p, -1))
         with signals_held():  # Ctrl-C waits for the last move
             if before_moves is not None:  # e.g. remove an earlier run's outputs that this run does not write
                 before_moves()
-            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], refuse_existing=refuse_existing)
+            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], staging=tmp,
+                     refuse_existing=refuse_existing)

@@ -331,7 +331,7 @@ def flood(
                       progress=progress)
         def remove_stale() -> None:  # an earlier run's outputs that this run does not write
             for when, image in images.items() if method == "model" else ():
-                remove_stale_outputs(water[when], raster_stem(image))
+                remove_stale_outputs(water[when], raster_stem(image), inputs=[*images.values(), aoi])
             _remove_stale_image_masks(paths["json"], water, list(images.values()))
             old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
             if old.exists():

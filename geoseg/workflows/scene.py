@@ -90,7 +90,8 @@ def scene(
         paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
                                    overwrite, inputs=[image, zones])
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
-                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image))) if overwrite else None,
+                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image), inputs=[image, zones]))
+                            if overwrite else None,
                             refuse_existing=() if overwrite else list(paths.values())) as tmp:
             # the segmentation is 95% of the run: the bar stood at 100% while the zones and the map were made
             progress = segment_options.pop("progress", None)

@@ -19,10 +19,10 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from geoseg.errors import GeosegError, InputError
+from geoseg.errors import GeosegError, InputError, OutputError
 from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
-from geoseg.raster import is_gdal_path, pid_alive, unique_stems, written_by_geoseg
+from geoseg.raster import first_line, is_gdal_path, pid_alive, unique_stems, written_by_geoseg
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -616,8 +616,11 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
             with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
                 pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.FeatureError)):  # a full disk
+            raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or pick "
+                              "another output folder; nothing was left at that path.") from None
         raise
     if tmp.exists():
         os.replace(tmp, out)
