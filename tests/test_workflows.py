@@ -1257,3 +1257,28 @@ def test_a_set_of_outputs_that_cannot_all_be_replaced_leaves_the_earlier_set(tmp
         files.move_all(moves, staging=staging)
     assert [(out / n).read_text() for n in ("a_confidence.tif", "a_polygons.gpkg", "a_mask.tif")] == ["old"] * 3
     assert sorted(p.name for p in out.iterdir()) == [".geoseg-vm-1", "a_confidence.tif", "a_mask.tif", "a_polygons.gpkg"]
+
+
+def test_a_survey_folder_held_by_another_live_survey_is_refused(make_raster, tmp_path):
+    """Two surveys into one folder both ended well; the last to finish wrote a manifest, mosaic and report
+    of its own rasters only, while the other's folders lay beside them unlisted."""
+    import socket
+    import subprocess
+    import sys
+
+    from geoseg.workflows import survey
+
+    image = make_raster(shape=(30, 40))
+    out = tmp_path / "s"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".geoseg-survey.lock").write_text(f"{socket.gethostname()} {other.pid}\n")
+        with pytest.raises(OutputError, match=rf"another survey \(process {other.pid}\) is writing into this folder"):
+            survey([image], out, model="threshold")
+    finally:
+        other.kill()
+        other.wait()
+    assert not (out / "manifest.json").exists()
+    result = survey([image], out, model="threshold")  # that process is gone: its lock is taken over
+    assert len(result.done) == 1 and not (out / ".geoseg-survey.lock").exists()

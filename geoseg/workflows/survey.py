@@ -12,9 +12,10 @@ import socket
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -278,63 +279,98 @@ def survey(
         # the batch's files, written after every raster: a folder in the way was a traceback at the very end
         refuse_folders(out_dir / name for name in (MANIFEST, "masks.vrt", "survey_polygons.gpkg", "survey_summary.csv",
                                                    "survey_summary.json", "survey_report.md"))
-        options = {"model": card.name, "model_version": card.version, "vector": vector,
-                   **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
-                      # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
-                      # no sieve, which the command line leaves out
-                      if k != "client" and not (k == "sieve" and not v)}}
-        manifest = _Manifest(out_dir / MANIFEST)
-        folders = unique_stems(sources)  # one output folder per raster
-        fractions = dict.fromkeys(sources, 0.0)
-        result = SurveyResult()
-        report = progress or (lambda fraction, message: None)
+        with _survey_lock(out_dir):  # two surveys into one folder each wrote the batch files of its own rasters
+            options = {"model": card.name, "model_version": card.version, "vector": vector,
+                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
+                          # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
+                          # no sieve, which the command line leaves out
+                          if k != "client" and not (k == "sieve" and not v)}}
+            manifest = _Manifest(out_dir / MANIFEST)
+            folders = unique_stems(sources)  # one output folder per raster
+            fractions = dict.fromkeys(sources, 0.0)
+            result = SurveyResult()
+            report = progress or (lambda fraction, message: None)
 
-        def tick(source: str, fraction: float) -> None:
-            fractions[source] = fraction
-            report(sum(fractions.values()) / len(sources), Path(source).name)
+            def tick(source: str, fraction: float) -> None:
+                fractions[source] = fraction
+                report(sum(fractions.values()) / len(sources), Path(source).name)
 
-        stopping = threading.Event()
+            stopping = threading.Event()
 
-        def one(source: str) -> tuple[str, dict[str, Any]]:
-            try:
-                key = {**_fingerprint(source), **options}
-            except OSError:
-                return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
-            if manifest.is_done(source, key):
+            def one(source: str) -> tuple[str, dict[str, Any]]:
+                try:
+                    key = {**_fingerprint(source), **options}
+                except OSError:
+                    return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
+                if manifest.is_done(source, key):
+                    tick(source, 1.0)
+                    return "skipped", manifest.entry(source)
+                started = time.perf_counter()
+                try:
+                    res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
+                                  progress=lambda f: tick(source, f), **segment_options)
+                except GeosegError as exc:
+                    entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
+                except Exception as exc:  # one broken raster must not stop the survey
+                    if stopping.is_set():  # the survey itself is stopping: not this raster's failure
+                        raise
+                    log.exception("unexpected failure on %s", source)
+                    entry = {"input": source, "status": "failed", "key": key, "outputs": {},
+                             "error": f"{source}: {type(exc).__name__}: {exc}"}
+                else:
+                    entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
+                             "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
+                             "crs": _crs_of(res.outputs["mask"])}
+                manifest.record(source, entry)
                 tick(source, 1.0)
-                return "skipped", manifest.entry(source)
-            started = time.perf_counter()
-            try:
-                res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
-                              progress=lambda f: tick(source, f), **segment_options)
-            except GeosegError as exc:
-                entry = {"input": source, "status": "failed", "key": key, "outputs": {}, "error": str(exc)}
-            except Exception as exc:  # one broken raster must not stop the survey
-                if stopping.is_set():  # the survey itself is stopping: not this raster's failure
-                    raise
-                log.exception("unexpected failure on %s", source)
-                entry = {"input": source, "status": "failed", "key": key, "outputs": {},
-                         "error": f"{source}: {type(exc).__name__}: {exc}"}
-            else:
-                entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
-                         "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
-                         "crs": _crs_of(res.outputs["mask"])}
-            manifest.record(source, entry)
-            tick(source, 1.0)
-            return entry["status"], entry
+                return entry["status"], entry
 
+            try:
+                outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
+                                        num_workers=max(1, jobs))
+            except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
+                stopping.set()
+                raise
+            for status, entry in outcomes:
+                getattr(result, status).append(entry)
+            order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
+            finished = sorted(result.done + result.skipped, key=lambda e: order[e["input"]])
+            result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
+            return result
+
+
+LOCK = ".geoseg-survey.lock"
+
+
+@contextmanager
+def _survey_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.geoseg-survey.lock`` (this host and process id) while the survey runs; refuse a folder
+    another live survey holds. Two surveys into one folder both ended well, and the last to finish wrote the
+    manifest, mosaic and report of its own rasters only. A lock left by a survey killed outright on this host
+    is taken over."""
+    lock, host = out_dir / LOCK, socket.gethostname()
+    while True:
         try:
-            outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
-                                    num_workers=max(1, jobs))
-        except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
-            stopping.set()
-            raise
-    for status, entry in outcomes:
-        getattr(result, status).append(entry)
-    order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
-    finished = sorted(result.done + result.skipped, key=lambda e: order[e["input"]])
-    result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
-    return result
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder, pid = lock.read_text().split()
+            except (OSError, ValueError):  # being written, or not ours: as held
+                holder, pid = "", ""
+            if holder == host and pid.isdigit() and not pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)
+                continue
+            where = f"process {pid}" if holder == host else f"process {pid} on {holder}" if holder else "a process"
+            raise OutputError(f"{out_dir}: another survey ({where}) is writing into this folder, and the two would "
+                              "overwrite each other's manifest and report. Wait for it to end, or pick another output "
+                              f"folder (if no survey runs there, delete {lock}).") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{host} {os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _crs_of(path: str) -> str | None:
