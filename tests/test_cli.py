@@ -190,7 +190,10 @@ def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):
     names = {m["name"]: m for m in json.loads(result.stdout)["models"]}
     assert {"tiny-fcn", "tiny-tiled", "tiny-1band"} <= set(names)
     assert names["tiny-fcn"]["source"] == "GEOSEG_MODEL_PATH"
-    assert "tiny-fcn" in run("models").output
+    assert names["tiny-fcn"]["classes"] == ["class0", "class1", "class2"] and names["tiny-fcn"]["bands"] == [1, 2, 3]
+    assert names["tiny-1band"]["bands"] == [1] and names["threshold-nir"]["bands"] == [1, 2, 3, 4]
+    listed = run("models").output
+    assert "tiny-fcn" in listed and "classes: class0, class1, class2" in listed and "bands: [1]" in listed
 
 
 def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_raster, model_dir, tmp_path,

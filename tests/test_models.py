@@ -299,19 +299,20 @@ def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
 def test_concurrent_model_calls_are_bounded(monkeypatch, calls):
     """Dask runs a chunk per core; only MODEL_CALLS of them may hold a model call's activations at once."""
     import threading
-    import time
 
     import geoseg.models.segmenter as segmenter
 
     monkeypatch.setattr(segmenter, "MODEL_CALLS", calls)
     seg = segmenter.KerasSegmenter(build_unet(2, 3, depth=1, filters=2), ModelCard.from_dict(CARD))
-    running, most, guard = [0], [0], threading.Lock()
+    running, most, guard, full = [0], [0], threading.Lock(), threading.Event()
 
-    def fake(batch):
+    def fake(batch):  # each call holds on until `calls` of them run at once: no sleep to hope they overlap
         with guard:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.05)
+            if running[0] == calls:
+                full.set()
+        full.wait(10)
         with guard:
             running[0] -= 1
         return batch

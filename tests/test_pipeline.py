@@ -51,6 +51,28 @@ def test_tiled_run_equals_whole_image_run(make_raster, tiny_fcn, tmp_path, shape
     assert len(np.unique(reference)) > 1  # the check is not vacuous
 
 
+def test_tiled_run_equals_keras_on_the_whole_image_without_geoseg(make_raster, tiny_fcn, tmp_path):
+    """The reference above is geoseg's own predict_image, which shares its normalisation and crop with the
+    pipeline: a bug in both passed. Here Keras sees the image as numpy mirrors and scales it, with a
+    --normalize override that the pipeline must apply in every chunk (dropping it in the chunks passed)."""
+    import keras
+
+    path = make_raster(shape=(150, 170), seed=3)
+    norm = {"method": "scale", "scale": 0.004, "offset": -0.3}  # not the card's 1/255
+    result = segment(path, tmp_path / "out", model=tiny_fcn, chunk=48, normalization=norm, preview=False)
+    default = segment(path, tmp_path / "default", model=tiny_fcn, chunk=48, preview=False)
+    margin = result.plan["margin"]
+    with rasterio.open(path) as ds:
+        image = np.moveaxis(ds.read(), 0, -1).astype(np.float32) * 0.004 - 0.3
+    x = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")  # the raster's edge mirrored
+    x = np.pad(x, ((0, -x.shape[0] % 4), (0, -x.shape[1] % 4), (0, 0)))  # the U-Net's step; past the margin
+    probabilities = keras.saving.load_model(tiny_fcn, compile=False).predict(x[None], verbose=0)[0]
+    reference = probabilities[margin : margin + 150, margin : margin + 170].argmax(-1)
+    mask = _read(result.outputs["mask"])
+    assert (mask == reference).mean() >= 0.999
+    assert (_read(default.outputs["mask"]) != mask).mean() > 0.01  # the override changed the answer
+
+
 @pytest.mark.parametrize("chunk", [30, 60, 90])
 def test_fixed_tile_model_is_independent_of_chunk(make_raster, tiny_tiled, tmp_path, chunk):
     path = make_raster(shape=(101, 77), seed=4)
@@ -453,6 +475,22 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
         mask = ds.read(1)
     assert (mask[0::2, 0::2] == mask[1::2, 1::2]).all()  # nearest from a grid of half the resolution
     assert len(np.unique(mask)) > 1
+    # what the model saw: the raster warped to 1 m by GDAL, then Keras on it, without geoseg (a shifted or
+    # wrongly scaled work grid also gave 2 x 2 blocks)
+    import keras
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(path) as src:
+        metre = np.zeros((3, 50, 60), np.float32)
+        reproject(src.read().astype(np.float32), metre, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=src.transform * rasterio.Affine.scale(2), dst_crs=src.crs,
+                  resampling=Resampling.bilinear)
+    margin = result.plan["margin"]
+    x = np.pad(np.moveaxis(metre, 0, -1) / 255, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+    x = np.pad(x, ((0, -x.shape[0] % 4), (0, -x.shape[1] % 4), (0, 0)))
+    seen = keras.saving.load_model(folder / "one-metre.keras", compile=False).predict(x[None], verbose=0)[0]
+    reference = seen[margin : margin + 50, margin : margin + 60].argmax(-1).repeat(2, 0).repeat(2, 1)
+    assert (mask == reference).mean() >= 0.99
     from geoseg.sieve import sieve_array  # --sieve counts the output's pixels, not the model's (4 times larger)
 
     sieved = segment(path, tmp_path / "sieved", model=folder / "one-metre.keras", chunk=32, preview=False, sieve=40)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import struct
@@ -473,6 +474,8 @@ def test_results_live_ttl_seconds_from_the_job_s_end_not_its_upload(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and os.environ.get("GEOSEG_REQUIRE_BROWSER"):  # CI: a skipped browser test is no pass
+    raise RuntimeError("GEOSEG_REQUIRE_BROWSER is set but Debian's chromium is not installed (make browser).")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
