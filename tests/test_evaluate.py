@@ -164,8 +164,7 @@ def test_compare_reads_vector_ids_by_the_first_model_for_every_model(make_raster
         assert "scored as its 'other' class: class0, class1" in " ".join(baseline["notes"])
     assert by_id["evaluations"][0]["confusion_matrix"] == by_name["evaluations"][0]["confusion_matrix"]
     gpd.GeoDataFrame({"class": ["class0", "class1"]}, geometry=boxes, crs="EPSG:32640").to_file(tmp_path / "mixed.gpkg")
-    with pytest.raises(InputError, match="1 of the 2 label files hold class ids in their field and the others class "
-                                         "names"):
+    with pytest.raises(InputError, match="1 of the 2 label files hold class ids in their field and 1 class names"):
         compare([str(tiny_fcn), "threshold"], [image, image], [tmp_path / "ids.gpkg", tmp_path / "mixed.gpkg"],
                 label_format="vector")
 
@@ -792,3 +791,31 @@ def test_colours_of_no_class_are_in_the_notes(make_raster, tmp_path):
     said = [n for n in result.notes if "colour(s) of no class" in n]
     assert len(said) == 1 and "50.0% of the pixels have 1 colour(s) of no class (#3C1098 (50.0%))" in said[0]
     assert "pass --label-names and --label-colors" in said[0]
+    mask[:, 40:] = 0  # black: unlabelled
+    Image.fromarray(mask).save(tmp_path / "mask2.png")
+    both = evaluate("threshold", [image, image], [tmp_path / "mask.png", tmp_path / "mask2.png"], label_format="color")
+    said = [n for n in both.notes if "colour(s) of no class" in n]  # one note for all files, not one per file
+    assert said == ["2 label files have pixels of colour(s) of no class, left unlabelled: 50.0% of their pixels "
+                    "(#3C1098 (40.0%), #000000 (10.0%)). If they are classes, pass --label-names and --label-colors "
+                    "(label_names=, label_colors=) with the mask's classes and colours."]
+
+
+def test_vector_label_files_without_a_value_or_with_blanks_take_no_side(make_raster, tmp_path):
+    """An empty layer (a tile without buildings) beside files of names was called a file of ids and refused; a blank value was 'label names must be non-empty', names never passed; '1' beside
+    'vegetation' in one field changed meaning without a word."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    left, right = shapely.box(500000, 2799980, 500012, 2800000), shapely.box(500012, 2799980, 500025, 2800000)
+    gpd.GeoDataFrame({"class": ["water", "lake"]}, geometry=[left, right], crs="EPSG:32640").to_file(tmp_path / "a.gpkg")
+    gpd.GeoDataFrame({"class": ["water", ""]}, geometry=[left, right], crs="EPSG:32640").to_file(tmp_path / "blank.gpkg")
+    gpd.GeoDataFrame({"class": []}, geometry=[], crs="EPSG:32640").to_file(tmp_path / "empty.gpkg")
+    for other in ("blank.gpkg", "empty.gpkg"):
+        result = evaluate("threshold", [image, image], [tmp_path / "a.gpkg", tmp_path / other], label_format="vector")
+        assert result.pixels_scored >= 40 * 50, other  # both polygons of a.gpkg, lake as 'other'
+    gpd.GeoDataFrame({"class": ["1", "vegetation"]}, geometry=[left, right], crs="EPSG:32640").to_file(
+        tmp_path / "mixed.gpkg")
+    with pytest.raises(InputError, match=r"mixed.gpkg: its 'class' field holds both class ids \('1'\) and class "
+                                         r"names \('vegetation'\)"):
+        evaluate("threshold", image, tmp_path / "mixed.gpkg", label_format="vector")

@@ -17,10 +17,9 @@ import numpy as np
 from geoseg.errors import InputError
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
-           "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE",
-           "VectorLabels", "check_label_grid", "check_label_template", "grid_offset", "ids_by_name", "read_labels",
-           "label_class_names", "label_file", "label_nodata", "label_warnings", "read_vector_labels", "vector_source",
-           "TEXT_ID"]
+           "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE", "VectorLabels", "check_label_grid", "check_label_template",
+           "grid_offset", "ids_by_name", "read_labels", "LabelNotes", "label_class_names", "label_file", "label_nodata",
+           "label_warnings", "read_vector_labels", "vector_source", "TEXT_ID"]
 
 IGNORE = 255
 TEXT_ID = re.compile(r"\s*[0-9]{1,3}\s*")  # a class id written as text in a vector field ('1')
@@ -41,15 +40,39 @@ log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (file, what) warned about already: once per file, not once per image or window
 
 
-_HEARD: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("geoseg_label_warnings", default=None)
+class LabelNotes:
+    """What `label_warnings` collected: messages, and the colours of no class over all colour masks read."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self.colours: dict[int, int] = {}  # 0xRRGGBB -> pixels, over every file
+        self.files: dict[str, str] = {}  # file -> its own message, of the files that had such colours
+        self.pixels = 0  # pixels of those files
+        self.fix = ""
+
+    def notes(self) -> list[str]:
+        """The messages, and one note on the colours of no class: a file's own, or a sum over the files
+        (a report over 18 Dubai masks held 16 notes on #9B9B9B)."""
+        if len(self.files) == 1:
+            return [*self.said, *self.files.values()]
+        if not self.files:
+            return list(self.said)
+        stray = sorted(((n, v) for v, n in self.colours.items()), reverse=True)
+        shown = ", ".join(f"#{v:06X} ({n / self.pixels:.1%})" for n, v in stray[:5]) + (", ..." if len(stray) > 5 else "")
+        return [*self.said, f"{len(self.files)} label files have pixels of colour(s) of no class, left unlabelled: "
+                            f"{100 * sum(self.colours.values()) / self.pixels:.1f}% of their pixels ({shown}). "
+                            f"{self.fix}"]
+
+
+_HEARD: contextvars.ContextVar[LabelNotes | None] = contextvars.ContextVar("geoseg_label_warnings", default=None)
 
 
 @contextmanager
-def label_warnings() -> Iterator[list[str]]:
+def label_warnings() -> Iterator[LabelNotes]:
     """Collect what is said about label files inside (polygons or colours of no class, a CLASS_NAMES tag
     of ids the file lacks), each once, for a report's notes, instead of logging it (the log says each
     once per file and process: a second report of the file said nothing)."""
-    heard: list[str] = []
+    heard = LabelNotes()
     token = _HEARD.set(heard)
     try:
         yield heard
@@ -60,8 +83,8 @@ def label_warnings() -> Iterator[list[str]]:
 def _warn_once(key: tuple, message: str, *args: Any) -> None:
     heard = _HEARD.get()
     if heard is not None:  # the report's notes say it: the log said it twice on the terminal
-        if (message % args) not in heard:
-            heard.append(message % args)
+        if (message % args) not in heard.said:
+            heard.said.append(message % args)
         return
     if key not in _WARNED:
         _WARNED.add(key)
@@ -360,10 +383,19 @@ def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[st
     stray = sorted(((int(n), int(v)) for v, n in zip(values, counts) if int(v) not in listed), reverse=True)
     if not stray:
         return
+    heard = _HEARD.get()
+    if heard is not None and os.path.abspath(path) not in heard.files:  # summed over the files of a report
+        for n, v in stray:
+            heard.colours[v] = heard.colours.get(v, 0) + n
+        heard.pixels += total
+        heard.fix = fix
     shown = ", ".join(f"#{v:06X} ({n / total:.1%})" for n, v in stray[:5]) + (", ..." if len(stray) > 5 else "")
-    _warn_once((os.path.abspath(path), "colours", fix),
-               "%s: %.1f%% of the pixels have %d colour(s) of no class (%s); they are left unlabelled. %s",
-               path, 100 * sum(n for n, _ in stray) / total, len(stray), shown, fix)
+    message = "%s: %.1f%% of the pixels have %d colour(s) of no class (%s); they are left unlabelled. %s"
+    args = (path, 100 * sum(n for n, _ in stray) / total, len(stray), shown, fix)
+    if heard is not None:
+        heard.files.setdefault(os.path.abspath(path), message % args)
+        return
+    _warn_once((os.path.abspath(path), "colours", fix), message, *args)
 
 
 def _palette(ds) -> np.ndarray | None:

@@ -218,7 +218,7 @@ def evaluate(
                          **segment_options)
 
 
-def _evaluate(model, images: list, labels: list, heard: list[str], *, label_format, label_names, label_colors,
+def _evaluate(model, images: list, labels: list, heard, *, label_format, label_names, label_colors,
               vector_field, keep_masks, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
@@ -280,7 +280,7 @@ def _evaluate(model, images: list, labels: list, heard: list[str], *, label_form
         ids = ", ".join(f"{c.id} {c.name}" for c in card.classes)
         notes.append(f"the labels' values were read as {card.name}'s class ids ({ids}); if they stand for other "
                      "classes, pass --label-names (label_names=) in id order")
-    notes.extend(heard)
+    notes.extend(heard.notes())
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes)
@@ -600,20 +600,34 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
 def _vector_names(labels: list, field: str) -> list[str] | None:
     """The class names that vector label files hold in `field`, sorted; [] where they hold class ids (also
     written as text, '1'), None where a file or its field cannot be read or the names are too many (the label
-    checks then say which file, and why)."""
+    checks then say which file, and why). A file without a value (no polygon, NULLs, blanks: a tile without
+    buildings) takes no side."""
     fields = _vector_fields(labels, field)
     if fields is None:
         return None
-    numeric = [values.dtype.kind in "iuf" or values.dropna().astype(str).str.fullmatch(TEXT_ID.pattern).all()
-               for values in fields]
-    if any(numeric) and not all(numeric):
-        raise InputError(f"{sum(numeric)} of the {len(labels)} label files hold class ids in their field and "
-                         "the others class names, so they would be read differently; pass --label-names "
+    kinds, names = [], set()
+    for label, values in zip(labels, fields):
+        values = values.dropna()
+        if values.dtype.kind in "iuf":
+            kinds.append("ids" if len(values) else None)
+            continue
+        values = values.astype(str)
+        values = values[values.str.strip() != ""]  # blanks are unlabelled, as NULLs are
+        ids = values.str.fullmatch(TEXT_ID.pattern)
+        if ids.any() and not ids.all():  # '1' beside 'vegetation': was an id before, a name of no class now
+            raise InputError(f"{label}: its {field!r} field holds both class ids ({values[ids].iloc[0]!r}) and class "
+                             f"names ({values[~ids].iloc[0]!r}), which cannot be read alike; write one or the other "
+                             "throughout, or pass --label-names (label_names=) with the names in id order.")
+        kinds.append(None if not len(values) else "ids" if ids.all() else "names")
+        if kinds[-1] == "names":
+            names.update(values)
+    if "ids" in kinds and "names" in kinds:
+        raise InputError(f"{kinds.count('ids')} of the {len(labels)} label files hold class ids in their field and "
+                         f"{kinds.count('names')} class names, so they would be read differently; pass --label-names "
                          "(label_names=) for all of them.")
-    if any(numeric):
+    if "ids" in kinds:
         return []
-    names = sorted({str(v) for values in fields for v in values.dropna()})
-    return names if 0 < len(names) < IGNORE else None
+    return sorted(names) if 0 < len(names) < IGNORE else None
 
 
 def _vector_fields(labels: list, field: str) -> list | None:
