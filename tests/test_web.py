@@ -52,6 +52,13 @@ def _short_png(cols, rows) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
 
 
+def _wait_for(condition, timeout=60):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def _wait(client, job_id, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -237,7 +244,7 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
     [
         ({}, 400, "no image"),
         ({"image": (io.BytesIO(b"hello, not an image"), "photo.png")}, 415, "checked from its content"),
-        ({"image": (io.BytesIO(_png(600, 600, flat=True)), "big.png")}, 413, "= 360,000 pixels (0.36 Mpx); this server takes at most 200,000 (0.2 Mpx)"),
+        ({"image": (io.BytesIO(_png(600, 600, flat=True)), "big.png")}, 413, "= 360,000 pixels (0.36 Mpx); this server takes at most 200,000 pixels (0.2 Mpx)"),
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "nope"}, 400, "unknown model"),
         ({"image": (io.BytesIO(_png()), "a.png"), "tta": "rotations"}, 400, "tta must be one of none, flips"),
         ({"image": (io.BytesIO(_png()), "a.png"), "precision": "int8"}, 400, "precision must be one of float32"),
@@ -797,6 +804,18 @@ def test_a_full_queue_refuses_uploads_until_a_worker_is_free(tmp_path, model_dir
     done = _wait(client, first.get_json()["id"])
     assert done["status"] == "done" and done["running"] == 0 and 3590 < done["expires_in"] <= 3600
     assert post().status_code == 202
+    # uploads at the same moment: each was checked against the jobs queued before it was saved, and all passed
+    busy.clear()
+    blocker = jobs.pool.submit(busy.wait, 60)
+    _wait_for(lambda: jobs.waiting() == 0)
+    codes = []
+    burst = [threading.Thread(target=lambda: codes.append(post().status_code)) for _ in range(6)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join()
+    busy.set()
+    assert sorted(codes) == [202] + [503] * 5
 
 
 def test_an_upload_of_only_nodata_has_no_shares_and_no_agreement(client, make_raster):

@@ -94,12 +94,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.post("/api/segment")
     def api_segment():
-        waiting = jobs.waiting()
-        if waiting >= int(app.config["GEOSEG_MAX_QUEUED"]):  # before the upload is saved: a full queue keeps no files
-            jobs_are = "1 job is" if waiting == 1 else f"{waiting} jobs are"
+        limit = int(app.config["GEOSEG_MAX_QUEUED"])
+        if jobs.reserve(limit) is None:  # before the upload is saved: a full queue keeps no files
+            jobs_are = "1 job is" if limit == 1 else f"{limit} jobs are"
             return (jsonify(error=f"this server is busy: {jobs_are} waiting for a worker. Try again in a minute."),
                     503, {"Retry-After": "60"})
-        job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
+        try:
+            job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
+        finally:  # submitted (now counted as queued) or refused
+            jobs.release()
         return jsonify(jobs.describe(job)), 202
 
     @app.get("/api/jobs/<job_id>")

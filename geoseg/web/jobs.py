@@ -70,6 +70,7 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self.expired: dict[str, None] = {}  # the ids of the last jobs deleted, so that their links say so
         self.lock = threading.Lock()
+        self.reserved = 0  # uploads being saved and checked, which a queue limit counts as waiting
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-job")
 
     def new_folder(self) -> tuple[str, Path]:
@@ -83,6 +84,21 @@ class JobManager:
             self.jobs[job.id] = job
         self.pool.submit(self._run, job)
         return job
+
+    def reserve(self, limit: int) -> int | None:
+        """Hold a place in the queue for an upload being saved and checked; None when `limit` jobs wait
+        already, else the number waiting. `release` it once the job is submitted or refused: counted only
+        when submitted, eight uploads at once all passed a limit of one."""
+        with self.lock:
+            waiting = self.reserved + sum(j.status == "queued" for j in self.jobs.values())
+            if waiting >= limit:
+                return None
+            self.reserved += 1
+            return waiting
+
+    def release(self) -> None:
+        with self.lock:
+            self.reserved -= 1
 
     def waiting(self, before: Job | None = None) -> int:
         """How many jobs wait for a worker (that were submitted before `before`)."""

@@ -64,9 +64,9 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
         raise UploadError(f"{name}: the file looks like an image, but it cannot be read: it looks truncated or "
                           "damaged. Upload it again, or a copy that opens in an image viewer.", 400) from None
     if size[0] * size[1] > max_pixels:
-        # in pixels, then Mpx to 3 digits: both were 0.6 Mpx at one decimal for 791x718 against a 0.55 Mpx limit
-        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels ({size[0] * size[1] / 1e6:.3g} "
-                          f"Mpx); this server takes at most {max_pixels:,} ({max_pixels / 1e6:.3g} Mpx). Use the "
+        # in pixels, and Mpx to 2 decimals: both were 0.6 Mpx at one decimal for 791x718 against a 0.55 Mpx limit
+        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels ({_mpx(size[0] * size[1])} "
+                          f"Mpx); this server takes at most {max_pixels:,} pixels ({_mpx(max_pixels)} Mpx). Use the "
                           "command line for larger rasters.", 413)
     if decoded > max_pixels * BYTES_PER_PIXEL:  # 3000 float64 bands in a 400 KB file asked the server for 23 GB
         raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {decoded / 1e6:,.1f} MB decoded; "
@@ -147,3 +147,8 @@ def display_name(name: str | None) -> str:
     while len(stem.encode()) > MAX_STEM_BYTES:  # outputs add up to ~30 bytes; file names end at 255 bytes
         stem = stem[:-1]
     return f"{stem}{suffix}" if stem.strip("_ ") else "upload"
+
+
+def _mpx(pixels: int) -> str:
+    """Megapixels to 2 decimals without trailing zeros, with thousands separators (1.6e+03 was 1,600)."""
+    return f"{pixels / 1e6:,.2f}".rstrip("0").rstrip(".")

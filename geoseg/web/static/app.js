@@ -85,7 +85,14 @@ async function poll(t, misses = 0, restore = false) {
   finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? `\nNote:\n${job.warnings.map((w) => `• ${w}`).join("\n")}` : ""));
   show();
   clearTimeout(expiry); // the server deletes the files then: say so, rather than links whose downloads fail silently
-  if (job.expires_in !== undefined) expiry = setTimeout(() => { if (t === ticket) expire(); }, job.expires_in * 1000);
+  if (job.expires_in !== undefined) expireAt(t, Date.now() + job.expires_in * 1000);
+}
+
+// a timer of over 2^31 ms (a --ttl of 25 days) fired at once: wait in steps
+function expireAt(t, at) {
+  const left = at - Date.now();
+  expiry = setTimeout(() => { if (t !== ticket) return; if (left > 2 ** 31 - 1) expireAt(t, at); else expire(); },
+    Math.max(0, Math.min(left, 2 ** 31 - 1)));
 }
 
 function expire() {
