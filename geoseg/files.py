@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["move_all", "named_as_final", "refuse_folders", "replace_set", "replaced_atomically", "signals_held"]
+__all__ = ["RollbackError", "move_all", "named_as_final", "refuse_folders", "replace_set", "replaced_atomically",
+           "signals_held"]
 
 
 @contextmanager
@@ -101,15 +102,21 @@ def refuse_folders(paths) -> None:
                               "or pick another output folder.")
 
 
-def move_all(moves: list[tuple[Path, Path]], *, staging: Path, refuse_existing: Sequence[Path] = ()) -> None:
-    """``os.replace`` each (staged, final) pair in order, the set whole or not at all (`replace_set`, with the
-    files it replaces set aside in `staging`, the folder the staged files are in); callers hold signals around
-    it (`signals_held`). A failed rename (a file that cannot be replaced) was a traceback that left new
-    files beside old ones; it is now an OutputError, with the earlier files as they were.
+def move_all(moves: list[tuple[Path, Path]], *, staging: Path, refuse_existing: Sequence[Path] = (),
+             remove: Sequence[Path] = ()) -> list[Path]:
+    """``os.replace`` each (staged, final) pair in order and remove the files of `remove` (an earlier run's
+    outputs that no longer match), the whole set or nothing (`replace_set`, its backups in `staging`, the
+    folder the staged files are in); callers hold signals around it (`signals_held`). Returns the paths
+    removed.
+
+    A failed rename (a file that cannot be replaced) was a traceback that left new files beside old ones; it
+    is now an OutputError, with the earlier files as they were. Should putting one back fail too, the backups
+    are moved beside the outputs (``.geoseg-kept-…``) and the error names that folder: they are never deleted.
     A folder where a file goes is refused (`refuse_folders`) before anything moves, and so is a file at
     one of `refuse_existing` (the outputs a run without --overwrite found absent when it started): another
     run into the same folder put it there meanwhile (both runs succeeded, the second silently replacing the
-    first's files)."""
+    first's files).
+    """
     refuse_folders(final for _, final in moves)
     there = [str(path) for path in refuse_existing if os.path.exists(path)]  # as the check at the start: a dangling
     # link there is replaced, not "appeared"
@@ -127,43 +134,86 @@ def move_all(moves: list[tuple[Path, Path]], *, staging: Path, refuse_existing: 
         final.parent.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=".aside-", dir=staging))
     try:
-        replace_set(moves, aside)
+        return replace_set(moves, aside, remove=remove)
+    except RollbackError as exc:
+        kept = (moves[0][1] if moves else Path(remove[0])).parent / f".geoseg-kept-{aside.name[len('.aside-'):]}"
+        os.replace(aside, kept)  # out of the staging folder, which is deleted next
+        raise OutputError(f"{exc.failed}: could not be replaced ({exc.error}), and the earlier "
+                          f"{', '.join(str(p) for p in exc.lost)} could not be put back: they are in {kept}. "
+                          "Move them back by hand.") from None
     except OSError as exc:
         inside = (Path(staging), aside)  # name the user's file, not a staged copy or a backup
         where = next((f for f in (exc.filename2, exc.filename) if f and not any(p in Path(f).parents for p in inside)),
                      exc.filename)
         raise OutputError(f"{where}: could not be replaced ({exc.strerror or exc}); nothing of this run was put in "
-                          "place, and the earlier files are as they were. Check that the file is not read-only "
+                          "place, and the earlier files are as they were. Check that the file is not immutable "
                           "or open in another program, and that the disk has space.") from None
 
 
-def replace_set(moves: list[tuple[Path, Path]], aside: Path) -> None:
-    """``os.replace`` each (staged, final) pair in order so that the set appears whole or not at all.
+class RollbackError(OSError):
+    """`replace_set` failed, and so did putting back some of the files it had replaced (`lost`, whose
+    earlier versions are in its `aside` folder)."""
 
-    The files the moves would replace are first renamed into `aside` (an empty folder on the
-    same file system, which the caller removes afterwards). If any rename fails, the files
-    already moved in are removed, those set aside are put back, and the error is raised: a
-    failed last rename left a new model beside the old model's card. A folder where a file
-    goes is refused (IsADirectoryError) before anything moves. Callers hold signals around
-    it (`signals_held`).
+    def __init__(self, failed: Path, error: str, lost: list[Path]) -> None:
+        super().__init__(f"{failed}: {error}; not put back: {', '.join(map(str, lost))}")
+        self.failed, self.error, self.lost = failed, error, lost
+
+
+def replace_set(moves: list[tuple[Path, Path]], aside: Path, *, remove: Sequence[Path] = ()) -> list[Path]:
+    """``os.replace`` each (staged, final) pair in order and remove the files of `remove`, so that the set
+    appears whole or not at all; returns the paths removed.
+
+    Each file a move replaces is first hard-linked into `aside` (an empty folder on the same file system,
+    which the caller removes afterwards), so that its path always holds the old file or the new one, even
+    if the process is killed outright; where hard links are refused it is renamed there instead. The files
+    of `remove` are renamed into `aside`. If any step fails, the files already moved in are removed and those
+    set aside are put back, and the error is raised: a failed last rename left a new model beside the old
+    model's card. If putting one back fails too, RollbackError names it, and its earlier version stays in
+    `aside`. A folder where a file goes is refused (IsADirectoryError) before anything moves. Callers hold
+    signals around it (`signals_held`).
     """
     for _, final in moves:
         if final.is_dir() and not final.is_symlink():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(final))
-    kept: list[tuple[Path, Path]] = []
-    moved: list[Path] = []
+    undo: list[tuple[Path, Path | None]] = []  # (path, its earlier version in `aside`, or None: it was not there)
+    removed: list[Path] = []
     try:
-        for i, (_, final) in enumerate(moves):
+        for i, (staged, final) in enumerate(moves):
+            backup = None
             if os.path.lexists(final):
                 backup = aside / f"{i}-{final.name}"
-                os.replace(final, backup)
-                kept.append((backup, final))
-        for staged, final in moves:
+                try:
+                    os.link(final, backup, follow_symlinks=False)
+                except OSError:  # no hard links on this file system: set it aside, for a moment not at its path
+                    os.replace(final, backup)
+            undo.append((final, backup))
             os.replace(staged, final)
-            moved.append(final)
-    except BaseException:
-        for final in moved:
-            final.unlink(missing_ok=True)
-        for backup, final in kept:
-            os.replace(backup, final)
+        for j, path in enumerate(map(Path, remove)):
+            if os.path.lexists(path):
+                backup = aside / f"r{j}-{path.name}"
+                os.replace(path, backup)
+                undo.append((path, backup))
+                removed.append(path)
+    except BaseException as exc:
+        lost = []
+        for path, backup in reversed(undo):
+            try:
+                if backup is None:
+                    path.unlink(missing_ok=True)
+                elif not _same_file(backup, path):  # a hard link to a file still at its path: nothing to undo
+                    os.replace(backup, path)
+            except OSError:
+                lost.append(path)
+        if lost:
+            raise RollbackError(Path(getattr(exc, "filename2", None) or getattr(exc, "filename", None) or "?"),
+                                getattr(exc, "strerror", None) or str(exc), lost) from exc
         raise
+    return removed
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)

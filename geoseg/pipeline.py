@@ -51,7 +51,7 @@ from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
 from geoseg.vector import vectorize, write_qml
 
 __all__ = ["Plan", "SegmentResult", "check_options", "default_chunk", "output_paths", "plan_run",
-           "new_folders_removed_on_error", "prepare_output_dir", "refuse_inputs_as_outputs", "remove_stale_outputs",
+           "log_removed", "new_folders_removed_on_error", "prepare_output_dir", "refuse_inputs_as_outputs", "stale_outputs",
            "segment", "segment_chunk"]
 
 log = logging.getLogger(__name__)
@@ -379,28 +379,37 @@ SCENE_FILES = {"composition": "composition.csv", "zones": "zones.gpkg", "zones_c
                "report": "scene.json"}
 
 
-def remove_stale_outputs(paths: dict[str, Path], stem: str, *, inputs: Sequence[Any] = ()) -> None:
-    """Remove the outputs of an earlier run on this stem that this run does not write: polygons or a
-    confidence raster of the old mask sat beside the new one, with other classes, and so did the tables,
-    map and report of an earlier `geoseg scene` after a `geoseg segment --overwrite` (those its report
-    lists: a zones layer of the user's named ``STEM_zones.gpkg`` is not a scene's).
+def stale_outputs(paths: dict[str, Path], stem: str, *, inputs: Sequence[Any] = ()) -> list[Path]:
+    """The outputs of an earlier run on this stem that this run does not write, for `move_all` to remove with
+    the new set in place: polygons or a confidence raster of the old mask sat beside the new one, with other
+    classes, and so did the tables, map and report of an earlier `geoseg scene` after a `geoseg segment
+    --overwrite` (those its report lists: a zones layer of the user's named ``STEM_zones.gpkg`` is not a
+    scene's). They were deleted before the new files were moved in, and a move that failed left them gone.
 
     `paths` are this run's files (`output_paths`, and `SCENE_FILES`' keys for a scene), in the final folder;
-    `inputs` (the image, a zones or AOI layer, ``file|layername=x`` too) are never removed: `scene --zones
-    out/a_polygons.gpkg --overwrite` deleted the layer it had just read.
+    `inputs` (the image, a zones or AOI layer, ``file|layername=x`` too) and their styles are never among
+    them: `scene --zones out/a_polygons.gpkg --overwrite` deleted the layer it had just read.
     """
     kept = {os.path.realpath(str(p).split("|")[0]) for p in inputs if p is not None}
+    kept |= {os.path.splitext(p)[0] + ".qml" for p in kept}
     folder = paths["mask"].parent
     every = output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
     stale = [p for name, path in every.items() if name not in paths for p in (path, path.with_suffix(".qml"))]
     stale += [path for name, path in _scene_files_of(folder, stem).items() if name not in paths]
+    found = []
     for path in stale:
         if os.path.realpath(path) in kept:
             log.warning("kept %s: an earlier run's output, which no longer matches the new mask, but an input of "
                         "this run", path)
         elif path.is_file() or path.is_symlink():  # a folder of that name is not an earlier run's: kept
-            path.unlink()
-            log.warning("removed %s: it came from an earlier run and no longer matches the new mask", path)
+            found.append(path)
+    return found
+
+
+def log_removed(paths: Sequence[Path]) -> None:
+    """Say which earlier outputs `move_all` removed."""
+    for path in paths:
+        log.warning("removed %s: it came from an earlier run and no longer matches the new mask", path)
 
 
 def _scene_files_of(folder: Path, stem: str) -> dict[str, Path]:
@@ -736,10 +745,10 @@ def segment(
             # a style may be left out
             moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]
             with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
-                if overwrite:
-                    remove_stale_outputs(paths, stem, inputs=[info.path])
-                move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last, marks a whole run
-                         staging=tmp, refuse_existing=() if overwrite else list(paths.values()))
+                stale = stale_outputs(paths, stem, inputs=[info.path]) if overwrite else []
+                log_removed(move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last,
+                                     staging=tmp, remove=stale,  # marks a whole run
+                                     refuse_existing=() if overwrite else list(paths.values())))
     seconds = time.perf_counter() - started
     device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
         client.run(describe_device).values())))

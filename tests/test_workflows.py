@@ -1251,12 +1251,31 @@ def test_a_set_of_outputs_that_cannot_all_be_replaced_leaves_the_earlier_set(tmp
             raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
         return real(src, dst)
 
+    (out / "a_preview.png").write_text("stale")  # an earlier run's output that this run removes: it stays too
+
     monkeypatch.setattr(files.os, "replace", refused)
     with pytest.raises(OutputError, match=r"out/a_polygons.gpkg: could not be replaced \(Operation not permitted\); "
                                           "nothing of this run was put in place"):
-        files.move_all(moves, staging=staging)
+        files.move_all(moves[2:] + moves[:2], staging=staging, remove=[out / "a_preview.png"])
     assert [(out / n).read_text() for n in ("a_confidence.tif", "a_polygons.gpkg", "a_mask.tif")] == ["old"] * 3
-    assert sorted(p.name for p in out.iterdir()) == [".geoseg-vm-1", "a_confidence.tif", "a_mask.tif", "a_polygons.gpkg"]
+    assert sorted(p.name for p in out.iterdir()) == [".geoseg-vm-1", "a_confidence.tif", "a_mask.tif",
+                                                     "a_polygons.gpkg", "a_preview.png"]
+    # the rename that puts an earlier file back fails too: the earlier file is kept beside, never deleted
+    restores = []
+
+    def nothing_back(src, dst):
+        if Path(src).parent.name.startswith(".aside-"):
+            restores.append(dst)
+            raise OSError(5, "Input/output error", str(src), None, str(dst))
+        return refused(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", nothing_back)
+    (staging / "a_mask.tif").write_text("new")
+    with pytest.raises(OutputError, match=r"and the earlier \S*out/a_mask.tif could not be put back: they are in "
+                                          r".*out/\.geoseg-kept-"):  # a_confidence stayed at its path: not named
+        files.move_all(moves[2:] + moves[:2], staging=staging)
+    kept = next(out.glob(".geoseg-kept-*"))
+    assert (kept / "0-a_mask.tif").read_text() == "old" and (out / "a_mask.tif").read_text() == "new"
 
 
 def test_a_survey_folder_held_by_another_live_survey_is_refused(make_raster, tmp_path):

@@ -80,10 +80,10 @@ def fail_cleanly():
         if exc.errno != errno.ENAMETOOLONG:
             raise
         # from any path test (Path.exists raises it): a traceback from segment, scene, flood, evaluate, vectorize
-        name = Path(str(exc.filename or "")).name
-        raise click.ClickException(f"{exc.filename}: a file name too long for this file system ({len(name.encode())} "
-                                   "bytes, where outputs add their own suffix to the input's name). Use a shorter "
-                                   "name for the input or the output.") from None
+        longest = max(Path(str(exc.filename or "")).parts, key=lambda part: len(part.encode()), default="")
+        raise click.ClickException(f"{exc.filename}: a name too long for this file system ({longest[:40]}... is "
+                                   f"{len(longest.encode())} bytes; outputs add their own suffix to the input's "
+                                   "name). Use a shorter name for the input or the output.") from None
 
 
 def emit_json(data) -> None:

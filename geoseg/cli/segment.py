@@ -80,8 +80,9 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
-    _check_inputs(inputs, output_dir, overwrite, dict(
-        confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))
+    with fail_cleanly():  # a name too long for the file system was an OSError traceback here
+        _check_inputs(inputs, output_dir, overwrite, dict(
+            confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))
     results, failures = [], []
     keras = _may_run_keras("segment", [] if model is None else ["-m", os.fspath(model)])
     verbosity = (click.get_current_context().find_root().obj or {}).get("verbosity", 0)

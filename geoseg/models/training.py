@@ -870,12 +870,13 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
 
     Each is written whole in a hidden folder in `out` (a `staging_dir`: removed on an error,
     Ctrl-C or SIGTERM, and by the next run after a SIGKILL), then all are renamed into place
-    with signals held, the card last, by `replace_set`, which puts back what was there if a
+    with signals held, the card last, by `move_all`, which puts back what was there if a
     rename fails. So `out` holds the whole new bundle or whatever it held before.
     """
     import keras
 
-    from geoseg.files import replace_set, signals_held
+    from geoseg.errors import GeosegError
+    from geoseg.files import move_all, signals_held
     from geoseg.raster import staging_dir
 
     final = [out / f"{config.name}{suffix}" for suffix in BUNDLE_SUFFIXES]
@@ -885,9 +886,11 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
             keras.Model(model.inputs, model.outputs, name=model.name).save(staged[0])  # weights only, no optimizer
             staged[1].write_text(_to_toml(_rebased_config(config, out)), encoding="utf-8")  # as load_config reads it
             write_card(card, staged[2])
-            (tmp / "replaced").mkdir()
             with signals_held():  # Ctrl-C waits for the last rename
-                replace_set(list(zip(staged, final)), tmp / "replaced")
+                move_all(list(zip(staged, final)), staging=tmp)
+    except GeosegError as exc:  # move_all's, which says what was kept
+        raise OutputError(f"{exc} Then rerun the same command: it writes the bundle {config.name} from the "
+                          f"checkpoints in {checkpoint_folder(config)} without training again.") from None
     except OSError as exc:
         where = exc.filename or out
         raise OutputError(f"{where}: cannot write the bundle {config.name} there ({exc.strerror or exc}); none of its "

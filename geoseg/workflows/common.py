@@ -107,6 +107,8 @@ def _replace(path: Path, write) -> None:
     try:
         with replaced_atomically(path) as tmp:
             write(tmp)
+    except GeosegError:  # an OutputError (an OSError too) names the path and the fix already: a folder there
+        raise
     except OSError as exc:  # a full disk was an OSError traceback, from scene, survey and evaluate --markdown
         raise OutputError(f"{path}: could not be written ({exc.strerror or exc}). Free some disk space or pick "
                           "another output folder; nothing was left at that path.") from None
@@ -153,10 +155,12 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
     relative paths in `out_dir`, those of `last` (a report that marks the set complete) last. On an
     error, Ctrl-C or SIGTERM inside the block the folder is removed and `out_dir` holds nothing new,
     so the same command runs again without --overwrite. `before_moves()` (removing an earlier
-    run's leftovers) runs just before the moves, both with signals held. The folder is a
+    run's leftovers, returning the files to remove with the moves) runs just before them, both with signals held. The folder is a
     `staging_dir`: one left by a killed process is removed by the next run into `out_dir`. A file at one of
     `refuse_existing` (a run without --overwrite: its outputs) that appeared meanwhile stops the moves.
     """
+    from geoseg.pipeline import log_removed
+
     with staging_dir(out_dir) as tmp:
         try:
             yield tmp
@@ -165,7 +169,7 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
         order = {tmp / Path(path).relative_to(out_dir): i for i, path in enumerate(last)}
         staged = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: order.get(p, -1))
         with signals_held():  # Ctrl-C waits for the last move
-            if before_moves is not None:  # e.g. remove an earlier run's outputs that this run does not write
-                before_moves()
-            move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], staging=tmp,
-                     refuse_existing=refuse_existing)
+            # an earlier run's outputs that this run does not write, removed with the moves (whole or not at all)
+            stale = before_moves() if before_moves is not None else None
+            log_removed(move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], staging=tmp,
+                                 refuse_existing=refuse_existing, remove=stale or ()))

@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from geoseg.errors import BandError, InputError, OutputError
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
-from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, remove_stale_outputs,
+from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, reading_pixels,
@@ -329,14 +329,15 @@ def flood(
         common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                       threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options,
                       progress=progress)
-        def remove_stale() -> None:  # an earlier run's outputs that this run does not write
-            for when, image in images.items() if method == "model" else ():
-                remove_stale_outputs(water[when], raster_stem(image), inputs=[*images.values(), aoi])
+        def remove_stale() -> list[Path]:  # an earlier run's outputs that this run does not write
+            stale = [path for when, image in (images.items() if method == "model" else ())
+                     for path in stale_outputs(water[when], raster_stem(image), inputs=[*images.values(), aoi])]
             _remove_stale_image_masks(paths["json"], water, list(images.values()))
             old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
             if old.exists():
                 old.unlink()
                 log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
+            return stale  # removed by the moves, once the new files are in place
 
         with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
                             before_moves=remove_stale if overwrite else None,

@@ -11,7 +11,7 @@ from typing import Any
 from geoseg.files import replaced_atomically
 from geoseg.models.card import ClassInfo
 from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_folders_removed_on_error,
-                             prepare_output_dir, remove_stale_outputs, segment)
+                             prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem
 from geoseg.vector import zonal_composition
@@ -90,7 +90,7 @@ def scene(
         paths = prepare_output_dir(output_dir, lambda d: _output_paths(d, image, frame is not None, segment_options),
                                    overwrite, inputs=[image, zones])
         with staged_outputs(paths["report"].parent, last=[paths["report"]],  # all files appear, or none
-                            before_moves=(lambda: remove_stale_outputs(paths, raster_stem(image), inputs=[image, zones]))
+                            before_moves=(lambda: stale_outputs(paths, raster_stem(image), inputs=[image, zones]))
                             if overwrite else None,
                             refuse_existing=() if overwrite else list(paths.values())) as tmp:
             # the segmentation is 95% of the run: the bar stood at 100% while the zones and the map were made

@@ -651,12 +651,13 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
                 frame = frame.to_crs(target_crs)
             with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
-                pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
-    except BaseException as exc:
+                try:
+                    pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+                except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.FeatureError) as exc:  # a full disk
+                    raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or "
+                                      "pick another output folder; nothing was left at that path.") from None
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.FeatureError)):  # a full disk
-            raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or pick "
-                              "another output folder; nothing was left at that path.") from None
         raise
     if tmp.exists():
         os.replace(tmp, out)
