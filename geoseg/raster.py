@@ -719,10 +719,12 @@ GDAL_CACHE_MB = 128
 def gdal_cache_options() -> dict[str, int]:
     """Cap GDAL's block cache (default 5% of RAM), which otherwise grows with the raster read.
 
-    Tasks read their own windows once, and a decimated preview each block once, so a small
-    cache loses nothing; a GDAL_CACHEMAX set by the user wins. For ``rasterio.Env``.
+    A GDAL_CACHEMAX set by the user wins. For ``rasterio.Env``, which passes the value to
+    GDALSetCacheMax64 in bytes: 128 here was a cache of 128 bytes, and a decimated read (the
+    whole-raster sample, previews) read each block again for every output row that crossed it:
+    a 4096^2 uint16 raster's sample took 127 s against 0.9 s, 31 GB read for a 77 MB file.
     """
-    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 1024 * 1024}
 
 
 def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: int = 384,
