@@ -508,6 +508,15 @@ def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> 
     from rasterio.shutil import copy as rio_copy
 
     staged = tmp_path.with_name(tmp_path.stem + ".cog.tif")
+    import shutil
+
+    # GDAL's COG writer crashed the process (exit 139) on some full disks: refuse a copy that cannot fit
+    # (the copy, its overviews and their temporary file, at most about twice the staged raster)
+    need, free = 2 * tmp_path.stat().st_size + 2**20, shutil.disk_usage(staged.parent).free
+    if free < need:
+        raise OutputError(f"{final_path}: could not be written (about {need / 2**20:.1f} MB needed, "
+                          f"{free / 2**20:.1f} MB free). Free some disk space or pick another output folder; "
+                          "nothing was left at that path.")
     step = "copy"
     try:
         with warnings.catch_warnings():
@@ -527,7 +536,7 @@ def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> 
                 rows, cols = ds.block_shapes[0]
                 top, left = (ds.height - 1) // rows * rows, (ds.width - 1) // cols * cols
                 ds.read(window=Window(left, top, ds.width - left, ds.height - top))
-    except (RasterioError, CPLE_BaseError, OSError) as exc:
+    except (RasterioError, CPLE_BaseError, OSError, SystemError) as exc:  # SystemError: "Unknown GDAL Error"
         reason = first_line(exc) if step == "copy" else "the copy came out short: is the disk full?"
         raise OutputError(f"{final_path}: could not be written ({reason}). Free some disk space "
                           "or pick another output folder; nothing was left at that path.") from None
