@@ -117,19 +117,17 @@ def move_all(moves: list[tuple[Path, Path]], *, staging: Path, refuse_existing: 
     run into the same folder put it there meanwhile (both runs succeeded, the second silently replacing the
     first's files).
     """
-    refuse_folders(final for _, final in moves)
-    there = [str(path) for path in refuse_existing if os.path.exists(path)]  # as the check at the start: a dangling
-    # link there is replaced, not "appeared"
-    if there:
-        from geoseg.errors import OutputError
-
-        raise OutputError(f"{there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''} appeared while this "
-                          "run worked (another run into the same folder?); nothing of this run was put in place. "
-                          "Pass --overwrite to replace them, or use another output folder.")
     import tempfile
 
     from geoseg.errors import OutputError
 
+    refuse_folders(final for _, final in moves)
+    there = [str(path) for path in refuse_existing if os.path.exists(path)]  # as the check at the start: a dangling
+    # link there is replaced, not "appeared"
+    if there:
+        raise OutputError(f"{there[0]}{f' and {len(there) - 1} more' if len(there) > 1 else ''} appeared while this "
+                          "run worked (another run into the same folder?); nothing of this run was put in place. "
+                          "Pass --overwrite to replace them, or use another output folder.")
     for _, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=".aside-", dir=staging))
@@ -212,8 +210,8 @@ def replace_set(moves: list[tuple[Path, Path]], aside: Path, *, remove: Sequence
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one file (hard links), not following symbolic links."""
     try:
-        first, second = os.lstat(a), os.lstat(b)
+        return os.path.samestat(os.lstat(a), os.lstat(b))
     except OSError:
         return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
