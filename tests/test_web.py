@@ -548,6 +548,10 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.go_back()
             page.wait_for_selector("#results:not([hidden])")
             assert page.url == job_url and page.is_enabled("#go")
+            page.go_back()  # the page before any job: its results went on showing
+            page.wait_for_selector("#results", state="hidden")
+            page.go_forward()
+            page.wait_for_selector("#results:not([hidden])")
             shown = page.get_attribute("#overlay", "src")
             page.select_option("#view-model", index=1)  # switch model
             assert page.get_attribute("#overlay", "src").endswith("/m1_mask.png") and not shown.endswith("/m1_mask.png")

@@ -53,7 +53,13 @@ function load(id) {
   poll(ticket, 0, true);
 }
 if (jobInHash()) load(jobInHash());
-window.addEventListener("hashchange", () => { const id = jobInHash(); if (id && (!job || id !== job.id)) load(id); });
+window.addEventListener("hashchange", () => {
+  const id = jobInHash();
+  if (id && (!job || id !== job.id)) load(id);
+  else if (!id && job) { // Back to the page before any job: its results went on showing
+    job = null; ticket += 1; clearTimeout(expiry); $("results").hidden = true; finish("");
+  }
+});
 
 function restoreForm() {
   document.querySelectorAll("input[name='models']").forEach((box) => { box.checked = job.models.includes(box.value); });
