@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -542,3 +543,36 @@ def test_names_too_long_for_the_file_system_are_errors_not_tracebacks(run, make_
     longest = tmp_path / ("y" * 250 + ".gpkg")  # 255 bytes: legal, though its temporary name was not
     layer = run("vectorize", str(tmp_path / "m" / "m_mask.tif"), "-o", str(longest))
     assert layer.exit_code == 0 and longest.exists(), layer.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
+    """Jobs still running held the exit for 8-17 s and ended in 'cannot schedule new futures' tracebacks."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(
+                                signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5) as answer:
+                    assert answer.status == 200
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.5)
+        assert list((tmp_path / "geoseg-web").glob("server-*"))  # the server's own folder
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == (0 if signum == signal.SIGINT else 143), stderr.decode()
+    assert "Traceback" not in stderr.decode() and not list((tmp_path / "geoseg-web").glob("server-*"))

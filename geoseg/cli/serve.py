@@ -53,4 +53,20 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     logging.getLogger("werkzeug").addFilter(
         lambda record: not ("GET /api/jobs/" in record.getMessage() and '" 200 ' in record.getMessage()))
     click.echo(f"geoseg serving on http://{host}:{port}/", err=True)
-    app.run(host=host, port=port, threaded=True)
+    import os
+    import shutil
+    import sys
+
+    try:
+        app.run(host=host, port=port, threaded=True)  # returns on Ctrl-C; SIGTERM raises SystemExit(143)
+    finally:
+        # jobs still running held the exit for 8-17 s, then failed with "cannot schedule new futures after
+        # shutdown" tracebacks: they are abandoned, and the server's folder deleted, as it always was on exit
+        jobs = app.extensions["geoseg_jobs"]
+        running = jobs.stop()
+        if running:
+            click.echo(f"stopped: {running} job(s) still running were abandoned.", err=True)
+        shutil.rmtree(jobs.root, ignore_errors=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # not Python's shutdown, which waits for the abandoned jobs' threads

@@ -116,6 +116,12 @@ class JobManager:
             extra["expires_in"] = max(0.0, round(self.ttl - (time.time() - job.ended), 1))
         return {**job.to_dict(), **extra}
 
+    def stop(self) -> int:
+        """Cancel the jobs that wait and no longer wait for those running; return how many run."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self.lock:
+            return sum(j.status == "running" for j in self.jobs.values())
+
     def get(self, job_id: str) -> Job | None:
         self.expire()
         with self.lock:
