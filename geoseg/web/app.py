@@ -95,7 +95,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.post("/api/segment")
     def api_segment():
         limit = int(app.config["GEOSEG_MAX_QUEUED"])
-        if jobs.reserve(limit) is None:  # before the upload is saved: a full queue keeps no files
+        if not jobs.reserve(limit):  # before the upload is saved: a full queue keeps no files
             jobs_are = "1 job is" if limit == 1 else f"{limit} jobs are"
             return (jsonify(error=f"this server is busy: {jobs_are} waiting for a worker. Try again in a minute."),
                     503, {"Retry-After": "60"})

@@ -85,16 +85,15 @@ class JobManager:
         self.pool.submit(self._run, job)
         return job
 
-    def reserve(self, limit: int) -> int | None:
-        """Hold a place in the queue for an upload being saved and checked; None when `limit` jobs wait
-        already, else the number waiting. `release` it once the job is submitted or refused: counted only
-        when submitted, eight uploads at once all passed a limit of one."""
+    def reserve(self, limit: int) -> bool:
+        """Hold a place in the queue for an upload being saved and checked, unless `limit` jobs wait already.
+        `release` it once the job is submitted or refused: counted only when submitted, eight uploads at once
+        all passed a limit of one."""
         with self.lock:
-            waiting = self.reserved + sum(j.status == "queued" for j in self.jobs.values())
-            if waiting >= limit:
-                return None
+            if self.reserved + self._queued() >= limit:
+                return False
             self.reserved += 1
-            return waiting
+            return True
 
     def release(self) -> None:
         with self.lock:
@@ -103,8 +102,10 @@ class JobManager:
     def waiting(self, before: Job | None = None) -> int:
         """How many jobs wait for a worker (that were submitted before `before`)."""
         with self.lock:
-            return sum(j.status == "queued" and (before is None or j.created < before.created)
-                       for j in self.jobs.values())
+            return self._queued(before)
+
+    def _queued(self, before: Job | None = None) -> int:  # with the lock held
+        return sum(j.status == "queued" and (before is None or j.created < before.created) for j in self.jobs.values())
 
     def describe(self, job: Job) -> dict[str, Any]:
         """What GET /api/jobs/ID returns: the job, the jobs waiting ahead of a queued one, and the seconds
