@@ -475,6 +475,25 @@ def test_ctrl_c_exits_130(run, make_raster, tmp_path, monkeypatch):
     assert result.exit_code == 130 and "Interrupted" in result.stderr
 
 
+@pytest.mark.parametrize("signal_exception, status", [(KeyboardInterrupt, 130), (SystemExit(143), 143)])
+def test_a_signal_inside_rasterios_env_bookkeeping_still_exits_with_its_status(run, make_raster, tmp_path, monkeypatch,
+                                                                               signal_exception, status):
+    """SIGTERM that landed while rasterio.open left its own Env unwound half of it; the pipeline's Env then raised
+    "EnvError: No GDAL environment exists" over the SystemExit: status 1 and a traceback (seen in CI)."""
+    import rasterio
+
+    import geoseg.pipeline
+
+    def interrupted_between_delenv_and_defenv(*args, **kwargs):
+        with rasterio.Env():
+            rasterio.env.delenv()  # what the interrupted inner Env.__exit__ had done when the signal came
+            raise signal_exception
+
+    monkeypatch.setattr(geoseg.pipeline, "segment", interrupted_between_delenv_and_defenv)
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold")
+    assert result.exit_code == status and ("Interrupted" in result.stderr) == (status == 130)
+
+
 @pytest.mark.parametrize("command, args, keras", [
     ("segment", ["a.tif", "-m", "threshold"], False),
     ("segment", ["a.tif", "-mthreshold?water=0.1"], False),

@@ -73,13 +73,34 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
+            status = 130
+        except Exception as exc:
+            # the signal's exception can land inside a library's own clean-up (rasterio's Env bookkeeping), which
+            # then raises an error of its own: "EnvError: No GDAL environment exists", status 1, with a traceback
+            status = _signal_status(exc)
+            if status is None:
+                raise
+        if status == 130:
             click.echo("Interrupted: outputs of this run that were not complete are removed (a set that was being "
                        "moved into place when the signal came is complete).", err=True)
-            ctx.exit(130)
+        ctx.exit(status)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         ctx.meta["geoseg.command_args"] = list(args[1:])  # for _may_run_keras, before the command parses them
         return super().resolve_command(ctx, args)
+
+
+def _signal_status(exc: BaseException | None) -> int | None:
+    """128 + the signal (Ctrl-C or SIGTERM) behind `exc`, if one is in its chain of causes; else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, SystemExit) and exc.code in (130, 143):
+            return exc.code
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _option_values(args: Sequence[str], flags: Sequence[str]) -> list[str]:
