@@ -1061,6 +1061,39 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
                                                                  "notes.txt"]
 
 
+def test_flood_whose_new_files_cannot_be_put_in_place_keeps_the_earlier_runs_masks(tiny_fcn, tmp_path, monkeypatch):
+    """The masks of an earlier run's images (pre/, post/) and its flood.gpkg were deleted before the new files were
+    moved in: a move that failed left the earlier run without them, and no new run either."""
+    from rasterio.transform import from_origin
+
+    import geoseg.files as files
+    from geoseg.workflows.flood import flood
+
+    water = np.zeros((30, 40), bool)
+    water[:, :10] = True
+    image = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10, 10))
+    out = tmp_path / "out"
+    flood(image, out, pre=image, method="model", model=str(tiny_fcn), water_class="class0", overwrite=True)
+    (out / "flood.gpkg").write_text("the polygons under their earlier name")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("pre/post_mask.tif") in before and Path("post/post_mask.qml") in before
+    real = os.replace
+
+    def refused(src, dst):
+        if Path(dst) == out / "flood.tif" and ".geoseg-" in str(src):
+            raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", refused)
+    with pytest.raises(OutputError, match="flood.tif: could not be replaced"):
+        flood(image, out, method="ndwi", overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.setattr(files.os, "replace", real)
+    flood(image, out, method="ndwi", overwrite=True)
+    assert not (out / "pre").exists() and not (out / "flood.gpkg").exists()
+    assert sorted(p.name for p in (out / "post").iterdir()) == ["post_water.qml", "post_water.tif"]
+
+
 def test_flood_of_an_image_without_valid_pixels_says_so(tmp_path, caplog):
     from rasterio.transform import from_origin
 

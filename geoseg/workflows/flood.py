@@ -329,38 +329,43 @@ def flood(
         common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                       threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options,
                       progress=progress)
-        def remove_stale() -> list[Path]:  # an earlier run's outputs that this run does not write
-            stale = [path for when, image in (images.items() if method == "model" else ())
+        emptied: set[Path] = set()
+
+        def stale() -> list[Path]:  # an earlier run's outputs that this run does not write
+            files = [path for when, image in (images.items() if method == "model" else ())
                      for path in stale_outputs(water[when], raster_stem(image), inputs=[*images.values(), aoi])]
-            _remove_stale_image_masks(paths["json"], water, list(images.values()))
+            masks, folders = _stale_image_masks(paths["json"], water, list(images.values()))
+            emptied.update(folders)
             old = paths["tif"].with_name("flood.gpkg")  # the polygons' name before flood_polygons.gpkg
-            if old.exists():
-                old.unlink()
-                log.warning("removed %s: it came from an earlier run; the polygons are now %s", old, paths["gpkg"].name)
-            return stale  # removed by the moves, once the new files are in place
+            return files + masks + [old]  # removed by the moves, once the new files are in place (if there)
 
         with staged_outputs(paths["tif"].parent, last=[paths["json"], paths["md"]],  # all files appear, or none
-                            before_moves=remove_stale if overwrite else None,
+                            before_moves=stale if overwrite else None,
                             refuse_existing=() if overwrite else list(paths.values())) as tmp:
             result = _map_flood(tmp, post_info, pre_info, aoi_frame, aoi_field, common,
                                 outputs={k: str(p) for k, p in paths.items()})  # the per-image masks too
+        for folder in emptied:  # post/ or pre/ of an earlier run that this one has no image for
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     return result
 
 
-def _remove_stale_image_masks(report: Path, water: dict[str, dict[str, Path]], inputs: list[str]) -> None:
-    """Remove the post/ and pre/ masks that the earlier run's `report` (flood.json) lists and this run
-    does not write (another image or method, or a pre-event image this run has not); a folder left
-    empty goes too. Files the report does not list (the user's, an input kept there) stay."""
+def _stale_image_masks(report: Path, water: dict[str, dict[str, Path]],
+                       inputs: list[str]) -> tuple[list[Path], set[Path]]:
+    """The post/ and pre/ masks that the earlier run's `report` (flood.json) lists and this run does not
+    write (another image or method, or a pre-event image this run has not), with their styles, and the
+    folders they are in (to go once empty). Files the report does not list (the user's, an input kept
+    there) stay. They were deleted before the new files were in place: a failed move left neither."""
     import json
 
     try:
         earlier = json.loads(report.read_text())["outputs"]
     except (OSError, ValueError, KeyError, TypeError):  # no earlier run, or one that did not list them
-        return
+        return [], set()
     if not isinstance(earlier, dict):
-        return
+        return [], set()
     kept = {p.resolve() for when in water.values() for p in when.values()} | {Path(p).resolve() for p in inputs}
-    folders = set()
+    files, folders = [], set()
     for key, value in earlier.items():
         when = str(key).split("_", 1)[0]
         if when not in ("post", "pre") or not isinstance(value, str):
@@ -370,13 +375,9 @@ def _remove_stale_image_masks(report: Path, water: dict[str, dict[str, Path]], i
         stale = folder / Path(value).name
         if stale.resolve() in kept:  # written again (its style too), or an input now
             continue
-        for path in (stale, stale.with_suffix(".qml")) if stale.suffix in (".tif", ".gpkg") else (stale,):
-            if path.is_file():
-                path.unlink()
-                log.warning("removed %s: it came from an earlier run and does not belong to this one", path)
-    for folder in folders:
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        files += [path for path in ((stale, stale.with_suffix(".qml")) if stale.suffix in (".tif", ".gpkg")
+                                    else (stale,)) if path.is_file()]
+    return files, folders
 
 
 def _water_paths(folder: Path, image: str, method: Method, segment_options: dict[str, Any]) -> dict[str, Path]:
