@@ -431,19 +431,22 @@ def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None
     see the file) or Ctrl-C mid-run then leave nothing behind. Folders that existed, or that
     another process made meanwhile (two runs into one new folder), are kept.
     """
+    from geoseg.files import signals_held
+
     folder = Path(output_dir).absolute()  # '..' kept: 'runs/../out' needs runs/, which is removed too
     made = []
-    for path in reversed([folder, *folder.parents]):  # outermost first, each by this process or not
-        if path.exists():  # 'runs/..' once runs/ is made
-            continue
-        try:
-            path.mkdir()
-        except FileExistsError:  # made by another process just now: theirs
-            continue
-        except OSError as exc:
-            raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror}).") from None
-        made.append(path)
     try:
+        with signals_held():  # a signal between a mkdir and the `try` that removes it left the folder
+            for path in reversed([folder, *folder.parents]):  # outermost first, each by this process or not
+                if path.exists():  # 'runs/..' once runs/ is made
+                    continue
+                try:
+                    path.mkdir()
+                except FileExistsError:  # made by another process just now: theirs
+                    continue
+                except OSError as exc:
+                    raise OutputError(f"{output_dir}: cannot create the output folder ({exc.strerror}).") from None
+                made.append(path)
         yield
     except BaseException:
         for path in reversed(made):  # innermost first

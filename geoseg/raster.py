@@ -782,12 +782,15 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
     Path(parent).mkdir(parents=True, exist_ok=True)
     from geoseg.files import signals_held
 
-    folder = owned_temp_dir(parent, STAGING_PREFIX)
+    folder = None
     try:
+        with signals_held():  # SIGTERM between making the folder and this `try` left it behind (1 run in 20)
+            folder = owned_temp_dir(parent, STAGING_PREFIX)
         yield folder
     finally:
-        with signals_held():  # a Ctrl-C just after the final renames cut the removal short and left the folder
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            with signals_held():  # a Ctrl-C just after the final renames cut the removal short and left the folder
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
@@ -796,18 +799,26 @@ def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
     Only this host's folders whose process is gone are removed: those of live processes,
     and of other hosts sharing `parent` (a network drive), are left alone.
     """
-    import shutil
     import socket
     import tempfile
 
     parent = Path(parent)
+    remove_dead_temp_dirs(parent, prefix)
     host = socket.gethostname().replace("-", "_")
-    for stale in parent.glob(f"{prefix}{host}-*-*"):
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{host}-{os.getpid()}-"))
+
+
+def remove_dead_temp_dirs(parent: str | os.PathLike, prefix: str = STAGING_PREFIX) -> None:
+    """Remove the ``parent/PREFIXHOST-PID-XXXX`` folders of this host whose process no longer exists."""
+    import shutil
+    import socket
+
+    host = socket.gethostname().replace("-", "_")
+    for stale in Path(parent).glob(f"{prefix}{host}-*-*"):
         pid = stale.name[len(prefix) + len(host) + 1:].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, left by a process that was killed", stale)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{host}-{os.getpid()}-"))
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,7 +23,8 @@ import numpy as np
 from geoseg.errors import GeosegError, InputError, OutputError
 from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
-from geoseg.raster import first_line, is_gdal_path, pid_alive, unique_stems, written_by_geoseg
+from geoseg.raster import (first_line, is_gdal_path, pid_alive, raster_stem, remove_dead_temp_dirs, unique_stems,
+                           written_by_geoseg)
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -97,7 +98,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             if os.path.realpath(path) in _lists:  # a list that names itself, or two that name each other
                 log.warning("%s: a list that names itself (or a list that names it): not read again", item)
                 continue
-            lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+            lines = [line.split("#", 1)[0].strip() for line in _read_list(path).splitlines()]
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
             out += expand_inputs([_beside(os.path.expanduser(line), path.parent) for line in lines if line],  # ~/a.tif
                                  _lists | {os.path.realpath(path)}, left_out=left_out, output_dir=output_dir)
@@ -107,6 +108,18 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             out.append(item)
     seen: set[str] = set()
     return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
+
+
+def _read_list(path: Path) -> str:
+    """The text of a list of rasters: UTF-8, with or without a byte-order mark, or UTF-16 with one (what
+    Windows PowerShell 5's `>` writes). A traceback before; a BOM was part of the first path."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: a list of rasters that is not UTF-8 text (byte {exc.start + 1} cannot be read). "
+                         "Save it as UTF-8, e.g. iconv -f cp1252 -t utf-8.") from None
 
 
 def _beside(line: str, folder: Path) -> str:
@@ -173,6 +186,69 @@ def _readable(path: str) -> bool:
     return True
 
 
+class _Stopped(BaseException):
+    """Raised in a raster's progress callback once the survey is interrupted: the raster unwinds like a
+    failure (its staged files removed) but is not recorded as one."""
+
+
+def _stats(paths) -> dict[str, list[int] | None]:
+    """Size and modification time (ns) of each file, None where there is none."""
+    out: dict[str, list[int] | None] = {}
+    for path in map(str, paths):
+        try:
+            stat = os.stat(path)
+            out[path] = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            out[path] = None
+    return out
+
+
+def _folders(sources: list[str], manifest: "_Manifest") -> dict[str, str]:
+    """A folder name (under the output folder) per raster that does not change from run to run.
+
+    A raster the manifest knows keeps its folder. A new one gets its stem, or the stem and a hash of its path
+    where that name is taken, by another raster of this run or by one of an earlier run: a later run's
+    Tile 2/part_1.jpg wrote over Tile 1/part_1.jpg's masks, which stayed "done"."""
+    claims: dict[str, list[str]] = {}
+    for key, entry in manifest.entries.items():
+        masks = [Path(p) for p in entry.get("outputs", {}).values()]
+        if masks and masks[0].parent.parent == manifest.base:
+            claims.setdefault(masks[0].parent.name, []).append(key)
+    earlier = {keys[0]: name for name, keys in claims.items() if len(keys) == 1}  # two on one: neither keeps it
+    out: dict[str, str] = {}
+    for source in sources:
+        if manifest.key_of(source) in earlier:
+            out[source] = earlier[manifest.key_of(source)]
+    used = set(claims) | set(out.values())
+    for source, name in unique_stems(sources).items():
+        if source in out:
+            continue
+        if name in used:
+            digest = hashlib.sha1(manifest.key_of(source).encode()).hexdigest()
+            name = next(f"{raster_stem(source)}-{digest[:n]}" for n in (6, 12, 40)
+                        if f"{raster_stem(source)}-{digest[:n]}" not in used)
+        out[source] = name
+        used.add(name)
+    return out
+
+
+def _model_identity(model) -> dict[str, Any]:
+    """What tells a model's masks apart besides its card's name and version: its options (``threshold?water=
+    0.1&vegetation=0.4``) and the size and time of its files. Either changed and every raster was skipped, the
+    masks those of the model before (a same-day retrain keeps the card's version, which is its date)."""
+    from urllib.parse import parse_qsl
+
+    from geoseg.models.registry import BUILTIN, resolve_model
+
+    ref = resolve_model(model)
+    text, _, query = ref.partition("?")
+    out: dict[str, Any] = {"model_options": query} if query else {}
+    if not text.startswith(BUILTIN):
+        files = [Path(text), Path(text).with_suffix(".json"), *(Path(v) for k, v in parse_qsl(query) if k == "card")]
+        out["model_files"] = [[f.name, *stat] for f, stat in zip(files, _stats(files).values()) if stat]
+    return out
+
+
 class _Manifest:
     """The record of what is done, rewritten atomically after every raster.
 
@@ -185,19 +261,40 @@ class _Manifest:
         import json
 
         self.path, self.lock, self.base = path, threading.Lock(), path.parent
-        stored = json.loads(path.read_text()).get("entries", {}) if path.exists() else {}
-        self.entries: dict[str, Any] = {key: {**e, "outputs": {k: str(self.base / v) if not os.path.isabs(v) else v
-                                                               for k, v in e.get("outputs", {}).items()}}
-                                        for key, e in stored.items()}
+        try:
+            stored = json.loads(path.read_bytes()).get("entries", {}) if path.exists() else {}
+            self.entries: dict[str, Any] = {
+                str(key): {**e, "outputs": {str(k): str(self.base / v) if not os.path.isabs(v) else str(v)
+                                            for k, v in e.get("outputs", {}).items()}}
+                for key, e in stored.items()}
+        except (ValueError, AttributeError, TypeError) as exc:  # empty, cut short, not geoseg's: a traceback
+            raise InputError(f"{path}: not a survey manifest that geoseg can read ({first_line(exc)}). Restore it "
+                             "from a backup, or delete it: the rasters are then all segmented again.") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
 
     @staticmethod
     def key_of(source: str) -> str:
         return source if is_gdal_path(source) else os.path.abspath(source)
 
-    def is_done(self, source: str, key: dict[str, Any]) -> bool:
+    def is_done(self, source: str, key: dict[str, Any], folder: str) -> bool:
+        """Whether `source` was done with this `key` into `folder`, and its outputs are as that run left them."""
         entry = self.entries.get(self.key_of(source))
-        return bool(entry and entry["status"] == "done" and entry["key"] == key
-                    and all(_readable(p) for p in entry["outputs"].values()))
+        if not (entry and entry.get("status") == "done" and entry.get("key") == key
+                and all(Path(p).parent == self.base / folder for p in entry["outputs"].values())):
+            return False
+        recorded = entry.get("files")
+        if isinstance(recorded, dict):  # a mask cut short or replaced (another raster's, written over it) is redone
+            now = _stats(entry["outputs"].values())
+            changed = [p for name, p in entry["outputs"].items() if now[p] != recorded.get(name)]
+            if changed:
+                log.warning("%s: changed since the survey wrote it; its raster is segmented again", changed[0])
+                return False
+        return all(_readable(p) for p in entry["outputs"].values())
+
+    def has_done(self, source: str) -> bool:
+        entry = self.entries.get(self.key_of(source))
+        return bool(entry and entry.get("status") == "done")
 
     def entry(self, source: str) -> dict[str, Any]:
         return {**self.entries[self.key_of(source)], "input": source}
@@ -250,7 +347,7 @@ def survey(
     version and the options. A rerun skips rasters whose record matches and whose
     outputs exist, and redoes anything else, including runs cut off midway.
     """
-    import dask
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -280,29 +377,33 @@ def survey(
         refuse_folders(out_dir / name for name in (MANIFEST, "masks.vrt", "survey_polygons.gpkg", "survey_summary.csv",
                                                    "survey_summary.json", "survey_report.md"))
         with _survey_lock(out_dir):  # two surveys into one folder each wrote the batch files of its own rasters
-            options = {"model": card.name, "model_version": card.version, "vector": vector,
+            options = {"model": card.name, "model_version": card.version, **_model_identity(model), "vector": vector,
                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
                           # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
                           # no sieve, which the command line leaves out
                           if k != "client" and not (k == "sieve" and not v)}}
             manifest = _Manifest(out_dir / MANIFEST)
-            folders = unique_stems(sources)  # one output folder per raster
+            folders = _folders(sources, manifest)  # one output folder per raster, the same on every run
+            for folder in set(folders.values()):  # those of runs killed outright (SIGKILL) mid-raster
+                remove_dead_temp_dirs(out_dir / folder)
             fractions = dict.fromkeys(sources, 0.0)
             result = SurveyResult()
             report = progress or (lambda fraction, message: None)
 
+            stopping = threading.Event()
+
             def tick(source: str, fraction: float) -> None:
+                if stopping.is_set():  # Ctrl-C: the raster stops at its next chunk, and removes its staged files
+                    raise _Stopped
                 fractions[source] = fraction
                 report(sum(fractions.values()) / len(sources), Path(source).name)
-
-            stopping = threading.Event()
 
             def one(source: str) -> tuple[str, dict[str, Any]]:
                 try:
                     key = {**_fingerprint(source), **options}
                 except OSError:
                     return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
-                if manifest.is_done(source, key):
+                if manifest.is_done(source, key, folders[source]):
                     tick(source, 1.0)
                     return "skipped", manifest.entry(source)
                 started = time.perf_counter()
@@ -320,26 +421,36 @@ def survey(
                 else:
                     entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
                              "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
-                             "crs": _crs_of(res.outputs["mask"])}
-                manifest.record(source, entry)
+                             "crs": _crs_of(res.outputs["mask"]), "files": dict(zip(res.outputs, _stats(res.outputs.values()).values()))}
+                if entry["status"] == "done" or not manifest.has_done(source):
+                    manifest.record(source, entry)  # a failed rerun (a typo in --bands) kept none of the done ones
                 tick(source, 1.0)
                 return entry["status"], entry
 
-            try:
-                outcomes = dask.compute(*[dask.delayed(one)(s) for s in sources], scheduler="threads",
-                                        num_workers=max(1, jobs))
-            except BaseException:  # Ctrl-C or SIGTERM: the rasters still running fail as the interpreter shuts down
-                stopping.set()
-                raise
+            with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="geoseg-survey") as pool:
+                futures = [pool.submit(one, s) for s in sources]
+                try:
+                    outcomes = [f.result() for f in futures]
+                except BaseException:  # Ctrl-C or SIGTERM: the rasters in progress stop at their next chunk and
+                    stopping.set()  # remove their staged files (the process's exit had cut them short, leaving them)
+                    for future in futures:
+                        future.cancel()
+                    wait(futures)
+                    raise
             for status, entry in outcomes:
                 getattr(result, status).append(entry)
             order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
             finished = sorted(result.done + result.skipped, key=lambda e: order[e["input"]])
+            if not finished and (out_dir / "survey_report.md").exists():
+                log.warning("no raster of this run was segmented, so the batch files of the earlier run (survey_report.md, "
+                            "the mosaics, survey_polygons.gpkg) are left as they were; its rasters stay done")
+                return result
             result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
             return result
 
 
 LOCK = ".geoseg-survey.lock"
+_LOCKS_HELD: set[str] = set()  # the locks this process holds (two surveys of one program, in two threads)
 
 
 @contextmanager
@@ -348,29 +459,40 @@ def _survey_lock(out_dir: Path) -> Iterator[None]:
     another live survey holds. Two surveys into one folder both ended well, and the last to finish wrote the
     manifest, mosaic and report of its own rasters only. A lock left by a survey killed outright on this host
     is taken over."""
+    from geoseg.files import signals_held
+
     lock, host = out_dir / LOCK, socket.gethostname()
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder, pid = lock.read_text().split()
-            except (OSError, ValueError):  # being written, or not ours: as held
-                holder, pid = "", ""
-            if holder == host and pid.isdigit() and not pid_alive(int(pid)):
-                lock.unlink(missing_ok=True)
-                continue
-            where = f"process {pid}" if holder == host else f"process {pid} on {holder}" if holder else "a process"
-            raise OutputError(f"{out_dir}: another survey ({where}) is writing into this folder, and the two would "
-                              "overwrite each other's manifest and report. Wait for it to end, or pick another output "
-                              f"folder (if no survey runs there, delete {lock}).") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{host} {os.getpid()}\n")
-        break
+    taken = False
     try:
+        with signals_held():  # SIGTERM between taking the lock and the `try` that gives it back left it behind
+            while True:
+                try:
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    try:
+                        holder, pid = lock.read_text().split()
+                    except (OSError, ValueError):  # being written, or not ours: as held
+                        holder, pid = "", ""
+                    # a container restarted after a kill runs the survey under the killed one's process id (1)
+                    ours = pid == str(os.getpid()) and str(lock) not in _LOCKS_HELD
+                    if holder == host and pid.isdigit() and (ours or not pid_alive(int(pid))):
+                        lock.unlink(missing_ok=True)
+                        continue
+                    where = (f"process {pid}" if holder == host else f"process {pid} on {holder}" if holder
+                             else "a process")
+                    raise OutputError(f"{out_dir}: another survey ({where}) is writing into this folder, and the two "
+                                      "would overwrite each other's manifest and report. Wait for it to end, or pick "
+                                      f"another output folder (if no survey runs there, delete {lock}).") from None
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{host} {os.getpid()}\n")
+                taken = True
+                _LOCKS_HELD.add(str(lock))
+                break
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        if taken:
+            _LOCKS_HELD.discard(str(lock))
+            lock.unlink(missing_ok=True)
 
 
 def _crs_of(path: str) -> str | None:
@@ -618,6 +740,12 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     )
 
 
+def _remove_with_journal(path: Path) -> None:
+    """Remove a GeoPackage and the SQLite files beside it that a process killed mid-write leaves."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
     """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time.
 
@@ -631,9 +759,9 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
     # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
     host = socket.gethostname()  # a folder shared over the network: another host's process ids are not ours
     tmp = out.with_name(f".{out.stem}.{host}-{os.getpid()}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    for left in out.parent.glob(f".{out.stem}.{glob.escape(host)}-*.tmp.gpkg"):  # a survey's killed outright (SIGKILL)
-        pid = left.name[:-len(".tmp.gpkg")].rsplit("-", 1)[-1]
+    _remove_with_journal(tmp)
+    for left in out.parent.glob(f".{out.stem}.{glob.escape(host)}-*.tmp.gpkg*"):  # a survey's killed outright
+        pid = left.name.partition(".tmp.gpkg")[0].rsplit("-", 1)[-1]  # (SIGKILL), its SQLite journal too
         if pid.isdigit() and not pid_alive(int(pid)):
             left.unlink(missing_ok=True)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
@@ -657,7 +785,7 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
                     raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or "
                                       "pick another output folder; nothing was left at that path.") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_with_journal(tmp)
         raise
     if tmp.exists():
         os.replace(tmp, out)
