@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from geoseg.errors import OutputError
 from geoseg.files import replaced_atomically
-from geoseg.raster import NODATA, STAGING_PREFIX, first_line, read_preview
+from geoseg.raster import NODATA, STAGING_PREFIX, first_line, read_preview, shares
 
 __all__ = ["colorize", "north_up_flips", "render_map", "save_png", "stretch", "write_preview"]
 
@@ -68,10 +68,9 @@ def render_map(image_path: str, mask_path: str | os.PathLike, classes: Sequence,
     panels = np.concatenate([rgb, np.full((rgb.shape[0], gap, 3), 255, np.uint8), colorize(mask, classes)], axis=1)
     font = legend_font(15)
     line, top = 20, (24 if title else 0)
-    total = sum(row["pixels"] for row in table) or 1
-    legend = [REGIONS_LEGEND] if regions else [_drawable(f"{c.name}: {100 * row['pixels'] / total:.1f}%"
-                                                         f"{_area_text(row.get('area_m2'))}", font)
-                                               for c, row in zip(classes, table)]
+    share = shares([row["pixels"] for row in table], [row.get("area_m2") for row in table])
+    legend = [REGIONS_LEGEND] if regions else [_drawable(f"{c.name}: {s or 0:.1f}%{_area_text(row.get('area_m2'))}",
+                                                         font) for c, row, s in zip(classes, table, share)]
     title = _drawable(title, font) if title else title
     # wide enough for the title and the longest legend line (a wider font cut them at the edge)
     width = max(panels.shape[1], 360, *(38 + int(font.getlength(text)) for text in legend + ([title] if title else [])))

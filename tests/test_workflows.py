@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import re
 import socket
 from pathlib import Path
@@ -287,6 +288,30 @@ def test_ndwi_with_vegetation_built_up_land_and_water(tmp_path, caplog, vegetati
     assert "McFeeters" not in caplog.text and (warned in caplog.text if warned else not caplog.text)
 
 
+def test_ndwi_warns_of_a_small_water_mode_beside_a_broad_one_of_built_up_land(tmp_path, caplog):
+    """As in nc_landsat: Otsu cut at 0.04 within a broad shoulder of built-up land (0 to 0.35) beside a small mode
+    of water at 0.5; the second split, Otsu's again, fell inside the shoulder (0.195), found no dip there and
+    kept quiet while a quarter of the scene became water."""
+    import re
+
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    rng = np.random.default_rng(3)
+    n = 200 * 200
+    index = np.concatenate([rng.normal(-0.3, 0.06, n // 2),  # vegetation
+                            rng.exponential(0.09, n // 2 - 1200).clip(0, 0.36),  # built-up land: a shoulder
+                            rng.normal(0.5, 0.025, 1200)])  # water: 3% of the pixels above the cut
+    index = rng.permutation(index).reshape(200, 200).astype(np.float32)
+    bands = np.stack([np.zeros_like(index), 1000 * (1 + index), np.zeros_like(index), 1000 * (1 - index)])
+    post = _write(tmp_path / "post.tif", bands, "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    with caplog.at_level("WARNING", logger="geoseg.workflows.flood"):
+        flood(post, tmp_path / "out", method="ndwi")
+    suggested = re.search(r"holds two modes apart, around \S+ and 0\.5\d: .* pass --ndwi-threshold (\S+)", caplog.text)
+    assert suggested and 0.36 <= float(suggested[1]) <= 0.44, caplog.text
+
+
 def test_flood_with_pre_event_image_on_another_grid(tmp_path):
     from rasterio.transform import from_origin
     from rasterio.warp import calculate_default_transform, reproject
@@ -339,7 +364,7 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
         md = f.read()
     assert "| flooded |" in md
     row = next(line for line in md.splitlines() if line.startswith("| Old Town |"))
-    assert re.fullmatch(r"\| Old Town \|( \d+\.\d{6} \| [\d.]+ \|)+", row), row  # km² as 0.000003, not 3e-06
+    assert re.fullmatch(r"\| Old Town \|( [\d,]+\.\d \| \d+\.\d{6} \| [\d.]+ \|)+", row), row  # km² as 0.000003, not 3e-06
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "magic"}, "method must be 'model' or 'ndwi'"),
@@ -380,7 +405,8 @@ def test_flood_pre_event_images_that_cannot_be_aligned_are_refused_first(tmp_pat
     result = flood(tmp_path / "gcp_post.tif", tmp_path / "gcp", pre=tmp_path / "gcp_pre.tif", method="ndwi")
     km2 = {c["name"]: c["area_km2"] for c in result.classes}
     assert km2["flooded"] == 0 and km2["permanent water"] == pytest.approx(15 * 40 * 100 / 1e6)
-    assert plain.exists() and flood(plain, tmp_path / "plain", pre=plain, method="ndwi").classes[2]["pixels"] == 600
+    plain_pre = Path(shutil.copy(plain, tmp_path / "plain_pre.tif"))  # the same file twice is refused
+    assert plain.exists() and flood(plain, tmp_path / "plain", pre=plain_pre, method="ndwi").classes[2]["pixels"] == 600
 
 
 def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
@@ -1044,8 +1070,9 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
     (out / "post").mkdir(parents=True)
     (out / "post" / "notes.txt").write_text("the user's")  # not flood's: kept
     (out / "post" / "S2_cloud_mask.tif").write_text("the user's too, named like a mask: kept")
-    flood(image, out, pre=image, method="model", model=str(tiny_fcn), water_class="class0", overwrite=True)
-    assert (out / "pre" / "post_mask.tif").exists() and (out / "post" / "post_mask.qml").exists()
+    flood(image, out, pre=shutil.copy(image, tmp_path / "pre_copy.tif"), method="model", model=str(tiny_fcn),
+          water_class="class0", overwrite=True)
+    assert (out / "pre" / "pre_copy_mask.tif").exists() and (out / "post" / "post_mask.qml").exists()
     flood(image, out, method="ndwi", overwrite=True)
     assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "notes.txt", "post_water.qml",
                                                                  "post_water.tif"]
@@ -1073,10 +1100,11 @@ def test_flood_whose_new_files_cannot_be_put_in_place_keeps_the_earlier_runs_mas
     water[:, :10] = True
     image = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10, 10))
     out = tmp_path / "out"
-    flood(image, out, pre=image, method="model", model=str(tiny_fcn), water_class="class0", overwrite=True)
+    flood(image, out, pre=shutil.copy(image, tmp_path / "pre_copy.tif"), method="model", model=str(tiny_fcn),
+          water_class="class0", overwrite=True)
     (out / "flood.gpkg").write_text("the polygons under their earlier name")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert Path("pre/post_mask.tif") in before and Path("post/post_mask.qml") in before
+    assert Path("pre/pre_copy_mask.tif") in before and Path("post/post_mask.qml") in before
     real = os.replace
 
     def refused(src, dst):
@@ -1214,7 +1242,7 @@ def test_python_results_hold_plain_numbers_and_flood_reports_progress(make_raste
                         progress=scene_steps.append)
     assert scene_steps[-2:] == [pytest.approx(0.95), 1.0]  # 100% only once the tables and map are written
     steps = []
-    flooded = geoseg.flood(path, tmp_path / "flood", pre=path, aoi=tmp_path / "zones.gpkg", model="threshold",
+    flooded = geoseg.flood(path, tmp_path / "flood", pre=shutil.copy(path, tmp_path / "pre.tif"), aoi=tmp_path / "zones.gpkg", model="threshold",
                            bands=(1, 2, 3), progress=steps.append)
     compared = geoseg.compare(["threshold", "region-growing"], [path], output_dir=tmp_path / "cmp")
     assert "all agree" in (tmp_path / "cmp" / "image_disagreement.qml").read_text()  # styled, as the masks are
@@ -1512,3 +1540,58 @@ def test_survey_polygons_of_a_killed_merge_leave_no_journal(make_raster, tmp_pat
     left.write_bytes(b"journal")
     survey([make_raster()], out, model="threshold")
     assert not left.exists() and (out / "survey_polygons.gpkg").exists()
+
+
+def test_shares_are_of_the_ground_not_of_the_pixels_on_a_geographic_grid(tmp_path):
+    """share_pct was a share of pixels beside areas in m²: over 50-70° N the northern half's water was "50%" of
+    a scene whose ground it covers 42.5% of. AOI rows had km² to 6 decimals only: 0.25 m² of water read 0.0."""
+    import geopandas as gpd
+    import shapely
+    from pyproj import Geod
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+    from geoseg.workflows.scene import composition_rows
+
+    water = np.zeros((40, 40), bool)
+    water[:20] = True  # 60-70° N
+    image = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:4326", from_origin(10.0, 70.0, 0.5, 0.5))
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame({"name": ["all", None]}, geometry=[shapely.box(10, 50, 30, 70), shapely.box(10, 50, 11, 51)],
+                     crs="EPSG:4326").to_file(aoi)
+    result = flood(image, tmp_path / "out", method="ndwi", aoi=aoi, aoi_field="name")
+    geod = Geod(ellps="WGS84")
+    north, south = (abs(geod.geometry_area_perimeter(shapely.segmentize(shapely.box(10, lat, 30, lat + 10), 0.01))[0])
+                    for lat in (60, 50))  # along the parallels
+    row = result.aoi[0]
+    assert row["aoi"] == "all" and result.aoi[1]["aoi"] is None  # an empty field value read "nan"
+    assert row["water_pct"] == pytest.approx(100 * north / (north + south), abs=0.01)  # 42.5, not 50
+    assert row["water_m2"] == pytest.approx(north, rel=1e-4) and row["water_km2"] == round(row["water_m2"] / 1e6, 6)
+    assert " water_m2 | water_km2 | water_pct |" in (tmp_path / "out" / "flood.md").read_text()
+    # without areas (no CRS) the shares are of the pixels
+    rows = composition_rows([{"id": 0, "name": "a", "pixels": 1, "area_m2": None},
+                             {"id": 1, "name": "b", "pixels": 3, "area_m2": None}])
+    assert [r["share_pct"] for r in rows] == [25.0, 75.0]
+
+
+def test_flood_and_scene_refuse_what_they_would_ignore_or_misread(make_raster, tmp_path, caplog):
+    """The same image as pre and post made all water "permanent"; --zone-field without --zones was ignored; a
+    raster without CRS printed rasterio's NotGeoreferencedWarning five times."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from geoseg.workflows.flood import flood
+    from geoseg.workflows.scene import scene
+
+    water = np.zeros((30, 40), bool)
+    water[:, :10] = True
+    image = _write(tmp_path / "post.tif", _scene_4band(water), None, rasterio.Affine.identity())
+    with pytest.raises(InputError, match="the same file as the post-event image"):
+        flood(image, tmp_path / "f1", pre=tmp_path / "." / "post.tif", method="ndwi")
+    with pytest.raises(InputError, match="--zone-field .* names the rows of --zones"):
+        scene(make_raster(), tmp_path / "s1", model="threshold", zone_field="name")
+    assert not (tmp_path / "f1").exists() and not (tmp_path / "s1").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotGeoreferencedWarning)
+        flood(image, tmp_path / "f2", method="ndwi")

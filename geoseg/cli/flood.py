@@ -59,6 +59,8 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
         try:
             ndwi_threshold = float(ndwi_threshold)
         except ValueError:
+            ndwi_threshold = float("nan")
+        if not -1 <= ndwi_threshold <= 1:  # 2 was exit 1 in the Python API's words, abc a usage error (2)
             raise click.BadParameter("use 'otsu' or a number between -1 and 1", param_hint="--ndwi-threshold")
     with fail_cleanly(), _bar(post, quiet) as progress:
         result = run_flood(post, output_dir, pre=pre, aoi=aoi, aoi_field=aoi_field, method=method, model=model,

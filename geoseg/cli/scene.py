@@ -23,7 +23,7 @@ __all__ = ["scene"]
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
-    """Area and share of every class in INPUT; with --zones, per zone too.
+    """Area and share (of the valid area) of every class in INPUT; with --zones, per zone too.
 
     Writes the mask, STEM_composition.csv, STEM_scene.png (map with legend and
     zone outlines), STEM_scene.json and, with zones, STEM_zones.gpkg (zones with
@@ -38,7 +38,9 @@ def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, over
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
-        for row in result.composition:
-            area = f"  {row['area_m2'] / 1e6:10.4f} km²" if row["area_m2"] is not None else ""
+        large = max((row["area_m2"] or 0 for row in result.composition), default=0) >= 1e6  # one unit for all rows
+        for row in result.composition:  # 3 m² of a drone image read 0.0000 km²
+            area = ("" if row["area_m2"] is None else f"  {row['area_m2'] / 1e6:10.4f} km²" if large
+                    else f"  {row['area_m2']:12,.1f} m²")
             click.echo(f"{row['class']:>12}: {row['share_pct']:6.2f}%{area}", err=True)
         click.echo(f"map: {result.outputs['map']}", err=True)

@@ -201,7 +201,7 @@ def run_job(job: Job) -> None:
     from geoseg.models.registry import with_card
     from geoseg.models.segmenter import FlipAveraged, KerasSegmenter
     from geoseg.preview import colorize, north_up_flips, save_png
-    from geoseg.raster import read_preview
+    from geoseg.raster import read_preview, shares
     from geoseg.vector import count_regions
 
     image = job.files["input"]
@@ -243,12 +243,11 @@ def run_job(job: Job) -> None:
         job.files[f"{key}_mask.png"] = out / "mask.png"
         save_png(_overlay(job.files["original.png"], rgba), out / "overlay.png")
         job.files[f"{key}_overlay.png"] = out / "overlay.png"
-        total = sum(c["pixels"] for c in res.classes)  # 0: all nodata, and every share is None, not 0%
+        share = shares([c["pixels"] for c in res.classes], [c["area_m2"] for c in res.classes], digits=2)  # all None:
         per_model.append({"key": key, "model": card.name, "version": card.version, "description": card.description,
                           "output": card.output,  # tta and precision apply to Keras models only
                           "keras": keras,
-                          "classes": [{**c, "share_pct": round(100 * c["pixels"] / total, 2) if total else None}
-                                      for c in res.classes],
+                          "classes": [{**c, "share_pct": s} for c, s in zip(res.classes, share)],  # all nodata
                           "seconds": res.seconds})
     job.result["models"] = per_model
     classes = {name: m for name, m in masks.items() if m[1].output == "classes"}  # not unlabeled regions

@@ -21,7 +21,7 @@ from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepar
                              segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, reading_pixels,
-                           write_class_mask)
+                           shares, write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text)
@@ -92,7 +92,7 @@ def ndwi_histogram(path: str, *, green: int, nir: int) -> np.ndarray:
     """Counts of a raster's valid NDWI values in the bins of `NDWI_EDGES`, read window by window."""
     _check_ndwi_bands(inspect_raster(path), green, nir)
     counts = np.zeros(len(NDWI_EDGES) - 1)
-    with rasterio.open(path) as src:
+    with open_quietly(path) as src:
         for _, window in src.block_windows(1):
             index, valid = _ndwi(src, window, green, nir)
             counts += np.histogram(index[valid], bins=NDWI_EDGES)[0]
@@ -141,19 +141,36 @@ def _warn_of_two_modes_above(counts: np.ndarray, high: np.ndarray, cut: float) -
     """Warn where the NDWI above Otsu's `cut` holds two modes apart, the upper above 0: vegetation, built-up
     land and water make three, and Otsu cut between the first two, so built-up land counted as water
     (26,000 px for 2,500 of water) without a word. Which of them is water is not NDWI's to say (turbid
-    flood water lies low too): the warning gives the cut between them to pass."""
-    above = np.where(high, counts, 0)
+    flood water lies low too): the warning gives the cut between them to pass.
+
+    The modes are those on either side of the deepest valley of the (smoothed) histogram above the cut, each
+    side with 1% of its pixels or more, the valley under half the lower of the two sides' peaks. Otsu's split
+    of the part above the cut, used before, fell inside a broad mode of built-up land beside a small one of
+    water (nc_landsat: 0.195 against the valley at 0.40) and found no dip there: a quarter of the scene
+    became water without a word."""
+    above = np.where(high, counts, 0).astype(np.float64)
+    total = above.sum()
     if np.count_nonzero(above) < 2:
         return
-    second = otsu_threshold(above, NDWI_EDGES)
-    centres = NDWI_CENTRES
-    lower, upper = high & (centres <= second), high & (centres > second)
-    if not above[lower].sum() or not above[upper].sum() or _dip(above, lower, upper) > 0.2 or second <= 0:
+    smooth = np.convolve(above, np.ones(9) / 9, mode="same")  # 9 bins: 0.045 NDWI
+    index = np.flatnonzero(high)
+    part = smooth[index]
+    peak_left = np.maximum.accumulate(part)
+    peak_right = np.maximum.accumulate(part[::-1])[::-1]
+    depth = part / np.maximum(np.minimum(peak_left, peak_right), 1e-12)
+    mass_below = np.cumsum(above[index]) - above[index]
+    centres = NDWI_CENTRES[index]
+    valley = (centres > 0) & (mass_below >= 0.01 * total) & (total - mass_below >= 0.01 * total) & (depth < 0.5)
+    if not valley.any():
         return
+    deepest = np.flatnonzero(valley & (depth <= depth[valley].min() + 1e-9))
+    v = deepest[len(deepest) // 2]  # the middle of an empty stretch between the modes
+    second = float(centres[v])
+    lower, upper = index[:v], index[v:]
     log.warning("the NDWI above the cut (%.3f) holds two modes apart, around %.2f and %.2f: built-up land beside "
                 "water, or two kinds of water? All of it is water here; pass --ndwi-threshold %.2f "
-                "(ndwi_threshold=) if the lower mode is land.", cut, float(centres[lower][np.argmax(above[lower])]),
-                float(centres[upper][np.argmax(above[upper])]), second)
+                "(ndwi_threshold=) if the lower mode is land.", cut, float(NDWI_CENTRES[lower][np.argmax(above[lower])]),
+                float(NDWI_CENTRES[upper][np.argmax(above[upper])]), second)
 
 
 def _dip(counts: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
@@ -181,7 +198,7 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
     _check_ndwi_bands(info, green, nir)
     if threshold == "otsu":
         threshold, _ = ndwi_cut(ndwi_histogram(path, green=green, nir=nir))
-    with rasterio.open(path) as src:
+    with open_quietly(path) as src:
 
         def block(window):
             index, valid = _ndwi(src, window, green, nir)
@@ -300,6 +317,9 @@ def flood(
     if method == "model":  # before an output folder is made
         _water_class(model, water_class)
     pre_info = inspect_raster(pre) if pre is not None else None
+    if pre_info is not None and _same_file(post_info.path, pre_info.path):  # all water came out "permanent"
+        raise InputError(f"{pre}: the same file as the post-event image; the change map needs the image from before "
+                         "the event. Pass that as --pre (pre=), or leave --pre out for a map of water.")
     if pre_info is not None:  # before either image is segmented
         _check_alignable(post_info, pre_info)
     threshold, how = ndwi_threshold, ""
@@ -348,6 +368,13 @@ def flood(
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     return result
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a GDAL path (/vsizip/...): by its text
+        return a == b
 
 
 def _stale_image_masks(report: Path, water: dict[str, dict[str, Path]],
@@ -481,8 +508,8 @@ def _display_bands(info, common: dict[str, Any]) -> list[int]:
 def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes) -> tuple[int, int]:
     """Write the flood classes; return the post image's data pixels that the pre image covers, and all of them."""
     counts = [0, 0]
-    with rasterio.open(post_mask) as post_ds:
-        pre_ds = rasterio.open(pre_mask) if pre_mask is not None else None
+    with open_quietly(post_mask) as post_ds:
+        pre_ds = open_quietly(pre_mask) if pre_mask is not None else None
         try:
             aligned = None
             transform, crs = post_info.map_georeferencing()
@@ -528,13 +555,18 @@ def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
 def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
     pixels, areas = zonal_composition(mask, frame, len(classes))
     rows = []
+    from geoseg.workflows.scene import _zone_name
+
     for z in range(len(frame)):
-        total = int(pixels[z].sum())
-        row: dict[str, Any] = {"aoi": str(frame[field].iloc[z]) if field else int(frame.index[z]), "pixels": int(total)}
-        for c in classes:
+        share = shares([int(pixels[z, c.id]) for c in classes], None if areas is None else [float(areas[z, c.id])
+                                                                                             for c in classes])
+        row: dict[str, Any] = {"aoi": _zone_name(frame, field, z), "pixels": int(pixels[z].sum())}
+        for c, s in zip(classes, share):
             key = c.name.replace(" ", "_")
+            # m² too: an area of interest of a drone survey (0.25 m² of water) was 0.0 km² at 100%
+            row[f"{key}_m2"] = None if areas is None else round(float(areas[z, c.id]), 3)
             row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)
-            row[f"{key}_pct"] = round(100 * int(pixels[z, c.id]) / total, 3) if total else None
+            row[f"{key}_pct"] = s
         rows.append(row)
     return rows
 
@@ -552,16 +584,17 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
         m2 = "n/a" if c["area_m2"] is None else f"{c['area_m2']:,.1f}"
         lines.append(f"| {c['name']} | {_cell(c['area_km2'], '_km2')} | {m2} | {c['pixels']} |")
     if result.aoi:
-        keys = [k for k in result.aoi[0] if k.endswith("_km2") or k.endswith("_pct")]
+        keys = [k for k in result.aoi[0] if k.endswith(("_m2", "_km2", "_pct"))]
         lines += ["", "## Areas of interest", "", "| aoi | " + " | ".join(keys) + " |",
                   "|---|" + "---:|" * len(keys)]
         for row in result.aoi:
-            lines.append(f"| {row['aoi']} | " + " | ".join(_cell(row[k], k) for k in keys) + " |")
+            name = "" if row["aoi"] is None else row["aoi"]  # an empty --aoi-field value
+            lines.append(f"| {name} | " + " | ".join(_cell(row[k], k) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _cell(value, key: str) -> str:
-    """A table cell: km² to 6 decimals (3e-06 was printed for 3 m²), shares as they are, n/a for none."""
+    """A table cell: km² to 6 decimals (3e-06 was printed for 3 m²), m² to 1, shares as they are, n/a for none."""
     if value is None:
         return "n/a"
-    return f"{value:.6f}" if key.endswith("_km2") else str(value)
+    return f"{value:.6f}" if key.endswith("_km2") else f"{value:,.1f}" if key.endswith("_m2") else str(value)

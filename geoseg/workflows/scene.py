@@ -13,7 +13,7 @@ from geoseg.models.card import ClassInfo
 from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_folders_removed_on_error,
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import inspect_raster, raster_stem
+from geoseg.raster import inspect_raster, raster_stem, shares
 from geoseg.vector import zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_csv, write_json)
@@ -38,10 +38,11 @@ class SceneResult:
 
 
 def composition_rows(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add each class's share (% of valid pixels) to the per-class rows of a SegmentResult."""
-    total = sum(c["pixels"] for c in classes) or 1
+    """Add each class's share (% of the valid area; of the valid pixels without a CRS) to the per-class rows
+    of a SegmentResult."""
+    share = shares([c["pixels"] for c in classes], [c["area_m2"] for c in classes])
     return [{"class_id": c["id"], "class": c["name"], "pixels": c["pixels"], "area_m2": c["area_m2"],
-             "share_pct": round(100 * c["pixels"] / total, 3)} for c in classes]
+             "share_pct": s if s is not None else 0.0} for c, s in zip(classes, share)]
 
 
 def scene(
@@ -61,7 +62,7 @@ def scene(
         As for `geoseg.segment`.
     zones : path, optional
         A polygon layer (districts, parcels) in any CRS; each zone gets the area
-        (m²) and share (%) of each class among its valid pixels.
+        (m²) and share (%) of each class in its valid area (pixels without a CRS).
     zone_field : str, optional
         Attribute that names zones in the tables; default the row number.
     **segment_options
@@ -78,6 +79,10 @@ def scene(
     """
     check_options({**segment_options, "overwrite": overwrite}, caller="scene()", taken=("preview",))
     class_card(segment_options.get("model"), what="a land-cover report")
+    if zone_field is not None and zones is None:  # it was ignored without a word
+        from geoseg.errors import InputError
+
+        raise InputError("--zone-field (zone_field=) names the rows of --zones (zones=); pass the zones layer too.")
     frame = read_layer(zones, what="zones") if zones is not None else None
     if frame is not None and zone_field is not None and zone_field not in frame.columns:
         from geoseg.errors import InputError
@@ -141,13 +146,25 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
     pixels, areas = zonal_composition(result.outputs["mask"], frame, len(result.classes))
     rows = []
     for z in range(len(frame)):
-        total = int(pixels[z].sum())
-        row: dict[str, Any] = {"zone": str(frame[zone_field].iloc[z]) if zone_field else int(frame.index[z]), "pixels": int(total)}
-        for c in result.classes:
+        ids = [c["id"] for c in result.classes]
+        share = shares([int(pixels[z, i]) for i in ids], None if areas is None else [float(areas[z, i]) for i in ids])
+        row: dict[str, Any] = {"zone": _zone_name(frame, zone_field, z), "pixels": int(pixels[z].sum())}
+        for c, s in zip(result.classes, share):
             row[f"{c['name']}_m2"] = None if areas is None else round(float(areas[z, c["id"]]), 3)
-            row[f"{c['name']}_pct"] = round(100 * int(pixels[z, c["id"]]) / total, 3) if total else None
+            row[f"{c['name']}_pct"] = s
         rows.append(row)
     return rows
+
+
+def _zone_name(frame, field: str | None, z: int) -> str | int | None:
+    """A zone's name in the tables: its value of `field` (None where that is empty: it read "nan"), or its
+    row number."""
+    import pandas as pd
+
+    if not field:
+        return int(frame.index[z])
+    value = frame[field].iloc[z]
+    return None if pd.isna(value) else str(value)
 
 
 def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, Any]]) -> None:
