@@ -1435,6 +1435,7 @@ def test_a_survey_redoes_rasters_when_the_model_changes_but_not_its_card(make_ra
 
     image, out = make_raster(shape=(30, 40)), tmp_path / "out"
     assert len(survey([image], out, model="threshold").done) == 1
+    assert len(survey([image], out, model="threshold", bands=[1, 2, 3]).skipped) == 1  # the card's bands, spelled out
     assert len(survey([image], out, model="threshold?water=0.5&vegetation=0.9").done) == 1
     assert len(survey([image], out, model="threshold?water=0.5&vegetation=0.9").skipped) == 1
     bundle = tmp_path / "models" / "mine.keras"

@@ -380,8 +380,9 @@ def survey(
             options = {"model": card.name, "model_version": card.version, **_model_identity(model), "vector": vector,
                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
                           # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
-                          # no sieve, which the command line leaves out
-                          if k != "client" and not (k == "sieve" and not v)}}
+                          # no sieve, which the command line leaves out; the card's own bands spelled out are no change
+                          if k != "client" and not (k == "sieve" and not v)
+                          and not (k == "bands" and v is not None and list(v) == list(card.bands))}}
             manifest = _Manifest(out_dir / MANIFEST)
             folders = _folders(sources, manifest)  # one output folder per raster, the same on every run
             for folder in set(folders.values()):  # those of runs killed outright (SIGKILL) mid-raster
