@@ -30,12 +30,36 @@ elif "pyogrio" not in sys.modules:
         "TensorFlow was imported before geoseg: GeoPackages written in this process will lack their spatial "
         "index (TensorFlow's SQLite has no R*Tree). Import geoseg first to keep it.")
 
-from geoseg.errors import GeosegError  # noqa: E402
-from geoseg.models import DEFAULT_MODEL, list_models  # noqa: E402
-from geoseg.pipeline import SegmentResult, segment  # noqa: E402
-from geoseg.vector import vectorize  # noqa: E402
-from geoseg.workflows import flood, scene, survey  # noqa: E402
-from geoseg.workflows.evaluate import compare, evaluate  # noqa: E402
+# what `geoseg.X` names, imported when first used: `import geoseg` (and so the command, whose Ctrl-C during
+# these imports was a traceback) no longer loads Dask, rasterio and the models before it needs them
+_LAZY = {
+    "GeosegError": "geoseg.errors",
+    "DEFAULT_MODEL": "geoseg.models",
+    "list_models": "geoseg.models",
+    "SegmentResult": "geoseg.pipeline",
+    "segment": "geoseg.pipeline",
+    "vectorize": "geoseg.vector",
+    "flood": "geoseg.workflows",
+    "scene": "geoseg.workflows",
+    "survey": "geoseg.workflows",
+    "compare": "geoseg.workflows.evaluate",
+    "evaluate": "geoseg.workflows.evaluate",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_MODEL",

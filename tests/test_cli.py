@@ -597,3 +597,35 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
         proc.kill()
     assert proc.returncode == (0 if signum == signal.SIGINT else 143), stderr.decode()
     assert "Traceback" not in stderr.decode() and not list((tmp_path / "geoseg-web").glob("server-*"))
+
+
+def test_flood_threshold_out_of_range_is_a_usage_error_and_scene_prints_small_areas_in_m2(run, make_raster, tmp_path):
+    """--ndwi-threshold 2 exited 1 in the Python API's words while 'abc' was a usage error (2); the scene summary
+    printed 3 m² of a drone image as 0.0000 km²."""
+    from rasterio.transform import from_origin
+
+    result = run("flood", make_raster(bands=4), "-o", tmp_path / "f", "--method", "ndwi", "--ndwi-threshold", "2")
+    assert result.exit_code == 2 and "Invalid value for --ndwi-threshold" in result.output
+    drone = make_raster(name="drone.tif", shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 0.05, 0.05))
+    result = run("scene", drone, "-o", tmp_path / "s", "-m", "threshold")
+    assert result.exit_code == 0 and " m²" in result.stderr and "km²" not in result.stderr
+
+
+def test_ctrl_c_while_the_command_is_imported_exits_130_without_a_traceback(tmp_path):
+    """The console script imported geoseg.cli (Dask, rasterio, click: 1-2 s) with Python's own handler: a Ctrl-C
+    then printed a KeyboardInterrupt traceback."""
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'geoseg.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv = ['geoseg', 'models']\n"
+        "from geoseg._launch import main\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
+    assert "geoseg._launch:main" in (Path(__file__).parent.parent / "pyproject.toml").read_text()
