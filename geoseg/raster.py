@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -760,7 +761,34 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
     """Read `bands` resized so the longer side is between `min_side` and `max_side`: (rows, cols, bands).
 
     With `mask`, return instead the (rows, cols) bool validity of those bands.
+
+    The last few reads of unchanged local files are kept (a copy is returned): a raster without overviews
+    is read whole for each, and one `segment` read it for its calibration sample and again for its preview
+    (then `scene` for its map). Files are known by path, size and modification time.
     """
+    try:
+        stat = os.stat(path)
+        known: tuple | None = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    except (OSError, ValueError):  # a GDAL path (/vsizip/..., a URL): read each time
+        known = None
+    if known is None:
+        return _read_decimated(path, tuple(bands), max_side, min_side, resampling, mask)
+    with open_quietly(path) as ds:  # the side it is read at: the sample's min_side=1 and a preview's 384 agree
+        longest = max(ds.width, ds.height)  # on any raster of 1024 px or more
+    side = min(max(longest, min_side), max_side)
+    return _read_decimated_cached(path, tuple(bands), side, resampling, mask, known).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _read_decimated_cached(path: str, bands: tuple[int, ...], side: int, resampling: str, mask: bool,
+                           known: tuple) -> np.ndarray:
+    data = _read_decimated(path, bands, side, side, resampling, mask)
+    data.flags.writeable = False
+    return data
+
+
+def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: int, resampling: str,
+                    mask: bool) -> np.ndarray:
     from rasterio.enums import Resampling
 
     # capped as segment's reads are: scene's and flood's maps, drawn after segment returns, filled the default

@@ -1193,3 +1193,13 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
     image = read_preview(str(path), [1, 2, 3], 512, min_side=1)
     assert valid.all() and image.shape == (512, 512, 3)
     assert bytes_read() - before < 6 * size, (bytes_read() - before) / size
+    # the preview then reads none of it again (a raster without overviews was read whole for the calibration
+    # sample, then for the preview, then for scene's map); a copy each time, and a changed file is read anew
+    before = bytes_read()
+    again = read_preview(str(path), [1, 2, 3], 512)  # with a preview's min_side (384): the same 512 px
+    assert bytes_read() - before < 0.05 * size and (again == image).all()
+    again[:] = 0
+    assert (read_preview(str(path), [1, 2, 3], 512, min_side=1) == image).all()
+    with rasterio.open(path, "r+") as ds:
+        ds.write(np.full((3, 2048, 2048), 7, np.uint16))
+    assert (read_preview(str(path), [1, 2, 3], 512, min_side=1) == 7).all()
