@@ -10,7 +10,10 @@ def _gone(signum, frame) -> None:
 
 
 def main() -> None:
-    interrupt, terminate = signal.signal(signal.SIGINT, _gone), signal.signal(signal.SIGTERM, _gone)
+    interrupt, terminate = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    for sig, handler in ((signal.SIGINT, interrupt), (signal.SIGTERM, terminate)):
+        if handler is not signal.SIG_IGN:  # `geoseg ... &` in a script ignores the terminal's Ctrl-C: it still does
+            signal.signal(sig, _gone)
     from geoseg.cli import entry
 
     signal.signal(signal.SIGINT, interrupt)

@@ -629,3 +629,31 @@ def test_ctrl_c_while_the_command_is_imported_exits_130_without_a_traceback(tmp_
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
     assert "geoseg._launch:main" in (Path(__file__).parent.parent / "pyproject.toml").read_text()
+
+
+def test_a_survey_rerun_whose_rasters_all_fail_says_so_without_a_traceback(run, make_raster, tmp_path):
+    """The earlier batch files are kept then, and the command looked for this run's report: KeyError."""
+    image, out = make_raster(), tmp_path / "out"
+    assert run("survey", image, "-o", out, "-m", "threshold").exit_code == 0
+    result = run("survey", image, "-o", out, "-m", "threshold", "--bands", "1,2,9")
+    assert result.exit_code == 1 and "failed: " in result.stderr
+    assert f"report: {out / 'survey_report.md'} (the earlier run's" in result.stderr
+
+
+def test_a_ctrl_c_that_the_caller_ignores_stays_ignored_while_the_command_loads(tmp_path):
+    """`geoseg ... &` in a script ignores the terminal's Ctrl-C; the launcher's handler ended such a run."""
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'geoseg.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv = ['geoseg', '--version']\n"
+        "from geoseg._launch import main\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "version" in done.stdout, done.stderr

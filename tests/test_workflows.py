@@ -1443,8 +1443,17 @@ def test_a_survey_redoes_rasters_when_the_model_changes_but_not_its_card(make_ra
     shutil.copy(tiny_fcn, bundle), shutil.copy(Path(tiny_fcn).with_suffix(".json"), bundle.with_suffix(".json"))
     assert len(survey([image], out, model=str(bundle)).done) == 1
     assert len(survey([image], out, model=str(bundle)).skipped) == 1
-    os.utime(bundle, ns=(1, 1))  # new weights, same card
+    os.utime(bundle, ns=(1, 1))  # reinstalled or copied: new times, the same bytes
+    assert len(survey([image], out, model=str(bundle)).skipped) == 1
+    with open(bundle, "ab") as f:  # new weights (here: bytes a zip reader skips), the same card
+        f.write(b"\0")
     assert len(survey([image], out, model=str(bundle)).done) == 1
+    # a manifest of before the card's own bands were left out of the key resumes
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["entries"].values():
+        entry["key"]["bands"] = [1, 2, 3]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert len(survey([image], out, model=str(bundle), bands=[1, 2, 3]).skipped) == 1
 
 
 def test_a_survey_rerun_whose_rasters_all_fail_keeps_the_earlier_results(make_raster, tmp_path, caplog):
@@ -1457,8 +1466,8 @@ def test_a_survey_rerun_whose_rasters_all_fail_keeps_the_earlier_results(make_ra
     first = survey(images, out, model="threshold")
     batch = {name: (out / name).read_bytes() for name in ("masks.vrt", "survey_polygons.gpkg", "survey_report.md")}
     typo = survey(images, out, model="threshold", bands=[4, 3, 2])
-    assert len(typo.failed) == 2 and "no batch files" not in caplog.text
-    assert "the batch files of the earlier run" in caplog.text
+    assert len(typo.failed) == 2 and "the batch files of the earlier run" in caplog.text
+    assert typo.outputs["report"] == str(out / "survey_report.md")  # the CLI printed it: a KeyError traceback
     assert {name: (out / name).read_bytes() for name in batch} == batch
     again = survey(images, out, model="threshold")
     assert len(again.skipped) == 2 and not again.done and not again.failed
@@ -1479,6 +1488,21 @@ def test_a_survey_redoes_a_mask_that_was_cut_short(make_raster, tmp_path):
     assert [Path(e["input"]).name for e in again.done] == ["r1.tif"] and len(again.skipped) == 1
     with rasterio.open(again.outputs["masks"]) as ds:
         ds.read()
+
+
+def test_a_survey_lock_this_process_holds_is_refused_however_the_folder_is_spelled(tmp_path, monkeypatch):
+    """The lock of the running survey was taken for a restarted container's (same pid) when the second survey
+    named the folder another way, and removed under the first."""
+    from geoseg.workflows.survey import LOCK, _survey_lock
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with _survey_lock(Path("out")):
+        with pytest.raises(OutputError, match="another survey"):
+            with _survey_lock(tmp_path / "out"):
+                pass
+        assert (tmp_path / "out" / LOCK).exists()
+    assert not (tmp_path / "out" / LOCK).exists()
 
 
 def test_a_survey_lock_of_a_restarted_container_is_taken_over(make_raster, tmp_path):

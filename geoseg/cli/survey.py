@@ -66,7 +66,9 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs
     if not as_json:  # failures even with --quiet: exit status 1 and not a word said why
         for entry in result.failed:
             click.echo(f"  failed: {entry['error']}", err=True)
-    if not as_json and not quiet:
-        click.echo(f"report: {result.outputs['report']}", err=True)
+    if not as_json and not quiet and "report" in result.outputs:
+        click.echo(f"report: {result.outputs['report']}"
+                   + (" (the earlier run's: no raster of this one was segmented)" if not result.done + result.skipped
+                      else ""), err=True)
     if result.failed:
         raise SystemExit(1)

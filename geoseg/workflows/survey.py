@@ -234,7 +234,7 @@ def _folders(sources: list[str], manifest: "_Manifest") -> dict[str, str]:
 
 def _model_identity(model) -> dict[str, Any]:
     """What tells a model's masks apart besides its card's name and version: its options (``threshold?water=
-    0.1&vegetation=0.4``) and the size and time of its files. Either changed and every raster was skipped, the
+    0.1&vegetation=0.4``) and the content of its files. Either changed and every raster was skipped, the
     masks those of the model before (a same-day retrain keeps the card's version, which is its date)."""
     from urllib.parse import parse_qsl
 
@@ -243,10 +243,19 @@ def _model_identity(model) -> dict[str, Any]:
     ref = resolve_model(model)
     text, _, query = ref.partition("?")
     out: dict[str, Any] = {"model_options": query} if query else {}
-    if not text.startswith(BUILTIN):
+    if not text.startswith(BUILTIN):  # by content: a reinstall (new times, same bytes) redid every raster
         files = [Path(text), Path(text).with_suffix(".json"), *(Path(v) for k, v in parse_qsl(query) if k == "card")]
-        out["model_files"] = [[f.name, *stat] for f, stat in zip(files, _stats(files).values()) if stat]
+        out["model_files"] = [[f.name, _digest(f)] for f in files if f.is_file()]
     return out
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (0.1 s for the default model's 28 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _Manifest:
@@ -261,6 +270,7 @@ class _Manifest:
         import json
 
         self.path, self.lock, self.base = path, threading.Lock(), path.parent
+        self.card_bands: list[int] | None = None  # the model's own bands, which a key leaves out
         try:
             stored = json.loads(path.read_bytes()).get("entries", {}) if path.exists() else {}
             self.entries: dict[str, Any] = {
@@ -280,7 +290,11 @@ class _Manifest:
     def is_done(self, source: str, key: dict[str, Any], folder: str) -> bool:
         """Whether `source` was done with this `key` into `folder`, and its outputs are as that run left them."""
         entry = self.entries.get(self.key_of(source))
-        if not (entry and entry.get("status") == "done" and entry.get("key") == key
+        stored = entry.get("key") if entry else None
+        if isinstance(stored, dict) and self.card_bands is not None and stored.get("bands") == self.card_bands:
+            # recorded before the card's own bands were left out of keys
+            stored = {k: v for k, v in stored.items() if k != "bands"}
+        if not (entry and entry.get("status") == "done" and stored == key
                 and all(Path(p).parent == self.base / folder for p in entry["outputs"].values())):
             return False
         recorded = entry.get("files")
@@ -384,6 +398,7 @@ def survey(
                           if k != "client" and not (k == "sieve" and not v)
                           and not (k == "bands" and v is not None and list(v) == list(card.bands))}}
             manifest = _Manifest(out_dir / MANIFEST)
+            manifest.card_bands = list(card.bands)
             folders = _folders(sources, manifest)  # one output folder per raster, the same on every run
             for folder in set(folders.values()):  # those of runs killed outright (SIGKILL) mid-raster
                 remove_dead_temp_dirs(out_dir / folder)
@@ -445,6 +460,9 @@ def survey(
             if not finished and (out_dir / "survey_report.md").exists():
                 log.warning("no raster of this run was segmented, so the batch files of the earlier run (survey_report.md, "
                             "the mosaics, survey_polygons.gpkg) are left as they were; its rasters stay done")
+                result.outputs = {key: str(out_dir / name) for key, name in (
+                    ("masks", "masks.vrt"), ("polygons", "survey_polygons.gpkg"), ("summary_csv", "survey_summary.csv"),
+                    ("summary_json", "survey_summary.json"), ("report", "survey_report.md")) if (out_dir / name).exists()}
                 return result
             result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
             return result
@@ -475,7 +493,7 @@ def _survey_lock(out_dir: Path) -> Iterator[None]:
                     except (OSError, ValueError):  # being written, or not ours: as held
                         holder, pid = "", ""
                     # a container restarted after a kill runs the survey under the killed one's process id (1)
-                    ours = pid == str(os.getpid()) and str(lock) not in _LOCKS_HELD
+                    ours = pid == str(os.getpid()) and os.path.realpath(lock) not in _LOCKS_HELD
                     if holder == host and pid.isdigit() and (ours or not pid_alive(int(pid))):
                         lock.unlink(missing_ok=True)
                         continue
@@ -487,12 +505,12 @@ def _survey_lock(out_dir: Path) -> Iterator[None]:
                 with os.fdopen(fd, "w") as f:
                     f.write(f"{host} {os.getpid()}\n")
                 taken = True
-                _LOCKS_HELD.add(str(lock))
+                _LOCKS_HELD.add(os.path.realpath(lock))
                 break
         yield
     finally:
         if taken:
-            _LOCKS_HELD.discard(str(lock))
+            _LOCKS_HELD.discard(os.path.realpath(lock))
             lock.unlink(missing_ok=True)
 
 
