@@ -222,6 +222,30 @@ def test_scale_jitter_resamples_chips():
     assert min(jittered) <= 5 and max(jittered) >= 12
 
 
+def test_radiometric_jitter_scales_contrast_about_the_mean_shifts_it_and_casts_colours():
+    """The augmentation of every training chip: untested while it was a closure inside train()."""
+    import tensorflow as tf
+
+    from geoseg.models.training import radiometric_jitter
+
+    tf.random.set_seed(0)
+    rows = np.linspace(-1, 1, 32, dtype=np.float32)
+    chip = np.repeat(np.stack([rows, rows * 0.5, rows * 0.25], -1)[:, None, :], 32, axis=1) + 0.3  # (32, 32, 3)
+    mean = chip.mean()
+    gains, biases = [], []
+    for _ in range(200):
+        out = radiometric_jitter(tf.constant(chip)).numpy()
+        # one gain about the chip's mean and one bias: out = (x - m) * g + m + b, the same for every band
+        g = np.polyfit((chip - mean).ravel(), (out - mean).ravel(), 1)
+        assert np.allclose(out, (chip - mean) * g[0] + mean + g[1], atol=1e-5)
+        gains.append(g[0]), biases.append(g[1])
+    assert 0.85 <= min(gains) < 0.88 and 1.12 < max(gains) <= 1.15
+    assert -0.06 <= min(biases) < -0.05 and 0.05 < max(biases) <= 0.06
+    cast = radiometric_jitter(tf.constant(chip), band_jitter=0.2).numpy()
+    slopes = [np.polyfit(chip[..., b].ravel(), cast[..., b].ravel(), 1)[0] for b in range(3)]  # gain x band's gain
+    assert np.ptp(slopes) > 0.01  # each band its own gain, not one for all
+
+
 @pytest.mark.parametrize("model", [
     'architecture = "mobilenet_v2"\nalpha = 0.35\nfilters = 4',  # random encoder weights
     'architecture = "efficientnet_lite0"\nencoder_weights = "imagenet"\nfilters = 4',  # the packaged ImageNet weights

@@ -531,6 +531,20 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     return (train, val, select) if with_selection else (train, val)
 
 
+def radiometric_jitter(x, band_jitter: float = 0.0):
+    """A normalised chip (rows, cols, bands) with its contrast scaled about its mean by a gain in 0.85-1.15 and
+    shifted by -0.06..0.06 (scenes differ in exposure and haze); with `band_jitter` j, each band then gets a
+    gain of its own in 1 +- j (colour casts differ between scenes). TensorFlow ops, for the tf.data map."""
+    import tensorflow as tf
+
+    gain = tf.random.uniform((), 0.85, 1.15)
+    bias = tf.random.uniform((), -0.06, 0.06)
+    x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias
+    if band_jitter:
+        x = x * tf.random.uniform((tf.shape(x)[-1],), 1 - band_jitter, 1 + band_jitter)
+    return x
+
+
 def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitter: float = 0.0):
     """Endless random chips with D4 flips and rotations.
 
@@ -710,13 +724,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     def prepare(x, y):
         if chips is train_pairs:
             x = tf.numpy_function(lambda a: card.normalize(a), [x], tf.float32)
-        x = tf.reshape(x, (config.chip, config.chip, n_bands))
-        gain = tf.random.uniform((), 0.85, 1.15)
-        bias = tf.random.uniform((), -0.06, 0.06)
-        x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias  # radiometric jitter
-        if config.band_jitter:  # each band its own gain: colour casts differ between scenes
-            x = x * tf.random.uniform((n_bands,), 1 - config.band_jitter, 1 + config.band_jitter)
-        return x, y
+        return radiometric_jitter(tf.reshape(x, (config.chip, config.chip, n_bands)), config.band_jitter), y
 
     ds = (tf.data.Dataset.from_generator(lambda: ((x.astype(np.float32), y) for x, y in chip_stream(
               chips, config.chip, config.seed, config.sampling, config.scale_jitter)), output_signature=spec)
