@@ -121,6 +121,7 @@ def test_a_selection_split_chooses_the_epoch_and_validation_is_scored_unseen(tmp
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     training = card["training"]
     assert training["train_images"] == 1 and training["selection_images"][0].endswith("img1.tif")
+    assert len(training["train_files"]) == 1 and not training["train_files"][0].endswith(("img1.tif", "img2.tif"))
     assert "chosen on the mean IoU of the selection patterns ['img1']" in training["split"]
     assert training["selection_mean_iou"] == max(training["epoch_mean_iou"])  # the epochs were scored on img1
     # the per-epoch line said val_mean_iou while it scored the selection images

@@ -797,7 +797,8 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     split = _split_text(config, train_pairs, select_pairs)
     report = json_ready({  # null, not NaN (which is not JSON), for a class absent from the labels and predictions
         "training": {"config": _config_dict(config), "data": config.data_description,
-                     "train_images": len(train_pairs),
+                     "train_images": len(train_pairs),  # and which: a card counted them only
+                     "train_files": [_relative(config, p) for _, _, p in train_pairs],
                      "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": split,
                      **({"selection_images": [_relative(config, p) for _, _, p in select_pairs],
                          "selection_mean_iou": callback.best} if select_pairs else {}),
