@@ -1620,3 +1620,32 @@ def test_flood_and_scene_refuse_what_they_would_ignore_or_misread(make_raster, t
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotGeoreferencedWarning)
         flood(image, tmp_path / "f2", method="ndwi")
+
+
+def test_a_survey_rerun_with_or_without_vector_keeps_the_masks(make_raster, tmp_path, monkeypatch):
+    """Turning --vector on or off redid every raster: hours of a U-Net survey for its polygons. The masks stay
+    now, their polygons are written (as segment writes them) or removed."""
+    module = importlib.import_module("geoseg.workflows.survey")
+    images = [make_raster(name=f"r{i}.tif", shape=(40, 50), seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    first = module.survey(images, out, model="threshold", vector=False, confidence=True)
+    masks = {e["outputs"]["mask"]: Path(e["outputs"]["mask"]).read_bytes() for e in first.done}
+    segmented = module.survey(images, tmp_path / "ref", model="threshold", vector=True, confidence=True)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("segmented again")
+
+    monkeypatch.setattr(module, "segment", not_again)
+    on = module.survey(images, out, model="threshold", vector=True, confidence=True)
+    assert len(on.done) == 2 and not on.failed
+    assert {m: Path(m).read_bytes() for m in masks} == masks
+    for mine, theirs in zip(on.done, segmented.done):
+        a, b = gpd.read_file(mine["outputs"]["vector"]), gpd.read_file(theirs["outputs"]["vector"])
+        assert Path(mine["outputs"]["vector"]).name == Path(theirs["outputs"]["vector"]).name
+        assert len(a) == len(b) and list(a.columns) == list(b.columns) and (a["confidence"] == b["confidence"]).all()
+        assert Path(mine["outputs"]["vector"]).with_suffix(".qml").exists()
+    assert "polygons" in on.outputs
+    assert len(module.survey(images, out, model="threshold", vector=True, confidence=True).skipped) == 2
+    off = module.survey(images, out, model="threshold", vector=False, confidence=True)
+    assert len(off.done) == 2 and not list(out.rglob("*_polygons.*"))
+    assert {m: Path(m).read_bytes() for m in masks} == masks

@@ -306,6 +306,13 @@ class _Manifest:
                 return False
         return all(_readable(p) for p in entry["outputs"].values())
 
+    def polygons_only(self, source: str, key: dict[str, Any], folder: str) -> bool:
+        """Whether `source` is done with a key that differs from `key` in ``vector`` alone, its outputs intact."""
+        entry = self.entries.get(self.key_of(source))
+        stored = entry.get("key") if entry else None
+        return (isinstance(stored, dict) and "vector" in stored and stored["vector"] != key.get("vector")
+                and self.is_done(source, {**key, "vector": stored["vector"]}, folder))
+
     def has_done(self, source: str) -> bool:
         entry = self.entries.get(self.key_of(source))
         return bool(entry and entry.get("status") == "done")
@@ -423,6 +430,16 @@ def survey(
                     tick(source, 1.0)
                     return "skipped", manifest.entry(source)
                 started = time.perf_counter()
+                if manifest.polygons_only(source, key, folders[source]):  # --vector turned on or off: the mask stays
+                    try:  # (it was segmented again: hours of a U-Net survey for its polygons)
+                        entry = _polygons_switched(manifest.entry(source), key, vector)
+                    except GeosegError as exc:
+                        log.warning("%s: its polygons could not be changed (%s); it is segmented again", source, exc)
+                    else:
+                        entry["seconds"] = round(time.perf_counter() - started, 3)
+                        manifest.record(source, entry)
+                        tick(source, 1.0)
+                        return "done", entry
                 try:
                     res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
                                   progress=lambda f: tick(source, f), **segment_options)
@@ -757,6 +774,23 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
         "    <ColorInterp>Palette</ColorInterp>\n"
         f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
     )
+
+
+def _polygons_switched(entry: dict[str, Any], key: dict[str, Any], vector: bool) -> dict[str, Any]:
+    """`entry` (done) with its mask's polygons written as `segment` writes them, or removed, and `key`."""
+    from geoseg.vector import vectorize
+
+    outputs = dict(entry["outputs"])
+    if vector:
+        mask = Path(outputs["mask"])
+        polygons = mask.with_name(f"{mask.name.removesuffix('_mask.tif')}_polygons.gpkg")
+        vectorize(mask, polygons, confidence=outputs.get("confidence"), overwrite=True)
+        outputs["vector"] = str(polygons)
+    elif outputs.get("vector"):
+        polygons = Path(outputs.pop("vector"))
+        for path in (polygons, polygons.with_suffix(".qml")):
+            path.unlink(missing_ok=True)
+    return {**entry, "key": key, "outputs": outputs, "files": dict(zip(outputs, _stats(outputs.values()).values()))}
 
 
 def _remove_with_journal(path: Path) -> None:
