@@ -416,3 +416,34 @@ def test_a_near_miss_of_a_class_field_is_refused(key):
     classes = [{"id": 0, "name": "a", key: "#FF0000"}, {"id": 1, "name": "b"}]
     with pytest.raises(CardError, match=rf"x.json: classes\[0\]: unknown field '{key}'; did you mean 'color'"):
         ModelCard.from_dict({**CARD, "classes": classes}, source="x.json")
+
+
+def test_the_model_cache_reloads_a_bundle_saved_again_and_keeps_few(tiny_fcn, tmp_path):
+    """The cache knew a model by its path alone and kept every one: a notebook that retrained and segmented again
+    got the old weights' masks, one that compared checkpoints held about 50 MB per checkpoint until it ended, and
+    each raster's calibrated baseline (threshold?water=...) stayed too."""
+    import shutil
+
+    import keras
+
+    from geoseg.models import get_segmenter
+    from geoseg.models.registry import _CACHE, _CACHE_SIZE
+
+    bundle = tmp_path / "mine.keras"
+    shutil.copy(tiny_fcn, bundle), shutil.copy(tiny_fcn.with_suffix(".json"), bundle.with_suffix(".json"))
+    first = get_segmenter(str(bundle))
+    assert get_segmenter(str(bundle)) is first
+    model = keras.models.load_model(bundle)
+    model.set_weights([w * 0 for w in model.get_weights()])
+    model.save(bundle)
+    again = get_segmenter(str(bundle))
+    assert again is not first and all((w == 0).all() for w in again.model.get_weights())
+    assert sum(k[0].startswith(str(bundle)) for k in _CACHE[False]) == 1  # the old one is dropped
+    for i in range(_CACHE_SIZE[False] + 2):
+        copy = shutil.copy(bundle, tmp_path / f"ckpt{i}.keras")
+        shutil.copy(bundle.with_suffix(".json"), tmp_path / f"ckpt{i}.json")
+        get_segmenter(copy)
+    assert len(_CACHE[False]) == _CACHE_SIZE[False]
+    for i in range(_CACHE_SIZE[True] + 5):
+        get_segmenter(f"builtin:threshold?water={i / 100}&vegetation=0.5")
+    assert len(_CACHE[True]) == _CACHE_SIZE[True]

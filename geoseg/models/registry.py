@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,7 +18,11 @@ __all__ = ["DEFAULT_MODEL", "ModelEntry", "Problem", "builtin_names", "get_segme
 
 DEFAULT_MODEL = "landcover-unet"
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
-_CACHE: dict[str, Segmenter] = {}
+# Models loaded in this process, the least recently used dropped first: Keras models (about 50 MB each; a
+# notebook comparing checkpoints kept every one) and baselines (a few KB; each raster's calibrated cuts are a
+# reference of their own) counted apart, so that a server's uploads do not push its U-Net out
+_CACHE: dict[bool, OrderedDict[tuple, Segmenter]] = {True: OrderedDict(), False: OrderedDict()}
+_CACHE_SIZE = {True: 32, False: 4}  # by whether built in
 _CACHE_LOCK = threading.Lock()
 
 
@@ -206,10 +211,36 @@ def get_segmenter(ref: str | os.PathLike | None) -> Segmenter:
     Built-in references may carry parameters: ``builtin:threshold?water=0.1&vegetation=0.2``.
     """
     key = resolve_model(ref)
+    builtin = key.startswith(BUILTIN)
+    stamp = (key, () if builtin else _files_stamp(key))  # a bundle saved again at its path is loaded again: the
+    cache = _CACHE[builtin]  # old weights were used until the process ended
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _builtin(key) if key.startswith(BUILTIN) else _bundle(key)
-        return _CACHE[key]
+        if stamp in cache:
+            cache.move_to_end(stamp)
+            return cache[stamp]
+        model = _builtin(key) if builtin else _bundle(key)
+        for older in [k for k in cache if k[0] == key]:
+            del cache[older]
+        cache[stamp] = model
+        while len(cache) > _CACHE_SIZE[builtin]:
+            cache.popitem(last=False)
+        return model
+
+
+def _files_stamp(key: str) -> tuple:
+    """Size, modification time and inode of a bundle's files (the model file, its card, a legacy model's card)."""
+    from urllib.parse import parse_qs
+
+    path, _, query = key.partition("?")
+    files = [Path(path), Path(path).with_suffix(".json"), *map(Path, parse_qs(query).get("card", []))]
+    stamp = []
+    for file in files:
+        try:
+            stat = file.stat()
+            stamp.append((str(file), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        except OSError:
+            stamp.append((str(file), None))
+    return tuple(stamp)
 
 
 def _bundle(key: str) -> Segmenter:
