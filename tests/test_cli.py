@@ -591,6 +591,8 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
                 assert time.time() < deadline and proc.poll() is None, proc.stderr.read().decode()
                 time.sleep(0.5)
         assert list((tmp_path / "geoseg-web").glob("server-*"))  # the server's own folder
+        # with its own temporary folder, for TensorFlow's autograph files, which os._exit left in TMPDIR
+        assert list((tmp_path / "geoseg-web").glob("server-*/tmp"))
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
     finally:

@@ -861,3 +861,23 @@ def test_the_page_says_when_results_expire(tmp_path, model_dir, monkeypatch, mak
             browser.close()
     finally:
         server.shutdown()
+
+
+def test_an_idle_server_still_deletes_expired_results(tmp_path):
+    """Expiry ran only when a request came: an idle server kept its last hour of uploads and results."""
+    import time
+
+    from geoseg.web.jobs import Job, JobManager
+
+    manager = JobManager(tmp_path / "root", ttl=0.5)
+    try:
+        job_id, folder = manager.new_folder()
+        (folder / "result.png").write_bytes(b"x" * 1000)
+        manager.jobs[job_id] = Job(id=job_id, folder=folder, name="a.png", models=["threshold"], has_label=False,
+                                   status="done", ended=time.time())
+        deadline = time.monotonic() + 10
+        while folder.exists() and time.monotonic() < deadline:  # no request, no get(): the timer's doing
+            time.sleep(0.1)
+        assert not folder.exists() and job_id not in manager.jobs
+    finally:
+        manager.stop()

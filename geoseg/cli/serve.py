@@ -57,6 +57,12 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     import os
     import shutil
     import sys
+    import tempfile
+
+    # TensorFlow's autograph files go to the temporary folder, and away at Python's exit, which os._exit below
+    # skips: 3 were left per server. In the server's own folder they go with it.
+    tempfile.tempdir = str(app.extensions["geoseg_jobs"].root / "tmp")
+    os.makedirs(tempfile.tempdir, exist_ok=True)
 
     try:
         app.run(host=host, port=port, threaded=True)  # returns on Ctrl-C; SIGTERM raises SystemExit(143)

@@ -72,6 +72,17 @@ class JobManager:
         self.lock = threading.Lock()
         self.reserved = 0  # uploads being saved and checked, which a queue limit counts as waiting
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-job")
+        # expiry ran only on requests: an idle server kept its last hour of uploads and results (90 MB after a
+        # burst of 42 jobs) until someone called it
+        self.stopped = threading.Event()
+        threading.Thread(target=self._expire_every, name="geoseg-expiry", daemon=True).start()
+
+    def _expire_every(self) -> None:
+        while not self.stopped.wait(max(1.0, min(60.0, self.ttl / 4))):
+            try:
+                self.expire()
+            except Exception:  # noqa: BLE001 - a folder that cannot be removed now may be next time
+                log.exception("expiring old jobs failed")
 
     def new_folder(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex
@@ -119,6 +130,7 @@ class JobManager:
 
     def stop(self) -> int:
         """Cancel the jobs that wait and no longer wait for those running; return how many run."""
+        self.stopped.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         with self.lock:
             return sum(j.status == "running" for j in self.jobs.values())
