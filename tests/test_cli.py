@@ -613,22 +613,29 @@ def test_flood_threshold_out_of_range_is_a_usage_error_and_scene_prints_small_ar
     assert result.exit_code == 0 and " m²" in result.stderr and "km²" not in result.stderr
 
 
-def test_ctrl_c_while_the_command_is_imported_exits_130_without_a_traceback(tmp_path):
-    """The console script imported geoseg.cli (Dask, rasterio, click: 1-2 s) with Python's own handler: a Ctrl-C
-    then printed a KeyboardInterrupt traceback."""
+def _launched_with_a_ctrl_c_while_loading(tmp_path, *args: str, ignored: bool = False):
+    """The console script's launcher, run with `args`, given a Ctrl-C as geoseg.cli is imported (its SIGINT
+    ignored beforehand with `ignored`, as in `geoseg ... &` from a script)."""
     script = tmp_path / "launch.py"
     script.write_text(
         "import importlib.abc, os, signal, sys\n"
-        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        + ("signal.signal(signal.SIGINT, signal.SIG_IGN)\n" if ignored else "")
+        + "class CtrlC(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'geoseg.cli':\n"
         "            os.kill(os.getpid(), signal.SIGINT)\n"
         "        return None\n"
         "sys.meta_path.insert(0, CtrlC())\n"
-        "sys.argv = ['geoseg', 'models']\n"
+        f"sys.argv = ['geoseg', *{list(args)!r}]\n"
         "from geoseg._launch import main\n"
         "main()\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+
+
+def test_ctrl_c_while_the_command_is_imported_exits_130_without_a_traceback(tmp_path):
+    """The console script imported geoseg.cli (Dask, rasterio, click: 1-2 s) with Python's own handler: a Ctrl-C
+    then printed a KeyboardInterrupt traceback."""
+    done = _launched_with_a_ctrl_c_while_loading(tmp_path, "models")
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
     assert "geoseg._launch:main" in (Path(__file__).parent.parent / "pyproject.toml").read_text()
 
@@ -644,18 +651,5 @@ def test_a_survey_rerun_whose_rasters_all_fail_says_so_without_a_traceback(run, 
 
 def test_a_ctrl_c_that_the_caller_ignores_stays_ignored_while_the_command_loads(tmp_path):
     """`geoseg ... &` in a script ignores the terminal's Ctrl-C; the launcher's handler ended such a run."""
-    script = tmp_path / "launch.py"
-    script.write_text(
-        "import importlib.abc, os, signal, sys\n"
-        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "class CtrlC(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'geoseg.cli':\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, CtrlC())\n"
-        "sys.argv = ['geoseg', '--version']\n"
-        "from geoseg._launch import main\n"
-        "main()\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    done = _launched_with_a_ctrl_c_while_loading(tmp_path, "--version", ignored=True)
     assert done.returncode == 0 and "version" in done.stdout, done.stderr

@@ -17,7 +17,7 @@ from geoseg.raster import staging_dir
 log = logging.getLogger(__name__)
 
 __all__ = ["check_layer_overlaps", "class_card", "read_layer", "segment_paths", "staged_outputs", "write_csv",
-           "write_json", "write_text"]
+           "write_json", "write_text", "zone_name"]
 
 
 def class_card(model, *, what: str):
@@ -30,6 +30,17 @@ def class_card(model, *, what: str):
                          "a land-cover model such as the default landcover-unet (geoseg segment --vector turns "
                          "the regions into polygons).")
     return card
+
+
+def zone_name(frame, field: str | None, z: int) -> str | int | None:
+    """A zone's (or an AOI's) name in the tables: its value of `field` (None where that is empty: it read "nan"),
+    or its row number."""
+    import pandas as pd
+
+    if not field:
+        return int(frame.index[z])
+    value = frame[field].iloc[z]
+    return None if pd.isna(value) else str(value)
 
 
 def read_layer(path: str | os.PathLike, *, what: str):

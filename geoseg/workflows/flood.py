@@ -24,7 +24,7 @@ from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_
                            shares, write_class_mask)
 from geoseg.vector import vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     write_json, write_text)
+                                     write_json, write_text, zone_name)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -555,12 +555,10 @@ def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
 def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
     pixels, areas = zonal_composition(mask, frame, len(classes))
     rows = []
-    from geoseg.workflows.scene import _zone_name
-
     for z in range(len(frame)):
         share = shares([int(pixels[z, c.id]) for c in classes], None if areas is None else [float(areas[z, c.id])
                                                                                              for c in classes])
-        row: dict[str, Any] = {"aoi": _zone_name(frame, field, z), "pixels": int(pixels[z].sum())}
+        row: dict[str, Any] = {"aoi": zone_name(frame, field, z), "pixels": int(pixels[z].sum())}
         for c, s in zip(classes, share):
             key = c.name.replace(" ", "_")
             # m² too: an area of interest of a drone survey (0.25 m² of water) was 0.0 km² at 100%

@@ -16,7 +16,7 @@ from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem, shares
 from geoseg.vector import zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     write_csv, write_json)
+                                     write_csv, write_json, zone_name)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -148,23 +148,12 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
     for z in range(len(frame)):
         ids = [c["id"] for c in result.classes]
         share = shares([int(pixels[z, i]) for i in ids], None if areas is None else [float(areas[z, i]) for i in ids])
-        row: dict[str, Any] = {"zone": _zone_name(frame, zone_field, z), "pixels": int(pixels[z].sum())}
+        row: dict[str, Any] = {"zone": zone_name(frame, zone_field, z), "pixels": int(pixels[z].sum())}
         for c, s in zip(result.classes, share):
             row[f"{c['name']}_m2"] = None if areas is None else round(float(areas[z, c["id"]]), 3)
             row[f"{c['name']}_pct"] = s
         rows.append(row)
     return rows
-
-
-def _zone_name(frame, field: str | None, z: int) -> str | int | None:
-    """A zone's name in the tables: its value of `field` (None where that is empty: it read "nan"), or its
-    row number."""
-    import pandas as pd
-
-    if not field:
-        return int(frame.index[z])
-    value = frame[field].iloc[z]
-    return None if pd.isna(value) else str(value)
 
 
 def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, Any]]) -> None:
