@@ -494,6 +494,7 @@ def test_a_signal_inside_rasterios_env_bookkeeping_still_exits_with_its_status(r
     monkeypatch.setattr(geoseg.pipeline, "segment", interrupted_between_delenv_and_defenv)
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold")
     assert result.exit_code == status and ("Interrupted" in result.stderr) == (status == 130)
+    assert ("Terminated (SIGTERM): outputs of this run" in result.stderr) == (status == 143)  # a scheduler's log
 
 
 @pytest.mark.parametrize("command, args, keras", [

@@ -1649,3 +1649,36 @@ def test_a_survey_rerun_with_or_without_vector_keeps_the_masks(make_raster, tmp_
     off = module.survey(images, out, model="threshold", vector=False, confidence=True)
     assert len(off.done) == 2 and not list(out.rglob("*_polygons.*"))
     assert {m: Path(m).read_bytes() for m in masks} == masks
+
+
+def test_survey_details_a_field_team_noticed(make_raster, tmp_path):
+    """One file reached through a symlinked folder too was segmented and summed twice; each failure in the report
+    repeated its path."""
+    from geoseg.workflows.survey import expand_inputs, survey
+
+    (tmp_path / "in").mkdir()
+    image = make_raster(name="in/a.tif")
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    assert expand_inputs([tmp_path / "in", tmp_path / "link"]) == [str(image)]
+    (tmp_path / "in" / "notes.tif").write_text("not a raster")
+    survey([tmp_path / "in"], tmp_path / "out", model="threshold")
+    report = (tmp_path / "out" / "survey_report.md").read_text()
+    notes = str(tmp_path / "in" / "notes.tif")
+    assert f"- `{notes}`: " in report and f"`: {notes}:" not in report
+
+
+def test_a_batch_file_that_cannot_be_written_for_want_of_permission_says_so(tmp_path):
+    """An immutable manifest was told to free disk space."""
+    import subprocess
+
+    from geoseg.workflows.common import write_json
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (not root, or a file system without it)")
+    try:
+        with pytest.raises(OutputError, match="Check the permissions of the file and its folder"):
+            write_json(folder / "manifest.json", {})
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)

@@ -74,15 +74,20 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             status = 130
+        except SystemExit as exc:  # SIGTERM (a scheduler's time limit): ended without a word in the job's log
+            if exc.code != 143:
+                raise
+            status = 143
         except Exception as exc:
             # the signal's exception can land inside a library's own clean-up (rasterio's Env bookkeeping), which
             # then raises an error of its own: "EnvError: No GDAL environment exists", status 1, with a traceback
             status = _signal_status(exc)
             if status is None:
                 raise
-        if status == 130:
-            click.echo("Interrupted: outputs of this run that were not complete are removed (a set that was being "
-                       "moved into place when the signal came is complete).", err=True)
+        if status in (130, 143):
+            click.echo(f"{'Interrupted' if status == 130 else 'Terminated (SIGTERM)'}: outputs of this run that were "
+                       "not complete are removed (a set that was being moved into place when the signal came is "
+                       "complete).", err=True)
         ctx.exit(status)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):

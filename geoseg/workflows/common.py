@@ -121,8 +121,12 @@ def _replace(path: Path, write) -> None:
     except GeosegError:  # an OutputError (an OSError too) names the path and the fix already: a folder there
         raise
     except OSError as exc:  # a full disk was an OSError traceback, from scene, survey and evaluate --markdown
-        raise OutputError(f"{path}: could not be written ({exc.strerror or exc}). Free some disk space or pick "
-                          "another output folder; nothing was left at that path.") from None
+        import errno
+
+        fix = ("Check the permissions of the file and its folder (an immutable file: chattr -i)"
+               if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "Free some disk space")
+        raise OutputError(f"{path}: could not be written ({exc.strerror or exc}). {fix} or pick another output "
+                          "folder; nothing was left at that path.") from None
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:

@@ -57,7 +57,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
     to the file, ``#`` starts a comment); a ``.vrt`` its source rasters; anything else is taken as
     a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
-    and a folder without rasters are warned about. Duplicates are dropped, order kept. Given a
+    and a folder without rasters are warned about. Duplicates (the same file, by any path) are dropped, order kept. Given a
     `left_out` list, what folders and globs find that geoseg wrote (`written_by_geoseg`: masks,
     previews, an earlier survey's mosaic) is left out, with a warning, and appended to it; a file
     named on its own is kept. Files under `output_dir` are not counted among them: the survey leaves
@@ -106,8 +106,9 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             out += _vrt_sources(path)
         else:
             out.append(item)
-    seen: set[str] = set()
-    return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out) if not (p in seen or seen.add(p))]
+    seen: set[str] = set()  # by the file: one reached through a symlinked folder too was segmented and summed twice
+    return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out)
+            if not ((key := p if is_gdal_path(p) else os.path.realpath(p)) in seen or seen.add(key))]
 
 
 def _read_list(path: Path) -> str:
@@ -594,7 +595,8 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
         lines += ["", f"The rasters are in {n_crs} CRSs, with a mosaic each. The totals still count each place once: "
                   "where rasters in two CRSs overlap, the one listed later decides, as within a mosaic."]
     if bad:
-        lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error']}" for r in bad]
+        lines += ["", "## Failed", ""] + [f"- `{r['input']}`: {r['error'].removeprefix(r['input'] + ': ')}"
+                                          for r in bad]  # the error names the raster too
     if left_out:
         lines += ["", "## Not in the mosaic (no CRS, or not north-up)", "",
                   "Those with a CRS add their own areas to the totals as they are, so ground they share with other "
