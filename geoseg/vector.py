@@ -532,14 +532,14 @@ def vectorize(
     extent = _extent(transform, info.width, info.height)
     nodata_seen = False
 
-    def name_of(ids: np.ndarray) -> np.ndarray:
-        table = np.array([names[i][0] if i in names else (str(i) if tag_names else f"class {i}")
-                          for i in range(256)], object)
-        return table[ids.astype(np.int64)]
+    # each id's class name, made once for every batch (a foreign mask's unnamed ids are "class N", as
+    # _present_classes names them)
+    name_of = np.array([names[i][0] if i in names else (str(i) if tag_names else f"class {i}") for i in range(256)],
+                       object)
 
     def measured(parts: dict[str, np.ndarray]):
         frame = gpd.GeoDataFrame({"class_id": parts["class_id"].astype(np.uint8),
-                                  "class_name": name_of(parts["class_id"])},
+                                  "class_name": name_of[parts["class_id"].astype(np.int64)]},
                                  geometry=gpd.GeoSeries(parts["geometry"], crs=crs))
         if conf_path:
             frame["confidence"] = np.round(parts["conf_sum"] / np.maximum(parts["pixels"], 1), 2)
