@@ -631,6 +631,27 @@ def test_a_survey_resumes_from_another_folder_and_with_absolute_paths(make_raste
     assert [Path(e["outputs"]["mask"]).exists() for e in again.skipped] == [True, True]
 
 
+def test_a_survey_copied_without_its_times_is_not_segmented_again(make_raster, tmp_path):
+    """A raster whose time changed but not its content (cp, rsync without -t, touch) was segmented again; one whose
+    content changed at the same size still is."""
+    from geoseg.workflows import survey
+
+    rasters = [make_raster(name=f"s{i}.tif", shape=(30, 40), seed=i) for i in range(3)]
+    first = survey(rasters, tmp_path / "out", model="threshold")
+    assert len(first.done) == 3
+    os.utime(rasters[0], ns=(1, 10**18))  # touched
+    with rasterio.open(rasters[1], "r+") as ds:  # the same size, another pixel
+        data = ds.read()
+        data[0, 0, 0] ^= 0xFF
+        ds.write(data)
+    again = survey(rasters, tmp_path / "out", model="threshold")
+    assert [Path(e["input"]).name for e in again.skipped] == ["s0.tif", "s2.tif"]
+    assert [Path(e["input"]).name for e in again.done] == ["s1.tif"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["entries"]
+    assert manifest[str(rasters[0])]["key"]["mtime_ns"] == 10**18  # the new time is kept: no hash on the next run
+    assert len(survey(rasters, tmp_path / "out", model="threshold").skipped) == 3
+
+
 def test_a_survey_stopped_before_its_first_raster_leaves_no_folder(make_raster, tmp_path, monkeypatch):
     """segment, scene and flood removed the output folder they made when stopped; survey left it, empty."""
     module = importlib.import_module("geoseg.workflows.survey")
@@ -693,7 +714,7 @@ def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp
     report = (out / "survey_report.md").read_text()
     assert "The rasters overlap" in report and f"{40 * 20 * 0.25 / 1e6:.4f} km² more" in report
     # f1 redone and f0 skipped: the mosaic still stacks them in input order (it put f0 on top), so the totals stay
-    Path(tmp_path / "flights" / "f1.tif").touch()
+    (out / "f1" / "f1_mask.tif").unlink()  # (touching f1 no longer redoes it: its content is the same)
     again = survey([tmp_path / "flights"], out, **command)
     assert [Path(e["input"]).name for e in again.done] == ["f1.tif"]
     assert json.loads(Path(again.outputs["summary_json"]).read_text())["total_m2"] == summary["total_m2"]

@@ -148,6 +148,16 @@ def _vrt_sources(path: Path) -> list[str]:
 def _fingerprint(path: str) -> dict[str, Any]:
     """Size and time of the file, or of the archive that holds it (``/vsizip/a.zip/b.tif``); a remote
     raster (``https://``) gets a fresh token, so it is redone on every run."""
+    local = _local_file(path)
+    if local is None:
+        return {"remote": time.time_ns()}
+    stat = os.stat(local)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _local_file(path: str) -> str | None:
+    """The file on this machine that holds `path` (the archive of ``/vsizip/a.zip/b.tif``), None for a remote
+    raster; FileNotFoundError where there is none."""
     local = path
     if is_gdal_path(path):  # /vsizip/z.zip/y.tif is relative to the working folder, /vsizip//data/z.zip/y.tif not
         local = path.split("://", 1)[-1].replace("!", "/") if "://" in path else path.split("/", 2)[-1]
@@ -158,10 +168,28 @@ def _fingerprint(path: str) -> dict[str, Any]:
             scheme = path.split("://", 1)[0].split("+")[-1] if "://" in path else ""
             if path.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")) \
                     or scheme in ("http", "https", "ftp", "s3", "gs", "az"):
-                return {"remote": time.time_ns()}
+                return None
             raise FileNotFoundError(path)
+    return local
+
+
+def _digest_or_none(path: str, key: dict[str, Any]) -> str | None:
+    try:
+        return _content_digest(path, key)
+    except OSError:  # gone or unreadable since: the raster is redone when its time changes
+        return None
+
+
+def _content_digest(path: str, key: dict[str, Any]) -> str | None:
+    """SHA-256 of the file behind `path` as `key` (its size and time) found it, None for a remote raster or
+    a file that changed since (its mask may be of the content before)."""
+    local = _local_file(path)
+    if local is None:
+        return None
+    with open(local, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     stat = os.stat(local)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return digest if [stat.st_size, stat.st_mtime_ns] == [key.get("size"), key.get("mtime_ns")] else None
 
 
 def _readable(path: str) -> bool:
@@ -307,6 +335,25 @@ class _Manifest:
                 return False
         return all(_readable(p) for p in entry["outputs"].values())
 
+    def same_content(self, source: str, key: dict[str, Any]) -> bool:
+        """Whether `source` is done with a key that differs from `key` in the file's time alone, and the file's
+        content is still the one segmented (copied without its times, ``touch``ed): then the record takes the
+        new time. A survey copied to another disk, or rsynced without ``-t``, segmented every raster again."""
+        entry = self.entries.get(self.key_of(source))
+        stored = entry.get("key") if entry else None
+        if not (isinstance(stored, dict) and entry.get("status") == "done" and entry.get("sha256")
+                and stored.get("mtime_ns") != key.get("mtime_ns") and stored.get("size") == key.get("size")
+                and {**stored, "mtime_ns": key.get("mtime_ns")} == key):
+            return False
+        try:
+            if _content_digest(source, key) != entry["sha256"]:
+                return False
+        except OSError:
+            return False
+        log.info("%s: its time changed but not its content; it is not segmented again", source)
+        self.record(source, {**entry, "key": {**stored, "mtime_ns": key["mtime_ns"]}})
+        return True
+
     def polygons_only(self, source: str, key: dict[str, Any], folder: str) -> bool:
         """Whether `source` is done with a key that differs from `key` in ``vector`` alone, its outputs intact."""
         entry = self.entries.get(self.key_of(source))
@@ -365,9 +412,10 @@ def survey(
 
     Notes
     -----
-    ``manifest.json`` records for each raster its size and mtime, the model name and
+    ``manifest.json`` records for each raster its size, mtime and SHA-256, the model name and
     version and the options. A rerun skips rasters whose record matches and whose
-    outputs exist, and redoes anything else, including runs cut off midway.
+    outputs exist (a raster whose time alone changed is compared by content), and redoes
+    anything else, including runs cut off midway.
     """
     from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -427,6 +475,7 @@ def survey(
                     key = {**_fingerprint(source), **options}
                 except OSError:
                     return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
+                manifest.same_content(source, key)  # only its time changed: the record takes the new one
                 if manifest.is_done(source, key, folders[source]):
                     tick(source, 1.0)
                     return "skipped", manifest.entry(source)
@@ -455,7 +504,8 @@ def survey(
                 else:
                     entry = {"input": source, "status": "done", "key": key, "outputs": res.outputs, "classes": res.classes,
                              "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
-                             "crs": _crs_of(res.outputs["mask"]), "files": dict(zip(res.outputs, _stats(res.outputs.values()).values()))}
+                             "crs": _crs_of(res.outputs["mask"]), "files": dict(zip(res.outputs, _stats(res.outputs.values()).values())),
+                             "sha256": _digest_or_none(source, key)}
                 if entry["status"] == "done" or not manifest.has_done(source):
                     manifest.record(source, entry)  # a failed rerun (a typo in --bands) kept none of the done ones
                 tick(source, 1.0)
