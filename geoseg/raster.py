@@ -802,14 +802,48 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
             with reading_pixels(path):  # statistics, calibration and previews read whole inputs this way
                 if mask:
-                    masks = ds.read_masks(list(bands), out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
-                    valid = np.any(masks > 0, axis=0)
+                    valid = np.any(_read_in_strips(ds.read_masks, ds, bands, shape, Resampling.nearest) > 0, axis=0)
                     if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":  # as WindowSource: non-finite values are nodata
-                        valid &= np.isfinite(ds.read(list(bands), out_shape=(len(bands),) + shape,
-                                                     resampling=Resampling.nearest)).all(0)
+                        valid &= np.isfinite(_read_in_strips(ds.read, ds, bands, shape, Resampling.nearest)).all(0)
                     return valid
-                data = ds.read(list(bands), out_shape=(len(bands),) + shape, resampling=method)
+                data = _read_in_strips(ds.read, ds, bands, shape, method)
     return np.moveaxis(data, 0, -1)
+
+
+STRIP_BYTES = 32 * 1024 * 1024
+
+
+def _read_in_strips(read, ds, bands: Sequence[int], shape: tuple[int, int], resampling) -> np.ndarray:
+    """``read(bands, out_shape=(len(bands),) + shape)`` of the whole raster, made of windows whose blocks fit in GDAL's
+    block cache (strips of whole rows; a very wide raster's cut into columns too).
+
+    GDAL resamples one band at a time, so a raster larger than the cache had each pixel-interleaved block
+    decompressed once per band: an 8192^2 RGB GeoTIFF's preview took 6.4 s, 2.2 s in strips. The pixels are those
+    of one read, except that an average or bilinear value may differ by a rounding where a window starts at a
+    fraction of a pixel (2 in a million pixels in strips of 100 kB; none on the 8192^2 raster)."""
+    height, width = shape
+    step_y, step_x = ds.height / height, ds.width / width  # source pixels per output pixel
+    block_y, block_x = ds.block_shapes[bands[0] - 1]
+    pixel = len(bands) * np.dtype(ds.dtypes[bands[0] - 1]).itemsize
+    # at least four rows of blocks: a block row that two strips share is read once more unless still cached
+    rows = max(4 * block_y, STRIP_BYTES // (ds.width * pixel))
+    cols = ds.width if rows * ds.width * pixel <= STRIP_BYTES else max(block_x, STRIP_BYTES // (rows * pixel))
+    rows_out, cols_out = max(1, int(rows / step_y)), max(1, int(cols / step_x))
+    if rows_out >= height and cols_out >= width:
+        return read(list(bands), out_shape=(len(bands), height, width), resampling=resampling)
+    out = None
+    for top in range(0, height, rows_out):
+        bottom = min(height, top + rows_out)
+        y0, y1 = top * step_y, ds.height if bottom == height else bottom * step_y  # never past the edge by a rounding
+        for left in range(0, width, cols_out):
+            right = min(width, left + cols_out)
+            x0, x1 = left * step_x, ds.width if right == width else right * step_x
+            part = read(list(bands), window=Window(x0, y0, x1 - x0, y1 - y0),
+                        out_shape=(len(bands), bottom - top, right - left), resampling=resampling)
+            if out is None:
+                out = np.empty((len(bands), height, width), part.dtype)
+            out[:, top:bottom, left:right] = part
+    return out
 
 
 STAGING_PREFIX = ".geoseg-"

@@ -10,7 +10,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 import shapely
 from rasterio.transform import from_origin
 
@@ -1169,6 +1169,36 @@ def test_regrid_fills_a_valid_pixel_from_across_its_blocks_edge(make_raster, tmp
     with rasterio.open(tmp_path / "out.tif") as ds:
         out = ds.read(1)
     assert ((out == 255) == (data[0] == 0)).all() and (out[:, :14] == 1).all()  # columns 12-13: a block of their own
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
+def test_a_decimated_read_of_a_raster_larger_than_the_cache_reads_it_once(tmp_path, monkeypatch):
+    """GDAL resamples band by band: a pixel-interleaved raster larger than the block cache was read (and
+    decompressed) once per band, 3x for RGB. Read in strips that fit, it is read once, to the same pixels."""
+    import geoseg.raster as raster_module
+
+    monkeypatch.setattr(raster_module, "GDAL_CACHE_MB", 4)  # a 24 MB raster against a 4 MB cache
+    monkeypatch.setattr(raster_module, "STRIP_BYTES", 1024 * 1024)  # and windows of a quarter of it
+    path = tmp_path / "rgb.tif"
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint16", nodata=0,
+                       tiled=True, blockxsize=64, blockysize=64, compress="deflate") as ds:
+        ds.write(rng.integers(1, 4000, (3, 2048, 2048), dtype=np.uint16))
+    size = path.stat().st_size
+
+    def bytes_read() -> int:
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                        if line.startswith("rchar")).split()[1])
+
+    for mask in (False, True):
+        before = bytes_read()
+        got = raster_module._read_decimated(str(path), [1, 2, 3], 512, 512, "average", mask)
+        assert bytes_read() - before < 1.5 * size, (mask, (bytes_read() - before) / size)
+        with rasterio.open(path) as ds:
+            if mask:
+                assert got.shape == (512, 512) and got.all()
+            else:
+                assert (got == np.moveaxis(ds.read(out_shape=(3, 512, 512), resampling=Resampling.average), 0, -1)).all()
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
