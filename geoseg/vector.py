@@ -318,9 +318,9 @@ def _measure(frame, extent: tuple[float, float, float, float]) -> tuple[list[flo
     if geographic is not None:
         from pyproj import Geod
 
-        geod = Geod(ellps="WGS84")
-        measured = [geod.geometry_area_perimeter(g) for g in geographic.geometry]
-        return [abs(a) for a, _ in measured], [p for _, p in measured]
+        geod = Geod(ellps="WGS84")  # its perimeter is the outer ring's: a lake's islands were left out (-29%),
+        return ([abs(geod.geometry_area_perimeter(g)[0]) for g in geographic.geometry],  # as planar ones count them
+                [geod.geometry_length(g.boundary) for g in geographic.geometry])
     factor = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
     return list(frame.geometry.area * factor**2), list(frame.geometry.length * factor)
 

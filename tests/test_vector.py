@@ -132,6 +132,26 @@ def test_geodesic_areas_of_wide_polygons_follow_the_parallels_whatever_the_block
         assert list(frame.area_m2) == pytest.approx(truth, rel=2e-5)
 
 
+def test_geodesic_perimeters_count_the_holes_as_planar_ones_do(make_mask, tmp_path):
+    """pyproj's geometry_area_perimeter gives a polygon's outer ring only: in EPSG:4326 or Web Mercator a lake's
+    islands were left out of its perimeter_m (29% short), which in UTM counts them."""
+    from pyproj import Geod
+
+    data = np.zeros((20, 20), np.uint8)
+    data[4:16, 4:16] = 1  # a lake with an island
+    data[8:12, 8:12] = 0
+    geod = Geod(ellps="WGS84")
+    for crs, transform in (("EPSG:4326", from_origin(10.0, 60.002, 0.0001, 0.0001)),
+                           ("EPSG:3857", from_origin(1_113_194.9, 8_399_737.9, 10.0, 10.0))):
+        path = make_mask(data, crs=crs, transform=transform, name=f"lake{crs[5:]}.tif")
+        vectorize(path, tmp_path / "lake.gpkg", overwrite=True)
+        lake = gpd.read_file(tmp_path / "lake.gpkg").query("class_id == 1").iloc[0]
+        rings = gpd.GeoSeries([lake.geometry.exterior, *lake.geometry.interiors], crs=crs).segmentize(
+            1e-5 if crs == "EPSG:4326" else 1.0).to_crs("EPSG:4326")
+        assert len(rings) == 2
+        assert lake.perimeter_m == pytest.approx(sum(geod.geometry_length(r) for r in rings), rel=1e-4)
+
+
 def test_simplify_keeps_a_valid_coverage(make_mask, tmp_path):
     data = noisy_mask((120, 120), seed=3, smooth=4)
     data[data == 255] = 0  # a full coverage: no nodata holes
