@@ -232,6 +232,27 @@ def test_code_in_a_model_is_refused_and_an_unknown_layer_named(tmp_path):
         load_bundle(tmp_path / "custom.keras")
 
 
+def test_a_bundle_of_a_newer_keras_asks_for_that_keras(tiny_fcn, tmp_path):
+    """The default model, saved by Keras 3.15, failed on Keras 3.3-3.14 with "GlorotUniform.__init__() got an
+    unexpected keyword argument 'input_axes'" and nothing on what to do."""
+    import zipfile
+
+    with zipfile.ZipFile(tiny_fcn) as old, zipfile.ZipFile(tmp_path / "new.keras", "w") as new:
+        for item in old.infolist():
+            data = old.read(item)
+            if item.filename == "config.json":  # an option of a later Keras's initializer
+                data = data.replace(b'"seed": null', b'"seed": null, "future_axes": [0]', 1)
+                assert b"future_axes" in data
+            elif item.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "keras_version": "99.1.0"}).encode()
+            new.writestr(item, data)
+    card = json.loads(tiny_fcn.with_suffix(".json").read_text())
+    (tmp_path / "new.json").write_text(json.dumps({**card, "name": "new"}))
+    with pytest.raises(ModelError, match=r"new.keras: saved by Keras 99.1.0, which this Keras \(3[.0-9]+\) cannot read "
+                                         r"\(GlorotUniform.__init__\(\) got an unexpected keyword argument 'future_axes'\). Upgrade it: pip install 'keras>=99.1.0'"):
+        load_bundle(tmp_path / "new.keras")
+
+
 def test_bundle_rejects_a_non_keras_file(tmp_path):
     (tmp_path / "m.keras").write_text("junk")
     (tmp_path / "m.json").write_text(json.dumps(CARD))

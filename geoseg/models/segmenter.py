@@ -175,6 +175,30 @@ class FlipAveraged:
         return total / len(self.FLIPS)
 
 
+def _saved_by_keras(path) -> str | None:
+    """The Keras version recorded in a ``.keras`` archive's metadata.json, None where there is none."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            version = json.loads(archive.read("metadata.json")).get("keras_version")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return version if isinstance(version, str) else None
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether release `version` (``3.14.1``) comes before `than`; False where either is not of numbers."""
+    def numbers(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+
+    try:
+        return numbers(version) < numbers(than)
+    except ValueError:
+        return False
+
+
 def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:  # was "fails on a 64x64 input" or "outputs 1 channels"
         raise ModelError(f"{source}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
@@ -331,6 +355,12 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
             raise ModelError(f"{weights}: the model uses the layer class {unknown[1]!r}, which no installed package "
                              "registers. Install the package that defines it as a geoseg.models plugin (see README, "
                              "Models), or rebuild the model from Keras layers.") from None
+        saved_by = None if legacy else _saved_by_keras(weights)
+        if saved_by and _older(keras.__version__, saved_by):  # a newer Keras's layer options: a long config error
+            detail = re.search(r"\S+ got an unexpected keyword argument '[^']+'", str(exc))
+            raise ModelError(f"{weights}: saved by Keras {saved_by}, which this Keras ({keras.__version__}) cannot "
+                             f"read ({detail[0] if detail else first_line(exc)}). Upgrade it: pip install "
+                             f"'keras>={saved_by}'.") from None
         raise ModelError(f"{weights}: Keras cannot load this model ({exc}).") from None
     _check_model_matches_card(model, model_card, f"{weights} (card {card_path})")
     _check_outputs_are_probabilities(model, model_card, f"{weights} (card {card_path})")
