@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 import rasterio
@@ -303,8 +302,11 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
     report = progress or (lambda fraction: None)
     if client is None:
         try:
-            with _TaskProgress(report, result.npartitions), dask.config.set(scheduler="threads"):
-                da.store(result, writer, lock=False)  # the writer takes IO_LOCK
+            # given to this computation, neither registered nor set process-wide: dask swaps its global callbacks
+            # without a lock, so runs in other threads (the web server's jobs, survey --jobs) got each other's
+            # progress, and one could stay registered after its run
+            da.store(result, writer, lock=False, scheduler="threads",  # the writer takes IO_LOCK
+                     callbacks=[_TaskProgress(report, result.npartitions)._callback])
         except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: the threads' queued model calls are not made
             if run is not None:
                 cancel_run(run)

@@ -302,6 +302,26 @@ def test_progress_reports_each_chunk(make_raster, tiny_fcn, tmp_path, chunk, cal
     assert reported == calls
 
 
+def test_progress_of_a_run_goes_to_its_own_callback_alone(make_raster, tmp_path):
+    """segment registered its progress in Dask's process-wide callbacks, which Dask swaps without a lock: runs in
+    other threads (web jobs, survey --jobs) got each other's chunks, and one could stay registered. A callback
+    another run registered must see none of this run's tasks, nor be lost."""
+    from dask.callbacks import Callback
+
+    class Other(Callback):
+        tasks = 0
+
+        def _posttask(self, *args):
+            Other.tasks += 1
+
+    reported = []
+    with Other() as other:
+        segment(make_raster(shape=(64, 64)), tmp_path / "out", model="threshold", chunk=32, preview=False,
+                progress=reported.append)
+        assert Callback.active == {other._callback}
+    assert reported == [0.25, 0.5, 0.75, 1.0] and Other.tasks == 0
+
+
 def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_path):
     path = make_raster(shape=(200, 200))
     out = tmp_path / "out"
