@@ -909,6 +909,11 @@ def test_expand_inputs(tmp_path, make_raster, monkeypatch):
                    '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
                    '</SimpleSource></VRTRasterBand></VRTDataset>')
     assert expand_inputs([vrt]) == [str(b)]
+    # hidden names, as a glob leaves them out: another run's staging folder held a half-written mask
+    (tmp_path / "sub" / ".geoseg-host-1-x").mkdir()
+    make_raster(name="sub/.geoseg-host-1-x/c_mask.tif")
+    make_raster(name="sub/.hidden.tif")
+    assert expand_inputs(tmp_path / "sub") == expand_inputs(str(tmp_path / "sub" / "**" / "*.tif")) == [str(c)]
 
 
 def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):

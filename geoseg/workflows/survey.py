@@ -53,7 +53,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                   left_out: list[str] | None = None, output_dir: str | os.PathLike | None = None) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
-    A single str or path counts as a list of one. A folder gives its rasters (recursively);
+    A single str or path counts as a list of one. A folder gives its rasters (recursively, hidden
+    files and folders left out, as a glob leaves them);
     a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
     to the file, ``#`` starts a comment); a ``.vrt`` its source rasters; anything else is taken as
     a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
@@ -90,7 +91,10 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                 log.warning("%s: no file matches this pattern", item)
             out += found_in(item, found)
         elif path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
+            # hidden names left out, as a glob does: another run's staging folder (.geoseg-HOST-PID-...) held a
+            # half-written mask, which failed the survey (or was segmented)
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 log.warning("%s: a folder without rasters (%s)", item, ", ".join(sorted(RASTER_SUFFIXES)))
             out += found_in(item, found)
