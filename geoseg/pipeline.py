@@ -32,6 +32,7 @@ from geoseg.raster import (
     RasterInfo,
     WindowSource,
     check_bands,
+    check_unchanged,
     class_pixels_and_areas,
     create_outputs,
     describe_mask,
@@ -749,6 +750,7 @@ def segment(
             moves = [(cog, final) for final, cog in cogs.items()]
             # a style may be left out
             moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]
+            check_unchanged(info)  # every read of the input is done: it was one file throughout, or nothing moves
             with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
                 stale = stale_outputs(paths, stem, inputs=[info.path]) if overwrite else []
                 log_removed(move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last,

@@ -32,6 +32,7 @@ __all__ = [
     "raster_stem",
     "unique_stems",
     "check_bands",
+    "check_unchanged",
     "WindowSource",
     "create_outputs",
     "finalize_cog",
@@ -73,6 +74,7 @@ class RasterInfo:
     rpcs: object = None  # rational polynomial coefficients (satellite scenes before orthorectification)
     paletted: bool = False  # one band of colour-table indexes (a GIF, a 256-colour PNG or GeoTIFF)
     class_mask: bool = False  # a class mask with CLASS_NAMES tags, as segment writes them: no image to segment
+    stamp: tuple | None = None  # (inode, size, mtime_ns) of a local file when inspected: see `check_unchanged`
 
     @property
     def pixels(self) -> int:
@@ -180,6 +182,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         raise RasterReadError(f"{path}: no such file. Check the path.")
     elif os.path.isdir(path):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
+    stamp = None if is_gdal_path(path) else _stamp(path)  # before it is opened: a change after it is seen
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -200,6 +203,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     rpcs=ds.rpcs,
                     paletted=ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette,
                     class_mask="CLASS_NAMES" in ds.tags(),
+                    stamp=stamp,
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
@@ -212,6 +216,25 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
             f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
         )
     return info
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def check_unchanged(info: RasterInfo) -> None:
+    """Raise RasterReadError if the file of `info` was replaced or written to since it was inspected.
+
+    Chunks open the file by its path as they go: an input replaced mid-run (an export written over it, a
+    ``mv new.tif scene.tif``) gave a mask of two rasters, or nodata where the new one was smaller, and exit 0."""
+    if info.stamp is not None and _stamp(info.path) != info.stamp:
+        raise RasterReadError(f"{info.path}: changed while it was being segmented (replaced or written to), so its "
+                              "mask could mix two versions of it; nothing was put in place. Run again once the file "
+                              "is complete.")
 
 
 def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -320,6 +321,28 @@ def test_progress_of_a_run_goes_to_its_own_callback_alone(make_raster, tmp_path)
                 progress=reported.append)
         assert Callback.active == {other._callback}
     assert reported == [0.25, 0.5, 0.75, 1.0] and Other.tasks == 0
+
+
+@pytest.mark.parametrize("how", ["replaced", "written to"])
+def test_an_input_that_changes_during_its_run_is_an_error_and_nothing_moves(make_raster, tmp_path, how):
+    """Chunks open the input by its path: one replaced mid-run (mv new.tif scene.tif) gave a mask of two rasters,
+    or nodata where the new one was smaller, and exit 0."""
+    path = make_raster(shape=(64, 64), seed=1)
+    other = make_raster(name="other.tif", shape=(40, 40), seed=2)
+
+    def change(fraction):
+        if fraction < 1 and not getattr(change, "done", False):
+            change.done = True
+            if how == "replaced":
+                os.replace(other, path)
+            else:
+                with rasterio.open(path, "r+") as ds:
+                    ds.write(np.zeros((ds.count, 64, 64), ds.dtypes[0]))
+
+    with pytest.raises(RasterReadError, match="image.tif: changed while it was being segmented .*nothing was put "
+                                              "in place. Run again once the file is complete"):
+        segment(path, tmp_path / "out", model="threshold", chunk=32, vector=True, progress=change)
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupted_run_leaves_no_partial_output(make_raster, tiny_fcn, tmp_path):
