@@ -832,6 +832,28 @@ def _covering_window(bounds: tuple[float, float, float, float], transform) -> Wi
     return Window(col, row, math.ceil(max(cols)) - col, math.ceil(max(rows)) - row)
 
 
+def onto_raster(geoms, info: RasterInfo):
+    """`geoms` (a GeoSeries) in the map CRS of the raster `info`; in a geographic one, each vertex's longitude
+    taken within 180 degrees of the raster's centre. A raster written across the antimeridian (179.9 to 180.1)
+    has longitudes past 180, which a reprojection into it wraps to -180: a zone across the line counted half its
+    pixels, one beyond it none, and was refused as outside the raster."""
+    import shapely
+
+    crs = info.map_georeferencing()[1]
+    if crs is None or geoms.crs is None:
+        return geoms
+    out = geoms.to_crs(crs) if geoms.crs != crs else geoms
+    if not crs.is_geographic:
+        return out
+    xs = [x for x, _ in info.map_corners()]
+    centre = (min(xs) + max(xs)) / 2
+
+    def unwrapped(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([xy[:, 0] + 360 * np.round((centre - xy[:, 0]) / 360), xy[:, 1:]])
+
+    return type(out)(shapely.transform(np.asarray(out.values, object), unwrapped), index=out.index, crs=out.crs)
+
+
 def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, block: int = 1024):
     """Pixels and m² of every class inside every zone, block by block.
 
@@ -858,9 +880,7 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
 
     info = inspect_raster(mask_path)
     transform, crs = info.map_georeferencing()  # a mask placed by GCPs: their best-fit affine
-    geoms = zones.geometry if hasattr(zones, "geometry") else zones
-    if crs is not None and geoms.crs is not None and geoms.crs != crs:
-        geoms = geoms.to_crs(crs)
+    geoms = onto_raster(zones.geometry if hasattr(zones, "geometry") else zones, info)
     geoms = np.asarray(geoms.values, object)
     pixel_areas = PixelAreas(info)
     pixels = np.zeros((len(geoms), n_classes), np.int64)

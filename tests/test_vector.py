@@ -244,6 +244,24 @@ def test_zonal_composition_counts_pixel_centres(make_mask):
     assert areas[1].tolist() == pytest.approx([32.0, 32.0])
 
 
+def test_zones_on_a_raster_across_the_antimeridian_count_their_pixels(make_mask):
+    """A raster in EPSG:4326 written from 179.9 to 180.1 east: zones reprojected into it came back at -180, so one
+    across the line counted half its pixels, one beyond it none, and that one alone was refused as outside."""
+    from geoseg.vector import zonal_composition
+    from geoseg.workflows.common import check_layer_overlaps
+
+    data = np.zeros((30, 40), np.uint8)
+    data[:, 20:] = 1  # east of 180
+    path = make_mask(data, crs="EPSG:4326", transform=from_origin(179.9, 10.0, 0.005, 0.005))
+    boxes = [(179.95, 9.9, 180.05, 9.95), (180.02, 9.9, 180.09, 9.95)]  # across the line; wholly east of it
+    zones = gpd.GeoDataFrame(geometry=[shapely.segmentize(shapely.box(*b), 0.001) for b in boxes],
+                             crs="EPSG:4326").to_crs("EPSG:3857")  # as a layer drawn in Web Mercator holds them
+    assert zones.total_bounds[0] < -2e7  # stored past the line, at -180
+    pixels, _ = zonal_composition(path, zones, 2)
+    assert pixels.tolist() == [[10 * 10, 10 * 10], [0, 14 * 10]]
+    check_layer_overlaps(zones.iloc[[1]], path, what="zones")  # was refused
+
+
 @pytest.mark.parametrize("transform", [
     Affine.translation(500000, 2800000) * Affine.rotation(30) * Affine.scale(2, -2),  # zones of 0 pixels, silently
     Affine(2, 0, 500000, 0, 2, 2799872),  # south-up: "Bounds and transform are inconsistent", a traceback

@@ -95,6 +95,7 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
     import shapely
 
     from geoseg.raster import inspect_raster
+    from geoseg.vector import onto_raster
 
     info = inspect_raster(raster)
     crs = info.map_georeferencing()[1]
@@ -102,7 +103,7 @@ def check_layer_overlaps(frame, raster: str | os.PathLike, *, what: str) -> None
         raise InputError(f"{info.path} has no CRS, so the {what} layer cannot be placed on it. "
                          "Georeference the raster first.")
     footprint = shapely.Polygon(info.map_corners())
-    geoms = frame.geometry.to_crs(crs)
+    geoms = onto_raster(frame.geometry, info)
     inside = geoms.intersects(footprint).to_numpy()
     if not inside.any():
         bounds = ", ".join(f"{v:.10g}" for v in geoms.total_bounds)  # .6g printed 5173001 and 5173099 alike

@@ -22,7 +22,7 @@ from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepar
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, reading_pixels,
                            shares, write_class_mask)
-from geoseg.vector import vectorize, write_qml, zonal_composition
+from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text, zone_name)
 
@@ -448,8 +448,7 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     result = FloodResult(source, table, outputs, aoi_rows, coverage, post=post_info.path,
                          pre=pre_info.path if pre_info is not None else None,
                          ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None)
-    post_crs = post_info.map_georeferencing()[1]
-    outlines = aoi_frame.geometry.to_crs(post_crs) if aoi_frame is not None and post_crs else None
+    outlines = onto_raster(aoi_frame.geometry, post_info) if aoi_frame is not None else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info, common), outlines=outlines,
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
     write_json(paths["json"], result.to_dict())

@@ -14,7 +14,7 @@ from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_fold
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem, shares
-from geoseg.vector import zonal_composition
+from geoseg.vector import onto_raster, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_csv, write_json, zone_name)
 
@@ -127,7 +127,7 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
     if frame is not None:
         zone_rows = _zone_table(result, frame, zone_field)
         _write_zones(staged, stem, frame, zone_rows)
-        outlines = frame.geometry.to_crs(_mask_crs(result)) if _mask_crs(result) else frame.geometry
+        outlines = onto_raster(frame.geometry, inspect_raster(result.outputs["mask"]))
     classes = [ClassInfo(c["id"], c["name"], c["color"]) for c in result.classes]
     save_png(render_map(result.input, result.outputs["mask"], classes, result.classes, result.plan["bands"],
                         outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
@@ -136,10 +136,6 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
     scene_result = SceneResult(segmented, rows, outputs, zone_rows)
     write_json(staged["report"], scene_result.to_dict())
     return scene_result
-
-
-def _mask_crs(result: SegmentResult):
-    return inspect_raster(result.outputs["mask"]).map_georeferencing()[1]  # its CRS, or its GCPs
 
 
 def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[dict[str, Any]]:
