@@ -1675,6 +1675,18 @@ def test_a_survey_rerun_with_or_without_vector_keeps_the_masks(make_raster, tmp_
     off = module.survey(images, out, model="threshold", vector=False, confidence=True)
     assert len(off.done) == 2 and not list(out.rglob("*_polygons.*"))
     assert {m: Path(m).read_bytes() for m in masks} == masks
+    # --no-preview, then --preview again (with --vector too): the previews go, and come back as segment draws them
+    from PIL import Image
+
+    quick = module.survey(images, out, model="threshold", vector=False, confidence=True, preview=False)
+    assert len(quick.done) == 2 and not list(out.rglob("*_preview.png"))
+    both = module.survey(images, out, model="threshold", vector=True, confidence=True, preview=True)
+    assert len(both.done) == 2 and {m: Path(m).read_bytes() for m in masks} == masks
+    for mine, theirs in zip(both.done, segmented.done):
+        assert np.array_equal(np.asarray(Image.open(mine["outputs"]["preview"])),
+                              np.asarray(Image.open(theirs["outputs"]["preview"])))
+        assert Path(mine["outputs"]["vector"]).exists()
+    assert len(module.survey(images, out, model="threshold", vector=True, confidence=True).skipped) == 2
 
 
 def test_survey_details_a_field_team_noticed(make_raster, tmp_path):

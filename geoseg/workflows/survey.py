@@ -320,13 +320,20 @@ class _Manifest:
     def key_of(source: str) -> str:
         return source if is_gdal_path(source) else os.path.abspath(source)
 
+    def stored_key(self, source: str) -> dict[str, Any] | None:
+        """The key `source` was done with, as keys are made now."""
+        entry = self.entries.get(self.key_of(source))
+        stored = entry.get("key") if entry else None
+        if not isinstance(stored, dict):
+            return None
+        # recorded before the card's own bands, and preview=True (the default), were left out of keys
+        return {k: v for k, v in stored.items() if not (k == "bands" and self.card_bands is not None
+                                                         and v == self.card_bands) and not (k == "preview" and v is True)}
+
     def is_done(self, source: str, key: dict[str, Any], folder: str) -> bool:
         """Whether `source` was done with this `key` into `folder`, and its outputs are as that run left them."""
         entry = self.entries.get(self.key_of(source))
-        stored = entry.get("key") if entry else None
-        if isinstance(stored, dict) and self.card_bands is not None and stored.get("bands") == self.card_bands:
-            # recorded before the card's own bands were left out of keys
-            stored = {k: v for k, v in stored.items() if k != "bands"}
+        stored = self.stored_key(source)
         if not (entry and entry.get("status") == "done" and stored == key
                 and all(Path(p).parent == self.base / folder for p in entry["outputs"].values())):
             return False
@@ -358,12 +365,12 @@ class _Manifest:
         self.record(source, {**entry, "key": {**stored, "mtime_ns": key["mtime_ns"]}})
         return True
 
-    def polygons_only(self, source: str, key: dict[str, Any], folder: str) -> bool:
-        """Whether `source` is done with a key that differs from `key` in ``vector`` alone, its outputs intact."""
-        entry = self.entries.get(self.key_of(source))
-        stored = entry.get("key") if entry else None
-        return (isinstance(stored, dict) and "vector" in stored and stored["vector"] != key.get("vector")
-                and self.is_done(source, {**key, "vector": stored["vector"]}, folder))
+    def extras_only(self, source: str, key: dict[str, Any], folder: str) -> bool:
+        """Whether `source` is done with a key that differs from `key` in ``vector`` or ``preview`` alone (outputs
+        made from the mask), its outputs intact."""
+        stored = self.stored_key(source)
+        return (stored is not None and "vector" in stored and _extras(stored) != _extras(key)
+                and _without_extras(stored) == _without_extras(key) and self.is_done(source, stored, folder))
 
     def has_done(self, source: str) -> bool:
         entry = self.entries.get(self.key_of(source))
@@ -455,7 +462,7 @@ def survey(
                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(segment_options.items())
                           # where it ran does not change the outputs (its repr has a fresh port each run); sieve=0 is
                           # no sieve, which the command line leaves out; the card's own bands spelled out are no change
-                          if k != "client" and not (k == "sieve" and not v)
+                          if k != "client" and not (k == "sieve" and not v) and not (k == "preview" and v is True)
                           and not (k == "bands" and v is not None and list(v) == list(card.bands))}}
             manifest = _Manifest(out_dir / MANIFEST)
             manifest.card_bands = list(card.bands)
@@ -484,11 +491,12 @@ def survey(
                     tick(source, 1.0)
                     return "skipped", manifest.entry(source)
                 started = time.perf_counter()
-                if manifest.polygons_only(source, key, folders[source]):  # --vector turned on or off: the mask stays
-                    try:  # (it was segmented again: hours of a U-Net survey for its polygons)
-                        entry = _polygons_switched(manifest.entry(source), key, vector)
+                if manifest.extras_only(source, key, folders[source]):  # --vector or --preview switched: the mask
+                    try:  # stays (it was segmented again: hours of a U-Net survey for its polygons or previews)
+                        entry = _extras_switched(manifest.entry(source), key, card)
                     except GeosegError as exc:
-                        log.warning("%s: its polygons could not be changed (%s); it is segmented again", source, exc)
+                        log.warning("%s: its polygons or preview could not be changed (%s); it is segmented again",
+                                    source, exc)
                     else:
                         entry["seconds"] = round(time.perf_counter() - started, 3)
                         manifest.record(source, entry)
@@ -832,20 +840,39 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     )
 
 
-def _polygons_switched(entry: dict[str, Any], key: dict[str, Any], vector: bool) -> dict[str, Any]:
-    """`entry` (done) with its mask's polygons written as `segment` writes them, or removed, and `key`."""
-    from geoseg.vector import vectorize
+def _extras(key: dict[str, Any]) -> tuple[Any, Any]:
+    return key.get("vector"), key.get("preview", True)
 
+
+def _without_extras(key: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in key.items() if k not in ("vector", "preview")}
+
+
+def _extras_switched(entry: dict[str, Any], key: dict[str, Any], card) -> dict[str, Any]:
+    """`entry` (done) with its mask's polygons and preview written as `segment` writes them, or removed, as `key`
+    turns them on or off; and `key`."""
     outputs = dict(entry["outputs"])
-    if vector:
-        mask = Path(outputs["mask"])
-        polygons = mask.with_name(f"{mask.name.removesuffix('_mask.tif')}_polygons.gpkg")
+    mask = Path(outputs["mask"])
+    stem = mask.name.removesuffix("_mask.tif")
+    (vector, preview), (had_vector, had_preview) = _extras(key), _extras(entry["key"])
+    if vector and not had_vector:
+        from geoseg.vector import vectorize
+
+        polygons = mask.with_name(f"{stem}_polygons.gpkg")
         vectorize(mask, polygons, confidence=outputs.get("confidence"), overwrite=True)
         outputs["vector"] = str(polygons)
-    elif outputs.get("vector"):
+    elif not vector and outputs.get("vector"):
         polygons = Path(outputs.pop("vector"))
         for path in (polygons, polygons.with_suffix(".qml")):
             path.unlink(missing_ok=True)
+    if preview and not had_preview:
+        from geoseg.preview import write_preview
+
+        picture = mask.with_name(f"{stem}_preview.png")
+        write_preview(entry["input"], mask, picture, card.classes, entry["classes"], key.get("bands") or card.bands)
+        outputs["preview"] = str(picture)
+    elif not preview and outputs.get("preview"):
+        Path(outputs.pop("preview")).unlink(missing_ok=True)
     return {**entry, "key": key, "outputs": outputs, "files": dict(zip(outputs, _stats(outputs.values()).values()))}
 
 
