@@ -16,9 +16,10 @@ __all__ = ["survey"]
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option
 @sieve_option
-@click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged.")
+@click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged (switched on a rerun, the masks are kept).")
 @click.option("--preview/--no-preview", default=True, show_default=True,
-              help="STEM_preview.png per raster (on large rasters it can take longer than a baseline's run).")
+              help="STEM_preview.png per raster (on large rasters it can take longer than a baseline's run; "
+                   "switched on a rerun, the masks are kept).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
