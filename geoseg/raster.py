@@ -841,7 +841,7 @@ def _read_in_strips(read, ds, bands: Sequence[int], shape: tuple[int, int], resa
     block cache (strips of whole rows; a very wide raster's cut into columns too).
 
     GDAL resamples one band at a time, so a raster larger than the cache had each pixel-interleaved block
-    decompressed once per band: an 8192^2 RGB GeoTIFF's preview took 6.4 s, 2.2 s in strips. The pixels are those
+    decompressed once per band: an 8192^2 RGB GeoTIFF's preview took 5.0-6.3 s, 1.5-2.1 s in strips. The pixels are those
     of one read, except that an average or bilinear value may differ by a rounding where a window starts at a
     fraction of a pixel (2 in a million pixels in strips of 100 kB; none on the 8192^2 raster)."""
     height, width = shape
