@@ -1402,14 +1402,18 @@ def _then_a_signal(real):
     return wrapper
 
 
-def test_a_signal_just_after_a_folder_or_lock_is_made_leaves_none_behind(tmp_path, monkeypatch):
+def test_a_signal_just_after_a_folder_or_lock_is_made_leaves_none_behind(tmp_path, monkeypatch, request):
     """SIGTERM between making the staging folder, the output folder or the survey lock and the `try` that
     removes it left it behind (the SIGTERM test failed 2 runs in 40 on a busy machine)."""
+    import signal
+
     import geoseg.raster
     from geoseg.pipeline import new_folders_removed_on_error
     from geoseg.raster import staging_dir
     from geoseg.workflows.survey import LOCK, _survey_lock
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite run with Ctrl-C ignored (make test &)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     monkeypatch.setattr(geoseg.raster, "owned_temp_dir", _then_a_signal(geoseg.raster.owned_temp_dir))
     with pytest.raises(KeyboardInterrupt):
         with staging_dir(tmp_path):
