@@ -32,8 +32,8 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs
     (with a source attribute; EPSG:4326 when the CRSs differ), survey_summary.csv,
     survey_summary.json and survey_report.md, whose km² per class count ground that
     several rasters cover once. Rerunning skips rasters already done
-    with the same model and options (manifest.json; a raster copied or touched since is
-    compared by content) and redoes anything partial.
+    with the same model and options (manifest.json; a raster whose file time changed since
+    is compared by content) and redoes anything partial.
     Masks, previews and mosaics that geoseg wrote are left out of folders and globs.
     Exit status 1 when any raster failed; the others still complete.
     """

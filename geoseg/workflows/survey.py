@@ -348,8 +348,8 @@ class _Manifest:
 
     def same_content(self, source: str, key: dict[str, Any]) -> bool:
         """Whether `source` is done with a key that differs from `key` in the file's time alone, and the file's
-        content is still the one segmented (copied without its times, ``touch``ed): then the record takes the
-        new time. A survey copied to another disk, or rsynced without ``-t``, segmented every raster again."""
+        content is still the one segmented (restored, synced again without its times, ``touch``ed): then the record
+        takes the new time. Inputs synced again by rsync without ``-t`` segmented every raster again."""
         entry = self.entries.get(self.key_of(source))
         stored = entry.get("key") if entry else None
         if not (isinstance(stored, dict) and entry.get("status") == "done" and entry.get("sha256")
