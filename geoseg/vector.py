@@ -559,9 +559,14 @@ def vectorize(
         frame["area_m2"], frame["perimeter_m"] = _measure(frame, extent)
         return frame
 
+    across = []  # polygons that a geographic --to-crs drew the long way round the globe
+
     def finished(frame):
         if to_crs is not None:
             frame = frame.to_crs(to_crs)
+            if frame.crs.is_geographic and len(frame):
+                bounds = shapely.bounds(frame.geometry.values)
+                across.append(int((bounds[:, 2] - bounds[:, 0] > 180).sum()))
         if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged
             frame["geometry"] = shapely.orient_polygons(frame.geometry.values, exterior_cw=False)  # specks reversed some
         return frame
@@ -634,6 +639,10 @@ def vectorize(
         _write_layer(frame, out_path, driver)
         polygons = len(frame)
         counts = {str(k): int(v) for k, v in frame["class_name"].value_counts().items()}
+    if sum(across):
+        log.warning("%s: %d polygon(s) cross the antimeridian (180 degrees), which %s does not split: they span the "
+                    "globe there. Vectorise without --to-crs (or into a CRS centred on the line, such as its UTM zone) "
+                    "and reproject with ogr2ogr -wrapdateline.", out_path, sum(across), to_crs)
     if not declared and nodata_seen:
         log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in geoseg's "
                     "masks) and get no polygons. If 255 is a class there, declare its nodata value "

@@ -320,6 +320,19 @@ def test_merged_specks_and_simplified_polygons_do_not_depend_on_the_block(make_m
         assert list(layers[block].class_id) == list(one.class_id)  # and in one order
 
 
+def test_polygons_reprojected_across_the_antimeridian_are_named(make_mask, tmp_path, caplog):
+    """In longitude and latitude a polygon across 180 degrees, unsplit, spans the globe (a 101 km² lake covered
+    226,361 km²): say so, and how to split them."""
+    data = np.zeros((20, 40), np.uint8)
+    data[5:15, 10:30] = 1  # a lake across the line, x = 0 here
+    path = make_mask(data, crs="+proj=eqc +lon_0=180 +datum=WGS84", transform=from_origin(-20000, 10000, 1000, 1000))
+    vectorize(path, tmp_path / "ok.gpkg")
+    assert "antimeridian" not in caplog.text
+    vectorize(path, tmp_path / "lonlat.gpkg", to_crs="EPSG:4326")
+    assert "lonlat.gpkg: 2 polygon(s) cross the antimeridian (180 degrees), which EPSG:4326 does not split" in caplog.text
+    assert "ogr2ogr -wrapdateline" in caplog.text
+
+
 def test_geopackages_keep_their_spatial_index_once_tensorflow_is_loaded(make_mask, tmp_path):
     """TensorFlow exports a SQLite without R*Tree; a GDAL loaded after it wrote GeoPackages without
     a spatial index. A fresh interpreter, as the `geoseg` command is: geoseg, then Keras, then a layer."""
