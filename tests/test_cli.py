@@ -614,6 +614,39 @@ def test_flood_threshold_out_of_range_is_a_usage_error_and_scene_prints_small_ar
     assert result.exit_code == 0 and " m²" in result.stderr and "km²" not in result.stderr
 
 
+def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
+    """Started with stderr closed (2>&-, a daemon), a survey hung for ever in its progress bar and a command that
+    loads TensorFlow exited 1 without a word; --json with stdout closed wrote everything, then a traceback; in a
+    folder deleted meanwhile, relative paths gave a bare FileNotFoundError traceback."""
+    geoseg = str(Path(sys.executable).with_name("geoseg"))
+    image = make_raster(shape=(40, 50))
+
+    def closing(fd):
+        return lambda: os.close(fd)
+
+    done = subprocess.run([geoseg, "survey", str(image), "-o", str(tmp_path / "survey"), "-m", "threshold"],
+                          preexec_fn=closing(2), stdout=subprocess.DEVNULL, timeout=120)  # it hung for ever
+    assert done.returncode == 0 and (tmp_path / "survey" / "survey_report.md").exists()
+    done = subprocess.run([geoseg, "segment", str(image), "-o", str(tmp_path / "json"), "-m", "threshold", "--json"],
+                          preexec_fn=closing(1), stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2 and "--json prints its object on standard output, which is closed" in done.stderr
+    assert not (tmp_path / "json").exists()
+    (tmp_path / "gone").mkdir()
+    done = subprocess.run([geoseg, "segment", "../image.tif", "-o", "out", "-m", "threshold"], cwd=tmp_path / "gone",
+                          preexec_fn=lambda: os.rmdir(os.getcwd()), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "the current folder no longer exists" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_keras_model_runs_with_stderr_closed(make_raster, tmp_path):
+    """TensorFlow's start-up lines are hidden by redirecting descriptor 2, which failed on a closed stderr: every
+    command with a Keras model exited 1 without a word."""
+    done = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", str(make_raster(shape=(64, 64))),
+                           "-o", str(tmp_path / "out"), "--no-preview"], preexec_fn=lambda: os.close(2),
+                          stdout=subprocess.DEVNULL, timeout=600)
+    assert done.returncode == 0 and (tmp_path / "out" / "image_mask.tif").exists()
+
+
 def _launched_with_a_ctrl_c_while_loading(tmp_path, *args: str, ignored: bool = False):
     """The console script's launcher, run with `args`, given a Ctrl-C as geoseg.cli is imported (its SIGINT
     ignored beforehand with `ignored`, as in `geoseg ... &` from a script)."""

@@ -27,8 +27,13 @@ def configure_logging(verbosity: int) -> None:
 @contextmanager
 def _native_stderr_silenced():
     """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines ignore every log setting."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # stderr closed (2>&-): nothing to silence
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
@@ -162,6 +167,9 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
             and _may_run_keras(ctx.invoked_subcommand, ctx.meta.get("geoseg.command_args", [])):
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
+    if "--json" in ctx.meta.get("geoseg.command_args", []) and _CLOSED.get("stdout"):
+        raise click.UsageError("--json prints its object on standard output, which is closed (>&-): the run's "
+                               "record would be lost. Send it to a file (> run.json) or leave out --json.")
 
 
 from geoseg.cli.evaluate import compare, evaluate  # noqa: E402
@@ -193,6 +201,13 @@ def entry() -> None:
     complete or removed by then."""
     import signal
 
+    _standard_streams_opened()
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # relative paths failed with a bare FileNotFoundError traceback, or "no such file"
+        click.echo("Error: the current folder no longer exists (it was deleted or moved away): cd to an existing "
+                   "folder and run again.", err=True)
+        sys.exit(2)
     try:
         main()
     except SystemExit as exc:
@@ -205,6 +220,27 @@ def entry() -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, _exit_now)
+
+
+_CLOSED: dict[str, bool] = {}  # the standard streams this process started without
+
+
+def _standard_streams_opened() -> None:
+    """Give a closed stdin, stdout or stderr (``2>&-``, a daemon) /dev/null, as daemons do. Python set sys.stderr to
+    None: loading TensorFlow then failed silently (exit 1), and a survey's progress bar hung for ever; and the next
+    file opened took descriptor 2, where native libraries write their messages."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _CLOSED[name] = True
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+        if getattr(sys, name) is None:
+            _CLOSED[name] = True
+            setattr(sys, name, open(fd, mode, closefd=False))
 
 
 def _exit_now(signum, frame) -> None:
