@@ -906,3 +906,48 @@ def test_an_idle_server_still_deletes_expired_results(tmp_path):
         assert not folder.exists() and job_id not in manager.jobs
     finally:
         manager.stop()
+
+
+def test_a_server_folder_another_user_made_is_left_to_them(tmp_path, monkeypatch):
+    """The first server on a machine made $TMPDIR/geoseg-web; every other user's server then failed with a
+    PermissionError traceback. With no writable temporary folder at all: a traceback too."""
+    import subprocess
+    import tempfile
+
+    from geoseg.errors import OutputError
+
+    shared = tmp_path / "geoseg-web"
+    shared.mkdir()
+    if os.geteuid() != 0:
+        shared.chmod(0o555)  # another user's, to this one
+    elif subprocess.run(["chattr", "+i", str(shared)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (a file system without it)")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    try:
+        app = create_app({"TESTING": True})
+        assert app.extensions["geoseg_jobs"].root.parent == tmp_path / f"geoseg-web-{os.getuid()}"
+    finally:
+        subprocess.run(["chattr", "-i", str(shared)], capture_output=True)
+        shared.chmod(0o755)
+
+    def nowhere():
+        raise FileNotFoundError("No usable temporary directory found in ['/tmp', '/var/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", nowhere)
+    with pytest.raises(OutputError, match="no writable temporary folder for the server's files .* set TMPDIR"):
+        create_app({"TESTING": True})
+
+
+def test_an_upload_that_fills_the_disk_is_told_so(client, monkeypatch, make_raster):
+    """An upload that did not fit in the server's folder was an opaque 500, werkzeug's traceback in the log."""
+    import errno
+
+    import geoseg.web.app
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(geoseg.web.app, "_new_job", full)
+    response = client.post("/api/segment", data={"image": (io.BytesIO(make_raster().read_bytes()), "a.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    assert response.status_code == 507 and "no room left for the upload" in response.get_json()["error"]

@@ -45,9 +45,14 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Pick another "
                                    "--port, or a --host that is an address of this machine.") from None
-    app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
-                      "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
-                      "GEOSEG_MAX_QUEUED": max_queued})
+    from geoseg.errors import GeosegError
+
+    try:
+        app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
+                          "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
+                          "GEOSEG_MAX_QUEUED": max_queued})
+    except GeosegError as exc:  # no folder for its files: a traceback
+        raise click.ClickException(str(exc)) from None
     import logging
 
     # the page polls each job twice a second: log those answers only when they are not 200

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import io
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -16,7 +18,7 @@ from typing import Any
 from flask import Flask, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from geoseg.errors import GeosegError, ModelNotFoundError
+from geoseg.errors import GeosegError, ModelNotFoundError, OutputError
 from geoseg.models.card import normalization_from_text, parse_normalization
 from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
@@ -36,14 +38,35 @@ DEFAULTS = {
 }
 
 
+def _server_folder(data_dir) -> Path:
+    """The server's own folder, in `data_dir` or ``$TMPDIR/geoseg-web``. That folder is made by whoever starts
+    the first server, so another user's server, refused there, uses ``geoseg-web-UID`` (it failed with a
+    PermissionError traceback on every shared machine but for its first user)."""
+    if data_dir:
+        bases = [Path(data_dir)]
+    else:
+        try:
+            temp = Path(tempfile.gettempdir())
+        except FileNotFoundError:  # Python's "No usable temporary directory found in [...]", as a traceback
+            raise OutputError("no writable temporary folder for the server's files (TMPDIR, /tmp, /var/tmp...): "
+                              "set TMPDIR to a folder this user can write.") from None
+        bases = [temp / "geoseg-web", temp / f"geoseg-web-{os.getuid()}"]
+    for base in bases:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            return owned_temp_dir(base, "server-")
+        except OSError as exc:
+            error = exc
+    raise OutputError(f"{bases[-1]}: the server's files cannot be written there ({error.strerror or error}). Set "
+                      "TMPDIR to a folder this user can write.")
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app; `config` overrides DEFAULTS (e.g. GEOSEG_MAX_PIXELS, GEOSEG_RESULT_TTL)."""
     app = Flask(__name__)
     app.config.update(DEFAULTS)
     app.config.update(config or {})
-    base = Path(app.config["GEOSEG_DATA_DIR"] or Path(tempfile.gettempdir()) / "geoseg-web")
-    base.mkdir(parents=True, exist_ok=True)
-    root = owned_temp_dir(base, "server-")  # a folder per server: two servers never expire each other's jobs
+    root = _server_folder(app.config["GEOSEG_DATA_DIR"])  # one per server: two never expire each other's jobs
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     jobs = JobManager(root, workers=int(app.config["GEOSEG_WORKERS"]), ttl=float(app.config["GEOSEG_RESULT_TTL"]))
     app.extensions["geoseg_jobs"] = jobs
@@ -101,6 +124,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                     503, {"Retry-After": "60"})
         try:
             job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
+        except OSError as exc:  # the upload, spooled to the server's folder, filled its disk: an opaque 500
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            logging.getLogger(__name__).warning("an upload did not fit on the disk of %s (%s)", jobs.root, exc.strerror)
+            return jsonify(error="this server has no room left for the upload (its disk is full). Try a smaller "
+                                 "image, or try later."), 507
         finally:  # submitted (now counted as queued) or refused
             jobs.release()
         return jsonify(jobs.describe(job)), 202
