@@ -637,6 +637,19 @@ def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
     assert done.returncode == 2 and "the current folder no longer exists" in done.stderr, done.stderr
 
 
+def test_a_local_cluster_that_cannot_start_says_why_in_one_line(make_raster, tmp_path):
+    """With few open files (ulimit -n 32) --workers 2 printed 197 lines of distributed's tracebacks."""
+    import resource
+
+    done = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", str(make_raster()), "-o",
+                           str(tmp_path / "out"), "-m", "threshold", "--workers", "2"], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)), timeout=300)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "Error: --workers 2: the local Dask cluster could not start: this process may open only 32 files (ulimit -n). "
+        "Raise the limit (ulimit -n 1024), or leave out --workers to run in threads."], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_a_keras_model_runs_with_stderr_closed(make_raster, tmp_path):
     """TensorFlow's start-up lines are hidden by redirecting descriptor 2, which failed on a closed stderr: every

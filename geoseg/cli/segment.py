@@ -239,8 +239,17 @@ class _client:
         if self.workers:
             # distributed starts its HTTP server even without a dashboard, on port 8787 unless told otherwise:
             # with another cluster there (a second run), it retried and leaked the socket. Any free local port.
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                                        silence_logs=quiet)
+            loggers = [logging.getLogger(n) for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+            for logger in loggers:  # a failed start logs each worker's traceback, then raises: the error says it
+                logger.setLevel(logging.CRITICAL if self.verbosity < 1 else quiet)
+            try:
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                            dashboard_address="127.0.0.1:0", silence_logs=quiet)
+            except Exception as exc:  # distributed's own errors: 197 lines ending in "Nanny failed to start"
+                raise click.ClickException(_cluster_failure(exc, self.workers)) from None
+            finally:
+                for logger in loggers:
+                    logger.setLevel(quiet)
             self.client = Client(self.cluster)
             if self.keras:  # each worker process imports TensorFlow for the model; its C++ start-up
                 from geoseg.cli.workers import QuietTensorFlow  # lines would run into the bar, once per worker
@@ -268,3 +277,19 @@ class _client:
                 self.cluster.close()
             finally:
                 nanny.setLevel(level)
+
+
+def _cluster_failure(exc: BaseException, workers: int) -> str:
+    """One line for a local Dask cluster that would not start, naming the open-file limit where that was it."""
+    import errno
+    import resource
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.EMFILE:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            return (f"--workers {workers}: the local Dask cluster could not start: this process may open only {soft} "
+                    "files (ulimit -n). Raise the limit (ulimit -n 1024), or leave out --workers to run in threads.")
+        cause = cause.__cause__ or cause.__context__
+    return (f"--workers {workers}: the local Dask cluster could not start ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Leave out --workers to run in threads.")
