@@ -554,6 +554,13 @@ def check_options(options: dict[str, Any], *, caller: str = "segment()", taken: 
                          f"Received: client={client!r}")
     if progress is not None and not callable(progress):
         raise InputError(f"`progress` takes a function of one argument, the fraction done. Received: {progress!r}")
+    import dask
+
+    threads = dask.config.get("num_workers", None)  # DASK_NUM_WORKERS=abc was a TypeError traceback after the model
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"Dask's num_workers (DASK_NUM_WORKERS, or a Dask config file) must be a whole number of at "
+                         f"least 1, the threads that segment chunks. Received: {threads!r}; unset it to use every "
+                         "core.")
 
 
 @_under_gdal_options

@@ -1276,3 +1276,14 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
     with rasterio.open(path, "r+") as ds:
         ds.write(np.full((3, 2048, 2048), 7, np.uint16))
     assert (read_preview(str(path), [1, 2, 3], 512, min_side=1) == 7).all()
+
+
+@pytest.mark.parametrize("threads", ["abc", 0])
+def test_a_bad_dask_num_workers_is_named(make_raster, tmp_path, threads):
+    """DASK_NUM_WORKERS=abc or 0 was a TypeError or ValueError traceback from the thread pool, after the model."""
+    import dask
+
+    with dask.config.set(num_workers=threads), pytest.raises(InputError, match=rf"DASK_NUM_WORKERS.* Received: "
+                                                                                 rf"{threads!r}; unset it"):
+        segment(make_raster(), tmp_path / "out", model="threshold")
+    assert not (tmp_path / "out").exists()
