@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import re
 import threading
 import warnings
@@ -207,6 +208,9 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                 )
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
+    except UnicodeEncodeError:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) decoded its name into surrogates
+        raise InputError(f"{path!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
+                         "file names). Run in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.") from None
     if info.crs is None and info.gcps and _gcp_fit(info.gcps) is None:
         log.warning("%s: its %d ground control point(s) do not span an area (3 or more, not on one line, are "
                     "needed), so areas and polygons stay in pixels. Add points, or warp it (gdalwarp).",

@@ -637,6 +637,17 @@ def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
     assert done.returncode == 2 and "the current folder no longer exists" in done.stderr, done.stderr
 
 
+def test_a_file_name_an_ascii_locale_cannot_pass_on_is_named(make_raster, tmp_path):
+    """In an ASCII locale (LC_ALL=C without UTF-8 mode) a name like scène.tif was a UnicodeEncodeError traceback."""
+    image = make_raster(name="scène.tif")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", os.fsencode(image), "-o",
+                           str(tmp_path / "out"), "-m", "threshold"], capture_output=True, env=env, timeout=300)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "cannot be passed to GDAL in this locale" in stderr and "PYTHONUTF8=1" in stderr
+
+
 def test_a_local_cluster_that_cannot_start_says_why_in_one_line(make_raster, tmp_path):
     """With few open files (ulimit -n 32) --workers 2 printed 197 lines of distributed's tracebacks."""
     import resource
