@@ -637,6 +637,23 @@ def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
     assert done.returncode == 2 and "the current folder no longer exists" in done.stderr, done.stderr
 
 
+def test_an_address_space_cap_below_what_tensorflow_reserves_is_warned_of(make_raster, tmp_path):
+    """Under ulimit -v (an HPC job's vmem limit) of 3-4.5 GB the default model aborted in C++ with 'std::bad_alloc'
+    and nothing of geoseg's said why; a baseline needs no warning."""
+    import resource
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, resource.RLIM_INFINITY))
+
+    geoseg, image = str(Path(sys.executable).with_name("geoseg")), str(make_raster())
+    done = subprocess.run([geoseg, "segment", image, "-o", str(tmp_path / "unet"), "--no-preview"], preexec_fn=capped,
+                          capture_output=True, text=True, timeout=600)
+    assert "virtual memory is capped at 3.0 GB (ulimit -v)" in done.stderr and "ulimit -v unlimited" in done.stderr
+    done = subprocess.run([geoseg, "segment", image, "-o", str(tmp_path / "baseline"), "-m", "threshold"],
+                          preexec_fn=capped, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ulimit -v" not in done.stderr, done.stderr
+
+
 def test_a_file_name_an_ascii_locale_cannot_pass_on_is_named(make_raster, tmp_path):
     """In an ASCII locale (LC_ALL=C without UTF-8 mode) a name like scène.tif was a UnicodeEncodeError traceback."""
     image = make_raster(name="scène.tif")

@@ -57,6 +57,23 @@ def load_tensorflow(verbosity: int) -> None:
         tf.config.list_physical_devices("GPU")
 
 
+ADDRESS_SPACE_FLOOR_GB = 8
+
+
+def _warn_of_an_address_space_cap() -> None:
+    """Warn when `ulimit -v` (an HPC job's vmem limit) caps the address space below what TensorFlow reserves: the
+    default model's run aborted in C++ ("std::bad_alloc", exit 134) under a 4.5 GB cap, using 1.5 GB of memory."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft < ADDRESS_SPACE_FLOOR_GB * 1024**3:
+        logging.getLogger("geoseg").warning(
+            "virtual memory is capped at %.1f GB (ulimit -v): TensorFlow reserves far more address space than it "
+            "uses (6 GB for 1.5 GB of memory with the default model) and may abort with 'std::bad_alloc'. Raise the "
+            "cap to %d GB or more (ulimit -v unlimited), or limit memory itself instead (cgroups, --mem).",
+            soft / 1024**3, ADDRESS_SPACE_FLOOR_GB)
+
+
 def _exit_cleanly_on_sigterm() -> None:
     """Let SIGTERM (kill, a batch scheduler's time limit) unwind like Ctrl-C: temporary folders and
     half-written files are removed on the way out. Python's default ends at once and left them."""
@@ -165,6 +182,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     _exit_cleanly_on_sigterm()
     if ctx.invoked_subcommand in ("segment", "scene", "flood", "survey", "train", "evaluate", "compare", "serve") \
             and _may_run_keras(ctx.invoked_subcommand, ctx.meta.get("geoseg.command_args", [])):
+        _warn_of_an_address_space_cap()
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
     if "--json" in ctx.meta.get("geoseg.command_args", []) and _CLOSED.get("stdout"):
