@@ -563,10 +563,14 @@ def vectorize(
 
     def finished(frame):
         if to_crs is not None:
+            before = frame
             frame = frame.to_crs(to_crs)
-            if frame.crs.is_geographic and len(frame):
-                bounds = shapely.bounds(frame.geometry.values)
-                across.append(int((bounds[:, 2] - bounds[:, 0] > 180).sum()))
+            if frame.crs.is_geographic and len(frame) and frame.crs != before.crs:
+                span = np.diff(shapely.bounds(frame.geometry.values)[:, ::2], axis=1)[:, 0]
+                wide = span > 180  # a polygon of a global mask that is that wide already is not counted
+                if before.crs.is_geographic:
+                    wide &= np.diff(shapely.bounds(before.geometry.values)[:, ::2], axis=1)[:, 0] <= 180
+                across.append(int(wide.sum()))
         if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged
             frame["geometry"] = shapely.orient_polygons(frame.geometry.values, exterior_cw=False)  # specks reversed some
         return frame
@@ -872,10 +876,18 @@ def onto_raster(geoms, info: RasterInfo):
     xs = [x for x, _ in info.map_corners()]
     centre = (min(xs) + max(xs)) / 2
 
-    def unwrapped(xy: np.ndarray) -> np.ndarray:
-        return np.column_stack([xy[:, 0] + 360 * np.round((centre - xy[:, 0]) / 360), xy[:, 1:]])
+    def unwrapped(geom):  # each vertex within 180 degrees of the first, then the whole shape nearest the raster:
+        if geom is None or geom.is_empty:  # shifting vertices one by one drew a Pacific zone round the globe
+            return geom
+        x0 = shapely.get_coordinates(geom)[0, 0]
 
-    return type(out)(shapely.transform(np.asarray(out.values, object), unwrapped), index=out.index, crs=out.crs)
+        def continuous(xy: np.ndarray) -> np.ndarray:
+            x = xy[:, 0] + 360 * np.round((x0 - xy[:, 0]) / 360)
+            return np.column_stack([x + 360 * np.round((centre - (x.min() + x.max()) / 2) / 360), xy[:, 1:]])
+
+        return shapely.transform(geom, continuous)
+
+    return type(out)([unwrapped(g) for g in out.values], index=out.index, crs=out.crs)
 
 
 def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, block: int = 1024):

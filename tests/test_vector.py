@@ -260,6 +260,11 @@ def test_zones_on_a_raster_across_the_antimeridian_count_their_pixels(make_mask)
     pixels, _ = zonal_composition(path, zones, 2)
     assert pixels.tolist() == [[10 * 10, 10 * 10], [0, 14 * 10]]
     check_layer_overlaps(zones.iloc[[1]], path, what="zones")  # was refused
+    # shapes are moved whole: a Pacific zone drawn from 175 to 182 east on a global raster went round the globe
+    world = make_mask(np.zeros((180, 360), np.uint8), crs="EPSG:4326", transform=from_origin(-180, 90, 1, 1),
+                      name="world.tif")
+    pacific = gpd.GeoSeries([shapely.box(175, -20, 182, -10)], crs="EPSG:4326")
+    assert zonal_composition(world, pacific, 2)[0].tolist() == [[5 * 10, 0]]  # the raster ends at 180
 
 
 @pytest.mark.parametrize("transform", [
@@ -331,6 +336,12 @@ def test_polygons_reprojected_across_the_antimeridian_are_named(make_mask, tmp_p
     vectorize(path, tmp_path / "lonlat.gpkg", to_crs="EPSG:4326")
     assert "lonlat.gpkg: 2 polygon(s) cross the antimeridian (180 degrees), which EPSG:4326 does not split" in caplog.text
     assert "ogr2ogr -wrapdateline" in caplog.text
+    caplog.clear()  # a global mask's polygons are that wide already: nothing to split
+    world = make_mask(np.zeros((18, 36), np.uint8), crs="EPSG:4326", transform=from_origin(-180, 90, 10, 10),
+                      name="world.tif")
+    for crs in ("EPSG:4326", "OGC:CRS84"):
+        vectorize(world, tmp_path / "world.gpkg", to_crs=crs, overwrite=True)
+    assert "antimeridian" not in caplog.text
 
 
 def test_geopackages_keep_their_spatial_index_once_tensorflow_is_loaded(make_mask, tmp_path):
