@@ -631,10 +631,16 @@ def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
                           preexec_fn=closing(1), stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 2 and "--json prints its object on standard output, which is closed" in done.stderr
     assert not (tmp_path / "json").exists()
-    (tmp_path / "gone").mkdir()
-    done = subprocess.run([geoseg, "segment", "../image.tif", "-o", "out", "-m", "threshold"], cwd=tmp_path / "gone",
+    for name in ("gone", "gone too"):
+        (tmp_path / name).mkdir()
+    done = subprocess.run([geoseg, "segment", str(image), "-o", "out", "-m", "threshold"], cwd=tmp_path / "gone",
                           preexec_fn=lambda: os.rmdir(os.getcwd()), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "the current folder no longer exists" in done.stderr, done.stderr
+    assert done.returncode == 1 and "the current folder no longer exists" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([geoseg, "segment", str(image), "-o", str(tmp_path / "abs"), "-m", "threshold"],
+                          cwd=tmp_path / "gone too", preexec_fn=lambda: os.rmdir(os.getcwd()), capture_output=True,
+                          text=True, timeout=300)  # absolute paths need no working folder
+    assert done.returncode == 0 and (tmp_path / "abs" / "image_mask.tif").exists(), done.stderr
 
 
 def test_an_address_space_cap_below_what_tensorflow_reserves_is_warned_of(make_raster, tmp_path):

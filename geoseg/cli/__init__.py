@@ -104,6 +104,11 @@ class _Group(click.Group):
             # the signal's exception can land inside a library's own clean-up (rasterio's Env bookkeeping), which
             # then raises an error of its own: "EnvError: No GDAL environment exists", status 1, with a traceback
             status = _signal_status(exc)
+            if status is None and isinstance(exc, FileNotFoundError) and _working_folder_gone():
+                # a relative path resolved in a folder deleted meanwhile: a bare FileNotFoundError traceback
+                raise click.ClickException("the current folder no longer exists (it was deleted or moved away), so "
+                                           "relative paths cannot be found: cd to an existing folder, or give "
+                                           "absolute paths.") from None
             if status is None:
                 raise
         if status in (130, 143):
@@ -115,6 +120,14 @@ class _Group(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         ctx.meta["geoseg.command_args"] = list(args[1:])  # for _may_run_keras, before the command parses them
         return super().resolve_command(ctx, args)
+
+
+def _working_folder_gone() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def _signal_status(exc: BaseException | None) -> int | None:
@@ -220,12 +233,6 @@ def entry() -> None:
     import signal
 
     _standard_streams_opened()
-    try:
-        os.getcwd()
-    except FileNotFoundError:  # relative paths failed with a bare FileNotFoundError traceback, or "no such file"
-        click.echo("Error: the current folder no longer exists (it was deleted or moved away): cd to an existing "
-                   "folder and run again.", err=True)
-        sys.exit(2)
     try:
         main()
     except SystemExit as exc:
