@@ -305,9 +305,9 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
         try:
             # given to this computation, neither registered nor set process-wide: dask swaps its global callbacks
             # without a lock, so runs in other threads (the web server's jobs, survey --jobs) got each other's
-            # progress, and one could stay registered after its run
+            # progress, and one could stay registered after its run; the user's own (a ProgressBar) still see it
             da.store(result, writer, lock=False, scheduler="threads",  # the writer takes IO_LOCK
-                     callbacks=[_TaskProgress(report, result.npartitions)._callback])
+                     callbacks=[*Callback.active, _TaskProgress(report, result.npartitions)._callback])
         except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: the threads' queued model calls are not made
             if run is not None:
                 cancel_run(run)
