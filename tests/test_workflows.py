@@ -650,6 +650,13 @@ def test_a_survey_copied_without_its_times_is_not_segmented_again(make_raster, t
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["entries"]
     assert manifest[str(rasters[0])]["key"]["mtime_ns"] == 10**18  # the new time is kept: no hash on the next run
     assert len(survey(rasters, tmp_path / "out", model="threshold").skipped) == 3
+    # touched and --preview switched in one rerun: the masks stay (it was segmented again)
+    mask = Path(first.done[2]["outputs"]["mask"])
+    before = mask.read_bytes(), mask.stat().st_mtime_ns
+    os.utime(rasters[2], ns=(1, 2 * 10**18))
+    switched = survey(rasters, tmp_path / "out", model="threshold", preview=False)
+    assert len(switched.done) == 3 and not list((tmp_path / "out").rglob("*_preview.png"))
+    assert (mask.read_bytes(), mask.stat().st_mtime_ns) == before
 
 
 def test_a_survey_stopped_before_its_first_raster_leaves_no_folder(make_raster, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -190,10 +191,18 @@ def _content_digest(path: str, key: dict[str, Any]) -> str | None:
     local = _local_file(path)
     if local is None:
         return None
-    with open(local, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    stat = os.stat(local)
+    if [stat.st_size, stat.st_mtime_ns] != [key.get("size"), key.get("mtime_ns")]:
+        return None
+    digest = _file_digest(local, stat.st_size, stat.st_mtime_ns)  # once per archive of /vsizip/ members
     stat = os.stat(local)
     return digest if [stat.st_size, stat.st_mtime_ns] == [key.get("size"), key.get("mtime_ns")] else None
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(local: str, size: int, mtime_ns: int) -> str:
+    with open(local, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _readable(path: str) -> bool:
@@ -351,10 +360,11 @@ class _Manifest:
         content is still the one segmented (restored, synced again without its times, ``touch``ed): then the record
         takes the new time. Inputs synced again by rsync without ``-t`` segmented every raster again."""
         entry = self.entries.get(self.key_of(source))
-        stored = entry.get("key") if entry else None
-        if not (isinstance(stored, dict) and entry.get("status") == "done" and entry.get("sha256")
+        stored = self.stored_key(source)
+        if not (stored is not None and entry.get("status") == "done" and entry.get("sha256")
                 and stored.get("mtime_ns") != key.get("mtime_ns") and stored.get("size") == key.get("size")
-                and {**stored, "mtime_ns": key.get("mtime_ns")} == key):
+                # --vector or --preview switched as well: extras_only takes it from here
+                and _without_extras({**stored, "mtime_ns": key.get("mtime_ns")}) == _without_extras(key)):
             return False
         try:
             if _content_digest(source, key) != entry["sha256"]:
