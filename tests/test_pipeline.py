@@ -1256,6 +1256,11 @@ def test_a_decimated_read_of_a_raster_larger_than_the_cache_reads_it_once(tmp_pa
                 assert got.shape == (512, 512) and got.all()
             else:
                 assert (got == np.moveaxis(ds.read(out_shape=(3, 512, 512), resampling=Resampling.average), 0, -1)).all()
+    with rasterio.open(path, "r+") as ds:  # with overviews, windows at fractions of theirs averaged otherwise
+        ds.build_overviews([2, 4], Resampling.average)
+    got = raster_module._read_decimated(str(path), [1, 2, 3], 700, 700, "average", False)
+    with rasterio.open(path) as ds:
+        assert (got == np.moveaxis(ds.read(out_shape=(3, 700, 700), resampling=Resampling.average), 0, -1)).all()
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
