@@ -468,6 +468,11 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     the `inputs` (``flood flood.tif -o .``) is refused even with `overwrite`: it would destroy it.
     """
     out_dir = Path(output_dir)
+    try:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused
+        os.path.abspath(out_dir).encode("utf-8")  # with a traceback after the work
+    except UnicodeEncodeError:
+        raise InputError(f"{str(out_dir)!r}: the output folder's name cannot be passed to GDAL in this locale. Run "
+                         "in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.") from None
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
     try:

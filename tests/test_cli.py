@@ -669,6 +669,13 @@ def test_a_file_name_an_ascii_locale_cannot_pass_on_is_named(make_raster, tmp_pa
     stderr = done.stderr.decode(errors="replace")
     assert done.returncode == 1 and "Traceback" not in stderr, stderr
     assert "cannot be passed to GDAL in this locale" in stderr and "PYTHONUTF8=1" in stderr
+    done = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "segment", str(make_raster()), "-o",
+                           os.fsencode(tmp_path / "sortie_é"), "-m", "threshold"], capture_output=True, env=env,
+                          timeout=300)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "output folder's name cannot be passed to GDAL in this locale" in stderr
+    assert not (tmp_path / "sortie_é").exists()
 
 
 def test_a_local_cluster_that_cannot_start_says_why_in_one_line(make_raster, tmp_path):
