@@ -72,12 +72,22 @@ def _class_tables(mask_path: str | os.PathLike) -> tuple[dict[str, str], dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
-            names = json.loads(ds.tags().get("CLASS_NAMES", "{}"))
+            tag = ds.tags().get("CLASS_NAMES", "{}")
             try:
                 colours = ds.colormap(1)
             except ValueError:
                 colours = {}
-    return names, colours
+    try:  # another tool's tag: a list of names was a ValueError traceback
+        names = json.loads(tag)
+    except ValueError:
+        names = None
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not all(str(k).isdigit() and isinstance(v, str) for k, v in names.items()):
+        log.warning("%s: its CLASS_NAMES tag is not geoseg's ({\"0\": \"name\", ...}); classes are named by their "
+                    "ids", mask_path)
+        names = {}
+    return {str(k): v for k, v in names.items()}, colours
 
 
 def _foreign_nodata(mask_path: str) -> tuple[int | None, bool]:

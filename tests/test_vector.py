@@ -344,6 +344,19 @@ def test_polygons_reprojected_across_the_antimeridian_are_named(make_mask, tmp_p
     assert "antimeridian" not in caplog.text
 
 
+def test_a_class_names_tag_of_another_form_is_read_or_named(make_mask, tmp_path, caplog):
+    """Another tool's CLASS_NAMES tag holding a JSON list was a ValueError traceback."""
+    data = np.arange(16, dtype=np.uint8).reshape(4, 4) % 2
+    path = make_mask(data)
+    for tag, classes in (('["sea", "land"]', {"sea", "land"}), ("not json", {"class 0", "class 1"}),
+                         ('{"a": 1}', {"class 0", "class 1"})):
+        with rasterio.open(path, "r+") as ds:
+            ds.update_tags(CLASS_NAMES=tag)
+        vectorize(path, tmp_path / "v.gpkg", overwrite=True)
+        assert set(gpd.read_file(tmp_path / "v.gpkg").class_name) == classes
+    assert "CLASS_NAMES tag is not geoseg's" in caplog.text
+
+
 def test_geopackages_keep_their_spatial_index_once_tensorflow_is_loaded(make_mask, tmp_path):
     """TensorFlow exports a SQLite without R*Tree; a GDAL loaded after it wrote GeoPackages without
     a spatial index. A fresh interpreter, as the `geoseg` command is: geoseg, then Keras, then a layer."""
