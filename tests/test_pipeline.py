@@ -1228,6 +1228,20 @@ def test_regrid_fills_a_valid_pixel_from_across_its_blocks_edge(make_raster, tmp
     assert ((out == 255) == (data[0] == 0)).all() and (out[:, :14] == 1).all()  # columns 12-13: a block of their own
 
 
+def _noisy_rgb_u16(path: Path, *, block: int) -> Path:
+    """A 2048^2 uint16 RGB GeoTIFF of noise, deflated in `block` px tiles, nodata 0."""
+    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint16", nodata=0,
+                       tiled=True, blockxsize=block, blockysize=block, compress="deflate") as ds:
+        ds.write(np.random.default_rng(0).integers(1, 4000, (3, 2048, 2048), dtype=np.uint16))
+    return path
+
+
+def bytes_read() -> int:
+    """Bytes this process has read so far (Linux)."""
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("rchar")).split()[1])
+
+
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
 def test_a_decimated_read_of_a_raster_larger_than_the_cache_reads_it_once(tmp_path, monkeypatch):
     """GDAL resamples band by band: a pixel-interleaved raster larger than the block cache was read (and
@@ -1236,17 +1250,8 @@ def test_a_decimated_read_of_a_raster_larger_than_the_cache_reads_it_once(tmp_pa
 
     monkeypatch.setattr(raster_module, "GDAL_CACHE_MB", 4)  # a 24 MB raster against a 4 MB cache
     monkeypatch.setattr(raster_module, "STRIP_BYTES", 1024 * 1024)  # and windows of a quarter of it
-    path = tmp_path / "rgb.tif"
-    rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint16", nodata=0,
-                       tiled=True, blockxsize=64, blockysize=64, compress="deflate") as ds:
-        ds.write(rng.integers(1, 4000, (3, 2048, 2048), dtype=np.uint16))
+    path = _noisy_rgb_u16(tmp_path / "rgb.tif", block=64)
     size = path.stat().st_size
-
-    def bytes_read() -> int:
-        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
-                        if line.startswith("rchar")).split()[1])
-
     for mask in (False, True):
         before = bytes_read()
         got = raster_module._read_decimated(str(path), [1, 2, 3], 512, 512, "average", mask)
@@ -1269,17 +1274,8 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
     uint16 raster with nodata read 31 GB of its 77 MB and took 127 s (0.9 s with the cache)."""
     from geoseg.raster import read_preview
 
-    path = tmp_path / "u16.tif"
-    rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=3, dtype="uint16", nodata=0,
-                       tiled=True, blockxsize=256, blockysize=256, compress="deflate") as ds:
-        ds.write(rng.integers(1, 4000, (3, 2048, 2048), dtype=np.uint16))
+    path = _noisy_rgb_u16(tmp_path / "u16.tif", block=256)
     size = path.stat().st_size
-
-    def bytes_read() -> int:
-        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
-                        if line.startswith("rchar")).split()[1])
-
     before = bytes_read()
     valid = read_preview(str(path), [1, 2, 3], 512, min_side=1, mask=True)
     image = read_preview(str(path), [1, 2, 3], 512, min_side=1)
