@@ -265,14 +265,15 @@ def _concat(results: list[dict[str, np.ndarray]], mask: str | None) -> dict[str,
     return out
 
 
-def _canonical(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _canonical(parts: dict[str, np.ndarray], tolerance: float = 0.0) -> dict[str, np.ndarray]:
     """`parts` in one order and their rings in one form, whatever the blocks they were polygonised in: polygons
     within one block came first, and those joined across block borders kept their seams' extra vertices, so
     merging specks and simplifying (which depend on both) gave other polygons at another ``block`` (0.15% of
     the area moved at --simplify 1, blocks of 512 against one)."""
     import shapely
 
-    geoms = shapely.normalize(shapely.simplify(parts["geometry"], 0))  # collinear vertices out
+    # collinear vertices out: exactly, or within `tolerance` where a rotated grid's seams are straight to a rounding
+    geoms = shapely.normalize(shapely.simplify(parts["geometry"], tolerance))
     bounds = shapely.bounds(geoms)
     order = np.lexsort((shapely.area(geoms), bounds[:, 3], bounds[:, 2], bounds[:, 1], bounds[:, 0], parts["class_id"]))
     return {**{key: values[order] for key, values in parts.items()}, "geometry": geoms[order]}
@@ -634,7 +635,7 @@ def vectorize(
         merged = merged_cut([_concat(results, "cut")])
         parts = {k: np.concatenate([whole[k], merged[k]]) for k in whole}
         if (min_area > 0 and specks == "merge") or simplify > 0:  # both depend on the polygons' order and vertices
-            parts = _canonical(parts)
+            parts = _canonical(parts, 1e-6 * np.sqrt(abs(transform.determinant)))  # a millionth of a pixel
         if not tag_names:
             names = _present_classes(names, colours, np.unique(parts["class_id"]))
         frame = measured(parts)
