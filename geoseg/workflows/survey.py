@@ -201,8 +201,7 @@ def _content_digest(path: str, key: dict[str, Any]) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _file_digest(local: str, size: int, mtime_ns: int) -> str:
-    with open(local, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return _digest(local)  # the file's size and time key the cache
 
 
 def _readable(path: str) -> bool:
@@ -291,13 +290,10 @@ def _model_identity(model) -> dict[str, Any]:
     return out
 
 
-def _digest(path: Path) -> str:
+def _digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes (0.1 s for the default model's 28 MB)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Manifest:
