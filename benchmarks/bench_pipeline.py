@@ -57,9 +57,9 @@ def make_raster(path: Path, size: int) -> None:
 
 def cheap_model(folder: Path) -> Path:
     """A tiny real U-Net bundle (depth 2, 4 filters): cheap enough to show memory, not speed."""
-    import keras
-
+    # geoseg before keras: GDAL must load before TensorFlow, or this process's GeoPackages lack their index
     from geoseg.models import ModelCard, build_unet, unet_receptive_radius, write_card
+    import keras
 
     keras.utils.set_random_seed(0)
     path = folder / "cheap.keras"

@@ -47,18 +47,26 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+# subpackages, imported when first named: `import geoseg; geoseg.models.get_segmenter(...)` worked while
+# `import geoseg` loaded them all, and did not after it became lazy (the pipeline benchmark died on it)
+_SUBMODULES = ("errors", "files", "inference", "models", "pipeline", "preview", "raster", "sieve", "tiling",
+               "vector", "web", "workflows")
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import sets it as an attribute too
     raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [

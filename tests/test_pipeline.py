@@ -996,6 +996,17 @@ def test_a_run_without_a_keras_model_does_not_import_tensorflow(make_raster, tmp
     assert out == ["False", "CPU", "True"]
 
 
+def test_subpackages_are_reached_from_the_package_as_before_it_imported_lazily():
+    """`import geoseg; geoseg.models.get_segmenter(...)` was an AttributeError once `import geoseg` became lazy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, geoseg; print('dask' in sys.modules, callable(geoseg.models.get_segmenter), "
+            "callable(geoseg.raster.inspect_raster), 'workflows' in dir(geoseg))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "True", "True", "True"]
+
+
 def test_a_full_disk_while_writing_the_preview_is_an_output_error_and_leaves_nothing(make_raster, tmp_path,
                                                                                      monkeypatch):
     """Pillow's OSError (No space left on device) came out raw, and named no file of the user's."""
