@@ -573,6 +573,7 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
     """Jobs still running held the exit for 8-17 s and ended in 'cannot schedule new futures' tracebacks."""
     import socket
     import time
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
@@ -594,12 +595,16 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
         assert list((tmp_path / "geoseg-web").glob("server-*"))  # the server's own folder
         # with its own temporary folder, for TensorFlow's autograph files, which os._exit left in TMPDIR
         assert list((tmp_path / "geoseg-web").glob("server-*/tmp"))
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page", timeout=5)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == (0 if signum == signal.SIGINT else 143), stderr.decode()
     assert "Traceback" not in stderr.decode() and not list((tmp_path / "geoseg-web").glob("server-*"))
+    # werkzeug coloured its request log (a 404 in yellow) into a file or pipe with escape codes
+    assert '"GET /no-such-page HTTP/1.1" 404' in stderr.decode() and "\x1b[" not in stderr.decode(), stderr.decode()
 
 
 def test_flood_threshold_out_of_range_is_a_usage_error_and_scene_prints_small_areas_in_m2(run, make_raster, tmp_path):

@@ -64,6 +64,11 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     import sys
     import tempfile
 
+    import werkzeug.serving
+
+    if not sys.stderr.isatty() or os.environ.get("NO_COLOR"):  # its request log coloured a log file with escapes
+        werkzeug.serving._log_add_style = False
+
     # TensorFlow's autograph files go to the temporary folder, and away at Python's exit, which os._exit below
     # skips: 3 were left per server. In the server's own folder they go with it.
     tempfile.tempdir = str(app.extensions["geoseg_jobs"].root / "tmp")
