@@ -552,6 +552,12 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             # the first view is a trained model's, not a baseline's that comes first in the form
             assert page.evaluate("job.result.models[Number(document.getElementById('view-model').value)].keras")
             page.screenshot(path=shots / "2-results.png", full_page=True)
+            # the focus was lost to <body> when the button it was on was disabled, for the whole job
+            assert page.evaluate("document.activeElement.id") == "results-heading"
+            # the download links ran together ("mask GeoTIFFGeoPackage...") and pushed the page 66 px past a phone
+            assert page.inner_text("#downloads").startswith("Download: mask GeoTIFF GeoPackage")
+            assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+            assert page.get_attribute("#overlay", "alt").endswith("'s mask")
             assert page.locator("#compare figure").count() == chosen >= 2
             assert "agree" in page.inner_text("#agreement")
             assert page.inner_text("#iou caption").startswith("IoU against the label, read as ")
@@ -874,15 +880,22 @@ def test_the_page_says_when_results_expire(tmp_path, model_dir, monkeypatch, mak
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.server_port}/")
-            page.set_input_files("#image", str(make_raster(shape=(40, 50))))
+            page.set_input_files("#image", str(make_raster(shape=(200, 20))))  # a tall strip
             page.uncheck("input[name='models']:checked")
             page.check("input[value='threshold']")
+            page.check("input[value='edges-watershed']")
             page.click("#go")
             page.wait_for_selector("#results:not([hidden])", timeout=60_000)
             assert page.locator("#downloads a").count() >= 1
+            # it was drawn the column's width wide, 11,000 px tall, with the legend and downloads far below
+            viewer = page.evaluate("[document.getElementById('viewer').getBoundingClientRect().height, innerHeight]")
+            assert viewer[0] <= 0.75 * viewer[1] + 1, viewer
+            top, links = (page.locator(s).bounding_box() for s in ("#results-heading", "#downloads"))
+            assert links["y"] + links["height"] - top["y"] < viewer[1]  # from the heading down, one screen
             page.wait_for_selector("#message.error", timeout=15_000)
             assert "have been deleted from the server" in page.inner_text("#message")
             assert page.locator("#downloads a").count() == 0
+            assert page.is_disabled("#view-model")  # another model's mask was a broken picture
             browser.close()
     finally:
         server.shutdown()

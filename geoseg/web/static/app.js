@@ -30,13 +30,18 @@ async function call(url, options) {
   } catch (err) { return { ok: false, status: 0, body: { error: `no answer from the server (${err.message}).` } }; }
 }
 
-function finish(text, isError) { $("bar").hidden = true; $("go").disabled = false; say(text, isError); }
+// the button had the focus when it was disabled, and the page lost it (to <body>) until the job ended: a job
+// keeps it on the status line, a failure gives it back to the button, results take it to their heading
+function finish(text, isError) {
+  $("bar").hidden = true; $("go").disabled = false; say(text, isError);
+  if (isError && document.activeElement === $("status")) $("go").focus();
+}
 
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const data = new FormData(form);
   if (!data.getAll("models").length) { say("Pick at least one model.", true); return; }
-  $("go").disabled = true; // one job at a time from this page
+  $("go").disabled = true; $("status").focus(); // one job at a time from this page
   $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
   if (!ok) { finish(body.error, true); return; } // the earlier results stay on the page
@@ -89,7 +94,9 @@ async function poll(t, misses = 0, restore = false) {
     setTimeout(() => poll(t), 500); return;
   }
   finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? `\nNote:\n${job.warnings.map((w) => `• ${w}`).join("\n")}` : ""));
+  const following = [$("status"), $("go"), document.body].includes(document.activeElement);
   show();
+  if (following) $("results-heading").focus(); // not when the user went on to another control meanwhile
   clearTimeout(expiry); // the server deletes the files then: say so, rather than links whose downloads fail silently
   if (job.expires_in !== undefined) expireAt(t, Date.now() + job.expires_in * 1000);
 }
@@ -104,6 +111,7 @@ function expireAt(t, at) {
 function expire() {
   job.expired = true;
   $("downloads").textContent = "";
+  $("view-model").disabled = true; // another model's mask is gone too: the picture broke and the legend stayed
   say("These results have been deleted from the server (it keeps them for a while after a job ends): upload the image again to download them.", true);
 }
 
@@ -112,11 +120,12 @@ function show() {
   const select = $("view-model");
   select.innerHTML = models.map((m, i) => `<option value="${i}">${m.model}</option>`).join("");
   select.onchange = () => view(models[select.value]);
+  select.disabled = false;
   $("original").src = job.files["original.png"];
   const agree = job.result.agreement_pct; // null: no valid pixel (all nodata)
   $("agreement").textContent = agree === undefined ? "" : agree === null ? "No valid pixel to compare the models on" :
     `Models agree on ${agree}% of pixels`;
-  $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}">
+  $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}'s mask over the image">
     <figcaption>${m.model} (${m.seconds.toFixed(1)} s)</figcaption></figure>`).join("");
   areas(models); iou(job.result.iou);
   const first = Math.max(0, models.findIndex((m) => m.keras)); // a trained model before the baselines it is compared with
@@ -126,6 +135,7 @@ function show() {
 
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
+  $("overlay").alt = `${m.model}'s mask`;
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.every((c) => c.share_pct === null) ? "no valid pixel: the image is all nodata" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
@@ -135,7 +145,7 @@ function view(m) {
     .filter(([, suffix]) => job.files[m.key + suffix]);
   if (job.expired) return; // expire() said so
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
-    `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join("");
+    `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join(" "); // " ": the links wrap on a phone
 }
 
 // m² under a hectare, km² from 100 ha up (the page showed 1253285.93 ha)
@@ -162,5 +172,6 @@ function iou(rows) {
   $("iou").hidden = false;
 }
 
+form.addEventListener("invalid", () => say(""), true); // the browser says what is wrong with a field: not "Pick…" too
 $("opacity").addEventListener("input", (ev) => { $("overlay").style.opacity = ev.target.value; });
 $("overlay").style.opacity = $("opacity").value;
