@@ -210,3 +210,23 @@ def test_card_output_is_classes_or_regions():
     assert ModelCard.from_dict({**card, "output": "regions"}).to_dict()["output"] == "regions"
     with pytest.raises(CardError, match=r"field 'output' must be one of classes, regions .* output='objects'"):
         ModelCard.from_dict({**card, "output": "objects"})
+
+
+def test_the_region_colours_that_a_colouring_uses_stay_apart_for_colour_blind_eyes():
+    """Set1's blue and purple were CIEDE2000 4.2 apart under deuteranopia, its red and brown 3.1 under protanopia."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    from geoseg.models.classical import _REGION_COLOURS
+
+    rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in _REGION_COLOURS[:6]]) / 255
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    simulations = {"deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                                    [-0.011820, 0.042940, 0.968881]],  # Machado et al. 2009, severity 1
+                   "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                                  [-0.003882, -0.048116, 1.051998]],
+                   "normal": np.eye(3)}
+    for name, matrix in simulations.items():
+        seen = np.clip(linear @ np.asarray(matrix).T, 0, 1)
+        lab = rgb2lab(np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)[None])[0]
+        closest = min(deltaE_ciede2000(a, b) for i, a in enumerate(lab) for b in lab[i + 1:])
+        assert closest > 10, (name, closest)
