@@ -35,6 +35,8 @@ __all__ = [
     "check_bands",
     "check_unchanged",
     "WindowSource",
+    "read_bands",
+    "valid_pixels",
     "create_outputs",
     "finalize_cog",
     "class_pixel_counts",
@@ -194,7 +196,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     width=ds.width,
                     height=ds.height,
                     count=ds.count,
-                    dtype=ds.dtypes[0],
+                    dtype=np.result_type(*ds.dtypes).name,  # as its bands are read (`read_bands`)
                     crs=ds.crs,
                     transform=ds.transform,
                     has_mask=any(MaskFlags.all_valid not in f for f in flags),
@@ -287,6 +289,41 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
 IO_LOCK = threading.Lock()
 
 
+def read_bands(ds, bands: Sequence[int], **kwargs) -> np.ndarray:
+    """``ds.read(bands, **kwargs)``, also where the bands differ in data type: read one type at a time, as the
+    type that holds them all.
+
+    rasterio refuses to read bands of several types at once ("more than one 'dtype' found", even with
+    out_dtype), which a VRT stacked by ``gdalbuildvrt -separate`` or QGIS's Build Virtual Raster has (float32
+    Landsat bands and an int16 one): segment and train ended in that traceback.
+    """
+    bands = list(bands)
+    types = [ds.dtypes[b - 1] for b in bands]
+    if len(set(types)) == 1:
+        return ds.read(bands, **kwargs)
+    parts = {}
+    for t in dict.fromkeys(types):
+        group = [b for b, u in zip(bands, types) if u == t]
+        shape = {"out_shape": (len(group), *kwargs["out_shape"][1:])} if "out_shape" in kwargs else {}
+        parts[t] = ds.read(group, **{**kwargs, **shape})
+    out = np.empty((len(bands),) + parts[types[0]].shape[1:], np.result_type(*types))
+    for t, part in parts.items():
+        out[[i for i, u in enumerate(types) if u == t]] = part
+    return out
+
+
+def valid_pixels(masks: np.ndarray, dtype) -> np.ndarray:
+    """(rows, cols) validity from GDAL's (bands, rows, cols) masks of the bands a model reads.
+
+    In an unsigned-integer raster a pixel is nodata where every band is, as GDAL's dataset mask and QGIS
+    read it: 0 is a real value of 8-bit imagery. In a float or signed-integer raster it is nodata where any
+    band is, as with NaN: their nodata values are sentinels (-9999, -32768), which the model read as pixels
+    (one Landsat band nodata on 22% of a scene where the others had data).
+    """
+    seen = masks > 0
+    return seen.all(0) if np.dtype(dtype).kind in "fi" else seen.any(0)
+
+
 class WindowSource:
     """``read(rows, cols) -> (block, valid)`` for `geoseg.tiling.windowed_map`: one open, two reads.
 
@@ -324,9 +361,9 @@ class WindowSource:
                 where = Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
                 ds = stack.enter_context(_warped(ds, self.grid, "bilinear"))
             with reading_pixels(self.path, where):
-                data = np.moveaxis(ds.read(self.bands, window=window), 0, -1)
-                if self.has_mask or self.grid is not None:  # nodata only where every band is, as GDAL's dataset mask
-                    valid = np.any(ds.read_masks(self.bands, window=window) > 0, axis=0)[..., None]
+                data = np.moveaxis(read_bands(ds, self.bands, window=window), 0, -1)
+                if self.has_mask or self.grid is not None:
+                    valid = valid_pixels(ds.read_masks(self.bands, window=window), data.dtype)[..., None]
                 else:
                     valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
@@ -828,12 +865,14 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
             shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             method = Resampling[resampling] if scale >= 1 else Resampling.nearest
             with reading_pixels(path):  # statistics, calibration and previews read whole inputs this way
-                if mask:
-                    valid = np.any(_read_in_strips(ds.read_masks, ds, bands, shape, Resampling.nearest) > 0, axis=0)
-                    if np.dtype(ds.dtypes[bands[0] - 1]).kind == "f":  # as WindowSource: non-finite values are nodata
-                        valid &= np.isfinite(_read_in_strips(ds.read, ds, bands, shape, Resampling.nearest)).all(0)
+                read = functools.partial(read_bands, ds)
+                if mask:  # as WindowSource reads them
+                    dtype = np.result_type(*(ds.dtypes[b - 1] for b in bands))
+                    valid = valid_pixels(_read_in_strips(ds.read_masks, ds, bands, shape, Resampling.nearest), dtype)
+                    if dtype.kind == "f":  # non-finite values are nodata
+                        valid &= np.isfinite(_read_in_strips(read, ds, bands, shape, Resampling.nearest)).all(0)
                     return valid
-                data = _read_in_strips(ds.read, ds, bands, shape, method)
+                data = _read_in_strips(read, ds, bands, shape, method)
     return np.moveaxis(data, 0, -1)
 
 
@@ -852,7 +891,7 @@ def _read_in_strips(read, ds, bands: Sequence[int], shape: tuple[int, int], resa
     height, width = shape
     step_y, step_x = ds.height / height, ds.width / width  # source pixels per output pixel
     block_y, block_x = ds.block_shapes[bands[0] - 1]
-    pixel = len(bands) * np.dtype(ds.dtypes[bands[0] - 1]).itemsize
+    pixel = len(bands) * np.result_type(*(ds.dtypes[b - 1] for b in bands)).itemsize
     # at least four rows of blocks: a block row that two strips share is read once more unless still cached
     rows = max(4 * block_y, STRIP_BYTES // (ds.width * pixel))
     cols = ds.width if rows * ds.width * pixel <= STRIP_BYTES else max(block_x, STRIP_BYTES // (rows * pixel))

@@ -1313,3 +1313,66 @@ def test_a_bad_dask_num_workers_is_named(make_raster, tmp_path, threads):
                                                                                  rf"{threads!r}; unset it"):
         segment(make_raster(), tmp_path / "out", model="threshold")
     assert not (tmp_path / "out").exists()
+
+
+def _stacked_vrt(folder: Path, files: list[Path]) -> Path:
+    """A VRT of single-band files, one band each, as `gdalbuildvrt -separate` writes it: each its own type."""
+    bands = []
+    for i, f in enumerate(files, 1):
+        with rasterio.open(f) as ds:
+            width, height, transform, crs = ds.width, ds.height, ds.transform, ds.crs
+            kind = {"float32": "Float32", "int16": "Int16", "uint8": "Byte"}[ds.dtypes[0]]
+            nodata = f"<NoDataValue>{ds.nodata:g}</NoDataValue>" if ds.nodata is not None else ""
+        bands.append(f'<VRTRasterBand dataType="{kind}" band="{i}">{nodata}<SimpleSource><SourceFilename '
+                     f'relativeToVRT="0">{f}</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>')
+    path = folder / "stack.vrt"
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs.to_wkt()}</SRS>'
+                    f'<GeoTransform>{", ".join(map(str, transform.to_gdal()))}</GeoTransform>{"".join(bands)}'
+                    '</VRTDataset>')
+    return path
+
+
+def test_a_vrt_of_bands_of_several_types_is_read_as_the_type_that_holds_them(make_raster, tmp_path):
+    """QGIS's Build Virtual Raster of Landsat bands (float32 and an int16 one) ended segment and train in
+    rasterio's "more than one 'dtype' found" traceback."""
+    from geoseg.models.training import _without_nodata
+    from geoseg.raster import WindowSource, inspect_raster
+
+    rng = np.random.default_rng(0)
+    red = make_raster(name="red.tif", data=rng.random((1, 40, 50), np.float32) * 200)
+    green = make_raster(name="green.tif", data=rng.integers(0, 200, (1, 40, 50)).astype(np.int16))
+    blue = make_raster(name="blue.tif", data=rng.random((1, 40, 50), np.float32) * 200)
+    vrt = _stacked_vrt(tmp_path, [red, green, blue])
+    assert inspect_raster(vrt).dtype == "float32"
+    data, valid = WindowSource(str(vrt), [3, 2, 1], has_mask=False)(slice(0, 40), slice(0, 50))
+    with rasterio.open(green) as g, rasterio.open(blue) as b:
+        assert data.dtype == np.float32 and valid.all()
+        assert np.array_equal(data[..., 1], g.read(1)) and np.array_equal(data[..., 0], b.read(1))
+    with rasterio.open(vrt) as ds:
+        trained, _ = _without_nodata(ds, [1, 2, 3])
+    assert np.array_equal(trained[..., [2, 1, 0]], data)
+    result = segment(vrt, tmp_path / "out", model="threshold", normalization={"method": "none"})
+    with rasterio.open(result.outputs["mask"]) as ds:
+        assert ds.shape == (40, 50) and (ds.read(1) != 255).all()
+
+
+@pytest.mark.parametrize("dtype, nodata", [("float32", -9999), ("int16", -32768), ("uint8", 0)])
+def test_a_pixel_with_one_band_at_nodata(make_raster, tmp_path, dtype, nodata):
+    """One Landsat band was nodata (-99999) on 22% of a scene where the others had data; those pixels counted as
+    valid, and the model read -99999 as a pixel, in segment and in training. In a float or signed raster such a
+    pixel is nodata, as one with a NaN is; in an 8-bit one 0 is a dark pixel, and GDAL's rule holds."""
+    from geoseg.models.training import _without_nodata
+    from geoseg.raster import WindowSource
+
+    data = np.full((3, 30, 40), 100, dtype)
+    data[2, :, :10] = nodata  # one band's nodata on the left quarter
+    data[:, :5, 30:] = nodata  # every band's in a corner
+    image = make_raster(data=data, nodata=nodata)
+    _, valid = WindowSource(str(image), [1, 2, 3], has_mask=True)(slice(0, 30), slice(0, 40))
+    with rasterio.open(image) as ds:
+        _, trained = _without_nodata(ds, [1, 2, 3])
+    expected = np.ones((30, 40), bool)
+    expected[:5, 30:] = False
+    if dtype != "uint8":
+        expected[:, :10] = False
+    assert np.array_equal(valid[..., 0], expected) and np.array_equal(trained, expected)

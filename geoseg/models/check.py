@@ -41,18 +41,23 @@ def _central_window(image: str, side: int, folder: Path) -> str:
     import rasterio
     from rasterio.windows import Window
 
+    import numpy as np
+
+    from geoseg.raster import read_bands
+
     with rasterio.open(image) as ds:
         if ds.width <= side and ds.height <= side:
             return image
         window = Window(max(0, (ds.width - side) // 2), max(0, (ds.height - side) // 2),
                         min(side, ds.width), min(side, ds.height))
         profile = {**ds.profile, "driver": "GTiff", "width": int(window.width), "height": int(window.height),
+                   "dtype": np.result_type(*ds.dtypes).name,  # a VRT of bands of several types is written as one
                    "transform": ds.window_transform(window), "tiled": False}
         for key in ("blockxsize", "blockysize", "compress", "photometric", "interleave"):
             profile.pop(key, None)
         path = folder / "window.tif"  # written as a GeoTIFF whatever the input's format
         with rasterio.open(path, "w", **profile) as out:
-            out.write(ds.read(window=window))
+            out.write(read_bands(ds, range(1, ds.count + 1), window=window))
             if ds.nodata is None and rasterio.enums.MaskFlags.per_dataset in ds.mask_flag_enums[0]:
                 out.write_mask(ds.read_masks(1, window=window))
     return str(path)

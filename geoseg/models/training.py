@@ -370,17 +370,19 @@ def _read_image(path: str, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _without_nodata(ds, bands: list[int], window=None) -> tuple[np.ndarray, np.ndarray]:
-    """Read `bands` of an open dataset as segment reads them: nodata where every band's mask says so (nodata
-    values, internal masks, alpha) or where any band is NaN or infinite. Those pixels read 0, and training
-    leaves their labels out: a NaN collar made the loss NaN at the first step ("lower lr"), and a 0 collar
-    was learnt as ground."""
+    """Read `bands` of an open dataset as segment reads them: nodata where GDAL's masks say so (nodata values,
+    internal masks, alpha; `geoseg.raster.valid_pixels`) or where any band is NaN or infinite. Those pixels
+    read 0, and training leaves their labels out: a NaN collar made the loss NaN at the first step ("lower
+    lr"), and a 0 collar was learnt as ground."""
     from rasterio.enums import MaskFlags  # here: scripts/gpu imports this module where rasterio is absent
 
-    data = np.moveaxis(ds.read(bands, window=window), 0, -1)
+    from geoseg.raster import read_bands, valid_pixels
+
+    data = np.moveaxis(read_bands(ds, bands, window=window), 0, -1)
     if all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in bands):
         valid = np.ones(data.shape[:2], bool)
     else:
-        valid = np.any(ds.read_masks(bands, window=window) > 0, axis=0)
+        valid = valid_pixels(ds.read_masks(bands, window=window), data.dtype)
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(-1)
     if not valid.all():

@@ -20,8 +20,8 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, reading_pixels,
-                           shares, write_class_mask)
+from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
+                           reading_pixels, shares, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text, zone_name)
@@ -80,7 +80,7 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
     with reading_pixels(src.name, window):  # a truncated image: its name and window, not a traceback
-        g, n = src.read([green, nir], window=window)
+        g, n = read_bands(src, [green, nir], window=window)
         with warnings.catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
             warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
             valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
