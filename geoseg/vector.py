@@ -490,7 +490,16 @@ def vectorize(
     except with ``specks="merge"``, ``simplify`` or GeoParquet, which need every
     polygon at once: then memory grows with their number.
     """
+    # every module the block threads and the writer use, imported here, in the caller's thread: a first import in
+    # the threads, interrupted by Ctrl-C, left a notebook's next call hung on the import lock for ever, or failing
+    # with "partially initialized module 'pyproj'"
     import geopandas as gpd
+    import pyarrow  # noqa: F401
+    import pyogrio  # noqa: F401
+    import pyproj  # noqa: F401
+    import rasterio.features  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import scipy.sparse.csgraph  # noqa: F401
     import shapely
 
     started = time.perf_counter()

@@ -725,3 +725,25 @@ def test_the_layer_written_block_by_block_equals_the_one_written_at_once(make_ma
     assert list(a["wkb"]) == list(b["wkb"])
     for column in columns:
         assert np.array_equal(a[column].to_numpy(), b[column].to_numpy()), column
+
+
+def test_no_module_is_first_imported_in_the_block_threads(make_mask, tmp_path):
+    """A Ctrl-C during a process's first vectorize, while the block threads imported scipy and pyproj, left a
+    notebook's next call hung on the import lock for ever, or failing with "partially initialized module"."""
+    import subprocess
+    import sys
+
+    mask = make_mask(noisy_mask((96, 96)))
+    code = ("import sys, threading\n"
+            "from geoseg.vector import vectorize\n"
+            "seen = []\n"
+            "class Spy:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if threading.current_thread() is not threading.main_thread(): seen.append(name)\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "vectorize(sys.argv[1], sys.argv[2], block=32, specks='merge', min_area=1, simplify=0.5)\n"
+            "print(sorted(set(seen)))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(mask), str(tmp_path / "p.gpkg")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
