@@ -1731,3 +1731,16 @@ def test_a_batch_file_that_cannot_be_written_for_want_of_permission_says_so(tmp_
             write_json(folder / "manifest.json", {})
     finally:
         subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+def test_survey_takes_a_progress_of_one_argument_as_segment_does(make_raster, tmp_path):
+    """progress=lambda fraction: ... (the README's form, for segment) failed the survey with a TypeError."""
+    from geoseg.workflows import survey
+
+    seen, told = [], []
+    result = survey([make_raster(shape=(40, 50))], tmp_path / "s", model="threshold", vector=False,
+                    progress=lambda fraction: seen.append(fraction))
+    assert not result.failed and seen and seen[-1] == 1.0
+    survey([make_raster(name="b.tif", shape=(40, 50))], tmp_path / "t", model="threshold", vector=False,
+           progress=lambda fraction, message: told.append(message))
+    assert told and all(isinstance(m, str) for m in told)

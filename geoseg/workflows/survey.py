@@ -393,6 +393,19 @@ class _Manifest:
             write_json(self.path, {"version": 2, "entries": stored})
 
 
+def _takes_two(function) -> bool:
+    """Whether `function` can be called with two positional arguments (unknowable ones: yes)."""
+    import inspect
+
+    try:
+        inspect.signature(function).bind(0.0, "")
+    except TypeError:
+        return False
+    except ValueError:  # a builtin without a signature
+        return True
+    return True
+
+
 def survey(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -414,7 +427,8 @@ def survey(
     jobs : int
         Rasters processed at once (Dask threads); memory grows with it.
     progress : callable, optional
-        ``progress(fraction_of_batch, message)``, fraction counting partly done rasters.
+        ``progress(fraction_of_batch, message)``, fraction counting partly done rasters; or
+        ``progress(fraction)``, as segment, scene and flood call it.
     **segment_options
         Passed to `geoseg.segment` and recorded in the manifest.
 
@@ -440,6 +454,8 @@ def survey(
         inputs = [inputs]
     if progress is not None and not callable(progress):  # progress=3 failed on every raster, with a traceback each
         raise InputError(f"progress must be a function of (fraction, message), or None. Received: {progress!r}")
+    if progress is not None and not _takes_two(progress):  # segment's, scene's and flood's take (fraction): one
+        progress = (lambda one: lambda fraction, message: one(fraction))(progress)  # such failed every raster
     if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:  # jobs=0 ran as 1
         raise InputError(f"jobs (--jobs) must be a whole number of at least 1. Received: {jobs!r}")
     # chunks=5 or chunk=-1 failed on every raster, one by one, and still wrote a report of failures
