@@ -916,6 +916,13 @@ def test_expand_inputs(tmp_path, make_raster, monkeypatch):
                    '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
                    '</SimpleSource></VRTRasterBand></VRTDataset>')
     assert expand_inputs([vrt]) == [str(b)]
+    # one raster's bands from several files (gdalbuildvrt -separate): each band was taken for an image of its own
+    stack = tmp_path / "stack.vrt"
+    stack.write_text('<VRTDataset rasterXSize="80" rasterYSize="64">' + "".join(
+        f'<VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename relativeToVRT="1">{f}'
+        '</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+        for i, f in enumerate(["a.tif", "b.tif", "a.tif"], 1)) + "</VRTDataset>")
+    assert expand_inputs([stack, vrt]) == [str(stack), str(b)]
     # hidden names, as a glob leaves them out: another run's staging folder held a half-written mask
     (tmp_path / "sub" / ".geoseg-host-1-x").mkdir()
     make_raster(name="sub/.geoseg-host-1-x/c_mask.tif")

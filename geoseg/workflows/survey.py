@@ -57,7 +57,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     A single str or path counts as a list of one. A folder gives its rasters (recursively, hidden
     files and folders left out, as a glob leaves them);
     a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
-    to the file, ``#`` starts a comment); a ``.vrt`` its source rasters; anything else is taken as
+    to the file, ``#`` starts a comment); a ``.vrt`` mosaic its source rasters (a VRT that stacks bands of
+    several files stays one raster); anything else is taken as
     a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
     and a folder without rasters are warned about. Duplicates (the same file, by any path) are dropped, order kept. Given a
     `left_out` list, what folders and globs find that geoseg wrote (`written_by_geoseg`: masks,
@@ -141,13 +142,29 @@ def _beside(line: str, folder: Path) -> str:
 
 
 def _vrt_sources(path: Path) -> list[str]:
+    """The rasters of a VRT mosaic; a VRT that stacks bands of several files is one raster, itself."""
     import rasterio
 
     try:
         with rasterio.open(path) as ds:
-            return [f for f in ds.files if os.path.abspath(f) != os.path.abspath(path)]
+            files = [f for f in ds.files if os.path.abspath(f) != os.path.abspath(path)]
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot read this VRT ({exc}).") from None
+    return [str(path)] if _stacks_bands(path) else files
+
+
+def _stacks_bands(path: Path) -> bool:
+    """Whether a VRT's bands come from different files (``gdalbuildvrt -separate``, QGIS's Build Virtual Raster
+    with "Place each input file into a separate band"): split into its sources, each band was taken for an
+    image of its own ("lsat7_2000_10.tif has 1 band(s)")."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        bands = ET.parse(path).getroot().findall("VRTRasterBand")
+    except (ET.ParseError, OSError):
+        return False
+    sources = [frozenset((e.text or "").strip() for e in band.iter("SourceFilename")) for band in bands]
+    return len(set(sources)) > 1
 
 
 def _fingerprint(path: str) -> dict[str, Any]:
