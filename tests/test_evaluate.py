@@ -563,6 +563,25 @@ def test_vector_labels_of_no_class_say_how_to_fix_it_in_evaluate(make_raster, tm
     assert "config" not in str(caught.value)
 
 
+def test_line_labels_are_warned_of_and_a_layer_without_fields_says_so(make_raster, tmp_path, caplog):
+    """Road centrelines were burnt one pixel wide without a word (road recall 0.007); a layer with no attribute
+    at all was told "Fields: ." """
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    road = shapely.LineString([(500000, 2799990), (500025, 2799990)])
+    gpd.GeoDataFrame({"class": [1]}, geometry=[road], crs="EPSG:32640").to_file(tmp_path / "roads.gpkg")
+    evaluate("threshold", image, tmp_path / "roads.gpkg", label_format="vector")
+    assert "1 of its shapes are lines, burnt one pixel wide" in caplog.text
+    caplog.clear()
+    gpd.GeoDataFrame(geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "bare.gpkg")
+    with pytest.raises(InputError, match="no field 'class' holding the class. The layer has no attribute fields"):
+        evaluate("threshold", image, tmp_path / "bare.gpkg", label_format="vector")
+    assert "lines" not in caplog.text
+
+
 def test_vector_labels_are_read_by_their_own_names_as_compare_reads_them(make_raster, tiny_fcn, tmp_path):
     """evaluate read a field of names by the model's classes: 'lake' polygons were left out unlabelled where
     compare scored them as the baseline's 'other', 'Building' was refused, and a model without the names

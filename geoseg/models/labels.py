@@ -462,8 +462,18 @@ class VectorLabels:
 
         frame = read_vector_labels(path, field)
         if field not in frame.columns:
-            raise InputError(f"{path}: no field {field!r} holding the class. "
-                             f"Fields: {', '.join(frame.columns[:-1])}.")
+            fields = [c for c in frame.columns if c != frame.geometry.name]
+            raise InputError(f"{path}: no field {field!r} holding the class. " + (
+                f"Fields: {', '.join(fields)}." if fields else "The layer has no attribute fields, only shapes: add a "
+                "field holding each polygon's class name or id (QGIS's Field Calculator, or ogr2ogr -sql \"SELECT "
+                "*, 'building' AS class FROM layer\")."))
+        lines = frame.geometry.geom_type.isin(["LineString", "MultiLineString", "LinearRing"]).sum()
+        if lines:  # centrelines labelled 0.5% of a road tile, against 3.3% for its road mask, with no word
+            log.warning("%s: %d of its shapes are lines, burnt one pixel wide (the pixels they cross), so they label "
+                        "a sliver of what they stand for. Buffer them to the features' width first, in the layer's units "
+                        "(QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT ST_Buffer(geometry, 3) AS geometry, "
+                        "* FROM layer\" for 3 m in a metric CRS).",
+                        path, lines)
         from geoseg.raster import inspect_raster
 
         self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
