@@ -753,3 +753,23 @@ def test_a_ctrl_c_that_the_caller_ignores_stays_ignored_while_the_command_loads(
     """`geoseg ... &` in a script ignores the terminal's Ctrl-C; the launcher's handler ended such a run."""
     done = _launched_with_a_ctrl_c_while_loading(tmp_path, "--version", ignored=True)
     assert done.returncode == 0 and "version" in done.stdout, done.stderr
+
+
+def test_an_empty_path_is_a_usage_error_not_the_working_folder(run, make_raster, tmp_path, monkeypatch):
+    """`geoseg survey "$DIR"` with DIR unset segmented every raster under the working folder and exited 0;
+    `evaluate --images ""` scored them all; `train --output ""` wrote into it."""
+    image = make_raster(shape=(30, 40))
+    monkeypatch.chdir(tmp_path)
+    for args in (["survey", "", "-o", "s", "-m", "threshold"],
+                 ["evaluate", "-m", "threshold", "--images", "", "--labels", image],
+                 ["segment", image, "-o", "", "-m", "threshold"],
+                 ["train", "-c", "x.toml", "--output", " "],
+                 ["vectorize", "", "-o", "p.gpkg"]):
+        result = run(*args)
+        assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, (args, result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif"]
+    from geoseg.errors import InputError
+    from geoseg.workflows import survey
+
+    with pytest.raises(InputError, match="an empty path among the inputs"):
+        survey([image, ""], tmp_path / "s", model="threshold")

@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl
 
 import click
 
-from geoseg.cli.options import (BandsType, chunk_option, emit_json, fail_cleanly, precision_option, sieve_option,
-                                tta_option)
+from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, precision_option,
+                                sieve_option, tta_option)
 
 __all__ = ["evaluate", "compare"]
 
@@ -88,7 +88,7 @@ def _check_report(path: str | None, overwrite: bool, model, images: list[str], l
 
 
 label_options = [
-    click.option("--images", multiple=True, required=True, help="Images: files, folders or globs (repeatable)."),
+    click.option("--images", multiple=True, required=True, type=PathParam(), help="Images: files, folders or globs (repeatable)."),
     click.option("--label-format", type=click.Choice(["index", "color", "vector"]), default="index",
                  show_default=True, help="Index raster, colour-coded mask, or polygons with a class field."),
     click.option("--label-names", default=None, metavar="NAME,...",
@@ -133,10 +133,10 @@ def _variant(model, precision: str, tta: str):
 
 @click.command()
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
-@click.option("--labels", multiple=True, required=True,
+@click.option("--labels", multiple=True, required=True, type=PathParam(),
               help="Labels: files/globs in the images' order, or a template like '{image_dir}/../masks/{stem}.png'.")
 @_with(label_options)
-@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+@click.option("--markdown", type=PathParam(dir_okay=False), default=None,
               help="Also write the table and its notes to this Markdown file.")
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
 def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, bands, chunk, sieve,
@@ -172,9 +172,9 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 
 @click.command()
 @click.option("--models", required=True, metavar="A,B,...", help="Two or more models, comma-separated.")
-@click.option("--labels", multiple=True, default=None, help="Labels (optional): as for `geoseg evaluate`.")
+@click.option("--labels", multiple=True, default=None, type=PathParam(), help="Labels (optional): as for `geoseg evaluate`.")
 @_with(label_options)
-@click.option("-o", "--output-dir", type=click.Path(), default=None,
+@click.option("-o", "--output-dir", type=PathParam(), default=None,
               help="Keep each model's masks and write disagreement rasters here: per pixel the number of "
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "

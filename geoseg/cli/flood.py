@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["flood"]
 
 
 @click.command()
-@click.argument("post", type=click.Path(dir_okay=False))
-@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
-@click.option("--pre", type=click.Path(dir_okay=False), default=None,
+@click.argument("post", type=PathParam(dir_okay=False))
+@click.option("-o", "--output-dir", required=True, type=PathParam(), help="Folder for the outputs.")
+@click.option("--pre", type=PathParam(dir_okay=False), default=None,
               help="Image from before the event (any grid or CRS, overlapping POST; aligned onto it).")
-@click.option("--aoi", type=click.Path(dir_okay=False), default=None,
+@click.option("--aoi", type=PathParam(dir_okay=False), default=None,
               help="Polygons of areas of interest (any CRS): flooded km² and share of each; in a file of several "
                    "layers name one: 'towns.gpkg|layername=towns'.")
 @click.option("--aoi-field", default=None, help="AOI attribute that names rows in the tables (default: 0, 1, ...).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import emit_json, fail_cleanly
+from geoseg.cli.options import PathParam, emit_json, fail_cleanly
 
 __all__ = ["models"]
 
@@ -91,7 +91,7 @@ def show(name: str) -> None:
 
 @models.command()
 @click.argument("names", nargs=-1, metavar="[NAME|PATH]...")
-@click.option("--image", type=click.Path(dir_okay=False), default=None, metavar="RASTER",
+@click.option("--image", type=PathParam(dir_okay=False), default=None, metavar="RASTER",
               help="Also run each bundle on this raster's central window, in small chunks and in one chunk, "
                    "and report how many pixels agree: a card whose margin is too small shows seams.")
 @click.option("--window", type=click.IntRange(min=64), default=1024, show_default=True, metavar="PX",

@@ -36,6 +36,16 @@ tta_option = click.option(
          "(4x the compute; the model card says what it gains). Baselines ignore it.")
 
 
+class PathParam(click.Path):
+    """click.Path that refuses an empty path: ``""`` is the current folder to the file system, so ``"$DIR"`` of an
+    unset variable surveyed every raster under the working folder, and ``--output ""`` trained into it."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty (an unset shell variable?). Give a path; '.' for the current folder.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class BandsType(click.ParamType):
     """1-based band indexes as ``3,2,1``."""
 

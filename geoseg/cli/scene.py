@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["scene"]
 
 
 @click.command()
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
+@click.argument("input", type=PathParam(dir_okay=False))
+@click.option("-o", "--output-dir", required=True, type=PathParam(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option
 @sieve_option
-@click.option("--zones", type=click.Path(dir_okay=False), default=None,
+@click.option("--zones", type=PathParam(dir_okay=False), default=None,
               help="Polygon layer of zones (districts, parcels) in any CRS; in a file of several layers name one: 'city.gpkg|layername=districts'.")
 @click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")

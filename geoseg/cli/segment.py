@@ -8,19 +8,19 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (BandsType, NormalizationType, chunk_option, emit_json, fail_cleanly, precision_option,
-                                sieve_option, tta_option)
+from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
+                                precision_option, sieve_option, tta_option)
 
 __all__ = ["segment"]
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True))
-@click.option("-o", "--output-dir", required=True, type=click.Path(),
+@click.argument("inputs", nargs=-1, required=True, type=PathParam(dir_okay=True))
+@click.option("-o", "--output-dir", required=True, type=PathParam(),
               help="Folder for the outputs (created if missing).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH",
               help="Model name from `geoseg models` or a .keras bundle path. Default: landcover-unet.")
-@click.option("--card", type=click.Path(dir_okay=False), default=None,
+@click.option("--card", type=PathParam(dir_okay=False), default=None,
               help="Model card (JSON) for a legacy Keras .h5 model that has none beside it.")
 @precision_option
 @tta_option

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
 
 __all__ = ["survey"]
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output-dir", required=True, type=click.Path(), help="Folder for the outputs.")
+@click.argument("inputs", nargs=-1, required=True, type=PathParam())
+@click.option("-o", "--output-dir", required=True, type=PathParam(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @chunk_option

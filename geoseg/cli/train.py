@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import fail_cleanly
+from geoseg.cli.options import PathParam, fail_cleanly
 
 __all__ = ["train"]
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+@click.option("-c", "--config", "config_path", required=True, type=PathParam(dir_okay=False),
               help="Training config (TOML): data, classes, model and training settings.")
 @click.option("--name", default=None, help="Override the model name.")
-@click.option("--output", default=None, type=click.Path(file_okay=False), help="Override the output folder.")
+@click.option("--output", default=None, type=PathParam(file_okay=False), help="Override the output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the number of epochs.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,

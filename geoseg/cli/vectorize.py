@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import emit_json, fail_cleanly
+from geoseg.cli.options import PathParam, emit_json, fail_cleanly
 
 __all__ = ["vectorize"]
 
 
 @click.command()
-@click.argument("mask", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.argument("mask", type=PathParam(dir_okay=False))
+@click.option("-o", "--output", required=True, type=PathParam(dir_okay=False),
               help="Layer to write; its extension picks the format: .gpkg, .geojson (or .json), .fgb or .parquet.")
 @click.option("--classes", default=None, metavar="NAME,...",
               help="Class names or ids to keep, comma-separated. Default: all.")
@@ -22,7 +22,7 @@ __all__ = ["vectorize"]
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M",
               help="Simplification tolerance in metres; shared edges stay shared (no gaps or overlaps).")
 @click.option("--to-crs", default=None, metavar="CRS", help="Reproject the layer, e.g. EPSG:4326.")
-@click.option("--confidence", type=click.Path(dir_okay=False), default=None,
+@click.option("--confidence", type=PathParam(dir_okay=False), default=None,
               help="Confidence raster to average per polygon (as written by segment --confidence).")
 @click.option("--block", type=click.IntRange(min=16), default=2048, show_default=True, metavar="PX",
               help="Block size; blocks are polygonised in parallel and merged across their edges.")

@@ -85,6 +85,9 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
 
     for item in map(str, items):
         path = Path(item)
+        if not item.strip():  # Path("") is the working folder: "$DIR" of an unset variable surveyed all under it
+            raise InputError("an empty path among the inputs (an unset shell variable?). Give a path; '.' for the "
+                             "current folder.")
         if is_gdal_path(item):  # /vsizip/..., zip://...: GDAL reads it
             out.append(item)
         elif any(ch in item for ch in "*?[") and not path.exists():
