@@ -773,3 +773,17 @@ def test_an_empty_path_is_a_usage_error_not_the_working_folder(run, make_raster,
 
     with pytest.raises(InputError, match="an empty path among the inputs"):
         survey([image, ""], tmp_path / "s", model="threshold")
+
+
+def test_a_blank_label_name_and_an_empty_class_list_are_usage_errors(run, make_raster, tmp_path):
+    """--label-names 'water,,other' dropped the blank and scored label id 1 as other; vectorize --classes ''
+    wrote an empty layer and exited 0."""
+    image = make_raster(shape=(30, 40))
+    result = run("evaluate", "-m", "threshold", "--images", image, "--labels", image, "--label-names", "water,,other")
+    assert result.exit_code == 2 and "'water,,other' has a blank item" in result.output, result.output
+    mask = run("segment", image, "-o", tmp_path / "m", "-m", "threshold", "--quiet")
+    assert mask.exit_code == 0, mask.output
+    for classes in ("", ","):
+        result = run("vectorize", tmp_path / "m" / "image_mask.tif", "-o", tmp_path / "p.gpkg", "--classes", classes)
+        assert result.exit_code == 2 and "names no class" in result.output, result.output
+    assert not (tmp_path / "p.gpkg").exists()

@@ -120,8 +120,16 @@ def _segment_options(chunk, sieve, bands) -> dict:
             **({"bands": bands} if bands else {})}
 
 
-def _split(value):
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+def _split(value, option: str | None = None):
+    """A comma list's items; with `option`, a blank item is a usage error: dropped, 'water,,other' scored
+    label id 1 as other and left the real other unscored."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if option is not None and not all(items):
+        raise click.BadParameter(f"{value!r} has a blank item; give one name or colour per label id, in order.",
+                                 param_hint=option)
+    return [v for v in items if v]
 
 
 def _variant(model, precision: str, tta: str):
@@ -157,8 +165,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         image_paths, label_paths = _pairs(images, labels)
         _check_report(markdown, overwrite, model, image_paths, label_paths)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
-                     label_names=_split(label_names),
-                     label_colors=_split(label_colors), vector_field=vector_field,
+                     label_names=_split(label_names, "--label-names"),
+                     label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
                      **_segment_options(chunk, sieve, bands))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
@@ -189,7 +197,8 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         refs = [_variant(m, precision, tta) for m in _split(models)]
         result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
                      label_format=label_format,
-                     label_names=_split(label_names), label_colors=_split(label_colors), vector_field=vector_field,
+                     label_names=_split(label_names, "--label-names"),
+                     label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
                      **_segment_options(chunk, sieve, bands))
     if as_json:
         emit_json(result)

@@ -45,6 +45,9 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     from geoseg.vector import vectorize as run_vectorize
 
     keep = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if keep == []:  # "keep nothing": an empty layer, exit 0 ("$CLASSES" of an unset variable)
+        raise click.BadParameter(f"{classes!r} names no class; give names or ids (water,vegetation or 1,2), or leave "
+                                 "--classes out for every class.", param_hint="--classes")
     with fail_cleanly():
         result = run_vectorize(mask, output, keep=keep, min_area=min_area, specks=specks, simplify=simplify, to_crs=to_crs,
                                confidence=confidence, block=block, overwrite=overwrite)
