@@ -787,3 +787,21 @@ def test_a_blank_label_name_and_an_empty_class_list_are_usage_errors(run, make_r
         result = run("vectorize", tmp_path / "m" / "image_mask.tif", "-o", tmp_path / "p.gpkg", "--classes", classes)
         assert result.exit_code == 2 and "names no class" in result.output, result.output
     assert not (tmp_path / "p.gpkg").exists()
+
+
+@pytest.mark.parametrize("args", [["serve", "--max-mpx", "nan"], ["serve", "--max-mpx", "inf"],
+                                  ["vectorize", "m.tif", "-o", "p.gpkg", "--min-area", "nan"],
+                                  ["vectorize", "m.tif", "-o", "p.gpkg", "--simplify", "inf"],
+                                  ["train", "-c", "x.toml", "--max-minutes", "nan"]])
+def test_nan_and_inf_are_usage_errors(run, args):
+    """click's FloatRange lets nan and inf through: serve --max-mpx nan was a ValueError traceback."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "is not a finite number" in result.output, result.output
+
+
+def test_a_scheduler_address_without_a_port_is_one_line(run, make_raster, tmp_path):
+    """--scheduler nonsense: 'ValueError: missing port number' as a traceback."""
+    result = CliRunner().invoke(main, ["segment", str(make_raster()), "-o", str(tmp_path / "o"), "-m", "threshold",
+                                       "--scheduler", "nonsense"])
+    assert result.exit_code == 1 and "--scheduler: cannot reach a Dask scheduler at nonsense" in result.output
+    assert not isinstance(result.exception, ValueError) and not (tmp_path / "o").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,17 @@ class PathParam(click.Path):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty (an unset shell variable?). Give a path; '.' for the current folder.", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that refuses nan and inf, which it lets through: --max-mpx nan was a traceback, --min-area
+    nan and --max-minutes nan exit 1 in the Python API's words (or not at all) after loading everything."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class BandsType(click.ParamType):

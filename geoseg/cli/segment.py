@@ -258,7 +258,7 @@ class _client:
         else:
             try:
                 self.client = Client(self.scheduler, timeout="10s")
-            except OSError as exc:
+            except (OSError, ValueError, TypeError) as exc:  # ValueError: 'nonsense' has no port, a traceback
                 raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
                     f"--scheduler: cannot reach a Dask scheduler at {self.scheduler} ({exc}). Check the address "
                     "(tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to run here.") from None

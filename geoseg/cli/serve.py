@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geoseg.cli.options import FiniteRange
+
 __all__ = ["serve"]
 
 
@@ -11,7 +13,7 @@ __all__ = ["serve"]
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--max-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
-@click.option("--max-mpx", type=click.FloatRange(min=0.01), default=50.0, show_default=True,
+@click.option("--max-mpx", type=FiniteRange(min=0.01), default=50.0, show_default=True,
               help="Largest image in megapixels.")
 @click.option("--ttl", type=click.IntRange(min=60), default=3600, show_default=True,
               help="Seconds from a job's end before its upload and results are deleted.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import PathParam, fail_cleanly
+from geoseg.cli.options import FiniteRange, PathParam, fail_cleanly
 
 __all__ = ["train"]
 
@@ -16,7 +16,7 @@ __all__ = ["train"]
 @click.option("--output", default=None, type=PathParam(file_okay=False), help="Override the output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the number of epochs.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-minutes", type=FiniteRange(min=0, min_open=True), default=None,
               help="Stop after this much time (minutes, above 0).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an interrupted run from its checkpoints (same settings; only "

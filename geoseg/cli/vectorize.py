@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import PathParam, emit_json, fail_cleanly
+from geoseg.cli.options import FiniteRange, PathParam, emit_json, fail_cleanly
 
 __all__ = ["vectorize"]
 
@@ -15,11 +15,11 @@ __all__ = ["vectorize"]
               help="Layer to write; its extension picks the format: .gpkg, .geojson (or .json), .fgb or .parquet.")
 @click.option("--classes", default=None, metavar="NAME,...",
               help="Class names or ids to keep, comma-separated. Default: all.")
-@click.option("--min-area", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M2",
+@click.option("--min-area", type=FiniteRange(min=0), default=0.0, show_default=True, metavar="M2",
               help="Polygons smaller than this many m² are specks (see --specks).")
 @click.option("--specks", type=click.Choice(["drop", "merge"]), default="drop", show_default=True,
               help="Drop specks, or merge each into the neighbour sharing its longest edge.")
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="M",
+@click.option("--simplify", type=FiniteRange(min=0), default=0.0, show_default=True, metavar="M",
               help="Simplification tolerance in metres; shared edges stay shared (no gaps or overlaps).")
 @click.option("--to-crs", default=None, metavar="CRS", help="Reproject the layer, e.g. EPSG:4326.")
 @click.option("--confidence", type=PathParam(dir_okay=False), default=None,
