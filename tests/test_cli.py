@@ -805,3 +805,15 @@ def test_a_scheduler_address_without_a_port_is_one_line(run, make_raster, tmp_pa
                                        "--scheduler", "nonsense"])
     assert result.exit_code == 1 and "--scheduler: cannot reach a Dask scheduler at nonsense" in result.output
     assert not isinstance(result.exception, ValueError) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, said", [("scale:0", "must be a finite number other than 0"),
+                                        ("scale:nan", "'normalization.scale' must be a number"),
+                                        ("percentile:98,2", "percentiles must satisfy 0 <= low < high <= 100"),
+                                        ("meanstd:1,1,1/0,1,1", "must be above 0 in every band")])
+def test_a_normalisation_no_card_could_hold_is_a_usage_error(run, make_raster, tmp_path, text, said):
+    """--normalize scale:0 made every pixel 0 (one class, exit 0); the others failed with exit 1 after the model
+    had loaded."""
+    result = run("segment", make_raster(), "-o", tmp_path / "o", "-m", "threshold", "--normalize", text)
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "o").exists()

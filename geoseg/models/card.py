@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -318,6 +319,10 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
     for key in keys:
         if key in data and not _is_number(data[key]):
             raise CardError(f"{source}: field 'normalization.{key}' must be a number. Received: {data[key]!r}")
+    if method == "scale" and not (math.isfinite(data["scale"]) and data["scale"] != 0
+                                  and math.isfinite(data.get("offset", 0.0))):  # scale 0: every pixel 0, one class
+        raise CardError(f"{source}: 'normalization.scale' must be a finite number other than 0, and 'offset' finite. "
+                        f"Received: scale={data['scale']!r}, offset={data.get('offset', 0.0)!r}")
     if method == "percentile" and not 0 <= data.get("low", 2) < data.get("high", 98) <= 100:
         raise CardError(f"{source}: percentiles must satisfy 0 <= low < high <= 100. "
                         f"Received: low={data.get('low', 2)!r}, high={data.get('high', 98)!r}")
@@ -365,17 +370,33 @@ def normalization_from_text(text: str) -> dict[str, Any]:
         if method == "scale":
             numbers = [float(v) for v in args.split(",")]
             if len(numbers) <= 2:
-                return {"method": "scale", "scale": numbers[0], "offset": numbers[1] if len(numbers) > 1 else 0.0}
+                return _checked_text({"method": "scale", "scale": numbers[0],
+                                      "offset": numbers[1] if len(numbers) > 1 else 0.0}, text)
         if method == "percentile":
             low, high = (float(v) for v in args.split(","))
-            return {"method": "percentile", "low": low, "high": high}
+            return _checked_text({"method": "percentile", "low": low, "high": high}, text)
         if method == "meanstd":
             mean, std = args.split("/")
-            return {"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
-                    "std": [float(v) for v in std.split(",")]}
+            return _checked_text({"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
+                                  "std": [float(v) for v in std.split(",")]}, text)
+    except _Refused:
+        raise
     except ValueError:
         pass
     raise ValueError(f"use {NORMALIZATION_SYNTAX}. Received: {text!r}")
+
+
+class _Refused(ValueError):
+    """Read, but no card could hold it."""
+
+
+def _checked_text(norm: dict[str, Any], text: str) -> dict[str, Any]:
+    """What `normalization_from_text` read, refused where no card could hold it (a usage error, not a failure
+    after the model has loaded): scale 0 or nan, percentiles out of order, a std of 0."""
+    try:
+        return _parse_normalization(norm, len(norm.get("mean", ())) or 1, "--normalize")
+    except CardError as exc:
+        raise _Refused(f"{str(exc).removeprefix('--normalize: ')} ({text!r})") from None
 
 
 def resolve_normalization(norm: dict[str, Any], sample: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
