@@ -838,3 +838,20 @@ def test_vector_label_files_without_a_value_or_with_blanks_take_no_side(make_ras
     with pytest.raises(InputError, match=r"mixed.gpkg: its 'class' field holds both class ids \('1'\) and class "
                                          r"names \('vegetation'\)"):
         evaluate("threshold", image, tmp_path / "mixed.gpkg", label_format="vector")
+
+
+def test_evaluate_and_compare_take_normalize_as_segment_does(make_raster, tiny_fcn, tmp_path):
+    """evaluate's own warning said "pass --normalize scale:..." for 11-bit imagery, and it had no such option."""
+    image = make_raster(shape=(40, 50))
+    label = make_raster(name="label.tif", data=np.zeros((1, 40, 50), np.uint8))
+
+    def confusion(*extra, command="evaluate"):
+        models = ["-m", str(tiny_fcn)] if command == "evaluate" else ["--models", f"{tiny_fcn},threshold"]
+        result = CliRunner().invoke(main, [command, *models, "--images", str(image), "--labels", str(label),
+                                           "--json", *extra])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        return (data if command == "evaluate" else data["evaluations"][0])["confusion_matrix"]
+
+    assert confusion() != confusion("--normalize", "scale:-0.02,3")
+    assert confusion(command="compare") != confusion("--normalize", "scale:-0.02,3", command="compare")

@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, precision_option,
-                                sieve_option, tta_option)
+from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
+                                precision_option, sieve_option, tta_option)
 
 __all__ = ["evaluate", "compare"]
 
@@ -98,6 +98,9 @@ label_options = [
     click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
                  help="1-based input bands in model order, for every model (the -nir baselines take red, green, "
                       "blue, NIR). Default: each card's."),
+    click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
+                 help="Override the cards' normalisation, as for `geoseg segment` (e.g. scale:S[,OFFSET] for 11- or "
+                      "16-bit imagery: a warning names the value); the baselines ignore it."),
     chunk_option,
     sieve_option,
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
@@ -115,9 +118,9 @@ def _with(options):
     return wrap
 
 
-def _segment_options(chunk, sieve, bands) -> dict:
+def _segment_options(chunk, sieve, bands, normalize) -> dict:
     return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {}),
-            **({"bands": bands} if bands else {})}
+            **({"bands": bands} if bands else {}), **({"normalization": normalize} if normalize else {})}
 
 
 def _split(value, option: str | None = None):
@@ -147,8 +150,8 @@ def _variant(model, precision: str, tta: str):
 @click.option("--markdown", type=PathParam(dir_okay=False), default=None,
               help="Also write the table and its notes to this Markdown file.")
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
-def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, bands, chunk, sieve,
-             as_json, precision, tta, markdown, overwrite):
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, bands, normalize, chunk,
+             sieve, as_json, precision, tta, markdown, overwrite):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -167,7 +170,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
                      label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
-                     **_segment_options(chunk, sieve, bands))
+                     **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
     table = markdown_table([result])
@@ -187,8 +190,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
                                                 "in the -o folder (otherwise they are an error).")
-def compare(models, labels, images, label_format, label_names, label_colors, vector_field, bands, chunk, sieve,
-            as_json, precision, tta, output_dir, overwrite):
+def compare(models, labels, images, label_format, label_names, label_colors, vector_field, bands, normalize, chunk,
+            sieve, as_json, precision, tta, output_dir, overwrite):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
@@ -199,7 +202,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
                      label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
                      label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
-                     **_segment_options(chunk, sieve, bands))
+                     **_segment_options(chunk, sieve, bands, normalize))
     if as_json:
         emit_json(result)
         return
