@@ -855,3 +855,23 @@ def test_evaluate_and_compare_take_normalize_as_segment_does(make_raster, tiny_f
 
     assert confusion() != confusion("--normalize", "scale:-0.02,3")
     assert confusion(command="compare") != confusion("--normalize", "scale:-0.02,3", command="compare")
+
+
+def test_labels_whose_class_reads_as_unlabelled_get_a_note(make_raster, tmp_path):
+    """A SpaceNet 0/255 road mask scored mean IoU 1.000 on its background alone, and building tiles whose GDAL
+    nodata is 0 (their background id) were scored on 1% of their pixels: no note said so."""
+    image = make_raster(shape=(40, 50))
+    mask = np.zeros((1, 40, 50), np.uint8)
+    mask[:, 10:20] = 255
+    road = make_raster(name="road.tif", data=mask)
+    result = evaluate("threshold", image, road)
+    assert any("road.tif holds only 0 and 255, and 255 is unlabelled, so its pixels of 255 (25.0%) were not scored"
+               in n for n in result.notes), result.notes
+    mask[:, 10:20] = 1
+    tiles = make_raster(name="tiles.tif", data=mask, nodata=0)
+    result = evaluate("threshold", image, tiles, label_names=["other", "water"])
+    assert any("tiles.tif: its nodata value 0 is also label id 0 (other), so its pixels of 0 (75.0%) were not "
+               "scored. If 0 is a class, unset the nodata value: gdal_edit.py -unsetnodata tiles.tif" in n
+               for n in result.notes), result.notes
+    plain = make_raster(name="plain.tif", data=mask)
+    assert not any("unlabelled" in n or "nodata value" in n for n in evaluate("threshold", image, plain).notes)

@@ -233,6 +233,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     matrix = np.zeros((n, n), np.int64)
     names = unique_stems(images)
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
+    unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
     off_data = 0  # labelled pixels (of a class the model scores) where the model gives no class: image nodata
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
@@ -247,7 +248,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                                 vector_field=vector_field, rename=RENAME_LABEL_NAMES, stray=STRAY_IN_EVALUATE,
                                 ignore_colors=[])  # colours of no class: were left out without a word
             if label_format == "index":
-                for value, count in _unnamed_pixels(label, label_classes).items():
+                for value, count in _unnamed_pixels(label, label_classes, unlabelled).items():
                     unnamed[value] = unnamed.get(value, 0) + count
             off_data += int(((pred == IGNORE) & (lut[truth] != IGNORE)).sum())
             if regions:  # each region takes its majority label class
@@ -273,6 +274,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                      f"{', '.join(absent)}")
     if unnamed:  # were left out without a word
         notes.append(_unnamed_note(unnamed, label_sets))
+    notes.extend(unlabelled)
     if off_data:  # were left out without a word too
         notes.append(f"{off_data} labelled pixels lie on image nodata, where the model gives no class, and were not "
                      "scored")
@@ -424,14 +426,32 @@ def majority_classes(regions: np.ndarray, truth: np.ndarray, n_classes: int) -> 
     return lookup[ids]
 
 
-def _unnamed_pixels(label, label_classes: list[dict]) -> dict[int, int]:
+def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = None) -> dict[int, int]:
     """Pixels per value of an index label that no label class names (past the names, or a gap in them), not
-    counting 255 (unlabelled) and the label's nodata (its nodata value, internal mask or alpha)."""
+    counting 255 (unlabelled) and the label's nodata (its nodata value, internal mask or alpha).
+
+    Appends to `said` what a user should know of the pixels that are not scored for being unlabelled: a 0/255
+    mask, whose 255 class, and a label whose nodata value is a class id, whose class was left out unseen (a
+    SpaceNet road mask scored mean IoU 1.000 on its background alone)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
         with rasterio.open(label) as ds:
             values = ds.read(1)
             masked = label_nodata(ds)
+            nodata = ds.nodata
+    if said is not None:
+        found = set(np.unique(values).tolist())
+        if found == {0, IGNORE}:
+            share = 100 * float((values == IGNORE).mean())
+            said.append(f"{label} holds only 0 and 255, and 255 is unlabelled, so its pixels of 255 ({share:.1f}%) "
+                        "were not scored. If 255 marks a class (a 0/255 mask), make it id 1 first: gdal_calc.py -A "
+                        f"{Path(label).name} --outfile ids.tif --calc=\"A/255\" --type=Byte --NoDataValue=none")
+        elif (masked is not None and nodata is not None and float(nodata).is_integer()
+              and 0 <= nodata < len(label_classes) and masked.any()):
+            name = label_classes[int(nodata)]["name"] or "unnamed"
+            said.append(f"{label}: its nodata value {nodata:g} is also label id {nodata:g} ({name}), so its pixels of "
+                        f"{nodata:g} ({100 * float(masked.mean()):.1f}%) were not scored. If {nodata:g} is a class, "
+                        f"unset the nodata value: gdal_edit.py -unsetnodata {Path(label).name}")
     named = np.zeros(len(label_classes), bool)
     named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
     in_range = (values >= 0) & (values < len(label_classes))
