@@ -1,5 +1,9 @@
 """One exception hierarchy for geoseg; each message names the value and the fix."""
 
+import threading
+import warnings
+from contextlib import contextmanager
+
 __all__ = [
     "GeosegError",
     "InputError",
@@ -11,6 +15,7 @@ __all__ = [
     "CardError",
     "TilingError",
     "ClusterError",
+    "catch_warnings",
 ]
 
 
@@ -57,3 +62,33 @@ class TilingError(GeosegError, ValueError):
 
 class ClusterError(GeosegError, RuntimeError):
     """A Dask cluster failed a run: its workers died, or its scheduler went away."""
+
+
+_FILTERS_LOCK = threading.Lock()
+_filters_held = 0
+_filters_saved: list = []
+
+
+@contextmanager
+def catch_warnings():
+    """``warnings.catch_warnings()`` for code that several threads run at once (Dask's, survey's jobs, the web
+    page's workers): the filters are saved when the first thread enters and put back when the last one leaves.
+
+    The standard one is not thread-safe: each block put back what it had saved, so interleaved blocks left one
+    thread's filters in place, and ``survey(jobs=3)`` left the process ignoring rasterio's
+    NotGeoreferencedWarning (and more) for good. While any such block runs, the filters set in them hold in
+    every thread.
+    """
+    global _filters_held, _filters_saved
+    with _FILTERS_LOCK:
+        if not _filters_held:
+            _filters_saved = warnings.filters[:]
+        _filters_held += 1
+    try:
+        yield
+    finally:
+        with _FILTERS_LOCK:
+            _filters_held -= 1
+            if not _filters_held:
+                warnings.filters[:] = _filters_saved
+                warnings._filters_mutated()  # as catch_warnings does: the registries' caches are stale

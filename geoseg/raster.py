@@ -22,7 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import BandError, InputError, OutputError, RasterReadError
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, catch_warnings
 
 __all__ = [
     "NODATA",
@@ -187,7 +187,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
     stamp = None if is_gdal_path(path) else _stamp(path)  # before it is opened: a change after it is seen
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 flags = ds.mask_flag_enums
@@ -346,7 +346,7 @@ class WindowSource:
         from contextlib import ExitStack
 
         window = Window.from_slices(rows, cols)
-        with IO_LOCK, warnings.catch_warnings(), ExitStack() as stack:
+        with IO_LOCK, catch_warnings(), ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:
                 ds = stack.enter_context(rasterio.open(self.path))
@@ -374,7 +374,7 @@ class WindowSource:
 def open_quietly(path: str | os.PathLike):
     """``rasterio.open(path)`` without rasterio's NotGeoreferencedWarning: a JPEG or PNG and its masks have
     no georeferencing, which geoseg says itself where it matters (no m², no mosaic)."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path)
 
@@ -535,7 +535,7 @@ def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
 def create_outputs(info: RasterInfo, layers: dict[str, tuple[Path, int, int | None]]) -> dict:
     """Create empty tiled GeoTIFFs for each layer ``name -> (path, bands, nodata)``; return open datasets."""
     datasets = {}
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for name, (path, count, nodata) in layers.items():
             profile = _profile(info, count, "uint8")
@@ -603,7 +603,7 @@ def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> 
                           "nothing was left at that path.")
     step = "copy"
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             rio_copy(
                 tmp_path,
@@ -634,7 +634,7 @@ def first_line(exc: Exception) -> str:
 
 def class_pixel_counts(path: str | os.PathLike, n_classes: int) -> np.ndarray:
     """Count pixels of each class in a mask, per row: (rows, n_classes) int64, block by block."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a mask of a photo has no geotransform
         ds = rasterio.open(path)
     with ds:
@@ -857,7 +857,7 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
 
     # capped as segment's reads are: scene's and flood's maps, drawn after segment returns, filled the default
     # cache (5% of RAM) reading a 16384^2 raster without overviews: 1059 MB peak against segment's 312 MB
-    with warnings.catch_warnings(), rasterio.Env(**gdal_cache_options()):
+    with catch_warnings(), rasterio.Env(**gdal_cache_options()):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             longest = max(ds.width, ds.height)

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg.errors import GeosegError, InputError, OutputError
+from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders, replaced_atomically
 from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem,
                            reading_pixels)
@@ -37,7 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # rasterio's shapes() reads the transform of the in-memory raster it makes of the array, which has none, and
-# warns of that whatever transform it is given. A warnings.catch_warnings() around it is not thread-safe: in
+# warns of that whatever transform it is given. A catch_warnings() around it is not thread-safe: in
 # the threads that polygonise the blocks the warning came through now and then (3 runs in 10). Only that
 # message from rasterio.features is silenced, for the process, as it concerns no dataset of the user's.
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning,
@@ -69,7 +69,7 @@ def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int
 
 def _class_tables(mask_path: str | os.PathLike) -> tuple[dict[str, str], dict]:
     """A mask's CLASS_NAMES tag (empty for masks from elsewhere) and colour table."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
             tag = ds.tags().get("CLASS_NAMES", "{}")
@@ -96,7 +96,7 @@ def _foreign_nodata(mask_path: str) -> tuple[int | None, bool]:
     Another declared value is nodata instead of 255: a label raster of nodata 0 gave polygons of
     class 0. A mask that declares none and holds 255 is warned about once its blocks are read (a
     road mask of 0 and 255 gave only the background's polygons)."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds:
             declared = ds.nodata
@@ -156,7 +156,7 @@ def polygonize_block(mask_path: str, window: Window, inner: tuple[bool, bool, bo
     from rasterio.features import shapes
     from scipy import ndimage
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(mask_path) as ds, reading_pixels(mask_path, window):
             data = ds.read(1, window=window)
@@ -784,7 +784,7 @@ def _write_stream(out_path: Path, driver: str, frames, crs, *, confidence: bool)
 def _written_atomically(out_path: Path, driver: str, write) -> None:
     """`write`(a temporary path beside `out_path`), then the rename; a failure leaves nothing at either path."""
     try:
-        with replaced_atomically(out_path, suffix=f".tmp{out_path.suffix}") as tmp, warnings.catch_warnings():
+        with replaced_atomically(out_path, suffix=f".tmp{out_path.suffix}") as tmp, catch_warnings():
             # a mask without a CRS gives a layer without one, as it should
             warnings.filterwarnings("ignore", message=".*crs.*was not provided", category=UserWarning)
             write(tmp)

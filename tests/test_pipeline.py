@@ -1376,3 +1376,30 @@ def test_a_pixel_with_one_band_at_nodata(make_raster, tmp_path, dtype, nodata):
     if dtype != "uint8":
         expected[:, :10] = False
     assert np.array_equal(valid[..., 0], expected) and np.array_equal(trained, expected)
+
+
+def test_warning_filters_set_by_overlapping_threads_are_all_put_back():
+    """survey(jobs=3) left the process ignoring NotGeoreferencedWarning for good: warnings.catch_warnings() put
+    back what each block had saved, so interleaved blocks left one thread's filters in place."""
+    import threading
+    import warnings
+
+    from geoseg.errors import catch_warnings
+
+    before = list(warnings.filters)
+    entered, leave = threading.Event(), threading.Event()
+
+    def first():
+        with catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(10)
+    with catch_warnings():  # enters after the first, which leaves first
+        warnings.simplefilter("ignore", FutureWarning)
+        leave.set()
+        thread.join(10)
+    assert warnings.filters == before

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoseg.errors import BandError, GeosegError
+from geoseg.errors import BandError, GeosegError, catch_warnings
 
 __all__ = ["CheckResult", "SEAM_FLOOR", "check_models", "exit_status", "seam_agreement"]
 
@@ -79,7 +79,7 @@ def seam_agreement(model: str | os.PathLike, image: str | os.PathLike, *, window
     level = pipeline_log.level
     pipeline_log.setLevel(logging.ERROR)  # small chunks on purpose: not the "sees 11x the pixels" warning
     try:
-        with tempfile.TemporaryDirectory(prefix="geoseg-check-") as tmp, warnings.catch_warnings():
+        with tempfile.TemporaryDirectory(prefix="geoseg-check-") as tmp, catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             crop = _central_window(os.fspath(image), window, Path(tmp))
             with rasterio.open(crop) as ds:

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from geoseg.errors import InputError
+from geoseg.errors import InputError, catch_warnings
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE", "VectorLabels", "check_label_grid", "check_label_template",
@@ -265,7 +265,7 @@ def _crs_text(crs) -> str:
 def _open_label(path: str | os.PathLike, name: str | None = None):
     import rasterio
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return rasterio.open(path)
@@ -311,7 +311,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         return VectorLabels(path, classes, str(image), vector_field, rename=rename).window(shape, window)
     if fmt == "color":
         _check_distinct_colours(path, classes)
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with rasterio.open(path) as ds:

@@ -13,7 +13,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from geoseg.errors import CardError, ModelError
+from geoseg.errors import CardError, ModelError, catch_warnings
 from geoseg.models.card import ModelCard, read_card
 from geoseg.raster import first_line
 
@@ -257,7 +257,7 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
     side = _probe_side(card)
     try:  # the batch too: a card's sizes decide how large it is
         batch = probe_batch(card)
-        with warnings.catch_warnings():  # Keras: "structure of `inputs` doesn't match" for a named input
+        with catch_warnings():  # Keras: "structure of `inputs` doesn't match" for a named input
             warnings.simplefilter("ignore", UserWarning)
             out = np.asarray(model(batch, training=False), np.float32)
             # and noise 100 times as large: scores that end in a ReLU stayed under 1 on the first, and then

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from geoseg.errors import InputError, ModelError, OutputError
+from geoseg.errors import InputError, ModelError, OutputError, catch_warnings
 from geoseg.models.card import ModelCard, write_card
 from geoseg.models.labels import (IGNORE, check_label_grid, check_label_template, ids_by_name, label_file,
                                   read_labels)
@@ -363,7 +363,7 @@ def _read_image(path: str, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
     from geoseg.raster import reading_pixels
 
     _image_info(path, bands)
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds, reading_pixels(path):  # a truncated image: named, not a traceback
             return _without_nodata(ds, bands)

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from geoseg.errors import GeosegError, ModelNotFoundError, OutputError
+from geoseg.errors import GeosegError, ModelNotFoundError, OutputError, catch_warnings
 from geoseg.models.card import normalization_from_text, parse_normalization
 from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
@@ -336,7 +336,7 @@ def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
     if not inspect_raster(path).paletted:
         return path, count
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 index, table = ds.read(1), ds.colormap(1)
@@ -350,7 +350,7 @@ def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:
         lut[value] = rgba
     rgba = lut[index]
     out = path.with_suffix(".tif")
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(out, "w", driver="GTiff", width=index.shape[1], height=index.shape[0], count=3,
                            dtype="uint8", photometric="RGB", **georef) as dst:
@@ -375,7 +375,7 @@ def _original_png(path: Path, folder: Path, name: str) -> Path:
     from geoseg.raster import read_preview
 
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.errors import catch_warnings
+
 __all__ = ["Job", "JobManager"]
 
 log = logging.getLogger(__name__)
@@ -278,7 +280,7 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
     gpkg = mask.with_name(mask.name.replace("_mask.tif", "_polygons.gpkg"))
     vectorize(mask, gpkg, overwrite=True)
     job.files[f"{key}_polygons.gpkg"] = gpkg
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(mask) as ds:
             has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
@@ -351,7 +353,7 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
         return []
     label = job.files["label"]
     cards = list({card.name: card for _, card, _ in masks.values()}.values())
-    with warnings.catch_warnings():  # PNG and JPEG labels have no georeferencing; that is fine here
+    with catch_warnings():  # PNG and JPEG labels have no georeferencing; that is fine here
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(job.files["input"]) as ds:
             shape = ds.height, ds.width

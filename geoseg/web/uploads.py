@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from geoseg.errors import InputError
+from geoseg.errors import InputError, catch_warnings
 
 __all__ = ["UploadError", "sniff", "check_pixels", "check_readable", "display_name"]
 
@@ -55,7 +55,7 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
     import rasterio
 
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             with rasterio.open(path) as ds:
                 size = (ds.width, ds.height, ds.count)
@@ -101,7 +101,7 @@ def _decoded_by_pillow(path: Path, kind: str) -> bool:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():  # the server's pixel limit (checked before) decides, not Pillow's
+        with catch_warnings():  # the server's pixel limit (checked before) decides, not Pillow's
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path, formats=["PNG" if kind == "png" else "JPEG"])
     except (UnidentifiedImageError, Image.DecompressionBombError):  # e.g. 12-bit JPEG, or over Pillow's limit
@@ -122,7 +122,7 @@ def _read_by_gdal(path: Path, pixels: int = 1 << 20) -> bool:
     from rasterio.windows import Window
 
     try:  # libjpeg only warns on a cut file (a 12-bit JPEG, which Pillow cannot open, came here): an error
-        with warnings.catch_warnings(), rasterio.Env(GDAL_ERROR_ON_LIBJPEG_WARNING=True):
+        with catch_warnings(), rasterio.Env(GDAL_ERROR_ON_LIBJPEG_WARNING=True):
             warnings.simplefilter("ignore")
             with rasterio.open(path) as ds:
                 block_rows = ds.block_shapes[0][0]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import rasterio
 
-from geoseg.errors import BandError, InputError, OutputError
+from geoseg.errors import BandError, InputError, OutputError, catch_warnings
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, check_label_grid,
                                   label_class_names, label_nodata, label_warnings, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
@@ -240,7 +240,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
             result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
                              **segment_options)
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
                 with rasterio.open(result.outputs["mask"]) as ds:
                     pred = ds.read(1)
@@ -433,7 +433,7 @@ def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = N
     Appends to `said` what a user should know of the pixels that are not scored for being unlabelled: a 0/255
     mask, whose 255 class, and a label whose nodata value is a class id, whose class was left out unseen (a
     SpaceNet road mask scored mean IoU 1.000 on its background alone)."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
         with rasterio.open(label) as ds:
             values = ds.read(1)

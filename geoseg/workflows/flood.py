@@ -14,7 +14,7 @@ import rasterio
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
-from geoseg.errors import BandError, InputError, OutputError
+from geoseg.errors import BandError, InputError, OutputError, catch_warnings
 from geoseg.models.card import ClassInfo
 from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
@@ -81,7 +81,7 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
     with reading_pixels(src.name, window):  # a truncated image: its name and window, not a traceback
         g, n = read_bands(src, [green, nir], window=window)
-        with warnings.catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
+        with catch_warnings():  # "nodata shadows the alpha band": the mask is what GDAL says it is
             warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
             valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
     index = normalized_difference(g, n)

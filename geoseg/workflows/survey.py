@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from geoseg.errors import GeosegError, InputError, OutputError
+from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders
 from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
 from geoseg.raster import (first_line, is_gdal_path, pid_alive, raster_stem, remove_dead_temp_dirs, unique_stems,
@@ -955,7 +955,7 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
                 continue
             if frame.crs is not None and frame.crs != target_crs:
                 frame = frame.to_crs(target_crs)
-            with warnings.catch_warnings():  # plain images only: pixel coordinates, which the report says
+            with catch_warnings():  # plain images only: pixel coordinates, which the report says
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
                 try:
                     pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
