@@ -1260,3 +1260,19 @@ def test_training_learns_the_toy_classes(tmp_path):
     train(load_config(config))
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert card["metrics"]["validation"]["mean_iou"] > 0.75, card["training"]["epoch_mean_iou"]
+
+
+def test_the_time_budget_stops_a_run_within_its_epoch(tmp_path):
+    """--max-minutes was read at the end of each epoch: with a long epoch a run went on past it by a whole epoch
+    (a helper's 0.3 minutes with 10^12 steps per epoch ran until it was killed)."""
+    import time
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("steps_per_epoch = 3", "steps_per_epoch = 100000"))
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--max-minutes", "0.05"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 120
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert set(card["metrics"]["validation"]["iou"]) == {"a", "b"}

@@ -17,7 +17,8 @@ __all__ = ["train"]
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the number of epochs.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Override steps per epoch.")
 @click.option("--max-minutes", type=FiniteRange(min=0, min_open=True), default=None,
-              help="Stop after this much time (minutes, above 0).")
+              help="Stop after this much time (minutes, above 0), within an epoch if need be; the part-epoch "
+                   "is scored and may be the one kept.")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an interrupted run from its checkpoints (same settings; only "
                    "max_minutes and patience may change), or discard them and start afresh.")

@@ -1233,6 +1233,11 @@ class _ValidationIoU:
                 loss = (logs or {}).get("loss")  # as keras.callbacks.TerminateOnNaN, but an error, not a stop
                 if loss is not None and not np.isfinite(float(loss)):
                     raise _Diverged(self.running, batch + 1, float(loss))
+                # within the epoch too: a long epoch ran its whole length past --max-minutes, and a batch
+                # scheduler's limit killed the run instead. The part-epoch is scored and kept as epochs are.
+                if self.deadline and time.monotonic() > self.deadline and not self.model.stop_training:
+                    log.info("time budget reached at step %d of epoch %d: stopping", batch + 1, self.running)
+                    self.model.stop_training = True
 
             def on_epoch_end(self, epoch, logs=None):
                 self._score(epoch, logs)
