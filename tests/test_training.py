@@ -1276,3 +1276,25 @@ def test_the_time_budget_stops_a_run_within_its_epoch(tmp_path):
     assert time.monotonic() - started < 120
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert set(card["metrics"]["validation"]["iou"]) == {"a", "b"}
+
+
+def test_an_image_smaller_than_the_chip_is_padded_whether_held_in_memory_or_read_lazily():
+    """With in_memory = false a 92 x 169 clip under a 128 px chip was cut at 92 px and enlarged to 128: another
+    ground resolution than the same clip held in memory, which is padded."""
+
+    class Lazy:  # as training's window readers: a shape, and slices read on demand
+        def __init__(self, array):
+            self.array, self.shape = array, array.shape
+
+        def __getitem__(self, key):
+            return self.array[key]
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (6, 20, 3), np.uint8)
+    label = rng.integers(0, 3, (6, 20), np.uint8)
+    held = chip_stream([(image, label, "a")], 8, seed=3)
+    lazy = chip_stream([(Lazy(image), Lazy(label), "a")], 8, seed=3)
+    for _ in range(12):
+        (x, y), (lx, ly) = next(held), next(lazy)
+        assert np.array_equal(x, lx) and np.array_equal(y, ly)
+        assert (y == 255).sum() == 2 * 8  # two padded rows, unlabelled, in every orientation

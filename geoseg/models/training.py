@@ -569,10 +569,13 @@ def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitte
         if min(image.shape[:2]) < size and isinstance(image, np.ndarray):
             pad = ((0, max(0, size - image.shape[0])), (0, max(0, size - image.shape[1])))
             image, label = np.pad(image, pad + ((0, 0),), mode="reflect"), np.pad(label, pad, constant_values=IGNORE)
-        size = min(size, *image.shape[:2])  # a lazy image smaller than the jittered size
-        r = rng.integers(0, image.shape[0] - size + 1)
-        c = rng.integers(0, image.shape[1] - size + 1)
-        x, y = image[r : r + size, c : c + size], label[r : r + size, c : c + size]
+        h, w = min(size, image.shape[0]), min(size, image.shape[1])
+        r = rng.integers(0, image.shape[0] - h + 1)
+        c = rng.integers(0, image.shape[1] - w + 1)
+        x, y = image[r : r + h, c : c + w], label[r : r + h, c : c + w]
+        if (h, w) != (size, size):  # a lazy image smaller than the chip, padded as one held in memory is above: it
+            pad = ((0, size - h), (0, size - w))  # was cut smaller and enlarged, another ground resolution
+            x, y = np.pad(x, pad + ((0, 0),), mode="reflect"), np.pad(y, pad, constant_values=IGNORE)
         if size != chip:
             xr = resize(x, (chip, chip), order=1, preserve_range=True, anti_aliasing=size > chip)
             x = (np.rint(xr) if np.issubdtype(x.dtype, np.integer) else xr).astype(x.dtype)
