@@ -817,3 +817,14 @@ def test_a_normalisation_no_card_could_hold_is_a_usage_error(run, make_raster, t
     result = run("segment", make_raster(), "-o", tmp_path / "o", "-m", "threshold", "--normalize", text)
     assert result.exit_code == 2 and said in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_options_that_would_do_nothing_are_usage_errors(run, make_raster, tmp_path):
+    """vectorize --specks merge without --min-area merged nothing, and --scheduler '' ran here, each without a
+    word."""
+    image = make_raster(shape=(30, 40))
+    result = run("segment", image, "-o", tmp_path / "o", "-m", "threshold", "--scheduler", "")
+    assert result.exit_code == 2 and "--scheduler" in result.output and "is empty" in result.output, result.output
+    assert run("segment", image, "-o", tmp_path / "m", "-m", "threshold", "--quiet").exit_code == 0
+    result = run("vectorize", tmp_path / "m" / "image_mask.tif", "-o", tmp_path / "p.gpkg", "--specks", "merge")
+    assert result.exit_code == 2 and "give --min-area" in result.output, result.output

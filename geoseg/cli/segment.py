@@ -80,6 +80,9 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
         model = with_card(model, card, precision, tta)
     if workers and scheduler:
         raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
+    if scheduler is not None and not scheduler.strip():  # ran here, without a word ("$SCHEDULER" unset)
+        raise click.BadParameter("is empty; give the scheduler's address (tcp://HOST:8786), or leave it out to run "
+                                 "here.", param_hint="--scheduler")
     with fail_cleanly():  # a name too long for the file system was an OSError traceback here
         _check_inputs(inputs, output_dir, overwrite, dict(
             confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))

@@ -45,6 +45,9 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     from geoseg.vector import vectorize as run_vectorize
 
     keep = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if specks == "merge" and not min_area:  # merged nothing, without a word
+        raise click.BadParameter("merges the polygons under --min-area M2, which is 0; give --min-area.",
+                                 param_hint="--specks merge")
     if keep == []:  # "keep nothing": an empty layer, exit 0 ("$CLASSES" of an unset variable)
         raise click.BadParameter(f"{classes!r} names no class; give names or ids (water,vegetation or 1,2), or leave "
                                  "--classes out for every class.", param_hint="--classes")
