@@ -9,6 +9,7 @@ import os
 import re
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -766,9 +767,19 @@ def _write_stream(out_path: Path, driver: str, frames, crs, *, confidence: bool)
             failure.append(exc)
 
     def write(tmp: Path) -> None:
-        pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), tmp, layer=out_path.stem,
-                            driver=driver, geometry_name="geometry", geometry_type="Polygon",
-                            crs=None if crs is None else crs.to_wkt())
+        signals: list = []
+        try:
+            with _noting_signals(signals):
+                pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), tmp, layer=out_path.stem,
+                                    driver=driver, geometry_name="geometry", geometry_type="Polygon",
+                                    crs=None if crs is None else crs.to_wkt())
+        except RuntimeError:
+            if failure:
+                raise failure[0] from None
+            if signals:  # Ctrl-C (or SIGTERM) while Arrow pulled a batch: it gave back "Error while accessing
+                signum, handler = signals[-1]  # batch from stream", a RuntimeError that no except KeyboardInterrupt
+                handler(signum, None)  # catches; raised again as the signal's own handler raises it
+            raise
         if failure:
             raise failure[0]
 
@@ -779,6 +790,33 @@ def _write_stream(out_path: Path, driver: str, frames, crs, *, confidence: bool)
             raise failure[0] from None
         raise
     return polygons
+
+
+@contextmanager
+def _noting_signals(seen: list):
+    """Note in `seen` each SIGINT and SIGTERM (with its Python handler, which still runs) while the block runs,
+    in the main thread; elsewhere Python delivers no signals, and nothing is noted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    replaced = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            def noting(number, frame, handler=handler):
+                seen.append((number, handler))
+                handler(number, frame)
+
+            replaced[signum] = handler
+            signal.signal(signum, noting)
+    try:
+        yield
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
 
 
 def _written_atomically(out_path: Path, driver: str, write) -> None:

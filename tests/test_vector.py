@@ -747,3 +747,29 @@ def test_no_module_is_first_imported_in_the_block_threads(make_mask, tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_the_layer_is_written_is_a_keyboard_interrupt(make_mask, tmp_path, monkeypatch):
+    """A Ctrl-C while Arrow pulled a batch came out of pyogrio as "RuntimeError: Error while accessing batch from
+    stream", which a notebook's `except KeyboardInterrupt` does not catch."""
+    import signal
+
+    import pyogrio
+
+    def interrupted(reader, path, **kwargs):  # as Arrow does when the signal lands in its own loop
+        reader.read_next_batch()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Error while accessing batch from stream.") from None
+
+    monkeypatch.setattr(pyogrio, "write_arrow", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.default_int_handler if signum == signal.SIGINT
+                        else signal.SIG_DFL)  # as in a notebook, whatever handler pytest runs under
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vectorize(make_mask(noisy_mask((64, 64))), tmp_path / "p.gpkg", block=32)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
