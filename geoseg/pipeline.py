@@ -121,6 +121,10 @@ def plan_run(
         log.warning("chunk %dx%d with a %d px margin: the model sees %.0fx the pixels of the raster; "
                     "the default chunk (%dx%d on this raster) sees %.1fx", rows, cols, margin, seen, d_rows, d_cols,
                     (d_rows + 2 * margin) * (d_cols + 2 * margin) / (d_rows * d_cols))
+    chunks = -(-info.height // rows) * -(-info.width // cols)
+    if chunk is not None and min(rows, cols) < 128 and chunks > 1000:  # --chunk 1: 156 s for 128 x 128 px
+        log.warning("chunk %dx%d cuts the raster into %d chunks, each a task that costs milliseconds to schedule: "
+                    "give a chunk of 256 px or more (the default is %d)", rows, cols, chunks, default)
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
 
 

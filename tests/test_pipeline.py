@@ -637,7 +637,13 @@ def test_a_chunk_much_smaller_than_its_margins_is_warned_about(make_raster, tiny
     with caplog.at_level("WARNING", logger="geoseg.pipeline"):
         plan_run(info, card)  # the default chunk
         plan_run(info, card, chunk=1024)  # larger than the raster: the chunk is the raster
-    assert "the model sees" not in caplog.text
+    assert "the model sees" not in caplog.text and "chunks, each a task" not in caplog.text
+    # a tiny chunk of a model without margins: --chunk 1 took 156 s on 128 x 128 px, without a word
+    from geoseg.models import get_segmenter
+
+    with caplog.at_level("WARNING", logger="geoseg.pipeline"):
+        plan_run(info, get_segmenter("threshold").card, chunk=4)
+    assert "chunk 4x4 cuts the raster into 2500 chunks, each a task" in caplog.text
 
 
 def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_path, caplog):
