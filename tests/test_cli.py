@@ -505,6 +505,7 @@ def test_a_signal_inside_rasterios_env_bookkeeping_still_exits_with_its_status(r
     ("segment", ["a.tif", "-m", "landcover-unet"], True),
     ("compare", ["--models", "threshold,landcover-unet", "--images", "a.tif"], True),
     ("compare", ["--models=threshold,edges-watershed", "--images", "a.tif"], False),
+    ("compare", ["--models", "threshold,,edges-watershed,", "--images", "a.tif"], False),  # loaded it: 12 s, not 4
     ("flood", ["a.tif", "-o", "f", "--method", "ndwi"], False),
     ("flood", ["a.tif", "-o", "f"], True),
     ("evaluate", ["-h"], False),
@@ -828,3 +829,9 @@ def test_options_that_would_do_nothing_are_usage_errors(run, make_raster, tmp_pa
     assert run("segment", image, "-o", tmp_path / "m", "-m", "threshold", "--quiet").exit_code == 0
     result = run("vectorize", tmp_path / "m" / "image_mask.tif", "-o", tmp_path / "p.gpkg", "--specks", "merge")
     assert result.exit_code == 2 and "give --min-area" in result.output, result.output
+
+
+def test_compare_of_one_model_is_a_usage_error(run, make_raster):
+    """It failed with exit 1 in the Python API's words, after loading the model."""
+    result = run("compare", "--models", "threshold,", "--images", make_raster())
+    assert result.exit_code == 2 and "compare needs two or more" in result.output, result.output

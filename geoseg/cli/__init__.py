@@ -171,7 +171,7 @@ def _may_run_keras(command: str, args: Sequence[str]) -> bool:
     if command == "flood" and "ndwi" in _option_values(args, ("--method",)):
         return False
     if command == "compare":
-        names = [n for value in _option_values(args, ("--models",)) for n in value.split(",")]
+        names = [n for value in _option_values(args, ("--models",)) for n in value.split(",") if n.strip()]
     else:
         names = _option_values(args, ("-m", "--model"))
     return not all_baselines(names)

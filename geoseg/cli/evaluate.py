@@ -198,6 +198,9 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
         refs = [_variant(m, precision, tta) for m in _split(models)]
+        if len(refs) < 2:  # exit 1 in the Python API's words, after loading the model
+            raise click.BadParameter(f"{models!r} names {len(refs)} model(s); compare needs two or more, "
+                                     "comma-separated (for one, use geoseg evaluate).", param_hint="--models")
         result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
                      label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
