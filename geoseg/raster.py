@@ -312,16 +312,21 @@ def read_bands(ds, bands: Sequence[int], **kwargs) -> np.ndarray:
     return out
 
 
-def valid_pixels(masks: np.ndarray, dtype) -> np.ndarray:
-    """(rows, cols) validity from GDAL's (bands, rows, cols) masks of the bands a model reads.
+def valid_pixels(masks: np.ndarray, nodata: Sequence) -> np.ndarray:
+    """(rows, cols) validity from GDAL's (bands, rows, cols) masks of the bands a model reads and their nodata values.
 
-    In an unsigned-integer raster a pixel is nodata where every band is, as GDAL's dataset mask and QGIS
-    read it: 0 is a real value of 8-bit imagery. In a float or signed-integer raster it is nodata where any
-    band is, as with NaN: their nodata values are sentinels (-9999, -32768), which the model read as pixels
-    (one Landsat band nodata on 22% of a scene where the others had data).
+    A pixel is nodata where every band is, as GDAL's dataset mask and QGIS read it, and also where a band whose
+    nodata value is a sentinel (negative, as -9999 or -32768, or beyond 1e30) is: the model read such values as
+    pixels (one Landsat band nodata on 22% of a scene where the others had data). A nodata value of 0 or another
+    value data can take is no sentinel: a dark 8-bit pixel, or open water's near-infrared 0.0 in a float raster
+    whose nodata is 0, stays valid where another band has data.
     """
     seen = masks > 0
-    return seen.all(0) if np.dtype(dtype).kind in "fi" else seen.any(0)
+    valid = seen.any(0)
+    sentinel = [i for i, v in enumerate(nodata) if v is not None and (v < 0 or abs(v) > 1e30)]
+    if sentinel:
+        valid &= seen[sentinel].all(0)
+    return valid
 
 
 class WindowSource:
@@ -363,7 +368,8 @@ class WindowSource:
             with reading_pixels(self.path, where):
                 data = np.moveaxis(read_bands(ds, self.bands, window=window), 0, -1)
                 if self.has_mask or self.grid is not None:
-                    valid = valid_pixels(ds.read_masks(self.bands, window=window), data.dtype)[..., None]
+                    valid = valid_pixels(ds.read_masks(self.bands, window=window),
+                                         [ds.nodatavals[b - 1] for b in self.bands])[..., None]
                 else:
                     valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
@@ -867,9 +873,9 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
             with reading_pixels(path):  # statistics, calibration and previews read whole inputs this way
                 read = functools.partial(read_bands, ds)
                 if mask:  # as WindowSource reads them
-                    dtype = np.result_type(*(ds.dtypes[b - 1] for b in bands))
-                    valid = valid_pixels(_read_in_strips(ds.read_masks, ds, bands, shape, Resampling.nearest), dtype)
-                    if dtype.kind == "f":  # non-finite values are nodata
+                    valid = valid_pixels(_read_in_strips(ds.read_masks, ds, bands, shape, Resampling.nearest),
+                                         [ds.nodatavals[b - 1] for b in bands])
+                    if np.result_type(*(ds.dtypes[b - 1] for b in bands)).kind == "f":  # non-finite values: nodata
                         valid &= np.isfinite(_read_in_strips(read, ds, bands, shape, Resampling.nearest)).all(0)
                     return valid
                 data = _read_in_strips(read, ds, bands, shape, method)

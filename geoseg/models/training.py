@@ -382,7 +382,7 @@ def _without_nodata(ds, bands: list[int], window=None) -> tuple[np.ndarray, np.n
     if all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in bands):
         valid = np.ones(data.shape[:2], bool)
     else:
-        valid = valid_pixels(ds.read_masks(bands, window=window), data.dtype)
+        valid = valid_pixels(ds.read_masks(bands, window=window), [ds.nodatavals[b - 1] for b in bands])
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(-1)
     if not valid.all():
