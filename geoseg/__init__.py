@@ -49,7 +49,7 @@ _LAZY = {
 
 # subpackages, imported when first named: `import geoseg; geoseg.models.get_segmenter(...)` worked while
 # `import geoseg` loaded them all, and did not after it became lazy (the pipeline benchmark died on it)
-_SUBMODULES = ("errors", "files", "inference", "models", "pipeline", "preview", "raster", "sieve", "tiling",
+_SUBMODULES = ("cli", "errors", "files", "inference", "models", "pipeline", "preview", "raster", "sieve", "tiling",
                "vector", "web", "workflows")
 
 

@@ -471,6 +471,8 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     ``paths_of(folder)`` names the outputs; their paths are returned. An output that is one of
     the `inputs` (``flood flood.tif -o .``) is refused even with `overwrite`: it would destroy it.
     """
+    if not str(output_dir).strip():  # Path("") is the working folder: segment(x, "") wrote its mask there
+        raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
     out_dir = Path(output_dir)
     try:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused
         os.path.abspath(out_dir).encode("utf-8")  # with a traceback after the work

@@ -774,6 +774,12 @@ def test_an_empty_path_is_a_usage_error_not_the_working_folder(run, make_raster,
 
     with pytest.raises(InputError, match="an empty path among the inputs"):
         survey([image, ""], tmp_path / "s", model="threshold")
+    from geoseg import segment
+
+    for call in (lambda: survey([image], "", model="threshold"), lambda: segment(image, "", model="threshold")):
+        with pytest.raises(InputError, match="the output folder is an empty path"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif"]
 
 
 def test_a_blank_label_name_and_an_empty_class_list_are_usage_errors(run, make_raster, tmp_path):
@@ -809,7 +815,7 @@ def test_a_scheduler_address_without_a_port_is_one_line(run, make_raster, tmp_pa
 
 
 @pytest.mark.parametrize("text, said", [("scale:0", "must be a finite number other than 0"),
-                                        ("scale:nan", "'normalization.scale' must be a number"),
+                                        ("scale:nan", "'normalization.scale' must be a finite number"),
                                         ("percentile:98,2", "percentiles must satisfy 0 <= low < high <= 100"),
                                         ("meanstd:1,1,1/0,1,1", "must be above 0 in every band")])
 def test_a_normalisation_no_card_could_hold_is_a_usage_error(run, make_raster, tmp_path, text, said):

@@ -875,3 +875,7 @@ def test_labels_whose_class_reads_as_unlabelled_get_a_note(make_raster, tmp_path
                for n in result.notes), result.notes
     plain = make_raster(name="plain.tif", data=mask)
     assert not any("unlabelled" in n or "nodata value" in n for n in evaluate("threshold", image, plain).notes)
+    # the usual layout: CLASS_NAMES for ids 1 and up, nodata 0 for the unlabelled pixels; id 0 is no class
+    with rasterio.open(tiles, "r+") as ds:
+        ds.update_tags(CLASS_NAMES='{"1": "water"}')
+    assert not any("nodata value" in n for n in evaluate("threshold", image, tiles).notes)

@@ -35,7 +35,7 @@ CARD = {
         ({"normalization": {"method": "zscore"}}, "normalization.method"),
         ({"normalization": {"method": "meanstd", "mean": [1], "std": [1, 1, 1]}}, "normalization.mean"),
         ({"normalization": {"method": "meanstd", "mean": [1, 2, 3], "std": [1, 0, 1]}}, "normalization.std' must be above 0"),
-        ({"normalization": {"method": "scale", "scale": "1/255"}}, "normalization.scale' must be a number"),
+        ({"normalization": {"method": "scale", "scale": "1/255"}}, "normalization.scale' must be a finite number"),
         ({"normalization": {"method": "scale", "offset": -1.0}}, r"method 'scale' needs field 'normalization.scale' "
                                                                  r"\(x \* scale \+ offset\)"),
         ({"normalization": {"method": "percentile", "low": 98, "high": 2}}, "0 <= low < high <= 100"),

@@ -176,7 +176,7 @@ def test_config_errors(tmp_path):
                              ('name = ""', "name must start with a letter or digit"),
                              ('name = "my model"', "name must start with a letter or digit"),
                              ('classes = [{name = "a"}, {name = "a"}]', "names must differ"),
-                             ('normalization = {method = "scale", scale = "x"}', "normalization.scale' must be a number"),
+                             ('normalization = {method = "scale", scale = "x"}', "normalization.scale' must be a finite number"),
                              ('normalization = {method = "meanstd", mean = [0], std = [0]}\nbands = [1]',
                               "normalization.std' must be above 0")]:
         text = f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{setting}\n'

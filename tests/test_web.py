@@ -274,7 +274,7 @@ def test_a_label_off_the_image_grid_is_refused_naming_the_uploaded_file(client, 
         ({"image": (io.BytesIO(_png()), "a.png"), "sieve": "²"}, 400, "sieve (minimum region) is a whole number"),
         # values the syntax takes but a model cannot: were a 202, then a failed job after the other models ran
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "threshold,tiny-fcn", "normalize": "scale:nan"}, 400,
-         "normalisation for tiny-fcn: field 'normalization.scale' must be a number. Received: nan"),
+         "normalisation: field 'normalization.scale' must be a finite number. Received: nan ('scale:nan')"),
         ({"image": (io.BytesIO(_png()), "a.png"), "models": "tiny-fcn", "normalize": "percentile:98,2"}, 400,
          "percentiles must satisfy 0 <= low < high <= 100"),
         ({"models": ["threshold"] * 1200}, 413,

@@ -318,7 +318,7 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
     keys = {"scale": ("scale", "offset"), "percentile": ("low", "high")}.get(method, ())
     for key in keys:
         if key in data and not _is_number(data[key]):
-            raise CardError(f"{source}: field 'normalization.{key}' must be a number. Received: {data[key]!r}")
+            raise CardError(f"{source}: field 'normalization.{key}' must be a finite number. Received: {data[key]!r}")
     if method == "scale" and not (math.isfinite(data["scale"]) and data["scale"] != 0
                                   and math.isfinite(data.get("offset", 0.0))):  # scale 0: every pixel 0, one class
         raise CardError(f"{source}: 'normalization.scale' must be a finite number other than 0, and 'offset' finite. "

@@ -447,8 +447,9 @@ def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = N
                         "were not scored. If 255 marks a class (a 0/255 mask), make it id 1 first: gdal_calc.py -A "
                         f"{Path(label).name} --outfile ids.tif --calc=\"A/255\" --type=Byte --NoDataValue=none")
         elif (masked is not None and nodata is not None and float(nodata).is_integer()
-              and 0 <= nodata < len(label_classes) and masked.any()):
-            name = label_classes[int(nodata)]["name"] or "unnamed"
+              and 0 <= nodata < len(label_classes) and label_classes[int(nodata)]["name"] is not None
+              and masked.any()):  # an id no name stands for (CLASS_NAMES of 1 and 2, nodata 0) is no class
+            name = label_classes[int(nodata)]["name"]
             said.append(f"{label}: its nodata value {nodata:g} is also label id {nodata:g} ({name}), so its pixels of "
                         f"{nodata:g} ({100 * float(masked.mean()):.1f}%) were not scored. If {nodata:g} is a class, "
                         f"unset the nodata value: gdal_edit.py -unsetnodata {Path(label).name}")

@@ -472,6 +472,8 @@ def survey(
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if not str(output_dir).strip():  # said "no rasters found in x.tif outside the output folder ."
+        raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
     if progress is not None and not callable(progress):  # progress=3 failed on every raster, with a traceback each
         raise InputError(f"progress must be a function of (fraction, message), or None. Received: {progress!r}")
     if progress is not None and not _takes_two(progress):  # segment's, scene's and flood's take (fraction): one
