@@ -911,18 +911,25 @@ def test_expand_inputs(tmp_path, make_raster, monkeypatch):
     c = make_raster(name="sub/c.tif")
     (tmp_path / "lists.txt").write_text("sub\n*.tif\n")  # a folder and a glob line were each one missing raster
     assert expand_inputs([tmp_path / "lists.txt"]) == [str(c), str(a), str(b)]
-    vrt = tmp_path / "mosaic.vrt"
-    vrt.write_text('<VRTDataset rasterXSize="80" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1">'
-                   '<SimpleSource><SourceFilename relativeToVRT="1">b.tif</SourceFilename><SourceBand>1</SourceBand>'
-                   '</SimpleSource></VRTRasterBand></VRTDataset>')
-    assert expand_inputs([vrt]) == [str(b)]
+    def vrt(name, bands):  # bands: [(file, source band, extra XML)] per VRT band
+        path = tmp_path / name
+        path.write_text('<VRTDataset rasterXSize="80" rasterYSize="64">' + "".join(
+            f'<VRTRasterBand dataType="Byte" band="{i}">' + "".join(
+                f'<ComplexSource><SourceFilename relativeToVRT="1">{f}</SourceFilename><SourceBand>{b}</SourceBand>'
+                f'{extra}</ComplexSource>' for f, b, extra in sources) + "</VRTRasterBand>"
+            for i, sources in enumerate(bands, 1)) + "</VRTDataset>")
+        return path
+
+    left, right = make_raster(name="left.tif", bands=1), make_raster(name="right.tif", bands=1)
+    mosaic = vrt("mosaic.vrt", [[("left.tif", 1, ""), ("right.tif", 1, "")]])
     # one raster's bands from several files (gdalbuildvrt -separate): each band was taken for an image of its own
-    stack = tmp_path / "stack.vrt"
-    stack.write_text('<VRTDataset rasterXSize="80" rasterYSize="64">' + "".join(
-        f'<VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename relativeToVRT="1">{f}'
-        '</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
-        for i, f in enumerate(["a.tif", "b.tif", "a.tif"], 1)) + "</VRTDataset>")
-    assert expand_inputs([stack, vrt]) == [str(stack), str(b)]
+    stack = vrt("stack.vrt", [[("a.tif", 1, "")], [("b.tif", 1, "")], [("a.tif", 2, "")]])
+    # a band choice (gdal_translate -b 3 -b 2 -b 1 -of VRT) and a rescaled copy: were the file without either
+    choice = vrt("bgr.vrt", [[("a.tif", 3, "")], [("a.tif", 2, "")], [("a.tif", 1, "")]])
+    scaled = vrt("scaled.vrt", [[("a.tif", i, "<ScaleRatio>2</ScaleRatio>")] for i in (1, 2, 3)])
+    whole = vrt("whole.vrt", [[("a.tif", i, "")] for i in (1, 2, 3)])  # all of a.tif's bands as they are
+    assert expand_inputs([mosaic, stack, choice, scaled, whole]) == [str(left), str(right), str(stack), str(choice),
+                                                                    str(scaled), str(a)]
     # hidden names, as a glob leaves them out: another run's staging folder held a half-written mask
     (tmp_path / "sub" / ".geoseg-host-1-x").mkdir()
     make_raster(name="sub/.geoseg-host-1-x/c_mask.tif")

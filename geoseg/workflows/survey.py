@@ -57,8 +57,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     A single str or path counts as a list of one. A folder gives its rasters (recursively, hidden
     files and folders left out, as a glob leaves them);
     a ``.txt`` file one item per line, expanded as these are (a raster, a folder, a glob; relative
-    to the file, ``#`` starts a comment); a ``.vrt`` mosaic its source rasters (a VRT that stacks bands of
-    several files stays one raster); anything else is taken as
+    to the file, ``#`` starts a comment); a ``.vrt`` mosaic its source rasters (any other VRT, such as a band
+    stack of several files or a band choice, stays one raster); anything else is taken as
     a raster path, even a missing one, so that the batch reports it. A glob that matches nothing
     and a folder without rasters are warned about. Duplicates (the same file, by any path) are dropped, order kept. Given a
     `left_out` list, what folders and globs find that geoseg wrote (`written_by_geoseg`: masks,
@@ -145,29 +145,55 @@ def _beside(line: str, folder: Path) -> str:
 
 
 def _vrt_sources(path: Path) -> list[str]:
-    """The rasters of a VRT mosaic; a VRT that stacks bands of several files is one raster, itself."""
+    """The rasters of a VRT mosaic; any other VRT (a band stack, a band choice, a rescaled or warped copy) is one
+    raster, itself."""
     import rasterio
 
     try:
         with rasterio.open(path) as ds:
             files = [f for f in ds.files if os.path.abspath(f) != os.path.abspath(path)]
+            count = ds.count
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot read this VRT ({exc}).") from None
-    return [str(path)] if _stacks_bands(path) else files
+    return files if _is_mosaic(path, files, count) else [str(path)]
 
 
-def _stacks_bands(path: Path) -> bool:
-    """Whether a VRT's bands come from different files (``gdalbuildvrt -separate``, QGIS's Build Virtual Raster
-    with "Place each input file into a separate band"): split into its sources, each band was taken for an
-    image of its own ("lsat7_2000_10.tif has 1 band(s)")."""
+def _is_mosaic(path: Path, files: list[str], count: int) -> bool:
+    """Whether a VRT only lays rasters side by side: each band N takes band N of the same files, unscaled, and
+    the files have its bands. Split into its sources, a band stack (``gdalbuildvrt -separate``) gave one image
+    per band, and a band choice (``gdal_translate -b 3 -b 2 -b 1 -of VRT``) or a rescaled copy gave the file
+    without them."""
     import xml.etree.ElementTree as ET
 
+    import rasterio
+
     try:
-        bands = ET.parse(path).getroot().findall("VRTRasterBand")
+        root = ET.parse(path).getroot()
     except (ET.ParseError, OSError):
         return False
-    sources = [frozenset((e.text or "").strip() for e in band.iter("SourceFilename")) for band in bands]
-    return len(set(sources)) > 1
+    if root.tag != "VRTDataset" or not files:  # VRTWarpedDataset: a reprojection, not a mosaic
+        return False
+    taken = set()
+    for number, band in enumerate(root.findall("VRTRasterBand"), 1):
+        sources = [e for e in band if e.tag.endswith("Source")]
+        if not sources or band.get("subClass"):  # a derived band (pixel functions)
+            return False
+        for source in sources:
+            if (source.tag not in ("SimpleSource", "ComplexSource") or (source.findtext("SourceBand") or "1").strip()
+                    != str(number) or any(source.find(t) is not None for t in ("ScaleOffset", "ScaleRatio", "LUT"))):
+                return False
+        names = frozenset((e.findtext("SourceFilename") or "").strip() for e in sources)
+        if taken and names != taken:
+            return False
+        taken = names
+    try:
+        for name in files:
+            with rasterio.open(name) as ds:
+                if ds.count != count:
+                    return False
+    except rasterio.errors.RasterioIOError:
+        return False
+    return True
 
 
 def _fingerprint(path: str) -> dict[str, Any]:
