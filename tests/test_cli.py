@@ -841,3 +841,13 @@ def test_compare_of_one_model_is_a_usage_error(run, make_raster):
     """It failed with exit 1 in the Python API's words, after loading the model."""
     result = run("compare", "--models", "threshold,", "--images", make_raster())
     assert result.exit_code == 2 and "compare needs two or more" in result.output, result.output
+
+
+def test_the_command_puts_back_the_sigterm_handler_of_the_process_that_called_it(run):
+    """CliRunner (or a notebook) kept the command's SIGTERM handler, so a CI runner's SIGTERM ended one test with
+    SystemExit while the test run went on."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run("models").exit_code == 0
+    assert signal.getsignal(signal.SIGTERM) is before

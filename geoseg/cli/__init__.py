@@ -92,6 +92,19 @@ class _Group(click.Group):
     the status of a raster that failed in a survey)."""
 
     def invoke(self, ctx: click.Context):
+        import signal
+        import threading
+
+        # SIGTERM's handler is the command's: `main` called in a process of its own (a test run, a notebook) kept
+        # it, and a CI runner's SIGTERM then ended one test with SystemExit while the run went on
+        previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        try:
+            return self._invoked(ctx)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _invoked(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
