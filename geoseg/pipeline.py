@@ -464,6 +464,12 @@ def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None
         raise
 
 
+def check_output_path(output_dir: str | os.PathLike) -> None:
+    """Refuse an empty output folder: Path("") is the working folder, where segment(x, "") wrote its mask."""
+    if not str(output_dir).strip():
+        raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],
                        overwrite: bool, inputs: Sequence[str | os.PathLike | None] = ()) -> dict[str, Path]:
     """Create `output_dir`, check it is writable, and refuse existing outputs unless `overwrite`.
@@ -471,8 +477,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     ``paths_of(folder)`` names the outputs; their paths are returned. An output that is one of
     the `inputs` (``flood flood.tif -o .``) is refused even with `overwrite`: it would destroy it.
     """
-    if not str(output_dir).strip():  # Path("") is the working folder: segment(x, "") wrote its mask there
-        raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
+    check_output_path(output_dir)
     out_dir = Path(output_dir)
     try:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused
         os.path.abspath(out_dir).encode("utf-8")  # with a traceback after the work

@@ -23,7 +23,8 @@ import numpy as np
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders
-from geoseg.pipeline import check_options, new_folders_removed_on_error, prepare_output_dir, segment
+from geoseg.pipeline import (check_options, check_output_path, new_folders_removed_on_error, prepare_output_dir,
+                             segment)
 from geoseg.raster import (first_line, is_gdal_path, pid_alive, raster_stem, remove_dead_temp_dirs, unique_stems,
                            written_by_geoseg)
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
@@ -498,8 +499,7 @@ def survey(
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    if not str(output_dir).strip():  # said "no rasters found in x.tif outside the output folder ."
-        raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
+    check_output_path(output_dir)  # before the inputs: "no rasters found in x.tif outside the output folder ."
     if progress is not None and not callable(progress):  # progress=3 failed on every raster, with a traceback each
         raise InputError(f"progress must be a function of (fraction, message), or None. Received: {progress!r}")
     if progress is not None and not _takes_two(progress):  # segment's, scene's and flood's take (fraction): one
