@@ -987,11 +987,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, block_fn, *, block: int = 1024) -> None:
+def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, block_fn, *, block: int = 1024,
+                     sieve: int = 0) -> int:
     """Write a uint8 class mask COG on the grid of `like`, one window at a time.
 
     ``block_fn(window)`` returns the (rows, cols) uint8 classes of that window
-    (255 = nodata). The file appears at `out_path` only when complete.
+    (255 = nodata). With `sieve`, regions of one class smaller than that many pixels
+    take the classes around them (`geoseg.sieve.sieve_mask`). The file appears at
+    `out_path` only when complete. Returns the pixels the sieve changed.
     """
     out_path = Path(out_path)
     with staging_dir(out_path.parent) as tmp:
@@ -1005,4 +1008,17 @@ def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, blo
                     ds.write(block_fn(window), 1, window=window)
         finally:
             ds.close()
+        changed = 0
+        if sieve:
+            from geoseg.sieve import sieve_mask
+
+            sieved = tmp / f"sieved-{out_path.name}"
+            ds = create_outputs(like, {"mask": (sieved, 1, NODATA)})["mask"]
+            try:
+                describe_mask(ds, classes)
+                changed = sieve_mask(staged, ds, sieve)
+            finally:
+                ds.close()
+            staged = sieved
         finalize_cog(staged, out_path)
+    return changed

@@ -333,7 +333,7 @@ def test_workers_runs_on_a_local_cluster(run, make_raster, tiny_fcn, tmp_path):
     (["--method", "ndwi", "-m", "threshold"], "-m/--model only applies to --method model"),
     (["--method", "ndwi", "--water-class", "sea"], "--water-class only applies to --method model"),
     (["--ndwi-threshold", "0.3", "--green-band", "3"], "--green-band, --ndwi-threshold only apply to --method ndwi"),
-    (["--method", "ndwi", "--chunk", "512", "--sieve", "4"], "--chunk, --sieve only apply to --method model"),
+    (["--method", "ndwi", "--chunk", "512", "--sieve", "4"], "--chunk only applies to --method model"),
 ])
 def test_flood_refuses_options_of_the_other_method(run, make_raster, tmp_path, args, message):
     """They were ignored without a word: an NDWI run with -m, a model run with an NDWI cut."""

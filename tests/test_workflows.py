@@ -186,8 +186,8 @@ def test_flood_from_python_refuses_options_of_the_other_method(make_raster, tmp_
         flood(path, tmp_path / "a", method="ndwi", model="no-such-model", water_class="sea")
     with pytest.raises(InputError, match=r"green_band only applies to method='ndwi'"):
         flood(path, tmp_path / "b", method="model", model="threshold", green_band=9)
-    with pytest.raises(InputError, match=r"chunk, sieve only apply to method='model'"):  # segment's, ignored
-        flood(path, tmp_path / "c", method="ndwi", chunk=512, sieve=4)
+    with pytest.raises(InputError, match=r"bands, chunk only apply to method='model'"):  # segment's, ignored
+        flood(path, tmp_path / "c", method="ndwi", chunk=512, bands=(1, 2, 3), sieve=4)
     with pytest.raises(InputError, match=r"flood\(\) has no option 'chunks'"):
         flood(path, tmp_path / "d", model="threshold", chunks=512)
     assert not any((tmp_path / name).exists() for name in "abcd")
@@ -248,6 +248,29 @@ def test_flood_takes_the_models_bands_and_sieve_and_styles_every_mask(tmp_path, 
         ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
     module.flood(post, tmp_path / "d", method="ndwi")
     assert shown[-1] == [3, 2, 1]
+
+
+def test_flood_sieves_ndwi_masks_too(tmp_path):
+    """--sieve was refused with --method ndwi, even as its default --sieve 0: NDWI maps had no minimum mapping unit."""
+    from rasterio.transform import from_origin
+
+    water = np.zeros((40, 50), bool)
+    water[:, 10:25] = True
+    water[5, 40] = True  # a one-pixel pond
+    water[30, 17] = False  # a one-pixel island
+    post = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0))
+    plain = CliRunner().invoke(main, ["flood", str(post), "-o", str(tmp_path / "a"), "--method", "ndwi",
+                                      "--sieve", "0", "--json"])
+    sieved = CliRunner().invoke(main, ["flood", str(post), "-o", str(tmp_path / "b"), "--method", "ndwi",
+                                       "--sieve", "4", "--json"])
+    assert plain.exit_code == 0 and sieved.exit_code == 0, plain.output + sieved.output
+    with rasterio.open(tmp_path / "a" / "flood.tif") as a, rasterio.open(tmp_path / "b" / "flood.tif") as b:
+        before, after = a.read(1), b.read(1)
+        assert b.colormap(1) == a.colormap(1) and b.nodata == a.nodata and b.transform == a.transform
+    assert (before == water).all()  # the threshold finds every water pixel
+    assert after[5, 40] == 0 and after[30, 17] == 1  # the pond is dry land, the island water
+    assert ((before != after).sum(), (after == np.where(water, 1, 0)).sum()) == (2, water.size - 2)
+    assert "regions under 4 px sieved" in json.loads(sieved.output)["water_source"]
 
 
 def test_ndwi_of_built_up_land_and_water_both_above_zero_keeps_otsu_s_cut(tmp_path):

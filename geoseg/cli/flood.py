@@ -49,7 +49,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
 
     ctx = click.get_current_context()  # options of the other method were ignored without a word
     given = [f"--{name.replace('_', '-')}" if name != "model" else "-m/--model" for name in
-             (("model", "water_class", "bands", "chunk", "sieve") if method == "ndwi"
+             (("model", "water_class", "bands", "chunk") if method == "ndwi"
               else ("green_band", "nir_band", "ndwi_threshold"))
              if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
     if given:

@@ -187,12 +187,14 @@ def _dip(counts: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
 
 
 def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
-                     threshold: float | Literal["otsu"] = "otsu") -> float:
+                     threshold: float | Literal["otsu"] = "otsu", sieve: int = 0) -> float:
     """Write water (1) where NDWI = (green - nir) / (green + nir) > `threshold`, else 0; nodata 255.
 
     With ``threshold="otsu"`` a first pass over the raster's windows builds an NDWI
     histogram and `ndwi_cut` picks the cut: Otsu's, which adapts to raw digital numbers
-    and to reflectance alike, or 0 for a scene of one mode. Returns the threshold used.
+    and to reflectance alike, or 0 for a scene of one mode. With `sieve`, water or dry
+    regions smaller than that many pixels take the class around them, as
+    ``segment(sieve=)`` does. Returns the threshold used.
     """
     info = inspect_raster(path)
     _check_ndwi_bands(info, green, nir)
@@ -206,7 +208,9 @@ def water_index_mask(path: str, out_path: Path, *, green: int, nir: int,
             out[~valid] = NODATA
             return out
 
-        write_class_mask(out_path, info, WATER_CLASSES, block)
+        changed = write_class_mask(out_path, info, WATER_CLASSES, block, sieve=sieve)
+    if sieve:
+        log.info("sieve %d px: %d px (%.2f%%) changed", sieve, changed, 100 * changed / max(1, info.pixels))
     return float(threshold)
 
 
@@ -221,11 +225,13 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
         out = out_dir / f"{raster_stem(image)}_water.tif"
         if out.exists() and not overwrite:
             raise OutputError(f"{out} already exists. Pass --overwrite (overwrite=True) to replace it.")
-        cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold)
+        sieve = segment_options.get("sieve", 0)
+        cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold, sieve=sieve)
         write_qml(out.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in WATER_CLASSES}, kind="raster")
         if progress is not None:
             progress(1.0)
-        return out, 1, f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
+        return out, 1, (f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
+                        + (f", regions under {sieve} px sieved" if sieve else ""))
     card, water_id = _water_class(model, water_class)
     result = segment(image, out_dir, model=model, overwrite=overwrite, preview=False, progress=progress,
                      **segment_options)
@@ -285,7 +291,8 @@ def flood(
         ``progress(fraction)`` from 0 to 1 over both images' water masks (by their
         pixels) and then the flood map; as `geoseg.segment`'s.
     **segment_options
-        Passed to `geoseg.segment` for `method="model"` (bands, chunk, sieve, ...).
+        Passed to `geoseg.segment` for `method="model"` (bands, chunk, sieve, ...);
+        `sieve` also cleans the NDWI masks of `method="ndwi"`.
 
     Returns
     -------
@@ -301,8 +308,9 @@ def flood(
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
     check_options({**segment_options, "overwrite": overwrite, "progress": progress}, caller="flood()",
                   taken=("preview",))
-    if method == "ndwi" and segment_options:  # they were ignored without a word
-        raise InputError(f"{', '.join(sorted(segment_options))} only appl{'y' if len(segment_options) > 1 else 'ies'} "
+    model_only = sorted(set(segment_options) - {"sieve"})  # a minimum mapping unit serves NDWI maps too
+    if method == "ndwi" and model_only:  # they were ignored without a word
+        raise InputError(f"{', '.join(model_only)} only appl{'y' if len(model_only) > 1 else 'ies'} "
                          "to method='model' (the model's run); this run uses method='ndwi'.")
     if ndwi_threshold != "otsu" and (isinstance(ndwi_threshold, bool) or not isinstance(ndwi_threshold, (int, float, np.number))
                                      or not -1 <= ndwi_threshold <= 1):
