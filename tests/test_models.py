@@ -316,6 +316,11 @@ def test_legacy_h5_needs_a_card_then_segments(tmp_path, make_raster):
     (tmp_path / "custom_unet_v1.json").write_text(json.dumps({**LEGACY_CARD, "bands": [1, 2, 3, 4]}))
     shown = CliRunner().invoke(main, ["models", "show", str(h5)])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["bands"] == [1, 2, 3, 4]
+    # a card given with a built-in baseline was dropped without a word
+    baseline = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "c"), "-m", "threshold",
+                                         "--card", str(card)])
+    assert baseline.exit_code == 1 and "threshold is a built-in baseline with its own card" in baseline.output
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("calls", [1, 2])

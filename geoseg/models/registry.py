@@ -277,7 +277,11 @@ def with_card(ref: str | os.PathLike | None, card: str | os.PathLike | None = No
         return ref
     base = resolve_model(ref)
     if base.startswith(BUILTIN):
-        return ref if card is None else base
+        if card is not None:  # it was dropped without a word
+            raise ModelError(f"{base[len(BUILTIN):].partition('?')[0]} is a built-in baseline with its own card; "
+                             "--card (card=) is for a legacy Keras .h5 model that has none. Leave it out, or pass "
+                             "the .h5 model with -m.")
+        return ref
     return f"{base}{'&' if '?' in base else '?'}{urlencode(options)}"
 
 
