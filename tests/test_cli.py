@@ -341,6 +341,28 @@ def test_flood_refuses_options_of_the_other_method(run, make_raster, tmp_path, a
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "-m", "threshold", "--images", "{image}", "--labels", "{image}", "--overwrite"],
+     "--overwrite only applies with --markdown"),
+    (["evaluate", "-m", "threshold", "--images", "{image}", "--labels", "{image}", "--vector-field", "kind"],
+     "--vector-field only applies with --label-format vector"),
+    (["compare", "--models", "threshold,region-growing", "--images", "{image}", "--labels", "{image}",
+      "--overwrite"], "--overwrite only applies with -o/--output-dir"),
+    (["compare", "--models", "threshold,region-growing", "--images", "{image}", "-o", "{out}",
+      "--label-names", "water,other"], "--label-names only applies with --labels"),
+    (["scene", "{image}", "-o", "{out}", "-m", "threshold", "--zone-field", "name"],
+     "--zone-field only applies with --zones"),
+    (["flood", "{image}", "-o", "{out}", "-m", "threshold", "--aoi-field", "name"], "--aoi-field only applies with --aoi"),
+    (["models", "check", "threshold", "--window", "128"], "--window only applies with --image"),
+])
+def test_options_that_need_another_are_usage_errors_without_it(run, make_raster, tmp_path, args, message):
+    """Each was ignored without a word (--overwrite, --vector-field, --label-names, --window) or refused with exit
+    status 1 after the inputs had been read (--zone-field, --aoi-field)."""
+    image = make_raster()
+    result = run(*[a.format(image=image, out=tmp_path / "out") for a in args])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
+
+
 def test_segment_json_says_how_the_model_ran_and_regions_are_not_summed_as_classes(run, make_raster, tiny_fcn,
                                                                                      tmp_path):
     """`--json` of a run with --tta flips read the same as a plain run; region colours were listed as classes."""

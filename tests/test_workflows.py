@@ -215,6 +215,9 @@ def test_python_arguments_of_flood_survey_evaluate_and_compare_are_checked_first
             call(label_format="png")
         with pytest.raises(InputError, match=r"\(\) has no option 'chunks'"):
             call(chunks=3)
+        with pytest.raises(InputError, match=r"vector_field \(--vector-field\) names the class field of vector "
+                                             "labels; these are 'index'"):  # it was ignored
+            call(vector_field="kind")
     assert not any((tmp_path / name).exists() for name in "fs")
 
 

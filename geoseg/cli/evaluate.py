@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import click
 
 from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
-                                precision_option, sieve_option, tta_option)
+                                only_with, precision_option, sieve_option, tta_option)
 
 __all__ = ["evaluate", "compare"]
 
@@ -163,6 +163,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     from geoseg.workflows.common import write_text
     from geoseg.workflows.evaluate import evaluate as run, markdown_table
 
+    only_with("overwrite", "--markdown", markdown is not None)
+    only_with("vector_field", "--label-format vector", label_format == "vector")
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels)
@@ -195,6 +197,10 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
+    only_with("overwrite", "-o/--output-dir", output_dir is not None)
+    for option in ("label_format", "label_names", "label_colors", "vector_field"):  # they score against labels
+        only_with(option, "--labels", bool(labels))
+    only_with("vector_field", "--label-format vector", label_format == "vector")
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
         refs = [_variant(m, precision, tta) for m in _split(models)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, only_with, sieve_option
 
 __all__ = ["flood"]
 
@@ -47,6 +47,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
     from geoseg.cli.segment import _bar
     from geoseg.workflows.flood import flood as run_flood
 
+    only_with("aoi_field", "--aoi", aoi is not None)  # exit 1 from the Python API's check
     ctx = click.get_current_context()  # options of the other method were ignored without a word
     given = [f"--{name.replace('_', '-')}" if name != "model" else "-m/--model" for name in
              (("model", "water_class", "bands", "chunk") if method == "ndwi"

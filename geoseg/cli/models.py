@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import PathParam, emit_json, fail_cleanly
+from geoseg.cli.options import PathParam, emit_json, fail_cleanly, only_with
 
 __all__ = ["models"]
 
@@ -111,6 +111,7 @@ def check(names: tuple[str, ...], image: str | None, window: int, chunk: int, as
     from geoseg.cli import all_baselines, load_tensorflow
     from geoseg.models.check import SEAM_FLOOR, check_models, exit_status
 
+    only_with("window", "--image", image is not None)
     if not all_baselines(names):  # baselines need none: 3 s and 550 MB
         load_tensorflow(click.get_current_context().find_root().obj["verbosity"])
     with fail_cleanly():

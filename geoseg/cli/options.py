@@ -14,8 +14,8 @@ import click
 from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
-__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "precision_option",
-           "sieve_option", "tta_option"]
+__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "only_with",
+           "precision_option", "sieve_option", "tta_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
@@ -89,6 +89,19 @@ class NormalizationType(click.ParamType):
             return normalization_from_text(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def only_with(option: str, other: str, present: bool) -> None:
+    """`option` (a parameter's name) means something only with `other` (the words for what it needs): given on
+    the command line without it, a usage error. --overwrite without --markdown, --zone-field without --zones
+    and --window without --image were ignored without a word, or refused after the model had loaded."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    if present or ctx.get_parameter_source(option) in (ParameterSource.DEFAULT, None):
+        return
+    flag = next(p.opts for p in ctx.command.params if p.name == option)[-1]
+    raise click.UsageError(f"{flag} only applies with {other}; pass {other}, or leave {flag} out.")
 
 
 @contextmanager

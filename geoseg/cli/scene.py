@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, only_with, sieve_option
 
 __all__ = ["scene"]
 
@@ -32,6 +32,7 @@ def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, over
     from geoseg.cli.segment import _bar
     from geoseg.workflows.scene import scene as run_scene
 
+    only_with("zone_field", "--zones", zones is not None)  # exit 1 from the Python API's check
     with fail_cleanly(), _bar(input, quiet) as progress:
         result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
                            model=model, bands=bands, chunk=chunk, sieve=sieve, progress=progress)

@@ -204,7 +204,7 @@ def evaluate(
     majority label class (`majority_classes`) and ``notes`` says so.
     """
     # a bad label_format was a bare KeyError, and chunks= segment()'s TypeError, after the labels were read
-    _check_label_format(label_format)
+    _check_label_format(label_format, vector_field)
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     if label_format == "vector" and label_names is None and label_colors is None:
@@ -497,10 +497,13 @@ def _common_colors(path, n: int = 6) -> list[str]:
     return [f"#{v:06X}" for v in values[np.argsort(-counts)][:n]]
 
 
-def _check_label_format(label_format) -> None:
+def _check_label_format(label_format, vector_field: str = "class") -> None:
     if label_format not in ("index", "color", "vector"):
         raise InputError(f"label_format must be 'index', 'color' or 'vector' (--label-format). Received: "
                          f"{label_format!r}")
+    if vector_field != "class" and label_format != "vector":  # it was ignored without a word
+        raise InputError(f"vector_field (--vector-field) names the class field of vector labels; these are "
+                         f"{label_format!r}. Pass label_format='vector' (--label-format vector), or leave it out.")
 
 
 def compare(
@@ -526,7 +529,7 @@ def compare(
     earlier run in `output_dir` are refused before anything runs, unless `overwrite`.
     """
     models = _paths(models)
-    _check_label_format(options.get("label_format", "index"))
+    _check_label_format(options.get("label_format", "index"), options.get("vector_field", "class"))
     check_options({k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
                                                                    "vector_field")},
                   caller="compare()", taken=("overwrite", "preview", "progress"))
