@@ -25,7 +25,7 @@ from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import get_segmenter, resolve_model, with_card
 from geoseg.models.segmenter import calls_of_run, cancel_run
-from geoseg.models.segmenter import PRECISIONS, TTA_MODES
+from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE, PRECISIONS, TTA_MODES
 from geoseg.raster import (
     IO_LOCK,
     NODATA,
@@ -126,9 +126,6 @@ def plan_run(
         log.warning("chunk %dx%d cuts the raster into %d chunks, each a task that costs milliseconds to schedule: "
                     "give a chunk of 256 px or more (the default is %d)", rows, cols, chunks, default)
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
-
-
-MAX_MARGIN, MAX_TILE = 2048, 8192  # px; a margin of 10**6 asked numpy for 10.9 TiB
 
 
 def _whole(name: str, value, low: int, high: int | None) -> int:

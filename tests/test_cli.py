@@ -363,6 +363,14 @@ def test_options_that_need_another_are_usage_errors_without_it(run, make_raster,
     assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--margin", "2049"), ("--tile", "8193")])
+def test_segment_sizes_beyond_the_pipelines_limits_are_usage_errors(run, make_raster, tmp_path, option, value):
+    """--margin 5000 exited 1 from the pipeline's own check, after the model had loaded; --help gave no limit."""
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", option, value)
+    assert result.exit_code == 2 and f"{option}': {value} is not in the range" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_segment_json_says_how_the_model_ran_and_regions_are_not_summed_as_classes(run, make_raster, tiny_fcn,
                                                                                      tmp_path):
     """`--json` of a run with --tta flips read the same as a plain run; region colours were listed as classes."""

@@ -10,6 +10,7 @@ import click
 
 from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
                                 precision_option, sieve_option, tta_option)
+from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
 __all__ = ["segment"]
 
@@ -33,9 +34,9 @@ __all__ = ["segment"]
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
 @chunk_option
-@click.option("--tile", type=click.IntRange(min=1), default=None, metavar="PX",
+@click.option("--tile", type=click.IntRange(1, MAX_TILE), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")
-@click.option("--margin", type=click.IntRange(min=0), default=None, metavar="PX",
+@click.option("--margin", type=click.IntRange(0, MAX_MARGIN), default=None, metavar="PX",
               help="Context each side of a chunk. Default: the model's receptive field (seam-free).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Tiles per model call when chunks are cut into tiles.")

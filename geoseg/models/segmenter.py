@@ -151,6 +151,7 @@ class KerasSegmenter:
 
 
 TTA_MODES = ("none", "flips")
+MAX_MARGIN, MAX_TILE = 2048, 8192  # px; a margin of 10**6 asked numpy for 10.9 TiB
 
 
 class FlipAveraged:
