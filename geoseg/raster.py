@@ -50,6 +50,7 @@ __all__ = [
     "read_preview",
     "reading_pixels",
     "regrid",
+    "same_raster",
     "write_class_mask",
 ]
 
@@ -985,6 +986,14 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def same_raster(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` name one file; GDAL paths (/vsizip/...) by their text."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
 
 
 def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, block_fn, *, block: int = 1024,

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders, replaced_atomically
-from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem,
+from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem, same_raster,
                            reading_pixels)
 
 __all__ = [
@@ -688,11 +688,20 @@ def vectorize(
     return VectorResult(str(out_path), polygons, counts, round(seconds, 3))
 
 
+def _class_names_tag(path: str) -> bool:
+    with open_quietly(path) as ds:
+        return "CLASS_NAMES" in ds.tags()
+
+
 def _check_confidence(conf: RasterInfo, mask: RasterInfo) -> str:
     """The path of `conf` once it is a confidence raster for `mask`: one uint8 band (percent, 255 = nodata,
     as `segment` writes it) on the mask's grid. Otherwise an InputError naming every difference.
     """
     differences = []
+    if same_raster(conf.path, mask.path):  # averaged class ids as a "confidence" of 0-5 %
+        differences.append("it is the mask itself")
+    elif _class_names_tag(conf.path):
+        differences.append("it is a class mask (it has class names), not percentages")
     if (conf.count, conf.dtype) != (1, "uint8"):
         differences.append(f"it has {conf.count} {conf.dtype} band(s) where a confidence raster has 1 uint8 band")
     if (conf.width, conf.height) != (mask.width, mask.height):

@@ -535,6 +535,21 @@ def test_confidence_must_be_one_uint8_band_on_the_masks_grid(make_mask, tmp_path
     assert not (tmp_path / "v.gpkg").exists()
 
 
+def test_a_class_mask_is_no_confidence_raster(make_mask, tmp_path):
+    """`--confidence` given the mask itself (or another mask) averaged class ids as a confidence of 0-2 %."""
+    import shutil
+
+    mask = make_mask(noisy_mask((40, 50)), name="scene_mask.tif")
+    with pytest.raises(InputError, match=r"scene_mask\.tif: not a confidence raster of the mask .*scene_mask\.tif: it "
+                                         r"is the mask itself\. Pass the confidence raster"):
+        vectorize(mask, tmp_path / "v.gpkg", confidence=mask)
+    shutil.copy(mask, tmp_path / "other_mask.tif")
+    with pytest.raises(InputError, match=r"other_mask\.tif: not a confidence raster of the mask .*: it is a class mask "
+                                         r"\(it has class names\), not percentages\. Pass"):
+        vectorize(mask, tmp_path / "v.gpkg", confidence=tmp_path / "other_mask.tif")
+    assert not (tmp_path / "v.gpkg").exists()
+
+
 def test_web_mercator_areas_are_the_grounds_not_the_maps(tmp_path):
     """EPSG:3857 areas were planar: at 38° latitude 1.61 times the ground (SpaceNet 7's clips, web tiles).
     UTM stays planar: its areal scale is within 0.15% of 1 in its zone."""

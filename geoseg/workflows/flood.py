@@ -21,7 +21,7 @@ from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepar
                              segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
-                           reading_pixels, shares, write_class_mask)
+                           reading_pixels, same_raster, shares, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_json, write_text, zone_name)
@@ -325,7 +325,7 @@ def flood(
     if method == "model":  # before an output folder is made
         _water_class(model, water_class)
     pre_info = inspect_raster(pre) if pre is not None else None
-    if pre_info is not None and _same_file(post_info.path, pre_info.path):  # all water came out "permanent"
+    if pre_info is not None and same_raster(post_info.path, pre_info.path):  # all water came out "permanent"
         raise InputError(f"{pre}: the same file as the post-event image; the change map needs the image from before "
                          "the event. Pass that as --pre (pre=), or leave --pre out for a map of water.")
     if pre_info is not None:  # before either image is segmented
@@ -376,13 +376,6 @@ def flood(
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     return result
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # a GDAL path (/vsizip/...): by its text
-        return a == b
 
 
 def _stale_image_masks(report: Path, water: dict[str, dict[str, Path]],
