@@ -212,13 +212,53 @@ def test_card_output_is_classes_or_regions():
         ModelCard.from_dict({**card, "output": "objects"})
 
 
-def test_the_region_colours_that_a_colouring_uses_stay_apart_for_colour_blind_eyes():
-    """Set1's blue and purple were CIEDE2000 4.2 apart under deuteranopia, its red and brown 3.1 under protanopia."""
-    from skimage.color import deltaE_ciede2000, rgb2lab
+def test_a_cards_label_color_is_checked_and_kept_only_when_given():
+    from geoseg.errors import CardError
+    from geoseg.models import ModelCard
 
+    card = {"name": "m", "bands": [1], "normalization": {"method": "none"}, "margin": 0,
+            "classes": [{"name": "a", "color": "#0072B2", "label_color": "#e2a929"}, {"name": "b"}]}
+    a, b = ModelCard.from_dict(card).classes
+    assert (a.in_labels, b.in_labels == b.color, b.label_color) == ("#E2A929", True, None)
+    assert [sorted(c) for c in ModelCard.from_dict(card).to_dict()["classes"]] == [
+        ["color", "id", "label_color", "name"], ["color", "id", "name"]]
+    for bad in ("orange", ""):
+        with pytest.raises(CardError, match=rf"classes\[0\].label_color must look like '#3C1098'. Received: '{bad}'"):
+            ModelCard.from_dict({**card, "classes": [{"name": "a", "label_color": bad}]})
+
+
+def _region_colours():
     from geoseg.models.classical import _REGION_COLOURS
 
-    rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in _REGION_COLOURS[:6]]) / 255
+    return _REGION_COLOURS[:6]
+
+
+def _default_model_colours():
+    from pathlib import Path
+
+    import geoseg
+    from geoseg.models.card import read_card
+
+    return [c.color for c in read_card(Path(geoseg.__file__).parent / "zoo" / "landcover-unet.json").classes]
+
+
+def _baseline_colours():
+    from geoseg.models.classical import _CLASSES
+
+    return [c["color"] for c in _CLASSES]
+
+
+@pytest.mark.parametrize("colours, floor", [
+    (_region_colours, 10),  # Set1's blue and purple were CIEDE2000 4.2 apart under deuteranopia, its red and brown 3.1
+    # the Dubai labels' colours: water #E2A929 and vegetation #FEDD3A were 10.5 apart under deuteranopia (and roads
+    # were light blue); the baselines drew water and vegetation in them too
+    (_default_model_colours, 15),
+    (_baseline_colours, 15),
+])
+def test_class_and_region_colours_stay_apart_for_colour_blind_eyes(colours, floor):
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in colours()]) / 255
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     simulations = {"deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
                                     [-0.011820, 0.042940, 0.968881]],  # Machado et al. 2009, severity 1
@@ -229,4 +269,4 @@ def test_the_region_colours_that_a_colouring_uses_stay_apart_for_colour_blind_ey
         seen = np.clip(linear @ np.asarray(matrix).T, 0, 1)
         lab = rgb2lab(np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)[None])[0]
         closest = min(deltaE_ciede2000(a, b) for i, a in enumerate(lab) for b in lab[i + 1:])
-        assert closest > 10, (name, closest)
+        assert closest > floor, (name, closest)

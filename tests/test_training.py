@@ -109,6 +109,37 @@ def test_train_writes_a_working_bundle(tmp_path, label_format):
     assert seg.exit_code == 0, seg.output
 
 
+def test_label_color_reads_the_masks_and_color_draws_the_maps(tmp_path):
+    """The Dubai masks draw water orange and roads light blue, and the default model drew its maps in them: a
+    class's colour in the masks (label_color) and on the maps (color) are two settings."""
+    config = _dataset(tmp_path, "color")
+    maps = ["#0072B2", "#009E73"]
+    for mask_colour, map_colour in zip(COLOURS, maps):
+        config.write_text(config.read_text().replace(f'color = "{mask_colour}"',
+                                                     f'color = "{map_colour}"\nlabel_color = "{mask_colour}"'))
+    result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())
+    assert [(c["color"], c["label_color"]) for c in card["classes"]] == list(zip(maps, COLOURS))
+    assert card["metrics"]["validation"]["iou"]["b"] > 0  # the masks were read by their own colours
+    model, image = tmp_path / "models" / "toy.keras", tmp_path / "data" / "img2.tif"
+    seg = CliRunner().invoke(main, ["segment", str(image), "-o", str(tmp_path / "out"), "-m", str(model), "--quiet"])
+    assert seg.exit_code == 0, seg.output
+    with rasterio.open(tmp_path / "out" / "img2_mask.tif") as ds:
+        assert [ds.colormap(1)[i][:3] for i in (0, 1)] == [(0, 114, 178), (0, 158, 115)]
+    scored = CliRunner().invoke(main, ["evaluate", "-m", str(model), "--images", str(image), "--labels",
+                                       str(tmp_path / "data" / "img2_label.png"), "--label-format", "color", "--json"])
+    assert scored.exit_code == 0, scored.output  # the card's label colours, without --label-colors
+    report = json.loads(scored.stdout)
+    assert report["not_scored"] == [] and report["pixels_scored"] == 48 * 48 and report["mean_iou"] > 0
+    (tmp_path / "i").mkdir()
+    index = _dataset(tmp_path / "i", "index")  # label_color would be ignored with index labels
+    index.write_text(index.read_text().replace(f'color = "{COLOURS[0]}"', f'color = "{COLOURS[0]}"\nlabel_color = "#123456"'))
+    with pytest.raises(InputError, match=r"label_color is a class's colour in colour-coded label masks .*these labels "
+                                         r"are 'index'"):
+        load_config(index)
+
+
 def test_a_selection_split_chooses_the_epoch_and_validation_is_scored_unseen(tmp_path):
     from geoseg.models import get_segmenter
     from geoseg.models.training import evaluate_pairs
@@ -930,7 +961,7 @@ def test_images_of_different_units_are_refused(tmp_path):
     ("bands = []", r"bands must list at least one band .* Received: \[\]"),  # max() of an empty list
     ('normalization = {method = "scale", scael = 0.0001}',  # trained with scale 1
      r"unknown field\(s\) 'scael' in 'normalization'; method 'scale' takes scale, offset"),
-    ('classes = [{name = "a", colour = "#FF0000"}]', r"unknown key\(s\) colour in classes\[0\]. Known: color, name"),
+    ('classes = [{name = "a", colour = "#FF0000"}]', r"unknown key\(s\) colour in classes\[0\]. Known: color, label_color, name"),
     # every pixel of the shared colour trained as b, and a had none
     ('label_format = "color"\nclasses = [{name = "a", color = "#FF0000"}, {name = "b", color = "#ff0000"}]',
      r"classes share one: #FF0000 \('a', 'b'\)"),

@@ -175,7 +175,7 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     water = get_segmenter("threshold").card.classes[1]
     tif = make_raster(shape=(60, 80))
     rgb = np.zeros((60, 80, 3), np.uint8)
-    rgb[:] = [int(water.color[i:i + 2], 16) for i in (1, 3, 5)]
+    rgb[:] = [int(water.in_labels[i:i + 2], 16) for i in (1, 3, 5)]  # the colour labels give water
     label = io.BytesIO()
     Image.fromarray(rgb).save(label, format="PNG")
     response = client.post("/api/segment", data={

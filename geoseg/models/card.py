@@ -36,16 +36,23 @@ LIMITS = {"margin": (0, 2048), "multiple_of": (1, 1024), "tile_size": (1, 2048)}
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One output class: its index in the model output, name and display colour."""
+    """One output class: its index in the model output, name and display colour, and its colour in
+    colour-coded label masks when that differs (the Dubai labels draw water orange; maps draw it blue)."""
 
     id: int
     name: str
     color: str
+    label_color: str | None = None
 
     @property
     def rgb(self) -> tuple[int, int, int]:
         """The colour as an (r, g, b) tuple of 0-255 ints."""
         return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+    @property
+    def in_labels(self) -> str:
+        """The colour that stands for this class in colour-coded label masks."""
+        return self.label_color or self.color
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,7 @@ class ModelCard:
         """Return the card as plain JSON-ready data."""
         data = asdict(self)
         extra = data.pop("extra")
-        data["classes"] = [asdict(c) for c in self.classes]
+        data["classes"] = [{k: v for k, v in asdict(c).items() if v is not None} for c in self.classes]
         data["bands"] = list(self.bands)
         return {**data, **{k: v for k, v in extra.items() if k not in data}}
 
@@ -272,7 +279,7 @@ def _parse_class(index: int, data: Any, source: str, taken: list[str] | None = N
             f"{source}: classes[{index}] has id {data.get('id')!r}; ids must be 0, 1, 2, ... in "
             "the order of the model's output channels."
         )
-    _check_typos(data, ("id", "name", "color"), f"{source}: classes[{index}]")  # 'colour' was dropped: a grey
+    _check_typos(data, ("id", "name", "color", "label_color"), f"{source}: classes[{index}]")  # 'colour' was dropped
     if not isinstance(data["name"], str) or not data["name"].strip():  # "" headed tables and layers' fields as "_m2"
         raise CardError(f"{source}: classes[{index}].name must be a non-empty text, such as 'water'. "
                         f"Received: {data['name']!r}")
@@ -281,9 +288,12 @@ def _parse_class(index: int, data: Any, source: str, taken: list[str] | None = N
         color = default_color(index, taken or ())
         if taken is not None:
             taken.append(color)
-    if not _COLOUR.match(str(color)):
-        raise CardError(f"{source}: classes[{index}].color must look like '#3C1098'. Received: {color!r}")
-    return ClassInfo(index, str(data["name"]), str(color).upper())
+    label_color = data.get("label_color")
+    for key, value in (("color", color), ("label_color", "#000000" if label_color is None else label_color)):
+        if not _COLOUR.match(str(value)):
+            raise CardError(f"{source}: classes[{index}].{key} must look like '#3C1098'. Received: {value!r}")
+    return ClassInfo(index, str(data["name"]), str(color).upper(),
+                     None if label_color is None else str(label_color).upper())
 
 
 def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]:

@@ -55,8 +55,10 @@ BASELINES = {
                       "lower cut",
     "edges-watershed": "Sobel edges of the indices, flooded by watershed from confident seeds",
 }
-_CLASSES = [{"id": 0, "name": "other", "color": "#BDB7A4"}, {"id": 1, "name": "water", "color": "#E2A929"},
-            {"id": 2, "name": "vegetation", "color": "#FEDD3A"}]
+# water and vegetation drawn as the default model draws them, and read from colour labels in its labels' colours
+_CLASSES = [{"id": 0, "name": "other", "color": "#D9D0B8"},
+            {"id": 1, "name": "water", "color": "#0072B2", "label_color": "#E2A929"},
+            {"id": 2, "name": "vegetation", "color": "#009E73", "label_color": "#FEDD3A"}]
 
 
 def _indices(batch: np.ndarray, nir: bool) -> tuple[np.ndarray, np.ndarray]:

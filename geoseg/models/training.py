@@ -83,6 +83,19 @@ class TrainConfig:
     output: str = "."
     source: str = ""
 
+    @property
+    def card_classes(self) -> list[dict[str, Any]]:
+        """The classes as a model card lists them; a class without a colour gets one no other class has from
+        the card (all were #808080)."""
+        return [{"id": i, "name": c["name"], **{k: c[k] for k in ("color", "label_color") if k in c}}
+                for i, c in enumerate(self.classes)]
+
+    @property
+    def label_classes(self) -> list[dict[str, Any]]:
+        """The classes as the label masks draw them: a class's `label_color` where it has one (its `color`
+        is then the maps' colour only), else its `color`."""
+        return _as_in_labels(self.classes)
+
     def resolve(self, path: str) -> str:
         """A path from the config, relative to the config file."""
         base = Path(self.source).parent if self.source else Path(".")
@@ -177,28 +190,40 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
 _COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 
+def _as_in_labels(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`classes` with each `label_color` (the label masks' colour) as its `color`."""
+    return [{**c, **({"color": c["label_color"]} if "label_color" in c else {})} for c in classes]
+
+
 def _check_classes(path: Path, flat: dict[str, Any]) -> None:
-    """Names that differ; with colour labels a colour per class; `ignore_colors` only there, and no class's."""
+    """Names that differ; with colour labels a colour per class; `ignore_colors` only there, and no class's.
+    A class's `label_color` is its colour in the label masks where that is not the maps' `color`."""
     for i, c in enumerate(flat["classes"]):
-        _check_table_keys(path, f"classes[{i}]", c, ("name", "color"))
+        _check_table_keys(path, f"classes[{i}]", c, ("name", "color", "label_color"))
     names = [c.get("name") for c in flat["classes"]]
     if not names:
         raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
     if not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) < len(names):
         raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
     for i, c in enumerate(flat["classes"]):
-        if "color" in c and not (isinstance(c["color"], str) and _COLOUR.fullmatch(c["color"])):
-            raise InputError(f"{path}: classes[{i}] ({c['name']}) color must look like '#3C1098'. "
-                             f"Received: {c['color']!r}")
+        for key in ("color", "label_color"):
+            if key in c and not (isinstance(c[key], str) and _COLOUR.fullmatch(c[key])):
+                raise InputError(f"{path}: classes[{i}] ({c['name']}) {key} must look like '#3C1098'. "
+                                 f"Received: {c[key]!r}")
     colour_labels = flat.get("label_format", "index") == "color"
-    uncoloured = [c["name"] for c in flat["classes"] if "color" not in c]
+    if not colour_labels and any("label_color" in c for c in flat["classes"]):  # it would be ignored
+        raise InputError(f"{path}: label_color is a class's colour in colour-coded label masks "
+                         f"(label_format = \"color\"); these labels are {flat.get('label_format', 'index')!r}. "
+                         "Remove label_color, or set color (the maps' colour) alone.")
+    in_labels = _as_in_labels(flat["classes"])
+    uncoloured = [c["name"] for c in in_labels if "color" not in c]
     if colour_labels and uncoloured:
         raise InputError(f"{path}: label_format \"color\" needs a color for every class, to tell which pixels "
                          f"belong to it; class(es) {', '.join(repr(n) for n in uncoloured)} have none. Add "
                          "color = \"#RRGGBB\" (the colour of that class in the label masks) to each.")
     if colour_labels:  # a pixel of a shared colour went to the later class, and the earlier had none
         by_colour: dict[str, list[str]] = {}
-        for c in flat["classes"]:
+        for c in in_labels:
             by_colour.setdefault(c["color"].upper(), []).append(repr(c["name"]))
         shared = [f"{colour} ({', '.join(n)})" for colour, n in by_colour.items() if len(n) > 1]
         if shared:
@@ -212,7 +237,7 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
     bad = [c for c in ignored if not _COLOUR.fullmatch(c)]
     if bad:
         raise InputError(f"{path}: ignore_colors must be colours like '#000000'. Received: {bad}")
-    taken = {c["color"].upper(): c["name"] for c in flat["classes"] if "color" in c}
+    taken = {c["color"].upper(): c["name"] for c in in_labels if "color" in c}
     clash = [f"{c} (class {taken[c.upper()]!r})" for c in ignored if c.upper() in taken]
     if clash:
         raise InputError(f"{path}: ignore_colors holds the colour of a class: {', '.join(clash)}; a colour "
@@ -406,7 +431,7 @@ def _read_label(config: TrainConfig, image: str, shape: tuple[int, int]) -> np.n
         raise InputError(f"{image}: its label {path} does not exist. Check 'labels' in the config.")
     if config.label_format != "vector":  # labels of another place or CRS, of the same size, were read as the image's
         check_label_grid(path, config.label_format, image)
-    return read_labels(path, fmt=config.label_format, classes=config.classes, image=image, shape=shape,
+    return read_labels(path, fmt=config.label_format, classes=config.label_classes, image=image, shape=shape,
                        vector_field=config.vector_field, ignore_colors=config.ignore_colors,
                        id_map=ids_by_name(path, config.classes) if config.label_format == "index" else None)
 
@@ -463,7 +488,7 @@ class LazyLabels:
         if self.vector is not None:
             label = self.vector.window((int(window.height), int(window.width)), window)
         else:
-            label = read_labels(self.path, fmt=self.config.label_format, classes=self.config.classes,
+            label = read_labels(self.path, fmt=self.config.label_format, classes=self.config.label_classes,
                                 image=self.image.path, shape=(int(window.height), int(window.width)),
                                 vector_field=self.config.vector_field, window=window, id_map=self.id_map)
         if not self.image.may_hold_nodata:
@@ -708,9 +733,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
-        # a class without a colour gets one no other class has from the card (all were #808080)
-        "classes": [{"id": i, "name": c["name"], **({"color": c["color"]} if "color" in c else {})}
-                    for i, c in enumerate(config.classes)],
+        "classes": config.card_classes,
         "margin": margin, "tile_size": None, "multiple_of": multiple,
     }
     card = ModelCard.from_dict(card_data, source=config.source)

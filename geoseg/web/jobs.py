@@ -367,7 +367,7 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
                                image=job.files["input"], shape=shape)
 
         def classes_of(card):
-            return [{"name": c.name, "color": c.color} for c in card.classes]
+            return [{"name": c.name, "color": c.in_labels} for c in card.classes]
 
         truth = None
         if names:

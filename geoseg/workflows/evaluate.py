@@ -48,7 +48,7 @@ class Evaluation:
 def _label_classes(label_names: Sequence[str | None] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
     """The label classes in id order; a name of None (an id an index raster's CLASS_NAMES skips) is unlabelled."""
     if label_names is None:
-        return [{"name": c.name, "color": c.color} for c in card.classes]
+        return [{"name": c.name, "color": c.in_labels} for c in card.classes]
     colors = list(label_colors or [None] * len(label_names))
     return [{"name": n, "color": colors[i]} for i, n in enumerate(label_names)]
 
@@ -352,7 +352,7 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
                 f"none of the label names ({', '.join(sorted(named))}) is a class of model {card.name} "
                 f"({', '.join(model_names)}), so there is nothing to score. Names match whole, case aside: "
                 "pass --label-names (label_names=) with the model's names.")
-        raise InputError(_nothing_scored(labels, label_format, label_colors or [c.color for c in card.classes]))
+        raise InputError(_nothing_scored(labels, label_format, label_colors or [c.in_labels for c in card.classes]))
     return card, label_sets, missing
 
 
@@ -617,7 +617,7 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
                              "the others do not, so the models would read them differently; pass --label-names "
                              "(label_names=) for all of them.")
     classes = get_segmenter(resolve_model(model)).card.classes
-    return {"label_names": [c.name for c in classes], **({"label_colors": [c.color for c in classes]}
+    return {"label_names": [c.name for c in classes], **({"label_colors": [c.in_labels for c in classes]}
                                                          if fmt == "color" else {})}
 
 

@@ -39,10 +39,9 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     for i, variable in enumerate(variables):
         variable.assign(arrays[f"{i:04d}"].astype("float32"))
     train, val, select = load_pairs(config, with_selection=True)
-    classes = [{"id": i, "name": c["name"], "color": c.get("color", "#808080")} for i, c in enumerate(config.classes)]
     card = ModelCard.from_dict({
         "name": config.name, "version": config.version or dt.date.today().isoformat(), "description": config.description,
-        "bands": config.bands, "normalization": config.normalization, "classes": classes,
+        "bands": config.bands, "normalization": config.normalization, "classes": config.card_classes,
         "margin": margin, "tile_size": None, "multiple_of": multiple}, source=config_path)
     impulse = max(margin, _encoder_margin(model, 3))
     crops = [np.asarray(image[:SEAM_CROP, :SEAM_CROP]) for image, _, _ in val[:: max(1, len(val) // SEAM_IMAGES)][:SEAM_IMAGES]]
