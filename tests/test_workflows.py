@@ -787,6 +787,32 @@ def test_survey_with_its_output_inside_the_input_folder(make_raster, tiny_fcn, t
     assert "polygons" not in fourth.outputs and not (out / "survey_polygons.gpkg").exists()
 
 
+def test_survey_mosaics_and_polygons_open_in_qgis_with_class_names_and_colours(make_raster, tmp_path):
+    """QGIS labels a palette from a style beside the file, not from CLASS_NAMES: masks.vrt's legend read 0 to 255,
+    and survey_polygons.gpkg opened in one colour. Each raster's own mask and polygons had their styles."""
+    import xml.etree.ElementTree as ET
+
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        make_raster(name=f"in/f{i}.tif", shape=(30, 40), seed=i, transform=from_origin(500000.0 + 10 * i, 2800000.0, 1, 1))
+    out = tmp_path / "out"
+    result = survey([tmp_path / "in"], out, model="threshold", vector=True, preview=False)
+    assert not result.failed
+    palette = ET.parse(out / "masks.qml").getroot().findall(".//paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in palette] == [
+        ("0", "other", "#d9d0b8"), ("1", "water", "#0072b2"), ("2", "vegetation", "#009e73")]
+    categories = ET.parse(out / "survey_polygons.qml").getroot().findall(".//category")
+    assert [(e.get("value"), e.get("label")) for e in categories] == [("0", "other"), ("1", "water"),
+                                                                     ("2", "vegetation")]
+    make_raster(name="in/g.tif", shape=(30, 30), crs="EPSG:4326", transform=from_origin(57.0, 25.3, 1e-5, 1e-5))
+    survey([tmp_path / "in"], out, model="threshold", vector=False, preview=False)  # two CRSs, no polygons
+    assert sorted(p.name for p in out.glob("*.qml")) == ["masks_EPSG_32640.qml", "masks_EPSG_4326.qml"]
+
+
 def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp_path, caplog):
     """A `segment -o flights/` or an earlier survey elsewhere left masks, confidence rasters, previews and a
     mosaic in the folder: the survey segmented each of them as an image."""

@@ -686,8 +686,12 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     mosaic_m2 = _counted_once(stacked, own) if stacked else np.zeros(n_classes)
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
     if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
-        (out_dir / "survey_polygons.gpkg").unlink(missing_ok=True)
+        for path in (out_dir / "survey_polygons.gpkg", out_dir / "survey_polygons.qml"):
+            path.unlink(missing_ok=True)
     if merged is not None:
+        from geoseg.vector import write_qml
+
+        write_qml(merged.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="vector")
         outputs["polygons"] = str(merged)
     rows = []
     for e in finished + failed:
@@ -759,14 +763,20 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
     if left_out:
         log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
                     ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
+    from geoseg.vector import write_qml
+
     out = {}
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
+        # QGIS names palette entries from a style beside the file, not from CLASS_NAMES: its legend said 0-255
+        write_qml((out_dir / name).with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="raster")
         out[name.removesuffix(".vrt")] = str(out_dir / name)
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
-        if str(stale) not in out.values() and (stale.is_file() or stale.is_symlink()):  # a folder is not one
-            stale.unlink()
+        if str(stale) not in out.values():
+            for path in (stale, stale.with_suffix(".qml")):
+                if path.is_file() or path.is_symlink():  # a folder is not one
+                    path.unlink()
     return out
 
 
