@@ -982,6 +982,14 @@ def test_expand_inputs(tmp_path, make_raster, monkeypatch):
     whole = vrt("whole.vrt", [[("a.tif", i, "")] for i in (1, 2, 3)])  # all of a.tif's bands as they are
     assert expand_inputs([mosaic, stack, choice, scaled, whole]) == [str(left), str(right), str(stack), str(choice),
                                                                     str(scaled), str(a)]
+    # a mosaic a folder or a glob finds (mosaic.vrt beside its tiles) was segmented whole too: every place twice
+    (tmp_path / "flight").mkdir()
+    tiles = [make_raster(name=f"flight/tile_{i}.tif", bands=1) for i in (1, 2)]
+    (tmp_path / "flight" / "mosaic.vrt").write_text(mosaic.read_text().replace("left.tif", "tile_1.tif")
+                                                    .replace("right.tif", "tile_2.tif"))
+    (tmp_path / "flight" / "broken.vrt").write_text("<VRTDataset")  # one unreadable VRT: that raster's failure
+    found = [str(tmp_path / "flight" / "broken.vrt"), *map(str, tiles)]
+    assert expand_inputs(tmp_path / "flight") == expand_inputs(str(tmp_path / "flight" / "*")) == found
     # hidden names, as a glob leaves them out: another run's staging folder held a half-written mask
     (tmp_path / "sub" / ".geoseg-host-1-x").mkdir()
     make_raster(name="sub/.geoseg-host-1-x/c_mask.tif")

@@ -95,7 +95,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             found = sorted(glob.glob(item, recursive=True))
             if not found:  # beside other inputs it vanished without a word
                 log.warning("%s: no file matches this pattern", item)
-            out += found_in(item, found)
+            out += _split_mosaics(found_in(item, found))
         elif path.is_dir():
             # hidden names left out, as a glob does: another run's staging folder (.geoseg-HOST-PID-...) held a
             # half-written mask, which failed the survey (or was segmented)
@@ -103,7 +103,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 log.warning("%s: a folder without rasters (%s)", item, ", ".join(sorted(RASTER_SUFFIXES)))
-            out += found_in(item, found)
+            out += _split_mosaics(found_in(item, found))
         elif path.suffix.lower() == ".txt" and path.is_file():
             if os.path.realpath(path) in _lists:  # a list that names itself, or two that name each other
                 log.warning("%s: a list that names itself (or a list that names it): not read again", item)
@@ -119,6 +119,19 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     seen: set[str] = set()  # by the file: one reached through a symlinked folder too was segmented and summed twice
     return [p for p in (p if is_gdal_path(p) else os.path.abspath(p) for p in out)
             if not ((key := p if is_gdal_path(p) else os.path.realpath(p)) in seen or seen.add(key))]
+
+
+def _split_mosaics(found: list[str]) -> list[str]:
+    """A folder's or glob's rasters with each VRT mosaic among them split into its rasters, as a VRT named on
+    its own is: a mosaic.vrt beside its tiles was segmented whole as well, so that every place was in the
+    polygons and the rasters' sums twice (and a VRT across CRSs came out as one raster, 600 km off in part)."""
+    out = []
+    for f in found:
+        try:
+            out += _vrt_sources(Path(f)) if f.lower().endswith(".vrt") else [f]
+        except InputError:  # an unreadable VRT among many: the batch reports it as that raster's failure
+            out.append(f)
+    return out
 
 
 def _read_list(path: Path) -> str:
