@@ -594,6 +594,38 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["post", "pre"]
 
 
+def test_survey_redoes_a_raster_whose_world_file_or_vrt_source_changed(make_raster, tmp_path):
+    """A corrected world file (.pgw), and a band-choice VRT's re-exported source, were skipped as done: the mask
+    kept the old place, and the old pixels."""
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    world = tmp_path / "in" / "a.pgw"
+    world.write_text("1\n0\n0\n-1\n500000.5\n2800000.5\n")
+    src = make_raster(name="src.tif", shape=(30, 40), transform=from_origin(600000.0, 2800000.0, 1, 1))
+    (tmp_path / "in" / "b.vrt").write_text(f"""<VRTDataset rasterXSize="40" rasterYSize="30">
+  <SRS>EPSG:32640</SRS><GeoTransform>600000, 1, 0, 2800000, 0, -1</GeoTransform>
+""" + "".join(f"""  <VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename>
+    <SourceBand>{4 - i}</SourceBand></SimpleSource></VRTRasterBand>
+""" for i in (1, 2, 3)) + "</VRTDataset>\n")
+    out = tmp_path / "out"
+    first = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(first.done) == 2 and not first.failed
+    again = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(again.skipped) == 2  # nothing changed: nothing redone
+    world.write_text("1\n0\n0\n-1\n500100.5\n2800000.5\n")  # the photo was 100 m off
+    with rasterio.open(src, "r+") as ds:
+        ds.write(np.zeros((3, 30, 40), np.uint8))
+    fixed = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert sorted(Path(e["input"]).name for e in fixed.done) == ["a.png", "b.vrt"] and not fixed.skipped
+    with rasterio.open(out / "a" / "a_mask.tif") as ds:
+        assert ds.transform.c == 500100.0
+
+
 def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_path):
     from rasterio.transform import from_origin
 

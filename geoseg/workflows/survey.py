@@ -217,7 +217,34 @@ def _fingerprint(path: str) -> dict[str, Any]:
     if local is None:
         return {"remote": time.time_ns()}
     stat = os.stat(local)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecars = _sidecars(path, local)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **({"sidecars": sidecars} if sidecars else {})}
+
+
+def _sidecars(path: str, local: str) -> list[list]:
+    """Name (relative to the raster's folder), size and time of each other file GDAL reads for `path`: a world
+    file (.jgw), a .aux.xml with its CRS, a VRT's sources. A corrected world file, or a VRT's re-exported source,
+    was skipped as done, and the mask kept the old place or pixels. Empty for a raster GDAL cannot open (its
+    segmentation says why)."""
+    from geoseg.raster import open_quietly
+
+    if is_gdal_path(path):  # an archive's members change with the archive
+        return []
+    try:
+        with open_quietly(path) as ds:
+            files = ds.files
+    except Exception:  # noqa: BLE001 - any failure to open is the raster's own failure, reported by segment
+        return []
+    folder, out = os.path.dirname(os.path.abspath(local)), []
+    for f in files:
+        if is_gdal_path(f) or os.path.abspath(f) == os.path.abspath(local):
+            continue
+        try:
+            stat = os.stat(f)
+        except OSError:
+            continue
+        out.append([os.path.relpath(os.path.abspath(f), folder), stat.st_size, stat.st_mtime_ns])
+    return sorted(out)
 
 
 def _local_file(path: str) -> str | None:
