@@ -31,6 +31,7 @@ __all__ = [
     "mask_classes",
     "polygonize_block",
     "vectorize",
+    "qml_text",
     "write_qml",
     "zonal_composition",
 ]
@@ -673,10 +674,18 @@ def vectorize(
                     "masks) and get no polygons. If 255 is a class there, declare its nodata value "
                     "(gdal_edit.py -a_nodata 0 %s, say) and run again.", info.path, info.path)
     qml = out_path.with_suffix(".qml")
-    if style and qml.exists() and "<rasterrenderer" in qml.read_text(errors="replace"):
+    earlier = qml.read_text(errors="replace") if style and qml.is_file() else None
+    # a layer of the same name in another format (result.geojson beside result.gpkg) owns the style there
+    sibling = next((p for p in (out_path.with_suffix(s) for s in VECTOR_FORMATS) if p != out_path and p.exists()),
+                   None)
+    if earlier is not None and "<rasterrenderer" in earlier:
         log.warning("%s is the style of the raster of that name, so the polygons' style was not written over it: "
                     "QGIS finds a style by the layer's file name. Name the layer otherwise, e.g. %s, for both "
                     "to open in class colours.", qml, out_path.with_name(f"{out_path.stem}_polygons{out_path.suffix}"))
+    elif earlier is not None and sibling is not None and earlier != qml_text(names, kind="vector"):
+        log.warning("%s is the style of the layer %s, whose classes differ, so this layer's style was not written "
+                    "over it: QGIS finds a style by the layer's file name. Name this layer otherwise for both to "
+                    "open in their class colours.", qml, sibling)
     elif style:
         try:
             write_qml(qml, names, kind="vector")
@@ -865,6 +874,12 @@ def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:
 
 def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:
     """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(qml_text(classes, kind=kind), encoding="utf-8")  # class names (forêt) in any locale
+
+
+def qml_text(classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> str:
+    """The text of `write_qml`'s style."""
     from xml.sax.saxutils import quoteattr  # "sand & gravel" made a file QGIS could not parse
 
     if kind == "raster":
@@ -904,9 +919,7 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
 {symbols}
     </symbols>
   </renderer-v2>"""
-    text = f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.28\">\n{body}\n</qgis>\n"
-    with replaced_atomically(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")  # class names (forêt) in any locale
+    return f"<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.28\">\n{body}\n</qgis>\n"
 
 
 

@@ -535,6 +535,27 @@ def test_confidence_must_be_one_uint8_band_on_the_masks_grid(make_mask, tmp_path
     assert not (tmp_path / "v.gpkg").exists()
 
 
+def test_a_layer_keeps_its_style_when_another_of_its_name_is_written(make_mask, tmp_path, caplog):
+    """vectorize flood.tif -o result.geojson, then landcover.tif -o result.gpkg: result.qml was written over
+    without a word, so result.geojson opened in QGIS with land-cover names on flood classes."""
+    first = make_mask(noisy_mask((40, 50)), name="first.tif", names=("dry", "flooded", "permanent water"))
+    second = make_mask(noisy_mask((40, 50), seed=1), name="second.tif", names=("building", "land", "road"))
+    (tmp_path / "out").mkdir()
+    vectorize(first, tmp_path / "out" / "result.geojson")
+    style = (tmp_path / "out" / "result.qml").read_text()
+    assert 'label="flooded"' in style
+    with caplog.at_level("WARNING", logger="geoseg.vector"):
+        vectorize(second, tmp_path / "out" / "result.gpkg")
+    assert (tmp_path / "out" / "result.qml").read_text() == style
+    assert "result.qml is the style of the layer " in caplog.text and "result.geojson, whose classes differ" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoseg.vector"):  # the same classes: the same style, said nothing
+        vectorize(first, tmp_path / "out" / "result.fgb")
+        vectorize(second, tmp_path / "alone.gpkg")
+        vectorize(first, tmp_path / "alone.gpkg", overwrite=True)  # its own style, replaced
+    assert caplog.text == "" and 'label="flooded"' in (tmp_path / "alone.qml").read_text()
+
+
 def test_a_class_mask_is_no_confidence_raster(make_mask, tmp_path):
     """`--confidence` given the mask itself (or another mask) averaged class ids as a confidence of 0-2 %."""
     import shutil

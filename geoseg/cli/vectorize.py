@@ -34,7 +34,8 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     Areas are planar in projected CRSs (UTM), geodesic in geographic ones and in
     projections that misstate areas by over 1% (Web Mercator). A QGIS
     style (.qml) is written beside the layer, unless a raster's style of that name
-    is there (name the layer MASK_polygons.gpkg rather than MASK.gpkg).
+    is there (name the layer MASK_polygons.gpkg rather than MASK.gpkg), or that of a
+    layer of that name in another format with other classes.
 
     \b
     Example:
