@@ -330,11 +330,49 @@ def test_file_names_in_any_script_are_kept(client):
     assert long.endswith(".png") and len(long.encode()) <= 160
     response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "洪水 map.png"), "models": "threshold"},
                            content_type="multipart/form-data")
-    job = _wait(client, response.get_json()["id"])
+    job_id = response.get_json()["id"]
+    job = _wait(client, job_id)
     assert job["status"] == "done", job["error"]
     assert job["name"] == "洪水 map.png"
     with client.get(job["files"]["m0_mask.tif"]) as mask:
         assert mask.status_code == 200 and "%E6%B4%AA%E6%B0%B4" in mask.headers["Content-Disposition"]
+        # the plain filename= (curl -OJ's) was " map_threshold_mask.tif"; for 文件.png ".png", a hidden file
+        assert f'filename="map-{job_id[:8]}_threshold_mask.tif"' in mask.headers["Content-Disposition"]
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "文件.png"), "models": "threshold"},
+                           content_type="multipart/form-data")
+    job_id = response.get_json()["id"]
+    job = _wait(client, job_id)
+    with client.get(job["files"]["input"]) as upload:
+        assert f'filename="upload-{job_id[:8]}.png"; filename*=UTF-8\'\'%E6%96%87%E4%BB%B6.png' in \
+            upload.headers["Content-Disposition"]
+
+
+def test_what_scripts_send_and_fetch_gets_the_right_answer(client, make_raster):
+    """From a script's view (h72): the label downloaded as `scene_label`, without its type; a chunked upload over
+    the limit was told its form's fields were too many; a form werkzeug could not parse (a Latin-1 file name) was
+    "no image in the request"."""
+    tif = make_raster(shape=(60, 80))
+    label = io.BytesIO()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(label, format="PNG")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "scene.tif"),
+                                                 "models": "threshold", "label": (io.BytesIO(label.getvalue()), "truth.png")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done" and job["running"] is None, job
+    with client.get(job["files"]["label"]) as got:
+        assert "filename=scene_label.png" in got.headers["Content-Disposition"]
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    chunked = client.post("/api/segment", input_stream=io.BytesIO(b"x" * (limit + 10)),
+                          headers={"Transfer-Encoding": "chunked", "Content-Type": "multipart/form-data; boundary=b"},
+                          environ_overrides={"wsgi.input_terminated": True})  # as werkzeug's server marks it
+    assert chunked.status_code == 413, chunked.get_json()
+    assert "larger than this server's limit" in chunked.get_json()["error"]
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="caf\xe9.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + _png() + b"\r\n--b--\r\n")
+    latin = client.post("/api/segment", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert latin.status_code == 400, latin.get_json()
+    assert "the multipart form could not be read (is a file name not UTF-8?)" in latin.get_json()["error"]
 
 
 def test_errors_of_api_and_file_routes_are_json(client):
@@ -814,35 +852,44 @@ def test_a_mask_of_too_many_regions_gets_no_polygons(client, make_raster, monkey
 
 
 def test_a_full_queue_refuses_uploads_until_a_worker_is_free(tmp_path, model_dir, monkeypatch, make_raster):
-    """Every upload used to be queued: a burst of them filled the disk before any ran."""
+    """Every upload used to be queued: a burst of them filled the disk before any ran. Then uploads being received
+    counted as waiting even when a worker was free: four uploads to an idle server of two workers and a queue of
+    three refused one, saying three jobs were waiting."""
+    import geoseg.web.jobs as module
+
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
     app = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_WORKERS": 1, "GEOSEG_MAX_QUEUED": 1,
                       "TESTING": True})
     client, jobs = app.test_client(), app.extensions["geoseg_jobs"]
-    busy = threading.Event()
-    blocker = jobs.pool.submit(busy.wait, 60)  # the one worker is taken
+    busy, run_job = threading.Event(), module.run_job
+    monkeypatch.setattr(module, "run_job", lambda job: busy.wait(60) and run_job(job))  # each job waits for `busy`
     tif = make_raster().read_bytes()
 
     def post():
         return client.post("/api/segment", data={"image": (io.BytesIO(tif), "a.tif"), "models": "threshold"},
                            content_type="multipart/form-data")
 
+    def status(response):
+        return client.get(f"/api/jobs/{response.get_json()['id']}").get_json()["status"]
+
+    running = post()  # the one worker is free: it takes this job
+    assert running.status_code == 202
+    _wait_for(lambda: status(running) == "running")
     first = post()
     assert first.status_code == 202 and first.get_json()["status"] == "queued" and first.get_json()["ahead"] == 0
     folders = sorted(p.name for p in jobs.root.iterdir())
     refused = post()
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
-    assert "1 job is waiting" in refused.get_json()["error"]
+    assert "every worker has a job and the queue's 1 place are taken" not in refused.get_json()["error"]
+    assert "every worker has a job and the queue's 1 place is taken" in refused.get_json()["error"]
     assert sorted(p.name for p in jobs.root.iterdir()) == folders  # nothing of the refused upload was kept
     busy.set()
-    blocker.result(timeout=60)
     done = _wait(client, first.get_json()["id"])
-    assert done["status"] == "done" and done["running"] == 0 and 3590 < done["expires_in"] <= 3600
-    assert post().status_code == 202
-    # uploads at the same moment: each was checked against the jobs queued before it was saved, and all passed
+    assert done["status"] == "done" and done["running"] is None and 3590 < done["expires_in"] <= 3600
+    assert _wait(client, running.get_json()["id"])["status"] == "done"
+    # uploads at the same moment to an idle server: each was checked against the jobs queued before it was
+    # saved, and all passed; now one runs, one waits and the rest are refused
     busy.clear()
-    blocker = jobs.pool.submit(busy.wait, 60)
-    _wait_for(lambda: jobs.waiting() == 0)
     codes = []
     burst = [threading.Thread(target=lambda: codes.append(post().status_code)) for _ in range(6)]
     for t in burst:
@@ -850,7 +897,7 @@ def test_a_full_queue_refuses_uploads_until_a_worker_is_free(tmp_path, model_dir
     for t in burst:
         t.join()
     busy.set()
-    assert sorted(codes) == [202] + [503] * 5
+    assert sorted(codes) == [202] * 2 + [503] * 4
 
 
 def test_an_upload_of_only_nodata_has_no_shares_and_no_agreement(client, make_raster):

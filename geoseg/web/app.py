@@ -90,7 +90,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(413)
     def too_large(exc):
         limit = app.config["MAX_CONTENT_LENGTH"] / 1024**2
-        if (request.content_length or 0) <= app.config["MAX_CONTENT_LENGTH"]:  # werkzeug's form limits, not the size
+        # werkzeug's form limits, not the size; a chunked upload has no length and was told of the form's fields
+        if request.content_length is not None and request.content_length <= app.config["MAX_CONTENT_LENGTH"]:
             return jsonify(error="the form's fields are too large or too many (a field over 500 KB, or over 1000 "
                                  "parts); send the image, a label and the documented fields."), 413
         return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
@@ -119,8 +120,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def api_segment():
         limit = int(app.config["GEOSEG_MAX_QUEUED"])
         if not jobs.reserve(limit):  # before the upload is saved: a full queue keeps no files
-            jobs_are = "1 job is" if limit == 1 else f"{limit} jobs are"
-            return (jsonify(error=f"this server is busy: {jobs_are} waiting for a worker. Try again in a minute."),
+            # not "N jobs are waiting": some of them may be uploads still being received
+            places = "1 place is" if limit == 1 else f"{limit} places are"
+            return (jsonify(error=f"this server is busy: every worker has a job and the queue's {places} taken. "
+                                  "Try again in a minute."),
                     503, {"Retry-After": "60"})
         try:
             job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
@@ -151,7 +154,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         path = job.files[name]
         if not path.exists():
             abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
-        return send_file(path, as_attachment=not name.endswith(".png"), download_name=_download_name(job, name))
+        download = _download_name(job, name)
+        return _with_ascii_fallback(send_file(path, as_attachment=not name.endswith(".png"), download_name=download),
+                                    job, download)
 
     @app.get("/models/<name>/download")
     def model_download(name: str):
@@ -183,10 +188,33 @@ def _download_name(job: Job, name: str) -> str:
     stem = Path(job.name).stem
     if name == "input":
         return f"{stem}{job.files[name].suffix}"
+    if name == "label":  # was `scene_label`, without its type
+        return f"{stem}_label{job.files[name].suffix}"
     key, sep, rest = name.partition("_")
     if sep and re.fullmatch(r"m[0-9]+", key) and int(key[1:]) < len(job.models):
         return f"{stem}_{job.models[int(key[1:])]}_{rest}"
     return f"{stem}_{name}"
+
+
+def _with_ascii_fallback(response, job: Job, full: str):
+    """The download's plain `filename=` (which `curl -OJ` uses, ignoring `filename*=`) with the upload's
+    non-ASCII letters dropped was `.png` (a hidden file) for 文件.png, and the same for every such upload: the
+    job's id stands in for what was dropped. `filename*=` keeps the whole name, `full`."""
+    import unicodedata
+    from urllib.parse import quote
+
+    disposition = response.headers.get("Content-Disposition", "")
+    stem = Path(job.name).stem
+    folded = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    if "filename*=" not in disposition or folded == stem or not full.startswith(stem):
+        return response
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", folded).strip("._-")
+    plain = f"{plain}-{job.id[:8]}" if plain else f"upload-{job.id[:8]}"
+    kind = disposition.partition(";")[0]
+    rest = unicodedata.normalize("NFKD", full[len(stem):]).encode("ascii", "ignore").decode().replace('"', "_")
+    response.headers["Content-Disposition"] = (f'{kind}; filename="{plain}{rest}"; '
+                                               f"filename*=UTF-8''{quote(full, safe='')}")
+    return response
 
 
 def _without_root(message: str, root: Path) -> str:
@@ -235,6 +263,10 @@ def _save_upload(storage, folder: Path, stem: str, *, what: str = "image") -> Pa
 
 def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     image = request.files.get("image")
+    if image is None and not request.files and not request.form and request.mimetype == "multipart/form-data" \
+            and request.content_length:  # werkzeug drops a form it cannot parse, and "no image" misled
+        raise UploadError("the multipart form could not be read (is a file name not UTF-8?); send the image as "
+                          "multipart field 'image' with a UTF-8 file name.", 400)
     if image is None or not image.filename:
         raise UploadError("no image in the request: send it as multipart field 'image'.", 400)
     names = list(dict.fromkeys(n.strip() for value in request.form.getlist("models") for n in value.split(",")

@@ -67,7 +67,7 @@ class JobManager:
     """Runs jobs on a small thread pool so that requests stay fast; forgets them after `ttl` seconds."""
 
     def __init__(self, root: Path, *, workers: int = 2, ttl: float = 3600.0) -> None:
-        self.root, self.ttl = Path(root), ttl
+        self.root, self.ttl, self.workers = Path(root), ttl, workers
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
         self.expired: dict[str, None] = {}  # the ids of the last jobs deleted, so that their links say so
@@ -99,11 +99,13 @@ class JobManager:
         return job
 
     def reserve(self, limit: int) -> bool:
-        """Hold a place in the queue for an upload being saved and checked, unless `limit` jobs wait already.
-        `release` it once the job is submitted or refused: counted only when submitted, eight uploads at once
-        all passed a limit of one."""
+        """Hold a place for an upload being saved and checked, unless a free worker and `limit` places in the
+        queue are all taken. `release` it once the job is submitted or refused: counted only when submitted, eight
+        uploads at once all passed a limit of one; counted as waiting whether or not a worker was free, four
+        uploads to an idle server of two workers and a queue of three were one too many."""
         with self.lock:
-            if self.reserved + self._queued() >= limit:
+            running = sum(j.status == "running" for j in self.jobs.values())
+            if self.reserved + self._queued() >= limit + max(0, self.workers - running):
                 return False
             self.reserved += 1
             return True
@@ -177,8 +179,8 @@ class JobManager:
         # everything first, the status last: a poll that sees "done" stops polling
         job.warnings = list(dict.fromkeys(_for_user(m, job) for m in [*caught.messages, *job.warnings]))
         job.error = None if error is None else _for_user(error, job)
-        if status == "done":
-            job.progress = 1.0
+        if status == "done":  # no model runs any more ("running": 1 beside "done"); a failure keeps its model's
+            job.progress, job.running = 1.0, None
         job.ended = time.time()
         job.status = status
 
