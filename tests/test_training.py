@@ -849,6 +849,33 @@ def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["seconds"] >= 1000
 
 
+def test_a_resumed_session_draws_new_chips_keeps_the_runs_time_budget_and_the_card_says_why_it_stopped(
+        tmp_path, monkeypatch):
+    """A resumed session drew epoch 1's chips again (the stream started from the seed), and had max_minutes afresh
+    (a 125-minute recipe resumed twice could train for six hours); the card did not say that the time budget had
+    cut the last epoch short."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    seeds, stream = [], training.chip_stream
+    monkeypatch.setattr(training, "chip_stream", lambda pairs, chip, seed, *a: seeds.append(seed) or stream(
+        pairs, chip, seed, *a))
+    real, _ = _interrupt_at_score(monkeypatch, 2)  # the end of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(config))
+    state_file = tmp_path / "models" / "toy.checkpoints" / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "seconds": 1000.0}))  # 16.7 min so far
+    monkeypatch.setattr(training, "evaluate_pairs", real)
+    training.train(load_config(config, max_minutes=10))
+    assert seeds[0] == 0 and seeds[-1] != 0
+    card = json.loads((tmp_path / "models" / "toy.json").read_text())["training"]
+    assert card["stopped"] == "time budget (max_minutes) reached at step 1 of 3 of epoch 3"
+    config.write_text(config.read_text().replace("epochs = 3", "epochs = 1"))
+    training.train(load_config(config), overwrite=True)
+    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["stopped"] == "after the last epoch"
+
+
 def test_a_finished_bundle_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
     """Rerunning a config (or a bundle's NAME.toml in its folder) replaced the finished bundle without a word.
     Resuming an interrupted run over it needs no --overwrite."""
@@ -866,6 +893,13 @@ def test_a_finished_bundle_is_replaced_only_with_overwrite(tmp_path, monkeypatch
     assert again.exit_code == 1 and "pass --overwrite" in again.output and "Traceback" not in again.output
     assert bundle.stat().st_mtime_ns == before
     assert "--overwrite" in CliRunner().invoke(main, ["train", "--help"]).output
+    _interrupt_at_score(monkeypatch, 1)  # an --overwrite run stopped in epoch 1 (only run.json is left) ...
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(config), overwrite=True)
+    assert (tmp_path / "models" / "toy.checkpoints" / "run.json").exists()
+    with pytest.raises(InputError, match=r"toy.keras is the bundle of a finished run"):  # ... then replaced it
+        train(load_config(config))
+    assert bundle.stat().st_mtime_ns == before
     config.write_text(config.read_text().replace("epochs = 1", "epochs = 3"))
     real, calls = _interrupt_at_score(monkeypatch, 2)  # the end of epoch 2, after Keras backed it up
     with pytest.raises(KeyboardInterrupt):

@@ -713,12 +713,19 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                          "skip the bundle as a clash. Pick another name (name = ... or --name).")
     work = checkpoint_folder(config)
     out = work.parent
-    if not overwrite and not (resume and work.exists()):  # a fresh run, before any checkpoint is discarded
+    # a fresh run, before any checkpoint is discarded; a folder stopped during epoch 1 (only run.json) holds nothing
+    # to resume, and an --overwrite run stopped there let the plain rerun replace the finished bundle
+    if not overwrite and not (resume and (work / "state.json").exists()):
         _check_no_bundle(out, config.name)
     if not resume and work.exists():
         shutil.rmtree(work)
     if work.exists():  # before any data is read
         _check_resumable(work, config)
+    # a resumed session draws other chips than the first epochs did: from the seed alone, it repeated epoch 1's
+    start = checkpointed_epochs(config) if work.exists() else 0
+    seed = (config.seed + 1_000_003 * start) % 2**32
+    if start:
+        keras.utils.set_random_seed(seed)
     if not config.validation:
         log.warning("%s: no validation patterns, so the validation score (and the choice of the best epoch) is "
                     "measured on the first two training images and says nothing about unseen data. Hold images "
@@ -755,7 +762,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         return radiometric_jitter(tf.reshape(x, (config.chip, config.chip, n_bands)), config.band_jitter), y
 
     ds = (tf.data.Dataset.from_generator(lambda: ((x.astype(np.float32), y) for x, y in chip_stream(
-              chips, config.chip, config.seed, config.sampling, config.scale_jitter)), output_signature=spec)
+              chips, config.chip, seed, config.sampling, config.scale_jitter)), output_signature=spec)
           .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     if source is not None:  # fine-tune: start from a bundle of the same architecture
         try:
@@ -830,7 +837,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
                      "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": split,
                      **({"selection_images": [_relative(config, p) for _, _, p in select_pairs],
                          "selection_mean_iou": callback.best} if select_pairs else {}),
-                     "epochs": callback.epoch, "best_epoch": callback.best_epoch,
+                     "epochs": callback.epoch, "best_epoch": callback.best_epoch, "stopped": callback.stopped,
                      "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
                      "seconds": round(callback.seconds()), "class_weights": weights.round(4).tolist(),
                      **({"margin_check": seams} if seams else {})},
@@ -1220,6 +1227,9 @@ class _ValidationIoU:
                 self.began = False  # whether this session started an epoch (a backup was restored before)
                 # training time of the sessions before this one (up to their last checkpoint), and this one's start
                 self.earlier, self.started = state.get("seconds", 0.0), time.monotonic()
+                if deadline is not None:  # the budget is the run's: each resumed session had it afresh
+                    self.deadline = deadline - self.earlier
+                self.stopped = state.get("stopped", "after the last epoch")  # why training ended, for the card
 
             def seconds(self) -> float:
                 """Seconds trained over every session of this run: the earlier ones' and this one's so far."""
@@ -1230,7 +1240,7 @@ class _ValidationIoU:
                 tmp = self.work / "state.json.tmp"
                 tmp.write_text(json.dumps({"best": self.best, "best_epoch": self.best_epoch, "last": self.last,
                                            "epoch": self.epoch, "fitted": fitted, "history": self.history,
-                                           "seconds": round(self.seconds(), 3)}))
+                                           "seconds": round(self.seconds(), 3), "stopped": self.stopped}))
                 os.replace(tmp, self.work / "state.json")
 
             def on_train_begin(self, logs=None):
@@ -1262,17 +1272,22 @@ class _ValidationIoU:
                 # within the epoch too: a long epoch ran its whole length past --max-minutes, and a batch
                 # scheduler's limit killed the run instead. The part-epoch is scored and kept as epochs are.
                 if self.deadline and time.monotonic() > self.deadline and not self.model.stop_training:
-                    log.info("time budget reached at step %d of epoch %d: stopping", batch + 1, self.running)
+                    self.stopped = (f"time budget (max_minutes) reached at step {batch + 1} of "
+                                    f"{self.params.get('steps') or '?'} of epoch {self.running}")
+                    log.warning("%s: stopping", self.stopped)
                     self.model.stop_training = True
 
             def on_epoch_end(self, epoch, logs=None):
                 self._score(epoch, logs)
-                if epoch + 1 - self.best_epoch >= self.patience:
-                    log.info("no gain for %d epochs: stopping", self.patience)
+                if epoch + 1 - self.best_epoch >= self.patience and not self.model.stop_training:
+                    self.stopped = f"no gain for {self.patience} epochs (patience) after epoch {epoch + 1}"
+                    log.info("%s: stopping", self.stopped)
                     self.model.stop_training = True
-                if self.deadline and time.monotonic() > self.deadline:
-                    log.info("time budget reached: stopping")
+                if self.deadline and time.monotonic() > self.deadline and not self.model.stop_training:
+                    self.stopped = f"time budget (max_minutes) reached after epoch {epoch + 1}"
+                    log.warning("%s: stopping", self.stopped)
                     self.model.stop_training = True
+                self.save_state(self.fitted)  # with why it stopped
 
             def _score(self, epoch, logs=None):
                 """Score the model's weights as those of `epoch` (0-based), keep them if best, save the state."""
