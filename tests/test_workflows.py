@@ -607,7 +607,7 @@ def test_survey_redoes_a_raster_whose_world_file_or_vrt_source_changed(make_rast
     world = tmp_path / "in" / "a.pgw"
     world.write_text("1\n0\n0\n-1\n500000.5\n2800000.5\n")
     src = make_raster(name="src.tif", shape=(30, 40), transform=from_origin(600000.0, 2800000.0, 1, 1))
-    (tmp_path / "in" / "b.vrt").write_text(f"""<VRTDataset rasterXSize="40" rasterYSize="30">
+    (tmp_path / "in" / "b.vrt").write_text("""<VRTDataset rasterXSize="40" rasterYSize="30">
   <SRS>EPSG:32640</SRS><GeoTransform>600000, 1, 0, 2800000, 0, -1</GeoTransform>
 """ + "".join(f"""  <VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename>
     <SourceBand>{4 - i}</SourceBand></SimpleSource></VRTRasterBand>
