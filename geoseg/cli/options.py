@@ -14,8 +14,8 @@ import click
 from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
-__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "only_with",
-           "precision_option", "sieve_option", "tta_option"]
+__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "normalize_option",
+           "only_with", "precision_option", "sieve_option", "tta_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
@@ -89,6 +89,14 @@ class NormalizationType(click.ParamType):
             return normalization_from_text(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+normalize_option = click.option(
+    "--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
+    help="Override the card's normalisation: scale:S[,OFFSET] (value x S + OFFSET), percentile:2,98 (of "
+         "the whole raster, to 0..1), meanstd:M1,M2,M3/S1,S2,S3 or none. The model still expects the "
+         "range it was trained on (the default model: -1..1, i.e. scale:0.00784313725490196,-1 of 8-bit; "
+         "a warning names the value for 11- or 16-bit imagery).")
 
 
 def only_with(option: str, other: str, present: bool) -> None:

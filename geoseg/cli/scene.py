@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, only_with, sieve_option
+from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
+                                sieve_option)
 
 __all__ = ["scene"]
 
@@ -14,6 +15,7 @@ __all__ = ["scene"]
 @click.option("-o", "--output-dir", required=True, type=PathParam(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
+@normalize_option
 @chunk_option
 @sieve_option
 @click.option("--zones", type=PathParam(dir_okay=False), default=None,
@@ -22,7 +24,7 @@ __all__ = ["scene"]
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
+def scene(input, output_dir, model, bands, normalize, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
     """Area and share (of the valid area) of every class in INPUT; with --zones, per zone too.
 
     Writes the mask, STEM_composition.csv, STEM_scene.png (map with legend and
@@ -35,7 +37,8 @@ def scene(input, output_dir, model, bands, chunk, sieve, zones, zone_field, over
     only_with("zone_field", "--zones", zones is not None)  # exit 1 from the Python API's check
     with fail_cleanly(), _bar(input, quiet) as progress:
         result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
-                           model=model, bands=bands, chunk=chunk, sieve=sieve, progress=progress)
+                           model=model, bands=bands, chunk=chunk, sieve=sieve, progress=progress,
+                           **({"normalization": normalize} if normalize else {}))
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:

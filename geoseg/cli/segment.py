@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
+from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option,
                                 precision_option, sieve_option, tta_option)
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
@@ -27,10 +27,7 @@ __all__ = ["segment"]
 @tta_option
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
-@click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
-              help="Override the card's normalisation: scale:S[,OFFSET] (value x S + OFFSET), percentile:2,98 (of "
-                   "the whole raster, to 0..1), meanstd:M1,M2,M3/S1,S2,S3 or none. The model still expects the "
-                   "range it was trained on (the default model: -1..1, i.e. scale:0.00784313725490196,-1 of 8-bit).")
+@normalize_option
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
 @chunk_option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, sieve_option
+from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option, sieve_option
 
 __all__ = ["survey"]
 
@@ -14,6 +14,7 @@ __all__ = ["survey"]
 @click.option("-o", "--output-dir", required=True, type=PathParam(), help="Folder for the outputs.")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
+@normalize_option
 @chunk_option
 @sieve_option
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged (switched on a rerun, the masks are kept).")
@@ -24,7 +25,7 @@ __all__ = ["survey"]
               help="Rasters segmented at once; memory grows with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
-def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs, as_json, quiet):
+def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, preview, jobs, as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
@@ -51,7 +52,7 @@ def survey(inputs, output_dir, model, bands, chunk, sieve, vector, preview, jobs
         bar.update(round(100 * fraction, 1) - bar.n)
         bar.set_postfix_str(name, refresh=False)
 
-    options = {k: v for k, v in {"bands": bands, "chunk": chunk, "sieve": sieve or None,
+    options = {k: v for k, v in {"bands": bands, "normalization": normalize, "chunk": chunk, "sieve": sieve or None,
                                  "preview": None if preview else False}.items() if v is not None}
     try:
         with fail_cleanly():

@@ -17,7 +17,7 @@ from geoseg.errors import BandError, InputError, OutputError, catch_warnings
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, check_label_grid,
                                   label_class_names, label_nodata, label_warnings, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
-from geoseg.models.registry import get_segmenter, resolve_model
+from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
 from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
 from geoseg.vector import write_qml
@@ -239,7 +239,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
             result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
-                             **segment_options)
+                             **_options_for(model, segment_options))
             with catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
                 with rasterio.open(result.outputs["mask"]) as ds:
@@ -497,6 +497,15 @@ def _common_colors(path, n: int = 6) -> list[str]:
     return [f"#{v:06X}" for v in values[np.argsort(-counts)][:n]]
 
 
+def _options_for(model, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` for `model`'s run: a normalisation is the Keras models', which the baselines ignore (as the web
+    page does). Applied to them, the scale:S that reads 16-bit imagery as 8-bit changed 69% of threshold's mask
+    beside the U-Net in a comparison, and warned that it was far outside what threshold was trained on."""
+    if "normalization" in options and resolve_model(model).startswith(BUILTIN):
+        return {k: v for k, v in options.items() if k != "normalization"}
+    return options
+
+
 def _check_label_format(label_format, vector_field: str = "class") -> None:
     if label_format not in ("index", "color", "vector"):
         raise InputError(f"label_format must be 'index', 'color' or 'vector' (--label-format). Received: "
@@ -694,7 +703,7 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
             folder = _mask_dir(out / name, image, names)
             mask = folder / f"{raster_stem(image)}_mask.tif"
             if not scored:  # masks from an earlier run may be of other images or settings
-                segment(image, folder, model=m, preview=False, overwrite=True, **seg_options)
+                segment(image, folder, model=m, preview=False, overwrite=True, **_options_for(m, seg_options))
             masks.append(mask)
         info = inspect_raster(masks[0])
         handles = [open_quietly(p) for p in masks]  # a JPEG's masks: no georeferencing, and no warning of it
