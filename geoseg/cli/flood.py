@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
+from geoseg.cli.options import (BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
                                 sieve_option)
 
 __all__ = ["flood"]
@@ -77,9 +77,6 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
     if quiet:
         return
     click.echo(f"water from {result.water_source}", err=True)
-    large = max((c["area_m2"] or 0 for c in result.classes), default=0) >= 1e6  # one unit for the whole list
-    for c in result.classes:
-        area = ("n/a (no CRS)" if c["area_m2"] is None else f"{c['area_m2'] / 1e6:.4f} km²" if large
-                else f"{c['area_m2']:,.1f} m²")  # 12 m² of a drone image read 0.0000 km²
-        click.echo(f"  {c['name']:>16}: {area}", err=True)
+    for c, area in zip(result.classes, area_texts([c["area_m2"] for c in result.classes], missing="n/a (no CRS)")):
+        click.echo(f"  {c['name']:>16}: {area.strip()}", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

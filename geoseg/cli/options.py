@@ -14,7 +14,7 @@ import click
 from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
-__all__ = ["BandsType", "NormalizationType", "chunk_option", "fail_cleanly", "emit_json", "normalize_option",
+__all__ = ["BandsType", "NormalizationType", "area_texts", "chunk_option", "fail_cleanly", "emit_json", "normalize_option",
            "only_with", "precision_option", "sieve_option", "tta_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
@@ -127,6 +127,13 @@ def fail_cleanly():
         raise click.ClickException(f"{exc.filename}: a name too long for this file system ({longest[:40]}... is "
                                    f"{len(longest.encode())} bytes; outputs add their own suffix to the input's "
                                    "name). Use a shorter name for the input or the output.") from None
+
+
+def area_texts(areas_m2, missing: str = "") -> list[str]:
+    """Areas in one unit for a whole list: km² where the largest is a km² or more, else m² (12 m² of a drone
+    image read 0.0000 km²); `missing` for an area of None (a raster without CRS)."""
+    large = max((a or 0 for a in areas_m2), default=0) >= 1e6
+    return [missing if a is None else f"{a / 1e6:10.4f} km²" if large else f"{a:12,.1f} m²" for a in areas_m2]
 
 
 def emit_json(data) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
+from geoseg.cli.options import (BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
                                 sieve_option)
 
 __all__ = ["scene"]
@@ -42,9 +42,7 @@ def scene(input, output_dir, model, bands, normalize, chunk, sieve, zones, zone_
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
-        large = max((row["area_m2"] or 0 for row in result.composition), default=0) >= 1e6  # one unit for all rows
-        for row in result.composition:  # 3 m² of a drone image read 0.0000 km²
-            area = ("" if row["area_m2"] is None else f"  {row['area_m2'] / 1e6:10.4f} km²" if large
-                    else f"  {row['area_m2']:12,.1f} m²")
-            click.echo(f"{row['class']:>12}: {row['share_pct']:6.2f}%{area}", err=True)
+        areas = area_texts([row["area_m2"] for row in result.composition])
+        for row, area in zip(result.composition, areas):
+            click.echo(f"{row['class']:>12}: {row['share_pct']:6.2f}%{'  ' + area if area else ''}", err=True)
         click.echo(f"map: {result.outputs['map']}", err=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option,
+from geoseg.cli.options import (BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
                                 precision_option, sieve_option, tta_option)
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
@@ -34,13 +34,14 @@ __all__ = ["segment"]
 @click.option("--tile", type=click.IntRange(1, MAX_TILE), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")
 @click.option("--margin", type=click.IntRange(0, MAX_MARGIN), default=None, metavar="PX",
-              help="Context each side of a chunk. Default: the model's receptive field (seam-free).")
+              help="Context each side of a chunk. Default: the card's, the model's receptive field (`geoseg models "
+                   "check NAME --image RASTER` measures how many pixels agree with one whole chunk).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Tiles per model call when chunks are cut into tiles.")
 @click.option("--confidence", is_flag=True, help="Also write STEM_confidence.tif (winning class, %).")
 @click.option("--probabilities", is_flag=True, help="Also write STEM_probabilities.tif (one band per class, %).")
-@click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with areas; "
-                                           "held in memory, which grows with their number).")
+@click.option("--vector", is_flag=True, help="Also write the mask's polygons as STEM_polygons.gpkg (seam-free, with "
+                                           "areas; written as their blocks finish).")
 @sieve_option
 @click.option("--preview/--no-preview", default=True, show_default=True,
               help="Write STEM_preview.png: image | mask with a legend.")
@@ -193,9 +194,9 @@ def _summary(result) -> None:
         click.echo(f"  unlabeled regions: {len(result.classes)} colours tell neighbouring regions apart", err=True)
         return
     total = sum(c["pixels"] for c in result.classes) or 1
-    for c in result.classes:
-        area = f"  {c['area_m2'] / 1e6:10.4f} km²" if c["area_m2"] is not None else ""
-        click.echo(f"  {c['name']:>12}: {100 * c['pixels'] / total:5.1f}%{area}", err=True)
+    areas = area_texts([c["area_m2"] for c in result.classes])  # 0.0007 km² of a 512² drone image: m² there
+    for c, area in zip(result.classes, areas):
+        click.echo(f"  {c['name']:>12}: {100 * c['pixels'] / total:5.1f}%{'  ' + area if area else ''}", err=True)
 
 
 class _bar:
