@@ -276,6 +276,22 @@ def test_flood_sieves_ndwi_masks_too(tmp_path):
     assert "regions under 4 px sieved" in json.loads(sieved.output)["water_source"]
 
 
+@pytest.mark.parametrize("modes, warned", [
+    ({-0.4: 24, 0.06: 76}, "makes 7[56]% of the valid pixels water"),  # vegetation and dry built-up land: no water
+    ({-0.5: 60, -0.02: 30, 0.5: 10}, r"lies below 0, so 2\d% of the pixels, with NDWI between it and 0"),
+    ({-0.4: 80, 0.5: 20}, None),  # land and water apart
+])
+def test_ndwi_cuts_that_make_doubtful_water_are_warned_of(caplog, modes, warned):
+    """A Las Vegas 4-band scene without a flood came out 76% water (Otsu cut -0.035), without a word."""
+    from geoseg.workflows.flood import NDWI_CENTRES, ndwi_cut
+
+    counts = sum(share * 1000 * np.exp(-0.5 * ((NDWI_CENTRES - centre) / 0.03) ** 2) for centre, share in modes.items())
+    with caplog.at_level("WARNING", logger="geoseg.workflows.flood"):
+        ndwi_cut(np.round(counts))
+    said = [r.getMessage() for r in caplog.records]
+    assert (any(re.search(warned, m) for m in said) if warned else said == []), said
+
+
 def test_ndwi_of_built_up_land_and_water_both_above_zero_keeps_otsu_s_cut(tmp_path):
     """Built-up land can lie above NDWI 0 too, well apart from water: that split is Otsu's to make."""
     from rasterio.transform import from_origin

@@ -131,10 +131,30 @@ def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
                       f"{mean_high:.3f}; the histogram between their peaks keeps {100 * dip:.0f}% of the lower)")
         else:
             _warn_of_two_modes_above(counts, high, cut)
+            _warn_of_doubtful_water(counts, cut)
             return cut, f" (Otsu{over})"
     log.warning("Otsu's NDWI cut (%.3f%s) would not separate water from land%s, so water is NDWI > 0 "
                 "(McFeeters). Pass --ndwi-threshold (ndwi_threshold=) to choose another cut.", cut, over, detail)
     return 0.0, f" (0, McFeeters: {short}; Otsu's cut {cut:.3f}{over} would not separate water from land)"
+
+
+def _warn_of_doubtful_water(counts: np.ndarray, cut: float, share: float = 0.05, most: float = 0.5) -> None:
+    """Warn where Otsu's `cut` makes over `most` of the pixels water, or lies below 0 with over `share` of them
+    between it and 0. Water's NDWI lies above 0 (McFeeters), but so does dry built-up land and bare soil in arid
+    scenes: vegetation beside them made 76% of a dry city water without a word (helper h73, a Las Vegas 4-band
+    scene, cut at -0.035). Which it is, is not NDWI's to say (turbid water lies low too): the warning says how
+    much, and the cut to pass."""
+    total = counts.sum()
+    water = counts[NDWI_CENTRES > cut].sum()
+    if water > most * total:
+        log.warning("Otsu's NDWI cut (%.3f) makes %.0f%% of the valid pixels water. Dry built-up land and bare soil "
+                    "can lie above it too (arid and urban scenes): check the map, and pass --ndwi-threshold "
+                    "(ndwi_threshold=) with a higher cut if much of that is land.", cut, 100 * water / total)
+    elif cut < 0 and counts[(NDWI_CENTRES > cut) & (NDWI_CENTRES <= 0)].sum() > share * total:
+        between = counts[(NDWI_CENTRES > cut) & (NDWI_CENTRES <= 0)].sum()
+        log.warning("Otsu's NDWI cut (%.3f) lies below 0, so %.0f%% of the pixels, with NDWI between it and 0, "
+                    "count as water; McFeeters' water lies above 0 and built-up land near it. Pass "
+                    "--ndwi-threshold 0 (ndwi_threshold=0) if they are land.", cut, 100 * between / total)
 
 
 def _warn_of_two_modes_above(counts: np.ndarray, high: np.ndarray, cut: float) -> None:
