@@ -676,7 +676,7 @@ def vectorize(
     qml = out_path.with_suffix(".qml")
     earlier = qml.read_text(errors="replace") if style and qml.is_file() else None
     # a layer of the same name in another format (result.geojson beside result.gpkg) owns the style there
-    sibling = next((p for p in (out_path.with_suffix(s) for s in VECTOR_FORMATS) if p != out_path and p.exists()),
+    sibling = next((p for p in (out_path.with_suffix(s) for s in VECTOR_FORMATS) if p != out_path and _is_file(p)),
                    None)
     if earlier is not None and "<rasterrenderer" in earlier:
         log.warning("%s is the style of the raster of that name, so the polygons' style was not written over it: "
@@ -876,6 +876,14 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
     """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
     with replaced_atomically(path) as tmp:
         tmp.write_text(qml_text(classes, kind=kind), encoding="utf-8")  # class names (forêt) in any locale
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; False for a name too long for the file system (a 255-byte .gpkg's .geojson)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def qml_text(classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> str:
