@@ -95,6 +95,9 @@ label_options = [
                  help="Label classes in id order; matched to the model's classes by name."),
     click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
+    click.option("--ignore-colors", default=None, metavar="#RRGGBB,...",
+                 help="Colours that mark unlabelled pixels in colour labels (the Dubai masks' #9B9B9B): not scored, "
+                      "and not named in the note on colours of no class."),
     click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
                  help="1-based input bands in model order, for every model (the -nir baselines take red, green, "
                       "blue, NIR). Default: each card's."),
@@ -150,8 +153,8 @@ def _variant(model, precision: str, tta: str):
 @click.option("--markdown", type=PathParam(dir_okay=False), default=None,
               help="Also write the table and its notes to this Markdown file.")
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
-def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, bands, normalize, chunk,
-             sieve, as_json, precision, tta, markdown, overwrite):
+def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
+             normalize, chunk, sieve, as_json, precision, tta, markdown, overwrite):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -165,6 +168,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 
     only_with("overwrite", "--markdown", markdown is not None)
     only_with("vector_field", "--label-format vector", label_format == "vector")
+    only_with("ignore_colors", "--label-format color", label_format == "color")
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels)
@@ -172,7 +176,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
                      label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
-                     **_segment_options(chunk, sieve, bands, normalize))
+                     ignore_colors=_split(ignore_colors, "--ignore-colors"), **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
     table = markdown_table([result])
@@ -192,15 +196,16 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
                                                 "in the -o folder (otherwise they are an error).")
-def compare(models, labels, images, label_format, label_names, label_colors, vector_field, bands, normalize, chunk,
-            sieve, as_json, precision, tta, output_dir, overwrite):
+def compare(models, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
+            normalize, chunk, sieve, as_json, precision, tta, output_dir, overwrite):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
     only_with("overwrite", "-o/--output-dir", output_dir is not None)
-    for option in ("label_format", "label_names", "label_colors", "vector_field"):  # they score against labels
+    for option in ("label_format", "label_names", "label_colors", "vector_field", "ignore_colors"):  # for labels
         only_with(option, "--labels", bool(labels))
     only_with("vector_field", "--label-format vector", label_format == "vector")
+    only_with("ignore_colors", "--label-format color", label_format == "color")
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels)
         refs = [_variant(m, precision, tta) for m in _split(models)]
@@ -211,6 +216,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
                      label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
                      label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
+                     **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
                      **_segment_options(chunk, sieve, bands, normalize))
     if as_json:
         emit_json(result)

@@ -32,7 +32,8 @@ RENAME_IN_CONFIG = ("Rename the classes in the config to the values of the file,
 # the fix for colours of no class: in a training config, and in geoseg evaluate
 STRAY_IN_CONFIG = "List the colours that mark unlabelled pixels in ignore_colors, or fix the classes' colours."
 STRAY_IN_EVALUATE = ("If they are classes, pass --label-names and --label-colors (label_names=, label_colors=) "
-                     "with the mask's classes and colours.")
+                     "with the mask's classes and colours; if they mark unlabelled pixels, --ignore-colors "
+                     "(ignore_colors=).")
 RENAME_LABEL_NAMES = ("Pass --label-names (label_names=) with the names the file uses (they are matched to the "
                       "model's classes by name), or point --vector-field (vector_field=) at the field that holds them.")
 

@@ -171,6 +171,7 @@ def evaluate(
     label_names: Sequence[str] | None = None,
     label_colors: Sequence[str] | None = None,
     vector_field: str = "class",
+    ignore_colors: Sequence[str] | None = None,
     keep_masks: str | os.PathLike | None = None,
     **segment_options: Any,
 ) -> Evaluation:
@@ -187,6 +188,10 @@ def evaluate(
         the names stored in an index raster, else the model's own classes. Classes are
         matched by name; label classes the model does not have are not scored and are
         listed in ``not_scored``.
+    ignore_colors : sequence of str, optional
+        Colours (``#RRGGBB``) that mark unlabelled pixels in colour-coded labels, such as the
+        Dubai masks' ``#9B9B9B``: left out of the scores without the note that names colours
+        of no class.
     keep_masks : path, optional
         Folder to keep the predicted masks in (default: a temporary folder).
 
@@ -205,6 +210,7 @@ def evaluate(
     """
     # a bad label_format was a bare KeyError, and chunks= segment()'s TypeError, after the labels were read
     _check_label_format(label_format, vector_field)
+    ignore_colors = _checked_ignore_colors(label_format, ignore_colors)
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     if label_format == "vector" and label_names is None and label_colors is None:
@@ -214,14 +220,19 @@ def evaluate(
         label_names = _vector_names(labels, vector_field) or None
     with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
         return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
-                         label_colors=label_colors, vector_field=vector_field, keep_masks=keep_masks,
-                         **segment_options)
+                         label_colors=label_colors, vector_field=vector_field, ignore_colors=ignore_colors,
+                         keep_masks=keep_masks, **segment_options)
 
 
 def _evaluate(model, images: list, labels: list, heard, *, label_format, label_names, label_colors,
-              vector_field, keep_masks, **segment_options) -> Evaluation:
+              vector_field, ignore_colors, keep_masks, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
+    taken = {str(c["color"]).upper(): c["name"] for c in label_sets[0][0] if c.get("color")}
+    clash = [f"{c} (label class {taken[c]!r})" for c in ignore_colors if c in taken]
+    if clash:  # a colour either names a class or marks unlabelled pixels
+        raise InputError(f"ignore_colors (--ignore-colors) holds the colour of a label class: {', '.join(clash)}. "
+                         "Remove it, or name the classes otherwise (--label-names, --label-colors).")
     by_ids = label_names is None and (label_format == "vector"
                                       or label_format == "index" and not all(map(label_class_names, labels)))
     _check_model_bands(model, images, segment_options.get("bands"), fix="score it on images that have those bands, "
@@ -246,7 +257,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                     pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
                                 vector_field=vector_field, rename=RENAME_LABEL_NAMES, stray=STRAY_IN_EVALUATE,
-                                ignore_colors=[])  # colours of no class: were left out without a word
+                                ignore_colors=ignore_colors)  # colours of no class: were left out without a word
             if label_format == "index":
                 for value, count in _unnamed_pixels(label, label_classes, unlabelled).items():
                     unnamed[value] = unnamed.get(value, 0) + count
@@ -497,6 +508,9 @@ def _common_colors(path, n: int = 6) -> list[str]:
     return [f"#{v:06X}" for v in values[np.argsort(-counts)][:n]]
 
 
+LABEL_OPTIONS = ("label_format", "label_names", "label_colors", "vector_field", "ignore_colors")  # compare's, not segment's
+
+
 def _options_for(model, options: dict[str, Any]) -> dict[str, Any]:
     """`options` for `model`'s run: a normalisation is the Keras models', which the baselines ignore (as the web
     page does). Applied to them, the scale:S that reads 16-bit imagery as 8-bit changed 69% of threshold's mask
@@ -504,6 +518,20 @@ def _options_for(model, options: dict[str, Any]) -> dict[str, Any]:
     if "normalization" in options and resolve_model(model).startswith(BUILTIN):
         return {k: v for k, v in options.items() if k != "normalization"}
     return options
+
+
+def _checked_ignore_colors(label_format, ignore_colors) -> list[str]:
+    """`ignore_colors` as upper-case #RRGGBB; only colour labels have colours to ignore."""
+    if ignore_colors is None:
+        return []
+    colours = _names(ignore_colors)  # "#9B9B9B,#000000" is two, as on the command line
+    if label_format != "color":
+        raise InputError(f"ignore_colors (--ignore-colors) marks unlabelled pixels of colour-coded labels; these are "
+                         f"{label_format!r}. Pass label_format='color' (--label-format color), or leave it out.")
+    bad = [c for c in colours if not (isinstance(c, str) and re.fullmatch(r"#[0-9A-Fa-f]{6}", c))]
+    if bad or not colours:
+        raise InputError(f"ignore_colors (--ignore-colors) must be colours like '#9B9B9B'. Received: {ignore_colors!r}")
+    return [c.upper() for c in colours]
 
 
 def _check_label_format(label_format, vector_field: str = "class") -> None:
@@ -539,8 +567,8 @@ def compare(
     """
     models = _paths(models)
     _check_label_format(options.get("label_format", "index"), options.get("vector_field", "class"))
-    check_options({k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
-                                                                   "vector_field")},
+    _checked_ignore_colors(options.get("label_format", "index"), options.get("ignore_colors"))
+    check_options({k: v for k, v in options.items() if k not in LABEL_OPTIONS},
                   caller="compare()", taken=("overwrite", "preview", "progress"))
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
@@ -690,8 +718,7 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
     where none is valid); `scored`: this run's evaluations already left every mask in `out`."""
     from geoseg.raster import write_class_mask
 
-    seg_options = {k: v for k, v in options.items() if k not in ("label_format", "label_names", "label_colors",
-                                                                   "vector_field")}
+    seg_options = {k: v for k, v in options.items() if k not in LABEL_OPTIONS}
     cards = [get_segmenter(resolve_model(m)).card for m in models]
     count = _Disagreement(cards)
     classes = disagreement_classes(len(models))
