@@ -320,7 +320,7 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
             compare(models, [image], [mask])
     rgb[:] = (0x00, 0x80, 0x40)  # the tiny network's class0 colour, none of the baseline's
     Image.fromarray(rgb).save(tmp_path / "tiny_mask.png")
-    with pytest.raises(InputError, match="nothing to score: the label colours are #BDB7A4"):
+    with pytest.raises(InputError, match="nothing to score: the label colours are #D9D0B8"):
         compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "tiny_mask.png"], label_format="color",
                 output_dir=out)  # read by the first model's colours, which the mask does not hold
     assert not out.exists()  # refused before anything was segmented
