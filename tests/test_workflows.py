@@ -633,6 +633,18 @@ def test_survey_redoes_a_raster_whose_world_file_or_vrt_source_changed(make_rast
     assert len(first.done) == 2 and not first.failed
     again = survey([tmp_path / "in"], out, model="threshold", preview=False)
     assert len(again.skipped) == 2  # nothing changed: nothing redone
+    # what changes nothing GDAL reads redoes nothing (the review of the first fix, which keyed on sidecars' times):
+    # QGIS's statistics in an .aux.xml, a world file copied without its time, and a manifest of an older geoseg
+    (tmp_path / "in" / "a.png.aux.xml").write_text('<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key='
+                                                   '"STATISTICS_MEAN">127</MDI></Metadata></PAMRasterBand></PAMDataset>')
+    os.utime(world, ns=(10**18, 10**18))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["entries"].values():
+        entry["key"] = {**{k: v for k, v in entry["key"].items() if k not in ("georef", "sources")}, "sidecars": []}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    kept = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(kept.skipped) == 2 and not kept.done
+    assert all("georef" in e["key"] for e in json.loads((out / "manifest.json").read_text())["entries"].values())
     world.write_text("1\n0\n0\n-1\n500100.5\n2800000.5\n")  # the photo was 100 m off
     with rasterio.open(src, "r+") as ds:
         ds.write(np.zeros((3, 30, 40), np.uint8))

@@ -212,39 +212,54 @@ def _is_mosaic(path: Path, files: list[str], count: int) -> bool:
 
 def _fingerprint(path: str) -> dict[str, Any]:
     """Size and time of the file, or of the archive that holds it (``/vsizip/a.zip/b.tif``); a remote
-    raster (``https://``) gets a fresh token, so it is redone on every run."""
+    raster (``https://``) gets a fresh token, so it is redone on every run. A local one adds what GDAL reads
+    from other files: its georeferencing (`_georef`) and a VRT's sources (`_sources`)."""
     local = _local_file(path)
     if local is None:
         return {"remote": time.time_ns()}
     stat = os.stat(local)
-    sidecars = _sidecars(path, local)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **({"sidecars": sidecars} if sidecars else {})}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **_read_by_gdal(path, local)}
 
 
-def _sidecars(path: str, local: str) -> list[list]:
-    """Name (relative to the raster's folder), size and time of each other file GDAL reads for `path`: a world
-    file (.jgw), a .aux.xml with its CRS, a VRT's sources. A corrected world file, or a VRT's re-exported source,
-    was skipped as done, and the mask kept the old place or pixels. Empty for a raster GDAL cannot open (its
-    segmentation says why)."""
+# a world file: a.jgw, a.pgw, a.tfw, a.wld, a.tifw (its georeferencing counts, not its time)
+_WORLD_FILE = re.compile(r"\.([a-z]{2}w|[a-z]{3}w|wld)$", re.IGNORECASE)
+
+
+def _read_by_gdal(path: str, local: str) -> dict[str, Any]:
+    """``georef``: a digest of the CRS, transform, GCPs and RPCs GDAL reads for `path`, from the file or from its
+    world file or .aux.xml; ``sources``: name (relative to the raster's folder), size and time of the other files
+    it reads pixels from (a VRT's). A corrected world file, or a band-choice VRT's re-exported source, was skipped
+    as done, and the mask kept the old place or pixels. Times of a world file or .aux.xml count for nothing: QGIS
+    writes statistics into the .aux.xml, and a copy without times changed none of what GDAL reads. Empty for a
+    raster GDAL cannot open (its segmentation says why), or one in an archive (which changes with it)."""
     from geoseg.raster import open_quietly
 
-    if is_gdal_path(path):  # an archive's members change with the archive
-        return []
+    if is_gdal_path(path):
+        return {}
     try:
         with open_quietly(path) as ds:
             files = ds.files
+            (gcps, gcp_crs), rpcs = ds.gcps, ds.rpcs
+            georef = repr((ds.crs.to_wkt() if ds.crs else None, tuple(ds.transform),
+                           [(g.row, g.col, g.x, g.y, g.z) for g in gcps], gcp_crs.to_wkt() if gcp_crs else None,
+                           rpcs.to_dict() if rpcs else None))
     except Exception:  # noqa: BLE001 - any failure to open is the raster's own failure, reported by segment
-        return []
-    folder, out = os.path.dirname(os.path.abspath(local)), []
+        return {}
+    main = os.path.abspath(local)
+    folder, name, stem = os.path.dirname(main), os.path.basename(main), Path(main).stem
+    sources = []
     for f in files:
-        if is_gdal_path(f) or os.path.abspath(f) == os.path.abspath(local):
+        f = os.path.abspath(f) if not is_gdal_path(f) else f
+        own = os.path.basename(f).startswith(name + ".") or (  # a.tif.aux.xml, a.tif.ovr; a.jgw
+            Path(f).stem == stem and _WORLD_FILE.search(f) is not None)
+        if is_gdal_path(f) or f == main or (os.path.dirname(f) == folder and own):
             continue
         try:
             stat = os.stat(f)
         except OSError:
             continue
-        out.append([os.path.relpath(os.path.abspath(f), folder), stat.st_size, stat.st_mtime_ns])
-    return sorted(out)
+        sources.append([os.path.relpath(f, folder), stat.st_size, stat.st_mtime_ns])
+    return {"georef": hashlib.sha1(georef.encode()).hexdigest()[:16], **({"sources": sorted(sources)} if sources else {})}
 
 
 def _local_file(path: str) -> str | None:
@@ -438,6 +453,20 @@ class _Manifest:
                 return False
         return all(_readable(p) for p in entry["outputs"].values())
 
+    def adopt(self, source: str, key: dict[str, Any]) -> None:
+        """A raster done before keys held what GDAL reads from other files (``georef``, ``sources``): its
+        record takes them as they are now, as that run took the raster. Upgrading segmented every raster
+        with a world file or .aux.xml again."""
+        entry = self.entries.get(self.key_of(source))
+        stored = self.stored_key(source)
+        if not (entry and stored is not None and entry.get("status") == "done" and "georef" not in stored
+                and "georef" in key):
+            return
+        new = ("georef", "sources")
+        if {k: v for k, v in stored.items() if k != "sidecars"} == {k: v for k, v in key.items() if k not in new}:
+            self.record(source, {**entry, "key": {**{k: v for k, v in entry["key"].items() if k != "sidecars"},
+                                                  **{k: key[k] for k in new if k in key}}})
+
     def same_content(self, source: str, key: dict[str, Any]) -> bool:
         """Whether `source` is done with a key that differs from `key` in the file's time alone, and the file's
         content is still the one segmented (restored, synced again without its times, ``touch``ed): then the record
@@ -596,6 +625,7 @@ def survey(
                     key = {**_fingerprint(source), **options}
                 except OSError:
                     return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
+                manifest.adopt(source, key)  # done by an older geoseg, whose keys held less
                 manifest.same_content(source, key)  # only its time changed: the record takes the new one
                 if manifest.is_done(source, key, folders[source]):
                     tick(source, 1.0)
