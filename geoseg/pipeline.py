@@ -23,7 +23,7 @@ from geoseg.errors import ClusterError, GeosegError, InputError, OutputError, Ti
 from geoseg.files import move_all, named_as_final, refuse_folders, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
-from geoseg.models.registry import get_segmenter, resolve_model, with_card
+from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model, with_card
 from geoseg.models.segmenter import calls_of_run, cancel_run
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE, PRECISIONS, TTA_MODES
 from geoseg.raster import (
@@ -698,6 +698,10 @@ def segment(
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     model_path = _calibrated(model_path, info, plan)
+    if normalization is not None and model_path.startswith(BUILTIN):  # as evaluate, compare and the web page do
+        log.warning("%s keeps its own normalisation (it reads ratios of the bands, or stretches each raster): "
+                    "--normalize (normalization=) is for Keras models, and is ignored here", card.name)
+        normalization = None
     norm = _normalization(card, normalization, info, plan)
     _check_value_range(info, plan, card, norm)
     stem = raster_stem(info.path)

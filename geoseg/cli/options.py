@@ -96,7 +96,7 @@ normalize_option = click.option(
     help="Override the card's normalisation: scale:S[,OFFSET] (value x S + OFFSET), percentile:2,98 (of "
          "the whole raster, to 0..1), meanstd:M1,M2,M3/S1,S2,S3 or none. The model still expects the "
          "range it was trained on (the default model: -1..1, i.e. scale:0.00784313725490196,-1 of 8-bit; "
-         "a warning names the value for 11- or 16-bit imagery).")
+         "a warning names the value for 11- or 16-bit imagery). The baselines keep their own.")
 
 
 def only_with(option: str, other: str, present: bool) -> None:
