@@ -189,6 +189,39 @@ def test_colour_label_upload_is_scored_by_the_models_colours(client, make_raster
     assert iou[water.name] is not None  # every pixel labelled water, so water is scored (0 if never predicted)
 
 
+def test_a_geoseg_mask_or_a_label_in_the_colours_the_page_shows_is_scored(client, make_raster):
+    """Once a class's label colour differed from the colour the page draws, the page's own mask download as the
+    label scored nothing (it had scored 1.0), nor did a label drawn in the legend's colours (review, helper h76)."""
+    from geoseg.models import get_segmenter
+
+    tif = make_raster(shape=(60, 80))
+
+    def run(label, name):
+        response = client.post("/api/segment", data={
+            "image": (io.BytesIO(tif.read_bytes()), "a.tif"), "models": "threshold",
+            "label": (io.BytesIO(label), name)}, content_type="multipart/form-data")
+        assert response.status_code == 202, response.get_json()
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        return job
+
+    first = run(tif.read_bytes(), "a.tif")  # any label: this run gives the mask
+    with client.get(first["files"]["m0_mask.tif"]) as mask:
+        own = run(mask.data, "a_threshold_mask.tif")
+    assert own["result"]["iou"][0]["mean_iou"] == 1.0 and own["warnings"] == [], own
+    water = get_segmenter("threshold").card.classes[1]
+    assert water.label_color and water.label_color != water.color
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:] = [int(water.color[i:i + 2], 16) for i in (1, 3, 5)]  # as the legend draws water
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    drawn = run(label.getvalue(), "drawn.png")
+    assert drawn["result"]["iou"][0]["iou"]["water"] is not None and not any("nothing" in w for w in drawn["warnings"])
+    models = client.get("/api/models").get_json()["models"]
+    threshold = next(m for m in models if m["name"] == "threshold")
+    assert threshold["classes"][1] == {"name": "water", "color": water.color, "label_color": water.label_color}
+
+
 def test_a_label_is_read_in_the_colours_of_the_model_it_matches_whatever_the_order(client, make_raster):
     """The label was read by the first ticked model's colours, and the page lists the baselines first: a
     label in the U-Net's colours then scored it 0 (or nothing), and the IoU changed with the model order."""

@@ -246,7 +246,8 @@ def _models() -> list[dict[str, Any]]:
     from geoseg.models import DEFAULT_MODEL
 
     return [{"name": m.name, "description": m.card.description, "source": m.source,
-             "classes": [{"name": c.name, "color": c.color} for c in m.card.classes],
+             "classes": [{"name": c.name, "color": c.color, **({"label_color": c.label_color} if c.label_color else {})}
+                         for c in m.card.classes],
              "bands": list(m.card.bands), "output": m.card.output, "default": m.name == DEFAULT_MODEL,
              "download": f"/models/{m.name}/download" if m.path is not None else None}
             for m in _registry()]

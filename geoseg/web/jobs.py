@@ -360,7 +360,10 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
         with rasterio.open(job.files["input"]) as ds:
             shape = ds.height, ds.width
         with rasterio.open(label) as ds:
-            colours = ds.count >= 3 or ds.colorinterp[0] == ColorInterp.palette
+            # a geoseg mask (the page's own download) has a colour table and its class names: read by the names;
+            # by colour, its display colours matched no label colour once those differed, and nothing was scored
+            named = ds.count == 1 and "CLASS_NAMES" in ds.tags()
+            colours = not named and (ds.count >= 3 or ds.colorinterp[0] == ColorInterp.palette)
             ids = None if colours else ds.read(1, masked=True)
         names = None if colours else label_class_names(label)
 
@@ -368,18 +371,21 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
             return read_labels(label, fmt="color" if colours else "index", classes=classes,
                                image=job.files["input"], shape=shape)
 
-        def classes_of(card):
-            return [{"name": c.name, "color": c.in_labels} for c in card.classes]
+        def classes_of(card, drawn=False):  # the label colours, or the colours the page draws (`drawn`)
+            return [{"name": c.name, "color": c.color if drawn else c.in_labels} for c in card.classes]
 
         truth = None
         if names:
             label_classes, source = [{"name": n, "color": None} for n in names], "its CLASS_NAMES"
         elif colours:  # the model in whose colours most pixels are; the first such model on a tie
-            readings = [read(classes_of(card)) for card in cards]
-            counts = [int((r != 255).sum()) for r in readings]
+            for drawn in (False, True):  # a label drawn in the colours the page shows matched no label colour
+                readings = [read(classes_of(card, drawn)) for card in cards]
+                counts = [int((r != 255).sum()) for r in readings]
+                if max(counts) or not any(c.label_color for card in cards for c in card.classes):
+                    break
             best = counts.index(max(counts))
             card, truth = cards[best], readings[best]  # read once per model, not once more for the winner
-            label_classes, source = classes_of(card), card.name
+            label_classes, source = classes_of(card, drawn), card.name
         else:  # the first model with a class for every id, bundles before baselines (labels are made for a
             # U-Net's classes, rarely a baseline's other/water/vegetation): ids 0..4 were read as a baseline's 0..2
             values = ids.compressed()
@@ -395,8 +401,9 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
         if labelled == 0:
             models = "the models'" if len(cards) > 1 else f"{cards[0].name}'s"
             job.warnings.append(f"no pixel of the label {job.label_name} {matched} of {models} classes, so nothing "
-                                "is scored: upload a label in a model's class colours, or an index raster of its "
-                                "class ids (255 for unlabelled).")
+                                "is scored: upload a label in a model's label colours (its class colours where it "
+                                "has none; GET /api/models lists both), or an index raster of its class ids (255 "
+                                "for unlabelled).")
             return []
         if labelled < 0.5 * truth.size:
             whose = "its CLASS_NAMES" if names else f"{source}'s classes"
