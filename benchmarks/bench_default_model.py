@@ -58,6 +58,11 @@ def run(ref: str, images: list[str], labels: list[str], names: list[str], colors
             "notes": result.notes}
 
 
+def label_set(card) -> tuple[list[str], list[str]]:
+    """The model's class names and the colours the Dubai masks draw them in (its display colours differ)."""
+    return [c.name for c in card.classes], [c.in_labels for c in card.classes]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dubai_aerial")
@@ -75,7 +80,7 @@ def main() -> None:
     from geoseg.models.registry import with_card
 
     card = get_segmenter(args.model).card
-    names, colors = [c.name for c in card.classes], [c.color for c in card.classes]
+    names, colors = label_set(card)
     images, labels = held_out(args.data, args.tiles.split(","))
     rows = {}
     for mode in args.modes.split(","):

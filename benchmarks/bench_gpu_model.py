@@ -96,7 +96,7 @@ def held_out(dubai: Path, tiles: list[str]):
     from PIL import Image
 
     card = json.loads(BUNDLE.with_suffix(".json").read_text())
-    colours = [tuple(int(c["color"][i:i + 2], 16) for i in (1, 3, 5)) for c in card["classes"]]
+    colours = [tuple(int(c.get("label_color", c["color"])[i:i + 2], 16) for i in (1, 3, 5)) for c in card["classes"]]
     for tile in tiles:
         for image in sorted((dubai / tile / "images").glob("*.jpg")):
             rgb = np.asarray(Image.open(image).convert("RGB"))
