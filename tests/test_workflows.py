@@ -871,6 +871,13 @@ def test_survey_mosaics_and_polygons_open_in_qgis_with_class_names_and_colours(m
     make_raster(name="in/g.tif", shape=(30, 30), crs="EPSG:4326", transform=from_origin(57.0, 25.3, 1e-5, 1e-5))
     survey([tmp_path / "in"], out, model="threshold", vector=False, preview=False)  # two CRSs, no polygons
     assert sorted(p.name for p in out.glob("*.qml")) == ["masks_EPSG_32640.qml", "masks_EPSG_4326.qml"]
+    # masks of the baseline's first palette (Dubai's orange water) are redone, not mixed with blue ones (h76)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["entries"].values():
+        entry["key"]["model_version"] = "1"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    redone = survey([tmp_path / "in"], out, model="threshold", vector=False, preview=False)
+    assert len(redone.done) == 3 and not redone.skipped
 
 
 def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp_path, caplog):

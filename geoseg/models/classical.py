@@ -93,8 +93,9 @@ class ClassicalSegmenter:
         self.method, self.nir = method, nir
         self.water, self.vegetation = water, vegetation
         name = f"{method}{'-nir' if nir else ''}"
-        self.card = ModelCard.from_dict({
-            "name": name, "version": "1", "description": BASELINES[method] + (" (NDWI/NDVI from NIR)" if nir else ""),
+        self.card = ModelCard.from_dict({  # version 2: water and vegetation drawn blue and green, not in the Dubai
+            # labels' orange and yellow; a survey redoes masks of version 1 rather than mix the two palettes
+            "name": name, "version": "2", "description": BASELINES[method] + (" (NDWI/NDVI from NIR)" if nir else ""),
             "classes": _CLASSES, "bands": [1, 2, 3, 4] if nir else [1, 2, 3],
             "normalization": {"method": "none"}, "margin": 0 if method == "threshold" else self.margin,
             "training": {"data": "none: unsupervised classical method"},
