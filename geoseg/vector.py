@@ -682,7 +682,7 @@ def vectorize(
         log.warning("%s is the style of the raster of that name, so the polygons' style was not written over it: "
                     "QGIS finds a style by the layer's file name. Name the layer otherwise, e.g. %s, for both "
                     "to open in class colours.", qml, out_path.with_name(f"{out_path.stem}_polygons{out_path.suffix}"))
-    elif earlier is not None and sibling is not None and earlier != qml_text(names, kind="vector"):
+    elif earlier is not None and sibling is not None and _style_classes(earlier) != {i: n for i, (n, _) in names.items()}:
         log.warning("%s is the style of the layer %s, whose classes differ, so this layer's style was not written "
                     "over it: QGIS finds a style by the layer's file name. Name this layer otherwise for both to "
                     "open in their class colours.", qml, sibling)
@@ -876,6 +876,19 @@ def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, 
     """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
     with replaced_atomically(path) as tmp:
         tmp.write_text(qml_text(classes, kind=kind), encoding="utf-8")  # class names (forêt) in any locale
+
+
+def _style_classes(text: str) -> dict[int, str]:
+    """The class ids and names of a categorised style `write_qml` wrote: a layer of the same classes takes the
+    style over (its colours may be newer), another's keeps it."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text.split("\n", 1)[1] if text.startswith("<!DOCTYPE") else text)
+    except ET.ParseError:
+        return {}
+    return {int(c.get("value")): c.get("label", "") for c in root.iter("category")
+            if (c.get("value") or "").lstrip("-").isdigit()}
 
 
 def _is_file(path: Path) -> bool:

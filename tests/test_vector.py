@@ -554,6 +554,14 @@ def test_a_layer_keeps_its_style_when_another_of_its_name_is_written(make_mask, 
         vectorize(second, tmp_path / "alone.gpkg")
         vectorize(first, tmp_path / "alone.gpkg", overwrite=True)  # its own style, replaced
     assert caplog.text == "" and 'label="flooded"' in (tmp_path / "alone.qml").read_text()
+    # a style of the same classes in older colours is taken over: the earlier palette stayed, with a warning that
+    # the classes differed (review, h75)
+    stale = (tmp_path / "out" / "result.qml").read_text().replace('value="255,0,0,255"', 'value="226,169,41,255"')
+    (tmp_path / "out" / "result.qml").write_text(stale)
+    (tmp_path / "out" / "result.fgb").unlink()
+    with caplog.at_level("WARNING", logger="geoseg.vector"):
+        vectorize(first, tmp_path / "out" / "result.fgb")
+    assert caplog.text == "" and (tmp_path / "out" / "result.qml").read_text() == style
 
 
 def test_a_class_mask_is_no_confidence_raster(make_mask, tmp_path):
