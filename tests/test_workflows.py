@@ -280,6 +280,7 @@ def test_flood_sieves_ndwi_masks_too(tmp_path):
     ({-0.4: 24, 0.06: 76}, "makes 7[56]% of the valid pixels water"),  # vegetation and dry built-up land: no water
     ({-0.5: 60, -0.02: 30, 0.5: 10}, r"lies below 0, so 2\d% of the pixels, with NDWI between it and 0"),
     ({-0.4: 80, 0.5: 20}, None),  # land and water apart
+    ({-0.5: 30, 0.6: 70}, None),  # a flood image mostly of clear water: right, and no warning (review, h75)
 ])
 def test_ndwi_cuts_that_make_doubtful_water_are_warned_of(caplog, modes, warned):
     """A Las Vegas 4-band scene without a flood came out 76% water (Otsu cut -0.035), without a word."""

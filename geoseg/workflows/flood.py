@@ -139,17 +139,21 @@ def ndwi_cut(counts: np.ndarray, over: str = "") -> tuple[float, str]:
 
 
 def _warn_of_doubtful_water(counts: np.ndarray, cut: float, share: float = 0.05, most: float = 0.5) -> None:
-    """Warn where Otsu's `cut` makes over `most` of the pixels water, or lies below 0 with over `share` of them
-    between it and 0. Water's NDWI lies above 0 (McFeeters), but so does dry built-up land and bare soil in arid
+    """Warn where Otsu's `cut` makes over `most` of the pixels water of a mean NDWI near 0, or lies below 0 with
+    over `share` of them between it and 0. Water's NDWI lies above 0 (McFeeters), but so does dry built-up land and bare soil in arid
     scenes: vegetation beside them made 76% of a dry city water without a word (helper h73, a Las Vegas 4-band
     scene, cut at -0.035). Which it is, is not NDWI's to say (turbid water lies low too): the warning says how
     much, and the cut to pass."""
     total = counts.sum()
-    water = counts[NDWI_CENTRES > cut].sum()
-    if water > most * total:
-        log.warning("Otsu's NDWI cut (%.3f) makes %.0f%% of the valid pixels water. Dry built-up land and bare soil "
-                    "can lie above it too (arid and urban scenes): check the map, and pass --ndwi-threshold "
-                    "(ndwi_threshold=) with a higher cut if much of that is land.", cut, 100 * water / total)
+    above = NDWI_CENTRES > cut
+    water = counts[above].sum()
+    mean_water = float((counts[above] * NDWI_CENTRES[above]).sum() / water) if water else 0.0
+    # a flood image mostly of clear water (NDWI 0.3-0.6) is what this command is for: only water near 0 is doubtful
+    if water > most * total and mean_water < 0.15:
+        log.warning("Otsu's NDWI cut (%.3f) makes %.0f%% of the valid pixels water, at a mean NDWI of %.2f where clear "
+                    "water lies at 0.3 or more. Dry built-up land and bare soil lie there too (arid and urban scenes): "
+                    "check the map, and pass --ndwi-threshold (ndwi_threshold=) with a higher cut if much of that is "
+                    "land.", cut, 100 * water / total, mean_water)
     elif cut < 0 and counts[(NDWI_CENTRES > cut) & (NDWI_CENTRES <= 0)].sum() > share * total:
         between = counts[(NDWI_CENTRES > cut) & (NDWI_CENTRES <= 0)].sum()
         log.warning("Otsu's NDWI cut (%.3f) lies below 0, so %.0f%% of the pixels, with NDWI between it and 0, "
