@@ -94,6 +94,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if request.content_length is not None and request.content_length <= app.config["MAX_CONTENT_LENGTH"]:
             return jsonify(error="the form's fields are too large or too many (a field over 500 KB, or over 1000 "
                                  "parts); send the image, a label and the documented fields."), 413
+        if request.content_length is None:  # chunked: werkzeug says no more of which limit it met
+            return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB, or its form's "
+                                 "fields are too large or too many (a field over 500 KB, or over 1000 parts)."), 413
         return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
 
     @app.errorhandler(HTTPException)
@@ -121,9 +124,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         limit = int(app.config["GEOSEG_MAX_QUEUED"])
         if not jobs.reserve(limit):  # before the upload is saved: a full queue keeps no files
             # not "N jobs are waiting": some of them may be uploads still being received
-            places = "1 place is" if limit == 1 else f"{limit} places are"
-            return (jsonify(error=f"this server is busy: every worker has a job and the queue's {places} taken. "
-                                  "Try again in a minute."),
+            places = "1 place" if limit == 1 else f"{limit} places"
+            return (jsonify(error=f"this server is busy: its workers and the queue's {places} are all taken (by jobs, "
+                                  "or by uploads still arriving). Try again in a minute."),
                     503, {"Retry-After": "60"})
         try:
             job = _new_job(jobs, app.config["GEOSEG_MAX_PIXELS"])
