@@ -24,8 +24,9 @@ def make_mask(tmp_path):
         with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
                            dtype="uint8", crs=crs, transform=transform, nodata=255) as ds:
             ds.write(data, 1)
-            ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255)})
-            ds.update_tags(CLASS_NAMES=json.dumps({str(i): n for i, n in enumerate(names)}))
+            if names is not None:  # None: a raster of no classes, such as a confidence raster
+                ds.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255)})
+                ds.update_tags(CLASS_NAMES=json.dumps({str(i): n for i, n in enumerate(names)}))
         return path
 
     return make
@@ -755,7 +756,7 @@ def test_the_layer_written_block_by_block_equals_the_one_written_at_once(make_ma
     data = noisy_mask((70, 90), smooth=2)
     mask = make_mask(data, crs=crs, transform=transform)
     conf = make_mask(np.where(data == 255, 255, (np.arange(data.size).reshape(data.shape) % 101)).astype(np.uint8),
-                     crs=crs, transform=transform, name="conf.tif")
+                     crs=crs, transform=transform, name="conf.tif", names=None)
     monkeypatch.setattr(geoseg.vector, "STREAM_BATCH", 7)
     streamed = vectorize(mask, tmp_path / "v.gpkg", block=16, confidence=conf, min_area=1e-9)
     at_once = vectorize(mask, tmp_path / "v.parquet", block=16, confidence=conf, min_area=1e-9)

@@ -268,7 +268,8 @@ def _save_upload(storage, folder: Path, stem: str, *, what: str = "image") -> Pa
 def _new_job(jobs: JobManager, max_pixels: int) -> Job:
     image = request.files.get("image")
     if image is None and not request.files and not request.form and request.mimetype == "multipart/form-data" \
-            and request.content_length:  # werkzeug drops a form it cannot parse, and "no image" misled
+            and (request.content_length or 0) > 1024:  # werkzeug drops a form it cannot parse: "no image" misled
+        # (an empty form is a closing boundary of a few bytes; one with an image, kilobytes)
         raise UploadError("the multipart form could not be read (is a file name not UTF-8?); send the image as "
                           "multipart field 'image' with a UTF-8 file name.", 400)
     if image is None or not image.filename:
