@@ -754,8 +754,7 @@ def segment(
             if not any(row["pixels"] for row in classes):
                 log.warning("%s: no valid pixels (nodata or NaN everywhere), so the mask is all nodata. Check the "
                             "raster's nodata value and mask (gdalinfo)", info.path)
-            names = {c.id: (c.name, c.rgb) for c in card.classes}
-            write_qml(tmp / paths["mask"].with_suffix(".qml").name, names, kind="raster")
+            write_qml(tmp / paths["mask"].with_suffix(".qml").name, card.classes, kind="raster")
             if vector:  # its warnings and errors name the outputs as they will lie, not their staged copies
                 staged = {str(cog): str(final) for final, cog in cogs.items()}
                 with named_as_final("geoseg.vector", {**staged, str(tmp / paths["vector"].name): str(paths["vector"])}):

@@ -872,8 +872,11 @@ def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:
     return total
 
 
-def write_qml(path: str | os.PathLike, classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str) -> None:
-    """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id."""
+def write_qml(path: str | os.PathLike, classes, *, kind: str) -> None:
+    """Write a QGIS style: a paletted raster (``kind="raster"``) or a layer categorised by class_id, of `classes`:
+    a card's (`ClassInfo`s) or ``{id: (name, (r, g, b))}``."""
+    if not isinstance(classes, dict):
+        classes = {c.id: (c.name, c.rgb) for c in classes}
     with replaced_atomically(path) as tmp:
         tmp.write_text(qml_text(classes, kind=kind), encoding="utf-8")  # class names (forêt) in any locale
 

@@ -738,7 +738,7 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
             target = out / f"{names[os.fspath(image)]}_disagreement.tif"
             write_class_mask(target, info, classes,
                              lambda window: count(np.stack([h.read(1, window=window) for h in handles])))
-            write_qml(target.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="raster")  # as masks
+            write_qml(target.with_suffix(".qml"), classes, kind="raster")  # as masks
         finally:
             for h in handles:
                 h.close()

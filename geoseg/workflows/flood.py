@@ -251,7 +251,7 @@ def _water_raster(image: str, out_dir: Path, *, method: Method, model, water_cla
             raise OutputError(f"{out} already exists. Pass --overwrite (overwrite=True) to replace it.")
         sieve = segment_options.get("sieve", 0)
         cut = water_index_mask(image, out, green=green, nir=nir, threshold=threshold, sieve=sieve)
-        write_qml(out.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in WATER_CLASSES}, kind="raster")
+        write_qml(out.with_suffix(".qml"), WATER_CLASSES, kind="raster")
         if progress is not None:
             progress(1.0)
         return out, 1, (f"NDWI > {cut:.3f}{how} from bands green={green}, nir={nir}"
@@ -465,8 +465,7 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
         log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%d px) is nodata "
                     "in flood.tif and counts in no class", coverage, data - covered)  # as flood.md and flood.json
-    names = {c.id: (c.name, c.rgb) for c in classes}
-    write_qml(paths["tif"].with_suffix(".qml"), names, kind="raster")
+    write_qml(paths["tif"].with_suffix(".qml"), classes, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []

@@ -27,6 +27,7 @@ from geoseg.pipeline import (check_options, check_output_path, new_folders_remov
                              segment)
 from geoseg.raster import (first_line, is_gdal_path, pid_alive, raster_stem, remove_dead_temp_dirs, unique_stems,
                            written_by_geoseg)
+from geoseg.vector import write_qml
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -213,7 +214,7 @@ def _is_mosaic(path: Path, files: list[str], count: int) -> bool:
 def _fingerprint(path: str) -> dict[str, Any]:
     """Size and time of the file, or of the archive that holds it (``/vsizip/a.zip/b.tif``); a remote
     raster (``https://``) gets a fresh token, so it is redone on every run. A local one adds what GDAL reads
-    from other files: its georeferencing (`_georef`) and a VRT's sources (`_sources`)."""
+    from other files (`_read_by_gdal`): its georeferencing and a VRT's sources."""
     local = _local_file(path)
     if local is None:
         return {"remote": time.time_ns()}
@@ -759,9 +760,7 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
         for path in (out_dir / "survey_polygons.gpkg", out_dir / "survey_polygons.qml"):
             path.unlink(missing_ok=True)
     if merged is not None:
-        from geoseg.vector import write_qml
-
-        write_qml(merged.with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="vector")
+        write_qml(merged.with_suffix(".qml"), classes, kind="vector")
         outputs["polygons"] = str(merged)
     rows = []
     for e in finished + failed:
@@ -833,14 +832,12 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
     if left_out:
         log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
                     ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
-    from geoseg.vector import write_qml
-
     out = {}
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
         write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
         # QGIS names palette entries from a style beside the file, not from CLASS_NAMES: its legend said 0-255
-        write_qml((out_dir / name).with_suffix(".qml"), {c.id: (c.name, c.rgb) for c in classes}, kind="raster")
+        write_qml((out_dir / name).with_suffix(".qml"), classes, kind="raster")
         out[name.removesuffix(".vrt")] = str(out_dir / name)
     for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
         if str(stale) not in out.values():
