@@ -256,8 +256,9 @@ def test_a_label_in_no_model_colours_says_so_instead_of_a_table_of_dashes(client
     assert job["status"] == "done", job["error"]
     assert job["result"]["iou"] == []
     assert job["warnings"] == ["no pixel of the label grey truth.png is in a class colour of threshold's classes, so "
-                               "nothing is scored: upload a label in a model's class colours, or an index raster of "
-                               "its class ids (255 for unlabelled)."]
+                               "nothing is scored: upload a label in a model's label colours (its class colours where "
+                               "it has none; GET /api/models lists both), or an index raster of its class ids (255 for "
+                               "unlabelled)."]
 
 
 def test_minimum_region_sieves_each_class_model(client):
