@@ -512,9 +512,9 @@ LABEL_OPTIONS = ("label_format", "label_names", "label_colors", "vector_field", 
 
 
 def _options_for(model, options: dict[str, Any]) -> dict[str, Any]:
-    """`options` for `model`'s run: a normalisation is the Keras models', which the baselines ignore (as the web
-    page does). Applied to them, the scale:S that reads 16-bit imagery as 8-bit changed 69% of threshold's mask
-    beside the U-Net in a comparison, and warned that it was far outside what threshold was trained on."""
+    """`options` for `model`'s run: a normalisation is the Keras models'. The pipeline drops it for a baseline
+    with a warning (`segment`); a comparison of a U-Net and baselines passes it on purpose, so it is dropped here
+    first, without a warning per baseline and image."""
     if "normalization" in options and resolve_model(model).startswith(BUILTIN):
         return {k: v for k, v in options.items() if k != "normalization"}
     return options
