@@ -70,3 +70,19 @@ print(training.chip_stream.__name__, training.make_loss.__name__, metrics.scores
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["chip_stream", "make_loss", "scores"]
+
+
+def test_train_jax_fits_the_epochs_to_the_time_left_counting_the_first_evaluations_once():
+    """The device run of 2026-11-28: 4.5 minutes, 140.5 s gone on the first evaluations (compiling), 50.37 steps/s."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO / 'scripts' / 'gpu')!r})
+import train_jax
+print(train_jax.fit_epochs(270, 140.5, 50.37, 200, 0.9), train_jax.fit_epochs(270, 300, 50.37, 200, 0.9))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    fitted, late = map(int, done.stdout.split())
+    assert fitted == 24  # 129.5 s left at 4.9 s an epoch, less 8%; subtracting the first evaluations twice left 1
+    assert fitted * (200 / 50.37 + 0.9) <= 270 - 140.5
+    assert late == 1  # over time already: one epoch, so that something is scored and saved
