@@ -54,6 +54,11 @@ CARD = {
         ({"metrics": [1]}, "field 'metrics' must be an object"),
         # two classes of one name: labels matched the name to one of them, and the other scored nothing
         ({"classes": [{"name": "a"}, {"name": "a"}, {"name": "b"}]}, "own name.*; 'a' is classes 0, 1"),
+        # two classes of one label colour: a colour label gave all its pixels to the later one; `models check` passed it
+        ({"classes": [{"name": "a", "label_color": "#112233"}, {"name": "b", "label_color": "#112233"}]},
+         "own 'label_color'.*; #112233 is the colour of 'a', 'b'"),
+        ({"classes": [{"name": "a", "color": "#112233"}, {"name": "b", "color": "#000000", "label_color": "#112233"}]},
+         "#112233 is the colour of 'a', 'b'"),
         # sizes past any model: multiple_of 100000 allocated 447 GiB in `models check`, margin 10**9 failed in segment
         ({"multiple_of": 100000}, "'multiple_of' must be an int from 1 to 1024"),
         ({"margin": 10**9}, "'margin' must be an int from 0 to 2048"),

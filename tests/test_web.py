@@ -246,6 +246,43 @@ def test_a_label_is_read_in_the_colours_of_the_model_it_matches_whatever_the_ord
     assert all(v is not None for v in rows["threshold,tiny-fcn"]["tiny-fcn"]["iou"].values())
 
 
+def test_a_model_that_draws_two_classes_alike_is_left_out_of_reading_a_colour_label(tmp_path, model_dir, make_raster,
+                                                                                     monkeypatch):
+    """A card that draws two classes in one colour (and gives no label_color) cannot read a colour label: that
+    failed the whole job, the other model's masks and scores with it."""
+    from geoseg.models import get_segmenter
+
+    alike = tmp_path / "alike"
+    alike.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", alike / "tiny-alike.keras")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    card["name"], card["classes"][1]["color"] = "tiny-alike", card["classes"][0]["color"]
+    (alike / "tiny-alike.json").write_text(json.dumps(card))
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", f"{model_dir}{os.pathsep}{alike}")
+    client = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_MAX_PIXELS": 200_000,
+                         "TESTING": True}).test_client()
+    classes = get_segmenter("tiny-fcn").card.classes
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    for i, rows in enumerate((slice(0, 20), slice(20, 40), slice(40, 60))):
+        rgb[rows] = [int(classes[i].color[k:k + 2], 16) for k in (1, 3, 5)]
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    for order in ("tiny-alike,tiny-fcn", "tiny-fcn,tiny-alike"):
+        response = client.post("/api/segment", data={
+            "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": order,
+            "label": (io.BytesIO(label.getvalue()), "truth.png")}, content_type="multipart/form-data")
+        job = _wait(client, response.get_json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["label_read_as"] == "tiny-fcn"
+        assert {r["model"] for r in job["result"]["iou"]} == {"tiny-fcn", "tiny-alike"}
+    response = client.post("/api/segment", data={  # alone, it says which colour two classes share
+        "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": "tiny-alike",
+        "label": (io.BytesIO(label.getvalue()), "truth.png")}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "failed" and f"{classes[0].color} is the colour of 'class0', 'class1'" in job["error"]
+    assert "the classes' label_color in the training config or the model's card" in job["error"]
+
+
 def test_a_label_in_no_model_colours_says_so_instead_of_a_table_of_dashes(client, make_raster):
     label = io.BytesIO()
     Image.fromarray(np.full((60, 80, 3), [1, 2, 3], np.uint8)).save(label, format="PNG")

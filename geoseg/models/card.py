@@ -166,6 +166,7 @@ class ModelCard:
         if not classes:
             raise CardError(f"{source}: field 'classes' is empty; list at least one class.")
         _check_distinct_names(classes, source)
+        _check_distinct_label_colors(classes, source)
         bands = data["bands"]
         if not (isinstance(bands, list) and bands and all(_is_int(b) and b >= 1 for b in bands)):
             raise CardError(
@@ -250,6 +251,22 @@ def _check_distinct_names(classes: tuple[ClassInfo, ...], source: str) -> None:
         ids = "; ".join(f"{n!r} is classes {', '.join(str(c.id) for c in classes if c.name == n)}" for n in twice)
         raise CardError(f"{source}: field 'classes' must give each class its own name, since labels and other "
                         f"models are matched to classes by name; {ids}. Rename them.")
+
+
+def _check_distinct_label_colors(classes: tuple[ClassInfo, ...], source: str) -> None:
+    """Two classes of one given ``label_color``: a colour-coded label gave every pixel of it to the later class.
+    Display colours (``color``) alone may repeat: a card may draw two classes alike."""
+    by_colour: dict[str, list[ClassInfo]] = {}
+    for c in classes:
+        if c.in_labels:
+            by_colour.setdefault(c.in_labels.upper(), []).append(c)
+    twice = {colour: cs for colour, cs in sorted(by_colour.items())
+             if len(cs) > 1 and any(c.label_color for c in cs)}
+    if twice:
+        which = "; ".join(f"{colour} is the colour of {', '.join(repr(c.name) for c in cs)}" for colour, cs in twice.items())
+        raise CardError(f"{source}: field 'classes' must give each class its own 'label_color' (or 'color' where it "
+                        f"has none), the colour that tells its pixels apart in colour-coded labels; {which}. "
+                        "Fix the label_color of those classes.")
 
 
 # Tableau 10, then two more: for classes whose card or training config gives no colour (all were #808080,

@@ -372,8 +372,9 @@ def _check_distinct_colours(path: str, classes: Sequence[dict[str, Any]]) -> Non
     if twice:
         which = "; ".join(f"{colour} is the colour of {', '.join(names)}" for colour, names in twice.items())
         raise InputError(f"{path}: colour-coded labels need a colour per class that no other class has, to tell "
-                         f"which class a pixel is; {which}. Give each class its own colour (--label-colors, or "
-                         "the classes' color in a training config).")
+                         f"which class a pixel is; {which}. Give each class its own colour: --label-names and "
+                         "--label-colors (evaluate, compare), or the classes' label_color in the training config or "
+                         "the model's card.")
 
 
 def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int, fix: str) -> None:

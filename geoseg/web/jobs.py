@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import catch_warnings
+from geoseg.errors import InputError, catch_warnings
 
 __all__ = ["Job", "JobManager"]
 
@@ -378,10 +378,16 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
         if names:
             label_classes, source = [{"name": n, "color": None} for n in names], "its CLASS_NAMES"
         elif colours:  # the model in whose colours most pixels are; the first such model on a tie
+            def reading(card, drawn):  # None for a model two of whose classes share a colour: it cannot read one
+                try:
+                    return read(classes_of(card, drawn))
+                except InputError:
+                    return None
+
             for drawn in (False, True):  # a label drawn in the colours the page shows matched no label colour
-                readings = [read(classes_of(card, drawn)) for card in cards]
-                counts = [int((r != 255).sum()) for r in readings]
-                if max(counts) or not any(c.label_color for card in cards for c in card.classes):
+                readings = [reading(card, drawn) for card in cards]
+                counts = [-1 if r is None else int((r != 255).sum()) for r in readings]
+                if max(counts) > 0 or not any(c.label_color for card in cards for c in card.classes):
                     break
             best = counts.index(max(counts))
             card, truth = cards[best], readings[best]  # read once per model, not once more for the winner
