@@ -798,21 +798,35 @@ def test_a_survey_stopped_before_its_first_raster_leaves_no_folder(make_raster, 
     assert not (tmp_path / "new").exists()
 
 
-def test_a_south_up_raster_is_left_out_of_the_survey_mosaic(make_raster, tmp_path):
+def test_south_up_rotated_and_gcp_rasters_are_left_out_of_the_mosaic_but_counted_once(make_raster, tmp_path):
     """A south-up grid (rows running north) gave masks.vrt a negative height, which GDAL refused to open,
     and its mask lay outside the mosaic without being listed as left out."""
+    from rasterio.control import GroundControlPoint
+
     from geoseg.workflows import survey
 
     north = make_raster(name="north.tif", shape=(40, 50))
     south = make_raster(name="south.tif", shape=(40, 50),
                         transform=rasterio.Affine(0.5, 0, 500000.0, 0, 0.5, 2799980.0))
-    result = survey([north, south], tmp_path / "out", model="threshold")
-    assert len(result.done) == 2
+    # the same ground once more, placed by GCPs; and rotated by 90 degrees (columns run south, rows west)
+    placed = make_raster(name="placed.tif", shape=(40, 50), crs=None, transform=rasterio.Affine.identity())
+    with rasterio.open(placed, "r+") as ds:
+        ds.gcps = ([GroundControlPoint(r, c, 500000.0 + 0.5 * c, 2800000.0 - 0.5 * r) for r, c in
+                    ((0, 0), (0, 50), (40, 0), (40, 50))], rasterio.crs.CRS.from_epsg(32640))
+    turned = make_raster(name="turned.tif", shape=(50, 40), transform=rasterio.Affine(0, -0.5, 500025.0,
+                                                                                      -0.5, 0, 2800000.0))
+    result = survey([north, south, placed, turned], tmp_path / "out", model="threshold")
+    assert len(result.done) == 4
     with rasterio.open(result.outputs["masks"]) as vrt:
         assert (vrt.width, vrt.height) == (50, 40)
     report = (tmp_path / "out" / "survey_report.md").read_text()
-    assert "## Not in the mosaic" in report and "south_mask.tif" in report and "counted twice" in report
-    assert "those without one have no m² and add nothing" in report
+    assert "## Not in the mosaic" in report and all(f"{n}_mask.tif" in report for n in ("south", "placed", "turned"))
+    assert "are counted in the totals as the others are, each place once" in report
+    summary = json.loads((tmp_path / "out" / "survey_summary.json").read_text())
+    # four rasters of the same 25 m x 20 m: their own areas add up to four times it, and the totals to it once
+    # (each of the three left out of the mosaic was added to them as it was: 2,000 m2)
+    assert sum(summary["sum_of_rasters_m2"].values()) == pytest.approx(2000)
+    assert sum(summary["total_m2"].values()) == pytest.approx(500, rel=0.02)
 
 
 def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp_path):

@@ -815,8 +815,9 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outputs, left_out, groups = {}, [], {}
     outputs.update(_mosaics(out_dir, list(own), classes, left_out, groups))
     order = {path: i for i, path in enumerate(own)}  # input order: the later raster decides, across CRSs too
-    stacked = sorted(((path, crs, t, w, h) for crs, items in groups.items() for path, t, w, h in items),
-                     key=lambda item: order[item[0]])
+    placed = _placed(left_out)  # rotated or placed by GCPs: in no mosaic, but counted once all the same
+    stacked = sorted([*((path, crs, t, w, h) for crs, items in groups.items() for path, t, w, h in items),
+                      *placed.values()], key=lambda item: order[item[0]])
     mosaic_m2 = _counted_once(stacked, own) if stacked else np.zeros(n_classes)
     merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
     if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
@@ -837,7 +838,7 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outputs["report"] = str(out_dir / "survey_report.md")
     ok = [r for r in rows if r["status"] == "done"]
     summed = {c.name: sum(float(r.get(f"{c.name}_m2") or 0) for r in ok) for c in classes}
-    outside = [r for r in ok if r["mask"] in left_out]  # not in a mosaic: only their own areas can be added
+    outside = [r for r in ok if r["mask"] in left_out and r["mask"] not in placed]  # nowhere: only their own areas
     totals = {c.name: float(mosaic_m2[c.id]) + sum(float(r.get(f"{c.name}_m2") or 0) for r in outside)
               for c in classes}
     write_csv(outputs["summary_csv"], rows)
@@ -845,6 +846,19 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
                                          "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
     write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed, len(groups)))
     return outputs
+
+
+def _placed(masks: list[str]) -> dict[str, tuple]:
+    """(path, crs, transform, width, height) of those of `masks` that are on the map (a CRS, or GCPs)."""
+    from geoseg.raster import inspect_raster
+
+    placed = {}
+    for path in masks:
+        info = inspect_raster(path)
+        transform, crs = info.map_georeferencing()
+        if crs is not None:
+            placed[path] = (path, crs.to_string(), transform, info.width, info.height)
+    return placed
 
 
 def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], totals: dict[str, float],
@@ -867,8 +881,8 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
                                           for r in bad]  # the error names the raster too
     if left_out:
         lines += ["", "## Not in the mosaic (no CRS, or not north-up)", "",
-                  "Those with a CRS add their own areas to the totals as they are, so ground they share with other "
-                  "rasters is counted twice; those without one have no m² and add nothing.", ""] + \
+                  "Those on the map (rotated, or placed by GCPs) are counted in the totals as the others are, each "
+                  "place once; those without a CRS have no m² and add nothing.", ""] + \
             [f"- `{p}`" for p in left_out]
     lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
@@ -922,6 +936,9 @@ def _mosaic_stem(crs: str) -> str:
 def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.ndarray:
     """m² of each class over masks given as (path, crs, transform, width, height), each place counted once.
 
+    The transform may be rotated, or the best fit of a mask's GCPs (`RasterInfo.map_georeferencing`): such
+    masks are in no mosaic, and were counted twice where they overlap others.
+
     As in the mosaic, where masks overlap the one listed later decides (where it has data), and so
     across CRSs, which the mosaics cannot stack. Each mask adds its own areas (`own`) less those of
     its pixels whose centres a later mask's data covers: only its blocks that a later mask overlaps
@@ -934,15 +951,16 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
     from rasterio.windows import Window
-    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
 
     from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
     from rasterio.errors import RasterioError
 
     from geoseg.raster import NODATA, PixelAreas, class_areas, first_line, inspect_raster
 
-    def box(t, width, height):  # (left, bottom, right, top) of a north-up grid
-        return t.c, t.f + t.e * height, t.c + t.a * width, t.f
+    def box(t, width, height, col=0, row=0):  # (left, bottom, right, top) around the grid's corners, rotated or not
+        xs, ys = zip(*(t * (col + c, row + r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
+        return min(xs), min(ys), max(xs), max(ys)
 
     def overlap(a, b) -> bool:
         return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
@@ -962,7 +980,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
 
     total = np.zeros(len(next(iter(own.values()))))
     unrelated: set[tuple[str, str]] = set()  # pairs warned about
-    for i, (path, _, t, w, h) in enumerate(items):
+    for i, (path, crs, t, w, h) in enumerate(items):
         total += own[path]
         later = [(items[j][0], other) for j in range(i + 1, len(items)) if (other := seen_from(i, j)) is not None]
         if not later:
@@ -972,7 +990,8 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
             for row in range(0, h, block):
                 for col in range(0, w, block):
                     window = Window(col, row, min(block, w - col), min(block, h - row))
-                    above = [other for other, other_box in later if overlap(window_bounds(window, t), other_box)]
+                    bounds = box(t, window.width, window.height, window.col_off, window.row_off)
+                    above = [other for other, other_box in later if overlap(bounds, other_box)]
                     if not above:
                         continue
                     data = ds.read(1, window=window)
@@ -981,8 +1000,9 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
                         seen = np.full(data.shape, NODATA, np.uint8)
                         with rasterio.open(other) as src:
                             try:
+                                # the warper places a mask by its GCPs where it has them
                                 reproject(rasterio.band(src, 1), seen, src_nodata=NODATA, dst_nodata=NODATA,
-                                          dst_transform=ds.window_transform(window), dst_crs=ds.crs,
+                                          dst_transform=window_transform(window, t), dst_crs=crs,
                                           resampling=Resampling.nearest)
                             except (CPLE_BaseError, RasterioError) as exc:  # CRSs that PROJ cannot relate
                                 if (other, path) not in unrelated:
