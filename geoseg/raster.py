@@ -137,15 +137,31 @@ def unique_stems(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
     {'a/x.tif': 'x', 'b/y.tif': 'y'}
     >>> sorted(unique_stems(["a/x.tif", "b/x.tif"]).values())
     ['x-d65097', 'x-eb5db2']
+
+    Stems that differ only in case or Unicode form (``Scene`` and ``scene``; ``café`` as one character or as
+    ``e`` and an accent) collide too: on macOS and Windows drives they name one file (`name_key`), and one
+    raster's outputs replaced the other's while both were reported done.
     """
     import hashlib
     from collections import Counter
 
     paths = [os.fspath(p) for p in paths]
     stems = [raster_stem(p) for p in paths]
-    counts = Counter(stems)
-    return {p: s if counts[s] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+    counts = Counter(name_key(s) for s in stems)
+    return {p: s if counts[name_key(s)] == 1 else f"{s}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
             for p, s in zip(paths, stems)}
+
+
+def name_key(name: str) -> str:
+    """`name` as case-insensitive file systems (macOS, Windows, SMB and exFAT drives) compare names: one
+    Unicode form, one case.
+
+    >>> name_key("Café") == name_key("cafe\u0301")
+    True
+    """
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def shares(pixels: Sequence[float], areas: Sequence[float | None] | None = None, *,

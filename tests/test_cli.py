@@ -15,6 +15,7 @@ import rasterio
 from click.testing import CliRunner
 
 from geoseg.cli import main
+from geoseg.raster import name_key
 
 
 @pytest.fixture
@@ -105,6 +106,22 @@ def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp
         assert not (tmp_path / "out").exists()
     again = run("segment", first, tmp_path / ".." / tmp_path.name / "x.tif", "-o", tmp_path / "out", "-m", "threshold")
     assert again.exit_code == 1 and "x.tif is given twice (also as " in again.output
+
+
+def test_segment_and_survey_keep_apart_names_that_differ_in_case_or_unicode_form(run, make_raster, tmp_path):
+    """On macOS and Windows drives Scene_mask.tif and scene_mask.tif are one file, as are café in its two Unicode
+    forms: segment reported two masks and wrote one, and survey credited both rasters with one mask."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "b").mkdir()
+    for pair in (("Scene.tif", "b/scene.tif"), ("caf\u00e9.tif", "b/cafe\u0301.tif")):
+        paths = [make_raster(name=pair[0]), make_raster(name=pair[1], shape=(30, 40))]
+        result = run("segment", *paths, "-o", tmp_path / "out", "-m", "threshold", "--quiet", "--overwrite")
+        assert result.exit_code == 1 and "share a file name (letter case or Unicode form aside" in result.output
+        assert not (tmp_path / "out").exists()
+        done = survey(paths, tmp_path / "survey", model="threshold", preview=False)
+        folders = {Path(e["outputs"]["mask"]).parent.name for e in done.done}
+        assert len(done.done) == 2 and len({name_key(f) for f in folders}) == 2, folders
 
 
 def test_evaluate_refuses_a_label_template_that_gives_two_images_one_label(run, make_raster, tmp_path):

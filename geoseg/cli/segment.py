@@ -148,7 +148,7 @@ def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
 def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
     """Refuse inputs whose outputs would overwrite each other."""
     from geoseg.pipeline import output_paths
-    from geoseg.raster import is_gdal_path, raster_stem, unique_stems
+    from geoseg.raster import is_gdal_path, name_key, raster_stem, unique_stems
 
     seen: dict[str, str] = {}
     for path in inputs:  # one file given twice (a glob and its name, x.tif and ./x.tif)
@@ -160,8 +160,13 @@ def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
     names = unique_stems(inputs)
     clashing = sorted({p for p in inputs if names[p] != raster_stem(p)})
     if clashing:
+        spellings: dict[str, set[str]] = {}
+        for p in clashing:
+            spellings.setdefault(name_key(raster_stem(p)), set()).add(raster_stem(p))
+        alike = " (letter case or Unicode form aside: one name on macOS and Windows drives)" if any(
+            len(s) > 1 for s in spellings.values()) else ""
         raise click.ClickException(
-            f"{', '.join(clashing)} share a file name, so their outputs would overwrite each other in "
+            f"{', '.join(clashing)} share a file name{alike}, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
             "raster a folder of its own.")
     # b.tif's run wrote (or, with --overwrite, removed as stale) the input b_mask.tif or b_preview.png;

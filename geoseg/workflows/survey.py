@@ -25,8 +25,8 @@ from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders
 from geoseg.pipeline import (check_options, check_output_path, new_folders_removed_on_error, prepare_output_dir,
                              segment)
-from geoseg.raster import (first_line, is_gdal_path, pid_alive, raster_stem, remove_dead_temp_dirs, unique_stems,
-                           written_by_geoseg)
+from geoseg.raster import (first_line, is_gdal_path, name_key, pid_alive, raster_stem, remove_dead_temp_dirs,
+                           unique_stems, written_by_geoseg)
 from geoseg.vector import write_qml
 from geoseg.workflows.common import class_card, write_csv, write_json, write_text
 
@@ -398,16 +398,16 @@ def _folders(sources: list[str], manifest: "_Manifest") -> dict[str, str]:
     for source in sources:
         if manifest.key_of(source) in earlier:
             out[source] = earlier[manifest.key_of(source)]
-    used = set(claims) | set(out.values())
+    used = {name_key(name) for name in [*claims, *out.values()]}  # Scene/ and scene/ are one folder on macOS
     for source, name in unique_stems(sources).items():
         if source in out:
             continue
-        if name in used:
+        if name_key(name) in used:
             digest = hashlib.sha1(manifest.key_of(source).encode()).hexdigest()
             name = next(f"{raster_stem(source)}-{digest[:n]}" for n in (6, 12, 40)
-                        if f"{raster_stem(source)}-{digest[:n]}" not in used)
+                        if name_key(f"{raster_stem(source)}-{digest[:n]}") not in used)
         out[source] = name
-        used.add(name)
+        used.add(name_key(name))
     return out
 
 
