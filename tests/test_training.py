@@ -1363,3 +1363,17 @@ def test_an_image_smaller_than_the_chip_is_padded_whether_held_in_memory_or_read
         (x, y), (lx, ly) = next(held), next(lazy)
         assert np.array_equal(x, lx) and np.array_equal(y, ly)
         assert (y == 255).sum() == 2 * 8  # two padded rows, unlabelled, in every orientation
+
+
+def test_config_paths_in_a_folder_with_brackets_and_under_home(tmp_path, monkeypatch):
+    """A config in 'run [2021]/' matched no image (the folder's brackets were a character class), and
+    output = "~/runs" wrote the bundle into a folder named '~' beside the config."""
+    folder = tmp_path / "run [2021]"
+    folder.mkdir()
+    config = _dataset(folder, "index")
+    train_pairs, val_pairs = load_pairs(load_config(config))
+    assert len(train_pairs) == 2 and len(val_pairs) == 1
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    loaded = load_config(config)
+    assert loaded.resolve("~/runs") == str(tmp_path / "home" / "runs")
+    assert loaded.resolve("models") == str(folder / "models")  # the brackets of a plain path stay as they are

@@ -1784,6 +1784,28 @@ def test_survey_lists_in_utf16_or_with_a_bom_are_read_and_others_named(make_rast
         expand_inputs([tmp_path / "latin1.txt"])
 
 
+def test_survey_list_globs_work_in_a_folder_with_brackets_and_a_missing_raster_still_fails(make_raster, tmp_path):
+    """In a list in 'run [1]/', a '*.tif' line matched nothing (the folder's brackets were a character class), and
+    a missing raster's line was a pattern matching nothing: a warning, '0 failed' and exit status 0."""
+    from geoseg.workflows import survey
+    from geoseg.workflows.survey import expand_inputs
+
+    (tmp_path / "run [1]" / "sub").mkdir(parents=True)
+    images = [make_raster(name=f"run [1]/r{i}.tif", seed=i) for i in range(2)]
+    images.append(make_raster(name="run [1]/sub/s.tif"))
+    (tmp_path / "run [1]" / "list.txt").write_text("*.tif\nsub\nmissing.tif\n")
+    found = expand_inputs([tmp_path / "run [1]" / "list.txt"])
+    assert found == [*map(str, images), str(tmp_path / "run [1]" / "missing.tif")]
+    result = survey([tmp_path / "run [1]" / "list.txt"], tmp_path / "out", model="threshold", preview=False)
+    assert len(result.done) == 3 and [Path(e["input"]).name for e in result.failed] == ["missing.tif"]
+    # lines as Windows and people write them: Explorer's quotes, '\\' separators, a '#' in a name, a comment
+    plot = make_raster(name="run [1]/plot #3.tif")
+    (tmp_path / "run [1]" / "win.txt").write_text('"r0.tif"\r\nsub\\s.tif\r\nplot #3.tif\r\n'
+                                                  "'r1.tif'  # the second flight\r\n# r9.tif\r\n")
+    assert expand_inputs([tmp_path / "run [1]" / "win.txt"]) == [str(images[0]), str(images[2]), str(plot),
+                                                                   str(images[1])]
+
+
 def test_survey_polygons_of_a_killed_merge_leave_no_journal(make_raster, tmp_path):
     """The SQLite journal of a merge killed outright (SIGKILL) stayed after every later run."""
     import socket

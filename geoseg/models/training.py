@@ -96,10 +96,15 @@ class TrainConfig:
         is then the maps' colour only), else its `color`."""
         return _as_in_labels(self.classes)
 
-    def resolve(self, path: str) -> str:
-        """A path from the config, relative to the config file."""
-        base = Path(self.source).parent if self.source else Path(".")
-        return path if os.path.isabs(path) else str(base / path)
+    def resolve(self, path: str, *, pattern: bool = False) -> str:
+        """A path from the config, relative to the config file; ``~`` is the home folder (``output = "~/runs"``
+        made a folder named ``~``). A glob `pattern` keeps only its own wildcards: a config in ``run [2021]/``
+        matched no image, its folder's brackets taken for a character class."""
+        path = os.path.expanduser(path)
+        if os.path.isabs(path):
+            return path
+        base = str(Path(self.source).parent if self.source else Path("."))
+        return str(Path(glob.escape(base) if pattern else base) / path)
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
@@ -516,7 +521,7 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     chips per validation image.
     """
     paths = sorted({os.path.abspath(p) for pattern in config.images
-                    for p in glob.glob(config.resolve(pattern), recursive=True)})
+                    for p in glob.glob(config.resolve(pattern, pattern=True), recursive=True)})
     litter = [p for p in paths if p.lower().endswith(SIDECARS) or os.path.isdir(p)]
     if litter:  # "images/*" matched GDAL's statistics beside each image: "not a raster" stopped the run
         log.info("%s: left out %d file(s) that are no images (%s)", config.source, len(litter),

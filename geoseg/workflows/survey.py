@@ -85,6 +85,12 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                         item, len(ours), ", ".join(shown) + (", ..." if len(ours) > 3 else ""))
         return [f for f in found if f not in ours]
 
+    def globbed(item: str, pattern: str) -> list[str]:
+        found = sorted(glob.glob(pattern, recursive=True))
+        if not found:  # beside other inputs it vanished without a word
+            log.warning("%s: no file matches this pattern", item)
+        return _split_mosaics(found_in(item, found))
+
     for item in map(str, items):
         path = Path(item)
         if not item.strip():  # Path("") is the working folder: "$DIR" of an unset variable surveyed all under it
@@ -93,10 +99,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
         if is_gdal_path(item):  # /vsizip/..., zip://...: GDAL reads it
             out.append(item)
         elif any(ch in item for ch in "*?[") and not path.exists():
-            found = sorted(glob.glob(item, recursive=True))
-            if not found:  # beside other inputs it vanished without a word
-                log.warning("%s: no file matches this pattern", item)
-            out += _split_mosaics(found_in(item, found))
+            out += globbed(item, item)
         elif path.is_dir():
             # hidden names left out, as a glob does: another run's staging folder (.geoseg-HOST-PID-...) held a
             # half-written mask, which failed the survey (or was segmented)
@@ -109,10 +112,19 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             if os.path.realpath(path) in _lists:  # a list that names itself, or two that name each other
                 log.warning("%s: a list that names itself (or a list that names it): not read again", item)
                 continue
-            lines = [line.split("#", 1)[0].strip() for line in _read_list(path).splitlines()]
+            lines = [_list_line(line, path.parent) for line in _read_list(path).splitlines()]
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
-            out += expand_inputs([_beside(os.path.expanduser(line), path.parent) for line in lines if line],  # ~/a.tif
-                                 _lists | {os.path.realpath(path)}, left_out=left_out, output_dir=output_dir)
+            lines = [(line, _beside(os.path.expanduser(line), path.parent)) for line in lines if line]  # ~/a.tif
+            for line, item_path in lines:  # a pattern by the line's own wildcards: the list may be in 'run [1]/'
+                if any(ch in line for ch in "*?[") and not is_gdal_path(item_path) and not os.path.lexists(item_path):
+                    line = os.path.expanduser(line)
+                    out += globbed(item_path, line if os.path.isabs(line) else
+                                   str(Path(glob.escape(str(path.parent))) / line))
+                elif is_gdal_path(item_path) or os.path.lexists(item_path):
+                    out += expand_inputs([item_path], _lists | {os.path.realpath(path)}, left_out=left_out,
+                                         output_dir=output_dir)
+                else:  # missing: the batch reports it (a folder's '[' made it a pattern that matched nothing)
+                    out.append(item_path)
         elif path.suffix.lower() == ".vrt" and path.is_file():
             out += _vrt_sources(path)
         else:
@@ -145,6 +157,25 @@ def _read_list(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: a list of rasters that is not UTF-8 text (byte {exc.start + 1} cannot be read). "
                          "Save it as UTF-8, e.g. iconv -f cp1252 -t utf-8.") from None
+
+
+def _list_line(line: str, folder: Path) -> str:
+    """A list's line as the path it names: ``#`` starts a comment, unless the line names a file with the ``#``
+    (``plot #3.tif``); the quotes Windows' "Copy as path" puts around a path, and its ``\\`` separators where
+    the file is found by ``/``, are dropped. Each made the line "no such file" with a path hard to see wrong."""
+    def unquoted(text: str) -> str:
+        return text[1:-1].strip() if len(text) > 1 and text[0] in "\"'" and text[-1] == text[0] else text
+
+    def found(text: str) -> bool:
+        return os.path.lexists(_beside(os.path.expanduser(text), folder))
+
+    whole = line.strip()
+    if whole.startswith("#"):
+        return ""
+    line = unquoted(whole) if "#" in whole and found(unquoted(whole)) else unquoted(whole.split("#", 1)[0].strip())
+    if "\\" in line and not found(line) and found(line.replace("\\", "/")):
+        line = line.replace("\\", "/")
+    return line
 
 
 def _beside(line: str, folder: Path) -> str:
