@@ -25,7 +25,8 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     path = Path(path)
     refuse_folders([path])
     tmp = path.with_name(f".{path.name}{suffix}" if suffix == ".tmp" else f".{path.stem}{suffix}")
-    if len(tmp.name.encode()) > 255:  # a legal name of 250 bytes was refused for its temporary one's length
+    # a legal name of 250 bytes was refused for its temporary one's length; a GeoPackage's SQLite adds '-journal'
+    if len(tmp.name.encode()) > 255 - len("-journal"):
         import hashlib
 
         tmp = path.with_name(f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}{suffix}")
@@ -89,6 +90,31 @@ def signals_held() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if came:
             signal.raise_signal(came[0])  # now to the handler that was in place: KeyboardInterrupt, SystemExit(143)
+
+
+def refuse_unwritable(paths) -> None:
+    """OutputError for a vector file (GeoPackage, GeoJSON, FlatGeobuf) whose path holds ';': GDAL's vector
+    drivers cut it there, so that ``site;A_polygons.gpkg`` was written as a file named ``site`` and then
+    reported missing (with advice to free disk space)."""
+    from geoseg.errors import OutputError
+
+    for path in map(Path, paths):
+        if path.suffix.lower() in (".gpkg", ".geojson", ".json", ".fgb") and ";" in os.path.abspath(path):
+            raise OutputError(f"{path}: GDAL cannot write a vector file whose path holds ';' (it cuts the path "
+                              "there). Rename the file or folder without ';', or pick another output folder.")
+
+
+def write_advice(exc: BaseException) -> str:
+    """What to do about a failed write: free disk space only where the disk is full."""
+    import errno
+
+    text = str(exc).lower()
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space" in text or "disk is full" in text:
+        return "Free some disk space or pick another output folder"
+    if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS) or "permission denied" in text \
+            or "read-only" in text:
+        return "Check the permissions of the output folder, or pick another one"
+    return "Pick another output folder or file name"
 
 
 def refuse_folders(paths) -> None:

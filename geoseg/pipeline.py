@@ -20,7 +20,7 @@ import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import ClusterError, GeosegError, InputError, OutputError, TilingError
-from geoseg.files import move_all, named_as_final, refuse_folders, signals_held
+from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model, with_card
@@ -492,6 +492,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     paths = paths_of(out_dir)
     refuse_inputs_as_outputs(paths, inputs)
     refuse_folders(paths.values())  # before the run, not when its files are moved into place
+    refuse_unwritable(paths.values())
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} already exists. Pass --overwrite (overwrite=True) to replace it.")

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import string
 import time
 import warnings
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
-from geoseg.files import refuse_folders, replaced_atomically
+from geoseg.files import refuse_folders, refuse_unwritable, replaced_atomically, write_advice
 from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem, same_raster,
                            reading_pixels)
 
@@ -521,6 +522,7 @@ def vectorize(
     driver = VECTOR_FORMATS.get(out_path.suffix.lower())
     if driver is None:
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
+    refuse_unwritable([out_path])
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")
     if out_path.parent.exists() and not out_path.parent.is_dir():
@@ -748,7 +750,7 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
         if driver == "GeoParquet":
             frame.to_parquet(tmp)
         else:
-            frame.to_file(tmp, driver=driver, layer=out_path.stem, engine="pyogrio", use_arrow=True)
+            frame.to_file(tmp, driver=driver, layer=layer_name(out_path.stem), engine="pyogrio", use_arrow=True)
 
     _written_atomically(out_path, driver, write)
 
@@ -788,7 +790,7 @@ def _write_stream(out_path: Path, driver: str, frames, crs, *, confidence: bool)
         signals: list = []
         try:
             with _noting_signals(signals):
-                pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), tmp, layer=out_path.stem,
+                pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), tmp, layer=layer_name(out_path.stem),
                                     driver=driver, geometry_name="geometry", geometry_type="Polygon",
                                     crs=None if crs is None else crs.to_wkt())
         except RuntimeError:
@@ -837,6 +839,12 @@ def _noting_signals(seen: list):
             signal.signal(signum, handler)
 
 
+def layer_name(stem: str) -> str:
+    """A GeoPackage layer name for a file's stem: GDAL refuses one that starts with punctuation other than ``_``
+    (``-roofs_polygons``) or with ``gpkg``, so those get a leading ``_``."""
+    return f"_{stem}" if (stem[:1] in string.punctuation and stem[:1] != "_") or stem.startswith("gpkg") else stem
+
+
 def _written_atomically(out_path: Path, driver: str, write) -> None:
     """`write`(a temporary path beside `out_path`), then the rename; a failure leaves nothing at either path."""
     try:
@@ -851,8 +859,8 @@ def _written_atomically(out_path: Path, driver: str, write) -> None:
     except Exception as exc:  # a full disk, a folder gone: pyogrio's and pyarrow's errors have no common base
         if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
             raise
-        raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). Free some "
-                          "disk space or pick another output folder; nothing was left at that path.") from None
+        raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). {write_advice(exc)}; nothing "
+                          "was left at that path.") from None
 
 
 def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:

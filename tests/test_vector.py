@@ -818,3 +818,26 @@ def test_ctrl_c_while_the_layer_is_written_is_a_keyboard_interrupt(make_mask, tm
     finally:
         signal.signal(signal.SIGINT, before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
+
+
+@pytest.mark.parametrize("stem", ["-roofs", "gpkg_site", "(a)", "x" * 235])
+def test_polygons_of_names_geopackage_refuses_are_written(make_mask, tmp_path, stem):
+    """A layer name starting with punctuation or 'gpkg' was refused by GDAL ("may not contain special characters"),
+    and a name of 235 bytes passed the 255-byte check while its SQLite journal's did not; both ended in advice to
+    free disk space."""
+    import pyogrio
+
+    mask = make_mask(np.zeros((20, 30), np.uint8))
+    out = tmp_path / f"{stem}.gpkg"
+    vectorize(mask, out)
+    assert len(pyogrio.read_dataframe(out)) == 1 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_geopackage_path_with_a_semicolon_is_refused_before_writing(make_mask, tmp_path):
+    """GDAL's vector drivers cut a path at ';': 'site;A.gpkg' was written as a hidden '.site', and reported missing."""
+    mask = make_mask(np.zeros((20, 30), np.uint8))
+    for name in ("site;A.gpkg", "site;A.geojson"):
+        with pytest.raises(OutputError, match=f"{name}: GDAL cannot write a vector file whose path holds ';'"):
+            vectorize(mask, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
+    vectorize(mask, tmp_path / "site;A.parquet")  # written by Arrow, which takes it
