@@ -124,6 +124,16 @@ def test_segment_and_survey_keep_apart_names_that_differ_in_case_or_unicode_form
         assert len(done.done) == 2 and len({name_key(f) for f in folders}) == 2, folders
 
 
+def test_survey_names_the_report_an_earlier_runs_only_where_it_is(run, make_raster, tmp_path):
+    """A survey of only failing rasters into a new folder said its report was "the earlier run's"."""
+    (tmp_path / "bad.tif").write_bytes(b"not a raster")
+    fresh = run("survey", tmp_path / "bad.tif", "-o", tmp_path / "out", "-m", "threshold")
+    assert fresh.exit_code == 1 and "report: " in fresh.output and "the earlier run's" not in fresh.output
+    assert run("survey", make_raster(), "-o", tmp_path / "out2", "-m", "threshold").exit_code == 0
+    kept = run("survey", tmp_path / "bad.tif", "-o", tmp_path / "out2", "-m", "threshold")
+    assert kept.exit_code == 1 and "(the earlier run's: no raster of this one was segmented)" in kept.output
+
+
 def test_evaluate_refuses_a_label_template_that_gives_two_images_one_label(run, make_raster, tmp_path):
     (tmp_path / "t2").mkdir()
     (tmp_path / "t3").mkdir()

@@ -71,7 +71,7 @@ def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, pr
             click.echo(f"  failed: {entry['error']}", err=True)
     if not as_json and not quiet and "report" in result.outputs:
         click.echo(f"report: {result.outputs['report']}"
-                   + (" (the earlier run's: no raster of this one was segmented)" if not result.done + result.skipped
-                      else ""), err=True)
+                   + (" (the earlier run's: no raster of this one was segmented)" if result.earlier_outputs else ""),
+                   err=True)
     if result.failed:
         raise SystemExit(1)

@@ -46,6 +46,7 @@ class SurveyResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    earlier_outputs: bool = False  # no raster of this run was segmented: `outputs` are an earlier run's, kept
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -778,6 +779,7 @@ def survey(
                 result.outputs = {key: str(out_dir / name) for key, name in (
                     ("masks", "masks.vrt"), ("polygons", "survey_polygons.gpkg"), ("summary_csv", "survey_summary.csv"),
                     ("summary_json", "survey_summary.json"), ("report", "survey_report.md")) if (out_dir / name).exists()}
+                result.earlier_outputs = True
                 return result
             result.outputs = _batch_outputs(out_dir, finished, result.failed, card.classes, vector)
             return result
