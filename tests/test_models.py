@@ -136,7 +136,9 @@ def test_bundle_checks_model_against_card(tmp_path):
 @pytest.mark.parametrize("ending, match", [
     ("logits", r"outputs are not probabilities \(from -.* to .*\).*softmax"),  # confidence wrapped in uint8
     ("nan", "NaN or infinity"),
-    ("half", "maps a 64x64 input to 32x32"),
+    ("half", "maps a 65x65 input to 32x32"),
+    # a softmax over one channel: 1 everywhere, so every pixel the second class (the one-class advice led there)
+    ("softmax1", "one output channel is 1 everywhere.*a softmax over one channel is always 1"),
     # scores under 1 on noise of the probe, 20 on 8-bit pixels: a confidence of 2000% wrapped to 208
     ("relu", r"outputs are not probabilities \(from 0 to .*\)"),
 ])
@@ -154,10 +156,50 @@ def test_bundle_refuses_outputs_that_are_not_probabilities(tmp_path, ending, mat
     elif ending == "relu":
         x = keras.layers.Conv2D(2, 1, activation="relu", kernel_initializer=keras.initializers.Constant(0.01),
                                 bias_initializer=keras.initializers.Constant(0.1))(inputs)
+    elif ending == "softmax1":
+        x = keras.layers.Softmax()(keras.layers.Conv2D(1, 1)(inputs))
     keras.Model(inputs, x).save(tmp_path / "m.keras")
     write_card(ModelCard.from_dict(CARD), tmp_path / "m.json")
     with pytest.raises(ModelError, match=match):
         load_bundle(tmp_path / "m.keras")
+
+
+def test_bundles_of_models_geoseg_cannot_check_or_run_are_refused_with_the_fix(tmp_path):
+    """A subclassed keras.Model was an AttributeError traceback that stopped `geoseg models check` for every model;
+    a U-Net whose card understates 'multiple_of' passed the check at 64 px and failed in segment with a TensorFlow
+    traceback; a channels-first model of any size was told to fix 'bands'."""
+    import keras
+
+    from geoseg.models import build_unet, write_card
+
+    @keras.saving.register_keras_serializable(package="geoseg_tests")
+    class Seg(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(2, 1, activation="softmax")
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Seg()
+    model(np.zeros((1, 8, 8, 3), np.float32))
+    model.save(tmp_path / "sub.keras")
+    write_card(ModelCard.from_dict({**CARD, "name": "sub"}), tmp_path / "sub.json")
+    with pytest.raises(ModelError, match="a subclassed keras.Model.*keras.Model\(inputs, model\(inputs\)\)"):
+        load_bundle(tmp_path / "sub.keras")
+    build_unet(2, 3, depth=3, filters=2).save(tmp_path / "deep.keras")  # sides must be multiples of 8
+    for multiple in (1, 4):
+        write_card(ModelCard.from_dict({**CARD, "name": "deep", "multiple_of": multiple}), tmp_path / "deep.json")
+        with pytest.raises(ModelError, match=r"the model fails on a \d+x\d+ input.*'multiple_of'"):
+            load_bundle(tmp_path / "deep.keras")
+    write_card(ModelCard.from_dict({**CARD, "name": "deep", "multiple_of": 8}), tmp_path / "deep.json")
+    load_bundle(tmp_path / "deep.keras")
+    inputs = keras.Input((3, None, None))
+    x = keras.layers.Conv2D(2, 1, activation="softmax", data_format="channels_first")(inputs)
+    keras.Model(inputs, x).save(tmp_path / "first.keras")
+    write_card(ModelCard.from_dict({**CARD, "name": "first"}), tmp_path / "first.json")
+    with pytest.raises(ModelError, match=r"it looks channels-first: \(3, None, None\)"):
+        load_bundle(tmp_path / "first.keras")
 
 
 def _binary_model(path):
@@ -420,7 +462,7 @@ def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatc
         raise MemoryError("Unable to allocate 447. GiB for an array")
 
     monkeypatch.setattr(segmenter, "probe_batch", fail)
-    with pytest.raises(ModelError, match="fails on a 64x64 input of 3 bands .*MemoryError"):
+    with pytest.raises(ModelError, match="fails on a 68x68 input of 3 bands .*MemoryError"):
         load_bundle(tiny_fcn)
 
 
@@ -480,3 +522,28 @@ def test_the_model_cache_reloads_a_bundle_saved_again_and_keeps_few(tiny_fcn, tm
     for i in range(_CACHE_SIZE[True] + 5):
         get_segmenter(f"builtin:threshold?water={i / 100}&vegetation=0.5")
     assert len(_CACHE[True]) == _CACHE_SIZE[True]
+
+
+def test_models_check_reports_a_model_that_fails_in_any_way_and_goes_on(model_dir, monkeypatch, make_raster):
+    """A plugin's model that failed with an error of its own (not geoseg's) stopped the whole `models check`
+    with a traceback; one that failed on the image's chunks did so in `check --image`."""
+    import geoseg.models.registry as registry
+    from geoseg.models.check import check_models
+
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    real = registry.get_segmenter
+
+    def flaky(ref, *args, **kwargs):
+        if "tiny-tiled" in str(ref):
+            raise AttributeError("'Plugged' object has no attribute 'inputs'")
+        return real(ref, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "get_segmenter", flaky)
+    results = {r.name: r for r in check_models(["tiny-tiled", "tiny-fcn"])}
+    assert not results["tiny-tiled"].ok and "loading failed (AttributeError: 'Plugged' object" in results["tiny-tiled"].message
+    assert results["tiny-fcn"].ok
+    import geoseg.models.check as check
+
+    monkeypatch.setattr(check, "seam_agreement", lambda *a, **k: (_ for _ in ()).throw(ValueError("ConcatOp")))
+    failed = check_models(["tiny-fcn"], image=make_raster(shape=(64, 64)))[0]
+    assert not failed.ok and "fails on the image's 256 px chunks (ValueError: ConcatOp)" in failed.message

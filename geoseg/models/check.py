@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import BandError, GeosegError, catch_warnings
+from geoseg.raster import first_line
 
 __all__ = ["CheckResult", "SEAM_FLOOR", "check_models", "exit_status", "seam_agreement"]
 
@@ -107,6 +108,9 @@ def _check_one(ref: str, name: str, source: str, path: str | None, image: str | 
         card = get_segmenter(ref).card
     except GeosegError as exc:
         return CheckResult(name, False, source, path, round(time.perf_counter() - started, 2), str(exc))
+    except Exception as exc:  # noqa: BLE001 - a plugin's model may fail any way: its line, not the whole check
+        return CheckResult(name, False, source, path, round(time.perf_counter() - started, 2),
+                           f"{path or name}: loading failed ({type(exc).__name__}: {first_line(exc)})")
     result = CheckResult(card.name, True, source, path, round(time.perf_counter() - started, 2),
                          "a built-in baseline" if path is None else "loads and predicts")
     if image is None:
@@ -122,6 +126,11 @@ def _check_one(ref: str, name: str, source: str, path: str | None, image: str | 
         return result
     except GeosegError as exc:
         result.warnings.append(f"seam check not run: {exc}")
+        return result
+    except Exception as exc:  # noqa: BLE001 - the model failed on a chunk of the image: it would in segment too
+        result.ok = False
+        result.message = (f"fails on the image's {chunk} px chunks ({type(exc).__name__}: {first_line(exc)}); check "
+                          "'multiple_of' and 'tile_size' in the card")
         return result
     if result.seam_agreement < SEAM_FLOOR:
         wider = max(2 * card.margin, 64)

@@ -201,6 +201,10 @@ def _older(version: str, than: str) -> bool:
 
 
 def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
+    if getattr(model, "inputs", None) is None or getattr(model, "outputs", None) is None:  # AttributeError traceback
+        raise ModelError(f"{source}: the model is a subclassed keras.Model, which has no inputs or outputs that "
+                         "geoseg can check. Save a functional model around it: "
+                         "inputs = keras.Input((None, None, bands)); keras.Model(inputs, model(inputs)).save(...)")
     if len(model.inputs) != 1 or len(model.outputs) != 1:  # was "fails on a 64x64 input" or "outputs 1 channels"
         raise ModelError(f"{source}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
                          "geoseg needs one (N, H, W, bands) input and one (N, H, W, classes) output. Save a model "
@@ -214,7 +218,7 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         )
     if in_shape[-1] != card.n_bands:
         first = (f" (it looks channels-first: {in_shape[1:]}; geoseg feeds (N, H, W, bands))"
-                 if in_shape[1] == card.n_bands and in_shape[-1] not in (None, card.n_bands) else "")
+                 if in_shape[1] == card.n_bands and in_shape[-1] != card.n_bands else "")
         raise ModelError(
             f"{source}: the model takes {in_shape[-1]} bands but its card lists {card.n_bands} "
             f"(bands={list(card.bands)}){first}. Fix 'bands' in the card."
@@ -223,7 +227,8 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
         raise ModelError(
             f"{source}: the model outputs one channel, which geoseg reads as the probability of the second of two "
             f"classes (a sigmoid: the first class where it is 0.5 or less), but its card lists {card.n_classes} "
-            "class(es). List two classes in the card, e.g. background then water."
+            "class(es). List two classes in the card, e.g. background then water, and end the model with a sigmoid "
+            "(a softmax over one channel is always 1)."
         )
     if out_shape[-1] != card.n_classes and out_shape[-1] != 1:
         raise ModelError(
@@ -239,8 +244,15 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
 
 
 def _probe_side(card: ModelCard) -> int:
-    """The side of `probe_batch`: the card's tile, else the smallest multiple of `multiple_of` from 64 px."""
-    return card.tile_size or card.multiple_of * -(-64 // card.multiple_of)
+    """The side of `probe_batch`: the card's tile, else the smallest odd multiple of `multiple_of` from 64 px.
+
+    Odd, so that a model that needs sides divisible by more than its card's `multiple_of` (a 5-level U-Net
+    whose card says 8, or nothing) fails here: at 64 px it passed, and segment then ended in a TensorFlow
+    traceback ("ConcatOp: Dimension 1 in both shapes must be equal")."""
+    if card.tile_size:
+        return card.tile_size
+    times = -(-64 // card.multiple_of)
+    return card.multiple_of * (times + 1 - times % 2)
 
 
 def probe_batch(card: ModelCard, *, seed: int = 0) -> np.ndarray:
@@ -272,6 +284,10 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
         raise ModelError(f"{source}: the model maps a {batch.shape[1]}x{batch.shape[2]} input to "
                          f"{out.shape[1]}x{out.shape[2]}; geoseg needs an output of the input's size "
                          "(pad or upsample inside the model).")
+    if out.shape[-1] == 1 and np.all(np.abs(out - 1) < 1e-6) and np.all(np.abs(large - 1) < 1e-6):
+        raise ModelError(f"{source}: the model's one output channel is 1 everywhere, so every pixel would be the "
+                         "second class: a softmax over one channel is always 1. End the model with a sigmoid "
+                         "(keras.layers.Activation('sigmoid')) for one channel, or output a channel per class.")
     if not np.isfinite(out).all():
         raise ModelError(f"{source}: the model outputs NaN or infinity on a small input of noise; "
                          "its weights may be damaged. Retrain it, or copy the bundle again.")
