@@ -861,6 +861,40 @@ def test_vector_label_files_without_a_value_or_with_blanks_take_no_side(make_ras
         evaluate("threshold", image, tmp_path / "mixed.gpkg", label_format="vector")
 
 
+def test_one_layer_of_polygons_scores_several_tiles_and_a_tile_it_misses_is_named(make_raster, tmp_path, caplog):
+    """One labels.gpkg over a study area's tiles was refused by the CLI ("2 image(s) but 1 label file(s)", or with
+    a template "images that share a file name"); a tile its polygons missed (a layer without its .prj, in lon/lat)
+    added nothing to the scores without a word; 'water ' with a blank, and a True/False field, were not read."""
+    import geopandas as gpd
+    import shapely
+    from rasterio.transform import from_origin
+
+    west = make_raster(name="west.tif", shape=(40, 50))
+    east = make_raster(name="east.tif", shape=(40, 50), transform=from_origin(500025.0, 2800000.0, 0.5, 0.5))
+    box = shapely.box(500000, 2799980, 500050, 2800000)
+    gpd.GeoDataFrame({"class": ["water "]}, geometry=[box], crs="EPSG:32640").to_file(tmp_path / "area.gpkg")
+    for labels in (["--labels", tmp_path / "area.gpkg"], ["--labels", "{image_dir}/area.gpkg"]):
+        labels = [str(a) for a in labels]
+        result = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(west), "--images",
+                                           str(east), *labels, "--label-format", "vector", "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["pixels_scored"] == 2 * 40 * 50 and "water" not in data["not_scored"]
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(55.9, 25.29, 55.91, 25.3)], crs="EPSG:4326").to_file(
+        tmp_path / "lonlat.shp")
+    (tmp_path / "lonlat.prj").unlink()  # no .prj: taken to be in the image's UTM metres, where it is no place
+    with caplog.at_level("WARNING"):
+        result = evaluate("threshold", [west, east], [tmp_path / "area.gpkg", tmp_path / "lonlat.shp"],
+                          label_format="vector")
+    assert any(f"1 of the 2 images have no labelled pixel of a scored class and add nothing to the scores: {east}" in n
+               for n in result.notes)
+    assert any("lonlat.shp: the layer has no CRS, so its coordinates are taken to be in the image's CRS" in n
+               for n in result.notes + [caplog.text])
+    gpd.GeoDataFrame({"class": [True]}, geometry=[box], crs="EPSG:32640").to_file(tmp_path / "flag.gpkg")
+    with pytest.raises(InputError, match="flag.gpkg: its 'class' field holds True and False, which name no class"):
+        evaluate("threshold", west, tmp_path / "flag.gpkg", label_format="vector")
+
+
 def test_evaluate_and_compare_take_normalize_as_segment_does(make_raster, tiny_fcn, tmp_path):
     """evaluate's own warning said "pass --normalize scale:..." for 11-bit imagery, and it had no such option."""
     image = make_raster(shape=(40, 50))

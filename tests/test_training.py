@@ -1377,3 +1377,23 @@ def test_config_paths_in_a_folder_with_brackets_and_under_home(tmp_path, monkeyp
     loaded = load_config(config)
     assert loaded.resolve("~/runs") == str(tmp_path / "home" / "runs")
     assert loaded.resolve("models") == str(folder / "models")  # the brackets of a plain path stay as they are
+
+
+def test_vector_class_names_with_blanks_or_another_case_are_read_and_a_bare_image_is_named(tmp_path, caplog):
+    """'Building ' from a digitising form, or 'WATER', labelled nothing in training (evaluate matched the case);
+    an image whose polygons missed it trained on nothing without a word."""
+    import geopandas as gpd
+
+    config = _dataset(tmp_path, "vector")
+    for i in range(3):
+        path = tmp_path / "data" / f"img{i}_label.gpkg"
+        frame = gpd.read_file(path)
+        frame["kind"] = frame["kind"].map({"a": " A", "b": "B "})
+        if i == 1:
+            frame = frame.set_geometry(frame.geometry.translate(10_000, 0))  # nowhere near the image
+        frame.to_file(path)
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        train_pairs, val_pairs = load_pairs(load_config(config))
+    labels = {Path(p).name: label for _, label, p in train_pairs + val_pairs}
+    assert {0, 1} <= set(np.unique(labels["img0.tif"])) and {0, 1} <= set(np.unique(labels["img2.tif"]))
+    assert "1 of the 3 images have no labelled pixel and teach nothing (img1.tif)" in caplog.text

@@ -14,7 +14,10 @@ from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_o
 __all__ = ["evaluate", "compare"]
 
 
-def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[list[str], list[str] | None]:
+def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None,
+           label_format: str = "index") -> tuple[list[str], list[str] | None]:
+    """The images and a label file for each. Polygons (``--label-format vector``) may be one layer for every
+    image, given once (the layer of a study area, over its tiles), as training and the Python API take it."""
     from geoseg.errors import InputError
     from geoseg.models.labels import check_label_template
     from geoseg.raster import raster_stem
@@ -30,12 +33,16 @@ def _pairs(images: tuple[str, ...], labels: tuple[str, ...] | None) -> tuple[lis
         check_label_template(template, "--labels")
         label_paths = [template.format(stem=raster_stem(p), name=Path(p).name, image_dir=str(Path(p).parent))
                        for p in image_paths]
-        _check_one_label_each(template, image_paths, label_paths)
+        if label_format != "vector":  # one layer over several images is what polygons are for
+            _check_one_label_each(template, image_paths, label_paths)
         return image_paths, label_paths
     label_paths = expand_inputs(labels)
+    if label_format == "vector" and len(set(label_paths)) == 1:
+        return image_paths, label_paths[:1] * len(image_paths)
     if len(label_paths) != len(image_paths):
         raise InputError(f"{len(image_paths)} image(s) but {len(label_paths)} label file(s). Pass as many labels, "
-                         "or a template such as '{image_dir}/../masks/{stem}.png'.")
+                         "a template such as '{image_dir}/../masks/{stem}.png', or one layer of polygons for all "
+                         "(--label-format vector).")
     return image_paths, label_paths
 
 
@@ -171,7 +178,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     only_with("ignore_colors", "--label-format color", label_format == "color")
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
-        image_paths, label_paths = _pairs(images, labels)
+        image_paths, label_paths = _pairs(images, labels, label_format)
         _check_report(markdown, overwrite, model, image_paths, label_paths)
         result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                      label_names=_split(label_names, "--label-names"),
@@ -207,7 +214,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
     with fail_cleanly():
-        image_paths, label_paths = _pairs(images, labels)
+        image_paths, label_paths = _pairs(images, labels, label_format)
         refs = [_variant(m, precision, tta) for m in _split(models)]
         if len(refs) < 2:  # exit 1 in the Python API's words, after loading the model
             raise click.BadParameter(f"{models!r} names {len(refs)} model(s); compare needs two or more, "

@@ -483,7 +483,12 @@ class VectorLabels:
             raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
         if frame.crs is not None:
             frame = frame.to_crs(crs)
-        frame = frame[frame.geometry.notna()]
+        else:  # a Shapefile without its .prj: lon/lat polygons then missed a UTM image without a word
+            _warn_once((os.path.abspath(path), "crs"), "%s: the layer has no CRS, so its coordinates are taken to be "
+                       "in the image's CRS (%s). If they are not, give the layer its CRS (its .prj; QGIS's Assign "
+                       "Projection).", path, crs.to_string())
+        # NULL and empty shapes label nothing (geopandas' notna() also warned about empty ones, twice)
+        frame = frame[np.array([g is not None and not g.is_empty for g in frame.geometry], dtype=bool)]
         ids = [_class_id(v, classes) for v in frame[field]]
         _check_matches(path, field, classes, list(frame[field]), ids, rename)
         # polygons of no class are burnt as unlabelled, in file order as the others: dropped, one over a
@@ -515,7 +520,12 @@ def _class_id(value: Any, classes) -> int | None:
     """The class a polygon's field value stands for: a class name, or an id (a whole number, also stored as
     a real such as 1.0, or as text such as '1' when no class has that name); None for anything else."""
     if isinstance(value, str):  # a name; else an id written as text ('1' in a Shapefile's text field)
+        value = value.strip()  # 'building ' from a digitising form matched no class, and the note hid why
         named = next((i for i, c in enumerate(classes) if c["name"] == value), None)
+        if named is None:  # 'Building', as evaluate and index rasters' CLASS_NAMES match, where one class fits
+            alike = [i for i, c in enumerate(classes) if isinstance(c["name"], str)
+                     and c["name"].casefold() == value.casefold()]
+            named = alike[0] if len(alike) == 1 else None
         if named is None and TEXT_ID.fullmatch(value) and int(value) < len(classes):
             return int(value)
         return named

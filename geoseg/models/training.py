@@ -560,6 +560,11 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
                     f"({', '.join(os.path.basename(p) for _, _, p in pairs[:3])}{', ...' if len(pairs) > 3 else ''}). "
                     "Check 'labels' and 'label_format': polygons must cover the images, colours must be the "
                     "classes' colours, index values their ids.")
+        bare = [p for _, label, p in train + val + select if not (label != IGNORE).any()]
+        if bare:  # a tile whose polygons missed it (a layer without its .prj) trained on nothing without a word
+            log.warning("%s: %d of the %d images have no labelled pixel and teach nothing (%s). Check that their "
+                        "labels cover them.", config.source, len(bare), len(paths),
+                        ", ".join(os.path.basename(p) for p in bare[:3]) + (", ..." if len(bare) > 3 else ""))
     return (train, val, select) if with_selection else (train, val)
 
 

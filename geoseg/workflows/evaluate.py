@@ -246,6 +246,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
     off_data = 0  # labelled pixels (of a class the model scores) where the model gives no class: image nodata
+    unscored: list[str] = []  # images without a labelled pixel of a class scored: left out without a word
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for image, label, (label_classes, lut) in zip(images, labels, label_sets):
@@ -262,6 +263,8 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                 for value, count in _unnamed_pixels(label, label_classes, unlabelled).items():
                     unnamed[value] = unnamed.get(value, 0) + count
             off_data += int(((pred == IGNORE) & (lut[truth] != IGNORE)).sum())
+            if not (lut[truth] != IGNORE).any():
+                unscored.append(str(image))
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
             matrix += confusion_matrix(lut[truth], pred, n)
@@ -286,6 +289,11 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     if unnamed:  # were left out without a word
         notes.append(_unnamed_note(unnamed, label_sets))
     notes.extend(unlabelled)
+    if unscored and len(images) > 1:
+        shown = ", ".join(unscored[:3]) + (f" and {len(unscored) - 3} more" if len(unscored) > 3 else "")
+        notes.append(f"{len(unscored)} of the {len(images)} images have no labelled pixel of a scored class and add "
+                     f"nothing to the scores: {shown}. Check that their labels cover them (polygons in another CRS "
+                     "than they say, or a layer without a CRS, which is taken to be in the image's)")
     if off_data:  # were left out without a word too
         notes.append(f"{off_data} labelled pixels lie on image nodata, where the model gives no class, and were not "
                      "scored")
@@ -669,11 +677,14 @@ def _vector_names(labels: list, field: str) -> list[str] | None:
     kinds, names = [], set()
     for label, values in zip(labels, fields):
         values = values.dropna()
+        if values.dtype.kind == "b" or (len(values) and all(isinstance(v, (bool, np.bool_)) for v in values)):
+            raise InputError(f"{label}: its {field!r} field holds True and False, which name no class. Pick a field "
+                             "of class names or ids (--vector-field), or write one.")
         if values.dtype.kind in "iuf":
             kinds.append("ids" if len(values) else None)
             continue
-        values = values.astype(str)
-        values = values[values.str.strip() != ""]  # blanks are unlabelled, as NULLs are
+        values = values.astype(str).str.strip()  # 'building ' is building, as training reads it
+        values = values[values != ""]  # blanks are unlabelled, as NULLs are
         ids = values.str.fullmatch(TEXT_ID.pattern)
         if ids.any() and not ids.all():  # '1' beside 'vegetation': was an id before, a name of no class now
             raise InputError(f"{label}: its {field!r} field holds both class ids ({values[ids].iloc[0]!r}) and class "
