@@ -705,6 +705,7 @@ def segment(
         normalization = None
     norm = _normalization(card, normalization, info, plan)
     _check_value_range(info, plan, card, norm)
+    _check_untagged_fill(info, plan)
     stem = raster_stem(info.path)
     with new_folders_removed_on_error(output_dir):  # bad input or Ctrl-C from here on leave no empty folder
         paths = prepare_output_dir(
@@ -871,12 +872,26 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
     block, valid = WindowSource(info.path, plan.bands, has_mask=info.has_mask)(slice(top, top + rows),
                                                                              slice(left, left + cols))
     values = np.abs(card.normalize(block, norm)[valid[..., 0]])
+    own = card.normalization
+    scale, offset = own.get("scale", 0.0), own.get("offset", 0.0)
+    eight_bit = own["method"] == "scale" and abs(scale * 255 + offset - 1) < 0.05  # a card of 0..255 data
+    raw = block[valid[..., 0]]
+    if (norm is None and eight_bit and info.dtype.startswith("float") and raw.size
+            and 0 < (top := float(np.percentile(raw, 99.5))) <= 1.5):
+        # reflectance in 0..1 into a model of 0..255: one 255th of the range, nearly all one class (a flood map's
+        # pre-event image all "water", so 72% of the scene "receded"), and no word
+        log.warning(
+            "%s: its %s pixels lie between 0 and about %.3g (reflectance in 0-1?), but %s was trained on 0-255 "
+            "(scale %g), so they fill a 255th of its range: expect nearly one class. Pass --normalize scale:%.6g,%g "
+            "(normalization={'method': 'scale', 'scale': %.6g, 'offset': %g} in Python), which maps 1 where the card "
+            "maps 255, or convert it to 8 bits (gdal_translate -ot Byte -scale 0 1 0 255).", info.path, info.dtype,
+            top, card.name, scale, scale * 255, offset, scale * 255, offset)
+        return
     if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
-        declared, own = norm or card.normalization, card.normalization
+        declared = norm or card.normalization
         fix = "pass --normalize (normalization= in Python) with a scale that maps its values as the card's does"
-        top = float(np.percentile(block[valid[..., 0]], 99.5))
-        scale, offset = own.get("scale", 0.0), own.get("offset", 0.0)
-        if own["method"] == "scale" and top > 0 and abs(scale * 255 + offset - 1) < 0.05:  # a card of 8-bit data
+        top = float(np.percentile(raw, 99.5))
+        if eight_bit and top > 0:  # a card of 8-bit data
             fix = (f"pass --normalize scale:{scale * 255 / top:.6g},{offset:g} (normalization={{'method': 'scale', "
                    f"'scale': {scale * 255 / top:.6g}, 'offset': {offset:g}}} in Python), which maps this raster's "
                    f"99.5th percentile ({top:g}) where the card maps 8-bit 255")
@@ -885,6 +900,42 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
             "on, so expect nearly one class. The raster is probably in other units than the model's training data "
             "(16-bit reflectance into a model of 8-bit RGB?): convert it (for an 8-bit model: gdal_translate -ot "
             "Byte -scale IN.tif OUT.tif), or %s.", info.path, _describe(declared), info.dtype, high, card.name, fix)
+
+
+FILL_SHARE = 0.25  # of a raster's border, 0 in every band, without a nodata value: warned about
+
+
+def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
+    """Warn when a raster without nodata (or a mask) has a border that is 0 in every band: the fill gdalwarp
+    or a mosaic leaves without -dstnodata, segmented as ground. A flood map's pre-event image called it water,
+    and 180,000 px of it came out "receded" with the pre image's coverage at 100%. Strips 64 px deep along the
+    four edges are read, decimated to at most 1024 px along each: cheap on any raster."""
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors; rasterio exports no public base for them
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    if info.has_mask or info.paletted:
+        return
+    edge = min(64, info.height, info.width)
+    strips = [Window(0, 0, info.width, edge), Window(0, info.height - edge, info.width, edge),
+              Window(0, 0, edge, info.height), Window(info.width - edge, 0, edge, info.height)]
+    zero = total = 0
+    try:
+        with open_quietly(info.path) as ds:
+            for strip in strips:
+                step = max(1, max(strip.width, strip.height) // 1024)
+                shape = (max(1, strip.height // step), max(1, strip.width // step))
+                filled = np.ones(shape, bool)
+                for band in plan.bands:  # one by one: a VRT's bands may be of several types
+                    filled &= ds.read(band, window=strip, out_shape=shape) == 0
+                zero, total = zero + int(filled.sum()), total + filled.size
+    except (RasterioError, CPLE_BaseError):  # a damaged file: the run's own read names it and the window
+        return
+    if total and zero / total > FILL_SHARE:
+        log.warning("%s: %.0f%% of its border is 0 in every band, and it has no nodata value: the fill that a warp "
+                    "or mosaic leaves? Those pixels are segmented as if they were ground (a flood map counts them as "
+                    "water or dry land). Tag it: gdal_edit.py -a_nodata 0 %s (or warp with gdalwarp -dstnodata 0).",
+                    info.path, 100 * zero / total, info.path)
 
 
 def _describe(norm: dict) -> str:

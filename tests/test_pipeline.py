@@ -184,6 +184,31 @@ def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_ra
     assert re.search(r"normalization=\{'method': 'scale', 'scale': 0.00066\d*, 'offset': 0\} in Python", caplog.text)
 
 
+def test_reflectance_in_0_1_through_a_model_of_8_bit_imagery_is_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
+    """Float reflectance in 0-1 filled a 255th of an 8-bit model's range: a flood's pre-event image came out all
+    water (72% of the scene "receded") with no word, as it passed the check for values far above the range."""
+    data = np.random.default_rng(0).uniform(0.02, 0.4, (3, 64, 64)).astype(np.float32)
+    segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False)
+    assert "float32 pixels lie between 0 and about 0.399 (reflectance in 0-1?)" in caplog.text
+    assert "Pass --normalize scale:1,0" in caplog.text
+    caplog.clear()
+    segment(make_raster(name="scaled.tif", data=data * 255), tmp_path / "out2", model=tiny_fcn, preview=False)
+    assert "reflectance" not in caplog.text  # float 0..255 is what the model reads
+
+
+def test_an_untagged_fill_around_a_warped_image_is_warned_about(make_raster, tmp_path, caplog):
+    """gdalwarp's fill without -dstnodata is 0 in every band and no nodata: segmented as ground, a flood map's
+    pre-event image called it water and reported it "receded", with its coverage at 100%."""
+    data = np.random.default_rng(0).integers(20, 255, (3, 120, 150)).astype(np.uint8)
+    data[:, :, :60] = 0  # the left 40% outside the scene's footprint
+    segment(make_raster(name="warped.tif", data=data), tmp_path / "out", model="threshold", preview=False)
+    assert "of its border is 0 in every band, and it has no nodata value" in caplog.text
+    assert "gdal_edit.py -a_nodata 0" in caplog.text
+    caplog.clear()
+    segment(make_raster(name="tagged.tif", data=data, nodata=0), tmp_path / "out2", model="threshold", preview=False)
+    assert "no nodata value" not in caplog.text
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "int8"])  # GDAL's Int8 (3.7+) was refused
 def test_other_dtypes(make_raster, tiny_fcn, tmp_path, dtype):
     path = make_raster(dtype=dtype, shape=(50, 60))
