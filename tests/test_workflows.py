@@ -128,6 +128,39 @@ def _scene_4band(water):
     return np.stack([green // 2, green, green // 3, nir])
 
 
+def test_flood_ndwi_warns_where_the_file_tags_the_band_read_as_green_or_nir_otherwise(tmp_path, caplog):
+    """A pre image tagged N,R,G,B beside a B,G,R,N post had its red and blue read as green and NIR: all its water
+    came out 'flooded' (2,832 px flooded, 0 permanent), and an RGBA-tagged pre gave its alpha band as NIR."""
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    water = np.zeros((40, 50), bool)
+    water[10:30, 10:30] = True
+    post = _write(tmp_path / "post.tif", _scene_4band(water), crs, transform)
+    pre = _write(tmp_path / "pre.tif", _scene_4band(water)[[3, 2, 1, 0]], crs, transform)
+    with rasterio.open(pre, "r+") as ds:
+        ds.colorinterp = [ColorInterp.nir, ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    flood(post, tmp_path / "out", pre=pre, method="ndwi")
+    assert "pre.tif: band 2, read as green for NDWI, is tagged red in the file. Its band 3 is tagged green: pass " \
+           "--green-band 3 and give the other image the same band order" in caplog.text
+    assert "band 4, read as NIR for NDWI, is tagged blue in the file. Its band 1 is tagged nir" in caplog.text
+    assert "post.tif" not in caplog.text  # untagged: nothing to say
+    caplog.clear()
+    eight = _write(tmp_path / "rgbn.tif", (_scene_4band(water) // 16).astype(np.uint8), crs, transform)
+    flood(eight, tmp_path / "out8", method="ndwi")  # GDAL tags the 4th of four 8-bit bands alpha
+    assert "rgbn.tif: band 4, read as NIR for NDWI, is tagged alpha (transparency)" in caplog.text
+    # a pre image of other bands than the model reads was refused only after the post image's run, with advice
+    # (--bands 1,1,1) that would have broken the post image's
+    grey = _write(tmp_path / "grey.tif", _scene_4band(water)[1:2], crs, transform)
+    with pytest.raises(BandError, match=r"grey.tif: has 1 band\(s\).*The pre-event image is read by the same bands as "
+                                        r"the post-event one \(\[1, 2, 3\]\)"):
+        flood(post, tmp_path / "grey", pre=grey, model="threshold")
+    assert not (tmp_path / "grey").exists()
+
+
 def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     """A cut per image reported receded water where the pre image was an exact crop of the post image."""
     from rasterio.transform import from_origin
@@ -148,7 +181,20 @@ def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     assert result.pre_coverage_pct == 75.0
     assert "covers only 75.0% of the post-event image" in Path(result.outputs["md"]).read_text()
     assert json.loads(Path(result.outputs["json"]).read_text())["pre_coverage_pct"] == 75.0
-    with pytest.raises(BandError, match="NDWI needs green and NIR"):
+    # an area of interest outside the pre image read 0 m2 flooded and 0 m2 dry, as if nothing had flooded there
+    import geopandas as gpd
+    import shapely
+
+    gpd.GeoDataFrame({"name": ["east", "across"]}, geometry=[shapely.box(300650, 2799500, 300750, 2799900),
+                                                             shapely.box(300500, 2799500, 300700, 2799900)],
+                     crs=crs).to_file(tmp_path / "aoi.gpkg")
+    rows = {r["aoi"]: r for r in flood(post, tmp_path / "aoi", pre=pre, method="ndwi", aoi=tmp_path / "aoi.gpkg",
+                                       aoi_field="name").aoi}
+    assert rows["east"]["flooded_m2"] is None and rows["east"]["dry_m2"] is None
+    assert rows["east"]["coverage_pct"] == 0 and rows["east"]["nodata_m2"] == pytest.approx(100 * 400)
+    assert rows["across"]["coverage_pct"] == 50 and rows["across"]["dry_m2"] is not None
+    assert "| coverage_pct |" in (tmp_path / "aoi" / "flood.md").read_text()
+    with pytest.raises(BandError, match="has 4 band\(s\), so NDWI cannot read its NIR band .*NDWI needs green and near-infrared"):
         flood(post, tmp_path / "bad", pre=pre, method="ndwi", nir_band=7)
     assert not (tmp_path / "bad").exists()  # refused before any folder was made
 
@@ -408,7 +454,8 @@ def test_flood_with_pre_event_image_on_another_grid(tmp_path):
         md = f.read()
     assert "| flooded |" in md
     row = next(line for line in md.splitlines() if line.startswith("| Old Town |"))
-    assert re.fullmatch(r"\| Old Town \|( [\d,]+\.\d \| \d+\.\d{6} \| [\d.]+ \|)+", row), row  # km² as 0.000003, not 3e-06
+    # km² as 0.000003, not 3e-06; then the m² the map does not cover (nodata), and the share it does
+    assert re.fullmatch(r"\| Old Town \|( [\d,]+\.\d \| \d+\.\d{6} \| [\d.]+ \|)+ 0\.0 \| 100\.0 \|", row), row
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "magic"}, "method must be 'model' or 'ndwi'"),
@@ -470,7 +517,7 @@ def test_flood_from_a_model_water_class(make_raster, tiny_fcn, tmp_path):
         survey([path], tmp_path / "out4", model="watershed-regions")
     assert not any((tmp_path / f"out{i}").exists() for i in (2, 3, 4))  # refused before any folder
     bad = CliRunner().invoke(main, ["flood", str(path), "-o", str(tmp_path / "o3"), "--method", "ndwi"])
-    assert bad.exit_code == 1 and "NDWI needs green and NIR" in bad.output
+    assert bad.exit_code == 1 and "NDWI needs green and near-infrared bands" in bad.output
 
 
 def _ctrl_c(*args, **kwargs):

@@ -20,7 +20,7 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
+from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, shares, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
@@ -74,8 +74,43 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
                          "--nir-band (green_band=, nir_band=).")
     for band in (green, nir):
         if not 1 <= band <= info.count:
-            raise BandError(f"{info.path}: has {info.count} band(s); NDWI needs green and NIR bands. "
-                            f"Pass --green-band and --nir-band (green_band=, nir_band=) between 1 and {info.count}.")
+            missing = "its NIR band" if band == nir and nir > info.count else f"band {band}"
+            raise BandError(f"{info.path}: has {info.count} band(s), so NDWI cannot read {missing} (green_band={green}, "
+                            f"nir_band={nir}). NDWI needs green and near-infrared bands; an RGB image has no NIR: use "
+                            "--method model (method='model') for it, or pass --green-band and --nir-band (green_band=, "
+                            f"nir_band=) between 1 and {info.count} where it has both.")
+
+
+_BAND_TAGS = {"green": ("green",), "NIR": ("nir", "other_ir")}  # what GDAL may call the bands NDWI reads
+# tags GDAL never gives by default (it tags 3 and 4 bands of 8 bits red, green, blue and alpha whatever they
+# hold): a file with one of them was tagged on purpose, and its tags can be trusted
+_DELIBERATE = ("coastal", "rededge", "nir", "swir", "mwir", "lwir", "tir", "other_ir", "pan")
+_SPECTRAL = ("red", "green", "blue", *_DELIBERATE)
+
+
+def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
+    """Warn where the band read as green or NIR is tagged alpha, or, in a file whose tags were set on purpose, as
+    another colour (a pre image tagged N,R,G,B beside a post of B,G,R,N): the tags were not looked at, and red
+    and blue made all the water 'flooded'. `both`: the band options are for two images."""
+    from geoseg.raster import open_quietly
+
+    with open_quietly(info.path) as ds:
+        tags = [c.name for c in ds.colorinterp]
+    deliberate = any(t in _DELIBERATE for t in tags)
+    for what, band, option in (("green", green, "--green-band"), ("NIR", nir, "--nir-band")):
+        tag, wanted = tags[band - 1], _BAND_TAGS[what]
+        tagged = [i + 1 for i, t in enumerate(tags) if t in wanted] if deliberate else []
+        fix = (f" Its band {tagged[0]} is tagged {tags[tagged[0] - 1]}: pass {option} {tagged[0]}"
+               + (" and give the other image the same band order (gdal_translate -b, or a VRT), as the band options "
+                  "are for both images" if both else "") + "." if tagged else "")
+        if tag == "alpha":
+            log.warning("%s: band %d, read as %s for NDWI, is tagged alpha (transparency), as GDAL tags the 4th of four "
+                        "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (gdal_edit.py "
+                        "-colorinterp_%d undefined %s); if it is transparency, pass %s with the %s band.", info.path,
+                        band, what, fix, what, band, info.path, option, what)
+        elif deliberate and tag in _SPECTRAL and tag not in wanted:
+            log.warning("%s: band %d, read as %s for NDWI, is tagged %s in the file.%s", info.path, band, what, tag,
+                        fix or f" If the tag is right, pass {option} with the {what} band.")
 
 
 def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
@@ -346,9 +381,18 @@ def flood(
                          f"{'y' if sum(other.values()) > 1 else 'ies'} to method="
                          f"'{'model' if method == 'ndwi' else 'ndwi'}'; this run uses method={method!r}.")
     post_info = inspect_raster(post)
-    if method == "model":  # before an output folder is made
-        _water_class(model, water_class)
     pre_info = inspect_raster(pre) if pre is not None else None
+    if method == "model":  # before an output folder is made, and before either image is segmented
+        card, _ = _water_class(model, water_class)
+        wanted = segment_options.get("bands") or card.bands
+        check_bands(post_info, wanted, needed=card.n_bands)
+        if pre_info is not None:  # it failed after the post image's run, with advice that would break that one
+            try:
+                check_bands(pre_info, wanted, needed=card.n_bands)
+            except BandError as exc:
+                raise BandError(f"{str(exc).split(' Pass --bands', 1)[0].rstrip('.')}. The pre-event image is read by "
+                                f"the same bands as the post-event one ({list(wanted)}): give it those bands in that "
+                                "order (gdal_translate -b, or a VRT), or use --method ndwi where both have NIR.") from None
     if pre_info is not None and same_raster(post_info.path, pre_info.path):  # all water came out "permanent"
         raise InputError(f"{pre}: the same file as the post-event image; the change map needs the image from before "
                          "the event. Pass that as --pre (pre=), or leave --pre out for a map of water.")
@@ -359,6 +403,7 @@ def flood(
         dates = [post_info, *([pre_info] if pre_info else [])]
         for info in dates:
             _check_ndwi_bands(info, green_band, nir_band)
+            _check_band_tags(info, green_band, nir_band, both=len(dates) > 1)
         if ndwi_threshold == "otsu":  # one cut for both dates: a cut each made unchanged water "recede"
             counts = sum(ndwi_histogram(info.path, green=green_band, nir=nir_band) for info in dates)
             threshold, how = ndwi_cut(counts, " over the pre- and post-event images together" if pre_info else "")
@@ -576,18 +621,27 @@ def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
 
 
 def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
-    pixels, areas = zonal_composition(mask, frame, len(classes))
+    """A row per area of interest: each class's m², km² and share, and how much of it the map covers. Where
+    the map has no class (nodata: outside the pre-event image) a class's area is unknown: an area outside the
+    pre-event image's footprint read 0 m² of flooded and of dry land, as if nothing had flooded there."""
+    pixels, areas = zonal_composition(mask, frame, NODATA + 1)  # the nodata value counted too
     rows = []
     for z in range(len(frame)):
+        covered = int(sum(pixels[z, c.id] for c in classes))
         share = shares([int(pixels[z, c.id]) for c in classes], None if areas is None else [float(areas[z, c.id])
                                                                                              for c in classes])
-        row: dict[str, Any] = {"aoi": zone_name(frame, field, z), "pixels": int(pixels[z].sum())}
+        row: dict[str, Any] = {"aoi": zone_name(frame, field, z), "pixels": covered}
+        known = covered > 0
         for c, s in zip(classes, share):
             key = c.name.replace(" ", "_")
             # m² too: an area of interest of a drone survey (0.25 m² of water) was 0.0 km² at 100%
-            row[f"{key}_m2"] = None if areas is None else round(float(areas[z, c.id]), 3)
-            row[f"{key}_km2"] = None if areas is None else round(float(areas[z, c.id]) / 1e6, 6)
+            row[f"{key}_m2"] = None if areas is None or not known else round(float(areas[z, c.id]), 3)
+            row[f"{key}_km2"] = None if areas is None or not known else round(float(areas[z, c.id]) / 1e6, 6)
             row[f"{key}_pct"] = s
+        unknown = int(pixels[z, NODATA])
+        row["nodata_pixels"] = unknown
+        row["nodata_m2"] = None if areas is None else round(float(areas[z, NODATA]), 3)
+        row["coverage_pct"] = round(100 * covered / (covered + unknown), 2) if covered + unknown else None
         rows.append(row)
     return rows
 
