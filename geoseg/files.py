@@ -92,14 +92,16 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(came[0])  # now to the handler that was in place: KeyboardInterrupt, SystemExit(143)
 
 
-def refuse_unwritable(paths) -> None:
+def refuse_unwritable(paths, *, vector: bool = False) -> None:
     """OutputError for a vector file (GeoPackage, GeoJSON, FlatGeobuf) whose path holds ';': GDAL's vector
     drivers cut it there, so that ``site;A_polygons.gpkg`` was written as a file named ``site`` and then
-    reported missing (with advice to free disk space)."""
+    reported missing (with advice to free disk space). A ``.json`` is a vector file only where `vector` says so
+    (`vectorize`'s output): a run's JSON report is written by Python, which takes the name."""
     from geoseg.errors import OutputError
 
+    suffixes = (".gpkg", ".geojson", ".fgb", *((".json",) if vector else ()))
     for path in map(Path, paths):
-        if path.suffix.lower() in (".gpkg", ".geojson", ".json", ".fgb") and ";" in os.path.abspath(path):
+        if path.suffix.lower() in suffixes and ";" in os.path.abspath(path):
             raise OutputError(f"{path}: GDAL cannot write a vector file whose path holds ';' (it cuts the path "
                               "there). Rename the file or folder without ';', or pick another output folder.")
 

@@ -154,14 +154,15 @@ def unique_stems(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
 
 def name_key(name: str) -> str:
     """`name` as case-insensitive file systems (macOS, Windows, SMB and exFAT drives) compare names: one
-    Unicode form, one case.
+    Unicode form, one case, mapped letter by letter (they keep ``Straße`` and ``Strasse`` apart, which
+    `str.casefold` joins).
 
-    >>> name_key("Café") == name_key("cafe\u0301")
-    True
+    >>> name_key("Café") == name_key("cafe\u0301"), name_key("Straße") == name_key("Strasse")
+    (True, False)
     """
     import unicodedata
 
-    return unicodedata.normalize("NFC", name).casefold()
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in unicodedata.normalize("NFC", name))
 
 
 def shares(pixels: Sequence[float], areas: Sequence[float | None] | None = None, *,

@@ -522,7 +522,7 @@ def vectorize(
     driver = VECTOR_FORMATS.get(out_path.suffix.lower())
     if driver is None:
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
-    refuse_unwritable([out_path])
+    refuse_unwritable([out_path], vector=True)
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")
     if out_path.parent.exists() and not out_path.parent.is_dir():

@@ -1397,3 +1397,23 @@ def test_vector_class_names_with_blanks_or_another_case_are_read_and_a_bare_imag
     labels = {Path(p).name: label for _, label, p in train_pairs + val_pairs}
     assert {0, 1} <= set(np.unique(labels["img0.tif"])) and {0, 1} <= set(np.unique(labels["img2.tif"]))
     assert "1 of the 3 images have no labelled pixel and teach nothing (img1.tif)" in caplog.text
+
+
+def test_the_config_copy_beside_a_bundle_keeps_brackets_and_home_paths(tmp_path, monkeypatch):
+    """The copy written beside the bundle (to rerun it from there) joined a bracketed config folder into its
+    image patterns unescaped, and glued '~/data' onto that folder: its rerun matched no image."""
+    from geoseg.models.training import _rebased_config
+
+    folder = tmp_path / "run [1]"
+    folder.mkdir()
+    config = _dataset(folder, "index")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    loaded = load_config(config)
+    loaded.images = [*loaded.images, "~/more/*.tif"]
+    data = _rebased_config(loaded, tmp_path / "models")
+    assert data["images"] == ["../run [[]1]/data/img?.tif", "~/more/*.tif"]
+    copy = tmp_path / "models" / "copy.toml"
+    copy.parent.mkdir()
+    import glob
+
+    assert len(glob.glob(str(copy.parent / data["images"][0]))) == 3  # the copy's pattern finds the images

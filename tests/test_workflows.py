@@ -602,6 +602,13 @@ def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_
                      crs="EPSG:32640").to_file(tmp_path / "zones.gpkg")
     result = scene(path, tmp_path / "out", model="threshold", zones=tmp_path / "zones.gpkg")
     assert [z["zone"] for z in result.zones] == [0, 2]
+    # a stem GeoPackage refuses as a layer name: the zones' layer was a traceback after the whole run; and ';' in
+    # a name, which GDAL's vector drivers cut at, refused the scene's own JSON report, which Python writes
+    odd = make_raster(name="-roofs.tif", shape=(40, 40))
+    assert len(scene(odd, tmp_path / "odd", model="threshold", zones=tmp_path / "zones.gpkg").zones) == 2
+    assert (tmp_path / "odd" / "-roofs_zones.gpkg").exists()
+    semi = make_raster(name="site;A.tif", shape=(40, 40))
+    assert Path(scene(semi, tmp_path / "semi", model="threshold").outputs["report"]).name == "site;A_scene.json"
 
 
 def test_a_folder_where_an_output_goes_is_one_error_and_nothing_moves(make_raster, tmp_path):
@@ -1851,6 +1858,10 @@ def test_survey_list_globs_work_in_a_folder_with_brackets_and_a_missing_raster_s
                                                   "'r1.tif'  # the second flight\r\n# r9.tif\r\n")
     assert expand_inputs([tmp_path / "run [1]" / "win.txt"]) == [str(images[0]), str(images[2]), str(plot),
                                                                    str(images[1])]
+    # a missing 'site[1].tif' was a pattern, and segmented site1.tif in its place with "0 failed"
+    make_raster(name="run [1]/site1.tif")
+    (tmp_path / "run [1]" / "brackets.txt").write_text("site[1].tif\n")
+    assert expand_inputs([tmp_path / "run [1]" / "brackets.txt"]) == [str(tmp_path / "run [1]" / "site[1].tif")]
 
 
 def test_survey_polygons_of_a_killed_merge_leave_no_journal(make_raster, tmp_path):

@@ -1028,7 +1028,7 @@ def _rebased_config(config: TrainConfig, folder: Path) -> dict[str, Any]:
     except ValueError:  # another drive: no relative path leads there
         base = str(source.resolve())
     data = _config_dict(config)
-    data["images"] = [_rebased(p, base) for p in config.images]
+    data["images"] = [_rebased(p, base, pattern=True) for p in config.images]
     if not config.labels.startswith("{image_dir}"):  # {image_dir} stands for an absolute folder
         data["labels"] = _rebased(config.labels, base)
     for key in ("init_weights", "encoder_weights"):
@@ -1041,11 +1041,13 @@ def _rebased_config(config: TrainConfig, folder: Path) -> dict[str, Any]:
     return data
 
 
-def _rebased(path: str, base: str) -> str:
-    """`path` (relative to a folder that is `base` from here) relative to here; '..' after a wildcard stays."""
-    if os.path.isabs(path):
+def _rebased(path: str, base: str, *, pattern: bool = False) -> str:
+    """`path` (relative to a folder that is `base` from here) relative to here; '..' after a wildcard stays. ``~`` is
+    the home folder, as `TrainConfig.resolve` reads it, and stays; a glob `pattern` gets `base` with its wildcards
+    escaped (a config in 'run [1]/' wrote a copy whose images matched nothing, and '~/data' became 'run/~/data')."""
+    if os.path.isabs(os.path.expanduser(path)):  # '~/data' stays so: it is anyone's home folder
         return path
-    joined = os.path.join(base, path)
+    joined = os.path.join(glob.escape(base) if pattern else base, path)
     parts = Path(path).parts
     wild = next((i for i, part in enumerate(parts) if re.search(r"[*?[]", part)), len(parts))
     return joined if ".." in parts[wild:] else os.path.normpath(joined)

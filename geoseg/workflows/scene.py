@@ -14,7 +14,7 @@ from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_fold
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem, shares
-from geoseg.vector import onto_raster, zonal_composition
+from geoseg.vector import layer_name, onto_raster, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
                                      write_csv, write_json, zone_name)
 
@@ -171,5 +171,5 @@ def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, 
                     ", ".join(clash), ", ".join(renamed.values()))
     layer = zones.join(table)
     with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
-        layer.to_file(tmp, driver="GPKG", layer=f"{stem}_zones", engine="pyogrio")
+        layer.to_file(tmp, driver="GPKG", layer=layer_name(f"{stem}_zones"), engine="pyogrio")
     write_csv(paths["zones_csv"], rows)

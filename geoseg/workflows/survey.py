@@ -117,7 +117,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             # a folder or glob line was taken for one raster's name and failed; a list of lists is expanded too
             lines = [(line, _beside(os.path.expanduser(line), path.parent)) for line in lines if line]  # ~/a.tif
             for line, item_path in lines:  # a pattern by the line's own wildcards: the list may be in 'run [1]/'
-                if any(ch in line for ch in "*?[") and not is_gdal_path(item_path) and not os.path.lexists(item_path):
+                # '[...]' alone is a name ('site[1].tif' not delivered yet segmented site1.tif in its place)
+                if any(ch in line for ch in "*?") and not is_gdal_path(item_path) and not os.path.lexists(item_path):
                     line = os.path.expanduser(line)
                     out += globbed(item_path, line if os.path.isabs(line) else
                                    str(Path(glob.escape(str(path.parent))) / line))
