@@ -161,6 +161,26 @@ def test_flood_ndwi_warns_where_the_file_tags_the_band_read_as_green_or_nir_othe
     assert not (tmp_path / "grey").exists()
 
 
+def test_flood_refuses_images_whose_data_do_not_overlap(tmp_path):
+    """Footprints that overlap only where one image is nodata ran both images and exited 0 with 0 m2 of every
+    class, which reads as no flood."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    water = np.zeros((40, 50), bool)
+    water[10:30, 5:20] = True
+    left, right = _scene_4band(water), _scene_4band(water)
+    left[:, :, 25:] = 0
+    right[:, :, :25] = 0
+    post = _write(tmp_path / "post.tif", left, crs, transform, nodata=0)
+    pre = _write(tmp_path / "pre.tif", right, crs, transform, nodata=0)
+    with pytest.raises(InputError, match="pre.tif has no data where .*post.tif has: their footprints overlap only"):
+        flood(post, tmp_path / "out", pre=pre, method="ndwi", ndwi_threshold=0.3)
+    assert not (tmp_path / "out").exists()
+
+
 def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     """A cut per image reported receded water where the pre image was an exact crop of the post image."""
     from rasterio.transform import from_origin

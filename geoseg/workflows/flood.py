@@ -507,6 +507,10 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     if not data and common["method"] == "ndwi":  # segment says so for a model's masks
         log.warning("%s: no valid pixels (nodata or NaN everywhere), so flood.tif is all nodata. Check the "
                     "image's nodata value and mask (gdalinfo)", post_info.path)
+    if pre_info is not None and data and not covered:  # exit 0 with 0 m² of every class: read as "no flood"
+        raise InputError(f"{pre_info.path} has no data where {post_info.path} has: their footprints overlap only "
+                         "where one of them is nodata, so there is nothing to compare. Check that both show the same "
+                         "place, and their nodata values.")
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
         log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%d px) is nodata "
                     "in flood.tif and counts in no class", coverage, data - covered)  # as flood.md and flood.json
