@@ -498,18 +498,26 @@ def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
     card = json.loads((bundles / "plugged.json").read_text())
     (bundles / "plugged.json").write_text(json.dumps({**card, "name": "plugged"}))
     (site / "geoseg_demo_plugin" / "__init__.py").write_text(
-        "from pathlib import Path\n\ndef bundles():\n    return Path(__file__).parent / 'bundles'\n"
+        "from pathlib import Path\n\ndef bundles():\n    return Path(__file__).parent / 'bundles'\n\n"
+        "class Seg:\n    card = None\n\n    def predict_proba(self, x):\n        return x\n"
     )
     info = site / "geoseg_demo_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: geoseg-demo-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[geoseg.models]\ndemo = geoseg_demo_plugin:bundles\n"
-                                           "broken = geoseg_demo_plugin:nothing_here\n")
+                                           "broken = geoseg_demo_plugin:nothing_here\n"
+                                           "seg = geoseg_demo_plugin:Seg\n")
     monkeypatch.syspath_prepend(str(site))
     listing = json.loads(run("models", "--json").stdout)
     names = {m["name"]: m for m in listing["models"]}
     assert names["plugged"]["source"] == "plugin demo"  # a broken plugin beside it hides nothing
     assert any("plugin broken (geoseg_demo_plugin:nothing_here) failed" in s["reason"] for s in listing["skipped"])
+    # a Segmenter class was "expected str, bytes or os.PathLike object, not type"; a name of a model that a
+    # failed plugin may hold was only "no model named", without a word of the plugin
+    assert any("plugin seg (geoseg_demo_plugin:Seg) gives the class Seg, not a folder" in s["reason"]
+               for s in listing["skipped"])
+    missing = run("models", "show", "its-model")
+    assert missing.exit_code == 1 and "Skipped: plugin broken (geoseg_demo_plugin:nothing_here) failed" in missing.output
 
 
 def test_a_plugins_keras_layers_load_in_a_bundle_given_by_path(model_dir, tmp_path, make_raster):

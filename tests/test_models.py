@@ -547,3 +547,9 @@ def test_models_check_reports_a_model_that_fails_in_any_way_and_goes_on(model_di
     monkeypatch.setattr(check, "seam_agreement", lambda *a, **k: (_ for _ in ()).throw(ValueError("ConcatOp")))
     failed = check_models(["tiny-fcn"], image=make_raster(shape=(64, 64)))[0]
     assert not failed.ok and "fails on the image's 256 px chunks (ValueError: ConcatOp)" in failed.message
+
+
+def test_a_card_of_many_classes_without_colours_gets_a_colour_each():
+    """The palette has 12 colours: class 12 of a 30-class card was drawn as class 0 in masks, legends and styles."""
+    card = ModelCard.from_dict({**CARD, "classes": [{"id": i, "name": f"c{i}"} for i in range(30)]})
+    assert len({c.color for c in card.classes}) == 30

@@ -278,9 +278,18 @@ _DEFAULT_COLOURS = ("#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC
 def default_color(index: int, taken: Sequence[str] = ()) -> str:
     """The colour of class `index` when none is given: the first palette colour from `index` on that no other
     class has (`taken`, as '#RRGGBB')."""
+    import colorsys
+
     used = {c.upper() for c in taken}
     for step in range(len(_DEFAULT_COLOURS)):
         colour = _DEFAULT_COLOURS[(index + step) % len(_DEFAULT_COLOURS)]
+        if colour not in used:
+            return colour
+    # the palette is used up (a card of 30 classes drew class 12 as class 0): hues a golden angle apart, at three
+    # lightnesses, the first that no class has
+    for k in range(index, index + 4096):
+        r, g, b = colorsys.hls_to_rgb((k * 0.618033988749895) % 1.0, (0.45, 0.65, 0.3)[k % 3], 0.65)
+        colour = f"#{round(r * 255):02X}{round(g * 255):02X}{round(b * 255):02X}"
         if colour not in used:
             return colour
     return _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]

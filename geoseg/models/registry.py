@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from geoseg.errors import ModelError, ModelNotFoundError
+from geoseg.raster import first_line
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
 
@@ -98,7 +99,14 @@ def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
     for ep in entry_points(group="geoseg.models"):
         try:
             target = ep.load()
-            folder = Path(target() if callable(target) else target)
+            given = target() if callable(target) and not hasattr(target, "predict_proba") else target
+            if not isinstance(given, (str, os.PathLike)):  # a Segmenter: "expected str, bytes or os.PathLike"
+                problems.append(Problem(None, (
+                    f"plugin {ep.name} ({ep.value}) gives {_what(given)}, not a folder: a geoseg.models "
+                    "entry point names a folder of bundles (NAME.keras + NAME.json), or a function that returns "
+                    "one. Save the model as a Keras bundle (see README, Models).")))
+                continue
+            folder = Path(given)
         except Exception as exc:  # a plugin's import or folder function can fail in any way
             problems.append(Problem(None, f"plugin {ep.name} ({ep.value}) failed to give its model folder: "
                                           f"{type(exc).__name__}: {exc}"))
@@ -107,7 +115,12 @@ def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
     return folders
 
 
+def _what(thing) -> str:
+    return f"the class {thing.__name__}" if isinstance(thing, type) else f"a {type(thing).__name__} object"
+
+
 _PLUGINS_IMPORTED = False
+PLUGIN_FAILURES: list[str] = []  # plugins whose import failed in this process: "NAME (VALUE): Error: why"
 
 
 def _import_plugins() -> None:
@@ -122,8 +135,8 @@ def _import_plugins() -> None:
     for ep in entry_points(group="geoseg.models"):
         try:
             ep.load()
-        except Exception:  # reported where the models are listed, with the reason
-            pass
+        except Exception as exc:  # reported where the models are listed, and where a layer of it is missing
+            PLUGIN_FAILURES.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {first_line(exc)}")
 
 
 def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
@@ -169,6 +182,10 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
     `ref` is a model name, a path to ``.keras``/``.json``, or None for the default.
     """
     ref = DEFAULT_MODEL if ref is None else ref
+    if not isinstance(ref, (str, os.PathLike)):  # a Segmenter object: "no model named '<... object at 0x7f...>'"
+        raise ModelNotFoundError(f"a model is given by its name or the path of its bundle, not as "
+                                 f"{_what(ref)}. Save it as a Keras bundle (NAME.keras + NAME.json; "
+                                 "see README, Models) and pass its path or name.")
     if str(ref).startswith(BUILTIN):
         return str(ref)
     text, _, query = str(ref).partition("?")
@@ -197,9 +214,10 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
             raise ModelNotFoundError(f"no model named {text!r}: the bundle {entry.path} calls itself {entry.name!r} "
                                      f"in its card. Pass -m {entry.name}, or the bundle's path.")
     names = ", ".join(e.name for e in entries) or "none"
+    broken = [p.message for p in problems if p.path is None]  # a plugin that failed may be the one that has it
     raise ModelNotFoundError(
         f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "
-        "or the path of a .keras bundle."
+        "or the path of a .keras bundle." + (f" Skipped: {'; '.join(broken)}." if broken else "")
     )
 
 

@@ -369,9 +369,13 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
                              "Models), and save it again.") from None
         unknown = re.search(r"Could not locate class '([^']+)'", str(exc))
         if unknown:  # Keras's message went on with the layer's whole config
+            from geoseg.models.registry import PLUGIN_FAILURES
+
+            failed = (f" These plugins failed to import, and may define it: {'; '.join(PLUGIN_FAILURES)}. Fix them "
+                      "first (their missing packages)." if PLUGIN_FAILURES else "")
             raise ModelError(f"{weights}: the model uses the layer class {unknown[1]!r}, which no installed package "
                              "registers. Install the package that defines it as a geoseg.models plugin (see README, "
-                             "Models), or rebuild the model from Keras layers.") from None
+                             f"Models), or rebuild the model from Keras layers.{failed}") from None
         saved_by = None if legacy else _saved_by_keras(weights)
         if saved_by and _older(keras.__version__, saved_by):  # a newer Keras's layer options: a long config error
             detail = re.search(r"\S+ got an unexpected keyword argument '[^']+'", str(exc))
