@@ -934,3 +934,24 @@ def test_labels_whose_class_reads_as_unlabelled_get_a_note(make_raster, tmp_path
     with rasterio.open(tiles, "r+") as ds:
         ds.update_tags(CLASS_NAMES='{"1": "water"}')
     assert not any("nodata value" in n for n in evaluate("threshold", image, tiles).notes)
+
+
+def test_invalid_polygons_are_burnt_alike_whole_and_by_window(make_raster, tmp_path, caplog):
+    """A polygon whose hole lies outside its shell was burnt over the whole grid (evaluate, training in memory) but
+    lost by a window that missed its shell (training with in_memory = false): two sets of labels, no word."""
+    import geopandas as gpd
+    from rasterio.windows import Window
+    from shapely.geometry import Polygon
+
+    from geoseg.models.labels import VectorLabels
+
+    image = make_raster(shape=(100, 100), transform=rasterio.transform.from_origin(0.0, 100.0, 1.0, 1.0))
+    shell = [(10, 90), (20, 90), (20, 80), (10, 80)]
+    outside = [(25, 40), (35, 40), (35, 30), (25, 30)]  # cols 25-35, rows 60-70
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[Polygon(shell, [outside])], crs="EPSG:32640").to_file(
+        tmp_path / "bad.gpkg")
+    labels = VectorLabels(str(tmp_path / "bad.gpkg"), [{"name": "other"}, {"name": "water"}], str(image), "class")
+    whole = labels.window((100, 100))
+    part = labels.window((40, 40), Window(22, 55, 40, 40))
+    np.testing.assert_array_equal(whole[55:95, 22:62], part)
+    assert "1 of its shapes are invalid" in caplog.text

@@ -489,6 +489,15 @@ class VectorLabels:
                        "Projection).", path, crs.to_string())
         # NULL and empty shapes label nothing (geopandas' notna() also warned about empty ones, twice)
         frame = frame[np.array([g is not None and not g.is_empty for g in frame.geometry], dtype=bool)]
+        invalid = ~shapely.is_valid(np.asarray(frame.geometry.values, object))
+        if invalid.any():  # a hole outside its shell was burnt over the whole grid, and lost by a window that
+            # missed the shell (training with in_memory = false learnt other labels): both read it as repaired
+            frame = frame.copy()
+            frame.loc[invalid, frame.geometry.name] = shapely.make_valid(
+                np.asarray(frame.geometry.values, object)[invalid], method="structure", keep_collapsed=False)
+            _warn_once((os.path.abspath(path), "invalid"), "%s: %d of its shapes are invalid (self-intersecting, a "
+                       "hole outside its shell, ...); they are read as shapely.make_valid repairs them. QGIS's Fix "
+                       "Geometries repairs the layer itself.", path, int(invalid.sum()))
         ids = [_class_id(v, classes) for v in frame[field]]
         _check_matches(path, field, classes, list(frame[field]), ids, rename)
         # polygons of no class are burnt as unlabelled, in file order as the others: dropped, one over a
