@@ -572,8 +572,13 @@ def test_line_labels_are_warned_of_and_a_layer_without_fields_says_so(make_raste
     image = make_raster(shape=(40, 50))
     road = shapely.LineString([(500000, 2799990), (500025, 2799990)])
     gpd.GeoDataFrame({"class": [1]}, geometry=[road], crs="EPSG:32640").to_file(tmp_path / "roads.gpkg")
-    evaluate("threshold", image, tmp_path / "roads.gpkg", label_format="vector")
-    assert "1 of its shapes are lines, burnt one pixel wide" in caplog.text
+    result = evaluate("threshold", image, tmp_path / "roads.gpkg", label_format="vector")
+    # in the report's notes, once (it was logged twice and missing from --json)
+    assert [n for n in result.notes if "1 of its shapes are lines, burnt one pixel wide" in n] != []
+    gpd.GeoDataFrame({"class": [1, 1]}, geometry=[road, shapely.Point(500010, 2799985)], crs="EPSG:32640").to_file(
+        tmp_path / "mixed.gpkg")
+    result = evaluate("threshold", image, tmp_path / "mixed.gpkg", label_format="vector")
+    assert sum("1 of its shapes are lines and 1 are points, burnt one pixel wide" in n for n in result.notes) == 1
     caplog.clear()
     gpd.GeoDataFrame(geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
                      crs="EPSG:32640").to_file(tmp_path / "bare.gpkg")

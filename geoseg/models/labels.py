@@ -469,13 +469,17 @@ class VectorLabels:
                 f"Fields: {', '.join(fields)}." if fields else "The layer has no attribute fields, only shapes: add a "
                 "field holding each polygon's class name or id (QGIS's Field Calculator, or ogr2ogr -sql \"SELECT "
                 "*, 'building' AS class FROM layer\")."))
-        lines = frame.geometry.geom_type.isin(["LineString", "MultiLineString", "LinearRing"]).sum()
-        if lines:  # centrelines labelled 0.5% of a road tile, against 3.3% for its road mask, with no word
-            log.warning("%s: %d of its shapes are lines, burnt one pixel wide (the pixels they cross), so they label "
-                        "a sliver of what they stand for. Buffer them to the features' width first, in the layer's units "
-                        "(QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT ST_Buffer(geometry, 3) AS geometry, "
-                        "* FROM layer\" for 3 m in a metric CRS).",
-                        path, lines)
+        kinds = frame.geometry.geom_type
+        lines = int(kinds.isin(["LineString", "MultiLineString", "LinearRing"]).sum())
+        points = int(kinds.isin(["Point", "MultiPoint"]).sum())
+        if lines or points:  # centrelines labelled 0.5% of a road tile, against 3.3% for its road mask, with no word
+            what = " and ".join([*([f"{lines} of its shapes are lines"] if lines else []),
+                                 *([f"{points} {'are' if lines else 'of its shapes are'} points"] if points else [])])
+            # once, and into a report's notes (it was logged twice, and missing from --json)
+            _warn_once((os.path.abspath(path), "lines"), "%s: %s, burnt one pixel wide (the pixels they cross or fall "
+                       "in), so they label a sliver of what they stand for. Buffer them to the features' width first, "
+                       "in the layer's units (QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT "
+                       "ST_Buffer(geometry, 3) AS geometry, * FROM layer\" for 3 m in a metric CRS).", path, what)
         from geoseg.raster import inspect_raster
 
         self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
