@@ -167,6 +167,11 @@ def test_compare_reads_vector_ids_by_the_first_model_for_every_model(make_raster
     with pytest.raises(InputError, match="1 of the 2 label files hold class ids in their field and 1 class names"):
         compare([str(tiny_fcn), "threshold"], [image, image], [tmp_path / "ids.gpkg", tmp_path / "mixed.gpkg"],
                 label_format="vector")
+    # in the other order, the ids are the baseline's, and the U-Net has none of its names: the error blamed the
+    # polygons' cover, and the order decided whether the comparison ran at all
+    with pytest.raises(InputError, match=r"read as class ids of threshold, the first model of the comparison.* put "
+                                         r"the model whose ids they are first"):
+        compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "ids.gpkg"], label_format="vector")
 
 
 def test_vector_labels_of_a_file_of_several_layers_name_their_layer(make_raster, tmp_path):

@@ -597,11 +597,23 @@ def compare(
                            "(--models), or compare on images that have those bands")
     evaluations = []
     if labels is not None:
-        options = {**options, **_shared_label_set(models[0], labels, options)}
+        shared = _shared_label_set(models[0], labels, options)
+        options = {**options, **shared}
         label_options = {k: options[k] for k in ("label_format", "label_names", "label_colors", "vector_field")
                          if k in options}
-        for m in models:  # every model's label checks before the first one segments anything
-            _prepare(m, images, labels, **label_options)
+        first = get_segmenter(resolve_model(models[0])).card.name
+        for i, m in enumerate(models):  # every model's label checks before the first one segments anything
+            try:
+                _prepare(m, images, labels, **label_options)
+            except InputError as exc:  # "nothing to score", whose cause is the first model's classes
+                by_first = i > 0 and "label_names" in shared and shared["label_names"] == [
+                    c.name for c in get_segmenter(resolve_model(models[0])).card.classes]
+                if not by_first:
+                    raise
+                raise InputError(f"{exc} The labels' values were read as class ids of {first}, the first model of "
+                                 f"the comparison, so that every model reads them alike, and {_reference(m)} scores "
+                                 "them by those names: put the model whose ids they are first (--models), or pass "
+                                 "--label-names (label_names=) in id order.") from None
     if out is not None:  # a file there was "OUT/MODEL: cannot create the output folder (Not a directory)"
         prepare_output_dir(out, lambda d: {}, overwrite=True)
         if not overwrite:
