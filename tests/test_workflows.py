@@ -1882,6 +1882,10 @@ def test_survey_list_globs_work_in_a_folder_with_brackets_and_a_missing_raster_s
     make_raster(name="run [1]/site1.tif")
     (tmp_path / "run [1]" / "brackets.txt").write_text("site[1].tif\n")
     assert expand_inputs([tmp_path / "run [1]" / "brackets.txt"]) == [str(tmp_path / "run [1]" / "site[1].tif")]
+    # 'café' typed in one Unicode form for a file macOS named in the other: "no such file" of a name that looks right
+    nfd = make_raster(name="run [1]/cafe\u0301.tif")
+    (tmp_path / "run [1]" / "forms.txt").write_text("caf\u00e9.tif\n")
+    assert expand_inputs([tmp_path / "run [1]" / "forms.txt"]) == [str(nfd)]
 
 
 def test_survey_polygons_of_a_killed_merge_leave_no_journal(make_raster, tmp_path):

@@ -164,7 +164,7 @@ def _read_list(path: Path) -> str:
 def _list_line(line: str, folder: Path) -> str:
     """A list's line as the path it names: ``#`` starts a comment, unless the line names a file with the ``#``
     (``plot #3.tif``); the quotes Windows' "Copy as path" puts around a path, and its ``\\`` separators where
-    the file is found by ``/``, are dropped. Each made the line "no such file" with a path hard to see wrong."""
+    the file is found by ``/``, are dropped, and a name found in the other Unicode form (NFC, NFD) is taken. Each made the line "no such file" with a path hard to see wrong."""
     def unquoted(text: str) -> str:
         return text[1:-1].strip() if len(text) > 1 and text[0] in "\"'" and text[-1] == text[0] else text
 
@@ -177,6 +177,10 @@ def _list_line(line: str, folder: Path) -> str:
     line = unquoted(whole) if "#" in whole and found(unquoted(whole)) else unquoted(whole.split("#", 1)[0].strip())
     if "\\" in line and not found(line) and found(line.replace("\\", "/")):
         line = line.replace("\\", "/")
+    if line and not found(line):  # 'café' typed on Linux (NFC) for a name macOS wrote (NFD), or the other way
+        import unicodedata
+
+        line = next((form for form in (unicodedata.normalize(f, line) for f in ("NFC", "NFD")) if found(form)), line)
     return line
 
 
