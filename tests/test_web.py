@@ -448,7 +448,8 @@ def test_what_scripts_send_and_fetch_gets_the_right_answer(client, make_raster):
 
 def test_errors_of_api_and_file_routes_are_json(client):
     for method, url, status in (("get", "/api/nothing", 404), ("get", "/api/segment", 405),
-                                ("get", "/jobs/abc/files/m0_mask.tif", 404), ("get", "/models/threshold/download", 404)):
+                                ("get", "/jobs/abc/files/m0_mask.tif", 404), ("get", "/models/threshold/download", 404),
+                                ("get", "/api", 404), ("get", "/api/models/", 404)):  # /api was an HTML page
         with getattr(client, method)(url) as response:
             assert response.status_code == status and response.is_json and response.get_json()["error"]
     assert client.get("/nothing").status_code == 404

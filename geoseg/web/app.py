@@ -101,7 +101,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # the API and file routes answer JSON, as scripts and the page expect
-        if request.path.startswith(("/api/", "/jobs/", "/models/")):
+        if request.path.startswith(("/api/", "/jobs/", "/models/")) or request.path.rstrip("/") in ("/api", "/jobs",
+                                                                                                    "/models"):
+            # GET /api (no slash) was an HTML page to a script that reads JSON
             return jsonify(error=f"{exc.name}: {exc.description}"), exc.code
         return exc
 
