@@ -741,6 +741,7 @@ def test_closed_standard_streams_and_a_deleted_folder(make_raster, tmp_path):
     done = subprocess.run([geoseg, "segment", str(image), "-o", str(tmp_path / "json"), "-m", "threshold", "--json"],
                           preexec_fn=closing(1), stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == 2 and "--json prints its object on standard output, which is closed" in done.stderr
+    assert "Usage: geoseg [OPTIONS] COMMAND" not in done.stderr  # the group's usage, for a command's option
     assert not (tmp_path / "json").exists()
     for name in ("gone", "gone too"):
         (tmp_path / name).mkdir()

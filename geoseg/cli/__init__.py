@@ -212,8 +212,10 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
         load_tensorflow(verbose - quiet)
     ctx.obj = {"verbosity": verbose - quiet}
     if "--json" in ctx.meta.get("geoseg.command_args", []) and _CLOSED.get("stdout"):
-        raise click.UsageError("--json prints its object on standard output, which is closed (>&-): the run's "
-                               "record would be lost. Send it to a file (> run.json) or leave out --json.")
+        error = click.ClickException("--json prints its object on standard output, which is closed (>&-): the "
+                                     "run's record would be lost. Send it to a file (> run.json) or leave out --json.")
+        error.exit_code = 2  # a usage error, without the group's usage line (it was not the group's option)
+        raise error
 
 
 from geoseg.cli.evaluate import compare, evaluate  # noqa: E402
