@@ -689,6 +689,8 @@ def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
     assert result.exit_code == 0, result.output
     written = load_config(deep / "toy.toml")
     assert written.images == ["../../../data/img?.tif"] and written.labels == "{image_dir}/{stem}_label.tif"
+    # the card, as the config's other paths, relative to the config file: --output put an absolute path there
+    assert json.loads((deep / "toy.json").read_text())["training"]["config"]["output"] == "deep/a/b"
     assert [p for *_, p in load_pairs(written)[0]] == [p for *_, p in load_pairs(load_config(config))[0]]
     again = CliRunner().invoke(main, ["train", "--config", str(deep / "toy.toml"), "--name", "again", *args])
     assert again.exit_code == 0, again.output

@@ -841,7 +841,10 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     metrics = evaluate_pairs(KerasSegmenter(model, held_card), held, n_classes)  # unseen by the choice with selection
     split = _split_text(config, train_pairs, select_pairs)
     report = json_ready({  # null, not NaN (which is not JSON), for a class absent from the labels and predictions
-        "training": {"config": _config_dict(config), "data": config.data_description,
+        # relative to the config file as its other paths are: --output (made absolute) put a home folder in the card
+        "training": {"config": {**_config_dict(config), "output": _relative(config, config.resolve(config.output))
+                                if os.path.isabs(config.output) else config.output},
+                     "data": config.data_description,
                      "train_images": len(train_pairs),  # and which: a card counted them only
                      "train_files": [_relative(config, p) for _, _, p in train_pairs],
                      "validation_images": [_relative(config, p) for _, _, p in val_pairs], "split": split,
