@@ -200,13 +200,19 @@ def test_an_untagged_fill_around_a_warped_image_is_warned_about(make_raster, tmp
     """gdalwarp's fill without -dstnodata is 0 in every band and no nodata: segmented as ground, a flood map's
     pre-event image called it water and reported it "receded", with its coverage at 100%."""
     data = np.random.default_rng(0).integers(20, 255, (3, 120, 150)).astype(np.uint8)
-    data[:, :, :60] = 0  # the left 40% outside the scene's footprint
+    rows, cols = np.mgrid[:120, :150]
+    data[:, np.abs(rows - 59.5) / 60 + np.abs(cols - 74.5) / 75 > 1] = 0  # a scene turned 45 degrees by the warp
     segment(make_raster(name="warped.tif", data=data), tmp_path / "out", model="threshold", preview=False)
-    assert "of its border is 0 in every band, and it has no nodata value" in caplog.text
+    assert "of its edge is 0 in every band, and it has no nodata value" in caplog.text
     assert "gdal_edit.py -a_nodata 0" in caplog.text
     caplog.clear()
     segment(make_raster(name="tagged.tif", data=data, nodata=0), tmp_path / "out2", model="threshold", preview=False)
     assert "no nodata value" not in caplog.text
+    from geoseg.workflows import scene
+
+    report = scene(make_raster(name="scene.tif", data=data), tmp_path / "scene", model="threshold")
+    assert any("of its edge is 0 in every band" in w for w in report.warnings)  # its report says so, not stderr alone
+    assert json.loads((tmp_path / "scene" / "scene_scene.json").read_text())["warnings"] == report.warnings
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "int8"])  # GDAL's Int8 (3.7+) was refused

@@ -19,7 +19,11 @@ __all__ = ["entry", "main"]
 def configure_logging(verbosity: int) -> None:
     """Map -v/-q counts to a logging level on stderr; only the CLI configures logging."""
     level = max(logging.DEBUG, logging.WARNING - 10 * verbosity)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # geoseg's warnings are made even under -q (the handler on stderr drops them): reports list them (flood.md)
+    before = set(logging.getLogger().handlers)
+    logging.basicConfig(level=min(level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    for handler in set(logging.getLogger().handlers) - before:  # the one on stderr, not another's (pytest's)
+        handler.setLevel(level)
     for noisy in ("tensorflow", "absl", "distributed", "rasterio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

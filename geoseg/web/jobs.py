@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import InputError, catch_warnings
+from geoseg.workflows.common import ThreadWarnings
 
 __all__ = ["Job", "JobManager"]
 
@@ -162,7 +163,7 @@ class JobManager:
         from geoseg.errors import GeosegError
 
         job.status = "running"
-        caught = _ThreadWarnings()  # what the log tells a command-line user, the page shows too
+        caught = ThreadWarnings(leave_out=("geoseg.web",))  # what the log tells a command-line user, the page too
         logging.getLogger("geoseg").addHandler(caught)
         failure = None
         try:
@@ -193,18 +194,6 @@ def _for_user(message: str, job: Job) -> str:
     message = re.sub(r"pass --normalize (\S+) \(normalization=\{[^}]*\} in Python\)", r"set Normalisation to \1", message)
     message = message.replace("pass --normalize (normalization= in Python)", "set Normalisation")
     return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
-
-
-class _ThreadWarnings(logging.Handler):
-    """Collects the warnings logged by the thread that made it (a job's; other jobs run beside it)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.thread, self.messages = threading.get_ident(), []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread and not record.name.startswith("geoseg.web"):  # the server's own log
-            self.messages.append(record.getMessage())
 
 
 def run_job(job: Job) -> None:

@@ -16,6 +16,35 @@ from geoseg.raster import staging_dir
 
 log = logging.getLogger(__name__)
 
+
+class ThreadWarnings(logging.Handler):
+    """Collects the warnings geoseg logs in the thread that made it (a web job's; others run beside it),
+    leaving out the loggers named in `leave_out` (the server's own)."""
+
+    def __init__(self, leave_out: tuple[str, ...] = ()) -> None:
+        import threading
+
+        super().__init__(logging.WARNING)
+        self.thread, self.messages, self.leave_out = threading.get_ident(), [], leave_out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread and not (self.leave_out and record.name.startswith(self.leave_out)):
+            self.messages.append(record.getMessage())
+
+
+@contextmanager
+def warnings_heard() -> Iterator[list[str]]:
+    """The warnings geoseg logs in this thread within the block, for a report's own list: a flood map of a
+    pre-event image in float reflectance (its 'receded water' 82% of the scene) said so on stderr only, and
+    flood.md, flood.json and --json read as if all were well."""
+    caught = ThreadWarnings()
+    logger = logging.getLogger("geoseg")
+    logger.addHandler(caught)
+    try:
+        yield caught.messages
+    finally:
+        logger.removeHandler(caught)
+
 __all__ = ["check_layer_overlaps", "class_card", "read_layer", "segment_paths", "staged_outputs", "write_csv",
            "write_json", "write_text", "zone_name"]
 

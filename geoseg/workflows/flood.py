@@ -24,7 +24,7 @@ from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_
                            reading_pixels, same_raster, shares, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     write_json, write_text, zone_name)
+                                     warnings_heard, write_json, write_text, zone_name)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -55,6 +55,7 @@ class FloodResult:
     post: str | None = None  # the images, as flood.md names them (flood.json named neither)
     pre: str | None = None
     ndwi_threshold: float | None = None  # the NDWI cut used (method 'ndwi'), as a number, not only in words
+    warnings: list[str] = field(default_factory=list)  # what the run warned of (the log's), for the report's reader
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -363,6 +364,14 @@ def flood(
         written in a hidden folder inside `output_dir` and moved into place only when
         every one is complete: an interrupted run leaves none of them.
     """
+    with warnings_heard() as heard:
+        return _flood(post, output_dir, pre=pre, aoi=aoi, aoi_field=aoi_field, method=method, model=model,
+                      water_class=water_class, green_band=green_band, nir_band=nir_band, ndwi_threshold=ndwi_threshold,
+                      overwrite=overwrite, progress=progress, heard=heard, **segment_options)
+
+
+def _flood(post, output_dir, *, pre, aoi, aoi_field, method, model, water_class, green_band, nir_band, ndwi_threshold,
+           overwrite, progress, heard: list[str], **segment_options: Any) -> FloodResult:
     if method not in ("model", "ndwi"):
         raise InputError(f"method must be 'model' or 'ndwi'. Received: {method!r}")
     check_options({**segment_options, "overwrite": overwrite, "progress": progress}, caller="flood()",
@@ -425,7 +434,7 @@ def flood(
                                    inputs=[*images.values(), aoi])
         common = dict(method=method, model=model, water_class=water_class, green=green_band, nir=nir_band,
                       threshold=threshold, how=how, overwrite=overwrite, segment_options=segment_options,
-                      progress=progress)
+                      progress=progress, heard=heard)
         emptied: set[Path] = set()
 
         def stale() -> list[Path]:  # an earlier run's outputs that this run does not write
@@ -490,6 +499,7 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     paths = {k: folder / name for k, name in FILES.items()}
     common = dict(common)
     report = common.pop("progress") or (lambda fraction: None)
+    heard = common.pop("heard")
     sizes = [info.width * info.height for info in (post_info, pre_info) if info is not None]
     total = sum(sizes) / 0.95  # the last 5%: the flood mask, its polygons, tables and map
     post_mask, post_water, source = _water_raster(post_info.path, folder / "post", **common,
@@ -520,7 +530,9 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
     result = FloodResult(source, table, outputs, aoi_rows, coverage, post=post_info.path,
                          pre=pre_info.path if pre_info is not None else None,
-                         ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None)
+                         ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None,
+                         warnings=[m.replace(str(folder), str(Path(outputs["tif"]).parent))
+                                   for m in dict.fromkeys(heard)])  # final paths, not the staging folder's
     outlines = onto_raster(aoi_frame.geometry, post_info) if aoi_frame is not None else None
     save_png(render_map(post_info.path, paths["tif"], classes, table, _display_bands(post_info, common), outlines=outlines,
                         title=f"Flood map of {Path(post_info.path).name}"), paths["png"])
@@ -625,10 +637,12 @@ def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
 
 
 def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
-    """A row per area of interest: each class's m², km² and share, and how much of it the map covers. Where
-    the map has no class (nodata: outside the pre-event image) a class's area is unknown: an area outside the
-    pre-event image's footprint read 0 m² of flooded and of dry land, as if nothing had flooded there."""
+    """A row per area of interest: each class's m², km² and share (of the part the map covers), and how much of it
+    the map covers. Where the map has no class (nodata: outside the pre-event image; or beyond the post-event
+    image's edge) a class's area is unknown: an area outside the pre-event image's footprint read 0 m² of flooded
+    and of dry land, as if nothing had flooded there, and one half beyond the image's edge read 100% covered."""
     pixels, areas = zonal_composition(mask, frame, NODATA + 1)  # the nodata value counted too
+    beyond = _beyond_edge(mask, frame)  # m² of each AOI past the raster's edge, None without a CRS
     rows = []
     for z in range(len(frame)):
         covered = int(sum(pixels[z, c.id] for c in classes))
@@ -644,10 +658,38 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
             row[f"{key}_pct"] = s
         unknown = int(pixels[z, NODATA])
         row["nodata_pixels"] = unknown
-        row["nodata_m2"] = None if areas is None else round(float(areas[z, NODATA]), 3)
-        row["coverage_pct"] = round(100 * covered / (covered + unknown), 2) if covered + unknown else None
+        if areas is None or beyond is None:  # no m²: the pixels the map holds
+            mapped, unmapped = float(covered), float(unknown)
+            row["nodata_m2"] = None
+        else:
+            mapped = float(sum(areas[z, c.id] for c in classes))
+            unmapped = float(areas[z, NODATA]) + beyond[z]
+            row["nodata_m2"] = round(unmapped, 3)
+        coverage = 100 * mapped / (mapped + unmapped) if mapped + unmapped else None
+        if coverage is not None and unmapped > 0 and coverage > 99.99:  # 2 px missing read 100.0
+            coverage = 99.99
+        row["coverage_pct"] = None if coverage is None else round(coverage, 2)
         rows.append(row)
     return rows
+
+
+def _beyond_edge(mask: Path, frame) -> list[float] | None:
+    """m² of each shape of `frame` past the edge of raster `mask` (none of its pixel centres there): counted as
+    not covered. None for a raster without a CRS, or shapes without one."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.vector import _measure
+
+    info = inspect_raster(mask)
+    crs = info.map_georeferencing()[1]
+    if crs is None or frame.crs is None:
+        return None
+    footprint = shapely.Polygon(info.map_corners())
+    outside = [None if g is None or g.is_empty else g.difference(footprint) for g in onto_raster(frame.geometry, info)]
+    parts = gpd.GeoDataFrame(geometry=[shapely.Polygon() if g is None else g for g in outside], crs=crs)
+    measured, _ = _measure(parts, footprint.bounds)
+    return [0.0 if m is None or m < 1e-3 else float(m) for m in measured]  # float dust of a shape inside
 
 
 def _markdown(result: FloodResult, post: str, pre) -> str:
@@ -657,6 +699,7 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
              *([] if result.pre_coverage_pct in (None, 100.0) else [
                  f"- **The pre-event image covers only {result.pre_coverage_pct}% of the post-event image**; "
                  "the rest is nodata and counts in no class"]),
+             *(["", "## Warnings", "", *[f"- {w}" for w in result.warnings]] if result.warnings else []),
              "", "![map](flood.png)", "",
              "| class | km² | m² | pixels |", "|---|---:|---:|---:|"]
     for c in result.classes:  # m² too: 12 m² read 0.0000 km², and a drone image's 0.1 m² 0.000000

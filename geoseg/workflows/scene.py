@@ -16,7 +16,7 @@ from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem, shares
 from geoseg.vector import layer_name, onto_raster, zonal_composition
 from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     write_csv, write_json, zone_name)
+                                     warnings_heard, write_csv, write_json, zone_name)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -31,6 +31,7 @@ class SceneResult:
     composition: list[dict[str, Any]]
     outputs: dict[str, str]
     zones: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the run warned of (the log's), for the report's reader
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -77,6 +78,12 @@ def scene(
         written in a hidden folder inside `output_dir` and moved into place only
         when every one is complete: an interrupted run leaves none of them.
     """
+    with warnings_heard() as heard:  # a scene of float reflectance read 99.6% water, and only stderr said why
+        return _scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite, heard=heard,
+                      **segment_options)
+
+
+def _scene(input, output_dir, *, zones, zone_field, overwrite, heard: list[str], **segment_options: Any) -> SceneResult:
     check_options({**segment_options, "overwrite": overwrite}, caller="scene()", taken=("preview",))
     class_card(segment_options.get("model"), what="a land-cover report")
     if zone_field is not None and zones is None:  # it was ignored without a word
@@ -103,7 +110,8 @@ def scene(
             result: SegmentResult = segment(input, tmp, overwrite=overwrite, preview=False,
                                             progress=None if progress is None else lambda f: progress(0.95 * f),
                                             **segment_options)
-            scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths)
+            scene_result = _write_report(result, frame, zone_field, {k: tmp / p.name for k, p in paths.items()}, paths,
+                                         [m.replace(str(tmp), str(paths["report"].parent)) for m in dict.fromkeys(heard)])
             if progress is not None:
                 progress(1.0)
     return scene_result
@@ -118,7 +126,7 @@ def _output_paths(out_dir: Path, image: str, zones: bool, segment_options: dict[
 
 
 def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: dict[str, Path],
-                  paths: dict[str, Path]) -> SceneResult:
+                  paths: dict[str, Path], warned: list[str]) -> SceneResult:
     """Write the tables, map and report of `result` at the `staged` paths; the report names the final `paths`."""
     stem = raster_stem(result.input)
     rows = composition_rows(result.classes)
@@ -133,7 +141,7 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
                         outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
     outputs = {name: str(path) for name, path in paths.items()}
     segmented = result.to_dict() | {"outputs": {name: outputs[name] for name in result.outputs}}
-    scene_result = SceneResult(segmented, rows, outputs, zone_rows)
+    scene_result = SceneResult(segmented, rows, outputs, zone_rows, warned)
     write_json(staged["report"], scene_result.to_dict())
     return scene_result
 
