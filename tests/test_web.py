@@ -222,17 +222,23 @@ def test_a_geoseg_mask_or_a_label_in_the_colours_the_page_shows_is_scored(client
     assert threshold["classes"][1] == {"name": "water", "color": water.color, "label_color": water.label_color}
 
 
+def _label_in_colours(classes) -> io.BytesIO:
+    """A 60 x 80 PNG label of three bands of rows, in the colours of the first three `classes`."""
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    for i, rows in enumerate((slice(0, 20), slice(20, 40), slice(40, 60))):
+        rgb[rows] = [int(classes[i].color[k:k + 2], 16) for k in (1, 3, 5)]
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    return label
+
+
 def test_a_label_is_read_in_the_colours_of_the_model_it_matches_whatever_the_order(client, make_raster):
     """The label was read by the first ticked model's colours, and the page lists the baselines first: a
     label in the U-Net's colours then scored it 0 (or nothing), and the IoU changed with the model order."""
     from geoseg.models import get_segmenter
 
     classes = get_segmenter("tiny-fcn").card.classes
-    rgb = np.zeros((60, 80, 3), np.uint8)
-    for i, rows in enumerate((slice(0, 20), slice(20, 40), slice(40, 60))):
-        rgb[rows] = [int(classes[i].color[k:k + 2], 16) for k in (1, 3, 5)]
-    label = io.BytesIO()
-    Image.fromarray(rgb).save(label, format="PNG")
+    label = _label_in_colours(classes)
     rows = {}
     for order in ("threshold,tiny-fcn", "tiny-fcn,threshold"):
         response = client.post("/api/segment", data={
@@ -262,11 +268,7 @@ def test_a_model_that_draws_two_classes_alike_is_left_out_of_reading_a_colour_la
     client = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_MAX_PIXELS": 200_000,
                          "TESTING": True}).test_client()
     classes = get_segmenter("tiny-fcn").card.classes
-    rgb = np.zeros((60, 80, 3), np.uint8)
-    for i, rows in enumerate((slice(0, 20), slice(20, 40), slice(40, 60))):
-        rgb[rows] = [int(classes[i].color[k:k + 2], 16) for k in (1, 3, 5)]
-    label = io.BytesIO()
-    Image.fromarray(rgb).save(label, format="PNG")
+    label = _label_in_colours(classes)
     for order in ("tiny-alike,tiny-fcn", "tiny-fcn,tiny-alike"):
         response = client.post("/api/segment", data={
             "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": order,

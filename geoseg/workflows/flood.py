@@ -93,8 +93,6 @@ def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
     """Warn where the band read as green or NIR is tagged alpha, or, in a file whose tags were set on purpose, as
     another colour (a pre image tagged N,R,G,B beside a post of B,G,R,N): the tags were not looked at, and red
     and blue made all the water 'flooded'. `both`: the band options are for two images."""
-    from geoseg.raster import open_quietly
-
     with open_quietly(info.path) as ds:
         tags = [c.name for c in ds.colorinterp]
     deliberate = any(t in _DELIBERATE for t in tags)

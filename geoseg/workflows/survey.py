@@ -164,7 +164,9 @@ def _read_list(path: Path) -> str:
 def _list_line(line: str, folder: Path) -> str:
     """A list's line as the path it names: ``#`` starts a comment, unless the line names a file with the ``#``
     (``plot #3.tif``); the quotes Windows' "Copy as path" puts around a path, and its ``\\`` separators where
-    the file is found by ``/``, are dropped, and a name found in the other Unicode form (NFC, NFD) is taken. Each made the line "no such file" with a path hard to see wrong."""
+    the file is found by ``/``, are dropped, and a name found in the other Unicode form (NFC, NFD) is taken.
+    Each made the line "no such file" with a path hard to see wrong."""
+
     def unquoted(text: str) -> str:
         return text[1:-1].strip() if len(text) > 1 and text[0] in "\"'" and text[-1] == text[0] else text
 
