@@ -255,6 +255,8 @@ class SegmentResult:
     device: str
     plan: dict[str, Any] = field(default_factory=dict)
     output: str = "classes"  # the card's: "regions" for models of unlabeled regions, whose colours are no classes
+    nodata_pixels: int = 0  # the mask's pixels of no class (the input's nodata), and their m² (None without a CRS)
+    nodata_m2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -420,7 +422,7 @@ def _scene_files_of(folder: Path, stem: str) -> dict[str, Path]:
     """The files an earlier `geoseg scene` of `stem` wrote in `folder`, as its report (``STEM_scene.json``)
     lists them; none without a readable report."""
     try:
-        outputs = json.loads((folder / f"{stem}_{SCENE_FILES['report']}").read_text())["outputs"]
+        outputs = json.loads((folder / f"{stem}_{SCENE_FILES['report']}").read_bytes())["outputs"]
         listed = {Path(str(value)).name for value in outputs.values()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
@@ -514,10 +516,13 @@ def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.P
                 raise OutputError(f"{output}: is the input {given}; writing the outputs there would destroy it. {fix}")
 
 
-def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> list[dict[str, Any]]:
-    pixels, areas = class_pixels_and_areas(mask_path, info, card.n_classes)
-    return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(pixels[c.id]),
-             "area_m2": None if areas is None else round(float(areas[c.id]), 3)} for c in card.classes]
+def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each class's pixels and m², and those of the mask's nodata (``pixels``, ``area_m2``): a scene under 27%
+    cloud read as a smaller scene, and areas of two dates could not be told apart from less water."""
+    pixels, areas = class_pixels_and_areas(mask_path, info, NODATA + 1)
+    table = [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(pixels[c.id]),
+              "area_m2": None if areas is None else round(float(areas[c.id]), 3)} for c in card.classes]
+    return table, {"pixels": int(pixels[NODATA]), "area_m2": None if areas is None else round(float(areas[NODATA]), 3)}
 
 
 def _under_gdal_options(func):
@@ -752,7 +757,7 @@ def segment(
                 cogs[final] = write_cog(staged, final, resampling="MODE" if name == "mask" else "AVERAGE")
             # the styles, polygons and preview too are made from the staged layers: all files appear, or none
             mask = cogs[paths["mask"]]
-            classes = _class_table(card, mask, info)
+            classes, nodata = _class_table(card, mask, info)
             if not any(row["pixels"] for row in classes):
                 log.warning("%s: no valid pixels (nodata or NaN everywhere), so the mask is all nodata. Check the "
                             "raster's nodata value and mask (gdalinfo)", info.path)
@@ -790,6 +795,8 @@ def segment(
         model=card.name,
         model_version=card.version,
         classes=classes,
+        nodata_pixels=nodata["pixels"],
+        nodata_m2=nodata["area_m2"],
         width=info.width,
         height=info.height,
         seconds=round(seconds, 3),

@@ -128,6 +128,50 @@ def _scene_4band(water):
     return np.stack([green // 2, green, green // 3, nir])
 
 
+def test_areas_under_nodata_are_reported_as_unknown_not_as_none_of_a_class(tmp_path, caplog):
+    """A date under cloud (nodata) read as less water: scene zones said 0.0 m² where they had no data at all, and
+    neither the scene, flood nor survey said how much of the image had none."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    water = np.zeros((40, 50), bool)
+    water[10:30, 5:45] = True
+    data = _scene_4band(water)
+    clear = _write(tmp_path / "clear.tif", data, crs, transform, nodata=0)
+    data[:, :, 25:] = 0  # the east half under a cloud, stored as nodata
+    cloudy = _write(tmp_path / "cloudy.tif", data, crs, transform, nodata=0)
+    one = segment(cloudy, tmp_path / "seg", model="threshold")
+    assert one.nodata_pixels == 40 * 25 and one.nodata_m2 == pytest.approx(40 * 25 * 100, rel=1e-6)
+    x0, y0 = 300000.0, 2800000.0
+    gpd.GeoDataFrame({"name": ["west", "east", "past the edge"]}, crs=crs, geometry=[
+        shapely.box(x0, y0 - 400, x0 + 250, y0), shapely.box(x0 + 250, y0 - 400, x0 + 500, y0),
+        shapely.box(x0 - 250, y0 - 400, x0 + 250, y0)]).to_file(tmp_path / "zones.gpkg")
+    result = scene(cloudy, tmp_path / "scene", zones=tmp_path / "zones.gpkg", zone_field="name", model="threshold")
+    zones = {z["zone"]: z for z in result.zones}
+    assert zones["east"]["pixels"] == 0 and zones["east"]["coverage_pct"] == 0.0
+    assert all(v is None for k, v in zones["east"].items() if k.endswith("_m2") and k != "nodata_m2")  # not 0.0
+    assert zones["east"]["nodata_m2"] == pytest.approx(250 * 400)
+    assert zones["west"]["coverage_pct"] == 100.0 and zones["west"]["nodata_m2"] == 0.0
+    assert zones["past the edge"]["coverage_pct"] == 50.0  # half of it is past the image's western edge
+    assert result.coverage_pct == 50.0
+    assert "coverage_pct" in (tmp_path / "scene" / "cloudy_zones.csv").read_text()
+    caplog.clear()
+    flooded = flood(cloudy, tmp_path / "flood", pre=clear, method="ndwi")
+    assert flooded.post_coverage_pct == 50.0 and flooded.pre_coverage_pct == 100.0
+    assert flooded.nodata_m2 == pytest.approx(40 * 25 * 100)
+    assert "the post-event image has data on 50.0% of its pixels" in caplog.text
+    assert "The post-event image has data on only 50.0% of its pixels" in (tmp_path / "flood" / "flood.md").read_text()
+    assert flood(clear, tmp_path / "flood2", method="ndwi").post_coverage_pct == 100.0
+    surveyed = survey([clear, cloudy], tmp_path / "survey", model="threshold", vector=False)
+    rows = {Path(r["input"]).name: r for r in json.loads((tmp_path / "survey" / "survey_summary.json").read_text())[
+        "rasters"]}
+    assert rows["cloudy.tif"]["nodata_m2"] == pytest.approx(40 * 25 * 100) and rows["clear.tif"]["nodata_m2"] == 0.0
+    assert len(surveyed.done) == 2 and "nodata_m2" in (tmp_path / "survey" / "survey_summary.csv").read_text()
+
+
 def test_flood_ndwi_warns_where_the_file_tags_the_band_read_as_green_or_nir_otherwise(tmp_path, caplog):
     """A pre image tagged N,R,G,B beside a B,G,R,N post had its red and blue read as green and NIR: all its water
     came out 'flooded' (2,832 px flooded, 0 permanent), and an RGBA-tagged pre gave its alpha band as NIR."""
@@ -773,6 +817,90 @@ def test_survey_reruns_read_no_georeferencing_of_rasters_whose_files_and_folder_
     moved = survey([tmp_path / "in"], out, model="threshold", preview=False)  # GDAL reads the .aux.xml's CRS first
     assert sorted(reads) == ["a.tif", "b.tif", "c.png"]
     assert [Path(e["input"]).name for e in moved.done] == ["a.tif"] and len(moved.skipped) == 2
+
+
+def test_survey_reruns_keep_the_batch_files_while_nothing_they_are_made_of_changed(make_raster, tmp_path,
+                                                                                  monkeypatch):
+    """A rerun with every raster skipped rebuilt the mosaics and totals: 20-28 s of a rerun of 1,010 tiles; and it
+    opened every raster again to ask whether geoseg wrote it."""
+    from geoseg.workflows import survey
+
+    survey_module = importlib.import_module("geoseg.workflows.survey")
+    from rasterio.transform import from_origin
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        make_raster(name=f"in/t{i}.tif", shape=(30, 40), seed=i,
+                    transform=from_origin(500000.0 + 15.0 * i, 2800000.0, 0.5, 0.5))
+    (tmp_path / "in" / "broken.tif").write_text("not a raster")
+    built, asked = [], []
+    batch_outputs, written_by = survey_module._batch_outputs, survey_module.written_by_geoseg
+    monkeypatch.setattr(survey_module, "_batch_outputs", lambda *a: (built.append(1), batch_outputs(*a))[1])
+    monkeypatch.setattr(survey_module, "written_by_geoseg", lambda p: (asked.append(Path(p).name), written_by(p))[1])
+    out = tmp_path / "out"
+    first = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(first.done) == 3 and len(first.failed) == 1 and built == [1]
+    report = (out / "survey_report.md").read_text()
+    assert "3 raster(s) segmented (by this run or an earlier one), 1 failed." in report
+    built.clear(), asked.clear()
+    again = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(again.skipped) == 3 and built == [] and again.outputs == first.outputs
+    assert not again.earlier_outputs  # they are this run's too: made of the same masks
+    assert asked == []  # the rasters it took before, unchanged, are not opened again to ask if geoseg wrote them
+    assert (out / "survey_report.md").read_text() == report
+    (out / "survey_summary.csv").write_text("edited\n")  # a batch file changed: written again
+    survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert built == [1] and "edited" not in (out / "survey_summary.csv").read_text()
+    (out / "survey_polygons.qml").unlink()  # its style too
+    survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert built == [1, 1] and (out / "survey_polygons.qml").is_file()
+    no_vector = survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)  # another option
+    assert built == [1, 1, 1] and "polygons" not in no_vector.outputs
+    assert not (out / "survey_polygons.gpkg").exists()
+    built.clear()
+    make_raster(name="in/t1.tif", shape=(30, 40), seed=9,  # one raster changed: its mask and the totals with it
+                transform=from_origin(500015.0, 2800000.0, 0.5, 0.5))
+    asked.clear()
+    changed = survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)
+    assert [Path(e["input"]).name for e in changed.done] == ["t1.tif"] and built == [1] and asked == ["t1.tif"]
+    fewer = survey([tmp_path / "in" / "t0.tif"], out, model="threshold", preview=False, vector=False)
+    assert built == [1, 1] and len(fewer.skipped) == 1  # a survey of fewer rasters: totals of those alone
+    assert [r["input"] for r in json.loads((out / "survey_summary.json").read_text())["rasters"]] == [
+        str(tmp_path / "in" / "t0.tif")]
+
+
+def test_survey_redoes_a_raster_whose_nodata_or_mask_changed_and_upgrades_keep_the_rest(make_raster, tmp_path):
+    """A cloud mask added beside a raster (a.tif.msk), or a nodata value set in its .aux.xml, left the earlier
+    masks (clouds classed as land) skipped as done."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    a, b, c = (make_raster(name=f"in/{n}.tif", shape=(30, 40), seed=i) for i, n in enumerate("abc"))
+    out = tmp_path / "out"
+    assert len(survey([tmp_path / "in"], out, model="threshold", preview=False).done) == 3
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(a, "r+") as ds:
+        clouds = np.full((30, 40), 255, np.uint8)
+        clouds[:, 20:] = 0
+        ds.write_mask(clouds)
+    assert Path(f"{a}.msk").is_file()
+    Path(f"{b}.aux.xml").write_text("<PAMDataset>" + "".join(
+        f'<PAMRasterBand band="{i}"><NoDataValue>0</NoDataValue></PAMRasterBand>' for i in (1, 2, 3)) + "</PAMDataset>")
+    again = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert sorted(Path(e["input"]).name for e in again.done) == ["a.tif", "b.tif"], again.skipped
+    with rasterio.open(again.done[0]["outputs"]["mask"]) as ds:
+        assert (ds.read(1)[:, 25:] == 255).all()  # the clouds are nodata now
+    with rasterio.open(a, "r+") as ds:  # the clouds drawn again, in the same file
+        ds.write_mask(np.full((30, 40), 255, np.uint8))
+    assert [Path(e["input"]).name for e in survey([tmp_path / "in"], out, model="threshold", preview=False).done] \
+        == ["a.tif"]
+    manifest = json.loads((out / "manifest.json").read_text())  # as a geoseg before this key wrote it
+    for entry in manifest["entries"].values():
+        del entry["key"]["masking"]
+        entry.pop("seen", None)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    upgraded = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(upgraded.skipped) == 3 and not upgraded.done  # an upgrade segments nothing again
+    assert all("masking" in e["key"] for e in json.loads((out / "manifest.json").read_text())["entries"].values())
 
 
 def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_path):

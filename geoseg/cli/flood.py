@@ -79,4 +79,6 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
     click.echo(f"water from {result.water_source}", err=True)
     for c, area in zip(result.classes, area_texts([c["area_m2"] for c in result.classes], missing="n/a (no CRS)")):
         click.echo(f"  {c['name']:>16}: {area.strip()}", err=True)
+    if result.nodata_m2:
+        click.echo(f"  {'(no data)':>16}: {area_texts([result.nodata_m2])[0].strip()}, in no class", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

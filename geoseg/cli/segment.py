@@ -202,6 +202,10 @@ def _summary(result) -> None:
     areas = area_texts([c["area_m2"] for c in result.classes])  # 0.0007 km² of a 512² drone image: m² there
     for c, area in zip(result.classes, areas):
         click.echo(f"  {c['name']:>12}: {100 * c['pixels'] / total:5.1f}%{'  ' + area if area else ''}", err=True)
+    if result.nodata_pixels:  # the shares above are of the pixels with data
+        nodata = area_texts([result.nodata_m2])[0].strip() if result.nodata_m2 is not None else ""
+        click.echo(f"  {'(no data)':>12}: {result.nodata_pixels} px{'  ' + nodata if nodata else ''}, in no class",
+                   err=True)
 
 
 class _bar:

@@ -218,3 +218,64 @@ def staged_outputs(out_dir: Path, *, last: Sequence[Path] = (), before_moves=Non
             stale = before_moves() if before_moves is not None else None
             log_removed(move_all([(path, out_dir / path.relative_to(tmp)) for path in staged], staging=tmp,
                                  refuse_existing=refuse_existing, remove=stale or ()))
+
+
+def beyond_edge(mask: Path, frame) -> list[float] | None:
+    """m² of each shape of `frame` past the edge of raster `mask` (none of its pixel centres there): counted as
+    not covered. None for a raster without a CRS, or shapes without one."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.raster import inspect_raster
+    from geoseg.vector import _measure, onto_raster
+
+    info = inspect_raster(mask)
+    crs = info.map_georeferencing()[1]
+    if crs is None or frame.crs is None:
+        return None
+    footprint = shapely.Polygon(info.map_corners())
+    outside = [None if g is None or g.is_empty else g.difference(footprint) for g in onto_raster(frame.geometry, info)]
+    parts = gpd.GeoDataFrame(geometry=[shapely.Polygon() if g is None else g for g in outside], crs=crs)
+    measured, _ = _measure(parts, footprint.bounds)
+    return [0.0 if m is None or m < 1e-3 else float(m) for m in measured]  # float dust of a shape inside
+
+
+def zone_coverage(pixels, areas, beyond: list[float] | None, z: int, ids: list[int]) -> dict[str, Any]:
+    """``nodata_pixels``, ``nodata_m2`` and ``coverage_pct`` of zone `z`, from `vector.zonal_composition`'s
+    counts of classes `ids` and of the nodata value, and `beyond_edge`'s m² past the raster's edge. A zone under
+    cloud read 0 m² of water, as a dry one does."""
+    from geoseg.raster import NODATA
+
+    covered, unknown = int(sum(pixels[z, i] for i in ids)), int(pixels[z, NODATA])
+    row: dict[str, Any] = {"nodata_pixels": unknown}
+    if areas is None or beyond is None:  # no m²: the pixels the map holds
+        mapped, unmapped = float(covered), float(unknown)
+        row["nodata_m2"] = None
+    else:
+        mapped = float(sum(areas[z, i] for i in ids))
+        unmapped = float(areas[z, NODATA]) + beyond[z]
+        row["nodata_m2"] = round(unmapped, 3)
+    row["coverage_pct"] = coverage_pct(mapped, unmapped)
+    return row
+
+
+def coverage_pct(mapped: float, unmapped: float) -> float | None:
+    """The share of `mapped` in percent, to 0.01; 99.99 at most where anything is unmapped (2 px missing read
+    100.0); None where there is nothing."""
+    if not mapped + unmapped:
+        return None
+    coverage = 100 * mapped / (mapped + unmapped)
+    return round(min(coverage, 99.99) if unmapped > 0 else coverage, 2)
+
+
+def same_field(columns, name: str | None) -> str | None:
+    """The column of `columns` that `name` names: itself, or the one spelled in the other Unicode form (a field
+    'Bezirk_ü' typed on one system was "no field 'Bezirk_ü'; fields are Bezirk_ü" on a layer from another);
+    `name` unchanged where none is."""
+    import unicodedata
+
+    if name is None or name in columns:
+        return name
+    alike = [c for c in columns if isinstance(c, str) and unicodedata.normalize("NFC", c) == unicodedata.normalize(
+        "NFC", name)]
+    return alike[0] if len(alike) == 1 else name

@@ -23,8 +23,9 @@ from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, shares, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
-from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     warnings_heard, write_json, write_text, zone_name)
+from geoseg.workflows.common import (beyond_edge, check_layer_overlaps, class_card, coverage_pct, read_layer,
+                                     segment_paths, staged_outputs, warnings_heard, write_json, write_text, zone_coverage,
+                                     zone_name, same_field)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -52,6 +53,8 @@ class FloodResult:
     outputs: dict[str, str]
     aoi: list[dict[str, Any]] = field(default_factory=list)
     pre_coverage_pct: float | None = None  # share of the post image's data pixels that the pre image covers
+    post_coverage_pct: float | None = None  # share of the post image's pixels that hold data (not cloud or nodata)
+    nodata_m2: float | None = None  # flood.tif's area of no class: the post image's nodata, and where the pre lacks
     post: str | None = None  # the images, as flood.md names them (flood.json named neither)
     pre: str | None = None
     ndwi_threshold: float | None = None  # the NDWI cut used (method 'ndwi'), as a number, not only in words
@@ -417,6 +420,8 @@ def _flood(post, output_dir, *, pre, aoi, aoi_field, method, model, water_class,
     if aoi_field is not None and aoi is None:
         raise InputError("--aoi-field (aoi_field=) names the rows of --aoi (aoi=); pass the AOI layer too.")
     aoi_frame = read_layer(aoi, what="area-of-interest") if aoi is not None else None
+    if aoi_frame is not None:
+        aoi_field = same_field(aoi_frame.columns, aoi_field)
     if aoi_frame is not None and aoi_field is not None and aoi_field not in aoi_frame.columns:
         raise InputError(f"{aoi}: no field {aoi_field!r}; fields are "
                          f"{', '.join(map(str, aoi_frame.columns.drop(aoi_frame.geometry.name)))}.")
@@ -463,7 +468,7 @@ def _stale_image_masks(report: Path, water: dict[str, dict[str, Path]],
     import json
 
     try:
-        earlier = json.loads(report.read_text())["outputs"]
+        earlier = json.loads(report.read_bytes())["outputs"]
     except (OSError, ValueError, KeyError, TypeError):  # no earlier run, or one that did not list them
         return [], set()
     if not isinstance(earlier, dict):
@@ -519,14 +524,19 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
         raise InputError(f"{pre_info.path} has no data where {post_info.path} has: their footprints overlap only "
                          "where one of them is nodata, so there is nothing to compare. Check that both show the same "
                          "place, and their nodata values.")
+    post_coverage = coverage_pct(data, post_info.width * post_info.height - data)
+    if data and post_coverage != 100.0:  # a cloudy post image's areas read as a smaller flood, and no report said so
+        log.warning("the post-event image has data on %s%% of its pixels; the rest (%d px: clouds, nodata, the edge "
+                    "of a warped image) counts in no class, so its areas are of that part alone",
+                    post_coverage, post_info.width * post_info.height - data)
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
         log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%d px) is nodata "
                     "in flood.tif and counts in no class", coverage, data - covered)  # as flood.md and flood.json
     write_qml(paths["tif"].with_suffix(".qml"), classes, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
-    table = _class_areas(paths["tif"], post_info, classes)
+    table, nodata_m2 = _class_areas(paths["tif"], post_info, classes)
     aoi_rows = _aoi_table(paths["tif"], aoi_frame, classes, aoi_field) if aoi_frame is not None else []
-    result = FloodResult(source, table, outputs, aoi_rows, coverage, post=post_info.path,
+    result = FloodResult(source, table, outputs, aoi_rows, coverage, post_coverage, nodata_m2, post=post_info.path,
                          pre=pre_info.path if pre_info is not None else None,
                          ndwi_threshold=float(common["threshold"]) if common["method"] == "ndwi" else None,
                          warnings=[m.replace(str(folder), str(Path(outputs["tif"]).parent))
@@ -626,12 +636,13 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
     return counts[0], counts[1]
 
 
-def _class_areas(mask: Path, info, classes) -> list[dict[str, Any]]:
-    pixels, areas = class_pixels_and_areas(mask, info, len(classes))
+def _class_areas(mask: Path, info, classes) -> tuple[list[dict[str, Any]], float | None]:
+    """Each class's pixels and area, and the m² of no class (None without a CRS)."""
+    pixels, areas = class_pixels_and_areas(mask, info, NODATA + 1)
     return [{"id": c.id, "name": c.name, "color": c.color, "pixels": int(pixels[c.id]),
              "area_m2": None if areas is None else float(areas[c.id]),
              "area_km2": None if areas is None else round(float(areas[c.id]) / 1e6, 6)}
-            for c in classes]
+            for c in classes], None if areas is None else round(float(areas[NODATA]), 3)
 
 
 def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dict[str, Any]]:
@@ -640,7 +651,7 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
     image's edge) a class's area is unknown: an area outside the pre-event image's footprint read 0 m² of flooded
     and of dry land, as if nothing had flooded there, and one half beyond the image's edge read 100% covered."""
     pixels, areas = zonal_composition(mask, frame, NODATA + 1)  # the nodata value counted too
-    beyond = _beyond_edge(mask, frame)  # m² of each AOI past the raster's edge, None without a CRS
+    beyond = beyond_edge(mask, frame)  # m² of each AOI past the raster's edge, None without a CRS
     rows = []
     for z in range(len(frame)):
         covered = int(sum(pixels[z, c.id] for c in classes))
@@ -654,40 +665,8 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
             row[f"{key}_m2"] = None if areas is None or not known else round(float(areas[z, c.id]), 3)
             row[f"{key}_km2"] = None if areas is None or not known else round(float(areas[z, c.id]) / 1e6, 6)
             row[f"{key}_pct"] = s
-        unknown = int(pixels[z, NODATA])
-        row["nodata_pixels"] = unknown
-        if areas is None or beyond is None:  # no m²: the pixels the map holds
-            mapped, unmapped = float(covered), float(unknown)
-            row["nodata_m2"] = None
-        else:
-            mapped = float(sum(areas[z, c.id] for c in classes))
-            unmapped = float(areas[z, NODATA]) + beyond[z]
-            row["nodata_m2"] = round(unmapped, 3)
-        coverage = 100 * mapped / (mapped + unmapped) if mapped + unmapped else None
-        if coverage is not None and unmapped > 0 and coverage > 99.99:  # 2 px missing read 100.0
-            coverage = 99.99
-        row["coverage_pct"] = None if coverage is None else round(coverage, 2)
-        rows.append(row)
+        rows.append(row | zone_coverage(pixels, areas, beyond, z, [c.id for c in classes]))
     return rows
-
-
-def _beyond_edge(mask: Path, frame) -> list[float] | None:
-    """m² of each shape of `frame` past the edge of raster `mask` (none of its pixel centres there): counted as
-    not covered. None for a raster without a CRS, or shapes without one."""
-    import geopandas as gpd
-    import shapely
-
-    from geoseg.vector import _measure
-
-    info = inspect_raster(mask)
-    crs = info.map_georeferencing()[1]
-    if crs is None or frame.crs is None:
-        return None
-    footprint = shapely.Polygon(info.map_corners())
-    outside = [None if g is None or g.is_empty else g.difference(footprint) for g in onto_raster(frame.geometry, info)]
-    parts = gpd.GeoDataFrame(geometry=[shapely.Polygon() if g is None else g for g in outside], crs=crs)
-    measured, _ = _measure(parts, footprint.bounds)
-    return [0.0 if m is None or m < 1e-3 else float(m) for m in measured]  # float dust of a shape inside
 
 
 def _markdown(result: FloodResult, post: str, pre) -> str:
@@ -697,6 +676,10 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
              *([] if result.pre_coverage_pct in (None, 100.0) else [
                  f"- **The pre-event image covers only {result.pre_coverage_pct}% of the post-event image**; "
                  "the rest is nodata and counts in no class"]),
+             *([] if result.post_coverage_pct in (None, 100.0) else [
+                 f"- **The post-event image has data on only {result.post_coverage_pct}% of its pixels** (clouds, "
+                 "nodata); the rest counts in no class, so the areas below are of that part alone"]),
+             *([] if not result.nodata_m2 else [f"- No class (nodata): {result.nodata_m2:,.1f} m²"]),
              *(["", "## Warnings", "", *[f"- {w}" for w in result.warnings]] if result.warnings else []),
              "", "![map](flood.png)", "",
              "| class | km² | m² | pixels |", "|---|---:|---:|---:|"]

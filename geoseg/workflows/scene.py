@@ -13,10 +13,11 @@ from geoseg.models.card import ClassInfo
 from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_folders_removed_on_error,
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import inspect_raster, raster_stem, shares
+from geoseg.raster import NODATA, inspect_raster, raster_stem, shares
 from geoseg.vector import layer_name, onto_raster, zonal_composition
-from geoseg.workflows.common import (check_layer_overlaps, class_card, read_layer, segment_paths, staged_outputs,
-                                     warnings_heard, write_csv, write_json, zone_name)
+from geoseg.workflows.common import (beyond_edge, check_layer_overlaps, class_card, read_layer, segment_paths,
+                                     staged_outputs, warnings_heard, write_csv, write_json, zone_coverage, zone_name,
+                                     coverage_pct, same_field)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -32,6 +33,7 @@ class SceneResult:
     outputs: dict[str, str]
     zones: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the run warned of (the log's), for the report's reader
+    coverage_pct: float | None = None  # the share of the raster that holds data: the composition is of that part
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -91,6 +93,8 @@ def _scene(input, output_dir, *, zones, zone_field, overwrite, heard: list[str],
 
         raise InputError("--zone-field (zone_field=) names the rows of --zones (zones=); pass the zones layer too.")
     frame = read_layer(zones, what="zones") if zones is not None else None
+    if frame is not None:
+        zone_field = same_field(frame.columns, zone_field)
     if frame is not None and zone_field is not None and zone_field not in frame.columns:
         from geoseg.errors import InputError
 
@@ -141,22 +145,31 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
                         outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
     outputs = {name: str(path) for name, path in paths.items()}
     segmented = result.to_dict() | {"outputs": {name: outputs[name] for name in result.outputs}}
-    scene_result = SceneResult(segmented, rows, outputs, zone_rows, warned)
+    if result.nodata_m2 is None:  # no CRS: by pixels
+        covered = coverage_pct(sum(c["pixels"] for c in result.classes), result.nodata_pixels)
+    else:
+        covered = coverage_pct(sum(c["area_m2"] for c in result.classes), result.nodata_m2)
+    scene_result = SceneResult(segmented, rows, outputs, zone_rows, warned, covered)
     write_json(staged["report"], scene_result.to_dict())
     return scene_result
 
 
 def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[dict[str, Any]]:
-    pixels, areas = zonal_composition(result.outputs["mask"], frame, len(result.classes))
+    """A row per zone: its pixels of a class, each class's m² and share (of the part the mask covers), and how much
+    of the zone the mask covers (``nodata_m2``, ``coverage_pct``, as flood's areas of interest). A zone under
+    cloud (nodata) read 0 m² of water, as a dry one does; its class areas are now unknown (None)."""
+    pixels, areas = zonal_composition(result.outputs["mask"], frame, NODATA + 1)  # the nodata value counted too
+    beyond = beyond_edge(Path(result.outputs["mask"]), frame)
+    ids = [c["id"] for c in result.classes]
     rows = []
     for z in range(len(frame)):
-        ids = [c["id"] for c in result.classes]
+        covered = int(sum(pixels[z, i] for i in ids))
         share = shares([int(pixels[z, i]) for i in ids], None if areas is None else [float(areas[z, i]) for i in ids])
-        row: dict[str, Any] = {"zone": zone_name(frame, zone_field, z), "pixels": int(pixels[z].sum())}
+        row: dict[str, Any] = {"zone": zone_name(frame, zone_field, z), "pixels": covered}
         for c, s in zip(result.classes, share):
-            row[f"{c['name']}_m2"] = None if areas is None else round(float(areas[z, c["id"]]), 3)
+            row[f"{c['name']}_m2"] = None if areas is None or not covered else round(float(areas[z, c["id"]]), 3)
             row[f"{c['name']}_pct"] = s
-        rows.append(row)
+        rows.append(row | zone_coverage(pixels, areas, beyond, z, ids))
     return rows
 
 
