@@ -676,7 +676,7 @@ def vectorize(
                     "masks) and get no polygons. If 255 is a class there, declare its nodata value "
                     "(gdal_edit.py -a_nodata 0 %s, say) and run again.", info.path, info.path)
     qml = out_path.with_suffix(".qml")
-    earlier = qml.read_text(errors="replace") if style and qml.is_file() else None
+    earlier = qml.read_text(encoding="utf-8", errors="replace") if style and qml.is_file() else None
     # a layer of the same name in another format (result.geojson beside result.gpkg) owns the style there
     sibling = next((p for p in (out_path.with_suffix(s) for s in VECTOR_FORMATS) if p != out_path and _is_file(p)),
                    None)

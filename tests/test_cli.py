@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -656,6 +657,49 @@ def test_reports_are_written_in_utf8_whatever_the_locale(make_raster, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "km²" in (tmp_path / "f" / "flood.md").read_text(encoding="utf-8")
+
+
+def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypatch):
+    """A card read in the locale's encoding garbled 'Gebäude' into every output; a stdout in cp932 made `geoseg
+    models > list.txt` a traceback; a class or field name in macOS's decomposed form matched nothing; a Turkish
+    locale broke GDAL's and PROJ's case-insensitive lookups."""
+    import locale
+    import unicodedata
+
+    import geoseg._launch as launch
+    from geoseg.models import read_card
+    from geoseg.workflows.common import same_field
+    from geoseg.workflows.evaluate import _remap
+
+    path = tmp_path / "tiny-fcn.json"
+    shutil.copy(tiny_fcn, tmp_path / tiny_fcn.name)
+    base = json.loads(tiny_fcn.with_suffix(".json").read_text())
+    base["classes"][0]["name"] = "Gebäude"
+    path.write_bytes(json.dumps(base, ensure_ascii=False).encode("utf-8"))
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    read = subprocess.run([sys.executable, "-c", "import sys; from geoseg.models import read_card; "
+                           "print(ascii([c.name for c in read_card(sys.argv[1]).classes]))", str(path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert read.returncode == 0 and "Geb\\xe4ude" in read.stdout, read.stdout + read.stderr  # not GebÃ¤ude
+    listed = subprocess.run([sys.executable, "-c", "from geoseg.cli import entry; entry()", "models"],
+                            capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "cp932", "GEOSEG_MODEL_PATH": str(tmp_path)})
+    assert listed.returncode == 0 and b"Traceback" not in listed.stderr, listed.stderr[-800:]
+    assert b"Geb\\xe4ude" in listed.stdout
+    decomposed = unicodedata.normalize("NFD", "Gebäude")
+    lut, missing = _remap([{"name": decomposed}], read_card(path))
+    assert not missing and lut[0] == 0
+    assert same_field(["Bezirk_ü", "geometry"], unicodedata.normalize("NFD", "Bezirk_ü")) == "Bezirk_ü"
+    chosen = []
+    monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "tr_TR.UTF-8" if value is None
+                        else chosen.append(value))
+    launch._neutral_case_rules()
+    assert chosen == ["C.UTF-8"]
+    chosen.clear()
+    monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "de_DE.UTF-8" if value is None
+                        else chosen.append(value))
+    launch._neutral_case_rules()
+    assert chosen == []
 
 
 def test_names_too_long_for_the_file_system_are_errors_not_tracebacks(run, make_raster, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -252,6 +253,8 @@ def entry() -> None:
     import signal
 
     _standard_streams_opened()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # `geoseg models > list.txt` under a cp932 or Latin-1 locale: a
+        sys.stdout.reconfigure(errors="backslashreplace")  # class name it cannot encode was a traceback (stderr's is not)
     try:
         main()
     except SystemExit as exc:

@@ -453,7 +453,7 @@ def read_card(path: str | Path) -> ModelCard:
     """Read and validate the JSON card at `path`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CardError(f"{path}: model card not found; a bundle is NAME.keras plus NAME.json.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -130,7 +130,7 @@ def ids_by_name(path: str | os.PathLike, classes: Sequence[dict[str, Any]]) -> n
         return None
     folded: dict[str, list[int]] = {}
     for i, name in enumerate(wanted):
-        folded.setdefault(name.casefold(), []).append(i)
+        folded.setdefault(class_key(name), []).append(i)
     lut = np.full(256, IGNORE, np.uint8)  # ids the tag leaves unnamed stay unlabelled, as evaluate reads them
     others = []
     for i, name in enumerate(names):
@@ -138,8 +138,8 @@ def ids_by_name(path: str | os.PathLike, classes: Sequence[dict[str, Any]]) -> n
             continue
         if name in wanted:
             lut[i] = wanted.index(name)
-        elif len(folded.get(name.casefold(), [])) == 1:  # 'Other' is other, as evaluate matches names
-            lut[i] = folded[name.casefold()][0]
+        elif len(folded.get(class_key(name), [])) == 1:  # 'Other' is other, as evaluate matches names
+            lut[i] = folded[class_key(name)][0]
         else:
             others.append(name)
     if len(others) == len([n for n in names if n is not None]):
@@ -529,6 +529,14 @@ class VectorLabels:
         return rasterize(shapes, out_shape=shape, transform=transform, fill=IGNORE, dtype="uint8")
 
 
+def class_key(name: str) -> str:
+    """A class name as names are matched: one Unicode form, one case. 'Gebäude' from a macOS file name (its
+    decomposed form) matched no class of a card written in the composed one, and went unscored."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _class_id(value: Any, classes) -> int | None:
     """The class a polygon's field value stands for: a class name, or an id (a whole number, also stored as
     a real such as 1.0, or as text such as '1' when no class has that name); None for anything else."""
@@ -537,7 +545,7 @@ def _class_id(value: Any, classes) -> int | None:
         named = next((i for i, c in enumerate(classes) if c["name"] == value), None)
         if named is None:  # 'Building', as evaluate and index rasters' CLASS_NAMES match, where one class fits
             alike = [i for i, c in enumerate(classes) if isinstance(c["name"], str)
-                     and c["name"].casefold() == value.casefold()]
+                     and class_key(c["name"]) == class_key(value)]
             named = alike[0] if len(alike) == 1 else None
         if named is None and TEXT_ID.fullmatch(value) and int(value) < len(classes):
             return int(value)

@@ -1000,7 +1000,7 @@ def checkpointed_epochs(config: TrainConfig) -> int:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -1072,7 +1072,7 @@ def _check_resumable(work: Path, config: TrainConfig) -> None:
         shutil.rmtree(work)
         return
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
+        previous = json.loads(run_file.read_bytes())
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if changed:
             raise InputError(f"{work} holds the checkpoints of an interrupted run with other settings "
@@ -1234,7 +1234,7 @@ class _ValidationIoU:
                 self.split = split  # "selection" where selection images choose the epoch: the bar and log say so
                 self.segmenter, self.pairs, self.n_classes = segmenter, pairs, n_classes
                 self.work, self.patience, self.deadline = work, patience, deadline
-                state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
+                state = json.loads((work / "state.json").read_bytes()) if (work / "state.json").exists() else {}
                 self.best, self.best_epoch = state.get("best", -1.0), state.get("best_epoch", 0)
                 self.last, self.epoch, self.fitted = state.get("last"), state.get("epoch", 0), state.get("fitted", False)
                 self.history = state.get("history", [])  # validation mean IoU of every epoch

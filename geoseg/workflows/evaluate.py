@@ -15,7 +15,7 @@ import rasterio
 
 from geoseg.errors import BandError, InputError, OutputError, catch_warnings
 from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, check_label_grid,
-                                  label_class_names, label_nodata, label_warnings, read_labels)
+                                  class_key, label_class_names, label_nodata, label_warnings, read_labels)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
@@ -145,7 +145,7 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
     model_ids = {c.name: c.id for c in card.classes}
     folded: dict[str, list[str]] = {}
     for c in card.classes:
-        folded.setdefault(c.name.casefold(), []).append(c.name)
+        folded.setdefault(class_key(c.name), []).append(c.name)
     other = model_ids.get("other", IGNORE)
     lut = np.full(256, IGNORE, np.uint8)
     missing = []
@@ -154,7 +154,7 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
             continue
         if c["name"] in model_ids:
             lut[i] = model_ids[c["name"]]
-        elif len(near := folded.get(c["name"].casefold(), [])) == 1:
+        elif len(near := folded.get(class_key(c["name"]), [])) == 1:  # 'Water', or in another Unicode form
             lut[i] = model_ids[near[0]]
         else:
             lut[i] = other
