@@ -214,6 +214,10 @@ def segment_chunk(
     """
     segmenter = get_segmenter(model_ref)
     valid = valid[..., 0]
+    rows, cols = valid.shape[0] - 2 * margin, valid.shape[1] - 2 * margin
+    if not valid[margin : margin + rows, margin : margin + cols].any():  # no pixel of its own has data: no model
+        # call (a drone ortho mostly outside its flight's footprint: 90.9 s, against 14.4 s for its data alone)
+        return np.full((rows, cols, 1 + confidence + segmenter.card.n_classes * probabilities), NODATA, np.uint8)
     x = segmenter.card.normalize(block, normalization)
     x[~valid] = 0.0
     # Without --probabilities only the winning class and its probability come back from the model
@@ -926,16 +930,22 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
     if info.has_mask or info.paletted:
         return
     edge = min(2, info.height, info.width)
-    zero = total = 0
+    filled = {0: 0}  # the fill value: pixels of the edge at it in every band
+    if np.dtype(info.dtype).kind in "ui":  # a white fill (255 of 8 bits) around a drone ortho, as a black one
+        filled[int(np.iinfo(info.dtype).max)] = 0
+    total = 0
 
     def count(ds, window, shape, cols=None) -> None:
-        nonlocal zero, total
-        filled = None
+        nonlocal total
+        at = dict.fromkeys(filled)
         for band in plan.bands:  # one by one: a VRT's bands may be of several types
             data = ds.read(band, window=window, out_shape=shape)
-            zeros = (data if cols is None else data[:, cols]) == 0
-            filled = zeros if filled is None else filled & zeros
-        zero, total = zero + int(filled.sum()), total + filled.size
+            data = data if cols is None else data[:, cols]
+            for value in at:
+                at[value] = (data == value) if at[value] is None else at[value] & (data == value)
+        for value, where in at.items():
+            filled[value] += int(where.sum())
+        total += next(iter(at.values())).size
 
     try:
         with open_quietly(info.path) as ds:
@@ -955,11 +965,14 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
                     count(ds, window, (max(1, info.height // max(1, info.height // 1024)), edge))
     except (RasterioError, CPLE_BaseError):  # a damaged file: the run's own read names it and the window
         return
-    if total and zero / total > FILL_SHARE:
-        log.warning("%s: %.0f%% of its edge is 0 in every band, and it has no nodata value: the fill that a warp "
-                    "or mosaic leaves? Those pixels are segmented as if they were ground (a flood map counts them as "
-                    "water or dry land). Tag it: gdal_edit.py -a_nodata 0 %s (or warp with gdalwarp -dstnodata 0).",
-                    info.path, 100 * zero / total, info.path)
+    for value, count_at in filled.items():
+        if total and count_at / total > FILL_SHARE:
+            log.warning("%s: %.0f%% of its edge is %d in every band, and it has no nodata value: the fill that a warp, "
+                        "a mosaic or a drone ortho's export leaves? Those pixels are segmented as if they were ground (a "
+                        "flood map counts them as water or dry land). Tag it: gdal_edit.py -a_nodata %d %s (or warp "
+                        "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value, value, info.path,
+                        value)
+            return
 
 
 def _describe(norm: dict) -> str:

@@ -141,6 +141,29 @@ def test_nodata_becomes_255(make_raster, tiny_fcn, tmp_path, how):
     assert sum(c["pixels"] for c in result.classes) == (~hole).sum()
 
 
+def test_chunks_without_data_of_their_own_call_no_model(make_raster, tiny_fcn, tmp_path, monkeypatch):
+    """A drone ortho mostly outside its flight's footprint ran the U-Net over every empty chunk: 90.9 s against
+    14.4 s for its data alone. Chunks whose own pixels are all nodata now skip the model, with the same mask."""
+    import geoseg.pipeline as pipeline_module
+
+    data = np.full((3, 128, 160), 120, np.uint8)
+    data[:, :, 70:] = 200
+    data[:, 40:, :] = 0  # data in the top 40 rows only: the chunks below have none of their own
+    path = make_raster(data=data, nodata=0)
+    calls = []
+    predict = pipeline_module.predict_block
+    monkeypatch.setattr(pipeline_module, "predict_block", lambda *a, **k: (calls.append(1), predict(*a, **k))[1])
+    skipped = segment(path, tmp_path / "skipped", model=tiny_fcn, chunk=32, confidence=True, probabilities=True)
+    assert len(calls) == 10  # the two rows of chunks that hold rows 0-39, of four rows of five
+    full = segment(path, tmp_path / "full", model=tiny_fcn, chunk=128, confidence=True, probabilities=True)
+    for name in ("mask", "confidence", "probabilities"):
+        with rasterio.open(skipped.outputs[name]) as a, rasterio.open(full.outputs[name]) as b:
+            first, second = a.read(), b.read()
+            assert first.shape == second.shape and (first[:, 40:] == 255).all()
+            assert (first[:, :40] == second[:, :40]).all(), name
+    assert sum(c["pixels"] for c in skipped.classes) == 40 * 160
+
+
 def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path):
     """NaN without a nodata tag was fed to the model: it spread through every window that saw it
     (the default model called a whole raster land) and the preview came out black."""
@@ -213,6 +236,10 @@ def test_an_untagged_fill_around_a_warped_image_is_warned_about(make_raster, tmp
     report = scene(make_raster(name="scene.tif", data=data), tmp_path / "scene", model="threshold")
     assert any("of its edge is 0 in every band" in w for w in report.warnings)  # its report says so, not stderr alone
     assert json.loads((tmp_path / "scene" / "scene_scene.json").read_text())["warnings"] == report.warnings
+    caplog.clear()  # a drone ortho's white fill, as a black one (it was segmented without a word)
+    white = np.where(data == 0, 255, data).astype(np.uint8)
+    segment(make_raster(name="white.tif", data=white), tmp_path / "white", model="threshold", preview=False)
+    assert "of its edge is 255 in every band" in caplog.text and "gdal_edit.py -a_nodata 255" in caplog.text
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "int16", "float32", "int8"])  # GDAL's Int8 (3.7+) was refused
