@@ -702,6 +702,36 @@ def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypa
     assert chosen == []
 
 
+def test_log_lines_on_a_terminal_are_written_above_the_progress_bar(monkeypatch):
+    """On a terminal a warning was glued to the bar's line ('... 00:08<00:00WARNING geoseg.pipeline: ...')."""
+    import io
+    import logging
+
+    from geoseg.cli.segment import _bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    handler = logging.StreamHandler(screen)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    with _bar("big.tif", quiet=False, named=True) as progress:
+        progress(0.5, "a.tif")
+        progress.__self__.bar.refresh()  # shown now, not after its 1 s delay
+        logging.getLogger("geoseg.pipeline").warning("no valid pixels")
+        assert root.handlers != [handler]  # written through the bar meanwhile
+        progress(0.9)
+    assert root.handlers == [handler]
+    text = screen.getvalue()
+    assert "big.tif:  50%" in text and "a.tif" in text
+    before = text[:text.index("WARNING geoseg.pipeline: no valid pixels")]
+    assert before.endswith(("\r", "\n")), repr(text)  # on a line of its own, not after the bar's text
+
+
 def test_names_too_long_for_the_file_system_are_errors_not_tracebacks(run, make_raster, tmp_path):
     """A legal input name of 250 bytes gave an OSError (ENAMETOOLONG) traceback once '_mask.tif' was added."""
     image = make_raster(name="z" * 250 + ".tif", shape=(30, 40))
@@ -750,7 +780,7 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == (0 if signum == signal.SIGINT else 143), stderr.decode()
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), stderr.decode()  # Ctrl-C was 0
     assert "Traceback" not in stderr.decode() and not list((tmp_path / "geoseg-web").glob("server-*"))
     # werkzeug coloured its request log (a 404 in yellow) into a file or pipe with escape codes
     assert '"GET /no-such-page HTTP/1.1" 404' in stderr.decode() and "\x1b[" not in stderr.decode(), stderr.decode()

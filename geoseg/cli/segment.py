@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -209,10 +210,12 @@ def _summary(result) -> None:
 
 
 class _bar:
-    """A tqdm bar on stderr driven by the library's progress callback; shown after 1 s."""
+    """A tqdm bar on stderr driven by the library's progress callback; shown after 1 s. While it is shown, log
+    lines on stderr are written above it (a warning was glued to the bar's line, after its stale text)."""
 
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label, self.quiet, self.bar = label, quiet, None
+    def __init__(self, label: str, quiet: bool, *, named: bool = False) -> None:
+        # named: the callback takes (fraction, name), and the bar shows the name after it (survey's raster)
+        self.label, self.quiet, self.named, self.bar, self.swapped = label, quiet, named, None, []
 
     def __enter__(self):
         if self.quiet:
@@ -220,16 +223,49 @@ class _bar:
         from tqdm import tqdm
 
         self.bar = tqdm(total=100, desc=click.format_filename(self.label, shorten=True), unit="%",
-                        delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+                        delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+                        + (" {postfix}" if self.named else ""),
                         disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
+        if not self.bar.disable:
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+                    above = _AboveBar(handler)
+                    root.removeHandler(handler)
+                    root.addHandler(above)
+                    self.swapped.append((handler, above))
         return self._update
 
-    def _update(self, fraction: float) -> None:
+    def _update(self, fraction: float, name: str | None = None) -> None:
         self.bar.update(round(100 * fraction, 1) - self.bar.n)
+        if name is not None:
+            self.bar.set_postfix_str(name, refresh=False)
 
     def __exit__(self, *exc):
+        root = logging.getLogger()
+        for handler, above in self.swapped:
+            root.removeHandler(above)
+            root.addHandler(handler)
         if self.bar is not None:
             self.bar.close()
+
+
+class _AboveBar(logging.Handler):
+    """The stderr handler `handler`'s lines, written through tqdm: the bar is cleared, the line written, the bar
+    drawn again below it."""
+
+    def __init__(self, handler: logging.StreamHandler) -> None:
+        super().__init__(handler.level)
+        self.setFormatter(handler.formatter)
+        self.filters = list(handler.filters)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - as logging's own handlers: never the run's failure
+            self.handleError(record)
 
 
 class _client:

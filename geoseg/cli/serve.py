@@ -88,4 +88,5 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
         shutil.rmtree(jobs.root, ignore_errors=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # not Python's shutdown, which waits for the abandoned jobs' threads
+    # app.run returns only on Ctrl-C: 130, as every other command (it was 0, which a supervisor reads as a clean
+    os._exit(130)  # end); not Python's shutdown, which waits for the abandoned jobs' threads

@@ -38,29 +38,13 @@ def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, pr
     Masks, previews and mosaics that geoseg wrote are left out of folders and globs.
     Exit status 1 when any raster failed; the others still complete.
     """
+    from geoseg.cli.segment import _bar
     from geoseg.workflows.survey import survey as run_survey
-
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=100, desc="survey", unit="%", delay=1.0, leave=False,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
-                   disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
-
-    def progress(fraction: float, name: str) -> None:
-        bar.update(round(100 * fraction, 1) - bar.n)
-        bar.set_postfix_str(name, refresh=False)
 
     options = {k: v for k, v in {"bands": bands, "normalization": normalize, "chunk": chunk, "sieve": sieve or None,
                                  "preview": None if preview else False}.items() if v is not None}
-    try:
-        with fail_cleanly():
-            result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs,
-                                progress=progress if bar else None, **options)
-    finally:
-        if bar is not None:
-            bar.close()
+    with fail_cleanly(), _bar("survey", quiet, named=True) as progress:
+        result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs, progress=progress, **options)
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
