@@ -165,6 +165,13 @@ def test_areas_under_nodata_are_reported_as_unknown_not_as_none_of_a_class(tmp_p
     assert "the post-event image has data on 50.0% of its pixels" in caplog.text
     assert "The post-event image has data on only 50.0% of its pixels" in (tmp_path / "flood" / "flood.md").read_text()
     assert flood(clear, tmp_path / "flood2", method="ndwi").post_coverage_pct == 100.0
+    gpd.GeoDataFrame({"name": ["Nord | Süd*\nOst"]}, crs=crs, geometry=[shapely.box(x0, y0 - 400, x0 + 250, y0)]).to_file(
+        tmp_path / "named.gpkg")  # its '|' moved every number of the row one column along in flood.md
+    flood(clear, tmp_path / "flood3", method="ndwi", aoi=tmp_path / "named.gpkg", aoi_field="name")
+    report = (tmp_path / "flood3" / "flood.md").read_text()
+    header, row = [line for line in report.splitlines() if line.startswith("| aoi |") or "Nord" in line]
+    assert row.startswith("| Nord \\| Süd\\* Ost |")
+    assert len(re.findall(r"(?<!\\)\|", row)) == len(re.findall(r"\|", header))
     surveyed = survey([clear, cloudy], tmp_path / "survey", model="threshold", vector=False)
     rows = {Path(r["input"]).name: r for r in json.loads((tmp_path / "survey" / "survey_summary.json").read_text())[
         "rasters"]}

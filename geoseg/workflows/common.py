@@ -279,3 +279,12 @@ def same_field(columns, name: str | None) -> str | None:
     alike = [c for c in columns if isinstance(c, str) and unicodedata.normalize("NFC", c) == unicodedata.normalize(
         "NFC", name)]
     return alike[0] if len(alike) == 1 else name
+
+
+def md_cell(text: Any) -> str:
+    """`text` as one cell of a Markdown table: '|' and Markdown's marks escaped, line breaks as blanks. An area of
+    interest named 'Nord | Süd' moved every number of its row one column along, and '*' made emphasis."""
+    text = " ".join(str(text).splitlines())
+    for mark in "\\|*`<":  # '_' inside a name (tiny-fcn_tta-flips) makes no emphasis, and stays as it is
+        text = text.replace(mark, "\\" + mark)
+    return text

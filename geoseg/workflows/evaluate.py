@@ -21,6 +21,7 @@ from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
 from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
 from geoseg.vector import write_qml
+from geoseg.workflows.common import md_cell
 
 __all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
@@ -836,11 +837,11 @@ def markdown_table(evaluations: Sequence[Evaluation | dict], *, notes: bool = Fa
     each evaluation's notes below it (classes not scored, majority-assigned regions)."""
     evals = [e.to_dict() if isinstance(e, Evaluation) else e for e in evaluations]
     classes = list(dict.fromkeys(c for e in evals for c in e["per_class"]))
-    head = "| class | " + " | ".join(e.get("column", e["model"]) for e in evals) + " |"
+    head = "| class | " + " | ".join(md_cell(e.get("column", e["model"])) for e in evals) + " |"
     lines = [head, "|---|" + "---:|" * len(evals)]
     for c in classes:
         cells = [e["per_class"].get(c, {}).get("iou") for e in evals]
-        lines.append(f"| {c} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+        lines.append(f"| {md_cell(c)} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
     lines.append("| **mean IoU** | " + " | ".join("–" if e["mean_iou"] is None else f"**{e['mean_iou']:.3f}**"
                                                  for e in evals) + " |")
     lines.append("| pixel accuracy | " + " | ".join("–" if e["pixel_accuracy"] is None else f"{e['pixel_accuracy']:.3f}"

@@ -25,7 +25,7 @@ from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_
 from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
 from geoseg.workflows.common import (beyond_edge, check_layer_overlaps, class_card, coverage_pct, read_layer,
                                      segment_paths, staged_outputs, warnings_heard, write_json, write_text, zone_coverage,
-                                     zone_name, same_field)
+                                     zone_name, same_field, md_cell)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -692,7 +692,7 @@ def _markdown(result: FloodResult, post: str, pre) -> str:
                   "|---|" + "---:|" * len(keys)]
         for row in result.aoi:
             name = "" if row["aoi"] is None else row["aoi"]  # an empty --aoi-field value
-            lines.append(f"| {name} | " + " | ".join(_cell(row[k], k) for k in keys) + " |")
+            lines.append(f"| {md_cell(name)} | " + " | ".join(_cell(row[k], k) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ from geoseg.pipeline import (check_options, check_output_path, new_folders_remov
 from geoseg.raster import (first_line, is_gdal_path, name_key, pid_alive, raster_stem, remove_dead_temp_dirs,
                            unique_stems, written_by_geoseg)
 from geoseg.vector import write_qml
-from geoseg.workflows.common import class_card, write_csv, write_json, write_text
+from geoseg.workflows.common import class_card, md_cell, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
 
@@ -1005,7 +1005,7 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
     ok = [r for r in rows if r["status"] == "done"]
     bad = [r for r in rows if r["status"] != "done"]
     lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented (by this run or an earlier one), {len(bad)} failed.", ""]
-    lines += ["| class | total km² |", "|---|---:|"] + [f"| {k} | {v / 1e6:.4f} |" for k, v in totals.items()]
+    lines += ["| class | total km² |", "|---|---:|"] + [f"| {md_cell(k)} | {v / 1e6:.4f} |" for k, v in totals.items()]
     twice = sum(summed.values()) - sum(totals.values())
     if twice > 1e-3 * max(sum(totals.values()), 1.0):
         lines += ["", f"The rasters overlap: their own areas (survey_summary.csv) add up to "
