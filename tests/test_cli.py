@@ -40,6 +40,25 @@ def test_segment_json(run, make_raster, tiny_fcn, tmp_path):
     assert {"area_m2", "name", "pixels"} <= set(data["classes"][0])
 
 
+def test_json_runs_that_fail_still_print_one_object(run, make_raster, tmp_path):
+    """`segment bad.tif --json | jq` got an empty stdout (scene and flood too), while survey and models check
+    always printed an object."""
+    bad = tmp_path / "bad.tif"
+    bad.write_text("not a raster")
+    good = make_raster(shape=(30, 40))
+    for args in (["segment", bad, "-o", tmp_path / "s", "-m", "threshold"], ["scene", bad, "-o", tmp_path / "c"],
+                 ["flood", good, "-o", tmp_path / "f", "--pre", bad, "--method", "ndwi"],
+                 ["segment", tmp_path / "missing.tif", "-o", tmp_path / "m"]):
+        result = run(*args, "--json")
+        assert result.exit_code == 1
+        data = json.loads(result.stdout)
+        assert data["exit_code"] == 1 and ("bad.tif" in data["error"] or "missing.tif" in data["error"]), data
+    both = run("segment", good, bad, "-o", tmp_path / "two", "-m", "threshold", "--json")
+    assert both.exit_code == 1 and set(json.loads(both.stdout)) == {"results", "errors"}  # one object, not two
+    usage = run("segment", good, "--json", "--bogus")
+    assert usage.exit_code == 2 and usage.stdout == ""
+
+
 @pytest.mark.parametrize("name", ["b_mask.tif", "b_preview.png", "b_confidence.tif", "b_polygons.qml"])
 def test_segment_refuses_an_input_that_another_inputs_run_would_write_or_remove(run, make_raster, tmp_path, name):
     """segment b.tif b_mask.tif -o . --overwrite wrote b's mask over the input b_mask.tif; b_preview.png was

@@ -110,8 +110,20 @@ class _Group(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
     def _invoked(self, ctx: click.Context):
+        from geoseg.cli.options import forget_json
+
+        forget_json()  # a command run before in this process (a test, a notebook) printed its own
         try:
             return super().invoke(ctx)
+        except click.UsageError:  # exit 2: the command line itself, which a script fixes rather than parses
+            raise
+        except click.ClickException as exc:  # with --json, stdout held nothing: `| jq` failed to parse it
+            if "--json" in ctx.meta.get("geoseg.command_args", ()):
+                from geoseg.cli.options import emit_json, json_emitted
+
+                if not json_emitted():
+                    emit_json({"error": exc.format_message(), "exit_code": exc.exit_code})
+            raise
         except KeyboardInterrupt:
             status = 130
         except SystemExit as exc:  # SIGTERM (a scheduler's time limit): ended without a word in the job's log

@@ -136,7 +136,20 @@ def area_texts(areas_m2, missing: str = "") -> list[str]:
     return [missing if a is None else f"{a / 1e6:10.4f} km²" if large else f"{a:12,.1f} m²" for a in areas_m2]
 
 
+_EMITTED: list[bool] = []  # whether this process printed its --json object
+
+
 def emit_json(data) -> None:
     """Print one JSON object on stdout."""
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+    _EMITTED.append(True)
+
+
+def forget_json() -> None:
+    _EMITTED.clear()
+
+
+def json_emitted() -> bool:
+    """Whether `emit_json` printed the command's object already (an error after it adds none)."""
+    return bool(_EMITTED)
