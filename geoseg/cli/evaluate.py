@@ -160,8 +160,9 @@ def _variant(model, precision: str, tta: str):
 @click.option("--markdown", type=PathParam(dir_okay=False), default=None,
               help="Also write the table and its notes to this Markdown file.")
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-             normalize, chunk, sieve, as_json, precision, tta, markdown, overwrite):
+             normalize, chunk, sieve, as_json, precision, tta, markdown, overwrite, quiet):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -170,6 +171,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     regions (watershed-regions) gives each region its majority label class, which
     the report says: a bound for classifying those regions, not a classifier.
     """
+    from geoseg.cli.segment import _bar
     from geoseg.workflows.common import write_text
     from geoseg.workflows.evaluate import evaluate as run, markdown_table
 
@@ -180,10 +182,12 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels, label_format)
         _check_report(markdown, overwrite, model, image_paths, label_paths)
-        result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
-                     label_names=_split(label_names, "--label-names"),
-                     label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
-                     ignore_colors=_split(ignore_colors, "--ignore-colors"), **_segment_options(chunk, sieve, bands, normalize))
+        with _bar("evaluate", quiet) as progress:  # 63 tiles ran 20 minutes without a word on a terminal
+            result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
+                         label_names=_split(label_names, "--label-names"),
+                         label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
+                         ignore_colors=_split(ignore_colors, "--ignore-colors"), progress=progress,
+                         **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
     table = markdown_table([result])
@@ -203,9 +207,11 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
                                                 "in the -o folder (otherwise they are an error).")
+@click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-            normalize, chunk, sieve, as_json, precision, tta, output_dir, overwrite):
+            normalize, chunk, sieve, as_json, precision, tta, output_dir, overwrite, quiet):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
+    from geoseg.cli.segment import _bar
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
     only_with("overwrite", "-o/--output-dir", output_dir is not None)
@@ -219,12 +225,13 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         if len(refs) < 2:  # exit 1 in the Python API's words, after loading the model
             raise click.BadParameter(f"{models!r} names {len(refs)} model(s); compare needs two or more, "
                                      "comma-separated (for one, use geoseg evaluate).", param_hint="--models")
-        result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
-                     label_format=label_format,
-                     label_names=_split(label_names, "--label-names"),
-                     label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
-                     **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
-                     **_segment_options(chunk, sieve, bands, normalize))
+        with _bar("compare", quiet) as progress:
+            result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
+                         label_format=label_format,
+                         label_names=_split(label_names, "--label-names"),
+                         label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
+                         **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
+                         progress=progress, **_segment_options(chunk, sieve, bands, normalize))
     if as_json:
         emit_json(result)
         return

@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -195,6 +195,8 @@ def evaluate(
         of no class.
     keep_masks : path, optional
         Folder to keep the predicted masks in (default: a temporary folder).
+    progress : callable, optional
+        ``progress(fraction)`` of the whole evaluation, each image an equal part (in `**segment_options`).
 
     Returns
     -------
@@ -212,6 +214,7 @@ def evaluate(
     # a bad label_format was a bare KeyError, and chunks= segment()'s TypeError, after the labels were read
     _check_label_format(label_format, vector_field)
     ignore_colors = _checked_ignore_colors(label_format, ignore_colors)
+    progress = _progress_of(segment_options)
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     if label_format == "vector" and label_names is None and label_colors is None:
@@ -222,11 +225,24 @@ def evaluate(
     with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
         return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
                          label_colors=label_colors, vector_field=vector_field, ignore_colors=ignore_colors,
-                         keep_masks=keep_masks, **segment_options)
+                         keep_masks=keep_masks, progress=progress, **segment_options)
+
+
+def _progress_of(options: dict[str, Any]) -> Callable[[float], None] | None:
+    """The ``progress`` callback taken out of `options` (a fraction of the whole run), checked."""
+    progress = options.pop("progress", None)
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a function of the fraction done, or None. Received: {progress!r}")
+    return progress
+
+
+def _part(progress: Callable[[float], None] | None, done: float, share: float) -> Callable[[float], None] | None:
+    """A step's progress callback: its own fraction, as the part `share` of the whole after `done`."""
+    return None if progress is None else lambda fraction: progress(done + share * fraction)
 
 
 def _evaluate(model, images: list, labels: list, heard, *, label_format, label_names, label_colors,
-              vector_field, ignore_colors, keep_masks, **segment_options) -> Evaluation:
+              vector_field, ignore_colors, keep_masks, progress=None, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
     taken = {str(c["color"]).upper(): c["name"] for c in label_sets[0][0] if c.get("color")}
@@ -250,8 +266,9 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     unscored: list[str] = []  # images without a labelled pixel of a class scored: left out without a word
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
-        for image, label, (label_classes, lut) in zip(images, labels, label_sets):
+        for i, (image, label, (label_classes, lut)) in enumerate(zip(images, labels, label_sets)):
             result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
+                             progress=_part(progress, i / len(images), 1 / len(images)),
                              **_options_for(model, segment_options))
             with catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
@@ -572,9 +589,11 @@ def compare(
     told apart by a short hash of their path: ``STEM-HASH_disagreement.tif``, with
     their masks in ``MODEL/STEM-HASH/``. It needs `labels`, `output_dir` or both; every
     model's bands are checked in every image before any model runs. Masks and disagreement rasters of an
-    earlier run in `output_dir` are refused before anything runs, unless `overwrite`.
+    earlier run in `output_dir` are refused before anything runs, unless `overwrite`. ``progress=`` takes a
+    callback of the fraction of the whole comparison done, each model's runs an equal part.
     """
     models = _paths(models)
+    progress = _progress_of(options)  # of the whole comparison: each model's runs a part of it
     _check_label_format(options.get("label_format", "index"), options.get("vector_field", "class"))
     _checked_ignore_colors(options.get("label_format", "index"), options.get("ignore_colors"))
     check_options({k: v for k, v in options.items() if k not in LABEL_OPTIONS},
@@ -620,9 +639,11 @@ def compare(
         if not overwrite:
             _refuse_earlier_outputs(out, folders, images)
     if labels is not None:
-        for m, folder in zip(models, folders):
-            evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None, **options))
-    disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None) if out else []
+        for k, (m, folder) in enumerate(zip(models, folders)):
+            evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
+                                        progress=_part(progress, k / len(models), 1 / len(models)), **options))
+    disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
+                                 progress=progress) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
     rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m)}
             for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
@@ -737,7 +758,8 @@ def _vector_fields(labels: list, field: str) -> list | None:
     return found
 
 
-def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool) -> list[tuple[str, float | None]]:
+def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool,
+                  progress=None) -> list[tuple[str, float | None]]:
     """Each image's disagreement raster and the share of its valid pixels (%) on which all models agree (None
     where none is valid); `scored`: this run's evaluations already left every mask in `out`."""
     from geoseg.raster import write_class_mask
@@ -748,13 +770,15 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
     classes = disagreement_classes(len(models))
     paths = []
     names = unique_stems(images)
-    for image in images:
+    runs = len(images) * len(models)
+    for i, image in enumerate(images):
         masks = []
-        for m, name in zip(models, folders):
+        for j, (m, name) in enumerate(zip(models, folders)):
             folder = _mask_dir(out / name, image, names)
             mask = folder / f"{raster_stem(image)}_mask.tif"
             if not scored:  # masks from an earlier run may be of other images or settings
-                segment(image, folder, model=m, preview=False, overwrite=True, **_options_for(m, seg_options))
+                segment(image, folder, model=m, preview=False, overwrite=True,
+                        progress=_part(progress, (i * len(models) + j) / runs, 1 / runs), **_options_for(m, seg_options))
             masks.append(mask)
         info = inspect_raster(masks[0])
         handles = [open_quietly(p) for p in masks]  # a JPEG's masks: no georeferencing, and no warning of it
