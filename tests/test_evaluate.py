@@ -516,6 +516,28 @@ def test_compare_refuses_an_earlier_comparisons_outputs_unless_overwrite(make_ra
     assert result.exit_code == 0, result.output
 
 
+def test_compare_interrupted_midway_leaves_nothing_and_the_same_command_runs(make_raster, tmp_path):
+    """Ctrl-C during compare -o left the masks it had written, and the same command then refused them as 'from an
+    earlier comparison' until --overwrite."""
+    images = [make_raster(name=f"i{i}.tif", shape=(40, 50), seed=i) for i in range(2)]
+    out = tmp_path / "cmp"
+
+    def stop(fraction: float) -> None:
+        if fraction >= 0.5:  # in the third of four runs: two masks written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(["threshold", "region-growing"], images, output_dir=out, progress=stop)
+    assert not out.exists()  # the folder it made, and every file in it
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        compare(["threshold", "region-growing"], images, output_dir=tmp_path / "kept", progress=stop)
+    assert [p.name for p in (tmp_path / "kept").rglob("*")] == ["notes.txt"]  # a folder of the user's: only theirs
+    done = compare(["threshold", "region-growing"], images, output_dir=out)
+    assert len(done["disagreement"]) == 2
+
+
 def test_compare_needs_labels_or_an_output_folder(make_raster):
     """Loaded every model, then printed nothing and exited 0."""
     image = make_raster(shape=(40, 50))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -634,22 +635,51 @@ def compare(
                                  f"the comparison, so that every model reads them alike, and {_reference(m)} scores "
                                  "them by those names: put the model whose ids they are first (--models), or pass "
                                  "--label-names (label_names=) in id order.") from None
+    existed = out is not None and out.exists()
     if out is not None:  # a file there was "OUT/MODEL: cannot create the output folder (Not a directory)"
         prepare_output_dir(out, lambda d: {}, overwrite=True)
         if not overwrite:
             _refuse_earlier_outputs(out, folders, images)
-    if labels is not None:
-        for k, (m, folder) in enumerate(zip(models, folders)):
-            evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
-                                        progress=_part(progress, k / len(models), 1 / len(models)), **options))
-    disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
-                                 progress=progress) if out else []
+    # Ctrl-C or a failure midway left this run's masks, which the same command then refused as "an earlier
+    # comparison's": files and folders it made go again (those it replaced, with --overwrite, stay)
+    with _made_removed_on_error(out, existed):
+        if labels is not None:
+            for k, (m, folder) in enumerate(zip(models, folders)):
+                evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
+                                            progress=_part(progress, k / len(models), 1 / len(models)), **options))
+        disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
+                                     progress=progress) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
     rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m)}
             for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
     return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
             "agreement_pct": [pct for _, pct in disagreement]}
+
+
+@contextmanager
+def _made_removed_on_error(out: Path | None, existed: bool = True) -> Iterator[None]:
+    """Remove the files and folders under `out` that the block made, if it fails or is interrupted; `out` too
+    where it had not `existed` before the run, and is empty."""
+    if out is None:
+        yield
+        return
+    before = set(out.rglob("*"))
+    try:
+        yield
+    except BaseException:
+        made = sorted((p for p in out.rglob("*") if p not in before), key=lambda p: len(p.parts), reverse=True)
+        for path in made:  # the innermost first: a folder once its files are gone
+            try:
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+            except OSError:  # not empty (another's files), or gone already
+                pass
+        if not existed:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _refuse_earlier_outputs(out: Path, folders: list[str], images: list) -> None:
