@@ -99,6 +99,8 @@ def test_train_writes_a_working_bundle(tmp_path, label_format):
     config = _dataset(tmp_path, label_format)
     result = CliRunner().invoke(main, ["train", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    # Keras's epochs on stderr, as every command's progress: on stdout `train ... 2>train.log` logged none
+    assert "Epoch 1/" in result.stderr and "Epoch" not in result.stdout and "\x1b[" not in result.stderr
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert [c["name"] for c in card["classes"]] == ["a", "b"]
     assert set(card["metrics"]["validation"]["iou"]) == {"a", "b"}

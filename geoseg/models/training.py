@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob
 import json
@@ -796,17 +797,22 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
                               config.patience, time.monotonic() + 60 * config.max_minutes if config.max_minutes else None,
                               split="selection" if select_pairs else "validation", ema=ema)
-    bar = 1 if sys.stdout.isatty() else 2  # a live bar (loss per step) on a terminal, one line per epoch in logs
+    # a live bar (loss per step) on a terminal, one line per epoch in logs and where colour or cursor moves are
+    # unwanted (NO_COLOR, TERM=dumb: Keras's bar wrote 64 escape codes an epoch); on stderr, as every other
+    # command's progress: Keras prints to stdout, where `geoseg train ... 2>train.log` logged no epoch
+    plain = os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb"
+    bar = 1 if sys.stderr.isatty() and not plain else 2
     if callback.fitted:  # interrupted after the last epoch (Keras has dropped its backup): keep what it trained
         log.info("%s: the epochs were done before the interruption; finishing from the kept weights", work)
         optimizer.build(model.trainable_variables)  # the kept weights file holds the optimizer's state too
     else:
         try:  # two backups: a kill while Keras wrote one (in place) left a file that no rerun could open
-            model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
-                      callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
-                                 # validate (and keep) the moving average of the weights, not the last step's
-                                 *([ema] if ema is not None else []),
-                                 callback])
+            with contextlib.redirect_stdout(sys.stderr):
+                model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
+                          callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
+                                     # validate (and keep) the moving average of the weights, not the last step's
+                                     *([ema] if ema is not None else []),
+                                     callback])
         except _Diverged as exc:  # a NaN loss wrote a bundle of NaN weights that geoseg then refused to load
             raise _diverged_error(config, work, f"the loss became {exc.loss} at step {exc.step} of epoch "
                                                 f"{exc.epoch}") from None
