@@ -459,24 +459,55 @@ def _warped(ds, grid: RasterInfo, resampling: str):
 
 
 def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float = 0.05) -> RasterInfo | None:
-    """The grid of `info` at `pixel_size` metres, or None when no resampling is needed or possible.
+    """The grid of `info` at `pixel_size` metres on the ground, or None when no resampling is needed or possible.
 
-    Resampling happens for projected rasters whose pixel differs from the model's by
-    more than `tolerance` (relative); rasters without a CRS or in degrees are left as they are.
+    Resampling happens for georeferenced rasters whose pixel differs from the model's by more than `tolerance`
+    (relative); rasters without a CRS are left as they are. A pixel's size is its sides in the CRS's units,
+    or, where those are no ground metres (degrees; Web Mercator, whose metres are 1.6 ground metres at 52° N,
+    or any CRS whose areas stray over 1% from the ground's), its sides measured on the ellipsoid at the
+    raster's centre: a DroneDeploy export in EPSG:3857 was shown to a 0.12 m model at 0.074 m, and one in
+    EPSG:4326 not resampled at all.
     """
     from dataclasses import replace
 
-    if not pixel_size or info.crs is None or info.crs.is_geographic or info.transform.is_identity:
+    if not pixel_size or info.crs is None or info.transform.is_identity:
         return None
-    factor, t = metres_per_unit(info.crs), info.transform
-    # a pixel's sides, rotated grids too: |a| and |e| were 0 at 90 degrees, and the work grid 1 x 1
-    res = (float(np.hypot(t.a, t.d)) * factor, float(np.hypot(t.b, t.e)) * factor)
+    t = info.transform
+    if info.crs.is_geographic or areal_distortion(info.crs, t, info.width, info.height) > AREAL_TOLERANCE:
+        res = _ground_sides(info)
+        if res is None:
+            log.warning("%s: the ground size of its pixels in %s cannot be worked out, so it is not resampled to "
+                        "the model's %g m pixels; warp it to a projected CRS (its UTM zone) first", info.path,
+                        info.crs.to_string(), pixel_size)
+            return None
+    else:
+        factor = metres_per_unit(info.crs)
+        # a pixel's sides, rotated grids too: |a| and |e| were 0 at 90 degrees, and the work grid 1 x 1
+        res = (float(np.hypot(t.a, t.d)) * factor, float(np.hypot(t.b, t.e)) * factor)
     if all(abs(r - pixel_size) / pixel_size <= tolerance for r in res):
         return None
     width = max(1, round(info.width * res[0] / pixel_size))
     height = max(1, round(info.height * res[1] / pixel_size))
     transform = info.transform * Affine.scale(info.width / width, info.height / height)
     return replace(info, width=width, height=height, transform=transform)
+
+
+def _ground_sides(info: RasterInfo) -> tuple[float, float] | None:
+    """Metres on the WGS 84 ellipsoid of the sides of the pixel at the raster's centre (along its columns, then
+    its rows); None where PROJ cannot take its corners to longitude and latitude."""
+    from pyproj import Geod, Transformer
+
+    t = info.transform
+    col, row = info.width / 2, info.height / 2
+    corners = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
+    try:
+        lon, lat = Transformer.from_crs(info.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
+            [x for x, _ in corners], [y for _, y in corners])
+        geod = Geod(ellps="WGS84")
+        sides = (geod.inv(lon[0], lat[0], lon[1], lat[1])[2], geod.inv(lon[0], lat[0], lon[2], lat[2])[2])
+    except Exception:  # noqa: BLE001 - a CRS PROJ cannot invert
+        return None
+    return (float(sides[0]), float(sides[1])) if all(np.isfinite(sides)) and min(sides) > 0 else None
 
 
 def regrid(src: Path, dst: Path, like: RasterInfo, *, resampling: str, block: int = 1024,

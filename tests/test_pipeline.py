@@ -635,6 +635,19 @@ def test_resampled_to_the_models_pixel_size_and_back(make_raster, model_dir, tmp
                          * rasterio.Affine.rotation(30) * rasterio.Affine.scale(0.5, -0.5))
     grid = segment(tilted, tmp_path / "tilt", model=folder / "one-metre.keras", preview=False).plan["model_grid"]
     assert (grid["width"], grid["height"]) == (40, 30)  # 0.5 m pixels: half as many; it was 35 x 26 (0.433 m)
+    # Web Mercator's metres at 60° N are half a ground metre: its 2 m pixels are the model's 1 m (they were
+    # taken as 2 m and halved), and a raster in degrees is resampled by its pixels' ground size (it was not)
+    import math
+
+    north = 6378137.0 * math.log(math.tan(math.pi / 4 + math.radians(60) / 2))
+    mercator = make_raster(name="mercator.tif", shape=(60, 80), crs="EPSG:3857",
+                           transform=from_origin(1000000.0, north + 60.0, 2.0, 2.0))
+    assert segment(mercator, tmp_path / "merc", model=folder / "one-metre.keras", preview=False).plan["model_grid"] \
+        is None
+    degrees = make_raster(name="degrees.tif", shape=(60, 80), crs="EPSG:4326",
+                          transform=from_origin(55.0, 0.0003, 0.5 / 111320, 0.5 / 110574))  # 0.5 m at the equator
+    grid = segment(degrees, tmp_path / "deg", model=folder / "one-metre.keras", preview=False).plan["model_grid"]
+    assert (grid["width"], grid["height"]) == (40, 30)
 
 
 def test_flip_tta_averages_the_four_flips_and_stays_seam_free(make_raster, tiny_fcn, tmp_path):

@@ -30,7 +30,8 @@ __all__ = ["segment"]
               help="1-based input bands in model order. Default: the model card's.")
 @normalize_option
 @click.option("--resample/--no-resample", default=True, show_default=True,
-              help="Resample to the model card's pixel size (when it gives one) and back to the input grid.")
+              help="Resample to the model card's pixel size (ground metres, when it gives one) and back to the "
+                   "input grid.")
 @chunk_option
 @click.option("--tile", type=click.IntRange(1, MAX_TILE), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")
