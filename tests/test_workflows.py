@@ -910,6 +910,64 @@ def test_survey_redoes_a_raster_whose_nodata_or_mask_changed_and_upgrades_keep_t
     assert all("masking" in e["key"] for e in json.loads((out / "manifest.json").read_text())["entries"].values())
 
 
+def test_survey_asks_again_about_a_file_an_earlier_run_took_by_name(make_raster, tmp_path):
+    """A mask named on its own (never asked whether geoseg wrote it) was then trusted as an input of a folder
+    rerun, which failed on it."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "imgs").mkdir()
+    image = make_raster(name="imgs/a.tif", shape=(30, 40))
+    segment(image, tmp_path / "imgs", model="threshold", preview=False)
+    (tmp_path / "list.txt").write_text("imgs/a_mask.tif\n")
+    survey([tmp_path / "list.txt"], tmp_path / "out", model="threshold")
+    again = survey([tmp_path / "imgs"], tmp_path / "out", model="threshold")
+    assert [Path(e["input"]).name for e in again.done + again.skipped] == ["a.tif"] and not again.failed
+
+
+def test_survey_upgrades_adopt_only_records_whose_files_are_as_that_run_saw_them(make_raster, tmp_path):
+    """Records of an older geoseg (no 'masking'; before that 'sidecars' instead of 'georef') were adopted whatever
+    had changed since: a world file corrected, or nodata set in the .aux.xml, kept the stale mask; and a touched
+    raster or a --no-vector rerun was segmented again on the first run after the upgrade."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    names = ["a", "b", "c", "d", "e"]
+    paths = {n: make_raster(name=f"in/{n}.tif", shape=(30, 40), seed=i) for i, n in enumerate(names)}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(paths["e"], "r+") as ds:
+        ds.write_mask(np.full((30, 40), 255, np.uint8))  # e.tif.msk: a source in this geoseg's keys
+    old = time.time_ns() - 3600 * 10**9
+    for path in [*(tmp_path / "in").iterdir(), tmp_path / "in"]:
+        os.utime(path, ns=(old, old))
+    out = tmp_path / "out"
+    assert len(survey([tmp_path / "in"], out, model="threshold", preview=False).done) == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    for source, entry in manifest["entries"].items():  # as the geoseg of last session wrote them: no masking,
+        del entry["key"]["masking"]  # and no mask file among the sources
+        entry["key"].pop("sources", None)
+        entry.pop("nodata_m2")
+        if source.endswith("d.tif"):  # as a geoseg of two sessions ago wrote it: sidecars, no georef, no seen
+            del entry["key"]["georef"]
+            entry.pop("seen")
+            entry["key"]["sidecars"] = []
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    Path(f"{paths['a']}.aux.xml").write_text("<PAMDataset>" + "".join(  # nodata set since
+        f'<PAMRasterBand band="{i}"><NoDataValue>0</NoDataValue></PAMRasterBand>' for i in (1, 2, 3)) + "</PAMDataset>")
+    os.utime(paths["b"])  # touched: the same content
+    Path(f"{paths['d']}.aux.xml").write_text("<PAMDataset><SRS>EPSG:32641</SRS></PAMDataset>")  # placed anew since
+    masks = {n: (out / n / f"{n}_mask.tif").stat().st_mtime_ns for n in names}
+    survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)
+    again = [n for n in names if (out / n / f"{n}_mask.tif").stat().st_mtime_ns != masks[n]]
+    assert again == ["a", "d"]  # b, c and e kept their masks; only their polygons went (--no-vector)
+    with rasterio.open(out / "d" / "d_mask.tif") as ds:
+        assert ds.crs == "EPSG:32641"
+    assert not list(out.glob("*/*_polygons.gpkg"))  # --no-vector: removed, the masks kept
+    entries = json.loads((out / "manifest.json").read_text())["entries"]
+    assert all("masking" in e["key"] for e in entries.values())
+    assert any(s.endswith(".msk") for s, *_ in entries[str(paths["e"])]["key"]["sources"])
+    rows = json.loads((out / "survey_summary.json").read_text())["rasters"]  # the masks' own, not blank
+    assert all(isinstance(r["nodata_m2"], float) for r in rows), rows
+
+
 def test_survey_resumes_and_survives_a_bad_raster(make_raster, tiny_fcn, tmp_path):
     from rasterio.transform import from_origin
 

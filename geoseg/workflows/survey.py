@@ -55,7 +55,7 @@ class SurveyResult:
 
 def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = frozenset(), *,
                   left_out: list[str] | None = None, output_dir: str | os.PathLike | None = None,
-                  _inputs_before: dict[str, list[int]] | None = None) -> list[str]:
+                  _inputs_before: dict[str, list[int]] | None = None, _vetted: list[str] | None = None) -> list[str]:
     """Turn folders, globs, text files of paths and VRT mosaics into a list of raster paths.
 
     A single str or path counts as a list of one. A folder gives its rasters (recursively, hidden
@@ -69,8 +69,9 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     previews, an earlier survey's mosaic) is left out, with a warning, and appended to it; a file
     named on its own is kept. Files under `output_dir` are not counted among them: the survey leaves
     those out itself (a rerun's warning counted its own outputs, and named f1_mask.tif twice).
-    `_inputs_before` (absolute path: [size, mtime_ns]) holds rasters an earlier survey took as inputs: where
-    one is unchanged it is not opened again to ask whether geoseg wrote it (2.4 s of a rerun of 1,010 tiles).
+    `_inputs_before` (absolute path: [size, mtime_ns]) holds files an earlier survey found geoseg had not
+    written: where one is unchanged it is not opened again to ask (2.4 s of a rerun of 1,010 tiles); `_vetted`
+    gets this run's such files.
     """
     inside = Path(os.path.abspath(output_dir)) if output_dir is not None else None
     out: list[str] = []
@@ -82,6 +83,8 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
             return found
         ours = [f for f in found if Path(f).suffix.lower() != ".txt" and not (inside and inside in Path(
                 os.path.abspath(f)).parents) and not _taken_before(f, _inputs_before) and written_by_geoseg(f)]
+        if _vetted is not None:  # asked, and not geoseg's (a file named on its own is not asked: not one of these)
+            _vetted.extend(f for f in found if f not in ours)
         left_out.extend(ours)
         if ours:  # a segment -o into the image folder: its masks and previews were segmented as images
             shown = [os.path.relpath(f, item) if os.path.isdir(item) else Path(f).name for f in ours[:3]]
@@ -127,7 +130,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
                                    str(Path(glob.escape(str(path.parent))) / line))
                 elif is_gdal_path(item_path) or os.path.lexists(item_path):
                     out += expand_inputs([item_path], _lists | {os.path.realpath(path)}, left_out=left_out,
-                                         output_dir=output_dir, _inputs_before=_inputs_before)
+                                         output_dir=output_dir, _inputs_before=_inputs_before, _vetted=_vetted)
                 else:  # missing: the batch reports it (a folder's '[' made it a pattern that matched nothing)
                     out.append(item_path)
         elif path.suffix.lower() == ".vrt" and path.is_file():
@@ -282,7 +285,9 @@ def _fingerprint(path: str, known: dict[str, Any] | None = None) -> tuple[dict[s
     stat = os.stat(local)
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     stored = (known or {}).get("key")
-    if isinstance(stored, dict) and "georef" in stored and _unchanged((known or {}).get("seen")):
+    # a record without `masking` (an older geoseg's) is read once, for `adopt` to check it while it can: taken
+    # over unread, its nodata set later in the .aux.xml was then adopted as if the old run had used it
+    if isinstance(stored, dict) and "georef" in stored and "masking" in stored and _unchanged((known or {}).get("seen")):
         return {**key, **{k: stored[k] for k in ("georef", "sources", "masking") if k in stored}}, known["seen"]
     read, seen = _read_by_gdal(path, local)
     return {**key, **read}, seen
@@ -511,10 +516,12 @@ class _Manifest:
         self.card_bands: list[int] | None = None  # the model's own bands, which a key leaves out
         self.unsaved = False  # entries changed by `remember` since the last write
         self.batch: dict[str, Any] = {}  # what the batch files were written from, and their sizes and times
+        self.vetted: dict[str, list[int]] = {}  # files found to be no output of geoseg's: [size, mtime_ns]
         try:
             whole = json.loads(path.read_bytes()) if path.exists() else {}
             stored = whole.get("entries", {})
             self.batch = whole.get("batch") if isinstance(whole.get("batch"), dict) else {}
+            self.vetted = whole.get("vetted") if isinstance(whole.get("vetted"), dict) else {}
             self.entries: dict[str, Any] = {
                 str(key): {**e, "outputs": {str(k): str(self.base / v) if not os.path.isabs(v) else str(v)
                                             for k, v in e.get("outputs", {}).items()}}
@@ -557,8 +564,13 @@ class _Manifest:
 
     def adopt(self, source: str, key: dict[str, Any]) -> None:
         """A raster done before keys held what GDAL reads from other files (``georef``, ``sources``; then
-        ``masking``, its nodata values and mask flags): its record takes them as they are now, as that run took
-        the raster. Upgrading segmented every raster with a world file or .aux.xml again (or with a nodata value)."""
+        ``masking``, its nodata values and mask flags, with a mask file among the sources): its record takes them
+        as they are now, as that run took the raster, where the files GDAL reads for it are provably as that run
+        saw them (`_as_that_run_saw`). Upgrading segmented every raster with a world file or .aux.xml again (or
+        with a nodata value); adopting without that proof kept a mask of a world file corrected since, or of
+        nodata set since in the .aux.xml. The record keeps its own time and extras (``vector``, ``preview``), which
+        `same_content` and `extras_only` then compare: a touched raster or a --no-vector rerun was segmented
+        again on the first run after an upgrade."""
         entry = self.entries.get(self.key_of(source))
         stored = self.stored_key(source)
         if not (entry and stored is not None and entry.get("status") == "done"):
@@ -566,15 +578,18 @@ class _Manifest:
         if "georef" not in stored and "georef" in key:
             new: tuple[str, ...] = ("georef", "sources", "masking")
         elif "masking" not in stored and "masking" in key:
-            new = ("masking",)
+            new = ("masking", "sources")  # a mask file (a.tif.msk) is a source now
         else:
             return
-        if {k: v for k, v in stored.items() if k != "sidecars"} == {k: v for k, v in key.items() if k not in new}:
-            with self.lock:  # written with the next record or `save`: a write per raster was quadratic
-                self.entries[self.key_of(source)] = {
-                    **entry, "key": {**{k: v for k, v in entry["key"].items() if k != "sidecars"},
-                                     **{k: key[k] for k in new if k in key}}}
-                self.unsaved = True
+        loose = ("sidecars", "mtime_ns", *new)
+        if _without_extras({k: v for k, v in stored.items() if k not in loose}) != _without_extras(
+                {k: v for k, v in key.items() if k not in loose}) or not _as_that_run_saw(source, entry):
+            return
+        with self.lock:  # written with the next record or `save`: a write per raster was quadratic
+            self.entries[self.key_of(source)] = {
+                **entry, "key": {**{k: v for k, v in entry["key"].items() if k not in ("sidecars", *new)},
+                                 **{k: key[k] for k in new if k in key}}}
+            self.unsaved = True
 
     def same_content(self, source: str, key: dict[str, Any]) -> bool:
         """Whether `source` is done with a key that differs from `key` in the file's time alone, and the file's
@@ -629,6 +644,13 @@ class _Manifest:
             if self.unsaved:
                 self._write()
 
+    def vet(self, files: list[str]) -> None:
+        """Record `files` (found by folders and globs, and asked) as no output of geoseg's, with their sizes and
+        times now: a rerun does not ask again while they are unchanged (`expand_inputs`)."""
+        vetted = {os.path.abspath(f): stat for f, stat in _stats(files).items() if stat is not None}
+        if vetted != self.vetted:
+            self.vetted, self.unsaved = vetted, True
+
     def batch_kept(self, signature: str) -> dict[str, str] | None:
         """The batch outputs of the last run, where it wrote them from the same rasters' outputs (`signature`)
         and every one of them (and its style) is as it left them; else None."""
@@ -656,20 +678,61 @@ class _Manifest:
         stored = {key: {**e, "outputs": {k: os.path.relpath(v, self.base) for k, v in e["outputs"].items()}}
                   for key, e in self.entries.items()}
         # a record without the batch (a raster done or failed since) makes the next run write the batch files
-        write_json(self.path, {"version": 2, "entries": stored, **({"batch": self.batch} if self.batch else {})})
+        write_json(self.path, {"version": 2, "entries": stored, **({"batch": self.batch} if self.batch else {}),
+                               **({"vetted": self.vetted} if self.vetted else {})})
         self.unsaved = False
 
 
 def _inputs_before(out_dir: Path) -> dict[str, list[int]]:
-    """The local rasters an earlier survey into `out_dir` took as inputs, with the size and time each had then
-    (for `expand_inputs`); none where there is no manifest, or one that cannot be read (the survey says why)."""
+    """The files an earlier survey into `out_dir` found were no output of geoseg's, with the size and time each
+    had then (for `expand_inputs`); none where there is no manifest, or one that cannot be read (the survey says
+    why). Not the rasters it took: one named on its own (or in a list) was never asked."""
     try:
         manifest = _Manifest(out_dir / MANIFEST)
     except GeosegError:
         return {}
-    return {source: [e["key"]["size"], e["key"]["mtime_ns"]] for source, e in manifest.entries.items()
-            if isinstance(e.get("key"), dict) and isinstance(e["key"].get("size"), int)
-            and isinstance(e["key"].get("mtime_ns"), int) and not is_gdal_path(source)}
+    return {k: v for k, v in manifest.vetted.items() if isinstance(v, list)}
+
+
+def _as_that_run_saw(source: str, entry: dict[str, Any]) -> bool:
+    """Whether the files GDAL reads for `source` now are those (names, sizes, times) that the run of `entry`
+    recorded: its ``seen`` (this geoseg's), or its key's ``sidecars`` (an older one's). A record of neither
+    (older still) is taken as it stands."""
+    recorded_seen, sidecars = entry.get("seen"), (entry.get("key") or {}).get("sidecars")
+    if not recorded_seen and sidecars is None:
+        return True
+    local = _local_file(source)
+    if local is None or is_gdal_path(source):
+        return True
+    files = _files_read(source)
+    if files is None:
+        return False
+    main, folder = os.path.abspath(local), os.path.dirname(os.path.abspath(local))
+    if recorded_seen:  # the raster's own time aside: `same_content` compares a touched raster by content
+        return [list(f) for f in recorded_seen.get("files", []) if f[0] != main] == [f for f in files if f[0] != main]
+    return sorted([os.path.relpath(f, folder), size, mtime] for f, size, mtime in files if f != main) == \
+        sorted(list(f) for f in sidecars)
+
+
+def _files_read(path: str) -> list[list] | None:
+    """[path, size, mtime_ns] of every local file GDAL reads for `path`, sorted; None where it cannot open it."""
+    from geoseg.raster import open_quietly
+
+    try:
+        with open_quietly(path) as ds:
+            names = ds.files
+    except Exception:  # noqa: BLE001 - any failure to open: no proof of anything
+        return None
+    out = []
+    for name in names:
+        if is_gdal_path(name):
+            continue
+        try:
+            stat = os.stat(name)
+        except OSError:
+            continue
+        out.append([os.path.abspath(name), stat.st_size, stat.st_mtime_ns])
+    return sorted(out)
 
 
 def _with_seen(entry: dict[str, Any], seen: dict[str, Any] | None) -> dict[str, Any]:
@@ -747,7 +810,9 @@ def survey(
     check_options({**segment_options, "vector": vector}, caller="survey()", taken=("overwrite", "progress"))
     out_dir = Path(output_dir)
     written: list[str] = []  # a segment -o into an image folder: its masks and previews are no images
-    sources = expand_inputs(inputs, left_out=written, output_dir=out_dir, _inputs_before=_inputs_before(out_dir))
+    vetted: list[str] = []  # files found to be no output of geoseg's, for the next run
+    sources = expand_inputs(inputs, left_out=written, output_dir=out_dir, _inputs_before=_inputs_before(out_dir),
+                            _vetted=vetted)
     inside = Path(os.path.abspath(out_dir))  # outputs in an input folder: a rerun segmented its own masks
     ours = [s for s in sources if not is_gdal_path(s) and inside in Path(s).parents]
     if ours:
@@ -773,6 +838,7 @@ def survey(
                           and not (k == "bands" and v is not None and list(v) == list(card.bands))}}
             manifest = _Manifest(out_dir / MANIFEST)
             manifest.card_bands = list(card.bands)
+            manifest.vet(vetted)
             folders = _folders(sources, manifest)  # one output folder per raster, the same on every run
             for folder in set(folders.values()):  # those of runs killed outright (SIGKILL) mid-raster
                 remove_dead_temp_dirs(out_dir / folder)
@@ -970,7 +1036,8 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
         for c in e.get("classes", []) or [{"name": c.name} for c in classes]:
             row[f"{c['name']}_m2"] = c.get("area_m2", "")
         # the raster's area of no class (clouds, nodata): a cloudy date read as less of every class, unexplained
-        row["nodata_m2"] = e.get("nodata_m2", "") if e.get("nodata_m2") is not None else ""
+        nodata = e.get("nodata_m2") if "nodata_m2" in e or not row["mask"] else _nodata_m2(row["mask"])
+        row["nodata_m2"] = "" if nodata is None else nodata  # none: a mask without a CRS
         rows.append(row)
     outputs["summary_csv"] = str(out_dir / "survey_summary.csv")
     outputs["summary_json"] = str(out_dir / "survey_summary.json")
@@ -985,6 +1052,18 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
                                          "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
     write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed, len(groups)))
     return outputs
+
+
+def _nodata_m2(mask: str) -> float | None:
+    """m² of a mask's nodata, for a raster an older geoseg segmented (its record has none); None without a CRS."""
+    from geoseg.raster import NODATA, class_pixels_and_areas, inspect_raster
+
+    try:
+        info = inspect_raster(mask)
+        areas = class_pixels_and_areas(mask, info, NODATA + 1)[1]
+    except GeosegError:
+        return None
+    return None if areas is None else round(float(areas[NODATA]), 3)
 
 
 def _placed(masks: list[str]) -> dict[str, tuple]:
