@@ -4,6 +4,10 @@ import importlib.abc
 import logging
 import sys
 
+from geoseg._locale import neutral_case_rules
+
+neutral_case_rules()  # before GDAL and PROJ are used: a Turkish locale's 'i' broke their name lookups
+
 
 class _GdalBeforeTensorFlow(importlib.abc.MetaPathFinder):
     """Loads GDAL's vector library (pyogrio) just before TensorFlow is first imported.

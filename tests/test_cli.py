@@ -685,7 +685,7 @@ def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypa
     import locale
     import unicodedata
 
-    import geoseg._launch as launch
+    from geoseg._locale import neutral_case_rules
     from geoseg.models import read_card
     from geoseg.workflows.common import same_field
     from geoseg.workflows.evaluate import _remap
@@ -712,12 +712,17 @@ def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypa
     chosen = []
     monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "tr_TR.UTF-8" if value is None
                         else chosen.append(value))
-    launch._neutral_case_rules()
+    neutral_case_rules()
     assert chosen == ["C.UTF-8"]
+    chosen.clear()
+    monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "tr_TR.ISO-8859-9" if value is None
+                        else chosen.append(value))
+    neutral_case_rules()
+    assert chosen == ["C"]
     chosen.clear()
     monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "de_DE.UTF-8" if value is None
                         else chosen.append(value))
-    launch._neutral_case_rules()
+    neutral_case_rules()
     assert chosen == []
 
 
