@@ -715,6 +715,7 @@ def segment(
     norm = _normalization(card, normalization, info, plan)
     _check_value_range(info, plan, card, norm)
     _check_untagged_fill(info, plan)
+    _check_alpha_read(info, plan)
     stem = raster_stem(info.path)
     with new_folders_removed_on_error(output_dir):  # bad input or Ctrl-C from here on leave no empty folder
         paths = prepare_output_dir(
@@ -973,6 +974,22 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
                         "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value, value, info.path,
                         value)
             return
+
+
+def _check_alpha_read(info: RasterInfo, plan: Plan) -> None:
+    """Warn when the model reads a band the file tags as alpha (transparency): an RGBA drone ortho through a
+    four-band model (or --bands 1,2,3,4) had its alpha read as a band of data, with no word; `flood` said so."""
+    from rasterio.enums import ColorInterp
+
+    try:
+        with open_quietly(info.path) as ds:
+            tagged = [b for b in plan.bands if ds.colorinterp[b - 1] == ColorInterp.alpha]
+    except (rasterio.errors.RasterioError, IndexError):
+        return
+    for band in tagged:
+        log.warning("%s: band %d, which the model reads as its band %d, is tagged alpha (transparency), not data: "
+                    "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (gdal_edit.py "
+                    "-colorinterp_%d undefined) if it holds data", info.path, band, plan.bands.index(band) + 1, band)
 
 
 def _describe(norm: dict) -> str:

@@ -388,6 +388,9 @@ class WindowSource:
                 if self.has_mask or self.grid is not None:
                     valid = valid_pixels(ds.read_masks(self.bands, window=window),
                                          [ds.nodatavals[b - 1] for b in self.bands])[..., None]
+                    alpha = [i for i, b in enumerate(self.bands) if ds.colorinterp[b - 1] == ColorInterp.alpha]
+                    if alpha:  # the alpha band's own mask is all valid: read with others, every pixel was, the
+                        valid &= data[..., alpha[0]:alpha[0] + 1] > 0  # drone ortho's empty fill too
                 else:
                     valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context

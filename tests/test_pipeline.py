@@ -164,6 +164,20 @@ def test_chunks_without_data_of_their_own_call_no_model(make_raster, tiny_fcn, t
     assert sum(c["pixels"] for c in skipped.classes) == 40 * 160
 
 
+def test_an_alpha_band_read_as_data_is_warned_of_and_still_marks_nodata(make_raster, tmp_path, caplog):
+    """An RGBA drone ortho through a four-band model: its alpha was read as a band of data, every pixel valid
+    (the fill outside the footprint classed, 512,556 px of it 'water'), and nothing said so."""
+    data = np.random.default_rng(0).integers(30, 200, (4, 40, 50)).astype(np.uint8)
+    data[3] = 255
+    data[3, :, 30:] = 0  # outside the footprint
+    data[:3, :, 30:] = 0
+    path = make_raster(data=data, photometric="rgb", alpha="YES")
+    result = segment(path, tmp_path / "out", model="threshold-nir", preview=False)
+    assert "band 4, which the model reads as its band 4, is tagged alpha (transparency)" in caplog.text
+    mask = _read(result.outputs["mask"])
+    assert (mask[:, 30:] == 255).all() and (mask[:, :30] != 255).all()
+
+
 def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path):
     """NaN without a nodata tag was fed to the model: it spread through every window that saw it
     (the default model called a whole raster land) and the preview came out black."""
