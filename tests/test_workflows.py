@@ -849,6 +849,7 @@ def test_survey_reruns_keep_the_batch_files_while_nothing_they_are_made_of_chang
     assert len(first.done) == 3 and len(first.failed) == 1 and built == [1]
     report = (out / "survey_report.md").read_text()
     assert "3 raster(s) segmented (by this run or an earlier one), 1 failed." in report
+    assert "| class | total m² |" in report  # 300 m² a raster: 0.0003 km² said little
     built.clear(), asked.clear()
     again = survey([tmp_path / "in"], out, model="threshold", preview=False)
     assert len(again.skipped) == 3 and built == [] and again.outputs == first.outputs
@@ -1133,7 +1134,7 @@ def test_survey_totals_count_overlapping_rasters_once(make_raster, tiny_fcn, tmp
         assert summary["total_m2"][name] == pytest.approx(once)
         assert summary["sum_of_rasters_m2"][name] == pytest.approx(sum((m == c).sum() for m in masks.values()) * 0.25)
     report = (out / "survey_report.md").read_text()
-    assert "The rasters overlap" in report and f"{40 * 20 * 0.25 / 1e6:.4f} km² more" in report
+    assert "The rasters overlap" in report and f"{40 * 20 * 0.25:,.1f} m² more" in report  # a drone survey: m²
     # f1 redone and f0 skipped: the mosaic still stacks them in input order (it put f0 on top), so the totals stay
     (out / "f1" / "f1_mask.tif").unlink()  # (touching f1 no longer redoes it: its content is the same)
     again = survey([tmp_path / "flights"], out, **command)

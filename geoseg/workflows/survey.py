@@ -1084,11 +1084,16 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
     ok = [r for r in rows if r["status"] == "done"]
     bad = [r for r in rows if r["status"] != "done"]
     lines = ["# Survey report", "", f"{len(ok)} raster(s) segmented (by this run or an earlier one), {len(bad)} failed.", ""]
-    lines += ["| class | total km² |", "|---|---:|"] + [f"| {md_cell(k)} | {v / 1e6:.4f} |" for k, v in totals.items()]
+    # m² for a drone survey's totals: 18 m² of water read 0.0000 km²
+    unit, per = ("km²", 1e6) if max(totals.values(), default=0) >= 1e6 else ("m²", 1.0)
+    digits = 4 if per > 1 else 1
+    lines += [f"| class | total {unit} |", "|---|---:|"] + [f"| {md_cell(k)} | {v / per:,.{digits}f} |"
+                                                           for k, v in totals.items()]
     twice = sum(summed.values()) - sum(totals.values())
     if twice > 1e-3 * max(sum(totals.values()), 1.0):
         lines += ["", f"The rasters overlap: their own areas (survey_summary.csv) add up to "
-                  f"{sum(summed.values()) / 1e6:.4f} km², {twice / 1e6:.4f} km² more than the ground they cover. "
+                  f"{sum(summed.values()) / per:,.{digits}f} {unit}, {twice / per:,.{digits}f} {unit} more than the "
+                  "ground they cover. "
                   "The totals count each place once, as the mosaic shows it: where rasters overlap, the one listed "
                   "last in the mosaic decides its class."]
     if n_crs > 1:
