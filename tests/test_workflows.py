@@ -772,9 +772,19 @@ def test_survey_redoes_a_raster_whose_world_file_or_vrt_source_changed(make_rast
     (tmp_path / "in" / "a.png.aux.xml").write_text('<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key='
                                                    '"STATISTICS_MEAN">127</MDI></Metadata></PAMRasterBand></PAMDataset>')
     os.utime(world, ns=(10**18, 10**18))
+    kept = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(kept.skipped) == 2 and not kept.done
+    # a manifest of a geoseg before 'georef' keys, which listed the files GDAL read ('sidecars'): as that run saw
+    # them, it is adopted; one of them changed since (even only its time) is redone, as that geoseg did
     manifest = json.loads((out / "manifest.json").read_text())
-    for entry in manifest["entries"].values():
-        entry["key"] = {**{k: v for k, v in entry["key"].items() if k not in ("georef", "sources")}, "sidecars": []}
+    for source, entry in manifest["entries"].items():
+        folder = os.path.dirname(source)
+        with rasterio.open(source) as ds:
+            files = [f for f in ds.files if os.path.abspath(f) != source]
+        entry["key"] = {**{k: v for k, v in entry["key"].items() if k not in ("georef", "sources", "masking")},
+                        "sidecars": sorted([os.path.relpath(f, folder), os.stat(f).st_size, os.stat(f).st_mtime_ns]
+                                           for f in files)}
+        entry.pop("seen", None)
     (out / "manifest.json").write_text(json.dumps(manifest))
     kept = survey([tmp_path / "in"], out, model="threshold", preview=False)
     assert len(kept.skipped) == 2 and not kept.done

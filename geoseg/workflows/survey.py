@@ -578,12 +578,15 @@ class _Manifest:
         if "georef" not in stored and "georef" in key:
             new: tuple[str, ...] = ("georef", "sources", "masking")
         elif "masking" not in stored and "masking" in key:
-            new = ("masking", "sources")  # a mask file (a.tif.msk) is a source now
+            new = ("masking", "sources")  # a mask file (a.tif.msk) is a source now; the others are compared
+            if [f for f in stored.get("sources", []) if not f[0].lower().endswith(".msk")] != [
+                    f for f in key.get("sources", []) if not f[0].lower().endswith(".msk")]:
+                return
         else:
             return
         loose = ("sidecars", "mtime_ns", *new)
         if _without_extras({k: v for k, v in stored.items() if k not in loose}) != _without_extras(
-                {k: v for k, v in key.items() if k not in loose}) or not _as_that_run_saw(source, entry):
+                {k: v for k, v in key.items() if k not in loose}) or not _as_that_run_saw(source, entry, new):
             return
         with self.lock:  # written with the next record or `save`: a write per raster was quadratic
             self.entries[self.key_of(source)] = {
@@ -694,12 +697,14 @@ def _inputs_before(out_dir: Path) -> dict[str, list[int]]:
     return {k: v for k, v in manifest.vetted.items() if isinstance(v, list)}
 
 
-def _as_that_run_saw(source: str, entry: dict[str, Any]) -> bool:
+def _as_that_run_saw(source: str, entry: dict[str, Any], new: tuple[str, ...] = ()) -> bool:
     """Whether the files GDAL reads for `source` now are those (names, sizes, times) that the run of `entry`
-    recorded: its ``seen`` (this geoseg's), or its key's ``sidecars`` (an older one's). A record of neither
-    (older still) is taken as it stands."""
+    recorded, as far as the key's `new` fields depend on them: its key's ``sidecars`` (a geoseg before 'georef'
+    keys: every file, as that geoseg compared them), or its ``seen`` (a geoseg before 'masking' keys: the files
+    that can hold nodata, .aux.xml and .msk; its georeferencing is in its key). A record of neither (older still)
+    is taken as it stands."""
     recorded_seen, sidecars = entry.get("seen"), (entry.get("key") or {}).get("sidecars")
-    if not recorded_seen and sidecars is None:
+    if sidecars is None and (not recorded_seen or "georef" in new):
         return True
     local = _local_file(source)
     if local is None or is_gdal_path(source):
@@ -708,8 +713,11 @@ def _as_that_run_saw(source: str, entry: dict[str, Any]) -> bool:
     if files is None:
         return False
     main, folder = os.path.abspath(local), os.path.dirname(os.path.abspath(local))
-    if recorded_seen:  # the raster's own time aside: `same_content` compares a touched raster by content
-        return [list(f) for f in recorded_seen.get("files", []) if f[0] != main] == [f for f in files if f[0] != main]
+    if sidecars is None:  # the raster's own time aside: `same_content` compares a touched raster by content
+        def masking(listed) -> list[list]:
+            return [list(f) for f in listed if f[0] != main and f[0].lower().endswith((".aux.xml", ".msk"))]
+
+        return masking(recorded_seen.get("files", [])) == masking(files)
     return sorted([os.path.relpath(f, folder), size, mtime] for f, size, mtime in files if f != main) == \
         sorted(list(f) for f in sidecars)
 
