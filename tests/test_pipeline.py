@@ -141,6 +141,25 @@ def test_nodata_becomes_255(make_raster, tiny_fcn, tmp_path, how):
     assert sum(c["pixels"] for c in result.classes) == (~hole).sum()
 
 
+def test_nodata_is_filled_with_the_data_mirrored_across_the_footprints_edge():
+    """Zeros at a footprint's edge (a flat mid-grey to a -1..1 model) cost 1.8 points of pixel accuracy within 20 px
+    of the edge on held-out tiles; the raster's own edge is mirrored, and so is a footprint's now."""
+    from geoseg.pipeline import fill_nodata
+
+    x = np.random.default_rng(0).normal(size=(6, 10, 2)).astype(np.float32)
+    valid = np.ones((6, 10), bool)
+    assert fill_nodata(x.copy(), valid).tobytes() == x.tobytes()  # no nodata: untouched
+    valid[:, 6:] = False  # columns 6-9 nodata: column 6 mirrors 4, 7 mirrors 3, ...
+    filled = fill_nodata(x.copy(), valid)
+    assert (filled[:, :6] == x[:, :6]).all()
+    assert all((filled[:, c] == x[:, 10 - c]).all() for c in range(6, 10))
+    valid[:, :] = False
+    valid[2, 2] = True  # the mirror of most pixels is nodata too: the nearest valid pixel
+    filled = fill_nodata(x.copy(), valid)
+    assert (filled == x[2, 2]).all()
+    assert (fill_nodata(x.copy(), np.zeros((6, 10), bool)) == 0).all()
+
+
 def test_chunks_without_data_of_their_own_call_no_model(make_raster, tiny_fcn, tmp_path, monkeypatch):
     """A drone ortho mostly outside its flight's footprint ran the U-Net over every empty chunk: 90.9 s against
     14.4 s for its data alone. Chunks whose own pixels are all nodata now skip the model, with the same mask."""
