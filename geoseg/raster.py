@@ -46,6 +46,7 @@ __all__ = [
     "PixelAreas",
     "pixel_areas_m2",
     "model_grid",
+    "pixel_sides_m",
     "open_quietly",
     "read_preview",
     "reading_pixels",
@@ -475,24 +476,32 @@ def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float =
 
     if not pixel_size or info.crs is None or info.transform.is_identity:
         return None
-    t = info.transform
-    if info.crs.is_geographic or areal_distortion(info.crs, t, info.width, info.height) > AREAL_TOLERANCE:
-        res = _ground_sides(info)
-        if res is None:
-            log.warning("%s: the ground size of its pixels in %s cannot be worked out, so it is not resampled to "
-                        "the model's %g m pixels; warp it to a projected CRS (its UTM zone) first", info.path,
-                        info.crs.to_string(), pixel_size)
-            return None
-    else:
-        factor = metres_per_unit(info.crs)
-        # a pixel's sides, rotated grids too: |a| and |e| were 0 at 90 degrees, and the work grid 1 x 1
-        res = (float(np.hypot(t.a, t.d)) * factor, float(np.hypot(t.b, t.e)) * factor)
+    res = pixel_sides_m(info)
+    if res is None:
+        log.warning("%s: the ground size of its pixels in %s cannot be worked out, so it is not resampled to "
+                    "the model's %g m pixels; warp it to a projected CRS (its UTM zone) first", info.path,
+                    info.crs.to_string(), pixel_size)
+        return None
     if all(abs(r - pixel_size) / pixel_size <= tolerance for r in res):
         return None
     width = max(1, round(info.width * res[0] / pixel_size))
     height = max(1, round(info.height * res[1] / pixel_size))
     transform = info.transform * Affine.scale(info.width / width, info.height / height)
     return replace(info, width=width, height=height, transform=transform)
+
+
+def pixel_sides_m(info: RasterInfo) -> tuple[float, float] | None:
+    """The ground metres of a pixel's two sides (along columns, then rows): in the CRS's units where those are
+    ground metres (UTM; a rotated grid's sides too: |a| and |e| were 0 at 90 degrees), else measured on the
+    ellipsoid at the raster's centre (degrees, Web Mercator, any CRS whose areas stray over 1%). None without a
+    CRS, or where PROJ cannot say."""
+    if info.crs is None or info.transform.is_identity:
+        return None
+    t = info.transform
+    if info.crs.is_geographic or areal_distortion(info.crs, t, info.width, info.height) > AREAL_TOLERANCE:
+        return _ground_sides(info)
+    factor = metres_per_unit(info.crs)
+    return float(np.hypot(t.a, t.d)) * factor, float(np.hypot(t.b, t.e)) * factor
 
 
 def _ground_sides(info: RasterInfo) -> tuple[float, float] | None:

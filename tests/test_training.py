@@ -103,6 +103,7 @@ def test_train_writes_a_working_bundle(tmp_path, label_format):
     assert "Epoch 1/" in result.stderr and "Epoch" not in result.stdout and "\x1b[" not in result.stderr
     card = json.loads((tmp_path / "models" / "toy.json").read_text())
     assert [c["name"] for c in card["classes"]] == ["a", "b"]
+    assert card["pixel_size"] == 1.0  # the training images': another flight is resampled to it
     assert set(card["metrics"]["validation"]["iou"]) == {"a", "b"}
     assert card["training"]["validation_images"][0].endswith("img2.tif")
     assert (tmp_path / "models" / "toy.toml").exists()

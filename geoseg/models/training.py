@@ -81,6 +81,7 @@ class TrainConfig:
     version: str = ""
     description: str = ""
     data_description: str = ""
+    pixel_size: float | None = None  # the card's (ground metres); default the training images' own, where they agree
     output: str = "."
     source: str = ""
 
@@ -315,6 +316,7 @@ _RANGES = {
     "max_minutes": (0, None, False), "dice_weight": (0, None, True), "dropout": (0, 1, "low"),
     "ema": (0, 1, "low"), "band_jitter": (0, 1, "low"), "scale_jitter": (0, 3, True),
     "seed": (0, 2**32 - 1, True),  # what keras.utils.set_random_seed takes
+    "pixel_size": (0, None, False),
 }
 
 
@@ -511,6 +513,30 @@ def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
 
 # GDAL's sidecars beside an image (statistics, overviews, masks) and what file managers leave in folders
 SIDECARS = (".aux.xml", ".ovr", ".msk", ".tif.xml", "thumbs.db", ".ds_store", "desktop.ini")
+
+
+def training_pixel_size(paths: list[str], source: str = "") -> float | None:
+    """The ground pixel size (metres) of the training images where every one has a CRS and they agree within 5%
+    (their median); else None, with a line in the log where they differ."""
+    from geoseg.errors import GeosegError
+    from geoseg.raster import inspect_raster, pixel_sides_m
+
+    sizes = []
+    for path in paths:
+        try:
+            sides = pixel_sides_m(inspect_raster(path))
+        except GeosegError:
+            return None
+        if sides is None:
+            return None
+        sizes.append(float(np.mean(sides)))
+    if not sizes:
+        return None
+    if max(sizes) > 1.05 * min(sizes):
+        log.info("%s: the training images' pixels are %.3g-%.3g m, so the card records no pixel size (set "
+                 "pixel_size in [data] to have other rasters resampled to one)", source, min(sizes), max(sizes))
+        return None
+    return round(float(np.median(sizes)), 6)
 
 
 def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[list, ...]:
@@ -753,6 +779,9 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
         "classes": config.card_classes,
         "margin": margin, "tile_size": None, "multiple_of": multiple,
+        # rasters of another pixel size are then resampled to it (segment --resample); trained on 3 cm orthos, a
+        # 5 cm flight was segmented at 5 cm without a word
+        "pixel_size": config.pixel_size or training_pixel_size([p for *_, p in train_pairs], config.source),
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     try:
