@@ -29,6 +29,7 @@ from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE, PRECISIONS, TTA_MODES
 from geoseg.raster import (
     IO_LOCK,
     NODATA,
+    gdal_can_name,
     RasterInfo,
     WindowSource,
     check_bands,
@@ -508,11 +509,11 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     """
     check_output_path(output_dir)
     out_dir = Path(output_dir)
-    try:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused
-        os.path.abspath(out_dir).encode("utf-8")  # with a traceback after the work
-    except UnicodeEncodeError:
+    # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused with a
+    # traceback after the work; a Latin-1 one into other letters, which GDAL could not write ("cannot write here")
+    if not gdal_can_name(os.path.abspath(out_dir)):
         raise InputError(f"{str(out_dir)!r}: the output folder's name cannot be passed to GDAL in this locale. Run "
-                         "in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.") from None
+                         "in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")
     try:

@@ -45,6 +45,7 @@ __all__ = [
     "metres_per_unit",
     "PixelAreas",
     "pixel_areas_m2",
+    "gdal_can_name",
     "model_grid",
     "pixel_sides_m",
     "open_quietly",
@@ -185,6 +186,22 @@ def shares(pixels: Sequence[float], areas: Sequence[float | None] | None = None,
     return [round(100 * w / total, digits) if total else None for w in weights]
 
 
+def gdal_can_name(path: str | os.PathLike) -> bool:
+    """Whether GDAL, which takes names as UTF-8, opens the file Python means by `path`: an ASCII name, or one in
+    a UTF-8 locale. Under de_DE.ISO-8859-1 'Straße.tif' was decoded as Latin-1 and passed on as other bytes:
+    "No such file or directory" for a file that exists, and "cannot write here" for an output folder 'ausgabe_ä'."""
+    import codecs
+
+    text = os.fspath(path)
+    if isinstance(text, bytes) or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")  # an ASCII locale's surrogates cannot be
+    except UnicodeEncodeError:
+        return False
+    return codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+
+
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     """Open `path` with rasterio, check it can be segmented, and describe it; nothing is read.
 
@@ -204,6 +221,9 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         raise RasterReadError(f"{path}: no such file. Check the path.")
     elif os.path.isdir(path):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
+    if not gdal_can_name(path):
+        raise InputError(f"{path!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
+                         "file names). Run in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
     stamp = None if is_gdal_path(path) else _stamp(path)  # before it is opened: a change after it is seen
     try:
         with catch_warnings():

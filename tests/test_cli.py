@@ -678,7 +678,7 @@ def test_reports_are_written_in_utf8_whatever_the_locale(make_raster, tmp_path):
     assert "km²" in (tmp_path / "f" / "flood.md").read_text(encoding="utf-8")
 
 
-def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypatch):
+def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, make_raster, tmp_path, monkeypatch):
     """A card read in the locale's encoding garbled 'Gebäude' into every output; a stdout in cp932 made `geoseg
     models > list.txt` a traceback; a class or field name in macOS's decomposed form matched nothing; a Turkish
     locale broke GDAL's and PROJ's case-insensitive lookups."""
@@ -709,6 +709,19 @@ def test_locales_and_unicode_forms_of_other_systems(tiny_fcn, tmp_path, monkeypa
     lut, missing = _remap([{"name": decomposed}], read_card(path))
     assert not missing and lut[0] == 0
     assert same_field(["Bezirk_ü", "geometry"], unicodedata.normalize("NFD", "Bezirk_ü")) == "Bezirk_ü"
+    from geoseg import segment
+    from geoseg.errors import InputError
+    from geoseg.raster import inspect_raster
+
+    plain = make_raster(name="plain.tif", shape=(20, 30))
+    street = tmp_path / "Straße.tif"  # under de_DE.ISO-8859-1 Python decodes its name as Latin-1: GDAL said
+    shutil.copy(tiny_fcn.with_suffix(".json"), street)  # "No such file" of a file that exists
+    with monkeypatch.context() as latin:
+        latin.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+        with pytest.raises(InputError, match="cannot be passed to GDAL in this locale .*Run in a UTF-8 locale"):
+            inspect_raster(street)
+        with pytest.raises(InputError, match="the output folder's name cannot be passed to GDAL in this locale"):
+            segment(plain, tmp_path / "ausgabe_ä", model="threshold")
     chosen = []
     monkeypatch.setattr(locale, "setlocale", lambda category, value=None: "tr_TR.UTF-8" if value is None
                         else chosen.append(value))

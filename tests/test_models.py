@@ -65,7 +65,7 @@ CARD = {
         ({"tile_size": 10**12}, "'tile_size' must be an int from 1 to 2048"),
         ({"margin": True}, "'margin' must be an int"),
         # names -m NAME cannot pick: '?' starts options, ',' splits --models, a suffix is taken for a file
-        ({"name": "my?model"}, "field 'name' must start with a letter or digit and hold only letters"),
+        ({"name": "my?model"}, "field 'name' must start with an ASCII letter or digit and hold only ASCII letters"),
         ({"name": "a,b"}, "field 'name'"),
         ({"name": "v1.keras"}, "not end in .keras, .json or .h5"),
         ({"name": None}, "field 'name'"),

@@ -184,7 +184,7 @@ class ModelCard:
         multiple_of = _bounded(data, "multiple_of", 1, source)
         pixel_size = data.get("pixel_size")
         if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
-            raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (map units per pixel) or absent. "
+            raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (ground metres per pixel) or absent. "
                             f"Received: pixel_size={pixel_size!r}")
         output = data.get("output", "classes")
         if output not in OUTPUTS:
@@ -222,7 +222,7 @@ def check_model_name(name: Any, source: str = "card") -> None:
     """
     if isinstance(name, str) and NAME_PATTERN.fullmatch(name) and not name.lower().endswith(PATH_SUFFIXES):
         return
-    raise CardError(f"{source}: field 'name' must start with a letter or digit and hold only letters, digits, "
+    raise CardError(f"{source}: field 'name' must start with an ASCII letter or digit and hold only ASCII letters, digits, "
                     f"'_', '.' and '-', and not end in {', '.join(PATH_SUFFIXES[:-1])} or {PATH_SUFFIXES[-1]} (a model is picked by this name "
                     f"with -m NAME, and such a name cannot be picked). Received: name={name!r}")
 

@@ -148,7 +148,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", flat["name"])
             or flat["name"].lower().endswith((".keras", ".json", ".h5", ".toml"))):
         where = "--name" if overrides.get("name") is not None else f"{path}: name"
-        raise InputError(f"{where} must start with a letter or digit, hold only letters, digits, '_', '.' "
+        raise InputError(f"{where} must start with an ASCII letter or digit, hold only ASCII letters, digits, '_', '.' "
                          f"and '-', and not end in a file suffix (.keras, .json, .h5, .toml): it names the model "
                          f"and its files NAME.keras and NAME.json. Received: {flat['name']!r}")
     if flat.get("architecture", "unet") not in ARCHITECTURES:
