@@ -238,7 +238,8 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     dtype=np.result_type(*ds.dtypes).name,  # as its bands are read (`read_bands`)
                     crs=ds.crs,
                     transform=ds.transform,
-                    has_mask=any(MaskFlags.all_valid not in f for f in flags),
+                    # an alpha band that is not the last of 2 or 4 (R,G,B,NIR,alpha): GDAL makes no mask of it
+                    has_mask=any(MaskFlags.all_valid not in f for f in flags) or ColorInterp.alpha in ds.colorinterp,
                     block_shape=tuple(ds.block_shapes[0]),
                     gcps=tuple(ds.gcps[0]),
                     gcp_crs=ds.gcps[1],
@@ -409,9 +410,10 @@ class WindowSource:
                 if self.has_mask or self.grid is not None:
                     valid = valid_pixels(ds.read_masks(self.bands, window=window),
                                          [ds.nodatavals[b - 1] for b in self.bands])[..., None]
-                    alpha = [i for i, b in enumerate(self.bands) if ds.colorinterp[b - 1] == ColorInterp.alpha]
-                    if alpha:  # the alpha band's own mask is all valid: read with others, every pixel was, the
-                        valid &= data[..., alpha[0]:alpha[0] + 1] > 0  # drone ortho's empty fill too
+                    alpha = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] == ColorInterp.alpha]
+                    if alpha:  # its own mask is all valid, and GDAL makes a mask of it only as the last of 2 or 4
+                        # bands: read with others, or in an R,G,B,NIR,alpha ortho, every pixel was valid
+                        valid &= (ds.read(alpha[0], window=window) > 0)[..., None]
                 else:
                     valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context

@@ -195,6 +195,15 @@ def test_an_alpha_band_read_as_data_is_warned_of_and_still_marks_nodata(make_ras
     assert "band 4, which the model reads as its band 4, is tagged alpha (transparency)" in caplog.text
     mask = _read(result.outputs["mask"])
     assert (mask[:, 30:] == 255).all() and (mask[:, :30] != 255).all()
+    # R,G,B,NIR,alpha (a multispectral ortho): GDAL makes no mask of an alpha that is not the last of 2 or 4 bands,
+    # and the transparent half was classed even with the alpha left unread
+    five = np.concatenate([data[:3], data[:1], data[3:]])
+    path = make_raster(name="five.tif", data=five)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined,
+                          ColorInterp.alpha]
+    mask = _read(segment(path, tmp_path / "five", model="threshold-nir", preview=False).outputs["mask"])
+    assert (mask[:, 30:] == 255).all() and (mask[:, :30] != 255).all()
 
 
 def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path):
