@@ -1427,3 +1427,30 @@ def test_the_config_copy_beside_a_bundle_keeps_brackets_and_home_paths(tmp_path,
     import glob
 
     assert len(glob.glob(str(copy.parent / data["images"][0]))) == 3  # the copy's pattern finds the images
+
+
+def test_the_cards_pixel_size_is_the_training_images_own(tmp_path):
+    """Recorded as the mean of 1e-5 degree pixels at 52° N (0.69 x 1.11 m), it made segment resample the training
+    images' own kind out of shape; and a pixel_size of 0.25 in [data] for 1 m images was written unchecked."""
+    from types import SimpleNamespace
+
+    from rasterio.transform import from_origin
+
+    from geoseg.models.training import _pixel_size, training_pixel_size
+
+    def image(name, crs, transform):
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8", crs=crs,
+                           transform=transform) as ds:
+            ds.write(np.zeros((1, 16, 16), np.uint8))
+        return str(path)
+
+    utm = [image(f"u{i}.tif", "EPSG:32640", from_origin(500000.0 + 20 * i, 2800000.0, 1.0, 1.0)) for i in range(2)]
+    degrees = image("g.tif", "EPSG:4326", from_origin(5.0, 52.0, 1e-5, 1e-5))
+    assert training_pixel_size(utm) == 1.0 and training_pixel_size([degrees]) is None
+    assert training_pixel_size([*utm, image("half.tif", "EPSG:32640", from_origin(500000.0, 2800000.0, 0.5, 0.5))]) \
+        is None  # mixed sizes
+    assert _pixel_size(SimpleNamespace(pixel_size=None, source="c.toml"), utm) == 1.0
+    assert _pixel_size(SimpleNamespace(pixel_size=1.02, source="c.toml"), utm) == 1.02
+    with pytest.raises(InputError, match=r"pixel_size = 0.25 m, but the training images' pixels are 1 m"):
+        _pixel_size(SimpleNamespace(pixel_size=0.25, source="c.toml"), utm)

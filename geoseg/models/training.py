@@ -529,6 +529,11 @@ def training_pixel_size(paths: list[str], source: str = "") -> float | None:
             return None
         if sides is None:
             return None
+        if max(sides) > 1.05 * min(sides):  # one number cannot say it: 1e-5 degree pixels at 52° N are 0.69 x 1.11 m,
+            # and their mean made segment resample the training images' own kind out of shape
+            log.info("%s: %s has pixels of %.3g x %.3g m, not square, so the card records no pixel size", source,
+                     path, *sides)
+            return None
         sizes.append(float(np.mean(sides)))
     if not sizes:
         return None
@@ -537,6 +542,20 @@ def training_pixel_size(paths: list[str], source: str = "") -> float | None:
                  "pixel_size in [data] to have other rasters resampled to one)", source, min(sizes), max(sizes))
         return None
     return round(float(np.median(sizes)), 6)
+
+
+def _pixel_size(config: TrainConfig, paths: list[str]) -> float | None:
+    """The card's pixel size: the config's, which must be the training images' own where they have one (the model
+    learns features at that size: a pixel_size of 0.25 for 1 m images made segment upsample every raster x4), or
+    theirs."""
+    measured = training_pixel_size(paths, config.source)
+    if config.pixel_size is None:
+        return measured
+    if measured is not None and abs(config.pixel_size - measured) > 0.05 * measured:
+        raise InputError(f"{config.source}: pixel_size = {config.pixel_size} m, but the training images' pixels are "
+                         f"{measured:.3g} m, the size the model learns its features at. Leave pixel_size out (the "
+                         "card then records theirs), or resample the images to it first (gdalwarp -tr).")
+    return config.pixel_size
 
 
 def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[list, ...]:
@@ -781,7 +800,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         "margin": margin, "tile_size": None, "multiple_of": multiple,
         # rasters of another pixel size are then resampled to it (segment --resample); trained on 3 cm orthos, a
         # 5 cm flight was segmented at 5 cm without a word
-        "pixel_size": config.pixel_size or training_pixel_size([p for *_, p in train_pairs], config.source),
+        "pixel_size": _pixel_size(config, [p for *_, p in train_pairs]),
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     try:
@@ -1092,7 +1111,7 @@ def _rebased(path: str, base: str, *, pattern: bool = False) -> str:
 
 
 # settings that may change when an interrupted run resumes; any other change means another run
-_RESUMABLE = ("max_minutes", "patience", "output", "description", "version", "data_description")
+_RESUMABLE = ("max_minutes", "patience", "output", "description", "version", "data_description", "pixel_size")
 
 
 def _resume_settings(config: TrainConfig) -> dict[str, Any]:
