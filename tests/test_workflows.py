@@ -942,7 +942,7 @@ def test_survey_upgrades_adopt_only_records_whose_files_are_as_that_run_saw_them
     from geoseg.workflows import survey
 
     (tmp_path / "in").mkdir()
-    names = ["a", "b", "c", "d", "e"]
+    names = ["a", "b", "c", "d", "e", "f"]
     paths = {n: make_raster(name=f"in/{n}.tif", shape=(30, 40), seed=i) for i, n in enumerate(names)}
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(paths["e"], "r+") as ds:
         ds.write_mask(np.full((30, 40), 255, np.uint8))  # e.tif.msk: a source in this geoseg's keys
@@ -950,7 +950,7 @@ def test_survey_upgrades_adopt_only_records_whose_files_are_as_that_run_saw_them
     for path in [*(tmp_path / "in").iterdir(), tmp_path / "in"]:
         os.utime(path, ns=(old, old))
     out = tmp_path / "out"
-    assert len(survey([tmp_path / "in"], out, model="threshold", preview=False).done) == 5
+    assert len(survey([tmp_path / "in"], out, model="threshold", preview=False).done) == 6
     manifest = json.loads((out / "manifest.json").read_text())
     for source, entry in manifest["entries"].items():  # as the geoseg of last session wrote them: no masking,
         del entry["key"]["masking"]  # and no mask file among the sources
@@ -960,15 +960,20 @@ def test_survey_upgrades_adopt_only_records_whose_files_are_as_that_run_saw_them
             del entry["key"]["georef"]
             entry.pop("seen")
             entry["key"]["sidecars"] = []
+        if source.endswith("f.tif"):  # surveyed within 2 s of its export: no 'seen', no proof of what it read
+            entry.pop("seen")
     (out / "manifest.json").write_text(json.dumps(manifest))
     Path(f"{paths['a']}.aux.xml").write_text("<PAMDataset>" + "".join(  # nodata set since
         f'<PAMRasterBand band="{i}"><NoDataValue>0</NoDataValue></PAMRasterBand>' for i in (1, 2, 3)) + "</PAMDataset>")
     os.utime(paths["b"])  # touched: the same content
     Path(f"{paths['d']}.aux.xml").write_text("<PAMDataset><SRS>EPSG:32641</SRS></PAMDataset>")  # placed anew since
+    Path(f"{paths['f']}.aux.xml").write_text("<PAMDataset>" + "".join(  # nodata set since: without proof of what
+        f'<PAMRasterBand band="{i}"><NoDataValue>0</NoDataValue></PAMRasterBand>' for i in (1, 2, 3))  # that run read,
+        + "</PAMDataset>")  # adopted only where nothing is nodata now
     masks = {n: (out / n / f"{n}_mask.tif").stat().st_mtime_ns for n in names}
     survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)
     again = [n for n in names if (out / n / f"{n}_mask.tif").stat().st_mtime_ns != masks[n]]
-    assert again == ["a", "d"]  # b, c and e kept their masks; only their polygons went (--no-vector)
+    assert again == ["a", "d", "f"]  # b, c and e kept their masks; only their polygons went (--no-vector)
     with rasterio.open(out / "d" / "d_mask.tif") as ds:
         assert ds.crs == "EPSG:32641"
     assert not list(out.glob("*/*_polygons.gpkg"))  # --no-vector: removed, the masks kept

@@ -705,8 +705,10 @@ def _as_that_run_saw(source: str, entry: dict[str, Any], new: tuple[str, ...] = 
     that can hold nodata, .aux.xml and .msk; its georeferencing is in its key). A record of neither (older still)
     is taken as it stands."""
     recorded_seen, sidecars = entry.get("seen"), (entry.get("key") or {}).get("sidecars")
-    if sidecars is None and (not recorded_seen or "georef" in new):
+    if sidecars is None and "georef" in new:
         return True
+    if sidecars is None and not recorded_seen:  # no proof (a raster surveyed within 2 s of its export has no
+        return _masks_nothing(source)  # 'seen'): adopted only where nothing is nodata now, as nothing was then
     local = _local_file(source)
     if local is None or is_gdal_path(source):
         return True
@@ -723,6 +725,19 @@ def _as_that_run_saw(source: str, entry: dict[str, Any], new: tuple[str, ...] = 
         return masking(recorded_seen.get("files", [])) == masking(files)
     return sorted([os.path.relpath(f, folder), size, mtime] for f, size, mtime in files if f != main) == \
         sorted(list(f) for f in sidecars)
+
+
+def _masks_nothing(path: str) -> bool:
+    """Whether GDAL reads no nodata value and no mask for `path`."""
+    from rasterio.enums import MaskFlags
+
+    from geoseg.raster import open_quietly
+
+    try:
+        with open_quietly(path) as ds:
+            return all(v is None for v in ds.nodatavals) and all(MaskFlags.all_valid in f for f in ds.mask_flag_enums)
+    except Exception:  # noqa: BLE001 - cannot tell
+        return False
 
 
 def _files_read(path: str) -> list[list] | None:
