@@ -46,15 +46,24 @@ def test_demo_sample_end_to_end(tmp_path):
         assert (ds.crs, ds.transform) == (src.crs, src.transform)
     nodata_corner = (image == 0).all(-1)
     assert (mask[nodata_corner] == 255).all() and (mask[~nodata_corner] < 5).all()
-    # no seams: chunked (256 px) against one whole-image prediction of the same model. The pipeline feeds
-    # nodata pixels as 0 after normalisation; the reference gets the raw value that normalises to 0.
+    # no seams: chunked (256 px) against one whole-image prediction of the same model. The pipeline fills
+    # nodata with the data mirrored across the footprint's edge after normalisation; the reference gets the raw
+    # values that normalise to that fill of the whole image.
+    from geoseg.pipeline import fill_nodata
+
     segmenter = get_segmenter(DEFAULT_MODEL)
     norm = segmenter.card.normalization
     assert norm["method"] == "scale"
-    filled = np.where(nodata_corner[..., None], -norm["offset"] / norm["scale"], image.astype(np.float32))
+    normalised = fill_nodata(segmenter.card.normalize(image.astype(np.float32), norm), ~nodata_corner)
+    filled = (normalised - norm["offset"]) / norm["scale"]
     reference = predict_image(segmenter, filled).argmax(-1)
     identical = (mask[~nodata_corner] == reference[~nodata_corner]).mean()
-    assert identical >= 0.999, identical
+    # each chunk mirrors the nodata across the footprint's edge within its own block, which near the corner can
+    # differ from the whole image's mirror; away from it nothing may differ (no seams)
+    from scipy import ndimage
+
+    away = ndimage.distance_transform_edt(~nodata_corner) > 64
+    assert identical >= 0.995 and (mask[away] == reference[away]).mean() >= 0.999, identical
     with Image.open(data["outputs"]["preview"]) as preview:
         assert preview.width > 1000  # image | mask side by side
     import geopandas as gpd
