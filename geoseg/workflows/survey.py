@@ -510,8 +510,6 @@ class _Manifest:
     """
 
     def __init__(self, path: Path) -> None:
-        import json
-
         self.path, self.lock, self.base = path, threading.Lock(), path.parent
         self.card_bands: list[int] | None = None  # the model's own bands, which a key leaves out
         self.unsaved = False  # entries changed by `remember` since the last write
@@ -1012,8 +1010,6 @@ def _batch_signature(manifest: "_Manifest", finished: list[dict], failed: list[d
     """A digest of what the batch files are made from: each finished raster's outputs with their sizes and times
     and its class areas, in input order, the failures' errors, the classes and their colours, and whether
     polygons are merged."""
-    import json
-
     from geoseg import __version__
 
     made_of = {
