@@ -240,6 +240,35 @@ def beyond_edge(mask: Path, frame) -> list[float] | None:
     return [0.0 if m is None or m < 1e-3 else float(m) for m in measured]  # float dust of a shape inside
 
 
+def zone_table(mask: Path, frame, field: str | None, classes: Sequence[tuple[int, str]], *, name: str,
+               km2: bool = False) -> list[dict[str, Any]]:
+    """A row per shape of `frame` (a scene's zones, a flood's areas of interest), named in column `name`: its
+    pixels of a class, each class's m² (and km² with `km2`) and share of the part the mask covers, for `classes`
+    as (id, column key), and how much of the shape the mask covers (`zone_coverage`). Where the mask has no class
+    (nodata: cloud, outside a pre-event image, or beyond the raster's edge) a class's area is unknown (None): a
+    zone under cloud read 0 m² of water, as a dry one does."""
+    from geoseg.raster import NODATA, shares
+    from geoseg.vector import zonal_composition
+
+    pixels, areas = zonal_composition(mask, frame, NODATA + 1)  # the nodata value counted too
+    beyond = beyond_edge(Path(mask), frame)  # m² of each shape past the raster's edge, None without a CRS
+    ids = [i for i, _ in classes]
+    rows = []
+    for z in range(len(frame)):
+        covered = int(sum(pixels[z, i] for i in ids))
+        share = shares([int(pixels[z, i]) for i in ids], None if areas is None else [float(areas[z, i]) for i in ids])
+        row: dict[str, Any] = {name: zone_name(frame, field, z), "pixels": covered}
+        for (i, key), s in zip(classes, share):
+            unknown = areas is None or not covered
+            # m² too with km²: an area of interest of a drone survey (0.25 m² of water) was 0.0 km² at 100%
+            row[f"{key}_m2"] = None if unknown else round(float(areas[z, i]), 3)
+            if km2:
+                row[f"{key}_km2"] = None if unknown else round(float(areas[z, i]) / 1e6, 6)
+            row[f"{key}_pct"] = s
+        rows.append(row | zone_coverage(pixels, areas, beyond, z, ids))
+    return rows
+
+
 def zone_coverage(pixels, areas, beyond: list[float] | None, z: int, ids: list[int]) -> dict[str, Any]:
     """``nodata_pixels``, ``nodata_m2`` and ``coverage_pct`` of zone `z`, from `vector.zonal_composition`'s
     counts of classes `ids` and of the nodata value, and `beyond_edge`'s m² past the raster's edge. A zone under

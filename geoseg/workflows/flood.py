@@ -21,11 +21,10 @@ from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepar
                              segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
-                           reading_pixels, same_raster, shares, write_class_mask)
-from geoseg.vector import onto_raster, vectorize, write_qml, zonal_composition
-from geoseg.workflows.common import (beyond_edge, check_layer_overlaps, class_card, coverage_pct, read_layer,
-                                     segment_paths, staged_outputs, warnings_heard, write_json, write_text, zone_coverage,
-                                     zone_name, same_field, md_cell)
+                           reading_pixels, same_raster, write_class_mask)
+from geoseg.vector import onto_raster, vectorize, write_qml
+from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, coverage_pct, read_layer,
+                                     segment_paths, staged_outputs, warnings_heard, write_json, write_text, same_field, md_cell)
 
 __all__ = ["FLOOD_CLASSES", "WATER_CLASSES", "FloodResult", "flood", "water_index_mask"]
 
@@ -650,23 +649,7 @@ def _aoi_table(mask: Path, frame, classes, field: str | None = None) -> list[dic
     the map covers. Where the map has no class (nodata: outside the pre-event image; or beyond the post-event
     image's edge) a class's area is unknown: an area outside the pre-event image's footprint read 0 m² of flooded
     and of dry land, as if nothing had flooded there, and one half beyond the image's edge read 100% covered."""
-    pixels, areas = zonal_composition(mask, frame, NODATA + 1)  # the nodata value counted too
-    beyond = beyond_edge(mask, frame)  # m² of each AOI past the raster's edge, None without a CRS
-    rows = []
-    for z in range(len(frame)):
-        covered = int(sum(pixels[z, c.id] for c in classes))
-        share = shares([int(pixels[z, c.id]) for c in classes], None if areas is None else [float(areas[z, c.id])
-                                                                                             for c in classes])
-        row: dict[str, Any] = {"aoi": zone_name(frame, field, z), "pixels": covered}
-        known = covered > 0
-        for c, s in zip(classes, share):
-            key = c.name.replace(" ", "_")
-            # m² too: an area of interest of a drone survey (0.25 m² of water) was 0.0 km² at 100%
-            row[f"{key}_m2"] = None if areas is None or not known else round(float(areas[z, c.id]), 3)
-            row[f"{key}_km2"] = None if areas is None or not known else round(float(areas[z, c.id]) / 1e6, 6)
-            row[f"{key}_pct"] = s
-        rows.append(row | zone_coverage(pixels, areas, beyond, z, [c.id for c in classes]))
-    return rows
+    return zone_table(mask, frame, field, [(c.id, c.name.replace(" ", "_")) for c in classes], name="aoi", km2=True)
 
 
 def _markdown(result: FloodResult, post: str, pre) -> str:

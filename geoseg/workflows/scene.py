@@ -13,11 +13,10 @@ from geoseg.models.card import ClassInfo
 from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_folders_removed_on_error,
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import NODATA, inspect_raster, raster_stem, shares
-from geoseg.vector import layer_name, onto_raster, zonal_composition
-from geoseg.workflows.common import (beyond_edge, check_layer_overlaps, class_card, read_layer, segment_paths,
-                                     staged_outputs, warnings_heard, write_csv, write_json, zone_coverage, zone_name,
-                                     coverage_pct, same_field)
+from geoseg.raster import inspect_raster, raster_stem, shares
+from geoseg.vector import layer_name, onto_raster
+from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, read_layer, segment_paths,
+                                     staged_outputs, warnings_heard, write_csv, write_json, coverage_pct, same_field)
 
 __all__ = ["SceneResult", "scene", "composition_rows"]
 
@@ -156,21 +155,9 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
 
 def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[dict[str, Any]]:
     """A row per zone: its pixels of a class, each class's m² and share (of the part the mask covers), and how much
-    of the zone the mask covers (``nodata_m2``, ``coverage_pct``, as flood's areas of interest). A zone under
-    cloud (nodata) read 0 m² of water, as a dry one does; its class areas are now unknown (None)."""
-    pixels, areas = zonal_composition(result.outputs["mask"], frame, NODATA + 1)  # the nodata value counted too
-    beyond = beyond_edge(Path(result.outputs["mask"]), frame)
-    ids = [c["id"] for c in result.classes]
-    rows = []
-    for z in range(len(frame)):
-        covered = int(sum(pixels[z, i] for i in ids))
-        share = shares([int(pixels[z, i]) for i in ids], None if areas is None else [float(areas[z, i]) for i in ids])
-        row: dict[str, Any] = {"zone": zone_name(frame, zone_field, z), "pixels": covered}
-        for c, s in zip(result.classes, share):
-            row[f"{c['name']}_m2"] = None if areas is None or not covered else round(float(areas[z, c["id"]]), 3)
-            row[f"{c['name']}_pct"] = s
-        rows.append(row | zone_coverage(pixels, areas, beyond, z, ids))
-    return rows
+    of the zone the mask covers (``nodata_m2``, ``coverage_pct``, as flood's areas of interest)."""
+    return zone_table(result.outputs["mask"], frame, zone_field, [(c["id"], c["name"]) for c in result.classes],
+                      name="zone")
 
 
 def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, Any]]) -> None:
