@@ -1006,13 +1006,7 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
 def _check_alpha_read(info: RasterInfo, plan: Plan) -> None:
     """Warn when the model reads a band the file tags as alpha (transparency): an RGBA drone ortho through a
     four-band model (or --bands 1,2,3,4) had its alpha read as a band of data, with no word; `flood` said so."""
-    from rasterio.enums import ColorInterp
-
-    try:
-        with open_quietly(info.path) as ds:
-            tagged = [b for b in plan.bands if ds.colorinterp[b - 1] == ColorInterp.alpha]
-    except (rasterio.errors.RasterioError, IndexError):
-        return
+    tagged = [b for b in plan.bands if b in info.alpha_bands]
     for band in tagged:
         log.warning("%s: band %d, which the model reads as its band %d, is tagged alpha (transparency), not data: "
                     "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (gdal_edit.py "

@@ -81,6 +81,7 @@ class RasterInfo:
     paletted: bool = False  # one band of colour-table indexes (a GIF, a 256-colour PNG or GeoTIFF)
     class_mask: bool = False  # a class mask with CLASS_NAMES tags, as segment writes them: no image to segment
     stamp: tuple | None = None  # (inode, size, mtime_ns) of a local file when inspected: see `check_unchanged`
+    alpha_bands: tuple[int, ...] = ()  # 1-based bands tagged alpha (transparency), not data
 
     @property
     def pixels(self) -> int:
@@ -240,6 +241,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     transform=ds.transform,
                     # an alpha band that is not the last of 2 or 4 (R,G,B,NIR,alpha): GDAL makes no mask of it
                     has_mask=any(MaskFlags.all_valid not in f for f in flags) or ColorInterp.alpha in ds.colorinterp,
+                    alpha_bands=tuple(b for b, ci in enumerate(ds.colorinterp, 1) if ci == ColorInterp.alpha),
                     block_shape=tuple(ds.block_shapes[0]),
                     gcps=tuple(ds.gcps[0]),
                     gcp_crs=ds.gcps[1],

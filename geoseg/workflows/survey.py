@@ -344,22 +344,16 @@ def _read_by_gdal(path: str, local: str) -> tuple[dict[str, Any], dict[str, Any]
         return {}, None
     main = os.path.abspath(local)
     folder, name, stem = os.path.dirname(main), os.path.basename(main), Path(main).stem
-    sources, read = [], []
-    for f in files:
-        f = os.path.abspath(f) if not is_gdal_path(f) else f
+    sources, read = [], _stat_files(files)
+    for f, size, mtime in read:
         own = os.path.basename(f).startswith(name + ".") or (  # a.tif.aux.xml, a.tif.ovr; a.jgw
             Path(f).stem == stem and _WORLD_FILE.search(f) is not None)
         own = own and not f.lower().endswith(".msk")  # a mask's pixels count: clouds drawn again change the nodata
-        try:
-            stat = os.stat(f)
-        except OSError:
+        if f == main or (os.path.dirname(f) == folder and own):
             continue
-        read.append([f, stat.st_size, stat.st_mtime_ns])
-        if is_gdal_path(f) or f == main or (os.path.dirname(f) == folder and own):
-            continue
-        sources.append([os.path.relpath(f, folder), stat.st_size, stat.st_mtime_ns])
+        sources.append([os.path.relpath(f, folder), size, mtime])
     settled = all(mtime < started - _SETTLED_NS for _, _, mtime in read) and folder_mtime < started - _SETTLED_NS
-    seen = {"folder": [folder, folder_mtime], "files": sorted(read)} if settled and main in {f for f, _, _ in read} else None
+    seen = {"folder": [folder, folder_mtime], "files": read} if settled and main in {f for f, _, _ in read} else None
     return {"georef": hashlib.sha1(georef.encode()).hexdigest()[:16],
             "masking": hashlib.sha1(masking.encode()).hexdigest()[:16],
             **({"sources": sorted(sources)} if sources else {})}, seen
@@ -747,6 +741,11 @@ def _files_read(path: str) -> list[list] | None:
             names = ds.files
     except Exception:  # noqa: BLE001 - any failure to open: no proof of anything
         return None
+    return _stat_files(names)
+
+
+def _stat_files(names) -> list[list]:
+    """[path, size, mtime_ns] of each local file of `names` that exists (not /vsi paths), sorted."""
     out = []
     for name in names:
         if is_gdal_path(name):
