@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
+from geoseg.cli.options import (right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
                                 sieve_option)
 
 __all__ = ["flood"]
@@ -78,7 +78,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
         return
     click.echo(f"water from {result.water_source}", err=True)
     for c, area in zip(result.classes, area_texts([c["area_m2"] for c in result.classes], missing="n/a (no CRS)")):
-        click.echo(f"  {c['name']:>16}: {area.strip()}", err=True)
+        click.echo(f"  {right_aligned(c['name'], 16)}: {area.strip()}", err=True)
     if result.nodata_m2:
         click.echo(f"  {'(no data)':>16}: {area_texts([result.nodata_m2])[0].strip()}, in no class", err=True)
     click.echo(f"report: {result.outputs['md']}", err=True)

@@ -136,6 +136,20 @@ def area_texts(areas_m2, missing: str = "") -> list[str]:
     return [missing if a is None else f"{a / 1e6:10.4f} km²" if large else f"{a:12,.1f} m²" for a in areas_m2]
 
 
+def right_aligned(text: str, width: int) -> str:
+    """`text` padded on the left to `width` terminal columns: a CJK character takes two and a combining mark none,
+    so a class named 建物, or macOS's decomposed 'Gebäude', was not aligned with the others by str.rjust.
+
+    >>> [right_aligned(t, 6) for t in ("land", "建物", "Geba\u0308ude")]
+    ['  land', '  建物', 'Geba\u0308ude']
+    """
+    import unicodedata
+
+    columns = sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+                  for ch in text)
+    return " " * max(0, width - columns) + text
+
+
 _EMITTED: list[bool] = []  # whether this process printed its --json object
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
+from geoseg.cli.options import (right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
                                 precision_option, sieve_option, tta_option)
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
@@ -203,7 +203,7 @@ def _summary(result) -> None:
     total = sum(c["pixels"] for c in result.classes) or 1
     areas = area_texts([c["area_m2"] for c in result.classes])  # 0.0007 km² of a 512² drone image: m² there
     for c, area in zip(result.classes, areas):
-        click.echo(f"  {c['name']:>12}: {100 * c['pixels'] / total:5.1f}%{'  ' + area if area else ''}", err=True)
+        click.echo(f"  {right_aligned(c['name'], 12)}: {100 * c['pixels'] / total:5.1f}%{'  ' + area if area else ''}", err=True)
     if result.nodata_pixels:  # the shares above are of the pixels with data
         nodata = area_texts([result.nodata_m2])[0].strip() if result.nodata_m2 is not None else ""
         click.echo(f"  {'(no data)':>12}: {result.nodata_pixels} px{'  ' + nodata if nodata else ''}, in no class",
