@@ -898,6 +898,14 @@ def test_a_file_name_an_ascii_locale_cannot_pass_on_is_named(make_raster, tmp_pa
     stderr = done.stderr.decode(errors="replace")
     assert done.returncode == 1 and "Traceback" not in stderr, stderr
     assert "output folder's name cannot be passed to GDAL in this locale" in stderr
+    labels = make_raster(name="vérité.tif", bands=1)  # the labels of evaluate: a traceback from inside rasterio
+    done = subprocess.run([str(Path(sys.executable).with_name("geoseg")), "evaluate", "--json", "-m", "threshold",
+                           "--images", str(make_raster()), "--labels", os.fsencode(labels)], capture_output=True,
+                          env=env, timeout=300)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "cannot be passed to GDAL in this locale" in stderr and "PYTHONUTF8=1" in stderr
+    assert json.loads(done.stdout)["exit_code"] == 1
     assert not (tmp_path / "sortie_é").exists()
 
 

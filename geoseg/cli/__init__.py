@@ -118,11 +118,7 @@ class _Group(click.Group):
         except click.UsageError:  # exit 2: the command line itself, which a script fixes rather than parses
             raise
         except click.ClickException as exc:  # with --json, stdout held nothing: `| jq` failed to parse it
-            if "--json" in ctx.meta.get("geoseg.command_args", ()):
-                from geoseg.cli.options import emit_json, json_emitted
-
-                if not json_emitted():
-                    emit_json({"error": exc.format_message(), "exit_code": exc.exit_code})
+            _json_error(ctx, exc)
             raise
         except KeyboardInterrupt:
             status = 130
@@ -134,13 +130,12 @@ class _Group(click.Group):
             # the signal's exception can land inside a library's own clean-up (rasterio's Env bookkeeping), which
             # then raises an error of its own: "EnvError: No GDAL environment exists", status 1, with a traceback
             status = _signal_status(exc)
-            if status is None and isinstance(exc, FileNotFoundError) and _working_folder_gone():
-                # a relative path resolved in a folder deleted meanwhile: a bare FileNotFoundError traceback
-                raise click.ClickException("the current folder no longer exists (it was deleted or moved away), so "
-                                           "relative paths cannot be found: cd to an existing folder, or give "
-                                           "absolute paths.") from None
             if status is None:
-                raise
+                known = _known_failure(exc)
+                if known is None:
+                    raise
+                _json_error(ctx, known)
+                raise known from None
         if status in (130, 143):
             click.echo(f"{'Interrupted' if status == 130 else 'Terminated (SIGTERM)'}: outputs of this run that were "
                        "not complete are removed (a set that was being moved into place when the signal came is "
@@ -150,6 +145,32 @@ class _Group(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         ctx.meta["geoseg.command_args"] = list(args[1:])  # for _may_run_keras, before the command parses them
         return super().resolve_command(ctx, args)
+
+
+def _json_error(ctx: click.Context, exc: click.ClickException) -> None:
+    """With --json, the error as the object on stdout (once): it held nothing, and `| jq` failed to parse it."""
+    if "--json" in ctx.meta.get("geoseg.command_args", ()):
+        from geoseg.cli.options import emit_json, json_emitted
+
+        if not json_emitted():
+            emit_json({"error": exc.format_message(), "exit_code": exc.exit_code})
+
+
+def _known_failure(exc: Exception) -> click.ClickException | None:
+    """The message for a failure of the environment rather than of geoseg, None for any other."""
+    if isinstance(exc, FileNotFoundError) and _working_folder_gone():
+        # a relative path resolved in a folder deleted meanwhile: a bare FileNotFoundError traceback
+        return click.ClickException("the current folder no longer exists (it was deleted or moved away), so "
+                                    "relative paths cannot be found: cd to an existing folder, or give absolute "
+                                    "paths.")
+    if isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed" and isinstance(exc.object, str):
+        # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) decodes a non-ASCII name into surrogates, which GDAL, PROJ or
+        # a writer cannot take: a --labels, --aoi or --zones path was a traceback from deep inside rasterio
+        name = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return click.ClickException(f"{name!r}: its name cannot be passed to GDAL in this locale "
+                                    f"({sys.getfilesystemencoding()} file names). Run in a UTF-8 locale (export "
+                                    "LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
+    return None
 
 
 def _working_folder_gone() -> bool:
