@@ -374,6 +374,22 @@ def test_upload_errors(client, data, status, message):
         assert message in response.get_json()["error"]
 
 
+def test_an_upload_error_names_the_form_field_at_fault(client):
+    """The page marks and focuses the field an error is about (the error was only in the status line, with the
+    focus on Segment, for a screen reader far from the field); errors of no field name none."""
+    cases = [({"sieve": "-3"}, "sieve"), ({"tta": "rotations"}, "tta"), ({"models": "nope"}, "models"),
+             ({"models": "tiny-fcn", "normalize": "scale:nan"}, "normalize"),
+             ({"image": (io.BytesIO(_png(200, 200)[:2000]), "cut.png")}, "image"),
+             ({"label": (io.BytesIO(b"nope"), "l.png")}, "label"),
+             ({"image": (io.BytesIO(_png(grey=True)), "grey.png"), "models": "threshold"}, "models")]
+    for data, field in cases:
+        data = {"image": (io.BytesIO(_png()), "a.png"), **data}
+        with client.post("/api/segment", data=data, content_type="multipart/form-data") as response:
+            assert response.status_code >= 400 and response.get_json().get("field") == field, (data, field)
+    with client.post("/api/segment", data={"models": ["threshold"] * 1200}, content_type="multipart/form-data") as r:
+        assert r.status_code == 413 and "field" not in r.get_json()
+
+
 def test_warnings_reach_the_page(client, make_raster):
     """A 16-bit upload into a model of 8-bit imagery ran silently; the warning was only in the server's log."""
     tif = make_raster(name="survey16.tif", dtype="uint16")
@@ -669,7 +685,12 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             # the download links ran together ("mask GeoTIFFGeoPackage...") and pushed the page 66 px past a phone
             assert page.inner_text("#downloads").startswith("Download: mask GeoTIFF GeoPackage")
             assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-            assert page.get_attribute("#overlay", "alt").endswith("'s mask")
+            # the alt text says what the mask shows, not only whose it is
+            assert re.fullmatch(r"\S+'s mask: .+ [0-9.]+%", page.get_attribute("#overlay", "alt"))
+            # a checkbox is named by its model alone (it was the whole card, swatches run together: "buildingland…")
+            assert page.get_by_role("checkbox", name="threshold", exact=True).is_checked()
+            # read down a model's column, a class share is read with its class: row headers
+            assert page.locator("#areas th[scope=row]").count() >= 2 and page.locator("#iou th[scope=row]").count() >= 2
             assert page.locator("#compare figure").count() == chosen >= 2
             assert "agree" in page.inner_text("#agreement")
             assert page.inner_text("#iou caption").startswith("IoU against the label, read as ")
@@ -712,6 +733,10 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.click("#go")
             page.wait_for_selector("#message.error")  # was stuck on "Uploading…" after a 500 HTML page
             assert "truncated" in page.inner_text("#message") and page.is_enabled("#go")
+            # the field at fault is marked, described by the message, and has the focus
+            assert page.evaluate("document.activeElement.id") == "image"
+            assert page.get_attribute("#image", "aria-invalid") == "true"
+            assert "message" in page.get_attribute("#image", "aria-describedby")
             assert page.is_visible("#results")  # a refused upload hid the results of the job before it
             browser.close()
     finally:

@@ -77,7 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(UploadError)
     def upload_error(exc: UploadError):
-        return jsonify(error=_without_root(str(exc), root)), exc.status
+        return jsonify(error=_without_root(str(exc), root), **({"field": exc.field} if exc.field else {})), exc.status
 
     @app.errorhandler(ModelNotFoundError)
     def model_error(exc):
@@ -275,22 +275,22 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         raise UploadError("the multipart form could not be read (is a file name not UTF-8?); send the image as "
                           "multipart field 'image' with a UTF-8 file name.", 400)
     if image is None or not image.filename:
-        raise UploadError("no image in the request: send it as multipart field 'image'.", 400)
+        raise UploadError("no image in the request: send it as multipart field 'image'.", 400, "image")
     names = list(dict.fromkeys(n.strip() for value in request.form.getlist("models") for n in value.split(",")
                                if n.strip()))  # in order, each once
     registry = {m.name: m for m in _registry()}
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise UploadError(f"unknown model(s) {', '.join(unknown)}; GET /api/models lists them.", 400)
+        raise UploadError(f"unknown model(s) {', '.join(unknown)}; GET /api/models lists them.", 400, "models")
     precision = request.form.get("precision") or "float32"
     tta = request.form.get("tta") or "none"
     if precision not in PRECISIONS:
-        raise UploadError(f"precision must be one of {', '.join(PRECISIONS)}; received {precision!r}.", 400)
+        raise UploadError(f"precision must be one of {', '.join(PRECISIONS)}; received {precision!r}.", 400, "precision")
     if tta not in TTA_MODES:
-        raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400)
+        raise UploadError(f"tta must be one of {', '.join(TTA_MODES)}; received {tta!r}.", 400, "tta")
     sieve = (request.form.get("sieve") or "0").strip()
     if not re.fullmatch(r"[0-9]{1,12}", sieve):  # str.isdigit() took '²', which int() refuses
-        raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400)
+        raise UploadError(f"sieve (minimum region) is a whole number of pixels, 0 or more; received {sieve!r}.", 400, "sieve")
     normalize = (request.form.get("normalize") or "").strip()
     names = names or [DEFAULT_MODEL]
     try:
@@ -301,12 +301,13 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
                     parse_normalization(declared, registry[n].card.n_bands, source=f"normalisation for {n}")
     except ValueError as exc:  # a CardError is one
         raise UploadError(f"normalisation: {exc} (empty: each model's own)" if "normalisation for" not in str(exc)
-                          else f"{exc} (empty: each model's own)", 400) from None
+                          else f"{exc} (empty: each model's own)", 400, "normalize") from None
     shown = display_name(image.filename)
     stem = Path(shown).stem or "upload"
     label = request.files.get("label")
     label_name = display_name(label.filename) if label is not None and label.filename else None
     job_id, folder = jobs.new_folder()
+    part = "image"  # the upload an error is about
     try:
         (folder / "upload").mkdir()  # by the user's name: layers in the GeoPackage are named after it
         path = _save_upload(image, folder / "upload", stem)
@@ -320,14 +321,15 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         job.files["input"] = path
         job.files["original.png"] = _original_png(path, folder, shown)
         if label_name is not None:
+            part = "label"
             job.files["label"] = _save_upload(label, folder, "label", what="label")
             job.has_label, job.label_name = True, label_name
             _check_label(job.files["label"], path, label_name, shown)
     except Exception as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, GeosegError) and not isinstance(exc, ModelNotFoundError):  # e.g. inspect_raster's
-            raise UploadError(_for_user(str(exc), folder, stem, shown, label_name),
-                              getattr(exc, "status", 400)) from None
+            raise UploadError(_for_user(str(exc), folder, stem, shown, label_name), getattr(exc, "status", 400),
+                              getattr(exc, "field", None) or part) from None
         raise
     return jobs.submit(job)
 
@@ -358,7 +360,7 @@ def _check_bands(name: str, count: int, entries) -> None:
     if unfit:
         raise UploadError(f"{name} has {count} band(s), but {'; '.join(unfit)}. Untick "
                           f"{'that model' if len(unfit) == 1 else 'those models'}, or upload an image with more "
-                          "bands (the U-Nets read RGB; -nir baselines need a near-infrared band 4).", 400)
+                          "bands (the U-Nets read RGB; -nir baselines need a near-infrared band 4).", 400, "models")
 
 
 def _expand_palette(path: Path, count: int, name: str) -> tuple[Path, int]:

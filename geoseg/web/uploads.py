@@ -24,9 +24,10 @@ SIGNATURES = {
 class UploadError(InputError):
     """An upload the server refuses; `status` is the HTTP code to answer with."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field  # the form's field at fault ("image", "normalize"...): the page marks and focuses it
 
 
 def sniff(head: bytes, *, what: str = "image") -> str:

@@ -18,7 +18,30 @@ function modeParts(i) {
 }
 function inParentheses(parts) { return parts.length ? ` (${parts.join(", ")})` : ""; }
 
-function say(text, isError) { $("message").textContent = text; $("message").className = isError ? "error" : ""; }
+// written only when the words change: each write of the status region is a new announcement, and a screen reader
+// heard the same "Segmenting… 0%" twice a second for the whole job
+function say(text, isError) {
+  const m = $("message");
+  if (m.textContent !== text) m.textContent = text;
+  m.className = isError ? "error" : "";
+}
+
+// the field an error is about (the server's `field`): marked invalid, described by the message and focused; the
+// error was only in the status line, with the focus on Segment. flag() alone clears the marks.
+function flag(name) {
+  document.querySelectorAll("[data-flagged]").forEach((el) => {
+    el.removeAttribute("aria-invalid"); el.removeAttribute("data-flagged");
+    const rest = (el.getAttribute("aria-describedby") || "").split(" ").filter((t) => t && t !== "message").join(" ");
+    if (rest) el.setAttribute("aria-describedby", rest); else el.removeAttribute("aria-describedby");
+  });
+  const el = name && $(name);
+  if (!el) return false;
+  el.setAttribute("aria-invalid", "true"); el.dataset.flagged = "1";
+  el.setAttribute("aria-describedby", `${el.getAttribute("aria-describedby") || ""} message`.trim());
+  (el.tagName === "FIELDSET" ? el.querySelector("input") : el).focus();
+  return true;
+}
+function escape(text) { const d = document.createElement("div"); d.textContent = text; return d.innerHTML; }
 function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 // JSON from the server, or {error} when the answer is not JSON (a proxy's page, a dropped connection)
@@ -32,19 +55,20 @@ async function call(url, options) {
 
 // the button had the focus when it was disabled, and the page lost it (to <body>) until the job ended: a job
 // keeps it on the status line, a failure gives it back to the button, results take it to their heading
-function finish(text, isError) {
+function finish(text, isError, field) {
   $("bar").hidden = true; $("go").disabled = false; say(text, isError);
-  if (isError && document.activeElement === $("status")) $("go").focus();
+  if (isError && !flag(field) && document.activeElement === $("status")) $("go").focus();
 }
 
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const data = new FormData(form);
-  if (!data.getAll("models").length) { say("Pick at least one model.", true); return; }
+  flag();
+  if (!data.getAll("models").length) { say("Pick at least one model.", true); flag("models"); return; }
   $("go").disabled = true; $("status").focus(); // one job at a time from this page
   $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
-  if (!ok) { finish(body.error, true); return; } // the earlier results stay on the page
+  if (!ok) { finish(body.error, true, body.field); return; } // the earlier results stay on the page
   $("results").hidden = true; job = body; ticket += 1;
   history.pushState(null, "", `#job=${job.id}`); poll(ticket); // a reload finds the job again, Back the one before
 });
@@ -90,10 +114,11 @@ async function poll(t, misses = 0, restore = false) {
   }
   if (job.status !== "done") {
     const n = job.models.length, i = job.running ?? 0;
-    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.round(job.progress * 100)}%`);
+    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.floor(job.progress * 10) * 10}%`); // the bar has the rest
     setTimeout(() => poll(t), 500); return;
   }
-  finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? `\nNote:\n${job.warnings.map((w) => `• ${w}`).join("\n")}` : ""));
+  // the notes go under the Results heading, where the focus goes: read on from it, they were never reached above it
+  finish(`Done${inParentheses(modeParts())}.` + (job.warnings.length ? ` ${plural(job.warnings.length, "note")} under Results.` : ""));
   const following = [$("status"), $("go"), document.body].includes(document.activeElement);
   show();
   if (following) $("results-heading").focus(); // not when the user went on to another control meanwhile
@@ -110,6 +135,7 @@ function expireAt(t, at) {
 
 function expire() {
   job.expired = true;
+  if (document.activeElement === $("view-model")) $("status").focus(); // disabled below: the focus fell to <body>
   $("downloads").textContent = "";
   $("view-model").disabled = true; // another model's mask is gone too: the picture broke and the legend stayed
   say("These results have been deleted from the server (it keeps them for a while after a job ends): upload the image again to download them.", true);
@@ -128,6 +154,10 @@ function show() {
   $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}'s mask over the image">
     <figcaption>${m.model} (${m.seconds.toFixed(1)} s)</figcaption></figure>`).join("");
   areas(models); iou(job.result.iou);
+  $("notes").innerHTML = job.warnings.map((w) => `<li>${escape(w)}</li>`).join("");
+  $("notes").hidden = !job.warnings.length;
+  if (job.warnings.length) $("results-heading").setAttribute("aria-describedby", "notes");
+  else $("results-heading").removeAttribute("aria-describedby");
   const first = Math.max(0, models.findIndex((m) => m.keras)); // a trained model before the baselines it is compared with
   select.value = first; view(models[first]);
   $("results").hidden = false;
@@ -135,17 +165,18 @@ function show() {
 
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
-  $("overlay").alt = `${m.model}'s mask`;
+  $("overlay").alt = `${m.model}'s mask` + (m.output === "regions" ? " of unlabeled regions" :
+    m.classes.some((c) => c.share_pct !== null) ? `: ${m.classes.map((c) => `${c.name} ${c.share_pct}%`).join(", ")}` : "");
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.every((c) => c.share_pct === null) ? "no valid pixel: the image is all nodata" :
-    m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${c.name} ${c.share_pct}%` +
+    m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${escape(c.name)} ${c.share_pct}%` +
     (c.area_m2 !== null ? ` (${area(c.area_m2)})` : "") + "</span>").join(" ");
   // no GeoJSON for an image without a CRS: GeoJSON coordinates are longitude and latitude
   const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
     .filter(([, suffix]) => job.files[m.key + suffix]);
   if (job.expired) return; // expire() said so
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
-    `<a href="${job.files[m.key + suffix]}" download>${label}</a>`).join(" "); // " ": the links wrap on a phone
+    `<a href="${job.files[m.key + suffix]}" download aria-label="${m.model} ${label}">${label}</a>`).join(" "); // " ": the links wrap on a phone
 }
 
 // m² under a hectare, km² from 100 ha up (the page showed 1253285.93 ha)
@@ -156,8 +187,10 @@ function areas(models) {
   $("areas").hidden = !models.length;
   const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
   const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c && c.share_pct !== null ? `${c.share_pct}%` : "–"; };
-  $("areas").innerHTML = `<tr><th>class</th>${models.map((m) => `<th>${m.model}</th>`).join("")}</tr>` +
-    names.map((n) => `<tr><td>${n}</td>${models.map((m) => `<td>${cell(m, n)}</td>`).join("")}</tr>`).join("");
+  // row headers: read down a model's column, a screen reader said "11.22%, 0%" without the class
+  $("areas").innerHTML = `<caption>Share of each class, by model</caption><tr><th scope="col">class</th>` +
+    models.map((m) => `<th scope="col">${m.model}</th>`).join("") + "</tr>" +
+    names.map((n) => `<tr><th scope="row">${escape(n)}</th>${models.map((m) => `<td>${cell(m, n)}</td>`).join("")}</tr>`).join("");
 }
 
 function iou(rows) {
@@ -166,9 +199,9 @@ function iou(rows) {
   const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
   const from = job.result.label_read_as;
   $("iou").innerHTML = `<caption>IoU against the label, ${from === "its CLASS_NAMES" ? "classes named by its CLASS_NAMES" :
-    `read as ${from}'s classes`}</caption><tr><th>IoU</th>${rows.map((r) => `<th>${r.model}</th>`).join("")}</tr>` +
-    names.map((n) => `<tr><td>${n}</td>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
-    `<tr><th>mean IoU</th>${rows.map((r) => `<th>${fmt(r.mean_iou)}</th>`).join("")}</tr>`;
+    `read as ${from}'s classes`}</caption><tr><th scope="col">IoU</th>${rows.map((r) => `<th scope="col">${r.model}</th>`).join("")}</tr>` +
+    names.map((n) => `<tr><th scope="row">${escape(n)}</th>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
+    `<tr class="mean"><th scope="row">mean IoU</th>${rows.map((r) => `<td>${fmt(r.mean_iou)}</td>`).join("")}</tr>`;
   $("iou").hidden = false;
 }
 
