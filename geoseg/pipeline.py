@@ -1039,6 +1039,12 @@ WORKER_WAIT_S = 60  # how long a run waits for a cluster without workers to get 
 
 
 def _check_workers_see(client, path: str) -> None:
+    from geoseg.errors import ClusterError
+
+    if getattr(client, "status", "running") != "running":  # a notebook's Client closed, or its cluster gone:
+        # "AttributeError: 'NoneType' object has no attribute 'broadcast'" or "IOLoop is closed" from distributed
+        raise ClusterError(f"the Dask client passed in is {client.status}, not running: its scheduler is gone or "
+                           "it was closed. Make a new Client (or pass none to run on this machine).")
     seen = client.run(_readable_here, path)
     if not seen:  # a scheduler without workers: the run waited forever without a word
         log.warning("the Dask scheduler %s has no workers yet; waiting up to %d s for one",

@@ -1081,6 +1081,21 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_closed_client_is_a_cluster_error(make_raster, tmp_path):
+    """A notebook's Client closed, or its cluster gone, was "AttributeError: 'NoneType' object has no attribute
+    'broadcast'" from inside distributed."""
+    from distributed import Client, LocalCluster
+
+    from geoseg.errors import ClusterError
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
+        client = Client(cluster)
+        client.close()
+        with pytest.raises(ClusterError, match="the Dask client passed in is closed, not running"):
+            segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_clusters_own_failures_are_geoseg_errors():
     """A worker killed for memory, or a scheduler lost, was distributed's traceback: the CLI stopped the batch
     there (no --json, the other inputs not segmented), and survey logged a traceback per raster."""
