@@ -82,12 +82,15 @@ def signals_held() -> Iterator[None]:
         yield
         return
     came: list[int] = []
-    before = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a handler not set from Python (None: QGIS's or another embedding program's own, in C) is left alone: it was
+    # replaced by SIG_DFL afterwards, and the host's next SIGTERM then ended it
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None]
+    before = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in held}
     try:
         yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            signal.signal(sig, handler)
         if came:
             signal.raise_signal(came[0])  # now to the handler that was in place: KeyboardInterrupt, SystemExit(143)
 

@@ -1540,3 +1540,18 @@ def test_warning_filters_set_by_overlapping_threads_are_all_put_back():
         leave.set()
         thread.join(10)
     assert warnings.filters == before
+
+
+def test_a_signal_handler_set_outside_python_is_left_alone(monkeypatch):
+    """An embedding program's own SIGTERM handler (in C: Python's signal module reports None for it) was replaced
+    by SIG_DFL after the final renames, and the host's next SIGTERM ended it (h93)."""
+    import signal
+
+    from geoseg.files import signals_held
+
+    real = signal.getsignal
+    before, interrupt = real(signal.SIGTERM), real(signal.SIGINT)
+    monkeypatch.setattr(signal, "getsignal", lambda sig: None if sig == signal.SIGTERM else real(sig))
+    with signals_held():
+        assert real(signal.SIGTERM) is before and real(signal.SIGINT) is not interrupt  # Ctrl-C is still held
+    assert real(signal.SIGTERM) is before and real(signal.SIGINT) is interrupt
