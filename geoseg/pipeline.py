@@ -288,6 +288,7 @@ class SegmentResult:
     output: str = "classes"  # the card's: "regions" for models of unlabeled regions, whose colours are no classes
     nodata_pixels: int = 0  # the mask's pixels of no class (the input's nodata), and their m² (None without a CRS)
     nodata_m2: float | None = None
+    warnings: list[str] = field(default_factory=list)  # what the run logged as warnings (in the calling thread)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -577,6 +578,23 @@ def _under_gdal_options(func):
     return wrapper
 
 
+def _with_warnings(func):
+    """Give `func`'s result the warnings geoseg logged in this thread meanwhile (``result.warnings``): a script or
+    a QGIS plugin got them only by a handler on the 'geoseg' logger, as scene and flood results have them."""
+    from functools import wraps
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        from geoseg.workflows.common import warnings_heard
+
+        with warnings_heard() as heard:
+            result = func(*args, **kwargs)
+        result.warnings = list(heard)
+        return result
+
+    return wrapper
+
+
 def check_options(options: dict[str, Any], *, caller: str = "segment()", taken: Sequence[str] = ()) -> None:
     """Check `segment`'s keyword arguments that need no raster; survey and scene check theirs before any run.
 
@@ -622,6 +640,7 @@ def check_options(options: dict[str, Any], *, caller: str = "segment()", taken: 
                          "core.")
 
 
+@_with_warnings
 @_under_gdal_options
 def segment(
     input: str | os.PathLike,

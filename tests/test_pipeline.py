@@ -234,9 +234,12 @@ def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path
 @pytest.mark.parametrize("dtype, warned", [("uint16", True), ("uint8", False)])
 def test_values_far_outside_the_models_range_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog, dtype, warned):
     """16-bit values through a model of 8-bit imagery ran silently and called nearly everything one class."""
-    segment(make_raster(dtype=dtype), tmp_path / "out", model=tiny_fcn, preview=False)
+    result = segment(make_raster(dtype=dtype), tmp_path / "out", model=tiny_fcn, preview=False)
     assert ("far outside what tiny-fcn was trained on" in caplog.text) == warned
     assert "uint16 pixels reach 1" in caplog.text if warned else True  # 99th percentile of 0..4000, / 255
+    # and in the result, for a script or plugin without a log handler
+    assert [("far outside what tiny-fcn" in w) for w in result.warnings] == ([True] if warned else [])
+    assert result.to_dict()["warnings"] == result.warnings
 
 
 def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog):

@@ -143,7 +143,8 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
     save_png(render_map(result.input, result.outputs["mask"], classes, result.classes, result.plan["bands"],
                         outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
     outputs = {name: str(path) for name, path in paths.items()}
-    segmented = result.to_dict() | {"outputs": {name: outputs[name] for name in result.outputs}}
+    segmented = {k: v for k, v in result.to_dict().items() if k != "warnings"} | {  # the scene's own list has them
+        "outputs": {name: outputs[name] for name in result.outputs}}
     if result.nodata_m2 is None:  # no CRS: by pixels
         covered = coverage_pct(sum(c["pixels"] for c in result.classes), result.nodata_pixels)
     else:
