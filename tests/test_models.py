@@ -69,6 +69,14 @@ CARD = {
         ({"name": "a,b"}, "field 'name'"),
         ({"name": "v1.keras"}, "not end in .keras, .json or .h5"),
         ({"name": None}, "field 'name'"),
+        # class 255 was written as nodata (a mask all nodata, without a word); 256 classes and on, a traceback
+        ({"classes": [{"name": f"c{i}"} for i in range(256)]}, "lists 256 classes; a mask holds at most 255"),
+        # finite in float64, 0 or infinite in the float32 the model computes in: every pixel one class
+        ({"normalization": {"method": "scale", "scale": 1e-320}}, "'normalization.scale' is 1e-320, which is 0 or "
+                                                                  "infinite in the 32-bit floats"),
+        ({"normalization": {"method": "scale", "scale": 1e308}}, "'normalization.scale' is 1e.308"),
+        ({"normalization": {"method": "meanstd", "mean": [0, 0, 0], "std": [1e-300, 1, 1]}}, "'normalization.std'"),
+        ({"normalization": {"method": "meanstd", "mean": [1e300, 0, 0], "std": [1, 1, 1]}}, "'normalization.mean'"),
     ],
 )
 def test_card_validation_names_the_field(change, match):

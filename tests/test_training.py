@@ -1003,6 +1003,10 @@ def test_images_of_different_units_are_refused(tmp_path):
     ("alpha = inf", "alpha must be a finite number"),
     ("seed = -1", r"seed must be between 0 and 4294967295. Received: -1"),  # ValueError traceback in Keras
     ("bands = []", r"bands must list at least one band .* Received: \[\]"),  # max() of an empty list
+    # a typo of a size: 3 TiB asked of TensorFlow a minute later, or a silent hang
+    ("chip = 1048576", "chip must be between 1 and 8192. Received: 1048576"),
+    ("batch = 1000000000", "batch must be between 1 and 4096"),
+    ("classes = [" + ", ".join(f'{{name = "c{i}"}}' for i in range(256)) + "]", "256 \\[\\[classes\\]\\]; a model has at most 255"),
     ('normalization = {method = "scale", scael = 0.0001}',  # trained with scale 1
      r"unknown field\(s\) 'scael' in 'normalization'; method 'scale' takes scale, offset"),
     ('classes = [{name = "a", colour = "#FF0000"}]', r"unknown key\(s\) colour in classes\[0\]. Known: color, label_color, name"),

@@ -531,6 +531,23 @@ def test_an_upload_of_many_bands_is_refused_by_its_decoded_size(client, make_ras
                                                    "server takes at most 3.2 MB")
 
 
+def test_an_upload_stored_in_a_block_far_larger_than_itself_is_refused(client, make_raster, monkeypatch):
+    """100 x 100 px in one 16384² tile: 0.8 MB on disk passed every check, then took 1.7 GB and 36 s of CPU to
+    decode in the request's thread; three at once took a server to 5 GB (h94)."""
+    import geoseg.web.uploads as uploads
+
+    monkeypatch.setattr(uploads, "BLOCK_BYTES", 1_000_000)  # a 1 MB block here, as a 64 MB one on a server
+    tif = make_raster(shape=(100, 100), tiled=True, blockxsize=1024, blockysize=1024, compress="deflate")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "tiny.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    assert response.status_code == 413, response.get_json()
+    assert response.get_json()["error"].startswith("tiny.tif is 100x100 px but stored in blocks of 3 MB decoded")
+    fine = make_raster(name="fine.tif", shape=(100, 100), tiled=True, blockxsize=128, blockysize=128)
+    response = client.post("/api/segment", data={"image": (io.BytesIO(fine.read_bytes()), "fine.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()  # a tile a little larger than the image is common
+
+
 def test_a_south_up_upload_is_shown_north_up(client, make_raster):
     """A south-up raster (rows running north) was shown upside down on the page, unlike QGIS."""
     from affine import Affine

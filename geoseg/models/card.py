@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 import json
 import math
 import re
@@ -160,6 +161,9 @@ class ModelCard:
         if not isinstance(data["classes"], list):
             raise CardError(f"{source}: field 'classes' must be a list of objects with 'id', 'name' and 'color'. "
                             f"Received: classes={data['classes']!r}")
+        if len(data["classes"]) > MAX_CLASSES:  # class 255 was written as nodata; 256 and on, a traceback
+            raise CardError(f"{source}: field 'classes' lists {len(data['classes'])} classes; a mask holds at most "
+                            f"{MAX_CLASSES} (ids 0-{MAX_CLASSES - 1} in one byte, 255 is nodata).")
         check_model_name(data["name"], source)
         taken = [str(c["color"]) for c in data["classes"] if isinstance(c, dict) and c.get("color")]
         classes = tuple(_parse_class(i, c, source, taken) for i, c in enumerate(data["classes"]))
@@ -246,7 +250,8 @@ def _bounded(data: dict[str, Any], key: str, default: int | None, source: str) -
 
 def _check_distinct_names(classes: tuple[ClassInfo, ...], source: str) -> None:
     """Two classes of one name were scored as one: labels matched the name to only one of them."""
-    twice = sorted({c.name for c in classes if sum(d.name == c.name for d in classes) > 1})
+    counts = Counter(c.name for c in classes)
+    twice = sorted(name for name, n in counts.items() if n > 1)
     if twice:
         ids = "; ".join(f"{n!r} is classes {', '.join(str(c.id) for c in classes if c.name == n)}" for n in twice)
         raise CardError(f"{source}: field 'classes' must give each class its own name, since labels and other "
@@ -359,12 +364,30 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
                                   and math.isfinite(data.get("offset", 0.0))):  # scale 0: every pixel 0, one class
         raise CardError(f"{source}: 'normalization.scale' must be a finite number other than 0, and 'offset' finite. "
                         f"Received: scale={data['scale']!r}, offset={data.get('offset', 0.0)!r}")
+    _check_float32(data, method, source)
     if method == "percentile" and not 0 <= data.get("low", 2) < data.get("high", 98) <= 100:
         raise CardError(f"{source}: percentiles must satisfy 0 <= low < high <= 100. "
                         f"Received: low={data.get('low', 2)!r}, high={data.get('high', 98)!r}")
     return dict(data)
 
 
+def _check_float32(data: dict[str, Any], method: str, source: str) -> None:
+    """Values finite as float64 that the pipeline's float32 makes 0 or infinite: scale 1e-320 (0), scale 1e308 or
+    std 1e-300 (inf) gave every pixel one class, with only NumPy's RuntimeWarning."""
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        for key in ("scale", "offset", "mean", "std", "low", "high"):
+            if key not in data or (method == "percentile" and key in ("low", "high")):
+                continue
+            values = np.atleast_1d(np.asarray(data[key], np.float64)).astype(np.float32)
+            bad = not np.isfinite(values).all() or (key in ("scale", "std") and not (
+                (values != 0).all() and np.isfinite(np.float32(1) / values).all()))
+            if bad:
+                raise CardError(f"{source}: field 'normalization.{key}' is {data[key]!r}, which is 0 or infinite in "
+                                "the 32-bit floats the model computes in (they hold magnitudes of about 1e-38 to "
+                                "3e38). Check the value.")
+
+
+MAX_CLASSES = 255  # a mask's byte holds ids 0-254; 255 is nodata (and a label's "ignore")
 _FIELDS = ("schema_version", "name", "version", "classes", "bands", "normalization", "margin", "tile_size",
            "multiple_of", "description", "pixel_size", "output", "training", "metrics")
 _NORMALISATION_FIELDS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),

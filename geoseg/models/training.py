@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from geoseg.errors import InputError, ModelError, OutputError, catch_warnings
-from geoseg.models.card import ModelCard, write_card
+from geoseg.models.card import MAX_CLASSES, ModelCard, write_card
 from geoseg.models.labels import (IGNORE, check_label_grid, check_label_template, ids_by_name, label_file,
                                   read_labels)
 from geoseg.models.metrics import confusion_matrix, json_ready, scores
@@ -210,6 +210,8 @@ def _check_classes(path: Path, flat: dict[str, Any]) -> None:
     names = [c.get("name") for c in flat["classes"]]
     if not names:
         raise InputError(f"{path}: no classes; add a [[classes]] table with a name (and color) per class.")
+    if len(names) > MAX_CLASSES:  # the masks hold ids 0-254 in a byte: 255 is nodata, and the labels' "ignore"
+        raise InputError(f"{path}: {len(names)} [[classes]]; a model has at most {MAX_CLASSES}.")
     if not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) < len(names):
         raise InputError(f"{path}: every [[classes]] entry needs a name, and names must differ. Received: {names}")
     for i, c in enumerate(flat["classes"]):
@@ -310,9 +312,11 @@ def _check_output(path: Path, flat: dict[str, Any], where: str) -> None:
 # setting -> (lowest, highest, which bounds are allowed: True both, "low", "high", False neither); None: unbounded.
 # lr: Adam's step; above 1 it only diverges (a NaN loss), so such a value is a typo
 _RANGES = {
-    "epochs": (1, None, True), "batch": (1, None, True), "steps_per_epoch": (1, None, True),
-    "patience": (1, None, True), "validation_chips": (1, None, True), "depth": (1, 8, True),
-    "filters": (1, None, True), "chip": (1, None, True), "lr": (0, 1, "high"), "alpha": (0, None, False),
+    # upper bounds far past any machine's, so that a typo is refused before the images load: chip = 1048576 failed
+    # a minute later allocating 3 TiB, batch = 1000000000 hung without a word
+    "epochs": (1, None, True), "batch": (1, 4096, True), "steps_per_epoch": (1, 1_000_000, True),
+    "patience": (1, None, True), "validation_chips": (1, 1_000_000, True), "depth": (1, 8, True),
+    "filters": (1, 1024, True), "chip": (1, 8192, True), "lr": (0, 1, "high"), "alpha": (0, None, False),
     "max_minutes": (0, None, False), "dice_weight": (0, None, True), "dropout": (0, 1, "low"),
     "ema": (0, 1, "low"), "band_jitter": (0, 1, "low"), "scale_jitter": (0, 3, True),
     "seed": (0, 2**32 - 1, True),  # what keras.utils.set_random_seed takes

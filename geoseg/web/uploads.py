@@ -45,6 +45,7 @@ def sniff(head: bytes, *, what: str = "image") -> str:
 
 
 BYTES_PER_PIXEL = 16  # the decoded size an upload may have per pixel of the limit: four float32 bands
+BLOCK_BYTES = 64_000_000  # the largest decoded block (a GeoTIFF's tile or strip) allowed beyond twice the image's
 
 
 def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tuple[int, int, int]:
@@ -61,6 +62,7 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
             with rasterio.open(path) as ds:
                 size = (ds.width, ds.height, ds.count)
                 decoded = ds.width * ds.height * sum(np.dtype(t).itemsize for t in ds.dtypes)
+                block = max(h * w for h, w in ds.block_shapes) * sum(np.dtype(t).itemsize for t in ds.dtypes)
     except rasterio.errors.RasterioIOError:
         raise UploadError(f"{name}: the file looks like an image, but it cannot be read: it looks truncated or "
                           "damaged. Upload it again, or a copy that opens in an image viewer.", 400) from None
@@ -73,6 +75,11 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
         raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {decoded / 1e6:,.1f} MB decoded; "
                           f"this server takes at most {max_pixels * BYTES_PER_PIXEL / 1e6:,.1f} MB (four 32-bit bands "
                           "at its pixel limit). Upload the bands a model reads, or use the command line.", 413)
+    if block > max(2 * decoded, BLOCK_BYTES):  # 100x100 px stored in one 16384² tile: 0.8 MB on disk, 1.7 GB and
+        # 36 s of CPU to decode, in the request's thread (uploads at once took the server to 5 GB)
+        raise UploadError(f"{name} is {size[0]}x{size[1]} px but stored in blocks of {block / 1e6:,.0f} MB decoded, "
+                          "far larger than the image; this server does not decode those. Re-save it (gdal_translate "
+                          "-co TILED=YES IN.tif OUT.tif) and upload that.", 413)
     return size
 
 
