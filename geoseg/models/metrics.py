@@ -29,10 +29,12 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int, *, ign
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
+def scores(matrix: np.ndarray, beyond: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
     """Per-class IoU, F1, precision and recall, mean IoU over classes present, pixel accuracy.
 
-    Classes absent from both truth and prediction get NaN and are left out of the mean.
+    Classes absent from both truth and prediction get NaN and are left out of the mean. `beyond` counts, per
+    predicted class, pixels whose truth is known to be none of the matrix's classes (a label class the model
+    lacks): false positives of that class, outside the matrix and the pixel accuracy.
 
     >>> s = scores(np.array([[1, 0], [1, 1]]))
     >>> s["iou"].round(3).tolist(), round(s["mean_iou"], 3)
@@ -43,10 +45,17 @@ def scores(matrix: np.ndarray) -> dict[str, np.ndarray | float]:
     >>> s = scores(np.array([[3, 1], [0, 2]]))
     >>> [s[k].round(3).tolist() for k in ("precision", "recall", "f1", "iou")], s["pixel_accuracy"]
     ([[1.0, 0.667], [0.75, 1.0], [0.857, 0.8], [0.75, 0.667]], 0.8333333333333334)
+
+    Class 1 found on 2 more pixels that are known to be neither class:
+
+    >>> scores(np.array([[3, 1], [0, 2]]), beyond=[0, 2])["precision"].round(3).tolist()
+    [0.75, 0.5]
     """
     matrix = np.asarray(matrix, np.float64)
     tp = np.diag(matrix)
     fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    if beyond is not None:
+        fp = fp + np.asarray(beyond, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (tp + fp + fn)
         precision = tp / (tp + fp)

@@ -41,6 +41,9 @@ class Evaluation:
     pixels_scored: int
     not_scored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # per model class: pixels of label classes the model lacks (`not_scored`) where it predicted that class, false
+    # positives of the classes the labels name (water found on 'background'), outside the matrix
+    predicted_on_not_scored: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -216,6 +219,7 @@ def evaluate(
     _check_label_format(label_format, vector_field)
     ignore_colors = _checked_ignore_colors(label_format, ignore_colors)
     progress = _progress_of(segment_options)
+    ids_of = segment_options.pop("_ids_of", None)  # compare's first model, whose class ids the labels were read as
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     if label_format == "vector" and label_names is None and label_colors is None:
@@ -226,7 +230,7 @@ def evaluate(
     with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
         return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
                          label_colors=label_colors, vector_field=vector_field, ignore_colors=ignore_colors,
-                         keep_masks=keep_masks, progress=progress, **segment_options)
+                         keep_masks=keep_masks, progress=progress, ids_of=ids_of, **segment_options)
 
 
 def _progress_of(options: dict[str, Any]) -> Callable[[float], None] | None:
@@ -243,7 +247,7 @@ def _part(progress: Callable[[float], None] | None, done: float, share: float) -
 
 
 def _evaluate(model, images: list, labels: list, heard, *, label_format, label_names, label_colors,
-              vector_field, ignore_colors, keep_masks, progress=None, **segment_options) -> Evaluation:
+              vector_field, ignore_colors, keep_masks, progress=None, ids_of=None, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
     taken = {str(c["color"]).upper(): c["name"] for c in label_sets[0][0] if c.get("color")}
@@ -260,6 +264,9 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                    else [c.name for c in card.classes])
     n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
+    beyond = np.zeros(n, np.int64)  # predictions on pixels of label classes the model lacks, per class
+    lacking = bool(missing) and not regions and not any(c.name == "other" for c in card.classes)
+    named = set()  # model classes a label class stands for: only theirs are false positives on those pixels
     names = unique_stems(images)
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
@@ -286,10 +293,18 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                 unscored.append(str(image))
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
+            if lacking:  # 'background' of a water mask is known not to be water: the model's water there was
+                # dropped with it, and a poor water map read precision 1.000 (h96)
+                known = lut.copy()
+                known[[i for i, c in enumerate(label_classes) if c["name"] in missing and lut[i] == IGNORE]] = n
+                full = confusion_matrix(known[truth], pred, n + 1)
+                beyond += full[n, :n]
+                named.update(int(v) for v in lut if v < n)
             matrix += confusion_matrix(lut[truth], pred, n)
     if not matrix.any():  # every labelled pixel lay where the model gives no class: "mean_iou": NaN, exit 0
         raise InputError(_nothing_on_data(images, labels))
-    s = scores(matrix)
+    beyond[[i for i in range(n) if i not in named]] = 0  # land found on 'background' may be right: unknowable
+    s = scores(matrix, beyond if lacking else None)
     per_class = {
         name: {k: _rounded(s[k][i]) for k in ("iou", "f1", "precision", "recall")}
         for i, name in enumerate(class_names)
@@ -300,11 +315,13 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     elif missing and any(c.name == "other" for c in card.classes):
         notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
     else:
-        notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
+        notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}; where the model found "
+                 f"a class the labels name on their pixels, that is counted as a false positive ({int(beyond.sum())} "
+                 "pixels); the pixel accuracy is over the pixels of the model's classes"] if missing else []
     absent = [name for i, name in enumerate(class_names) if matrix[i].sum() == 0]
     if absent and not regions:
-        notes.append(f"model classes absent from the labels (left out of the mean IoU if never predicted): "
-                     f"{', '.join(absent)}")
+        notes.append(f"model classes absent from the labels (left out of the mean IoU unless predicted on pixels of "
+                     f"the labels' classes, where they are false positives): {', '.join(absent)}")
     if unnamed:  # were left out without a word
         notes.append(_unnamed_note(unnamed, label_sets))
     notes.extend(unlabelled)
@@ -320,10 +337,16 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
         ids = ", ".join(f"{c.id} {c.name}" for c in card.classes)
         notes.append(f"the labels' values were read as {card.name}'s class ids ({ids}); if they stand for other "
                      "classes, pass --label-names (label_names=) in id order")
+    elif ids_of is not None and not regions:  # compare said nothing of it, for any model (h96)
+        ids = ", ".join(f"{i} {name}" for i, name in enumerate(label_names))
+        notes.append(f"the labels' values were read as {ids_of}'s class ids ({ids}), the first model of the "
+                     "comparison, so that every model reads them alike; if they stand for other classes, pass "
+                     "--label-names (label_names=) in id order")
     notes.extend(heard.notes())
     not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
-                      _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes)
+                      _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes,
+                      beyond.tolist() if lacking else [])
 
 
 def _unnamed_note(unnamed: dict[int, int], label_sets: list) -> str:
@@ -619,6 +642,7 @@ def compare(
     evaluations = []
     if labels is not None:
         shared = _shared_label_set(models[0], labels, options)
+        ids_of = shared.pop("_ids_of", None)  # unnamed index labels or vector ids: the first model's class ids
         options = {**options, **shared}
         label_options = {k: options[k] for k in ("label_format", "label_names", "label_colors", "vector_field")
                          if k in options}
@@ -646,7 +670,8 @@ def compare(
         if labels is not None:
             for k, (m, folder) in enumerate(zip(models, folders)):
                 evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
-                                            progress=_part(progress, k / len(models), 1 / len(models)), **options))
+                                            progress=_part(progress, k / len(models), 1 / len(models)), **options,
+                                            **({"_ids_of": ids_of} if ids_of else {})))
         disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
                                      progress=progress) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
@@ -725,9 +750,9 @@ def _shared_label_set(model, labels: list, options: dict) -> dict:
             raise InputError(f"{sum(named)} of the {len(labels)} label files name their classes (CLASS_NAMES) and "
                              "the others do not, so the models would read them differently; pass --label-names "
                              "(label_names=) for all of them.")
-    classes = get_segmenter(resolve_model(model)).card.classes
-    return {"label_names": [c.name for c in classes], **({"label_colors": [c.in_labels for c in classes]}
-                                                         if fmt == "color" else {})}
+    card = get_segmenter(resolve_model(model)).card
+    return {"label_names": [c.name for c in card.classes],
+            **({"label_colors": [c.in_labels for c in card.classes]} if fmt == "color" else {"_ids_of": card.name})}
 
 
 def _vector_names(labels: list, field: str) -> list[str] | None:
@@ -763,6 +788,12 @@ def _vector_names(labels: list, field: str) -> list[str] | None:
                          "(label_names=) for all of them.")
     if "ids" in kinds:
         return []
+    # one class per name up to case and Unicode form ('Water' beside 'water'), as polygons are read: a model of
+    # regions was scored on both as two classes, confused with each other (h96)
+    alike: dict[str, str] = {}
+    for name in sorted(names):
+        alike.setdefault(class_key(name), name)
+    names = set(alike.values())
     return sorted(names) if 0 < len(names) < IGNORE else None
 
 
