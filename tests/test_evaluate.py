@@ -78,10 +78,10 @@ def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, 
     image = make_raster(shape=(60, 70))
     pred, _ = _predicted(tiny_fcn, image, tmp_path)
     # a label set in another order, with a class the model lacks
-    names = ["clouds", "class1", "class0"]
+    names = ["background", "class1", "class0"]
     # score against the same kept mask the evaluation makes (a tiny random network may flip near-ties between runs)
     truth = np.select([pred == 0, pred == 1], [2, 1], 0).astype(np.uint8)
-    truth[:, :5] = 0  # "clouds": not scored
+    truth[:, :5] = 0  # "background": not scored, but known to be neither class0 nor class1
     wrong = np.zeros_like(pred, bool)
     wrong[30:40, 20:30] = True
     truth[wrong] = np.where(truth[wrong] == 2, 1, 2)  # 100 pixels swapped between class0 and class1
@@ -91,10 +91,10 @@ def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, 
     result = evaluate(tiny_fcn, [image], [label], label_names=names, keep_masks=tmp_path / "kept")
     with rasterio.open(tmp_path / "kept" / "image_mask.tif") as ds:
         kept = ds.read(1)
-    as_model = np.array([255, 1, 0], np.uint8)[truth]  # label ids -> model ids by name; clouds not scored
+    as_model = np.array([255, 1, 0], np.uint8)[truth]  # label ids -> model ids by name; background not scored
     scored = as_model != 255
     errors = int((kept[scored] != as_model[scored]).sum())
-    assert result.not_scored == ["clouds"]
+    assert result.not_scored == ["background"]
     assert result.pixels_scored == 60 * 65
     matrix = np.array(result.confusion_matrix)
     assert matrix.sum() - np.trace(matrix) == errors
@@ -103,11 +103,14 @@ def test_labels_matched_by_name_and_wrong_pixels_counted(make_raster, tiny_fcn, 
     # every number from the masks themselves, not from geoseg's metrics: rows truth, columns prediction
     assert matrix.tolist() == [[int(((as_model == t) & (kept == p) & scored).sum()) for p in range(3)]
                                for t in range(3)]
-    # a model class that a label class names, found on "clouds" (known to be neither): a false positive. It was
-    # dropped with the clouds, and a water map scored against a water/background mask read precision 1.000 (h96)
+    # a model class that a label class names, found on "background" (known to be neither): a false positive. It
+    # was dropped with the background, and a water map against a water/background mask read precision 1.000 (h96)
     clouds = truth == 0
     assert result.predicted_on_not_scored == [int((clouds & (kept == c)).sum()) if c < 2 else 0 for c in range(3)]
     assert sum(result.predicted_on_not_scored) > 0
+    # a class of no known class ('clouds', 'unlabeled') is no negative: its pixels count for nothing
+    unknown = evaluate(tiny_fcn, [image], [label], label_names=["clouds", "class1", "class0"])
+    assert unknown.predicted_on_not_scored == [0, 0, 0] and unknown.confusion_matrix == result.confusion_matrix
     for c, name in enumerate(result.classes):
         tp = int(((as_model == c) & (kept == c)).sum())
         fp = int(((as_model != c) & (scored | (clouds & (c < 2))) & (kept == c)).sum())
@@ -1043,3 +1046,19 @@ def test_vector_label_names_alike_but_for_case_are_one_class_for_a_model_of_regi
     result = evaluate("watershed-regions", [image], [tmp_path / "labels.gpkg"], label_format="vector")
     assert sorted(result.classes) == ["Water", "other"], result.classes
     assert result.pixels_scored == 64 * 80
+
+
+def test_a_class_one_label_file_names_is_a_false_positive_only_on_that_files_background(make_raster, tiny_fcn,
+                                                                                        tmp_path):
+    """Only a third file named class1: class1 found on the background of the two others, which may well be
+    class1 there, was counted against it too (h97)."""
+    images = [make_raster(name=f"i{i}.tif", shape=(30, 40), seed=i) for i in range(2)]
+    labels = []
+    for i, names in enumerate([{"0": "background", "1": "class0"}, {"0": "background", "1": "class1"}]):
+        labels.append(tmp_path / f"l{i}.tif")
+        with rasterio.open(labels[-1], "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8") as ds:
+            ds.write(np.repeat([0, 1], 20)[None, :].repeat(30, 0).astype(np.uint8), 1)  # background left
+            ds.update_tags(CLASS_NAMES=json.dumps(names))
+    result = evaluate(tiny_fcn, images, labels, keep_masks=tmp_path / "kept")
+    kept = [rasterio.open(tmp_path / "kept" / f"i{i}_mask.tif").read(1)[:, :20] for i in range(2)]
+    assert result.predicted_on_not_scored == [int((kept[0] == 0).sum()), int((kept[1] == 1).sum()), 0]

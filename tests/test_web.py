@@ -925,6 +925,29 @@ def test_a_label_is_scored_as_compare_scores_it_paletted_or_not(client, make_ras
     assert job["result"]["agreement_pct"] > 0
 
 
+def test_a_label_of_a_class_the_model_lacks_is_scored_as_evaluate_scores_it(client, make_raster, tmp_path):
+    """A model's class found on a label's 'background' is a false positive in evaluate and compare; the page
+    still left it out, and read a higher IoU than compare for the same files (h97)."""
+    from geoseg.workflows.evaluate import evaluate
+
+    tif = make_raster(shape=(60, 80))
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8") as ds:
+        ds.write((np.arange(80)[None, :] // 27 + np.zeros((60, 1), int)).astype(np.uint8), 1)
+        ds.update_tags(CLASS_NAMES=json.dumps({"0": "background", "1": "class0", "2": "class1"}))
+    expected = evaluate("tiny-fcn", [tif], [label])
+    assert sum(expected.predicted_on_not_scored)  # the case at hand: the model found its classes on background
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "a.tif"),
+                                                 "models": "tiny-fcn", "label": (io.BytesIO(label.read_bytes()),
+                                                                                 "label.tif")},
+                           content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    (row,) = job["result"]["iou"]
+    assert row["iou"] == {name: scores["iou"] for name, scores in expected.per_class.items()}
+    assert row["mean_iou"] == expected.mean_iou
+
+
 def _saved(image, path):
     image.save(path, format="PNG")
     return path

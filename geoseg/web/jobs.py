@@ -337,8 +337,8 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
     from rasterio.enums import ColorInterp
 
     from geoseg.models.labels import label_class_names, read_labels
-    from geoseg.models.metrics import confusion_matrix, scores
-    from geoseg.workflows.evaluate import _remap
+    from geoseg.models.metrics import scores
+    from geoseg.workflows.evaluate import _remap, tally
 
     if not masks:
         return []
@@ -413,8 +413,9 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
             with rasterio.open(job.files[f"m{i}_mask.tif"]) as ds:
                 pred = ds.read(1)
             card = masks[model][1]
-            lut, _ = _remap(label_classes, card)
-            s = scores(confusion_matrix(lut[truth], pred, card.n_classes))
+            lut, _ = _remap(label_classes, card)  # counted as compare counts them: water on 'background' too
+            s = scores(*tally(truth, pred, lut, label_classes, card.n_classes,
+                              negatives=not any(c.name == "other" for c in card.classes)))
             rows.append({"model": card.name, "mean_iou": None if np.isnan(s["mean_iou"]) else round(s["mean_iou"], 4),
                          "iou": {c.name: (None if np.isnan(v) else round(float(v), 4))
                                  for c, v in zip(card.classes, s["iou"])}})

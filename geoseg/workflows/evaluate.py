@@ -167,6 +167,42 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
     return lut, missing
 
 
+# label classes whose pixels are of no known class (the Dubai masks' "unlabeled", clouds): not known negatives
+_UNKNOWN = {"unlabeled", "unlabelled", "unknown", "ignore", "ignored", "void", "nodata", "novalue", "cloud", "clouds",
+            "unclassified", "notclassified", "undefined", "masked"}
+
+
+def unknown_class(name: str) -> bool:
+    """Whether a label class's name says its pixels are of no known class ('unlabeled', 'No data', 'clouds').
+
+    >>> [unknown_class(n) for n in ("Unlabeled", "no data", "background", "other")]
+    [True, True, False, False]
+    """
+    return re.sub(r"[^a-z]", "", class_key(name)) in _UNKNOWN
+
+
+def tally(truth: np.ndarray, pred: np.ndarray, lut: np.ndarray, label_classes: list[dict], n: int, *,
+          negatives: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, n) confusion matrix of `pred` against label ids `truth` read by `lut`, and, with `negatives` (a
+    model without 'other'), per model class its predictions on pixels of the label classes the model lacks.
+
+    Those pixels are known to be none of the classes the label file names ('background' of a water mask is not
+    water): a class of this file's found there is a false positive; one the file does not name may be right (its
+    background may hold roads), and classes of no known class ('unlabeled', clouds: `unknown_class`) count for
+    nothing. The model's water there was dropped, and a poor water map read precision 1.000 (h96)."""
+    matrix = confusion_matrix(lut[truth], pred, n)
+    beyond = np.zeros(n, np.int64)
+    if negatives:
+        known = lut.copy()
+        lacking = [i for i, c in enumerate(label_classes)
+                   if c["name"] is not None and lut[i] == IGNORE and not unknown_class(c["name"])]
+        if lacking:
+            known[lacking] = n
+            named = sorted({int(v) for v in lut if v < n})  # this file's classes
+            beyond[named] = confusion_matrix(known[truth], pred, n + 1)[n, named]
+    return matrix, beyond
+
+
 def evaluate(
     model: str | os.PathLike | None,
     images: Sequence[str | os.PathLike],
@@ -266,7 +302,6 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     matrix = np.zeros((n, n), np.int64)
     beyond = np.zeros(n, np.int64)  # predictions on pixels of label classes the model lacks, per class
     lacking = bool(missing) and not regions and not any(c.name == "other" for c in card.classes)
-    named = set()  # model classes a label class stands for: only theirs are false positives on those pixels
     names = unique_stems(images)
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
@@ -293,17 +328,11 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                 unscored.append(str(image))
             if regions:  # each region takes its majority label class
                 pred = majority_classes(pred, lut[truth], n)
-            if lacking:  # 'background' of a water mask is known not to be water: the model's water there was
-                # dropped with it, and a poor water map read precision 1.000 (h96)
-                known = lut.copy()
-                known[[i for i, c in enumerate(label_classes) if c["name"] in missing and lut[i] == IGNORE]] = n
-                full = confusion_matrix(known[truth], pred, n + 1)
-                beyond += full[n, :n]
-                named.update(int(v) for v in lut if v < n)
-            matrix += confusion_matrix(lut[truth], pred, n)
+            found, outside = tally(truth, pred, lut, label_classes, n, negatives=lacking)
+            matrix += found
+            beyond += outside
     if not matrix.any():  # every labelled pixel lay where the model gives no class: "mean_iou": NaN, exit 0
         raise InputError(_nothing_on_data(images, labels))
-    beyond[[i for i in range(n) if i not in named]] = 0  # land found on 'background' may be right: unknowable
     s = scores(matrix, beyond if lacking else None)
     per_class = {
         name: {k: _rounded(s[k][i]) for k in ("iou", "f1", "precision", "recall")}
@@ -315,9 +344,14 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     elif missing and any(c.name == "other" for c in card.classes):
         notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
     else:
-        notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}; where the model found "
-                 f"a class the labels name on their pixels, that is counted as a false positive ({int(beyond.sum())} "
-                 "pixels); the pixel accuracy is over the pixels of the model's classes"] if missing else []
+        unknown = sorted(m for m in missing if unknown_class(m))
+        notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
+        if lacking and len(unknown) < len(missing):
+            notes[0] += (f"; where the model found a class its label file names on pixels of "
+                         f"{', '.join(sorted(set(missing) - set(unknown)))}, that is counted as a false positive "
+                         f"({int(beyond.sum())} pixels)" + (f"; {', '.join(unknown)} taken for unknown, not "
+                                                            "counted" if unknown else "") +
+                         "; the pixel accuracy is over the pixels of the model's classes")
     absent = [name for i, name in enumerate(class_names) if matrix[i].sum() == 0]
     if absent and not regions:
         notes.append(f"model classes absent from the labels (left out of the mean IoU unless predicted on pixels of "
