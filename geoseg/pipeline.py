@@ -357,26 +357,71 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
                 cancel_run(run)
             raise
         return
-    from distributed import as_completed
+    _store_on_cluster(result, writer, client, report, source)
 
-    blocks = result.to_delayed()
-    starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
-    futures = {}
-    for index in np.ndindex(blocks.shape):
-        future = client.compute(blocks[index])
-        futures[future] = tuple(slice(s[i], s[i] + result.chunks[a][i]) for a, (s, i) in enumerate(zip(starts, index)))
+
+STEP_S = 5  # how often a cluster run that waits for its chunks checks that the cluster still has workers
+
+
+def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source: str) -> None:
+    """`_store` on a dask.distributed cluster: each chunk a task of its own (`ChunkCall`), at most twice the
+    workers' threads of them at once, written as they come back.
+
+    Chunks of the array computed one by one cost time in the square of their number (each call took in the
+    whole graph: a 48000² raster sent its first chunk after 380 s), and all submitted at once left the finished
+    ones on the workers until read (500 MB each of 1 GB workers, spilling). A cluster whose workers are all
+    gone for `WORKER_WAIT_S` fails the raster, rather than waiting for ever without a word."""
+    from itertools import islice
+
+    from distributed import wait
+
+    call = result.chunk_call
+    starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks[:2]]
+    locations = [tuple((int(s[i]), int(s[i] + result.chunks[a][i])) for a, (s, i) in enumerate(zip(starts, index)))
+                 for index in np.ndindex(result.numblocks[:2])]
+    todo = iter(locations)
+    pending: dict = {}
+
+    def submit(location) -> None:
+        (r0, r1), (c0, c1) = location
+        pending[client.submit(call, location, key=f"{result.name}-{r0}-{c0}", retries=0)] = (slice(r0, r1),
+                                                                                              slice(c0, c1))
+
+    done, idle_since = 0, None
     try:
-        for done, future in enumerate(as_completed(futures), start=1):
-            writer[futures[future]] = future.result()
-            del future
-            report(done / len(futures))
+        for location in islice(todo, max(4, 2 * sum(client.nthreads().values()))):
+            submit(location)
+        while pending:
+            try:
+                finished = wait(list(pending), timeout=STEP_S, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                finished = set()
+            if not finished:
+                if client.scheduler_info().get("workers"):
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > WORKER_WAIT_S:
+                    raise ClusterError(f"{source}: the Dask cluster has had no workers for {WORKER_WAIT_S} s while "
+                                       "it was segmented (stopped, or lost). Start workers (dask worker ADDRESS) "
+                                       "and run again, or run with --workers N instead of --scheduler.")
+                continue
+            for future in finished:
+                window = pending.pop(future)
+                writer[window] = future.result()
+                future.release()
+                done += 1
+                report(done / len(locations))
+                following = next(todo, None)
+                if following is not None:
+                    submit(following)
     except GeosegError:
         raise
     except Exception as exc:  # the cluster's own failures were tracebacks that stopped the batch
         _raise_cluster_error(exc, source)
     finally:
         try:
-            client.cancel(list(futures))  # what is left of a failed run is not run on
+            client.cancel(list(pending))  # what is left of a failed run is not run on
         except Exception:  # noqa: BLE001 - a scheduler already gone has nothing left to cancel
             pass
 

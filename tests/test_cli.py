@@ -491,6 +491,27 @@ def test_a_cluster_started_while_port_8787_is_taken_leaks_no_socket():
         taken.close()
 
 
+def test_an_address_that_never_answers_as_a_scheduler_is_an_error_not_a_hang(run, make_raster, tmp_path,
+                                                                               monkeypatch):
+    """--scheduler at a port that takes connections and says nothing (the dashboard's 8787 for 8786) hung for good
+    inside Client(), whose own timeout did not end it (h95)."""
+    import socket
+    import time
+
+    monkeypatch.setattr(sys.modules["geoseg.cli.segment"], "CONNECT_S", 2)  # (geoseg.cli.segment is the command)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        started = time.monotonic()
+        result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler",
+                     f"tcp://127.0.0.1:{silent.getsockname()[1]}")
+        assert result.exit_code == 1 and "answered as a Dask scheduler within 2 s" in result.output, result.output
+        assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
+    finally:
+        silent.close()
+
+
 def test_an_unreachable_scheduler_is_one_line_and_status_1(run, make_raster, tmp_path):
     result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in result.output

@@ -1085,6 +1085,27 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raster, tmp_path, monkeypatch):
+    """Workers gone for good mid-run (a batch job's end, preempted nodes): the run waited for ever without a word."""
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    from geoseg.errors import ClusterError
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    monkeypatch.setattr(pipeline, "STEP_S", 0.2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        def gone(fraction):
+            if cluster.workers:
+                cluster.scale(0)
+
+        with pytest.raises(ClusterError, match="the Dask cluster has had no workers for 1 s while it was segmented"):
+            segment(make_raster(shape=(256, 256)), tmp_path / "out", model="threshold", chunk=32, preview=False,
+                    client=client, progress=gone)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_closed_client_is_a_cluster_error(make_raster, tmp_path):
     """A notebook's Client closed, or its cluster gone, was "AttributeError: 'NoneType' object has no attribute
     'broadcast'" from inside distributed."""

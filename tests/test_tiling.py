@@ -143,9 +143,8 @@ def test_errors_of_a_task_reach_a_distributed_client_as_geoseg_errors(tmp_path):
         except Unbuildable:
             raise InputError("a window could not be read")
 
-    info = {None: {"array-location": [(0, 4), (0, 4), (0, 1)]}}
     with pytest.raises(InputError) as caught:
-        _read_and_call(info, func=_core_plus_one, read=read, shape=(4, 4), margin=0, kwargs={})
+        _read_and_call([(0, 4), (0, 4)], func=_core_plus_one, read=read, shape=(4, 4), margin=0, kwargs={})
     assert isinstance(sent(caught.value), InputError)
 
 

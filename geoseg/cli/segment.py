@@ -304,12 +304,9 @@ class _client:
 
                 self.client.register_plugin(QuietTensorFlow(self.verbosity), name="geoseg-quiet-tensorflow")
         else:
-            try:
-                self.client = Client(self.scheduler, timeout="10s")
-            except (OSError, ValueError, TypeError) as exc:  # ValueError: 'nonsense' has no port, a traceback
-                raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
-                    f"--scheduler: cannot reach a Dask scheduler at {self.scheduler} ({exc}). Check the address "
-                    "(tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to run here.") from None
+            if self.verbosity < 1:  # a scheduler lost mid-run: ~35 lines of distributed's tracebacks came before
+                logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # geoseg's one-line error
+            self.client = _connect(self.scheduler)
         return self.client
 
     def __exit__(self, *exc):
@@ -325,6 +322,42 @@ class _client:
                 self.cluster.close()
             finally:
                 nanny.setLevel(level)
+
+
+CONNECT_S = 30  # how long --scheduler waits for a scheduler to answer, all told
+
+
+def _connect(address: str):
+    """A Client of the scheduler at `address`, or a ClickException. Bounded by `CONNECT_S` of wall-clock time:
+    an address that takes connections and never answers as a scheduler (the dashboard's port, 8787, for 8786)
+    hung for good inside Client(), whose own timeout did not end it."""
+    import threading
+
+    from distributed import Client
+
+    made: dict = {}
+
+    def connect() -> None:
+        try:
+            made["client"] = Client(address, timeout="10s")
+        except BaseException as exc:  # noqa: BLE001 - raised below, on the command's thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=connect, name="geoseg-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_S)
+    if thread.is_alive():
+        raise click.ClickException(f"--scheduler: nothing at {address} answered as a Dask scheduler within "
+                                   f"{CONNECT_S} s. Check the address: the scheduler's port (8786 by default), not "
+                                   "its dashboard's (8787); leave --scheduler out to run here.")
+    error = made.get("error")
+    if isinstance(error, (OSError, ValueError, TypeError)):  # ValueError: 'nonsense' has no port, a traceback
+        raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
+            f"--scheduler: cannot reach a Dask scheduler at {address} ({error}). Check the address "
+            "(tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to run here.") from None
+    if error is not None:
+        raise error
+    return made["client"]
 
 
 def _cluster_failure(exc: BaseException, workers: int) -> str:
