@@ -1097,3 +1097,10 @@ def test_the_command_puts_back_the_sigterm_handler_of_the_process_that_called_it
     before = signal.getsignal(signal.SIGTERM)
     assert run("models").exit_code == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_python_dash_m_geoseg_runs_the_command():
+    """Where a venv's bin/ is not on PATH (cron, several venvs), `python -m geoseg` was "No module named
+    geoseg.__main__" (h98)."""
+    done = subprocess.run([sys.executable, "-m", "geoseg", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "geoseg" in done.stdout, done.stderr
