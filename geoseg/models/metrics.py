@@ -46,10 +46,10 @@ def scores(matrix: np.ndarray, beyond: np.ndarray | None = None) -> dict[str, np
     >>> [s[k].round(3).tolist() for k in ("precision", "recall", "f1", "iou")], s["pixel_accuracy"]
     ([[1.0, 0.667], [0.75, 1.0], [0.857, 0.8], [0.75, 0.667]], 0.8333333333333334)
 
-    Class 1 found on 2 more pixels that are known to be neither class:
+    Class 1 found on 2 more pixels that are known to be neither class: 2 right of 5 found.
 
     >>> scores(np.array([[3, 1], [0, 2]]), beyond=[0, 2])["precision"].round(3).tolist()
-    [0.75, 0.5]
+    [1.0, 0.4]
     """
     matrix = np.asarray(matrix, np.float64)
     tp = np.diag(matrix)
