@@ -407,8 +407,8 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
                                        "and run again, or run with --workers N instead of --scheduler.")
                 continue
             for future in finished:
-                window = pending.pop(future)
-                writer[window] = future.result()
+                writer[pending[future]] = future.result()  # one that raises stays pending: cancelled below, or it
+                del pending[future]  # stayed on the scheduler, erred, and in the client, with its traceback (h99)
                 future.release()
                 done += 1
                 report(done / len(locations))

@@ -1106,6 +1106,38 @@ def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raste
     assert not (tmp_path / "out").exists()
 
 
+def test_a_chunk_that_fails_on_a_cluster_leaves_no_task_behind(make_raster, tmp_path):
+    """The failed chunk's task stayed on the scheduler, erred, and its Future in the client with its traceback:
+    one more for every failed raster of a survey on a shared scheduler (h99)."""
+    import gc
+    import shutil
+    import time
+
+    from distributed import Client, LocalCluster
+
+    source = make_raster(name="many.tif", shape=(300, 260))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        path = tmp_path / "cut.tif"
+        shutil.copy(source, path)
+        calls = []
+
+        def cut(fraction):
+            calls.append(fraction)
+            if len(calls) == 2:
+                os.truncate(path, 0)
+
+        with pytest.raises(RasterReadError):
+            segment(path, tmp_path / "out", model="threshold", chunk=16, preview=False, client=client, progress=cut)
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
+        assert not client.futures
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_closed_client_is_a_cluster_error(make_raster, tmp_path):
     """A notebook's Client closed, or its cluster gone, was "AttributeError: 'NoneType' object has no attribute
     'broadcast'" from inside distributed."""
