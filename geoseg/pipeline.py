@@ -387,7 +387,26 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
         pending[client.submit(call, location, key=f"{result.name}-{r0}-{c0}", retries=0)] = (slice(r0, r1),
                                                                                               slice(c0, c1))
 
-    done, idle_since = 0, None
+    idle_since: list[float] = []  # since when the cluster has had no workers
+
+    def check_workers() -> None:
+        if client.scheduler_info().get("workers"):
+            idle_since.clear()
+        elif not idle_since:
+            idle_since.append(time.monotonic())
+        elif time.monotonic() - idle_since[0] > WORKER_WAIT_S:
+            raise ClusterError(f"{source}: the Dask cluster has had no workers for {WORKER_WAIT_S} s while it was "
+                               "segmented (stopped, or lost). Start workers (dask worker ADDRESS) and run again, or "
+                               "run with --workers N instead of --scheduler.")
+
+    def fetched(future) -> np.ndarray:
+        while True:  # a result held by a worker gone meanwhile is computed again, once a worker comes
+            try:
+                return future.result(timeout=STEP_S)
+            except TimeoutError:
+                check_workers()
+
+    done = 0
     try:
         for location in islice(todo, max(4, 2 * sum(client.nthreads().values()))):
             submit(location)
@@ -397,17 +416,10 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
             except TimeoutError:
                 finished = set()
             if not finished:
-                if client.scheduler_info().get("workers"):
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > WORKER_WAIT_S:
-                    raise ClusterError(f"{source}: the Dask cluster has had no workers for {WORKER_WAIT_S} s while "
-                                       "it was segmented (stopped, or lost). Start workers (dask worker ADDRESS) "
-                                       "and run again, or run with --workers N instead of --scheduler.")
+                check_workers()
                 continue
             for future in finished:
-                writer[pending[future]] = future.result()  # one that raises stays pending: cancelled below, or it
+                writer[pending[future]] = fetched(future)  # one that raises stays pending: cancelled below, or it
                 del pending[future]  # stayed on the scheduler, erred, and in the client, with its traceback (h99)
                 future.release()
                 done += 1
