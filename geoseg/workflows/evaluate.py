@@ -190,17 +190,17 @@ def tally(truth: np.ndarray, pred: np.ndarray, lut: np.ndarray, label_classes: l
     water): a class of this file's found there is a false positive; one the file does not name may be right (its
     background may hold roads), and classes of no known class ('unlabeled', clouds: `unknown_class`) count for
     nothing. The model's water there was dropped, and a poor water map read precision 1.000 (h96)."""
-    matrix = confusion_matrix(lut[truth], pred, n)
     beyond = np.zeros(n, np.int64)
-    if negatives:
-        known = lut.copy()
-        lacking = [i for i, c in enumerate(label_classes)
-                   if c["name"] is not None and lut[i] == IGNORE and not unknown_class(c["name"])]
-        if lacking:
-            known[lacking] = n
-            named = sorted({int(v) for v in lut if v < n})  # this file's classes
-            beyond[named] = confusion_matrix(known[truth], pred, n + 1)[n, named]
-    return matrix, beyond
+    lacking = [i for i, c in enumerate(label_classes)
+               if c["name"] is not None and lut[i] == IGNORE and not unknown_class(c["name"])] if negatives else []
+    if not lacking:
+        return confusion_matrix(lut[truth], pred, n), beyond
+    known = lut.copy()
+    known[lacking] = n  # one more truth row: the matrix is the rest, counted in the same pass
+    full = confusion_matrix(known[truth], pred, n + 1)
+    named = sorted({int(v) for v in lut if v < n})  # this file's classes
+    beyond[named] = full[n, named]
+    return full[:n, :n], beyond
 
 
 def evaluate(
@@ -301,7 +301,8 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     n = len(class_names)
     matrix = np.zeros((n, n), np.int64)
     beyond = np.zeros(n, np.int64)  # predictions on pixels of label classes the model lacks, per class
-    lacking = bool(missing) and not regions and not any(c.name == "other" for c in card.classes)
+    has_other = any(c.name == "other" for c in card.classes)  # a baseline's: label classes it lacks are 'other'
+    lacking = bool(missing) and not regions and not has_other
     names = unique_stems(images)
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
@@ -341,7 +342,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     if regions:
         notes = ["each region was given its majority label class: the labels chose the classes, so these scores "
                  "bound what a classifier of these regions could reach; they do not measure a classifier"]
-    elif missing and any(c.name == "other" for c in card.classes):
+    elif missing and has_other:
         notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
     else:
         unknown = sorted(m for m in missing if unknown_class(m))
@@ -377,7 +378,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                      "comparison, so that every model reads them alike; if they stand for other classes, pass "
                      "--label-names (label_names=) in id order")
     notes.extend(heard.notes())
-    not_scored = [] if any(c.name == "other" for c in card.classes) else sorted(missing)
+    not_scored = [] if has_other else sorted(missing)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes,
                       beyond.tolist() if lacking else [])
