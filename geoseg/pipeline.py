@@ -289,6 +289,13 @@ class SegmentResult:
     nodata_pixels: int = 0  # the mask's pixels of no class (the input's nodata), and their m² (None without a CRS)
     nodata_m2: float | None = None
     warnings: list[str] = field(default_factory=list)  # what the run logged as warnings (in the calling thread)
+    # the mask's georeferencing, as rasterio reads it: CRS ('EPSG:32640', or WKT), affine coefficients (a, b, c,
+    # d, e, f: ``Affine(*transform)``) and (left, bottom, right, top); None for a mask without (a photo's, or one
+    # placed by ground control points, which it carries as the input did)
+    crs: str | None = None
+    transform: list[float] | None = None
+    bounds: list[float] | None = None
+    styles: dict[str, str] = field(default_factory=dict)  # the QGIS styles written beside `outputs` of these names
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -908,6 +915,7 @@ def segment(
     if progress is not None:
         progress(1.0)
     seconds = time.perf_counter() - started
+    placed = _georeferencing(paths["mask"])
     device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
         client.run(describe_device).values())))
     return SegmentResult(
@@ -940,7 +948,21 @@ def segment(
             **{k: v for k, v in parse_qsl(model_path.partition("?")[2]) if k in ("precision", "tta")},
         },
         output=card.output,
+        **placed,
+        styles={name: str(paths[name].with_suffix(".qml")) for name in ("mask", "vector")
+                if name in paths and paths[name].with_suffix(".qml").is_file()},
     )
+
+
+def _georeferencing(mask: Path) -> dict[str, Any]:
+    """`SegmentResult`'s crs, transform and bounds of the written `mask`."""
+    from geoseg.raster import open_quietly
+
+    with open_quietly(mask) as ds:  # a photo's mask has no geotransform: no warning for it here
+        placed = ds.crs is not None or not ds.transform.is_identity
+        return {"crs": ds.crs.to_string() if ds.crs else None,
+                "transform": list(ds.transform)[:6] if placed else None,
+                "bounds": list(ds.bounds) if placed else None}
 
 
 def _sieved(mask: Path, grid: RasterInfo, card: ModelCard, min_pixels: int) -> Path:

@@ -1611,3 +1611,25 @@ def test_a_signal_handler_set_outside_python_is_left_alone(monkeypatch):
     with signals_held():
         assert real(signal.SIGTERM) is before and real(signal.SIGINT) is not interrupt  # Ctrl-C is still held
     assert real(signal.SIGTERM) is before and real(signal.SIGINT) is interrupt
+
+
+def test_the_result_carries_the_masks_georeferencing_and_styles(make_raster, tmp_path):
+    """A script had to open the mask again to learn where it lies (h93), and `outputs` did not name the styles."""
+    from affine import Affine
+    from PIL import Image
+
+    path = make_raster(transform=Affine(0.5, 0.1, 500000.0, 0.05, -0.5, 2800000.0))  # rotated, as a drone grid
+    result = segment(path, tmp_path / "out", model="threshold", vector=True, preview=False)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        assert result.crs == "EPSG:32640" and Affine(*result.transform) == ds.transform
+        assert result.bounds == list(ds.bounds)
+    assert result.styles == {"mask": str(tmp_path / "out" / "image_mask.qml"),
+                             "vector": str(tmp_path / "out" / "image_polygons.qml")}
+    assert all(Path(p).is_file() for p in result.styles.values())
+    assert result.to_dict()["transform"] == result.transform
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, :20] = (30, 80, 110)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    photo = segment(tmp_path / "photo.png", tmp_path / "photo", model="threshold", preview=False)
+    assert (photo.crs, photo.transform, photo.bounds) == (None, None, None)  # not a y-down identity
+    assert list(photo.styles) == ["mask"]

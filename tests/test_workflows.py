@@ -46,7 +46,12 @@ def test_scene_with_zones_in_another_crs(make_raster, tiny_fcn, tmp_path):
     layer = gpd.read_file(result.outputs["zones"])
     assert {"class0_m2", "class0_pct", "district"} <= set(layer.columns) and layer.crs == "EPSG:4326"
     with open(result.outputs["report"]) as f:
-        assert json.load(f)["zones"][0]["zone"] == "west"
+        report = json.load(f)
+    assert report["zones"][0]["zone"] == "west"
+    # the styles and georeferencing of the segmentation, where the files lie, not in the staging folder
+    assert report["segment"]["styles"] == {"mask": str(tmp_path / "out" / "image_mask.qml")}
+    assert Path(report["segment"]["styles"]["mask"]).is_file()
+    assert report["segment"]["crs"] == "EPSG:32640" and report["segment"]["bounds"][0] == x0
     # the zones table fed back as zones: its columns pixels, class0_m2, ... joined twice, a traceback after segmenting
     again = scene(path, tmp_path / "again", zones=result.outputs["zones"], zone_field="district", model=tiny_fcn)
     layer = gpd.read_file(again.outputs["zones"])

@@ -54,7 +54,7 @@ __all__ = ["segment"]
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Join an existing dask.distributed scheduler, e.g. tcp://host:8786.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: outputs, per-class pixels and m², speed, peak memory.")
+              help="Print one JSON object: outputs and styles, CRS, transform and bounds, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, resample, chunk, tile, margin, batch_size, confidence, probabilities,
             vector, sieve, preview, overwrite, workers, scheduler, as_json, quiet):

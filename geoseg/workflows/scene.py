@@ -144,7 +144,8 @@ def _write_report(result: SegmentResult, frame, zone_field: str | None, staged: 
                         outlines=outlines, title=f"{stem}: land cover by {result.model}"), staged["map"])
     outputs = {name: str(path) for name, path in paths.items()}
     segmented = {k: v for k, v in result.to_dict().items() if k != "warnings"} | {  # the scene's own list has them
-        "outputs": {name: outputs[name] for name in result.outputs}}
+        "outputs": {name: outputs[name] for name in result.outputs},
+        "styles": {name: str(Path(outputs[name]).with_suffix(".qml")) for name in result.styles}}
     if result.nodata_m2 is None:  # no CRS: by pixels
         covered = coverage_pct(sum(c["pixels"] for c in result.classes), result.nodata_pixels)
     else:
