@@ -670,6 +670,14 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)  # phone width
             page.goto(url)
             page.screenshot(path=shots / "1-start.png", full_page=True)
+            # the empty file input was `required`, which a screen reader announced as "invalid entry" at load
+            assert page.evaluate("document.querySelector('#image').matches(':invalid')") is False
+            assert page.get_attribute("#image", "aria-required") == "true"
+            page.click("#go")  # no image: said, marked and focused as the server's errors are
+            page.wait_for_selector("#message.error")
+            assert page.inner_text("#message") == "Choose an image to segment."
+            assert page.evaluate("document.activeElement.id") == "image"
+            assert page.get_attribute("#image", "aria-invalid") == "true"
             page.set_input_files("#image", str(image))
             page.check("input[value='threshold']")
             page.check("input[value='tiny-fcn']")

@@ -64,6 +64,8 @@ form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const data = new FormData(form);
   flag();
+  // not `required`: an empty file input matched :invalid from the start, and was announced "invalid entry" at load
+  if (!input.files.length) { say("Choose an image to segment.", true); flag("image"); return; }
   if (!data.getAll("models").length) { say("Pick at least one model.", true); flag("models"); return; }
   $("go").disabled = true; $("status").focus(); // one job at a time from this page
   $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
