@@ -281,6 +281,66 @@ def test_flood_with_pre_event_ndwi_takes_one_otsu_cut_for_both_dates(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before any folder was made
 
 
+def test_flood_statistics_come_from_the_ground_both_dates_show(tmp_path):
+    """The NDWI cut took in all of a larger pre scene, and a baseline was calibrated on each date alone: the same
+    post image and the same pre pixels over it gave 2.2 times the permanent water with more pre scene around them,
+    and a flood that moved the post image's water cut made a third of unchanged ground "receded water" (h101)."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    index = np.tile(np.linspace(-0.5, 0.5, 80, dtype=np.float32), (60, 1))  # a gradient: each cut moves pixels
+    flooded = np.zeros_like(index, bool)
+    flooded[10:50, 5:45] = True
+    # NDWI: the pre scene has 60 more columns of dry land to the east, outside the post image
+    wide = np.concatenate([index, np.full((60, 60), -0.6, np.float32)], axis=1)
+    four = lambda i: np.stack([np.zeros_like(i), 1000 * (1 + i), np.zeros_like(i), 1000 * (1 - i)])
+    post = _write(tmp_path / "post.tif", four(np.where(flooded, 0.8, index)), crs, transform)
+    runs = [flood(post, tmp_path / f"ndwi-{name}", pre=_write(tmp_path / f"{name}.tif", four(pre), crs, transform),
+                  method="ndwi") for name, pre in (("crop", index), ("wide", wide))]
+    assert runs[0].ndwi_threshold == runs[1].ndwi_threshold
+    assert runs[0].classes == runs[1].classes
+    assert "where both show the ground" in runs[1].water_source
+    # the threshold baseline: blue against red, one pair of cuts for both dates
+    rgb = lambda i: np.stack([100 * (1 - i), np.full_like(i, 100), 100 * (1 + i)]).round().astype(np.uint8)
+    post = _write(tmp_path / "post-rgb.tif", rgb(np.where(flooded, 0.8, index)), crs, transform)
+    pre = _write(tmp_path / "pre-rgb.tif", rgb(index), crs, transform)
+    result = flood(post, tmp_path / "threshold", pre=pre, model="threshold")
+    with rasterio.open(result.outputs["tif"]) as ds:
+        classes = ds.read(1)
+    assert not np.isin(classes[~flooded], [1, 3]).any()  # unchanged ground: neither flooded nor receded
+    assert (classes[flooded] == 1).any() and (classes == 2).any()
+    assert re.search(r"its cuts \(water -?[0.9]\.\d{3}, vegetation -?\d\.\d{3}\) taken over the pre- and post-event",
+                     result.water_source)
+    # cuts the user gave are kept
+    given = flood(post, tmp_path / "given", pre=pre, model="threshold?water=0.3&vegetation=0.5")
+    assert given.water_source.endswith("of model threshold 2")
+
+
+def test_flood_sieves_the_change_classes_on_the_post_grid(tmp_path):
+    """Each date's water was sieved, but not the classes of their change: where the dates' regions differ by a
+    sliver, and on two grids where a region of 5 px on one is 6 on the other, specks under the minimum mapping
+    unit remained (222 px of 'receded water' in 64 specks on a same-ground pair with --sieve 6, h101)."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    post_water = np.zeros((40, 50), bool)
+    post_water[10:20, 10:20] = True
+    pre_water = post_water.copy()
+    pre_water[20, 14:16] = True  # 2 px more before: a sliver of receded water
+    post = _write(tmp_path / "post.tif", _scene_4band(post_water), crs, transform)
+    pre = _write(tmp_path / "pre.tif", _scene_4band(pre_water), crs, transform)
+    counts = {}
+    for sieve in (0, 4):
+        result = flood(post, tmp_path / f"s{sieve}", pre=pre, method="ndwi", ndwi_threshold=0.0, sieve=sieve)
+        counts[sieve] = {c["name"]: c["pixels"] for c in result.classes}
+    assert counts[0]["receded water"] == 2 and counts[4]["receded water"] == 0
+    assert counts[4]["flooded"] == 0 and sum(counts[4].values()) == sum(counts[0].values())  # filled from around
+
+
 @pytest.mark.parametrize("ndwi, noise, water, how", [
     (-0.72, 0.005, 0, "no water mode"), (0.5, 0.005, 100, "one water mode"),
     (0.5, 0.0, 100, "one NDWI value"),  # Otsu answered +1: 0% water

@@ -32,7 +32,7 @@ __all__ = ["flood"]
 @click.option("--nir-band", type=click.IntRange(min=1), default=4, show_default=True, help="NIR band for NDWI.")
 @click.option("--ndwi-threshold", default="otsu", show_default=True, metavar="otsu|VALUE",
               help="NDWI above this is water; 'otsu' picks it from the image's histogram (with --pre, from both "
-                   "images' together).")
+                   "images' together, where both show the ground).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
