@@ -12,6 +12,12 @@ __all__ = ["RollbackError", "move_all", "named_as_final", "refuse_folders", "rep
            "signals_held"]
 
 
+def decoded_text(data: bytes) -> str:
+    """Text as Windows tools save it too: UTF-8 with or without a byte-order mark, or UTF-16 with one (Notepad's
+    "UTF-8 with BOM", PowerShell 5's `>`). Raises UnicodeDecodeError for anything else."""
+    return data.decode("utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig")
+
+
 @contextmanager
 def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield ``.NAME`` + `suffix` beside `path` to write; it replaces `path` when the block ends.

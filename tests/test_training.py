@@ -1032,6 +1032,12 @@ def test_unreadable_configs_and_weights_are_refused_when_the_config_is_read(tmp_
     config.write_bytes(base.replace("toy", "t\xf6y").encode("latin-1"))
     with pytest.raises(InputError, match=r"train.toml: not a UTF-8 text file .* save it as UTF-8"):
         load_config(config)
+    # as Windows saves it: Notepad's UTF-8 with a byte-order mark was "not valid TOML (Invalid statement (at line 1,
+    # column 1))", PowerShell's UTF-16 "not a UTF-8 text file" (h105); CRLF line ends were read before
+    windows = base.replace("\n", "\r\n")
+    for encoded in (b"\xef\xbb\xbf" + windows.encode("utf-8"), windows.encode("utf-16")):
+        config.write_bytes(encoded)
+        assert load_config(config).name == "toy"
     (tmp_path / "old.keras").write_text("not a zip")
     (tmp_path / "old.json").write_text("{}")
     for weights in ("old.keras", "old.json"):

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from geoseg.errors import InputError, ModelError, OutputError, catch_warnings
+from geoseg.files import decoded_text
 from geoseg.models.card import MAX_CLASSES, ModelCard, write_card
 from geoseg.models.labels import (IGNORE, check_label_grid, check_label_template, ids_by_name, label_file,
                                   read_labels)
@@ -113,7 +114,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Read a training TOML; keys may sit at the top level or in [data], [model] and [train] tables."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(decoded_text(path.read_bytes()))  # Notepad's BOM was "Invalid statement (at line 1)"
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file.") from None
     except UnicodeDecodeError as exc:  # a binary file, or text saved in another encoding

@@ -172,10 +172,10 @@ def _split_mosaics(found: list[str]) -> list[str]:
 def _read_list(path: Path) -> str:
     """The text of a list of rasters: UTF-8, with or without a byte-order mark, or UTF-16 with one (what
     Windows PowerShell 5's `>` writes). A traceback before; a BOM was part of the first path."""
-    data = path.read_bytes()
-    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    from geoseg.files import decoded_text
+
     try:
-        return data.decode(encoding)
+        return decoded_text(path.read_bytes())
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: a list of rasters that is not UTF-8 text (byte {exc.start + 1} cannot be read). "
                          "Save it as UTF-8, e.g. iconv -f cp1252 -t utf-8.") from None
