@@ -15,6 +15,7 @@ import time
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -862,7 +863,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         try:  # two backups: a kill while Keras wrote one (in place) left a file that no rerun could open
             with contextlib.redirect_stdout(sys.stderr):
                 model.fit(ds, steps_per_epoch=config.steps_per_epoch, epochs=config.epochs, verbose=bar, shuffle=False,
-                          callbacks=[keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
+                          callbacks=[_backup(work / "backup"),
                                      # validate (and keep) the moving average of the weights, not the last step's
                                      *([ema] if ema is not None else []),
                                      callback])
@@ -1012,6 +1013,45 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
         raise OutputError(f"{where}: cannot write the bundle {config.name} there ({exc.strerror or exc}); none of its "
                           f"files was put in place. Fix that and rerun the same command: it writes the bundle from "
                           f"the checkpoints in {checkpoint_folder(config)} without training again.") from None
+
+
+def _backup(folder: Path):
+    """Keras's BackupAndRestore (two backups: a kill while one was written, in place, left a file no rerun could
+    open), whose backup a Ctrl-C or SIGTERM does not cut short, and whose rerun falls back to the backup before
+    where the latest is a readable file short of weights.
+
+    The signal's exception landed inside ``save_weights``: the HDF5 file was closed with 40 of its 161 datasets,
+    Keras's fallback takes only an OSError, and every rerun ended in "A total of 13 objects could not be loaded"
+    (h103)."""
+    import keras
+
+    from geoseg.files import signals_held
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            with signals_held():  # a few seconds at most: the interrupt comes once the backup is whole
+                super()._save_model()
+
+        def on_train_begin(self, logs=None):
+            try:
+                with warnings.catch_warnings():  # a hundred lines of "Skipping variable loading" for a short file
+                    warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
+                    super().on_train_begin(logs)
+            except (ValueError, KeyError) as exc:  # readable, but short of weights (a backup of geoseg before)
+                if not os.path.exists(self._prev_weights_path):
+                    raise OSError(str(exc).strip().split("\n")[0]) from None
+                log.warning("%s: the latest backup was cut short; resuming from the one before it", folder)
+                shutil.copyfile(self._prev_weights_path, self._weights_path)  # as Keras does after an OSError
+                if os.path.exists(self._prev_training_metadata_path):
+                    shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
+                elif os.path.exists(self._training_metadata_path):
+                    os.remove(self._training_metadata_path)
+                try:
+                    self._load_model()
+                except (ValueError, KeyError) as again:
+                    raise OSError(str(again).strip().split("\n")[0]) from None
+
+    return Backup(str(folder), double_checkpoint=True)
 
 
 class _Diverged(Exception):
