@@ -1327,6 +1327,33 @@ def test_survey_leaves_out_what_geoseg_wrote_in_an_input_folder(make_raster, tmp
     assert "survey/" not in warned[0]
 
 
+def test_survey_follows_symlinked_folders_and_knows_its_output_folder_by_any_path(make_raster, tmp_path, caplog):
+    """A flight linked into the folder from another volume was left out of a folder's survey without a word (a
+    glob took it in), and an output folder inside the images named through a symlink had its own masks and previews
+    surveyed: 'failed: a class mask' on every rerun (h102)."""
+    from geoseg.workflows import survey
+
+    share = tmp_path / "share"
+    share.mkdir()
+    (tmp_path / "volume2").mkdir()
+    make_raster(name="share/own.tif", shape=(30, 40))
+    make_raster(name="volume2/flight2.tif", shape=(30, 40), seed=2)
+    (share / "flight2").symlink_to(tmp_path / "volume2", target_is_directory=True)
+    (tmp_path / "volume2" / "back").symlink_to(share, target_is_directory=True)  # a loop: not followed round
+    result = survey([share], share / "out", model="threshold", preview=True)
+    assert sorted(Path(e["input"]).name for e in result.done) == ["flight2.tif", "own.tif"], result.failed
+    (tmp_path / "link").symlink_to(share, target_is_directory=True)
+    caplog.set_level("WARNING", logger="geoseg")
+    again = survey([share], tmp_path / "link" / "out", model="threshold", preview=True)
+    assert len(again.skipped) == 2 and not again.done and not again.failed
+    assert "that geoseg wrote" not in caplog.text
+    # `**` went round the loop some 40 levels deep and kept the deepest path of each file
+    from geoseg.workflows.survey import expand_inputs
+
+    found = expand_inputs([f"{share}/**/*.tif"], left_out=[], output_dir=share / "out")  # survey leaves out out/
+    assert [f for f in found if "/out/" not in f] == [str(share / "flight2" / "flight2.tif"), str(share / "own.tif")]
+
+
 def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_raster, tmp_path, monkeypatch):
     """A Ctrl-C while survey_polygons.gpkg was merged left a partial .survey_polygons.tmp.gpkg, whose fixed name
     a second survey into the folder also removed under the first's feet (a traceback)."""

@@ -171,9 +171,9 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
     _replace(Path(path), write)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write indented JSON, atomically."""
-    _replace(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
+    """Write JSON, indented unless `indent` is None, atomically."""
+    _replace(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=indent, default=str) + "\n"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
