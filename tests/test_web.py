@@ -390,6 +390,20 @@ def test_an_upload_error_names_the_form_field_at_fault(client):
         assert r.status_code == 413 and "field" not in r.get_json()
 
 
+def test_the_page_names_its_normalisation_field_where_a_warning_starts_a_sentence_with_the_option():
+    """The 0-1 float warning's fix starts a sentence ('Pass --normalize ...'): the page showed the command line's
+    option and the Python keyword, which a web user cannot pass (h104)."""
+    from geoseg.web.jobs import Job, _for_user
+
+    job = Job.__new__(Job)
+    job.files, job.label_name, job.folder, job.name = {"input": Path("/srv/j/in.tif")}, None, Path("/srv/j"), "a.tif"
+    said = _for_user("/srv/j/in.tif: expect nearly one class. Pass --normalize scale:255,0 (normalization={'method': "
+                     "'scale', 'scale': 255, 'offset': 0} in Python), which maps 1 where the card maps 255.", job)
+    assert said == "a.tif: expect nearly one class. Set Normalisation to scale:255,0, which maps 1 where the card maps 255."
+    assert _for_user("or pass --normalize (normalization= in Python) with a scale", job) == \
+        "or set Normalisation with a scale"
+
+
 def test_warnings_reach_the_page(client, make_raster):
     """A 16-bit upload into a model of 8-bit imagery ran silently; the warning was only in the server's log."""
     tif = make_raster(name="survey16.tif", dtype="uint16")

@@ -191,8 +191,11 @@ def _for_user(message: str, job: Job) -> str:
     not the command line's options."""
     if "label" in job.files and job.label_name:
         message = message.replace(str(job.files["label"]), job.label_name)
-    message = re.sub(r"pass --normalize (\S+) \(normalization=\{[^}]*\} in Python\)", r"set Normalisation to \1", message)
-    message = message.replace("pass --normalize (normalization= in Python)", "set Normalisation")
+    # 'Pass' too, as a sentence starts: the page said "Pass --normalize scale:255,0 (normalization={...} in Python)"
+    message = re.sub(r"([pP])ass --normalize (\S+) \(normalization=\{[^}]*\} in Python\)",
+                     lambda m: f"{'s' if m[1] == 'p' else 'S'}et Normalisation to {m[2]}", message)
+    message = re.sub(r"([pP])ass --normalize \(normalization= in Python\)",
+                     lambda m: f"{'s' if m[1] == 'p' else 'S'}et Normalisation", message)
     return message.replace(str(job.files.get("input", job.folder)), job.name).replace(f"{job.folder}/", "")
 
 
