@@ -270,3 +270,20 @@ def test_class_and_region_colours_stay_apart_for_colour_blind_eyes(colours, floo
         lab = rgb2lab(np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)[None])[0]
         closest = min(deltaE_ciede2000(a, b) for i, a in enumerate(lab) for b in lab[i + 1:])
         assert closest > floor, (name, closest)
+
+
+def test_an_esri_float_raster_of_nodata_minus_flt_max_runs_without_numpy_warnings(make_raster, tmp_path):
+    """ArcGIS writes float nodata as -3.4028235e38: the indices added it to itself, and numpy's 'overflow
+    encountered in add' with its source line read as a crash (the pixels were masked all the same, h105)."""
+    import warnings
+
+    nodata = float(np.finfo(np.float32).min)
+    data = np.random.default_rng(0).uniform(0, 255, (3, 40, 50)).astype(np.float32)
+    data[:, :, :10] = nodata
+    path = make_raster(data=data, nodata=nodata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = segment(path, tmp_path / "out", model="threshold", preview=False)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        mask = ds.read(1)
+    assert (mask[:, :10] == 255).all() and (mask[:, 10:] != 255).all()
