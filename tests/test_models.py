@@ -462,6 +462,23 @@ def test_model_files_without_a_card_are_reported_and_legacy_h5_with_one_is_liste
         resolve_model("nocard")
 
 
+def test_model_files_of_upper_case_extensions_are_named_with_the_fix(tmp_path, monkeypatch):
+    """A Windows copy's UPPER.KERAS + UPPER.JSON was left out of `geoseg models` without a word, and -m UPPER.KERAS
+    said "no model named 'UPPER.KERAS' ... Pass the path of a .keras bundle", which is what was passed (h105)."""
+    from geoseg.models.registry import Problem, list_models
+
+    (tmp_path / "UPPER.KERAS").write_bytes(b"")
+    (tmp_path / "UPPER.JSON").write_text(json.dumps({**CARD, "name": "upper"}))
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(tmp_path))
+    problems: list[Problem] = []
+    list_models(problems)
+    assert sorted(p.path.name for p in problems) == ["UPPER.JSON", "UPPER.KERAS"]
+    assert "Rename it UPPER.keras, and its card or model beside it likewise" in problems[1].message
+    for given in ("UPPER.KERAS", "LEGACY.H5"):
+        with pytest.raises(ModelNotFoundError, match=rf"{given}: model files are found by their lower-case extensions"):
+            resolve_model(str(tmp_path / given))
+
+
 def test_a_probe_input_that_cannot_be_made_is_a_model_error(tiny_fcn, monkeypatch):
     """The probe batch was built outside the error handling: a card's sizes could make it a MemoryError."""
     from geoseg.models import segmenter

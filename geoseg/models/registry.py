@@ -84,6 +84,9 @@ def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[Mode
             problems.append(Problem(card_path, str(exc)))
             continue
         entries.append(ModelEntry(card.name, card, model, source))
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():  # UPPER.KERAS was passed over without a word
+        if path.suffix.lower() in MODEL_SUFFIXES and path.suffix not in MODEL_SUFFIXES and path.is_file():
+            problems.append(Problem(path, _upper_case_suffix(path)))
     for model in sorted([*folder.glob("*.keras"), *folder.glob("*.h5")]):
         if model.name.endswith(".weights.h5"):  # weights alone (an encoder's, as the README keeps them): no model
             continue
@@ -92,6 +95,16 @@ def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[Mode
                                     "beside it; a model here is NAME.keras (or a legacy NAME.h5) plus its card "
                                     "NAME.json (`geoseg models show landcover-unet` shows the format)."))
     return entries
+
+
+MODEL_SUFFIXES = (".keras", ".json", ".h5")
+
+
+def _upper_case_suffix(path: Path) -> str:
+    """Why a model file of an upper-case extension (a Windows copy's UPPER.KERAS) is not read, and what to do."""
+    return (f"{path}: model files are found by their lower-case extensions (.keras, .json, .h5; Keras reads no "
+            f"other), and this one is {path.suffix}. Rename it {path.stem}{path.suffix.lower()}, and its card or "
+            "model beside it likewise.")
 
 
 def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
@@ -190,6 +203,8 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
         return str(ref)
     text, _, query = str(ref).partition("?")
     path = Path(text)
+    if path.suffix.lower() in MODEL_SUFFIXES and path.suffix not in MODEL_SUFFIXES:  # was "no model named ..."
+        raise ModelNotFoundError(_upper_case_suffix(path))
     if path.suffix == ".h5":  # legacy Keras model; its card may come as ?card=PATH
         if not path.is_file():
             raise ModelNotFoundError(f"model file {path} not found. Pass an existing .h5 or .keras model.")
