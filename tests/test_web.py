@@ -390,6 +390,28 @@ def test_an_upload_error_names_the_form_field_at_fault(client):
         assert r.status_code == 413 and "field" not in r.get_json()
 
 
+def test_geojson_is_written_in_a_process_of_its_own(client, make_raster, monkeypatch):
+    """GDAL's GeoJSON writer holds Python's lock for the whole write: every request to the server waited 9 to 22 s
+    while a 2000² upload's polygons were written (h104). The server's own vectorize writes the GeoPackage alone."""
+    import geoseg.vector
+
+    real = geoseg.vector.vectorize
+
+    def gpkg_only(mask, out, **kwargs):
+        assert not str(out).endswith(".geojson"), "GeoJSON written in the server's process"
+        return real(mask, out, **kwargs)
+
+    monkeypatch.setattr(geoseg.vector, "vectorize", gpkg_only)
+    tif = make_raster(name="field.tif")
+    response = client.post("/api/segment", data={"image": (io.BytesIO(tif.read_bytes()), "field.tif"),
+                                                 "models": "threshold"}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done" and job["warnings"] == [], job
+    with client.get(job["files"]["m0_polygons.geojson"]) as geojson:
+        lon, lat = geojson.get_json()["features"][0]["geometry"]["coordinates"][0][0]
+        assert 50 < lon < 60 and 20 < lat < 30  # EPSG:32640 near 500000 E, 2800000 N
+
+
 def test_the_page_names_its_normalisation_field_where_a_warning_starts_a_sentence_with_the_option():
     """The 0-1 float warning's fix starts a sentence ('Pass --normalize ...'): the page showed the command line's
     option and the Python keyword, which a web user cannot pass (h104)."""

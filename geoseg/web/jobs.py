@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -280,13 +282,32 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
             has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
     if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
         geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
-        try:
-            vectorize(mask, geojson, overwrite=True, style=False, to_crs="EPSG:4326")
+        failed = _geojson_apart(mask, geojson)
+        if failed is None:
             job.files[f"{key}_polygons.geojson"] = geojson
-        except Exception as exc:  # noqa: BLE001 - a local CRS or collinear GCPs failed the whole job here
+        else:  # a local CRS or collinear GCPs failed the whole job here
             job.warnings.append(f"{name}: no GeoJSON of the polygons: they cannot be placed in longitude and "
-                                f"latitude ({type(exc).__name__}); the GeoPackage holds them in the image's own "
-                                "coordinates.")
+                                f"latitude ({failed}); the GeoPackage holds them in the image's own coordinates.")
+
+
+def _geojson_apart(mask: Path, geojson: Path) -> str | None:
+    """Write the polygons of `mask` as GeoJSON in longitude and latitude, in a process of its own; return None, or
+    what failed (the exception's type).
+
+    GDAL's GeoJSON writer holds Python's lock for the whole write (pyogrio calls it without releasing it): every
+    request to the server, status polls and other users' pages, waited for 9 to 22 s while a 2000² upload's 21,000
+    polygons were written (h104). A process of its own takes 1-2 s to start and holds no lock of the server's."""
+    import subprocess
+
+    code = ("import sys\nfrom geoseg.vector import vectorize\ntry:\n    vectorize(sys.argv[1], sys.argv[2], "
+            "overwrite=True, style=False, to_crs='EPSG:4326')\nexcept Exception as exc:\n"
+            "    print(type(exc).__name__, file=sys.stderr)\n    sys.exit(3)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(mask), str(geojson)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode == 0 and geojson.is_file():
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if done.returncode == 3 and lines else f"exit status {done.returncode}"
 
 
 def _agreement(masks: list) -> float | None:
