@@ -1083,6 +1083,198 @@ def test_a_full_queue_refuses_uploads_until_a_worker_is_free(tmp_path, model_dir
     assert sorted(codes) == [202] * 2 + [503] * 4
 
 
+def _held(monkeypatch, module):
+    """Each job waits for the returned event, or a cancel, before it runs: it stays "running" meanwhile."""
+    go, run_job = threading.Event(), module.run_job
+
+    def held(job):
+        deadline = time.time() + 60
+        while not (go.is_set() or getattr(job, "cancel", False)) and time.time() < deadline:
+            time.sleep(0.02)
+        return run_job(job)
+
+    monkeypatch.setattr(module, "run_job", held)
+    return go
+
+
+def _until(client, job_id, *statuses, timeout=60):
+    _wait_for(lambda: client.get(f"/api/jobs/{job_id}").get_json()["status"] in statuses, timeout)
+    return client.get(f"/api/jobs/{job_id}").get_json()
+
+
+def test_a_job_can_be_cancelled_queued_or_running(tmp_path, model_dir, monkeypatch, make_raster):
+    """DELETE /api/jobs/ID answered 405: a job whose page was closed or replaced kept its worker, or its place in
+    the queue, until it ended, and one user who left mid-job again and again kept others' uploads at 503."""
+    import geoseg.web.jobs as module
+
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    app = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_WORKERS": 1, "GEOSEG_MAX_QUEUED": 1,
+                      "TESTING": True})
+    client, jobs = app.test_client(), app.extensions["geoseg_jobs"]
+    go = _held(monkeypatch, module)
+    tif = make_raster().read_bytes()
+
+    def post():
+        return client.post("/api/segment", data={"image": (io.BytesIO(tif), "a.tif"), "models": "threshold"},
+                           content_type="multipart/form-data")
+
+    running = post().get_json()["id"]
+    _until(client, running, "running")
+    queued = post().get_json()["id"]
+    assert post().status_code == 503
+    answer = client.delete(f"/api/jobs/{queued}")  # off the queue at once, its upload deleted
+    assert answer.status_code == 200 and answer.get_json()["status"] == "cancelled", answer.get_json()
+    assert answer.get_json()["files"] == {} and not (jobs.root / queued).exists()
+    assert client.delete(f"/api/jobs/{queued}").status_code == 200  # again (the page left after its Cancel): no error
+    waiting = post()  # its place is free
+    assert waiting.status_code == 202, waiting.get_json()
+    answer = client.delete(f"/api/jobs/{running}")  # stops at its next model or progress report
+    assert answer.status_code in (200, 202) and answer.get_json()["status"] in ("running", "cancelled")
+    assert answer.status_code == 200 or answer.get_json()["cancelling"] is True
+    cancelled = _until(client, running, "cancelled", "done", "failed")
+    assert cancelled["status"] == "cancelled" and cancelled["error"] is None and not (jobs.root / running).exists()
+    go.set()  # the worker is free for the job that waited
+    done = _wait(client, waiting.get_json()["id"])
+    assert done["status"] == "done", done["error"]
+    ended = client.delete(f"/api/jobs/{done['id']}")
+    assert ended.status_code == 409 and "has already ended (done): there is nothing to cancel" in ended.get_json()["error"]
+    assert _wait(client, done["id"])["status"] == "done" and (jobs.root / done["id"]).exists()  # unchanged
+    assert client.delete("/api/jobs/not-a-job").status_code == 404
+
+
+def test_a_running_job_stops_at_its_next_progress_report_and_its_partial_files_go(client, app, monkeypatch):
+    """A cancel only between models would wait for a whole model's run (minutes on a large image)."""
+    import geoseg
+
+    started = threading.Event()
+
+    def slow(image, out, *, progress, **options):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "partial.tif").write_bytes(b"staged")
+        started.set()
+        for _ in range(600):
+            progress(0.5)
+            time.sleep(0.05)
+        raise AssertionError("the job ran on after it was cancelled")
+
+    monkeypatch.setattr(geoseg, "segment", slow)
+    response = client.post("/api/segment", data={"image": (io.BytesIO(_png()), "a.png"),
+                                                 "models": "threshold,edges-watershed"},
+                           content_type="multipart/form-data")
+    job_id = response.get_json()["id"]
+    assert started.wait(60)
+    folder = app.extensions["geoseg_jobs"].root / job_id
+    assert (folder / "m0" / "partial.tif").exists()
+    answer = client.delete(f"/api/jobs/{job_id}")
+    assert answer.status_code == 202 and answer.get_json()["cancelling"] is True
+    job = _until(client, job_id, "cancelled", "done", "failed", timeout=20)
+    assert job["status"] == "cancelled" and job["error"] is None and job["files"] == {} and job["running"] is None
+    assert not folder.exists()
+
+
+def test_a_queued_job_nobody_asks_about_is_dropped(tmp_path, model_dir, monkeypatch, make_raster):
+    """A tab closed while its job waited left the job in the queue: it held a place, then a worker, for nobody."""
+    import geoseg.web.jobs as module
+    from geoseg.web.jobs import Job, JobManager
+
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    app = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_WORKERS": 1, "GEOSEG_MAX_QUEUED": 2,
+                      "GEOSEG_ABANDON_AFTER": 1, "TESTING": True})
+    client, jobs = app.test_client(), app.extensions["geoseg_jobs"]
+    go = _held(monkeypatch, module)
+    tif = make_raster().read_bytes()
+
+    def post():
+        return client.post("/api/segment", data={"image": (io.BytesIO(tif), "a.tif"), "models": "threshold"},
+                           content_type="multipart/form-data").get_json()["id"]
+
+    running = post()
+    _until(client, running, "running")
+    polled, left = post(), post()
+    deadline = time.time() + 2
+    while time.time() < deadline:  # the page of `left` was closed: nobody asks about it
+        assert client.get(f"/api/jobs/{polled}").get_json()["status"] == "queued"
+        assert client.get(f"/api/jobs/{running}").get_json()["status"] == "running"
+        time.sleep(0.1)
+    dropped = client.get(f"/api/jobs/{left}").get_json()
+    assert dropped["status"] == "cancelled" and "nobody asked about this job for 1 s" in dropped["error"]
+    assert not (jobs.root / left).exists()
+    go.set()
+    ended = {}
+
+    def both_ended():  # both asked about meanwhile, as their pages do
+        ended.update({j: client.get(f"/api/jobs/{j}").get_json()["status"] for j in (running, polled)})
+        return all(status in ("done", "failed", "cancelled") for status in ended.values())
+
+    _wait_for(both_ended, 120)
+    assert ended == {running: "done", polled: "done"}
+    # a running job nobody asks about stops at its next step (the held one checks as its first model starts)
+    go.clear()
+    unpolled = post()
+    _wait_for(lambda: jobs.jobs[unpolled].status == "running")  # read here: no request asks about it
+    time.sleep(1.5)
+    go.set()
+    _wait_for(lambda: jobs.jobs[unpolled].status in ("cancelled", "done", "failed"))
+    stopped = client.get(f"/api/jobs/{unpolled}").get_json()
+    assert stopped["status"] == "cancelled" and "nobody asked about this job for 1 s while it ran" in stopped["error"]
+    # and when a worker reaches it before any request does
+    manager = JobManager(tmp_path / "alone", workers=1, abandon_after=0.5)
+    try:
+        job_id, folder = manager.new_folder()
+        job = Job(job_id, folder, "a.png", ["threshold"], False, polled=time.time() - 1)
+        ran = []
+        monkeypatch.setattr(module, "run_job", ran.append)
+        manager.submit(job).future.result(10)
+        assert job.status == "cancelled" and "nobody asked" in job.error and not ran and not folder.exists()
+    finally:
+        manager.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_page_cancels_its_job_by_button_also_after_a_reload(app, make_raster, monkeypatch):
+    """The page had no way to stop a job: one left running held a worker until its end."""
+    import geoseg.web.jobs as module
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    _held(monkeypatch, module)
+    jobs = app.extensions["geoseg_jobs"]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    image = make_raster(shape=(60, 80))
+
+    def status(job_id):
+        return jobs.jobs[job_id].status
+
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_port}/")
+            assert page.is_hidden("#cancel")
+            page.set_input_files("#image", str(image))
+            page.click("#go")
+            page.wait_for_selector("#cancel:not([hidden])")
+            first = page.evaluate("job.id")
+            page.focus("#cancel")  # by keyboard
+            page.keyboard.press("Enter")
+            page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
+            assert page.is_hidden("#cancel") and page.is_enabled("#go")
+            assert page.evaluate("document.activeElement.id") == "go"  # not lost to <body> with the hidden button
+            _wait_for(lambda: status(first) == "cancelled", 20)
+            page.click("#go")
+            page.wait_for_selector("#cancel:not([hidden])")
+            second = page.evaluate("job.id")
+            page.reload()  # a reload mid-job finds it running still, and can cancel it
+            page.wait_for_selector("#cancel:not([hidden])")
+            assert page.evaluate("job.id") == second and status(second) == "running"
+            page.click("#cancel")
+            _wait_for(lambda: status(second) == "cancelled", 20)
+            browser.close()
+    finally:
+        server.shutdown()
+
+
 def test_an_upload_of_only_nodata_has_no_shares_and_no_agreement(client, make_raster):
     """Every class was 0% (the shares summed to 0) and the models "agreed on 0% of pixels"."""
     tif = make_raster(shape=(40, 50), nodata=0, data=np.zeros((3, 40, 50), np.uint8))

@@ -25,7 +25,8 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
 
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
     'label', 'tta' none|flips, 'precision' float32|bfloat16, 'normalize' as --normalize, 'sieve' PX),
-    GET /api/jobs/ID (410 once expired). Bind to 127.0.0.1 unless you mean to share it.
+    GET /api/jobs/ID (410 once expired), DELETE /api/jobs/ID (cancel it). Bind to 127.0.0.1 unless you mean to
+    share it.
     Ctrl-C stops it at once: jobs still running are abandoned, uploads and results deleted.
     """
     import socket

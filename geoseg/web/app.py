@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,6 +35,7 @@ DEFAULTS = {
     "GEOSEG_RESULT_TTL": 3600,  # seconds before uploads and results are deleted
     "GEOSEG_WORKERS": 2,
     "GEOSEG_MAX_QUEUED": 20,  # jobs waiting for a worker; past it, uploads get 503 and Retry-After
+    "GEOSEG_ABANDON_AFTER": 180,  # seconds a queued job may go unpolled before it is dropped (its page was closed)
     "GEOSEG_DATA_DIR": None,  # default: a folder in the system temp dir
 }
 
@@ -68,7 +70,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     root = _server_folder(app.config["GEOSEG_DATA_DIR"])  # one per server: two never expire each other's jobs
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    jobs = JobManager(root, workers=int(app.config["GEOSEG_WORKERS"]), ttl=float(app.config["GEOSEG_RESULT_TTL"]))
+    jobs = JobManager(root, workers=int(app.config["GEOSEG_WORKERS"]), ttl=float(app.config["GEOSEG_RESULT_TTL"]),
+                      abandon_after=float(app.config["GEOSEG_ABANDON_AFTER"]))
     app.extensions["geoseg_jobs"] = jobs
 
     @app.before_request
@@ -147,7 +150,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         job = jobs.get(job_id)
         if job is None:
             return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
+        job.polled = time.time()  # someone still waits for it: a queued job nobody asks about is dropped
         return jsonify(jobs.describe(job))
+
+    @app.delete("/api/jobs/<job_id>")
+    def api_cancel(job_id: str):
+        """Cancel a job: a closed tab or a new upload left it holding a worker or a queue place until it ended."""
+        job = jobs.get(job_id)
+        if job is None:
+            return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
+        if not jobs.cancel(job):
+            return jsonify(error=f"job {job_id} has already ended ({job.status}): there is nothing to cancel. Its files "
+                                 f"are deleted {jobs.ttl:.0f} s after it ended."), 409
+        # a running job stops at its next model or progress report: 202, "running" with "cancelling" until then
+        return jsonify(jobs.describe(job)), 202 if job.status == "running" else 200
 
     @app.get("/jobs/<job_id>/files/<name>")
     def job_file(job_id: str, name: str):

@@ -21,13 +21,17 @@ import numpy as np
 from geoseg.errors import InputError, catch_warnings
 from geoseg.workflows.common import ThreadWarnings
 
-__all__ = ["Job", "JobManager"]
+__all__ = ["Cancelled", "Job", "JobManager"]
 
 log = logging.getLogger(__name__)
 
 # the regions a web job makes polygons of at most: a 1000^2 checkerboard (500,000 regions, a 27 KB upload) cost
 # 2.5 GB and 46 s; the default model makes about 1,200 a megapixel of the Dubai scenes. Past it, none are made.
 MAX_POLYGONS = 100_000
+
+
+class Cancelled(Exception):
+    """Raised in a job asked to stop (DELETE /api/jobs/ID) at its next model or progress report."""
 
 
 @dataclass
@@ -55,6 +59,20 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    polled: float = field(default_factory=time.time)  # when the page (or a script) last asked about it
+    cancel: bool = False  # asked to stop while it runs: it does at its next model or progress report
+    future: Any = field(default=None, repr=False, compare=False)  # the pool's, to take a queued job off the queue
+    abandon_after: float | None = None  # seconds unpolled after which it stops (its page was closed): the manager's
+
+    def check(self) -> None:
+        """Stop here if a DELETE asked to, or nobody has asked about the job for `abandon_after` seconds: a tab closed
+        mid-job held a worker until the job ended."""
+        if not self.cancel and self.abandon_after is not None and time.time() - self.polled > self.abandon_after:
+            self.cancel = True
+            self.error = (f"nobody asked about this job for {self.abandon_after:.0f} s while it ran (was its page "
+                          "closed?), so it was stopped. Upload the image again.")
+        if self.cancel:
+            raise Cancelled(self.id)
 
     def to_dict(self) -> dict[str, Any]:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
@@ -69,8 +87,12 @@ class Job:
 class JobManager:
     """Runs jobs on a small thread pool so that requests stay fast; forgets them after `ttl` seconds."""
 
-    def __init__(self, root: Path, *, workers: int = 2, ttl: float = 3600.0) -> None:
+    def __init__(self, root: Path, *, workers: int = 2, ttl: float = 3600.0, abandon_after: float = 180.0) -> None:
         self.root, self.ttl, self.workers = Path(root), ttl, workers
+        # a job nobody has asked about for this long (its tab was closed) is dropped from the queue, or stopped while
+        # it runs: it held a place, and then a worker, for nobody. Not a minute: Chrome polls from a hidden tab once a
+        # minute
+        self.abandon_after = abandon_after
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[str, Job] = {}
         self.expired: dict[str, None] = {}  # the ids of the last jobs deleted, so that their links say so
@@ -98,8 +120,35 @@ class JobManager:
     def submit(self, job: Job) -> Job:
         with self.lock:
             self.jobs[job.id] = job
-        self.pool.submit(self._run, job)
+            job.abandon_after = self.abandon_after
+            job.future = self.pool.submit(self._run, job)
         return job
+
+    def cancel(self, job: Job) -> bool:
+        """Stop `job`: one waiting for a worker at once (off the queue, its files deleted), one running at its next
+        model or progress report (then "cancelled" too). False for a job that ended "done" or "failed"."""
+        with self.lock:
+            if job.status == "running":
+                job.cancel = True
+                return True
+            if job.status != "queued":
+                return job.status == "cancelled"  # asked twice (the Cancel button, then the page left): no error
+            self._drop(job)
+        _remove_files(job)
+        return True
+
+    def _drop(self, job: Job, error: str | None = None) -> None:  # with the lock held; _remove_files after it
+        if job.future is not None:
+            job.future.cancel()  # frees the pool's queue of it; _run also skips a job no longer queued
+        job.error, job.running, job.ended = error, None, time.time()
+        job.status = "cancelled"
+
+    def _abandoned(self, job: Job, now: float) -> bool:  # with the lock held
+        if job.status != "queued" or now - job.polled <= self.abandon_after:
+            return False
+        self._drop(job, f"nobody asked about this job for {self.abandon_after:.0f} s while it waited for a worker "
+                        "(was its page closed?), so it was dropped. Upload the image again.")
+        return True
 
     def reserve(self, limit: int) -> bool:
         """Hold a place for an upload being saved and checked, unless a free worker and `limit` places in the
@@ -131,6 +180,8 @@ class JobManager:
         extra: dict[str, Any] = {}
         if job.status == "queued":
             extra["ahead"] = self.waiting(before=job)
+        if job.status == "running" and job.cancel:
+            extra["cancelling"] = True  # it stops at its next model or progress report
         if job.ended is not None:
             extra["expires_in"] = max(0.0, round(self.ttl - (time.time() - job.ended), 1))
         return {**job.to_dict(), **extra}
@@ -151,20 +202,33 @@ class JobManager:
         """Delete jobs (and their files) older than the time to live."""
         now = time.time()
         with self.lock:
+            # an abandoned job off the queue now, not when a worker reaches it: its place goes to the next upload
+            dropped = [j for j in list(self.jobs.values()) if self._abandoned(j, now)]
             old = [j for j in self.jobs.values()
-                   if j.status in ("done", "failed") and now - (j.ended or j.created) > self.ttl]
+                   if j.status in ("done", "failed", "cancelled") and now - (j.ended or j.created) > self.ttl]
             for job in old:
                 del self.jobs[job.id]
                 self.expired[job.id] = None
             for job_id in list(self.expired)[:-10_000]:  # a long-running server forgets the oldest
                 del self.expired[job_id]
+        for job in dropped:
+            _remove_files(job)
         for job in old:
             shutil.rmtree(job.folder, ignore_errors=True)
 
     def _run(self, job: Job) -> None:
         from geoseg.errors import GeosegError
 
-        job.status = "running"
+        with self.lock:
+            if job.status != "queued":  # cancelled while it waited, after the pool had taken it up
+                return
+            if self._abandoned(job, time.time()):
+                dropped = True
+            else:
+                dropped, job.status = False, "running"
+        if dropped:
+            _remove_files(job)
+            return
         caught = ThreadWarnings(leave_out=("geoseg.web",))  # what the log tells a command-line user, the page too
         logging.getLogger("geoseg").addHandler(caught)
         failure = None
@@ -175,17 +239,30 @@ class JobManager:
         finally:
             logging.getLogger("geoseg").removeHandler(caught)
         status, error = ("done", None) if failure is None else ("failed", str(failure))
-        if failure is not None and not isinstance(failure, GeosegError):
+        if failure is not None and not isinstance(failure, (GeosegError, Cancelled)):
             # logged once the handler is gone: "job ... failed" was shown on the page as a warning
             log.error("job %s failed", job.id, exc_info=failure)
             error = "the server failed on this job; its log has the details."
-        # everything first, the status last: a poll that sees "done" stops polling
-        job.warnings = list(dict.fromkeys(_for_user(m, job) for m in [*caught.messages, *job.warnings]))
-        job.error = None if error is None else _for_user(error, job)
-        if status == "done":  # no model runs any more ("running": 1 beside "done"); a failure keeps its model's
-            job.progress, job.running = 1.0, None
-        job.ended = time.time()
-        job.status = status
+        if not job.cancel:  # everything first, the status last: a poll that sees "done" stops polling
+            job.warnings = list(dict.fromkeys(_for_user(m, job) for m in [*caught.messages, *job.warnings]))
+            job.error = None if error is None else _for_user(error, job)
+            if status == "done":  # no model runs any more ("running": 1 beside "done"); a failure keeps its model's
+                job.progress, job.running = 1.0, None
+        with self.lock:  # stopped (Cancelled), or asked to as it ended: a 202 to DELETE always ends "cancelled"
+            cancelled = job.cancel
+            if not cancelled:
+                job.ended = time.time()
+                job.status = status
+        if cancelled:
+            _remove_files(job)  # the partial results too, before a poll sees "cancelled"
+            with self.lock:
+                self._drop(job, job.error)  # None, or why an unpolled job was stopped
+
+
+def _remove_files(job: Job) -> None:
+    """A cancelled job's upload and partial results: deleted now, not `ttl` seconds later."""
+    job.files = {}  # a new dict: a download being looked up meanwhile finds the old one whole
+    shutil.rmtree(job.folder, ignore_errors=True)
 
 
 def _for_user(message: str, job: Job) -> str:
@@ -217,6 +294,7 @@ def run_job(job: Job) -> None:
     image = job.files["input"]
     per_model, masks = [], {}
     for i, name in enumerate(job.models):
+        job.check()
         model = with_card(name, precision=job.precision, tta=job.tta)  # baselines ignore both
         segmenter = get_segmenter(model)
         card, keras = segmenter.card, isinstance(segmenter, (KerasSegmenter, FlipAveraged))
@@ -224,6 +302,7 @@ def run_job(job: Job) -> None:
         out = job.folder / f"m{i}"
 
         def progress(fraction, i=i):
+            job.check()  # raised in the model's run, which stops and removes what it had staged
             job.progress = (i + 0.9 * fraction) / len(job.models)
 
         job.running, job.progress = i, i / len(job.models)  # a U-Net said the last model's name while it loaded
@@ -234,6 +313,7 @@ def run_job(job: Job) -> None:
                           normalization=normalization)
         except GeosegError as exc:
             raise type(exc)(f"{name}: {exc}") from None
+        job.check()  # before the polygons, which may take a while yet
         key = f"m{i}"
         job.files[f"{key}_mask.tif"] = Path(res.outputs["mask"])
         regions = count_regions(res.outputs["mask"])
@@ -259,6 +339,7 @@ def run_job(job: Job) -> None:
                           "keras": keras,
                           "classes": [{**c, "share_pct": s} for c, s in zip(res.classes, share)],  # all nodata
                           "seconds": res.seconds})
+    job.check()
     job.result["models"] = per_model
     classes = {name: m for name, m in masks.items() if m[1].output == "classes"}  # not unlabeled regions
     if len(classes) > 1:

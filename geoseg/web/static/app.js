@@ -2,6 +2,8 @@
 const $ = (id) => document.getElementById(id);
 const form = $("upload"), drop = $("drop"), input = $("image");
 let job = null, ticket = 0, expiry = null; // ticket: the job the page follows now; an older job's polls stop
+let mine = null; // the id of the job this page uploaded, which leaving it cancels
+const ENDED = ["done", "failed", "cancelled"];
 
 ["dragenter", "dragover"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
@@ -56,7 +58,9 @@ async function call(url, options) {
 // the button had the focus when it was disabled, and the page lost it (to <body>) until the job ended: a job
 // keeps it on the status line, a failure gives it back to the button, results take it to their heading
 function finish(text, isError, field) {
-  $("bar").hidden = true; $("go").disabled = false; say(text, isError);
+  const cancelling = document.activeElement === $("cancel");
+  $("bar").hidden = true; $("cancel").hidden = true; $("go").disabled = false; say(text, isError);
+  if (cancelling) $("go").focus(); // the Cancel button is hidden: the focus fell to <body>
   if (isError && !flag(field) && document.activeElement === $("status")) $("go").focus();
 }
 
@@ -67,12 +71,30 @@ form.addEventListener("submit", async (ev) => {
   // not `required`: an empty file input matched :invalid from the start, and was announced "invalid entry" at load
   if (!input.files.length) { say("Choose an image to segment.", true); flag("image"); return; }
   if (!data.getAll("models").length) { say("Pick at least one model.", true); flag("models"); return; }
+  leave(); // a job the page gave up on (its polls failed) may run yet
   $("go").disabled = true; $("status").focus(); // one job at a time from this page
   $("bar").hidden = false; $("bar").value = 0; say("Uploading…");
   const { ok, body } = await call("/api/segment", { method: "POST", body: data });
   if (!ok) { finish(body.error, true, body.field); return; } // the earlier results stay on the page
-  $("results").hidden = true; job = body; ticket += 1;
+  $("results").hidden = true; job = body; ticket += 1; mine = job.id;
   history.pushState(null, "", `#job=${job.id}`); poll(ticket); // a reload finds the job again, Back the one before
+});
+
+// a job this page uploaded is cancelled when a new upload replaces it: it held a worker or a place in the queue
+// until it ended, for nobody. Not when the page is left: a reload or Back shows the job again (the server drops a
+// job nobody asks about); a job of a shared link is the sharer's, and left alone
+function leave() {
+  if (!job || job.id !== mine || ENDED.includes(job.status)) return;
+  mine = null;
+  fetch(`/api/jobs/${job.id}`, { method: "DELETE" }).catch(() => {});
+}
+
+$("cancel").addEventListener("click", async () => {
+  const t = ticket; // not disabled meanwhile: the focus on it would fall to <body>; a second DELETE does no harm
+  const { ok, status, body } = await call(`/api/jobs/${job.id}`, { method: "DELETE" });
+  if (t !== ticket) return; // the page follows another job now
+  if (ok) { ticket += 1; mine = null; finish("Cancelled."); return; } // a running job stops at its next step
+  if (status !== 409) say(body.error, true); // 409: it ended meanwhile, and the polls show how
 });
 
 // a reloaded page, a shared link or Back shows the job in the address: its results were lost on reload, the job
@@ -110,6 +132,9 @@ async function poll(t, misses = 0, restore = false) {
   if (restore) { restoreForm(); restore = false; }
   $("bar").value = job.progress;
   if (job.status === "failed") { finish(job.error, true); return; }
+  // by its Cancel button, another tab, or dropped unpolled from the queue (the error says so)
+  if (job.status === "cancelled") { finish(job.error || "Cancelled.", Boolean(job.error)); return; }
+  $("cancel").hidden = false;
   if (job.status === "queued") {
     say(`Waiting for a free worker${job.ahead ? ` (${plural(job.ahead, "job")} ahead)` : ""}…`);
     setTimeout(() => poll(t), 1000); return;
