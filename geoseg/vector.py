@@ -283,7 +283,8 @@ def _canonical(parts: dict[str, np.ndarray], tolerance: float = 0.0) -> dict[str
 
 
 def _merge_specks(frame, small: np.ndarray):
-    """Union each small polygon into the neighbour sharing its longest edge; smallest specks first.
+    """Union each small polygon into the neighbour sharing its longest edge; smallest specks first. Returns the
+    frame and which of its polygons took specks (to be measured again).
 
     A neighbour that has taken specks counts with them (the edges it shares through them add
     up), and each polygon is unioned once, with all it took, at the end: unioning speck by speck
@@ -327,7 +328,8 @@ def _merge_specks(frame, small: np.ndarray):
     alive = owner == np.arange(len(geoms))
     out = frame.copy()
     out["geometry"] = [shapely.union_all(geoms[members(i)]) if i in taken else geoms[i] for i in range(len(geoms))]
-    return out[alive].reset_index(drop=True)
+    grown = np.isin(np.arange(len(geoms)), list(taken))[alive]
+    return out[alive].reset_index(drop=True), grown
 
 
 def _measure(frame, extent: tuple[float, float, float, float]) -> tuple[list[float | None], list[float | None]]:
@@ -406,13 +408,26 @@ def _polygonized(path: str, windows: list, keep: tuple[int, ...] | None, confide
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _metres_to_crs_units(crs, metres: float) -> float:
+def _metres_to_crs_units(crs, metres: float, info: RasterInfo | None = None, transform: Affine | None = None) -> float:
+    """`metres` on the ground in the units of the layer's `crs` (pixels without one). In a geographic CRS and in
+    projections whose areal scale strays over 1% from 1 over the mask (Web Mercator), by the ground length of a
+    unit at the mask's centre, the longer of a unit east-west and north-south (a degree of latitude; Web
+    Mercator's are equal): a fixed 111,320 m a degree, and Web Mercator's map metres, made 100 m a 50 m tolerance
+    at 60 degrees north (east-west in degrees, every way in Web Mercator). Elsewhere (UTM) by the CRS's unit."""
+    from geoseg.raster import _ground_sides, metres_per_unit
+
     if crs is None:
         return metres
-    if crs.is_geographic:
-        return metres / 111_320.0
-    from geoseg.raster import metres_per_unit
+    if info is not None and transform is not None and (
+            crs.is_geographic or _distorted(crs, _extent(transform, info.width, info.height))):
+        from dataclasses import replace
 
+        sides = _ground_sides(replace(info, transform=transform, crs=crs))
+        units = (float(np.hypot(transform.a, transform.d)), float(np.hypot(transform.b, transform.e)))
+        if sides is not None and min(units) > 0:
+            return metres / max(side / unit for side, unit in zip(sides, units))
+    if crs.is_geographic:  # where PROJ cannot take the centre to the ellipsoid
+        return metres / 111_320.0
     return metres / metres_per_unit(crs)
 
 
@@ -465,10 +480,17 @@ def vectorize(
         Polygons smaller than this many m² (pixels without a CRS) are specks.
     specks : {"drop", "merge"}
         Drop specks (leaving holes), or merge each into the neighbour it shares
-        the longest edge with, which then grows by its area.
+        the longest edge with, which then grows by its area. With `simplify`, the
+        polygons that simplifying leaves under `min_area` go the same way, so all
+        are at least `min_area` but merged specks with no neighbour (nodata all round).
     simplify : float
         Simplification tolerance in metres; neighbouring polygons keep their shared
-        edges (`shapely.coverage_simplify`), so no gaps or overlaps appear.
+        edges (`shapely.coverage_simplify`), so no gaps or overlaps appear. It is
+        Visvalingam-Whyatt's: a vertex whose triangle is smaller than its square goes,
+        so edges can move a few times it (a spike 2 m wide, 12 m long goes at 3.5). In a
+        geographic CRS and in Web Mercator, ground metres at the mask's centre along a
+        unit's longer side (north-south in degrees; east-west it is finer there by the
+        cosine of the latitude); elsewhere metres of the CRS's unit.
     to_crs : CRS-like, optional
         Reproject the layer, e.g. ``"EPSG:4326"``.
     confidence : path, optional
@@ -652,17 +674,30 @@ def vectorize(
         if not tag_names:
             names = _present_classes(names, colours, np.unique(parts["class_id"]))
         frame = measured(parts)
+        def specks_out(frame, small: np.ndarray):
+            """`frame` without its polygons flagged `small`, or with each merged into its neighbour (which is
+            measured again)."""
+            if specks == "drop":
+                return frame[~small].reset_index(drop=True)
+            frame, grown = _merge_specks(frame, small)
+            if grown.any():
+                measures = _measure(frame[grown], extent)  # the extent's rule: the same measures as the whole's
+                frame.loc[grown, "area_m2"], frame.loc[grown, "perimeter_m"] = measures
+            return frame
+
         if min_area > 0:
             size = np.asarray(frame["area_m2"] if crs is not None else parts["pixels"], float)
-            if specks == "merge":
-                frame = _merge_specks(frame, size < min_area)
-                frame["area_m2"], frame["perimeter_m"] = _measure(frame, extent)
-            else:
-                frame = frame[size >= min_area].reset_index(drop=True)
+            frame = specks_out(frame, size < min_area)
         if simplify > 0 and len(frame):
-            tolerance = _metres_to_crs_units(crs, simplify)
+            tolerance = _metres_to_crs_units(crs, simplify, info, transform)
             frame["geometry"] = shapely.coverage_simplify(frame.geometry.values, tolerance)
             frame["area_m2"], frame["perimeter_m"] = _measure(frame, extent)
+            if min_area > 0:  # simplifying moves area between neighbours: polygons of 5,000 m² or more came out
+                # of it under --min-area 5000 (2,700 m²). They go as the specks went, once: merged ones only grow,
+                # and the polygons a merge leaves under it have no neighbour (nodata all round)
+                size = np.asarray(frame["area_m2"], float) if crs is not None else (
+                    shapely.area(frame.geometry.values) / abs(transform.determinant))  # pixels, as before simplifying
+                frame = specks_out(frame, size < min_area)
         frame = finished(frame)
         _write_layer(frame, out_path, driver)
         polygons = len(frame)
@@ -675,6 +710,8 @@ def vectorize(
         log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in geoseg's "
                     "masks) and get no polygons. If 255 is a class there, declare its nodata value "
                     "(gdal_edit.py -a_nodata 0 %s, say) and run again.", info.path, info.path)
+    if keep_ids is not None:  # the style lists the classes kept: --classes water gave a legend of every class
+        names = {i: c for i, c in names.items() if i in keep_ids}
     qml = out_path.with_suffix(".qml")
     earlier = qml.read_text(encoding="utf-8", errors="replace") if style and qml.is_file() else None
     # a layer of the same name in another format (result.geojson beside result.gpkg) owns the style there

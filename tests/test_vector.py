@@ -841,3 +841,73 @@ def test_a_geopackage_path_with_a_semicolon_is_refused_before_writing(make_mask,
             vectorize(mask, tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
     vectorize(mask, tmp_path / "site;A.parquet")  # written by Arrow, which takes it
+
+
+@pytest.mark.parametrize("specks", ["drop", "merge"])
+def test_min_area_holds_for_the_simplified_polygons(make_mask, tmp_path, specks):
+    """Specks were dropped or merged by their areas before simplifying, which moves area between neighbours, and
+    min_area was not applied again: --min-area 5000 --simplify 40 wrote 34 polygons of 260 under 5000 m² (the
+    smallest 2700). Those now go as the specks went; merged ones keep the coverage whole."""
+    data = noisy_mask((120, 120), seed=3, smooth=2)
+    data[data == 255] = 0  # a full coverage: every polygon has a neighbour to merge into
+    path = make_mask(data)
+    vectorize(path, tmp_path / "v.gpkg", min_area=60, simplify=4.0, specks=specks, block=40)
+    frame = gpd.read_file(tmp_path / "v.gpkg")
+    assert len(frame) > 50 and frame.geometry.is_valid.all()
+    assert frame.area_m2.min() >= 60
+    assert frame.area_m2.to_numpy() == pytest.approx(frame.geometry.area.to_numpy())  # measured once merged
+    union = shapely.union_all(frame.geometry.values).area
+    assert union == pytest.approx(frame.geometry.area.sum(), rel=1e-9)  # no overlaps
+    if specks == "merge":
+        assert union == pytest.approx(120 * 120 * 4.0, rel=1e-9)  # no gaps: still covers the raster
+
+
+def test_merged_specks_cut_off_by_nodata_stay_after_simplifying(make_mask, tmp_path):
+    """A speck with no neighbour (nodata all round) has nothing to merge into, before or after simplifying: it
+    stays, and the rest hold min_area (6 more were under it)."""
+    data = noisy_mask((120, 120), seed=3, smooth=2)
+    data[data == 255] = 0
+    data[100:120, 100:120] = 255
+    data[108:110, 108:110] = 1  # a 16 m² speck in nodata
+    path = make_mask(data)
+    vectorize(path, tmp_path / "v.gpkg", min_area=60, simplify=4.0, specks="merge", block=40)
+    frame = gpd.read_file(tmp_path / "v.gpkg")
+    small = frame[frame.area_m2 < 60]
+    assert len(small) == 1 and small.geometry.iloc[0].bounds == pytest.approx((400216, 5999780, 400220, 5999784))
+    assert small.class_name.iloc[0] == "b"  # simplified to a triangle of 8 m²
+
+
+def test_the_style_of_a_layer_of_some_classes_lists_only_those(make_mask, tmp_path):
+    """vectorize --classes water wrote a style of every class of the mask: QGIS's legend listed classes the
+    layer does not hold."""
+    import xml.etree.ElementTree as ET
+
+    data = np.zeros((20, 20), np.uint8)
+    data[5:10, 5:15], data[12:18, 2:8] = 1, 2
+    path = make_mask(data)
+    for keep, expected in ((["b"], {1: "b"}), ([2, "a"], {0: "a", 2: "c"}), (None, {0: "a", 1: "b", 2: "c"})):
+        vectorize(path, tmp_path / "v.gpkg", keep=keep, overwrite=True)
+        root = ET.parse(tmp_path / "v.qml").getroot()
+        assert {int(c.get("value")): c.get("label") for c in root.iter("category")} == expected
+        assert {int(s.get("name")) for s in root.iter("symbol")} == set(expected)
+
+
+def test_simplify_tolerance_is_ground_metres_in_web_mercator(make_mask, tmp_path):
+    """--simplify took Web Mercator's map metres for metres: at 60 degrees north 100 m simplified as 50 m on the
+    ground. The same mask in UTM with 2 m pixels and in EPSG:3857 with pixels of 2 m on the ground (4 map
+    units) now simplify alike."""
+    from pyproj import Geod, Transformer
+
+    data = noisy_mask((80, 80), seed=7, smooth=3)
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(10.0, 60.0)  # the centre
+    lon, lat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform([x, x + 1], [y, y])
+    side = 2.0 / Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])[2]  # 2 m on the ellipsoid: 4 map units
+    x, y = x - 40 * side, y + 40 * side
+    layers = {}
+    for crs, transform in (("EPSG:32633", None), ("EPSG:3857", from_origin(x, y, side, side))):
+        path = make_mask(data, crs=crs, transform=transform, name=f"{crs[5:]}.tif")
+        vectorize(path, tmp_path / f"{crs[5:]}.gpkg", simplify=3.0)
+        layers[crs] = gpd.read_file(tmp_path / f"{crs[5:]}.gpkg")
+    vertices = {crs: shapely.get_num_coordinates(frame.geometry.values).sum() for crs, frame in layers.items()}
+    # alike, not equal: vertices of equal effective area go in an order the last bits of their coordinates set
+    assert vertices["EPSG:3857"] == pytest.approx(vertices["EPSG:32633"], rel=0.01)  # was 1352 against 904
