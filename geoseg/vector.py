@@ -328,6 +328,10 @@ def _merge_specks(frame, small: np.ndarray):
     alive = owner == np.arange(len(geoms))
     out = frame.copy()
     out["geometry"] = [shapely.union_all(geoms[members(i)]) if i in taken else geoms[i] for i in range(len(geoms))]
+    for column in ("_conf_sum", "_pixels"):  # the sums a merged polygon's confidence is averaged from
+        if column in out:
+            values = frame[column].to_numpy()
+            out[column] = [values[members(i)].sum() if i in taken else values[i] for i in range(len(geoms))]
     grown = np.isin(np.arange(len(geoms)), list(taken))[alive]
     return out[alive].reset_index(drop=True), grown
 
@@ -674,6 +678,9 @@ def vectorize(
         if not tag_names:
             names = _present_classes(names, colours, np.unique(parts["class_id"]))
         frame = measured(parts)
+        if conf_path:  # a merged polygon's confidence is the mean of all its pixels (it kept the receiver's, h106)
+            frame["_conf_sum"], frame["_pixels"] = parts["conf_sum"], parts["pixels"]
+
         def specks_out(frame, small: np.ndarray):
             """`frame` without its polygons flagged `small`, or with each merged into its neighbour (which is
             measured again)."""
@@ -683,6 +690,10 @@ def vectorize(
             if grown.any():
                 measures = _measure(frame[grown], extent)  # the extent's rule: the same measures as the whole's
                 frame.loc[grown, "area_m2"], frame.loc[grown, "perimeter_m"] = measures
+                if conf_path:
+                    frame.loc[grown, "confidence"] = np.round(
+                        frame.loc[grown, "_conf_sum"].to_numpy(float)
+                        / np.maximum(frame.loc[grown, "_pixels"].to_numpy(float), 1), 2)
             return frame
 
         if min_area > 0:
@@ -698,7 +709,7 @@ def vectorize(
                 size = np.asarray(frame["area_m2"], float) if crs is not None else (
                     shapely.area(frame.geometry.values) / abs(transform.determinant))  # pixels, as before simplifying
                 frame = specks_out(frame, size < min_area)
-        frame = finished(frame)
+        frame = finished(frame.drop(columns=["_conf_sum", "_pixels"], errors="ignore"))
         _write_layer(frame, out_path, driver)
         polygons = len(frame)
         counts = {str(k): int(v) for k, v in frame["class_name"].value_counts().items()}

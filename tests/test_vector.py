@@ -68,6 +68,25 @@ def test_blockwise_equals_whole(make_mask, tmp_path, shape, block, smooth):
         shapely.union_all(b.geometry.values)).area == pytest.approx(0, abs=1e-6)
 
 
+def test_a_polygon_that_takes_specks_averages_the_confidence_of_all_its_pixels(make_mask, tmp_path):
+    """A water square that took a 4-px speck reported the confidence of its own 96 px, 90.0, where its 100 px
+    average 86.8 (h106)."""
+    data = np.zeros((40, 40), np.uint8)
+    data[10:20, 10:20] = 1
+    data[14:16, 14:16] = 2  # a speck of 4 px (16 m²) inside the square
+    path = make_mask(data)
+    with rasterio.open(path) as src:
+        profile = src.profile
+    conf = tmp_path / "conf.tif"
+    with rasterio.open(conf, "w", **profile) as ds:
+        ds.write(np.select([data == 1, data == 2], [90, 10], 50).astype(np.uint8), 1)
+    vectorize(path, tmp_path / "merged.gpkg", confidence=conf, min_area=20, specks="merge")
+    frame = gpd.read_file(tmp_path / "merged.gpkg")
+    b = frame[frame.class_name == "b"].iloc[0]
+    assert b.area_m2 == pytest.approx(400) and b.confidence == pytest.approx((96 * 90 + 4 * 10) / 100)
+    assert list(frame.columns) == ["class_id", "class_name", "confidence", "area_m2", "perimeter_m", "geometry"]
+
+
 def test_attributes_areas_and_confidence(make_mask, tmp_path):
     data = np.full((40, 50), 0, np.uint8)
     data[10:20, 10:30] = 1  # 10 x 20 px of 2 m = 800 m²
