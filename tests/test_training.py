@@ -1475,3 +1475,28 @@ def test_the_cards_pixel_size_is_the_training_images_own(tmp_path):
     assert _pixel_size(SimpleNamespace(pixel_size=1.02, source="c.toml"), utm) == 1.02
     with pytest.raises(InputError, match=r"pixel_size = 0.25 m, but the training images' pixels are 1 m"):
         _pixel_size(SimpleNamespace(pixel_size=0.25, source="c.toml"), utm)
+
+
+def test_an_index_label_whose_nodata_is_a_class_id_is_warned_about(tmp_path, caplog):
+    """A 0/1 building mask written with nodata 0 (a common export) trained a one-class model: background was all
+    unlabelled, and the only word was that the class had no labelled pixel (h103)."""
+    from geoseg.models.labels import read_labels
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:15] = 1
+    with rasterio.open(tmp_path / "label.tif", "w", driver="GTiff", width=30, height=20, count=1, dtype="uint8",
+                       nodata=0) as ds:
+        ds.write(mask, 1)
+    classes = [{"name": "background"}, {"name": "building"}]
+    caplog.set_level("WARNING", logger="geoseg")
+    read = read_labels(tmp_path / "label.tif", fmt="index", classes=classes, image=tmp_path / "image.tif",
+                       shape=(20, 30))
+    assert (read[mask == 0] == 255).all() and (read[mask == 1] == 1).all()  # the nodata value is still nodata
+    assert (f"label.tif: its nodata value 0 is class 'background''s id, so its 550 px of that value are read as "
+            f"unlabelled, not as background. If they are that class, unset the nodata value (gdal_edit.py "
+            f"-unsetnodata {tmp_path / 'label.tif'})") in caplog.text
+    caplog.clear()
+    with rasterio.open(tmp_path / "label.tif", "r+") as ds:
+        ds.nodata = 200  # no class's id: nothing to say
+    read_labels(tmp_path / "label.tif", fmt="index", classes=classes, image=tmp_path / "image.tif", shape=(20, 30))
+    assert "nodata value" not in caplog.text

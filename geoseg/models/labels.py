@@ -319,6 +319,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
                 data = ds.read(window=window)
                 palette = _palette(ds) if fmt == "color" and ds.count == 1 else None
                 masked = label_nodata(ds, window=window, fmt=fmt)
+                nodata = ds.nodata
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: labels are not a raster GDAL can read ({exc}).") from None
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
@@ -334,6 +335,14 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         out = np.full(code.shape, IGNORE, np.uint8)
         for i, c in enumerate(classes):
             out[code == int(c["color"][1:], 16)] = i
+    if fmt == "index" and masked is not None and window is None and nodata is not None and float(nodata).is_integer():
+        value = int(nodata)  # a 0/1 mask written with nodata 0 (a common export): its class 0 was all unlabelled, and
+        # the only word was that the class had no labelled pixel (h103)
+        named = id_map[value] if id_map is not None and 0 <= value < len(id_map) else value
+        if 0 <= named < len(classes) and (hidden := int((label[masked] == named).sum())):
+            log.warning("%s: its nodata value %d is class %r's id, so its %d px of that value are read as unlabelled, "
+                        "not as %s. If they are that class, unset the nodata value (gdal_edit.py -unsetnodata %s).",
+                        path, value, classes[named]["name"], hidden, classes[named]["name"], path)
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
     if fmt == "color" and ignore_colors is not None and window is None:
