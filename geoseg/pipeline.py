@@ -835,6 +835,7 @@ def segment(
     _check_value_range(info, plan, card, norm)
     _check_untagged_fill(info, plan)
     _check_alpha_read(info, plan)
+    _check_crs_missing(info)
     stem = raster_stem(info.path)
     with new_folders_removed_on_error(output_dir):  # bad input or Ctrl-C from here on leave no empty folder
         paths = prepare_output_dir(
@@ -1122,6 +1123,18 @@ def _check_alpha_read(info: RasterInfo, plan: Plan) -> None:
         log.warning("%s: band %d, which the model reads as its band %d, is tagged alpha (transparency), not data: "
                     "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (gdal_edit.py "
                     "-colorinterp_%d undefined) if it holds data", info.path, band, plan.bands.index(band) + 1, band)
+
+
+def _check_crs_missing(info: RasterInfo) -> None:
+    """Warn of a raster placed by a geotransform without a CRS: a GeoTIFF with a .tfw and a .prj (GDAL reads no .prj
+    beside a GeoTIFF) gave a mask and polygons with no CRS and no m², and no word (h105)."""
+    if info.crs is None and not info.transform.is_identity and not info.gcps:
+        sidecar = next((p for p in (Path(info.path).with_suffix(".prj"), Path(f"{info.path}.prj")) if p.is_file()),
+                       None)
+        log.warning("%s: it has a geotransform but no CRS%s, so the mask and polygons have none and no areas in m². "
+                    "Give it one: gdal_edit.py -a_srs %s %s", info.path,
+                    f" (GDAL reads no {sidecar.name} beside a GeoTIFF)" if sidecar else "",
+                    sidecar if sidecar else "EPSG:XXXX", info.path)
 
 
 def _describe(norm: dict) -> str:

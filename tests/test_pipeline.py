@@ -1633,3 +1633,19 @@ def test_the_result_carries_the_masks_georeferencing_and_styles(make_raster, tmp
     photo = segment(tmp_path / "photo.png", tmp_path / "photo", model="threshold", preview=False)
     assert (photo.crs, photo.transform, photo.bounds) == (None, None, None)  # not a y-down identity
     assert list(photo.styles) == ["mask"]
+
+
+def test_a_raster_placed_without_a_crs_is_warned_about(make_raster, tmp_path, caplog):
+    """A GeoTIFF with a .tfw and a .prj (GDAL reads no .prj beside a GeoTIFF) gave a mask and polygons with no CRS
+    and no m², and no word (h105)."""
+    path = make_raster(name="world.tif", crs=None)  # a geotransform of 0.5 m pixels, no CRS
+    path.with_suffix(".prj").write_text('PROJCS["WGS 84 / UTM zone 40N"]')
+    caplog.set_level("WARNING", logger="geoseg")
+    result = segment(path, tmp_path / "out", model="threshold", preview=False)
+    assert result.crs is None and result.transform is not None
+    assert (f"world.tif: it has a geotransform but no CRS (GDAL reads no world.prj beside a GeoTIFF), so the mask "
+            f"and polygons have none and no areas in m². Give it one: gdal_edit.py -a_srs {path.with_suffix('.prj')} "
+            f"{path}") in caplog.text
+    caplog.clear()
+    segment(make_raster(name="placed.tif"), tmp_path / "placed", model="threshold", preview=False)
+    assert "no CRS" not in caplog.text
