@@ -668,7 +668,10 @@ def vectorize(
         if not tag_names:
             names = _present_classes(names, colours, sorted(present))
     else:
-        results = list(_polygonized(info.path, windows, keep_ids, conf_path, transform, nodata))
+        # specks merge into their neighbours of any class, and only then are the classes kept picked: polygonised
+        # alone, a kept class's pond had no neighbour to go to and stayed under --min-area (h106)
+        merging = min_area > 0 and specks == "merge" and keep_ids is not None
+        results = list(_polygonized(info.path, windows, None if merging else keep_ids, conf_path, transform, nodata))
         nodata_seen = any(r["nodata_pixels"] for r in results)
         whole = _concat(results, "whole")
         merged = merged_cut([_concat(results, "cut")])
@@ -709,6 +712,8 @@ def vectorize(
                 size = np.asarray(frame["area_m2"], float) if crs is not None else (
                     shapely.area(frame.geometry.values) / abs(transform.determinant))  # pixels, as before simplifying
                 frame = specks_out(frame, size < min_area)
+        if merging:
+            frame = frame[frame["class_id"].isin(keep_ids)].reset_index(drop=True)
         frame = finished(frame.drop(columns=["_conf_sum", "_pixels"], errors="ignore"))
         _write_layer(frame, out_path, driver)
         polygons = len(frame)

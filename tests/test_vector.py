@@ -930,3 +930,19 @@ def test_simplify_tolerance_is_ground_metres_in_web_mercator(make_mask, tmp_path
     vertices = {crs: shapely.get_num_coordinates(frame.geometry.values).sum() for crs, frame in layers.items()}
     # alike, not equal: vertices of equal effective area go in an order the last bits of their coordinates set
     assert vertices["EPSG:3857"] == pytest.approx(vertices["EPSG:32633"], rel=0.01)  # was 1352 against 904
+
+
+def test_specks_of_a_class_kept_alone_merge_into_neighbours_of_any_class(make_mask, tmp_path):
+    """--classes b --min-area 100 --specks merge kept every small pond: polygonised alone, class b had no
+    neighbour for them to go to, where --specks drop wrote the lake alone (h106)."""
+    data = np.zeros((40, 40), np.uint8)
+    data[20:40, 20:40] = 1  # a lake of 400 px (1600 m²)
+    data[2, 2] = data[5:7, 10:12] = 1  # ponds of 4 m² and 16 m²
+    data[30, 5] = 2  # a speck of another class, not kept
+    path = make_mask(data)
+    for specks in ("drop", "merge"):
+        result = vectorize(path, tmp_path / f"{specks}.gpkg", keep=["b"], min_area=100, specks=specks)
+        frame = gpd.read_file(tmp_path / f"{specks}.gpkg")
+        assert list(frame.class_name) == ["b"] and frame.area_m2.tolist() == [1600.0], specks
+        assert result.per_class == {"b": 1}
+    assert (tmp_path / "merge.qml").read_text().count("<category ") == 1
