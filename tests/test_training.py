@@ -443,6 +443,31 @@ def test_lazy_validation_chips_are_stretched_by_their_raster(tmp_path):
         assert x.dtype == np.float32 and np.all((x < 0.2) | (x > 0.8))
 
 
+def test_validation_images_in_memory_are_stretched_without_their_nodata(tmp_path):
+    """In memory, a percentile stretch of a validation image counted its nodata collar (read as 0) among its pixels,
+    where training and segment leave it out: the card's IoU and the best epoch came from other images than segment
+    sees (card 0.065 against evaluate's 0.078 on a Landsat half with 15% nodata, h103)."""
+    from geoseg.models.card import ModelCard
+    from geoseg.models.training import TrainConfig, _read_image, validation_set
+
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([np.zeros((3, 64, 40)), rng.integers(60, 80, (3, 64, 44)),
+                             rng.integers(200, 240, (3, 64, 44))], axis=2).astype(np.uint8)
+    with rasterio.open(tmp_path / "img.tif", "w", driver="GTiff", width=128, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1), nodata=0) as ds:
+        ds.write(pixels)
+    norm = {"method": "percentile", "low": 2, "high": 98}
+    config = TrainConfig(name="t", classes=[{"name": "a"}], images=[str(tmp_path / "img.tif")], labels="x",
+                         normalization=norm, source=str(tmp_path / "t.toml"))
+    card = ModelCard.from_dict({"name": "t", "classes": [{"id": 0, "name": "a", "color": "#000000"}],
+                                "bands": [1, 2, 3], "normalization": norm, "margin": 0, "tile_size": None})
+    image = _read_image(str(tmp_path / "img.tif"), [1, 2, 3])[0]
+    [(x, _, _)], val_card = validation_set(config, card, [], [(image, np.zeros((64, 128), np.uint8), str(tmp_path / "img.tif"))])
+    assert val_card.normalization == {"method": "none"}
+    dark, bright = x[:, 40:84], x[:, 84:]  # stretched by 60..240, not 0..240 (dark would be 0.25-0.33)
+    assert x.dtype == np.float32 and dark.max() < 0.15 and bright.min() > 0.75
+
+
 def test_an_interrupted_run_resumes_and_a_finished_one_does_not(tmp_path, monkeypatch):
     """Interrupted after epoch 2 of 3, the rerun trains epoch 3 only. Other settings cannot resume those
     checkpoints. A finished run leaves none: rerunning it with another width used to load the old
