@@ -85,10 +85,11 @@ def expand_inputs(items: Sequence[str | os.PathLike], _lists: frozenset[str] = f
     def found_in(item: str, found: list[str]) -> list[str]:
         if left_out is None:
             return found
-        ours = [f for f in found if Path(f).suffix.lower() != ".txt" and not under_output(f)
+        mine = {f for f in found if under_output(f)}  # the survey's own outputs: neither asked about nor vetted
+        ours = [f for f in found if f not in mine and Path(f).suffix.lower() != ".txt"
                 and not _taken_before(f, _inputs_before) and written_by_geoseg(f)]
         if _vetted is not None:  # asked, and not geoseg's (a file named on its own is not asked: not one of these)
-            _vetted.extend(f for f in found if f not in ours and not under_output(f))
+            _vetted.extend(f for f in found if f not in ours and f not in mine)
         left_out.extend(ours)
         if ours:  # a segment -o into the image folder: its masks and previews were segmented as images
             shown = [os.path.relpath(f, item) if os.path.isdir(item) else Path(f).name for f in ours[:3]]
