@@ -34,6 +34,22 @@ def test_encoder_weights_come_from_a_local_file(tmp_path):
         build_encoder_unet(3, weights=str(tmp_path / "missing.h5"), alpha=0.35)
 
 
+def test_encoder_unet_dropout_is_applied_in_training_only():
+    """`dropout` was a plain U-Net's only: a config's dropout = 0.3 with an encoder built the same network."""
+    import keras
+
+    from geoseg.models.training import TrainConfig, _build
+
+    config = TrainConfig(name="d", classes=[{"name": "a"}, {"name": "b"}], images=[], labels="x",
+                         architecture="efficientnet_lite0", filters=4, dropout=0.5)
+    model = _build(config, 2, 3)[0]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout2D)] == [0.5]
+    x = np.random.default_rng(0).random((1, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    assert not np.allclose(model(x, training=True), model(x, training=True))  # batch norm alone gives equal calls
+    assert not any(isinstance(layer, keras.layers.SpatialDropout2D) for layer in build_encoder_unet(2, filters=4).layers)
+
+
 def test_measured_radius_matches_the_closed_form_for_a_plain_unet():
     from geoseg.models import build_unet, unet_receptive_radius
 

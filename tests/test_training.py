@@ -193,6 +193,12 @@ def test_config_errors(tmp_path):
                              ("validation = [2, 3]", "validation must be a list of strings"),
                              ("normalization = 3", "normalization must be a table"),
                              ("freeze_encoder_bn = true", "freeze_encoder_bn needs a pretrained encoder"),
+                             ('architecture = "efficientnet_lite0"\ndepth = 5',  # silently unused before
+                              r"depth = 5 is not used by architecture = 'efficientnet_lite0' .*pick architecture = 'unet'"),
+                             ('architecture = "mobilenet_v2"\nbatch_norm = false', "batch_norm = False is not used"),
+                             ('architecture = "efficientnet_lite2"\nalpha = 0.5',
+                              r"alpha = 0.5 is not used .*only MobileNetV2 .*pick architecture = 'mobilenet_v2'"),
+                             ("alpha = 0.5", "alpha = 0.5 is not used by architecture = 'unet'"),
                              ("epochs = 0", "epochs must be at least 1. Received: 0"),
                              ("dropout = 1.5", "dropout must be at least 0 and below 1"),
                              ("lr = 0.0", "lr must be above 0"),
@@ -219,6 +225,10 @@ def test_config_errors(tmp_path):
         bad.write_text("\n".join(line for i, line in enumerate(lines) if line.split(" = ")[0] not in keys[i + 1:]))
         with pytest.raises(InputError, match=message):
             load_config(bad)
+    for fine in ('architecture = "efficientnet_lite0"\ndepth = 4\nbatch_norm = true\nalpha = 1.0\ndropout = 0.2',
+                 'architecture = "mobilenet_v2"\nalpha = 0.35'):  # a run's written config holds every default
+        bad.write_text(f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{fine}\n')
+        load_config(bad)
     for twice, message in [("epochs = 1\n[train]\nepochs = 2", r"epochs is set twice, in the top level and in \[train\]"),
                            ("[model]\nchip = 32\n[train]\nchip = 64", r"chip is set twice, in \[model\] and in \[train\]")]:
         bad.write_text(f'name = "x"\nimages = []\nlabels = "y"\nclasses = [{{name = "a"}}]\n{twice}\n')

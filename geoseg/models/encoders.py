@@ -187,7 +187,7 @@ def _assign(model, arrays: dict[str, np.ndarray], path: str) -> None:
 
 
 def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights: str | None = None,
-                       alpha: float = 1.0, filters: int = 16, name: str = "encoder_unet"):
+                       alpha: float = 1.0, filters: int = 16, dropout: float = 0.0, name: str = "encoder_unet"):
     """A U-Net whose encoder is a keras.applications network, for (N, H, W, 3) inputs, H and W multiples of 32.
 
     Parameters
@@ -204,6 +204,9 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
         Width multiplier of MobileNetV2 (the EfficientNet-Lite variants have theirs built in).
     filters : int
         Decoder filters at full resolution; doubled at each level down.
+    dropout : float
+        Spatial dropout rate on the encoder's deepest features, as `build_unet` drops its bottleneck's
+        (0 disables it).
     """
     import keras
     from keras import layers
@@ -223,6 +226,8 @@ def build_encoder_unet(n_classes: int, *, encoder: str = "mobilenet_v2", weights
     inputs = keras.Input((None, None, 3), name="image")
     encoder_model = keras.Model(base.input, [base.get_layer(n).output for n in skip_names + [deepest]])
     *skips, x = encoder_model(inputs)
+    if dropout:
+        x = layers.SpatialDropout2D(dropout)(x)
     for level, skip in reversed(list(enumerate(skips, start=1))):
         x = layers.UpSampling2D(2, interpolation="nearest")(x)
         x = layers.Concatenate()([x, skip])

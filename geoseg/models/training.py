@@ -190,6 +190,13 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if flat.get("selection") and not flat.get("validation"):
         raise InputError(f"{path}: selection images choose the epoch so that the validation images are scored "
                          "unseen; give validation patterns too, or leave selection out.")
+    for key, default, why in (("depth", 4, "its depth is the encoder's"), ("batch_norm", True, "its decoder always has it"),
+                              ("alpha", 1.0, "only MobileNetV2 has a width multiplier")):
+        applies = plain if key != "alpha" else flat.get("architecture") == "mobilenet_v2"
+        if key in flat and flat[key] != default and not applies:  # a run's written config holds the defaults
+            fits = "mobilenet_v2" if key == "alpha" else "unet"
+            raise InputError(f"{path}: {key} = {flat[key]!r} is not used by architecture = "
+                             f"{flat.get('architecture', 'unet')!r} ({why}): remove it, or pick architecture = {fits!r}.")
     if flat.get("freeze_encoder_bn") and plain:
         raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
                          f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
@@ -1241,7 +1248,7 @@ def _build(config: TrainConfig, n_classes: int, n_bands: int):
     if weights and weights != "imagenet":
         weights = config.resolve(weights)
     model = build_encoder_unet(n_classes, encoder=config.architecture, weights=weights, alpha=config.alpha,
-                               filters=config.filters, name=config.name)
+                               filters=config.filters, dropout=config.dropout, name=config.name)
     if config.freeze_encoder_bn:  # keep the encoder's ImageNet statistics: batches of 8 chips estimate them badly
         for layer in _encoder_bn_layers(model):
             layer.trainable = False
