@@ -307,6 +307,14 @@ class _Writer:
 
     def __init__(self, datasets: dict, layout: dict[str, slice]) -> None:
         self.datasets, self.layout = datasets, layout
+        self.stopped = False  # set (under IO_LOCK) when the run stops: its datasets are about to be closed
+
+    def stop(self) -> None:
+        """Refuse every write from now on: dask returns at a run's first exception (a web job's Cancelled from its
+        progress callback, a failed chunk) while its threads still compute chunks, whose writes into the datasets
+        the caller then closed crashed the process (a segfault in GDAL: the web server, for every user)."""
+        with IO_LOCK:  # no write is under way once it is taken
+            self.stopped = True
 
     def __setitem__(self, key, value: np.ndarray) -> None:
         from rasterio.windows import Window
@@ -319,6 +327,8 @@ class _Writer:
             ds = self.datasets[name]
             try:
                 with IO_LOCK:  # GDAL lost a write when another thread read meanwhile (see IO_LOCK)
+                    if self.stopped:
+                        return
                     ds.write(np.moveaxis(value[..., bands], -1, 0), window=window)
             except (RasterioError, CPLE_BaseError, OSError) as exc:  # a full disk, a folder gone: not the input's fault
                 raise OutputError(f"{Path(ds.name).parent.parent}: writing the {name} layer failed "
@@ -360,6 +370,7 @@ def _store(result: da.Array, writer: _Writer, *, client=None, progress: Progress
             da.store(result, writer, lock=False, scheduler="threads",  # the writer takes IO_LOCK
                      callbacks=[*Callback.active, _TaskProgress(report, result.npartitions)._callback])
         except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: the threads' queued model calls are not made
+            writer.stop()  # and the chunks still under way write nothing into the datasets the caller closes
             if run is not None:
                 cancel_run(run)
             raise

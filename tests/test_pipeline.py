@@ -1499,6 +1499,7 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
 def test_a_bad_dask_num_workers_is_named(make_raster, tmp_path, threads):
     """DASK_NUM_WORKERS=abc or 0 was a TypeError or ValueError traceback from the thread pool, after the model."""
     import dask
+    import dask.array as da
 
     with dask.config.set(num_workers=threads), pytest.raises(InputError, match=rf"DASK_NUM_WORKERS.* Received: "
                                                                                  rf"{threads!r}; unset it"):
@@ -1649,3 +1650,31 @@ def test_a_raster_placed_without_a_crs_is_warned_about(make_raster, tmp_path, ca
     caplog.clear()
     segment(make_raster(name="placed.tif"), tmp_path / "placed", model="threshold", preview=False)
     assert "no CRS" not in caplog.text
+
+
+def test_a_stopped_run_writes_no_chunk_into_the_datasets_its_caller_closes():
+    """dask returns at a run's first exception (a web job's Cancelled from its progress callback) while its threads
+    still compute chunks; their writes into the datasets the caller then closed crashed the web server (a segfault
+    in GDAL, h114)."""
+    import time
+    from types import SimpleNamespace
+
+    import dask
+    import dask.array as da
+
+    from geoseg.pipeline import _store, _Writer
+
+    def chunk(i):
+        if i == 0:
+            raise RuntimeError("the first chunk fails")
+        time.sleep(0.5)  # still under way when the run has stopped
+        return np.zeros((2, 2, 1), np.uint8)
+
+    parts = [da.from_delayed(dask.delayed(chunk)(i), (2, 2, 1), np.uint8) for i in range(2)]
+    writes = []
+    writer = _Writer({"mask": SimpleNamespace(write=lambda *a, **k: writes.append(a), name="/x/y/m.tif")},
+                     {"mask": slice(0, 1)})
+    with dask.config.set(num_workers=2), pytest.raises(RuntimeError, match="first chunk"):
+        _store(da.concatenate(parts, axis=1), writer)
+    time.sleep(1.0)
+    assert writes == []
