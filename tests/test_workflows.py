@@ -1352,6 +1352,14 @@ def test_survey_follows_symlinked_folders_and_knows_its_output_folder_by_any_pat
 
     found = expand_inputs([f"{share}/**/*.tif"], left_out=[], output_dir=share / "out")  # survey leaves out out/
     assert [f for f in found if "/out/" not in f] == [str(share / "flight2" / "flight2.tif"), str(share / "own.tif")]
+    # a folder's walk took the path it reached first: a longer link sorted before the real folder renamed the
+    # surveyed flight, and the rerun segmented it again under the new name (h114)
+    (share / "a" / "b").mkdir(parents=True)
+    (share / "a" / "b" / "archive").symlink_to(tmp_path / "volume2", target_is_directory=True)
+    walked = expand_inputs([share], left_out=[], output_dir=share / "out")
+    assert [f for f in walked if "/out/" not in f] == [str(share / "flight2" / "flight2.tif"), str(share / "own.tif")]
+    again = survey([share], share / "out", model="threshold", preview=True)
+    assert len(again.skipped) == 2 and not again.done and not again.failed
 
 
 def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_raster, tmp_path, monkeypatch):

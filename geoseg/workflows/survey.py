@@ -157,22 +157,37 @@ def _rasters_under(folder: Path) -> list[str]:
     """The rasters in `folder` and its subfolders, hidden names left out as a glob leaves them (another run's staging
     folder, .geoseg-HOST-PID-..., held a half-written mask). Symlinked subfolders are entered, each folder once:
     `rglob` passed them by, and a flight linked in from another volume was missing from the totals without a word
-    (h102); a link back up the tree is not followed round."""
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    (h102); a link back up the tree is not followed round. Each folder, and each file, is taken by its shortest path,
+    as a glob's are: the first path `os.walk` reached depended on names, and a link added later (``a/archive ->
+    ../flights``) renamed a surveyed raster, so the rerun segmented it again under a new name (h114)."""
+    import heapq
+
+    found: dict[str, str] = {}
+    seen, queue = set(), [(len(str(folder)), str(folder))]
+    while queue:  # shortest paths first: a folder is entered by the first, shortest, path that reaches it
+        _, root = heapq.heappop(queue)
         try:
             stat = os.stat(root)
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
         except OSError:
-            dirs[:] = []
             continue
         if (stat.st_dev, stat.st_ino) in seen:
-            dirs[:] = []
             continue
         seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in RASTER_SUFFIXES]
-    return sorted(found)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links; a broken link is neither
+            except OSError:
+                continue
+            if is_dir:
+                heapq.heappush(queue, (len(entry.path), entry.path))
+            elif Path(entry.name).suffix.lower() in RASTER_SUFFIXES:
+                real = os.path.realpath(entry.path)
+                if real not in found or len(entry.path) < len(found[real]):
+                    found[real] = entry.path
+    return sorted(found.values())
 
 
 def _taken_before(path: str, before: dict[str, list[int]] | None) -> bool:
