@@ -140,6 +140,12 @@ def test_compare_reads_unnamed_labels_by_the_first_model_for_every_model(make_ra
     unet, baseline = result["evaluations"]
     assert unet["mean_iou"] == 1.0 and unet["pixels_scored"] == baseline["pixels_scored"] == 45 * 60
     assert "scored as its 'other' class: class0, class1, class2" in " ".join(baseline["notes"])
+    # colour labels: by the model in whose colours they are, wherever it is listed; with the baseline first its
+    # palette left every class of the U-Net's unlabelled, and the U-Net's score hung on the order (h109)
+    first, second = compare(["threshold", str(tiny_fcn)], [image], [colour], label_format="color")["evaluations"]
+    assert {k: first[k] for k in ("mean_iou", "pixels_scored", "confusion_matrix")} == {
+        k: baseline[k] for k in ("mean_iou", "pixels_scored", "confusion_matrix")}
+    assert second["mean_iou"] == 1.0 and second["pixels_scored"] == 45 * 60
     with pytest.raises(InputError, match="label colours need the label names"):  # were replaced silently
         compare([str(tiny_fcn), "threshold"], [image], [colour], label_format="color", label_colors=["#000000"])
     named, unnamed = tmp_path / "named.tif", tmp_path / "unnamed.tif"
@@ -1062,3 +1068,40 @@ def test_a_class_one_label_file_names_is_a_false_positive_only_on_that_files_bac
     result = evaluate(tiny_fcn, images, labels, keep_masks=tmp_path / "kept")
     kept = [rasterio.open(tmp_path / "kept" / f"i{i}_mask.tif").read(1)[:, :20] for i in range(2)]
     assert result.predicted_on_not_scored == [int((kept[0] == 0).sum()), int((kept[1] == 1).sum()), 0]
+
+
+def test_a_label_of_part_of_the_image_gets_a_gdalwarp_that_leaves_the_rest_unlabelled(make_raster, tmp_path):
+    """The suggested gdalwarp had no -dstnodata: an index label of part of the image, without nodata, warped by it
+    was 0 (a class) over the rest of the image, and scored so without a word (h109)."""
+    image = make_raster(shape=(60, 70))
+    pred, _ = _predicted("threshold", image, tmp_path)
+    part = _label_like(tmp_path / "part.tif", image, pred[10:40, 20:60], width=40, height=30,
+                       transform=rasterio.transform.from_origin(500010.0, 2799995.0, 0.5, 0.5))
+    with pytest.raises(InputError, match=r"-r near -dstnodata 255 part.tif on_grid.tif"):
+        evaluate("threshold", [image], [part])
+    rgb = tmp_path / "rgb.tif"  # colour labels: gdalwarp's black fill is a colour of no class already
+    with rasterio.open(image) as ds, rasterio.open(rgb, "w", **{**ds.profile, "count": 3, "dtype": "uint8",
+                                                               "transform": ds.transform * ds.transform.translation(
+                                                                   5, 0)}) as out:
+        out.write(np.zeros((3, ds.height, ds.width), np.uint8))
+    with pytest.raises(InputError, match=r"-r near rgb.tif on_grid.tif"):
+        evaluate("threshold", [image], [rgb], label_format="color")
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".gpkg"])
+def test_vector_labels_in_metres_that_say_they_are_in_degrees_are_an_error(make_raster, tmp_path, suffix):
+    """A GeoJSON of UTM coordinates without a "crs" member (read as WGS84), or a layer given EPSG:4326 by mistake,
+    was a GEOSException traceback from make_valid: its coordinates reprojected to infinity (h109)."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(50, 60))
+    box = shapely.box(500000.0, 2799975.0, 500030.0, 2800000.0)
+    layer = tmp_path / f"labels{suffix}"
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[box], crs="EPSG:4326").to_file(layer)
+    with pytest.raises(InputError, match=r"labels.* cannot be placed on .*image.tif: the layer says it is in "
+                                         r"EPSG:4326, but it spans \(500000, 2799975, 500030, 2800000\)"):
+        evaluate("threshold", [image], [layer], label_format="vector")
+    result = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(layer),
+                                       "--label-format", "vector"])
+    assert result.exit_code == 1 and "Traceback" not in result.output

@@ -206,7 +206,7 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
     info = inspect_raster(image)
     # the CRS and grid first: a label warped to EPSG:4326 (another size too) was "the label of another image?"
     _check_georeferencing(name, crs, transform, info, image_name or os.path.basename(image),
-                          file_name or os.path.basename(path), polygons)
+                          file_name or os.path.basename(path), polygons, fill=fmt == "index")
     expected = (info.width, info.height)
     if size != expected:
         raise InputError(f"{name}: labels are {size[0]} x {size[1]} px but their image "
@@ -233,7 +233,7 @@ def grid_offset(image_transform, label_transform, width: int, height: int) -> fl
 
 
 def _check_georeferencing(name: str, crs, transform, info, image_name: str, file_name: str,
-                          polygons: bool = True) -> None:
+                          polygons: bool = True, fill: bool = False) -> None:
     """Labels that say where they lie must lie on their image's grid: the same size alone let labels of
     another place, or shifted by 50 m, score IoU 1.0 as if they were the image's."""
     if not (_georeferenced(crs, transform) and _georeferenced(info.crs, info.transform)):
@@ -251,7 +251,10 @@ def _check_georeferencing(name: str, crs, transform, info, image_name: str, file
     west, south, east, north = (f"{v:.10g}" for v in array_bounds(info.height, info.width, info.transform))
     epsg = info.crs.to_epsg()
     target = f"-t_srs EPSG:{epsg} " if epsg else ""
-    warp = (f"gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} -r near "
+    # index labels: what they do not cover is 255, unlabelled; gdalwarp's own fill of a label without nodata is 0,
+    # a class, which scored a label of part of the image as that class over the rest (h109)
+    nodata = "-dstnodata 255 " if fill else ""
+    warp = (f"gdalwarp {target}-te {west} {south} {east} {north} -ts {info.width} {info.height} -r near {nodata}"
             f"{shlex.quote(file_name)} on_grid.tif")
     raise InputError(f"{name}: labels must be on the pixel grid of their image {image_name}, but {why}. Warp them "
                      f"onto it ({warp})" + (" or give polygons (--label-format vector), which are rasterised onto "
@@ -495,7 +498,16 @@ class VectorLabels:
         if crs is None:
             raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
         if frame.crs is not None:
+            layer_crs, native = frame.crs, frame.total_bounds
             frame = frame.to_crs(crs)
+            coords = shapely.get_coordinates(np.asarray(frame.geometry.values, object))
+            if coords.size and not np.isfinite(coords).all():  # make_valid's GEOSException was a traceback (h109)
+                spans = ", ".join(f"{v:.10g}" for v in native)
+                raise InputError(
+                    f"{path}: its polygons cannot be placed on {image}: the layer says it is in "
+                    f"{layer_crs.to_string()}, but it spans ({spans}), which is outside that CRS (a layer in metres "
+                    "that says it is in degrees: GeoJSON without a \"crs\" member is read as WGS84 longitude and "
+                    "latitude). Give the layer its real CRS (QGIS's Assign Projection, or ogr2ogr -a_srs EPSG:...).")
         else:  # a Shapefile without its .prj: lon/lat polygons then missed a UTM image without a word
             _warn_once((os.path.abspath(path), "crs"), "%s: the layer has no CRS, so its coordinates are taken to be "
                        "in the image's CRS (%s). If they are not, give the layer its CRS (its .prj; QGIS's Assign "
