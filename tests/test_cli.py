@@ -610,6 +610,31 @@ def test_serve_refuses_a_host_it_cannot_listen_on(run):
     assert result.exit_code == 2 and "Invalid value for --host: 'a..b' is not an address" in result.output
 
 
+def test_serve_takes_the_abandon_time_from_its_option_or_the_environment(monkeypatch):
+    """GEOSEG_ABANDON_AFTER was a key of create_app's config only: nothing a user of geoseg serve could set, and a
+    script polling every 5 minutes had its jobs stopped (h114)."""
+    import socket
+
+    import geoseg.web
+    from geoseg.errors import OutputError
+
+    given = []
+
+    def app(config):
+        given.append(config["GEOSEG_ABANDON_AFTER"])
+        raise OutputError("stop here")
+
+    monkeypatch.setattr(geoseg.web, "create_app", app)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    for args, env in [([], {}), (["--abandon-after", "600"], {}), ([], {"GEOSEG_ABANDON_AFTER": "3600"})]:
+        result = CliRunner().invoke(main, ["serve", "--port", port, *args], env=env)
+        assert result.exit_code == 1 and "stop here" in result.output
+    assert given == [180, 600, 3600]
+    assert "GEOSEG_ABANDON_AFTER" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
 def test_ctrl_c_exits_130(run, make_raster, tmp_path, monkeypatch):
     """Click's "Aborted!" exited 1, the status of a survey with a failed raster: scripts could not tell."""
     import geoseg.pipeline

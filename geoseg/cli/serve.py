@@ -20,7 +20,11 @@ __all__ = ["serve"]
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Jobs run at once.")
 @click.option("--max-queued", type=click.IntRange(min=1), default=20, show_default=True,
               help="Jobs that may wait for a worker; past it, uploads are refused (503) until one starts.")
-def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
+@click.option("--abandon-after", type=click.IntRange(min=10), default=180, show_default=True,
+              envvar="GEOSEG_ABANDON_AFTER", show_envvar=True,
+              help="Seconds a job may go without anyone asking about it (GET /api/jobs/ID) before it is dropped "
+                   "from the queue or stopped: its page was closed. Raise it for scripts that poll less often.")
+def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
     """Serve the page: upload an image, segment it, switch and compare models, download outputs.
 
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
@@ -53,7 +57,7 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued):
     try:
         app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                           "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
-                          "GEOSEG_MAX_QUEUED": max_queued})
+                          "GEOSEG_MAX_QUEUED": max_queued, "GEOSEG_ABANDON_AFTER": abandon_after})
     except GeosegError as exc:  # no folder for its files: a traceback
         raise click.ClickException(str(exc)) from None
     import logging
