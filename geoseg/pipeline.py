@@ -998,8 +998,10 @@ def _whole_raster_sample(info: RasterInfo, plan: Plan) -> tuple[np.ndarray, np.n
     """A decimated read of the whole raster (at most 1024 px a side) and its validity, for global statistics."""
     from geoseg.raster import read_preview
 
-    return (read_preview(info.path, plan.bands, 1024, min_side=1),
-            read_preview(info.path, plan.bands, 1024, min_side=1, mask=True))
+    # from the full-resolution pixels, never the file's overviews: those of a COG (or any gdaladdo'ed copy) are
+    # resampled by whoever built them, so the same pixels gave other cuts and stretches with and without them
+    return (read_preview(info.path, plan.bands, 1024, min_side=1, overviews=False),
+            read_preview(info.path, plan.bands, 1024, min_side=1, mask=True, overviews=False))
 
 
 def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, plan: Plan) -> dict | None:

@@ -912,10 +912,13 @@ def gdal_cache_options() -> dict[str, int]:
 
 
 def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: int = 384,
-                 resampling: str = "average", mask: bool = False) -> np.ndarray:
+                 resampling: str = "average", mask: bool = False, overviews: bool = True) -> np.ndarray:
     """Read `bands` resized so the longer side is between `min_side` and `max_side`: (rows, cols, bands).
 
-    With `mask`, return instead the (rows, cols) bool validity of those bands.
+    With `mask`, return instead the (rows, cols) bool validity of those bands. With ``overviews=False`` the
+    raster's own overviews are not used: statistics (calibration cuts, percentile stretches) then come from the
+    full-resolution pixels, so a COG and a plain GeoTIFF of the same pixels give the same ones (a COG's sample
+    came from its overviews, and the threshold baseline's water cut moved by one step: 4% of a mask's pixels).
 
     The last few reads of unchanged local files are kept (a copy is returned): a raster without overviews
     is read whole for each, and one `segment` read it for its calibration sample and again for its preview
@@ -927,30 +930,30 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
     except (OSError, ValueError):  # a GDAL path (/vsizip/..., a URL): read each time
         known = None
     if known is None:
-        return _read_decimated(path, tuple(bands), max_side, min_side, resampling, mask)
+        return _read_decimated(path, tuple(bands), max_side, min_side, resampling, mask, overviews)
     with open_quietly(path) as ds:  # the side it is read at: the sample's min_side=1 and a preview's 384 agree
         longest = max(ds.width, ds.height)  # on any raster of 1024 px or more
     side = min(max(longest, min_side), max_side)
-    return _read_decimated_cached(path, tuple(bands), side, resampling, mask, known).copy()
+    return _read_decimated_cached(path, tuple(bands), side, resampling, mask, known, overviews).copy()
 
 
 @functools.lru_cache(maxsize=4)
 def _read_decimated_cached(path: str, bands: tuple[int, ...], side: int, resampling: str, mask: bool,
-                           known: tuple) -> np.ndarray:
-    data = _read_decimated(path, bands, side, side, resampling, mask)
+                           known: tuple, overviews: bool = True) -> np.ndarray:
+    data = _read_decimated(path, bands, side, side, resampling, mask, overviews)
     data.flags.writeable = False
     return data
 
 
 def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: int, resampling: str,
-                    mask: bool) -> np.ndarray:
+                    mask: bool, overviews: bool = True) -> np.ndarray:
     from rasterio.enums import Resampling
 
     # capped as segment's reads are: scene's and flood's maps, drawn after segment returns, filled the default
     # cache (5% of RAM) reading a 16384^2 raster without overviews: 1059 MB peak against segment's 312 MB
     with catch_warnings(), rasterio.Env(**gdal_cache_options()):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
+        with rasterio.open(path, **({} if overviews else {"OVERVIEW_LEVEL": "NONE"})) as ds:
             longest = max(ds.width, ds.height)
             scale = longest / min(max(longest, min_side), max_side)  # shrink big rasters, enlarge tiny ones
             shape = (max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))

@@ -287,3 +287,38 @@ def test_an_esri_float_raster_of_nodata_minus_flt_max_runs_without_numpy_warning
     with rasterio.open(result.outputs["mask"]) as ds:
         mask = ds.read(1)
     assert (mask[:, :10] == 255).all() and (mask[:, 10:] != 255).all()
+
+
+def test_calibration_comes_from_the_pixels_not_the_files_overviews(tmp_path):
+    """The whole-raster sample was read from a file's overviews where it had some: a COG's, resampled by whoever
+    built them, gave the threshold baseline another water cut than a plain GeoTIFF of the same pixels (4% of a
+    4400² Dubai mask, h111). Flood's joint calibration sample was read the same way."""
+    import shutil
+
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from geoseg.raster import inspect_raster
+    from geoseg.workflows.flood import _window_sample
+
+    n = 2048  # more than the sample's 1024 px a side
+    rng = np.random.default_rng(0)
+    pick = np.indices((n, n)).sum(0) % 2 == 0  # a checkerboard: nearest-neighbour overviews see one phase only
+    pick[:, : n // 3] = False
+    image = np.where(pick[..., None], [40, 70, 120], [150, 130, 90]) + rng.integers(-20, 20, (n, n, 3))
+    plain, with_overviews = tmp_path / "plain.tif", tmp_path / "overviews.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs="EPSG:32640",
+                       transform=from_origin(500000, 2800000, 0.5, 0.5), tiled=True) as ds:
+        ds.write(np.moveaxis(image.clip(0, 255).astype("uint8"), -1, 0))
+    shutil.copy(plain, with_overviews)
+    with rasterio.open(with_overviews, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.nearest)
+    masks = []
+    for path in (plain, with_overviews):
+        result = segment(path, tmp_path / path.stem, model="threshold", preview=False)
+        with rasterio.open(result.outputs["mask"]) as ds:
+            masks.append(ds.read(1))
+    assert np.array_equal(*masks)
+    samples = [_window_sample(inspect_raster(str(p)), [1, 2, 3], Window(0, 0, n, n)) for p in (plain, with_overviews)]
+    assert np.array_equal(samples[0][0], samples[1][0]) and np.array_equal(samples[0][1], samples[1][1])

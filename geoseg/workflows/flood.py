@@ -615,12 +615,17 @@ def _window_sample(info, bands, window: Window, side: int = 1024) -> tuple[np.nd
     """A decimated read of `window` of a raster (at most `side` px a side), as (pixels, bands), and its validity."""
     from geoseg.raster import valid_pixels
 
+    from geoseg.raster import gdal_cache_options
+
     scale = max(1.0, max(window.width, window.height) / side)
     shape = (len(bands), max(1, round(window.height / scale)), max(1, round(window.width / scale)))
-    with open_quietly(info.path) as ds, reading_pixels(info.path, window):
-        data = read_bands(ds, bands, window=window, out_shape=shape, resampling=Resampling.average)
-        valid = valid_pixels(ds.read_masks(list(bands), window=window, out_shape=shape, resampling=Resampling.nearest),
-                             [ds.nodatavals[b - 1] for b in bands])
+    # from the full-resolution pixels, never the file's overviews, as segment's calibration sample (h111)
+    with rasterio.Env(**gdal_cache_options()), catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(info.path, OVERVIEW_LEVEL="NONE") as ds, reading_pixels(info.path, window):
+            data = read_bands(ds, bands, window=window, out_shape=shape, resampling=Resampling.average)
+            valid = valid_pixels(ds.read_masks(list(bands), window=window, out_shape=shape,
+                                               resampling=Resampling.nearest), [ds.nodatavals[b - 1] for b in bands])
     if data.dtype.kind == "f":  # non-finite values: nodata
         valid &= np.isfinite(data).all(0)
     return np.moveaxis(data, 0, -1).reshape(-1, len(bands)), valid.reshape(-1)
