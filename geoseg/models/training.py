@@ -627,17 +627,27 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     return (train, val, select) if with_selection else (train, val)
 
 
-def radiometric_jitter(x, band_jitter: float = 0.0):
+def radiometric_jitter(x, band_jitter: float = 0.0, seed=None):
     """A normalised chip (rows, cols, bands) with its contrast scaled about its mean by a gain in 0.85-1.15 and
     shifted by -0.06..0.06 (scenes differ in exposure and haze); with `band_jitter` j, each band then gets a
-    gain of its own in 1 +- j (colour casts differ between scenes). TensorFlow ops, for the tf.data map."""
+    gain of its own in 1 +- j (colour casts differ between scenes). TensorFlow ops, for the tf.data map.
+
+    With `seed` (a shape-(2,) int tensor, e.g. the run's seed and the chip's index) the draws are stateless, so
+    a parallel map gives each chip the same jitter whatever order its threads run in."""
     import tensorflow as tf
 
-    gain = tf.random.uniform((), 0.85, 1.15)
-    bias = tf.random.uniform((), -0.06, 0.06)
+    if seed is None:
+        gain = tf.random.uniform((), 0.85, 1.15)
+        bias = tf.random.uniform((), -0.06, 0.06)
+        bands = tf.random.uniform((tf.shape(x)[-1],), 1 - band_jitter, 1 + band_jitter) if band_jitter else None
+    else:
+        draws = tf.random.stateless_uniform((2,), seed, 0.0, 1.0)
+        gain, bias = 0.85 + 0.3 * draws[0], -0.06 + 0.12 * draws[1]
+        bands = (tf.random.stateless_uniform((tf.shape(x)[-1],), seed + tf.constant([0, 1], seed.dtype),
+                                             1 - band_jitter, 1 + band_jitter) if band_jitter else None)
     x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias
-    if band_jitter:
-        x = x * tf.random.uniform((tf.shape(x)[-1],), 1 - band_jitter, 1 + band_jitter)
+    if bands is not None:
+        x = x * bands
     return x
 
 
@@ -828,14 +838,18 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     spec = (tf.TensorSpec((config.chip, config.chip, n_bands), tf.float32),
             tf.TensorSpec((config.chip, config.chip), tf.uint8))
 
-    def prepare(x, y):
+    def prepare(index, xy):
+        x, y = xy
         if chips is train_pairs:
             x = tf.numpy_function(lambda a: card.normalize(a), [x], tf.float32)
-        return radiometric_jitter(tf.reshape(x, (config.chip, config.chip, n_bands)), config.band_jitter), y
+        # stateless draws keyed by the chip's place in the stream: the parallel map's threads ran the stateful
+        # ones in any order, so two runs of one seed jittered the chips differently and trained other weights
+        key = tf.stack([tf.constant(seed % 2**31, tf.int64), 2 * index])
+        return radiometric_jitter(tf.reshape(x, (config.chip, config.chip, n_bands)), config.band_jitter, key), y
 
     ds = (tf.data.Dataset.from_generator(lambda: ((x.astype(np.float32), y) for x, y in chip_stream(
               chips, config.chip, seed, config.sampling, config.scale_jitter)), output_signature=spec)
-          .map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
+          .enumerate().map(prepare, num_parallel_calls=2).batch(config.batch).prefetch(4))
     if source is not None:  # fine-tune: start from a bundle of the same architecture
         try:
             model.set_weights(source.get_weights())
