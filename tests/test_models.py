@@ -457,7 +457,8 @@ def test_model_files_without_a_card_are_reported_and_legacy_h5_with_one_is_liste
     problems: list[Problem] = []
     entries = {e.name: e for e in list_models(problems)}
     assert entries["old"].path == tmp_path / "old.h5" and resolve_model("old").endswith("old.h5")
-    assert [p.path.name for p in problems] == ["nocard.json"] and "no card nocard.json beside it" in problems[0].message
+    # the file that is there, as `geoseg models --json` lists it (the missing card was given, h112)
+    assert [p.path.name for p in problems] == ["nocard.keras"] and "no card nocard.json beside it" in problems[0].message
     with pytest.raises(ModelError, match="nocard.keras: no card nocard.json beside it"):
         resolve_model("nocard")
 
@@ -470,6 +471,8 @@ def test_model_files_of_upper_case_extensions_are_named_with_the_fix(tmp_path, m
     (tmp_path / "UPPER.KERAS").write_bytes(b"")
     (tmp_path / "UPPER.JSON").write_text(json.dumps({**CARD, "name": "upper"}))
     monkeypatch.setenv("GEOSEG_MODEL_PATH", str(tmp_path))
+    (tmp_path / "encoder.weights.H5").write_bytes(b"")  # weights alone, and any other JSON: no model (h114)
+    (tmp_path / "NOTES.JSON").write_text("{}")
     problems: list[Problem] = []
     list_models(problems)
     assert sorted(p.path.name for p in problems) == ["UPPER.JSON", "UPPER.KERAS"]

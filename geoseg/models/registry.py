@@ -84,14 +84,20 @@ def _bundles_in(folder: Path, source: str, problems: list[Problem]) -> list[Mode
             problems.append(Problem(card_path, str(exc)))
             continue
         entries.append(ModelEntry(card.name, card, model, source))
-    for path in sorted(folder.iterdir()) if folder.is_dir() else ():  # UPPER.KERAS was passed over without a word
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    models = {f.with_suffix("").name for f in files if f.suffix.lower() in (".keras", ".h5")}
+    for path in files:  # UPPER.KERAS was passed over without a word
         if path.suffix.lower() in MODEL_SUFFIXES and path.suffix not in MODEL_SUFFIXES and path.is_file():
+            if path.name.lower().endswith(".weights.h5"):  # weights alone: no model, whatever its case
+                continue
+            if path.suffix.lower() == ".json" and path.with_suffix("").name not in models:  # any other JSON file
+                continue
             problems.append(Problem(path, _upper_case_suffix(path)))
     for model in sorted([*folder.glob("*.keras"), *folder.glob("*.h5")]):
         if model.name.endswith(".weights.h5"):  # weights alone (an encoder's, as the README keeps them): no model
             continue
         if not model.with_suffix(".json").is_file():
-            problems.append(Problem(model.with_suffix(".json"), f"{model}: no card {model.with_suffix('.json').name} "
+            problems.append(Problem(model, f"{model}: no card {model.with_suffix('.json').name} "
                                     "beside it; a model here is NAME.keras (or a legacy NAME.h5) plus its card "
                                     "NAME.json (`geoseg models show landcover-unet` shows the format)."))
     return entries
