@@ -103,7 +103,7 @@ label_options = [
     click.option("--label-colors", default=None, metavar="#RRGGBB,...", help="Colours of --label-names (color masks)."),
     click.option("--vector-field", default="class", show_default=True, help="Class field of vector labels."),
     click.option("--ignore-colors", default=None, metavar="#RRGGBB,...",
-                 help="Colours that mark unlabelled pixels in colour labels (the Dubai masks' #9B9B9B): not scored, "
+                 help="Colours that mark unlabelled pixels in colour labels (the Dubai masks' #9B9B9B,#000000): not scored, "
                       "and not named in the note on colours of no class."),
     click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
                  help="1-based input bands in model order, for every model (the -nir baselines take red, green, "
