@@ -228,7 +228,7 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
         if entry.name == text:
             return entry.ref + (f"?{query}" if query else "")
     for problem in problems:  # a bundle of that name that was skipped: say why
-        if problem.path is not None and problem.path.suffix == ".json" and problem.path.stem == text:
+        if problem.path is not None and problem.path.suffix.lower() in MODEL_SUFFIXES and problem.path.stem == text:
             raise ModelError(problem.message)
     for entry in entries:  # a file name is not a model name
         if entry.path is not None and entry.path.stem == text:
