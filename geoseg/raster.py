@@ -203,6 +203,25 @@ def gdal_can_name(path: str | os.PathLike) -> bool:
     return codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
 
 
+def _absolute_archive(path: str) -> str:
+    """`/vsizip/rel/a.zip/x.tif` (and `/vsizip/{rel/a.zip}/x.tif`, /vsitar/, /vsigzip/, /vsi7z/, /vsirar/) with the
+    archive's path made absolute, as plain paths are: GDAL reads those relative to the working folder, which a
+    Dask worker's is not. Anything else (an absolute archive, /vsizip/vsicurl/...) is returned as it is."""
+    found = re.match(r"(/vsi(?:zip|tar|gzip|7z|rar)/)(.+)$", path)
+    if found is None or found[2].startswith(("/", "vsi")):
+        return path
+    prefix, rest = found[1], found[2]
+    if braced := re.match(r"\{([^}]+)\}(.*)$", rest):
+        if not braced[1].startswith("/") and os.path.isfile(braced[1]):
+            return f"{prefix}{{{os.path.abspath(braced[1])}}}{braced[2]}"
+        return path
+    parts = rest.split("/")
+    for i in range(1, len(parts) + 1):
+        if os.path.isfile(head := "/".join(parts[:i])):
+            return prefix + os.path.abspath(head) + "".join("/" + p for p in parts[i:])
+    return path
+
+
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     """Open `path` with rasterio, check it can be segmented, and describe it; nothing is read.
 
@@ -216,6 +235,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     path = os.fspath(path)
     if relative := re.match(r"(zip|tar|gzip)://(?!/)([^!]+)(!.*)?$", path):  # rasterio reads these only absolute
         path = f"{relative[1]}://{os.path.abspath(relative[2])}{relative[3] or ''}"
+    path = _absolute_archive(path)  # a Dask worker started in another folder read /vsizip/data/a.zip/x.tif there
     if is_gdal_path(path):  # /vsizip/..., zip://...!x.tif, https://...: GDAL finds it, or says why not
         pass
     elif not os.path.exists(path := os.path.abspath(path)):

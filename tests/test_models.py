@@ -581,3 +581,29 @@ def test_a_card_of_many_classes_without_colours_gets_a_colour_each():
     """The palette has 12 colours: class 12 of a 30-class card was drawn as class 0 in masks, legends and styles."""
     card = ModelCard.from_dict({**CARD, "classes": [{"id": i, "name": f"c{i}"} for i in range(30)]})
     assert len({c.color for c in card.classes}) == 30
+
+
+def test_a_relative_model_path_folder_gives_absolute_references(tmp_path, monkeypatch):
+    """GEOSEG_MODEL_PATH=models (relative) gave `-m NAME` the reference models/NAME.keras, which Dask workers
+    started in another folder could not find: "model file models/NAME.keras not found" (h110)."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "old.h5").write_bytes(b"")
+    (tmp_path / "models" / "old.json").write_text(json.dumps({**CARD, "name": "old"}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", "models")
+    ref = resolve_model("old")
+    assert ref.startswith(str(tmp_path)) and ref.endswith("old.h5")
+
+
+def test_relative_archive_paths_are_made_absolute(tmp_path, monkeypatch):
+    """/vsizip/data/a.zip/x.tif is read by GDAL relative to the working folder, which a Dask worker's is not (h110)."""
+    from geoseg.raster import _absolute_archive
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.zip").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_archive("/vsizip/data/a.zip/x.tif") == f"/vsizip/{tmp_path}/data/a.zip/x.tif"
+    assert _absolute_archive("/vsizip/{data/a.zip}/x.tif") == f"/vsizip/{{{tmp_path}/data/a.zip}}/x.tif"
+    for unchanged in ("/vsizip//abs/a.zip/x.tif", "/vsizip/vsicurl/https://h/a.zip/x.tif", "/vsizip/none.zip/x.tif",
+                      "data/a.zip"):
+        assert _absolute_archive(unchanged) == unchanged

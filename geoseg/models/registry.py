@@ -125,7 +125,7 @@ def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
                     "entry point names a folder of bundles (NAME.keras + NAME.json), or a function that returns "
                     "one. Save the model as a Keras bundle (see README, Models).")))
                 continue
-            folder = Path(given)
+            folder = Path(os.path.abspath(given))
         except Exception as exc:  # a plugin's import or folder function can fail in any way
             problems.append(Problem(None, f"plugin {ep.name} ({ep.value}) failed to give its model folder: "
                                           f"{type(exc).__name__}: {exc}"))
@@ -168,8 +168,8 @@ def list_models(problems: list[Problem] | None = None) -> list[ModelEntry]:
     problems = [] if problems is None else problems
     places = [(ZOO, "zoo")]
     for part in os.environ.get("GEOSEG_MODEL_PATH", "").split(os.pathsep):
-        if part:
-            places.append((Path(part), "GEOSEG_MODEL_PATH"))
+        if part:  # absolute: the path it gives a model travels to Dask workers, whose working folder is their own
+            places.append((Path(os.path.abspath(part)), "GEOSEG_MODEL_PATH"))
     places += _plugin_folders(problems)
     seen, entries = {}, []
     for entry in _builtins():
