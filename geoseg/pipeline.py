@@ -857,7 +857,7 @@ def segment(
             inputs=[info.path],
         )
         if client is not None:
-            _check_workers_see(client, info.path)
+            _check_workers_see(client, info.path, _model_files(str(model_path)))
         run = uuid.uuid4().hex  # the chunks' model calls are this run's: an interrupt cancels those not yet made
         result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
                               run=run,
@@ -1175,14 +1175,31 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
 WORKER_WAIT_S = 60  # how long a run waits for a cluster without workers to get one
 
 
-def _check_workers_see(client, path: str) -> None:
+def _model_files(ref: str) -> list[str]:
+    """The files a model reference makes each Dask worker read: the bundle, its card, a legacy model's ?card=."""
+    from urllib.parse import parse_qs
+
+    if ref.startswith("builtin:"):
+        return []
+    path, _, query = ref.partition("?")
+    files = [path, *parse_qs(query).get("card", [])]
+    if path.endswith(".keras") or (path.endswith(".h5") and "card" not in parse_qs(query)):
+        files.append(str(Path(path).with_suffix(".json")))
+    return [f for f in files if os.path.isfile(f)]  # the ones this process reads: a worker must read them too
+
+
+def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> None:
+    """Every worker can read the input and the model's files: a model file that one worker could not see failed
+    the raster midway, after other chunks were done, as "model file ... not found", and only where a chunk
+    happened to go to that worker (h110)."""
     from geoseg.errors import ClusterError
 
     if getattr(client, "status", "running") != "running":  # a notebook's Client closed, or its cluster gone:
         # "AttributeError: 'NoneType' object has no attribute 'broadcast'" or "IOLoop is closed" from distributed
         raise ClusterError(f"the Dask client passed in is {client.status}, not running: its scheduler is gone or "
                            "it was closed. Make a new Client (or pass none to run on this machine).")
-    seen = client.run(_readable_here, path)
+    paths = [path, *model_files]
+    seen = client.run(_all_readable_here, paths)
     if not seen:  # a scheduler without workers: the run waited forever without a word
         log.warning("the Dask scheduler %s has no workers yet; waiting up to %d s for one",
                     getattr(client.scheduler, "address", "") or "", WORKER_WAIT_S)
@@ -1192,13 +1209,24 @@ def _check_workers_see(client, path: str) -> None:
             raise InputError(f"the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} has no workers "
                              f"(none came in {WORKER_WAIT_S} s). Start some (dask worker ADDRESS) or run with "
                              "--workers N instead of --scheduler.") from None
-        seen = client.run(_readable_here, path)
-    blind = [worker for worker, ok in seen.items() if not ok]
+        seen = client.run(_all_readable_here, paths)
+    blind = [worker for worker, ok in seen.items() if not ok[0]]
     if blind:
         raise InputError(
             f"{path}: Dask worker(s) {', '.join(blind)} cannot see this file. Put the raster on a path "
             "every worker can read (shared disk) or run without --scheduler."
         )
+    for i, model_file in enumerate(model_files, start=1):
+        blind = [worker for worker, ok in seen.items() if not ok[i]]
+        if blind:
+            raise InputError(
+                f"{model_file}: Dask worker(s) {', '.join(blind)} cannot see this model file. Put the model on a "
+                "path every worker can read (shared disk; GEOSEG_MODEL_PATH may name it) or run without --scheduler."
+            )
+
+
+def _all_readable_here(paths: list[str]) -> list[bool]:
+    return [_readable_here(p) for p in paths]
 
 
 def _readable_here(path: str) -> bool:

@@ -1069,7 +1069,20 @@ def test_zipped_input_on_a_process_cluster_is_read_by_the_workers(make_raster, t
         assert shared.device == "Dask workers: CPU"
         with pytest.raises(InputError, match="cannot see this file"):  # and a missing archive is still refused
             _check_workers_see(client, f"/vsizip/{tmp_path}/missing.zip/a.tif")
+        # a model file one worker could not see failed the raster midway, where a chunk went to it (h110)
+        with pytest.raises(InputError, match=r"gone.keras: Dask worker\(s\) .* cannot see this model file"):
+            _check_workers_see(client, path, [str(tmp_path / "gone.keras")])
     np.testing.assert_array_equal(_read(alone.outputs["mask"]), _read(shared.outputs["mask"]))
+
+
+def test_the_model_files_a_cluster_run_checks_on_its_workers(tmp_path, tiny_fcn):
+    from geoseg.pipeline import _model_files
+
+    assert _model_files("builtin:threshold") == []
+    assert _model_files(str(tiny_fcn)) == [str(tiny_fcn), str(tiny_fcn.with_suffix(".json"))]
+    legacy, card = tmp_path / "old.h5", tmp_path / "card.json"
+    legacy.write_bytes(b""), card.write_text("{}")
+    assert _model_files(f"{legacy}?card={card}") == [str(legacy), str(card)]
 
 
 def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster, tmp_path, monkeypatch):
