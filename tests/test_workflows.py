@@ -1530,6 +1530,25 @@ def test_survey_cli_exit_code(make_raster, tiny_fcn, tmp_path):
     assert "skipped" not in quiet.output  # no summary
 
 
+def test_survey_cli_runs_on_a_cluster_and_resumes_without_one(make_raster, tmp_path):
+    """survey had neither --workers nor --scheduler: the batch run, the main case for a cluster, needed Python's
+    survey(client=) (h110). A run on a cluster and a rerun here are one run: the rerun skips."""
+    from distributed import LocalCluster
+
+    rasters = [make_raster(name=f"c{i}.tif", shape=(64, 80), seed=i) for i in range(2)]
+    out = tmp_path / "o"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
+        result = CliRunner().invoke(main, ["survey", *map(str, rasters), "-o", str(out), "-m", "threshold",
+                                           "--scheduler", cluster.scheduler_address, "--no-vector", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["done"]) == 2
+    again = CliRunner().invoke(main, ["survey", *map(str, rasters), "-o", str(out), "-m", "threshold", "--no-vector",
+                                      "--json"])
+    assert again.exit_code == 0 and len(json.loads(again.stdout)["skipped"]) == 2
+    both = CliRunner().invoke(main, ["survey", str(rasters[0]), "-o", str(out), "--workers", "1", "--scheduler", "x"])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):
     from geoseg.workflows import survey
 

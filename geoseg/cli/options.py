@@ -14,8 +14,9 @@ import click
 from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
-__all__ = ["BandsType", "NormalizationType", "area_texts", "chunk_option", "fail_cleanly", "emit_json", "normalize_option",
-           "only_with", "precision_option", "sieve_option", "tta_option"]
+__all__ = ["BandsType", "NormalizationType", "area_texts", "check_cluster_options", "chunk_option", "fail_cleanly",
+           "emit_json", "normalize_option", "only_with", "precision_option", "scheduler_option", "sieve_option",
+           "tta_option", "workers_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
 precision_option = click.option(
@@ -167,3 +168,17 @@ def forget_json() -> None:
 def json_emitted() -> bool:
     """Whether `emit_json` printed the command's object already (an error after it adds none)."""
     return bool(_EMITTED)
+
+
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=None,
+                              help="Start a local dask.distributed cluster with this many worker processes.")
+scheduler_option = click.option("--scheduler", default=None, metavar="ADDRESS",
+                                help="Join an existing dask.distributed scheduler, e.g. tcp://host:8786.")
+
+
+def check_cluster_options(workers, scheduler) -> None:
+    if workers and scheduler:
+        raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
+    if scheduler is not None and not scheduler.strip():  # ran here, without a word ("$SCHEDULER" unset)
+        raise click.BadParameter("is empty; give the scheduler's address (tcp://HOST:8786), or leave it out to run "
+                                 "here.", param_hint="--scheduler")

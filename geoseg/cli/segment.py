@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
+from geoseg.cli.options import (right_aligned, BandsType, check_cluster_options, scheduler_option, workers_option, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
                                 precision_option, sieve_option, tta_option)
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
@@ -49,10 +49,8 @@ __all__ = ["segment"]
               help="Write STEM_preview.png: image | mask with a legend.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist, and remove the input's "
               "outputs of an earlier run that this run does not write (they would not match the new mask).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a local dask.distributed cluster with this many worker processes.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Join an existing dask.distributed scheduler, e.g. tcp://host:8786.")
+@workers_option
+@scheduler_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: outputs and styles, CRS, transform and bounds, per-class pixels and m², speed, peak memory.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -79,11 +77,7 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
 
     with fail_cleanly():
         model = with_card(model, card, precision, tta)
-    if workers and scheduler:
-        raise click.BadParameter("use --workers or --scheduler, not both", param_hint="--workers")
-    if scheduler is not None and not scheduler.strip():  # ran here, without a word ("$SCHEDULER" unset)
-        raise click.BadParameter("is empty; give the scheduler's address (tcp://HOST:8786), or leave it out to run "
-                                 "here.", param_hint="--scheduler")
+    check_cluster_options(workers, scheduler)
     with fail_cleanly():  # a name too long for the file system was an OSError traceback here
         _check_inputs(inputs, output_dir, overwrite, dict(
             confidence=confidence, probabilities=probabilities, vector=vector, preview=preview))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import BandsType, PathParam, chunk_option, emit_json, fail_cleanly, normalize_option, sieve_option
+from geoseg.cli.options import (BandsType, PathParam, check_cluster_options, chunk_option, emit_json, fail_cleanly,
+                                normalize_option, scheduler_option, sieve_option, workers_option)
 
 __all__ = ["survey"]
 
@@ -23,9 +24,12 @@ __all__ = ["survey"]
                    "switched on a rerun, the masks are kept).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rasters segmented at once; memory grows with it.")
+@workers_option
+@scheduler_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
-def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, preview, jobs, as_json, quiet):
+def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, preview, jobs, workers, scheduler,
+           as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
     Each raster gets OUTPUT_DIR/STEM/ with its mask (and polygons); the batch gets
@@ -36,15 +40,23 @@ def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, pr
     with the same model and options (manifest.json; a raster whose file time changed since
     is compared by content) and redoes anything partial.
     Masks, previews and mosaics that geoseg wrote are left out of folders and globs.
-    Exit status 1 when any raster failed; the others still complete.
+    Exit status 1 when any raster failed; the others still complete. With --workers or
+    --scheduler the rasters' chunks run on a dask.distributed cluster (every worker must see
+    the inputs and the model).
     """
-    from geoseg.cli.segment import _bar
+    from geoseg.cli import _may_run_keras
+    from geoseg.cli.segment import _bar, _client
     from geoseg.workflows.survey import survey as run_survey
 
+    check_cluster_options(workers, scheduler)
     options = {k: v for k, v in {"bands": bands, "normalization": normalize, "chunk": chunk, "sieve": sieve or None,
                                  "preview": None if preview else False}.items() if v is not None}
-    with fail_cleanly(), _bar("survey", quiet, named=True) as progress:
-        result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs, progress=progress, **options)
+    keras = _may_run_keras("survey", [] if model is None else ["-m", str(model)])
+    verbosity = (click.get_current_context().find_root().obj or {}).get("verbosity", 0)
+    with fail_cleanly(), _client(workers, scheduler, keras, verbosity) as client, \
+            _bar("survey", quiet, named=True) as progress:
+        result = run_survey(inputs, output_dir, model=model, vector=vector, jobs=jobs, progress=progress,
+                            **({"client": client} if client is not None else {}), **options)
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
