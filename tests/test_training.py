@@ -1558,3 +1558,15 @@ def test_an_index_label_whose_nodata_is_a_class_id_is_warned_about(tmp_path, cap
         ds.nodata = 200  # no class's id: nothing to say
     read_labels(tmp_path / "label.tif", fmt="index", classes=classes, image=tmp_path / "image.tif", shape=(20, 30))
     assert "nodata value" not in caplog.text
+    # read in windows, as training with in_memory = false reads: never said (h114); and said once per file
+    with rasterio.open(tmp_path / "label.tif", "r+") as ds:
+        ds.nodata = 0
+    from rasterio.windows import Window
+
+    from geoseg.models import labels
+
+    labels._WARNED.clear()
+    for _ in range(2):
+        read_labels(tmp_path / "label.tif", fmt="index", classes=classes, image=tmp_path / "image.tif",
+                    shape=(10, 10), window=Window(0, 0, 10, 10))
+    assert caplog.text.count("its nodata value 0 is class 'background''s id, so its pixels of that value") == 1

@@ -338,14 +338,18 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         out = np.full(code.shape, IGNORE, np.uint8)
         for i, c in enumerate(classes):
             out[code == int(c["color"][1:], 16)] = i
-    if fmt == "index" and masked is not None and window is None and nodata is not None and float(nodata).is_integer():
+    if fmt == "index" and masked is not None and nodata is not None and float(nodata).is_integer():
         value = int(nodata)  # a 0/1 mask written with nodata 0 (a common export): its class 0 was all unlabelled, and
-        # the only word was that the class had no labelled pixel (h103)
+        # the only word was that the class had no labelled pixel (h103); also in windows, as on-disk training reads
+        # (h114), and once per file: evaluate read the first label twice and said it twice (h109)
         named = id_map[value] if id_map is not None and 0 <= value < len(id_map) else value
-        if 0 <= named < len(classes) and (hidden := int((label[masked] == named).sum())):
-            log.warning("%s: its nodata value %d is class %r's id, so its %d px of that value are read as unlabelled, "
-                        "not as %s. If they are that class, unset the nodata value (gdal_edit.py -unsetnodata %s).",
-                        path, value, classes[named]["name"], hidden, classes[named]["name"], path)
+        # evaluate's report has a note of its own on it, with the share of the pixels (h109: said three times)
+        if _HEARD.get() is None and 0 <= named < len(classes) and (hidden := int((label[masked] == named).sum())):
+            name = classes[named]["name"]
+            _warn_once((os.path.abspath(path), "nodata-class", value),
+                       "%s: its nodata value %d is class %r's id, so %s of that value are read as unlabelled, not as "
+                       "%s. If they are that class, unset the nodata value (gdal_edit.py -unsetnodata %s).",
+                       path, value, name, "its pixels" if window is not None else f"its {hidden} px", name, path)
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
     if fmt == "color" and ignore_colors is not None and window is None:
