@@ -371,12 +371,14 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     for models in (["threshold", "threshold"], ["x/run/m.keras", "y/run/m.keras"]):
         with pytest.raises(InputError, match="would share one"):
             compare(models, [image], [mask])
+    rgb[:] = (0x01, 0x02, 0x03)  # a colour of no model's
+    Image.fromarray(rgb).save(tmp_path / "neither_mask.png")
+    with pytest.raises(InputError, match="nothing to score: the label colours are #D9D0B8"):
+        compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "neither_mask.png"], label_format="color",
+                output_dir=out)  # read by the first model's colours on a tie, which the mask does not hold
+    assert not out.exists()  # refused before anything was segmented
     rgb[:] = (0x00, 0x80, 0x40)  # the tiny network's class0 colour, none of the baseline's
     Image.fromarray(rgb).save(tmp_path / "tiny_mask.png")
-    with pytest.raises(InputError, match="nothing to score: the label colours are #D9D0B8"):
-        compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "tiny_mask.png"], label_format="color",
-                output_dir=out)  # read by the first model's colours, which the mask does not hold
-    assert not out.exists()  # refused before anything was segmented
     other = tmp_path / "coast"  # the tiny network under other class names, and without 'other'
     other.mkdir()
     shutil.copy(tiny_fcn, other / "coast.keras")
