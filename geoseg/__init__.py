@@ -3,6 +3,7 @@
 import importlib.abc
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
 from geoseg._locale import neutral_case_rules
 
@@ -57,7 +58,19 @@ _SUBMODULES = ("cli", "errors", "files", "inference", "models", "pipeline", "pre
                "vector", "web", "workflows")
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what type checkers and IDEs see of the lazy names: without it every one was Any (mypy) or
+    # "Any | ModuleType" (pyright: "Object of type ModuleType is not callable" on geoseg.segment(...))
+    from geoseg import (cli, errors, files, inference, models, pipeline, preview, raster, sieve, tiling, vector,  # noqa: F401
+                        web, workflows)
+    from geoseg.errors import GeosegError
+    from geoseg.models import DEFAULT_MODEL, list_models
+    from geoseg.pipeline import SegmentResult, segment
+    from geoseg.vector import vectorize
+    from geoseg.workflows import flood, scene, survey
+    from geoseg.workflows.evaluate import compare, evaluate
+
+
+def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _LAZY:

@@ -12,7 +12,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, ParamSpec, Sequence, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -641,25 +641,29 @@ def _class_table(card: ModelCard, mask_path: Path, info: RasterInfo) -> tuple[li
     return table, {"pixels": int(pixels[NODATA]), "area_m2": None if areas is None else round(float(areas[NODATA]), 3)}
 
 
-def _under_gdal_options(func):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _under_gdal_options(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run `func` inside ``rasterio.Env(**gdal_cache_options())``."""
     from functools import wraps
 
     @wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with rasterio.Env(**gdal_cache_options()):
             return func(*args, **kwargs)
 
     return wrapper
 
 
-def _with_warnings(func):
+def _with_warnings(func: Callable[_P, SegmentResult]) -> Callable[_P, SegmentResult]:
     """Give `func`'s result the warnings geoseg logged in this thread meanwhile (``result.warnings``): a script or
     a QGIS plugin got them only by a handler on the 'geoseg' logger, as scene and flood results have them."""
     from functools import wraps
 
     @wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> SegmentResult:
         from geoseg.workflows.common import warnings_heard
 
         with warnings_heard() as heard:
