@@ -973,12 +973,15 @@ def segment(
 def _georeferencing(mask: Path) -> dict[str, Any]:
     """`SegmentResult`'s crs, transform and bounds of the written `mask`."""
     from geoseg.raster import open_quietly
+    from geoseg.vector import _extent
 
     with open_quietly(mask) as ds:  # a photo's mask has no geotransform: no warning for it here
         placed = ds.crs is not None or not ds.transform.is_identity
         return {"crs": ds.crs.to_string() if ds.crs else None,
                 "transform": list(ds.transform)[:6] if placed else None,
-                "bounds": list(ds.bounds) if placed else None}
+                # around all four corners (ds.bounds takes two, and multiplies an Affine by `*`, which affine 3
+                # deprecates: a PendingDeprecationWarning from geoseg's code on every rotated raster)
+                "bounds": list(_extent(ds.transform, ds.width, ds.height)) if placed else None}
 
 
 def _sieved(mask: Path, grid: RasterInfo, card: ModelCard, min_pixels: int) -> Path:

@@ -118,7 +118,7 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top, flip=(slic
     inverse, sy, sx = ~info.map_georeferencing()[0], shape[0] / info.height, shape[1] / info.width
     for geom in outlines:
         for ring in shapely.get_parts(shapely.boundary(geom)):
-            coords = [inverse * xy for xy in shapely.get_coordinates(ring)]
+            coords = [inverse @ (float(x), float(y)) for x, y in shapely.get_coordinates(ring)]
             coords = [(info.width - c if flip[1].step == -1 else c, info.height - r if flip[0].step == -1 else r)
                       for c, r in coords]
             for dx in offsets:

@@ -104,7 +104,15 @@ class RasterInfo:
     def map_corners(self) -> list[tuple[float, float]]:
         """The four corners' map coordinates (clockwise from the top left), by `map_georeferencing`."""
         transform = self.map_georeferencing()[0]
-        return [transform * xy for xy in ((0, 0), (self.width, 0), (self.width, self.height), (0, self.height))]
+        return [transform @ xy for xy in ((0, 0), (self.width, 0), (self.width, self.height), (0, self.height))]
+
+
+def map_points(transform, xs, ys) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays of points through an affine transform: ``transform * (xs, ys)``, which affine 3 deprecates for ``@``,
+    and ``@`` takes single points only."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    return a * xs + b * ys + c, d * xs + e * ys + f
 
 
 def _gcp_fit(gcps) -> object | None:
@@ -530,7 +538,7 @@ def model_grid(info: RasterInfo, pixel_size: float | None, *, tolerance: float =
         return None
     width = max(1, round(info.width * res[0] / pixel_size))
     height = max(1, round(info.height * res[1] / pixel_size))
-    transform = info.transform * Affine.scale(info.width / width, info.height / height)
+    transform = info.transform @ Affine.scale(info.width / width, info.height / height)
     return replace(info, width=width, height=height, transform=transform)
 
 
@@ -555,7 +563,7 @@ def _ground_sides(info: RasterInfo) -> tuple[float, float] | None:
 
     t = info.transform
     col, row = info.width / 2, info.height / 2
-    corners = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
+    corners = [t @ (col, row), t @ (col + 1, row), t @ (col, row + 1)]
     try:
         lon, lat = Transformer.from_crs(info.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
             [x for x, _ in corners], [y for _, y in corners])
@@ -852,7 +860,7 @@ def _pixel_areas_at(rows: np.ndarray, cols: np.ndarray, t, crs) -> np.ndarray:
     from pyproj import Geod, Transformer
 
     r, c = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
-    corners = [t * (c + dc, r + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    corners = [map_points(t, c + dc, r + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
     if not crs.is_geographic:
         to_lonlat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
         corners = [to_lonlat.transform(x, y) for x, y in corners]

@@ -386,7 +386,7 @@ def _distorted(crs, extent: tuple[float, float, float, float]) -> bool:
 
 def _extent(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) of a grid in map units, from its four corners (rotated grids too)."""
-    xs, ys = zip(*(transform * corner for corner in ((0, 0), (width, 0), (0, height), (width, height))))
+    xs, ys = zip(*(transform @ corner for corner in ((0, 0), (width, 0), (0, height), (width, height))))
     return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -1014,13 +1014,13 @@ def _footprint(window: Window, transform):
 
     c0, r0 = window.col_off, window.row_off
     c1, r1 = c0 + window.width, r0 + window.height
-    return shapely.Polygon([transform * corner for corner in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
+    return shapely.Polygon([transform @ corner for corner in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
 
 
 def _covering_window(bounds: tuple[float, float, float, float], transform) -> Window:
     """The whole pixels that a map box (minx, miny, maxx, maxy) touches, for any affine (rotated, south-up)."""
     inverse = ~transform
-    cols, rows = zip(*(inverse * (x, y) for x in bounds[::2] for y in bounds[1::2]))
+    cols, rows = zip(*(inverse @ (x, y) for x in bounds[::2] for y in bounds[1::2]))
     col, row = math.floor(min(cols)), math.floor(min(rows))
     return Window(col, row, math.ceil(max(cols)) - col, math.ceil(max(rows)) - row)
 

@@ -1174,7 +1174,7 @@ def test_south_up_rotated_and_gcp_rasters_are_left_out_of_the_mosaic_but_counted
     turned = make_raster(name="turned.tif", shape=(50, 40), transform=rasterio.Affine(0, -0.5, 500025.0,
                                                                                       -0.5, 0, 2800000.0))
     result = survey([north, south, placed, turned], tmp_path / "out", model="threshold")
-    assert len(result.done) == 4
+    assert len(result.done) == 4, [f['error'] for f in result.failed]
     with rasterio.open(result.outputs["masks"]) as vrt:
         assert (vrt.width, vrt.height) == (50, 40)
     report = (tmp_path / "out" / "survey_report.md").read_text()

@@ -227,9 +227,9 @@ def grid_offset(image_transform, label_transform, width: int, height: int) -> fl
     >>> grid_offset(Affine(0.5, 0, 100, 0, -0.5, 200), Affine(0.5, 0, 125, 0, -0.5, 200), 80, 60)
     50.0
     """
-    to_label = ~label_transform * image_transform
+    to_label = ~label_transform @ image_transform
     corners = [(0, 0), (width, 0), (0, height), (width, height)]
-    return max(max(abs(lx - x), abs(ly - y)) for (x, y), (lx, ly) in zip(corners, (to_label * c for c in corners)))
+    return max(max(abs(lx - x), abs(ly - y)) for (x, y), (lx, ly) in zip(corners, (to_label @ c for c in corners)))
 
 
 def _check_georeferencing(name: str, crs, transform, info, image_name: str, file_name: str,

@@ -21,7 +21,7 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_raster, open_quietly, raster_stem, read_bands,
+from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml
 from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, coverage_pct, read_layer,
@@ -580,7 +580,7 @@ def _overlap_windows(post_info, pre_info) -> tuple[Window, Window]:
     for info, other in ((post_info, pre_info), (pre_info, post_info)):
         transform, crs = info.map_georeferencing()
         xs, ys = _corners(other, crs, along=16)  # along its edges: a reprojected footprint bends
-        cols, rows = ~transform * (xs, ys)
+        cols, rows = map_points(~transform, xs, ys)
         left, top = np.floor([cols.min(), rows.min()]).clip(0, [info.width, info.height]).astype(int)
         right, bottom = np.ceil([cols.max(), rows.max()]).clip(0, [info.width, info.height]).astype(int)
         windows.append(Window(left, top, max(1, right - left), max(1, bottom - top)))
@@ -638,7 +638,7 @@ def _corners(info, crs=None, along: int = 1) -> tuple[np.ndarray, np.ndarray]:
     step = np.arange(along) / along
     cols = np.concatenate([step, np.ones(along), 1 - step, np.zeros(along)]) * info.width
     rows = np.concatenate([np.zeros(along), step, np.ones(along), 1 - step]) * info.height
-    xs, ys = transform * (cols, rows)
+    xs, ys = map_points(transform, cols, rows)
     if crs is not None and crs != own:
         from rasterio.warp import transform as reproject_points
 

@@ -1264,7 +1264,7 @@ def _counted_once(items, own: dict[str, np.ndarray], block: int = 2048) -> np.nd
     from geoseg.raster import NODATA, PixelAreas, class_areas, first_line, inspect_raster
 
     def box(t, width, height, col=0, row=0):  # (left, bottom, right, top) around the grid's corners, rotated or not
-        xs, ys = zip(*(t * (col + c, row + r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
+        xs, ys = zip(*(t @ (col + c, row + r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
         return min(xs), min(ys), max(xs), max(ys)
 
     def overlap(a, b) -> bool:
