@@ -639,6 +639,7 @@ def test_too_many_bytes(client):
     with client.post("/api/segment", data=b"--x--", content_type="multipart/form-data; boundary=x",
                      environ_overrides={"CONTENT_LENGTH": str(6 * 1024 * 1024)}) as response:
         assert response.status_code == 413 and "limit of 5 MB" in response.get_json()["error"]
+        assert response.get_json()["field"] == "image"  # the page marks the field, as for too many megapixels
 
 
 def test_no_user_path_reaches_the_filesystem(client):

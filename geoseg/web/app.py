@@ -100,7 +100,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if request.content_length is None:  # chunked: werkzeug says no more of which limit it met
             return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB, or its form's "
                                  "fields are too large or too many (a field over 500 KB, or over 1000 parts)."), 413
-        return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB."), 413
+        # the image is what the page can mark, as the too-many-megapixels answer names it (h112)
+        return jsonify(error=f"the upload is larger than this server's limit of {limit:.0f} MB.", field="image"), 413
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # the API and file routes answer JSON, as scripts and the page expect
