@@ -829,6 +829,8 @@ def segment(
                         + ("; for several rasters use geoseg.survey" if isinstance(input, (list, tuple)) else ""))
     if not isinstance(output_dir, (str, os.PathLike)):  # None was pathlib's "expected str, bytes or os.PathLike"
         raise TypeError(f"segment takes an output folder path. Received: {type(output_dir).__name__}")
+    if not str(input).strip():  # Path("") is the working folder: "/home/me: is a folder" (an unset variable?)
+        raise InputError("the input is an empty path (an unset variable?); give a raster file.")
     check_options(dict(chunk=chunk, margin=margin, tile=tile, batch_size=batch_size, confidence=confidence,
                        probabilities=probabilities, vector=vector, sieve=sieve, preview=preview, overwrite=overwrite,
                        resample=resample, precision=precision, tta=tta, client=client, progress=progress))

@@ -246,9 +246,11 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     path = _absolute_archive(path)  # a Dask worker started in another folder read /vsizip/data/a.zip/x.tif there
     if is_gdal_path(path):  # /vsizip/..., zip://...!x.tif, https://...: GDAL finds it, or says why not
         pass
-    elif not os.path.exists(path := os.path.abspath(path)):
-        raise RasterReadError(f"{path}: no such file. Check the path.")
-    elif os.path.isdir(path):
+    elif not os.path.exists(absolute := os.path.abspath(path)):
+        home = (f" A leading ~ is the shell's: pass {os.path.expanduser(path)!r} (os.path.expanduser)."
+                if path.startswith("~") and os.path.exists(os.path.expanduser(path)) else "")
+        raise RasterReadError(f"{absolute}: no such file. Check the path.{home}")
+    elif os.path.isdir(path := absolute):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
     if not gdal_can_name(path):
         raise InputError(f"{path!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "

@@ -532,6 +532,11 @@ def vectorize(
     import shapely
 
     started = time.perf_counter()
+    for name, value in (("mask_path", mask_path), ("out_path", out_path)):  # None was pathlib's bare TypeError
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"vectorize takes a path for {name}. Received: {type(value).__name__}")
+        if not str(value).strip():  # "" was the working folder
+            raise InputError(f"vectorize's {name} is an empty path; give a file.")
     out_path = Path(out_path)
     if isinstance(keep, (str, int, np.integer)):  # one class: a name was read letter by letter ("class 'w' is not in ...")
         keep = [keep]

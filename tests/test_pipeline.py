@@ -1512,7 +1512,6 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
 def test_a_bad_dask_num_workers_is_named(make_raster, tmp_path, threads):
     """DASK_NUM_WORKERS=abc or 0 was a TypeError or ValueError traceback from the thread pool, after the model."""
     import dask
-    import dask.array as da
 
     with dask.config.set(num_workers=threads), pytest.raises(InputError, match=rf"DASK_NUM_WORKERS.* Received: "
                                                                                  rf"{threads!r}; unset it"):
@@ -1691,3 +1690,24 @@ def test_a_stopped_run_writes_no_chunk_into_the_datasets_its_caller_closes():
         _store(da.concatenate(parts, axis=1), writer)
     time.sleep(1.0)
     assert writes == []
+
+
+def test_empty_and_home_relative_paths_and_non_bool_flags_are_named(make_raster, tmp_path, monkeypatch):
+    """segment("") said "/cwd: is a folder"; "~/x.tif" said only "no such file"; vectorize(mask, None) was
+    pathlib's bare TypeError; compare(overwrite=1) ran where segment refuses it (h113)."""
+    from geoseg import compare, vectorize
+
+    with pytest.raises(InputError, match="the input is an empty path"):
+        segment("", tmp_path / "out", model="threshold")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    raster = make_raster(name="home.tif")
+    with pytest.raises(RasterReadError, match=r"no such file. Check the path. A leading ~ is the shell's: pass "
+                                              rf"'{tmp_path}/home.tif'"):
+        segment("~/home.tif", tmp_path / "out", model="threshold")
+    mask = segment(raster, tmp_path / "seg", model="threshold", preview=False).outputs["mask"]
+    with pytest.raises(TypeError, match="vectorize takes a path for out_path. Received: NoneType"):
+        vectorize(mask, None)
+    with pytest.raises(InputError, match="out_path is an empty path"):
+        vectorize(mask, "")
+    with pytest.raises(InputError, match=r"`overwrite` must be True or False. Received: overwrite=1"):
+        compare(["threshold", "region-growing"], [raster], output_dir=tmp_path / "cmp", overwrite=1)

@@ -654,6 +654,8 @@ def compare(
     earlier run in `output_dir` are refused before anything runs, unless `overwrite`. ``progress=`` takes a
     callback of the fraction of the whole comparison done, each model's runs an equal part.
     """
+    if not isinstance(overwrite, (bool, np.bool_)):  # overwrite=1 passed, where segment and evaluate refuse it
+        raise InputError(f"`overwrite` must be True or False. Received: overwrite={overwrite!r}")
     models = _paths(models)
     progress = _progress_of(options)  # of the whole comparison: each model's runs a part of it
     _check_label_format(options.get("label_format", "index"), options.get("vector_field", "class"))
