@@ -1238,7 +1238,16 @@ def test_the_page_cancels_its_job_by_button_also_after_a_reload(app, make_raster
     from playwright.sync_api import sync_playwright
     from werkzeug.serving import make_server
 
-    _held(monkeypatch, module)
+    run_job = module.run_job
+
+    def held(job):  # running until cancelled, then a model call of 2 s more, as a one-chunk image's (h116)
+        deadline = time.time() + 60
+        while not getattr(job, "cancel", False) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(2)
+        return run_job(job)
+
+    monkeypatch.setattr(module, "run_job", held)
     jobs = app.extensions["geoseg_jobs"]
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -1259,6 +1268,10 @@ def test_the_page_cancels_its_job_by_button_also_after_a_reload(app, make_raster
             first = page.evaluate("job.id")
             page.focus("#cancel")  # by keyboard
             page.keyboard.press("Enter")
+            # the worker is busy until its step ends: the page said "Cancelled." at once, and the next upload
+            # waited for a free worker without a word (h116)
+            page.wait_for_function("document.getElementById('message').textContent.startsWith('Cancelling')")
+            assert status(first) == "running"
             page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
             assert page.is_hidden("#cancel") and page.is_enabled("#go")
             assert page.evaluate("document.activeElement.id") == "go"  # not lost to <body> with the hidden button

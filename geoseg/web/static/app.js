@@ -4,6 +4,7 @@ const form = $("upload"), drop = $("drop"), input = $("image");
 let job = null, ticket = 0, expiry = null; // ticket: the job the page follows now; an older job's polls stop
 let mine = null; // the id of the job this page uploaded, which leaving it cancels
 const ENDED = ["done", "failed", "cancelled"];
+const CANCELLING = "Cancelling… the step under way finishes first.";
 
 ["dragenter", "dragover"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.add("over"); }));
 ["dragleave", "drop"].forEach((e) => drop.addEventListener(e, (ev) => { ev.preventDefault(); drop.classList.remove("over"); }));
@@ -93,7 +94,10 @@ $("cancel").addEventListener("click", async () => {
   const t = ticket; // not disabled meanwhile: the focus on it would fall to <body>; a second DELETE does no harm
   const { ok, status, body } = await call(`/api/jobs/${job.id}`, { method: "DELETE" });
   if (t !== ticket) return; // the page follows another job now
-  if (ok) { ticket += 1; mine = null; finish("Cancelled."); return; } // a running job stops at its next step
+  if (ok && body.status === "cancelled") { ticket += 1; mine = null; finish("Cancelled."); return; }
+  // 202: a running job stops at its next step (after the model call under way, which can be the whole run of a
+  // one-chunk image): the page said "Cancelled." at once while the worker stayed busy, and the next upload waited
+  if (ok) { job = body; say(CANCELLING); return; } // the polls go on, and end on "cancelled"
   if (status !== 409) say(body.error, true); // 409: it ended meanwhile, and the polls show how
 });
 
@@ -139,6 +143,7 @@ async function poll(t, misses = 0, restore = false) {
     say(`Waiting for a free worker${job.ahead ? ` (${plural(job.ahead, "job")} ahead)` : ""}…`);
     setTimeout(() => poll(t), 1000); return;
   }
+  if (job.status !== "done" && job.cancelling) { say(CANCELLING); setTimeout(() => poll(t), 500); return; } // after a reload too
   if (job.status !== "done") {
     const n = job.models.length, i = job.running ?? 0;
     say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.floor(job.progress * 10) * 10}%`); // the bar has the rest
