@@ -374,6 +374,18 @@ def test_upload_errors(client, data, status, message):
         assert message in response.get_json()["error"]
 
 
+def test_a_one_band_upload_that_no_model_reads_is_said_so(tmp_path, monkeypatch):
+    """Untick that model, or upload more bands' said the error, where every model of the server (built-ins and the
+    zoo) reads 3 bands or more: nothing could be unticked to run it (h116)."""
+    monkeypatch.delenv("GEOSEG_MODEL_PATH", raising=False)
+    client = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "TESTING": True}).test_client()
+    data = {"image": (io.BytesIO(_png(grey=True)), "grey.png"), "models": "threshold"}
+    with client.post("/api/segment", data=data, content_type="multipart/form-data") as response:
+        body = response.get_json()
+    assert response.status_code == 400 and body["field"] == "image", body
+    assert body["error"].startswith("grey.png has 1 band(s), and every model here reads more") and "Untick" not in body["error"]
+
+
 def test_an_upload_error_names_the_form_field_at_fault(client):
     """The page marks and focuses the field an error is about (the error was only in the status line, with the
     focus on Segment, for a screen reader far from the field); errors of no field name none."""

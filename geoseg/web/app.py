@@ -331,7 +331,7 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         _, _, count = check_pixels(path, max_pixels, name=shown)
         check_readable(path, path.suffix[1:], name=shown)  # a truncated COG showed its overviews, then failed
         path, count = _expand_palette(path, count, shown)
-        _check_bands(shown, count, [registry[n] for n in names if n in registry])
+        _check_bands(shown, count, [registry[n] for n in names if n in registry], registry.values())
         job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve),
                   normalize=normalize, keras=[registry[n].path is not None for n in names],
                   regions=[registry[n].card.output == "regions" for n in names])
@@ -371,9 +371,14 @@ def _unreadable(name: str) -> UploadError:
                        "or damaged. Upload it again, or a copy that opens in an image viewer.", 400)
 
 
-def _check_bands(name: str, count: int, entries) -> None:
-    """A 400 now, naming the model, rather than a failed job after the other models ran."""
+def _check_bands(name: str, count: int, entries, available=()) -> None:
+    """A 400 now, naming the model, rather than a failed job after the other models ran; where no model of the
+    server reads so few bands, it says so rather than to untick one (a one-band image, h116)."""
     unfit = [f"{m.name} reads band(s) {', '.join(map(str, m.card.bands))}" for m in entries if max(m.card.bands) > count]
+    if unfit and available and all(max(m.card.bands) > count for m in available):
+        raise UploadError(f"{name} has {count} band(s), and every model here reads more (the U-Nets read RGB, the "
+                          "baselines at least 3 bands; -nir baselines need a near-infrared band 4). Upload an RGB "
+                          "image, or a stack of the bands the models read.", 400, "image")
     if unfit:
         raise UploadError(f"{name} has {count} band(s), but {'; '.join(unfit)}. Untick "
                           f"{'that model' if len(unfit) == 1 else 'those models'}, or upload an image with more "

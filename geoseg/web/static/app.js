@@ -41,7 +41,8 @@ function flag(name) {
   if (!el) return false;
   el.setAttribute("aria-invalid", "true"); el.dataset.flagged = "1";
   el.setAttribute("aria-describedby", `${el.getAttribute("aria-describedby") || ""} message`.trim());
-  (el.tagName === "FIELDSET" ? el.querySelector("input") : el).focus();
+  // a fieldset of models: a ticked one, the likely culprit, not the first box (threshold) of the list (h116)
+  (el.tagName === "FIELDSET" ? el.querySelector("input:checked") || el.querySelector("input") : el).focus();
   return true;
 }
 function escape(text) { const d = document.createElement("div"); d.textContent = text; return d.innerHTML; }
