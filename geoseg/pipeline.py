@@ -468,8 +468,9 @@ def _raise_cluster_error(exc: Exception, what: str) -> None:
                            "memory limit is the usual cause: give the workers more memory (dask worker --memory-limit), "
                            "fewer threads each, or pass a smaller --chunk.") from None
     if isinstance(exc, (CancelledError, CommClosedError)):
-        raise ClusterError(f"{what}: the Dask scheduler was lost while it was segmented ({first_line(exc)}). "
-                           "Check the scheduler and run again.") from None
+        detail = first_line(exc).rstrip(": ")  # "3 Futures cancelled:" ended in a dangling colon (h110)
+        raise ClusterError(f"{what}: the Dask scheduler was lost while it was segmented"
+                           f"{f' ({detail})' if detail else ''}. Check the scheduler and run again.") from None
     raise exc
 
 
@@ -1205,8 +1206,11 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
 
     if getattr(client, "status", "running") != "running":  # a notebook's Client closed, or its cluster gone:
         # "AttributeError: 'NoneType' object has no attribute 'broadcast'" or "IOLoop is closed" from distributed
-        raise ClusterError(f"the Dask client passed in is {client.status}, not running: its scheduler is gone or "
-                           "it was closed. Make a new Client (or pass none to run on this machine).")
+        # named by the raster, without 'passed in': after a lost scheduler the CLI's next input said 'the Dask
+        # client passed in is connecting' to a user who passed none, and not which input failed (h110)
+        raise ClusterError(f"{path}: not segmented: the Dask client is {client.status}, not running: its scheduler "
+                           "is gone or the client was closed. Start the scheduler again and rerun (from Python: make "
+                           "a new Client, or pass none to run on this machine).")
     paths = [path, *model_files]
     seen = client.run(_all_readable_here, paths)
     if not seen:  # a scheduler without workers: the run waited forever without a word
