@@ -607,3 +607,38 @@ def test_relative_archive_paths_are_made_absolute(tmp_path, monkeypatch):
     for unchanged in ("/vsizip//abs/a.zip/x.tif", "/vsizip/vsicurl/https://h/a.zip/x.tif", "/vsizip/none.zip/x.tif",
                       "data/a.zip"):
         assert _absolute_archive(unchanged) == unchanged
+
+
+def _save_bundle(model, tmp_path, name):
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    (tmp_path / f"{name}.json").write_text(json.dumps({**CARD, "name": name, "margin": 8, "multiple_of": 2}))
+    return path
+
+
+def test_a_model_of_bilinear_upsampling_runs_on_chunks_of_any_size(tmp_path):
+    """Keras 3.15's bilinear UpSampling2D cannot be traced with unknown sides ("symbolic tf.Tensor as a Python
+    bool"): `models check` passed such a model and `segment` ended in a TensorFlow traceback."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.UpSampling2D(interpolation="bilinear")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(x))
+    seg = load_bundle(_save_bundle(model, tmp_path, "bilinear"))
+    for side in (32, 48):
+        batch = np.random.default_rng(side).random((1, side, side, 3), np.float32)
+        np.testing.assert_allclose(seg.predict_proba(batch), model(batch), atol=1e-5)  # (model.predict fails too)
+        assert seg.predict_top(batch).shape == (1, side, side, 2)
+
+
+def test_a_sequential_model_runs_in_bfloat16(tmp_path):
+    """README: a functional or Sequential model; --precision bfloat16 rebuilt every model as a functional one,
+    and a Sequential one ended in "Unrecognized keyword arguments passed to Model"."""
+    import keras
+
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3, padding="same"),
+                              keras.layers.Conv2D(2, 1, activation="softmax")])
+    seg = load_bundle(_save_bundle(model, tmp_path, "seq"), precision="bfloat16")
+    batch = np.random.default_rng(0).random((1, 16, 16, 3), np.float32)
+    np.testing.assert_allclose(seg.predict_proba(batch), model(batch), atol=0.02)

@@ -141,12 +141,28 @@ class KerasSegmenter:
             proba = probabilities(x)
             return tf.stack([tf.cast(tf.argmax(proba, axis=-1), tf.float32), tf.reduce_max(proba, axis=-1)], axis=-1)
 
+        def traced(fn, spec):
+            # One graph for every shape; a model whose layers need static sides (Keras 3.15's bilinear
+            # UpSampling2D: "symbolic tf.Tensor as a Python bool") gets one graph per shape instead.
+            general = tf.function(fn, input_signature=[spec])
+            per_shape = tf.function(fn)
+            state = {"general": True}
+
+            def call(batch):
+                if state["general"]:
+                    try:
+                        return general(batch)
+                    except tf.errors.OperatorNotAllowedInGraphError:
+                        state["general"] = False
+                return per_shape(batch)
+            return call
+
         with self._lock:
             spec = tf.TensorSpec([None, None, None, self.card.n_bands], tf.float32)
             if top and self._top is None:
-                self._top = tf.function(classes, input_signature=[spec])
+                self._top = traced(classes, spec)
             if not top and self._fn is None:
-                self._fn = tf.function(probabilities, input_signature=[spec])
+                self._fn = traced(probabilities, spec)
         return self._top if top else self._fn
 
 
@@ -312,7 +328,7 @@ def with_precision(model, precision: str):
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
     config = model.get_config()
     _set_compute_dtype(config, "mixed_bfloat16", keep=model.layers[-1].name)
-    copy = keras.Model.from_config(config)
+    copy = type(model).from_config(config)  # a Sequential model's config is no functional one
     copy.set_weights(model.get_weights())
     return copy
 
