@@ -1061,6 +1061,11 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
             "maps 255, or convert it to 8 bits (gdal_translate -ot Byte -scale 0 1 0 255).", info.path, info.dtype,
             top, card.name, scale, scale * 255, offset, scale * 255, offset)
         return
+    if (norm is None and own["method"] == "scale" and info.dtype == "uint8"
+            and abs(scale * 255 + offset) > OUT_OF_RANGE["scale"]):
+        # the card itself takes 8-bit values far out (scale 1: a model of raw 0-255 values, a Rescaling layer inside):
+        # its own range, not a raster in other units (h117)
+        return
     if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
         declared = norm or card.normalization
         fix = "pass --normalize (normalization= in Python) with a scale that maps its values as the card's does"

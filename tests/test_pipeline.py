@@ -242,6 +242,23 @@ def test_values_far_outside_the_models_range_are_warned_about(make_raster, tiny_
     assert result.to_dict()["warnings"] == result.warnings
 
 
+def test_a_model_of_raw_8_bit_values_is_not_warned_about_8_bit_data(make_raster, tiny_fcn, tmp_path, caplog):
+    """A card of scale 1 (a model of raw 0-255 values, its Rescaling inside) was told its correct uint8 input
+    'reaches 241, far outside what it was trained on ... convert it (gdal_translate -ot Byte)' (h117)."""
+    import shutil
+
+    raw = tmp_path / "models" / "raw.keras"
+    raw.parent.mkdir()
+    shutil.copy(tiny_fcn, raw)
+    card = json.loads(Path(tiny_fcn).with_suffix(".json").read_text())
+    card.update(name="raw", normalization={"method": "scale", "scale": 1.0, "offset": 0.0})
+    raw.with_suffix(".json").write_text(json.dumps(card))
+    segment(make_raster(dtype="uint8"), tmp_path / "out8", model=raw, preview=False)
+    assert "far outside" not in caplog.text
+    segment(make_raster(name="u16.tif", dtype="uint16"), tmp_path / "out16", model=raw, preview=False)
+    assert "far outside what raw was trained on" in caplog.text  # other units still are
+
+
 def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
     """11-bit satellite values (SpaceNet's 0..2047, most below 1500) reached 7 after /255 and passed a limit of 8."""
     data = np.random.default_rng(0).integers(0, 1500, (3, 64, 64)).astype(np.uint16)
