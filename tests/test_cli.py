@@ -1129,3 +1129,27 @@ def test_python_dash_m_geoseg_runs_the_command():
     geoseg.__main__" (h98)."""
     done = subprocess.run([sys.executable, "-m", "geoseg", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "geoseg" in done.stdout, done.stderr
+
+
+def _interrupt_disposition() -> str:
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def _state_machine_level() -> int:
+    import logging
+
+    return logging.getLogger("distributed.worker.state_machine").level
+
+
+def test_workers_of_a_local_cluster_leave_ctrl_c_to_geoseg():
+    """Ctrl-C reaches the terminal's whole process group: each worker process of --workers printed a
+    KeyboardInterrupt traceback, and the state machine a warning per chunk under way, before geoseg's one line (h110)."""
+    import logging
+
+    from geoseg.cli.segment import _client
+
+    before = signal.getsignal(signal.SIGINT)
+    with _client(1, None) as client:
+        assert signal.getsignal(signal.SIGINT) is before  # this process still stops on Ctrl-C
+        assert set(client.run(_interrupt_disposition).values()) == {str(signal.SIG_IGN)}
+        assert set(client.run(_state_machine_level).values()) == {logging.ERROR}

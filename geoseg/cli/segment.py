@@ -284,15 +284,27 @@ class _client:
             loggers = [logging.getLogger(n) for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
             for logger in loggers:  # a failed start logs each worker's traceback, then raises: the error says it
                 logger.setLevel(logging.CRITICAL if self.verbosity < 1 else quiet)
+            import signal
+
+            # the workers' processes ignore the terminal's Ctrl-C, which reaches the whole process group: each
+            # printed a KeyboardInterrupt traceback (70 lines for 2 workers) before geoseg's one line, while this
+            # process stops the run and closes them anyway (h110). Python keeps an inherited SIG_IGN at start-up.
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
             try:
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                             dashboard_address="127.0.0.1:0", silence_logs=quiet)
             except Exception as exc:  # distributed's own errors: 197 lines ending in "Nanny failed to start"
                 raise click.ClickException(_cluster_failure(exc, self.workers)) from None
             finally:
+                if interrupt is not None:
+                    signal.signal(signal.SIGINT, interrupt)
                 for logger in loggers:
                     logger.setLevel(quiet)
             self.client = Client(self.cluster)
+            if self.verbosity < 1:
+                from geoseg.cli.workers import quiet_cancellations
+
+                self.client.run(quiet_cancellations)
             if self.keras:  # each worker process imports TensorFlow for the model; its C++ start-up
                 from geoseg.cli.workers import QuietTensorFlow  # lines would run into the bar, once per worker
 
@@ -316,6 +328,12 @@ class _client:
                 self.cluster.close()
             finally:
                 nanny.setLevel(level)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 CONNECT_S = 30  # how long --scheduler waits for a scheduler to answer, all told

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["QuietTensorFlow"]
+__all__ = ["QuietTensorFlow", "quiet_cancellations"]
 
 
 class QuietTensorFlow(WorkerPlugin):
@@ -18,3 +18,11 @@ class QuietTensorFlow(WorkerPlugin):
         from geoseg.cli import load_tensorflow
 
         load_tensorflow(self.verbosity)
+
+
+def quiet_cancellations() -> None:
+    """In a worker: no warning for each task cancelled when a run is stopped ("Async instruction ... ended with
+    CancelledError", one per chunk under way after a Ctrl-C, before geoseg's own line; h110)."""
+    import logging
+
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
