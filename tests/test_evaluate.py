@@ -485,6 +485,9 @@ def _label_like(path, image, data, **changes):
 @pytest.mark.parametrize("changes, message", [
     # shifted by 50 m (100 px): the same size, the same CRS, another place
     (dict(transform=rasterio.transform.from_origin(500050.0, 2800000.0, 0.5, 0.5)), "their pixel grid is 100 px off"),
+    # 1 m pixels of the same place: "35 px off the image's" read as a shift (h109)
+    (dict(transform=rasterio.transform.from_origin(500000.0, 2800000.0, 1.0, 1.0), width=35, height=30),
+     "their pixels are 1 m, the image's 0.5 m"),
     # labels in another CRS at another place
     (dict(crs="EPSG:4326", transform=rasterio.transform.from_origin(55.0, 25.0, 1e-5, 1e-5)),
      "their CRS EPSG:4326 is not the image's EPSG:32640"),

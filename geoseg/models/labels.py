@@ -244,6 +244,11 @@ def _check_georeferencing(name: str, crs, transform, info, image_name: str, file
             return
         why = f"their pixel grid is {offset:,.0f} px off the image's" if offset >= 10 else \
             f"their pixel grid is {offset:.2g} px off the image's"  # '6e+04 px' read poorly
+        sizes = [(abs(t.a) or abs(t.b), abs(t.e) or abs(t.d)) for t in (transform, info.transform)]
+        if any(abs(a - b) > 1e-3 * b for a, b in zip(*sizes)):  # '398 px off' read as a shift (h109)
+            unit = " m" if crs is not None and crs.is_projected and (crs.linear_units or "").startswith("met") else ""
+            label_size, image_size = (f"{x:.6g}{unit}" if x == y else f"{x:.6g} x {y:.6g}{unit}" for x, y in sizes)
+            why = f"their pixels are {label_size}, the image's {image_size}"
     else:
         why = f"their CRS {_crs_text(crs)} is not the image's {_crs_text(info.crs)}"
     from rasterio.transform import array_bounds
