@@ -362,6 +362,10 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     for options, message in cases:
         with pytest.raises(InputError, match=message):
             evaluate("threshold", [image], [mask], keep_masks=out, **options)
+    ids = make_raster(name="ids.tif", data=np.zeros((1, 40, 50), np.uint8))  # class ids read as colours (h109)
+    with pytest.raises(InputError, match="ids.tif has one band and no colour table, so it holds class ids: pass "
+                                         "--label-format index"):
+        evaluate("threshold", [image], [ids], label_format="color")
     assert not out.exists()  # refused before the first segmentation
     result = evaluate("threshold", [image], [mask], label_format="color", label_names=["land"],
                       label_colors=["#8429F6"])

@@ -574,6 +574,8 @@ def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
         if found:
             hint += f"; the most common colours in {labels[0]} are {', '.join(found)}: pass --label-names and " \
                     "--label-colors"
+        else:  # one band without a colour table: it listed the model's colours alone (h109)
+            hint += f"; {labels[0]} has one band and no colour table, so it holds class ids: pass --label-format index"
     where = f"{labels[0]}{' and the others' if len(labels) > 1 else ''}: "  # the message named no file
     return f"{where}no labelled pixel matched a class the model scores, so there is nothing to score: {hint}."
 
