@@ -243,6 +243,17 @@ def test_compare_two_models_and_cli(make_raster, tiny_fcn, model_dir, tmp_path):
     assert out.exit_code == 0, out.output
     scores = [e["mean_iou"] for e in json.loads(out.stdout)["evaluations"]]
     assert scores[0] == 1.0 and scores[1] < 1.0
+    report = tmp_path / "cmp.md"  # as evaluate's: a comparison's report took capturing stdout (h109)
+    args = ["compare", "--models", f"{tiny_fcn},{other}", "--images", str(image), "--labels", str(label),
+            "--markdown", str(report)]
+    written = CliRunner().invoke(main, args)
+    assert written.exit_code == 0 and "| **mean IoU** | **1.000** |" in report.read_text(), written.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already exists. Pass --overwrite" in again.output
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    no_labels = CliRunner().invoke(main, ["compare", "--models", f"{tiny_fcn},{other}", "--images", str(image),
+                                          "-o", str(tmp_path / "cmp3"), "--markdown", str(report)])
+    assert no_labels.exit_code == 2 and "--markdown only applies with --labels" in no_labels.output
     table = CliRunner().invoke(main, ["evaluate", "-m", str(tiny_fcn), "--images", str(image), "--labels",
                                       str(label)])
     assert table.exit_code == 0 and "**mean IoU**" in table.output

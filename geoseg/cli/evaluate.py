@@ -205,18 +205,21 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @click.option("-o", "--output-dir", type=PathParam(), default=None,
               help="Keep each model's masks and write disagreement rasters here: per pixel the number of "
                    "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
+@click.option("--markdown", type=PathParam(dir_okay=False), default=None,
+              help="Also write the score table and its notes to this Markdown file (with --labels).")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
-                                                "in the -o folder (otherwise they are an error).")
+                                                "in the -o folder (otherwise they are an error), and the --markdown file.")
 @click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-            normalize, chunk, sieve, as_json, precision, tta, output_dir, overwrite, quiet):
+            normalize, chunk, sieve, as_json, precision, tta, output_dir, markdown, overwrite, quiet):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.cli.segment import _bar
+    from geoseg.workflows.common import write_text
     from geoseg.workflows.evaluate import compare as run, markdown_table
 
-    only_with("overwrite", "-o/--output-dir", output_dir is not None)
-    for option in ("label_format", "label_names", "label_colors", "vector_field", "ignore_colors"):  # for labels
-        only_with(option, "--labels", bool(labels))
+    only_with("overwrite", "-o/--output-dir or --markdown", output_dir is not None or markdown is not None)
+    for option in ("label_format", "label_names", "label_colors", "vector_field", "ignore_colors", "markdown"):
+        only_with(option, "--labels", bool(labels))  # for labels: a comparison without them has no table
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
     with fail_cleanly():
@@ -225,6 +228,9 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         if len(refs) < 2:  # exit 1 in the Python API's words, after loading the model
             raise click.BadParameter(f"{models!r} names {len(refs)} model(s); compare needs two or more, "
                                      "comma-separated (for one, use geoseg evaluate).", param_hint="--models")
+        _check_writable(markdown, "--markdown")
+        for ref in refs:  # the report replaces no input, nor an earlier report without --overwrite
+            _check_report(markdown, overwrite, ref, image_paths, label_paths)
         with _bar("compare", quiet) as progress:
             result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
                          label_format=label_format,
@@ -232,6 +238,8 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
                          label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
                          **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
                          progress=progress, **_segment_options(chunk, sieve, bands, normalize))
+        if markdown:  # with the notes, as evaluate's (h109: a comparison's report took capturing stdout)
+            write_text(markdown, markdown_table(result["evaluations"], notes=True))
     if as_json:
         emit_json(result)
         return
