@@ -198,7 +198,8 @@ def test_bundles_of_models_geoseg_cannot_check_or_run_are_refused_with_the_fix(t
     build_unet(2, 3, depth=3, filters=2).save(tmp_path / "deep.keras")  # sides must be multiples of 8
     for multiple in (1, 4):
         write_card(ModelCard.from_dict({**CARD, "name": "deep", "multiple_of": multiple}), tmp_path / "deep.json")
-        with pytest.raises(ModelError, match=r"the model fails on a \d+x\d+ input.*'multiple_of'"):
+        with pytest.raises(ModelError, match=r"the model fails on a \d+x\d+ input.*It runs on sides that are "
+                                              r"multiples of 8: set 'multiple_of': 8 in the card"):  # the value (h117)
             load_bundle(tmp_path / "deep.keras")
     write_card(ModelCard.from_dict({**CARD, "name": "deep", "multiple_of": 8}), tmp_path / "deep.json")
     load_bundle(tmp_path / "deep.keras")
@@ -206,8 +207,13 @@ def test_bundles_of_models_geoseg_cannot_check_or_run_are_refused_with_the_fix(t
     x = keras.layers.Conv2D(2, 1, activation="softmax", data_format="channels_first")(inputs)
     keras.Model(inputs, x).save(tmp_path / "first.keras")
     write_card(ModelCard.from_dict({**CARD, "name": "first"}), tmp_path / "first.json")
-    with pytest.raises(ModelError, match=r"it looks channels-first: \(3, None, None\)"):
-        load_bundle(tmp_path / "first.keras")
+    with pytest.raises(ModelError, match=r"looks channels-first: it takes \(3, None, None\).*Rebuild it channels-last"):
+        load_bundle(tmp_path / "first.keras")  # no card can fix it: 'Fix bands in the card' was the advice (h117)
+    rect_in = keras.Input((128, 256, 3))
+    keras.Model(rect_in, keras.layers.Conv2D(2, 1, activation="softmax")(rect_in)).save(tmp_path / "rect.keras")
+    write_card(ModelCard.from_dict({**CARD, "name": "rect", "tile_size": 128}), tmp_path / "rect.json")
+    with pytest.raises(ModelError, match=r"takes 128x256 inputs; geoseg cuts square tiles"):  # 'check tile_size'
+        load_bundle(tmp_path / "rect.keras")
 
 
 def _binary_model(path):

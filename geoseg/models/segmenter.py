@@ -232,12 +232,16 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
             f"{source}: expected a model from (N, H, W, bands) to (N, H, W, classes); "
             f"it maps {in_shape} to {out_shape}."
         )
+    if in_shape[1] == card.n_bands and in_shape[-1] != card.n_bands:  # no card can fix it (h117)
+        raise ModelError(
+            f"{source}: the model looks channels-first: it takes {in_shape[1:]}, where geoseg feeds (N, H, W, "
+            f"bands) with the card's {card.n_bands} band(s). Rebuild it channels-last (data_format='channels_last', "
+            "Keras's default) and save it again."
+        )
     if in_shape[-1] != card.n_bands:
-        first = (f" (it looks channels-first: {in_shape[1:]}; geoseg feeds (N, H, W, bands))"
-                 if in_shape[1] == card.n_bands and in_shape[-1] != card.n_bands else "")
         raise ModelError(
             f"{source}: the model takes {in_shape[-1]} bands but its card lists {card.n_bands} "
-            f"(bands={list(card.bands)}){first}. Fix 'bands' in the card."
+            f"(bands={list(card.bands)}). Fix 'bands' in the card."
         )
     if out_shape[-1] == 1 and card.n_classes != 2:  # one class: every pixel was that class
         raise ModelError(
@@ -252,6 +256,11 @@ def _check_model_matches_card(model, card: ModelCard, source: str) -> None:
             f"{card.n_classes} classes. Fix 'classes' in the card."
         )
     fixed = in_shape[1]
+    if in_shape[1] != in_shape[2]:  # geoseg cuts square tiles: 'Check tile_size' could not help (h117)
+        raise ModelError(
+            f"{source}: the model takes {in_shape[1]}x{in_shape[2]} inputs; geoseg cuts square tiles, so it needs "
+            "a model of square fixed tiles or of any size (keras.Input((None, None, bands)))."
+        )
     if fixed is not None and card.tile_size != fixed:
         raise ModelError(
             f"{source}: the model takes fixed {fixed}x{fixed} tiles but its card says "
@@ -269,6 +278,24 @@ def _probe_side(card: ModelCard) -> int:
         return card.tile_size
     times = -(-64 // card.multiple_of)
     return card.multiple_of * (times + 1 - times % 2)
+
+
+def _needed_multiple(model, card: ModelCard) -> int | None:
+    """The least power of two above the card's `multiple_of` whose odd multiple from 64 px the model runs on, or
+    None: a card that understated it was told to 'check multiple_of', without the value (h117)."""
+    from dataclasses import replace
+
+    multiple = card.multiple_of * 2
+    while multiple <= 64:
+        side = _probe_side(replace(card, multiple_of=multiple))
+        try:
+            with catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model(np.zeros((1, side, side, card.n_bands), np.float32), training=False)
+            return multiple
+        except Exception:  # noqa: BLE001 - any failure: not this multiple
+            multiple *= 2
+    return None
 
 
 def probe_batch(card: ModelCard, *, seed: int = 0) -> np.ndarray:
@@ -293,9 +320,11 @@ def _check_outputs_are_probabilities(model, card: ModelCard, source: str) -> Non
             # reached 20 on 8-bit images (a confidence of 2000% wrapped in a byte); probabilities stay in 0-1
             large = np.asarray(model(batch * 100, training=False), np.float32)
     except Exception as exc:  # a model that cannot run on its card's input (or out of memory): name the shape
+        needed = None if card.tile_size else _needed_multiple(model, card)
+        fix = (f"It runs on sides that are multiples of {needed}: set 'multiple_of': {needed} in the card."
+               if needed else "Check 'tile_size', 'multiple_of' and 'bands' in the card.")
         raise ModelError(f"{source}: the model fails on a {side}x{side} input of "
-                         f"{card.n_bands} bands ({type(exc).__name__}: {first_line(exc)}). Check 'tile_size', "
-                         "'multiple_of' and 'bands' in the card.") from None
+                         f"{card.n_bands} bands ({type(exc).__name__}: {first_line(exc)}). {fix}") from None
     if out.shape[:3] != batch.shape[:3]:
         raise ModelError(f"{source}: the model maps a {batch.shape[1]}x{batch.shape[2]} input to "
                          f"{out.shape[1]}x{out.shape[2]}; geoseg needs an output of the input's size "
