@@ -771,6 +771,8 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             page.reload()  # the results stay: the job is in the address (#job=ID)
             page.wait_for_selector("#results:not([hidden])")
             assert page.locator("#compare figure").count() == chosen and page.is_enabled("#go")
+            # which image, and which label: the file inputs are empty after a reload (h116)
+            assert page.inner_text("#results-heading") == f"Results for {image.name}, scored against truth.png"
             # and the form is the job's, not the page's defaults: the next upload runs what the results show
             assert page.locator("input[name='models']:checked").count() == chosen
             assert page.input_value("#tta") == "flips" and page.input_value("#sieve") == "4"

@@ -76,7 +76,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """What GET /api/jobs/ID returns (file URLs, never paths)."""
-        return {"id": self.id, "name": self.name, "models": self.models, "precision": self.precision,
+        return {"id": self.id, "name": self.name, "label_name": self.label_name, "models": self.models,
+                "precision": self.precision,
                 "tta": self.tta, "sieve": self.sieve, "normalize": self.normalize, "keras": self.keras,
                 "regions": self.regions, "status": self.status, "running": self.running,
                 "progress": round(self.progress, 3), "error": self.error, "warnings": self.warnings,

@@ -176,6 +176,8 @@ function expire() {
 
 function show() {
   const models = job.result.models;
+  // which upload these are: after a reload or a shared link the file input is empty (h116)
+  $("results-heading").textContent = `Results for ${job.name}${job.label_name ? `, scored against ${job.label_name}` : ""}`;
   const select = $("view-model");
   select.innerHTML = models.map((m, i) => `<option value="${i}">${m.model}</option>`).join("");
   select.onchange = () => view(models[select.value]);
