@@ -798,6 +798,10 @@ def test_rasters_placed_by_gcps_or_rpcs_keep_them(make_raster, tiny_fcn, tmp_pat
             assert ds.crs is None and ds.gcps[1] == CRS.from_epsg(32640)
             assert [(g.row, g.col, g.x, g.y) for g in ds.gcps[0]] == [(g.row, g.col, g.x, g.y) for g in gcps]
     assert sum(c["area_m2"] for c in result.classes) == pytest.approx(64 * 80 * 0.25)
+    # placed on the map, though by points: crs and bounds, no transform to take for exact (all None read as a
+    # photo's, h114)
+    assert (result.crs, result.transform) == ("EPSG:32640", None)
+    assert result.bounds == pytest.approx([500000.0, 2800000.0 - 32, 500040.0, 2800000.0])
     layer = gpd.read_file(result.outputs["vector"])
     assert layer.crs == "EPSG:32640" and layer.area_m2.sum() == pytest.approx(64 * 80 * 0.25)
     assert np.allclose(layer.total_bounds, [500000, 2800000 - 32, 500040, 2800000])
