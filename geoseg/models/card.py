@@ -157,7 +157,13 @@ class ModelCard:
         _check_typos(data, _FIELDS, source)
         for key in ("name", "classes", "bands", "normalization", "margin"):
             if key not in data:
-                raise CardError(f"{source}: required field '{key}' is missing from the model card.")
+                how = {"margin": " It is the context in pixels each side of a chunk, about the model's receptive "
+                                 "field: put a guess such as 64, then `geoseg models check NAME --image RASTER` "
+                                 "measures how many pixels agree with one whole chunk and suggests one.",
+                       "normalization": " How pixels are scaled for the model, e.g. {\"method\": \"scale\", "
+                                        "\"scale\": 0.00392156862745098} for 8-bit data in 0..1, or {\"method\": "
+                                        "\"none\"} for a model that takes raw values."}.get(key, "")
+                raise CardError(f"{source}: required field '{key}' is missing from the model card.{how}")
         if not isinstance(data["classes"], list):
             raise CardError(f"{source}: field 'classes' must be a list of objects with 'id', 'name' and 'color'. "
                             f"Received: classes={data['classes']!r}")
