@@ -349,8 +349,6 @@ PRECISIONS = ("float32", "bfloat16")
 
 def with_precision(model, precision: str):
     """A copy of a Keras model computing in bfloat16 (weights kept in float32, output in float32)."""
-    import keras
-
     if precision == "float32":
         return model
     if precision not in PRECISIONS:
