@@ -28,21 +28,49 @@ def replaced_atomically(path: str | os.PathLike, *, suffix: str = ".tmp") -> Ite
     Drivers that pick a format by extension need it last: ``suffix=".tmp.gpkg"`` with
     the name's stem.
     """
+    import secrets
+    import socket
+
     path = Path(path)
     refuse_folders([path])
-    tmp = path.with_name(f".{path.name}{suffix}" if suffix == ".tmp" else f".{path.stem}{suffix}")
+    # each run its own temporary name (host, process, a random part): with one fixed name, two runs writing one
+    # output removed or wrote into each other's file (`vectorize` twice at once: both failed, or one's success
+    # was undone by the other's clean-up); those of killed processes are removed as staging folders are
+    host = socket.gethostname().replace("-", "_").replace(".", "_")
+    own = f"geoseg-{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    tmp = path.with_name(f".{path.name}.{own}{suffix}" if suffix == ".tmp" else f".{path.stem}.{own}{suffix}")
     # a legal name of 250 bytes was refused for its temporary one's length; a GeoPackage's SQLite adds '-journal'
     if len(tmp.name.encode()) > 255 - len("-journal"):
         import hashlib
 
-        tmp = path.with_name(f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}{suffix}")
-    tmp.unlink(missing_ok=True)
+        tmp = path.with_name(f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}.{own}{suffix}")
+    _remove_dead_temp_files(tmp.parent, host)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_dead_temp_files(folder: Path, host: str) -> None:
+    """Remove ``.NAME.geoseg-HOST-PID-XXXXXX...`` files of `replaced_atomically` whose process is gone (killed)."""
+    import re
+
+    pattern = re.compile(rf"^\..*\.geoseg-{re.escape(host)}-(\d+)-[0-9a-f]{{6}}(\.|$)")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        found = pattern.match(name)
+        if found and int(found.group(1)) != os.getpid():
+            try:
+                os.kill(int(found.group(1)), 0)
+            except ProcessLookupError:
+                (folder / name).unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 @contextmanager

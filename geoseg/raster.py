@@ -959,12 +959,18 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
         known: tuple | None = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
     except (OSError, ValueError):  # a GDAL path (/vsizip/..., a URL): read each time
         known = None
-    if known is None:
-        return _read_decimated(path, tuple(bands), max_side, min_side, resampling, mask, overviews)
-    with open_quietly(path) as ds:  # the side it is read at: the sample's min_side=1 and a preview's 384 agree
-        longest = max(ds.width, ds.height)  # on any raster of 1024 px or more
-    side = min(max(longest, min_side), max_side)
-    return _read_decimated_cached(path, tuple(bands), side, resampling, mask, known, overviews).copy()
+    try:
+        with open_quietly(path) as ds:  # the side it is read at: the sample's min_side=1 and a preview's 384 agree
+            longest = max(ds.width, ds.height)  # on any raster of 1024 px or more
+    except RasterioIOError as exc:  # deleted, moved or cut short after segmenting, before its preview or map:
+        # a traceback from `segment` and `flood` (their outputs were removed, but no message said why)
+        raise RasterReadError(f"{path}: could not be opened again while it was being read ({first_line(exc)}): "
+                              "was it moved, deleted or replaced during the run? Put it back and run again.") from None
+    with reading_pixels(path):  # its pixels cut short meanwhile: the message names the file and the fix
+        if known is None:
+            return _read_decimated(path, tuple(bands), max_side, min_side, resampling, mask, overviews)
+        side = min(max(longest, min_side), max_side)
+        return _read_decimated_cached(path, tuple(bands), side, resampling, mask, known, overviews).copy()
 
 
 @functools.lru_cache(maxsize=4)

@@ -1255,6 +1255,20 @@ def test_a_full_disk_while_writing_the_preview_is_an_output_error_and_leaves_not
     assert ".geoseg-" not in str(caught.value)
 
 
+def test_an_input_deleted_before_its_preview_is_a_one_line_error_and_leaves_nothing(make_raster, tmp_path):
+    """An input deleted (or moved) after its chunks were read but before the preview read it again was a
+    RasterioIOError traceback from `segment` and `flood` (their maps read it too)."""
+    path = make_raster("gone.tif", shape=(300, 300))
+
+    def delete_when_writing(fraction):
+        if fraction > 0.9 and path.exists():
+            path.unlink()
+
+    with pytest.raises(RasterReadError, match=r"gone\.tif: could not be opened again .*Put it back and run again"):
+        segment(path, tmp_path / "out", model="threshold", progress=delete_when_writing)
+    assert not (tmp_path / "out").exists()
+
+
 def test_tile_and_chunk_messages_give_figures_that_hold(make_raster, tiny_fcn, tmp_path, caplog):
     """'Use a tile larger than 608' was followed by 'Try tile=640' for 620; the small-chunk warning quoted the
     default chunk's overlap on a large raster (1.6x), not on the raster at hand."""

@@ -1570,3 +1570,28 @@ def test_an_index_label_whose_nodata_is_a_class_id_is_warned_about(tmp_path, cap
         read_labels(tmp_path / "label.tif", fmt="index", classes=classes, image=tmp_path / "image.tif",
                     shape=(10, 10), window=Window(0, 0, 10, 10))
     assert caplog.text.count("its nodata value 0 is class 'background''s id, so its pixels of that value") == 1
+
+
+def test_a_full_or_read_only_output_folder_is_refused_before_training(tmp_path, monkeypatch):
+    """h5py, writing a checkpoint on a full disk, printed hundreds of tracebacks and ended in a segmentation
+    fault (exit 139), or a RuntimeError traceback; a read-only output folder was an OSError traceback."""
+    import collections
+    import shutil
+    import types
+
+    from geoseg.errors import OutputError
+    from geoseg.models import training
+
+    model = types.SimpleNamespace(weights=[np.zeros((3, 3, 16, 16), "float32")] * 4)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 100_000))
+    with pytest.raises(OutputError, match=r"run: not enough free disk space .*MB needed, 0\.1 MB free\)"):
+        training._check_room(tmp_path / "run", model)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    training._check_room(tmp_path / "run", model)
+    monkeypatch.setattr(training.os, "access", lambda path, mode: False)
+    with pytest.raises(OutputError, match=r"run: cannot be written .*Pick another output folder"):
+        training._check_room(tmp_path / "run", model)
+    assert not (tmp_path / "run").exists()
+    assert training._write_failure(RuntimeError("file write failed: ... errno = 28, error message = 'No space left"))
+    assert not training._write_failure(RuntimeError("something else"))

@@ -946,3 +946,29 @@ def test_specks_of_a_class_kept_alone_merge_into_neighbours_of_any_class(make_ma
         assert list(frame.class_name) == ["b"] and frame.area_m2.tolist() == [1600.0], specks
         assert result.per_class == {"b": 1}
     assert (tmp_path / "merge.qml").read_text().count("<category ") == 1
+
+
+def test_two_writers_of_one_output_get_temporary_files_of_their_own(tmp_path):
+    """`replaced_atomically` wrote to one fixed `.NAME.tmp.gpkg` and removed it first: two `geoseg vectorize`
+    runs into one path at once both failed ("attempt to write a readonly database"), or the GeoJSON one that
+    failed removed the file the other had just reported written. A killed process's file is removed."""
+    import os
+    import socket
+    import subprocess
+
+    from geoseg.files import replaced_atomically
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname().replace("-", "_").replace(".", "_")
+    stale = tmp_path / f".layer.geoseg-{host}-{gone.pid}-abcdef.tmp.gpkg"
+    stale.write_bytes(b"half")
+    alive = tmp_path / f".layer.geoseg-{host}-{os.getppid()}-abcdef.tmp.gpkg"  # a live process's: kept
+    alive.write_bytes(b"working")
+    with replaced_atomically(tmp_path / "layer.gpkg", suffix=".tmp.gpkg") as first, \
+            replaced_atomically(tmp_path / "layer.gpkg", suffix=".tmp.gpkg") as second:
+        assert first != second and first.suffix == second.suffix == ".gpkg"
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert (tmp_path / "layer.gpkg").read_bytes() in (b"one", b"two")
+    assert not stale.exists() and alive.exists()

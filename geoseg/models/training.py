@@ -865,6 +865,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         raise InputError(f"{config.source}: the {len(scored)} {which} chips hold no labelled pixel, so no epoch "
                          f"could be scored. Check that the {which} images' labels cover them, or raise "
                          "validation_chips.")
+    _check_room(out, model)  # h5py crashed (a traceback, or a segmentation fault) on a full or read-only disk
     out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run left NAME.checkpoints/run.json
     work.mkdir(exist_ok=True)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
@@ -891,8 +892,15 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         except _Diverged as exc:  # a NaN loss wrote a bundle of NaN weights that geoseg then refused to load
             raise _diverged_error(config, work, f"the loss became {exc.loss} at step {exc.step} of epoch "
                                                 f"{exc.epoch}") from None
-        except OSError as exc:
-            if callback.began:  # not the backup: an epoch was under way
+        except (OSError, RuntimeError) as exc:
+            if _write_failure(exc):  # the disk filled (or went read-only) while a checkpoint was written
+                from geoseg.files import write_advice
+                from geoseg.raster import first_line
+
+                raise OutputError(f"{work}: a checkpoint could not be written ({first_line(exc)[:160]}). "
+                                  f"{write_advice(exc)}; the epochs checkpointed before are kept, and the same "
+                                  "command then resumes from them.") from None
+            if callback.began or not isinstance(exc, OSError):  # not the backup: an epoch was under way
                 raise
             from geoseg.raster import first_line  # here: scripts/gpu imports this module where rasterio is absent
             raise InputError(f"{work / 'backup'}: the interrupted run's backup cannot be read ({first_line(exc)}; "
@@ -1034,6 +1042,43 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
         raise OutputError(f"{where}: cannot write the bundle {config.name} there ({exc.strerror or exc}); none of its "
                           f"files was put in place. Fix that and rerun the same command: it writes the bundle from "
                           f"the checkpoints in {checkpoint_folder(config)} without training again.") from None
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """Whether `exc` (h5py's OSError or RuntimeError among them) is a write that failed for want of room or rights."""
+    import errno
+
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+    if isinstance(exc, OSError) and exc.errno in codes:
+        return True
+    text = str(exc)
+    return any(f"errno = {code}," in text for code in codes) or "No space left on device" in text
+
+
+def _check_room(out: Path, model) -> None:
+    """OutputError before the first epoch when `out` cannot be written, or its disk cannot hold the checkpoints
+    (the best weights, two backups with the optimizer's state, and the bundle): h5py, writing a checkpoint on a
+    full disk, printed hundreds of tracebacks and ended in a segmentation fault, and on a read-only folder
+    `os.mkdir` raised a traceback."""
+
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        try:
+            read_only = os.statvfs(probe).f_flag & os.ST_RDONLY
+        except OSError:
+            read_only = False
+        raise OutputError(f"{out}: cannot be written ({'a read-only file system' if read_only else 'no permission'}"
+                          f" at {probe}). Pick another output folder (--output, or output in the config).")
+    weights = sum(int(np.prod(w.shape)) * np.dtype(str(getattr(w, "dtype", "float32"))).itemsize
+                  for w in model.weights)
+    need = 12 * weights + 2**20  # best + its temporary copy, 2 backups of weights and Adam's 2 moments, the bundle
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise OutputError(f"{out}: not enough free disk space for the checkpoints and the bundle (about "
+                          f"{need / 2**20:.1f} MB needed, {free / 2**20:.1f} MB free). Free some disk space or pick "
+                          "another output folder.")
 
 
 def _backup(folder: Path):
