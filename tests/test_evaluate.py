@@ -573,6 +573,18 @@ def test_compare_interrupted_midway_leaves_nothing_and_the_same_command_runs(mak
     with pytest.raises(KeyboardInterrupt):
         compare(["threshold", "region-growing"], images, output_dir=tmp_path / "kept", progress=stop)
     assert [p.name for p in (tmp_path / "kept").rglob("*")] == ["notes.txt"]  # a folder of the user's: only theirs
+    # another run's staging folder, made while this one ran, is that run's to remove: a failed comparison took
+    # another's staged masks, which then died in a FileNotFoundError traceback (h118)
+    other = tmp_path / "kept" / "threshold" / ".geoseg-host-1-abc"
+
+    def stop_beside_another(fraction: float) -> None:
+        other.mkdir(parents=True, exist_ok=True)
+        (other / "i0_mask.tif").write_bytes(b"staged")
+        stop(fraction)
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(["threshold", "region-growing"], images, output_dir=tmp_path / "kept", progress=stop_beside_another)
+    assert (other / "i0_mask.tif").read_bytes() == b"staged"
     done = compare(["threshold", "region-growing"], images, output_dir=out)
     assert len(done["disagreement"]) == 2
 

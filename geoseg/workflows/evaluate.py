@@ -735,7 +735,12 @@ def _made_removed_on_error(out: Path | None, existed: bool = True) -> Iterator[N
     try:
         yield
     except BaseException:
-        made = sorted((p for p in out.rglob("*") if p not in before), key=lambda p: len(p.parts), reverse=True)
+        # not the staging folders and temporary files of runs (this one's are removed by their owners as they
+        # unwind): a failed comparison removed those of another one writing into the folder, which then died in a
+        # FileNotFoundError traceback (h118)
+        made = sorted((p for p in out.rglob("*") if p not in before
+                       and not any(".geoseg-" in part for part in p.relative_to(out).parts)),
+                      key=lambda p: len(p.parts), reverse=True)
         for path in made:  # the innermost first: a folder once its files are gone
             try:
                 path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
