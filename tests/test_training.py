@@ -1595,3 +1595,19 @@ def test_a_full_or_read_only_output_folder_is_refused_before_training(tmp_path, 
     assert not (tmp_path / "run").exists()
     assert training._write_failure(RuntimeError("file write failed: ... errno = 28, error message = 'No space left"))
     assert not training._write_failure(RuntimeError("something else"))
+
+
+def test_a_label_whose_pixels_cannot_be_read_names_gdals_reason(tmp_path):
+    """A VRT label whose source was deleted (or a label with a corrupt tile) said 'labels are not a raster GDAL can
+    read (Read failed. See previous exception for details.)': GDAL's reason is the error's cause (h118)."""
+    from geoseg.errors import InputError
+    from geoseg.models.labels import read_labels
+
+    (tmp_path / "lab.vrt").write_text(
+        '<VRTDataset rasterXSize="50" rasterYSize="40"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">gone.tif</SourceFilename><SourceBand>1</SourceBand>'
+        '<SrcRect xOff="0" yOff="0" xSize="50" ySize="40"/><DstRect xOff="0" yOff="0" xSize="50" ySize="40"/>'
+        '</SimpleSource></VRTRasterBand></VRTDataset>')
+    with pytest.raises(InputError, match=r"lab.vrt: labels are not a raster GDAL can read \(.*gone.tif: No such file"):
+        read_labels(tmp_path / "lab.vrt", fmt="index", classes=[{"name": "a"}, {"name": "b"}],
+                    image=tmp_path / "image.tif", shape=(40, 50))
