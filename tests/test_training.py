@@ -1611,3 +1611,16 @@ def test_a_label_whose_pixels_cannot_be_read_names_gdals_reason(tmp_path):
     with pytest.raises(InputError, match=r"lab.vrt: labels are not a raster GDAL can read \(.*gone.tif: No such file"):
         read_labels(tmp_path / "lab.vrt", fmt="index", classes=[{"name": "a"}, {"name": "b"}],
                     image=tmp_path / "image.tif", shape=(40, 50))
+
+
+def test_a_second_run_into_the_same_checkpoints_is_refused_while_the_first_holds_them(tmp_path):
+    """Two `geoseg train` runs into one output shared NAME.checkpoints/ and overwrote each other's backups; one
+    died in h5py's 'unable to lock file' traceback (h118)."""
+    from geoseg.errors import OutputError
+    from geoseg.models.training import _hold_run_lock
+
+    first = _hold_run_lock(tmp_path)
+    with pytest.raises(OutputError, match="another geoseg train is writing this run's checkpoints"):
+        _hold_run_lock(tmp_path)
+    first.close()  # the run ended: free again
+    _hold_run_lock(tmp_path).close()

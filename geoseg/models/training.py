@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import time
+import threading
 import tomllib
 import types
 import typing
@@ -777,8 +778,20 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     is still there, that run is refused unless `overwrite` (resuming needs no `overwrite`). The config is
     written beside the model as ``NAME.toml``, its paths relative to that folder, so that it
     reproduces the run from there. ``training.seconds`` in the card adds up every session of
-    a resumed run (up to each one's last checkpoint).
+    a resumed run (up to each one's last checkpoint). Another process training into the same
+    checkpoints meanwhile is refused (an OutputError).
     """
+    try:
+        return _train(config, resume=resume, overwrite=overwrite)
+    finally:
+        for handle in _RUN_LOCKS.__dict__.pop("held", []):  # the run's lock goes with it, as it ends or fails
+            handle.close()
+
+
+_RUN_LOCKS = threading.local()
+
+
+def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     import keras
     import tensorflow as tf
 
@@ -868,6 +881,9 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
     _check_room(out, model)  # h5py crashed (a traceback, or a segmentation fault) on a full or read-only disk
     out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run left NAME.checkpoints/run.json
     work.mkdir(exist_ok=True)
+    lock = _hold_run_lock(work)  # closed (and freed) by train() as the run ends
+    if lock is not None:
+        _RUN_LOCKS.__dict__.setdefault("held", []).append(lock)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     ema = keras.callbacks.SwapEMAWeights(swap_on_epoch=True) if config.ema else None
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
@@ -1042,6 +1058,29 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
         raise OutputError(f"{where}: cannot write the bundle {config.name} there ({exc.strerror or exc}); none of its "
                           f"files was put in place. Fix that and rerun the same command: it writes the bundle from "
                           f"the checkpoints in {checkpoint_folder(config)} without training again.") from None
+
+
+RUN_LOCK = ".geoseg-train.lock"
+
+
+def _hold_run_lock(work: Path):
+    """An open file on which this process holds an exclusive lock for the run in `work`, or an OutputError when
+    another process holds it: two runs into one output shared NAME.checkpoints/, overwrote each other's backups,
+    and one died in h5py's 'unable to lock file' traceback (h118). The lock goes with the file (or the process);
+    None where the system has no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(work / RUN_LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise OutputError(f"{work}: another geoseg train is writing this run's checkpoints, and the two would "
+                          "overwrite each other's. Wait for it to end, or give this one another --output or --name."
+                          ) from None
+    return handle
 
 
 def _write_failure(exc: BaseException) -> bool:
