@@ -421,6 +421,12 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "missing" / "table.md")])
     assert cli.exit_code == 1 and "folder" in cli.output and "does not exist" in cli.output
+    for bad in (["--label-names", "land,water", "--label-colors", "red,#00ff00"], ["--label-colors", "#8429F6"]):
+        for command in (["evaluate", "-m", "threshold"], ["compare", "--models", "threshold,region-growing"]):
+            cli = CliRunner().invoke(main, [*command, "--images", str(image), "--labels", str(mask),
+                                            "--label-format", "color", *bad])
+            # usage errors, exit 2 with the usage line, as a blank item is; they exited 1, as a failed run (h109)
+            assert cli.exit_code == 2 and "Usage:" in cli.output, cli.output
     cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "table.md")])

@@ -145,6 +145,20 @@ def _split(value, option: str | None = None):
     return [v for v in items if v]
 
 
+def _label_set(label_format: str, label_names, label_colors) -> tuple[list[str] | None, list[str] | None]:
+    """--label-names and --label-colors split and checked as usage errors (exit 2), as a blank item is: a bad
+    colour or colours without names exited 1, as a failed run does (h109)."""
+    from geoseg.errors import InputError
+    from geoseg.workflows.evaluate import _check_label_set
+
+    names, colors = _split(label_names, "--label-names"), _split(label_colors, "--label-colors")
+    try:
+        _check_label_set(label_format, names, colors)
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    return names, colors
+
+
 def _variant(model, precision: str, tta: str):
     """The model reference with the chosen precision and test-time augmentation."""
     from geoseg.models.registry import with_card
@@ -178,14 +192,14 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     only_with("overwrite", "--markdown", markdown is not None)
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
+    names, colors = _label_set(label_format, label_names, label_colors)
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels, label_format)
         _check_report(markdown, overwrite, model, image_paths, label_paths)
         with _bar("evaluate", quiet) as progress:  # 63 tiles ran 20 minutes without a word on a terminal
             result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
-                         label_names=_split(label_names, "--label-names"),
-                         label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
+                         label_names=names, label_colors=colors, vector_field=vector_field,
                          ignore_colors=_split(ignore_colors, "--ignore-colors"), progress=progress,
                          **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
@@ -222,6 +236,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
         only_with(option, "--labels", bool(labels))  # for labels: a comparison without them has no table
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
+    names, colors = _label_set(label_format, label_names, label_colors)
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels, label_format)
         refs = [_variant(m, precision, tta) for m in _split(models)]
@@ -233,9 +248,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
             _check_report(markdown, overwrite, ref, image_paths, label_paths)
         with _bar("compare", quiet) as progress:
             result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
-                         label_format=label_format,
-                         label_names=_split(label_names, "--label-names"),
-                         label_colors=_split(label_colors, "--label-colors"), vector_field=vector_field,
+                         label_format=label_format, label_names=names, label_colors=colors, vector_field=vector_field,
                          **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
                          progress=progress, **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, as evaluate's (h109: a comparison's report took capturing stdout)
