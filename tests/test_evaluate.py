@@ -421,6 +421,11 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
                                     "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
                                     "--markdown", str(tmp_path / "missing" / "table.md")])
     assert cli.exit_code == 1 and "folder" in cli.output and "does not exist" in cli.output
+    (tmp_path / "afile").write_text("x")
+    cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(mask),
+                                    "--label-format", "color", "--label-names", "land", "--label-colors", "#8429F6",
+                                    "--markdown", str(tmp_path / "afile" / "table.md")])
+    assert cli.exit_code == 1 and "afile is a file, not a folder" in cli.output  # not "does not exist" (h118)
     for bad in (["--label-names", "land,water", "--label-colors", "red,#00ff00"], ["--label-colors", "#8429F6"]):
         for command in (["evaluate", "-m", "threshold"], ["compare", "--models", "threshold,region-growing"]):
             cli = CliRunner().invoke(main, [*command, "--images", str(image), "--labels", str(mask),

@@ -67,6 +67,8 @@ def _check_writable(path: str | None, option: str) -> None:
     if path is None:
         return
     folder = Path(path).resolve().parent
+    if folder.exists() and not folder.is_dir():  # was "the folder ... does not exist" (h118)
+        raise InputError(f"{option} {path}: {folder} is a file, not a folder; pick another path.")
     if not folder.is_dir():
         raise InputError(f"{option} {path}: the folder {folder} does not exist; create it or pick another path.")
     if not os.access(folder, os.W_OK):
