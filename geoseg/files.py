@@ -143,13 +143,26 @@ def refuse_unwritable(paths, *, vector: bool = False) -> None:
                               "there). Rename the file or folder without ';', or pick another output folder.")
 
 
-def write_advice(exc: BaseException) -> str:
-    """What to do about a failed write: free disk space only where the disk is full."""
+LOW_SPACE = 16 * 2**20  # bytes free under which a failed write is taken for a full disk
+
+
+def write_advice(exc: BaseException, where: str | os.PathLike | None = None) -> str:
+    """What to do about a failed write: free disk space only where the disk is full. GDAL's drivers often say
+    only 'Cannot write feature' or 'Unexpected I/O failure' (h118): with `where`, the folder written to, a disk
+    that has next to no room left is taken for the cause."""
     import errno
+    import shutil
 
     text = str(exc).lower()
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space" in text or "disk is full" in text:
         return "Free some disk space or pick another output folder"
+    if where is not None:
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            free = None
+        if free is not None and free < LOW_SPACE:
+            return f"The disk has {free / 2**20:.1f} MB left: free some disk space or pick another output folder"
     if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS) or "permission denied" in text \
             or "read-only" in text:
         return "Check the permissions of the output folder, or pick another one"

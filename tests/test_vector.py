@@ -972,3 +972,20 @@ def test_two_writers_of_one_output_get_temporary_files_of_their_own(tmp_path):
         second.write_bytes(b"two")
     assert (tmp_path / "layer.gpkg").read_bytes() in (b"one", b"two")
     assert not stale.exists() and alive.exists()
+
+
+def test_a_failed_write_on_a_disk_with_no_room_left_advises_freeing_space(tmp_path, monkeypatch):
+    """GDAL's drivers said 'Cannot write feature' or 'Unexpected I/O failure' on a full disk, and the advice was to
+    'pick another output folder or file name' (h118)."""
+    import collections
+    import shutil
+
+    from geoseg.files import write_advice
+
+    usage = collections.namedtuple("usage", "total used free")
+    failure = RuntimeError("Cannot write feature")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 300_000))
+    assert write_advice(failure, tmp_path).startswith("The disk has 0.3 MB left: free some disk space")
+    assert write_advice(failure) == "Pick another output folder or file name"  # nowhere to look
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    assert write_advice(failure, tmp_path) == "Pick another output folder or file name"

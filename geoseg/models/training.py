@@ -914,7 +914,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                 from geoseg.raster import first_line
 
                 raise OutputError(f"{work}: a checkpoint could not be written ({first_line(exc)[:160]}). "
-                                  f"{write_advice(exc)}; the epochs checkpointed before are kept, and the same "
+                                  f"{write_advice(exc, work)}; the epochs checkpointed before are kept, and the same "
                                   "command then resumes from them.") from None
             if callback.began or not isinstance(exc, OSError):  # not the backup: an epoch was under way
                 raise
