@@ -917,8 +917,8 @@ def _written_atomically(out_path: Path, driver: str, write) -> None:
     except Exception as exc:  # a full disk, a folder gone: pyogrio's and pyarrow's errors have no common base
         if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
             raise
-        raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). {write_advice(exc, out_path.parent)}; nothing "
-                          "was left at that path.") from None
+        raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). "
+                          f"{write_advice(exc, out_path.parent)}; nothing was left at that path.") from None
 
 
 def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:
