@@ -264,6 +264,27 @@ def test_zonal_composition_counts_pixel_centres(make_mask):
     assert areas[1].tolist() == pytest.approx([32.0, 32.0])
 
 
+def test_a_zone_smaller_than_a_pixel_takes_the_pixel_under_it(make_mask):
+    """An area of interest smaller than a pixel (a building on 10 m imagery), inside the raster, read 0 px, no
+    coverage and no class: it holds no pixel's centre (h101). It takes the pixel under its centre, as QGIS does."""
+    from geoseg.vector import zonal_composition
+    from geoseg.workflows.common import zone_table
+
+    data = np.zeros((20, 20), np.uint8)
+    data[:, 10:] = 1
+    path = make_mask(data)  # 2 m pixels from (400000, 6000000)
+    x0, y0 = 400000.0, 6000000.0
+    zones = gpd.GeoDataFrame({"name": ["shed", "hut", "outside"]}, geometry=[
+        shapely.box(x0 + 22.1, y0 - 3.9, x0 + 22.6, y0 - 3.3),  # in pixel (row 1, col 11), off its centre: class 1
+        shapely.box(x0 + 4.1, y0 - 3.9, x0 + 4.6, y0 - 3.3),  # in pixel (1, 2): class 0
+        shapely.box(x0 + 50.1, y0 - 3.9, x0 + 50.6, y0 - 3.3)], crs="EPSG:32633")  # past the raster's edge
+    pixels, areas = zonal_composition(path, zones, 3)
+    assert pixels.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+    assert areas[0].tolist() == pytest.approx([0.0, 4.0, 0.0])
+    rows = zone_table(path, zones, "name", [(0, "a"), (1, "b")], name="zone")
+    assert (rows[0]["b_pct"], rows[0]["coverage_pct"]) == (100.0, 100.0)
+
+
 def test_zones_on_a_raster_across_the_antimeridian_count_their_pixels(make_mask):
     """A raster in EPSG:4326 written from 179.9 to 180.1 east: zones reprojected into it came back at -180, so one
     across the line counted half its pixels, one beyond it none, and that one alone was refused as outside."""
