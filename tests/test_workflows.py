@@ -341,6 +341,28 @@ def test_flood_sieves_the_change_classes_on_the_post_grid(tmp_path):
     assert counts[4]["flooded"] == 0 and sum(counts[4].values()) == sum(counts[0].values())  # filled from around
 
 
+def test_a_finer_pre_event_mask_is_put_on_the_post_grid_by_its_majority(tmp_path):
+    """A pre-event mask of finer pixels took the nearest of them for each post pixel, at random among several: a
+    same-ground pair at 0.5 and 1.5 m gave 1,774 px of change where the classes by majority give 974 (h101). Here
+    each 3 x 3 block of the pre image holds the post pixel's class in 6 of 9 pixels, all but its centre."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows.flood import flood
+
+    rng = np.random.default_rng(0)
+    post_water = rng.random((30, 30)) < 0.4
+    pre_water = np.repeat(np.repeat(post_water, 3, 0), 3, 1)
+    for r, c in np.ndindex(30, 30):  # the centre (what nearest takes) and 2 more against the block's class
+        block = pre_water[3 * r: 3 * r + 3, 3 * c: 3 * c + 3]
+        block[1, 1] = block[0, 0] = block[2, 2] = not post_water[r, c]
+    crs = "EPSG:32640"
+    post = _write(tmp_path / "post.tif", _scene_4band(post_water), crs, from_origin(300000.0, 2800000.0, 15.0, 15.0))
+    pre = _write(tmp_path / "pre.tif", _scene_4band(pre_water), crs, from_origin(300000.0, 2800000.0, 5.0, 5.0))
+    result = flood(post, tmp_path / "out", pre=pre, method="ndwi", ndwi_threshold=0.0)
+    counts = {c["name"]: c["pixels"] for c in result.classes}
+    assert counts["flooded"] == counts["receded water"] == 0, counts
+
+
 @pytest.mark.parametrize("ndwi, noise, water, how", [
     (-0.72, 0.005, 0, "no water mode"), (0.5, 0.005, 100, "one water mode"),
     (0.5, 0.0, 100, "one NDWI value"),  # Otsu answered +1: 0% water

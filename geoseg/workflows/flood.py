@@ -682,6 +682,19 @@ def _display_bands(info, common: dict[str, Any]) -> list[int]:
     return rgb if None not in rgb else [1, 2, 3] if info.count >= 3 else [1]
 
 
+def _class_resampling(pre_info, post_info):
+    """How a pre-event class mask is put on the post-event grid: by the class most of its pixels in each post pixel
+    hold (mode) where its pixels are finer by half again or more, else by the nearest one. Nearest took one of
+    several fine pixels at random, and a same-ground pair at 0.5 and 1.5 m gave 1,774 px of spurious change where
+    mode gives 974 (h101)."""
+    from geoseg.raster import pixel_sides_m
+
+    pre, post = pixel_sides_m(pre_info), pixel_sides_m(post_info)
+    if pre and post and max(pre) * 1.5 <= min(post):
+        return Resampling.mode
+    return Resampling.nearest
+
+
 def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, classes,
                  sieve: int = 0) -> tuple[int, int]:
     """Write the flood classes; return the post image's data pixels that the pre image covers, and all of them.
@@ -698,10 +711,11 @@ def _write_flood(out, post_info, post_mask, post_water, pre_mask, pre_water, cla
             if pre_ds is not None and crs is None:  # neither georeferenced: the same grid (_check_alignable)
                 aligned = pre_ds
             elif pre_ds is not None:  # a mask placed by GCPs warps by their best-fit affine, as its polygons are
-                src_transform, src_crs = inspect_raster(pre_mask).map_georeferencing()
+                pre_info = inspect_raster(pre_mask)
+                src_transform, src_crs = pre_info.map_georeferencing()
                 aligned = WarpedVRT(pre_ds, src_crs=src_crs, src_transform=src_transform, crs=crs,
                                     transform=transform, width=post_info.width, height=post_info.height,
-                                    resampling=Resampling.nearest, nodata=NODATA)
+                                    resampling=_class_resampling(pre_info, post_info), nodata=NODATA)
 
             def block(window):
                 now = post_ds.read(1, window=window)
