@@ -1615,12 +1615,19 @@ def test_a_label_whose_pixels_cannot_be_read_names_gdals_reason(tmp_path):
 
 def test_a_second_run_into_the_same_checkpoints_is_refused_while_the_first_holds_them(tmp_path):
     """Two `geoseg train` runs into one output shared NAME.checkpoints/ and overwrote each other's backups; one
-    died in h5py's 'unable to lock file' traceback (h118)."""
+    died in h5py's 'unable to lock file' traceback (h118). A lock inside the checkpoints was removed with them by a
+    second run while the first was in epoch 1, or by --restart (h119): it is beside them."""
     from geoseg.errors import OutputError
     from geoseg.models.training import _hold_run_lock
 
-    first = _hold_run_lock(tmp_path)
-    with pytest.raises(OutputError, match="another geoseg train is writing this run's checkpoints"):
-        _hold_run_lock(tmp_path)
+    config = _dataset(tmp_path, "index")
+    (tmp_path / "models" / "toy.checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "toy.checkpoints" / "run.json").write_text("{}")  # the first run, in its epoch 1
+    first = _hold_run_lock(tmp_path / "models", "toy")
+    for resume in (True, False):  # False: --restart
+        with pytest.raises(OutputError, match="toy.checkpoints: another geoseg train is writing this run's"):
+            train(load_config(config), resume=resume)
+        assert (tmp_path / "models" / "toy.checkpoints" / "run.json").exists()  # the first run's, untouched
     first.close()  # the run ended: free again
-    _hold_run_lock(tmp_path).close()
+    train(load_config(config), resume=False)
+    assert (tmp_path / "models" / "toy.keras").exists()

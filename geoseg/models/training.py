@@ -785,6 +785,7 @@ def train(config: TrainConfig, *, resume: bool = True, overwrite: bool = False) 
         return _train(config, resume=resume, overwrite=overwrite)
     finally:
         for handle in _RUN_LOCKS.__dict__.pop("held", []):  # the run's lock goes with it, as it ends or fails
+            Path(handle.name).unlink(missing_ok=True)  # while still held: a run that opened it meanwhile is refused
             handle.close()
 
 
@@ -805,6 +806,11 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                          "skip the bundle as a clash. Pick another name (name = ... or --name).")
     work = checkpoint_folder(config)
     out = work.parent
+    # before any checkpoint is discarded or data read: a second run removed the first one's NAME.checkpoints (in
+    # epoch 1, or with --restart) with its lock, and then both wrote there (h119). Where `out` does not exist yet
+    # no run writes there; the lock is then taken as it is made, below.
+    if out.is_dir():
+        _lock_run(out, config.name)
     # a fresh run, before any checkpoint is discarded; a folder stopped during epoch 1 (only run.json) holds nothing
     # to resume, and an --overwrite run stopped there let the plain rerun replace the finished bundle
     if not overwrite and not (resume and (work / "state.json").exists()):
@@ -880,10 +886,9 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                          "validation_chips.")
     _check_room(out, model)  # h5py crashed (a traceback, or a segmentation fault) on a full or read-only disk
     out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run left NAME.checkpoints/run.json
+    if not _RUN_LOCKS.__dict__.get("held"):
+        _lock_run(out, config.name)
     work.mkdir(exist_ok=True)
-    lock = _hold_run_lock(work)  # closed (and freed) by train() as the run ends
-    if lock is not None:
-        _RUN_LOCKS.__dict__.setdefault("held", []).append(lock)
     (work / "run.json").write_text(json.dumps(_resume_settings(config), indent=1))
     ema = keras.callbacks.SwapEMAWeights(swap_on_epoch=True) if config.ema else None
     callback = _ValidationIoU(KerasSegmenter(model, val_card), scored, n_classes, work,
@@ -1060,26 +1065,31 @@ def _write_bundle(config: TrainConfig, out: Path, model, card: ModelCard) -> Non
                           f"the checkpoints in {checkpoint_folder(config)} without training again.") from None
 
 
-RUN_LOCK = ".geoseg-train.lock"
+def _lock_run(out: Path, name: str) -> None:
+    """Hold the run's lock (`_hold_run_lock`) until `train` returns, which closes it."""
+    lock = _hold_run_lock(out, name)
+    if lock is not None:
+        _RUN_LOCKS.__dict__.setdefault("held", []).append(lock)
 
 
-def _hold_run_lock(work: Path):
-    """An open file on which this process holds an exclusive lock for the run in `work`, or an OutputError when
-    another process holds it: two runs into one output shared NAME.checkpoints/, overwrote each other's backups,
-    and one died in h5py's 'unable to lock file' traceback (h118). The lock goes with the file (or the process);
+def _hold_run_lock(out: Path, name: str):
+    """An open file ``OUT/.NAME.geoseg-train.lock`` on which this process holds an exclusive lock for the run, or an
+    OutputError when another process holds it: two runs into one output shared NAME.checkpoints/, overwrote each
+    other's backups, and one died in h5py's 'unable to lock file' traceback (h118). Beside the checkpoints, not in
+    them, which a run in epoch 1 or with --restart removes first. The lock goes with the file (or the process);
     None where the system has no flock (Windows)."""
     try:
         import fcntl
     except ImportError:
         return None
-    handle = open(work / RUN_LOCK, "a")
+    handle = open(out / f".{name}.geoseg-train.lock", "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise OutputError(f"{work}: another geoseg train is writing this run's checkpoints, and the two would "
-                          "overwrite each other's. Wait for it to end, or give this one another --output or --name."
-                          ) from None
+        raise OutputError(f"{out / (name + '.checkpoints')}: another geoseg train is writing this run's checkpoints, "
+                          "and the two would overwrite each other's. Wait for it to end, or give this one another "
+                          "--output or --name.") from None
     return handle
 
 
@@ -1319,8 +1329,8 @@ def _stretched(pairs, card: ModelCard) -> list:
 
             from geoseg.raster import read_preview
 
-            sample = read_preview(path, image.bands, 1024, min_side=1)
-            valid = read_preview(path, image.bands, 1024, min_side=1, mask=True)
+            sample = read_preview(path, image.bands, 1024, min_side=1, overviews=False)  # not a COG's overviews,
+            valid = read_preview(path, image.bands, 1024, min_side=1, mask=True, overviews=False)  # as segment (h119)
             norm = resolve_normalization(card.normalization, sample, valid)
             out.append((LazyImage(path, image.bands, partial(card.normalize, normalization=norm)), label, path))
         else:  # the image's nodata (read as 0) is left out of its percentiles, as inference leaves it out
