@@ -962,6 +962,10 @@ def read_preview(path: str, bands: Sequence[int], max_side: int, *, min_side: in
     try:
         with open_quietly(path) as ds:  # the side it is read at: the sample's min_side=1 and a preview's 384 agree
             longest = max(ds.width, ds.height)  # on any raster of 1024 px or more
+            # without overviews both reads are of the pixels: one key, so that the calibration sample
+            # (overviews=False) and the preview or scene's map (overviews=True) share one read of the whole raster,
+            # not two (h115, h119)
+            overviews = overviews and bool(ds.overviews(bands[0]))
     except RasterioIOError as exc:  # deleted, moved or cut short after segmenting, before its preview or map:
         # a traceback from `segment` and `flood` (their outputs were removed, but no message said why)
         raise RasterReadError(f"{path}: could not be opened again while it was being read ({first_line(exc)}): "

@@ -1538,6 +1538,11 @@ def test_a_decimated_read_reads_each_block_about_once(tmp_path):
     before = bytes_read()
     again = read_preview(str(path), [1, 2, 3], 512)  # with a preview's min_side (384): the same 512 px
     assert bytes_read() - before < 0.05 * size and (again == image).all()
+    # the calibration sample reads the pixels, never overviews (`_whole_raster_sample`): where there are none,
+    # that is the preview's read too, and the preview took the whole raster again (153 MiB of a 152 MiB file)
+    before = bytes_read()
+    sample = read_preview(str(path), [1, 2, 3], 512, min_side=1, overviews=False)
+    assert bytes_read() - before < 0.05 * size and (sample == image).all()
     again[:] = 0
     assert (read_preview(str(path), [1, 2, 3], 512, min_side=1) == image).all()
     with rasterio.open(path, "r+") as ds:
