@@ -639,6 +639,21 @@ def test_a_model_of_bilinear_upsampling_runs_on_chunks_of_any_size(tmp_path):
         batch = np.random.default_rng(side).random((1, side, side, 3), np.float32)
         np.testing.assert_allclose(seg.predict_proba(batch), model(batch), atol=1e-5)  # (model.predict fails too)
         assert seg.predict_top(batch).shape == (1, side, side, 2)
+    # a graph per shape, without TensorFlow's retracing warning from the fifth shape on, and not kept for good (h119)
+    import logging
+
+    from geoseg.models.segmenter import SHAPES_KEPT
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for side in range(16, 16 + 2 * (SHAPES_KEPT + 4), 2):
+            seg.predict_proba(np.zeros((1, side, side, 3), np.float32))
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
 
 
 def test_a_sequential_model_runs_in_bfloat16(tmp_path):

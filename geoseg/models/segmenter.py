@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -79,6 +80,9 @@ class Segmenter(Protocol):
         ...
 
 
+SHAPES_KEPT = 8  # graphs per chunk shape kept for a model that cannot run on one graph of any shape
+
+
 class KerasSegmenter:
     """A Keras model plus its card.
 
@@ -144,8 +148,11 @@ class KerasSegmenter:
         def traced(fn, spec):
             # One graph for every shape; a model whose layers need static sides (Keras 3.15's bilinear
             # UpSampling2D: "symbolic tf.Tensor as a Python bool") gets one graph per shape instead.
+            # Each shape its own function, traced once, the last SHAPES_KEPT kept: one function retraced for every
+            # shape printed TensorFlow's retracing warning from the fifth on, and kept every graph of every raster's
+            # edge chunks for good (h119).
             general = tf.function(fn, input_signature=[spec])
-            per_shape = tf.function(fn)
+            per_shape: dict = {}
             state = {"general": True}
 
             def call(batch):
@@ -154,7 +161,16 @@ class KerasSegmenter:
                         return general(batch)
                     except tf.errors.OperatorNotAllowedInGraphError:
                         state["general"] = False
-                return per_shape(batch)
+                key = tuple(batch.shape[1:3])
+                graph = per_shape.pop(key, None)
+                if graph is None:  # a partial: TensorFlow counts traces by a function's code, which a partial
+                    # lacks, so each shape's one trace is counted apart and not taken for retracing
+                    graph = tf.function(functools.partial(fn), input_signature=[
+                        tf.TensorSpec([None, *key, spec.shape[-1]], tf.float32)])
+                per_shape[key] = graph  # the most recent last
+                while len(per_shape) > SHAPES_KEPT:
+                    per_shape.pop(next(iter(per_shape)))
+                return graph(batch)
             return call
 
         with self._lock:
