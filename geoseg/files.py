@@ -68,7 +68,10 @@ def _remove_dead_temp_files(folder: Path, host: str) -> None:
             try:
                 os.kill(int(found.group(1)), 0)
             except ProcessLookupError:
-                (folder / name).unlink(missing_ok=True)
+                try:
+                    (folder / name).unlink(missing_ok=True)
+                except OSError:  # a folder of that name, or gone meanwhile: not ours to remove (h119)
+                    pass
             except OSError:
                 pass
 

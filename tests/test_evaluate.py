@@ -1148,3 +1148,25 @@ def test_vector_labels_in_metres_that_say_they_are_in_degrees_are_an_error(make_
     result = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(layer),
                                        "--label-format", "vector"])
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_a_uint16_paletted_label_with_entries_past_255_is_read_by_its_colours(make_raster, tmp_path):
+    """A UInt16 paletted label whose values reach 300 was an IndexError traceback: the colour lookups held 256
+    entries (h119)."""
+    image = make_raster(shape=(40, 50))
+    label = np.zeros((40, 50), np.uint16)
+    label[:, 25:] = 300
+    path = tmp_path / "palette16.tif"
+    with rasterio.open(image) as ds:
+        profile = {**ds.profile, "count": 1, "dtype": "uint16", "photometric": "palette", "nodata": None}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(label, 1)
+        ds.write_colormap(1, {0: (0, 0, 255, 255), 300: (0, 255, 0, 255)})
+    result = evaluate("threshold", [image], [path], label_format="color", label_names=["water", "vegetation"],
+                      label_colors=["#0000FF", "#00FF00"])
+    assert result.pixels_scored == 40 * 50
+    compared = compare(["threshold", "region-growing"], [image], [path], label_format="color",
+                       label_names=["water", "vegetation"], label_colors=["#0000FF", "#00FF00"])
+    assert [e["pixels_scored"] for e in compared["evaluations"]] == [40 * 50] * 2
+    with pytest.raises(InputError, match=r"most common colours in .*palette16.tif are #0000FF, #00FF00"):
+        compare(["threshold", "region-growing"], [image], [path], label_format="color")  # by the models' colours

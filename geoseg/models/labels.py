@@ -429,7 +429,8 @@ def _palette(ds) -> np.ndarray | None:
         table = ds.colormap(1)
     except ValueError:  # no colour table: a grey mask
         return None
-    lut = np.zeros((256, 3), np.int64)
+    # every index of the band's type: a UInt16 table holds entries past 255 (an IndexError traceback, h119)
+    lut = np.zeros((max(256, max(table, default=0) + 1, 2 ** (8 * np.dtype(ds.dtypes[0]).itemsize)), 3), np.int64)
     for index, rgba in table.items():
         lut[index] = rgba[:3]
     return lut

@@ -823,11 +823,12 @@ def _colour_reference(models: list, labels: list):
             data = _read_decimated(str(label), [1] if palette else [1, 2, 3], 512, 1, "nearest", False)
         except (OSError, ValueError, rasterio.errors.RasterioError):
             continue
-        if palette:  # the colour of each index
-            lookup = np.zeros((256, 3), np.int64)
+        if palette:  # the colour of each index (a UInt16 table holds more than 256: an IndexError, h119)
+            index = data[..., 0].astype(np.int64)
+            lookup = np.zeros((max(256, int(index.max(initial=0)) + 1, max(table, default=0) + 1), 3), np.int64)
             for i, rgba in table.items():
                 lookup[i] = rgba[:3]
-            data = lookup[data[..., 0]]
+            data = lookup[index]
         rgb = data[..., :3].astype(np.int64)
         colours.append((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
     counts = []
