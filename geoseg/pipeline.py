@@ -975,17 +975,15 @@ def segment(
 
 def _georeferencing(mask: Path) -> dict[str, Any]:
     """`SegmentResult`'s crs, transform and bounds of the written `mask`."""
-    from geoseg.raster import inspect_raster, open_quietly
+    from geoseg.raster import _gcp_fit, open_quietly
     from geoseg.vector import _extent
 
-    info = inspect_raster(mask)
-    if info.crs is None and info.gcp_crs is not None:  # placed by ground control points: all None read as a
-        # photo's, while the areas were in m² (h114); their best-fit bounds, and no transform to misread as exact
-        transform, crs = info.map_georeferencing()
-        if crs is not None:
-            return {"crs": crs.to_string(), "transform": None,
-                    "bounds": list(_extent(transform, info.width, info.height))}
     with open_quietly(mask) as ds:  # a photo's mask has no geotransform: no warning for it here
+        gcps, gcp_crs = ds.gcps
+        fit = _gcp_fit(gcps) if ds.crs is None and gcp_crs is not None else None
+        if fit is not None:  # placed by ground control points: all None read as a photo's, while the areas were
+            # in m² (h114); their best-fit bounds, and no transform to misread as exact
+            return {"crs": gcp_crs.to_string(), "transform": None, "bounds": list(_extent(fit, ds.width, ds.height))}
         placed = ds.crs is not None or not ds.transform.is_identity
         return {"crs": ds.crs.to_string() if ds.crs else None,
                 "transform": list(ds.transform)[:6] if placed else None,

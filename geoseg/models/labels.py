@@ -330,9 +330,10 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
                 nodata = ds.nodata
         except rasterio.errors.RasterioIOError as exc:  # a pixel read's own text is "Read failed. See previous
             # exception for details.": GDAL's reason (a missing VRT source, a corrupt tile) is its cause (h118)
-            reason = str(exc.__cause__ or exc).strip().splitlines()[0] if str(exc.__cause__ or exc).strip() else str(exc)
-            raise InputError(f"{path}: labels are not a raster GDAL can read ({reason}). Export or copy them "
-                             "again; a VRT needs every source it names.") from None
+            from geoseg.raster import first_line
+
+            raise InputError(f"{path}: labels are not a raster GDAL can read ({first_line(exc.__cause__ or exc)}). "
+                             "Export or copy them again; a VRT needs every source it names.") from None
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
         data = np.moveaxis(palette[data[0]], -1, 0)
     if fmt == "index":
