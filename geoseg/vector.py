@@ -57,12 +57,14 @@ STREAM_BATCH = 100_000  # polygons per batch written while the blocks are polygo
 
 @dataclass
 class VectorResult:
-    """What `vectorize` wrote: path, polygon count per class, time."""
+    """What `vectorize` wrote: path, polygon count per class, time, the mask's pixels per second, peak memory."""
 
     path: str
     polygons: int
     per_class: dict[str, int]
     seconds: float
+    pixels_per_second: float | None = None  # of the mask, as segment's results give theirs (h115)
+    peak_memory_mb: float | None = None  # the process's peak so far
 
 
 def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:
@@ -754,7 +756,11 @@ def vectorize(
                         "in its own colours", qml, exc.strerror or exc, out_path)
     seconds = time.perf_counter() - started
     log.info("wrote %d polygons to %s in %.1f s", polygons, out_path, seconds)
-    return VectorResult(str(out_path), polygons, counts, round(seconds, 3))
+    import resource
+
+    return VectorResult(str(out_path), polygons, counts, round(seconds, 3),
+                        round(info.width * info.height / seconds, 1) if seconds > 0 else None,
+                        round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
 
 
 def _class_names_tag(path: str) -> bool:

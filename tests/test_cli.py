@@ -600,6 +600,7 @@ def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
     result = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "layer.fgb", "--block", "32", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
+    assert data["pixels_per_second"] > 0 and data["peak_memory_mb"] > 0  # as segment --json has them (h115)
     assert data["polygons"] > 0 and (tmp_path / "layer.fgb").exists() and (tmp_path / "layer.qml").exists()
     again = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "layer.fgb")
     assert again.exit_code == 1 and "--overwrite" in again.output

@@ -30,7 +30,7 @@ __all__ = ["vectorize"]
 @click.option("--block", type=click.IntRange(min=16), default=2048, show_default=True, metavar="PX",
               help="Block size; blocks are polygonised in parallel and merged across their edges.")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: path, polygon counts, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: path, polygon counts, seconds, pixels/s, peak memory.")
 def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confidence, block, overwrite, as_json):
     """Turn class mask MASK into polygons with class, area (m²), perimeter (m) and confidence.
 
