@@ -128,6 +128,19 @@ def test_segment_refuses_inputs_of_one_name_before_writing(run, make_raster, tmp
     assert again.exit_code == 1 and "x.tif is given twice (also as " in again.output
 
 
+def test_many_inputs_of_shared_names_are_counted_not_listed(run, make_raster, tmp_path):
+    """The Dubai set's 63 tiles of 9 names (Tile N/images/image_part_00K.jpg) were all listed in one error, a
+    screenful before the advice: the first group is named, at most three of it, and the rest counted."""
+    paths = []
+    for folder in range(6):
+        (tmp_path / f"t{folder}").mkdir()
+        paths += [make_raster(name=f"t{folder}/{name}.tif", shape=(8, 8)) for name in ("a", "b")]
+    result = run("segment", *paths, "-o", tmp_path / "out", "-m", "threshold", "--quiet")
+    assert result.exit_code == 1 and "t2/a.tif and 3 more share a file name (and 1 other name(s) shared by 6 " \
+        "more inputs), so their outputs would overwrite each other" in result.output
+    assert "b.tif" not in result.output and "t4" not in result.output
+
+
 def test_segment_and_survey_keep_apart_names_that_differ_in_case_or_unicode_form(run, make_raster, tmp_path):
     """On macOS and Windows drives Scene_mask.tif and scene_mask.tif are one file, as are café in its two Unicode
     forms: segment reported two masks and wrote one, and survey credited both rasters with one mask."""

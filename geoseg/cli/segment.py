@@ -161,8 +161,13 @@ def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
             spellings.setdefault(name_key(raster_stem(p)), set()).add(raster_stem(p))
         alike = " (letter case or Unicode form aside: one name on macOS and Windows drives)" if any(
             len(s) > 1 for s in spellings.values()) else ""
+        # 63 Dubai tiles of 9 names were once listed whole, a screenful before the advice: the first group, counted
+        groups = sorted(sorted(p for p in clashing if name_key(raster_stem(p)) == k) for k in spellings)
+        named = ", ".join(groups[0]) if len(groups[0]) <= 4 else f"{', '.join(groups[0][:3])} and {len(groups[0]) - 3} more"
+        more = f" (and {len(groups) - 1} other name(s) shared by {len(clashing) - len(groups[0])} more inputs)" \
+            if len(groups) > 1 else ""
         raise click.ClickException(
-            f"{', '.join(clashing)} share a file name{alike}, so their outputs would overwrite each other in "
+            f"{named} share a file name{alike}{more}, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
             "raster a folder of its own.")
     # b.tif's run wrote (or, with --overwrite, removed as stale) the input b_mask.tif or b_preview.png;
@@ -316,6 +321,16 @@ class _client:
         return self.client
 
     def __exit__(self, *exc):
+        if self.cluster is not None and self.verbosity < 1 and exc[0] is None:
+            # every output is written: what the workers log while the scheduler closes under them is noise. On a
+            # loaded machine (load 10) a worker's heartbeat met the closed scheduler: 30 lines of "Failed to
+            # communicate with scheduler during heartbeat" and its traceback after a run that had succeeded
+            from geoseg.cli.workers import quiet_shutdown
+
+            try:
+                self.client.run(quiet_shutdown)
+            except Exception:  # noqa: BLE001 - a worker gone meanwhile: nothing of its to quiet
+                pass
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["QuietTensorFlow", "quiet_cancellations"]
+__all__ = ["QuietTensorFlow", "quiet_cancellations", "quiet_shutdown"]
 
 
 class QuietTensorFlow(WorkerPlugin):
@@ -26,3 +26,12 @@ def quiet_cancellations() -> None:
     import logging
 
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
+def quiet_shutdown() -> None:
+    """In a worker, once the run's outputs are written: nothing logged while the cluster closes (a heartbeat sent
+    as the scheduler closed printed an error and its traceback after a run that had succeeded)."""
+    import logging
+
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"] + ["distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
