@@ -36,6 +36,7 @@ from geoseg.raster import (
     check_unchanged,
     class_pixels_and_areas,
     create_outputs,
+    declared_scaling,
     describe_mask,
     first_line,
     gdal_cache_options,
@@ -844,13 +845,15 @@ def segment(
                          "--sieve (sieve=) would join regions that share a colour. Leave it out for this model.")
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
-    model_path = _calibrated(model_path, info, plan)
+    scaling = _index_scaling(model_path, card, info, plan)
+    model_path = _calibrated(model_path, info, plan, scaling)
     if normalization is not None and model_path.startswith(BUILTIN):  # as evaluate, compare and the web page do
         log.warning("%s keeps its own normalisation (it reads ratios of the bands, or stretches each raster): "
                     "--normalize (normalization=) is for Keras models, and is ignored here", card.name)
         normalization = None
-    norm = _normalization(card, normalization, info, plan)
-    _check_value_range(info, plan, card, norm)
+    norm = _normalization(card, normalization, info, plan) if scaling is None else \
+        {"method": "scale", "scale": scaling[0], "offset": scaling[1]}
+    _check_value_range(info, plan, card, norm if scaling is None else None)  # a baseline's indices: no range
     _check_untagged_fill(info, plan)
     _check_alpha_read(info, plan)
     _check_crs_missing(info)
@@ -1174,11 +1177,25 @@ def _describe(norm: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in norm.items())
 
 
-def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
+def _index_scaling(ref: str, card: ModelCard, info: RasterInfo, plan: Plan) -> tuple[list, list] | None:
+    """The file's band scales and offsets, for a built-in model that reads the raw values (the baselines' indices):
+    their NDWI and NDVI are of reflectance. On Landsat Collection 2 (offset -0.2: reflectance 0 is stored as 7273)
+    the stored counts squeezed NDWI about 3 times, and region-growing-nir called 85% of a scene water, against 38%
+    of the same pixels unscaled (h121). Keras models get the stored values, as they were trained on them."""
+    if not ref.startswith(BUILTIN) or card.normalization["method"] != "none":
+        return None
+    scaling = declared_scaling(info, plan.bands)
+    if scaling is not None:
+        log.info("%s: bands %s read with the file's scales %s and offsets %s (as QGIS shows them)", info.path,
+                 list(plan.bands), *scaling)
+    return scaling
+
+
+def _calibrated(ref: str, info: RasterInfo, plan: Plan, scaling: tuple[list, list] | None = None) -> str:
     """Let a segmenter with a `calibrate` hook (classical thresholds) fix its parameters on the whole raster.
 
-    It sees a decimated read (at most 1024 px a side) and its parameters join the
-    model reference, so every chunk, on any worker, uses the same ones.
+    It sees a decimated read (at most 1024 px a side), with `scaling` (per band scales, offsets) applied,
+    and its parameters join the model reference, so every chunk, on any worker, uses the same ones.
     """
     from urllib.parse import urlencode
 
@@ -1187,6 +1204,8 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan) -> str:
         return ref
 
     sample, valid = _whole_raster_sample(info, plan)
+    if scaling is not None:  # a new array: the sample is cached for the preview
+        sample = sample.astype(np.float32) * np.float32(scaling[0]) + np.float32(scaling[1])
     params = segmenter.calibrate(sample, valid)
     log.info("%s calibrated on %s: %s", ref, info.path, params)
     return f"{ref}?{urlencode(params)}"

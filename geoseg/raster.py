@@ -34,6 +34,7 @@ __all__ = [
     "unique_stems",
     "check_bands",
     "check_unchanged",
+    "declared_scaling",
     "WindowSource",
     "read_bands",
     "valid_pixels",
@@ -82,6 +83,10 @@ class RasterInfo:
     class_mask: bool = False  # a class mask with CLASS_NAMES tags, as segment writes them: no image to segment
     stamp: tuple | None = None  # (inode, size, mtime_ns) of a local file when inspected: see `check_unchanged`
     alpha_bands: tuple[int, ...] = ()  # 1-based bands tagged alpha (transparency), not data
+    # each band's scale and offset (value = stored * scale + offset), as GDAL reads them: (1.0, ...) and (0.0, ...)
+    # for a file that declares none; Landsat Collection 2 surface reflectance declares 2.75e-05 and -0.2
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
 
     @property
     def pixels(self) -> int:
@@ -272,6 +277,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     # an alpha band that is not the last of 2 or 4 (R,G,B,NIR,alpha): GDAL makes no mask of it
                     has_mask=any(MaskFlags.all_valid not in f for f in flags) or ColorInterp.alpha in ds.colorinterp,
                     alpha_bands=tuple(b for b, ci in enumerate(ds.colorinterp, 1) if ci == ColorInterp.alpha),
+                    scales=tuple(map(float, ds.scales)), offsets=tuple(map(float, ds.offsets)),
                     block_shape=tuple(ds.block_shapes[0]),
                     gcps=tuple(ds.gcps[0]),
                     gcp_crs=ds.gcps[1],
@@ -313,6 +319,23 @@ def check_unchanged(info: RasterInfo) -> None:
         raise RasterReadError(f"{info.path}: changed while it was being segmented (replaced or written to), so its "
                               "mask could mix two versions of it; nothing was put in place. Run again once the file "
                               "is complete.")
+
+
+def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float], list[float]] | None:
+    """The scales and offsets the file declares for `bands` (1-based), or None where they are all 1 and 0 (or one
+    is no usable number). Values in the file's units are ``stored * scale + offset``, as QGIS shows them and
+    ``gdal_translate -unscale`` writes them."""
+    if not info.scales:
+        return None
+    scales = [info.scales[b - 1] for b in bands]
+    offsets = [info.offsets[b - 1] for b in bands]
+    if all(s == 1 and o == 0 for s, o in zip(scales, offsets)):
+        return None
+    if not all(np.isfinite(s) and s != 0 and np.isfinite(o) for s, o in zip(scales, offsets)):
+        log.warning("%s: its band scales %s and offsets %s are not all usable numbers, so its stored values are read "
+                    "as they are", info.path, scales, offsets)
+        return None
+    return scales, offsets
 
 
 def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple[int, ...]:

@@ -322,3 +322,38 @@ def test_calibration_comes_from_the_pixels_not_the_files_overviews(tmp_path):
     assert np.array_equal(*masks)
     samples = [_window_sample(inspect_raster(str(p)), [1, 2, 3], Window(0, 0, n, n)) for p in (plain, with_overviews)]
     assert np.array_equal(samples[0][0], samples[1][0]) and np.array_equal(samples[0][1], samples[1][1])
+
+
+def _reflectance_pair(tmp_path):
+    """One scene twice: float32 reflectance of red, green, blue, NIR (water, bare soil, vegetation side by side),
+    and the UInt16 counts of Landsat Collection 2 surface reflectance (reflectance = count * 2.75e-5 - 0.2)."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(1)
+    refl = np.zeros((4, 96, 120), np.float32)
+    for i, rgbn in enumerate([(0.04, 0.07, 0.08, 0.02), (0.25, 0.22, 0.18, 0.30), (0.05, 0.09, 0.04, 0.40)]):
+        refl[:, :, i * 40:(i + 1) * 40] = np.array(rgbn, np.float32)[:, None, None]
+    refl += rng.normal(0, 0.015, refl.shape).astype(np.float32)
+    profile = dict(driver="GTiff", width=120, height=96, count=4, crs="EPSG:32617", transform=from_origin(0, 0, 30, 30))
+    with rasterio.open(tmp_path / "refl.tif", "w", dtype="float32", **profile) as ds:
+        ds.write(refl)
+    with rasterio.open(tmp_path / "stored.tif", "w", dtype="uint16", **profile) as ds:
+        ds.write(np.round((refl + 0.2) / 2.75e-5).astype(np.uint16))
+        ds.scales, ds.offsets = [2.75e-5] * 4, [-0.2] * 4
+    return tmp_path / "refl.tif", tmp_path / "stored.tif"
+
+
+@pytest.mark.parametrize("name", ["threshold", "threshold-nir", "region-growing-nir", "edges-watershed-nir"])
+def test_baselines_read_a_file_s_band_scales_and_offsets(tmp_path, name):
+    """The indices are of reflectance: Landsat Collection 2's offset of -0.2 squeezed NDWI about 3 times on the
+    stored counts, and region-growing-nir called 85% of a scene water against 38% unscaled (h121). Here 35-52% of
+    the pixels took another class on the counts; now the masks of the two files are one."""
+    refl, stored = _reflectance_pair(tmp_path)
+    masks = []
+    for path in (refl, stored):
+        result = segment(path, tmp_path / path.stem, model=name, preview=False)
+        with rasterio.open(result.outputs["mask"]) as ds:
+            masks.append(ds.read(1))
+    assert (masks[0] == masks[1]).all()
+    if name != "threshold":  # the scene's three columns: water, other, vegetation
+        assert [np.bincount(masks[0][:, i * 40:(i + 1) * 40].ravel()).argmax() for i in range(3)] == [1, 0, 2]

@@ -2403,3 +2403,35 @@ def test_survey_takes_a_progress_of_one_argument_as_segment_does(make_raster, tm
     survey([make_raster(name="b.tif", shape=(40, 50))], tmp_path / "t", model="threshold", vector=False,
            progress=lambda fraction, message: told.append(message))
     assert told and all(isinstance(m, str) for m in told)
+
+
+def test_flood_ndwi_reads_a_file_s_band_scales_and_offsets(tmp_path):
+    """NDWI of the stored counts of Landsat Collection 2 (offset -0.2) made an unchanged highway "permanent water"
+    (80,324 false water px against 33,036 unscaled, h121): the flood map of the counts is that of the reflectance."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(2)
+    refl = np.zeros((4, 60, 90), np.float32)  # blue, green, red, NIR: water, built-up land, vegetation
+    for i, bgrn in enumerate([(0.08, 0.07, 0.04, 0.02), (0.16, 0.18, 0.20, 0.22), (0.04, 0.09, 0.05, 0.40)]):
+        refl[:, :, i * 30:(i + 1) * 30] = np.array(bgrn, np.float32)[:, None, None]
+    refl += rng.normal(0, 0.004, refl.shape).astype(np.float32)
+    flooded = refl.copy()
+    flooded[:, 20:40, 30:60] = np.array([0.08, 0.07, 0.04, 0.02], np.float32)[:, None, None]  # water on the land
+    profile = dict(driver="GTiff", width=90, height=60, count=4, crs="EPSG:32617", transform=from_origin(0, 0, 30, 30))
+    paths = {}
+    for name, data in (("pre", refl), ("post", flooded)):
+        with rasterio.open(tmp_path / f"{name}_refl.tif", "w", dtype="float32", **profile) as ds:
+            ds.write(data)
+        with rasterio.open(tmp_path / f"{name}_stored.tif", "w", dtype="uint16", **profile) as ds:
+            ds.write(np.round((data + 0.2) / 2.75e-5).astype(np.uint16))
+            ds.scales, ds.offsets = [2.75e-5] * 4, [-0.2] * 4
+        paths[name] = tmp_path / f"{name}_refl.tif", tmp_path / f"{name}_stored.tif"
+    maps = []
+    for i in (0, 1):
+        result = flood(paths["post"][i], tmp_path / f"out{i}", pre=paths["pre"][i], method="ndwi", green_band=2,
+                       nir_band=4, ndwi_threshold=0.1)
+        with rasterio.open(result.outputs["tif"]) as ds:
+            maps.append(ds.read(1))
+    assert (maps[0] == maps[1]).all()
+    assert (maps[1][20:40, 30:60] == 1).all() and (maps[1][:, :30] == 2).all()  # flooded; permanent water
+    assert not np.isin(maps[1][:, 60:], [1, 2, 3]).any()  # vegetation stays dry

@@ -119,7 +119,8 @@ class ModelCard:
         x = block.astype(np.float32, copy=False)
         norm = normalization or self.normalization
         if norm["method"] == "scale":
-            return x * np.float32(norm.get("scale", 1.0)) + np.float32(norm.get("offset", 0.0))
+            # one number, or one per band (a file's own scales and offsets, `declared_scaling`)
+            return x * np.asarray(norm.get("scale", 1.0), np.float32) + np.asarray(norm.get("offset", 0.0), np.float32)
         if norm["method"] == "meanstd":
             mean = np.asarray(norm["mean"], np.float32)
             std = np.asarray(norm["std"], np.float32)
