@@ -135,13 +135,36 @@ def _gcp_fit(gcps) -> object | None:
 
 
 def is_gdal_path(path: str) -> bool:
-    """A GDAL virtual path (``/vsizip/a.zip/b.tif``) or a rasterio URL (``zip://a.zip!b.tif``, ``https://``)."""
-    return path.startswith("/vsi") or "://" in path
+    """A GDAL virtual path (``/vsizip/a.zip/b.tif``), a rasterio URL (``zip://a.zip!b.tif``, ``https://``) or one
+    raster of a file of several, as GDAL and QGIS name it (``GPKG:a.gpkg:table``, ``NETCDF:"f.nc":var``)."""
+    return path.startswith("/vsi") or "://" in path or subdataset_file(path) is not None
+
+
+_SUBDATASET = re.compile(r"([A-Z][A-Z0-9_]+):(.+)$")  # GDAL's DRIVER:...: never a drive letter (one letter)
+
+
+def subdataset_file(path: str) -> tuple[str, str] | None:
+    """(the file, the rest) of GDAL's name for one raster of a file of several: ``GPKG:a.gpkg:table`` ->
+    (``a.gpkg``, ``table``), ``GTIFF_DIR:2:a.tif`` -> (``a.tif``, ``2``), ``HDF5:"f.h5"://g/v`` -> (``f.h5``,
+    ``g/v``). None for anything else, a file of that very name included."""
+    found = _SUBDATASET.match(path)
+    if found is None or os.path.exists(path):
+        return None
+    parts = found[2].split(":")
+    for i in range(len(parts)):
+        for j in range(len(parts), i, -1):
+            if os.path.isfile(candidate := ":".join(parts[i:j]).strip('"')):
+                rest = ":".join(parts[:i] + parts[j:]).strip(":/")
+                return candidate, rest
+    return None
 
 
 def raster_stem(path: str | os.PathLike) -> str:
-    """The file name without extension that outputs are named after; ``zip://a.zip!b/c.tif`` -> ``c``."""
+    """The file name without extension that outputs are named after; ``zip://a.zip!b/c.tif`` -> ``c``,
+    ``GPKG:a.gpkg:table`` -> ``a_table``."""
     path = os.fspath(path)
+    if (sub := subdataset_file(path)) is not None:
+        return "_".join(filter(None, (Path(sub[0]).stem, re.sub(r"[^\w.-]+", "_", sub[1]).strip("_"))))
     return Path(path.rsplit("!", 1)[-1] if "://" in path else path).stem
 
 
@@ -249,6 +272,8 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     if relative := re.match(r"(zip|tar|gzip)://(?!/)([^!]+)(!.*)?$", path):  # rasterio reads these only absolute
         path = f"{relative[1]}://{os.path.abspath(relative[2])}{relative[3] or ''}"
     path = _absolute_archive(path)  # a Dask worker started in another folder read /vsizip/data/a.zip/x.tif there
+    if (sub := subdataset_file(path)) is not None and not os.path.isabs(sub[0]):  # GPKG:a.gpkg:t, likewise
+        path = path.replace(sub[0], os.path.abspath(sub[0]), 1)
     if is_gdal_path(path):  # /vsizip/..., zip://...!x.tif, https://...: GDAL finds it, or says why not
         pass
     elif not os.path.exists(absolute := os.path.abspath(path)):
@@ -265,6 +290,8 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         with catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
+                if ds.count == 0:  # a GeoPackage of two raster tables, a NetCDF of variables: a ValueError traceback
+                    raise RasterReadError(_several_rasters(path, ds.subdatasets))
                 flags = ds.mask_flag_enums
                 info = RasterInfo(
                     path=path,
@@ -300,6 +327,14 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
             f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
         )
     return info
+
+
+def _several_rasters(path: str, subdatasets: list[str]) -> str:
+    if not subdatasets:
+        return f"{path}: holds no raster bands (a vector layer, or an empty raster table?); pass a raster."
+    shown = ", ".join(repr(s) for s in subdatasets[:5]) + (f" and {len(subdatasets) - 5} more" if len(subdatasets) > 5 else "")
+    return (f"{path}: holds {len(subdatasets)} rasters, not one; pass one of them by GDAL's name for it, as QGIS "
+            f"does: {shown} (gdalinfo lists them).")
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

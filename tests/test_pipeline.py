@@ -1753,3 +1753,48 @@ def test_empty_and_home_relative_paths_and_non_bool_flags_are_named(make_raster,
         vectorize(mask, "")
     with pytest.raises(InputError, match=r"`overwrite` must be True or False. Received: overwrite=1"):
         compare(["threshold", "region-growing"], [raster], output_dir=tmp_path / "cmp", overwrite=1)
+
+
+def test_a_file_of_several_rasters_is_named_and_one_of_them_segmented(make_raster, tmp_path, monkeypatch):
+    """A GeoPackage of two raster tables failed with a ValueError traceback (no --json answer, no GeosegError for a
+    script), and QGIS's name for one of them, GPKG:multi.gpkg:scene_b, was "no such file" (h120)."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+    from geoseg.errors import RasterReadError
+
+    image = make_raster(shape=(40, 48))
+    with rasterio.open(image) as src:
+        data, profile = src.read(), src.profile
+    multi = tmp_path / "multi.gpkg"
+    for table, append in (("scene_a", "NO"), ("scene_b", "YES")):
+        with rasterio.open(multi, "w", driver="GPKG", width=48, height=40, count=3, dtype="uint8", crs=profile["crs"],
+                           transform=profile["transform"], RASTER_TABLE=table, APPEND_SUBDATASET=append,
+                           TILE_FORMAT="PNG") as ds:
+            ds.write(data)
+    with pytest.raises(RasterReadError, match=r"multi.gpkg: holds 2 rasters, not one; pass one of them by GDAL's name "
+                                              r"for it, as QGIS does: 'GPKG:.*multi.gpkg:scene_a', 'GPKG:"):
+        segment(multi, tmp_path / "out", model="threshold")
+    result = CliRunner().invoke(main, ["segment", str(multi), "-o", str(tmp_path / "out"), "-m", "threshold", "--json"])
+    assert result.exit_code == 1 and "holds 2 rasters" in json.loads(result.stdout)["error"]
+    monkeypatch.chdir(tmp_path)  # a relative file in it, as QGIS's "Copy as path" of a layer gives
+    result = CliRunner().invoke(main, ["segment", "GPKG:multi.gpkg:scene_b", "-o", "out", "-m", "threshold", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out" / "multi_scene_b_mask.tif") as ds, rasterio.open(image) as src:
+        assert ds.crs == src.crs and ds.transform == src.transform
+    plain = segment(image, tmp_path / "plain", model="threshold", preview=False)
+    with rasterio.open(plain.outputs["mask"]) as a, rasterio.open(tmp_path / "out" / "multi_scene_b_mask.tif") as b:
+        assert (a.read(1) == b.read(1)).all()
+
+
+def test_names_of_one_raster_in_a_file_of_several(tmp_path, monkeypatch):
+    from geoseg.raster import is_gdal_path, raster_stem, subdataset_file
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("f.nc", "a.gpkg", "b.tif", "f.h5", "AB:c.tif"):
+        (tmp_path / name).write_bytes(b"x")
+    assert subdataset_file('NETCDF:"f.nc":sst') == ("f.nc", "sst") and raster_stem('NETCDF:"f.nc":sst') == "f_sst"
+    assert raster_stem("GPKG:a.gpkg:scene b") == "a_scene_b" and raster_stem("GTIFF_DIR:2:b.tif") == "b_2"
+    assert raster_stem('HDF5:"f.h5"://grid/sst') == "f_grid_sst"
+    assert not is_gdal_path("AB:c.tif")  # a file of that very name
+    assert not is_gdal_path("C:/data/x.tif") and not is_gdal_path("GPKG:missing.gpkg:t")
