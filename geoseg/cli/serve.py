@@ -10,7 +10,9 @@ __all__ = ["serve"]
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. On a loopback address only requests to 127.0.0.1, localhost or ::1 are "
+                   "answered; 0.0.0.0 shares the page with the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--max-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
 @click.option("--max-mpx", type=FiniteRange(min=0.01), default=50.0, show_default=True,
@@ -57,7 +59,8 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
     try:
         app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                           "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
-                          "GEOSEG_MAX_QUEUED": max_queued, "GEOSEG_ABANDON_AFTER": abandon_after})
+                          "GEOSEG_MAX_QUEUED": max_queued, "GEOSEG_ABANDON_AFTER": abandon_after,
+                          "GEOSEG_LOCAL_ONLY": _loopback(host)})
     except GeosegError as exc:  # no folder for its files: a traceback
         raise click.ClickException(str(exc)) from None
     import logging
@@ -95,3 +98,13 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
     sys.stderr.flush()
     # app.run returns only on Ctrl-C: 130, as every other command (it was 0, which a supervisor reads as a clean
     os._exit(130)  # end); not Python's shutdown, which waits for the abandoned jobs' threads
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` (--host) is a loopback address or name: the server then answers only requests to those."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"

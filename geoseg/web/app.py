@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -25,7 +26,7 @@ from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 from geoseg.web.jobs import Job, JobManager
-from geoseg.web.uploads import UploadError, check_pixels, check_readable, display_name, sniff
+from geoseg.web.uploads import UploadError, check_driver, check_pixels, check_readable, display_name, sniff
 
 __all__ = ["create_app"]
 
@@ -37,7 +38,13 @@ DEFAULTS = {
     "GEOSEG_MAX_QUEUED": 20,  # jobs waiting for a worker; past it, uploads get 503 and Retry-After
     "GEOSEG_ABANDON_AFTER": 180,  # seconds a queued job may go unpolled before it is dropped (its page was closed)
     "GEOSEG_DATA_DIR": None,  # default: a folder in the system temp dir
+    # answer only requests addressed to this machine's loopback names: `geoseg serve` sets it when it listens on a
+    # loopback address, so that a web page the user opens cannot reach the server through a name of its own that
+    # it re-points at 127.0.0.1 (DNS rebinding), and read the answers
+    "GEOSEG_LOCAL_ONLY": False,
 }
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def _server_folder(data_dir) -> Path:
@@ -75,8 +82,31 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["geoseg_jobs"] = jobs
 
     @app.before_request
+    def refuse_other_sites():
+        """Jobs are posted and cancelled by this server's own page or by clients that send no Origin (curl,
+        scripts): any web page the user had open could post uploads to 127.0.0.1 and cancel jobs (h123)."""
+        from urllib.parse import urlsplit
+
+        if app.config["GEOSEG_LOCAL_ONLY"] and urlsplit(f"//{request.host}").hostname not in LOOPBACK_NAMES:
+            return jsonify(error=f"this server answers requests to 127.0.0.1 or localhost, not to {request.host}."), 403
+        origin = request.headers.get("Origin")
+        if request.method in UNSAFE_METHODS and origin is not None and urlsplit(origin).netloc != request.host:
+            return jsonify(error=f"requests from other web sites ({origin}) are refused; use this server's own page "
+                                 f"(http://{request.host}/) or a client of the JSON API."), 403
+        return None
+
+    @app.before_request
     def expire_old_jobs():  # on every request, so files go after --ttl even if nobody polls
         jobs.expire()
+
+    @app.after_request
+    def security_headers(response):
+        # no framing by other sites (clickjacking), and no type guessed from a served file's content
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.errorhandler(UploadError)
     def upload_error(exc: UploadError):
@@ -281,6 +311,7 @@ def _save_upload(storage, folder: Path, stem: str, *, what: str = "image") -> Pa
     storage.stream.seek(0)
     path = folder / f"{stem}.{kind}"
     storage.save(path)
+    check_driver(path, kind, what=what)  # before any other open: a VRT behind a JPEG's magic read local files
     return path
 
 
@@ -329,19 +360,22 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
         (folder / "upload").mkdir()  # by the user's name: layers in the GeoPackage are named after it
         path = _save_upload(image, folder / "upload", stem)
         _, _, count = check_pixels(path, max_pixels, name=shown)
-        check_readable(path, path.suffix[1:], name=shown)  # a truncated COG showed its overviews, then failed
-        path, count = _expand_palette(path, count, shown)
-        _check_bands(shown, count, [registry[n] for n in names if n in registry], registry.values())
-        job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve),
-                  normalize=normalize, keras=[registry[n].path is not None for n in names],
-                  regions=[registry[n].card.output == "regions" for n in names])
-        job.files["input"] = path
-        job.files["original.png"] = _original_png(path, folder, shown)
-        if label_name is not None:
-            part = "label"
-            job.files["label"] = _save_upload(label, folder, "label", what="label")
-            job.has_label, job.label_name = True, label_name
-            _check_label(job.files["label"], path, label_name, shown)
+        with DECODING:  # each upload is decoded whole below: up to 2.3 GB at the server's limits (h123)
+            check_readable(path, path.suffix[1:], name=shown)  # a truncated COG showed its overviews, then failed
+            path, count = _expand_palette(path, count, shown)
+            _check_bands(shown, count, [registry[n] for n in names if n in registry], registry.values())
+            job = Job(job_id, folder, shown, names, False, precision=precision, tta=tta, sieve=int(sieve),
+                      normalize=normalize, keras=[registry[n].path is not None for n in names],
+                      regions=[registry[n].card.output == "regions" for n in names])
+            job.files["input"] = path
+            job.files["original.png"] = _original_png(path, folder, shown)
+            if label_name is not None:
+                part = "label"
+                job.files["label"] = _save_upload(label, folder, "label", what="label")
+                # the image's limits too: a label of 200 float64 bands (1.6 MB on disk, 1.6 GB decoded) took 3 GB
+                check_pixels(job.files["label"], max_pixels, name=f"label {label_name}")
+                job.has_label, job.label_name = True, label_name
+                _check_label(job.files["label"], path, label_name, shown)
     except Exception as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, GeosegError) and not isinstance(exc, ModelNotFoundError):  # e.g. inspect_raster's
@@ -349,6 +383,11 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
                               getattr(exc, "field", None) or part) from None
         raise
     return jobs.submit(job)
+
+
+# uploads decoded at once: each check reads all of its upload (a 7000² two-band float64 strip of 0.8 MB on disk took
+# 2.3 GB), and up to --workers + --max-queued of them (22) were checked at once, 7.4 GB for three (h123)
+DECODING = threading.BoundedSemaphore(2)
 
 
 def _check_label(label: Path, image: Path, label_name: str, image_name: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from geoseg.errors import InputError, catch_warnings
 
-__all__ = ["UploadError", "sniff", "check_pixels", "check_readable", "display_name"]
+__all__ = ["UploadError", "sniff", "check_driver", "check_pixels", "check_readable", "display_name"]
 
 MAX_STEM_BYTES = 150  # of a stored upload's name, in UTF-8: 文 is 3 bytes
 
@@ -42,6 +42,42 @@ def sniff(head: bytes, *, what: str = "image") -> str:
             return kind
     raise UploadError(f"the {what} file is not a PNG, JPEG or GeoTIFF (checked from its content, not its name). "
                       "Upload one of those.", 415)
+
+
+DRIVERS = {"png": "PNG", "jpg": "JPEG", "tif": "GTiff"}  # the GDAL driver each sniffed type must open with
+# Text that GDAL drivers look for anywhere in a file's first bytes, of formats whose header names other files or
+# URLs to read (VRT sources, PDS/ISIS/VICAR labels' data files, WMS servers): lower case, searched in `HEAD_BYTES`
+LABEL_MARKERS = {b"<vrtdataset": "a GDAL VRT", b"<gdal_wms": "a GDAL WMS description",
+                 b"<gdal_wcs": "a GDAL WCS description", b"pds_version_id": "a PDS label", b"^image": "a PDS label",
+                 b"isiscube": "an ISIS cube label", b"lblsize": "a VICAR label"}
+HEAD_BYTES = 8192
+
+
+def check_driver(path: Path, kind: str, *, what: str = "image") -> None:
+    """Refuse (415) a saved upload that GDAL opens with any driver but the one of its sniffed `kind`.
+
+    GDAL picks a driver by the content, and some look anywhere in the first kilobyte: ``\\xff\\xd8\\xff`` (a
+    JPEG's magic) then ``<VRTDataset>`` opened as a VRT whose sources were any local file (/etc/passwd, as a
+    raw band) or URL (/vsicurl/), and the page served their pixels back as the job's original.png. Every later
+    open of the upload is unrestricted, so the driver GDAL picks with no restriction is the one checked.
+    """
+    import rasterio
+
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES).lower()
+    if marker := next((m for m in LABEL_MARKERS if m in head), None):  # refused before GDAL opens it: no source it
+        raise UploadError(f"the {what} file starts as a {DRIVERS[kind]} but holds the text of {LABEL_MARKERS[marker]}, "
+                          "a format that reads other files. Upload a PNG, JPEG or GeoTIFF.", 415)  # names is opened
+    try:
+        with catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as ds:
+                driver = ds.driver
+    except rasterio.errors.RasterioIOError:
+        return  # check_pixels says it cannot be read
+    if driver != DRIVERS[kind]:
+        raise UploadError(f"the {what} file starts as a {DRIVERS[kind]} but is not one (GDAL reads it as {driver}). "
+                          "Upload a PNG, JPEG or GeoTIFF.", 415)
 
 
 BYTES_PER_PIXEL = 16  # the decoded size an upload may have per pixel of the limit: four float32 bands
