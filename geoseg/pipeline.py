@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 from dask.callbacks import Callback
 
-from geoseg.errors import ClusterError, GeosegError, InputError, OutputError, TilingError
+from geoseg.errors import BandError, ClusterError, GeosegError, InputError, OutputError, TilingError
 from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
@@ -31,7 +31,9 @@ from geoseg.raster import (
     NODATA,
     gdal_can_name,
     RasterInfo,
+    SPECTRAL_TAGS,
     WindowSource,
+    band_roles,
     check_bands,
     check_unchanged,
     class_pixels_and_areas,
@@ -40,6 +42,7 @@ from geoseg.raster import (
     describe_mask,
     first_line,
     gdal_cache_options,
+    gdal_edit,
     inspect_raster,
     is_gdal_path,
     model_grid,
@@ -103,6 +106,13 @@ def plan_run(
     BandError
         Bands the raster does not have or the model cannot use.
     """
+    if bands is None and card.band_names and card.n_bands > info.count and not info.paletted:
+        # "pass --bands with 4 indexes between 1 and 3" was followed with 1,2,3,3: blue read as NIR, silently (h121)
+        lacking = ", ".join(card.band_names[info.count:])
+        raise BandError(f"{info.path}: has {info.count} band(s), and model {card.name} reads {card.n_bands}: "
+                        f"{', '.join(card.band_names)}; an image without its {lacking} cannot give it those. Use a "
+                        "model of the image's bands" + (f", such as {card.name[:-4]}" if card.name.endswith("-nir")
+                                                        else " (geoseg models lists each one's bands)") + ".")
     bands = check_bands(info, card.bands if bands is None else bands, needed=card.n_bands)
     margin = card.margin if margin is None else _whole("margin", margin, 0, MAX_MARGIN)
     batch_size = _whole("batch_size", batch_size, 1, None)
@@ -856,6 +866,7 @@ def segment(
     _check_value_range(info, plan, card, norm if scaling is None else None)  # a baseline's indices: no range
     _check_untagged_fill(info, plan)
     _check_alpha_read(info, plan)
+    _check_band_roles(info, plan, card)
     _check_crs_missing(info)
     stem = raster_stem(info.path)
     with new_folders_removed_on_error(output_dir):  # bad input or Ctrl-C from here on leave no empty folder
@@ -1145,9 +1156,9 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
         if total and count_at / total > FILL_SHARE:
             log.warning("%s: %.0f%% of its edge is %d in every band, and it has no nodata value: the fill that a warp, "
                         "a mosaic or a drone ortho's export leaves? Those pixels are segmented as if they were ground (a "
-                        "flood map counts them as water or dry land). Tag it: gdal_edit.py -a_nodata %d %s (or warp "
-                        "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value, value, info.path,
-                        value)
+                        "flood map counts them as water or dry land). Tag it: %s -a_nodata %d %s (or warp "
+                        "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value, gdal_edit(info.path),
+                        value, info.path, value)
             return
 
 
@@ -1157,8 +1168,29 @@ def _check_alpha_read(info: RasterInfo, plan: Plan) -> None:
     tagged = [b for b in plan.bands if b in info.alpha_bands]
     for band in tagged:
         log.warning("%s: band %d, which the model reads as its band %d, is tagged alpha (transparency), not data: "
-                    "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (gdal_edit.py "
-                    "-colorinterp_%d undefined) if it holds data", info.path, band, plan.bands.index(band) + 1, band)
+                    "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (%s "
+                    "-colorinterp_%d undefined %s) if it holds data", info.path, band, plan.bands.index(band) + 1,
+                    gdal_edit(info.path), band, info.path)
+
+
+def _check_band_roles(info: RasterInfo, plan: Plan, card: ModelCard) -> None:
+    """Warn where the file's band descriptions (or deliberate colour tags) say that a band read is not what the card
+    says the model reads there: a Landsat stack (coastal, blue, green, red, nir...) went into threshold-nir as red,
+    green, blue, NIR from its first four bands, and into the U-Net as coastal, blue, green, with no word (h121)."""
+    if not card.band_names:
+        return
+    roles = band_roles(info)
+    wrong = [(b, want, roles[b - 1]) for b, want in zip(plan.bands, card.band_names)
+             if roles[b - 1] is not None and want in SPECTRAL_TAGS and roles[b - 1] != want]
+    if not wrong:
+        return
+    said = "; ".join(f"band {b}, read as its {want}, is {got}" for b, want, got in wrong)
+    found = [next((i + 1 for i, r in enumerate(roles) if r == want), None) for want in card.band_names]
+    fix = (f"Its {', '.join(card.band_names)} are bands {','.join(map(str, found))}: pass --bands "
+           f"{','.join(map(str, found))} (bands={found})" if None not in found else
+           f"If the file is right, pass --bands (bands=) with its {', '.join(card.band_names)} bands in that order")
+    log.warning("%s: model %s reads %s, but the file says otherwise (its band descriptions or colour tags): %s. %s.",
+                info.path, card.name, ", ".join(card.band_names), said, fix)
 
 
 def _check_crs_missing(info: RasterInfo) -> None:
@@ -1168,9 +1200,9 @@ def _check_crs_missing(info: RasterInfo) -> None:
         sidecar = next((p for p in (Path(info.path).with_suffix(".prj"), Path(f"{info.path}.prj")) if p.is_file()),
                        None)
         log.warning("%s: it has a geotransform but no CRS%s, so the mask and polygons have none and no areas in m². "
-                    "Give it one: gdal_edit.py -a_srs %s %s", info.path,
-                    f" (GDAL reads no {sidecar.name} beside a GeoTIFF)" if sidecar else "",
-                    sidecar if sidecar else "EPSG:XXXX", info.path)
+                    "Give it one: %s -a_srs %s %s", info.path,
+                    f" (GDAL does not read the {sidecar.name} beside it)" if sidecar else "",
+                    gdal_edit(info.path), sidecar if sidecar else "EPSG:XXXX", info.path)
 
 
 def _describe(norm: dict) -> str:

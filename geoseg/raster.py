@@ -34,7 +34,9 @@ __all__ = [
     "unique_stems",
     "check_bands",
     "check_unchanged",
+    "band_roles",
     "declared_scaling",
+    "gdal_edit",
     "WindowSource",
     "read_bands",
     "valid_pixels",
@@ -87,6 +89,8 @@ class RasterInfo:
     # for a file that declares none; Landsat Collection 2 surface reflectance declares 2.75e-05 and -0.2
     scales: tuple[float, ...] = ()
     offsets: tuple[float, ...] = ()
+    descriptions: tuple[str | None, ...] = ()  # each band's description, as gdalinfo shows it ("nir", "B4 red")
+    color_tags: tuple[str, ...] = ()  # each band's colour interpretation, by rasterio's name ("red", "nir", "alpha")
 
     @property
     def pixels(self) -> int:
@@ -157,6 +161,15 @@ def subdataset_file(path: str) -> tuple[str, str] | None:
                 rest = ":".join(parts[:i] + parts[j:]).strip(":/")
                 return candidate, rest
     return None
+
+
+READ_ONLY_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jp2", ".j2k")  # no GDAL update access
+
+
+def gdal_edit(path: str | os.PathLike) -> str:
+    """``gdal_edit.py`` with ``-ro`` for a format GDAL cannot update (JPEG, PNG...: "does not support update
+    access"), whose edit then goes into a ``.aux.xml`` beside it, which GDAL and QGIS read (h120)."""
+    return "gdal_edit.py -ro" if Path(os.fspath(path)).suffix.lower() in READ_ONLY_SUFFIXES else "gdal_edit.py"
 
 
 def raster_stem(path: str | os.PathLike) -> str:
@@ -305,6 +318,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                     has_mask=any(MaskFlags.all_valid not in f for f in flags) or ColorInterp.alpha in ds.colorinterp,
                     alpha_bands=tuple(b for b, ci in enumerate(ds.colorinterp, 1) if ci == ColorInterp.alpha),
                     scales=tuple(map(float, ds.scales)), offsets=tuple(map(float, ds.offsets)),
+                    descriptions=tuple(ds.descriptions), color_tags=tuple(c.name for c in ds.colorinterp),
                     block_shape=tuple(ds.block_shapes[0]),
                     gcps=tuple(ds.gcps[0]),
                     gcp_crs=ds.gcps[1],
@@ -354,6 +368,30 @@ def check_unchanged(info: RasterInfo) -> None:
         raise RasterReadError(f"{info.path}: changed while it was being segmented (replaced or written to), so its "
                               "mask could mix two versions of it; nothing was put in place. Run again once the file "
                               "is complete.")
+
+
+# colour tags GDAL never gives by default (it tags 3 and 4 bands of 8 bits red, green, blue and alpha whatever they
+# hold): a file with one of them was tagged on purpose, and its red, green and blue can be trusted too
+DELIBERATE_TAGS = ("coastal", "rededge", "nir", "swir", "mwir", "lwir", "tir", "other_ir", "pan")
+SPECTRAL_TAGS = ("red", "green", "blue", *DELIBERATE_TAGS)
+_DESCRIBED = (("rededge", ("rededge", "red edge")), ("nir", ("nir", "nir08", "near infrared", "nearinfrared")),
+              ("swir", ("swir", "swir1", "swir2", "swir16", "swir22", "shortwave infrared")),
+              ("coastal", ("coastal",)), ("pan", ("pan", "panchromatic")), ("red", ("red",)), ("green", ("green",)),
+              ("blue", ("blue",)))  # in this order: "red edge" is no red
+
+
+def band_roles(info: RasterInfo) -> list[str | None]:
+    """What each band is by the file's own word: its description ("nir", "Band 4 (red)", "SWIR 1"), else its
+    colour tag where the tags were set on purpose (`DELIBERATE_TAGS`); None where the file does not say."""
+    deliberate = any(t in DELIBERATE_TAGS for t in info.color_tags)
+    roles: list[str | None] = []
+    for i in range(info.count):
+        words = re.findall(r"[a-z0-9]+", ((info.descriptions[i] if i < len(info.descriptions) else None) or "").lower())
+        text = f" {' '.join(words)} "
+        found = next((role for role, names in _DESCRIBED if any(f" {n} " in text for n in names)), None)
+        tag = info.color_tags[i] if i < len(info.color_tags) else None
+        roles.append(found or (tag if deliberate and tag in SPECTRAL_TAGS else None))
+    return roles
 
 
 def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float], list[float]] | None:

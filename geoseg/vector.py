@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders, refuse_unwritable, replaced_atomically, write_advice
-from geoseg.raster import (NODATA, RasterInfo, first_line, inspect_raster, open_quietly, raster_stem, same_raster,
+from geoseg.raster import (NODATA, RasterInfo, first_line, gdal_edit, inspect_raster, open_quietly, raster_stem, same_raster,
                            reading_pixels)
 
 __all__ = [
@@ -48,6 +48,16 @@ warnings.filterwarnings("ignore", message="Dataset has no geotransform", categor
 # and of the first block's transform, the identity (pixel coordinates of the whole mask, which start there)
 warnings.filterwarnings("ignore", message="The given matrix is equal to Affine.identity", category=NotGeoreferencedWarning,
                         module="rasterio.features")
+
+# GeoPackage 1.2, not the 1.4 of pyogrio's GDAL 3.12: GDAL 3.6 (Debian 12's, under its QGIS) warned on every open
+# of a 1.4 file that it "may only be partially supported" (h120); geoseg's layers use nothing newer
+GPKG_OPTIONS = {"VERSION": "1.2"}
+
+
+def dataset_options(driver: str) -> dict[str, str]:
+    """The creation options of a new vector file of `driver`."""
+    return dict(GPKG_OPTIONS) if driver == "GPKG" else {}
+
 
 VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf",
                   ".parquet": "GeoParquet"}
@@ -732,7 +742,7 @@ def vectorize(
     if not declared and nodata_seen:
         log.warning("%s declares no nodata value, so its pixels of value 255 are taken as nodata (as in geoseg's "
                     "masks) and get no polygons. If 255 is a class there, declare its nodata value "
-                    "(gdal_edit.py -a_nodata 0 %s, say) and run again.", info.path, info.path)
+                    "(%s -a_nodata 0 %s, say) and run again.", info.path, gdal_edit(info.path), info.path)
     if keep_ids is not None:  # the style lists the classes kept: --classes water gave a legend of every class
         names = {i: c for i, c in names.items() if i in keep_ids}
     qml = out_path.with_suffix(".qml")
@@ -814,7 +824,8 @@ def _write_layer(frame, out_path: Path, driver: str) -> None:
         if driver == "GeoParquet":
             frame.to_parquet(tmp)
         else:
-            frame.to_file(tmp, driver=driver, layer=layer_name(out_path.stem), engine="pyogrio", use_arrow=True)
+            frame.to_file(tmp, driver=driver, layer=layer_name(out_path.stem), engine="pyogrio", use_arrow=True,
+                          dataset_options=dataset_options(driver))
 
     _written_atomically(out_path, driver, write)
 
@@ -856,7 +867,7 @@ def _write_stream(out_path: Path, driver: str, frames, crs, *, confidence: bool)
             with _noting_signals(signals):
                 pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()), tmp, layer=layer_name(out_path.stem),
                                     driver=driver, geometry_name="geometry", geometry_type="Polygon",
-                                    crs=None if crs is None else crs.to_wkt())
+                                    crs=None if crs is None else crs.to_wkt(), dataset_options=dataset_options(driver))
         except RuntimeError:
             if failure:
                 raise failure[0] from None

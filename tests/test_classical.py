@@ -357,3 +357,39 @@ def test_baselines_read_a_file_s_band_scales_and_offsets(tmp_path, name):
     assert (masks[0] == masks[1]).all()
     if name != "threshold":  # the scene's three columns: water, other, vegetation
         assert [np.bincount(masks[0][:, i * 40:(i + 1) * 40].ravel()).argmax() for i in range(3)] == [1, 0, 2]
+
+
+def test_bands_read_against_the_file_s_descriptions_are_warned_of(tmp_path, caplog):
+    """A stack in the order nir, swir1, red, green, blue went into threshold-nir as red, green, blue, NIR from its
+    first four bands (41% water, no word), and a Landsat stack into the U-Net as coastal, blue, green (h121)."""
+    from rasterio.transform import from_origin
+
+    from geoseg.errors import BandError
+
+    image, _ = _scene(nir=True)
+    r, g, b, n = image
+    path = tmp_path / "stack.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=120, count=5, dtype="uint8", crs="EPSG:32617",
+                       transform=from_origin(0, 0, 10, 10)) as ds:
+        ds.write(np.stack([n, (r // 2 + n // 2), r, g, b]))
+        ds.descriptions = ("NIR", "SWIR 1", "Red", "Green", "Blue")  # as a user or a download tool sets them
+    caplog.set_level("WARNING", logger="geoseg")
+    segment(path, tmp_path / "wrong", model="threshold-nir", preview=False)
+    assert ("stack.tif: model threshold-nir reads red, green, blue, nir, but the file says otherwise (its band "
+            "descriptions or colour tags): band 1, read as its red, is nir; band 2, read as its green, is swir; band 3, "
+            "read as its blue, is red; band 4, read as its nir, is green. Its red, green, blue, nir are bands 3,4,5,1: "
+            "pass --bands 3,4,5,1 (bands=[3, 4, 5, 1]).") in caplog.text
+    caplog.clear()
+    segment(path, tmp_path / "right", model="threshold-nir", bands=[3, 4, 5, 1], preview=False)
+    assert "says otherwise" not in caplog.text
+    # a file that does not say what its bands are (an RGB photo) is read as it is, without a word
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=150, height=120, count=3, dtype="uint8") as ds:
+        ds.write(image[:3])
+    segment(plain, tmp_path / "plain", model="threshold", bands=[3, 2, 1], preview=False)
+    assert "says otherwise" not in caplog.text
+    # an RGB image through a -nir baseline: "pass --bands with 4 indexes between 1 and 3" was followed with 1,2,3,3
+    with pytest.raises(BandError, match=r"plain.tif: has 3 band\(s\), and model threshold-nir reads 4: red, green, "
+                                        r"blue, nir; an image without its nir cannot give it those. Use a model of "
+                                        r"the image's bands, such as threshold\."):
+        segment(plain, tmp_path / "nir", model="threshold-nir")

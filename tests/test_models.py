@@ -77,6 +77,9 @@ CARD = {
         ({"normalization": {"method": "scale", "scale": 1e308}}, "'normalization.scale' is 1e.308"),
         ({"normalization": {"method": "meanstd", "mean": [0, 0, 0], "std": [1e-300, 1, 1]}}, "'normalization.std'"),
         ({"normalization": {"method": "meanstd", "mean": [1e300, 0, 0], "std": [1, 1, 1]}}, "'normalization.mean'"),
+        ({"band_names": ["red", "green"]}, "'band_names' must list a name for each of the 3 band"),
+        ({"band_names": "rgb"}, "'band_names' must list a name"),
+        ({"band_names": ["red", "", "blue"]}, "'band_names' must list a name"),
     ],
 )
 def test_card_validation_names_the_field(change, match):
@@ -97,6 +100,13 @@ def test_card_missing_field(field):
 def test_card_round_trip_and_normalize():
     card = ModelCard.from_dict(CARD)
     assert ModelCard.from_dict(card.to_dict()) == card
+    assert "band_names" not in card.to_dict()  # a card without them is written without them
+    named = ModelCard.from_dict({**CARD, "band_names": ["Red", "green ", "NIR"]})
+    assert named.band_names == ("red", "green", "nir") and ModelCard.from_dict(named.to_dict()) == named
+    # a file's own scales and offsets, one per band (`declared_scaling`)
+    per_band = ModelCard.from_dict({**CARD, "normalization": {"method": "none"}})
+    assert per_band.normalize(np.array([[10, 20, 30]], np.uint16), {"method": "scale", "scale": [0.5, 1, 2],
+                                                                     "offset": [0, -1, 1]}).tolist() == [[5, 19, 61]]
     assert card.normalize(np.array([[2, 4]], np.uint8)).tolist() == [[1.0, 2.0]]
     mean_std = ModelCard.from_dict({**CARD, "normalization": {"method": "meanstd", "mean": [1, 2, 3],
                                                               "std": [1, 2, 4]}})

@@ -1698,9 +1698,18 @@ def test_a_raster_placed_without_a_crs_is_warned_about(make_raster, tmp_path, ca
     caplog.set_level("WARNING", logger="geoseg")
     result = segment(path, tmp_path / "out", model="threshold", preview=False)
     assert result.crs is None and result.transform is not None
-    assert (f"world.tif: it has a geotransform but no CRS (GDAL reads no world.prj beside a GeoTIFF), so the mask "
+    assert (f"world.tif: it has a geotransform but no CRS (GDAL does not read the world.prj beside it), so the mask "
             f"and polygons have none and no areas in m². Give it one: gdal_edit.py -a_srs {path.with_suffix('.prj')} "
             f"{path}") in caplog.text
+    caplog.clear()
+    from PIL import Image
+
+    # a JPEG with a world file, the usual case: GDAL cannot update a JPEG ("does not support update access"), and
+    # the advice as given failed (h120); with -ro the CRS goes into photo.jpg.aux.xml, which GDAL and QGIS read
+    Image.fromarray(np.full((30, 40, 3), 120, np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "photo.jgw").write_text("0.5\n0\n0\n-0.5\n500000\n2800000\n")
+    segment(tmp_path / "photo.jpg", tmp_path / "photo", model="threshold", preview=False)
+    assert f"Give it one: gdal_edit.py -ro -a_srs EPSG:XXXX {tmp_path / 'photo.jpg'}" in caplog.text
     caplog.clear()
     segment(make_raster(name="placed.tif"), tmp_path / "placed", model="threshold", preview=False)
     assert "no CRS" not in caplog.text

@@ -760,6 +760,7 @@ def test_vector_values_that_match_no_class_are_reported(tmp_path, caplog):
 def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
     """NAME.toml kept the original config's relative paths, so `geoseg train --config NAME.toml` found no images."""
     config = _dataset(tmp_path, "index")
+    config.write_text('band_names = ["red", "green", "blue"]\n' + config.read_text())  # the card's (h121)
     deep = tmp_path / "deep" / "a" / "b"
     args = ["--epochs", "1", "--steps-per-epoch", "1"]
     result = CliRunner().invoke(main, ["train", "--config", str(config), "--output", str(deep), *args])
@@ -768,6 +769,7 @@ def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
     assert written.images == ["../../../data/img?.tif"] and written.labels == "{image_dir}/{stem}_label.tif"
     # the card, as the config's other paths, relative to the config file: --output put an absolute path there
     assert json.loads((deep / "toy.json").read_text())["training"]["config"]["output"] == "deep/a/b"
+    assert json.loads((deep / "toy.json").read_text())["band_names"] == written.band_names == ["red", "green", "blue"]
     assert [p for *_, p in load_pairs(written)[0]] == [p for *_, p in load_pairs(load_config(config))[0]]
     again = CliRunner().invoke(main, ["train", "--config", str(deep / "toy.toml"), "--name", "again", *args])
     assert again.exit_code == 0, again.output

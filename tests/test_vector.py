@@ -1010,3 +1010,20 @@ def test_a_failed_write_on_a_disk_with_no_room_left_advises_freeing_space(tmp_pa
     assert write_advice(failure) == "Pick another output folder or file name"  # nowhere to look
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
     assert write_advice(failure, tmp_path) == "Pick another output folder or file name"
+
+
+def test_geopackages_are_written_as_version_1_2(make_raster, tmp_path):
+    """pyogrio's GDAL 3.12 writes GeoPackage 1.4, of which GDAL 3.6 (Debian 12's, under its QGIS) warned on every
+    open that it "may only be partially supported" (h120)."""
+    import sqlite3
+
+    from geoseg import segment
+    from geoseg.workflows import survey
+
+    image = make_raster(shape=(40, 48))
+    result = segment(image, tmp_path / "one", model="threshold", vector=True, preview=False)
+    done = survey([image], tmp_path / "survey", model="threshold", vector=True, preview=False)
+    assert done.done
+    for path in (result.outputs["vector"], tmp_path / "survey" / "survey_polygons.gpkg"):
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 10200, path

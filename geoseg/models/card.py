@@ -78,6 +78,9 @@ class ModelCard:
         Input height and width must be multiples of this (``2**depth`` for a U-Net).
     margin : int
         Receptive-field radius in pixels: the context each side of a kept pixel.
+    band_names : tuple of str or None
+        What each band read is (``("red", "green", "blue")``), or None: bands read against a raster's
+        band descriptions or colour tags that say otherwise are warned of.
     output : {"classes", "regions"}
         What the output channels mean: ``classes`` (land cover, say), or ``regions``:
         unlabeled regions, each drawn in one of the "classes" as a colour that its
@@ -97,6 +100,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     output: str = "classes"
+    # what each band read is ("red", "green", "blue", "nir"...), where the card says: a raster whose band
+    # descriptions or colour tags say otherwise is warned of (a Landsat stack read as coastal, blue, green)
+    band_names: tuple[str, ...] | None = None
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # fields of the card's owner (a licence, an author): kept
 
@@ -139,6 +145,10 @@ class ModelCard:
         extra = data.pop("extra")
         data["classes"] = [{k: v for k, v in asdict(c).items() if v is not None} for c in self.classes]
         data["bands"] = list(self.bands)
+        if self.band_names is None:
+            del data["band_names"]
+        else:
+            data["band_names"] = list(self.band_names)
         return {**data, **{k: v for k, v in extra.items() if k not in data}}
 
     @classmethod
@@ -185,6 +195,11 @@ class ModelCard:
                 f"Received: bands={bands!r}"
             )
         norm = _parse_normalization(data["normalization"], len(bands), source)
+        band_names = data.get("band_names")
+        if band_names is not None and not (isinstance(band_names, list) and len(band_names) == len(bands)
+                                           and all(isinstance(n, str) and n.strip() for n in band_names)):
+            raise CardError(f"{source}: field 'band_names' must list a name for each of the {len(bands)} band(s) read "
+                            f"(e.g. [\"red\", \"green\", \"blue\"]) or be absent. Received: band_names={band_names!r}")
         margin = _bounded(data, "margin", None, source)
         tile_size = _bounded(data, "tile_size", None, source)
         if tile_size is not None and tile_size <= 2 * margin:
@@ -218,6 +233,7 @@ class ModelCard:
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             output=output,
+            band_names=None if band_names is None else tuple(n.strip().lower() for n in band_names),
             extra={str(k): v for k, v in data.items() if k not in _FIELDS},
         )
 
@@ -396,7 +412,7 @@ def _check_float32(data: dict[str, Any], method: str, source: str) -> None:
 
 MAX_CLASSES = 255  # a mask's byte holds ids 0-254; 255 is nodata (and a label's "ignore")
 _FIELDS = ("schema_version", "name", "version", "classes", "bands", "normalization", "margin", "tile_size",
-           "multiple_of", "description", "pixel_size", "output", "training", "metrics")
+           "multiple_of", "description", "pixel_size", "output", "training", "metrics", "band_names")
 _NORMALISATION_FIELDS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),
                          "stretch": ("low", "high", "from"), "none": ()}
 

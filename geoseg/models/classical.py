@@ -99,6 +99,7 @@ class ClassicalSegmenter:
             # labels' orange and yellow; a survey redoes masks of version 1 rather than mix the two palettes
             "name": name, "version": "2", "description": BASELINES[method] + (" (NDWI/NDVI from NIR)" if nir else ""),
             "classes": _CLASSES, "bands": [1, 2, 3, 4] if nir else [1, 2, 3],
+            "band_names": ["red", "green", "blue", "nir"] if nir else ["red", "green", "blue"],
             "normalization": {"method": "none"}, "margin": 0 if method == "threshold" else self.margin,
             "training": {"data": "none: unsupervised classical method"},
         })

@@ -354,11 +354,14 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         named = id_map[value] if id_map is not None and 0 <= value < len(id_map) else value
         # evaluate's report has a note of its own on it, with the share of the pixels (h109: said three times)
         if _HEARD.get() is None and 0 <= named < len(classes) and (hidden := int((label[masked] == named).sum())):
+            from geoseg.raster import gdal_edit
+
             name = classes[named]["name"]
             _warn_once((os.path.abspath(path), "nodata-class", value),
                        "%s: its nodata value %d is class %r's id, so %s of that value are read as unlabelled, not as "
-                       "%s. If they are that class, unset the nodata value (gdal_edit.py -unsetnodata %s).",
-                       path, value, name, "its pixels" if window is not None else f"its {hidden} px", name, path)
+                       "%s. If they are that class, unset the nodata value (%s -unsetnodata %s).",
+                       path, value, name, "its pixels" if window is not None else f"its {hidden} px", name,
+                       gdal_edit(path), path)
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
     if fmt == "color" and ignore_colors is not None and window is None:

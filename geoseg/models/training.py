@@ -55,6 +55,7 @@ class TrainConfig:
     ignore_colors: list[str] = field(default_factory=list)
     vector_field: str = "class"
     bands: list[int] = field(default_factory=lambda: [1, 2, 3])
+    band_names: list[str] | None = None  # what each band is ("red", "green", "blue"): the card's band_names
     normalization: dict[str, Any] = field(default_factory=lambda: {"method": "scale", "scale": 1 / 255})
     architecture: str = "unet"
     encoder_weights: str | None = None
@@ -838,7 +839,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
-        "classes": config.card_classes,
+        "classes": config.card_classes, **({"band_names": config.band_names} if config.band_names else {}),
         "margin": margin, "tile_size": None, "multiple_of": multiple,
         # rasters of another pixel size are then resampled to it (segment --resample); trained on 3 cm orthos, a
         # 5 cm flight was segmented at 5 cm without a word

@@ -21,7 +21,7 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE,
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
-from geoseg.raster import check_bands, class_pixel_counts, inspect_raster, open_quietly, raster_stem, unique_stems
+from geoseg.raster import check_bands, class_pixel_counts, gdal_edit, inspect_raster, open_quietly, raster_stem, unique_stems
 from geoseg.vector import write_qml
 from geoseg.workflows.common import md_cell
 
@@ -551,7 +551,7 @@ def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = N
             name = label_classes[int(nodata)]["name"]
             said.append(f"{label}: its nodata value {nodata:g} is also label id {nodata:g} ({name}), so its pixels of "
                         f"{nodata:g} ({100 * float(masked.mean()):.1f}%) were not scored. If {nodata:g} is a class, "
-                        f"unset the nodata value: gdal_edit.py -unsetnodata {Path(label).name}")
+                        f"unset the nodata value: {gdal_edit(label)} -unsetnodata {Path(label).name}")
     named = np.zeros(len(label_classes), bool)
     named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
     in_range = (values >= 0) & (values < len(label_classes))

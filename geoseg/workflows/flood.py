@@ -21,7 +21,7 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (NODATA, check_bands, class_pixels_and_areas, declared_scaling, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
+from geoseg.raster import (DELIBERATE_TAGS, NODATA, SPECTRAL_TAGS, check_bands, class_pixels_and_areas, declared_scaling, gdal_edit, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml
 from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, coverage_pct, read_layer,
@@ -86,10 +86,7 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 
 
 _BAND_TAGS = {"green": ("green",), "NIR": ("nir", "other_ir")}  # what GDAL may call the bands NDWI reads
-# tags GDAL never gives by default (it tags 3 and 4 bands of 8 bits red, green, blue and alpha whatever they
-# hold): a file with one of them was tagged on purpose, and its tags can be trusted
-_DELIBERATE = ("coastal", "rededge", "nir", "swir", "mwir", "lwir", "tir", "other_ir", "pan")
-_SPECTRAL = ("red", "green", "blue", *_DELIBERATE)
+_DELIBERATE, _SPECTRAL = DELIBERATE_TAGS, SPECTRAL_TAGS  # tags set on purpose (raster.py)
 
 
 def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
@@ -107,9 +104,9 @@ def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
                   "are for both images" if both else "") + "." if tagged else "")
         if tag == "alpha":
             log.warning("%s: band %d, read as %s for NDWI, is tagged alpha (transparency), as GDAL tags the 4th of four "
-                        "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (gdal_edit.py "
+                        "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (%s "
                         "-colorinterp_%d undefined %s); if it is transparency, pass %s with the %s band.", info.path,
-                        band, what, fix, what, band, info.path, option, what)
+                        band, what, fix, what, gdal_edit(info.path), band, info.path, option, what)
         elif deliberate and tag in _SPECTRAL and tag not in wanted:
             log.warning("%s: band %d, read as %s for NDWI, is tagged %s in the file.%s", info.path, band, what, tag,
                         fix or f" If the tag is right, pass {option} with the {what} band.")

@@ -14,7 +14,7 @@ from geoseg.pipeline import (SCENE_FILES, SegmentResult, check_options, new_fold
                              prepare_output_dir, stale_outputs, segment)
 from geoseg.preview import render_map, save_png
 from geoseg.raster import inspect_raster, raster_stem, shares
-from geoseg.vector import layer_name, onto_raster
+from geoseg.vector import dataset_options, layer_name, onto_raster
 from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, read_layer, segment_paths,
                                      staged_outputs, warnings_heard, write_csv, write_json, coverage_pct, same_field)
 
@@ -181,5 +181,6 @@ def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, 
                     ", ".join(clash), ", ".join(renamed.values()))
     layer = zones.join(table)
     with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
-        layer.to_file(tmp, driver="GPKG", layer=layer_name(f"{stem}_zones"), engine="pyogrio")
+        layer.to_file(tmp, driver="GPKG", layer=layer_name(f"{stem}_zones"), engine="pyogrio",
+                      dataset_options=dataset_options("GPKG"))
     write_csv(paths["zones_csv"], rows)

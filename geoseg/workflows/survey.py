@@ -27,7 +27,7 @@ from geoseg.pipeline import (check_options, check_output_path, new_folders_remov
                              segment)
 from geoseg.raster import (first_line, is_gdal_path, name_key, pid_alive, raster_stem, remove_dead_temp_dirs,
                            unique_stems, written_by_geoseg)
-from geoseg.vector import write_qml
+from geoseg.vector import dataset_options, write_qml
 from geoseg.workflows.common import class_card, md_cell, write_csv, write_json, write_text
 
 __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
@@ -1451,7 +1451,8 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
             with catch_warnings():  # plain images only: pixel coordinates, which the report says
                 warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
                 try:
-                    pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists())
+                    pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists(),
+                                            dataset_options=None if tmp.exists() else dataset_options("GPKG"))
                 except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.FeatureError) as exc:  # a full disk
                     raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or "
                                       "pick another output folder; nothing was left at that path.") from None
