@@ -224,7 +224,7 @@ class _bar:
 
         self.bar = tqdm(total=100, desc=click.format_filename(self.label, shorten=True), unit="%",
                         delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
-                        + (" {postfix}" if self.named else ""),
+                        + ("{postfix}" if self.named else ""),  # tqdm puts ", " before it
                         disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
         if not self.bar.disable:
             root = logging.getLogger()
