@@ -1807,3 +1807,24 @@ def test_names_of_one_raster_in_a_file_of_several(tmp_path, monkeypatch):
     assert raster_stem('HDF5:"f.h5"://grid/sst') == "f_grid_sst"
     assert not is_gdal_path("AB:c.tif")  # a file of that very name
     assert not is_gdal_path("C:/data/x.tif") and not is_gdal_path("GPKG:missing.gpkg:t")
+
+
+@pytest.mark.parametrize("curve", [0.0, 3e-3])
+def test_a_raster_on_curved_ground_control_points_is_said_to_place_polygons_by_their_affine_fit(make_raster, tmp_path,
+                                                                                                caplog, curve):
+    """9 GCPs with a few metres of curvature: GDAL and QGIS warp the mask by a polynomial, geoseg placed its
+    polygons by the affine fit, 3.2 m (6 px) off, and nothing said so (h120). Points on one grid say nothing."""
+    from rasterio.control import GroundControlPoint
+
+    path = make_raster(name="gcp.tif", shape=(60, 80), crs=None)
+    gcps = [GroundControlPoint(row=r, col=c, x=300000 + 0.5 * c + curve * (r - 30) ** 2,
+                               y=2790000 - 0.5 * r + curve * (c - 40) ** 2)
+            for c in (0, 40, 80) for r in (0, 30, 60)]
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32640))
+    caplog.set_level("WARNING", logger="geoseg")
+    segment(path, tmp_path / "out", model="threshold", preview=False)
+    said = "gcp.tif: its 9 ground control points lie up to " in caplog.text
+    assert said == bool(curve)
+    if curve:
+        assert "px off one affine grid, which its polygons and areas are placed by" in caplog.text
