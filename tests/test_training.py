@@ -291,6 +291,25 @@ def test_radiometric_jitter_scales_contrast_about_the_mean_shifts_it_and_casts_c
     assert np.ptp(slopes) > 0.01  # each band its own gain, not one for all
 
 
+def test_radiometric_jitter_is_computed_in_float64_and_rounded_once():
+    """In float32 the result hung on how TensorFlow's kernels were vectorised (fused multiply-adds, the mean's
+    summation order), which varied between runs: about one chip in ten of a run differed from another run's by an
+    ulp, and 100 steps later the weights by up to 0.054 (h122)."""
+    import tensorflow as tf
+
+    from geoseg.models.training import radiometric_jitter
+
+    key = tf.constant([7, 4], tf.int64)
+    big = np.random.default_rng(1).normal(0.3, 0.4, (256, 256, 3)).astype(np.float32)
+    draws = tf.random.stateless_uniform((2,), key, 0.0, 1.0).numpy()
+    bands = tf.random.stateless_uniform((3,), key + tf.constant([0, 1], tf.int64), 0.8, 1.2).numpy()
+    gain, bias = np.float32(0.85) + np.float32(0.3) * draws[0], np.float32(-0.06) + np.float32(0.12) * draws[1]
+    x = big.astype(np.float64)
+    expected = (((x - x.mean()) * np.float64(gain) + x.mean() + np.float64(bias)) * bands.astype(np.float64))
+    got = radiometric_jitter(tf.constant(big), 0.2, key).numpy()
+    assert got.dtype == np.float32 and np.array_equal(got, expected.astype(np.float32))
+
+
 def test_two_runs_of_one_seed_jitter_every_chip_alike(tmp_path):
     """The parallel data pipeline drew each chip's gain, bias and band casts from TensorFlow's stateful generator
     in the order its threads ran: two runs of one seed trained other weights (6e-3 apart on a toy run, h111).
@@ -769,6 +788,10 @@ def test_the_written_config_reproduces_the_run_from_its_folder(tmp_path):
     assert written.images == ["../../../data/img?.tif"] and written.labels == "{image_dir}/{stem}_label.tif"
     # the card, as the config's other paths, relative to the config file: --output put an absolute path there
     assert json.loads((deep / "toy.json").read_text())["training"]["config"]["output"] == "deep/a/b"
+    # those paths are relative to the config's folder, which the card names from its own (h122)
+    training_card = json.loads((deep / "toy.json").read_text())["training"]
+    assert training_card["paths_relative_to"] == "../../.."
+    assert (deep / training_card["paths_relative_to"] / training_card["train_files"][0]).is_file()
     assert json.loads((deep / "toy.json").read_text())["band_names"] == written.band_names == ["red", "green", "blue"]
     assert [p for *_, p in load_pairs(written)[0]] == [p for *_, p in load_pairs(load_config(config))[0]]
     again = CliRunner().invoke(main, ["train", "--config", str(deep / "toy.toml"), "--name", "again", *args])
@@ -927,7 +950,10 @@ def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
     state_file.write_text(json.dumps({**state, "seconds": 1000.0}))  # as if the first session had taken long
     monkeypatch.setattr(training, "evaluate_pairs", real)
     training.train(load_config(config))
-    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["seconds"] >= 1000
+    training_card = json.loads((tmp_path / "models" / "toy.json").read_text())["training"]
+    assert training_card["seconds"] >= 1000
+    # each session draws its own chips: the card says where the run was resumed, so a rerun can stop there (h122)
+    assert training_card["resumed_after_epochs"] == [2]
 
 
 def test_a_resumed_session_draws_new_chips_keeps_the_runs_time_budget_and_the_card_says_why_it_stopped(
@@ -952,6 +978,7 @@ def test_a_resumed_session_draws_new_chips_keeps_the_runs_time_budget_and_the_ca
     assert seeds[0] == 0 and seeds[-1] != 0
     card = json.loads((tmp_path / "models" / "toy.json").read_text())["training"]
     assert card["stopped"] == "time budget (max_minutes) reached at step 1 of 3 of epoch 3"
+    assert card["resumed_after_epochs"] == [2]
     config.write_text(config.read_text().replace("epochs = 3", "epochs = 1"))
     training.train(load_config(config), overwrite=True)
     assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["stopped"] == "after the last epoch"
@@ -1633,3 +1660,20 @@ def test_a_second_run_into_the_same_checkpoints_is_refused_while_the_first_holds
     first.close()  # the run ended: free again
     train(load_config(config), resume=False)
     assert (tmp_path / "models" / "toy.keras").exists()
+
+
+def test_footprints_of_one_class_are_told_that_the_rest_is_unlabelled(tmp_path, caplog):
+    """Building footprints alone (the rest of each image unlabelled) trained a model that paints 'building'
+    everywhere, scored 1.0 on its card, with only "check the labels (colours, ids, class names)" to go on (h122)."""
+    import geopandas as gpd
+
+    config = _dataset(tmp_path, "vector")
+    for label in (tmp_path / "data").glob("img?_label.gpkg"):
+        frame = gpd.read_file(label)
+        frame[frame["kind"] == "b"].to_file(label)  # the footprints alone
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 1").replace("steps_per_epoch = 3",
+                                                                                       "steps_per_epoch = 1"))
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        train(load_config(config))
+    assert any("class(es) a have no labelled pixel" in r.getMessage() and "Polygons label only the pixels they cover: "
+               "outside them pixels are unlabelled, not the other classes" in r.getMessage() for r in caplog.records)

@@ -504,11 +504,21 @@ class VectorLabels:
         if lines or points:  # centrelines labelled 0.5% of a road tile, against 3.3% for its road mask, with no word
             what = " and ".join([*([f"{lines} of its shapes are lines"] if lines else []),
                                  *([f"{points} {'are' if lines else 'of its shapes are'} points"] if points else [])])
-            # once, and into a report's notes (it was logged twice, and missing from --json)
+            # once, and into a report's notes (it was logged twice, and missing from --json). The command names the
+            # layer and its geometry column: 'geometry' failed on a GeoPackage's 'geom' ("no such column"), and
+            # on a layer in degrees buffered by 3 degrees
+            import pyogrio
+
+            file, layer = vector_source(path)
+            layer = layer or pyogrio.list_layers(file)[0][0]
+            column = pyogrio.read_info(file, layer=layer).get("geometry_name") or "geometry"
+            degrees = frame.crs is not None and frame.crs.is_geographic
             _warn_once((os.path.abspath(path), "lines"), "%s: %s, burnt one pixel wide (the pixels they cross or fall "
                        "in), so they label a sliver of what they stand for. Buffer them to the features' width first, "
                        "in the layer's units (QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT "
-                       "ST_Buffer(geometry, 3) AS geometry, * FROM layer\" for 3 m in a metric CRS).", path, what)
+                       "ST_Buffer(%s, 3) AS %s, * FROM \\\"%s\\\"\" for 3 m in a metric CRS)%s.", path, what, column,
+                       column, layer, ", after moving the layer, which is in degrees, into a metric CRS (ogr2ogr -t_srs "
+                       "EPSG:...; in degrees, 3 is 3 degrees)" if degrees else "")
         from geoseg.raster import inspect_raster
 
         self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit

@@ -647,10 +647,15 @@ def radiometric_jitter(x, band_jitter: float = 0.0, seed=None):
         gain, bias = 0.85 + 0.3 * draws[0], -0.06 + 0.12 * draws[1]
         bands = (tf.random.stateless_uniform((tf.shape(x)[-1],), seed + tf.constant([0, 1], seed.dtype),
                                              1 - band_jitter, 1 + band_jitter) if band_jitter else None)
-    x = (x - tf.reduce_mean(x)) * gain + tf.reduce_mean(x) + bias
+    # in float64, rounded to the chip's type once: in float32 the result hung on how the kernels were vectorised
+    # (fused multiply-adds, the mean's summation order), which varied between runs, so about one chip in ten
+    # differed by an ulp and two runs of one seed trained other weights
+    dtype, x = x.dtype, tf.cast(x, tf.float64)
+    mean = tf.reduce_mean(x)
+    x = (x - mean) * tf.cast(gain, tf.float64) + mean + tf.cast(bias, tf.float64)
     if bands is not None:
-        x = x * bands
-    return x
+        x = x * tf.cast(bands, tf.float64)
+    return tf.cast(x, dtype)
 
 
 def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitter: float = 0.0):
@@ -693,7 +698,8 @@ def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitte
         yield np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
-def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] | None = None) -> np.ndarray:
+def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] | None = None,
+                  label_format: str = "index") -> np.ndarray:
     """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1.
 
     A class without a labelled pixel is warned about (by its name in `names`): the model cannot learn
@@ -716,9 +722,15 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
         return np.ones(n_classes)
     absent = [names[i] if names else str(i) for i in range(n_classes) if counts[i] == 0]
     if absent and counts.sum():
+        # footprints of one class: the rest of each image was unlabelled, and the run trained (and scored, at mean
+        # IoU 1.0) a model that paints that class everywhere, with only "check the colours, ids" to go on
+        vector = (" Polygons label only the pixels they cover: outside them pixels are unlabelled, not the other "
+                  "classes, so a layer of footprints alone teaches its class everywhere. Add a polygon of each such "
+                  "class where it lies, e.g. one of the background class over each image's extent, first in the "
+                  "file (later polygons are burnt over it)." if label_format == "vector" else "")
         log.warning("class(es) %s have no labelled pixel in the training images%s: the model cannot learn them. "
-                    "Check the labels (colours, ids, class names), or leave those classes out.", ", ".join(absent),
-                    " (in the chips sampled to weigh the classes)" if lazy else "")
+                    "Check the labels (colours, ids, class names), or leave those classes out.%s", ", ".join(absent),
+                    " (in the chips sampled to weigh the classes)" if lazy else "", vector)
     freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
     weights = {"none": np.ones(n_classes), "sqrt": 1 / np.sqrt(freq), "inverse": 1 / freq}[how]
     return weights / (weights * freq).sum()
@@ -823,8 +835,13 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     # a resumed session draws other chips than the first epochs did: from the seed alone, it repeated epoch 1's
     start = checkpointed_epochs(config) if work.exists() else 0
     seed = (config.seed + 1_000_003 * start) % 2**32
+    resumed = list((_read_json(work / "resumed.json") or {}).get("after_epochs", [])) if start else []
     if start:
         keras.utils.set_random_seed(seed)
+        # on the card: each session draws its own chips, so a run is reproduced only by stopping it after the same
+        # epochs (h122: the rerun of a resumed run's NAME.toml scored 0.487 where the run had scored 0.453)
+        resumed = [*resumed, start]
+        (work / "resumed.json").write_text(json.dumps({"after_epochs": resumed}))
     if not config.validation:
         log.warning("%s: no validation patterns, so the validation score (and the choice of the best epoch) is "
                     "measured on the first two training images and says nothing about unseen data. Hold images "
@@ -847,7 +864,8 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     }
     card = ModelCard.from_dict(card_data, source=config.source)
     try:
-        weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes])
+        weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes],
+                                config.label_format)
     except InputError as exc:
         raise InputError(f"{config.source}: {exc}") from None
     _check_mixed_types(config, card, [*train_pairs, *val_pairs, *select_pairs])
@@ -955,6 +973,10 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
         # relative to the config file as its other paths are: --output (made absolute) put a home folder in the card
         "training": {"config": {**_config_dict(config), "output": _relative(config, config.resolve(config.output))
                                 if os.path.isabs(config.output) else config.output},
+                     # the folder those paths are relative to, from the card's: ../data/lv.tif in a card under
+                     # runs/ named no file from there (h122)
+                     "paths_relative_to": os.path.relpath((Path(config.source).parent if config.source
+                                                           else Path(".")).resolve(), out.resolve()),
                      "data": config.data_description,
                      "train_images": len(train_pairs),  # and which: a card counted them only
                      "train_files": [_relative(config, p) for _, _, p in train_pairs],
@@ -964,6 +986,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                      "epochs": callback.epoch, "best_epoch": callback.best_epoch, "stopped": callback.stopped,
                      "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
                      "seconds": round(callback.seconds()), "class_weights": weights.round(4).tolist(),
+                     **({"resumed_after_epochs": resumed} if resumed else {}),
                      **({"margin_check": seams} if seams else {})},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
