@@ -106,7 +106,10 @@ def plan_run(
     BandError
         Bands the raster does not have or the model cannot use.
     """
-    if bands is None and card.band_names and card.n_bands > info.count and not info.paletted:
+    # only where what the image lacks is beyond its colours (a -nir baseline on RGB): a grey image is told to give
+    # the model its one band 3 times (`check_bands`), which the message below lost (h126)
+    if (bands is None and card.band_names and card.n_bands > info.count and not info.paletted and info.count >= 3
+            and not {"red", "green", "blue"} & set(card.band_names[info.count:])):
         # "pass --bands with 4 indexes between 1 and 3" was followed with 1,2,3,3: blue read as NIR, silently (h121)
         lacking = ", ".join(card.band_names[info.count:])
         raise BandError(f"{info.path}: has {info.count} band(s), and model {card.name} reads {card.n_bands}: "
@@ -1157,9 +1160,9 @@ def _check_untagged_fill(info: RasterInfo, plan: Plan) -> None:
         if total and count_at / total > FILL_SHARE:
             log.warning("%s: %.0f%% of its edge is %d in every band, and it has no nodata value: the fill that a warp, "
                         "a mosaic or a drone ortho's export leaves? Those pixels are segmented as if they were ground (a "
-                        "flood map counts them as water or dry land). Tag it: %s -a_nodata %d %s (or warp "
-                        "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value, gdal_edit(info.path),
-                        value, info.path, value)
+                        "flood map counts them as water or dry land). Tag it: %s (or warp "
+                        "with gdalwarp -dstnodata %d).", info.path, 100 * count_at / total, value,
+                        gdal_edit(info.path, f"-a_nodata {value}"), value)
             return
 
 
@@ -1169,9 +1172,9 @@ def _check_alpha_read(info: RasterInfo, plan: Plan) -> None:
     tagged = [b for b in plan.bands if b in info.alpha_bands]
     for band in tagged:
         log.warning("%s: band %d, which the model reads as its band %d, is tagged alpha (transparency), not data: "
-                    "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (%s "
-                    "-colorinterp_%d undefined %s) if it holds data", info.path, band, plan.bands.index(band) + 1,
-                    gdal_edit(info.path), band, info.path)
+                    "pass --bands without it (the pixels it marks transparent stay nodata), or retag it (%s) if it "
+                    "holds data", info.path, band, plan.bands.index(band) + 1,
+                    gdal_edit(info.path, f"-colorinterp_{band} undefined"))
 
 
 def _check_band_roles(info: RasterInfo, plan: Plan, card: ModelCard) -> None:
@@ -1222,9 +1225,9 @@ def _check_crs_missing(info: RasterInfo) -> None:
         sidecar = next((p for p in (Path(info.path).with_suffix(".prj"), Path(f"{info.path}.prj")) if p.is_file()),
                        None)
         log.warning("%s: it has a geotransform but no CRS%s, so the mask and polygons have none and no areas in m². "
-                    "Give it one: %s -a_srs %s %s", info.path,
+                    "Give it one: %s", info.path,
                     f" (GDAL does not read the {sidecar.name} beside it)" if sidecar else "",
-                    gdal_edit(info.path), sidecar if sidecar else "EPSG:XXXX", info.path)
+                    gdal_edit(info.path, f"-a_srs {sidecar if sidecar else 'EPSG:XXXX'}"))
 
 
 def _describe(norm: dict) -> str:

@@ -164,12 +164,21 @@ def subdataset_file(path: str) -> tuple[str, str] | None:
 
 
 READ_ONLY_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jp2", ".j2k")  # no GDAL update access
+# formats whose nodata and colour tags GDAL does not keep in a .aux.xml under gdal_edit.py -ro (the PNG driver takes
+# them in memory only: exit 0 and nothing written, h126)
+NO_PAM_BANDS = (".png", ".gif", ".bmp", ".webp")
 
 
-def gdal_edit(path: str | os.PathLike) -> str:
-    """``gdal_edit.py`` with ``-ro`` for a format GDAL cannot update (JPEG, PNG...: "does not support update
-    access"), whose edit then goes into a ``.aux.xml`` beside it, which GDAL and QGIS read (h120)."""
-    return "gdal_edit.py -ro" if Path(os.fspath(path)).suffix.lower() in READ_ONLY_SUFFIXES else "gdal_edit.py"
+def gdal_edit(path: str | os.PathLike, options: str, shown: str | None = None) -> str:
+    """The command that gives `path` (called `shown` in it) the GDAL `options` of gdal_edit.py (``-a_srs EPSG:32640``,
+    ``-a_nodata 0``, ``-unsetnodata``, ``-colorinterp_4 undefined``). ``-ro`` for a format GDAL cannot update (JPEG,
+    PNG...: "does not support update access"), whose edit then goes into a ``.aux.xml`` that GDAL and QGIS read;
+    a GeoTIFF copy by gdal_translate where not even that keeps it (a PNG's nodata and colour tags)."""
+    name = os.fspath(path) if shown is None else shown
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix in NO_PAM_BANDS and not options.startswith("-a_srs"):
+        return f"gdal_translate {options.replace('-unsetnodata', '-a_nodata none')} {name} {Path(name).stem}.tif"
+    return f"gdal_edit.py{' -ro' if suffix in READ_ONLY_SUFFIXES else ''} {options} {name}"
 
 
 def raster_stem(path: str | os.PathLike) -> str:
@@ -874,7 +883,8 @@ def row_class_counts(data: np.ndarray, n_classes: int) -> np.ndarray:
 
 def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
     """Area of one pixel in m² for each row: geodesic in geographic CRSs, and in projected ones whose
-    areal scale strays over 1% from 1 over the raster (Web Mercator); planar in the others (UTM).
+    areal scale strays over 0.1% from 1 over the raster (Web Mercator, UTM far from its central meridian,
+    national grids at their edges); planar in the others (UTM near its central meridian).
 
     Returns None when the raster has no CRS (plain JPEG/PNG). A raster placed by ground control
     points is measured with their best-fit affine transform.
@@ -882,7 +892,7 @@ def pixel_areas_m2(info: RasterInfo) -> np.ndarray | None:
     t, crs = info.map_georeferencing()
     if crs is None or t.is_identity:
         return None
-    if crs.is_geographic or areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE:  # on the ground
+    if crs.is_geographic or areal_distortion(crs, t, info.width, info.height) > GROUND_TOLERANCE:  # on the ground
         # a row's pixels share its latitude north-up in degrees or Mercator; `PixelAreas` where they do not
         column = 0 if crs.is_geographic else info.width // 2
         return _pixel_areas_at(np.arange(info.height, dtype=float), np.array([column], float), t, crs)
@@ -925,7 +935,7 @@ class PixelAreas:
         # a rotated geographic grid, or a projected one measured on the ground whose pixels differ along a row
         # (polar stereographic; not north-up Mercator, whose rows are exact as they are)
         if (t.b or t.d) if crs.is_geographic else (
-                areal_distortion(crs, t, info.width, info.height) > AREAL_TOLERANCE and _varies_along_rows(info, t, crs)):
+                areal_distortion(crs, t, info.width, info.height) > GROUND_TOLERANCE and _varies_along_rows(info, t, crs)):
             self.lattice = _area_lattice(info, t, crs)
 
     def __call__(self, window: Window) -> np.ndarray | None:
@@ -997,7 +1007,27 @@ def class_pixels_and_areas(path: str | os.PathLike, info: RasterInfo,
     return pixels, (m2 if areas.rows is not None else None)
 
 
-AREAL_TOLERANCE = 0.01  # planar areas of a projected CRS are used where they are within 1% of the ground's
+AREAL_TOLERANCE = 0.01  # a projected CRS straying further is measured on the ellipsoid (polygons) or by ground size
+# class areas of a projected grid are of the ground where its areal scale strays over 0.1% from 1 (UTM beyond about
+# 180 km from its central meridian, a national grid at its edges): planar m² were 0.44-0.70% over the ground's at
+# Lambert-93's and ETRS89/UTM 33N's edges, where QGIS's ellipsoidal $area is the ground's (h127)
+GROUND_TOLERANCE = 0.001
+
+
+def areal_scales(crs, xs, ys) -> np.ndarray | None:
+    """The projection's areal scale (planar area / ground area) at the points (`xs`, `ys`) of projected `crs`;
+    None where PROJ cannot say."""
+    from pyproj import CRS as ProjCRS
+    from pyproj import Proj, Transformer
+
+    try:
+        wkt = crs.to_wkt()
+        proj, to_lonlat = Proj(ProjCRS.from_wkt(wkt)), Transformer.from_crs(wkt, "EPSG:4326", always_xy=True)
+        scales = np.asarray(proj.get_factors(*to_lonlat.transform(np.asarray(xs, float), np.asarray(ys, float)),
+                                             errcheck=False).areal_scale, float)
+    except Exception:  # noqa: BLE001 - a CRS PROJ cannot invert: planar areas
+        return None
+    return scales if np.all(np.isfinite(scales) & (scales > 0)) else None
 
 
 def areal_distortion(crs, transform, width: float, height: float) -> float:

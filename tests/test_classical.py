@@ -393,3 +393,31 @@ def test_bands_read_against_the_file_s_descriptions_are_warned_of(tmp_path, capl
                                         r"blue, nir; an image without its nir cannot give it those. Use a model of "
                                         r"the image's bands, such as threshold\."):
         segment(plain, tmp_path / "nir", model="threshold-nir")
+    grey = tmp_path / "grey.tif"  # but a grey image is still told how to give its one band (h126)
+    with rasterio.open(grey, "w", driver="GTiff", width=150, height=120, count=1, dtype="uint8") as ds:
+        ds.write(image[:1])
+    with pytest.raises(BandError, match=r"e.g. 1,1,1 to give the model its one band 3 times"):
+        segment(grey, tmp_path / "grey", model="threshold")
+
+
+def test_dark_water_of_reflectance_a_little_under_zero_stays_water(tmp_path):
+    """Landsat Collection 2 stores reflectance a little under 0 over dark water; read by the file's offset, NIR of
+    -0.008 beside green of 0.004 made NDWI's denominator negative and the index -3: 92% of the strip came out
+    dry (h126). Reflectance under 0 counts as 0."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(3)
+    refl = np.zeros((4, 60, 90), np.float32)  # red, green, blue, NIR
+    refl[:] = np.array([0.12, 0.09, 0.06, 0.30], np.float32)[:, None, None]  # land
+    refl[:, :, :30] = np.array([0.03, 0.04, 0.05, -0.005], np.float32)[:, None, None]  # water
+    refl[:, :, 30:50] = np.array([0.002, 0.004, 0.008, -0.008], np.float32)[:, None, None]  # dark water
+    refl += rng.normal(0, 0.001, refl.shape).astype(np.float32)
+    path = tmp_path / "dark.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=90, height=60, count=4, dtype="uint16", crs="EPSG:32640",
+                       transform=from_origin(500000, 2800000, 30, 30)) as ds:
+        ds.write(np.round((refl + 0.2) / 2.75e-5).astype(np.uint16))
+        ds.scales, ds.offsets = [2.75e-5] * 4, [-0.2] * 4
+    result = segment(path, tmp_path / "out", model="threshold-nir", preview=False)
+    with rasterio.open(result.outputs["mask"]) as ds:
+        mask = ds.read(1)
+    assert (mask[:, :50] == 1).mean() > 0.99 and not (mask[:, 50:] == 1).any()

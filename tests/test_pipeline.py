@@ -1828,3 +1828,15 @@ def test_a_raster_on_curved_ground_control_points_is_said_to_place_polygons_by_t
     assert said == bool(curve)
     if curve:
         assert "px off one affine grid, which its polygons and areas are placed by" in caplog.text
+
+
+def test_gdal_edit_advice_is_a_command_that_works_on_the_file_s_format():
+    """gdal_edit.py failed on a JPEG ("does not support update access", h120), and with -ro did nothing on a PNG's
+    nodata or colour tags (exit 0, nothing written, h126): -ro where a .aux.xml keeps the edit, else a GeoTIFF copy."""
+    from geoseg.raster import gdal_edit
+
+    assert gdal_edit("a.tif", "-a_nodata 0") == "gdal_edit.py -a_nodata 0 a.tif"
+    assert gdal_edit("/d/a.JPG", "-a_srs EPSG:32640", "a.JPG") == "gdal_edit.py -ro -a_srs EPSG:32640 a.JPG"
+    assert gdal_edit("a.png", "-a_srs EPSG:32640") == "gdal_edit.py -ro -a_srs EPSG:32640 a.png"
+    assert gdal_edit("a.png", "-unsetnodata") == "gdal_translate -a_nodata none a.png a.tif"
+    assert gdal_edit("a.png", "-colorinterp_4 undefined") == "gdal_translate -colorinterp_4 undefined a.png a.tif"

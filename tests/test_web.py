@@ -1479,6 +1479,14 @@ def test_other_web_sites_cannot_post_or_cancel_jobs(client, app):
     assert client.get("/", headers={"Host": "[::1]:5000"}).status_code == 200
     rebound = client.get(f"/api/jobs/{job}", headers={"Host": "rebind.evil.example:5000"})
     assert rebound.status_code == 403 and "not to rebind.evil.example:5000" in rebound.get_json()["error"]
+    assert client.get("/", headers={"Host": "127.0.0.2:5000"}).status_code == 200  # all of 127/8 (h126)
+    # behind a reverse proxy that passes its Host on (README): 403 for all until its name is allowed (h126)
+    proxied = {"Host": "maps.example.org", "Origin": "https://maps.example.org"}
+    assert client.get("/", headers=proxied).status_code == 403
+    app.config["GEOSEG_ALLOWED_HOSTS"] = ["Maps.Example.org"]
+    assert client.get("/", headers=proxied).status_code == 200
+    assert client.post("/api/segment", data=form(), content_type="multipart/form-data",
+                       headers=proxied).status_code == 202
 
 
 def test_serve_answers_only_loopback_names_when_it_listens_on_loopback():

@@ -2457,3 +2457,51 @@ def test_survey_summaries_name_masks_by_absolute_paths(make_raster, tmp_path, mo
     assert masks == [str(tmp_path / "work" / "out" / f"t{i}" / f"t{i}_mask.tif") for i in range(2)]
     summary = json.loads((tmp_path / "work" / "out" / "survey_summary.json").read_text())
     assert str(summary).count(str(tmp_path / "work" / "out" / "t0" / "t0_mask.tif")) >= 1
+
+
+def test_survey_takes_gdal_s_names_of_rasters_in_a_file_of_several(make_raster, tmp_path):
+    """segment's error names GPKG:two.gpkg:first for a GeoPackage of two raster tables; survey failed on those
+    names with "no such file" (h126)."""
+    from geoseg.workflows import survey
+
+    image = make_raster(shape=(30, 40))
+    with rasterio.open(image) as src:
+        data, profile = src.read(), src.profile
+    two = tmp_path / "two.gpkg"
+    for table, append in (("first", "NO"), ("second", "YES")):
+        with rasterio.open(two, "w", driver="GPKG", width=40, height=30, count=3, dtype="uint8", crs=profile["crs"],
+                           transform=profile["transform"], RASTER_TABLE=table, APPEND_SUBDATASET=append,
+                           TILE_FORMAT="PNG") as ds:
+            ds.write(data)
+    names = [f"GPKG:{two}:first", f"GPKG:{two}:second"]
+    done = survey(names, tmp_path / "out", model="threshold", preview=False)
+    assert not done.failed and len(done.done) == 2
+    again = survey(names, tmp_path / "out", model="threshold", preview=False)
+    assert len(again.skipped) == 2
+
+
+def test_survey_redoes_a_raster_whose_scale_and_offset_were_set(tmp_path):
+    """The baselines read values by a band's scale and offset; a survey rerun after they were set (gdal_edit.py
+    -scale/-offset) skipped the raster as done, keeping a mask of which 22% differed from a fresh one (h126)."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    rng = np.random.default_rng(3)
+    refl = np.clip(rng.normal(0.2, 0.1, (4, 40, 50)), 0, 1)
+    refl[:, :, :20] = np.array([0.04, 0.07, 0.08, 0.02])[:, None, None]  # water
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "c.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=4, dtype="uint16", crs="EPSG:32617",
+                       transform=from_origin(0, 0, 30, 30)) as ds:
+        ds.write(np.round((refl + 0.2) / 2.75e-5).astype(np.uint16))
+    assert len(survey([path], tmp_path / "out", model="threshold-nir", preview=False).done) == 1
+    assert len(survey([path], tmp_path / "out", model="threshold-nir", preview=False).skipped) == 1
+    # as gdal_edit.py -ro -scale 2.75e-5 -offset -0.2 writes them, into c.tif.aux.xml (whose time counts for nothing)
+    bands = "".join(f'<PAMRasterBand band="{b}"><Offset>-0.2</Offset><Scale>2.75e-05</Scale></PAMRasterBand>'
+                    for b in range(1, 5))
+    (tmp_path / "in" / "c.tif.aux.xml").write_text(f"<PAMDataset>{bands}</PAMDataset>")
+    with rasterio.open(path) as ds:
+        assert ds.offsets == (-0.2,) * 4
+    again = survey([path], tmp_path / "out", model="threshold-nir", preview=False)
+    assert len(again.done) == 1 and not again.skipped

@@ -159,13 +159,17 @@ def _check_stems(inputs, output_dir, written: dict | None = None) -> None:
         spellings: dict[str, set[str]] = {}
         for p in clashing:
             spellings.setdefault(name_key(raster_stem(p)), set()).add(raster_stem(p))
-        alike = " (letter case or Unicode form aside: one name on macOS and Windows drives)" if any(
-            len(s) > 1 for s in spellings.values()) else ""
         # 63 Dubai tiles of 9 names were once listed whole, a screenful before the advice: the first group, counted
-        groups = sorted(sorted(p for p in clashing if name_key(raster_stem(p)) == k) for k in spellings)
-        named = ", ".join(groups[0]) if len(groups[0]) <= 4 else f"{', '.join(groups[0][:3])} and {len(groups[0]) - 3} more"
-        more = f" (and {len(groups) - 1} other name(s) shared by {len(clashing) - len(groups[0])} more inputs)" \
-            if len(groups) > 1 else ""
+        # names that differ in case or Unicode form first: theirs is the note that is not obvious (h126)
+        groups = sorted((sorted(p for p in clashing if name_key(raster_stem(p)) == k) for k in spellings),
+                        key=lambda g: (len(spellings[name_key(raster_stem(g[0]))]) == 1, g))
+        first = groups[0]
+        named = ", ".join(first) if len(first) <= 4 else f"{', '.join(first[:3])} and {len(first) - 3} more"
+        # the note on case and Unicode form only for a group whose names differ so (it went on the first, h126)
+        alike = " (letter case or Unicode form aside: one name on macOS and Windows drives)" if len(
+            spellings[name_key(raster_stem(first[0]))]) > 1 else ""
+        more = (f"; {len(groups) - 1} other name(s) are shared by {len(clashing) - len(first)} more inputs"
+                if len(groups) > 1 else "")
         raise click.ClickException(
             f"{named} share a file name{alike}{more}, so their outputs would overwrite each other in "
             f"{output_dir}; segment them into different folders (-o), or use geoseg survey, which gives each "
@@ -199,12 +203,18 @@ def _summary(result) -> None:
     if result.output == "regions":  # shares of region colours were printed as if they were classes
         click.echo(f"  unlabeled regions: {len(result.classes)} colours tell neighbouring regions apart", err=True)
         return
-    total = sum(c["pixels"] for c in result.classes) or 1
-    areas = area_texts([c["area_m2"] for c in result.classes])  # 0.0007 km² of a 512² drone image: m² there
-    for c, area in zip(result.classes, areas):
-        click.echo(f"  {right_aligned(c['name'], 12)}: {100 * c['pixels'] / total:5.1f}%{'  ' + area if area else ''}", err=True)
-    if result.nodata_pixels:  # the shares above are of the pixels with data
-        nodata = area_texts([result.nodata_m2])[0].strip() if result.nodata_m2 is not None else ""
+    from geoseg.raster import shares
+
+    # by area, as the preview, scene and the web page give them: pixels of a geographic or Web Mercator grid differ
+    # in area (a 50-70 N scene's classes read 59.3% here and 61.02% in its preview and `scene`)
+    share = shares([c["pixels"] for c in result.classes], [c["area_m2"] for c in result.classes])
+    # nodata in the classes' unit: 13.8000 km² of classes beside 720,000.0 m² of nodata
+    texts = area_texts([c["area_m2"] for c in result.classes] + [result.nodata_m2])  # m² under 1 km² (drone images)
+    areas, nodata_text = texts[:-1], texts[-1]
+    for c, area, s in zip(result.classes, areas, share):
+        click.echo(f"  {right_aligned(c['name'], 12)}: {s or 0:5.1f}%{'  ' + area if area else ''}", err=True)
+    if result.nodata_pixels:  # the shares above are of the ground with data
+        nodata = nodata_text.strip() if result.nodata_m2 is not None else ""
         click.echo(f"  {'(no data)':>12}: {result.nodata_pixels} px{'  ' + nodata if nodata else ''}, in no class",
                    err=True)
 

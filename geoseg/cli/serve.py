@@ -11,8 +11,12 @@ __all__ = ["serve"]
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. On a loopback address only requests to 127.0.0.1, localhost or ::1 are "
-                   "answered; 0.0.0.0 shares the page with the network.")
+              help="Address to listen on. On a loopback address only requests addressed to a loopback address or "
+                   "localhost (or an --allow-host) are answered; 0.0.0.0 shares the page with the network.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests addressed to NAME on a loopback --host: the public name of a reverse "
+                   "proxy on this machine (which passes the Host header on: nginx's proxy_set_header Host "
+                   "$http_host). Repeatable.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--max-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
 @click.option("--max-mpx", type=FiniteRange(min=0.01), default=50.0, show_default=True,
@@ -26,7 +30,7 @@ __all__ = ["serve"]
               envvar="GEOSEG_ABANDON_AFTER", show_envvar=True,
               help="Seconds a job may go without anyone asking about it (GET /api/jobs/ID) before it is dropped "
                    "from the queue or stopped: its page was closed. Raise it for scripts that poll less often.")
-def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
+def serve(host, port, allow_hosts, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
     """Serve the page: upload an image, segment it, switch and compare models, download outputs.
 
     JSON API: GET /api/models, POST /api/segment (multipart 'image', 'models', optional
@@ -60,7 +64,7 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
         app = create_app({"MAX_CONTENT_LENGTH": max_mb * 1024**2, "GEOSEG_MAX_PIXELS": int(max_mpx * 1e6),
                           "GEOSEG_RESULT_TTL": ttl, "GEOSEG_WORKERS": workers,
                           "GEOSEG_MAX_QUEUED": max_queued, "GEOSEG_ABANDON_AFTER": abandon_after,
-                          "GEOSEG_LOCAL_ONLY": _loopback(host)})
+                          "GEOSEG_LOCAL_ONLY": _loopback(host), "GEOSEG_ALLOWED_HOSTS": list(allow_hosts)})
     except GeosegError as exc:  # no folder for its files: a traceback
         raise click.ClickException(str(exc)) from None
     import logging
@@ -68,7 +72,8 @@ def serve(host, port, max_mb, max_mpx, ttl, workers, max_queued, abandon_after):
     # the page polls each job twice a second: log those answers only when they are not 200
     logging.getLogger("werkzeug").addFilter(
         lambda record: not ("GET /api/jobs/" in record.getMessage() and '" 200 ' in record.getMessage()))
-    click.echo(f"geoseg serving on http://{host}:{port}/", err=True)
+    shown = f"[{host.strip('[]')}]" if ":" in host else host  # http://::1:5000/ is no URL
+    click.echo(f"geoseg serving on http://{shown}:{port}/", err=True)
     import os
     import shutil
     import sys

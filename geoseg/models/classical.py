@@ -13,12 +13,14 @@ log = logging.getLogger(__name__)
 
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(a - b) / (a + b) as float32, NaN where both are 0: NDWI is (green, nir), NDVI is (nir, red).
+    """(a - b) / (a + b) as float32, NaN where both are 0: NDWI is (green, nir), NDVI is (nir, red). Values below
+    0 count as 0: reflectance a little under 0 (Landsat Collection 2 stores it over dark water) made the sum
+    negative and the index of such water -3, which called it dry (h126).
 
-    >>> normalized_difference(np.array([3.0, 0.0]), np.array([1.0, 0.0])).tolist()
-    [0.5, nan]
+    >>> normalized_difference(np.array([3.0, 0.0, 0.004]), np.array([1.0, 0.0, -0.008])).tolist()
+    [0.5, nan, 1.0]
     """
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    a, b = np.maximum(np.asarray(a, np.float32), 0), np.maximum(np.asarray(b, np.float32), 0)
     # over: an ESRI raster's nodata, -3.4e38, added to itself (those pixels are masked; numpy's warning with its
     # source line read as a crash, h105)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -66,7 +68,7 @@ _CLASSES = [{"id": 0, "name": "other", "color": "#D9D0B8"},
 def _indices(batch: np.ndarray, nir: bool) -> tuple[np.ndarray, np.ndarray]:
     """Water and vegetation indices of (..., bands): NDWI/NDVI with a 4th NIR band, else RGB indices
     (blue-red normalised difference, in -1..1, and normalised excess green, in -1..2)."""
-    r, g, b = batch[..., 0], batch[..., 1], batch[..., 2]
+    r, g, b = (np.maximum(batch[..., i], 0) for i in range(3))  # reflectance under 0 as 0 (`normalized_difference`)
     if nir:
         n = batch[..., 3]
         return normalized_difference(g, n), normalized_difference(n, r)

@@ -359,9 +359,9 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
             name = classes[named]["name"]
             _warn_once((os.path.abspath(path), "nodata-class", value),
                        "%s: its nodata value %d is class %r's id, so %s of that value are read as unlabelled, not as "
-                       "%s. If they are that class, unset the nodata value (%s -unsetnodata %s).",
+                       "%s. If they are that class, unset the nodata value (%s).",
                        path, value, name, "its pixels" if window is not None else f"its {hidden} px", name,
-                       gdal_edit(path), path)
+                       gdal_edit(path, "-unsetnodata"))
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
     if fmt == "color" and ignore_colors is not None and window is None:
@@ -515,10 +515,11 @@ class VectorLabels:
             degrees = frame.crs is not None and frame.crs.is_geographic
             _warn_once((os.path.abspath(path), "lines"), "%s: %s, burnt one pixel wide (the pixels they cross or fall "
                        "in), so they label a sliver of what they stand for. Buffer them to the features' width first, "
-                       "in the layer's units (QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT "
-                       "ST_Buffer(%s, 3) AS %s, * FROM \\\"%s\\\"\" for 3 m in a metric CRS)%s.", path, what, column,
-                       column, layer, ", after moving the layer, which is in degrees, into a metric CRS (ogr2ogr -t_srs "
-                       "EPSG:...; in degrees, 3 is 3 degrees)" if degrees else "")
+                       "in the layer's units (QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT CASE WHEN "
+                       "GeometryType(%s) LIKE '%%POLYGON%%' THEN %s ELSE ST_Buffer(%s, 3) END AS %s, * FROM "
+                       "\\\"%s\\\"\" for 3 m in a metric CRS, its polygons kept as they are)%s.", path, what, column,
+                       column, column, column, layer, ", after moving the layer, which is in degrees, into a metric CRS "
+                       "(ogr2ogr -t_srs EPSG:...; in degrees, 3 is 3 degrees)" if degrees else "")
         from geoseg.raster import inspect_raster
 
         self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit

@@ -42,8 +42,8 @@ DEFAULTS = {
     # loopback address, so that a web page the user opens cannot reach the server through a name of its own that
     # it re-points at 127.0.0.1 (DNS rebinding), and read the answers
     "GEOSEG_LOCAL_ONLY": False,
+    "GEOSEG_ALLOWED_HOSTS": [],  # names answered too when GEOSEG_LOCAL_ONLY: a reverse proxy's (serve --allow-host)
 }
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -87,8 +87,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         scripts): any web page the user had open could post uploads to 127.0.0.1 and cancel jobs (h123)."""
         from urllib.parse import urlsplit
 
-        if app.config["GEOSEG_LOCAL_ONLY"] and urlsplit(f"//{request.host}").hostname not in LOOPBACK_NAMES:
-            return jsonify(error=f"this server answers requests to 127.0.0.1 or localhost, not to {request.host}."), 403
+        if app.config["GEOSEG_LOCAL_ONLY"] and not _local_name(urlsplit(f"//{request.host}").hostname,
+                                                               app.config["GEOSEG_ALLOWED_HOSTS"]):
+            return jsonify(error=f"this server answers requests to 127.0.0.1 or localhost, not to {request.host} "
+                                 "(behind a reverse proxy, start it with --allow-host NAME)."), 403
         origin = request.headers.get("Origin")
         if request.method in UNSAFE_METHODS and origin is not None and urlsplit(origin).netloc != request.host:
             return jsonify(error=f"requests from other web sites ({origin}) are refused; use this server's own page "
@@ -388,6 +390,20 @@ def _new_job(jobs: JobManager, max_pixels: int) -> Job:
 # uploads decoded at once: each check reads all of its upload (a 7000² two-band float64 strip of 0.8 MB on disk took
 # 2.3 GB), and up to --workers + --max-queued of them (22) were checked at once, 7.4 GB for three (h123)
 DECODING = threading.BoundedSemaphore(2)
+
+
+def _local_name(hostname: str | None, allowed=()) -> bool:
+    """Whether a request's host is this machine's loopback (127.0.0.0/8, ::1, localhost) or a name allowed."""
+    import ipaddress
+
+    if hostname is None:
+        return False
+    if hostname.lower() == "localhost" or hostname.lower() in (a.lower() for a in allowed):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_label(label: Path, image: Path, label_name: str, image_name: str) -> None:

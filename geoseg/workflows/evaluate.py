@@ -551,7 +551,7 @@ def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = N
             name = label_classes[int(nodata)]["name"]
             said.append(f"{label}: its nodata value {nodata:g} is also label id {nodata:g} ({name}), so its pixels of "
                         f"{nodata:g} ({100 * float(masked.mean()):.1f}%) were not scored. If {nodata:g} is a class, "
-                        f"unset the nodata value: {gdal_edit(label)} -unsetnodata {Path(label).name}")
+                        f"unset the nodata value: {gdal_edit(label, '-unsetnodata', Path(label).name)}")
     named = np.zeros(len(label_classes), bool)
     named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
     in_range = (values >= 0) & (values < len(label_classes))

@@ -104,9 +104,9 @@ def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
                   "are for both images" if both else "") + "." if tagged else "")
         if tag == "alpha":
             log.warning("%s: band %d, read as %s for NDWI, is tagged alpha (transparency), as GDAL tags the 4th of four "
-                        "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (%s "
-                        "-colorinterp_%d undefined %s); if it is transparency, pass %s with the %s band.", info.path,
-                        band, what, fix, what, gdal_edit(info.path), band, info.path, option, what)
+                        "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (%s); if it is "
+                        "transparency, pass %s with the %s band.", info.path, band, what, fix, what,
+                        gdal_edit(info.path, f"-colorinterp_{band} undefined"), option, what)
         elif deliberate and tag in _SPECTRAL and tag not in wanted:
             log.warning("%s: band %d, read as %s for NDWI, is tagged %s in the file.%s", info.path, band, what, tag,
                         fix or f" If the tag is right, pass {option} with the {what} band.")

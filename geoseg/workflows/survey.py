@@ -26,7 +26,7 @@ from geoseg.files import refuse_folders
 from geoseg.pipeline import (check_options, check_output_path, new_folders_removed_on_error, prepare_output_dir,
                              segment)
 from geoseg.raster import (first_line, is_gdal_path, name_key, pid_alive, raster_stem, remove_dead_temp_dirs,
-                           unique_stems, written_by_geoseg)
+                           subdataset_file, unique_stems, written_by_geoseg)
 from geoseg.vector import dataset_options, write_qml
 from geoseg.workflows.common import class_card, md_cell, write_csv, write_json, write_text
 
@@ -388,6 +388,10 @@ def _read_by_gdal(path: str, local: str) -> tuple[dict[str, Any], dict[str, Any]
             # which pixels are nodata: a nodata value set in the .aux.xml, or a cloud mask (a.tif.msk) added later,
             # left the earlier masks, clouds classed as land, skipped as done
             masking = repr((ds.nodatavals, [[flag.name for flag in flags] for flags in ds.mask_flag_enums]))
+            # a scale and offset (the baselines' indices read values by them), only where declared: a record made
+            # before they were read stays valid for the files without, and those with are done again (h126)
+            if any(s != 1 for s in ds.scales) or any(o != 0 for o in ds.offsets):
+                masking = repr((masking, tuple(ds.scales), tuple(ds.offsets)))
     except Exception:  # noqa: BLE001 - any failure to open is the raster's own failure, reported by segment
         return {}, None
     main = os.path.abspath(local)
@@ -411,6 +415,8 @@ def _local_file(path: str) -> str | None:
     """The file on this machine that holds `path` (the archive of ``/vsizip/a.zip/b.tif``), None for a remote
     raster; FileNotFoundError where there is none."""
     local = path
+    if (sub := subdataset_file(path)) is not None:  # GPKG:a.gpkg:table, NETCDF:"f.nc":var: the file named in it
+        return sub[0]
     if is_gdal_path(path):  # /vsizip/z.zip/y.tif is relative to the working folder, /vsizip//data/z.zip/y.tif not
         local = path.split("://", 1)[-1].replace("!", "/") if "://" in path else path.split("/", 2)[-1]
         local = os.path.normpath(local)
