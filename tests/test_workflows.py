@@ -2505,3 +2505,30 @@ def test_survey_redoes_a_raster_whose_scale_and_offset_were_set(tmp_path):
         assert ds.offsets == (-0.2,) * 4
     again = survey([path], tmp_path / "out", model="threshold-nir", preview=False)
     assert len(again.done) == 1 and not again.skipped
+
+
+def test_survey_batch_files_are_put_in_place_as_a_set(make_raster, tmp_path, monkeypatch):
+    """A Ctrl-C while the batch files were written left this run's mosaic beside the summaries, report and polygons
+    of the run before (h124): they are staged and moved into place together, or not at all."""
+    from geoseg.workflows import survey
+
+    module = sys.modules["geoseg.workflows.survey"]
+    images = [make_raster(name=f"r{i}.tif", shape=(30, 40), seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    survey(images[:1], out, model="threshold", preview=False)
+    before = {name: (out / name).read_bytes() for name in ("masks.vrt", "survey_summary.csv", "survey_report.md",
+                                                          "survey_polygons.gpkg")}
+    real = module.write_csv
+
+    def stopped(*args, **kwargs):  # the mosaic and polygons are written by then
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "write_csv", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        survey(images, out, model="threshold", preview=False)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+    monkeypatch.setattr(module, "write_csv", real)
+    survey(images, out, model="threshold", preview=False)
+    assert all((out / name).read_bytes() != data for name, data in before.items() if name != "survey_polygons.gpkg")
+    assert "r1" in (out / "masks.vrt").read_text() and "r1" in (out / "survey_summary.csv").read_text()

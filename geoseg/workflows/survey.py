@@ -1099,6 +1099,29 @@ def _crs_of(path: str) -> str | None:
 
 
 def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], classes, vector: bool) -> dict[str, str]:
+    """Write the batch files (mosaics, merged polygons, summaries, report) as one set: into a staging folder, then
+    moved into place together, the report last, with an earlier run's mosaics of CRSs no longer surveyed and its
+    polygons no longer matched removed. A Ctrl-C while they were written left a mosaic of this run beside the
+    summaries and polygons of the one before (h124)."""
+    from geoseg.files import move_all, signals_held
+    from geoseg.raster import staging_dir
+
+    _remove_dead_merges(out_dir / "survey_polygons.gpkg")  # of a geoseg that merged beside the layer
+    with staging_dir(out_dir) as stage:
+        outputs = _batch_files(out_dir, stage, finished, failed, classes, vector)
+        made = {p.name for p in stage.iterdir() if p.is_file() and not p.name.startswith(".")}
+        moves = sorted(((stage / name, out_dir / name) for name in made), key=lambda m: m[1].name == "survey_report.md")
+        stale = [p for p in (*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt"), out_dir / "survey_polygons.gpkg")
+                 if p.name not in made]
+        stale = [q for p in stale for q in (p, p.with_suffix(".qml")) if q.is_file() or q.is_symlink()]
+        with signals_held():
+            move_all(moves, staging=stage, remove=stale)
+    return outputs
+
+
+def _batch_files(out_dir: Path, stage: Path, finished: list[dict], failed: list[dict], classes,
+                 vector: bool) -> dict[str, str]:
+    """`_batch_outputs`' files, written into `stage`; the paths returned are their final ones in `out_dir`."""
     n_classes = max((c.id for c in classes), default=-1) + 1
     own = {}  # each mask's m² per class id, as segment measured it
     for e in finished:
@@ -1106,19 +1129,18 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
         for c in e.get("classes") or []:
             own[e["outputs"]["mask"]][c["id"]] += c.get("area_m2") or 0.0
     outputs, left_out, groups = {}, [], {}
-    outputs.update(_mosaics(out_dir, list(own), classes, left_out, groups))
+    outputs.update(_mosaics(out_dir, list(own), classes, left_out, groups, stage))
     order = {path: i for i, path in enumerate(own)}  # input order: the later raster decides, across CRSs too
     placed = _placed(left_out)  # rotated or placed by GCPs: in no mosaic, but counted once all the same
     stacked = sorted([*((path, crs, t, w, h) for crs, items in groups.items() for path, t, w, h in items),
                       *placed.values()], key=lambda item: order[item[0]])
     mosaic_m2 = _counted_once(stacked, own) if stacked else np.zeros(n_classes)
-    merged = _merge_layers(out_dir / "survey_polygons.gpkg", finished) if vector and finished else None
-    if merged is None:  # an earlier run's polygons, which this run's rasters no longer match
-        for path in (out_dir / "survey_polygons.gpkg", out_dir / "survey_polygons.qml"):
-            path.unlink(missing_ok=True)
+    # none: an earlier run's polygons, which this run's rasters no longer match, are removed (`_batch_outputs`)
+    merged = (_merge_layers(stage / "survey_polygons.gpkg", finished, out_dir / "survey_polygons.gpkg")
+              if vector and finished else None)
     if merged is not None:
         write_qml(merged.with_suffix(".qml"), classes, kind="vector")
-        outputs["polygons"] = str(merged)
+        outputs["polygons"] = str(out_dir / merged.name)
     rows = []
     for e in finished + failed:
         row = {"input": e["input"], "status": e.get("status", "failed"), "error": e.get("error", ""),
@@ -1140,10 +1162,10 @@ def _batch_outputs(out_dir: Path, finished: list[dict], failed: list[dict], clas
     outside = [r for r in ok if r["mask"] in left_out and r["mask"] not in placed]  # nowhere: only their own areas
     totals = {c.name: float(mosaic_m2[c.id]) + sum(float(r.get(f"{c.name}_m2") or 0) for r in outside)
               for c in classes}
-    write_csv(outputs["summary_csv"], rows)
-    write_json(outputs["summary_json"], {"rasters": rows, "total_m2": {k: round(v, 3) for k, v in totals.items()},
-                                         "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
-    write_text(outputs["report"], _report(rows, outputs, left_out, totals, summed, len(groups)))
+    write_csv(stage / "survey_summary.csv", rows)
+    write_json(stage / "survey_summary.json", {"rasters": rows, "total_m2": {k: round(v, 3) for k, v in totals.items()},
+                                               "sum_of_rasters_m2": {k: round(v, 3) for k, v in summed.items()}})
+    write_text(stage / "survey_report.md", _report(rows, outputs, left_out, totals, summed, len(groups)))
     return outputs
 
 
@@ -1204,9 +1226,11 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
     return "\n".join(lines) + "\n"
 
 
-def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], groups: dict) -> dict[str, str]:
-    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours;
-    `groups` gets each mosaic's (path, transform, width, height) of its masks, in stacking order.
+def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], groups: dict,
+             stage: Path | None = None) -> dict[str, str]:
+    """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours, into `stage`
+    (default `out_dir`) as files of `out_dir`; `groups` gets each mosaic's (path, transform, width, height) of its
+    masks, in stacking order.
 
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
     GCPs or RPCs) or rotated ones are appended to `left_out` instead of being stacked at the origin.
@@ -1226,17 +1250,13 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
         log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
                     ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
     out = {}
+    stage = out_dir if stage is None else stage
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
-        write_text(out_dir / name, _vrt_xml(crs, items, classes, out_dir))
+        write_text(stage / name, _vrt_xml(crs, items, classes, out_dir))  # its paths relative to out_dir
         # QGIS names palette entries from a style beside the file, not from CLASS_NAMES: its legend said 0-255
-        write_qml((out_dir / name).with_suffix(".qml"), classes, kind="raster")
+        write_qml((stage / name).with_suffix(".qml"), classes, kind="raster")
         out[name.removesuffix(".vrt")] = str(out_dir / name)
-    for stale in [*out_dir.glob("masks.vrt"), *out_dir.glob("masks_*.vrt")]:  # of an earlier run's CRSs
-        if str(stale) not in out.values():
-            for path in (stale, stale.with_suffix(".qml")):
-                if path.is_file() or path.is_symlink():  # a folder is not one
-                    path.unlink()
     return out
 
 
@@ -1431,8 +1451,20 @@ def _remove_with_journal(path: Path) -> None:
 MERGE_FEATURES = 100_000  # polygons per append to survey_polygons.gpkg: memory for far fewer opens
 
 
-def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
-    """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time.
+def _remove_dead_merges(out: Path) -> None:
+    """Remove the temporary copies of `out` (and their SQLite journals) of merges killed outright (SIGKILL) on this
+    host: they stayed after every later run. A folder shared over the network: another host's process ids are
+    not ours."""
+    host = socket.gethostname()
+    for left in out.parent.glob(f".{out.stem}.{glob.escape(host)}-*.tmp.gpkg*"):
+        pid = left.name.partition(".tmp.gpkg")[0].rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            left.unlink(missing_ok=True)
+
+
+def _merge_layers(out: Path, finished: list[dict], shown: Path | None = None) -> Path | None:
+    """Append every raster's polygons to one GeoPackage with a source attribute, one layer at a time (`shown`: the
+    path to name in an error, where `out` is in a staging folder).
 
     The layer takes the polygons' CRS when they share one, else EPSG:4326; polygons without a CRS
     (pixel coordinates) are left out when others have one.
@@ -1442,13 +1474,9 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
 
     # this process's own name (a second survey into the folder removed the first's file mid-write), removed when
     # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
-    host = socket.gethostname()  # a folder shared over the network: another host's process ids are not ours
-    tmp = out.with_name(f".{out.stem}.{host}-{os.getpid()}.tmp.gpkg")
+    tmp = out.with_name(f".{out.stem}.{socket.gethostname()}-{os.getpid()}.tmp.gpkg")
     _remove_with_journal(tmp)
-    for left in out.parent.glob(f".{out.stem}.{glob.escape(host)}-*.tmp.gpkg*"):  # a survey's killed outright
-        pid = left.name.partition(".tmp.gpkg")[0].rsplit("-", 1)[-1]  # (SIGKILL), its SQLite journal too
-        if pid.isdigit() and not pid_alive(int(pid)):
-            left.unlink(missing_ok=True)
+    _remove_dead_merges(out)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
     layers = [(e, path) for e, path in layers if path and os.path.exists(path)]
     crss = {pyogrio.read_info(path)["crs"] for _, path in layers} - {None}
@@ -1472,7 +1500,7 @@ def _merge_layers(out: Path, finished: list[dict]) -> Path | None:
                 pyogrio.write_dataframe(frame, tmp, layer="survey_polygons", append=tmp.exists(),
                                         dataset_options=None if tmp.exists() else dataset_options("GPKG"))
             except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.FeatureError) as exc:  # a full disk
-                raise OutputError(f"{out}: could not be written ({first_line(exc)}). Free some disk space or "
+                raise OutputError(f"{shown or out}: could not be written ({first_line(exc)}). Free some disk space or "
                                   "pick another output folder; nothing was left at that path.") from None
 
     try:
