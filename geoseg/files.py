@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["RollbackError", "move_all", "named_as_final", "refuse_folders", "replace_set", "replaced_atomically",
-           "signals_held"]
+__all__ = ["RollbackError", "folder_lock", "move_all", "named_as_final", "refuse_folders", "replace_set",
+           "replaced_atomically", "signals_held"]
 
 
 def decoded_text(data: bytes) -> str:
@@ -296,3 +296,48 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samestat(os.lstat(a), os.lstat(b))
     except OSError:
         return False
+
+
+_LOCKS_HELD: set[str] = set()  # the folder locks this process holds (two surveys of one program, in two threads)
+
+
+@contextmanager
+def folder_lock(lock: Path, refused) -> Iterator[None]:
+    """Hold the file `lock` (this host and process id in it) while the block runs; where another live process
+    holds it, raise OutputError(``refused(where, lock)``), `where` naming that process. A lock left by a process
+    killed outright on this host, or by this very process id after a container restart, is taken over."""
+    import socket
+
+    from geoseg.errors import OutputError
+    from geoseg.raster import pid_alive
+
+    host = socket.gethostname()
+    taken = False
+    try:
+        with signals_held():  # SIGTERM between taking the lock and the `try` that gives it back left it behind
+            while True:
+                try:
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    try:
+                        holder, pid = lock.read_text().split()
+                    except (OSError, ValueError):  # being written, or not ours: as held
+                        holder, pid = "", ""
+                    # a container restarted after a kill runs the survey under the killed one's process id (1)
+                    ours = pid == str(os.getpid()) and os.path.realpath(lock) not in _LOCKS_HELD
+                    if holder == host and pid.isdigit() and (ours or not pid_alive(int(pid))):
+                        lock.unlink(missing_ok=True)
+                        continue
+                    where = (f"process {pid}" if holder == host else f"process {pid} on {holder}" if holder
+                             else "a process")
+                    raise OutputError(refused(where, lock)) from None
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{host} {os.getpid()}\n")
+                taken = True
+                _LOCKS_HELD.add(os.path.realpath(lock))
+                break
+        yield
+    finally:
+        if taken:
+            _LOCKS_HELD.discard(os.path.realpath(lock))
+            lock.unlink(missing_ok=True)

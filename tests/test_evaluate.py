@@ -1178,3 +1178,29 @@ def test_a_uint16_paletted_label_with_entries_past_255_is_read_by_its_colours(ma
     assert [e["pixels_scored"] for e in compared["evaluations"]] == [40 * 50] * 2
     with pytest.raises(InputError, match=r"most common colours in .*palette16.tif are #0000FF, #00FF00"):
         compare(["threshold", "region-growing"], [image], [path], label_format="color")  # by the models' colours
+
+
+def test_a_second_comparison_into_a_folder_in_use_is_refused(make_raster, tmp_path):
+    """Two identical compare runs at once both found no earlier masks, segmented into the same files (overwrite
+    inside) and both exited 0 (h118): the folder's lock refuses the second; a lock of a dead process is taken over."""
+    import socket
+    import subprocess
+
+    from geoseg.errors import OutputError
+    from geoseg.workflows.evaluate import COMPARE_LOCK
+
+    image = make_raster(shape=(30, 40))
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        (out / COMPARE_LOCK).write_text(f"{socket.gethostname()} {holder.pid}\n")
+        with pytest.raises(OutputError, match=rf"another comparison \(process {holder.pid}\) is writing into this "
+                                              "folder"):
+            compare(["threshold", "region-growing"], [image], output_dir=out)
+        assert not (out / "threshold").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    done = compare(["threshold", "region-growing"], [image], output_dir=out)  # the dead holder's lock: taken over
+    assert done["disagreement"] and not (out / COMPARE_LOCK).exists()

@@ -704,11 +704,11 @@ def compare(
     existed = out is not None and out.exists()
     if out is not None:  # a file there was "OUT/MODEL: cannot create the output folder (Not a directory)"
         prepare_output_dir(out, lambda d: {}, overwrite=True)
-        if not overwrite:
-            _refuse_earlier_outputs(out, folders, images)
     # Ctrl-C or a failure midway left this run's masks, which the same command then refused as "an earlier
     # comparison's": files and folders it made go again (those it replaced, with --overwrite, stay)
-    with _made_removed_on_error(out, existed):
+    with _made_removed_on_error(out, existed), _compare_lock(out):
+        if out is not None and not overwrite:  # with the lock: two identical runs at once both passed this
+            _refuse_earlier_outputs(out, folders, images)
         if labels is not None:
             for k, (m, folder) in enumerate(zip(models, folders)):
                 evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
@@ -722,6 +722,24 @@ def compare(
     return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
             "agreement_pct": [pct for _, pct in disagreement]}
+
+
+COMPARE_LOCK = ".geoseg-compare.lock"
+
+
+@contextmanager
+def _compare_lock(out: Path | None) -> Iterator[None]:
+    """Hold ``out/.geoseg-compare.lock`` while a comparison writes there: two identical `compare` runs at once
+    both found no earlier masks, segmented into the same files (with overwrite inside) and both exited 0 (h118)."""
+    if out is None:
+        yield
+        return
+    from geoseg.files import folder_lock
+
+    with folder_lock(out / COMPARE_LOCK, lambda where, lock: (
+            f"{out}: another comparison ({where}) is writing into this folder, and the two would overwrite each "
+            f"other's masks. Wait for it to end, or pick another output folder (if none runs there, delete {lock}).")):
+        yield
 
 
 @contextmanager

@@ -13,10 +13,9 @@ import socket
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -1029,49 +1028,17 @@ def survey(
 
 
 LOCK = ".geoseg-survey.lock"
-_LOCKS_HELD: set[str] = set()  # the locks this process holds (two surveys of one program, in two threads)
 
 
-@contextmanager
-def _survey_lock(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir/.geoseg-survey.lock`` (this host and process id) while the survey runs; refuse a folder
-    another live survey holds. Two surveys into one folder both ended well, and the last to finish wrote the
-    manifest, mosaic and report of its own rasters only. A lock left by a survey killed outright on this host
-    is taken over."""
-    from geoseg.files import signals_held
+def _survey_lock(out_dir: Path):
+    """Hold ``out_dir/.geoseg-survey.lock`` while the survey runs (`folder_lock`). Two surveys into one folder both
+    ended well, and the last to finish wrote the manifest, mosaic and report of its own rasters only."""
+    from geoseg.files import folder_lock
 
-    lock, host = out_dir / LOCK, socket.gethostname()
-    taken = False
-    try:
-        with signals_held():  # SIGTERM between taking the lock and the `try` that gives it back left it behind
-            while True:
-                try:
-                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    try:
-                        holder, pid = lock.read_text().split()
-                    except (OSError, ValueError):  # being written, or not ours: as held
-                        holder, pid = "", ""
-                    # a container restarted after a kill runs the survey under the killed one's process id (1)
-                    ours = pid == str(os.getpid()) and os.path.realpath(lock) not in _LOCKS_HELD
-                    if holder == host and pid.isdigit() and (ours or not pid_alive(int(pid))):
-                        lock.unlink(missing_ok=True)
-                        continue
-                    where = (f"process {pid}" if holder == host else f"process {pid} on {holder}" if holder
-                             else "a process")
-                    raise OutputError(f"{out_dir}: another survey ({where}) is writing into this folder, and the two "
-                                      "would overwrite each other's manifest and report. Wait for it to end, or pick "
-                                      f"another output folder (if no survey runs there, delete {lock}).") from None
-                with os.fdopen(fd, "w") as f:
-                    f.write(f"{host} {os.getpid()}\n")
-                taken = True
-                _LOCKS_HELD.add(os.path.realpath(lock))
-                break
-        yield
-    finally:
-        if taken:
-            _LOCKS_HELD.discard(os.path.realpath(lock))
-            lock.unlink(missing_ok=True)
+    return folder_lock(out_dir / LOCK, lambda where, lock: (
+        f"{out_dir}: another survey ({where}) is writing into this folder, and the two would overwrite each other's "
+        f"manifest and report. Wait for it to end, or pick another output folder (if no survey runs there, delete "
+        f"{lock})."))
 
 
 def _batch_signature(manifest: "_Manifest", finished: list[dict], failed: list[dict], classes, vector: bool) -> str:
