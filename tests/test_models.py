@@ -306,6 +306,21 @@ def test_code_in_a_model_is_refused_and_an_unknown_layer_named(tmp_path):
     with pytest.raises(ModelError, match=r"custom.keras: the model uses the layer class '.*Gain', which no installed "
                                          r"package registers. Install the package .* as a geoseg.models plugin"):
         load_bundle(tmp_path / "custom.keras")
+    # a layer of a package: the file records its module, which the error names (h117)
+    (tmp_path / "gainpack").mkdir()
+    (tmp_path / "gainpack" / "__init__.py").write_text("")
+    (tmp_path / "gainpack" / "layers.py").write_text(
+        "import keras\n@keras.saving.register_keras_serializable(package='gainpack')\n"
+        "class Gain(keras.layers.Layer):\n    def call(self, t):\n        return t\n")
+    packaged = ("import sys, keras; sys.path.insert(0, sys.argv[1]); from gainpack.layers import Gain\n"
+                "i = keras.Input((None, None, 3)); x = keras.layers.Conv2D(2, 1, activation='softmax')(i)\n"
+                "keras.Model(i, Gain()(x)).save(sys.argv[1] + '/packaged.keras')\n")
+    subprocess.run([sys.executable, "-c", packaged, str(tmp_path)], check=True, timeout=300)
+    write_card(ModelCard.from_dict({**CARD, "name": "packaged"}), tmp_path / "packaged.json")
+    with pytest.raises(ModelError, match=r"which no installed package registers. The model was saved with it from "
+                                         r"the Python module 'gainpack.layers': install the package that provides "
+                                         r"that module, as a geoseg.models plugin"):
+        load_bundle(tmp_path / "packaged.keras")
 
 
 def test_a_bundle_of_a_newer_keras_asks_for_that_keras(tiny_fcn, tmp_path):

@@ -221,6 +221,30 @@ def _saved_by_keras(path) -> str | None:
     return version if isinstance(version, str) else None
 
 
+def _layer_module(path, class_name: str) -> str | None:
+    """The Python module a ``.keras`` archive's config.json records for the layer class `class_name` (the package
+    that registered it when the model was saved), None where it records none."""
+    import json
+    import zipfile
+
+    def layers(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == class_name and isinstance(node.get("module"), str):
+                yield node["module"]
+            for value in node.values():
+                yield from layers(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from layers(value)
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return next(layers(config), None)
+
+
 def _older(version: str, than: str) -> bool:
     """Whether release `version` (``3.14.1``) comes before `than`; False where either is not of numbers."""
     def numbers(text: str) -> tuple[int, ...]:
@@ -432,9 +456,15 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
 
             failed = (f" These plugins failed to import, and may define it: {'; '.join(PLUGIN_FAILURES)}. Fix them "
                       "first (their missing packages)." if PLUGIN_FAILURES else "")
+            # the module the file names: which package to install (h117)
+            module = None if legacy else _layer_module(weights, unknown[1].rsplit(">", 1)[-1])
+            saved = (f" The model was saved with it from the Python module {module!r}: install the package that "
+                     "provides that module, as a geoseg.models plugin"
+                     if module and not module.startswith(("keras", "__main__")) else
+                     " Install the package that defines it as a geoseg.models plugin")
             raise ModelError(f"{weights}: the model uses the layer class {unknown[1]!r}, which no installed package "
-                             "registers. Install the package that defines it as a geoseg.models plugin (see README, "
-                             f"Models), or rebuild the model from Keras layers.{failed}") from None
+                             f"registers.{saved} (see README, Models), or rebuild the model from Keras layers."
+                             f"{failed}") from None
         saved_by = None if legacy else _saved_by_keras(weights)
         if saved_by and _older(keras.__version__, saved_by):  # a newer Keras's layer options: a long config error
             detail = re.search(r"\S+ got an unexpected keyword argument '[^']+'", str(exc))
