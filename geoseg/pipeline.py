@@ -1091,6 +1091,20 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
         return
     if values.size and (high := float(np.percentile(values, 99))) > OUT_OF_RANGE[method]:
         declared = norm or card.normalization
+        means = np.asarray(declared.get("mean", []), float)
+        if (method == "meanstd" and means.size and np.all(np.abs(means) <= 1.5) and info.dtype == "uint8"
+                and raw.size and float(np.percentile(raw, 99.5)) > 2):
+            # statistics of 0-1 values (ImageNet's 0.485/0.229, a model scaled to 0-1 before them) on 8-bit data:
+            # the card's units, not the raster's, which the advice below blamed (h117)
+            stds = np.asarray(declared["std"], float)
+            log.warning(
+                "%s: %s's card gives means %s and standard deviations %s, statistics of values in 0-1, while this "
+                "8-bit raster's reach 255, so after them its pixels reach %.0f: expect nearly one class. If the model "
+                "was trained on 8-bit data divided by 255, pass --normalize meanstd:%s/%s (the card's statistics "
+                "times 255), or put those in its card.", info.path, card.name, means.round(4).tolist(),
+                stds.round(4).tolist(), high, ",".join(f"{m * 255:.4g}" for m in means),
+                ",".join(f"{sd * 255:.4g}" for sd in stds))
+            return
         fix = "pass --normalize (normalization= in Python) with a scale that maps its values as the card's does"
         top = float(np.percentile(raw, 99.5))
         if eight_bit and top > 0:  # a card of 8-bit data

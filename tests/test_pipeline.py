@@ -259,6 +259,26 @@ def test_a_model_of_raw_8_bit_values_is_not_warned_about_8_bit_data(make_raster,
     assert "far outside what raw was trained on" in caplog.text  # other units still are
 
 
+def test_a_card_of_0_1_statistics_on_8_bit_data_is_said_to_be_in_the_card_s_units(make_raster, tiny_fcn, tmp_path,
+                                                                                   caplog):
+    """A meanstd card with ImageNet's 0-1 statistics on 8-bit data was blamed on the raster ("probably in other
+    units ... convert it"), which was right; the card's units were not (h117)."""
+    import shutil
+
+    model = tmp_path / "models" / "imagenet.keras"
+    model.parent.mkdir()
+    shutil.copy(tiny_fcn, model)
+    card = json.loads(Path(tiny_fcn).with_suffix(".json").read_text())
+    card.update(name="imagenet", normalization={"method": "meanstd", "mean": [0.485, 0.456, 0.406],
+                                                "std": [0.229, 0.224, 0.225]})
+    model.with_suffix(".json").write_text(json.dumps(card))
+    segment(make_raster(dtype="uint8"), tmp_path / "out", model=model, preview=False)
+    assert ("imagenet's card gives means [0.485, 0.456, 0.406] and standard deviations [0.229, 0.224, 0.225], "
+            "statistics of values in 0-1, while this 8-bit raster's reach 255") in caplog.text
+    assert "pass --normalize meanstd:123.7,116.3,103.5/58.4,57.12,57.38" in caplog.text
+    assert "probably in other units" not in caplog.text
+
+
 def test_11_bit_values_through_a_model_of_8_bit_imagery_are_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
     """11-bit satellite values (SpaceNet's 0..2047, most below 1500) reached 7 after /255 and passed a limit of 8."""
     data = np.random.default_rng(0).integers(0, 1500, (3, 64, 64)).astype(np.uint16)
