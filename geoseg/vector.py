@@ -434,7 +434,23 @@ def _measure(frame, extent: tuple[float, float, float, float]) -> tuple[list[flo
         scales = areal_scales(frame.crs, centres.x, centres.y)
         if scales is not None:
             areas, lengths = areas / scales, lengths / np.sqrt(scales)
+        # the scale at the centroid is not the polygon's mean over hundreds of km (a 500 km class of Lambert-93
+        # read 0.2% over the mask's area, h128): large ones are measured on the ellipsoid, edges densified
+        bounds = np.asarray(frame.geometry.bounds) * factor
+        big = np.flatnonzero(np.hypot(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) > BIG_POLYGON_M)
+        if big.size:
+            from pyproj import Geod
+
+            from geoseg.raster import metres_per_unit
+
+            geod = Geod(ellps="WGS84")
+            ground = _densified(frame.iloc[big], extent, 100 / metres_per_unit(frame.crs)).to_crs("EPSG:4326")
+            areas[big] = [_geodesic_area(geod, g) for g in ground.geometry]
+            lengths[big] = [geod.geometry_length(g.boundary) for g in ground.geometry]
     return list(areas), list(lengths)
+
+
+BIG_POLYGON_M = 20_000  # polygons wider than this (their bounds' diagonal) are measured on the ellipsoid
 
 
 def _geodesic_area(geod, geometry) -> float:
@@ -448,7 +464,12 @@ def _geodesic_area(geod, geometry) -> float:
     if geometry is None or geometry.is_empty:
         return 0.0
     left, _, right, _ = geometry.bounds
-    if right - left < 90:
+    # a polygon of a projected grid that crosses the antimeridian (a polar stereographic class, a Web Mercator tile
+    # past 180) comes back from EPSG:4326 with an edge that jumps 360 degrees: its bounds span the globe, and cut as a
+    # planar shape it raised GEOS's TopologyException or read 386 times its area. The geodesic of each edge is right.
+    jump = any(np.abs(np.diff(shapely.get_coordinates(ring)[:, 0])).max(initial=0) > 180
+               for ring in shapely.get_rings(geometry))
+    if right - left < 90 or jump:
         return abs(geod.geometry_area_perimeter(geometry)[0])
     cuts = np.linspace(left, right, int(np.ceil((right - left) / 80)) + 1)
     total = 0.0

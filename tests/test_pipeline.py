@@ -1858,5 +1858,8 @@ def test_gdal_edit_advice_is_a_command_that_works_on_the_file_s_format():
     assert gdal_edit("a.tif", "-a_nodata 0") == "gdal_edit.py -a_nodata 0 a.tif"
     assert gdal_edit("/d/a.JPG", "-a_srs EPSG:32640", "a.JPG") == "gdal_edit.py -ro -a_srs EPSG:32640 a.JPG"
     assert gdal_edit("a.png", "-a_srs EPSG:32640") == "gdal_edit.py -ro -a_srs EPSG:32640 a.png"
-    assert gdal_edit("a.png", "-unsetnodata") == "gdal_translate -a_nodata none a.png a.tif"
-    assert gdal_edit("a.png", "-colorinterp_4 undefined") == "gdal_translate -colorinterp_4 undefined a.png a.tif"
+    assert gdal_edit("d/a.png", "-unsetnodata") == "gdal_translate -a_nodata none d/a.png d/a.tif, and use d/a.tif"
+    assert gdal_edit("a.png", "-colorinterp_4 undefined") == ("gdal_translate -colorinterp_4 undefined a.png a.tif, "
+                                                              "and use a.tif")
+    # a path of spaces, quoted for the shell (the Dubai set's "Tile 1" folders, h128)
+    assert gdal_edit("Tile 1/a.tif", "-a_nodata 0") == "gdal_edit.py -a_nodata 0 'Tile 1/a.tif'"

@@ -1104,3 +1104,25 @@ def test_areas_of_a_national_grid_at_its_edge_are_of_the_ground(tmp_path):
         assert areas[class_id] == pytest.approx(truth[class_id], rel=2e-4)
         assert frame.loc[frame["class_id"] == class_id, "area_m2"].sum() == pytest.approx(truth[class_id], rel=2e-4)
     assert abs(truth[1] / (80 * 100 * 100 * 100) - 1) > 0.004  # the planar figure is 0.4-0.6% off
+
+
+@pytest.mark.parametrize("crs, origin, pixel", [
+    ("EPSG:3031", (-500_000, -1_500_000), 5000),  # a strip across 180° south of the pole: GEOS's TopologyException
+    ("EPSG:3857", (19_900_000, 7_000_000), 1000),  # a tile past the antimeridian: 386 times the area (h128)
+    ("EPSG:3857", (0, 330_000), 1000),  # near the equator: PROJ's factors are the sphere's, polygons 0.67% over
+    ("EPSG:2154", (700_000, 7_100_000), 5000),  # a 1000 km class of a national grid: 0.2% off by its centroid
+])
+def test_polygon_areas_equal_the_mask_s_ground_areas(tmp_path, crs, origin, pixel):
+    from geoseg.raster import class_pixels_and_areas, inspect_raster
+
+    mask = np.zeros((200, 200), np.uint8)
+    mask[:, 90:110] = 1
+    mask[40:60, 20:40] = 2  # a lake in class 0
+    path = tmp_path / "m.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=200, count=1, dtype="uint8", crs=crs,
+                       transform=from_origin(*origin, pixel, pixel), nodata=255) as ds:
+        ds.write(mask, 1)
+    areas = class_pixels_and_areas(str(path), inspect_raster(path), 256)[1]
+    frame = gpd.read_file(vectorize(path, tmp_path / "m.gpkg").path)
+    for class_id in (0, 1, 2):
+        assert frame.loc[frame["class_id"] == class_id, "area_m2"].sum() == pytest.approx(areas[class_id], rel=1e-4)

@@ -1494,6 +1494,13 @@ def test_serve_answers_only_loopback_names_when_it_listens_on_loopback():
 
     assert [_loopback(h) for h in ("127.0.0.1", "127.0.1.1", "::1", "[::1]", "localhost", "LOCALHOST")] == [True] * 6
     assert [_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "myhost")] == [False] * 4
+    # a Host header's port is not compared: NAME:PORT never matched, and the 403 said to pass --allow-host (h128)
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    refused = CliRunner().invoke(main, ["serve", "--allow-host", "proxy.local:8080"])
+    assert refused.exit_code == 2 and "'proxy.local:8080': give a host name alone" in refused.output
 
 
 def test_at_most_two_uploads_are_decoded_at_once(app, monkeypatch):

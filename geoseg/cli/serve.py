@@ -9,11 +9,27 @@ from geoseg.cli.options import FiniteRange
 __all__ = ["serve"]
 
 
+def _host_names(ctx, param, names):
+    """--allow-host takes names as a Host header gives them without the port (which is not compared)."""
+    from urllib.parse import urlsplit
+
+    for name in names:
+        parsed = urlsplit(f"//{name}")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = "bad"
+        if port is not None or not parsed.hostname or "/" in name:
+            raise click.BadParameter(f"{name!r}: give a host name alone, such as maps.example.org (no port, scheme "
+                                     "or path).", param_hint="--allow-host")
+    return names
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. On a loopback address only requests addressed to a loopback address or "
                    "localhost (or an --allow-host) are answered; 0.0.0.0 shares the page with the network.")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME", callback=_host_names,
               help="Also answer requests addressed to NAME on a loopback --host: the public name of a reverse "
                    "proxy on this machine (which passes the Host header on: nginx's proxy_set_header Host "
                    "$http_host). Repeatable.")
