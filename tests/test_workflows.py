@@ -1404,7 +1404,7 @@ def test_survey_polygons_interrupted_while_merged_leave_no_partial_file(make_ras
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pyogrio, "write_dataframe", stopped)
-    monkeypatch.setattr(sys.modules["geoseg.workflows.survey"], "MERGE_FEATURES", 1)  # one append per raster
+    monkeypatch.setattr(sys.modules["geoseg.workflows.survey"], "MERGE_VERTICES", 1)  # one append per raster
     with pytest.raises(KeyboardInterrupt):
         survey(images, tmp_path / "out", model="threshold")
     assert f"{socket.gethostname()}-{os.getpid()}" in Path(written[0]).name  # this process's own temporary file
