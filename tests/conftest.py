@@ -59,6 +59,26 @@ def make_raster(tmp_path):
     return make
 
 
+@pytest.fixture
+def make_multi_gpkg(make_raster, tmp_path):
+    """Factory: a GeoPackage of two raster tables (as QGIS's or gdal_translate's APPEND_SUBDATASET writes them), each
+    a copy of one `make_raster` image; returns (the GeoPackage, the image)."""
+
+    def make(name="multi.gpkg", tables=("scene_a", "scene_b"), shape=(40, 48)):
+        image = make_raster(shape=shape)
+        with rasterio.open(image) as src:
+            data, profile = src.read(), src.profile
+        path = tmp_path / name
+        for i, table in enumerate(tables):
+            with rasterio.open(path, "w", driver="GPKG", width=shape[1], height=shape[0], count=3, dtype="uint8",
+                               crs=profile["crs"], transform=profile["transform"], RASTER_TABLE=table,
+                               APPEND_SUBDATASET="YES" if i else "NO", TILE_FORMAT="PNG") as ds:
+                ds.write(data)
+        return path, image
+
+    return make
+
+
 def _save_bundle(folder: Path, model, card: dict) -> Path:
     from geoseg.models import ModelCard, write_card
 

@@ -1784,7 +1784,7 @@ def test_empty_and_home_relative_paths_and_non_bool_flags_are_named(make_raster,
         compare(["threshold", "region-growing"], [raster], output_dir=tmp_path / "cmp", overwrite=1)
 
 
-def test_a_file_of_several_rasters_is_named_and_one_of_them_segmented(make_raster, tmp_path, monkeypatch):
+def test_a_file_of_several_rasters_is_named_and_one_of_them_segmented(make_multi_gpkg, tmp_path, monkeypatch):
     """A GeoPackage of two raster tables failed with a ValueError traceback (no --json answer, no GeosegError for a
     script), and QGIS's name for one of them, GPKG:multi.gpkg:scene_b, was "no such file" (h120)."""
     from click.testing import CliRunner
@@ -1792,15 +1792,7 @@ def test_a_file_of_several_rasters_is_named_and_one_of_them_segmented(make_raste
     from geoseg.cli import main
     from geoseg.errors import RasterReadError
 
-    image = make_raster(shape=(40, 48))
-    with rasterio.open(image) as src:
-        data, profile = src.read(), src.profile
-    multi = tmp_path / "multi.gpkg"
-    for table, append in (("scene_a", "NO"), ("scene_b", "YES")):
-        with rasterio.open(multi, "w", driver="GPKG", width=48, height=40, count=3, dtype="uint8", crs=profile["crs"],
-                           transform=profile["transform"], RASTER_TABLE=table, APPEND_SUBDATASET=append,
-                           TILE_FORMAT="PNG") as ds:
-            ds.write(data)
+    multi, image = make_multi_gpkg()
     with pytest.raises(RasterReadError, match=r"multi.gpkg: holds 2 rasters, not one; pass one of them by GDAL's name "
                                               r"for it, as QGIS does: 'GPKG:.*multi.gpkg:scene_a', 'GPKG:"):
         segment(multi, tmp_path / "out", model="threshold")

@@ -2459,20 +2459,12 @@ def test_survey_summaries_name_masks_by_absolute_paths(make_raster, tmp_path, mo
     assert str(summary).count(str(tmp_path / "work" / "out" / "t0" / "t0_mask.tif")) >= 1
 
 
-def test_survey_takes_gdal_s_names_of_rasters_in_a_file_of_several(make_raster, tmp_path):
+def test_survey_takes_gdal_s_names_of_rasters_in_a_file_of_several(make_multi_gpkg, tmp_path):
     """segment's error names GPKG:two.gpkg:first for a GeoPackage of two raster tables; survey failed on those
     names with "no such file" (h126)."""
     from geoseg.workflows import survey
 
-    image = make_raster(shape=(30, 40))
-    with rasterio.open(image) as src:
-        data, profile = src.read(), src.profile
-    two = tmp_path / "two.gpkg"
-    for table, append in (("first", "NO"), ("second", "YES")):
-        with rasterio.open(two, "w", driver="GPKG", width=40, height=30, count=3, dtype="uint8", crs=profile["crs"],
-                           transform=profile["transform"], RASTER_TABLE=table, APPEND_SUBDATASET=append,
-                           TILE_FORMAT="PNG") as ds:
-            ds.write(data)
+    two, _ = make_multi_gpkg("two.gpkg", ("first", "second"), (30, 40))
     names = [f"GPKG:{two}:first", f"GPKG:{two}:second"]
     done = survey(names, tmp_path / "out", model="threshold", preview=False)
     assert not done.failed and len(done.done) == 2
