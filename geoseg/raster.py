@@ -1030,7 +1030,7 @@ def areal_scales(crs, xs, ys) -> np.ndarray | None:
     from pyproj import Geod, Transformer
 
     xs, ys = np.atleast_1d(np.asarray(xs, float)), np.atleast_1d(np.asarray(ys, float))
-    side = SCALE_PROBE_M / metres_per_unit(crs)
+    side = SCALE_PROBE_M / metres_per_unit(crs)  # in the CRS's units
     try:
         to_lonlat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
         (x0, y0), (x1, y1), (x2, y2) = (to_lonlat.transform(xs + dx, ys + dy) for dx, dy in ((0, 0), (side, 0),
@@ -1043,7 +1043,7 @@ def areal_scales(crs, xs, ys) -> np.ndarray | None:
     az1, _, d1 = geod.inv(x0, y0, x1, y1)
     az2, _, d2 = geod.inv(x0, y0, x2, y2)
     ground = np.abs(np.asarray(d1) * np.asarray(d2) * np.sin(np.radians(np.asarray(az2) - np.asarray(az1))))
-    planar = (side * metres_per_unit(crs)) ** 2
+    planar = SCALE_PROBE_M ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         scales = planar / ground
     return scales if np.all(np.isfinite(scales) & (scales > 0)) else None

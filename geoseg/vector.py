@@ -414,17 +414,8 @@ def _measure(frame, extent: tuple[float, float, float, float]) -> tuple[list[flo
     with it (a block's polygons, written while the others are polygonised, or all of them)."""
     if frame.crs is None or len(frame) == 0:
         return [None] * len(frame), [None] * len(frame)
-    geographic = _densified(frame, extent, 0.001) if frame.crs.is_geographic else None
-    if geographic is None and _distorted(frame.crs, extent):
-        from geoseg.raster import metres_per_unit
-
-        geographic = _densified(frame, extent, 100 / metres_per_unit(frame.crs)).to_crs("EPSG:4326")
-    if geographic is not None:
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")  # its perimeter is the outer ring's: a lake's islands were left out (-29%),
-        return ([_geodesic_area(geod, g) for g in geographic.geometry],  # as planar ones count them
-                [geod.geometry_length(g.boundary) for g in geographic.geometry])
+    if frame.crs.is_geographic or _distorted(frame.crs, extent):
+        return _ground_measures(frame, extent)
     factor = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
     areas, lengths = np.asarray(frame.geometry.area) * factor**2, np.asarray(frame.geometry.length) * factor
     if _distorted(frame.crs, extent, GROUND_TOLERANCE):  # within 1% of the ground: each polygon's planar measures
@@ -439,15 +430,21 @@ def _measure(frame, extent: tuple[float, float, float, float]) -> tuple[list[flo
         bounds = np.asarray(frame.geometry.bounds) * factor
         big = np.flatnonzero(np.hypot(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) > BIG_POLYGON_M)
         if big.size:
-            from pyproj import Geod
-
-            from geoseg.raster import metres_per_unit
-
-            geod = Geod(ellps="WGS84")
-            ground = _densified(frame.iloc[big], extent, 100 / metres_per_unit(frame.crs)).to_crs("EPSG:4326")
-            areas[big] = [_geodesic_area(geod, g) for g in ground.geometry]
-            lengths[big] = [geod.geometry_length(g.boundary) for g in ground.geometry]
+            areas[big], lengths[big] = _ground_measures(frame.iloc[big], extent)
     return list(areas), list(lengths)
+
+
+def _ground_measures(frame, extent: tuple[float, float, float, float]) -> tuple[list[float], list[float]]:
+    """Geodesic areas and perimeters on the WGS 84 ellipsoid, edges densified first (`_densified`)."""
+    from pyproj import Geod
+
+    from geoseg.raster import metres_per_unit
+
+    geographic = (_densified(frame, extent, 0.001) if frame.crs.is_geographic else
+                  _densified(frame, extent, 100 / metres_per_unit(frame.crs)).to_crs("EPSG:4326"))
+    geod = Geod(ellps="WGS84")  # its perimeter is the outer ring's: a lake's islands were left out (-29%),
+    return ([_geodesic_area(geod, g) for g in geographic.geometry],  # as planar ones count them
+            [geod.geometry_length(g.boundary) for g in geographic.geometry])
 
 
 BIG_POLYGON_M = 20_000  # polygons wider than this (their bounds' diagonal) are measured on the ellipsoid

@@ -86,7 +86,6 @@ def _check_ndwi_bands(info, green: int, nir: int) -> None:
 
 
 _BAND_TAGS = {"green": ("green",), "NIR": ("nir", "other_ir")}  # what GDAL may call the bands NDWI reads
-_DELIBERATE, _SPECTRAL = DELIBERATE_TAGS, SPECTRAL_TAGS  # tags set on purpose (raster.py)
 
 
 def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
@@ -95,7 +94,7 @@ def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
     and blue made all the water 'flooded'. `both`: the band options are for two images."""
     with open_quietly(info.path) as ds:
         tags = [c.name for c in ds.colorinterp]
-    deliberate = any(t in _DELIBERATE for t in tags)
+    deliberate = any(t in DELIBERATE_TAGS for t in tags)
     for what, band, option in (("green", green, "--green-band"), ("NIR", nir, "--nir-band")):
         tag, wanted = tags[band - 1], _BAND_TAGS[what]
         tagged = [i + 1 for i, t in enumerate(tags) if t in wanted] if deliberate else []
@@ -107,7 +106,7 @@ def _check_band_tags(info, green: int, nir: int, *, both: bool) -> None:
                         "8-bit bands unless told otherwise.%s If it is the %s band, tag it so (%s); if it is "
                         "transparency, pass %s with the %s band.", info.path, band, what, fix, what,
                         gdal_edit(info.path, f"-colorinterp_{band} undefined"), option, what)
-        elif deliberate and tag in _SPECTRAL and tag not in wanted:
+        elif deliberate and tag in SPECTRAL_TAGS and tag not in wanted:
             log.warning("%s: band %d, read as %s for NDWI, is tagged %s in the file.%s", info.path, band, what, tag,
                         fix or f" If the tag is right, pass {option} with the {what} band.")
 
