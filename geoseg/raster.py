@@ -408,6 +408,9 @@ def band_roles(info: RasterInfo) -> list[str | None]:
     return roles
 
 
+_UNUSABLE_SCALES_SAID: set = set()
+
+
 def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float], list[float]] | None:
     """The scales and offsets the file declares for `bands` (1-based), or None where they are all 1 and 0 (or one
     is no usable number). Values in the file's units are ``stored * scale + offset``, as QGIS shows them and
@@ -419,8 +422,11 @@ def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float
     if all(s == 1 and o == 0 for s, o in zip(scales, offsets)):
         return None
     if not all(np.isfinite(s) and s != 0 and np.isfinite(o) for s, o in zip(scales, offsets)):
-        log.warning("%s: its band scales %s and offsets %s are not all usable numbers, so its stored values are read "
-                    "as they are", info.path, scales, offsets)
+        said = (info.path, info.stamp, tuple(scales), tuple(offsets))
+        if said not in _UNUSABLE_SCALES_SAID:  # flood --pre asks twice per image: once said (h126)
+            _UNUSABLE_SCALES_SAID.add(said)
+            log.warning("%s: its band scales %s and offsets %s are not all usable numbers, so its stored values are "
+                        "read as they are", info.path, scales, offsets)
         return None
     return scales, offsets
 

@@ -421,3 +421,18 @@ def test_dark_water_of_reflectance_a_little_under_zero_stays_water(tmp_path):
     with rasterio.open(result.outputs["mask"]) as ds:
         mask = ds.read(1)
     assert (mask[:, :50] == 1).mean() > 0.99 and not (mask[:, 50:] == 1).any()
+
+
+def test_unusable_scales_are_said_once_per_file(tmp_path, caplog):
+    """A scale of 0 (no usable number) was warned of twice per image in flood --pre (h126): once per file."""
+    from geoseg.raster import declared_scaling, inspect_raster
+
+    image, _ = _scene(nir=True)
+    path = tmp_path / "zero.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=120, count=4, dtype="uint8") as ds:
+        ds.write(image)
+        ds.scales = [0.0] * 4
+    info = inspect_raster(path)
+    caplog.set_level("WARNING", logger="geoseg")
+    assert declared_scaling(info, [1, 2, 3, 4]) is None and declared_scaling(info, [1, 2, 3, 4]) is None
+    assert caplog.text.count("are not all usable numbers") == 1

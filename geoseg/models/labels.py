@@ -515,11 +515,12 @@ class VectorLabels:
             degrees = frame.crs is not None and frame.crs.is_geographic
             _warn_once((os.path.abspath(path), "lines"), "%s: %s, burnt one pixel wide (the pixels they cross or fall "
                        "in), so they label a sliver of what they stand for. Buffer them to the features' width first, "
-                       "in the layer's units (QGIS's Buffer, or ogr2ogr -dialect SQLite -sql \"SELECT CASE WHEN "
+                       "in the layer's units (QGIS's Buffer, or ogr2ogr -nln %s -dialect SQLite -sql \"SELECT CASE WHEN "
                        "GeometryType(%s) LIKE '%%POLYGON%%' THEN %s ELSE ST_Buffer(%s, 3) END AS %s, * FROM "
-                       "\\\"%s\\\"\" for 3 m in a metric CRS, its polygons kept as they are)%s.", path, what, column,
-                       column, column, column, layer, ", after moving the layer, which is in degrees, into a metric CRS "
-                       "(ogr2ogr -t_srs EPSG:...; in degrees, 3 is 3 degrees)" if degrees else "")
+                       "\\\"%s\\\"\" for 3 m in a metric CRS, its polygons kept as they are)%s.", path, what,
+                       shlex.quote(layer), column, column, column, column, layer, ", after moving the layer, which is "
+                       "in degrees, into a metric CRS (ogr2ogr -t_srs EPSG:...; in degrees, 3 is 3 degrees)"
+                       if degrees else "")  # -nln: the layer kept its name, not "SELECT" (h128)
         from geoseg.raster import inspect_raster
 
         self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
