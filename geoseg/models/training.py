@@ -975,8 +975,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                                 if os.path.isabs(config.output) else config.output},
                      # the folder those paths are relative to, from the card's: ../data/lv.tif in a card under
                      # runs/ named no file from there (h122)
-                     "paths_relative_to": os.path.relpath((Path(config.source).parent if config.source
-                                                           else Path(".")).resolve(), out.resolve()),
+                     "paths_relative_to": os.path.relpath(_config_folder(config), out.resolve()),
                      "data": config.data_description,
                      "train_images": len(train_pairs),  # and which: a card counted them only
                      "train_files": [_relative(config, p) for _, _, p in train_pairs],
@@ -1435,10 +1434,14 @@ def _encoder_margin(model, n_bands: int) -> int:
     return int(np.ceil(max(radius, 1) / 32) * 32)
 
 
+def _config_folder(config: TrainConfig) -> Path:
+    """The folder of the config file, which its paths (and a card's) are relative to."""
+    return (Path(config.source).parent if config.source else Path(".")).resolve()
+
+
 def _relative(config: TrainConfig, path: str) -> str:
     """`path` relative to the config file, as the config's own paths are (no absolute paths in a card)."""
-    base = Path(config.source).parent if config.source else Path(".")
-    return os.path.relpath(path, base.resolve())
+    return os.path.relpath(path, _config_folder(config))
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

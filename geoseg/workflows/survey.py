@@ -1194,9 +1194,9 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
 
 
 def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], groups: dict,
-             stage: Path | None = None) -> dict[str, str]:
+             stage: Path) -> dict[str, str]:
     """Write masks.vrt (or one masks_EPSG_n.vrt per CRS) over every mask, with the class colours, into `stage`
-    (default `out_dir`) as files of `out_dir`; `groups` gets each mosaic's (path, transform, width, height) of its
+    as files of `out_dir` (`_batch_outputs` moves them there); `groups` gets each mosaic's (path, transform, width, height) of its
     masks, in stacking order.
 
     A mosaic needs north-up grids with a CRS; masks without one (plain JPEGs, scenes placed by
@@ -1217,7 +1217,6 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
         log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
                     ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
     out = {}
-    stage = out_dir if stage is None else stage
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
         write_text(stage / name, _vrt_xml(crs, items, classes, out_dir))  # its paths relative to out_dir
@@ -1448,7 +1447,6 @@ def _merge_layers(out: Path, finished: list[dict], shown: Path | None = None) ->
     # the merge fails or is interrupted (a partial file stayed beside the new mosaic)
     tmp = out.with_name(f".{out.stem}.{socket.gethostname()}-{os.getpid()}.tmp.gpkg")
     _remove_with_journal(tmp)
-    _remove_dead_merges(out)
     layers = [(e, e["outputs"].get("vector")) for e in finished]
     layers = [(e, path) for e, path in layers if path and os.path.exists(path)]
     crss = {pyogrio.read_info(path)["crs"] for _, path in layers} - {None}
@@ -1497,5 +1495,4 @@ def _merge_layers(out: Path, finished: list[dict], shown: Path | None = None) ->
     if tmp.exists():
         os.replace(tmp, out)
         return out
-    out.unlink(missing_ok=True)  # nothing to merge: no stale layer of an earlier run under this name
-    return None
+    return None  # nothing to merge: an earlier run's layer is removed as stale (`_batch_outputs`)
