@@ -2524,3 +2524,18 @@ def test_survey_batch_files_are_put_in_place_as_a_set(make_raster, tmp_path, mon
     survey(images, out, model="threshold", preview=False)
     assert all((out / name).read_bytes() != data for name, data in before.items() if name != "survey_polygons.gpkg")
     assert "r1" in (out / "masks.vrt").read_text() and "r1" in (out / "survey_summary.csv").read_text()
+
+
+def test_survey_progress_counts_the_rasters_ended_and_failed(make_raster, tmp_path):
+    """The survey bar showed only the raster's name: 205 files gave no count of those ended or failed (h124)."""
+    from geoseg.workflows import survey
+
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a raster")
+    told = []
+    result = survey([make_raster(shape=(40, 50)), broken], tmp_path / "s", model="threshold", vector=False,
+                    progress=lambda fraction, message: told.append(message))
+    assert len(result.failed) == 1
+    ended = [m for m in told if m.startswith("2/2 rasters")]
+    assert ended and ended[-1].startswith("2/2 rasters, 1 failed · ")
+    assert any(m.startswith("0/2 rasters") or m.startswith("1/2 rasters") for m in told)

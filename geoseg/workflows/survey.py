@@ -860,8 +860,9 @@ def survey(
     jobs : int
         Rasters processed at once (Dask threads); memory grows with it.
     progress : callable, optional
-        ``progress(fraction_of_batch, message)``, fraction counting partly done rasters; or
-        ``progress(fraction)``, as segment, scene and flood call it.
+        ``progress(fraction_of_batch, message)``, fraction counting partly done rasters, message as
+        ``"12/205 rasters, 1 failed · NAME"`` (the rasters ended, those failed, and the raster that moved);
+        or ``progress(fraction)``, as segment, scene and flood call it.
     **segment_options
         Passed to `geoseg.segment` and recorded in the manifest.
 
@@ -933,6 +934,7 @@ def survey(
             report = progress or (lambda fraction, message: None)
 
             stopping = threading.Event()
+            failed: set[str] = set()
 
             def tick(source: str, fraction: float) -> None:
                 # Ctrl-C: the raster stops at its next chunk, and removes its staged files; one whose outputs are in
@@ -940,12 +942,17 @@ def survey(
                 if stopping.is_set() and fraction < 1.0:
                     raise _Stopped
                 fractions[source] = fraction
-                report(sum(fractions.values()) / len(sources), Path(source).name)
+                ended = sum(f >= 1.0 for f in fractions.values())
+                # the bar said only the raster's name: a 205-file survey gave no count of those ended or failed (h124)
+                report(sum(fractions.values()) / len(sources), f"{ended}/{len(sources)} rasters"
+                       + (f", {len(failed)} failed" if failed else "") + f" · {Path(source).name}")
 
             def one(source: str) -> tuple[str, dict[str, Any]]:
                 try:
                     found, seen = _fingerprint(source, manifest.entries.get(manifest.key_of(source)))
                 except OSError:
+                    failed.add(source)
+                    tick(source, 1.0)
                     return "failed", {"input": source, "error": f"{source}: no such file. Check the path."}
                 key = {**found, **options}
                 manifest.adopt(source, key, seen)  # done by an older geoseg, whose keys held less
@@ -986,6 +993,8 @@ def survey(
                 if entry["status"] == "done" or not manifest.has_done(source):
                     # a failed rerun (a typo in --bands) kept none of the done ones
                     manifest.record(source, _with_seen(entry, seen))
+                if entry["status"] == "failed":
+                    failed.add(source)
                 tick(source, 1.0)
                 return entry["status"], entry
 
