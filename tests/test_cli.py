@@ -891,6 +891,43 @@ def test_serve_stops_at_once_and_removes_its_folder(tmp_path, signum):
     assert '"GET /no-such-page HTTP/1.1" 404' in stderr.decode() and "\x1b[" not in stderr.decode(), stderr.decode()
 
 
+def test_serve_closes_a_connection_that_sends_nothing_after_its_idle_timeout(tmp_path):
+    """Each connection had a thread without a timeout: 400 half-open sockets held 426 threads for good (h123)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "serve", "--port", str(port),
+                             "--idle-timeout", "2"], env={**os.environ, "TMPDIR": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            idle.settimeout(20)
+            started = time.time()
+            while idle.recv(1024):  # the server closes it (a socket.timeout after 20 s, before)
+                pass
+            assert time.time() - started < 15
+        # a request that keeps its word is still answered
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=5).close()
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert "connection closed after 2 s without a request" in stderr.decode(), stderr.decode()
+    assert "ERROR" not in stderr.decode() and "Traceback" not in stderr.decode()  # an ERROR line, twice
+
+
 def test_flood_threshold_out_of_range_is_a_usage_error_and_scene_prints_small_areas_in_m2(run, make_raster, tmp_path):
     """--ndwi-threshold 2 exited 1 in the Python API's words while 'abc' was a usage error (2); the scene summary
     printed 3 m² of a drone image as 0.0000 km²."""
