@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import struct
+import contextlib
 import threading
 import time
 import zipfile
@@ -1538,3 +1539,70 @@ def test_at_most_two_uploads_are_decoded_at_once(app, monkeypatch):
     for t in threads:
         t.join()
     assert codes == [202] * 5 and most[0] == 2
+
+
+@contextlib.contextmanager
+def _served(app):
+    """The app on a free local port in a thread of this process: its page's address."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_form_holds_up_in_high_contrast_text_spacing_and_without_a_mouse(app):
+    """h131: forced colours (Windows high contrast) painted every class swatch black, so the legend no longer keyed the
+    mask; the normalisation syntax was only in a hover tooltip; the opacity slider was read "0.6"; the file input ran
+    16 px past a 320 px screen with WCAG 1.4.12 text spacing."""
+    from playwright.sync_api import sync_playwright
+
+    with _served(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 320, "height": 640})
+        page.emulate_media(forced_colors="active")
+        page.goto(url)
+        swatches = page.evaluate("[...document.querySelectorAll('.classes i')].map((i) => "
+                                 "[i.style.background, getComputedStyle(i).backgroundColor])")
+        assert swatches and len({shown for _, shown in swatches}) > 1, swatches
+        # the syntax reaches a screen reader (aria-describedby hides a title) and a keyboard or touch user
+        assert "meanstd:" in page.inner_text("#normalize-hint")
+        assert page.get_attribute("#opacity", "aria-valuetext") == "60%"
+        page.add_style_tag(content="* { line-height: 1.5 !important; letter-spacing: .12em !important;"
+                                   " word-spacing: .16em !important; }")
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_an_error_is_seen_beside_the_field_it_focuses(app, tmp_path):
+    """h131: a refused upload focused the file input at the top of the page while its message was in the status line
+    under the form, 800 px below on a phone and off a 1280 x 720 screen too: nothing seemed to happen."""
+    from playwright.sync_api import sync_playwright
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello\n")
+    in_view = ("(id) => { const r = document.getElementById(id).getBoundingClientRect();"
+               " return r.height > 0 && r.top >= 0 && r.bottom <= innerHeight; }")
+    with _served(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 375, "height": 667})
+        page.goto(url)
+        page.set_input_files("#image", str(bad))
+        page.focus("#go")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#message.error")
+        assert page.evaluate("document.activeElement.id") == "image"
+        assert page.evaluate(in_view, "image")
+        assert page.evaluate(in_view, "field-error"), "the message is not in view beside the focused field"
+        assert page.inner_text("#field-error") == page.inner_text("#message")
+        assert page.get_attribute("#field-error", "aria-hidden") == "true"  # read once, from the status line
+        page.uncheck("input[name='models']:checked")
+        page.click("#go")  # a client-side error moves the note to the models
+        page.wait_for_function("document.getElementById('message').textContent === 'Pick at least one model.'")
+        assert page.locator(".field-error").count() == 1 and page.evaluate(in_view, "field-error")
+        browser.close()

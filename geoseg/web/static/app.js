@@ -37,9 +37,17 @@ function flag(name) {
     const rest = (el.getAttribute("aria-describedby") || "").split(" ").filter((t) => t && t !== "message").join(" ");
     if (rest) el.setAttribute("aria-describedby", rest); else el.removeAttribute("aria-describedby");
   });
+  $("field-error")?.remove();
   const el = name && $(name);
   if (!el) return false;
   el.setAttribute("aria-invalid", "true"); el.dataset.flagged = "1";
+  // the message is seen beside the field too: the status line is under the form, off the screen while the focus is
+  // on the file input at its top (a bad upload looked like nothing happened). Hidden from screen readers, which
+  // hear the status line and the field's description
+  const note = document.createElement("p");
+  note.id = "field-error"; note.className = "error field-error"; note.setAttribute("aria-hidden", "true");
+  note.textContent = $("message").textContent;
+  if (el.tagName === "FIELDSET") el.querySelector("legend").after(note); else (el.closest("label") || el).after(note);
   el.setAttribute("aria-describedby", `${el.getAttribute("aria-describedby") || ""} message`.trim());
   // a fieldset of models: a ticked one, the likely culprit, not the first box (threshold) of the list (h116)
   (el.tagName === "FIELDSET" ? el.querySelector("input:checked") || el.querySelector("input") : el).focus();
@@ -241,5 +249,7 @@ function iou(rows) {
 }
 
 form.addEventListener("invalid", () => say(""), true); // the browser says what is wrong with a field: not "Pick…" too
-$("opacity").addEventListener("input", (ev) => { $("overlay").style.opacity = ev.target.value; });
-$("overlay").style.opacity = $("opacity").value;
+// a screen reader read the slider as "0.6": say it as a percentage
+function opacity() { const v = $("opacity").value; $("overlay").style.opacity = v; $("opacity").setAttribute("aria-valuetext", `${Math.round(v * 100)}%`); }
+$("opacity").addEventListener("input", opacity);
+opacity();
