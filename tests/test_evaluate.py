@@ -1205,3 +1205,21 @@ def test_a_second_comparison_into_a_folder_in_use_is_refused(make_raster, tmp_pa
         holder.wait()
     done = compare(["threshold", "region-growing"], [image], output_dir=out)  # the dead holder's lock: taken over
     assert done["disagreement"] and not (out / COMPARE_LOCK).exists()
+
+
+def test_a_baseline_leaves_label_classes_of_no_known_class_unscored(make_raster, tmp_path):
+    """--label-names unlabeled,... (a placeholder for id 0 of labels numbered from 1): a baseline scored those
+    pixels as its 'other' class, 400 px of a Landsat label's fill counted right or wrong (h132)."""
+    from geoseg.models.registry import get_segmenter
+
+    image = make_raster(shape=(60, 70))
+    pred, profile = _predicted("threshold", image, tmp_path)
+    truth = pred + 1
+    truth[:20, :20] = 0  # fill of labels numbered from 1
+    label = tmp_path / "from_one.tif"
+    with rasterio.open(label, "w", **{**profile, "nodata": None}) as ds:
+        ds.write(truth, 1)
+    names = [c.name for c in get_segmenter("threshold").card.classes]
+    result = evaluate("threshold", [image], [label], label_names=["unlabeled", *names])
+    assert result.pixels_scored == 60 * 70 - 400
+    assert result.mean_iou == 1.0 and not any("unlabeled" in note for note in result.notes), result.notes

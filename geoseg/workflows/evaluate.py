@@ -148,7 +148,8 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
     file's names, and then they were no model class: no way to score such a file).
 
     Label classes the model lacks are scored as the model's 'other' class when it
-    has one (classical baselines), else left out (255).
+    has one (classical baselines), else left out (255); classes of no known class ('unlabeled', clouds:
+    `unknown_class`) are left out either way.
     """
     model_ids = {c.name: c.id for c in card.classes}
     folded: dict[str, list[str]] = {}
@@ -164,6 +165,8 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
             lut[i] = model_ids[c["name"]]
         elif len(near := folded.get(class_key(c["name"]), [])) == 1:  # 'Water', or in another Unicode form
             lut[i] = model_ids[near[0]]
+        elif unknown_class(c["name"]):  # 'unlabeled', clouds: no known class, so no 'other' either (h132: a
+            continue                    # baseline scored 400 px named 'unlabeled' as correct or wrong 'other')
         else:
             lut[i] = other
             missing.append(c["name"])
