@@ -215,7 +215,7 @@ def test_vector_labels_of_a_file_of_several_layers_name_their_layer(make_raster,
     far = tmp_path / "far.gpkg"  # polygons elsewhere: the message named no file and ended in "?."
     gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(0, 0, 10, 10)], crs="EPSG:32640").to_file(far)
     with pytest.raises(InputError, match=r"far.gpkg: no labelled pixel matched a class the model scores, so there is "
-                                         r"nothing to score: check that the polygons cover the images .*names or ids\.$"):
+                                         r"nothing to score: check that the polygons cover the images .*names or ids, .*may cover none\)\.$"):
         evaluate("threshold", [image], [far], label_format="vector")
     result = evaluate("threshold", [image], [f"{multi}|layername=labels"], label_format="vector")
     assert result.pixels_scored == 50 * 60  # the box covers the image
@@ -1222,4 +1222,28 @@ def test_a_baseline_leaves_label_classes_of_no_known_class_unscored(make_raster,
     names = [c.name for c in get_segmenter("threshold").card.classes]
     result = evaluate("threshold", [image], [label], label_names=["unlabeled", *names])
     assert result.pixels_scored == 60 * 70 - 400
-    assert result.mean_iou == 1.0 and not any("unlabeled" in note for note in result.notes), result.notes
+    assert result.mean_iou == 1.0 and result.not_scored == ["unlabeled"]
+    assert "label classes of no known class, not scored: unlabeled" in result.notes
+    assert not any("'other' class" in note for note in result.notes), result.notes
+
+
+def test_point_labels_are_scored_one_pixel_each_and_a_buffer_is_sized_to_the_pixel(make_raster, tmp_path):
+    """The note advised a 3 m buffer of points on 28.5 m Landsat pixels: polygons are burnt by pixel centre, so
+    following it scored nothing, and the error then blamed the CRS or the field (h132)."""
+    import geopandas as gpd
+    import shapely
+    from rasterio.transform import from_origin
+
+    image = make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 28.5, 28.5))
+    points = [shapely.Point(500000 + 28.5 * (c + 0.3), 2800000 - 28.5 * (r + 0.6)) for r, c in [(3, 4), (20, 30)]]
+    gpd.GeoDataFrame({"class": [1, 1]}, geometry=points, crs="EPSG:32640").to_file(tmp_path / "samples.gpkg")
+    result = evaluate("threshold", image, tmp_path / "samples.gpkg", label_format="vector")
+    assert result.pixels_scored == 2
+    note = next(n for n in result.notes if "2 of its shapes are points" in n)
+    assert "Points label the pixel each falls in" in note
+    assert "ST_Buffer(geom, 22) END AS geom" in note and "for 22 m in a metric CRS" in note
+    assert "a buffer under 3/4 of this image's pixel (22 m) may reach no pixel's centre" in note
+    gpd.GeoDataFrame({"class": [1, 1]}, geometry=[p.buffer(3) for p in points], crs="EPSG:32640").to_file(
+        tmp_path / "discs.gpkg")  # what the note had advised
+    with pytest.raises(InputError, match="buffered points or lines narrower than 3/4 of a pixel may cover none"):
+        evaluate("threshold", image, tmp_path / "discs.gpkg", label_format="vector")

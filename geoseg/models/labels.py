@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -498,6 +499,11 @@ class VectorLabels:
                 f"Fields: {', '.join(fields)}." if fields else "The layer has no attribute fields, only shapes: add a "
                 "field holding each polygon's class name or id (QGIS's Field Calculator, or ogr2ogr -sql \"SELECT "
                 "*, 'building' AS class FROM layer\")."))
+        from geoseg.raster import inspect_raster
+
+        self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
+        if crs is None:
+            raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
         kinds = frame.geometry.geom_type
         lines = int(kinds.isin(["LineString", "MultiLineString", "LinearRing"]).sum())
         points = int(kinds.isin(["Point", "MultiPoint"]).sum())
@@ -513,19 +519,22 @@ class VectorLabels:
             layer = layer or pyogrio.list_layers(file)[0][0]
             column = pyogrio.read_info(file, layer=layer).get("geometry_name") or "geometry"
             degrees = frame.crs is not None and frame.crs.is_geographic
+            # polygons are burnt by pixel centre: a 3 m buffer of points on 28.5 m Landsat pixels burnt nothing,
+            # and the error then blamed the CRS or the field (h132). At least 3/4 of a pixel reaches a centre.
+            metre = crs.linear_units_factor[1] if crs.is_projected else None
+            width = max(3, math.ceil(0.75 * math.hypot(self.transform.a, self.transform.d) * metre)) if metre else 3
+            points_only = (" Points label the pixel each falls in, as a sample of points should be scored; buffer "
+                           "them only where they stand for larger features." if points and not lines else "")
             _warn_once((os.path.abspath(path), "lines"), "%s: %s, burnt one pixel wide (the pixels they cross or fall "
-                       "in), so they label a sliver of what they stand for. Buffer them to the features' width first, "
+                       "in), so they label a sliver of what they stand for.%s Buffer them to the features' width first, "
                        "in the layer's units (QGIS's Buffer, or ogr2ogr -nln %s -dialect SQLite -sql \"SELECT CASE WHEN "
-                       "GeometryType(%s) LIKE '%%POLYGON%%' THEN %s ELSE ST_Buffer(%s, 3) END AS %s, * FROM "
-                       "\\\"%s\\\"\" for 3 m in a metric CRS, its polygons kept as they are)%s.", path, what,
-                       shlex.quote(layer), column, column, column, column, layer, ", after moving the layer, which is "
-                       "in degrees, into a metric CRS (ogr2ogr -t_srs EPSG:...; in degrees, 3 is 3 degrees)"
-                       if degrees else "")  # -nln: the layer kept its name, not "SELECT" (h128)
-        from geoseg.raster import inspect_raster
-
-        self.transform, crs = inspect_raster(image).map_georeferencing()  # a transform, or GCPs' best fit
-        if crs is None:
-            raise InputError(f"{image}: vector labels need a georeferenced image (a CRS, or ground control points).")
+                       "GeometryType(%s) LIKE '%%POLYGON%%' THEN %s ELSE ST_Buffer(%s, %d) END AS %s, * FROM "
+                       "\\\"%s\\\"\" for %d m in a metric CRS, its polygons kept as they are%s)%s.", path, what,
+                       points_only, shlex.quote(layer), column, column, column, width, column, layer, width,
+                       f"; a buffer under 3/4 of this image's pixel ({width} m) may reach no pixel's centre and "
+                       "label nothing" if width > 3 else "",
+                       ", after moving the layer, which is in degrees, into a metric CRS (ogr2ogr -t_srs EPSG:...; in "
+                       "degrees, 3 is 3 degrees)" if degrees else "")  # -nln: the layer kept its name (h128)
         if frame.crs is not None:
             layer_crs, native = frame.crs, frame.total_bounds
             frame = frame.to_crs(crs)

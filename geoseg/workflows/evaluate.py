@@ -166,7 +166,7 @@ def _remap(label_classes: list[dict], card) -> tuple[np.ndarray, list[str]]:
         elif len(near := folded.get(class_key(c["name"]), [])) == 1:  # 'Water', or in another Unicode form
             lut[i] = model_ids[near[0]]
         elif unknown_class(c["name"]):  # 'unlabeled', clouds: no known class, so no 'other' either (h132: a
-            continue                    # baseline scored 400 px named 'unlabeled' as correct or wrong 'other')
+            missing.append(c["name"])  # baseline scored 400 px named 'unlabeled' as correct or wrong 'other')
         else:
             lut[i] = other
             missing.append(c["name"])
@@ -349,7 +349,11 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
         notes = ["each region was given its majority label class: the labels chose the classes, so these scores "
                  "bound what a classifier of these regions could reach; they do not measure a classifier"]
     elif missing and has_other:
-        notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(sorted(missing))}"]
+        unknown = sorted(m for m in missing if unknown_class(m))
+        other = sorted(set(missing) - set(unknown))
+        notes = [f"label classes not in the model, scored as its 'other' class: {', '.join(other)}"] if other else []
+        if unknown:
+            notes.append(f"label classes of no known class, not scored: {', '.join(unknown)}")
     else:
         unknown = sorted(m for m in missing if unknown_class(m))
         notes = [f"label classes not in the model, not scored: {', '.join(sorted(missing))}"] if missing else []
@@ -384,7 +388,7 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                      "comparison, so that every model reads them alike; if they stand for other classes, pass "
                      "--label-names (label_names=) in id order")
     notes.extend(heard.notes())
-    not_scored = [] if has_other else sorted(missing)
+    not_scored = sorted(m for m in missing if unknown_class(m) or not has_other)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes,
                       beyond.tolist() if lacking else [])
@@ -570,7 +574,9 @@ def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
     """Why no pixel was scored, with the colours the first mask does hold when it is colour-coded."""
     hint = {"index": "check that the label values are class ids (0, 1, ...) of the label names, 255 for unlabelled",
             "vector": "check that the polygons cover the images (in the layer's CRS; a layer without one is taken "
-                      "to be in the image's), and that their class field holds label names or ids",
+                      "to be in the image's), that their class field holds label names or ids, and that they are "
+                      "not smaller than a pixel (polygons label the pixels whose centres they cover: buffered "
+                      "points or lines narrower than 3/4 of a pixel may cover none)",
             "color": f"the label colours are {', '.join(colors)}"}[label_format]
     if label_format == "color":
         found = _common_colors(labels[0])
