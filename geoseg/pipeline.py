@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 from dask.callbacks import Callback
 
-from geoseg.errors import BandError, ClusterError, GeosegError, InputError, OutputError, TilingError
+from geoseg.errors import BandError, CardError, ClusterError, GeosegError, InputError, OutputError, TilingError
 from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
@@ -1041,7 +1041,10 @@ def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, pla
     """The normalisation for this raster: the override or the card's, percentiles resolved on the raster."""
     from geoseg.models.card import parse_normalization, resolve_normalization
 
-    norm = card.normalization if override is None else parse_normalization(override, card.n_bands)
+    try:
+        norm = card.normalization if override is None else parse_normalization(override, card.n_bands)
+    except CardError as exc:  # an argument, not the card: `except InputError` around a call missed it (h133)
+        raise InputError(str(exc)) from None
     if norm["method"] == "percentile":
         sample, valid = _whole_raster_sample(info, plan)
         norm = resolve_normalization(norm, sample, valid)

@@ -16,7 +16,7 @@ import shapely
 from rasterio.transform import from_origin
 
 from geoseg import segment
-from geoseg.errors import BandError, CardError, InputError, OutputError, RasterReadError, TilingError
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, TilingError
 from geoseg.inference import predict_image
 from geoseg.models import get_segmenter
 
@@ -378,7 +378,10 @@ def test_band_selection(make_raster, tiny_1band, tmp_path):
         ({"bands": 3}, BandError, "a list of 1-based band indexes"),
         ({"bands": [1.7, 2.2, 3.9]}, BandError, "a list of 1-based band indexes"),
         ({"bands": np.array([1, 2, 9])}, BandError, "has 3 band"),  # an array is a list of indexes too
-        ({"normalization": "scale:0.01"}, CardError, "a normalisation is a dict such as"),  # said "Received: None"
+        ({"normalization": "scale:0.01"}, InputError, "a normalisation is a dict such as"),  # said "Received: None"
+        # an argument's fault: CardError ("a model card is missing a field") escaped `except InputError` (h133)
+        ({"normalization": {"method": "meanstd", "mean": np.zeros(2), "std": (1, 1)}}, InputError,
+         r"'normalization.mean' needs one number per band \(3\)"),
         ({"sieve": -1}, InputError, "sieve .--sieve. is a region size in pixels"),
         ({"sieve": 2.5}, InputError, "a whole number of at least 0. Received: 2.5"),
         ({"batch_size": "8"}, TilingError, "`batch_size` must be a whole number of tiles. Received: batch_size='8'"),
@@ -1855,3 +1858,22 @@ def test_gdal_edit_advice_is_a_command_that_works_on_the_file_s_format():
                                                               "and use a.tif")
     # a path of spaces, quoted for the shell (the Dubai set's "Tile 1" folders, h128)
     assert gdal_edit("Tile 1/a.tif", "-a_nodata 0") == "gdal_edit.py -a_nodata 0 'Tile 1/a.tif'"
+
+
+def test_a_normalisation_of_numpy_statistics_and_tuples_is_taken_as_lists(make_raster, tiny_fcn, tmp_path):
+    """a.mean(axis=(1, 2)) was refused as not "one number per band (3)", and np.float32(0.0078) as no finite
+    number: only lists and Python floats passed (h133)."""
+    path = make_raster()
+    with rasterio.open(path) as ds:
+        pixels = ds.read().astype(np.float32)
+    mean, std = pixels.mean(axis=(1, 2)), pixels.std(axis=(1, 2))
+    as_arrays = segment(path, tmp_path / "a", model=tiny_fcn, preview=False,
+                        normalization={"method": "meanstd", "mean": mean, "std": tuple(std)})
+    as_lists = segment(path, tmp_path / "b", model=tiny_fcn, preview=False,
+                       normalization={"method": "meanstd", "mean": mean.tolist(), "std": std.tolist()})
+    scaled = segment(path, tmp_path / "c", model=tiny_fcn, preview=False,
+                     normalization={"method": "scale", "scale": np.float32(1 / 255), "offset": np.int64(0)})
+    with rasterio.open(as_arrays.outputs["mask"]) as a, rasterio.open(as_lists.outputs["mask"]) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert scaled.outputs["mask"]
+    json.dumps(as_arrays.to_dict())  # the run's record holds plain numbers

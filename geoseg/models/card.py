@@ -354,6 +354,7 @@ def _parse_normalization(data: Any, n_bands: int, source: str) -> dict[str, Any]
     if not isinstance(data, dict):
         raise CardError(f"{source}: a normalisation is a dict such as {{'method': 'scale', 'scale': 0.0001}} "
                         f"(the command line's METHOD:ARGS is --normalize's syntax). Received: {data!r}")
+    data = {key: _plain(value) for key, value in data.items()}  # a notebook's numpy statistics, tuples (h133)
     method = data.get("method")
     if method not in _NORMALISATIONS:
         raise CardError(
@@ -428,6 +429,17 @@ def _check_typos(data: dict[str, Any], fields: Sequence[str], source: str) -> No
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _plain(value: Any) -> Any:
+    """A normalisation field's value as JSON holds it: NumPy scalars and arrays and tuples of numbers as Python
+    numbers and lists (``a.mean(axis=(1, 2))`` was refused as not "one number per band"); anything else as it is,
+    for the checks to name."""
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)) and np.ndim(value) == 1:
+        return [_plain(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    return value
 
 
 def parse_normalization(data: Any, n_bands: int, *, source: str = "normalization") -> dict[str, Any]:
