@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import logging
@@ -408,7 +409,20 @@ def band_roles(info: RasterInfo) -> list[str | None]:
     return roles
 
 
-_UNUSABLE_SCALES_SAID: set = set()
+_UNUSABLE_SCALES_SAID: set = set()  # outside a run's `said_once_per_run` (direct calls): once per process
+_SAID_IN_RUN: contextvars.ContextVar[set | None] = contextvars.ContextVar("geoseg_said_in_run", default=None)
+
+
+@contextmanager
+def said_once_per_run() -> Iterator[None]:
+    """Within the block (a run, and the runs it makes: flood's two segments), what is said once per file is said
+    once; the next run says it again, for its own `result.warnings` (a notebook's rerun of a cell got none, h133)."""
+    token = _SAID_IN_RUN.set(set()) if _SAID_IN_RUN.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SAID_IN_RUN.reset(token)
 
 
 def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float], list[float]] | None:
@@ -422,9 +436,10 @@ def declared_scaling(info: RasterInfo, bands: Sequence[int]) -> tuple[list[float
     if all(s == 1 and o == 0 for s, o in zip(scales, offsets)):
         return None
     if not all(np.isfinite(s) and s != 0 and np.isfinite(o) for s, o in zip(scales, offsets)):
-        said = (info.path, info.stamp, tuple(scales), tuple(offsets))
-        if said not in _UNUSABLE_SCALES_SAID:  # flood --pre asks twice per image: once said (h126)
-            _UNUSABLE_SCALES_SAID.add(said)
+        said, already = (info.path, info.stamp, tuple(scales), tuple(offsets)), _SAID_IN_RUN.get()
+        already = _UNUSABLE_SCALES_SAID if already is None else already
+        if said not in already:  # flood --pre asks twice per image: once said (h126)
+            already.add(said)
             log.warning("%s: its band scales %s and offsets %s are not all usable numbers, so its stored values are "
                         "read as they are", info.path, scales, offsets)
         return None

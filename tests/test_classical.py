@@ -436,3 +436,15 @@ def test_unusable_scales_are_said_once_per_file(tmp_path, caplog):
     caplog.set_level("WARNING", logger="geoseg")
     assert declared_scaling(info, [1, 2, 3, 4]) is None and declared_scaling(info, [1, 2, 3, 4]) is None
     assert caplog.text.count("are not all usable numbers") == 1
+
+
+def test_unusable_scales_are_said_again_in_each_run_s_own_warnings(tmp_path):
+    """Said once per process, a notebook's rerun of a cell had result.warnings == [] for the same file (h133)."""
+    image, _ = _scene(nir=True)
+    path = tmp_path / "zero.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=120, count=4, dtype="uint8") as ds:
+        ds.write(image)
+        ds.scales = [0.0] * 4
+    for run in ("a", "b"):
+        result = segment(path, tmp_path / run, model="threshold-nir", preview=False)
+        assert sum("are not all usable numbers" in w for w in result.warnings) == 1, (run, result.warnings)

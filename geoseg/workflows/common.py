@@ -37,11 +37,14 @@ def warnings_heard() -> Iterator[list[str]]:
     """The warnings geoseg logs in this thread within the block, for a report's own list: a flood map of a
     pre-event image in float reflectance (its 'receded water' 82% of the scene) said so on stderr only, and
     flood.md, flood.json and --json read as if all were well."""
+    from geoseg.raster import said_once_per_run
+
     caught = ThreadWarnings()
     logger = logging.getLogger("geoseg")
     logger.addHandler(caught)
     try:
-        yield caught.messages
+        with said_once_per_run():
+            yield caught.messages
     finally:
         logger.removeHandler(caught)
 
