@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 from urllib.parse import parse_qsl
 import time
@@ -598,6 +599,10 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
     """Refuse an empty output folder: Path("") is the working folder, where segment(x, "") wrote its mask."""
     if not str(output_dir).strip():
         raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
+    if re.match(r"/vsi[a-z0-9_]*/", os.fspath(output_dir).replace("\\", "/")):  # segment ran, then a FileNotFoundError
+        raise OutputError(f"{output_dir}: outputs are written to a folder on disk, not to GDAL's virtual file systems "
+                          "(/vsimem/, /vsis3/, ...), which hold no folders to move finished files into. Give a local "
+                          "folder (a temporary one: tempfile.mkdtemp()), and read or copy the outputs from there.")
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],

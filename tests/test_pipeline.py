@@ -1877,3 +1877,17 @@ def test_a_normalisation_of_numpy_statistics_and_tuples_is_taken_as_lists(make_r
         np.testing.assert_array_equal(a.read(), b.read())
     assert scaled.outputs["mask"]
     json.dumps(as_arrays.to_dict())  # the run's record holds plain numbers
+
+
+def test_an_output_folder_in_gdal_s_memory_is_refused_before_the_run(make_raster, tmp_path):
+    """segment(x, "/vsimem/out") ran the whole model, then failed with a bare FileNotFoundError, and as root made a
+    real folder /vsimem/out on disk meanwhile (h133)."""
+    from geoseg import scene, survey
+
+    path = make_raster()
+    for run in (lambda: segment(path, "/vsimem/geoseg-test-out", model="threshold"),
+                lambda: scene(path, "/vsimem/geoseg-test-out", model="threshold"),
+                lambda: survey([path], "/vsimem/geoseg-test-out", model="threshold")):
+        with pytest.raises(OutputError, match="not to GDAL's virtual file systems"):
+            run()
+    assert not Path("/vsimem").exists()
