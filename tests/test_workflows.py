@@ -2539,3 +2539,18 @@ def test_survey_progress_counts_the_rasters_ended_and_failed(make_raster, tmp_pa
     ended = [m for m in told if m.startswith("2/2 rasters")]
     assert ended and ended[-1].startswith("2/2 rasters, 1 failed · ")
     assert any(m.startswith("0/2 rasters") or m.startswith("1/2 rasters") for m in told)
+
+
+def test_survey_takes_a_raster_in_gdal_s_memory_as_segment_does(make_raster, tmp_path):
+    """survey(["/vsimem/x.tif"]) failed it as "no such file", though segment and vectorize read it (h133)."""
+    from rasterio.io import MemoryFile
+
+    from geoseg.workflows import survey
+
+    with rasterio.open(make_raster(shape=(40, 50))) as src, MemoryFile(filename="geoseg-survey.tif") as memory:
+        with memory.open(**src.profile) as dst:
+            dst.write(src.read())
+        result = survey([memory.name], tmp_path / "s", model="threshold", vector=False)
+        assert not result.failed and len(result.done) == 1, result.failed
+        again = survey([memory.name], tmp_path / "s", model="threshold", vector=False)
+        assert len(again.done) == 1  # no file's size and time to tell it unchanged: done again, as a remote one

@@ -412,7 +412,7 @@ def _read_by_gdal(path: str, local: str) -> tuple[dict[str, Any], dict[str, Any]
 
 def _local_file(path: str) -> str | None:
     """The file on this machine that holds `path` (the archive of ``/vsizip/a.zip/b.tif``), None for a remote
-    raster; FileNotFoundError where there is none."""
+    raster or one in GDAL's memory; FileNotFoundError where there is none."""
     local = path
     if (sub := subdataset_file(path)) is not None:  # GPKG:a.gpkg:table, NETCDF:"f.nc":var: the file named in it
         return sub[0]
@@ -423,7 +423,9 @@ def _local_file(path: str) -> str | None:
             local = os.path.dirname(local)
         if not os.path.isfile(local):
             scheme = path.split("://", 1)[0].split("+")[-1] if "://" in path else ""
-            if path.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")) \
+            # and GDAL's memory (/vsimem/, a notebook's: "no such file", which segment read, h133): redone each run
+            if path.startswith(("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
+                                "/vsimem/")) \
                     or scheme in ("http", "https", "ftp", "s3", "gs", "az"):
                 return None
             raise FileNotFoundError(path)
