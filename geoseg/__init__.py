@@ -42,6 +42,11 @@ _LAZY = {
     "DEFAULT_MODEL": "geoseg.models",
     "list_models": "geoseg.models",
     "SegmentResult": "geoseg.pipeline",
+    "SceneResult": "geoseg.workflows.scene",
+    "FloodResult": "geoseg.workflows.flood",
+    "SurveyResult": "geoseg.workflows.survey",
+    "VectorResult": "geoseg.vector",
+    "Evaluation": "geoseg.workflows.evaluate",
     "segment": "geoseg.pipeline",
     "vectorize": "geoseg.vector",
     "flood": "geoseg.workflows",
@@ -65,9 +70,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see of the lazy names: without 
     from geoseg.errors import GeosegError
     from geoseg.models import DEFAULT_MODEL, list_models
     from geoseg.pipeline import SegmentResult, segment
-    from geoseg.vector import vectorize
+    from geoseg.vector import VectorResult, vectorize
     from geoseg.workflows import flood, scene, survey
-    from geoseg.workflows.evaluate import compare, evaluate
+    from geoseg.workflows.evaluate import Evaluation, compare, evaluate
+    from geoseg.workflows.flood import FloodResult
+    from geoseg.workflows.scene import SceneResult
+    from geoseg.workflows.survey import SurveyResult
 
 
 def __getattr__(name: str) -> Any:
@@ -88,8 +96,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Evaluation",
+    "FloodResult",
     "GeosegError",
+    "SceneResult",
     "SegmentResult",
+    "SurveyResult",
+    "VectorResult",
     "compare",
     "evaluate",
     "flood",

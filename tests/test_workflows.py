@@ -2554,3 +2554,17 @@ def test_survey_takes_a_raster_in_gdal_s_memory_as_segment_does(make_raster, tmp
         assert not result.failed and len(result.done) == 1, result.failed
         again = survey([memory.name], tmp_path / "s", model="threshold", vector=False)
         assert len(again.done) == 1  # no file's size and time to tell it unchanged: done again, as a remote one
+
+
+def test_every_result_class_is_importable_from_geoseg_for_annotations():
+    """SceneResult, FloodResult, SurveyResult, VectorResult and Evaluation lived only in submodules (h133)."""
+    import geoseg
+    from geoseg.vector import VectorResult
+    from geoseg.workflows.evaluate import Evaluation
+    from geoseg.workflows.flood import FloodResult
+    from geoseg.workflows.scene import SceneResult
+    from geoseg.workflows.survey import SurveyResult
+
+    assert (geoseg.SceneResult, geoseg.FloodResult, geoseg.SurveyResult, geoseg.VectorResult, geoseg.Evaluation) == (
+        SceneResult, FloodResult, SurveyResult, VectorResult, Evaluation)
+    assert {"SceneResult", "FloodResult", "SurveyResult", "VectorResult", "Evaluation"} <= set(geoseg.__all__)

@@ -643,7 +643,7 @@ def _check_label_format(label_format, vector_field: str = "class") -> None:
 
 
 def compare(
-    models: Sequence[str],
+    models: Sequence[str | os.PathLike],
     images: Sequence[str | os.PathLike],
     labels: Sequence[str | os.PathLike] | None = None,
     *,

@@ -331,7 +331,7 @@ def flood(
     aoi: str | os.PathLike | None = None,
     aoi_field: str | None = None,
     method: Method = "model",
-    model: str | None = None,
+    model: str | os.PathLike | None = None,
     water_class: str = "water",
     green_band: int = 2,
     nir_band: int = 4,

@@ -845,10 +845,10 @@ def survey(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    model: str | None = None,
+    model: str | os.PathLike | None = None,
     vector: bool = True,
     jobs: int = 1,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Callable[[float, str], None] | Callable[[float], None] | None = None,
     **segment_options: Any,
 ) -> SurveyResult:
     """Segment every raster of a survey; resume where an earlier run stopped.
