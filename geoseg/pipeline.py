@@ -1007,8 +1007,8 @@ def _georeferencing(mask: Path) -> dict[str, Any]:
         if fit is not None:  # placed by ground control points: all None read as a photo's, while the areas were
             # in m² (h114); their best-fit bounds, and no transform to misread as exact
             return {"crs": gcp_crs.to_string(), "transform": None, "bounds": list(_extent(fit, ds.width, ds.height))}
-        placed = ds.crs is not None or not ds.transform.is_identity
-        return {"crs": ds.crs.to_string() if ds.crs else None,
+        placed = not ds.transform.is_identity
+        return {"crs": ds.crs.to_string() if ds.crs and placed else None,
                 "transform": list(ds.transform)[:6] if placed else None,
                 # around all four corners (ds.bounds takes two, and multiplies an Affine by `*`, which affine 3
                 # deprecates: a PendingDeprecationWarning from geoseg's code on every rotated raster)
@@ -1243,6 +1243,10 @@ def _check_gcp_fit(info: RasterInfo) -> None:
 def _check_crs_missing(info: RasterInfo) -> None:
     """Warn of a raster placed by a geotransform without a CRS: a GeoTIFF with a .tfw and a .prj (GDAL reads no .prj
     beside a GeoTIFF) gave a mask and polygons with no CRS and no m², and no word (h105)."""
+    if info.crs is not None and info.transform.is_identity and not info.gcps:
+        log.warning("%s: it has a CRS but no geotransform, so the mask and polygons are in pixel coordinates (as QGIS "
+                    "shows the raster) and have no areas in m². Georeference it: %s", info.path,
+                    gdal_edit(info.path, "-a_ullr ULX ULY LRX LRY"))
     if info.crs is None and not info.transform.is_identity and not info.gcps:
         sidecar = next((p for p in (Path(info.path).with_suffix(".prj"), Path(f"{info.path}.prj")) if p.is_file()),
                        None)

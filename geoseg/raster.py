@@ -107,7 +107,8 @@ class RasterInfo:
             fit = _gcp_fit(self.gcps)
             if fit is not None:
                 return fit, self.gcp_crs
-        if self.crs is None and self.transform.is_identity:
+        if self.transform.is_identity:  # no geotransform: a CRS alone does not place pixels (gdal_translate
+            # -a_srs on a photo), and taken with GDAL's y-down identity they landed at the CRS's origin, mirrored
             return Affine(1, 0, 0, 0, -1, 0), None
         return self.transform, self.crs
 
@@ -351,6 +352,13 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
         log.warning("%s: its %d ground control point(s) do not span an area (3 or more, not on one line, are "
                     "needed), so areas and polygons stay in pixels. Add points, or warp it (gdalwarp).",
                     path, len(info.gcps))
+    if not info.transform.is_identity and not info.gcps and (
+            info.transform.is_degenerate or not np.all(np.isfinite(tuple(info.transform)))):
+        # a pixel size of 0 (a world file with a line of 0, -a_ullr with equal corners): every area 0 m² and every
+        # polygon empty, without a word (h135)
+        raise InputError(f"{path}: its geotransform {tuple(info.transform)[:6]} gives its pixels no area (a pixel "
+                         "size of 0, or not a number), so nothing can be placed on the map. Fix it "
+                         f"({gdal_edit(path, '-a_ullr ULX ULY LRX LRY')}) or remove it ({gdal_edit(path, '-unsetgt')}).")
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
             f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
@@ -777,7 +785,7 @@ def _profile(info: RasterInfo, count: int, dtype: str) -> dict:
         **({"gcps": list(info.gcps), "crs": info.gcp_crs} if info.gcps and info.crs is None else {}),
         **({"rpcs": info.rpcs} if info.rpcs else {}),
     }
-    if "gcps" in profile or (info.crs is None and info.transform.is_identity):
+    if "gcps" in profile or info.transform.is_identity:
         # GDAL would clear it (with a warning) when GCPs are set; and an input without georeferencing
         # gets none either: an explicit y-down identity shows upside down in QGIS beside the input
         del profile["transform"]

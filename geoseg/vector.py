@@ -675,6 +675,11 @@ def vectorize(
     driver = VECTOR_FORMATS.get(out_path.suffix.lower())
     if driver is None:
         raise InputError(f"{out_path}: unknown vector format; use one of {', '.join(VECTOR_FORMATS)}.")
+    from geoseg.pipeline import refuse_inputs_as_outputs
+
+    # a GeoPackage raster mask vectorised into its own file was replaced by the layer with --overwrite, which the
+    # "already exists" error had suggested
+    refuse_inputs_as_outputs({"layer": out_path}, [os.fspath(mask_path), confidence], "Pick another output path (-o).")
     refuse_unwritable([out_path], vector=True)
     if out_path.exists() and not overwrite:
         raise OutputError(f"{out_path} already exists. Pass --overwrite (overwrite=True) to replace it.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -876,6 +877,43 @@ def test_an_image_without_georeferencing_gets_outputs_that_overlay_it_in_qgis(tm
     layer = gpd.read_file(result.outputs["vector"])
     water = layer[layer.class_name == "water"]
     assert np.allclose(water.total_bounds, [0, -30, 20, 0]) and water.area.sum() == 30 * 20  # y = -row
+
+
+def test_a_crs_without_a_geotransform_is_placed_as_a_photo_with_a_warning(tmp_path, caplog):
+    """`gdal_translate -a_srs` on a photo gives a CRS and no geotransform. Its mask got an explicit y-down identity
+    (upside down beside it in QGIS) and its polygons and web GeoJSON were placed at the CRS's origin (h135)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import NotGeoreferencedWarning
+
+    rgb = np.zeros((3, 30, 40), np.uint8)
+    rgb[:, :, :20] = np.array([30, 80, 110])[:, None, None]
+    rgb[:, :, 20:] = np.array([200, 175, 130])[:, None, None]
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(
+            tmp_path / "tagged.tif", "w", driver="GTiff", width=40, height=30, count=3, dtype="uint8",
+            crs=CRS.from_epsg(32640)) as ds:
+        ds.write(rgb)
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        result = segment(tmp_path / "tagged.tif", tmp_path / "out", model="threshold?water=0&vegetation=0.5",
+                         vector=True, preview=False)
+    assert "a CRS but no geotransform" in caplog.text
+    assert result.transform is None and result.bounds is None
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(result.outputs["mask"]) as ds:
+        assert ds.transform.is_identity  # none written, as the input has none
+    layer = gpd.read_file(result.outputs["vector"])
+    water = layer[layer.class_name == "water"]
+    assert np.allclose(water.total_bounds, [0, -30, 20, 0])  # y = -row, as a photo's
+
+
+def test_a_geotransform_of_pixels_without_area_is_refused(tmp_path):
+    """A pixel height of 0 (a world file's line of 0) gave 0 m² for every class and empty polygons, without a word."""
+    from rasterio.crs import CRS
+
+    with rasterio.open(tmp_path / "flat.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",
+                       crs=CRS.from_epsg(32640), transform=rasterio.Affine(0.5, 0, 300000, 0, 0, 2780000)) as ds:
+        ds.write(np.full((3, 8, 8), 100, np.uint8))
+    with pytest.raises(InputError, match="gives its pixels no area"):
+        segment(tmp_path / "flat.tif", tmp_path / "out", model="threshold", preview=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_rasters_inside_zip_archives_through_gdal_paths(make_raster, tiny_fcn, tmp_path, monkeypatch):

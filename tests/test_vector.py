@@ -1126,3 +1126,17 @@ def test_polygon_areas_equal_the_mask_s_ground_areas(tmp_path, crs, origin, pixe
     frame = gpd.read_file(vectorize(path, tmp_path / "m.gpkg").path)
     for class_id in (0, 1, 2):
         assert frame.loc[frame["class_id"] == class_id, "area_m2"].sum() == pytest.approx(areas[class_id], rel=1e-4)
+
+
+def test_a_geopackage_mask_is_not_replaced_by_its_own_layer(make_mask, tmp_path):
+    """A mask saved as a GeoPackage raster (QGIS's Save As) vectorised into the same file: "already exists. Pass
+    --overwrite", and --overwrite then replaced the raster by the layer (h135)."""
+    import subprocess
+
+    tif = make_mask(np.array([[0, 1], [1, 0]], np.uint8))
+    gpkg = tmp_path / "mask.gpkg"
+    subprocess.run(["gdal_translate", "-q", "-of", "GPKG", str(tif), str(gpkg)], check=True)
+    before = gpkg.read_bytes()
+    with pytest.raises(OutputError, match="is the input"):
+        vectorize(gpkg, gpkg, overwrite=True)
+    assert gpkg.read_bytes() == before

@@ -361,7 +361,8 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
     with catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(mask) as ds:
-            has_crs = ds.crs is not None or ds.gcps[1] is not None  # or placed by ground control points
+            # or placed by ground control points; a CRS without a geotransform places nothing
+            has_crs = (ds.crs is not None and not ds.transform.is_identity) or ds.gcps[1] is not None
     if has_crs:  # GeoJSON is WGS84 by definition (RFC 7946): pixel coordinates would land at impossible lon/lat
         geojson = out / "polygons.geojson"  # it was in the mask's CRS: web maps read UTM metres as degrees
         failed = _geojson_apart(mask, geojson)
