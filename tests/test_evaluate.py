@@ -1247,3 +1247,29 @@ def test_point_labels_are_scored_one_pixel_each_and_a_buffer_is_sized_to_the_pix
         tmp_path / "discs.gpkg")  # what the note had advised
     with pytest.raises(InputError, match="buffered points or lines narrower than 3/4 of a pixel may cover none"):
         evaluate("threshold", image, tmp_path / "discs.gpkg", label_format="vector")
+
+
+@pytest.mark.parametrize("dtype, shift, error", [("float32", 0.5, r"1200 of its pixels hold fractions such as \d\.5"),
+                                                ("complex64", 0, "its values are complex numbers"),
+                                                ("float32", 0, None)])
+def test_index_labels_of_fractions_or_complex_numbers_are_refused(make_raster, tmp_path, dtype, shift, error):
+    """A float label of fractions (a bilinear resampling's 2.5) was read as class 2 and scored without a word; a
+    complex one with NumPy's ComplexWarning lines; NaN with "invalid value encountered in cast" (h135)."""
+    import warnings
+
+    image = make_raster(shape=(30, 40))
+    pred, profile = _predicted("threshold", image, tmp_path)
+    values = pred.astype(dtype) + shift
+    if error is None:
+        values[:5] = np.nan  # unlabelled, quietly
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **{**profile, "dtype": dtype, "nodata": None}) as ds:
+        ds.write(values, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if error:
+            with pytest.raises(InputError, match=error):
+                evaluate("threshold", [image], [label])
+        else:
+            result = evaluate("threshold", [image], [label])
+            assert result.pixels_scored == 25 * 40 and result.mean_iou == 1.0

@@ -338,7 +338,7 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
     if palette is not None:  # a palette PNG: its indexes stand for the colours of its table
         data = np.moveaxis(palette[data[0]], -1, 0)
     if fmt == "index":
-        label = data[0].astype(np.int64)
+        label = _whole_ids(data[0], path)
         if id_map is not None:
             label = np.where((label >= 0) & (label < len(id_map)), id_map[np.clip(label, 0, len(id_map) - 1)], IGNORE)
         out = np.where((label >= 0) & (label < len(classes)), label, IGNORE).astype(np.uint8)
@@ -479,6 +479,25 @@ def read_vector_labels(path: str | os.PathLike, field: str | None = None):
         raise InputError(f"{file} holds {len(layers)} layers ({', '.join(layers)}); name the label layer, "
                          f"e.g. '{file}|layername={(with_field or layers)[0]}'.")
     return gpd.read_file(file, engine="pyogrio", layer=layer)
+
+
+def _whole_ids(values: np.ndarray, path: str) -> np.ndarray:
+    """An index label's values as int64 class ids; NaN and infinities as -1 (unlabelled). A float label of fractions
+    (2.5 from a bilinear resampling) was read as 2 and scored without a word, a complex one with NumPy's warnings."""
+    if np.iscomplexobj(values):
+        raise InputError(f"{path}: its values are complex numbers, and label values are whole class ids. Convert "
+                         "it to an integer type (gdal_translate -ot Byte).")
+    if values.dtype.kind != "f":
+        return values.astype(np.int64)
+    finite = np.isfinite(values)
+    fractions = finite & (values != np.floor(values))
+    if fractions.any():
+        raise InputError(f"{path}: {int(fractions.sum())} of its pixels hold fractions such as "
+                         f"{float(values[fractions][0]):g}, and label values are whole class ids (was it resampled "
+                         "with other than nearest neighbour?). Resample labels with -r near (gdalwarp, gdal_translate), "
+                         "or round them to ids: gdal_calc.py -A LABEL --outfile ids.tif --calc=\"numpy.round(A)\" "
+                         "--type=Byte.")
+    return np.where(finite, values, -1).astype(np.int64)
 
 
 class VectorLabels:
