@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import re
+import shlex
 import threading
 import warnings
 from contextlib import contextmanager
@@ -361,7 +362,10 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
                          f"({gdal_edit(path, '-a_ullr ULX ULY LRX LRY')}) or remove it ({gdal_edit(path, '-unsetgt')}).")
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
-            f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
+            f"{path}: data type {info.dtype} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}: convert it, "
+            f"e.g. gdal_translate -ot {'Float32' if 'complex' in info.dtype or 'float' in info.dtype else 'Int32'} "
+            f"{shlex.quote(str(path))} converted.tif" + (" (complex values keep only their real part)"
+                                                         if "complex" in info.dtype else "") + "."
         )
     return info
 
@@ -484,8 +488,10 @@ def check_bands(info: RasterInfo, bands: Sequence[int], *, needed: int) -> tuple
             "rgb.tif, or in QGIS Raster > Conversion > PCT to RGB."
         )
     if missing:  # the card's bands or the user's --bands: say which do not exist, and what would
-        repeat = f", e.g. {','.join(['1'] * needed)} to give the model its one band {needed} times" if (
-            info.count == 1 < needed) else ""
+        data = [b for b in range(1, info.count + 1) if b not in info.alpha_bands]  # grey + alpha: its one band
+        repeat = f", e.g. {','.join([str(data[0])] * needed)} to give the model its one band {needed} times" + (
+            " (the alpha band stays the mask of no data)" if info.alpha_bands else "") if (
+            len(data) == 1 < needed) else ""
         raise BandError(
             f"{info.path}: has {info.count} band(s), so band(s) {missing} of {list(bands)} do not exist (bands "
             f"count from 1). Pass --bands (bands= in Python) with {needed} indexes between 1 and {info.count}{repeat}."

@@ -448,3 +448,19 @@ def test_unusable_scales_are_said_again_in_each_run_s_own_warnings(tmp_path):
     for run in ("a", "b"):
         result = segment(path, tmp_path / run, model="threshold-nir", preview=False)
         assert sum("are not all usable numbers" in w for w in result.warnings) == 1, (run, result.warnings)
+
+
+def test_a_grey_and_alpha_image_is_told_to_repeat_its_one_band_not_to_read_the_alpha(tmp_path):
+    """Grey + alpha was told "Pass --bands with 3 indexes between 1 and 2", which invites the alpha as data (h135)."""
+    from rasterio.enums import ColorInterp
+
+    from geoseg.errors import BandError
+
+    path = tmp_path / "grey_alpha.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=10, count=2, dtype="uint8") as ds:
+        ds.colorinterp = [ColorInterp.gray, ColorInterp.alpha]  # before the pixels: after them, GTiff kept none
+        ds.write(np.stack([np.full((10, 20), 90, np.uint8), np.full((10, 20), 255, np.uint8)]))
+    with pytest.raises(BandError, match=r"e.g. 1,1,1 to give the model its one band 3 times \(the alpha band stays"):
+        segment(path, tmp_path / "out", model="threshold")
+    result = segment(path, tmp_path / "out", model="threshold", bands=[1, 1, 1], preview=False)
+    assert result.outputs["mask"]

@@ -862,6 +862,7 @@ def test_request_errors_name_the_upload_not_the_server_path(app, client, make_ra
         error = response.get_json()["error"]
     assert response.status_code == 400 and error.startswith("a.tif: data type int64 is not supported; use one of")
     assert str(app.extensions["geoseg_jobs"].root) not in error and "/upload/" not in error
+    assert "gdal_translate -ot Int32 a.tif converted.tif" in error  # the fix, on the upload's own name (h135)
 
 
 def test_a_truncated_cog_is_refused_before_any_model_runs(client, tmp_path):
