@@ -753,6 +753,7 @@ def vectorize(
                 if before.crs.is_geographic:
                     wide &= np.diff(shapely.bounds(before.geometry.values)[:, ::2], axis=1)[:, 0] <= 180
                 across.append(int(wide.sum()))
+            frame = _repaired(frame)
         if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged
             frame["geometry"] = shapely.orient_polygons(frame.geometry.values, exterior_cw=False)  # specks reversed some
         return frame
@@ -932,6 +933,26 @@ def _crs_name(crs) -> str:
         return "none"
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_string()[:80]
+
+
+def _repaired(frame):
+    """`frame` with the polygons that a reprojection made invalid repaired where the repair is one polygon: a mask's
+    edge along a pole collapses to one point in a polar CRS, and its polygons came out self-intersecting there
+    ("Ring Self-intersection[0 0]" into EPSG:3413, h135), which QGIS and GEOS overlays refuse."""
+    import shapely
+
+    geometries = np.asarray(frame.geometry.values, object)
+    invalid = ~shapely.is_valid(geometries)
+    if not invalid.any():
+        return frame
+    fixed = shapely.make_valid(geometries[invalid], method="structure", keep_collapsed=False)
+    whole = shapely.get_type_id(fixed) == 3  # a Polygon: the layer holds polygons only
+    if whole.any():
+        frame = frame.copy()
+        geometries = geometries.copy()
+        geometries[np.flatnonzero(invalid)[whole]] = fixed[whole]
+        frame[frame.geometry.name] = geometries
+    return frame
 
 
 def _write_layer(frame, out_path: Path, driver: str) -> None:

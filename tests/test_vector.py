@@ -1140,3 +1140,15 @@ def test_a_geopackage_mask_is_not_replaced_by_its_own_layer(make_mask, tmp_path)
     with pytest.raises(OutputError, match="is the input"):
         vectorize(gpkg, gpkg, overwrite=True)
     assert gpkg.read_bytes() == before
+
+
+def test_polygons_along_a_pole_stay_valid_in_a_polar_crs(make_mask, tmp_path):
+    """A mask's top edge at 90°N collapses to one point in EPSG:3413: its polygons came out self-intersecting
+    there ("Ring Self-intersection[0 0]"), which QGIS and GEOS overlays refuse (h135)."""
+    data = noisy_mask((256, 256), seed=3)
+    path = make_mask(data, crs="EPSG:4326", transform=from_origin(10.0, 90.0, 0.001, 0.001))
+    frame = gpd.read_file(vectorize(path, tmp_path / "polar.gpkg", to_crs="EPSG:3413").path)
+    assert frame.is_valid.all() and (frame.geom_type == "Polygon").all()
+    flat = gpd.read_file(vectorize(path, tmp_path / "flat.gpkg").path).to_crs("EPSG:3413")
+    assert not flat.is_valid.all()  # what the reprojection alone makes
+    assert frame.area.sum() == pytest.approx(flat.area.sum(), rel=1e-6)
