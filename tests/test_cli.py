@@ -1235,3 +1235,13 @@ def test_segment_summary_gives_shares_by_area_and_one_unit(run, tmp_path):
     assert abs(ground - pixels) > 0.02  # the scene's pixels differ in area
     text = run("segment", path, "-o", tmp_path / "out2", "-m", "threshold?water=0.3&vegetation=0.5").stderr
     assert f"water: {100 * ground:5.1f}%" in text and "km²" in text.split("(no data)")[1]
+
+
+def test_a_glob_the_shell_expanded_after_an_option_is_told_to_be_quoted(run, make_raster, tmp_path):
+    """`--images tiles/*.jpg` unquoted: click listed every file after the first (63 Dubai paths) as "unexpected
+    extra arguments", and said nothing of the quotes that fix it."""
+    images = [str(make_raster(name=f"t{i}.tif")) for i in range(40)]
+    result = run("evaluate", "-m", "threshold", "--images", *images, "--labels", "x.tif")
+    assert result.exit_code == 2
+    assert "quote a glob ('tiles/*.tif') so that geoseg expands it" in result.output
+    assert len(result.output) < 700 and images[-1] not in result.output

@@ -92,6 +92,21 @@ def _exit_cleanly_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminated)
 
 
+def _extra_arguments(message: str) -> str:
+    """click's "Got unexpected extra arguments (...)" for files: an unquoted glob after an option of one value
+    (`--images tiles/*.jpg`), which the shell expanded, listed every file after the first (63 Dubai paths), and
+    said nothing of the quotes that fix it."""
+    import re
+
+    found = re.fullmatch(r"Got unexpected extra arguments? \((.*)\)", message, re.DOTALL)
+    extra = found.group(1) if found else ""  # joined by spaces, as paths may hold them: not counted
+    if not ("/" in extra or "." in extra):
+        return message
+    shown = extra if len(extra) <= 100 else extra[:100] + "..."
+    return (f"got unexpected extra arguments ({shown}). An option takes one value each time it is given: quote a "
+            "glob ('tiles/*.tif') so that geoseg expands it, not the shell, or give the option once per file.")
+
+
 class _Group(click.Group):
     """Exit status 130 on Ctrl-C, as shells and batch scripts expect (click says "Aborted!" and exits 1,
     the status of a raster that failed in a survey)."""
@@ -115,7 +130,8 @@ class _Group(click.Group):
         forget_json()  # a command run before in this process (a test, a notebook) printed its own
         try:
             return super().invoke(ctx)
-        except click.UsageError:  # exit 2: the command line itself, which a script fixes rather than parses
+        except click.UsageError as exc:  # exit 2: the command line itself, which a script fixes rather than parses
+            exc.message = _extra_arguments(exc.message)
             raise
         except click.ClickException as exc:  # with --json, stdout held nothing: `| jq` failed to parse it
             _json_error(ctx, exc)
