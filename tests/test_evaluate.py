@@ -1273,3 +1273,22 @@ def test_index_labels_of_fractions_or_complex_numbers_are_refused(make_raster, t
         else:
             result = evaluate("threshold", [image], [label])
             assert result.pixels_scored == 25 * 40 and result.mean_iou == 1.0
+
+
+def test_what_the_runs_warned_of_is_in_the_report_s_notes(make_raster, tmp_path):
+    """A gdal_merge stack's fill (0, no nodata tag) is scored as ground: the warning went to stderr only, and the
+    notes of --json and --markdown read as if all were well (h132). Images alike are said once."""
+    data = np.full((3, 60, 70), 120, np.uint8)
+    data[:, :, 35:] = 30
+    data[:, :8], data[:, -8:], data[:, :, :8], data[:, :, -8:] = 0, 0, 0, 0  # a warp's fill, untagged
+    images = [make_raster(name=f"fill{i}.tif", data=data) for i in range(2)]
+    labels = []
+    for i, image in enumerate(images):
+        pred, profile = _predicted("threshold", image, tmp_path / f"p{i}")
+        labels.append(tmp_path / f"label{i}.tif")
+        with rasterio.open(labels[-1], "w", **profile) as ds:
+            ds.write(pred, 1)
+    result = evaluate("threshold", images, labels)
+    fill = [n for n in result.notes if "fill0.tif" in n and "no nodata value" in n]
+    assert len(fill) == 1 and fill[0].endswith("(and 1 other image(s) alike)"), result.notes
+    assert not any("fill1.tif" in n for n in result.notes)

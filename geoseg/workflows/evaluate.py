@@ -314,12 +314,15 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
     off_data = 0  # labelled pixels (of a class the model scores) where the model gives no class: image nodata
     unscored: list[str] = []  # images without a labelled pixel of a class scored: left out without a word
+    warned: dict[str, list[str]] = {}  # what the runs warned of, the image's path as \0 -> the images
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for i, (image, label, (label_classes, lut)) in enumerate(zip(images, labels, label_sets)):
             result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
                              progress=_part(progress, i / len(images), 1 / len(images)),
                              **_options_for(model, segment_options))
+            for said in result.warnings:  # on stderr only: a fill scored as ground was missing from --json (h132)
+                warned.setdefault(said.replace(str(image), "\0"), []).append(str(image))
             with catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
                 with rasterio.open(result.outputs["mask"]) as ds:
@@ -388,6 +391,8 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                      "comparison, so that every model reads them alike; if they stand for other classes, pass "
                      "--label-names (label_names=) in id order")
     notes.extend(heard.notes())
+    notes.extend(said.replace("\0", alike[0]) + (f" (and {len(alike) - 1} other image(s) alike)" if len(alike) > 1
+                                                 else "") for said, alike in warned.items())
     not_scored = sorted(m for m in missing if unknown_class(m) or not has_other)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes,
