@@ -1292,3 +1292,21 @@ def test_what_the_runs_warned_of_is_in_the_report_s_notes(make_raster, tmp_path)
     fill = [n for n in result.notes if "fill0.tif" in n and "no nodata value" in n]
     assert len(fill) == 1 and fill[0].endswith("(and 1 other image(s) alike)"), result.notes
     assert not any("fill1.tif" in n for n in result.notes)
+
+
+def test_a_vector_layer_read_as_a_raster_label_is_told_its_option(make_raster, tmp_path):
+    """A Shapefile of polygons without --label-format vector: "not a raster GDAL can read", and no word of the
+    option (h132)."""
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 50))
+    gpd.GeoDataFrame({"class": ["water"]}, geometry=[shapely.box(500000, 2799980, 500025, 2800000)],
+                     crs="EPSG:32640").to_file(tmp_path / "polygons.shp")
+    for fmt in ("index", "color"):
+        with pytest.raises(InputError, match=r"It is a vector layer: pass --label-format vector"):
+            evaluate("threshold", [image], [tmp_path / "polygons.shp"], label_format=fmt)
+    broken = tmp_path / "broken.tif"
+    broken.write_text("not a raster")
+    with pytest.raises(InputError, match=r"labels are not a raster GDAL can read \(.*\)\.$"):
+        evaluate("threshold", [image], [broken])

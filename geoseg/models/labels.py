@@ -280,7 +280,23 @@ def _open_label(path: str | os.PathLike, name: str | None = None):
         try:
             return rasterio.open(path)
         except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"{name or path}: labels are not a raster GDAL can read ({exc}).") from None
+            raise InputError(f"{name or path}: labels are not a raster GDAL can read ({exc}).{_vector_hint(path)}"
+                             ) from None
+
+
+def _vector_hint(path) -> str:
+    """The advice for labels read as a raster that are a vector layer (a Shapefile of polygons, without
+    --label-format vector: "not a raster GDAL can read", and no word of the option)."""
+    import pyogrio
+
+    try:
+        layers = pyogrio.list_layers(label_file(str(path)))
+    except Exception:  # noqa: BLE001 - not a vector file either: nothing to add
+        return ""
+    if not any(kind is not None for _, kind in layers):
+        return ""
+    return (" It is a vector layer: pass --label-format vector (label_format='vector'), and --vector-field "
+            "(vector_field=) with the field that holds the class.")
 
 
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
