@@ -1677,3 +1677,22 @@ def test_footprints_of_one_class_are_told_that_the_rest_is_unlabelled(tmp_path, 
         train(load_config(config))
     assert any("class(es) a have no labelled pixel" in r.getMessage() and "Polygons label only the pixels they cover: "
                "outside them pixels are unlabelled, not the other classes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_path, caplog):
+    """Landsat's agriculture polygon burnt 46 px, all on band 6's nodata: training blamed the labels ("check the
+    colours, ids, class names") and the card gave it a weight of 436 (h132)."""
+    from geoseg.models.training import load_pairs
+
+    config = _dataset(tmp_path, "index")
+    for i in range(3):  # class 1's columns have no data
+        image = tmp_path / "data" / f"img{i}.tif"
+        with rasterio.open(image, "r+") as ds:
+            data = ds.read()
+            with rasterio.open(tmp_path / "data" / f"img{i}_label.tif") as lab:
+                data[:, lab.read(1) == 1] = 0
+            ds.write(data)
+            ds.nodata = 0
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        load_pairs(load_config(config))
+    assert "every labelled pixel of class(es) " in caplog.text and "lies where the images have no data" in caplog.text

@@ -591,12 +591,18 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     if not paths:
         raise InputError(f"{config.source}: no images match {config.images}.")
     train, val, select = [], [], []
+    n_classes = len(config.classes)
+    kept, on_nodata = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)  # labelled pixels per class
     for path in paths:
         if config.in_memory:
             image, valid = _read_image(path, config.bands)
             label = _read_label(config, path, image.shape[:2])
             image = image[: label.shape[0], : label.shape[1]]
-            label = np.where(valid[: label.shape[0], : label.shape[1]], label, IGNORE).astype(np.uint8)
+            valid = valid[: label.shape[0], : label.shape[1]]
+            labelled = label < n_classes
+            kept += np.bincount(label[labelled & valid], minlength=n_classes)[:n_classes]
+            on_nodata += np.bincount(label[labelled & ~valid], minlength=n_classes)[:n_classes]
+            label = np.where(valid, label, IGNORE).astype(np.uint8)
         else:
             image = LazyImage(path, config.bands)
             label = LazyLabels(config, image)
@@ -626,6 +632,12 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
             log.warning("%s: %d of the %d images have no labelled pixel and teach nothing (%s). Check that their "
                         "labels cover them.", config.source, len(bare), len(paths),
                         ", ".join(os.path.basename(p) for p in bare[:3]) + (", ..." if len(bare) > 3 else ""))
+    lost = [f"{config.classes[i]['name']} ({on_nodata[i]} px)" for i in range(n_classes) if on_nodata[i] and not kept[i]]
+    if lost:  # "have no labelled pixel ... check the labels" blamed the polygons (h132: Landsat's band 6 nodata)
+        log.warning("%s: every labelled pixel of class(es) %s lies where the images have no data (nodata in every "
+                    "band, a sentinel nodata such as -9999 in any band, or a mask or alpha band), so the model cannot "
+                    "learn them. Label them where the images have data, or leave out a band whose nodata covers them "
+                    "('bands').", config.source, ", ".join(lost))
     return (train, val, select) if with_selection else (train, val)
 
 
@@ -729,7 +741,8 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
                   "class where it lies, e.g. one of the background class over each image's extent, first in the "
                   "file (later polygons are burnt over it)." if label_format == "vector" else "")
         log.warning("class(es) %s have no labelled pixel in the training images%s: the model cannot learn them. "
-                    "Check the labels (colours, ids, class names), or leave those classes out.%s", ", ".join(absent),
+                    "Check the labels (colours, ids, class names) and that they lie where the images have data, or "
+                    "leave those classes out.%s", ", ".join(absent),
                     " (in the chips sampled to weigh the classes)" if lazy else "", vector)
     freq = np.maximum(counts / max(counts.sum(), 1), 1e-6)
     weights = {"none": np.ones(n_classes), "sqrt": 1 / np.sqrt(freq), "inverse": 1 / freq}[how]
