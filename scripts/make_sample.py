@@ -5,7 +5,7 @@ draws its own in that imagery's colours: pale sand, a road grid, small
 flat-roofed buildings with shadows, clumps of trees and a dark sea, at 0.5 m in
 UTM zone 40N with a nodata corner. It is not real imagery and says so in its
 metadata and file name. (The default model finds the sea, roads and land in it;
-its buildings and trees are too schematic to fool it.)
+it calls some of its schematic buildings and trees so, not all.)
 
     python scripts/make_sample.py demo-output/synthetic_sample.tif [--size 2048]
 """
