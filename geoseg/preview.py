@@ -115,14 +115,24 @@ def _draw_outlines(draw, outlines, mask_path, shape, *, offsets, top, flip=(slic
     from geoseg.raster import inspect_raster
 
     info = inspect_raster(mask_path)
-    inverse, sy, sx = ~info.map_georeferencing()[0], shape[0] / info.height, shape[1] / info.width
+    forward = info.map_georeferencing()[0]
+    inverse, sy, sx = ~forward, shape[0] / info.height, shape[1] / info.width
+    # the parts of each outline over the raster: a district reaching past it was drawn on into the next panel,
+    # and one wholly outside as a box over the mask (h130)
+    footprint = shapely.Polygon([forward @ corner for corner in
+                                 ((0, 0), (info.width, 0), (info.width, info.height), (0, info.height))])
     for geom in outlines:
-        for ring in shapely.get_parts(shapely.boundary(geom)):
+        inside = shapely.intersection(shapely.boundary(geom), footprint)
+        for ring in shapely.get_parts(shapely.line_merge(inside) if inside.geom_type == "MultiLineString" else inside):
+            if ring.geom_type not in ("LineString", "LinearRing"):  # a point where it only touches the edge
+                continue
             coords = [inverse @ (float(x), float(y)) for x, y in shapely.get_coordinates(ring)]
             coords = [(info.width - c if flip[1].step == -1 else c, info.height - r if flip[0].step == -1 else r)
                       for c, r in coords]
-            for dx in offsets:
-                draw.line([(c * sx + dx, r * sy + top) for c, r in coords], fill=(255, 0, 0), width=2)
+            for dx in offsets:  # black on white: red read as a strip of flood's "flooded" (#E8282B) (h130)
+                points = [(c * sx + dx, r * sy + top) for c, r in coords]
+                draw.line(points, fill=(255, 255, 255), width=4)
+                draw.line(points, fill=(0, 0, 0), width=2)
 
 
 # Fonts that draw the legend's "m²" and accented class names (forêt, Gewässer), tried in turn: Debian's

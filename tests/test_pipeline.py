@@ -1450,8 +1450,39 @@ def test_maps_show_a_south_up_raster_north_up_with_its_outlines(make_raster, sou
                                    outlines=zone))
     left = canvas[:400, :300]  # the image panel (the legend below has a red swatch)
     assert (left[20, 10] > 200).all() and (left[380, 10] < 40).all()  # the bright north at the top
-    red = np.argwhere((left[..., 0] == 255) & (left[..., 1] == 0) & (left[..., 2] == 0))
-    assert len(red) and red[:, 0].max() < 100  # the zone's outline in the top quarter too
+    drawn = np.argwhere((left == 0).all(-1))  # outlines are black on white (the image's darkest is 10)
+    assert len(drawn) and drawn[:, 0].max() < 100  # the zone's outline in the top quarter too
+
+
+def test_map_outlines_are_drawn_only_over_the_raster(make_raster):
+    """A district reaching past the raster's east edge was drawn on into the mask panel, and one wholly outside
+    as a box over the mask; outlines were red, flood's "flooded" red (h130)."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.models.card import ClassInfo
+    from geoseg.preview import render_map
+
+    image = make_raster(shape=(100, 120), data=np.full((3, 100, 120), 120, np.uint8))
+    mask = make_raster(name="mask.tif", shape=(100, 120), bands=1, data=np.zeros((1, 100, 120), np.uint8))
+    classes, table = [ClassInfo(0, "flooded", "#E8282B")], [{"pixels": 12000}]
+
+    def drawn(zones):
+        return np.asarray(render_map(str(image), mask, classes, table, [1, 2, 3], outlines=gpd.GeoSeries(
+            zones, crs="EPSG:32640")))
+
+    plain = drawn([])
+    # 0.5 m pixels from (500000, 2800000): the raster spans x 500000-500060, y 2799950-2800000
+    outside = drawn([shapely.box(500100.0, 2799960.0, 500200.0, 2799990.0)])
+    assert (outside == plain).all()
+    across = drawn([shapely.box(500040.0, 2799960.0, 500200.0, 2799990.0)])  # past the east edge
+    side = (across.shape[1] - 8) // 2  # each panel's width (small rasters are drawn larger)
+    rows = side * 100 // 120
+    mask_panel = across[:rows, side + 8:]
+    black = (mask_panel == 0).all(-1)
+    # the zone's west side, at 2/3 of the panel, and none spilt over into the panel's left part
+    assert black.any() and not black[:, : side // 2].any()
+    assert not ((across[:rows] == [255, 0, 0]).all(-1)).any()  # no red outline to take for "flooded"
 
 
 def test_an_interrupted_run_makes_no_more_model_calls(make_raster, tiny_fcn, tmp_path, monkeypatch):
