@@ -1310,3 +1310,23 @@ def test_a_vector_layer_read_as_a_raster_label_is_told_its_option(make_raster, t
     broken.write_text("not a raster")
     with pytest.raises(InputError, match=r"labels are not a raster GDAL can read \(.*\)\.$"):
         evaluate("threshold", [image], [broken])
+
+
+def test_a_paletted_label_without_class_names_must_say_how_it_is_read(make_raster, tmp_path):
+    """A Dubai mask (a paletted PNG) read by the default --label-format index scored its colour-table positions
+    as class ids: mean IoU 0.055 against 0.350 by colour, with only a note that values were read as ids (h130)."""
+    from geoseg.models.registry import get_segmenter
+
+    image = make_raster(shape=(30, 40))
+    pred, profile = _predicted("threshold", image, tmp_path)
+    classes = get_segmenter("threshold").card.classes
+    order = [2, 0, 1]  # the file's own palette order, not the model's ids
+    label = tmp_path / "paletted.tif"
+    with rasterio.open(label, "w", **{**profile, "nodata": None}) as ds:
+        ds.write(np.array([order.index(v) for v in range(3)] + [255] * 253, np.uint8)[pred], 1)
+        ds.write_colormap(1, {i: (*classes[c].rgb, 255) for i, c in enumerate(order)})
+    with pytest.raises(InputError, match="a paletted image .* Pass --label-format color"):
+        evaluate("threshold", [image], [label])
+    assert evaluate("threshold", [image], [label], label_format="color").mean_iou == 1.0
+    named = evaluate("threshold", [image], [label], label_names=[classes[c].name for c in order])
+    assert named.mean_iou == 1.0  # ids, named in the file's order
