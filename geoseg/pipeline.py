@@ -862,6 +862,7 @@ def segment(
         raise InputError(f"model {card.name} draws unlabeled regions, whose mask values are colours, not classes: "
                          "--sieve (sieve=) would join regions that share a colour. Leave it out for this model.")
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
+    _check_upsampling(info, work, card)
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     scaling = _index_scaling(model_path, card, info, plan)
     model_path = _calibrated(model_path, info, plan, scaling)
@@ -1040,6 +1041,30 @@ def _whole_raster_sample(info: RasterInfo, plan: Plan) -> tuple[np.ndarray, np.n
     # resampled by whoever built them, so the same pixels gave other cuts and stretches with and without them
     return (read_preview(info.path, plan.bands, 1024, min_side=1, overviews=False),
             read_preview(info.path, plan.bands, 1024, min_side=1, mask=True, overviews=False))
+
+
+UPSAMPLING_REFUSED = 8.0  # per side: a 4 m raster into a 0.5 m model is 64 times its pixels
+UPSAMPLING_WARNED = 2.0
+
+
+def _check_upsampling(info: RasterInfo, work: RasterInfo | None, card: ModelCard) -> None:
+    """Refuse a raster whose pixels are so much coarser than the model's that resampling it to them multiplies
+    its pixels many times over: a 300 m Landsat scene into a 0.1 m model planned 5e12 px and grew to 6 GB
+    before a word (h130); warn of a lesser factor, which the model was not made for either."""
+    if work is None:
+        return
+    factor = max(work.width / info.width, work.height / info.height)
+    if factor <= UPSAMPLING_WARNED:
+        return
+    size = f"{info.width} x {info.height} px"
+    what = (f"{info.path}: its pixels are {factor:.3g} times the {card.pixel_size:g} m of model {card.name}'s, so "
+            f"resampling to them makes its {size} {work.width} x {work.height} px")
+    if factor > UPSAMPLING_REFUSED:
+        raise InputError(f"{what}, and the model was not made for imagery this coarse. Use imagery nearer "
+                         f"{card.pixel_size:g} m, or pass --no-resample (resample=False) to run the model on the "
+                         "raster's own pixels.")
+    log.warning("%s; the model sees each pixel %.3g times over, blurred, which it was not trained on. --no-resample "
+                "(resample=False) runs it on the raster's own pixels.", what, factor)
 
 
 def _normalization(card: ModelCard, override: dict | None, info: RasterInfo, plan: Plan) -> dict | None:

@@ -1960,3 +1960,26 @@ def test_an_output_folder_in_gdal_s_memory_is_refused_before_the_run(make_raster
         with pytest.raises(OutputError, match="not to GDAL's virtual file systems"):
             run()
     assert not Path("/vsimem").exists()
+
+
+def test_a_raster_far_coarser_than_the_model_s_pixels_is_refused_before_it_is_upsampled(make_raster, model_dir,
+                                                                                        tmp_path, caplog):
+    """A 300 m Landsat scene into a 0.1 m model planned 5e12 px and grew to 6 GB without a word (h130)."""
+    import shutil
+
+    from rasterio.transform import from_origin
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", folder / "fine.keras")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (folder / "fine.json").write_text(json.dumps({**card, "name": "fine", "pixel_size": 0.1}))
+    coarse = make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 30.0, 30.0))
+    with pytest.raises(InputError, match=r"its pixels are 300 times the 0.1 m of model fine's, so resampling to them "
+                                         r"makes its 50 x 40 px 15000 x 12000 px.*--no-resample"):
+        segment(coarse, tmp_path / "out", model=folder / "fine.keras")
+    assert not (tmp_path / "out").exists()
+    assert segment(coarse, tmp_path / "own", model=folder / "fine.keras", resample=False, preview=False).outputs
+    somewhat = make_raster(name="somewhat.tif", shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 0.4, 0.4))
+    segment(somewhat, tmp_path / "four", model=folder / "fine.keras", preview=False)
+    assert "its pixels are 4 times the 0.1 m" in caplog.text and "--no-resample" in caplog.text
