@@ -47,6 +47,7 @@ from geoseg.raster import (
     inspect_raster,
     is_gdal_path,
     model_grid,
+    pixel_sides_m,
     open_quietly,
     raster_stem,
     regrid,
@@ -1052,6 +1053,13 @@ def _check_upsampling(info: RasterInfo, work: RasterInfo | None, card: ModelCard
     its pixels many times over: a 300 m Landsat scene into a 0.1 m model planned 5e12 px and grew to 6 GB
     before a word (h130); warn of a lesser factor, which the model was not made for either."""
     if work is None:
+        suits = card.pixel_size_range
+        sides = pixel_sides_m(info) if suits and not card.pixel_size else None
+        if sides and not suits[0] / 4 <= max(sides) <= suits[1] * 4:  # well outside: a guide, not a rule
+            log.warning("%s: its pixels are %.3g m, while model %s suits imagery of about %g-%g m pixels, so expect a "
+                        "poor mask (a satellite scene through a model of aerial photos calls most of it one class). "
+                        "Use a model made for this resolution (geoseg models), or imagery nearer it.", info.path,
+                        max(sides), card.name, *suits)
         return
     factor = max(work.width / info.width, work.height / info.height)
     if factor <= UPSAMPLING_WARNED:

@@ -691,3 +691,32 @@ def test_a_sequential_model_runs_in_bfloat16(tmp_path):
     seg = load_bundle(_save_bundle(model, tmp_path, "seq"), precision="bfloat16")
     batch = np.random.default_rng(0).random((1, 16, 16, 3), np.float32)
     np.testing.assert_allclose(seg.predict_proba(batch), model(batch), atol=0.02)
+
+
+def test_a_raster_far_outside_a_card_s_pixel_size_range_is_warned_of(make_raster, model_dir, tmp_path, caplog):
+    """A 300 m Landsat scene through the sub-metre default model came out 90% water, told with confidence and no
+    word (h130): the card's pixel_size_range (metres, without resampling) says what the model suits."""
+    import shutil
+
+    from rasterio.transform import from_origin
+
+    from geoseg import segment
+    from geoseg.errors import CardError
+    from geoseg.models.card import ModelCard
+
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", folder / "aerial.keras")
+    (folder / "aerial.json").write_text(json.dumps({**card, "name": "aerial", "pixel_size_range": [0.1, 2.0]}))
+    assert ModelCard.from_dict({**card, "pixel_size_range": [0.1, 2.0]}).to_dict()["pixel_size_range"] == [0.1, 2.0]
+    for bad in ([2.0, 0.1], [0, 1], "0.1-2", [0.1]):
+        with pytest.raises(CardError, match="field 'pixel_size_range' must be"):
+            ModelCard.from_dict({**card, "pixel_size_range": bad})
+    coarse = make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 30.0, 30.0))
+    result = segment(coarse, tmp_path / "out", model=folder / "aerial.keras", preview=False)
+    assert any("its pixels are 30 m, while model aerial suits imagery of about 0.1-2 m pixels" in w
+               for w in result.warnings)
+    fine = segment(make_raster(name="fine.tif", shape=(40, 50)), tmp_path / "fine", model=folder / "aerial.keras",
+                   preview=False)  # 0.5 m
+    assert not any("suits imagery" in w for w in fine.warnings)

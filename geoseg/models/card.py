@@ -97,6 +97,9 @@ class ModelCard:
     multiple_of: int = 1
     description: str = ""
     pixel_size: float | None = None
+    # (lowest, highest) ground metres per pixel of the imagery a model without a pixel_size suits: rasters far
+    # outside are warned of (a 300 m Landsat scene through the sub-metre default model: 90% "water", no word)
+    pixel_size_range: tuple[float, float] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     output: str = "classes"
@@ -149,6 +152,10 @@ class ModelCard:
             del data["band_names"]
         else:
             data["band_names"] = list(self.band_names)
+        if self.pixel_size_range is None:
+            del data["pixel_size_range"]
+        else:
+            data["pixel_size_range"] = list(self.pixel_size_range)
         return {**data, **{k: v for k, v in extra.items() if k not in data}}
 
     @classmethod
@@ -212,6 +219,11 @@ class ModelCard:
         if pixel_size is not None and not (_is_number(pixel_size) and pixel_size > 0):
             raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (ground metres per pixel) or absent. "
                             f"Received: pixel_size={pixel_size!r}")
+        suits = data.get("pixel_size_range")
+        if suits is not None and not (isinstance(suits, list) and len(suits) == 2 and all(map(_is_number, suits))
+                                      and 0 < suits[0] <= suits[1]):
+            raise CardError(f"{source}: field 'pixel_size_range' must be [lowest, highest] ground metres per pixel of "
+                            f"the imagery the model suits, 0 < lowest <= highest, or absent. Received: {suits!r}")
         output = data.get("output", "classes")
         if output not in OUTPUTS:
             raise CardError(f"{source}: field 'output' must be one of {', '.join(OUTPUTS)} or absent. "
@@ -230,6 +242,7 @@ class ModelCard:
             multiple_of=multiple_of,
             description=str(data.get("description", "")),
             pixel_size=pixel_size,
+            pixel_size_range=None if suits is None else (float(suits[0]), float(suits[1])),
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             output=output,
@@ -413,7 +426,7 @@ def _check_float32(data: dict[str, Any], method: str, source: str) -> None:
 
 MAX_CLASSES = 255  # a mask's byte holds ids 0-254; 255 is nodata (and a label's "ignore")
 _FIELDS = ("schema_version", "name", "version", "classes", "bands", "normalization", "margin", "tile_size",
-           "multiple_of", "description", "pixel_size", "output", "training", "metrics", "band_names")
+           "multiple_of", "description", "pixel_size", "pixel_size_range", "output", "training", "metrics", "band_names")
 _NORMALISATION_FIELDS = {"scale": ("scale", "offset"), "meanstd": ("mean", "std"), "percentile": ("low", "high"),
                          "stretch": ("low", "high", "from"), "none": ()}
 
