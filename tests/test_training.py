@@ -1696,3 +1696,17 @@ def test_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_path, caplo
     with caplog.at_level("WARNING", logger="geoseg.models.training"):
         load_pairs(load_config(config))
     assert "every labelled pixel of class(es) " in caplog.text and "lies where the images have no data" in caplog.text
+
+
+def test_a_config_whose_images_are_missing_names_the_folder_searched(tmp_path):
+    """configs/landcover-unet.toml in a fresh clone without the data beside it: "no images match
+    ['../../shared/...']", with neither the folder searched nor that paths are the config's own (h130)."""
+    from geoseg.errors import InputError
+    from geoseg.models.training import load_pairs
+
+    config = _dataset(tmp_path, "index")
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "data").rename(moved)
+    with pytest.raises(InputError, match=r"no images match \['data/img\?.tif'\] \(relative paths are from the "
+                                         r"config's folder: .*/data/img\?.tif\)\. Point the config's 'images'"):
+        load_pairs(load_config(config))

@@ -589,7 +589,12 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
                  ", ".join(os.path.basename(p) for p in litter[:3]) + (", ..." if len(litter) > 3 else ""))
         paths = [p for p in paths if p not in litter]
     if not paths:
-        raise InputError(f"{config.source}: no images match {config.images}.")
+        # a fresh clone's configs/landcover-unet.toml: the data beside the clone was missing, and the message gave
+        # neither the folder searched nor that paths are the config's own (h130)
+        where = ", ".join(os.path.abspath(config.resolve(p)) for p in config.images)
+        raise InputError(f"{config.source}: no images match {config.images} (relative paths are from the config's "
+                         f"folder: {where}). Point the config's 'images' at your images (in a copy of the config, "
+                         "for a shipped one), or put them there.")
     train, val, select = [], [], []
     n_classes = len(config.classes)
     kept, on_nodata = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)  # labelled pixels per class
