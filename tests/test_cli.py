@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1245,3 +1246,19 @@ def test_a_glob_the_shell_expanded_after_an_option_is_told_to_be_quoted(run, mak
     assert result.exit_code == 2
     assert "quote a glob ('tiles/*.tif') so that geoseg expands it" in result.output
     assert len(result.output) < 700 and images[-1] not in result.output
+
+
+def test_summaries_write_large_areas_and_counts_with_thousands_separators(run, make_raster, tmp_path):
+    """30866.9017 km² beside 244,358.8 m², "(no data): 184823 px", and scene's shares to 2 decimals where
+    segment's have 1 (h130)."""
+    from geoseg.cli.options import area_texts
+
+    assert [t.strip() for t in area_texts([30866.9017e6, 244358.8])] == ["30,866.9017 km²", "0.2444 km²"]
+    data = np.full((3, 1200, 1100), 120, np.uint8)
+    data[:, :, 900:] = 0
+    image = make_raster(shape=(1200, 1100), data=data, nodata=0)
+    result = run("segment", image, "-o", tmp_path / "s", "-m", "threshold", "--no-preview")
+    assert result.exit_code == 0 and "(no data): 240,000 px" in result.stderr, result.stderr
+    scene = run("scene", image, "-o", tmp_path / "z", "-m", "threshold")
+    shares = [line for line in scene.stderr.splitlines() if "m²" in line]
+    assert len(shares) == 3 and all(re.search(r": +\d+\.\d% ", line) for line in shares), scene.stderr

@@ -134,7 +134,8 @@ def area_texts(areas_m2, missing: str = "") -> list[str]:
     """Areas in one unit for a whole list: km² where the largest is a km² or more, else m² (12 m² of a drone
     image read 0.0000 km²); `missing` for an area of None (a raster without CRS)."""
     large = max((a or 0 for a in areas_m2), default=0) >= 1e6
-    return [missing if a is None else f"{a / 1e6:10.4f} km²" if large else f"{a:12,.1f} m²" for a in areas_m2]
+    # km² with thousands separators, as m² have them (30866.9017 km² beside 244,358.8 m², h130)
+    return [missing if a is None else f"{a / 1e6:12,.4f} km²" if large else f"{a:12,.1f} m²" for a in areas_m2]
 
 
 def right_aligned(text: str, width: int) -> str:

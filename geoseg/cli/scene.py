@@ -44,7 +44,7 @@ def scene(input, output_dir, model, bands, normalize, chunk, sieve, zones, zone_
     elif not quiet:
         areas = area_texts([row["area_m2"] for row in result.composition])
         for row, area in zip(result.composition, areas):
-            click.echo(f"{right_aligned(row['class'], 12)}: {row['share_pct']:6.2f}%{'  ' + area if area else ''}", err=True)
+            click.echo(f"{right_aligned(row['class'], 12)}: {row['share_pct']:5.1f}%{'  ' + area if area else ''}", err=True)
         if result.coverage_pct not in (None, 100.0):  # shares are of the part with data: say how much that is
             click.echo(f"{'(no data)':>12}: the shares are of the {result.coverage_pct}% of the raster with data",
                        err=True)

@@ -215,7 +215,7 @@ def _summary(result) -> None:
         click.echo(f"  {right_aligned(c['name'], 12)}: {s or 0:5.1f}%{'  ' + area if area else ''}", err=True)
     if result.nodata_pixels:  # the shares above are of the ground with data
         nodata = nodata_text.strip() if result.nodata_m2 is not None else ""
-        click.echo(f"  {'(no data)':>12}: {result.nodata_pixels} px{'  ' + nodata if nodata else ''}, in no class",
+        click.echo(f"  {'(no data)':>12}: {result.nodata_pixels:,} px{'  ' + nodata if nodata else ''}, in no class",
                    err=True)
 
 
