@@ -1581,8 +1581,8 @@ def test_survey_interrupted_midway_resumes(make_raster, tiny_fcn, tmp_path):
         make_raster(name=f"s/r{i}.tif", shape=(64, 64), seed=i)
     seen = set()
 
-    def interrupt(fraction, name):
-        seen.add(name)
+    def interrupt(fraction, message):
+        seen.add(message.split(" · ")[-1])  # "1/3 rasters · r0.tif": the raster that moved
         if len(seen) > 1:  # the second raster has started: the user presses Ctrl-C
             raise KeyboardInterrupt
 
