@@ -267,6 +267,8 @@ def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):
     assert names["tiny-1band"]["bands"] == [1] and names["threshold-nir"]["bands"] == [1, 2, 3, 4]
     listed = run("models").output
     assert "tiny-fcn" in listed and "classes: class0, class1, class2" in listed and "bands: [1]" in listed
+    # the default first, with what each is for (it came last, under 8 baselines, and said nothing of itself, h130)
+    assert listed.startswith("landcover-unet (default)") and "\n    Otsu thresholds: water by a water index" in listed
 
 
 def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_raster, model_dir, tmp_path,

@@ -49,9 +49,12 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     for problem in problems:
         click.echo(f"warning: skipped: {problem.message}", err=True)
-    for row in rows:
+    for row in sorted(rows, key=lambda r: not r["default"]):  # the default first: it was listed last, under 8 baselines
         mark = " (default)" if row["default"] else ""
         click.echo(f"{row['name']}{mark}  v{row['version']}  [{row['source']}]")
+        if row["description"]:  # what it is for, in a line: the card's description was only in `models show`
+            about = " ".join(row["description"].split())
+            click.echo(f"    {about if len(about) <= 110 else about[:107] + '...'}")
         if row["output"] == "regions":
             click.echo(f"    output: unlabeled regions in {len(row['classes'])} colours (no classes)")
         else:
