@@ -1330,3 +1330,38 @@ def test_a_paletted_label_without_class_names_must_say_how_it_is_read(make_raste
     assert evaluate("threshold", [image], [label], label_format="color").mean_iou == 1.0
     named = evaluate("threshold", [image], [label], label_names=[classes[c].name for c in order])
     assert named.mean_iou == 1.0  # ids, named in the file's order
+
+
+def test_compare_gives_a_model_its_own_bands(make_raster, tmp_path):
+    """A 6-band model and threshold-nir on one stack could not be compared: --bands applied to every model, and
+    'threshold-nir?bands=3,2,1,4' was cut at its commas (h132)."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    image = make_raster(shape=(40, 50), bands=4)
+    pred, profile = _predicted("threshold", image, tmp_path)
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **profile) as ds:
+        ds.write(pred, 1)
+    alone = evaluate("threshold-nir", [image], [label], bands=[3, 2, 1, 4])
+    both = compare(["threshold", "threshold-nir"], [image], [label], model_bands={"threshold-nir": [3, 2, 1, 4]},
+                   output_dir=tmp_path / "cmp")
+    nir = next(e for e in both["evaluations"] if e["model"] == "threshold-nir")
+    assert nir["confusion_matrix"] == alone.confusion_matrix
+    from geoseg import segment
+
+    reference = segment(image, tmp_path / "nir", model="threshold-nir", bands=[3, 2, 1, 4], preview=False)
+    with rasterio.open(tmp_path / "cmp" / "threshold-nir" / "image_mask.tif") as ds, \
+            rasterio.open(reference.outputs["mask"]) as ref:
+        assert (ds.read(1) == ref.read(1)).all()  # the kept mask is of its own bands
+    with pytest.raises(InputError, match="names 'unet', which is no model of the comparison"):
+        compare(["threshold", "threshold-nir"], [image], [label], model_bands={"unet": [1, 2, 3]})
+    result = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(image),
+                                       "--labels", str(label), "--model-bands", "threshold-nir=3,2,1,4", "--json"])
+    assert result.exit_code == 0, result.output
+    cli = next(e for e in json.loads(result.stdout)["evaluations"] if e["model"] == "threshold-nir")
+    assert cli["confusion_matrix"] == alone.confusion_matrix
+    bad = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(image),
+                                    "--labels", str(label), "--model-bands", "3,2,1,4"])
+    assert bad.exit_code == 2 and "MODEL=3,2,1" in bad.output

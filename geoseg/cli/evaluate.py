@@ -130,6 +130,18 @@ def _with(options):
     return wrap
 
 
+def _model_bands(ctx, param, values) -> dict[str, tuple[int, ...]]:
+    """--model-bands MODEL=3,2,1 (repeatable) as {MODEL: (3, 2, 1)}."""
+    given: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, bands = value.rpartition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"give a model and its bands as MODEL=3,2,1. Received: {value!r}",
+                                     ctx=ctx, param=param)
+        given[name.strip()] = BandsType().convert(bands, param, ctx)
+    return given
+
+
 def _segment_options(chunk, sieve, bands, normalize) -> dict:
     return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {}),
             **({"bands": bands} if bands else {}), **({"normalization": normalize} if normalize else {})}
@@ -225,9 +237,12 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
               help="Also write the score table and its notes to this Markdown file (with --labels).")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "
                                                 "in the -o folder (otherwise they are an error), and the --markdown file.")
+@click.option("--model-bands", "model_bands", multiple=True, metavar="MODEL=1,2,3", callback=_model_bands,
+              help="Bands of one model, by its name in --models (repeatable); --bands gives the others theirs: a "
+                   "6-band model beside threshold-nir=3,2,1,4 on one stack.")
 @click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-            normalize, chunk, sieve, as_json, precision, tta, output_dir, markdown, overwrite, quiet):
+            normalize, chunk, sieve, as_json, precision, tta, output_dir, markdown, overwrite, model_bands, quiet):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.cli.segment import _bar
     from geoseg.workflows.common import write_text
@@ -250,6 +265,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
             _check_report(markdown, overwrite, ref, image_paths, label_paths)
         with _bar("compare", quiet) as progress:
             result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
+                         **({"model_bands": model_bands} if model_bands else {}),
                          label_format=label_format, label_names=names, label_colors=colors, vector_field=vector_field,
                          **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
                          progress=progress, **_segment_options(chunk, sieve, bands, normalize))

@@ -677,9 +677,14 @@ def compare(
     *,
     output_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    model_bands: dict[str, Sequence[int]] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
+
+    `model_bands` gives a model its own bands (``{"threshold-nir": [3, 2, 1, 4]}``, by the reference in
+    `models` or the card's name), where ``bands=`` gives every other model theirs: a 6-band model and a
+    NIR baseline read the same stack in different orders.
 
     With `output_dir`, each model's masks go to ``output_dir/MODEL/`` and each image
     gets ``STEM_disagreement.tif``: the number of different classes the models
@@ -715,9 +720,10 @@ def compare(
     images = _paths(images)
     labels = None if labels is None else _paths(labels)
     out = Path(output_dir) if output_dir else None
+    own = _model_bands(models, model_bands)
     for m in models:  # every model's bands in every image before the first model segments anything
-        _check_model_bands(m, images, options.get("bands"), fix=f"leave {_reference(m)} out of the comparison "
-                           "(--models), or compare on images that have those bands")
+        _check_model_bands(m, images, own.get(str(m), options.get("bands")), fix=f"leave {_reference(m)} out of "
+                           "the comparison (--models), or compare on images that have those bands")
     evaluations = []
     if labels is not None:
         shared = _shared_label_set(models, labels, options)
@@ -749,10 +755,11 @@ def compare(
         if labels is not None:
             for k, (m, folder) in enumerate(zip(models, folders)):
                 evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
-                                            progress=_part(progress, k / len(models), 1 / len(models)), **options,
+                                            progress=_part(progress, k / len(models), 1 / len(models)),
+                                            **_with_bands(m, options, own),
                                             **({"_ids_of": ids_of} if ids_of else {})))
         disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
-                                     progress=progress) if out else []
+                                     progress=progress, own=own) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
     rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m)}
             for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
@@ -961,8 +968,30 @@ def _vector_fields(labels: list, field: str) -> list | None:
     return found
 
 
+def _model_bands(models, model_bands) -> dict[str, list[int]]:
+    """`model_bands` keyed by each model's reference as given in `models` (a card's name names its model too)."""
+    if not model_bands:
+        return {}
+    if not isinstance(model_bands, dict):
+        raise InputError(f"model_bands (--model-bands) gives models their bands, as {{'threshold-nir': [3, 2, 1, 4]}}. "
+                         f"Received: {model_bands!r}")
+    refs = {str(m): str(m) for m in models}
+    for m in models:
+        refs.setdefault(get_segmenter(resolve_model(m)).card.name, str(m))
+    unknown = [name for name in model_bands if str(name) not in refs]
+    if unknown:
+        raise InputError(f"model_bands (--model-bands) names {', '.join(map(repr, unknown))}, which is no model of "
+                         f"the comparison ({', '.join(str(m) for m in models)}).")
+    return {refs[str(name)]: list(bands) for name, bands in model_bands.items()}
+
+
+def _with_bands(model, options: dict[str, Any], own: dict[str, list[int]]) -> dict[str, Any]:
+    """`options` with `model`'s own bands, where `own` (`_model_bands`) gives it some."""
+    return {**options, "bands": own[str(model)]} if str(model) in own else options
+
+
 def _disagreement(models, folders, images, out: Path, options: dict, *, scored: bool,
-                  progress=None) -> list[tuple[str, float | None]]:
+                  progress=None, own: dict[str, list[int]] | None = None) -> list[tuple[str, float | None]]:
     """Each image's disagreement raster and the share of its valid pixels (%) on which all models agree (None
     where none is valid); `scored`: this run's evaluations already left every mask in `out`."""
     from geoseg.raster import write_class_mask
@@ -981,7 +1010,8 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
             mask = folder / f"{raster_stem(image)}_mask.tif"
             if not scored:  # masks from an earlier run may be of other images or settings
                 segment(image, folder, model=m, preview=False, overwrite=True,
-                        progress=_part(progress, (i * len(models) + j) / runs, 1 / runs), **_options_for(m, seg_options))
+                        progress=_part(progress, (i * len(models) + j) / runs, 1 / runs),
+                        **_options_for(m, _with_bands(m, seg_options, own or {})))
             masks.append(mask)
         info = inspect_raster(masks[0])
         handles = [open_quietly(p) for p in masks]  # a JPEG's masks: no georeferencing, and no warning of it
