@@ -1282,6 +1282,10 @@ def test_the_page_cancels_its_job_by_button_also_after_a_reload(app, make_raster
             page.click("#go")
             page.wait_for_selector("#cancel:not([hidden])")
             first = page.evaluate("job.id")
+            # running, and no part of its model call reported yet: the bar moves without a share (it stood at 0%)
+            page.wait_for_function("document.getElementById('message').textContent.startsWith('Segmenting with')")
+            assert not page.evaluate("document.getElementById('bar').hasAttribute('value')")
+            assert not page.inner_text("#message").endswith("0%")
             page.focus("#cancel")  # by keyboard
             page.keyboard.press("Enter")
             # the worker is busy until its step ends: the page said "Cancelled." at once, and the next upload

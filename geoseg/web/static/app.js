@@ -155,7 +155,11 @@ async function poll(t, misses = 0, restore = false) {
   if (job.status !== "done" && job.cancelling) { say(CANCELLING); setTimeout(() => poll(t), 500); return; } // after a reload too
   if (job.status !== "done") {
     const n = job.models.length, i = job.running ?? 0;
-    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}… ${Math.floor(job.progress * 10) * 10}%`); // the bar has the rest
+    // a one-chunk image reports nothing until its one model call ends: a bar standing at 0% for it read as stuck
+    // (h116), so until the model's own part moves the bar is indeterminate and the line names no share
+    const moving = job.progress * n - i > 0;
+    if (!moving) $("bar").removeAttribute("value");
+    say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}…${moving ? ` ${Math.floor(job.progress * 10) * 10}%` : ""}`); // the bar has the rest
     setTimeout(() => poll(t), 500); return;
   }
   // the notes go under the Results heading, where the focus goes: read on from it, they were never reached above it
