@@ -52,6 +52,7 @@ from geoseg.raster import (
     raster_stem,
     regrid,
     staging_dir,
+    subdataset_file,
     write_cog,
 )
 from geoseg.tiling import chunk_lengths, coerce_size, round_up, windowed_map
@@ -645,7 +646,9 @@ def refuse_inputs_as_outputs(paths: dict[str, Path], inputs: Sequence[str | os.P
     for given in inputs:
         if given is None:
             continue
-        source = Path(str(given).split("|", 1)[0])  # 'towns.gpkg|layername=towns' names a file too
+        text = str(given).split("|", 1)[0]  # 'towns.gpkg|layername=towns' names a file too
+        sub = subdataset_file(text)  # and GPKG:mask.gpkg:table: vectorize -o mask.gpkg --overwrite replaced it
+        source = Path(sub[0] if sub else text)
         if not source.is_file():  # /vsizip/..., a URL: no output can be it
             continue
         for output in paths.values():

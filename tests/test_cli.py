@@ -1264,3 +1264,28 @@ def test_summaries_write_large_areas_and_counts_with_thousands_separators(run, m
     scene = run("scene", image, "-o", tmp_path / "z", "-m", "threshold")
     shares = [line for line in scene.stderr.splitlines() if "m²" in line]
     assert len(shares) == 3 and all(re.search(r": +\d+\.\d% ", line) for line in shares), scene.stderr
+
+
+def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names(run, make_raster, model_dir,
+                                                                                 tmp_path):
+    """A raster over 8 times coarser than the card's pixel_size is refused with "pass --no-resample", an option
+    that only segment had: scene and survey answered "No such option" (h136)."""
+    import shutil
+
+    from rasterio.transform import from_origin
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", folder / "fine.keras")
+    card = json.loads((model_dir / "tiny-fcn.json").read_text())
+    (folder / "fine.json").write_text(json.dumps({**card, "name": "fine", "pixel_size": 1.0}))
+    coarse = str(make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 30.0, 30.0)))
+    model = str(folder / "fine.keras")
+    refused = run("scene", coarse, "-o", str(tmp_path / "a"), "-m", model)
+    assert refused.exit_code == 1 and "--no-resample" in refused.output
+    assert run("scene", coarse, "-o", str(tmp_path / "b"), "-m", model, "--no-resample").exit_code == 0
+    result = run("survey", coarse, "-o", str(tmp_path / "c"), "-m", model, "--no-resample", "--no-vector", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["failed"] == []
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert '"resample": false' in json.dumps(manifest)

@@ -1275,6 +1275,24 @@ def test_index_labels_of_fractions_or_complex_numbers_are_refused(make_raster, t
             assert result.pixels_scored == 25 * 40 and result.mean_iou == 1.0
 
 
+def test_a_float_label_s_fill_value_reads_as_unlabelled_without_a_cast_warning(make_raster, tmp_path):
+    """Float32's usual fill, -3.4028235e38 (here untagged), is finite but no int64: "invalid value encountered in
+    cast", as NaN gave before it was read as unlabelled (h136)."""
+    import warnings
+
+    image = make_raster(shape=(30, 40))
+    pred, profile = _predicted("threshold", image, tmp_path)
+    values = pred.astype("float32")
+    values[:5] = np.finfo(np.float32).min
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **{**profile, "dtype": "float32", "nodata": None}) as ds:
+        ds.write(values, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate("threshold", [image], [label])
+    assert result.pixels_scored == 25 * 40 and result.mean_iou == 1.0
+
+
 def test_what_the_runs_warned_of_is_in_the_report_s_notes(make_raster, tmp_path):
     """A gdal_merge stack's fill (0, no nodata tag) is scored as ground: the warning went to stderr only, and the
     notes of --json and --markdown read as if all were well (h132). Images alike are said once."""

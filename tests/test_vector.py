@@ -1140,6 +1140,10 @@ def test_a_geopackage_mask_is_not_replaced_by_its_own_layer(make_mask, tmp_path)
     with pytest.raises(OutputError, match="is the input"):
         vectorize(gpkg, gpkg, overwrite=True)
     assert gpkg.read_bytes() == before
+    # named as GDAL names one raster of the file (QGIS's source of a GeoPackage raster layer), too (h136)
+    with pytest.raises(OutputError, match="is the input"):
+        vectorize(f"GPKG:{gpkg}:{gpkg.stem}", gpkg, overwrite=True)
+    assert gpkg.read_bytes() == before
 
 
 def test_polygons_along_a_pole_stay_valid_in_a_polar_crs(make_mask, tmp_path):

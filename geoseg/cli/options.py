@@ -15,7 +15,7 @@ from geoseg.errors import GeosegError
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
 
 __all__ = ["BandsType", "NormalizationType", "area_texts", "check_cluster_options", "chunk_option", "fail_cleanly",
-           "emit_json", "normalize_option", "only_with", "precision_option", "scheduler_option", "sieve_option",
+           "emit_json", "normalize_option", "only_with", "precision_option", "resample_option", "scheduler_option", "sieve_option",
            "tta_option", "workers_option"]
 
 # choices shared by segment, evaluate and compare: the same tuples the model loader checks
@@ -28,6 +28,9 @@ chunk_option = click.option(
     "--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
     help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most 2048) "
          "for models with wide margins.")
+resample_option = click.option(  # segment's, and where a coarse raster's refusal sends scene and survey (h136)
+    "--resample/--no-resample", default=True, show_default=True,
+    help="Resample to the model card's pixel size (ground metres, when it gives one) and back to the input grid.")
 sieve_option = click.option(
     "--sieve", type=click.IntRange(min=0), default=0, show_default=True, metavar="PX",
     help="Minimum mapping unit: regions of one class smaller than PX mask pixels (8-connected) take the classes "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import (right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
+from geoseg.cli.options import (resample_option, right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
                                 sieve_option)
 
 __all__ = ["scene"]
@@ -16,6 +16,7 @@ __all__ = ["scene"]
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @normalize_option
+@resample_option
 @chunk_option
 @sieve_option
 @click.option("--zones", type=PathParam(dir_okay=False), default=None,
@@ -24,7 +25,7 @@ __all__ = ["scene"]
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def scene(input, output_dir, model, bands, normalize, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
+def scene(input, output_dir, model, bands, normalize, resample, chunk, sieve, zones, zone_field, overwrite, as_json, quiet):
     """Area and share (of the valid area) of every class in INPUT; with --zones, per zone too.
 
     Writes the mask, STEM_composition.csv, STEM_scene.png (map with legend and
@@ -38,7 +39,8 @@ def scene(input, output_dir, model, bands, normalize, chunk, sieve, zones, zone_
     with fail_cleanly(), _bar(input, quiet) as progress:
         result = run_scene(input, output_dir, zones=zones, zone_field=zone_field, overwrite=overwrite,
                            model=model, bands=bands, chunk=chunk, sieve=sieve, progress=progress,
-                           **({"normalization": normalize} if normalize else {}))
+                           **({"normalization": normalize} if normalize else {}),
+                           **({} if resample else {"resample": False}))
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:

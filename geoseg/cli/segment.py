@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import (right_aligned, BandsType, check_cluster_options, scheduler_option, workers_option, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
+from geoseg.cli.options import (resample_option, right_aligned, BandsType, check_cluster_options, scheduler_option, workers_option, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option,
                                 precision_option, sieve_option, tta_option)
 from geoseg.models.segmenter import MAX_MARGIN, MAX_TILE
 
@@ -29,9 +29,7 @@ __all__ = ["segment"]
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="1-based input bands in model order. Default: the model card's.")
 @normalize_option
-@click.option("--resample/--no-resample", default=True, show_default=True,
-              help="Resample to the model card's pixel size (ground metres, when it gives one) and back to the "
-                   "input grid.")
+@resample_option
 @chunk_option
 @click.option("--tile", type=click.IntRange(1, MAX_TILE), default=None, metavar="PX",
               help="Model input size; fixed-size models set it. Default: whole chunk.")

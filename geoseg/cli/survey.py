@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geoseg.cli.options import (BandsType, PathParam, check_cluster_options, chunk_option, emit_json, fail_cleanly,
-                                normalize_option, scheduler_option, sieve_option, workers_option)
+                                normalize_option, resample_option, scheduler_option, sieve_option, workers_option)
 
 __all__ = ["survey"]
 
@@ -16,6 +16,7 @@ __all__ = ["survey"]
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model; default landcover-unet.")
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3", help="Input bands in model order.")
 @normalize_option
+@resample_option
 @chunk_option
 @sieve_option
 @click.option("--vector/--no-vector", default=True, show_default=True, help="Polygons per raster and merged (switched on a rerun, the masks are kept).")
@@ -28,7 +29,7 @@ __all__ = ["survey"]
 @scheduler_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
-def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, preview, jobs, workers, scheduler,
+def survey(inputs, output_dir, model, bands, normalize, resample, chunk, sieve, vector, preview, jobs, workers, scheduler,
            as_json, quiet):
     """Segment every raster in INPUTS: files, folders, globs, .txt lists of paths, or .vrt mosaics.
 
@@ -50,7 +51,9 @@ def survey(inputs, output_dir, model, bands, normalize, chunk, sieve, vector, pr
 
     check_cluster_options(workers, scheduler)
     options = {k: v for k, v in {"bands": bands, "normalization": normalize, "chunk": chunk, "sieve": sieve or None,
-                                 "preview": None if preview else False}.items() if v is not None}
+                                 "preview": None if preview else False,
+                                 # the default left out, as the manifest's options held it before (no rerun)
+                                 "resample": None if resample else False}.items() if v is not None}
     keras = _may_run_keras("survey", [] if model is None else ["-m", str(model)])
     verbosity = (click.get_current_context().find_root().obj or {}).get("verbosity", 0)
     with fail_cleanly(), _client(workers, scheduler, keras, verbosity) as client, \

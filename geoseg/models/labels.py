@@ -513,7 +513,8 @@ def _whole_ids(values: np.ndarray, path: str) -> np.ndarray:
                          "with other than nearest neighbour?). Resample labels with -r near (gdalwarp, gdal_translate), "
                          "or round them to ids: gdal_calc.py -A LABEL --outfile ids.tif --calc=\"numpy.round(A)\" "
                          "--type=Byte.")
-    return np.where(finite, values, -1).astype(np.int64)
+    # a float label's fill (-3.4028235e38, Float32's usual nodata) is no id either: cast, it raised NumPy's warning
+    return np.where(finite & (np.abs(values) < 2.0**31), values, -1).astype(np.int64)
 
 
 class VectorLabels:
