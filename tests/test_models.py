@@ -710,6 +710,7 @@ def test_a_raster_far_outside_a_card_s_pixel_size_range_is_warned_of(make_raster
     shutil.copy(model_dir / "tiny-fcn.keras", folder / "aerial.keras")
     (folder / "aerial.json").write_text(json.dumps({**card, "name": "aerial", "pixel_size_range": [0.1, 2.0]}))
     assert ModelCard.from_dict({**card, "pixel_size_range": [0.1, 2.0]}).to_dict()["pixel_size_range"] == [0.1, 2.0]
+    assert ModelCard.from_dict({**card, "pixel_size_range": (0.1, 2)}).pixel_size_range == (0.1, 2.0)  # Python's
     for bad in ([2.0, 0.1], [0, 1], "0.1-2", [0.1]):
         with pytest.raises(CardError, match="field 'pixel_size_range' must be"):
             ModelCard.from_dict({**card, "pixel_size_range": bad})

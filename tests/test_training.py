@@ -1733,3 +1733,31 @@ def test_the_card_s_validation_scores_are_what_evaluate_measures_on_images_with_
     card = json.loads(bundle.with_suffix(".json").read_text())["metrics"]["validation"]
     measured = evaluate(str(bundle), [tmp_path / "data" / "img2.tif"], [tmp_path / "data" / "img2_label.tif"])
     assert measured.confusion_matrix == card["confusion_matrix"] and measured.mean_iou == card["mean_iou"]
+
+
+def test_a_config_s_pixel_size_range_reaches_the_card_and_is_checked_when_read(tmp_path):
+    """The zoo card's pixel_size_range was added by hand: training and the GPU bundle script wrote none, so the
+    default model's next bundle would have lost its warning of coarse rasters (h136)."""
+    from geoseg.errors import InputError
+    from geoseg.models.training import card_extras, train
+
+    config = _dataset(tmp_path, "index")
+    text = config.read_text()
+    config.write_text(text.replace("[data]", "[data]\npixel_size_range = [2.0, 0.1]"))
+    with pytest.raises(InputError, match=r"pixel_size_range must be \[lowest, highest\].*Received: \[2.0, 0.1\]"):
+        load_config(config)
+    config.write_text(text.replace("[data]", '[data]\npixel_size_range = [0.1, 2.0]\nband_names = ["r", "g", "b"]'))
+    assert card_extras(load_config(config)) == {"band_names": ["r", "g", "b"], "pixel_size_range": [0.1, 2.0]}
+    card = json.loads(train(load_config(config)).with_suffix(".json").read_text())
+    assert card["pixel_size_range"] == [0.1, 2.0] and card["band_names"] == ["r", "g", "b"]
+
+
+def test_the_shipped_configs_give_the_default_model_s_card_fields():
+    """The zoo card's band_names and pixel_size_range come from its configs, so that a retrained bundle keeps them."""
+    from geoseg.models.card import read_card
+    from geoseg.models.training import card_extras
+
+    zoo = read_card(Path(__file__).resolve().parents[1] / "geoseg" / "zoo" / "landcover-unet.json")
+    for name in ("landcover-unet.toml", "landcover-unet-gpu.toml"):
+        extras = card_extras(load_config(Path(__file__).resolve().parents[1] / "configs" / name))
+        assert extras == {"band_names": list(zoo.band_names), "pixel_size_range": list(zoo.pixel_size_range)}

@@ -220,6 +220,7 @@ class ModelCard:
             raise CardError(f"{source}: field 'pixel_size' must be a number above 0 (ground metres per pixel) or absent. "
                             f"Received: pixel_size={pixel_size!r}")
         suits = data.get("pixel_size_range")
+        suits = list(suits) if isinstance(suits, tuple) else suits  # (0.1, 2) in Python, as normalization= takes
         if suits is not None and not (isinstance(suits, list) and len(suits) == 2 and all(map(_is_number, suits))
                                       and 0 < suits[0] <= suits[1]):
             raise CardError(f"{source}: field 'pixel_size_range' must be [lowest, highest] ground metres per pixel of "

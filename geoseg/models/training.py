@@ -7,6 +7,7 @@ import datetime as dt
 import glob
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,6 +57,7 @@ class TrainConfig:
     vector_field: str = "class"
     bands: list[int] = field(default_factory=lambda: [1, 2, 3])
     band_names: list[str] | None = None  # what each band is ("red", "green", "blue"): the card's band_names
+    pixel_size_range: list[float] | None = None  # metres per pixel of the imagery the model suits: the card's
     normalization: dict[str, Any] = field(default_factory=lambda: {"method": "scale", "scale": 1 / 255})
     architecture: str = "unet"
     encoder_weights: str | None = None
@@ -111,6 +113,13 @@ class TrainConfig:
             return path
         base = str(Path(self.source).parent if self.source else Path("."))
         return str(Path(glob.escape(base) if pattern else base) / path)
+
+
+def card_extras(config: TrainConfig) -> dict[str, Any]:
+    """The card fields a config may give beside the network's: `band_names` and `pixel_size_range` (the GPU
+    bundle script dropped both, and the zoo card held them by hand, h136)."""
+    return {**({"band_names": config.band_names} if config.band_names else {}),
+            **({"pixel_size_range": config.pixel_size_range} if config.pixel_size_range else {})}
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
@@ -181,6 +190,12 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
             parse_normalization(flat["normalization"], len(flat.get("bands", [1, 2, 3])), source=str(path))
         except ModelError as exc:
             raise InputError(str(exc)) from None
+    suits = flat.get("pixel_size_range")
+    if suits is not None and not (isinstance(suits, list) and len(suits) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in suits)
+            and 0 < suits[0] <= suits[1]):  # checked before any image loads, not when the card is written
+        raise InputError(f"{path}: pixel_size_range must be [lowest, highest] ground metres per pixel of the imagery "
+                         f"the model suits, 0 < lowest <= highest, such as [0.1, 2.0]. Received: {suits!r}")
     _check_classes(path, flat)
     _check_weight_files(path, flat)
     _check_output(path, flat, "--output" if overrides.get("output") is not None else f"{path}: output")
@@ -879,7 +894,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     card_data = {
         "name": config.name, "version": config.version or dt.date.today().isoformat(),
         "description": config.description, "bands": config.bands, "normalization": config.normalization,
-        "classes": config.card_classes, **({"band_names": config.band_names} if config.band_names else {}),
+        "classes": config.card_classes, **card_extras(config),
         "margin": margin, "tile_size": None, "multiple_of": multiple,
         # rasters of another pixel size are then resampled to it (segment --resample); trained on 3 cm orthos, a
         # 5 cm flight was segmented at 5 cm without a word

@@ -24,7 +24,8 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     from geoseg.models.metrics import json_ready
     from geoseg.models.segmenter import KerasSegmenter
     from geoseg.models.training import (SEAM_CROP, SEAM_IMAGES, _build, _config_dict, _encoder_margin, _relative,
-                                        _write_bundle, evaluate_pairs, load_config, load_pairs, seam_free_margin)
+                                        _write_bundle, card_extras, evaluate_pairs, load_config, load_pairs,
+                                        seam_free_margin)
 
     run = json.loads(Path(run_json).read_text())
     arrays = np.load(Path(run_json).with_suffix(".npz"))
@@ -42,7 +43,7 @@ def main(run_json: str, config_path: str, dest: str) -> None:
     card = ModelCard.from_dict({
         "name": config.name, "version": config.version or dt.date.today().isoformat(), "description": config.description,
         "bands": config.bands, "normalization": config.normalization, "classes": config.card_classes,
-        "margin": margin, "tile_size": None, "multiple_of": multiple}, source=config_path)
+        **card_extras(config), "margin": margin, "tile_size": None, "multiple_of": multiple}, source=config_path)
     impulse = max(margin, _encoder_margin(model, 3))
     crops = [np.asarray(image[:SEAM_CROP, :SEAM_CROP]) for image, _, _ in val[:: max(1, len(val) // SEAM_IMAGES)][:SEAM_IMAGES]]
     margin, agreement = seam_free_margin(KerasSegmenter(model, card), crops, impulse)
