@@ -1047,7 +1047,8 @@ def _whole_raster_sample(info: RasterInfo, plan: Plan) -> tuple[np.ndarray, np.n
             read_preview(info.path, plan.bands, 1024, min_side=1, mask=True, overviews=False))
 
 
-UPSAMPLING_REFUSED = 8.0  # per side: a 4 m raster into a 0.5 m model is 64 times its pixels
+UPSAMPLING_REFUSED = 8.0  # per side: a 4 m raster into a 0.5 m model is 64 times its pixels...
+UPSAMPLED_REFUSED_PX = 100e6  # ...refused when that comes to a grid of over 100 Mpx (a 50 x 40 chip's 1.8 Mpx runs)
 UPSAMPLING_WARNED = 2.0
 
 
@@ -1070,10 +1071,10 @@ def _check_upsampling(info: RasterInfo, work: RasterInfo | None, card: ModelCard
     size = f"{info.width} x {info.height} px"
     what = (f"{info.path}: its pixels are {factor:.3g} times the {card.pixel_size:g} m of model {card.name}'s, so "
             f"resampling to them makes its {size} {work.width} x {work.height} px")
-    if factor > UPSAMPLING_REFUSED:
+    if factor > UPSAMPLING_REFUSED and work.width * work.height > UPSAMPLED_REFUSED_PX:
         raise InputError(f"{what}, and the model was not made for imagery this coarse. Use imagery nearer "
-                         f"{card.pixel_size:g} m, or pass --no-resample (resample=False) to run the model on the "
-                         "raster's own pixels.")
+                         f"{card.pixel_size:g} m, or pass --no-resample (segment, scene and survey; resample=False in "
+                         "Python) to run the model on the raster's own pixels.")
     log.warning("%s; the model sees each pixel %.3g times over, blurred, which it was not trained on. --no-resample "
                 "(resample=False) runs it on the raster's own pixels.", what, factor)
 

@@ -1278,8 +1278,8 @@ def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names
     folder.mkdir()
     shutil.copy(model_dir / "tiny-fcn.keras", folder / "fine.keras")
     card = json.loads((model_dir / "tiny-fcn.json").read_text())
-    (folder / "fine.json").write_text(json.dumps({**card, "name": "fine", "pixel_size": 1.0}))
-    coarse = str(make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 30.0, 30.0)))
+    (folder / "fine.json").write_text(json.dumps({**card, "name": "fine", "pixel_size": 0.1}))
+    coarse = str(make_raster(shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 30.0, 30.0)))  # 180 Mpx
     model = str(folder / "fine.keras")
     refused = run("scene", coarse, "-o", str(tmp_path / "a"), "-m", model)
     assert refused.exit_code == 1 and "--no-resample" in refused.output

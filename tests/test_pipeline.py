@@ -1983,3 +1983,7 @@ def test_a_raster_far_coarser_than_the_model_s_pixels_is_refused_before_it_is_up
     somewhat = make_raster(name="somewhat.tif", shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 0.4, 0.4))
     segment(somewhat, tmp_path / "four", model=folder / "fine.keras", preview=False)
     assert "its pixels are 4 times the 0.1 m" in caplog.text and "--no-resample" in caplog.text
+    # ten times coarser, but a small chip: 0.2 Mpx to run is no reason to refuse it (h136)
+    chip = make_raster(name="chip.tif", shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 1.0, 1.0))
+    assert segment(chip, tmp_path / "chip", model=folder / "fine.keras", chunk=128, preview=False).outputs
+    assert "its pixels are 10 times the 0.1 m" in caplog.text
