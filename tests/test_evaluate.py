@@ -1348,6 +1348,12 @@ def test_a_paletted_label_without_class_names_must_say_how_it_is_read(make_raste
     assert evaluate("threshold", [image], [label], label_format="color").mean_iou == 1.0
     named = evaluate("threshold", [image], [label], label_names=[classes[c].name for c in order])
     assert named.mean_iou == 1.0  # ids, named in the file's order
+    # ids whose colours are the model's at those ids (a geoseg mask that lost its tags): read as ids, as before (h136)
+    own = tmp_path / "own_colours.tif"
+    with rasterio.open(own, "w", **{**profile, "nodata": None}) as ds:
+        ds.write(pred, 1)
+        ds.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
+    assert evaluate("threshold", [image], [own]).mean_iou == 1.0
 
 
 def test_compare_gives_a_model_its_own_bands(make_raster, tmp_path):

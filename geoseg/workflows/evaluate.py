@@ -441,7 +441,7 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     for label in labels:
         names = label_names or (label_class_names(label) if label_format == "index" else None)
         if label_format == "index" and names is None:
-            _refuse_colour_coded(label)
+            _refuse_colour_coded(label, card)
         if card.output == "regions":
             label_sets.append(_region_label_set(card, label, names, label_colors, label_sets))
             continue
@@ -469,25 +469,35 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     return card, label_sets, missing
 
 
-def _refuse_colour_coded(label) -> None:
+def _refuse_colour_coded(label, card) -> None:
     """Refuse an index label that is a paletted image with no class names (the Dubai masks): read by the default
     --label-format index, its colour-table positions were scored as class ids, mean IoU 0.055 against 0.350 read
-    by colour, with only a note that values were read as ids (h130). Its reader says which it is."""
+    by colour, with only a note that values were read as ids (h130). Its reader says which it is. One whose every
+    value's colour is the model's colour of that id (a geoseg mask that lost its tags, a QGIS export) is ids."""
+    from rasterio.enums import Resampling
+
     from geoseg.models.labels import _palette
     from geoseg.raster import open_quietly
 
-    if not os.path.isfile(str(label)):
+    if not os.path.isfile(str(label)) or card.output == "regions":
         return
     try:
         with open_quietly(label) as ds:
-            paletted = ds.count == 1 and _palette(ds) is not None and "CLASS_NAMES" not in ds.tags()
+            palette = _palette(ds) if ds.count == 1 and "CLASS_NAMES" not in ds.tags() else None
+            values = None if palette is None else np.unique(ds.read(
+                1, out_shape=(min(ds.height, 512), min(ds.width, 512)), resampling=Resampling.nearest))
     except Exception:  # noqa: BLE001 - not a raster: read_labels says so
         return
-    if paletted:
-        raise InputError(f"{label}: a paletted image (a colour table) without class names, so it is either a "
-                         "colour-coded mask or class ids that happen to have colours. Pass --label-format color "
-                         "(label_format='color') if its colours are the classes, or --label-names (label_names=) "
-                         "with the classes in id order if its values are class ids.")
+    if palette is None:
+        return
+    ids = [int(v) for v in values if v != IGNORE]
+    colours = [{tuple(int(c.in_labels[k:k + 2], 16) for k in (1, 3, 5)), c.rgb} for c in card.classes]
+    if ids and all(v < len(colours) and tuple(palette[v]) in colours[v] for v in ids):
+        return  # its colours are the model's at those ids: ids, as the colours say too
+    raise InputError(f"{label}: a paletted image (a colour table) without class names, whose colours are not the "
+                     "model's at those ids, so it is either a colour-coded mask or class ids of other colours. Pass "
+                     "--label-format color (label_format='color') if its colours are the classes, or --label-names "
+                     "(label_names=) with the classes in id order if its values are class ids.")
 
 
 def _reference(model) -> str:
