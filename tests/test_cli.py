@@ -1248,6 +1248,9 @@ def test_a_glob_the_shell_expanded_after_an_option_is_told_to_be_quoted(run, mak
     assert result.exit_code == 2
     assert "quote a glob ('tiles/*.tif') so that geoseg expands it" in result.output
     assert len(result.output) < 700 and images[-1] not in result.output
+    # a command of one positional raster: one too many, which quotes would not mend (h136)
+    scene = run("scene", images[0], images[1], "-o", tmp_path / "z")
+    assert scene.exit_code == 2 and "quote a glob" not in scene.output and "unexpected extra argument" in scene.output
 
 
 def test_summaries_write_large_areas_and_counts_with_thousands_separators(run, make_raster, tmp_path):

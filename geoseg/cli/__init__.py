@@ -131,7 +131,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # exit 2: the command line itself, which a script fixes rather than parses
-            exc.message = _extra_arguments(exc.message)
+            command = exc.ctx.command if exc.ctx is not None else None
+            if command is not None and not any(isinstance(p, click.Argument) for p in command.params):
+                # extras after options only: `scene a.tif b.tif` has one raster too many, no glob to quote (h136)
+                exc.message = _extra_arguments(exc.message)
             raise
         except click.ClickException as exc:  # with --json, stdout held nothing: `| jq` failed to parse it
             _json_error(ctx, exc)
