@@ -1292,3 +1292,40 @@ def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names
     assert json.loads(result.stdout)["failed"] == []
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert '"resample": false' in json.dumps(manifest)
+
+
+def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_raster, tmp_path):
+    """A server that speaks first (SSH's banner) was read as a message length: "Unable to allocate 2.82 EiB", a
+    69-line traceback and no JSON on stdout; a host name that does not resolve waited 10 s for a "timeout" (h134)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    held = []
+
+    def banner():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
+            held.append(conn)
+
+    threading.Thread(target=banner, daemon=True).start()
+    image = make_raster(shape=(20, 20))
+    try:
+        result = run("segment", image, "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
+                     f"tcp://127.0.0.1:{port}", "--json")
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is not a Dask scheduler" in json.loads(result.stdout)["error"]
+    typo = run("segment", image, "-o", tmp_path / "b", "-m", "threshold", "--scheduler", "tcp://nosuchhost.invalid:8786")
+    assert typo.exit_code == 1 and "the host name 'nosuchhost.invalid'" in typo.output and "does not resolve" in typo.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

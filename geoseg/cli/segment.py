@@ -366,10 +366,23 @@ def _connect(address: str):
     """A Client of the scheduler at `address`, or a ClickException. Bounded by `CONNECT_S` of wall-clock time:
     an address that takes connections and never answers as a scheduler (the dashboard's port, 8787, for 8786)
     hung for good inside Client(), whose own timeout did not end it."""
+    import socket
     import threading
+    from urllib.parse import urlsplit
 
     from distributed import Client
 
+    try:
+        host = urlsplit(address if "://" in address else f"tcp://{address}").hostname
+    except ValueError:
+        host = None
+    if host:
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError):  # "Timed out trying to connect ... after 10 s" for a typo (h134)
+            raise click.ClickException(f"--scheduler: the host name {host!r} of {address} does not resolve to an "
+                                       "address. Check its spelling, or give the scheduler's IP address; leave "
+                                       "--scheduler out to run here.") from None
     made: dict = {}
 
     def connect() -> None:
@@ -390,6 +403,12 @@ def _connect(address: str):
         raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
             f"--scheduler: cannot reach a Dask scheduler at {address} ({error}). Check the address "
             "(tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to run here.") from None
+    if isinstance(error, MemoryError):  # a server that speaks first (SSH, an HTTP proxy's 400): its bytes read as a
+        # message length, "Unable to allocate 2.82 EiB", a 69-line traceback and no JSON on stdout (h134)
+        raise click.ClickException(
+            f"--scheduler: what answered at {address} is not a Dask scheduler (its first bytes were no Dask "
+            "message). Check the address (tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler "
+            "out to run here.") from None
     if error is not None:
         raise error
     return made["client"]
