@@ -1361,7 +1361,7 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
                            "is gone or the client was closed. Start the scheduler again and rerun (from Python: make "
                            "a new Client, or pass none to run on this machine).")
     paths = [path, *model_files]
-    seen = client.run(_all_readable_here, paths)
+    seen = _run_check(client, paths)
     if not seen:  # a scheduler without workers: the run waited forever without a word
         log.warning("the Dask scheduler %s has no workers yet; waiting up to %d s for one",
                     getattr(client.scheduler, "address", "") or "", WORKER_WAIT_S)
@@ -1371,35 +1371,60 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
             raise InputError(f"the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} has no workers "
                              f"(none came in {WORKER_WAIT_S} s). Start some (dask worker ADDRESS) or run with "
                              "--workers N instead of --scheduler.") from None
-        seen = client.run(_all_readable_here, paths)
-    blind = [worker for worker, ok in seen.items() if not ok[0]]
+        seen = _run_check(client, paths)
+    blind = [worker for worker, found in seen.items() if found[0] is None]
     if blind:
         raise InputError(
             f"{path}: Dask worker(s) {', '.join(blind)} cannot see this file. Put the raster on a path "
             "every worker can read (shared disk) or run without --scheduler."
         )
     for i, model_file in enumerate(model_files, start=1):
-        blind = [worker for worker, ok in seen.items() if not ok[i]]
+        blind = [worker for worker, found in seen.items() if found[i] is None]
         if blind:
             raise InputError(
                 f"{model_file}: Dask worker(s) {', '.join(blind)} cannot see this model file. Put the model on a "
                 "path every worker can read (shared disk; GEOSEG_MODEL_PATH may name it) or run without --scheduler."
             )
+    here = _sizes_here(paths)  # a node's stale copy at the same path: 12% of the mask differed, exit 0 (h134)
+    for i, (given, size) in enumerate(zip(paths, here)):
+        other = {worker: found[i] for worker, found in seen.items() if size is not True and found[i] != size}
+        if size is not None and other:
+            sizes = ", ".join(f"{worker}: {n:,} bytes" for worker, n in other.items())
+            raise InputError(
+                f"{given}: Dask worker(s) see another file at this path ({sizes}; here {size:,} bytes): a copy of "
+                f"another version on their machines? Give every worker the same {'model' if i else 'raster'} (a "
+                "shared disk), or run without --scheduler.")
 
 
-def _all_readable_here(paths: list[str]) -> list[bool]:
-    return [_readable_here(p) for p in paths]
+def _run_check(client, paths: list[str]) -> dict[str, list]:
+    """`_sizes_here(paths)` on every worker. A worker of another geoseg (one without this function) failed the run
+    with a 66-line AttributeError traceback (h134)."""
+    from geoseg.errors import ClusterError
 
-
-def _readable_here(path: str) -> bool:
-    """Whether this process (a Dask worker) can open `path`: a file, or a GDAL path such as /vsizip/."""
-    if not is_gdal_path(path):
-        return os.path.isfile(path)
     try:
-        with open_quietly(path):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means this worker cannot read it
-        return False
+        return client.run(_sizes_here, paths)
+    except (AttributeError, ImportError, ModuleNotFoundError, TypeError) as exc:
+        import geoseg
+
+        raise ClusterError(f"the Dask workers could not run this geoseg's check of its files ({type(exc).__name__}: "
+                           f"{first_line(exc)}): do they run another geoseg than this machine's ({geoseg.__file__})? "
+                           "Install the same geoseg on every worker, or run without --scheduler.") from None
+
+
+def _sizes_here(paths: list[str]) -> list[int | bool | None]:
+    """Per path, what this process (a Dask worker) finds there: a file's size, True for a GDAL path it can open
+    (/vsizip/...), None for one it cannot read."""
+    found: list[int | bool | None] = []
+    for path in paths:
+        if not is_gdal_path(path):
+            found.append(os.path.getsize(path) if os.path.isfile(path) and os.access(path, os.R_OK) else None)
+            continue
+        try:
+            with open_quietly(path):
+                found.append(True)
+        except Exception:  # noqa: BLE001 - any failure means this worker cannot read it
+            found.append(None)
+    return found
 
 
 def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,

@@ -1987,3 +1987,40 @@ def test_a_raster_far_coarser_than_the_model_s_pixels_is_refused_before_it_is_up
     chip = make_raster(name="chip.tif", shape=(40, 50), transform=from_origin(500000.0, 2800000.0, 1.0, 1.0))
     assert segment(chip, tmp_path / "chip", model=folder / "fine.keras", chunk=128, preview=False).outputs
     assert "its pixels are 10 times the 0.1 m" in caplog.text
+
+
+def test_workers_that_see_another_file_at_the_path_or_run_another_geoseg_are_refused(make_raster, tmp_path,
+                                                                                       monkeypatch):
+    """A node's stale copy at the same path (33.9 MB against 40.5 MB) gave a mask of which 12% differed, exit 0;
+    a worker of an older geoseg failed with a 66-line AttributeError traceback (h134). The worker's answer is
+    altered in process (a worker answers off the main thread): no second file system is to hand in a test."""
+    import threading
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    from geoseg.errors import ClusterError
+
+    sizes = pipeline._sizes_here
+
+    def stale(paths):
+        found = sizes(paths)
+        if threading.current_thread() is threading.main_thread():  # this machine's own answer
+            return found
+        return [n + 1 if isinstance(n, int) and n is not True else n for n in found]
+
+    def older(paths):
+        raise AttributeError("Can't get attribute '_sizes_here' on <module 'geoseg.pipeline'>")
+
+    image = make_raster()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setattr(pipeline, "_sizes_here", stale)
+        with pytest.raises(InputError, match=r"image.tif: Dask worker\(s\) see another file at this path \(.*: "
+                                             r"[\d,]+ bytes; here [\d,]+ bytes\)"):
+            segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
+        monkeypatch.setattr(pipeline, "_sizes_here", older)
+        with pytest.raises(ClusterError, match="do they run another geoseg than this machine's"):
+            segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
+        monkeypatch.setattr(pipeline, "_sizes_here", sizes)
+        assert segment(image, tmp_path / "out", model="threshold", preview=False, client=client).outputs
