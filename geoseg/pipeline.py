@@ -1332,6 +1332,7 @@ def _calibrated(ref: str, info: RasterInfo, plan: Plan, scaling: tuple[list, lis
 
 
 WORKER_WAIT_S = 60  # how long a run waits for a cluster without workers to get one
+EMPTY_AGAIN_S = 5  # the wait of a later raster, once the cluster was found empty (a survey's rasters left)
 
 
 def _model_files(ref: str) -> list[str]:
@@ -1363,15 +1364,20 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
     paths = [path, *model_files]
     seen = _run_check(client, paths)
     if not seen:  # a scheduler without workers: the run waited forever without a word
-        log.warning("the Dask scheduler %s has no workers yet; waiting up to %d s for one",
-                    getattr(client.scheduler, "address", "") or "", WORKER_WAIT_S)
+        # found empty by an earlier raster's wait: a survey waited the whole 60 s for every raster left (h134)
+        again = getattr(client, "_geoseg_found_empty", False)
+        wait = min(WORKER_WAIT_S, EMPTY_AGAIN_S) if again else WORKER_WAIT_S
+        log.warning("the Dask scheduler %s has no workers%s; waiting up to %d s for one",
+                    getattr(client.scheduler, "address", "") or "", " still" if again else " yet", wait)
         try:
-            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            client.wait_for_workers(1, timeout=wait)
         except TimeoutError:
-            raise InputError(f"the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} has no workers "
-                             f"(none came in {WORKER_WAIT_S} s). Start some (dask worker ADDRESS) or run with "
+            client._geoseg_found_empty = True
+            raise InputError(f"{path}: not segmented: the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} "
+                             f"has no workers (none came in {wait} s). Start some (dask worker ADDRESS) or run with "
                              "--workers N instead of --scheduler.") from None
         seen = _run_check(client, paths)
+    client._geoseg_found_empty = False
     blind = [worker for worker, found in seen.items() if found[0] is None]
     if blind:
         raise InputError(

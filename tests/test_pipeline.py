@@ -1172,11 +1172,20 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
     import geoseg.pipeline as pipeline
     from distributed import Client, LocalCluster
 
-    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    import time
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 4)
+    monkeypatch.setattr(pipeline, "EMPTY_AGAIN_S", 0.5)
     with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
-        with pytest.raises(InputError, match=r"the Dask scheduler .* has no workers \(none came in 1 s\). Start some"):
+        with pytest.raises(InputError, match=r"image.tif: not segmented: the Dask scheduler .* has no workers "
+                                             r"\(none came in 4 s\). Start some"):
             segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+        # the next raster (a survey's) waits less: each waited the whole time, 60 s apiece for the rest (h134)
+        started = time.monotonic()
+        with pytest.raises(InputError, match=r"none came in 0.5 s"):
+            segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+        assert time.monotonic() - started < 3.5
     assert not (tmp_path / "out").exists()
 
 
