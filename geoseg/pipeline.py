@@ -1409,12 +1409,16 @@ def _run_check(client, paths: list[str]) -> dict[str, list]:
 
     try:
         return client.run(_sizes_here, paths)
-    except (AttributeError, ImportError, ModuleNotFoundError, TypeError) as exc:
+    except Exception as exc:  # distributed hands a worker's unpickling failure back as a bare Exception of its text
+        text = f"{type(exc).__name__}: {first_line(exc)}"
+        if not any(sign in text for sign in ("AttributeError", "ImportError", "ModuleNotFoundError",
+                                             "Can't get attribute")):
+            raise
         import geoseg
 
-        raise ClusterError(f"the Dask workers could not run this geoseg's check of its files ({type(exc).__name__}: "
-                           f"{first_line(exc)}): do they run another geoseg than this machine's ({geoseg.__file__})? "
-                           "Install the same geoseg on every worker, or run without --scheduler.") from None
+        raise ClusterError(f"the Dask workers could not run this geoseg's check of its files ({text}): do they run "
+                           f"another geoseg than this machine's ({geoseg.__file__})? Install the same geoseg on every "
+                           "worker, or run without --scheduler.") from None
 
 
 def _sizes_here(paths: list[str]) -> list[int | bool | None]:

@@ -2018,8 +2018,8 @@ def test_workers_that_see_another_file_at_the_path_or_run_another_geoseg_are_ref
             return found
         return [n + 1 if isinstance(n, int) and n is not True else n for n in found]
 
-    def older(paths):
-        raise AttributeError("Can't get attribute '_sizes_here' on <module 'geoseg.pipeline'>")
+    def older(paths):  # as distributed hands it back from a process worker: a bare Exception of the text
+        raise Exception("AttributeError(\"Can't get attribute '_sizes_here' on <module 'geoseg.pipeline'>\")")
 
     image = make_raster()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
