@@ -1389,3 +1389,36 @@ def test_compare_gives_a_model_its_own_bands(make_raster, tmp_path):
     bad = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(image),
                                     "--labels", str(label), "--model-bands", "3,2,1,4"])
     assert bad.exit_code == 2 and "MODEL=3,2,1" in bad.output
+
+
+def test_compare_gives_a_card_s_name_s_bands_to_every_variant_of_that_model(make_raster, tmp_path):
+    """--model-bands threshold-nir=3,2,1,4 beside 'threshold-nir?water=..&vegetation=..' gave the bands to the first
+    only: the variant read the card's 1, 2, 3, 4 without a word. A model's own reference still overrides its name."""
+    from click.testing import CliRunner
+
+    from geoseg import segment
+    from geoseg.cli import main
+
+    image = make_raster(shape=(40, 50), bands=4)
+    variant = "threshold-nir?water=0.1&vegetation=0.2"
+    compare(["threshold-nir", variant], [image], output_dir=tmp_path / "cmp",
+            model_bands={"threshold-nir": [3, 2, 1, 4]})
+    for model, folder in (("threshold-nir", "threshold-nir"), (variant, "threshold-nir_water-0.1_vegetation-0.2")):
+        ref = segment(image, tmp_path / folder, model=model, bands=[3, 2, 1, 4], preview=False)
+        with rasterio.open(tmp_path / "cmp" / folder / "image_mask.tif") as ds, rasterio.open(ref.outputs["mask"]) as r:
+            assert (ds.read(1) == r.read(1)).all(), model
+    own = compare(["threshold-nir", variant], [image], output_dir=tmp_path / "own",
+                  model_bands={"threshold-nir": [3, 2, 1, 4], variant: [1, 2, 3, 4]})
+    assert own["disagreement"]
+    plain = segment(image, tmp_path / "plain", model=variant, preview=False)
+    with rasterio.open(tmp_path / "own" / "threshold-nir_water-0.1_vegetation-0.2" / "image_mask.tif") as ds, \
+            rasterio.open(plain.outputs["mask"]) as r:
+        assert (ds.read(1) == r.read(1)).all()  # its own reference's bands, not its name's
+    for bad in ("3,2,1,4", 4, [3.0, 2, 1, 4], []):  # a string was read as its characters, an int a TypeError
+        with pytest.raises(InputError, match="give it a list of band indexes"):
+            compare(["threshold", "threshold-nir"], [image], output_dir=tmp_path / "bad",
+                    model_bands={"threshold-nir": bad})
+    twice = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(image),
+                                      "-o", str(tmp_path / "twice"), "--model-bands", "threshold-nir=3,2,1,4",
+                                      "--model-bands", "threshold-nir=1,2,3,4"])
+    assert twice.exit_code == 2 and "bands twice" in twice.output

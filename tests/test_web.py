@@ -1611,3 +1611,39 @@ def test_an_error_is_seen_beside_the_field_it_focuses(app, tmp_path):
         page.wait_for_function("document.getElementById('message').textContent === 'Pick at least one model.'")
         assert page.locator(".field-error").count() == 1 and page.evaluate(in_view, "field-error")
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_bar_is_indeterminate_at_the_start_of_any_model_of_several(app, make_raster, monkeypatch):
+    """The progress comes rounded to 3 decimals: the third of three models began at 0.667, over 2/3, so the page
+    showed a bar fixed at 67% and "60%" before any part of that model ran (the h116 fix missed it)."""
+    import geoseg.web.jobs as module
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    def third_of_three(job):  # as run_job stands as the third model starts: running 2, progress 2/3
+        job.models = ["threshold", "region-growing", "edges-watershed"]
+        job.running, job.progress = 2, 2 / 3
+        deadline = time.time() + 60
+        while not getattr(job, "cancel", False) and time.time() < deadline:
+            time.sleep(0.02)
+        job.check()
+
+    monkeypatch.setattr(module, "run_job", third_of_three)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_port}/")
+            page.set_input_files("#image", str(make_raster(shape=(60, 80))))
+            page.click("#go")
+            page.wait_for_function("document.getElementById('message').textContent.includes('model 3 of 3')")
+            assert not page.evaluate("document.getElementById('bar').hasAttribute('value')")
+            assert not page.inner_text("#message").endswith("%")
+            page.click("#cancel")
+            page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
+            browser.close()
+    finally:
+        server.shutdown()

@@ -138,6 +138,9 @@ def _model_bands(ctx, param, values) -> dict[str, tuple[int, ...]]:
         if not sep or not name.strip():
             raise click.BadParameter(f"give a model and its bands as MODEL=3,2,1. Received: {value!r}",
                                      ctx=ctx, param=param)
+        if name.strip() in given:  # the last one was taken without a word
+            raise click.BadParameter(f"gives {name.strip()} bands twice; give each model its bands once.",
+                                     ctx=ctx, param=param)
         given[name.strip()] = BandsType().convert(bands, param, ctx)
     return given
 

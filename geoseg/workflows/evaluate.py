@@ -693,8 +693,8 @@ def compare(
     """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
 
     `model_bands` gives a model its own bands (``{"threshold-nir": [3, 2, 1, 4]}``, by the reference in
-    `models` or the card's name), where ``bands=`` gives every other model theirs: a 6-band model and a
-    NIR baseline read the same stack in different orders.
+    `models` or the card's name, which names every variant of that model), where ``bands=`` gives every other
+    model theirs: a 6-band model and a NIR baseline read the same stack in different orders.
 
     With `output_dir`, each model's masks go to ``output_dir/MODEL/`` and each image
     gets ``STEM_disagreement.tif``: the number of different classes the models
@@ -979,20 +979,27 @@ def _vector_fields(labels: list, field: str) -> list | None:
 
 
 def _model_bands(models, model_bands) -> dict[str, list[int]]:
-    """`model_bands` keyed by each model's reference as given in `models` (a card's name names its model too)."""
+    """`model_bands` keyed by each model's reference as given in `models`. A key that is a card's name gives its
+    bands to every model of that name (``threshold-nir`` and ``threshold-nir?water=0.1&vegetation=0.2``: the second
+    read the card's bands 1, 2, 3, 4 without a word), and a model's own reference as a key overrides it."""
     if not model_bands:
         return {}
     if not isinstance(model_bands, dict):
         raise InputError(f"model_bands (--model-bands) gives models their bands, as {{'threshold-nir': [3, 2, 1, 4]}}. "
                          f"Received: {model_bands!r}")
-    refs = {str(m): str(m) for m in models}
-    for m in models:
-        refs.setdefault(get_segmenter(resolve_model(m)).card.name, str(m))
-    unknown = [name for name in model_bands if str(name) not in refs]
+    refs = [str(m) for m in models]
+    names = {str(m): get_segmenter(resolve_model(m)).card.name for m in models}
+    unknown = [name for name in model_bands if str(name) not in refs and str(name) not in names.values()]
     if unknown:
         raise InputError(f"model_bands (--model-bands) names {', '.join(map(repr, unknown))}, which is no model of "
                          f"the comparison ({', '.join(str(m) for m in models)}).")
-    return {refs[str(name)]: list(bands) for name, bands in model_bands.items()}
+    for name, bands in model_bands.items():  # "3,2,1,4" was read as the list of its characters, 4 a TypeError
+        if (isinstance(bands, (str, bytes)) or not isinstance(bands, (Sequence, np.ndarray)) or not len(bands)
+                or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in bands)):
+            raise InputError(f"model_bands (--model-bands) gives {str(name)!r} {bands!r}; give it a list of band "
+                             "indexes, as {'threshold-nir': [3, 2, 1, 4]}.")
+    given = {str(name): [int(b) for b in bands] for name, bands in model_bands.items()}
+    return {r: given[r] if r in given else given[names[r]] for r in refs if r in given or names[r] in given}
 
 
 def _with_bands(model, options: dict[str, Any], own: dict[str, list[int]]) -> dict[str, Any]:

@@ -157,7 +157,9 @@ async function poll(t, misses = 0, restore = false) {
     const n = job.models.length, i = job.running ?? 0;
     // a one-chunk image reports nothing until its one model call ends: a bar standing at 0% for it read as stuck
     // (h116), so until the model's own part moves the bar is indeterminate and the line names no share
-    const moving = job.progress * n - i > 0;
+    // progress comes rounded to 3 decimals: the third of three models began at 0.667, over 2/3, and its bar stood
+    // at a fixed 67% and the line said 60% before any part of it ran
+    const moving = job.progress - i / n > 0.001;
     if (!moving) $("bar").removeAttribute("value");
     say(`Segmenting with ${job.models[i]}${inParentheses([n > 1 ? `model ${i + 1} of ${n}` : "", ...modeParts(i)].filter(Boolean))}…${moving ? ` ${Math.floor(job.progress * 10) * 10}%` : ""}`); // the bar has the rest
     setTimeout(() => poll(t), 500); return;
