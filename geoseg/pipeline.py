@@ -423,9 +423,22 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
                                                                                               slice(c0, c1))
 
     idle_since: list[float] = []  # since when the cluster has had no workers
+    known: dict = {}  # the workers seen, by address: their memory limits
+    checked = [0.0]  # when they were last looked at
 
     def check_workers() -> None:
-        if client.scheduler_info().get("workers"):
+        workers = client.scheduler_info().get("workers") or {}
+        lost = [address for address in known if address not in workers]
+        if lost:  # killed by their memory limit, say: 5 min 30 s and 4 restarts went by without a word (h134)
+            limits = sorted({known[a] for a in lost if known[a]})
+            log.warning("%s: Dask worker(s) %s left the cluster while it was segmented%s; their chunks run again on "
+                        "the workers left (a smaller --chunk needs less memory)", source, ", ".join(lost),
+                        f" (memory limit {', '.join(f'{n / 2**30:.1f} GiB' for n in limits)}: killed for exceeding "
+                        "it?)" if limits else "")
+        known.clear()
+        known.update({address: info.get("memory_limit") for address, info in workers.items()})
+        checked[0] = time.monotonic()
+        if workers:
             idle_since.clear()
         elif not idle_since:
             idle_since.append(time.monotonic())
@@ -443,6 +456,7 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
 
     done = 0
     try:
+        check_workers()  # the workers at the start, to say which leave
         for location in islice(todo, max(4, 2 * sum(client.nthreads().values()))):
             submit(location)
         while pending:
@@ -462,6 +476,8 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
                 following = next(todo, None)
                 if following is not None:
                     submit(following)
+            if time.monotonic() - checked[0] > STEP_S:  # a worker lost while the others go on is said too
+                check_workers()
     except GeosegError:
         raise
     except Exception as exc:  # the cluster's own failures were tracebacks that stopped the batch

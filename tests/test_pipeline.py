@@ -1189,8 +1189,9 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raster, tmp_path, monkeypatch):
-    """Workers gone for good mid-run (a batch job's end, preempted nodes): the run waited for ever without a word."""
+def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raster, tmp_path, monkeypatch, caplog):
+    """Workers gone for good mid-run (a batch job's end, preempted nodes): the run waited for ever without a word,
+    and workers killed by their memory limit went unsaid for minutes of restarts (h134)."""
     import geoseg.pipeline as pipeline
     from distributed import Client, LocalCluster
 
@@ -1198,8 +1199,8 @@ def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raste
 
     monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
     monkeypatch.setattr(pipeline, "STEP_S", 0.2)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                      memory_limit="3GiB") as cluster, Client(cluster) as client:
         def gone(fraction):
             if cluster.workers:
                 cluster.scale(0)
@@ -1208,6 +1209,8 @@ def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raste
             segment(make_raster(shape=(256, 256)), tmp_path / "out", model="threshold", chunk=32, preview=False,
                     client=client, progress=gone)
     assert not (tmp_path / "out").exists()
+    assert re.search(r"image.tif: Dask worker\(s\) \S+ left the cluster while it was segmented \(memory limit "
+                     r"3.0 GiB: killed for exceeding it\?\)", caplog.text), caplog.text
 
 
 def test_a_chunk_that_fails_on_a_cluster_leaves_no_task_behind(make_raster, tmp_path):
