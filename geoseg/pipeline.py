@@ -882,7 +882,7 @@ def segment(
         raise InputError(f"model {card.name} draws unlabeled regions, whose mask values are colours, not classes: "
                          "--sieve (sieve=) would join regions that share a colour. Leave it out for this model.")
     work = model_grid(info, card.pixel_size) if resample else None  # the model's pixel size, or None
-    _check_upsampling(info, work, card)
+    _check_pixel_size(info, work, card)
     plan = plan_run(work or info, card, bands=bands, chunk=chunk, margin=margin, tile=tile, batch_size=batch_size)
     scaling = _index_scaling(model_path, card, info, plan)
     model_path = _calibrated(model_path, info, plan, scaling)
@@ -1068,8 +1068,9 @@ UPSAMPLED_REFUSED_PX = 100e6  # ...refused when that comes to a grid of over 100
 UPSAMPLING_WARNED = 2.0
 
 
-def _check_upsampling(info: RasterInfo, work: RasterInfo | None, card: ModelCard) -> None:
-    """Refuse a raster whose pixels are so much coarser than the model's that resampling it to them multiplies
+def _check_pixel_size(info: RasterInfo, work: RasterInfo | None, card: ModelCard) -> None:
+    """Warn of a raster far outside the imagery a card without a pixel size suits (`pixel_size_range`). With one,
+    refuse a raster whose pixels are so much coarser than the model's that resampling it to them multiplies
     its pixels many times over: a 300 m Landsat scene into a 0.1 m model planned 5e12 px and grew to 6 GB
     before a word (h130); warn of a lesser factor, which the model was not made for either."""
     if work is None:
@@ -1421,8 +1422,6 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
 def _run_check(client, paths: list[str]) -> dict[str, list]:
     """`_sizes_here(paths)` on every worker. A worker of another geoseg (one without this function) failed the run
     with a 66-line AttributeError traceback (h134)."""
-    from geoseg.errors import ClusterError
-
     try:
         return client.run(_sizes_here, paths)
     except Exception as exc:  # distributed hands a worker's unpickling failure back as a bare Exception of its text

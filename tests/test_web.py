@@ -1619,7 +1619,6 @@ def test_the_bar_is_indeterminate_at_the_start_of_any_model_of_several(app, make
     showed a bar fixed at 67% and "60%" before any part of that model ran (the h116 fix missed it)."""
     import geoseg.web.jobs as module
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
 
     def third_of_three(job):  # as run_job stands as the third model starts: running 2, progress 2/3
         job.models = ["threshold", "region-growing", "edges-watershed"]
@@ -1630,20 +1629,15 @@ def test_the_bar_is_indeterminate_at_the_start_of_any_model_of_several(app, make
         job.check()
 
     monkeypatch.setattr(module, "run_job", third_of_three)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_port}/")
-            page.set_input_files("#image", str(make_raster(shape=(60, 80))))
-            page.click("#go")
-            page.wait_for_function("document.getElementById('message').textContent.includes('model 3 of 3')")
-            assert not page.evaluate("document.getElementById('bar').hasAttribute('value')")
-            assert not page.inner_text("#message").endswith("%")
-            page.click("#cancel")
-            page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
-            browser.close()
-    finally:
-        server.shutdown()
+    with _served(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(url)
+        page.set_input_files("#image", str(make_raster(shape=(60, 80))))
+        page.click("#go")
+        page.wait_for_function("document.getElementById('message').textContent.includes('model 3 of 3')")
+        assert not page.evaluate("document.getElementById('bar').hasAttribute('value')")
+        assert not page.inner_text("#message").endswith("%")
+        page.click("#cancel")
+        page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
+        browser.close()
