@@ -1761,3 +1761,27 @@ def test_the_shipped_configs_give_the_default_model_s_card_fields():
     for name in ("landcover-unet.toml", "landcover-unet-gpu.toml"):
         extras = card_extras(load_config(Path(__file__).resolve().parents[1] / "configs" / name))
         assert extras == {"band_names": list(zoo.band_names), "pixel_size_range": list(zoo.pixel_size_range)}
+
+
+def test_an_image_labelled_only_on_its_nodata_is_not_blamed_on_its_labels(tmp_path, caplog):
+    """A validation tile whose band 6 is nodata throughout was refused with "check 'labels' and 'label_format':
+    polygons must cover the images", though its labels were right and only the image lacked data there (h139)."""
+    from geoseg.models.training import load_pairs
+
+    config = _dataset(tmp_path, "index")
+    with rasterio.open(tmp_path / "data" / "img2.tif", "r+") as ds:  # the validation image: no data anywhere
+        ds.write(np.zeros((3, 48, 48), np.uint8))
+        ds.nodata = 0
+    with pytest.raises(InputError, match=r"none of the 1 validation image\(s\) has a labelled pixel where it has data "
+                                         r"\(img2.tif\): their labels lie only where they have no data"):
+        load_pairs(load_config(config))
+    config.write_text(config.read_text().replace('validation = ["img2"]', 'validation = ["img1"]'))
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        load_pairs(load_config(config))
+    assert ("1 of the 3 images have no labelled pixel and teach nothing (img2.tif). Their labels lie only where "
+            "they have no data" in caplog.text and "Check that their labels cover them" not in caplog.text)
+    with rasterio.open(tmp_path / "data" / "img1_label.tif", "r+") as ds:  # an unlabelled image is still the labels'
+        ds.write(np.full((1, 48, 48), 255, np.uint8))
+    with pytest.raises(InputError, match=r"none of the 1 validation image\(s\) has a labelled pixel \(img1.tif\)\. "
+                                         "Check 'labels'"):
+        load_pairs(load_config(config))

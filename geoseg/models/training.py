@@ -593,6 +593,10 @@ def _pixel_size(config: TrainConfig, paths: list[str]) -> float | None:
     return config.pixel_size
 
 
+# where an image has no data, as training reads it (`_without_nodata`): its labels there are left out
+_NODATA_TEXT = "nodata in every band, a sentinel nodata such as -9999 or NaN in any band, or a mask or alpha band"
+
+
 def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[list, ...]:
     """Read every (image, label, path) pair and split them by the config's validation patterns:
     (train, validation), and with `with_selection` the images of the selection patterns third.
@@ -618,6 +622,7 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
     train, val, select = [], [], []
     n_classes = len(config.classes)
     kept, on_nodata = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)  # labelled pixels per class
+    nodata_only = set()  # images whose labelled pixels all lie on their nodata
     for path in paths:
         if config.in_memory:
             image, valid = _read_image(path, config.bands)
@@ -627,6 +632,8 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
             labelled = label < n_classes
             kept += np.bincount(label[labelled & valid], minlength=n_classes)[:n_classes]
             on_nodata += np.bincount(label[labelled & ~valid], minlength=n_classes)[:n_classes]
+            if labelled.any() and not (labelled & valid).any():  # labelled, but only where the image has no data
+                nodata_only.add(path)
             label = np.where(valid, label, IGNORE).astype(np.uint8)
         else:
             image = LazyImage(path, config.bands)
@@ -647,22 +654,31 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
                                                  "patterns, the first two training)", val or train[:2]),
                             *([("selection", select)] if select else [])):
             if not any((label != IGNORE).any() for _, label, _ in pairs):
+                names = f"{', '.join(os.path.basename(p) for _, _, p in pairs[:3])}{', ...' if len(pairs) > 3 else ''}"
+                if all(p in nodata_only for _, _, p in pairs):  # "check 'labels'" blamed labels that were right
+                    raise InputError(
+                        f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel where it "
+                        f"has data ({names}): their labels lie only where they have no data ({_NODATA_TEXT}). "
+                        "Label them where the images have data, or leave out a band whose nodata covers them "
+                        "('bands').")
                 raise InputError(
-                    f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel "
-                    f"({', '.join(os.path.basename(p) for _, _, p in pairs[:3])}{', ...' if len(pairs) > 3 else ''}). "
+                    f"{config.source}: none of the {len(pairs)} {what} image(s) has a labelled pixel ({names}). "
                     "Check 'labels' and 'label_format': polygons must cover the images, colours must be the "
                     "classes' colours, index values their ids.")
         bare = [p for _, label, p in train + val + select if not (label != IGNORE).any()]
-        if bare:  # a tile whose polygons missed it (a layer without its .prj) trained on nothing without a word
-            log.warning("%s: %d of the %d images have no labelled pixel and teach nothing (%s). Check that their "
-                        "labels cover them.", config.source, len(bare), len(paths),
-                        ", ".join(os.path.basename(p) for p in bare[:3]) + (", ..." if len(bare) > 3 else ""))
+        for which, where in (([p for p in bare if p not in nodata_only], "Check that their labels cover them."),
+                             ([p for p in bare if p in nodata_only],
+                              f"Their labels lie only where they have no data ({_NODATA_TEXT}).")):
+            if which:  # a tile whose polygons missed it (a layer without its .prj) trained on nothing without a word
+                log.warning("%s: %d of the %d images have no labelled pixel and teach nothing (%s). %s",
+                            config.source, len(which), len(paths),
+                            ", ".join(os.path.basename(p) for p in which[:3]) + (", ..." if len(which) > 3 else ""),
+                            where)
     lost = [f"{config.classes[i]['name']} ({on_nodata[i]} px)" for i in range(n_classes) if on_nodata[i] and not kept[i]]
     if lost:  # "have no labelled pixel ... check the labels" blamed the polygons (h132: Landsat's band 6 nodata)
-        log.warning("%s: every labelled pixel of class(es) %s lies where the images have no data (nodata in every "
-                    "band, a sentinel nodata such as -9999 in any band, or a mask or alpha band), so the model cannot "
-                    "learn them. Label them where the images have data, or leave out a band whose nodata covers them "
-                    "('bands').", config.source, ", ".join(lost))
+        log.warning("%s: every labelled pixel of class(es) %s lies where the images have no data (%s), so the "
+                    "model cannot learn them. Label them where the images have data, or leave out a band whose nodata "
+                    "covers them ('bands').", config.source, ", ".join(lost), _NODATA_TEXT)
     return (train, val, select) if with_selection else (train, val)
 
 
@@ -939,8 +955,9 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     if not config.in_memory and not any((label != IGNORE).any() for _, label, _ in scored):
         which = "selection" if select_pairs else "validation"
         raise InputError(f"{config.source}: the {len(scored)} {which} chips hold no labelled pixel, so no epoch "
-                         f"could be scored. Check that the {which} images' labels cover them, or raise "
-                         "validation_chips.")
+                         f"could be scored. Check that the {which} images' labels cover them and that the images "
+                         "have data there (labels on an image's nodata, such as a band's nodata or NaN, are left "
+                         "out), or raise validation_chips.")
     _check_room(out, model)  # h5py crashed (a traceback, or a segmentation fault) on a full or read-only disk
     out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run left NAME.checkpoints/run.json
     if not _RUN_LOCKS.__dict__.get("held"):
