@@ -504,7 +504,20 @@ class LazyImage:
 
         window = Window.from_slices(*key[:2])
         with rasterio.open(self.path) as ds, reading_pixels(self.path, window):
-            return _without_nodata(ds, self.bands, window)
+            chip, valid = _without_nodata(ds, self.bands, window)
+            if valid.all() or not valid.any():
+                return chip, valid
+            # nodata in the chip: filled from the window alone, mirrors past its edge became smears of the nearest
+            # pixel, unlike segment's chunks with their margins (8.5% of those pixels differed, h139); so from
+            # the window with half its size around it, as far as the raster goes
+            rows, cols = int(window.height), int(window.width)
+            pad = max(rows, cols) // 2
+            r0, c0 = max(0, int(window.row_off) - pad), max(0, int(window.col_off) - pad)
+            r1 = min(ds.height, int(window.row_off) + rows + pad)
+            c1 = min(ds.width, int(window.col_off) + cols + pad)
+            around, _ = _without_nodata(ds, self.bands, Window(c0, r0, c1 - c0, r1 - r0))
+            top, left = int(window.row_off) - r0, int(window.col_off) - c0
+            return around[top:top + rows, left:left + cols], valid
 
 
 class LazyLabels:
