@@ -372,8 +372,9 @@ def _connect(address: str):
 
     from distributed import Client
 
-    try:
-        host = urlsplit(address if "://" in address else f"tcp://{address}").hostname
+    try:  # an address without a port is left to distributed, whose "missing port number" says what is wrong
+        parts = urlsplit(address if "://" in address else f"tcp://{address}")
+        host = parts.hostname if parts.port is not None else None
     except ValueError:
         host = None
     if host:
