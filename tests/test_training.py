@@ -1683,7 +1683,7 @@ def test_footprints_of_one_class_are_told_that_the_rest_is_unlabelled(tmp_path, 
 def test_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_path, caplog):
     """Landsat's agriculture polygon burnt 46 px, all on band 6's nodata: training blamed the labels ("check the
     colours, ids, class names") and the card gave it a weight of 436 (h132)."""
-    from geoseg.models.training import load_pairs
+    from geoseg.models.training import class_weights, load_pairs
 
     config = _dataset(tmp_path, "index")
     for i in range(3):  # class 1's columns have no data
@@ -1695,8 +1695,12 @@ def test_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_path, caplo
             ds.write(data)
             ds.nodata = 0
     with caplog.at_level("WARNING", logger="geoseg.models.training"):
-        load_pairs(load_config(config))
-    assert "every labelled pixel of class(es) " in caplog.text and "lies where the images have no data" in caplog.text
+        loaded = load_config(config)
+        train_pairs, _ = load_pairs(loaded)
+        class_weights(train_pairs, 2, "sqrt", ["a", "b"], said=loaded.lost_to_nodata)
+    assert "every labelled pixel of class(es) b (" in caplog.text and "lies where the images have no data" in caplog.text
+    # and not again as labels to check, with advice to add polygons (h139)
+    assert "have no labelled pixel in the training images" not in caplog.text
 
 
 def test_a_config_whose_images_are_missing_names_the_folder_searched(tmp_path):

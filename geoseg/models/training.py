@@ -688,6 +688,9 @@ def load_pairs(config: TrainConfig, *, with_selection: bool = False) -> tuple[li
                             ", ".join(os.path.basename(p) for p in which[:3]) + (", ..." if len(which) > 3 else ""),
                             where)
     lost = [f"{config.classes[i]['name']} ({on_nodata[i]} px)" for i in range(n_classes) if on_nodata[i] and not kept[i]]
+    # said here: class_weights' "check the labels ... add a polygon of each such class" was wrong for them (h139)
+    config.lost_to_nodata = [config.classes[i]["name"] for i in range(n_classes)  # (no setting: not in the run's toml)
+                             if on_nodata[i] and not kept[i]]
     if lost:  # "have no labelled pixel ... check the labels" blamed the polygons (h132: Landsat's band 6 nodata)
         log.warning("%s: every labelled pixel of class(es) %s lies where the images have no data (%s), so the "
                     "model cannot learn them. Label them where the images have data, or leave out a band whose nodata "
@@ -765,7 +768,7 @@ def chip_stream(pairs, chip: int, seed: int, sampling: str = "area", scale_jitte
 
 
 def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] | None = None,
-                  label_format: str = "index") -> np.ndarray:
+                  label_format: str = "index", said: typing.Sequence[str] = ()) -> np.ndarray:
     """Per-class loss weights: 'none', 'sqrt' (1/sqrt frequency) or 'inverse' (1/frequency), mean 1.
 
     A class without a labelled pixel is warned about (by its name in `names`): the model cannot learn
@@ -787,6 +790,7 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
                     "the classes are weighed equally", len(pairs))
         return np.ones(n_classes)
     absent = [names[i] if names else str(i) for i in range(n_classes) if counts[i] == 0]
+    absent = [name for name in absent if name not in said]  # `said`: classes already told of (on nodata)
     if absent and counts.sum():
         # footprints of one class: the rest of each image was unlabelled, and the run trained (and scored, at mean
         # IoU 1.0) a model that paints that class everywhere, with only "check the colours, ids" to go on
@@ -932,7 +936,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     card = ModelCard.from_dict(card_data, source=config.source)
     try:
         weights = class_weights(train_pairs, n_classes, config.class_weighting, [c["name"] for c in config.classes],
-                                config.label_format)
+                                config.label_format, said=getattr(config, "lost_to_nodata", ()))
     except InputError as exc:
         raise InputError(f"{config.source}: {exc}") from None
     _check_mixed_types(config, card, [*train_pairs, *val_pairs, *select_pairs])
