@@ -31,6 +31,7 @@ from geoseg.raster import (
     IO_LOCK,
     NODATA,
     gdal_can_name,
+    gdal_file,
     RasterInfo,
     SPECTRAL_TAGS,
     WindowSource,
@@ -1381,7 +1382,9 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
     paths = [path, *model_files]
     seen = _run_check(client, paths)
     if not seen:  # a scheduler without workers: the run waited forever without a word
-        # found empty by an earlier raster's wait: a survey waited the whole 60 s for every raster left (h134)
+        # found empty by an earlier raster of this run: a survey waited the whole 60 s for every raster left (h134);
+        # only within one run of several rasters (rasters_in_turn): a user's next, unrelated run on the same Client
+        # waited 5 s for workers that were still starting
         again = getattr(client, "_geoseg_found_empty", False)
         wait = min(WORKER_WAIT_S, EMPTY_AGAIN_S) if again else WORKER_WAIT_S
         log.warning("the Dask scheduler %s has no workers%s; waiting up to %d s for one",
@@ -1389,7 +1392,8 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
         try:
             client.wait_for_workers(1, timeout=wait)
         except TimeoutError:
-            client._geoseg_found_empty = True
+            if getattr(client, "_geoseg_in_turn", 0):
+                client._geoseg_found_empty = True
             raise InputError(f"{path}: not segmented: the Dask scheduler {getattr(client.scheduler, 'address', '') or ''} "
                              f"has no workers (none came in {wait} s). Start some (dask worker ADDRESS) or run with "
                              "--workers N instead of --scheduler.") from None
@@ -1408,22 +1412,44 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
                 f"{model_file}: Dask worker(s) {', '.join(blind)} cannot see this model file. Put the model on a "
                 "path every worker can read (shared disk; GEOSEG_MODEL_PATH may name it) or run without --scheduler."
             )
-    here = _sizes_here(paths)  # a node's stale copy at the same path: 12% of the mask differed, exit 0 (h134)
-    for i, (given, size) in enumerate(zip(paths, here)):
-        other = {worker: found[i] for worker, found in seen.items() if size is not True and found[i] != size}
-        if size is not None and other:
-            sizes = ", ".join(f"{worker}: {n:,} bytes" for worker, n in other.items())
+    # a node's stale copy at the same path: 12% of the mask differed, exit 0 (h134); one of the same size (an
+    # uncompressed GeoTIFF of the same shape) or in a GDAL path's file (/vsizip/, GPKG:) passed a check of sizes alone
+    here = _files_here(paths)
+    for i, (given, mine) in enumerate(zip(paths, here)):
+        if not isinstance(mine, list):  # unreadable here, or a GDAL path of no local file (https://)
+            continue
+        other = {worker: found[i] for worker, found in seen.items() if isinstance(found[i], list) and found[i] != mine}
+        if other:
+            sizes = ", ".join(f"{worker}: {n[0]:,} bytes{', other contents' if n[0] == mine[0] else ''}"
+                              for worker, n in other.items())
             raise InputError(
-                f"{given}: Dask worker(s) see another file at this path ({sizes}; here {size:,} bytes): a copy of "
+                f"{given}: Dask worker(s) see another file at this path ({sizes}; here {mine[0]:,} bytes): a copy of "
                 f"another version on their machines? Give every worker the same {'model' if i else 'raster'} (a "
                 "shared disk), or run without --scheduler.")
 
 
+@contextmanager
+def rasters_in_turn(client) -> Iterator[None]:
+    """Around several rasters run in turn on one Dask `client` (a survey, `geoseg segment a.tif b.tif`): once one
+    of them found the cluster without workers, the ones after it wait `EMPTY_AGAIN_S` for a worker, not
+    `WORKER_WAIT_S`. Outside of it every run waits the whole time."""
+    if client is None:
+        yield
+        return
+    client._geoseg_in_turn = getattr(client, "_geoseg_in_turn", 0) + 1
+    try:
+        yield
+    finally:
+        client._geoseg_in_turn -= 1
+        if not client._geoseg_in_turn:
+            client._geoseg_found_empty = False
+
+
 def _run_check(client, paths: list[str]) -> dict[str, list]:
-    """`_sizes_here(paths)` on every worker. A worker of another geoseg (one without this function) failed the run
+    """`_files_here(paths)` on every worker. A worker of another geoseg (one without this function) failed the run
     with a 66-line AttributeError traceback (h134)."""
     try:
-        return client.run(_sizes_here, paths)
+        return client.run(_files_here, paths)
     except Exception as exc:  # distributed hands a worker's unpickling failure back as a bare Exception of its text
         text = f"{type(exc).__name__}: {first_line(exc)}"
         if not any(sign in text for sign in ("AttributeError", "ImportError", "ModuleNotFoundError",
@@ -1436,20 +1462,45 @@ def _run_check(client, paths: list[str]) -> dict[str, list]:
                            "worker, or run without --scheduler.") from None
 
 
-def _sizes_here(paths: list[str]) -> list[int | bool | None]:
-    """Per path, what this process (a Dask worker) finds there: a file's size, True for a GDAL path it can open
-    (/vsizip/...), None for one it cannot read."""
-    found: list[int | bool | None] = []
+SAMPLES = 16  # blocks of a file read to tell two copies of one size apart
+SAMPLE_BYTES = 4096
+
+
+def _files_here(paths: list[str]) -> list[list | bool | None]:
+    """Per path, what this process (a Dask worker) finds there: [size, digest of samples of its bytes] of the file
+    (of a GDAL path's file, such as the .zip of /vsizip/...), True for a GDAL path it opens that names no file here
+    (https://...), None for one it cannot read."""
+    found: list[list | bool | None] = []
     for path in paths:
         if not is_gdal_path(path):
-            found.append(os.path.getsize(path) if os.path.isfile(path) and os.access(path, os.R_OK) else None)
+            found.append(_sampled(path) if os.path.isfile(path) else None)
             continue
         try:
             with open_quietly(path):
-                found.append(True)
+                pass
         except Exception:  # noqa: BLE001 - any failure means this worker cannot read it
             found.append(None)
+            continue
+        file = gdal_file(path)
+        found.append((_sampled(file) or True) if file else True)
     return found
+
+
+def _sampled(path: str) -> list | None:
+    """[size, digest of `SAMPLES` blocks spread over the file], or None where this process cannot read it: opened,
+    not asked of os.access, which said no to a worker that could read it (one holding CAP_DAC_READ_SEARCH)."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            digest = hashlib.blake2b(digest_size=16)
+            for k in range(SAMPLES + 1):
+                file.seek(max(0, size - SAMPLE_BYTES) * k // SAMPLES)
+                digest.update(file.read(SAMPLE_BYTES))
+    except OSError:
+        return None
+    return [size, digest.hexdigest()]
 
 
 def _build_graph(info: RasterInfo, plan: Plan, model_ref: str, *, confidence: bool, probabilities: bool,

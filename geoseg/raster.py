@@ -288,6 +288,26 @@ def _absolute_archive(path: str) -> str:
     return path
 
 
+def gdal_file(path: str) -> str | None:
+    """The local file a GDAL path reads: the archive of ``/vsizip/a.zip/x.tif`` (/vsitar/, /vsigzip/, /vsi7z/,
+    /vsirar/, ``zip://a.zip!x.tif``), the file of ``GPKG:a.gpkg:table``; None where there is none to name (a URL,
+    /vsizip/vsicurl/...) or it is not a file here."""
+    if (sub := subdataset_file(path)) is not None:
+        return sub[0]
+    if url := re.match(r"(?:zip|tar|gzip)(?:\+file)?://([^!]+)", path):
+        return url[1] if os.path.isfile(url[1]) else None
+    found = re.match(r"/vsi(?:zip|tar|gzip|7z|rar)/(.+)$", path)
+    if found is None or found[1].startswith("vsi"):
+        return None
+    if braced := re.match(r"\{([^}]+)\}", found[1]):
+        return braced[1] if os.path.isfile(braced[1]) else None
+    parts = found[1].split("/")
+    for i in range(1, len(parts) + 1):
+        if (head := "/".join(parts[:i])) and os.path.isfile(head):
+            return head
+    return None
+
+
 def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     """Open `path` with rasterio, check it can be segmented, and describe it; nothing is read.
 

@@ -1178,14 +1178,21 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
     monkeypatch.setattr(pipeline, "EMPTY_AGAIN_S", 0.5)
     with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
-        with pytest.raises(InputError, match=r"image.tif: not segmented: the Dask scheduler .* has no workers "
-                                             r"\(none came in 4 s\). Start some"):
+        with pipeline.rasters_in_turn(client):
+            with pytest.raises(InputError, match=r"image.tif: not segmented: the Dask scheduler .* has no workers "
+                                                 r"\(none came in 4 s\). Start some"):
+                segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+            # the next raster (a survey's) waits less: each waited the whole time, 60 s apiece for the rest (h134)
+            started = time.monotonic()
+            with pytest.raises(InputError, match=r"none came in 0.5 s"):
+                segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+            assert time.monotonic() - started < 3.5
+        # a later, unrelated run on the same Client waits the whole time again: it waited 0.5 s (5 s) for workers
+        # that were still starting
+        with pytest.raises(InputError, match=r"none came in 4 s"):
             segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
-        # the next raster (a survey's) waits less: each waited the whole time, 60 s apiece for the rest (h134)
-        started = time.monotonic()
-        with pytest.raises(InputError, match=r"none came in 0.5 s"):
+        with pytest.raises(InputError, match=r"none came in 4 s"):  # and a run alone never marks the cluster
             segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
-        assert time.monotonic() - started < 3.5
     assert not (tmp_path / "out").exists()
 
 
@@ -2013,26 +2020,100 @@ def test_workers_that_see_another_file_at_the_path_or_run_another_geoseg_are_ref
 
     from geoseg.errors import ClusterError
 
-    sizes = pipeline._sizes_here
+    sizes = pipeline._files_here
 
     def stale(paths):
         found = sizes(paths)
         if threading.current_thread() is threading.main_thread():  # this machine's own answer
             return found
-        return [n + 1 if isinstance(n, int) and n is not True else n for n in found]
+        return [[n[0] + 1, n[1]] if isinstance(n, list) else n for n in found]
 
     def older(paths):  # as distributed hands it back from a process worker: a bare Exception of the text
-        raise Exception("AttributeError(\"Can't get attribute '_sizes_here' on <module 'geoseg.pipeline'>\")")
+        raise Exception("AttributeError(\"Can't get attribute '_files_here' on <module 'geoseg.pipeline'>\")")
 
     image = make_raster()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
-        monkeypatch.setattr(pipeline, "_sizes_here", stale)
+        monkeypatch.setattr(pipeline, "_files_here", stale)
         with pytest.raises(InputError, match=r"image.tif: Dask worker\(s\) see another file at this path \(.*: "
                                              r"[\d,]+ bytes; here [\d,]+ bytes\)"):
             segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
-        monkeypatch.setattr(pipeline, "_sizes_here", older)
+        monkeypatch.setattr(pipeline, "_files_here", older)
         with pytest.raises(ClusterError, match="do they run another geoseg than this machine's"):
             segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
-        monkeypatch.setattr(pipeline, "_sizes_here", sizes)
+        monkeypatch.setattr(pipeline, "_files_here", sizes)
         assert segment(image, tmp_path / "out", model="threshold", preview=False, client=client).outputs
+
+
+def test_workers_that_see_another_file_of_the_same_size_or_in_a_gdal_path_s_file_are_refused(make_raster, tmp_path,
+                                                                                             monkeypatch):
+    """Sizes alone passed a stale copy of an uncompressed GeoTIFF of the same shape (16.8% of the mask differed, exit
+    0), and a GDAL path's file (/vsizip/a.zip/x.tif, GPKG:a.gpkg:t) was not compared at all (8.4% and 13.7%). A
+    worker that could read a file but that os.access said no to (CAP_DAC_READ_SEARCH) was refused."""
+    import os
+    import threading
+    import zipfile
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    image = make_raster()
+    with rasterio.open(image) as src:
+        profile, data = src.profile, src.read()
+    profile.update(compress=None)
+    twin = tmp_path / "twin.tif"
+    with rasterio.open(twin, "w", **profile) as dst:
+        dst.write(data // 2 + 1)
+    same = tmp_path / "same.tif"
+    with rasterio.open(same, "w", **profile) as dst:
+        dst.write(data)
+    assert os.path.getsize(twin) == os.path.getsize(same)
+    first, second = pipeline._files_here([str(twin), str(same)])
+    assert first[0] == second[0] and first != second
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.write(same, "x.tif")
+    zipped = f"/vsizip/{tmp_path}/a.zip/x.tif"
+    assert pipeline._files_here([zipped, f"zip://{tmp_path}/a.zip!x.tif"]) == pipeline._files_here(
+        [str(tmp_path / "a.zip")]) * 2
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # read by opening it, not by asking
+    assert pipeline._files_here([str(same)])[0] is not None
+    monkeypatch.undo()
+
+    sampled = pipeline._sampled
+
+    def other_contents(path):  # a worker's copy of the same size and other bytes
+        found = sampled(path)
+        if threading.current_thread() is threading.main_thread() or found is None:
+            return found
+        return [found[0], "0" * 32]
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setattr(pipeline, "_sampled", other_contents)
+        for path in (str(same), zipped):
+            with pytest.raises(InputError, match=r"Dask worker\(s\) see another file at this path \(.*: [\d,]+ bytes, "
+                                                 r"other contents; here [\d,]+ bytes\)"):
+                segment(path, tmp_path / "out", model="threshold", preview=False, client=client)
+        monkeypatch.setattr(pipeline, "_sampled", sampled)
+        assert segment(zipped, tmp_path / "out", model="threshold", preview=False, client=client).outputs
+
+
+def test_a_survey_on_a_cluster_without_workers_waits_the_whole_time_once(make_raster, tmp_path, monkeypatch):
+    """A survey's later rasters wait EMPTY_AGAIN_S, and the Client it was given keeps no mark of it: the user's next
+    run waited 5 s, not 60 s, for workers that were still starting."""
+    import time
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    from geoseg import survey
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 3)
+    monkeypatch.setattr(pipeline, "EMPTY_AGAIN_S", 0.5)
+    rasters = [make_raster(name=f"r{k}.tif") for k in range(3)]
+    with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        started = time.monotonic()
+        result = survey(rasters, tmp_path / "survey", model="threshold", preview=False, client=client)
+        assert len(result.failed) == 3 and 3 < time.monotonic() - started < 5.5
+        assert not getattr(client, "_geoseg_found_empty", False)

@@ -82,7 +82,9 @@ def segment(inputs, output_dir, model, card, precision, tta, bands, normalize, r
     results, failures = [], []
     keras = _may_run_keras("segment", [] if model is None else ["-m", os.fspath(model)])
     verbosity = (click.get_current_context().find_root().obj or {}).get("verbosity", 0)
-    with fail_cleanly(), _client(workers, scheduler, keras, verbosity) as client:
+    from geoseg.pipeline import rasters_in_turn
+
+    with fail_cleanly(), _client(workers, scheduler, keras, verbosity) as client, rasters_in_turn(client):
         for path in inputs:
             try:
                 with _bar(path, quiet) as progress:

@@ -1003,7 +1003,10 @@ def survey(
                 tick(source, 1.0)
                 return entry["status"], entry
 
-            with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="geoseg-survey") as pool:
+            from geoseg.pipeline import rasters_in_turn
+
+            with rasters_in_turn(segment_options.get("client")), \
+                    ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="geoseg-survey") as pool:
                 futures = [pool.submit(one, s) for s in sources]
                 try:
                     outcomes = [f.result() for f in futures]
