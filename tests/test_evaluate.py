@@ -1381,6 +1381,11 @@ def test_compare_gives_a_model_its_own_bands(make_raster, tmp_path):
         assert (ds.read(1) == ref.read(1)).all()  # the kept mask is of its own bands
     with pytest.raises(InputError, match="names 'unet', which is no model of the comparison"):
         compare(["threshold", "threshold-nir"], [image], [label], model_bands={"unet": [1, 2, 3]})
+    from geoseg.errors import BandError
+
+    with pytest.raises(BandError, match=r"model threshold-nir: .*Give threshold-nir in --model-bands \(model_bands= "
+                                        r"in Python\) with 4"):  # it said to pass --bands, which changes the others
+        compare(["threshold", "threshold-nir"], [image], [label], model_bands={"threshold-nir": [3, 2, 1]})
     result = CliRunner().invoke(main, ["compare", "--models", "threshold,threshold-nir", "--images", str(image),
                                        "--labels", str(label), "--model-bands", "threshold-nir=3,2,1,4", "--json"])
     assert result.exit_code == 0, result.output

@@ -505,10 +505,11 @@ def _reference(model) -> str:
     return str(model).partition("?")[0]
 
 
-def _check_model_bands(model, images: list, bands, *, fix: str) -> None:
+def _check_model_bands(model, images: list, bands, *, fix: str, own: bool = False) -> None:
     """Refuse an image that lacks bands the model reads before any image is segmented: the third image's
     BandError came after two segmentations, did not name the model, and suggested --bands, which evaluate
-    and compare lack; `fix` says what to do instead."""
+    and compare lack; `fix` says what to do instead. `own`: the bands are the model's own, from compare's
+    --model-bands, whose error told the user to pass --bands, which would not change them (h138)."""
     card = get_segmenter(resolve_model(model)).card
     wanted = card.bands if bands is None else bands
     for image in images:
@@ -516,6 +517,10 @@ def _check_model_bands(model, images: list, bands, *, fix: str) -> None:
         try:
             check_bands(info, wanted, needed=card.n_bands)
         except BandError as exc:
+            if own:
+                said = str(exc).replace("Pass --bands (bands= in Python)", f"Give {_reference(model)} in "
+                                        "--model-bands (model_bands= in Python)")
+                raise BandError(f"model {_reference(model)}: {said}") from None
             if bands is not None or info.paletted:  # bands= of the Python API, or colour-table indexes
                 raise BandError(f"model {_reference(model)}: {exc}") from None
             raise BandError(f"model {_reference(model)} reads band(s) {list(wanted)}, but {image} has "
@@ -733,7 +738,7 @@ def compare(
     own = _model_bands(models, model_bands)
     for m in models:  # every model's bands in every image before the first model segments anything
         _check_model_bands(m, images, own.get(str(m), options.get("bands")), fix=f"leave {_reference(m)} out of "
-                           "the comparison (--models), or compare on images that have those bands")
+                           "the comparison (--models), or compare on images that have those bands", own=str(m) in own)
     evaluations = []
     if labels is not None:
         shared = _shared_label_set(models, labels, options)
