@@ -721,3 +721,13 @@ def test_a_raster_far_outside_a_card_s_pixel_size_range_is_warned_of(make_raster
     fine = segment(make_raster(name="fine.tif", shape=(40, 50)), tmp_path / "fine", model=folder / "aerial.keras",
                    preview=False)  # 0.5 m
     assert not any("suits imagery" in w for w in fine.warnings)
+
+
+def test_meanstd_text_of_unequal_means_and_deviations_says_so():
+    """meanstd:1,2/3 was told "'normalization.std' needs one number per band (2)", the 2 being the means typed,
+    while the model read 3 bands (h131)."""
+    from geoseg.models.card import normalization_from_text
+
+    with pytest.raises(ValueError, match=r"one mean and one standard deviation per band.*2 mean\(s\) but 1 standard"):
+        normalization_from_text("meanstd:1,2/3")
+    assert normalization_from_text("meanstd:1,2/3,4") == {"method": "meanstd", "mean": [1.0, 2.0], "std": [3.0, 4.0]}

@@ -485,8 +485,12 @@ def normalization_from_text(text: str) -> dict[str, Any]:
             return _checked_text({"method": "percentile", "low": low, "high": high}, text)
         if method == "meanstd":
             mean, std = args.split("/")
-            return _checked_text({"method": "meanstd", "mean": [float(v) for v in mean.split(",")],
-                                  "std": [float(v) for v in std.split(",")]}, text)
+            means, stds = [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
+            if len(means) != len(stds):  # "needs one number per band (2)" for a 3-band model: the 2 means typed (h131)
+                raise _Refused(f"meanstd takes one mean and one standard deviation per band, the means before '/', "
+                               f"the standard deviations after: {len(means)} mean(s) but {len(stds)} standard "
+                               f"deviation(s) ({text!r})")
+            return _checked_text({"method": "meanstd", "mean": means, "std": stds}, text)
     except _Refused:
         raise
     except ValueError:
