@@ -11,7 +11,7 @@ import string
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -75,6 +75,10 @@ class VectorResult:
     seconds: float
     pixels_per_second: float | None = None  # of the mask, as segment's results give theirs (h115)
     peak_memory_mb: float | None = None  # the process's peak so far
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data, as the other results give theirs (it had none, h133)."""
+        return asdict(self)
 
 
 def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:

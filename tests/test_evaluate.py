@@ -1373,6 +1373,8 @@ def test_compare_gives_a_model_its_own_bands(make_raster, tmp_path):
                    output_dir=tmp_path / "cmp")
     nir = next(e for e in both["evaluations"] if e["model"] == "threshold-nir")
     assert nir["confusion_matrix"] == alone.confusion_matrix
+    # each row says which bands its model read (--json said none, h137)
+    assert [e["bands"] for e in both["evaluations"]] == [[1, 2, 3], [3, 2, 1, 4]]
     from geoseg import segment
 
     reference = segment(image, tmp_path / "nir", model="threshold-nir", bands=[3, 2, 1, 4], preview=False)

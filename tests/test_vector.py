@@ -1156,3 +1156,11 @@ def test_polygons_along_a_pole_stay_valid_in_a_polar_crs(make_mask, tmp_path):
     flat = gpd.read_file(vectorize(path, tmp_path / "flat.gpkg").path).to_crs("EPSG:3413")
     assert not flat.is_valid.all()  # what the reprojection alone makes
     assert frame.area.sum() == pytest.approx(flat.area.sum(), rel=1e-6)
+
+
+def test_vectorize_s_result_gives_plain_data_as_the_other_results_do(make_mask, tmp_path):
+    """VectorResult had no to_dict(), where segment's, scene's, flood's, survey's and evaluate's results have one
+    (h133)."""
+    result = vectorize(make_mask(np.array([[0, 1], [1, 2]], np.uint8)), tmp_path / "l.gpkg")
+    data = result.to_dict()
+    assert data["polygons"] == result.polygons and data["path"] == result.path and json.dumps(data)

@@ -44,8 +44,6 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     Example:
       geoseg vectorize out/scene_mask.tif -o water.gpkg --classes water --min-area 100 --simplify 1
     """
-    from dataclasses import asdict
-
     from geoseg.vector import vectorize as run_vectorize
 
     keep = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
@@ -59,6 +57,6 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
         result = run_vectorize(mask, output, keep=keep, min_area=min_area, specks=specks, simplify=simplify, to_crs=to_crs,
                                confidence=confidence, block=block, overwrite=overwrite)
     if as_json:
-        emit_json(asdict(result))
+        emit_json(result.to_dict())
     else:
         click.echo(f"{result.polygons} polygons -> {result.path} ({result.seconds:.1f} s)", err=True)

@@ -776,7 +776,9 @@ def compare(
         disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
                                      progress=progress, own=own) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
-    rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m)}
+    rows = [{**e.to_dict(), "column": folder if names.count(e.model) > 1 else e.model, "reference": str(m),
+             # which bands each read: --bands, --model-bands or its card's; --json said none (h137)
+             "bands": list(own.get(str(m)) or options.get("bands") or get_segmenter(resolve_model(m)).card.bands)}
             for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
     return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
