@@ -1329,3 +1329,19 @@ def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_r
     typo = run("segment", image, "-o", tmp_path / "b", "-m", "threshold", "--scheduler", "tcp://nosuchhost.invalid:8786")
     assert typo.exit_code == 1 and "the host name 'nosuchhost.invalid'" in typo.output and "does not resolve" in typo.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_slow_resolver_is_held_to_the_scheduler_connection_s_limit(run, make_raster, tmp_path, monkeypatch):
+    """The host-name lookup ran before the CONNECT_S limit began: a slow resolver held the command past it (h138)."""
+    import importlib
+    import socket
+    import time
+
+    command = importlib.import_module("geoseg.cli.segment")  # the module: geoseg.cli.segment is also the command
+    monkeypatch.setattr(command, "CONNECT_S", 1)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(20))
+    started = time.monotonic()
+    result = run("segment", make_raster(shape=(20, 20)), "-o", tmp_path / "o", "-m", "threshold", "--scheduler",
+                 "tcp://slow.example:8786")
+    assert result.exit_code == 1 and "answered as a Dask scheduler within 1 s" in result.output, result.output
+    assert time.monotonic() - started < 10

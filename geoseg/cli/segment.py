@@ -379,16 +379,15 @@ def _connect(address: str):
         host = parts.hostname if parts.port is not None else None
     except ValueError:
         host = None
-    if host:
-        try:
-            socket.getaddrinfo(host, None)
-        except (socket.gaierror, UnicodeError):  # "Timed out trying to connect ... after 10 s" for a typo (h134)
-            raise click.ClickException(f"--scheduler: the host name {host!r} of {address} does not resolve to an "
-                                       "address. Check its spelling, or give the scheduler's IP address; leave "
-                                       "--scheduler out to run here.") from None
     made: dict = {}
 
     def connect() -> None:
+        if host:  # here, within CONNECT_S: a slow resolver held the command past it (h138)
+            try:
+                socket.getaddrinfo(host, None)
+            except (socket.gaierror, UnicodeError):  # "Timed out trying to connect ... after 10 s" for a typo (h134)
+                made["unresolved"] = True
+                return
         try:
             made["client"] = Client(address, timeout="10s")
         except BaseException as exc:  # noqa: BLE001 - raised below, on the command's thread
@@ -401,6 +400,10 @@ def _connect(address: str):
         raise click.ClickException(f"--scheduler: nothing at {address} answered as a Dask scheduler within "
                                    f"{CONNECT_S} s. Check the address: the scheduler's port (8786 by default), not "
                                    "its dashboard's (8787); leave --scheduler out to run here.")
+    if made.get("unresolved"):
+        raise click.ClickException(f"--scheduler: the host name {host!r} of {address} does not resolve to an "
+                                   "address. Check its spelling, or give the scheduler's IP address; leave "
+                                   "--scheduler out to run here.")
     error = made.get("error")
     if isinstance(error, (OSError, ValueError, TypeError)):  # ValueError: 'nonsense' has no port, a traceback
         raise click.ClickException(  # bad input: one line and status 1, not the usage (2)
