@@ -136,7 +136,7 @@ def _present_classes(names: dict, colours: dict, present) -> dict[int, tuple[str
     """A mask from elsewhere: its coloured classes and every other class it holds, named ``class N`` and
     coloured by its table where the entry is not transparent, else from geoseg's palette. A mask without a
     colour table got a style of no category (QGIS drew nothing), and a black class 0 none (drawn nowhere)."""
-    from geoseg.models.card import default_color
+    from geoseg.models.card import default_color, hex_rgb
 
     out, taken = dict(names), [f"#{r:02X}{g:02X}{b:02X}" for _, (r, g, b) in names.values()]
     for i in map(int, present):
@@ -147,7 +147,7 @@ def _present_classes(names: dict, colours: dict, present) -> dict[int, tuple[str
             rgb = tuple(entry[:3])
         else:
             taken.append(default_color(i, taken))
-            rgb = tuple(int(taken[-1][k:k + 2], 16) for k in (1, 3, 5))
+            rgb = hex_rgb(taken[-1])
         out[i] = (f"class {i}", rgb)
     return dict(sorted(out.items()))
 

@@ -19,7 +19,7 @@ from geoseg.errors import CardError
 from geoseg.files import replaced_atomically
 
 __all__ = ["LIMITS", "NAME_PATTERN", "OUTPUTS", "SCHEMA_VERSION", "ClassInfo", "ModelCard", "check_model_name",
-           "default_color", "normalization_from_text", "parse_normalization", "read_card", "resolve_normalization", "write_card"]
+           "default_color", "hex_rgb", "normalization_from_text", "parse_normalization", "read_card", "resolve_normalization", "write_card"]
 
 SCHEMA_VERSION = 1
 _COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -48,12 +48,17 @@ class ClassInfo:
     @property
     def rgb(self) -> tuple[int, int, int]:
         """The colour as an (r, g, b) tuple of 0-255 ints."""
-        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        return hex_rgb(self.color)
 
     @property
     def in_labels(self) -> str:
         """The colour that stands for this class in colour-coded label masks."""
         return self.label_color or self.color
+
+
+def hex_rgb(color: str) -> tuple[int, int, int]:
+    """``"#RRGGBB"`` as an (r, g, b) tuple of 0-255 ints."""
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

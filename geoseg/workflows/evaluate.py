@@ -476,6 +476,7 @@ def _refuse_colour_coded(label, card) -> None:
     value's colour is the model's colour of that id (a geoseg mask that lost its tags, a QGIS export) is ids."""
     from rasterio.enums import Resampling
 
+    from geoseg.models.card import hex_rgb
     from geoseg.models.labels import _palette
     from geoseg.raster import open_quietly
 
@@ -491,7 +492,7 @@ def _refuse_colour_coded(label, card) -> None:
     if palette is None:
         return
     ids = [int(v) for v in values if v != IGNORE]
-    colours = [{tuple(int(c.in_labels[k:k + 2], 16) for k in (1, 3, 5)), c.rgb} for c in card.classes]
+    colours = [{hex_rgb(c.in_labels), c.rgb} for c in card.classes]
     if ids and all(v < len(colours) and tuple(palette[v]) in colours[v] for v in ids):
         return  # its colours are the model's at those ids: ids, as the colours say too
     raise InputError(f"{label}: a paletted image (a colour table) without class names, whose colours are not the "
