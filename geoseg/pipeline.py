@@ -319,6 +319,28 @@ class SegmentResult:
         """Plain JSON-ready data."""
         return asdict(self)
 
+    def __str__(self) -> str:
+        """A few lines for people: what ran on what, how fast, what each class covers, where the files went.
+        ``repr()`` stays the dataclass's one line of every field; a notebook shows this (h133: one long line)."""
+        total = sum(c.get("pixels", 0) for c in self.classes) or 1
+        head = [f"SegmentResult: {self.model} {self.model_version} on {self.input}",
+                f"  {self.width:,} × {self.height:,} px in {self.seconds:,.1f} s ({self.pixels_per_second:,.0f} "
+                f"px/s), peak {self.peak_memory_mb:,.0f} MB, {self.device}"]
+        kind = "regions" if self.output == "regions" else "classes"
+        shares = [f"{c['name']} {100 * c.get('pixels', 0) / total:.1f}%" + (
+            f" ({c['area_m2']:,.0f} m²)" if c.get("area_m2") is not None else "")
+            for c in self.classes if c.get("pixels")]
+        if self.output != "regions":
+            head.append(f"  {kind}: " + (", ".join(shares) or "none (all nodata)"))
+        if self.nodata_pixels:
+            head.append(f"  nodata: {self.nodata_pixels:,} px")
+        head += [f"  {name}: {path}" for name, path in self.outputs.items()]
+        head += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(head)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
+
 
 class _Writer:
     """`da.store` target that sends a (rows, cols, bands) block to the open output datasets."""

@@ -1801,6 +1801,34 @@ def test_the_result_carries_the_masks_georeferencing_and_styles(make_raster, tmp
     assert list(photo.styles) == ["mask"]
 
 
+def test_a_result_prints_as_a_few_lines_for_people(make_raster, tmp_path):
+    """A notebook showed a SegmentResult as one line of 1,500 characters (h133): str() and IPython's pretty form
+    say the model, size, speed, shares and files on lines of their own; repr() stays the dataclass's."""
+    result = segment(make_raster(), tmp_path / "out", model="threshold", preview=False)
+    text = str(result)
+    lines = text.splitlines()
+    assert lines[0] == f"SegmentResult: threshold {result.model_version} on {result.input}"
+    assert f"{result.width:,} × {result.height:,} px" in lines[1] and "peak" in lines[1]
+    shown = [c for c in result.classes if c["pixels"]]
+    total = sum(c["pixels"] for c in result.classes)
+    assert lines[2] == "  classes: " + ", ".join(
+        f"{c['name']} {100 * c['pixels'] / total:.1f}% ({c['area_m2']:,.0f} m²)" for c in shown)
+    assert f"  mask: {result.outputs['mask']}" in lines
+    assert max(map(len, lines)) < 200
+    assert repr(result).startswith("SegmentResult(input=")
+
+    class Printer:  # IPython's RepresentationPrinter takes text()
+        def __init__(self):
+            self.said = []
+
+        def text(self, s):
+            self.said.append(s)
+
+    printer = Printer()
+    result._repr_pretty_(printer, False)
+    assert printer.said == [text]
+
+
 def test_a_raster_placed_without_a_crs_is_warned_about(make_raster, tmp_path, caplog):
     """A GeoTIFF with a .tfw and a .prj (GDAL reads no .prj beside a GeoTIFF) gave a mask and polygons with no CRS
     and no m², and no word (h105)."""
