@@ -1169,6 +1169,17 @@ def _check_value_range(info: RasterInfo, plan: Plan, card: ModelCard, norm: dict
             "maps 255, or convert it to 8 bits (gdal_translate -ot Byte -scale 0 1 0 255).", info.path, info.dtype,
             top, card.name, scale, scale * 255, offset, scale * 255, offset)
         return
+    if norm is None and eight_bit and info.dtype == "int8" and raw.size and (low := int(raw.min())) < 0:
+        # 0-255 stored signed reaches the card's -2..0 (scale 2/255, offset -1), never out of range: nothing said (h135)
+        shifted = offset + 128 * scale
+        log.warning(
+            "%s: its int8 pixels reach %d, but %s was trained on 8-bit data of 0-255 (scale %g, offset %g), so its "
+            "values fall below what the model saw. If it is 0-255 shifted by -128, pass --normalize scale:%g,%.6g "
+            "(normalization={'method': 'scale', 'scale': %g, 'offset': %.6g} in Python), or convert it "
+            "(gdal_translate -ot Byte -scale -128 127 0 255 IN.tif OUT.tif); if 0-255 was cast to signed (128-255 "
+            "read as -128..-1), export it again as Byte from its source.", info.path, low, card.name, scale, offset,
+            scale, shifted, scale, shifted)
+        return
     if (norm is None and own["method"] == "scale" and info.dtype == "uint8"
             and abs(scale * 255 + offset) > OUT_OF_RANGE["scale"]):
         # the card itself takes 8-bit values far out (scale 1: a model of raw 0-255 values, a Rescaling layer inside):

@@ -302,6 +302,26 @@ def test_reflectance_in_0_1_through_a_model_of_8_bit_imagery_is_warned_about(mak
     assert "reflectance" not in caplog.text  # float 0..255 is what the model reads
 
 
+def test_signed_8_bit_imagery_through_a_model_of_0_255_is_warned_about(make_raster, tiny_fcn, tmp_path, caplog):
+    """0-255 stored as int8 shifted by -128 normalises to the card's lower half, never "far outside": it was
+    segmented without a word (h135). The advised --normalize maps it as the card maps 0-255."""
+    from geoseg.models import get_segmenter
+
+    data = np.random.default_rng(0).integers(-128, 128, (3, 64, 64)).astype(np.int8)
+    caplog.set_level("WARNING", logger="geoseg")
+    segment(make_raster(data=data), tmp_path / "out", model=tiny_fcn, preview=False)
+    assert "int8 pixels reach -128" in caplog.text and "gdal_translate -ot Byte -scale -128 127 0 255" in caplog.text
+    advised = caplog.text.split("pass --normalize scale:")[1].split(" ")[0]
+    scale, offset = map(float, advised.split(","))
+    own = get_segmenter(tiny_fcn).card.normalization
+    for signed, unsigned in ((-128, 0), (127, 255)):  # the advice lands where the card puts the same 8-bit value
+        assert signed * scale + offset == pytest.approx(unsigned * own["scale"] + own.get("offset", 0), abs=1e-5)
+    caplog.clear()
+    segment(make_raster(name="positive.tif", data=np.abs(data.astype(np.int16)).clip(0, 127).astype(np.int8)),
+            tmp_path / "out2", model=tiny_fcn, preview=False)
+    assert "int8" not in caplog.text
+
+
 def test_an_untagged_fill_around_a_warped_image_is_warned_about(make_raster, tmp_path, caplog):
     """gdalwarp's fill without -dstnodata is 0 in every band and no nodata: segmented as ground, a flood map's
     pre-event image called it water and reported it "receded", with its coverage at 100%."""
