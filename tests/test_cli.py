@@ -551,6 +551,34 @@ def test_models_show_prints_the_card(run, model_dir, monkeypatch):
     assert missing.exit_code == 1 and "no model named 'nope'" in missing.output
 
 
+def test_json_puts_what_fits_on_one_line_and_reads_back_the_same():
+    """`models show` printed the default card in 404 lines, a line per band number and class field (h130): lists
+    and objects that fit in 100 columns are on one line, and the text is the same JSON."""
+    from hypothesis import given, settings, strategies as st
+
+    from geoseg.cli.options import JSON_WIDTH, compact_json
+    from geoseg.models import get_segmenter
+
+    card = get_segmenter("landcover-unet").card.to_dict()
+    text = compact_json(card)
+    assert json.loads(text) == json.loads(json.dumps(card, default=str))
+    assert '  "bands": [1, 2, 3],' in text.splitlines()
+    assert len(text.splitlines()) < 0.75 * len(json.dumps(card, indent=2, default=str).splitlines())
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+    values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=6)
+                          | st.dictionaries(st.text(max_size=12), inner, max_size=6), max_leaves=40)
+
+    @settings(max_examples=200, deadline=None)
+    @given(values)
+    def reads_back(value):
+        out = compact_json(value)
+        assert json.loads(out) == value
+        one_line = len(json.dumps(value)) <= JSON_WIDTH or not value or not isinstance(value, (list, dict))
+        assert ("\n" not in out) == one_line
+
+    reads_back()
+
+
 def test_models_from_an_installed_plugin(run, model_dir, tmp_path, monkeypatch):
     """A package that registers the geoseg.models entry point adds its folder of bundles."""
     import shutil

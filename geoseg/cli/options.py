@@ -158,10 +158,30 @@ def right_aligned(text: str, width: int) -> str:
 _EMITTED: list[bool] = []  # whether this process printed its --json object
 
 
+JSON_WIDTH = 100  # lists and objects that fit in this many columns are printed on one line
+
+
+def compact_json(value, column: int = 0, indent: int = 0) -> str:
+    """JSON indented as ``indent=2`` does, but with every list or object that fits in `JSON_WIDTH` columns on one
+    line: the default model's card was 404 lines, a line per band number and class field (h130), 293 now (most of
+    them its 63 image paths)."""
+    flat = json.dumps(value, default=str)
+    if not isinstance(value, (dict, list)) or not value or column + len(flat) <= JSON_WIDTH:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, list):
+        lines = [pad + compact_json(v, indent + 2, indent + 2) for v in value]
+        return "[\n" + ",\n".join(lines) + "\n" + " " * indent + "]"
+    lines = []
+    for k, v in value.items():
+        key = json.dumps({k: 0})[1:-4]  # as json writes a key: str, int, float, bool or None
+        lines.append(f"{pad}{key}: " + compact_json(v, indent + 2 + len(key) + 2, indent + 2))
+    return "{\n" + ",\n".join(lines) + "\n" + " " * indent + "}"
+
+
 def emit_json(data) -> None:
-    """Print one JSON object on stdout."""
-    json.dump(data, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    """Print one JSON object on stdout (`compact_json`)."""
+    sys.stdout.write(compact_json(data) + "\n")
     _EMITTED.append(True)
 
 
