@@ -134,6 +134,80 @@ def _scene_4band(water):
     return np.stack([green // 2, green, green // 3, nir])
 
 
+def test_a_self_intersecting_aoi_or_zone_is_read_as_repaired_not_a_traceback_after_the_run(tmp_path, caplog):
+    """A bow-tie polygon (self-intersecting, common in hand-drawn layers) as --aoi ran the whole flood map and then
+    failed in the AOI table with GEOS's "TopologyException: side location conflict" traceback; --zones of scene
+    alike. It is read as shapely.make_valid repairs it (two triangles, half the box), with a warning."""
+    from rasterio.transform import from_origin
+
+    crs, transform = "EPSG:32640", from_origin(300000.0, 2800000.0, 10.0, 10.0)
+    water = np.zeros((40, 50), bool)
+    water[:, :25] = True  # the west half is water
+    image = _write(tmp_path / "post.tif", _scene_4band(water), crs, transform)
+    x0, y0 = 300000.0, 2800000.0
+    # corners (x0, y0-400), (x0+500, y0), (x0+500, y0-400), (x0, y0): a west and an east triangle meeting mid-way
+    bow = shapely.Polygon([(x0, y0 - 400), (x0 + 500, y0), (x0 + 500, y0 - 400), (x0, y0)])
+    assert not bow.is_valid
+    gpd.GeoDataFrame({"name": ["bow"]}, crs=crs, geometry=[bow]).to_file(tmp_path / "bow.gpkg")
+    result = flood(image, tmp_path / "flood", method="ndwi", ndwi_threshold=0.0, aoi=tmp_path / "bow.gpkg",
+                   aoi_field="name")
+    row = result.aoi[0]
+    assert row["aoi"] == "bow" and row["coverage_pct"] == 100.0
+    assert row["water_m2"] + row["dry_m2"] == pytest.approx(500 * 400 / 2, rel=0.02)  # two triangles: half the box
+    assert row["water_pct"] == pytest.approx(50, abs=2)  # the west triangle is the water
+    assert any("invalid" in w and "make_valid" in w for w in result.warnings)
+    zoned = scene(image, tmp_path / "scene", zones=tmp_path / "bow.gpkg", zone_field="name", model="threshold-nir")
+    assert zoned.zones[0]["pixels"] == pytest.approx(50 * 40 / 2, rel=0.02)
+
+
+def test_a_bad_aoi_is_refused_before_either_image_is_read_whole(tmp_path, monkeypatch):
+    """A typo in --aoi or --aoi-field was found only after the NDWI histograms of both images (or a baseline's joint
+    calibration) had read them whole (h140)."""
+    from rasterio.transform import from_origin
+
+    flood_module = sys.modules["geoseg.workflows.flood"]  # the package's `flood` is the function
+    read = []
+    monkeypatch.setattr(flood_module, "ndwi_histogram", lambda *a, **k: read.append(a) or np.zeros(1))
+    water = np.zeros((40, 50), bool)
+    image = _write(tmp_path / "post.tif", _scene_4band(water), "EPSG:32640", from_origin(300000.0, 2800000.0, 10, 10))
+    with pytest.raises(InputError, match="no such area-of-interest layer"):
+        flood(image, tmp_path / "flood", pre=shutil.copy(image, tmp_path / "pre.tif"), method="ndwi",
+              aoi=tmp_path / "nope.gpkg")
+    box = shapely.box(300000.0, 2799600.0, 300500.0, 2800000.0)
+    gpd.GeoDataFrame({"name": ["a"]}, crs="EPSG:32640", geometry=[box]).to_file(tmp_path / "aoi.gpkg")
+    with pytest.raises(InputError, match="no field 'nmae'"):
+        flood(image, tmp_path / "flood", method="ndwi", aoi=tmp_path / "aoi.gpkg", aoi_field="nmae")
+    assert read == [] and not (tmp_path / "flood").exists()
+
+
+def test_flood_aligns_a_pre_image_in_another_crs_exactly_not_by_an_approximate_transformer(tmp_path):
+    """The pre-event mask was warped onto the post-event grid with GDAL's approximate transformer (0.125 px), its
+    nearest picks moved by a pixel along water's edges: a pair of one ground, the post image warped exactly into
+    EPSG:4326, gave 30 px of 'flooded' and 28 of 'receded water' where nothing changed."""
+    from rasterio.transform import from_origin, rowcol
+    from rasterio.warp import calculate_default_transform, transform as reproject_points
+    from scipy import ndimage
+
+    water = ndimage.gaussian_filter(np.random.default_rng(0).random((300, 300)), 4) > 0.52
+    src_transform = from_origin(300000.0, 2800000.0, 30.0, 30.0)
+    pre = _write(tmp_path / "pre.tif", _scene_4band(water), "EPSG:32640", src_transform)
+    dst_transform, width, height = calculate_default_transform("EPSG:32640", "EPSG:4326", 300, 300,
+                                                               *rasterio.open(pre).bounds)
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    xs, ys = dst_transform * (cols.ravel(), rows.ravel())
+    xs, ys = reproject_points("EPSG:4326", "EPSG:32640", xs, ys)  # each post pixel's centre, exactly
+    r, c = rowcol(src_transform, xs, ys)
+    r, c = np.asarray(r).reshape(height, width), np.asarray(c).reshape(height, width)
+    inside = (r >= 0) & (r < 300) & (c >= 0) & (c < 300)
+    post_water = np.where(inside, water[r.clip(0, 299), c.clip(0, 299)], False)
+    data = np.where(inside, _scene_4band(post_water), 0).astype(np.uint16)
+    post = _write(tmp_path / "post.tif", data, "EPSG:4326", dst_transform, nodata=0)
+    result = flood(post, tmp_path / "out", pre=pre, method="ndwi", ndwi_threshold=0.0)
+    pixels = {c["name"]: c["pixels"] for c in result.classes}
+    assert pixels["permanent water"] > 10000
+    assert pixels["flooded"] == 0 and pixels["receded water"] == 0
+
+
 def test_areas_under_nodata_are_reported_as_unknown_not_as_none_of_a_class(tmp_path, caplog):
     """A date under cloud (nodata) read as less water: scene zones said 0.0 m² where they had no data at all, and
     neither the scene, flood nor survey said how much of the image had none."""

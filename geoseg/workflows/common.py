@@ -116,8 +116,30 @@ def read_layer(path: str | os.PathLike, *, what: str):
         frame = frame[~empty]  # the index keeps each feature's number in the layer: rows are numbered by it
     if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
         raise InputError(f"{path}: the {what} layer must hold polygons; found {sorted(set(frame.geom_type))}.")
+    frame = _valid_polygons(frame, path, what)
     if frame.crs is None:
         raise InputError(f"{path}: the {what} layer has no CRS; assign one (e.g. in QGIS) and retry.")
+    return frame
+
+
+def _valid_polygons(frame, path: Path, what: str):
+    """`frame` with its invalid polygons (self-intersecting, a hole outside its shell, ...) read as
+    shapely.make_valid repairs them, as label layers are, with a warning. A bow-tie area of interest ran the whole
+    flood map and then failed in the table with GEOS's "TopologyException: side location conflict" traceback."""
+    import numpy as np
+    import shapely
+
+    geometries = np.asarray(frame.geometry.values, object)
+    invalid = ~shapely.is_valid(geometries)
+    if not invalid.any():
+        return frame
+    frame = frame.copy()
+    geometries = geometries.copy()
+    geometries[invalid] = shapely.make_valid(geometries[invalid], method="structure", keep_collapsed=False)
+    frame[frame.geometry.name] = geometries
+    log.warning("%s: %d of the %d polygons of the %s layer are invalid (self-intersecting, a hole outside its "
+                "shell, ...); they are read as shapely.make_valid repairs them. QGIS's Fix Geometries repairs the "
+                "layer itself.", path, int(invalid.sum()), len(frame), what)
     return frame
 
 
