@@ -41,7 +41,9 @@ from geoseg.raster import (
     class_pixels_and_areas,
     create_outputs,
     declared_scaling,
+    class_sidecar,
     describe_mask,
+    write_class_sidecar,
     first_line,
     gdal_cache_options,
     gdal_edit,
@@ -570,10 +572,12 @@ def stale_outputs(paths: dict[str, Path], stem: str, *, inputs: Sequence[Any] = 
     them: `scene --zones out/a_polygons.gpkg --overwrite` deleted the layer it had just read.
     """
     kept = {os.path.realpath(str(p).split("|")[0]) for p in inputs if p is not None}
-    kept |= {os.path.splitext(p)[0] + ".qml" for p in kept}
+    kept |= {os.path.splitext(p)[0] + ".qml" for p in kept} | {p + ".aux.xml" for p in kept}
     folder = paths["mask"].parent
     every = output_paths(folder, stem, confidence=True, probabilities=True, vector=True, preview=True)
-    stale = [p for name, path in every.items() if name not in paths for p in (path, path.with_suffix(".qml"))]
+    # with the rasters, the statistics GDAL keeps of them (`gdalinfo -stats`), which it would read as the new ones'
+    stale = [p for name, path in every.items() if name not in paths
+             for p in (path, path.with_suffix(".qml"), class_sidecar(path))]
     stale += [path for name, path in _scene_files_of(folder, stem).items() if name not in paths]
     found = []
     for path in stale:
@@ -974,6 +978,10 @@ def segment(
                 log.warning("%s: no valid pixels (nodata or NaN everywhere), so the mask is all nodata. Check the "
                             "raster's nodata value and mask (gdalinfo)", info.path)
             write_qml(tmp / paths["mask"].with_suffix(".qml").name, card.classes, kind="raster")
+            # the class names as GDAL reads them (QGIS's identify tool, ArcGIS): beside a mask of the same name, not
+            # the staged raster's own sidecar
+            sidecar = tmp / f"classes-{paths['mask'].name}.aux.xml"
+            write_class_sidecar(sidecar, card.classes)
             if vector:  # its warnings and errors name the outputs as they will lie, not their staged copies
                 staged = {str(cog): str(final) for final, cog in cogs.items()}
                 with named_as_final("geoseg.vector", {**staged, str(tmp / paths["vector"].name): str(paths["vector"])}):
@@ -989,12 +997,15 @@ def segment(
                 extra += [paths["vector"], paths["vector"].with_suffix(".qml")]
             if preview:
                 extra.append(paths["preview"])
-            moves = [(cog, final) for final, cog in cogs.items()]
+            moves = [(cog, final) for final, cog in cogs.items()] + [(sidecar, class_sidecar(paths["mask"]))]
             # a style may be left out
             moves += [(tmp / final.name, final) for final in extra if (tmp / final.name).exists()]
             check_unchanged(info)  # every read of the input is done: it was one file throughout, or nothing moves
             with signals_held():  # Ctrl-C now waits until the set is whole and the earlier run's leftovers gone
                 stale = stale_outputs(paths, stem, inputs=[info.path]) if overwrite else []
+                # the sidecar of a confidence or probabilities raster replaced (statistics of its old pixels)
+                stale += [p for name in ("confidence", "probabilities") if name in paths
+                          for p in [class_sidecar(paths[name])] if p.is_file()]
                 log_removed(move_all(sorted(moves, key=lambda move: move[1] == paths["mask"]),  # the mask, last,
                                      staging=tmp, remove=stale,  # marks a whole run
                                      refuse_existing=() if overwrite else list(paths.values())))

@@ -44,6 +44,8 @@ __all__ = [
     "valid_pixels",
     "create_outputs",
     "finalize_cog",
+    "class_sidecar",
+    "write_class_sidecar",
     "class_pixel_counts",
     "class_areas",
     "class_pixels_and_areas",
@@ -861,6 +863,56 @@ def describe_mask(ds, classes) -> None:
     )
 
 
+def class_sidecar(path: str | os.PathLike) -> Path:
+    """The GDAL sidecar of a mask, ``x_mask.tif.aux.xml``, where `write_class_sidecar` puts its class names."""
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml")
+
+
+def write_class_sidecar(path: str | os.PathLike, classes) -> None:
+    """Write `path` (a mask's `class_sidecar`, or a staged copy of it) with the class names of `classes` (a card's
+    `ClassInfo`s) as GDAL reads them: the band's category names and a thematic raster attribute table (Value,
+    Class, Red, Green, Blue, Alpha).
+
+    A GeoTIFF holds neither (its CLASS_NAMES tag is geoseg's own, which no GIS reads): GDAL keeps both in this
+    ``.aux.xml``. QGIS names the colour table's entries by the category names where no ``.qml`` style is beside
+    the mask (else 0..255), its Identify tool and attribute table (3.30+) read the table, as do ArcGIS and
+    ``gdalinfo``. Rewritten with every mask: a sidecar of an earlier run (other classes, or QGIS's statistics of
+    the old pixels) would otherwise name the new mask's classes."""
+    from geoseg.files import replaced_atomically
+
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(class_sidecar_xml(classes), encoding="utf-8")  # class names (forêt) in any locale
+
+
+def class_sidecar_xml(classes) -> str:
+    """The text of `write_class_sidecar`'s sidecar: a GDAL PAM dataset (``<PAMDataset>``)."""
+    return f"<PAMDataset>\n  <PAMRasterBand band=\"1\">\n{class_band_xml(classes)}  </PAMRasterBand>\n</PAMDataset>\n"
+
+
+def class_band_xml(classes) -> str:
+    """A band's class names as GDAL's XML (a PAM sidecar's or a VRT's band) holds them: its category names, from
+    value 0 to the highest class id, a value of no class (a gap; 255, nodata) unnamed, and a thematic raster
+    attribute table of a row per class."""
+    from xml.sax.saxutils import escape
+
+    names = {int(c.id): str(c.name) for c in classes}
+    categories = "".join(f"      <Category>{escape(names.get(i, ''))}</Category>\n"
+                         for i in range(max(names, default=-1) + 1))
+    # GDAL's field types (0 integer, 2 string) and usages (5 min-max: the value, 2 name, 6-9 red, green, blue,
+    # alpha), as GDALSetDefaultRAT writes them
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
+    defs = "".join(f'      <FieldDefn index="{i}">\n        <Name>{name}</Name>\n        <Type>{kind}</Type>\n'
+                   f"        <Usage>{usage}</Usage>\n      </FieldDefn>\n"
+                   for i, (name, kind, usage) in enumerate(fields))
+    rows = "".join(
+        f'      <Row index="{n}">\n' + "".join(f"        <F>{escape(str(v))}</F>\n"
+                                              for v in (c.id, c.name, *c.rgb, 255)) + "      </Row>\n"
+        for n, c in enumerate(sorted(classes, key=lambda c: c.id)))
+    return ((f"    <CategoryNames>\n{categories}    </CategoryNames>\n" if categories else "")
+            + f'    <GDALRasterAttributeTable tableType="thematic">\n{defs}{rows}    </GDALRasterAttributeTable>\n')
+
+
 def finalize_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> None:
     """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF with overviews, then move it into place."""
     os.replace(write_cog(tmp_path, final_path, resampling=resampling), final_path)
@@ -1348,5 +1400,13 @@ def write_class_mask(out_path: str | os.PathLike, like: RasterInfo, classes, blo
             finally:
                 ds.close()
             staged = sieved
-        finalize_cog(staged, out_path)
+        cog = write_cog(staged, out_path)
+        # the mask and its class names appear together (`write_class_sidecar`); staged under a name of no raster
+        # there, which GDAL would read as that raster's own
+        sidecar = tmp / f"classes-{out_path.name}.aux.xml"
+        write_class_sidecar(sidecar, classes)
+        from geoseg.files import move_all, signals_held
+
+        with signals_held():
+            move_all([(sidecar, class_sidecar(out_path)), (cog, out_path)], staging=tmp)
     return changed

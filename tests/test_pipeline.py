@@ -454,7 +454,8 @@ def test_overwrite_removes_outputs_of_an_earlier_run_that_no_longer_match(make_r
     path = make_raster()
     first = segment(path, tmp_path / "out", model=tiny_fcn, vector=True, confidence=True)
     second = segment(path, tmp_path / "out", model="threshold", preview=False, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif",
+                                                                                  "image_mask.tif.aux.xml"]
     assert second.outputs["mask"] == first.outputs["mask"] and "image_polygons.gpkg: it came from an earlier" in caplog.text
 
 
@@ -563,7 +564,8 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(make_raster, ti
         live.kill()
         live.wait()
     assert not folders["killed"].exists() and folders["running"].exists() and folders["other host"].exists()
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["image_mask.qml", "image_mask.tif"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["image_mask.qml", "image_mask.tif",
+                                                                                  "image_mask.tif.aux.xml"]
 
 
 @pytest.fixture
@@ -976,7 +978,7 @@ def test_an_interrupted_run_leaves_nothing_and_the_same_call_runs_again(make_ras
     assert not out.exists()  # no output, no hidden staging folder, nor the folder the run made
     result = segment(path, out, **options)
     assert sorted(p.name for p in out.iterdir()) == [
-        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",
+        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_mask.tif.aux.xml", "image_polygons.gpkg", "image_polygons.qml",
         "image_preview.png"]
     assert all(".geoseg-" not in p for p in result.outputs.values())
     assert (gpd.read_file(result.outputs["vector"])["confidence"] > 0).all()  # read from the staged confidence
@@ -1006,7 +1008,7 @@ def test_ctrl_c_while_the_outputs_are_moved_into_place_waits_for_the_last(make_r
     finally:
         signal.signal(signal.SIGINT, before)
     assert fired and sorted(p.name for p in out.iterdir()) == [
-        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_polygons.gpkg", "image_polygons.qml",
+        "image_confidence.tif", "image_mask.qml", "image_mask.tif", "image_mask.tif.aux.xml", "image_polygons.gpkg", "image_polygons.qml",
         "image_preview.png"]  # all of them, and no staging folder
 
 
@@ -1073,7 +1075,8 @@ def test_a_truncated_raster_is_one_line_and_a_batch_goes_on(make_raster, tiny_fc
     assert [e["input"] for e in data["errors"]] == [str(bad)]
     assert "bad.tif: cannot read rows" in data["errors"][0]["error"]
     assert "truncated or damaged" in data["errors"][0]["error"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_mask.qml", "good_mask.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_mask.qml", "good_mask.tif",
+                                                                     "good_mask.tif.aux.xml"]
 
 
 def test_a_read_error_on_a_dask_worker_reaches_the_caller_as_itself(make_raster):

@@ -785,7 +785,7 @@ def test_scene_interrupted_leaves_no_output_and_the_same_command_reruns(make_ras
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png",
+        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_mask.tif.aux.xml", "image_scene.json", "image_scene.png",
         "image_zones.csv", "image_zones.gpkg"]
     report = (out / "image_scene.json").read_text()
     assert ".geoseg-" not in report and ".geoseg-" not in again.stdout  # final paths, never the staging ones
@@ -811,10 +811,11 @@ def test_scene_with_overwrite_still_removes_stale_outputs(make_raster, tiny_fcn,
     second = scene(path, tmp_path / "out", model=tiny_fcn, overwrite=True)
     assert set(second.outputs) == {"mask", "composition", "map", "report"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_scene.json", "image_scene.png"]
+        "image_composition.csv", "image_mask.qml", "image_mask.tif", "image_mask.tif.aux.xml", "image_scene.json", "image_scene.png"]
     # a segment --overwrite left that scene's tables, map and report, which describe the old mask, beside the new one
     segment(path, tmp_path / "out", model=tiny_fcn, overwrite=True, preview=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image_mask.qml", "image_mask.tif",
+                                                                        "image_mask.tif.aux.xml"]
     # files of those names that no scene report lists are the user's (a zones layer kept beside the image): kept
     (tmp_path / "out" / "image_zones.gpkg").write_bytes((tmp_path / "zones.gpkg").read_bytes())
     (tmp_path / "out" / "image_composition.csv").write_text("the user's own table")
@@ -887,8 +888,9 @@ def test_flood_interrupted_leaves_no_output_and_reruns(tmp_path, monkeypatch):
     assert not out.exists()  # no output, no post/ or pre/ folder, no staging folder, nor the folder itself
     result = flood(post, out, pre=pre, method="ndwi")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "flood_polygons.gpkg", "flood_polygons.qml",
-        "post", "post/post_water.qml", "post/post_water.tif", "pre", "pre/before_water.qml", "pre/before_water.tif"]
+        "flood.json", "flood.md", "flood.png", "flood.qml", "flood.tif", "flood.tif.aux.xml", "flood_polygons.gpkg",
+        "flood_polygons.qml", "post", "post/post_water.qml", "post/post_water.tif", "post/post_water.tif.aux.xml", "pre",
+        "pre/before_water.qml", "pre/before_water.tif", "pre/before_water.tif.aux.xml"]
     # the raster's style and the polygons' were one flood.qml, the polygons' written last
     assert "<rasterrenderer" in (out / "flood.qml").read_text()
     assert "<renderer-v2" in (out / "flood_polygons.qml").read_text()
@@ -1813,7 +1815,7 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
     assert (out / "pre" / "pre_copy_mask.tif").exists() and (out / "post" / "post_mask.qml").exists()
     flood(image, out, method="ndwi", overwrite=True)
     assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "notes.txt", "post_water.qml",
-                                                                 "post_water.tif"]
+                                                                 "post_water.tif", "post_water.tif.aux.xml"]
     assert not (out / "pre").exists()
     # the first fix removed files by their names' endings: an input kept in post/ went too
     lake = out / "post" / "lake_mask.tif"
@@ -1823,7 +1825,7 @@ def test_flood_overwrite_removes_the_masks_of_an_earlier_runs_images(tiny_fcn, t
     assert lake.exists() and (out / "post" / "S2_cloud_mask.tif").exists()
     assert sorted(p.name for p in (out / "post").iterdir()) == ["S2_cloud_mask.tif", "lake_mask.tif",
                                                                  "lake_mask_water.qml", "lake_mask_water.tif",
-                                                                 "notes.txt"]
+                                                                 "lake_mask_water.tif.aux.xml", "notes.txt"]
 
 
 def test_flood_whose_new_files_cannot_be_put_in_place_keeps_the_earlier_runs_masks(tiny_fcn, tmp_path, monkeypatch):
@@ -1857,7 +1859,8 @@ def test_flood_whose_new_files_cannot_be_put_in_place_keeps_the_earlier_runs_mas
     monkeypatch.setattr(files.os, "replace", real)
     flood(image, out, method="ndwi", overwrite=True)
     assert not (out / "pre").exists() and not (out / "flood.gpkg").exists()
-    assert sorted(p.name for p in (out / "post").iterdir()) == ["post_water.qml", "post_water.tif"]
+    assert sorted(p.name for p in (out / "post").iterdir()) == ["post_water.qml", "post_water.tif",
+                                                                 "post_water.tif.aux.xml"]
 
 
 def test_flood_of_an_image_without_valid_pixels_says_so(tmp_path, caplog):

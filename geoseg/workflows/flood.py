@@ -21,7 +21,7 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (DELIBERATE_TAGS, NODATA, SPECTRAL_TAGS, check_bands, class_pixels_and_areas, declared_scaling, gdal_edit, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
+from geoseg.raster import (DELIBERATE_TAGS, NODATA, SPECTRAL_TAGS, check_bands, class_pixels_and_areas, class_sidecar, declared_scaling, gdal_edit, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml
 from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, coverage_pct, read_layer,
@@ -506,8 +506,8 @@ def _stale_image_masks(report: Path, water: dict[str, dict[str, Path]],
         stale = folder / Path(value).name
         if stale.resolve() in kept:  # written again (its style too), or an input now
             continue
-        files += [path for path in ((stale, stale.with_suffix(".qml")) if stale.suffix in (".tif", ".gpkg")
-                                    else (stale,)) if path.is_file()]
+        files += [path for path in ((stale, stale.with_suffix(".qml"), class_sidecar(stale))
+                                    if stale.suffix in (".tif", ".gpkg") else (stale,)) if path.is_file()]
     return files, folders
 
 

@@ -1360,6 +1360,8 @@ def _box_in(src_crs: str, box, dst_crs: str):
 def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
     from rasterio.crs import CRS
 
+    from geoseg.raster import class_band_xml
+
     # each axis its own finest pixel: one resolution for both resampled masks of pixels that are not square
     res_x, res_y = min(abs(t.a) for _, t, _, _ in items), min(abs(t.e) for _, t, _, _ in items)
     left = min(t.c for _, t, _, _ in items)
@@ -1391,7 +1393,10 @@ def _vrt_xml(crs: str, items, classes, out_dir: Path) -> str:
         '<MDI key="NODATA_MEANS">no input data</MDI></Metadata>\n'
         '  <VRTRasterBand dataType="Byte" band="1">\n    <NoDataValue>255</NoDataValue>\n'
         "    <ColorInterp>Palette</ColorInterp>\n"
-        f"    <ColorTable>{entries}</ColorTable>\n" + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
+        f"    <ColorTable>{entries}</ColorTable>\n"
+        # the class names as GDAL reads them, as the masks' sidecars hold them (`write_class_sidecar`)
+        + class_band_xml(classes)
+        + "\n".join(sources) + "\n  </VRTRasterBand>\n</VRTDataset>\n"
     )
 
 
