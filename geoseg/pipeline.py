@@ -20,7 +20,8 @@ import numpy as np
 import rasterio
 from dask.callbacks import Callback
 
-from geoseg.errors import BandError, CardError, ClusterError, GeosegError, InputError, OutputError, TilingError
+from geoseg.errors import (BandError, CardError, ClusterError, GeosegError, InputError, ModelError, OutputError,
+                           TilingError)
 from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
@@ -274,6 +275,15 @@ def segment_chunk(
     rows, cols = predicted.shape[:2]
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
     best = top_of(predicted) if probabilities else predicted  # (rows, cols, 2): class, its probability
+    broken = ~nodata & ~np.isfinite(predicted).all(axis=-1)
+    if broken.any():  # a float16 model that overflowed: every such pixel was class 0 at 0%, with only NumPy's
+        # "invalid value encountered in cast"
+        raise ModelError(
+            f"{getattr(segmenter, 'source', segmenter.card.name)}: the model output NaN or infinity on "
+            f"{int(broken.sum())} of {broken.size} pixels of a chunk, whose inputs after normalisation run from "
+            f"{float(np.nanmin(x)):.4g} to {float(np.nanmax(x)):.4g}: a float16 (mixed_float16) model overflows past "
+            "65504. Check the card's normalisation (or --normalize) against the values the model was trained on, or "
+            "save the model in float32.")
     layers = [best[..., 0].astype(np.uint8)]
     if confidence:  # clipped: a probability a hair over 1 is 100%, never a byte that wraps or reads as nodata
         layers.append(np.rint(np.clip(best[..., 1], 0, 1) * 100).astype(np.uint8))

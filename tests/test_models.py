@@ -731,3 +731,78 @@ def test_meanstd_text_of_unequal_means_and_deviations_says_so():
     with pytest.raises(ValueError, match=r"one mean and one standard deviation per band.*2 mean\(s\) but 1 standard"):
         normalization_from_text("meanstd:1,2/3")
     assert normalization_from_text("meanstd:1,2/3,4") == {"method": "meanstd", "mean": [1.0, 2.0], "std": [3.0, 4.0]}
+
+
+def test_several_models_in_one_process_do_not_print_tensorflow_s_retracing_warning(tmp_path):
+    """Each model's graph was a tf.function of the same code, so the fifth model loaded in one process (`geoseg
+    compare` of five models, a notebook of checkpoints) printed "5 out of the last 5 calls to <function
+    KerasSegmenter._build.<locals>.classes> triggered tf.function retracing", though each was traced once (h141)."""
+    import logging
+
+    import keras
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("tensorflow").addHandler(handler)
+    batch = np.zeros((1, 16, 16, 3), np.float32)
+    try:
+        for k in range(7):
+            inputs = keras.Input((None, None, 3))
+            model = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same", activation="softmax")(inputs))
+            seg = load_bundle(_save_bundle(model, tmp_path, f"m{k}"))
+            assert seg.predict_top(batch).shape == (1, 16, 16, 2)
+            assert seg.predict_proba(batch).shape == (1, 16, 16, 2)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "retracing" in r.getMessage()]
+
+
+def test_a_model_that_outputs_nan_on_a_raster_is_an_error_not_class_0(tmp_path, make_raster):
+    """A mixed_float16 model overflowed (past 65504) on a 16-bit raster: every pixel came out as class 0 at 0%
+    confidence, with only NumPy's "invalid value encountered in cast" (h141)."""
+    import keras
+
+    import geoseg
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((None, None, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", kernel_initializer="ones")(inputs)
+        x = keras.layers.Activation("softmax", dtype="float32")(keras.layers.Conv2D(2, 1)(x))
+        model = keras.Model(inputs, x)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = tmp_path / "raw16.keras"
+    model.save(path)
+    (tmp_path / "raw16.json").write_text(json.dumps({**CARD, "name": "raw16", "normalization": {"method": "none"}}))
+    load_bundle(path)  # noise of the check's size: probabilities
+    data = np.full((3, 32, 40), 6000, np.uint16)
+    raster = make_raster(data=data)
+    with pytest.raises(ModelError, match=r"raw16\.keras: the model output NaN or infinity on 1280 of 1280 pixels"):
+        geoseg.segment(raster, tmp_path / "out", model=path, preview=False)
+
+
+def test_a_plugin_that_exits_at_import_is_skipped_not_the_end_of_the_command(tmp_path, monkeypatch):
+    """README: a plugin that fails is skipped with a warning. One whose import called sys.exit (a module-level
+    argparse that read geoseg's own arguments, a licence check) raised SystemExit past `except Exception`, and
+    every command, `segment -m threshold` too, ended with the plugin's message alone (h141)."""
+    from geoseg.models import registry
+
+    site = tmp_path / "site"
+    (site / "exitplug").mkdir(parents=True)
+    (site / "exitplug" / "__init__.py").write_text("import sys\nsys.exit('exitplug: no licence key')\n")
+    info = site / "exitplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: exitplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[geoseg.models]\nex = exitplug:bundles\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_PLUGINS_IMPORTED", False)
+    monkeypatch.setattr(registry, "PLUGIN_FAILURES", [])
+    problems = []
+    names = {entry.name for entry in registry.list_models(problems)}
+    assert {"threshold", "landcover-unet"} <= names
+    assert any("plugin ex (exitplug:bundles) failed to give its model folder: SystemExit: exitplug: no licence key"
+               in p.message for p in problems)
+    registry._import_plugins()
+    assert registry.PLUGIN_FAILURES == ["ex (exitplug:bundles): SystemExit: exitplug: no licence key"]

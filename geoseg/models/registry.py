@@ -126,7 +126,9 @@ def _plugin_folders(problems: list[Problem]) -> list[tuple[Path, str]]:
                     "one. Save the model as a Keras bundle (see README, Models).")))
                 continue
             folder = Path(os.path.abspath(given))
-        except Exception as exc:  # a plugin's import or folder function can fail in any way
+        # SystemExit too: a plugin that exits at import (a module-level argparse reading geoseg's arguments, a
+        # licence check) ended every command, `segment -m threshold` included, with its message alone (h141)
+        except (Exception, SystemExit) as exc:  # a plugin's import or folder function can fail in any way
             problems.append(Problem(None, f"plugin {ep.name} ({ep.value}) failed to give its model folder: "
                                           f"{type(exc).__name__}: {exc}"))
             continue
@@ -154,7 +156,7 @@ def _import_plugins() -> None:
     for ep in entry_points(group="geoseg.models"):
         try:
             ep.load()
-        except Exception as exc:  # reported where the models are listed, and where a layer of it is missing
+        except (Exception, SystemExit) as exc:  # reported where the models are listed, and where a layer is missing
             PLUGIN_FAILURES.append(f"{ep.name} ({ep.value}): {type(exc).__name__}: {first_line(exc)}")
 
 

@@ -151,7 +151,9 @@ class KerasSegmenter:
             # Each shape its own function, traced once, the last SHAPES_KEPT kept: one function retraced for every
             # shape printed TensorFlow's retracing warning from the fifth on, and kept every graph of every raster's
             # edge chunks for good (h119).
-            general = tf.function(fn, input_signature=[spec])
+            # a partial, as below: every model's function has the same code, so five models loaded in one process
+            # (`compare`, a notebook) printed TensorFlow's retracing warning, each traced once
+            general = tf.function(functools.partial(fn), input_signature=[spec])
             per_shape: dict = {}
             state = {"general": True}
 
