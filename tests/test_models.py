@@ -806,3 +806,22 @@ def test_a_plugin_that_exits_at_import_is_skipped_not_the_end_of_the_command(tmp
                in p.message for p in problems)
     registry._import_plugins()
     assert registry.PLUGIN_FAILURES == ["ex (exitplug:bundles): SystemExit: exitplug: no licence key"]
+
+
+def test_an_hdf5_model_named_keras_and_a_folder_given_as_a_model_are_told_what_to_do(tmp_path, monkeypatch):
+    """TF 2.x's model.save('x.keras') of old wrote HDF5, which was called "damaged or cut short"; a folder of bundles
+    passed as -m was "no model named 'odd'" (h141)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(inputs))
+    model.save(tmp_path / "old.h5")
+    (tmp_path / "old.h5").rename(tmp_path / "old.keras")
+    (tmp_path / "old.json").write_text(json.dumps({**CARD, "name": "old"}))
+    with pytest.raises(ModelError, match=r"old\.keras: an HDF5 file \(a legacy Keras \.h5 model\) named \.keras\. "
+                                         r"Rename it old\.h5"):
+        load_bundle(tmp_path / "old.keras")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bundles").mkdir()
+    with pytest.raises(ModelNotFoundError, match="bundles is a folder; .*GEOSEG_MODEL_PATH"):
+        resolve_model("bundles")

@@ -236,6 +236,10 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
         if entry.path is not None and entry.path.stem == text:
             raise ModelNotFoundError(f"no model named {text!r}: the bundle {entry.path} calls itself {entry.name!r} "
                                      f"in its card. Pass -m {entry.name}, or the bundle's path.")
+    if path.is_dir():  # "no model named 'odd'" of a folder of bundles
+        raise ModelNotFoundError(f"{path} is a folder; -m (model=) takes a model's name or its bundle's .keras. Put "
+                                 f"the folder on GEOSEG_MODEL_PATH to make its bundles' names known, or pass "
+                                 f"{path / 'NAME.keras'}.")
     names = ", ".join(e.name for e in entries) or "none"
     broken = [p.message for p in problems if p.path is None]  # a plugin that failed may be the one that has it
     raise ModelNotFoundError(

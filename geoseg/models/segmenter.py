@@ -442,6 +442,12 @@ def load_bundle(path: str | Path, *, card: str | Path | None = None, precision: 
     import zipfile
 
     if not legacy and not zipfile.is_zipfile(weights):  # Keras says "File not found" of a file that is there
+        with open(weights, "rb") as f:
+            hdf5 = f.read(8) == b"\x89HDF\r\n\x1a\n"
+        if hdf5:  # an old model.save('NAME.keras') of TF 2.x wrote HDF5: "damaged or cut short" sent users astray
+            raise ModelError(f"{weights}: an HDF5 file (a legacy Keras .h5 model) named .keras. Rename it "
+                             f"{Path(weights).with_suffix('.h5').name} and its card beside it, or load it in Keras "
+                             "and save it again with model.save('NAME.keras').")
         raise ModelError(f"{weights}: not a Keras .keras file (those are zip archives); it may be damaged or cut "
                          "short. Copy the bundle again, or save the model with model.save('NAME.keras').")
     try:
