@@ -230,7 +230,7 @@ def test_a_cards_label_color_is_checked_and_kept_only_when_given():
 def _region_colours():
     from geoseg.models.classical import _REGION_COLOURS
 
-    return _REGION_COLOURS[:6]
+    return _REGION_COLOURS  # all eight: a grey eighth was 6.2 from the purple under deuteranopia (h143)
 
 
 def _default_model_colours():

@@ -1641,3 +1641,124 @@ def test_the_bar_is_indeterminate_at_the_start_of_any_model_of_several(app, make
         page.click("#cancel")
         page.wait_for_function("document.getElementById('message').textContent === 'Cancelled.'")
         browser.close()
+
+
+@contextlib.contextmanager
+def _compared(app, image, models, label=None, viewport=None):
+    """A page showing the results of `models` on `image` (and IoU against `label`), in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with _served(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport=viewport or {"width": 1280, "height": 800})
+        page.goto(url)
+        page.set_input_files("#image", str(image))
+        if label is not None:
+            page.set_input_files("#label", str(label))
+        for box in page.locator("input[name='models']:checked").all():
+            box.uncheck()
+        for model in models:
+            page.check(f"input[value='{model}']")
+        page.click("#go")
+        page.wait_for_selector("#results:not([hidden])", timeout=180_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_comparison_thumbnails_say_the_class_shares_they_show(app, make_raster):
+    """h143: the thumbnails' alt text was "threshold's mask over the image": the shares a sighted user reads off the
+    colours (and the legend of the large picture) were not there for a screen reader."""
+    with _compared(app, make_raster(shape=(60, 80)), ["tiny-fcn", "threshold", "watershed-regions"]) as page:
+        alts = dict(page.evaluate("[...document.querySelectorAll('#compare figure')].map((f) => "
+                                  "[f.querySelector('figcaption').textContent.split(' (')[0], f.querySelector('img').alt])"))
+        models = {m["model"]: m for m in page.evaluate("job.result.models")}
+        for name in ("tiny-fcn", "threshold"):
+            shares = ", ".join(f"{c['name']} {c['share_pct']}%" for c in models[name]["classes"])
+            assert alts[name] == f"{name}'s mask over the image: {shares}", alts
+        assert alts["watershed-regions"] == ("watershed-regions's mask over the image: unlabeled regions, colours only "
+                                             "tell neighbouring regions apart")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_choosing_another_model_to_show_is_announced(app, make_raster):
+    """h143: a screen reader said the option's name when Show changed, and nothing of the mask, legend and downloads
+    that changed with it."""
+    with _compared(app, make_raster(shape=(60, 80)), ["tiny-fcn", "threshold", "watershed-regions"]) as page:
+        live = page.locator("#shown")
+        assert live.get_attribute("role") == "status" and live.inner_text() == ""  # nothing said over the results
+        page.focus("#view-model")
+        page.select_option("#view-model", label="threshold")
+        threshold = next(m for m in page.evaluate("job.result.models") if m["model"] == "threshold")
+        shares = ", ".join(f"{c['name']} {c['share_pct']}%" for c in threshold["classes"])
+        assert live.text_content() == f"Showing threshold's mask: {shares}."
+        page.select_option("#view-model", label="watershed-regions")
+        assert live.text_content() == ("Showing watershed-regions's mask: unlabeled regions, colours only tell "
+                                       "neighbouring regions apart.")
+        assert page.evaluate("document.activeElement.id") == "view-model"  # announced, not focused
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_tables_scroll_boxes_are_named_and_scroll_by_keyboard(app, make_raster, tmp_path):
+    """h143: on a 320 px screen the tables of five models scroll sideways in boxes that had no role, no name and no
+    place in the tab order: a keyboard could not scroll them, a screen reader passed them by unnamed."""
+    label = tmp_path / "truth.png"
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(label)
+    models = ["tiny-fcn", "tiny-tiled", "threshold", "region-growing", "edges-watershed"]
+    image = make_raster(name="survey_2024_block_07_orthophoto.tif", shape=(60, 80))
+    with _compared(app, image, models, label, {"width": 320, "height": 640}) as page:
+        areas = page.get_by_role("region", name="Share of each class, by model")
+        iou = page.get_by_role("region", name=re.compile("^IoU against the label"))
+        assert areas.get_attribute("tabindex") == iou.get_attribute("tabindex") == "0"
+        page.focus("#downloads a:last-child")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "areas-box"
+        assert page.evaluate("(e) => e.scrollWidth > e.clientWidth", areas.element_handle())  # it does scroll
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("document.getElementById('areas-box').scrollLeft > 0")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "iou-box"
+        # a long file name in the heading took the page past the screen with WCAG 1.4.12 text spacing
+        page.add_style_tag(content="* { line-height: 1.5 !important; letter-spacing: .12em !important;"
+                                   " word-spacing: .16em !important; }")
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    with _compared(app, make_raster(shape=(60, 80)), ["threshold"]) as page:  # no label: no empty tab stop
+        assert page.is_hidden("#iou-box") and page.is_visible("#areas-box")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_agreement_says_what_it_counts_and_where_it_means_little(app, make_raster):
+    """h143: "Models agree on 1.5% of pixels" of landcover-unet and threshold stood unexplained, read as a verdict on
+    a model; tiny-fcn has no water and no `other`, so threshold's water could never agree with it."""
+    with _compared(app, make_raster(shape=(60, 80)), ["tiny-fcn", "threshold", "watershed-regions"]) as page:
+        about = page.inner_text("#agreement-about")
+        assert about.startswith("The share of pixels, valid in every mask, where both models name the same class, "
+                                "matched by name (watershed-regions left out: region colours are not classes).")
+        assert "threshold's “other” agrees with any class it lacks (class0, class1, class2)." in about
+        assert "Not meaningful where threshold finds water, vegetation: tiny-fcn has no such class" in about
+        assert "tiny-fcn finds" not in about  # threshold's `other` covers tiny-fcn's classes
+        assert about.endswith("not which is right.")
+        # under the Comparison heading, read with the thumbnails it is about
+        assert page.evaluate("document.getElementById('agreement').closest('section').querySelector('h2 + p')"
+                             ".contains(document.getElementById('agreement'))")
+    with _compared(app, make_raster(shape=(60, 80)), ["threshold"]) as page:  # one model: no figure, no words
+        assert page.is_hidden("#agreement-about")
+
+
+def test_region_colours_stay_apart_for_colour_blind_eyes_on_the_page(client):
+    """h143: watershed-regions' colours 4 and 8 (#CC79A7, #999999) were CIEDE2000 6.2 apart under deuteranopia; the
+    test of the palette checked its first six only."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    model = next(m for m in client.get("/api/models").get_json()["models"] if m["name"] == "watershed-regions")
+    rgb = np.array([[int(c["color"][i:i + 2], 16) for i in (1, 3, 5)] for c in model["classes"]]) / 255
+    assert len(rgb) == 8
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    for matrix in ([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+                   [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+                   np.eye(3)):  # Machado et al. 2009 deuteranopia and protanopia, severity 1; normal vision
+        seen = np.clip(linear @ np.asarray(matrix).T, 0, 1)
+        lab = rgb2lab(np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)[None])[0]
+        assert min(deltaE_ciede2000(a, b) for i, a in enumerate(lab) for b in lab[i + 1:]) > 10

@@ -193,15 +193,26 @@ function show() {
   // which upload these are: after a reload or a shared link the file input is empty (h116)
   $("results-heading").textContent = `Results for ${job.name}${job.label_name ? `, scored against ${job.label_name}` : ""}`;
   const select = $("view-model");
-  select.innerHTML = models.map((m, i) => `<option value="${i}">${m.model}</option>`).join("");
-  select.onchange = () => view(models[select.value]);
+  select.innerHTML = models.map((m, i) => `<option value="${i}">${escape(m.model)}</option>`).join(""); // a card's name is text
+  // a screen reader said only the option's name: the mask, legend and downloads changed unheard
+  select.onchange = () => { const m = models[select.value]; view(m); $("shown").textContent = `Showing ${m.model}'s mask${inWords(m)}.`; };
+  $("shown").textContent = "";
   select.disabled = false;
   $("original").src = job.files["original.png"];
   const agree = job.result.agreement_pct; // null: no valid pixel (all nodata)
-  $("agreement").textContent = agree === undefined ? "" : agree === null ? "No valid pixel to compare the models on" :
-    `Models agree on ${agree}% of pixels`;
-  $("compare").innerHTML = models.map((m) => `<figure><img src="${job.files[m.key + "_overlay.png"]}" alt="${m.model}'s mask over the image">
-    <figcaption>${m.model} (${m.seconds.toFixed(1)} s)</figcaption></figure>`).join("");
+  $("agreement").textContent = agree === undefined ? "" : agree === null ? "No valid pixel to compare the models on." :
+    `Models agree on ${agree}% of pixels.`; // a full stop: read on into the words below, "pixels The share"
+  $("agreement-about").textContent = agree === undefined ? "" : agreementAbout(models);
+  $("agreement").parentElement.hidden = agree === undefined; // one model, or one of classes
+  // the thumbnails' words say what their colours show, as the large picture's do (they only named the model); built
+  // as elements: a card's names in an attribute of HTML text could close it
+  $("compare").replaceChildren(...models.map((m) => {
+    const figure = document.createElement("figure"), img = document.createElement("img"), caption = document.createElement("figcaption");
+    img.src = job.files[m.key + "_overlay.png"]; img.alt = `${m.model}'s mask over the image${inWords(m)}`;
+    caption.textContent = `${m.model} (${m.seconds.toFixed(1)} s)`;
+    figure.append(img, caption);
+    return figure;
+  }));
   areas(models); iou(job.result.iou);
   $("notes").innerHTML = job.warnings.map((w) => `<li>${escape(w)}</li>`).join("");
   $("notes").hidden = !job.warnings.length;
@@ -212,10 +223,42 @@ function show() {
   $("results").hidden = false;
 }
 
+// what a model's mask shows, in words: the pictures' alt text and what choosing it in Show announces
+function inWords(m) {
+  return m.output === "regions" ? ": unlabeled regions, colours only tell neighbouring regions apart" : m.classes.every((c) => c.share_pct === null) ? ": no valid pixel" :
+    `: ${m.classes.map((c) => `${c.name} ${c.share_pct}%`).join(", ")}`;
+}
+
+// what the agreement counts, and where it cannot mean much: "Models agree on 1.5%" of landcover-unet and threshold
+// was a bare number, read as a verdict on one of them (h143)
+function agreementAbout(models) {
+  const counted = models.filter((m) => m.output !== "regions"), left = models.filter((m) => m.output === "regions");
+  const names = (m) => m.classes.map((c) => c.name), list = (xs) => xs.join(", ");
+  const parts = [`The share of pixels, valid in every mask, where ${counted.length > 2 ? `all ${counted.length} models` :
+    "both models"} name the same class, matched by name` + (left.length ? ` (${list(left.map((m) => m.model))} left out: ` +
+    "region colours are not classes)" : "") + "."];
+  const lacking = new Map(); // the classes an "other" stands for: the models whose "other" stands for them
+  counted.forEach((m) => {
+    const lacks = list([...new Set(counted.flatMap(names))].filter((n) => !names(m).includes(n)));
+    if (names(m).includes("other") && lacks) lacking.set(lacks, [...(lacking.get(lacks) || []), m.model]);
+  });
+  lacking.forEach((who, lacks) => parts.push(who.length === 1 ? `${who[0]}'s “other” agrees with any class it lacks (${lacks}).` :
+    `The “other” of ${list(who)} agrees with any class they lack (${lacks}).`));
+  // a class that another model neither has nor covers by an "other" never agrees: its pixels all count against
+  counted.forEach((m) => counted.forEach((o) => {
+    if (o === m || names(o).includes("other")) return;
+    // an "other" of m's that stands for classes of o's is matched by them
+    const unmatched = names(m).filter((n) => !names(o).includes(n) && !(n === "other" && names(o).some((x) => !names(m).includes(x))));
+    if (unmatched.length) parts.push(`Not meaningful where ${m.model} finds ${list(unmatched)}: ${o.model} has no such ` +
+      "class, so those pixels always count as disagreement.");
+  }));
+  parts.push("It tells how alike the masks are, not which is right" + (job.result.iou ? ": the IoU table below does." : "."));
+  return parts.join(" ");
+}
+
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
-  $("overlay").alt = `${m.model}'s mask` + (m.output === "regions" ? " of unlabeled regions" :
-    m.classes.some((c) => c.share_pct !== null) ? `: ${m.classes.map((c) => `${c.name} ${c.share_pct}%`).join(", ")}` : "");
+  $("overlay").alt = `${m.model}'s mask${inWords(m)}`;
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.every((c) => c.share_pct === null) ? "no valid pixel: the image is all nodata" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${escape(c.name)} ${c.share_pct}%` +
@@ -233,25 +276,25 @@ function area(m2) { return m2 < 1e4 ? `${Math.round(m2)} m²` : m2 < 1e6 ? `${(m
 
 function areas(models) {
   models = models.filter((m) => m.output !== "regions"); // region colours are not classes
-  $("areas").hidden = !models.length;
+  $("areas").hidden = $("areas-box").hidden = !models.length; // the box too: a tab stop on nothing
   const names = [...new Set(models.flatMap((m) => m.classes.map((c) => c.name)))];
   const cell = (m, n) => { const c = m.classes.find((x) => x.name === n); return c && c.share_pct !== null ? `${c.share_pct}%` : "–"; };
   // row headers: read down a model's column, a screen reader said "11.22%, 0%" without the class
-  $("areas").innerHTML = `<caption>Share of each class, by model</caption><tr><th scope="col">class</th>` +
-    models.map((m) => `<th scope="col">${m.model}</th>`).join("") + "</tr>" +
+  $("areas").innerHTML = `<caption id="areas-caption">Share of each class, by model</caption><tr><th scope="col">class</th>` +
+    models.map((m) => `<th scope="col">${escape(m.model)}</th>`).join("") + "</tr>" +
     names.map((n) => `<tr><th scope="row">${escape(n)}</th>${models.map((m) => `<td>${cell(m, n)}</td>`).join("")}</tr>`).join("");
 }
 
 function iou(rows) {
-  if (!rows || !rows.length) { $("iou").hidden = true; return; }
+  if (!rows || !rows.length) { $("iou").hidden = $("iou-box").hidden = true; return; }
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.iou)))];
   const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
   const from = job.result.label_read_as;
-  $("iou").innerHTML = `<caption>IoU against the label, ${from === "its CLASS_NAMES" ? "classes named by its CLASS_NAMES" :
-    `read as ${from}'s classes`}</caption><tr><th scope="col">IoU</th>${rows.map((r) => `<th scope="col">${r.model}</th>`).join("")}</tr>` +
+  $("iou").innerHTML = `<caption id="iou-caption">IoU against the label, ${from === "its CLASS_NAMES" ? "classes named by its CLASS_NAMES" :
+    `read as ${escape(from)}'s classes`}</caption><tr><th scope="col">IoU</th>${rows.map((r) => `<th scope="col">${escape(r.model)}</th>`).join("")}</tr>` +
     names.map((n) => `<tr><th scope="row">${escape(n)}</th>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
     `<tr class="mean"><th scope="row">mean IoU</th>${rows.map((r) => `<td>${fmt(r.mean_iou)}</td>`).join("")}</tr>`;
-  $("iou").hidden = false;
+  $("iou").hidden = $("iou-box").hidden = false;
 }
 
 form.addEventListener("invalid", () => say(""), true); // the browser says what is wrong with a field: not "Pick…" too
