@@ -36,6 +36,28 @@ class RasterReadError(InputError, OSError):
     """A path is missing or is not a raster GDAL can read."""
 
 
+class WorkerReadError(RasterReadError):
+    """A Dask worker could not open a raster that it was to read a chunk of: one that joined after the run checked
+    every worker's files and cannot see it, or a file moved meanwhile. Built from (path, worker, reason), so that it
+    crosses from the worker as itself."""
+
+    def __init__(self, path: str, worker: str, reason: str) -> None:
+        super().__init__(path, worker, reason)
+        self.path, self.worker, self.reason = path, worker, reason
+
+    def __str__(self) -> str:
+        return (f"{self.path}: Dask worker {self.worker} cannot read this file ({self.reason}): if it joined after the "
+                "run checked its workers' files, put the raster on a path every worker can read (a shared disk); if "
+                "the file was moved, deleted or replaced during the run, put it back. Then run again, or run without "
+                "--scheduler.")
+
+    def unseen(self) -> str:
+        """The message where this machine still reads the file: the worker does not see it."""
+        return (f"{self.path}: Dask worker {self.worker} cannot read this file ({self.reason}), which this machine "
+                "reads: a worker that joined after the run checked every worker's files? Put the raster on a path "
+                "every worker can read (a shared disk), or run without --scheduler.")
+
+
 class BandError(InputError):
     """The bands of a raster do not fit what the model or the user asked for."""
 

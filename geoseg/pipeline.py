@@ -21,7 +21,7 @@ import rasterio
 from dask.callbacks import Callback
 
 from geoseg.errors import (BandError, CardError, ClusterError, GeosegError, InputError, ModelError, OutputError,
-                           TilingError)
+                           RasterReadError, TilingError, WorkerReadError)
 from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
@@ -473,11 +473,20 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
         known.clear()
         known.update({address: info.get("memory_limit") for address, info in workers.items()})
         checked[0] = time.monotonic()
-        if workers:
+        # workers paused by their memory (dask pauses one at 80% of its limit; the model's memory stays with the
+        # process after a run): the next run on them waited for ever without a word (h142)
+        paused = [address for address, info in workers.items() if info.get("status") == "paused"]
+        if workers and len(paused) < len(workers):
             idle_since.clear()
         elif not idle_since:
             idle_since.append(time.monotonic())
         elif time.monotonic() - idle_since[0] > WORKER_WAIT_S:
+            if workers:
+                raise ClusterError(
+                    f"{source}: every Dask worker has been paused for {WORKER_WAIT_S} s while it was segmented: "
+                    f"{_paused_text(workers)}. Dask pauses a worker whose memory is over "
+                    f"{_memory_fraction('pause'):.0%} of its limit, and the model's memory stays with it: restart "
+                    "them with a higher --memory-limit, or pass a smaller --chunk.")
             raise ClusterError(f"{source}: the Dask cluster has had no workers for {WORKER_WAIT_S} s while it was "
                                "segmented (stopped, or lost). Start workers (dask worker ADDRESS) and run again, or "
                                "run with --workers N instead of --scheduler.")
@@ -513,6 +522,10 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
                     submit(following)
             if time.monotonic() - checked[0] > STEP_S:  # a worker lost while the others go on is said too
                 check_workers()
+    except WorkerReadError as exc:  # still read here: the worker does not see it (one that joined mid-run)
+        if _files_here([exc.path])[0] is not None:
+            raise RasterReadError(exc.unseen()) from None
+        raise
     except GeosegError:
         raise
     except Exception as exc:  # the cluster's own failures were tracebacks that stopped the batch
@@ -946,6 +959,8 @@ def segment(
         )
         if client is not None:
             _check_workers_see(client, info.path, _model_files(str(model_path)))
+            grid = work or info
+            _check_worker_memory(client, info.path, (grid.height, grid.width), plan, card)
         run = uuid.uuid4().hex  # the chunks' model calls are this run's: an interrupt cancels those not yet made
         result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
                               run=run,
@@ -1480,6 +1495,110 @@ def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> No
                 f"{given}: Dask worker(s) see another file at this path ({sizes}; here {mine[0]:,} bytes): a copy of "
                 f"another version on their machines? Give every worker the same {'model' if i else 'raster'} (a "
                 "shared disk), or run without --scheduler.")
+
+
+# A Dask worker's peak RSS (one thread, the default model in float32), by the pixels of the largest block it runs
+# (chunk plus a margin each side): `geoseg segment --scheduler` of a 2600² RGB mosaic (256² for the smallest) on a
+# 2-core AMD EPYC with AVX-512 BF16, VmHWM of a fresh `dask worker --nthreads 1 --no-nanny` (h142): chunk 64 (640²
+# blocks) 1.13 GB, 128 the same, 512 (1088²) 1.43 GB, 1024 (1600²) 2.19 GB, 2048 (2624²) 3.33 GB; a whole run in one
+# process peaked at 3.55 GB at 2048 (README's Performance), and other CPUs and builds differ: the estimate is 10% up. Past the last
+# point it grows by the mean slope (339 B/px), not the last one's (264).
+WORKER_PEAK = {"landcover-unet": ((409_600, 1.133e9), (1_183_744, 1.432e9), (2_560_000, 2.189e9),
+                                  (6_885_376, 3.330e9))}
+WORKER_PEAK_MARGIN = 1.1  # other CPUs, other TensorFlow builds
+WORKER_FLOOR = {"landcover-unet": 1.05e9}  # below this no chunk fits: TensorFlow and the model alone, 7% under 1.13
+
+
+def _memory_fraction(kind: str) -> float:
+    """Dask's `distributed.worker.memory.{kind}` (pause 0.8, terminate 0.95), as this process's configuration says."""
+    import dask
+
+    default = {"pause": 0.8, "terminate": 0.95}[kind]
+    value = dask.config.get(f"distributed.worker.memory.{kind}", default)
+    return float(value) if value else 1.0
+
+
+def _paused_text(workers: dict) -> str:
+    """'ADDRESS (memory 2.2 GB of its 2.5 GB limit), ...' of the paused ones of the scheduler's `workers`."""
+    said = []
+    for address, info in workers.items():
+        if info.get("status") == "paused":
+            memory, limit = (info.get("metrics") or {}).get("memory"), info.get("memory_limit")
+            said.append(f"{address} (memory {memory / 1e9:.1f} GB of its {limit / 1e9:.1f} GB limit)"
+                        if memory and limit else address)
+    return ", ".join(said)
+
+
+def worker_peak(card: ModelCard, block_px: int) -> float | None:
+    """The estimated peak memory (bytes) of a one-thread Dask worker running `card`'s model on blocks of `block_px`
+    pixels, or None for a model not measured."""
+    points = WORKER_PEAK.get(card.name)
+    if points is None:
+        return None
+    xs, ys = zip(*points)
+    if block_px <= xs[-1]:
+        peak = float(np.interp(block_px, xs, ys))
+    else:
+        peak = ys[-1] + (block_px - xs[-1]) * (ys[-1] - ys[0]) / (xs[-1] - xs[0])
+    return peak * WORKER_PEAK_MARGIN
+
+
+def _block_px(shape: tuple[int, int], plan: Plan) -> int:
+    """Pixels of the largest block the model is given at once: a chunk with its margins, or a batch of tiles."""
+    if plan.tile is not None:
+        return plan.tile * plan.tile * plan.batch_size
+    rows, cols = (min(c, n) + 2 * plan.margin for c, n in zip(plan.chunk, shape))
+    return rows * cols
+
+
+def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, card: ModelCard) -> None:
+    """Refuse workers whose memory limit no chunk fits in, and warn of those under what this chunk needs: a 1 GB
+    worker with the default model was killed by its nanny and restarted, chunk after chunk, with only dask's
+    lines about it, until the raster failed (h142)."""
+    workers = client.scheduler_info().get("workers") or {}
+    terminate, pause = _memory_fraction("terminate"), _memory_fraction("pause")
+    if any(info.get("status") == "paused" for info in workers.values()):
+        log.warning("%s: Dask worker(s) %s are paused: their memory is over the %.0f%% of their limit at which dask "
+                    "pauses a worker (the model's memory stays with a worker after a run), and they run no chunk "
+                    "until it falls. Restart them, with a higher --memory-limit, or pass a smaller --chunk.",
+                    path, _paused_text(workers), pause * 100)
+    limits = {address: info.get("memory_limit") for address, info in workers.items() if info.get("memory_limit")}
+    if not limits:
+        return
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731 - decimal, as dask worker --memory-limit reads them
+
+    def need(chunk: int | tuple[int, int], threads: int = 1) -> float | None:
+        sized = Plan(chunk if isinstance(chunk, tuple) else (chunk, chunk), plan.margin, plan.tile, plan.batch_size,
+                     plan.bands)
+        peak = worker_peak(card, _block_px(shape, sized))  # each further thread holds a block read and its result
+        return None if peak is None else peak + (threads - 1) * _block_px(shape, sized) * 32
+
+    threads = client.nthreads()
+    here = need(plan.chunk)
+    floor = WORKER_FLOOR.get(card.name)
+    if floor is not None:
+        small = {a: n for a, n in limits.items() if n * terminate < floor}
+        if small:
+            raise ClusterError(
+                f"{path}: not segmented: Dask worker(s) {', '.join(f'{a} (memory limit {gb(n)})' for a, n in small.items())} "
+                f"cannot run model {card.name} at any chunk: TensorFlow and the model alone take over {gb(floor)}, "
+                f"and dask kills a worker at {terminate:.0%} of its limit. Restart them with more memory (dask worker "
+                f"--memory-limit {-(-here // (pause * 1e9)):.0f}GB for chunk {max(plan.chunk)}), or run without "
+                "--scheduler.")
+    if here is None:
+        return
+    short = {a: n for a, n in limits.items() if n * pause < need(plan.chunk, threads.get(a, 1))}
+    if not short:
+        return
+    smallest = min(short.values())
+    fits = [c for c in (1024, 512, 256) if c < max(plan.chunk) and need(c, max(threads.values())) <= smallest * pause]
+    log.warning("%s: Dask worker(s) %s may run out of memory: model %s at chunk %d peaks near %s a worker, and dask "
+                "pauses a worker at %.0f%% of its memory limit (it then runs nothing more) and kills it at %.0f%%. %s"
+                "give the workers more memory (dask worker --memory-limit %.0fGB).", path,
+                ", ".join(f"{a} (memory limit {gb(n)})" for a, n in short.items()), card.name, max(plan.chunk),
+                gb(here), pause * 100, terminate * 100,
+                f"Pass --chunk {fits[0]} (near {gb(need(fits[0]))}), or " if fits else "Pass a smaller --chunk, or ",
+                -(-here // (pause * 1e9)))
 
 
 @contextmanager

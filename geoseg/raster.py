@@ -24,7 +24,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import BandError, InputError, OutputError, RasterReadError, catch_warnings
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, WorkerReadError, catch_warnings
 
 __all__ = [
     "NODATA",
@@ -568,6 +568,20 @@ def valid_pixels(masks: np.ndarray, nodata: Sequence) -> np.ndarray:
     return valid
 
 
+def _dask_worker() -> str | None:
+    """The address of the Dask worker this runs on, or None outside of one."""
+    import sys
+
+    if "distributed" not in sys.modules:  # never imported here: no worker
+        return None
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except Exception:  # noqa: BLE001 - ValueError outside a worker's task
+        return None
+
+
 class WindowSource:
     """``read(rows, cols) -> (block, valid)`` for `geoseg.tiling.windowed_map`: one open, two reads.
 
@@ -595,10 +609,15 @@ class WindowSource:
             try:
                 ds = stack.enter_context(rasterio.open(self.path))
             except RasterioIOError as exc:  # a traceback, and the other inputs of the run were not segmented
+                exc.__cause__ = exc.__context__ = None  # GDAL's error, which a Dask worker cannot send back (it
+                # sent a bare Exception: a traceback, the batch stopped)
+                worker = _dask_worker()
+                if worker is not None:  # a worker that joined mid-run and cannot see the file was told "moved,
+                    # deleted or replaced", and not which worker (h142)
+                    raise WorkerReadError(self.path, worker, first_line(exc).removeprefix(f"{self.path}: ")) from None
                 message = (f"{self.path}: could not be opened again while it was being segmented ({first_line(exc)}): "
                            "was it moved, deleted or replaced during the run? Put it back and run again.")
-                exc.__cause__ = exc.__context__ = None  # GDAL's error, which a Dask worker cannot send back (it
-                raise RasterReadError(message) from None  # sent a bare Exception: a traceback, the batch stopped)
+                raise RasterReadError(message) from None
             where = window
             if self.grid is not None:  # resampled on the fly to the model's pixel size
                 sy, sx = ds.height / self.grid.height, ds.width / self.grid.width  # errors name the input's pixels

@@ -1359,6 +1359,38 @@ def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_r
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_server_that_sends_eight_bytes_and_closes_is_no_scheduler_in_one_line(run, make_raster, tmp_path):
+    """Eight zero bytes, then the connection closed, read as a Dask message of no frames: a 40-line traceback that
+    ended in "struct.error: unpack_from requires a buffer of at least 8 bytes", and no JSON on stdout (h142)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def banner():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(bytes(8))
+            conn.close()
+
+    threading.Thread(target=banner, daemon=True).start()
+    try:
+        result = run("segment", make_raster(shape=(20, 20)), "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
+                     f"tcp://127.0.0.1:{port}", "--json")
+    finally:
+        server.close()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    error = json.loads(result.stdout)["error"]
+    assert f"what answered at tcp://127.0.0.1:{port} is not a Dask scheduler" in error and "\n" not in error, error
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_slow_resolver_is_held_to_the_scheduler_connection_s_limit(run, make_raster, tmp_path, monkeypatch):
     """The host-name lookup ran before the CONNECT_S limit began: a slow resolver held the command past it (h138)."""
     import importlib

@@ -2168,3 +2168,110 @@ def test_a_survey_on_a_cluster_without_workers_waits_the_whole_time_once(make_ra
         result = survey(rasters, tmp_path / "survey", model="threshold", preview=False, client=client)
         assert len(result.failed) == 3 and 3 < time.monotonic() - started < 5.5
         assert not getattr(client, "_geoseg_found_empty", False)
+
+
+def test_a_worker_that_cannot_open_the_raster_mid_run_is_named(make_raster, tmp_path, monkeypatch):
+    """A worker that joined after the run checked every worker's files, and could not see the raster, failed it as
+    "could not be opened again ... moved, deleted or replaced during the run?", naming no worker (h142). A worker's
+    blindness is made in process (a worker runs chunks off the main thread): no second file system is to hand."""
+    import pickle
+    import threading
+
+    import geoseg.raster as raster
+    from distributed import Client, LocalCluster
+    from rasterio.errors import RasterioIOError
+
+    from geoseg.errors import WorkerReadError
+
+    opened = raster.rasterio.open
+
+    def blind(path, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            raise RasterioIOError(f"{path}: No such file or directory")
+        return opened(path, *args, **kwargs)
+
+    image = make_raster()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setattr(raster.rasterio, "open", blind)
+        worker = next(iter(client.scheduler_info()["workers"]))
+        with pytest.raises(RasterReadError, match=rf"image.tif: Dask worker {re.escape(worker)} cannot read this file "
+                                                  r"\(No such file or directory\), which this machine reads: a worker "
+                                                  r"that joined after the run"):
+            segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
+    assert not (tmp_path / "out").exists()
+    # gone from this machine too: moved or deleted meanwhile, and the worker still named; it crosses as itself
+    gone = WorkerReadError(str(tmp_path / "gone.tif"), "tcp://10.0.0.7:40000", "No such file or directory")
+    assert pickle.loads(pickle.dumps(gone)).worker == "tcp://10.0.0.7:40000"
+    assert "Dask worker tcp://10.0.0.7:40000 cannot read this file" in str(gone) and "put it back" in str(gone)
+
+
+def test_workers_without_the_memory_the_model_needs_are_named_before_the_run(make_raster, tmp_path, caplog):
+    """A 1 GB worker with the default model was killed by its nanny and restarted, chunk after chunk, with only
+    dask's own lines, and a 2.5 GB one at chunk 2048 likewise or paused for good (h142). Measured peaks: chunk 512
+    1.43 GB, 1024 2.19 GB, 2048 3.33 GB a worker."""
+    from distributed import Client, LocalCluster
+
+    import geoseg.pipeline as pipeline
+    from geoseg.errors import ClusterError
+    from geoseg.models import DEFAULT_MODEL
+
+    card = pipeline.get_segmenter(pipeline.resolve_model(DEFAULT_MODEL)).card
+    plan = lambda chunk: pipeline.Plan((chunk, chunk), card.margin, None, 8, (1, 2, 3))  # noqa: E731
+    peaks = {c: pipeline.worker_peak(card, pipeline._block_px((8192, 8192), plan(c))) for c in (512, 1024, 2048)}
+    assert 1.43e9 < peaks[512] < 1.7e9 and 2.19e9 < peaks[1024] < 2.6e9 and 3.33e9 < peaks[2048] < 3.9e9, peaks
+    assert pipeline.worker_peak(card, 10**8) > pipeline.worker_peak(card, 6_885_376)  # past the last measure
+    assert pipeline.worker_peak(pipeline.get_segmenter("builtin:threshold").card, 10**6) is None
+    image = make_raster(shape=(64, 64))
+    for limit, chunk, expect in (("1GB", None, "refused"), ("2.5GB", 2048, "warned"), ("6GB", 2048, "fine")):
+        caplog.clear()
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                          memory_limit=limit) as cluster, Client(cluster) as client:
+            worker = next(iter(client.scheduler_info()["workers"]))
+            shape = (8192, 8192) if chunk else (64, 64)
+            if expect == "refused":
+                with pytest.raises(ClusterError, match=rf"Dask worker\(s\) {re.escape(worker)} \(memory limit 1.0 GB\) "
+                                                       r"cannot run model landcover-unet at any chunk.*--memory-limit"):
+                    segment(image, tmp_path / "out", client=client, preview=False)
+                assert not (tmp_path / "out").exists()
+                continue
+            pipeline._check_worker_memory(client, "big.tif", shape, plan(chunk), card)
+            said = [r.getMessage() for r in caplog.records if "may run out of memory" in r.getMessage()]
+            if expect == "fine":
+                assert not said, said
+            else:
+                assert len(said) == 1 and f"{worker} (memory limit 2.5 GB)" in said[0], said
+                assert "at chunk 2048 peaks near 3.7 GB" in said[0] and "Pass --chunk 512" in said[0], said[0]
+                assert "dask worker --memory-limit 5GB" in said[0], said[0]
+
+
+def test_a_run_on_workers_all_paused_by_their_memory_fails_not_waits_forever(make_raster, tmp_path, monkeypatch,
+                                                                               caplog):
+    """A worker paused by dask at 80% of its memory limit (the model's memory stays with it after a run) ran no chunk
+    of the next run, which waited for ever without a word (h142)."""
+    import time
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster
+
+    from geoseg.errors import ClusterError
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    monkeypatch.setattr(pipeline, "STEP_S", 0.2)
+    # paused by hand: the monitor, which would resume it (this process is under its limit), is off
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        from distributed.core import Status
+
+        for worker in cluster.workers.values():
+            worker.memory_manager.memory_pause_fraction = False
+            worker.status = Status.paused
+        deadline = time.monotonic() + 10
+        while (next(iter(client.scheduler_info()["workers"].values())).get("status") != "paused"
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        with pytest.raises(ClusterError, match=r"every Dask worker has been paused for 1 s while it was segmented: "
+                                               r"\S+.*Dask pauses a worker whose memory is over 80% of its limit"):
+            segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
+    assert "are paused: their memory is over the 80%" in caplog.text
+    assert not (tmp_path / "out").exists()

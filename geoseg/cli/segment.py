@@ -374,6 +374,8 @@ def _connect(address: str):
 
     from distributed import Client
 
+    from geoseg.raster import first_line
+
     try:  # an address without a port is left to distributed, whose "missing port number" says what is wrong
         parts = urlsplit(address if "://" in address else f"tcp://{address}")
         host = parts.hostname if parts.port is not None else None
@@ -415,6 +417,18 @@ def _connect(address: str):
             f"--scheduler: what answered at {address} is not a Dask scheduler (its first bytes were no Dask "
             "message). Check the address (tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler "
             "out to run here.") from None
+    if isinstance(error, Exception) and not isinstance(error, click.ClickException):
+        import struct
+
+        # a server that sends 8 bytes and closes: 8 zero bytes read as a message of no frames, and struct.error
+        # ("unpack_from requires a buffer of at least 8 bytes") was a 40-line traceback
+        said = f"{type(error).__name__}: {first_line(error)}"
+        raise click.ClickException(
+            (f"--scheduler: what answered at {address} is not a Dask scheduler (its first bytes were no Dask message: "
+             f"{said})" if isinstance(error, struct.error) else
+             f"--scheduler: could not connect to a Dask scheduler at {address} ({said})")
+            + ". Check the address (tcp://HOST:8786) and that `dask scheduler` runs there; leave --scheduler out to "
+            "run here.") from None
     if error is not None:
         raise error
     return made["client"]
