@@ -1405,3 +1405,69 @@ def test_a_slow_resolver_is_held_to_the_scheduler_connection_s_limit(run, make_r
                  "tcp://slow.example:8786")
     assert result.exit_code == 1 and "answered as a Dask scheduler within 1 s" in result.output, result.output
     assert time.monotonic() - started < 10
+
+
+def test_models_check_blames_a_damaged_image_not_the_model(run, make_raster, model_dir, tmp_path):
+    """An image larger than --window whose centre is cut off (a truncated download) was reported as the model
+    failing: "FAILED ... fails on the image's 32 px chunks (RasterioIOError: Read failed...); check 'multiple_of'
+    and 'tile_size' in the card", exit 1 (h145). It is the image's fault: a warning that names it, as for a
+    damaged image that fits in the window."""
+    whole = make_raster(name="whole.tif", shape=(256, 256), tiled=True, blockxsize=64, blockysize=64)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    result = run("models", "check", model_dir / "tiny-fcn.keras", "--image", cut, "--window", "128", "--chunk", "32",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)["models"][0]
+    assert checked["ok"] and checked["seam_agreement"] is None
+    assert "multiple_of" not in result.output and "RasterioIOError" not in result.output
+    assert any("seam check not run" in w and "cut.tif" in w and "truncated or damaged" in w
+               for w in checked["warnings"]), checked
+
+
+@pytest.mark.parametrize("what", ["no layer", "raster", "empty"])
+def test_a_layer_that_is_no_layer_is_named_as_such(run, make_raster, tmp_path, what):
+    """A GeoPackage saved without layers (or with all of them deleted) and a raster given as --zones, --aoi or
+    vector --labels were "not recognized as being in a supported file format ... specify the correct driver
+    explicitly by prefixing the file path with '<DRIVER>:'", which sent users after GDAL's drivers (h145)."""
+    import sqlite3
+
+    import geopandas as gpd
+    import shapely
+
+    image = make_raster(shape=(40, 40))
+    layer = tmp_path / "zones.gpkg"
+    if what == "no layer":  # a GeoPackage whose only layer was deleted (ogrinfo -sql "DROP TABLE gone")
+        gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:32640").to_file(layer, layer="gone")
+        con = sqlite3.connect(layer)
+        for (trigger,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            con.execute(f'DROP TRIGGER "{trigger}"')
+        for statement in ("DROP TABLE gone", "DELETE FROM gpkg_contents", "DELETE FROM gpkg_geometry_columns"):
+            con.execute(statement)
+        con.commit()
+        con.close()
+        expected = "holds no vector layer"
+    elif what == "raster":
+        layer = make_raster(name="zones.tif", shape=(10, 10))
+        expected = "it is a raster, not a vector layer"
+    else:
+        layer.write_bytes(b"")
+        expected = "the file is empty (0 bytes)"
+    for args in (["scene", image, "-o", tmp_path / "s", "-m", "threshold", "--zones", layer],
+                 ["flood", image, "-o", tmp_path / "f", "-m", "threshold", "--aoi", layer],
+                 ["evaluate", "-m", "threshold", "--images", image, "--labels", layer, "--label-format", "vector"]):
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert expected in result.output and "<DRIVER>" not in result.output, result.output
+
+
+def test_train_refuses_a_config_of_one_class(run, tmp_path):
+    """One [[classes]] entry loaded the data and built the network, then failed as a legacy sigmoid model whose
+    card "lists 1 class(es)" ("end the model with a sigmoid"), and left NAME.checkpoints/run.json (h145)."""
+    config = tmp_path / "one.toml"
+    config.write_text('name = "one"\noutput = "runs"\n[data]\nimages = ["img/*.tif"]\nlabels = "{stem}.tif"\n'
+                      '[[classes]]\nname = "water"\n')
+    result = run("train", "--config", config)
+    assert result.exit_code == 1
+    assert "one class (water)" in result.output and "[[classes]]" in result.output and "sigmoid" not in result.output
+    assert not (tmp_path / "runs").exists()

@@ -44,7 +44,7 @@ def _central_window(image: str, side: int, folder: Path) -> str:
 
     import numpy as np
 
-    from geoseg.raster import read_bands
+    from geoseg.raster import read_bands, reading_pixels
 
     with rasterio.open(image) as ds:
         if ds.width <= side and ds.height <= side:
@@ -57,10 +57,16 @@ def _central_window(image: str, side: int, folder: Path) -> str:
         for key in ("blockxsize", "blockysize", "compress", "photometric", "interleave"):
             profile.pop(key, None)
         path = folder / "window.tif"  # written as a GeoTIFF whatever the input's format
+        # a damaged image is the image's fault, not the model's: a RasterioIOError from here was reported as the
+        # model failing on its chunks ("check 'multiple_of' and 'tile_size' in the card"), exit 1 (h145)
+        with reading_pixels(image, window):
+            data = read_bands(ds, range(1, ds.count + 1), window=window)
+            masked = ds.nodata is None and rasterio.enums.MaskFlags.per_dataset in ds.mask_flag_enums[0]
+            mask = ds.read_masks(1, window=window) if masked else None
         with rasterio.open(path, "w", **profile) as out:
-            out.write(read_bands(ds, range(1, ds.count + 1), window=window))
-            if ds.nodata is None and rasterio.enums.MaskFlags.per_dataset in ds.mask_flag_enums[0]:
-                out.write_mask(ds.read_masks(1, window=window))
+            out.write(data)
+            if mask is not None:
+                out.write_mask(mask)
     return str(path)
 
 

@@ -475,6 +475,30 @@ def vector_source(path: str | os.PathLike) -> tuple[str, str | None]:
     return text, layer
 
 
+def layer_failure(path: str | os.PathLike, exc: Exception) -> str:
+    """Why GDAL could not open `path` as a vector layer, in the user's terms: its own message said of a GeoPackage
+    without layers (one saved empty, or all its layers deleted) and of a raster "not recognized as being in a
+    supported file format ... specify the correct driver", which sent users after drivers (h145)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        head = None
+    if head == b"":
+        return "the file is empty (0 bytes): export the layer again"
+    try:
+        from geoseg.raster import open_quietly
+
+        with open_quietly(path):
+            return "it is a raster, not a vector layer: give polygons (GeoPackage, shapefile, GeoJSON, ...)"
+    except Exception:  # noqa: BLE001 - not a raster either: say why it is not a layer
+        pass
+    if head is not None and head.startswith(b"SQLite format 3"):
+        return ("a GeoPackage (or SQLite file) that holds no vector layer: save the polygons into it "
+                "(`ogrinfo FILE` lists its layers)")
+    return (str(exc).strip().splitlines() or [str(exc)])[0]
+
+
 def read_vector_labels(path: str | os.PathLike, field: str | None = None):
     """The label layer of a vector file (a GeoDataFrame): the one named after '|layername=', or the file's
     only layer. A file of several layers needs one named: the first was read silently (pyogrio warned);
@@ -486,8 +510,7 @@ def read_vector_labels(path: str | os.PathLike, field: str | None = None):
     try:
         layers = [name for name, kind in pyogrio.list_layers(file) if kind is not None]
     except Exception as exc:  # noqa: BLE001 - pyogrio's DataSourceError and friends
-        raise InputError(f"{file}: cannot read these vector labels ({(str(exc).strip().splitlines() or [exc])[0]})."
-                         ) from None
+        raise InputError(f"{file}: cannot read these vector labels ({layer_failure(file, exc)}).") from None
     if layer is not None and layer not in layers:
         raise InputError(f"{file} has no layer {layer!r}; its layers: {', '.join(layers) or 'none'}.")
     if layer is None and len(layers) > 1:

@@ -888,6 +888,11 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     if config.name in builtin_names():  # the bundle was then skipped by `geoseg models` as a clash, after training
         raise InputError(f"{config.source}: name {config.name!r} is a built-in baseline's, so `geoseg models` would "
                          "skip the bundle as a clash. Pick another name (name = ... or --name).")
+    if len(config.classes) == 1:  # trained a 1-channel model, refused only after the data was loaded and the network
+        # built, as a legacy sigmoid whose card "lists 1 class(es)", leaving NAME.checkpoints/run.json behind (h145)
+        raise InputError(f"{config.source}: one class ({config.classes[0]['name']}); a model tells two or more apart. "
+                         "Add a [[classes]] entry for the rest of the ground (e.g. \"background\"), in the order of "
+                         "the labels' ids.")
     work = checkpoint_folder(config)
     out = work.parent
     # before any checkpoint is discarded or data read: a second run removed the first one's NAME.checkpoints (in

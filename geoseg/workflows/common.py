@@ -104,7 +104,9 @@ def read_layer(path: str | os.PathLike, *, what: str):
     except InputError:
         raise
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
-        raise InputError(f"{path}: cannot read this {what} layer ({exc}).") from None
+        from geoseg.models.labels import layer_failure
+
+        raise InputError(f"{path}: cannot read this {what} layer ({layer_failure(path, exc)}).") from None
     if len(frame) == 0:
         raise InputError(f"{path}: the {what} layer has no features.")
     empty = (frame.geometry.isna() | frame.geometry.is_empty).to_numpy()
