@@ -1713,4 +1713,5 @@ def _describe_percent(ds, card: ModelCard, name: str) -> None:
             from rasterio.enums import ColorInterp
 
             ds.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (ds.count - 1)
+    ds.units = ("%",) * ds.count  # the band's unit, which QGIS and gdalinfo show; the tag alone was geoseg's (h144)
     ds.update_tags(UNITS="percent", NODATA_MEANS="no input data")

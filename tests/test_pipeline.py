@@ -107,6 +107,9 @@ def test_output_keeps_georeferencing_and_describes_classes(make_raster, tiny_fcn
     with rasterio.open(result.outputs["probabilities"]) as ds:
         proba = ds.read()
         assert ds.colorinterp[0] == ColorInterp.gray  # 3 byte bands: GDAL's RGB, which QGIS showed as a colour image
+        assert ds.units == ("%", "%", "%")  # the band unit QGIS shows; the UNITS tag alone was geoseg's (h144)
+    with rasterio.open(result.outputs["confidence"]) as ds:
+        assert ds.units == ("%",)
     assert proba.shape[0] == 3
     assert np.abs(proba.astype(int).sum(0) - 100).max() <= 2  # percent, rounding
     confidence = _read(result.outputs["confidence"])
