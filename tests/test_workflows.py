@@ -2647,3 +2647,22 @@ def test_every_result_class_is_importable_from_geoseg_for_annotations():
     assert (geoseg.SceneResult, geoseg.FloodResult, geoseg.SurveyResult, geoseg.VectorResult, geoseg.Evaluation) == (
         SceneResult, FloodResult, SurveyResult, VectorResult, Evaluation)
     assert {"SceneResult", "FloodResult", "SurveyResult", "VectorResult", "Evaluation"} <= set(geoseg.__all__)
+
+
+def test_scene_zone_field_of_integers_with_a_null(make_raster, tmp_path):
+    """An integer zone field (district codes) with one NULL was read as floats: the rows were named '1.0' and
+    '4.0', not the layer's 1 and 4, and STEM_zones.gpkg had the field as Real (h151)."""
+    import pandas as pd
+    import pyogrio
+
+    path = make_raster(shape=(40, 60))  # 0.5 m pixels from (500000, 2800000), EPSG:32640
+    x0, y0 = 500000.0, 2800000.0
+    gpd.GeoDataFrame({"code": pd.array([1, None, 4], dtype="Int32")}, crs="EPSG:32640", geometry=[
+        shapely.box(x0 + 10 * i, y0 - 20, x0 + 10 * (i + 1), y0) for i in range(3)]).to_file(tmp_path / "z.gpkg")
+    assert pyogrio.read_info(tmp_path / "z.gpkg")["dtypes"][0] == "int32"
+    result = scene(path, tmp_path / "out", zones=tmp_path / "z.gpkg", zone_field="code", model="threshold")
+    assert [z["zone"] for z in result.zones] == ["1", None, "4"]
+    assert (tmp_path / "out" / "image_zones.csv").read_text().splitlines()[1].startswith("1,")
+    info = pyogrio.read_info(result.outputs["zones"])
+    assert dict(zip(info["fields"], info["dtypes"]))["code"] == "int32"
+    assert gpd.read_file(result.outputs["zones"])["code"].isna().tolist() == [False, True, False]

@@ -101,6 +101,7 @@ def read_layer(path: str | os.PathLike, *, what: str):
             raise InputError(f"{path} holds {len(layers)} layers ({', '.join(layers)}); name the {what} layer, "
                              f"e.g. '{path}|layername={layers[0]}'.")
         frame = gpd.read_file(path, engine="pyogrio", layer=layer)
+        frame = _integers_kept(frame, pyogrio.read_info(path, layer=layer))
     except InputError:
         raise
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
@@ -121,6 +122,19 @@ def read_layer(path: str | os.PathLike, *, what: str):
     frame = _valid_polygons(frame, path, what)
     if frame.crs is None:
         raise InputError(f"{path}: the {what} layer has no CRS; assign one (e.g. in QGIS) and retry.")
+    return frame
+
+
+def _integers_kept(frame, info: dict):
+    """`frame` with its integer fields that hold a NULL as pandas' nullable integers: pandas reads them as floats,
+    so that a district code field with one empty value named the rows '1.0', '4.0' (not the layer's '1', '4') and
+    the zones layer written back had the field as Real."""
+    import pandas as pd
+
+    for name, dtype in zip(info.get("fields", ()), info.get("dtypes", ())):
+        if (str(dtype).startswith(("int", "uint")) and name in frame.columns
+                and pd.api.types.is_float_dtype(frame[name].dtype)):
+            frame[name] = frame[name].astype("Int64" if str(dtype) in ("int64", "uint32", "uint64") else "Int32")
     return frame
 
 
