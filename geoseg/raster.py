@@ -168,6 +168,7 @@ def subdataset_file(path: str) -> tuple[str, str] | None:
     return None
 
 
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")  # what a survey takes for rasters
 READ_ONLY_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jp2", ".j2k")  # no GDAL update access
 # formats whose nodata and colour tags GDAL does not keep in a .aux.xml under gdal_edit.py -ro (the PNG driver takes
 # them in memory only: exit 0 and nothing written, h126)

@@ -516,6 +516,19 @@ def _extent(transform: Affine, width: int, height: int) -> tuple[float, float, f
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, float, float, float],
+                     metres: bool) -> None:
+    """Refuse a --simplify `tolerance` (in the layer's units) longer than the mask's `extent` is wide and high: it
+    leaves each polygon a few vertices at best, and past about 1e154 its square overflows in GEOS."""
+    sides = (extent[2] - extent[0], extent[3] - extent[1])
+    if tolerance > max(sides):
+        unit = "m" if metres else "px"
+        width, height = (side * simplify / tolerance for side in sides)
+        raise InputError(f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent ({width:,.1f} x "
+                         f"{height:,.1f} {unit}): no polygon would keep its shape. Give a tolerance of a pixel or a "
+                         "few.")
+
+
 def _polygonized(path: str, windows: list, keep: tuple[int, ...] | None, confidence: str | None,
                  transform: Affine, nodata: int | None):
     """`polygonize_block` of each window, in order, in threads (one per core); only the blocks in progress
@@ -561,8 +574,9 @@ def _metres_to_crs_units(crs, metres: float, info: RasterInfo | None = None, tra
     return metres / metres_per_unit(crs)
 
 
-def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool) -> tuple[int, ...] | None:
-    """Class ids to keep from ids or names; with `named` (the mask's CLASS_NAMES) ids must be classes of it."""
+def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool, held=None) -> tuple[int, ...] | None:
+    """Class ids to keep from ids or names; with `named` (the mask's CLASS_NAMES) ids must be classes of it.
+    `held()` gives the ids a mask without names holds, for the message of a name it has not."""
     if keep is None:
         return None
     by_name = {name: i for i, (name, _) in names.items()}
@@ -577,9 +591,37 @@ def _resolve_keep(keep, names: dict[int, tuple[str, Any]], named: bool) -> tuple
             out.append(by_name[item])
         elif not named and (found := re.fullmatch(r"class (\d+)", str(item))):  # the name a foreign mask's polygons
             out.append(int(found[1]))                                             # get (`_present_classes`)
-        else:
+        elif named or held is None:
             raise InputError(f"class {item!r} is not in this mask. Classes: {', '.join(by_name) or 'none named'}.")
+        else:  # "Classes: none named", and not a word of the ids to pass instead (h149)
+            raise InputError(f"class {item!r} is not in this mask, which names no classes (no CLASS_NAMES tag"
+                             f"{'' if by_name else ' or colour table'}): keep classes by their ids. It holds "
+                             f"{_ids_text(held())}.")
     return tuple(out)
+
+
+def _held_ids(path: str, nodata: int) -> list[int]:
+    """The values a mask holds, but `nodata`, read block by block."""
+    from geoseg.raster import class_pixel_counts
+
+    return [i for i in np.flatnonzero(class_pixel_counts(path, 256).sum(axis=0)).tolist() if i != nodata]
+
+
+def _ids_text(ids: list[int]) -> str:
+    return f"classes {', '.join(map(str, ids))}" if ids else "no class (nodata only)"
+
+
+def _warn_of_kept_ids_not_held(path: str, nodata: int, keep_ids: tuple[int, ...], written) -> None:
+    """Warn of ids kept from a mask without names that gave no polygons and that it does not hold: --classes 99
+    wrote an empty layer, exit 0, without a word (h149). A class whose polygons --min-area took is held."""
+    missing = [i for i in keep_ids if i not in written]
+    if not missing:
+        return
+    held = _held_ids(path, nodata)
+    missing = [i for i in missing if i not in held]
+    if missing:
+        log.warning("%s holds no class %s, kept by --classes (keep=): no polygons of it. It holds %s.", path,
+                    ", ".join(map(str, missing)), _ids_text(held))
 
 
 def vectorize(
@@ -714,7 +756,8 @@ def vectorize(
     elif crs is None and info.rpcs:
         log.warning("%s is georeferenced by RPCs only: the polygons are in pixel coordinates. Orthorectify "
                     "the input first (gdalwarp -rpc) for polygons on the map.", info.path)
-    keep_ids = _resolve_keep(keep, names, named=bool(tag_names))  # a foreign mask's ids may lack a colour entry
+    keep_ids = _resolve_keep(keep, names, named=bool(tag_names),  # a foreign mask's ids may lack a colour entry
+                             held=lambda: _held_ids(info.path, NODATA if nodata is None else nodata))
     if to_crs is not None:  # before any block is polygonised (pyproj's CRSError was a traceback)
         from pyproj import CRS
         from pyproj.exceptions import CRSError
@@ -729,6 +772,8 @@ def vectorize(
     conf_path = None if confidence is None else _check_confidence(inspect_raster(confidence), info)
     windows = list(_block_windows(info.width, info.height, block))
     extent = _extent(transform, info.width, info.height)
+    if simplify > 0:  # 1e300 overflowed in shapely (a bare RuntimeWarning) and left the polygons unsimplified (h149)
+        _check_tolerance(simplify, _metres_to_crs_units(crs, simplify, info, transform), extent, crs is not None)
     nodata_seen = False
 
     # each id's class name, made once for every batch (a foreign mask's unnamed ids are "class N", as
@@ -855,6 +900,9 @@ def vectorize(
         _write_layer(frame, out_path, driver)
         polygons = len(frame)
         counts = {str(k): int(v) for k, v in frame["class_name"].value_counts().items()}
+        present = set(frame["class_id"].tolist())
+    if keep_ids is not None and not tag_names:
+        _warn_of_kept_ids_not_held(info.path, NODATA if nodata is None else nodata, keep_ids, present)
     if sum(across):
         log.warning("%s: %d polygon(s) cross the antimeridian (180 degrees), which %s does not split: they span the "
                     "globe there. Vectorise without --to-crs (or into a CRS centred on the line, such as its UTM zone) "

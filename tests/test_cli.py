@@ -1471,3 +1471,125 @@ def test_train_refuses_a_config_of_one_class(run, tmp_path):
     assert result.exit_code == 1
     assert "one class (water)" in result.output and "[[classes]]" in result.output and "sigmoid" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("signal_exception, status, said", [(KeyboardInterrupt, 130, "Interrupted"),
+                                                            (SystemExit(143), 143, "Terminated (SIGTERM)")])
+def test_a_run_with_json_that_a_signal_ends_still_prints_one_object(run, make_raster, tmp_path, monkeypatch,
+                                                                     signal_exception, status, said):
+    """`segment BIG.tif --json | jq` after Ctrl-C or a scheduler's SIGTERM got an empty stdout, which jq cannot parse,
+    while a failed run (exit 1) prints its error as the object (h149)."""
+    import geoseg.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise signal_exception
+
+    monkeypatch.setattr(geoseg.pipeline, "segment", interrupted)
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--json")
+    assert result.exit_code == status and json.loads(result.stdout) == {"error": said, "exit_code": status}
+    plain = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold")
+    assert plain.exit_code == status and plain.stdout == ""  # without --json, stdout stays empty
+
+
+def test_serve_stopped_by_sigterm_speaks_of_no_outputs_of_a_run(tmp_path, monkeypatch):
+    """SIGTERM to `geoseg serve` said "outputs of this run that were not complete are removed", words for a
+    segment or survey, which write outputs; a server writes none (h149)."""
+    import socket
+
+    import geoseg.web
+
+    class Jobs:
+        root = tmp_path / "server"
+
+        def stop(self):
+            return 0
+
+    class App:
+        extensions = {"geoseg_jobs": Jobs()}
+
+        def run(self, **kwargs):
+            raise SystemExit(143)  # what SIGTERM's handler raises inside werkzeug's loop
+
+    monkeypatch.setattr(geoseg.web, "create_app", lambda config: App())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    result = CliRunner().invoke(main, ["serve", "--port", port])
+    assert result.exit_code == 143 and "Terminated (SIGTERM)" in result.stderr, result.output
+    assert "outputs of this run" not in result.stderr
+
+
+def test_a_model_that_is_empty_a_folder_or_a_raster_is_named_as_such(run, make_raster, tmp_path):
+    """`models show ''` said "`.` is a folder; -m (model=) takes ..."; a folder dir.keras was "model file dir.keras
+    not found"; -m of a raster was "no model named 'small.tif'", as if a model of that name were missing (h149)."""
+    empty = run("models", "show", "")
+    assert empty.exit_code == 1 and "empty" in empty.output and ". is a folder" not in empty.output, empty.output
+    folder = tmp_path / "dir.keras"
+    folder.mkdir()
+    shown = run("models", "show", folder)
+    assert shown.exit_code == 1 and f"{folder} is a folder, not a model file" in shown.output, shown.output
+    raster = make_raster(name="small.tif")
+    for args in (["models", "show", raster], ["segment", raster, "-o", tmp_path / "out", "-m", raster]):
+        result = run(*args)
+        assert result.exit_code == 1 and f"{raster} is a raster, not a model" in result.output, result.output
+        assert "no model named" not in result.output
+
+
+def test_survey_into_its_input_folder_says_to_pick_another_output_folder(run, make_raster, tmp_path):
+    """`survey sv_in -o sv_in` said only "no rasters found in sv_in outside the output folder sv_in" (h149)."""
+    folder = tmp_path / "sv_in"
+    folder.mkdir()
+    make_raster(name="sv_in/a.tif")
+    result = run("survey", folder, "-o", folder, "-m", "threshold")
+    assert result.exit_code == 1 and "or pick another output folder (-o)" in result.output, result.output
+
+
+def _unnamed_mask(tmp_path) -> Path:
+    """A mask from elsewhere: classes 0, 1 and 2, no CLASS_NAMES tag and no colour table."""
+    data = np.zeros((1, 30, 40), np.uint8)
+    data[0, 5:15, 5:20], data[0, 20:28, 25:35] = 1, 2
+    path = tmp_path / "foreign.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8", crs="EPSG:32640",
+                       transform=rasterio.transform.from_origin(500000, 2800000, 0.5, 0.5)) as ds:
+        ds.write(data)
+    return path
+
+
+def test_vectorize_classes_of_a_mask_without_names_say_which_ids_it_holds(run, tmp_path, caplog):
+    """On a mask without class names, --classes 99 wrote 0 polygons, exit 0 and no word; --classes nosuch said
+    "Classes: none named", without the ids to pass instead (h149)."""
+    mask = _unnamed_mask(tmp_path)
+    missing = run("vectorize", mask, "-o", tmp_path / "a.gpkg", "--classes", "99")
+    assert missing.exit_code == 0 and "holds no class 99" in caplog.text and "classes 0, 1, 2" in caplog.text
+    caplog.clear()
+    named = run("vectorize", mask, "-o", tmp_path / "b.gpkg", "--classes", "nosuch")
+    assert named.exit_code == 1 and "none named" not in named.output and "0, 1, 2" in named.output, named.output
+    kept = run("vectorize", mask, "-o", tmp_path / "c.gpkg", "--classes", "1")
+    assert kept.exit_code == 0 and "holds no class" not in caplog.text, kept.output
+
+
+@pytest.mark.parametrize("bands", ["1,,2", "1,2,", ""])
+def test_bands_with_a_blank_item_are_refused(run, make_raster, tmp_path, bands):
+    """--bands 1,,2 ran bands (1, 2), the blank dropped without a word (h149)."""
+    result = run("segment", make_raster(), "-o", tmp_path / "out", "-m", "threshold", "--bands", bands)
+    assert result.exit_code == 2 and "such as 1,2,3" in result.output and "empty" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate", "-m", "threshold"],
+                                     ["compare", "--models", "threshold,edges-watershed"]])
+def test_a_bad_ignore_colour_is_a_usage_error_as_a_bad_label_colour_is(run, make_raster, tmp_path, command):
+    """--ignore-colors zz exited 1, as a failed run does, while --label-colors red exits 2 (h149)."""
+    image = make_raster()
+    result = run(*command, "--images", image, "--labels", image, "--label-format", "color", "--ignore-colors", "zz")
+    assert result.exit_code == 2 and "Usage:" in result.output and "'#9B9B9B'" in result.output, result.output
+
+
+def test_vectorize_refuses_a_simplify_tolerance_beyond_the_mask(run, tmp_path):
+    """--simplify 1e300 printed shapely's "RuntimeWarning: overflow encountered in coverage_simplify" and wrote
+    the polygons unsimplified, exit 0 (h149)."""
+    mask = _unnamed_mask(tmp_path)  # 20 x 15 m
+    result = run("vectorize", mask, "-o", tmp_path / "v.gpkg", "--simplify", "1e300")
+    assert result.exit_code == 1 and "RuntimeWarning" not in result.output, result.output
+    assert "more than the mask's extent (20.0 x 15.0 m)" in result.output and not (tmp_path / "v.gpkg").exists()
+    assert run("vectorize", mask, "-o", tmp_path / "v.gpkg", "--simplify", "1").exit_code == 0

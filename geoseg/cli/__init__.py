@@ -156,9 +156,10 @@ class _Group(click.Group):
                 _json_error(ctx, known)
                 raise known from None
         if status in (130, 143):
-            click.echo(f"{'Interrupted' if status == 130 else 'Terminated (SIGTERM)'}: outputs of this run that were "
-                       "not complete are removed (a set that was being moved into place when the signal came is "
-                       "complete).", err=True)
+            said = "Interrupted" if status == 130 else "Terminated (SIGTERM)"
+            # serve and models write no outputs of a run: "outputs ... are removed" told a server's log of none
+            click.echo(f"{said}: " + _SIGNAL_NOTES.get(ctx.invoked_subcommand, _SIGNAL_NOTE), err=True)
+            _json_error(ctx, click.ClickException(said), status)  # `| jq` got an empty stdout
         ctx.exit(status)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
@@ -166,13 +167,19 @@ class _Group(click.Group):
         return super().resolve_command(ctx, args)
 
 
-def _json_error(ctx: click.Context, exc: click.ClickException) -> None:
-    """With --json, the error as the object on stdout (once): it held nothing, and `| jq` failed to parse it."""
+_SIGNAL_NOTE = ("outputs of this run that were not complete are removed (a set that was being moved into place when "
+                "the signal came is complete).")
+_SIGNAL_NOTES = {"serve": "the server stopped; its uploads and results are deleted.", "models": "nothing was written."}
+
+
+def _json_error(ctx: click.Context, exc: click.ClickException, status: int | None = None) -> None:
+    """With --json, the error as the object on stdout (once): it held nothing, and `| jq` failed to parse it.
+    `status` is the exit status where it is not the error's own (130 or 143 after a signal)."""
     if "--json" in ctx.meta.get("geoseg.command_args", ()):
         from geoseg.cli.options import emit_json, json_emitted
 
         if not json_emitted():
-            emit_json({"error": exc.format_message(), "exit_code": exc.exit_code})
+            emit_json({"error": exc.format_message(), "exit_code": exc.exit_code if status is None else status})
 
 
 def _known_failure(exc: Exception) -> click.ClickException | None:

@@ -176,6 +176,19 @@ def _label_set(label_format: str, label_names, label_colors) -> tuple[list[str] 
     return names, colors
 
 
+def _ignore_set(label_format: str, ignore_colors) -> list[str] | None:
+    """--ignore-colors split and checked as a usage error (exit 2), as --label-colors are: 'zz' exited 1 (h149)."""
+    from geoseg.errors import InputError
+    from geoseg.workflows.evaluate import _checked_ignore_colors
+
+    colours = _split(ignore_colors, "--ignore-colors")
+    try:
+        _checked_ignore_colors(label_format, ignore_colors)  # as given: "Received: 'zz'", not ['zz']
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    return colours
+
+
 def _variant(model, precision: str, tta: str):
     """The model reference with the chosen precision and test-time augmentation."""
     from geoseg.models.registry import with_card
@@ -210,6 +223,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
     names, colors = _label_set(label_format, label_names, label_colors)
+    ignore_colors = _ignore_set(label_format, ignore_colors)
     with fail_cleanly():
         _check_writable(markdown, "--markdown")
         image_paths, label_paths = _pairs(images, labels, label_format)
@@ -217,7 +231,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
         with _bar("evaluate", quiet) as progress:  # 63 tiles ran 20 minutes without a word on a terminal
             result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                          label_names=names, label_colors=colors, vector_field=vector_field,
-                         ignore_colors=_split(ignore_colors, "--ignore-colors"), progress=progress,
+                         ignore_colors=ignore_colors, progress=progress,
                          **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
@@ -257,6 +271,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
     only_with("vector_field", "--label-format vector", label_format == "vector")
     only_with("ignore_colors", "--label-format color", label_format == "color")
     names, colors = _label_set(label_format, label_names, label_colors)
+    ignore_colors = _ignore_set(label_format, ignore_colors)
     with fail_cleanly():
         image_paths, label_paths = _pairs(images, labels, label_format)
         refs = [_variant(m, precision, tta) for m in _split(models)]
@@ -270,7 +285,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
             result = run(refs, image_paths, label_paths, output_dir=output_dir, overwrite=overwrite,
                          **({"model_bands": model_bands} if model_bands else {}),
                          label_format=label_format, label_names=names, label_colors=colors, vector_field=vector_field,
-                         **({"ignore_colors": _split(ignore_colors, "--ignore-colors")} if ignore_colors else {}),
+                         **({"ignore_colors": ignore_colors} if ignore_colors else {}),
                          progress=progress, **_segment_options(chunk, sieve, bands, normalize))
         if markdown:  # with the notes, as evaluate's (h109: a comparison's report took capturing stdout)
             write_text(markdown, markdown_table(result["evaluations"], notes=True))

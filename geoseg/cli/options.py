@@ -70,11 +70,15 @@ class BandsType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        items = str(value).split(",")
+        if not all(v.strip() for v in items):  # 1,,2 ran bands (1, 2), the blank dropped without a word
+            self.fail(f"has an empty item; use comma-separated 1-based band indexes such as 1,2,3. Received: "
+                      f"{value!r}", param, ctx)
         try:
-            bands = tuple(int(v) for v in str(value).split(",") if v.strip())
+            bands = tuple(int(v) for v in items)
         except ValueError:
             self.fail(f"use comma-separated 1-based band indexes such as 1,2,3. Received: {value!r}", param, ctx)
-        if not bands or min(bands) < 1:
+        if min(bands) < 1:
             self.fail(f"band indexes start at 1. Received: {value!r}", param, ctx)
         return bands
 

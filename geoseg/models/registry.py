@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from geoseg.errors import ModelError, ModelNotFoundError
-from geoseg.raster import first_line
+from geoseg.raster import RASTER_SUFFIXES, first_line
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
 
@@ -210,6 +210,9 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
     if str(ref).startswith(BUILTIN):
         return str(ref)
     text, _, query = str(ref).partition("?")
+    if not text.strip():  # "" is the working folder: "`.` is a folder" of a name never typed ("$MODEL" unset)
+        raise ModelNotFoundError(f"the model given is empty ({str(ref)!r}; an unset shell variable?). Pass a name "
+                                 "from `geoseg models` or the path of a .keras bundle.")
     path = Path(text)
     if path.suffix.lower() in MODEL_SUFFIXES and path.suffix not in MODEL_SUFFIXES:  # was "no model named ..."
         raise ModelNotFoundError(_upper_case_suffix(path))
@@ -218,6 +221,10 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
             raise ModelNotFoundError(f"model file {path} not found. Pass an existing .h5 or .keras model.")
         return str(path.resolve()) + (f"?{query}" if query else "")
     if path.suffix in (".keras", ".json"):
+        if path.with_suffix(".keras").is_dir():  # was "model file dir.keras not found", of a folder that is there
+            raise ModelNotFoundError(f"{path.with_suffix('.keras')} is a folder, not a model file: a bundle is the "
+                                     "file NAME.keras (a zip archive, as Keras's model.save writes it) beside its "
+                                     "card NAME.json. Pass the bundle's .keras file, or a name from `geoseg models`.")
         if not path.with_suffix(".keras").is_file():
             raise ModelNotFoundError(
                 f"model file {path.with_suffix('.keras')} not found. Pass an existing bundle "
@@ -240,6 +247,9 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
         raise ModelNotFoundError(f"{path} is a folder; -m (model=) takes a model's name or its bundle's .keras. Put "
                                  f"the folder on GEOSEG_MODEL_PATH to make its bundles' names known, or pass "
                                  f"{path / 'NAME.keras'}.")
+    if path.is_file() and path.suffix.lower() in RASTER_SUFFIXES:  # was "no model named 'scene.tif'"
+        raise ModelNotFoundError(f"{path} is a raster, not a model; -m (model=) takes a model's name from "
+                                 "`geoseg models` or the path of its bundle's .keras. Pass the raster as the input.")
     names = ", ".join(e.name for e in entries) or "none"
     broken = [p.message for p in problems if p.path is None]  # a plugin that failed may be the one that has it
     raise ModelNotFoundError(

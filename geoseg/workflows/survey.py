@@ -24,8 +24,8 @@ from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
 from geoseg.files import refuse_folders
 from geoseg.pipeline import (check_options, check_output_path, new_folders_removed_on_error, prepare_output_dir,
                              segment)
-from geoseg.raster import (first_line, is_gdal_path, name_key, pid_alive, raster_stem, remove_dead_temp_dirs,
-                           subdataset_file, unique_stems, written_by_geoseg)
+from geoseg.raster import (RASTER_SUFFIXES, first_line, is_gdal_path, name_key, pid_alive, raster_stem,
+                           remove_dead_temp_dirs, subdataset_file, unique_stems, written_by_geoseg)
 from geoseg.vector import dataset_options, write_qml
 from geoseg.workflows.common import class_card, md_cell, write_csv, write_json, write_text
 
@@ -33,7 +33,6 @@ __all__ = ["RASTER_SUFFIXES", "SurveyResult", "expand_inputs", "survey"]
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
 MANIFEST = "manifest.json"
 
 
@@ -907,11 +906,13 @@ def survey(
     if ours:
         log.info("left out %d raster(s) under the output folder %s", len(ours), out_dir)
         sources = [s for s in sources if s not in ours]
-    if not sources:
+    if not sources:  # rasters only in the output folder: "Pass files, folders or globs" of files passed (h149)
+        fix = ("Pass files, folders or globs outside it, or pick another output folder (-o): rasters under it are "
+               "taken for outputs of the run" if ours else "Pass files, folders or globs")
         raise InputError(f"no rasters found in {', '.join(map(str, inputs))}"
                          + (f" outside the output folder {out_dir}" if ours else "")
                          + (" other than files geoseg wrote (name one on its own to segment it)" if written else "")
-                         + ". Pass files, folders or globs.")
+                         + f". {fix}.")
     card = class_card(model, what="a survey")
     with new_folders_removed_on_error(out_dir):  # Ctrl-C before the first raster left an empty folder
         prepare_output_dir(out_dir, lambda d: {}, overwrite=True)  # a rerun resumes: existing outputs are expected
