@@ -110,6 +110,17 @@ def test_segment_compare_and_download(client, make_raster, tmp_path):
         assert -180 <= lon <= 180 and -90 <= lat <= 90  # it held the upload's UTM metres
     with client.get(job["files"]["m1_mask.tif"]) as mask:  # saved files say which model made them
         assert "passwd_threshold_mask.tif" in mask.headers["Content-Disposition"]
+    with client.get(job["files"]["m1_mask.zip"]) as bundle:  # the GeoTIFF alone opened in QGIS with no class named
+        assert "passwd_threshold_mask.zip" in bundle.headers["Content-Disposition"]
+        archive = zipfile.ZipFile(io.BytesIO(bundle.data))
+        assert sorted(archive.namelist()) == ["passwd_threshold_mask.qml", "passwd_threshold_mask.tif",
+                                              "passwd_threshold_mask.tif.aux.xml"]
+        archive.extractall(tmp_path / "qgis")
+    import xml.etree.ElementTree as ET
+
+    threshold = next(m for m in job["result"]["models"] if m["model"] == "threshold")
+    sidecar = ET.parse(tmp_path / "qgis" / "passwd_threshold_mask.tif.aux.xml").getroot()
+    assert [c.text for c in sidecar.iter("Category")] == [c["name"] for c in threshold["classes"]]
     with client.get("/models/tiny-fcn/download") as bundle:
         assert sorted(zipfile.ZipFile(io.BytesIO(bundle.data)).namelist()) == ["tiny-fcn.json", "tiny-fcn.keras"]
 
@@ -758,7 +769,7 @@ def test_in_a_real_browser(app, make_raster, tmp_path):
             # the focus was lost to <body> when the button it was on was disabled, for the whole job
             assert page.evaluate("document.activeElement.id") == "results-heading"
             # the download links ran together ("mask GeoTIFFGeoPackage...") and pushed the page 66 px past a phone
-            assert page.inner_text("#downloads").startswith("Download: mask GeoTIFF GeoPackage")
+            assert page.inner_text("#downloads").startswith("Download: mask GeoTIFF mask for QGIS (zip) GeoPackage")
             assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
             # the alt text says what the mask shows, not only whose it is
             assert re.fullmatch(r"\S+'s mask: .+ [0-9.]+%", page.get_attribute("#overlay", "alt"))
@@ -1741,7 +1752,7 @@ def test_the_agreement_says_what_it_counts_and_where_it_means_little(app, make_r
         assert "tiny-fcn finds" not in about  # threshold's `other` covers tiny-fcn's classes
         assert about.endswith("not which is right.")
         # under the Comparison heading, read with the thumbnails it is about
-        assert page.evaluate("document.getElementById('agreement').closest('section').querySelector('h2 + p')"
+        assert page.evaluate("document.getElementById('agreement').closest('section').querySelector('h3 + p')"
                              ".contains(document.getElementById('agreement'))")
     with _compared(app, make_raster(shape=(60, 80)), ["threshold"]) as page:  # one model: no figure, no words
         assert page.is_hidden("#agreement-about")

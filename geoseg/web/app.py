@@ -25,7 +25,7 @@ from geoseg.models.card import normalization_from_text, parse_normalization
 from geoseg.models.registry import DEFAULT_MODEL
 from geoseg.raster import owned_temp_dir
 from geoseg.models.segmenter import PRECISIONS, TTA_MODES
-from geoseg.web.jobs import Job, JobManager
+from geoseg.web.jobs import Job, JobManager, download_name
 from geoseg.web.uploads import UploadError, check_driver, check_pixels, check_readable, display_name, sniff
 
 __all__ = ["create_app"]
@@ -208,7 +208,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         path = job.files[name]
         if not path.exists():
             abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
-        download = _download_name(job, name)
+        download = download_name(job, name)
         return _with_ascii_fallback(send_file(path, as_attachment=not name.endswith(".png"), download_name=download),
                                     job, download)
 
@@ -235,19 +235,6 @@ def _missing_job(jobs: JobManager, job_id: str) -> str:
         return (f"job {job_id} has expired: this server deletes uploads and results {jobs.ttl:.0f} s after a job "
                 "ends. Upload the image again.")
     return f"no job {job_id!r} on this server (a restarted server forgets its jobs). Upload the image again."
-
-
-def _download_name(job: Job, name: str) -> str:
-    """`scene_landcover-unet_mask.tif`, not `scene_m0_mask.tif`: saved files say which model made them."""
-    stem = Path(job.name).stem
-    if name == "input":
-        return f"{stem}{job.files[name].suffix}"
-    if name == "label":  # was `scene_label`, without its type
-        return f"{stem}_label{job.files[name].suffix}"
-    key, sep, rest = name.partition("_")
-    if sep and re.fullmatch(r"m[0-9]+", key) and int(key[1:]) < len(job.models):
-        return f"{stem}_{job.models[int(key[1:])]}_{rest}"
-    return f"{stem}_{name}"
 
 
 def _with_ascii_fallback(response, job: Job, full: str):

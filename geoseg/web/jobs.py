@@ -317,6 +317,7 @@ def run_job(job: Job) -> None:
         job.check()  # before the polygons, which may take a while yet
         key = f"m{i}"
         job.files[f"{key}_mask.tif"] = Path(res.outputs["mask"])
+        job.files[f"{key}_mask.zip"] = _mask_for_qgis(job, key, Path(res.outputs["mask"]), out)
         regions = count_regions(res.outputs["mask"])
         if regions > MAX_POLYGONS:  # a 27 KB checkerboard upload cost 2.5 GB and 46 s of polygons; 2000^2 ran out
             job.warnings.append(f"{name}: {regions:,} regions, too many for polygons on this server (at most "
@@ -347,6 +348,23 @@ def run_job(job: Job) -> None:
         job.result["agreement_pct"] = _agreement([(path, card) for _, card, path in classes.values()])
     if job.has_label:
         job.result["iou"] = _label_iou(job, classes)
+
+
+def _mask_for_qgis(job: Job, key: str, mask: Path, out: Path) -> Path:
+    """The mask with its QGIS style and class names (its ``.aux.xml``), named alike in one zip: the GeoTIFF alone
+    opened in QGIS with its palette's 256 entries numbered, no class named (h144)."""
+    import zipfile
+
+    from geoseg.raster import class_sidecar
+
+    stem = download_name(job, f"{key}_mask.tif").removesuffix(".tif")
+    target = out / "mask.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(mask, f"{stem}.tif", compress_type=zipfile.ZIP_STORED)  # deflated inside already
+        for path, suffix in ((mask.with_suffix(".qml"), ".qml"), (class_sidecar(mask), ".tif.aux.xml")):
+            if path.is_file():
+                archive.write(path, stem + suffix)
+    return target
 
 
 def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
@@ -527,3 +545,16 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
                          "iou": {c.name: (None if np.isnan(v) else round(float(v), 4))
                                  for c, v in zip(card.classes, s["iou"])}})
     return rows
+
+
+def download_name(job: Job, name: str) -> str:
+    """`scene_landcover-unet_mask.tif`, not `scene_m0_mask.tif`: saved files say which model made them."""
+    stem = Path(job.name).stem
+    if name == "input":
+        return f"{stem}{job.files[name].suffix}"
+    if name == "label":  # was `scene_label`, without its type
+        return f"{stem}_label{job.files[name].suffix}"
+    key, sep, rest = name.partition("_")
+    if sep and re.fullmatch(r"m[0-9]+", key) and int(key[1:]) < len(job.models):
+        return f"{stem}_{job.models[int(key[1:])]}_{rest}"
+    return f"{stem}_{name}"

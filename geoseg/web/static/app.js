@@ -264,7 +264,7 @@ function view(m) {
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${escape(c.name)} ${c.share_pct}%` +
     (c.area_m2 !== null ? ` (${area(c.area_m2)})` : "") + "</span>").join(" ");
   // no GeoJSON for an image without a CRS: GeoJSON coordinates are longitude and latitude
-  const files = [["mask GeoTIFF", "_mask.tif"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
+  const files = [["mask GeoTIFF", "_mask.tif"], ["mask for QGIS (zip)", "_mask.zip"], ["GeoPackage", "_polygons.gpkg"], ["GeoJSON", "_polygons.geojson"], ["overlay PNG", "_overlay.png"]]
     .filter(([, suffix]) => job.files[m.key + suffix]);
   if (job.expired) return; // expire() said so
   $("downloads").innerHTML = "Download: " + files.map(([label, suffix]) =>
