@@ -1429,3 +1429,27 @@ def test_compare_gives_a_card_s_name_s_bands_to_every_variant_of_that_model(make
                                       "-o", str(tmp_path / "twice"), "--model-bands", "threshold-nir=3,2,1,4",
                                       "--model-bands", "threshold-nir=1,2,3,4"])
     assert twice.exit_code == 2 and "bands twice" in twice.output
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_compare_scores_every_model_on_the_same_pixels(make_raster, tiny_1band, tmp_path, kept):
+    """A model of one band whose band is nodata where the others' are not gave no class there, and compare scored
+    it on fewer pixels than the others, each model on its own pixels, which only its notes showed (h132). Every
+    model is now scored where all of them give a class, and the notes say how many were left out so."""
+    data = np.random.default_rng(0).integers(20, 250, (3, 40, 50)).astype(np.uint8)
+    data[0, :, :20] = 0  # band 1 (the one-band model's) is nodata over 20 columns; bands 2 and 3 hold data there
+    image = make_raster(data=data, nodata=0, photometric="MINISBLACK")
+    label = tmp_path / "truth.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=50, height=40, count=1, dtype="uint8") as ds:
+        ds.write(np.random.default_rng(1).integers(0, 2, (1, 40, 50)).astype(np.uint8))
+    names = ["class0", "class1"]
+    alone = {m: evaluate(m, [image], [label], label_names=names) for m in ("threshold", tiny_1band)}
+    assert alone["threshold"].pixels_scored == 2000 and alone[tiny_1band].pixels_scored == 1200
+    result = compare(["threshold", tiny_1band], [image], [label], label_names=names,
+                     output_dir=tmp_path / "cmp" if kept else None)
+    rows = result["evaluations"]
+    assert [r["pixels_scored"] for r in rows] == [1200, 1200]
+    assert rows[1]["confusion_matrix"] == alone[tiny_1band].confusion_matrix  # its own pixels were those already
+    assert any("800 labelled pixels lie where another model of the comparison gives no class" in n
+               for n in rows[0]["notes"]), rows[0]["notes"]
+    assert not any("another model of the comparison" in n for n in rows[1]["notes"]), rows[1]["notes"]

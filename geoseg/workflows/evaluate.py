@@ -21,7 +21,8 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE,
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
-from geoseg.raster import check_bands, class_pixel_counts, gdal_edit, inspect_raster, open_quietly, raster_stem, unique_stems
+from geoseg.raster import (NODATA, check_bands, class_pixel_counts, gdal_edit, inspect_raster, open_quietly, raster_stem,
+                           unique_stems)
 from geoseg.vector import write_qml
 from geoseg.workflows.common import md_cell
 
@@ -96,6 +97,26 @@ def _mask_dir(folder: Path, image, names: dict[str, str]) -> Path:
     another image has its stem (``Tile 2/images/part_1.jpg`` and ``Tile 3/images/part_1.jpg``)."""
     name = names[os.fspath(image)]
     return folder if name == raster_stem(image) else folder / name
+
+
+def _mask_path(folder: Path, image, names: dict[str, str]) -> Path:
+    """The mask `segment` wrote of `image` into `_mask_dir(folder, ...)`."""
+    return _mask_dir(folder, image, names) / f"{raster_stem(image)}_mask.tif"
+
+
+def _nodata_differs(folders: list[Path], images: list) -> bool:
+    """Whether the masks in `folders` (one model's each) have no class on different pixels of any image."""
+    names = unique_stems(images)
+    for image in images:
+        first = None
+        for folder in folders:
+            with open_quietly(_mask_path(folder, image, names)) as ds:
+                gone = ds.read(1) == NODATA
+            if first is None:
+                first = gone
+            elif gone.shape != first.shape or (gone != first).any():
+                return True
+    return False
 
 
 def _paths(paths) -> list:
@@ -262,6 +283,9 @@ def evaluate(
     ignore_colors = _checked_ignore_colors(label_format, ignore_colors)
     progress = _progress_of(segment_options)
     ids_of = segment_options.pop("_ids_of", None)  # compare's first model, whose class ids the labels were read as
+    # compare's: the warnings of each image's run go to `said`; with `masks_from`, the masks of an earlier pass are
+    # scored again (not segmented), leaving out pixels where a mask in `common_with` has no class
+    rescore = {k: segment_options.pop(f"_{k}", None) for k in ("said", "masks_from", "common_with")}
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
     images, labels = _paths(images), _paths(labels)
     if label_format == "vector" and label_names is None and label_colors is None:
@@ -272,7 +296,7 @@ def evaluate(
     with label_warnings() as heard:  # polygons of no class were said in the log only, not in the report
         return _evaluate(model, images, labels, heard, label_format=label_format, label_names=label_names,
                          label_colors=label_colors, vector_field=vector_field, ignore_colors=ignore_colors,
-                         keep_masks=keep_masks, progress=progress, ids_of=ids_of, **segment_options)
+                         keep_masks=keep_masks, progress=progress, ids_of=ids_of, **rescore, **segment_options)
 
 
 def _progress_of(options: dict[str, Any]) -> Callable[[float], None] | None:
@@ -289,7 +313,8 @@ def _part(progress: Callable[[float], None] | None, done: float, share: float) -
 
 
 def _evaluate(model, images: list, labels: list, heard, *, label_format, label_names, label_colors,
-              vector_field, ignore_colors, keep_masks, progress=None, ids_of=None, **segment_options) -> Evaluation:
+              vector_field, ignore_colors, keep_masks, progress=None, ids_of=None, said=None, masks_from=None,
+              common_with=None, **segment_options) -> Evaluation:
     card, label_sets, missing = _prepare(model, images, labels, label_format=label_format, label_names=label_names,
                                          label_colors=label_colors, vector_field=vector_field)
     taken = {str(c["color"]).upper(): c["name"] for c in label_sets[0][0] if c.get("color")}
@@ -313,19 +338,26 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     unnamed: dict[int, int] = {}  # index labels: pixels per value that no label name stands for (not 255, not nodata)
     unlabelled: list[str] = []  # index labels: 0/255 masks and nodata values that are class ids
     off_data = 0  # labelled pixels (of a class the model scores) where the model gives no class: image nodata
+    off_others = 0  # such pixels where another model of a comparison gives none (`common_with`)
     unscored: list[str] = []  # images without a labelled pixel of a class scored: left out without a word
     warned: dict[str, list[str]] = {}  # what the runs warned of, the image's path as \0 -> the images
     with tempfile.TemporaryDirectory(prefix="geoseg-eval-") as tmp:
         out_dir = Path(keep_masks) if keep_masks else Path(tmp)
         for i, (image, label, (label_classes, lut)) in enumerate(zip(images, labels, label_sets)):
-            result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False, overwrite=True,
-                             progress=_part(progress, i / len(images), 1 / len(images)),
-                             **_options_for(model, segment_options))
-            for said in result.warnings:  # on stderr only: a fill scored as ground was missing from --json (h132)
-                warned.setdefault(said.replace(str(image), "\0"), []).append(str(image))
+            if masks_from is None:
+                result = segment(image, _mask_dir(out_dir, image, names), model=model, preview=False,
+                                 overwrite=True, progress=_part(progress, i / len(images), 1 / len(images)),
+                                 **_options_for(model, segment_options))
+                mask_path, heard_now = result.outputs["mask"], result.warnings
+                if said is not None:
+                    said[str(image)] = result.warnings
+            else:  # scored again on the pixels every model of a comparison gives a class
+                mask_path, heard_now = _mask_path(masks_from, image, names), said.get(str(image), [])
+            for line in heard_now:  # on stderr only: a fill scored as ground was missing from --json (h132)
+                warned.setdefault(line.replace(str(image), "\0"), []).append(str(image))
             with catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
-                with rasterio.open(result.outputs["mask"]) as ds:
+                with rasterio.open(mask_path) as ds:
                     pred = ds.read(1)
             truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
                                 vector_field=vector_field, rename=RENAME_LABEL_NAMES, stray=STRAY_IN_EVALUATE,
@@ -334,6 +366,14 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                 for value, count in _unnamed_pixels(label, label_classes, unlabelled).items():
                     unnamed[value] = unnamed.get(value, 0) + count
             off_data += int(((pred == IGNORE) & (lut[truth] != IGNORE)).sum())
+            if common_with:
+                gone = np.zeros(pred.shape, bool)
+                for folder in common_with:
+                    with open_quietly(_mask_path(folder, image, names)) as ds:
+                        gone |= ds.read(1) == NODATA
+                gone &= pred != IGNORE
+                off_others += int((gone & (lut[truth] != IGNORE)).sum())
+                pred = np.where(gone, np.uint8(IGNORE), pred)
             if not (lut[truth] != IGNORE).any():
                 unscored.append(str(image))
             if regions:  # each region takes its majority label class
@@ -381,6 +421,9 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
     if off_data:  # were left out without a word too
         notes.append(f"{off_data} labelled pixels lie on image nodata, where the model gives no class, and were not "
                      "scored")
+    if off_others:  # each model was scored on its own pixels: different sets, side by side (h132)
+        notes.append(f"{off_others} labelled pixels lie where another model of the comparison gives no class (nodata "
+                     "of the bands it reads), and were not scored, so that every model is scored on the same pixels")
     if by_ids and not regions:  # a file whose 1 means building was scored as the model's class 1 without a word
         ids = ", ".join(f"{c.id} {c.name}" for c in card.classes)
         notes.append(f"the labels' values were read as {card.name}'s class ids ({ids}); if they stand for other "
@@ -391,8 +434,8 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                      "comparison, so that every model reads them alike; if they stand for other classes, pass "
                      "--label-names (label_names=) in id order")
     notes.extend(heard.notes())
-    notes.extend(said.replace("\0", alike[0]) + (f" (and {len(alike) - 1} other image(s) alike)" if len(alike) > 1
-                                                 else "") for said, alike in warned.items())
+    notes.extend(line.replace("\0", alike[0]) + (f" (and {len(alike) - 1} other image(s) alike)" if len(alike) > 1
+                                                 else "") for line, alike in warned.items())
     not_scored = sorted(m for m in missing if unknown_class(m) or not has_other)
     return Evaluation(card.name, card.version, class_names, per_class, _rounded(s["mean_iou"]),
                       _rounded(s["pixel_accuracy"]), matrix.tolist(), int(matrix.sum()), not_scored, notes,
@@ -769,11 +812,7 @@ def compare(
         if out is not None and not overwrite:  # with the lock: two identical runs at once both passed this
             _refuse_earlier_outputs(out, folders, images)
         if labels is not None:
-            for k, (m, folder) in enumerate(zip(models, folders)):
-                evaluations.append(evaluate(m, images, labels, keep_masks=out / folder if out else None,
-                                            progress=_part(progress, k / len(models), 1 / len(models)),
-                                            **_with_bands(m, options, own),
-                                            **({"_ids_of": ids_of} if ids_of else {})))
+            evaluations = _scored_alike(models, folders, images, labels, out, options, own, ids_of, progress)
         disagreement = _disagreement(models, folders, images, out, options, scored=labels is not None,
                                      progress=progress, own=own) if out else []
     names = [e.model for e in evaluations]  # two runs of one name, or one model with and without --tta: the
@@ -784,6 +823,28 @@ def compare(
     return {"models": list(models), "evaluations": rows,
             "disagreement": [path for path, _ in disagreement],
             "agreement_pct": [pct for _, pct in disagreement]}
+
+
+def _scored_alike(models, folders, images, labels, out, options, own, ids_of, progress) -> list[Evaluation]:
+    """Each model's evaluation, all on the pixels where every model gives a class: a model that reads a band of
+    nodata where the others' bands hold data has no class there, and each model had been scored on its own
+    pixels, which only its notes showed (h132). Where the masks' nodata differ, each model's masks are scored
+    again (not segmented again), leaving out the pixels any other model gives no class."""
+    with tempfile.TemporaryDirectory(prefix="geoseg-compare-") as tmp:
+        base = out if out is not None else Path(tmp)
+        evaluations, said = [], []
+        extra = {"_ids_of": ids_of} if ids_of else {}
+        for k, (m, folder) in enumerate(zip(models, folders)):
+            said.append({})
+            evaluations.append(evaluate(m, images, labels, keep_masks=base / folder, _said=said[-1],
+                                        progress=_part(progress, k / len(models), 1 / len(models)),
+                                        **_with_bands(m, options, own), **extra))
+        if not _nodata_differs([base / f for f in folders], images):
+            return evaluations
+        return [evaluate(m, images, labels, keep_masks=base / folder, _said=heard, _masks_from=base / folder,
+                         _common_with=[base / f for f in folders if f != folder], **_with_bands(m, options, own),
+                         **extra)
+                for m, folder, heard in zip(models, folders, said)]
 
 
 COMPARE_LOCK = ".geoseg-compare.lock"
