@@ -135,8 +135,7 @@ def plan_run(
     tile = _check_tile(card, tile, margin)
     step = card.multiple_of if tile is None else tile - 2 * margin
     default = default_chunk(margin) if tile is None else DEFAULT_CHUNK
-    rows, cols = coerce_size(chunk, "chunk", default=(default, default))
-    rows, cols = round_up(min(rows, info.height), step), round_up(min(cols, info.width), step)
+    rows, cols = chunk_on_grid(card, chunk, margin, tile, info.height, info.width)
     seen = (rows + 2 * margin) * (cols + 2 * margin) / (rows * cols)
     if chunk is not None and (rows < info.height or cols < info.width) and seen > 4:
         d_rows, d_cols = round_up(min(default, info.height), step), round_up(min(default, info.width), step)
@@ -148,6 +147,18 @@ def plan_run(
         log.warning("chunk %dx%d cuts the raster into %d chunks, each a task that costs milliseconds to schedule: "
                     "give a chunk of 256 px or more (the default is %d)", rows, cols, chunks, default)
     return Plan((rows, cols), margin, tile, int(batch_size), bands)
+
+
+def chunk_on_grid(card: ModelCard, chunk: int | tuple[int, int] | None, margin: int, tile: int | None,
+                  height: int, width: int) -> tuple[int, int]:
+    """The chunk (rows, cols) that `plan_run` cuts a grid of `height` x `width` into, for a checked `margin` and
+    `tile` (`_check_tile`): `chunk` (or the default) clipped to the grid and rounded up to the model's step. Two
+    runs of one model with the same chunk here cut the grid alike, so their masks are the same whatever
+    --chunk each was given (a 400 px tile is one chunk at 512, 1024 or 2048: `survey` keeps its mask)."""
+    step = card.multiple_of if tile is None else tile - 2 * margin
+    default = default_chunk(margin) if tile is None else DEFAULT_CHUNK
+    rows, cols = coerce_size(chunk, "chunk", default=(default, default))
+    return round_up(min(rows, height), step), round_up(min(cols, width), step)
 
 
 def _whole(name: str, value, low: int, high: int | None) -> int:

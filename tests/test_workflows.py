@@ -2666,3 +2666,48 @@ def test_scene_zone_field_of_integers_with_a_null(make_raster, tmp_path):
     info = pyogrio.read_info(result.outputs["zones"])
     assert dict(zip(info["fields"], info["dtypes"]))["code"] == "int32"
     assert gpd.read_file(result.outputs["zones"])["code"].isna().tolist() == [False, True, False]
+
+
+def test_survey_keeps_masks_that_another_chunk_cuts_alike_and_redoes_those_it_cuts_otherwise(make_raster, tmp_path):
+    """--chunk changed (after a run ran out of memory) segmented every raster again, also tiles smaller than either
+    chunk, whose masks came out identical; a raster the new chunk cuts otherwise is still redone."""
+    from rasterio.transform import from_origin
+
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    small = make_raster(name="in/small.tif", shape=(60, 70))
+    big = make_raster(name="in/big.tif", shape=(150, 90), seed=1, transform=from_origin(600000.0, 2800000.0, 0.5, 0.5))
+    out = tmp_path / "out"
+    first = survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False, chunk=100)
+    assert len(first.done) == 2
+    mask = {e["input"]: Path(e["outputs"]["mask"]) for e in first.done}
+    before = {name: path.read_bytes() for name, path in mask.items()}
+    again = survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)  # the default, 1024
+    assert [e["input"] for e in again.done] == [str(big)]  # cut in two rows at 100, one chunk at 1024
+    assert [e["input"] for e in again.skipped] == [str(small)]
+    assert mask[str(small)].read_bytes() == before[str(small)]
+    for chunk in (512, 2048, None):  # each one chunk of both rasters, as 1024 was: nothing redone
+        kept = survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False, chunk=chunk)
+        assert len(kept.skipped) == 2 and not kept.done, chunk
+    assert len(survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False, chunk=64).done) == 2
+
+
+def test_survey_writes_the_class_names_of_a_kept_mask_that_lacks_them(make_raster, tmp_path):
+    """A mask whose .aux.xml of class names was deleted (or that a geoseg before the sidecars wrote) was skipped
+    without it: gdalinfo and QGIS read its values unnamed."""
+    from geoseg.workflows import survey
+
+    (tmp_path / "in").mkdir()
+    make_raster(name="in/a.tif")
+    out = tmp_path / "out"
+    mask = Path(survey([tmp_path / "in"], out, model="threshold", preview=False).done[0]["outputs"]["mask"])
+    sidecar = mask.with_name(mask.name + ".aux.xml")
+    sidecar.unlink()
+    mask.with_suffix(".qml").unlink()
+    again = survey([tmp_path / "in"], out, model="threshold", preview=False)
+    assert len(again.skipped) == 1 and sidecar.is_file() and mask.with_suffix(".qml").is_file()
+    assert "<Category>vegetation</Category>" in sidecar.read_text()
+    sidecar.write_text(sidecar.read_text().replace("</PAMRasterBand>", "<Description>mine</Description></PAMRasterBand>"))
+    survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)  # switched: the mask is kept
+    assert "mine" in sidecar.read_text()  # one that is there is left as it is

@@ -661,6 +661,34 @@ class _Manifest:
         self.record(source, {**entry, "key": {**stored, "mtime_ns": key["mtime_ns"]}})
         return True
 
+    def same_chunking(self, source: str, key: dict[str, Any], card) -> bool:
+        """Whether `source` is done with a key that differs from `key` in ``chunk`` alone, where the chunk that key
+        gives cuts the model's grid of the raster as the recorded run cut it (`chunk_on_grid`): the mask would be
+        the same, so the record takes the new chunk. --chunk changed after a run ran out of memory segmented every
+        raster again, also the tiles smaller than either chunk, whose masks came out identical."""
+        from geoseg.pipeline import _check_tile, chunk_on_grid
+
+        entry = self.entries.get(self.key_of(source))
+        stored = self.stored_key(source)
+        plan = entry.get("plan") if entry else None
+        if not (stored is not None and entry.get("status") == "done" and isinstance(plan, dict)
+                and stored.get("chunk") != key.get("chunk")
+                and {k: v for k, v in stored.items() if k != "chunk"} == {k: v for k, v in key.items() if k != "chunk"}):
+            return False
+        try:
+            margin = card.margin if key.get("margin") is None else int(key["margin"])
+            tile = _check_tile(card, key.get("tile"), margin)
+            chunk = tuple(key["chunk"]) if isinstance(key.get("chunk"), list) else key.get("chunk")
+            same = list(chunk_on_grid(card, chunk, margin, tile, *plan["grid"])) == list(plan["chunk"])
+        except (GeosegError, KeyError, TypeError, ValueError):
+            return False
+        if same:
+            log.info("%s: chunk %s cuts it as the run that segmented it did; it is not segmented again", source,
+                     key.get("chunk") or "default")
+            self.record(source, {**entry, "key": {**{k: v for k, v in stored.items() if k != "chunk"},
+                                                  **({"chunk": key["chunk"]} if "chunk" in key else {})}})
+        return same
+
     def extras_only(self, source: str, key: dict[str, Any], folder: str) -> bool:
         """Whether `source` is done with a key that differs from `key` in ``vector`` or ``preview`` alone (outputs
         made from the mask), its outputs intact."""
@@ -963,8 +991,10 @@ def survey(
                 key = {**found, **options}
                 manifest.adopt(source, key, seen)  # done by an older geoseg, whose keys held less
                 manifest.same_content(source, key)  # only its time changed: the record takes the new one
+                manifest.same_chunking(source, key, card)  # another --chunk that cuts it alike: the record takes it
                 if manifest.is_done(source, key, folders[source]):
                     manifest.remember(source, seen)
+                    _restore_class_files(manifest.entry(source), card)
                     tick(source, 1.0)
                     return "skipped", manifest.entry(source)
                 started = time.perf_counter()
@@ -975,6 +1005,7 @@ def survey(
                         log.warning("%s: its polygons or preview could not be changed (%s); it is segmented again",
                                     source, exc)
                     else:
+                        _restore_class_files(entry, card)
                         entry["seconds"] = round(time.perf_counter() - started, 3)
                         manifest.record(source, _with_seen(entry, seen))
                         tick(source, 1.0)
@@ -995,6 +1026,10 @@ def survey(
                              "nodata_m2": res.nodata_m2,
                              "width": res.width, "height": res.height, "seconds": round(time.perf_counter() - started, 3),
                              "crs": _crs_of(res.outputs["mask"]), "files": dict(zip(res.outputs, _stats(res.outputs.values()).values())),
+                             # how the model's grid was cut, for `same_chunking`
+                             "plan": {"chunk": list(res.plan["chunk"]),
+                                      "grid": [res.plan["model_grid"]["height"], res.plan["model_grid"]["width"]]
+                                      if res.plan.get("model_grid") else [res.height, res.width]},
                              "sha256": _digest_or_none(source, key)}
                 if entry["status"] == "done" or not manifest.has_done(source):
                     # a failed rerun (a typo in --bands) kept none of the done ones
@@ -1435,6 +1470,27 @@ def _extras_switched(entry: dict[str, Any], key: dict[str, Any], card) -> dict[s
     elif not preview and outputs.get("preview"):
         Path(outputs.pop("preview")).unlink(missing_ok=True)
     return {**entry, "key": key, "outputs": outputs, "files": dict(zip(outputs, _stats(outputs.values()).values()))}
+
+
+def _restore_class_files(entry: dict[str, Any], card) -> None:
+    """Write the class names of a kept mask (`entry`, skipped or with its polygons or preview switched) where they
+    are missing: its ``.aux.xml`` (`write_class_sidecar`) and QGIS style, as `segment` writes them. A mask of a
+    geoseg before the sidecars, or one whose sidecar was deleted, was skipped without it, and read in gdalinfo,
+    QGIS (without the style) and ArcGIS as values 0..255 of no name, while the masks segmented since had them.
+    A sidecar that is there (QGIS's statistics added to it) is left as it is."""
+    from geoseg.raster import class_sidecar, write_class_sidecar
+    from geoseg.vector import write_qml
+
+    mask = entry.get("outputs", {}).get("mask")
+    if not mask or card.output != "classes" or not os.path.isfile(mask):
+        return
+    try:
+        if not class_sidecar(mask).exists():
+            write_class_sidecar(class_sidecar(mask), card.classes)
+        if not Path(mask).with_suffix(".qml").exists():
+            write_qml(Path(mask).with_suffix(".qml"), card.classes, kind="raster")
+    except OSError as exc:  # a read-only output folder: the mask itself is still good
+        log.warning("%s: its class names could not be written beside it (%s)", mask, exc.strerror or exc)
 
 
 def _remove_with_journal(path: Path) -> None:
