@@ -1807,3 +1807,33 @@ def test_a_chip_read_from_disk_is_filled_from_the_data_around_it(tmp_path):
     chip, valid = LazyImage(str(path), [1, 2, 3]).read((slice(40, 72), slice(0, 32)))  # 20 px nodata, 12 px data
     assert not valid[:, :20].any() and valid[:, 20:].all()
     np.testing.assert_array_equal(chip, whole[40:72, 0:32])  # the mirror of columns 21-39, as in memory
+
+
+def test_on_disk_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_path, caplog):
+    """With in_memory = false, Landsat's agriculture polygon (all on band 6's nodata) was warned of as a class without
+    labelled pixels, with advice to add polygons of it (h147); in memory load_pairs says where they lie (h139)."""
+    from geoseg.models.training import class_weights, load_pairs
+
+    config = _dataset(tmp_path, "vector")
+    config.write_text(config.read_text().replace("[train]", "[train]\nin_memory = false"))
+    for i in range(3):  # class b's polygon lies where the image has no data
+        with rasterio.open(tmp_path / "data" / f"img{i}.tif", "r+") as ds:
+            data = ds.read()
+            data[:, :, 10 + 5 * i : 30 + 5 * i] = 0
+            ds.write(data)
+            ds.nodata = 0
+    with caplog.at_level("WARNING", logger="geoseg.models.training"):
+        loaded = load_config(config)
+        train_pairs, _ = load_pairs(loaded)
+        class_weights(train_pairs, 2, "sqrt", ["a", "b"], "vector", said=loaded.lost_to_nodata)
+    assert ("every labelled pixel of class(es) b in the chips sampled to weigh the classes lies where the images have "
+            "no data") in caplog.text
+    assert "have no labelled pixel in the training images" not in caplog.text  # nor to add polygons of it
+    assert "Polygons label only the pixels they cover" not in caplog.text
+    # every label on nodata: said so, not "check 'labels'"
+    for i in range(3):
+        with rasterio.open(tmp_path / "data" / f"img{i}.tif", "r+") as ds:
+            ds.write(np.zeros((3, 48, 48), np.uint8))
+    train_pairs, _ = load_pairs(load_config(config))
+    with pytest.raises(InputError, match="lie only where the images have no data"):
+        class_weights(train_pairs, 2, "sqrt", ["a", "b"], "vector")

@@ -538,6 +538,12 @@ class LazyLabels:
             check_label_grid(self.path, config.label_format, image.path)
 
     def __getitem__(self, key) -> np.ndarray:
+        label, valid = self.read(key)
+        return label if valid is None else np.where(valid, label, IGNORE).astype(np.uint8)
+
+    def read(self, key) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label, valid) of ``labels[rows, cols]``: the labels as the file has them, and where the image has data
+        (None where it cannot hold nodata); `__getitem__` leaves out the labels on the image's nodata."""
         from rasterio.windows import Window
 
         window = Window.from_slices(*key[:2])
@@ -548,9 +554,24 @@ class LazyLabels:
                                 image=self.image.path, shape=(int(window.height), int(window.width)),
                                 vector_field=self.config.vector_field, window=window, id_map=self.id_map)
         if not self.image.may_hold_nodata:
-            return label
+            return label, None
         _, valid = self.image.read(key)  # the image's nodata is no ground truth
-        return np.where(valid, label, IGNORE).astype(np.uint8)
+        return label, valid
+
+
+class _LabelsOnNodata:
+    """A view of `LazyLabels` whose labelled pixels on the image's nodata read as their id + 256 (int16) instead of
+    255, so that the chips sampled to weigh the classes also count what nodata takes from each class."""
+
+    def __init__(self, labels: LazyLabels) -> None:
+        self.labels, self.shape = labels, labels.shape
+
+    def __getitem__(self, key) -> np.ndarray:
+        label, valid = self.labels.read(key)
+        out = label.astype(np.int16)
+        if valid is not None:
+            out[~valid & (label != IGNORE)] += 256
+        return out
 
 
 def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
@@ -776,13 +797,34 @@ def class_weights(pairs, n_classes: int, how: str, names: typing.Sequence[str] |
     """
     counts = np.zeros(n_classes)
     lazy, whole = bool(pairs) and isinstance(pairs[0][1], LazyLabels), pairs
+    on_nodata = np.zeros(n_classes)  # on disk: labelled pixels of the sampled chips that lie on image nodata
     if lazy:  # labels on disk: estimate from 64 random chips
         size = max(1, min(256, *(min(p[0].shape[:2]) // 2 for p in pairs)))
-        pairs = _sample_chips(pairs, size, max(1, 64 // len(pairs)), 0)
+        pairs = _sample_chips([(image, _LabelsOnNodata(label), path) for image, label, path in pairs], size,
+                              max(1, 64 // len(pairs)), 0)
     for _, label, _ in pairs:
+        if lazy:
+            label = np.asarray(label, np.int16)
+            lost = label[label >= 256] - 256
+            on_nodata += np.bincount(lost[lost < n_classes], minlength=n_classes)[:n_classes]
+            label = label[label < 256]
         counts += np.bincount(label[label != IGNORE], minlength=n_classes)[:n_classes]
+    lost = [i for i in range(n_classes) if on_nodata[i] and not counts[i]]
+    if lost:  # in memory load_pairs says so; on disk the chips told only "check the labels", or to add polygons
+        named = [names[i] if names else str(i) for i in lost]
+        if [n for n in named if n not in said]:
+            log.warning("every labelled pixel of class(es) %s in the chips sampled to weigh the classes lies where "
+                        "the images have no data (%s), so the model cannot learn them. Label them where the images "
+                        "have data, or leave out a band whose nodata covers them ('bands').",
+                        ", ".join(named), _NODATA_TEXT)  # no pixel count: the chips overlap
+        said = [*said, *named]
     if lazy and not counts.sum():  # in memory, load_pairs refuses it; on disk it trained at loss 0 into a bundle
         if not _holds_a_label(whole):
+            if on_nodata.any():  # as load_pairs says in memory: "check 'labels'" blamed labels that were right
+                raise InputError(f"none of the {len(whole)} training image(s) holds a labelled pixel where it has "
+                                 f"data: the labels in the chips sampled lie only where the images have no data "
+                                 f"({_NODATA_TEXT}). Label them where the images have data, or leave out a band "
+                                 "whose nodata covers them ('bands').")
             raise InputError(f"none of the {len(whole)} training image(s) holds a labelled pixel. Check 'labels' and "
                              "'label_format': polygons must cover the images, colours must be the classes' colours, "
                              "index values their ids.")
