@@ -956,6 +956,22 @@ def test_training_seconds_add_up_over_resumed_sessions(tmp_path, monkeypatch):
     assert training_card["resumed_after_epochs"] == [2]
 
 
+def test_a_resumed_session_killed_in_its_first_epoch_is_one_resumption_on_the_card(tmp_path, monkeypatch):
+    """Resumed after epoch 5, killed (kill -9) during epoch 6, resumed again: the card read [4, 5, 5], though both
+    sessions after epoch 5 started there and drew the same chips (h147)."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    real, _ = _interrupt_at_score(monkeypatch, 3)  # both epochs trained and checkpointed
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(config))
+    # a session resumed after epoch 2 and killed before its first checkpoint left this behind
+    (tmp_path / "models" / "toy.checkpoints" / "resumed.json").write_text(json.dumps({"after_epochs": [2]}))
+    monkeypatch.setattr(training, "evaluate_pairs", real)
+    training.train(load_config(config))
+    assert json.loads((tmp_path / "models" / "toy.json").read_text())["training"]["resumed_after_epochs"] == [2]
+
+
 def test_a_resumed_session_draws_new_chips_keeps_the_runs_time_budget_and_the_card_says_why_it_stopped(
         tmp_path, monkeypatch):
     """A resumed session drew epoch 1's chips again (the stream started from the seed), and had max_minutes afresh

@@ -958,7 +958,9 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
         keras.utils.set_random_seed(seed)
         # on the card: each session draws its own chips, so a run is reproduced only by stopping it after the same
         # epochs (h122: the rerun of a resumed run's NAME.toml scored 0.487 where the run had scored 0.453)
-        resumed = [*resumed, start]
+        if resumed[-1:] != [start]:  # a resumed session killed in its first epoch resumes at the same epoch, with
+            # the same chips: the card said [4, 5, 5] (h147)
+            resumed = [*resumed, start]
         (work / "resumed.json").write_text(json.dumps({"after_epochs": resumed}))
     if not config.validation:
         log.warning("%s: no validation patterns, so the validation score (and the choice of the best epoch) is "
