@@ -2711,3 +2711,16 @@ def test_survey_writes_the_class_names_of_a_kept_mask_that_lacks_them(make_raste
     sidecar.write_text(sidecar.read_text().replace("</PAMRasterBand>", "<Description>mine</Description></PAMRasterBand>"))
     survey([tmp_path / "in"], out, model="threshold", preview=False, vector=False)  # switched: the mask is kept
     assert "mine" in sidecar.read_text()  # one that is there is left as it is
+
+
+def test_survey_report_names_masks_left_out_of_the_mosaic_by_their_whole_path(make_raster, tmp_path, monkeypatch):
+    """survey_report.md listed them from the working folder (`out/turned/turned_mask.tif`), survey_summary.csv by
+    their whole path (h148)."""
+    from geoseg.workflows import survey
+
+    turned = make_raster(name="turned.tif", shape=(50, 40), transform=rasterio.Affine(0, -0.5, 500025.0,
+                                                                                      -0.5, 0, 2800000.0))
+    monkeypatch.chdir(tmp_path)
+    result = survey([turned], "out", model="threshold", preview=False, vector=False)
+    mask = os.path.abspath(result.done[0]["outputs"]["mask"])
+    assert f"- `{mask}`" in (tmp_path / "out" / "survey_report.md").read_text()

@@ -1247,7 +1247,7 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
         lines += ["", "## Not in the mosaic (no CRS, or not north-up)", "",
                   "Those on the map (rotated, or placed by GCPs) are counted in the totals as the others are, each "
                   "place once; those without a CRS have no m² and add nothing.", ""] + \
-            [f"- `{p}`" for p in left_out]
+            [f"- `{os.path.abspath(p)}`" for p in left_out]  # as survey_summary.csv names them, not from the cwd
     lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
 
