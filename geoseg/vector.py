@@ -516,17 +516,30 @@ def _extent(transform: Affine, width: int, height: int) -> tuple[float, float, f
     return min(xs), min(ys), max(xs), max(ys)
 
 
+TINY_TILE_PX = 16
+
+
 def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, float, float, float],
-                     metres: bool) -> None:
+                     metres: bool, pixel: float = 1.0) -> None:
     """Refuse a --simplify `tolerance` (in the layer's units) longer than the mask's `extent` is wide and high: it
-    leaves each polygon a few vertices at best, and past about 1e154 its square overflows in GEOS."""
+    leaves each polygon a few vertices at best, and past about 1e154 its square overflows in GEOS. A mask of at
+    most `TINY_TILE_PX` a side (the corner tile of a retiled mosaic) at the tolerance of the rest is only warned
+    of, unless the tolerance is over a thousand times its extent: a loop over the tiles stopped there (h152)."""
     sides = (extent[2] - extent[0], extent[3] - extent[1])
     if tolerance > max(sides):
-        unit = "m" if metres else "px"
+        # without a CRS the tolerance is in the units of the mask's geotransform, pixels only where it has none: a
+        # mask placed in degrees without a CRS was "2 px is more than the mask's extent (0.0 x 0.0 px)" at 300 px
+        unit = "m" if metres else "units of its geotransform (it has no CRS)" if pixel != 1 else "px"
         width, height = (side * simplify / tolerance for side in sides)
-        raise InputError(f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent ({width:,.1f} x "
-                         f"{height:,.1f} {unit}): no polygon would keep its shape. Give a tolerance of a pixel or a "
-                         "few.")
+        plain = metres or pixel == 1
+        extent_text = f"{width:,.1f} x {height:,.1f} {unit}" if plain else f"{width:.4g} x {height:.4g}"
+        said = (f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent ({extent_text}): "
+                "no polygon would keep its shape. Give a tolerance of a pixel or a few"
+                + ("." if plain else f" ({pixel:.4g} units a pixel)."))
+        tiny = max(sides) / pixel <= TINY_TILE_PX  # the corner of a retiled mosaic
+        if not (tiny and tolerance <= 1000 * max(sides)):  # NaN too
+            raise InputError(said)
+        log.warning(said)
 
 
 def _polygonized(path: str, windows: list, keep: tuple[int, ...] | None, confidence: str | None,
@@ -773,7 +786,8 @@ def vectorize(
     windows = list(_block_windows(info.width, info.height, block))
     extent = _extent(transform, info.width, info.height)
     if simplify > 0:  # 1e300 overflowed in shapely (a bare RuntimeWarning) and left the polygons unsimplified (h149)
-        _check_tolerance(simplify, _metres_to_crs_units(crs, simplify, info, transform), extent, crs is not None)
+        _check_tolerance(simplify, _metres_to_crs_units(crs, simplify, info, transform), extent, crs is not None,
+                         float(np.sqrt(abs(transform.determinant))))
     nodata_seen = False
 
     # each id's class name, made once for every batch (a foreign mask's unnamed ids are "class N", as

@@ -1585,7 +1585,7 @@ def test_a_bad_ignore_colour_is_a_usage_error_as_a_bad_label_colour_is(run, make
     assert result.exit_code == 2 and "Usage:" in result.output and "'#9B9B9B'" in result.output, result.output
 
 
-def test_vectorize_refuses_a_simplify_tolerance_beyond_the_mask(run, tmp_path):
+def test_vectorize_refuses_a_simplify_tolerance_beyond_the_mask(run, tmp_path, caplog):
     """--simplify 1e300 printed shapely's "RuntimeWarning: overflow encountered in coverage_simplify" and wrote
     the polygons unsimplified, exit 0 (h149)."""
     mask = _unnamed_mask(tmp_path)  # 20 x 15 m
@@ -1593,3 +1593,27 @@ def test_vectorize_refuses_a_simplify_tolerance_beyond_the_mask(run, tmp_path):
     assert result.exit_code == 1 and "RuntimeWarning" not in result.output, result.output
     assert "more than the mask's extent (20.0 x 15.0 m)" in result.output and not (tmp_path / "v.gpkg").exists()
     assert run("vectorize", mask, "-o", tmp_path / "v.gpkg", "--simplify", "1").exit_code == 0
+    assert run("vectorize", mask, "-o", tmp_path / "w.gpkg", "--simplify", "25").exit_code == 1
+    # the corner tile of a retiled mosaic at the tolerance of the rest is warned of, not refused: a loop over the
+    # tiles went on (h152)
+    corner = tmp_path / "corner.tif"
+    with rasterio.open(corner, "w", driver="GTiff", width=3, height=2, count=1, dtype="uint8", crs="EPSG:32640",
+                       transform=rasterio.transform.from_origin(500000, 2800000, 0.5, 0.5)) as ds:
+        ds.write(np.ones((1, 2, 3), np.uint8))
+    tile = run("vectorize", corner, "-o", tmp_path / "t.gpkg", "--simplify", "5")
+    assert tile.exit_code == 0 and "more than the mask's extent (1.5 x 1.0 m)" in caplog.text, tile.output
+
+
+def test_vectorize_tolerance_message_of_a_mask_placed_without_a_crs(run, tmp_path):
+    """A mask with a geotransform in degrees and no CRS (a .tfw beside it, say): --simplify is in the units of its
+    geotransform there, and the refusal said "2 px is more than the mask's extent (0.0 x 0.0 px)" of 40 x 30 px."""
+    data = np.zeros((1, 30, 40), np.uint8)
+    data[0, 5:15, 5:20] = 1
+    path = tmp_path / "placed.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8",
+                       transform=rasterio.transform.from_origin(10.0, 50.0, 0.0001, 0.0001)) as ds:
+        ds.write(data)
+    result = run("vectorize", path, "-o", tmp_path / "v.gpkg", "--simplify", "2")
+    assert result.exit_code == 1, result.output
+    assert "0.0 x 0.0" not in result.output and "2 px" not in result.output, result.output
+    assert "units of its geotransform" in result.output and "0.004 x 0.003" in result.output, result.output

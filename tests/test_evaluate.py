@@ -1453,3 +1453,23 @@ def test_compare_scores_every_model_on_the_same_pixels(make_raster, tiny_1band, 
     assert any("800 labelled pixels lie where another model of the comparison gives no class" in n
                for n in rows[0]["notes"]), rows[0]["notes"]
     assert not any("another model of the comparison" in n for n in rows[1]["notes"]), rows[1]["notes"]
+
+
+def test_compare_of_models_whose_data_never_overlap_says_so_not_that_the_labels_lie_on_nodata(make_raster, tmp_path):
+    """Each model alone scored its half of the image, but scored on the pixels where all give a class (bc41357) none
+    was left, and the error blamed the labels ("every labelled pixel falls on the nodata of its image ... Check
+    that the labels belong to these images"), which each model alone had scored."""
+    data = np.random.default_rng(0).integers(20, 250, (3, 40, 60)).astype(np.uint8)
+    data[0, :, :30], data[1, :, 30:] = 0, 0  # band 1 has data on the right half only, band 2 on the left only
+    image = make_raster(data=data, nodata=0, photometric="MINISBLACK")
+    label = tmp_path / "truth.tif"
+    with rasterio.open(label, "w", driver="GTiff", width=60, height=40, count=1, dtype="uint8") as ds:
+        ds.write(np.random.default_rng(1).integers(0, 3, (1, 40, 60)).astype(np.uint8))
+    names = ["other", "water", "vegetation"]
+    bands = {"threshold": [1, 1, 1], "region-growing": [2, 2, 2]}
+    for model, own in bands.items():  # each model alone scores its own half
+        assert evaluate(model, [image], [label], label_names=names, bands=own).pixels_scored == 1200
+    with pytest.raises(InputError) as caught:
+        compare(list(bands), [image], [label], label_names=names, model_bands=bands)
+    assert "lie where another model gives none" in str(caught.value)
+    assert "Check that the labels belong" not in str(caught.value)

@@ -381,6 +381,12 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
             found, outside = tally(truth, pred, lut, label_classes, n, negatives=lacking)
             matrix += found
             beyond += outside
+    if not matrix.any() and off_others:  # each model alone scored pixels, but no model's data lies where all have
+        # data: "every labelled pixel falls on the nodata of its image ... Check that the labels belong" was untrue
+        raise InputError(f"no pixel could be scored on all the models of the comparison: the {off_others} labelled "
+                         f"pixels where {card.name} gives a class lie where another model gives none (nodata of the "
+                         "bands it reads), so no pixel has a class from every model. Give the models bands whose "
+                         "data overlap (--model-bands), or score each model on its own with geoseg evaluate.")
     if not matrix.any():  # every labelled pixel lay where the model gives no class: "mean_iou": NaN, exit 0
         raise InputError(_nothing_on_data(images, labels))
     s = scores(matrix, beyond if lacking else None)
