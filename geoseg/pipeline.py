@@ -286,9 +286,11 @@ def segment_chunk(
     rows, cols = predicted.shape[:2]
     nodata = ~valid[margin : margin + rows, margin : margin + cols]
     best = top_of(predicted) if probabilities else predicted  # (rows, cols, 2): class, its probability
-    broken = ~nodata & ~np.isfinite(predicted).all(axis=-1)
-    if broken.any():  # a float16 model that overflowed: every such pixel was class 0 at 0%, with only NumPy's
-        # "invalid value encountered in cast"
+    finite = np.isfinite(predicted)  # on the whole array first: .all(axis=-1) over 2-5 classes took 36 ms a 1024²
+    # chunk (160 ms at 2048²), a GPU's model call's time; only a chunk with a NaN or infinity looks per pixel
+    broken = None if finite.all() else ~nodata & ~finite.all(axis=-1)
+    if broken is not None and broken.any():  # a float16 model that overflowed: every such pixel was class 0 at 0%,
+        # with only NumPy's "invalid value encountered in cast"
         raise ModelError(
             f"{getattr(segmenter, 'source', segmenter.card.name)}: the model output NaN or infinity on "
             f"{int(broken.sum())} of {broken.size} pixels of a chunk, whose inputs after normalisation run from "
@@ -487,7 +489,11 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
         # workers paused by their memory (dask pauses one at 80% of its limit; the model's memory stays with the
         # process after a run): the next run on them waited for ever without a word (h142)
         paused = [address for address, info in workers.items() if info.get("status") == "paused"]
-        if workers and len(paused) < len(workers):
+        # a paused worker still running a chunk is going on: dask pauses one while a chunk holds memory over 80% of
+        # its limit, and resumes it once the chunk frees it (a 4 GB worker at chunk 2048), so that every look could
+        # find it paused while chunks came back; a worker stuck for good runs nothing
+        running = any(((workers[a].get("metrics") or {}).get("task_counts") or {}).get("executing") for a in paused)
+        if workers and (len(paused) < len(workers) or running):
             idle_since.clear()
         elif not idle_since:
             idle_since.append(time.monotonic())
@@ -526,6 +532,7 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
                 writer[pending[future]] = fetched(future)  # one that raises stays pending: cancelled below, or it
                 del pending[future]  # stayed on the scheduler, erred, and in the client, with its traceback (h99)
                 future.release()
+                idle_since.clear()  # a chunk came back: the cluster is not stuck, whatever its workers' status
                 done += 1
                 report(done / len(locations))
                 following = next(todo, None)
@@ -536,7 +543,10 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
     except WorkerReadError as exc:  # still read here: the worker does not see it (one that joined mid-run)
         if _files_here([exc.path])[0] is not None:
             raise RasterReadError(exc.unseen()) from None
-        raise
+        # gone from this machine too: moved or deleted meanwhile, whatever the cluster (--workers N has no
+        # --scheduler to leave out, nor workers that join)
+        raise RasterReadError(f"{exc.path}: could not be opened again while it was being segmented ({exc.reason}): "
+                              "was it moved, deleted or replaced during the run? Put it back and run again.") from None
     except GeosegError:
         raise
     except Exception as exc:  # the cluster's own failures were tracebacks that stopped the batch
@@ -1587,15 +1597,21 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
     threads = client.nthreads()
     here = need(plan.chunk)
     floor = WORKER_FLOOR.get(card.name)
+    # workers of a LocalCluster (--workers N, or one of the caller's) share this machine's memory: fewer of them each
+    # get more; `dask worker --memory-limit` and "without --scheduler" say nothing to them
+    local = type(getattr(client, "cluster", None)).__name__ == "LocalCluster"
+    more = (f"start fewer workers (--workers; in Python LocalCluster(n_workers=..., memory_limit=...)), each with at "
+            f"least {-(-here // (pause * 1e9)):.0f} GB for chunk {max(plan.chunk)}" if local and here else None)
     if floor is not None:
         small = {a: n for a, n in limits.items() if n * terminate < floor}
         if small:
             raise ClusterError(
                 f"{path}: not segmented: Dask worker(s) {', '.join(f'{a} (memory limit {gb(n)})' for a, n in small.items())} "
                 f"cannot run model {card.name} at any chunk: TensorFlow and the model alone take over {gb(floor)}, "
-                f"and dask kills a worker at {terminate:.0%} of its limit. Restart them with more memory (dask worker "
-                f"--memory-limit {-(-here // (pause * 1e9)):.0f}GB for chunk {max(plan.chunk)}), or run without "
-                "--scheduler.")
+                f"and dask kills a worker at {terminate:.0%} of its limit. "
+                + (f"These are workers of this machine: {more}, or run without a cluster." if more else
+                   f"Restart them with more memory (dask worker --memory-limit {-(-here // (pause * 1e9)):.0f}GB for "
+                   f"chunk {max(plan.chunk)}), or run without --scheduler."))
     if here is None:
         return
     short = {a: n for a, n in limits.items() if n * pause < need(plan.chunk, threads.get(a, 1))}
@@ -1605,11 +1621,11 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
     fits = [c for c in (1024, 512, 256) if c < max(plan.chunk) and need(c, max(threads.values())) <= smallest * pause]
     log.warning("%s: Dask worker(s) %s may run out of memory: model %s at chunk %d peaks near %s a worker, and dask "
                 "pauses a worker at %.0f%% of its memory limit (it then runs nothing more) and kills it at %.0f%%. %s"
-                "give the workers more memory (dask worker --memory-limit %.0fGB).", path,
+                "%s.", path,
                 ", ".join(f"{a} (memory limit {gb(n)})" for a, n in short.items()), card.name, max(plan.chunk),
                 gb(here), pause * 100, terminate * 100,
                 f"Pass --chunk {fits[0]} (near {gb(need(fits[0]))}), or " if fits else "Pass a smaller --chunk, or ",
-                -(-here // (pause * 1e9)))
+                more or f"give the workers more memory (dask worker --memory-limit {-(-here // (pause * 1e9)):.0f}GB)")
 
 
 @contextmanager

@@ -2233,19 +2233,27 @@ def test_workers_without_the_memory_the_model_needs_are_named_before_the_run(mak
             worker = next(iter(client.scheduler_info()["workers"]))
             shape = (8192, 8192) if chunk else (64, 64)
             if expect == "refused":
+                # workers of this machine (--workers N, a LocalCluster): fewer of them, not `dask worker` options
                 with pytest.raises(ClusterError, match=rf"Dask worker\(s\) {re.escape(worker)} \(memory limit 1.0 GB\) "
-                                                       r"cannot run model landcover-unet at any chunk.*--memory-limit"):
+                                                       r"cannot run model landcover-unet at any chunk.*These are "
+                                                       r"workers of this machine: start fewer workers \(--workers"):
                     segment(image, tmp_path / "out", client=client, preview=False)
                 assert not (tmp_path / "out").exists()
+                with Client(cluster.scheduler_address) as remote, \
+                        pytest.raises(ClusterError, match=r"at any chunk.*dask worker --memory-limit 2GB.*--scheduler"):
+                    pipeline._check_worker_memory(remote, "big.tif", shape, plan(512), card)  # a cluster of others'
                 continue
             pipeline._check_worker_memory(client, "big.tif", shape, plan(chunk), card)
+            with Client(cluster.scheduler_address) as remote:
+                pipeline._check_worker_memory(remote, "big.tif", shape, plan(chunk), card)
             said = [r.getMessage() for r in caplog.records if "may run out of memory" in r.getMessage()]
             if expect == "fine":
                 assert not said, said
             else:
-                assert len(said) == 1 and f"{worker} (memory limit 2.5 GB)" in said[0], said
-                assert "at chunk 2048 peaks near 3.7 GB" in said[0] and "Pass --chunk 512" in said[0], said[0]
-                assert "dask worker --memory-limit 5GB" in said[0], said[0]
+                assert len(said) == 2 and all(f"{worker} (memory limit 2.5 GB)" in s for s in said), said
+                assert all("at chunk 2048 peaks near 3.7 GB" in s and "Pass --chunk 512" in s for s in said), said
+                assert "start fewer workers (--workers" in said[0] and "each with at least 5 GB" in said[0], said[0]
+                assert "dask worker --memory-limit 5GB" in said[1], said[1]
 
 
 def test_a_run_on_workers_all_paused_by_their_memory_fails_not_waits_forever(make_raster, tmp_path, monkeypatch,
@@ -2278,3 +2286,66 @@ def test_a_run_on_workers_all_paused_by_their_memory_fails_not_waits_forever(mak
             segment(make_raster(), tmp_path / "out", model="threshold", preview=False, client=client)
     assert "are paused: their memory is over the 80%" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_workers_paused_while_each_chunk_runs_but_going_on_are_not_failed(make_raster, tmp_path, monkeypatch):
+    """A worker that dask pauses while a chunk holds its memory, and resumes between chunks, makes progress all the
+    while; every look at the scheduler saw it paused, and the run was failed after WORKER_WAIT_S as if it hung (a
+    4 GB worker at chunk 2048: peaks over 80% of its limit, back under it between chunks)."""
+    import time
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster, get_worker
+    from distributed.core import Status
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    monkeypatch.setattr(pipeline, "STEP_S", 0.2)
+    real = pipeline.predict_block
+
+    def set_status(status) -> None:
+        worker = get_worker()
+        worker.loop.add_callback(setattr, worker, "status", status)
+
+    def heavy(*args, **kwargs):  # paused while it holds the chunk's memory, running again once it is freed
+        set_status(Status.paused)
+        time.sleep(0.4)
+        out = real(*args, **kwargs)
+        set_status(Status.running)
+        return out
+
+    monkeypatch.setattr(pipeline, "predict_block", heavy)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        for worker in cluster.workers.values():  # the monitor would resume it: this process is under its limit
+            worker.memory_manager.memory_pause_fraction = False
+        result = segment(make_raster(shape=(256, 256)), tmp_path / "out", model="threshold", chunk=64, preview=False,
+                         client=client)  # 16 chunks, 6 s or more: every look finds the worker paused
+    assert Path(result.outputs["mask"]).is_file()
+
+
+def test_a_raster_deleted_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_worker_that_joined(make_raster, tmp_path,
+                                                                                             monkeypatch):
+    """A raster moved away while `--workers N` segmented it was put down to "a worker that joined after the run
+    checked its workers' files", with "run without --scheduler" (none was given): gone from this machine too, it was
+    moved or deleted, as a run without a cluster says."""
+    import threading
+
+    import geoseg.raster as raster
+    from distributed import Client, LocalCluster
+
+    image = make_raster()
+    opened = raster.rasterio.open
+
+    def deleting(path, *args, **kwargs):  # the first chunk's read finds the file gone
+        if threading.current_thread() is not threading.main_thread() and os.path.exists(image):
+            os.remove(image)
+        return opened(path, *args, **kwargs)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setattr(raster.rasterio, "open", deleting)
+        with pytest.raises(RasterReadError) as caught:
+            segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
+    said = str(caught.value)
+    assert "could not be opened again while it was being segmented" in said and "moved, deleted or replaced" in said
+    assert "joined" not in said and "--scheduler" not in said, said

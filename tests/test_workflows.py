@@ -160,6 +160,24 @@ def test_a_self_intersecting_aoi_or_zone_is_read_as_repaired_not_a_traceback_aft
     assert zoned.zones[0]["pixels"] == pytest.approx(50 * 40 / 2, rel=0.02)
 
 
+def test_a_zone_of_no_area_is_left_out_not_called_outside_the_raster(make_raster, tmp_path, caplog):
+    """A zero-area zone inside the raster was repaired to POLYGON EMPTY and reported as "1 of the 3 polygons ... lie
+    outside", with a row of 0 pixels (h146)."""
+    path = make_raster(shape=(40, 60))  # 0.5 m pixels from (500000, 2800000)
+    x0, y0 = 500000.0, 2800000.0
+    flat = shapely.Polygon([(x0 + 2, y0 - 2), (x0 + 8, y0 - 2), (x0 + 5, y0 - 2), (x0 + 2, y0 - 2)])  # a line
+    zones = gpd.GeoDataFrame({"name": ["a", "flat", "b"]}, crs="EPSG:32640", geometry=[
+        shapely.box(x0, y0 - 20, x0 + 15, y0), flat, shapely.box(x0 + 15, y0 - 20, x0 + 30, y0)])
+    zones.to_file(tmp_path / "z.gpkg")
+    caplog.set_level("WARNING", logger="geoseg")
+    result = scene(path, tmp_path / "out", zones=tmp_path / "z.gpkg", zone_field="name", model="threshold")
+    assert [z["zone"] for z in result.zones] == ["a", "b"]
+    assert "they have no area" in caplog.text and "outside" not in caplog.text
+    zones.iloc[[1]].to_file(tmp_path / "flat.gpkg")
+    with pytest.raises(InputError, match="every polygon of the zones layer has no area"):
+        scene(path, tmp_path / "out2", zones=tmp_path / "flat.gpkg", model="threshold")
+
+
 def test_a_bad_aoi_is_refused_before_either_image_is_read_whole(tmp_path, monkeypatch):
     """A typo in --aoi or --aoi-field was found only after the NDWI histograms of both images (or a baseline's joint
     calibration) had read them whole (h140)."""

@@ -153,6 +153,18 @@ def _valid_polygons(frame, path: Path, what: str):
     geometries = geometries.copy()
     geometries[invalid] = shapely.make_valid(geometries[invalid], method="structure", keep_collapsed=False)
     frame[frame.geometry.name] = geometries
+    collapsed = shapely.is_empty(geometries)  # a polygon of no area (its outline folded onto itself) repairs to
+    # nothing: it was counted as a zone "outside" the raster, with a row of 0 pixels (h146)
+    if collapsed.all():
+        raise InputError(f"{path}: every polygon of the {what} layer has no area (its outline folds onto itself); "
+                         "draw them again.")
+    if collapsed.any():
+        log.warning("%s: left out %d of the %d polygons of the %s layer: they have no area (their outline folds onto "
+                    "itself)", path, int(collapsed.sum()), len(frame), what)
+        frame = frame[~collapsed]
+        invalid = invalid[~collapsed]
+    if not invalid.any():
+        return frame
     log.warning("%s: %d of the %d polygons of the %s layer are invalid (self-intersecting, a hole outside its "
                 "shell, ...); they are read as shapely.make_valid repairs them. QGIS's Fix Geometries repairs the "
                 "layer itself.", path, int(invalid.sum()), len(frame), what)
