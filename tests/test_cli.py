@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import os
 import re
 import shutil
@@ -1514,8 +1515,10 @@ def test_serve_stopped_by_sigterm_speaks_of_no_outputs_of_a_run(tmp_path, monkey
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
+    before = tempfile.gettempdir()
     result = CliRunner().invoke(main, ["serve", "--port", port])
     assert result.exit_code == 143 and "Terminated (SIGTERM)" in result.stderr, result.output
+    assert tempfile.gettempdir() == before  # the server's, deleted with it, failed every later test's temp folder
     assert "outputs of this run" not in result.stderr
 
 

@@ -105,6 +105,8 @@ def serve(host, port, allow_hosts, max_mb, max_mpx, ttl, workers, max_queued, ab
 
     # TensorFlow's autograph files go to the temporary folder, and away at Python's exit, which os._exit below
     # skips: 3 were left per server. In the server's own folder they go with it.
+    before = tempfile.tempdir  # put back when the server stops: a caller in this process (a test) went on with
+    # a temporary folder that was deleted with the server's (h149's test failed 56 later ones)
     tempfile.tempdir = str(app.extensions["geoseg_jobs"].root / "tmp")
     os.makedirs(tempfile.tempdir, exist_ok=True)
 
@@ -119,6 +121,7 @@ def serve(host, port, allow_hosts, max_mb, max_mpx, ttl, workers, max_queued, ab
         if running:
             click.echo(f"stopped: {running} job(s) still running were abandoned.", err=True)
         shutil.rmtree(jobs.root, ignore_errors=True)
+        tempfile.tempdir = before
     sys.stdout.flush()
     sys.stderr.flush()
     # app.run returns only on Ctrl-C: 130, as every other command (it was 0, which a supervisor reads as a clean
