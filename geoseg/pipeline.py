@@ -541,7 +541,7 @@ def _store_on_cluster(result: da.Array, writer: _Writer, client, report, source:
             if time.monotonic() - checked[0] > STEP_S:  # a worker lost while the others go on is said too
                 check_workers()
     except WorkerReadError as exc:  # still read here: the worker does not see it (one that joined mid-run)
-        if _files_here([exc.path])[0] is not None:
+        if _opens_here(exc.path):
             raise RasterReadError(exc.unseen()) from None
         # gone from this machine too: moved or deleted meanwhile, whatever the cluster (--workers N has no
         # --scheduler to leave out, nor workers that join)
@@ -1600,8 +1600,11 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
     # workers of a LocalCluster (--workers N, or one of the caller's) share this machine's memory: fewer of them each
     # get more; `dask worker --memory-limit` and "without --scheduler" say nothing to them
     local = type(getattr(client, "cluster", None)).__name__ == "LocalCluster"
+    fewer = local and here and len(limits) > 1  # one worker of this machine has its memory already (h153)
     more = (f"start fewer workers (--workers; in Python LocalCluster(n_workers=..., memory_limit=...)), each with at "
-            f"least {-(-here // (pause * 1e9)):.0f} GB for chunk {max(plan.chunk)}" if local and here else None)
+            f"least {-(-here // (pause * 1e9)):.0f} GB for chunk {max(plan.chunk)}" if fewer else
+            "run without a cluster (leave out --workers), which gives the model this machine's memory" if local
+            else None)
     if floor is not None:
         small = {a: n for a, n in limits.items() if n * terminate < floor}
         if small:
@@ -1609,7 +1612,8 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
                 f"{path}: not segmented: Dask worker(s) {', '.join(f'{a} (memory limit {gb(n)})' for a, n in small.items())} "
                 f"cannot run model {card.name} at any chunk: TensorFlow and the model alone take over {gb(floor)}, "
                 f"and dask kills a worker at {terminate:.0%} of its limit. "
-                + (f"These are workers of this machine: {more}, or run without a cluster." if more else
+                + (f"These are workers of this machine: {more}, or run without a cluster." if fewer else
+                   f"It is this machine's one worker: {more}." if local else
                    f"Restart them with more memory (dask worker --memory-limit {-(-here // (pause * 1e9)):.0f}GB for "
                    f"chunk {max(plan.chunk)}), or run without --scheduler."))
     if here is None:
@@ -1664,6 +1668,18 @@ def _run_check(client, paths: list[str]) -> dict[str, list]:
 
 SAMPLES = 16  # blocks of a file read to tell two copies of one size apart
 SAMPLE_BYTES = 4096
+
+
+def _opens_here(path: str) -> bool:
+    """Whether this process opens `path` as a raster: a file overwritten meanwhile by one GDAL cannot read is still
+    a readable file (`_files_here`), and was put down to "a worker that joined" on a --workers run."""
+    if _files_here([path])[0] is None:
+        return False
+    try:
+        with open_quietly(path):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means it does not open here either
+        return False
 
 
 def _files_here(paths: list[str]) -> list[list | bool | None]:

@@ -520,7 +520,7 @@ TINY_TILE_PX = 16
 
 
 def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, float, float, float],
-                     metres: bool, pixel: float = 1.0) -> None:
+                     metres: bool, pixel: float = 1.0, size_px: int | None = None) -> None:
     """Refuse a --simplify `tolerance` (in the layer's units) longer than the mask's `extent` is wide and high: it
     leaves each polygon a few vertices at best, and past about 1e154 its square overflows in GEOS. A mask of at
     most `TINY_TILE_PX` a side (the corner tile of a retiled mosaic) at the tolerance of the rest is only warned
@@ -536,7 +536,9 @@ def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, flo
         said = (f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent ({extent_text}): "
                 "no polygon would keep its shape. Give a tolerance of a pixel or a few"
                 + ("." if plain else f" ({pixel:.4g} units a pixel)."))
-        tiny = max(sides) / pixel <= TINY_TILE_PX  # the corner of a retiled mosaic
+        # the corner of a retiled mosaic, by its pixels: the bounds of a rotated grid are wider than it (a 12 px
+        # tile at 45 degrees spans 17 px of them)
+        tiny = (max(sides) / pixel if size_px is None else size_px) <= TINY_TILE_PX
         if not (tiny and tolerance <= 1000 * max(sides)):  # NaN too
             raise InputError(said)
         log.warning(said)
@@ -787,7 +789,7 @@ def vectorize(
     extent = _extent(transform, info.width, info.height)
     if simplify > 0:  # 1e300 overflowed in shapely (a bare RuntimeWarning) and left the polygons unsimplified (h149)
         _check_tolerance(simplify, _metres_to_crs_units(crs, simplify, info, transform), extent, crs is not None,
-                         float(np.sqrt(abs(transform.determinant))))
+                         float(np.sqrt(abs(transform.determinant))), max(info.width, info.height))
     nodata_seen = False
 
     # each id's class name, made once for every batch (a foreign mask's unnamed ids are "class N", as

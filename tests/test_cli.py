@@ -1620,3 +1620,16 @@ def test_vectorize_tolerance_message_of_a_mask_placed_without_a_crs(run, tmp_pat
     assert result.exit_code == 1, result.output
     assert "0.0 x 0.0" not in result.output and "2 px" not in result.output, result.output
     assert "units of its geotransform" in result.output and "0.004 x 0.003" in result.output, result.output
+
+
+def test_vectorize_warns_of_a_rotated_corner_tile_as_of_a_north_up_one(run, tmp_path, caplog):
+    """TINY_TILE_PX was compared with the tile's bounds: a 12 px tile turned 45 degrees spans 17 px of them, and was
+    refused where the same tile north-up is only warned of."""
+    for name, transform in (("north.tif", rasterio.transform.from_origin(500000, 2800000, 0.5, 0.5)),
+                            ("turned.tif", rasterio.transform.from_origin(500000, 2800000, 0.5, 0.5)
+                             * rasterio.Affine.rotation(45))):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=12, height=12, count=1, dtype="uint8",
+                           crs="EPSG:32640", transform=transform) as ds:
+            ds.write(np.ones((1, 12, 12), np.uint8))
+        result = run("vectorize", tmp_path / name, "-o", tmp_path / f"{name}.gpkg", "--simplify", "10")
+        assert result.exit_code == 0, (name, result.output)

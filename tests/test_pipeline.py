@@ -2235,8 +2235,9 @@ def test_workers_without_the_memory_the_model_needs_are_named_before_the_run(mak
             if expect == "refused":
                 # workers of this machine (--workers N, a LocalCluster): fewer of them, not `dask worker` options
                 with pytest.raises(ClusterError, match=rf"Dask worker\(s\) {re.escape(worker)} \(memory limit 1.0 GB\) "
-                                                       r"cannot run model landcover-unet at any chunk.*These are "
-                                                       r"workers of this machine: start fewer workers \(--workers"):
+                                                       r"cannot run model landcover-unet at any chunk.*It is this "
+                                                       r"machine's one worker: run without a cluster \(leave out "
+                                                       r"--workers\)"):
                     segment(image, tmp_path / "out", client=client, preview=False)
                 assert not (tmp_path / "out").exists()
                 with Client(cluster.scheduler_address) as remote, \
@@ -2252,8 +2253,14 @@ def test_workers_without_the_memory_the_model_needs_are_named_before_the_run(mak
             else:
                 assert len(said) == 2 and all(f"{worker} (memory limit 2.5 GB)" in s for s in said), said
                 assert all("at chunk 2048 peaks near 3.7 GB" in s and "Pass --chunk 512" in s for s in said), said
-                assert "start fewer workers (--workers" in said[0] and "each with at least 5 GB" in said[0], said[0]
+                assert "run without a cluster (leave out --workers)" in said[0], said[0]  # one worker: fewer is none
                 assert "dask worker --memory-limit 5GB" in said[1], said[1]
+    caplog.clear()  # two workers of this machine: fewer of them get more memory each
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                      memory_limit="2.5GB") as cluster, Client(cluster) as client:
+        pipeline._check_worker_memory(client, "big.tif", (8192, 8192), plan(2048), card)
+    said = [r.getMessage() for r in caplog.records if "may run out of memory" in r.getMessage()]
+    assert len(said) == 1 and "start fewer workers (--workers" in said[0] and "at least 5 GB" in said[0], said
 
 
 def test_a_run_on_workers_all_paused_by_their_memory_fails_not_waits_forever(make_raster, tmp_path, monkeypatch,
@@ -2349,3 +2356,65 @@ def test_a_raster_deleted_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_worker
     said = str(caught.value)
     assert "could not be opened again while it was being segmented" in said and "moved, deleted or replaced" in said
     assert "joined" not in said and "--scheduler" not in said, said
+
+
+def test_one_chunk_longer_than_the_wait_on_a_worker_paused_all_the_while_is_not_failed(make_raster, tmp_path,
+                                                                                       monkeypatch):
+    """No chunk comes back before the end: only the paused worker's executing task says it is going on (the test
+    above passes with either of the two resets alone)."""
+    import time
+
+    import geoseg.pipeline as pipeline
+    from distributed import Client, LocalCluster, get_worker
+    from distributed.core import Status
+
+    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
+    monkeypatch.setattr(pipeline, "STEP_S", 0.2)
+    real = pipeline.predict_block
+
+    def set_status(status) -> None:
+        worker = get_worker()
+        worker.loop.add_callback(setattr, worker, "status", status)
+
+    def heavy(*args, **kwargs):
+        set_status(Status.paused)
+        time.sleep(4)
+        out = real(*args, **kwargs)
+        set_status(Status.running)
+        return out
+
+    monkeypatch.setattr(pipeline, "predict_block", heavy)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        for worker in cluster.workers.values():
+            worker.memory_manager.memory_pause_fraction = False
+        result = segment(make_raster(shape=(64, 64)), tmp_path / "out", model="threshold", chunk=64, preview=False,
+                         client=client)  # one chunk of 4 s
+    assert Path(result.outputs["mask"]).is_file()
+
+
+def test_a_raster_overwritten_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_worker_that_joined(make_raster,
+                                                                                                 tmp_path,
+                                                                                                 monkeypatch):
+    """A file still there but no longer a raster was "which this machine reads: a worker that joined after the run
+    checked every worker's files? ... or run without --scheduler" on a --workers run."""
+    import threading
+
+    import geoseg.raster as raster
+    from distributed import Client, LocalCluster
+
+    image = make_raster()
+    opened = raster.rasterio.open
+
+    def overwriting(path, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread() and os.path.getsize(image) != 1200:
+            Path(image).write_bytes(b"not a raster" * 100)
+        return opened(path, *args, **kwargs)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setattr(raster.rasterio, "open", overwriting)
+        with pytest.raises(RasterReadError) as caught:
+            segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
+    said = str(caught.value)
+    assert "moved, deleted or replaced" in said and "joined" not in said and "--scheduler" not in said, said

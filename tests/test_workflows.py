@@ -2741,4 +2741,6 @@ def test_survey_report_names_masks_left_out_of_the_mosaic_by_their_whole_path(ma
     monkeypatch.chdir(tmp_path)
     result = survey([turned], "out", model="threshold", preview=False, vector=False)
     mask = os.path.abspath(result.done[0]["outputs"]["mask"])
-    assert f"- `{mask}`" in (tmp_path / "out" / "survey_report.md").read_text()
+    report = (tmp_path / "out" / "survey_report.md").read_text()
+    assert f"- `{mask}`" in report
+    assert f"- summary_csv: `{tmp_path / 'out' / 'survey_summary.csv'}`" in report  # its Outputs too (h153)

@@ -114,6 +114,7 @@ def serve(host, port, allow_hosts, max_mb, max_mpx, ttl, workers, max_queued, ab
         app.run(host=host, port=port, threaded=True,  # returns on Ctrl-C; SIGTERM raises SystemExit(143)
                 request_handler=_idle_handler(idle_timeout))
     finally:
+        tempfile.tempdir = before  # first: whatever fails below (h153)
         # jobs still running held the exit for 8-17 s, then failed with "cannot schedule new futures after
         # shutdown" tracebacks: they are abandoned, and the server's folder deleted, as it always was on exit
         jobs = app.extensions["geoseg_jobs"]
@@ -121,7 +122,6 @@ def serve(host, port, allow_hosts, max_mb, max_mpx, ttl, workers, max_queued, ab
         if running:
             click.echo(f"stopped: {running} job(s) still running were abandoned.", err=True)
         shutil.rmtree(jobs.root, ignore_errors=True)
-        tempfile.tempdir = before
     sys.stdout.flush()
     sys.stderr.flush()
     # app.run returns only on Ctrl-C: 130, as every other command (it was 0, which a supervisor reads as a clean

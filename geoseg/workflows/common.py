@@ -158,16 +158,17 @@ def _valid_polygons(frame, path: Path, what: str):
     if collapsed.all():
         raise InputError(f"{path}: every polygon of the {what} layer has no area (its outline folds onto itself); "
                          "draw them again.")
+    whole = len(frame)  # both warnings count the layer's polygons, not those left after the first (h153)
     if collapsed.any():
         log.warning("%s: left out %d of the %d polygons of the %s layer: they have no area (their outline folds onto "
-                    "itself)", path, int(collapsed.sum()), len(frame), what)
+                    "itself)", path, int(collapsed.sum()), whole, what)
         frame = frame[~collapsed]
         invalid = invalid[~collapsed]
     if not invalid.any():
         return frame
     log.warning("%s: %d of the %d polygons of the %s layer are invalid (self-intersecting, a hole outside its "
                 "shell, ...); they are read as shapely.make_valid repairs them. QGIS's Fix Geometries repairs the "
-                "layer itself.", path, int(invalid.sum()), len(frame), what)
+                "layer itself.", path, int(invalid.sum()), whole, what)
     return frame
 
 

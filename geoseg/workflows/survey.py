@@ -1248,7 +1248,7 @@ def _report(rows: list[dict], outputs: dict[str, str], left_out: list[str], tota
                   "Those on the map (rotated, or placed by GCPs) are counted in the totals as the others are, each "
                   "place once; those without a CRS have no m² and add nothing.", ""] + \
             [f"- `{os.path.abspath(p)}`" for p in left_out]  # as survey_summary.csv names them, not from the cwd
-    lines += ["", "## Outputs", ""] + [f"- {k}: `{v}`" for k, v in outputs.items()]
+    lines += ["", "## Outputs", ""] + [f"- {k}: `{os.path.abspath(v)}`" for k, v in outputs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -1274,7 +1274,7 @@ def _mosaics(out_dir: Path, masks: list[str], classes, left_out: list[str], grou
             by_crs.setdefault(ds.crs.to_string(), []).append((path, ds.transform, ds.width, ds.height))
     if left_out:
         log.warning("%d mask(s) without a CRS or north-up grid are left out of the mosaic: %s", len(left_out),
-                    ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else ""))
+                    ", ".join(map(os.path.abspath, left_out[:3])) + (", ..." if len(left_out) > 3 else ""))
     out = {}
     for crs, items in by_crs.items():
         name = "masks.vrt" if len(by_crs) == 1 else f"{_mosaic_stem(crs)}.vrt"
