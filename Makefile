@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	@if [ "$(INPUT)" = "$(SAMPLE)" ]; then $(BIN)/python scripts/make_sample.py "$(SAMPLE)"; fi
 	$(BIN)/geoseg segment "$(INPUT)" -o "$(OUT)" --vector --confidence --overwrite
-	@echo "Outputs are in $(OUT)/ (mask and confidence GeoTIFFs, polygons GeoPackage, QGIS styles, preview PNG)."
+	@echo "Outputs are in $(OUT)/ (mask and confidence GeoTIFFs, the mask's class names (.aux.xml), polygons GeoPackage, QGIS styles, preview PNG)."
 
 test: env browser
 	$(BIN)/python -m pytest -q --runslow
