@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import os
@@ -1323,36 +1324,46 @@ def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names
     assert '"resample": false' in json.dumps(manifest)
 
 
-def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_raster, tmp_path):
-    """A server that speaks first (SSH's banner) was read as a message length: "Unable to allocate 2.82 EiB", a
-    69-line traceback and no JSON on stdout; a host name that does not resolve waited 10 s for a "timeout" (h134)."""
+@contextlib.contextmanager
+def _speaking_server(sent: bytes, *, hang_up: bool):
+    """A local TCP port whose server sends `sent` to each connection first, then closes it (`hang_up`) or holds it:
+    what a --scheduler address that is no Dask scheduler answers. Yields the port."""
     import socket
     import threading
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
-    port = server.getsockname()[1]
     held = []
 
-    def banner():
+    def speak():
         while True:
             try:
                 conn, _ = server.accept()
             except OSError:
                 return
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
-            held.append(conn)
+            conn.sendall(sent)
+            if hang_up:
+                conn.close()
+            else:
+                held.append(conn)
 
-    threading.Thread(target=banner, daemon=True).start()
-    image = make_raster(shape=(20, 20))
+    threading.Thread(target=speak, daemon=True).start()
     try:
-        result = run("segment", image, "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
-                     f"tcp://127.0.0.1:{port}", "--json")
+        yield server.getsockname()[1]
     finally:
         server.close()
         for conn in held:
             conn.close()
+
+
+def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_raster, tmp_path):
+    """A server that speaks first (SSH's banner) was read as a message length: "Unable to allocate 2.82 EiB", a
+    69-line traceback and no JSON on stdout; a host name that does not resolve waited 10 s for a "timeout" (h134)."""
+    image = make_raster(shape=(20, 20))
+    with _speaking_server(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", hang_up=False) as port:
+        result = run("segment", image, "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
+                     f"tcp://127.0.0.1:{port}", "--json")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "is not a Dask scheduler" in json.loads(result.stdout)["error"]
     typo = run("segment", image, "-o", tmp_path / "b", "-m", "threshold", "--scheduler", "tcp://nosuchhost.invalid:8786")
@@ -1363,29 +1374,9 @@ def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_r
 def test_a_server_that_sends_eight_bytes_and_closes_is_no_scheduler_in_one_line(run, make_raster, tmp_path):
     """Eight zero bytes, then the connection closed, read as a Dask message of no frames: a 40-line traceback that
     ended in "struct.error: unpack_from requires a buffer of at least 8 bytes", and no JSON on stdout (h142)."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    port = server.getsockname()[1]
-
-    def banner():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            conn.sendall(bytes(8))
-            conn.close()
-
-    threading.Thread(target=banner, daemon=True).start()
-    try:
+    with _speaking_server(bytes(8), hang_up=True) as port:
         result = run("segment", make_raster(shape=(20, 20)), "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
                      f"tcp://127.0.0.1:{port}", "--json")
-    finally:
-        server.close()
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     error = json.loads(result.stdout)["error"]
     assert f"what answered at tcp://127.0.0.1:{port} is not a Dask scheduler" in error and "\n" not in error, error

@@ -2295,10 +2295,10 @@ def test_a_run_on_workers_all_paused_by_their_memory_fails_not_waits_forever(mak
     assert not (tmp_path / "out").exists()
 
 
-def test_workers_paused_while_each_chunk_runs_but_going_on_are_not_failed(make_raster, tmp_path, monkeypatch):
-    """A worker that dask pauses while a chunk holds its memory, and resumes between chunks, makes progress all the
-    while; every look at the scheduler saw it paused, and the run was failed after WORKER_WAIT_S as if it hung (a
-    4 GB worker at chunk 2048: peaks over 80% of its limit, back under it between chunks)."""
+def _segmented_by_a_worker_paused_in_each_chunk(raster, out: Path, monkeypatch, seconds: float) -> Path:
+    """`raster` segmented at chunk 64 by one worker of a LocalCluster that each model call pauses for `seconds`,
+    then sets running again: as dask pauses a worker while a chunk holds memory over 80% of its limit. Returns the
+    mask."""
     import time
 
     import geoseg.pipeline as pipeline
@@ -2315,7 +2315,7 @@ def test_workers_paused_while_each_chunk_runs_but_going_on_are_not_failed(make_r
 
     def heavy(*args, **kwargs):  # paused while it holds the chunk's memory, running again once it is freed
         set_status(Status.paused)
-        time.sleep(0.4)
+        time.sleep(seconds)
         out = real(*args, **kwargs)
         set_status(Status.running)
         return out
@@ -2325,9 +2325,17 @@ def test_workers_paused_while_each_chunk_runs_but_going_on_are_not_failed(make_r
             Client(cluster) as client:
         for worker in cluster.workers.values():  # the monitor would resume it: this process is under its limit
             worker.memory_manager.memory_pause_fraction = False
-        result = segment(make_raster(shape=(256, 256)), tmp_path / "out", model="threshold", chunk=64, preview=False,
-                         client=client)  # 16 chunks, 6 s or more: every look finds the worker paused
-    assert Path(result.outputs["mask"]).is_file()
+        result = segment(raster, out, model="threshold", chunk=64, preview=False, client=client)
+    return Path(result.outputs["mask"])
+
+
+def test_workers_paused_while_each_chunk_runs_but_going_on_are_not_failed(make_raster, tmp_path, monkeypatch):
+    """A worker that dask pauses while a chunk holds its memory, and resumes between chunks, makes progress all the
+    while; every look at the scheduler saw it paused, and the run was failed after WORKER_WAIT_S as if it hung (a
+    4 GB worker at chunk 2048: peaks over 80% of its limit, back under it between chunks)."""
+    # 16 chunks, 6 s or more: every look finds the worker paused
+    assert _segmented_by_a_worker_paused_in_each_chunk(make_raster(shape=(256, 256)), tmp_path / "out", monkeypatch,
+                                                        0.4).is_file()
 
 
 def test_a_raster_deleted_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_worker_that_joined(make_raster, tmp_path,
@@ -2362,35 +2370,9 @@ def test_one_chunk_longer_than_the_wait_on_a_worker_paused_all_the_while_is_not_
                                                                                        monkeypatch):
     """No chunk comes back before the end: only the paused worker's executing task says it is going on (the test
     above passes with either of the two resets alone)."""
-    import time
-
-    import geoseg.pipeline as pipeline
-    from distributed import Client, LocalCluster, get_worker
-    from distributed.core import Status
-
-    monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
-    monkeypatch.setattr(pipeline, "STEP_S", 0.2)
-    real = pipeline.predict_block
-
-    def set_status(status) -> None:
-        worker = get_worker()
-        worker.loop.add_callback(setattr, worker, "status", status)
-
-    def heavy(*args, **kwargs):
-        set_status(Status.paused)
-        time.sleep(4)
-        out = real(*args, **kwargs)
-        set_status(Status.running)
-        return out
-
-    monkeypatch.setattr(pipeline, "predict_block", heavy)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
-        for worker in cluster.workers.values():
-            worker.memory_manager.memory_pause_fraction = False
-        result = segment(make_raster(shape=(64, 64)), tmp_path / "out", model="threshold", chunk=64, preview=False,
-                         client=client)  # one chunk of 4 s
-    assert Path(result.outputs["mask"]).is_file()
+    # one chunk of 4 s
+    assert _segmented_by_a_worker_paused_in_each_chunk(make_raster(shape=(64, 64)), tmp_path / "out", monkeypatch,
+                                                        4).is_file()
 
 
 def test_a_raster_overwritten_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_worker_that_joined(make_raster,
