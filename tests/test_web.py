@@ -1689,7 +1689,7 @@ def test_the_comparison_thumbnails_say_the_class_shares_they_show(app, make_rast
         for name in ("tiny-fcn", "threshold"):
             shares = ", ".join(f"{c['name']} {c['share_pct']}%" for c in models[name]["classes"])
             assert alts[name] == f"{name}'s mask over the image: {shares}", alts
-        assert alts["watershed-regions"] == ("watershed-regions's mask over the image: unlabeled regions, colours only "
+        assert alts["watershed-regions"] == ("watershed-regions' mask over the image: unlabeled regions, colours only "
                                              "tell neighbouring regions apart")
 
 
@@ -1706,7 +1706,7 @@ def test_choosing_another_model_to_show_is_announced(app, make_raster):
         shares = ", ".join(f"{c['name']} {c['share_pct']}%" for c in threshold["classes"])
         assert live.text_content() == f"Showing threshold's mask: {shares}."
         page.select_option("#view-model", label="watershed-regions")
-        assert live.text_content() == ("Showing watershed-regions's mask: unlabeled regions, colours only tell "
+        assert live.text_content() == ("Showing watershed-regions' mask: unlabeled regions, colours only tell "
                                        "neighbouring regions apart.")
         assert page.evaluate("document.activeElement.id") == "view-model"  # announced, not focused
 

@@ -195,7 +195,7 @@ function show() {
   const select = $("view-model");
   select.innerHTML = models.map((m, i) => `<option value="${i}">${escape(m.model)}</option>`).join(""); // a card's name is text
   // a screen reader said only the option's name: the mask, legend and downloads changed unheard
-  select.onchange = () => { const m = models[select.value]; view(m); $("shown").textContent = `Showing ${m.model}'s mask${inWords(m)}.`; };
+  select.onchange = () => { const m = models[select.value]; view(m); $("shown").textContent = `Showing ${possessive(m.model)} mask${inWords(m)}.`; };
   $("shown").textContent = "";
   select.disabled = false;
   $("original").src = job.files["original.png"];
@@ -208,7 +208,7 @@ function show() {
   // as elements: a card's names in an attribute of HTML text could close it
   $("compare").replaceChildren(...models.map((m) => {
     const figure = document.createElement("figure"), img = document.createElement("img"), caption = document.createElement("figcaption");
-    img.src = job.files[m.key + "_overlay.png"]; img.alt = `${m.model}'s mask over the image${inWords(m)}`;
+    img.src = job.files[m.key + "_overlay.png"]; img.alt = `${possessive(m.model)} mask over the image${inWords(m)}`;
     caption.textContent = `${m.model} (${m.seconds.toFixed(1)} s)`;
     figure.append(img, caption);
     return figure;
@@ -222,6 +222,9 @@ function show() {
   select.value = first; view(models[first]);
   $("results").hidden = false;
 }
+
+// "watershed-regions' mask", not "watershed-regions's" (h143)
+function possessive(name) { return name.endsWith("s") ? `${name}'` : `${name}'s`; }
 
 // what a model's mask shows, in words: the pictures' alt text and what choosing it in Show announces
 function inWords(m) {
@@ -242,7 +245,7 @@ function agreementAbout(models) {
     const lacks = list([...new Set(counted.flatMap(names))].filter((n) => !names(m).includes(n)));
     if (names(m).includes("other") && lacks) lacking.set(lacks, [...(lacking.get(lacks) || []), m.model]);
   });
-  lacking.forEach((who, lacks) => parts.push(who.length === 1 ? `${who[0]}'s “other” agrees with any class it lacks (${lacks}).` :
+  lacking.forEach((who, lacks) => parts.push(who.length === 1 ? `${possessive(who[0])} “other” agrees with any class it lacks (${lacks}).` :
     `The “other” of ${list(who)} agrees with any class they lack (${lacks}).`));
   // a class that another model neither has nor covers by an "other" never agrees: its pixels all count against
   counted.forEach((m) => counted.forEach((o) => {
@@ -258,7 +261,7 @@ function agreementAbout(models) {
 
 function view(m) {
   $("overlay").src = job.files[m.key + "_mask.png"];
-  $("overlay").alt = `${m.model}'s mask${inWords(m)}`;
+  $("overlay").alt = `${possessive(m.model)} mask${inWords(m)}`;
   $("legend").innerHTML = m.output === "regions" ? "unlabeled regions: colours only tell neighbouring regions apart" :
     m.classes.every((c) => c.share_pct === null) ? "no valid pixel: the image is all nodata" :
     m.classes.map((c) => `<span class="legend"><i style="background:${c.color}"></i>${escape(c.name)} ${c.share_pct}%` +
@@ -291,7 +294,7 @@ function iou(rows) {
   const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
   const from = job.result.label_read_as;
   $("iou").innerHTML = `<caption id="iou-caption">IoU against the label, ${from === "its CLASS_NAMES" ? "classes named by its CLASS_NAMES" :
-    `read as ${escape(from)}'s classes`}</caption><tr><th scope="col">IoU</th>${rows.map((r) => `<th scope="col">${escape(r.model)}</th>`).join("")}</tr>` +
+    `read as ${escape(possessive(from))} classes`}</caption><tr><th scope="col">IoU</th>${rows.map((r) => `<th scope="col">${escape(r.model)}</th>`).join("")}</tr>` +
     names.map((n) => `<tr><th scope="row">${escape(n)}</th>${rows.map((r) => `<td>${fmt(r.iou[n])}</td>`).join("")}</tr>`).join("") +
     `<tr class="mean"><th scope="row">mean IoU</th>${rows.map((r) => `<td>${fmt(r.mean_iou)}</td>`).join("")}</tr>`;
   $("iou").hidden = $("iou-box").hidden = false;
