@@ -1853,3 +1853,69 @@ def test_on_disk_a_class_whose_labels_all_lie_on_image_nodata_is_said_so(tmp_pat
     train_pairs, _ = load_pairs(load_config(config))
     with pytest.raises(InputError, match="lie only where the images have no data"):
         class_weights(train_pairs, 2, "sqrt", ["a", "b"], "vector")
+
+
+def test_a_chip_on_disk_reads_its_image_window_once(tmp_path, monkeypatch):
+    """On disk the labels re-read the image's window, just read for the chip, only to learn where it has data: a
+    256 px chip of a 6000 px GeoTIFF took 40.8 ms, 19.8 ms without the re-read (h154). Each chip's window is read
+    once (training, stretched, class weights, validation chips), and the labels still leave out the nodata."""
+    from geoseg.models import training
+    from geoseg.models.card import ModelCard
+    from geoseg.models.labels import IGNORE
+    from geoseg.models.training import (LazyImage, LazyLabels, TrainConfig, _read_image, class_weights,
+                                        validation_set)
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 255, (3, 96, 96)).astype(np.uint8)
+    data[:, :, :20] = 0  # a collar of nodata: chips over it are read with the data around them too
+    profile = {"driver": "GTiff", "width": 96, "height": 96, "dtype": "uint8", "crs": "EPSG:32640",
+               "transform": from_origin(500000, 2800000, 1, 1)}
+    with rasterio.open(tmp_path / "img.tif", "w", count=3, nodata=0, **profile) as ds:
+        ds.write(data)
+    truth = rng.integers(0, 2, (96, 96)).astype(np.uint8)
+    with rasterio.open(tmp_path / "img_label.tif", "w", count=1, **profile) as ds:
+        ds.write(truth[None])
+    path = str(tmp_path / "img.tif")
+    whole, valid = _read_image(path, [1, 2, 3])
+    expected = np.where(valid, truth, IGNORE)
+    norm = {"method": "percentile", "low": 2, "high": 98}
+    config = TrainConfig(name="t", classes=[{"name": "a"}, {"name": "b"}], images=[path],
+                         labels="{image_dir}/{stem}_label.tif", normalization=norm, in_memory=False, chip=16,
+                         validation_chips=10, source=str(tmp_path / "t.toml"))
+    sizes = []
+    original = training._without_nodata
+
+    def spy(ds, bands, window=None):
+        sizes.append((int(window.height), int(window.width)))
+        return original(ds, bands, window)
+
+    monkeypatch.setattr(training, "_without_nodata", spy)
+    image = LazyImage(path, [1, 2, 3])
+    labels = LazyLabels(config, image)
+    pairs = [(image, labels, path)]
+    stream = chip_stream(pairs, 16, 0)
+    for _ in range(40):
+        next(stream)
+    assert sizes.count((16, 16)) == 40  # the around reads of chips with nodata are larger
+    sizes.clear()
+    for key in [(slice(40, 72), slice(0, 32)), (slice(0, 32), slice(30, 62))]:  # nodata and data, each read once
+        np.testing.assert_array_equal(image[key], whole[key])
+        np.testing.assert_array_equal(labels[key], expected[key])
+    assert sizes.count((32, 32)) == 2
+    image[10:42, 5:37]  # labels of another window than the one just read: read, not the last one's
+    np.testing.assert_array_equal(labels[50:82, 0:32], expected[50:82, 0:32])
+    np.testing.assert_array_equal(labels[10:42, 5:37], expected[10:42, 5:37])  # taken once, then read again
+    stretched = image.normalized(lambda chip: chip.astype(np.float32) / 255)  # as _stretched makes it
+    sizes.clear()
+    x, y = stretched[40:72, 0:32], labels[40:72, 0:32]
+    assert sizes.count((32, 32)) == 1 and x.dtype == np.float32
+    np.testing.assert_array_equal(y, expected[40:72, 0:32])
+    sizes.clear()
+    class_weights(pairs, 2, "sqrt")  # 64 chips of 48 px, their labels on nodata counted by _LabelsOnNodata
+    assert sizes.count((48, 48)) == 64
+    card = ModelCard.from_dict({"name": "t", "classes": [{"id": 0, "name": "a", "color": "#000000"},
+                                                         {"id": 1, "name": "b", "color": "#ffffff"}],
+                                "bands": [1, 2, 3], "normalization": norm, "margin": 0, "tile_size": None})
+    sizes.clear()
+    chips, _ = validation_set(config, card, [], pairs)  # stretched by their raster, then sampled
+    assert len(chips) == 10 and sizes.count((16, 16)) == 10

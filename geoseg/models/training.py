@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import glob
 import json
@@ -490,13 +491,43 @@ class LazyImage:
         self.may_hold_nodata = self.dtype.kind == "f" or info.has_mask  # nodata values, masks, alpha: has_mask
         if normalize is not None:
             self.dtype = np.dtype(np.float32)
+        # the `valid` of the last window read, per thread, until its labels take it: chip_stream reads a chip's
+        # image and then its labels, and the labels re-read the image's window only to learn where it has data
+        # (a 256 px chip of a 6000 px GeoTIFF: 40.8 ms, 19.8 ms without the re-read, h154)
+        self._recent = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:  # a thread-local cannot be pickled; a copy in a process starts empty
+        return {k: v for k, v in self.__dict__.items() if k != "_recent"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _recent=threading.local())
+
+    def normalized(self, normalize: Callable) -> "LazyImage":
+        """This image normalised by `normalize`; its labels (made for this one) still take their `valid` from its
+        reads without reading the window again."""
+        out = copy.copy(self)
+        out.normalize, out.dtype, out._recent = normalize, np.dtype(np.float32), self._recent  # (copy made a new one)
+        return out
 
     def __getitem__(self, key) -> np.ndarray:
         chip, _ = self.read(key)
         return chip if self.normalize is None else self.normalize(chip)
 
+    def valid(self, key) -> np.ndarray:
+        """Where ``image[rows, cols]`` has data: that of the window this thread just read, else read."""
+        recent, window = getattr(self._recent, "last", None), _window_key(key)
+        self._recent.last = None
+        if recent is not None and recent[0] == window:
+            return recent[1]
+        return self._read(key)[1]
+
     def read(self, key) -> tuple[np.ndarray, np.ndarray]:
         """(chip, valid) of ``image[rows, cols]``, as `_without_nodata` reads them."""
+        chip, valid = self._read(key)
+        self._recent.last = (_window_key(key), valid) if self.may_hold_nodata else None
+        return chip, valid
+
+    def _read(self, key) -> tuple[np.ndarray, np.ndarray]:
         import rasterio
         from rasterio.windows import Window
 
@@ -518,6 +549,14 @@ class LazyImage:
             around, _ = _without_nodata(ds, self.bands, Window(c0, r0, c1 - c0, r1 - r0))
             top, left = int(window.row_off) - r0, int(window.col_off) - c0
             return around[top:top + rows, left:left + cols], valid
+
+
+def _window_key(key) -> tuple[int, int, int, int]:
+    """(row, col, rows, cols) of the window ``[rows, cols]`` of `key`."""
+    from rasterio.windows import Window
+
+    window = Window.from_slices(*key[:2])
+    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
 class LazyLabels:
@@ -555,8 +594,7 @@ class LazyLabels:
                                 vector_field=self.config.vector_field, window=window, id_map=self.id_map)
         if not self.image.may_hold_nodata:
             return label, None
-        _, valid = self.image.read(key)  # the image's nodata is no ground truth
-        return label, valid
+        return label, self.image.valid(key)  # the image's nodata is no ground truth
 
 
 class _LabelsOnNodata:
@@ -1476,7 +1514,7 @@ def _stretched(pairs, card: ModelCard) -> list:
             sample = read_preview(path, image.bands, 1024, min_side=1, overviews=False)  # not a COG's overviews,
             valid = read_preview(path, image.bands, 1024, min_side=1, mask=True, overviews=False)  # as segment (h119)
             norm = resolve_normalization(card.normalization, sample, valid)
-            out.append((LazyImage(path, image.bands, partial(card.normalize, normalization=norm)), label, path))
+            out.append((image.normalized(partial(card.normalize, normalization=norm)), label, path))
         else:  # the image's nodata (read as 0) is left out of its percentiles, as inference leaves it out
             valid = _read_image(path, list(card.bands))[1][: image.shape[0], : image.shape[1]]
             norm = resolve_normalization(card.normalization, image, valid)
