@@ -1473,3 +1473,45 @@ def test_compare_of_models_whose_data_never_overlap_says_so_not_that_the_labels_
         compare(list(bands), [image], [label], label_names=names, model_bands=bands)
     assert "lie where another model gives none" in str(caught.value)
     assert "Check that the labels belong" not in str(caught.value)
+
+
+def test_evaluate_scores_in_strips_and_says_of_the_whole_file_what_a_whole_read_said(tmp_path):
+    """A whole read of a colour mask and its prediction held ~35 bytes a pixel beyond the model (1.9 GB at
+    6000 x 6000 px); strips hold a few MB whatever the size, and the note on colours of no class is over the whole
+    file, as it was."""
+    import tracemalloc
+
+    from geoseg.models.metrics import confusion_matrix
+
+    size = 2000
+    rows, cols = np.mgrid[0:size, 0:size]
+    profile = dict(driver="GTiff", width=size, height=size, dtype="uint8", tiled=True, compress="deflate")
+    image = tmp_path / "img.tif"
+    with rasterio.open(image, "w", count=3, **profile) as ds:
+        ds.write(np.stack([(rows % 256), (cols % 256), ((rows + cols) % 256)]).astype(np.uint8))
+    truth = ((rows // 7 + cols // 11) % 3).astype(np.uint8)
+    pred = ((rows // 5 + cols // 13) % 3).astype(np.uint8)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    with rasterio.open(masks / "img_mask.tif", "w", count=1, **profile) as ds:
+        ds.write(pred, 1)
+    colours = np.array([[0xD9, 0xD0, 0xB8], [0xE2, 0xA9, 0x29], [0xFE, 0xDD, 0x3A]], np.uint8)
+    rgb = colours[truth]
+    rgb[500:1300, :50] = (0x12, 0x34, 0x56)  # a colour of no class, across strips: 40,000 px, 1.0%
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", count=3, **profile) as ds:
+        ds.write(np.moveaxis(rgb, -1, 0))
+    truth[500:1300, :50] = 255
+    expected = confusion_matrix(truth, pred, 3).tolist()
+    del rows, cols, rgb, truth, pred
+    tracemalloc.start()
+    try:  # the masks of a first pass, scored again as compare does: no segmentation, scoring alone
+        result = evaluate("threshold", [image], [label], label_format="color", ignore_colors=["#9B9B9B"],
+                          _masks_from=masks, _said={})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.confusion_matrix == expected
+    assert any(n.startswith(f"{label}: 1.0% of the pixels have 1 colour(s) of no class (#123456 (1.0%))")
+               for n in result.notes), result.notes
+    assert peak < 80e6, f"scoring {size} x {size} px peaked at {peak / 1e6:.0f} MB"  # whole reads: 176 MB

@@ -19,8 +19,9 @@ from geoseg.errors import InputError, catch_warnings
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE", "VectorLabels", "check_label_grid", "check_label_template",
-           "grid_offset", "ids_by_name", "read_labels", "LabelNotes", "label_class_names", "label_file", "label_nodata",
-           "label_warnings", "read_vector_labels", "vector_source", "TEXT_ID"]
+           "grid_offset", "ids_by_name", "read_labels", "LabelNotes", "fractions_error", "warn_stray_colours",
+           "label_class_names", "label_file", "label_nodata", "label_warnings", "read_vector_labels", "vector_source",
+           "TEXT_ID"]
 
 IGNORE = 255
 TEXT_ID = re.compile(r"\s*[0-9]{1,3}\s*")  # a class id written as text in a vector field ('1')
@@ -302,7 +303,8 @@ def _vector_hint(path) -> str:
 def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[dict[str, Any]],
                 image: str | os.PathLike, shape: tuple[int, int], vector_field: str = "class",
                 window=None, ignore_colors: Sequence[str] | None = None, rename: str = RENAME_IN_CONFIG,
-                id_map: np.ndarray | None = None, stray: str = STRAY_IN_CONFIG) -> np.ndarray:
+                id_map: np.ndarray | None = None, stray: str = STRAY_IN_CONFIG,
+                colours: dict[int, int] | None = None) -> np.ndarray:
     """Read labels for `image` as (rows, cols) uint8 indexes into `classes`; 255 where unlabelled.
 
     Parameters
@@ -327,6 +329,10 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
         `STRAY_IN_EVALUATE`).
     id_map : numpy.ndarray, optional
         Index labels: a lookup from the file's values to class ids (`ids_by_name`), applied first.
+    colours : dict, optional
+        Colour labels read by windows: the pixels of each colour of no class (0xRRGGBB -> count, nodata left
+        out) are added to it, for `warn_stray_colours` once the last window is read (a window's read warns of
+        none: the warning is over the whole file).
     """
     import rasterio
 
@@ -381,9 +387,14 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
                        gdal_edit(path, "-unsetnodata"))
     if masked is not None:  # the raster's nodata, internal mask or alpha: were scored as classes
         out[masked] = IGNORE
-    if fmt == "color" and ignore_colors is not None and window is None:
+    if fmt == "color" and ((ignore_colors is not None and window is None) or colours is not None):
         unclassed = out == IGNORE if masked is None else (out == IGNORE) & ~masked
-        _warn_stray_colours(path, code[unclassed], ignore_colors, code.size, stray)
+        values, counts = np.unique(code[unclassed], return_counts=True)
+        if colours is not None:
+            for v, n in zip(values.tolist(), counts.tolist()):
+                colours[v] = colours.get(v, 0) + n
+        else:
+            warn_stray_colours(path, dict(zip(values.tolist(), counts.tolist())), ignore_colors, code.size, stray)
     if out.shape != tuple(shape):
         raise InputError(f"{path}: labels are {out.shape[1]} x {out.shape[0]} px where {shape[1]} x {shape[0]} px "
                          f"were expected (the pixel grid of {image}); labels must be on the image's grid.")
@@ -422,12 +433,13 @@ def _check_distinct_colours(path: str, classes: Sequence[dict[str, Any]]) -> Non
                          "the model's card.")
 
 
-def _warn_stray_colours(path: str, codes: np.ndarray, ignore_colors: Sequence[str], total: int, fix: str) -> None:
+def warn_stray_colours(path: str, colours: dict[int, int], ignore_colors: Sequence[str], total: int,
+                       fix: str) -> None:
     """Warn about colours of no class that `ignore_colors` does not list: a class colour that is a little
-    off, or an anti-aliased edge, would otherwise leave those pixels unlabelled without a word."""
+    off, or an anti-aliased edge, would otherwise leave those pixels unlabelled without a word. `colours`:
+    pixels per colour of no class (0xRRGGBB -> count) of the whole file, `total` its pixels."""
     listed = {int(c[1:], 16) for c in ignore_colors}
-    values, counts = np.unique(codes, return_counts=True)
-    stray = sorted(((int(n), int(v)) for v, n in zip(values, counts) if int(v) not in listed), reverse=True)
+    stray = sorted(((int(n), int(v)) for v, n in colours.items() if int(v) not in listed), reverse=True)
     if not stray:
         return
     heard = _HEARD.get()
@@ -531,13 +543,17 @@ def _whole_ids(values: np.ndarray, path: str) -> np.ndarray:
     finite = np.isfinite(values)
     fractions = finite & (values != np.floor(values))
     if fractions.any():
-        raise InputError(f"{path}: {int(fractions.sum())} of its pixels hold fractions such as "
-                         f"{float(values[fractions][0]):g}, and label values are whole class ids (was it resampled "
-                         "with other than nearest neighbour?). Resample labels with -r near (gdalwarp, gdal_translate), "
-                         "or round them to ids: gdal_calc.py -A LABEL --outfile ids.tif --calc=\"numpy.round(A)\" "
-                         "--type=Byte.")
+        raise fractions_error(path, int(fractions.sum()), float(values[fractions][0]))
     # a float label's fill (-3.4028235e38, Float32's usual nodata) is no id either: cast, it raised NumPy's warning
     return np.where(finite & (np.abs(values) < 2.0**31), values, -1).astype(np.int64)
+
+
+def fractions_error(path: str, count: int, first: float) -> InputError:
+    """The error on an index label of `count` pixels holding fractions, `first` the first of them."""
+    return InputError(f"{path}: {count} of its pixels hold fractions such as {first:g}, and label values are whole "
+                      "class ids (was it resampled with other than nearest neighbour?). Resample labels with -r near "
+                      "(gdalwarp, gdal_translate), or round them to ids: gdal_calc.py -A LABEL --outfile ids.tif "
+                      "--calc=\"numpy.round(A)\" --type=Byte.")
 
 
 class VectorLabels:

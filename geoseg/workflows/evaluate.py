@@ -16,8 +16,9 @@ import numpy as np
 import rasterio
 
 from geoseg.errors import BandError, InputError, OutputError, catch_warnings
-from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, check_label_grid,
-                                  class_key, label_class_names, label_nodata, label_warnings, read_labels)
+from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE, TEXT_ID, LabelFormat, VectorLabels,
+                                  check_label_grid, class_key, fractions_error, label_class_names, label_nodata,
+                                  label_warnings, read_labels, warn_stray_colours)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
 from geoseg.pipeline import check_options, prepare_output_dir, segment
@@ -104,18 +105,77 @@ def _mask_path(folder: Path, image, names: dict[str, str]) -> Path:
     return _mask_dir(folder, image, names) / f"{raster_stem(image)}_mask.tif"
 
 
+STRIP_PX = 1 << 20  # pixels scored at a time: a colour label's read costs about 35 bytes a pixel
+
+
+def _strips(height: int, width: int) -> Iterator[Any]:
+    """Windows of whole rows, of about `STRIP_PX` pixels each, that cover a (height, width) grid top to bottom."""
+    from rasterio.windows import Window
+
+    rows = max(1, STRIP_PX // max(1, width))
+    for top in range(0, height, rows):
+        yield Window(0, top, width, min(rows, height - top))
+
+
+def _check_fractions(label) -> None:
+    """Refuse a float index label holding fractions, counting them over the whole file as a whole read does (a
+    strip's read counts its own only)."""
+    count, first = 0, None
+    with catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with rasterio.open(label) as ds:
+                if np.dtype(ds.dtypes[0]).kind != "f":
+                    return
+                for window in _strips(ds.height, ds.width):
+                    values = ds.read(1, window=window)
+                    fractions = np.isfinite(values) & (values != np.floor(values))
+                    if fractions.any():
+                        count += int(fractions.sum())
+                        first = float(values[fractions][0]) if first is None else first
+        except rasterio.errors.RasterioError:  # read_labels says why, with the file
+            return
+    if count:
+        raise fractions_error(str(label), count, first)
+
+
+def _label_strips(label, *, fmt: LabelFormat, classes: list[dict], image, shape: tuple[int, int], vector_field: str,
+                  ignore_colors: Sequence[str] | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+    """(window, uint8 label ids) of `label` strip by strip (`_strips`): a whole read of a colour mask held ~35 bytes a
+    pixel (1.9 GB at 6000 x 6000 px). What a whole read says of the whole file is said alike: the colours of no class
+    once the last strip is read (with `ignore_colors`), and a float index label's fractions before the first; polygons
+    are read once, not once per strip."""
+    if fmt == "vector":
+        polygons = VectorLabels(str(label), classes, str(image), vector_field, rename=RENAME_LABEL_NAMES)
+        for window in _strips(*shape):
+            yield window, polygons.window((window.height, window.width), window)
+        return
+    if fmt == "index":
+        _check_fractions(label)
+    colours: dict[int, int] | None = {} if fmt == "color" and ignore_colors is not None else None
+    for window in _strips(*shape):
+        yield window, read_labels(label, fmt=fmt, classes=classes, image=image, shape=(window.height, window.width),
+                                  vector_field=vector_field, window=window, rename=RENAME_LABEL_NAMES,
+                                  stray=STRAY_IN_EVALUATE, colours=colours)
+    if colours is not None:
+        warn_stray_colours(str(label), colours, ignore_colors, shape[0] * shape[1], STRAY_IN_EVALUATE)
+
+
 def _nodata_differs(folders: list[Path], images: list) -> bool:
     """Whether the masks in `folders` (one model's each) have no class on different pixels of any image."""
     names = unique_stems(images)
     for image in images:
-        first = None
-        for folder in folders:
-            with open_quietly(_mask_path(folder, image, names)) as ds:
-                gone = ds.read(1) == NODATA
-            if first is None:
-                first = gone
-            elif gone.shape != first.shape or (gone != first).any():
+        handles = [open_quietly(_mask_path(folder, image, names)) for folder in folders]
+        try:
+            if len({h.shape for h in handles}) > 1:
                 return True
+            for window in _strips(*handles[0].shape):
+                first = handles[0].read(1, window=window) == NODATA
+                if any(((h.read(1, window=window) == NODATA) != first).any() for h in handles[1:]):
+                    return True
+        finally:
+            for h in handles:
+                h.close()
     return False
 
 
@@ -355,32 +415,47 @@ def _evaluate(model, images: list, labels: list, heard, *, label_format, label_n
                 mask_path, heard_now = _mask_path(masks_from, image, names), said.get(str(image), [])
             for line in heard_now:  # on stderr only: a fill scored as ground was missing from --json (h132)
                 warned.setdefault(line.replace(str(image), "\0"), []).append(str(image))
-            with catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a plain JPEG's mask
-                with rasterio.open(mask_path) as ds:
-                    pred = ds.read(1)
-            truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=pred.shape,
-                                vector_field=vector_field, rename=RENAME_LABEL_NAMES, stray=STRAY_IN_EVALUATE,
-                                ignore_colors=ignore_colors)  # colours of no class: were left out without a word
+            masks = [open_quietly(p) for p in [mask_path, *(_mask_path(f, image, names) for f in common_with or [])]]
+            try:  # strip by strip (`_strips`): whole, the labels and masks held ~35 bytes a pixel
+                shape = masks[0].shape
+                # a model of regions gives each region its majority label class: regions are whole, so are their ids
+                whole = (np.empty(shape, np.uint8), np.empty(shape, np.uint8)) if regions else None
+                labelled = False
+                # colours of no class (`ignore_colors`): were left out without a word
+                for window, truth in _label_strips(label, fmt=label_format, classes=label_classes, image=image,
+                                                   shape=shape, vector_field=vector_field, ignore_colors=ignore_colors):
+                    pred = masks[0].read(1, window=window)
+                    known = lut[truth] != IGNORE
+                    off_data += int(((pred == IGNORE) & known).sum())
+                    if common_with:
+                        gone = np.zeros(pred.shape, bool)
+                        for other in masks[1:]:
+                            gone |= other.read(1, window=window) == NODATA
+                        gone &= pred != IGNORE
+                        off_others += int((gone & known).sum())
+                        pred = np.where(gone, np.uint8(IGNORE), pred)
+                    labelled = labelled or bool(known.any())
+                    if regions:
+                        rows = slice(window.row_off, window.row_off + window.height)
+                        whole[0][rows], whole[1][rows] = truth, pred
+                        continue
+                    found, outside = tally(truth, pred, lut, label_classes, n, negatives=lacking)
+                    matrix += found
+                    beyond += outside
+            finally:
+                for ds in masks:
+                    ds.close()
+            if regions:
+                truth, pred = whole
+                found, outside = tally(truth, majority_classes(pred, lut[truth], n), lut, label_classes, n,
+                                       negatives=lacking)
+                matrix += found
+                beyond += outside
             if label_format == "index":
                 for value, count in _unnamed_pixels(label, label_classes, unlabelled).items():
                     unnamed[value] = unnamed.get(value, 0) + count
-            off_data += int(((pred == IGNORE) & (lut[truth] != IGNORE)).sum())
-            if common_with:
-                gone = np.zeros(pred.shape, bool)
-                for folder in common_with:
-                    with open_quietly(_mask_path(folder, image, names)) as ds:
-                        gone |= ds.read(1) == NODATA
-                gone &= pred != IGNORE
-                off_others += int((gone & (lut[truth] != IGNORE)).sum())
-                pred = np.where(gone, np.uint8(IGNORE), pred)
-            if not (lut[truth] != IGNORE).any():
+            if not labelled:
                 unscored.append(str(image))
-            if regions:  # each region takes its majority label class
-                pred = majority_classes(pred, lut[truth], n)
-            found, outside = tally(truth, pred, lut, label_classes, n, negatives=lacking)
-            matrix += found
-            beyond += outside
     if not matrix.any() and off_others:  # each model alone scored pixels, but no model's data lies where all have
         # data: "every labelled pixel falls on the nodata of its image ... Check that the labels belong" was untrue
         raise InputError(f"no pixel could be scored on all the models of the comparison: the {off_others} labelled "
@@ -501,10 +576,12 @@ def _prepare(model, images: list, labels: list, *, label_format: LabelFormat = "
     scorable = False
     for image, label, (label_classes, lut) in zip(images, labels, label_sets):  # usually the first one answers
         info = inspect_raster(image)
-        truth = read_labels(label, fmt=label_format, classes=label_classes, image=image, shape=(info.height, info.width),
-                            vector_field=vector_field, rename=RENAME_LABEL_NAMES)
-        if (lut[truth] != IGNORE).any():
-            scorable = True
+        for _, truth in _label_strips(label, fmt=label_format, classes=label_classes, image=image,
+                                      shape=(info.height, info.width), vector_field=vector_field):
+            if (lut[truth] != IGNORE).any():
+                scorable = True
+                break
+        if scorable:
             break
     if not scorable:
         named = {c["name"] for label_classes, _ in label_sets for c in label_classes if c["name"] is not None}
@@ -632,35 +709,46 @@ def _unnamed_pixels(label, label_classes: list[dict], said: list[str] | None = N
     Appends to `said` what a user should know of the pixels that are not scored for being unlabelled: a 0/255
     mask, whose 255 class, and a label whose nodata value is a class id, whose class was left out unseen (a
     SpaceNet road mask scored mean IoU 1.000 on its background alone)."""
+    named = np.zeros(len(label_classes), bool)
+    named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
+    found: set = set()
+    counts: dict = {}
+    total = ignored = nodata_px = 0
+    masked = None
     with catch_warnings():
         warnings.simplefilter("ignore")  # a plain PNG is not georeferenced
         with rasterio.open(label) as ds:
-            values = ds.read(1)
-            masked = label_nodata(ds)
             nodata = ds.nodata
+            for window in _strips(ds.height, ds.width):  # strip by strip, as `_evaluate` scores
+                values = ds.read(1, window=window)
+                masked = label_nodata(ds, window=window)
+                total += values.size
+                if said is not None:
+                    found.update(np.unique(values).tolist())
+                    ignored += int((values == IGNORE).sum())
+                    nodata_px += 0 if masked is None else int(masked.sum())
+                in_range = (values >= 0) & (values < len(label_classes))
+                unnamed = ~in_range & (values != IGNORE) & np.isfinite(values)  # NaN is no value, as read_labels
+                unnamed[in_range] = ~named[values[in_range].astype(np.int64)]  # reads it
+                if masked is not None:
+                    unnamed &= ~masked
+                for v, k in zip(*np.unique(values[unnamed], return_counts=True)):
+                    key = int(v) if float(v).is_integer() else float(v)
+                    counts[key] = counts.get(key, 0) + int(k)
     if said is not None:
-        found = set(np.unique(values).tolist())
         if found == {0, IGNORE}:
-            share = 100 * float((values == IGNORE).mean())
+            share = 100 * ignored / total
             said.append(f"{label} holds only 0 and 255, and 255 is unlabelled, so its pixels of 255 ({share:.1f}%) "
                         "were not scored. If 255 marks a class (a 0/255 mask), make it id 1 first: gdal_calc.py -A "
                         f"{Path(label).name} --outfile ids.tif --calc=\"A/255\" --type=Byte --NoDataValue=none")
         elif (masked is not None and nodata is not None and float(nodata).is_integer()
               and 0 <= nodata < len(label_classes) and label_classes[int(nodata)]["name"] is not None
-              and masked.any()):  # an id no name stands for (CLASS_NAMES of 1 and 2, nodata 0) is no class
+              and nodata_px):  # an id no name stands for (CLASS_NAMES of 1 and 2, nodata 0) is no class
             name = label_classes[int(nodata)]["name"]
             said.append(f"{label}: its nodata value {nodata:g} is also label id {nodata:g} ({name}), so its pixels of "
-                        f"{nodata:g} ({100 * float(masked.mean()):.1f}%) were not scored. If {nodata:g} is a class, "
+                        f"{nodata:g} ({100 * nodata_px / total:.1f}%) were not scored. If {nodata:g} is a class, "
                         f"unset the nodata value: {gdal_edit(label, '-unsetnodata', Path(label).name)}")
-    named = np.zeros(len(label_classes), bool)
-    named[[i for i, c in enumerate(label_classes) if c["name"] is not None]] = True
-    in_range = (values >= 0) & (values < len(label_classes))
-    unnamed = ~in_range & (values != IGNORE) & np.isfinite(values)  # NaN is no value, as read_labels reads it
-    unnamed[in_range] = ~named[values[in_range].astype(np.int64)]
-    if masked is not None:
-        unnamed &= ~masked
-    found, counts = np.unique(values[unnamed], return_counts=True)
-    return {int(v) if float(v).is_integer() else float(v): int(n) for v, n in zip(found, counts)}
+    return dict(sorted(counts.items()))
 
 
 def _nothing_scored(labels, label_format: str, colors: Sequence[str]) -> str:
