@@ -1374,9 +1374,14 @@ def test_a_scheduler_address_that_is_no_dask_scheduler_gets_one_line(run, make_r
 def test_a_server_that_sends_eight_bytes_and_closes_is_no_scheduler_in_one_line(run, make_raster, tmp_path):
     """Eight zero bytes, then the connection closed, read as a Dask message of no frames: a 40-line traceback that
     ended in "struct.error: unpack_from requires a buffer of at least 8 bytes", and no JSON on stdout (h142)."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
     with _speaking_server(bytes(8), hang_up=True) as port:
         result = run("segment", make_raster(shape=(20, 20)), "-o", tmp_path / "a", "-m", "threshold", "--scheduler",
                      f"tcp://127.0.0.1:{port}", "--json")
+    # the failed Client had made itself dask's scheduler: later computes in the process found "no Client active"
+    assert dask.config.get("scheduler", None) == before
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     error = json.loads(result.stdout)["error"]
     assert f"what answered at tcp://127.0.0.1:{port} is not a Dask scheduler" in error and "\n" not in error, error

@@ -364,6 +364,16 @@ def _main_thread() -> bool:
 CONNECT_S = 30  # how long --scheduler waits for a scheduler to answer, all told
 
 
+def _scheduler_put_back(before) -> None:
+    """Set dask's default scheduler back to `before` (None: unset), as a Client's close does."""
+    import dask
+
+    if before is None:
+        dask.config.config.pop("scheduler", None)
+    else:
+        dask.config.config["scheduler"] = before
+
+
 def _connect(address: str):
     """A Client of the scheduler at `address`, or a ClickException. Bounded by `CONNECT_S` of wall-clock time:
     an address that takes connections and never answers as a scheduler (the dashboard's port, 8787, for 8786)
@@ -394,11 +404,22 @@ def _connect(address: str):
             made["client"] = Client(address, timeout="10s")
         except BaseException as exc:  # noqa: BLE001 - raised below, on the command's thread
             made["error"] = exc
+            if not made.get("abandoned"):  # given up on: put back at once, not over a later run's client
+                _scheduler_put_back(before)
+
+    import dask
+
+    # a Client sets dask's default scheduler to itself before it connects, and one that failed to connect (or is
+    # still trying) is never closed to set it back: every later dask.compute in this process (a script's, a
+    # test's) asked for "dask.distributed" with no client (the fresh clone's tests failed so, 13 of them)
+    before = dask.config.get("scheduler", None)
 
     thread = threading.Thread(target=connect, name="geoseg-connect", daemon=True)
     thread.start()
     thread.join(CONNECT_S)
     if thread.is_alive():
+        made["abandoned"] = True
+        _scheduler_put_back(before)
         raise click.ClickException(f"--scheduler: nothing at {address} answered as a Dask scheduler within "
                                    f"{CONNECT_S} s. Check the address: the scheduler's port (8786 by default), not "
                                    "its dashboard's (8787); leave --scheduler out to run here.")
