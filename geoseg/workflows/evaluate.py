@@ -1007,7 +1007,7 @@ def _refuse_earlier_outputs(out: Path, folders: list[str], images: list) -> None
     names = unique_stems(images)
     found = [path for image in images for path in
              [out / f"{names[os.fspath(image)]}_disagreement.tif"]
-             + [_mask_dir(out / folder, image, names) / f"{raster_stem(image)}_mask.tif" for folder in folders]
+             + [_mask_path(out / folder, image, names) for folder in folders]
              if path.exists()]
     if found:
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
@@ -1199,7 +1199,7 @@ def _disagreement(models, folders, images, out: Path, options: dict, *, scored: 
         masks = []
         for j, (m, name) in enumerate(zip(models, folders)):
             folder = _mask_dir(out / name, image, names)
-            mask = folder / f"{raster_stem(image)}_mask.tif"
+            mask = _mask_path(out / name, image, names)
             if not scored:  # masks from an earlier run may be of other images or settings
                 segment(image, folder, model=m, preview=False, overwrite=True,
                         progress=_part(progress, (i * len(models) + j) / runs, 1 / runs),
