@@ -1234,23 +1234,6 @@ def qml_text(classes: dict[int, tuple[str, tuple[int, int, int]]], *, kind: str)
 
 
 
-def _footprint(window: Window, transform):
-    """The polygon a window of pixels covers on the map, for any affine (rotated, south-up)."""
-    import shapely
-
-    c0, r0 = window.col_off, window.row_off
-    c1, r1 = c0 + window.width, r0 + window.height
-    return shapely.Polygon([transform @ corner for corner in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
-
-
-def _covering_window(bounds: tuple[float, float, float, float], transform) -> Window:
-    """The whole pixels that a map box (minx, miny, maxx, maxy) touches, for any affine (rotated, south-up)."""
-    inverse = ~transform
-    cols, rows = zip(*(inverse @ (x, y) for x in bounds[::2] for y in bounds[1::2]))
-    col, row = math.floor(min(cols)), math.floor(min(rows))
-    return Window(col, row, math.ceil(max(cols)) - col, math.ceil(max(rows)) - row)
-
-
 def onto_raster(geoms, info: RasterInfo):
     """`geoms` (a GeoSeries) in the map CRS of the raster `info`; in a geographic one, each vertex's longitude
     taken within 180 degrees of the raster's centre. A raster written across the antimeridian (179.9 to 180.1)
@@ -1281,6 +1264,14 @@ def onto_raster(geoms, info: RasterInfo):
     return type(out)([unwrapped(g) for g in out.values], index=out.index, crs=out.crs)
 
 
+# Zones, in pixel coordinates, are moved by this many pixels right and down (east and south on a north-up raster)
+# before they are rasterised: a pixel's centre on a zone's edge (districts cut along rows or columns of pixel
+# centres) then lies just inside the zone to its left or above it and outside the other, whatever the rounding of
+# each zone's coordinates; 2**-20 px is far over that rounding (1e-10 px at a million pixels) and far under
+# anything drawn on purpose.
+_TIE = 2.0 ** -20
+
+
 def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, block: int = 1024):
     """Pixels and m² of every class inside every zone, block by block.
 
@@ -1297,7 +1288,9 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     -------
     (pixels, area_m2) : tuple of numpy.ndarray
         Each (n_zones, n_classes); ``area_m2`` is None when the mask has no CRS.
-        A pixel counts for a zone when its centre lies inside it; a zone that holds no pixel's centre counts
+        A pixel counts for a zone when its centre lies inside it; a centre on a zone's edge counts for the zone
+        to its left, or on an edge along a row for the one above it, in the raster's columns and rows (`_TIE`),
+        so that zones which tile the raster count every pixel once. A zone that holds no pixel's centre counts
         the pixel under its centre (its representative point).
     """
     import shapely
@@ -1310,25 +1303,37 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
     transform, crs = info.map_georeferencing()  # a mask placed by GCPs: their best-fit affine
     geoms = onto_raster(zones.geometry if hasattr(zones, "geometry") else zones, info)
     geoms = np.asarray(geoms.values, object)
+    # every zone in the raster's pixel coordinates (column, row), once, by the whole raster's transform, and moved
+    # by _TIE: each zone was rasterised on its own window's transform, which put an edge that two zones share
+    # through pixel centres a hair apart in each (the centres then in both zones or in neither), and GDAL's
+    # rasterisation takes a centre on a polygon's top or bottom edge as inside, so that districts sharing an
+    # east-west edge along a row of centres both counted that row: their pixels summed to more than the scene's
+    inverse = ~transform
+    linear, offset = np.array(inverse.column_vectors[:2]), np.array(inverse.column_vectors[2])
+    in_pixels = shapely.transform(geoms, lambda xy: xy @ linear + offset + _TIE)
     pixel_areas = PixelAreas(info)
     pixels = np.zeros((len(geoms), n_classes), np.int64)
     areas = np.zeros((len(geoms), n_classes))
-    tree = shapely.STRtree(geoms)
+    tree = shapely.STRtree(in_pixels)
     with rasterio.open(info.path) as ds:
         for window, _ in _block_windows(info.width, info.height, block):
-            # the block's footprint from its four corners, and each zone's pixels from its box's four corners:
-            # rasterio's windows.bounds and from_bounds take two corners, which on a rotated raster missed
-            # whole zones (0 pixels, silently) and on a south-up one raised "Bounds and transform are inconsistent"
-            for z in tree.query(_footprint(window, transform)):
-                zw = _covering_window(geoms[z].bounds, transform)
+            # the block's and each zone's pixels in pixel coordinates: rasterio's windows.bounds and from_bounds
+            # take two corners, which on a rotated raster missed whole zones (0 pixels, silently) and on a
+            # south-up one raised "Bounds and transform are inconsistent"
+            c0, r0 = window.col_off, window.row_off
+            for z in tree.query(shapely.box(c0, r0, c0 + window.width, r0 + window.height)):
+                x0, y0, x1, y1 = in_pixels[z].bounds
+                zw = Window(math.floor(x0) - 1, math.floor(y0) - 1, math.ceil(x1) - math.floor(x0) + 2,
+                            math.ceil(y1) - math.floor(y0) + 2)
                 try:
-                    sub = intersection(window, Window(zw.col_off - 1, zw.row_off - 1, zw.width + 2, zw.height + 2))
+                    sub = intersection(window, zw)
                 except rasterio.errors.WindowError:
                     continue
                 with reading_pixels(info.path, sub):
                     data = ds.read(1, window=sub)
-                inside = ~geometry_mask([geoms[z]], out_shape=data.shape,
-                                        transform=rasterio.windows.transform(sub, transform))
+                # the window's pixels from whole-pixel offsets, exact in floating point: one rule for every zone
+                inside = ~geometry_mask([in_pixels[z]], out_shape=data.shape,
+                                        transform=Affine.translation(sub.col_off, sub.row_off))
                 keep = inside & (data < n_classes)
                 pixels[z] += np.bincount(data[keep], minlength=n_classes)[:n_classes]
                 if pixel_areas.rows is not None:
@@ -1336,7 +1341,6 @@ def zonal_composition(mask_path: str | os.PathLike, zones, n_classes: int, *, bl
                     areas[z] += np.bincount(data[keep], weights=weights, minlength=n_classes)[:n_classes]
         # a zone that holds no pixel's centre (smaller than a pixel: a building's AOI on 10 m imagery) read 0 px and
         # no coverage; it takes the pixel under its centre, as QGIS's zonal statistics do (h101)
-        inverse = ~transform
         for z in np.flatnonzero(pixels.sum(axis=1) == 0):
             if geoms[z] is None or geoms[z].is_empty:
                 continue

@@ -335,6 +335,41 @@ def test_zones_on_a_raster_across_the_antimeridian_count_their_pixels(make_mask)
 
 
 @pytest.mark.parametrize("transform", [
+    from_origin(400000.0, 6000000.0, 1.0, 1.0),
+    from_origin(512345.67, 4987654.32, 0.1, 0.1),  # each zone's window transform rounded the shared edges apart
+    from_origin(12.3456, 47.6543, 1 / 3600, 1 / 3600),
+])
+def test_districts_cut_along_pixel_centres_count_every_pixel_once(tmp_path, transform):
+    """Districts sharing edges that run through pixel centres: GDAL counts a centre on a polygon's top or bottom
+    edge as inside, so both districts of an east-west edge counted its row of pixels (their pixels summed to more
+    than the scene's), and each zone rasterised on its own window's transform put a north-south edge a hair apart
+    in each, so that its column went to both zones or to neither. A centre on an edge now counts for the zone
+    to its west or north, and a tiling of the raster counts every pixel once."""
+    from geoseg.vector import zonal_composition
+
+    rows, cols = np.mgrid[0:60, 0:70]
+    cuts_x, cuts_y = [-1, 10.5, 33.5, 34.5, 61.5, 71], [-1, 0.5, 17.5, 40.5, 59.5, 61]  # 0.5: the first row's centres
+    zones = []
+    for i in range(len(cuts_x) - 1):
+        for j in range(len(cuts_y) - 1):
+            corners = [transform @ (cuts_x[i + a], cuts_y[j + b]) for a, b in ((0, 0), (1, 0), (1, 1), (0, 1))]
+            zones.append(shapely.Polygon(corners))
+    crs = "EPSG:4326" if transform.a < 0.01 else "EPSG:32633"
+    zones = gpd.GeoSeries(zones, crs=crs)
+    for name, data in (("columns", cols), ("rows", rows)):  # each pixel's class is its column, then its row
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=70, height=60, count=1, dtype="uint8", crs=crs,
+                           transform=transform, nodata=255) as ds:
+            ds.write(data.astype(np.uint8), 1)
+        pixels, _ = zonal_composition(path, zones, 70, block=16)
+        assert pixels.sum(axis=0).tolist() == np.bincount(data.ravel(), minlength=70).tolist()
+    # the tie: the column of centres on x = 10.5 goes to the zones west of it, the row on y = 17.5 to those north
+    first = pixels[:5].sum(axis=0)  # the westmost column of zones, by row
+    assert first[17] == 11 and first[18] == 11 and first[0] == 11  # row 0 (on y = 0.5) in the northern zone
+    assert [pixels[z].sum() for z in range(5)] == [11, 17 * 11, 23 * 11, 19 * 11, 0]
+
+
+@pytest.mark.parametrize("transform", [
     Affine.translation(500000, 2800000) * Affine.rotation(30) * Affine.scale(2, -2),  # zones of 0 pixels, silently
     Affine(2, 0, 500000, 0, 2, 2799872),  # south-up: "Bounds and transform are inconsistent", a traceback
 ])

@@ -860,7 +860,7 @@ def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_
                                                           shapely.box(x0 + 10, y0 - 10, x0 + 20, y0)],
                      crs="EPSG:32640").to_file(tmp_path / "zones.gpkg")
     result = scene(path, tmp_path / "out", model="threshold", zones=tmp_path / "zones.gpkg")
-    assert [z["zone"] for z in result.zones] == [0, 2]
+    assert [z["zone"] for z in result.zones] == [1, 3]  # the GeoPackage's fids
     # a stem GeoPackage refuses as a layer name: the zones' layer was a traceback after the whole run; and ';' in
     # a name, which GDAL's vector drivers cut at, refused the scene's own JSON report, which Python writes
     odd = make_raster(name="-roofs.tif", shape=(40, 40))
@@ -868,6 +868,65 @@ def test_zones_keep_their_number_in_the_layer_when_one_without_geometry_is_left_
     assert (tmp_path / "odd" / "-roofs_zones.gpkg").exists()
     semi = make_raster(name="site;A.tif", shape=(40, 40))
     assert Path(scene(semi, tmp_path / "semi", model="threshold").outputs["report"]).name == "site;A_scene.json"
+
+
+def test_zones_table_joins_back_to_the_layer_on_its_fids(make_raster, tmp_path):
+    """Without --zone-field the CSV numbered zones 0, 1, 2 by their row after those without geometry were left
+    out, and STEM_zones.gpkg renumbered them 1, 2, 3: neither the layer's fids (a GeoPackage's from 1, with the
+    gap of a deleted feature), so a planner's join in QGIS or Excel paired each district with another's numbers."""
+    import csv
+
+    import pandas as pd
+    import pyogrio
+
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    boxes = [shapely.box(x0 + 4 * i, y0 - 20, x0 + 4 * (i + 1), y0) for i in range(5)]
+    # as a layer is left after a feature was deleted in QGIS: fids 1, 3, 4 (no geometry), 5
+    districts = gpd.GeoDataFrame({"name": list("acde")}, geometry=[boxes[0], boxes[2], None, boxes[4]],
+                                 index=pd.Index([1, 3, 4, 5], name="fid"), crs="EPSG:32640")
+    districts.to_file(tmp_path / "z.gpkg", layer="districts", engine="pyogrio", index=True)
+    assert pyogrio.read_dataframe(tmp_path / "z.gpkg", fid_as_index=True).index.tolist() == [1, 3, 4, 5]
+    result = scene(path, tmp_path / "out", model="threshold", zones=tmp_path / "z.gpkg")
+    with open(tmp_path / "out" / "image_zones.csv", newline="", encoding="utf-8") as f:
+        table = {int(row["zone"]): row for row in csv.DictReader(f)}
+    assert list(table) == [z["zone"] for z in result.zones] == [1, 3, 5]
+    layer = pyogrio.read_dataframe(tmp_path / "z.gpkg", fid_as_index=True)
+    written = pyogrio.read_dataframe(result.outputs["zones"], fid_as_index=True)
+    assert written.index.tolist() == [1, 3, 5] and (written["name"] == layer.loc[[1, 3, 5], "name"]).all()
+    assert [int(table[fid]["pixels"]) for fid in (1, 3, 5)] == written["pixels"].tolist() == [8 * 40] * 3
+    assert written["name"].tolist() == ["a", "c", "e"]
+    # a shapefile numbers its features from 0; one with a field fid of its own (exported from a GeoPackage, text
+    # or with repeats) failed at writing STEM_zones.gpkg after the whole run: GDAL took it for the FID column
+    gpd.GeoDataFrame({"fid": ["A", "A"], "name": ["p", "q"]}, geometry=boxes[:2],
+                     crs="EPSG:32640").to_file(tmp_path / "z.shp")
+    shp = scene(path, tmp_path / "shp", model="threshold", zones=tmp_path / "z.shp")
+    assert [z["zone"] for z in shp.zones] == [0, 1]
+    back = pyogrio.read_dataframe(shp.outputs["zones"], fid_as_index=True)
+    assert back.index.tolist() == [0, 1] and back["fid"].tolist() == ["A", "A"]
+    assert pyogrio.read_info(shp.outputs["zones"])["fid_column"] == "fid_1"
+
+
+def test_zone_names_that_a_spreadsheet_runs_as_formulas_are_written_as_text(make_raster, tmp_path):
+    """A zone named =HYPERLINK(...), +cmd|... or @SUM(...) went into STEM_zones.csv as it was, and Excel or
+    LibreOffice ran it as a formula (CSV injection); numbers, negative ones and codes such as -12, stay numbers."""
+    import csv
+
+    path = make_raster(shape=(40, 40))
+    x0, y0 = 500000.0, 2800000.0
+    names = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "@SUM(A1)", "-2+3", "\tTab", "-12", "Nord"]
+    gpd.GeoDataFrame({"name": names}, geometry=[shapely.box(x0 + 2 * i, y0 - 10, x0 + 2 * (i + 1), y0)
+                                                for i in range(len(names))], crs="EPSG:32640").to_file(tmp_path / "z.gpkg")
+    result = scene(path, tmp_path / "out", model="threshold", zones=tmp_path / "z.gpkg", zone_field="name")
+    with open(tmp_path / "out" / "image_zones.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["zone"] for r in rows] == ["'" + n for n in names[:5]] + ["-12", "Nord"]
+    assert [z["zone"] for z in result.zones] == names  # the JSON and the layer keep them as they are
+    assert gpd.read_file(result.outputs["zones"])["name"].tolist() == names
+    from geoseg.workflows.common import write_csv
+
+    write_csv(tmp_path / "t.csv", [{"=class": "-1.5", "delta": -3, "share": -0.25, "x": None}])
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["'=class,delta,share,x", "-1.5,-3,-0.25,"]
 
 
 def test_a_folder_where_an_output_goes_is_one_error_and_nothing_moves(make_raster, tmp_path):

@@ -18,7 +18,7 @@ __all__ = ["flood"]
 @click.option("--aoi", type=PathParam(dir_okay=False), default=None,
               help="Polygons of areas of interest (any CRS): flooded km² and share of each; in a file of several "
                    "layers name one: 'towns.gpkg|layername=towns'.")
-@click.option("--aoi-field", default=None, help="AOI attribute that names rows in the tables (default: 0, 1, ...).")
+@click.option("--aoi-field", default=None, help="AOI attribute that names rows in the tables (default: the feature's fid in the layer).")
 @click.option("--method", type=click.Choice(["model", "ndwi"]), default="model", show_default=True,
               help="Water from a model's water class, or from NDWI (needs a NIR band).")
 @click.option("-m", "--model", default=None, metavar="NAME|PATH", help="Model for --method model.")

@@ -21,7 +21,7 @@ __all__ = ["scene"]
 @sieve_option
 @click.option("--zones", type=PathParam(dir_okay=False), default=None,
               help="Polygon layer of zones (districts, parcels) in any CRS; in a file of several layers name one: 'city.gpkg|layername=districts'.")
-@click.option("--zone-field", default=None, help="Zone attribute that names rows in the tables.")
+@click.option("--zone-field", default=None, help="Zone attribute that names rows (column zone) in the tables; default the feature's fid in the layer (a GeoPackage's count from 1, a shapefile's from 0), to join the CSV to the layer on.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the composition and outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")

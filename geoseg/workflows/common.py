@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import logging
 import os
 from contextlib import contextmanager
@@ -66,7 +67,8 @@ def class_card(model, *, what: str):
 
 def zone_name(frame, field: str | None, z: int) -> str | int | None:
     """A zone's (or an AOI's) name in the tables: its value of `field` (None where that is empty: it read "nan"),
-    or its row number."""
+    or its feature id in the layer (`read_layer`'s index: the fid as OGR, pyogrio and QGIS report it; a
+    GeoPackage's count from 1 and keep the gaps of deleted features), so that the table joins back to the layer."""
     import pandas as pd
 
     if not field:
@@ -100,7 +102,10 @@ def read_layer(path: str | os.PathLike, *, what: str):
         if layer is None and len(layers) > 1:
             raise InputError(f"{path} holds {len(layers)} layers ({', '.join(layers)}); name the {what} layer, "
                              f"e.g. '{path}|layername={layers[0]}'.")
-        frame = gpd.read_file(path, engine="pyogrio", layer=layer)
+        # indexed by the features' ids: rows were numbered 0, 1, ... by position, which matched neither the fids
+        # of the layer (a GeoPackage's start at 1, with gaps where features were deleted) nor those of the zones
+        # layer written back, so the table could not be joined to either
+        frame = gpd.read_file(path, engine="pyogrio", layer=layer, fid_as_index=True)
         frame = _integers_kept(frame, pyogrio.read_info(path, layer=layer))
     except InputError:
         raise
@@ -116,7 +121,7 @@ def read_layer(path: str | os.PathLike, *, what: str):
     if empty.any():  # sorted(geom_type) of a NULL geometry was a TypeError traceback
         log.warning("%s: left out %d of the %d features of the %s layer: they have no geometry",
                     path, empty.sum(), len(frame), what)
-        frame = frame[~empty]  # the index keeps each feature's number in the layer: rows are numbered by it
+        frame = frame[~empty]  # the index keeps each feature's fid in the layer: rows are numbered by it
     if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).all():
         raise InputError(f"{path}: the {what} layer must hold polygons; found {sorted(set(frame.geom_type))}.")
     frame = _valid_polygons(frame, path, what)
@@ -213,14 +218,29 @@ def _replace(path: Path, write) -> None:
                           "folder; nothing was left at that path.") from None
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as a spreadsheet reads it as text: a text that starts with = + - @, a tab or a carriage return
+    (a zone named ``=HYPERLINK(...)`` or ``@SUM(A1)``) gets a leading ``'``, as OWASP's advice on CSV injection
+    has it, or Excel and LibreOffice open it as a formula. Numbers, and texts that are a plain number such as a
+    district code ``-12``, are left as they are: a spreadsheet reads them as that number, nothing runs."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
-    """Write dict rows as CSV with a header, atomically."""
+    """Write dict rows as CSV with a header, atomically; texts that a spreadsheet would run as a formula are
+    written with a leading ``'`` (`csv_cell`)."""
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as f:  # class names and m² in any locale
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
+            fields = list(rows[0]) if rows else []
+            csv.writer(f).writerow([csv_cell(str(name)) for name in fields])  # class names come from model cards
+            csv.DictWriter(f, fieldnames=fields).writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
 
     _replace(Path(path), write)
 

@@ -352,7 +352,7 @@ def flood(
     aoi : path, optional
         Polygons (any CRS): flooded area (km²) and share of each.
     aoi_field : str, optional
-        Attribute of `aoi` that names its rows in the tables (default: the polygon's index).
+        Attribute of `aoi` that names its rows in the tables (default: the polygon's fid in the layer).
     method : {"model", "ndwi"}
         Water from a segmentation model's `water_class`, or from NDWI on
         `green_band` and `nir_band` (multispectral imagery with NIR), thresholded by

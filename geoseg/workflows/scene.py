@@ -66,7 +66,8 @@ def scene(
         A polygon layer (districts, parcels) in any CRS; each zone gets the area
         (m²) and share (%) of each class in its valid area (pixels without a CRS).
     zone_field : str, optional
-        Attribute that names zones in the tables; default the row number.
+        Attribute that names zones in the tables; default the zone's fid in the layer (as OGR and QGIS
+        number features: a GeoPackage's from 1, a shapefile's from 0), which ``STEM_zones.gpkg`` keeps.
     **segment_options
         Passed to `geoseg.segment` (model, bands, chunk, ...).
 
@@ -165,8 +166,8 @@ def _zone_table(result: SegmentResult, frame, zone_field: str | None) -> list[di
 def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, Any]]) -> None:
     import pandas as pd
 
-    table = pd.DataFrame(rows).drop(columns=["zone"])
-    zones = frame.reset_index(drop=True)
+    zones = frame.copy()  # indexed by the zones' fids (read_layer), which the layer written keeps as its own
+    table = pd.DataFrame(rows, index=zones.index).drop(columns=["zone"])
     # e.g. the zones table of an earlier run; GeoPackage field names ignore case (PIXELS is pixels)
     added = {str(c).lower() for c in table.columns}
     clash = [c for c in zones.columns if str(c).lower() in added and c != zones.geometry.name]
@@ -180,7 +181,13 @@ def _write_zones(paths: dict[str, Path], stem: str, frame, rows: list[dict[str, 
         log.warning("the zones' own field(s) %s are kept as %s beside this run's columns of the same name",
                     ", ".join(clash), ", ".join(renamed.values()))
     layer = zones.join(table)
+    # the GeoPackage's FID column holds the zones' fids, as the CSV's `zone` does: they were renumbered 1, 2, ...
+    # A field of the layer's own named fid (a shapefile or GeoJSON exported from a GeoPackage) stays a field
+    # beside it: GDAL took it for the FID column, and one of text or with repeats failed after the whole run
+    names = {str(c).lower() for c in layer.columns}
+    fid = next(n for n in ("fid", *(f"fid_{i}" for i in range(1, len(names) + 2))) if n not in names)
+    layer.index = layer.index.rename(fid)
     with replaced_atomically(paths["zones"], suffix=".tmp.gpkg") as tmp:
-        layer.to_file(tmp, driver="GPKG", layer=layer_name(f"{stem}_zones"), engine="pyogrio",
-                      dataset_options=dataset_options("GPKG"))
+        layer.to_file(tmp, driver="GPKG", layer=layer_name(f"{stem}_zones"), engine="pyogrio", index=True,
+                      dataset_options=dataset_options("GPKG"), layer_options={"FID": fid})
     write_csv(paths["zones_csv"], rows)
