@@ -527,15 +527,14 @@ def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, flo
     of, unless the tolerance is over a thousand times its extent: a loop over the tiles stopped there (h152)."""
     sides = (extent[2] - extent[0], extent[3] - extent[1])
     if tolerance > max(sides):
-        # without a CRS the tolerance is in the units of the mask's geotransform, pixels only where it has none: a
-        # mask placed in degrees without a CRS was "2 px is more than the mask's extent (0.0 x 0.0 px)" at 300 px
-        unit = "m" if metres else "units of its geotransform (it has no CRS)" if pixel != 1 else "px"
+        # without a CRS the tolerance is in pixels, whatever the units of a geotransform (h162): a mask placed in
+        # degrees without a CRS was "2 px is more than the mask's extent (0.0 x 0.0 px)" at 300 px, when it took
+        # them in degrees
+        unit = "m" if metres else "px (it has no CRS)"
         width, height = (side * simplify / tolerance for side in sides)
-        plain = metres or pixel == 1
-        extent_text = f"{width:,.1f} x {height:,.1f} {unit}" if plain else f"{width:.4g} x {height:.4g}"
-        said = (f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent ({extent_text}): "
-                "no polygon would keep its shape. Give a tolerance of a pixel or a few"
-                + ("." if plain else f" ({pixel:.4g} units a pixel)."))
+        said = (f"--simplify (simplify=) {simplify:g} {unit} is more than the mask's extent "
+                f"({width:,.1f} x {height:,.1f} {unit.split()[0]}): no polygon would keep its shape. Give a tolerance "
+                "of a pixel or a few.")
         # the corner of a retiled mosaic, by its pixels: the bounds of a rotated grid are wider than it (a 12 px
         # tile at 45 degrees spans 17 px of them)
         tiny = (max(sides) / pixel if size_px is None else size_px) <= TINY_TILE_PX
@@ -567,15 +566,15 @@ def _polygonized(path: str, windows: list, keep: tuple[int, ...] | None, confide
 
 
 def _metres_to_crs_units(crs, metres: float, info: RasterInfo | None = None, transform: Affine | None = None) -> float:
-    """`metres` on the ground in the units of the layer's `crs` (pixels without one). In a geographic CRS and in
+    """`metres` on the ground in the units of the layer's `crs` (without one, `metres` pixels of `transform`). In a geographic CRS and in
     projections whose areal scale strays over 1% from 1 over the mask (Web Mercator), by the ground length of a
     unit at the mask's centre, the longer of a unit east-west and north-south (a degree of latitude; Web
     Mercator's are equal): a fixed 111,320 m a degree, and Web Mercator's map metres, made 100 m a 50 m tolerance
     at 60 degrees north (east-west in degrees, every way in Web Mercator). Elsewhere (UTM) by the CRS's unit."""
     from geoseg.raster import _ground_sides, metres_per_unit
 
-    if crs is None:
-        return metres
+    if crs is None:  # pixels, as --min-area counts them there, whatever unit a geotransform without a CRS is in
+        return metres * (float(np.sqrt(abs(transform.determinant))) if transform is not None else 1.0)
     if info is not None and transform is not None and (
             crs.is_geographic or _distorted(crs, _extent(transform, info.width, info.height))):
         from dataclasses import replace
@@ -677,7 +676,8 @@ def vectorize(
         so edges can move a few times it (a spike 2 m wide, 12 m long goes at 3.5). In a
         geographic CRS and in Web Mercator, ground metres at the mask's centre along a
         unit's longer side (north-south in degrees; east-west it is finer there by the
-        cosine of the latitude); elsewhere metres of the CRS's unit.
+        cosine of the latitude); elsewhere metres of the CRS's unit. Without a CRS, pixels, as
+        `min_area` counts them there, whatever the units of a geotransform.
     to_crs : CRS-like, optional
         Reproject the layer, e.g. ``"EPSG:4326"``.
     confidence : path, optional
@@ -760,8 +760,12 @@ def vectorize(
     names = {i: c for i, c in _classes(tag_names, colours, NODATA if nodata is None else nodata).items()
              if i != nodata}
     transform, crs = info.map_georeferencing()
-    if min_area > 0 and crs is None:  # taken in pixels without a word, while the option says m²
-        log.warning("%s has no CRS, so --min-area (min_area=) %g counts pixels, not m²", info.path, min_area)
+    # taken in pixels without a word, while the options say m² and metres; --simplify was in the units of the
+    # geotransform, pixels only where it had none (a PNG's), while --min-area counted pixels (h162)
+    unitless = ([f"--min-area (min_area=) {min_area:g} counts pixels, not m²"] if min_area > 0 else []) + (
+        [f"--simplify (simplify=) {simplify:g} is in pixels, not metres"] if simplify > 0 else [])
+    if unitless and crs is None:
+        log.warning("%s has no CRS, so %s", info.path, " and ".join(unitless))
     if crs is None and driver == "GeoJSON" and to_crs is None:  # RFC 7946: longitude and latitude, always
         log.warning("%s has no CRS, so %s holds pixel coordinates, which GIS software reads as longitude and "
                     "latitude (GeoJSON has no other CRS); write .gpkg or .fgb instead", info.path, out_path.name)

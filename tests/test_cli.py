@@ -1604,18 +1604,19 @@ def test_vectorize_refuses_a_simplify_tolerance_beyond_the_mask(run, tmp_path, c
 
 
 def test_vectorize_tolerance_message_of_a_mask_placed_without_a_crs(run, tmp_path):
-    """A mask with a geotransform in degrees and no CRS (a .tfw beside it, say): --simplify is in the units of its
-    geotransform there, and the refusal said "2 px is more than the mask's extent (0.0 x 0.0 px)" of 40 x 30 px."""
+    """A mask with a geotransform in degrees and no CRS (a .tfw beside it, say): the refusal said "2 px is more than
+    the mask's extent (0.0 x 0.0 px)" of 40 x 30 px. --simplify is in pixels there, as --min-area is (h162)."""
     data = np.zeros((1, 30, 40), np.uint8)
     data[0, 5:15, 5:20] = 1
     path = tmp_path / "placed.tif"
     with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8",
                        transform=rasterio.transform.from_origin(10.0, 50.0, 0.0001, 0.0001)) as ds:
         ds.write(data)
-    result = run("vectorize", path, "-o", tmp_path / "v.gpkg", "--simplify", "2")
+    assert run("vectorize", path, "-o", tmp_path / "v.gpkg", "--simplify", "2").exit_code == 0  # 2 px, not 2°
+    result = run("vectorize", path, "-o", tmp_path / "w.gpkg", "--simplify", "50")
     assert result.exit_code == 1, result.output
-    assert "0.0 x 0.0" not in result.output and "2 px" not in result.output, result.output
-    assert "units of its geotransform" in result.output and "0.004 x 0.003" in result.output, result.output
+    assert "0.0 x 0.0" not in result.output, result.output
+    assert "50 px (it has no CRS) is more than the mask's extent (40.0 x 30.0 px)" in result.output, result.output
 
 
 def test_vectorize_warns_of_a_rotated_corner_tile_as_of_a_north_up_one(run, tmp_path, caplog):

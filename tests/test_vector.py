@@ -1199,3 +1199,22 @@ def test_vectorize_s_result_gives_plain_data_as_the_other_results_do(make_mask, 
     result = vectorize(make_mask(np.array([[0, 1], [1, 2]], np.uint8)), tmp_path / "l.gpkg")
     data = result.to_dict()
     assert data["polygons"] == result.polygons and data["path"] == result.path and json.dumps(data)
+
+
+def test_simplify_without_a_crs_is_in_pixels_as_min_area_is(make_mask, tmp_path, caplog):
+    """A mask without a CRS took --min-area in pixels but --simplify in the units of its geotransform (a GeoTIFF of
+    0.5-unit pixels without a CRS simplified at 2 units, 4 px), and the warning named --min-area's unit only (h162).
+    Both are pixels now, whatever the geotransform: the same polygons, scaled, as the mask on the identity grid."""
+    data = noisy_mask((60, 70), smooth=3)
+    plain = make_mask(data, name="plain.tif", crs=None, transform=rasterio.Affine.identity())
+    placed = make_mask(data, name="placed.tif", crs=None, transform=rasterio.transform.from_origin(1000, 5000, 0.5, 0.5))
+    a = vectorize(plain, tmp_path / "a.gpkg", min_area=20, simplify=2)
+    assert "plain.tif has no CRS, so --min-area (min_area=) 20 counts pixels, not m² and --simplify (simplify=) 2 " \
+           "is in pixels, not metres" in caplog.text, caplog.text
+    b = vectorize(placed, tmp_path / "b.gpkg", min_area=20, simplify=2)
+    first, second = gpd.read_file(a.path), gpd.read_file(b.path)
+    assert len(first) == len(second) > 0
+    # identity: x = column, y = -row; the placed grid: x = 1000 + column / 2, y = 5000 - row / 2
+    scaled = first.geometry.affine_transform([0.5, 0, 0, 0.5, 1000, 5000])
+    assert sorted(round(g.area, 6) for g in scaled) == sorted(round(g.area, 6) for g in second.geometry)
+    assert sorted(len(g.exterior.coords) for g in scaled) == sorted(len(g.exterior.coords) for g in second.geometry)

@@ -249,7 +249,9 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
 @_with(label_options)
 @click.option("-o", "--output-dir", type=PathParam(), default=None,
               help="Keep each model's masks and write disagreement rasters here: per pixel the number of "
-                   "different classes (told apart by name) the models predict, minus one; 255 is nodata.")
+                   "different classes (told apart by name) the models predict, minus one; 255 is nodata. "
+                   "Without it, every model's masks wait in the system's temporary folder ($TMPDIR, else /tmp) "
+                   "until all are scored: compressed, 0.6-0.8 MB a model for a 4000² image.")
 @click.option("--markdown", type=PathParam(dir_okay=False), default=None,
               help="Also write the score table and its notes to this Markdown file (with --labels).")
 @click.option("--overwrite", is_flag=True, help="Replace masks and disagreement rasters of an earlier comparison "

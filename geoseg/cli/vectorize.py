@@ -16,14 +16,16 @@ __all__ = ["vectorize"]
 @click.option("--classes", default=None, metavar="NAME,...",
               help="Class names or ids to keep, comma-separated. Default: all.")
 @click.option("--min-area", type=FiniteRange(min=0), default=0.0, show_default=True, metavar="M2",
-              help="Polygons smaller than this many m² are specks (see --specks); also after --simplify.")
+              help="Polygons smaller than this many m² are specks (see --specks); also after --simplify. A mask "
+                   "without a CRS (a PNG's) counts pixels.")
 @click.option("--specks", type=click.Choice(["drop", "merge"]), default="drop", show_default=True,
               help="Drop specks, or merge each into the neighbour sharing its longest edge.")
 @click.option("--simplify", type=FiniteRange(min=0), default=0.0, show_default=True, metavar="M",
               help="Simplification tolerance in metres (Visvalingam-Whyatt: vertices whose triangle is under its "
                    "square go, so edges can move a few times it); shared edges stay shared (no gaps or overlaps). "
                    "In degrees and Web Mercator, ground metres at the layer's centre, north-south (east-west in "
-                   "degrees it is finer, by the cosine of the latitude).")
+                   "degrees it is finer, by the cosine of the latitude). A mask without a CRS (a PNG's, or a "
+                   "geotransform without one) takes pixels, as --min-area does.")
 @click.option("--to-crs", default=None, metavar="CRS", help="Reproject the layer, e.g. EPSG:4326.")
 @click.option("--confidence", type=PathParam(dir_okay=False), default=None,
               help="Confidence raster to average per polygon (as written by segment --confidence).")
