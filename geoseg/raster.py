@@ -21,7 +21,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from geoseg.errors import BandError, InputError, OutputError, RasterReadError, WorkerReadError, catch_warnings
@@ -607,6 +607,8 @@ class WindowSource:
         window = Window.from_slices(rows, cols)
         with IO_LOCK, catch_warnings(), ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            # that a nodata value makes GDAL's mask and not an alpha band: the alpha is read below as well
+            warnings.simplefilter("ignore", NodataShadowWarning)
             try:
                 ds = stack.enter_context(rasterio.open(self.path))
             except RasterioIOError as exc:  # a traceback, and the other inputs of the run were not segmented
@@ -1257,6 +1259,7 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
     # cache (5% of RAM) reading a 16384^2 raster without overviews: 1059 MB peak against segment's 312 MB
     with catch_warnings(), rasterio.Env(**gdal_cache_options()):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        warnings.simplefilter("ignore", NodataShadowWarning)  # the alpha is read as well (below)
         with rasterio.open(path, **({} if overviews else {"OVERVIEW_LEVEL": "NONE"})) as ds:
             longest = max(ds.width, ds.height)
             scale = longest / min(max(longest, min_side), max_side)  # shrink big rasters, enlarge tiny ones
@@ -1269,6 +1272,10 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
                                          [ds.nodatavals[b - 1] for b in bands])
                     if np.result_type(*(ds.dtypes[b - 1] for b in bands)).kind == "f":  # non-finite values: nodata
                         valid &= np.isfinite(_read_in_strips(read, ds, bands, shape, Resampling.nearest)).all(0)
+                    alpha = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] == ColorInterp.alpha]
+                    if alpha:  # as WindowSource reads it: beside a nodata value (or not the last of 2 or 4 bands)
+                        # GDAL's mask ignores it, and the calibration sample took transparent pixels for data
+                        valid &= _read_in_strips(read, ds, alpha[:1], shape, Resampling.nearest)[0] > 0
                     return valid
                 data = _read_in_strips(read, ds, bands, shape, method)
     return np.moveaxis(data, 0, -1)

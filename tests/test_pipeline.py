@@ -210,6 +210,27 @@ def test_an_alpha_band_read_as_data_is_warned_of_and_still_marks_nodata(make_ras
     assert (mask[:, 30:] == 255).all() and (mask[:, :30] != 255).all()
 
 
+def test_an_alpha_band_beside_a_nodata_value_both_mark_nodata_without_rasterios_warning(make_raster, tmp_path):
+    """An RGBA ortho with nodata 0 as well: every read printed rasterio's NodataShadowWarning, that the nodata value
+    decides the mask, twice per run and with the source line of geoseg's read, while geoseg reads the alpha
+    too. Both mark nodata: the transparent pixels and those of value 0; the preview's whole-raster sample (the
+    baselines' calibration) took the transparent ones as data."""
+    from geoseg.raster import read_preview
+
+    data = np.random.default_rng(0).integers(30, 200, (4, 40, 50)).astype(np.uint8)
+    data[3] = 255
+    data[3, :, 30:] = 0  # transparent, its colours not 0
+    data[:, :10, :10] = 0  # of the nodata value
+    path = make_raster(data=data, photometric="rgb", alpha="YES", nodata=0)
+    result = segment(path, tmp_path / "out", model="threshold", preview=True)  # warnings are errors here
+    mask = _read(result.outputs["mask"])
+    nodata = np.zeros((40, 50), bool)
+    nodata[:, 30:] = nodata[:10, :10] = True
+    assert ((mask == 255) == nodata).all()
+    valid = read_preview(path, [1, 2, 3], 50, min_side=1, mask=True)
+    assert (valid == ~nodata).all()
+
+
 def test_nan_pixels_of_a_float_raster_are_nodata(make_raster, tiny_fcn, tmp_path):
     """NaN without a nodata tag was fed to the model: it spread through every window that saw it
     (the default model called a whole raster land) and the preview came out black."""
