@@ -91,7 +91,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+    # the API and the package's own dunders: `geoseg.<Tab>` in IPython offered Any, sys, logging and more beside it
+    return sorted({name for name in globals() if name.startswith("_")} | set(__all__) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [

@@ -660,6 +660,7 @@ def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None
     """
     from geoseg.files import signals_held
 
+    check_output_path(output_dir)  # before any folder is made: "~/out" made a folder "~" that then passed as there
     folder = Path(output_dir).absolute()  # '..' kept: 'runs/../out' needs runs/, which is removed too
     made = []
     try:
@@ -692,6 +693,17 @@ def check_output_path(output_dir: str | os.PathLike) -> None:
         raise OutputError(f"{output_dir}: outputs are written to a folder on disk, not to GDAL's virtual file systems "
                           "(/vsimem/, /vsis3/, ...), which hold no folders to move finished files into. Give a local "
                           "folder (a temporary one: tempfile.mkdtemp()), and read or copy the outputs from there.")
+    text = os.fspath(output_dir)
+    if isinstance(text, str) and text.startswith("~") and os.path.expanduser(text) != text:
+        # Python leaves a leading ~ as it is: segment(x, "~/out") wrote into a folder named "~" in the working folder
+        # (which `rm -rf ~` in a shell takes for the home folder), and survey then read its polygons from $HOME,
+        # where geopandas expands it (a DataSourceError after every raster was done); refused as an input's is,
+        # unless a folder of that name really is there
+        first = Path(text).parts[0]
+        if not os.path.lexists(first):
+            raise OutputError(f"{output_dir}: a leading ~ is expanded by a shell only (not in quotes, not by "
+                              f"Python): the outputs would go to a new folder named {first!r} in {os.getcwd()}. "
+                              f"Pass {os.path.expanduser(text)!r} (os.path.expanduser).")
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path], dict[str, Path]],

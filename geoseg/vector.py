@@ -747,7 +747,9 @@ def vectorize(
     if out_path.parent.exists() and not out_path.parent.is_dir():
         raise OutputError(f"{out_path.parent}: a file, not a folder. Pick another output path.")
     if not out_path.parent.is_dir():
-        raise OutputError(f"{out_path.parent}: no such folder. Create it or pick another output path.")
+        home = (f" A leading ~ is the shell's: pass {os.path.expanduser(out_path)!r} (os.path.expanduser)."
+                if str(out_path).startswith("~") and os.path.expanduser(out_path) != str(out_path) else "")
+        raise OutputError(f"{out_path.parent}: no such folder. Create it or pick another output path.{home}")
     if not os.access(out_path.parent, os.W_OK):
         raise OutputError(f"{out_path.parent}: not a writable folder. Pick another output path.")
     if style:  # a folder there was a traceback after the layer was written

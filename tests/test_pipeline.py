@@ -1361,6 +1361,17 @@ def test_subpackages_are_reached_from_the_package_as_before_it_imported_lazily()
                           check=True).stdout.split() == ["False", "True", "True", "True"]
 
 
+def test_tab_completion_of_the_package_offers_its_api_not_its_own_imports():
+    """`dir(geoseg)`, which IPython and Jupyter complete `geoseg.<Tab>` from, listed `Any`, `TYPE_CHECKING`,
+    `importlib`, `logging`, `neutral_case_rules` and `sys` beside the API, as if they were geoseg's (h159)."""
+    import geoseg
+
+    names = dir(geoseg)
+    assert not {"Any", "TYPE_CHECKING", "importlib", "logging", "neutral_case_rules", "sys"} & set(names)
+    assert set(geoseg.__all__) | {"errors", "models", "workflows"} <= set(names)
+    assert {n for n in names if not n.startswith("_")} <= set(geoseg.__all__) | set(geoseg._SUBMODULES)
+
+
 def test_a_full_disk_while_writing_the_preview_is_an_output_error_and_leaves_nothing(make_raster, tmp_path,
                                                                                      monkeypatch):
     """Pillow's OSError (No space left on device) came out raw, and named no file of the user's."""
@@ -2054,6 +2065,30 @@ def test_an_output_folder_in_gdal_s_memory_is_refused_before_the_run(make_raster
         with pytest.raises(OutputError, match="not to GDAL's virtual file systems"):
             run()
     assert not Path("/vsimem").exists()
+
+
+def test_an_output_folder_under_a_literal_tilde_is_refused_before_the_run(make_raster, tmp_path, monkeypatch):
+    """Python does not expand a leading ~: segment(x, "~/out") wrote into a folder named "~" in the working folder
+    (which a later `rm -rf ~` in a shell takes for the home folder), and survey(..., "~/sv") segmented every raster
+    there, then died in a pyogrio DataSourceError, as geopandas expands ~ and read the polygons from $HOME/sv (h159).
+    An input path with a leading ~ was already refused with the fix; an output folder now is too."""
+    from geoseg import flood, scene, survey
+
+    path = make_raster()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for run in (lambda: segment(path, "~/out", model="threshold"),
+                lambda: segment(path, Path("~/out"), model="threshold"),
+                lambda: scene(path, "~/out", model="threshold"),
+                lambda: flood(path, "~/out", model="threshold"),
+                lambda: survey([path], "~/out", model="threshold")):
+        with pytest.raises(OutputError, match=re.escape(str(home / "out"))):
+            run()
+    assert not (tmp_path / "~").exists() and not list(home.iterdir())
+    (tmp_path / "~").mkdir()  # a folder that is really named "~" is the user's choice
+    assert segment(path, "~/out", model="threshold", preview=False).outputs["mask"] == "~/out/image_mask.tif"
 
 
 def test_a_raster_far_coarser_than_the_model_s_pixels_is_refused_before_it_is_upsampled(make_raster, model_dir,
