@@ -824,6 +824,16 @@ def vectorize(
                 if before.crs.is_geographic:
                     wide &= np.diff(shapely.bounds(before.geometry.values)[:, ::2], axis=1)[:, 0] <= 180
                 across.append(int(wide.sum()))
+            elif frame.crs.is_projected and len(frame) and frame.crs != before.crs and "perimeter_m" in frame:
+                # a mask in longitude and latitude past 180 into Web Mercator (or another projection not centred
+                # on the line): the polygon's vertices either side of 180 land at either edge of the map, and it
+                # spans the globe, 40,000 km wide for a lake of 4 km. No polygon is wider than half its ground
+                # perimeter; allow for the projection's scale (Web Mercator's is 11.5 at 85 degrees) many times over
+                metre = frame.crs.axis_info[0].unit_conversion_factor if frame.crs.axis_info else 1.0
+                span = np.diff(shapely.bounds(frame.geometry.values)[:, ::2], axis=1)[:, 0] * metre
+                perimeter = np.asarray(frame["perimeter_m"], float)
+                wide = np.isfinite(perimeter) & (perimeter > 0) & (span > 25 * perimeter) & (span > 1e6)
+                across.append(int(wide.sum()))
             frame = _repaired(frame)
         if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged
             frame["geometry"] = shapely.orient_polygons(frame.geometry.values, exterior_cw=False)  # specks reversed some

@@ -454,6 +454,25 @@ def test_polygons_reprojected_across_the_antimeridian_are_named(make_mask, tmp_p
     assert "antimeridian" not in caplog.text
 
 
+def test_a_lonlat_mask_past_180_into_web_mercator_is_named(make_mask, tmp_path, caplog):
+    """A mask in longitude and latitude written past 180 (179.9 to 180.1), as the README's Limits describe, into
+    Web Mercator: its polygons across the line came out 40,000 km wide without a word (only geographic targets were
+    checked); into UTM zone 1, centred on the line, they are right and nothing is said."""
+    data = np.zeros((100, 200), np.uint8)
+    data[40:60, 50:150] = 1  # 179.95 to 180.05
+    path = make_mask(data, crs="EPSG:4326", transform=from_origin(179.9, -16.0, 0.001, 0.001))
+    vectorize(path, tmp_path / "utm.gpkg", to_crs="EPSG:32601")
+    vectorize(path, tmp_path / "plain.gpkg")
+    assert "antimeridian" not in caplog.text
+    vectorize(path, tmp_path / "mercator.gpkg", to_crs="EPSG:3857")
+    assert "mercator.gpkg: 2 polygon(s) cross the antimeridian (180 degrees), which EPSG:3857 does not split" \
+        in caplog.text
+    caplog.clear()  # a mask away from the line: nothing to say
+    elsewhere = make_mask(data, crs="EPSG:4326", transform=from_origin(55.0, 25.0, 0.001, 0.001), name="dubai.tif")
+    vectorize(elsewhere, tmp_path / "dubai.gpkg", to_crs="EPSG:3857")
+    assert "antimeridian" not in caplog.text
+
+
 def test_a_class_names_tag_of_another_form_is_read_or_named(make_mask, tmp_path, caplog):
     """Another tool's CLASS_NAMES tag holding a JSON list was a ValueError traceback."""
     data = np.arange(16, dtype=np.uint8).reshape(4, 4) % 2

@@ -33,7 +33,7 @@ def _host_names(ctx, param, names):
               help="Also answer requests addressed to NAME on a loopback --host: the public name of a reverse "
                    "proxy on this machine (which passes the Host header on: nginx's proxy_set_header Host "
                    "$http_host). Repeatable.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
 @click.option("--max-mb", type=click.IntRange(min=1), default=200, show_default=True, help="Largest upload.")
 @click.option("--max-mpx", type=FiniteRange(min=0.01), default=50.0, show_default=True,
               help="Largest image in megapixels.")

@@ -61,4 +61,5 @@ def vectorize(mask, output, classes, min_area, specks, simplify, to_crs, confide
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(f"{result.polygons} polygons -> {result.path} ({result.seconds:.1f} s)", err=True)
+        plural = "" if result.polygons == 1 else "s"
+        click.echo(f"{result.polygons} polygon{plural} -> {result.path} ({result.seconds:.1f} s)", err=True)
