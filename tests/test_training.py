@@ -1919,3 +1919,56 @@ def test_a_chip_on_disk_reads_its_image_window_once(tmp_path, monkeypatch):
     sizes.clear()
     chips, _ = validation_set(config, card, [], pairs)  # stretched by their raster, then sampled
     assert len(chips) == 10 and sizes.count((16, 16)) == 10
+
+
+def test_lazy_validation_scores_every_validation_image(tmp_path):
+    """in_memory = false scores `validation_chips` chips of each validation image, as the card's split says: the
+    chips were drawn by area over all of them, so a 32 px image beside a 256 px one got none of the 8 and was never
+    scored, though the card listed it among the validation images (h157)."""
+    from geoseg.models.card import ModelCard
+    from geoseg.models.training import LazyImage, LazyLabels, TrainConfig, validation_set
+
+    pairs = []
+    for name, side, value, cls in (("big", 256, 10, 0), ("small", 32, 200, 1)):
+        profile = {"driver": "GTiff", "width": side, "height": side, "dtype": "uint8", "crs": "EPSG:32633",
+                   "transform": from_origin(500000, 4000000, 1, 1)}
+        with rasterio.open(tmp_path / f"{name}.tif", "w", count=3, **profile) as ds:
+            ds.write(np.full((3, side, side), value, np.uint8))
+        with rasterio.open(tmp_path / f"{name}_label.tif", "w", count=1, **profile) as ds:
+            ds.write(np.full((1, side, side), cls, np.uint8))
+    config = TrainConfig(name="t", classes=[{"name": "a"}, {"name": "b"}], images=[str(tmp_path / "*.tif")],
+                         labels="{image_dir}/{stem}_label.tif", in_memory=False, chip=16, validation_chips=4,
+                         source=str(tmp_path / "t.toml"))
+    for name in ("big", "small"):
+        image = LazyImage(str(tmp_path / f"{name}.tif"), [1, 2, 3])
+        pairs.append((image, LazyLabels(config, image), image.path))
+    card = ModelCard.from_dict({"name": "t", "classes": [{"id": 0, "name": "a", "color": "#000000"},
+                                                         {"id": 1, "name": "b", "color": "#FFFFFF"}],
+                                "bands": [1, 2, 3], "normalization": config.normalization, "margin": 0,
+                                "tile_size": None})
+    chips, _ = validation_set(config, card, [], pairs)
+    assert sorted(int(y[0, 0]) for _, y, _ in chips) == [0] * 4 + [1] * 4
+    # one validation image: the chips it had before (its own draws from seed + 1), so such runs score as they did
+    from geoseg.models.training import _sample_chips
+
+    alone, _ = validation_set(config, card, [], pairs[:1])
+    before = _sample_chips(pairs[:1], 16, 4, config.seed + 1)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(alone, before))
+
+
+def test_an_epoch_scored_on_resume_is_logged_without_a_nan_loss(tmp_path, monkeypatch, caplog):
+    """Killed while epoch 2 was scored, the rerun scores it first, with no loss of this session to tell: its line
+    said "epoch 2: loss nan", as a run whose loss diverged would (h157)."""
+    import geoseg.models.training as training
+
+    config = _dataset(tmp_path, "index")
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    with monkeypatch.context() as patched:
+        _interrupt_at_score(patched, 2)  # the end of epoch 2, after Keras backed it up
+        with pytest.raises(KeyboardInterrupt):
+            training.train(load_config(config))
+    with caplog.at_level("INFO", logger="geoseg.models.training"):
+        training.train(load_config(config))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert lines[0].startswith("epoch 2: scored on resume, validation mean IoU"), lines
+    assert lines[1].startswith("epoch 3: loss ") and not any("nan" in line for line in lines), lines

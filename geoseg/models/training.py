@@ -613,7 +613,8 @@ class _LabelsOnNodata:
 
 
 def _sample_chips(pairs, chip: int, count: int, seed: int) -> list:
-    """`count` chips per lazy image held in memory: the validation set when images stay on disk."""
+    """`count` times as many chips as there are `pairs`, held in memory, drawn as training draws them: by area, so
+    a small image may get none (`validation_set` draws each validation image's chips on its own)."""
     stream = chip_stream(pairs, chip, seed)
     return [(x, y, f"chip {i}") for i, (x, y) in zip(range(count * len(pairs)), stream)]
 
@@ -1497,7 +1498,11 @@ def validation_set(config: TrainConfig, card: ModelCard, train_pairs, val_pairs)
         card = ModelCard.from_dict({**card.to_dict(), "normalization": {"method": "none"}}, source=config.source)
     if config.in_memory:
         return scored, card
-    return _sample_chips(scored, config.chip, config.validation_chips, config.seed + 1), card
+    # `validation_chips` of each image, as the card's split says: drawn by area over all of them, a small image
+    # beside a large one got none and was never scored, though the card listed it among the validation images
+    # (h157). The first image draws from seed + 1 as before, so a run with one validation image scores the same chips.
+    return [chip for i, pair in enumerate(scored)
+            for chip in _sample_chips([pair], config.chip, config.validation_chips, config.seed + 1 + i)], card
 
 
 def _stretched(pairs, card: ModelCard) -> list:
@@ -1719,7 +1724,11 @@ class _ValidationIoU:
                     self.model.save_weights(self.work / "best.tmp.weights.h5")  # whole, then in place
                     os.replace(self.work / "best.tmp.weights.h5", self.work / "best.weights.h5")
                 self.save_state()
-                log.info("epoch %d: loss %.4f, %s mean IoU %.4f (best %.4f at %d)", epoch + 1,
-                         (logs or {}).get("loss", float("nan")), self.split, miou, self.best, self.best_epoch)
+                # an epoch scored on resume (its score cut off by the interruption) has no loss in this session: the
+                # line said "loss nan", as a diverged run's would (h157)
+                loss = (logs or {}).get("loss")
+                log.info("epoch %d: %s, %s mean IoU %.4f (best %.4f at %d)", epoch + 1,
+                         "scored on resume" if loss is None else f"loss {float(loss):.4f}", self.split, miou,
+                         self.best, self.best_epoch)
 
         return Callback(*args, **kwargs)
