@@ -519,6 +519,29 @@ def _extent(transform: Affine, width: int, height: int) -> tuple[float, float, f
 TINY_TILE_PX = 16
 
 
+def _straddle_antimeridian(frame, crs) -> np.ndarray:
+    """Whether each polygon of `frame` crosses the meridian opposite the central one of projected `crs` (180 for
+    Web Mercator): its longitudes, taken within 180 degrees of the central meridian, then run over half the
+    globe, while taken from 0 to 360 degrees past the antimeridian they do not."""
+    import shapely
+
+    centre = 0.0
+    operation = crs.coordinate_operation
+    for param in (operation.params if operation is not None else ()):
+        if param.name in ("Longitude of natural origin", "Longitude of origin", "Longitude of false origin",
+                          "Longitude of projection centre"):
+            centre = float(param.value)
+            break
+    lonlat = frame.geometry.to_crs(crs.geodetic_crs) if not frame.crs.is_geographic else frame.geometry
+    out = []
+    for geometry in lonlat.values:
+        lon = shapely.get_coordinates(geometry)[:, 0] - centre
+        around = np.mod(lon + 180.0, 360.0) - 180.0  # within 180 degrees of the central meridian
+        past = np.mod(lon, 360.0)  # from the antimeridian's other side
+        out.append(bool(len(lon)) and np.ptp(around) > 180 and np.ptp(past) <= 180)
+    return np.array(out, bool)
+
+
 def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, float, float, float],
                      metres: bool, pixel: float = 1.0, size_px: int | None = None) -> None:
     """Refuse a --simplify `tolerance` (in the layer's units) longer than the mask's `extent` is wide and high: it
@@ -833,6 +856,9 @@ def vectorize(
                 span = np.diff(shapely.bounds(frame.geometry.values)[:, ::2], axis=1)[:, 0] * metre
                 perimeter = np.asarray(frame["perimeter_m"], float)
                 wide = np.isfinite(perimeter) & (perimeter > 0) & (span > 25 * perimeter) & (span > 1e6)
+                if wide.any():  # and only those whose longitudes straddle the projection's own antimeridian: a
+                    # strip near the pole, 60 degrees wide and 150 km round, is 6,700 km wide in EPSG:4087 or 3857
+                    wide[wide] = _straddle_antimeridian(before.iloc[np.flatnonzero(wide)], frame.crs)
                 across.append(int(wide.sum()))
             frame = _repaired(frame)
         if len(frame):  # exteriors anticlockwise, holes clockwise, as RFC 7946 asks: south-up grids and merged

@@ -1972,3 +1972,31 @@ def test_an_epoch_scored_on_resume_is_logged_without_a_nan_loss(tmp_path, monkey
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert lines[0].startswith("epoch 2: scored on resume, validation mean IoU"), lines
     assert lines[1].startswith("epoch 3: loss ") and not any("nan" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_training_takes_an_alpha_band_as_segment_does(tmp_path, nodata):
+    """An R,G,B,NIR,alpha ortho (GDAL makes no mask of an alpha that is not the last of 2 or 4 bands), or an RGBA
+    one with a nodata value as well (the nodata value shadows the alpha, with a warning on every read): training
+    read the transparent collar as data, which segment leaves out (h167)."""
+    import warnings
+
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    from geoseg.models.training import _without_nodata
+
+    data = np.random.default_rng(0).integers(30, 200, (5, 20, 30)).astype(np.uint8)
+    data[4] = 255
+    data[4, :, 20:] = 0  # transparent, its colours not 0
+    path = tmp_path / "ortho.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=30, height=20, count=5, dtype="uint8", nodata=nodata,
+                       crs="EPSG:32640", transform=from_origin(0, 0, 1, 1)) as ds:
+        ds.write(data)
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined,
+                          ColorInterp.alpha]
+    with rasterio.open(path) as ds, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, valid = _without_nodata(ds, [1, 2, 3])
+    assert valid[:, :20].all() and not valid[:, 20:].any()

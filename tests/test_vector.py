@@ -473,6 +473,24 @@ def test_a_lonlat_mask_past_180_into_web_mercator_is_named(make_mask, tmp_path, 
     assert "antimeridian" not in caplog.text
 
 
+def test_a_wide_strip_near_the_pole_is_not_taken_for_a_crossing_of_the_antimeridian(make_mask, tmp_path, caplog):
+    """A lon/lat strip at 89.5-89.8 N over 0-60 E is 6,700 km wide and 150 km round in EPSG:4087 (or 3857): the
+    width-to-perimeter rule alone warned that it crossed 180 degrees, 120 degrees away. A UTM zone 1 mask across the
+    line into Web Mercator is still named."""
+    data = np.ones((30, 60), np.uint8)
+    polar = make_mask(data, crs="EPSG:4326", transform=from_origin(0, 89.8, 1.0, 0.01), name="polar.tif")
+    for crs in ("EPSG:4087", "EPSG:3857"):
+        vectorize(polar, tmp_path / f"polar_{crs[5:]}.gpkg", to_crs=crs)
+    assert "antimeridian" not in caplog.text
+    square = np.zeros((100, 100), np.uint8)
+    square[40:60, 40:60] = 1
+    # UTM zone 1 (central meridian -177): the square, x = 178,000 to 180,000 m at 16.0 S, is 179.991 E to 179.99 W
+    across = make_mask(square, crs="EPSG:32701", transform=from_origin(174000.0, 8230000.0, 100.0, 100.0),
+                       name="utm1.tif")
+    vectorize(across, tmp_path / "utm1.gpkg", to_crs="EPSG:3857")
+    assert "utm1.gpkg: 2 polygon(s) cross the antimeridian" in caplog.text, caplog.text  # the square, its ground
+
+
 def test_a_class_names_tag_of_another_form_is_read_or_named(make_mask, tmp_path, caplog):
     """Another tool's CLASS_NAMES tag holding a JSON list was a ValueError traceback."""
     data = np.arange(16, dtype=np.uint8).reshape(4, 4) % 2

@@ -2803,3 +2803,26 @@ def test_survey_report_names_masks_left_out_of_the_mosaic_by_their_whole_path(ma
     report = (tmp_path / "out" / "survey_report.md").read_text()
     assert f"- `{mask}`" in report
     assert f"- summary_csv: `{tmp_path / 'out' / 'survey_summary.csv'}`" in report  # its Outputs too (h153)
+
+
+def test_flood_takes_an_alpha_band_as_segment_does(make_raster, tmp_path):
+    """An R,G,B,NIR,alpha ortho (GDAL makes no mask of an alpha that is not the last of 2 or 4 bands): NDWI read its
+    transparent collar as data, and its fill (green over NIR) came out water; and an RGBA pair with a nodata value
+    too warned rasterio's NodataShadowWarning (an error under the tests' filterwarnings) from flood's calibration
+    sample, which took the transparent pixels for ground. Both are nodata now, as in segment's masks."""
+    from geoseg import flood
+
+    data = np.random.default_rng(0).integers(1, 255, (5, 40, 50)).astype(np.uint8)
+    data[4], data[4, :, :20] = 255, 0
+    data[1, :, :20], data[3, :, :20] = 200, 10  # the collar's fill: green far over NIR
+    nir = make_raster(name="rgbna.tif", data=data, photometric="MINISBLACK")
+    with rasterio.open(nir, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined,
+                          ColorInterp.alpha]
+    result = flood(nir, tmp_path / "ndwi", method="ndwi", nir_band=4)
+    with rasterio.open(result.outputs["tif"]) as ds:
+        water = ds.read(1)
+    assert (water[:, :20] == ds.nodata).all() and (water[:, 20:] != ds.nodata).all()
+    rgba = [make_raster(name=f"{name}.tif", data=data[[0, 1, 2, 4]], nodata=0, photometric="RGB", alpha="YES")
+            for name in ("post", "pre")]
+    flood(rgba[0], tmp_path / "pair", pre=rgba[1], model="threshold")  # NodataShadowWarning: an error here
