@@ -203,12 +203,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         job = jobs.get(job_id)
         if job is None:  # the expiry removed the record and the files together: say so, not "check your spelling"
             return jsonify(error=_missing_job(jobs, job_id)), 410 if job_id in jobs.expired else 404
-        if name not in job.files:  # only names the job made; no path from the user
+        path = job.files.get(name)  # only names the job made; no path from the user. Read once: a cancel replaces
+        # job.files with {} meanwhile, and a second read of it (after `name in job.files`) was a KeyError, a 500
+        if path is None:
             abort(404)
-        path = job.files[name]
         if not path.exists():
             abort(404, description=f"{name} is gone (results are deleted after {jobs.ttl:.0f} s); run the job again.")
-        download = download_name(job, name)
+        download = download_name(job, name, path)
         return _with_ascii_fallback(send_file(path, as_attachment=not name.endswith(".png"), download_name=download),
                                     job, download)
 
