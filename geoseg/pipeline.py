@@ -993,7 +993,7 @@ def segment(
         if client is not None:
             _check_workers_see(client, info.path, _model_files(str(model_path)))
             grid = work or info
-            _check_worker_memory(client, info.path, (grid.height, grid.width), plan, card)
+            _check_worker_memory(client, info.path, (grid.height, grid.width), plan, card, str(model_path))
         run = uuid.uuid4().hex  # the chunks' model calls are this run's: an interrupt cancels those not yet made
         result = _build_graph(info, plan, str(model_path), confidence=confidence, probabilities=probabilities,
                               run=run,
@@ -1071,8 +1071,7 @@ def segment(
         progress(1.0)
     seconds = time.perf_counter() - started
     placed = _georeferencing(paths["mask"])
-    device = describe_device() if client is None else "Dask workers: " + ", ".join(sorted(set(
-        client.run(describe_device).values())))
+    device = describe_device() if client is None else _workers_device(client)
     return SegmentResult(
         input=info.path,
         outputs={k: str(v) for k, v in paths.items()},
@@ -1468,6 +1467,17 @@ def _model_files(ref: str) -> list[str]:
     return [f for f in files if os.path.isfile(f)]  # the ones this process reads: a worker must read them too
 
 
+def _workers_device(client) -> str:
+    """What the Dask workers ran on, for the result; "Dask workers" where they cannot be asked any more: a scheduler
+    lost after the outputs were in place was a 30-line AttributeError traceback, and that raster was reported failed
+    with its outputs written (h161)."""
+    try:
+        return "Dask workers: " + ", ".join(sorted(set(client.run(describe_device).values())))
+    except Exception as exc:  # noqa: BLE001 - the run is done; only its description is lost
+        log.debug("could not ask the Dask workers what they ran on: %s", first_line(exc))
+        return "Dask workers"
+
+
 def _check_workers_see(client, path: str, model_files: Sequence[str] = ()) -> None:
     """Every worker can read the input and the model's files: a model file that one worker could not see failed
     the raster midway, after other chunks were done, as "model file ... not found", and only where a chunk
@@ -1540,6 +1550,22 @@ WORKER_PEAK = {"landcover-unet": ((409_600, 1.133e9), (1_183_744, 1.432e9), (2_5
                                   (6_885_376, 3.330e9))}
 WORKER_PEAK_MARGIN = 1.1  # other CPUs, other TensorFlow builds
 WORKER_FLOOR = {"landcover-unet": 1.05e9}  # below this no chunk fits: TensorFlow and the model alone, 7% under 1.13
+# The built-in baselines (numpy, scipy, scikit-image; no TensorFlow), the same way (h161): threshold 0.15/0.22/0.39 GB
+# at chunk 512/1024/2048, region-growing 0.16/0.24/0.42, edges-watershed 0.20/0.30/0.62, watershed-regions
+# 0.20/0.33/0.62: the heaviest of them, by the pixels of their blocks (margin 16). Under a tenth of the default
+# model's, and no floor: a 1 GB worker runs them at chunk 2048. The -nir ones read a band more (4 floats a pixel).
+BASELINE_PEAK = ((295_936, 0.204e9), (1_115_136, 0.329e9), (4_326_400, 0.616e9))
+# Another Keras model (one brought, or trained): TensorFlow's own memory in a worker, the model's weights twice
+# (read, and in use), and per pixel of the block a few float32 copies of the largest tensor its graph makes
+# (`_largest_per_px`: a plain U-Net's full-resolution concatenation) and what reading and writing it takes. Fitted
+# (h161) to plain U-Nets of build_unet (depth 4, margin 64, VmHWM as above): filters=8 (largest 24 values a pixel,
+# 2 MB of weights) 1.08/1.32/2.37 GB at chunk 512/1024/2048 (estimated 1.08/1.36/2.41), filters=64 (192 a pixel,
+# 126 MB) over 2.12 GB at chunk 512 (2.15); the default model (32 a pixel, 27 MB) it puts at 1.17/1.48/3.79 GB
+# for its measured 1.13/1.43/3.33: over, not under. The sum of all convolution outputs fitted neither U-Net.
+KERAS_RUNTIME = 0.95e9
+KERAS_BYTES_PER_PX = 20
+KERAS_COPIES_OF_LARGEST = 3 * 4  # bytes a value a pixel of the largest tensor: three float32 copies
+_LARGEST: dict = {}  # model key -> (values a pixel of its largest tensor, bytes of weights), or None
 
 
 def _memory_fraction(kind: str) -> float:
@@ -1562,12 +1588,51 @@ def _paused_text(workers: dict) -> str:
     return ", ".join(said)
 
 
-def worker_peak(card: ModelCard, block_px: int) -> float | None:
+def _largest_per_px(model_ref: str) -> tuple[float, int] | None:
+    """(values per input pixel of the largest tensor a Keras model's graph makes, bytes of its weights), from its
+    graph traced on one 256² input (nothing is computed; 2-7 s, once a process per model), or None where it
+    cannot be traced."""
+    key = str(model_ref)
+    if key in _LARGEST:
+        return _LARGEST[key]
+    found = None
+    try:
+        import tensorflow as tf
+
+        segmenter = get_segmenter(model_ref)
+        model = getattr(getattr(segmenter, "segmenter", segmenter), "model", None)  # under FlipAveraged too
+        if model is not None:
+            side = 256
+            graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+                tf.TensorSpec((1, side, side, segmenter.card.n_bands), tf.float32)).graph
+            largest = max((int(np.prod(o.shape)) for op in graph.get_operations()
+                           if op.type not in ("Const", "Placeholder", "ReadVariableOp", "VarHandleOp")
+                           for o in op.outputs if o.dtype.is_floating and o.shape.is_fully_defined()), default=0)
+            weights = sum(int(np.prod(w.shape)) * np.dtype(getattr(w, "dtype", "float32")).itemsize
+                          for w in model.weights)
+            found = (largest / side**2, weights)
+    except Exception as exc:  # noqa: BLE001 - a model TensorFlow cannot trace at a fixed size: no estimate
+        log.debug("%s: no memory estimate for Dask workers: %s", key, first_line(exc))
+    _LARGEST[key] = found
+    return found
+
+
+def worker_peak(card: ModelCard, block_px: int, model_ref: str | None = None) -> float | None:
     """The estimated peak memory (bytes) of a one-thread Dask worker running `card`'s model on blocks of `block_px`
-    pixels, or None for a model not measured."""
+    pixels: measured curves for the default model and the built-in baselines, for another Keras model (given its
+    `model_ref`) an estimate from its weights and its convolutions' outputs; None where there is none."""
     points = WORKER_PEAK.get(card.name)
-    if points is None:
-        return None
+    if model_ref is not None and str(model_ref).startswith(BUILTIN):
+        points = BASELINE_PEAK
+    elif points is None:
+        if model_ref is None:
+            return None
+        traced = _largest_per_px(model_ref)
+        if traced is None:
+            return None
+        per_px, weights = traced
+        per_block_px = KERAS_BYTES_PER_PX + per_px * KERAS_COPIES_OF_LARGEST
+        return (KERAS_RUNTIME + 2 * weights + block_px * per_block_px) * WORKER_PEAK_MARGIN
     xs, ys = zip(*points)
     if block_px <= xs[-1]:
         peak = float(np.interp(block_px, xs, ys))
@@ -1584,13 +1649,32 @@ def _block_px(shape: tuple[int, int], plan: Plan) -> int:
     return rows * cols
 
 
-def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, card: ModelCard) -> None:
+def _said_once(client, key) -> bool:
+    """Whether to say what `key` stands for: always, except in a run of several rasters (`rasters_in_turn`: a
+    survey, `geoseg segment a.tif b.tif`) where it was said for an earlier one. A survey of 40 rasters on
+    small workers repeated the same memory warning 40 times (h161)."""
+    if not getattr(client, "_geoseg_in_turn", 0):
+        return True
+    said = getattr(client, "_geoseg_said", None)
+    if said is None:
+        said = client._geoseg_said = set()
+    if key in said:
+        return False
+    said.add(key)
+    return True
+
+
+def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, card: ModelCard,
+                         model_ref: str | None = None) -> None:
     """Refuse workers whose memory limit no chunk fits in, and warn of those under what this chunk needs: a 1 GB
     worker with the default model was killed by its nanny and restarted, chunk after chunk, with only dask's
-    lines about it, until the raster failed (h142)."""
+    lines about it, until the raster failed (h142). `model_ref` (resolve_model's) gives the estimate of a model
+    other than the default: a baseline's, or a brought Keras model's from its size; only the default model, whose
+    peaks were measured, is ever refused. Warnings are given once for a run of several rasters."""
     workers = client.scheduler_info().get("workers") or {}
     terminate, pause = _memory_fraction("terminate"), _memory_fraction("pause")
-    if any(info.get("status") == "paused" for info in workers.values()):
+    paused = frozenset(a for a, info in workers.items() if info.get("status") == "paused")
+    if paused and _said_once(client, ("paused", paused)):
         log.warning("%s: Dask worker(s) %s are paused: their memory is over the %.0f%% of their limit at which dask "
                     "pauses a worker (the model's memory stays with a worker after a run), and they run no chunk "
                     "until it falls. Restart them, with a higher --memory-limit, or pass a smaller --chunk.",
@@ -1603,12 +1687,13 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
     def need(chunk: int | tuple[int, int], threads: int = 1) -> float | None:
         sized = Plan(chunk if isinstance(chunk, tuple) else (chunk, chunk), plan.margin, plan.tile, plan.batch_size,
                      plan.bands)
-        peak = worker_peak(card, _block_px(shape, sized))  # each further thread holds a block read and its result
+        # each further thread holds a block read and its result
+        peak = worker_peak(card, _block_px(shape, sized), model_ref)
         return None if peak is None else peak + (threads - 1) * _block_px(shape, sized) * 32
 
     threads = client.nthreads()
     here = need(plan.chunk)
-    floor = WORKER_FLOOR.get(card.name)
+    floor = WORKER_FLOOR.get(card.name)  # the default model's: others are warned of, never refused
     # workers of a LocalCluster (--workers N, or one of the caller's) share this machine's memory: fewer of them each
     # get more; `dask worker --memory-limit` and "without --scheduler" say nothing to them
     local = type(getattr(client, "cluster", None)).__name__ == "LocalCluster"
@@ -1632,6 +1717,9 @@ def _check_worker_memory(client, path: str, shape: tuple[int, int], plan: Plan, 
         return
     short = {a: n for a, n in limits.items() if n * pause < need(plan.chunk, threads.get(a, 1))}
     if not short:
+        return
+    if not _said_once(client, ("memory", card.name, plan.chunk, frozenset(short.items()))):  # not model_ref: a
+        # baseline's carries the thresholds of each raster
         return
     smallest = min(short.values())
     fits = [c for c in (1024, 512, 256) if c < max(plan.chunk) and need(c, max(threads.values())) <= smallest * pause]
@@ -1659,6 +1747,7 @@ def rasters_in_turn(client) -> Iterator[None]:
         client._geoseg_in_turn -= 1
         if not client._geoseg_in_turn:
             client._geoseg_found_empty = False
+            client._geoseg_said = set()  # the next run says its warnings again
 
 
 def _run_check(client, paths: list[str]) -> dict[str, list]:

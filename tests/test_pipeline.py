@@ -1267,6 +1267,23 @@ def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raste
                      r"3.0 GiB: killed for exceeding it\?\)", caplog.text), caplog.text
 
 
+def test_a_scheduler_lost_once_the_outputs_are_in_place_still_gives_the_result(make_raster, tmp_path):
+    """The workers were asked what they ran on after the outputs were in place: a scheduler lost then was a 30-line
+    AttributeError traceback, and that raster of a survey was reported failed with its outputs written (h161)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        def lost(fraction):
+            if fraction >= 1.0:
+                client.close()
+
+        result = segment(make_raster(shape=(64, 64)), tmp_path / "out", model="threshold", chunk=32, preview=False,
+                         client=client, progress=lost)
+    assert result.device == "Dask workers"
+    assert Path(result.outputs["mask"]).is_file()
+
+
 def test_a_chunk_that_fails_on_a_cluster_leaves_no_task_behind(make_raster, tmp_path):
     """The failed chunk's task stayed on the scheduler, erred, and its Future in the client with its traceback:
     one more for every failed raster of a survey on a shared scheduler (h99)."""
@@ -2456,3 +2473,88 @@ def test_a_raster_overwritten_mid_run_on_a_cluster_is_said_so_not_blamed_on_a_wo
             segment(image, tmp_path / "out", model="threshold", preview=False, client=client)
     said = str(caught.value)
     assert "moved, deleted or replaced" in said and "joined" not in said and "--scheduler" not in said, said
+
+
+def test_worker_memory_of_baselines_and_brought_models_is_their_own(make_raster, tmp_path, caplog):
+    """The pre-run memory check knew the default model only (h161): a baseline or a brought Keras model got no
+    estimate at all. Baselines peak under a tenth of the default model (0.15-0.62 GB a one-thread worker at chunk
+    512-2048), a brought model by its weights and its convolutions' outputs; neither is ever refused."""
+    import json
+
+    from distributed import Client, LocalCluster
+
+    import geoseg.pipeline as pipeline
+    from geoseg.models.unet import build_unet
+
+    def bundle(name, filters):
+        build_unet(3, 3, depth=2, filters=filters, name=name).save(tmp_path / f"{name}.keras")
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "name": name, "bands": [1, 2, 3], "normalization": {"method": "scale", "scale": 1 / 255, "offset": 0},
+            "classes": [{"id": i, "name": c} for i, c in enumerate("abc")], "margin": 16, "multiple_of": 4}))
+        return pipeline.resolve_model(str(tmp_path / f"{name}.keras"))
+
+    plan = lambda card, chunk: pipeline.Plan((chunk, chunk), card.margin, None, 8, (1, 2, 3))  # noqa: E731
+    default = pipeline.get_segmenter(pipeline.resolve_model(None)).card
+    refs = {"threshold": "builtin:threshold", "edges": "builtin:edges-watershed", "narrow": bundle("narrow", 4),
+            "wide": bundle("wide", 96)}
+    cards = {k: pipeline.get_segmenter(ref).card for k, ref in refs.items()}
+    peak = lambda k, chunk: pipeline.worker_peak(  # noqa: E731
+        cards[k], pipeline._block_px((8192, 8192), plan(cards[k], chunk)), refs[k])
+    base = lambda chunk: pipeline.worker_peak(  # noqa: E731
+        default, pipeline._block_px((8192, 8192), plan(default, chunk)), None)
+    for chunk in (512, 1024, 2048):
+        assert 0.15e9 < peak("threshold", chunk) < 0.75e9 and peak("edges", chunk) < base(chunk) / 3
+        block = pipeline._block_px((8192, 8192), plan(default, chunk))  # the Keras models' on blocks of one size
+        at = lambda k: pipeline.worker_peak(cards[k], block, refs[k])  # noqa: E731
+        assert at("narrow") < base(chunk) < at("wide"), chunk
+    assert 1.0e9 < peak("narrow", 512) < 1.3e9 and peak("wide", 2048) > 5e9  # TensorFlow's own ~1 GB stays
+    assert pipeline.worker_peak(cards["narrow"], 10**6) is None  # no reference: no estimate, as before
+    image = make_raster(shape=(64, 64))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                      memory_limit="1GB") as cluster, Client(cluster) as client:
+        with pytest.raises(pipeline.ClusterError, match="cannot run model landcover-unet at any chunk"):
+            pipeline._check_worker_memory(client, "big.tif", (8192, 8192), plan(default, 512), default)
+        caplog.clear()  # a 1 GB worker runs a baseline at chunk 2048 (0.6 GB) and a narrow U-Net is only warned of
+        pipeline._check_worker_memory(client, "big.tif", (8192, 8192), plan(cards["edges"], 2048), cards["edges"],
+                                      refs["edges"])
+        assert not [r for r in caplog.records if "out of memory" in r.getMessage()]
+        pipeline._check_worker_memory(client, "big.tif", (8192, 8192), plan(cards["narrow"], 512), cards["narrow"],
+                                      refs["narrow"])
+        said = [r.getMessage() for r in caplog.records if "may run out of memory" in r.getMessage()]
+        assert len(said) == 1 and "model narrow at chunk 512" in said[0], said
+        caplog.clear()
+        result = segment(image, tmp_path / "out", model="threshold", client=client, preview=False)
+        assert result.outputs["mask"] and not [r for r in caplog.records if "out of memory" in r.getMessage()]
+
+
+def test_a_worker_memory_warning_is_said_once_for_a_run_of_several_rasters(make_raster, tmp_path, caplog):
+    """`geoseg survey --scheduler` of 40 rasters on small workers repeated the same memory warning 40 times, one
+    per raster (h161): once for the run, and again for the next run on the same client."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    import geoseg.pipeline as pipeline
+    from geoseg.workflows.survey import survey
+
+    rasters = [make_raster(f"r{i}.tif", shape=(64, 64), seed=i) for i in range(3)]
+    card = pipeline.get_segmenter("builtin:threshold").card
+    plan = pipeline.Plan((2048, 2048), 0, None, 8, (1, 2, 3))
+    said = lambda: [r.getMessage() for r in caplog.records if "may run out of memory" in r.getMessage()]  # noqa
+    # a worker of 0.2 GB, under what the threshold baseline needs even for a 64² raster (0.22 GB); dask's own
+    # pausing, of this test process's whole memory, is off
+    off = {f"distributed.worker.memory.{k}": False for k in ("pause", "terminate", "target", "spill")}
+    with dask.config.set(off), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                            dashboard_address="127.0.0.1:0", memory_limit="0.2GB") as cluster, \
+            Client(cluster) as client:
+        with pipeline.rasters_in_turn(client):
+            for name in ("a.tif", "b.tif", "c.tif"):
+                pipeline._check_worker_memory(client, name, (8192, 8192), plan, card, "builtin:threshold")
+        assert len(said()) == 1 and said()[0].startswith("a.tif: "), said()
+        caplog.clear()
+        for name in ("a.tif", "b.tif"):  # runs of their own, each on its own
+            pipeline._check_worker_memory(client, name, (8192, 8192), plan, card, "builtin:threshold")
+        assert len(said()) == 2, said()
+        caplog.clear()
+        result = survey(rasters, tmp_path / "survey", model="threshold", preview=False, client=client)
+        assert len(result.done) == 3, result.failed
+        assert len(said()) == 1, [m[-300:] + " @@ " + m[:120] for m in said()]
