@@ -367,8 +367,6 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
         (dict(label_format="color", label_colors=["#8429F6"]), "need the label names"),
         (dict(label_format="color", label_names=["land", "land"], label_colors=["#8429F6"] * 2), "must differ"),
         (dict(label_format="index"), "labels have 3 bands, but index labels are one band"),
-        (dict(label_format="color"), "nothing to score: the label colours are .*most common colours in .*mask.png "
-                                     "are #8429F6, #000000"),
     ]
     for options, message in cases:
         with pytest.raises(InputError, match=message):
@@ -386,8 +384,14 @@ def test_label_sets_that_cannot_be_scored_are_refused_before_segmenting(make_ras
     for models in (["threshold", "threshold"], ["x/run/m.keras", "y/run/m.keras"]):
         with pytest.raises(InputError, match="would share one"):
             compare(models, [image], [mask])
+    # land, which the baseline's card lacks, is landcover-unet's: read as that class, and scored as 'other' (h168)
+    land = evaluate("threshold", [image], [mask], label_format="color")
+    assert land.pixels_scored == 40 * 30 and "read as landcover-unet's classes land" in " ".join(land.notes)
     rgb[:] = (0x01, 0x02, 0x03)  # a colour of no model's
     Image.fromarray(rgb).save(tmp_path / "neither_mask.png")
+    with pytest.raises(InputError, match="nothing to score: the label colours are .*most common colours in "
+                                         ".*neither_mask.png are #010203"):
+        evaluate("threshold", [image], [tmp_path / "neither_mask.png"], keep_masks=out, label_format="color")
     with pytest.raises(InputError, match="nothing to score: the label colours are #D9D0B8"):
         compare(["threshold", str(tiny_fcn)], [image], [tmp_path / "neither_mask.png"], label_format="color",
                 output_dir=out)  # read by the first model's colours on a tie, which the mask does not hold
@@ -935,29 +939,29 @@ def test_colours_of_no_class_are_in_the_notes(make_raster, tmp_path):
     image = make_raster(shape=(40, 50))
     mask = np.zeros((40, 50, 3), np.uint8)
     mask[:, :25] = (0xE2, 0xA9, 0x29)  # water, a class of threshold
-    mask[:, 25:] = (0x3C, 0x10, 0x98)  # building, which threshold has no colour for
+    mask[:, 25:] = (0x12, 0x34, 0x56)  # a colour that no model's card names (building's is read as a class now)
     Image.fromarray(mask).save(tmp_path / "mask.png")
     result = evaluate("threshold", image, tmp_path / "mask.png", label_format="color")
     assert result.pixels_scored == 40 * 25
     said = [n for n in result.notes if "colour(s) of no class" in n]
-    assert len(said) == 1 and "50.0% of the pixels have 1 colour(s) of no class (#3C1098 (50.0%))" in said[0]
+    assert len(said) == 1 and "50.0% of the pixels have 1 colour(s) of no class (#123456 (50.0%))" in said[0]
     assert "pass --label-names and --label-colors" in said[0]
     mask[:, 40:] = 0  # black: unlabelled
     Image.fromarray(mask).save(tmp_path / "mask2.png")
     both = evaluate("threshold", [image, image], [tmp_path / "mask.png", tmp_path / "mask2.png"], label_format="color")
     said = [n for n in both.notes if "colour(s) of no class" in n]  # one note for all files, not one per file
     assert said == ["2 label files have pixels of colour(s) of no class, left unlabelled: 50.0% of their pixels "
-                    "(#3C1098 (40.0%), #000000 (10.0%)). If they are classes, pass --label-names and --label-colors "
+                    "(#123456 (40.0%), #000000 (10.0%)). If they are classes, pass --label-names and --label-colors "
                     "(label_names=, label_colors=) with the mask's classes and colours; if they mark unlabelled "
                     "pixels, --ignore-colors (ignore_colors=)."]
     # the Dubai masks' unlabelled #9B9B9B could not be named as such: the note came with every evaluation
     quiet = evaluate("threshold", [image, image], [tmp_path / "mask.png", tmp_path / "mask2.png"], label_format="color",
-                     ignore_colors=["#3c1098", "#000000"])
+                     ignore_colors=["#123456", "#000000"])
     assert not [n for n in quiet.notes if "colour(s) of no class" in n]
     assert quiet.confusion_matrix == both.confusion_matrix  # unlabelled all the same
     cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels",
                                     str(tmp_path / "mask.png"), "--label-format", "color", "--ignore-colors",
-                                    "#3C1098", "--json"])
+                                    "#123456", "--json"])
     assert cli.exit_code == 0 and not [n for n in json.loads(cli.stdout)["notes"] if "of no class" in n], cli.output
     with pytest.raises(InputError, match=r"ignore_colors \(--ignore-colors\) holds the colour of a label class: "
                                          r"#E2A929 \(label class 'water'\)"):
@@ -970,6 +974,48 @@ def test_colours_of_no_class_are_in_the_notes(make_raster, tmp_path):
     refused = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels", str(image),
                                         "--ignore-colors", "#000000"])
     assert refused.exit_code == 2 and "--ignore-colors only applies with --label-format color" in refused.output
+
+
+def test_colours_a_baseline_lacks_are_read_by_another_cards_names_as_compare_reads_them(make_raster, tmp_path):
+    """A Dubai mask scored against a baseline alone was read by the baseline's water and vegetation colours: its
+    building, land and road (66-73% of the pixels) were left unlabelled, 'other' was "absent", and mean IoU read
+    0.284 on a Tile 8 crop where compare beside the U-Net, which reads them as the U-Net's classes and scores them as
+    the baseline's 'other', gave 0.091 (h168). The colours another registered card names are its classes now, in
+    evaluate and in a comparison of baselines alike."""
+    image = make_raster(shape=(40, 60))
+    mask = np.zeros((40, 60, 3), np.uint8)
+    mask[:, :20] = (0xE2, 0xA9, 0x29)  # water, in threshold's card
+    mask[:, 20:40] = (0x84, 0x29, 0xF6)  # land: landcover-unet's card names it, threshold's does not
+    mask[:, 40:] = (0x3C, 0x10, 0x98)  # building, likewise
+    mask[:5] = (0x9B, 0x9B, 0x9B)  # the Dubai masks' unlabelled grey
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    alone = evaluate("threshold", image, tmp_path / "mask.png", label_format="color", ignore_colors=["#9B9B9B"])
+    named = evaluate("threshold", image, tmp_path / "mask.png", label_format="color", ignore_colors=["#9B9B9B"],
+                     label_names=["building", "land", "road", "vegetation", "water"],
+                     label_colors=["#3C1098", "#8429F6", "#6EC1E4", "#FEDD3A", "#E2A929"])
+    assert alone.pixels_scored == named.pixels_scored == 35 * 60  # were 35 * 20, the water alone
+    assert alone.confusion_matrix == named.confusion_matrix and alone.mean_iou == named.mean_iou
+    said = " ".join(alone.notes)
+    assert "were read as landcover-unet's classes land, building" in said or \
+        "were read as landcover-unet's classes building, land" in said, alone.notes
+    assert "scored as its 'other' class: building, land" in said and "of no class" not in said
+    # compare of baselines alone read them so too: the same scores as evaluate's
+    both = compare(["threshold", "region-growing"], [image], [tmp_path / "mask.png"], label_format="color",
+                   ignore_colors=["#9B9B9B"])["evaluations"]
+    assert both[0]["confusion_matrix"] == alone.confusion_matrix and both[0]["mean_iou"] == alone.mean_iou
+    assert both[1]["pixels_scored"] == 35 * 60
+    # the colours listed as unlabelled stay so, and no class is taken for them
+    left = evaluate("threshold", image, tmp_path / "mask.png", label_format="color",
+                    ignore_colors=["#9B9B9B", "#8429F6"])
+    assert left.pixels_scored == 35 * 40 and "were read as landcover-unet's classes building;" in " ".join(left.notes)
+    cli = CliRunner().invoke(main, ["evaluate", "-m", "threshold", "--images", str(image), "--labels",
+                                    str(tmp_path / "mask.png"), "--label-format", "color", "--ignore-colors",
+                                    "#9B9B9B", "--json"])
+    assert cli.exit_code == 0 and json.loads(cli.stdout)["mean_iou"] == alone.mean_iou, cli.output
+    # a model of regions needs its labels named: colour labels are named by the card that names most of them
+    regions = evaluate("watershed-regions", image, tmp_path / "mask.png", label_format="color",
+                       ignore_colors=["#9B9B9B"])
+    assert regions.classes == ["building", "land", "water"] and regions.pixels_scored == 35 * 60
 
 
 def test_vector_label_files_without_a_value_or_with_blanks_take_no_side(make_raster, tmp_path):

@@ -264,6 +264,24 @@ def test_a_label_is_read_in_the_colours_of_the_model_it_matches_whatever_the_ord
     assert all(v is not None for v in rows["threshold,tiny-fcn"]["tiny-fcn"]["iou"].values())
 
 
+def test_a_baseline_alone_reads_the_label_colours_it_lacks_by_another_cards_names(client, make_raster):
+    """A Dubai label under threshold alone was read by its water and vegetation colours only: land and building were
+    unlabelled, 'other' scored nothing, and the IoU differed from compare's and evaluate's (h168)."""
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:20], rgb[20:40], rgb[40:] = (0xE2, 0xA9, 0x29), (0x84, 0x29, 0xF6), (0x3C, 0x10, 0x98)  # water, land, building
+    label = io.BytesIO()
+    Image.fromarray(rgb).save(label, format="PNG")
+    response = client.post("/api/segment", data={
+        "image": (io.BytesIO(make_raster(shape=(60, 80)).read_bytes()), "a.tif"), "models": "threshold",
+        "label": (io.BytesIO(label.getvalue()), "truth.png")}, content_type="multipart/form-data")
+    job = _wait(client, response.get_json()["id"])
+    assert job["status"] == "done", job["error"]
+    said = " ".join(job["warnings"])
+    assert "were read as landcover-unet's classes building, land, as geoseg evaluate and compare read them" in said
+    assert "only 33%" not in said and "--label-names" not in said
+    assert job["result"]["iou"][0]["iou"]["other"] is not None
+
+
 def test_a_model_that_draws_two_classes_alike_is_left_out_of_reading_a_colour_label(tmp_path, model_dir, make_raster,
                                                                                      monkeypatch):
     """A card that draws two classes in one colour (and gives no label_color) cannot read a colour label: that

@@ -482,7 +482,7 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
 
     from geoseg.models.labels import label_class_names, read_labels
     from geoseg.models.metrics import scores
-    from geoseg.workflows.evaluate import _remap, tally
+    from geoseg.workflows.evaluate import _label_colours, _remap, tally, with_registered_colours
 
     if not masks:
         return []
@@ -525,6 +525,15 @@ def _label_iou(job: Job, masks: dict) -> list[dict[str, Any]]:
             best = counts.index(max(counts))
             card, truth = cards[best], readings[best]  # read once per model, not once more for the winner
             label_classes, source = classes_of(card, drawn), card.name
+            if not drawn or max(counts) <= 0:  # colours that card does not name, named by another registered
+                # card: as evaluate and compare read them (a Dubai mask's building, land and road, for a baseline
+                # ticked alone, by the U-Net's card: left unlabelled, they flattered its score)
+                borrowed, label_colours, note = with_registered_colours(card, _label_colours([label]))
+                if note:
+                    label_classes = [{"name": n, "color": c} for n, c in zip(borrowed, label_colours)]
+                    truth = None
+                    job.warnings.append(note.partition("; pass --label-names")[0] + ", as geoseg evaluate and "
+                                        "compare read them")
         else:  # the first model with a class for every id, bundles before baselines (labels are made for a
             # U-Net's classes, rarely a baseline's other/water/vegetation): ids 0..4 were read as a baseline's 0..2
             values = ids.compressed()
