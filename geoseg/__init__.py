@@ -47,6 +47,7 @@ _LAZY = {
     "SurveyResult": "geoseg.workflows.survey",
     "VectorResult": "geoseg.vector",
     "Evaluation": "geoseg.workflows.evaluate",
+    "Comparison": "geoseg.workflows.evaluate",
     "segment": "geoseg.pipeline",
     "vectorize": "geoseg.vector",
     "flood": "geoseg.workflows",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see of the lazy names: without 
     from geoseg.pipeline import SegmentResult, segment
     from geoseg.vector import VectorResult, vectorize
     from geoseg.workflows import flood, scene, survey
-    from geoseg.workflows.evaluate import Evaluation, compare, evaluate
+    from geoseg.workflows.evaluate import Comparison, Evaluation, compare, evaluate
     from geoseg.workflows.flood import FloodResult
     from geoseg.workflows.scene import SceneResult
     from geoseg.workflows.survey import SurveyResult
@@ -96,6 +97,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Comparison",
     "DEFAULT_MODEL",
     "Evaluation",
     "FloodResult",

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["RollbackError", "folder_lock", "move_all", "named_as_final", "refuse_folders", "replace_set",
-           "replaced_atomically", "signals_held"]
+__all__ = ["RollbackError", "folder_lock", "move_all", "named_as_final", "refuse_folders", "refuse_stray_whitespace",
+           "replace_set", "replaced_atomically", "signals_held", "whitespace_note"]
 
 
 def decoded_text(data: bytes) -> str:
@@ -170,6 +170,74 @@ def write_advice(exc: BaseException, where: str | os.PathLike | None = None) -> 
             or "read-only" in text:
         return "Check the permissions of the output folder, or pick another one"
     return "Pick another output folder or file name"
+
+
+_SPACE_NAMES = {" ": "a space", "\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
+
+
+def _stray_whitespace(text: str) -> tuple[str, str, str | None] | None:
+    """What is wrong in `text` (a path): the path itself or the first of its names that starts or ends in
+    whitespace, what is wrong with it ('ends with a newline') and the path up to that name (None for the whole
+    path); else any line break in it; None for a path without either."""
+    parts = Path(text).parts
+    for i, part in enumerate([text, *parts]):
+        words = []
+        if part[:1].isspace():
+            words.append(f"starts with {_SPACE_NAMES.get(part[0], 'whitespace')}")
+        if part[-1:].isspace():
+            words.append(f"ends with {_SPACE_NAMES.get(part[-1], 'whitespace')}")
+        if words:
+            return part, " and ".join(words), None if i == 0 else str(Path(*parts[:i]))
+    return (text, "holds a line break", None) if "\n" in text or "\r" in text else None
+
+
+def _stripped(text: str) -> str:
+    """`text` with the whitespace around each of its names dropped."""
+    parts = [p.strip() for p in Path(text.strip()).parts]
+    return str(Path(*parts)) if parts else text.strip()
+
+
+def _fix(text: str, *, say_there: bool = False) -> str:
+    """What to pass instead of `text`, a path with stray whitespace; with `say_there`, whether that is there."""
+    clean = _stripped(text)
+    if "\n" in clean or "\r" in clean:
+        return "Remove the line break"
+    there = ", which exists" if say_there and os.path.lexists(clean) else ""
+    newline = "\n" in text or "\r" in text
+    how = (" (str.strip(): a line read from a file keeps its newline)" if newline else " (str.strip())"
+           ) if text.strip() == clean else ""
+    return f"Pass {clean!r}{there}{how}"
+
+
+def whitespace_note(path: str | os.PathLike) -> str:
+    """' The path ends with a newline ...' for a missing input whose path starts or ends in whitespace (a name
+    read from a file keeps its line's end, a pasted one a space), '' for any other: the error printed the
+    newline as it is, a path broken over two lines, with no word of it."""
+    text = os.fsdecode(os.fspath(path)) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    found = _stray_whitespace(text)
+    if found is None:
+        return ""
+    part, what, _ = found
+    name = "The path" if part == text else f"The name {part!r} in the path"
+    return f" {name} {what}. {_fix(text, say_there=True)}."
+
+
+def refuse_stray_whitespace(path: str | os.PathLike, what: str = "output folder") -> None:
+    """OutputError for an output path that starts or ends in whitespace or holds a line break: segment(x,
+    "out\\n") made a folder whose name ends in a newline (a path read from a file keeps it), "out " one that
+    ``ls`` shows as ``out``, and a survey's GeoPackage under such a folder failed in SQLite. A name inside the
+    path with whitespace at an end is taken where that folder is there already (``"/mnt/My Drive /out"``)."""
+    from geoseg.errors import OutputError
+
+    text = os.fsdecode(os.fspath(path))
+    found = _stray_whitespace(text)
+    if found is None:
+        return
+    part, wrong, upto = found
+    if upto is not None and "\n" not in text and "\r" not in text and os.path.lexists(upto):
+        return
+    name = f"the {what}'s path" if part == text else f"the name {part!r} in the {what}'s path"
+    raise OutputError(f"{text!r}: {name} {wrong}, which would make a file or folder of that name. {_fix(text)}.")
 
 
 def refuse_folders(paths) -> None:

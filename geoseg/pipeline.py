@@ -22,7 +22,8 @@ from dask.callbacks import Callback
 
 from geoseg.errors import (BandError, CardError, ClusterError, GeosegError, InputError, ModelError, OutputError,
                            RasterReadError, TilingError, WorkerReadError)
-from geoseg.files import move_all, named_as_final, refuse_folders, refuse_unwritable, signals_held
+from geoseg.files import (move_all, named_as_final, refuse_folders, refuse_stray_whitespace, refuse_unwritable,
+                          signals_held)
 from geoseg.inference import describe_device, predict_block, top_of
 from geoseg.models.card import ModelCard
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model, with_card
@@ -686,9 +687,12 @@ def new_folders_removed_on_error(output_dir: str | os.PathLike) -> Iterator[None
 
 
 def check_output_path(output_dir: str | os.PathLike) -> None:
-    """Refuse an empty output folder: Path("") is the working folder, where segment(x, "") wrote its mask."""
+    """Refuse an empty output folder (Path("") is the working folder, where segment(x, "") wrote its mask), one
+    with whitespace at either end or a line break (`refuse_stray_whitespace`), one on GDAL's virtual file
+    systems, and one under a leading ~ that Python does not expand."""
     if not str(output_dir).strip():
         raise InputError("the output folder is an empty path; give a folder, '.' for the current one.")
+    refuse_stray_whitespace(output_dir)  # "out\n" (read from a file) and "out " made folders of those names
     if re.match(r"/vsi[a-z0-9_]*/", os.fspath(output_dir).replace("\\", "/")):  # segment ran, then a FileNotFoundError
         raise OutputError(f"{output_dir}: outputs are written to a folder on disk, not to GDAL's virtual file systems "
                           "(/vsimem/, /vsis3/, ...), which hold no folders to move finished files into. Give a local "
@@ -875,7 +879,8 @@ def segment(
         Any raster GDAL reads (GeoTIFF, COG, VRT, JPEG, PNG): uint8, int8, uint16, int16,
         float32 and more, any band count and CRS.
     output_dir : path
-        Folder for the outputs; created if missing.
+        Folder for the outputs; created if missing. A path with whitespace at either end or a line break
+        (one read from a text file) is refused (`OutputError`), not made into a folder of that name.
     model : str or path, optional
         A name from `geoseg.models.list_models` or a ``.keras`` bundle path;
         defaults to the shipped land-cover U-Net.
@@ -912,10 +917,15 @@ def segment(
         "high": 98}`` (computed on the whole raster), ``{"method": "scale", "scale":
         1 / 10000}`` or ``{"method": "meanstd", "mean": [...], "std": [...]}``.
     resample : bool
-        When the card gives a ``pixel_size`` and a projected raster's pixels differ
-        from it by more than 5%, read the raster resampled (bilinear) to the model's
+        When the card gives a ``pixel_size`` (ground metres) and a georeferenced raster's pixels
+        differ from it by more than 5%, read the raster resampled (bilinear) to the model's
         pixel size and bring the outputs back onto the input grid (nearest for the
-        mask). False runs on the input's pixels as they are.
+        mask). A pixel's size is its sides in the CRS's units where those are ground metres (UTM),
+        else its sides measured on the ellipsoid at the raster's centre (degrees, Web Mercator, any
+        CRS whose areas stray over 1% from the ground's; `geoseg.raster.model_grid`). Rasters
+        without a CRS are read as they are. Pixels over 2 times the model's are warned of, over 8
+        times refused where that makes a grid of over 100 Mpx. False runs on the input's pixels
+        as they are.
     precision : {"float32", "bfloat16"}
         Compute precision of a Keras model; the card's ``metrics.inference`` says
         what bfloat16 costs in IoU. Baselines ignore it.
@@ -925,7 +935,10 @@ def segment(
     client : distributed.Client, optional
         Run the chunks on this Dask cluster; default is Dask's threads in-process.
     progress : callable, optional
-        Called with the finished fraction (0 to 1) as chunks complete.
+        Called with the fraction done: the chunks are the first 0.9 (a raster of one chunk says
+        0.9 only once its model has run), writing the outputs (mask, polygons, preview) the rest,
+        and 1.0 comes once every file is in place. Raising from it stops the run at its next chunk
+        and removes what it wrote.
 
     Returns
     -------
@@ -933,10 +946,13 @@ def segment(
 
     Raises
     ------
-    RasterReadError, BandError, InputError, OutputError, ModelError, TilingError
-        Each names the value at fault and the fix. Nothing is left at the final
+    RasterReadError, BandError, InputError, OutputError, ModelError, TilingError, ClusterError
+        Each a `geoseg.GeosegError` that names the value at fault and the fix (`ClusterError`: the
+        ``client``'s scheduler or workers failed or cannot see the files). Nothing is left at the final
         output paths when a run fails or is interrupted: every file is written in
         a staging folder and all are moved into place when complete, the mask last.
+    TypeError
+        `input` or `output_dir` is not a path (None, a list of rasters: use `geoseg.survey`).
 
     Notes
     -----

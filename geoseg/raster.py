@@ -25,6 +25,7 @@ from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, Raster
 from rasterio.windows import Window
 
 from geoseg.errors import BandError, InputError, OutputError, RasterReadError, WorkerReadError, catch_warnings
+from geoseg.files import whitespace_note
 
 __all__ = [
     "NODATA",
@@ -332,7 +333,8 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     elif not os.path.exists(absolute := os.path.abspath(path)):
         home = (f" A leading ~ is the shell's: pass {os.path.expanduser(path)!r} (os.path.expanduser)."
                 if path.startswith("~") and os.path.exists(os.path.expanduser(path)) else "")
-        raise RasterReadError(f"{absolute}: no such file. Check the path.{home}")
+        note = whitespace_note(path)  # a name read from a file ended the line of the error in its newline
+        raise RasterReadError(f"{repr(absolute) if note else absolute}: no such file. Check the path.{home}{note}")
     elif os.path.isdir(path := absolute):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
     if not gdal_can_name(path):

@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
-from geoseg.files import refuse_folders, refuse_unwritable, replaced_atomically, write_advice
+from geoseg.files import refuse_folders, refuse_stray_whitespace, refuse_unwritable, replaced_atomically, write_advice
 from geoseg.raster import (GROUND_TOLERANCE, NODATA, RasterInfo, areal_scales, first_line, gdal_edit, inspect_raster, open_quietly, raster_stem, same_raster,
                            reading_pixels)
 
@@ -79,6 +79,21 @@ class VectorResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data, as the other results give theirs (it had none, h133)."""
         return asdict(self)
+
+    def __str__(self) -> str:
+        """A few lines for people, as `SegmentResult`'s: polygons, time, per class, the layer. ``repr()`` stays the
+        dataclass's."""
+        speed = [f"{self.pixels_per_second:,.0f} px/s"] if self.pixels_per_second is not None else []
+        peak = [f"peak {self.peak_memory_mb:,.0f} MB"] if self.peak_memory_mb is not None else []
+        lines = [f"VectorResult: {self.polygons:,} polygon{'s' if self.polygons != 1 else ''} in {self.seconds:,.1f} s"
+                 + (f" ({', '.join(speed)})" if speed else "") + (f", {peak[0]}" if peak else "")]
+        if self.per_class:
+            lines.append("  per class: " + ", ".join(f"{name} {n:,}" for name, n in self.per_class.items()))
+        lines.append(f"  layer: {self.path}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
 
 
 def mask_classes(mask_path: str | os.PathLike) -> dict[int, tuple[str, tuple[int, int, int]]]:
@@ -743,6 +758,8 @@ def vectorize(
             raise TypeError(f"vectorize takes a path for {name}. Received: {type(value).__name__}")
         if not str(value).strip():  # "" was the working folder
             raise InputError(f"vectorize's {name} is an empty path; give a file.")
+    # "layer.gpkg\n" (read from a file) was "unknown vector format", "out /layer.gpkg" made no word of the space
+    refuse_stray_whitespace(out_path, "output layer")
     out_path = Path(out_path)
     if isinstance(keep, (str, int, np.integer)):  # one class: a name was read letter by letter ("class 'w' is not in ...")
         keep = [keep]

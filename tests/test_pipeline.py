@@ -1904,6 +1904,92 @@ def test_a_result_prints_as_a_few_lines_for_people(make_raster, tmp_path):
     assert printer.said == [text]
 
 
+def test_every_result_prints_as_a_few_lines_for_people(make_raster, tmp_path):
+    """Only SegmentResult printed as a few lines (h133): a SceneResult was 1.5 kB on one line (its segmentation's dict
+    in it), a SurveyResult ~1.5 kB per raster (300 kB for 200), an Evaluation its confusion matrix, compare's dict
+    everything. Each now prints, and shows in IPython, what was done, the key numbers and where the outputs are;
+    repr() stays the dataclass's (the dict's for compare, whose result is still a dict, JSON as --json writes it)."""
+    from geoseg import Comparison, compare, evaluate, flood, scene, survey, vectorize
+    from geoseg.workflows.survey import SurveyResult
+
+    class Printer:  # IPython's RepresentationPrinter takes text()
+        def __init__(self):
+            self.said = []
+
+        def text(self, s):
+            self.said.append(s)
+
+    def shown(result, head: str) -> list[str]:
+        text = str(result)
+        printer = Printer()
+        result._repr_pretty_(printer, False)
+        assert printer.said == [text]
+        lines = text.splitlines()
+        assert lines[0].startswith(head) and max(map(len, lines)) < 200 and len(lines) < 20, text
+        return lines
+
+    path = make_raster()
+    sc = scene(path, tmp_path / "sc", model="threshold")
+    lines = shown(sc, f"SceneResult: threshold {sc.segment['model_version']} on {path}")
+    assert lines[1] == f"  {sc.segment['width']} × {sc.segment['height']} px, 100.0% with data"
+    assert lines[2] == "  classes: " + ", ".join(f"{r['class']} {r['share_pct']:.1f}% ({r['area_m2']:,.0f} m²)"
+                                                 for r in sc.composition if r["pixels"])
+    assert f"  composition: {sc.outputs['composition']}" in lines
+    assert repr(sc).startswith("SceneResult(segment={")
+
+    pre = make_raster(name="before.tif", seed=1)
+    fl = flood(path, tmp_path / "fl", pre=pre, model="threshold")
+    lines = shown(fl, f"FloodResult: {path} against {pre}")
+    assert lines[1] == f"  water: {fl.water_source}"
+    assert lines[2] == "  classes: " + ", ".join(f"{c['name']} {c['area_m2']:,.0f} m²" for c in fl.classes)
+    assert f"  tif: {fl.outputs['tif']}" in lines and repr(fl).startswith("FloodResult(water_source=")
+
+    sv = survey([path, tmp_path / "gone.tif"], tmp_path / "sv", model="threshold")
+    lines = shown(sv, "SurveyResult: 2 rasters: 1 done, 0 skipped (done before), 1 failed")
+    assert lines[1].startswith(f"  failed: {tmp_path / 'gone.tif'}: no such file")
+    assert f"  report: {sv.outputs['report']}" in lines and repr(sv).startswith("SurveyResult(done=[{")
+    many = SurveyResult(failed=[{"input": f"{i}.tif", "error": f"{i}.tif: bad\n" + "x" * 500} for i in range(8)])
+    lines = shown(many, "SurveyResult: 8 rasters: 0 done, 0 skipped (done before), 8 failed")
+    assert lines[-1] == "  ... and 3 more failed (in `failed`)" and len(lines) == 7
+
+    mask = sc.outputs["mask"]
+    ev = evaluate("threshold", [path], [mask])
+    lines = shown(ev, f"Evaluation: threshold {ev.version}: mean IoU 1.000, pixel accuracy 1.000 over "
+                      f"{ev.pixels_scored:,} px")
+    assert [line.split()[0] for line in lines[1:]] == list(ev.per_class)
+    assert "IoU 1.000  F1 1.000  precision 1.000  recall 1.000" in lines[1]
+    assert repr(ev).startswith("Evaluation(model='threshold'")
+
+    cmp = compare(["threshold", "edges-watershed"], [path], [mask], output_dir=tmp_path / "cmp")
+    assert isinstance(cmp, Comparison) and isinstance(cmp, dict) and json.loads(json.dumps(cmp)) == cmp
+    lines = shown(cmp, "Comparison: threshold, edges-watershed")
+    assert lines[1] == "  | class | threshold | edges-watershed |" and "  | **mean IoU** | **1.000** |" in "\n".join(lines)
+    assert lines[-1].startswith(f"  disagreement: {cmp['disagreement'][0]} (all models agree on ")
+    assert repr(cmp).startswith("{'models': ['threshold', 'edges-watershed']")
+
+    vec = vectorize(mask, tmp_path / "layer.gpkg")
+    lines = shown(vec, f"VectorResult: {vec.polygons:,} polygons in ")
+    assert lines[1] == "  per class: " + ", ".join(f"{k} {v:,}" for k, v in vec.per_class.items())
+    assert lines[2] == f"  layer: {tmp_path / 'layer.gpkg'}" and repr(vec).startswith("VectorResult(path=")
+
+
+def test_the_api_docstrings_say_what_it_does(make_raster, tmp_path):
+    """segment's Raises left out ClusterError and TypeError; `progress` said "0 to 1 as chunks complete", where the
+    chunks are the first 0.9; `resample` spoke of a projected raster's pixels, where degrees and Web Mercator are
+    resampled too; SceneResult.segment, a dict without `warnings`, was not described."""
+    from geoseg.workflows.scene import SceneResult
+
+    doc = " ".join(segment.__doc__.split())
+    raises = doc.split("Raises")[1]
+    assert "ClusterError" in raises and "TypeError" in raises
+    assert "as chunks complete" not in doc and "the chunks are the first 0.9" in doc and "1.0 comes once" in doc
+    assert "a projected raster's pixels" not in doc and "degrees, Web Mercator" in doc
+    with pytest.raises(TypeError, match="segment takes one raster path"):
+        segment(None, tmp_path / "out")
+    scene_doc = " ".join(SceneResult.__doc__.split())
+    assert "SegmentResult.to_dict()" in scene_doc and "without ``warnings``" in scene_doc
+
+
 def test_a_raster_placed_without_a_crs_is_warned_about(make_raster, tmp_path, caplog):
     """A GeoTIFF with a .tfw and a .prj (GDAL reads no .prj beside a GeoTIFF) gave a mask and polygons with no CRS
     and no m², and no word (h105)."""
@@ -2106,6 +2192,56 @@ def test_an_output_folder_under_a_literal_tilde_is_refused_before_the_run(make_r
     assert not (tmp_path / "~").exists() and not list(home.iterdir())
     (tmp_path / "~").mkdir()  # a folder that is really named "~" is the user's choice
     assert segment(path, "~/out", model="threshold", preview=False).outputs["mask"] == "~/out/image_mask.tif"
+
+
+def test_paths_with_stray_whitespace_are_named_and_refused_as_outputs(make_raster, tmp_path, monkeypatch):
+    """A path read from a text file keeps its newline: segment("scene.tif\\n", ...) printed the newline inside the
+    error, a path broken over two lines with no word of it, and segment(x, "out\\n") or "out " made a folder of
+    that name (a survey's GeoPackage under it then failed in SQLite). Inputs now say what is wrong with the name
+    (repr'd), and every entry point refuses such an output path before anything is written."""
+    from click.testing import CliRunner
+
+    from geoseg import compare, evaluate, flood, scene, survey, vectorize
+    from geoseg.cli import main
+
+    path = make_raster()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RasterReadError, match=re.escape(repr(str(tmp_path / "image.tif\n")) + ": no such file. Check "
+                                                        "the path. The path ends with a newline. Pass 'image.tif', "
+                                                        "which exists (str.strip(): a line read from a file")):
+        segment("image.tif\n", "out", model="threshold")
+    with pytest.raises(RasterReadError, match="The path starts with a space. Pass 'image.tif', which exists"):
+        segment(" image.tif", "out", model="threshold")
+    mask = segment(path, "ok", model="threshold", preview=False).outputs["mask"]
+    with pytest.raises(InputError, match="no such zones layer. Check the path. The path ends with a newline"):
+        scene(path, "sc", model="threshold", zones="zones.gpkg\n")
+    with pytest.raises(InputError, match=r"label file not found \(labels for image.tif\). The path ends with a space"):
+        evaluate("threshold", ["image.tif"], [mask + " "])
+    assert "The path ends with a newline" in survey(["image.tif\n"], "sv", model="threshold").failed[0]["error"]
+    for bad in ("out\n", "out ", " out", Path("out "), "o/ut\nx", "new /out"):
+        for run in (lambda: segment(path, bad, model="threshold"),
+                    lambda: scene(path, bad, model="threshold"),
+                    lambda: flood(path, bad, model="threshold"),
+                    lambda: survey([path], bad, model="threshold"),
+                    lambda: evaluate("threshold", [path], [mask], keep_masks=bad),
+                    lambda: compare(["threshold", "edges-watershed"], [path], output_dir=bad),
+                    lambda: vectorize(mask, os.path.join(bad, "layer.gpkg") if "\n" not in str(bad) else f"{bad}.gpkg")):
+            with pytest.raises(OutputError, match=r"(starts|ends) with (a newline|a space)|holds a line break"):
+                run()
+    with pytest.raises(OutputError, match=re.escape("'layer.gpkg\\n': the output layer's path ends with a newline")):
+        vectorize(mask, "layer.gpkg\n")
+    assert sorted(os.listdir(tmp_path)) == ["image.tif", "ok", "sv"]  # no folder named with the whitespace
+    (tmp_path / "there ").mkdir()  # a folder that really ends in a space, named inside a path, is taken
+    assert segment(path, "there /out", model="threshold", preview=False).outputs["mask"] == "there /out/image_mask.tif"
+    cli = CliRunner().invoke(main, ["segment", "image.tif ", "-o", "cli", "--model", "threshold"])
+    assert cli.exit_code == 1 and "'image.tif ': no such file" in cli.output and "ends with a space" in cli.output
+    cli = CliRunner().invoke(main, ["segment", "image.tif", "-o", "cli\n", "--model", "threshold"])
+    assert cli.exit_code == 1 and "'cli\\n': the output folder's path ends with a newline" in cli.output
+    assert not any(name.startswith("cli") for name in os.listdir(tmp_path))
+    cli = CliRunner().invoke(main, ["evaluate", "--model", "threshold", "--images", "image.tif", "--labels", mask,
+                                    "--markdown", "report.md "])
+    assert cli.exit_code == 1 and "'report.md ': the --markdown report's path ends with a space" in cli.output
+    assert not any(name.startswith("report") for name in os.listdir(tmp_path))
 
 
 def test_a_raster_far_coarser_than_the_model_s_pixels_is_refused_before_it_is_upsampled(make_raster, model_dir,

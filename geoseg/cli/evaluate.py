@@ -63,9 +63,11 @@ def _check_one_label_each(template: str, images: list[str], labels: list[str]) -
 def _check_writable(path: str | None, option: str) -> None:
     """Fail before the long part when an output file's folder is missing or read-only."""
     from geoseg.errors import InputError
+    from geoseg.files import refuse_stray_whitespace
 
     if path is None:
         return
+    refuse_stray_whitespace(path, f"{option} report")  # "report.md " made a file of that name
     folder = Path(path).resolve().parent
     if folder.exists() and not folder.is_dir():  # was "the folder ... does not exist" (h118)
         raise InputError(f"{option} {path}: {folder} is a file, not a folder; pick another path.")

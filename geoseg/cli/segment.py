@@ -124,8 +124,12 @@ def _check_inputs(inputs, output_dir, overwrite: bool, flags: dict) -> None:
 
     missing = [p for p in inputs if not is_gdal_path(p) and not os.path.exists(p)]
     if missing:
-        raise click.ClickException(f"{', '.join(missing)}: no such file{'s' if len(missing) > 1 else ''}. "
-                                   "Check the path; nothing was segmented.")
+        from geoseg.files import whitespace_note
+
+        notes = "".join(dict.fromkeys(map(whitespace_note, missing)))  # the names' stray newlines and spaces
+        shown = [repr(p) if whitespace_note(p) else p for p in missing]
+        raise click.ClickException(f"{', '.join(shown)}: no such file{'s' if len(missing) > 1 else ''}. "
+                                   f"Check the path; nothing was segmented.{notes}")
     _check_stems(inputs, output_dir, written=None if overwrite else flags)
     for path in inputs:
         outputs = output_paths(Path(output_dir), raster_stem(path), **flags)

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from geoseg.errors import InputError, catch_warnings
+from geoseg.files import whitespace_note
 
 __all__ = ["IGNORE", "GRID_TOLERANCE", "LABEL_PLACEHOLDERS", "LabelFormat", "RENAME_IN_CONFIG", "RENAME_LABEL_NAMES",
            "STRAY_IN_CONFIG", "STRAY_IN_EVALUATE", "VectorLabels", "check_label_grid", "check_label_template",
@@ -195,7 +196,8 @@ def check_label_grid(path: str | os.PathLike, fmt: LabelFormat, image: str | os.
 
     name = name or str(path)
     if not os.path.exists(label_file(path)):
-        raise InputError(f"{name}: label file not found (labels for {image}).")
+        note = whitespace_note(label_file(path))
+        raise InputError(f"{repr(name) if note else name}: label file not found (labels for {image}).{note}")
     if fmt == "vector":
         vector_source(path)  # a bad '|...' after the file
         return
@@ -338,7 +340,8 @@ def read_labels(path: str | os.PathLike, *, fmt: LabelFormat, classes: Sequence[
 
     path = str(path)
     if not os.path.exists(label_file(path)):
-        raise InputError(f"{path}: label file not found (labels for {image}).")
+        note = whitespace_note(label_file(path))
+        raise InputError(f"{repr(path) if note else path}: label file not found (labels for {image}).{note}")
     if fmt == "vector":
         return VectorLabels(path, classes, str(image), vector_field, rename=rename).window(shape, window)
     if fmt == "color":

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from geoseg.errors import ModelError, ModelNotFoundError
+from geoseg.files import whitespace_note
 from geoseg.raster import RASTER_SUFFIXES, first_line
 from geoseg.models.card import ModelCard, read_card
 from geoseg.models.segmenter import Segmenter, load_bundle
@@ -253,7 +254,7 @@ def resolve_model(ref: str | os.PathLike | None) -> str:
     names = ", ".join(e.name for e in entries) or "none"
     broken = [p.message for p in problems if p.path is None]  # a plugin that failed may be the one that has it
     raise ModelNotFoundError(
-        f"no model named {str(ref)!r}. Available: {names}. Pass a name from `geoseg models` "
+        f"no model named {str(ref)!r}.{whitespace_note(text)} Available: {names}. Pass a name from `geoseg models` "
         "or the path of a .keras bundle." + (f" Skipped: {'; '.join(broken)}." if broken else "")
     )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from geoseg.errors import GeosegError, InputError, OutputError
-from geoseg.files import move_all, replaced_atomically, signals_held
+from geoseg.files import move_all, replaced_atomically, signals_held, whitespace_note
 from geoseg.raster import staging_dir
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ def read_layer(path: str | os.PathLike, *, what: str):
     text, _, option = str(path).partition("|")
     path = Path(text)
     if not path.exists():
-        raise InputError(f"{path}: no such {what} layer. Check the path.")
+        note = whitespace_note(text)
+        raise InputError(f"{repr(text) if note else path}: no such {what} layer. Check the path.{note}")
     layer = None
     if option:
         key, _, layer = option.partition("=")

@@ -21,7 +21,7 @@ from geoseg.models.labels import (IGNORE, RENAME_LABEL_NAMES, STRAY_IN_EVALUATE,
                                   label_warnings, read_labels, warn_stray_colours)
 from geoseg.models.metrics import confusion_matrix, scores
 from geoseg.models.registry import BUILTIN, get_segmenter, resolve_model
-from geoseg.pipeline import check_options, prepare_output_dir, segment
+from geoseg.pipeline import check_options, check_output_path, prepare_output_dir, segment
 from geoseg.raster import (NODATA, check_bands, class_pixel_counts, gdal_edit, inspect_raster, open_quietly, raster_stem,
                            unique_stems)
 from geoseg.vector import write_qml
@@ -29,7 +29,7 @@ from geoseg.workflows.common import md_cell
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
+__all__ = ["Comparison", "Evaluation", "evaluate", "compare", "disagreement_classes", "majority_classes", "markdown_table"]
 
 
 @dataclass
@@ -53,6 +53,47 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return asdict(self)
+
+    def __str__(self) -> str:
+        """A few lines for people, as `SegmentResult`'s: the model, mean IoU and pixel accuracy, each class's
+        scores, what was not scored and the notes. ``repr()`` stays the dataclass's one line of every field (the
+        confusion matrix in it)."""
+        def score(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        lines = [f"Evaluation: {self.model} {self.version}: mean IoU {score(self.mean_iou)}, pixel accuracy "
+                 f"{score(self.pixel_accuracy)} over {self.pixels_scored:,} px"]
+        width = max((len(name) for name in self.per_class), default=0)
+        for name, s in self.per_class.items():
+            lines.append(f"  {name:<{width}}  IoU {score(s.get('iou'))}  F1 {score(s.get('f1'))}  precision "
+                         f"{score(s.get('precision'))}  recall {score(s.get('recall'))}")
+        if self.not_scored:
+            lines.append(f"  not scored (classes the model lacks): {', '.join(self.not_scored)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
+
+
+class Comparison(dict):
+    """What `compare` returns: a dict (``models``, ``evaluations``, ``disagreement``, ``agreement_pct``), as
+    ``--json`` writes it, that prints as a few lines for people: the score table the command prints, and each
+    disagreement raster with the share of pixels the models agree on. ``repr()`` stays the dict's."""
+
+    def __str__(self) -> str:
+        models = self.get("models", [])
+        lines = [f"Comparison: {', '.join(map(str, models))}"]
+        if self.get("evaluations"):
+            lines += ["  " + line for line in markdown_table(self["evaluations"]).splitlines()]
+            lines += [f"  note: {e.get('column', e['model'])}: {n}" for e in self["evaluations"] for n in e["notes"]]
+        for path, agree in zip(self.get("disagreement", []), self.get("agreement_pct", [])):
+            share = "no valid pixel" if agree is None else f"all models agree on {agree}% of the valid pixels"
+            lines.append(f"  disagreement: {path} ({share})")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
 
 
 def _label_classes(label_names: Sequence[str | None] | None, label_colors: Sequence[str] | None, card) -> list[dict]:
@@ -361,6 +402,8 @@ def evaluate(
     # scored again (not segmented), leaving out pixels where a mask in `common_with` has no class
     rescore = {k: segment_options.pop(f"_{k}", None) for k in ("said", "masks_from", "common_with")}
     check_options(segment_options, caller="evaluate()", taken=("overwrite", "preview", "progress"))
+    if keep_masks is not None:  # before any label is read: "masks \n" made a folder of that name
+        check_output_path(keep_masks)
     images, labels = _paths(images), _paths(labels)
     label_note = None
     if (label_format == "color" and label_names is None and label_colors is None and ids_of is None and images
@@ -860,7 +903,7 @@ def compare(
     overwrite: bool = False,
     model_bands: dict[str, Sequence[int]] | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> Comparison:
     """Run several models on the same rasters: scores side by side (with labels) and disagreement rasters.
 
     `model_bands` gives a model its own bands (``{"threshold-nir": [3, 2, 1, 4]}``, by the reference in
@@ -879,6 +922,11 @@ def compare(
     earlier run in `output_dir` are refused before anything runs, unless `overwrite`. ``progress=`` takes a
     callback of the fraction of the whole comparison done, each model's runs an equal part, and scoring every model
     again on the pixels all of them give a class and writing the disagreement rasters 5% of it each.
+
+    Returns a `Comparison`, a dict of ``models``, ``evaluations`` (each model's `Evaluation` as a dict, with its
+    ``column`` in the table, ``reference`` and ``bands``), ``disagreement`` (the rasters' paths) and
+    ``agreement_pct`` (per raster, the share of valid pixels where every model agrees), as ``--json`` writes it;
+    ``print()`` gives the score table and the rasters.
     """
     if not isinstance(overwrite, (bool, np.bool_)):  # overwrite=1 passed, where segment and evaluate refuse it
         raise InputError(f"`overwrite` must be True or False. Received: overwrite={overwrite!r}")
@@ -890,6 +938,8 @@ def compare(
                   caller="compare()", taken=("overwrite", "preview", "progress"))
     if len(models) < 2:
         raise InputError(f"compare needs two or more models. Received: {list(models)}")
+    if output_dir is not None:  # before any model is loaded or label read: "cmp \n" made a folder of that name
+        check_output_path(output_dir)
     if labels is None and output_dir is None:  # ran every model, then had nothing to show
         raise InputError("compare needs labels to score the models (--labels, labels=) or an output folder for "
                          "their masks and disagreement rasters (-o, output_dir=), or both.")
@@ -958,9 +1008,8 @@ def compare(
              # which bands each read: --bands, --model-bands or its card's; --json said none (h137)
              "bands": list(own.get(str(m)) or options.get("bands") or get_segmenter(resolve_model(m)).card.bands)}
             for e, m, folder in zip(evaluations, models, folders)]  # table's columns were both "tiny"
-    return {"models": list(models), "evaluations": rows,
-            "disagreement": [path for path, _ in disagreement],
-            "agreement_pct": [pct for _, pct in disagreement]}
+    return Comparison(models=list(models), evaluations=rows, disagreement=[path for path, _ in disagreement],
+                      agreement_pct=[pct for _, pct in disagreement])
 
 
 RESCORE_SHARE = 0.05  # of compare's progress: scoring every model again on the pixels all of them give a class

@@ -64,6 +64,33 @@ class FloodResult:
         """Plain JSON-ready data."""
         return asdict(self)
 
+    def __str__(self) -> str:
+        """A few lines for people, as `SegmentResult`'s: the images, where the water came from, each class's area,
+        the coverage, the files. ``repr()`` stays the dataclass's one line of every field."""
+        lines = [f"FloodResult: {self.post}" + (f" against {self.pre}" if self.pre else " (no pre-event image)"),
+                 f"  water: {self.water_source}" + (f" (NDWI over {self.ndwi_threshold:.3f})"
+                                                   if self.ndwi_threshold is not None else "")]
+
+        def area(c: dict[str, Any]) -> str:
+            if c.get("area_m2") is None:  # no CRS: pixels
+                return f"{c.get('pixels', 0):,} px"
+            return f"{c['area_m2'] / 1e6:,.2f} km²" if c["area_m2"] >= 1e6 else f"{c['area_m2']:,.0f} m²"
+
+        lines.append("  classes: " + ", ".join(f"{c['name']} {area(c)}" for c in self.classes))
+        covered = [f"post image {self.post_coverage_pct:.1f}% with data"] if self.post_coverage_pct is not None else []
+        if self.pre and self.pre_coverage_pct is not None:
+            covered.append(f"pre image over {self.pre_coverage_pct:.1f}% of it")
+        if covered:
+            lines.append("  " + ", ".join(covered))
+        if self.aoi:
+            lines.append(f"  areas of interest: {len(self.aoi):,} (each in `aoi`)")
+        lines += [f"  {name}: {path}" for name, path in self.outputs.items()]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
+
 
 NDWI_EDGES = np.linspace(-1, 1, 401)  # the bins of the NDWI histograms that Otsu's method cuts
 NDWI_CENTRES = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2

@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SceneResult:
-    """Composition of a scene and the files written."""
+    """Composition of a scene and the files written.
+
+    ``segment`` is the segmentation's `SegmentResult` as a dict (``SegmentResult.to_dict()``), its outputs and
+    styles at their final paths, and without ``warnings``: the scene's own ``warnings`` hold them.
+    """
 
     segment: dict[str, Any]
     composition: list[dict[str, Any]]
@@ -37,6 +41,27 @@ class SceneResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return asdict(self)
+
+    def __str__(self) -> str:
+        """A few lines for people, as `SegmentResult`'s: what ran on what, each class's share, the zones, the
+        files. ``repr()`` stays the dataclass's (1.5 kB on one line, the segmentation's dict in it)."""
+        seg = self.segment
+        lines = [f"SceneResult: {seg.get('model')} {seg.get('model_version')} on {seg.get('input')}",
+                 f"  {seg.get('width', 0):,} × {seg.get('height', 0):,} px"
+                 + (f", {self.coverage_pct:.1f}% with data" if self.coverage_pct is not None else "")]
+        if seg.get("output") != "regions":
+            shares = [f"{r['class']} {r['share_pct']:.1f}%" + (f" ({r['area_m2']:,.0f} m²)" if r.get("area_m2")
+                                                                 is not None else "")
+                      for r in self.composition if r.get("pixels")]
+            lines.append("  classes: " + (", ".join(shares) or "none (all nodata)"))
+        if self.zones:
+            lines.append(f"  zones: {len(self.zones):,} (per zone in `zones`)")
+        lines += [f"  {name}: {path}" for name, path in self.outputs.items()]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython and Jupyter
+        printer.text(str(self))
 
 
 def composition_rows(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
