@@ -86,6 +86,16 @@ class ClusterError(GeosegError, RuntimeError):
     """A Dask cluster failed a run: its workers died, or its scheduler went away."""
 
 
+def apart(a: float, b: float, *, decimals: int = 1) -> tuple[str, str]:
+    """`a` and `b` with thousands separators, both to the fewest decimals (at least `decimals`, at most 6) at which
+    they read differently: a refusal read "0.2 MB decoded; this server takes at most 0.2 MB" for 0.20 and 0.16 MB."""
+    for places in range(decimals, 7):
+        texts = f"{a:,.{places}f}", f"{b:,.{places}f}"
+        if texts[0] != texts[1]:
+            return texts
+    return f"{a:,.{decimals}f}", f"{b:,.{decimals}f}"  # equal, or as good as
+
+
 _FILTERS_LOCK = threading.Lock()
 _filters_held = 0
 _filters_saved: list = []

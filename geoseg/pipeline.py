@@ -1197,8 +1197,8 @@ def _check_pixel_size(info: RasterInfo, work: RasterInfo | None, card: ModelCard
             f"resampling to them makes its {size} {work.width} x {work.height} px")
     if factor > UPSAMPLING_REFUSED and work.width * work.height > UPSAMPLED_REFUSED_PX:
         raise InputError(f"{what}, and the model was not made for imagery this coarse. Use imagery nearer "
-                         f"{card.pixel_size:g} m, or pass --no-resample (segment, scene and survey; resample=False in "
-                         "Python) to run the model on the raster's own pixels.")
+                         f"{card.pixel_size:g} m, or pass --no-resample (segment, scene, flood, survey, evaluate and compare; "
+                         "resample=False in Python) to run the model on the raster's own pixels.")
     log.warning("%s; the model sees each pixel %.3g times over, blurred, which it was not trained on. --no-resample "
                 "(resample=False) runs it on the raster's own pixels.", what, factor)
 

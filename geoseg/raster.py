@@ -24,7 +24,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import BandError, InputError, OutputError, RasterReadError, WorkerReadError, catch_warnings
+from geoseg.errors import BandError, InputError, OutputError, RasterReadError, WorkerReadError, apart, catch_warnings
 from geoseg.files import whitespace_note
 
 __all__ = [
@@ -960,8 +960,9 @@ def write_cog(tmp_path: Path, final_path: Path, *, resampling: str = "MODE") -> 
     # (the copy, its overviews and their temporary file, at most about twice the staged raster)
     need, free = 2 * tmp_path.stat().st_size + 2**20, shutil.disk_usage(staged.parent).free
     if free < need:
-        raise OutputError(f"{final_path}: could not be written (about {need / 2**20:.1f} MB needed, "
-                          f"{free / 2**20:.1f} MB free). Free some disk space or pick another output folder; "
+        needed, left = apart(need / 2**20, free / 2**20)  # 1.04 and 1.02 MB both read 1.0 MB at one decimal
+        raise OutputError(f"{final_path}: could not be written (about {needed} MB needed, "
+                          f"{left} MB free). Free some disk space or pick another output folder; "
                           "nothing was left at that path.")
     step = "copy"
     try:

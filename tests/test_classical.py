@@ -71,6 +71,19 @@ def test_otsu_splits_two_modes():
     assert -0.35 < otsu_threshold(counts, edges) < 0.25
 
 
+def test_otsu_cuts_carry_no_float_noise():
+    """A cut is a bin edge, and those of np.linspace(-1, 1, 401) (flood's NDWI bins) carry float noise: flood.json
+    read "ndwi_threshold": 0.040000000000000036 where the report said 0.040."""
+    from geoseg.workflows.flood import NDWI_EDGES
+
+    centres = (NDWI_EDGES[:-1] + NDWI_EDGES[1:]) / 2
+    counts = np.where(centres < 0.04, 1000 * np.exp(-((centres + 0.3) / 0.1) ** 2),
+                      300 * np.exp(-((centres - 0.4) / 0.1) ** 2))
+    cut = otsu_threshold(counts, NDWI_EDGES)
+    assert len(repr(cut)) <= 6, repr(cut)  # 0.04, 0.035, ... as the edges' decimals are
+    assert repr(otsu_threshold(np.eye(1, 400, 228)[0], NDWI_EDGES)) == "1.0"  # one value: the last edge
+
+
 def test_pure_green_is_in_the_greenness_histogram(caplog):
     """Excess green reaches 2 (pure green), but the histogram stopped at 1: a scene of strong green and grey
     was said to take one value, with a cut at 1.0, and the green was then called vegetation all the same."""

@@ -271,6 +271,10 @@ def test_models_lists_zoo_and_model_path(run, model_dir, monkeypatch):
     assert "tiny-fcn" in listed and "classes: class0, class1, class2" in listed and "bands: [1]" in listed
     # the default first, with what each is for (it came last, under 8 baselines, and said nothing of itself, h130)
     assert listed.startswith("landcover-unet (default)") and "\n    Otsu thresholds: water by a water index" in listed
+    # --json in the table's order: the default came last there, first in the table
+    order = [m["name"] for m in json.loads(result.stdout)["models"]]
+    assert order[0] == "landcover-unet" and names["landcover-unet"]["default"]
+    assert order == [line.split()[0] for line in listed.splitlines() if line and not line.startswith(" ")]
 
 
 def test_a_bad_bundle_or_folder_on_the_model_path_hides_nothing_else(run, make_raster, model_dir, tmp_path,
@@ -1299,8 +1303,8 @@ def test_summaries_write_large_areas_and_counts_with_thousands_separators(run, m
     assert len(shares) == 3 and all(re.search(r": +\d+\.\d% ", line) for line in shares), scene.stderr
 
 
-def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names(run, make_raster, model_dir,
-                                                                                 tmp_path):
+def test_scene_survey_and_flood_take_no_resample_which_a_coarse_raster_s_refusal_names(run, make_raster, model_dir,
+                                                                                          tmp_path):
     """A raster over 8 times coarser than the card's pixel_size is refused with "pass --no-resample", an option
     that only segment had: scene and survey answered "No such option" (h136)."""
     import shutil
@@ -1322,6 +1326,28 @@ def test_scene_and_survey_take_no_resample_which_a_coarse_raster_s_refusal_names
     assert json.loads(result.stdout)["failed"] == []
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert '"resample": false' in json.dumps(manifest)
+    # flood was refused alike, and had no --no-resample to follow the advice with (h166); with --pre both dates
+    pre = str(make_raster(name="pre.tif", shape=(40, 50), seed=3,
+                          transform=from_origin(500000.0, 2800000.0, 30.0, 30.0)))
+    refused = run("flood", coarse, "-o", str(tmp_path / "d"), "-m", model, "--water-class", "class1")
+    assert refused.exit_code == 1 and "--no-resample (segment, scene, flood, survey, evaluate and compare" in refused.output
+    flooded = run("flood", coarse, "--pre", pre, "-o", str(tmp_path / "e"), "-m", model, "--water-class", "class1",
+                  "--no-resample", "--json")
+    assert flooded.exit_code == 0, flooded.output
+    with rasterio.open(json.loads(flooded.stdout)["outputs"]["tif"]) as ds:
+        assert (ds.width, ds.height) == (50, 40)
+    ndwi = run("flood", coarse, "-o", str(tmp_path / "f"), "--method", "ndwi", "--no-resample")
+    assert ndwi.exit_code == 2 and "--no-resample only applies to --method model" in ndwi.output
+    # evaluate and compare too: refused with the advice, and no such option
+    with rasterio.open(json.loads(flooded.stdout)["outputs"]["post_mask"]) as ds:
+        labels = str(tmp_path / "labels.tif")
+        with rasterio.open(labels, "w", **ds.profile) as out:
+            out.write(ds.read())
+    scored = ["--images", coarse, "--labels", labels]
+    assert "--no-resample" in run("evaluate", "-m", model, *scored).output
+    assert run("evaluate", "-m", model, *scored, "--no-resample").exit_code == 0
+    compared = run("compare", "--models", f"{model},threshold", *scored, "--no-resample", "--json")
+    assert compared.exit_code == 0, compared.output
 
 
 @contextlib.contextmanager
@@ -1630,3 +1656,16 @@ def test_vectorize_warns_of_a_rotated_corner_tile_as_of_a_north_up_one(run, tmp_
             ds.write(np.ones((1, 12, 12), np.uint8))
         result = run("vectorize", tmp_path / name, "-o", tmp_path / f"{name}.gpkg", "--simplify", "10")
         assert result.exit_code == 0, (name, result.output)
+
+
+def test_a_survey_rerun_that_only_turns_previews_on_says_the_masks_were_kept(run, make_raster, tmp_path):
+    """It said '2 done, 0 skipped (already done)': as if segmented again, where the masks were the earlier run's."""
+    images = [make_raster(name=f"s{i}.tif", shape=(30, 40), seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    first = run("survey", *images, "-o", out, "-m", "threshold", "--no-preview")
+    assert "2 done, 0 skipped (already done), 0 failed" in first.stderr
+    again = run("survey", *images, "-o", out, "-m", "threshold")
+    assert again.exit_code == 0, again.output
+    assert "0 done, 2 kept (the earlier run's masks; previews written), 0 skipped (already done)" in again.stderr
+    data = json.loads(run("survey", *images, "-o", out, "-m", "threshold", "--no-preview", "--json").stdout)
+    assert not data["done"] and [e["switched"] for e in data["kept"]] == [["preview removed"]] * 2

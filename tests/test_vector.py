@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import geopandas as gpd
 import numpy as np
@@ -1255,3 +1256,21 @@ def test_simplify_without_a_crs_is_in_pixels_as_min_area_is(make_mask, tmp_path,
     scaled = first.geometry.affine_transform([0.5, 0, 0, 0.5, 1000, 5000])
     assert sorted(round(g.area, 6) for g in scaled) == sorted(round(g.area, 6) for g in second.geometry)
     assert sorted(len(g.exterior.coords) for g in scaled) == sorted(len(g.exterior.coords) for g in second.geometry)
+
+
+def test_a_cog_refused_for_disk_space_says_a_need_over_what_is_free(make_raster, tmp_path, monkeypatch):
+    """Both sizes were to one decimal: 'about 1.0 MB needed, 1.0 MB free' for a need a few KB over the space."""
+    import collections
+    import shutil
+
+    from geoseg.raster import write_cog
+
+    staged = make_raster(shape=(40, 40), bands=1)
+    need = 2 * staged.stat().st_size + 2**20
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, need - 2_000))
+    with pytest.raises(OutputError) as refused:
+        write_cog(staged, tmp_path / "out.tif")
+    said = re.search(r"about ([\d.]+) MB needed, ([\d.]+) MB free", str(refused.value))
+    needed, free = float(said[1]), float(said[2])
+    assert needed > free

@@ -74,6 +74,11 @@ def test_models_api_lists_registry(client):
     models = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}
     assert {"tiny-fcn", "threshold", "edges-watershed"} <= set(models)
     assert models["tiny-fcn"]["download"] == "/models/tiny-fcn/download" and models["threshold"]["download"] is None
+    # the default first, as `geoseg models` lists it (it came last, under 8 baselines), and first on the page
+    listed = client.get("/api/models").get_json()["models"]
+    assert listed[0]["name"] == "landcover-unet" and listed[0]["default"]
+    page = client.get("/").get_data(as_text=True)
+    assert page.index('value="landcover-unet"') < page.index('value="threshold"')
 
 
 def test_segment_compare_and_download(client, make_raster, tmp_path):
@@ -625,6 +630,36 @@ def test_an_upload_of_many_bands_is_refused_by_its_decoded_size(client, make_ras
     assert response.status_code == 413, response.get_json()
     assert response.get_json()["error"].startswith("bands.tif has 50 band(s) of 100x100 px, 4.0 MB decoded; this "
                                                    "server takes at most 3.2 MB")
+
+
+@pytest.mark.parametrize("data, limit, said", [
+    # 40 float64 bands of 101x100 px: 3.23 MB decoded against 3.2 MB read "3.2 MB decoded; ... at most 3.2 MB"
+    (np.zeros((40, 100, 101), np.float64), 200_000, "3.23 MB decoded; this server takes at most 3.20 MB"),
+    # serve --max-mpx 0.01: 0.20 MB against 0.16 MB read "0.2 MB decoded; ... at most 0.2 MB"
+    (np.zeros((5, 100, 100), np.float32), 10_000, "0.20 MB decoded; this server takes at most 0.16 MB"),
+    # 101x100 px against 10,000 px read "(0.01 Mpx); ... (0.01 Mpx)"
+    (np.zeros((1, 100, 101), np.uint8), 10_000, "10,100 pixels (0.0101 Mpx); this server takes at most 10,000 "
+                                                "pixels (0.01 Mpx)"),
+    (np.zeros((1, 100, 2010), np.uint8), 200_000, "201,000 pixels (0.201 Mpx); this server takes at most 200,000 "
+                                                  "pixels (0.2 Mpx)"),
+])
+def test_a_refused_upload_s_size_and_the_limit_read_differently(make_raster, data, limit, said):
+    """Both figures of a refusal were rounded to the same decimals, so an upload over the limit read as the limit."""
+    from geoseg.web.uploads import UploadError, check_pixels
+
+    with pytest.raises(UploadError) as refused:
+        check_pixels(make_raster(data=data), limit, name="up.tif")
+    assert said in str(refused.value)
+
+
+def test_apart_reads_two_amounts_at_the_fewest_decimals_that_tell_them_apart():
+    from geoseg.errors import apart
+
+    assert apart(0.2, 0.16) == ("0.20", "0.16")
+    assert apart(2.5, 1.0) == ("2.5", "1.0")  # one decimal at least, as before
+    assert apart(1.04, 1.02) == ("1.04", "1.02")  # a disk-space refusal's "1.0 MB needed, 1.0 MB free"
+    assert apart(1234.04, 1234.0) == ("1,234.04", "1,234.00")
+    assert apart(3.0, 3.0) == ("3.0", "3.0")  # equal amounts: as at the least decimals
 
 
 def test_an_upload_stored_in_a_block_far_larger_than_itself_is_refused(client, make_raster, monkeypatch):

@@ -260,7 +260,7 @@ def test_areas_under_nodata_are_reported_as_unknown_not_as_none_of_a_class(tmp_p
     flooded = flood(cloudy, tmp_path / "flood", pre=clear, method="ndwi")
     assert flooded.post_coverage_pct == 50.0 and flooded.pre_coverage_pct == 100.0
     assert flooded.nodata_m2 == pytest.approx(40 * 25 * 100)
-    assert "the post-event image has data on 50.0% of its pixels" in caplog.text
+    assert "the post-event image has data on 50.0% of its pixels; the rest (1,000 px:" in caplog.text  # as segment's
     assert "The post-event image has data on only 50.0% of its pixels" in (tmp_path / "flood" / "flood.md").read_text()
     assert flood(clear, tmp_path / "flood2", method="ndwi").post_coverage_pct == 100.0
     gpd.GeoDataFrame({"name": ["Nord | Süd*\nOst"]}, crs=crs, geometry=[shapely.box(x0, y0 - 400, x0 + 250, y0)]).to_file(
@@ -1315,7 +1315,8 @@ def test_a_survey_copied_without_its_times_is_not_segmented_again(make_raster, t
     before = mask.read_bytes(), mask.stat().st_mtime_ns
     os.utime(rasters[2], ns=(1, 2 * 10**18))
     switched = survey(rasters, tmp_path / "out", model="threshold", preview=False)
-    assert len(switched.done) == 3 and not list((tmp_path / "out").rglob("*_preview.png"))
+    assert len(switched.kept) == 3 and not switched.done and not list((tmp_path / "out").rglob("*_preview.png"))
+    assert all(e["switched"] == ["preview removed"] for e in switched.kept)
     assert (mask.read_bytes(), mask.stat().st_mtime_ns) == before
 
 
@@ -2489,9 +2490,9 @@ def test_a_survey_rerun_with_or_without_vector_keeps_the_masks(make_raster, tmp_
 
     monkeypatch.setattr(module, "segment", not_again)
     on = module.survey(images, out, model="threshold", vector=True, confidence=True)
-    assert len(on.done) == 2 and not on.failed
+    assert len(on.kept) == 2 and not on.done and not on.failed
     assert {m: Path(m).read_bytes() for m in masks} == masks
-    for mine, theirs in zip(on.done, segmented.done):
+    for mine, theirs in zip(on.kept, segmented.done):
         a, b = gpd.read_file(mine["outputs"]["vector"]), gpd.read_file(theirs["outputs"]["vector"])
         assert Path(mine["outputs"]["vector"]).name == Path(theirs["outputs"]["vector"]).name
         assert len(a) == len(b) and list(a.columns) == list(b.columns) and (a["confidence"] == b["confidence"]).all()
@@ -2499,16 +2500,19 @@ def test_a_survey_rerun_with_or_without_vector_keeps_the_masks(make_raster, tmp_
     assert "polygons" in on.outputs
     assert len(module.survey(images, out, model="threshold", vector=True, confidence=True).skipped) == 2
     off = module.survey(images, out, model="threshold", vector=False, confidence=True)
-    assert len(off.done) == 2 and not list(out.rglob("*_polygons.*"))
+    assert len(off.kept) == 2 and not off.done and not list(out.rglob("*_polygons.*"))
     assert {m: Path(m).read_bytes() for m in masks} == masks
     # --no-preview, then --preview again (with --vector too): the previews go, and come back as segment draws them
     from PIL import Image
 
     quick = module.survey(images, out, model="threshold", vector=False, confidence=True, preview=False)
-    assert len(quick.done) == 2 and not list(out.rglob("*_preview.png"))
+    assert len(quick.kept) == 2 and not list(out.rglob("*_preview.png"))
+    # kept, not done: their masks are the earlier run's (a rerun that only turned previews on said "2 done")
     both = module.survey(images, out, model="threshold", vector=True, confidence=True, preview=True)
-    assert len(both.done) == 2 and {m: Path(m).read_bytes() for m in masks} == masks
-    for mine, theirs in zip(both.done, segmented.done):
+    assert len(both.kept) == 2 and not both.done and {m: Path(m).read_bytes() for m in masks} == masks
+    assert [e["switched"] for e in both.kept] == [["polygons written", "preview written"]] * 2
+    assert "switched" not in json.dumps(json.loads((out / "manifest.json").read_text()))  # the run's, not the record's
+    for mine, theirs in zip(both.kept, segmented.done):
         assert np.array_equal(np.asarray(Image.open(mine["outputs"]["preview"])),
                               np.asarray(Image.open(theirs["outputs"]["preview"])))
         assert Path(mine["outputs"]["vector"]).exists()

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import click
 
 from geoseg.cli.options import (BandsType, NormalizationType, PathParam, chunk_option, emit_json, fail_cleanly,
-                                only_with, precision_option, sieve_option, tta_option)
+                                only_with, precision_option, resample_option, sieve_option, tta_option)
 
 __all__ = ["evaluate", "compare"]
 
@@ -115,6 +115,7 @@ label_options = [
     click.option("--normalize", type=NormalizationType(), default=None, metavar="METHOD:ARGS",
                  help="Override the cards' normalisation, as for `geoseg segment` (e.g. scale:S[,OFFSET] for 11- or "
                       "16-bit imagery: a warning names the value); the baselines ignore it."),
+    resample_option,  # a coarse raster's refusal names it: evaluate and compare had none (h166)
     chunk_option,
     sieve_option,
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
@@ -147,9 +148,10 @@ def _model_bands(ctx, param, values) -> dict[str, tuple[int, ...]]:
     return given
 
 
-def _segment_options(chunk, sieve, bands, normalize) -> dict:
+def _segment_options(chunk, sieve, bands, normalize, resample) -> dict:
     return {**({"chunk": chunk} if chunk else {}), **({"sieve": sieve} if sieve else {}),
-            **({"bands": bands} if bands else {}), **({"normalization": normalize} if normalize else {})}
+            **({"bands": bands} if bands else {}), **({"normalization": normalize} if normalize else {}),
+            **({} if resample else {"resample": False})}
 
 
 def _split(value, option: str | None = None):
@@ -208,7 +210,7 @@ def _variant(model, precision: str, tta: str):
 @click.option("--overwrite", is_flag=True, help="Replace the --markdown file when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def evaluate(model, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-             normalize, chunk, sieve, as_json, precision, tta, markdown, overwrite, quiet):
+             normalize, resample, chunk, sieve, as_json, precision, tta, markdown, overwrite, quiet):
     """Score a model on whole rasters: per-class IoU, F1, precision, recall, mean IoU, confusion matrix.
 
     Every image goes through the same tiled pipeline as `geoseg segment`. Pixels
@@ -234,7 +236,7 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
             result = run(_variant(model, precision, tta), image_paths, label_paths, label_format=label_format,
                          label_names=names, label_colors=colors, vector_field=vector_field,
                          ignore_colors=ignore_colors, progress=progress,
-                         **_segment_options(chunk, sieve, bands, normalize))
+                         **_segment_options(chunk, sieve, bands, normalize, resample))
         if markdown:  # with the notes, which the terminal gets on stderr: a majority-assigned region score read as real
             write_text(markdown, markdown_table([result], notes=True))  # a full disk: an error, not a traceback
     table = markdown_table([result])
@@ -263,7 +265,8 @@ def evaluate(model, labels, images, label_format, label_names, label_colors, vec
                    "6-band model beside threshold-nir=3,2,1,4 on one stack.")
 @click.option("--quiet", is_flag=True, help="No progress bar; the table is still printed.")
 def compare(models, labels, images, label_format, label_names, label_colors, vector_field, ignore_colors, bands,
-            normalize, chunk, sieve, as_json, precision, tta, output_dir, markdown, overwrite, model_bands, quiet):
+            normalize, resample, chunk, sieve, as_json, precision, tta, output_dir, markdown, overwrite, model_bands,
+            quiet):
     """Put models side by side on the same rasters: a score table and disagreement rasters."""
     from geoseg.cli.segment import _bar
     from geoseg.workflows.common import write_text
@@ -290,7 +293,7 @@ def compare(models, labels, images, label_format, label_names, label_colors, vec
                          **({"model_bands": model_bands} if model_bands else {}),
                          label_format=label_format, label_names=names, label_colors=colors, vector_field=vector_field,
                          **({"ignore_colors": ignore_colors} if ignore_colors else {}),
-                         progress=progress, **_segment_options(chunk, sieve, bands, normalize))
+                         progress=progress, **_segment_options(chunk, sieve, bands, normalize, resample))
         if markdown:  # with the notes, as evaluate's (h109: a comparison's report took capturing stdout)
             write_text(markdown, markdown_table(result["evaluations"], notes=True))
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geoseg.cli.options import (right_aligned, BandsType, PathParam, area_texts, chunk_option, emit_json, fail_cleanly, normalize_option, only_with,
-                                sieve_option)
+                                resample_option, sieve_option)
 
 __all__ = ["flood"]
 
@@ -26,6 +26,7 @@ __all__ = ["flood"]
 @click.option("--bands", type=BandsType(), default=None, metavar="1,2,3",
               help="Input bands in the model's order (--method model); also the map's.")
 @normalize_option
+@resample_option  # a coarse raster's refusal sent flood here too, which had no such option (h166)
 @chunk_option
 @sieve_option
 @click.option("--green-band", type=click.IntRange(min=1), default=2, show_default=True, help="Green band for NDWI.")
@@ -36,8 +37,8 @@ __all__ = ["flood"]
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: areas, AOI table, outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, bands, normalize, chunk, sieve, green_band,
-          nir_band, ndwi_threshold, overwrite, as_json, quiet):
+def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, bands, normalize, resample, chunk, sieve,
+          green_band, nir_band, ndwi_threshold, overwrite, as_json, quiet):
     """Map water in POST; with --pre, flooded, permanent and receded water.
 
     Writes flood.tif (class mask on POST's grid), flood_polygons.gpkg, flood.png
@@ -51,8 +52,9 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
 
     only_with("aoi_field", "--aoi", aoi is not None)  # exit 1 from the Python API's check
     ctx = click.get_current_context()  # options of the other method were ignored without a word
-    given = [f"--{name.replace('_', '-')}" if name != "model" else "-m/--model" for name in
-             (("model", "water_class", "bands", "normalize", "chunk") if method == "ndwi"
+    given = [f"--{name.replace('_', '-')}" if name not in ("model", "resample") else
+             "-m/--model" if name == "model" else f"--{'' if resample else 'no-'}resample" for name in
+             (("model", "water_class", "bands", "normalize", "resample", "chunk") if method == "ndwi"
               else ("green_band", "nir_band", "ndwi_threshold"))
              if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
     if given:
@@ -70,7 +72,7 @@ def flood(post, output_dir, pre, aoi, aoi_field, method, model, water_class, ban
                            water_class=water_class, green_band=green_band, nir_band=nir_band,
                            ndwi_threshold=ndwi_threshold, overwrite=overwrite, progress=progress,
                            **{k: v for k, v in (("bands", bands), ("normalization", normalize), ("chunk", chunk), ("sieve", sieve))
-                              if v})
+                              if v}, **({} if resample else {"resample": False}))
     if as_json:
         emit_json(result.to_dict())
         return

@@ -30,7 +30,8 @@ def _row(entry, default: str) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """List available models: name, version, classes, bands and where each was found.
+    """List available models: name, version, classes, bands and where each was found; the default
+    model first, then built-in baselines, the zoo, GEOSEG_MODEL_PATH and plugins (--json in the same order).
 
     Models come from the shipped zoo, folders on GEOSEG_MODEL_PATH and packages
     that register the `geoseg.models` entry point. `geoseg models show NAME`
@@ -43,13 +44,16 @@ def models(ctx: click.Context, as_json: bool) -> None:
     problems = []
     with fail_cleanly():
         rows = [_row(e, DEFAULT_MODEL) for e in list_models(problems)]
+    # the default first, then as the registry finds them (built-in baselines, the zoo, GEOSEG_MODEL_PATH, plugins),
+    # in the table and in --json alike: the default came last in --json, under 8 baselines, and first in the table
+    rows.sort(key=lambda r: not r["default"])
     if as_json:
         emit_json({"models": rows, "skipped": [{"path": str(p.path) if p.path else None, "reason": p.message}
                                                for p in problems]})
         return
     for problem in problems:
         click.echo(f"warning: skipped: {problem.message}", err=True)
-    for row in sorted(rows, key=lambda r: not r["default"]):  # the default first: it was listed last, under 8 baselines
+    for row in rows:
         mark = " (default)" if row["default"] else ""
         click.echo(f"{row['name']}{mark}  v{row['version']}  [{row['source']}]")
         if row["description"]:  # what it is for, in a line: the card's description was only in `models show`

@@ -28,7 +28,7 @@ chunk_option = click.option(
     "--chunk", type=click.IntRange(min=1), default=None, metavar="PX",
     help="Chunk (core) size in pixels; memory grows with it. Default 1024, or eight margins (at most 2048) "
          "for models with wide margins.")
-resample_option = click.option(  # segment's, and where a coarse raster's refusal sends scene and survey (h136)
+resample_option = click.option(  # segment's, and where a coarse raster's refusal sends scene, flood and survey
     "--resample/--no-resample", default=True, show_default=True,
     help="Resample to the model card's pixel size (ground metres, when it gives one) and back to the input grid.")
 sieve_option = click.option(

@@ -27,7 +27,8 @@ __all__ = ["survey"]
               help="Rasters segmented at once; memory grows with it.")
 @workers_option
 @scheduler_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, skipped, failed, outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: done, kept (masks kept, polygons or previews switched), skipped, failed, "
+                   "outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; failures are still printed.")
 def survey(inputs, output_dir, model, bands, normalize, resample, chunk, sieve, vector, preview, jobs, workers, scheduler,
            as_json, quiet):
@@ -63,7 +64,11 @@ def survey(inputs, output_dir, model, bands, normalize, resample, chunk, sieve, 
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
-        click.echo(f"{len(result.done)} done, {len(result.skipped)} skipped (already done), "
+        kept = ""
+        if result.kept:  # their masks are an earlier run's: "done" said they were segmented again
+            changes = sorted({c.replace("preview ", "previews ") for e in result.kept for c in e["switched"]})
+            kept = f"{len(result.kept)} kept (the earlier run's masks; {', '.join(changes) or 'nothing'}), "
+        click.echo(f"{len(result.done)} done, {kept}{len(result.skipped)} skipped (already done), "
                    f"{len(result.failed)} failed", err=True)
     if not as_json:  # failures even with --quiet: exit status 1 and not a word said why
         for entry in result.failed:

@@ -160,7 +160,7 @@ def check_models(models: Sequence[str | os.PathLike] | None = None, *, image: st
     run on the image's central `window` px in `chunk` px chunks and in one chunk
     (`seam_agreement`), which finds a card whose margin is too small.
     """
-    from geoseg.models.registry import list_models, resolve_model
+    from geoseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 
     if image is not None:
         from geoseg.raster import inspect_raster
@@ -170,7 +170,7 @@ def check_models(models: Sequence[str | os.PathLike] | None = None, *, image: st
     results = []
     if models is None:
         problems = []
-        for entry in list_models(problems):
+        for entry in sorted(list_models(problems), key=lambda e: e.name != DEFAULT_MODEL):  # as `geoseg models`
             results.append(_check_one(entry.ref, entry.name, entry.source,
                                       None if entry.path is None else str(entry.path), image, window, chunk))
         for problem in problems:

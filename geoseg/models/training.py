@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from geoseg.errors import InputError, ModelError, OutputError, catch_warnings
+from geoseg.errors import InputError, ModelError, OutputError, apart, catch_warnings
 from geoseg.files import decoded_text
 from geoseg.models.card import MAX_CLASSES, ModelCard, write_card
 from geoseg.models.labels import (IGNORE, check_label_grid, check_label_template, ids_by_name, label_file,
@@ -1318,8 +1318,9 @@ def _check_room(out: Path, model) -> None:
     need = 12 * weights + 2**20  # best + its temporary copy, 2 backups of weights and Adam's 2 moments, the bundle
     free = shutil.disk_usage(probe).free
     if free < need:
+        needed, left = apart(need / 2**20, free / 2**20)  # 1.04 and 1.02 MB both read 1.0 MB at one decimal
         raise OutputError(f"{out}: not enough free disk space for the checkpoints and the bundle (about "
-                          f"{need / 2**20:.1f} MB needed, {free / 2**20:.1f} MB free). Free some disk space or pick "
+                          f"{needed} MB needed, {left} MB free). Free some disk space or pick "
                           "another output folder.")
 
 

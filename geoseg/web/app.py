@@ -285,14 +285,16 @@ def _registry():
 
 
 def _models() -> list[dict[str, Any]]:
+    """The models of the page and GET /api/models: the default first, as `geoseg models` lists them (it came last,
+    under 8 baselines)."""
     from geoseg.models import DEFAULT_MODEL
 
-    return [{"name": m.name, "description": m.card.description, "source": m.source,
+    return sorted([{"name": m.name, "description": m.card.description, "source": m.source,
              "classes": [{"name": c.name, "color": c.color, **({"label_color": c.label_color} if c.label_color else {})}
                          for c in m.card.classes],
              "bands": list(m.card.bands), "output": m.card.output, "default": m.name == DEFAULT_MODEL,
              "download": f"/models/{m.name}/download" if m.path is not None else None}
-            for m in _registry()]
+            for m in _registry()], key=lambda m: not m["default"])
 
 
 def _save_upload(storage, folder: Path, stem: str, *, what: str = "image") -> Path:

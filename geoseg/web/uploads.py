@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from geoseg.errors import InputError, catch_warnings
+from geoseg.errors import InputError, apart, catch_warnings
 
 __all__ = ["UploadError", "sniff", "check_driver", "check_pixels", "check_readable", "display_name"]
 
@@ -103,14 +103,18 @@ def check_pixels(path: Path, max_pixels: int, *, name: str = "the image") -> tup
         raise UploadError(f"{name}: the file looks like an image, but it cannot be read: it looks truncated or "
                           "damaged. Upload it again, or a copy that opens in an image viewer.", 400) from None
     if size[0] * size[1] > max_pixels:
-        # in pixels, and Mpx to 2 decimals: both were 0.6 Mpx at one decimal for 791x718 against a 0.55 Mpx limit
-        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels ({_mpx(size[0] * size[1])} "
-                          f"Mpx); this server takes at most {max_pixels:,} pixels ({_mpx(max_pixels)} Mpx). Use the "
-                          "command line for larger rasters.", 413)
+        # in pixels, and Mpx to 2 decimals or as many more as tell them apart: both were 0.6 Mpx at one decimal for
+        # 791x718 against a 0.55 Mpx limit, and 0.01 Mpx at two for 101x100 against 0.01
+        has, most = _mpx(size[0] * size[1], max_pixels)
+        raise UploadError(f"{name} has {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels ({has} Mpx); this server "
+                          f"takes at most {max_pixels:,} pixels ({most} Mpx). Use the command line for larger "
+                          "rasters.", 413)
     if decoded > max_pixels * BYTES_PER_PIXEL:  # 3000 float64 bands in a 400 KB file asked the server for 23 GB
-        raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {decoded / 1e6:,.1f} MB decoded; "
-                          f"this server takes at most {max_pixels * BYTES_PER_PIXEL / 1e6:,.1f} MB (four 32-bit bands "
-                          "at its pixel limit). Upload the bands a model reads, or use the command line.", 413)
+        # as many decimals as tell them apart: 0.20 and 0.16 MB both read 0.2 MB (--max-mpx 0.01)
+        has, most = apart(decoded / 1e6, max_pixels * BYTES_PER_PIXEL / 1e6)
+        raise UploadError(f"{name} has {size[2]} band(s) of {size[0]}x{size[1]} px, {has} MB decoded; this server "
+                          f"takes at most {most} MB (four 32-bit bands at its pixel limit). Upload the bands a model "
+                          "reads, or use the command line.", 413)
     if block > max(2 * decoded, BLOCK_BYTES):  # 100x100 px stored in one 16384² tile: 0.8 MB on disk, 1.7 GB and
         # 36 s of CPU to decode, in the request's thread (uploads at once took the server to 5 GB)
         raise UploadError(f"{name} is {size[0]}x{size[1]} px but stored in blocks of {block / 1e6:,.0f} MB decoded, "
@@ -193,6 +197,7 @@ def display_name(name: str | None) -> str:
     return f"{stem}{suffix}" if stem.strip("_ ") else "upload"
 
 
-def _mpx(pixels: int) -> str:
-    """Megapixels to 2 decimals without trailing zeros, with thousands separators (1.6e+03 was 1,600)."""
-    return f"{pixels / 1e6:,.2f}".rstrip("0").rstrip(".")
+def _mpx(pixels: int, limit: int) -> tuple[str, str]:
+    """`pixels` and `limit` in megapixels to 2 decimals, or as many more as tell them apart, without trailing
+    zeros, with thousands separators (1.6e+03 was 1,600)."""
+    return tuple(t.rstrip("0").rstrip(".") if "." in t else t for t in apart(pixels / 1e6, limit / 1e6, decimals=2))

@@ -588,12 +588,12 @@ def _map_flood(folder: Path, post_info, pre_info, aoi_frame, aoi_field: str | No
                          "place, and their nodata values.")
     post_coverage = coverage_pct(data, post_info.width * post_info.height - data)
     if data and post_coverage != 100.0:  # a cloudy post image's areas read as a smaller flood, and no report said so
-        log.warning("the post-event image has data on %s%% of its pixels; the rest (%d px: clouds, nodata, the edge "
-                    "of a warped image) counts in no class, so its areas are of that part alone",
-                    post_coverage, post_info.width * post_info.height - data)
+        log.warning("the post-event image has data on %s%% of its pixels; the rest (%s px: clouds, nodata, the edge "
+                    "of a warped image) counts in no class, so its areas are of that part alone",  # 33209 px read
+                    post_coverage, f"{post_info.width * post_info.height - data:,}")  # unlike segment's 33,209 px
     if coverage is not None and covered < data:  # those pixels were nodata in flood.tif without a word
-        log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%d px) is nodata "
-                    "in flood.tif and counts in no class", coverage, data - covered)  # as flood.md and flood.json
+        log.warning("the pre-event image covers %s%% of the post-event image's data; the rest (%s px) is nodata "
+                    "in flood.tif and counts in no class", coverage, f"{data - covered:,}")  # as flood.md and flood.json
     write_qml(paths["tif"].with_suffix(".qml"), classes, kind="raster")
     vectorize(paths["tif"], paths["gpkg"], keep=[c.id for c in classes if c.id], overwrite=True)
     table, nodata_m2 = _class_areas(paths["tif"], post_info, classes)

@@ -38,9 +38,13 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class SurveyResult:
-    """Per-raster status and the batch outputs."""
+    """Per-raster status and the batch outputs: `done`, segmented by this run; `kept`, whose masks an earlier run
+    made and this one kept, only writing or removing their polygons or previews (`switched` says which) as
+    `vector` and `preview` now ask; `skipped`, already done with the same model and options; `failed`."""
 
     done: list[dict[str, Any]] = field(default_factory=list)
+    # a rerun that only turned --preview (or --vector) on counted these as done, as if segmented again
+    kept: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -56,8 +60,9 @@ class SurveyResult:
         """A few lines for people, as `SegmentResult`'s: how many rasters were done, skipped (done before) and
         failed, the first failures' errors and the batch outputs. ``repr()`` stays the dataclass's, one line of
         ~1.5 kB per raster (300 kB for 200)."""
-        total = len(self.done) + len(self.skipped) + len(self.failed)
-        lines = [f"SurveyResult: {total:,} raster{'s' if total != 1 else ''}: {len(self.done):,} done, "
+        total = len(self.done) + len(self.kept) + len(self.skipped) + len(self.failed)
+        kept = f"{len(self.kept):,} kept (masks of before, polygons or previews switched), " if self.kept else ""
+        lines = [f"SurveyResult: {total:,} raster{'s' if total != 1 else ''}: {len(self.done):,} done, {kept}"
                  f"{len(self.skipped):,} skipped (done before), {len(self.failed):,} failed"]
         for entry in self.failed[:self.SHOWN_FAILURES]:
             error = " ".join(str(entry.get("error", "")).split())
@@ -1031,9 +1036,10 @@ def survey(
                     else:
                         _restore_class_files(entry, card)
                         entry["seconds"] = round(time.perf_counter() - started, 3)
+                        switched = entry.pop("switched")
                         manifest.record(source, _with_seen(entry, seen))
                         tick(source, 1.0)
-                        return "done", entry
+                        return "kept", {**entry, "switched": switched}  # its mask is the earlier run's
                 try:
                     res = segment(source, out_dir / folders[source], model=model, vector=vector, overwrite=True,
                                   progress=lambda f: tick(source, f), **segment_options)
@@ -1081,7 +1087,7 @@ def survey(
             for status, entry in outcomes:
                 getattr(result, status).append(entry)
             order = {source: i for i, source in enumerate(sources)}  # the mosaic stacks them in input order, resumed or not
-            finished = sorted(result.done + result.skipped, key=lambda e: order[e["input"]])
+            finished = sorted(result.done + result.kept + result.skipped, key=lambda e: order[e["input"]])
             if not finished and (out_dir / "survey_report.md").exists():
                 log.warning("no raster of this run was segmented, so the batch files of the earlier run (survey_report.md, "
                             "the mosaics, survey_polygons.gpkg) are left as they were; its rasters stay done")
@@ -1470,8 +1476,9 @@ def _without_extras(key: dict[str, Any]) -> dict[str, Any]:
 
 def _extras_switched(entry: dict[str, Any], key: dict[str, Any], card) -> dict[str, Any]:
     """`entry` (done) with its mask's polygons and preview written as `segment` writes them, or removed, as `key`
-    turns them on or off; and `key`."""
+    turns them on or off; and `key`, and under ``switched`` what changed ("polygons written", "previews removed")."""
     outputs = dict(entry["outputs"])
+    switched = []
     mask = Path(outputs["mask"])
     stem = mask.name.removesuffix("_mask.tif")
     (vector, preview), (had_vector, had_preview) = _extras(key), _extras(entry["key"])
@@ -1481,19 +1488,24 @@ def _extras_switched(entry: dict[str, Any], key: dict[str, Any], card) -> dict[s
         polygons = mask.with_name(f"{stem}_polygons.gpkg")
         vectorize(mask, polygons, confidence=outputs.get("confidence"), overwrite=True)
         outputs["vector"] = str(polygons)
+        switched.append("polygons written")
     elif not vector and outputs.get("vector"):
         polygons = Path(outputs.pop("vector"))
         for path in (polygons, polygons.with_suffix(".qml")):
             path.unlink(missing_ok=True)
+        switched.append("polygons removed")
     if preview and not had_preview:
         from geoseg.preview import write_preview
 
         picture = mask.with_name(f"{stem}_preview.png")
         write_preview(entry["input"], mask, picture, card.classes, entry["classes"], key.get("bands") or card.bands)
         outputs["preview"] = str(picture)
+        switched.append("preview written")
     elif not preview and outputs.get("preview"):
         Path(outputs.pop("preview")).unlink(missing_ok=True)
-    return {**entry, "key": key, "outputs": outputs, "files": dict(zip(outputs, _stats(outputs.values()).values()))}
+        switched.append("preview removed")
+    return {**entry, "key": key, "outputs": outputs, "files": dict(zip(outputs, _stats(outputs.values()).values())),
+            "switched": switched}
 
 
 def _restore_class_files(entry: dict[str, Any], card) -> None:
