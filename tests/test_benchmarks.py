@@ -56,3 +56,15 @@ def test_the_benchmarks_read_the_dubai_masks_by_their_label_colours(shared_data)
     read = read_labels(labels[0], fmt="color", classes=[{"name": n, "color": c} for n, c in zip(names, colours)],
                        image=images[0], shape=truth.shape)
     assert (read == truth).all()
+
+
+@pytest.mark.slow
+def test_the_input_copy_benchmark_runs_on_a_tiny_raster(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_pipeline import cheap_model
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    model = cheap_model(tmp_path)
+    out = _bench("bench_input_copy.py", "--size", 256, "--rounds", 1, "--model", model, cwd=tmp_path)
+    assert out.count("outputs byte-identical across every run: yes") == 2 and "new/old" in out, out

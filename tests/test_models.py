@@ -825,3 +825,87 @@ def test_an_hdf5_model_named_keras_and_a_folder_given_as_a_model_are_told_what_t
     (tmp_path / "bundles").mkdir()
     with pytest.raises(ModelNotFoundError, match="bundles is a folder; .*GEOSEG_MODEL_PATH"):
         resolve_model("bundles")
+
+
+_NORMALISATIONS_OF_EVERY_KIND = [
+    {"method": "scale", "scale": 1 / 127.5, "offset": -1.0},
+    {"method": "scale", "scale": [0.1, 0.2, 0.3], "offset": [1.0, 2.0, 3.0]},
+    {"method": "meanstd", "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]},
+    {"method": "stretch", "low": [10.0, 20.0, 30.0], "high": [200.0, 20.0, 3000.0]},
+    {"method": "none"},
+]
+
+
+def _plain_normalisation(block, norm):
+    """ModelCard.normalize as it was written before it worked in place, the reference for its bytes."""
+    x = block.astype(np.float32, copy=False)
+    if norm["method"] == "scale":
+        return x * np.asarray(norm.get("scale", 1.0), np.float32) + np.asarray(norm.get("offset", 0.0), np.float32)
+    if norm["method"] == "meanstd":
+        return (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    if norm["method"] == "stretch":
+        low, high = np.asarray(norm["low"], np.float32), np.asarray(norm["high"], np.float32)
+        return np.clip((x - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "float32", "float64"])
+def test_normalize_in_place_gives_the_bytes_of_the_plain_expressions(dtype):
+    """Normalising in one aligned buffer saves two full-size float32 arrays a chunk and TensorFlow's copies of
+    its input; the values must stay those of the plain expressions, NaN included, and the input untouched."""
+    from geoseg.models.card import ALIGNMENT
+
+    rng = np.random.default_rng(1)
+    card = ModelCard.from_dict(CARD)
+    for shape in [(37, 41, 3), (2, 5, 7, 3), (0, 4, 3)]:
+        if np.dtype(dtype).kind == "f":
+            block = rng.normal(0, 1000, shape).astype(dtype)
+            block.flat[::7] = np.nan
+        else:
+            info = np.iinfo(dtype)
+            block = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        # also as rasterio's reads come, bands first moved last (not contiguous)
+        for view in (block, np.moveaxis(np.ascontiguousarray(np.moveaxis(block, -1, 0)), 0, -1)):
+            for norm in _NORMALISATIONS_OF_EVERY_KIND:
+                before = view.copy()
+                got, want = card.normalize(view, norm), _plain_normalisation(view, norm)
+                assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+                assert got.tobytes() == want.tobytes(), (shape, norm)
+                assert np.array_equal(view, before, equal_nan=True)
+                if norm["method"] != "none" and got.size:
+                    assert got.flags.c_contiguous and got.ctypes.data % ALIGNMENT == 0
+    one_band = rng.integers(0, 255, (5, 5, 1)).astype("uint8")  # per-band values widen it: not in place
+    for norm in _NORMALISATIONS_OF_EVERY_KIND[1:4]:
+        assert card.normalize(one_band, norm).tobytes() == _plain_normalisation(one_band, norm).tobytes()
+
+
+def test_model_input_is_shared_where_aligned_and_every_input_gives_the_same_outputs():
+    """TensorFlow copied every NumPy batch (twice where unaligned): an aligned float32 one is now shared through
+    DLPack, any other copied once into aligned memory. The outputs are those of the model called on a plain
+    array, and no input is changed."""
+    import keras
+
+    import geoseg.models.segmenter as segmenter
+    from geoseg.models.card import aligned_empty
+
+    keras.utils.set_random_seed(3)
+    seg = segmenter.KerasSegmenter(build_unet(2, 3, depth=1, filters=2), ModelCard.from_dict(CARD))
+    x = seg.card.normalize(np.random.default_rng(0).integers(0, 255, (2, 24, 32, 3)).astype("uint8"))
+    want_proba = np.asarray(seg.model(np.array(x), training=False))
+    want_top = np.stack([want_proba.argmax(-1).astype(np.float32), want_proba.max(-1)], axis=-1)
+    shared = segmenter._model_input(x)
+    x[0, 0, 0, 0] += 1  # the tensor is the array's memory
+    assert float(shared[0, 0, 0, 0]) == x[0, 0, 0, 0]
+    x[0, 0, 0, 0] -= 1
+    unaligned = np.empty(x.size + 1, np.float32)[1:].reshape(x.shape)
+    unaligned[...] = x
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    flipped = np.ascontiguousarray(x[:, ::-1])[:, ::-1]
+    aligned = aligned_empty(x.shape)
+    aligned[...] = x
+    for batch in (x, unaligned, read_only, flipped, x.astype(np.float64), aligned, x[:1]):
+        before = np.array(batch)
+        assert np.array_equal(seg.predict_proba(batch), want_proba[: len(batch)])
+        assert np.array_equal(seg.predict_top(batch), want_top[: len(batch)])
+        assert np.array_equal(batch, before)

@@ -15,7 +15,7 @@ from typing import Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from geoseg.errors import CardError, ModelError, catch_warnings
-from geoseg.models.card import ModelCard, read_card
+from geoseg.models.card import ALIGNMENT, ModelCard, aligned_empty, read_card
 from geoseg.raster import first_line
 
 __all__ = ["FlipAveraged", "KerasSegmenter", "Segmenter", "TTA_MODES", "load_bundle"]
@@ -115,7 +115,7 @@ class KerasSegmenter:
         threads meanwhile read and write their chunks.
         """
         fn = self._fn or self._build()
-        batch = np.ascontiguousarray(batch, np.float32)
+        batch = _model_input(batch)
         with self._calls:
             _check_run()
             return np.asarray(fn(batch))
@@ -127,7 +127,7 @@ class KerasSegmenter:
         class: on an H200 that made a 2048 px chunk's call 3.3x as fast (benchmarks/bench_gpu_model.py).
         """
         fn = self._top or self._build(top=True)
-        batch = np.ascontiguousarray(batch, np.float32)
+        batch = _model_input(batch)
         with self._calls:
             _check_run()
             return np.asarray(fn(batch))
@@ -182,6 +182,28 @@ class KerasSegmenter:
             if not top and self._fn is None:
                 self._fn = traced(probabilities, spec)
         return self._top if top else self._fn
+
+
+def _model_input(batch: np.ndarray):
+    """`batch` as float32 for the model's graph: a tensor sharing its memory where TensorFlow can take it as it is.
+
+    TensorFlow copies a NumPy argument, twice over where it does not start at a multiple of 64 bytes (as NumPy's
+    large arrays do not): a 2624² RGB chunk's call peaked at 3142 MB, 2905 MB with its input shared through
+    DLPack (benchmarks/bench_input_copy.py; the same outputs). Any other batch (a flipped view, another dtype, a
+    read-only array) is copied once into aligned memory first. TensorFlow aborts the process on a shared tensor
+    that is not aligned, so only one checked to be is shared.
+    """
+    import tensorflow as tf
+
+    batch = np.asarray(batch)
+    if batch.size == 0:
+        return np.ascontiguousarray(batch, np.float32)
+    if not (batch.dtype == np.float32 and batch.flags.c_contiguous and batch.flags.writeable
+            and batch.ctypes.data % ALIGNMENT == 0):
+        copy = aligned_empty(batch.shape, np.float32)
+        np.copyto(copy, batch, casting="unsafe")  # as ascontiguousarray(batch, float32)
+        batch = copy
+    return tf.experimental.dlpack.from_dlpack(batch.__dlpack__())
 
 
 TTA_MODES = ("none", "flips")
