@@ -225,8 +225,8 @@ def whitespace_note(path: str | os.PathLike) -> str:
 def refuse_stray_whitespace(path: str | os.PathLike, what: str = "output folder") -> None:
     """OutputError for an output path that starts or ends in whitespace or holds a line break: segment(x,
     "out\\n") made a folder whose name ends in a newline (a path read from a file keeps it), "out " one that
-    ``ls`` shows as ``out``, and a survey's GeoPackage under such a folder failed in SQLite. A name inside the
-    path with whitespace at an end is taken where that folder is there already (``"/mnt/My Drive /out"``)."""
+    ``ls`` shows as ``out``, and a survey's GeoPackage under such a folder failed in SQLite. A name with whitespace
+    at an end is taken where that folder is there already (``"/mnt/My Drive /out"``, ``"/mnt/My Drive "``)."""
     from geoseg.errors import OutputError
 
     text = os.fsdecode(os.fspath(path))
@@ -234,8 +234,8 @@ def refuse_stray_whitespace(path: str | os.PathLike, what: str = "output folder"
     if found is None:
         return
     part, wrong, upto = found
-    if upto is not None and "\n" not in text and "\r" not in text and os.path.lexists(upto):
-        return
+    if "\n" not in text and "\r" not in text and os.path.lexists(text if upto is None else upto):
+        return  # there already ("/mnt/My Drive ", a folder whose name ends in a space): taken as "/mnt/My Drive /" is
     name = f"the {what}'s path" if part == text else f"the name {part!r} in the {what}'s path"
     raise OutputError(f"{text!r}: {name} {wrong}, which would make a file or folder of that name. {_fix(text)}.")
 

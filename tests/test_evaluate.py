@@ -1656,3 +1656,39 @@ def test_compare_without_an_output_folder_says_where_its_masks_wait(make_raster,
     assert len(held) == 2 and not list((tmp_path / "tmpdir").iterdir()), held  # both there, then removed
     shown = CliRunner().invoke(main, ["compare", "--help"], terminal_width=200).output
     assert "$TMPDIR" in shown and "temporary folder" in shown, shown
+
+
+def test_a_model_without_other_reads_no_label_colour_by_an_unrelated_bundle_s_card(make_raster, model_dir, tmp_path,
+                                                                                  monkeypatch):
+    """Colours a baseline's card lacks are read by another registered card's names and scored as its 'other'
+    (h168); a model without 'other' scores such a class as known negatives instead, so a bundle on
+    GEOSEG_MODEL_PATH naming #000000 'background' turned a black no-data collar, left unlabelled before, into
+    false positives of every class the model found there: landcover-unet's mean IoU halved (0.25 -> 0.125) on a
+    label of water and vegetation framed in black, by a model the user never ran."""
+    from geoseg.models import ModelCard, read_card, write_card
+
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    shutil.copy(model_dir / "tiny-fcn.keras", bundles / "user-bld.keras")
+    card = read_card(model_dir / "tiny-fcn.json").to_dict()
+    card["name"] = "user-bld"
+    card["classes"] = [{"id": 0, "name": "background", "color": "#000000"},
+                       {"id": 1, "name": "building", "color": "#FFFFFF"},
+                       {"id": 2, "name": "tree", "color": "#00FF00"}]
+    write_card(ModelCard.from_dict(card), bundles / "user-bld.json")
+    image = make_raster(shape=(40, 60))
+    mask = np.zeros((40, 60, 3), np.uint8)  # a black frame: no data
+    mask[5:35, 5:30] = (0x00, 0x80, 0x40)  # tiny-fcn's class0
+    mask[5:35, 30:55] = (0x28, 0x80, 0x40)  # tiny-fcn's class1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    model = str(model_dir / "tiny-fcn.keras")
+    before = evaluate(model, image, tmp_path / "mask.png", label_format="color")
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(bundles))
+    after = evaluate(model, image, tmp_path / "mask.png", label_format="color")
+    assert after.pixels_scored == before.pixels_scored == 30 * 50
+    assert after.confusion_matrix == before.confusion_matrix and after.mean_iou == before.mean_iou
+    assert not [n for n in after.notes if "user-bld" in n], after.notes
+    assert [n for n in after.notes if "colour(s) of no class (#000000" in n], after.notes
+    # a baseline still reads it by that card, scored as its 'other', and says so
+    baseline = evaluate("threshold", image, tmp_path / "mask.png", label_format="color")
+    assert "were read as user-bld's classes background" in " ".join(baseline.notes)

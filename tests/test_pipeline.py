@@ -2233,6 +2233,8 @@ def test_paths_with_stray_whitespace_are_named_and_refused_as_outputs(make_raste
     assert sorted(os.listdir(tmp_path)) == ["image.tif", "ok", "sv"]  # no folder named with the whitespace
     (tmp_path / "there ").mkdir()  # a folder that really ends in a space, named inside a path, is taken
     assert segment(path, "there /out", model="threshold", preview=False).outputs["mask"] == "there /out/image_mask.tif"
+    # and so is that folder itself, as "there /" was: it is there, nothing of that name is made
+    assert segment(path, "there ", model="threshold", preview=False).outputs["mask"] == "there /image_mask.tif"
     cli = CliRunner().invoke(main, ["segment", "image.tif ", "-o", "cli", "--model", "threshold"])
     assert cli.exit_code == 1 and "'image.tif ': no such file" in cli.output and "ends with a space" in cli.output
     cli = CliRunner().invoke(main, ["segment", "image.tif", "-o", "cli\n", "--model", "threshold"])

@@ -1213,6 +1213,11 @@ def with_registered_colours(card, colours: list[np.ndarray], ignore_colors: Sequ
     regions = card.output == "regions"  # no classes of its own: read by the card that names most pixels
     names = [] if regions else [c.name for c in card.classes]
     colors = [] if regions else [c.in_labels for c in card.classes]
+    if not regions and "other" not in names:  # a model without 'other' (the U-Net, a brought bundle) scores a label
+        # class it lacks as known negatives: a colour some other bundle on GEOSEG_MODEL_PATH happens to name (#000000
+        # 'background', a black no-data collar) counted the model's every class there as a false positive, and halved
+        # landcover-unet's mean IoU, where those pixels were left unlabelled and said so
+        return names, colors, None
     known = {int(c[1:], 16) for c in colors if c} | {int(c[1:], 16) for c in ignore_colors or []}
     values, counts = (np.unique(np.concatenate([c.ravel() for c in colours]), return_counts=True) if colours
                       else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
