@@ -664,6 +664,16 @@ def test_vectorize_command(run, make_raster, tiny_fcn, tmp_path):
     assert again.exit_code == 1 and "--overwrite" in again.output
 
 
+def test_vectorize_takes_quiet_as_the_other_commands_do(run, make_raster, tmp_path):
+    """vectorize, the one command with a summary and no --quiet, now draws a bar on a terminal (h173)."""
+    out = tmp_path / "out"
+    assert run("segment", make_raster(shape=(80, 90)), "-o", out, "-m", "threshold", "--quiet").exit_code == 0
+    quiet = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "q.gpkg", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output == "" and (tmp_path / "q.gpkg").exists()
+    said = run("vectorize", out / "image_mask.tif", "-o", tmp_path / "s.gpkg")
+    assert said.exit_code == 0 and "polygons -> " in said.output
+
+
 def test_serve_refuses_a_host_it_cannot_listen_on(run):
     result = run("serve", "--host", "a..b", "--port", "5099")  # rejected before any DNS lookup or bind
     assert result.exit_code == 2 and "Invalid value for --host: 'a..b' is not an address" in result.output
