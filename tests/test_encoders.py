@@ -34,6 +34,24 @@ def test_encoder_weights_come_from_a_local_file(tmp_path):
         build_encoder_unet(3, weights=str(tmp_path / "missing.h5"), alpha=0.35)
 
 
+def test_weights_of_another_network_are_refused_in_a_few_lines(tmp_path):
+    """Keras's error held the values of the variable and every layer's name, and a warning per layer came first:
+    MobileNetV2 weights given to EfficientNet-Lite0 printed 358 lines, 38 KB (h172)."""
+    import warnings
+
+    import keras
+
+    donor = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    donor.save_weights(tmp_path / "mobilenet_v2_no_top.weights.h5")
+    with warnings.catch_warnings(record=True) as said, pytest.raises(ModelError) as error:
+        warnings.simplefilter("always")
+        build_encoder_unet(3, encoder="efficientnet_lite0", weights=str(tmp_path / "mobilenet_v2_no_top.weights.h5"))
+    message = str(error.value)
+    assert "cannot load EfficientNetLite0 weights" in message and "variable.shape=" in message
+    assert len(message) < 800 and "\n" not in message and "List of objects" not in message
+    assert not [w for w in said if "Skipping nested container" in str(w.message)]
+
+
 def test_encoder_unet_dropout_is_applied_in_training_only():
     """`dropout` was a plain U-Net's only: a config's dropout = 0.3 with an encoder built the same network."""
     import keras

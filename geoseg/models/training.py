@@ -218,6 +218,7 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if flat.get("freeze_encoder_bn") and plain:
         raise InputError(f"{path}: freeze_encoder_bn needs a pretrained encoder (architecture = "
                          f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}); a plain U-Net has none.")
+    _check_encoder(path, flat, plain)
     return TrainConfig(**flat, source=str(path))
 
 
@@ -305,6 +306,38 @@ def _check_weight_files(path: Path, flat: dict[str, Any]) -> None:
             raise InputError(f"{path}: init_weights = {value!r} is not a Keras model file ({os.path.abspath(resolved)}: "
                              "neither a .keras zip archive nor a legacy .h5). Give the NAME.keras of a bundle that "
                              "geoseg train wrote (not its .json card).")
+
+
+def _check_encoder(path: Path, flat: dict[str, Any], plain: bool) -> None:
+    """What a pretrained encoder needs, before any image loads (these were refused only once the data was read, or
+    not at all): `encoder_weights` only with an encoder, "imagenet" only where a package ships them, 3 bands; and a
+    warning where the normalisation is not the -1..1 that ImageNet encoders were trained on."""
+    weights, architecture = flat.get("encoder_weights"), flat.get("architecture", "unet")
+    if plain:
+        if weights:  # ignored: a plain U-Net was trained from scratch while the card said encoder_weights = "imagenet"
+            raise InputError(f"{path}: encoder_weights = {weights!r} is not used by architecture = 'unet' (a plain "
+                             f"U-Net has no pretrained encoder): remove it, or pick architecture = "
+                             f"{' or '.join(repr(a) for a in ARCHITECTURES[1:])}.")
+        return
+    from geoseg.models.encoders import IMAGENET_ENCODERS
+
+    if weights == "imagenet" and architecture not in IMAGENET_ENCODERS:
+        raise InputError(f"{path}: encoder_weights = \"imagenet\" is available for {', '.join(IMAGENET_ENCODERS)} "
+                         f"only (nothing is downloaded); for architecture = {architecture!r} give the path of a local "
+                         "weights file (such as mobilenet_v2_no_top.weights.h5), or leave encoder_weights out.")
+    bands = flat.get("bands", [1, 2, 3])
+    if len(bands) != 3:
+        raise InputError(f"{path}: the {architecture} encoder takes 3 bands (its first layer is the RGB one its weights "
+                         f"were trained on); the config lists {len(bands)}: {bands}. Pick 3 bands, or use "
+                         "architecture = 'unet', which takes any number.")
+    norm = flat.get("normalization", {"method": "scale", "scale": 1 / 255})
+    nonnegative = norm.get("method") in ("percentile", "none") or (
+        norm.get("method") == "scale" and norm.get("offset", 0) >= 0)
+    if weights and nonnegative:
+        log.warning("%s: pretrained encoder weights expect inputs in -1..1, as they were trained; this normalisation "
+                    "(%s) gives 0 and above. For 8-bit imagery set normalization = { method = \"scale\", scale = "
+                    "0.00784313725490196, offset = -1.0 } (0..255 to -1..1).", path,
+                    "the default, scale 1/255" if "normalization" not in flat else norm.get("method"))
 
 
 def _is_keras_file(path: str) -> bool:
@@ -1017,6 +1050,7 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                     "out with validation = [\"PART\"] in [data]: images whose path contains PART (e.g. "
                     "\"Tile 2/\") are kept out of training and scored.", config.source)
     source = _load_init_weights(keras, config)  # a file Keras cannot read fails here, before the data is loaded
+    encoder_source = _encoder_source(config)  # "imagenet" without its package fails here, before the data is loaded
     train_pairs, val_pairs, select_pairs = load_pairs(config, with_selection=True)
     n_classes, n_bands = len(config.classes), len(config.bands)
     log.info("training on %d images, validating on %d%s", len(train_pairs), len(val_pairs),
@@ -1156,7 +1190,8 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
                      "final_epoch_mean_iou": final_miou, "epoch_mean_iou": callback.history,
                      "seconds": round(callback.seconds()), "class_weights": weights.round(4).tolist(),
                      **({"resumed_after_epochs": resumed} if resumed else {}),
-                     **({"margin_check": seams} if seams else {})},
+                     **({"margin_check": seams} if seams else {}),
+                     **({"encoder_weights": encoder_source} if encoder_source else {})},
         "metrics": {"validation": {**{k: v for k, v in metrics.items() if k != "iou"},
                                    "iou": {c["name"]: round(float(v), 4) for c, v in zip(config.classes, metrics["iou"])}}},
     })
@@ -1165,6 +1200,38 @@ def _train(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     shutil.rmtree(work)  # finished: the bundle holds the best weights, and the next run must not resume this one
     log.info("wrote %s (validation mean IoU %.4f)", out / f"{config.name}.keras", metrics["mean_iou"])
     return out / f"{config.name}.keras"
+
+
+def _encoder_source(config: TrainConfig) -> dict[str, Any] | None:
+    """Which file the encoder's weights came from, for the card: the package that ships "imagenet" (and its
+    version) or the file relative to the config, with its SHA-256 (the card held the setting's text only, so
+    another file at that path, or another package version, trained a model the card could not tell apart)."""
+    if config.architecture == "unet" or not config.encoder_weights:
+        return None
+    import hashlib
+
+    if config.encoder_weights == "imagenet":
+        from importlib import metadata
+
+        from geoseg.models.encoders import _IMAGENET_PACKAGES, imagenet_weights
+
+        try:
+            path = imagenet_weights(config.architecture)
+        except ModelError as exc:
+            raise InputError(f"{config.source}: {exc}") from None
+        package = _IMAGENET_PACKAGES[config.architecture][0]
+        try:
+            source = {"package": f"{package}=={metadata.version(package)}", "file": os.path.basename(path)}
+        except metadata.PackageNotFoundError:
+            source = {"package": package, "file": os.path.basename(path)}
+    else:
+        path = config.resolve(config.encoder_weights)
+        source = {"file": _relative(config, path)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {**source, "sha256": digest.hexdigest()}
 
 
 def _load_init_weights(keras, config: TrainConfig):
