@@ -1255,15 +1255,20 @@ def test_a_scheduler_without_workers_is_an_error_not_a_wait_forever(make_raster,
 def test_a_cluster_that_loses_all_its_workers_midway_fails_the_raster(make_raster, tmp_path, monkeypatch, caplog):
     """Workers gone for good mid-run (a batch job's end, preempted nodes): the run waited for ever without a word,
     and workers killed by their memory limit went unsaid for minutes of restarts (h134)."""
-    import geoseg.pipeline as pipeline
+    import dask
     from distributed import Client, LocalCluster
 
+    import geoseg.pipeline as pipeline
     from geoseg.errors import ClusterError
 
     monkeypatch.setattr(pipeline, "WORKER_WAIT_S", 1)
     monkeypatch.setattr(pipeline, "STEP_S", 0.2)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
-                      memory_limit="3GiB") as cluster, Client(cluster) as client:
+    # the worker runs in this process, whose memory after a whole suite (3.1 GB in one fresh clone) paused it first
+    unpaused = {"distributed.worker.memory.pause": False, "distributed.worker.memory.spill": False,
+                "distributed.worker.memory.target": False}
+    with dask.config.set(unpaused), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                                 dashboard_address="127.0.0.1:0", memory_limit="3GiB") as cluster, \
+            Client(cluster) as client:
         def gone(fraction):
             if cluster.workers:
                 cluster.scale(0)
