@@ -159,6 +159,10 @@ def write_advice(exc: BaseException, where: str | os.PathLike | None = None) -> 
     text = str(exc).lower()
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space" in text or "disk is full" in text:
         return "Free some disk space or pick another output folder"
+    if "cannot rollback - no transaction is active" in text:  # SQLite undid the write itself, as it does when
+        # the disk fills (SQLITE_FULL), and GDAL's ROLLBACK after it is all pyogrio tells; the part written is gone
+        # by then, so the disk has room again when it is measured below (a GeoPackage 45 MB to 20 MB free, h170)
+        return "The disk was likely full: free some disk space or pick another output folder"
     if where is not None:
         try:
             free = shutil.disk_usage(where).free

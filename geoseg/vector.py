@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError, OutputError, catch_warnings
-from geoseg.files import refuse_folders, refuse_stray_whitespace, refuse_unwritable, replaced_atomically, write_advice
+from geoseg.files import LOW_SPACE, refuse_folders, refuse_stray_whitespace, refuse_unwritable, replaced_atomically, write_advice
 from geoseg.raster import (GROUND_TOLERANCE, NODATA, RasterInfo, areal_scales, first_line, gdal_edit, inspect_raster, open_quietly, raster_stem, same_raster,
                            reading_pixels)
 
@@ -582,23 +582,34 @@ def _check_tolerance(simplify: float, tolerance: float, extent: tuple[float, flo
 
 
 def _polygonized(path: str, windows: list, keep: tuple[int, ...] | None, confidence: str | None,
-                 transform: Affine, nodata: int | None):
+                 transform: Affine, nodata: int | None, progress=None):
     """`polygonize_block` of each window, in order, in threads (one per core); only the blocks in progress
     and one more are held, not the whole mask's: waves of 8 blocks held 3.3 GB of a 8192² mask of 3.6 million
-    polygons."""
+    polygons. `progress`, if given, is called with the fraction of blocks done as each is taken; what it raises
+    stops the blocks not started."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     workers = os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoseg-vectorize")
     pending: deque = deque()
+    done = 0
+
+    def taken():
+        nonlocal done
+        result = pending.popleft().result()
+        done += 1
+        if progress is not None:
+            progress(done / len(windows))
+        return result
+
     try:
         for window, inner in windows:
             pending.append(pool.submit(polygonize_block, path, window, inner, keep, confidence, transform, nodata))
             if len(pending) > workers:
-                yield pending.popleft().result()
+                yield taken()
         while pending:
-            yield pending.popleft().result()
+            yield taken()
     finally:  # an error or Ctrl-C: the blocks not started are not
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -729,6 +740,8 @@ def vectorize(
         Also write a QGIS style (``.qml``) beside the layer, in class colours.
     progress : callable, optional
         ``progress(fraction)`` from 0 to 1 as the blocks are polygonised and their polygons measured and written.
+        An exception it raises stops the run (a server's cancel: the blocks not started are not) and is raised
+        here; nothing is left at `out_path`.
 
     Returns
     -------
@@ -852,11 +865,9 @@ def vectorize(
             progress(done if done is not None else
                      min(0.9, 0.45 * (steps["polygonized"] + steps["written"]) / max(1, len(windows))))
 
-    def counted(results):
-        for result in results:
-            steps["polygonized"] += 1
-            report()
-            yield result
+    def counted(fraction: float) -> None:  # by `_polygonized`, as it takes each block: what progress raises stops
+        steps["polygonized"] = round(fraction * len(windows))  # the blocks not started at once
+        report()
 
     # each id's class name, made once for every batch (a foreign mask's unnamed ids are "class N", as
     # _present_classes names them)
@@ -918,7 +929,7 @@ def vectorize(
         def frames():
             nonlocal nodata_seen
             whole, cut, held = [], [], 0
-            for result in counted(_polygonized(info.path, windows, keep_ids, conf_path, transform, nodata)):
+            for result in _polygonized(info.path, windows, keep_ids, conf_path, transform, nodata, counted):
                 nodata_seen = nodata_seen or bool(result["nodata_pixels"])
                 cut.append(_cut_of(result))
                 whole.append(_concat([result], "whole"))
@@ -954,8 +965,8 @@ def vectorize(
         # specks merge into their neighbours of any class, and only then are the classes kept picked: polygonised
         # alone, a kept class's pond had no neighbour to go to and stayed under --min-area (h106)
         merging = min_area > 0 and specks == "merge" and keep_ids is not None
-        results = list(counted(_polygonized(info.path, windows, None if merging else keep_ids, conf_path, transform,
-                                            nodata)))
+        results = list(_polygonized(info.path, windows, None if merging else keep_ids, conf_path, transform, nodata,
+                                    counted))
         nodata_seen = any(r["nodata_pixels"] for r in results)
         whole = _concat(results, "whole")
         merged = merged_cut([_cut_of(r) for r in results])
@@ -1211,13 +1222,84 @@ def layer_name(stem: str) -> str:
     return f"_{stem}" if (stem[:1] in string.punctuation and stem[:1] != "_") or stem.startswith("gpkg") else stem
 
 
+def _pyogrio_gdal():
+    """pyogrio's GDAL library, to read its error state (ctypes), or None where it cannot be found (no /proc)."""
+    global _GDAL
+    if _GDAL is None:
+        import ctypes
+
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+                paths = list(dict.fromkeys(line.split(None, 5)[-1].strip() for line in maps if "libgdal" in line))
+        except OSError:
+            paths = []
+        # pyogrio's wheel bundles its own GDAL, as rasterio's does: the one whose error state the write left
+        paths = [p for p in paths if "pyogrio" in p] or paths
+        try:
+            lib = ctypes.CDLL(paths[0]) if paths else False
+            if lib:
+                lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
+                lib.CPLGetLastErrorType.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            lib = False
+        _GDAL = lib
+    return _GDAL or None
+
+
+_GDAL = None  # _pyogrio_gdal's library once looked up; False: none found
+
+
+def _disk_left(folder: Path) -> float:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return math.inf
+
+
+def _check_gpkg(path: Path) -> None:
+    """Raise OSError unless each layer of the GeoPackage at `path` has its spatial index. GDAL makes it last, as it
+    closes the file; when that COMMIT fails ("database or disk is full") it only logs an error, and a file without
+    its index (slow in QGIS, or worse, cut) was put in place as written (h170)."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            layers = db.execute("SELECT table_name, column_name FROM gpkg_geometry_columns").fetchall()
+    except sqlite3.Error as exc:
+        raise OSError(f"the GeoPackage written cannot be read back ({exc}): is the disk full?") from None
+    missing = [table for table, column in layers if f"rtree_{table}_{column}" not in tables]
+    if missing:
+        raise OSError(f"the GeoPackage came out without the spatial index of {', '.join(missing)}: is the disk full?")
+
+
 def _written_atomically(out_path: Path, driver: str, write) -> None:
-    """`write`(a temporary path beside `out_path`), then the rename; a failure leaves nothing at either path."""
+    """`write`(a temporary path beside `out_path`), then the rename; a failure leaves nothing at either path.
+
+    A GDAL error that the writer only logged (a failed COMMIT as the file closed) fails it too."""
+    full = False
     try:
         with replaced_atomically(out_path, suffix=f".tmp{out_path.suffix}") as tmp, catch_warnings():
             # a mask without a CRS gives a layer without one, as it should
             warnings.filterwarnings("ignore", message=".*crs.*was not provided", category=UserWarning)
-            write(tmp)
+            gdal = _pyogrio_gdal() if driver != "GeoParquet" else None
+            if gdal is not None:
+                gdal.CPLErrorReset()
+            try:
+                write(tmp)
+            except Exception:
+                # measured now, while the part written still fills the disk: once it is removed the disk has room,
+                # and GDAL's last word was "cannot rollback - no transaction is active", with advice to rename
+                full = _disk_left(tmp.parent) < LOW_SPACE
+                raise
+            if gdal is not None and gdal.CPLGetLastErrorType() >= 3:  # CE_Failure or CE_Fatal, only logged
+                message = (gdal.CPLGetLastErrorMsg() or b"").decode("utf-8", "replace")
+                raise OSError(f"GDAL: {message or 'an error as the file was closed'}")
+            if driver == "GPKG":
+                _check_gpkg(tmp)
     except GeosegError:  # from the stream's blocks: an unreadable block of the mask is no failure to write
         raise
     except ImportError as exc:
@@ -1225,8 +1307,11 @@ def _written_atomically(out_path: Path, driver: str, write) -> None:
     except Exception as exc:  # a full disk, a folder gone: pyogrio's and pyarrow's errors have no common base
         if not isinstance(exc, OSError) and "pyogrio" not in type(exc).__module__:
             raise
+        advice = write_advice(exc, out_path.parent)
+        if full and not advice.startswith("Free some disk space"):
+            advice = "The disk was full: free some disk space or pick another output folder"
         raise OutputError(f"{out_path}: could not be written ({first_line(exc)}). "
-                          f"{write_advice(exc, out_path.parent)}; nothing was left at that path.") from None
+                          f"{advice}; nothing was left at that path.") from None
 
 
 def count_regions(mask_path: str | os.PathLike, block: int = 2048) -> int:

@@ -1294,3 +1294,70 @@ def test_progress_reported_per_block(make_mask, tmp_path, monkeypatch, options):
 def test_progress_must_be_callable(make_mask, tmp_path):
     with pytest.raises(InputError, match="progress"):
         vectorize(make_mask(noisy_mask((40, 40))), tmp_path / "p.gpkg", progress=3)
+
+
+def test_a_geopackage_whose_commit_failed_is_an_output_error(tmp_path, monkeypatch):
+    """GDAL makes a GeoPackage's spatial index as it closes the file; with the disk full that COMMIT failed
+    ("sqlite3_exec(COMMIT) failed: database or disk is full"), GDAL only logged it, and the file without its index
+    was put in place as written, by the CLI and the web page alike (h170)."""
+    import ctypes
+
+    import pyogrio
+
+    import geoseg.vector as vector
+    from geoseg.errors import OutputError
+
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(mask, "w", driver="GTiff", width=40, height=30, count=1, dtype="uint8", crs="EPSG:32640",
+                       transform=from_origin(500000, 2800000, 1, 1), nodata=255) as ds:
+        ds.write((np.arange(40 * 30).reshape(1, 30, 40) // 300).astype(np.uint8))
+    write_arrow = pyogrio.write_arrow
+
+    def without_index(reader, path, **kwargs):  # the file as the failed COMMIT left it: no rtree tables
+        write_arrow(reader, path, **kwargs, layer_options={"SPATIAL_INDEX": "NO"})
+
+    monkeypatch.setattr(pyogrio, "write_arrow", without_index)
+    with pytest.raises(OutputError, match="without the spatial index of layer: is the disk full"):
+        vector.vectorize(mask, tmp_path / "layer.gpkg")
+    assert not list(tmp_path.glob("*layer*"))
+    gdal = vector._pyogrio_gdal()
+    if gdal is not None:  # GDAL's error state, as the failed COMMIT leaves it, with its message
+
+        def commit_failed(reader, path, **kwargs):
+            write_arrow(reader, path, **kwargs)
+            gdal.CPLError.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
+            gdal.CPLError(3, 1, b"%s", b"sqlite3_exec(COMMIT) failed: database or disk is full")
+
+        monkeypatch.setattr(pyogrio, "write_arrow", commit_failed)
+        with pytest.raises(OutputError, match=r"database or disk is full\)\. Free some disk space"):
+            vector.vectorize(mask, tmp_path / "layer.gpkg")
+        assert not list(tmp_path.glob("*layer*"))
+    monkeypatch.setattr(pyogrio, "write_arrow", write_arrow)
+    assert vector.vectorize(mask, tmp_path / "layer.gpkg").polygons == 4  # and a write that succeeds passes
+
+
+def test_vectorize_stops_at_what_its_progress_raises(tmp_path):
+    """A server's cancel: the progress callback, called as each block is done, stops the run; nothing is left."""
+    from geoseg.vector import vectorize
+
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(mask, "w", driver="GTiff", width=300, height=20, count=1, dtype="uint8", crs="EPSG:32640",
+                       transform=from_origin(500000, 2800000, 1, 1), nodata=255) as ds:
+        ds.write(np.zeros((1, 20, 300), np.uint8))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(fraction):
+        seen.append(fraction)
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        vectorize(mask, tmp_path / "p.gpkg", block=64, progress=progress)
+    assert len(seen) == 2 and not list(tmp_path.glob("*p.*"))
+    seen.clear()
+    vectorize(mask, tmp_path / "p.gpkg", block=64, progress=seen.append)
+    # half the bar for the 5 blocks polygonised, the other half for their polygons measured and written
+    assert seen[:5] == pytest.approx([0.09, 0.18, 0.27, 0.36, 0.45]) and seen == sorted(seen) and seen[-1] == 1.0

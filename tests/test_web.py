@@ -1882,3 +1882,146 @@ def test_region_colours_stay_apart_for_colour_blind_eyes_on_the_page(client):
         seen = np.clip(linear @ np.asarray(matrix).T, 0, 1)
         lab = rgb2lab(np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)[None])[0]
         assert min(deltaE_ciede2000(a, b) for i, a in enumerate(lab) for b in lab[i + 1:]) > 10
+
+
+def test_a_full_disk_is_the_servers_to_a_web_user_and_logged_with_its_folder(client, app, make_raster, monkeypatch,
+                                                                           caplog):
+    """A full disk during a job: its GeoJSON's warning blamed the CRS ("they cannot be placed in longitude and
+    latitude (OutputError)"), and a failed job ended with the command line's "Free some disk space or pick another
+    output folder", which a web user cannot do (h170). The administrator's log names the folder."""
+    import geoseg.vector
+    import geoseg.web.jobs as module
+    from geoseg.errors import OutputError
+
+    full = ("{path}: could not be written (GDAL: sqlite3_exec(COMMIT) failed: database or disk is full). Free some "
+            "disk space or pick another output folder; nothing was left at that path.")
+    monkeypatch.setattr(module, "_geojson_apart", lambda mask, geojson, check=None: ("OutputError",
+                                                                                      full.format(path=geojson)))
+    tif = make_raster(shape=(60, 80)).read_bytes()
+
+    def post():
+        answer = client.post("/api/segment", data={"image": (io.BytesIO(tif), "scene.tif"), "models": "threshold"},
+                             content_type="multipart/form-data")
+        assert answer.status_code == 202, answer.get_json()
+        return _wait(client, answer.get_json()["id"])
+
+    with caplog.at_level("WARNING", logger="geoseg.web.jobs"):
+        job = post()
+    assert job["status"] == "done" and len(job["warnings"]) == 1, job
+    assert "no GeoJSON of the polygons: this server's disk is full" in job["warnings"][0]
+    assert "longitude and latitude" not in job["warnings"][0] and "administrator" in job["warnings"][0]
+    folder = str(app.extensions["geoseg_jobs"].root / job["id"])
+    assert any(folder in r.getMessage() and "is full" in r.getMessage() for r in caplog.records)
+
+    def failed(mask, out, **kwargs):
+        raise OutputError(full.format(path=out))
+
+    monkeypatch.setattr(geoseg.vector, "vectorize", failed)  # the GeoPackage's write, in the job's thread
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoseg.web.jobs"):
+        job = post()
+    assert job["status"] == "failed" and job["error"] == module.DISK_FULL, job
+    assert "Free some disk space" not in job["error"] and "m0_polygons.gpkg" not in job["files"]
+    folder = str(app.extensions["geoseg_jobs"].root / job["id"])
+    assert any(folder in r.getMessage() and "is full" in r.getMessage() for r in caplog.records)
+
+
+def test_a_geojson_that_fails_for_another_reason_is_not_blamed_on_the_crs(make_raster, tmp_path, monkeypatch):
+    """Only a failure to place the polygons says they cannot be placed; the server's own failure says so."""
+    import geoseg.web.jobs as module
+
+    mask = make_raster(name="a_mask.tif", bands=1, data=np.zeros((1, 40, 40), np.uint8))
+    job = module.Job("j", tmp_path, "a.tif", ["threshold"], False)
+    for kind, said in (("exit status -9", "the server failed to write it"), ("CRSError", "cannot be placed")):
+        monkeypatch.setattr(module, "_geojson_apart", lambda mask, geojson, check=None, kind=kind: (kind, ""))
+        job.warnings = []
+        module._polygons(job, "m0", "threshold", mask, tmp_path)
+        assert said in job.warnings[0], job.warnings
+
+
+def test_a_cancel_stops_the_geopackage_write_between_blocks(make_raster, tmp_path):
+    """A cancel during the polygons' GeoPackage (written in the job's thread) waited for the whole write, up to
+    30 s for a large upload (h170): vectorize checks the job as each block is done."""
+    from geoseg.web.jobs import Cancelled, Job, _polygons
+
+    mask = make_raster(name="a_mask.tif", bands=1, data=np.zeros((1, 32, 4200), np.uint8))  # 3 blocks of 2048
+    job = Job("j", tmp_path, "a.tif", ["threshold"], False)
+    calls = []
+
+    def check():
+        calls.append(1)
+        raise Cancelled("j")
+
+    job.check = check
+    with pytest.raises(Cancelled):
+        _polygons(job, "m0", "threshold", mask, tmp_path)
+    assert calls and "m0_polygons.gpkg" not in job.files and not (tmp_path / "a_polygons.gpkg").exists()
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*"))  # nor its temporary file
+
+
+def test_a_cancelled_jobs_file_link_says_it_was_cancelled(tmp_path, model_dir, monkeypatch, make_raster):
+    """A file link of a cancelled job answered the generic 404 ("... check your spelling")."""
+    import geoseg.web.jobs as module
+
+    monkeypatch.setenv("GEOSEG_MODEL_PATH", str(model_dir))
+    app = create_app({"GEOSEG_DATA_DIR": str(tmp_path / "web"), "GEOSEG_WORKERS": 1, "TESTING": True})
+    client = app.test_client()
+    _held(monkeypatch, module)
+    answer = client.post("/api/segment", data={"image": (io.BytesIO(make_raster().read_bytes()), "a.tif"),
+                                               "models": "threshold"}, content_type="multipart/form-data")
+    job = answer.get_json()
+    link = job["files"]["original.png"]
+    _until(client, job["id"], "running")
+    client.delete(f"/api/jobs/{job['id']}")
+    _until(client, job["id"], "cancelled")
+    gone = client.get(link)
+    assert gone.status_code == 410 and f"job {job['id']} was cancelled" in gone.get_json()["error"], gone.get_json()
+    assert "spelling" not in gone.get_json()["error"]
+    assert client.get(f"/jobs/{job['id']}/files/no-such-file").status_code == 410  # any name: the job is gone
+
+
+def test_describe_reads_the_status_and_the_jobs_ahead_at_one_time(tmp_path):
+    """`describe` read the count ahead, then the status: a job taken by a worker in between was "running" with
+    "ahead": 1."""
+    from geoseg.web.jobs import Job, JobManager
+
+    jobs = JobManager(tmp_path / "jobs")
+    try:
+        job = Job("j", tmp_path, "a.tif", ["threshold"], False)
+        jobs.jobs[job.id] = job
+        counted = jobs._queued
+
+        def taken_meanwhile(before=None):  # the worker takes the job while the jobs ahead are counted
+            n = counted(before)
+            job.status = "running"
+            return 1 if before is not None else n
+
+        jobs._queued = taken_meanwhile
+        described = jobs.describe(job)
+        assert not (described["status"] == "running" and "ahead" in described), described
+    finally:
+        jobs.stop()
+
+
+def test_an_upload_is_linked_into_the_job_folder_not_copied(client, app, make_raster, monkeypatch):
+    """werkzeug spooled an upload to a temporary file, then `storage.save` copied it into the job's folder: a 150 MB
+    upload needed 300 MB free (h170). Over 500 KB it is spooled in the server's folder and linked."""
+    from werkzeug.datastructures import FileStorage
+    from werkzeug.test import encode_multipart
+
+    def copied(self, dst, buffer_size=16384):
+        raise AssertionError("the upload was copied")
+
+    tif = make_raster(shape=(400, 450), compress=None).read_bytes()  # 540 KB: spooled to a file
+    assert len(tif) > 500 * 1024
+    monkeypatch.setattr(FileStorage, "save", copied)
+    # encoded here: the test client's own encoding spools a body over 500 KB to a temporary file it never closes
+    boundary, body = encode_multipart({"image": FileStorage(io.BytesIO(tif), "big.tif", content_type="image/tiff"),
+                                       "models": "threshold"})
+    answer = client.post("/api/segment", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert answer.status_code == 202, answer.get_json()
+    root = app.extensions["geoseg_jobs"].root
+    saved = root / answer.get_json()["id"] / "upload" / "big.tif"
+    assert saved.read_bytes() == tif
+    assert not list((root / "spool").iterdir())  # the spooled name went with the request; the job's link stays
+    assert _wait(client, answer.get_json()["id"])["status"] == "done"

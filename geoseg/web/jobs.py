@@ -181,13 +181,15 @@ class JobManager:
         """What GET /api/jobs/ID returns: the job, the jobs waiting ahead of a queued one, and the seconds
         before the files of an ended one are deleted (the page then says so, not a silently failed download)."""
         extra: dict[str, Any] = {}
-        if job.status == "queued":
-            extra["ahead"] = self.waiting(before=job)
-        if job.status == "running" and job.cancel:
-            extra["cancelling"] = True  # it stops at its next model or progress report
-        if job.ended is not None:
-            extra["expires_in"] = max(0.0, round(self.ttl - (time.time() - job.ended), 1))
-        return {**job.to_dict(), **extra}
+        with self.lock:  # the status and the count ahead at one time: read apart, "running" came with "ahead": 1
+            described = job.to_dict()
+            if job.status == "queued":
+                extra["ahead"] = self._queued(before=job)
+            if job.status == "running" and job.cancel:
+                extra["cancelling"] = True  # it stops at its next model or progress report
+            if job.ended is not None:
+                extra["expires_in"] = max(0.0, round(self.ttl - (time.time() - job.ended), 1))
+        return {**described, **extra}
 
     def stop(self) -> int:
         """Cancel the jobs that wait and no longer wait for those running; return how many run."""
@@ -242,7 +244,12 @@ class JobManager:
         finally:
             logging.getLogger("geoseg").removeHandler(caught)
         status, error = ("done", None) if failure is None else ("failed", str(failure))
-        if failure is not None and not isinstance(failure, (GeosegError, Cancelled)):
+        if failure is not None and not isinstance(failure, Cancelled) and disk_full(failure):
+            # "Free some disk space or pick another output folder", the command line's advice, is nothing a web
+            # user can do: the disk is the server's, and its administrator needs to know which (h170)
+            log.warning("job %s failed: the disk of %s is full (%s)", job.id, job.folder, failure)
+            error = DISK_FULL
+        elif failure is not None and not isinstance(failure, (GeosegError, Cancelled)):
             # logged once the handler is gone: "job ... failed" was shown on the page as a warning
             log.error("job %s failed", job.id, exc_info=failure)
             error = "the server failed on this job; its log has the details."
@@ -260,6 +267,23 @@ class JobManager:
             _remove_files(job)  # the partial results too, before a poll sees "cancelled"
             with self.lock:
                 self._drop(job, job.error)  # None, or why an unpolled job was stopped
+
+
+DISK_FULL = ("this server's disk is full, so the job could not finish. Try again later, or tell the server's "
+             "administrator.")
+
+
+def disk_full(exc: BaseException | str) -> bool:
+    """Whether a failure (or its message) is a full disk: ENOSPC or EDQUOT, or geoseg's advice to free disk space."""
+    import errno
+
+    seen = exc
+    while isinstance(seen, BaseException):
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).lower()
+    return any(m in text for m in ("free some disk space", "disk is full", "no space left on device", "disk quota"))
 
 
 def _remove_files(job: Job) -> None:
@@ -376,7 +400,8 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
     from geoseg.vector import vectorize
 
     gpkg = mask.with_name(mask.name.replace("_mask.tif", "_polygons.gpkg"))
-    vectorize(mask, gpkg, overwrite=True)
+    # a cancel is checked as each block is done: the write held a cancelled 7000² upload's worker for 30 s (h170)
+    vectorize(mask, gpkg, overwrite=True, progress=lambda _: job.check())
     job.files[f"{key}_polygons.gpkg"] = gpkg
     with catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -388,14 +413,26 @@ def _polygons(job: Job, key: str, name: str, mask: Path, out: Path) -> None:
         failed = _geojson_apart(mask, geojson, job.check)
         if failed is None:
             job.files[f"{key}_polygons.geojson"] = geojson
+            return
+        kind, message = failed
+        if disk_full(message):  # it said "they cannot be placed in longitude and latitude (OutputError)" (h170)
+            log.warning("job %s: no GeoJSON of %s's polygons: the disk of %s is full (%s)", job.id, name, job.folder,
+                        message)
+            job.warnings.append(f"{name}: no GeoJSON of the polygons: this server's disk is full. The GeoPackage "
+                                "holds them in the image's own coordinates; for GeoJSON, try again later or tell the "
+                                "server's administrator.")
+        elif kind in ("OutputError", "OSError", "MemoryError") or kind.startswith("exit status"):
+            log.warning("job %s: no GeoJSON of %s's polygons: %s: %s", job.id, name, kind, message)
+            job.warnings.append(f"{name}: no GeoJSON of the polygons: the server failed to write it (its log has the "
+                                "details); the GeoPackage holds them in the image's own coordinates.")
         else:  # a local CRS or collinear GCPs failed the whole job here
             job.warnings.append(f"{name}: no GeoJSON of the polygons: they cannot be placed in longitude and "
-                                f"latitude ({failed}); the GeoPackage holds them in the image's own coordinates.")
+                                f"latitude ({kind}); the GeoPackage holds them in the image's own coordinates.")
 
 
-def _geojson_apart(mask: Path, geojson: Path, check=None) -> str | None:
+def _geojson_apart(mask: Path, geojson: Path, check=None) -> tuple[str, str] | None:
     """Write the polygons of `mask` as GeoJSON in longitude and latitude, in a process of its own; return None, or
-    what failed (the exception's type).
+    what failed: the exception's type and message (a full disk is no CRS's fault), or "exit status N" and "".
 
     GDAL's GeoJSON writer holds Python's lock for the whole write (pyogrio calls it without releasing it): every
     request to the server, status polls and other users' pages, waited for 9 to 22 s while a 2000² upload's 21,000
@@ -408,7 +445,8 @@ def _geojson_apart(mask: Path, geojson: Path, check=None) -> str | None:
 
     code = ("import sys\nfrom geoseg.vector import vectorize\ntry:\n    vectorize(sys.argv[1], sys.argv[2], "
             "overwrite=True, style=False, to_crs='EPSG:4326')\nexcept Exception as exc:\n"
-            "    print(type(exc).__name__, file=sys.stderr)\n    sys.exit(3)\n")
+            "    print(type(exc).__name__, str(exc).replace(chr(10), ' '), sep=chr(9), file=sys.stderr)\n"
+            "    sys.exit(3)\n")
     with subprocess.Popen([sys.executable, "-c", code, str(mask), str(geojson)], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}) as child:
         while True:
@@ -427,7 +465,10 @@ def _geojson_apart(mask: Path, geojson: Path, check=None) -> str | None:
     if child.returncode == 0 and geojson.is_file():
         return None
     lines = stderr.strip().splitlines()
-    return lines[-1] if child.returncode == 3 and lines else f"exit status {child.returncode}"
+    if child.returncode == 3 and lines:
+        kind, _, message = lines[-1].partition("\t")
+        return kind, message
+    return f"exit status {child.returncode}", ""
 
 
 def _agreement(masks: list) -> float | None:
