@@ -33,6 +33,7 @@ from geoseg.raster import (
     IO_LOCK,
     NODATA,
     gdal_can_name,
+    shown_name,
     gdal_file,
     RasterInfo,
     SPECTRAL_TAGS,
@@ -726,7 +727,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, paths_of: Callable[[Path],
     # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) read a name such as out_é into surrogates, which GDAL refused with a
     # traceback after the work; a Latin-1 one into other letters, which GDAL could not write ("cannot write here")
     if not gdal_can_name(os.path.abspath(out_dir)):
-        raise InputError(f"{str(out_dir)!r}: the output folder's name cannot be passed to GDAL in this locale. Run "
+        raise InputError(f"{shown_name(out_dir)!r}: the output folder's name cannot be passed to GDAL in this locale. Run "
                          "in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder. Pass a folder for the outputs.")

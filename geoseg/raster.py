@@ -273,6 +273,15 @@ def gdal_can_name(path: str | os.PathLike) -> bool:
     return codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
 
 
+def shown_name(path: str | os.PathLike) -> str:
+    """`path` as its user named it: an ASCII locale (LC_ALL=C, PYTHONUTF8=0) decoded 'scène.tif' into surrogates,
+    which a message showed as 'sc\\udcc3\\udca8ne.tif'. Its bytes read as UTF-8, as a UTF-8 terminal shows them."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "replace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _absolute_archive(path: str) -> str:
     """`/vsizip/rel/a.zip/x.tif` (and `/vsizip/{rel/a.zip}/x.tif`, /vsitar/, /vsigzip/, /vsi7z/, /vsirar/) with the
     archive's path made absolute, as plain paths are: GDAL reads those relative to the working folder, which a
@@ -338,7 +347,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     elif os.path.isdir(path := absolute):
         raise RasterReadError(f"{path}: is a folder; pass raster files (GeoTIFF, JPEG, PNG, VRT...).")
     if not gdal_can_name(path):
-        raise InputError(f"{path!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
+        raise InputError(f"{shown_name(path)!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
                          "file names). Run in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
     stamp = None if is_gdal_path(path) else _stamp(path)  # before it is opened: a change after it is seen
     try:
@@ -372,7 +381,7 @@ def inspect_raster(path: str | os.PathLike) -> RasterInfo:
     except RasterioIOError as exc:
         raise RasterReadError(f"{path}: not a raster GDAL can read ({exc}).") from None
     except UnicodeEncodeError:  # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) decoded its name into surrogates
-        raise InputError(f"{path!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
+        raise InputError(f"{shown_name(path)!r}: its name cannot be passed to GDAL in this locale ({sys.getfilesystemencoding()} "
                          "file names). Run in a UTF-8 locale (export LC_ALL=C.UTF-8) or with PYTHONUTF8=1.") from None
     if info.crs is None and info.gcps and _gcp_fit(info.gcps) is None:
         log.warning("%s: its %d ground control point(s) do not span an area (3 or more, not on one line, are "

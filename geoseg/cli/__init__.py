@@ -192,7 +192,9 @@ def _known_failure(exc: Exception) -> click.ClickException | None:
     if isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed" and isinstance(exc.object, str):
         # an ASCII locale (LC_ALL=C, PYTHONUTF8=0) decodes a non-ASCII name into surrogates, which GDAL, PROJ or
         # a writer cannot take: a --labels, --aoi or --zones path was a traceback from deep inside rasterio
-        name = exc.object.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        from geoseg.raster import shown_name
+
+        name = shown_name(exc.object)
         return click.ClickException(f"{name!r}: its name cannot be passed to GDAL in this locale "
                                     f"({sys.getfilesystemencoding()} file names). Run in a UTF-8 locale (export "
                                     "LC_ALL=C.UTF-8) or with PYTHONUTF8=1.")
@@ -312,11 +314,20 @@ def entry() -> None:
     import signal
 
     _standard_streams_opened()
+    _pipe_ends_installed()
     if isinstance(sys.stdout, io.TextIOWrapper):  # `geoseg models > list.txt` under a cp932 or Latin-1 locale: a
         sys.stdout.reconfigure(errors="backslashreplace")  # class name it cannot encode was a traceback (stderr's is not)
     try:
         main()
     except SystemExit as exc:
+        try:  # --json's object, still buffered for a pipe: its reader gone, Python's exit printed a traceback
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        if _CLOSED.get("stdout's reader") and exc.code not in (130, 143):
+            # `geoseg models | head -1`: click ends a write to a closed pipe with status 1, that of a failure;
+            # Unix tools end of SIGPIPE, 141, without a word
+            raise SystemExit(128 + 13) from None
         if exc.code in (130, 143) and threading.current_thread() is threading.main_thread():
             # interrupted: every file of the run is complete or removed by now, but Python's shutdown, with
             # Dask's threads still inside GDAL, crashed in 4 of 45 Ctrl-Cs (status 139, "CPLDestroyMutex")
@@ -347,6 +358,39 @@ def _standard_streams_opened() -> None:
         if getattr(sys, name) is None:
             _CLOSED[name] = True
             setattr(sys, name, open(fd, mode, closefd=False))
+
+
+class _PipeEnd(io.FileIO):
+    """Descriptor 1 or 2, sent to /dev/null once the reader of its pipe has gone (`2>&1 | head -1`). A closed stderr
+    ended a batch after its first raster with status 1 and no word; a run now finishes. A closed stdout still
+    raises (`entry` exits 141, as on SIGPIPE), and Python's last flush of it no longer prints a traceback."""
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.fileno())
+            os.close(devnull)
+            if self.fileno() == 1:
+                _CLOSED["stdout's reader"] = True
+                raise
+            return memoryview(data).nbytes
+
+
+def _pipe_ends_installed() -> None:
+    """sys.stdout and sys.stderr over `_PipeEnd`s, encoded and buffered as Python set them up."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        try:
+            if not isinstance(stream, io.TextIOWrapper) or stream.fileno() != fd:
+                continue
+            stream.flush()
+        except (OSError, ValueError):
+            continue
+        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(_PipeEnd(fd, "w", closefd=False)),
+                                            encoding=stream.encoding, errors=stream.errors,
+                                            line_buffering=stream.line_buffering, write_through=stream.write_through))
 
 
 def _exit_now(signum, frame) -> None:
