@@ -884,6 +884,31 @@ def test_log_lines_on_a_terminal_are_written_above_the_progress_bar(monkeypatch)
     assert before.endswith(("\r", "\n")), repr(text)  # on a line of its own, not after the bar's text
 
 
+def test_a_long_file_name_leaves_the_bar_its_percentage_in_a_narrow_terminal(monkeypatch):
+    """At 40 columns the bar of a long file name showed only the name: no percentage, no bar (h173)."""
+    import io
+
+    from geoseg.cli.segment import _bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setenv("COLUMNS", "40")
+    name = "a_rather_long_file_name_for_the_bar_über.tif"
+    with _bar(name, quiet=False) as progress:
+        progress(0.5)
+        progress.__self__.bar.refresh()
+        progress.__self__.bar.ncols = 40  # tqdm measures the screen itself, which a StringIO has not
+        progress.__self__.bar.refresh()
+    line = screen.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert " 50%" in line and "a_rat" in line and "…" in line and ".tif" in line, line
+    with _bar("short.tif", quiet=False) as progress:  # a name that fits is shown whole
+        assert progress.__self__.bar.desc.startswith("short.tif")
+
+
 def test_names_too_long_for_the_file_system_are_errors_not_tracebacks(run, make_raster, tmp_path):
     """A legal input name of 250 bytes gave an OSError (ENAMETOOLONG) traceback once '_mask.tif' was added."""
     image = make_raster(name="z" * 250 + ".tif", shape=(30, 40))

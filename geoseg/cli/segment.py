@@ -236,7 +236,7 @@ class _bar:
             return None
         from tqdm import tqdm
 
-        self.bar = tqdm(total=100, desc=click.format_filename(self.label, shorten=True), unit="%",
+        self.bar = tqdm(total=100, desc=_fitted(click.format_filename(self.label, shorten=True)), unit="%",
                         delay=1.0, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
                         + ("{postfix}" if self.named else ""),  # tqdm puts ", " before it
                         disable=None)  # None: no bar where stderr is no terminal (a log file, nohup, cron)
@@ -262,6 +262,21 @@ class _bar:
             root.addHandler(handler)
         if self.bar is not None:
             self.bar.close()
+
+
+BAR_ROOM = 32  # columns the bar's own parts take beside its label: ": 100%|", a bar of a few, "| 00:12<00:34"
+
+
+def _fitted(label: str) -> str:
+    """`label` cut (with an ellipsis in its middle) to leave the bar its percentage and times in the terminal's
+    width: at 40 columns a long file name filled the line, and the bar showed nothing else."""
+    import shutil
+
+    room = max(12, shutil.get_terminal_size().columns - BAR_ROOM)
+    if len(label) <= room:
+        return label
+    head = (room - 1) // 2
+    return f"{label[:head]}…{label[len(label) - (room - 1 - head):]}"
 
 
 class _AboveBar(logging.Handler):
