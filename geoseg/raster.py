@@ -594,6 +594,24 @@ def _dask_worker() -> str | None:
         return None
 
 
+def alpha_band(ds) -> int | None:
+    """The first band of `ds` tagged alpha (transparency), or None."""
+    return next((b for b, ci in enumerate(ds.colorinterp, 1) if ci == ColorInterp.alpha), None)
+
+
+def opaque(ds, window=None, out_shape=None) -> np.ndarray | bool:
+    """Where the alpha band of `ds` is over 0 (True without one): geoseg's reads take transparent pixels as nodata
+    wherever GDAL's mask does not (an alpha beside a nodata value, or not the last of 2 or 4 bands, as in an
+    R,G,B,NIR,alpha ortho), in segment's chunks, flood's NDWI and samples, and training's chips alike."""
+    from rasterio.enums import Resampling
+
+    band = alpha_band(ds)
+    if band is None:
+        return True
+    kwargs = {} if out_shape is None else {"out_shape": out_shape, "resampling": Resampling.nearest}
+    return ds.read(band, window=window, **kwargs) > 0
+
+
 class WindowSource:
     """``read(rows, cols) -> (block, valid)`` for `geoseg.tiling.windowed_map`: one open, two reads.
 
@@ -642,10 +660,9 @@ class WindowSource:
                 if self.has_mask or self.grid is not None:
                     valid = valid_pixels(ds.read_masks(self.bands, window=window),
                                          [ds.nodatavals[b - 1] for b in self.bands])[..., None]
-                    alpha = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] == ColorInterp.alpha]
-                    if alpha:  # its own mask is all valid, and GDAL makes a mask of it only as the last of 2 or 4
-                        # bands: read with others, or in an R,G,B,NIR,alpha ortho, every pixel was valid
-                        valid &= (ds.read(alpha[0], window=window) > 0)[..., None]
+                    # the alpha's own mask is all valid, and GDAL makes a mask of it only as the last of 2 or 4
+                    # bands: read with others, or in an R,G,B,NIR,alpha ortho, every pixel was valid
+                    valid &= np.asarray(opaque(ds, window))[..., None]
                 else:
                     valid = np.ones(data.shape[:2] + (1,), bool)
         if data.dtype.kind == "f":  # NaN or inf in any band: nodata, or it spreads through the model's context
@@ -1284,10 +1301,10 @@ def _read_decimated(path: str, bands: Sequence[int], max_side: int, min_side: in
                                          [ds.nodatavals[b - 1] for b in bands])
                     if np.result_type(*(ds.dtypes[b - 1] for b in bands)).kind == "f":  # non-finite values: nodata
                         valid &= np.isfinite(_read_in_strips(read, ds, bands, shape, Resampling.nearest)).all(0)
-                    alpha = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] == ColorInterp.alpha]
-                    if alpha:  # as WindowSource reads it: beside a nodata value (or not the last of 2 or 4 bands)
-                        # GDAL's mask ignores it, and the calibration sample took transparent pixels for data
-                        valid &= _read_in_strips(read, ds, alpha[:1], shape, Resampling.nearest)[0] > 0
+                    alpha = alpha_band(ds)
+                    if alpha is not None:  # as `opaque`, in strips: beside a nodata value (or not the last of 2
+                        # or 4 bands) GDAL's mask ignores it, and the calibration sample took transparent pixels
+                        valid &= _read_in_strips(read, ds, [alpha], shape, Resampling.nearest)[0] > 0
                     return valid
                 data = _read_in_strips(read, ds, bands, shape, method)
     return np.moveaxis(data, 0, -1)

@@ -476,11 +476,11 @@ def _without_nodata(ds, bands: list[int], window=None) -> tuple[np.ndarray, np.n
     Landsat scene whose band 6 is nodata on 22% of it, h132). Only a window without data reads 0."""
     import warnings
 
-    from rasterio.enums import ColorInterp, MaskFlags  # here: scripts/gpu imports this module without rasterio
+    from rasterio.enums import MaskFlags  # here: scripts/gpu imports this module where rasterio is absent
     from rasterio.errors import NodataShadowWarning
 
     from geoseg.errors import catch_warnings
-    from geoseg.raster import read_bands, valid_pixels
+    from geoseg.raster import opaque, read_bands, valid_pixels
 
     data = np.moveaxis(read_bands(ds, bands, window=window), 0, -1)
     if all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in bands):
@@ -489,10 +489,9 @@ def _without_nodata(ds, bands: list[int], window=None) -> tuple[np.ndarray, np.n
         with catch_warnings():  # "nodata shadows the alpha band": the alpha is read below as well
             warnings.simplefilter("ignore", NodataShadowWarning)
             valid = valid_pixels(ds.read_masks(bands, window=window), [ds.nodatavals[b - 1] for b in bands])
-    alpha = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] == ColorInterp.alpha]
-    if alpha:  # as segment reads it (`WindowSource`): GDAL makes no mask of an alpha beside a nodata value or
-        # not the last of 2 or 4 bands, and an R,G,B,NIR,alpha ortho's transparent collar was learnt as data
-        valid &= ds.read(alpha[0], window=window) > 0
+    # as segment reads it: GDAL makes no mask of an alpha beside a nodata value or not the last of 2 or 4 bands,
+    # and an R,G,B,NIR,alpha ortho's transparent collar was learnt as data
+    valid &= opaque(ds, window)
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(-1)
     if not valid.all():

@@ -21,7 +21,7 @@ from geoseg.models.classical import normalized_difference, otsu_threshold
 from geoseg.pipeline import (check_options, new_folders_removed_on_error, prepare_output_dir, stale_outputs,
                              segment)
 from geoseg.preview import render_map, save_png
-from geoseg.raster import (DELIBERATE_TAGS, NODATA, SPECTRAL_TAGS, check_bands, class_pixels_and_areas, class_sidecar, declared_scaling, gdal_edit, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
+from geoseg.raster import (DELIBERATE_TAGS, NODATA, SPECTRAL_TAGS, opaque, check_bands, class_pixels_and_areas, class_sidecar, declared_scaling, gdal_edit, inspect_raster, map_points, open_quietly, raster_stem, read_bands,
                            reading_pixels, same_raster, write_class_mask)
 from geoseg.vector import onto_raster, vectorize, write_qml
 from geoseg.workflows.common import (zone_table, check_layer_overlaps, class_card, coverage_pct, read_layer,
@@ -144,7 +144,7 @@ def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
         with catch_warnings():  # "nodata shadows the alpha band": the alpha is read below as well
             warnings.simplefilter("ignore", rasterio.errors.NodataShadowWarning)
             valid = np.all(src.read_masks([green, nir], window=window) > 0, axis=0)
-        valid &= _opaque(src, window)
+        valid &= opaque(src, window)
     # of reflectance, where the file declares how its stored values map to it: Landsat Collection 2's offset of -0.2
     # made the unchanged highway "permanent water" (80,324 false water px against 33,036 unscaled, h121)
     (gs, ns), (go, no) = (src.scales[green - 1], src.scales[nir - 1]), (src.offsets[green - 1], src.offsets[nir - 1])
@@ -153,17 +153,6 @@ def _ndwi(src, window, green: int, nir: int) -> tuple[np.ndarray, np.ndarray]:
         n = n.astype(np.float32) * np.float32(ns) + np.float32(no)
     index = normalized_difference(g, n)
     return index, valid & np.isfinite(index)
-
-
-def _opaque(src, window, out_shape=None) -> np.ndarray | bool:
-    """Where an alpha band of `src` is over 0 (True without one), as segment's reads take it (`WindowSource`):
-    GDAL makes a mask of an alpha band only as the last of 2 or 4 bands and without a nodata value, so the
-    transparent collar of an R,G,B,NIR,alpha ortho was NDWI "water" (its fill green over its NIR)."""
-    alpha = [b for b in range(1, src.count + 1) if src.colorinterp[b - 1] == ColorInterp.alpha]
-    if not alpha:
-        return True
-    kwargs = {} if out_shape is None else {"out_shape": out_shape, "resampling": Resampling.nearest}
-    return src.read(alpha[0], window=window, **kwargs) > 0
 
 
 def ndwi_histogram(path: str, *, green: int, nir: int, within: Window | None = None) -> np.ndarray:
@@ -675,7 +664,7 @@ def _window_sample(info, bands, window: Window, side: int = 1024) -> tuple[np.nd
             data = read_bands(ds, bands, window=window, out_shape=shape, resampling=Resampling.average)
             valid = valid_pixels(ds.read_masks(list(bands), window=window, out_shape=shape,
                                                resampling=Resampling.nearest), [ds.nodatavals[b - 1] for b in bands])
-            valid &= _opaque(ds, window, shape[1:])
+            valid &= opaque(ds, window, shape[1:])
     if data.dtype.kind == "f":  # non-finite values: nodata
         valid &= np.isfinite(data).all(0)
     return np.moveaxis(data, 0, -1).reshape(-1, len(bands)), valid.reshape(-1)
